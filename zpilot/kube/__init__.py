@@ -1,0 +1,1 @@
+"""Kubernetes sources: conversion of API objects, the manifest directory, the API watch."""

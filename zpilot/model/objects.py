@@ -1,0 +1,168 @@
+"""The mesh model: the few facts of Kubernetes objects that ztunnel config depends on.
+
+Plain, immutable dataclasses with no protobuf and no Kubernetes client types in them, so that
+every source (a manifest directory, the API watch, a test) produces the same thing and the
+translators stay pure functions of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+#: Label on a Namespace that enrolls its pods in the ambient mesh.
+DATAPLANE_MODE_LABEL = "istio.io/dataplane-mode"
+DATAPLANE_MODE_AMBIENT = "ambient"
+DATAPLANE_MODE_NONE = "none"
+#: The article-era (2022) pod label; ``none`` opts a pod out, like ``istio.io/dataplane-mode=none``.
+LEGACY_AMBIENT_TYPE_LABEL = "ambient-type"
+
+EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+def frozen_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
+    """A read-only copy, so a model object can never be changed behind the index's back."""
+    return MappingProxyType(dict(labels)) if labels else EMPTY_LABELS
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Names one Kubernetes object in messages: ``Pod default/sleep-1``."""
+
+    kind: str
+    name: str
+    namespace: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace + '/' if self.namespace else ''}{self.name}"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    internal_ip: str | None
+    pod_cidrs: tuple[str, ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Node", self.name)
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Namespace", self.name)
+
+    @property
+    def enrolled(self) -> bool:
+        return self.labels.get(DATAPLANE_MODE_LABEL) == DATAPLANE_MODE_AMBIENT
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    name: str
+    namespace: str
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("ServiceAccount", self.name, self.namespace)
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    port: int
+    name: str = ""
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A Pod, reduced to what the data plane needs."""
+
+    name: str
+    namespace: str
+    uid: str
+    ips: tuple[str, ...]
+    node_name: str | None
+    service_account: str
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY_LABELS, hash=False)
+    ports: tuple[ContainerPort, ...] = ()
+    host_network: bool = False
+    phase: str = "Running"
+    ready: bool = True
+    terminating: bool = False
+    created: str = ""  # RFC 3339 creationTimestamp; sorts in time order as a string
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Pod", self.name, self.namespace)
+
+    @property
+    def ip(self) -> str | None:
+        """The primary IP: the one the 2022 ztunnel design keys everything on."""
+        return self.ips[0] if self.ips else None
+
+    @property
+    def opted_out(self) -> bool:
+        return (
+            self.labels.get(DATAPLANE_MODE_LABEL) == DATAPLANE_MODE_NONE
+            or self.labels.get(LEGACY_AMBIENT_TYPE_LABEL) == DATAPLANE_MODE_NONE
+        )
+
+    def named_port(self, name: str, protocol: str = "TCP") -> int | None:
+        for port in self.ports:
+            if port.name == name and port.protocol == protocol:
+                return port.port
+        return None
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    port: int
+    target_port: int | str
+    name: str = ""
+    protocol: str = "TCP"
+
+    @property
+    def label(self) -> str:
+        """The port's name in generated resource names; an unnamed port is named by its number."""
+        return self.name or str(self.port)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    namespace: str
+    cluster_ips: tuple[str, ...]
+    ports: tuple[ServicePort, ...]
+    selector: Mapping[str, str] | None = field(default=None, hash=False)
+    headless: bool = False
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("Service", self.name, self.namespace)
+
+    def hostname(self, cluster_domain: str = "cluster.local") -> str:
+        return f"{self.name}.{self.namespace}.svc.{cluster_domain}"
+
+    def selects(self, workload: Workload) -> bool:
+        """A Service with no selector has manually managed endpoints, which zpilot does not model."""
+        if not self.selector or workload.namespace != self.namespace:
+            return False
+        return all(workload.labels.get(k) == v for k, v in self.selector.items())
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Every object zpilot knows about, as one immutable value; sources replace it whole."""
+
+    nodes: tuple[Node, ...] = ()
+    namespaces: tuple[Namespace, ...] = ()
+    service_accounts: tuple[ServiceAccount, ...] = ()
+    workloads: tuple[Workload, ...] = ()
+    services: tuple[Service, ...] = ()
