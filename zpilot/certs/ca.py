@@ -387,6 +387,11 @@ class CertificateAuthority:
     # -- what it offers -------------------------------------------------------------------------
 
     @property
+    def clock(self) -> Clock:
+        """The clock certificates are dated by (injectable for tests)."""
+        return self._clock
+
+    @property
     def signing_certificate(self) -> x509.Certificate:
         return self._cert
 

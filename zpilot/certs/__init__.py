@@ -1,0 +1,39 @@
+"""Workload identity for the mesh: the CA, per-identity certificates and the SDS Secret resources.
+
+``ca`` signs, ``identity`` decides when to sign again, ``secrets`` turns both into what Envoy is
+sent (and into redacted views for humans). See docs/certificates.md.
+"""
+
+from zpilot.certs.ca import (
+    DEFAULT_LIFETIME,
+    CertificateAuthority,
+    CertificateAuthorityError,
+    IssuedCertificate,
+)
+from zpilot.certs.identity import AuthorityChange, IdentityCache
+from zpilot.certs.secrets import (
+    ROOTCA,
+    build_secrets,
+    describe_certificate,
+    describe_secret,
+    redact_secret,
+    workload_secret_name,
+)
+from zpilot.certs.spiffe import SpiffeId, parse_spiffe_id
+
+__all__ = [
+    "DEFAULT_LIFETIME",
+    "ROOTCA",
+    "AuthorityChange",
+    "CertificateAuthority",
+    "CertificateAuthorityError",
+    "IdentityCache",
+    "IssuedCertificate",
+    "SpiffeId",
+    "build_secrets",
+    "describe_certificate",
+    "describe_secret",
+    "parse_spiffe_id",
+    "redact_secret",
+    "workload_secret_name",
+]
