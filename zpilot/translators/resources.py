@@ -7,7 +7,10 @@ named here but not made here: key material is the CA's business (``zpilot.certs`
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
@@ -20,6 +23,12 @@ SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Sec
 
 #: The order a push (and a reconnect) must follow: make before break (xds-protocol-notes.md).
 PUSH_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE)
+
+
+def content_version(resource: Message) -> str:
+    """A resource's version: a hash of its deterministic serialization, so an unchanged resource
+    keeps its version across rebuilds and restarts (and delta xDS need not resend it)."""
+    return hashlib.sha256(resource.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,9 @@ class NodeResources:
     clusters: dict[str, Cluster] = field(default_factory=dict)
     endpoints: dict[str, ClusterLoadAssignment] = field(default_factory=dict)
     secrets: dict[str, SecretRef] = field(default_factory=dict)
+
+    def add_secret(self, name: str, spiffe_id: str | None) -> None:
+        self.secrets[name] = SecretRef(name, spiffe_id)
 
     def by_type(self) -> dict[str, dict]:
         """Listener, cluster and endpoint resources by type URL (secrets come from the CA)."""

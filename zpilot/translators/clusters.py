@@ -1,0 +1,120 @@
+"""Clusters: the fixed ones every ztunnel has, the per-identity HBONE tunnel clusters, and the
+EDS clusters of service ports."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_upstream_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.metadata.v3 import metadata_pb2
+
+from . import names
+from .envoy_common import ORIGINAL_DST_FILTER, ads_source, pack, raw_buffer, struct
+from .tls import upstream_tls
+
+Cluster = cluster_pb2.Cluster
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+#: Endpoint metadata namespace holding the HBONE contract: {address: podIP:15008, destination: podIP:port}.
+TUNNEL_METADATA = "tunnel"
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
+
+
+def _seconds(value: int) -> duration_pb2.Duration:
+    return duration_pb2.Duration(seconds=value)
+
+
+def virtual_inbound() -> Cluster:
+    """Dials the ``x-envoy-original-dst-host`` header of a CONNECT (or, plaintext, the original destination)."""
+    return Cluster(
+        name=names.VIRTUAL_INBOUND,
+        type=Cluster.ORIGINAL_DST,
+        lb_policy=Cluster.CLUSTER_PROVIDED,
+        original_dst_lb_config=Cluster.OriginalDstLbConfig(use_http_header=True),
+    )
+
+
+def passthrough() -> Cluster:
+    return Cluster(
+        name=names.PASSTHROUGH_CLUSTER,
+        type=Cluster.ORIGINAL_DST,
+        lb_policy=Cluster.CLUSTER_PROVIDED,
+        connect_timeout=_seconds(10),
+    )
+
+
+def blackhole() -> Cluster:
+    return Cluster(
+        name=names.BLACKHOLE_CLUSTER,
+        type=Cluster.STATIC,
+        connect_timeout=_seconds(10),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(cluster_name=names.BLACKHOLE_CLUSTER),
+    )
+
+
+def hbone_tunnel(name: str, secret_name: str, trust_domain: str, *, port_override: int | None = None) -> Cluster:
+    """An ORIGINAL_DST cluster speaking HTTP/2 CONNECT over mutual TLS 1.3 to a peer ztunnel.
+
+    Without ``port_override`` it dials the address the internal listener's original_dst filter
+    restored from endpoint metadata; with it, the downstream destination's IP on that port.
+    """
+    options = http_protocol_options_pb2.HttpProtocolOptions(
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True)
+        )
+    )
+    cluster = Cluster(
+        name=name,
+        type=Cluster.ORIGINAL_DST,
+        lb_policy=Cluster.CLUSTER_PROVIDED,
+        connect_timeout=_seconds(2),
+        cleanup_interval=_seconds(60),
+        transport_socket=upstream_tls(secret_name, trust_domain),
+        typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: pack(options)},
+    )
+    if port_override is not None:
+        cluster.original_dst_lb_config.upstream_port_override.value = port_override
+    return cluster
+
+
+def service_port(name: str) -> Cluster:
+    """The EDS cluster of one (source identity, service port): mesh endpoints go through the
+    internal listener (``tunnel: h2``), others straight to the pod in plain TCP."""
+    passthrough_keys = [TUNNEL_METADATA, ORIGINAL_DST_FILTER]
+    internal = internal_upstream_pb2.InternalUpstreamTransport(
+        passthrough_metadata=[
+            internal_upstream_pb2.InternalUpstreamTransport.MetadataValueSource(
+                kind=_host_kind(), name=key
+            )
+            for key in passthrough_keys
+        ],
+        transport_socket=raw_buffer(),
+    )
+    return Cluster(
+        name=name,
+        type=Cluster.EDS,
+        eds_cluster_config=Cluster.EdsClusterConfig(eds_config=_eds_source()),
+        transport_socket_matches=[
+            Cluster.TransportSocketMatch(
+                name="internal_upstream",
+                match=struct({"tunnel": "h2"}),
+                transport_socket=base_pb2.TransportSocket(
+                    name="envoy.transport_sockets.internal_upstream", typed_config=pack(internal)
+                ),
+            ),
+            Cluster.TransportSocketMatch(name="tlsMode-disabled", match=struct({}), transport_socket=raw_buffer()),
+        ],
+    )
+
+
+def _eds_source():
+    source = ads_source()
+    source.initial_fetch_timeout.CopyFrom(_seconds(0))
+    return source
+
+
+def _host_kind() -> metadata_pb2.MetadataKind:
+    return metadata_pb2.MetadataKind(host=metadata_pb2.MetadataKind.Host())

@@ -1,0 +1,73 @@
+"""One node's view of the mesh: what the translators of that node's config need to know.
+
+Computed once per (index, node) so every translator sees the same local pods, identities and
+secret names, in the same (sorted) order, which keeps output deterministic for golden tests
+and content hashes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..model.index import MeshIndex
+from ..model.objects import Workload
+from . import names
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    trust_domain: str = "cluster.local"
+    layout: str = "article"
+    #: Address the node-wide listeners bind to (0.0.0.0 in a cluster; tests may pick another).
+    bind_address: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class LocalIdentity:
+    """A service account with at least one meshed pod on this node."""
+
+    spiffe_id: str
+    pods: tuple[Workload, ...]
+
+    @property
+    def secret_name(self) -> str:
+        """The secret its outbound TLS presents: named after the first of its pods, as the article's is."""
+        return names.workload_secret(self.spiffe_id, self.pods[0])
+
+
+@dataclass(frozen=True)
+class NodeView:
+    index: MeshIndex
+    node: str
+    options: TranslateOptions
+    local_pods: tuple[Workload, ...] = field(default=())
+    identities: tuple[LocalIdentity, ...] = field(default=())
+
+    @classmethod
+    def of(cls, index: MeshIndex, node: str, options: TranslateOptions) -> "NodeView":
+        pods = tuple(w for w in index.meshed_workloads_on(node) if w.ip)
+        by_identity: dict[str, list[Workload]] = {}
+        for pod in pods:
+            by_identity.setdefault(names.workload_identity(options.trust_domain, pod), []).append(pod)
+        identities = tuple(
+            LocalIdentity(sid, tuple(sorted(ws, key=lambda w: (w.name, w.uid)))) for sid, ws in sorted(by_identity.items())
+        )
+        return cls(index, node, options, pods, identities)
+
+    @property
+    def trust_domain(self) -> str:
+        return self.options.trust_domain
+
+    @property
+    def cluster_domain(self) -> str:
+        return self.index.cluster_domain
+
+    def identity_of(self, workload: Workload) -> str:
+        return names.workload_identity(self.trust_domain, workload)
+
+    def local_identity(self, workload: Workload) -> LocalIdentity:
+        sid = self.identity_of(workload)
+        return next(i for i in self.identities if i.spiffe_id == sid)
+
+    def is_local(self, workload: Workload) -> bool:
+        return workload.node_name == self.node

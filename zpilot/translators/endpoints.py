@@ -1,0 +1,81 @@
+"""ClusterLoadAssignments of service ports, carrying the HBONE ``tunnel`` metadata contract.
+
+A mesh endpoint is an ``envoy_internal_address`` of the source identity's internal listener,
+with metadata saying where the tunnel goes (``tunnel.address``, the peer ztunnel: podIP:15008,
+or :15088 for a pod on this node) and what it carries (``tunnel.destination``, podIP:port).
+``envoy.filters.listener.original_dst.local`` is the stock replacement for Istio's
+``set_dst_address`` filter: the internal listener's original_dst filter reads it as the
+connection's destination, which the ORIGINAL_DST tunnel cluster then dials.
+
+The fields Envoy itself fills in when it dumps endpoints (locality, weight, health, the
+overprovisioning factor) are set explicitly, so that what we render equals Envoy's own
+``/config_dump?include_eds`` and a diff of the two shows only real differences.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import wrappers_pb2
+
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+
+from ..model.index import Endpoint
+from . import names
+from .clusters import TRANSPORT_SOCKET_MATCH, TUNNEL_METADATA
+from .envoy_common import ORIGINAL_DST_FILTER, socket_address, struct
+
+ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
+OVERPROVISIONING_FACTOR = 140  # Envoy's default, which its config_dump always shows
+
+
+def lb_endpoint(address: address_pb2.Address, metadata: base_pb2.Metadata | None = None):
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address, health_check_config=endpoint_components_pb2.Endpoint.HealthCheckConfig()
+        ),
+        health_status=health_check_pb2.HEALTHY,
+        load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
+    )
+    if metadata is not None:
+        endpoint.metadata.CopyFrom(metadata)
+    return endpoint
+
+
+def mesh_endpoint(endpoint: Endpoint, identity: str, same_node: bool):
+    tunnel_port = names.HBONE_SAME_NODE_PORT if same_node else names.HBONE_PORT
+    tunnel_address = f"{endpoint.address}:{tunnel_port}"
+    metadata = base_pb2.Metadata(
+        filter_metadata={
+            TRANSPORT_SOCKET_MATCH: struct({"tunnel": "h2"}),
+            TUNNEL_METADATA: struct({"address": tunnel_address, "destination": endpoint.authority}),
+            ORIGINAL_DST_FILTER: struct({"local": tunnel_address}),
+        }
+    )
+    address = address_pb2.Address(
+        envoy_internal_address=address_pb2.EnvoyInternalAddress(
+            server_listener_name=names.tunnel_listener(identity), endpoint_id=endpoint.authority
+        )
+    )
+    return lb_endpoint(address, metadata)
+
+
+def load_assignment(cluster_name: str, lb_endpoints: list) -> ClusterLoadAssignment:
+    cla = ClusterLoadAssignment(cluster_name=cluster_name)
+    cla.policy.overprovisioning_factor.value = OVERPROVISIONING_FACTOR
+    if lb_endpoints:
+        group = cla.endpoints.add()
+        group.locality.SetInParent()
+        group.lb_endpoints.extend(lb_endpoints)
+    return cla
+
+
+def service_port_endpoints(
+    cluster_name: str, identity: str, endpoints: list[Endpoint], node: str
+) -> ClusterLoadAssignment:
+    lbs = []
+    for ep in endpoints:
+        if ep.meshed:
+            lbs.append(mesh_endpoint(ep, identity, same_node=ep.workload.node_name == node))
+        else:
+            lbs.append(lb_endpoint(socket_address(ep.address, ep.port)))
+    return load_assignment(cluster_name, lbs)

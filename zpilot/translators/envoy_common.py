@@ -1,0 +1,107 @@
+"""Small Envoy building blocks shared by every translator: Any packing, addresses, access logs,
+socket options, ADS config sources and listener filters.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import any_pb2, struct_pb2
+from google.protobuf.message import Message
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, socket_option_pb2
+from envoy.config.core.v3 import substitution_format_string_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2
+from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
+from envoy.extensions.filters.listener.original_src.v3 import original_src_pb2
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
+
+#: SOL_SOCKET / SO_MARK on Linux.
+SOL_SOCKET = 1
+SO_MARK = 36
+#: Marks of the 2022 design: 0x401 outbound and 0x402 inbound listener sockets, 1234 (0x4d2) on
+#: connections whose source original_src spoofs.
+OUTBOUND_SOCKET_MARK = 0x401
+INBOUND_SOCKET_MARK = 0x402
+ORIGINAL_SRC_MARK = 1234
+
+ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
+ORIGINAL_SRC_FILTER = "envoy.filters.listener.original_src"
+
+#: Access log fields: what a person (or the end-to-end tests) needs to follow one connection
+#: through a ztunnel: which chain matched, where it went, and who the peer proved to be.
+ACCESS_LOG_FIELDS = {
+    "start": "%START_TIME%",
+    "filter_chain": "%FILTER_CHAIN_NAME%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
+    "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "downstream_local": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "method": "%REQ(:METHOD)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "original_dst_host": "%REQ(X-ENVOY-ORIGINAL-DST-HOST)%",
+    "peer_san": "%DOWNSTREAM_PEER_URI_SAN%",
+    "local_san": "%DOWNSTREAM_LOCAL_URI_SAN%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+    "bytes_sent": "%BYTES_SENT%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "duration_ms": "%DURATION%",
+}
+
+
+def pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def socket_address(address: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
+
+
+def ads_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(
+        ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+    )
+
+
+def access_log(site: str) -> accesslog_pb2.AccessLog:
+    """A JSON access log line on stdout, tagged with the place that wrote it."""
+    fields = struct_pb2.Struct()
+    fields.update({"log": site, **ACCESS_LOG_FIELDS})
+    logger = stream_pb2.StdoutAccessLog(log_format=substitution_format_string_pb2.SubstitutionFormatString(json_format=fields))
+    return accesslog_pb2.AccessLog(name="envoy.access_loggers.stdout", typed_config=pack(logger))
+
+
+def socket_mark(mark: int, description: str) -> socket_option_pb2.SocketOption:
+    return socket_option_pb2.SocketOption(
+        description=description,
+        level=SOL_SOCKET,
+        name=SO_MARK,
+        int_value=mark,
+        state=socket_option_pb2.SocketOption.STATE_PREBIND,
+    )
+
+
+def original_dst_filter() -> listener_components_pb2.ListenerFilter:
+    return listener_components_pb2.ListenerFilter(
+        name=ORIGINAL_DST_FILTER, typed_config=pack(original_dst_pb2.OriginalDst())
+    )
+
+
+def original_src_filter() -> listener_components_pb2.ListenerFilter:
+    return listener_components_pb2.ListenerFilter(
+        name=ORIGINAL_SRC_FILTER, typed_config=pack(original_src_pb2.OriginalSrc(mark=ORIGINAL_SRC_MARK))
+    )
+
+
+def raw_buffer() -> base_pb2.TransportSocket:
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer()))
+
+
+def struct(values: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(values)
+    return s

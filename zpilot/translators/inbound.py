@@ -1,0 +1,129 @@
+"""The receiving side: ``ztunnel_inbound`` (15008, mTLS + HTTP/2 CONNECT) and
+``ztunnel_inbound_plaintext`` (15006), one filter chain per meshed pod on this node.
+
+RBAC sits before the HTTP connection manager, so it judges the outer mTLS peer (the source
+workload's identity, as the 2022 design did). For now it allows every identity of our trust
+domain, and nothing else.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import wrappers_pb2
+
+from envoy.config.core.v3 import address_pb2, protocol_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_filter
+
+from . import names
+from .context import NodeView
+from .envoy_common import (
+    INBOUND_SOCKET_MARK,
+    access_log,
+    original_dst_filter,
+    original_src_filter,
+    pack,
+    socket_address,
+    socket_mark,
+)
+from .tcp_proxy import proxy_chain
+from .tls import downstream_tls, identity_matcher
+
+Listener = listener_pb2.Listener
+
+
+def _pod_match(ip: str) -> listener_components_pb2.FilterChainMatch:
+    return listener_components_pb2.FilterChainMatch(
+        prefix_ranges=[address_pb2.CidrRange(address_prefix=ip, prefix_len=wrappers_pb2.UInt32Value(value=32))]
+    )
+
+
+def mesh_identities_rbac(trust_domain: str) -> listener_components_pb2.Filter:
+    rules = rbac_config.RBAC(
+        action=rbac_config.RBAC.ALLOW,
+        policies={
+            "mesh-identities": rbac_config.Policy(
+                permissions=[rbac_config.Permission(any=True)],
+                principals=[
+                    rbac_config.Principal(
+                        authenticated=rbac_config.Principal.Authenticated(principal_name=identity_matcher(trust_domain))
+                    )
+                ],
+            )
+        },
+    )
+    return listener_components_pb2.Filter(
+        name="envoy.filters.network.rbac", typed_config=pack(rbac_filter.RBAC(rules=rules, stat_prefix="tcp."))
+    )
+
+
+def connect_terminator() -> listener_components_pb2.Filter:
+    """An HCM that accepts CONNECT and relays the stream's bytes to ``virtual_inbound``."""
+    route = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(connect_matcher=route_components_pb2.RouteMatch.ConnectMatcher()),
+        route=route_components_pb2.RouteAction(
+            cluster=names.VIRTUAL_INBOUND,
+            upgrade_configs=[
+                route_components_pb2.RouteAction.UpgradeConfig(
+                    upgrade_type="CONNECT",
+                    connect_config=route_components_pb2.RouteAction.UpgradeConfig.ConnectConfig(),
+                )
+            ],
+        ),
+    )
+    manager = hcm.HttpConnectionManager(
+        stat_prefix="inbound_hcm",
+        route_config=route_pb2.RouteConfiguration(
+            name="local_route",
+            virtual_hosts=[route_components_pb2.VirtualHost(name="local_service", domains=["*"], routes=[route])],
+        ),
+        http_filters=[hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
+        http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True),
+        access_log=[access_log(names.INBOUND_LISTENER)],
+        upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="CONNECT")],
+    )
+    return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(manager))
+
+
+def _transparent_listener(name: str, view: NodeView, port: int) -> Listener:
+    return Listener(
+        name=name,
+        address=socket_address(view.options.bind_address, port),
+        transparent=wrappers_pb2.BoolValue(value=True),
+        use_original_dst=wrappers_pb2.BoolValue(value=True),
+        listener_filters=[original_dst_filter(), original_src_filter()],
+        socket_options=[socket_mark(INBOUND_SOCKET_MARK, "Set socket mark to packets coming back from inbound listener")],
+        access_log=[access_log(name)],
+    )
+
+
+def inbound_listener(view: NodeView) -> Listener:
+    listener = _transparent_listener(names.INBOUND_LISTENER, view, names.HBONE_PORT)
+    for pod in view.local_pods:
+        secret = names.workload_secret(view.identity_of(pod), pod)
+        listener.filter_chains.append(
+            listener_components_pb2.FilterChain(
+                name=names.inbound_chain(pod.ip),
+                filter_chain_match=_pod_match(pod.ip),
+                filters=[mesh_identities_rbac(view.trust_domain), connect_terminator()],
+                transport_socket=downstream_tls(secret, view.trust_domain),
+            )
+        )
+    return listener
+
+
+def inbound_plaintext_listener(view: NodeView) -> Listener:
+    listener = _transparent_listener(names.INBOUND_PLAINTEXT_LISTENER, view, names.INBOUND_PLAINTEXT_PORT)
+    for pod in view.local_pods:
+        chain = proxy_chain(
+            names.inbound_chain(pod.ip),
+            names.VIRTUAL_INBOUND,
+            stat_prefix="virtual_inbound_plaintext",
+            log_site=names.INBOUND_PLAINTEXT_LISTENER,
+        )
+        chain.filter_chain_match.CopyFrom(_pod_match(pod.ip))
+        listener.filter_chains.append(chain)
+    return listener

@@ -1,0 +1,50 @@
+"""Builders for ``filter_chain_matcher`` trees (xds.type.matcher.v3), the article's way of picking
+a filter chain by destination port, source IP and destination IP.
+
+Note the types: inputs and actions are ``xds.core.v3.TypedExtensionConfig``, not Envoy's own.
+A nested map that finds no key falls back to the enclosing level's ``on_no_match``.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from google.protobuf import wrappers_pb2
+from xds.core.v3 import extension_pb2
+from xds.type.matcher.v3 import matcher_pb2
+
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
+
+from .envoy_common import pack
+
+Matcher = matcher_pb2.Matcher
+OnMatch = matcher_pb2.Matcher.OnMatch
+
+_INPUTS = {
+    "port": network_inputs_pb2.DestinationPortInput,
+    "source-ip": network_inputs_pb2.SourceIPInput,
+    "ip": network_inputs_pb2.DestinationIPInput,
+}
+
+
+def chain(name: str) -> OnMatch:
+    """Select the filter chain called ``name``."""
+    return OnMatch(
+        action=extension_pb2.TypedExtensionConfig(name=name, typed_config=pack(wrappers_pb2.StringValue(value=name)))
+    )
+
+
+def nested(matcher: Matcher) -> OnMatch:
+    return OnMatch(matcher=matcher)
+
+
+def exact(input_name: str, cases: Mapping[str, OnMatch], on_no_match: OnMatch | None = None) -> Matcher:
+    """``input_name`` is one of "port" (destination port), "source-ip" and "ip" (destination IP)."""
+    tree = Matcher.MatcherTree(
+        input=extension_pb2.TypedExtensionConfig(name=input_name, typed_config=pack(_INPUTS[input_name]())),
+        exact_match_map=Matcher.MatcherTree.MatchMap(map=dict(cases)),
+    )
+    matcher = Matcher(matcher_tree=tree)
+    if on_no_match is not None:
+        matcher.on_no_match.CopyFrom(on_no_match)
+    return matcher

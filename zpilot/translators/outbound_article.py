@@ -1,0 +1,150 @@
+"""The article's outbound layout, on stock Envoy.
+
+``ztunnel_outbound`` (15001) picks a chain by destination port, then source pod IP, then
+destination IP (and, for a service VIP, port):
+
+    DestinationPort{15001 -> BlackHoleCluster}
+      -> SourceIP{local meshed pod -> DestinationIP{VIP -> DestinationPort{port -> service chain},
+                                                   meshed pod IP -> pod chain}}
+      -> PassthroughFilterChain
+
+A service chain ``<spiffe>_to_<port>_<fqdn>_outbound_internal`` proxies to the EDS cluster of the
+same name; its mesh endpoints are the internal listener ``outbound_tunnel_lis_<spiffe>``, whose
+tcp_proxy opens the HTTP/2 CONNECT tunnel through ``outbound_tunnel_clus_<spiffe>``. A pod chain
+tunnels straight from the outbound listener through ``outbound_pod[_local]_tunnel_clus_<spiffe>``.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import wrappers_pb2
+
+from envoy.config.listener.v3 import listener_pb2
+
+from ..model.index import ServiceTarget
+from . import clusters, endpoints, matcher, names
+from .context import LocalIdentity, NodeView
+from .envoy_common import (
+    OUTBOUND_SOCKET_MARK,
+    access_log,
+    original_dst_filter,
+    original_src_filter,
+    socket_address,
+    socket_mark,
+)
+from .layout import register
+from .resources import NodeResources
+from .tcp_proxy import proxy_chain
+
+Listener = listener_pb2.Listener
+#: The tunnel's CONNECT authority on the internal listener: the real destination, from endpoint metadata.
+TUNNEL_DESTINATION = "%DYNAMIC_METADATA(tunnel:destination)%"
+#: ... and on the outbound listener itself (pod-IP destinations): the original destination.
+DOWNSTREAM_DESTINATION = "%DOWNSTREAM_LOCAL_ADDRESS%"
+
+
+@register("article")
+def article_layout(view: NodeView, out: NodeResources) -> None:
+    outbound = _outbound_listener(view)
+    out.listeners[outbound.name] = outbound
+    for identity in view.identities:
+        _identity_resources(view, identity, out)
+    _service_resources(view, outbound, out)
+    outbound.filter_chain_matcher.CopyFrom(_matcher(view))
+
+
+def _outbound_listener(view: NodeView) -> Listener:
+    listener = Listener(
+        name=names.OUTBOUND_LISTENER,
+        address=socket_address(view.options.bind_address, names.OUTBOUND_PORT),
+        transparent=wrappers_pb2.BoolValue(value=True),
+        use_original_dst=wrappers_pb2.BoolValue(value=True),
+        listener_filters=[original_dst_filter(), original_src_filter()],
+        socket_options=[socket_mark(OUTBOUND_SOCKET_MARK, "Set socket mark to packets coming back from outbound listener")],
+        access_log=[access_log(names.OUTBOUND_LISTENER)],
+    )
+    listener.filter_chains.extend(
+        [
+            proxy_chain(names.PASSTHROUGH_CHAIN, names.PASSTHROUGH_CLUSTER, log_site=names.OUTBOUND_LISTENER),
+            proxy_chain(names.BLACKHOLE_CHAIN, names.BLACKHOLE_CLUSTER, log_site=names.OUTBOUND_LISTENER),
+        ]
+    )
+    return listener
+
+
+def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResources) -> None:
+    """Per local identity: its internal listener, its three tunnel clusters and their chains."""
+    sid, secret, td = identity.spiffe_id, identity.secret_name, view.trust_domain
+    tunnel_lis = Listener(
+        name=names.tunnel_listener(sid),
+        use_original_dst=wrappers_pb2.BoolValue(value=False),
+        listener_filters=[original_dst_filter()],
+        filter_chains=[
+            proxy_chain(
+                "",
+                names.tunnel_cluster(sid),
+                stat_prefix=names.tunnel_listener(sid),
+                log_site=names.tunnel_listener(sid),
+                tunnel_target=TUNNEL_DESTINATION,
+            )
+        ],
+    )
+    tunnel_lis.internal_listener.SetInParent()
+    out.listeners[tunnel_lis.name] = tunnel_lis
+    for cluster in (
+        clusters.hbone_tunnel(names.tunnel_cluster(sid), secret, td),
+        clusters.hbone_tunnel(names.pod_tunnel_cluster(sid), secret, td, port_override=names.HBONE_PORT),
+        clusters.hbone_tunnel(names.pod_local_tunnel_cluster(sid), secret, td, port_override=names.HBONE_SAME_NODE_PORT),
+    ):
+        out.clusters[cluster.name] = cluster
+    outbound = out.listeners[names.OUTBOUND_LISTENER]
+    for cluster_name in (names.pod_tunnel_cluster(sid), names.pod_local_tunnel_cluster(sid)):
+        outbound.filter_chains.append(
+            proxy_chain(
+                names.pod_chain(cluster_name),
+                cluster_name,
+                log_site=names.OUTBOUND_LISTENER,
+                tunnel_target=DOWNSTREAM_DESTINATION,
+            )
+        )
+    out.add_secret(secret, sid)
+
+
+def _service_resources(view: NodeView, outbound: Listener, out: NodeResources) -> None:
+    """Per (local identity, service port): a chain, an EDS cluster and its endpoints."""
+    seen: set[tuple[str, int]] = set()
+    for _vip, target in view.index.vips():
+        key = (f"{target.service.namespace}/{target.service.name}", target.port.port)
+        if key in seen:  # dual-stack: one chain per service port, however many VIPs
+            continue
+        seen.add(key)
+        eps = view.index.endpoints(target.service, target.port)
+        for identity in view.identities:
+            name = names.service_chain(identity.spiffe_id, target.service, target.port, view.cluster_domain)
+            outbound.filter_chains.append(proxy_chain(name, name, log_site=names.OUTBOUND_LISTENER))
+            out.clusters[name] = clusters.service_port(name)
+            out.endpoints[name] = endpoints.service_port_endpoints(name, identity.spiffe_id, eps, view.node)
+
+
+def _matcher(view: NodeView) -> matcher.Matcher:
+    vips: dict[str, dict[str, ServiceTarget]] = {}
+    for vip, target in view.index.vips():
+        vips.setdefault(vip, {})[str(target.port.port)] = target
+    meshed = [w for w in view.index.meshed_workloads() if w.ip]
+    by_source: dict[str, matcher.OnMatch] = {}
+    for pod in view.local_pods:
+        sid = view.identity_of(pod)
+        destinations: dict[str, matcher.OnMatch] = {}
+        for vip, ports in vips.items():
+            chains = {
+                port: matcher.chain(names.service_chain(sid, t.service, t.port, view.cluster_domain))
+                for port, t in ports.items()
+            }
+            destinations[vip] = matcher.nested(matcher.exact("port", chains))
+        for dest in meshed:
+            cluster = names.pod_local_tunnel_cluster(sid) if view.is_local(dest) else names.pod_tunnel_cluster(sid)
+            destinations.setdefault(dest.ip, matcher.chain(names.pod_chain(cluster)))
+        by_source[pod.ip] = matcher.nested(matcher.exact("ip", destinations))
+    passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
+    # A match map must not be empty: with no meshed pod here, everything not for 15001 passes through.
+    after_port = matcher.nested(matcher.exact("source-ip", by_source, on_no_match=passthrough)) if by_source else passthrough
+    return matcher.exact("port", {str(names.OUTBOUND_PORT): matcher.chain(names.BLACKHOLE_CHAIN)}, on_no_match=after_port)

@@ -1,0 +1,37 @@
+"""The tcp_proxy network filter, plain or as an HBONE (HTTP/2 CONNECT) tunnel, and the filter
+chains that hold just one of them."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from .envoy_common import access_log, pack
+
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
+#: The header the receiving ztunnel's ``virtual_inbound`` (use_http_header) dials.
+ORIGINAL_DST_HEADER = "x-envoy-original-dst-host"
+
+
+def tcp_proxy(
+    cluster: str, *, stat_prefix: str | None = None, log_site: str, tunnel_target: str | None = None
+) -> listener_components_pb2.Filter:
+    """``tunnel_target`` is a substitution format for the CONNECT authority and the
+    ``x-envoy-original-dst-host`` header; without it the bytes go to ``cluster`` as they are."""
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster, cluster=cluster, access_log=[access_log(log_site)])
+    if tunnel_target is not None:
+        proxy.tunneling_config.hostname = tunnel_target
+        proxy.tunneling_config.headers_to_add.append(
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=ORIGINAL_DST_HEADER, value=tunnel_target))
+        )
+    return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))
+
+
+def proxy_chain(
+    name: str, cluster: str, *, log_site: str, tunnel_target: str | None = None, stat_prefix: str | None = None
+) -> listener_components_pb2.FilterChain:
+    return listener_components_pb2.FilterChain(
+        name=name,
+        filters=[tcp_proxy(cluster, stat_prefix=stat_prefix, log_site=log_site, tunnel_target=tunnel_target)],
+    )
