@@ -1,0 +1,1 @@
+"""xDS serving: snapshot cache, ADS server, pushes, config dumps and the debug API."""

@@ -1,0 +1,51 @@
+"""The cache interface: what the producer writes and what the ADS server reads.
+
+Kept apart from the implementation, as go-control-plane's ``pkg/cache/v3`` keeps ``Cache``
+apart from ``SnapshotCache``, so the server can be tested against any cache and depends on
+nothing that builds config.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .snapshot import Snapshot
+
+
+class NodeWatch(Protocol):
+    """A stream's subscription to one node's snapshot changes.
+
+    Changes coalesce: however many snapshots are set while a stream is busy sending, it wakes
+    once and reads the newest (Istio merges pending pushes per connection the same way).
+    """
+
+    node: str
+
+    async def wait(self) -> None:
+        """Return once the node's snapshot has changed since the last :meth:`wait` returned."""
+
+    def close(self) -> None:
+        """Stop watching; must be called when the stream ends."""
+
+
+class SnapshotReader(Protocol):
+    """The server's view of the cache."""
+
+    def get_snapshot(self, node: str) -> Snapshot | None:
+        """The node's current snapshot, or None when no config was produced for it."""
+
+    def watch(self, node: str) -> NodeWatch:
+        """Watch a node (known or not: a node the model gains later gets its config then)."""
+
+
+class SnapshotWriter(Protocol):
+    """The producer's view of the cache."""
+
+    def set_snapshot(self, snapshot: Snapshot) -> list[str]:
+        """Store a node's snapshot; return the types whose version changed (watchers wake only then)."""
+
+    def clear_snapshot(self, node: str) -> bool:
+        """Forget a node (it left the model); its watchers wake and see no snapshot."""
+
+    def nodes(self) -> list[str]:
+        """Nodes with a snapshot."""

@@ -1,0 +1,143 @@
+"""One node's resources, serialized once and versioned by content.
+
+A :class:`Snapshot` is immutable: the producer builds a new one for every change and the cache
+swaps it in, so a stream reading a snapshot never sees half an update. Each resource carries a
+version that is a hash of its serialized bytes; a type's version is a hash of its names and
+resource versions. Equal content therefore means equal versions, which is how "nothing changed
+for this node" is detected without comparing protobufs, and how delta xDS avoids resending
+unchanged resources.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from google.protobuf.message import Message
+
+from . import wire
+from .order import PUSH_ORDER
+
+_EMPTY: Mapping[str, "CachedResource"] = MappingProxyType({})
+
+
+def content_version(data: bytes) -> str:
+    """A short, stable content hash (64 bits is plenty to tell versions of one resource apart)."""
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedResource:
+    """A resource ready to send: its serialized ``Any`` and the hash of its content."""
+
+    name: str
+    type_url: str
+    version: str
+    any: bytes  # serialized google.protobuf.Any
+
+    @classmethod
+    def of(cls, type_url: str, name: str, message: Message) -> "CachedResource":
+        # deterministic: map fields (Struct metadata) in a stable order, so equal config hashes equal
+        value = message.SerializeToString(deterministic=True)
+        return cls(name, type_url, content_version(value), wire.any_bytes(type_url, value))
+
+    @property
+    def size(self) -> int:
+        return len(self.any)
+
+
+def names_version(resources: Iterable[CachedResource]) -> str:
+    """The version of a set of resources: a hash of their names and versions, order-independent."""
+    items = sorted((r.name, r.version) for r in resources)
+    return content_version("\n".join(f"{n}\t{v}" for n, v in items).encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class TypeResources:
+    """All resources of one type for one node."""
+
+    type_url: str
+    items: Mapping[str, CachedResource] = field(default_factory=lambda: _EMPTY)
+    version: str = field(default="")
+
+    @classmethod
+    def of(cls, type_url: str, messages: Mapping[str, Message]) -> "TypeResources":
+        items = {name: CachedResource.of(type_url, name, msg) for name, msg in sorted(messages.items())}
+        return cls(type_url, MappingProxyType(items), names_version(items.values()))
+
+    def select(self, names: Iterable[str] | None) -> list[CachedResource]:
+        """The resources with these names that exist (all of them for ``None``), sorted by name."""
+        if names is None:
+            return list(self.items.values())
+        return [self.items[n] for n in sorted(set(names)) if n in self.items]
+
+    @property
+    def size(self) -> int:
+        return sum(r.size for r in self.items.values())
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one node is served, by type URL, plus what the debug API shows about it.
+
+    ``source`` (the translators' NodeResources) and ``secrets`` (Secret messages, key material
+    included) are kept for ``/debug/config_dump``; the server only ever reads ``types``.
+    ``changed_at`` is the monotonic time of the model change this snapshot answers, so the server
+    can measure push latency from change to send. ``known`` is False for a node the model does
+    not have: it is served an empty config.
+    """
+
+    node: str
+    types: Mapping[str, TypeResources]
+    known: bool = True
+    changed_at: float = field(default_factory=time.monotonic)
+    generation_seconds: float = 0.0
+    source: Any = None
+    secrets: Mapping[str, Message] = field(default_factory=lambda: _EMPTY)
+
+    @classmethod
+    def build(
+        cls,
+        node: str,
+        messages: Mapping[str, Mapping[str, Message]],
+        *,
+        known: bool = True,
+        changed_at: float | None = None,
+        generation_seconds: float = 0.0,
+        source: Any = None,
+        secrets: Mapping[str, Message] | None = None,
+    ) -> "Snapshot":
+        """Serialize and version ``messages`` (type URL -> name -> message); missing types are empty."""
+        unknown = set(messages) - set(PUSH_ORDER)
+        if unknown:
+            raise ValueError(f"snapshot for node {node!r} has types this server does not serve: {sorted(unknown)}")
+        types = {t: TypeResources.of(t, messages.get(t, {})) for t in PUSH_ORDER}
+        return cls(
+            node=node,
+            types=MappingProxyType(types),
+            known=known,
+            changed_at=time.monotonic() if changed_at is None else changed_at,
+            generation_seconds=generation_seconds,
+            source=source,
+            secrets=MappingProxyType(dict(secrets or {})),
+        )
+
+    @classmethod
+    def empty(cls, node: str, *, known: bool = False) -> "Snapshot":
+        return cls.build(node, {}, known=known)
+
+    def resources(self, type_url: str) -> TypeResources:
+        return self.types.get(type_url) or TypeResources(type_url)
+
+    def version(self, type_url: str) -> str:
+        return self.resources(type_url).version
+
+    def versions(self) -> dict[str, str]:
+        return {t: r.version for t, r in self.types.items()}
+
+    def changed_types(self, previous: "Snapshot | None") -> list[str]:
+        """Types whose version differs from ``previous`` (all types when there is none), in push order."""
+        return [t for t in PUSH_ORDER if previous is None or previous.version(t) != self.version(t)]
