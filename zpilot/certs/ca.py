@@ -89,12 +89,18 @@ class IssuedCertificate:
 
     def __repr__(self) -> str:
         return (
-            f"IssuedCertificate(spiffe_id={self.spiffe_id!r}, serial={self.serial:x}, "
+            f"IssuedCertificate(spiffe_id={self.spiffe_id!r}, serial={serial_hex(self.serial)}, "
             f"not_before={self.not_before.isoformat()}, not_after={self.not_after.isoformat()}, "
             f"private_key=<redacted>)"
         )
 
     __str__ = __repr__
+
+
+def serial_hex(serial: int) -> str:
+    """A serial number the way Envoy's /certs prints it: lower-case hex, whole bytes."""
+    text = format(serial, "x")
+    return text if len(text) % 2 == 0 else "0" + text
 
 
 def fingerprint(cert: x509.Certificate) -> str:

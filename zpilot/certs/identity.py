@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from zpilot.certs.ca import DEFAULT_LIFETIME, CertificateAuthority, Clock, IssuedCertificate, sha256_hex
+from zpilot.certs.ca import DEFAULT_LIFETIME, CertificateAuthority, Clock, IssuedCertificate, serial_hex, sha256_hex
 from zpilot.certs.spiffe import parse_spiffe_id
 
 log = logging.getLogger("zpilot.certs.identity")
@@ -84,9 +84,9 @@ class IdentityCache:
                 previous = self._certs.get(spiffe_id)
                 self._certs[spiffe_id] = cert
                 log.info(
-                    "issued certificate for %s serial %x valid until %s%s",
-                    spiffe_id, cert.serial, cert.not_after.isoformat(),
-                    f" (replaces serial {previous.serial:x})" if previous else "",
+                    "issued certificate for %s serial %s valid until %s%s",
+                    spiffe_id, serial_hex(cert.serial), cert.not_after.isoformat(),
+                    f" (replaces serial {serial_hex(previous.serial)})" if previous else "",
                 )
             return cert
 

@@ -19,7 +19,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from udpa.annotations import sensitive_pb2
 
-from zpilot.certs.ca import IssuedCertificate, fingerprint
+from zpilot.certs.ca import IssuedCertificate, fingerprint, serial_hex
 from zpilot.certs.identity import IdentityCache
 from zpilot.model.problems import Problems
 from zpilot.translators.resources import SecretRef
@@ -232,7 +232,7 @@ def _describe(cert: x509.Certificate) -> dict[str, Any]:
         "subject": cert.subject.rfc4514_string(),
         "issuer": cert.issuer.rfc4514_string(),
         "uri_sans": uri_sans,
-        "serial": format(cert.serial_number, "x"),
+        "serial": serial_hex(cert.serial_number),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
         "sha256": fingerprint(cert),
