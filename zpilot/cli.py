@@ -12,6 +12,8 @@ COMMAND_MODULES = (
     "zpilot.commands.render",
     "zpilot.commands.bootstrap",
     "zpilot.cni.cli",
+    "zpilot.commands.serve",
+    "zpilot.commands.diff",
 )
 
 

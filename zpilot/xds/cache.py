@@ -44,6 +44,9 @@ class SnapshotWriter(Protocol):
     def set_snapshot(self, snapshot: Snapshot) -> list[str]:
         """Store a node's snapshot; return the types whose version changed (watchers wake only then)."""
 
+    def get_snapshot(self, node: str) -> Snapshot | None:
+        """The node's current snapshot (the producer reads it back for gauges and the debug API)."""
+
     def clear_snapshot(self, node: str) -> bool:
         """Forget a node (it left the model); its watchers wake and see no snapshot."""
 

@@ -74,9 +74,9 @@ class AdsServer:
         registry: StatusRegistry | None = None,
     ) -> None:
         self.cache = cache
-        self.options = options or ServerOptions()
-        self.metrics = metrics or Metrics()
-        self.registry = registry or StatusRegistry()
+        self.options = options if options is not None else ServerOptions()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.registry = registry if registry is not None else StatusRegistry()  # empty is falsy
         self._stream_options = StreamOptions(control_plane_id=self.options.control_plane_id)
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None

@@ -1,0 +1,84 @@
+"""Fixtures for the xDS tests: an in-process control plane on free loopback ports, and Envoys
+that are always killed at teardown."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from zpilot.certs import CertificateAuthority, IdentityCache
+from zpilot.kube.manifests import load_manifests
+from zpilot.model.index import MeshIndex
+from zpilot.translators import TranslateOptions, translate_node
+from zpilot.xds.control_plane import ControlPlane, DebugOptions
+from zpilot.xds.server import ServerOptions
+
+from .envoy_util import Envoy, random_loopback
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
+
+
+def load_index(root: Path) -> MeshIndex:
+    manifests = load_manifests(root)
+    return MeshIndex.build(manifests.cluster, manifests.problems)
+
+
+@pytest.fixture
+def manifests(tmp_path: Path) -> Path:
+    """A private copy of the example, so tests can add and remove manifests."""
+    target = tmp_path / "manifests"
+    shutil.copytree(EXAMPLE, target)
+    return target
+
+
+def per_node_translate(bind: dict[str, str]) -> Callable:
+    """translate_node with each node's listeners on its own loopback address (tests share a host)."""
+
+    def translate(index: MeshIndex, node: str):
+        address = bind.setdefault(node, random_loopback())
+        return translate_node(index, node, TranslateOptions(bind_address=address))
+
+    return translate
+
+
+@pytest.fixture
+async def make_plane(manifests: Path):
+    """Start an in-process ControlPlane (ADS and debug API on free loopback ports)."""
+    planes: list[ControlPlane] = []
+    identities = IdentityCache(CertificateAuthority.generate())
+    bind: dict[str, str] = {}
+
+    async def make(*, xds_port: int = 0, mutate=None, index: MeshIndex | None = None, **kw) -> ControlPlane:
+        plane = ControlPlane(
+            server_options=ServerOptions(host="127.0.0.1", port=xds_port, **kw),
+            debug_options=DebugOptions(host="127.0.0.1", port=0),
+            translate=per_node_translate(bind),
+            identities=identities,
+            mutate=mutate,
+        )
+        await plane.update(index or load_index(manifests))
+        await plane.start()
+        planes.append(plane)
+        return plane
+
+    yield make
+    for plane in planes:
+        await plane.stop()
+
+
+@pytest.fixture
+def envoys(tmp_path: Path):
+    """Factory of started Envoys; every one is killed at teardown, pass or fail."""
+    started: list[Envoy] = []
+
+    def start(node: str, xds_port: int, *, delta: bool = False, name: str | None = None) -> Envoy:
+        envoy = Envoy(tmp_path / (name or f"envoy-{len(started)}"), node, xds_port, delta=delta)
+        started.append(envoy)
+        return envoy.start()
+
+    yield start
+    for envoy in started:
+        envoy.stop()

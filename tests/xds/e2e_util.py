@@ -1,0 +1,58 @@
+"""Checks shared by the end-to-end tests: sync status and config diffs against a running plane."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+
+from zpilot.xds.dump_diff import unified_diff
+from zpilot.xds.order import PUSH_ORDER, short_name
+
+from .envoy_util import Envoy, eventually
+
+ALL_TYPES = [short_name(t) for t in PUSH_ORDER]
+
+
+async def debug_json(port: int, path: str, **params: Any) -> Any:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        r = await client.get(f"http://127.0.0.1:{port}{path}", params=params)
+        r.raise_for_status()
+        return r.json()
+
+
+async def wait_synced(debug_port: int, node: str, timeout: float = 15.0) -> dict[str, Any]:
+    """Until the node has one connection with every type sent and ACKed; returns its syncz entry."""
+
+    async def check():
+        conns = await debug_json(debug_port, "/debug/syncz", node=node)
+        assert len(conns) == 1, f"expected one connection of {node}, got {conns}"
+        states = {t["type"]: t["state"] for t in conns[0]["types"]}
+        assert states == {t: "SYNCED" for t in ALL_TYPES}, states
+        return conns[0]
+
+    return await eventually(check, timeout)
+
+
+async def config_diff(debug_port: int, envoy: Envoy) -> str:
+    intent = await debug_json(debug_port, "/debug/config_dump", node=envoy.node)
+    return unified_diff(intent, await envoy.config_dump())
+
+
+async def wait_no_diff(debug_port: int, envoy: Envoy, timeout: float = 10.0) -> None:
+    async def check():
+        diff = await config_diff(debug_port, envoy)
+        assert diff == "", diff[:4000]
+        return True
+
+    await eventually(check, timeout, interval=0.1)
+
+
+async def zpilot_diff_cli(debug_port: int, envoy: Envoy) -> subprocess.CompletedProcess:
+    """Run the real ``zpilot diff`` command (in a thread: the test's loop must keep serving ADS)."""
+    cmd = [sys.executable, "-m", "zpilot.cli", "diff", "--node", envoy.node, "--envoy-admin", envoy.admin,
+           "--server", f"http://127.0.0.1:{debug_port}"]
+    return await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)

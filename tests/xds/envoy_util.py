@@ -1,0 +1,153 @@
+"""Real Envoy processes for the xDS tests: unique ports, readiness via /ready, always killed.
+
+All helpers are async so the test's event loop (which runs the in-process control plane)
+keeps serving ADS while a test waits for Envoy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import httpx
+from google.protobuf import json_format
+
+from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
+
+ENVOY = shutil.which("envoy") or "envoy"
+_base_ids = itertools.count(random.randrange(10_000, 60_000))
+
+NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
+NODE_B = "gke-jimmy-cluster-default-pool-d5041909-c1da"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def random_loopback() -> str:
+    """A random 127/8 address, so this test's listeners on 15001/15006/15008 clash with nobody's."""
+    return f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+
+
+def bootstrap_json(node: str, xds_port: int, admin_port: int, *, delta: bool = False) -> dict[str, Any]:
+    """What ``zpilot bootstrap --node N --xds 127.0.0.1:PORT --admin-port P [--delta]`` prints."""
+    message = bootstrap(
+        BootstrapOptions(node=node, xds=f"127.0.0.1:{xds_port}", admin_port=admin_port, delta=delta)
+    )
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+class Envoy:
+    """One Envoy process for one node; :meth:`stop` always kills it."""
+
+    def __init__(self, workdir: Path, node: str, xds_port: int, *, delta: bool = False) -> None:
+        self.node = node
+        self.admin_port = free_port()
+        self.xds_port = xds_port
+        self.delta = delta
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config = self.dir / "bootstrap.json"
+        self.config.write_text(json.dumps(bootstrap_json(node, xds_port, self.admin_port, delta=delta)))
+        self.log = self.dir / "envoy.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self) -> "Envoy":
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [ENVOY, "-c", str(self.config), "--base-id", str(next(_base_ids)), "--disable-hot-restart",
+                 "-l", "info", "--drain-time-s", "0"],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        return self
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        """Until the admin /ready says LIVE (every listener warmed: CDS, EDS, SDS and LDS arrived)."""
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise AssertionError(f"envoy exited {self.proc.returncode}:\n{self.log_tail()}")
+                try:
+                    r = await client.get(f"{self.admin}/ready")
+                    if r.status_code == 200 and r.text.strip() == "LIVE":
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"envoy for {self.node} not LIVE in {timeout}s:\n{self.log_tail()}")
+
+    async def get_json(self, path: str) -> Any:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            r = await client.get(f"{self.admin}{path}")
+            r.raise_for_status()
+            return r.json()
+
+    async def config_dump(self) -> dict[str, Any]:
+        return await self.get_json("/config_dump?include_eds")
+
+    async def stats(self, prefix: str) -> dict[str, int]:
+        async with httpx.AsyncClient(timeout=5.0) as client:
+            r = await client.get(f"{self.admin}/stats", params={"filter": prefix})
+        out = {}
+        for line in r.text.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05) -> Any:
+    """Await ``check`` until it returns a truthy value (returned) or raises no AssertionError."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            if last is not None:
+                raise last
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,63 @@
+"""``zpilot diff``: does a live Envoy run the config zpilot intends for its node?
+
+Fetches the node's config from the server's debug API and the Envoy's own
+``/config_dump?include_eds``, normalizes both (see ``zpilot.xds.dump_diff``) and prints a unified
+diff. Exit status: 0 when they agree, 1 when they differ, 2 when either side cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from ..xds.dump_diff import summary, unified_diff
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("diff", help="diff a live Envoy's config_dump against the config zpilot serves its node")
+    p.add_argument("--node", required=True, help="Kubernetes node name the Envoy serves")
+    p.add_argument("--envoy-admin", required=True, help="the Envoy's admin URL, e.g. http://127.0.0.1:15000")
+    p.add_argument("--server", default="http://127.0.0.1:15014", help="zpilot debug API URL")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
+    p.set_defaults(func=run)
+
+
+class FetchError(Exception):
+    pass
+
+
+def fetch_json(url: str, timeout: float) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (operator-given URL)
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")[:500]
+        raise FetchError(f"{url}: HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise FetchError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+    except ValueError as exc:
+        raise FetchError(f"{url}: not JSON: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    server = args.server.rstrip("/")
+    admin = args.envoy_admin.rstrip("/")
+    try:
+        intent = fetch_json(f"{server}/debug/config_dump?node={urllib.parse.quote(args.node)}", args.timeout)
+        actual = fetch_json(f"{admin}/config_dump?include_eds", args.timeout)
+    except FetchError as exc:
+        print(f"zpilot diff: {exc}", file=sys.stderr)
+        return 2
+    diff = unified_diff(intent, actual, intent_name=f"zpilot:{args.node}", actual_name=f"envoy:{admin}")
+    if diff:
+        sys.stdout.write(diff)
+        print(f"zpilot diff: node {args.node}: Envoy differs from intent (intent {summary(intent)},"
+              f" envoy {summary(actual)})", file=sys.stderr)
+        return 1
+    print(f"zpilot diff: node {args.node}: no difference ({summary(intent)})", file=sys.stderr)
+    return 0

@@ -1,0 +1,111 @@
+"""``zpilot serve``: the control plane. Watches a manifest directory and serves every node's
+ztunnel its config over ADS (gRPC, port 15010), with the debug API on port 15014.
+
+See docs/xds-server.md for pointing an Envoy at it and for the debug endpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
+from ..kube.directory_watch import DirectoryWatch
+from ..kube.manifests import load_manifests
+from ..model.index import MeshIndex
+from ..translators import TranslateOptions, known_layouts, translate_node
+from ..xds.control_plane import ControlPlane, DebugOptions
+from ..xds.server import ServerOptions
+
+log = logging.getLogger("zpilot.serve")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
+    p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
+    p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address (default 0.0.0.0)")
+    p.add_argument("--xds-port", type=int, default=15010, help="ADS port (default 15010; 0 = any free port)")
+    p.add_argument("--debug-address", default="127.0.0.1", help="debug API listen address (default 127.0.0.1)")
+    p.add_argument("--debug-port", type=int, default=15014, help="debug API port (default 15014)")
+    p.add_argument("--layout", default="article", choices=known_layouts(), help="outbound layout")
+    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
+    p.add_argument("--ca-dir", type=Path, help="CA directory (created on first start); default: in memory")
+    p.add_argument("--cert-lifetime", type=float, default=24 * 3600.0, help="workload certificate lifetime, seconds")
+    p.add_argument("--debounce-quiet", type=float, default=0.1, help="seconds of quiet before a push (0.1)")
+    p.add_argument("--debounce-max", type=float, default=10.0, help="longest a change waits for quiet (10)")
+    p.add_argument("--max-connection-age", type=float, default=1800.0, help="seconds before a stream is recycled")
+    p.set_defaults(func=run)
+
+
+def load_index(root: Path) -> MeshIndex:
+    manifests = load_manifests(root)
+    index = MeshIndex.build(manifests.cluster, manifests.problems)
+    index.problems.log_all(log)
+    return index
+
+
+async def serve(args: argparse.Namespace) -> int:
+    try:
+        ca = CertificateAuthority.load_or_create(args.ca_dir, args.trust_domain)
+    except CertificateAuthorityError as exc:
+        log.error("%s", exc)
+        return 2
+    identities = IdentityCache(ca, lifetime=timedelta(seconds=args.cert_lifetime))
+    options = TranslateOptions(trust_domain=args.trust_domain, layout=args.layout, bind_address=args.bind_address)
+    plane = ControlPlane(
+        server_options=ServerOptions(
+            host=args.xds_address,
+            port=args.xds_port,
+            max_connection_age_ms=int(args.max_connection_age * 1000),
+        ),
+        debug_options=DebugOptions(host=args.debug_address, port=args.debug_port),
+        translate=functools.partial(translate_node, options=options),
+        identities=identities,
+    )
+    index = await asyncio.to_thread(load_index, args.manifests)
+    await plane.update(index)
+
+    async def reload(first_seen: float) -> None:
+        await plane.update(await asyncio.to_thread(load_index, args.manifests), changed_at=first_seen)
+
+    watch = DirectoryWatch(args.manifests, reload, quiet=args.debounce_quiet, max_delay=args.debounce_max)
+    watch.prime()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await plane.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        await plane.stop()
+        return 2
+    print(
+        f"zpilot: serving {len(index.nodes)} nodes: ADS on {args.xds_address}:{plane.xds_port},"
+        f" debug API on http://{args.debug_address}:{plane.debug_port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    watcher = asyncio.create_task(watch.run(), name="manifest-watch")
+    await stop.wait()
+    log.warning("shutting down")
+    watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
+    await plane.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.manifests.exists():
+        print(f"zpilot serve: {args.manifests} does not exist", file=sys.stderr)
+        return 2
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger("zpilot").setLevel(logging.INFO)
+    return asyncio.run(serve(args))

@@ -1,0 +1,163 @@
+"""One running control plane: cache, producer, ADS server and debug API wired together.
+
+``zpilot serve`` and the end-to-end tests both start one of these; the wiring lives here so the
+command stays a thin argument parser and the tests run exactly what users run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from ..model.index import MeshIndex
+from .metrics import Metrics
+from .push import Mutate, Producer, SecretSource, Translate, UpdateReport, certificate_secrets, default_translate
+from .server import AdsServer, ServerOptions
+from .snapshot_cache import SnapshotCache
+from .status import StatusRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DebugOptions:
+    host: str = "127.0.0.1"
+    port: int = 15014  # 0: any free port
+
+
+class ControlPlane:
+    """Owns the pieces; :meth:`start` binds the ports, :meth:`update` hands it a new model."""
+
+    def __init__(
+        self,
+        *,
+        server_options: ServerOptions | None = None,
+        debug_options: DebugOptions | None = None,
+        translate: Translate = default_translate,
+        secrets: SecretSource | None = None,
+        identities=None,
+        mutate: Mutate | None = None,
+    ) -> None:
+        self.metrics = Metrics()
+        self.cache = SnapshotCache()
+        self.registry = StatusRegistry()
+        self.identities = identities
+        if secrets is None and identities is not None:
+            secrets = certificate_secrets(identities)
+        self.producer = Producer(
+            self.cache, translate=translate, secrets=secrets, metrics=self.metrics, mutate=mutate
+        )
+        self.ads = AdsServer(self.cache, options=server_options, metrics=self.metrics, registry=self.registry)
+        self.debug_options = debug_options or DebugOptions()
+        self.debug_port: int | None = None
+        self.ready = False
+        self.last_report: UpdateReport | None = None
+        self._uvicorn = None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def index(self) -> MeshIndex | None:
+        return self.producer.index
+
+    @property
+    def xds_port(self) -> int | None:
+        return self.ads.port
+
+    async def update(self, index: MeshIndex | None = None, *, changed_at: float | None = None) -> UpdateReport:
+        """Produce config for a new model (or again for the current one) and retire unused identities."""
+        report = await self.producer.update(index, changed_at=changed_at)
+        self.last_report = report
+        if self.identities is not None and self.producer.index is not None:
+            self.identities.retain(self._referenced_identities())
+        return report
+
+    def _referenced_identities(self) -> set[str]:
+        ids: set[str] = set()
+        for node in self.cache.nodes():
+            snapshot = self.cache.get_snapshot(node)
+            source = snapshot.source if snapshot is not None else None
+            if source is not None:
+                ids.update(ref.spiffe_id for ref in source.secrets.values() if ref.spiffe_id)
+        return ids
+
+    async def start(self) -> None:
+        """Start the ADS server and the debug API (the model should be given first for readiness)."""
+        import uvicorn
+
+        from .debug_api import create_app
+
+        await self.ads.start()
+        config = uvicorn.Config(
+            create_app(self),
+            host=self.debug_options.host,
+            port=self.debug_options.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        server = _EmbeddedUvicorn(config)
+        self._uvicorn = server
+        self._tasks.append(asyncio.create_task(server.serve(), name="debug-api"))
+        while not server.started:
+            if self._tasks[-1].done():
+                self._tasks[-1].result()  # raises the bind error
+                raise OSError(f"debug API on {self.debug_options.host}:{self.debug_options.port} did not start")
+            await asyncio.sleep(0.01)
+        self.debug_port = _bound_port(server) or self.debug_options.port
+        if self.identities is not None:
+            self._tasks.append(asyncio.create_task(self._rotate_certificates(), name="cert-rotation"))
+        self.ready = self.producer.index is not None
+        log.info("debug API on http://%s:%d (OpenAPI at /docs)", self.debug_options.host, self.debug_port)
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        for task in self._tasks:
+            if task.get_name() != "debug-api":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.ads.stop(grace=1.0)
+
+    async def _rotate_certificates(self) -> None:
+        """Re-issue certificates at half their lifetime and push them; connections stay up."""
+        while True:
+            due_at = self.identities.next_rotation_at() if self.identities is not None else None
+            if due_at is None:
+                await asyncio.sleep(5.0)
+                continue
+            delay = (due_at - datetime.now(timezone.utc)).total_seconds()
+            await asyncio.sleep(min(max(delay, 0.0), 60.0))
+            if self.identities is None:
+                continue
+            rotated = self.identities.rotate_due()
+            if rotated:
+                log.info("rotated certificates of %s", rotated)
+                with contextlib.suppress(RuntimeError):
+                    await self.update(changed_at=time.monotonic())
+
+
+class _EmbeddedUvicorn:
+    """uvicorn's Server without its signal handling: the process's owner handles signals."""
+
+    def __new__(cls, config):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # type: ignore[override]
+                yield
+
+        return Server(config)
+
+
+def _bound_port(server) -> int | None:
+    for srv in getattr(server, "servers", []) or []:
+        for sock in getattr(srv, "sockets", []) or []:
+            return sock.getsockname()[1]
+    return None

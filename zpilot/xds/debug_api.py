@@ -1,0 +1,115 @@
+"""The debug REST API (FastAPI, port 15014): what istiod's debug endpoints show, for zpilot.
+
+Everything here reads state; nothing changes config. Key material never leaves through it:
+config dumps go through ``config_dump`` (which redacts private keys the way Envoy does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Mapping
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from .order import short_name
+
+if TYPE_CHECKING:
+    from .control_plane import ControlPlane
+
+
+def _plain(value: Any) -> Any:
+    """Model dataclasses as JSON-ready data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (Mapping, MappingProxyType)):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def create_app(plane: "ControlPlane") -> FastAPI:
+    app = FastAPI(
+        title="zpilot debug API",
+        description="State of the zpilot control plane: per-node config, xDS sync status, the model, metrics.",
+        version="1",
+    )
+
+    @app.get("/healthz/ready", summary="200 once the first model was translated and the ADS server is up")
+    def ready() -> JSONResponse:
+        if plane.ready and plane.index is not None:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False}, status_code=503)
+
+    @app.get("/debug/config_dump", summary="A node's config in the shape of Envoy's /config_dump?include_eds")
+    def config_dump(node: str = Query(..., description="Kubernetes node name")) -> JSONResponse:
+        from .config_dump import config_dump as render
+
+        snapshot = plane.cache.get_snapshot(node)
+        if snapshot is None or snapshot.source is None:
+            known = ", ".join(plane.cache.nodes()) or "none"
+            raise HTTPException(404, f"no config for node {node!r}; nodes with config: {known}")
+        versions = {
+            (type_url, name): resource.version
+            for type_url, resources in snapshot.types.items()
+            for name, resource in resources.items.items()
+        }
+        return JSONResponse(render(snapshot.source, dict(snapshot.secrets), versions))
+
+    @app.get("/debug/syncz", summary="Per connection and type: last sent, last ACKed, last NACK with its error")
+    def syncz(node: str | None = Query(None, description="only this node's connections")) -> JSONResponse:
+        return JSONResponse([c.to_json() for c in plane.registry.connections(node)])
+
+    @app.get("/debug/connections", summary="Open ADS streams")
+    def connections() -> JSONResponse:
+        return JSONResponse(
+            [
+                {
+                    "id": c.id,
+                    "node": c.node,
+                    "node_id": c.node_id,
+                    "known_node": c.known_node,
+                    "mode": c.mode,
+                    "peer": c.peer,
+                    "connected_at": c.connected_at,
+                    "types": [short_name(t) for t in c.types],
+                }
+                for c in plane.registry.connections()
+            ]
+        )
+
+    @app.get("/debug/registryz", summary="The mesh model the config is built from, and its input problems")
+    def registryz() -> JSONResponse:
+        index = plane.index
+        if index is None:
+            raise HTTPException(503, "no model loaded yet")
+        cluster = index.cluster
+        meshed = {(w.namespace, w.name) for w in index.meshed_workloads()}
+        return JSONResponse(
+            {
+                "nodes": _plain(cluster.nodes),
+                "namespaces": [dict(_plain(n), enrolled=n.enrolled) for n in cluster.namespaces],
+                "service_accounts": _plain(cluster.service_accounts),
+                "workloads": [
+                    dict(_plain(w), meshed=(w.namespace, w.name) in meshed) for w in cluster.workloads
+                ],
+                "services": _plain(cluster.services),
+                "problems": [
+                    {"severity": p.severity.value, "subject": p.subject, "reason": p.reason} for p in index.problems
+                ],
+                "snapshots": {
+                    node: (snap.versions() if (snap := plane.cache.get_snapshot(node)) else {})
+                    for node in plane.cache.nodes()
+                },
+            }
+        )
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        return PlainTextResponse(plane.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

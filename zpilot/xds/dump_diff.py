@@ -1,0 +1,98 @@
+"""Comparing intent with reality: our config dump against a live Envoy's.
+
+As ``istioctl proxy-status <pod>`` does: keep only dynamic active resources, sort them by name,
+drop ``version_info`` and ``last_updated`` (Envoy keeps an old version when content is
+unchanged, so versions say nothing about content), render both the same way, diff.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from typing import Any, Mapping
+
+_ADMIN = "type.googleapis.com/envoy.admin.v3."
+
+
+#: Envoy's EDS dump is rebuilt from its host sets, not echoed: it adds these defaults.
+DEFAULT_OVERPROVISIONING_FACTOR = 140
+
+
+def _normalize_assignment(cla: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop what Envoy adds to a ClusterLoadAssignment when dumping it (defaults and empty fields)."""
+    out = copy.deepcopy(dict(cla))
+    policy = out.get("policy")
+    if isinstance(policy, dict):
+        if policy.get("overprovisioning_factor") == DEFAULT_OVERPROVISIONING_FACTOR:
+            del policy["overprovisioning_factor"]
+        if not policy:
+            del out["policy"]
+    for locality in out.get("endpoints", []) or []:
+        if isinstance(locality, dict):
+            if locality.get("load_balancing_weight", 0) == 0:
+                locality.pop("load_balancing_weight", None)
+            if locality.get("locality") == {}:
+                del locality["locality"]
+    if not out.get("endpoints"):
+        out.pop("endpoints", None)
+    return out
+
+
+def _kind(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("@type", "")).removeprefix(_ADMIN)
+
+
+def normalize(dump: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The comparable part of a ``/config_dump?include_eds`` document."""
+    out: dict[str, list[Any]] = {"clusters": [], "endpoints": [], "secrets": [], "listeners": []}
+    for entry in dump.get("configs", []) or []:
+        kind = _kind(entry)
+        if kind == "ClustersConfigDump":
+            out["clusters"] += [c["cluster"] for c in entry.get("dynamic_active_clusters", []) if "cluster" in c]
+        elif kind == "ListenersConfigDump":
+            for lis in entry.get("dynamic_listeners", []):
+                active = lis.get("active_state")
+                if active and "listener" in active:
+                    out["listeners"].append(active["listener"])
+        elif kind == "EndpointsConfigDump":
+            out["endpoints"] += [
+                e["endpoint_config"] for e in entry.get("dynamic_endpoint_configs", []) if "endpoint_config" in e
+            ]
+        elif kind == "SecretsConfigDump":
+            out["secrets"] += [
+                s["secret"] for s in entry.get("dynamic_active_secrets", []) if "secret" in s
+            ]
+    # Envoy also dumps the inline load_assignment of non-EDS clusters as endpoint configs; that is
+    # already compared as part of the cluster, so only EDS clusters' (and orphan) assignments count.
+    inline = {c.get("name") for c in out["clusters"] if c.get("type") != "EDS"}
+    out["endpoints"] = [
+        _normalize_assignment(e) for e in out["endpoints"] if e.get("cluster_name") not in inline
+    ]
+    keys = {"clusters": "name", "listeners": "name", "secrets": "name", "endpoints": "cluster_name"}
+    for section, key in keys.items():
+        out[section].sort(key=lambda item, k=key: str(item.get(k, "")))
+    return out
+
+
+def render(dump: Mapping[str, Any]) -> str:
+    """One JSON rendering of the normalized dump, stable line by line."""
+    return json.dumps(normalize(dump), indent=1, sort_keys=True) + "\n"
+
+
+def unified_diff(intent: Mapping[str, Any], actual: Mapping[str, Any], *, intent_name: str = "zpilot",
+                 actual_name: str = "envoy") -> str:
+    """The unified diff from our intent to Envoy's state; empty when they agree."""
+    return "".join(
+        difflib.unified_diff(
+            render(intent).splitlines(keepends=True),
+            render(actual).splitlines(keepends=True),
+            fromfile=intent_name,
+            tofile=actual_name,
+        )
+    )
+
+
+def summary(dump: Mapping[str, Any]) -> dict[str, int]:
+    """How many resources of each kind a dump holds (for messages)."""
+    return {k: len(v) for k, v in normalize(dump).items()}
