@@ -1,0 +1,95 @@
+"""A node of the article's cluster, built from network namespaces with no route out.
+
+Node A (gke-...-d10i) as the article shows it: the node namespace, the ztunnel pod's namespace
+(10.4.4.18 behind veth300a1d80) and one namespace per pod, wired the way a point-to-point CNI
+plugin does it (the node answers as 10.4.4.1 on every veth; one /32 route per pod). Nothing is
+connected to the host's namespace, and every namespace is deleted by :meth:`Topology.destroy`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+
+NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
+HOST_IP = "10.4.4.1"
+ZTUNNEL_IP = "10.4.4.18"
+ZTUNNEL_VETH = "veth300a1d80"
+VETH_MTU = 1460  # GKE's; the tunnels get 1410 as in the article
+
+#: pod name -> (IP, host-side veth), as in examples/article/pods.yaml
+PODS = {
+    "sleep": ("10.4.4.19", "vethsleep"),
+    "details": ("10.4.4.7", "vethdetails"),
+    "reviews": ("10.4.4.11", "vethreviews"),
+    "legacy": ("10.4.4.25", "vethlegacy"),  # opted out of the mesh
+}
+
+
+def sh(*argv: str, input: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=30)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def in_ns(ns: str, *argv: str, check: bool = True, input: str | None = None) -> str:
+    return sh("ip", "netns", "exec", ns, *argv, check=check, input=input)
+
+
+@dataclass
+class Topology:
+    prefix: str = field(default_factory=lambda: f"zpt{os.getpid() % 10000}{uuid.uuid4().hex[:6]}")
+    created: list[str] = field(default_factory=list)
+
+    @property
+    def node(self) -> str:
+        return f"{self.prefix}-node"
+
+    @property
+    def ztunnel(self) -> str:
+        return f"{self.prefix}-zt"
+
+    def pod(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def _add_ns(self, name: str) -> None:
+        sh("ip", "netns", "add", name)
+        self.created.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _wire(self, ns: str, ip: str, host_veth: str) -> None:
+        """A pod namespace's eth0, paired with ``host_veth`` in the node: the ptp plugin's layout."""
+        sh("ip", "-n", self.node, "link", "add", host_veth, "mtu", str(VETH_MTU), "type", "veth",
+           "peer", "name", "eth0", "mtu", str(VETH_MTU), "netns", ns)
+        sh("ip", "-n", self.node, "addr", "add", f"{HOST_IP}/32", "dev", host_veth)
+        sh("ip", "-n", self.node, "link", "set", host_veth, "up")
+        sh("ip", "-n", self.node, "route", "add", f"{ip}/32", "dev", host_veth, "scope", "link")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "route", "add", f"{HOST_IP}/32", "dev", "eth0", "scope", "link")
+        sh("ip", "-n", ns, "route", "add", "default", "via", HOST_IP, "dev", "eth0")
+
+    def build(self, pods: tuple[str, ...] = tuple(PODS)) -> "Topology":
+        try:
+            self._add_ns(self.node)
+            self._add_ns(self.ztunnel)
+            self._wire(self.ztunnel, ZTUNNEL_IP, ZTUNNEL_VETH)
+            for name in pods:
+                self.add_pod(name)
+        except Exception:
+            self.destroy()
+            raise
+        return self
+
+    def add_pod(self, name: str) -> None:
+        ip, veth = PODS[name]
+        self._add_ns(self.pod(name))
+        self._wire(self.pod(name), ip, veth)
+
+    def destroy(self) -> None:
+        for name in reversed(self.created):
+            sh("ip", "netns", "del", name, check=False)
+        self.created.clear()

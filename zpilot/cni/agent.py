@@ -1,0 +1,204 @@
+"""The node agent: from the model to a plan to the kernel, once or for as long as it runs.
+
+``reconcile_once`` is what ``zpilot cni apply`` does; ``run`` repeats it whenever the model
+changes (for now the manifest directory, polled for changed files; a Kubernetes API source
+replaces the poll later) and every ``resync`` seconds regardless, so that a rule deleted by
+hand, or a table flushed by another agent, comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..kube.manifests import load_manifests, manifest_files
+from ..model.index import MeshIndex
+from ..model.problems import Problems
+from . import preflight
+from .changes import Report
+from .discover import discover
+from .netns import CniError, Netns
+from .plan import NetnsPlan, NodeFacts, NodePlan, NODE_OWNERSHIP, ZTUNNEL_OWNERSHIP, Mode, TunnelKind, build_plan
+from .reconcile import Reconciler
+
+log = logging.getLogger("zpilot.cni")
+
+#: After a failed reconcile, try again this soon (not at every poll: the log would flood).
+RETRY_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    node: str
+    manifests: Path | None
+    netns: str | None = None  # the node's namespace (None: the agent's own)
+    ztunnel_netns: str | None = None  # the ztunnel pod's namespace; None: its side is not applied
+    ztunnel_veth: str | None = None  # overrides discovery
+    host_ip: str | None = None  # overrides discovery
+    mtu: int | None = None  # overrides discovery
+    ztunnel_iface: str = "eth0"
+    tunnel: str = "auto"  # auto | geneve | vxlan
+    fail_closed: bool = False
+    iptables: str = "auto"  # auto | legacy | nft
+    probe_kernel: bool = True  # off only for offline planning
+    extra_facts: dict = field(default_factory=dict)
+
+
+def load_index(manifests: Path | None, problems: Problems) -> MeshIndex:
+    if manifests is None:
+        raise CniError("no model source: pass --manifests DIR (a Kubernetes API source comes later)")
+    if not manifests.exists():
+        raise CniError(f"manifest directory {manifests} does not exist")
+    loaded = load_manifests(manifests)
+    problems.extend(loaded.problems)
+    return MeshIndex.build(loaded.cluster, problems)
+
+
+def _backend_for(options: AgentOptions, reconciler: Reconciler | None):
+    if reconciler is not None:
+        return reconciler.backend
+    from .iptables import detect_backend
+
+    return detect_backend(Netns(options.netns), options.iptables)
+
+
+def make_plan(
+    options: AgentOptions, problems: Problems, *, reconciler: Reconciler | None = None, discover_facts: bool = True
+) -> NodePlan:
+    """Load the model, discover the node's facts, choose the tunnel kind and build the plan."""
+    index = load_index(options.manifests, problems)
+    facts: dict = {}
+    node = index.nodes.get(options.node)
+    if discover_facts and node is not None:
+        facts = discover(Netns(options.netns), node, index.ztunnel_on(options.node),
+                         index.meshed_workloads_on(options.node))
+    overrides = {k: v for k, v in (("ztunnel_veth", options.ztunnel_veth), ("host_ip", options.host_ip),
+                                   ("mtu", options.mtu)) if v is not None}
+    facts.update(overrides, **options.extra_facts)
+    if options.probe_kernel:
+        features = preflight.probe_kernel(_backend_for(options, reconciler))
+        facts["tunnel_kind"] = preflight.choose_tunnel(options.tunnel, features)
+    else:
+        facts["tunnel_kind"] = TunnelKind.VXLAN if options.tunnel == "vxlan" else TunnelKind.GENEVE
+    facts["ztunnel_iface"] = options.ztunnel_iface
+    return build_plan(index, options.node, NodeFacts(**facts), fail_closed=options.fail_closed, problems=problems)
+
+
+def required_features(plan: NodePlan) -> tuple[str, ...]:
+    if plan.mode is Mode.REDIRECT:
+        return ("TPROXY", "mark/connmark", "REDIRECT", "ipset", "set match")
+    if plan.mode is Mode.FAIL_CLOSED:
+        return ("ipset", "set match")
+    return ()
+
+
+class NodeAgent:
+    def __init__(self, options: AgentOptions) -> None:
+        self.options = options
+        self.node = Reconciler(Netns(options.netns), iptables_backend=options.iptables)
+        self.ztunnel = (
+            Reconciler(Netns(options.ztunnel_netns), iptables_backend=options.iptables)
+            if options.ztunnel_netns else None
+        )
+        self._last_alerts: tuple[str, ...] = ()
+
+    def preflight(self) -> None:
+        """Namespaces exist and tools are installed: checked before anything is changed."""
+        for netns in (self.node.netns, self.ztunnel.netns if self.ztunnel else None):
+            if netns is not None:
+                netns.check_exists()
+        preflight.check_tools(ipset=True, netns=bool(self.options.netns or self.options.ztunnel_netns),
+                              backend=self.node.backend)
+
+    def plan(self, problems: Problems | None = None) -> NodePlan:
+        return make_plan(self.options, problems if problems is not None else Problems(), reconciler=self.node)
+
+    def _alert(self, plan: NodePlan) -> None:
+        for alert in plan.alerts:
+            log.warning("%s", alert)
+        if self._last_alerts and not plan.alerts:
+            log.warning("%s: a ready ztunnel is back (%s): redirecting again", plan.node.ref, plan.ztunnel.ref if plan.ztunnel else "-")
+        self._last_alerts = plan.alerts
+
+    def reconcile_once(self, *, dry_run: bool = False, problems: Problems | None = None) -> tuple[NodePlan, list[Report]]:
+        self.preflight()
+        problems = problems if problems is not None else Problems()
+        plan = self.plan(problems)
+        self._alert(plan)
+        if not dry_run:
+            features = preflight.probe_kernel(self.node.backend)
+            preflight.require(features, required_features(plan))
+        reports = [self.node.reconcile(plan.node_side, dry_run=dry_run)]
+        if self.ztunnel is not None:
+            side = plan.ztunnel_side or NetnsPlan.empty(ZTUNNEL_OWNERSHIP)
+            reports.append(self.ztunnel.reconcile(side, dry_run=dry_run))
+        return plan, reports
+
+    def cleanup(self) -> list[Report]:
+        """Remove everything zpilot owns in the namespaces; needs no model."""
+        reports = [self.node.reconcile(NetnsPlan.empty(NODE_OWNERSHIP))]
+        if self.ztunnel is not None:
+            reports.append(self.ztunnel.reconcile(NetnsPlan.empty(ZTUNNEL_OWNERSHIP)))
+        return reports
+
+    # -- the agent loop --------------------------------------------------------------------------
+
+    def _fingerprint(self) -> tuple:
+        root = self.options.manifests
+        if root is None or not root.exists():
+            return ()
+        files = manifest_files(root)
+        result = []
+        for path in files:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            result.append((str(path), st.st_mtime_ns, st.st_size))
+        return tuple(result)
+
+    def run(
+        self,
+        stop: threading.Event,
+        *,
+        poll: float = 1.0,
+        resync: float = 30.0,
+        on_reconcile: Callable[[NodePlan | None, list[Report]], None] | None = None,
+    ) -> None:
+        """Reconcile on every model change and every ``resync`` seconds until ``stop`` is set.
+
+        Errors are logged and retried on the next round; they never end the loop, since an agent
+        that exits leaves the node as it was, which is the worst moment to stop looking at it.
+        """
+        last_print: tuple | None = None
+        next_resync = 0.0
+        clock = time.monotonic
+        while not stop.is_set():
+            fingerprint = self._fingerprint()
+            now = clock()
+            if fingerprint != last_print or now >= next_resync:
+                why = "model changed" if fingerprint != last_print else "periodic resync"
+                plan: NodePlan | None = None
+                reports: list[Report] = []
+                try:
+                    problems = Problems()
+                    plan, reports = self.reconcile_once(problems=problems)
+                    for report in reports:
+                        if report.errors or report.changes:
+                            log.log(logging.ERROR if report.errors else logging.INFO, "%s (%s)", report.summary(), why)
+                    problems.log_all(logging.getLogger("zpilot.cni.model"))
+                    last_print = fingerprint
+                    next_resync = now + resync
+                except CniError as exc:
+                    log.error("reconcile failed (%s), retrying in %.0f s: %s", why, RETRY_SECONDS, exc)
+                    last_print = fingerprint
+                    next_resync = now + min(resync, RETRY_SECONDS)
+                if on_reconcile is not None:
+                    on_reconcile(plan, reports)
+            stop.wait(poll)
+
+

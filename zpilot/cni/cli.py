@@ -1,0 +1,210 @@
+"""``zpilot cni``: plan, apply, status, cleanup and run the node agent."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from ..model.problems import Problems
+from .agent import AgentOptions, NodeAgent, make_plan
+from .errors import CniError
+from .plan import Mode
+from .render import render_plan
+
+log = logging.getLogger("zpilot.cni")
+
+
+def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    if model:
+        p.add_argument("--node", default=os.environ.get("NODE_NAME") or socket.gethostname(),
+                       help="the node's name in the model (default: $NODE_NAME, else the hostname)")
+        p.add_argument("--manifests", type=Path, required=True, metavar="DIR",
+                       help="the model: a directory of Kubernetes manifests")
+    p.add_argument("--netns", metavar="NAME|PATH", help="the node's network namespace (default: the agent's own)")
+    p.add_argument("--ztunnel-netns", metavar="NAME|PATH",
+                   help="the ztunnel pod's network namespace; its side of the plan is applied only when given")
+    p.add_argument("--iptables", choices=("auto", "legacy", "nft"), default="auto",
+                   help="iptables backend (auto: the one already holding more rules, as the 2022 agent chose)")
+    if not model:
+        return
+    p.add_argument("--ztunnel-veth", metavar="IFACE",
+                   help="host side of the ztunnel pod's veth (default: found from the route to the ztunnel's IP)")
+    p.add_argument("--host-ip", metavar="IP",
+                   help="the node's address on the pod network (default: its address in the pod CIDR, else InternalIP)")
+    p.add_argument("--mtu", type=int, help="tunnel MTU (default: the ztunnel veth's MTU minus 50)")
+    p.add_argument("--ztunnel-iface", default="eth0", metavar="IFACE", help="the ztunnel pod's interface (eth0)")
+    p.add_argument("--tunnel", choices=("auto", "geneve", "vxlan"), default="auto",
+                   help="tunnel devices: Geneve as in 2022, VXLAN where the kernel has no Geneve (auto)")
+    p.add_argument("--fail-closed", action="store_true",
+                   help="with no ready ztunnel, drop meshed pods' TCP instead of letting it run unmeshed")
+
+
+def _options(args: argparse.Namespace, *, probe: bool = True) -> AgentOptions:
+    return AgentOptions(
+        node=args.node, manifests=args.manifests, netns=args.netns, ztunnel_netns=args.ztunnel_netns,
+        ztunnel_veth=args.ztunnel_veth, host_ip=args.host_ip, mtu=args.mtu, ztunnel_iface=args.ztunnel_iface,
+        tunnel=args.tunnel, fail_closed=args.fail_closed, iptables=args.iptables, probe_kernel=probe,
+    )
+
+
+def _print_problems(problems: Problems) -> None:
+    for problem in problems:
+        if problem.severity.value != "info":
+            print(f"# {problem}", file=sys.stderr)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    problems = Problems()
+    options = _options(args, probe=args.tunnel == "auto" and os.geteuid() == 0)
+    try:
+        plan = make_plan(options, problems, discover_facts=not args.no_discover)
+    except CniError as exc:
+        if "--ztunnel-veth" not in str(exc) or args.ztunnel_veth:
+            raise
+        # offline: show the plan with a placeholder rather than nothing
+        print(f"# {exc}; shown as ZTUNNEL-VETH", file=sys.stderr)
+        plan = make_plan(_with(options, ztunnel_veth="ZTUNNEL-VETH"), Problems(), discover_facts=not args.no_discover)
+    _print_problems(problems)
+    sys.stdout.write(render_plan(plan))
+    return 0
+
+
+def _with(options: AgentOptions, **changes) -> AgentOptions:
+    from dataclasses import replace
+
+    return replace(options, **changes)
+
+
+def _print_reports(reports, *, verb: str) -> bool:
+    ok = True
+    for report in reports:
+        print(report.summary())
+        for change in report.changes:
+            print(f"  {verb} {change}")
+        for warning in report.warnings:
+            print(f"  warning: {warning}")
+        ok = ok and report.ok
+    return ok
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    problems = Problems()
+    agent = NodeAgent(_options(args))
+    plan, reports = agent.reconcile_once(problems=problems)
+    _print_problems(problems)
+    print(f"Node {plan.node.name}: mode {plan.mode.value}")
+    for alert in plan.alerts:
+        print(f"!!! {alert}")
+    return 0 if _print_reports(reports, verb="changed:") else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    problems = Problems()
+    agent = NodeAgent(_options(args))
+    plan, reports = agent.reconcile_once(dry_run=True, problems=problems)
+    _print_problems(problems)
+    line = f"Node {plan.node.name}: mode {plan.mode.value}"
+    if plan.ztunnel is not None:
+        kind = plan.node_side.tunnels[0].kind.value if plan.node_side.tunnels else "-"
+        line += (f"; ztunnel {plan.ztunnel.ref} {plan.ztunnel.ip}"
+                 f" via {_veth(plan)}; tunnels {kind}")
+    line += f"; {len(plan.meshed)} meshed pod(s)"
+    print(line)
+    for alert in plan.alerts:
+        print(f"!!! {alert}")
+    in_sync = True
+    for report in reports:
+        if report.errors:
+            print(f"{report.netns}: cannot read: {'; '.join(report.errors)}")
+            in_sync = False
+        elif report.changes:
+            print(f"{report.netns}: OUT OF SYNC, {len(report.changes)} difference(s) (`zpilot cni apply` fixes):")
+            for change in report.changes:
+                print(f"  {change}")
+            in_sync = False
+        else:
+            print(f"{report.netns}: in sync")
+    healthy = in_sync and plan.mode in (Mode.REDIRECT, Mode.IDLE)
+    return 0 if healthy else 1
+
+
+def _veth(plan) -> str:
+    for route in plan.node_side.routes:
+        if plan.ztunnel is not None and route.dst == f"{plan.ztunnel.ip}/32":
+            return route.dev
+    return "-"
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    agent = NodeAgent(AgentOptions(node="", manifests=None, netns=args.netns, ztunnel_netns=args.ztunnel_netns,
+                                   iptables=args.iptables))
+    return 0 if _print_reports(agent.cleanup(), verb="removed:") else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    agent = NodeAgent(_options(args))
+    stop = threading.Event()
+
+    def _stop(signum, _frame) -> None:
+        log.warning("signal %s: stopping (rules stay in place; `zpilot cni cleanup` removes them)", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.warning("zpilot cni agent for node %s: watching %s, resync every %.0f s", args.node, args.manifests,
+                args.resync)
+    agent.run(stop, poll=args.poll, resync=args.resync)
+    if args.cleanup_on_exit:
+        _print_reports(agent.cleanup(), verb="removed:")
+    return 0
+
+
+def _guard(func):
+    """Operator errors print one clear line and exit 2, instead of a traceback."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except CniError as exc:
+            print(f"zpilot cni: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    cni = subparsers.add_parser("cni", help="the CNI node agent: the node's and ztunnel's redirection rules",
+                                description=__doc__)
+    sub = cni.add_subparsers(dest="cni_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("plan", help="print the rules, routes and devices the node would get")
+    _common(p)
+    p.add_argument("--no-discover", action="store_true", help="do not look at the local network namespace")
+    p.set_defaults(func=_guard(cmd_plan))
+
+    p = sub.add_parser("apply", help="reconcile the node (and ztunnel) namespace with the plan once")
+    _common(p)
+    p.set_defaults(func=_guard(cmd_apply))
+
+    p = sub.add_parser("status", help="mode, alerts and any difference between the plan and the kernel")
+    _common(p)
+    p.set_defaults(func=_guard(cmd_status))
+
+    p = sub.add_parser("cleanup", help="remove everything zpilot created, and nothing else")
+    _common(p, model=False)
+    p.set_defaults(func=_guard(cmd_cleanup))
+
+    p = sub.add_parser("run", help="the agent: reconcile on every model change and periodically")
+    _common(p)
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the model (1)")
+    p.add_argument("--resync", type=float, default=30.0, help="seconds between full reconciles (30)")
+    p.add_argument("--cleanup-on-exit", action="store_true",
+                   help="remove everything on SIGTERM (default: leave it, so an agent restart does not"
+                        " interrupt traffic)")
+    p.set_defaults(func=_guard(cmd_run))

@@ -1,0 +1,160 @@
+"""Tunnel devices (istioin/istioout on the node, pistioin/pistioout in the ztunnel pod), over netlink.
+
+A device whose kind, VNI or port is wrong is replaced; one whose remote changed (a new ztunnel
+pod) is changed in place, so the routes through it survive and no pod loses its entry in table
+100; MTU, address and up state are set where they differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from .changes import Change
+from .netns import CniError, Netns
+from .plan import Tunnel, TunnelKind
+
+
+@dataclass
+class LinkState:
+    name: str
+    index: int
+    kind: str
+    vni: int | None
+    remote: str | None
+    port: int | None
+    mtu: int
+    up: bool
+    addresses: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _info(link: Any) -> tuple[str, Any]:
+    linkinfo = link.get_attr("IFLA_LINKINFO")
+    if linkinfo is None:
+        return "", None
+    return linkinfo.get_attr("IFLA_INFO_KIND") or "", linkinfo.get_attr("IFLA_INFO_DATA")
+
+
+def read(ipr: Any, names: tuple[str, ...]) -> dict[str, LinkState]:
+    result: dict[str, LinkState] = {}
+    for name in names:
+        indexes = ipr.link_lookup(ifname=name)
+        if not indexes:
+            continue
+        link = ipr.get_links(indexes[0])[0]
+        kind, data = _info(link)
+        vni = remote = port = None
+        if data is not None and kind in ("vxlan", "geneve"):
+            prefix = f"IFLA_{kind.upper()}_"
+            vni = data.get_attr(prefix + "ID")
+            remote = data.get_attr(prefix + ("GROUP" if kind == "vxlan" else "REMOTE"))
+            port = data.get_attr(prefix + "PORT")
+        addresses = [
+            (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(family=2, index=indexes[0])
+        ]
+        result[name] = LinkState(
+            name, indexes[0], kind, vni, remote, port, link.get_attr("IFLA_MTU"),
+            bool(link["flags"] & 1), sorted(addresses),
+        )
+    return result
+
+
+def _tunnel_attrs(t: Tunnel) -> dict[str, Any]:
+    if t.kind is TunnelKind.GENEVE:
+        return {"kind": "geneve", "geneve_id": t.vni, "geneve_remote": t.remote, "geneve_port": t.port,
+                "geneve_udp_csum": 0}
+    return {"kind": "vxlan", "vxlan_id": t.vni, "vxlan_group": t.remote, "vxlan_port": t.port}
+
+
+def _remote_attr(t: Tunnel) -> dict[str, Any]:
+    if t.kind is TunnelKind.GENEVE:
+        return {"kind": "geneve", "geneve_remote": t.remote}
+    return {"kind": "vxlan", "vxlan_group": t.remote}
+
+
+Op = tuple[Change, Callable[[Any], None]]
+
+
+def _create(t: Tunnel) -> Callable[[Any], None]:
+    def run(ipr: Any) -> None:
+        ipr.link("add", ifname=t.name, mtu=t.mtu, **_tunnel_attrs(t))
+        index = ipr.link_lookup(ifname=t.name)[0]
+        ipr.addr("add", index=index, address=t.address, prefixlen=t.prefixlen)
+        ipr.link("set", index=index, state="up")
+
+    return run
+
+
+def _delete(name: str) -> Callable[[Any], None]:
+    def run(ipr: Any) -> None:
+        indexes = ipr.link_lookup(ifname=name)
+        if indexes:
+            ipr.link("del", index=indexes[0])
+
+    return run
+
+
+def diff(desired: tuple[Tunnel, ...], actual: dict[str, LinkState], owned: tuple[str, ...]) -> list[Op]:
+    ops: list[Op] = []
+    wanted = {t.name: t for t in desired}
+    for name in owned:
+        if name in actual and name not in wanted:
+            ops.append((Change("link", "remove", f"{name} ({actual[name].kind})"), _delete(name)))
+    for t in desired:
+        have = actual.get(t.name)
+        describe = f"{t.name} {t.kind.value} id {t.vni} remote {t.remote} dstport {t.port} mtu {t.mtu}"
+        if have is None:
+            ops.append((Change("link", "add", describe), _create(t)))
+            continue
+        if (have.kind, have.vni, have.port) != (t.kind.value, t.vni, t.port):
+            was = f"{have.kind} id {have.vni} dstport {have.port}"
+            delete, create = _delete(t.name), _create(t)
+            ops.append((Change("link", "update", f"{describe} (replaces {was})"),
+                        lambda ipr, d=delete, c=create: (d(ipr), c(ipr))))
+            continue
+        index = have.index
+        if have.remote != t.remote:
+            ops.append((Change("link", "update", f"{t.name} remote {have.remote} -> {t.remote}"),
+                        _set_remote(t, index)))
+        if have.mtu != t.mtu:
+            ops.append((Change("link", "update", f"{t.name} mtu {have.mtu} -> {t.mtu}"),
+                        lambda ipr, i=index, m=t.mtu: ipr.link("set", index=i, mtu=m)))
+        want_addr = (t.address, t.prefixlen)
+        for address in have.addresses:
+            if address != want_addr:
+                ops.append((Change("link", "remove", f"{t.name} address {address[0]}/{address[1]}"),
+                            lambda ipr, i=index, a=address: ipr.addr("del", index=i, address=a[0], prefixlen=a[1])))
+        if want_addr not in have.addresses:
+            ops.append((Change("link", "add", f"{t.name} address {t.address}/{t.prefixlen}"),
+                        lambda ipr, i=index, a=want_addr: ipr.addr("add", index=i, address=a[0], prefixlen=a[1])))
+        if not have.up:
+            ops.append((Change("link", "update", f"{t.name} up"),
+                        lambda ipr, i=index: ipr.link("set", index=i, state="up")))
+    return ops
+
+
+def _set_remote(t: Tunnel, index: int) -> Callable[[Any], None]:
+    """Change the remote in place (routes through the device survive); replace it if the kernel refuses."""
+
+    def run(ipr: Any) -> None:
+        try:
+            ipr.link("set", index=index, **_remote_attr(t))
+        except NetlinkError:
+            _delete(t.name)(ipr)
+            _create(t)(ipr)
+
+    return run
+
+
+def apply(netns: Netns, ops: list[Op]) -> list[Change]:
+    done: list[Change] = []
+    with netns.iproute() as ipr:
+        for change, run in ops:
+            try:
+                run(ipr)
+            except NetlinkError as exc:
+                raise CniError(f"{change} failed in {netns}: {exc}") from exc
+            done.append(change)
+    return done

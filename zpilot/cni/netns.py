@@ -1,0 +1,74 @@
+"""The network namespace a plan is applied to, and running tools inside it.
+
+The agent normally works in its own (the node's) namespace; ``--netns`` and ``--ztunnel-netns``
+point it at another one, by name (``/run/netns/NAME``, as ``ip netns add`` makes) or by path
+(``/proc/PID/ns/net``, a pod's). Tools run through ``nsenter --net=PATH`` and netlink sockets are
+opened inside the namespace, so nothing of the agent's own namespace is touched by mistake.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Sequence
+
+from .errors import CniError
+
+log = logging.getLogger("zpilot.cni")
+
+NETNS_RUN_DIR = "/run/netns"
+
+
+class CommandError(CniError):
+    pass
+
+
+@dataclass(frozen=True)
+class Netns:
+    """A network namespace: ``None`` is the agent's own."""
+
+    name: str | None = None
+
+    @property
+    def path(self) -> str | None:
+        if self.name is None:
+            return None
+        return self.name if "/" in self.name else os.path.join(NETNS_RUN_DIR, self.name)
+
+    def __str__(self) -> str:
+        return f"netns {self.name}" if self.name else "the agent's own netns"
+
+    def check_exists(self) -> None:
+        """Fail before anything else: pyroute2 would silently *create* a missing named namespace."""
+        path = self.path
+        if path is not None and not os.path.exists(path):
+            raise CniError(f"network namespace {self.name!r} does not exist ({path} is missing; see `ip netns list`)")
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        if self.path is None:
+            return list(argv)
+        return ["nsenter", f"--net={self.path}", "--", *argv]
+
+    def run(self, argv: Sequence[str], *, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a tool in this namespace; on failure raise :class:`CommandError` with its stderr."""
+        cmd = self.command(argv)
+        log.debug("%s: %s", self, " ".join(argv))
+        try:
+            proc = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60)
+        except FileNotFoundError as exc:
+            raise CommandError(f"{exc.filename}: not installed (needed to run `{' '.join(argv)}` in {self})") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise CommandError(f"`{' '.join(argv)}` in {self} did not finish in 60 s") from exc
+        if check and proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip()
+            raise CommandError(f"`{' '.join(argv)}` failed in {self} (exit {proc.returncode}): {detail}")
+        return proc
+
+    def iproute(self):
+        """A pyroute2 ``IPRoute`` bound to this namespace (the caller closes it)."""
+        from pyroute2 import IPRoute
+
+        self.check_exists()
+        return IPRoute(netns=self.path) if self.path else IPRoute()

@@ -1,0 +1,483 @@
+"""The node plan: every rule, route, link and set entry the node and its ztunnel pod must hold.
+
+Pure: the mesh index and a few facts discovered on the node (:class:`NodeFacts`) go in, an
+immutable :class:`NodePlan` comes out, with no I/O. That makes the plan printable offline
+(``zpilot cni plan``), testable without root, and the single thing the reconciler compares the
+kernel against. Rule texts are written exactly as ``iptables-save`` prints them, so comparing
+desired and actual chains is a string comparison.
+
+The rules are those of the 2022 ambient CNI agent (``CreateRulesOnNode``) and the ztunnel
+DaemonSet's init script, which the article lists; see docs/cni.md for a walk through them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Mapping
+
+from ..model.index import MeshIndex
+from ..model.objects import Node, Workload
+from ..model.problems import Problems
+from . import constants as c
+from .errors import CniError
+
+MANGLE = "mangle"
+NAT = "nat"
+#: Tables in which every chain named ``ztunnel-*`` belongs to zpilot.
+OWNED_IPTABLES_TABLES = (MANGLE, NAT)
+
+
+class TunnelKind(str, Enum):
+    GENEVE = "geneve"
+    VXLAN = "vxlan"
+
+
+class Role(str, Enum):
+    NODE = "node"
+    ZTUNNEL = "ztunnel"
+
+
+class Mode(str, Enum):
+    """What the node does with its meshed pods; shown by ``zpilot cni status``."""
+
+    REDIRECT = "redirect"  # a ready ztunnel: meshed pods' TCP goes through it
+    IDLE = "idle"  # neither a ztunnel nor meshed pods: nothing to do
+    FAIL_OPEN = "fail-open"  # meshed pods but no ztunnel: they run unmeshed (no rules)
+    FAIL_CLOSED = "fail-closed"  # meshed pods but no ztunnel: their TCP is dropped
+
+
+@dataclass(frozen=True)
+class IptablesChain:
+    """A chain zpilot owns, with its rules as ``iptables-save`` prints them (without ``-A NAME``)."""
+
+    table: str
+    name: str
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Jump:
+    """``-j target`` as the first rule of a built-in chain, so ours run before kube-proxy's."""
+
+    table: str
+    hook: str
+    target: str
+
+    @property
+    def spec(self) -> str:
+        return f"-j {self.target}"
+
+
+@dataclass(frozen=True)
+class IpsetEntry:
+    ip: str
+    comment: str  # the pod UID: who put this IP here, as the 2022 agent did
+
+
+@dataclass(frozen=True)
+class IpsetPlan:
+    name: str
+    type: str
+    entries: tuple[IpsetEntry, ...]
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    name: str
+    kind: TunnelKind
+    vni: int
+    remote: str
+    address: str
+    prefixlen: int
+    mtu: int
+    port: int = c.TUNNEL_PORT
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An ``ip rule``: ``priority: from all [fwmark m/k] (lookup T | goto P)``."""
+
+    priority: int
+    table: int | None = None
+    fwmark: int | None = None
+    fwmask: int | None = None
+    goto: int | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    table: int
+    dst: str  # "default" or "a.b.c.d/len"
+    dev: str
+    gateway: str | None = None
+    src: str | None = None
+    scope: str = "universe"  # universe | link | host
+    local: bool = False  # a ``local`` route (TPROXY delivery), not unicast
+    onlink: bool = False
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    path: str  # under /proc/sys, slash-separated (interface names may hold dots)
+    value: str
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """What zpilot may change in one network namespace: everything else is left alone."""
+
+    role: Role
+    ipset: str | None
+    links: tuple[str, ...]
+    rule_priorities: tuple[int, ...]
+    tables: tuple[int, ...] = c.OWNED_TABLES
+    chain_prefix: str = c.CHAIN_PREFIX
+    iptables_tables: tuple[str, ...] = OWNED_IPTABLES_TABLES
+
+
+NODE_OWNERSHIP = Ownership(
+    Role.NODE, c.IPSET_NAME, (c.INBOUND_TUNNEL, c.OUTBOUND_TUNNEL), c.NODE_RULE_PRIORITIES
+)
+ZTUNNEL_OWNERSHIP = Ownership(
+    Role.ZTUNNEL, None, (c.ZTUNNEL_INBOUND_TUNNEL, c.ZTUNNEL_OUTBOUND_TUNNEL), c.ZTUNNEL_RULE_PRIORITIES
+)
+
+
+@dataclass(frozen=True)
+class NetnsPlan:
+    """The desired state of one network namespace (the node's or the ztunnel pod's)."""
+
+    ownership: Ownership
+    chains: tuple[IptablesChain, ...] = ()
+    jumps: tuple[Jump, ...] = ()
+    ipset: IpsetPlan | None = None
+    tunnels: tuple[Tunnel, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    routes: tuple[Route, ...] = ()
+    sysctls: tuple[Sysctl, ...] = ()
+
+    @classmethod
+    def empty(cls, ownership: Ownership) -> "NetnsPlan":
+        """Nothing desired: reconciling against it removes all that zpilot owns (cleanup)."""
+        return cls(ownership)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.chains or self.jumps or self.ipset or self.tunnels or self.rules or self.routes)
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the plan needs that the model does not know: discovered on the node, or given by flags."""
+
+    ztunnel_veth: str | None = None  # host side of the ztunnel pod's veth
+    host_ip: str | None = None  # the node's address on the pod network; None: the node's InternalIP
+    mtu: int = 1460 - c.TUNNEL_OVERHEAD
+    tunnel_kind: TunnelKind = TunnelKind.GENEVE
+    pod_veths: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    ztunnel_iface: str = "eth0"  # the ztunnel pod's own interface
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    node: Node
+    mode: Mode
+    ztunnel: Workload | None
+    meshed: tuple[Workload, ...]
+    host_ip: str | None
+    node_side: NetnsPlan
+    ztunnel_side: NetnsPlan | None
+    alerts: tuple[str, ...] = ()  # loud: shown first by status and logged as warnings
+
+
+class PlanError(CniError):
+    """The plan cannot be made (unknown node, no address to use); the message names the object."""
+
+
+# -- the node namespace ------------------------------------------------------------------------
+
+
+def _node_chains(ztunnel_veth: str, ztunnel_ip: str, host_ip: str, port: int) -> tuple[IptablesChain, ...]:
+    skip = f"{c.MARK_SKIP:#x}/{c.MARK_SKIP:#x}"
+    conn_skip = f"{c.MARK_CONN_SKIP:#x}/{c.MARK_CONN_SKIP:#x}"
+    proxy = f"{c.MARK_PROXY:#x}/{c.MARK_PROXY:#x}"
+    proxy_return = f"{c.MARK_PROXY_RETURN:#x}/{c.MARK_PROXY_RETURN:#x}"
+    outbound = f"{c.MARK_OUTBOUND:#x}/{c.MARK_OUTBOUND:#x}"
+    prerouting = (
+        # out of a tunnel: the ztunnel already handled it
+        f"-i {c.INBOUND_TUNNEL} -j MARK --set-xmark {skip}",
+        f"-i {c.INBOUND_TUNNEL} -j RETURN",
+        f"-i {c.OUTBOUND_TUNNEL} -j MARK --set-xmark {skip}",
+        f"-i {c.OUTBOUND_TUNNEL} -j RETURN",
+        # the tunnels' own packets
+        f"-p udp -m udp --dport {port} -j RETURN",
+        f"-m connmark --mark {conn_skip} -j MARK --set-xmark {skip}",
+        f"-m mark --mark {skip} -j RETURN",
+        # replies to connections the ztunnel made for a pod go back to the ztunnel
+        f"! -i {ztunnel_veth} -m connmark --mark {proxy} -j MARK --set-xmark {proxy_return}",
+        f"-m mark --mark {proxy_return} -j RETURN",
+        f"! -s {ztunnel_ip}/32 -i {ztunnel_veth} -j MARK --set-xmark {proxy}",
+        f"-m mark --mark {skip} -j RETURN",
+        f"-i {ztunnel_veth} -j MARK --set-xmark {conn_skip}",
+        f"-p udp -j MARK --set-xmark {conn_skip}",
+        f"-m mark --mark {skip} -j RETURN",
+        # the one that matters: TCP from a meshed pod goes to the ztunnel
+        f"-p tcp -m set --match-set {c.IPSET_NAME} src -j MARK --set-xmark {outbound}",
+    )
+    save = (
+        f"-m mark --mark {conn_skip} -j CONNMARK --save-mark --nfmask {c.MARK_CONN_SKIP:#x} --ctmask {c.MARK_CONN_SKIP:#x}",
+        f"-m mark --mark {proxy} -j CONNMARK --save-mark --nfmask {c.MARK_PROXY:#x} --ctmask {c.MARK_PROXY:#x}",
+    )
+    accept_outbound = (f"-m mark --mark {outbound} -j ACCEPT",)
+    return (
+        IptablesChain(MANGLE, c.PREROUTING, prerouting),
+        IptablesChain(MANGLE, c.INPUT, save),
+        IptablesChain(MANGLE, c.FORWARD, save),
+        # kubelet probes come from the node's pod-network address: never redirect them
+        IptablesChain(MANGLE, c.OUTPUT, (f"-s {host_ip}/32 -j MARK --set-xmark {c.MARK_CONN_SKIP:#x}/0xffffffff",)),
+        IptablesChain(MANGLE, c.POSTROUTING),
+        # skip kube-proxy's DNAT so the ztunnel sees the service VIP
+        IptablesChain(NAT, c.PREROUTING, accept_outbound),
+        IptablesChain(NAT, c.POSTROUTING, accept_outbound),
+    )
+
+
+def _jumps_for(chains: tuple[IptablesChain, ...]) -> tuple[Jump, ...]:
+    return tuple(Jump(ch.table, ch.name.removeprefix(c.CHAIN_PREFIX), ch.name) for ch in chains)
+
+
+def _rp_filter(iface: str, value: str = "0") -> Sysctl:
+    return Sysctl(f"net/ipv4/conf/{iface}/rp_filter", value)
+
+
+def _accept_local(iface: str) -> Sysctl:
+    return Sysctl(f"net/ipv4/conf/{iface}/accept_local", "1")
+
+
+def _ipset(meshed: tuple[Workload, ...]) -> IpsetPlan:
+    entries = tuple(sorted((IpsetEntry(w.ip, w.uid) for w in meshed if w.ip), key=lambda e: _ip_key(e.ip)))
+    return IpsetPlan(c.IPSET_NAME, c.IPSET_TYPE, entries)
+
+
+def _ip_key(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+def _redirecting_node_side(
+    ztunnel: Workload, meshed: tuple[Workload, ...], host_ip: str, facts: NodeFacts, veth: str
+) -> NetnsPlan:
+    zt_ip = ztunnel.ip
+    assert zt_ip is not None  # MeshIndex only indexes pods with IPs
+    chains = _node_chains(veth, zt_ip, host_ip, c.TUNNEL_PORT)
+    tunnels = (
+        Tunnel(c.INBOUND_TUNNEL, facts.tunnel_kind, c.INBOUND_VNI, zt_ip, c.INBOUND_NODE_ADDRESS,
+               c.TUNNEL_PREFIXLEN, facts.mtu),
+        Tunnel(c.OUTBOUND_TUNNEL, facts.tunnel_kind, c.OUTBOUND_VNI, zt_ip, c.OUTBOUND_NODE_ADDRESS,
+               c.TUNNEL_PREFIXLEN, facts.mtu),
+    )
+    p100, p101, p102, p103 = c.NODE_RULE_PRIORITIES
+    rules = (
+        Rule(p100, fwmark=c.MARK_SKIP, fwmask=c.MARK_SKIP, goto=c.MAIN_RULE_PRIORITY),
+        Rule(p101, table=c.TABLE_OUTBOUND, fwmark=c.MARK_OUTBOUND, fwmask=c.MARK_OUTBOUND),
+        Rule(p102, table=c.TABLE_PROXY_RETURN, fwmark=c.MARK_PROXY_RETURN, fwmask=c.MARK_PROXY_RETURN),
+        Rule(p103, table=c.TABLE_INBOUND),
+    )
+    ztunnel_route = [Route(t, f"{zt_ip}/32", veth, scope="link") for t in c.OWNED_TABLES]
+    routes = [
+        *ztunnel_route,
+        Route(c.TABLE_OUTBOUND, "default", c.OUTBOUND_TUNNEL, gateway=c.OUTBOUND_ZTUNNEL_ADDRESS),
+        Route(c.TABLE_PROXY_RETURN, "default", veth, gateway=zt_ip, onlink=True),
+    ]
+    for entry in _ipset(meshed).entries:
+        routes.append(
+            Route(c.TABLE_INBOUND, f"{entry.ip}/32", c.INBOUND_TUNNEL, gateway=c.INBOUND_ZTUNNEL_ADDRESS, src=host_ip)
+        )
+    sysctls = [
+        Sysctl("net/ipv4/ip_forward", "1"),
+        _rp_filter("all"),
+        _rp_filter("default"),
+        _rp_filter(veth),
+        _accept_local(veth),
+    ]
+    for tunnel in tunnels:
+        sysctls += [_rp_filter(tunnel.name), _accept_local(tunnel.name)]
+    for w in meshed:
+        pod_veth = facts.pod_veths.get(w.ip or "")
+        if pod_veth:
+            sysctls.append(_rp_filter(pod_veth))
+    return NetnsPlan(
+        NODE_OWNERSHIP,
+        chains=chains,
+        jumps=_jumps_for(chains),
+        ipset=_ipset(meshed),
+        tunnels=tunnels,
+        rules=rules,
+        routes=tuple(sorted(routes, key=route_sort_key)),
+        sysctls=tuple(dict.fromkeys(sysctls)),
+    )
+
+
+def _fail_closed_node_side(meshed: tuple[Workload, ...]) -> NetnsPlan:
+    """No ztunnel: keep the set of meshed pods, and drop their TCP rather than let it out in clear."""
+    chains = (
+        IptablesChain(
+            MANGLE,
+            c.PREROUTING,
+            (
+                f"-p tcp -m set --match-set {c.IPSET_NAME} src -j DROP",
+                f"-p tcp -m set --match-set {c.IPSET_NAME} dst -j DROP",
+            ),
+        ),
+    )
+    return NetnsPlan(NODE_OWNERSHIP, chains=chains, jumps=_jumps_for(chains), ipset=_ipset(meshed))
+
+
+# -- the ztunnel pod's namespace -----------------------------------------------------------------
+
+
+def _ztunnel_side(ztunnel: Workload, host_ip: str, facts: NodeFacts) -> NetnsPlan:
+    zt_ip = ztunnel.ip
+    eth = facts.ztunnel_iface
+    tproxy = f"--on-ip 127.0.0.1 --tproxy-mark {c.TPROXY_MARK:#x}/{c.ZTUNNEL_MARK_MASK:#x}"
+    mangle = IptablesChain(
+        MANGLE,
+        c.PREROUTING,
+        (
+            f"-i {c.ZTUNNEL_INBOUND_TUNNEL} -p tcp -m tcp --dport {c.PORT_HBONE} -j TPROXY --on-port {c.PORT_HBONE} {tproxy}",
+            f"-i {c.ZTUNNEL_OUTBOUND_TUNNEL} -p tcp -j TPROXY --on-port {c.PORT_OUTBOUND} {tproxy}",
+            f"-i {c.ZTUNNEL_INBOUND_TUNNEL} -p tcp -j TPROXY --on-port {c.PORT_INBOUND_PLAINTEXT} {tproxy}",
+            f"! -d {zt_ip}/32 -i {eth} -p tcp -j MARK --set-xmark {c.PASSTHROUGH_MARK:#x}/{c.ZTUNNEL_MARK_MASK:#x}",
+        ),
+    )
+    nat = IptablesChain(
+        NAT,
+        c.OUTPUT,
+        (f"-p tcp -m tcp --dport {c.PORT_HBONE_LOCAL} -j REDIRECT --to-ports {c.PORT_HBONE}",),
+    )
+    chains = (mangle, nat)
+    tunnels = (
+        Tunnel(c.ZTUNNEL_INBOUND_TUNNEL, facts.tunnel_kind, c.INBOUND_VNI, host_ip, c.INBOUND_ZTUNNEL_ADDRESS,
+               c.TUNNEL_PREFIXLEN, facts.mtu),
+        Tunnel(c.ZTUNNEL_OUTBOUND_TUNNEL, facts.tunnel_kind, c.OUTBOUND_VNI, host_ip, c.OUTBOUND_ZTUNNEL_ADDRESS,
+               c.TUNNEL_PREFIXLEN, facts.mtu),
+    )
+    mask = c.ZTUNNEL_MARK_MASK
+    p0, p1, p2, p3 = c.ZTUNNEL_RULE_PRIORITIES
+    rules = (
+        Rule(p0, table=c.TABLE_INBOUND, fwmark=c.TPROXY_MARK, fwmask=mask),
+        Rule(p1, table=c.TABLE_OUTBOUND, fwmark=c.OUTBOUND_SOCKET_MARK, fwmask=mask),
+        Rule(p2, table=c.TABLE_PROXY_RETURN, fwmark=c.INBOUND_SOCKET_MARK, fwmask=mask),
+        Rule(p3, table=c.TABLE_INBOUND, fwmark=c.PASSTHROUGH_MARK, fwmask=mask),
+    )
+    routes = (
+        Route(c.TABLE_INBOUND, "default", "lo", scope="host", local=True),
+        Route(c.TABLE_OUTBOUND, f"{host_ip}/32", eth, scope="link"),
+        Route(c.TABLE_OUTBOUND, "default", c.ZTUNNEL_OUTBOUND_TUNNEL, gateway=c.OUTBOUND_NODE_ADDRESS),
+        Route(c.TABLE_PROXY_RETURN, f"{host_ip}/32", eth, scope="link"),
+        Route(c.TABLE_PROXY_RETURN, "default", c.ZTUNNEL_INBOUND_TUNNEL, gateway=c.INBOUND_NODE_ADDRESS),
+    )
+    sysctls = [_rp_filter("all"), _rp_filter("default"), _rp_filter(eth)]
+    for tunnel in tunnels:
+        sysctls += [_rp_filter(tunnel.name), _accept_local(tunnel.name)]
+    return NetnsPlan(
+        ZTUNNEL_OWNERSHIP,
+        chains=chains,
+        jumps=_jumps_for(chains),
+        tunnels=tunnels,
+        rules=rules,
+        routes=tuple(sorted(routes, key=route_sort_key)),
+        sysctls=tuple(sysctls),
+    )
+
+
+# -- the whole node ----------------------------------------------------------------------------
+
+
+def route_sort_key(route: Route) -> tuple:
+    """Table, then the kernel's order within a table (``default`` first, then by address)."""
+    if route.dst == "default":
+        return (route.table, 0, 0)
+    net = ipaddress.IPv4Network(route.dst)
+    return (route.table, 1, int(net.network_address), net.prefixlen)
+
+
+def host_ip_for(node: Node, facts: NodeFacts) -> str | None:
+    """The 2022 rule: the node's address inside its pod CIDR if one was found, else its InternalIP."""
+    return facts.host_ip or node.internal_ip
+
+
+def _ipv4(ip: str | None) -> bool:
+    try:
+        return ip is not None and ipaddress.ip_address(ip).version == 4
+    except ValueError:
+        return False
+
+
+def build_plan(
+    index: MeshIndex,
+    node_name: str,
+    facts: NodeFacts,
+    *,
+    fail_closed: bool = False,
+    problems: Problems | None = None,
+) -> NodePlan:
+    """The desired state of ``node_name`` and of its ztunnel pod.
+
+    Membership (which pods are meshed, which pod is the node's ztunnel) comes from
+    :class:`MeshIndex` only, so this agent and the xDS translators never disagree about it.
+    """
+    problems = problems if problems is not None else index.problems
+    node = index.nodes.get(node_name)
+    if node is None:
+        known = ", ".join(sorted(index.nodes)) or "none"
+        raise PlanError(f"Node {node_name} is not in the model (known nodes: {known})")
+    meshed_all = tuple(index.meshed_workloads_on(node_name))
+    meshed = []
+    for w in meshed_all:
+        if not _ipv4(w.ip):
+            problems.warning(w.ref, f"primary IP {w.ip} is not IPv4: the 2022 redirection is IPv4-only, not meshed here")
+            continue
+        meshed.append(w)
+    meshed_t = tuple(meshed)
+    ztunnel = index.ztunnel_on(node_name)
+    if ztunnel is not None and not _ipv4(ztunnel.ip):
+        problems.error(ztunnel.ref, f"ztunnel's IP {ztunnel.ip} is not IPv4: it cannot be used")
+        ztunnel = None
+    host_ip = host_ip_for(node, facts)
+    alerts: list[str] = []
+
+    if ztunnel is None:
+        empty = NetnsPlan.empty(NODE_OWNERSHIP)
+        if not meshed_t:
+            return NodePlan(node, Mode.IDLE, None, (), host_ip, empty, None)
+        names = ", ".join(str(w.ref) for w in meshed_t[:5]) + (" ..." if len(meshed_t) > 5 else "")
+        if fail_closed:
+            alerts.append(
+                f"NO READY ZTUNNEL on {node.ref} while {len(meshed_t)} enrolled pod(s) run there ({names}):"
+                " failing closed, their TCP traffic is DROPPED until a ztunnel is ready"
+            )
+            return NodePlan(node, Mode.FAIL_CLOSED, None, meshed_t, host_ip, _fail_closed_node_side(meshed_t),
+                            None, tuple(alerts))
+        alerts.append(
+            f"NO READY ZTUNNEL on {node.ref} while {len(meshed_t)} enrolled pod(s) run there ({names}):"
+            " failing open, their traffic is NOT meshed (no mTLS, no policy) until a ztunnel is ready"
+        )
+        return NodePlan(node, Mode.FAIL_OPEN, None, meshed_t, host_ip, empty, None, tuple(alerts))
+
+    if not _ipv4(host_ip):
+        raise PlanError(
+            f"{node.ref} has no IPv4 address to use as the tunnels' node end (InternalIP {node.internal_ip!r});"
+            " pass --host-ip"
+        )
+    assert host_ip is not None
+    veth = facts.ztunnel_veth
+    if not veth:
+        raise PlanError(
+            f"the host-side veth of {ztunnel.ref} ({ztunnel.ip}) on {node.ref} is unknown:"
+            " it was not found in the node's routes; pass --ztunnel-veth"
+        )
+    node_side = _redirecting_node_side(ztunnel, meshed_t, host_ip, facts, veth)
+    return NodePlan(node, Mode.REDIRECT, ztunnel, meshed_t, host_ip, node_side, _ztunnel_side(ztunnel, host_ip, facts))
