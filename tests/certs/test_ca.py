@@ -334,3 +334,25 @@ def test_extra_root_that_is_not_a_ca_is_refused(tmp_path):
     (d / EXTRA_ROOTS_FILE).write_bytes(cert_pem(leaf))
     with pytest.raises(CertificateAuthorityError, match="extra root #1 .*Not A CA"):
         CertificateAuthority.load_or_create(d)
+
+
+def test_certificate_with_an_unsupported_key_type_is_refused_cleanly(tmp_path, user_ca):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "Ed Root")])
+    now = user_ca.root.not_valid_before_utc
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, None)
+    )
+    (tmp_path / "c.pem").write_bytes(cert_pem(cert))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with pytest.raises(CertificateAuthorityError, match="unsupported key type"):
+        CertificateAuthority.from_files(tmp_path / "c.pem", tmp_path / "k.pem")
+    # an EC key next to the Ed25519 certificate: a mismatch, not a crash
+    with pytest.raises(CertificateAuthorityError, match="does not belong"):
+        CertificateAuthority.from_files(tmp_path / "c.pem", user_ca.root_key_path)

@@ -148,7 +148,7 @@ def _is_self_signed(cert: x509.Certificate) -> bool:
         return False
     try:
         cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
 
@@ -170,9 +170,16 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True
+
+
+def _spki(public_key: object) -> bytes:
+    """DER SubjectPublicKeyInfo: compares keys of any type without type-specific accessors."""
+    return public_key.public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _signature_hash(key: SigningKey) -> hashes.HashAlgorithm:
@@ -225,7 +232,7 @@ class CertificateAuthority:
         self._clock = clock
         self.source = source
         self._reloader = reloader
-        if signing_key.public_key().public_numbers() != signing_cert.public_key().public_numbers():  # type: ignore[union-attr]
+        if _spki(signing_key.public_key()) != _spki(signing_cert.public_key()):
             raise CertificateAuthorityError(f"{source}: the private key does not belong to the certificate")
         if not _is_ca(signing_cert):
             raise CertificateAuthorityError(
@@ -234,6 +241,7 @@ class CertificateAuthority:
             )
         self._cert = signing_cert
         self._key = signing_key
+        self._fingerprint = fingerprint(signing_cert)  # compared on every cache lookup: compute once
         self._intermediates = list(intermediates or [])
         roots = list(roots or [])
         if _is_self_signed(signing_cert) and not any(fingerprint(r) == fingerprint(signing_cert) for r in roots):
@@ -404,7 +412,7 @@ class CertificateAuthority:
     @property
     def fingerprint(self) -> str:
         """SHA-256 of the signing certificate: changes exactly when issued certs must be replaced."""
-        return fingerprint(self._cert)
+        return self._fingerprint
 
     @property
     def roots(self) -> list[x509.Certificate]:
