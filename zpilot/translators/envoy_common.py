@@ -52,9 +52,12 @@ ACCESS_LOG_FIELDS = {
 
 
 def pack(message: Message) -> any_pb2.Any:
-    packed = any_pb2.Any()
-    packed.Pack(message)
-    return packed
+    """Pack with deterministic serialization: map order inside an ``Any`` is otherwise arbitrary,
+    and content-hash versions would change on every rebuild."""
+    return any_pb2.Any(
+        type_url=f"type.googleapis.com/{message.DESCRIPTOR.full_name}",
+        value=message.SerializeToString(deterministic=True),
+    )
 
 
 def socket_address(address: str, port: int) -> address_pb2.Address:

@@ -89,6 +89,8 @@ def connect_terminator() -> listener_components_pb2.Filter:
 
 
 def _transparent_listener(name: str, view: NodeView, port: int) -> Listener:
+    """Connections for no local pod end in the blackhole (so do all, on a node with no meshed pod,
+    whose listener still has to exist and needs some chain to be valid)."""
     return Listener(
         name=name,
         address=socket_address(view.options.bind_address, port),
@@ -97,6 +99,7 @@ def _transparent_listener(name: str, view: NodeView, port: int) -> Listener:
         listener_filters=[original_dst_filter(), original_src_filter()],
         socket_options=[socket_mark(INBOUND_SOCKET_MARK, "Set socket mark to packets coming back from inbound listener")],
         access_log=[access_log(name)],
+        default_filter_chain=proxy_chain(f"blackhole {name}", names.BLACKHOLE_CLUSTER, log_site=name),
     )
 
 

@@ -42,7 +42,7 @@ def rewrite(message: Message, visit: Callable[[Message], None]) -> None:
             continue
         if field.message_type.GetOptions().map_entry:
             values = [v for v in value.values() if isinstance(v, Message)]
-        elif field.label == field.LABEL_REPEATED:
+        elif field.is_repeated:
             values = list(value)
         else:
             values = [value]
@@ -51,7 +51,7 @@ def rewrite(message: Message, visit: Callable[[Message], None]) -> None:
                 inner = _unpack(item)
                 if inner is not None:
                     rewrite(inner, visit)
-                    item.Pack(inner)
+                    item.CopyFrom(pack(inner))
             else:
                 rewrite(item, visit)
 

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from envoy.admin.v3 import config_dump_pb2, config_dump_shared_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
+from ..certs.secrets import redact_secret
 from ..translators.envoy_common import pack
 from ..translators.resources import (
     CLUSTER_TYPE,
@@ -25,18 +26,7 @@ from ..translators.resources import (
     content_version,
 )
 
-REDACTED = b"[redacted]"
 Versions = Mapping[tuple[str, str], str]  # (type URL, resource name) -> version
-
-
-def redact(secret: secret_pb2.Secret) -> secret_pb2.Secret:
-    """A copy with private key material replaced as Envoy's admin endpoint replaces it."""
-    copy = secret_pb2.Secret()
-    copy.CopyFrom(secret)
-    if copy.HasField("tls_certificate") and copy.tls_certificate.HasField("private_key"):
-        copy.tls_certificate.private_key.Clear()
-        copy.tls_certificate.private_key.inline_bytes = REDACTED
-    return copy
 
 
 def _version(versions: Versions | None, type_url: str, name: str, resource: Message) -> str:
@@ -60,7 +50,7 @@ def config_dump_message(
         lis = resources.listeners[name]
         entry = listeners.dynamic_listeners.add(name=name)
         entry.active_state.version_info = _version(versions, LISTENER_TYPE, name, lis)
-        entry.active_state.listener.Pack(lis)
+        entry.active_state.listener.CopyFrom(pack(lis))
     endpoints = shared.EndpointsConfigDump()
     for name in sorted(resources.endpoints):
         cla = resources.endpoints[name]
@@ -69,13 +59,13 @@ def config_dump_message(
         )
     secret_dump = config_dump_pb2.SecretsConfigDump()
     for name in sorted((secrets or {}).keys()):
-        secret = redact(secrets[name])  # type: ignore[index]
+        secret = redact_secret(secrets[name])  # type: ignore[index]
         secret_dump.dynamic_active_secrets.add(
             name=name, version_info=_version(versions, SECRET_TYPE, name, secrets[name]), secret=pack(secret)  # type: ignore[index]
         )
     dump = config_dump_pb2.ConfigDump()
     for part in (clusters, listeners, secret_dump, endpoints):
-        dump.configs.add().Pack(part)
+        dump.configs.add().CopyFrom(pack(part))
     return dump
 
 

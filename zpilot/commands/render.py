@@ -1,0 +1,55 @@
+"""``zpilot render``: one node's ztunnel config, offline, as Envoy's /config_dump would show it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..certs.ca import CertificateAuthority
+from ..certs.identity import IdentityCache
+from ..certs.secrets import build_secrets
+from ..kube.manifests import load_manifests
+from ..model.index import MeshIndex
+from ..translators import TranslateOptions, known_layouts, translate_node
+from ..translators.static import static_bootstrap
+from ..xds.config_dump import config_dump
+from google.protobuf import json_format
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("render", help="print one node's ztunnel config (Envoy config_dump JSON) from manifests")
+    p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
+    p.add_argument("--node", required=True, help="Kubernetes node name")
+    p.add_argument("--layout", default="article", choices=known_layouts(), help="outbound layout")
+    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--ca-dir", type=Path, help="CA directory (created on first use); default: a throwaway CA")
+    p.add_argument(
+        "--static",
+        action="store_true",
+        help="print a static Envoy bootstrap instead (secrets inline): runs with no control plane, and validates",
+    )
+    p.add_argument("--quiet", action="store_true", help="do not list input problems on stderr")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    manifests = load_manifests(args.manifests)
+    index = MeshIndex.build(manifests.cluster, manifests.problems)
+    problems = manifests.problems
+    if args.node not in index.nodes and not index.workloads_on(args.node):
+        problems.warning(f"Node {args.node}", "not in the manifests: its ztunnel gets only the fixed resources")
+    resources = translate_node(index, args.node, TranslateOptions(trust_domain=args.trust_domain, layout=args.layout))
+    ca = CertificateAuthority.load_or_create(args.ca_dir, args.trust_domain)
+    secrets = build_secrets(resources.secrets.values(), IdentityCache(ca), problems)
+    if not args.quiet:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+    if args.static:
+        out = json_format.MessageToDict(static_bootstrap(resources, secrets), preserving_proto_field_name=True)
+    else:
+        out = config_dump(resources, secrets)
+    json.dump(out, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
