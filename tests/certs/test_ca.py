@@ -356,3 +356,16 @@ def test_certificate_with_an_unsupported_key_type_is_refused_cleanly(tmp_path, u
     # an EC key next to the Ed25519 certificate: a mismatch, not a crash
     with pytest.raises(CertificateAuthorityError, match="does not belong"):
         CertificateAuthority.from_files(tmp_path / "c.pem", user_ca.root_key_path)
+
+
+def _fingerprint_of(directory: str) -> str:
+    return CertificateAuthority.load_or_create(Path(directory)).fingerprint
+
+
+def test_concurrent_first_starts_agree_on_one_root(tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        prints = pool.map(_fingerprint_of, [str(tmp_path / "ca")] * 8)
+    assert len(set(prints)) == 1
+    assert sorted(p.name for p in (tmp_path / "ca").iterdir() if not p.name.startswith(".")) == [ROOT_CERT_FILE, ROOT_KEY_FILE]

@@ -182,7 +182,7 @@ def _spki(public_key: object) -> bytes:
     )
 
 
-def _signature_hash(key: SigningKey) -> hashes.HashAlgorithm:
+def _signature_hash(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()

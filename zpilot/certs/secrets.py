@@ -15,7 +15,7 @@ import logging
 from typing import Any, Iterable
 
 from cryptography import x509
-from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.descriptor import FieldDescriptor
 from udpa.annotations import sensitive_pb2
 
@@ -25,8 +25,6 @@ from zpilot.model.problems import Problems
 from zpilot.translators.resources import SecretRef
 
 log = logging.getLogger("zpilot.certs.secrets")
-
-Secret = secret_pb2.Secret
 
 ROOTCA = "ROOTCA"
 #: Separates the identity from the pod name and UID in workload secret names.
