@@ -82,3 +82,31 @@ def envoys(tmp_path: Path):
     yield start
     for envoy in started:
         envoy.stop()
+
+
+@pytest.fixture
+async def fake_plane():
+    """A ControlPlane over a FakeWorld: nodes "a" (two clusters, a listener, a secret) and "b"."""
+    from .fake_world import FakeWorld, NodeSpec
+
+    world = FakeWorld(
+        a=NodeSpec(clusters={"c1": ["10.0.0.1"], "c2": ["10.0.0.2"]}, listeners={"l1": 10001}, secrets=["s1"]),
+        b=NodeSpec(clusters={"c1": ["10.0.0.1"]}, listeners={"l1": 10001}),
+    )
+    planes: list[ControlPlane] = []
+
+    async def make(**server_kw) -> tuple[ControlPlane, FakeWorld]:
+        plane = ControlPlane(
+            server_options=ServerOptions(host="127.0.0.1", port=0, **server_kw),
+            debug_options=DebugOptions(host="127.0.0.1", port=0),
+            translate=world.translate,
+            secrets=world.secrets,
+        )
+        await plane.update(world.index())
+        await plane.start()
+        planes.append(plane)
+        return plane, world
+
+    yield make
+    for plane in planes:
+        await plane.stop()

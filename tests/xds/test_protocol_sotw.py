@@ -1,0 +1,263 @@
+"""State-of-the-world ADS protocol rules (xds-protocol-notes.md), with a Python gRPC client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, SECRET_TYPE
+
+from .ads_client import AdsClient
+from .e2e_util import debug_json
+
+
+def names(response) -> list[str]:
+    out = []
+    for any_ in response.resources:
+        if any_.type_url == CLUSTER_TYPE:
+            out.append(Cluster.FromString(any_.value).name)
+        elif any_.type_url == ENDPOINT_TYPE:
+            out.append(ClusterLoadAssignment.FromString(any_.value).cluster_name)
+        else:
+            msg = type("X", (), {})
+            from envoy.config.listener.v3.listener_pb2 import Listener
+            from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+
+            cls = Listener if any_.type_url == LISTENER_TYPE else Secret
+            out.append(cls.FromString(any_.value).name)
+    return out
+
+
+@pytest.fixture
+async def client_factory():
+    clients: list[AdsClient] = []
+
+    def make(port: int, **kw) -> AdsClient:
+        client = AdsClient(port, **kw)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def test_wildcard_cds_ack_and_no_resend(fake_plane, client_factory):
+    plane, _ = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(CLUSTER_TYPE, node_name="a")
+    r = await c.recv()
+    assert r.type_url == CLUSTER_TYPE and r.nonce and r.version_info
+    assert names(r) == ["c1", "c2"]
+    assert r.control_plane.identifier == "zpilot"
+    c.request(CLUSTER_TYPE, nonce=r.nonce, version=r.version_info)  # ACK
+    await c.expect_silence()
+    [conn] = await debug_json(plane.debug_port, "/debug/syncz", node="a")
+    [cds] = conn["types"]
+    assert cds["state"] == "SYNCED" and cds["acked_version"] == r.version_info and cds["subscribed"] == "*"
+
+
+async def test_eds_and_sds_are_served_by_name_only(fake_plane, client_factory):
+    plane, _ = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(ENDPOINT_TYPE, names=["c2", "nope"], node_name="a")
+    r = await c.recv()
+    assert names(r) == ["c2"]
+    c.request(SECRET_TYPE, names=["s1", "someone-elses-secret"])
+    r = await c.recv()
+    assert names(r) == ["s1"]
+    assert plane.metrics.unserved_names.value("SDS") == 1
+    assert plane.metrics.unserved_names.value("EDS") == 1
+
+
+async def test_stale_nonce_is_ignored(fake_plane, client_factory):
+    plane, world = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(ENDPOINT_TYPE, names=["c1"], node_name="a")
+    first = await c.recv()
+    c.request(ENDPOINT_TYPE, names=["c1"], nonce=first.nonce, version=first.version_info)
+    await c.expect_silence()
+    world.nodes["a"].clusters["c1"] = ["10.0.0.9"]
+    await plane.update(world.index())
+    second = await c.recv()
+    assert second.nonce != first.nonce and second.version_info != first.version_info
+    # A request still answering the first response (with new names) is stale: ignored.
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=first.nonce, version=first.version_info)
+    await c.expect_silence()
+    assert plane.metrics.stale_requests.value("EDS") == 1
+    # The same names with the current nonce are answered.
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=second.nonce, version=second.version_info)
+    third = await c.recv()
+    assert names(third) == ["c1", "c2"]
+
+
+async def test_nack_is_recorded_and_the_rejected_version_not_resent(fake_plane, client_factory):
+    plane, world = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(CLUSTER_TYPE, node_name="a")
+    r = await c.recv()
+    c.request(CLUSTER_TYPE, nonce=r.nonce, version="", error="cluster c1: bad config")
+    await c.expect_silence(0.5)
+    [conn] = await debug_json(plane.debug_port, "/debug/syncz", node="a")
+    [cds] = conn["types"]
+    assert cds["state"] == "NACKED" and cds["nack_count"] == 1
+    assert cds["last_nack"]["error"] == "cluster c1: bad config"
+    assert cds["last_nack"]["version"] == r.version_info
+    assert plane.metrics.nacks.value("CDS") == 1
+    # An unrelated model update that leaves node a unchanged does not resend the rejected version.
+    world.nodes["b"].clusters["c9"] = ["10.0.0.9"]
+    await plane.update(world.index())
+    await c.expect_silence(0.5)
+    # A changed config is sent.
+    world.nodes["a"].clusters["c3"] = ["10.0.0.3"]
+    await plane.update(world.index())
+    fixed = await c.recv()
+    assert names(fixed) == ["c1", "c2", "c3"]
+    c.request(CLUSTER_TYPE, nonce=fixed.nonce, version=fixed.version_info)
+    await asyncio.sleep(0.1)
+    [conn] = await debug_json(plane.debug_port, "/debug/syncz", node="a")
+    assert conn["types"][0]["state"] == "SYNCED"
+
+
+async def test_unchanged_nodes_get_no_push(fake_plane, client_factory):
+    plane, world = await fake_plane()
+    a, b = client_factory(plane.xds_port), client_factory(plane.xds_port)
+    for client, node in ((a, "a"), (b, "b")):
+        client.request(CLUSTER_TYPE, node_name=node)
+        r = await client.recv()
+        client.request(CLUSTER_TYPE, nonce=r.nonce, version=r.version_info)
+    world.nodes["b"].clusters["c5"] = ["10.0.0.5"]
+    report = await plane.update(world.index())
+    assert list(report.changed) == ["b"] and report.unchanged == ["a"]
+    assert names(await b.recv()) == ["c1", "c5"]
+    await a.expect_silence()
+
+
+async def test_responses_follow_push_order_whatever_the_request_order(fake_plane, client_factory):
+    plane, _ = await fake_plane()
+    c = client_factory(plane.xds_port)
+    # A reconnecting Envoy sends all four at once; here even in the worst order.
+    c.request(LISTENER_TYPE, node_name="a", version="old")
+    c.request(SECRET_TYPE, names=["s1"], version="old")
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], version="old")
+    c.request(CLUSTER_TYPE, version="old")
+    got = [(await c.recv()).type_url for _ in range(4)]
+    assert got == [CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE]
+
+
+async def test_eds_is_answered_again_after_cds(fake_plane, client_factory):
+    plane, world = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(CLUSTER_TYPE, node_name="a")
+    cds = await c.recv()
+    c.request(CLUSTER_TYPE, nonce=cds.nonce, version=cds.version_info)
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"])
+    eds = await c.recv()
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=eds.nonce, version=eds.version_info)
+    await c.expect_silence()
+    # Only a cluster changes; its endpoints do not. EDS must still follow the CDS response.
+    world.nodes["a"].listeners["l2"] = 10002  # unrelated to EDS, pushed after both
+    world.nodes["a"].clusters["c3"] = ["10.0.0.3"]
+    await plane.update(world.index())
+    cds2 = await c.recv()
+    eds2 = await c.recv()
+    assert cds2.type_url == CLUSTER_TYPE and eds2.type_url == ENDPOINT_TYPE
+    assert names(eds2) == ["c1", "c2"] and eds2.version_info == eds.version_info and eds2.nonce != eds.nonce
+
+
+async def test_unsubscribe(fake_plane, client_factory):
+    plane, world = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(ENDPOINT_TYPE, names=["c1"], node_name="a")
+    r = await c.recv()
+    c.request(ENDPOINT_TYPE, names=[], nonce=r.nonce, version=r.version_info)  # unsubscribe from everything
+    await c.expect_silence()
+    world.nodes["a"].clusters["c1"] = ["10.0.0.7"]
+    await plane.update(world.index())
+    await c.expect_silence()
+    # LDS: legacy wildcard, then explicit names, then an empty list means none (not all).
+    c.request(LISTENER_TYPE)
+    r = await c.recv()
+    assert names(r) == ["l1"]
+    c.request(LISTENER_TYPE, names=["l1"], nonce=r.nonce, version=r.version_info)
+    r = await c.recv()
+    assert names(r) == ["l1"]
+    c.request(LISTENER_TYPE, names=[], nonce=r.nonce, version=r.version_info)
+    await c.expect_silence()
+    [conn] = await debug_json(plane.debug_port, "/debug/syncz", node="a")
+    assert {t["type"]: t["subscribed"] for t in conn["types"]} == {"EDS": [], "LDS": []}
+
+
+async def test_unknown_node_gets_empty_config_then_its_config(fake_plane, client_factory):
+    plane, world = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(CLUSTER_TYPE, node_name="newcomer")
+    r = await c.recv()
+    assert list(r.resources) == []
+    [conn] = await debug_json(plane.debug_port, "/debug/syncz", node="newcomer")
+    assert conn["known_node"] is False
+    c.request(CLUSTER_TYPE, nonce=r.nonce, version=r.version_info)
+    from .fake_world import NodeSpec
+
+    world.nodes["newcomer"] = NodeSpec(clusters={"n1": []})
+    await plane.update(world.index())
+    assert names(await c.recv()) == ["n1"]
+
+
+@pytest.mark.parametrize(
+    "payload, reason, message",
+    [
+        (b"\xff\xff\xff\xff", "unparseable", "cannot parse"),
+        (None, "unknown_type", "unknown type URL"),
+        (b"", "no_node", "names no node"),
+    ],
+    ids=["garbage", "unknown-type", "no-node"],
+)
+async def test_bad_requests_end_only_their_stream(fake_plane, client_factory, payload, reason, message):
+    plane, world = await fake_plane()
+    good = client_factory(plane.xds_port)
+    good.request(CLUSTER_TYPE, node_name="a")
+    r = await good.recv()
+    good.request(CLUSTER_TYPE, nonce=r.nonce, version=r.version_info)
+    bad = client_factory(plane.xds_port)
+    if payload is None:
+        bad.request("type.googleapis.com/envoy.config.route.v3.RouteConfiguration", node_name="a")
+    else:
+        bad.send(payload)
+    code, details = await bad.status()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in details
+    assert plane.metrics.rejected_requests.value(reason) == 1
+    # The other stream still works and still gets pushes.
+    world.nodes["a"].clusters["c4"] = ["10.0.0.4"]
+    await plane.update(world.index())
+    assert names(await good.recv()) == ["c1", "c2", "c4"]
+
+
+async def test_unknown_type_after_a_good_start_is_refused(fake_plane, client_factory):
+    plane, _ = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(CLUSTER_TYPE, node_name="a")
+    await c.recv()
+    c.request("type.googleapis.com/not.a.Type")
+    code, details = await c.status()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not.a.Type" in details
+    assert await debug_json(plane.debug_port, "/debug/syncz", node="a") == []  # the stream is gone
+
+
+async def test_oversized_request_is_refused_without_harm(fake_plane, client_factory):
+    plane, world = await fake_plane(max_receive_message_bytes=64 * 1024)
+    good = client_factory(plane.xds_port)
+    good.request(CLUSTER_TYPE, node_name="a")
+    await good.recv()
+    big = client_factory(plane.xds_port, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)])
+    big.request(ENDPOINT_TYPE, names=[f"cluster-{i:06d}" for i in range(20_000)], node_name="a")
+    code, _ = await big.status()
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    world.nodes["a"].clusters["c4"] = ["10.0.0.4"]
+    await plane.update(world.index())
+    assert names(await good.recv()) == ["c1", "c2", "c4"]

@@ -1,0 +1,171 @@
+"""``zpilot serve`` as users run it: a subprocess watching a manifest directory, real Envoys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .e2e_util import debug_json, wait_no_diff, wait_synced, zpilot_diff_cli
+from .envoy_util import NODE_A, NODE_B, eventually, free_port, random_loopback
+
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+
+DEBOUNCE_QUIET = 0.1
+
+NEW_POD = textwrap.dedent(
+    f"""\
+    apiVersion: v1
+    kind: Pod
+    metadata:
+      name: productpage-v1-5586c4d4ff-zz9kq
+      namespace: default
+      uid: 0b6d4a4e-4a0e-4f57-9a55-5f7f2c7b1d11
+      labels: {{app: productpage, version: v1}}
+      creationTimestamp: '2022-11-08T07:00:00Z'
+    spec:
+      serviceAccountName: bookinfo-productpage
+      nodeName: {NODE_B}
+      containers:
+      - name: productpage
+        image: docker.io/istio/examples-bookinfo-productpage-v1
+        ports: [{{containerPort: 9080, protocol: TCP}}]
+    status:
+      phase: Running
+      podIP: 10.4.3.99
+      podIPs: [{{ip: 10.4.3.99}}]
+      conditions: [{{type: Ready, status: 'True'}}]
+    """
+)
+
+# A pod of a namespace outside the mesh: part of the model, but no node's config changes.
+UNMESHED_POD = NEW_POD.replace("productpage-v1-5586c4d4ff-zz9kq", "outsider-1").replace(
+    "namespace: default", "namespace: legacy").replace("10.4.3.99", "10.4.3.98").replace(
+    "0b6d4a4e-4a0e-4f57-9a55-5f7f2c7b1d11", "0b6d4a4e-4a0e-4f57-9a55-5f7f2c7b1d12")
+
+
+@pytest.fixture
+def serve(manifests: Path, tmp_path: Path):
+    """Start ``zpilot serve`` on free ports; SIGTERM (then SIGKILL) at teardown."""
+    xds_port, debug_port = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(manifests),
+             "--xds-address", "127.0.0.1", "--xds-port", str(xds_port), "--debug-port", str(debug_port),
+             "--bind-address", random_loopback(), "--debounce-quiet", str(DEBOUNCE_QUIET)],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    info = {"proc": proc, "xds_port": xds_port, "debug_port": debug_port, "log": log}
+    yield info
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+async def wait_serving(serve) -> None:
+    async def ready():
+        if serve["proc"].poll() is not None:
+            raise RuntimeError(f"zpilot serve exited {serve['proc'].returncode}:\n{serve['log'].read_text()}")
+        try:
+            async with httpx.AsyncClient(timeout=1.0) as c:
+                return (await c.get(f"http://127.0.0.1:{serve['debug_port']}/healthz/ready")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await eventually(ready, 20)
+
+
+def endpoint_addresses(dump: dict) -> set[str]:
+    text = str(dump)
+    return {ip for ip in ("10.4.3.99", "10.4.3.98") if ip in text}
+
+
+def sent_counts(syncz: list[dict]) -> dict[tuple[str, str], int]:
+    return {(c["node"], t["type"]): t["sent_count"] for c in syncz for t in c["types"]}
+
+
+async def test_serve_pushes_manifest_changes_to_envoys(serve, manifests, envoys):
+    await wait_serving(serve)
+    a = envoys(NODE_A, serve["xds_port"])
+    b = envoys(NODE_B, serve["xds_port"])
+    await asyncio.gather(a.wait_ready(), b.wait_ready())
+    port = serve["debug_port"]
+    for envoy in (a, b):
+        await wait_synced(port, envoy.node)
+        await wait_no_diff(port, envoy)
+        result = await zpilot_diff_cli(port, envoy)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    # Add a productpage replica on node B: both nodes' Envoys must have it within debounce + 1 s.
+    started = time.monotonic()
+    (manifests / "new-pod.yaml").write_text(NEW_POD)
+
+    async def both_have_it():
+        dumps = [await e.config_dump() for e in (a, b)]
+        return all("10.4.3.99" in endpoint_addresses(d) for d in dumps)
+
+    await eventually(both_have_it, timeout=DEBOUNCE_QUIET + 1.0, interval=0.02)
+    took = time.monotonic() - started
+    for envoy in (a, b):
+        await wait_synced(port, envoy.node)
+        await wait_no_diff(port, envoy)
+
+    # Remove it again: gone from both.
+    (manifests / "new-pod.yaml").unlink()
+
+    async def both_lost_it():
+        dumps = [await e.config_dump() for e in (a, b)]
+        return all("10.4.3.99" not in endpoint_addresses(d) for d in dumps)
+
+    await eventually(both_lost_it, timeout=DEBOUNCE_QUIET + 1.0, interval=0.02)
+    for envoy in (a, b):
+        await wait_synced(port, envoy.node)
+        await wait_no_diff(port, envoy)
+
+    # A pod no node's config depends on: the model takes it, no node is pushed.
+    before = sent_counts(await debug_json(port, "/debug/syncz"))
+    updates_before = _metric(await _text(port, "/metrics"), "zpilot_model_updates_total")
+    (manifests / "outsider.yaml").write_text(UNMESHED_POD)
+
+    async def model_has_it():
+        registry = await debug_json(port, "/debug/registryz")
+        return any(w["name"] == "outsider-1" and not w["meshed"] for w in registry["workloads"])
+
+    await eventually(model_has_it, timeout=DEBOUNCE_QUIET + 2.0)
+    await asyncio.sleep(0.3)
+    assert _metric(await _text(port, "/metrics"), "zpilot_model_updates_total") > updates_before
+    assert sent_counts(await debug_json(port, "/debug/syncz")) == before
+    print(f"add-pod push reached both Envoys in {took * 1000:.0f} ms")
+    print(serve["log"].read_text()[-6000:])
+
+    # Clean shutdown on SIGTERM.
+    serve["proc"].send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(serve["proc"].wait, 10) == 0
+    assert "shutting down" in serve["log"].read_text()
+
+
+async def _text(port: int, path: str) -> str:
+    async with httpx.AsyncClient(timeout=5.0) as c:
+        r = await c.get(f"http://127.0.0.1:{port}{path}")
+        r.raise_for_status()
+        return r.text
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
