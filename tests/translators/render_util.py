@@ -34,9 +34,8 @@ def render(manifests: Path | str, node: str, options: TranslateOptions | None = 
     return resources, secrets, problems
 
 
-def stable_dump(resources: NodeResources, secrets: dict) -> dict[str, Any]:
-    """The config dump with what legitimately changes between runs (certificates, their versions) blanked."""
-    dump = config_dump(resources, secrets)
+def blank_certificates(dump: dict[str, Any]) -> dict[str, Any]:
+    """Blank what legitimately changes between runs (certificates and their versions), in place."""
     for part in dump["configs"]:
         for entry in part.get("dynamic_active_secrets", []):
             entry["version_info"] = "<secret version>"
@@ -46,6 +45,11 @@ def stable_dump(resources: NodeResources, secrets: dict) -> dict[str, Any]:
             if "validation_context" in secret:
                 secret["validation_context"]["trusted_ca"]["inline_bytes"] = "<trust bundle>"
     return dump
+
+
+def stable_dump(resources: NodeResources, secrets: dict) -> dict[str, Any]:
+    """The config dump with certificates blanked."""
+    return blank_certificates(config_dump(resources, secrets))
 
 
 def dumps(data: Any) -> str:
