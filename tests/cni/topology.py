@@ -76,6 +76,10 @@ class Topology:
         try:
             self._add_ns(self.node)
             self._add_ns(self.ztunnel)
+            for ns in (self.node, self.ztunnel):  # strict reverse-path filtering, as many distributions ship
+                in_ns(ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1")
+            for ns in self.created:  # no IPv6 link-local addresses appearing (and routes with them) as DAD ends
+                in_ns(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
             self._wire(self.ztunnel, ZTUNNEL_IP, ZTUNNEL_VETH)
             for name in pods:
                 self.add_pod(name)
@@ -87,9 +91,43 @@ class Topology:
     def add_pod(self, name: str) -> None:
         ip, veth = PODS[name]
         self._add_ns(self.pod(name))
+        in_ns(self.pod(name), "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
+              "net.ipv6.conf.default.disable_ipv6=1")
         self._wire(self.pod(name), ip, veth)
 
     def destroy(self) -> None:
         for name in reversed(self.created):
             sh("ip", "netns", "del", name, check=False)
         self.created.clear()
+
+
+#: What a real node already holds before zpilot starts: kube-proxy's service portal (the VIP of
+#: productpage DNATed to an endpoint; the node's own address stands in for it, since node B is
+#: not built), the article's metadata-server rule, another agent's ip rule, route table and set.
+KUBE_PROXY_RULES = """*nat
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.8.14.226/32 -p tcp -m tcp --dport 9080 -j DNAT --to-destination 10.4.4.1:9080
+COMMIT
+*mangle
+-A OUTPUT -s 169.254.169.254/32 -j DROP
+COMMIT
+"""
+#: A pod namespace has its own tables too (iptables-nft creates them on first use, and zpilot
+#: cannot know whether it was first); someone else's chain in each stands for their content.
+FOREIGN_POD_RULES = """*nat
+:OTHER-AGENT - [0:0]
+COMMIT
+*mangle
+:OTHER-AGENT - [0:0]
+COMMIT
+"""
+
+
+def add_foreign_state(topo: Topology) -> None:
+    in_ns(topo.node, "iptables-restore", "--noflush", input=KUBE_PROXY_RULES)
+    sh("ip", "-n", topo.node, "rule", "add", "priority", "200", "fwmark", "0x4000/0x4000", "lookup", "200")
+    sh("ip", "-n", topo.node, "route", "add", "10.99.0.0/16", "dev", "vethlegacy", "table", "200")
+    in_ns(topo.node, "ipset", "create", "KUBE-OTHER", "hash:ip")
+    in_ns(topo.ztunnel, "iptables-restore", "--noflush", input=FOREIGN_POD_RULES)
