@@ -1,0 +1,115 @@
+"""Packets through the applied rules: a meshed pod's TCP reaches the ztunnel's TPROXY listener with
+the service VIP as its destination; a non-meshed pod's does not.
+
+The VIP is productpage's (10.8.14.226:9080). kube-proxy's portal DNATs it to an endpoint; the
+node's own address stands in for the endpoint, where a plain server answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .kernel_state import iptables_save
+from .topology import add_foreign_state, in_ns
+
+pytestmark = [pytest.mark.root, pytest.mark.netns]
+
+VIP, PORT = "10.8.14.226", 9080
+LISTENER = str(Path(__file__).with_name("transparent_listener.py"))
+CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.sendall(b"ping from " + sys.argv[3].encode())
+print(s.recv(10).decode())
+"""
+
+
+class Listener:
+    def __init__(self, ns: str, port: int, timeout: float) -> None:
+        self.proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, LISTENER, str(port), str(timeout)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"listener in {ns}:{port} did not start: {line!r} {self.proc.stderr.read()}")
+
+    def result(self):
+        out, err = self.proc.communicate(timeout=15)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def connect(ns: str, who: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, VIP, str(PORT), who],
+                          capture_output=True, text=True, timeout=15)
+
+
+def outbound_mark_packets(ns: str) -> int:
+    m = re.search(r"\[(\d+):\d+\] -A ztunnel-PREROUTING -p tcp -m set --match-set ztunnel-pods-ips src -j MARK "
+                  r"--set-xmark 0x100/0x100", iptables_save(ns, counters=True))
+    assert m, "the outbound mark rule is missing"
+    return int(m.group(1))
+
+
+def tx_packets(ns: str, dev: str) -> int:
+    return int(in_ns(ns, "cat", f"/sys/class/net/{dev}/statistics/tx_packets"))
+
+
+def rx_packets(ns: str, dev: str) -> int:
+    return int(in_ns(ns, "cat", f"/sys/class/net/{dev}/statistics/rx_packets"))
+
+
+@pytest.fixture
+def applied(topology, make_agent):
+    add_foreign_state(topology)
+    _, reports = make_agent().reconcile_once()
+    assert all(r.ok for r in reports), [r.errors for r in reports]
+    return topology
+
+
+def test_meshed_pod_to_vip_arrives_at_tproxy_15001_with_the_vip_as_destination(applied):
+    topo = applied
+    marked, tunnel_out, tunnel_in = (outbound_mark_packets(topo.node), tx_packets(topo.node, "istioout"),
+                                     rx_packets(topo.ztunnel, "pistioout"))
+    listener = Listener(topo.ztunnel, 15001, 5)
+    try:
+        client = connect(topo.pod("sleep"), "sleep")
+        got = listener.result()
+    finally:
+        listener.stop()
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.strip() == "pong"
+    assert got == {"peer": [got["peer"][0], got["peer"][1]], "local": [VIP, PORT], "data": "ping from sleep"}
+    assert got["peer"][0] == "10.4.4.19"  # the pod's own address: nothing was NATed on the way
+    assert outbound_mark_packets(topo.node) == marked + 1  # the SYN; the rest of the flow follows conntrack marks
+    assert tx_packets(topo.node, "istioout") > tunnel_out
+    assert rx_packets(topo.ztunnel, "pistioout") > tunnel_in
+
+
+def test_non_meshed_pod_to_vip_is_not_intercepted(applied):
+    topo = applied
+    marked = outbound_mark_packets(topo.node)
+    endpoint = Listener(topo.node, PORT, 5)  # the service's endpoint behind kube-proxy's DNAT
+    ztunnel = Listener(topo.ztunnel, 15001, 2)
+    try:
+        client = connect(topo.pod("legacy"), "legacy")
+        reached = endpoint.result()
+        intercepted = ztunnel.result()
+    finally:
+        endpoint.stop()
+        ztunnel.stop()
+    assert client.returncode == 0, client.stderr
+    assert reached is not None and reached["data"] == "ping from legacy" and reached["peer"][0] == "10.4.4.25"
+    assert reached["local"] == ["10.4.4.1", PORT]  # DNATed by kube-proxy, as without the mesh
+    assert intercepted is None
+    assert outbound_mark_packets(topo.node) == marked
