@@ -1,0 +1,153 @@
+"""A real Envoy through NACKs, restarts of either side, and delta ADS."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+import pytest
+
+from .conftest import load_index
+from .e2e_util import config_diff, debug_json, wait_no_diff, wait_synced
+from .envoy_util import NODE_A, eventually
+
+pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+
+SENT = re.compile(r"sent (\w+) to node=(\S+) conn=(\S+)")
+
+
+def sent_order(caplog, conn_id: str) -> list[str]:
+    """The types the server's log says it sent on one connection, in order."""
+    out = []
+    for record in caplog.records:
+        m = SENT.match(record.getMessage())
+        if m and m.group(3) == conn_id:
+            out.append(m.group(1))
+    return out
+
+
+def assert_cds_before_lds(order: list[str]) -> None:
+    assert "CDS" in order and "LDS" in order, order
+    assert order.index("CDS") < order.index("LDS"), order
+    assert order.index("EDS") < order.index("LDS") and order.index("SDS") < order.index("LDS"), order
+
+
+class BreakBlackHole:
+    """The test-only hook: when on, one cluster gets a connect_timeout Envoy's validation rejects."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def __call__(self, resources) -> None:
+        if self.on:
+            resources.clusters["BlackHoleCluster"].connect_timeout.seconds = -1
+
+
+async def test_invalid_resource_is_nacked_not_resent_and_fixed(make_plane, envoys):
+    hook = BreakBlackHole()
+    plane = await make_plane(mutate=hook)
+    envoy = envoys(NODE_A, plane.xds_port)
+    await envoy.wait_ready()
+    await wait_synced(plane.debug_port, NODE_A)
+
+    hook.on = True
+    await plane.update()
+
+    async def nacked():
+        [conn] = await debug_json(plane.debug_port, "/debug/syncz", node=NODE_A)
+        cds = next(t for t in conn["types"] if t["type"] == "CDS")
+        assert cds["state"] == "NACKED", cds
+        return cds
+
+    cds = await eventually(nacked)
+    assert "Expected positive duration" in cds["last_nack"]["error"]
+    assert cds["last_nack"]["version"] == cds["last_sent_version"]
+    assert plane.metrics.nacks.value("CDS") >= 1
+    metrics_text = plane.metrics.render()
+    assert re.search(r'zpilot_xds_nacks_total\{type="CDS"\} [1-9]', metrics_text)
+    # Envoy kept its last good config, so it now differs from intent, and zpilot diff says so.
+    assert "BlackHoleCluster" in await config_diff(plane.debug_port, envoy)
+
+    # The rejected version is never sent again, not even when the model is produced again.
+    sent_before = cds["sent_count"]
+    await plane.update()
+    import asyncio
+
+    await asyncio.sleep(1.0)
+    [conn] = await debug_json(plane.debug_port, "/debug/syncz", node=NODE_A)
+    cds = next(t for t in conn["types"] if t["type"] == "CDS")
+    assert cds["sent_count"] == sent_before and cds["state"] == "NACKED"
+
+    # The fix: Envoy takes the next version.
+    hook.on = False
+    await plane.update()
+    await wait_synced(plane.debug_port, NODE_A)
+    await wait_no_diff(plane.debug_port, envoy)
+
+
+async def test_envoy_restart_reconverges(make_plane, envoys, caplog):
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
+    plane = await make_plane()
+    first = envoys(NODE_A, plane.xds_port, name="first")
+    await first.wait_ready()
+    await wait_synced(plane.debug_port, NODE_A)
+    first.stop()
+
+    async def gone():
+        return await debug_json(plane.debug_port, "/debug/syncz", node=NODE_A) == []
+
+    await eventually(gone)
+    second = envoys(NODE_A, plane.xds_port, name="second")
+    await second.wait_ready()
+    conn = await wait_synced(plane.debug_port, NODE_A)
+    await wait_no_diff(plane.debug_port, second)
+    assert_cds_before_lds(sent_order(caplog, conn["id"]))
+
+
+async def test_server_restart_reconverges(make_plane, envoys, caplog):
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
+    plane = await make_plane()
+    envoy = envoys(NODE_A, plane.xds_port)
+    await envoy.wait_ready()
+    await wait_synced(plane.debug_port, NODE_A)
+    port = plane.xds_port
+    await plane.stop()
+    caplog.clear()
+
+    restarted = await make_plane(xds_port=port)
+    conn = await wait_synced(restarted.debug_port, NODE_A, timeout=20)
+    await wait_no_diff(restarted.debug_port, envoy)
+    order = sent_order(caplog, conn["id"])
+    assert_cds_before_lds(order)
+    # Envoy reconnected with the versions it had; the server answered every type regardless.
+    assert len(restarted.registry) == 1
+
+
+async def test_delta_envoy_converges_and_gets_removals(make_plane, envoys, manifests, caplog):
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
+    plane = await make_plane()
+    envoy = envoys(NODE_A, plane.xds_port, delta=True)
+    await envoy.wait_ready()
+    conn = await wait_synced(plane.debug_port, NODE_A)
+    assert conn["mode"] == "delta"
+    await wait_no_diff(plane.debug_port, envoy)
+
+    # Remove the details Service: its cluster and endpoints must be removed by name.
+    index = load_index(manifests)
+    cluster = dataclasses.replace(
+        index.cluster, services=tuple(s for s in index.cluster.services if s.name != "details")
+    )
+    from zpilot.model.index import MeshIndex
+
+    await plane.update(MeshIndex.build(cluster))
+
+    async def details_gone():
+        return "details.default.svc" not in str(await envoy.config_dump())
+
+    await eventually(details_gone)
+    await wait_synced(plane.debug_port, NODE_A)
+    await wait_no_diff(plane.debug_port, envoy)
+    removals = [r.getMessage() for r in caplog.records if "removed_resources=" in r.getMessage()]
+    assert any("CDS" in m and "details.default.svc" in m for m in removals), removals
+    # (Envoy unsubscribes the removed clusters' endpoints itself, so EDS owes it no removal notice.)

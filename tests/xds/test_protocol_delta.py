@@ -1,0 +1,121 @@
+"""Incremental (delta) ADS protocol rules, with a Python gRPC client."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE
+
+from .ads_client import AdsClient
+from .e2e_util import debug_json
+from .fake_world import NodeSpec
+
+
+@pytest.fixture
+async def delta_client():
+    clients: list[AdsClient] = []
+
+    def make(port: int) -> AdsClient:
+        client = AdsClient(port, delta=True)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+def versions(response) -> dict[str, str]:
+    return {r.name: r.version for r in response.resources}
+
+
+async def test_initial_versions_are_not_resent_and_removals_are_sent(fake_plane, delta_client):
+    plane, world = await fake_plane()
+    c = delta_client(plane.xds_port)
+    c.delta_request(CLUSTER_TYPE, node_name="a")
+    first = await c.recv()
+    assert sorted(versions(first)) == ["c1", "c2"] and list(first.removed_resources) == []
+    assert all(r.resource.type_url == CLUSTER_TYPE for r in first.resources)
+    c.delta_request(CLUSTER_TYPE, nonce=first.nonce)
+    await c.expect_silence()
+
+    # A new stream that already has c1 (same version), an old c2, and a cluster that no longer exists.
+    known = versions(first)
+    again = delta_client(plane.xds_port)
+    again.delta_request(CLUSTER_TYPE, node_name="a",
+                        initial={"c1": known["c1"], "c2": "outdated", "gone": "x"})
+    r = await again.recv()
+    assert sorted(versions(r)) == ["c2"]
+    assert list(r.removed_resources) == ["gone"]
+
+    # Removing a cluster from the config sends removed_resources; unchanged ones are not resent.
+    del world.nodes["a"].clusters["c2"]
+    await plane.update(world.index())
+    r = await c.recv()
+    assert list(r.resources) == [] and list(r.removed_resources) == ["c2"]
+
+
+async def test_subscribe_unsubscribe_and_missing_names(fake_plane, delta_client):
+    plane, world = await fake_plane()
+    c = delta_client(plane.xds_port)
+    c.delta_request(ENDPOINT_TYPE, subscribe=["c1", "nope"], node_name="a")
+    r = await c.recv()
+    assert sorted(versions(r)) == ["c1"] and list(r.removed_resources) == ["nope"]
+    c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
+    # Subscription changes count even with a stale nonce.
+    c.delta_request(ENDPOINT_TYPE, subscribe=["c2"], unsubscribe=["c1"], nonce="stale")
+    r = await c.recv()
+    assert sorted(versions(r)) == ["c2"] and list(r.removed_resources) == []
+    # An unsubscribed resource's changes are not sent.
+    world.nodes["a"].clusters["c1"] = ["10.9.9.9"]
+    await plane.update(world.index())
+    await c.expect_silence()
+    world.nodes["a"].clusters["c2"] = ["10.9.9.8"]
+    await plane.update(world.index())
+    r = await c.recv()
+    assert sorted(versions(r)) == ["c2"]
+    [conn] = await debug_json(plane.debug_port, "/debug/syncz", node="a")
+    assert conn["mode"] == "delta" and conn["types"][0]["subscribed"] == ["c2", "nope"]
+
+
+async def test_secret_of_another_node_is_not_served(fake_plane, delta_client):
+    plane, _ = await fake_plane()
+    c = delta_client(plane.xds_port)
+    c.delta_request(SECRET_TYPE, subscribe=["s1", "spiffe://cluster.local/ns/x/sa/other"], node_name="a")
+    r = await c.recv()
+    assert sorted(versions(r)) == ["s1"]
+    assert list(r.removed_resources) == ["spiffe://cluster.local/ns/x/sa/other"]
+    assert plane.metrics.unserved_names.value("SDS") == 1
+
+
+async def test_nack_recorded_and_not_resent(fake_plane, delta_client):
+    plane, world = await fake_plane()
+    c = delta_client(plane.xds_port)
+    c.delta_request(CLUSTER_TYPE, node_name="a")
+    r = await c.recv()
+    c.delta_request(CLUSTER_TYPE, nonce=r.nonce, error="bad cluster c2")
+    await c.expect_silence()
+    [conn] = await debug_json(plane.debug_port, "/debug/syncz", node="a")
+    assert conn["types"][0]["state"] == "NACKED" and conn["types"][0]["last_nack"]["error"] == "bad cluster c2"
+    world.nodes["b"].clusters["zz"] = []  # a change elsewhere: node a is not pushed
+    await plane.update(world.index())
+    await c.expect_silence()
+    world.nodes["a"].clusters["c3"] = ["10.0.0.3"]  # the fix: a config change
+    await plane.update(world.index())
+    fixed = await c.recv()
+    assert sorted(versions(fixed)) == ["c3"]
+
+
+async def test_delta_garbage_ends_only_that_stream(fake_plane, delta_client):
+    plane, world = await fake_plane()
+    good = delta_client(plane.xds_port)
+    good.delta_request(CLUSTER_TYPE, node_name="b")
+    await good.recv()
+    bad = delta_client(plane.xds_port)
+    bad.delta_request("type.googleapis.com/envoy.config.route.v3.RouteConfiguration", node_name="b")
+    code, details = await bad.status()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown type URL" in details
+    world.nodes["b"] = NodeSpec(clusters={"c1": ["10.0.0.1"], "c7": []})
+    await plane.update(world.index())
+    assert sorted(versions(await good.recv())) == ["c7"]
