@@ -1,0 +1,77 @@
+"""``zpilot cni`` as an operator runs it."""
+
+from __future__ import annotations
+
+import pytest
+
+from zpilot.cli import main
+
+from .conftest import ARTICLE, TESTDATA
+from .kernel_state import snapshot
+from .topology import NODE_A, add_foreign_state, in_ns
+
+
+def test_plan_prints_the_article_listing(capsys):
+    code = main(["cni", "plan", "--node", NODE_A, "--manifests", str(ARTICLE), "--host-ip", "10.4.4.1",
+                 "--ztunnel-veth", "veth300a1d80", "--tunnel", "vxlan", "--no-discover"])
+    assert code == 0
+    assert capsys.readouterr().out == (TESTDATA / "node-a.plan.txt").read_text()
+
+
+def test_plan_without_a_known_veth_shows_a_placeholder_and_says_why(capsys):
+    code = main(["cni", "plan", "--node", NODE_A, "--manifests", str(ARTICLE), "--tunnel", "vxlan", "--no-discover"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "pass --ztunnel-veth; shown as ZTUNNEL-VETH" in captured.err
+    assert "! -i ZTUNNEL-VETH -m connmark" in captured.out
+
+
+def test_unknown_node_is_one_clear_line(capsys):
+    code = main(["cni", "plan", "--node", "gke-nope", "--manifests", str(ARTICLE), "--no-discover"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("zpilot cni: error: Node gke-nope is not in the model") and "Traceback" not in err
+
+
+def test_missing_manifest_directory_is_named(capsys, tmp_path):
+    code = main(["cni", "plan", "--node", NODE_A, "--manifests", str(tmp_path / "nope"), "--no-discover"])
+    assert code == 2 and "manifest directory" in capsys.readouterr().err
+
+
+def test_missing_netns_is_named_before_anything_happens(capsys):
+    code = main(["cni", "cleanup", "--netns", "zpilot-no-such-netns"])
+    out = capsys.readouterr()
+    assert code == 1
+    assert "network namespace 'zpilot-no-such-netns' does not exist" in out.out
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_apply_status_cleanup(topology, manifests, capsys):
+    ns = ["--netns", topology.node, "--ztunnel-netns", topology.ztunnel]
+    model = ["--node", NODE_A, "--manifests", str(manifests), "--tunnel", "vxlan"]
+    add_foreign_state(topology)  # the tables a real node has (see test_apply's cleanup test)
+    before = snapshot(topology.node)
+
+    assert main(["cni", "apply", *model, *ns]) == 0
+    out = capsys.readouterr().out
+    assert "mode redirect" in out and "changed: iptables: add mangle chain ztunnel-PREROUTING (15 rules)" in out
+
+    assert main(["cni", "status", *model, *ns]) == 0
+    out = capsys.readouterr().out
+    assert "ztunnel Pod istio-system/ztunnel-rts54 10.4.4.18 via veth300a1d80; tunnels vxlan; 3 meshed pod(s)" in out
+    assert f"netns {topology.node}: in sync" in out and f"netns {topology.ztunnel}: in sync" in out
+
+    in_ns(topology.node, "ip", "rule", "del", "priority", "101")
+    assert main(["cni", "status", *model, *ns]) == 1
+    out = capsys.readouterr().out
+    assert "OUT OF SYNC, 1 difference(s)" in out and "rule: add 101:\tfrom all fwmark 0x100/0x100 lookup 101" in out
+
+    (manifests / "istio-system.yaml").unlink()
+    assert main(["cni", "status", *model, *ns]) == 1
+    out = capsys.readouterr().out
+    assert "mode fail-open" in out and "!!! NO READY ZTUNNEL on Node gke-jimmy" in out
+
+    assert main(["cni", "cleanup", *ns]) == 0
+    assert "removed: link: remove istioin (vxlan)" in capsys.readouterr().out
+    assert snapshot(topology.node) == before
