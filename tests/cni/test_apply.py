@@ -231,3 +231,19 @@ def test_missing_ztunnel_fails_open_then_closed(topology, make_agent, manifests)
     assert "-A ztunnel-PREROUTING -p tcp -m set --match-set ztunnel-pods-ips src -j DROP" in saved
     assert "10.4.4.19" in ipset_list(topology.node)
     assert ip_rule(topology.node).count("lookup") == 3  # local, main, default: nothing of ours
+
+
+def test_a_node_on_iptables_legacy_gets_legacy_rules(topology, make_agent):
+    """kube-proxy in legacy mode: our rules must go where its rules are, or neither set works fully."""
+    in_ns(topology.node, "iptables-legacy", "-t", "nat", "-N", "KUBE-SERVICES")
+    in_ns(topology.node, "iptables-legacy", "-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES")
+    agent = make_agent(ztunnel_netns=None)
+    apply_ok(agent)
+    assert agent.node.backend.name == "legacy"
+    legacy = in_ns(topology.node, "iptables-legacy-save", "-t", "nat")
+    assert "-A PREROUTING -j ztunnel-PREROUTING\n-A PREROUTING -j KUBE-SERVICES" in legacy
+    assert "ztunnel-" not in in_ns(topology.node, "iptables-nft-save")
+    _, reports = apply_ok(agent)
+    assert changes(reports) == []
+    assert all(r.ok for r in agent.cleanup())
+    assert "ztunnel-" not in in_ns(topology.node, "iptables-legacy-save")
