@@ -119,3 +119,16 @@ async def test_delta_garbage_ends_only_that_stream(fake_plane, delta_client):
     world.nodes["b"] = NodeSpec(clusters={"c1": ["10.0.0.1"], "c7": []})
     await plane.update(world.index())
     assert sorted(versions(await good.recv())) == ["c7"]
+
+
+async def test_reconnect_is_answered_in_push_order(fake_plane, delta_client):
+    from zpilot.xds.order import LISTENER_TYPE
+
+    plane, _ = await fake_plane()
+    c = delta_client(plane.xds_port)
+    c.delta_request(LISTENER_TYPE, node_name="a", initial={"l1": "old"})
+    c.delta_request(SECRET_TYPE, subscribe=["s1"], initial={"s1": "old"})
+    c.delta_request(ENDPOINT_TYPE, subscribe=["c1"], initial={"c1": "old"})
+    c.delta_request(CLUSTER_TYPE, initial={"c1": "old"})
+    got = [(await c.recv()).type_url for _ in range(4)]
+    assert got == [CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE]

@@ -49,7 +49,10 @@ class DeltaStream(Stream):
 
     def handle(self, request: DeltaDiscoveryRequest) -> bool:
         self.check_type(request.type_url)
+        self.note_requested(request.type_url)
         state = self._types[request.type_url]
+        if request.initial_resource_versions and self._nonce == 0:
+            self.reconnecting = True  # a client that had config: its other requests are on the way
         nonce = request.response_nonce
         subscribe = set(request.resource_names_subscribe)
         unsubscribe = set(request.resource_names_unsubscribe)
@@ -95,6 +98,8 @@ class DeltaStream(Stream):
         for type_url in PUSH_ORDER:
             state = self._types[type_url]
             if not state.started or not (state.dirty or snapshot_changed or state.force):
+                continue
+            if self.hold(type_url):
                 continue
             pushed = not state.dirty
             state.dirty = False

@@ -60,8 +60,11 @@ class SotwStream(Stream):
 
     def handle(self, request: DiscoveryRequest) -> bool:
         self.check_type(request.type_url)
+        self.note_requested(request.type_url)
         state = self._types[request.type_url]
         nonce = request.response_nonce
+        if not nonce and request.version_info and self._nonce == 0:
+            self.reconnecting = True  # a client that had config: its other requests are on the way
         if request.HasField("error_detail"):
             if nonce and nonce != state.sent_nonce:
                 self.record_stale(request.type_url, nonce)
@@ -93,6 +96,8 @@ class SotwStream(Stream):
             selected = resources.select(None if state.wildcard else state.names)
             version = names_version(selected)
             if not state.pending and version == state.sent_version:
+                continue
+            if state.pending and self.hold(type_url):
                 continue
             pushed = not state.pending
             if state.pending and not state.wildcard:

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from .cache import SnapshotReader
 from .metrics import Metrics
 from .node_identity import NodeIdentityError, node_name
-from .order import SERVED_TYPES, short_name
+from .order import PUSH_ORDER, SERVED_TYPES, short_name
 from .snapshot import Snapshot
 from .status import ConnectionStatus, Nack, StatusRegistry
 
@@ -39,6 +39,10 @@ class StreamOptions:
     control_plane_id: str = "zpilot"
     #: Yields to the reader before answering, so requests that arrived together are answered together.
     drain_yields: int = 5
+    #: A reconnecting client (one that reports versions it already has) sends all its requests at
+    #: once; for this long after such a stream opens, a type is held back while a type that must
+    #: precede it has not been requested yet, so the answers still go CDS, EDS, SDS, LDS.
+    reconnect_gather_seconds: float = 0.1
 
 
 class StreamError(Exception):
@@ -77,6 +81,10 @@ class Stream:
         self._closed = False
         self._nonce = 0
         self._warned_unknown = False
+        self.started_at = time.monotonic()
+        self.reconnecting = False  # set by subclasses when a first request reports versions
+        self._requested: set[str] = set()  # types requested at least once on this stream
+        self._hold_timer: asyncio.TimerHandle | None = None
 
     # -- to implement -----------------------------------------------------------------------
 
@@ -98,6 +106,27 @@ class Stream:
     def next_nonce(self) -> str:
         self._nonce += 1
         return str(self._nonce)
+
+    def note_requested(self, type_url: str) -> None:
+        self._requested.add(type_url)
+
+    def hold(self, type_url: str) -> bool:
+        """Whether to hold ``type_url`` back for now (see ``reconnect_gather_seconds``)."""
+        if not self.reconnecting:
+            return False
+        remaining = self.started_at + self.options.reconnect_gather_seconds - time.monotonic()
+        if remaining <= 0:
+            return False
+        earlier = PUSH_ORDER[: PUSH_ORDER.index(type_url)]
+        if all(t in self._requested for t in earlier):
+            return False
+        if self._hold_timer is None:
+            self._hold_timer = asyncio.get_running_loop().call_later(remaining, self._end_hold)
+        return True
+
+    def _end_hold(self) -> None:
+        self._hold_timer = None
+        self._wake.set()
 
     def check_type(self, type_url: str) -> None:
         if not type_url:
@@ -215,6 +244,8 @@ class Stream:
                 watcher.cancel()
                 await asyncio.gather(watcher, return_exceptions=True)
         finally:
+            if self._hold_timer is not None:
+                self._hold_timer.cancel()
             if reader is not None:
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
