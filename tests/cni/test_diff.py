@@ -64,8 +64,8 @@ def test_ipset_adds_removes_and_recomments_only_what_differs():
     actual = ipset.parse_save("ztunnel-pods-ips", 'create ztunnel-pods-ips hash:ip family inet hashsize 1024 maxelem 65536 comment\n'
                               'add ztunnel-pods-ips 10.4.4.7 comment "uid-old"\nadd ztunnel-pods-ips 10.4.4.99 comment "uid-gone"\n')
     d = ipset.diff("ztunnel-pods-ips", SET, actual)
-    assert d.script == ["del ztunnel-pods-ips 10.4.4.7", "add ztunnel-pods-ips 10.4.4.7 comment uid-d",
-                        "del ztunnel-pods-ips 10.4.4.99", "add ztunnel-pods-ips 10.4.4.19 comment uid-sleep"]
+    assert d.script == ["del ztunnel-pods-ips 10.4.4.7", 'add ztunnel-pods-ips 10.4.4.7 comment "uid-d"',
+                        "del ztunnel-pods-ips 10.4.4.99", 'add ztunnel-pods-ips 10.4.4.19 comment "uid-sleep"']
     assert not d.destroy
 
 

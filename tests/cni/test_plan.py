@@ -150,3 +150,13 @@ def test_tunnel_choice_refuses_what_the_kernel_lacks():
         choose_tunnel("geneve", KernelFeatures(geneve=False, vxlan=True))
     with pytest.raises(CniError, match="neither Geneve nor VXLAN"):
         choose_tunnel("auto", KernelFeatures())
+
+
+def test_odd_uids_become_safe_ipset_comments():
+    cluster = article()
+    odd = [dataclasses.replace(w, uid='a b"c;d') if w.name.startswith("sleep-") else
+           dataclasses.replace(w, uid="") if w.name.startswith("details-") else w for w in cluster.workloads]
+    plan = plan_for(dataclasses.replace(cluster, workloads=tuple(odd)))
+    comments = {e.ip: e.comment for e in plan.node_side.ipset.entries}
+    assert comments["10.4.4.19"] == "a_b_c_d"
+    assert comments["10.4.4.7"] == "default/details-v1-6997d94bb9-4jssp"

@@ -61,7 +61,8 @@ class IpsetDiff:
 
 
 def _add(name: str, entry: IpsetEntry) -> str:
-    return f"add {name} {entry.ip} comment {shlex.quote(entry.comment)}"
+    # the plan keeps comments to characters that need no escaping (plan.ipset_comment)
+    return f'add {name} {entry.ip} comment "{entry.comment}"'
 
 
 def diff(name: str, desired: IpsetPlan | None, actual: IpsetState) -> IpsetDiff:

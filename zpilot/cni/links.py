@@ -13,7 +13,7 @@ from typing import Any, Callable
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .changes import Change
-from .netns import CniError, Netns
+from .netns import CniError, Netns, PartialFailure
 from .plan import Tunnel, TunnelKind
 
 
@@ -154,7 +154,7 @@ def apply(netns: Netns, ops: list[Op]) -> list[Change]:
         for change, run in ops:
             try:
                 run(ipr)
-            except NetlinkError as exc:
-                raise CniError(f"{change} failed in {netns}: {exc}") from exc
+            except (NetlinkError, CniError) as exc:
+                raise PartialFailure(f"{change} failed in {netns}: {exc}", done) from exc
             done.append(change)
     return done

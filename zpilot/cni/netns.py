@@ -25,6 +25,14 @@ class CommandError(CniError):
     pass
 
 
+class PartialFailure(CniError):
+    """A step failed after making some of its changes; they are reported with the failure."""
+
+    def __init__(self, message: str, done: list) -> None:
+        super().__init__(message)
+        self.done = done
+
+
 @dataclass(frozen=True)
 class Netns:
     """A network namespace: ``None`` is the agent's own."""

@@ -13,6 +13,7 @@ DaemonSet's init script, which the article lists; see docs/cni.md for a walk thr
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -257,8 +258,17 @@ def _accept_local(iface: str) -> Sysctl:
     return Sysctl(f"net/ipv4/conf/{iface}/accept_local", "1")
 
 
+_UNSAFE_COMMENT = re.compile(r"[^A-Za-z0-9._:/-]")
+
+
+def ipset_comment(w: Workload) -> str:
+    """The pod's UID (its name if it has none), reduced to characters ``ipset restore`` takes unquoted."""
+    text = _UNSAFE_COMMENT.sub("_", w.uid or f"{w.namespace}/{w.name}")
+    return text[:255]
+
+
 def _ipset(meshed: tuple[Workload, ...]) -> IpsetPlan:
-    entries = tuple(sorted((IpsetEntry(w.ip, w.uid) for w in meshed if w.ip), key=lambda e: _ip_key(e.ip)))
+    entries = tuple(sorted((IpsetEntry(w.ip, ipset_comment(w)) for w in meshed if w.ip), key=lambda e: _ip_key(e.ip)))
     return IpsetPlan(c.IPSET_NAME, c.IPSET_TYPE, entries)
 
 

@@ -76,7 +76,12 @@ def probe_kernel(backend: Backend) -> KernelFeatures:
     features = KernelFeatures()
     name = f"zpilot-probe-{os.getpid()}"
     scratch = Netns(name)
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, text=True)
+    created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if created.returncode != 0:
+        raise CniError(
+            "cannot create a scratch network namespace to probe the kernel's features (needs root, or"
+            f" CAP_SYS_ADMIN and CAP_NET_ADMIN): {created.stderr.strip()}"
+        )
     try:
         for feature, script, what in _IPTABLES_PROBES:
             proc = scratch.run([backend.restore, "--noflush"], input=script, check=False)

@@ -21,7 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from . import ipset, iptables, links, routing, sysctl
 from .changes import Change, Report
 from .iptables import Backend
-from .netns import CniError, Netns
+from .netns import CniError, Netns, PartialFailure
 from .plan import NetnsPlan
 
 log = logging.getLogger("zpilot.cni")
@@ -113,6 +113,9 @@ class Reconciler:
             self.netns.check_exists()
             for step in self.steps(plan):
                 report.changes += step(plan, dry_run)
+        except PartialFailure as exc:
+            report.changes += exc.done
+            report.errors.append(str(exc))
         except (CniError, NetlinkError, OSError) as exc:
             report.errors.append(str(exc))
         for change in report.changes:

@@ -15,7 +15,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from . import constants as c
 from .changes import Change
-from .netns import CniError, Netns
+from .netns import CniError, Netns, PartialFailure
 from .plan import Route, Rule
 from .render import route_line, rule_line
 
@@ -203,7 +203,7 @@ def apply(netns: Netns, ops: list[Op]) -> list[Change]:
         for change, run in ops:
             try:
                 run(ipr)
-            except NetlinkError as exc:
-                raise CniError(f"{change} failed in {netns}: {exc}") from exc
+            except (NetlinkError, CniError) as exc:
+                raise PartialFailure(f"{change} failed in {netns}: {exc}", done) from exc
             done.append(change)
     return done
