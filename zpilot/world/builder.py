@@ -1,0 +1,340 @@
+"""Building a world and tearing it down: ``with World() as world: ...``.
+
+The order follows a real cluster's: the nodes and their pod network first (veths, routes,
+kube-proxy's portals), then the pods' servers, the control plane (``zpilot serve``), each
+node's ztunnel Envoy (bootstrapped by ``zpilot bootstrap``) and finally the CNI node agent's
+rules (``zpilot cni apply``), which start redirecting the meshed pods' traffic.
+
+Teardown runs on every exit from the ``with`` block, exceptions and Ctrl-C included (SIGTERM is
+turned into the same path): processes first, then every namespace, which takes the rules,
+routes, ipsets and devices inside it along.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..envoy_binary import envoy_path, next_base_id
+from . import kubeproxy
+from .client import PodClient
+from .netns import Namespaces, NetnsSockets, in_netns, run, sweep_abandoned, veth_pair, world_prefix
+from .processes import Child, Supervisor, python_module, zpilot_cli
+from .topology import POD_MTU, NodeSpec, PodSpec, WorldSpec, article_world, node_network
+from .ztunnel import ADMIN_PORT, Ztunnel
+
+log = logging.getLogger("zpilot.world")
+
+XDS_PORT = 15010
+DEBUG_PORT = 15014
+REQUIRED_TOOLS = ("ip", "iptables", "iptables-restore", "ipset", "nsenter")
+
+
+class WorldError(RuntimeError):
+    pass
+
+
+def missing_prerequisites() -> list[str]:
+    """What keeps a world from being built here, in words an operator can act on (empty: nothing)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root (network namespaces, iptables and TPROXY need CAP_NET_ADMIN): run with sudo")
+    for tool in REQUIRED_TOOLS:
+        if shutil.which(tool) is None:
+            missing.append(f"`{tool}` not on PATH (install iproute2 / iptables / ipset / util-linux)")
+    try:
+        envoy_path()
+    except Exception as exc:  # EnvoyNotFound
+        missing.append(str(exc))
+    return missing
+
+
+@dataclass
+class WorldOptions:
+    envoy_concurrency: int = 1
+    envoy_log_level: str = "warning"
+    #: Where logs, manifests and sockets go; default a fresh temporary directory, removed on close.
+    workdir: Path | None = None
+    keep_workdir: bool = False
+    #: Debounce of ``zpilot serve``'s manifest watch.
+    debounce_quiet: float = 0.1
+    ready_timeout: float = 30.0
+
+
+@dataclass
+class World:
+    spec: WorldSpec = field(default_factory=article_world)
+    options: WorldOptions = field(default_factory=WorldOptions)
+
+    def __post_init__(self) -> None:
+        self.prefix = world_prefix()
+        self.namespaces = Namespaces(self.prefix)
+        self.sockets = NetnsSockets()
+        self.client = PodClient(self.sockets)
+        self.dir: Path | None = None
+        self.supervisor: Supervisor | None = None
+        self.ztunnels: dict[str, Ztunnel] = {}
+        self.server: Child | None = None
+        self._old_sigterm: Any = None
+        self._closed = False
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def node_ns(self, node: NodeSpec | str) -> str:
+        key = node if isinstance(node, str) else node.key
+        return self.namespaces.name(f"node-{key}")
+
+    def pod_ns(self, pod: PodSpec | str) -> str:
+        spec = self.spec.pod(pod) if isinstance(pod, str) else pod
+        return self.namespaces.name(spec.key)
+
+    @property
+    def cp_ns(self) -> str:
+        return self.namespaces.name("cp")
+
+    @property
+    def manifests(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "manifests"
+
+    @property
+    def xds_socket(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "xds.sock"
+
+    @property
+    def debug_socket(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "debug.sock"
+
+    # -- context manager -----------------------------------------------------------------------
+
+    def __enter__(self) -> "World":
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _on_sigterm(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # -- build ---------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        missing = missing_prerequisites()
+        if missing:
+            raise WorldError("cannot build a world here:\n  - " + "\n  - ".join(missing))
+        sweep_abandoned()
+        self.dir = self.options.workdir or Path(tempfile.mkdtemp(prefix="zpilot-world-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.supervisor = Supervisor(self.dir)
+        started = time.monotonic()
+        self._build_network()
+        self.spec.write_manifests(self.manifests)
+        self._start_pod_servers()
+        self._start_control_plane()
+        self._start_ztunnels()
+        for node in self.spec.nodes:
+            self.cni_apply(node.key)
+        for zt in self.ztunnels.values():
+            self.supervisor.wait_for(zt.process, zt.ready, timeout=self.options.ready_timeout, what="LIVE")
+        log.info("world %s built in %.1f s (%s)", self.prefix, time.monotonic() - started, self.dir)
+
+    def _build_network(self) -> None:
+        ns = self.namespaces
+        ns.add("cp")
+        for node in self.spec.nodes:
+            name = ns.add(f"node-{node.key}")
+            # a node routes its pods' traffic; the CNI plan asks for it too, but a node does it anyway
+            in_netns(name, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        self._wire_nodes()
+        for pod in self.spec.pods:
+            ns.add(pod.key)
+            self._wire_pod(pod)
+        for node in self.spec.nodes:
+            kubeproxy.install(self.node_ns(node), self.spec)
+
+    def _wire_nodes(self) -> None:
+        """The node network: a veth between the two nodes (more nodes would need a bridge)."""
+        nodes = self.spec.nodes
+        if len(nodes) != 2:
+            raise WorldError("a world has exactly two nodes")
+        prefix = node_network(nodes).split("/")[1]
+        a, b = nodes
+        veth_pair(self.node_ns(a), "eth0", self.node_ns(b), "eth0", mtu=POD_MTU + 40)
+        for node, peer in ((a, b), (b, a)):
+            run(["ip", "-n", self.node_ns(node), "addr", "add", f"{node.internal_ip}/{prefix}", "dev", "eth0"])
+            run(["ip", "-n", self.node_ns(node), "route", "add", peer.pod_cidr, "via", peer.internal_ip, "dev", "eth0"])
+
+    def _wire_pod(self, pod: PodSpec) -> None:
+        """The point-to-point CNI layout: the node answers as the pod CIDR's gateway on every veth."""
+        node = self.spec.node(pod.node)
+        node_ns, pod_ns = self.node_ns(node), self.pod_ns(pod)
+        veth_pair(node_ns, pod.veth, pod_ns, "eth0", mtu=POD_MTU)
+        run(["ip", "-n", node_ns, "addr", "add", f"{node.gateway}/32", "dev", pod.veth])
+        run(["ip", "-n", node_ns, "route", "add", f"{pod.ip}/32", "dev", pod.veth, "scope", "link"])
+        run(["ip", "-n", pod_ns, "addr", "add", f"{pod.ip}/32", "dev", "eth0"])
+        run(["ip", "-n", pod_ns, "route", "add", f"{node.gateway}/32", "dev", "eth0", "scope", "link"])
+        run(["ip", "-n", pod_ns, "route", "add", "default", "via", node.gateway, "dev", "eth0"])
+
+    def _start_pod_servers(self) -> None:
+        assert self.supervisor is not None
+        servers = []
+        for pod in self.spec.pods:
+            if pod.is_ztunnel or not pod.ports:
+                continue
+            args = ["--name", pod.name]
+            for _name, port in pod.ports:
+                args += ["--port", str(port)]
+            servers.append((pod, self.supervisor.start(f"pod-{pod.key}", python_module("zpilot.world.podserver", *args),
+                                                       netns=self.pod_ns(pod))))
+        for pod, child in servers:
+            port = pod.ports[0][1]
+            self.supervisor.wait_for(child, lambda: self._listening(pod, port), timeout=10, what="listening")
+
+    def _listening(self, pod: PodSpec, port: int) -> bool:
+        with self.sockets.socket(self.pod_ns(pod)) as s:
+            s.settimeout(1)
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    def _start_control_plane(self) -> None:
+        assert self.supervisor is not None
+        relay = self.supervisor.start("relay", python_module(
+            "zpilot.world.relay",
+            "--map", f"{self.xds_socket}=127.0.0.1:{XDS_PORT}",
+            "--map", f"{self.debug_socket}=127.0.0.1:{DEBUG_PORT}",
+        ), netns=self.cp_ns)
+        self.supervisor.wait_for(relay, self.debug_socket.exists, timeout=10, what="listening")
+        self.server = self.supervisor.start("zpilot-serve", zpilot_cli(
+            "serve", "--manifests", str(self.manifests),
+            "--xds-address", "127.0.0.1", "--xds-port", str(XDS_PORT),
+            "--debug-address", "127.0.0.1", "--debug-port", str(DEBUG_PORT),
+            "--trust-domain", self.spec.trust_domain, "--debounce-quiet", str(self.options.debounce_quiet),
+        ), netns=self.cp_ns)
+        self.supervisor.wait_for(self.server, lambda: self.debug("/healthz/ready", raw=True)[0] == 200,
+                                 timeout=30, what="ready")
+
+    def _start_ztunnels(self) -> None:
+        assert self.supervisor is not None and self.dir is not None
+        for node in self.spec.nodes:
+            pod = self.spec.ztunnel_on(node.key)
+            boot = subprocess.run(
+                zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
+                           "--admin-port", str(ADMIN_PORT)),
+                capture_output=True, text=True, check=True, timeout=60,
+            )
+            config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
+            config.write_text(boot.stdout)
+            child = self.supervisor.start(f"ztunnel-{node.key}", [
+                envoy_path(), "-c", str(config), "--disable-hot-restart", "--base-id", str(next_base_id()),
+                "--concurrency", str(self.options.envoy_concurrency), "-l", self.options.envoy_log_level,
+                "--file-flush-interval-msec", "50", "--drain-time-s", "1",
+            ], netns=self.pod_ns(pod))
+            self.ztunnels[node.key] = Ztunnel(node, pod, self.pod_ns(pod), child, self.client)
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def cni_apply(self, node_key: str) -> str:
+        """``zpilot cni apply`` for one node and its ztunnel pod; returns its report."""
+        node = self.spec.node(node_key)
+        proc = subprocess.run(
+            zpilot_cli("cni", "apply", "--node", node.name, "--manifests", str(self.manifests),
+                       "--netns", self.node_ns(node), "--ztunnel-netns", self.pod_ns(self.spec.ztunnel_on(node.key))),
+            capture_output=True, text=True, timeout=120,
+        )
+        if proc.returncode != 0:
+            raise WorldError(f"zpilot cni apply for node {node.key} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+
+    def debug(self, path: str, *, raw: bool = False) -> Any:
+        """GET on ``zpilot serve``'s debug API (through the relay's Unix socket)."""
+        conn = http.client.HTTPConnection("localhost", timeout=10)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(str(self.debug_socket))
+        conn.sock = sock
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        if raw:
+            return resp.status, body
+        if resp.status != 200:
+            raise WorldError(f"debug API {path}: HTTP {resp.status}: {body[:300]!r}")
+        return json.loads(body)
+
+    def relabel(self, pod: str, labels: dict[str, str], *, timeout: float = 20.0) -> None:
+        """Change a pod's labels in the manifests, as ``kubectl label`` would, and converge: the
+        control plane pushes new config, and the node agent reconciles the node's rules."""
+        spec = self.spec.pod(pod)
+        before = self._config_versions(spec.node)
+        self.spec = self.spec.with_pod_labels(pod, labels)
+        self.spec.write_manifests(self.manifests)
+        self.cni_apply(spec.node)
+        self.wait_until(lambda: self._config_versions(spec.node) != before and self._acked(spec.node),
+                        timeout=timeout, what=f"node {spec.node}'s ztunnel to ACK the new config")
+
+    def _config_versions(self, node_key: str) -> str:
+        dump = self.ztunnels[node_key].config_dump("dynamic_active_listeners")
+        return json.dumps([c.get("version_info") for c in dump.get("configs", [])], sort_keys=True)
+
+    def _acked(self, node_key: str) -> bool:
+        text = json.dumps(self.debug(f"/debug/syncz?node={self.spec.node(node_key).name}"))
+        return "nack" not in text.lower() or '"last_nack": null' in text
+
+    @staticmethod
+    def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except Exception as exc:
+                last = exc
+            time.sleep(0.1)
+        raise WorldError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+    # -- teardown ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors: list[str] = []
+        try:
+            if self.supervisor is not None:
+                self.supervisor.stop_all()
+        finally:
+            self.client.close()
+            errors += self.namespaces.delete_all()
+            if self.dir is not None and not self.options.keep_workdir and self.options.workdir is None:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            if self._old_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+                self._old_sigterm = None
+        if errors:
+            raise WorldError("teardown left something behind:\n" + "\n".join(errors))

@@ -1,0 +1,51 @@
+"""A node's ztunnel in a world: the Envoy process in the ztunnel pod's namespace, its admin API
+(127.0.0.1:15000 of that namespace) and its access log."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+from dataclasses import dataclass
+from typing import Any
+
+from .accesslog import AccessLog
+from .client import PodClient
+from .processes import Child
+from .topology import NodeSpec, PodSpec
+
+ADMIN_PORT = 15000
+
+
+@dataclass
+class Ztunnel:
+    node: NodeSpec
+    pod: PodSpec
+    netns: str
+    process: Child
+    client: PodClient
+
+    @property
+    def access_log(self) -> AccessLog:
+        return AccessLog(self.process.stdout)
+
+    def admin(self, path: str) -> str:
+        exchange = self.client.request(self.netns, "127.0.0.1", ADMIN_PORT, path, timeout=5)
+        if exchange.status != 200:
+            raise RuntimeError(f"admin {path} on ztunnel {self.node.key}: HTTP {exchange.status}")
+        return exchange.body.decode(errors="replace")
+
+    def ready(self) -> bool:
+        """LIVE: every listener warmed, which needs CDS, EDS, SDS and LDS to have arrived."""
+        return self.admin("/ready").strip() == "LIVE"
+
+    def config_dump(self, resource: str | None = None) -> dict[str, Any]:
+        path = "/config_dump?include_eds" + (f"&resource={resource}" if resource else "")
+        return json.loads(self.admin(path))
+
+    def stats(self, pattern: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for line in self.admin(f"/stats?filter={quote(pattern, safe='')}").splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                out[name] = int(value)
+        return out
