@@ -1,0 +1,69 @@
+"""Snapshots version by content; the cache wakes a node's watchers only when its content changes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER
+from zpilot.xds.snapshot import Snapshot
+from zpilot.xds.snapshot_cache import SnapshotCache
+
+
+def snap(node: str, *clusters: str, timeout: int = 1) -> Snapshot:
+    return Snapshot.build(node, {CLUSTER_TYPE: {n: Cluster(name=n, connect_timeout={"seconds": timeout})
+                                                for n in clusters}})
+
+
+def test_versions_follow_content_not_identity():
+    a, b = snap("n", "x", "y"), snap("n", "y", "x")
+    assert a.versions() == b.versions()
+    assert a.resources(CLUSTER_TYPE).items["x"].version == b.resources(CLUSTER_TYPE).items["x"].version
+    c = snap("n", "x", "y", timeout=2)
+    assert c.version(CLUSTER_TYPE) != a.version(CLUSTER_TYPE)
+    assert c.changed_types(a) == [CLUSTER_TYPE]
+    assert a.changed_types(None) == list(PUSH_ORDER)
+    assert a.version(LISTENER_TYPE) == snap("other").version(LISTENER_TYPE)  # empty types agree
+
+
+def test_select_returns_existing_names_sorted():
+    s = snap("n", "b", "a", "c")
+    assert [r.name for r in s.resources(CLUSTER_TYPE).select(["c", "zz", "a"])] == ["a", "c"]
+    assert [r.name for r in s.resources(CLUSTER_TYPE).select(None)] == ["a", "b", "c"]
+
+
+def test_unserved_type_is_refused():
+    with pytest.raises(ValueError, match="does not serve"):
+        Snapshot.build("n", {"type.googleapis.com/envoy.config.route.v3.RouteConfiguration": {}})
+
+
+async def test_watchers_wake_only_on_change_and_only_their_node():
+    cache = SnapshotCache()
+    wa, wb = cache.watch("a"), cache.watch("b")
+    assert cache.set_snapshot(snap("a", "x")) == list(PUSH_ORDER)
+    await asyncio.wait_for(wa.wait(), 1)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(wb.wait(), 0.05)
+    first = cache.get_snapshot("a")
+    assert cache.set_snapshot(snap("a", "x")) == []  # same content: no wake, old snapshot kept
+    assert cache.get_snapshot("a") is first
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(wa.wait(), 0.05)
+    assert cache.set_snapshot(snap("a", "x", "y")) == [CLUSTER_TYPE]
+    assert cache.set_snapshot(snap("a", "x", "y", "z")) == [CLUSTER_TYPE]
+    await asyncio.wait_for(wa.wait(), 1)  # two changes, one wake-up (coalesced)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(wa.wait(), 0.05)
+    assert cache.clear_snapshot("a") and cache.get_snapshot("a") is None
+    await asyncio.wait_for(wa.wait(), 1)
+    wa.close()
+    wb.close()
+    assert cache.watcher_count() == 0
+
+
+def test_empty_snapshot_is_unknown():
+    s = Snapshot.empty("ghost")
+    assert not s.known and all(not r.items for r in s.types.values())
+    assert s.resources(ENDPOINT_TYPE).select(["x"]) == []
