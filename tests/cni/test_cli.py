@@ -75,3 +75,34 @@ def test_apply_status_cleanup(topology, manifests, capsys):
     assert main(["cni", "cleanup", *ns]) == 0
     assert "removed: link: remove istioin (vxlan)" in capsys.readouterr().out
     assert snapshot(topology.node) == before
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_missing_ipset_tool_is_named_and_nothing_changes(topology, manifests, capsys, monkeypatch):
+    from zpilot.cni import preflight
+
+    real_which = preflight.shutil.which
+    monkeypatch.setattr(preflight.shutil, "which", lambda tool: None if tool == "ipset" else real_which(tool))
+    before = snapshot(topology.node)
+    code = main(["cni", "apply", "--node", NODE_A, "--manifests", str(manifests), "--netns", topology.node])
+    assert code == 2
+    assert "missing tools, nothing was changed: ipset (package ipset)" in capsys.readouterr().err
+    assert snapshot(topology.node) == before
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_missing_tproxy_is_named_and_nothing_changes(topology, manifests, capsys, monkeypatch):
+    from zpilot.cni import agent, preflight
+
+    lacking = preflight.KernelFeatures(missing={"TPROXY": "the TPROXY target (module xt_TPROXY): No chain/target/match"},
+                                       vxlan=True)
+    monkeypatch.setattr(agent.preflight, "probe_kernel", lambda backend: lacking)
+    before = snapshot(topology.node), snapshot(topology.ztunnel)
+    code = main(["cni", "apply", "--node", NODE_A, "--manifests", str(manifests), "--netns", topology.node,
+                 "--ztunnel-netns", topology.ztunnel])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "the kernel lacks what the redirection needs, nothing was changed: TPROXY: the TPROXY target" in err
+    assert (snapshot(topology.node), snapshot(topology.ztunnel)) == before

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +21,7 @@ from ..model.problems import Problems
 from . import preflight
 from .changes import Report
 from .discover import discover
+from .iptables import Backend, detect_backend
 from .netns import CniError, Netns
 from .plan import NetnsPlan, NodeFacts, NodePlan, NODE_OWNERSHIP, ZTUNNEL_OWNERSHIP, Mode, TunnelKind, build_plan
 from .reconcile import Reconciler
@@ -45,7 +46,6 @@ class AgentOptions:
     fail_closed: bool = False
     iptables: str = "auto"  # auto | legacy | nft
     probe_kernel: bool = True  # off only for offline planning
-    extra_facts: dict = field(default_factory=dict)
 
 
 def load_index(manifests: Path | None, problems: Problems) -> MeshIndex:
@@ -58,11 +58,9 @@ def load_index(manifests: Path | None, problems: Problems) -> MeshIndex:
     return MeshIndex.build(loaded.cluster, problems)
 
 
-def _backend_for(options: AgentOptions, reconciler: Reconciler | None):
+def _backend_for(options: AgentOptions, reconciler: Reconciler | None) -> Backend:
     if reconciler is not None:
         return reconciler.backend
-    from .iptables import detect_backend
-
     return detect_backend(Netns(options.netns), options.iptables)
 
 
@@ -78,7 +76,7 @@ def make_plan(
                          index.meshed_workloads_on(options.node))
     overrides = {k: v for k, v in (("ztunnel_veth", options.ztunnel_veth), ("host_ip", options.host_ip),
                                    ("mtu", options.mtu)) if v is not None}
-    facts.update(overrides, **options.extra_facts)
+    facts.update(overrides)
     if options.probe_kernel:
         features = preflight.probe_kernel(_backend_for(options, reconciler))
         facts["tunnel_kind"] = preflight.choose_tunnel(options.tunnel, features)
@@ -121,7 +119,10 @@ class NodeAgent:
         for alert in plan.alerts:
             log.warning("%s", alert)
         if self._last_alerts and not plan.alerts:
-            log.warning("%s: a ready ztunnel is back (%s): redirecting again", plan.node.ref, plan.ztunnel.ref if plan.ztunnel else "-")
+            if plan.ztunnel is not None:
+                log.warning("%s: %s is ready: redirecting meshed pods again", plan.node.ref, plan.ztunnel.ref)
+            else:
+                log.warning("%s: no enrolled pods left without a ztunnel", plan.node.ref)
         self._last_alerts = plan.alerts
 
     def reconcile_once(self, *, dry_run: bool = False, problems: Problems | None = None) -> tuple[NodePlan, list[Report]]:
