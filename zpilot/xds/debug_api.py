@@ -32,6 +32,16 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _versions(plane: "ControlPlane", node: str) -> dict[str, Any]:
+    snapshot = plane.cache.get_snapshot(node)
+    if snapshot is None:
+        return {}
+    return {
+        short_name(t): {"version": r.version, "resources": len(r.items), "bytes": r.size}
+        for t, r in snapshot.types.items()
+    }
+
+
 def create_app(plane: "ControlPlane") -> FastAPI:
     app = FastAPI(
         title="zpilot debug API",
@@ -101,10 +111,7 @@ def create_app(plane: "ControlPlane") -> FastAPI:
                 "problems": [
                     {"severity": p.severity.value, "subject": p.subject, "reason": p.reason} for p in index.problems
                 ],
-                "snapshots": {
-                    node: (snap.versions() if (snap := plane.cache.get_snapshot(node)) else {})
-                    for node in plane.cache.nodes()
-                },
+                "snapshots": {node: _versions(plane, node) for node in plane.cache.nodes()},
             }
         )
 

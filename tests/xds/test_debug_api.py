@@ -1,0 +1,78 @@
+"""The debug API over HTTP: readiness, config dump (keys redacted), registry, connections, metrics, docs."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+
+from zpilot.xds.control_plane import ControlPlane, DebugOptions
+from zpilot.xds.order import CLUSTER_TYPE
+from zpilot.xds.server import ServerOptions
+
+from .ads_client import AdsClient
+from .envoy_util import NODE_A
+
+
+async def get(port: int, path: str, **params) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        return await client.get(f"http://127.0.0.1:{port}{path}", params=params)
+
+
+async def test_not_ready_until_a_model_is_loaded():
+    plane = ControlPlane(server_options=ServerOptions(host="127.0.0.1", port=0),
+                         debug_options=DebugOptions(port=0))
+    await plane.start()
+    try:
+        assert (await get(plane.debug_port, "/healthz/ready")).status_code == 503
+        assert (await get(plane.debug_port, "/debug/registryz")).status_code == 503
+    finally:
+        await plane.stop()
+
+
+async def test_endpoints(make_plane):
+    plane = await make_plane()
+    port = plane.debug_port
+    assert (await get(port, "/healthz/ready")).json() == {"ready": True}
+
+    dump = await get(port, "/debug/config_dump", node=NODE_A)
+    assert dump.status_code == 200
+    kinds = [c["@type"].rsplit(".", 1)[-1] for c in dump.json()["configs"]]
+    assert kinds == ["ClustersConfigDump", "ListenersConfigDump", "SecretsConfigDump", "EndpointsConfigDump"]
+    secrets = dump.json()["configs"][2]["dynamic_active_secrets"]
+    keys = [s["secret"]["tls_certificate"]["private_key"] for s in secrets if "tls_certificate" in s["secret"]]
+    assert keys and all(base64.b64decode(k["inline_bytes"]) == b"[redacted]" for k in keys)
+    assert "PRIVATE KEY" not in dump.text and "PRIVATE KEY" not in base64.b64decode(
+        "".join(k["inline_bytes"] for k in keys)).decode()
+
+    missing = await get(port, "/debug/config_dump", node="no-such-node")
+    assert missing.status_code == 404 and NODE_A in missing.json()["detail"]
+    assert (await get(port, "/debug/config_dump")).status_code == 422  # node is required
+
+    registry = (await get(port, "/debug/registryz")).json()
+    assert {n["name"] for n in registry["nodes"]} >= {NODE_A}
+    sleep = next(w for w in registry["workloads"] if w["name"].startswith("sleep-"))
+    assert sleep["meshed"] and sleep["ips"] == ["10.4.4.19"]
+    assert any(p["subject"].startswith("Pod kube-system/") for p in registry["problems"])
+
+    client = AdsClient(plane.xds_port)
+    try:
+        client.request(CLUSTER_TYPE, node_name=NODE_A)
+        await client.recv()
+        [conn] = (await get(port, "/debug/connections")).json()
+        assert conn["node"] == NODE_A and conn["mode"] == "sotw" and conn["types"] == ["CDS"]
+    finally:
+        await client.close()
+
+    metrics = await get(port, "/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in ("zpilot_xds_pushes_total", "zpilot_xds_push_latency_seconds", "zpilot_xds_nacks_total",
+                 "zpilot_xds_connections", "zpilot_xds_resources", "zpilot_snapshot_generation_seconds"):
+        assert f"# TYPE {name} " in metrics.text
+    assert 'zpilot_xds_resources{type="LDS"}' in metrics.text
+    assert "PRIVATE KEY" not in metrics.text
+
+    openapi = (await get(port, "/openapi.json")).json()
+    assert {"/debug/config_dump", "/debug/syncz", "/debug/registryz", "/debug/connections", "/healthz/ready",
+            "/metrics"} <= set(openapi["paths"])
+    assert (await get(port, "/docs")).status_code == 200
