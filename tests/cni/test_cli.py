@@ -66,6 +66,7 @@ def test_apply_status_cleanup(topology, manifests, capsys):
     assert main(["cni", "status", *model, *ns]) == 1
     out = capsys.readouterr().out
     assert "OUT OF SYNC, 1 difference(s)" in out and "rule: add 101:\tfrom all fwmark 0x100/0x100 lookup 101" in out
+    assert "101:" not in in_ns(topology.node, "ip", "rule")  # status only looks
 
     (manifests / "istio-system.yaml").unlink()
     assert main(["cni", "status", *model, *ns]) == 1
