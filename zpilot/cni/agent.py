@@ -13,10 +13,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Hashable
 
-from ..kube.manifests import load_manifests, manifest_files
-from ..model.index import MeshIndex
 from ..model.problems import Problems
 from . import preflight
 from .changes import Report
@@ -25,6 +23,7 @@ from .iptables import Backend, detect_backend
 from .netns import CniError, Netns
 from .plan import NetnsPlan, NodeFacts, NodePlan, NODE_OWNERSHIP, ZTUNNEL_OWNERSHIP, Mode, TunnelKind, build_plan
 from .reconcile import Reconciler
+from .source import ModelSource, source_for
 
 log = logging.getLogger("zpilot.cni")
 
@@ -48,16 +47,6 @@ class AgentOptions:
     probe_kernel: bool = True  # off only for offline planning
 
 
-def load_index(manifests: Path | None, problems: Problems) -> MeshIndex:
-    if manifests is None:
-        raise CniError("no model source: pass --manifests DIR (a Kubernetes API source comes later)")
-    if not manifests.exists():
-        raise CniError(f"manifest directory {manifests} does not exist")
-    loaded = load_manifests(manifests)
-    problems.extend(loaded.problems)
-    return MeshIndex.build(loaded.cluster, problems)
-
-
 def _backend_for(options: AgentOptions, reconciler: Reconciler | None) -> Backend:
     if reconciler is not None:
         return reconciler.backend
@@ -65,10 +54,15 @@ def _backend_for(options: AgentOptions, reconciler: Reconciler | None) -> Backen
 
 
 def make_plan(
-    options: AgentOptions, problems: Problems, *, reconciler: Reconciler | None = None, discover_facts: bool = True
+    options: AgentOptions,
+    problems: Problems,
+    *,
+    source: ModelSource | None = None,
+    reconciler: Reconciler | None = None,
+    discover_facts: bool = True,
 ) -> NodePlan:
     """Load the model, discover the node's facts, choose the tunnel kind and build the plan."""
-    index = load_index(options.manifests, problems)
+    index = (source or source_for(options.manifests)).load(problems)
     facts: dict = {}
     node = index.nodes.get(options.node)
     if discover_facts and node is not None:
@@ -95,8 +89,11 @@ def required_features(plan: NodePlan) -> tuple[str, ...]:
 
 
 class NodeAgent:
-    def __init__(self, options: AgentOptions) -> None:
+    """One node's agent: its model source and a reconciler per target namespace."""
+
+    def __init__(self, options: AgentOptions, source: ModelSource | None = None) -> None:
         self.options = options
+        self._source = source
         self.node = Reconciler(Netns(options.netns), iptables_backend=options.iptables)
         self.ztunnel = (
             Reconciler(Netns(options.ztunnel_netns), iptables_backend=options.iptables)
@@ -112,8 +109,15 @@ class NodeAgent:
         preflight.check_tools(ipset=True, netns=bool(self.options.netns or self.options.ztunnel_netns),
                               backend=self.node.backend)
 
+    @property
+    def source(self) -> ModelSource:
+        if self._source is None:
+            self._source = source_for(self.options.manifests)
+        return self._source
+
     def plan(self, problems: Problems | None = None) -> NodePlan:
-        return make_plan(self.options, problems if problems is not None else Problems(), reconciler=self.node)
+        return make_plan(self.options, problems if problems is not None else Problems(), source=self.source,
+                         reconciler=self.node)
 
     def _alert(self, plan: NodePlan) -> None:
         for alert in plan.alerts:
@@ -148,20 +152,6 @@ class NodeAgent:
 
     # -- the agent loop --------------------------------------------------------------------------
 
-    def _fingerprint(self) -> tuple:
-        root = self.options.manifests
-        if root is None or not root.exists():
-            return ()
-        files = manifest_files(root)
-        result = []
-        for path in files:
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            result.append((str(path), st.st_mtime_ns, st.st_size))
-        return tuple(result)
-
     def run(
         self,
         stop: threading.Event,
@@ -175,14 +165,14 @@ class NodeAgent:
         Errors are logged and retried on the next round; they never end the loop, since an agent
         that exits leaves the node as it was, which is the worst moment to stop looking at it.
         """
-        last_print: tuple | None = None
+        last_version: Hashable = None
         next_resync = 0.0
         clock = time.monotonic
         while not stop.is_set():
-            fingerprint = self._fingerprint()
+            version = self.source.version()
             now = clock()
-            if fingerprint != last_print or now >= next_resync:
-                why = "model changed" if fingerprint != last_print else "periodic resync"
+            if version != last_version or now >= next_resync:
+                why = "model changed" if version != last_version else "periodic resync"
                 plan: NodePlan | None = None
                 reports: list[Report] = []
                 try:
@@ -191,12 +181,17 @@ class NodeAgent:
                     for report in reports:
                         if report.errors or report.changes:
                             log.log(logging.ERROR if report.errors else logging.INFO, "%s (%s)", report.summary(), why)
-                    problems.log_all(logging.getLogger("zpilot.cni.model"))
-                    last_print = fingerprint
+                    if version != last_version:  # the model's problems, once per change
+                        problems.log_all(logging.getLogger("zpilot.cni.model"))
+                    last_version = version
                     next_resync = now + resync
                 except CniError as exc:
                     log.error("reconcile failed (%s), retrying in %.0f s: %s", why, RETRY_SECONDS, exc)
-                    last_print = fingerprint
+                    last_version = version
+                    next_resync = now + min(resync, RETRY_SECONDS)
+                except Exception:  # a bug must not stop the agent watching the node: log it whole, retry
+                    log.exception("reconcile failed unexpectedly (%s), retrying in %.0f s", why, RETRY_SECONDS)
+                    last_version = version
                     next_resync = now + min(resync, RETRY_SECONDS)
                 if on_reconcile is not None:
                     on_reconcile(plan, reports)
