@@ -1,0 +1,31 @@
+"""One world for the whole tests/world session: building it takes ~10 s (two Envoys, the control
+plane, the node rules), and the scenarios only read it, except the relabel scenario, which puts
+the pod back. The world is torn down when the session ends, also on failure or Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from zpilot.world.builder import World, missing_prerequisites
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = missing_prerequisites()
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason="needs " + "; ".join(missing))
+    for item in items:
+        if "tests/world" in str(item.fspath) and "root" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def world():
+    with World() as w:
+        yield w
+    leftovers = [ns for ns in os.listdir("/run/netns") if ns.startswith(w.prefix + "-")] if os.path.isdir("/run/netns") else []
+    assert not leftovers, f"world left namespaces behind: {leftovers}"
