@@ -160,3 +160,14 @@ def test_odd_uids_become_safe_ipset_comments():
     comments = {e.ip: e.comment for e in plan.node_side.ipset.entries}
     assert comments["10.4.4.19"] == "a_b_c_d"
     assert comments["10.4.4.7"] == "default/details-v1-6997d94bb9-4jssp"
+
+
+@pytest.mark.parametrize("veth", ["", "a very long veth name", "veth/1"])
+def test_bad_interface_names_are_refused_by_name(veth):
+    with pytest.raises(PlanError, match="ztunnel-veth|host-side veth"):
+        plan_for(article(), dataclasses.replace(FACTS, ztunnel_veth=veth))
+
+
+def test_bad_host_ip_is_named():
+    with pytest.raises(PlanError, match=r"got 'not-an-ip' from --host-ip"):
+        plan_for(article(), dataclasses.replace(FACTS, host_ip="not-an-ip"))

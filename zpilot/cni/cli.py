@@ -37,12 +37,19 @@ def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
                    help="host side of the ztunnel pod's veth (default: found from the route to the ztunnel's IP)")
     p.add_argument("--host-ip", metavar="IP",
                    help="the node's address on the pod network (default: its address in the pod CIDR, else InternalIP)")
-    p.add_argument("--mtu", type=int, help="tunnel MTU (default: the ztunnel veth's MTU minus 50)")
+    p.add_argument("--mtu", type=_mtu, help="tunnel MTU (default: the ztunnel veth's MTU minus 50)")
     p.add_argument("--ztunnel-iface", default="eth0", metavar="IFACE", help="the ztunnel pod's interface (eth0)")
     p.add_argument("--tunnel", choices=("auto", "geneve", "vxlan"), default="auto",
                    help="tunnel devices: Geneve as in 2022, VXLAN where the kernel has no Geneve (auto)")
     p.add_argument("--fail-closed", action="store_true",
                    help="with no ready ztunnel, drop meshed pods' TCP instead of letting it run unmeshed")
+
+
+def _mtu(text: str) -> int:
+    value = int(text)
+    if not 576 <= value <= 65535:  # IPv4's minimum datagram size; an interface's maximum
+        raise argparse.ArgumentTypeError(f"MTU {value} is outside 576..65535")
+    return value
 
 
 def _options(args: argparse.Namespace, *, probe: bool = True) -> AgentOptions:
@@ -180,7 +187,8 @@ def _guard(func):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     cni = subparsers.add_parser("cni", help="the CNI node agent: the node's and ztunnel's redirection rules",
-                                description=__doc__)
+                                description="Plan, apply, check, remove and run the node's redirection to its"
+                                            " ztunnel (docs/cni.md).")
     sub = cni.add_subparsers(dest="cni_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("plan", help="print the rules, routes and devices the node would get")

@@ -258,6 +258,7 @@ def _accept_local(iface: str) -> Sysctl:
     return Sysctl(f"net/ipv4/conf/{iface}/accept_local", "1")
 
 
+_IFNAME = re.compile(r"[^\s/:]{1,15}")
 _UNSAFE_COMMENT = re.compile(r"[^A-Za-z0-9._:/-]")
 
 
@@ -479,8 +480,8 @@ def build_plan(
 
     if not _ipv4(host_ip):
         raise PlanError(
-            f"{node.ref} has no IPv4 address to use as the tunnels' node end (InternalIP {node.internal_ip!r});"
-            " pass --host-ip"
+            f"{node.ref}: no IPv4 address for the tunnels' node end (got {host_ip!r} from --host-ip, the pod"
+            f" CIDR or InternalIP {node.internal_ip!r}); pass --host-ip with the node's address on the pod network"
         )
     assert host_ip is not None
     veth = facts.ztunnel_veth
@@ -489,5 +490,8 @@ def build_plan(
             f"the host-side veth of {ztunnel.ref} ({ztunnel.ip}) on {node.ref} is unknown:"
             " it was not found in the node's routes; pass --ztunnel-veth"
         )
+    for what, name in (("--ztunnel-veth", veth), ("--ztunnel-iface", facts.ztunnel_iface)):
+        if not _IFNAME.fullmatch(name):
+            raise PlanError(f"{what} {name!r} is not an interface name (1-15 characters, no spaces, '/' or ':')")
     node_side = _redirecting_node_side(ztunnel, meshed_t, host_ip, facts, veth)
     return NodePlan(node, Mode.REDIRECT, ztunnel, meshed_t, host_ip, node_side, _ztunnel_side(ztunnel, host_ip, facts))
