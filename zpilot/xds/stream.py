@@ -85,6 +85,7 @@ class Stream:
         self.reconnecting = False  # set by subclasses when a first request reports versions
         self._requested: set[str] = set()  # types requested at least once on this stream
         self._hold_timer: asyncio.TimerHandle | None = None
+        self._context: grpc.aio.ServicerContext | None = None
 
     # -- to implement -----------------------------------------------------------------------
 
@@ -211,6 +212,7 @@ class Stream:
 
     async def run(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
         """Serve the stream until the client closes it or a request is refused."""
+        self._context = context
         iterator = requests.__aiter__()
         watch = None
         reader: asyncio.Task | None = None
@@ -293,10 +295,11 @@ class Stream:
             if self._closed:
                 return
             changed, self._snapshot_changed = self._snapshot_changed, False
-            self._context = context
             await self.respond(self.snapshot(), changed)
 
     async def write(self, data: bytes) -> None:
+        """Send one serialized response on this stream."""
+        assert self._context is not None
         await self._context.write(data)
 
     async def _refuse(self, exc: StreamError, context: grpc.aio.ServicerContext) -> None:
