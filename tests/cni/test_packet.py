@@ -49,8 +49,8 @@ class Listener:
             self.proc.wait()
 
 
-def connect(ns: str, who: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, VIP, str(PORT), who],
+def connect(ns: str, who: str, address: str = VIP, port: int = PORT) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLIENT, address, str(port), who],
                           capture_output=True, text=True, timeout=15)
 
 
@@ -89,7 +89,8 @@ def test_meshed_pod_to_vip_arrives_at_tproxy_15001_with_the_vip_as_destination(a
         listener.stop()
     assert client.returncode == 0, client.stderr
     assert client.stdout.strip() == "pong"
-    assert got == {"peer": [got["peer"][0], got["peer"][1]], "local": [VIP, PORT], "data": "ping from sleep"}
+    assert got["local"] == [VIP, PORT] and got["data"] == "ping from sleep"
+    assert got["original_dst"] == [VIP, PORT]  # what Envoy's original_dst listener filter reads
     assert got["peer"][0] == "10.4.4.19"  # the pod's own address: nothing was NATed on the way
     assert outbound_mark_packets(topo.node) == marked + 1  # the SYN; the rest of the flow follows conntrack marks
     assert tx_packets(topo.node, "istioout") > tunnel_out
@@ -113,3 +114,33 @@ def test_non_meshed_pod_to_vip_is_not_intercepted(applied):
     assert reached["local"] == ["10.4.4.1", PORT]  # DNATed by kube-proxy, as without the mesh
     assert intercepted is None
     assert outbound_mark_packets(topo.node) == marked
+
+
+@pytest.mark.parametrize(("port", "listener_port"), [(9080, 15006), (15008, 15008)])
+def test_traffic_to_a_meshed_pod_goes_through_istioin_to_the_inbound_listeners(applied, port, listener_port):
+    """Inbound: to a meshed pod (details, 10.4.4.7) via table 100 and istioin; HBONE's port to 15008, the rest to 15006."""
+    topo = applied
+    tunnel_in = rx_packets(topo.ztunnel, "pistioin")
+    listener = Listener(topo.ztunnel, listener_port, 5)
+    try:
+        client = connect(topo.pod("legacy"), "legacy", "10.4.4.7", port)
+        got = listener.result()
+    finally:
+        listener.stop()
+    assert client.returncode == 0, client.stderr
+    assert got is not None and got["local"] == ["10.4.4.7", port] and got["peer"][0] == "10.4.4.25"
+    assert rx_packets(topo.ztunnel, "pistioin") > tunnel_in
+
+
+def test_same_node_hbone_on_15088_hairpins_to_15008(applied):
+    """The ztunnel dials podIP:15088 for a pod on its own node; nat OUTPUT sends that to its own 15008."""
+    topo = applied
+    listener = Listener(topo.ztunnel, 15008, 5)
+    try:
+        client = connect(topo.ztunnel, "ztunnel", "10.4.4.19", 15088)
+        got = listener.result()
+    finally:
+        listener.stop()
+    assert client.returncode == 0, client.stderr
+    assert got is not None and got["data"] == "ping from ztunnel"
+    assert got["original_dst"] == ["10.4.4.19", 15088]

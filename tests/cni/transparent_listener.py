@@ -2,14 +2,26 @@
 
 Run inside the ztunnel namespace. Prints ``ready``, then one JSON line: the peer, the local
 address the connection was made to (for a TPROXY'd connection, the original destination), and
-the bytes received; or ``null`` when nothing arrived within the timeout.
+the bytes received and, for a NATed connection, its original destination; or ``null`` when nothing arrived within the timeout.
 """
 
 import json
 import socket
+import struct
 import sys
 
 IP_TRANSPARENT = 19
+SO_ORIGINAL_DST = 80
+
+
+def original_dst(conn: socket.socket) -> list | None:
+    """Where a REDIRECTed (NATed) connection was headed; None when it was not NATed."""
+    try:
+        raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    port, addr = struct.unpack("!2xH4s8x", raw)
+    return [socket.inet_ntoa(addr), port]
 
 
 def main() -> None:
@@ -29,7 +41,8 @@ def main() -> None:
     conn.settimeout(timeout)
     data = conn.recv(100)
     conn.sendall(b"pong")
-    print(json.dumps({"peer": list(peer), "local": list(conn.getsockname()), "data": data.decode()}), flush=True)
+    print(json.dumps({"peer": list(peer), "local": list(conn.getsockname()), "data": data.decode(),
+                      "original_dst": original_dst(conn)}), flush=True)
 
 
 if __name__ == "__main__":
