@@ -22,7 +22,6 @@ class Report:
     netns: str
     changes: list[Change] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -68,7 +68,11 @@ def _print_problems(problems: Problems) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     problems = Problems()
-    options = _options(args, probe=args.tunnel == "auto" and os.geteuid() == 0)
+    probe = args.tunnel == "auto" and os.geteuid() == 0
+    if args.tunnel == "auto" and not probe:
+        print("# not root: the kernel was not probed, tunnels are shown as Geneve (--tunnel vxlan shows VXLAN)",
+              file=sys.stderr)
+    options = _options(args, probe=probe)
     try:
         plan = make_plan(options, problems, discover_facts=not args.no_discover)
     except CniError as exc:
@@ -94,8 +98,6 @@ def _print_reports(reports, *, verb: str) -> bool:
         print(report.summary())
         for change in report.changes:
             print(f"  {verb} {change}")
-        for warning in report.warnings:
-            print(f"  warning: {warning}")
         ok = ok and report.ok
     return ok
 
