@@ -9,12 +9,13 @@ import signal
 import socket
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from ..model.problems import Problems
 from .agent import AgentOptions, NodeAgent, make_plan
 from .errors import CniError
-from .plan import Mode
+from .plan import Mode, UnknownZtunnelVeth
 from .render import render_plan
 
 log = logging.getLogger("zpilot.cni")
@@ -75,21 +76,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     options = _options(args, probe=probe)
     try:
         plan = make_plan(options, problems, discover_facts=not args.no_discover)
-    except CniError as exc:
-        if "--ztunnel-veth" not in str(exc) or args.ztunnel_veth:
-            raise
+    except UnknownZtunnelVeth as exc:
         # offline: show the plan with a placeholder rather than nothing
         print(f"# {exc}; shown as ZTUNNEL-VETH", file=sys.stderr)
-        plan = make_plan(_with(options, ztunnel_veth="ZTUNNEL-VETH"), Problems(), discover_facts=not args.no_discover)
+        plan = make_plan(replace(options, ztunnel_veth="ZTUNNEL-VETH"), Problems(), discover_facts=not args.no_discover)
     _print_problems(problems)
     sys.stdout.write(render_plan(plan))
     return 0
-
-
-def _with(options: AgentOptions, **changes) -> AgentOptions:
-    from dataclasses import replace
-
-    return replace(options, **changes)
 
 
 def _print_reports(reports, *, verb: str) -> bool:

@@ -198,6 +198,10 @@ class PlanError(CniError):
     """The plan cannot be made (unknown node, no address to use); the message names the object."""
 
 
+class UnknownZtunnelVeth(PlanError):
+    """The ztunnel's host-side veth was neither discovered nor given (``zpilot cni plan`` shows a placeholder)."""
+
+
 # -- the node namespace ------------------------------------------------------------------------
 
 
@@ -486,7 +490,7 @@ def build_plan(
     assert host_ip is not None
     veth = facts.ztunnel_veth
     if not veth:
-        raise PlanError(
+        raise UnknownZtunnelVeth(
             f"the host-side veth of {ztunnel.ref} ({ztunnel.ip}) on {node.ref} is unknown:"
             " it was not found in the node's routes; pass --ztunnel-veth"
         )
