@@ -14,6 +14,8 @@ COMMAND_MODULES = (
     "zpilot.cni.cli",
     "zpilot.commands.serve",
     "zpilot.commands.diff",
+    "zpilot.commands.demo",
+    "zpilot.commands.explain",
 )
 
 

@@ -103,6 +103,8 @@ def test_3_same_node_service_vip(world):
     ztunnel's own nat OUTPUT redirect hands it to its 15008 listener."""
     vip, port = scenarios.service_target(world, "details")
     trace = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 3})
+    out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    assert out["response_flags"] == "-", out
     assert trace.ok, trace.error
     assert trace.seen_by_pod["pod"] == "details-v1-6997d94bb9-4jssp"
     tunnel = trace.one("a", log=names.tunnel_listener(SLEEP_ID))

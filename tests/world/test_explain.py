@@ -1,0 +1,129 @@
+"""``zpilot explain`` from generated config and CNI plan alone (no root, no traffic): the
+article's paths, computed. The comparison with a live world is in test_demo.py."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from zpilot.explain import ExplainError, explain, load_mesh, mesh_from_index, render
+from zpilot.kube.manifests import load_manifests
+from zpilot.model.index import MeshIndex
+from zpilot.world.topology import article_world
+
+ARTICLE = "examples/article"
+SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return load_mesh(ARTICLE)
+
+
+def test_article_path_sleep_to_productpage_vip(mesh):
+    [path] = explain(mesh, "sleep", "10.8.14.226", 9080)
+    assert path.facts == {
+        "mark": "0x100",
+        "route_table": "101",
+        "tunnel_device": "istioout",
+        "tproxy_port": "15001",
+        "listener": "ztunnel_outbound",
+        "filter_chain": f"{SLEEP_ID}_to_http_productpage.default.svc.cluster.local_outbound_internal",
+        "cluster": f"{SLEEP_ID}_to_http_productpage.default.svc.cluster.local_outbound_internal",
+        "endpoint": f"envoy://outbound_tunnel_lis_{SLEEP_ID}/10.4.3.20:9080",
+        "internal_listener": f"outbound_tunnel_lis_{SLEEP_ID}",
+        "tunnel_cluster": f"outbound_tunnel_clus_{SLEEP_ID}",
+        "tunnel_dial": "10.4.3.20:15008",
+        "connect_authority": "10.4.3.20:9080",
+        "peer_identity": SLEEP_ID,
+        "server_identity": "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        "dest_route_table": "100",
+        "dest_tunnel_device": "istioin",
+        "dest_tproxy_port": "15008",
+        "inbound_listener": "ztunnel_inbound",
+        "inbound_chain": "inbound_10.4.3.20",
+        "inbound_cluster": "virtual_inbound",
+        "destination": "10.4.3.20:9080",
+        "pod": "productpage-v1-5586c4d4ff-qxz9f",
+    }
+    text = render([path])
+    # the article's listings, line for line where the plan holds them
+    assert "-p tcp -m set --match-set ztunnel-pods-ips src -j MARK --set-xmark 0x100/0x100" in text
+    assert "ip rule 101: from all fwmark 0x100/0x100 lookup 101" in text
+    assert "table 101: default via 192.168.127.2 dev istioout" in text
+    assert "--on-port 15001 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff" in text
+    assert "table 100: 10.4.3.20/32 via 192.168.126.2 dev istioin" in text
+
+
+def test_service_with_several_endpoints_gives_one_path_each(mesh):
+    paths = explain(mesh, "sleep", "10.8.7.166", 9080)  # reviews: v1 on node A, v2 and v3 on node B
+    assert {p.facts["pod"] for p in paths} == {"reviews-v1-9c6bb6658-4jgrh", "reviews-v2-8454bb78d8-2xmvs",
+                                                 "reviews-v3-6dc9897554-8q5bm"}
+    same_node = next(p for p in paths if p.facts["pod"].startswith("reviews-v1"))
+    assert same_node.facts["tunnel_dial"] == "10.4.4.11:15088"  # the same-node port, redirected locally
+    assert "dest_route_table" not in same_node.facts
+    assert same_node.facts["inbound_chain"] == "inbound_10.4.4.11"
+
+
+def test_pod_ip_paths(mesh):
+    [cross] = explain(mesh, "sleep", "10.4.3.20", 9080)
+    assert cross.facts["filter_chain"] == f"fc-outbound_pod_tunnel_clus_{SLEEP_ID}"
+    assert cross.facts["tunnel_dial"] == "10.4.3.20:15008"
+    [same] = explain(mesh, "sleep", "10.4.4.7", 9080)
+    assert same.facts["filter_chain"] == f"fc-outbound_pod_local_tunnel_clus_{SLEEP_ID}"
+    assert same.facts["tunnel_dial"] == "10.4.4.7:15088"
+    assert same.facts["inbound_chain"] == "inbound_10.4.4.7"
+
+
+def test_passthrough_blackhole_and_plaintext(mesh):
+    [out] = explain(mesh, "sleep", "10.4.3.19", 80)  # httpbin, namespace legacy: not meshed
+    assert out.facts["filter_chain"] == "PassthroughFilterChain"
+    assert "inbound_listener" not in out.facts and out.facts["pod"] == "httpbin-85d76b4bb6-dz6b2"
+    [hole] = explain(mesh, "sleep", "10.4.3.20", 15001)
+    assert hole.facts["filter_chain"] == "BlackHoleCluster" and hole.outcome == "dropped (blackhole)"
+    [plain] = explain(mesh, "legacy/httpbin-85d76b4bb6-dz6b2", "10.4.3.20", 9080)
+    assert "mark" not in plain.facts  # not captured at the source
+    assert plain.facts["dest_tproxy_port"] == "15006"
+    assert plain.facts["inbound_listener"] == "ztunnel_inbound_plaintext"
+
+
+def test_opted_out_pod_through_kube_proxy(mesh):
+    [path] = explain(mesh, "legacy-client", "10.8.14.226", 9080)  # istio.io/dataplane-mode=none
+    assert "mark" not in path.facts and path.facts["inbound_listener"] == "ztunnel_inbound_plaintext"
+    assert "kube-proxy DNATs 10.8.14.226:9080" in render([path])
+
+
+def test_follows_the_plan_when_a_node_has_no_ztunnel():
+    """Fail-open: with node A's ztunnel gone, sleep's traffic is not captured."""
+    loaded = load_manifests(ARTICLE)
+    cluster = loaded.cluster
+    cluster = dataclasses.replace(cluster, workloads=tuple(w for w in cluster.workloads if w.name != "ztunnel-rts54"))
+    mesh = mesh_from_index(MeshIndex.build(cluster))
+    [path] = explain(mesh, "sleep", "10.8.14.226", 9080)
+    assert "mark" not in path.facts
+    assert path.facts["dest_tproxy_port"] == "15006"  # still captured, as plaintext, on node B
+
+
+def test_world_manifests_explain_like_the_article(tmp_path):
+    article_world().write_manifests(tmp_path)
+    [path] = explain(load_mesh(tmp_path), "sleep", "10.8.14.226", 9080)
+    assert path.facts["pod"] == "productpage-v1-5586c4d4ff-qxz9f"
+    assert path.facts["peer_identity"] == SLEEP_ID
+
+
+def test_unknown_pod(mesh):
+    with pytest.raises(ExplainError):
+        explain(mesh, "nosuchpod", "10.8.14.226", 9080)
+
+
+def test_command_line():
+    ok = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "sleep",
+                         "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "listener ztunnel_inbound -> filter chain inbound_10.4.3.20" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "nosuch",
+                          "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no pod" in bad.stderr

@@ -1,0 +1,372 @@
+"""The hop-by-hop path of one connection, computed from the generated config alone.
+
+What the article did by hand (``iptables-save``, ``ip rule``, ``ip route show table 101``,
+``config_dump?include_eds`` on both ztunnels), generated for any source pod and destination:
+the CNI plan of each node says what the kernel does with the packet, the translated Envoy
+resources of each node say what the ztunnel does with the connection. No traffic is sent and
+no kernel is read, so it works offline, before anything is applied.
+
+Every hop's values also go into :attr:`Explanation.facts` under the keys of
+:data:`FACT_KEYS`, the same keys ``zpilot demo`` fills from what it observes, so the two can be
+compared value by value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..cni.plan import Mode, NodePlan
+from ..cni import constants as c
+from ..model.index import MeshIndex
+from ..model.objects import Workload
+from ..translators import names
+from ..translators.resources import NodeResources
+from . import envoy_config as ec
+from .netfilter import Packet, route, rule_text, run_chain
+
+#: The facts a path is compared on (explain vs. demo), in path order.
+FACT_KEYS = (
+    "mark", "route_table", "tunnel_device", "tproxy_port", "listener", "filter_chain", "cluster", "endpoint",
+    "internal_listener", "tunnel_cluster", "tunnel_dial", "connect_authority", "peer_identity",
+    "server_identity", "dest_route_table", "dest_tunnel_device", "dest_tproxy_port", "inbound_listener",
+    "inbound_chain", "inbound_cluster", "destination", "pod",
+)
+#: The interface a packet from another node arrives on (the world's and most nodes' name for it).
+NODE_NETWORK_IFACE = "eth0"
+ZTUNNEL_IFACE = "eth0"
+_TUNNEL_PEERS = {c.OUTBOUND_TUNNEL: c.ZTUNNEL_OUTBOUND_TUNNEL, c.INBOUND_TUNNEL: c.ZTUNNEL_INBOUND_TUNNEL}
+
+
+@dataclass
+class Hop:
+    where: str
+    what: str
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Explanation:
+    source: str
+    target: str
+    hops: list[Hop] = field(default_factory=list)
+    facts: dict[str, str] = field(default_factory=dict)
+    outcome: str = ""
+
+    def hop(self, where: str, what: str, *details: str, **facts: object) -> Hop:
+        h = Hop(where, what, list(details))
+        self.hops.append(h)
+        for key, value in facts.items():
+            if value is not None:
+                self.facts[key] = str(value)
+        return h
+
+
+class ExplainError(ValueError):
+    pass
+
+
+@dataclass
+class Mesh:
+    """Everything explain reads: the model, and per node its translated config and CNI plan."""
+
+    index: MeshIndex
+    resources: dict[str, NodeResources]
+    plans: dict[str, NodePlan]
+
+    def pod(self, ref: str) -> Workload:
+        """By ``namespace/name``, name, name prefix (``sleep``) or IP."""
+        usable = [w for w in self.index.cluster.workloads if w.ips]
+        for w in usable:
+            if ref in (f"{w.namespace}/{w.name}", w.name) or ref in w.ips:
+                return w
+        prefixed = [w for w in usable if w.name.startswith(ref + "-") and w.namespace != self.index.ztunnel_namespace]
+        if len(prefixed) == 1:
+            return prefixed[0]
+        raise ExplainError(f"no pod {ref!r} (give namespace/name, a pod name or its IP)")
+
+
+def _node_label(mesh: Mesh, node: str) -> str:
+    return f"node {node}"
+
+
+def _ztunnel_label(mesh: Mesh, node: str) -> str:
+    zt = mesh.index.ztunnel_on(node)
+    return f"ztunnel {zt.name if zt else '?'} ({node})"
+
+
+def explain(mesh: Mesh, source: str, host: str, port: int) -> list[Explanation]:
+    """One explanation per way the connection can go (a service VIP with N endpoints: N)."""
+    src = mesh.pod(source)
+    if not src.ip or not src.node_name:
+        raise ExplainError(f"{src.ref} has no IP or node")
+    plan = mesh.plans.get(src.node_name)
+    if plan is None:
+        raise ExplainError(f"no CNI plan for node {src.node_name}")
+    base = Explanation(f"{src.namespace}/{src.name} ({src.ip})", f"{host}:{port}")
+    base.hop(f"pod {src.name}", f"connects to {host}:{port} from {src.ip}", "default route via the node")
+    node_side = plan.node_side
+    iface = f"<veth of {src.name}>"
+    intercepted = False
+    if plan.mode is Mode.REDIRECT:
+        res = run_chain(node_side, "mangle", c.PREROUTING, Packet(src.ip, host, port, iface))
+        decision = route(node_side, host, res.packet.mark)
+        details = [f"mangle {h.chain}: {h.rule}  => {h.effect}" for h in res.hits]
+        intercepted = res.packet.mark & c.MARK_OUTBOUND == c.MARK_OUTBOUND
+        if intercepted and decision.route is not None:
+            details.append(f"ip rule {rule_text(decision.rule)}" if decision.rule else "ip rule: none")
+            details.append(f"ip route {decision.describe()}")
+            base.hop(_node_label(mesh, src.node_name), "outbound capture (meshed pod, TCP)", *details,
+                     mark=f"{res.packet.mark & c.MARK_OUTBOUND:#x}", route_table=decision.table,
+                     tunnel_device=decision.route.dev)
+            return _through_ztunnel(mesh, base, src, host, port, decision.route.dev)
+        details.append(f"not captured: {src.ref} is not in ipset {c.IPSET_NAME}" if not intercepted else "")
+        base.hop(_node_label(mesh, src.node_name), "not captured", *[d for d in details if d])
+    else:
+        base.hop(_node_label(mesh, src.node_name), f"not captured (node mode {plan.mode.value})")
+    return _direct(mesh, base, src, host, port)
+
+
+def _copy(e: Explanation) -> Explanation:
+    return Explanation(e.source, e.target, list(e.hops), dict(e.facts), e.outcome)
+
+
+def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, port: int, node_dev: str) -> list[Explanation]:
+    node = src.node_name or ""
+    plan = mesh.plans[node]
+    zside = plan.ztunnel_side
+    assert zside is not None
+    zt_iface = _TUNNEL_PEERS.get(node_dev, ZTUNNEL_IFACE)
+    res = run_chain(zside, "mangle", c.PREROUTING, Packet(src.ip or "", host, port, zt_iface))
+    decision = route(zside, host, res.packet.mark)
+    where = _ztunnel_label(mesh, node)
+    base.hop(where, f"arrives on {zt_iface}", *[f"mangle {h.chain}: {h.rule}  => {h.effect}" for h in res.hits],
+             f"ip route {decision.describe()} (delivered to the local socket)", tproxy_port=res.tproxy_port)
+    if res.tproxy_port is None:
+        base.outcome = "not redirected into the ztunnel's Envoy"
+        return [base]
+    resources = mesh.resources[node]
+    listener = next((l for l in resources.listeners.values()
+                     if l.address.socket_address.port_value == res.tproxy_port), None)
+    if listener is None:
+        base.outcome = f"no listener on port {res.tproxy_port}"
+        return [base]
+    chain, steps = ec.select_chain(listener, ec.Connection(src.ip or "", host, port))
+    walk = " -> ".join(f"{s.input}={s.value}{'' if s.matched else ' (no match)'}" for s in steps)
+    if chain is None:
+        base.hop(where, f"listener {listener.name}: no filter chain ({walk})")
+        base.outcome = "connection closed: no matching filter chain"
+        return [base]
+    proxy = ec.tcp_proxy(chain)
+    cluster_name = proxy.cluster if proxy else ""
+    base.hop(where, f"listener {listener.name} -> filter chain {chain.name}", f"matcher: {walk}",
+             f"tcp_proxy -> cluster {cluster_name}", listener=listener.name, filter_chain=chain.name,
+             cluster=cluster_name)
+    cluster = resources.clusters.get(cluster_name)
+    if cluster is None:
+        base.outcome = f"dropped: cluster {cluster_name} does not exist"
+        return [base]
+    kind = ec.cluster_kind(cluster)
+    if kind == "EDS":
+        eps = ec.endpoints(resources, cluster_name)
+        if not eps:
+            base.outcome = f"dropped: cluster {cluster_name} has no endpoints (UH)"
+            return [base]
+        out = []
+        for ep in eps:
+            e = _copy(base)
+            e.facts["endpoint"] = ep.address
+            if ep.internal_listener:
+                out += _internal_listener(mesh, e, src, ep)
+            else:
+                e.hop(where, f"endpoint {ep.address}: plain TCP (the endpoint is outside the mesh)",
+                      "original_src keeps the pod's address as the source")
+                out += _arrive_plain(mesh, e, src.ip or "", ep.address, spoofed_from=node)
+        return out
+    if kind == "ORIGINAL_DST":
+        dst = f"{host}:{port}"
+        if proxy is not None and proxy.tunneling_config.hostname:
+            override = cluster.original_dst_lb_config.upstream_port_override.value
+            dial = f"{host}:{override or port}"
+            authority = ec.substitute(proxy.tunneling_config.hostname, {"DOWNSTREAM_LOCAL_ADDRESS": dst})
+            base.facts["endpoint"] = dial
+            return _tunnel(mesh, base, src, node, cluster_name, dial, authority)
+        base.facts["endpoint"] = dst
+        base.hop(where, f"{cluster_name}: ORIGINAL_DST, no tunnel: straight to {dst}",
+                 "original_src keeps the pod's address as the source")
+        return _arrive_plain(mesh, base, src.ip or "", dst, spoofed_from=node)
+    base.hop(where, f"cluster {cluster_name} ({kind}) has no endpoints: the connection is closed (UH)")
+    base.outcome = "dropped (blackhole)"
+    return [base]
+
+
+_DYNAMIC = re.compile(r"%DYNAMIC_METADATA\((\w+):(\w+)\)%")
+
+
+def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.EndpointFacts) -> list[Explanation]:
+    node = src.node_name or ""
+    resources = mesh.resources[node]
+    where = _ztunnel_label(mesh, node)
+    listener = resources.listeners.get(ep.internal_listener or "")
+    if listener is None or not listener.filter_chains:
+        e.hop(where, f"internal listener {ep.internal_listener} does not exist")
+        e.outcome = "dropped"
+        return [e]
+    proxy = ec.tcp_proxy(listener.filter_chains[0])
+    template = proxy.tunneling_config.hostname if proxy else ""
+    authority = _DYNAMIC.sub(lambda m: str(ep.metadata.get(m.group(1), {}).get(m.group(2), "?")), template)
+    dial = ep.metadata.get("envoy.filters.listener.original_dst", {}).get("local") or \
+        ep.metadata.get("tunnel", {}).get("address", "?")
+    e.hop(where, f"endpoint {ep.address} -> internal listener {listener.name}",
+          f"endpoint metadata tunnel: {ep.metadata.get('tunnel')}",
+          "internal_upstream passes it on; original_dst restores the tunnel address as the destination",
+          internal_listener=listener.name)
+    return _tunnel(mesh, e, src, node, proxy.cluster if proxy else "?", dial, authority)
+
+
+def _identity_of_secret(resources: NodeResources, secret: str) -> str:
+    ref = resources.secrets.get(secret)
+    return (ref.spiffe_id if ref and ref.spiffe_id else secret.split("~")[0])
+
+
+def _tunnel(mesh: Mesh, e: Explanation, src: Workload, node: str, cluster_name: str, dial: str,
+            authority: str) -> list[Explanation]:
+    resources = mesh.resources[node]
+    where = _ztunnel_label(mesh, node)
+    cluster = resources.clusters.get(cluster_name)
+    tls = ec.tls_facts(cluster.transport_socket) if cluster is not None else None
+    client_id = _identity_of_secret(resources, tls.certificate) if tls else "(no TLS)"
+    e.hop(where, f"HBONE: HTTP/2 CONNECT {authority} over mTLS to {dial}",
+          f"cluster {cluster_name} (ORIGINAL_DST), TLS 1.3, presents {client_id}",
+          f"accepts a server whose URI SAN matches {', '.join(tls.peer_san_patterns) if tls else '-'}",
+          f"header x-envoy-original-dst-host: {authority}",
+          tunnel_cluster=cluster_name, tunnel_dial=dial, connect_authority=authority, peer_identity=client_id)
+    dial_ip, _, dial_port = dial.rpartition(":")
+    zside = mesh.plans[node].ztunnel_side
+    if int(dial_port) == c.PORT_HBONE_LOCAL and zside is not None:
+        res = run_chain(zside, "nat", c.OUTPUT, Packet("", dial_ip, int(dial_port), ""))
+        e.hop(where, "same node: the tunnel is redirected to this ztunnel's own inbound listener",
+              *[f"nat {h.chain}: {h.rule}  => {h.effect}" for h in res.hits])
+        return _inbound(mesh, e, node, dial_ip, res.redirect_port or c.PORT_HBONE, client_id)
+    dest = mesh.index.workload_by_ip(dial_ip)
+    if dest is None or not dest.node_name or dest.node_name not in mesh.plans:
+        e.outcome = f"the tunnel goes to {dial}, which is no known pod"
+        return [e]
+    zt = mesh.index.ztunnel_on(node)
+    e.hop(_node_label(mesh, node), f"the tunnel leaves from the ztunnel's own address ({zt.ip if zt else '?'})",
+          "marked 0x220 on the ztunnel's veth: never captured again; main table to the other node")
+    return _arrive_at_node(mesh, e, zt.ip if zt and zt.ip else "?", dial_ip, int(dial_port), dest.node_name,
+                           NODE_NETWORK_IFACE, client_id)
+
+
+def _arrive_at_node(mesh: Mesh, e: Explanation, src_ip: str, dst_ip: str, dport: int, node: str, iface: str,
+                    client_id: str | None) -> list[Explanation]:
+    plan = mesh.plans[node]
+    res = run_chain(plan.node_side, "mangle", c.PREROUTING, Packet(src_ip, dst_ip, dport, iface))
+    decision = route(plan.node_side, dst_ip, res.packet.mark)
+    details = [f"mangle {h.chain}: {h.rule}  => {h.effect}" for h in res.hits]
+    details.append(f"ip rule {rule_text(decision.rule)}" if decision.rule else "ip rule: main table")
+    details.append(f"ip route {decision.describe()}")
+    captured = decision.route is not None and decision.route.dev in _TUNNEL_PEERS
+    e.hop(_node_label(mesh, node), f"{src_ip} -> {dst_ip}:{dport} arrives" + (" and is captured" if captured else ""),
+          *details, dest_route_table=decision.table if captured else None,
+          dest_tunnel_device=decision.route.dev if captured and decision.route else None)
+    if not captured or decision.route is None:
+        pod = mesh.index.workload_by_ip(dst_ip)
+        e.facts["destination"] = f"{dst_ip}:{dport}"
+        if pod is not None:
+            e.facts["pod"] = pod.name
+        e.hop(f"pod {pod.name if pod else dst_ip}", f"receives the connection from {src_ip}")
+        e.outcome = f"delivered to {pod.ref if pod else dst_ip} (not through a ztunnel)"
+        return [e]
+    zside = plan.ztunnel_side
+    assert zside is not None
+    zt_iface = _TUNNEL_PEERS[decision.route.dev]
+    zres = run_chain(zside, "mangle", c.PREROUTING, Packet(src_ip, dst_ip, dport, zt_iface))
+    zdec = route(zside, dst_ip, zres.packet.mark)
+    e.hop(_ztunnel_label(mesh, node), f"arrives on {zt_iface}",
+          *[f"mangle {h.chain}: {h.rule}  => {h.effect}" for h in zres.hits],
+          f"ip route {zdec.describe()} (delivered to the local socket)", dest_tproxy_port=zres.tproxy_port)
+    if zres.tproxy_port is None:
+        e.outcome = "not redirected into the destination ztunnel"
+        return [e]
+    return _inbound(mesh, e, node, dst_ip, zres.tproxy_port, client_id, original_port=dport)
+
+
+def _inbound(mesh: Mesh, e: Explanation, node: str, dst_ip: str, listen_port: int, client_id: str | None,
+             original_port: int | None = None) -> list[Explanation]:
+    resources = mesh.resources[node]
+    where = _ztunnel_label(mesh, node)
+    listener = next((l for l in resources.listeners.values()
+                     if l.address.socket_address.port_value == listen_port), None)
+    if listener is None:
+        e.outcome = f"no listener on {listen_port} at {where}"
+        return [e]
+    chain, _steps = ec.select_chain(listener, ec.Connection("", dst_ip, original_port or listen_port))
+    if chain is None:
+        e.hop(where, f"listener {listener.name}: no chain for {dst_ip}")
+        e.outcome = "connection closed: no matching filter chain"
+        return [e]
+    details = []
+    tls = ec.tls_facts(chain.transport_socket) if chain.HasField("transport_socket") else None
+    server_id = None
+    if tls is not None:
+        server_id = _identity_of_secret(resources, tls.certificate)
+        ok = client_id is not None and any(re.match(p, client_id) for p in tls.peer_san_patterns)
+        details += [f"mTLS: presents {server_id}; client certificate required, validated by {tls.trust}",
+                    f"peer {client_id} {'matches' if ok else 'does NOT match'} {', '.join(tls.peer_san_patterns)}"]
+    details += ec.rbac_principals(chain)
+    target_cluster = ec.connect_route_cluster(chain)
+    if target_cluster is not None:
+        details.append(f"HTTP/2 CONNECT route -> cluster {target_cluster} (dials x-envoy-original-dst-host)")
+        destination = e.facts.get("connect_authority", "?")
+    else:
+        proxy = ec.tcp_proxy(chain)
+        target_cluster = proxy.cluster if proxy else "?"
+        details.append(f"tcp_proxy -> cluster {target_cluster} (dials the original destination)")
+        destination = f"{dst_ip}:{original_port}"
+    e.hop(where, f"listener {listener.name} -> filter chain {chain.name}", *details,
+          inbound_listener=listener.name, inbound_chain=chain.name, inbound_cluster=target_cluster,
+          server_identity=server_id, destination=destination)
+    ip = destination.rpartition(":")[0]
+    pod = mesh.index.workload_by_ip(ip)
+    e.facts["pod"] = pod.name if pod else "?"
+    e.hop(f"pod {pod.name if pod else ip}", f"receives the connection on {destination}",
+          "original_src: its source is the peer the ztunnel saw")
+    e.outcome = f"delivered to {pod.ref if pod else destination}" + (f" as {client_id}" if tls else " (plaintext)")
+    return [e]
+
+
+def _arrive_plain(mesh: Mesh, e: Explanation, src_ip: str, dst: str, *, spoofed_from: str) -> list[Explanation]:
+    ip, _, port = dst.rpartition(":")
+    dest = mesh.index.workload_by_ip(ip)
+    if dest is None or dest.node_name not in mesh.plans:
+        e.facts["destination"] = dst
+        e.hop(f"{dst}", "outside the cluster's pods: routed by the node's own tables")
+        e.outcome = f"to {dst} (no ztunnel on the far side)"
+        return [e]
+    iface = NODE_NETWORK_IFACE if dest.node_name != spoofed_from else "ZTUNNEL-VETH"
+    return _arrive_at_node(mesh, e, src_ip, ip, int(port), dest.node_name or "", iface, None)
+
+
+def _direct(mesh: Mesh, base: Explanation, src: Workload, host: str, port: int) -> list[Explanation]:
+    """Not captured at the source: kube-proxy (for a VIP) and the destination node decide."""
+    targets = [(host, port)]
+    vip = mesh.index.destination(host, port)
+    if vip is not None:
+        eps = mesh.index.destination_endpoints(host, port)
+        base.hop(_node_label(mesh, src.node_name or ""), f"kube-proxy DNATs {host}:{port} ({vip.service.ref})",
+                 *[f"-> {ep.authority}" for ep in eps])
+        targets = [(ep.address, ep.port) for ep in eps]
+    out = []
+    for ip, p in targets:
+        e = _copy(base)
+        dest = mesh.index.workload_by_ip(ip)
+        if dest is None or dest.node_name not in mesh.plans:
+            e.facts["destination"] = f"{ip}:{p}"
+            e.outcome = f"to {ip}:{p} (no pod of this cluster)"
+            out.append(e)
+            continue
+        iface = NODE_NETWORK_IFACE if dest.node_name != src.node_name else f"<veth of {src.name}>"
+        out += _arrive_at_node(mesh, e, src.ip or "", ip, p, dest.node_name or "", iface, None)
+    return out
