@@ -27,6 +27,8 @@ def test_envoy_accepts_bootstrap(xds: str, extra: list[str]) -> None:
     assert config["node"]["metadata"]["NODE_NAME"] == "node-a"
     assert config["node"]["id"] == "ztunnel~node-a"
     assert config["bootstrap_extensions"][0]["name"] == "envoy.bootstrap.internal_listener"
+    flags = config["layered_runtime"]["layers"][0]["static_layer"]
+    assert flags["envoy.reloadable_features.enable_send_rst_on_user_space_socket"] is False  # see RUNTIME_FLAGS
     ads = config["dynamic_resources"]["ads_config"]
     assert ads["api_type"] == ("DELTA_GRPC" if extra else "GRPC")
     result = validate(config)

@@ -83,6 +83,32 @@ def _xds_cluster(target: str) -> cluster_pb2.Cluster:
     )
 
 
+#: Runtime flags every ztunnel needs. Envoy 1.40 resets (RST, SO_LINGER 0) a downstream connection
+#: when the user-space connection to an internal listener closes, dropping response bytes still in
+#: the pod's socket buffer: the service-VIP path (through ``outbound_tunnel_lis_*``) then fails with
+#: ECONNRESET and flag UR. Found in the network-namespace world (tests/world).
+RUNTIME_FLAGS = {"envoy.reloadable_features.enable_send_rst_on_user_space_socket": False}
+
+
+def runtime_layers() -> bootstrap_pb2.LayeredRuntime:
+    """Our flags as a static layer, plus an admin layer so operators can flip flags at /runtime_modify."""
+    static = struct_pb2.Struct()
+    static.update(RUNTIME_FLAGS)
+    return bootstrap_pb2.LayeredRuntime(
+        layers=[
+            bootstrap_pb2.RuntimeLayer(name="zpilot", static_layer=static),
+            bootstrap_pb2.RuntimeLayer(name="admin", admin_layer=bootstrap_pb2.RuntimeLayer.AdminLayer()),
+        ]
+    )
+
+
+def internal_listener_extension() -> extension_pb2.TypedExtensionConfig:
+    """Mandatory for internal listeners, and only possible in the bootstrap (not over xDS)."""
+    return extension_pb2.TypedExtensionConfig(
+        name="envoy.bootstrap.internal_listener", typed_config=pack(internal_listener_pb2.InternalListener())
+    )
+
+
 def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
     metadata = struct_pb2.Struct()
     metadata.update({NODE_NAME_KEY: options.node, "GENERATOR": "zpilot", "AMBIENT_TYPE": "ztunnel"})
@@ -101,9 +127,6 @@ def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
             lds_config=ads_source(),
         ),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[_xds_cluster(options.xds)]),
-        bootstrap_extensions=[
-            extension_pb2.TypedExtensionConfig(
-                name="envoy.bootstrap.internal_listener", typed_config=pack(internal_listener_pb2.InternalListener())
-            )
-        ],
+        bootstrap_extensions=[internal_listener_extension()],
+        layered_runtime=runtime_layers(),
     )

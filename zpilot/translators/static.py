@@ -15,10 +15,9 @@ from google.protobuf.message import Message
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import extension_pb2
-from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
+from .bootstrap import internal_listener_extension, runtime_layers
 from .envoy_common import pack, socket_address
 from .resources import NodeResources
 
@@ -69,11 +68,8 @@ def static_bootstrap(
 ) -> bootstrap_pb2.Bootstrap:
     boot = bootstrap_pb2.Bootstrap(
         admin=bootstrap_pb2.Admin(address=socket_address("127.0.0.1", admin_port)),
-        bootstrap_extensions=[
-            extension_pb2.TypedExtensionConfig(
-                name="envoy.bootstrap.internal_listener", typed_config=pack(internal_listener_pb2.InternalListener())
-            )
-        ],
+        bootstrap_extensions=[internal_listener_extension()],
+        layered_runtime=runtime_layers(),
     )
     boot.node.id = f"ztunnel~{resources.node}"
     boot.node.cluster = "ztunnel"
