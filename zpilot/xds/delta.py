@@ -135,11 +135,12 @@ class DeltaStream(Stream):
             for n in removed:
                 state.known.pop(n, None)
             state.sent_nonce = nonce
-            await self.write(data)
+            # Book-keeping first: the client's answer can arrive while the write is awaited.
             self.record_sent(
                 type_url, version=resources.version, nonce=nonce, count=len(send), size=len(data),
                 snapshot=snapshot, pushed=pushed,
             )
+            await self.write(data)
             if removed or missing:
                 log.info("node=%s %s removed_resources=%s", self.node, short_name(type_url), removed + missing)
             if type_url == CLUSTER_TYPE and send:

@@ -112,11 +112,12 @@ class SotwStream(Stream):
                 control_plane_id=self.options.control_plane_id,
             )
             state.sent_version, state.sent_nonce = version, nonce
-            await self.write(data)
+            # Book-keeping first: the client's answer can arrive while the write is awaited.
             self.record_sent(
                 type_url, version=version, nonce=nonce, count=len(selected), size=len(data), snapshot=snapshot,
                 pushed=pushed,
             )
+            await self.write(data)
             if type_url == CLUSTER_TYPE and self._types[ENDPOINT_TYPE].subscribed:
                 self._types[ENDPOINT_TYPE].pending = True
 
