@@ -8,12 +8,13 @@ pod) is changed in place, so the routes through it survive and no pod loses its 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from .changes import Change
-from .netns import CniError, Netns, PartialFailure
+from .netns import Netns, run_netlink_ops
 from .plan import Tunnel, TunnelKind
 
 
@@ -96,6 +97,26 @@ def _delete(name: str) -> Callable[[Any], None]:
     return run
 
 
+def _replace(t: Tunnel) -> Callable[[Any], None]:
+    def run(ipr: Any) -> None:
+        _delete(t.name)(ipr)
+        _create(t)(ipr)
+
+    return run
+
+
+def _set_mtu(index: int, mtu: int, ipr: Any) -> None:
+    ipr.link("set", index=index, mtu=mtu)
+
+
+def _address(command: str, index: int, address: tuple[str, int], ipr: Any) -> None:
+    ipr.addr(command, index=index, address=address[0], prefixlen=address[1])
+
+
+def _set_up(index: int, ipr: Any) -> None:
+    ipr.link("set", index=index, state="up")
+
+
 def diff(desired: tuple[Tunnel, ...], actual: dict[str, LinkState], owned: tuple[str, ...]) -> list[Op]:
     ops: list[Op] = []
     wanted = {t.name: t for t in desired}
@@ -110,9 +131,7 @@ def diff(desired: tuple[Tunnel, ...], actual: dict[str, LinkState], owned: tuple
             continue
         if (have.kind, have.vni, have.port) != (t.kind.value, t.vni, t.port):
             was = f"{have.kind} id {have.vni} dstport {have.port}"
-            delete, create = _delete(t.name), _create(t)
-            ops.append((Change("link", "update", f"{describe} (replaces {was})"),
-                        lambda ipr, d=delete, c=create: (d(ipr), c(ipr))))
+            ops.append((Change("link", "update", f"{describe} (replaces {was})"), _replace(t)))
             continue
         index = have.index
         if have.remote != t.remote:
@@ -120,18 +139,17 @@ def diff(desired: tuple[Tunnel, ...], actual: dict[str, LinkState], owned: tuple
                         _set_remote(t, index)))
         if have.mtu != t.mtu:
             ops.append((Change("link", "update", f"{t.name} mtu {have.mtu} -> {t.mtu}"),
-                        lambda ipr, i=index, m=t.mtu: ipr.link("set", index=i, mtu=m)))
+                        partial(_set_mtu, index, t.mtu)))
         want_addr = (t.address, t.prefixlen)
         for address in have.addresses:
             if address != want_addr:
                 ops.append((Change("link", "remove", f"{t.name} address {address[0]}/{address[1]}"),
-                            lambda ipr, i=index, a=address: ipr.addr("del", index=i, address=a[0], prefixlen=a[1])))
+                            partial(_address, "del", index, address)))
         if want_addr not in have.addresses:
             ops.append((Change("link", "add", f"{t.name} address {t.address}/{t.prefixlen}"),
-                        lambda ipr, i=index, a=want_addr: ipr.addr("add", index=i, address=a[0], prefixlen=a[1])))
+                        partial(_address, "add", index, want_addr)))
         if not have.up:
-            ops.append((Change("link", "update", f"{t.name} up"),
-                        lambda ipr, i=index: ipr.link("set", index=i, state="up")))
+            ops.append((Change("link", "update", f"{t.name} up"), partial(_set_up, index)))
     return ops
 
 
@@ -142,19 +160,10 @@ def _set_remote(t: Tunnel, index: int) -> Callable[[Any], None]:
         try:
             ipr.link("set", index=index, **_remote_attr(t))
         except NetlinkError:
-            _delete(t.name)(ipr)
-            _create(t)(ipr)
+            _replace(t)(ipr)
 
     return run
 
 
 def apply(netns: Netns, ops: list[Op]) -> list[Change]:
-    done: list[Change] = []
-    with netns.iproute() as ipr:
-        for change, run in ops:
-            try:
-                run(ipr)
-            except (NetlinkError, CniError) as exc:
-                raise PartialFailure(f"{change} failed in {netns}: {exc}", done) from exc
-            done.append(change)
-    return done
+    return run_netlink_ops(netns, ops)

@@ -12,7 +12,7 @@ import logging
 import os
 import subprocess
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import CniError
 
@@ -80,3 +80,22 @@ class Netns:
 
         self.check_exists()
         return IPRoute(netns=self.path) if self.path else IPRoute()
+
+
+def run_netlink_ops(netns: Netns, ops: list[tuple[Any, Callable[[Any], None]]]) -> list:
+    """Run (change, action) pairs on one netlink socket in ``netns``; return the changes made.
+
+    On a failure, :class:`PartialFailure` carries the changes made before it, so the report
+    says exactly what the kernel now holds.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    done: list = []
+    with netns.iproute() as ipr:
+        for change, run in ops:
+            try:
+                run(ipr)
+            except (NetlinkError, CniError) as exc:
+                raise PartialFailure(f"{change} failed in {netns}: {exc}", done) from exc
+            done.append(change)
+    return done

@@ -8,14 +8,14 @@ coming or going adds or removes exactly its one route in table 100.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import constants as c
 from .changes import Change
-from .netns import CniError, Netns, PartialFailure
+from .netns import CniError, Netns, run_netlink_ops
 from .plan import Route, Rule
 from .render import route_line, rule_line
 
@@ -29,12 +29,6 @@ SCOPE_NUMBERS = {v: k for k, v in SCOPES.items()}
 
 
 # -- rules -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActualRule:
-    rule: Rule | None  # None: a rule at our priority that our model cannot express (kept for removal)
-    raw: Any
 
 
 def _rule_from_msg(msg: Any) -> Rule | None:
@@ -88,6 +82,10 @@ def _delete_rule_msg(msg: Any) -> Callable[[Any], None]:
 Op = tuple[Change, Callable[[Any], None]]
 
 
+def _add_rule(rule: Rule, ipr: Any) -> None:
+    ipr.rule("add", **_rule_kwargs(rule))
+
+
 def diff_rules(desired: tuple[Rule, ...], actual: list[tuple[Rule | None, Any]]) -> list[Op]:
     ops: list[Op] = []
     have = [r for r, _ in actual]
@@ -99,7 +97,7 @@ def diff_rules(desired: tuple[Rule, ...], actual: list[tuple[Rule | None, Any]])
                 have.remove(rule)
     for rule in desired:
         if rule not in have:
-            ops.append((Change("rule", "add", rule_line(rule)), lambda ipr, r=rule: ipr.rule("add", **_rule_kwargs(r))))
+            ops.append((Change("rule", "add", rule_line(rule)), partial(_add_rule, rule)))
     return ops
 
 
@@ -179,6 +177,10 @@ def _delete_route_msg(msg: Any) -> Callable[[Any], None]:
     return run
 
 
+def _add_route(route: Route, ipr: Any) -> None:
+    ipr.route("add", **_route_kwargs(route, ipr))
+
+
 def diff_routes(desired: tuple[Route, ...], actual: list[tuple[Route, Any]]) -> list[Op]:
     """Routes are keyed by (table, destination): a changed route is replaced, others are untouched."""
     ops: list[Op] = []
@@ -192,18 +194,9 @@ def diff_routes(desired: tuple[Route, ...], actual: list[tuple[Route, Any]]) -> 
         ops.append((Change("route", "remove", f"table {route.table}: {route_line(route)}"), _delete_route_msg(msg)))
     for key, route in wanted.items():
         if key not in have:
-            ops.append((Change("route", "add", f"table {route.table}: {route_line(route)}"),
-                        lambda ipr, r=route: ipr.route("add", **_route_kwargs(r, ipr))))
+            ops.append((Change("route", "add", f"table {route.table}: {route_line(route)}"), partial(_add_route, route)))
     return ops
 
 
 def apply(netns: Netns, ops: list[Op]) -> list[Change]:
-    done: list[Change] = []
-    with netns.iproute() as ipr:
-        for change, run in ops:
-            try:
-                run(ipr)
-            except (NetlinkError, CniError) as exc:
-                raise PartialFailure(f"{change} failed in {netns}: {exc}", done) from exc
-            done.append(change)
-    return done
+    return run_netlink_ops(netns, ops)
