@@ -7,13 +7,18 @@ directory answers the first from file names, sizes and modification times, so po
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Hashable, Protocol
 
 from ..kube.manifests import load_manifests, manifest_files
 from ..model.index import MeshIndex
-from ..model.problems import Problems
+from ..model.problems import Problems, Severity
 from .errors import CniError
+
+
+#: Problems that mean a file was not (fully) read, as opposed to an object in it being invalid.
+_UNREADABLE = re.compile(r"^(cannot read|malformed YAML)")
 
 
 class ModelSource(Protocol):
@@ -46,9 +51,21 @@ class ManifestDirSource:
         return tuple(stamps)
 
     def load(self, problems: Problems) -> MeshIndex:
+        """The model; refused whole while a file cannot be read or parsed.
+
+        A half-written file (an editor saving, a copy in progress) would otherwise make its pods
+        vanish from the model, and the agent would take them out of the mesh until the next poll.
+        A single invalid object, by contrast, is skipped and reported, and the rest applies.
+        """
         if not self.root.exists():
             raise CniError(f"manifest directory {self.root} does not exist")
         loaded = load_manifests(self.root)
+        unreadable = [p for p in loaded.problems if p.severity is Severity.ERROR and _UNREADABLE.search(p.reason)]
+        if unreadable:
+            raise CniError(
+                f"{self} has unreadable files, the node is left as it is until they read again: "
+                + "; ".join(f"{p.subject}: {p.reason}" for p in unreadable)
+            )
         problems.extend(loaded.problems)
         return MeshIndex.build(loaded.cluster, problems)
 
