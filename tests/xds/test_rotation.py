@@ -1,0 +1,42 @@
+"""Certificates are re-issued at half their lifetime and pushed over SDS on the open stream."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from zpilot.certs import CertificateAuthority, IdentityCache
+from zpilot.xds.control_plane import ControlPlane, DebugOptions
+from zpilot.xds.order import SECRET_TYPE
+from zpilot.xds.server import ServerOptions
+
+from .ads_client import AdsClient
+from .conftest import load_index, per_node_translate
+from .envoy_util import NODE_A
+
+SLEEP_SECRET_PREFIX = "spiffe://cluster.local/ns/default/sa/sleep~"
+
+
+async def test_rotated_certificate_is_pushed_without_reconnecting(manifests):
+    identities = IdentityCache(CertificateAuthority.generate(), lifetime=timedelta(seconds=2))
+    plane = ControlPlane(
+        server_options=ServerOptions(host="127.0.0.1", port=0),
+        debug_options=DebugOptions(port=0),
+        translate=per_node_translate({}),
+        identities=identities,
+    )
+    await plane.update(load_index(manifests))
+    await plane.start()
+    client = AdsClient(plane.xds_port)
+    try:
+        [name] = [n for n in plane.cache.get_snapshot(NODE_A).resources(SECRET_TYPE).items
+                  if n.startswith(SLEEP_SECRET_PREFIX)]
+        client.request(SECRET_TYPE, names=[name], node_name=NODE_A)
+        first = await client.recv()
+        client.request(SECRET_TYPE, names=[name], nonce=first.nonce, version=first.version_info)
+        rotated = await client.recv(timeout=5.0)  # renewal is due after half of the 2 s lifetime
+        assert rotated.version_info != first.version_info
+        assert rotated.resources[0].value != first.resources[0].value
+        assert len(plane.registry) == 1  # same stream
+    finally:
+        await client.close()
+        await plane.stop()
