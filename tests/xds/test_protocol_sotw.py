@@ -261,3 +261,45 @@ async def test_oversized_request_is_refused_without_harm(fake_plane, client_fact
     world.nodes["a"].clusters["c4"] = ["10.0.0.4"]
     await plane.update(world.index())
     assert names(await good.recv()) == ["c1", "c2", "c4"]
+
+
+async def test_random_garbage_never_hurts_the_server(fake_plane, client_factory):
+    import random
+
+    plane, world = await fake_plane()
+    good = client_factory(plane.xds_port)
+    good.request(CLUSTER_TYPE, node_name="a")
+    r = await good.recv()
+    good.request(CLUSTER_TYPE, nonce=r.nonce, version=r.version_info)
+    rng = random.Random(1234)
+    valid = DiscoveryRequestBytes.example()
+    payloads = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))) for _ in range(20)]
+    # Truncated and bit-flipped versions of a valid request, which are harder to tell from the real thing.
+    payloads += [valid[: rng.randrange(1, len(valid))] for _ in range(10)]
+    for _ in range(10):
+        flipped = bytearray(valid)
+        flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+        payloads.append(bytes(flipped))
+    for payload in payloads:
+        bad = client_factory(plane.xds_port)
+        bad.send(payload)
+        try:
+            code, _ = await bad.status(timeout=0.5)
+        except asyncio.TimeoutError:
+            # A flipped bit can leave a valid request for node "a" (or another node): it is answered.
+            continue
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, payload
+    world.nodes["a"].clusters["c4"] = ["10.0.0.4"]
+    await plane.update(world.index())
+    assert names(await good.recv()) == ["c1", "c2", "c4"]
+    assert len(plane.registry) >= 1
+
+
+class DiscoveryRequestBytes:
+    @staticmethod
+    def example() -> bytes:
+        from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
+
+        from .ads_client import node
+
+        return DiscoveryRequest(type_url=CLUSTER_TYPE, node=node("a")).SerializeToString()

@@ -31,6 +31,9 @@ from .status import ConnectionStatus, Nack, StatusRegistry
 
 log = logging.getLogger("zpilot.xds")
 
+#: NACK error messages longer than this are cut (they come from the client).
+MAX_ERROR_CHARS = 4096
+
 
 @dataclass(frozen=True)
 class StreamOptions:
@@ -186,6 +189,8 @@ class Stream:
         assert self.status is not None
         ts = self.status.type(type_url)
         version = ts.last_sent_version if nonce == ts.last_sent_nonce else ""
+        if len(message) > MAX_ERROR_CHARS:  # the client's text: keep syncz and logs bounded
+            message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters)"
         ts.last_nack = Nack(version=version, nonce=nonce, error=message, code=code)
         ts.nack_count += 1
         self.metrics.nacks.inc(short_name(type_url))
@@ -220,6 +225,9 @@ class Stream:
             try:
                 first = await iterator.__anext__()
             except StopAsyncIteration:
+                return
+            except Exception as exc:  # e.g. an oversized first message: gRPC already ended the RPC
+                log.info("%s stream from %s ended before its first request: %s", self.mode, self.peer, exc)
                 return
             try:
                 request = self._parse(first)
