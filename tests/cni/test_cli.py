@@ -61,6 +61,8 @@ def test_apply_status_cleanup(topology, manifests, capsys):
     out = capsys.readouterr().out
     assert "ztunnel Pod istio-system/ztunnel-rts54 10.4.4.18 via veth300a1d80; tunnels vxlan; 3 meshed pod(s)" in out
     assert f"netns {topology.node}: in sync" in out and f"netns {topology.ztunnel}: in sync" in out
+    assert f"netns {topology.node}: 0 connections marked for the ztunnel; istioin rx 0 tx 0; istioout rx 0 tx 0" in out
+    assert f"netns {topology.ztunnel}: TPROXY 15008: 0 packets; TPROXY 15001: 0 packets; TPROXY 15006: 0 packets" in out
 
     in_ns(topology.node, "ip", "rule", "del", "priority", "101")
     assert main(["cni", "status", *model, *ns]) == 1

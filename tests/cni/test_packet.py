@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from zpilot.cni import counters
+
 from .kernel_state import iptables_save
 from .topology import add_foreign_state, in_ns
 
@@ -72,9 +74,17 @@ def rx_packets(ns: str, dev: str) -> int:
 @pytest.fixture
 def applied(topology, make_agent):
     add_foreign_state(topology)
-    _, reports = make_agent().reconcile_once()
+    agent = make_agent()
+    plan, reports = agent.reconcile_once()
     assert all(r.ok for r in reports), [r.errors for r in reports]
+    topology.agent, topology.plan = agent, plan
     return topology
+
+
+def status_counters(topo) -> dict[str, str]:
+    agent, plan = topo.agent, topo.plan
+    return {"node": counters.summary(agent.node.netns, agent.node.backend, plan.node_side),
+            "ztunnel": counters.summary(agent.ztunnel.netns, agent.ztunnel.backend, plan.ztunnel_side)}
 
 
 def test_meshed_pod_to_vip_arrives_at_tproxy_15001_with_the_vip_as_destination(applied):
@@ -95,6 +105,10 @@ def test_meshed_pod_to_vip_arrives_at_tproxy_15001_with_the_vip_as_destination(a
     assert outbound_mark_packets(topo.node) == marked + 1  # the SYN; the rest of the flow follows conntrack marks
     assert tx_packets(topo.node, "istioout") > tunnel_out
     assert rx_packets(topo.ztunnel, "pistioout") > tunnel_in
+    # and `zpilot cni status` shows it
+    status = status_counters(topo)
+    assert f"{marked + 1} connections marked for the ztunnel" in status["node"]
+    assert re.search(r"TPROXY 15001: [1-9]\d* packets", status["ztunnel"])
 
 
 def test_non_meshed_pod_to_vip_is_not_intercepted(applied):

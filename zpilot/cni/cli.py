@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..model.problems import Problems
+from . import counters
 from .agent import AgentOptions, NodeAgent, make_plan
 from .errors import CniError
 from .plan import Mode, UnknownZtunnelVeth
@@ -132,6 +133,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             in_sync = False
         else:
             print(f"{report.netns}: in sync")
+    for reconciler, side in ((agent.node, plan.node_side), (agent.ztunnel, plan.ztunnel_side)):
+        if reconciler is not None and side is not None and not side.is_empty:
+            try:
+                print(f"{reconciler.netns}: {counters.summary(reconciler.netns, reconciler.backend, side)}")
+            except CniError as exc:
+                print(f"{reconciler.netns}: counters unavailable: {exc}")
     healthy = in_sync and plan.mode in (Mode.REDIRECT, Mode.IDLE)
     return 0 if healthy else 1
 
