@@ -147,3 +147,22 @@ def test_missing_kernel_features_are_named():
     with pytest.raises(CniError, match="kernel lacks .* TPROXY: the TPROXY target"):
         preflight.require(features, ("TPROXY", "ipset"))
     preflight.require(features, ("ipset",))  # not needed: no complaint
+
+
+def test_geneve_tunnels_are_asked_for_as_in_2022():
+    attrs = links._tunnel_attrs(Tunnel("istioout", TunnelKind.GENEVE, 1001, "10.4.4.18", "192.168.127.1", 30, 1410))
+    assert attrs == {"kind": "geneve", "geneve_id": 1001, "geneve_remote": "10.4.4.18", "geneve_port": 6081,
+                     "geneve_udp_csum": 0}
+
+
+@pytest.mark.root
+def test_a_killed_agent_s_probe_namespace_is_removed(monkeypatch):
+    import subprocess
+
+    stale = f"{preflight.PROBE_PREFIX}999999999"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        preflight._remove_stale_probes()
+        assert stale not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", stale], capture_output=True)

@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from .iptables import Backend
-from .netns import CniError, Netns
+from .netns import NETNS_RUN_DIR, CniError, Netns
 from .plan import TunnelKind
 
 log = logging.getLogger("zpilot.cni")
@@ -65,6 +65,21 @@ class KernelFeatures:
     vxlan: bool = False
 
 
+PROBE_PREFIX = "zpilot-probe-"
+
+
+def _remove_stale_probes() -> None:
+    """Scratch namespaces of agents that were killed mid-probe (their process is gone)."""
+    try:
+        names = os.listdir(NETNS_RUN_DIR)
+    except OSError:
+        return
+    for name in names:
+        pid = name.removeprefix(PROBE_PREFIX)
+        if name.startswith(PROBE_PREFIX) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 _cache: dict[str, KernelFeatures] = {}
 _fallback_logged: list[bool] = []  # the VXLAN fallback is said once per process, not every reconcile
 
@@ -74,7 +89,8 @@ def probe_kernel(backend: Backend) -> KernelFeatures:
     if backend.name in _cache:
         return _cache[backend.name]
     features = KernelFeatures()
-    name = f"zpilot-probe-{os.getpid()}"
+    _remove_stale_probes()
+    name = f"{PROBE_PREFIX}{os.getpid()}"
     scratch = Netns(name)
     created = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
     if created.returncode != 0:
