@@ -20,18 +20,12 @@ SLEEP_TO_PRODUCTPAGE = f"{SLEEP_ID}_to_http_productpage.default.svc.cluster.loca
 
 #: Runtime findings (docs/demo.md, "Runtime findings"): known defects of the translated config
 #: on stock Envoy 1.40. strict: once fixed, these tests XPASS and fail, and the marker must go.
-RST_ON_INTERNAL_CLOSE = pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: Envoy 1.40 resets the pod's connection (flag UR) when the internal listener closes;"
-    " the bootstrap needs envoy.reloadable_features.enable_send_rst_on_user_space_socket=false",
-)
 SAME_NODE_HAIRPIN = pytest.mark.xfail(
     strict=True,
     reason="finding 2: same-node pod-IP tunnel (15088 REDIRECT) SYN-ACK leaves through pistioin: UF,URX",
 )
 
 
-@RST_ON_INTERNAL_CLOSE
 def test_1_service_vip_across_nodes(world):
     """sleep -> productpage VIP:9080 on the other node: the article's path."""
     vip, port = scenarios.service_target(world, "productpage")
@@ -66,7 +60,6 @@ def test_1_service_vip_across_nodes(world):
     assert inbound["upstream_local"] == trace.seen_by_pod["peer"]
 
 
-@RST_ON_INTERNAL_CLOSE
 def test_1_service_vip_is_reliable(world):
     """The same path, twenty times over: every response arrives whole (none cut by a reset)."""
     vip, port = scenarios.service_target(world, "productpage")
@@ -97,7 +90,6 @@ def test_2_pod_ip_across_nodes(world):
     assert inbound["upstream_local"] == trace.seen_by_pod["peer"]
 
 
-@RST_ON_INTERNAL_CLOSE
 def test_3_same_node_service_vip(world):
     """sleep -> details VIP: same node, so the tunnel goes to details' IP on 15088 and the
     ztunnel's own nat OUTPUT redirect hands it to its 15008 listener."""

@@ -327,6 +327,18 @@ class World:
 
     # -- teardown ------------------------------------------------------------------------------
 
+    def leftovers(self) -> list[str]:
+        """What of this world still exists (empty after a clean :meth:`close`): namespaces,
+        processes it started, its working directory."""
+        from .netns import list_netns
+
+        left = [f"netns {ns}" for ns in list_netns() if ns.startswith(self.prefix + "-")]
+        if self.supervisor is not None:
+            left += [f"process {c.name} (pid {c.pid})" for c in self.supervisor.children if c.alive()]
+        if self.dir is not None and self.dir.exists() and not self.options.keep_workdir and self.options.workdir is None:
+            left.append(f"directory {self.dir}")
+        return left
+
     def close(self) -> None:
         if self._closed:
             return

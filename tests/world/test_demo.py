@@ -1,0 +1,106 @@
+"""``zpilot demo`` and ``zpilot explain`` agree on scenario 1; the demo runs from the command line
+and leaves nothing behind; a world torn down by Ctrl-C leaves nothing behind either."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zpilot.explain import FACT_KEYS
+from zpilot.world import demo as world_demo
+from zpilot.world.netns import NAME_PREFIX, list_netns
+
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
+
+
+def test_explain_agrees_with_what_the_demo_observed(world):
+    result = world_demo.run_scenario_1(world)
+    trace = result.observation.trace
+    assert trace.ok, trace.error
+    assert result.observation.facts.get("response_flags") == "-"
+    observed = {k: result.observation.facts.get(k) for k in FACT_KEYS}
+    missing = [k for k, v in observed.items() if v is None]
+    assert not missing, f"the demo did not observe {missing}"
+    assert result.differences == {}, f"explain vs observed: {result.differences}"
+    # the observations are the kernel's and Envoy's own, not copies of explain's
+    evidence = result.observation.evidence
+    assert "+" in evidence["mark"] and "pkts" in evidence["mark"]
+    assert "ip route get" in evidence["route_table"] and "ip route get" in evidence["dest_route_table"]
+    assert evidence["peer_identity"].endswith("access log")
+
+
+def test_demo_command_prints_the_path_and_cleans_up():
+    before = {ns for ns in list_netns() if ns.startswith(NAME_PREFIX)}
+    proc = subprocess.run([sys.executable, "-m", "zpilot.cli", "demo"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for expected in ("mark               0x100", "route_table        101", "tunnel_device      istioout",
+                     "tproxy_port        15001", "inbound_chain      inbound_10.4.3.20",
+                     "peer_identity      spiffe://cluster.local/ns/default/sa/sleep",
+                     f"agrees on all {len(FACT_KEYS)} facts"):
+        assert expected in out, out
+    # other tests may create and delete their own namespaces meanwhile: look at worlds' only
+    assert {ns for ns in list_netns() if ns.startswith(NAME_PREFIX)} <= before
+
+
+def test_demo_without_prerequisites_says_what_is_missing(monkeypatch, capsys):
+    from zpilot.commands import demo as demo_command
+
+    monkeypatch.setattr(demo_command, "missing_prerequisites", lambda: ["root (...)", "`ipset` not on PATH"])
+    assert demo_command.run(type("Args", (), {"keep_logs": False})()) == 2
+    err = capsys.readouterr().err
+    assert "root" in err and "ipset" in err
+
+
+BUILD_AND_WAIT = """
+import sys, time
+from zpilot.world.builder import World
+with World() as w:
+    print(w.prefix, w.dir, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_ctrl_c_tears_the_world_down(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", BUILD_AND_WAIT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = proc.stdout.readline().split()
+        assert line, proc.stderr.read()
+        prefix, workdir = line[0], Path(line[1])
+        assert any(ns.startswith(prefix + "-") for ns in list_netns())
+        envoys = _pids_running(str(workdir))
+        assert envoys, "no process of the world found"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not [ns for ns in list_netns() if ns.startswith(prefix + "-")]
+    deadline = time.monotonic() + 5
+    while _pids_running(str(workdir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _pids_running(str(workdir)), "processes of the world survived Ctrl-C"
+    assert not workdir.exists()
+
+
+def _pids_running(text: str) -> list[int]:
+    """Processes whose command line mentions ``text`` (the world's private directory)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(pid))
+    return found
