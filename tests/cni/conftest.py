@@ -19,7 +19,7 @@ from .topology import NODE_A, Topology
 REPO = Path(__file__).resolve().parents[2]
 ARTICLE = REPO / "examples" / "article"
 TESTDATA = Path(__file__).parent / "testdata"
-TOOLS = ("ip", "iptables-save", "iptables-restore", "ipset", "sysctl", "nsenter")
+TOOLS = ("ip", "iptables-save", "iptables-restore", "ipset", "nsenter")
 
 
 def pytest_collection_modifyitems(config, items):

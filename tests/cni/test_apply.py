@@ -12,7 +12,7 @@ from zpilot.cni import constants as c
 
 from .conftest import TESTDATA
 from .kernel_state import ip_route_table, ip_rule, ipset_list, iptables_save, snapshot, tunnel_summary
-from .topology import PODS, add_foreign_state, in_ns, sh
+from .topology import add_foreign_state, get_sysctl, in_ns, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.netns]
 
@@ -50,8 +50,10 @@ def test_applied_state_matches_the_article_listings(topology, make_agent):
     for table in ("100", "101", "102"):
         assert ip_route_table(zt, table) == expected(f"ztunnel.route-{table}.txt"), table
     assert tunnel_summary(zt, ZTUNNEL_TUNNELS) == expected("ztunnel.tunnels.txt")
-    assert in_ns(node, "sysctl", "-n", "net.ipv4.conf.veth300a1d80.rp_filter").strip() == "0"
-    assert in_ns(node, "sysctl", "-n", "net.ipv4.conf.vethsleep.rp_filter").strip() == "0"
+    assert get_sysctl(node, "net/ipv4/conf/veth300a1d80/rp_filter") == "0"
+    assert get_sysctl(node, "net/ipv4/conf/vethsleep/rp_filter") == "0"
+    assert get_sysctl(node, "net/ipv4/ip_forward") == "1"
+    assert get_sysctl(zt, "net/ipv4/conf/pistioout/accept_local") == "1"
 
 
 def test_the_article_s_own_lines_are_all_there(topology, make_agent):

@@ -19,6 +19,8 @@ ZTUNNEL_IP = "10.4.4.18"
 ZTUNNEL_VETH = "veth300a1d80"
 VETH_MTU = 1460  # GKE's; the tunnels get 1410 as in the article
 
+NO_IPV6 = {"net/ipv6/conf/all/disable_ipv6": "1", "net/ipv6/conf/default/disable_ipv6": "1"}
+
 #: pod name -> (IP, host-side veth), as in examples/article/pods.yaml
 PODS = {
     "sleep": ("10.4.4.19", "vethsleep"),
@@ -37,6 +39,16 @@ def sh(*argv: str, input: str | None = None, check: bool = True) -> str:
 
 def in_ns(ns: str, *argv: str, check: bool = True, input: str | None = None) -> str:
     return sh("ip", "netns", "exec", ns, *argv, check=check, input=input)
+
+
+def set_sysctls(ns: str, **values: str) -> None:
+    """``set_sysctls(ns, **{"net/ipv4/conf/all/rp_filter": "1"})``, without needing procps."""
+    script = "; ".join(f"echo {v} > /proc/sys/{k}" for k, v in values.items())
+    in_ns(ns, "sh", "-c", script)
+
+
+def get_sysctl(ns: str, path: str) -> str:
+    return in_ns(ns, "cat", f"/proc/sys/{path}").strip()
 
 
 @dataclass
@@ -77,9 +89,9 @@ class Topology:
             self._add_ns(self.node)
             self._add_ns(self.ztunnel)
             for ns in (self.node, self.ztunnel):  # strict reverse-path filtering, as many distributions ship
-                in_ns(ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1")
+                set_sysctls(ns, **{"net/ipv4/conf/all/rp_filter": "1", "net/ipv4/conf/default/rp_filter": "1"})
             for ns in self.created:  # no IPv6 link-local addresses appearing (and routes with them) as DAD ends
-                in_ns(ns, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+                set_sysctls(ns, **NO_IPV6)
             self._wire(self.ztunnel, ZTUNNEL_IP, ZTUNNEL_VETH)
             for name in pods:
                 self.add_pod(name)
@@ -91,8 +103,7 @@ class Topology:
     def add_pod(self, name: str) -> None:
         ip, veth = PODS[name]
         self._add_ns(self.pod(name))
-        in_ns(self.pod(name), "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1",
-              "net.ipv6.conf.default.disable_ipv6=1")
+        set_sysctls(self.pod(name), **NO_IPV6)
         self._wire(self.pod(name), ip, veth)
 
     def destroy(self) -> None:

@@ -25,7 +25,7 @@ PACKAGES = {
     "iptables-save": "iptables",
     "iptables-restore": "iptables",
     "ipset": "ipset",
-    "sysctl": "procps",
+    "sh": "a POSIX shell",
     "nsenter": "util-linux",
     "ip": "iproute2",
 }
@@ -47,7 +47,7 @@ def missing_tools(tools: list[str]) -> list[str]:
 
 
 def check_tools(*, ipset: bool, netns: bool, backend: Backend | None = None) -> None:
-    tools = ["ip", "sysctl"]
+    tools = ["ip", "sh"]
     tools += [backend.save, backend.restore] if backend else ["iptables-save", "iptables-restore"]
     if ipset:
         tools.append("ipset")

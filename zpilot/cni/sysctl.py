@@ -1,7 +1,7 @@
 """Kernel settings the redirection needs (forwarding, loose reverse-path filtering, accept_local).
 
 Strict ``rp_filter`` drops the ztunnel's spoofed-source replies and the decapsulated tunnel
-traffic, so it is turned off where the 2022 agent turned it off. Read in one ``sysctl`` call and
+traffic, so it is turned off where the 2022 agent turned it off. Read in one shell call and
 written in one, inside the target namespace (``/proc/sys/net`` is per namespace). Sysctls are
 not reverted by cleanup: see docs/cni.md.
 """
@@ -13,22 +13,24 @@ from .netns import Netns
 from .plan import Sysctl
 
 
-def _key(path: str) -> str:
-    """How ``sysctl`` prints a path: slashes become dots and dots (as in ``eth0.100``) slashes."""
-    return path.replace(".", "\0").replace("/", ".").replace("\0", "/")
+#: Prints ``path=value`` for each /proc/sys path given that exists; a shell and cat are on every
+#: node, the ``sysctl`` binary (procps) is not on minimal images.
+_READ = 'for p in "$@"; do [ -e "/proc/sys/$p" ] && printf "%s=%s\\n" "$p" "$(cat "/proc/sys/$p")"; done; true'
+#: Writes value to path for each (path, value) pair given; stops at the first failure.
+_WRITE = 'while [ $# -gt 0 ]; do printf "%s" "$2" > "/proc/sys/$1" || exit 1; shift 2; done'
 
 
 def read(netns: Netns, sysctls: tuple[Sysctl, ...]) -> dict[str, str]:
-    """Current values by path; a setting that does not exist (yet) is left out."""
+    """Current values by path (``/proc/sys/net`` is per namespace); a setting that does not exist yet is left out."""
     if not sysctls:
         return {}
-    proc = netns.run(["sysctl", "-e", *[s.path for s in sysctls]], check=False)
+    proc = netns.run(["sh", "-c", _READ, "sh", *[s.path for s in sysctls]])
     values: dict[str, str] = {}
     for line in proc.stdout.splitlines():
-        key, sep, value = line.partition(" = ")
+        path, sep, value = line.partition("=")
         if sep:
-            values[key.strip()] = value.strip()
-    return {s.path: values[_key(s.path)] for s in sysctls if _key(s.path) in values}
+            values[path] = value.strip()
+    return values
 
 
 def diff(desired: tuple[Sysctl, ...], actual: dict[str, str]) -> list[Sysctl]:
@@ -38,5 +40,5 @@ def diff(desired: tuple[Sysctl, ...], actual: dict[str, str]) -> list[Sysctl]:
 def apply(netns: Netns, changes: list[Sysctl]) -> list[Change]:
     if not changes:
         return []
-    netns.run(["sysctl", "-q", "-w", *[f"{s.path}={s.value}" for s in changes]])
+    netns.run(["sh", "-c", _WRITE, "sh", *[part for s in changes for part in (s.path, s.value)]])
     return [Change("sysctl", "update", f"{s.path.replace('/', '.')} = {s.value}") for s in changes]
