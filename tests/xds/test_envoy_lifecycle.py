@@ -151,3 +151,26 @@ async def test_delta_envoy_converges_and_gets_removals(make_plane, envoys, manif
     removals = [r.getMessage() for r in caplog.records if "removed_resources=" in r.getMessage()]
     assert any("CDS" in m and "details.default.svc" in m for m in removals), removals
     # (Envoy unsubscribes the removed clusters' endpoints itself, so EDS owes it no removal notice.)
+
+
+async def test_delta_envoy_reconnect_resends_only_what_differs(make_plane, envoys, caplog):
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
+    plane = await make_plane()
+    envoy = envoys(NODE_A, plane.xds_port, delta=True)
+    await envoy.wait_ready()
+    await wait_synced(plane.debug_port, NODE_A)
+    port = plane.xds_port
+    await plane.stop()
+    caplog.clear()
+
+    restarted = await make_plane(xds_port=port)  # same model, same certificates: nothing differs
+
+    async def reconnected():
+        conns = await debug_json(restarted.debug_port, "/debug/syncz", node=NODE_A)
+        return conns if conns and {t["type"] for t in conns[0]["types"]} == {"CDS", "EDS", "SDS", "LDS"} else None
+
+    [conn] = await eventually(reconnected, 20)
+    await wait_no_diff(restarted.debug_port, envoy)
+    assert all(t["nack_count"] == 0 for t in conn["types"])
+    # Envoy reported what it had (initial_resource_versions); every version matched, so nothing was resent.
+    assert sent_order(caplog, conn["id"]) == []
