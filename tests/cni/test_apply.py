@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import threading
 import time
 
@@ -10,7 +11,7 @@ import pytest
 
 from zpilot.cni import constants as c
 
-from .conftest import TESTDATA
+from .conftest import ARTICLE, TESTDATA
 from .kernel_state import ip_route_table, ip_rule, ipset_list, iptables_save, snapshot, tunnel_summary
 from .topology import add_foreign_state, get_sysctl, in_ns, sh
 
@@ -233,6 +234,13 @@ def test_missing_ztunnel_fails_open_then_closed(topology, make_agent, manifests)
     assert "-A ztunnel-PREROUTING -p tcp -m set --match-set ztunnel-pods-ips src -j DROP" in saved
     assert "10.4.4.19" in ipset_list(topology.node)
     assert ip_rule(topology.node).count("lookup") == 3  # local, main, default: nothing of ours
+    # the ztunnel is back: full redirection again, without the drops
+    shutil.copy(ARTICLE / "istio-system.yaml", manifests / "istio-system.yaml")
+    plan, reports = apply_ok(make_agent(fail_closed=True))
+    assert plan.mode.value == "redirect" and not plan.alerts
+    saved = iptables_save(topology.node)
+    assert "-j DROP" not in saved and "--match-set ztunnel-pods-ips src -j MARK --set-xmark 0x100/0x100" in saved
+    assert ip_rule(topology.node) == expected("node.ip-rule.txt").replace("200:\tfrom all fwmark 0x4000/0x4000 lookup 200\n", "")
 
 
 def test_a_node_on_iptables_legacy_gets_legacy_rules(topology, make_agent):
