@@ -19,13 +19,17 @@ async def get(port: int, path: str, **params) -> httpx.Response:
         return await client.get(f"http://127.0.0.1:{port}{path}", params=params)
 
 
-async def test_not_ready_until_a_model_is_loaded():
+async def test_not_ready_until_a_model_is_loaded(manifests):
+    from .conftest import load_index, per_node_translate
+
     plane = ControlPlane(server_options=ServerOptions(host="127.0.0.1", port=0),
-                         debug_options=DebugOptions(port=0))
+                         debug_options=DebugOptions(port=0), translate=per_node_translate({}))
     await plane.start()
     try:
         assert (await get(plane.debug_port, "/healthz/ready")).status_code == 503
         assert (await get(plane.debug_port, "/debug/registryz")).status_code == 503
+        await plane.update(load_index(manifests))
+        assert (await get(plane.debug_port, "/healthz/ready")).status_code == 200
     finally:
         await plane.stop()
 

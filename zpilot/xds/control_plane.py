@@ -54,10 +54,15 @@ class ControlPlane:
         self.ads = AdsServer(self.cache, options=server_options, metrics=self.metrics, registry=self.registry)
         self.debug_options = debug_options or DebugOptions()
         self.debug_port: int | None = None
-        self.ready = False
+        self._started = False
         self.last_report: UpdateReport | None = None
         self._uvicorn = None
         self._tasks: list[asyncio.Task] = []
+
+    @property
+    def ready(self) -> bool:
+        """Serving, with config produced from a model (what /healthz/ready reports)."""
+        return self._started and self.producer.index is not None
 
     @property
     def index(self) -> MeshIndex | None:
@@ -110,11 +115,11 @@ class ControlPlane:
         self.debug_port = _bound_port(server) or self.debug_options.port
         if self.identities is not None:
             self._tasks.append(asyncio.create_task(self._rotate_certificates(), name="cert-rotation"))
-        self.ready = self.producer.index is not None
+        self._started = True
         log.info("debug API on http://%s:%d (OpenAPI at /docs)", self.debug_options.host, self.debug_port)
 
     async def stop(self) -> None:
-        self.ready = False
+        self._started = False
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         for task in self._tasks:
