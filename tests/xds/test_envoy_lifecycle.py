@@ -174,3 +174,19 @@ async def test_delta_envoy_reconnect_resends_only_what_differs(make_plane, envoy
     assert all(t["nack_count"] == 0 for t in conn["types"])
     # Envoy reported what it had (initial_resource_versions); every version matched, so nothing was resent.
     assert sent_order(caplog, conn["id"]) == []
+
+
+async def test_bounded_connection_age_recycles_streams_and_envoy_stays_in_sync(make_plane, envoys):
+    plane = await make_plane(max_connection_age_ms=1500, max_connection_age_grace_ms=500)
+    envoy = envoys(NODE_A, plane.xds_port)
+    await envoy.wait_ready()
+    first = await wait_synced(plane.debug_port, NODE_A)
+
+    async def recycled():
+        conns = await debug_json(plane.debug_port, "/debug/syncz", node=NODE_A)
+        return conns and conns[0]["id"] != first["id"]
+
+    await eventually(recycled, timeout=15)
+    assert plane.metrics.connections_total.value("sotw") >= 2
+    await wait_synced(plane.debug_port, NODE_A)
+    await wait_no_diff(plane.debug_port, envoy)
