@@ -109,3 +109,34 @@ def test_missing_tproxy_is_named_and_nothing_changes(topology, manifests, capsys
     assert code == 2
     assert "the kernel lacks what the redirection needs, nothing was changed: TPROXY: the TPROXY target" in err
     assert (snapshot(topology.node), snapshot(topology.ztunnel)) == before
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_ztunnel_setup_from_inside_the_pod_matches_the_agent_s_ztunnel_side(topology, capsys):
+    """Found from the pod alone (eth0's address, the default gateway, eth0's MTU): no model, no node access."""
+    from .kernel_state import ip_route_table, ip_rule, iptables_save, tunnel_summary
+    from .test_apply import ZTUNNEL_TUNNELS, expected
+
+    add_foreign_state(topology)
+    zt = topology.ztunnel
+    before = snapshot(zt)
+    assert main(["cni", "ztunnel-setup", "--netns", zt, "--tunnel", "vxlan"]) == 0
+    assert "ztunnel 10.4.4.18, node 10.4.4.1, tunnels vxlan mtu 1410" in capsys.readouterr().out
+    assert iptables_save(zt) == expected("ztunnel.iptables-save.txt")
+    assert ip_rule(zt) == expected("ztunnel.ip-rule.txt")
+    for table in ("100", "101", "102"):
+        assert ip_route_table(zt, table) == expected(f"ztunnel.route-{table}.txt")
+    assert tunnel_summary(zt, ZTUNNEL_TUNNELS) == expected("ztunnel.tunnels.txt")
+    assert main(["cni", "ztunnel-setup", "--netns", zt, "--tunnel", "vxlan", "--dry-run"]) == 0
+    assert "in sync, no changes" in capsys.readouterr().out
+    assert main(["cni", "ztunnel-setup", "--netns", zt, "--cleanup"]) == 0
+    assert snapshot(zt) == before
+
+
+@pytest.mark.root
+@pytest.mark.netns
+def test_ztunnel_setup_without_a_gateway_asks_for_host_ip(topology, capsys):
+    in_ns(topology.ztunnel, "ip", "route", "del", "default")
+    assert main(["cni", "ztunnel-setup", "--netns", topology.ztunnel, "--tunnel", "vxlan"]) == 2
+    assert f"found no default route via eth0 in netns {topology.ztunnel}: pass --host-ip" in capsys.readouterr().err

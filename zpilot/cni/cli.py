@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -13,10 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..model.problems import Problems
-from . import counters
+from . import counters, preflight
 from .agent import AgentOptions, NodeAgent, make_plan
 from .errors import CniError
-from .plan import Mode, UnknownZtunnelVeth
+from .discover import discover_in_ztunnel
+from .netns import Netns
+from .plan import ZTUNNEL_OWNERSHIP, Mode, NetnsPlan, NodeFacts, UnknownZtunnelVeth, check_ifname, ztunnel_side
+from .reconcile import Reconciler
 from .render import render_plan
 
 log = logging.getLogger("zpilot.cni")
@@ -174,6 +178,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ztunnel_setup(args: argparse.Namespace) -> int:
+    """The ztunnel pod's side alone, from inside it (or with --netns): what the 2022 init container did."""
+    netns = Netns(args.netns)
+    netns.check_exists()
+    reconciler = Reconciler(netns, iptables_backend=args.iptables)
+    if args.cleanup:
+        return 0 if _print_reports([reconciler.reconcile(NetnsPlan.empty(ZTUNNEL_OWNERSHIP))], verb="removed:") else 1
+    check_ifname("--iface", args.iface)
+    found = discover_in_ztunnel(netns, args.iface)
+    ztunnel_ip = args.ztunnel_ip or found.get("ztunnel_ip")
+    host_ip = args.host_ip or found.get("host_ip")
+    for flag, value, what in (("--ztunnel-ip", ztunnel_ip, f"IPv4 address on {args.iface}"),
+                              ("--host-ip", host_ip, f"default route via {args.iface}")):
+        if value is None:
+            raise CniError(f"found no {what} in {netns}: pass {flag}")
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise CniError(f"{flag} {value!r} is not an IPv4 address") from None
+    preflight.check_tools(ipset=False, netns=bool(args.netns), backend=reconciler.backend)
+    features = preflight.probe_kernel(reconciler.backend)
+    preflight.require(features, ("TPROXY", "mark/connmark", "REDIRECT"))
+    facts = NodeFacts(mtu=args.mtu or found.get("mtu", NodeFacts.mtu), ztunnel_iface=args.iface,
+                      tunnel_kind=preflight.choose_tunnel(args.tunnel, features))
+    report = reconciler.reconcile(ztunnel_side(ztunnel_ip, host_ip, facts), dry_run=args.dry_run)
+    print(f"ztunnel {ztunnel_ip}, node {host_ip}, tunnels {facts.tunnel_kind.value} mtu {facts.mtu}")
+    return 0 if _print_reports([report], verb="would change:" if args.dry_run else "changed:") else 1
+
+
 def _guard(func):
     """Operator errors print one clear line and exit 2, instead of a traceback."""
 
@@ -209,6 +242,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cleanup", help="remove everything zpilot created, and nothing else")
     _common(p, model=False)
     p.set_defaults(func=_guard(cmd_cleanup))
+
+    p = sub.add_parser("ztunnel-setup", help="only the ztunnel pod's side, from inside it (no model needed)",
+                       description="Tunnels, TPROXY rules, ip rules and routes of the ztunnel pod, found from the pod's"
+                                   " own interface and default gateway: the job of the 2022 ztunnel init container.")
+    p.add_argument("--netns", metavar="NAME|PATH", help="the ztunnel pod's network namespace (default: the own one)")
+    p.add_argument("--iface", default="eth0", help="the pod's interface (eth0)")
+    p.add_argument("--ztunnel-ip", metavar="IP", help="the pod's IP (default: the interface's IPv4 address)")
+    p.add_argument("--host-ip", metavar="IP", help="the node's address (default: the default gateway)")
+    p.add_argument("--mtu", type=_mtu, help="tunnel MTU (default: the interface's MTU minus 50)")
+    p.add_argument("--tunnel", choices=("auto", "geneve", "vxlan"), default="auto")
+    p.add_argument("--iptables", choices=("auto", "legacy", "nft"), default="auto")
+    p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument("--cleanup", action="store_true", help="remove the ztunnel side instead")
+    p.set_defaults(func=_guard(cmd_ztunnel_setup))
 
     p = sub.add_parser("run", help="the agent: reconcile on every model change and periodically")
     _common(p)

@@ -80,3 +80,23 @@ def discover(netns: Netns, node: Node, ztunnel: Workload | None, meshed: list[Wo
         facts["host_ip"] = host_ip
     facts["pod_veths"] = {w.ip: dev for w in meshed if w.ip and (dev := routes.device_for(w.ip))}
     return facts
+
+
+def discover_in_ztunnel(netns: Netns, iface: str) -> dict[str, Any]:
+    """From inside the ztunnel pod: its IP (``iface``'s IPv4 address), the node's address (the default
+    gateway, as the 2022 init script took it) and the tunnel MTU (``iface``'s MTU minus the overhead)."""
+    facts: dict[str, Any] = {}
+    with netns.iproute() as ipr:
+        indexes = ipr.link_lookup(ifname=iface)
+        if not indexes:
+            return facts
+        link = ipr.get_links(indexes[0])[0]
+        facts["mtu"] = link.get_attr("IFLA_MTU") - c.TUNNEL_OVERHEAD
+        addresses = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=indexes[0])]
+        if addresses:
+            facts["ztunnel_ip"] = addresses[0]
+        for msg in ipr.get_routes(family=2, table=MAIN_TABLE):
+            if msg["dst_len"] == 0 and msg.get_attr("RTA_GATEWAY") and msg.get_attr("RTA_OIF") == indexes[0]:
+                facts["host_ip"] = msg.get_attr("RTA_GATEWAY")
+                break
+    return facts

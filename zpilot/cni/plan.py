@@ -266,6 +266,12 @@ _IFNAME = re.compile(r"[^\s/:]{1,15}")
 _UNSAFE_COMMENT = re.compile(r"[^A-Za-z0-9._:/-]")
 
 
+def check_ifname(what: str, name: str) -> None:
+    """An interface name goes into iptables-restore lines and sysctl paths: refuse anything else by name."""
+    if not _IFNAME.fullmatch(name):
+        raise PlanError(f"{what} {name!r} is not an interface name (1-15 characters, no spaces, '/' or ':')")
+
+
 def ipset_comment(w: Workload) -> str:
     """The pod's UID (its name if it has none), reduced to characters ``ipset restore`` takes unquoted."""
     text = _UNSAFE_COMMENT.sub("_", w.uid or f"{w.namespace}/{w.name}")
@@ -353,8 +359,10 @@ def _fail_closed_node_side(meshed: tuple[Workload, ...]) -> NetnsPlan:
 # -- the ztunnel pod's namespace -----------------------------------------------------------------
 
 
-def _ztunnel_side(ztunnel: Workload, host_ip: str, facts: NodeFacts) -> NetnsPlan:
-    zt_ip = ztunnel.ip
+def ztunnel_side(zt_ip: str, host_ip: str, facts: NodeFacts) -> NetnsPlan:
+    """The ztunnel pod's own rules. They depend on its IP and the node's only, not on the model, so
+    they can also be set up from inside the pod (``zpilot cni ztunnel-setup``, the 2022 init script's job).
+    """
     eth = facts.ztunnel_iface
     tproxy = f"--on-ip 127.0.0.1 --tproxy-mark {c.TPROXY_MARK:#x}/{c.ZTUNNEL_MARK_MASK:#x}"
     mangle = IptablesChain(
@@ -494,8 +502,7 @@ def build_plan(
             f"the host-side veth of {ztunnel.ref} ({ztunnel.ip}) on {node.ref} is unknown:"
             " it was not found in the node's routes; pass --ztunnel-veth"
         )
-    for what, name in (("--ztunnel-veth", veth), ("--ztunnel-iface", facts.ztunnel_iface)):
-        if not _IFNAME.fullmatch(name):
-            raise PlanError(f"{what} {name!r} is not an interface name (1-15 characters, no spaces, '/' or ':')")
+    check_ifname("--ztunnel-veth", veth)
+    check_ifname("--ztunnel-iface", facts.ztunnel_iface)
     node_side = _redirecting_node_side(ztunnel, meshed_t, host_ip, facts, veth)
-    return NodePlan(node, Mode.REDIRECT, ztunnel, meshed_t, host_ip, node_side, _ztunnel_side(ztunnel, host_ip, facts))
+    return NodePlan(node, Mode.REDIRECT, ztunnel, meshed_t, host_ip, node_side, ztunnel_side(ztunnel.ip, host_ip, facts))
