@@ -55,7 +55,11 @@ class FakeWorld:
         self.translations: list[str] = []
 
     def index(self) -> MeshIndex:
-        return MeshIndex.build(ModelCluster(nodes=tuple(Node(n, None) for n in sorted(self.nodes))))
+        """A model holding the specs (in a field translation reads nowhere else), so that, as with the
+        real translators, what a node is served is a function of the model."""
+        return MeshIndex.build(
+            ModelCluster(nodes=tuple(Node(n, None, (repr(self.nodes[n]),)) for n in sorted(self.nodes)))
+        )
 
     def translate(self, index: MeshIndex, node: str) -> NodeResources:
         self.translations.append(node)

@@ -154,3 +154,14 @@ async def test_producer_sds_serves_only_referenced_names_and_drops_nodes_that_le
     assert report.removed == ["b"] and cache.get_snapshot("b") is None
     assert producer.metrics.resources.value("CDS") == 1
     assert cache.get_snapshot("a").resources(CLUSTER_TYPE).items["c"].version
+
+
+async def test_producer_skips_translation_when_the_cluster_state_is_equal():
+    world = FakeWorld(a=NodeSpec(clusters={"c": []}))
+    producer = Producer(SnapshotCache(), translate=world.translate, secrets=world.secrets)
+    await producer.update(world.index())
+    assert world.translations == ["a"]
+    report = await producer.update(world.index())  # an equal, freshly built model
+    assert world.translations == ["a"] and report.unchanged == ["a"] and not report.changed
+    await producer.refresh()  # an explicit refresh (certificate rotation) always produces again
+    assert world.translations == ["a", "a"]

@@ -150,8 +150,13 @@ class Producer:
             started = time.perf_counter()
             changed_at = time.monotonic() if changed_at is None else changed_at
             if index is not None:
+                same_model = self.index is not None and index.cluster == self.index.cluster
                 self.index = index
                 self.metrics.model_updates.inc()
+                if same_model:  # e.g. a comment edited in a manifest: no node's config can change
+                    report = UpdateReport(unchanged=self.cache.nodes(), seconds=time.perf_counter() - started)
+                    log.info("model update: the cluster state is unchanged; nothing to produce")
+                    return report
             if self.index is None:
                 raise RuntimeError("Producer.update() before any model was given")
             current = self.index
