@@ -187,8 +187,8 @@ def cmd_ztunnel_setup(args: argparse.Namespace) -> int:
         return 0 if _print_reports([reconciler.reconcile(NetnsPlan.empty(ZTUNNEL_OWNERSHIP))], verb="removed:") else 1
     check_ifname("--iface", args.iface)
     found = discover_in_ztunnel(netns, args.iface)
-    ztunnel_ip = args.ztunnel_ip or found.get("ztunnel_ip")
-    host_ip = args.host_ip or found.get("host_ip")
+    ztunnel_ip: str | None = args.ztunnel_ip or found.get("ztunnel_ip")
+    host_ip: str | None = args.host_ip or found.get("host_ip")
     for flag, value, what in (("--ztunnel-ip", ztunnel_ip, f"IPv4 address on {args.iface}"),
                               ("--host-ip", host_ip, f"default route via {args.iface}")):
         if value is None:
@@ -197,6 +197,7 @@ def cmd_ztunnel_setup(args: argparse.Namespace) -> int:
             ipaddress.IPv4Address(value)
         except ValueError:
             raise CniError(f"{flag} {value!r} is not an IPv4 address") from None
+    assert ztunnel_ip is not None and host_ip is not None  # checked just above
     preflight.check_tools(ipset=False, netns=bool(args.netns), backend=reconciler.backend)
     features = preflight.probe_kernel(reconciler.backend)
     preflight.require(features, ("TPROXY", "mark/connmark", "REDIRECT"))

@@ -504,5 +504,6 @@ def build_plan(
         )
     check_ifname("--ztunnel-veth", veth)
     check_ifname("--ztunnel-iface", facts.ztunnel_iface)
+    assert ztunnel.ip is not None  # checked IPv4 above
     node_side = _redirecting_node_side(ztunnel, meshed_t, host_ip, facts, veth)
     return NodePlan(node, Mode.REDIRECT, ztunnel, meshed_t, host_ip, node_side, ztunnel_side(ztunnel.ip, host_ip, facts))
