@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
-from envoy.config.core.v3 import address_pb2, config_source_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from zpilot.xds.order import CLUSTER_TYPE, LISTENER_TYPE
-
 from .e2e_util import ALL_TYPES, config_diff, debug_json, wait_no_diff, wait_synced, zpilot_diff_cli
 from .envoy_util import NODE_A, NODE_B
 

@@ -8,6 +8,8 @@ import grpc
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
 from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, SECRET_TYPE
 
@@ -16,19 +18,13 @@ from .e2e_util import debug_json
 
 
 def names(response) -> list[str]:
+    """The names of a response's resources, in order."""
+    by_type = {CLUSTER_TYPE: (Cluster, "name"), ENDPOINT_TYPE: (ClusterLoadAssignment, "cluster_name"),
+               LISTENER_TYPE: (Listener, "name"), SECRET_TYPE: (Secret, "name")}
     out = []
     for any_ in response.resources:
-        if any_.type_url == CLUSTER_TYPE:
-            out.append(Cluster.FromString(any_.value).name)
-        elif any_.type_url == ENDPOINT_TYPE:
-            out.append(ClusterLoadAssignment.FromString(any_.value).cluster_name)
-        else:
-            msg = type("X", (), {})
-            from envoy.config.listener.v3.listener_pb2 import Listener
-            from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
-
-            cls = Listener if any_.type_url == LISTENER_TYPE else Secret
-            out.append(cls.FromString(any_.value).name)
+        cls, attr = by_type[any_.type_url]
+        out.append(getattr(cls.FromString(any_.value), attr))
     return out
 
 
