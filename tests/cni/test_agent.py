@@ -53,3 +53,18 @@ def test_agent_follows_the_model_repairs_drift_and_stops_on_sigterm(topology, ma
     assert agent.returncode == 0, err
     assert "stopping (rules stay in place" in err
     assert "route: add table 100: 10.4.4.7 via 192.168.126.2 dev istioin src 10.4.4.1" in err
+
+
+def test_cleanup_on_exit_removes_everything(topology, manifests):
+    cmd = [sys.executable, "-m", "zpilot.cli", "cni", "run", "--node", NODE_A, "--manifests", str(manifests),
+           "--netns", topology.node, "--tunnel", "vxlan", "--poll", "0.1", "--cleanup-on-exit"]
+    agent = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: "10.4.4.19" in ipset_list(topology.node)), "the agent did not apply the plan"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        out, err = agent.communicate(timeout=10)
+    assert agent.returncode == 0, err
+    assert "removed: link: remove istioin (vxlan)" in out
+    assert "istioin" not in in_ns(topology.node, "ip", "link")
+    assert "ztunnel-pods-ips" not in in_ns(topology.node, "ipset", "list", "-n")
