@@ -300,15 +300,16 @@ class World:
                         timeout=timeout, what=f"node {spec.node}'s ztunnel to ACK the new config")
 
     def _config_versions(self, node_key: str) -> str:
-        """The listener version node ``node_key``'s ztunnel ACKed, once all its types are in sync
-        (empty while anything is still in flight), from ``zpilot serve``'s /debug/syncz."""
+        """The listener version node ``node_key``'s ztunnel ACKed, once the last LDS sent is the one
+        ACKed (empty while one is in flight), from ``zpilot serve``'s /debug/syncz. Only LDS is
+        waited for: it is pushed last, after the clusters, endpoints and secrets it needs."""
         syncz = self.debug(f"/debug/syncz?node={self.spec.node(node_key).name}")
         connections = syncz.get("connections", syncz) if isinstance(syncz, dict) else syncz
         for conn in connections:
-            if not conn.get("synced"):
-                return ""
             for status in conn.get("types", []):
                 if status.get("type_url", "").endswith(".Listener"):
+                    if status.get("state") != "SYNCED":
+                        return ""
                     return status.get("acked_version", "")
         return ""
 
