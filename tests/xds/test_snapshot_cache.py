@@ -67,3 +67,20 @@ def test_empty_snapshot_is_unknown():
     s = Snapshot.empty("ghost")
     assert not s.known and all(not r.items for r in s.types.values())
     assert s.resources(ENDPOINT_TYPE).select(["x"]) == []
+
+
+def test_decode_gives_back_what_was_cached():
+    from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+
+    from zpilot.translators.resources import SecretRef
+    from zpilot.xds.order import SECRET_TYPE
+
+    secret = Secret(name="s")
+    secret.tls_certificate.private_key.inline_bytes = b"key"
+    clusters = {n: Cluster(name=n, connect_timeout={"seconds": 3}) for n in ("x", "y")}
+    s = Snapshot.build("n", {CLUSTER_TYPE: clusters, SECRET_TYPE: {"s": secret}},
+                       secret_refs={"s": SecretRef("s", "spiffe://td/ns/a/sa/b")})
+    resources, secrets = s.decode()
+    assert resources.node == "n" and resources.clusters == clusters and resources.listeners == {}
+    assert secrets == {"s": secret}
+    assert resources.secrets == {"s": SecretRef("s", "spiffe://td/ns/a/sa/b")}

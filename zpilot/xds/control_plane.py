@@ -84,9 +84,8 @@ class ControlPlane:
         ids: set[str] = set()
         for node in self.cache.nodes():
             snapshot = self.cache.get_snapshot(node)
-            source = snapshot.source if snapshot is not None else None
-            if source is not None:
-                ids.update(ref.spiffe_id for ref in source.secrets.values() if ref.spiffe_id)
+            if snapshot is not None:
+                ids.update(ref.spiffe_id for ref in snapshot.secret_refs.values() if ref.spiffe_id)
         return ids
 
     async def start(self) -> None:

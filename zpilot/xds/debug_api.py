@@ -60,7 +60,7 @@ def create_app(plane: "ControlPlane") -> FastAPI:
         from .config_dump import config_dump as render
 
         snapshot = plane.cache.get_snapshot(node)
-        if snapshot is None or snapshot.source is None:
+        if snapshot is None:
             known = ", ".join(plane.cache.nodes()) or "none"
             raise HTTPException(404, f"no config for node {node!r}; nodes with config: {known}")
         versions = {
@@ -68,7 +68,8 @@ def create_app(plane: "ControlPlane") -> FastAPI:
             for type_url, resources in snapshot.types.items()
             for name, resource in resources.items.items()
         }
-        return JSONResponse(render(snapshot.source, dict(snapshot.secrets), versions))
+        resources, secrets = snapshot.decode()  # exactly the bytes the node is served
+        return JSONResponse(render(resources, secrets, versions))
 
     @app.get("/debug/syncz", summary="Per connection and type: last sent, last ACKed, last NACK with its error")
     def syncz(node: str | None = Query(None, description="only this node's connections")) -> JSONResponse:

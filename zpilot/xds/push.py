@@ -126,8 +126,7 @@ class Producer:
             known=node in index.nodes,
             changed_at=changed_at,
             generation_seconds=time.perf_counter() - started,
-            source=resources,
-            secrets=secrets,
+            secret_refs=resources.secrets,
         )
 
     def _build_all(self, index: MeshIndex, nodes: Iterable[str], changed_at: float) -> dict[str, Snapshot | str]:

@@ -14,12 +14,23 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from ..translators.resources import NodeResources, SecretRef
 from . import wire
-from .order import PUSH_ORDER
+from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, SECRET_TYPE
+
+#: The message class of each served type, to parse cached bytes back.
+_MESSAGES: dict[str, type[Message]] = {
+    LISTENER_TYPE: Listener, CLUSTER_TYPE: Cluster, ENDPOINT_TYPE: ClusterLoadAssignment, SECRET_TYPE: Secret,
+}
 
 _EMPTY: Mapping[str, "CachedResource"] = MappingProxyType({})
 
@@ -83,8 +94,9 @@ class TypeResources:
 class Snapshot:
     """Everything one node is served, by type URL, plus what the debug API shows about it.
 
-    ``source`` (the translators' NodeResources) and ``secrets`` (Secret messages, key material
-    included) are kept for ``/debug/config_dump``; the server only ever reads ``types``.
+    Only the serialized form is kept (no second copy as protobuf objects): :meth:`decode` rebuilds
+    the NodeResources and Secrets from the very bytes that are served, so ``/debug/config_dump``
+    shows exactly what Envoy was sent. ``secret_refs`` says which identity each secret carries.
     ``changed_at`` is the monotonic time of the model change this snapshot answers, so the server
     can measure push latency from change to send. ``known`` is False for a node the model does
     not have: it is served an empty config.
@@ -95,8 +107,7 @@ class Snapshot:
     known: bool = True
     changed_at: float = field(default_factory=time.monotonic)
     generation_seconds: float = 0.0
-    source: Any = None
-    secrets: Mapping[str, Message] = field(default_factory=lambda: _EMPTY)
+    secret_refs: Mapping[str, SecretRef] = field(default_factory=lambda: _EMPTY)
 
     @classmethod
     def build(
@@ -107,8 +118,7 @@ class Snapshot:
         known: bool = True,
         changed_at: float | None = None,
         generation_seconds: float = 0.0,
-        source: Any = None,
-        secrets: Mapping[str, Message] | None = None,
+        secret_refs: Mapping[str, SecretRef] | None = None,
     ) -> "Snapshot":
         """Serialize and version ``messages`` (type URL -> name -> message); missing types are empty."""
         unknown = set(messages) - set(PUSH_ORDER)
@@ -121,8 +131,7 @@ class Snapshot:
             known=known,
             changed_at=time.monotonic() if changed_at is None else changed_at,
             generation_seconds=generation_seconds,
-            source=source,
-            secrets=MappingProxyType(dict(secrets or {})),
+            secret_refs=MappingProxyType(dict(secret_refs or {})),
         )
 
     @classmethod
@@ -137,6 +146,19 @@ class Snapshot:
 
     def versions(self) -> dict[str, str]:
         return {t: r.version for t, r in self.types.items()}
+
+    def decode(self) -> tuple[NodeResources, dict[str, Secret]]:
+        """The node's resources and secrets, parsed back from the cached bytes."""
+        out = NodeResources(node=self.node, secrets=dict(self.secret_refs))
+        targets: dict[str, dict[str, Message]] = {
+            LISTENER_TYPE: out.listeners, CLUSTER_TYPE: out.clusters, ENDPOINT_TYPE: out.endpoints,
+        }
+        secrets: dict[str, Secret] = {}
+        for type_url, resources in self.types.items():
+            target = targets.get(type_url, secrets)
+            for name, cached in resources.items.items():
+                target[name] = _MESSAGES[type_url].FromString(any_pb2.Any.FromString(cached.any).value)
+        return out, secrets
 
     def changed_types(self, previous: "Snapshot | None") -> list[str]:
         """Types whose version differs from ``previous`` (all types when there is none), in push order."""
