@@ -165,3 +165,22 @@ async def test_producer_skips_translation_when_the_cluster_state_is_equal():
     assert world.translations == ["a"] and report.unchanged == ["a"] and not report.changed
     await producer.refresh()  # an explicit refresh (certificate rotation) always produces again
     assert world.translations == ["a", "a"]
+
+
+async def test_nodes_named_only_by_pods_get_config(manifests):
+    from pathlib import Path
+
+    from .conftest import load_index
+
+    for path in Path(manifests).glob("*.yaml"):  # drop the Node objects, keep the pods
+        text = path.read_text()
+        if "kind: Node\n" in text:
+            docs = [d for d in text.split("\n---") if "kind: Node\n" not in d]
+            path.write_text("\n---".join(docs))
+    index = load_index(manifests)
+    assert not index.nodes
+    cache = SnapshotCache()
+    await Producer(cache).update(index)
+    from .envoy_util import NODE_A, NODE_B
+
+    assert {NODE_A, NODE_B} <= set(cache.nodes())

@@ -59,6 +59,12 @@ def default_translate(index: MeshIndex, node: str) -> NodeResources:
     return translate_node(index, node)
 
 
+def model_nodes(index: MeshIndex) -> set[str]:
+    """The nodes that get config: every Node object, and every node a pod is scheduled on (manifests
+    often carry pods without their Node objects; those ztunnels must not be starved)."""
+    return set(index.nodes) | {w.node_name for w in index.cluster.workloads if w.node_name}
+
+
 def check_resources(resources: NodeResources) -> None:
     """Refuse what Envoy would NACK for reasons visible here: keys must be the resources' own names."""
     for kind, items, attr in (
@@ -123,7 +129,7 @@ class Producer:
         return Snapshot.build(
             node,
             messages,
-            known=node in index.nodes,
+            known=True,
             changed_at=changed_at,
             generation_seconds=time.perf_counter() - started,
             secret_refs=resources.secrets,
@@ -159,7 +165,7 @@ class Producer:
             if self.index is None:
                 raise RuntimeError("Producer.update() before any model was given")
             current = self.index
-            nodes = sorted(current.nodes)
+            nodes = sorted(model_nodes(current))
             built = await asyncio.to_thread(self._build_all, current, nodes, changed_at)
             report = UpdateReport()
             for node, result in built.items():
@@ -176,7 +182,7 @@ class Producer:
                     report.unchanged.append(node)
                     self.metrics.node_snapshots.inc("unchanged")
             for node in self.cache.nodes():
-                if node not in current.nodes:
+                if node not in built:
                     self.cache.clear_snapshot(node)
                     report.removed.append(node)
             self._update_gauges()
