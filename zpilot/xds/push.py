@@ -100,8 +100,10 @@ class Producer:
         secrets: SecretSource | None = None,
         metrics: Metrics | None = None,
         mutate: Mutate | None = None,
+        batch_size: int = 8,
     ) -> None:
         self.cache = cache
+        self.batch_size = max(1, batch_size)
         self.translate = translate
         self.secrets = secrets
         self.metrics = metrics if metrics is not None else Metrics()
@@ -166,21 +168,15 @@ class Producer:
                 raise RuntimeError("Producer.update() before any model was given")
             current = self.index
             nodes = sorted(model_nodes(current))
-            built = await asyncio.to_thread(self._build_all, current, nodes, changed_at)
             report = UpdateReport()
-            for node, result in built.items():
-                if isinstance(result, str):
-                    report.failed[node] = result
-                    self.metrics.producer_errors.inc()
-                    continue
-                self.metrics.generation.observe(result.generation_seconds)
-                changed = self.cache.set_snapshot(result)
-                if changed:
-                    report.changed[node] = changed
-                    self.metrics.node_snapshots.inc("changed")
-                else:
-                    report.unchanged.append(node)
-                    self.metrics.node_snapshots.inc("unchanged")
+            built: dict[str, Snapshot | str] = {}
+            # In batches, each stored as soon as it is built: the first nodes are pushed while the
+            # rest are still being translated, and the event loop keeps serving between batches.
+            for start in range(0, len(nodes), self.batch_size):
+                batch = nodes[start : start + self.batch_size]
+                results = await asyncio.to_thread(self._build_all, current, batch, changed_at)
+                built.update(results)
+                self._store(results, report)
             for node in self.cache.nodes():
                 if node not in built:
                     self.cache.clear_snapshot(node)
@@ -189,10 +185,25 @@ class Producer:
             report.seconds = time.perf_counter() - started
             log.info(
                 "model update: %d nodes changed %s, %d unchanged, %d removed, %d failed (%.1f ms)",
-                len(report.changed), sorted(report.changed), len(report.unchanged), len(report.removed),
+                len(report.changed), sorted(report.changed)[:20], len(report.unchanged), len(report.removed),
                 len(report.failed), report.seconds * 1000,
             )
             return report
+
+    def _store(self, results: dict[str, Snapshot | str], report: UpdateReport) -> None:
+        for node, result in results.items():
+            if isinstance(result, str):
+                report.failed[node] = result
+                self.metrics.producer_errors.inc()
+                continue
+            self.metrics.generation.observe(result.generation_seconds)
+            changed = self.cache.set_snapshot(result)
+            if changed:
+                report.changed[node] = changed
+                self.metrics.node_snapshots.inc("changed")
+            else:
+                report.unchanged.append(node)
+                self.metrics.node_snapshots.inc("unchanged")
 
     async def refresh(self, *, changed_at: float | None = None) -> UpdateReport:
         """Produce again from the last model (after a certificate rotation, or a hook change)."""
