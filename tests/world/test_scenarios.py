@@ -8,7 +8,6 @@ import pytest
 
 from zpilot.translators import names
 from zpilot.world import scenarios
-from zpilot.world.netns import in_netns
 from zpilot.world.topology import opted_out, without_opt_out
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
@@ -182,19 +181,16 @@ def test_6_connection_to_15001_is_blackholed(world):
     assert trace.at("b") == []
 
 
-def _ipset(world, node: str) -> str:
-    return in_netns(world.node_ns(node), ["ipset", "list", "ztunnel-pods-ips"])
-
-
 def test_7_pod_taken_out_of_the_mesh_and_back(world):
-    """Label sleep istio.io/dataplane-mode=none: after reconcile its traffic is not intercepted
-    (ztunnel A stays silent, B sees it as plaintext from sleep itself); put back, it is again."""
+    """Label sleep istio.io/dataplane-mode=none: once node A's CNI agent (zpilot cni run) has
+    reconciled and the ztunnel ACKed its new config, sleep's traffic is not intercepted (ztunnel A
+    stays silent, B sees it as plaintext from sleep itself); put back, it is again."""
     ip, port = scenarios.pod_target(world, "productpage")
     sleep = world.spec.pod("sleep")
     original = dict(sleep.labels)
     try:
         world.relabel("sleep", opted_out(original))
-        assert sleep.ip not in _ipset(world, "a")
+        assert sleep.ip not in world.meshed_ips("a")
         trace = scenarios.request(world, "sleep", ip, port, expect_logs={"b": 1})
         assert trace.ok, trace.error
         assert trace.at("a") == [], "ztunnel A still intercepts a pod that left the mesh"
@@ -202,7 +198,7 @@ def test_7_pod_taken_out_of_the_mesh_and_back(world):
         assert inbound["filter_chain"] == "inbound_10.4.3.20"
     finally:
         world.relabel("sleep", without_opt_out(original))
-    assert sleep.ip in _ipset(world, "a")
+    assert sleep.ip in world.meshed_ips("a")
     trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 1, "b": 1})
     assert trace.ok, trace.error
     out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)

@@ -71,6 +71,10 @@ class WorldOptions:
     #: Debounce of ``zpilot serve``'s manifest watch.
     debounce_quiet: float = 0.1
     ready_timeout: float = 30.0
+    #: Run the CNI node agent (``zpilot cni run``) inside each node namespace, as a DaemonSet pod
+    #: with hostNetwork would; False: apply the rules once per change with ``zpilot cni apply``.
+    cni_agent: bool = True
+    cni_poll: float = 0.2
 
 
 @dataclass
@@ -154,8 +158,11 @@ class World:
         self._start_pod_servers()
         self._start_control_plane()
         self._start_ztunnels()
-        for node in self.spec.nodes:
-            self.cni_apply(node.key)
+        if self.options.cni_agent:
+            self._start_cni_agents()
+        else:
+            for node in self.spec.nodes:
+                self.cni_apply(node.key)
         for zt in self.ztunnels.values():
             self.supervisor.wait_for(zt.process, zt.ready, timeout=self.options.ready_timeout, what="LIVE")
         log.info("world %s built in %.1f s (%s)", self.prefix, time.monotonic() - started, self.dir)
@@ -252,6 +259,35 @@ class World:
             ], netns=self.pod_ns(pod))
             self.ztunnels[node.key] = Ztunnel(node, pod, self.pod_ns(pod), child, self.client)
 
+    def _start_cni_agents(self) -> None:
+        """One ``zpilot cni run`` per node, inside the node's namespace, watching the manifests."""
+        assert self.supervisor is not None
+        self.cni_agents: dict[str, Child] = {}
+        for node in self.spec.nodes:
+            zt = self.spec.ztunnel_on(node.key)
+            self.cni_agents[node.key] = self.supervisor.start(f"cni-agent-{node.key}", zpilot_cli(
+                "-v", "cni", "run", "--node", node.name, "--manifests", str(self.manifests),
+                "--ztunnel-netns", self.pod_ns(zt), "--poll", str(self.options.cni_poll),
+            ), netns=self.node_ns(node))
+        for node in self.spec.nodes:
+            self.supervisor.wait_for(self.cni_agents[node.key], lambda: self.cni_in_sync(node.key),
+                                     timeout=self.options.ready_timeout, what="in sync (zpilot cni status)")
+
+    def cni_in_sync(self, node_key: str) -> bool:
+        """``zpilot cni status`` for the node: exit 0 means redirecting and the kernel matches the plan."""
+        node = self.spec.node(node_key)
+        proc = subprocess.run(
+            zpilot_cli("cni", "status", "--node", node.name, "--manifests", str(self.manifests),
+                       "--netns", self.node_ns(node), "--ztunnel-netns", self.pod_ns(self.spec.ztunnel_on(node.key))),
+            capture_output=True, text=True, timeout=60,
+        )
+        return proc.returncode == 0
+
+    def meshed_ips(self, node_key: str) -> set[str]:
+        """The node's ipset of captured pod IPs, as the kernel holds it now."""
+        out = in_netns(self.node_ns(node_key), ["ipset", "list", "ztunnel-pods-ips"], check=False)
+        return {line.split()[0] for line in out.partition("Members:")[2].splitlines() if line.strip()}
+
     # -- operations ----------------------------------------------------------------------------
 
     def cni_apply(self, node_key: str) -> str:
@@ -295,7 +331,11 @@ class World:
         before = self._config_versions(spec.node)
         self.spec = self.spec.with_pod_labels(pod, labels)
         self.spec.write_manifests(self.manifests)
-        self.cni_apply(spec.node)
+        if self.options.cni_agent:  # the agent notices the change by itself
+            self.wait_until(lambda: self.cni_in_sync(spec.node), timeout=timeout,
+                            what=f"node {spec.node}'s CNI agent to reconcile")
+        else:
+            self.cni_apply(spec.node)
         self.wait_until(lambda: self._config_versions(spec.node) not in ("", before),
                         timeout=timeout, what=f"node {spec.node}'s ztunnel to ACK the new config")
 

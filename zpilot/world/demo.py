@@ -100,7 +100,7 @@ def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False) -> 
     with World(options=WorldOptions(keep_workdir=keep_workdir)) as world:
         emit(f"  built in {time.monotonic() - started:.1f} s: namespaces {world.prefix}-*, "
              f"zpilot serve in {world.cp_ns}, Envoy ztunnels in {', '.join(z.netns for z in world.ztunnels.values())},"
-             f" rules by zpilot cni apply; logs in {world.dir}" + ("" if keep_workdir else " (removed at exit)"))
+             f" rules by zpilot cni run (one agent per node); logs in {world.dir}" + ("" if keep_workdir else " (removed at exit)"))
         emit("")
         result = run_scenario_1(world)
         render(world, result, emit)
