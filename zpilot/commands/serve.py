@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first start); default: in memory")
+    p.add_argument("--ca-cert", type=Path, help="a CA you provide: signing certificate (then its chain), PEM")
+    p.add_argument("--ca-key", type=Path, help="the private key of --ca-cert, PEM")
+    p.add_argument("--ca-root", type=Path, help="the root of --ca-cert's chain, if --ca-cert lacks it")
     p.add_argument("--cert-lifetime", type=float, default=24 * 3600.0, help="workload certificate lifetime, seconds")
     p.add_argument("--debounce-quiet", type=float, default=0.1, help="seconds of quiet before a push (0.1)")
     p.add_argument("--debounce-max", type=float, default=10.0, help="longest a change waits for quiet (10)")
@@ -53,7 +56,15 @@ def load_index(root: Path) -> MeshIndex:
 
 async def serve(args: argparse.Namespace) -> int:
     try:
-        ca = CertificateAuthority.load_or_create(args.ca_dir, args.trust_domain)
+        if args.ca_cert or args.ca_key:
+            if not (args.ca_cert and args.ca_key) or args.ca_dir:
+                log.error("--ca-cert and --ca-key go together, and not with --ca-dir")
+                return 2
+            ca = CertificateAuthority.from_files(
+                args.ca_cert, args.ca_key, root_path=args.ca_root, trust_domain=args.trust_domain
+            )
+        else:
+            ca = CertificateAuthority.load_or_create(args.ca_dir, args.trust_domain)
     except CertificateAuthorityError as exc:
         log.error("%s", exc)
         return 2
@@ -81,6 +92,14 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()
+
+    def reload_ca() -> None:  # SIGHUP: re-read the CA files (root rotation), push what changed
+        task = asyncio.create_task(plane.reload_ca(), name="ca-reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_ca)
     try:
         await plane.start()
     except OSError as exc:

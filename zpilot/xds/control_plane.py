@@ -128,6 +128,32 @@ class ControlPlane:
         self._tasks.clear()
         await self.ads.stop(grace=1.0)
 
+    async def reload_ca(self) -> bool:
+        """Re-read the CA's files (root rotation, a new extra root); push what changed.
+
+        Returns whether anything was pushed. If the files are unusable (half written, a key that
+        does not match), the current CA is kept and the error is logged.
+        """
+        from ..certs import CertificateAuthorityError
+
+        if self.identities is None:
+            return False
+        try:
+            fresh = self.identities.ca.reload()
+            change = self.identities.replace_authority(fresh)
+        except (CertificateAuthorityError, ValueError) as exc:
+            log.error("CA reload failed; keeping the current CA: %s", exc)
+            return False
+        if not change.reissue and not change.trust_bundle_changed:
+            log.info("CA reloaded: nothing changed")
+            return False
+        log.warning(
+            "CA reloaded: %d identities re-issued, trust bundle %s; pushing",
+            len(change.reissue), "changed" if change.trust_bundle_changed else "unchanged",
+        )
+        await self.update(changed_at=time.monotonic())
+        return True
+
     async def _rotate_certificates(self) -> None:
         """Re-issue certificates at half their lifetime and push them; connections stay up."""
         while True:
