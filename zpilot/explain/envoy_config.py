@@ -11,7 +11,8 @@ from google.protobuf import wrappers_pb2
 from google.protobuf.message import Message
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3.listener_components_pb2 import FilterChain
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2
@@ -22,7 +23,6 @@ from google.protobuf.json_format import MessageToDict
 
 from ..translators.resources import NodeResources
 
-FilterChain = listener_components_pb2.FilterChain
 _INPUTS = {
     network_inputs_pb2.DestinationPortInput.DESCRIPTOR.full_name: "dport",
     network_inputs_pb2.SourceIPInput.DESCRIPTOR.full_name: "src",

@@ -114,7 +114,7 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
         if "TPROXY" in rule and _opt(rule, "-i") == c.ZTUNNEL_OUTBOUND_TUNNEL:
             fact("tproxy_port", _opt(rule, "--on-port"), f"ztunnel {src.node}: +{n} pkts on `-A {chain} {rule}`")
     # ztunnel A's Envoy
-    outbound = next(iter(trace.at(src.node, log="ztunnel_outbound", downstream_remote=trace.client_local)), {})
+    outbound = next(iter(trace.at(src.node, log="ztunnel_outbound", downstream_remote=trace.client_local or "")), {})
     obs.outbound = outbound
     where = f"ztunnel {src.node} access log"
     if outbound:
