@@ -162,6 +162,15 @@ async def test_serve_pushes_manifest_changes_to_envoys(serve, manifests, envoys)
     print(f"add-pod change reached both Envoys' config_dump in {took * 1000:.0f} ms;"
           f" mean push latency (change seen -> sent) {latency * 1000:.0f} ms")
 
+    # SIGHUP re-reads the CA (an in-memory one has nothing new) and the server keeps serving.
+    serve["proc"].send_signal(signal.SIGHUP)
+
+    async def reloaded():
+        return "CA reloaded: nothing changed" in serve["log"].read_text()
+
+    await eventually(reloaded, timeout=5)
+    assert serve["proc"].poll() is None
+
     # Clean shutdown on SIGTERM.
     serve["proc"].send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(serve["proc"].wait, 10) == 0
