@@ -104,3 +104,18 @@ def _pids_running(text: str) -> list[int]:
         if text in cmdline:
             found.append(int(pid))
     return found
+
+
+@pytest.mark.parametrize("target", ["productpage-ip", "details-vip"])
+def test_explain_agrees_on_other_tunnelled_paths(world, target):
+    """Scenario 2 (pod IP, the pod chain's own tunnel) and the same-node VIP path (15088 redirect)."""
+    if target == "productpage-ip":
+        pod = world.spec.pod("productpage")
+        host, port = pod.ip, pod.ports[0][1]
+    else:
+        svc = world.spec.service("details")
+        host, port = svc.cluster_ip, svc.ports[0][1]
+    result = world_demo.observe_and_explain(world, "sleep", host, port)
+    assert result.observation.trace.ok, result.observation.trace.error
+    assert result.differences == {}, f"explain vs observed: {result.differences}"
+    assert "tunnel_dial" in result.observation.facts

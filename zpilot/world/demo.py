@@ -47,7 +47,11 @@ def compare(explained: dict[str, str], observed: dict[str, str]) -> dict[str, tu
 
 def run_scenario_1(world: World, source: str = "sleep", service: str = "productpage") -> DemoResult:
     svc = world.spec.service(service)
-    host, port = svc.cluster_ip, svc.ports[0][1]
+    return observe_and_explain(world, source, svc.cluster_ip, svc.ports[0][1])
+
+
+def observe_and_explain(world: World, source: str, host: str, port: int) -> DemoResult:
+    """Observe one request hop by hop and compute its path with explain, for comparison."""
     obs = observe_request(world, source, host, port)
     out = obs.outbound
     if out:  # the matcher's inputs, as the listener saw them: destination port, source IP, destination IP

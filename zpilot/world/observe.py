@@ -124,10 +124,14 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
             fact(key, outbound.get(field_name), where)
         fact("response_flags", outbound.get("response_flags"), where)
     tunnel = next((e for e in trace.entries.get(src.node, []) if e["log"].startswith("outbound_tunnel_lis_")), None)
-    if tunnel:
+    if tunnel:  # a service chain: the internal listener opened the tunnel
         fact("internal_listener", tunnel["log"], where)
         fact("tunnel_cluster", tunnel.get("upstream_cluster"), where)
         fact("tunnel_dial", tunnel.get("upstream_host"), where)
+    elif outbound.get("upstream_cluster", "").startswith("outbound_pod"):  # a pod chain tunnels itself
+        tunnel = outbound
+        fact("tunnel_cluster", outbound["upstream_cluster"], where)
+        fact("tunnel_dial", outbound.get("upstream_host"), where)
     # the receiving ztunnel
     dial = facts.get("tunnel_dial", "")
     dest_pod = next((p for p in world.spec.pods if p.ip == dial.rpartition(":")[0]), None)
@@ -137,8 +141,9 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
         inbound = next(iter(trace.at(dest_node.key, log="ztunnel_inbound", method="CONNECT")), None)
         if dest_node.key != src.node and tunnel:
             dns = world.node_ns(dest_node)
-            ztunnel_ip = tunnel.get("upstream_local", "").rpartition(":")[0] or world.spec.ztunnel_on(src.node).ip
-            decision = route_get(dns, dest_pod.ip, src=ztunnel_ip, iif="eth0")
+            # the tunnel's source: the ztunnel's address, or the pod's where original_src spoofed it
+            tunnel_src = (tunnel.get("upstream_local") or "").rpartition(":")[0] or world.spec.ztunnel_on(src.node).ip
+            decision = route_get(dns, dest_pod.ip, src=tunnel_src, iif="eth0")
             table = re.search(r"\btable (\S+)", decision)
             dev = re.search(r"\bdev (\S+)", decision)
             fact("dest_route_table", table.group(1) if table else "main", f"node {dest_node.key}: ip route get: {decision}")
