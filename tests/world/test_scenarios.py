@@ -28,9 +28,15 @@ SAME_NODE_HAIRPIN = pytest.mark.xfail(
 def test_1_service_vip_across_nodes(world):
     """sleep -> productpage VIP:9080 on the other node: the article's path."""
     vip, port = scenarios.service_target(world, "productpage")
+    stats_before = world.ztunnels["b"].stats(r"^(tcp\.rbac\.allowed|cluster\.virtual_inbound\.upstream_cx_total)$")
     trace = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 2, "b": 1})
     assert trace.ok, trace.error
     assert trace.seen_by_pod["pod"] == "productpage-v1-5586c4d4ff-qxz9f"
+    stats_after = world.ztunnels["b"].stats(r"^(tcp\.rbac\.allowed|cluster\.virtual_inbound\.upstream_cx_total)$")
+    # B's stats agree: one more connection to the pod through virtual_inbound (RBAC counts TLS
+    # connections, which are reused, so it may or may not grow: it must not have denied anything)
+    assert stats_after["cluster.virtual_inbound.upstream_cx_total"] == stats_before["cluster.virtual_inbound.upstream_cx_total"] + 1
+    assert world.ztunnels["b"].stats(r"^tcp\.rbac\.denied$").get("tcp.rbac.denied", 0) == 0
 
     # ztunnel A: the VIP survived kube-proxy (the CNI's nat ACCEPT), the matcher picked the service chain
     out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
