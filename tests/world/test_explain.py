@@ -27,6 +27,7 @@ def test_article_path_sleep_to_productpage_vip(mesh):
     [path] = explain(mesh, "sleep", "10.8.14.226", 9080)
     assert path.facts == {
         "mark": "0x100",
+        "ip_rule": "101: from all fwmark 0x100/0x100 lookup 101",
         "route_table": "101",
         "tunnel_device": "istioout",
         "tproxy_port": "15001",
@@ -40,6 +41,7 @@ def test_article_path_sleep_to_productpage_vip(mesh):
         "connect_authority": "10.4.3.20:9080",
         "peer_identity": SLEEP_ID,
         "server_identity": "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+        "dest_ip_rule": "103: from all lookup 100",
         "dest_route_table": "100",
         "dest_tunnel_device": "istioin",
         "dest_tproxy_port": "15008",

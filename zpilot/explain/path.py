@@ -27,9 +27,9 @@ from .netfilter import Packet, route, rule_text, run_chain
 
 #: The facts a path is compared on (explain vs. demo), in path order.
 FACT_KEYS = (
-    "mark", "route_table", "tunnel_device", "tproxy_port", "listener", "filter_chain", "cluster", "endpoint",
+    "mark", "ip_rule", "route_table", "tunnel_device", "tproxy_port", "listener", "filter_chain", "cluster", "endpoint",
     "internal_listener", "tunnel_cluster", "tunnel_dial", "connect_authority", "peer_identity",
-    "server_identity", "dest_route_table", "dest_tunnel_device", "dest_tproxy_port", "inbound_listener",
+    "server_identity", "dest_ip_rule", "dest_route_table", "dest_tunnel_device", "dest_tproxy_port", "inbound_listener",
     "inbound_chain", "inbound_cluster", "destination", "pod",
 )
 #: The interface a packet from another node arrives on (the world's and most nodes' name for it).
@@ -118,6 +118,7 @@ def explain(mesh: Mesh, source: str, host: str, port: int) -> list[Explanation]:
             details.append(f"ip route {decision.describe()}")
             base.hop(_node_label(mesh, src.node_name), "outbound capture (meshed pod, TCP)", *details,
                      mark=f"{res.packet.mark & c.MARK_OUTBOUND:#x}", route_table=decision.table,
+                     ip_rule=rule_text(decision.rule) if decision.rule else None,
                      tunnel_device=decision.route.dev)
             return _through_ztunnel(mesh, base, src, host, port, decision.route.dev)
         details.append(f"not captured: {src.ref} is not in ipset {c.IPSET_NAME}" if not intercepted else "")
@@ -270,6 +271,7 @@ def _arrive_at_node(mesh: Mesh, e: Explanation, src_ip: str, dst_ip: str, dport:
     captured = decision.route is not None and decision.route.dev in _TUNNEL_PEERS
     e.hop(_node_label(mesh, node), f"{src_ip} -> {dst_ip}:{dport} arrives" + (" and is captured" if captured else ""),
           *details, dest_route_table=decision.table if captured else None,
+          dest_ip_rule=rule_text(decision.rule) if captured and decision.rule else None,
           dest_tunnel_device=decision.route.dev if captured and decision.route else None)
     if not captured or decision.route is None:
         pod = mesh.index.workload_by_ip(dst_ip)

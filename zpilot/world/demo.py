@@ -14,14 +14,14 @@ from .observe import Observation, observe_request
 #: (title, fact keys) per hop, in the order the article walks them.
 HOPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("node {src_node}: the meshed pod's TCP is marked and policy-routed into the outbound tunnel",
-     ("mark", "route_table", "tunnel_device")),
+     ("mark", "ip_rule", "route_table", "tunnel_device")),
     ("ztunnel {src_node}: TPROXY hands it to Envoy", ("tproxy_port",)),
     ("ztunnel {src_node}: listener, matcher, filter chain, cluster, endpoint",
      ("listener", "matcher_path", "filter_chain", "cluster", "endpoint", "response_flags")),
     ("ztunnel {src_node}: internal listener opens the HBONE tunnel (HTTP/2 CONNECT over mTLS)",
      ("internal_listener", "tunnel_cluster", "tunnel_dial")),
     ("node {dst_node}: the tunnel to the pod's 15008 is routed into the inbound tunnel",
-     ("dest_route_table", "dest_tunnel_device")),
+     ("dest_ip_rule", "dest_route_table", "dest_tunnel_device")),
     ("ztunnel {dst_node}: TPROXY to 15008", ("dest_tproxy_port",)),
     ("ztunnel {dst_node}: mTLS peer, CONNECT, inbound chain, virtual_inbound",
      ("inbound_listener", "inbound_chain", "peer_identity", "server_identity", "connect_authority",

@@ -45,6 +45,20 @@ def route_get(netns: str, dst: str, *, src: str, iif: str, mark: int = 0) -> str
     return run(argv).strip().splitlines()[0]
 
 
+def rule_for(netns: str, table: str, mark: int) -> str | None:
+    """The ``ip rule`` that sent a packet with ``mark`` to ``table``: the first, by priority, whose
+    selector matches the mark and which looks up that table (``ip route get`` names only the table)."""
+    for line in run(["ip", "-n", netns, "rule", "show"]).splitlines():
+        text = " ".join(line.split())
+        m = re.match(r"^(\d+): from all(?: fwmark (0x[0-9a-f]+)(?:/(0x[0-9a-f]+))?)? lookup (\S+)$", text)
+        if not m:
+            continue
+        value, mask = int(m.group(2) or "0", 16), int(m.group(3) or "0xffffffff", 16)
+        if (m.group(2) is None or mark & mask == value) and m.group(4) == table:
+            return text
+    return None
+
+
 def _grown(before: dict, after: dict) -> dict:
     return {k: v - before.get(k, 0) for k, v in after.items() if v > before.get(k, 0)}
 
@@ -106,6 +120,8 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
         table = re.search(r"\btable (\S+)", decision)
         dev = re.search(r"\bdev (\S+)", decision)
         fact("route_table", table.group(1) if table else "main", f"node {src.node}: ip route get: {decision}")
+        if table:
+            fact("ip_rule", rule_for(node_ns, table.group(1), mark), f"node {src.node}: ip rule (the one leading there)")
         if dev:
             sent = after.tx[node_ns].get(dev.group(1), 0) - before.tx[node_ns].get(dev.group(1), 0)
             fact("tunnel_device", dev.group(1), f"node {src.node}: {dev.group(1)} sent {sent} packets")
@@ -147,6 +163,8 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
             table = re.search(r"\btable (\S+)", decision)
             dev = re.search(r"\bdev (\S+)", decision)
             fact("dest_route_table", table.group(1) if table else "main", f"node {dest_node.key}: ip route get: {decision}")
+            if table:
+                fact("dest_ip_rule", rule_for(dns, table.group(1), 0), f"node {dest_node.key}: ip rule (the one leading there)")
             if dev:
                 sent = after.tx[dns].get(dev.group(1), 0) - before.tx[dns].get(dev.group(1), 0)
                 fact("dest_tunnel_device", dev.group(1), f"node {dest_node.key}: {dev.group(1)} sent {sent} packets")
