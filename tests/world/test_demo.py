@@ -58,22 +58,29 @@ def test_demo_without_prerequisites_says_what_is_missing(monkeypatch, capsys):
     assert "root" in err and "ipset" in err
 
 
+#: A world whose rules come from one `zpilot cni apply` per node (no agent), used once before Ctrl-C.
 BUILD_AND_WAIT = """
 import sys, time
-from zpilot.world.builder import World
-with World() as w:
-    print(w.prefix, w.dir, flush=True)
+from zpilot.world import scenarios
+from zpilot.world.builder import World, WorldOptions
+with World(options=WorldOptions(cni_agent=False)) as w:
+    trace = scenarios.request(w, "sleep", "10.4.3.20", 9080, expect_logs={"a": 1, "b": 1})
+    chain = [e["filter_chain"] for e in trace.at("a", log="ztunnel_outbound")]
+    print(w.prefix, w.dir, trace.ok, *chain, flush=True)
     time.sleep(120)
 """
 
 
 def test_ctrl_c_tears_the_world_down(tmp_path):
+    """Built with `zpilot cni apply` instead of the agent, used, then interrupted."""
     proc = subprocess.Popen([sys.executable, "-c", BUILD_AND_WAIT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
         line = proc.stdout.readline().split()
         assert line, proc.stderr.read()
         prefix, workdir = line[0], Path(line[1])
+        # rules from `zpilot cni apply` carry traffic as well as the agent's do
+        assert line[2:] == ["True", "fc-outbound_pod_tunnel_clus_spiffe://cluster.local/ns/default/sa/sleep"], line
         assert any(ns.startswith(prefix + "-") for ns in list_netns())
         envoys = _pids_running(str(workdir))
         assert envoys, "no process of the world found"
