@@ -116,6 +116,14 @@ def test_world_manifests_explain_like_the_article(tmp_path):
     assert path.facts["peer_identity"] == SLEEP_ID
 
 
+def test_service_names_resolve_like_dns(mesh):
+    by_ip = explain(mesh, "sleep", "10.8.14.226", 9080)[0].facts
+    for name in ("productpage.default.svc.cluster.local", "productpage.default", "productpage"):
+        assert explain(mesh, "sleep", name, 9080)[0].facts == by_ip
+    with pytest.raises(ExplainError):
+        explain(mesh, "sleep", "nosuchservice.default", 9080)
+
+
 def test_unknown_pod(mesh):
     with pytest.raises(ExplainError):
         explain(mesh, "nosuchpod", "10.8.14.226", 9080)

@@ -13,6 +13,7 @@ compared value by value.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -86,6 +87,25 @@ class Mesh:
         raise ExplainError(f"no pod {ref!r} (give namespace/name, a pod name or its IP)")
 
 
+def resolve(mesh: Mesh, host: str, namespace: str = "default") -> str:
+    """An IP as it is; a service name (``productpage``, ``productpage.default``, or the FQDN
+    ``productpage.default.svc.cluster.local``) as its cluster IP, the way the DNS of a pod in
+    ``namespace`` would (a bare name is a service of the pod's own namespace)."""
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    domain = mesh.index.cluster_domain
+    for svc in mesh.index.services:
+        names = {svc.hostname(domain), f"{svc.name}.{svc.namespace}", f"{svc.name}.{svc.namespace}.svc"}
+        if svc.namespace == namespace:
+            names.add(svc.name)
+        if host in names and svc.cluster_ips:
+            return svc.cluster_ips[0]
+    raise ExplainError(f"{host!r} is neither an IP nor a service of the model")
+
+
 def _node_label(mesh: Mesh, node: str) -> str:
     return f"node {node}"
 
@@ -98,6 +118,7 @@ def _ztunnel_label(mesh: Mesh, node: str) -> str:
 def explain(mesh: Mesh, source: str, host: str, port: int) -> list[Explanation]:
     """One explanation per way the connection can go (a service VIP with N endpoints: N)."""
     src = mesh.pod(source)
+    host = resolve(mesh, host, src.namespace)
     if not src.ip or not src.node_name:
         raise ExplainError(f"{src.ref} has no IP or node")
     plan = mesh.plans.get(src.node_name)
