@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from .e2e_util import ALL_TYPES, config_diff, debug_json, wait_no_diff, wait_synced, zpilot_diff_cli
 from .envoy_util import NODE_A, NODE_B
+from .test_envoy_lifecycle import assert_cds_before_lds, sent_order
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow]
 
 
-async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, envoys):
+async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, envoys, caplog):
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
     plane = await make_plane()
     a = envoys(NODE_A, plane.xds_port)
     b = envoys(NODE_B, plane.xds_port)
@@ -21,6 +25,8 @@ async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, 
         assert conn["known_node"] is True
         assert all(t["nack_count"] == 0 and t["last_nack"] is None for t in conn["types"])
         await wait_no_diff(plane.debug_port, envoy)
+        # The first config a fresh Envoy gets: clusters first, listeners after their dependencies.
+        assert_cds_before_lds(sent_order(caplog, conn["id"]))
         result = await zpilot_diff_cli(plane.debug_port, envoy)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout == ""

@@ -52,7 +52,7 @@ class DeltaStream(Stream):
         self.note_requested(request.type_url)
         state = self._types[request.type_url]
         if request.initial_resource_versions and self._nonce == 0:
-            self.reconnecting = True  # a client that had config: its other requests are on the way
+            self.client_reconnected()
         nonce = request.response_nonce
         subscribe = set(request.resource_names_subscribe)
         unsubscribe = set(request.resource_names_unsubscribe)

@@ -64,7 +64,7 @@ class SotwStream(Stream):
         state = self._types[request.type_url]
         nonce = request.response_nonce
         if not nonce and request.version_info and self._nonce == 0:
-            self.reconnecting = True  # a client that had config: its other requests are on the way
+            self.client_reconnected()
         if request.HasField("error_detail"):
             if nonce and nonce != state.sent_nonce:
                 self.record_stale(request.type_url, nonce)

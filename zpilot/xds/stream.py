@@ -42,10 +42,12 @@ class StreamOptions:
     control_plane_id: str = "zpilot"
     #: Yields to the reader before answering, so requests that arrived together are answered together.
     drain_yields: int = 5
-    #: A reconnecting client (one that reports versions it already has) sends all its requests at
-    #: once; for this long after such a stream opens, a type is held back while a type that must
-    #: precede it has not been requested yet, so the answers still go CDS, EDS, SDS, LDS.
-    reconnect_gather_seconds: float = 0.1
+    #: On reconnect a client reports the versions it has and sends every request at once (possibly
+    #: out of order); for this long, a type is held back while a type that precedes it in push
+    #: order has not been requested yet, so the answers still go CDS, EDS, SDS, LDS. (On a first
+    #: connect nothing is held: Envoy asks for each type when it is ready for it, e.g. for a TLS
+    #: cluster's secrets before its endpoints, and gets each answer at once.)
+    gather_seconds: float = 0.1
 
 
 class StreamError(Exception):
@@ -85,8 +87,8 @@ class Stream:
         self._nonce = 0
         self._warned_unknown = False
         self.started_at = time.monotonic()
-        self.reconnecting = False  # set by subclasses when a first request reports versions
         self._requested: set[str] = set()  # types requested at least once on this stream
+        self._expected: dict[str, float] = {}  # type -> until when its first request is waited for
         self._hold_timer: asyncio.TimerHandle | None = None
         self._context: grpc.aio.ServicerContext | None = None
 
@@ -114,18 +116,29 @@ class Stream:
     def note_requested(self, type_url: str) -> None:
         self._requested.add(type_url)
 
+    def expect(self, *type_urls: str) -> None:
+        """A first request of these types is due soon: hold later types back for it a little."""
+        deadline = time.monotonic() + self.options.gather_seconds
+        for type_url in type_urls:
+            if type_url not in self._requested and type_url not in self._expected:
+                self._expected[type_url] = deadline
+
+    def client_reconnected(self) -> None:
+        """The first request reported versions: the client had config and sends every type at once."""
+        self.expect(*PUSH_ORDER)
+
     def hold(self, type_url: str) -> bool:
-        """Whether to hold ``type_url`` back for now (see ``reconnect_gather_seconds``)."""
-        if not self.reconnecting:
+        """Whether to hold ``type_url`` back for now, waiting for a request that precedes it."""
+        if not self._expected:
             return False
-        remaining = self.started_at + self.options.reconnect_gather_seconds - time.monotonic()
-        if remaining <= 0:
-            return False
+        now = time.monotonic()
         earlier = PUSH_ORDER[: PUSH_ORDER.index(type_url)]
-        if all(t in self._requested for t in earlier):
+        waits = [self._expected[t] for t in earlier if t in self._expected and t not in self._requested]
+        waits = [deadline for deadline in waits if deadline > now]
+        if not waits:
             return False
         if self._hold_timer is None:
-            self._hold_timer = asyncio.get_running_loop().call_later(remaining, self._end_hold)
+            self._hold_timer = asyncio.get_running_loop().call_later(max(waits) - now, self._end_hold)
         return True
 
     def _end_hold(self) -> None:
