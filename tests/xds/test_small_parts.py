@@ -184,3 +184,19 @@ async def test_nodes_named_only_by_pods_get_config(manifests):
     from .envoy_util import NODE_A, NODE_B
 
     assert {NODE_A, NODE_B} <= set(cache.nodes())
+
+
+def test_zpilot_diff_exits_2_when_a_side_cannot_be_read():
+    import subprocess
+    import sys
+
+    from .envoy_util import free_port
+
+    closed = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "zpilot.cli", "diff", "--node", "n", "--envoy-admin", f"http://127.0.0.1:{closed}",
+         "--server", f"http://127.0.0.1:{closed}", "--timeout", "2"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"127.0.0.1:{closed}/debug/config_dump?node=n" in result.stderr
