@@ -91,6 +91,7 @@ class World:
         self.supervisor: Supervisor | None = None
         self.ztunnels: dict[str, Ztunnel] = {}
         self.server: Child | None = None
+        self.cni_agents: dict[str, Child] = {}
         self._old_sigterm: Any = None
         self._closed = False
 
@@ -262,7 +263,6 @@ class World:
     def _start_cni_agents(self) -> None:
         """One ``zpilot cni run`` per node, inside the node's namespace, watching the manifests."""
         assert self.supervisor is not None
-        self.cni_agents: dict[str, Child] = {}
         for node in self.spec.nodes:
             zt = self.spec.ztunnel_on(node.key)
             self.cni_agents[node.key] = self.supervisor.start(f"cni-agent-{node.key}", zpilot_cli(
