@@ -61,7 +61,11 @@ TABLE_INBOUND = 100  # node: ztunnel + one route per meshed pod via istioin; ztu
 TABLE_OUTBOUND = 101
 TABLE_PROXY_RETURN = 102
 NODE_RULE_PRIORITIES = (100, 101, 102, 103)
-ZTUNNEL_RULE_PRIORITIES = (20000, 20001, 20002, 20003)
+#: 19999 first: same-node HBONE hairpin replies (from 127.0.0.1, after the 15088 REDIRECT) are
+#: delivered locally instead of leaving through pistioin by rule 20002 (istio/istio#42163).
+ZTUNNEL_HAIRPIN_RULE_PRIORITY = 19999
+HAIRPIN_SOURCE = "127.0.0.1"
+ZTUNNEL_RULE_PRIORITIES = (ZTUNNEL_HAIRPIN_RULE_PRIORITY, 20000, 20001, 20002, 20003)
 MAIN_RULE_PRIORITY = 32766
 OWNED_TABLES = (TABLE_INBOUND, TABLE_OUTBOUND, TABLE_PROXY_RETURN)
 #: ``proto boot``: what ``ip route add`` uses, so ``ip route`` prints our routes like the article.

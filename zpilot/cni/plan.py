@@ -99,13 +99,14 @@ class Tunnel:
 
 @dataclass(frozen=True)
 class Rule:
-    """An ``ip rule``: ``priority: from all [fwmark m/k] (lookup T | goto P)``."""
+    """An ``ip rule``: ``priority: from (all | SRC) [fwmark m/k] (lookup T | goto P)``."""
 
     priority: int
     table: int | None = None
     fwmark: int | None = None
     fwmask: int | None = None
     goto: int | None = None
+    src: str | None = None  # a single IPv4 address (/32), or None for "all"
 
 
 @dataclass(frozen=True)
@@ -388,8 +389,9 @@ def ztunnel_side(zt_ip: str, host_ip: str, facts: NodeFacts) -> NetnsPlan:
                c.TUNNEL_PREFIXLEN, facts.mtu),
     )
     mask = c.ZTUNNEL_MARK_MASK
-    p0, p1, p2, p3 = c.ZTUNNEL_RULE_PRIORITIES
+    hairpin, p0, p1, p2, p3 = c.ZTUNNEL_RULE_PRIORITIES
     rules = (
+        Rule(hairpin, table=c.TABLE_INBOUND, fwmark=c.INBOUND_SOCKET_MARK, fwmask=mask, src=c.HAIRPIN_SOURCE),
         Rule(p0, table=c.TABLE_INBOUND, fwmark=c.TPROXY_MARK, fwmask=mask),
         Rule(p1, table=c.TABLE_OUTBOUND, fwmark=c.OUTBOUND_SOCKET_MARK, fwmask=mask),
         Rule(p2, table=c.TABLE_PROXY_RETURN, fwmark=c.INBOUND_SOCKET_MARK, fwmask=mask),

@@ -26,7 +26,7 @@ def iptables_save_text(chains: tuple[IptablesChain, ...], jumps: tuple[Jump, ...
 
 def rule_line(rule: Rule) -> str:
     """As ``ip rule`` prints it."""
-    text = f"{rule.priority}:\tfrom all"
+    text = f"{rule.priority}:\tfrom {rule.src or 'all'}"
     if rule.fwmark is not None:
         text += f" fwmark {rule.fwmark:#x}"
         if rule.fwmask is not None and rule.fwmask != 0xFFFFFFFF:

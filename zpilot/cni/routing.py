@@ -33,15 +33,18 @@ SCOPE_NUMBERS = {v: k for k, v in SCOPES.items()}
 
 def _rule_from_msg(msg: Any) -> Rule | None:
     action = msg["action"]
-    if msg.get_attr("FRA_SRC") or msg.get_attr("FRA_DST") or msg.get_attr("FRA_IIFNAME") or msg.get_attr("FRA_OIFNAME"):
+    if msg.get_attr("FRA_DST") or msg.get_attr("FRA_IIFNAME") or msg.get_attr("FRA_OIFNAME"):
+        return None
+    src = msg.get_attr("FRA_SRC")
+    if src is not None and msg["src_len"] != 32:
         return None
     fwmark, fwmask = msg.get_attr("FRA_FWMARK"), msg.get_attr("FRA_FWMASK")
     priority = msg.get_attr("FRA_PRIORITY") or 0
     if action == FR_ACT_GOTO:
-        return Rule(priority, fwmark=fwmark, fwmask=fwmask, goto=msg.get_attr("FRA_GOTO"))
+        return Rule(priority, fwmark=fwmark, fwmask=fwmask, goto=msg.get_attr("FRA_GOTO"), src=src)
     if action == FR_ACT_TO_TBL:
         table = msg.get_attr("FRA_TABLE") or msg["table"]
-        return Rule(priority, table=table, fwmark=fwmark, fwmask=fwmask)
+        return Rule(priority, table=table, fwmark=fwmark, fwmask=fwmask, src=src)
     return None
 
 
@@ -55,6 +58,8 @@ def read_rules(ipr: Any, priorities: tuple[int, ...]) -> list[tuple[Rule | None,
 
 def _rule_kwargs(rule: Rule) -> dict[str, Any]:
     kw: dict[str, Any] = {"family": 2, "priority": rule.priority}
+    if rule.src is not None:
+        kw.update(src=rule.src, src_len=32)
     if rule.fwmark is not None:
         kw.update(fwmark=rule.fwmark, fwmask=rule.fwmask if rule.fwmask is not None else 0xFFFFFFFF)
     if rule.goto is not None:
@@ -67,6 +72,8 @@ def _rule_kwargs(rule: Rule) -> dict[str, Any]:
 def _delete_rule_msg(msg: Any) -> Callable[[Any], None]:
     def run(ipr: Any) -> None:
         kw: dict[str, Any] = {"family": 2, "priority": msg.get_attr("FRA_PRIORITY") or 0}
+        if msg.get_attr("FRA_SRC") is not None:
+            kw.update(src=msg.get_attr("FRA_SRC"), src_len=msg["src_len"])
         if msg.get_attr("FRA_FWMARK") is not None:
             kw.update(fwmark=msg.get_attr("FRA_FWMARK"), fwmask=msg.get_attr("FRA_FWMASK"))
         table = msg.get_attr("FRA_TABLE") or msg["table"]
