@@ -92,10 +92,12 @@ def main() -> None:
     snap = Snapshot.build("a", messages)
     size = snap.resources(CLUSTER_TYPE).size + snap.resources(ENDPOINT_TYPE).size
 
-    def assemble():
-        for t in (CLUSTER_TYPE, ENDPOINT_TYPE):
-            wire.discovery_response(version_info="v", resources=[r.any for r in snap.resources(t).select(None)],
-                                    type_url=t, nonce="1")
+    def assemble():  # what the server does per push: CDS in full (wildcard), EDS by name
+        wire.discovery_response_from_entries(version_info="v", entries=snap.resources(CLUSTER_TYPE).all_entries,
+                                             type_url=CLUSTER_TYPE, nonce="1")
+        eds = snap.resources(ENDPOINT_TYPE)
+        wire.discovery_response_from_entries(version_info="v", entries=b"".join(
+            r.entry for r in eds.select(eds.items)), type_url=ENDPOINT_TYPE, nonce="2")
 
     asm = timed(assemble)
     print(f"node with {args.clusters} EDS clusters ({size / 1e6:.2f} MB CDS+EDS):")

@@ -84,3 +84,22 @@ def test_decode_gives_back_what_was_cached():
     assert resources.node == "n" and resources.clusters == clusters and resources.listeners == {}
     assert secrets == {"s": secret}
     assert resources.secrets == {"s": SecretRef("s", "spiffe://td/ns/a/sa/b")}
+
+
+def test_cached_entries_make_the_same_response_as_protobuf():
+    from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
+
+    from zpilot.xds import wire
+
+    s = snap("n", "b", "a", "c")
+    resources = s.resources(CLUSTER_TYPE)
+    data = wire.discovery_response_from_entries(version_info=resources.version, entries=resources.all_entries,
+                                                type_url=CLUSTER_TYPE, nonce="7")
+    expected = DiscoveryResponse(version_info=resources.version, type_url=CLUSTER_TYPE, nonce="7")
+    for name in ("a", "b", "c"):
+        expected.resources.add().Pack(Cluster(name=name, connect_timeout={"seconds": 1}))
+    assert DiscoveryResponse.FromString(data) == expected
+    some = b"".join(r.entry for r in resources.select(["c", "a"]))
+    parsed = DiscoveryResponse.FromString(
+        wire.discovery_response_from_entries(version_info="v", entries=some, type_url=CLUSTER_TYPE, nonce="8"))
+    assert [r.value for r in parsed.resources] == [expected.resources[0].value, expected.resources[2].value]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Iterable, Mapping
 
@@ -42,22 +43,34 @@ def content_version(data: bytes) -> str:
 
 @dataclass(frozen=True)
 class CachedResource:
-    """A resource ready to send: its serialized ``Any`` and the hash of its content."""
+    """A resource ready to send: pre-encoded as a response entry, with the hash of its content.
+
+    ``entry`` is the resource exactly as it appears in a SotW ``DiscoveryResponse.resources``
+    (field tag and length, then the serialized ``Any``), so a response is one ``b"".join``.
+    """
 
     name: str
     type_url: str
     version: str
-    any: bytes  # serialized google.protobuf.Any
+    entry: bytes
+    header: int  # bytes of tag and length in front of the Any
 
     @classmethod
     def of(cls, type_url: str, name: str, message: Message) -> "CachedResource":
         # deterministic: map fields (Struct metadata) in a stable order, so equal config hashes equal
         value = message.SerializeToString(deterministic=True)
-        return cls(name, type_url, content_version(value), wire.any_bytes(type_url, value))
+        any_value = wire.any_bytes(type_url, value)
+        entry = wire.response_resource(any_value)
+        return cls(name, type_url, content_version(value), entry, len(entry) - len(any_value))
+
+    @property
+    def any(self) -> bytes:
+        """The serialized ``google.protobuf.Any`` (for delta responses and decoding)."""
+        return self.entry[self.header :]
 
     @property
     def size(self) -> int:
-        return len(self.any)
+        return len(self.entry)
 
 
 def names_version(resources: Iterable[CachedResource]) -> str:
@@ -78,6 +91,11 @@ class TypeResources:
     def of(cls, type_url: str, messages: Mapping[str, Message]) -> "TypeResources":
         items = {name: CachedResource.of(type_url, name, msg) for name, msg in sorted(messages.items())}
         return cls(type_url, MappingProxyType(items), names_version(items.values()))
+
+    @cached_property
+    def all_entries(self) -> bytes:
+        """Every resource's response entry, joined: the body of a full-state (wildcard) response."""
+        return b"".join(r.entry for r in self.items.values())
 
     def select(self, names: Iterable[str] | None) -> list[CachedResource]:
         """The resources with these names that exist (all of them for ``None``), sorted by name."""

@@ -93,8 +93,11 @@ class SotwStream(Stream):
             if not state.subscribed:
                 continue
             resources = snapshot.resources(type_url)
-            selected = resources.select(None if state.wildcard else state.names)
-            version = names_version(selected)
+            if state.wildcard:
+                count, version, entries = len(resources.items), resources.version, None
+            else:
+                selected = resources.select(state.names)
+                count, version, entries = len(selected), names_version(selected), selected
             if not state.pending and version == state.sent_version:
                 continue
             if state.pending and self.hold(type_url):
@@ -104,9 +107,9 @@ class SotwStream(Stream):
                 self._note_unserved(type_url, state.names - set(resources.items))
             state.pending = False
             nonce = self.next_nonce()
-            data = wire.discovery_response(
+            data = wire.discovery_response_from_entries(
                 version_info=version,
-                resources=[r.any for r in selected],
+                entries=resources.all_entries if entries is None else b"".join(r.entry for r in entries),
                 type_url=type_url,
                 nonce=nonce,
                 control_plane_id=self.options.control_plane_id,
@@ -114,7 +117,7 @@ class SotwStream(Stream):
             state.sent_version, state.sent_nonce = version, nonce
             # Book-keeping first: the client's answer can arrive while the write is awaited.
             self.record_sent(
-                type_url, version=version, nonce=nonce, count=len(selected), size=len(data), snapshot=snapshot,
+                type_url, version=version, nonce=nonce, count=count, size=len(data), snapshot=snapshot,
                 pushed=pushed,
             )
             await self.write(data)

@@ -64,12 +64,29 @@ def control_plane(identifier: str) -> bytes:
     return field_bytes(_CP_IDENTIFIER, identifier.encode("utf-8"))
 
 
+def response_resource(any_value: bytes) -> bytes:
+    """One entry of ``DiscoveryResponse.resources`` (tag, length, the serialized ``Any``), cacheable."""
+    return field_bytes(_R_RESOURCES, any_value)
+
+
 def discovery_response(
     *, version_info: str, resources: Iterable[bytes], type_url: str, nonce: str, control_plane_id: str = ""
 ) -> bytes:
     """A serialized DiscoveryResponse; ``resources`` are serialized ``Any`` messages."""
-    parts = [field_str(_R_VERSION_INFO, version_info)]
-    parts.extend(field_bytes(_R_RESOURCES, r) for r in resources)
+    return discovery_response_from_entries(
+        version_info=version_info,
+        entries=b"".join(response_resource(r) for r in resources),
+        type_url=type_url,
+        nonce=nonce,
+        control_plane_id=control_plane_id,
+    )
+
+
+def discovery_response_from_entries(
+    *, version_info: str, entries: bytes, type_url: str, nonce: str, control_plane_id: str = ""
+) -> bytes:
+    """A serialized DiscoveryResponse from pre-encoded :func:`response_resource` entries (joined)."""
+    parts = [field_str(_R_VERSION_INFO, version_info), entries]
     parts.append(field_str(_R_TYPE_URL, type_url))
     parts.append(field_str(_R_NONCE, nonce))
     if control_plane_id:
