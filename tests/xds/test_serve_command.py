@@ -162,6 +162,20 @@ async def test_serve_pushes_manifest_changes_to_envoys(serve, manifests, envoys)
     print(f"add-pod change reached both Envoys' config_dump in {took * 1000:.0f} ms;"
           f" mean push latency (change seen -> sent) {latency * 1000:.0f} ms")
 
+    # The manifest directory disappears (an unmount, a bad deploy): nobody loses config.
+    before = sent_counts(await debug_json(port, "/debug/syncz"))
+    parked = manifests.with_name("parked")
+    manifests.rename(parked)
+
+    async def noticed():
+        return "is gone; keeping the last config" in serve["log"].read_text()
+
+    await eventually(noticed, timeout=5)
+    parked.rename(manifests)
+    await asyncio.sleep(0.5)
+    assert sent_counts(await debug_json(port, "/debug/syncz")) == before
+    await wait_no_diff(port, a)
+
     # SIGHUP re-reads the CA (an in-memory one has nothing new) and the server keeps serving.
     serve["proc"].send_signal(signal.SIGHUP)
 

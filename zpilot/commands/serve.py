@@ -19,6 +19,7 @@ from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCac
 from ..kube.directory_watch import DirectoryWatch
 from ..kube.manifests import load_manifests
 from ..model.index import MeshIndex
+from ..model.problems import Problems
 from ..translators import TranslateOptions, known_layouts, translate_node
 from ..xds.control_plane import ControlPlane, DebugOptions
 from ..xds.server import ServerOptions
@@ -49,9 +50,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def load_index(root: Path) -> MeshIndex:
     manifests = load_manifests(root)
-    index = MeshIndex.build(manifests.cluster, manifests.problems)
-    index.problems.log_all(log)
-    return index
+    return MeshIndex.build(manifests.cluster, manifests.problems)
+
+
+class ProblemLog:
+    """Logs input problems once: on every reload only the new ones, and which ones were resolved."""
+
+    def __init__(self) -> None:
+        self._seen: set = set()
+
+    def report(self, index: MeshIndex) -> None:
+        current = set(index.problems)
+        new = [p for p in index.problems if p not in self._seen]
+        fresh = Problems()
+        fresh.extend(new)
+        fresh.log_all(log)
+        for problem in sorted(self._seen - current, key=str):
+            log.info("resolved: %s", problem)
+        self._seen = current
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -80,11 +96,18 @@ async def serve(args: argparse.Namespace) -> int:
         translate=functools.partial(translate_node, options=options),
         identities=identities,
     )
+    problems = ProblemLog()
     index = await asyncio.to_thread(load_index, args.manifests)
+    problems.report(index)
     await plane.update(index)
 
     async def reload(first_seen: float) -> None:
-        await plane.update(await asyncio.to_thread(load_index, args.manifests), changed_at=first_seen)
+        if not args.manifests.exists():  # unmounted or deleted: never take every node's config away
+            log.error("%s is gone; keeping the last config until it is back", args.manifests)
+            return
+        fresh = await asyncio.to_thread(load_index, args.manifests)
+        problems.report(fresh)
+        await plane.update(fresh, changed_at=first_seen)
 
     watch = DirectoryWatch(args.manifests, reload, quiet=args.debounce_quiet, max_delay=args.debounce_max)
     watch.prime()

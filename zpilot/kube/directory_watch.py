@@ -71,7 +71,7 @@ class DirectoryWatch:
         root: str | os.PathLike[str],
         on_change: OnChange,
         *,
-        interval: float = 0.025,
+        interval: float = 0.05,
         quiet: float = 0.1,
         max_delay: float = 10.0,
     ) -> None:
