@@ -132,3 +132,58 @@ async def test_reconnect_is_answered_in_push_order(fake_plane, delta_client):
     c.delta_request(CLUSTER_TYPE, initial={"c1": "old"})
     got = [(await c.recv()).type_url for _ in range(4)]
     assert got == [CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE]
+
+
+async def test_random_subscriptions_and_changes_converge(fake_plane, delta_client):
+    """After any sequence of (un)subscriptions and config changes, the client holds exactly the
+    subscribed resources that exist, at the server's versions: no stale, missing or extra ones."""
+    import asyncio
+    import random
+
+    plane, world = await fake_plane()
+    rng = random.Random(7)
+    universe = [f"c{i}" for i in range(6)]
+    world.nodes["a"].clusters = {n: [f"10.0.0.{i}"] for i, n in enumerate(universe[:3])}
+    await plane.update(world.index())
+    c = delta_client(plane.xds_port)
+    have: dict[str, str] = {}
+    subscribed: set[str] = set()
+    first = True
+
+    async def drain() -> None:
+        while True:
+            try:
+                r = await c.recv(timeout=0.15)
+            except asyncio.TimeoutError:
+                return
+            for res in r.resources:
+                have[res.name] = res.version
+            for name in r.removed_resources:
+                have.pop(name, None)
+            c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
+
+    for step in range(30):
+        op = rng.choice(["sub", "unsub", "change", "add", "remove"])
+        if op == "sub" or first:
+            names = set(rng.sample(universe, rng.randint(1, 3)))
+            c.delta_request(ENDPOINT_TYPE, subscribe=sorted(names), node_name="a" if first else None)
+            subscribed |= names
+            first = False
+        elif op == "unsub" and subscribed:
+            names = set(rng.sample(sorted(subscribed), rng.randint(1, len(subscribed))))
+            c.delta_request(ENDPOINT_TYPE, unsubscribe=sorted(names))
+            subscribed -= names
+            for n in names:
+                have.pop(n, None)  # a client drops what it unsubscribed from
+        else:
+            clusters = world.nodes["a"].clusters
+            name = rng.choice(universe)
+            if op == "remove":
+                clusters.pop(name, None)
+            else:
+                clusters[name] = [f"10.1.{step}.{rng.randint(1, 9)}"]
+            await plane.update(world.index())
+        await drain()
+        items = plane.cache.get_snapshot("a").resources(ENDPOINT_TYPE).items
+        expected = {n: items[n].version for n in subscribed if n in items}
+        assert have == expected, (step, op)
