@@ -52,6 +52,17 @@ UNMESHED_POD = NEW_POD.replace("productpage-v1-5586c4d4ff-zz9kq", "outsider-1").
     "0b6d4a4e-4a0e-4f57-9a55-5f7f2c7b1d11", "0b6d4a4e-4a0e-4f57-9a55-5f7f2c7b1d12")
 
 
+NEW_NODE = """\
+apiVersion: v1
+kind: Node
+metadata:
+  name: gke-jimmy-cluster-default-pool-d5041909-new1
+status:
+  addresses:
+  - {type: InternalIP, address: 10.168.15.230}
+"""
+
+
 @pytest.fixture
 def serve(manifests: Path, tmp_path: Path):
     """Start ``zpilot serve`` on free ports; SIGTERM (then SIGKILL) at teardown."""
@@ -155,6 +166,17 @@ async def test_serve_pushes_manifest_changes_to_envoys(serve, manifests, envoys)
     await eventually(model_has_it, timeout=DEBOUNCE_QUIET + 2.0)
     await asyncio.sleep(0.3)
     assert _metric(await _text(port, "/metrics"), "zpilot_model_updates_total") > updates_before
+    assert sent_counts(await debug_json(port, "/debug/syncz")) == before
+
+    # A new node concerns only itself: it gets a snapshot, the running Envoys get nothing.
+    (manifests / "node-c.yaml").write_text(NEW_NODE)
+
+    async def node_c_has_config():
+        registry = await debug_json(port, "/debug/registryz")
+        return "gke-jimmy-cluster-default-pool-d5041909-new1" in registry["snapshots"]
+
+    await eventually(node_c_has_config, timeout=DEBOUNCE_QUIET + 2.0)
+    await asyncio.sleep(0.3)
     assert sent_counts(await debug_json(port, "/debug/syncz")) == before
     metrics = await _text(port, "/metrics")
     latency = _metric(metrics, "zpilot_xds_push_latency_seconds_sum") / max(
