@@ -51,10 +51,11 @@ async def make_plane(manifests: Path):
     identities = IdentityCache(CertificateAuthority.generate())
     bind: dict[str, str] = {}
 
-    async def make(*, xds_port: int = 0, mutate=None, index: MeshIndex | None = None, **kw) -> ControlPlane:
+    async def make(*, xds_port: int = 0, mutate=None, index: MeshIndex | None = None, xds_host: str = "127.0.0.1",
+                   debug_host: str = "127.0.0.1", **kw) -> ControlPlane:
         plane = ControlPlane(
-            server_options=ServerOptions(host="127.0.0.1", port=xds_port, **kw),
-            debug_options=DebugOptions(host="127.0.0.1", port=0),
+            server_options=ServerOptions(host=xds_host, port=xds_port, **kw),
+            debug_options=DebugOptions(host=debug_host, port=0),
             translate=per_node_translate(bind),
             identities=identities,
             mutate=mutate,
@@ -74,7 +75,7 @@ def envoys(tmp_path: Path):
     """Factory of started Envoys; every one is killed at teardown, pass or fail."""
     started: list[Envoy] = []
 
-    def start(node: str, xds_port: int, *, delta: bool = False, name: str | None = None) -> Envoy:
+    def start(node: str, xds_port: int | str, *, delta: bool = False, name: str | None = None) -> Envoy:
         envoy = Envoy(tmp_path / (name or f"envoy-{len(started)}"), node, xds_port, delta=delta)
         started.append(envoy)
         return envoy.start()

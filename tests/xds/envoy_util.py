@@ -42,18 +42,18 @@ def random_loopback() -> str:
     return f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
 
 
-def bootstrap_json(node: str, xds_port: int, admin_port: int, *, delta: bool = False) -> dict[str, Any]:
-    """What ``zpilot bootstrap --node N --xds 127.0.0.1:PORT --admin-port P [--delta]`` prints."""
-    message = bootstrap(
-        BootstrapOptions(node=node, xds=f"127.0.0.1:{xds_port}", admin_port=admin_port, delta=delta)
-    )
+def bootstrap_json(node: str, xds: int | str, admin_port: int, *, delta: bool = False) -> dict[str, Any]:
+    """What ``zpilot bootstrap --node N --xds 127.0.0.1:PORT --admin-port P [--delta]`` prints
+    (``xds`` a port on loopback, or a target such as ``unix:/path``)."""
+    target = f"127.0.0.1:{xds}" if isinstance(xds, int) else xds
+    message = bootstrap(BootstrapOptions(node=node, xds=target, admin_port=admin_port, delta=delta))
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
 class Envoy:
     """One Envoy process for one node; :meth:`stop` always kills it."""
 
-    def __init__(self, workdir: Path, node: str, xds_port: int, *, delta: bool = False) -> None:
+    def __init__(self, workdir: Path, node: str, xds_port: int | str, *, delta: bool = False) -> None:
         self.node = node
         self.admin_port = free_port()
         self.xds_port = xds_port

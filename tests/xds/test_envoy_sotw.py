@@ -61,3 +61,30 @@ async def test_zpilot_diff_reports_a_difference_with_exit_1(make_plane, envoys):
     assert "differs" in result.stderr
     a.node = NODE_A
     assert await config_diff(plane.debug_port, a) == ""
+
+
+async def test_serving_over_unix_sockets(make_plane, envoys, tmp_path):
+    """ADS and the debug API on Unix sockets (reachable across network namespaces through the file system)."""
+    import httpx
+
+    xds_sock, debug_sock = tmp_path / "xds.sock", tmp_path / "debug.sock"
+    plane = await make_plane(xds_host=f"unix:{xds_sock}", debug_host=f"unix:{debug_sock}")
+    assert plane.xds_port is None and plane.xds_address == f"unix:{xds_sock}"
+    envoy = envoys(NODE_A, plane.xds_address)
+    await envoy.wait_ready()
+    async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(debug_sock)), timeout=5) as client:
+        assert (await client.get("http://zpilot/healthz/ready")).status_code == 200
+
+        async def synced():
+            [conn] = (await client.get("http://zpilot/debug/syncz", params={"node": NODE_A})).json()
+            assert {t["type"]: t["state"] for t in conn["types"]} == {"CDS": "SYNCED", "EDS": "SYNCED",
+                                                                       "SDS": "SYNCED", "LDS": "SYNCED"}
+            return True
+
+        from .envoy_util import eventually
+
+        await eventually(synced)
+        intent = (await client.get("http://zpilot/debug/config_dump", params={"node": NODE_A})).json()
+    from zpilot.xds.dump_diff import unified_diff
+
+    assert unified_diff(intent, await envoy.config_dump()) == ""

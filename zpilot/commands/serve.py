@@ -30,9 +30,10 @@ log = logging.getLogger("zpilot.serve")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
-    p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address (default 0.0.0.0)")
+    p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address, or unix:/path (default 0.0.0.0)")
     p.add_argument("--xds-port", type=int, default=15010, help="ADS port (default 15010; 0 = any free port)")
-    p.add_argument("--debug-address", default="127.0.0.1", help="debug API listen address (default 127.0.0.1)")
+    p.add_argument("--debug-address", default="127.0.0.1",
+                   help="debug API listen address, or unix:/path (default 127.0.0.1)")
     p.add_argument("--debug-port", type=int, default=15014, help="debug API port (default 15014)")
     p.add_argument("--layout", default="article", choices=known_layouts(), help="outbound layout")
     p.add_argument("--trust-domain", default="cluster.local")
@@ -130,8 +131,7 @@ async def serve(args: argparse.Namespace) -> int:
         await plane.stop()
         return 2
     print(
-        f"zpilot: serving {len(index.nodes)} nodes: ADS on {args.xds_address}:{plane.xds_port},"
-        f" debug API on http://{args.debug_address}:{plane.debug_port}",
+        f"zpilot: serving {len(index.nodes)} nodes: ADS on {plane.xds_address}, debug API on {plane.debug_url}",
         file=sys.stderr,
         flush=True,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,8 +26,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DebugOptions:
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # or "unix:/path" for a Unix socket
     port: int = 15014  # 0: any free port
+
+    @property
+    def unix_socket(self) -> bool:
+        return self.host.startswith("unix:")
 
 
 class ControlPlane:
@@ -72,6 +77,17 @@ class ControlPlane:
     def xds_port(self) -> int | None:
         return self.ads.port
 
+    @property
+    def xds_address(self) -> str:
+        """Where ADS listens, as ``zpilot bootstrap --xds`` takes it."""
+        return self.ads.address if self.ads.unix_socket else f"{self.ads.options.host}:{self.ads.port}"
+
+    @property
+    def debug_url(self) -> str:
+        if self.debug_options.unix_socket:
+            return f"http+{self.debug_options.host}"
+        return f"http://{self.debug_options.host}:{self.debug_port}"
+
     async def update(self, index: MeshIndex | None = None, *, changed_at: float | None = None) -> UpdateReport:
         """Produce config for a new model (or again for the current one) and retire unused identities."""
         report = await self.producer.update(index, changed_at=changed_at)
@@ -95,14 +111,9 @@ class ControlPlane:
         from .debug_api import create_app
 
         await self.ads.start()
-        config = uvicorn.Config(
-            create_app(self),
-            host=self.debug_options.host,
-            port=self.debug_options.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
+        where = self.debug_options
+        listen = {"uds": where.host[len("unix:"):]} if where.unix_socket else {"host": where.host, "port": where.port}
+        config = uvicorn.Config(create_app(self), log_level="warning", access_log=False, lifespan="off", **listen)
         server = _EmbeddedUvicorn(config)
         self._uvicorn = server
         self._tasks.append(asyncio.create_task(server.serve(), name="debug-api"))
@@ -111,11 +122,11 @@ class ControlPlane:
                 self._tasks[-1].result()  # raises the bind error
                 raise OSError(f"debug API on {self.debug_options.host}:{self.debug_options.port} did not start")
             await asyncio.sleep(0.01)
-        self.debug_port = _bound_port(server) or self.debug_options.port
+        self.debug_port = None if where.unix_socket else (_bound_port(server) or where.port)
         if self.identities is not None:
             self._tasks.append(asyncio.create_task(self._rotate_certificates(), name="cert-rotation"))
         self._started = True
-        log.info("debug API on http://%s:%d (OpenAPI at /docs)", self.debug_options.host, self.debug_port)
+        log.info("debug API on %s (OpenAPI at /docs)", self.debug_url)
 
     async def stop(self) -> None:
         self._started = False
@@ -127,6 +138,9 @@ class ControlPlane:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.ads.stop(grace=1.0)
+        if self.debug_options.unix_socket:  # uvicorn leaves its socket file behind
+            with contextlib.suppress(OSError):
+                os.unlink(self.debug_options.host[len("unix:"):])
 
     async def reload_ca(self) -> bool:
         """Re-read the CA's files (root rotation, a new extra root); push what changed.

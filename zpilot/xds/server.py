@@ -30,7 +30,7 @@ MiB = 1024 * 1024
 class ServerOptions:
     """gRPC settings, defaulting to what istiod uses (xds-protocol-notes.md)."""
 
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # or "unix:/path" for a Unix socket (port then unused)
     port: int = 15010
     #: Delta requests on reconnect can exceed gRPC's 4 MiB default (every known resource's version).
     max_receive_message_bytes: int = 64 * MiB
@@ -108,16 +108,29 @@ class AdsServer:
         """Bind and start; returns the bound port (useful with port 0)."""
         server = grpc.aio.server(options=self.options.grpc_options())
         server.add_generic_rpc_handlers((self._handler(),))
-        address = f"{self.options.host}:{self.options.port}"
-        if ":" in self.options.host and not self.options.host.startswith("["):
-            address = f"[{self.options.host}]:{self.options.port}"
+        address = self.address
         port = server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot bind the xDS server to {address}")
         await server.start()
-        self._server, self.port = server, port
-        log.info("ADS server listening on %s (port %d)", address, port)
+        self._server = server
+        self.port = None if self.unix_socket else port
+        log.info("ADS server listening on %s", address if self.unix_socket else f"{address} (port {port})")
         return port
+
+    @property
+    def unix_socket(self) -> bool:
+        return self.options.host.startswith("unix:")
+
+    @property
+    def address(self) -> str:
+        """What gRPC binds: ``host:port``, ``[v6]:port`` or ``unix:/path`` (host given as ``unix:/path``)."""
+        host = self.options.host
+        if self.unix_socket:
+            return host
+        if ":" in host and not host.startswith("["):
+            return f"[{host}]:{self.options.port}"
+        return f"{host}:{self.options.port}"
 
     async def stop(self, grace: float = 2.0) -> None:
         if self._server is not None:
