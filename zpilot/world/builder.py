@@ -381,9 +381,13 @@ class World:
         return left
 
     def close(self) -> None:
+        """Stop every process, delete every namespace and the working directory. A second Ctrl-C
+        (or SIGTERM) while this runs is ignored, so an impatient user cannot leave debris."""
         if self._closed:
             return
         self._closed = True
+        main = threading.current_thread() is threading.main_thread()
+        held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
         errors: list[str] = []
         try:
             if self.supervisor is not None:
@@ -393,6 +397,8 @@ class World:
             errors += self.namespaces.delete_all()
             if self.dir is not None and not self.options.keep_workdir and self.options.workdir is None:
                 shutil.rmtree(self.dir, ignore_errors=True)
+            for sig, handler in held.items():
+                signal.signal(sig, handler)
             if self._old_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._old_sigterm)
                 self._old_sigterm = None
