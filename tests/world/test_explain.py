@@ -137,3 +137,71 @@ def test_command_line():
     bad = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "nosuch",
                           "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no pod" in bad.stderr
+
+
+# -- the netfilter interpreter on the plan's own rules ------------------------------------------
+
+from zpilot.cni.plan import NodeFacts, TunnelKind, build_plan  # noqa: E402
+from zpilot.explain.netfilter import Packet, UnsupportedRule, route, run_chain  # noqa: E402
+
+NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
+
+
+@pytest.fixture(scope="module")
+def plan_a(mesh):
+    return build_plan(mesh.index, NODE_A, NodeFacts(ztunnel_veth="veth300a1d80", host_ip="10.4.4.1",
+                                                    tunnel_kind=TunnelKind.VXLAN))
+
+
+def _mark_and_table(plan, packet):
+    res = run_chain(plan.node_side, "mangle", "ztunnel-PREROUTING", packet)
+    return res.packet.mark, route(plan.node_side, packet.dst, res.packet.mark)
+
+
+def test_node_rules_each_kind_of_packet(plan_a):
+    # a meshed pod's TCP: captured
+    mark, decision = _mark_and_table(plan_a, Packet("10.4.4.19", "10.8.14.226", 9080, "vethsleep"))
+    assert mark == 0x100 and decision.table == "101" and decision.route.dev == "istioout"
+    # its UDP is never captured
+    mark, _ = _mark_and_table(plan_a, Packet("10.4.4.19", "10.8.0.10", 53, "vethsleep", proto="udp"))
+    assert mark == 0x220
+    # a pod outside the mesh: no mark; a meshed destination is still routed to the ztunnel (table 100)
+    mark, decision = _mark_and_table(plan_a, Packet("10.4.4.25", "10.4.4.19", 80, "vethlegacy"))
+    assert mark == 0 and decision.table == "100" and decision.route.dev == "istioin"
+    # the ztunnel's own connections: 0x220, never captured again, main table
+    mark, decision = _mark_and_table(plan_a, Packet("10.4.4.18", "10.4.3.20", 15008, "veth300a1d80"))
+    assert mark == 0x220 and decision.table == "main"
+    # the ztunnel speaking for a pod (original_src): 0x210, main table
+    mark, decision = _mark_and_table(plan_a, Packet("10.4.4.19", "10.4.3.19", 80, "veth300a1d80"))
+    assert mark == 0x210 and decision.table == "main"
+    # ... and the reply of that connection, from the other node: back to the ztunnel (table 102)
+    mark, decision = _mark_and_table(plan_a, Packet("10.4.3.19", "10.4.4.19", 40000, "eth0", connmark=0x210))
+    assert mark == 0x040 and decision.table == "102" and decision.route.gateway == "10.4.4.18"
+    # out of a tunnel: already handled
+    mark, decision = _mark_and_table(plan_a, Packet("10.4.4.18", "10.4.4.19", 80, "istioin"))
+    assert mark == 0x200 and decision.table == "main"
+
+
+def test_ztunnel_rules(plan_a):
+    z = plan_a.ztunnel_side
+    hbone = run_chain(z, "mangle", "ztunnel-PREROUTING", Packet("10.4.3.14", "10.4.4.19", 15008, "pistioin"))
+    plain = run_chain(z, "mangle", "ztunnel-PREROUTING", Packet("10.4.4.25", "10.4.4.19", 80, "pistioin"))
+    out = run_chain(z, "mangle", "ztunnel-PREROUTING", Packet("10.4.4.19", "1.2.3.4", 443, "pistioout"))
+    assert (hbone.tproxy_port, plain.tproxy_port, out.tproxy_port) == (15008, 15006, 15001)
+    assert route(z, "10.4.4.19", hbone.packet.mark).route.local
+    # a reply for a spoofed connection arriving on eth0: marked 0x4d3, delivered locally
+    back = run_chain(z, "mangle", "ztunnel-PREROUTING", Packet("10.4.3.19", "10.4.4.19", 40000, "eth0"))
+    assert back.packet.mark == 0x4D3 and route(z, "10.4.4.19", back.packet.mark).route.local
+    redirect = run_chain(z, "nat", "ztunnel-OUTPUT", Packet("10.4.4.18", "10.4.4.7", 15088, ""))
+    assert redirect.redirect_port == 15008
+
+
+def test_unknown_rule_is_an_error_not_a_guess(plan_a):
+    import dataclasses
+
+    from zpilot.cni.plan import IptablesChain
+
+    odd = dataclasses.replace(plan_a.node_side, chains=(IptablesChain("mangle", "ztunnel-PREROUTING",
+                                                                      ("-m owner --uid-owner 0 -j RETURN",)),))
+    with pytest.raises(UnsupportedRule):
+        run_chain(odd, "mangle", "ztunnel-PREROUTING", Packet("10.4.4.19", "10.4.3.20", 80, "vethsleep"))
