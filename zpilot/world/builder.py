@@ -75,6 +75,8 @@ class WorldOptions:
     #: with hostNetwork would; False: apply the rules once per change with ``zpilot cni apply``.
     cni_agent: bool = True
     cni_poll: float = 0.2
+    #: Bootstrap the ztunnels for incremental (delta) ADS instead of state of the world.
+    delta_xds: bool = False
 
 
 @dataclass
@@ -248,7 +250,7 @@ class World:
             pod = self.spec.ztunnel_on(node.key)
             boot = subprocess.run(
                 zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
-                           "--admin-port", str(ADMIN_PORT)),
+                           "--admin-port", str(ADMIN_PORT), *(["--delta"] if self.options.delta_xds else [])),
                 capture_output=True, text=True, check=True, timeout=60,
             )
             config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
