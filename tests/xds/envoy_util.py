@@ -20,11 +20,21 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import httpx
+import pytest
 from google.protobuf import json_format
 
 from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
 
 ENVOY = shutil.which("envoy") or "envoy"
+
+#: The ztunnel listeners are transparent (IP_TRANSPARENT, SO_MARK): without CAP_NET_ADMIN Envoy NACKs
+#: LDS with "Setting socket options failed". Tests that run a real ztunnel Envoy carry these marks.
+NEEDS_ENVOY_AS_ROOT = [
+    pytest.mark.envoy,
+    pytest.mark.slow,
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="ztunnel listeners are transparent: Envoy needs CAP_NET_ADMIN"),
+]
 _base_ids = itertools.count(random.randrange(10_000, 60_000))
 
 NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"

@@ -10,9 +10,9 @@ import pytest
 
 from .conftest import load_index
 from .e2e_util import config_diff, debug_json, wait_no_diff, wait_synced
-from .envoy_util import NODE_A, eventually
+from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, eventually
 
-pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+pytestmark = NEEDS_ENVOY_AS_ROOT
 
 SENT = re.compile(r"sent (\w+) to node=(\S+) conn=(\S+)")
 

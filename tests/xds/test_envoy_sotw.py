@@ -7,10 +7,10 @@ import logging
 import pytest
 
 from .e2e_util import ALL_TYPES, config_diff, debug_json, wait_no_diff, wait_synced, zpilot_diff_cli
-from .envoy_util import NODE_A, NODE_B
+from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B
 from .test_envoy_lifecycle import assert_cds_before_lds, sent_order
 
-pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+pytestmark = NEEDS_ENVOY_AS_ROOT
 
 
 async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, envoys, caplog):

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from .e2e_util import debug_json, wait_no_diff, wait_synced, zpilot_diff_cli
-from .envoy_util import NODE_A, NODE_B, eventually, free_port, random_loopback
+from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port, random_loopback
 
-pytestmark = [pytest.mark.envoy, pytest.mark.slow]
+pytestmark = NEEDS_ENVOY_AS_ROOT
 
 DEBOUNCE_QUIET = 0.1
 
