@@ -13,6 +13,9 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Iterator
+
+import uvicorn
 
 from ..model.index import MeshIndex
 from .metrics import Metrics
@@ -61,7 +64,7 @@ class ControlPlane:
         self.debug_port: int | None = None
         self._started = False
         self.last_report: UpdateReport | None = None
-        self._uvicorn = None
+        self._uvicorn: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
     @property
@@ -106,8 +109,6 @@ class ControlPlane:
 
     async def start(self) -> None:
         """Start the ADS server and the debug API (the model should be given first for readiness)."""
-        import uvicorn
-
         from .debug_api import create_app
 
         await self.ads.start()
@@ -186,18 +187,12 @@ class ControlPlane:
                     await self.update(changed_at=time.monotonic())
 
 
-class _EmbeddedUvicorn:
+class _EmbeddedUvicorn(uvicorn.Server):
     """uvicorn's Server without its signal handling: the process's owner handles signals."""
 
-    def __new__(cls, config):
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):  # type: ignore[override]
-                yield
-
-        return Server(config)
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _bound_port(server) -> int | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 _ADMIN = "type.googleapis.com/envoy.admin.v3."
 
@@ -37,6 +37,13 @@ def _normalize_assignment(cla: Mapping[str, Any]) -> dict[str, Any]:
     if not out.get("endpoints"):
         out.pop("endpoints", None)
     return out
+
+
+def _by(key: str) -> Callable[[Any], str]:
+    def get(item: Any) -> str:
+        return str(item.get(key, "")) if isinstance(item, Mapping) else ""
+
+    return get
 
 
 def _kind(entry: Mapping[str, Any]) -> str:
@@ -71,7 +78,7 @@ def normalize(dump: Mapping[str, Any]) -> dict[str, list[Any]]:
     ]
     keys = {"clusters": "name", "listeners": "name", "secrets": "name", "endpoints": "cluster_name"}
     for section, key in keys.items():
-        out[section].sort(key=lambda item, k=key: str(item.get(k, "")))
+        out[section].sort(key=_by(key))
     return out
 
 

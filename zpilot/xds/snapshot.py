@@ -125,7 +125,7 @@ class Snapshot:
     known: bool = True
     changed_at: float = field(default_factory=time.monotonic)
     generation_seconds: float = 0.0
-    secret_refs: Mapping[str, SecretRef] = field(default_factory=lambda: _EMPTY)
+    secret_refs: Mapping[str, SecretRef] = field(default_factory=lambda: MappingProxyType({}))
 
     @classmethod
     def build(
