@@ -8,7 +8,6 @@ import ipaddress
 from dataclasses import dataclass
 
 from google.protobuf import wrappers_pb2
-from google.protobuf.message import Message
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
@@ -183,10 +182,6 @@ def endpoints(resources: NodeResources, cluster_name: str) -> list[EndpointFacts
     return out
 
 
-def cluster(resources: NodeResources, name: str) -> cluster_pb2.Cluster | None:
-    return resources.clusters.get(name)
-
-
 def cluster_kind(c: cluster_pb2.Cluster) -> str:
     return cluster_pb2.Cluster.DiscoveryType.Name(c.type)
 
@@ -197,7 +192,3 @@ def substitute(template: str, values: dict[str, str]) -> str:
     for key, value in values.items():
         out = out.replace(f"%{key}%", value)
     return out
-
-
-def as_dict(message: Message) -> dict:
-    return MessageToDict(message, preserving_proto_field_name=True)

@@ -9,10 +9,9 @@ flushes its log file on a timer (the world starts Envoy with a short flush inter
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 Entry = dict[str, Any]
 
@@ -55,16 +54,3 @@ class AccessLog:
                 return list(parse(f.read().decode(errors="replace")))
         except FileNotFoundError:
             return []
-
-    def wait_for(self, offset: int, predicate: Callable[[Entry], bool], timeout: float = 5.0) -> list[Entry]:
-        """Entries after ``offset`` matching ``predicate``, waiting up to ``timeout`` for the first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [e for e in self.since(offset) if predicate(e)]
-            if found or time.monotonic() >= deadline:
-                return found
-            time.sleep(0.05)
-
-
-def field_is(**expected: str) -> Callable[[Entry], bool]:
-    return lambda entry: all(entry.get(k) == v for k, v in expected.items())

@@ -83,11 +83,5 @@ class PodClient:
         done = time.perf_counter()
         return Exchange(local, f"{host}:{port}", resp.status, data, (connected - start) * 1e3, (done - start) * 1e3)
 
-    def get_json(self, netns: str, host: str, port: int, path: str, timeout: float = 5.0) -> Any:
-        exchange = self.request(netns, host, port, path, timeout=timeout)
-        if exchange.status != 200:
-            raise ConnectionFailed(f"GET {path} on {host}:{port} in {netns}: HTTP {exchange.status}")
-        return exchange.json()
-
     def close(self) -> None:
         self.sockets.close()

@@ -38,10 +38,6 @@ class Ztunnel:
         """LIVE: every listener warmed, which needs CDS, EDS, SDS and LDS to have arrived."""
         return self.admin("/ready").strip() == "LIVE"
 
-    def config_dump(self, resource: str | None = None) -> dict[str, Any]:
-        path = "/config_dump?include_eds" + (f"&resource={resource}" if resource else "")
-        return json.loads(self.admin(path))
-
     def stats(self, pattern: str) -> dict[str, int]:
         out: dict[str, int] = {}
         for line in self.admin(f"/stats?filter={quote(pattern, safe='')}").splitlines():
