@@ -4,8 +4,6 @@ the pod back. The world is torn down when the session ends, also on failure or C
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from zpilot.world.builder import World, missing_prerequisites
@@ -27,5 +25,4 @@ def pytest_collection_modifyitems(config, items):
 def world():
     with World() as w:
         yield w
-    leftovers = [ns for ns in os.listdir("/run/netns") if ns.startswith(w.prefix + "-")] if os.path.isdir("/run/netns") else []
-    assert not leftovers, f"world left namespaces behind: {leftovers}"
+    assert w.leftovers() == [], "the world left something behind"

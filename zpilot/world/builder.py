@@ -398,7 +398,13 @@ class World:
             self.client.close()
             errors += self.namespaces.delete_all()
             if self.dir is not None and not self.options.keep_workdir and self.options.workdir is None:
-                shutil.rmtree(self.dir, ignore_errors=True)
+                for _attempt in range(3):  # a dying child may still be closing a file in it
+                    shutil.rmtree(self.dir, ignore_errors=True)
+                    if not self.dir.exists():
+                        break
+                    time.sleep(0.2)
+                else:
+                    errors.append(f"could not remove {self.dir}")
             for sig, handler in held.items():
                 signal.signal(sig, handler)
             if self._old_sigterm is not None:
