@@ -60,3 +60,19 @@ def test_any_bytes_is_a_packed_any():
     packed = any_pb2.Any()
     packed.Pack(c)
     assert any_pb2.Any.FromString(wire.any_bytes(CLUSTER_TYPE, c.SerializeToString())) == packed
+
+
+def test_cached_delta_entries_parse_as_resources():
+    from zpilot.xds.snapshot import CachedResource
+
+    clusters = [Cluster(name=n) for n in ("a", "b")]
+    cached = [CachedResource.of(CLUSTER_TYPE, c.name, c) for c in clusters]
+    data = wire.delta_discovery_response_from_entries(
+        system_version_info="s", entries=b"".join(r.delta_entry for r in cached), removed=["gone"],
+        type_url=CLUSTER_TYPE, nonce="3")
+    parsed = DeltaDiscoveryResponse.FromString(data)
+    assert [(r.name, r.version) for r in parsed.resources] == [(r.name, r.version) for r in cached]
+    assert list(parsed.removed_resources) == ["gone"] and parsed.nonce == "3"
+    for got, c in zip(parsed.resources, clusters):
+        unpacked = Cluster()
+        assert got.resource.Unpack(unpacked) and unpacked == c

@@ -122,9 +122,9 @@ class DeltaStream(Stream):
             if not send and not removed and not missing:
                 continue
             nonce = self.next_nonce()
-            data = wire.delta_discovery_response(
+            data = wire.delta_discovery_response_from_entries(
                 system_version_info=resources.version,
-                resources=[wire.delta_resource(n, items[n].version, items[n].any) for n in send],
+                entries=b"".join(items[n].delta_entry for n in send),
                 removed=removed + missing,
                 type_url=type_url,
                 nonce=nonce,

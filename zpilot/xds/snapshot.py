@@ -68,6 +68,11 @@ class CachedResource:
         """The serialized ``google.protobuf.Any`` (for delta responses and decoding)."""
         return self.entry[self.header :]
 
+    @cached_property
+    def delta_entry(self) -> bytes:
+        """The resource as a ``DeltaDiscoveryResponse.resources`` entry (made on first delta use, then kept)."""
+        return wire.delta_response_resource(self.name, self.version, self.any)
+
     @property
     def size(self) -> int:
         return len(self.entry)

@@ -99,6 +99,11 @@ def delta_resource(name: str, version: str, any_value: bytes) -> bytes:
     return field_str(_RES_NAME, name) + field_str(_RES_VERSION, version) + field_bytes(_RES_RESOURCE, any_value)
 
 
+def delta_response_resource(name: str, version: str, any_value: bytes) -> bytes:
+    """One entry of ``DeltaDiscoveryResponse.resources`` (tag, length, the ``Resource``), cacheable."""
+    return field_bytes(_D_RESOURCES, delta_resource(name, version, any_value))
+
+
 def delta_discovery_response(
     *,
     system_version_info: str,
@@ -109,8 +114,27 @@ def delta_discovery_response(
     control_plane_id: str = "",
 ) -> bytes:
     """A serialized DeltaDiscoveryResponse; ``resources`` are serialized ``Resource`` messages."""
-    parts = [field_str(_D_SYSTEM_VERSION, system_version_info)]
-    parts.extend(field_bytes(_D_RESOURCES, r) for r in resources)
+    return delta_discovery_response_from_entries(
+        system_version_info=system_version_info,
+        entries=b"".join(field_bytes(_D_RESOURCES, r) for r in resources),
+        removed=removed,
+        type_url=type_url,
+        nonce=nonce,
+        control_plane_id=control_plane_id,
+    )
+
+
+def delta_discovery_response_from_entries(
+    *,
+    system_version_info: str,
+    entries: bytes,
+    removed: Iterable[str],
+    type_url: str,
+    nonce: str,
+    control_plane_id: str = "",
+) -> bytes:
+    """A serialized DeltaDiscoveryResponse from pre-encoded :func:`delta_response_resource` entries."""
+    parts = [field_str(_D_SYSTEM_VERSION, system_version_info), entries]
     parts.append(field_str(_D_TYPE_URL, type_url))
     parts.append(field_str(_D_NONCE, nonce))
     parts.extend(field_bytes(_D_REMOVED, name.encode("utf-8")) for name in removed)
