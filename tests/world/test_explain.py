@@ -205,3 +205,20 @@ def test_unknown_rule_is_an_error_not_a_guess(plan_a):
                                                                       ("-m owner --uid-owner 0 -j RETURN",)),))
     with pytest.raises(UnsupportedRule):
         run_chain(odd, "mangle", "ztunnel-PREROUTING", Packet("10.4.4.19", "10.4.3.20", 80, "vethsleep"))
+
+
+def test_same_node_hairpin_replies_are_checked(mesh):
+    """The same-node tunnel needs its replies (127.0.0.1 -> the pod's spoofed address, mark 0x402)
+    delivered locally: with the plan's hairpin rule it works; without it, explain says why it
+    cannot (what the world showed as UF,URX before 7a7573d)."""
+    [ok] = explain(mesh, "sleep", "10.4.4.7", 9080)
+    assert ok.facts["pod"] == "details-v1-6997d94bb9-4jssp"
+    assert "from 127.0.0.1 fwmark 0x402/0xfff lookup 100" in render([ok])
+
+    plan = mesh.plans[NODE_A]
+    z = plan.ztunnel_side
+    without = dataclasses.replace(z, rules=tuple(r for r in z.rules if getattr(r, "src", None) is None))
+    broken = dataclasses.replace(mesh, plans={**mesh.plans, NODE_A: dataclasses.replace(plan, ztunnel_side=without)})
+    [path] = explain(broken, "sleep", "10.4.4.7", 9080)
+    assert "pod" not in path.facts
+    assert path.outcome.startswith("the tunnel cannot be set up") and "pistioin" in path.outcome

@@ -172,7 +172,7 @@ class RouteDecision:
 
 
 def rule_text(rule: Rule) -> str:
-    text = f"{rule.priority}: from all"
+    text = f"{rule.priority}: from {getattr(rule, 'src', None) or 'all'}"
     if rule.fwmark is not None:
         text += f" fwmark {rule.fwmark:#x}/{rule.fwmask:#x}" if rule.fwmask is not None else f" fwmark {rule.fwmark:#x}"
     return text + (f" goto {rule.goto}" if rule.goto is not None else f" lookup {rule.table}")
@@ -189,15 +189,19 @@ def _lookup(routes: tuple[Route, ...], table: int, dst: str) -> Route | None:
     return best[1] if best else None
 
 
-def route(plan: NetnsPlan, dst: str, mark: int) -> RouteDecision:
-    """Policy routing as the kernel does it: rules by priority; a lookup that finds nothing
-    falls through to the next rule; ``goto`` jumps to a priority (32766 is ``main``)."""
+def route(plan: NetnsPlan, dst: str, mark: int, src: str | None = None) -> RouteDecision:
+    """Policy routing as the kernel does it: rules by priority; a rule with a source selector
+    applies only to that source; a lookup that finds nothing falls through to the next rule;
+    ``goto`` jumps to a priority (32766 is ``main``)."""
     rules = sorted(plan.rules, key=lambda r: r.priority)
     skip_below: int | None = None
     for rule in rules:
         if skip_below is not None and rule.priority < skip_below:
             continue
         if rule.fwmark is not None and mark & (rule.fwmask or 0xFFFFFFFF) != rule.fwmark:
+            continue
+        rule_src = getattr(rule, "src", None)
+        if rule_src is not None and rule_src.split("/")[0] != src:
             continue
         if rule.goto is not None:
             if rule.goto >= 32766:

@@ -22,6 +22,7 @@ from ..cni import constants as c
 from ..model.index import MeshIndex
 from ..model.objects import Workload
 from ..translators import names
+from ..translators.envoy_common import ORIGINAL_SRC_FILTER
 from ..translators.resources import NodeResources
 from . import envoy_config as ec
 from .netfilter import Packet, route, rule_text, run_chain
@@ -212,7 +213,8 @@ def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, po
             dial = f"{host}:{override or port}"
             authority = ec.substitute(proxy.tunneling_config.hostname, {"DOWNSTREAM_LOCAL_ADDRESS": dst})
             base.facts["endpoint"] = dial
-            return _tunnel(mesh, base, src, node, cluster_name, dial, authority)
+            return _tunnel(mesh, base, src, node, cluster_name, dial, authority,
+                           tunnel_src=(src.ip or "?") if _spoofs_source(listener) else _ztunnel_ip(mesh, node))
         base.facts["endpoint"] = dst
         base.hop(where, f"{cluster_name}: ORIGINAL_DST, no tunnel: straight to {dst}",
                  "original_src keeps the pod's address as the source")
@@ -243,7 +245,8 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
           f"endpoint metadata tunnel: {ep.metadata.get('tunnel')}",
           "internal_upstream passes it on; original_dst restores the tunnel address as the destination",
           internal_listener=listener.name)
-    return _tunnel(mesh, e, src, node, proxy.cluster if proxy else "?", dial, authority)
+    return _tunnel(mesh, e, src, node, proxy.cluster if proxy else "?", dial, authority,
+                   tunnel_src=(src.ip or "?") if _spoofs_source(listener) else _ztunnel_ip(mesh, node))
 
 
 def _identity_of_secret(resources: NodeResources, secret: str) -> str:
@@ -251,33 +254,70 @@ def _identity_of_secret(resources: NodeResources, secret: str) -> str:
     return (ref.spiffe_id if ref and ref.spiffe_id else secret.split("~")[0])
 
 
+def _spoofs_source(listener) -> bool:
+    """original_src on the listener: its upstream connections carry the downstream's address."""
+    return any(f.name == ORIGINAL_SRC_FILTER for f in listener.listener_filters)
+
+
+def _ztunnel_ip(mesh: Mesh, node: str) -> str:
+    zt = mesh.index.ztunnel_on(node)
+    return zt.ip if zt and zt.ip else "?"
+
+
+def _ztunnel_veth(plan: NodePlan) -> str:
+    """The node side of the ztunnel's veth, as the plan names it (its route in table 100)."""
+    if plan.ztunnel is not None:
+        for r in plan.node_side.routes:
+            if r.dst == f"{plan.ztunnel.ip}/32":
+                return r.dev
+    return "ZTUNNEL-VETH"
+
+
 def _tunnel(mesh: Mesh, e: Explanation, src: Workload, node: str, cluster_name: str, dial: str,
-            authority: str) -> list[Explanation]:
+            authority: str, *, tunnel_src: str) -> list[Explanation]:
     resources = mesh.resources[node]
     where = _ztunnel_label(mesh, node)
     cluster = resources.clusters.get(cluster_name)
     tls = ec.tls_facts(cluster.transport_socket) if cluster is not None else None
     client_id = _identity_of_secret(resources, tls.certificate) if tls else "(no TLS)"
+    spoofed = tunnel_src != _ztunnel_ip(mesh, node)
     e.hop(where, f"HBONE: HTTP/2 CONNECT {authority} over mTLS to {dial}",
           f"cluster {cluster_name} (ORIGINAL_DST), TLS 1.3, presents {client_id}",
           f"accepts a server whose URI SAN matches {', '.join(tls.peer_san_patterns) if tls else '-'}",
           f"header x-envoy-original-dst-host: {authority}",
+          f"source {tunnel_src}" + (" (original_src: the pod's address)" if spoofed else " (the ztunnel's own)"),
           tunnel_cluster=cluster_name, tunnel_dial=dial, connect_authority=authority, peer_identity=client_id)
     dial_ip, _, dial_port = dial.rpartition(":")
-    zside = mesh.plans[node].ztunnel_side
+    plan = mesh.plans[node]
+    zside = plan.ztunnel_side
     if int(dial_port) == c.PORT_HBONE_LOCAL and zside is not None:
-        res = run_chain(zside, "nat", c.OUTPUT, Packet("", dial_ip, int(dial_port), ""))
+        res = run_chain(zside, "nat", c.OUTPUT, Packet(tunnel_src, dial_ip, int(dial_port), ""))
+        local_port = res.redirect_port or c.PORT_HBONE
+        # REDIRECT makes the destination 127.0.0.1: the inbound listener answers from there, with
+        # its socket mark, and the answer must come back to this ztunnel's own connecting socket
+        reply = route(zside, tunnel_src, c.INBOUND_SOCKET_MARK, src="127.0.0.1")
+        delivered = reply.route is not None and reply.route.local
         e.hop(where, "same node: the tunnel is redirected to this ztunnel's own inbound listener",
-              *[f"nat {h.chain}: {h.rule}  => {h.effect}" for h in res.hits])
-        return _inbound(mesh, e, node, dial_ip, res.redirect_port or c.PORT_HBONE, client_id)
+              *[f"nat {h.chain}: {h.rule}  => {h.effect}" for h in res.hits],
+              f"its replies (127.0.0.1:{local_port} -> {tunnel_src}, mark {c.INBOUND_SOCKET_MARK:#x}):"
+              f" ip rule {rule_text(reply.rule) if reply.rule else '(main)'}, {reply.describe()}"
+              + ("" if delivered else "  => NOT delivered locally"))
+        if not delivered:
+            e.outcome = (f"the tunnel cannot be set up: the inbound listener's replies to {tunnel_src} leave by"
+                         f" {reply.describe()} instead of being delivered locally (istio/istio#42163)")
+            return [e]
+        return _inbound(mesh, e, node, dial_ip, local_port, client_id)
     dest = mesh.index.workload_by_ip(dial_ip)
     if dest is None or not dest.node_name or dest.node_name not in mesh.plans:
         e.outcome = f"the tunnel goes to {dial}, which is no known pod"
         return [e]
-    zt = mesh.index.ztunnel_on(node)
-    e.hop(_node_label(mesh, node), f"the tunnel leaves from the ztunnel's own address ({zt.ip if zt else '?'})",
-          "marked 0x220 on the ztunnel's veth: never captured again; main table to the other node")
-    return _arrive_at_node(mesh, e, zt.ip if zt and zt.ip else "?", dial_ip, int(dial_port), dest.node_name,
+    veth = _ztunnel_veth(plan)
+    res = run_chain(plan.node_side, "mangle", c.PREROUTING, Packet(tunnel_src, dial_ip, int(dial_port), veth))
+    decision = route(plan.node_side, dial_ip, res.packet.mark)
+    e.hop(_node_label(mesh, node), f"the tunnel {tunnel_src} -> {dial} leaves the ztunnel (in on {veth})",
+          *[f"mangle {h.chain}: {h.rule}  => {h.effect}" for h in res.hits],
+          f"ip rule {rule_text(decision.rule) if decision.rule else '(main)'}: {decision.describe()}")
+    return _arrive_at_node(mesh, e, tunnel_src, dial_ip, int(dial_port), dest.node_name,
                            NODE_NETWORK_IFACE, client_id)
 
 
