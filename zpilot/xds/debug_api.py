@@ -2,10 +2,15 @@
 
 Everything here reads state; nothing changes config. Key material never leaves through it:
 config dumps go through ``config_dump`` (which redacts private keys the way Envoy does).
+
+The handlers are coroutines, so they run on the event loop's thread, the one the ADS streams
+mutate connection state and the cache on: no locks, no torn reads. Only work on immutable data
+(decoding and rendering a snapshot, rendering the model) is moved to a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
@@ -13,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from ..model.index import MeshIndex
 from .order import short_name
+from .snapshot import Snapshot
 
 if TYPE_CHECKING:
     from .control_plane import ControlPlane
@@ -42,6 +49,33 @@ def _versions(plane: "ControlPlane", node: str) -> dict[str, Any]:
     }
 
 
+def _dump(snapshot: Snapshot) -> dict[str, Any]:
+    """The node's config dump, decoded from exactly the bytes it is served (immutable: thread-safe)."""
+    from .config_dump import config_dump as render
+
+    versions = {
+        (type_url, name): resource.version
+        for type_url, resources in snapshot.types.items()
+        for name, resource in resources.items.items()
+    }
+    resources, secrets = snapshot.decode()
+    return render(resources, secrets, versions)
+
+
+def _model(index: MeshIndex) -> dict[str, Any]:
+    """The model as JSON-ready data (immutable: thread-safe)."""
+    cluster = index.cluster
+    meshed = {(w.namespace, w.name) for w in index.meshed_workloads()}
+    return {
+        "nodes": _plain(cluster.nodes),
+        "namespaces": [dict(_plain(n), enrolled=n.enrolled) for n in cluster.namespaces],
+        "service_accounts": _plain(cluster.service_accounts),
+        "workloads": [dict(_plain(w), meshed=(w.namespace, w.name) in meshed) for w in cluster.workloads],
+        "services": _plain(cluster.services),
+        "problems": [{"severity": p.severity.value, "subject": p.subject, "reason": p.reason} for p in index.problems],
+    }
+
+
 def create_app(plane: "ControlPlane") -> FastAPI:
     app = FastAPI(
         title="zpilot debug API",
@@ -50,33 +84,25 @@ def create_app(plane: "ControlPlane") -> FastAPI:
     )
 
     @app.get("/healthz/ready", summary="200 once the first model was translated and the ADS server is up")
-    def ready() -> JSONResponse:
+    async def ready() -> JSONResponse:
         if plane.ready and plane.index is not None:
             return JSONResponse({"ready": True})
         return JSONResponse({"ready": False}, status_code=503)
 
     @app.get("/debug/config_dump", summary="A node's config in the shape of Envoy's /config_dump?include_eds")
-    def config_dump(node: str = Query(..., description="Kubernetes node name")) -> JSONResponse:
-        from .config_dump import config_dump as render
-
+    async def config_dump(node: str = Query(..., description="Kubernetes node name")) -> JSONResponse:
         snapshot = plane.cache.get_snapshot(node)
         if snapshot is None:
             known = ", ".join(plane.cache.nodes()) or "none"
             raise HTTPException(404, f"no config for node {node!r}; nodes with config: {known}")
-        versions = {
-            (type_url, name): resource.version
-            for type_url, resources in snapshot.types.items()
-            for name, resource in resources.items.items()
-        }
-        resources, secrets = snapshot.decode()  # exactly the bytes the node is served
-        return JSONResponse(render(resources, secrets, versions))
+        return JSONResponse(await asyncio.to_thread(_dump, snapshot))
 
     @app.get("/debug/syncz", summary="Per connection and type: last sent, last ACKed, last NACK with its error")
-    def syncz(node: str | None = Query(None, description="only this node's connections")) -> JSONResponse:
+    async def syncz(node: str | None = Query(None, description="only this node's connections")) -> JSONResponse:
         return JSONResponse([c.to_json() for c in plane.registry.connections(node)])
 
     @app.get("/debug/connections", summary="Open ADS streams")
-    def connections() -> JSONResponse:
+    async def connections() -> JSONResponse:
         return JSONResponse(
             [
                 {
@@ -94,30 +120,15 @@ def create_app(plane: "ControlPlane") -> FastAPI:
         )
 
     @app.get("/debug/registryz", summary="The mesh model the config is built from, and its input problems")
-    def registryz() -> JSONResponse:
+    async def registryz() -> JSONResponse:
         index = plane.index
         if index is None:
             raise HTTPException(503, "no model loaded yet")
-        cluster = index.cluster
-        meshed = {(w.namespace, w.name) for w in index.meshed_workloads()}
-        return JSONResponse(
-            {
-                "nodes": _plain(cluster.nodes),
-                "namespaces": [dict(_plain(n), enrolled=n.enrolled) for n in cluster.namespaces],
-                "service_accounts": _plain(cluster.service_accounts),
-                "workloads": [
-                    dict(_plain(w), meshed=(w.namespace, w.name) in meshed) for w in cluster.workloads
-                ],
-                "services": _plain(cluster.services),
-                "problems": [
-                    {"severity": p.severity.value, "subject": p.subject, "reason": p.reason} for p in index.problems
-                ],
-                "snapshots": {node: _versions(plane, node) for node in plane.cache.nodes()},
-            }
-        )
+        snapshots = {node: _versions(plane, node) for node in plane.cache.nodes()}
+        return JSONResponse(dict(await asyncio.to_thread(_model, index), snapshots=snapshots))
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    def metrics() -> PlainTextResponse:
+    async def metrics() -> PlainTextResponse:
         return PlainTextResponse(plane.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
