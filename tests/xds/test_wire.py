@@ -5,7 +5,7 @@ from __future__ import annotations
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse
 from google.protobuf import any_pb2
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zpilot.xds import wire
@@ -14,6 +14,11 @@ from zpilot.xds.order import CLUSTER_TYPE
 text = st.text(min_size=0, max_size=40)
 
 
+# No per-example deadline: CI machines are shared, and these assert encodings, not speed.
+relaxed = settings(deadline=None, max_examples=60)
+
+
+@relaxed
 @given(st.integers(min_value=0, max_value=2**64 - 1))
 def test_varint_matches_protobuf(value):
     from google.protobuf.internal.encoder import _VarintBytes
@@ -21,6 +26,7 @@ def test_varint_matches_protobuf(value):
     assert wire.varint(value) == _VarintBytes(value)
 
 
+@relaxed
 @given(version=text, nonce=text, names=st.lists(st.text(min_size=1, max_size=30), max_size=5), cp=text)
 def test_discovery_response(version, nonce, names, cp):
     clusters = [Cluster(name=n) for n in names]
@@ -35,6 +41,7 @@ def test_discovery_response(version, nonce, names, cp):
     assert DiscoveryResponse.FromString(data) == expected
 
 
+@relaxed
 @given(names=st.lists(st.text(min_size=1, max_size=30), max_size=4), removed=st.lists(text, max_size=4),
        version=text, nonce=text)
 def test_delta_discovery_response(names, removed, version, nonce):
