@@ -113,16 +113,24 @@ def _pids_running(text: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("target", ["productpage-ip", "details-vip"])
-def test_explain_agrees_on_other_tunnelled_paths(world, target):
-    """Scenario 2 (pod IP, the pod chain's own tunnel) and the same-node VIP path (15088 redirect)."""
-    if target == "productpage-ip":
-        pod = world.spec.pod("productpage")
+@pytest.mark.parametrize("source,target", [
+    ("sleep", "productpage-ip"),  # scenario 2: the pod chain's own tunnel
+    ("sleep", "details-vip"),  # same node: the 15088 redirect
+    ("sleep", "details-ip"),  # same node, pod chain: the hairpin replies (rule 19999)
+    ("httpbin", "productpage-ip"),  # scenario 5, same node: plaintext 15006
+    ("httpbin", "sleep-ip"),  # scenario 5 across nodes
+])
+def test_explain_agrees_on_other_paths(world, source, target):
+    name, kind = target.rsplit("-", 1)
+    if kind == "ip":
+        pod = world.spec.pod(name)
         host, port = pod.ip, pod.ports[0][1]
     else:
-        svc = world.spec.service("details")
+        svc = world.spec.service(name)
         host, port = svc.cluster_ip, svc.ports[0][1]
-    result = world_demo.observe_and_explain(world, "sleep", host, port)
+    result = world_demo.observe_and_explain(world, source, host, port)
     assert result.observation.trace.ok, result.observation.trace.error
     assert result.differences == {}, f"explain vs observed: {result.differences}"
-    assert "tunnel_dial" in result.observation.facts
+    assert {"inbound_chain", "destination", "pod"} <= set(result.observation.facts)
+    if source == "httpbin":
+        assert result.observation.facts["dest_tproxy_port"] == "15006"

@@ -96,7 +96,9 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
     src = world.spec.pod(source)
     src_node = world.spec.node(src.node)
     before = Snapshot.take(world)
-    trace = scenarios.request(world, source, host, port, expect_logs={src.node: 2})
+    dest = next((p for p in world.spec.pods if p.ip == host), None)
+    expect = {src.node: 2} if src.ip in world.meshed_ips(src.node) else {dest.node if dest else src.node: 1}
+    trace = scenarios.request(world, source, host, port, expect_logs=expect)
     after = Snapshot.take(world)
     obs = Observation(trace)
     facts, evidence = obs.facts, obs.evidence
@@ -148,18 +150,27 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
         tunnel = outbound
         fact("tunnel_cluster", outbound["upstream_cluster"], where)
         fact("tunnel_dial", outbound.get("upstream_host"), where)
-    # the receiving ztunnel
+    # the receiving ztunnel: reached through a tunnel, or (source not captured) directly
     dial = facts.get("tunnel_dial", "")
-    dest_pod = next((p for p in world.spec.pods if p.ip == dial.rpartition(":")[0]), None)
+    if tunnel:
+        dest_pod = next((p for p in world.spec.pods if p.ip == dial.rpartition(":")[0]), None)
+        # the tunnel's source: the ztunnel's address, or the pod's where original_src spoofed it
+        arriving_src = (tunnel.get("upstream_local") or "").rpartition(":")[0] or world.spec.ztunnel_on(src.node).ip
+        from_outside = dest_pod is not None and dest_pod.node != src.node  # same node: REDIRECT, no routing
+        inbound_match: dict[str, str] = {"log": "ztunnel_inbound", "method": "CONNECT"}
+    else:
+        dest_pod = next((p for p in world.spec.pods if p.ip == host), None)
+        arriving_src = src.ip
+        from_outside = dest_pod is not None and not mark
+        inbound_match = {"log": "ztunnel_inbound_plaintext", "downstream_remote": trace.client_local or ""}
     if dest_pod is not None:
         dest_node = world.spec.node(dest_pod.node)
         dzt = world.ztunnels[dest_node.key]
-        inbound = next(iter(trace.at(dest_node.key, log="ztunnel_inbound", method="CONNECT")), None)
-        if dest_node.key != src.node and tunnel:
+        inbound = next(iter(trace.at(dest_node.key, **inbound_match)), None)
+        if from_outside:
             dns = world.node_ns(dest_node)
-            # the tunnel's source: the ztunnel's address, or the pod's where original_src spoofed it
-            tunnel_src = (tunnel.get("upstream_local") or "").rpartition(":")[0] or world.spec.ztunnel_on(src.node).ip
-            decision = route_get(dns, dest_pod.ip, src=tunnel_src, iif="eth0")
+            iif = "eth0" if dest_node.key != src.node else src.veth
+            decision = route_get(dns, dest_pod.ip, src=arriving_src, iif=iif)
             table = re.search(r"\btable (\S+)", decision)
             dev = re.search(r"\bdev (\S+)", decision)
             fact("dest_route_table", table.group(1) if table else "main", f"node {dest_node.key}: ip route get: {decision}")
@@ -174,9 +185,10 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
                          f"ztunnel {dest_node.key}: +{n} pkts on `-A {chain} {rule}`")
         if inbound:
             where = f"ztunnel {dest_node.key} access log"
-            fact("connect_authority", inbound.get("authority"), where)
-            fact("peer_identity", inbound.get("peer_san"), where)
-            fact("server_identity", inbound.get("local_san"), where)
+            if tunnel:
+                fact("connect_authority", inbound.get("authority"), where)
+                fact("peer_identity", inbound.get("peer_san"), where)
+                fact("server_identity", inbound.get("local_san"), where)
             fact("inbound_listener", inbound["log"], where)
             fact("inbound_chain", inbound.get("filter_chain"), where)
             fact("inbound_cluster", inbound.get("upstream_cluster"), where)
