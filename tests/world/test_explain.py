@@ -134,6 +134,15 @@ def test_command_line():
                          "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "listener ztunnel_inbound -> filter chain inbound_10.4.3.20" in ok.stdout
+    as_json = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from",
+                              "sleep", "--to", "reviews.default:9080", "--json"], capture_output=True, text=True,
+                             timeout=60)
+    assert as_json.returncode == 0, as_json.stderr
+    import json
+
+    paths = json.loads(as_json.stdout)
+    assert len(paths) == 3 and all(p["facts"]["peer_identity"] == SLEEP_ID for p in paths)
+    assert all(p["hops"][0]["where"] == "pod sleep-5644bdc767-2dfg7" for p in paths)
     bad = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "nosuch",
                           "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no pod" in bad.stderr
