@@ -77,6 +77,9 @@ class WorldOptions:
     cni_poll: float = 0.2
     #: Bootstrap the ztunnels for incremental (delta) ADS instead of state of the world.
     delta_xds: bool = False
+    #: No control plane: each ztunnel runs the static bootstrap of ``zpilot render --static``
+    #: (config and secrets inline, one CA for both nodes). The model cannot change afterwards.
+    static_config: bool = False
 
 
 @dataclass
@@ -159,7 +162,8 @@ class World:
         self._build_network()
         self.spec.write_manifests(self.manifests)
         self._start_pod_servers()
-        self._start_control_plane()
+        if not self.options.static_config:
+            self._start_control_plane()
         self._start_ztunnels()
         if self.options.cni_agent:
             self._start_cni_agents()
@@ -248,11 +252,13 @@ class World:
         assert self.supervisor is not None and self.dir is not None
         for node in self.spec.nodes:
             pod = self.spec.ztunnel_on(node.key)
-            boot = subprocess.run(
-                zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
-                           "--admin-port", str(ADMIN_PORT), *(["--delta"] if self.options.delta_xds else [])),
-                capture_output=True, text=True, check=True, timeout=60,
-            )
+            if self.options.static_config:
+                argv = zpilot_cli("render", "--manifests", str(self.manifests), "--node", node.name, "--static",
+                                  "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.dir / "ca"))
+            else:
+                argv = zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
+                                  "--admin-port", str(ADMIN_PORT), *(["--delta"] if self.options.delta_xds else []))
+            boot = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
             config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
             config.write_text(boot.stdout)
             child = self.supervisor.start(f"ztunnel-{node.key}", [
@@ -327,6 +333,8 @@ class World:
     def relabel(self, pod: str, labels: dict[str, str], *, timeout: float = 20.0) -> None:
         """Change a pod's labels in the manifests, as ``kubectl label`` would, and converge: the
         control plane pushes new config, and the node agent reconciles the node's rules."""
+        if self.options.static_config:
+            raise WorldError("a world on static config cannot change its model (no control plane)")
         spec = self.spec.pod(pod)
         self.wait_until(lambda: self._config_versions(spec.node) != "", timeout=timeout,
                         what=f"node {spec.node}'s ztunnel to be in sync before the change")
