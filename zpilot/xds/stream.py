@@ -152,7 +152,7 @@ class Stream:
             served = ", ".join(sorted(SERVED_TYPES))
             raise StreamError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"unknown type URL {type_url!r}: this server serves {served}",
+                f"unknown type URL {type_url[:200]!r}: this server serves {served}",
                 "unknown_type",
             )
 
