@@ -51,8 +51,11 @@ async def wait_no_diff(debug_port: int, envoy: Envoy, timeout: float = 10.0) -> 
     await eventually(check, timeout, interval=0.1)
 
 
-async def zpilot_diff_cli(debug_port: int, envoy: Envoy) -> subprocess.CompletedProcess:
-    """Run the real ``zpilot diff`` command (in a thread: the test's loop must keep serving ADS)."""
-    cmd = [sys.executable, "-m", "zpilot.cli", "diff", "--node", envoy.node, "--envoy-admin", envoy.admin,
+async def zpilot_diff_cli(debug_port: int, envoy: Envoy, *, name_node: bool = True) -> subprocess.CompletedProcess:
+    """Run the real ``zpilot diff`` command (in a thread: the test's loop must keep serving ADS);
+    without ``--node`` when ``name_node`` is false (the command then asks the Envoy)."""
+    cmd = [sys.executable, "-m", "zpilot.cli", "diff", "--envoy-admin", envoy.admin,
            "--server", f"http://127.0.0.1:{debug_port}"]
+    if name_node:
+        cmd += ["--node", envoy.node]
     return await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)

@@ -27,9 +27,9 @@ async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, 
         await wait_no_diff(plane.debug_port, envoy)
         # The first config a fresh Envoy gets: clusters first, listeners after their dependencies.
         assert_cds_before_lds(sent_order(caplog, conn["id"]))
-        result = await zpilot_diff_cli(plane.debug_port, envoy)
+        result = await zpilot_diff_cli(plane.debug_port, envoy, name_node=envoy is b)
         assert result.returncode == 0, result.stdout + result.stderr
-        assert result.stdout == ""
+        assert result.stdout == "" and f"node {envoy.node}: no difference" in result.stderr
     # The two nodes really got different config (each its own pods), so a zero diff means something.
     dump_a = await debug_json(plane.debug_port, "/debug/config_dump", node=NODE_A)
     dump_b = await debug_json(plane.debug_port, "/debug/config_dump", node=NODE_B)

@@ -15,12 +15,16 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from envoy.config.core.v3.base_pb2 import Node
+from google.protobuf import json_format
+
 from ..xds.dump_diff import summary, unified_diff
+from ..xds.node_identity import NodeIdentityError, node_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diff", help="diff a live Envoy's config_dump against the config zpilot serves its node")
-    p.add_argument("--node", required=True, help="Kubernetes node name the Envoy serves")
+    p.add_argument("--node", help="Kubernetes node name the Envoy serves (default: from the Envoy's /server_info)")
     p.add_argument("--envoy-admin", required=True, help="the Envoy's admin URL, e.g. http://127.0.0.1:15000")
     p.add_argument("--server", default="http://127.0.0.1:15014", help="zpilot debug API URL")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
@@ -44,15 +48,27 @@ def fetch_json(url: str, timeout: float) -> Any:
         raise FetchError(f"{url}: not JSON: {exc}") from None
 
 
+def envoy_node(admin: str, timeout: float) -> str:
+    """The node an Envoy serves, by the same rules the server uses on its first request."""
+    info = fetch_json(f"{admin}/server_info", timeout)
+    try:
+        node = json_format.ParseDict(info.get("node") or {}, Node(), ignore_unknown_fields=True)
+        return node_name(node)
+    except (json_format.ParseError, NodeIdentityError, AttributeError) as exc:
+        raise FetchError(f"{admin}/server_info: cannot tell the Envoy's node ({exc}); pass --node") from None
+
+
 def run(args: argparse.Namespace) -> int:
     server = args.server.rstrip("/")
     admin = args.envoy_admin.rstrip("/")
     try:
-        intent = fetch_json(f"{server}/debug/config_dump?node={urllib.parse.quote(args.node)}", args.timeout)
+        node = args.node or envoy_node(admin, args.timeout)
+        intent = fetch_json(f"{server}/debug/config_dump?node={urllib.parse.quote(node)}", args.timeout)
         actual = fetch_json(f"{admin}/config_dump?include_eds", args.timeout)
     except FetchError as exc:
         print(f"zpilot diff: {exc}", file=sys.stderr)
         return 2
+    args.node = node
     diff = unified_diff(intent, actual, intent_name=f"zpilot:{args.node}", actual_name=f"envoy:{admin}")
     if diff:
         sys.stdout.write(diff)
