@@ -177,7 +177,7 @@ class ControlPlane:
                 await asyncio.sleep(5.0)
                 continue
             delay = (due_at - datetime.now(timezone.utc)).total_seconds()
-            await asyncio.sleep(min(max(delay, 0.0), 60.0))
+            await asyncio.sleep(min(max(delay, 0.05), 60.0))  # never spin on a due time just missed
             if self.identities is None:
                 continue
             rotated = self.identities.rotate_due()
