@@ -30,7 +30,7 @@ from typing import Any, Callable
 from ..envoy_binary import envoy_path, next_base_id
 from . import kubeproxy
 from .client import PodClient
-from .netns import Namespaces, NetnsSockets, in_netns, run, sweep_abandoned, veth_pair, world_prefix
+from .netns import Namespaces, NetnsSockets, in_netns, new_world_prefix, run, sweep_abandoned, veth_pair
 from .processes import Child, Supervisor, python_module, zpilot_cli
 from .topology import POD_MTU, NodeSpec, PodSpec, WorldSpec, article_world, node_network
 from .ztunnel import ADMIN_PORT, Ztunnel
@@ -88,7 +88,7 @@ class World:
     options: WorldOptions = field(default_factory=WorldOptions)
 
     def __post_init__(self) -> None:
-        self.prefix = world_prefix()
+        self.prefix = new_world_prefix()
         self.namespaces = Namespaces(self.prefix)
         self.sockets = NetnsSockets()
         self.client = PodClient(self.sockets)

@@ -8,6 +8,7 @@ namespaces. Nothing here connects a namespace to the host's: a world has no rout
 from __future__ import annotations
 
 import ctypes
+import itertools
 import logging
 import os
 import re
@@ -44,6 +45,15 @@ def in_netns(ns: str, argv: Sequence[str], **kwargs) -> str:
 
 def world_prefix(pid: int | None = None) -> str:
     return f"{NAME_PREFIX}{pid if pid is not None else os.getpid()}"
+
+
+_worlds = itertools.count(1)
+
+
+def new_world_prefix() -> str:
+    """``zw<pid>-<n>``: unique among the worlds of this process (a test may build one while the
+    session's world still runs) and, through the pid, recognisable once the process is gone."""
+    return f"{world_prefix()}-{next(_worlds)}"
 
 
 def list_netns() -> list[str]:
