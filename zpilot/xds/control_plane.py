@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Iterator
 
 import uvicorn
@@ -176,11 +175,16 @@ class ControlPlane:
             if due_at is None:
                 await asyncio.sleep(5.0)
                 continue
-            delay = (due_at - datetime.now(timezone.utc)).total_seconds()
+            delay = (due_at - self.identities.ca.clock()).total_seconds()  # type: ignore[union-attr]
             await asyncio.sleep(min(max(delay, 0.05), 60.0))  # never spin on a due time just missed
             if self.identities is None:
                 continue
-            rotated = self.identities.rotate_due()
+            try:
+                rotated = self.identities.rotate_due()
+            except Exception:  # e.g. the CA itself expired: keep serving what was issued, retry later
+                log.exception("certificate renewal failed; retrying in 5 s")
+                await asyncio.sleep(5.0)
+                continue
             if rotated:
                 log.info("rotated certificates of %s", rotated)
                 with contextlib.suppress(RuntimeError):
