@@ -167,16 +167,21 @@ def test_5_pod_outside_mesh_to_meshed_pod_is_plaintext_inbound(world, source, ta
     assert trace.at(other) == []
 
 
-def test_6_connection_to_15001_is_blackholed(world):
-    """A meshed pod connecting to port 15001 anywhere lands in the BlackHoleCluster chain."""
-    trace = scenarios.request(world, "sleep", "10.4.3.20", 15001, expect_logs={"a": 1})
+@pytest.mark.parametrize("source,target,node", [
+    ("sleep", "10.4.3.20", "a"),  # a meshed pod, to 15001 of any address: captured, then blackholed
+    ("httpbin", "10.4.3.14", "b"),  # a pod outside the mesh, straight at a ztunnel's own 15001
+])
+def test_6_connection_to_15001_is_blackholed(world, source, target, node):
+    """Port 15001 is the outbound listener's: a connection addressed to it is never proxied anywhere."""
+    trace = scenarios.request(world, source, target, 15001, expect_logs={node: 1})
     assert not trace.ok and trace.exchange is None, "a connection to 15001 got an answer"
-    out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_local="10.4.3.20:15001")
+    out = trace.one(node, log=names.OUTBOUND_LISTENER, downstream_local=f"{target}:15001")
     assert out["filter_chain"] == names.BLACKHOLE_CHAIN
     assert out["upstream_cluster"] == names.BLACKHOLE_CLUSTER
     assert out["response_flags"] == "UH"
     assert out["bytes_sent"] == 0
-    assert trace.at("b") == []
+    other = "b" if node == "a" else "a"
+    assert trace.at(other) == []
 
 
 def test_7_pod_taken_out_of_the_mesh_and_back(world):
