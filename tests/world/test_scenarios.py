@@ -211,3 +211,17 @@ def test_7_pod_taken_out_of_the_mesh_and_back(world):
     out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     assert out["filter_chain"] == names.pod_chain(names.pod_tunnel_cluster(SLEEP_ID))
     assert trace.one("b", log=names.INBOUND_LISTENER, method="CONNECT", authority="10.4.3.20:9080")["peer_san"] == SLEEP_ID
+
+
+def test_hbone_port_refuses_a_client_without_a_mesh_certificate(world):
+    """Beyond the issue's list: httpbin (no identity) speaking plain HTTP to productpage's 15008
+    is routed into ztunnel B's HBONE listener like a tunnel, and refused at the TLS handshake:
+    nothing reaches the pod."""
+    before = world.ztunnels["b"].stats(r"ssl\.connection_error$")
+    trace = scenarios.request(world, "httpbin", "10.4.3.20", 15008, expect_logs={"b": 1})
+    assert trace.exchange is None, "the HBONE port answered a client without a certificate"
+    entry = trace.one("b", log=names.INBOUND_LISTENER, downstream_remote=trace.client_local)
+    assert entry["filter_chain"] == "inbound_10.4.3.20"
+    assert entry["peer_san"] is None and entry["upstream_host"] is None and entry["method"] is None
+    after = world.ztunnels["b"].stats(r"ssl\.connection_error$")
+    assert sum(after.values()) > sum(before.values()), (before, after)
