@@ -88,3 +88,40 @@ async def test_serving_over_unix_sockets(make_plane, envoys, tmp_path):
     from zpilot.xds.dump_diff import unified_diff
 
     assert unified_diff(intent, await envoy.config_dump()) == ""
+
+
+async def test_unknown_node_gets_empty_config_then_its_own(make_plane, envoys, manifests, caplog):
+    from .conftest import load_index
+    from .envoy_util import eventually
+
+    caplog.set_level(logging.WARNING, logger="zpilot.xds")
+    plane = await make_plane()
+    ghost = envoys("gke-node-not-yet-in-the-model", plane.xds_port)
+    await ghost.wait_ready()  # an empty config is a complete one: Envoy goes LIVE
+
+    async def served_empty():
+        [conn] = await debug_json(plane.debug_port, "/debug/syncz", node=ghost.node)
+        states = {t["type"]: (t["state"], t["last_sent_resources"]) for t in conn["types"]}
+        assert not conn["known_node"] and states == {"CDS": ("SYNCED", 0), "LDS": ("SYNCED", 0)}, conn
+        return True
+
+    await eventually(served_empty)
+    assert "is not in the model: serving it an empty config" in caplog.text
+
+    # The node joins the model with a pod of its own: the same stream gets its config.
+    from .test_serve_command import NEW_POD, NODE_B as POD_NODE
+
+    (manifests / "ghost.yaml").write_text(
+        NEW_POD.replace(POD_NODE, ghost.node).replace("10.4.3.99", "10.4.9.9")
+        + "---\n"
+        + f"apiVersion: v1\nkind: Node\nmetadata: {{name: {ghost.node}}}\n"
+    )
+    await plane.update(load_index(manifests))
+
+    async def served_own():
+        [conn] = await debug_json(plane.debug_port, "/debug/syncz", node=ghost.node)
+        return conn["known_node"] and all(t["state"] == "SYNCED" for t in conn["types"]) and any(
+            t["type"] == "LDS" and t["last_sent_resources"] > 0 for t in conn["types"])
+
+    await eventually(served_own)
+    await wait_no_diff(plane.debug_port, ghost)
