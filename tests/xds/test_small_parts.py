@@ -200,3 +200,16 @@ def test_zpilot_diff_exits_2_when_a_side_cannot_be_read():
     )
     assert result.returncode == 2
     assert f"127.0.0.1:{closed}/debug/config_dump?node=n" in result.stderr
+
+
+def test_normalize_keeps_only_referenced_secrets():
+    dump = {"configs": [
+        {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": [
+            {"cluster": {"name": "c", "transport_socket": {"typed_config": {"common_tls_context": {
+                "tls_certificate_sds_secret_configs": [{"name": "cert", "sds_config": {"ads": {}}}],
+                "combined_validation_context": {"validation_context_sds_secret_config": {"name": "ROOTCA"}},
+            }}}}}]},
+        {"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump", "dynamic_active_secrets": [
+            {"name": n, "secret": {"name": n}} for n in ("unused", "ROOTCA", "cert")]},
+    ]}
+    assert [s["name"] for s in normalize(dump)["secrets"]] == ["ROOTCA", "cert"]

@@ -2,7 +2,8 @@
 
 As ``istioctl proxy-status <pod>`` does: keep only dynamic active resources, sort them by name,
 drop ``version_info`` and ``last_updated`` (Envoy keeps an old version when content is
-unchanged, so versions say nothing about content), render both the same way, diff.
+unchanged, so versions say nothing about content), render both the same way, diff. Secrets no
+listener or cluster references are left out: Envoy never asks for them, so it cannot hold them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,23 @@ def _normalize_assignment(cla: Mapping[str, Any]) -> dict[str, Any]:
     if not out.get("endpoints"):
         out.pop("endpoints", None)
     return out
+
+
+def _sds_names(value: Any) -> set[str]:
+    """Names of the SDS secrets referenced anywhere below ``value`` (``*_sds_secret_config(s)`` fields)."""
+    found: set[str] = set()
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if key.endswith("sds_secret_config") and isinstance(item, Mapping) and "name" in item:
+                found.add(str(item["name"]))
+            elif key.endswith("sds_secret_configs") and isinstance(item, list):
+                found.update(str(ref["name"]) for ref in item if isinstance(ref, Mapping) and "name" in ref)
+            else:
+                found |= _sds_names(item)
+    elif isinstance(value, list):
+        for item in value:
+            found |= _sds_names(item)
+    return found
 
 
 def _by(key: str) -> Callable[[Any], str]:
@@ -76,6 +94,10 @@ def normalize(dump: Mapping[str, Any]) -> dict[str, list[Any]]:
     out["endpoints"] = [
         _normalize_assignment(e) for e in out["endpoints"] if e.get("cluster_name") not in inline
     ]
+    # Envoy only ever asks for secrets its listeners and clusters reference: one that nothing references
+    # can be offered but never held, so it is not part of the comparison.
+    referenced = _sds_names(out["listeners"]) | _sds_names(out["clusters"])
+    out["secrets"] = [secret for secret in out["secrets"] if secret.get("name") in referenced]
     keys = {"clusters": "name", "listeners": "name", "secrets": "name", "endpoints": "cluster_name"}
     for section, key in keys.items():
         out[section].sort(key=_by(key))
