@@ -213,3 +213,16 @@ def test_normalize_keeps_only_referenced_secrets():
             {"name": n, "secret": {"name": n}} for n in ("unused", "ROOTCA", "cert")]},
     ]}
     assert [s["name"] for s in normalize(dump)["secrets"]] == ["ROOTCA", "cert"]
+
+
+async def test_a_second_server_on_the_same_port_fails_to_start():
+    from zpilot.xds.server import AdsServer, ServerOptions
+
+    first = AdsServer(SnapshotCache(), options=ServerOptions(host="127.0.0.1", port=0))
+    port = await first.start()
+    try:
+        second = AdsServer(SnapshotCache(), options=ServerOptions(host="127.0.0.1", port=port))
+        with pytest.raises((OSError, RuntimeError)):
+            await second.start()
+    finally:
+        await first.stop(0)

@@ -55,6 +55,9 @@ class ServerOptions:
             ("grpc.http2.max_ping_strikes", 0),
             ("grpc.max_connection_age_ms", self.max_connection_age_ms),
             ("grpc.max_connection_age_grace_ms", self.max_connection_age_grace_ms),
+            # gRPC sets SO_REUSEPORT by default: a second zpilot on the same port would then start
+            # "fine" and silently share the Envoys with the first. Fail to bind instead.
+            ("grpc.so_reuseport", 0),
         ]
 
 
