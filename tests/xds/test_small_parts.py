@@ -222,7 +222,29 @@ async def test_a_second_server_on_the_same_port_fails_to_start():
     port = await first.start()
     try:
         second = AdsServer(SnapshotCache(), options=ServerOptions(host="127.0.0.1", port=port))
-        with pytest.raises((OSError, RuntimeError)):
+        with pytest.raises(OSError, match=f"cannot bind the xDS server to 127.0.0.1:{port}"):
             await second.start()
     finally:
         await first.stop(0)
+
+
+def test_serve_exits_2_when_its_ports_are_taken(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from .conftest import EXAMPLE
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flag in ("--xds-port", "--debug-port"):
+            other = "--debug-port" if flag == "--xds-port" else "--xds-port"
+            result = subprocess.run(
+                [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(EXAMPLE), "--xds-address",
+                 "127.0.0.1", flag, str(port), other, "0"],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert result.returncode == 2, (flag, result.stderr[-2000:])
+            assert "cannot start" in result.stderr and str(port) in result.stderr

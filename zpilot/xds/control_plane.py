@@ -119,8 +119,12 @@ class ControlPlane:
         self._tasks.append(asyncio.create_task(server.serve(), name="debug-api"))
         while not server.started:
             if self._tasks[-1].done():
-                self._tasks[-1].result()  # raises the bind error
-                raise OSError(f"debug API on {self.debug_options.host}:{self.debug_options.port} did not start")
+                place = where.host if where.unix_socket else f"{where.host}:{where.port}"
+                with contextlib.suppress(Exception):
+                    self._tasks[-1].result()  # the bind error, already logged by uvicorn
+                self._tasks.pop()
+                await self.ads.stop(grace=0)
+                raise OSError(f"the debug API could not listen on {place}")
             await asyncio.sleep(0.01)
         self.debug_port = None if where.unix_socket else (_bound_port(server) or where.port)
         if self.identities is not None:
@@ -197,6 +201,14 @@ class _EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list | None = None) -> None:
+        # uvicorn calls sys.exit() when it cannot bind, and asyncio lets SystemExit end the whole
+        # process: turn it into an error of this task, which ControlPlane.start() reports.
+        try:
+            await super().startup(sockets=sockets)
+        except SystemExit:
+            raise OSError("uvicorn could not start (see its error above)") from None
 
 
 def _bound_port(server) -> int | None:

@@ -112,7 +112,10 @@ class AdsServer:
         server = grpc.aio.server(options=self.options.grpc_options())
         server.add_generic_rpc_handlers((self._handler(),))
         address = self.address
-        port = server.add_insecure_port(address)
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
+            raise OSError(f"cannot bind the xDS server to {address}: {exc}") from None
         if port == 0:
             raise OSError(f"cannot bind the xDS server to {address}")
         await server.start()
