@@ -1,6 +1,7 @@
-"""One world for the whole tests/world session: building it takes ~10 s (two Envoys, the control
+"""One world for the whole tests/world package: building it takes ~10 s (two Envoys, the control
 plane, the node rules), and the scenarios only read it, except the relabel scenario, which puts
-the pod back. The world is torn down when the session ends, also on failure or Ctrl-C."""
+the pod back. It is torn down after the package's last test (so it does not keep two Envoys busy
+while the rest of the suite runs), also on failure or Ctrl-C."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def world():
     with World() as w:
         yield w
