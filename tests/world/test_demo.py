@@ -4,6 +4,7 @@ and leaves nothing behind; a world torn down by Ctrl-C leaves nothing behind eit
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from zpilot.explain import FACT_KEYS
 from zpilot.world import demo as world_demo
-from zpilot.world.netns import NAME_PREFIX, list_netns
+from zpilot.world.netns import list_netns
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
 
@@ -36,7 +37,6 @@ def test_explain_agrees_with_what_the_demo_observed(world):
 
 
 def test_demo_command_prints_the_path_and_cleans_up():
-    before = {ns for ns in list_netns() if ns.startswith(NAME_PREFIX)}
     proc = subprocess.run([sys.executable, "-m", "zpilot.cli", "demo"], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -45,8 +45,9 @@ def test_demo_command_prints_the_path_and_cleans_up():
                      "peer_identity      spiffe://cluster.local/ns/default/sa/sleep",
                      f"agrees on all {len(FACT_KEYS)} facts"):
         assert expected in out, out
-    # other tests may create and delete their own namespaces meanwhile: look at worlds' only
-    assert {ns for ns in list_netns() if ns.startswith(NAME_PREFIX)} <= before
+    # other worlds (other test runs) may come and go meanwhile: look at the demo's own
+    prefix = re.search(r"namespaces (zw\d+-\d+)-\*", out).group(1)
+    assert [ns for ns in list_netns() if ns.startswith(prefix + "-")] == []
 
 
 def test_demo_without_prerequisites_says_what_is_missing(monkeypatch, capsys):
