@@ -70,7 +70,7 @@ class WorldOptions:
     keep_workdir: bool = False
     #: Debounce of ``zpilot serve``'s manifest watch.
     debounce_quiet: float = 0.1
-    ready_timeout: float = 30.0
+    ready_timeout: float = 60.0
     #: Run the CNI node agent (``zpilot cni run``) inside each node namespace, as a DaemonSet pod
     #: with hostNetwork would; False: apply the rules once per change with ``zpilot cni apply``.
     cni_agent: bool = True
@@ -330,7 +330,7 @@ class World:
             raise WorldError(f"debug API {path}: HTTP {resp.status}: {body[:300]!r}")
         return json.loads(body)
 
-    def relabel(self, pod: str, labels: dict[str, str], *, timeout: float = 20.0) -> None:
+    def relabel(self, pod: str, labels: dict[str, str], *, timeout: float = 40.0) -> None:
         """Change a pod's labels in the manifests, as ``kubectl label`` would, and converge: the
         control plane pushes new config, and the node agent reconciles the node's rules."""
         if self.options.static_config:

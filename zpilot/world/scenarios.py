@@ -18,7 +18,7 @@ from .builder import World
 from .client import ConnectionFailed, Exchange
 
 #: How long to wait for Envoy to write (and flush) the log lines of a finished connection.
-LOG_WAIT = 5.0
+LOG_WAIT = 10.0
 
 
 @dataclass
