@@ -19,6 +19,8 @@ from .convert import CONVERTERS, InvalidObject, describe
 from .store import ObjectStore, key_of
 
 SUFFIXES = (".yaml", ".yml", ".json")
+#: libyaml's parser when PyYAML was built with it: ~6x faster, which is most of a push's latency.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 #: Kinds that commonly sit beside the ones zpilot reads; skipped without a warning.
 IGNORED_KINDS = frozenset(
     {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob", "ConfigMap", "Secret",
@@ -46,7 +48,7 @@ def _documents(path: Path, problems: Problems) -> Iterator[tuple[str, Any]]:
     except (OSError, UnicodeDecodeError) as exc:
         problems.error(str(path), f"cannot read: {exc}")
         return
-    loader = yaml.safe_load_all(text)
+    loader = yaml.load_all(text, Loader=_SAFE_LOADER)
     index = 0
     while True:
         where = f"{path} doc {index}"

@@ -31,5 +31,6 @@ def translate_node(index: MeshIndex, node: str, options: TranslateOptions | None
     for pod in view.local_pods:
         identity = view.identity_of(pod)
         out.add_secret(names.workload_secret(identity, pod), identity)
-    out.add_secret(names.ROOT_CA_SECRET, None)
+    if out.secrets:  # only TLS contexts reference the trust bundle; with no local pod there are none
+        out.add_secret(names.ROOT_CA_SECRET, None)
     return out
