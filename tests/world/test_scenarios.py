@@ -225,3 +225,37 @@ def test_hbone_port_refuses_a_client_without_a_mesh_certificate(world):
     assert entry["peer_san"] is None and entry["upstream_host"] is None and entry["method"] is None
     after = world.ztunnels["b"].stats(r"ssl\.connection_error$")
     assert sum(after.values()) > sum(before.values()), (before, after)
+
+
+def test_open_connections_survive_a_config_push(world):
+    """Beyond the list: a keep-alive connection sleep -> productpage VIP stays up while node A's
+    ztunnel gets new config (details taken out of the mesh and put back): Envoy updates the
+    listener's filter chains in place instead of draining every connection on each pod change."""
+    import http.client
+
+    vip, port = scenarios.service_target(world, "productpage")
+    sock = world.client.connect(world.pod_ns("sleep"), vip, port, timeout=10)
+    local = "%s:%d" % sock.getsockname()[:2]
+    conn = http.client.HTTPConnection(vip, port, timeout=10)
+    conn.sock = sock
+    offset = world.ztunnels["a"].access_log.mark()
+    details = world.spec.pod("details")
+    original = dict(details.labels)
+    try:
+        statuses = []
+        for step in ("before", "out", "back"):
+            if step == "out":
+                world.relabel("details", opted_out(original))
+            elif step == "back":
+                world.relabel("details", without_opt_out(original))
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+        assert statuses == [200, 200, 200]
+        closed = [e for e in world.ztunnels["a"].access_log.since(offset) if e.get("downstream_remote") == local]
+        assert closed == [], f"the connection was closed during the pushes: {closed}"
+    finally:
+        conn.close()
+        if world.spec.pod("details").labels != original:
+            world.relabel("details", original)
