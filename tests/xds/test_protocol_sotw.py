@@ -351,3 +351,24 @@ async def test_random_subscriptions_and_changes_converge(fake_plane, client_fact
         from google.protobuf import any_pb2
 
         assert have == {n: any_pb2.Any.FromString(v).value for n, v in expected.items()}, (step, op)
+
+
+async def test_unsubscribe_overtaken_by_a_response_is_honoured(fake_plane, client_factory):
+    """A client dropping its last EDS name while our EDS response is in flight never ACKs that
+    response: the type shows UNSUBSCRIBED and the connection synced, not STALE forever."""
+    plane, world = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(ENDPOINT_TYPE, names=["c1"], node_name="a")
+    first = await c.recv()
+    c.request(ENDPOINT_TYPE, names=["c1"], nonce=first.nonce, version=first.version_info)
+    await c.expect_silence()
+    world.nodes["a"].clusters["c1"] = ["10.0.0.9"]
+    await plane.update(world.index())
+    second = await c.recv()
+    assert second.nonce != first.nonce
+    c.request(ENDPOINT_TYPE, names=[], nonce=first.nonce, version=first.version_info)  # stale, unsubscribing
+    await c.expect_silence()
+    [conn] = await debug_json(plane.debug_port, "/debug/syncz", node="a")
+    [eds] = conn["types"]
+    assert eds["state"] == "UNSUBSCRIBED" and eds["subscribed"] == []
+    assert conn["synced"] is True

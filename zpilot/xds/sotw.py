@@ -73,6 +73,12 @@ class SotwStream(Stream):
             return False  # never resend what was rejected; a config change will send again
         if nonce and nonce != state.sent_nonce:
             self.record_stale(request.type_url, nonce)
+            if not request.resource_names and request.type_url not in WILDCARD_TYPES and state.subscribed:
+                # An unsubscription (a node's last EDS cluster went away) overtaken by our response:
+                # honour it, or the type would wait forever for an ACK the client will never send.
+                state.set_names([])
+                assert self.status is not None
+                self.status.type(request.type_url).subscribed = []
             return False
         if nonce:
             self.record_ack(request.type_url, nonce)

@@ -48,7 +48,10 @@ class TypeStatus:
 
     @property
     def state(self) -> str:
-        """SYNCED, NACKED, STALE (sent, not yet answered) or NOT_SENT, as istioctl proxy-status says."""
+        """SYNCED, NACKED, STALE (sent, not yet answered), NOT_SENT as istioctl proxy-status says, or
+        UNSUBSCRIBED: the client named no resource of this type any more, and answers nothing."""
+        if self.subscribed == []:
+            return "UNSUBSCRIBED"
         if not self.last_sent_nonce:
             return "NOT_SENT"
         if self.last_nack is not None and self.last_nack.nonce == self.last_sent_nonce:
@@ -110,7 +113,7 @@ class ConnectionStatus:
 
     @property
     def synced(self) -> bool:
-        return bool(self.types) and all(t.state == "SYNCED" for t in self.types.values())
+        return bool(self.types) and all(t.state in ("SYNCED", "UNSUBSCRIBED") for t in self.types.values())
 
     def to_json(self) -> dict[str, Any]:
         order = {t: i for i, t in enumerate(PUSH_ORDER)}
