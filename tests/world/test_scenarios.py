@@ -259,3 +259,20 @@ def test_open_connections_survive_a_config_push(world):
         conn.close()
         if world.spec.pod("details").labels != original:
             world.relabel("details", original)
+
+
+def test_traffic_survives_a_control_plane_restart(world):
+    """Beyond the list: with zpilot serve down the ztunnels keep their last config and the mesh keeps
+    working; once it is back they reconnect and take changes again."""
+    vip, port = scenarios.service_target(world, "productpage")
+    world.stop_server()
+    try:
+        down = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 2, "b": 1})
+        assert down.ok, down.error
+        assert down.one("b", log=names.INBOUND_LISTENER, method="CONNECT")["peer_san"] == SLEEP_ID
+    finally:
+        world.start_server()
+    world.wait_ztunnels_connected()
+    up = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 2, "b": 1})
+    assert up.ok, up.error
+    assert up.one("b", log=names.INBOUND_LISTENER, method="CONNECT")["peer_san"] == SLEEP_ID

@@ -239,14 +239,35 @@ class World:
             "--map", f"{self.debug_socket}=127.0.0.1:{DEBUG_PORT}",
         ), netns=self.cp_ns)
         self.supervisor.wait_for(relay, self.debug_socket.exists, timeout=10, what="listening")
+        self.start_server()
+
+    def start_server(self) -> None:
+        """``zpilot serve`` in the control-plane namespace, with its CA kept in the world's
+        directory (a restarted server keeps issuing from the same root, as a deployment would)."""
+        assert self.supervisor is not None and self.dir is not None
         self.server = self.supervisor.start("zpilot-serve", zpilot_cli(
             "serve", "--manifests", str(self.manifests),
             "--xds-address", "127.0.0.1", "--xds-port", str(XDS_PORT),
             "--debug-address", "127.0.0.1", "--debug-port", str(DEBUG_PORT),
             "--trust-domain", self.spec.trust_domain, "--debounce-quiet", str(self.options.debounce_quiet),
+            "--ca-dir", str(self.dir / "ca"),
         ), netns=self.cp_ns)
         self.supervisor.wait_for(self.server, lambda: self.debug("/healthz/ready", raw=True)[0] == 200,
                                  timeout=30, what="ready")
+
+    def stop_server(self) -> None:
+        """Stop ``zpilot serve`` (the ztunnels keep running on the config they have)."""
+        assert self.supervisor is not None
+        if self.server is not None:
+            self.supervisor.stop(self.server)
+            self.server = None
+
+    def wait_ztunnels_connected(self, timeout: float = 40.0) -> None:
+        """Until every ztunnel has an ADS stream whose listeners are ACKed (after a server restart)."""
+        def connected() -> bool:
+            return all(self._config_versions(node.key) for node in self.spec.nodes)
+
+        self.wait_until(connected, timeout=timeout, what="every ztunnel to reconnect and ACK its listeners")
 
     def _start_ztunnels(self) -> None:
         assert self.supervisor is not None and self.dir is not None
