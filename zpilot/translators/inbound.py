@@ -99,7 +99,7 @@ def _transparent_listener(name: str, view: NodeView, port: int) -> Listener:
         listener_filters=[original_dst_filter(), original_src_filter()],
         socket_options=[socket_mark(INBOUND_SOCKET_MARK, "Set socket mark to packets coming back from inbound listener")],
         access_log=[access_log(name)],
-        default_filter_chain=proxy_chain(f"blackhole {name}", names.BLACKHOLE_CLUSTER, log_site=name),
+        default_filter_chain=proxy_chain(f"blackhole {name}", names.BLACKHOLE_CLUSTER),
     )
 
 
@@ -125,7 +125,6 @@ def inbound_plaintext_listener(view: NodeView) -> Listener:
             names.inbound_chain(pod.ip),
             names.VIRTUAL_INBOUND,
             stat_prefix="virtual_inbound_plaintext",
-            log_site=names.INBOUND_PLAINTEXT_LISTENER,
         )
         chain.filter_chain_match.CopyFrom(_pod_match(pod.ip))
         listener.filter_chains.append(chain)

@@ -64,8 +64,8 @@ def _outbound_listener(view: NodeView) -> Listener:
     )
     listener.filter_chains.extend(
         [
-            proxy_chain(names.PASSTHROUGH_CHAIN, names.PASSTHROUGH_CLUSTER, log_site=names.OUTBOUND_LISTENER),
-            proxy_chain(names.BLACKHOLE_CHAIN, names.BLACKHOLE_CLUSTER, log_site=names.OUTBOUND_LISTENER),
+            proxy_chain(names.PASSTHROUGH_CHAIN, names.PASSTHROUGH_CLUSTER),
+            proxy_chain(names.BLACKHOLE_CHAIN, names.BLACKHOLE_CLUSTER),
         ]
     )
     return listener
@@ -102,7 +102,6 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
             proxy_chain(
                 names.pod_chain(cluster_name),
                 cluster_name,
-                log_site=names.OUTBOUND_LISTENER,
                 tunnel_target=DOWNSTREAM_DESTINATION,
             )
         )
@@ -120,7 +119,7 @@ def _service_resources(view: NodeView, outbound: Listener, out: NodeResources) -
         eps = view.index.endpoints(target.service, target.port)
         for identity in view.identities:
             name = names.service_chain(identity.spiffe_id, target.service, target.port, view.cluster_domain)
-            outbound.filter_chains.append(proxy_chain(name, name, log_site=names.OUTBOUND_LISTENER))
+            outbound.filter_chains.append(proxy_chain(name, name))
             out.clusters[name] = clusters.service_port(name)
             out.endpoints[name] = endpoints.service_port_endpoints(name, identity.spiffe_id, eps, view.node)
 

@@ -15,11 +15,13 @@ ORIGINAL_DST_HEADER = "x-envoy-original-dst-host"
 
 
 def tcp_proxy(
-    cluster: str, *, stat_prefix: str | None = None, log_site: str, tunnel_target: str | None = None
+    cluster: str, *, stat_prefix: str | None = None, log_site: str | None = None, tunnel_target: str | None = None
 ) -> listener_components_pb2.Filter:
     """``tunnel_target`` is a substitution format for the CONNECT authority and the
     ``x-envoy-original-dst-host`` header; without it the bytes go to ``cluster`` as they are."""
-    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster, cluster=cluster, access_log=[access_log(log_site)])
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster, cluster=cluster)
+    if log_site is not None:  # only where no listener-level log already records the connection
+        proxy.access_log.append(access_log(log_site))
     if tunnel_target is not None:
         proxy.tunneling_config.hostname = tunnel_target
         proxy.tunneling_config.headers_to_add.append(
@@ -29,7 +31,7 @@ def tcp_proxy(
 
 
 def proxy_chain(
-    name: str, cluster: str, *, log_site: str, tunnel_target: str | None = None, stat_prefix: str | None = None
+    name: str, cluster: str, *, log_site: str | None = None, tunnel_target: str | None = None, stat_prefix: str | None = None
 ) -> listener_components_pb2.FilterChain:
     return listener_components_pb2.FilterChain(
         name=name,
