@@ -80,6 +80,8 @@ class WorldOptions:
     #: No control plane: each ztunnel runs the static bootstrap of ``zpilot render --static``
     #: (config and secrets inline, one CA for both nodes). The model cannot change afterwards.
     static_config: bool = False
+    #: Workload certificate lifetime given to ``zpilot serve --cert-lifetime`` (seconds); None: its default.
+    cert_lifetime: float | None = None
 
 
 @dataclass
@@ -251,6 +253,7 @@ class World:
             "--debug-address", "127.0.0.1", "--debug-port", str(DEBUG_PORT),
             "--trust-domain", self.spec.trust_domain, "--debounce-quiet", str(self.options.debounce_quiet),
             "--ca-dir", str(self.dir / "ca"),
+            *(["--cert-lifetime", str(self.options.cert_lifetime)] if self.options.cert_lifetime else []),
         ), netns=self.cp_ns)
         self.supervisor.wait_for(self.server, lambda: self.debug("/healthz/ready", raw=True)[0] == 200,
                                  timeout=30, what="ready")
