@@ -70,7 +70,8 @@ async def test_eds_and_sds_are_served_by_name_only(fake_plane, client_factory):
     assert plane.metrics.unserved_names.value("EDS") == 1
 
 
-async def test_stale_nonce_is_ignored(fake_plane, client_factory):
+async def eds_acked_then_changed(fake_plane, client_factory):
+    """A client subscribed to EDS c1 and ACKing it; then c1 changes: (plane, client, first, second)."""
     plane, world = await fake_plane()
     c = client_factory(plane.xds_port)
     c.request(ENDPOINT_TYPE, names=["c1"], node_name="a")
@@ -80,6 +81,11 @@ async def test_stale_nonce_is_ignored(fake_plane, client_factory):
     world.nodes["a"].clusters["c1"] = ["10.0.0.9"]
     await plane.update(world.index())
     second = await c.recv()
+    return plane, c, first, second
+
+
+async def test_stale_nonce_is_ignored(fake_plane, client_factory):
+    plane, c, first, second = await eds_acked_then_changed(fake_plane, client_factory)
     assert second.nonce != first.nonce and second.version_info != first.version_info
     # A request still answering the first response (with new names) is stale: ignored.
     c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=first.nonce, version=first.version_info)
@@ -356,15 +362,7 @@ async def test_random_subscriptions_and_changes_converge(fake_plane, client_fact
 async def test_unsubscribe_overtaken_by_a_response_is_honoured(fake_plane, client_factory):
     """A client dropping its last EDS name while our EDS response is in flight never ACKs that
     response: the type shows UNSUBSCRIBED and the connection synced, not STALE forever."""
-    plane, world = await fake_plane()
-    c = client_factory(plane.xds_port)
-    c.request(ENDPOINT_TYPE, names=["c1"], node_name="a")
-    first = await c.recv()
-    c.request(ENDPOINT_TYPE, names=["c1"], nonce=first.nonce, version=first.version_info)
-    await c.expect_silence()
-    world.nodes["a"].clusters["c1"] = ["10.0.0.9"]
-    await plane.update(world.index())
-    second = await c.recv()
+    plane, c, first, second = await eds_acked_then_changed(fake_plane, client_factory)
     assert second.nonce != first.nonce
     c.request(ENDPOINT_TYPE, names=[], nonce=first.nonce, version=first.version_info)  # stale, unsubscribing
     await c.expect_silence()
