@@ -19,7 +19,6 @@ import base64
 import http.client
 import json
 import re
-import socket
 import ssl
 import struct
 import threading
