@@ -354,13 +354,12 @@ def test_long_lived_connection_survives_certificate_rotation(cw, tmp_path):
     offset_a = world.ztunnels["a"].access_log.mark()
     offset_b = world.ztunnels["b"].access_log.mark()
     seen_peers: list[str] = []
-    new: dict[str, object] = {}
+    new: dict[str, EnvoyCert] = {}
     new_seen_at: dict[str, datetime] = {}
     try:
-        start = time.monotonic()
         first_request = time.monotonic()
         old_expired = max(c.expiration for c in old.values()) + timedelta(seconds=1)
-        while time.monotonic() - start < 3 * LIFETIME:
+        while time.monotonic() - first_request < 3 * LIFETIME:
             conn.request("GET", "/")
             response = conn.getresponse()
             body = response.read()
@@ -403,9 +402,8 @@ def test_long_lived_connection_survives_certificate_rotation(cw, tmp_path):
     assert tunnel["duration_ms"] >= 1000 * (last_request - first_request) - 500, tunnel
 
     # a new handshake at B gets productpage's new certificate (checked against the world's root)
-    issued = world_ca(world).issue(SLEEP_ID, timedelta(minutes=5))
-    probe = hbone_probe(world, world.pod_ns(world.spec.ztunnel_on("a")), *write_cert(tmp_path, "sleep", issued.cert_chain_pem,
-                                                                issued.private_key_pem))
+    client_cert = write_cert(tmp_path, "sleep", *_pems(world_ca(world).issue(SLEEP_ID, timedelta(minutes=5))))
+    probe = hbone_probe(world, world.pod_ns(world.spec.ztunnel_on("a")), *client_cert)
     assert probe.server_sans == [PRODUCTPAGE_ID], probe
     current_b = one_cert(world, "b", PRODUCTPAGE_ID)
     assert probe.server_serial in (new["b"].serial, current_b.serial if current_b else None), (probe, new["b"])
