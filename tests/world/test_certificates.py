@@ -57,7 +57,7 @@ HBONE_PORT = 15008
 
 
 class UnixAdsClient(AdsClient):
-    """tests/xds's client, connected to ``zpilot serve`` through the world's relay socket."""
+    """tests/xds's client, connected to ``zpilot serve`` through the world's Unix socket."""
 
     def __init__(self, path: Path) -> None:  # same as AdsClient's, with a unix: target
         self.channel = grpc.aio.insecure_channel(f"unix:{path}")

@@ -37,8 +37,6 @@ from .ztunnel import ADMIN_PORT, Ztunnel
 
 log = logging.getLogger("zpilot.world")
 
-XDS_PORT = 15010
-DEBUG_PORT = 15014
 REQUIRED_TOOLS = ("ip", "iptables", "iptables-restore", "ipset", "nsenter")
 
 
@@ -234,13 +232,6 @@ class World:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
     def _start_control_plane(self) -> None:
-        assert self.supervisor is not None
-        relay = self.supervisor.start("relay", python_module(
-            "zpilot.world.relay",
-            "--map", f"{self.xds_socket}=127.0.0.1:{XDS_PORT}",
-            "--map", f"{self.debug_socket}=127.0.0.1:{DEBUG_PORT}",
-        ), netns=self.cp_ns)
-        self.supervisor.wait_for(relay, self.debug_socket.exists, timeout=10, what="listening")
         self.start_server()
 
     def start_server(self) -> None:
@@ -249,8 +240,7 @@ class World:
         assert self.supervisor is not None and self.dir is not None
         self.server = self.supervisor.start("zpilot-serve", zpilot_cli(
             "serve", "--manifests", str(self.manifests),
-            "--xds-address", "127.0.0.1", "--xds-port", str(XDS_PORT),
-            "--debug-address", "127.0.0.1", "--debug-port", str(DEBUG_PORT),
+            "--xds-address", f"unix:{self.xds_socket}", "--debug-address", f"unix:{self.debug_socket}",
             "--trust-domain", self.spec.trust_domain, "--debounce-quiet", str(self.options.debounce_quiet),
             "--ca-dir", str(self.dir / "ca"),
             *(["--cert-lifetime", str(self.options.cert_lifetime)] if self.options.cert_lifetime else []),
@@ -336,7 +326,7 @@ class World:
         return proc.stdout
 
     def debug(self, path: str, *, raw: bool = False) -> Any:
-        """GET on ``zpilot serve``'s debug API (through the relay's Unix socket)."""
+        """GET on ``zpilot serve``'s debug API (over its Unix socket)."""
         conn = http.client.HTTPConnection("localhost", timeout=10)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(10)

@@ -1,4 +1,4 @@
-"""Processes of a world (Envoys, ``zpilot serve``, relays, pod servers): started inside a
+"""Processes of a world (Envoys, ``zpilot serve``, pod servers): started inside a
 namespace, logged to files, and always stopped.
 
 Every child gets ``PR_SET_PDEATHSIG=SIGKILL``, so even if the builder itself is killed with
