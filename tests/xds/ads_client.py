@@ -70,12 +70,7 @@ class AdsClient:
                 error: str | None = None) -> None:
         req = DiscoveryRequest(type_url=type_url, resource_names=list(names), response_nonce=nonce,
                                version_info=version)
-        if node_name is not None:
-            req.node.CopyFrom(node(node_name))
-        if error is not None:
-            req.error_detail.code = 3
-            req.error_detail.message = error
-        self.send(req)
+        self._send_as(req, node_name, error)
 
     def delta_request(self, type_url: str, *, subscribe=(), unsubscribe=(), nonce: str = "", initial=None,
                       node_name: str | None = None, error: str | None = None) -> None:
@@ -83,6 +78,10 @@ class AdsClient:
                                     resource_names_unsubscribe=list(unsubscribe), response_nonce=nonce)
         if initial:
             req.initial_resource_versions.update(initial)
+        self._send_as(req, node_name, error)
+
+    def _send_as(self, req: Any, node_name: str | None, error: str | None) -> None:
+        """Send ``req``, naming the node (first request) and carrying a NACK's error if given."""
         if node_name is not None:
             req.node.CopyFrom(node(node_name))
         if error is not None:
