@@ -215,6 +215,3 @@ class MeshIndex:
             if w.namespace == self.ztunnel_namespace and w.labels.get(key) == value and w.ready and not w.terminating
         ]
         return max(candidates, key=lambda w: (w.created, w.name)) if candidates else None
-
-    def node_for(self, workload: Workload) -> Node | None:
-        return self.nodes.get(workload.node_name or "")

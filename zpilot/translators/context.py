@@ -65,9 +65,5 @@ class NodeView:
     def identity_of(self, workload: Workload) -> str:
         return names.workload_identity(self.trust_domain, workload)
 
-    def local_identity(self, workload: Workload) -> LocalIdentity:
-        sid = self.identity_of(workload)
-        return next(i for i in self.identities if i.spiffe_id == sid)
-
     def is_local(self, workload: Workload) -> bool:
         return workload.node_name == self.node
