@@ -12,7 +12,7 @@ Envoy API marks ``sensitive``) or ``describe_secret`` (subject, SANs, serial and
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from cryptography import x509
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
@@ -22,7 +22,6 @@ from udpa.annotations import sensitive_pb2
 from zpilot.certs.ca import IssuedCertificate, fingerprint, serial_hex
 from zpilot.certs.identity import IdentityCache
 from zpilot.model.problems import Problems
-from zpilot.translators.resources import SecretRef
 
 log = logging.getLogger("zpilot.certs.secrets")
 
@@ -40,6 +39,18 @@ def workload_secret_name(spiffe_id: str, pod_name: str | None = None, pod_uid: s
     if not pod_name or not pod_uid or NAME_SEPARATOR in pod_name or NAME_SEPARATOR in pod_uid:
         raise ValueError(f"secret name for {spiffe_id}: pod name {pod_name!r} and UID {pod_uid!r} must both be set, without '~'")
     return NAME_SEPARATOR.join((spiffe_id, pod_name, pod_uid))
+
+
+class SecretRequest(Protocol):
+    """A secret some resource references: its name, and the identity whose certificate it holds
+    (None: the trust bundle). The translators' ``SecretRef`` is one; declared here as a shape, so
+    that certificates need not import translation (the layers in README.md, "Architecture")."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spiffe_id(self) -> str | None: ...
 
 
 def name_matches_identity(name: str, spiffe_id: str) -> bool:
@@ -69,7 +80,7 @@ def validation_context_secret(trust_bundle_pem: bytes, name: str = ROOTCA) -> Se
 
 
 def build_secrets(
-    refs: Iterable[SecretRef],
+    refs: Iterable[SecretRequest],
     identities: IdentityCache,
     problems: Problems | None = None,
 ) -> dict[str, Secret]:
