@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from zpilot.certs.ca import CertificateAuthority
 from zpilot.certs.identity import IdentityCache
@@ -27,11 +31,36 @@ def index_of(manifests: Path | str) -> tuple[MeshIndex, Problems]:
     return MeshIndex.build(loaded.cluster, loaded.problems), loaded.problems
 
 
-def render(manifests: Path | str, node: str, options: TranslateOptions | None = None):
+@dataclass(frozen=True)
+class Rendered:
+    """One node's translation of a manifest set, with what went into it."""
+
+    index: MeshIndex
+    problems: Problems
+    resources: NodeResources
+    secrets: dict  # name -> Secret, issued by the session's throwaway CA
+
+
+def render_node(manifests: Path | str, node: str, options: TranslateOptions | None = None) -> Rendered:
     index, problems = index_of(manifests)
     resources = translate_node(index, node, options)
     secrets = build_secrets(resources.secrets.values(), IdentityCache(_CA), problems)
-    return resources, secrets, problems
+    return Rendered(index, problems, resources, secrets)
+
+
+def render(manifests: Path | str, node: str, options: TranslateOptions | None = None):
+    rendered = render_node(manifests, node, options)
+    return rendered.resources, rendered.secrets, rendered.problems
+
+
+def blank_secret(secret: dict[str, Any]) -> dict[str, Any]:
+    """Blank a (protojson) Secret's certificates, which change on every run, in place. Keys are not
+    blanked here: they must already read ``[redacted]``, and the goldens show that they do."""
+    if "tls_certificate" in secret:
+        secret["tls_certificate"]["certificate_chain"]["inline_bytes"] = "<certificate chain>"
+    if "validation_context" in secret:
+        secret["validation_context"]["trusted_ca"]["inline_bytes"] = "<trust bundle>"
+    return secret
 
 
 def blank_certificates(dump: dict[str, Any]) -> dict[str, Any]:
@@ -39,11 +68,7 @@ def blank_certificates(dump: dict[str, Any]) -> dict[str, Any]:
     for part in dump["configs"]:
         for entry in part.get("dynamic_active_secrets", []):
             entry["version_info"] = "<secret version>"
-            secret = entry["secret"]
-            if "tls_certificate" in secret:
-                secret["tls_certificate"]["certificate_chain"]["inline_bytes"] = "<certificate chain>"
-            if "validation_context" in secret:
-                secret["validation_context"]["trusted_ca"]["inline_bytes"] = "<trust bundle>"
+            blank_secret(entry["secret"])
     return dump
 
 
@@ -54,3 +79,18 @@ def stable_dump(resources: NodeResources, secrets: dict) -> dict[str, Any]:
 
 def dumps(data: Any) -> str:
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+
+#: Set (to anything) to rewrite every golden from the current output instead of comparing; then review the diff.
+UPDATE_GOLDEN = "ZPILOT_UPDATE_GOLDEN"
+
+
+def golden(path: Path, actual: str) -> str:
+    """The golden text at ``path`` for the caller to compare with ``actual``; written from ``actual``
+    first when updating. A golden that does not exist is a failure: new goldens are made on purpose."""
+    if os.environ.get(UPDATE_GOLDEN):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(actual)
+    if not path.exists():
+        pytest.fail(f"no golden {path}: run with {UPDATE_GOLDEN}=1 to write it, then review it", pytrace=False)
+    return path.read_text()

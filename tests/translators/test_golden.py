@@ -1,19 +1,19 @@
 """Golden tests: ``testdata/in/<case>`` manifests -> ``testdata/out/<case>/<node>.json``.
 
 Regenerate after an intended change with ``ZPILOT_UPDATE_GOLDEN=1 pytest tests/translators``
-and review the diff like code.
+and review the diff like code. The small per-feature goldens, easier to review, are in
+``test_feature_golden.py``.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .render_util import ARTICLE, NODE_A, NODE_B, blank_certificates, dumps, render, stable_dump
+from .render_util import ARTICLE, NODE_A, NODE_B, blank_certificates, dumps, golden, render, stable_dump
 
 HERE = Path(__file__).parent / "testdata"
 PRIVATE_KEY_B64 = "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS"  # base64 of "-----BEGIN PRIVATE KEY"
@@ -28,17 +28,13 @@ CASES = {
 def test_render_matches_golden(case: str, node: str) -> None:
     resources, secrets, problems = render(CASES[(case, node)], node)
     out_dir = HERE / "out" / case
-    golden = out_dir / f"{node}.json"
-    golden_problems = out_dir / f"{node}.problems.txt"
+    dump_file = out_dir / f"{node}.json"
+    problems_file = out_dir / f"{node}.problems.txt"
     actual = dumps(stable_dump(resources, secrets))
     actual_problems = "".join(f"{p}\n" for p in problems).replace(str(HERE), "<testdata>")
     assert "PRIVATE KEY" not in actual and PRIVATE_KEY_B64 not in actual, "key material in a config dump"
-    if os.environ.get("ZPILOT_UPDATE_GOLDEN"):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        golden.write_text(actual)
-        golden_problems.write_text(actual_problems)
-    assert actual == golden.read_text(), f"render differs from {golden} (ZPILOT_UPDATE_GOLDEN=1 to accept)"
-    assert actual_problems == golden_problems.read_text()
+    assert actual == golden(dump_file, actual), f"render differs from {dump_file} (ZPILOT_UPDATE_GOLDEN=1 to accept)"
+    assert actual_problems == golden(problems_file, actual_problems)
 
 
 def test_render_cli_matches_library() -> None:
