@@ -52,8 +52,9 @@ def test_demo_command_prints_the_path_and_cleans_up():
 
 def test_demo_without_prerequisites_says_what_is_missing(monkeypatch, capsys):
     from zpilot.commands import demo as demo_command
+    from zpilot.world import builder
 
-    monkeypatch.setattr(demo_command, "missing_prerequisites", lambda: ["root (...)", "`ipset` not on PATH"])
+    monkeypatch.setattr(builder, "missing_prerequisites", lambda: ["root (...)", "`ipset` not on PATH"])
     assert demo_command.run(type("Args", (), {"keep_logs": False})()) == 2
     err = capsys.readouterr().err
     assert "root" in err and "ipset" in err

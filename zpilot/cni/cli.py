@@ -12,16 +12,13 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..model.problems import Problems
-from . import counters, preflight
-from .agent import AgentOptions, NodeAgent, make_plan
 from .errors import CniError
-from .discover import discover_in_ztunnel
-from .netns import Netns
-from .plan import ZTUNNEL_OWNERSHIP, Mode, NetnsPlan, NodeFacts, UnknownZtunnelVeth, check_ifname, ztunnel_side
-from .reconcile import Reconciler
-from .render import render_plan
+
+if TYPE_CHECKING:  # each action imports its work when it runs: `zpilot cni --help` stays fast
+    from ..model.problems import Problems
+    from .agent import AgentOptions
 
 log = logging.getLogger("zpilot.cni")
 
@@ -59,6 +56,8 @@ def _mtu(text: str) -> int:
 
 
 def _options(args: argparse.Namespace, *, probe: bool = True) -> AgentOptions:
+    from .agent import AgentOptions
+
     return AgentOptions(
         node=args.node, manifests=args.manifests, netns=args.netns, ztunnel_netns=args.ztunnel_netns,
         ztunnel_veth=args.ztunnel_veth, host_ip=args.host_ip, mtu=args.mtu, ztunnel_iface=args.ztunnel_iface,
@@ -73,6 +72,11 @@ def _print_problems(problems: Problems) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from ..model.problems import Problems
+    from .agent import make_plan
+    from .plan import UnknownZtunnelVeth
+    from .render import render_plan
+
     problems = Problems()
     probe = args.tunnel == "auto" and os.geteuid() == 0
     if args.tunnel == "auto" and not probe:
@@ -101,6 +105,9 @@ def _print_reports(reports, *, verb: str) -> bool:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
+    from ..model.problems import Problems
+    from .agent import NodeAgent
+
     problems = Problems()
     agent = NodeAgent(_options(args))
     plan, reports = agent.reconcile_once(problems=problems)
@@ -112,6 +119,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from ..model.problems import Problems
+    from . import counters
+    from .agent import NodeAgent
+    from .plan import Mode
+
     problems = Problems()
     agent = NodeAgent(_options(args))
     plan, reports = agent.reconcile_once(dry_run=True, problems=problems)
@@ -155,12 +167,16 @@ def _veth(plan) -> str:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
+    from .agent import AgentOptions, NodeAgent
+
     agent = NodeAgent(AgentOptions(node="", manifests=None, netns=args.netns, ztunnel_netns=args.ztunnel_netns,
                                    iptables=args.iptables))
     return 0 if _print_reports(agent.cleanup(), verb="removed:") else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .agent import NodeAgent
+
     agent = NodeAgent(_options(args))
     stop = threading.Event()
 
@@ -180,6 +196,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_ztunnel_setup(args: argparse.Namespace) -> int:
     """The ztunnel pod's side alone, from inside it (or with --netns): what the 2022 init container did."""
+    from . import preflight
+    from .discover import discover_in_ztunnel
+    from .netns import Netns
+    from .plan import ZTUNNEL_OWNERSHIP, NetnsPlan, NodeFacts, check_ifname, ztunnel_side
+    from .reconcile import Reconciler
+
     netns = Netns(args.netns)
     netns.check_exists()
     reconciler = Reconciler(netns, iptables_backend=args.iptables)

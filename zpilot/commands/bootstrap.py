@@ -6,10 +6,6 @@ import argparse
 import json
 import sys
 
-from google.protobuf import json_format
-
-from ..translators.bootstrap import BootstrapOptions, bootstrap, parse_xds_target
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="print the Envoy bootstrap (JSON) for one node's ztunnel")
@@ -23,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from ..translators.bootstrap import BootstrapOptions, bootstrap, parse_xds_target
+
     try:
         parse_xds_target(args.xds)
     except ValueError as exc:

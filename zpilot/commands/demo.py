@@ -7,8 +7,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..world.builder import WorldError, missing_prerequisites
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build a two-node world in network namespaces and show a request's path (root)")
@@ -17,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..world.builder import WorldError, missing_prerequisites
+
     missing = missing_prerequisites()
     if missing:
         print("zpilot demo cannot run here; it needs:", file=sys.stderr)

@@ -10,16 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
-
-from envoy.config.core.v3.base_pb2 import Node
-from google.protobuf import json_format
-
-from ..xds.dump_diff import summary, unified_diff
-from ..xds.node_identity import NodeIdentityError, node_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +28,9 @@ class FetchError(Exception):
 
 
 def fetch_json(url: str, timeout: float) -> Any:
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (operator-given URL)
             return json.load(response)
@@ -50,6 +45,11 @@ def fetch_json(url: str, timeout: float) -> Any:
 
 def envoy_node(admin: str, timeout: float) -> str:
     """The node an Envoy serves, by the same rules the server uses on its first request."""
+    from envoy.config.core.v3.base_pb2 import Node
+    from google.protobuf import json_format
+
+    from ..xds.node_identity import NodeIdentityError, node_name
+
     info = fetch_json(f"{admin}/server_info", timeout)
     try:
         node = json_format.ParseDict(info.get("node") or {}, Node(), ignore_unknown_fields=True)
@@ -59,6 +59,8 @@ def envoy_node(admin: str, timeout: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..xds.dump_diff import summary, unified_diff
+
     server = args.server.rstrip("/")
     admin = args.envoy_admin.rstrip("/")
     try:

@@ -8,9 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from ..explain import ExplainError, load_mesh, render
-from ..explain import explain as explain_path
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="the hop-by-hop path of a connection, from generated config and CNI plan")
@@ -24,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..explain import ExplainError, load_mesh, render
+    from ..explain import explain as explain_path
+
     host, _, port = args.target.rpartition(":")
     if not host or not port.isdigit():
         print(f"zpilot explain: --to {args.target!r} is not HOST:PORT", file=sys.stderr)

@@ -7,22 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from ..certs.ca import CertificateAuthority
-from ..certs.identity import IdentityCache
-from ..certs.secrets import build_secrets
-from ..kube.manifests import load_manifests
-from ..model.index import MeshIndex
-from ..translators import TranslateOptions, known_layouts, translate_node
-from ..translators.static import static_bootstrap
-from ..xds.config_dump import config_dump
-from google.protobuf import json_format
+from .options import layout_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="print one node's ztunnel config (Envoy config_dump JSON) from manifests")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
     p.add_argument("--node", required=True, help="Kubernetes node name")
-    p.add_argument("--layout", default="article", choices=known_layouts(), help="outbound layout")
+    p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first use); default: a throwaway CA")
     p.add_argument(
@@ -35,6 +27,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from ..certs.ca import CertificateAuthority
+    from ..certs.identity import IdentityCache
+    from ..certs.secrets import build_secrets
+    from ..kube.manifests import load_manifests
+    from ..model.index import MeshIndex
+    from ..translators import TranslateOptions, translate_node
+    from ..translators.static import static_bootstrap
+    from ..xds.config_dump import config_dump
+
     manifests = load_manifests(args.manifests)
     index = MeshIndex.build(manifests.cluster, manifests.problems)
     problems = manifests.problems

@@ -7,22 +7,18 @@ See docs/xds-server.md for pointing an Envoy at it and for the debug endpoints.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
 import logging
 import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
-from ..kube.directory_watch import DirectoryWatch
-from ..kube.manifests import load_manifests
-from ..model.index import MeshIndex
-from ..model.problems import Problems
-from ..translators import TranslateOptions, known_layouts, translate_node
-from ..xds.control_plane import ControlPlane, DebugOptions
-from ..xds.server import ServerOptions
+from .options import layout_name
+
+if TYPE_CHECKING:  # the command's work is imported when it runs: `zpilot --help` stays fast
+    from ..model.index import MeshIndex
 
 log = logging.getLogger("zpilot.serve")
 
@@ -35,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--debug-address", default="127.0.0.1",
                    help="debug API listen address, or unix:/path (default 127.0.0.1)")
     p.add_argument("--debug-port", type=int, default=15014, help="debug API port (default 15014)")
-    p.add_argument("--layout", default="article", choices=known_layouts(), help="outbound layout")
+    p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first start); default: in memory")
@@ -50,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def load_index(root: Path) -> MeshIndex:
+    from ..kube.manifests import load_manifests
+    from ..model.index import MeshIndex
+
     manifests = load_manifests(root)
     return MeshIndex.build(manifests.cluster, manifests.problems)
 
@@ -61,6 +60,8 @@ class ProblemLog:
         self._seen: set = set()
 
     def report(self, index: MeshIndex) -> None:
+        from ..model.problems import Problems
+
         current = set(index.problems)
         new = [p for p in index.problems if p not in self._seen]
         fresh = Problems()
@@ -72,6 +73,14 @@ class ProblemLog:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
+    from ..kube.directory_watch import DirectoryWatch
+    from ..translators import TranslateOptions, translate_node
+    from ..xds.control_plane import ControlPlane, DebugOptions
+    from ..xds.server import ServerOptions
+
     try:
         if args.ca_cert or args.ca_key:
             if not (args.ca_cert and args.ca_key) or args.ca_dir:
@@ -148,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.manifests.exists():
         print(f"zpilot serve: {args.manifests} does not exist", file=sys.stderr)
         return 2
+    import asyncio
+
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("zpilot").setLevel(logging.INFO)
     return asyncio.run(serve(args))

@@ -1,0 +1,76 @@
+"""``zpilot --help`` and every sub-command's ``--help`` load no heavy module.
+
+A check of WHAT is imported, not a timing: the commands import their work (gRPC, protobuf and
+the Envoy API, FastAPI, cryptography, pyroute2, YAML...) when they run, so building the parser
+loads the standard library and the command modules alone. Each command line runs in a fresh
+interpreter as ``python -m zpilot.cli ... --help`` does (``runpy``), and lists ``sys.modules`` as
+the process exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from zpilot.cli import build_parser
+
+#: Modules of ours a ``--help`` may load: the parser and the argument definitions.
+ALLOWED_OURS = {"zpilot", "zpilot.cli", "zpilot.commands", "zpilot.cni", "zpilot.cni.cli",
+                "zpilot.cni.errors"}
+#: Named so that a failure reads plainly; any other non-stdlib module fails the test too.
+HEAVY = ("grpc", "google.protobuf", "envoy", "xds", "udpa", "validate", "fastapi", "starlette", "pydantic",
+         "uvicorn", "cryptography", "kubernetes_asyncio", "pyroute2", "yaml", "pythonjsonlogger", "httpx")
+
+
+def command_lines(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path of the parser (``()``, ``("serve",)``, ``("cni", "plan")``...)."""
+    out = [prefix]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out.extend(command_lines(sub, (*prefix, name)))
+    return out
+
+
+#: Runs ``python -m zpilot.cli ARGS`` in this interpreter and lists ``sys.modules`` on stderr at
+#: exit (``--help`` ends with SystemExit, and exit handlers still run).
+LIST_MODULES = """
+import atexit, runpy, sys
+atexit.register(lambda: print(*(f"module: {name}" for name in sys.modules), sep="\\n", file=sys.stderr))
+if len(sys.argv) > 1:
+    sys.argv = ["zpilot", *sys.argv[1:]]
+    runpy.run_module("zpilot.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def imported_modules(*args: str) -> set[str]:
+    proc = subprocess.run([sys.executable, "-c", LIST_MODULES, *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {line.removeprefix("module: ") for line in proc.stderr.splitlines() if line.startswith("module: ")}
+
+
+@pytest.fixture(scope="module")
+def interpreter_start() -> set[str]:
+    """What any Python process here has loaded before our code runs (site, .pth hooks, editable installs)."""
+    return imported_modules()
+
+
+def test_every_command_path_is_checked():
+    paths = command_lines(build_parser())
+    assert {(), ("serve",), ("render",), ("cni",), ("cni", "plan"), ("cni", "run")} <= set(paths)
+
+
+@pytest.mark.parametrize("command", command_lines(build_parser()), ids=lambda c: " ".join(c) or "zpilot")
+def test_help_imports_only_the_argument_definitions(command, interpreter_start):
+    loaded = imported_modules(*command, "--help") - interpreter_start
+    assert "zpilot.commands.serve" in loaded  # the check sees the parser being built
+    heavy = sorted(m for m in loaded if m.split(".")[0] in HEAVY or m.startswith("google.protobuf"))
+    assert not heavy, f"`zpilot {' '.join(command)} --help` imports {heavy}"
+    ours = {m for m in loaded if m.split(".")[0] == "zpilot"}
+    work = sorted(m for m in ours - ALLOWED_OURS if not m.startswith("zpilot.commands."))
+    assert not work, f"`zpilot {' '.join(command)} --help` imports {work}"
+    foreign = sorted(m for m in loaded - ours if m.split(".")[0] not in sys.stdlib_module_names)
+    assert not foreign, f"`zpilot {' '.join(command)} --help` imports non-stdlib modules {foreign}"
