@@ -1,4 +1,9 @@
-"""The ``zpilot`` command: one sub-command per job, each defined next to the code it runs."""
+"""The ``zpilot`` command: one sub-command per job, each defined next to the code it runs.
+
+Building the parser imports only the argument definitions (argparse and the standard library):
+each command imports its work when it runs, so ``zpilot --help`` does not load gRPC, protobuf
+or the Envoy API (tests/test_cli_startup.py checks which modules a ``--help`` loads).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from . import logs
 
 #: Modules that each define ``register(subparsers)``; the sub-command sets ``func`` to run.
 COMMAND_MODULES = (
@@ -22,6 +29,9 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zpilot", description="A control plane for Envoy-based ztunnels.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                        help="text (default), or json: one object per line with time, level, logger, message"
+                             " and the fields to filter on (node, type_url, version, nonce, object)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -32,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * args.verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(max(level, logging.DEBUG), args.log_format)
     return int(args.func(args) or 0)
 
 

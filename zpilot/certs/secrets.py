@@ -98,7 +98,7 @@ def build_secrets(
         wanted.setdefault(ref.name, ref.spiffe_id)
 
     def report(name: str, reason: str) -> None:
-        log.warning("Secret %s: %s", name, reason)
+        log.warning("Secret %s: %s", name, reason, extra={"object": f"Secret {name}"})
         if problems is not None:
             problems.error(f"Secret {name}", reason)
 

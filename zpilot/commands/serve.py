@@ -139,11 +139,8 @@ async def serve(args: argparse.Namespace) -> int:
         log.error("cannot start: %s", exc)
         await plane.stop()
         return 2
-    print(
-        f"zpilot: serving {len(index.nodes)} nodes: ADS on {plane.xds_address}, debug API on {plane.debug_url}",
-        file=sys.stderr,
-        flush=True,
-    )
+    # a log record, not a print: with --log-format json every line on stderr is JSON
+    log.info("serving %d nodes: ADS on %s, debug API on %s", len(index.nodes), plane.xds_address, plane.debug_url)
     watcher = asyncio.create_task(watch.run(), name="manifest-watch")
     await stop.wait()
     log.warning("shutting down")

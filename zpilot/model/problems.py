@@ -63,4 +63,4 @@ class Problems:
     def log_all(self, logger: logging.Logger = log) -> None:
         levels = {Severity.ERROR: logging.ERROR, Severity.WARNING: logging.WARNING, Severity.INFO: logging.INFO}
         for problem in self._items:
-            logger.log(levels[problem.severity], "%s", problem)
+            logger.log(levels[problem.severity], "%s", problem, extra={"object": problem.subject})

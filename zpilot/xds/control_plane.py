@@ -113,7 +113,9 @@ class ControlPlane:
         await self.ads.start()
         where = self.debug_options
         listen = {"uds": where.host[len("unix:"):]} if where.unix_socket else {"host": where.host, "port": where.port}
-        config = uvicorn.Config(create_app(self), log_level="warning", access_log=False, lifespan="off", **listen)
+        # log_config=None: uvicorn's records go to the process's handlers (and format), not its own
+        config = uvicorn.Config(create_app(self), log_level="warning", access_log=False, lifespan="off",
+                                log_config=None, **listen)
         server = _EmbeddedUvicorn(config)
         self._uvicorn = server
         self._tasks.append(asyncio.create_task(server.serve(), name="debug-api"))

@@ -142,7 +142,8 @@ class DeltaStream(Stream):
             )
             await self.write(data)
             if removed or missing:
-                log.info("node=%s %s removed_resources=%s", self.node, short_name(type_url), removed + missing)
+                log.info("node=%s %s removed_resources=%s", self.node, short_name(type_url), removed + missing,
+                         extra=self.log_fields(type_url, version=resources.version, nonce=nonce))
             if type_url == CLUSTER_TYPE and send:
                 eds = self._types[ENDPOINT_TYPE]
                 eds.force |= set(send) & (eds.names | (set(snapshot.resources(ENDPOINT_TYPE).items)
@@ -152,4 +153,4 @@ class DeltaStream(Stream):
         self.metrics.unserved_names.inc(short_name(type_url), amount=len(missing))
         level = log.warning if type_url == SECRET_TYPE else log.info
         level("node=%s asked for %s %s that its config does not have: answered as removed",
-              self.node, short_name(type_url), missing)
+              self.node, short_name(type_url), missing, extra=self.log_fields(type_url))

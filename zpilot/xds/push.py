@@ -143,7 +143,8 @@ class Producer:
             try:
                 out[node] = self.build(index, node, changed_at)
             except Exception as exc:  # one node's failure must not stop the others
-                log.exception("node %s: config could not be produced; it keeps its last good config", node)
+                log.exception("node %s: config could not be produced; it keeps its last good config", node,
+                              extra={"node": node})
                 out[node] = f"{type(exc).__name__}: {exc}"
         return out
 

@@ -139,4 +139,5 @@ class SotwStream(Stream):
             "node=%s asked for %s %s that its config does not have%s: not served",
             self.node, short_name(type_url), sorted(missing),
             " (a secret of an identity without a pod on this node)" if type_url == SECRET_TYPE else "",
+            extra=self.log_fields(type_url),
         )

@@ -109,6 +109,15 @@ class Stream:
         assert self.status is not None
         return self.status.node
 
+    def log_fields(self, type_url: str = "", **fields: str) -> dict[str, str]:
+        """``extra=`` for a log line about this stream: the fields a JSON log is filtered on
+        (see ``zpilot.logs``); the text format shows only the message."""
+        out = {"node": self.status.node, "conn": self.status.id} if self.status else {"peer": self.peer}
+        if type_url:
+            out["type_url"] = type_url
+        out.update(fields)
+        return out
+
     def next_nonce(self) -> str:
         self._nonce += 1
         return str(self._nonce)
@@ -164,6 +173,7 @@ class Stream:
                 log.warning(
                     "node %r (%s stream %s from %s) is not in the model: serving it an empty config",
                     self.node, self.mode, self.status.id if self.status else "?", self.peer,
+                    extra=self.log_fields(),
                 )
                 self.metrics.unknown_nodes.inc()
             if self.status is not None:
@@ -190,6 +200,7 @@ class Stream:
         log.info(
             "sent %s to node=%s conn=%s mode=%s version=%s nonce=%s resources=%d bytes=%d",
             kind, self.node, self.status.id, self.mode, version, nonce, count, size,
+            extra=self.log_fields(type_url, version=version, nonce=nonce),
         )
 
     def record_ack(self, type_url: str, nonce: str) -> None:
@@ -210,11 +221,13 @@ class Stream:
         log.warning(
             "node=%s conn=%s rejected %s version=%s nonce=%s: %s",
             self.node, self.status.id, short_name(type_url), version or "?", nonce, message,
+            extra=self.log_fields(type_url, version=version, nonce=nonce),
         )
 
     def record_stale(self, type_url: str, nonce: str) -> None:
         self.metrics.stale_requests.inc(short_name(type_url))
-        log.debug("node=%s ignored a stale %s request (nonce %r)", self.node, short_name(type_url), nonce)
+        log.debug("node=%s ignored a stale %s request (nonce %r)", self.node, short_name(type_url), nonce,
+                  extra=self.log_fields(type_url, nonce=nonce))
 
     # -- the stream -------------------------------------------------------------------------
 
@@ -240,7 +253,8 @@ class Stream:
             except StopAsyncIteration:
                 return
             except Exception as exc:  # e.g. an oversized first message: gRPC already ended the RPC
-                log.info("%s stream from %s ended before its first request: %s", self.mode, self.peer, exc)
+                log.info("%s stream from %s ended before its first request: %s", self.mode, self.peer, exc,
+                         extra=self.log_fields())
                 return
             try:
                 request = self._parse(first)
@@ -253,7 +267,7 @@ class Stream:
                 self.metrics.connections.inc(self.mode)
                 self.metrics.connections_total.inc(self.mode)
                 log.info("%s stream %s opened by node=%s id=%r peer=%s", self.mode, self.status.id, name,
-                         request.node.id, self.peer)
+                         request.node.id, self.peer, extra=self.log_fields(peer=self.peer))
                 watch = self.cache.watch(name)
                 self._handle(request)
             except StreamError as exc:
@@ -277,7 +291,8 @@ class Stream:
             if self.status is not None:
                 self.registry.remove(self.status)
                 self.metrics.connections.dec(self.mode)
-                log.info("%s stream %s of node=%s closed", self.mode, self.status.id, self.status.node)
+                log.info("%s stream %s of node=%s closed", self.mode, self.status.id, self.status.node,
+                         extra=self.log_fields())
 
     def _handle(self, request: Any) -> None:
         if self.handle(request):
@@ -292,7 +307,8 @@ class Stream:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the transport failed (oversized message, reset): the stream is over
-            log.info("%s stream %s: read ended: %s", self.mode, self.status.id if self.status else "?", exc)
+            log.info("%s stream %s: read ended: %s", self.mode, self.status.id if self.status else "?", exc,
+                     extra=self.log_fields())
         finally:
             self._closed = True
             self._wake.set()
@@ -326,7 +342,7 @@ class Stream:
     async def _refuse(self, exc: StreamError, context: grpc.aio.ServicerContext) -> None:
         self.metrics.rejected_requests.inc(exc.reason)
         where = f"conn={self.status.id} node={self.status.node}" if self.status else f"peer={self.peer}"
-        log.warning("%s stream %s: refused: %s", self.mode, where, exc.message)
+        log.warning("%s stream %s: refused: %s", self.mode, where, exc.message, extra=self.log_fields())
         if self.status is not None:
             self.status.record_error(exc.message)
         await context.abort(exc.code, exc.message)
