@@ -1,0 +1,70 @@
+"""IPv6 and dual-stack pods (issue 11, point 3): the mesh is IPv4-only, and IPv6 never reaches Envoy.
+
+Before the fix every IPv6 pod got an inbound chain matching ``<ipv6>/32``: two of them overlapped, and
+Envoy rejected ``ztunnel_inbound`` (so a restarted ztunnel came up without it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from zpilot.envoy_binary import validate
+from zpilot.translators import inbound
+from zpilot.translators.names import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER
+from zpilot.translators.static import static_bootstrap
+
+from ..ipv6_cluster import DUAL_STACK_V4, IPV6_ADDRESSES, NODE_A, article_with_ipv6
+from .render_util import render
+
+ARTICLE_NODE_A_PODS = {"10.4.4.7", "10.4.4.11", "10.4.4.19"}
+
+
+@pytest.fixture(scope="module")
+def dual_stack(tmp_path_factory) -> Path:
+    return article_with_ipv6(tmp_path_factory.mktemp("dual-stack") / "cluster")
+
+
+def test_inbound_chains_are_ipv4_and_unique(dual_stack: Path) -> None:
+    resources, _, _ = render(dual_stack, NODE_A)
+    for name in (INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER):
+        chains = resources.listeners[name].filter_chains
+        names = [fc.name for fc in chains]
+        assert len(names) == len(set(names)), names
+        assert set(names) == {f"inbound_{ip}" for ip in ARTICLE_NODE_A_PODS | set(DUAL_STACK_V4.values())}
+        ranges = [r for fc in chains for r in fc.filter_chain_match.prefix_ranges]
+        assert {(r.address_prefix, r.prefix_len.value) for r in ranges} == {
+            (ip, 32) for ip in ARTICLE_NODE_A_PODS | set(DUAL_STACK_V4.values())}
+
+
+def test_no_ipv6_address_reaches_the_config_and_each_drop_is_reported(dual_stack: Path) -> None:
+    resources, secrets, problems = render(dual_stack, NODE_A)
+    text = str(json_format.MessageToDict(static_bootstrap(resources, secrets)))
+    assert [ip for ip in IPV6_ADDRESSES if ip in text] == []
+    assert "10.8.9.30" in text  # the dual-stack service keeps its IPv4 VIP
+    messages = [str(p) for p in problems]
+    for expected in (
+        "warning: Pod default/dual-v4-first: IPv6 address fd00:10:4:4::30 dropped",
+        "warning: Pod default/dual-v6-first: IPv6 address fd00:10:4:4::31 dropped",
+        "warning: Pod default/v6-only-a: IPv6-only (fd00:10:4:4::20)",
+        "warning: Service default/dual: IPv6 clusterIP fd00:10:8::30 dropped",
+        "warning: Service default/v6-only: IPv6-only (fd00:10:8::31)",
+    ):
+        assert any(m.startswith(expected) for m in messages), (expected, messages)
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_the_node_config(dual_stack: Path) -> None:
+    resources, secrets, _ = render(dual_stack, NODE_A)
+    config = json_format.MessageToDict(static_bootstrap(resources, secrets, admin_port=0), preserving_proto_field_name=True)
+    result = validate(config)
+    assert result.ok, result.output[-3000:]
+
+
+@pytest.mark.parametrize(("ip", "length"), [("10.4.4.7", 32), ("fd00:10:4:4::20", 128), ("::ffff:10.0.0.1", 128)])
+def test_pod_match_uses_the_address_family_s_host_length(ip: str, length: int) -> None:
+    """Even an address that slipped past the model could never be matched as a /32 of IPv6 space."""
+    [prefix] = inbound._pod_match(ip).prefix_ranges
+    assert (prefix.address_prefix, prefix.prefix_len.value) == (ip, length)
