@@ -18,7 +18,7 @@ def pod(name: str, ip: str | None, ns: str = "mesh", node: str = "n1", **kw) -> 
 
 def build(*workloads: Workload, services: tuple[Service, ...] = ()) -> tuple[MeshIndex, Problems]:
     cluster = Cluster(
-        nodes=(Node("n1", "172.18.0.2"), Node("n2", "172.18.0.3")),
+        nodes=(Node("n1", ("172.18.0.2",)), Node("n2", ("172.18.0.3",))),
         namespaces=(Namespace("mesh", AMBIENT), Namespace("plain")),
         workloads=workloads,
         services=services,

@@ -57,7 +57,7 @@ class FakeWorld:
         """A model holding the specs (in a field translation reads nowhere else), so that, as with the
         real translators, what a node is served is a function of the model."""
         return MeshIndex.build(
-            ModelCluster(nodes=tuple(Node(n, None, (repr(self.nodes[n]),)) for n in sorted(self.nodes)))
+            ModelCluster(nodes=tuple(Node(n, (), (repr(self.nodes[n]),)) for n in sorted(self.nodes)))
         )
 
     def translate(self, index: MeshIndex, node: str) -> NodeResources:

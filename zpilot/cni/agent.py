@@ -77,7 +77,7 @@ def make_plan(
     else:
         facts["tunnel_kind"] = TunnelKind.VXLAN if options.tunnel == "vxlan" else TunnelKind.GENEVE
     facts["ztunnel_iface"] = options.ztunnel_iface
-    return build_plan(index, options.node, NodeFacts(**facts), fail_closed=options.fail_closed, problems=problems)
+    return build_plan(index, options.node, NodeFacts(**facts), fail_closed=options.fail_closed)
 
 
 def required_features(plan: NodePlan) -> tuple[str, ...]:

@@ -160,8 +160,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _veth(plan) -> str:
+    from ..model.addresses import host_cidr
+
     for route in plan.node_side.routes:
-        if plan.ztunnel is not None and route.dst == f"{plan.ztunnel.ip}/32":
+        if plan.ztunnel is not None and route.dst == host_cidr(plan.ztunnel.ip):
             return route.dev
     return "-"
 

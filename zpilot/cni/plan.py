@@ -19,9 +19,9 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Mapping
 
+from ..model.addresses import host_cidr, is_ipv4, sort_key
 from ..model.index import MeshIndex
 from ..model.objects import Node, Workload
-from ..model.problems import Problems
 from . import constants as c
 from .errors import CniError
 
@@ -225,7 +225,7 @@ def _node_chains(ztunnel_veth: str, ztunnel_ip: str, host_ip: str, port: int) ->
         # replies to connections the ztunnel made for a pod go back to the ztunnel
         f"! -i {ztunnel_veth} -m connmark --mark {proxy} -j MARK --set-xmark {proxy_return}",
         f"-m mark --mark {proxy_return} -j RETURN",
-        f"! -s {ztunnel_ip}/32 -i {ztunnel_veth} -j MARK --set-xmark {proxy}",
+        f"! -s {host_cidr(ztunnel_ip)} -i {ztunnel_veth} -j MARK --set-xmark {proxy}",
         f"-m mark --mark {skip} -j RETURN",
         f"-i {ztunnel_veth} -j MARK --set-xmark {conn_skip}",
         f"-p udp -j MARK --set-xmark {conn_skip}",
@@ -243,7 +243,7 @@ def _node_chains(ztunnel_veth: str, ztunnel_ip: str, host_ip: str, port: int) ->
         IptablesChain(MANGLE, c.INPUT, save),
         IptablesChain(MANGLE, c.FORWARD, save),
         # kubelet probes come from the node's pod-network address: never redirect them
-        IptablesChain(MANGLE, c.OUTPUT, (f"-s {host_ip}/32 -j MARK --set-xmark {c.MARK_CONN_SKIP:#x}/0xffffffff",)),
+        IptablesChain(MANGLE, c.OUTPUT, (f"-s {host_cidr(host_ip)} -j MARK --set-xmark {c.MARK_CONN_SKIP:#x}/0xffffffff",)),
         IptablesChain(MANGLE, c.POSTROUTING),
         # skip kube-proxy's DNAT so the ztunnel sees the service VIP
         IptablesChain(NAT, c.PREROUTING, accept_outbound),
@@ -280,12 +280,8 @@ def ipset_comment(w: Workload) -> str:
 
 
 def _ipset(meshed: tuple[Workload, ...]) -> IpsetPlan:
-    entries = tuple(sorted((IpsetEntry(w.ip, ipset_comment(w)) for w in meshed if w.ip), key=lambda e: _ip_key(e.ip)))
+    entries = tuple(sorted((IpsetEntry(w.ip, ipset_comment(w)) for w in meshed if w.ip), key=lambda e: sort_key(e.ip)))
     return IpsetPlan(c.IPSET_NAME, c.IPSET_TYPE, entries)
-
-
-def _ip_key(ip: str) -> int:
-    return int(ipaddress.IPv4Address(ip))
 
 
 def _redirecting_node_side(
@@ -307,7 +303,7 @@ def _redirecting_node_side(
         Rule(p102, table=c.TABLE_PROXY_RETURN, fwmark=c.MARK_PROXY_RETURN, fwmask=c.MARK_PROXY_RETURN),
         Rule(p103, table=c.TABLE_INBOUND),
     )
-    ztunnel_route = [Route(t, f"{zt_ip}/32", veth, scope="link") for t in c.OWNED_TABLES]
+    ztunnel_route = [Route(t, host_cidr(zt_ip), veth, scope="link") for t in c.OWNED_TABLES]
     routes = [
         *ztunnel_route,
         Route(c.TABLE_OUTBOUND, "default", c.OUTBOUND_TUNNEL, gateway=c.OUTBOUND_ZTUNNEL_ADDRESS),
@@ -315,7 +311,7 @@ def _redirecting_node_side(
     ]
     for entry in _ipset(meshed).entries:
         routes.append(
-            Route(c.TABLE_INBOUND, f"{entry.ip}/32", c.INBOUND_TUNNEL, gateway=c.INBOUND_ZTUNNEL_ADDRESS, src=host_ip)
+            Route(c.TABLE_INBOUND, host_cidr(entry.ip), c.INBOUND_TUNNEL, gateway=c.INBOUND_ZTUNNEL_ADDRESS, src=host_ip)
         )
     sysctls = [
         Sysctl("net/ipv4/ip_forward", "1"),
@@ -373,7 +369,7 @@ def ztunnel_side(zt_ip: str, host_ip: str, facts: NodeFacts) -> NetnsPlan:
             f"-i {c.ZTUNNEL_INBOUND_TUNNEL} -p tcp -m tcp --dport {c.PORT_HBONE} -j TPROXY --on-port {c.PORT_HBONE} {tproxy}",
             f"-i {c.ZTUNNEL_OUTBOUND_TUNNEL} -p tcp -j TPROXY --on-port {c.PORT_OUTBOUND} {tproxy}",
             f"-i {c.ZTUNNEL_INBOUND_TUNNEL} -p tcp -j TPROXY --on-port {c.PORT_INBOUND_PLAINTEXT} {tproxy}",
-            f"! -d {zt_ip}/32 -i {eth} -p tcp -j MARK --set-xmark {c.PASSTHROUGH_MARK:#x}/{c.ZTUNNEL_MARK_MASK:#x}",
+            f"! -d {host_cidr(zt_ip)} -i {eth} -p tcp -j MARK --set-xmark {c.PASSTHROUGH_MARK:#x}/{c.ZTUNNEL_MARK_MASK:#x}",
         ),
     )
     nat = IptablesChain(
@@ -399,9 +395,9 @@ def ztunnel_side(zt_ip: str, host_ip: str, facts: NodeFacts) -> NetnsPlan:
     )
     routes = (
         Route(c.TABLE_INBOUND, "default", "lo", scope="host", local=True),
-        Route(c.TABLE_OUTBOUND, f"{host_ip}/32", eth, scope="link"),
+        Route(c.TABLE_OUTBOUND, host_cidr(host_ip), eth, scope="link"),
         Route(c.TABLE_OUTBOUND, "default", c.ZTUNNEL_OUTBOUND_TUNNEL, gateway=c.OUTBOUND_NODE_ADDRESS),
-        Route(c.TABLE_PROXY_RETURN, f"{host_ip}/32", eth, scope="link"),
+        Route(c.TABLE_PROXY_RETURN, host_cidr(host_ip), eth, scope="link"),
         Route(c.TABLE_PROXY_RETURN, "default", c.ZTUNNEL_INBOUND_TUNNEL, gateway=c.INBOUND_NODE_ADDRESS),
     )
     sysctls = [_rp_filter("all"), _rp_filter("default"), _rp_filter(eth)]
@@ -425,20 +421,13 @@ def route_sort_key(route: Route) -> tuple:
     """Table, then the kernel's order within a table (``default`` first, then by address)."""
     if route.dst == "default":
         return (route.table, 0, 0)
-    net = ipaddress.IPv4Network(route.dst)
-    return (route.table, 1, int(net.network_address), net.prefixlen)
+    net = ipaddress.ip_network(route.dst)
+    return (route.table, 1, net.version, int(net.network_address), net.prefixlen)
 
 
 def host_ip_for(node: Node, facts: NodeFacts) -> str | None:
     """The 2022 rule: the node's address inside its pod CIDR if one was found, else its InternalIP."""
     return facts.host_ip or node.internal_ip
-
-
-def _ipv4(ip: str | None) -> bool:
-    try:
-        return ip is not None and ipaddress.ip_address(ip).version == 4
-    except ValueError:
-        return False
 
 
 def build_plan(
@@ -447,30 +436,19 @@ def build_plan(
     facts: NodeFacts,
     *,
     fail_closed: bool = False,
-    problems: Problems | None = None,
 ) -> NodePlan:
     """The desired state of ``node_name`` and of its ztunnel pod.
 
     Membership (which pods are meshed, which pod is the node's ztunnel) comes from
-    :class:`MeshIndex` only, so this agent and the xDS translators never disagree about it.
+    :class:`MeshIndex` only, so this agent and the xDS translators never disagree about it; that
+    includes the address family (the index holds IPv4 addresses only, and reports the others).
     """
-    problems = problems if problems is not None else index.problems
     node = index.nodes.get(node_name)
     if node is None:
         known = ", ".join(sorted(index.nodes)) or "none"
         raise PlanError(f"Node {node_name} is not in the model (known nodes: {known})")
-    meshed_all = tuple(index.meshed_workloads_on(node_name))
-    meshed = []
-    for w in meshed_all:
-        if not _ipv4(w.ip):
-            problems.warning(w.ref, f"primary IP {w.ip} is not IPv4: the 2022 redirection is IPv4-only, not meshed here")
-            continue
-        meshed.append(w)
-    meshed_t = tuple(meshed)
+    meshed_t = tuple(index.meshed_workloads_on(node_name))
     ztunnel = index.ztunnel_on(node_name)
-    if ztunnel is not None and not _ipv4(ztunnel.ip):
-        problems.error(ztunnel.ref, f"ztunnel's IP {ztunnel.ip} is not IPv4: it cannot be used")
-        ztunnel = None
     host_ip = host_ip_for(node, facts)
     alerts: list[str] = []
 
@@ -492,7 +470,7 @@ def build_plan(
         )
         return NodePlan(node, Mode.FAIL_OPEN, None, meshed_t, host_ip, empty, None, tuple(alerts))
 
-    if not _ipv4(host_ip):
+    if not is_ipv4(host_ip):
         raise PlanError(
             f"{node.ref}: no IPv4 address for the tunnels' node end (got {host_ip!r} from --host-ip, the pod"
             f" CIDR or InternalIP {node.internal_ip!r}); pass --host-ip with the node's address on the pod network"
@@ -506,6 +484,6 @@ def build_plan(
         )
     check_ifname("--ztunnel-veth", veth)
     check_ifname("--ztunnel-iface", facts.ztunnel_iface)
-    assert ztunnel.ip is not None  # checked IPv4 above
+    assert ztunnel.ip is not None  # MeshIndex only indexes pods with (IPv4) IPs
     node_side = _redirecting_node_side(ztunnel, meshed_t, host_ip, facts, veth)
     return NodePlan(node, Mode.REDIRECT, ztunnel, meshed_t, host_ip, node_side, ztunnel_side(ztunnel.ip, host_ip, facts))

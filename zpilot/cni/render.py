@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from ..model.addresses import host_cidr
 from .plan import IptablesChain, Jump, NetnsPlan, NodePlan, Route, Rule, Tunnel
 
 BUILTIN_ORDER = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
@@ -40,7 +41,8 @@ def rule_line(rule: Rule) -> str:
 
 def route_line(route: Route) -> str:
     """As ``ip route show table N`` prints it."""
-    dst = route.dst.removesuffix("/32")
+    address = route.dst.partition("/")[0]
+    dst = address if route.dst != "default" and route.dst == host_cidr(address) else route.dst  # a host: no length
     parts = ["local", dst] if route.local else [dst]
     if route.gateway:
         parts += ["via", route.gateway]

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..model.addresses import host_prefix_len
 from . import constants as c
 from .changes import Change
 from .netns import CniError, Netns, run_netlink_ops
@@ -59,7 +60,7 @@ def read_rules(ipr: Any, priorities: tuple[int, ...]) -> list[tuple[Rule | None,
 def _rule_kwargs(rule: Rule) -> dict[str, Any]:
     kw: dict[str, Any] = {"family": 2, "priority": rule.priority}
     if rule.src is not None:
-        kw.update(src=rule.src, src_len=32)
+        kw.update(src=rule.src, src_len=host_prefix_len(rule.src))
     if rule.fwmark is not None:
         kw.update(fwmark=rule.fwmark, fwmask=rule.fwmask if rule.fwmask is not None else 0xFFFFFFFF)
     if rule.goto is not None:

@@ -12,7 +12,6 @@ from pathlib import Path
 from ..cni.plan import NodeFacts, PlanError, TunnelKind, build_plan
 from ..kube.manifests import load_manifests
 from ..model.index import MeshIndex
-from ..model.problems import Problems
 from ..translators import TranslateOptions, translate_node
 from .path import FACT_KEYS, ExplainError, Explanation, Hop, Mesh, explain
 
@@ -31,7 +30,7 @@ def mesh_from_index(index: MeshIndex, *, trust_domain: str = "cluster.local", ho
         facts = NodeFacts(ztunnel_veth=ZTUNNEL_VETH_PLACEHOLDER, tunnel_kind=TunnelKind.VXLAN,
                           host_ip=(host_ips or {}).get(node))
         try:
-            plans[node] = build_plan(index, node, facts, problems=Problems())
+            plans[node] = build_plan(index, node, facts)
         except PlanError:
             continue
     return Mesh(index, resources, plans)

@@ -53,7 +53,7 @@ def _mark_pair(text: str) -> tuple[int, int]:
 
 
 def _in_net(ip: str, cidr: str) -> bool:
-    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr if "/" in cidr else f"{cidr}/32", strict=False)
+    return ipaddress.ip_address(ip) in ipaddress.ip_network(cidr, strict=False)  # a bare address: its family's host prefix
 
 
 def _ipset_has(ipset: IpsetPlan | None, name: str, ip: str) -> bool:

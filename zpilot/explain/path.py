@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ..cni.plan import Mode, NodePlan
 from ..cni import constants as c
+from ..model.addresses import host_cidr
 from ..model.index import MeshIndex
 from ..model.objects import Workload
 from ..translators import names
@@ -268,7 +269,7 @@ def _ztunnel_veth(plan: NodePlan) -> str:
     """The node side of the ztunnel's veth, as the plan names it (its route in table 100)."""
     if plan.ztunnel is not None:
         for r in plan.node_side.routes:
-            if r.dst == f"{plan.ztunnel.ip}/32":
+            if r.dst == host_cidr(plan.ztunnel.ip):
                 return r.dev
     return "ZTUNNEL-VETH"
 

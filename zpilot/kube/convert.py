@@ -85,19 +85,18 @@ def node_from(obj: Mapping[str, Any]) -> Node:
     name = _name(meta, max_len=253, label=False)
     spec = _mapping(obj.get("spec"), "spec")
     status = _mapping(obj.get("status"), "status")
-    internal_ip = None
+    internal_ips: list[str] = []  # all of them, of either family: the index picks the mesh's (IPv4)
     for addr in status.get("addresses") or []:
         addr = _mapping(addr, "status.addresses[]")
         if addr.get("type") == "InternalIP":
-            internal_ip = _ip(addr.get("address"), "status.addresses InternalIP")
-            break
+            internal_ips.append(_ip(addr.get("address"), "status.addresses InternalIP"))
     cidrs = list(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
     for cidr in cidrs:
         try:
             ipaddress.ip_network(str(cidr))
         except ValueError:
             raise InvalidObject(f"spec.podCIDR {cidr!r} is not a CIDR") from None
-    return Node(name=name, internal_ip=internal_ip, pod_cidrs=tuple(str(c) for c in cidrs))
+    return Node(name=name, internal_ips=tuple(dict.fromkeys(internal_ips)), pod_cidrs=tuple(str(c) for c in cidrs))
 
 
 def namespace_from(obj: Mapping[str, Any]) -> Namespace:

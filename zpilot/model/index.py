@@ -4,20 +4,30 @@ Built once per model change from an immutable :class:`~zpilot.model.objects.Clus
 questions (which pods are on node N, who is behind VIP:port, which pod owns this IP) are then
 dictionary lookups. Every rule about who is in the mesh lives here and nowhere else, so the
 xDS translators and the CNI agent can never disagree about it (the 2022 code did: istiod used a
-pod label, the CNI a namespace label).
+pod label, the CNI a namespace label). That includes the address family: the mesh is IPv4-only, so
+the index holds each pod, service and node with its IPv4 addresses alone, and reports what it dropped.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
-from .objects import Cluster, Namespace, Node, Service, ServicePort, Workload
+from .addresses import is_ipv4_network, split_mesh_family
+from .objects import Cluster, Namespace, Node, ObjectRef, Service, ServicePort, Workload
 from .problems import Problems
 
 #: Pods with this label in the ztunnel namespace are the node's ztunnels (as the 2022 CNI agent chose them).
 ZTUNNEL_LABEL = ("app", "ztunnel")
+#: Why an address was dropped; docs/config-reference.md explains the limit.
+IPV4_ONLY = "(the mesh is IPv4-only)"
+
+
+def _listed(addresses: tuple[str, ...], limit: int = 4) -> str:
+    """A few addresses for a message: an object's list is the client's, and messages stay bounded."""
+    more = len(addresses) - limit
+    return ", ".join(addresses[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass(frozen=True)
@@ -51,11 +61,11 @@ class MeshIndex:
         cluster_domain: str = "cluster.local",
         ztunnel_namespace: str = "istio-system",
     ) -> None:
-        self.cluster = cluster
+        self.cluster = cluster  # as given; the lookups answer with its IPv4 view (see _mesh_family)
         self.problems = problems
         self.cluster_domain = cluster_domain
         self.ztunnel_namespace = ztunnel_namespace
-        self.nodes: dict[str, Node] = {n.name: n for n in cluster.nodes}
+        self.nodes: dict[str, Node] = {}
         self.namespaces: dict[str, Namespace] = {n.name: n for n in cluster.namespaces}
         self._usable: list[Workload] = []  # running, addressed, not host-network, not sharing an IP
         self._meshed: set[tuple[str, str]] = set()
@@ -80,15 +90,42 @@ class MeshIndex:
             cluster_domain=cluster_domain,
             ztunnel_namespace=ztunnel_namespace,
         )
+        index._index_nodes()
         index._index_workloads()
         index._index_services()
         return index
+
+    # -- address families ---------------------------------------------------------------------
+
+    def _mesh_family(self, ref: ObjectRef, addresses: tuple[str, ...], what: str, if_none: str) -> tuple[str, ...]:
+        """``addresses`` of the mesh's family (IPv4); a warning names the object and what was dropped.
+
+        A dual-stack object keeps its IPv4 addresses, whichever family Kubernetes lists first; an
+        object with IPv6 addresses only is reported with ``if_none`` (the caller leaves it out).
+        """
+        kept, dropped = split_mesh_family(addresses)
+        if dropped and not kept:
+            self.problems.warning(ref, f"IPv6-only ({_listed(dropped)}): {if_none} {IPV4_ONLY}")
+        elif dropped:
+            if len(dropped) > 1:
+                what += "es" if what.endswith("s") else "s"
+            self.problems.warning(ref, f"IPv6 {what} {_listed(dropped)} dropped {IPV4_ONLY}")
+        return kept
+
+    def _index_nodes(self) -> None:
+        for node in self.cluster.nodes:
+            ips = self._mesh_family(node.ref, node.internal_ips, "InternalIP", "it has no InternalIP in the mesh")
+            cidrs = tuple(c for c in node.pod_cidrs if is_ipv4_network(c))  # the other family's: no problem
+            if (ips, cidrs) != (node.internal_ips, node.pod_cidrs):
+                node = replace(node, internal_ips=ips, pod_cidrs=cidrs)
+            self.nodes[node.name] = node
 
     # -- membership -------------------------------------------------------------------------
 
     def _index_workloads(self) -> None:
         claimants: dict[str, list[Workload]] = defaultdict(list)
         reported_namespaces: set[str] = set()
+        candidates: list[Workload] = []  # running, not host-network, with an IPv4 address
         for w in sorted(self.cluster.workloads, key=lambda w: (w.namespace, w.name)):
             if w.host_network:
                 self.problems.info(w.ref, "hostNetwork pod: not meshed")
@@ -99,6 +136,12 @@ class MeshIndex:
             if not w.ips:
                 self.problems.warning(w.ref, "running pod has no IP: skipped")
                 continue
+            ips = self._mesh_family(w.ref, w.ips, "address", "not meshed")
+            if not ips:
+                continue
+            if ips != w.ips:
+                w = replace(w, ips=ips)
+            candidates.append(w)
             for ip in w.ips:
                 claimants[ip].append(w)
         duplicated: set[tuple[str, str]] = set()
@@ -107,9 +150,9 @@ class MeshIndex:
                 names = ", ".join(str(o.ref) for o in owners)
                 self.problems.error(f"IP {ip}", f"claimed by {names}: all of them skipped")
                 duplicated.update((o.namespace, o.name) for o in owners)
-        for w in sorted(self.cluster.workloads, key=lambda w: (w.namespace, w.name)):
+        for w in candidates:
             key = (w.namespace, w.name)
-            if key in duplicated or w.host_network or w.phase != "Running" or not w.ips:
+            if key in duplicated:
                 continue
             self._usable.append(w)
             for ip in w.ips:
@@ -137,6 +180,12 @@ class MeshIndex:
 
     def _index_services(self) -> None:
         for svc in sorted(self.cluster.services, key=lambda s: (s.namespace, s.name)):
+            if svc.cluster_ips and not svc.headless:
+                vips = self._mesh_family(svc.ref, svc.cluster_ips, "clusterIP", "skipped")
+                if not vips:
+                    continue
+                if vips != svc.cluster_ips:
+                    svc = replace(svc, cluster_ips=vips)
             ports = []
             for port in svc.ports:
                 if port.protocol != "TCP":

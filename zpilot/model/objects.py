@@ -41,12 +41,22 @@ class ObjectRef:
 @dataclass(frozen=True)
 class Node:
     name: str
-    internal_ip: str | None
+    #: Every InternalIP the node reports, in its order: a dual-stack node has one per family.
+    internal_ips: tuple[str, ...] = ()
     pod_cidrs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.internal_ips, tuple):  # Node("n", "10.0.0.1") would be a tuple of characters
+            raise TypeError(f"Node.internal_ips must be a tuple of addresses, not {type(self.internal_ips).__name__}")
 
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef("Node", self.name)
+
+    @property
+    def internal_ip(self) -> str | None:
+        """The node's address: its first InternalIP (in the index's view, its first IPv4 one)."""
+        return self.internal_ips[0] if self.internal_ips else None
 
 
 @dataclass(frozen=True)

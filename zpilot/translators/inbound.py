@@ -18,6 +18,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_filter
 
+from ..model.addresses import host_prefix_len
 from . import names
 from .context import NodeView
 from .envoy_common import (
@@ -37,7 +38,7 @@ Listener = listener_pb2.Listener
 
 def _pod_match(ip: str) -> listener_components_pb2.FilterChainMatch:
     return listener_components_pb2.FilterChainMatch(
-        prefix_ranges=[address_pb2.CidrRange(address_prefix=ip, prefix_len=wrappers_pb2.UInt32Value(value=32))]
+        prefix_ranges=[address_pb2.CidrRange(address_prefix=ip, prefix_len=wrappers_pb2.UInt32Value(value=host_prefix_len(ip)))]
     )
 
 

@@ -1,0 +1,62 @@
+"""IP address families: which addresses the mesh carries, and how one host is written as a prefix.
+
+The mesh is IPv4-only (the 2022 redirection is: one ipset, iptables, IPv4 tunnels; see
+docs/config-reference.md). :class:`~zpilot.model.index.MeshIndex` applies that rule to every object;
+the helpers here are what it, the translators and the CNI plan share, so a host prefix is always
+``/32`` for IPv4 and ``/128`` for IPv6 and nothing can write ``<ipv6>/32`` (two such prefixes
+overlap, and Envoy rejects the listener holding them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable
+
+#: The one address family the mesh carries.
+MESH_FAMILY = 4
+
+
+def is_ipv4(ip: str | None) -> bool:
+    """True for an IPv4 address; False for IPv6 (IPv4-mapped included), ``None`` and non-addresses."""
+    if ip is None:
+        return False
+    try:
+        return ipaddress.ip_address(ip).version == 4
+    except ValueError:
+        return False
+
+
+def is_ipv4_network(cidr: str) -> bool:
+    """True for an IPv4 prefix such as a node's pod CIDR (host bits allowed)."""
+    try:
+        return ipaddress.ip_network(cidr, strict=False).version == 4
+    except ValueError:
+        return False
+
+
+def split_mesh_family(ips: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(addresses the mesh carries, addresses it drops), each in the given order."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    for ip in ips:
+        (kept if is_ipv4(ip) else dropped).append(ip)
+    return tuple(kept), tuple(dropped)
+
+
+def host_prefix_len(ip: str) -> int:
+    """The prefix length that covers exactly ``ip``: 32 for IPv4, 128 for IPv6.
+
+    Raises ``ValueError`` for anything that is not a single address.
+    """
+    return ipaddress.ip_address(ip).max_prefixlen
+
+
+def host_cidr(ip: str) -> str:
+    """``ip`` as the prefix holding only it (``10.0.0.1/32``, ``fd00::1/128``)."""
+    return f"{ip}/{host_prefix_len(ip)}"
+
+
+def sort_key(ip: str) -> tuple[int, int]:
+    """Orders addresses numerically, IPv4 before IPv6 (a kernel listing's order within a family)."""
+    address = ipaddress.ip_address(ip)
+    return address.version, int(address)
