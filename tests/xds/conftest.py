@@ -13,7 +13,9 @@ from zpilot.certs import CertificateAuthority, IdentityCache
 from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
 from zpilot.translators import TranslateOptions, translate_node
+from zpilot.translators.resources import NodeResources
 from zpilot.xds.control_plane import ControlPlane, DebugOptions
+from zpilot.xds.metrics_server import MetricsOptions
 from zpilot.xds.server import ServerOptions
 
 from .envoy_util import Envoy, random_loopback
@@ -34,31 +36,36 @@ def manifests(tmp_path: Path) -> Path:
     return target
 
 
-def per_node_translate(bind: dict[str, str]) -> Callable:
-    """translate_node with each node's listeners on its own loopback address (tests share a host)."""
+def per_node_translate(bind: dict[str, str], edit: Callable[[NodeResources], None] | None = None) -> Callable:
+    """translate_node with each node's listeners on its own loopback address (tests share a host),
+    then ``edit`` applied to the result (a test's way to serve something else, e.g. an invalid cluster)."""
 
-    def translate(index: MeshIndex, node: str):
+    def translate(index: MeshIndex, node: str) -> NodeResources:
         address = bind.setdefault(node, random_loopback())
-        return translate_node(index, node, TranslateOptions(bind_address=address))
+        resources = translate_node(index, node, TranslateOptions(bind_address=address))
+        if edit is not None:
+            edit(resources)
+        return resources
 
     return translate
 
 
 @pytest.fixture
 async def make_plane(manifests: Path):
-    """Start an in-process ControlPlane (ADS and debug API on free loopback ports)."""
+    """Start an in-process ControlPlane (ADS, metrics and debug API on free loopback ports);
+    ``edit`` changes each node's translated resources (see :func:`per_node_translate`)."""
     planes: list[ControlPlane] = []
     identities = IdentityCache(CertificateAuthority.generate())
     bind: dict[str, str] = {}
 
-    async def make(*, xds_port: int = 0, mutate=None, index: MeshIndex | None = None, xds_host: str = "127.0.0.1",
-                   debug_host: str = "127.0.0.1", **kw) -> ControlPlane:
+    async def make(*, xds_port: int = 0, edit=None, index: MeshIndex | None = None, xds_host: str = "127.0.0.1",
+                   debug_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", **kw) -> ControlPlane:
         plane = ControlPlane(
             server_options=ServerOptions(host=xds_host, port=xds_port, **kw),
             debug_options=DebugOptions(host=debug_host, port=0),
-            translate=per_node_translate(bind),
+            metrics_options=MetricsOptions(host=metrics_host, port=0),
+            translate=per_node_translate(bind, edit),
             identities=identities,
-            mutate=mutate,
         )
         await plane.update(index or load_index(manifests))
         await plane.start()
@@ -100,6 +107,7 @@ async def fake_plane():
         plane = ControlPlane(
             server_options=ServerOptions(host="127.0.0.1", port=0, **server_kw),
             debug_options=DebugOptions(host="127.0.0.1", port=0),
+            metrics_options=MetricsOptions(host="127.0.0.1", port=0),
             translate=world.translate,
             secrets=world.secrets,
         )

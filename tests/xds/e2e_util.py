@@ -24,6 +24,15 @@ async def debug_json(port: int, path: str, **params: Any) -> Any:
         return r.json()
 
 
+async def scrape(plane) -> str:
+    """What a Prometheus scraper gets from the plane's metrics server."""
+    assert plane.metrics_server is not None and plane.metrics_server.port
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        r = await client.get(f"http://127.0.0.1:{plane.metrics_server.port}/metrics")
+        r.raise_for_status()
+        return r.text
+
+
 async def wait_synced(debug_port: int, node: str, timeout: float = 15.0) -> dict[str, Any]:
     """Until the node has one connection with every type sent and ACKed; returns its syncz entry."""
 

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from .conftest import load_index
-from .e2e_util import config_diff, debug_json, wait_no_diff, wait_synced
+from .e2e_util import config_diff, debug_json, scrape, wait_no_diff, wait_synced
 from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, eventually
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
@@ -34,7 +34,8 @@ def assert_cds_before_lds(order: list[str]) -> None:
 
 
 class BreakBlackHole:
-    """The test-only hook: when on, one cluster gets a connect_timeout Envoy's validation rejects."""
+    """An edit of the translated resources: when on, one cluster gets a connect_timeout Envoy's
+    validation rejects."""
 
     def __init__(self) -> None:
         self.on = False
@@ -46,7 +47,7 @@ class BreakBlackHole:
 
 async def test_invalid_resource_is_nacked_not_resent_and_fixed(make_plane, envoys):
     hook = BreakBlackHole()
-    plane = await make_plane(mutate=hook)
+    plane = await make_plane(edit=hook)
     envoy = envoys(NODE_A, plane.xds_port)
     await envoy.wait_ready()
     await wait_synced(plane.debug_port, NODE_A)
@@ -63,8 +64,8 @@ async def test_invalid_resource_is_nacked_not_resent_and_fixed(make_plane, envoy
     cds = await eventually(nacked)
     assert "Expected positive duration" in cds["last_nack"]["error"]
     assert cds["last_nack"]["version"] == cds["last_sent_version"]
-    assert plane.metrics.nacks.value("CDS") >= 1
-    metrics_text = plane.metrics.render()
+    assert plane.metrics.value("zpilot_xds_nacks_total", type="CDS") >= 1
+    metrics_text = await scrape(plane)
     assert re.search(r'zpilot_xds_nacks_total\{type="CDS"\} [1-9]', metrics_text)
     # Envoy kept its last good config, so it now differs from intent, and zpilot diff says so.
     assert "BlackHoleCluster" in await config_diff(plane.debug_port, envoy)
@@ -189,6 +190,6 @@ async def test_bounded_connection_age_recycles_streams_and_envoy_stays_in_sync(m
         return conns and conns[0]["id"] != first["id"]
 
     await eventually(recycled, timeout=15)
-    assert plane.metrics.connections_total.value("sotw") >= 2
+    assert plane.metrics.value("zpilot_xds_streams_opened_total", mode="sotw") >= 2
     await wait_synced(plane.debug_port, NODE_A)
     await wait_no_diff(plane.debug_port, envoy)

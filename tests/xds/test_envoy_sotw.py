@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from .e2e_util import ALL_TYPES, config_diff, debug_json, wait_no_diff, wait_synced, zpilot_diff_cli
+from .e2e_util import ALL_TYPES, config_diff, debug_json, scrape, wait_no_diff, wait_synced, zpilot_diff_cli
 from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B
 from .test_envoy_lifecycle import assert_cds_before_lds, sent_order
 
@@ -34,18 +34,9 @@ async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, 
     dump_a = await debug_json(plane.debug_port, "/debug/config_dump", node=NODE_A)
     dump_b = await debug_json(plane.debug_port, "/debug/config_dump", node=NODE_B)
     assert dump_a != dump_b
-    metrics = await debug_json_text(plane.debug_port, "/metrics")
+    metrics = await scrape(plane)
     for kind in ALL_TYPES:
         assert f'zpilot_xds_acks_total{{type="{kind}"}}' in metrics
-
-
-async def debug_json_text(port: int, path: str) -> str:
-    import httpx
-
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        r = await client.get(f"http://127.0.0.1:{port}{path}")
-        r.raise_for_status()
-        return r.text
 
 
 async def test_zpilot_diff_reports_a_difference_with_exit_1(make_plane, envoys):

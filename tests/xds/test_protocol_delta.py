@@ -86,7 +86,7 @@ async def test_secret_of_another_node_is_not_served(fake_plane, delta_client):
     r = await c.recv()
     assert sorted(versions(r)) == ["s1"]
     assert list(r.removed_resources) == ["spiffe://cluster.local/ns/x/sa/other"]
-    assert plane.metrics.unserved_names.value("SDS") == 1
+    assert plane.metrics.value("zpilot_xds_unserved_resource_names_total", type="SDS") == 1
 
 
 async def test_nack_recorded_and_not_resent(fake_plane, delta_client):
@@ -187,3 +187,54 @@ async def test_random_subscriptions_and_changes_converge(fake_plane, delta_clien
         items = plane.cache.get_snapshot("a").resources(ENDPOINT_TYPE).items
         expected = {n: items[n].version for n in subscribed if n in items}
         assert have == expected, (step, op)
+
+
+async def test_a_removed_subscribed_name_is_removed_once_and_not_unserved(fake_plane, delta_client, caplog):
+    """A cluster leaves the config while the client is still subscribed to its endpoints: one
+    removal, no "asked for ... answered as removed" line, not counted as unserved, and later
+    responses do not remove it again. A name never served is counted once."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
+    plane, world = await fake_plane()
+    unserved = "zpilot_xds_unserved_resource_names_total"
+    c = delta_client(plane.xds_port)
+    c.delta_request(ENDPOINT_TYPE, subscribe=["c1", "c2", "never"], node_name="a")
+    r = await c.recv()
+    assert sorted(versions(r)) == ["c1", "c2"] and list(r.removed_resources) == ["never"]
+    c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
+    assert plane.metrics.value(unserved, type="EDS") == 1
+    caplog.clear()
+
+    del world.nodes["a"].clusters["c2"]
+    await plane.update(world.index())
+    r = await c.recv()
+    assert list(r.resources) == [] and list(r.removed_resources) == ["c2"]
+    c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
+    world.nodes["a"].clusters["c1"] = ["10.0.0.8"]  # a later change: c2 is not removed again
+    await plane.update(world.index())
+    r = await c.recv()
+    assert sorted(versions(r)) == ["c1"] and list(r.removed_resources) == []
+    assert plane.metrics.value(unserved, type="EDS") == 1
+    assert not [rec for rec in caplog.records if "asked for" in rec.getMessage()]
+
+
+async def test_delta_pushes_record_push_latency(fake_plane, delta_client):
+    plane, world = await fake_plane()
+
+    def samples(kind: str) -> float:
+        return plane.metrics.value("zpilot_xds_push_latency_seconds_count", type=kind)
+
+    c = delta_client(plane.xds_port)
+    c.delta_request(CLUSTER_TYPE, node_name="a")
+    r = await c.recv()
+    c.delta_request(CLUSTER_TYPE, nonce=r.nonce)
+    c.delta_request(ENDPOINT_TYPE, subscribe=["c1", "c2"])
+    r = await c.recv()
+    c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
+    await c.expect_silence()
+    assert (samples("CDS"), samples("EDS")) == (0, 0)
+    world.nodes["a"].clusters["c1"] = ["10.0.0.9"]  # endpoints only
+    await plane.update(world.index())
+    r = await c.recv()
+    assert r.type_url == ENDPOINT_TYPE and (samples("CDS"), samples("EDS")) == (0, 1)

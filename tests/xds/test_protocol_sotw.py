@@ -66,8 +66,8 @@ async def test_eds_and_sds_are_served_by_name_only(fake_plane, client_factory):
     c.request(SECRET_TYPE, names=["s1", "someone-elses-secret"])
     r = await c.recv()
     assert names(r) == ["s1"]
-    assert plane.metrics.unserved_names.value("SDS") == 1
-    assert plane.metrics.unserved_names.value("EDS") == 1
+    assert plane.metrics.value("zpilot_xds_unserved_resource_names_total", type="SDS") == 1
+    assert plane.metrics.value("zpilot_xds_unserved_resource_names_total", type="EDS") == 1
 
 
 async def eds_acked_then_changed(fake_plane, client_factory):
@@ -90,7 +90,7 @@ async def test_stale_nonce_is_ignored(fake_plane, client_factory):
     # A request still answering the first response (with new names) is stale: ignored.
     c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=first.nonce, version=first.version_info)
     await c.expect_silence()
-    assert plane.metrics.stale_requests.value("EDS") == 1
+    assert plane.metrics.value("zpilot_xds_stale_requests_total", type="EDS") == 1
     # The same names with the current nonce are answered.
     c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=second.nonce, version=second.version_info)
     third = await c.recv()
@@ -109,7 +109,7 @@ async def test_nack_is_recorded_and_the_rejected_version_not_resent(fake_plane, 
     assert cds["state"] == "NACKED" and cds["nack_count"] == 1
     assert cds["last_nack"]["error"] == "cluster c1: bad config"
     assert cds["last_nack"]["version"] == r.version_info
-    assert plane.metrics.nacks.value("CDS") == 1
+    assert plane.metrics.value("zpilot_xds_nacks_total", type="CDS") == 1
     # An unrelated model update that leaves node a unchanged does not resend the rejected version.
     world.nodes["b"].clusters["c9"] = ["10.0.0.9"]
     await plane.update(world.index())
@@ -233,7 +233,7 @@ async def test_bad_requests_end_only_their_stream(fake_plane, client_factory, pa
     code, details = await bad.status()
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message in details
-    assert plane.metrics.rejected_requests.value(reason) == 1
+    assert plane.metrics.value("zpilot_xds_rejected_requests_total", reason=reason) == 1
     # The other stream still works and still gets pushes.
     world.nodes["a"].clusters["c4"] = ["10.0.0.4"]
     await plane.update(world.index())
@@ -370,3 +370,86 @@ async def test_unsubscribe_overtaken_by_a_response_is_honoured(fake_plane, clien
     [eds] = conn["types"]
     assert eds["state"] == "UNSUBSCRIBED" and eds["subscribed"] == []
     assert conn["synced"] is True
+
+
+async def test_names_served_before_and_removed_are_churn_not_unserved(fake_plane, client_factory, caplog):
+    """A cluster removed from the config is still named by the client's EDS request until it has
+    taken in the CDS update: a debug line, not an INFO line, and not counted as unserved. A name
+    this stream was never served is counted, once while it stays requested."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="zpilot.xds")
+    plane, world = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(CLUSTER_TYPE, node_name="a")
+    cds = await c.recv()
+    c.request(CLUSTER_TYPE, nonce=cds.nonce, version=cds.version_info)
+    c.request(ENDPOINT_TYPE, names=["c1", "c2", "never"])
+    eds = await c.recv()
+    assert names(eds) == ["c1", "c2"]
+    c.request(ENDPOINT_TYPE, names=["c1", "c2", "never"], nonce=eds.nonce, version=eds.version_info)
+    await c.expect_silence()
+    unserved = "zpilot_xds_unserved_resource_names_total"
+    assert plane.metrics.value(unserved, type="EDS") == 1  # "never"
+    caplog.clear()
+
+    del world.nodes["a"].clusters["c2"]  # an ordinary change: CDS, then EDS answered again
+    await plane.update(world.index())
+    cds2, eds2 = await c.recv(), await c.recv()
+    assert (cds2.type_url, eds2.type_url) == (CLUSTER_TYPE, ENDPOINT_TYPE) and names(eds2) == ["c1"]
+    assert plane.metrics.value(unserved, type="EDS") == 1  # neither c2 (served before) nor "never" again
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO and "asked for" in r.getMessage()]
+    assert info == []
+    assert any("still asks for EDS ['c2'], served before" in r.getMessage() and r.levelno == logging.DEBUG
+               for r in caplog.records)
+    # The client catches up and drops c2; asking for it again later is churn still (it was served here).
+    c.request(CLUSTER_TYPE, nonce=cds2.nonce, version=cds2.version_info)
+    c.request(ENDPOINT_TYPE, names=["c1"], nonce=eds2.nonce, version=eds2.version_info)
+    eds3 = await c.recv()
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=eds3.nonce, version=eds3.version_info)
+    eds4 = await c.recv()
+    assert plane.metrics.value(unserved, type="EDS") == 1
+    # Every new ask for a name never served counts (node authorization watches SDS this way).
+    c.request(ENDPOINT_TYPE, names=["c1", "never"], nonce=eds4.nonce, version=eds4.version_info)
+    await c.recv()
+    assert plane.metrics.value(unserved, type="EDS") == 2
+
+
+async def test_every_push_records_a_push_latency_sample(fake_plane, client_factory):
+    """One sample per type a model change reaches a stream with: an EDS-only change records an EDS
+    sample, a cluster change records CDS and the EDS answered after it. Initial responses and
+    answers to requests from the same snapshot are not pushes."""
+    plane, world = await fake_plane()
+
+    def samples(kind: str) -> float:
+        return plane.metrics.value("zpilot_xds_push_latency_seconds_count", type=kind)
+
+    c = client_factory(plane.xds_port)
+    c.request(CLUSTER_TYPE, node_name="a")
+    cds = await c.recv()
+    c.request(CLUSTER_TYPE, nonce=cds.nonce, version=cds.version_info)
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"])
+    eds = await c.recv()
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=eds.nonce, version=eds.version_info)
+    await c.expect_silence()
+    assert (samples("CDS"), samples("EDS")) == (0, 0)
+
+    world.nodes["a"].clusters["c1"] = ["10.0.0.9"]  # endpoints only
+    await plane.update(world.index())
+    eds = await c.recv()
+    assert eds.type_url == ENDPOINT_TYPE
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=eds.nonce, version=eds.version_info)
+    await c.expect_silence()
+    assert (samples("CDS"), samples("EDS")) == (0, 1)
+
+    world.nodes["a"].clusters["c3"] = ["10.0.0.3"]  # a cluster: CDS, and EDS again after it
+    await plane.update(world.index())
+    cds, eds = await c.recv(), await c.recv()
+    assert (cds.type_url, eds.type_url) == (CLUSTER_TYPE, ENDPOINT_TYPE)
+    assert (samples("CDS"), samples("EDS")) == (1, 2)
+
+    # The client then subscribes to the new cluster's endpoints: same snapshot, no new sample.
+    c.request(CLUSTER_TYPE, nonce=cds.nonce, version=cds.version_info)
+    c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds.nonce, version=eds.version_info)
+    assert names(await c.recv()) == ["c1", "c2", "c3"]
+    assert (samples("CDS"), samples("EDS")) == (1, 2)

@@ -66,16 +66,17 @@ status:
 @pytest.fixture
 def serve(manifests: Path, tmp_path: Path):
     """Start ``zpilot serve`` on free ports; SIGTERM (then SIGKILL) at teardown."""
-    xds_port, debug_port = free_port(), free_port()
+    xds_port, debug_port, metrics_port = free_port(), free_port(), free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(manifests),
              "--xds-address", "127.0.0.1", "--xds-port", str(xds_port), "--debug-port", str(debug_port),
+             "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
              "--bind-address", random_loopback(), "--debounce-quiet", str(DEBOUNCE_QUIET)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    info = {"proc": proc, "xds_port": xds_port, "debug_port": debug_port, "log": log}
+    info = {"proc": proc, "xds_port": xds_port, "debug_port": debug_port, "metrics_port": metrics_port, "log": log}
     yield info
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -156,7 +157,8 @@ async def test_serve_pushes_manifest_changes_to_envoys(serve, manifests, envoys)
 
     # A pod no node's config depends on: the model takes it, no node is pushed.
     before = sent_counts(await debug_json(port, "/debug/syncz"))
-    updates_before = _metric(await _text(port, "/metrics"), "zpilot_model_updates_total")
+    metrics_port = serve["metrics_port"]
+    updates_before = _metric(await _text(metrics_port, "/metrics"), "zpilot_model_updates_total")
     (manifests / "outsider.yaml").write_text(UNMESHED_POD)
 
     async def model_has_it():
@@ -165,7 +167,7 @@ async def test_serve_pushes_manifest_changes_to_envoys(serve, manifests, envoys)
 
     await eventually(model_has_it, timeout=DEBOUNCE_QUIET + 2.0)
     await asyncio.sleep(0.3)
-    assert _metric(await _text(port, "/metrics"), "zpilot_model_updates_total") > updates_before
+    assert _metric(await _text(metrics_port, "/metrics"), "zpilot_model_updates_total") > updates_before
     assert sent_counts(await debug_json(port, "/debug/syncz")) == before
 
     # A new node concerns only itself: it gets a snapshot, the running Envoys get nothing.
@@ -178,7 +180,7 @@ async def test_serve_pushes_manifest_changes_to_envoys(serve, manifests, envoys)
     await eventually(node_c_has_config, timeout=DEBOUNCE_QUIET + 2.0)
     await asyncio.sleep(0.3)
     assert sent_counts(await debug_json(port, "/debug/syncz")) == before
-    metrics = await _text(port, "/metrics")
+    metrics = await _text(metrics_port, "/metrics")
     latency = _metric(metrics, "zpilot_xds_push_latency_seconds_sum") / max(
         1.0, _metric(metrics, "zpilot_xds_push_latency_seconds_count"))
     print(f"add-pod change reached both Envoys' config_dump in {took * 1000:.0f} ms;"

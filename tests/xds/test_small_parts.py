@@ -1,4 +1,4 @@
-"""Node identity, metrics exposition, dump normalization and the producer's guarantees."""
+"""Node identity, metrics, dump normalization and the producer's guarantees."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from google.protobuf import struct_pb2
 from zpilot.xds.dump_diff import normalize, unified_diff
 from zpilot.xds.metrics import Metrics
 from zpilot.xds.node_identity import NodeIdentityError, node_name
-from zpilot.xds.order import CLUSTER_TYPE, SECRET_TYPE
+from zpilot.xds.observer import Observers, Response, StreamInfo, StreamObserver
+from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE
 from zpilot.xds.push import Producer
 from zpilot.xds.snapshot_cache import SnapshotCache
 
@@ -46,26 +47,70 @@ def test_node_name_refused(node):
         node_name(node)
 
 
-def test_metrics_exposition():
+def test_metrics_count_stream_events_with_bounded_labels():
+    """Metrics is a stream observer (called directly here, so a broken handler raises); labels
+    are type short names and modes, never what the client sent; each instance is independent."""
     m = Metrics()
-    m.pushes.inc("CDS", "sotw")
-    m.pushes.inc("CDS", "sotw")
-    m.nacks.inc('we"ird\n')
-    m.push_latency.observe(0.003, "EDS")
-    m.push_latency.observe(20.0, "EDS")
-    m.connections.inc("delta")
-    m.connections.dec("delta")
-    text = m.render()
-    assert 'zpilot_xds_pushes_total{type="CDS",mode="sotw"} 2' in text
-    assert 'zpilot_xds_nacks_total{type="we\\"ird\\n"} 1' in text
-    assert 'zpilot_xds_push_latency_seconds_bucket{type="EDS",le="0.0025"} 0' in text
-    assert 'zpilot_xds_push_latency_seconds_bucket{type="EDS",le="0.005"} 1' in text
-    assert 'zpilot_xds_push_latency_seconds_bucket{type="EDS",le="+Inf"} 2' in text
-    assert 'zpilot_xds_push_latency_seconds_count{type="EDS"} 2' in text
-    assert 'zpilot_xds_connections{mode="delta"} 0' in text
+    stream = StreamInfo(id="conn-1", node="n", node_id="ztunnel~n", mode="sotw", peer="ipv4:1.2.3.4:5")
+    m.stream_opened(stream)
+    m.request_received(stream, CLUSTER_TYPE)
+    m.response_sent(stream, Response(CLUSTER_TYPE, "v1", "1", resources=3, bytes=100))
+    m.response_sent(stream, Response(CLUSTER_TYPE, "v2", "2", resources=3, bytes=50, push_latency=0.003))
+    m.response_sent(stream, Response(ENDPOINT_TYPE, "v2", "3", resources=1, bytes=10, push_latency=20.0))
+    m.ack(stream, CLUSTER_TYPE, "v2", "2")
+    m.nack(stream, ENDPOINT_TYPE, "v2", "3", 3, 'we"ird\n error text')
+    m.stale_request(stream, "type.googleapis.com/client.Chosen", "9")
+    m.unserved_names(stream, SECRET_TYPE, ["a", "b"])
+    m.node_known(stream, False)
+    m.stream_refused(stream, "unknown_type", "unknown type URL 'x'")
+    m.stream_closed(stream)
+    text = m.render().decode()
+    assert 'zpilot_xds_responses_total{mode="sotw",type="CDS"} 2.0' in text
+    assert 'zpilot_xds_response_bytes_total{type="CDS"} 150.0' in text
+    assert 'zpilot_xds_push_latency_seconds_bucket{le="0.0025",type="CDS"} 0.0' in text
+    assert 'zpilot_xds_push_latency_seconds_bucket{le="0.005",type="CDS"} 1.0' in text
+    assert 'zpilot_xds_push_latency_seconds_count{type="EDS"} 1.0' in text
     assert "# TYPE zpilot_xds_push_latency_seconds histogram" in text
-    with pytest.raises(ValueError):
-        m.pushes.inc("CDS")
+    assert m.value("zpilot_xds_push_latency_seconds_count", type="CDS") == 1  # the first response is no push
+    assert m.value("zpilot_xds_acks_total", type="CDS") == 1
+    assert m.value("zpilot_xds_nacks_total", type="EDS") == 1
+    assert m.value("zpilot_xds_stale_requests_total", type="other") == 1
+    assert m.value("zpilot_xds_unserved_resource_names_total", type="SDS") == 2
+    assert m.value("zpilot_xds_requests_total", type="CDS", mode="sotw") == 1
+    assert m.value("zpilot_xds_streams", mode="sotw") == 0
+    assert m.value("zpilot_xds_streams_opened_total", mode="sotw") == 1
+    assert m.value("zpilot_xds_unknown_node_streams_total") == 1
+    assert m.value("zpilot_xds_rejected_requests_total", reason="unknown_type") == 1
+    assert "weird" not in text and "we\"ird" not in text and "Chosen" not in text and "conn-1" not in text
+    for line in text.splitlines():  # Prometheus conventions: counters end in _total, no unit-less durations
+        if line.startswith("# TYPE ") and line.endswith(" counter"):
+            assert line.split()[2].endswith("_total"), line
+    assert Metrics().value("zpilot_xds_acks_total", type="CDS") == 0  # no state shared between instances
+
+
+def test_observers_hand_every_event_to_each_and_survive_a_broken_one(caplog):
+    import inspect
+
+    events = [name for name, value in vars(StreamObserver).items() if callable(value) and not name.startswith("_")]
+    seen: list[tuple] = []
+
+    class Recorder(StreamObserver):
+        pass
+
+    for name in events:
+        setattr(Recorder, name, lambda self, *args, _event=name: seen.append((_event, *args)))
+
+    class Broken(StreamObserver):
+        def ack(self, *args):
+            raise RuntimeError("observer bug")
+
+    observers = Observers(Broken(), Recorder())
+    for name in events:
+        arity = len(inspect.signature(getattr(StreamObserver, name)).parameters) - 1
+        getattr(observers, name)(*[f"{name}-{i}" for i in range(arity)])
+    assert [event[0] for event in seen] == events  # every event reaches every observer, in order
+    assert seen[events.index("ack")][1:] == ("ack-0", "ack-1", "ack-2", "ack-3")
+    assert "stream observer Broken failed on ack" in caplog.text
 
 
 ENVOY_LIKE = {
@@ -106,31 +151,36 @@ def test_normalize_keeps_dynamic_active_and_drops_envoy_defaults():
 async def test_producer_keeps_last_good_config_when_a_node_fails():
     world = FakeWorld(a=NodeSpec(clusters={"c": []}), b=NodeSpec(clusters={"c": []}))
     cache = SnapshotCache()
-    producer = Producer(cache, translate=world.translate, secrets=world.secrets)
+    broken: set[str] = set()
+
+    def translate(index, node):
+        if node in broken:
+            raise RuntimeError("translator bug")
+        return world.translate(index, node)
+
+    producer = Producer(cache, translate=translate, secrets=world.secrets)
     await producer.update(world.index())
     good = cache.get_snapshot("a")
 
-    def explode(resources):
-        if resources.node == "a":
-            raise RuntimeError("translator bug")
-
-    producer.mutate = explode
+    broken.add("a")
     world.nodes["b"].clusters["d"] = []
     report = await producer.update(world.index())
     assert "RuntimeError: translator bug" in report.failed["a"]
     assert cache.get_snapshot("a") is good
     assert list(report.changed) == ["b"]
-    assert producer.metrics.producer_errors.value() == 1
+    assert producer.metrics.value("zpilot_producer_errors_total") == 1
 
 
 async def test_producer_refuses_misnamed_resources_and_unreferenced_secrets():
     world = FakeWorld(a=NodeSpec(clusters={"c": []}, secrets=["s"]))
     cache = SnapshotCache()
 
-    def rename(resources):
+    def misnamed(index, node):
+        resources = world.translate(index, node)
         resources.clusters["c"].name = "other"
+        return resources
 
-    producer = Producer(cache, translate=world.translate, secrets=world.secrets, mutate=rename)
+    producer = Producer(cache, translate=misnamed, secrets=world.secrets)
     report = await producer.update(world.index())
     assert "named 'other'" in report.failed["a"] and cache.get_snapshot("a") is None
 
@@ -152,7 +202,7 @@ async def test_producer_sds_serves_only_referenced_names_and_drops_nodes_that_le
     del world.nodes["b"]
     report = await producer.update(world.index())
     assert report.removed == ["b"] and cache.get_snapshot("b") is None
-    assert producer.metrics.resources.value("CDS") == 1
+    assert producer.metrics.value("zpilot_xds_resources", type="CDS") == 1
     assert cache.get_snapshot("a").resources(CLUSTER_TYPE).items["c"].version
 
 
@@ -239,12 +289,27 @@ def test_serve_exits_2_when_its_ports_are_taken(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        for flag in ("--xds-port", "--debug-port"):
-            other = "--debug-port" if flag == "--xds-port" else "--xds-port"
+        for flag in ("--xds-port", "--debug-port", "--metrics-port"):
+            ports = {"--xds-port": "0", "--debug-port": "0", "--metrics-port": "0", flag: str(port)}
             result = subprocess.run(
                 [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(EXAMPLE), "--xds-address",
-                 "127.0.0.1", flag, str(port), other, "0"],
+                 "127.0.0.1", "--metrics-address", "127.0.0.1", *(x for item in ports.items() for x in item)],
                 capture_output=True, text=True, timeout=60,
             )
             assert result.returncode == 2, (flag, result.stderr[-2000:])
             assert "cannot start" in result.stderr and str(port) in result.stderr
+            if flag != "--debug-port":  # (the debug API's uvicorn still prints its own line first)
+                # Ours is the one message about it: gRPC core's "E.... add_port.cc ... Failed to
+                # add port" no longer comes first.
+                errors = [line for line in result.stderr.splitlines()
+                          if " INFO " not in line and " WARNING " not in line]
+                assert len(errors) == 1, (flag, errors)
+                assert f"127.0.0.1:{port}: Address already in use" in errors[0], errors
+
+
+def test_serve_defaults_metrics_reachable_by_scrapers_and_debug_api_local():
+    from zpilot.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--manifests", "x"])
+    assert (args.metrics_address, args.metrics_port) == ("0.0.0.0", 15020)
+    assert (args.debug_address, args.debug_port) == ("127.0.0.1", 15014)

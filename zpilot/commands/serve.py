@@ -1,5 +1,6 @@
 """``zpilot serve``: the control plane. Watches a manifest directory and serves every node's
-ztunnel its config over ADS (gRPC, port 15010), with the debug API on port 15014.
+ztunnel its config over ADS (gRPC, port 15010), with Prometheus metrics on port 15020 and the
+debug API on port 15014 (localhost).
 
 See docs/xds-server.md for pointing an Envoy at it and for the debug endpoints.
 """
@@ -31,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--debug-address", default="127.0.0.1",
                    help="debug API listen address, or unix:/path (default 127.0.0.1)")
     p.add_argument("--debug-port", type=int, default=15014, help="debug API port (default 15014)")
+    p.add_argument("--metrics-address", default="0.0.0.0",
+                   help="Prometheus /metrics listen address, or unix:/path (default 0.0.0.0)")
+    p.add_argument("--metrics-port", type=int, default=15020, help="/metrics port (default 15020; 0 = any free port)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
@@ -79,6 +83,7 @@ async def serve(args: argparse.Namespace) -> int:
     from ..kube.directory_watch import DirectoryWatch
     from ..translators import TranslateOptions, translate_node
     from ..xds.control_plane import ControlPlane, DebugOptions
+    from ..xds.metrics_server import MetricsOptions
     from ..xds.server import ServerOptions
 
     try:
@@ -103,6 +108,7 @@ async def serve(args: argparse.Namespace) -> int:
             max_connection_age_ms=int(args.max_connection_age * 1000),
         ),
         debug_options=DebugOptions(host=args.debug_address, port=args.debug_port),
+        metrics_options=MetricsOptions(host=args.metrics_address, port=args.metrics_port),
         translate=functools.partial(translate_node, options=options),
         identities=identities,
     )
@@ -140,7 +146,8 @@ async def serve(args: argparse.Namespace) -> int:
         await plane.stop()
         return 2
     # a log record, not a print: with --log-format json every line on stderr is JSON
-    log.info("serving %d nodes: ADS on %s, debug API on %s", len(index.nodes), plane.xds_address, plane.debug_url)
+    log.info("serving %d nodes: ADS on %s, debug API on %s, metrics on %s", len(index.nodes), plane.xds_address,
+             plane.debug_url, plane.metrics_server.url if plane.metrics_server else "-")
     watcher = asyncio.create_task(watch.run(), name="manifest-watch")
     await stop.wait()
     log.warning("shutting down")

@@ -1,4 +1,4 @@
-"""One running control plane: cache, producer, ADS server and debug API wired together.
+"""One running control plane: cache, producer, ADS server, metrics and debug API wired together.
 
 ``zpilot serve`` and the end-to-end tests both start one of these; the wiring lives here so the
 command stays a thin argument parser and the tests run exactly what users run.
@@ -12,13 +12,15 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator
 
 import uvicorn
 
 from ..model.index import MeshIndex
+from .embedded_http import EmbeddedUvicorn, bound_port
 from .metrics import Metrics
-from .push import Mutate, Producer, SecretSource, Translate, UpdateReport, certificate_secrets, default_translate
+from .metrics_server import MetricsOptions, MetricsServer
+from .observer import Observers
+from .push import Producer, SecretSource, Translate, UpdateReport, certificate_secrets, default_translate
 from .server import AdsServer, ServerOptions
 from .snapshot_cache import SnapshotCache
 from .status import StatusRegistry
@@ -47,7 +49,7 @@ class ControlPlane:
         translate: Translate = default_translate,
         secrets: SecretSource | None = None,
         identities=None,
-        mutate: Mutate | None = None,
+        metrics_options: MetricsOptions | None = None,  # None: metrics are not served over HTTP
     ) -> None:
         self.metrics = Metrics()
         self.cache = SnapshotCache()
@@ -55,10 +57,9 @@ class ControlPlane:
         self.identities = identities
         if secrets is None and identities is not None:
             secrets = certificate_secrets(identities)
-        self.producer = Producer(
-            self.cache, translate=translate, secrets=secrets, metrics=self.metrics, mutate=mutate
-        )
-        self.ads = AdsServer(self.cache, options=server_options, metrics=self.metrics, registry=self.registry)
+        self.producer = Producer(self.cache, translate=translate, secrets=secrets, metrics=self.metrics)
+        self.ads = AdsServer(self.cache, options=server_options, observer=Observers(self.metrics, self.registry))
+        self.metrics_server = MetricsServer(self.metrics, metrics_options) if metrics_options is not None else None
         self.debug_options = debug_options or DebugOptions()
         self.debug_port: int | None = None
         self._started = False
@@ -111,12 +112,18 @@ class ControlPlane:
         from .debug_api import create_app
 
         await self.ads.start()
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except OSError:
+                await self.ads.stop(grace=0)
+                raise
         where = self.debug_options
         listen = {"uds": where.host[len("unix:"):]} if where.unix_socket else {"host": where.host, "port": where.port}
         # log_config=None: uvicorn's records go to the process's handlers (and format), not its own
         config = uvicorn.Config(create_app(self), log_level="warning", access_log=False, lifespan="off",
                                 log_config=None, **listen)
-        server = _EmbeddedUvicorn(config)
+        server = EmbeddedUvicorn(config)
         self._uvicorn = server
         self._tasks.append(asyncio.create_task(server.serve(), name="debug-api"))
         while not server.started:
@@ -126,9 +133,11 @@ class ControlPlane:
                     self._tasks[-1].result()  # the bind error, already logged by uvicorn
                 self._tasks.pop()
                 await self.ads.stop(grace=0)
+                if self.metrics_server is not None:
+                    await self.metrics_server.stop()
                 raise OSError(f"the debug API could not listen on {place}")
             await asyncio.sleep(0.01)
-        self.debug_port = None if where.unix_socket else (_bound_port(server) or where.port)
+        self.debug_port = None if where.unix_socket else (bound_port(server) or where.port)
         if self.identities is not None:
             self._tasks.append(asyncio.create_task(self._rotate_certificates(), name="cert-rotation"))
         self._started = True
@@ -144,6 +153,8 @@ class ControlPlane:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.ads.stop(grace=1.0)
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if self.debug_options.unix_socket:  # uvicorn leaves its socket file behind
             with contextlib.suppress(OSError):
                 os.unlink(self.debug_options.host[len("unix:"):])
@@ -196,25 +207,3 @@ class ControlPlane:
                 with contextlib.suppress(RuntimeError):
                     await self.update(changed_at=time.monotonic())
 
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn's Server without its signal handling: the process's owner handles signals."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: list | None = None) -> None:
-        # uvicorn calls sys.exit() when it cannot bind, and asyncio lets SystemExit end the whole
-        # process: turn it into an error of this task, which ControlPlane.start() reports.
-        try:
-            await super().startup(sockets=sockets)
-        except SystemExit:
-            raise OSError("uvicorn could not start (see its error above)") from None
-
-
-def _bound_port(server) -> int | None:
-    for srv in getattr(server, "servers", []) or []:
-        for sock in getattr(srv, "sockets", []) or []:
-            return sock.getsockname()[1]
-    return None

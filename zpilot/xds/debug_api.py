@@ -1,6 +1,7 @@
 """The debug REST API (FastAPI, port 15014): what istiod's debug endpoints show, for zpilot.
 
-Everything here reads state; nothing changes config. Key material never leaves through it:
+Everything here reads state; nothing changes config. It shows every node's configuration, so it
+listens on localhost by default; Prometheus metrics are served apart (metrics_server.py). Key material never leaves through it:
 config dumps go through ``config_dump`` (which redacts private keys the way Envoy does).
 
 The handlers are coroutines, so they run on the event loop's thread, the one the ADS streams
@@ -16,7 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
 from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 
 from ..model.index import MeshIndex
 from .order import short_name
@@ -79,7 +80,7 @@ def _model(index: MeshIndex) -> dict[str, Any]:
 def create_app(plane: "ControlPlane") -> FastAPI:
     app = FastAPI(
         title="zpilot debug API",
-        description="State of the zpilot control plane: per-node config, xDS sync status, the model, metrics.",
+        description="State of the zpilot control plane: per-node config, xDS sync status, the model.",
         version="1",
     )
 
@@ -126,9 +127,5 @@ def create_app(plane: "ControlPlane") -> FastAPI:
             raise HTTPException(503, "no model loaded yet")
         snapshots = {node: _versions(plane, node) for node in plane.cache.nodes()}
         return JSONResponse(dict(await asyncio.to_thread(_model, index), snapshots=snapshots))
-
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(plane.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app

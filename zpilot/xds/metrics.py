@@ -1,177 +1,144 @@
-"""Prometheus metrics of the control plane, rendered in the text exposition format.
+"""Prometheus metrics of the control plane (prometheus-client), one registry per instance.
 
-Written here rather than pulled in from prometheus_client: the server needs four counters, a
-few gauges and two histograms, and owning the registry keeps tests free of process-global
-state (each server gets its own :class:`Metrics`).
+Each :class:`Metrics` owns its :class:`~prometheus_client.CollectorRegistry` instead of using
+the library's process-global one, so two control planes in one process (tests, benchmarks)
+never share or collide on a metric. The ADS streams report to it as a
+:class:`~zpilot.xds.observer.StreamObserver`; the producer counts its own work directly.
+
+Names follow Prometheus conventions: counters end in ``_total``, durations are ``_seconds``,
+sizes ``_bytes``. Label values come from fixed sets only (type short names, protocol mode,
+refusal reason, outcome): never a node, resource name or anything else a client chose.
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from typing import Iterable, Sequence
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-LabelValues = tuple[str, ...]
+from .observer import Response, StreamInfo, StreamObserver
+from .order import SHORT_NAMES
 
-#: Push latency / generation buckets in seconds: sub-millisecond up to the 10 s debounce ceiling.
+#: Push latency / generation buckets in seconds: sub-millisecond up to past the 10 s debounce ceiling.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(names: Sequence[str], values: LabelValues, extra: str = "") -> str:
-    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+#: The media type of :meth:`Metrics.render` (Prometheus text format 0.0.4).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
+def type_label(type_url: str) -> str:
+    """``CDS``, ``EDS``, ``SDS`` or ``LDS``; ``other`` for anything else (never the client's string)."""
+    return SHORT_NAMES.get(type_url, "other")
 
 
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help_text
-        self.label_names = tuple(labels)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: Sequence[str]) -> LabelValues:
-        if len(labels) != len(self.label_names):
-            raise ValueError(f"{self.name} takes labels {self.label_names}, got {tuple(labels)}")
-        return tuple(str(v) for v in labels)
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} {self.kind}"
-        yield from self._samples()
-
-    def _samples(self) -> Iterable[str]:  # pragma: no cover - abstract
-        return ()
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self._values: dict[LabelValues, float] = {}
-
-    def inc(self, *labels: str, amount: float = 1.0) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, *labels: str) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def _samples(self) -> Iterable[str]:
-        for key, value in sorted(self._values.items()):
-            yield f"{self.name}{_labels(self.label_names, key)} {_number(value)}"
-
-
-class Gauge(Counter):
-    kind = "gauge"
-
-    def set(self, *labels: str, value: float) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = value
-
-    def dec(self, *labels: str, amount: float = 1.0) -> None:
-        self.inc(*labels, amount=-amount)
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help_text: str, labels: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
-    ) -> None:
-        super().__init__(name, help_text, labels)
-        self.buckets = tuple(sorted(buckets))
-        self._counts: dict[LabelValues, list[int]] = {}
-        self._sums: dict[LabelValues, float] = {}
-
-    def observe(self, value: float, *labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            counts = self._counts.setdefault(key, [0] * (len(self.buckets) + 1))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    counts[i] += 1
-            counts[-1] += 1
-            self._sums[key] = self._sums.get(key, 0.0) + value
-
-    def count(self, *labels: str) -> int:
-        counts = self._counts.get(self._key(labels))
-        return counts[-1] if counts else 0
-
-    def _samples(self) -> Iterable[str]:
-        for key in sorted(self._counts):
-            counts = self._counts[key]
-            for bound, n in zip(self.buckets, counts):
-                le = 'le="' + _number(bound) + '"'
-                yield f"{self.name}_bucket{_labels(self.label_names, key, le)} {n}"
-            le = 'le="+Inf"'
-            yield f"{self.name}_bucket{_labels(self.label_names, key, le)} {counts[-1]}"
-            yield f"{self.name}_sum{_labels(self.label_names, key)} {_number(self._sums[key])}"
-            yield f"{self.name}_count{_labels(self.label_names, key)} {counts[-1]}"
-
-
-class Metrics:
-    """Every metric the control plane exports (one instance per server)."""
+class Metrics(StreamObserver):
+    """Every metric the control plane exports, in a registry of its own."""
 
     def __init__(self) -> None:
-        self.pushes = Counter("zpilot_xds_pushes_total", "xDS responses sent, by type and protocol", ["type", "mode"])
-        self.push_bytes = Counter("zpilot_xds_push_bytes_total", "bytes of xDS responses sent, by type", ["type"])
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        # -- ADS streams (reported through the observer methods below) --------------------------
+        self.streams = Gauge("zpilot_xds_streams", "open ADS streams, by protocol", ["mode"], registry=r)
+        self.streams_opened = Counter(
+            "zpilot_xds_streams_opened_total", "ADS streams opened (first request named a node)", ["mode"], registry=r
+        )
+        self.requests = Counter(
+            "zpilot_xds_requests_total", "requests received on ADS streams, by type and protocol", ["type", "mode"],
+            registry=r,
+        )
+        self.responses = Counter(
+            "zpilot_xds_responses_total", "xDS responses sent, by type and protocol", ["type", "mode"], registry=r
+        )
+        self.response_bytes = Counter(
+            "zpilot_xds_response_bytes_total", "bytes of xDS responses sent, by type", ["type"], registry=r
+        )
         self.push_latency = Histogram(
             "zpilot_xds_push_latency_seconds",
-            "time from the model change a snapshot answers to its response being sent, by type",
-            ["type"],
+            "from the first sight of a model change to the response delivering it to a stream, by type",
+            ["type"], buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.nacks = Counter("zpilot_xds_nacks_total", "responses the client rejected (error_detail set), by type", ["type"])
-        self.acks = Counter("zpilot_xds_acks_total", "responses the client accepted, by type", ["type"])
+        self.acks = Counter("zpilot_xds_acks_total", "responses the client accepted, by type", ["type"], registry=r)
+        self.nacks = Counter(
+            "zpilot_xds_nacks_total", "responses the client rejected (error_detail set), by type", ["type"], registry=r
+        )
+        self.stale_requests = Counter(
+            "zpilot_xds_stale_requests_total", "requests ignored for a stale nonce, by type", ["type"], registry=r
+        )
         self.rejected_requests = Counter(
             "zpilot_xds_rejected_requests_total",
-            "requests refused: unknown type URL, unparseable, no node, ...",
-            ["reason"],
+            "requests that ended their stream: unparseable, unknown_type, no_node, no_type",
+            ["reason"], registry=r,
         )
-        self.unserved_names = Counter(
+        self.unserved = Counter(
             "zpilot_xds_unserved_resource_names_total",
-            "requested resource names the node's config does not have (for secrets: not authorized)",
-            ["type"],
+            "requested names never in the node's config on that stream (for SDS: not authorized), by type",
+            ["type"], registry=r,
         )
-        self.stale_requests = Counter("zpilot_xds_stale_requests_total", "requests ignored for a stale nonce", ["type"])
-        self.connections = Gauge("zpilot_xds_connections", "open ADS streams, by protocol", ["mode"])
-        self.connections_total = Counter("zpilot_xds_connections_total", "ADS streams ever opened", ["mode"])
-        self.unknown_nodes = Counter("zpilot_xds_unknown_node_streams_total", "streams from a node the model lacks")
-        self.resources = Gauge("zpilot_xds_resources", "resources in the cache over all nodes, by type", ["type"])
+        self.unknown_nodes = Counter(
+            "zpilot_xds_unknown_node_streams_total",
+            "times a stream's node was found missing from the model (it is served an empty config)",
+            registry=r,
+        )
+        # -- producer and cache (counted by the producer) --------------------------------------
+        self.resources = Gauge(
+            "zpilot_xds_resources", "resources in the cache over all nodes, by type", ["type"], registry=r
+        )
         self.node_snapshots = Counter(
-            "zpilot_snapshot_updates_total", "snapshots produced, by outcome (changed / unchanged)", ["outcome"]
+            "zpilot_snapshot_updates_total", "node snapshots produced, by outcome (changed, unchanged)", ["outcome"],
+            registry=r,
         )
         self.generation = Histogram(
-            "zpilot_snapshot_generation_seconds", "time to translate and serialize one node's config"
+            "zpilot_snapshot_generation_seconds", "time to translate and serialize one node's config",
+            buckets=LATENCY_BUCKETS, registry=r,
         )
-        self.model_updates = Counter("zpilot_model_updates_total", "model changes handed to the producer")
+        self.model_updates = Counter("zpilot_model_updates_total", "model changes handed to the producer", registry=r)
         self.producer_errors = Counter(
-            "zpilot_producer_errors_total", "nodes whose config could not be produced (the last good one stays)"
+            "zpilot_producer_errors_total", "nodes whose config could not be produced (the last good one stays)",
+            registry=r,
         )
 
-    def all(self) -> list[_Metric]:
-        return [m for m in vars(self).values() if isinstance(m, _Metric)]
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format (:data:`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in self.all():
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+    def value(self, name: str, **labels: str) -> float:
+        """One sample's current value (0 when it was never recorded), e.g.
+        ``value("zpilot_xds_nacks_total", type="CDS")``."""
+        sample = self.registry.get_sample_value(name, labels)
+        return 0.0 if sample is None else sample
+
+    # -- StreamObserver -----------------------------------------------------------------------
+
+    def stream_opened(self, stream: StreamInfo) -> None:
+        self.streams.labels(stream.mode).inc()
+        self.streams_opened.labels(stream.mode).inc()
+
+    def stream_closed(self, stream: StreamInfo) -> None:
+        self.streams.labels(stream.mode).dec()
+
+    def stream_refused(self, stream: StreamInfo | None, reason: str, message: str) -> None:
+        self.rejected_requests.labels(reason).inc()
+
+    def node_known(self, stream: StreamInfo, known: bool) -> None:
+        if not known:
+            self.unknown_nodes.inc()
+
+    def request_received(self, stream: StreamInfo, type_url: str) -> None:
+        self.requests.labels(type_label(type_url), stream.mode).inc()
+
+    def response_sent(self, stream: StreamInfo, response: Response) -> None:
+        kind = type_label(response.type_url)
+        self.responses.labels(kind, stream.mode).inc()
+        self.response_bytes.labels(kind).inc(response.bytes)
+        if response.push_latency is not None:
+            self.push_latency.labels(kind).observe(response.push_latency)
+
+    def ack(self, stream: StreamInfo, type_url: str, version: str, nonce: str) -> None:
+        self.acks.labels(type_label(type_url)).inc()
+
+    def nack(self, stream: StreamInfo, type_url: str, version: str, nonce: str, code: int, message: str) -> None:
+        self.nacks.labels(type_label(type_url)).inc()
+
+    def stale_request(self, stream: StreamInfo, type_url: str, nonce: str) -> None:
+        self.stale_requests.labels(type_label(type_url)).inc()
+
+    def unserved_names(self, stream: StreamInfo, type_url: str, names: list[str]) -> None:
+        self.unserved.labels(type_label(type_url)).inc(len(names))

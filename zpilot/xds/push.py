@@ -24,7 +24,7 @@ from ..model.index import MeshIndex
 from ..translators.resources import NodeResources
 from .cache import SnapshotWriter
 from .metrics import Metrics
-from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, SECRET_TYPE, short_name
+from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, SECRET_TYPE, short_name
 from .snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 Translate = Callable[[MeshIndex, str], NodeResources]
 #: Secret messages (key material included) for a node's resources, by name.
 SecretSource = Callable[[NodeResources], Mapping[str, Message]]
-#: Test-only: changes a node's resources after translation (e.g. makes one invalid for a NACK test).
-Mutate = Callable[[NodeResources], None]
 
 
 class InvalidResources(ValueError):
@@ -99,7 +97,6 @@ class Producer:
         translate: Translate = default_translate,
         secrets: SecretSource | None = None,
         metrics: Metrics | None = None,
-        mutate: Mutate | None = None,
         batch_size: int = 8,
     ) -> None:
         self.cache = cache
@@ -107,7 +104,6 @@ class Producer:
         self.translate = translate
         self.secrets = secrets
         self.metrics = metrics if metrics is not None else Metrics()
-        self.mutate = mutate
         self.index: MeshIndex | None = None
         self._lock = asyncio.Lock()
 
@@ -115,8 +111,6 @@ class Producer:
         """One node's snapshot (pure apart from the secret source; run in a worker thread)."""
         started = time.perf_counter()
         resources = self.translate(index, node)
-        if self.mutate is not None:
-            self.mutate(resources)
         check_resources(resources)
         secrets = dict(self.secrets(resources)) if self.secrets is not None else {}
         unexpected = set(secrets) - set(resources.secrets)
@@ -201,13 +195,13 @@ class Producer:
             changed = self.cache.set_snapshot(result)
             if changed:
                 report.changed[node] = changed
-                self.metrics.node_snapshots.inc("changed")
+                self.metrics.node_snapshots.labels("changed").inc()
             else:
                 report.unchanged.append(node)
-                self.metrics.node_snapshots.inc("unchanged")
+                self.metrics.node_snapshots.labels("unchanged").inc()
 
     async def refresh(self, *, changed_at: float | None = None) -> UpdateReport:
-        """Produce again from the last model (after a certificate rotation, or a hook change)."""
+        """Produce again from the last model (after a certificate rotation or a CA reload)."""
         return await self.update(None, changed_at=changed_at)
 
     def _update_gauges(self) -> None:
@@ -218,5 +212,5 @@ class Producer:
                 continue
             for type_url, resources in snapshot.types.items():
                 totals[type_url] = totals.get(type_url, 0) + len(resources.items)
-        for type_url, count in totals.items():
-            self.metrics.resources.set(short_name(type_url), value=count)
+        for type_url in PUSH_ORDER:  # every type, so a type whose last resource went shows 0
+            self.metrics.resources.labels(short_name(type_url)).set(totals.get(type_url, 0))

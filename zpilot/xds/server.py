@@ -15,9 +15,9 @@ import grpc
 
 from .cache import SnapshotReader
 from .delta import DeltaStream
-from .metrics import Metrics
+from .observer import StreamObserver
+from .sockets import UNIX_PREFIX, describe, ensure_bindable
 from .sotw import SotwStream
-from .status import StatusRegistry
 from .stream import Stream, StreamOptions
 
 log = logging.getLogger(__name__)
@@ -66,26 +66,25 @@ def _identity(data: bytes) -> bytes:
 
 
 class AdsServer:
-    """Serves every node from a :class:`~zpilot.xds.cache.SnapshotReader`."""
+    """Serves every node from a :class:`~zpilot.xds.cache.SnapshotReader`, reporting what its
+    streams do to ``observer`` (metrics, sync status: see observer.py)."""
 
     def __init__(
         self,
         cache: SnapshotReader,
         *,
         options: ServerOptions | None = None,
-        metrics: Metrics | None = None,
-        registry: StatusRegistry | None = None,
+        observer: StreamObserver | None = None,
     ) -> None:
         self.cache = cache
         self.options = options if options is not None else ServerOptions()
-        self.metrics = metrics if metrics is not None else Metrics()
-        self.registry = registry if registry is not None else StatusRegistry()  # empty is falsy
+        self.observer = observer if observer is not None else StreamObserver()
         self._stream_options = StreamOptions(control_plane_id=self.options.control_plane_id)
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
 
     async def _serve(self, stream_class: type[Stream], requests, context: grpc.aio.ServicerContext) -> None:
-        stream = stream_class(self.cache, self.registry, self.metrics, self._stream_options, context.peer() or "")
+        stream = stream_class(self.cache, self.observer, self._stream_options, context.peer() or "")
         await stream.run(requests, context)
 
     async def _sotw(self, requests, context: grpc.aio.ServicerContext) -> None:
@@ -109,9 +108,15 @@ class AdsServer:
 
     async def start(self) -> int:
         """Bind and start; returns the bound port (useful with port 0)."""
+        address = self.address
+        try:
+            # Our own bind first: a taken port is then our one clear error, not gRPC core's
+            # log line followed by ours. (Should the port be taken in between, gRPC still fails.)
+            ensure_bindable(self.options.host, self.options.port)
+        except OSError as exc:
+            raise OSError(f"cannot bind the xDS server to {address}: {exc.strerror or exc}") from None
         server = grpc.aio.server(options=self.options.grpc_options())
         server.add_generic_rpc_handlers((self._handler(),))
-        address = self.address
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
@@ -126,17 +131,12 @@ class AdsServer:
 
     @property
     def unix_socket(self) -> bool:
-        return self.options.host.startswith("unix:")
+        return self.options.host.startswith(UNIX_PREFIX)
 
     @property
     def address(self) -> str:
         """What gRPC binds: ``host:port``, ``[v6]:port`` or ``unix:/path`` (host given as ``unix:/path``)."""
-        host = self.options.host
-        if self.unix_socket:
-            return host
-        if ":" in host and not host.startswith("["):
-            return f"[{host}]:{self.options.port}"
-        return f"{host}:{self.options.port}"
+        return describe(self.options.host, self.options.port)
 
     async def stop(self, grace: float = 2.0) -> None:
         if self._server is not None:

@@ -1,19 +1,20 @@
 """What each ADS stream was sent and what its client made of it: the data behind /debug/syncz.
 
+:class:`StatusRegistry` is a :class:`~zpilot.xds.observer.StreamObserver`: it builds this
+picture from the events the streams report and is read by the debug API only.
+
 ACKs are tracked here, on the server, never read back from Envoy's config_dump: Envoy keeps the
 old ``version_info`` there when a pushed resource's content is unchanged (xds-protocol-notes.md).
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .observer import Response, StreamInfo, StreamObserver
 from .order import PUSH_ORDER, short_name
-
-_ids = itertools.count(1)
 
 
 def _wall() -> float:
@@ -91,12 +92,12 @@ class TypeStatus:
 class ConnectionStatus:
     """One ADS stream."""
 
+    id: str
     node: str
     mode: str  # "sotw" or "delta"
     peer: str = ""
     node_id: str = ""
     known_node: bool = True
-    id: str = field(default_factory=lambda: f"conn-{next(_ids)}")
     connected_at: float = field(default_factory=_wall)
     types: dict[str, TypeStatus] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # refused requests on this stream, newest last (bounded)
@@ -133,17 +134,60 @@ class ConnectionStatus:
         }
 
 
-class StatusRegistry:
-    """Open streams by id. Streams register on their first request and remove themselves on close."""
+class StatusRegistry(StreamObserver):
+    """Open streams by id, each with what it was sent and what its client answered."""
 
     def __init__(self) -> None:
         self._connections: dict[str, ConnectionStatus] = {}
 
-    def add(self, status: ConnectionStatus) -> None:
-        self._connections[status.id] = status
+    def _type(self, stream: StreamInfo, type_url: str) -> TypeStatus | None:
+        status = self._connections.get(stream.id)
+        return None if status is None else status.type(type_url)
 
-    def remove(self, status: ConnectionStatus) -> None:
-        self._connections.pop(status.id, None)
+    # -- StreamObserver -----------------------------------------------------------------------
+
+    def stream_opened(self, stream: StreamInfo) -> None:
+        self._connections[stream.id] = ConnectionStatus(
+            id=stream.id, node=stream.node, mode=stream.mode, peer=stream.peer, node_id=stream.node_id
+        )
+
+    def stream_closed(self, stream: StreamInfo) -> None:
+        self._connections.pop(stream.id, None)
+
+    def stream_refused(self, stream: StreamInfo | None, reason: str, message: str) -> None:
+        status = self._connections.get(stream.id) if stream is not None else None
+        if status is not None:
+            status.record_error(message)
+
+    def node_known(self, stream: StreamInfo, known: bool) -> None:
+        status = self._connections.get(stream.id)
+        if status is not None:
+            status.known_node = known
+
+    def subscription_changed(self, stream: StreamInfo, type_url: str, names: list[str] | None) -> None:
+        ts = self._type(stream, type_url)
+        if ts is not None:
+            ts.subscribed = None if names is None else list(names)
+
+    def response_sent(self, stream: StreamInfo, response: Response) -> None:
+        ts = self._type(stream, response.type_url)
+        if ts is not None:
+            ts.last_sent_version, ts.last_sent_nonce = response.version, response.nonce
+            ts.last_sent_at, ts.last_sent_resources = time.time(), response.resources
+            ts.sent_count += 1
+
+    def ack(self, stream: StreamInfo, type_url: str, version: str, nonce: str) -> None:
+        ts = self._type(stream, type_url)
+        if ts is not None:
+            ts.acked_version, ts.acked_nonce, ts.acked_at = version, nonce, time.time()
+
+    def nack(self, stream: StreamInfo, type_url: str, version: str, nonce: str, code: int, message: str) -> None:
+        ts = self._type(stream, type_url)
+        if ts is not None:
+            ts.last_nack = Nack(version=version, nonce=nonce, error=message, code=code)
+            ts.nack_count += 1
+
+    # -- reading ------------------------------------------------------------------------------
 
     def connections(self, node: str | None = None) -> list[ConnectionStatus]:
         items = sorted(self._connections.values(), key=lambda c: (c.node, c.connected_at, c.id))

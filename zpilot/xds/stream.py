@@ -9,30 +9,47 @@ arriving at once on reconnect are still answered CDS, EDS, SDS, LDS.
 A request the server cannot serve (unparseable, no node, unknown type URL) ends that stream
 with INVALID_ARGUMENT and a message saying why; nothing is shared between streams, so no other
 stream notices.
+
+What happens on the stream (opened, request, response, ACK, NACK, ...) is reported to a
+:class:`~zpilot.xds.observer.StreamObserver`; metrics and the sync status are observers, the
+stream knows neither.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterable
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
 from .cache import SnapshotReader
-from .metrics import Metrics
 from .node_identity import NodeIdentityError, node_name
-from .order import PUSH_ORDER, SERVED_TYPES, short_name
+from .observer import Response, StreamInfo, StreamObserver
+from .order import PUSH_ORDER, SECRET_TYPE, SERVED_TYPES, short_name
 from .snapshot import Snapshot
-from .status import ConnectionStatus, Nack, StatusRegistry
+from .subscription import Subscription
 
 log = logging.getLogger("zpilot.xds")
 
 #: NACK error messages longer than this are cut (they come from the client).
 MAX_ERROR_CHARS = 4096
+#: A log line names at most this many resource names (the client chose them), each cut to this length.
+LOGGED_NAMES = 8
+LOGGED_NAME_CHARS = 200
+
+_ids = itertools.count(1)
+
+
+def loggable_names(names: list[str]) -> str:
+    """A bounded rendering of client-chosen names for a log line."""
+    shown = [n if len(n) <= LOGGED_NAME_CHARS else n[:LOGGED_NAME_CHARS] + "..." for n in names[:LOGGED_NAMES]]
+    more = f" and {len(names) - LOGGED_NAMES} more" if len(names) > LOGGED_NAMES else ""
+    return f"{shown}{more}"
 
 
 @dataclass(frozen=True)
@@ -69,23 +86,25 @@ class Stream:
     def __init__(
         self,
         cache: SnapshotReader,
-        registry: StatusRegistry,
-        metrics: Metrics,
+        observer: StreamObserver,
         options: StreamOptions,
         peer: str = "",
     ) -> None:
         self.cache = cache
-        self.registry = registry
-        self.metrics = metrics
+        self.observer = observer
         self.options = options
         self.peer = peer
-        self.status: ConnectionStatus | None = None
+        self.id = f"conn-{next(_ids)}"
+        self.info: StreamInfo | None = None  # set by the first request
+        self.subscriptions: dict[str, Subscription] = {t: Subscription(t) for t in PUSH_ORDER}
+        self._reported: dict[str, list[str] | None] = {}  # type -> subscription last reported
         self._wake = asyncio.Event()
         self._snapshot_changed = False
         self._error: StreamError | None = None
         self._closed = False
         self._nonce = 0
-        self._warned_unknown = False
+        self._known_node: bool | None = None
+        self._empty: Snapshot | None = None  # what an unknown node is served (one, so its change time holds)
         self.started_at = time.monotonic()
         self._requested: set[str] = set()  # types requested at least once on this stream
         self._expected: dict[str, float] = {}  # type -> until when its first request is waited for
@@ -106,13 +125,13 @@ class Stream:
 
     @property
     def node(self) -> str:
-        assert self.status is not None
-        return self.status.node
+        assert self.info is not None
+        return self.info.node
 
     def log_fields(self, type_url: str = "", **fields: str) -> dict[str, str]:
         """``extra=`` for a log line about this stream: the fields a JSON log is filtered on
         (see ``zpilot.logs``); the text format shows only the message."""
-        out = {"node": self.status.node, "conn": self.status.id} if self.status else {"peer": self.peer}
+        out = {"node": self.info.node, "conn": self.id} if self.info else {"peer": self.peer}
         if type_url:
             out["type_url"] = type_url
         out.update(fields)
@@ -122,8 +141,29 @@ class Stream:
         self._nonce += 1
         return str(self._nonce)
 
-    def note_requested(self, type_url: str) -> None:
+    def accept(self, type_url: str) -> Subscription:
+        """Check a request's type (refusing the stream for one not served) and note the request."""
+        if not type_url:
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "request without type_url (ADS needs one)", "no_type")
+        if type_url not in SERVED_TYPES:
+            served = ", ".join(sorted(SERVED_TYPES))
+            raise StreamError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown type URL {type_url[:200]!r}: this server serves {served}",
+                "unknown_type",
+            )
+        assert self.info is not None
         self._requested.add(type_url)
+        self.observer.request_received(self.info, type_url)
+        return self.subscriptions[type_url]
+
+    def report_subscription(self, subscription: Subscription) -> None:
+        """Tell the observer the type's subscription, when it is new or changed."""
+        assert self.info is not None
+        view = subscription.view()
+        if subscription.type_url not in self._reported or self._reported[subscription.type_url] != view:
+            self._reported[subscription.type_url] = view
+            self.observer.subscription_changed(self.info, subscription.type_url, view)
 
     def expect(self, *type_urls: str) -> None:
         """A first request of these types is due soon: hold later types back for it a little."""
@@ -154,80 +194,84 @@ class Stream:
         self._hold_timer = None
         self._wake.set()
 
-    def check_type(self, type_url: str) -> None:
-        if not type_url:
-            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "request without type_url (ADS needs one)", "no_type")
-        if type_url not in SERVED_TYPES:
-            served = ", ".join(sorted(SERVED_TYPES))
-            raise StreamError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"unknown type URL {type_url[:200]!r}: this server serves {served}",
-                "unknown_type",
-            )
-
     def snapshot(self) -> Snapshot:
+        assert self.info is not None
         snapshot = self.cache.get_snapshot(self.node)
         if snapshot is None:
-            if not self._warned_unknown:
-                self._warned_unknown = True
-                log.warning(
-                    "node %r (%s stream %s from %s) is not in the model: serving it an empty config",
-                    self.node, self.mode, self.status.id if self.status else "?", self.peer,
-                    extra=self.log_fields(),
-                )
-                self.metrics.unknown_nodes.inc()
-            if self.status is not None:
-                self.status.known_node = False
-            return Snapshot.empty(self.node)
-        if self.status is not None:
-            self.status.known_node = snapshot.known
+            if self._empty is None:
+                if self._known_node is not False:
+                    log.warning(
+                        "node %r (%s stream %s from %s) is not in the model: serving it an empty config",
+                        self.node, self.mode, self.id, self.peer, extra=self.log_fields(),
+                    )
+                self._empty = Snapshot.empty(self.node)
+            snapshot = self._empty
+        else:
+            self._empty = None
+        if snapshot.known != self._known_node:
+            self._known_node = snapshot.known
+            self.observer.node_known(self.info, snapshot.known)
         return snapshot
 
+    def push_latency(self, subscription: Subscription, snapshot: Snapshot) -> float | None:
+        """Bring the type up to ``snapshot``: the latency of the change it delivers, if it is new."""
+        if subscription.bring_up_to(snapshot.changed_at):
+            return max(0.0, time.monotonic() - snapshot.changed_at)
+        return None
+
     def record_sent(
-        self, type_url: str, *, version: str, nonce: str, count: int, size: int, snapshot: Snapshot, pushed: bool
+        self, type_url: str, *, version: str, nonce: str, count: int, size: int, push_latency: float | None
     ) -> None:
-        """Book-keeping after a response went out: syncz, metrics and the response log."""
-        assert self.status is not None
-        ts = self.status.type(type_url)
-        ts.last_sent_version, ts.last_sent_nonce = version, nonce
-        ts.last_sent_at, ts.last_sent_resources = time.time(), count
-        ts.sent_count += 1
-        kind = short_name(type_url)
-        self.metrics.pushes.inc(kind, self.mode)
-        self.metrics.push_bytes.inc(kind, amount=size)
-        if pushed:  # caused by a model change, not by a request: that is what push latency measures
-            self.metrics.push_latency.observe(max(0.0, time.monotonic() - snapshot.changed_at), kind)
+        """Report a response that is about to go out, and log it."""
+        assert self.info is not None
+        self.observer.response_sent(self.info, Response(type_url, version, nonce, count, size, push_latency))
         log.info(
             "sent %s to node=%s conn=%s mode=%s version=%s nonce=%s resources=%d bytes=%d",
-            kind, self.node, self.status.id, self.mode, version, nonce, count, size,
+            short_name(type_url), self.node, self.id, self.mode, version, nonce, count, size,
             extra=self.log_fields(type_url, version=version, nonce=nonce),
         )
 
-    def record_ack(self, type_url: str, nonce: str) -> None:
-        assert self.status is not None
-        ts = self.status.type(type_url)
-        ts.acked_version, ts.acked_nonce, ts.acked_at = ts.last_sent_version, nonce, time.time()
-        self.metrics.acks.inc(short_name(type_url))
+    def record_ack(self, subscription: Subscription, nonce: str) -> None:
+        assert self.info is not None
+        self.observer.ack(self.info, subscription.type_url, subscription.sent_version or "", nonce)
 
-    def record_nack(self, type_url: str, nonce: str, code: int, message: str) -> None:
-        assert self.status is not None
-        ts = self.status.type(type_url)
-        version = ts.last_sent_version if nonce == ts.last_sent_nonce else ""
+    def record_nack(self, subscription: Subscription, nonce: str, code: int, message: str) -> None:
+        assert self.info is not None
+        version = (subscription.sent_version or "") if nonce and nonce == subscription.sent_nonce else ""
         if len(message) > MAX_ERROR_CHARS:  # the client's text: keep syncz and logs bounded
             message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters)"
-        ts.last_nack = Nack(version=version, nonce=nonce, error=message, code=code)
-        ts.nack_count += 1
-        self.metrics.nacks.inc(short_name(type_url))
+        self.observer.nack(self.info, subscription.type_url, version, nonce, code, message)
         log.warning(
             "node=%s conn=%s rejected %s version=%s nonce=%s: %s",
-            self.node, self.status.id, short_name(type_url), version or "?", nonce, message,
-            extra=self.log_fields(type_url, version=version, nonce=nonce),
+            self.node, self.id, short_name(subscription.type_url), version or "?", nonce[:100], message,
+            extra=self.log_fields(subscription.type_url, version=version, nonce=nonce),
         )
 
     def record_stale(self, type_url: str, nonce: str) -> None:
-        self.metrics.stale_requests.inc(short_name(type_url))
-        log.debug("node=%s ignored a stale %s request (nonce %r)", self.node, short_name(type_url), nonce,
+        assert self.info is not None
+        self.observer.stale_request(self.info, type_url, nonce)
+        log.debug("node=%s ignored a stale %s request (nonce %r)", self.node, short_name(type_url), nonce[:100],
                   extra=self.log_fields(type_url, nonce=nonce))
+
+    def note_missing(self, subscription: Subscription, missing: Iterable[str], answer: str) -> None:
+        """Requested names the config lacks. Never served on this stream: reported (for a secret,
+        an identity without a pod on this node). Served before: the config moved on and the client
+        has yet to catch up (e.g. EDS names of clusters the CDS response just removed), a debug line."""
+        never, before = subscription.new_missing(missing)
+        kind = short_name(subscription.type_url)
+        if before:
+            log.debug("node=%s still asks for %s %s, served before and removed since: %s",
+                      self.node, kind, loggable_names(before), answer, extra=self.log_fields(subscription.type_url))
+        if never:
+            assert self.info is not None
+            self.observer.unserved_names(self.info, subscription.type_url, never)
+            secret = subscription.type_url == SECRET_TYPE
+            (log.warning if secret else log.info)(
+                "node=%s asked for %s %s that its config does not have%s: %s",
+                self.node, kind, loggable_names(never),
+                " (a secret of an identity without a pod on this node)" if secret else "", answer,
+                extra=self.log_fields(subscription.type_url),
+            )
 
     # -- the stream -------------------------------------------------------------------------
 
@@ -262,19 +306,17 @@ class Stream:
                     name = node_name(request.node)
                 except NodeIdentityError as exc:
                     raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "no_node") from exc
-                self.status = ConnectionStatus(node=name, mode=self.mode, peer=self.peer, node_id=request.node.id)
-                self.registry.add(self.status)
-                self.metrics.connections.inc(self.mode)
-                self.metrics.connections_total.inc(self.mode)
-                log.info("%s stream %s opened by node=%s id=%r peer=%s", self.mode, self.status.id, name,
+                self.info = StreamInfo(id=self.id, node=name, node_id=request.node.id, mode=self.mode, peer=self.peer)
+                self.observer.stream_opened(self.info)
+                log.info("%s stream %s opened by node=%s id=%r peer=%s", self.mode, self.id, name,
                          request.node.id, self.peer, extra=self.log_fields(peer=self.peer))
                 watch = self.cache.watch(name)
                 self._handle(request)
             except StreamError as exc:
                 await self._refuse(exc, context)
                 return
-            reader = asyncio.create_task(self._read(iterator), name=f"xds-reader-{self.status.id}")
-            watcher = asyncio.create_task(self._watch(watch), name=f"xds-watch-{self.status.id}")
+            reader = asyncio.create_task(self._read(iterator), name=f"xds-reader-{self.id}")
+            watcher = asyncio.create_task(self._watch(watch), name=f"xds-watch-{self.id}")
             try:
                 await self._send_loop(context)
             finally:
@@ -288,10 +330,9 @@ class Stream:
                 await asyncio.gather(reader, return_exceptions=True)
             if watch is not None:
                 watch.close()
-            if self.status is not None:
-                self.registry.remove(self.status)
-                self.metrics.connections.dec(self.mode)
-                log.info("%s stream %s of node=%s closed", self.mode, self.status.id, self.status.node,
+            if self.info is not None:
+                self.observer.stream_closed(self.info)
+                log.info("%s stream %s of node=%s closed", self.mode, self.id, self.info.node,
                          extra=self.log_fields())
 
     def _handle(self, request: Any) -> None:
@@ -307,8 +348,7 @@ class Stream:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the transport failed (oversized message, reset): the stream is over
-            log.info("%s stream %s: read ended: %s", self.mode, self.status.id if self.status else "?", exc,
-                     extra=self.log_fields())
+            log.info("%s stream %s: read ended: %s", self.mode, self.id, exc, extra=self.log_fields())
         finally:
             self._closed = True
             self._wake.set()
@@ -340,9 +380,7 @@ class Stream:
         await self._context.write(data)
 
     async def _refuse(self, exc: StreamError, context: grpc.aio.ServicerContext) -> None:
-        self.metrics.rejected_requests.inc(exc.reason)
-        where = f"conn={self.status.id} node={self.status.node}" if self.status else f"peer={self.peer}"
+        self.observer.stream_refused(self.info, exc.reason, exc.message)
+        where = f"conn={self.id} node={self.info.node}" if self.info else f"peer={self.peer}"
         log.warning("%s stream %s: refused: %s", self.mode, where, exc.message, extra=self.log_fields())
-        if self.status is not None:
-            self.status.record_error(exc.message)
         await context.abort(exc.code, exc.message)

@@ -1,0 +1,134 @@
+"""One stream's subscription to one type: what the client asked for and what it was sent.
+
+State of the world and delta share it. They differ only in how a request changes it
+(:meth:`Subscription.set_names` replaces the names, :meth:`Subscription.apply_delta` adds and
+removes) and in how a response is shaped; what is tracked is the same: requested names or
+wildcard, the last response's version and nonce, what is due regardless of versions, which
+names this stream was ever served (so a name that disappeared from the config is churn, not an
+unauthorized request), and which model change the type was last brought up to (so push latency
+is measured once per change and type).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from .order import WILDCARD_TYPES
+
+WILDCARD_NAME = "*"
+
+
+@dataclass
+class Subscription:
+    type_url: str
+    started: bool = False  # a request of this type was seen on the stream
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)  # explicitly requested names ("*" excluded)
+    #: SotW: after an explicit name, an empty list means "none" instead of the legacy wildcard.
+    ever_named: bool = False
+    #: Answer even when versions are unchanged: a new subscription, or EDS after a CDS response
+    #: (a warming cluster waits for its endpoints even when they did not change, envoy#13009).
+    pending: bool = False
+    #: Delta: names to send even if the client has that version (re-subscribed, or EDS after CDS).
+    force: set[str] = field(default_factory=set)
+    #: Delta: what the client has, name -> version (seeded from ``initial_resource_versions``).
+    known: dict[str, str] = field(default_factory=dict)
+    sent_version: str | None = None
+    sent_nonce: str = ""
+    #: Names sent on this stream at any time (bounded by the node's config over the stream's life).
+    ever_served: set[str] = field(default_factory=set)
+    #: Requested names already reported missing (delta: answered as removed); reported again only
+    #: when asked for again (a new SotW request list, a delta re-subscription) or after being served.
+    missing_reported: set[str] = field(default_factory=set)
+    #: ``changed_at`` of the snapshot this type was last brought up to date with.
+    seen_changed_at: float | None = None
+
+    @property
+    def subscribed(self) -> bool:
+        return self.wildcard or bool(self.names)
+
+    def view(self) -> list[str] | None:
+        """The subscription as syncz shows it: None for wildcard, else the sorted names."""
+        return None if self.wildcard else sorted(self.names)
+
+    def wanted(self, available: Iterable[str]) -> set[str]:
+        """The names to serve out of ``available``: all of them (and the named ones) for wildcard."""
+        return set(available) | self.names if self.wildcard else set(self.names)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def set_names(self, requested: Iterable[str]) -> bool:
+        """SotW: a request's ``resource_names`` replace the subscription; True when it changed."""
+        before = (self.wildcard, frozenset(self.names))
+        names = set(requested)
+        self.started = True
+        if self.type_url in WILDCARD_TYPES:
+            if not names and not self.ever_named:
+                self.wildcard, self.names = True, set()  # legacy wildcard
+            else:
+                self.ever_named = self.ever_named or bool(names - {WILDCARD_NAME})
+                self.wildcard = WILDCARD_NAME in names
+                self.names = names - {WILDCARD_NAME}
+        else:
+            self.wildcard, self.names = False, names
+        self.missing_reported &= self.names
+        return before != (self.wildcard, frozenset(self.names))
+
+    def apply_delta(
+        self, subscribe: Iterable[str], unsubscribe: Iterable[str], initial: Mapping[str, str]
+    ) -> bool:
+        """Delta: a request's (un)subscriptions; the first request also says what the client has.
+        True when the subscription changed (it then needs an answer)."""
+        subscribe, unsubscribe = set(subscribe), set(unsubscribe)
+        changed = False
+        if not self.started:
+            self.started = True
+            self.known = dict(initial)
+            if self.type_url in WILDCARD_TYPES and not subscribe:
+                self.wildcard = True  # legacy wildcard: a first request that names nothing
+            changed = True
+        wildcard = self.wildcard
+        if WILDCARD_NAME in subscribe:
+            wildcard = True
+        if WILDCARD_NAME in unsubscribe:
+            wildcard = False
+        changed = changed or wildcard != self.wildcard
+        self.wildcard = wildcard
+        subscribe.discard(WILDCARD_NAME)
+        unsubscribe.discard(WILDCARD_NAME)
+        new_names = subscribe - self.names
+        self.names |= subscribe
+        self.names -= unsubscribe
+        for name in unsubscribe:
+            self.known.pop(name, None)  # the client dropped it; no removal notice is owed
+        self.missing_reported -= unsubscribe | new_names
+        # A (re-)subscribed name is answered even if the client reports that version already.
+        self.force |= {n for n in new_names if n not in self.known}
+        return changed or bool(new_names or unsubscribe)
+
+    # -- responses ------------------------------------------------------------------------------
+
+    def bring_up_to(self, changed_at: float) -> bool:
+        """The type is being brought up to date with the snapshot of the model change at
+        ``changed_at``; True when that change is new to this type on this stream (a push), False
+        for the stream's first look at the type and for another look at the same snapshot."""
+        new = self.seen_changed_at is not None and changed_at != self.seen_changed_at
+        self.seen_changed_at = changed_at
+        return new
+
+    def new_missing(self, missing: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Of requested names the config lacks, those not reported yet, split into (never served
+        on this stream, served before and removed since); both are now reported."""
+        fresh = set(missing) - self.missing_reported
+        self.missing_reported |= fresh
+        return sorted(fresh - self.ever_served), sorted(fresh & self.ever_served)
+
+    def sent(self, version: str, nonce: str, served: Iterable[str], removed: Iterable[str] = ()) -> None:
+        """Book-keeping of a response carrying ``served`` (and, delta, ``removed``)."""
+        served = set(served)
+        self.sent_version, self.sent_nonce = version, nonce
+        self.ever_served |= served
+        self.missing_reported -= served
+        # A removal of a name the client still asks for tells it the name is gone: not again.
+        self.missing_reported |= set(removed) & self.names
