@@ -217,8 +217,7 @@ def meshed_identities(world: World, node_key: str) -> set[str]:
 
 
 def unserved_sds(world: World) -> float:
-    _status, body = world.debug("/metrics", raw=True)
-    m = re.search(r'^zpilot_xds_unserved_resource_names_total\{type="SDS"\} (\S+)$', body.decode(), re.M)
+    m = re.search(r'^zpilot_xds_unserved_resource_names_total\{type="SDS"\} (\S+)$', world.metrics(), re.M)
     return float(m.group(1)) if m else 0.0
 
 
@@ -510,6 +509,7 @@ def collect_everything(world: World) -> dict[str, bytes]:
             status, body = world.debug(path + query, raw=True)
             assert status == 200, (path + query, status, body[:300])
             out[f"zpilot {path}{query}"] = body
+    out["zpilot /metrics"] = world.metrics().encode()
     for key, zt in world.ztunnels.items():
         for path in ("/config_dump?include_eds", "/certs", "/clusters", "/listeners", "/stats", "/server_info"):
             out[f"envoy {key} {path}"] = zt.admin(path).encode()

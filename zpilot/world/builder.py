@@ -129,6 +129,11 @@ class World:
         assert self.dir is not None
         return self.dir / "debug.sock"
 
+    @property
+    def metrics_socket(self) -> Path:
+        assert self.dir is not None
+        return self.dir / "metrics.sock"
+
     # -- context manager -----------------------------------------------------------------------
 
     def __enter__(self) -> "World":
@@ -241,6 +246,7 @@ class World:
         self.server = self.supervisor.start("zpilot-serve", zpilot_cli(
             "serve", "--manifests", str(self.manifests),
             "--xds-address", f"unix:{self.xds_socket}", "--debug-address", f"unix:{self.debug_socket}",
+            "--metrics-address", f"unix:{self.metrics_socket}",
             "--trust-domain", self.spec.trust_domain, "--debounce-quiet", str(self.options.debounce_quiet),
             "--ca-dir", str(self.dir / "ca"),
             *(["--cert-lifetime", str(self.options.cert_lifetime)] if self.options.cert_lifetime else []),
@@ -327,22 +333,19 @@ class World:
 
     def debug(self, path: str, *, raw: bool = False) -> Any:
         """GET on ``zpilot serve``'s debug API (over its Unix socket)."""
-        conn = http.client.HTTPConnection("localhost", timeout=10)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(10)
-        sock.connect(str(self.debug_socket))
-        conn.sock = sock
-        try:
-            conn.request("GET", path)
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
+        resp, body = _unix_get(self.debug_socket, path)
         if raw:
             return resp.status, body
         if resp.status != 200:
             raise WorldError(f"debug API {path}: HTTP {resp.status}: {body[:300]!r}")
         return json.loads(body)
+
+    def metrics(self) -> str:
+        """``zpilot serve``'s Prometheus metrics (from its metrics listener's Unix socket)."""
+        resp, body = _unix_get(self.metrics_socket, "/metrics")
+        if resp.status != 200:
+            raise WorldError(f"/metrics: HTTP {resp.status}: {body[:300]!r}")
+        return body.decode()
 
     def relabel(self, pod: str, labels: dict[str, str], *, timeout: float = 40.0) -> None:
         """Change a pod's labels in the manifests, as ``kubectl label`` would, and converge: the
@@ -434,3 +437,18 @@ class World:
                 self._old_sigterm = None
         if errors:
             raise WorldError("teardown left something behind:\n" + "\n".join(errors))
+
+
+def _unix_get(path: Path, target: str) -> tuple[http.client.HTTPResponse, bytes]:
+    """One HTTP GET over a Unix socket: the response and its body."""
+    conn = http.client.HTTPConnection("localhost", timeout=10)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(str(path))
+    conn.sock = sock
+    try:
+        conn.request("GET", target)
+        resp = conn.getresponse()
+        return resp, resp.read()
+    finally:
+        conn.close()
