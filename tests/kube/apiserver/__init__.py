@@ -86,8 +86,8 @@ What HTTP clients see (the real server's behaviour)
 Faults and observation
 ----------------------
 ``server.inject(status=500)``, ``inject(status=429, retry_after=2)``, ``inject(delay=3.0)`` (slow, then served),
-``inject(reset=True)`` (connection closed without a response; aiohttp retries a reused connection once, so use
-``times=2`` to see it), ``inject(drop_after_events=2)`` (a watch cut after 2 events); each with ``times=N``,
+``inject(reset=True)`` (connection closed without a response; recent aiohttp retries an idempotent request
+once after that, so use ``times=2`` or a create to see it fail), ``inject(drop_after_events=2)`` (a watch cut after 2 events); each with ``times=N``,
 ``verb=`` ("list", "watch", "get", "create", "update", "patch", "delete", "discovery") and ``resource=``.
 ``server.drop_watches(resource)`` cuts open watches mid-stream (the client reads a truncated chunked body:
 ``aiohttp.ClientPayloadError``); ``end_watches`` ends them cleanly. ``server.watchers(resource)`` and
