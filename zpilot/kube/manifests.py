@@ -7,20 +7,24 @@ index, kind/name and reason, and skipped; everything else still loads.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import yaml
-
 from ..model.objects import Cluster
-from ..model.problems import Problems
+from ..model.problems import Problems, brief
+from .bounded_yaml import Unreadable, load_documents
 from .convert import CONVERTERS, InvalidObject, describe
 from .store import ObjectStore, key_of
 
+log = logging.getLogger(__name__)
+
 SUFFIXES = (".yaml", ".yml", ".json")
-#: libyaml's parser when PyYAML was built with it: ~6x faster, which is most of a push's latency.
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+#: Largest manifest file read (``kubectl get pods -A -o yaml`` of 10,000 pods is about 50 MiB).
+MAX_FILE_BYTES = 64 << 20
+#: Most objects read from one file (documents, and the items of ``kind: List`` documents).
+MAX_DOCUMENTS = 50_000
 #: Kinds that commonly sit beside the ones zpilot reads; skipped without a warning.
 IGNORED_KINDS = frozenset(
     {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob", "ConfigMap", "Secret",
@@ -41,38 +45,52 @@ def manifest_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith("."))
 
 
+def _read(path: Path, problems: Problems) -> str | None:
+    """The file's text, or None (reported) when it is unreadable or larger than the limit."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # never more, even if the file grows while we read
+    except OSError as exc:
+        problems.error(str(path), f"cannot read: {exc}")
+        return None
+    if len(data) > MAX_FILE_BYTES:
+        problems.error(str(path), f"larger than {MAX_FILE_BYTES:,} bytes: skipped (split it into several files)")
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.error(str(path), f"cannot read: not UTF-8 ({exc.reason} at byte {exc.start})")
+        return None
+
+
 def _documents(path: Path, problems: Problems) -> Iterator[tuple[str, Any]]:
     """(where, document) for each document of a file, flattening ``kind: List``."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.error(str(path), f"cannot read: {exc}")
+    text = _read(path, problems)
+    if text is None:
         return
-    loader = yaml.load_all(text, Loader=_SAFE_LOADER)
-    index = 0
-    while True:
+    count = 0
+    for index, doc in enumerate(load_documents(text)):
         where = f"{path} doc {index}"
-        try:
-            doc = next(loader)
-        except StopIteration:
-            return
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" (line {mark.line + 1})" if mark is not None else ""
-            problems.error(where, f"malformed YAML{at}: {getattr(exc, 'problem', None) or exc}; rest of file skipped")
-            return
-        index += 1
+        if isinstance(doc, Unreadable):
+            problems.error(where, f"{doc.reason}; {'rest of file' if doc.last else 'document'} skipped")
+            continue
         if doc is None:
             continue
+        items: list[tuple[str, Any]]
         if isinstance(doc, Mapping) and doc.get("kind") == "List":
-            items = doc.get("items")
-            if not isinstance(items, list):
+            listed = doc.get("items")
+            if not isinstance(listed, list):
                 problems.error(where, "kind List without an items list")
                 continue
-            for i, item in enumerate(items):
-                yield f"{where} item {i}", item
+            items = [(f"{where} item {i}", item) for i, item in enumerate(listed)]
         else:
-            yield where, doc
+            items = [(where, doc)]
+        for item in items:
+            count += 1
+            if count > MAX_DOCUMENTS:
+                problems.error(item[0], f"more than {MAX_DOCUMENTS:,} objects in one file: the rest are skipped")
+                return
+            yield item
 
 
 def load_into(store: ObjectStore, root: Path, problems: Problems) -> list[Path]:
@@ -91,12 +109,16 @@ def load_into(store: ObjectStore, root: Path, problems: Problems) -> list[Path]:
             subject = f"{where} ({describe(doc)})"
             if converter is None:
                 if kind not in IGNORED_KINDS:
-                    problems.warning(subject, f"unsupported kind {kind!r}: skipped")
+                    problems.warning(subject, f"unsupported kind {brief(kind)}: skipped")
                 continue
             try:
                 obj = converter(doc)
             except InvalidObject as exc:
                 problems.error(subject, f"{exc}: skipped")
+                continue
+            except (TypeError, ValueError, AttributeError) as exc:  # a shape no check foresaw: still just this object
+                log.warning("%s: converter failed", subject, exc_info=True)
+                problems.error(subject, f"cannot be read ({type(exc).__name__}): skipped")
                 continue
             key = key_of(obj)
             if key in seen:

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from .addresses import is_ipv4_network, split_mesh_family
 from .objects import Cluster, Namespace, Node, ObjectRef, Service, ServicePort, Workload
-from .problems import Problems
+from .problems import Problems, brief
 
 #: Pods with this label in the ztunnel namespace are the node's ztunnels (as the 2022 CNI agent chose them).
 ZTUNNEL_LABEL = ("app", "ztunnel")
@@ -217,7 +217,7 @@ class MeshIndex:
                 if resolved is None:
                     self.problems.warning(
                         svc.ref,
-                        f"port {port.label}: targetPort {port.target_port!r} is not a container port of {w.ref}:"
+                        f"port {port.label}: targetPort {brief(port.target_port)} is not a container port of {w.ref}:"
                         " that pod is not an endpoint of this port",
                     )
                     continue

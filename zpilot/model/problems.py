@@ -8,10 +8,42 @@ bad object never takes the rest of the cluster's config down with it.
 from __future__ import annotations
 
 import logging
+import reprlib
 from dataclasses import dataclass
 from enum import Enum
 
 log = logging.getLogger("zpilot.problems")
+
+#: Longest a value quoted in a message may be (see :func:`brief`).
+BRIEF_LIMIT = 100
+#: Longest a problem's subject or reason may be, whatever a caller formats into it.
+MESSAGE_LIMIT = 1000
+
+# repr with every container and string cut short: its work is bounded by these numbers, never
+# by the size of the value (a value from an alias bomb stands for billions of strings).
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = _REPR.maxfrozenset = 4
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlong = 40
+#: Types whose reprlib rendering is bounded (the ones YAML and JSON produce); others show their type only.
+_PLAIN = (str, bytes, int, float, bool, type(None), list, tuple, dict, set, frozenset)
+
+
+def clip(text: str, limit: int = BRIEF_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, marked with ``...`` when cut."""
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
+
+
+def brief(value: object, limit: int = BRIEF_LIMIT) -> str:
+    """A repr of input for a message, at most ``limit`` characters, whatever the value's size.
+
+    Every value from input that goes into a problem or a log line goes through here: the plain
+    ``!r`` of a value from hostile input can take minutes and gigabytes.
+    """
+    if not isinstance(value, _PLAIN):
+        return f"<{type(value).__name__}>"
+    return clip(_REPR.repr(value), limit)
 
 
 class Severity(str, Enum):
@@ -37,7 +69,7 @@ class Problems:
         self._items: dict[Problem, None] = {}
 
     def add(self, severity: Severity, subject: object, reason: str) -> None:
-        problem = Problem(severity, str(subject), reason)
+        problem = Problem(severity, clip(str(subject), MESSAGE_LIMIT), clip(reason, MESSAGE_LIMIT))
         if problem not in self._items:
             self._items[problem] = None
 
