@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from ..certs.secrets import build_secrets
     from ..kube.manifests import load_manifests
     from ..model.index import MeshIndex
-    from ..translators import TranslateOptions, translate_node
+    from ..translators import TranslateOptions, consistency, translate_node
     from ..translators.static import static_bootstrap
     from ..xds.config_dump import config_dump
 
@@ -44,6 +44,13 @@ def run(args: argparse.Namespace) -> int:
     if args.node not in index.nodes and not index.workloads_on(args.node):
         problems.warning(f"Node {args.node}", "not in the manifests: its ztunnel gets only the fixed resources")
     resources = translate_node(index, args.node, TranslateOptions(trust_domain=args.trust_domain, layout=args.layout))
+    refused = consistency.findings(resources)
+    if refused:  # what serve would refuse to send: print the reasons, not a config Envoy rejects
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        for finding in refused:
+            print(f"error: Node {args.node}: {finding}", file=sys.stderr)
+        return 1
     ca = CertificateAuthority.load_or_create(args.ca_dir, args.trust_domain)
     secrets = build_secrets(resources.secrets.values(), IdentityCache(ca), problems)
     if not args.quiet:

@@ -63,8 +63,8 @@ def _dump(snapshot: Snapshot) -> dict[str, Any]:
     return render(resources, secrets, versions)
 
 
-def _model(index: MeshIndex) -> dict[str, Any]:
-    """The model as JSON-ready data (immutable: thread-safe)."""
+def _model(index: MeshIndex, failures: Mapping[str, str]) -> dict[str, Any]:
+    """The model as JSON-ready data (immutable: thread-safe), with the nodes whose config was refused."""
     cluster = index.cluster
     meshed = {(w.namespace, w.name) for w in index.meshed_workloads()}
     return {
@@ -73,7 +73,11 @@ def _model(index: MeshIndex) -> dict[str, Any]:
         "service_accounts": _plain(cluster.service_accounts),
         "workloads": [dict(_plain(w), meshed=(w.namespace, w.name) in meshed) for w in cluster.workloads],
         "services": _plain(cluster.services),
-        "problems": [{"severity": p.severity.value, "subject": p.subject, "reason": p.reason} for p in index.problems],
+        "problems": [{"severity": p.severity.value, "subject": p.subject, "reason": p.reason} for p in index.problems]
+        + [
+            {"severity": "error", "subject": f"Node {node}", "reason": f"{reason}; the node keeps its last good config"}
+            for node, reason in sorted(failures.items())
+        ],
     }
 
 
@@ -126,6 +130,7 @@ def create_app(plane: "ControlPlane") -> FastAPI:
         if index is None:
             raise HTTPException(503, "no model loaded yet")
         snapshots = {node: _versions(plane, node) for node in plane.cache.nodes()}
-        return JSONResponse(dict(await asyncio.to_thread(_model, index), snapshots=snapshots))
+        failures = dict(plane.producer.failures)  # copied on the loop, which is where it changes
+        return JSONResponse(dict(await asyncio.to_thread(_model, index, failures), snapshots=snapshots))
 
     return app

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 from google.protobuf.message import Message
 
 from ..model.index import MeshIndex
+from ..translators import consistency
 from ..translators.resources import NodeResources
 from .cache import SnapshotWriter
 from .metrics import Metrics
@@ -64,16 +65,11 @@ def model_nodes(index: MeshIndex) -> set[str]:
 
 
 def check_resources(resources: NodeResources) -> None:
-    """Refuse what Envoy would NACK for reasons visible here: keys must be the resources' own names."""
-    for kind, items, attr in (
-        ("listener", resources.listeners, "name"),
-        ("cluster", resources.clusters, "name"),
-        ("endpoints", resources.endpoints, "cluster_name"),
-    ):
-        for key, message in items.items():
-            actual = getattr(message, attr)
-            if not key or actual != key:
-                raise InvalidResources(f"{kind} stored as {key!r} is named {actual!r}")
+    """Refuse what Envoy would NACK, or what names something missing (see translators.consistency)."""
+    try:
+        consistency.check(resources)
+    except consistency.InconsistentResources as exc:
+        raise InvalidResources(str(exc)) from None
 
 
 @dataclass
@@ -105,6 +101,8 @@ class Producer:
         self.secrets = secrets
         self.metrics = metrics if metrics is not None else Metrics()
         self.index: MeshIndex | None = None
+        #: Nodes whose latest config could not be produced (they keep their last good one), and why.
+        self.failures: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
     def build(self, index: MeshIndex, node: str, changed_at: float) -> Snapshot:
@@ -136,6 +134,9 @@ class Producer:
         for node in nodes:
             try:
                 out[node] = self.build(index, node, changed_at)
+            except InvalidResources as exc:  # caught before sending: Envoy would have refused it
+                log.error("node %s: config refused before sending, it keeps its last good config: %s", node, exc)
+                out[node] = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # one node's failure must not stop the others
                 log.exception("node %s: config could not be produced; it keeps its last good config", node,
                               extra={"node": node})
@@ -176,6 +177,8 @@ class Producer:
                 if node not in built:
                     self.cache.clear_snapshot(node)
                     report.removed.append(node)
+            for node in [n for n in self.failures if n not in built]:
+                del self.failures[node]
             self._update_gauges()
             report.seconds = time.perf_counter() - started
             log.info(
@@ -189,8 +192,10 @@ class Producer:
         for node, result in results.items():
             if isinstance(result, str):
                 report.failed[node] = result
+                self.failures[node] = result
                 self.metrics.producer_errors.inc()
                 continue
+            self.failures.pop(node, None)
             self.metrics.generation.observe(result.generation_seconds)
             changed = self.cache.set_snapshot(result)
             if changed:

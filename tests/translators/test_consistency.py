@@ -1,0 +1,184 @@
+"""No config that Envoy would refuse, or that names something it lacks, leaves the translators
+unnoticed (issue 11, point 2): the consistency check finds each kind of break, and a Service
+with two ports of one name is refused at the source instead of duplicating filter chains."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from google.protobuf import json_format
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from envoy.config.core.v3 import address_pb2
+from zpilot.envoy_binary import validate
+from zpilot.kube.convert import CONVERTERS
+from zpilot.kube.store import ObjectStore
+from zpilot.model import MeshIndex, Problems
+from zpilot.synthetic import Shape, node_name, synthetic_manifests
+from zpilot.translators import NodeResources, consistency, translate_node
+from zpilot.translators.static import static_bootstrap
+
+from .render_util import ARTICLE, NODE_A, render
+
+SLEEP_CHAIN = "spiffe://cluster.local/ns/default/sa/sleep_to_http_productpage.default.svc.cluster.local_outbound_internal"
+#: The report's Service: port 80 named "http", then a second port of the same name.
+SAME_NAME_PORTS = """\
+apiVersion: v1
+kind: Service
+metadata: {name: twin, namespace: default}
+spec:
+  clusterIP: 10.8.0.77
+  selector: {app: productpage}
+  ports:
+  - {name: http, port: 80, targetPort: 9080}
+  - {name: http, port: 8080, targetPort: 9080}
+"""
+#: ... and the other one: a port named like another port's number (it rendered as "80" twice).
+NAME_LIKE_A_NUMBER = """\
+apiVersion: v1
+kind: Service
+metadata: {name: twin, namespace: default}
+spec:
+  clusterIP: 10.8.0.77
+  selector: {app: productpage}
+  ports:
+  - {port: 80, targetPort: 9080}
+  - {name: "80", port: 8080, targetPort: 9080}
+"""
+
+
+@pytest.fixture
+def article(tmp_path: Path) -> Path:
+    target = tmp_path / "manifests"
+    shutil.copytree(ARTICLE, target)
+    return target
+
+
+@pytest.mark.parametrize("bad", [SAME_NAME_PORTS, NAME_LIKE_A_NUMBER], ids=["same-name", "name-like-a-number"])
+def test_a_service_with_clashing_port_names_is_refused_and_outbound_stays_valid(article: Path, bad: str) -> None:
+    (article / "twin.yaml").write_text(bad)
+    resources, secrets, problems = render(article, NODE_A)
+    chains = [c.name for c in resources.listeners["ztunnel_outbound"].filter_chains]
+    assert len(chains) == len(set(chains)), "duplicate filter chain names: Envoy refuses the listener"
+    assert not any("twin" in c for c in chains)
+    assert any(p.subject.endswith("(Service default/twin)") and "spec.ports[" in p.reason for p in problems), [
+        str(p) for p in problems
+    ]
+    assert consistency.findings(resources) == []
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_the_article_with_the_bad_service_beside_it(article: Path) -> None:
+    (article / "twin.yaml").write_text(SAME_NAME_PORTS)
+    resources, secrets, _ = render(article, NODE_A)
+    result = validate(json_format.MessageToDict(static_bootstrap(resources, secrets, admin_port=0)))
+    assert result.ok, result.output[-2000:]
+
+
+# -- the check itself: each break it must find ---------------------------------------------------
+
+
+def _broken(change: Callable[[NodeResources], None]) -> list[str]:
+    resources, _, _ = render(ARTICLE, NODE_A)
+    assert consistency.findings(resources) == []
+    change(resources)
+    return consistency.findings(resources)
+
+
+def _duplicate_chain(r: NodeResources) -> None:
+    outbound = r.listeners["ztunnel_outbound"]
+    outbound.filter_chains.add().CopyFrom(next(c for c in outbound.filter_chains if c.name == SLEEP_CHAIN))
+
+
+def _drop_chain(r: NodeResources) -> None:
+    outbound = r.listeners["ztunnel_outbound"]
+    keep = [c for c in outbound.filter_chains if c.name != SLEEP_CHAIN]
+    del outbound.filter_chains[:]
+    outbound.filter_chains.extend(keep)
+
+
+def _same_inbound_match(r: NodeResources) -> None:
+    """Two IPv6 pods under a /32 prefix: one range, as Envoy sees it."""
+    inbound = r.listeners["ztunnel_inbound_plaintext"]
+    for chain, ip in zip(inbound.filter_chains, ("2001:db8::1", "2001:db8::2")):
+        chain.filter_chain_match.prefix_ranges[0].address_prefix = ip
+
+
+def _internal_address(r: NodeResources) -> None:
+    cla = r.endpoints[SLEEP_CHAIN]
+    cla.endpoints[0].lb_endpoints[0].endpoint.address.envoy_internal_address.server_listener_name = "gone"
+
+
+def _same_address(r: NodeResources) -> None:
+    r.listeners["ztunnel_inbound"].address.CopyFrom(r.listeners["ztunnel_outbound"].address)
+
+
+CASES = {
+    "duplicate chain": (_duplicate_chain, f"listener 'ztunnel_outbound' has 2 filter chains named '{SLEEP_CHAIN}'"),
+    "matcher to a missing chain": (_drop_chain, f"matcher selects chain '{SLEEP_CHAIN}', which does not exist"),
+    "missing cluster": (lambda r: r.clusters.pop("PassthroughCluster"), "sends to cluster 'PassthroughCluster', which"),
+    "missing endpoints": (lambda r: r.endpoints.pop(SLEEP_CHAIN), f"cluster '{SLEEP_CHAIN}' has no endpoints resource"),
+    "missing secret": (lambda r: r.secrets.pop("ROOTCA"), "uses secret 'ROOTCA', which is not served"),
+    "missing internal listener": (_internal_address, "name internal listener 'gone', which does not exist"),
+    "misfiled": (lambda r: r.clusters.__setitem__("x", r.clusters["BlackHoleCluster"]), "stored as 'x' is named"),
+    "same address": (_same_address, "binds 0.0.0.0:15001 like listener"),
+    "same match": (_same_inbound_match, "has 2 filter chains matching the same connections"),
+    "route to a missing cluster": (  # the CONNECT terminator's route (inside the HCM)
+        lambda r: r.clusters.pop("virtual_inbound"),
+        "listener 'ztunnel_inbound' chain 'inbound_10.4.4.19' sends to cluster 'virtual_inbound'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_break_is_found_and_named(case: str) -> None:
+    change, expected = CASES[case]
+    found = _broken(change)
+    assert any(expected in f for f in found), found
+
+
+def test_check_raises_naming_the_node_and_counting_the_rest() -> None:
+    resources, _, _ = render(ARTICLE, NODE_A)
+    outbound = resources.listeners["ztunnel_outbound"]
+    for chain in list(outbound.filter_chains):
+        outbound.filter_chains.add().CopyFrom(chain)
+    with pytest.raises(consistency.InconsistentResources) as raised:
+        consistency.check(resources)
+    message = str(raised.value)
+    assert message.startswith(f"node {NODE_A}: listener 'ztunnel_outbound' has 2 filter chains named")
+    assert f"(and {len(raised.value.findings) - consistency.SHOWN} more)" in message
+
+
+def test_a_failed_range_parse_is_left_to_envoy() -> None:
+    """The check compares ranges; it does not second-guess an address Envoy will report itself."""
+    resources, _, _ = render(ARTICLE, NODE_A)
+    chain = resources.listeners["ztunnel_inbound"].filter_chains[0]
+    chain.filter_chain_match.prefix_ranges[0].CopyFrom(address_pb2.CidrRange(address_prefix="not-an-ip"))
+    assert consistency.findings(resources) == []
+
+
+# -- and what the translators make is always consistent --------------------------------------------
+
+shapes = st.builds(
+    Shape,
+    nodes=st.integers(1, 3),
+    pods=st.integers(0, 30),
+    services=st.integers(0, 6),
+    namespaces=st.integers(1, 3),
+    ports_per_service=st.integers(1, 3),
+    service_accounts_per_namespace=st.integers(1, 3),
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes, which=st.integers(0, 2))
+def test_translated_config_is_always_consistent(shape: Shape, which: int) -> None:
+    store = ObjectStore()
+    for doc in synthetic_manifests(shape):
+        store.put(CONVERTERS[doc["kind"]](doc))
+    index = MeshIndex.build(store.snapshot(), Problems())
+    assert consistency.findings(translate_node(index, node_name(which % shape.nodes))) == []
