@@ -116,7 +116,7 @@ def _chain_findings(where: str, listener: listener_pb2.Listener, resources: Node
         if count > 1:
             yield f"{where} has {count} filter chains named {_q(name)}"
     if listener.HasField("filter_chain_matcher"):
-        for target in sorted(set(_matcher_targets(listener.filter_chain_matcher))):
+        for target in sorted(_matcher_targets(listener.filter_chain_matcher)):
             if target not in named:
                 yield f"{where}'s filter chain matcher selects chain {_q(target)}, which does not exist"
     else:
@@ -136,31 +136,30 @@ def _chain_findings(where: str, listener: listener_pb2.Listener, resources: Node
                 yield f"{chain_where} uses secret {_q(secret)}, which is not served"
 
 
-def _matcher_targets(root: matcher_pb2.Matcher) -> Iterator[str]:
+def _matcher_targets(root: matcher_pb2.Matcher) -> set[str]:
     """The chain names a filter_chain_matcher's actions select (iteratively: trees can be large)."""
-    decoded: dict[bytes, str] = {}
+    actions: set[bytes] = set()  # the serialized StringValue of each action (most are repeated)
     stack = [root]
     while stack:
         matcher = stack.pop()
         on_matches: list[matcher_pb2.Matcher.OnMatch] = []
         if matcher.HasField("on_no_match"):
             on_matches.append(matcher.on_no_match)
-        if matcher.HasField("matcher_tree"):
+        kind = matcher.WhichOneof("matcher_type")
+        if kind == "matcher_tree":
             tree = matcher.matcher_tree
-            kind = tree.WhichOneof("tree_type")
-            if kind in ("exact_match_map", "prefix_match_map"):
-                on_matches.extend(getattr(tree, kind).map.values())
-        elif matcher.HasField("matcher_list"):
+            tree_kind = tree.WhichOneof("tree_type")
+            if tree_kind in ("exact_match_map", "prefix_match_map"):
+                on_matches.extend(getattr(tree, tree_kind).map.values())
+        elif kind == "matcher_list":
             on_matches.extend(m.on_match for m in matcher.matcher_list.matchers)
         for on_match in on_matches:
-            if on_match.HasField("matcher"):
+            which = on_match.WhichOneof("on_match")
+            if which == "matcher":
                 stack.append(on_match.matcher)
-            elif on_match.HasField("action"):
-                value = on_match.action.typed_config.value
-                name = decoded.get(value)
-                if name is None:
-                    name = decoded[value] = wrappers_pb2.StringValue.FromString(value).value
-                yield name
+            elif which == "action":
+                actions.add(on_match.action.typed_config.value)
+    return {wrappers_pb2.StringValue.FromString(value).value for value in actions}
 
 
 def _match_key(match: listener_components_pb2.FilterChainMatch) -> str:
