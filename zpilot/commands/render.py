@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import data_path_flags
 from .options import layout_name
 
 
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print a static Envoy bootstrap instead (secrets inline): runs with no control plane, and validates",
     )
     p.add_argument("--quiet", action="store_true", help="do not list input problems on stderr")
+    data_path_flags.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     problems = manifests.problems
     if args.node not in index.nodes and not index.workloads_on(args.node):
         problems.warning(f"Node {args.node}", "not in the manifests: its ztunnel gets only the fixed resources")
-    resources = translate_node(index, args.node, TranslateOptions(trust_domain=args.trust_domain, layout=args.layout))
+    options = TranslateOptions(trust_domain=args.trust_domain, layout=args.layout, limits=data_path_flags.limits_from(args))
+    resources = translate_node(index, args.node, options)
     refused = consistency.findings(resources)
     if refused:  # what serve would refuse to send: print the reasons, not a config Envoy rejects
         for problem in problems:

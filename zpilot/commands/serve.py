@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import data_path_flags
 from .options import layout_name
 
 if TYPE_CHECKING:  # the command's work is imported when it runs: `zpilot --help` stays fast
@@ -46,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--debounce-quiet", type=float, default=0.1, help="seconds of quiet before a push (0.1)")
     p.add_argument("--debounce-max", type=float, default=10.0, help="longest a change waits for quiet (10)")
     p.add_argument("--max-connection-age", type=float, default=1800.0, help="seconds before a stream is recycled")
+    data_path_flags.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -100,7 +102,12 @@ async def serve(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     identities = IdentityCache(ca, lifetime=timedelta(seconds=args.cert_lifetime))
-    options = TranslateOptions(trust_domain=args.trust_domain, layout=args.layout, bind_address=args.bind_address)
+    options = TranslateOptions(
+        trust_domain=args.trust_domain,
+        layout=args.layout,
+        bind_address=args.bind_address,
+        limits=data_path_flags.limits_from(args),
+    )
     plane = ControlPlane(
         server_options=ServerOptions(
             host=args.xds_address,

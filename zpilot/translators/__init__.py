@@ -23,7 +23,7 @@ def translate_node(index: MeshIndex, node: str, options: TranslateOptions | None
     options = options or TranslateOptions()
     view = NodeView.of(index, node, options)
     out = NodeResources(node=node)
-    for cluster in (clusters.virtual_inbound(), clusters.passthrough(), clusters.blackhole()):
+    for cluster in (clusters.virtual_inbound(options.limits), clusters.passthrough(options.limits), clusters.blackhole()):
         out.clusters[cluster.name] = cluster
     get_layout(options.layout)(view, out)
     for listener in (inbound.inbound_listener(view), inbound.inbound_plaintext_listener(view)):

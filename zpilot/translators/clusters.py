@@ -14,6 +14,7 @@ from envoy.type.metadata.v3 import metadata_pb2
 
 from . import names
 from .envoy_common import ORIGINAL_DST_FILTER, ads_source, pack, raw_buffer, struct
+from .limits import DataPathLimits, circuit_breakers, http_idle_options
 from .tls import upstream_tls
 
 Cluster = cluster_pb2.Cluster
@@ -27,22 +28,24 @@ def _seconds(value: int) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=value)
 
 
-def virtual_inbound() -> Cluster:
+def virtual_inbound(limits: DataPathLimits) -> Cluster:
     """Dials the ``x-envoy-original-dst-host`` header of a CONNECT (or, plaintext, the original destination)."""
     return Cluster(
         name=names.VIRTUAL_INBOUND,
         type=Cluster.ORIGINAL_DST,
         lb_policy=Cluster.CLUSTER_PROVIDED,
         original_dst_lb_config=Cluster.OriginalDstLbConfig(use_http_header=True),
+        circuit_breakers=circuit_breakers(limits),
     )
 
 
-def passthrough() -> Cluster:
+def passthrough(limits: DataPathLimits) -> Cluster:
     return Cluster(
         name=names.PASSTHROUGH_CLUSTER,
         type=Cluster.ORIGINAL_DST,
         lb_policy=Cluster.CLUSTER_PROVIDED,
         connect_timeout=_seconds(10),
+        circuit_breakers=circuit_breakers(limits),
     )
 
 
@@ -55,16 +58,20 @@ def blackhole() -> Cluster:
     )
 
 
-def hbone_tunnel(name: str, secret_name: str, trust_domain: str, *, port_override: int | None = None) -> Cluster:
+def hbone_tunnel(
+    name: str, secret_name: str, trust_domain: str, limits: DataPathLimits, *, port_override: int | None = None
+) -> Cluster:
     """An ORIGINAL_DST cluster speaking HTTP/2 CONNECT over mutual TLS 1.3 to a peer ztunnel.
 
     Without ``port_override`` it dials the address the internal listener's original_dst filter
     restored from endpoint metadata; with it, the downstream destination's IP on that port.
+    Each tunnelled connection is one request (a CONNECT stream) here: ``max_requests`` bounds them.
     """
     options = http_protocol_options_pb2.HttpProtocolOptions(
+        common_http_protocol_options=http_idle_options(limits),
         explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
             http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True)
-        )
+        ),
     )
     cluster = Cluster(
         name=name,
@@ -74,13 +81,14 @@ def hbone_tunnel(name: str, secret_name: str, trust_domain: str, *, port_overrid
         cleanup_interval=_seconds(60),
         transport_socket=upstream_tls(secret_name, trust_domain),
         typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: pack(options)},
+        circuit_breakers=circuit_breakers(limits),
     )
     if port_override is not None:
         cluster.original_dst_lb_config.upstream_port_override.value = port_override
     return cluster
 
 
-def service_port(name: str) -> Cluster:
+def service_port(name: str, limits: DataPathLimits) -> Cluster:
     """The EDS cluster of one (source identity, service port): mesh endpoints go through the
     internal listener (``tunnel: h2``), others straight to the pod in plain TCP."""
     passthrough_keys = [TUNNEL_METADATA, ORIGINAL_DST_FILTER]
@@ -107,6 +115,7 @@ def service_port(name: str) -> Cluster:
             ),
             Cluster.TransportSocketMatch(name="tlsMode-disabled", match=struct({}), transport_socket=raw_buffer()),
         ],
+        circuit_breakers=circuit_breakers(limits),
     )
 
 

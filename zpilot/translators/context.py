@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ..model.index import MeshIndex
 from ..model.objects import Workload
 from . import names
+from .limits import DataPathLimits
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class TranslateOptions:
     layout: str = "article"
     #: Address the node-wide listeners bind to (0.0.0.0 in a cluster; tests may pick another).
     bind_address: str = "0.0.0.0"
+    #: Circuit breakers and idle timeouts of every data-path cluster and proxy (limits.py).
+    limits: DataPathLimits = DataPathLimits()
 
 
 @dataclass(frozen=True)

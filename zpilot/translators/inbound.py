@@ -8,7 +8,7 @@ domain, and nothing else.
 
 from __future__ import annotations
 
-from google.protobuf import wrappers_pb2
+from google.protobuf import duration_pb2, wrappers_pb2
 
 from envoy.config.core.v3 import address_pb2, protocol_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
@@ -30,6 +30,7 @@ from .envoy_common import (
     socket_address,
     socket_mark,
 )
+from .limits import DataPathLimits, http_idle_options, idle_timeout
 from .tcp_proxy import proxy_chain
 from .tls import downstream_tls, identity_matcher
 
@@ -61,12 +62,19 @@ def mesh_identities_rbac(trust_domain: str) -> listener_components_pb2.Filter:
     )
 
 
-def connect_terminator() -> listener_components_pb2.Filter:
-    """An HCM that accepts CONNECT and relays the stream's bytes to ``virtual_inbound``."""
+def connect_terminator(limits: DataPathLimits) -> listener_components_pb2.Filter:
+    """An HCM that accepts CONNECT and relays the stream's bytes to ``virtual_inbound``.
+
+    A CONNECT stream is a whole tunnelled TCP connection, so the stream idle timeout is the
+    connection's (Envoy's default, 5 minutes, cut quiet database connections), and the route
+    has no timeout (Envoy's default 15 s would start once a client half-closes).
+    """
+    idle = idle_timeout(limits)
     route = route_components_pb2.Route(
         match=route_components_pb2.RouteMatch(connect_matcher=route_components_pb2.RouteMatch.ConnectMatcher()),
         route=route_components_pb2.RouteAction(
             cluster=names.VIRTUAL_INBOUND,
+            timeout=duration_pb2.Duration(seconds=0),
             upgrade_configs=[
                 route_components_pb2.RouteAction.UpgradeConfig(
                     upgrade_type="CONNECT",
@@ -83,6 +91,8 @@ def connect_terminator() -> listener_components_pb2.Filter:
         ),
         http_filters=[hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True),
+        stream_idle_timeout=idle,
+        common_http_protocol_options=http_idle_options(limits),
         access_log=[access_log(names.INBOUND_LISTENER)],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="CONNECT")],
     )
@@ -100,7 +110,9 @@ def _transparent_listener(name: str, view: NodeView, port: int) -> Listener:
         listener_filters=[original_dst_filter(), original_src_filter()],
         socket_options=[socket_mark(INBOUND_SOCKET_MARK, "Set socket mark to packets coming back from inbound listener")],
         access_log=[access_log(name)],
-        default_filter_chain=proxy_chain(f"blackhole {name}", names.BLACKHOLE_CLUSTER),
+        default_filter_chain=proxy_chain(
+            f"blackhole {name}", names.BLACKHOLE_CLUSTER, idle_timeout=idle_timeout(view.options.limits)
+        ),
     )
 
 
@@ -112,7 +124,7 @@ def inbound_listener(view: NodeView) -> Listener:
             listener_components_pb2.FilterChain(
                 name=names.inbound_chain(pod.ip),
                 filter_chain_match=_pod_match(pod.ip),
-                filters=[mesh_identities_rbac(view.trust_domain), connect_terminator()],
+                filters=[mesh_identities_rbac(view.trust_domain), connect_terminator(view.options.limits)],
                 transport_socket=downstream_tls(secret, view.trust_domain),
             )
         )
@@ -125,6 +137,7 @@ def inbound_plaintext_listener(view: NodeView) -> Listener:
         chain = proxy_chain(
             names.inbound_chain(pod.ip),
             names.VIRTUAL_INBOUND,
+            idle_timeout=idle_timeout(view.options.limits),
             stat_prefix="virtual_inbound_plaintext",
         )
         chain.filter_chain_match.CopyFrom(_pod_match(pod.ip))

@@ -32,6 +32,7 @@ from .envoy_common import (
     socket_mark,
 )
 from .layout import register
+from .limits import idle_timeout
 from .resources import NodeResources
 from .tcp_proxy import proxy_chain
 
@@ -62,10 +63,11 @@ def _outbound_listener(view: NodeView) -> Listener:
         socket_options=[socket_mark(OUTBOUND_SOCKET_MARK, "Set socket mark to packets coming back from outbound listener")],
         access_log=[access_log(names.OUTBOUND_LISTENER)],
     )
+    idle = idle_timeout(view.options.limits)
     listener.filter_chains.extend(
         [
-            proxy_chain(names.PASSTHROUGH_CHAIN, names.PASSTHROUGH_CLUSTER),
-            proxy_chain(names.BLACKHOLE_CHAIN, names.BLACKHOLE_CLUSTER),
+            proxy_chain(names.PASSTHROUGH_CHAIN, names.PASSTHROUGH_CLUSTER, idle_timeout=idle),
+            proxy_chain(names.BLACKHOLE_CHAIN, names.BLACKHOLE_CLUSTER, idle_timeout=idle),
         ]
     )
     return listener
@@ -74,6 +76,8 @@ def _outbound_listener(view: NodeView) -> Listener:
 def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResources) -> None:
     """Per local identity: its internal listener, its three tunnel clusters and their chains."""
     sid, secret, td = identity.spiffe_id, identity.secret_name, view.trust_domain
+    limits = view.options.limits
+    idle = idle_timeout(limits)
     tunnel_lis = Listener(
         name=names.tunnel_listener(sid),
         use_original_dst=wrappers_pb2.BoolValue(value=False),
@@ -82,6 +86,7 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
             proxy_chain(
                 "",
                 names.tunnel_cluster(sid),
+                idle_timeout=idle,
                 stat_prefix=names.tunnel_listener(sid),
                 log_site=names.tunnel_listener(sid),
                 tunnel_target=TUNNEL_DESTINATION,
@@ -91,9 +96,11 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
     tunnel_lis.internal_listener.SetInParent()
     out.listeners[tunnel_lis.name] = tunnel_lis
     for cluster in (
-        clusters.hbone_tunnel(names.tunnel_cluster(sid), secret, td),
-        clusters.hbone_tunnel(names.pod_tunnel_cluster(sid), secret, td, port_override=names.HBONE_PORT),
-        clusters.hbone_tunnel(names.pod_local_tunnel_cluster(sid), secret, td, port_override=names.HBONE_SAME_NODE_PORT),
+        clusters.hbone_tunnel(names.tunnel_cluster(sid), secret, td, limits),
+        clusters.hbone_tunnel(names.pod_tunnel_cluster(sid), secret, td, limits, port_override=names.HBONE_PORT),
+        clusters.hbone_tunnel(
+            names.pod_local_tunnel_cluster(sid), secret, td, limits, port_override=names.HBONE_SAME_NODE_PORT
+        ),
     ):
         out.clusters[cluster.name] = cluster
     outbound = out.listeners[names.OUTBOUND_LISTENER]
@@ -102,6 +109,7 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
             proxy_chain(
                 names.pod_chain(cluster_name),
                 cluster_name,
+                idle_timeout=idle,
                 tunnel_target=DOWNSTREAM_DESTINATION,
             )
         )
@@ -111,6 +119,8 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
 def _service_resources(view: NodeView, outbound: Listener, out: NodeResources) -> None:
     """Per (local identity, service port): a chain, an EDS cluster and its endpoints."""
     seen: set[tuple[str, int]] = set()
+    limits = view.options.limits
+    idle = idle_timeout(limits)
     for _vip, target in view.index.vips():
         key = (f"{target.service.namespace}/{target.service.name}", target.port.port)
         if key in seen:  # dual-stack: one chain per service port, however many VIPs
@@ -119,8 +129,8 @@ def _service_resources(view: NodeView, outbound: Listener, out: NodeResources) -
         eps = view.index.endpoints(target.service, target.port)
         for identity in view.identities:
             name = names.service_chain(identity.spiffe_id, target.service, target.port, view.cluster_domain)
-            outbound.filter_chains.append(proxy_chain(name, name))
-            out.clusters[name] = clusters.service_port(name)
+            outbound.filter_chains.append(proxy_chain(name, name, idle_timeout=idle))
+            out.clusters[name] = clusters.service_port(name, limits)
             out.endpoints[name] = endpoints.service_port_endpoints(name, identity.spiffe_id, eps, view.node)
 
 

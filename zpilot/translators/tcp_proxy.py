@@ -3,6 +3,8 @@ chains that hold just one of them."""
 
 from __future__ import annotations
 
+from google.protobuf import duration_pb2
+
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -15,11 +17,17 @@ ORIGINAL_DST_HEADER = "x-envoy-original-dst-host"
 
 
 def tcp_proxy(
-    cluster: str, *, stat_prefix: str | None = None, log_site: str | None = None, tunnel_target: str | None = None
+    cluster: str,
+    *,
+    idle_timeout: duration_pb2.Duration,
+    stat_prefix: str | None = None,
+    log_site: str | None = None,
+    tunnel_target: str | None = None,
 ) -> listener_components_pb2.Filter:
     """``tunnel_target`` is a substitution format for the CONNECT authority and the
-    ``x-envoy-original-dst-host`` header; without it the bytes go to ``cluster`` as they are."""
-    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster, cluster=cluster)
+    ``x-envoy-original-dst-host`` header; without it the bytes go to ``cluster`` as they are.
+    ``idle_timeout`` is required so no proxy falls back to a default nobody chose (limits.py)."""
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster, cluster=cluster, idle_timeout=idle_timeout)
     if log_site is not None:  # only where no listener-level log already records the connection
         proxy.access_log.append(access_log(log_site))
     if tunnel_target is not None:
@@ -31,9 +39,15 @@ def tcp_proxy(
 
 
 def proxy_chain(
-    name: str, cluster: str, *, log_site: str | None = None, tunnel_target: str | None = None, stat_prefix: str | None = None
+    name: str,
+    cluster: str,
+    *,
+    idle_timeout: duration_pb2.Duration,
+    log_site: str | None = None,
+    tunnel_target: str | None = None,
+    stat_prefix: str | None = None,
 ) -> listener_components_pb2.FilterChain:
-    return listener_components_pb2.FilterChain(
-        name=name,
-        filters=[tcp_proxy(cluster, stat_prefix=stat_prefix, log_site=log_site, tunnel_target=tunnel_target)],
+    proxy = tcp_proxy(
+        cluster, idle_timeout=idle_timeout, stat_prefix=stat_prefix, log_site=log_site, tunnel_target=tunnel_target
     )
+    return listener_components_pb2.FilterChain(name=name, filters=[proxy])

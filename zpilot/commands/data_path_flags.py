@@ -1,0 +1,77 @@
+"""The data-path limit flags that ``zpilot serve`` and ``zpilot render`` share (translators/limits.py).
+
+Cheap to import, like every argument definition (``zpilot --help`` loads no protobuf): a flag
+left out stays None and :func:`limits_from` leaves that field to ``DataPathLimits``' default, so
+the defaults live in one place; tests/translators/test_limits.py checks the help text states them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..translators.limits import DataPathLimits
+
+#: The defaults of DataPathLimits, as the help text states them.
+HELP_DEFAULTS = {"max_connections": "100000", "max_pending_requests": "100000", "max_requests": "100000",
+                 "idle_timeout": "3600"}
+
+
+def _threshold(text: str) -> int:
+    from ..translators.limits import MAX_THRESHOLD
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_THRESHOLD:
+        raise argparse.ArgumentTypeError(f"{value} is not from 1 to {MAX_THRESHOLD}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    from ..translators.limits import MAX_IDLE_TIMEOUT
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_IDLE_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"{text} is not from 0 to {MAX_IDLE_TIMEOUT} seconds")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data-path limits of every ztunnel (docs/operations.md)")
+    group.add_argument(
+        "--max-connections", type=_threshold,
+        help=f"circuit breaker: concurrent connections per cluster (default {HELP_DEFAULTS['max_connections']})",
+    )
+    group.add_argument(
+        "--max-pending-requests", type=_threshold,
+        help="circuit breaker: tunnel streams waiting for a connection, per cluster"
+        f" (default {HELP_DEFAULTS['max_pending_requests']})",
+    )
+    group.add_argument(
+        "--max-requests", type=_threshold,
+        help="circuit breaker: concurrent tunnel streams (tunnelled connections) per cluster"
+        f" (default {HELP_DEFAULTS['max_requests']})",
+    )
+    group.add_argument(
+        "--idle-timeout", type=_seconds, metavar="SECONDS",
+        help="how long a proxied connection or tunnel stream may sit idle; 0 = never closed for idleness"
+        f" (default {HELP_DEFAULTS['idle_timeout']})",
+    )
+
+
+def limits_from(args: argparse.Namespace) -> "DataPathLimits":
+    from ..translators.limits import DataPathLimits
+
+    given = {
+        name: getattr(args, name)
+        for name in ("max_connections", "max_pending_requests", "max_requests", "idle_timeout")
+        if getattr(args, name) is not None
+    }
+    return DataPathLimits(**given)
