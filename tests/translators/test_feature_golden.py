@@ -49,6 +49,7 @@ CASES: dict[str, tuple[str, ...]] = {
         "outbound_article.endpoints",
         "matcher.filter_chain_matcher",
         "tcp_proxy.filters",
+        "limits.circuit_breakers",
     ),
     "outbound-same-node": ("matcher.filter_chain_matcher", "endpoints.endpoints"),
     "multi-port-service": ("matcher.filter_chain_matcher", "outbound_article.clusters"),
@@ -134,6 +135,14 @@ def tcp_proxy_filters(t: Translated) -> list[dict[str, Any]]:
     return found
 
 
+def circuit_breakers(t: Translated) -> list[dict[str, Any]]:
+    """Each cluster's circuit breakers (limits.py): every cluster that carries traffic has them."""
+    return [
+        {"cluster": name, "circuit_breakers": to_data(cluster.circuit_breakers) if cluster.HasField("circuit_breakers") else None}
+        for name, cluster in sorted(t.rendered.resources.clusters.items())
+    ]
+
+
 def static_config(t: Translated) -> dict[str, Any]:
     secrets = {name: redact_secret(s) for name, s in t.rendered.secrets.items()}
     data = to_data(static_bootstrap(t.rendered.resources, secrets))
@@ -155,6 +164,7 @@ OUTPUTS: dict[str, Callable[[Translated], Any]] = {
     "tls.transport_sockets": tls_transport_sockets,
     "tls.secrets": sds_references,
     "tcp_proxy.filters": tcp_proxy_filters,
+    "limits.circuit_breakers": circuit_breakers,
     "bootstrap.bootstrap": lambda t: to_data(bootstrap(BootstrapOptions(node=NODE, xds=XDS))),
     "static.bootstrap": static_config,
 }
@@ -249,5 +259,5 @@ def test_every_translator_has_a_case() -> None:
     """Each translator module that makes resources is shown by at least one case."""
     shown = {output.split(".")[0] for outputs in CASES.values() for output in outputs}
     modules = {p.stem for p in Path(names.__file__).parent.glob("*.py")}
-    helpers = {"__init__", "context", "envoy_common", "layout", "names", "resources"}
+    helpers = {"__init__", "context", "envoy_common", "layout", "names", "resources", "consistency"}  # consistency checks, makes nothing
     assert modules - helpers <= shown, f"translators without a feature golden: {sorted(modules - helpers - shown)}"

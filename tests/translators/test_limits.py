@@ -130,3 +130,12 @@ def test_serve_takes_the_same_flags() -> None:
     )
     assert limits_from(args) == DataPathLimits(max_requests=7, idle_timeout=0)
     assert limits_from(build_parser().parse_args(["serve", "--manifests", "x"])) == DataPathLimits()
+
+
+def test_the_help_states_the_real_defaults() -> None:
+    """The flags module must not import the translators (``--help`` stays light), so it states the
+    defaults as text: they must be DataPathLimits' own."""
+    from zpilot.commands.data_path_flags import HELP_DEFAULTS
+
+    defaults = DataPathLimits()
+    assert {k: float(v) for k, v in HELP_DEFAULTS.items()} == {k: float(getattr(defaults, k)) for k in HELP_DEFAULTS}
