@@ -28,6 +28,11 @@ spec:
 """
 
 
+def edited(resources, edit):
+    edit(resources)
+    return resources
+
+
 def needs_envoy(test):
     for mark in NEEDS_ENVOY_AS_ROOT:
         test = mark(test)
@@ -49,7 +54,7 @@ class DuplicateChain:
 async def test_an_inconsistent_node_keeps_its_snapshot_and_the_others_go_on(manifests):
     hook = DuplicateChain()
     cache = SnapshotCache()
-    producer = Producer(cache, translate=translate_node, mutate=hook)
+    producer = Producer(cache, translate=lambda index, node: edited(translate_node(index, node), hook))
     await producer.update(load_index(manifests))
     good = cache.get_snapshot(NODE_A)
 
@@ -68,7 +73,7 @@ async def test_an_inconsistent_node_keeps_its_snapshot_and_the_others_go_on(mani
 
 async def test_registryz_names_the_refused_node(make_plane):
     hook = DuplicateChain()
-    plane = await make_plane(mutate=hook)
+    plane = await make_plane(edit=hook)
     hook.on = True
     await plane.update()
     model = await debug_json(plane.debug_port, "/debug/registryz")
@@ -118,7 +123,7 @@ async def test_real_envoy_bad_service_no_nack_and_outbound_stays(make_plane, env
 @needs_envoy
 async def test_real_envoy_is_never_sent_a_duplicate_chain(make_plane, envoys):
     hook = DuplicateChain()
-    plane = await make_plane(mutate=hook)
+    plane = await make_plane(edit=hook)
     envoy = envoys(NODE_A, plane.xds_port)
     await envoy.wait_ready()
     conn = await wait_synced(plane.debug_port, NODE_A)
