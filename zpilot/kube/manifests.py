@@ -1,8 +1,16 @@
-"""The manifest-directory source: a folder of YAML (or JSON) documents as the cluster's state.
+"""Manifest files: a folder of YAML (or JSON) documents as the cluster's state.
 
 What ``kubectl get pods,services,... -o yaml`` prints can be dropped in as it is: multi-document
-files and ``kind: List`` are both read. A bad document is reported with its file, document
-index, kind/name and reason, and skipped; everything else still loads.
+files and ``kind: List`` are both read. A file is read whole or not at all: one that cannot be
+read or parsed, is empty, or looks cut short (a bare scalar document, or one without ``kind``;
+``kubectl get -o yaml`` writes ``kind: List`` after the items), is a :attr:`FileRead.failure`
+and none of its objects are used, so a file being written is never taken half-way. Within a file that reads, a bad
+document is reported with its file, document index, kind/name and reason, and skipped;
+everything else still loads.
+
+:func:`read_manifest_file` is what every reader uses: the watched directory source
+(``directory.py``) and the one-shot :func:`load_manifests` of ``zpilot render`` and
+``zpilot explain``, so they agree on what a directory holds.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from ..model.objects import Cluster
-from ..model.problems import Problems
-from .convert import CONVERTERS, InvalidObject, describe
-from .store import ObjectStore, key_of
+from ..model.problems import Problem, Problems, Severity
+from .convert import CONVERTERS, InvalidObject, ModelObject, describe
+from .source import failure_problem
+from .store import merge
 
 SUFFIXES = (".yaml", ".yml", ".json")
 #: libyaml's parser when PyYAML was built with it: ~6x faster, which is most of a push's latency.
@@ -35,80 +44,122 @@ class ManifestSet:
     files: tuple[Path, ...]
 
 
+@dataclass(frozen=True)
+class FileRead:
+    """One file's objects (each with where it was read) and its documents' problems, or why the
+    file as a whole cannot be used (then ``objects`` is empty)."""
+
+    objects: tuple[tuple[str, ModelObject], ...] = ()
+    problems: tuple[Problem, ...] = ()
+    failure: Problem | None = None
+
+
+class _Unusable(Exception):
+    """The file as a whole cannot be used; the message says why."""
+
+    def __init__(self, reason: str, severity: Severity = Severity.ERROR) -> None:
+        super().__init__(reason)
+        self.severity = severity
+
+
 def manifest_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SUFFIXES and not p.name.startswith("."))
 
 
-def _documents(path: Path, problems: Problems) -> Iterator[tuple[str, Any]]:
-    """(where, document) for each document of a file, flattening ``kind: List``."""
+def _looks_cut_short(doc: Any, where: str) -> None:
+    """Raise if ``doc`` has a shape only a file cut short gives a manifest: a bare scalar (a
+    document cut inside its first key), or a mapping without ``kind`` (cut before it; ``kubectl
+    get -o yaml`` writes ``kind: List`` after the items)."""
+    if isinstance(doc, (str, int, float, bool)):
+        raise _Unusable(f"{where} is a bare {type(doc).__name__}: the file looks incomplete")
+    if isinstance(doc, Mapping) and (not isinstance(doc.get("kind"), str) or not doc["kind"]):
+        raise _Unusable(f"{where} has no kind: the file looks incomplete")
+
+
+def _documents(path: Path) -> Iterator[tuple[str, Any]]:
+    """(where, document) for each document of a file, flattening ``kind: List``; raises :class:`_Unusable`."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        problems.error(str(path), f"cannot read: {exc}")
-        return
+        raise _Unusable(f"cannot read: {exc}") from None
     loader = yaml.load_all(text, Loader=_SAFE_LOADER)
     index = 0
+    found = False
     while True:
         where = f"{path} doc {index}"
         try:
             doc = next(loader)
         except StopIteration:
-            return
+            break
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" (line {mark.line + 1})" if mark is not None else ""
-            problems.error(where, f"malformed YAML{at}: {getattr(exc, 'problem', None) or exc}; rest of file skipped")
-            return
+            raise _Unusable(f"malformed YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
         index += 1
         if doc is None:
             continue
+        found = True
+        _looks_cut_short(doc, f"doc {index - 1}")
         if isinstance(doc, Mapping) and doc.get("kind") == "List":
             items = doc.get("items")
+            if items is None:
+                items = []
             if not isinstance(items, list):
-                problems.error(where, "kind List without an items list")
-                continue
+                raise _Unusable(f"doc {index - 1}: kind List without an items list")
             for i, item in enumerate(items):
+                _looks_cut_short(item, f"doc {index - 1} item {i}")
                 yield f"{where} item {i}", item
         else:
             yield where, doc
+    if not found:
+        raise _Unusable("empty: no documents", Severity.WARNING)
 
 
-def load_into(store: ObjectStore, root: Path, problems: Problems) -> list[Path]:
-    """Read every manifest below ``root`` into ``store``; return the files read."""
-    files = manifest_files(root)
-    if not files:
-        problems.warning(str(root), "no manifest files (*.yaml, *.yml, *.json) found")
-    seen: dict[tuple[str, str, str], str] = {}
-    for path in files:
-        for where, doc in _documents(path, problems):
-            if not isinstance(doc, Mapping):
-                problems.error(where, f"a document must be a mapping, not {type(doc).__name__}")
-                continue
-            kind = doc.get("kind")
-            converter = CONVERTERS.get(kind) if isinstance(kind, str) else None
-            subject = f"{where} ({describe(doc)})"
-            if converter is None:
-                if kind not in IGNORED_KINDS:
-                    problems.warning(subject, f"unsupported kind {kind!r}: skipped")
-                continue
-            try:
-                obj = converter(doc)
-            except InvalidObject as exc:
-                problems.error(subject, f"{exc}: skipped")
-                continue
-            key = key_of(obj)
-            if key in seen:
-                problems.error(subject, f"duplicate of {seen[key]}: skipped")
-                continue
-            seen[key] = where
-            store.put(obj)
-    return files
+def read_manifest_file(path: Path) -> FileRead:
+    """Every object of one file, or the reason the file cannot be used (see the module doc)."""
+    problems = Problems()
+    objects: list[tuple[str, ModelObject]] = []
+    try:
+        documents = list(_documents(path))  # parsed whole before any object is used
+    except _Unusable as exc:
+        return FileRead(failure=Problem(exc.severity, str(path), str(exc)))
+    for where, doc in documents:
+        if not isinstance(doc, Mapping):
+            problems.error(where, f"a document must be a mapping, not {type(doc).__name__}")
+            continue
+        kind = doc["kind"]
+        converter = CONVERTERS.get(kind)
+        subject = describe(doc)
+        if converter is None:
+            if kind not in IGNORED_KINDS:
+                problems.warning(subject, f"unsupported kind {kind!r}: skipped", where=where)
+            continue
+        try:
+            objects.append((where, converter(doc)))
+        except InvalidObject as exc:
+            problems.error(subject, f"{exc}: skipped", where=where)
+    return FileRead(tuple(objects), tuple(problems))
 
 
 def load_manifests(root: str | Path) -> ManifestSet:
+    """Read a directory (or one file) once: what ``zpilot render`` and ``zpilot explain`` use.
+
+    The same rules as the watched source's first read: a file that cannot be used adds no object.
+    """
+    root = Path(root)
     problems = Problems()
-    store = ObjectStore()
-    files = load_into(store, Path(root), problems)
-    return ManifestSet(store.snapshot(), problems, tuple(files))
+    files = manifest_files(root)
+    if not files:
+        problems.warning(str(root), "no manifest files (*.yaml, *.yml, *.json) found")
+    reads = {str(path): read_manifest_file(path) for path in files}
+    objects: list[tuple[str, ModelObject]] = []
+    for origin in sorted(reads):  # the order the watched source merges in, so duplicates resolve alike
+        read = reads[origin]
+        problems.extend(list(read.problems))
+        if read.failure is not None:
+            problems.extend([failure_problem(read.failure, kept=None)])
+        objects.extend(read.objects)
+    cluster = merge(objects, problems)
+    return ManifestSet(cluster, problems, tuple(files))
