@@ -10,25 +10,53 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .options import layout_name
 
 log = logging.getLogger("zpilot.serve")
 
 
+def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
+    """A duration in seconds: finite, and positive (or zero where that means "at once")."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            wanted = "zero or more" if allow_zero else "more than zero"
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds, {wanted}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
     p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--xds-port", type=int, default=15010, help="ADS port (default 15010; 0 = any free port)")
+    p.add_argument("--xds-port", type=_port, default=15010, help="ADS port (default 15010; 0 = any free port)")
     p.add_argument("--debug-address", default="127.0.0.1",
-                   help="debug API listen address, or unix:/path (default 127.0.0.1)")
-    p.add_argument("--debug-port", type=int, default=15014, help="debug API port (default 15014)")
+                   help="debug API listen address, or unix:/path (default 127.0.0.1; it shows every node's config)")
+    p.add_argument("--debug-port", type=_port, default=15014, help="debug API port (default 15014)")
     p.add_argument("--metrics-address", default="0.0.0.0",
                    help="Prometheus /metrics listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--metrics-port", type=int, default=15020, help="/metrics port (default 15020; 0 = any free port)")
+    p.add_argument("--metrics-port", type=_port, default=15020, help="/metrics port (default 15020; 0 = any free port)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
@@ -36,15 +64,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca-cert", type=Path, help="a CA you provide: signing certificate (then its chain), PEM")
     p.add_argument("--ca-key", type=Path, help="the private key of --ca-cert, PEM")
     p.add_argument("--ca-root", type=Path, help="the root of --ca-cert's chain, if --ca-cert lacks it")
-    p.add_argument("--cert-lifetime", type=float, default=24 * 3600.0,
+    p.add_argument("--cert-lifetime", type=_seconds(allow_zero=False), default=24 * 3600.0,
                    help="workload certificate lifetime, seconds (86400)")
-    p.add_argument("--debounce-quiet", type=float, default=0.1,
+    p.add_argument("--debounce-quiet", type=_seconds(allow_zero=True), default=0.1,
                    help="seconds a change must be quiet (a file unchanged) before it is read and pushed (0.1)")
-    p.add_argument("--debounce-max", type=float, default=10.0,
+    p.add_argument("--debounce-max", type=_seconds(allow_zero=False), default=10.0,
                    help="longest a change waits for quiet (10)")
-    p.add_argument("--max-connection-age", type=float, default=1800.0,
+    p.add_argument("--max-connection-age", type=_seconds(allow_zero=False), default=1800.0,
                    help="seconds before a stream is recycled (1800)")
     p.set_defaults(func=run)
+
+
+def exposed_debug_address(address: str) -> bool:
+    """Whether the debug API would be reachable from other machines (anything but loopback or a socket file)."""
+    import ipaddress
+
+    if address.startswith("unix:") or address == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("zpilot").setLevel(logging.INFO)
+    if exposed_debug_address(args.debug_address):
+        log.warning(
+            "the debug API listens on %s: it exposes every node's configuration to whoever reaches it;"
+            " keep it on 127.0.0.1 or a unix: socket unless that is what you want", args.debug_address,
+        )
     settings = ServeSettings(
         xds=ServerOptions(host=args.xds_address, port=args.xds_port,
                           max_connection_age_ms=int(args.max_connection_age * 1000)),

@@ -26,6 +26,7 @@ from ..xds.observer import Observers
 from ..xds.push import Producer, SecretSource, Translate, UpdateReport, certificate_secrets, default_translate
 from ..xds.server import AdsServer, ServerOptions
 from ..xds.snapshot_cache import SnapshotCache
+from ..xds.sockets import describe, listen
 from ..xds.status import StatusRegistry
 
 log = logging.getLogger(__name__)
@@ -129,23 +130,30 @@ class ControlPlane:
         if self.metrics_server is not None:
             await self.metrics_server.start()
         where = self.debug_options
-        listen = {"uds": where.path} if where.unix_socket else {"host": where.host, "port": where.port}
+        place = describe(where.host, where.port)
+        try:  # bound here, not by uvicorn: one clear error, and a Unix socket 0600 (uvicorn makes it 0666)
+            sock = listen(where.host, where.port)
+        except OSError as exc:
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+            raise OSError(f"the debug API could not listen on {place}: {exc.strerror or exc}") from None
         # log_config=None: uvicorn's records go to the process's handlers (and format), not its own
         config = uvicorn.Config(create_app(self), log_level="warning", access_log=False, lifespan="off",
-                                log_config=None, **listen)
+                                log_config=None)
         server = EmbeddedUvicorn(config)
         self._uvicorn = server
-        self._tasks.append(asyncio.create_task(server.serve(), name="debug-api"))
+        self._tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="debug-api"))
         while not server.started:
             if self._tasks[-1].done():
-                place = where.host if where.unix_socket else f"{where.host}:{where.port}"
+                error = None
                 with contextlib.suppress(Exception):
-                    self._tasks[-1].result()  # the bind error, already logged by uvicorn
+                    error = self._tasks[-1].exception()
+                sock.close()
                 self._tasks.pop()
                 self._uvicorn = None
                 if self.metrics_server is not None:
                     await self.metrics_server.stop()
-                raise OSError(f"the debug API could not listen on {place}")
+                raise OSError(f"the debug API on {place} did not start: {error or 'cancelled'}")
             await asyncio.sleep(0.01)
         self.debug_port = None if where.unix_socket else (bound_port(server) or where.port)
         log.info("debug API on %s (OpenAPI at /docs)", self.debug_url)
