@@ -130,9 +130,9 @@ class ProblemTracker:
         new = [p for key, p in current.items() if key not in self._reported]
         resolved = [p for key, p in self._reported.items() if key not in current]
         for problem in new:
-            self.logger.log(LOG_LEVELS[problem.severity], "%s", problem)
+            self.logger.log(LOG_LEVELS[problem.severity], "%s", problem, extra={"object": problem.subject})
         for problem in resolved:
-            self.logger.info("resolved: %s: %s", problem.subject, problem.reason)
+            self.logger.info("resolved: %s: %s", problem.subject, problem.reason, extra={"object": problem.subject})
         self._reported = current
         return new, resolved
 
