@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.xds.ads_client import AdsClient  # noqa: E402
 from tests.xds.fake_world import FakeWorld, NodeSpec  # noqa: E402
 from zpilot.xds import wire  # noqa: E402
-from zpilot.xds.control_plane import ControlPlane, DebugOptions  # noqa: E402
+from zpilot.runtime.control_plane import ControlPlane, DebugOptions  # noqa: E402
 from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE  # noqa: E402
 from zpilot.xds.server import ServerOptions  # noqa: E402
 from zpilot.xds.snapshot import Snapshot  # noqa: E402

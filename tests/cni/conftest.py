@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from zpilot.cni.agent import AgentOptions, NodeAgent
+from zpilot.kube.directory import ManifestDirectorySource
 
 from .topology import NODE_A, Topology
 
@@ -57,10 +58,10 @@ def manifests(tmp_path) -> Path:
 
 @pytest.fixture
 def make_agent(topology, manifests):
-    def make(**overrides) -> NodeAgent:
-        options = dict(node=NODE_A, manifests=manifests, netns=topology.node, ztunnel_netns=topology.ztunnel,
+    def make(source=None, manifests: Path = manifests, **overrides) -> NodeAgent:
+        options = dict(node=NODE_A, netns=topology.node, ztunnel_netns=topology.ztunnel,
                        tunnel="vxlan")  # the checked-in expectations have VXLAN standing in for Geneve
         options.update(overrides)
-        return NodeAgent(AgentOptions(**options))
+        return NodeAgent(AgentOptions(**options), source or ManifestDirectorySource(manifests, interval=0.05))
 
     return make

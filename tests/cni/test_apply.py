@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
-import threading
 import time
 
 import pytest
@@ -148,9 +148,9 @@ def test_a_new_ztunnel_pod_updates_in_place(topology, make_agent, manifests):
     assert changes(reports) == []
 
 
-def test_resync_restores_what_was_deleted_by_hand(topology, make_agent):
+async def test_resync_restores_what_was_deleted_by_hand(topology, make_agent):
     agent = make_agent()
-    apply_ok(agent)
+    await asyncio.to_thread(apply_ok, agent)
     node = topology.node
     wanted = iptables_save(node), ip_rule(node), ip_route_table(node, "100"), ipset_list(node)
     in_ns(node, "iptables", "-t", "mangle", "-D", "ztunnel-PREROUTING", "-p", "tcp", "-m", "set", "--match-set",
@@ -159,18 +159,16 @@ def test_resync_restores_what_was_deleted_by_hand(topology, make_agent):
     sh("ip", "-n", node, "rule", "del", "priority", "101")
     sh("ip", "-n", node, "route", "del", "10.4.4.7/32", "table", "100")
     in_ns(node, "ipset", "del", "ztunnel-pods-ips", "10.4.4.11")
-    stop = threading.Event()
+    stop = asyncio.Event()
     rounds: list[list[str]] = []
-    thread = threading.Thread(target=agent.run, args=(stop,),
-                              kwargs=dict(poll=0.05, resync=0.2, on_reconcile=lambda p, r: rounds.append(changes(r))))
-    thread.start()
+    run = asyncio.create_task(agent.run(stop, resync=0.2, on_reconcile=lambda p, r: rounds.append(changes(r))))
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and len(rounds) < 2:
-            time.sleep(0.05)
+            await asyncio.sleep(0.05)
     finally:
         stop.set()
-        thread.join(10)
+        await asyncio.wait_for(run, 10)
     assert len(rounds) >= 2, "the agent did not reconcile twice in 10 s"
     assert (iptables_save(node), ip_rule(node), ip_route_table(node, "100"), ipset_list(node)) == wanted
     assert any("rule: add 101:" in ch for ch in rounds[0]) and rounds[-1] == []

@@ -13,8 +13,10 @@ import pytest
 from zpilot.cni.agent import AgentOptions, NodeAgent
 from zpilot.cni.plan import Mode, NodeFacts, TunnelKind, build_plan
 from zpilot.cni.render import render_plan
+from zpilot.kube.directory import ManifestDirectorySource
 from zpilot.kube.manifests import load_manifests
-from zpilot.model import MeshIndex, Problems
+from zpilot.kube.source import load_model
+from zpilot.model import MeshIndex
 
 from ..ipv6_cluster import DUAL_STACK_V4, IPV6_ADDRESSES, NODE_A, article_with_ipv6
 from .kernel_state import ip_route_table, ipset_list
@@ -47,12 +49,13 @@ def test_plans_of_dual_stack_and_ipv6_only_nodes(dual_stack: Path) -> None:
 
 def test_the_agent_s_plan_discovers_in_its_own_namespace_without_raising(dual_stack: Path) -> None:
     """The agent's whole planning path (load, discover in the agent's own netns, plan), read-only."""
-    agent = NodeAgent(AgentOptions(node=NODE_A, manifests=dual_stack, ztunnel_veth=ZTUNNEL_VETH, host_ip=HOST_IP,
-                                   tunnel="vxlan", probe_kernel=False))
-    problems = Problems()
-    plan = agent.plan(problems)
+    source = ManifestDirectorySource(dual_stack)
+    agent = NodeAgent(AgentOptions(node=NODE_A, ztunnel_veth=ZTUNNEL_VETH, host_ip=HOST_IP, tunnel="vxlan",
+                                   probe_kernel=False), source)
+    index = load_model(source)
+    plan = agent.plan(index)
     assert {w.ip for w in plan.meshed} == MESHED_V4
-    assert any("v6-only-a" in p.subject and "IPv6-only" in p.reason for p in problems)
+    assert any("v6-only-a" in p.subject and "IPv6-only" in p.reason for p in index.problems)
 
 
 @pytest.mark.root

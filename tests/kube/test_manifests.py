@@ -35,7 +35,8 @@ def test_bad_documents_are_reported_with_file_index_and_name(tmp_path: Path) -> 
     assert [n.name for n in loaded.cluster.namespaces] == ["ok"]
     assert any("a.yaml doc 1 (Pod ok/p): spec.containers is missing or empty" in m for m in messages)
     assert any("a.yaml doc 2 (Service ?/s)" in m or "a.yaml doc 2 (Service s)" in m for m in messages)
-    assert any("b.yml doc 0: malformed YAML" in m for m in messages)
+    assert f"error: {tmp_path / 'b.yml'}: malformed YAML (line 3): did not find expected node content:" \
+           " nothing read from it" in messages
     assert len(messages) == 3
 
 
@@ -50,3 +51,26 @@ def test_list_kind_and_json(tmp_path: Path) -> None:
 def test_empty_directory_is_a_warning_not_a_crash(tmp_path: Path) -> None:
     loaded = load_manifests(tmp_path)
     assert loaded.cluster.workloads == () and "no manifest files" in str(next(iter(loaded.problems)))
+
+
+def test_a_file_cut_short_is_not_read_half_way(tmp_path: Path) -> None:
+    """A file whose shape only truncation gives is unusable as a whole: none of its objects are used."""
+    complete = (ARTICLE / "cluster.yaml").read_text()
+    cases = {
+        # kubectl's sorted keys: `kind: List` not written yet
+        "sorted-list.yaml": "apiVersion: v1\nitems:\n- kind: Namespace\n  metadata: {name: a}\n",
+        "cut-in-key.yaml": "kind: Namespace\nmetadata: {name: b}\n---\napiVe",  # a new document cut in its first key
+        "cut-item.yaml": "kind: List\nitems:\n- kind: Namespace\n  metadata: {name: c}\n- apiVe",
+        "empty.yaml": "# nothing yet\n",
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "whole.yaml").write_text(complete)
+    loaded = load_manifests(tmp_path)
+    whole = load_manifests(ARTICLE / "cluster.yaml").cluster
+    assert loaded.cluster.namespaces == whole.namespaces and loaded.cluster.nodes == whole.nodes
+    reasons = {p.subject.rsplit("/", 1)[-1]: p.reason for p in loaded.problems}
+    assert reasons["sorted-list.yaml"] == "doc 0 has no kind: the file looks incomplete: nothing read from it"
+    assert reasons["cut-in-key.yaml"] == "doc 1 is a bare str: the file looks incomplete: nothing read from it"
+    assert reasons["cut-item.yaml"] == "doc 0 item 1 is a bare str: the file looks incomplete: nothing read from it"
+    assert reasons["empty.yaml"] == "empty: no documents: nothing read from it"

@@ -65,7 +65,7 @@ def test_a_service_with_clashing_port_names_is_refused_and_outbound_stays_valid(
     chains = [c.name for c in resources.listeners["ztunnel_outbound"].filter_chains]
     assert len(chains) == len(set(chains)), "duplicate filter chain names: Envoy refuses the listener"
     assert not any("twin" in c for c in chains)
-    assert any(p.subject.endswith("(Service default/twin)") and "spec.ports[" in p.reason for p in problems), [
+    assert any(p.subject.endswith("Service default/twin") and "spec.ports[" in p.reason for p in problems), [
         str(p) for p in problems
     ]
     assert consistency.findings(resources) == []

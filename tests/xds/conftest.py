@@ -13,8 +13,8 @@ from zpilot.certs import CertificateAuthority, IdentityCache
 from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
 from zpilot.translators import TranslateOptions, translate_node
+from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.translators.resources import NodeResources
-from zpilot.xds.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.metrics_server import MetricsOptions
 from zpilot.xds.server import ServerOptions
 

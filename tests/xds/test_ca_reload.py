@@ -6,7 +6,7 @@ from cryptography.hazmat.primitives import serialization
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
 from zpilot.certs import CertificateAuthority, IdentityCache
-from zpilot.xds.control_plane import ControlPlane, DebugOptions
+from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.order import SECRET_TYPE
 from zpilot.xds.server import ServerOptions
 

@@ -6,7 +6,7 @@ import base64
 
 import httpx
 
-from zpilot.xds.control_plane import ControlPlane, DebugOptions
+from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.order import CLUSTER_TYPE
 from zpilot.xds.server import ServerOptions
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from zpilot.certs import CertificateAuthority, IdentityCache
-from zpilot.xds.control_plane import ControlPlane, DebugOptions
+from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.order import SECRET_TYPE
 from zpilot.xds.server import ServerOptions
 

@@ -1,21 +1,22 @@
 """The node agent: from the model to a plan to the kernel, once or for as long as it runs.
 
-``reconcile_once`` is what ``zpilot cni apply`` does; ``run`` repeats it whenever the model
-changes (for now the manifest directory, polled for changed files; a Kubernetes API source
-replaces the poll later) and every ``resync`` seconds regardless, so that a rule deleted by
-hand, or a table flushed by another agent, comes back.
+``reconcile_once`` is what ``zpilot cni apply`` does; ``run`` repeats it on every model the
+source yields (any :class:`~zpilot.kube.source.ModelSource`: the manifest directory today, the
+Kubernetes API watch later, a fake one in tests) and every ``resync`` seconds regardless, so
+that a rule deleted by hand, or a table flushed by another agent, comes back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Hashable
+from typing import Callable
 
-from ..model.problems import Problems
+from ..kube.source import ModelEvent, ModelSource, SourceError, load_model
+from ..model.index import MeshIndex
 from . import preflight
 from .changes import Report
 from .discover import discover
@@ -23,7 +24,6 @@ from .iptables import Backend, detect_backend
 from .netns import CniError, Netns
 from .plan import NetnsPlan, NodeFacts, NodePlan, NODE_OWNERSHIP, ZTUNNEL_OWNERSHIP, Mode, TunnelKind, build_plan
 from .reconcile import Reconciler
-from .source import ModelSource, source_for
 
 log = logging.getLogger("zpilot.cni")
 
@@ -34,7 +34,6 @@ RETRY_SECONDS = 5.0
 @dataclass(frozen=True)
 class AgentOptions:
     node: str
-    manifests: Path | None
     netns: str | None = None  # the node's namespace (None: the agent's own)
     ztunnel_netns: str | None = None  # the ztunnel pod's namespace; None: its side is not applied
     ztunnel_veth: str | None = None  # overrides discovery
@@ -55,14 +54,12 @@ def _backend_for(options: AgentOptions, reconciler: Reconciler | None) -> Backen
 
 def make_plan(
     options: AgentOptions,
-    problems: Problems,
+    index: MeshIndex,
     *,
-    source: ModelSource | None = None,
     reconciler: Reconciler | None = None,
     discover_facts: bool = True,
 ) -> NodePlan:
-    """Load the model, discover the node's facts, choose the tunnel kind and build the plan."""
-    index = (source or source_for(options.manifests)).load(problems)
+    """Discover the node's facts, choose the tunnel kind and build the plan for ``index``."""
     facts: dict = {}
     node = index.nodes.get(options.node)
     if discover_facts and node is not None:
@@ -89,7 +86,9 @@ def required_features(plan: NodePlan) -> tuple[str, ...]:
 
 
 class NodeAgent:
-    """One node's agent: its model source and a reconciler per target namespace."""
+    """One node's agent: its model source and a reconciler per target namespace.
+
+    ``source`` may be None for what needs no model (:meth:`cleanup`)."""
 
     def __init__(self, options: AgentOptions, source: ModelSource | None = None) -> None:
         self.options = options
@@ -112,12 +111,13 @@ class NodeAgent:
     @property
     def source(self) -> ModelSource:
         if self._source is None:
-            self._source = source_for(self.options.manifests)
+            raise CniError("no model source: pass --manifests DIR")
         return self._source
 
-    def plan(self, problems: Problems | None = None) -> NodePlan:
-        return make_plan(self.options, problems if problems is not None else Problems(), source=self.source,
-                         reconciler=self.node)
+    def plan(self, index: MeshIndex | None = None) -> NodePlan:
+        """The plan for ``index`` (default: the source's model now)."""
+        index = index if index is not None else load_model(self.source)
+        return make_plan(self.options, index, reconciler=self.node)
 
     def _alert(self, plan: NodePlan) -> None:
         for alert in plan.alerts:
@@ -129,10 +129,12 @@ class NodeAgent:
                 log.warning("%s: no enrolled pods left without a ztunnel", plan.node.ref)
         self._last_alerts = plan.alerts
 
-    def reconcile_once(self, *, dry_run: bool = False, problems: Problems | None = None) -> tuple[NodePlan, list[Report]]:
+    def reconcile_once(
+        self, index: MeshIndex | None = None, *, dry_run: bool = False
+    ) -> tuple[NodePlan, list[Report]]:
+        """Bring the namespaces to the plan of ``index`` (default: the source's model now)."""
         self.preflight()
-        problems = problems if problems is not None else Problems()
-        plan = self.plan(problems)
+        plan = self.plan(index)
         self._alert(plan)
         if not dry_run:
             features = preflight.probe_kernel(self.node.backend)
@@ -152,49 +154,72 @@ class NodeAgent:
 
     # -- the agent loop --------------------------------------------------------------------------
 
-    def run(
+    async def run(
         self,
-        stop: threading.Event,
+        stop: asyncio.Event,
         *,
-        poll: float = 1.0,
         resync: float = 30.0,
         on_reconcile: Callable[[NodePlan | None, list[Report]], None] | None = None,
     ) -> None:
-        """Reconcile on every model change and every ``resync`` seconds until ``stop`` is set.
+        """Reconcile on every model the source yields and every ``resync`` seconds until ``stop`` is set.
 
-        Errors are logged and retried on the next round; they never end the loop, since an agent
-        that exits leaves the node as it was, which is the worst moment to stop looking at it.
+        Errors are logged and retried; they never end the loop, since an agent that exits leaves
+        the node as it was, which is the worst moment to stop looking at it. The kernel work runs
+        in a worker thread, so the source keeps being read meanwhile.
         """
-        last_version: Hashable = None
-        next_resync = 0.0
-        clock = time.monotonic
-        while not stop.is_set():
-            version = self.source.version()
-            now = clock()
-            if version != last_version or now >= next_resync:
-                why = "model changed" if version != last_version else "periodic resync"
+        latest: list[ModelEvent] = []
+        changed = asyncio.Event()
+        follower = asyncio.create_task(self._follow(latest, changed), name="model-source")
+        next_resync: float | None = None  # none before the first model
+        try:
+            while not stop.is_set():
+                timeout = None if next_resync is None else max(0.0, next_resync - time.monotonic())
+                await _first_of(stop, changed, timeout)
+                if stop.is_set() or not latest:
+                    continue
+                why = "model changed" if changed.is_set() else "periodic resync"
+                changed.clear()
                 plan: NodePlan | None = None
                 reports: list[Report] = []
                 try:
-                    problems = Problems()
-                    plan, reports = self.reconcile_once(problems=problems)
+                    plan, reports = await asyncio.to_thread(self.reconcile_once, latest[-1].index)
                     for report in reports:
                         if report.errors or report.changes:
                             log.log(logging.ERROR if report.errors else logging.INFO, "%s (%s)", report.summary(), why)
-                    if version != last_version:  # the model's problems, once per change
-                        problems.log_all(logging.getLogger("zpilot.cni.model"))
-                    last_version = version
-                    next_resync = now + resync
+                    next_resync = time.monotonic() + resync
                 except CniError as exc:
                     log.error("reconcile failed (%s), retrying in %.0f s: %s", why, RETRY_SECONDS, exc)
-                    last_version = version
-                    next_resync = now + min(resync, RETRY_SECONDS)
+                    next_resync = time.monotonic() + min(resync, RETRY_SECONDS)
                 except Exception:  # a bug must not stop the agent watching the node: log it whole, retry
                     log.exception("reconcile failed unexpectedly (%s), retrying in %.0f s", why, RETRY_SECONDS)
-                    last_version = version
-                    next_resync = now + min(resync, RETRY_SECONDS)
+                    next_resync = time.monotonic() + min(resync, RETRY_SECONDS)
                 if on_reconcile is not None:
                     on_reconcile(plan, reports)
-            stop.wait(poll)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+    async def _follow(self, latest: list[ModelEvent], changed: asyncio.Event) -> None:
+        """Keep ``latest`` holding the source's newest model; a failing source is read again."""
+        while True:
+            try:
+                async for event in self.source.events():
+                    latest[:] = [event]
+                    changed.set()
+                log.error("%s stopped; reading it again in %.0f s", self.source, RETRY_SECONDS)
+            except (SourceError, CniError, OSError) as exc:
+                log.error("cannot read the model (%s), retrying in %.0f s", exc, RETRY_SECONDS)
+            except Exception:
+                log.exception("reading the model failed unexpectedly, retrying in %.0f s", RETRY_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
 
 
+async def _first_of(stop: asyncio.Event, changed: asyncio.Event, timeout: float | None) -> None:
+    """Until either event is set or ``timeout`` passes."""
+    waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING
 from .errors import CniError
 
 if TYPE_CHECKING:  # each action imports its work when it runs: `zpilot cni --help` stays fast
-    from ..model.problems import Problems
+    from ..kube.source import ModelSource
     from .agent import AgentOptions
 
 log = logging.getLogger("zpilot.cni")
@@ -55,41 +54,41 @@ def _mtu(text: str) -> int:
     return value
 
 
+def _source(args: argparse.Namespace) -> ModelSource:
+    """The model source the flags name (the manifest directory; the API watch comes later)."""
+    from ..kube.directory import ManifestDirectorySource
+
+    return ManifestDirectorySource(args.manifests, interval=getattr(args, "poll", 0.05))
+
+
 def _options(args: argparse.Namespace, *, probe: bool = True) -> AgentOptions:
     from .agent import AgentOptions
 
     return AgentOptions(
-        node=args.node, manifests=args.manifests, netns=args.netns, ztunnel_netns=args.ztunnel_netns,
+        node=args.node, netns=args.netns, ztunnel_netns=args.ztunnel_netns,
         ztunnel_veth=args.ztunnel_veth, host_ip=args.host_ip, mtu=args.mtu, ztunnel_iface=args.ztunnel_iface,
         tunnel=args.tunnel, fail_closed=args.fail_closed, iptables=args.iptables, probe_kernel=probe,
     )
 
 
-def _print_problems(problems: Problems) -> None:
-    for problem in problems:
-        if problem.severity.value != "info":
-            print(f"# {problem}", file=sys.stderr)
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..model.problems import Problems
+    from ..kube.source import load_model
     from .agent import make_plan
     from .plan import UnknownZtunnelVeth
     from .render import render_plan
 
-    problems = Problems()
     probe = args.tunnel == "auto" and os.geteuid() == 0
     if args.tunnel == "auto" and not probe:
         print("# not root: the kernel was not probed, tunnels are shown as Geneve (--tunnel vxlan shows VXLAN)",
               file=sys.stderr)
     options = _options(args, probe=probe)
+    index = load_model(_source(args))
     try:
-        plan = make_plan(options, problems, discover_facts=not args.no_discover)
+        plan = make_plan(options, index, discover_facts=not args.no_discover)
     except UnknownZtunnelVeth as exc:
         # offline: show the plan with a placeholder rather than nothing
         print(f"# {exc}; shown as ZTUNNEL-VETH", file=sys.stderr)
-        plan = make_plan(replace(options, ztunnel_veth="ZTUNNEL-VETH"), Problems(), discover_facts=not args.no_discover)
-    _print_problems(problems)
+        plan = make_plan(replace(options, ztunnel_veth="ZTUNNEL-VETH"), index, discover_facts=not args.no_discover)
     sys.stdout.write(render_plan(plan))
     return 0
 
@@ -105,13 +104,10 @@ def _print_reports(reports, *, verb: str) -> bool:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from ..model.problems import Problems
     from .agent import NodeAgent
 
-    problems = Problems()
-    agent = NodeAgent(_options(args))
-    plan, reports = agent.reconcile_once(problems=problems)
-    _print_problems(problems)
+    agent = NodeAgent(_options(args), _source(args))
+    plan, reports = agent.reconcile_once()
     print(f"Node {plan.node.name}: mode {plan.mode.value}")
     for alert in plan.alerts:
         print(f"!!! {alert}")
@@ -119,15 +115,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..model.problems import Problems
     from . import counters
     from .agent import NodeAgent
     from .plan import Mode
 
-    problems = Problems()
-    agent = NodeAgent(_options(args))
-    plan, reports = agent.reconcile_once(dry_run=True, problems=problems)
-    _print_problems(problems)
+    agent = NodeAgent(_options(args), _source(args))
+    plan, reports = agent.reconcile_once(dry_run=True)
     line = f"Node {plan.node.name}: mode {plan.mode.value}"
     if plan.ztunnel is not None:
         kind = plan.node_side.tunnels[0].kind.value if plan.node_side.tunnels else "-"
@@ -171,26 +164,38 @@ def _veth(plan) -> str:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from .agent import AgentOptions, NodeAgent
 
-    agent = NodeAgent(AgentOptions(node="", manifests=None, netns=args.netns, ztunnel_netns=args.ztunnel_netns,
+    agent = NodeAgent(AgentOptions(node="", netns=args.netns, ztunnel_netns=args.ztunnel_netns,
                                    iptables=args.iptables))
     return 0 if _print_reports(agent.cleanup(), verb="removed:") else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+
     from .agent import NodeAgent
 
-    agent = NodeAgent(_options(args))
-    stop = threading.Event()
+    agent = NodeAgent(_options(args), _source(args))
 
-    def _stop(signum, _frame) -> None:
-        log.warning("signal %s: stopping (rules stay in place; `zpilot cni cleanup` removes them)", signum)
-        stop.set()
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        agent_pid = os.getpid()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    log.warning("zpilot cni agent for node %s: watching %s, resync every %.0f s", args.node, args.manifests,
-                args.resync)
-    agent.run(stop, poll=args.poll, resync=args.resync)
+        # Not loop.add_signal_handler: its wakeup socket is inherited by the processes pyroute2 forks
+        # to enter a namespace, and the SIGTERM pyroute2 ends them with would reach this loop.
+        def _stop(signum: int, _frame) -> None:
+            if os.getpid() != agent_pid:  # such a forked helper: end it as SIGTERM would
+                os._exit(128 + signum)
+            log.warning("signal %s: stopping (rules stay in place; `zpilot cni cleanup` removes them)", signum)
+            loop.call_soon_threadsafe(stop.set)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _stop)
+        log.warning("zpilot cni agent for node %s: watching %s, resync every %.0f s", args.node, agent.source,
+                    args.resync)
+        await agent.run(stop, resync=args.resync)
+
+    asyncio.run(main())
     if args.cleanup_on_exit:
         _print_reports(agent.cleanup(), verb="removed:")
     return 0
@@ -236,9 +241,11 @@ def _guard(func):
     """Operator errors print one clear line and exit 2, instead of a traceback."""
 
     def run(args: argparse.Namespace) -> int:
+        from ..kube.source import SourceError
+
         try:
             return func(args)
-        except CniError as exc:
+        except (CniError, SourceError) as exc:
             print(f"zpilot cni: error: {exc}", file=sys.stderr)
             return 2
 
@@ -284,7 +291,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="the agent: reconcile on every model change and periodically")
     _common(p)
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the model (1)")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the manifest files (1)")
     p.add_argument("--resync", type=float, default=30.0, help="seconds between full reconciles (30)")
     p.add_argument("--cleanup-on-exit", action="store_true",
                    help="remove everything on SIGTERM (default: leave it, so an agent restart does not"

@@ -2,40 +2,62 @@
 ztunnel its config over ADS (gRPC, port 15010), with Prometheus metrics on port 15020 and the
 debug API on port 15014 (localhost).
 
+Only the arguments are handled here; the process is :mod:`zpilot.runtime.serve`.
 See docs/xds-server.md for pointing an Envoy at it and for the debug endpoints.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
-import signal
+import math
 import sys
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from . import data_path_flags
 from .options import layout_name
 
-if TYPE_CHECKING:  # the command's work is imported when it runs: `zpilot --help` stays fast
-    from ..model.index import MeshIndex
-
 log = logging.getLogger("zpilot.serve")
+
+
+def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
+    """A duration in seconds: finite, and positive (or zero where that means "at once")."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            wanted = "zero or more" if allow_zero else "more than zero"
+            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds, {wanted}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
     p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--xds-port", type=int, default=15010, help="ADS port (default 15010; 0 = any free port)")
+    p.add_argument("--xds-port", type=_port, default=15010, help="ADS port (default 15010; 0 = any free port)")
     p.add_argument("--debug-address", default="127.0.0.1",
-                   help="debug API listen address, or unix:/path (default 127.0.0.1)")
-    p.add_argument("--debug-port", type=int, default=15014, help="debug API port (default 15014)")
+                   help="debug API listen address, or unix:/path (default 127.0.0.1; it shows every node's config)")
+    p.add_argument("--debug-port", type=_port, default=15014, help="debug API port (default 15014)")
     p.add_argument("--metrics-address", default="0.0.0.0",
                    help="Prometheus /metrics listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--metrics-port", type=int, default=15020, help="/metrics port (default 15020; 0 = any free port)")
+    p.add_argument("--metrics-port", type=_port, default=15020, help="/metrics port (default 15020; 0 = any free port)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
@@ -43,133 +65,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca-cert", type=Path, help="a CA you provide: signing certificate (then its chain), PEM")
     p.add_argument("--ca-key", type=Path, help="the private key of --ca-cert, PEM")
     p.add_argument("--ca-root", type=Path, help="the root of --ca-cert's chain, if --ca-cert lacks it")
-    p.add_argument("--cert-lifetime", type=float, default=24 * 3600.0, help="workload certificate lifetime, seconds")
-    p.add_argument("--debounce-quiet", type=float, default=0.1, help="seconds of quiet before a push (0.1)")
-    p.add_argument("--debounce-max", type=float, default=10.0, help="longest a change waits for quiet (10)")
-    p.add_argument("--max-connection-age", type=float, default=1800.0, help="seconds before a stream is recycled")
+    p.add_argument("--cert-lifetime", type=_seconds(allow_zero=False), default=24 * 3600.0,
+                   help="workload certificate lifetime, seconds (86400)")
+    p.add_argument("--debounce-quiet", type=_seconds(allow_zero=True), default=0.1,
+                   help="seconds a change must be quiet (a file unchanged) before it is read and pushed (0.1)")
+    p.add_argument("--debounce-max", type=_seconds(allow_zero=False), default=10.0,
+                   help="longest a change waits for quiet (10)")
+    p.add_argument("--max-connection-age", type=_seconds(allow_zero=False), default=1800.0,
+                   help="seconds before a stream is recycled (1800)")
     data_path_flags.add_arguments(p)
     p.set_defaults(func=run)
 
 
-def load_index(root: Path) -> MeshIndex:
-    from ..kube.manifests import load_manifests
-    from ..model.index import MeshIndex
+def exposed_debug_address(address: str) -> bool:
+    """Whether the debug API would be reachable from other machines (anything but loopback or a socket file)."""
+    import ipaddress
 
-    manifests = load_manifests(root)
-    return MeshIndex.build(manifests.cluster, manifests.problems)
-
-
-class ProblemLog:
-    """Logs input problems once: on every reload only the new ones, and which ones were resolved."""
-
-    def __init__(self) -> None:
-        self._seen: set = set()
-
-    def report(self, index: MeshIndex) -> None:
-        from ..model.problems import Problems
-
-        current = set(index.problems)
-        new = [p for p in index.problems if p not in self._seen]
-        fresh = Problems()
-        fresh.extend(new)
-        fresh.log_all(log)
-        for problem in sorted(self._seen - current, key=str):
-            log.info("resolved: %s", problem)
-        self._seen = current
-
-
-async def serve(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
-    from ..kube.directory_watch import DirectoryWatch
-    from ..translators import TranslateOptions, translate_node
-    from ..xds.control_plane import ControlPlane, DebugOptions
-    from ..xds.metrics_server import MetricsOptions
-    from ..xds.server import ServerOptions
-
+    if address.startswith("unix:") or address == "localhost":
+        return False
     try:
-        if args.ca_cert or args.ca_key:
-            if not (args.ca_cert and args.ca_key) or args.ca_dir:
-                log.error("--ca-cert and --ca-key go together, and not with --ca-dir")
-                return 2
-            ca = CertificateAuthority.from_files(
-                args.ca_cert, args.ca_key, root_path=args.ca_root, trust_domain=args.trust_domain
-            )
-        else:
-            ca = CertificateAuthority.load_or_create(args.ca_dir, args.trust_domain)
-    except CertificateAuthorityError as exc:
-        log.error("%s", exc)
-        return 2
-    identities = IdentityCache(ca, lifetime=timedelta(seconds=args.cert_lifetime))
-    options = TranslateOptions(
-        trust_domain=args.trust_domain,
-        layout=args.layout,
-        bind_address=args.bind_address,
-        limits=data_path_flags.limits_from(args),
-    )
-    plane = ControlPlane(
-        server_options=ServerOptions(
-            host=args.xds_address,
-            port=args.xds_port,
-            max_connection_age_ms=int(args.max_connection_age * 1000),
-        ),
-        debug_options=DebugOptions(host=args.debug_address, port=args.debug_port),
-        metrics_options=MetricsOptions(host=args.metrics_address, port=args.metrics_port),
-        translate=functools.partial(translate_node, options=options),
-        identities=identities,
-    )
-    problems = ProblemLog()
-    index = await asyncio.to_thread(load_index, args.manifests)
-    problems.report(index)
-    await plane.update(index)
-
-    async def reload(first_seen: float) -> None:
-        if not args.manifests.exists():  # unmounted or deleted: never take every node's config away
-            log.error("%s is gone; keeping the last config until it is back", args.manifests)
-            return
-        fresh = await asyncio.to_thread(load_index, args.manifests)
-        problems.report(fresh)
-        await plane.update(fresh, changed_at=first_seen)
-
-    watch = DirectoryWatch(args.manifests, reload, quiet=args.debounce_quiet, max_delay=args.debounce_max)
-    watch.prime()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    reloads: set[asyncio.Task] = set()
-
-    def reload_ca() -> None:  # SIGHUP: re-read the CA files (root rotation), push what changed
-        task = asyncio.create_task(plane.reload_ca(), name="ca-reload")
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, reload_ca)
-    try:
-        await plane.start()
-    except OSError as exc:
-        log.error("cannot start: %s", exc)
-        await plane.stop()
-        return 2
-    # a log record, not a print: with --log-format json every line on stderr is JSON
-    log.info("serving %d nodes: ADS on %s, debug API on %s, metrics on %s", len(index.nodes), plane.xds_address,
-             plane.debug_url, plane.metrics_server.url if plane.metrics_server else "-")
-    watcher = asyncio.create_task(watch.run(), name="manifest-watch")
-    await stop.wait()
-    log.warning("shutting down")
-    watcher.cancel()
-    await asyncio.gather(watcher, return_exceptions=True)
-    await plane.stop()
-    return 0
+        return not ipaddress.ip_address(address).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return True
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from ..kube.directory import ManifestDirectorySource
+    from ..runtime.control_plane import DebugOptions
+    from ..runtime.serve import ServeRuntime, ServeSettings, serve_until_signalled
+    from ..translators import TranslateOptions
+    from ..xds.metrics_server import MetricsOptions
+    from ..xds.server import ServerOptions
+
     if not args.manifests.exists():
         print(f"zpilot serve: {args.manifests} does not exist", file=sys.stderr)
         return 2
-    import asyncio
-
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("zpilot").setLevel(logging.INFO)
-    return asyncio.run(serve(args))
+    if exposed_debug_address(args.debug_address):
+        log.warning(
+            "the debug API listens on %s: it exposes every node's configuration to whoever reaches it;"
+            " keep it on 127.0.0.1 or a unix: socket unless that is what you want", args.debug_address,
+        )
+    settings = ServeSettings(
+        xds=ServerOptions(host=args.xds_address, port=args.xds_port,
+                          max_connection_age_ms=int(args.max_connection_age * 1000)),
+        debug=DebugOptions(host=args.debug_address, port=args.debug_port),
+        metrics=MetricsOptions(host=args.metrics_address, port=args.metrics_port),
+        translate=TranslateOptions(
+            trust_domain=args.trust_domain,
+            layout=args.layout,
+            bind_address=args.bind_address,
+            limits=data_path_flags.limits_from(args),
+        ),
+        ca_dir=args.ca_dir, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_root=args.ca_root,
+        cert_lifetime=args.cert_lifetime,
+    )
+    source = ManifestDirectorySource(args.manifests, quiet=args.debounce_quiet, max_delay=args.debounce_max)
+    return asyncio.run(serve_until_signalled(ServeRuntime(settings, source)))

@@ -6,7 +6,10 @@ an immutable :class:`~zpilot.model.objects.Cluster` from :meth:`ObjectStore.snap
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from ..model.objects import Cluster, Namespace, Node, Service, ServiceAccount, Workload
+from ..model.problems import Problems
 from .convert import ModelObject
 
 Key = tuple[str, str, str]  # kind, namespace ("" for cluster-scoped), name
@@ -58,3 +61,21 @@ class ObjectStore:
             workloads=tuple(by_kind.get(Workload, ())),  # type: ignore[arg-type]
             services=tuple(by_kind.get(Service, ())),  # type: ignore[arg-type]
         )
+
+
+def merge(objects: Iterable[tuple[str, ModelObject]], problems: Problems) -> Cluster:
+    """One cluster from objects read in several places (``where`` each was read, in order).
+
+    Two objects with the same key are the same API object written twice: the first one read
+    wins, every later one is reported as a duplicate naming where the first came from.
+    """
+    store = ObjectStore()
+    first_seen: dict[Key, str] = {}
+    for where, obj in objects:
+        key = key_of(obj)
+        if key in first_seen:
+            problems.error(obj.ref, f"duplicate of {first_seen[key]}: skipped", where=where)
+            continue
+        first_seen[key] = where
+        store.put(obj)
+    return store.snapshot()

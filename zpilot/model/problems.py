@@ -52,13 +52,26 @@ class Severity(str, Enum):
     INFO = "info"  # the object is fine but deliberately left out of the mesh
 
 
+LOG_LEVELS = {Severity.ERROR: logging.ERROR, Severity.WARNING: logging.WARNING, Severity.INFO: logging.INFO}
+
+
 @dataclass(frozen=True)
 class Problem:
     severity: Severity
-    subject: str  # the object, e.g. "Pod default/sleep" or "examples/a.yaml doc 3 (Pod default/x)"
+    subject: str  # the object, e.g. "Pod default/sleep", or a file that cannot be read
     reason: str
+    #: Where the object was read, e.g. "examples/a.yaml doc 3"; not part of what the problem is about,
+    #: so a document moving within its file is still the same problem (see :attr:`key`).
+    where: str = ""
+
+    @property
+    def key(self) -> tuple[Severity, str, str]:
+        """What the problem is, whatever its location: reported once per key, "resolved" when it goes away."""
+        return self.severity, self.subject, self.reason
 
     def __str__(self) -> str:
+        if self.where:
+            return f"{self.severity.value}: {self.where} ({self.subject}): {self.reason}"
         return f"{self.severity.value}: {self.subject}: {self.reason}"
 
 
@@ -68,19 +81,21 @@ class Problems:
     def __init__(self) -> None:
         self._items: dict[Problem, None] = {}
 
-    def add(self, severity: Severity, subject: object, reason: str) -> None:
-        problem = Problem(severity, clip(str(subject), MESSAGE_LIMIT), clip(reason, MESSAGE_LIMIT))
+    def add(self, severity: Severity, subject: object, reason: str, *, where: str = "") -> None:
+        problem = Problem(
+            severity, clip(str(subject), MESSAGE_LIMIT), clip(reason, MESSAGE_LIMIT), clip(where, MESSAGE_LIMIT)
+        )
         if problem not in self._items:
             self._items[problem] = None
 
-    def error(self, subject: object, reason: str) -> None:
-        self.add(Severity.ERROR, subject, reason)
+    def error(self, subject: object, reason: str, *, where: str = "") -> None:
+        self.add(Severity.ERROR, subject, reason, where=where)
 
-    def warning(self, subject: object, reason: str) -> None:
-        self.add(Severity.WARNING, subject, reason)
+    def warning(self, subject: object, reason: str, *, where: str = "") -> None:
+        self.add(Severity.WARNING, subject, reason, where=where)
 
-    def info(self, subject: object, reason: str) -> None:
-        self.add(Severity.INFO, subject, reason)
+    def info(self, subject: object, reason: str, *, where: str = "") -> None:
+        self.add(Severity.INFO, subject, reason, where=where)
 
     def extend(self, other: "Problems | list[Problem]") -> None:
         for problem in other:
@@ -93,6 +108,5 @@ class Problems:
         return len(self._items)
 
     def log_all(self, logger: logging.Logger = log) -> None:
-        levels = {Severity.ERROR: logging.ERROR, Severity.WARNING: logging.WARNING, Severity.INFO: logging.INFO}
         for problem in self._items:
-            logger.log(levels[problem.severity], "%s", problem, extra={"object": problem.subject})
+            logger.log(LOG_LEVELS[problem.severity], "%s", problem, extra={"object": problem.subject})

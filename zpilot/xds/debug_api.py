@@ -7,6 +7,10 @@ config dumps go through ``config_dump`` (which redacts private keys the way Envo
 The handlers are coroutines, so they run on the event loop's thread, the one the ADS streams
 mutate connection state and the cache on: no locks, no torn reads. Only work on immutable data
 (decoding and rendering a snapshot, rendering the model) is moved to a worker thread.
+
+The API reads what it shows through :class:`DebugView`, the few things it needs of a running
+control plane (``zpilot.runtime.control_plane.ControlPlane`` is one), so xds never imports the
+runtime that wires it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Protocol
 
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse
@@ -22,9 +26,33 @@ from fastapi.responses import JSONResponse
 from ..model.index import MeshIndex
 from .order import short_name
 from .snapshot import Snapshot
+from .snapshot_cache import SnapshotCache
+from .status import StatusRegistry
 
-if TYPE_CHECKING:
-    from .control_plane import ControlPlane
+
+class DebugView(Protocol):
+    """What the debug API reads of a running control plane."""
+
+    @property
+    def ready(self) -> bool:
+        """ADS is serving config produced from a model."""
+        ...
+
+    @property
+    def index(self) -> MeshIndex | None:
+        """The model the config was produced from (None before the first one)."""
+        ...
+
+    @property
+    def cache(self) -> SnapshotCache: ...
+
+    @property
+    def registry(self) -> StatusRegistry: ...
+
+    @property
+    def failures(self) -> Mapping[str, str]:
+        """Nodes whose latest config failed the consistency check (they keep their last good one), and why."""
+        ...
 
 
 def _plain(value: Any) -> Any:
@@ -40,7 +68,7 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _versions(plane: "ControlPlane", node: str) -> dict[str, Any]:
+def _versions(plane: DebugView, node: str) -> dict[str, Any]:
     snapshot = plane.cache.get_snapshot(node)
     if snapshot is None:
         return {}
@@ -73,24 +101,28 @@ def _model(index: MeshIndex, failures: Mapping[str, str]) -> dict[str, Any]:
         "service_accounts": _plain(cluster.service_accounts),
         "workloads": [dict(_plain(w), meshed=(w.namespace, w.name) in meshed) for w in cluster.workloads],
         "services": _plain(cluster.services),
-        "problems": [{"severity": p.severity.value, "subject": p.subject, "reason": p.reason} for p in index.problems]
+        "problems": [
+            {"severity": p.severity.value, "subject": p.subject, "reason": p.reason, "where": p.where}
+            for p in index.problems
+        ]
         + [
-            {"severity": "error", "subject": f"Node {node}", "reason": f"{reason}; the node keeps its last good config"}
+            {"severity": "error", "subject": f"Node {node}", "reason": f"{reason}; the node keeps its last good config",
+             "where": ""}
             for node, reason in sorted(failures.items())
         ],
     }
 
 
-def create_app(plane: "ControlPlane") -> FastAPI:
+def create_app(plane: DebugView) -> FastAPI:
     app = FastAPI(
         title="zpilot debug API",
         description="State of the zpilot control plane: per-node config, xDS sync status, the model.",
         version="1",
     )
 
-    @app.get("/healthz/ready", summary="200 once the first model was translated and the ADS server is up")
+    @app.get("/healthz/ready", summary="200 once the source's first model was translated and ADS serves it")
     async def ready() -> JSONResponse:
-        if plane.ready and plane.index is not None:
+        if plane.ready:
             return JSONResponse({"ready": True})
         return JSONResponse({"ready": False}, status_code=503)
 
@@ -130,7 +162,7 @@ def create_app(plane: "ControlPlane") -> FastAPI:
         if index is None:
             raise HTTPException(503, "no model loaded yet")
         snapshots = {node: _versions(plane, node) for node in plane.cache.nodes()}
-        failures = dict(plane.producer.failures)  # copied on the loop, which is where it changes
+        failures = dict(plane.failures)  # copied on the loop, which is where it changes
         return JSONResponse(dict(await asyncio.to_thread(_model, index, failures), snapshots=snapshots))
 
     return app

@@ -8,6 +8,7 @@ stream instead of a generic gRPC failure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import grpc
 from .cache import SnapshotReader
 from .delta import DeltaStream
 from .observer import StreamObserver
-from .sockets import UNIX_PREFIX, describe, ensure_bindable
+from .sockets import UNIX_PREFIX, describe, ensure_bindable, owner_only
 from .sotw import SotwStream
 from .stream import Stream, StreamOptions
 
@@ -117,13 +118,15 @@ class AdsServer:
             raise OSError(f"cannot bind the xDS server to {address}: {exc.strerror or exc}") from None
         server = grpc.aio.server(options=self.options.grpc_options())
         server.add_generic_rpc_handlers((self._handler(),))
-        try:
-            port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
-            raise OSError(f"cannot bind the xDS server to {address}: {exc}") from None
-        if port == 0:
-            raise OSError(f"cannot bind the xDS server to {address}")
-        await server.start()
+        # gRPC creates a Unix socket file itself: owner-only, like every socket of ours
+        with owner_only(address[len(UNIX_PREFIX):]) if self.unix_socket else contextlib.nullcontext():
+            try:
+                port = server.add_insecure_port(address)
+            except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
+                raise OSError(f"cannot bind the xDS server to {address}: {exc}") from None
+            if port == 0:
+                raise OSError(f"cannot bind the xDS server to {address}")
+            await server.start()
         self._server = server
         self.port = None if self.unix_socket else port
         log.info("ADS server listening on %s", address if self.unix_socket else f"{address} (port {port})")

@@ -3,6 +3,12 @@
 Addresses are written as the command line takes them: ``host:port`` split into ``host`` (a name,
 an IPv4 address, an IPv6 address with or without brackets) and ``port`` (0: any free port), or
 ``unix:/path`` for a Unix socket.
+
+Every Unix socket zpilot creates is owner-only (0600) whatever the umask: a socket file's mode is
+its access control, the ADS socket hands out every node's keys over SDS and the debug socket
+every node's config. ``bind()`` creates the file with the process umask (0777 under umask 0), so
+the umask is narrowed while binding (:func:`owner_only`; it is process-wide, and binding happens
+at start-up, before anything else writes files) and the mode set again after.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import errno
 import os
 import socket
 import stat
+from typing import Iterator
 
 UNIX_PREFIX = "unix:"
+#: The mode of every Unix socket zpilot creates.
+UNIX_SOCKET_MODE = 0o600
 
 
 def bind_tcp(host: str, port: int) -> socket.socket:
@@ -44,15 +53,31 @@ def bind_tcp(host: str, port: int) -> socket.socket:
 
 def ensure_bindable(host: str, port: int) -> None:
     """Raise OSError now if ``host:port`` cannot be bound (a taken port), instead of letting a
-    library find out and print its own error first. A Unix socket or port 0 always passes."""
-    if host.startswith(UNIX_PREFIX) or port == 0:
+    library find out and print its own error first. Port 0 always passes; a Unix socket passes
+    unless another server listens on it (see :func:`clear_stale_socket`)."""
+    if host.startswith(UNIX_PREFIX):
+        clear_stale_socket(host[len(UNIX_PREFIX):])
+        return
+    if port == 0:
         return
     bind_tcp(host, port).close()
 
 
-def listen_unix(path: str) -> socket.socket:
-    """A listening Unix socket at ``path``. A socket file nobody answers on (left by a killed
-    run) is replaced; one a live server answers on, or any other file, is an error."""
+@contextlib.contextmanager
+def owner_only(path: str) -> Iterator[None]:
+    """Bind the Unix socket ``path`` inside this block: the file is created 0600, whatever the umask."""
+    old = os.umask(0o177)
+    try:
+        yield
+    finally:
+        os.umask(old)
+    if os.path.exists(path):
+        os.chmod(path, UNIX_SOCKET_MODE)
+
+
+def clear_stale_socket(path: str) -> None:
+    """A socket file nobody answers on (left by a killed run) is removed; one a live server
+    answers on, or any other file, is an error (a library binding there would take it over)."""
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(os.stat(path).st_mode):
             raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
@@ -63,9 +88,16 @@ def listen_unix(path: str) -> socket.socket:
                 os.unlink(path)  # stale
             else:
                 raise OSError(errno.EADDRINUSE, f"a server already listens on {path}")
+
+
+def listen_unix(path: str) -> socket.socket:
+    """A listening Unix socket at ``path``, mode 0600; see :func:`clear_stale_socket` for what
+    may be there already."""
+    clear_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
+        with owner_only(path):
+            sock.bind(path)
         sock.listen(128)
     except OSError:
         sock.close()

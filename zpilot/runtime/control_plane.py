@@ -1,7 +1,9 @@
 """One running control plane: cache, producer, ADS server, metrics and debug API wired together.
 
-``zpilot serve`` and the end-to-end tests both start one of these; the wiring lives here so the
-command stays a thin argument parser and the tests run exactly what users run.
+``zpilot serve`` (through :mod:`zpilot.runtime.serve`) and the end-to-end tests both start one of
+these; the wiring lives here so the command stays a thin argument parser and the tests run
+exactly what users run. The debug API reads this object through its own small view
+(:class:`zpilot.xds.debug_api.DebugView`), so ``xds`` never imports the runtime.
 """
 
 from __future__ import annotations
@@ -12,18 +14,21 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import Mapping
 
 import uvicorn
 
 from ..model.index import MeshIndex
-from .embedded_http import EmbeddedUvicorn, bound_port
-from .metrics import Metrics
-from .metrics_server import MetricsOptions, MetricsServer
-from .observer import Observers
-from .push import Producer, SecretSource, Translate, UpdateReport, certificate_secrets, default_translate
-from .server import AdsServer, ServerOptions
-from .snapshot_cache import SnapshotCache
-from .status import StatusRegistry
+from ..xds.debug_api import create_app
+from ..xds.embedded_http import EmbeddedUvicorn, bound_port
+from ..xds.metrics import Metrics
+from ..xds.metrics_server import MetricsOptions, MetricsServer
+from ..xds.observer import Observers
+from ..xds.push import Producer, SecretSource, Translate, UpdateReport, certificate_secrets, default_translate
+from ..xds.server import AdsServer, ServerOptions
+from ..xds.snapshot_cache import SnapshotCache
+from ..xds.sockets import describe, listen
+from ..xds.status import StatusRegistry
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,11 @@ class DebugOptions:
     @property
     def unix_socket(self) -> bool:
         return self.host.startswith("unix:")
+
+    @property
+    def path(self) -> str:
+        """The socket's path (only for ``unix:``)."""
+        return self.host[len("unix:"):]
 
 
 class ControlPlane:
@@ -62,15 +72,20 @@ class ControlPlane:
         self.metrics_server = MetricsServer(self.metrics, metrics_options) if metrics_options is not None else None
         self.debug_options = debug_options or DebugOptions()
         self.debug_port: int | None = None
-        self._started = False
+        self._xds_serving = False
         self.last_report: UpdateReport | None = None
         self._uvicorn: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
     @property
     def ready(self) -> bool:
-        """Serving, with config produced from a model (what /healthz/ready reports)."""
-        return self._started and self.producer.index is not None
+        """ADS is serving config produced from a model (what /healthz/ready reports)."""
+        return self._xds_serving and self.producer.index is not None
+
+    @property
+    def failures(self) -> Mapping[str, str]:
+        """Nodes whose latest config failed the consistency check, and why (the debug API shows them)."""
+        return self.producer.failures
 
     @property
     def index(self) -> MeshIndex | None:
@@ -108,43 +123,56 @@ class ControlPlane:
         return ids
 
     async def start(self) -> None:
-        """Start the ADS server and the debug API (the model should be given first for readiness)."""
-        from .debug_api import create_app
+        """Start metrics and debug API, then ADS (give the model first, or streams get empty config)."""
+        await self.start_debug()
+        try:
+            await self.start_xds()
+        except OSError:
+            await self.stop()
+            raise
 
-        await self.ads.start()
+    async def start_debug(self) -> None:
+        """Start the metrics server and the debug API (readiness says 503 until :meth:`start_xds`)."""
         if self.metrics_server is not None:
-            try:
-                await self.metrics_server.start()
-            except OSError:
-                await self.ads.stop(grace=0)
-                raise
+            await self.metrics_server.start()
         where = self.debug_options
-        listen = {"uds": where.host[len("unix:"):]} if where.unix_socket else {"host": where.host, "port": where.port}
+        place = describe(where.host, where.port)
+        try:  # bound here, not by uvicorn: one clear error, and a Unix socket 0600 (uvicorn makes it 0666)
+            sock = listen(where.host, where.port)
+        except OSError as exc:
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+            raise OSError(f"the debug API could not listen on {place}: {exc.strerror or exc}") from None
         # log_config=None: uvicorn's records go to the process's handlers (and format), not its own
         config = uvicorn.Config(create_app(self), log_level="warning", access_log=False, lifespan="off",
-                                log_config=None, **listen)
+                                log_config=None)
         server = EmbeddedUvicorn(config)
         self._uvicorn = server
-        self._tasks.append(asyncio.create_task(server.serve(), name="debug-api"))
+        self._tasks.append(asyncio.create_task(server.serve(sockets=[sock]), name="debug-api"))
         while not server.started:
             if self._tasks[-1].done():
-                place = where.host if where.unix_socket else f"{where.host}:{where.port}"
+                error = None
                 with contextlib.suppress(Exception):
-                    self._tasks[-1].result()  # the bind error, already logged by uvicorn
+                    error = self._tasks[-1].exception()
+                sock.close()
                 self._tasks.pop()
-                await self.ads.stop(grace=0)
+                self._uvicorn = None
                 if self.metrics_server is not None:
                     await self.metrics_server.stop()
-                raise OSError(f"the debug API could not listen on {place}")
+                raise OSError(f"the debug API on {place} did not start: {error or 'cancelled'}")
             await asyncio.sleep(0.01)
         self.debug_port = None if where.unix_socket else (bound_port(server) or where.port)
-        if self.identities is not None:
-            self._tasks.append(asyncio.create_task(self._rotate_certificates(), name="cert-rotation"))
-        self._started = True
         log.info("debug API on %s (OpenAPI at /docs)", self.debug_url)
 
+    async def start_xds(self) -> None:
+        """Start the ADS server and certificate renewal; from now on the plane is ready."""
+        await self.ads.start()
+        if self.identities is not None:
+            self._tasks.append(asyncio.create_task(self._rotate_certificates(), name="cert-rotation"))
+        self._xds_serving = True
+
     async def stop(self) -> None:
-        self._started = False
+        self._xds_serving = False
         if self._uvicorn is not None:
             self._uvicorn.should_exit = True
         for task in self._tasks:
@@ -155,9 +183,10 @@ class ControlPlane:
         await self.ads.stop(grace=1.0)
         if self.metrics_server is not None:
             await self.metrics_server.stop()
-        if self.debug_options.unix_socket:  # uvicorn leaves its socket file behind
+        if self.debug_options.unix_socket and self._uvicorn is not None:  # uvicorn leaves its socket file behind
             with contextlib.suppress(OSError):
-                os.unlink(self.debug_options.host[len("unix:"):])
+                os.unlink(self.debug_options.path)
+        self._uvicorn = None
 
     async def reload_ca(self) -> bool:
         """Re-read the CA's files (root rotation, a new extra root); push what changed.

@@ -1,0 +1,145 @@
+"""``zpilot serve``'s arguments: bad values are argument errors, sockets are private, exposure is said."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from zpilot.cli import build_parser
+from zpilot.commands.serve import exposed_debug_address
+
+from .envoy_util import free_port
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
+
+
+def serve_argv(*extra: str) -> list[str]:
+    """``zpilot serve`` on the example; metrics on a free loopback port unless ``extra`` says otherwise."""
+    return [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(EXAMPLE),
+            "--metrics-address", "127.0.0.1", "--metrics-port", "0", *extra]
+
+
+@pytest.mark.parametrize("value", ["0", "nan"])
+def test_a_certificate_lifetime_of_zero_or_nan_is_an_argument_error_not_a_traceback(value):
+    proc = subprocess.run(serve_argv("--xds-port", "0", "--debug-port", "0", "--cert-lifetime", value),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"argument --cert-lifetime: {value!r}: must be a finite number of seconds, more than zero" in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--cert-lifetime", "--debounce-quiet", "--debounce-max", "--max-connection-age"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "soon"])
+def test_every_duration_must_be_a_finite_number_of_seconds(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit:
+        build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), flag, value])
+    assert exit.value.code == 2
+    assert f"argument {flag}: {value!r}" in capsys.readouterr().err
+
+
+def test_only_the_quiet_window_may_be_zero():
+    args = build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), "--debounce-quiet", "0"])
+    assert args.debounce_quiet == 0.0
+    for flag in ("--cert-lifetime", "--debounce-max", "--max-connection-age"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), flag, "0"])
+
+
+@pytest.mark.parametrize("address, exposed", [
+    ("127.0.0.1", False), ("127.0.0.53", False), ("::1", False), ("localhost", False), ("unix:/run/z.sock", False),
+    ("0.0.0.0", True), ("::", True), ("10.0.0.1", True), ("zpilot.example", True),
+])
+def test_which_debug_addresses_expose_the_config(address, exposed):
+    assert exposed_debug_address(address) is exposed
+
+
+class Serve:
+    """``zpilot serve`` as a child process, stopped at the end."""
+
+    def __init__(self, tmp_path: Path, *extra: str, umask: int = 0o022) -> None:
+        self.log = tmp_path / "serve.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(serve_argv(*extra), stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, umask=umask)
+
+    def wait_ready(self, client: httpx.Client, url: str) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, f"zpilot serve exited:\n{self.log.read_text()}"
+            try:
+                if client.get(url).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"not ready:\n{self.log.read_text()}"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+
+
+def unix_sockets(tmp_path: Path, prefix: str = "") -> tuple[Path, Path, Path, list[str]]:
+    xds, debug, metrics = (tmp_path / f"{prefix}{name}.sock" for name in ("xds", "debug", "metrics"))
+    return xds, debug, metrics, ["--xds-address", f"unix:{xds}", "--debug-address", f"unix:{debug}",
+                                 "--metrics-address", f"unix:{metrics}"]
+
+
+def test_unix_sockets_are_owner_only_whatever_the_umask(tmp_path):
+    xds, debug, metrics, flags = unix_sockets(tmp_path)
+    serve = Serve(tmp_path, *flags, umask=0)
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(debug)), timeout=2.0) as client:
+            serve.wait_ready(client, "http://zpilot/healthz/ready")
+        for sock in (xds, debug, metrics):
+            mode = os.stat(sock).st_mode
+            assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600, f"{sock.name}: {oct(stat.S_IMODE(mode))}"
+    finally:
+        serve.stop()
+    assert serve.proc.returncode == 0, serve.log.read_text()
+
+
+def test_a_socket_another_server_listens_on_is_not_taken_over(tmp_path):
+    xds, debug, _, flags = unix_sockets(tmp_path)
+    first = Serve(tmp_path, *flags)
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(debug)), timeout=2.0) as client:
+            first.wait_ready(client, "http://zpilot/healthz/ready")
+            for taken in ("--xds-address", "--debug-address"):  # each of the first one's sockets in turn
+                *_, second_flags = unix_sockets(tmp_path, prefix="second-")
+                at = second_flags.index(taken)
+                second_flags[at + 1] = flags[flags.index(taken) + 1]
+                second = subprocess.run(serve_argv(*second_flags), capture_output=True, text=True, timeout=60)
+                path = second_flags[at + 1][len("unix:"):]
+                assert second.returncode == 2 and f"a server already listens on {path}" in second.stderr, \
+                    second.stderr
+                assert client.get("http://zpilot/healthz/ready").status_code == 200  # the first one still serves
+        assert stat.S_ISSOCK(os.stat(xds).st_mode)
+    finally:
+        first.stop()
+
+
+def test_a_debug_api_off_loopback_is_warned_about(tmp_path):
+    port = free_port()
+    serve = Serve(tmp_path, "--xds-address", "127.0.0.1", "--xds-port", "0", "--debug-address", "0.0.0.0",
+                  "--debug-port", str(port))
+    try:
+        with httpx.Client(timeout=2.0) as client:
+            serve.wait_ready(client, f"http://127.0.0.1:{port}/healthz/ready")
+    finally:
+        serve.stop()
+    assert "WARNING zpilot.serve: the debug API listens on 0.0.0.0: it exposes every node's configuration" \
+           in serve.log.read_text()

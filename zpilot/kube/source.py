@@ -1,0 +1,356 @@
+"""The source seam: where the cluster's state comes from, as one stream of whole models.
+
+Everything that consumes the cluster (``zpilot serve``'s runtime, the CNI agent) iterates a
+:class:`ModelSource`: the first :class:`ModelEvent` is the initial, fully read model, then one
+event per debounced burst of changes, each carrying the whole model and the monotonic time the
+burst's first change was seen (push latency starts there). Consumers never see files, watches
+or half-applied changes, so a new source plugs in without touching them.
+
+A concrete source is a :class:`Feed`: it reads objects and hands them to an :class:`ObjectSink`
+by *origin* (the unit it reads at once: a manifest file, or one API object of a watch). The
+sink is the one place where
+
+- changes are debounced (:class:`Debouncer`: a quiet period, bounded by a maximum delay; while an
+  origin is known to be changing and not yet readable, the burst waits for it, up to the bound);
+- an origin that cannot be read keeps its last good objects, and the failure is reported
+  (never are its objects dropped, never is the whole model refused);
+- objects from all origins are merged, duplicates reported (``store.merge``);
+
+and :class:`FeedSource` turns a feed and its sink into a :class:`ModelSource`, reporting input
+problems through a :class:`ProblemTracker`: each once, and "resolved" when it goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable, Iterable, Protocol
+
+from ..model.index import MeshIndex
+from ..model.problems import LOG_LEVELS, Problem, Problems
+from .convert import ModelObject
+from .store import merge
+
+log = logging.getLogger(__name__)
+problem_log = logging.getLogger("zpilot.problems")
+
+
+class SourceError(Exception):
+    """The source cannot produce a model at all (e.g. its directory does not exist)."""
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """The whole model now, and since when the change it carries was seen."""
+
+    index: MeshIndex
+    #: Monotonic time the burst's first change was seen (for the initial model: when reading began).
+    changed_at: float
+    initial: bool = False
+
+
+class ModelSource(Protocol):
+    """Where a consumer gets the cluster from."""
+
+    def events(self) -> AsyncIterator[ModelEvent]:
+        """Start reading: yield the initial, fully read model, then one per debounced burst of
+        changes. Every call starts afresh; closing the iterator stops the reading."""
+        ...
+
+
+# -- debouncing --------------------------------------------------------------------------------
+
+
+@dataclass
+class Debouncer:
+    """The quiet-period / maximum-delay rule, separated from time and I/O so it can be tested.
+
+    Fire once the input has been quiet for ``quiet`` seconds, but never later than ``max_delay``
+    after the first unreported change (as istiod debounces pushes), so input that keeps changing
+    is still pushed.
+    """
+
+    quiet: float = 0.1
+    max_delay: float = 10.0
+    first_change: float | None = None
+    last_change: float | None = None
+
+    def changed(self, now: float) -> None:
+        if self.first_change is None:
+            self.first_change = now
+        self.last_change = now
+
+    def due(self, now: float, *, settling: bool = False) -> float | None:
+        """The first change's time if the burst should be reported at ``now`` (and reset), else None.
+
+        ``settling``: part of the burst is still being written; wait for it (up to ``max_delay``).
+        """
+        if self.first_change is None or self.last_change is None:
+            return None
+        quiet = now - self.last_change >= self.quiet and not settling
+        if quiet or now - self.first_change >= self.max_delay:
+            first = self.first_change
+            self.reset()
+            return first
+        return None
+
+    def deadline(self, *, settling: bool = False) -> float | None:
+        """When :meth:`due` fires if nothing else happens (None: no burst under way)."""
+        if self.first_change is None or self.last_change is None:
+            return None
+        bound = self.first_change + self.max_delay
+        return bound if settling else min(self.last_change + self.quiet, bound)
+
+    def reset(self) -> None:
+        self.first_change = self.last_change = None
+
+
+# -- problems ----------------------------------------------------------------------------------
+
+
+class ProblemTracker:
+    """Logs input problems once each, and "resolved" when one goes away.
+
+    A problem is identified by its :attr:`~zpilot.model.problems.Problem.key` (severity, object,
+    reason), not by where it was read, so a document moving within its file is not news.
+    """
+
+    def __init__(self, logger: logging.Logger = problem_log) -> None:
+        self.logger = logger
+        self._reported: dict[tuple, Problem] = {}
+
+    def report(self, problems: Iterable[Problem]) -> tuple[list[Problem], list[Problem]]:
+        """Log what is new and what was resolved since the last call; return both."""
+        current: dict[tuple, Problem] = {}
+        for problem in problems:
+            current.setdefault(problem.key, problem)
+        new = [p for key, p in current.items() if key not in self._reported]
+        resolved = [p for key, p in self._reported.items() if key not in current]
+        for problem in new:
+            self.logger.log(LOG_LEVELS[problem.severity], "%s", problem, extra={"object": problem.subject})
+        for problem in resolved:
+            self.logger.info("resolved: %s: %s", problem.subject, problem.reason, extra={"object": problem.subject})
+        self._reported = current
+        return new, resolved
+
+
+def failure_problem(failure: Problem, kept: int | None) -> Problem:
+    """An origin that cannot be read, as reported: with what is kept of it meanwhile."""
+    if kept:
+        objects = "object" if kept == 1 else "objects"
+        tail = f"; keeping the {kept} {objects} of its last good read until it reads again"
+    else:
+        tail = ": nothing read from it"
+    return Problem(failure.severity, failure.subject, failure.reason + tail, failure.where)
+
+
+# -- the sink ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OriginContent:
+    """What one origin holds: its objects (each with where it was read) and their problems."""
+
+    objects: tuple[tuple[str, ModelObject], ...] = ()
+    problems: tuple[Problem, ...] = ()
+
+
+class ObjectSink:
+    """The objects a feed has read, by origin; the debounce of their changes.
+
+    Feeds call these methods from the event loop. An origin announced with :meth:`changing` is
+    *settling* (written but not readable yet) until the feed reports it with :meth:`set`,
+    :meth:`keep` or :meth:`remove`; its change counts from when it was announced.
+    """
+
+    def __init__(self, *, quiet: float, max_delay: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.debouncer = Debouncer(quiet=quiet, max_delay=max_delay)
+        self.clock = clock
+        self._good: dict[str, OriginContent] = {}
+        self._failures: dict[str, Problem] = {}
+        self._settling: set[str] = set()
+        self._synced = False
+        self._wake = asyncio.Event()
+
+    # what feeds call
+
+    def changing(self, origin: str) -> None:
+        """``origin`` changed and cannot be read yet (e.g. a file still being written)."""
+        if origin not in self._settling:
+            self._settling.add(origin)
+            self._changed()
+
+    def set(self, origin: str, content: OriginContent) -> None:
+        """``origin`` now holds exactly ``content``."""
+        unchanged = self._good.get(origin) == content and origin not in self._failures
+        self._good[origin] = content
+        self._failures.pop(origin, None)
+        self._settled(origin, changed=not unchanged)
+
+    def keep(self, origin: str, failure: Problem) -> None:
+        """``origin`` cannot be read now: its last good objects stay, ``failure`` is reported."""
+        unchanged = self._failures.get(origin) == failure
+        self._failures[origin] = failure
+        self._settled(origin, changed=not unchanged)
+
+    def remove(self, origin: str) -> None:
+        """``origin`` is gone, with its objects."""
+        known = origin in self._good or origin in self._failures
+        self._good.pop(origin, None)
+        self._failures.pop(origin, None)
+        self._settled(origin, changed=known)
+
+    def synced(self) -> None:
+        """The initial read is complete: the first model may be built."""
+        self._synced = True
+        self._wake.set()
+
+    def origins(self) -> list[str]:
+        return sorted(set(self._good) | set(self._failures))
+
+    # what FeedSource uses
+
+    @property
+    def settling(self) -> bool:
+        return bool(self._settling)
+
+    def _changed(self) -> None:
+        self.debouncer.changed(self.clock())
+        self._wake.set()
+
+    def _settled(self, origin: str, *, changed: bool) -> None:
+        if origin in self._settling:  # its change was counted when it was announced
+            self._settling.discard(origin)
+            self._wake.set()
+        elif changed:
+            self._changed()
+
+    def contents(self) -> list[tuple[str, OriginContent, Problem | None]]:
+        """A consistent copy (origins, their last good content, their current failure), sorted."""
+        return [
+            (origin, self._good.get(origin, OriginContent()), self._failures.get(origin))
+            for origin in self.origins()
+        ]
+
+    async def _wait(self, feed: asyncio.Task, timeout: float | None) -> None:
+        """Until woken, the timeout passes, or the feed ends (raising what ended it, if anything)."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({waiter, feed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if feed.done():
+            feed.result()
+
+    async def wait_synced(self, feed: asyncio.Task) -> None:
+        while not self._synced:
+            self._wake.clear()
+            if feed.done():
+                feed.result()
+                raise SourceError("the source ended before its initial read was complete")
+            await self._wait(feed, None)
+        self.debouncer.reset()  # what changed during the initial read is in the initial model
+
+    async def next_burst(self, feed: asyncio.Task) -> float | None:
+        """Wait for the next debounced burst of changes; return when its first change was seen.
+
+        None: the feed has ended (a finite source) and nothing is left to report."""
+        while True:
+            self._wake.clear()
+            now = self.clock()
+            if feed.done():  # nothing more will come: report what is left at once
+                first = self.debouncer.first_change
+                self.debouncer.reset()
+                return first
+            first = self.debouncer.due(now, settling=self.settling)
+            if first is not None:
+                return first
+            deadline = self.debouncer.deadline(settling=self.settling)
+            await self._wait(feed, None if deadline is None else max(0.0, deadline - now))
+
+
+def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]]) -> MeshIndex:
+    """The model from every origin's content (pure: run in a worker thread for large clusters)."""
+    problems = Problems()
+    objects: list[tuple[str, ModelObject]] = []
+    for _origin, content, failure in contents:
+        problems.extend(list(content.problems))
+        if failure is not None:
+            problems.extend([failure_problem(failure, len(content.objects))])
+        objects.extend(content.objects)
+    cluster = merge(objects, problems)
+    return MeshIndex.build(cluster, problems)
+
+
+# -- a feed as a model source ------------------------------------------------------------------
+
+
+class Feed(Protocol):
+    """What a concrete source implements."""
+
+    async def run(self, sink: ObjectSink) -> None:
+        """Read everything into ``sink``, call ``sink.synced()``, then keep it current until cancelled
+        (a finite feed may return: the model stream then ends after its last change).
+
+        Raise :class:`SourceError` if the source cannot be read at all."""
+        ...
+
+
+class FeedSource:
+    """A :class:`ModelSource` from a feed: debounced, merged, problems tracked."""
+
+    def __init__(self, make_feed: Callable[[], Feed], *, name: str, quiet: float = 0.1,
+                 max_delay: float = 10.0) -> None:
+        self.make_feed = make_feed
+        self.name = name
+        self.quiet = quiet
+        self.max_delay = max_delay
+
+    def __str__(self) -> str:
+        return self.name
+
+    async def events(self) -> AsyncIterator[ModelEvent]:
+        sink = ObjectSink(quiet=self.quiet, max_delay=self.max_delay)
+        tracker = ProblemTracker()
+        started = time.monotonic()
+        feed = asyncio.create_task(self.make_feed().run(sink), name=f"source: {self.name}")
+        try:
+            await sink.wait_synced(feed)
+            first_seen: float | None = started
+            last: MeshIndex | None = None
+            while first_seen is not None:
+                index = await asyncio.to_thread(build_model, sink.contents())
+                if last is None or _differs(index, last):
+                    tracker.report(index.problems)
+                    yield ModelEvent(index, first_seen, initial=last is None)
+                    last = index
+                first_seen = await sink.next_burst(feed)
+        finally:
+            feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feed
+
+
+def _differs(index: MeshIndex, last: MeshIndex) -> bool:
+    """Whether a consumer has anything new to see (objects, or problems to show)."""
+    return index.cluster != last.cluster or list(index.problems) != list(last.problems)
+
+
+async def first_model(source: ModelSource) -> ModelEvent:
+    """The source's initial model, then stop reading (for one-shot commands)."""
+    events = source.events()
+    try:
+        return await anext(events)
+    except StopAsyncIteration:
+        raise SourceError(f"{source} ended before producing a model") from None
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+def load_model(source: ModelSource) -> MeshIndex:
+    """:func:`first_model` for synchronous callers (not from a running event loop)."""
+    return asyncio.run(first_model(source)).index
+

@@ -1,0 +1,183 @@
+"""The ``zpilot serve`` process: a model source feeding a control plane, until told to stop.
+
+    source (ModelSource) --events--> ControlPlane.update --> producer --> cache --> ADS
+                                      CA: renewal, SIGHUP reload
+
+Start-up order matters for the ztunnels: the debug API comes up first (``/healthz/ready`` says
+503), the source's first, fully read model is translated, and only then does ADS listen, so a
+ztunnel that reconnects is never served an empty config by a server that has not read the
+cluster yet. ``commands/serve.py`` only turns flags into :class:`ServeSettings` and a source;
+tests hand :class:`ServeRuntime` any other source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import AsyncIterator
+
+from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
+from ..kube.source import ModelEvent, ModelSource, SourceError
+from ..translators import TranslateOptions, translate_node
+from ..xds.metrics_server import MetricsOptions
+from ..xds.server import ServerOptions
+from .control_plane import ControlPlane, DebugOptions
+
+log = logging.getLogger("zpilot.serve")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything ``zpilot serve`` is told, checked (the command refuses bad values first)."""
+
+    xds: ServerOptions = field(default_factory=ServerOptions)
+    debug: DebugOptions = field(default_factory=DebugOptions)
+    metrics: MetricsOptions | None = field(default_factory=MetricsOptions)  # None: no /metrics listener
+    translate: TranslateOptions = field(default_factory=TranslateOptions)
+    ca_dir: Path | None = None  # None (and no ca_cert): a CA in memory
+    ca_cert: Path | None = None
+    ca_key: Path | None = None
+    ca_root: Path | None = None
+    cert_lifetime: float = 24 * 3600.0  # seconds
+
+    @property
+    def trust_domain(self) -> str:
+        return self.translate.trust_domain
+
+
+def open_authority(settings: ServeSettings) -> CertificateAuthority:
+    """The CA the settings name: files given, a directory (created on first start), or in memory."""
+    if settings.ca_cert or settings.ca_key:
+        if not (settings.ca_cert and settings.ca_key) or settings.ca_dir:
+            raise CertificateAuthorityError("--ca-cert and --ca-key go together, and not with --ca-dir")
+        return CertificateAuthority.from_files(
+            settings.ca_cert, settings.ca_key, root_path=settings.ca_root, trust_domain=settings.trust_domain
+        )
+    return CertificateAuthority.load_or_create(settings.ca_dir, settings.trust_domain)
+
+
+class ServeRuntime:
+    """One ``zpilot serve``: :meth:`run` until ``stop`` is set; :meth:`reload_ca` on SIGHUP."""
+
+    def __init__(self, settings: ServeSettings, source: ModelSource) -> None:
+        self.settings = settings
+        self.source = source
+        self.plane: ControlPlane | None = None
+
+    def _make_plane(self) -> ControlPlane:
+        ca = open_authority(self.settings)
+        identities = IdentityCache(ca, lifetime=timedelta(seconds=self.settings.cert_lifetime))
+        return ControlPlane(
+            server_options=self.settings.xds,
+            debug_options=self.settings.debug,
+            metrics_options=self.settings.metrics,
+            translate=functools.partial(translate_node, options=self.settings.translate),
+            identities=identities,
+        )
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Serve until ``stop`` is set: 0; 2 when it cannot start; 1 when the source fails."""
+        try:
+            self.plane = plane = self._make_plane()
+        except CertificateAuthorityError as exc:
+            log.error("%s", exc)
+            return 2
+        try:
+            await plane.start_debug()
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        events = self.source.events()
+        try:
+            first = await _until_stopped(anext(events), stop)
+            if first is None:  # stopped before the first model
+                return 0
+            await plane.update(first.index, changed_at=first.changed_at)
+            try:
+                await plane.start_xds()
+            except OSError as exc:
+                log.error("cannot start: %s", exc)
+                return 2
+            # a log record, not a print: with --log-format json every line on stderr is JSON
+            log.info("serving %d nodes: ADS on %s, debug API on %s, metrics on %s", len(first.index.nodes),
+                     plane.xds_address, plane.debug_url, plane.metrics_server.url if plane.metrics_server else "-")
+            follow = asyncio.create_task(self._follow(events), name="model-source")
+            stopped = asyncio.create_task(stop.wait(), name="stop")
+            await asyncio.wait({follow, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if follow.done():
+                return self._source_ended(follow)
+            log.warning("shutting down")
+            follow.cancel()
+            await asyncio.gather(follow, return_exceptions=True)
+            return 0
+        except (SourceError, StopAsyncIteration) as exc:
+            log.error("cannot read the model from %s: %s", self.source, exc or "it produced nothing")
+            return 1
+        finally:
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]
+            await plane.stop()
+
+    async def _follow(self, events: AsyncIterator[ModelEvent]) -> None:
+        assert self.plane is not None
+        async for event in events:
+            await self.plane.update(event.index, changed_at=event.changed_at)
+
+    def _source_ended(self, follow: asyncio.Task) -> int:
+        """The source stopped: serving on would hide that the config no longer follows the cluster."""
+        exc = follow.exception()
+        log.error(
+            "%s: %s; exiting so that a supervisor restarts zpilot", self.source, exc or "it stopped producing models",
+            exc_info=exc if exc is not None and not isinstance(exc, SourceError) else None,
+        )
+        return 1
+
+    async def reload_ca(self) -> bool:
+        """Re-read the CA's files (root rotation) and push what changed; see ControlPlane.reload_ca."""
+        if self.plane is None or not self.plane.ready:
+            log.warning("CA reload asked before serving; ignored")
+            return False
+        return await self.plane.reload_ca()
+
+
+async def _until_stopped(awaitable, stop: asyncio.Event):
+    """The awaitable's result, or None if ``stop`` is set first (the awaitable is then cancelled)."""
+    task = asyncio.ensure_future(awaitable)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+async def serve_until_signalled(runtime: ServeRuntime) -> int:
+    """:meth:`ServeRuntime.run` with the process's signals: SIGTERM/SIGINT stop, SIGHUP reloads the CA."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task] = set()
+
+    def reload_ca() -> None:
+        task = asyncio.create_task(runtime.reload_ca(), name="ca-reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_ca)
+    try:
+        return await runtime.run(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
