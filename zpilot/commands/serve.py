@@ -97,6 +97,10 @@ async def serve(args: argparse.Namespace) -> int:
                 args.ca_cert, args.ca_key, root_path=args.ca_root, trust_domain=args.trust_domain
             )
         else:
+            if args.ca_dir is None:
+                log.warning("no --ca-dir: the root CA is kept in memory only, so a restart makes a new root and"
+                            " mTLS between nodes fails until every ztunnel has reconnected; give --ca-dir DIR"
+                            " (or --ca-cert/--ca-key) to keep the root across restarts")
             ca = CertificateAuthority.load_or_create(args.ca_dir, args.trust_domain)
     except CertificateAuthorityError as exc:
         log.error("%s", exc)
