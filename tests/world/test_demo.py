@@ -61,8 +61,12 @@ def test_demo_without_prerequisites_says_what_is_missing(monkeypatch, capsys):
 
 
 #: A world whose rules come from one `zpilot cni apply` per node (no agent), used once before Ctrl-C.
+#: Ctrl-C must raise KeyboardInterrupt here even if the suite was started with SIGINT ignored (as any
+#: `cmd &` from a non-interactive shell is): Python keeps an inherited ignore, and the SIGINT the test
+#: sends would then be lost while the world sleeps on.
 BUILD_AND_WAIT = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions
 with World(options=WorldOptions(cni_agent=False)) as w:
@@ -75,11 +79,12 @@ with World(options=WorldOptions(cni_agent=False)) as w:
 
 def test_ctrl_c_tears_the_world_down(tmp_path):
     """Built with `zpilot cni apply` instead of the agent, used, then interrupted."""
-    proc = subprocess.Popen([sys.executable, "-c", BUILD_AND_WAIT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    errors = tmp_path / "world.err"  # a file, not a pipe nobody reads: a full pipe would block the child
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", BUILD_AND_WAIT], stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         line = proc.stdout.readline().split()
-        assert line, proc.stderr.read()
+        assert line, errors.read_text()
         prefix, workdir = line[0], Path(line[1])
         # rules from `zpilot cni apply` carry traffic as well as the agent's do
         assert line[2:] == ["True", "fc-outbound_pod_tunnel_clus_spiffe://cluster.local/ns/default/sa/sleep"], line
@@ -87,7 +92,10 @@ def test_ctrl_c_tears_the_world_down(tmp_path):
         envoys = _pids_running(str(workdir))
         assert envoys, "no process of the world found"
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the world still runs 60 s after SIGINT; its stderr:\n{errors.read_text()}")
     finally:
         if proc.poll() is None:
             proc.kill()
