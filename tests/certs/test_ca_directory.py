@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -170,29 +169,24 @@ def test_reload_of_an_emptied_directory_fails_instead_of_making_a_new_root(tmp_p
 
 
 def serve_startup_log(tmp_path: Path, *extra: str) -> str:
-    """Start ``zpilot serve`` on Unix sockets, collect its stderr until it serves, stop it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(REPO / "examples" / "article"),
-         "--xds-address", f"unix:{tmp_path / 'xds.sock'}", "--debug-address", f"unix:{tmp_path / 'debug.sock'}",
-         *extra],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    seen = b""
+    """Start ``zpilot serve`` on Unix sockets, wait until its debug API listens, stop it; its log."""
+    debug_socket, log = tmp_path / "debug.sock", tmp_path / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(REPO / "examples" / "article"),
+             "--xds-address", f"unix:{tmp_path / 'xds.sock'}", "--debug-address", f"unix:{debug_socket}", *extra],
+            stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
     try:
         deadline = time.monotonic() + 120  # only against a hang: serving normally takes a second or two
-        while b"zpilot: serving" not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stderr], [], [], 1.0)
-            if ready:
-                chunk = os.read(proc.stderr.fileno(), 65536)
-                if not chunk:
-                    break  # exited
-                seen += chunk
+        while not debug_socket.exists():
+            assert proc.poll() is None, f"zpilot serve exited ({proc.returncode}):\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"zpilot serve not listening after 120 s:\n{log.read_text()}"
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, rest = proc.communicate(timeout=60)
-    text = (seen + rest).decode(errors="replace")
-    assert "zpilot: serving" in text, text
-    return text
+        proc.wait(timeout=60)
+    return log.read_text()
 
 
 def test_serve_without_ca_dir_warns_that_a_restart_replaces_the_root(tmp_path):
