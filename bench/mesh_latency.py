@@ -27,7 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zpilot.world.builder import World, WorldOptions, missing_prerequisites  # noqa: E402
+from zpilot.world.builder import World, WorldOptions  # noqa: E402
+from zpilot.world.prerequisites import missing_prerequisites  # noqa: E402
 from zpilot.world.topology import opted_out  # noqa: E402
 
 

@@ -11,14 +11,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from zpilot.certs.ca import (
-    CLOCK_SKEW,
-    EXTRA_ROOTS_FILE,
-    ROOT_CERT_FILE,
-    ROOT_KEY_FILE,
-    CertificateAuthority,
-    CertificateAuthorityError,
-)
+from zpilot.certs.ca import CLOCK_SKEW, CertificateAuthority, CertificateAuthorityError
+from zpilot.certs.storage import EXTRA_ROOTS_FILE, ROOT_CERT_FILE, ROOT_KEY_FILE
 
 from .conftest import cert_pem, key_pem, make_ca_cert
 

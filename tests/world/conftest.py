@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from zpilot.world.builder import World, missing_prerequisites
+from zpilot.world.builder import World
+from zpilot.world.prerequisites import missing_prerequisites
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
 

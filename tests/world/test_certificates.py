@@ -35,7 +35,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 
 from zpilot.certs import CertificateAuthority
-from zpilot.certs.ca import serial_hex
+from zpilot.certs.x509_helpers import serial_hex
 from zpilot.translators import names
 from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import pytest
 
 from zpilot.explain import FACT_KEYS
 from zpilot.world import demo as world_demo
-from zpilot.world.netns import list_netns
+from zpilot.world import workdir
+from zpilot.world.builder import sweep_abandoned_worlds
+from zpilot.world.netns import list_netns, world_prefix
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
 
@@ -52,17 +55,21 @@ def test_demo_command_prints_the_path_and_cleans_up():
 
 def test_demo_without_prerequisites_says_what_is_missing(monkeypatch, capsys):
     from zpilot.commands import demo as demo_command
-    from zpilot.world import builder
+    from zpilot.world import prerequisites
 
-    monkeypatch.setattr(builder, "missing_prerequisites", lambda: ["root (...)", "`ipset` not on PATH"])
+    monkeypatch.setattr(prerequisites, "missing_prerequisites", lambda: ["root (...)", "`ipset` not on PATH"])
     assert demo_command.run(type("Args", (), {"keep_logs": False})()) == 2
     err = capsys.readouterr().err
     assert "root" in err and "ipset" in err
 
 
 #: A world whose rules come from one `zpilot cni apply` per node (no agent), used once before Ctrl-C.
+#: Ctrl-C must raise KeyboardInterrupt here even if the suite was started with SIGINT ignored (as any
+#: `cmd &` from a non-interactive shell is): Python keeps an inherited ignore, and the SIGINT the test
+#: sends would then be lost while the world sleeps on.
 BUILD_AND_WAIT = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions
 with World(options=WorldOptions(cni_agent=False)) as w:
@@ -75,11 +82,12 @@ with World(options=WorldOptions(cni_agent=False)) as w:
 
 def test_ctrl_c_tears_the_world_down(tmp_path):
     """Built with `zpilot cni apply` instead of the agent, used, then interrupted."""
-    proc = subprocess.Popen([sys.executable, "-c", BUILD_AND_WAIT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    errors = tmp_path / "world.err"  # a file, not a pipe nobody reads: a full pipe would block the child
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", BUILD_AND_WAIT], stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         line = proc.stdout.readline().split()
-        assert line, proc.stderr.read()
+        assert line, errors.read_text()
         prefix, workdir = line[0], Path(line[1])
         # rules from `zpilot cni apply` carry traffic as well as the agent's do
         assert line[2:] == ["True", "fc-outbound_pod_tunnel_clus_spiffe://cluster.local/ns/default/sa/sleep"], line
@@ -87,7 +95,10 @@ def test_ctrl_c_tears_the_world_down(tmp_path):
         envoys = _pids_running(str(workdir))
         assert envoys, "no process of the world found"
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the world still runs 60 s after SIGINT; its stderr:\n{errors.read_text()}")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -98,6 +109,44 @@ def test_ctrl_c_tears_the_world_down(tmp_path):
         time.sleep(0.1)
     assert not _pids_running(str(workdir)), "processes of the world survived Ctrl-C"
     assert not workdir.exists()
+
+
+#: A world being built, to be killed with SIGKILL half-way (no teardown can run).
+BUILD_FOREVER = """
+import time
+from zpilot.world.builder import World, WorldOptions
+with World(options=WorldOptions(cni_agent=False)):
+    time.sleep(120)
+"""
+
+
+def test_a_sigkilled_world_is_swept_by_the_next_one(tmp_path):
+    """Killed once its CA's key is on disk: the namespaces and the directory, key included, stay
+    behind; the sweep every world runs first removes both."""
+    errors = tmp_path / "world.err"
+    with open(errors, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", BUILD_FOREVER], stdout=subprocess.DEVNULL, stderr=err)
+    prefix = f"{world_prefix(proc.pid)}-1"
+    pattern = f"{workdir.DIR_PREFIX}{prefix}-*"
+    try:
+        deadline = time.monotonic() + 120  # against a hang only: the key appears within seconds
+        while not list(Path(tempfile.gettempdir()).glob(f"{pattern}/{workdir.CA_DIR}/root-key.pem")):
+            assert proc.poll() is None, f"the world exited before its CA existed:\n{errors.read_text()}"
+            assert time.monotonic() < deadline, f"no CA key in {pattern} after 120 s:\n{errors.read_text()}"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    [directory] = Path(tempfile.gettempdir()).glob(pattern)
+    assert (directory / workdir.CA_DIR / "root-key.pem").exists()
+    left = [ns for ns in list_netns() if ns.startswith(prefix + "-")]
+    assert left, "the killed world left no namespace: nothing to sweep"
+
+    removed = sweep_abandoned_worlds()
+
+    assert str(directory) in removed and set(left) <= set(removed)
+    assert not directory.exists()
+    assert not [ns for ns in list_netns() if ns.startswith(prefix + "-")]
 
 
 def _pids_running(text: str) -> list[int]:

@@ -1,7 +1,9 @@
 """Workload identity for the mesh: the CA, per-identity certificates and the SDS Secret resources.
 
-``ca`` signs, ``identity`` decides when to sign again, ``secrets`` turns both into what Envoy is
-sent (and into redacted views for humans). See docs/certificates.md.
+``ca`` signs, ``storage`` keeps a CA on disk (locking, atomic creation, read-only mounts),
+``x509_helpers`` holds the certificate facts both need, ``identity`` decides when to sign again,
+``secrets`` turns both into what Envoy is sent (and into redacted views for humans). See
+docs/certificates.md.
 """
 
 from zpilot.certs.ca import (

@@ -5,6 +5,7 @@ Two ways to get a CA, because operators start in two places:
 * ``load_or_create(directory)``: zpilot makes its own self-signed root on first start and keeps
   it in ``directory`` (``root-cert.pem``, ``root-key.pem`` with mode 0600), so a restart does not
   change every identity in the mesh. ``directory=None`` keeps it in memory (tests, demos).
+  How the directory is written, locked and read (also read-only) is :mod:`zpilot.certs.storage`.
 * ``from_files(cert, key)``: the organisation's root, or an intermediate under it. With an
   intermediate, every workload chain carries it, so peers need only the root.
 
@@ -18,28 +19,40 @@ no message raised here quotes key bytes.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
-import os
-import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from zpilot.certs.spiffe import DEFAULT_TRUST_DOMAIN, parse_spiffe_id, validate_trust_domain
+from zpilot.certs.storage import CaDirectory, RootFiles, read_file, warn_if_readable_by_others
+from zpilot.certs.x509_helpers import (
+    CertificateAuthorityError,
+    SigningKey,
+    authority_key_identifier,
+    certificates_pem,
+    describe_name,
+    fingerprint,
+    is_ca,
+    is_self_signed,
+    issued_by,
+    load_certificates,
+    load_private_key,
+    private_key_pem,
+    same_public_key,
+    serial_hex,
+    signature_hash,
+)
 
 log = logging.getLogger("zpilot.certs.ca")
 
 Clock = Callable[[], datetime]
-SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 #: Workload certificate lifetime unless configured otherwise (what Istio issues).
 DEFAULT_LIFETIME = timedelta(hours=24)
@@ -50,19 +63,10 @@ ROOT_LIFETIME = timedelta(days=3650)
 #: Warn when the signing certificate expires within this time: workload certs get clamped to it.
 EXPIRY_WARNING = timedelta(days=30)
 
-ROOT_CERT_FILE = "root-cert.pem"
-ROOT_KEY_FILE = "root-key.pem"
-EXTRA_ROOTS_FILE = "extra-roots.pem"
-_LOCK_FILE = ".lock"
-
 
 def utc_now() -> datetime:
     """The default clock."""
     return datetime.now(timezone.utc)
-
-
-class CertificateAuthorityError(ValueError):
-    """The CA material is unusable (missing, malformed, mismatched, expired); the message says which file."""
 
 
 @dataclass(frozen=True)
@@ -97,115 +101,6 @@ class IssuedCertificate:
     __str__ = __repr__
 
 
-def serial_hex(serial: int) -> str:
-    """A serial number the way Envoy's /certs prints it: lower-case hex, whole bytes."""
-    text = format(serial, "x")
-    return text if len(text) % 2 == 0 else "0" + text
-
-
-def fingerprint(cert: x509.Certificate) -> str:
-    """SHA-256 of the DER encoding, hex: how certificates are compared and named in logs."""
-    return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def describe_name(cert: x509.Certificate) -> str:
-    """A short human name for a certificate in messages: its subject, or its fingerprint if empty."""
-    subject = cert.subject.rfc4514_string()
-    return subject or f"<empty subject, sha256 {fingerprint(cert)[:16]}>"
-
-
-def load_certificates(data: bytes, source: str) -> list[x509.Certificate]:
-    """All PEM certificates in ``data``; ``source`` names the file in the error if there are none."""
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise CertificateAuthorityError(f"{source}: not a PEM certificate file ({exc})") from None
-    if not certs:
-        raise CertificateAuthorityError(f"{source}: contains no PEM certificate")
-    return certs
-
-
-def load_private_key(data: bytes, source: str) -> SigningKey:
-    """The signing key in ``data``. Errors name the file, never quote it, and drop the parser's cause."""
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise CertificateAuthorityError(
-            f"{source}: the private key is encrypted; zpilot needs it unencrypted (e.g. `openssl pkey -in <file>`)"
-            " in a file only zpilot can read"
-        ) from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise CertificateAuthorityError(f"{source}: not a PEM private key zpilot can read") from None
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
-        raise CertificateAuthorityError(
-            f"{source}: unsupported key type {type(key).__name__}; use an ECDSA or RSA key"
-        )
-    return key
-
-
-def _is_self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    if not constraints.ca:
-        return False
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return True
-    return usage.key_cert_sign
-
-
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def _spki(public_key: object) -> bytes:
-    """DER SubjectPublicKeyInfo: compares keys of any type without type-specific accessors."""
-    return public_key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _signature_hash(key: SigningKey) -> hashes.SHA256 | hashes.SHA384:
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
-        return hashes.SHA384()
-    return hashes.SHA256()
-
-
-def _key_identifier(cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    try:
-        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(cert.public_key())  # type: ignore[arg-type]
-
-
-def _warn_if_readable_by_others(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("%s: private key file has mode %o; it should be readable by its owner only (chmod 600)", path, mode)
-
-
-def _pem(certs: list[x509.Certificate]) -> bytes:
-    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
-
-
 class CertificateAuthority:
     """Signs workload certificates for one trust domain and publishes the trust bundle."""
 
@@ -232,9 +127,9 @@ class CertificateAuthority:
         self._clock = clock
         self.source = source
         self._reloader = reloader
-        if _spki(signing_key.public_key()) != _spki(signing_cert.public_key()):
+        if not same_public_key(signing_key.public_key(), signing_cert.public_key()):
             raise CertificateAuthorityError(f"{source}: the private key does not belong to the certificate")
-        if not _is_ca(signing_cert):
+        if not is_ca(signing_cert):
             raise CertificateAuthorityError(
                 f"{source}: certificate {describe_name(signing_cert)} is not a CA certificate"
                 " (needs basicConstraints CA:TRUE and, if key usage is present, keyCertSign)"
@@ -244,7 +139,7 @@ class CertificateAuthority:
         self._fingerprint = fingerprint(signing_cert)  # compared on every cache lookup: compute once
         self._intermediates = list(intermediates or [])
         roots = list(roots or [])
-        if _is_self_signed(signing_cert) and not any(fingerprint(r) == fingerprint(signing_cert) for r in roots):
+        if is_self_signed(signing_cert) and not any(fingerprint(r) == fingerprint(signing_cert) for r in roots):
             roots.insert(0, signing_cert)
         if not roots:
             raise CertificateAuthorityError(
@@ -253,12 +148,12 @@ class CertificateAuthority:
             )
         chain = [signing_cert, *self._intermediates]
         for child, parent in zip(chain, chain[1:]):
-            if not _issued_by(child, parent):
+            if not issued_by(child, parent):
                 raise CertificateAuthorityError(
                     f"{source}: {describe_name(child)} is not signed by the next certificate in the chain,"
                     f" {describe_name(parent)}; list the chain leaf-side first"
                 )
-        if not any(_issued_by(chain[-1], root) for root in roots):
+        if not any(issued_by(chain[-1], root) for root in roots):
             raise CertificateAuthorityError(
                 f"{source}: {describe_name(chain[-1])} is not signed by any of the given roots"
                 f" ({', '.join(describe_name(r) for r in roots)})"
@@ -282,7 +177,7 @@ class CertificateAuthority:
             )
         self._extra_roots: list[x509.Certificate] = []
         for index, root in enumerate(extra_roots or []):
-            if not _is_ca(root):
+            if not is_ca(root):
                 raise CertificateAuthorityError(
                     f"{source}: extra root #{index + 1} ({describe_name(root)}) is not a CA certificate"
                 )
@@ -313,46 +208,36 @@ class CertificateAuthority:
         """The root kept in ``directory``, made there on first use; ``None`` means in memory only.
 
         ``directory/extra-roots.pem``, if present, adds trusted roots (root rotation overlap).
-        Two zpilots starting at once on the same directory agree on one root (a file lock).
+        A directory holding a root is only read (it may be a read-only Secret mount); creation
+        is atomic, and two zpilots starting at once agree on one root (see ``storage``).
         """
         validate_trust_domain(trust_domain)
         if directory is None:
             return cls.generate(trust_domain, clock=clock)
-        directory = Path(directory)
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CertificateAuthorityError(f"CA directory {directory}: cannot create it ({exc.strerror})") from None
-        cert_path, key_path = directory / ROOT_CERT_FILE, directory / ROOT_KEY_FILE
-        try:
-            with open(directory / _LOCK_FILE, "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if not cert_path.exists() and not key_path.exists():
-                    cert, key = _new_root(trust_domain, clock())
-                    _write_private(key_path, key.private_bytes(
-                        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                    ))
-                    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-                    log.warning(
-                        "created a new self-signed root CA in %s (sha256 %s); back up %s",
-                        directory, fingerprint(cert), key_path,
-                    )
-                elif not cert_path.exists() or not key_path.exists():
-                    missing = cert_path if not cert_path.exists() else key_path
-                    raise CertificateAuthorityError(
-                        f"CA directory {directory}: {missing.name} is missing but its pair is present;"
-                        " restore it from backup (zpilot will not replace a half-present CA)"
-                    )
-        except OSError as exc:
-            raise CertificateAuthorityError(f"CA directory {directory}: {exc.strerror or exc}") from None
-        extra = directory / EXTRA_ROOTS_FILE
+        store = CaDirectory(Path(directory))
+
+        def make_root() -> RootFiles:
+            cert, key = _new_root(trust_domain, clock())
+            return RootFiles(cert_pem=certificates_pem([cert]), key_pem=private_key_pem(key))
+
+        created = store.ensure_root(make_root)
+        ca = cls._from_directory(store, trust_domain, clock)
+        if created:
+            log.warning("created a new self-signed root CA in %s (sha256 %s); back up %s",
+                        store.path, ca.fingerprint, store.key)
+        return ca
+
+    @classmethod
+    def _from_directory(cls, store: CaDirectory, trust_domain: str, clock: Clock) -> "CertificateAuthority":
+        """The root in ``store`` as it is now. A reload comes here too and never creates a root:
+        a directory emptied under a running zpilot is an error, not a reason to change the mesh's root."""
         return cls.from_files(
-            cert_path,
-            key_path,
-            extra_roots_path=extra if extra.exists() else None,
+            store.cert,
+            store.key,
+            extra_roots_path=store.extra_roots,
             trust_domain=trust_domain,
             clock=clock,
-            _reloader=lambda: cls.load_or_create(directory, trust_domain, clock=clock),
+            _reloader=lambda: cls._from_directory(store, trust_domain, clock),
         )
 
     @classmethod
@@ -371,14 +256,14 @@ class CertificateAuthority:
         the chain above it (intermediates, root); ``root_path`` the root if ``cert_path`` lacks it.
         """
         cert_path, key_path = Path(cert_path), Path(key_path)
-        certs = load_certificates(_read(cert_path), str(cert_path))
-        key = load_private_key(_read(key_path), str(key_path))
-        _warn_if_readable_by_others(key_path)
-        roots = [c for c in certs[1:] if _is_self_signed(c)]
-        intermediates = [c for c in certs[1:] if not _is_self_signed(c)]
+        certs = load_certificates(read_file(cert_path), str(cert_path))
+        key = load_private_key(read_file(key_path), str(key_path))
+        warn_if_readable_by_others(key_path)
+        roots = [c for c in certs[1:] if is_self_signed(c)]
+        intermediates = [c for c in certs[1:] if not is_self_signed(c)]
         if root_path is not None:
-            roots += load_certificates(_read(Path(root_path)), str(root_path))
-        extra = load_certificates(_read(Path(extra_roots_path)), str(extra_roots_path)) if extra_roots_path else []
+            roots += load_certificates(read_file(Path(root_path)), str(root_path))
+        extra = load_certificates(read_file(Path(extra_roots_path)), str(extra_roots_path)) if extra_roots_path else []
         if _reloader is None:
             def _reloader() -> "CertificateAuthority":
                 return cls.from_files(
@@ -424,7 +309,7 @@ class CertificateAuthority:
 
     def trust_bundle_pem(self) -> bytes:
         """PEM of every trusted root: what ``ROOTCA`` carries as trusted_ca."""
-        return _pem(self.roots)
+        return certificates_pem(self.roots)
 
     def issue(self, spiffe_id: str, lifetime: timedelta = DEFAULT_LIFETIME) -> IssuedCertificate:
         """A new key and certificate for ``spiffe_id``; ValueError if the ID is not ours or malformed."""
@@ -463,25 +348,23 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             # With an empty subject the SAN is the only name, and RFC 5280 then requires it critical.
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=True)
-            .add_extension(_key_identifier(self._cert), critical=False)
-            .sign(self._key, _signature_hash(self._key))
+            .add_extension(authority_key_identifier(self._cert), critical=False)
+            .sign(self._key, signature_hash(self._key))
         )
         return IssuedCertificate(
             spiffe_id=identity.uri,
             serial=serial,
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
-            cert_chain_pem=_pem([cert, *self._served_chain()]),
-            private_key_pem=key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ),
+            cert_chain_pem=certificates_pem([cert, *self._served_chain()]),
+            private_key_pem=private_key_pem(key),
             issued_at=now,
             ca_fingerprint=self.fingerprint,
         )
 
     def _served_chain(self) -> list[x509.Certificate]:
         """The CA certificates sent after each leaf: everything up to, not including, a root."""
-        return [c for c in [self._cert, *self._intermediates] if not _is_self_signed(c)]
+        return [c for c in [self._cert, *self._intermediates] if not is_self_signed(c)]
 
     def _now(self) -> datetime:
         now = self._clock()
@@ -524,31 +407,3 @@ def _new_root(trust_domain: str, now: datetime) -> tuple[x509.Certificate, ec.El
         .sign(key, hashes.SHA256())
     )
     return cert, key
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CertificateAuthorityError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
-def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically, created with ``mode`` (never briefly world-readable)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it; never widened beyond mode
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hex SHA-256 of some bytes (used to notice trust bundle changes without keeping copies)."""
-    return hashlib.sha256(data).hexdigest()

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from zpilot.certs.ca import DEFAULT_LIFETIME, CertificateAuthority, Clock, IssuedCertificate, serial_hex, sha256_hex
+from zpilot.certs.ca import DEFAULT_LIFETIME, CertificateAuthority, Clock, IssuedCertificate
 from zpilot.certs.spiffe import parse_spiffe_id
+from zpilot.certs.x509_helpers import serial_hex, sha256_hex
 
 log = logging.getLogger("zpilot.certs.identity")
 

@@ -19,8 +19,9 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.descriptor import FieldDescriptor
 from udpa.annotations import sensitive_pb2
 
-from zpilot.certs.ca import IssuedCertificate, fingerprint, serial_hex
+from zpilot.certs.ca import IssuedCertificate
 from zpilot.certs.identity import IdentityCache
+from zpilot.certs.x509_helpers import fingerprint, serial_hex
 from zpilot.model.problems import Problems
 
 log = logging.getLogger("zpilot.certs.secrets")

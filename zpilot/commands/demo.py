@@ -15,9 +15,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..world.builder import WorldError, missing_prerequisites
+    from ..world import prerequisites
+    from ..world.errors import WorldError
 
-    missing = missing_prerequisites()
+    missing = prerequisites.missing_prerequisites()
     if missing:
         print("zpilot demo cannot run here; it needs:", file=sys.stderr)
         for item in missing:

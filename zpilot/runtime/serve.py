@@ -59,6 +59,10 @@ def open_authority(settings: ServeSettings) -> CertificateAuthority:
         return CertificateAuthority.from_files(
             settings.ca_cert, settings.ca_key, root_path=settings.ca_root, trust_domain=settings.trust_domain
         )
+    if settings.ca_dir is None:
+        log.warning("no --ca-dir: the root CA is kept in memory only, so a restart makes a new root and"
+                    " mTLS between nodes fails until every ztunnel has reconnected; give --ca-dir DIR"
+                    " (or --ca-cert/--ca-key) to keep the root across restarts")
     return CertificateAuthority.load_or_create(settings.ca_dir, settings.trust_domain)
 
 

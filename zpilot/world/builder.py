@@ -7,20 +7,19 @@ rules (``zpilot cni apply``), which start redirecting the meshed pods' traffic.
 
 Teardown runs on every exit from the ``with`` block, exceptions and Ctrl-C included (SIGTERM is
 turned into the same path): processes first, then every namespace, which takes the rules,
-routes, ipsets and devices inside it along.
+routes, ipsets and devices inside it along, then the world's directory with the CA's keys. What
+a SIGKILLed builder leaves is swept by the next world (:func:`sweep_abandoned_worlds`).
+
+The parts live next door: ``network`` wires the namespaces, ``workdir`` owns the directory,
+``cni_node`` and ``serve_api`` are how the world drives the node agent and reads the control
+plane, ``processes`` starts and stops the children.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import logging
-import os
-import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,43 +27,36 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..envoy_binary import envoy_path, next_base_id
-from . import kubeproxy
+from . import serve_api, workdir
 from .client import PodClient
-from .netns import Namespaces, NetnsSockets, in_netns, new_world_prefix, run, sweep_abandoned, veth_pair
+from .cni_node import NodeCni
+from .errors import WorldError
+from .netns import Namespaces, NetnsSockets, list_netns, new_world_prefix
+from .netns import sweep_abandoned as sweep_abandoned_namespaces
+from .network import CONTROL_PLANE_ROLE, build_network, node_role
+from .prerequisites import missing_prerequisites
 from .processes import Child, Supervisor, python_module, zpilot_cli
-from .topology import POD_MTU, NodeSpec, PodSpec, WorldSpec, article_world, node_network
+from .topology import NodeSpec, PodSpec, WorldSpec, article_world
 from .ztunnel import ADMIN_PORT, Ztunnel
 
 log = logging.getLogger("zpilot.world")
 
-REQUIRED_TOOLS = ("ip", "iptables", "iptables-restore", "ipset", "nsenter")
-
-
-class WorldError(RuntimeError):
-    pass
-
-
-def missing_prerequisites() -> list[str]:
-    """What keeps a world from being built here, in words an operator can act on (empty: nothing)."""
-    missing = []
-    if os.geteuid() != 0:
-        missing.append("root (network namespaces, iptables and TPROXY need CAP_NET_ADMIN): run with sudo")
-    for tool in REQUIRED_TOOLS:
-        if shutil.which(tool) is None:
-            missing.append(f"`{tool}` not on PATH (install iproute2 / iptables / ipset / util-linux)")
-    try:
-        envoy_path()
-    except Exception as exc:  # EnvoyNotFound
-        missing.append(str(exc))
-    return missing
+def sweep_abandoned_worlds() -> list[str]:
+    """Remove what worlds of processes that are gone left behind (a SIGKILLed run): their
+    namespaces (and whatever still ran inside) and their directories (CA keys included)."""
+    removed = sweep_abandoned_namespaces()
+    removed += [str(path) for path in workdir.sweep_abandoned()]
+    return removed
 
 
 @dataclass
 class WorldOptions:
     envoy_concurrency: int = 1
     envoy_log_level: str = "warning"
-    #: Where logs, manifests and sockets go; default a fresh temporary directory, removed on close.
+    #: Where logs, manifests, sockets and the CA go; default a fresh private temporary directory,
+    #: removed on close (or swept by the next world if this one is killed).
     workdir: Path | None = None
+    #: Keep the directory's logs and manifests after close (its private keys are removed all the same).
     keep_workdir: bool = False
     #: Debounce of ``zpilot serve``'s manifest watch.
     debounce_quiet: float = 0.1
@@ -99,12 +91,13 @@ class World:
         self.cni_agents: dict[str, Child] = {}
         self._old_sigterm: Any = None
         self._closed = False
+        #: Files in the directory holding private keys besides the CA's (static bootstraps).
+        self._secret_files: list[Path] = []
 
     # -- names ---------------------------------------------------------------------------------
 
     def node_ns(self, node: NodeSpec | str) -> str:
-        key = node if isinstance(node, str) else node.key
-        return self.namespaces.name(f"node-{key}")
+        return self.namespaces.name(node_role(node))
 
     def pod_ns(self, pod: PodSpec | str) -> str:
         spec = self.spec.pod(pod) if isinstance(pod, str) else pod
@@ -112,7 +105,7 @@ class World:
 
     @property
     def cp_ns(self) -> str:
-        return self.namespaces.name("cp")
+        return self.namespaces.name(CONTROL_PLANE_ROLE)
 
     @property
     def manifests(self) -> Path:
@@ -123,6 +116,16 @@ class World:
     def xds_socket(self) -> Path:
         assert self.dir is not None
         return self.dir / "xds.sock"
+
+    @property
+    def ca_dir(self) -> Path:
+        assert self.dir is not None
+        return self.dir / workdir.CA_DIR
+
+    @property
+    def keeps_dir(self) -> bool:
+        """Whether the directory outlives the world (its private keys never do)."""
+        return self.options.keep_workdir or self.options.workdir is not None
 
     @property
     def debug_socket(self) -> Path:
@@ -159,16 +162,19 @@ class World:
         missing = missing_prerequisites()
         if missing:
             raise WorldError("cannot build a world here:\n  - " + "\n  - ".join(missing))
-        sweep_abandoned()
-        self.dir = self.options.workdir or Path(tempfile.mkdtemp(prefix="zpilot-world-"))
-        self.dir.mkdir(parents=True, exist_ok=True)
+        sweep_abandoned_worlds()
+        if self.options.workdir is not None:
+            self.dir = self.options.workdir
+            self.dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self.dir = workdir.create(self.prefix)
         self.supervisor = Supervisor(self.dir)
         started = time.monotonic()
-        self._build_network()
+        build_network(self.namespaces, self.spec)
         self.spec.write_manifests(self.manifests)
         self._start_pod_servers()
         if not self.options.static_config:
-            self._start_control_plane()
+            self.start_server()
         self._start_ztunnels()
         if self.options.cni_agent:
             self._start_cni_agents()
@@ -178,43 +184,6 @@ class World:
         for zt in self.ztunnels.values():
             self.supervisor.wait_for(zt.process, zt.ready, timeout=self.options.ready_timeout, what="LIVE")
         log.info("world %s built in %.1f s (%s)", self.prefix, time.monotonic() - started, self.dir)
-
-    def _build_network(self) -> None:
-        ns = self.namespaces
-        ns.add("cp")
-        for node in self.spec.nodes:
-            name = ns.add(f"node-{node.key}")
-            # a node routes its pods' traffic; the CNI plan asks for it too, but a node does it anyway
-            in_netns(name, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        self._wire_nodes()
-        for pod in self.spec.pods:
-            ns.add(pod.key)
-            self._wire_pod(pod)
-        for node in self.spec.nodes:
-            kubeproxy.install(self.node_ns(node), self.spec)
-
-    def _wire_nodes(self) -> None:
-        """The node network: a veth between the two nodes (more nodes would need a bridge)."""
-        nodes = self.spec.nodes
-        if len(nodes) != 2:
-            raise WorldError("a world has exactly two nodes")
-        prefix = node_network(nodes).split("/")[1]
-        a, b = nodes
-        veth_pair(self.node_ns(a), "eth0", self.node_ns(b), "eth0", mtu=POD_MTU + 40)
-        for node, peer in ((a, b), (b, a)):
-            run(["ip", "-n", self.node_ns(node), "addr", "add", f"{node.internal_ip}/{prefix}", "dev", "eth0"])
-            run(["ip", "-n", self.node_ns(node), "route", "add", peer.pod_cidr, "via", peer.internal_ip, "dev", "eth0"])
-
-    def _wire_pod(self, pod: PodSpec) -> None:
-        """The point-to-point CNI layout: the node answers as the pod CIDR's gateway on every veth."""
-        node = self.spec.node(pod.node)
-        node_ns, pod_ns = self.node_ns(node), self.pod_ns(pod)
-        veth_pair(node_ns, pod.veth, pod_ns, "eth0", mtu=POD_MTU)
-        run(["ip", "-n", node_ns, "addr", "add", f"{node.gateway}/32", "dev", pod.veth])
-        run(["ip", "-n", node_ns, "route", "add", f"{pod.ip}/32", "dev", pod.veth, "scope", "link"])
-        run(["ip", "-n", pod_ns, "addr", "add", f"{pod.ip}/32", "dev", "eth0"])
-        run(["ip", "-n", pod_ns, "route", "add", f"{node.gateway}/32", "dev", "eth0", "scope", "link"])
-        run(["ip", "-n", pod_ns, "route", "add", "default", "via", node.gateway, "dev", "eth0"])
 
     def _start_pod_servers(self) -> None:
         assert self.supervisor is not None
@@ -236,9 +205,6 @@ class World:
             s.settimeout(1)
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    def _start_control_plane(self) -> None:
-        self.start_server()
-
     def start_server(self) -> None:
         """``zpilot serve`` in the control-plane namespace, with its CA kept in the world's
         directory (a restarted server keeps issuing from the same root, as a deployment would)."""
@@ -248,7 +214,7 @@ class World:
             "--xds-address", f"unix:{self.xds_socket}", "--debug-address", f"unix:{self.debug_socket}",
             "--metrics-address", f"unix:{self.metrics_socket}",
             "--trust-domain", self.spec.trust_domain, "--debounce-quiet", str(self.options.debounce_quiet),
-            "--ca-dir", str(self.dir / "ca"),
+            "--ca-dir", str(self.ca_dir),
             *(["--cert-lifetime", str(self.options.cert_lifetime)] if self.options.cert_lifetime else []),
         ), netns=self.cp_ns)
         self.supervisor.wait_for(self.server, lambda: self.debug("/healthz/ready", raw=True)[0] == 200,
@@ -274,12 +240,14 @@ class World:
             pod = self.spec.ztunnel_on(node.key)
             if self.options.static_config:
                 argv = zpilot_cli("render", "--manifests", str(self.manifests), "--node", node.name, "--static",
-                                  "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.dir / "ca"))
+                                  "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.ca_dir))
             else:
                 argv = zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
                                   "--admin-port", str(ADMIN_PORT), *(["--delta"] if self.options.delta_xds else []))
             boot = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
             config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
+            if self.options.static_config:  # secrets inline: workload private keys
+                self._secret_files.append(config)
             config.write_text(boot.stdout)
             child = self.supervisor.start(f"ztunnel-{node.key}", [
                 envoy_path(), "-c", str(config), "--disable-hot-restart", "--base-id", str(next_base_id()),
@@ -292,60 +260,38 @@ class World:
         """One ``zpilot cni run`` per node, inside the node's namespace, watching the manifests."""
         assert self.supervisor is not None
         for node in self.spec.nodes:
-            zt = self.spec.ztunnel_on(node.key)
-            self.cni_agents[node.key] = self.supervisor.start(f"cni-agent-{node.key}", zpilot_cli(
-                "-v", "cni", "run", "--node", node.name, "--manifests", str(self.manifests),
-                "--ztunnel-netns", self.pod_ns(zt), "--poll", str(self.options.cni_poll),
-            ), netns=self.node_ns(node))
+            argv = self.node_cni(node.key).agent_argv(self.options.cni_poll)
+            self.cni_agents[node.key] = self.supervisor.start(f"cni-agent-{node.key}", argv, netns=self.node_ns(node))
         for node in self.spec.nodes:
             self.supervisor.wait_for(self.cni_agents[node.key], lambda: self.cni_in_sync(node.key),
                                      timeout=self.options.ready_timeout, what="in sync (zpilot cni status)")
 
+    def node_cni(self, node_key: str) -> NodeCni:
+        """The CNI commands for one node of this world."""
+        node = self.spec.node(node_key)
+        return NodeCni(node.key, node.name, self.manifests, self.node_ns(node), self.pod_ns(self.spec.ztunnel_on(node.key)))
+
     def cni_in_sync(self, node_key: str) -> bool:
         """``zpilot cni status`` for the node: exit 0 means redirecting and the kernel matches the plan."""
-        node = self.spec.node(node_key)
-        proc = subprocess.run(
-            zpilot_cli("cni", "status", "--node", node.name, "--manifests", str(self.manifests),
-                       "--netns", self.node_ns(node), "--ztunnel-netns", self.pod_ns(self.spec.ztunnel_on(node.key))),
-            capture_output=True, text=True, timeout=60,
-        )
-        return proc.returncode == 0
+        return self.node_cni(node_key).in_sync()
 
     def meshed_ips(self, node_key: str) -> set[str]:
         """The node's ipset of captured pod IPs, as the kernel holds it now."""
-        out = in_netns(self.node_ns(node_key), ["ipset", "list", "ztunnel-pods-ips"], check=False)
-        return {line.split()[0] for line in out.partition("Members:")[2].splitlines() if line.strip()}
+        return self.node_cni(node_key).meshed_ips()
 
     # -- operations ----------------------------------------------------------------------------
 
     def cni_apply(self, node_key: str) -> str:
         """``zpilot cni apply`` for one node and its ztunnel pod; returns its report."""
-        node = self.spec.node(node_key)
-        proc = subprocess.run(
-            zpilot_cli("cni", "apply", "--node", node.name, "--manifests", str(self.manifests),
-                       "--netns", self.node_ns(node), "--ztunnel-netns", self.pod_ns(self.spec.ztunnel_on(node.key))),
-            capture_output=True, text=True, timeout=120,
-        )
-        if proc.returncode != 0:
-            raise WorldError(f"zpilot cni apply for node {node.key} failed ({proc.returncode}):\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-        return proc.stdout
+        return self.node_cni(node_key).apply()
 
     def debug(self, path: str, *, raw: bool = False) -> Any:
         """GET on ``zpilot serve``'s debug API (over its Unix socket)."""
-        resp, body = _unix_get(self.debug_socket, path)
-        if raw:
-            return resp.status, body
-        if resp.status != 200:
-            raise WorldError(f"debug API {path}: HTTP {resp.status}: {body[:300]!r}")
-        return json.loads(body)
+        return serve_api.get(self.debug_socket, path, raw=raw)
 
     def metrics(self) -> str:
         """``zpilot serve``'s Prometheus metrics (from its metrics listener's Unix socket)."""
-        resp, body = _unix_get(self.metrics_socket, "/metrics")
-        if resp.status != 200:
-            raise WorldError(f"/metrics: HTTP {resp.status}: {body[:300]!r}")
-        return body.decode()
+        return serve_api.metrics(self.metrics_socket)
 
     def relabel(self, pod: str, labels: dict[str, str], *, timeout: float = 40.0) -> None:
         """Change a pod's labels in the manifests, as ``kubectl label`` would, and converge: the
@@ -367,18 +313,8 @@ class World:
                         timeout=timeout, what=f"node {spec.node}'s ztunnel to ACK the new config")
 
     def _config_versions(self, node_key: str) -> str:
-        """The listener version node ``node_key``'s ztunnel ACKed, once the last LDS sent is the one
-        ACKed (empty while one is in flight), from ``zpilot serve``'s /debug/syncz. Only LDS is
-        waited for: it is pushed last, after the clusters, endpoints and secrets it needs."""
-        syncz = self.debug(f"/debug/syncz?node={self.spec.node(node_key).name}")
-        connections = syncz.get("connections", syncz) if isinstance(syncz, dict) else syncz
-        for conn in connections:
-            for status in conn.get("types", []):
-                if status.get("type_url", "").endswith(".Listener"):
-                    if status.get("state") != "SYNCED":
-                        return ""
-                    return status.get("acked_version", "")
-        return ""
+        """The listener version node ``node_key``'s ztunnel ACKed ("" while a push is in flight)."""
+        return serve_api.acked_listener_version(self.debug(f"/debug/syncz?node={self.spec.node(node_key).name}"))
 
     @staticmethod
     def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
@@ -397,19 +333,21 @@ class World:
 
     def leftovers(self) -> list[str]:
         """What of this world still exists (empty after a clean :meth:`close`): namespaces,
-        processes it started, its working directory."""
-        from .netns import list_netns
-
+        processes it started, its working directory (or, if it is kept, the private keys in it)."""
         left = [f"netns {ns}" for ns in list_netns() if ns.startswith(self.prefix + "-")]
         if self.supervisor is not None:
             left += [f"process {c.name} (pid {c.pid})" for c in self.supervisor.children if c.alive()]
-        if self.dir is not None and self.dir.exists() and not self.options.keep_workdir and self.options.workdir is None:
-            left.append(f"directory {self.dir}")
+        if self.dir is not None:
+            if not self.keeps_dir and self.dir.exists():
+                left.append(f"directory {self.dir}")
+            elif self.keeps_dir:
+                left += [f"private keys in {p}" for p in (self.ca_dir, *self._secret_files) if p.exists()]
         return left
 
     def close(self) -> None:
-        """Stop every process, delete every namespace and the working directory. A second Ctrl-C
-        (or SIGTERM) while this runs is ignored, so an impatient user cannot leave debris."""
+        """Stop every process, delete every namespace and the working directory (or, if it is
+        kept, the private keys in it). A second Ctrl-C (or SIGTERM) while this runs is ignored, so an
+        impatient user cannot leave debris."""
         if self._closed:
             return
         self._closed = True
@@ -422,14 +360,13 @@ class World:
         finally:
             self.client.close()
             errors += self.namespaces.delete_all()
-            if self.dir is not None and not self.options.keep_workdir and self.options.workdir is None:
-                for _attempt in range(3):  # a dying child may still be closing a file in it
-                    shutil.rmtree(self.dir, ignore_errors=True)
-                    if not self.dir.exists():
-                        break
-                    time.sleep(0.2)
+            if self.dir is not None:
+                if self.keeps_dir:
+                    error = workdir.keep(self.dir, [self.ca_dir, *self._secret_files])
                 else:
-                    errors.append(f"could not remove {self.dir}")
+                    error = workdir.remove(self.dir)
+                if error:
+                    errors.append(error)
             for sig, handler in held.items():
                 signal.signal(sig, handler)
             if self._old_sigterm is not None:
@@ -437,18 +374,3 @@ class World:
                 self._old_sigterm = None
         if errors:
             raise WorldError("teardown left something behind:\n" + "\n".join(errors))
-
-
-def _unix_get(path: Path, target: str) -> tuple[http.client.HTTPResponse, bytes]:
-    """One HTTP GET over a Unix socket: the response and its body."""
-    conn = http.client.HTTPConnection("localhost", timeout=10)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(10)
-    sock.connect(str(path))
-    conn.sock = sock
-    try:
-        conn.request("GET", target)
-        resp = conn.getresponse()
-        return resp, resp.read()
-    finally:
-        conn.close()

@@ -114,6 +114,10 @@ def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False) -> 
     if left:
         emit("teardown left behind: " + ", ".join(left))
         return 1
-    emit("done: none of the world's namespaces (and so none of its rules, routes, sets or devices),"
-         " processes or files is left.")
+    if keep_workdir:
+        emit("done: none of the world's namespaces (and so none of its rules, routes, sets or devices) or"
+             f" processes is left; its logs and manifests are kept in {world.dir}, its private keys are not.")
+    else:
+        emit("done: none of the world's namespaces (and so none of its rules, routes, sets or devices),"
+             " processes or files is left.")
     return 0 if result.ok else 1

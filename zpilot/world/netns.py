@@ -73,12 +73,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def owner_is_gone(name: str) -> bool:
+    """Whether ``name`` starts with a world prefix (``zw<pid>-``) whose process no longer runs.
+
+    Anything not named by a world is never "gone": it is not ours to remove."""
+    m = _NAME_RE.match(name)
+    return m is not None and not _pid_alive(int(m.group(1)))
+
+
 def sweep_abandoned() -> list[str]:
     """Delete world namespaces whose owner process is gone (a run killed with SIGKILL)."""
     removed = []
     for name in list_netns():
-        m = _NAME_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        if owner_is_gone(name):
             kill_processes_in(name)
             run(["ip", "netns", "del", name], check=False)
             removed.append(name)

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import json
-from urllib.parse import quote
 from dataclasses import dataclass
-from typing import Any
+from urllib.parse import quote
 
 from .accesslog import AccessLog
 from .client import PodClient
