@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import contract
 from . import data_path_flags
 from .options import layout_name
 
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Prometheus /metrics listen address, or unix:/path (default 0.0.0.0)")
     p.add_argument("--metrics-port", type=int, default=15020, help="/metrics port (default 15020; 0 = any free port)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
-    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first start); default: in memory")
     p.add_argument("--ca-cert", type=Path, help="a CA you provide: signing certificate (then its chain), PEM")

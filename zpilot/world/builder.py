@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import contract
 from ..envoy_binary import envoy_path, next_base_id
 from . import kubeproxy
 from .client import PodClient
 from .netns import Namespaces, NetnsSockets, in_netns, new_world_prefix, run, sweep_abandoned, veth_pair
 from .processes import Child, Supervisor, python_module, zpilot_cli
 from .topology import POD_MTU, NodeSpec, PodSpec, WorldSpec, article_world, node_network
-from .ztunnel import ADMIN_PORT, Ztunnel
+from .ztunnel import Ztunnel
 
 log = logging.getLogger("zpilot.world")
 
@@ -277,7 +278,8 @@ class World:
                                   "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.dir / "ca"))
             else:
                 argv = zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
-                                  "--admin-port", str(ADMIN_PORT), *(["--delta"] if self.options.delta_xds else []))
+                                  "--admin-port", str(contract.PORT_ADMIN),
+                                  *(["--delta"] if self.options.delta_xds else []))
             boot = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
             config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
             config.write_text(boot.stdout)
@@ -313,7 +315,7 @@ class World:
 
     def meshed_ips(self, node_key: str) -> set[str]:
         """The node's ipset of captured pod IPs, as the kernel holds it now."""
-        out = in_netns(self.node_ns(node_key), ["ipset", "list", "ztunnel-pods-ips"], check=False)
+        out = in_netns(self.node_ns(node_key), ["ipset", "list", contract.IPSET_NAME], check=False)
         return {line.split()[0] for line in out.partition("Members:")[2].splitlines() if line.strip()}
 
     # -- operations ----------------------------------------------------------------------------
