@@ -23,8 +23,8 @@ from types import MappingProxyType
 
 # -- the ztunnel's ports ---------------------------------------------------------------------
 
-#: ``ztunnel_outbound``: pods' outbound TCP, delivered by TPROXY from the outbound tunnel. The
-#: same port as a sidecar's outbound capture, which is why Istio's tools look for it there.
+#: ``ztunnel_outbound``: pods' outbound TCP, delivered by TPROXY from the outbound tunnel (the
+#: port a sidecar's outbound capture uses too).
 PORT_OUTBOUND = 15001
 #: ``ztunnel_inbound_plaintext``: TCP to a meshed pod that did not come through a tunnel.
 PORT_INBOUND_PLAINTEXT = 15006
@@ -35,7 +35,7 @@ PORT_HBONE = 15008
 PORT_HBONE_LOCAL = 15088
 #: Envoy's admin API, as on every Istio proxy (``curl 127.0.0.1:15000/config_dump``).
 PORT_ADMIN = 15000
-#: The admin API listens on loopback only: it can dump keys and stop Envoy.
+#: The admin API listens on loopback only: it can dump the config and stop Envoy.
 ADMIN_ADDRESS = "127.0.0.1"
 
 # -- packet marks on the node (each matched as mark/mark, as cni/pkg/ambient did) -------------
@@ -59,7 +59,8 @@ INBOUND_SOCKET_MARK = 0x402
 #: The mark Envoy's ``original_src`` filter puts on the connections whose source it spoofs: 1234,
 #: as Istio configures it. It selects no ztunnel rule, so those connections take the main table.
 ORIGINAL_SRC_MARK = 0x4D2
-#: Replies to spoofed connections arriving on the pod's interface: deliver them locally (table 100).
+#: Replies to spoofed connections, arriving on the ztunnel pod's own interface: deliver them
+#: locally (table ``TABLE_INBOUND``).
 PASSTHROUGH_MARK = 0x4D3
 
 # -- tunnel devices between the node and its ztunnel pod -------------------------------------
@@ -68,6 +69,8 @@ INBOUND_TUNNEL = "istioin"  #: node side: traffic for a meshed pod goes to the z
 OUTBOUND_TUNNEL = "istioout"  #: node side: a meshed pod's outbound traffic goes to the ztunnel
 ZTUNNEL_INBOUND_TUNNEL = "pistioin"  #: the ztunnel pod's end of istioin
 ZTUNNEL_OUTBOUND_TUNNEL = "pistioout"  #: the ztunnel pod's end of istioout
+#: The 2022 values: one VNI per direction, and per direction a /30 with the node at .1 and the
+#: ztunnel at .2, the gateways of the policy routes on either side.
 INBOUND_VNI = 1000
 OUTBOUND_VNI = 1001
 INBOUND_NODE_ADDRESS = "192.168.126.1"
@@ -120,7 +123,8 @@ NODE_NAME_METADATA = "NODE_NAME"
 NODE_NAME_ENV = "NODE_NAME"
 #: Envoy ``node.cluster`` of every ztunnel.
 NODE_CLUSTER = "ztunnel"
-#: The node id Istio's ztunnel sent: ``ztunnel~<node>`` (more ``~`` parts may follow).
+#: The node id ``zpilot bootstrap`` writes, ``ztunnel~<node>``: led by the proxy type, as Istio's
+#: ``<type>~<ip>~<pod>~<domain>`` ids are. Read back up to the next ``~``.
 NODE_ID_PREFIX = "ztunnel~"
 
 
@@ -196,6 +200,7 @@ TUNNEL_LISTENER_PREFIX = "outbound_tunnel_lis_"
 
 
 def tunnel_listener(identity: str) -> str:
+    """The internal listener that tunnels for ``identity``; EDS endpoints name it as their address."""
     return TUNNEL_LISTENER_PREFIX + identity
 
 
