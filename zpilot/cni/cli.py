@@ -104,7 +104,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     facts = NodeFacts(ztunnel_veth=args.ztunnel_veth or UNKNOWN_ZTUNNEL_VETH, host_ip=args.host_ip,
                       mtu=args.mtu or NodeFacts.mtu, tunnel_kind=TunnelKind(args.tunnel),
                       ztunnel_iface=args.ztunnel_iface)
-    plan = build_plan(index, args.node, facts, fail_closed=args.fail_closed, problems=problems)
+    plan = build_plan(index, args.node, facts, fail_closed=args.fail_closed)
     _print_problems(problems)
     if plan.ztunnel is not None:
         if not args.ztunnel_veth:

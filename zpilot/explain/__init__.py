@@ -19,6 +19,7 @@ from .path import FACT_KEYS, ExplainError, Explanation, Hop, Mesh, explain
 
 __all__ = ["FACT_KEYS", "ExplainError", "Explanation", "Hop", "Mesh", "explain", "load_mesh", "mesh_from_index", "render"]
 
+
 def mesh_from_index(
     index: MeshIndex, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN, host_ips: dict[str, str] | None = None
 ) -> Mesh:
