@@ -38,6 +38,16 @@ PORT_ADMIN = 15000
 #: The admin API listens on loopback only: it can dump the config and stop Envoy.
 ADMIN_ADDRESS = "127.0.0.1"
 
+# -- the control plane's own ports (``zpilot serve``), where istiod has the same services ----------
+
+#: ADS over gRPC: istiod's plaintext xDS port, where a ztunnel's bootstrap points.
+PORT_XDS = 15010
+#: The debug API: istiod's monitoring port. It shows every node's config, so it stays on localhost
+#: unless told otherwise.
+PORT_DEBUG = 15014
+#: Prometheus ``/metrics``: the port Istio's proxies serve their merged metrics on.
+PORT_METRICS = 15020
+
 # -- packet marks on the node (each matched as mark/mark, as cni/pkg/ambient did) -------------
 
 MARK_OUTBOUND = 0x100  #: TCP from a meshed pod: policy-routed to the ztunnel through istioout

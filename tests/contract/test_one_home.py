@@ -18,7 +18,8 @@ from zpilot import contract
 PACKAGE = Path(contract.__file__).resolve().parent
 CONTRACT = Path(contract.__file__).resolve()
 
-PORTS = ("PORT_OUTBOUND", "PORT_INBOUND_PLAINTEXT", "PORT_HBONE", "PORT_HBONE_LOCAL", "PORT_ADMIN")
+PORTS = ("PORT_OUTBOUND", "PORT_INBOUND_PLAINTEXT", "PORT_HBONE", "PORT_HBONE_LOCAL", "PORT_ADMIN", "PORT_XDS",
+         "PORT_DEBUG", "PORT_METRICS")
 #: 15053, the DNS capture port of the 2022 CNI (opt-in, not implemented here): should it ever be
 #: needed, it belongs in the contract too.
 RESERVED_PORTS = (15053,)

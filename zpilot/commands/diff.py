@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node", help="Kubernetes node name the Envoy serves (default: from the Envoy's /server_info)")
     p.add_argument("--envoy-admin", required=True,
                    help=f"the Envoy's admin URL, e.g. http://{contract.ADMIN_ADDRESS}:{contract.PORT_ADMIN}")
-    p.add_argument("--server", default="http://127.0.0.1:15014", help="zpilot debug API URL")
+    p.add_argument("--server", default=f"http://127.0.0.1:{contract.PORT_DEBUG}", help="zpilot debug API URL")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
     p.set_defaults(func=run)
 

@@ -1,6 +1,6 @@
 """``zpilot serve``: the control plane. Watches a manifest directory and serves every node's
-ztunnel its config over ADS (gRPC, port 15010), with Prometheus metrics on port 15020 and the
-debug API on port 15014 (localhost).
+ztunnel its config over ADS (gRPC), with Prometheus metrics and the debug API (localhost) on
+ports of their own (the contract's ``PORT_XDS``, ``PORT_METRICS`` and ``PORT_DEBUG``).
 
 See docs/xds-server.md for pointing an Envoy at it and for the debug endpoints.
 """
@@ -30,13 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
     p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--xds-port", type=int, default=15010, help="ADS port (default 15010; 0 = any free port)")
+    p.add_argument("--xds-port", type=int, default=contract.PORT_XDS,
+                   help=f"ADS port (default {contract.PORT_XDS}; 0 = any free port)")
     p.add_argument("--debug-address", default="127.0.0.1",
                    help="debug API listen address, or unix:/path (default 127.0.0.1)")
-    p.add_argument("--debug-port", type=int, default=15014, help="debug API port (default 15014)")
+    p.add_argument("--debug-port", type=int, default=contract.PORT_DEBUG,
+                   help=f"debug API port (default {contract.PORT_DEBUG})")
     p.add_argument("--metrics-address", default="0.0.0.0",
                    help="Prometheus /metrics listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--metrics-port", type=int, default=15020, help="/metrics port (default 15020; 0 = any free port)")
+    p.add_argument("--metrics-port", type=int, default=contract.PORT_METRICS,
+                   help=f"/metrics port (default {contract.PORT_METRICS}; 0 = any free port)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
     p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")

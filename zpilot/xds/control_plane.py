@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from .. import contract
 from ..model.index import MeshIndex
 from .embedded_http import EmbeddedUvicorn, bound_port
 from .metrics import Metrics
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DebugOptions:
     host: str = "127.0.0.1"  # or "unix:/path" for a Unix socket
-    port: int = 15014  # 0: any free port
+    port: int = contract.PORT_DEBUG  # 0: any free port
 
     @property
     def unix_socket(self) -> bool:
