@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
+from zpilot.contract import ROOT_CA_SECRET as ROOTCA
 from zpilot.certs.ca import CertificateAuthority, IssuedCertificate
 from zpilot.certs.identity import IdentityCache
-from zpilot.certs.secrets import ROOTCA, build_secrets, describe_certificate, redact_secret
+from zpilot.certs.secrets import build_secrets, describe_certificate, redact_secret
 from zpilot.translators.resources import SecretRef
 
 from .conftest import FakeClock

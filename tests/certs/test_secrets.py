@@ -7,16 +7,15 @@ from cryptography import x509
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from google.protobuf import json_format, text_format
 
+from zpilot import contract
 from zpilot.certs.ca import CertificateAuthority
 from zpilot.certs.identity import IdentityCache
 from zpilot.certs.secrets import (
-    ROOTCA,
     build_secrets,
     describe_certificate,
     describe_secret,
     name_matches_identity,
     redact_secret,
-    workload_secret_name,
 )
 from zpilot.model.problems import Problems
 from zpilot.translators.resources import SecretRef
@@ -25,6 +24,7 @@ SLEEP = "spiffe://cluster.local/ns/default/sa/sleep"
 SLEEP_POD = f"{SLEEP}~sleep-5644bdc767-2dfg7~85c8c34e-7ae3-4d29-9582-0819e2b10c69"
 SLEEP_POD_2 = f"{SLEEP}~sleep-5644bdc767-x9zq1~0c6c0a53-0b52-4a3e-9b0b-5ef5e9b7a9f1"
 PRODUCTPAGE = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+ROOTCA = contract.ROOT_CA_SECRET
 
 
 @pytest.fixture
@@ -96,10 +96,9 @@ def test_bad_references_without_a_problem_list_do_not_raise(identities, caplog):
 
 
 def test_secret_name_helpers():
-    assert workload_secret_name(SLEEP) == SLEEP
-    assert workload_secret_name(SLEEP, "sleep-5644bdc767-2dfg7", "85c8c34e-7ae3-4d29-9582-0819e2b10c69") == SLEEP_POD
-    with pytest.raises(ValueError, match="pod name"):
-        workload_secret_name(SLEEP, "a~b", "uid")
+    name = contract.workload_secret_name(SLEEP, "sleep-5644bdc767-2dfg7", "85c8c34e-7ae3-4d29-9582-0819e2b10c69")
+    assert name == SLEEP_POD
+    assert contract.identity_of_secret_name(name) == SLEEP and contract.identity_of_secret_name(SLEEP) == SLEEP
     assert name_matches_identity(SLEEP_POD, SLEEP)
     assert not name_matches_identity(SLEEP + "er~p~u", SLEEP)
     assert name_matches_identity("custom-name", SLEEP)

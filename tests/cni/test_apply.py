@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from zpilot.cni import constants as c
+from zpilot import contract as c
 
 from .conftest import ARTICLE, TESTDATA
 from .kernel_state import ip_route_table, ip_rule, ipset_list, iptables_save, snapshot, tunnel_summary

@@ -13,28 +13,49 @@ from .topology import NODE_A, add_foreign_state, in_ns
 
 def test_plan_prints_the_article_listing(capsys):
     code = main(["cni", "plan", "--node", NODE_A, "--manifests", str(ARTICLE), "--host-ip", "10.4.4.1",
-                 "--ztunnel-veth", "veth300a1d80", "--tunnel", "vxlan", "--no-discover"])
+                 "--ztunnel-veth", "veth300a1d80", "--tunnel", "vxlan"])
     assert code == 0
     assert capsys.readouterr().out == (TESTDATA / "node-a.plan.txt").read_text()
 
 
-def test_plan_without_a_known_veth_shows_a_placeholder_and_says_why(capsys):
-    code = main(["cni", "plan", "--node", NODE_A, "--manifests", str(ARTICLE), "--tunnel", "vxlan", "--no-discover"])
+def test_plan_depends_on_its_arguments_only(capsys, monkeypatch):
+    """Offline: no namespace, route or kernel is read, whoever runs it: what is not given comes from
+    the model (the Node's InternalIP) or is a named placeholder (the veth only the node knows)."""
+    from zpilot.cni import agent, discover, iptables, netns, preflight
+
+    def untouchable(*_args, **_kw):
+        raise AssertionError("zpilot cni plan looked at this machine")
+
+    for module, name in ((netns.Netns, "run"), (netns.Netns, "iproute"), (preflight, "probe_kernel"),
+                         (iptables, "detect_backend"), (discover, "discover"), (agent, "discover"),
+                         (agent.preflight, "probe_kernel")):
+        monkeypatch.setattr(module, name, untouchable)
+    monkeypatch.setenv("NODE_NAME", "not-this-one")
+    code = main(["cni", "plan", "--node", NODE_A, "--manifests", str(ARTICLE)])
     captured = capsys.readouterr()
     assert code == 0
-    assert "pass --ztunnel-veth; shown as ZTUNNEL-VETH" in captured.err
+    assert "veth of Pod istio-system/ztunnel-rts54 is known only on the node: shown as ZTUNNEL-VETH" in captured.err
     assert "! -i ZTUNNEL-VETH -m connmark" in captured.out
+    assert "node address 10.168.15.222; tunnels geneve" in captured.out  # InternalIP, Geneve as in 2022
+    assert "istioin: mtu 1410" in captured.out
+
+
+def test_plan_needs_the_node_named(capsys, monkeypatch):
+    monkeypatch.setenv("NODE_NAME", NODE_A)  # the agent's default, not the offline plan's
+    with pytest.raises(SystemExit):
+        main(["cni", "plan", "--manifests", str(ARTICLE)])
+    assert "--node" in capsys.readouterr().err
 
 
 def test_unknown_node_is_one_clear_line(capsys):
-    code = main(["cni", "plan", "--node", "gke-nope", "--manifests", str(ARTICLE), "--no-discover"])
+    code = main(["cni", "plan", "--node", "gke-nope", "--manifests", str(ARTICLE)])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("zpilot cni: error: Node gke-nope is not in the model") and "Traceback" not in err
 
 
 def test_missing_manifest_directory_is_named(capsys, tmp_path):
-    code = main(["cni", "plan", "--node", NODE_A, "--manifests", str(tmp_path / "nope"), "--no-discover"])
+    code = main(["cni", "plan", "--node", NODE_A, "--manifests", str(tmp_path / "nope")])
     assert code == 2 and "manifest directory" in capsys.readouterr().err
 
 

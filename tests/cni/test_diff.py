@@ -1,13 +1,16 @@
-"""Desired against actual, per concern, without a kernel: what would be changed, and what not."""
+"""Desired against actual, per concern, without a kernel: what would be changed, and what not.
+
+Every concern answers with the same :class:`~zpilot.cni.changes.Diff`: the changes, how many
+objects are already as planned, and the concern's own work for ``apply``."""
 
 from __future__ import annotations
 
 import pytest
 
-from zpilot.cni import ipset, iptables, links, preflight, routing
+from zpilot.cni import ipset, iptables, links, preflight, routing, sysctl
 from zpilot.cni.errors import CniError
 from zpilot.cni.iptables import TableState
-from zpilot.cni.plan import IpsetEntry, IpsetPlan, IptablesChain, Jump, Route, Rule, Tunnel, TunnelKind
+from zpilot.cni.desired import IpsetEntry, IpsetPlan, IptablesChain, Jump, Route, Rule, Sysctl, Tunnel, TunnelKind
 
 CHAIN = IptablesChain("nat", "ztunnel-PREROUTING", ("-m mark --mark 0x100/0x100 -j ACCEPT",))
 JUMP = Jump("nat", "PREROUTING", "ztunnel-PREROUTING")
@@ -20,34 +23,37 @@ def table_diff(chains: dict[str, list[str]]):
 
 def test_iptables_from_nothing_creates_chain_and_jump_first():
     d = table_diff({"PREROUTING": [KUBE], "KUBE-SERVICES": []})
-    assert d.script("nat") == (
+    assert d.unchanged == 0
+    assert d.work.script("nat") == (
         "*nat\n:ztunnel-PREROUTING - [0:0]\n-A ztunnel-PREROUTING -m mark --mark 0x100/0x100 -j ACCEPT\n"
         "-I PREROUTING 1 -j ztunnel-PREROUTING\nCOMMIT\n")
 
 
 def test_iptables_in_sync_is_left_alone():
     d = table_diff({"PREROUTING": ["-j ztunnel-PREROUTING", KUBE], "ztunnel-PREROUTING": list(CHAIN.rules)})
-    assert d.changes == [] and d.script("nat") == "*nat\nCOMMIT\n"
+    assert d.changes == [] and d.work.script("nat") == "*nat\nCOMMIT\n"
+    assert d.unchanged == 2  # the chain and its jump
 
 
 def test_iptables_changed_chain_is_rewritten_whole_and_named():
     d = table_diff({"PREROUTING": ["-j ztunnel-PREROUTING"], "ztunnel-PREROUTING": ["-j RETURN"]})
     assert [str(c) for c in d.changes] == [
         "iptables: update nat chain ztunnel-PREROUTING: --j RETURN; +-m mark --mark 0x100/0x100 -j ACCEPT"]
-    assert d.declare == ["ztunnel-PREROUTING"] and d.insert_first == []
+    assert d.work.declare == ["ztunnel-PREROUTING"] and d.work.insert_first == []
+    assert d.unchanged == 1  # the jump
 
 
 def test_iptables_duplicate_or_late_jumps_are_replaced_by_one_first():
     d = table_diff({"PREROUTING": [KUBE, "-j ztunnel-PREROUTING", "-j ztunnel-PREROUTING"],
                     "ztunnel-PREROUTING": list(CHAIN.rules)})
-    assert d.delete_rules == [("PREROUTING", "-j ztunnel-PREROUTING")] * 2
-    assert d.insert_first == [("PREROUTING", "-j ztunnel-PREROUTING")]
+    assert d.work.delete_rules == [("PREROUTING", "-j ztunnel-PREROUTING")] * 2
+    assert d.work.insert_first == [("PREROUTING", "-j ztunnel-PREROUTING")]
 
 
 def test_iptables_stale_chain_and_its_references_go_foreign_rules_stay():
     d = table_diff({"PREROUTING": ["-j ztunnel-PREROUTING", KUBE], "ztunnel-PREROUTING": list(CHAIN.rules),
                     "OUTPUT": ["-j ztunnel-OUTPUT"], "ztunnel-OUTPUT": ["-j RETURN"], "KUBE-SERVICES": ["-j RETURN"]})
-    script = d.script("nat")
+    script = d.work.script("nat")
     assert "-D OUTPUT -j ztunnel-OUTPUT\n" in script and "-F ztunnel-OUTPUT\n-X ztunnel-OUTPUT\n" in script
     assert "KUBE" not in script
 
@@ -64,22 +70,30 @@ def test_ipset_adds_removes_and_recomments_only_what_differs():
     actual = ipset.parse_save("ztunnel-pods-ips", 'create ztunnel-pods-ips hash:ip family inet hashsize 1024 maxelem 65536 comment\n'
                               'add ztunnel-pods-ips 10.4.4.7 comment "uid-old"\nadd ztunnel-pods-ips 10.4.4.99 comment "uid-gone"\n')
     d = ipset.diff("ztunnel-pods-ips", SET, actual)
-    assert d.script == ["del ztunnel-pods-ips 10.4.4.7", 'add ztunnel-pods-ips 10.4.4.7 comment "uid-d"',
-                        "del ztunnel-pods-ips 10.4.4.99", 'add ztunnel-pods-ips 10.4.4.19 comment "uid-sleep"']
-    assert not d.destroy
+    assert d.work.script == ["del ztunnel-pods-ips 10.4.4.7", 'add ztunnel-pods-ips 10.4.4.7 comment "uid-d"',
+                             "del ztunnel-pods-ips 10.4.4.99", 'add ztunnel-pods-ips 10.4.4.19 comment "uid-sleep"']
+    assert [c.action for c in d.changes] == ["update", "remove", "add"] and d.unchanged == 0
+    assert not d.work.destroy
+
+
+def test_ipset_entries_already_there_are_counted_not_touched():
+    actual = ipset.parse_save("ztunnel-pods-ips", 'create ztunnel-pods-ips hash:ip comment\n'
+                              'add ztunnel-pods-ips 10.4.4.7 comment "uid-d"\n')
+    d = ipset.diff("ztunnel-pods-ips", SET, actual)
+    assert d.work.script == ['add ztunnel-pods-ips 10.4.4.19 comment "uid-sleep"'] and d.unchanged == 1
 
 
 def test_ipset_without_comments_is_swapped_not_destroyed():
     actual = ipset.parse_save("ztunnel-pods-ips", "create ztunnel-pods-ips hash:ip family inet hashsize 1024 maxelem 65536\n")
     d = ipset.diff("ztunnel-pods-ips", SET, actual)
-    assert d.script[0] == "create ztunnel-pods-ips-new hash:ip comment"
-    assert d.script[-2:] == ["swap ztunnel-pods-ips-new ztunnel-pods-ips", "destroy ztunnel-pods-ips-new"]
+    assert d.work.script[0] == "create ztunnel-pods-ips-new hash:ip comment"
+    assert d.work.script[-2:] == ["swap ztunnel-pods-ips-new ztunnel-pods-ips", "destroy ztunnel-pods-ips-new"]
 
 
 def test_ipset_not_wanted_is_destroyed_last():
     actual = ipset.parse_save("ztunnel-pods-ips", "create ztunnel-pods-ips hash:ip comment\n")
     d = ipset.diff("ztunnel-pods-ips", None, actual)
-    assert d.destroy and d.script == []
+    assert d.work.destroy and d.work.script == []
 
 
 def test_routes_keyed_by_table_and_destination():
@@ -88,8 +102,9 @@ def test_routes_keyed_by_table_and_destination():
     stale = Route(100, "10.4.4.50/32", "istioin", gateway="192.168.126.2", src="10.4.4.1")
     moved = Route(101, "10.4.4.18/32", "vethold", scope="link")
     want_moved = Route(101, "10.4.4.18/32", "veth300a1d80", scope="link")
-    ops = routing.diff_routes((keep, pod, want_moved), [(keep, None), (stale, None), (moved, None)])
-    assert [str(c) for c, _ in ops] == [
+    d = routing.diff_routes((keep, pod, want_moved), [(keep, None), (stale, None), (moved, None)])
+    assert d.unchanged == 1 and [c for c, _ in d.work] == d.changes
+    assert [str(c) for c in d.changes] == [
         "route: remove table 100: 10.4.4.50 via 192.168.126.2 dev istioin src 10.4.4.1",
         "route: remove table 101: 10.4.4.18 dev vethold scope link",
         "route: add table 100: 10.4.4.19 via 192.168.126.2 dev istioin src 10.4.4.1",
@@ -104,12 +119,20 @@ def test_rules_unrecognised_or_duplicated_at_our_priorities_are_removed():
         def get_attr(self, name):
             return 101
 
-    ops = routing.diff_rules((r101, Rule(103, table=100)), [(r101, None), (r101, None), (None, Msg())])
-    assert [str(c) for c, _ in ops] == [
+    d = routing.diff_rules((r101, Rule(103, table=100)), [(r101, None), (r101, None), (None, Msg())])
+    assert d.unchanged == 1  # one of the two copies of 101 stays
+    assert [str(c) for c in d.changes] == [
         "rule: remove 101:\tfrom all fwmark 0x100/0x100 lookup 101",
         "rule: remove priority 101 (unrecognised)",
         "rule: add 103:\tfrom all lookup 100",
     ]
+
+
+def test_sysctls_that_differ_or_do_not_exist_yet_are_written():
+    forward, rp = Sysctl("net/ipv4/ip_forward", "1"), Sysctl("net/ipv4/conf/istioin/rp_filter", "0")
+    d = sysctl.diff((forward, rp), {"net/ipv4/ip_forward": "1"})
+    assert d.work == [rp] and d.unchanged == 1
+    assert [str(c) for c in d.changes] == ["sysctl: update net.ipv4.conf.istioin.rp_filter = 0"]
 
 
 TUNNEL = Tunnel("istioin", TunnelKind.VXLAN, 1000, "10.4.4.30", "192.168.126.1", 30, 1410)
@@ -123,14 +146,20 @@ def link_state(**kw):
 
 
 def test_link_new_remote_is_changed_in_place():
-    ops = links.diff((TUNNEL,), {"istioin": link_state()}, ("istioin", "istioout"))
-    assert [str(c) for c, _ in ops] == ["link: update istioin remote 10.4.4.18 -> 10.4.4.30"]
+    d = links.diff((TUNNEL,), {"istioin": link_state()}, ("istioin", "istioout"))
+    assert [str(c) for c in d.changes] == ["link: update istioin remote 10.4.4.18 -> 10.4.4.30"]
+    assert d.unchanged == 0
+
+
+def test_link_as_planned_is_counted():
+    d = links.diff((TUNNEL,), {"istioin": link_state(remote="10.4.4.30")}, ("istioin", "istioout"))
+    assert d.in_sync and d.work == [] and d.unchanged == 1
 
 
 def test_link_of_another_kind_is_replaced_and_stale_links_removed():
-    ops = links.diff((TUNNEL,), {"istioin": link_state(kind="geneve", remote="10.4.4.30"),
-                                 "istioout": link_state(name="istioout")}, ("istioin", "istioout"))
-    assert [str(c) for c, _ in ops] == [
+    d = links.diff((TUNNEL,), {"istioin": link_state(kind="geneve", remote="10.4.4.30"),
+                               "istioout": link_state(name="istioout")}, ("istioin", "istioout"))
+    assert [str(c) for c in d.changes] == [
         "link: remove istioout (vxlan)",
         "link: update istioin vxlan id 1000 remote 10.4.4.30 dstport 6081 mtu 1410 (replaces geneve id 1000 dstport 6081)",
     ]

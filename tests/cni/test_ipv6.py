@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from zpilot.cni import agent as agent_module
 from zpilot.cni.agent import AgentOptions, NodeAgent
-from zpilot.cni.plan import Mode, NodeFacts, TunnelKind, build_plan
+from zpilot.cni.desired import Mode, TunnelKind
+from zpilot.cni.plan import NodeFacts, build_plan
+from zpilot.cni.preflight import KernelFeatures
 from zpilot.cni.render import render_plan
 from zpilot.kube.directory import ManifestDirectorySource
 from zpilot.kube.manifests import load_manifests
@@ -47,11 +50,12 @@ def test_plans_of_dual_stack_and_ipv6_only_nodes(dual_stack: Path) -> None:
     assert build_plan(index, "node-v6-only", facts).host_ip is None
 
 
-def test_the_agent_s_plan_discovers_in_its_own_namespace_without_raising(dual_stack: Path) -> None:
-    """The agent's whole planning path (load, discover in the agent's own netns, plan), read-only."""
+def test_the_agent_s_plan_discovers_in_its_own_namespace_without_raising(dual_stack: Path, monkeypatch) -> None:
+    """The agent's whole planning path (load, discover in the agent's own netns, plan), read-only:
+    only the kernel probe, which needs a scratch namespace, answers from here."""
+    monkeypatch.setattr(agent_module.preflight, "probe_kernel", lambda backend: KernelFeatures(geneve=True, vxlan=True))
     source = ManifestDirectorySource(dual_stack)
-    agent = NodeAgent(AgentOptions(node=NODE_A, ztunnel_veth=ZTUNNEL_VETH, host_ip=HOST_IP, tunnel="vxlan",
-                                   probe_kernel=False), source)
+    agent = NodeAgent(AgentOptions(node=NODE_A, ztunnel_veth=ZTUNNEL_VETH, host_ip=HOST_IP, tunnel="vxlan"), source)
     index = load_model(source)
     plan = agent.plan(index)
     assert {w.ip for w in plan.meshed} == MESHED_V4

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from zpilot.cni import constants as c
-from zpilot.cni.plan import Mode, NodeFacts, PlanError, TunnelKind, build_plan
+from zpilot import contract as c
+from zpilot.cni.desired import Mode, TunnelKind
+from zpilot.cni.plan import NodeFacts, PlanError, build_plan
 from zpilot.cni.preflight import KernelFeatures, choose_tunnel
 from zpilot.cni.render import render_plan
 from zpilot.cni.errors import CniError

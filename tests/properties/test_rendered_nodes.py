@@ -40,13 +40,14 @@ from xds.core.v3 import extension_pb2
 from zpilot.certs.ca import CertificateAuthority
 from zpilot.certs.identity import IdentityCache
 from zpilot.certs.secrets import build_secrets
-from zpilot.cni.plan import Mode, NodeFacts, PlanError, TunnelKind, build_plan
+from zpilot.cni.desired import Mode, TunnelKind
+from zpilot.cni.plan import NodeFacts, PlanError, build_plan
 from zpilot.cni.render import render_plan
+from zpilot.contract import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER, OUTBOUND_LISTENER
 from zpilot.envoy_binary import validate
 from zpilot.kube.manifests import load_manifests
 from zpilot.model import MeshIndex, Problems
 from zpilot.translators import NodeResources, translate_node
-from zpilot.translators.names import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER, OUTBOUND_LISTENER
 from zpilot.translators.static import rewrite, static_bootstrap
 from zpilot.xds.push import model_nodes
 

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
+from zpilot import contract
 from zpilot.certs.secrets import redact_secret
 from zpilot.translators import names
 from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
@@ -156,7 +157,7 @@ OUTPUTS: dict[str, Callable[[Translated], Any]] = {
     "outbound_article.clusters": lambda t: resources(t.article().clusters),
     "outbound_article.endpoints": lambda t: resources(t.article().endpoints),
     "matcher.filter_chain_matcher": lambda t: to_data(
-        t.article().listeners[names.OUTBOUND_LISTENER].filter_chain_matcher
+        t.article().listeners[contract.OUTBOUND_LISTENER].filter_chain_matcher
     ),
     "inbound.listeners": lambda t: resources([inbound_listener(t.view), inbound_plaintext_listener(t.view)]),
     "clusters.clusters": lambda t: resources(t.rendered.resources.clusters),

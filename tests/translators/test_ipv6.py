@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from google.protobuf import json_format
 
+from zpilot.contract import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER
 from zpilot.envoy_binary import validate
 from zpilot.translators import inbound
-from zpilot.translators.names import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER
 from zpilot.translators.static import static_bootstrap
 
 from ..ipv6_cluster import DUAL_STACK_V4, IPV6_ADDRESSES, NODE_A, article_with_ipv6

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 
+from zpilot import contract
 from zpilot.certs import CertificateAuthority
 from zpilot.certs.x509_helpers import serial_hex
 from zpilot.translators import names
@@ -632,7 +633,7 @@ def test_hbone_port_refuses_foreign_and_expired_client_certificates(cw, tmp_path
         assert probe.answer == b"", (name, probe)
         assert [e for e in entries if e.get("method") == "CONNECT"] == [], (name, entries)
         [entry] = entries
-        assert entry["log"] == names.INBOUND_LISTENER and entry["filter_chain"] == f"inbound_{PRODUCTPAGE_IP}", entry
+        assert entry["log"] == contract.INBOUND_LISTENER and entry["filter_chain"] == f"inbound_{PRODUCTPAGE_IP}", entry
         # (its peer_san is the SAN the client presented, verified or not: Envoy logs it either way)
         assert entry["method"] is None and entry["upstream_cluster"] is None and entry["upstream_host"] is None, entry
         assert entry["bytes_received"] == 0 and entry["bytes_sent"] == 0, entry

@@ -150,7 +150,8 @@ def test_command_line():
 
 # -- the netfilter interpreter on the plan's own rules ------------------------------------------
 
-from zpilot.cni.plan import NodeFacts, TunnelKind, build_plan  # noqa: E402
+from zpilot.cni.desired import TunnelKind  # noqa: E402
+from zpilot.cni.plan import NodeFacts, build_plan  # noqa: E402
 from zpilot.explain.netfilter import Packet, UnsupportedRule, route, run_chain  # noqa: E402
 
 NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
@@ -208,7 +209,7 @@ def test_ztunnel_rules(plan_a):
 def test_unknown_rule_is_an_error_not_a_guess(plan_a):
     import dataclasses
 
-    from zpilot.cni.plan import IptablesChain
+    from zpilot.cni.desired import IptablesChain
 
     odd = dataclasses.replace(plan_a.node_side, chains=(IptablesChain("mangle", "ztunnel-PREROUTING",
                                                                       ("-m owner --uid-owner 0 -j RETURN",)),))

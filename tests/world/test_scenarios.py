@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from zpilot import contract
 from zpilot.translators import names
 from zpilot.world import scenarios
 from zpilot.world.topology import opted_out, without_opt_out
@@ -32,20 +33,20 @@ def test_1_service_vip_across_nodes(world):
     assert world.ztunnels["b"].stats(r"^tcp\.rbac\.denied$").get("tcp.rbac.denied", 0) == 0
 
     # ztunnel A: the VIP survived kube-proxy (the CNI's nat ACCEPT), the matcher picked the service chain
-    out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     assert out["downstream_local"] == "10.8.14.226:9080"
     assert out["filter_chain"] == SLEEP_TO_PRODUCTPAGE
     assert out["upstream_cluster"] == SLEEP_TO_PRODUCTPAGE
-    assert out["upstream_host"] == f"envoy://{names.tunnel_listener(SLEEP_ID)}/10.4.3.20:9080"
+    assert out["upstream_host"] == f"envoy://{contract.tunnel_listener(SLEEP_ID)}/10.4.3.20:9080"
     assert out["response_flags"] == "-", out
     # ... and the internal listener opened the HBONE tunnel to the endpoint's 15008
-    tunnel = trace.one("a", log=names.tunnel_listener(SLEEP_ID))
+    tunnel = trace.one("a", log=contract.tunnel_listener(SLEEP_ID))
     assert tunnel["upstream_cluster"] == names.tunnel_cluster(SLEEP_ID)
     assert tunnel["upstream_host"] == "10.4.3.20:15008"
     assert tunnel["response_flags"] == "-", tunnel
 
     # ztunnel B: mTLS peer is sleep, CONNECT to the real destination, virtual_inbound dials the pod
-    inbound = trace.one("b", log=names.INBOUND_LISTENER, method="CONNECT")
+    inbound = trace.one("b", log=contract.INBOUND_LISTENER, method="CONNECT")
     assert inbound["filter_chain"] == "inbound_10.4.3.20"
     assert inbound["authority"] == "10.4.3.20:9080"
     assert inbound["original_dst_host"] == "10.4.3.20:9080"
@@ -64,7 +65,7 @@ def test_1_service_vip_is_reliable(world):
     failures = []
     for _ in range(20):
         trace = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 2}, settle=0)
-        flags = {e["response_flags"] for e in trace.at("a", log=names.OUTBOUND_LISTENER)}
+        flags = {e["response_flags"] for e in trace.at("a", log=contract.OUTBOUND_LISTENER)}
         if not trace.ok or flags != {"-"}:
             failures.append((trace.error, flags))
     assert not failures, f"{len(failures)}/20 requests failed or were flagged: {failures[:3]}"
@@ -75,13 +76,13 @@ def test_2_pod_ip_across_nodes(world):
     ip, port = scenarios.pod_target(world, "productpage")
     trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 1, "b": 1})
     assert trace.ok, trace.error
-    out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     cluster = names.pod_tunnel_cluster(SLEEP_ID)
     assert out["filter_chain"] == names.pod_chain(cluster)
     assert out["upstream_cluster"] == cluster
     assert out["upstream_host"] == "10.4.3.20:15008"
     assert out["response_flags"] == "-", out
-    inbound = trace.one("b", log=names.INBOUND_LISTENER, method="CONNECT", authority="10.4.3.20:9080")
+    inbound = trace.one("b", log=contract.INBOUND_LISTENER, method="CONNECT", authority="10.4.3.20:9080")
     assert inbound["filter_chain"] == "inbound_10.4.3.20"
     assert inbound["peer_san"] == SLEEP_ID
     assert inbound["upstream_cluster"] == names.VIRTUAL_INBOUND
@@ -93,13 +94,13 @@ def test_3_same_node_service_vip(world):
     ztunnel's own nat OUTPUT redirect hands it to its 15008 listener."""
     vip, port = scenarios.service_target(world, "details")
     trace = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 3})
-    out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     assert out["response_flags"] == "-", out
     assert trace.ok, trace.error
     assert trace.seen_by_pod["pod"] == "details-v1-6997d94bb9-4jssp"
-    tunnel = trace.one("a", log=names.tunnel_listener(SLEEP_ID))
+    tunnel = trace.one("a", log=contract.tunnel_listener(SLEEP_ID))
     assert tunnel["upstream_host"] == "10.4.4.7:15088"
-    inbound = trace.one("a", log=names.INBOUND_LISTENER, method="CONNECT")
+    inbound = trace.one("a", log=contract.INBOUND_LISTENER, method="CONNECT")
     assert inbound["filter_chain"] == "inbound_10.4.4.7"
     assert inbound["authority"] == "10.4.4.7:9080"
     assert inbound["peer_san"] == SLEEP_ID
@@ -111,13 +112,13 @@ def test_3_same_node_pod_ip(world):
     """sleep -> details' pod IP: the pod-local chain (outbound_pod_local_tunnel_clus_, port 15088)."""
     ip, port = scenarios.pod_target(world, "details")
     trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 2})
-    out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     cluster = names.pod_local_tunnel_cluster(SLEEP_ID)
     assert out["filter_chain"] == names.pod_chain(cluster)
     assert out["upstream_host"] == "10.4.4.7:15088"
     assert out["response_flags"] == "-", f"the same-node tunnel failed: {out}"
     assert trace.ok, trace.error
-    inbound = trace.one("a", log=names.INBOUND_LISTENER, method="CONNECT", authority="10.4.4.7:9080")
+    inbound = trace.one("a", log=contract.INBOUND_LISTENER, method="CONNECT", authority="10.4.4.7:9080")
     assert inbound["filter_chain"] == "inbound_10.4.4.7"
     assert inbound["peer_san"] == SLEEP_ID
 
@@ -128,7 +129,7 @@ def test_4_meshed_pod_to_pod_outside_mesh_passes_through(world):
     ip, port = scenarios.pod_target(world, "httpbin")
     trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 1})
     assert trace.ok, trace.error
-    out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     assert out["filter_chain"] == names.PASSTHROUGH_CHAIN
     assert out["upstream_cluster"] == names.PASSTHROUGH_CLUSTER
     assert out["upstream_host"] == "10.4.3.19:80"
@@ -142,10 +143,10 @@ def test_4_meshed_pod_to_service_outside_mesh(world):
     vip, port = scenarios.service_target(world, "httpbin")
     trace = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 1})
     assert trace.ok, trace.error
-    out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     assert out["filter_chain"] == f"{SLEEP_ID}_to_http_httpbin.legacy.svc.cluster.local_outbound_internal"
     assert out["upstream_host"] == "10.4.3.19:80"
-    assert trace.at("a", log=names.tunnel_listener(SLEEP_ID)) == []
+    assert trace.at("a", log=contract.tunnel_listener(SLEEP_ID)) == []
     assert trace.at("b") == []
 
 
@@ -156,7 +157,7 @@ def test_5_pod_outside_mesh_to_meshed_pod_is_plaintext_inbound(world, source, ta
     ip, port = scenarios.pod_target(world, target)
     trace = scenarios.request(world, source, ip, port, expect_logs={node: 1})
     assert trace.ok, trace.error
-    inbound = trace.one(node, log=names.INBOUND_PLAINTEXT_LISTENER, downstream_remote=trace.client_local)
+    inbound = trace.one(node, log=contract.INBOUND_PLAINTEXT_LISTENER, downstream_remote=trace.client_local)
     assert inbound["filter_chain"] == f"inbound_{ip}"
     assert inbound["downstream_local"] == f"{ip}:{port}"
     assert inbound["upstream_cluster"] == names.VIRTUAL_INBOUND
@@ -175,7 +176,7 @@ def test_6_connection_to_15001_is_blackholed(world, source, target, node):
     """Port 15001 is the outbound listener's: a connection addressed to it is never proxied anywhere."""
     trace = scenarios.request(world, source, target, 15001, expect_logs={node: 1})
     assert not trace.ok and trace.exchange is None, "a connection to 15001 got an answer"
-    out = trace.one(node, log=names.OUTBOUND_LISTENER, downstream_local=f"{target}:15001")
+    out = trace.one(node, log=contract.OUTBOUND_LISTENER, downstream_local=f"{target}:15001")
     assert out["filter_chain"] == names.BLACKHOLE_CHAIN
     assert out["upstream_cluster"] == names.BLACKHOLE_CLUSTER
     assert out["response_flags"] == "UH"
@@ -198,19 +199,19 @@ def test_7_pod_taken_out_of_the_mesh_and_back(world):
         assert trace.ok, trace.error
         # (not `trace.at("a") == []`: the config change drains ztunnel A's old listeners, which
         # closes earlier tunnels' TLS connections and logs them now, on ztunnel_inbound)
-        intercepted = [e for e in trace.entries.get("a", []) if e["log"] == names.OUTBOUND_LISTENER
+        intercepted = [e for e in trace.entries.get("a", []) if e["log"] == contract.OUTBOUND_LISTENER
                        or e["log"].startswith("outbound_tunnel_lis_") or e.get("method") == "CONNECT"]
         assert intercepted == [], "ztunnel A still intercepts a pod that left the mesh"
-        inbound = trace.one("b", log=names.INBOUND_PLAINTEXT_LISTENER, downstream_remote=trace.client_local)
+        inbound = trace.one("b", log=contract.INBOUND_PLAINTEXT_LISTENER, downstream_remote=trace.client_local)
         assert inbound["filter_chain"] == "inbound_10.4.3.20"
     finally:
         world.relabel("sleep", without_opt_out(original))
     assert sleep.ip in world.meshed_ips("a")
     trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 1, "b": 1})
     assert trace.ok, trace.error
-    out = trace.one("a", log=names.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     assert out["filter_chain"] == names.pod_chain(names.pod_tunnel_cluster(SLEEP_ID))
-    assert trace.one("b", log=names.INBOUND_LISTENER, method="CONNECT", authority="10.4.3.20:9080")["peer_san"] == SLEEP_ID
+    assert trace.one("b", log=contract.INBOUND_LISTENER, method="CONNECT", authority="10.4.3.20:9080")["peer_san"] == SLEEP_ID
 
 
 def test_hbone_port_refuses_a_client_without_a_mesh_certificate(world):
@@ -220,7 +221,7 @@ def test_hbone_port_refuses_a_client_without_a_mesh_certificate(world):
     before = world.ztunnels["b"].stats(r"ssl\.connection_error$")
     trace = scenarios.request(world, "httpbin", "10.4.3.20", 15008, expect_logs={"b": 1})
     assert trace.exchange is None, "the HBONE port answered a client without a certificate"
-    entry = trace.one("b", log=names.INBOUND_LISTENER, downstream_remote=trace.client_local)
+    entry = trace.one("b", log=contract.INBOUND_LISTENER, downstream_remote=trace.client_local)
     assert entry["filter_chain"] == "inbound_10.4.3.20"
     assert entry["peer_san"] is None and entry["upstream_host"] is None and entry["method"] is None
     after = world.ztunnels["b"].stats(r"ssl\.connection_error$")
@@ -269,10 +270,10 @@ def test_traffic_survives_a_control_plane_restart(world):
     try:
         down = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 2, "b": 1})
         assert down.ok, down.error
-        assert down.one("b", log=names.INBOUND_LISTENER, method="CONNECT")["peer_san"] == SLEEP_ID
+        assert down.one("b", log=contract.INBOUND_LISTENER, method="CONNECT")["peer_san"] == SLEEP_ID
     finally:
         world.start_server()
     world.wait_ztunnels_connected()
     up = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 2, "b": 1})
     assert up.ok, up.error
-    assert up.one("b", log=names.INBOUND_LISTENER, method="CONNECT")["peer_san"] == SLEEP_ID
+    assert up.one("b", log=contract.INBOUND_LISTENER, method="CONNECT")["peer_san"] == SLEEP_ID

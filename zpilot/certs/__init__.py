@@ -14,18 +14,15 @@ from zpilot.certs.ca import (
 )
 from zpilot.certs.identity import AuthorityChange, IdentityCache
 from zpilot.certs.secrets import (
-    ROOTCA,
     build_secrets,
     describe_certificate,
     describe_secret,
     redact_secret,
-    workload_secret_name,
 )
 from zpilot.certs.spiffe import SpiffeId, parse_spiffe_id
 
 __all__ = [
     "DEFAULT_LIFETIME",
-    "ROOTCA",
     "AuthorityChange",
     "CertificateAuthority",
     "CertificateAuthorityError",
@@ -37,5 +34,4 @@ __all__ = [
     "describe_secret",
     "parse_spiffe_id",
     "redact_secret",
-    "workload_secret_name",
 ]

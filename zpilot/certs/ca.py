@@ -308,7 +308,7 @@ class CertificateAuthority:
         return list(seen.values())
 
     def trust_bundle_pem(self) -> bytes:
-        """PEM of every trusted root: what ``ROOTCA`` carries as trusted_ca."""
+        """PEM of every trusted root: the trusted_ca of the trust bundle secret (``contract.ROOT_CA_SECRET``)."""
         return certificates_pem(self.roots)
 
     def issue(self, spiffe_id: str, lifetime: timedelta = DEFAULT_LIFETIME) -> IssuedCertificate:

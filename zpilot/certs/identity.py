@@ -38,7 +38,7 @@ class AuthorityChange:
     """What swapping the CA means for connected ztunnels."""
 
     reissue: list[str]  # identities whose certificates are now stale and must be re-pushed
-    trust_bundle_changed: bool  # ROOTCA must be re-pushed
+    trust_bundle_changed: bool  # the trust bundle secret must be re-pushed
 
 
 class IdentityCache:
@@ -68,7 +68,7 @@ class IdentityCache:
         return self._ca.trust_domain
 
     def trust_bundle_pem(self) -> bytes:
-        """The roots ztunnels must trust (``ROOTCA``)."""
+        """The roots ztunnels must trust (the ``contract.ROOT_CA_SECRET`` secret)."""
         return self._ca.trust_bundle_pem()
 
     def get(self, spiffe_id: str) -> IssuedCertificate:

@@ -1,8 +1,9 @@
 """Envoy ``Secret`` resources (SDS) for the names the translators reference, and safe views of them.
 
-Names follow the 2022 ztunnel: ``ROOTCA`` is the validation context (the trust bundle), and a
-workload's certificate is ``<spiffe id>`` or ``<spiffe id>~<pod name>~<pod uid>``. All names of
-one identity share one issued certificate (``IdentityCache``).
+Names follow the 2022 ztunnel (:mod:`zpilot.contract`): ``contract.ROOT_CA_SECRET`` is the
+validation context (the trust bundle), and a workload's certificate is named by its SPIFFE ID, alone
+or as ``contract.workload_secret_name``. All names of one identity share one issued certificate
+(``IdentityCache``).
 
 Secrets hold private keys, so anything that shows them to a human goes through ``redact_secret``
 (the same ``[redacted]`` placeholder Envoy's own /config_dump uses, applied to every field the
@@ -19,6 +20,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.descriptor import FieldDescriptor
 from udpa.annotations import sensitive_pb2
 
+from zpilot import contract
 from zpilot.certs.ca import IssuedCertificate
 from zpilot.certs.identity import IdentityCache
 from zpilot.certs.x509_helpers import fingerprint, serial_hex
@@ -26,20 +28,8 @@ from zpilot.model.problems import Problems
 
 log = logging.getLogger("zpilot.certs.secrets")
 
-ROOTCA = "ROOTCA"
-#: Separates the identity from the pod name and UID in workload secret names.
-NAME_SEPARATOR = "~"
 #: What Envoy puts in place of sensitive strings and bytes in /config_dump.
 REDACTED = "[redacted]"
-
-
-def workload_secret_name(spiffe_id: str, pod_name: str | None = None, pod_uid: str | None = None) -> str:
-    """``<spiffe>`` or ``<spiffe>~<pod>~<uid>``, the names the 2022 ztunnel config uses."""
-    if pod_name is None and pod_uid is None:
-        return spiffe_id
-    if not pod_name or not pod_uid or NAME_SEPARATOR in pod_name or NAME_SEPARATOR in pod_uid:
-        raise ValueError(f"secret name for {spiffe_id}: pod name {pod_name!r} and UID {pod_uid!r} must both be set, without '~'")
-    return NAME_SEPARATOR.join((spiffe_id, pod_name, pod_uid))
 
 
 class SecretRequest(Protocol):
@@ -60,9 +50,9 @@ def name_matches_identity(name: str, spiffe_id: str) -> bool:
     A name that starts with a SPIFFE ID announces whose certificate it holds; serving a different
     one under it would make a ztunnel present the wrong identity. Other names are not checked.
     """
-    if not name.startswith("spiffe://"):
+    if not name.startswith(contract.SPIFFE_SCHEME):
         return True
-    return name == spiffe_id or name.startswith(spiffe_id + NAME_SEPARATOR)
+    return name == spiffe_id or name.startswith(spiffe_id + contract.SECRET_NAME_SEPARATOR)
 
 
 def tls_certificate_secret(name: str, cert: IssuedCertificate) -> Secret:
@@ -73,7 +63,7 @@ def tls_certificate_secret(name: str, cert: IssuedCertificate) -> Secret:
     return secret
 
 
-def validation_context_secret(trust_bundle_pem: bytes, name: str = ROOTCA) -> Secret:
+def validation_context_secret(trust_bundle_pem: bytes, name: str = contract.ROOT_CA_SECRET) -> Secret:
     """A ``validation_context`` secret whose trusted CAs are the trust bundle (old and new roots)."""
     secret = Secret(name=name)
     secret.validation_context.trusted_ca.inline_bytes = trust_bundle_pem

@@ -1,4 +1,4 @@
-"""SPIFFE IDs of Kubernetes service accounts: ``spiffe://<trust domain>/ns/<namespace>/sa/<account>``.
+"""SPIFFE IDs of Kubernetes service accounts, of the form :func:`zpilot.contract.spiffe_id` writes.
 
 A workload certificate is only as trustworthy as the string in its URI SAN, and the peer's RBAC
 and SAN matchers compare that string byte for byte. So the CA accepts exactly one spelling of an
@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SCHEME = "spiffe://"
-DEFAULT_TRUST_DOMAIN = "cluster.local"
+from zpilot import contract
+from zpilot.contract import DEFAULT_TRUST_DOMAIN
 
 # SPIFFE spec: trust domain = lower-case letters, digits, '.', '-', '_'; at most 255 bytes.
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]{1,255}$")
@@ -34,7 +34,7 @@ class SpiffeId:
 
     @property
     def uri(self) -> str:
-        return f"{SCHEME}{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+        return contract.spiffe_id(self.trust_domain, self.namespace, self.service_account)
 
     def __str__(self) -> str:
         return self.uri
@@ -45,13 +45,13 @@ def validate_trust_domain(trust_domain: str) -> str:
     if not isinstance(trust_domain, str) or not _TRUST_DOMAIN.match(trust_domain):
         raise ValueError(
             f"trust domain {trust_domain!r} is not valid: use 1-255 lower-case letters, digits, '.', '-' or '_'"
-            " (e.g. 'cluster.local')"
+            f" (e.g. {DEFAULT_TRUST_DOMAIN!r})"
         )
     return trust_domain
 
 
 def parse_spiffe_id(spiffe_id: str, trust_domain: str | None = None) -> SpiffeId:
-    """Parse ``spiffe://<td>/ns/<ns>/sa/<sa>``; raise ValueError naming the ID if it is anything else.
+    """Parse a SPIFFE ID of ``contract.SPIFFE_ID_FORM``; raise ValueError naming the ID if it is anything else.
 
     With ``trust_domain`` given, an ID of another trust domain is refused too: a CA must never
     vouch for identities it does not own.
@@ -61,18 +61,16 @@ def parse_spiffe_id(spiffe_id: str, trust_domain: str | None = None) -> SpiffeId
     shown = spiffe_id if len(spiffe_id) <= 300 else spiffe_id[:300] + "..."
     if len(spiffe_id) > MAX_LENGTH:
         raise ValueError(f"SPIFFE ID {shown!r} is longer than {MAX_LENGTH} characters")
-    if not spiffe_id.startswith(SCHEME):
-        raise ValueError(f"SPIFFE ID {shown!r} does not start with {SCHEME!r}")
-    rest = spiffe_id[len(SCHEME):]
+    if not spiffe_id.startswith(contract.SPIFFE_SCHEME):
+        raise ValueError(f"SPIFFE ID {shown!r} does not start with {contract.SPIFFE_SCHEME!r}")
+    rest = spiffe_id[len(contract.SPIFFE_SCHEME):]
     for bad, what in (("?", "a query"), ("#", "a fragment"), ("%", "percent-encoding"), ("@", "user info"), (":", "a port")):
         if bad in rest:
             raise ValueError(f"SPIFFE ID {shown!r} must not contain {what} ({bad!r})")
-    parts = rest.split("/")
-    if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa":
-        raise ValueError(
-            f"SPIFFE ID {shown!r} is not of the form spiffe://<trust domain>/ns/<namespace>/sa/<service account>"
-        )
-    domain, _, namespace, _, account = parts
+    parts = contract.split_spiffe_id(spiffe_id)
+    if parts is None:
+        raise ValueError(f"SPIFFE ID {shown!r} is not of the form {contract.SPIFFE_ID_FORM}")
+    domain, namespace, account = parts
     try:
         validate_trust_domain(domain)
     except ValueError:
@@ -90,4 +88,4 @@ def parse_spiffe_id(spiffe_id: str, trust_domain: str | None = None) -> SpiffeId
 
 def service_account_identity(namespace: str, service_account: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
     """The SPIFFE ID of a service account, validated (so bad names fail here, naming the account)."""
-    return parse_spiffe_id(f"{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}").uri
+    return parse_spiffe_id(contract.spiffe_id(trust_domain, namespace, service_account)).uri

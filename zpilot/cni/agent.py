@@ -22,7 +22,8 @@ from .changes import Report
 from .discover import discover
 from .iptables import Backend, detect_backend
 from .netns import CniError, Netns
-from .plan import NetnsPlan, NodeFacts, NodePlan, NODE_OWNERSHIP, ZTUNNEL_OWNERSHIP, Mode, TunnelKind, build_plan
+from .desired import NODE_OWNERSHIP, ZTUNNEL_OWNERSHIP, Mode, NetnsPlan, NodePlan
+from .plan import NodeFacts, build_plan
 from .reconcile import Reconciler
 
 log = logging.getLogger("zpilot.cni")
@@ -43,7 +44,6 @@ class AgentOptions:
     tunnel: str = "auto"  # auto | geneve | vxlan
     fail_closed: bool = False
     iptables: str = "auto"  # auto | legacy | nft
-    probe_kernel: bool = True  # off only for offline planning
 
 
 def _backend_for(options: AgentOptions, reconciler: Reconciler | None) -> Backend:
@@ -57,22 +57,18 @@ def make_plan(
     index: MeshIndex,
     *,
     reconciler: Reconciler | None = None,
-    discover_facts: bool = True,
 ) -> NodePlan:
     """Discover the node's facts, choose the tunnel kind and build the plan for ``index``."""
     facts: dict = {}
     node = index.nodes.get(options.node)
-    if discover_facts and node is not None:
+    if node is not None:
         facts = discover(Netns(options.netns), node, index.ztunnel_on(options.node),
                          index.meshed_workloads_on(options.node))
     overrides = {k: v for k, v in (("ztunnel_veth", options.ztunnel_veth), ("host_ip", options.host_ip),
                                    ("mtu", options.mtu)) if v is not None}
     facts.update(overrides)
-    if options.probe_kernel:
-        features = preflight.probe_kernel(_backend_for(options, reconciler))
-        facts["tunnel_kind"] = preflight.choose_tunnel(options.tunnel, features)
-    else:
-        facts["tunnel_kind"] = TunnelKind.VXLAN if options.tunnel == "vxlan" else TunnelKind.GENEVE
+    features = preflight.probe_kernel(_backend_for(options, reconciler))
+    facts["tunnel_kind"] = preflight.choose_tunnel(options.tunnel, features)
     facts["ztunnel_iface"] = options.ztunnel_iface
     return build_plan(index, options.node, NodeFacts(**facts), fail_closed=options.fail_closed)
 

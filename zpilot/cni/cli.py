@@ -9,10 +9,10 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import contract
 from .errors import CniError
 
 if TYPE_CHECKING:  # each action imports its work when it runs: `zpilot cni --help` stays fast
@@ -22,29 +22,49 @@ if TYPE_CHECKING:  # each action imports its work when it runs: `zpilot cni --he
 log = logging.getLogger("zpilot.cni")
 
 
-def _common(p: argparse.ArgumentParser, *, model: bool = True) -> None:
-    if model:
-        p.add_argument("--node", default=os.environ.get("NODE_NAME") or socket.gethostname(),
-                       help="the node's name in the model (default: $NODE_NAME, else the hostname)")
-        p.add_argument("--manifests", type=Path, required=True, metavar="DIR",
-                       help="the model: a directory of Kubernetes manifests")
+def _model_args(p: argparse.ArgumentParser, *, offline: bool = False) -> None:
+    if offline:  # nothing of this machine, its environment included
+        p.add_argument("--node", required=True, help="the node's name in the model")
+    else:
+        env = contract.NODE_NAME_ENV
+        p.add_argument("--node", default=os.environ.get(env) or socket.gethostname(),
+                       help=f"the node's name in the model (default: ${env}, else the hostname)")
+    p.add_argument("--manifests", type=Path, required=True, metavar="DIR",
+                   help="the model: a directory of Kubernetes manifests")
+    p.add_argument("--fail-closed", action="store_true",
+                   help="with no ready ztunnel, drop meshed pods' TCP instead of letting it run unmeshed")
+    p.add_argument("--ztunnel-iface", default=contract.POD_INTERFACE, metavar="IFACE",
+                   help=f"the ztunnel pod's interface ({contract.POD_INTERFACE})")
+
+
+def _netns_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--netns", metavar="NAME|PATH", help="the node's network namespace (default: the agent's own)")
     p.add_argument("--ztunnel-netns", metavar="NAME|PATH",
                    help="the ztunnel pod's network namespace; its side of the plan is applied only when given")
     p.add_argument("--iptables", choices=("auto", "legacy", "nft"), default="auto",
                    help="iptables backend (auto: the one already holding more rules, as the 2022 agent chose)")
-    if not model:
-        return
+
+
+def _discovered_args(p: argparse.ArgumentParser) -> None:
+    """What the agent finds on the node; a flag overrides it."""
     p.add_argument("--ztunnel-veth", metavar="IFACE",
                    help="host side of the ztunnel pod's veth (default: found from the route to the ztunnel's IP)")
     p.add_argument("--host-ip", metavar="IP",
                    help="the node's address on the pod network (default: its address in the pod CIDR, else InternalIP)")
     p.add_argument("--mtu", type=_mtu, help="tunnel MTU (default: the ztunnel veth's MTU minus 50)")
-    p.add_argument("--ztunnel-iface", default="eth0", metavar="IFACE", help="the ztunnel pod's interface (eth0)")
     p.add_argument("--tunnel", choices=("auto", "geneve", "vxlan"), default="auto",
                    help="tunnel devices: Geneve as in 2022, VXLAN where the kernel has no Geneve (auto)")
-    p.add_argument("--fail-closed", action="store_true",
-                   help="with no ready ztunnel, drop meshed pods' TCP instead of letting it run unmeshed")
+
+
+def _offline_args(p: argparse.ArgumentParser) -> None:
+    """The same facts for ``plan``, which looks at nothing but its arguments and the model."""
+    p.add_argument("--ztunnel-veth", metavar="IFACE",
+                   help="host side of the ztunnel pod's veth (only the node knows it: a placeholder is shown)")
+    p.add_argument("--host-ip", metavar="IP",
+                   help="the node's address on the pod network (default: the Node's InternalIP in the model)")
+    p.add_argument("--mtu", type=_mtu, help="tunnel MTU (default: a 1460-byte veth's less the tunnel overhead)")
+    p.add_argument("--tunnel", choices=("geneve", "vxlan"), default="geneve",
+                   help="tunnel devices: Geneve as in 2022 (default), or VXLAN")
 
 
 def _mtu(text: str) -> int:
@@ -61,34 +81,35 @@ def _source(args: argparse.Namespace) -> ModelSource:
     return ManifestDirectorySource(args.manifests, interval=getattr(args, "poll", 0.05))
 
 
-def _options(args: argparse.Namespace, *, probe: bool = True) -> AgentOptions:
+def _options(args: argparse.Namespace) -> AgentOptions:
     from .agent import AgentOptions
 
     return AgentOptions(
         node=args.node, netns=args.netns, ztunnel_netns=args.ztunnel_netns,
         ztunnel_veth=args.ztunnel_veth, host_ip=args.host_ip, mtu=args.mtu, ztunnel_iface=args.ztunnel_iface,
-        tunnel=args.tunnel, fail_closed=args.fail_closed, iptables=args.iptables, probe_kernel=probe,
+        tunnel=args.tunnel, fail_closed=args.fail_closed, iptables=args.iptables,
     )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """The plan from the model and the arguments alone: no namespace, route or kernel is looked at."""
     from ..kube.source import load_model
-    from .agent import make_plan
-    from .plan import UnknownZtunnelVeth
+    from .desired import TunnelKind
+    from .plan import UNKNOWN_ZTUNNEL_VETH, NodeFacts, build_plan
     from .render import render_plan
 
-    probe = args.tunnel == "auto" and os.geteuid() == 0
-    if args.tunnel == "auto" and not probe:
-        print("# not root: the kernel was not probed, tunnels are shown as Geneve (--tunnel vxlan shows VXLAN)",
-              file=sys.stderr)
-    options = _options(args, probe=probe)
-    index = load_model(_source(args))
-    try:
-        plan = make_plan(options, index, discover_facts=not args.no_discover)
-    except UnknownZtunnelVeth as exc:
-        # offline: show the plan with a placeholder rather than nothing
-        print(f"# {exc}; shown as ZTUNNEL-VETH", file=sys.stderr)
-        plan = make_plan(replace(options, ztunnel_veth="ZTUNNEL-VETH"), index, discover_facts=not args.no_discover)
+    index = load_model(_source(args))  # its problems are logged once, by the source
+    facts = NodeFacts(ztunnel_veth=args.ztunnel_veth or UNKNOWN_ZTUNNEL_VETH, host_ip=args.host_ip,
+                      mtu=args.mtu or NodeFacts.mtu, tunnel_kind=TunnelKind(args.tunnel),
+                      ztunnel_iface=args.ztunnel_iface)
+    plan = build_plan(index, args.node, facts, fail_closed=args.fail_closed)
+    if plan.ztunnel is not None:
+        if not args.ztunnel_veth:
+            print(f"# the host-side veth of {plan.ztunnel.ref} is known only on the node: shown as"
+                  f" {UNKNOWN_ZTUNNEL_VETH} (pass --ztunnel-veth)", file=sys.stderr)
+        if not args.host_ip:
+            print(f"# node address {plan.host_ip}: the Node's InternalIP; the agent uses the node's own address in"
+                  " its pod CIDR where it has one (pass --host-ip)", file=sys.stderr)
     sys.stdout.write(render_plan(plan))
     return 0
 
@@ -117,7 +138,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from . import counters
     from .agent import NodeAgent
-    from .plan import Mode
+    from .desired import Mode
 
     agent = NodeAgent(_options(args), _source(args))
     plan, reports = agent.reconcile_once(dry_run=True)
@@ -206,7 +227,8 @@ def cmd_ztunnel_setup(args: argparse.Namespace) -> int:
     from . import preflight
     from .discover import discover_in_ztunnel
     from .netns import Netns
-    from .plan import ZTUNNEL_OWNERSHIP, NetnsPlan, NodeFacts, check_ifname, ztunnel_side
+    from .desired import ZTUNNEL_OWNERSHIP, NetnsPlan
+    from .plan import NodeFacts, check_ifname, ztunnel_side
     from .reconcile import Reconciler
 
     netns = Netns(args.netns)
@@ -258,28 +280,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                             " ztunnel (docs/cni.md).")
     sub = cni.add_subparsers(dest="cni_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("plan", help="print the rules, routes and devices the node would get")
-    _common(p)
-    p.add_argument("--no-discover", action="store_true", help="do not look at the local network namespace")
+    p = sub.add_parser("plan", help="print the rules, routes and devices the node would get (offline)",
+                       description="The node's plan from the model and these arguments alone: nothing on this"
+                                   " machine is looked at (the agent discovers what is left to arguments here).")
+    _model_args(p, offline=True)
+    _offline_args(p)
     p.set_defaults(func=_guard(cmd_plan))
 
-    p = sub.add_parser("apply", help="reconcile the node (and ztunnel) namespace with the plan once")
-    _common(p)
-    p.set_defaults(func=_guard(cmd_apply))
-
-    p = sub.add_parser("status", help="mode, alerts and any difference between the plan and the kernel")
-    _common(p)
-    p.set_defaults(func=_guard(cmd_status))
+    for name, func, help_text in (
+        ("apply", cmd_apply, "reconcile the node (and ztunnel) namespace with the plan once"),
+        ("status", cmd_status, "mode, alerts and any difference between the plan and the kernel"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        _model_args(p)
+        _netns_args(p)
+        _discovered_args(p)
+        p.set_defaults(func=_guard(func))
 
     p = sub.add_parser("cleanup", help="remove everything zpilot created, and nothing else")
-    _common(p, model=False)
+    _netns_args(p)
     p.set_defaults(func=_guard(cmd_cleanup))
 
     p = sub.add_parser("ztunnel-setup", help="only the ztunnel pod's side, from inside it (no model needed)",
                        description="Tunnels, TPROXY rules, ip rules and routes of the ztunnel pod, found from the pod's"
                                    " own interface and default gateway: the job of the 2022 ztunnel init container.")
     p.add_argument("--netns", metavar="NAME|PATH", help="the ztunnel pod's network namespace (default: the own one)")
-    p.add_argument("--iface", default="eth0", help="the pod's interface (eth0)")
+    p.add_argument("--iface", default=contract.POD_INTERFACE, help=f"the pod's interface ({contract.POD_INTERFACE})")
     p.add_argument("--ztunnel-ip", metavar="IP", help="the pod's IP (default: the interface's IPv4 address)")
     p.add_argument("--host-ip", metavar="IP", help="the node's address (default: the default gateway)")
     p.add_argument("--mtu", type=_mtu, help="tunnel MTU (default: the interface's MTU minus 50)")
@@ -290,7 +316,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_guard(cmd_ztunnel_setup))
 
     p = sub.add_parser("run", help="the agent: reconcile on every model change and periodically")
-    _common(p)
+    _model_args(p)
+    _netns_args(p)
+    _discovered_args(p)
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the manifest files (1)")
     p.add_argument("--resync", type=float, default=30.0, help="seconds between full reconciles (30)")
     p.add_argument("--cleanup-on-exit", action="store_true",

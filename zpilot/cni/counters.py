@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .. import contract as c
 from .iptables import Backend
 from .netns import Netns
-from .plan import NetnsPlan
+from .desired import NetnsPlan
 
 _COUNTED_RULE = re.compile(r"^\[(\d+):(\d+)\] -A (ztunnel-\S+) (.*)$")
 
@@ -43,9 +44,10 @@ def summary(netns: Netns, backend: Backend, plan: NetnsPlan) -> str:
     """One line: what the plan's marking and TPROXY rules counted, and what the tunnels carried."""
     parts = []
     counted = rule_packets(netns, backend)
+    outbound_mark = f"{c.MARK_OUTBOUND:#x}/{c.MARK_OUTBOUND:#x}"
     for chain in plan.chains:
         for rule in chain.rules:
-            if "0x100/0x100" in rule and "--match-set" in rule:
+            if outbound_mark in rule and "--match-set" in rule:
                 parts.append(f"{counted.get((chain.name, rule), 0)} connections marked for the ztunnel")
             elif "-j TPROXY" in rule:
                 port = rule.split("--on-port ")[1].split()[0]

@@ -13,8 +13,9 @@ import logging
 from typing import Any
 
 from ..model.objects import Node, Workload
-from . import constants as c
+from .. import contract as c
 from .netns import Netns
+from .plan import TUNNEL_OVERHEAD
 
 log = logging.getLogger("zpilot.cni")
 
@@ -74,7 +75,7 @@ def discover(netns: Netns, node: Node, ztunnel: Workload | None, meshed: list[Wo
         facts["ztunnel_veth"] = veth
         mtu = routes.mtus.get(veth)
         if mtu:
-            facts["mtu"] = mtu - c.TUNNEL_OVERHEAD
+            facts["mtu"] = mtu - TUNNEL_OVERHEAD
     host_ip = host_ip_in_pod_cidr(routes, node, veth)
     if host_ip:
         facts["host_ip"] = host_ip
@@ -91,7 +92,7 @@ def discover_in_ztunnel(netns: Netns, iface: str) -> dict[str, Any]:
         if not indexes:
             return facts
         link = ipr.get_links(indexes[0])[0]
-        facts["mtu"] = link.get_attr("IFLA_MTU") - c.TUNNEL_OVERHEAD
+        facts["mtu"] = link.get_attr("IFLA_MTU") - TUNNEL_OVERHEAD
         addresses = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(family=2, index=indexes[0])]
         if addresses:
             facts["ztunnel_ip"] = addresses[0]

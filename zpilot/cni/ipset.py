@@ -1,4 +1,4 @@
-"""The ``ztunnel-pods-ips`` set: one entry per meshed pod on the node, commented with the pod's UID.
+"""The set of meshed pods (``contract.IPSET_NAME``): one entry per meshed pod on the node, commented with the pod's UID.
 
 Entries are added and removed one by one through ``ipset restore``, so a pod coming or going
 touches only its own entry and the iptables rule that matches the set never changes. A set of
@@ -11,9 +11,9 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
-from .changes import Change
+from .changes import Change, Diff
 from .netns import CommandError, Netns
-from .plan import IpsetEntry, IpsetPlan
+from .desired import IpsetEntry, IpsetPlan
 
 
 @dataclass
@@ -54,9 +54,10 @@ def read(netns: Netns, name: str) -> IpsetState:
 
 
 @dataclass
-class IpsetDiff:
+class IpsetScript:
+    """What ``apply`` runs: ``ipset restore`` lines, and whether the set is to go."""
+
     script: list[str] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
     destroy: bool = False  # done last, once no iptables rule references the set
 
 
@@ -65,47 +66,53 @@ def _add(name: str, entry: IpsetEntry) -> str:
     return f'add {name} {entry.ip} comment "{entry.comment}"'
 
 
-def diff(name: str, desired: IpsetPlan | None, actual: IpsetState) -> IpsetDiff:
-    d = IpsetDiff()
+def diff(name: str, desired: IpsetPlan | None, actual: IpsetState) -> Diff[IpsetScript]:
+    """Entries already in the set with the right comment count as unchanged."""
+    d = Diff(IpsetScript())
+    script = d.work.script
     if desired is None:
         if actual.exists:
-            d.destroy = True
+            d.work.destroy = True
             d.changes.append(Change("ipset", "remove", f"set {name} ({len(actual.entries)} entries)"))
         return d
     wanted = {e.ip: e for e in desired.entries}
     create = f"create {name} {desired.type} comment"
     if not actual.exists:
-        d.script.append(create)
-        d.script += [_add(name, e) for e in desired.entries]
+        script.append(create)
+        script += [_add(name, e) for e in desired.entries]
         d.changes.append(Change("ipset", "add", f"set {name} {desired.type}"))
         d.changes += [Change("ipset", "add", f"{name} {e.ip} (pod uid {e.comment})") for e in desired.entries]
         return d
     if actual.type != desired.type or not actual.has_comments:
         tmp = f"{name}-new"[:31]
-        d.script += [f"create {tmp} {desired.type} comment"] + [_add(tmp, e) for e in desired.entries]
-        d.script += [f"swap {tmp} {name}", f"destroy {tmp}"]
+        script += [f"create {tmp} {desired.type} comment"] + [_add(tmp, e) for e in desired.entries]
+        script += [f"swap {tmp} {name}", f"destroy {tmp}"]
         d.changes.append(Change("ipset", "update", f"set {name}: was {actual.header!r}, replaced by swap"))
         return d
     for ip, comment in actual.entries.items():
         entry = wanted.get(ip)
         if entry is None:
-            d.script.append(f"del {name} {ip}")
+            script.append(f"del {name} {ip}")
             d.changes.append(Change("ipset", "remove", f"{name} {ip} (pod uid {comment or '?'})"))
         elif entry.comment != comment:
-            d.script += [f"del {name} {ip}", _add(name, entry)]
+            script += [f"del {name} {ip}", _add(name, entry)]
             d.changes.append(Change("ipset", "update", f"{name} {ip}: pod uid {comment} -> {entry.comment}"))
+        else:
+            d.unchanged += 1
     for ip, entry in wanted.items():
         if ip not in actual.entries:
-            d.script.append(_add(name, entry))
+            script.append(_add(name, entry))
             d.changes.append(Change("ipset", "add", f"{name} {ip} (pod uid {entry.comment})"))
     return d
 
 
-def apply(netns: Netns, name: str, d: IpsetDiff) -> None:
-    if d.script:
-        if any(line.startswith("swap ") for line in d.script):
+def apply(netns: Netns, name: str, d: Diff[IpsetScript]) -> None:
+    """Entries and swaps; destroying the set is :func:`destroy`'s, once iptables no longer uses it."""
+    script = d.work.script
+    if script:
+        if any(line.startswith("swap ") for line in script):
             netns.run(["ipset", "destroy", f"{name}-new"[:31]], check=False)  # left by an interrupted swap
-        netns.run(["ipset", "restore"], input="\n".join(d.script) + "\n")
+        netns.run(["ipset", "restore"], input="\n".join(script) + "\n")
 
 
 def destroy(netns: Netns, name: str) -> None:

@@ -14,9 +14,9 @@ import re
 import shutil
 from dataclasses import dataclass, field
 
-from .changes import Change
+from .changes import Change, Diff
 from .netns import CniError, Netns
-from .plan import IptablesChain, Jump, NetnsPlan
+from .desired import IptablesChain, Jump, NetnsPlan
 
 _TARGET = re.compile(r"(?:^|\s)-[jg] (\S+)")
 
@@ -88,13 +88,14 @@ def read_tables(netns: Netns, backend: Backend, tables: tuple[str, ...]) -> dict
 
 
 @dataclass
-class TableDiff:
+class TableScript:
+    """One table's ``iptables-restore --noflush`` transaction."""
+
     declare: list[str] = field(default_factory=list)  # chains to create or flush and refill
     delete_rules: list[tuple[str, str]] = field(default_factory=list)  # (chain, spec)
     append: list[tuple[str, str]] = field(default_factory=list)
     insert_first: list[tuple[str, str]] = field(default_factory=list)
     remove_chains: list[str] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
 
     def script(self, table: str) -> str:
         lines = [f"*{table}"]
@@ -113,23 +114,29 @@ def _target(spec: str) -> str | None:
     return m.group(1) if m else None
 
 
-def diff_table(table: str, desired: list[IptablesChain], jumps: list[Jump], actual: TableState, prefix: str) -> TableDiff:
-    d = TableDiff()
+def diff_table(
+    table: str, desired: list[IptablesChain], jumps: list[Jump], actual: TableState, prefix: str
+) -> Diff[TableScript]:
+    """Chains whose rules match, and jumps already first and alone, count as unchanged."""
+    d: Diff[TableScript] = Diff(TableScript())
+    s = d.work
     wanted = {ch.name: ch for ch in desired}
     owned_actual = {name for name in actual.chains if name.startswith(prefix)}
     for name, chain in wanted.items():
         have = actual.chains.get(name)
         if have is None:
-            d.declare.append(name)
-            d.append += [(name, r) for r in chain.rules]
+            s.declare.append(name)
+            s.append += [(name, r) for r in chain.rules]
             d.changes.append(Change("iptables", "add", f"{table} chain {name} ({len(chain.rules)} rules)"))
         elif have != list(chain.rules):
-            d.declare.append(name)
-            d.append += [(name, r) for r in chain.rules]
+            s.declare.append(name)
+            s.append += [(name, r) for r in chain.rules]
             gone = [r for r in have if r not in chain.rules]
             new = [r for r in chain.rules if r not in have]
             detail = "; ".join([f"-{r}" for r in gone] + [f"+{r}" for r in new]) or "rule order"
             d.changes.append(Change("iptables", "update", f"{table} chain {name}: {detail}"))
+        else:
+            d.unchanged += 1
     removed = sorted(owned_actual - set(wanted))
     wanted_jumps = {(j.hook, j.target): j for j in jumps}
     for chain_name, rules in actual.chains.items():
@@ -142,26 +149,28 @@ def diff_table(table: str, desired: list[IptablesChain], jumps: list[Jump], actu
             jump = wanted_jumps.get((chain_name, target))
             if jump is not None and position == 0 and spec == jump.spec and rules.count(spec) == 1:
                 continue
-            d.delete_rules.append((chain_name, spec))
+            s.delete_rules.append((chain_name, spec))
             if jump is None or spec != jump.spec:  # (the jump itself is re-inserted below)
                 d.changes.append(Change("iptables", "remove", f"{table} {chain_name}: {spec}"))
     for (hook, target), jump in wanted_jumps.items():
         rules = actual.chains.get(hook, [])
         if rules[:1] == [jump.spec] and rules.count(jump.spec) == 1:
+            d.unchanged += 1
             continue
-        d.insert_first.append((hook, jump.spec))
+        s.insert_first.append((hook, jump.spec))
         if jump.spec in rules:
             d.changes.append(Change("iptables", "update", f"{table} {hook}: -j {target} (make it the first rule)"))
         else:
             d.changes.append(Change("iptables", "add", f"{table} {hook}: -j {target}"))
     for name in removed:
-        d.remove_chains.append(name)
+        s.remove_chains.append(name)
         d.changes.append(Change("iptables", "remove", f"{table} chain {name}"))
     return d
 
 
-def diff(plan: NetnsPlan, actual: dict[str, TableState]) -> dict[str, TableDiff]:
-    result = {}
+def diff(plan: NetnsPlan, actual: dict[str, TableState]) -> Diff[dict[str, TableScript]]:
+    """Every owned table; only those that differ get a transaction."""
+    result: Diff[dict[str, TableScript]] = Diff({})
     for table in plan.ownership.iptables_tables:
         d = diff_table(
             table,
@@ -170,12 +179,14 @@ def diff(plan: NetnsPlan, actual: dict[str, TableState]) -> dict[str, TableDiff]
             actual.get(table, TableState()),
             plan.ownership.chain_prefix,
         )
+        result.unchanged += d.unchanged
         if d.changes:
-            result[table] = d
+            result.work[table] = d.work
+            result.changes += d.changes
     return result
 
 
-def apply(netns: Netns, backend: Backend, diffs: dict[str, TableDiff]) -> None:
+def apply(netns: Netns, backend: Backend, d: Diff[dict[str, TableScript]]) -> None:
     """One ``iptables-restore --noflush`` per table: all of a table's changes land, or none do."""
-    for table, d in diffs.items():
-        netns.run([backend.restore, "--noflush", "-w", "5"], input=d.script(table))
+    for table, script in d.work.items():
+        netns.run([backend.restore, "--noflush", "-w", "5"], input=script.script(table))

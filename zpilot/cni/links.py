@@ -1,4 +1,4 @@
-"""Tunnel devices (istioin/istioout on the node, pistioin/pistioout in the ztunnel pod), over netlink.
+"""Tunnel devices (the inbound and outbound tunnel on the node, and their ends in the ztunnel pod), over netlink.
 
 A device whose kind, VNI or port is wrong is replaced; one whose remote changed (a new ztunnel
 pod) is changed in place, so the routes through it survive and no pod loses its entry in table
@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .changes import Change
+from .changes import Change, Diff
 from .netns import Netns, run_netlink_ops
-from .plan import Tunnel, TunnelKind
+from .desired import Tunnel, TunnelKind
 
 
 @dataclass
@@ -117,8 +117,9 @@ def _set_up(index: int, ipr: Any) -> None:
     ipr.link("set", index=index, state="up")
 
 
-def diff(desired: tuple[Tunnel, ...], actual: dict[str, LinkState], owned: tuple[str, ...]) -> list[Op]:
+def diff(desired: tuple[Tunnel, ...], actual: dict[str, LinkState], owned: tuple[str, ...]) -> Diff[list[Op]]:
     ops: list[Op] = []
+    unchanged = 0
     wanted = {t.name: t for t in desired}
     for name in owned:
         if name in actual and name not in wanted:
@@ -134,6 +135,7 @@ def diff(desired: tuple[Tunnel, ...], actual: dict[str, LinkState], owned: tuple
             ops.append((Change("link", "update", f"{describe} (replaces {was})"), _replace(t)))
             continue
         index = have.index
+        before = len(ops)
         if have.remote != t.remote:
             ops.append((Change("link", "update", f"{t.name} remote {have.remote} -> {t.remote}"),
                         _set_remote(t, index)))
@@ -150,7 +152,9 @@ def diff(desired: tuple[Tunnel, ...], actual: dict[str, LinkState], owned: tuple
                         partial(_address, "add", index, want_addr)))
         if not have.up:
             ops.append((Change("link", "update", f"{t.name} up"), partial(_set_up, index)))
-    return ops
+        if len(ops) == before:
+            unchanged += 1
+    return Diff(ops, [change for change, _ in ops], unchanged)
 
 
 def _set_remote(t: Tunnel, index: int) -> Callable[[Any], None]:
@@ -165,5 +169,5 @@ def _set_remote(t: Tunnel, index: int) -> Callable[[Any], None]:
     return run
 
 
-def apply(netns: Netns, ops: list[Op]) -> list[Change]:
-    return run_netlink_ops(netns, ops)
+def apply(netns: Netns, d: Diff[list[Op]]) -> list[Change]:
+    return run_netlink_ops(netns, d.work)

@@ -1,10 +1,10 @@
 """The node plan: every rule, route, link and set entry the node and its ztunnel pod must hold.
 
-Pure: the mesh index and a few facts discovered on the node (:class:`NodeFacts`) go in, an
-immutable :class:`NodePlan` comes out, with no I/O. That makes the plan printable offline
-(``zpilot cni plan``), testable without root, and the single thing the reconciler compares the
-kernel against. Rule texts are written exactly as ``iptables-save`` prints them, so comparing
-desired and actual chains is a string comparison.
+Pure: the mesh index and a few facts about the node (:class:`NodeFacts`) go in, an immutable
+:class:`~zpilot.cni.desired.NodePlan` comes out, with no I/O. That makes the plan printable
+offline (``zpilot cni plan``, from its arguments alone), testable without root, and the single
+thing the reconciler compares the kernel against. The agent (``zpilot cni run``) is what
+discovers the facts on the node.
 
 The rules are those of the 2022 ambient CNI agent (``CreateRulesOnNode``) and the ztunnel
 DaemonSet's init script, which the article lists; see docs/cni.md for a walk through them.
@@ -15,192 +15,55 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from enum import Enum
 from types import MappingProxyType
 from typing import Mapping
 
+from .. import contract as c
 from ..model.addresses import host_cidr, is_ipv4, sort_key
 from ..model.index import MeshIndex
 from ..model.objects import Node, Workload
-from . import constants as c
+from .desired import (
+    MANGLE,
+    NAT,
+    NODE_OWNERSHIP,
+    ZTUNNEL_OWNERSHIP,
+    IpsetEntry,
+    IpsetPlan,
+    IptablesChain,
+    Jump,
+    Mode,
+    NetnsPlan,
+    NodePlan,
+    Route,
+    Rule,
+    Sysctl,
+    Tunnel,
+    TunnelKind,
+)
 from .errors import CniError
 
-MANGLE = "mangle"
-NAT = "nat"
-#: Tables in which every chain named ``ztunnel-*`` belongs to zpilot.
-OWNED_IPTABLES_TABLES = (MANGLE, NAT)
-
-
-class TunnelKind(str, Enum):
-    GENEVE = "geneve"
-    VXLAN = "vxlan"
-
-
-class Role(str, Enum):
-    NODE = "node"
-    ZTUNNEL = "ztunnel"
-
-
-class Mode(str, Enum):
-    """What the node does with its meshed pods; shown by ``zpilot cni status``."""
-
-    REDIRECT = "redirect"  # a ready ztunnel: meshed pods' TCP goes through it
-    IDLE = "idle"  # neither a ztunnel nor meshed pods: nothing to do
-    FAIL_OPEN = "fail-open"  # meshed pods but no ztunnel: they run unmeshed (no rules)
-    FAIL_CLOSED = "fail-closed"  # meshed pods but no ztunnel: their TCP is dropped
-
-
-@dataclass(frozen=True)
-class IptablesChain:
-    """A chain zpilot owns, with its rules as ``iptables-save`` prints them (without ``-A NAME``)."""
-
-    table: str
-    name: str
-    rules: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Jump:
-    """``-j target`` as the first rule of a built-in chain, so ours run before kube-proxy's."""
-
-    table: str
-    hook: str
-    target: str
-
-    @property
-    def spec(self) -> str:
-        return f"-j {self.target}"
-
-
-@dataclass(frozen=True)
-class IpsetEntry:
-    ip: str
-    comment: str  # the pod UID: who put this IP here, as the 2022 agent did
-
-
-@dataclass(frozen=True)
-class IpsetPlan:
-    name: str
-    type: str
-    entries: tuple[IpsetEntry, ...]
-
-
-@dataclass(frozen=True)
-class Tunnel:
-    name: str
-    kind: TunnelKind
-    vni: int
-    remote: str
-    address: str
-    prefixlen: int
-    mtu: int
-    port: int = c.TUNNEL_PORT
-
-
-@dataclass(frozen=True)
-class Rule:
-    """An ``ip rule``: ``priority: from (all | SRC) [fwmark m/k] (lookup T | goto P)``."""
-
-    priority: int
-    table: int | None = None
-    fwmark: int | None = None
-    fwmask: int | None = None
-    goto: int | None = None
-    src: str | None = None  # a single IPv4 address (/32), or None for "all"
-
-
-@dataclass(frozen=True)
-class Route:
-    table: int
-    dst: str  # "default" or "a.b.c.d/len"
-    dev: str
-    gateway: str | None = None
-    src: str | None = None
-    scope: str = "universe"  # universe | link | host
-    local: bool = False  # a ``local`` route (TPROXY delivery), not unicast
-    onlink: bool = False
-
-
-@dataclass(frozen=True)
-class Sysctl:
-    path: str  # under /proc/sys, slash-separated (interface names may hold dots)
-    value: str
-
-
-@dataclass(frozen=True)
-class Ownership:
-    """What zpilot may change in one network namespace: everything else is left alone."""
-
-    role: Role
-    ipset: str | None
-    links: tuple[str, ...]
-    rule_priorities: tuple[int, ...]
-    tables: tuple[int, ...] = c.OWNED_TABLES
-    chain_prefix: str = c.CHAIN_PREFIX
-    iptables_tables: tuple[str, ...] = OWNED_IPTABLES_TABLES
-
-
-NODE_OWNERSHIP = Ownership(
-    Role.NODE, c.IPSET_NAME, (c.INBOUND_TUNNEL, c.OUTBOUND_TUNNEL), c.NODE_RULE_PRIORITIES
-)
-ZTUNNEL_OWNERSHIP = Ownership(
-    Role.ZTUNNEL, None, (c.ZTUNNEL_INBOUND_TUNNEL, c.ZTUNNEL_OUTBOUND_TUNNEL), c.ZTUNNEL_RULE_PRIORITIES
-)
-
-
-@dataclass(frozen=True)
-class NetnsPlan:
-    """The desired state of one network namespace (the node's or the ztunnel pod's)."""
-
-    ownership: Ownership
-    chains: tuple[IptablesChain, ...] = ()
-    jumps: tuple[Jump, ...] = ()
-    ipset: IpsetPlan | None = None
-    tunnels: tuple[Tunnel, ...] = ()
-    rules: tuple[Rule, ...] = ()
-    routes: tuple[Route, ...] = ()
-    sysctls: tuple[Sysctl, ...] = ()
-
-    @classmethod
-    def empty(cls, ownership: Ownership) -> "NetnsPlan":
-        """Nothing desired: reconciling against it removes all that zpilot owns (cleanup)."""
-        return cls(ownership)
-
-    @property
-    def is_empty(self) -> bool:
-        return not (self.chains or self.jumps or self.ipset or self.tunnels or self.rules or self.routes)
+#: Outer IPv4 (20) + UDP (8) + Geneve/VXLAN (8) + inner Ethernet (14): 1460 -> 1410 as in the article.
+TUNNEL_OVERHEAD = 50
+#: Stands in for the ztunnel's host-side veth where only the node itself could tell its name
+#: (``zpilot cni plan`` without ``--ztunnel-veth``, ``zpilot explain``).
+UNKNOWN_ZTUNNEL_VETH = "ZTUNNEL-VETH"
 
 
 @dataclass(frozen=True)
 class NodeFacts:
-    """What the plan needs that the model does not know: discovered on the node, or given by flags."""
+    """What the plan needs that the model does not know: discovered on the node by the agent, or
+    given as arguments (``zpilot cni plan``)."""
 
     ztunnel_veth: str | None = None  # host side of the ztunnel pod's veth
     host_ip: str | None = None  # the node's address on the pod network; None: the node's InternalIP
-    mtu: int = 1460 - c.TUNNEL_OVERHEAD
+    mtu: int = 1460 - TUNNEL_OVERHEAD
     tunnel_kind: TunnelKind = TunnelKind.GENEVE
     pod_veths: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
-    ztunnel_iface: str = "eth0"  # the ztunnel pod's own interface
-
-
-@dataclass(frozen=True)
-class NodePlan:
-    node: Node
-    mode: Mode
-    ztunnel: Workload | None
-    meshed: tuple[Workload, ...]
-    host_ip: str | None
-    node_side: NetnsPlan
-    ztunnel_side: NetnsPlan | None
-    alerts: tuple[str, ...] = ()  # loud: shown first by status and logged as warnings
+    ztunnel_iface: str = c.POD_INTERFACE  # the ztunnel pod's own interface
 
 
 class PlanError(CniError):
     """The plan cannot be made (unknown node, no address to use); the message names the object."""
-
-
-class UnknownZtunnelVeth(PlanError):
-    """The ztunnel's host-side veth was neither discovered nor given (``zpilot cni plan`` shows a placeholder)."""
 
 
 # -- the node namespace ------------------------------------------------------------------------
@@ -478,7 +341,7 @@ def build_plan(
     assert host_ip is not None
     veth = facts.ztunnel_veth
     if not veth:
-        raise UnknownZtunnelVeth(
+        raise PlanError(
             f"the host-side veth of {ztunnel.ref} ({ztunnel.ip}) on {node.ref} is unknown:"
             " it was not found in the node's routes; pass --ztunnel-veth"
         )

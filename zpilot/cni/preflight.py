@@ -15,9 +15,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+from .. import contract as c
 from .iptables import Backend
 from .netns import NETNS_RUN_DIR, CniError, Netns
-from .plan import TunnelKind
+from .desired import TunnelKind
 
 log = logging.getLogger("zpilot.cni")
 
@@ -30,14 +31,18 @@ PACKAGES = {
     "ip": "iproute2",
 }
 
-#: (feature, iptables-restore script exercising it, what is missing when it fails)
+#: (feature, iptables-restore script exercising it the way the plan's rules do, what is missing when it fails)
 _IPTABLES_PROBES = (
-    ("TPROXY", "*mangle\n-A PREROUTING -p tcp -j TPROXY --on-port 15001 --on-ip 127.0.0.1 --tproxy-mark 0x400/0xfff\nCOMMIT\n",
+    ("TPROXY", f"*mangle\n-A PREROUTING -p tcp -j TPROXY --on-port {c.PORT_OUTBOUND} --on-ip 127.0.0.1"
+               f" --tproxy-mark {c.TPROXY_MARK:#x}/{c.ZTUNNEL_MARK_MASK:#x}\nCOMMIT\n",
      "the TPROXY target (kernel CONFIG_NETFILTER_XT_TARGET_TPROXY, module xt_TPROXY)"),
-    ("mark/connmark", "*mangle\n-A PREROUTING -m connmark --mark 0x220/0x220 -j CONNMARK --save-mark --nfmask 0x220 --ctmask 0x220\n"
-     "-A PREROUTING -m mark --mark 0x200/0x200 -j MARK --set-xmark 0x100/0x100\nCOMMIT\n",
+    ("mark/connmark", f"*mangle\n-A PREROUTING -m connmark --mark {c.MARK_CONN_SKIP:#x}/{c.MARK_CONN_SKIP:#x}"
+                      f" -j CONNMARK --save-mark --nfmask {c.MARK_CONN_SKIP:#x} --ctmask {c.MARK_CONN_SKIP:#x}\n"
+                      f"-A PREROUTING -m mark --mark {c.MARK_SKIP:#x}/{c.MARK_SKIP:#x}"
+                      f" -j MARK --set-xmark {c.MARK_OUTBOUND:#x}/{c.MARK_OUTBOUND:#x}\nCOMMIT\n",
      "the mark/connmark matches and targets (xt_mark, xt_connmark)"),
-    ("REDIRECT", "*nat\n-A OUTPUT -p tcp -m tcp --dport 15088 -j REDIRECT --to-ports 15008\nCOMMIT\n",
+    ("REDIRECT", f"*nat\n-A OUTPUT -p tcp -m tcp --dport {c.PORT_HBONE_LOCAL}"
+                 f" -j REDIRECT --to-ports {c.PORT_HBONE}\nCOMMIT\n",
      "the REDIRECT target (xt_REDIRECT, nf_nat)"),
 )
 

@@ -8,7 +8,8 @@ an order that keeps traffic flowing through every intermediate state:
 - tearing down: iptables first (stop marking), then rules, routes, tunnels and the set.
 
 Every step is idempotent against what it reads, so a failure half-way (reported, never hidden)
-leaves a state the next reconcile converges from.
+leaves a state the next reconcile converges from. Each returns its concern's :class:`Diff`, which
+the :class:`Report` gathers.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import Callable
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import ipset, iptables, links, routing, sysctl
-from .changes import Change, Report
+from .changes import Diff, Report
 from .iptables import Backend
 from .netns import CniError, Netns, PartialFailure
-from .plan import NetnsPlan
+from .desired import NetnsPlan
 
 log = logging.getLogger("zpilot.cni")
 
@@ -44,63 +45,71 @@ class Reconciler:
 
     # -- one step per concern ------------------------------------------------------------------
 
-    def _ipset_entries(self, plan: NetnsPlan, dry_run: bool) -> list[Change]:
+    # Each step compares, changes unless ``dry_run``, and returns what it found. A step that fails
+    # part-way raises PartialFailure with the changes it did make.
+
+    def _ipset_entries(self, plan: NetnsPlan, dry_run: bool) -> Diff:
         name = plan.ownership.ipset
         if name is None or plan.ipset is None:
-            return []
+            return Diff(None)
         d = ipset.diff(name, plan.ipset, ipset.read(self.netns, name))
         if not dry_run:
             ipset.apply(self.netns, name, d)
-        return d.changes
+        return d
 
-    def _ipset_destroy(self, plan: NetnsPlan, dry_run: bool) -> list[Change]:
+    def _ipset_destroy(self, plan: NetnsPlan, dry_run: bool) -> Diff:
         name = plan.ownership.ipset
         if name is None or plan.ipset is not None:
-            return []
+            return Diff(None)
         d = ipset.diff(name, None, ipset.read(self.netns, name))
-        if d.destroy and not dry_run:
+        if d.work.destroy and not dry_run:
             ipset.destroy(self.netns, name)
-        return d.changes
+        return d
 
-    def _links(self, plan: NetnsPlan, dry_run: bool) -> list[Change]:
+    def _links(self, plan: NetnsPlan, dry_run: bool) -> Diff:
         with self.netns.iproute() as ipr:
-            ops = links.diff(plan.tunnels, links.read(ipr, plan.ownership.links), plan.ownership.links)
-        return [ch for ch, _ in ops] if dry_run else links.apply(self.netns, ops)
+            d = links.diff(plan.tunnels, links.read(ipr, plan.ownership.links), plan.ownership.links)
+        if not dry_run:
+            links.apply(self.netns, d)
+        return d
 
-    def _sysctls(self, plan: NetnsPlan, dry_run: bool) -> list[Change]:
-        todo = sysctl.diff(plan.sysctls, sysctl.read(self.netns, plan.sysctls))
-        if dry_run:
-            return [Change("sysctl", "update", f"{s.path.replace('/', '.')} = {s.value}") for s in todo]
-        return sysctl.apply(self.netns, todo)
+    def _sysctls(self, plan: NetnsPlan, dry_run: bool) -> Diff:
+        d = sysctl.diff(plan.sysctls, sysctl.read(self.netns, plan.sysctls))
+        if not dry_run:
+            sysctl.apply(self.netns, d)
+        return d
 
-    def _routes(self, plan: NetnsPlan, dry_run: bool) -> list[Change]:
+    def _routes(self, plan: NetnsPlan, dry_run: bool) -> Diff:
         with self.netns.iproute() as ipr:
-            ops = routing.diff_routes(plan.routes, routing.read_routes(ipr, plan.ownership.tables))
-        return [ch for ch, _ in ops] if dry_run else routing.apply(self.netns, ops)
+            d = routing.diff_routes(plan.routes, routing.read_routes(ipr, plan.ownership.tables))
+        if not dry_run:
+            routing.apply(self.netns, d)
+        return d
 
-    def _rules(self, plan: NetnsPlan, dry_run: bool) -> list[Change]:
+    def _rules(self, plan: NetnsPlan, dry_run: bool) -> Diff:
         with self.netns.iproute() as ipr:
-            ops = routing.diff_rules(plan.rules, routing.read_rules(ipr, plan.ownership.rule_priorities))
-        return [ch for ch, _ in ops] if dry_run else routing.apply(self.netns, ops)
+            d = routing.diff_rules(plan.rules, routing.read_rules(ipr, plan.ownership.rule_priorities))
+        if not dry_run:
+            routing.apply(self.netns, d)
+        return d
 
-    def _iptables(self, plan: NetnsPlan, dry_run: bool) -> list[Change]:
+    def _iptables(self, plan: NetnsPlan, dry_run: bool) -> Diff:
         tables = plan.ownership.iptables_tables
-        diffs = iptables.diff(plan, iptables.read_tables(self.netns, self.backend, tables))
-        changes = [ch for d in diffs.values() for ch in d.changes]
-        if diffs and not dry_run:
-            iptables.apply(self.netns, self.backend, diffs)
+        d = iptables.diff(plan, iptables.read_tables(self.netns, self.backend, tables))
+        if d.changes and not dry_run:
+            iptables.apply(self.netns, self.backend, d)
             left = iptables.diff(plan, iptables.read_tables(self.netns, self.backend, tables))
-            if left:
+            if left.changes:
                 # the rule text is not what this iptables prints back: it would be rewritten forever
                 raise CniError(
                     f"iptables in {self.netns} does not print back the rules as planned: "
-                    + "; ".join(str(ch) for d in left.values() for ch in d.changes)
+                    + "; ".join(str(ch) for ch in left.changes)
                 )
-        return changes
+        return d
 
     # -- the whole namespace ----------------------------------------------------------------------
 
-    def steps(self, plan: NetnsPlan) -> list[Callable[[NetnsPlan, bool], list[Change]]]:
+    def steps(self, plan: NetnsPlan) -> list[Callable[[NetnsPlan, bool], Diff]]:
         if plan.is_empty:
             return [self._iptables, self._rules, self._routes, self._links, self._ipset_destroy]
         return [self._ipset_entries, self._links, self._sysctls, self._routes, self._rules, self._iptables,
@@ -112,7 +121,7 @@ class Reconciler:
         try:
             self.netns.check_exists()
             for step in self.steps(plan):
-                report.changes += step(plan, dry_run)
+                report.add(step(plan, dry_run))
         except PartialFailure as exc:
             report.changes += exc.done
             report.errors.append(str(exc))

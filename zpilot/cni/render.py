@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from ..model.addresses import host_cidr
-from .plan import IptablesChain, Jump, NetnsPlan, NodePlan, Route, Rule, Tunnel
+from .desired import IptablesChain, Jump, NetnsPlan, NodePlan, Route, Rule, Tunnel
 
 BUILTIN_ORDER = ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING")
 

@@ -14,10 +14,9 @@ from typing import Any, Callable
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..model.addresses import host_prefix_len
-from . import constants as c
-from .changes import Change
+from .changes import Change, Diff
+from .desired import Route, Rule
 from .netns import CniError, Netns, run_netlink_ops
-from .plan import Route, Rule
 from .render import route_line, rule_line
 
 FR_ACT_TO_TBL = 1
@@ -27,6 +26,8 @@ RTN_LOCAL = 2
 RTNH_F_ONLINK = 4
 SCOPES = {0: "universe", 253: "link", 254: "host"}
 SCOPE_NUMBERS = {v: k for k, v in SCOPES.items()}
+#: ``proto boot``: what ``ip route add`` uses, so ``ip route`` prints our routes like the article.
+ROUTE_PROTO = 3
 
 
 # -- rules -------------------------------------------------------------------------------------
@@ -94,7 +95,7 @@ def _add_rule(rule: Rule, ipr: Any) -> None:
     ipr.rule("add", **_rule_kwargs(rule))
 
 
-def diff_rules(desired: tuple[Rule, ...], actual: list[tuple[Rule | None, Any]]) -> list[Op]:
+def diff_rules(desired: tuple[Rule, ...], actual: list[tuple[Rule | None, Any]]) -> Diff[list[Op]]:
     ops: list[Op] = []
     have = [r for r, _ in actual]
     for rule, msg in actual:
@@ -103,10 +104,9 @@ def diff_rules(desired: tuple[Rule, ...], actual: list[tuple[Rule | None, Any]])
             ops.append((Change("rule", "remove", what), _delete_rule_msg(msg)))
             if rule is not None:
                 have.remove(rule)
-    for rule in desired:
-        if rule not in have:
-            ops.append((Change("rule", "add", rule_line(rule)), partial(_add_rule, rule)))
-    return ops
+    missing = [rule for rule in desired if rule not in have]
+    ops += [(Change("rule", "add", rule_line(rule)), partial(_add_rule, rule)) for rule in missing]
+    return Diff(ops, [change for change, _ in ops], unchanged=len(desired) - len(missing))
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def _route_kwargs(route: Route, ipr: Any) -> dict[str, Any]:
         "oif": indexes[0],
         "scope": SCOPE_NUMBERS[route.scope],
         "type": "local" if route.local else "unicast",
-        "proto": c.ROUTE_PROTO,
+        "proto": ROUTE_PROTO,
     }
     if route.gateway:
         kw["gateway"] = route.gateway
@@ -189,7 +189,7 @@ def _add_route(route: Route, ipr: Any) -> None:
     ipr.route("add", **_route_kwargs(route, ipr))
 
 
-def diff_routes(desired: tuple[Route, ...], actual: list[tuple[Route, Any]]) -> list[Op]:
+def diff_routes(desired: tuple[Route, ...], actual: list[tuple[Route, Any]]) -> Diff[list[Op]]:
     """Routes are keyed by (table, destination): a changed route is replaced, others are untouched."""
     ops: list[Op] = []
     wanted = {(r.table, r.dst): r for r in desired}
@@ -203,8 +203,8 @@ def diff_routes(desired: tuple[Route, ...], actual: list[tuple[Route, Any]]) -> 
     for key, route in wanted.items():
         if key not in have:
             ops.append((Change("route", "add", f"table {route.table}: {route_line(route)}"), partial(_add_route, route)))
-    return ops
+    return Diff(ops, [change for change, _ in ops], unchanged=len(have))
 
 
-def apply(netns: Netns, ops: list[Op]) -> list[Change]:
-    return run_netlink_ops(netns, ops)
+def apply(netns: Netns, d: Diff[list[Op]]) -> list[Change]:
+    return run_netlink_ops(netns, d.work)

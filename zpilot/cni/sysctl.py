@@ -8,9 +8,9 @@ not reverted by cleanup: see docs/cni.md.
 
 from __future__ import annotations
 
-from .changes import Change
+from .changes import Change, Diff
 from .netns import Netns
-from .plan import Sysctl
+from .desired import Sysctl
 
 
 #: Prints ``path=value`` for each /proc/sys path given that exists; a shell and cat are on every
@@ -33,12 +33,13 @@ def read(netns: Netns, sysctls: tuple[Sysctl, ...]) -> dict[str, str]:
     return values
 
 
-def diff(desired: tuple[Sysctl, ...], actual: dict[str, str]) -> list[Sysctl]:
-    return [s for s in desired if actual.get(s.path) != s.value]
+def diff(desired: tuple[Sysctl, ...], actual: dict[str, str]) -> Diff[list[Sysctl]]:
+    todo = [s for s in desired if actual.get(s.path) != s.value]
+    changes = [Change("sysctl", "update", f"{s.path.replace('/', '.')} = {s.value}") for s in todo]
+    return Diff(todo, changes, unchanged=len(desired) - len(todo))
 
 
-def apply(netns: Netns, changes: list[Sysctl]) -> list[Change]:
-    if not changes:
-        return []
-    netns.run(["sh", "-c", _WRITE, "sh", *[part for s in changes for part in (s.path, s.value)]])
-    return [Change("sysctl", "update", f"{s.path.replace('/', '.')} = {s.value}") for s in changes]
+def apply(netns: Netns, d: Diff[list[Sysctl]]) -> None:
+    """All writes in one shell call, which stops at the first that fails."""
+    if d.work:
+        netns.run(["sh", "-c", _WRITE, "sh", *[part for s in d.work for part in (s.path, s.value)]])

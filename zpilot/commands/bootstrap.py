@@ -6,14 +6,17 @@ import argparse
 import json
 import sys
 
+from .. import contract
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="print the Envoy bootstrap (JSON) for one node's ztunnel")
-    p.add_argument("--node", required=True, help="Kubernetes node name (sent as node metadata NODE_NAME)")
+    p.add_argument("--node", required=True,
+                   help=f"Kubernetes node name (sent as node metadata {contract.NODE_NAME_METADATA})")
     p.add_argument("--xds", required=True, help="control plane address: HOST:PORT or unix:/path")
-    p.add_argument("--node-id", help="Envoy node id (default ztunnel~NODE)")
-    p.add_argument("--admin-address", default="127.0.0.1")
-    p.add_argument("--admin-port", type=int, default=15000)
+    p.add_argument("--node-id", help=f"Envoy node id (default {contract.node_id('NODE')})")
+    p.add_argument("--admin-address", default=contract.ADMIN_ADDRESS)
+    p.add_argument("--admin-port", type=int, default=contract.PORT_ADMIN)
     p.add_argument("--delta", action="store_true", help="use incremental (delta) ADS")
     p.set_defaults(func=run)
 

@@ -13,12 +13,15 @@ import sys
 import urllib.parse
 from typing import Any
 
+from .. import contract
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diff", help="diff a live Envoy's config_dump against the config zpilot serves its node")
     p.add_argument("--node", help="Kubernetes node name the Envoy serves (default: from the Envoy's /server_info)")
-    p.add_argument("--envoy-admin", required=True, help="the Envoy's admin URL, e.g. http://127.0.0.1:15000")
-    p.add_argument("--server", default="http://127.0.0.1:15014", help="zpilot debug API URL")
+    p.add_argument("--envoy-admin", required=True,
+                   help=f"the Envoy's admin URL, e.g. http://{contract.ADMIN_ADDRESS}:{contract.PORT_ADMIN}")
+    p.add_argument("--server", default=f"http://127.0.0.1:{contract.PORT_DEBUG}", help="zpilot debug API URL")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
     p.set_defaults(func=run)
 

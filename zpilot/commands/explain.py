@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from .. import contract
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="the hop-by-hop path of a connection, from generated config and CNI plan")
@@ -15,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source", required=True, metavar="POD",
                    help="source pod: namespace/name, name, name prefix (sleep) or IP")
     p.add_argument("--to", dest="target", required=True, metavar="HOST:PORT", help="destination and port: a pod IP, a service VIP, or a service name (productpage.default)")
-    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
     p.add_argument("--json", action="store_true", help="print hops and facts as JSON")
     p.set_defaults(func=run)
 

@@ -1,6 +1,6 @@
 """``zpilot serve``: the control plane. Watches a manifest directory and serves every node's
-ztunnel its config over ADS (gRPC, port 15010), with Prometheus metrics on port 15020 and the
-debug API on port 15014 (localhost).
+ztunnel its config over ADS (gRPC), with Prometheus metrics and the debug API (localhost) on
+ports of their own (the contract's ``PORT_XDS``, ``PORT_METRICS`` and ``PORT_DEBUG``).
 
 Only the arguments are handled here; the process is :mod:`zpilot.runtime.serve`.
 See docs/xds-server.md for pointing an Envoy at it and for the debug endpoints.
@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from .. import contract
 from . import data_path_flags
 from .options import layout_name
 
@@ -51,15 +52,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
     p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--xds-port", type=_port, default=15010, help="ADS port (default 15010; 0 = any free port)")
+    p.add_argument("--xds-port", type=_port, default=contract.PORT_XDS,
+                   help=f"ADS port (default {contract.PORT_XDS}; 0 = any free port)")
     p.add_argument("--debug-address", default="127.0.0.1",
                    help="debug API listen address, or unix:/path (default 127.0.0.1; it shows every node's config)")
-    p.add_argument("--debug-port", type=_port, default=15014, help="debug API port (default 15014)")
+    p.add_argument("--debug-port", type=_port, default=contract.PORT_DEBUG,
+                   help=f"debug API port (default {contract.PORT_DEBUG})")
     p.add_argument("--metrics-address", default="0.0.0.0",
                    help="Prometheus /metrics listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--metrics-port", type=_port, default=15020, help="/metrics port (default 15020; 0 = any free port)")
+    p.add_argument("--metrics-port", type=_port, default=contract.PORT_METRICS,
+                   help=f"/metrics port (default {contract.PORT_METRICS}; 0 = any free port)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
-    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first start); default: in memory")
     p.add_argument("--ca-cert", type=Path, help="a CA you provide: signing certificate (then its chain), PEM")

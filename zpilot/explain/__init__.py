@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cni.plan import NodeFacts, PlanError, TunnelKind, build_plan
+from .. import contract
+from ..cni.desired import TunnelKind
+from ..cni.plan import UNKNOWN_ZTUNNEL_VETH, NodeFacts, PlanError, build_plan
 from ..kube.manifests import load_manifests
 from ..model.index import MeshIndex
 from ..translators import TranslateOptions, translate_node
@@ -17,17 +19,16 @@ from .path import FACT_KEYS, ExplainError, Explanation, Hop, Mesh, explain
 
 __all__ = ["FACT_KEYS", "ExplainError", "Explanation", "Hop", "Mesh", "explain", "load_mesh", "mesh_from_index", "render"]
 
-#: Stands in for the ztunnel veth's name, which only the node itself knows (zpilot cni discovers it).
-ZTUNNEL_VETH_PLACEHOLDER = "ZTUNNEL-VETH"
 
-
-def mesh_from_index(index: MeshIndex, *, trust_domain: str = "cluster.local", host_ips: dict[str, str] | None = None) -> Mesh:
+def mesh_from_index(
+    index: MeshIndex, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN, host_ips: dict[str, str] | None = None
+) -> Mesh:
     """Translate every node and plan its rules (with placeholders for facts only a node knows)."""
     resources, plans = {}, {}
     options = TranslateOptions(trust_domain=trust_domain)
     for node in sorted(index.nodes):
         resources[node] = translate_node(index, node, options)
-        facts = NodeFacts(ztunnel_veth=ZTUNNEL_VETH_PLACEHOLDER, tunnel_kind=TunnelKind.VXLAN,
+        facts = NodeFacts(ztunnel_veth=UNKNOWN_ZTUNNEL_VETH, tunnel_kind=TunnelKind.VXLAN,
                           host_ip=(host_ips or {}).get(node))
         try:
             plans[node] = build_plan(index, node, facts)
@@ -36,7 +37,7 @@ def mesh_from_index(index: MeshIndex, *, trust_domain: str = "cluster.local", ho
     return Mesh(index, resources, plans)
 
 
-def load_mesh(manifests: str | Path, *, trust_domain: str = "cluster.local") -> Mesh:
+def load_mesh(manifests: str | Path, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN) -> Mesh:
     loaded = load_manifests(manifests)
     return mesh_from_index(MeshIndex.build(loaded.cluster, loaded.problems), trust_domain=trust_domain)
 

@@ -13,7 +13,7 @@ import ipaddress
 import shlex
 from dataclasses import dataclass, field, replace
 
-from ..cni.plan import IpsetPlan, NetnsPlan, Route, Rule
+from ..cni.desired import IpsetPlan, NetnsPlan, Route, Rule
 
 
 @dataclass(frozen=True)

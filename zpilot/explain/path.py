@@ -17,13 +17,12 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from ..cni.plan import Mode, NodePlan
-from ..cni import constants as c
+from .. import contract as c
+from ..cni.desired import Mode, NodePlan
+from ..cni.plan import UNKNOWN_ZTUNNEL_VETH
 from ..model.addresses import host_cidr
 from ..model.index import MeshIndex
 from ..model.objects import Workload
-from ..translators import names
-from ..translators.envoy_common import ORIGINAL_SRC_FILTER
 from ..translators.resources import NodeResources
 from . import envoy_config as ec
 from .netfilter import Packet, route, rule_text, run_chain
@@ -37,7 +36,7 @@ FACT_KEYS = (
 )
 #: The interface a packet from another node arrives on (the world's and most nodes' name for it).
 NODE_NETWORK_IFACE = "eth0"
-ZTUNNEL_IFACE = "eth0"
+ZTUNNEL_IFACE = c.POD_INTERFACE
 _TUNNEL_PEERS = {c.OUTBOUND_TUNNEL: c.ZTUNNEL_OUTBOUND_TUNNEL, c.INBOUND_TUNNEL: c.ZTUNNEL_INBOUND_TUNNEL}
 
 
@@ -240,10 +239,10 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
     proxy = ec.tcp_proxy(listener.filter_chains[0])
     template = proxy.tunneling_config.hostname if proxy else ""
     authority = _DYNAMIC.sub(lambda m: str(ep.metadata.get(m.group(1), {}).get(m.group(2), "?")), template)
-    dial = ep.metadata.get("envoy.filters.listener.original_dst", {}).get("local") or \
-        ep.metadata.get("tunnel", {}).get("address", "?")
+    tunnel = ep.metadata.get(c.TUNNEL_METADATA, {})
+    dial = ep.metadata.get(c.ORIGINAL_DST_FILTER, {}).get(c.ORIGINAL_DST_LOCAL) or tunnel.get(c.TUNNEL_ADDRESS, "?")
     e.hop(where, f"endpoint {ep.address} -> internal listener {listener.name}",
-          f"endpoint metadata tunnel: {ep.metadata.get('tunnel')}",
+          f"endpoint metadata {c.TUNNEL_METADATA}: {tunnel}",
           "internal_upstream passes it on; original_dst restores the tunnel address as the destination",
           internal_listener=listener.name)
     return _tunnel(mesh, e, src, node, proxy.cluster if proxy else "?", dial, authority,
@@ -252,12 +251,12 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
 
 def _identity_of_secret(resources: NodeResources, secret: str) -> str:
     ref = resources.secrets.get(secret)
-    return (ref.spiffe_id if ref and ref.spiffe_id else secret.split("~")[0])
+    return ref.spiffe_id if ref and ref.spiffe_id else c.identity_of_secret_name(secret)
 
 
 def _spoofs_source(listener) -> bool:
     """original_src on the listener: its upstream connections carry the downstream's address."""
-    return any(f.name == ORIGINAL_SRC_FILTER for f in listener.listener_filters)
+    return any(f.name == c.ORIGINAL_SRC_FILTER for f in listener.listener_filters)
 
 
 def _ztunnel_ip(mesh: Mesh, node: str) -> str:
@@ -266,12 +265,12 @@ def _ztunnel_ip(mesh: Mesh, node: str) -> str:
 
 
 def _ztunnel_veth(plan: NodePlan) -> str:
-    """The node side of the ztunnel's veth, as the plan names it (its route in table 100)."""
+    """The node side of the ztunnel's veth, as the plan names it (its route to the ztunnel's IP)."""
     if plan.ztunnel is not None:
         for r in plan.node_side.routes:
             if r.dst == host_cidr(plan.ztunnel.ip):
                 return r.dev
-    return "ZTUNNEL-VETH"
+    return UNKNOWN_ZTUNNEL_VETH
 
 
 def _tunnel(mesh: Mesh, e: Explanation, src: Workload, node: str, cluster_name: str, dial: str,
@@ -409,7 +408,7 @@ def _arrive_plain(mesh: Mesh, e: Explanation, src_ip: str, dst: str, *, spoofed_
         e.hop(f"{dst}", "outside the cluster's pods: routed by the node's own tables")
         e.outcome = f"to {dst} (no ztunnel on the far side)"
         return [e]
-    iface = NODE_NETWORK_IFACE if dest.node_name != spoofed_from else "ZTUNNEL-VETH"
+    iface = NODE_NETWORK_IFACE if dest.node_name != spoofed_from else UNKNOWN_ZTUNNEL_VETH
     return _arrive_at_node(mesh, e, src_ip, ip, int(port), dest.node_name or "", iface, None)
 
 

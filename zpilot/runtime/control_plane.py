@@ -18,6 +18,7 @@ from typing import Mapping
 
 import uvicorn
 
+from .. import contract
 from ..model.index import MeshIndex
 from ..xds.debug_api import create_app
 from ..xds.embedded_http import EmbeddedUvicorn, bound_port
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class DebugOptions:
     host: str = "127.0.0.1"  # or "unix:/path" for a Unix socket
-    port: int = 15014  # 0: any free port
+    port: int = contract.PORT_DEBUG  # 0: any free port
 
     @property
     def unix_socket(self) -> bool:

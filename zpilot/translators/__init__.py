@@ -6,6 +6,7 @@ secret are documented in ``docs/config-reference.md``.
 
 from __future__ import annotations
 
+from .. import contract
 from ..model.index import MeshIndex
 from . import clusters, inbound, names
 from . import outbound_article as _article  # noqa: F401  (registers the "article" layout)
@@ -32,5 +33,5 @@ def translate_node(index: MeshIndex, node: str, options: TranslateOptions | None
         identity = view.identity_of(pod)
         out.add_secret(names.workload_secret(identity, pod), identity)
     if out.secrets:  # only TLS contexts reference the trust bundle; with no local pod there are none
-        out.add_secret(names.ROOT_CA_SECRET, None)
+        out.add_secret(contract.ROOT_CA_SECRET, None)
     return out

@@ -15,20 +15,20 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from .. import contract
 from .clusters import HTTP_PROTOCOL_OPTIONS
 from .envoy_common import ads_source, pack, socket_address
 
 XDS_CLUSTER = "xds-grpc"
-NODE_NAME_KEY = "NODE_NAME"
 
 
 @dataclass(frozen=True)
 class BootstrapOptions:
     node: str
     xds: str  # "host:port", "[v6]:port" or "unix:/path"
-    node_id: str | None = None  # default "ztunnel~<node>"
-    admin_address: str = "127.0.0.1"
-    admin_port: int = 15000
+    node_id: str | None = None  # default contract.node_id(node)
+    admin_address: str = contract.ADMIN_ADDRESS
+    admin_port: int = contract.PORT_ADMIN
     delta: bool = False
 
 
@@ -85,7 +85,7 @@ def _xds_cluster(target: str) -> cluster_pb2.Cluster:
 
 #: Runtime flags every ztunnel needs. Envoy 1.40 resets (RST, SO_LINGER 0) a downstream connection
 #: when the user-space connection to an internal listener closes, dropping response bytes still in
-#: the pod's socket buffer: the service-VIP path (through ``outbound_tunnel_lis_*``) then fails with
+#: the pod's socket buffer: the service-VIP path (through the tunnel internal listeners) then fails with
 #: ECONNRESET and flag UR. Found in the network-namespace world (tests/world).
 RUNTIME_FLAGS = {"envoy.reloadable_features.enable_send_rst_on_user_space_socket": False}
 
@@ -111,10 +111,12 @@ def internal_listener_extension() -> extension_pb2.TypedExtensionConfig:
 
 def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
     metadata = struct_pb2.Struct()
-    metadata.update({NODE_NAME_KEY: options.node, "GENERATOR": "zpilot", "AMBIENT_TYPE": "ztunnel"})
+    metadata.update({contract.NODE_NAME_METADATA: options.node, "GENERATOR": "zpilot", "AMBIENT_TYPE": "ztunnel"})
     api_type = config_source_pb2.ApiConfigSource.DELTA_GRPC if options.delta else config_source_pb2.ApiConfigSource.GRPC
     return bootstrap_pb2.Bootstrap(
-        node=base_pb2.Node(id=options.node_id or f"ztunnel~{options.node}", cluster="ztunnel", metadata=metadata),
+        node=base_pb2.Node(
+            id=options.node_id or contract.node_id(options.node), cluster=contract.NODE_CLUSTER, metadata=metadata
+        ),
         admin=bootstrap_pb2.Admin(address=socket_address(options.admin_address, options.admin_port)),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
             ads_config=config_source_pb2.ApiConfigSource(

@@ -12,16 +12,14 @@ from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_ups
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.metadata.v3 import metadata_pb2
 
+from .. import contract
 from . import names
-from .envoy_common import ORIGINAL_DST_FILTER, ads_source, pack, raw_buffer, struct
+from .envoy_common import ads_source, pack, raw_buffer, struct
 from .limits import DataPathLimits, circuit_breakers, http_idle_options
 from .tls import upstream_tls
 
 Cluster = cluster_pb2.Cluster
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-#: Endpoint metadata namespace holding the HBONE contract: {address: podIP:15008, destination: podIP:port}.
-TUNNEL_METADATA = "tunnel"
-TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
 
 
 def _seconds(value: int) -> duration_pb2.Duration:
@@ -90,8 +88,8 @@ def hbone_tunnel(
 
 def service_port(name: str, limits: DataPathLimits) -> Cluster:
     """The EDS cluster of one (source identity, service port): mesh endpoints go through the
-    internal listener (``tunnel: h2``), others straight to the pod in plain TCP."""
-    passthrough_keys = [TUNNEL_METADATA, ORIGINAL_DST_FILTER]
+    internal listener (``contract.TUNNEL_PROTOCOL``), others straight to the pod in plain TCP."""
+    passthrough_keys = [contract.TUNNEL_METADATA, contract.ORIGINAL_DST_FILTER]
     internal = internal_upstream_pb2.InternalUpstreamTransport(
         passthrough_metadata=[
             internal_upstream_pb2.InternalUpstreamTransport.MetadataValueSource(
@@ -108,7 +106,7 @@ def service_port(name: str, limits: DataPathLimits) -> Cluster:
         transport_socket_matches=[
             Cluster.TransportSocketMatch(
                 name="internal_upstream",
-                match=struct({"tunnel": "h2"}),
+                match=struct(contract.TUNNEL_PROTOCOL),
                 transport_socket=base_pb2.TransportSocket(
                     name="envoy.transport_sockets.internal_upstream", typed_config=pack(internal)
                 ),

@@ -2,7 +2,7 @@
 
 Envoy refuses a listener update outright when two filter chains share a name, when a matcher
 names a chain the listener lacks, or when two chains match the same connections; and it rejects
-the whole LDS response with it, so one bad Service took ``ztunnel_outbound`` from every node.
+the whole LDS response with it, so one bad Service took the outbound listener from every node.
 References that do not resolve are no better: a cluster whose endpoints never come stays
 warming, a listener whose secret never comes never listens, a tcp_proxy to a missing cluster
 resets every connection. Like go-control-plane's ``Snapshot.Consistent``, this looks at the

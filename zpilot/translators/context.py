@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import contract
 from ..model.index import MeshIndex
 from ..model.objects import Workload
 from . import names
@@ -17,7 +18,7 @@ from .limits import DataPathLimits
 
 @dataclass(frozen=True)
 class TranslateOptions:
-    trust_domain: str = "cluster.local"
+    trust_domain: str = contract.DEFAULT_TRUST_DOMAIN
     layout: str = "article"
     #: Address the node-wide listeners bind to (0.0.0.0 in a cluster; tests may pick another).
     bind_address: str = "0.0.0.0"

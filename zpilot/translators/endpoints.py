@@ -1,11 +1,12 @@
 """ClusterLoadAssignments of service ports, carrying the HBONE ``tunnel`` metadata contract.
 
 A mesh endpoint is an ``envoy_internal_address`` of the source identity's internal listener,
-with metadata saying where the tunnel goes (``tunnel.address``, the peer ztunnel: podIP:15008,
-or :15088 for a pod on this node) and what it carries (``tunnel.destination``, podIP:port).
-``envoy.filters.listener.original_dst.local`` is the stock replacement for Istio's
-``set_dst_address`` filter: the internal listener's original_dst filter reads it as the
-connection's destination, which the ORIGINAL_DST tunnel cluster then dials.
+with metadata saying where the tunnel goes (``tunnel.address``, the peer ztunnel's HBONE port,
+or the same-node hairpin port for a pod on this node) and what it carries
+(``tunnel.destination``, podIP:port). The original_dst filter's ``local`` key is the stock
+replacement for Istio's ``set_dst_address`` filter: the internal listener's original_dst filter
+reads it as the connection's destination, which the ORIGINAL_DST tunnel cluster then dials.
+The keys are :mod:`zpilot.contract`'s, since ``zpilot explain`` reads them back.
 
 The fields Envoy itself fills in when it dumps endpoints (locality, weight, health, the
 overprovisioning factor) are set explicitly, so that what we render equals Envoy's own
@@ -20,9 +21,8 @@ from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from ..model.index import Endpoint
-from . import names
-from .clusters import TRANSPORT_SOCKET_MATCH, TUNNEL_METADATA
-from .envoy_common import ORIGINAL_DST_FILTER, socket_address, struct
+from .. import contract
+from .envoy_common import socket_address, struct
 
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 OVERPROVISIONING_FACTOR = 140  # Envoy's default, which its config_dump always shows
@@ -42,18 +42,19 @@ def lb_endpoint(address: address_pb2.Address, metadata: base_pb2.Metadata | None
 
 
 def mesh_endpoint(endpoint: Endpoint, identity: str, same_node: bool):
-    tunnel_port = names.HBONE_SAME_NODE_PORT if same_node else names.HBONE_PORT
+    tunnel_port = contract.PORT_HBONE_LOCAL if same_node else contract.PORT_HBONE
     tunnel_address = f"{endpoint.address}:{tunnel_port}"
+    tunnel = {contract.TUNNEL_ADDRESS: tunnel_address, contract.TUNNEL_DESTINATION: endpoint.authority}
     metadata = base_pb2.Metadata(
         filter_metadata={
-            TRANSPORT_SOCKET_MATCH: struct({"tunnel": "h2"}),
-            TUNNEL_METADATA: struct({"address": tunnel_address, "destination": endpoint.authority}),
-            ORIGINAL_DST_FILTER: struct({"local": tunnel_address}),
+            contract.TRANSPORT_SOCKET_MATCH_METADATA: struct(contract.TUNNEL_PROTOCOL),
+            contract.TUNNEL_METADATA: struct(tunnel),
+            contract.ORIGINAL_DST_FILTER: struct({contract.ORIGINAL_DST_LOCAL: tunnel_address}),
         }
     )
     address = address_pb2.Address(
         envoy_internal_address=address_pb2.EnvoyInternalAddress(
-            server_listener_name=names.tunnel_listener(identity), endpoint_id=endpoint.authority
+            server_listener_name=contract.tunnel_listener(identity), endpoint_id=endpoint.authority
         )
     )
     return lb_endpoint(address, metadata)

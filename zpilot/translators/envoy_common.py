@@ -4,6 +4,8 @@ socket options, ADS config sources and listener filters.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from google.protobuf import any_pb2, struct_pb2
 from google.protobuf.message import Message
 
@@ -16,17 +18,11 @@ from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 from envoy.extensions.filters.listener.original_src.v3 import original_src_pb2
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2
 
-#: SOL_SOCKET / SO_MARK on Linux.
+from .. import contract
+
+#: SOL_SOCKET / SO_MARK on Linux. (The marks themselves are the contract's: the node routes by them.)
 SOL_SOCKET = 1
 SO_MARK = 36
-#: Marks of the 2022 design: 0x401 outbound and 0x402 inbound listener sockets, 1234 (0x4d2) on
-#: connections whose source original_src spoofs.
-OUTBOUND_SOCKET_MARK = 0x401
-INBOUND_SOCKET_MARK = 0x402
-ORIGINAL_SRC_MARK = 1234
-
-ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
-ORIGINAL_SRC_FILTER = "envoy.filters.listener.original_src"
 
 #: Access log fields: what a person (or the end-to-end tests) needs to follow one connection
 #: through a ztunnel: which chain matched, where it went, and who the peer proved to be.
@@ -90,13 +86,14 @@ def socket_mark(mark: int, description: str) -> socket_option_pb2.SocketOption:
 
 def original_dst_filter() -> listener_components_pb2.ListenerFilter:
     return listener_components_pb2.ListenerFilter(
-        name=ORIGINAL_DST_FILTER, typed_config=pack(original_dst_pb2.OriginalDst())
+        name=contract.ORIGINAL_DST_FILTER, typed_config=pack(original_dst_pb2.OriginalDst())
     )
 
 
 def original_src_filter() -> listener_components_pb2.ListenerFilter:
     return listener_components_pb2.ListenerFilter(
-        name=ORIGINAL_SRC_FILTER, typed_config=pack(original_src_pb2.OriginalSrc(mark=ORIGINAL_SRC_MARK))
+        name=contract.ORIGINAL_SRC_FILTER,
+        typed_config=pack(original_src_pb2.OriginalSrc(mark=contract.ORIGINAL_SRC_MARK)),
     )
 
 
@@ -104,7 +101,7 @@ def raw_buffer() -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name="envoy.transport_sockets.raw_buffer", typed_config=pack(raw_buffer_pb2.RawBuffer()))
 
 
-def struct(values: dict) -> struct_pb2.Struct:
+def struct(values: Mapping[str, object]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
     return s

@@ -1,5 +1,5 @@
-"""The receiving side: ``ztunnel_inbound`` (15008, mTLS + HTTP/2 CONNECT) and
-``ztunnel_inbound_plaintext`` (15006), one filter chain per meshed pod on this node.
+"""The receiving side: the inbound listener (the HBONE port: mTLS + HTTP/2 CONNECT) and the
+plaintext one, one filter chain per meshed pod on this node.
 
 RBAC sits before the HTTP connection manager, so it judges the outer mTLS peer (the source
 workload's identity, as the 2022 design did). For now it allows every identity of our trust
@@ -18,11 +18,11 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_filter
 
+from .. import contract
 from ..model.addresses import host_prefix_len
 from . import names
 from .context import NodeView
 from .envoy_common import (
-    INBOUND_SOCKET_MARK,
     access_log,
     original_dst_filter,
     original_src_filter,
@@ -93,7 +93,7 @@ def connect_terminator(limits: DataPathLimits) -> listener_components_pb2.Filter
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True),
         stream_idle_timeout=idle,
         common_http_protocol_options=http_idle_options(limits),
-        access_log=[access_log(names.INBOUND_LISTENER)],
+        access_log=[access_log(contract.INBOUND_LISTENER)],
         upgrade_configs=[hcm.HttpConnectionManager.UpgradeConfig(upgrade_type="CONNECT")],
     )
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(manager))
@@ -108,7 +108,9 @@ def _transparent_listener(name: str, view: NodeView, port: int) -> Listener:
         transparent=wrappers_pb2.BoolValue(value=True),
         use_original_dst=wrappers_pb2.BoolValue(value=True),
         listener_filters=[original_dst_filter(), original_src_filter()],
-        socket_options=[socket_mark(INBOUND_SOCKET_MARK, "Set socket mark to packets coming back from inbound listener")],
+        socket_options=[
+            socket_mark(contract.INBOUND_SOCKET_MARK, "Set socket mark to packets coming back from inbound listener")
+        ],
         access_log=[access_log(name)],
         default_filter_chain=proxy_chain(
             f"blackhole {name}", names.BLACKHOLE_CLUSTER, idle_timeout=idle_timeout(view.options.limits)
@@ -117,7 +119,7 @@ def _transparent_listener(name: str, view: NodeView, port: int) -> Listener:
 
 
 def inbound_listener(view: NodeView) -> Listener:
-    listener = _transparent_listener(names.INBOUND_LISTENER, view, names.HBONE_PORT)
+    listener = _transparent_listener(contract.INBOUND_LISTENER, view, contract.PORT_HBONE)
     for pod in view.local_pods:
         secret = names.workload_secret(view.identity_of(pod), pod)
         listener.filter_chains.append(
@@ -132,7 +134,7 @@ def inbound_listener(view: NodeView) -> Listener:
 
 
 def inbound_plaintext_listener(view: NodeView) -> Listener:
-    listener = _transparent_listener(names.INBOUND_PLAINTEXT_LISTENER, view, names.INBOUND_PLAINTEXT_PORT)
+    listener = _transparent_listener(contract.INBOUND_PLAINTEXT_LISTENER, view, contract.PORT_INBOUND_PLAINTEXT)
     for pod in view.local_pods:
         chain = proxy_chain(
             names.inbound_chain(pod.ip),

@@ -4,7 +4,7 @@ Envoy's defaults suit one service's sidecar, not a proxy that carries every pod 
 its circuit breakers allow 1,024 connections, pending requests and requests per cluster, so a
 node's 1,025th concurrent tunnelled connection was refused (``upstream_rq_active_overflow``:
 76 of 1,100 in the first landing's world). And its HTTP connection manager closes a stream
-idle for 5 minutes (``stream_idle_timeout``), which on ``ztunnel_inbound`` is a whole tunnelled
+idle for 5 minutes (``stream_idle_timeout``), which on the inbound (HBONE) listener is a whole tunnelled
 TCP connection: a database connection quiet for 5 minutes was cut. Every data-path cluster and
 every proxy filter here gets the values of one :class:`DataPathLimits`, which ``zpilot serve``
 and ``zpilot render`` take as flags (docs/operations.md, "Limits and timeouts").

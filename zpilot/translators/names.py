@@ -1,17 +1,15 @@
-"""Every generated name in one place: the 2022 ztunnel's naming contract.
+"""Generated names that only the translators use: chains and clusters, and who references whom.
 
-These strings are load-bearing: filter_chain_matcher actions name chains, EDS endpoints name
-internal listeners, TLS contexts name SDS secrets. Keeping them here means the two ends of
-each reference can never drift apart.
+These strings are load-bearing: filter_chain_matcher actions name chains, tcp_proxy filters and
+EDS name clusters. Keeping them here means the two ends of each reference can never drift apart.
+Names another part of zpilot also uses (listeners, secrets, identities) are in
+:mod:`zpilot.contract`; the helpers below apply them to model objects.
 """
 
 from __future__ import annotations
 
+from .. import contract
 from ..model.objects import ServicePort, Service, Workload
-
-OUTBOUND_LISTENER = "ztunnel_outbound"
-INBOUND_LISTENER = "ztunnel_inbound"
-INBOUND_PLAINTEXT_LISTENER = "ztunnel_inbound_plaintext"
 
 VIRTUAL_INBOUND = "virtual_inbound"
 PASSTHROUGH_CLUSTER = "PassthroughCluster"
@@ -19,35 +17,19 @@ BLACKHOLE_CLUSTER = "BlackHoleCluster"
 PASSTHROUGH_CHAIN = "PassthroughFilterChain"
 BLACKHOLE_CHAIN = "BlackHoleCluster"  # the article's matcher names the chain after the cluster
 
-ROOT_CA_SECRET = "ROOTCA"
-
-OUTBOUND_PORT = 15001
-INBOUND_PLAINTEXT_PORT = 15006
-HBONE_PORT = 15008
-#: Same-node HBONE: the ztunnel's own nat OUTPUT rule redirects this port to its 15008 listener.
-HBONE_SAME_NODE_PORT = 15088
-
-
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-
 
 def workload_identity(trust_domain: str, workload: Workload) -> str:
-    return spiffe_id(trust_domain, workload.namespace, workload.service_account)
+    return contract.spiffe_id(trust_domain, workload.namespace, workload.service_account)
 
 
 def workload_secret(identity: str, workload: Workload) -> str:
-    """``<spiffe>~<pod name>~<pod uid>``: the per-pod SDS name of the article-era ztunnel."""
-    return f"{identity}~{workload.name}~{workload.uid}"
+    """The per-pod SDS name of the article-era ztunnel (:func:`zpilot.contract.workload_secret_name`)."""
+    return contract.workload_secret_name(identity, workload.name, workload.uid)
 
 
 def service_chain(identity: str, service: Service, port: ServicePort, cluster_domain: str) -> str:
     """Chain and EDS cluster name for (source identity, service port)."""
     return f"{identity}_to_{port.label}_{service.hostname(cluster_domain)}_outbound_internal"
-
-
-def tunnel_listener(identity: str) -> str:
-    return f"outbound_tunnel_lis_{identity}"
 
 
 def tunnel_cluster(identity: str) -> str:

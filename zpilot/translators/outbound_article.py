@@ -1,15 +1,15 @@
 """The article's outbound layout, on stock Envoy.
 
-``ztunnel_outbound`` (15001) picks a chain by destination port, then source pod IP, then
-destination IP (and, for a service VIP, port):
+The outbound listener picks a chain by destination port, then source pod IP, then destination IP
+(and, for a service VIP, port):
 
-    DestinationPort{15001 -> BlackHoleCluster}
+    DestinationPort{PORT_OUTBOUND -> BlackHoleCluster}
       -> SourceIP{local meshed pod -> DestinationIP{VIP -> DestinationPort{port -> service chain},
                                                    meshed pod IP -> pod chain}}
       -> PassthroughFilterChain
 
 A service chain ``<spiffe>_to_<port>_<fqdn>_outbound_internal`` proxies to the EDS cluster of the
-same name; its mesh endpoints are the internal listener ``outbound_tunnel_lis_<spiffe>``, whose
+same name; its mesh endpoints are the identity's internal listener (``contract.tunnel_listener``), whose
 tcp_proxy opens the HTTP/2 CONNECT tunnel through ``outbound_tunnel_clus_<spiffe>``. A pod chain
 tunnels straight from the outbound listener through ``outbound_pod[_local]_tunnel_clus_<spiffe>``.
 """
@@ -20,11 +20,11 @@ from google.protobuf import wrappers_pb2
 
 from envoy.config.listener.v3 import listener_pb2
 
+from .. import contract
 from ..model.index import ServiceTarget
 from . import clusters, endpoints, matcher, names
 from .context import LocalIdentity, NodeView
 from .envoy_common import (
-    OUTBOUND_SOCKET_MARK,
     access_log,
     original_dst_filter,
     original_src_filter,
@@ -37,9 +37,8 @@ from .resources import NodeResources
 from .tcp_proxy import proxy_chain
 
 Listener = listener_pb2.Listener
-#: The tunnel's CONNECT authority on the internal listener: the real destination, from endpoint metadata.
-TUNNEL_DESTINATION = "%DYNAMIC_METADATA(tunnel:destination)%"
-#: ... and on the outbound listener itself (pod-IP destinations): the original destination.
+#: The tunnel's CONNECT authority on the outbound listener itself (pod-IP destinations): the
+#: original destination. (On the internal listener: ``contract.TUNNEL_DESTINATION_FORMAT``.)
 DOWNSTREAM_DESTINATION = "%DOWNSTREAM_LOCAL_ADDRESS%"
 
 
@@ -55,13 +54,15 @@ def article_layout(view: NodeView, out: NodeResources) -> None:
 
 def _outbound_listener(view: NodeView) -> Listener:
     listener = Listener(
-        name=names.OUTBOUND_LISTENER,
-        address=socket_address(view.options.bind_address, names.OUTBOUND_PORT),
+        name=contract.OUTBOUND_LISTENER,
+        address=socket_address(view.options.bind_address, contract.PORT_OUTBOUND),
         transparent=wrappers_pb2.BoolValue(value=True),
         use_original_dst=wrappers_pb2.BoolValue(value=True),
         listener_filters=[original_dst_filter(), original_src_filter()],
-        socket_options=[socket_mark(OUTBOUND_SOCKET_MARK, "Set socket mark to packets coming back from outbound listener")],
-        access_log=[access_log(names.OUTBOUND_LISTENER)],
+        socket_options=[
+            socket_mark(contract.OUTBOUND_SOCKET_MARK, "Set socket mark to packets coming back from outbound listener")
+        ],
+        access_log=[access_log(contract.OUTBOUND_LISTENER)],
     )
     idle = idle_timeout(view.options.limits)
     listener.filter_chains.extend(
@@ -79,7 +80,7 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
     limits = view.options.limits
     idle = idle_timeout(limits)
     tunnel_lis = Listener(
-        name=names.tunnel_listener(sid),
+        name=contract.tunnel_listener(sid),
         use_original_dst=wrappers_pb2.BoolValue(value=False),
         listener_filters=[original_dst_filter()],
         filter_chains=[
@@ -87,9 +88,9 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
                 "",
                 names.tunnel_cluster(sid),
                 idle_timeout=idle,
-                stat_prefix=names.tunnel_listener(sid),
-                log_site=names.tunnel_listener(sid),
-                tunnel_target=TUNNEL_DESTINATION,
+                stat_prefix=contract.tunnel_listener(sid),
+                log_site=contract.tunnel_listener(sid),
+                tunnel_target=contract.TUNNEL_DESTINATION_FORMAT,
             )
         ],
     )
@@ -97,13 +98,13 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
     out.listeners[tunnel_lis.name] = tunnel_lis
     for cluster in (
         clusters.hbone_tunnel(names.tunnel_cluster(sid), secret, td, limits),
-        clusters.hbone_tunnel(names.pod_tunnel_cluster(sid), secret, td, limits, port_override=names.HBONE_PORT),
+        clusters.hbone_tunnel(names.pod_tunnel_cluster(sid), secret, td, limits, port_override=contract.PORT_HBONE),
         clusters.hbone_tunnel(
-            names.pod_local_tunnel_cluster(sid), secret, td, limits, port_override=names.HBONE_SAME_NODE_PORT
+            names.pod_local_tunnel_cluster(sid), secret, td, limits, port_override=contract.PORT_HBONE_LOCAL
         ),
     ):
         out.clusters[cluster.name] = cluster
-    outbound = out.listeners[names.OUTBOUND_LISTENER]
+    outbound = out.listeners[contract.OUTBOUND_LISTENER]
     for cluster_name in (names.pod_tunnel_cluster(sid), names.pod_local_tunnel_cluster(sid)):
         outbound.filter_chains.append(
             proxy_chain(
@@ -154,6 +155,7 @@ def _matcher(view: NodeView) -> matcher.Matcher:
             destinations.setdefault(dest.ip, matcher.chain(names.pod_chain(cluster)))
         by_source[pod.ip] = matcher.nested(matcher.exact("ip", destinations))
     passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
-    # A match map must not be empty: with no meshed pod here, everything not for 15001 passes through.
+    # A match map must not be empty: with no meshed pod here, everything not for the listener's own port passes through.
     after_port = matcher.nested(matcher.exact("source-ip", by_source, on_no_match=passthrough)) if by_source else passthrough
-    return matcher.exact("port", {str(names.OUTBOUND_PORT): matcher.chain(names.BLACKHOLE_CHAIN)}, on_no_match=after_port)
+    own_port = {str(contract.PORT_OUTBOUND): matcher.chain(names.BLACKHOLE_CHAIN)}
+    return matcher.exact("port", own_port, on_no_match=after_port)

@@ -36,7 +36,7 @@ class SecretRef:
     """A secret some resource references by name, and whose identity it must carry."""
 
     name: str
-    spiffe_id: str | None  # None for the trust bundle (ROOTCA)
+    spiffe_id: str | None  # None for the trust bundle (contract.ROOT_CA_SECRET)
 
 
 @dataclass

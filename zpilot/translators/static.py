@@ -17,6 +17,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
+from .. import contract
 from .bootstrap import internal_listener_extension, runtime_layers
 from .envoy_common import pack, socket_address
 from .resources import NodeResources
@@ -64,15 +65,15 @@ def static_bootstrap(
     resources: NodeResources,
     secrets: Mapping[str, secret_pb2.Secret],
     *,
-    admin_port: int = 15000,
+    admin_port: int = contract.PORT_ADMIN,
 ) -> bootstrap_pb2.Bootstrap:
     boot = bootstrap_pb2.Bootstrap(
-        admin=bootstrap_pb2.Admin(address=socket_address("127.0.0.1", admin_port)),
+        admin=bootstrap_pb2.Admin(address=socket_address(contract.ADMIN_ADDRESS, admin_port)),
         bootstrap_extensions=[internal_listener_extension()],
         layered_runtime=runtime_layers(),
     )
-    boot.node.id = f"ztunnel~{resources.node}"
-    boot.node.cluster = "ztunnel"
+    boot.node.id = contract.node_id(resources.node)
+    boot.node.cluster = contract.NODE_CLUSTER
     static = boot.static_resources
     for name in sorted(resources.listeners):
         static.listeners.add().CopyFrom(resources.listeners[name])

@@ -1,13 +1,11 @@
 """TLS for the HBONE tunnel: TLS 1.3 only, ALPN h2, certificates and trust over SDS (ADS).
 
-Both directions validate the peer: against ROOTCA, and its URI SAN must be a SPIFFE identity
-of our trust domain. The 2022 ztunnel's client side validated nothing (``// TODO san match``),
+Both directions validate the peer: against the trust bundle secret, and its URI SAN must be a
+SPIFFE identity of our trust domain. The 2022 ztunnel's client side validated nothing (``// TODO san match``),
 so any server holding any certificate could terminate its tunnels.
 """
 
 from __future__ import annotations
-
-import re
 
 from google.protobuf import wrappers_pb2
 
@@ -15,20 +13,15 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
-from . import names
+from .. import contract
 from .envoy_common import ads_source, pack
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 
 
-def identity_pattern(trust_domain: str) -> str:
-    """A regex for ``spiffe://<trust domain>/ns/<ns>/sa/<sa>`` and nothing else."""
-    return rf"^spiffe://{re.escape(trust_domain)}/ns/[^/]+/sa/[^/]+$"
-
-
 def identity_matcher(trust_domain: str) -> string_pb2.StringMatcher:
     return string_pb2.StringMatcher(
-        safe_regex=regex_pb2.RegexMatcher(regex=identity_pattern(trust_domain))
+        safe_regex=regex_pb2.RegexMatcher(regex=contract.spiffe_id_regex(trust_domain))
     )
 
 
@@ -50,7 +43,7 @@ def _common(secret_name: str, trust_domain: str) -> tls_pb2.CommonTlsContext:
                     )
                 ]
             ),
-            validation_context_sds_secret_config=sds(names.ROOT_CA_SECRET),
+            validation_context_sds_secret_config=sds(contract.ROOT_CA_SECRET),
         ),
     )
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .. import contract
 from ..envoy_binary import envoy_path, next_base_id
 from . import serve_api, workdir
 from .client import PodClient
@@ -37,7 +38,7 @@ from .network import CONTROL_PLANE_ROLE, build_network, node_role
 from .prerequisites import missing_prerequisites
 from .processes import Child, Supervisor, python_module, zpilot_cli
 from .topology import NodeSpec, PodSpec, WorldSpec, article_world
-from .ztunnel import ADMIN_PORT, Ztunnel
+from .ztunnel import Ztunnel
 
 log = logging.getLogger("zpilot.world")
 
@@ -243,7 +244,8 @@ class World:
                                   "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.ca_dir))
             else:
                 argv = zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
-                                  "--admin-port", str(ADMIN_PORT), *(["--delta"] if self.options.delta_xds else []))
+                                  "--admin-port", str(contract.PORT_ADMIN),
+                                  *(["--delta"] if self.options.delta_xds else []))
             boot = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
             config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
             if self.options.static_config:  # secrets inline: workload private keys

@@ -11,12 +11,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import contract
 from .errors import WorldError
 from .netns import in_netns
 from .processes import zpilot_cli
 
-#: The ipset of a node's captured pod IPs (docs/cni.md).
-MESHED_PODS_IPSET = "ztunnel-pods-ips"
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class NodeCni:
 
     def meshed_ips(self) -> set[str]:
         """The node's ipset of captured pod IPs, as the kernel holds it now."""
-        out = in_netns(self.netns, ["ipset", "list", MESHED_PODS_IPSET], check=False)
+        out = in_netns(self.netns, ["ipset", "list", contract.IPSET_NAME], check=False)
         return {line.split()[0] for line in out.partition("Members:")[2].splitlines() if line.strip()}
 
     def _from_host(self, command: str) -> list[str]:

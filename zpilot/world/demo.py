@@ -7,11 +7,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from .. import contract
 from ..explain import FACT_KEYS, explain, load_mesh
 from .builder import World
 from .observe import Observation, observe_request
 
-#: (title, fact keys) per hop, in the order the article walks them.
+#: (title, fact keys) per hop, in the order the article walks them; titles are formatted with the
+#: source and destination node and the HBONE port.
 HOPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("node {src_node}: the meshed pod's TCP is marked and policy-routed into the outbound tunnel",
      ("mark", "ip_rule", "route_table", "tunnel_device")),
@@ -20,9 +22,9 @@ HOPS: tuple[tuple[str, tuple[str, ...]], ...] = (
      ("listener", "matcher_path", "filter_chain", "cluster", "endpoint", "response_flags")),
     ("ztunnel {src_node}: internal listener opens the HBONE tunnel (HTTP/2 CONNECT over mTLS)",
      ("internal_listener", "tunnel_cluster", "tunnel_dial")),
-    ("node {dst_node}: the tunnel to the pod's 15008 is routed into the inbound tunnel",
+    ("node {dst_node}: the tunnel to the pod's {hbone} is routed into the inbound tunnel",
      ("dest_ip_rule", "dest_route_table", "dest_tunnel_device")),
-    ("ztunnel {dst_node}: TPROXY to 15008", ("dest_tproxy_port",)),
+    ("ztunnel {dst_node}: TPROXY to {hbone}", ("dest_tproxy_port",)),
     ("ztunnel {dst_node}: mTLS peer, CONNECT, inbound chain, virtual_inbound",
      ("inbound_listener", "inbound_chain", "peer_identity", "server_identity", "connect_authority",
       "inbound_cluster", "destination")),
@@ -56,7 +58,8 @@ def observe_and_explain(world: World, source: str, host: str, port: int) -> Demo
     out = obs.outbound
     if out:  # the matcher's inputs, as the listener saw them: destination port, source IP, destination IP
         dst_ip, _, dst_port = out.get("downstream_local", "").rpartition(":")
-        obs.facts["matcher_path"] = (f"dport={dst_port} (15001? no) -> src={out.get('downstream_remote', '').rpartition(':')[0]}"
+        src_ip = out.get("downstream_remote", "").rpartition(":")[0]
+        obs.facts["matcher_path"] = (f"dport={dst_port} ({contract.PORT_OUTBOUND}? no) -> src={src_ip}"
                                      f" -> dst={dst_ip} -> dport={dst_port}")
         obs.evidence["matcher_path"] = "the listener's downstream addresses in the access log"
     paths = explain(load_mesh(world.manifests, trust_domain=world.spec.trust_domain), source, host, port)
@@ -77,8 +80,9 @@ def render(world: World, result: DemoResult, emit: Callable[[str], None] = print
         emit(f"  the request FAILED: {trace.error}")
     emit("")
     facts, evidence = result.observation.facts, result.observation.evidence
+    dst_node = dest.node.upper() if dest else "?"
     for n, (title, keys) in enumerate(HOPS, 1):
-        emit(f"  {n}. " + title.format(src_node=src.node.upper(), dst_node=(dest.node.upper() if dest else "?")))
+        emit(f"  {n}. " + title.format(src_node=src.node.upper(), dst_node=dst_node, hbone=contract.PORT_HBONE))
         for key in keys:
             value = facts.get(key, "(not observed)")
             emit(f"       {key:18} {value}")

@@ -1,7 +1,7 @@
 """kube-proxy's part of a node: the service portals (VIP:port DNATed to an endpoint).
 
 A world has no kube-proxy, but the article's node has one, and the CNI's nat rules exist to
-step around it ("-m mark --mark 0x100/0x100 -j ACCEPT" before KUBE-SERVICES, so the ztunnel
+step around it (an ACCEPT of the outbound mark before KUBE-SERVICES, so the ztunnel
 sees the VIP and not an endpoint). Installing the same portals makes that rule matter here
 too, and lets pods outside the mesh reach services the way they would in a cluster.
 """

@@ -15,7 +15,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from ..cni import constants as c
+from .. import contract as c
 from . import scenarios
 from .builder import World
 from .netns import in_netns, run
@@ -132,7 +132,7 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
         if "TPROXY" in rule and _opt(rule, "-i") == c.ZTUNNEL_OUTBOUND_TUNNEL:
             fact("tproxy_port", _opt(rule, "--on-port"), f"ztunnel {src.node}: +{n} pkts on `-A {chain} {rule}`")
     # ztunnel A's Envoy
-    outbound = next(iter(trace.at(src.node, log="ztunnel_outbound", downstream_remote=trace.client_local or "")), {})
+    outbound = next(iter(trace.at(src.node, log=c.OUTBOUND_LISTENER, downstream_remote=trace.client_local or "")), {})
     obs.outbound = outbound
     where = f"ztunnel {src.node} access log"
     if outbound:
@@ -141,7 +141,7 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
                                 ("endpoint", "upstream_host")):
             fact(key, outbound.get(field_name), where)
         fact("response_flags", outbound.get("response_flags"), where)
-    tunnel = next((e for e in trace.entries.get(src.node, []) if e["log"].startswith("outbound_tunnel_lis_")), None)
+    tunnel = next((e for e in trace.entries.get(src.node, []) if e["log"].startswith(c.TUNNEL_LISTENER_PREFIX)), None)
     if tunnel:  # a service chain: the internal listener opened the tunnel
         fact("internal_listener", tunnel["log"], where)
         fact("tunnel_cluster", tunnel.get("upstream_cluster"), where)
@@ -157,12 +157,12 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
         # the tunnel's source: the ztunnel's address, or the pod's where original_src spoofed it
         arriving_src = (tunnel.get("upstream_local") or "").rpartition(":")[0] or world.spec.ztunnel_on(src.node).ip
         from_outside = dest_pod is not None and dest_pod.node != src.node  # same node: REDIRECT, no routing
-        inbound_match: dict[str, str] = {"log": "ztunnel_inbound", "method": "CONNECT"}
+        inbound_match: dict[str, str] = {"log": c.INBOUND_LISTENER, "method": "CONNECT"}
     else:
         dest_pod = next((p for p in world.spec.pods if p.ip == host), None)
         arriving_src = src.ip
         from_outside = dest_pod is not None and not mark
-        inbound_match = {"log": "ztunnel_inbound_plaintext", "downstream_remote": trace.client_local or ""}
+        inbound_match = {"log": c.INBOUND_PLAINTEXT_LISTENER, "downstream_remote": trace.client_local or ""}
     if dest_pod is not None:
         dest_node = world.spec.node(dest_pod.node)
         dzt = world.ztunnels[dest_node.key]

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .. import contract
 from ..model.objects import DATAPLANE_MODE_AMBIENT, DATAPLANE_MODE_LABEL, DATAPLANE_MODE_NONE
 
 ZTUNNEL_NAMESPACE = "istio-system"
@@ -85,7 +86,7 @@ class WorldSpec:
     namespaces: Mapping[str, Mapping[str, str]]  # name -> labels
     pods: tuple[PodSpec, ...]
     services: tuple[ServiceSpec, ...]
-    trust_domain: str = "cluster.local"
+    trust_domain: str = contract.DEFAULT_TRUST_DOMAIN
 
     def node(self, key: str) -> NodeSpec:
         return next(n for n in self.nodes if n.key == key or n.name == key)
@@ -217,7 +218,8 @@ def _pod_doc(pod: PodSpec, node: NodeSpec) -> dict:
 
 NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
 NODE_B = "gke-jimmy-cluster-default-pool-d5041909-c1da"
-ZTUNNEL_PORTS = (("outbound", 15001), ("hbone", 15008), ("inbound-plain", 15006), ("admin", 15000))
+ZTUNNEL_PORTS = (("outbound", contract.PORT_OUTBOUND), ("hbone", contract.PORT_HBONE),
+                 ("inbound-plain", contract.PORT_INBOUND_PLAINTEXT), ("admin", contract.PORT_ADMIN))
 
 
 def article_world() -> WorldSpec:

@@ -1,18 +1,16 @@
 """A node's ztunnel in a world: the Envoy process in the ztunnel pod's namespace, its admin API
-(127.0.0.1:15000 of that namespace) and its access log."""
+(on loopback in that namespace) and its access log."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from .. import contract
 from .accesslog import AccessLog
 from .client import PodClient
 from .processes import Child
 from .topology import NodeSpec, PodSpec
-
-ADMIN_PORT = 15000
-
 
 @dataclass
 class Ztunnel:
@@ -27,7 +25,7 @@ class Ztunnel:
         return AccessLog(self.process.stdout)
 
     def admin(self, path: str) -> str:
-        exchange = self.client.request(self.netns, "127.0.0.1", ADMIN_PORT, path, timeout=5)
+        exchange = self.client.request(self.netns, contract.ADMIN_ADDRESS, contract.PORT_ADMIN, path, timeout=5)
         if exchange.status != 200:
             raise RuntimeError(f"admin {path} on ztunnel {self.node.key}: HTTP {exchange.status}")
         return exchange.body.decode(errors="replace")

@@ -1,4 +1,4 @@
-"""The debug REST API (FastAPI, port 15014): what istiod's debug endpoints show, for zpilot.
+"""The debug REST API (FastAPI, ``contract.PORT_DEBUG``): what istiod's debug endpoints show, for zpilot.
 
 Everything here reads state; nothing changes config. It shows every node's configuration, so it
 listens on localhost by default; Prometheus metrics are served apart (metrics_server.py). Key material never leaves through it:

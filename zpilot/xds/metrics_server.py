@@ -1,4 +1,4 @@
-"""``/metrics`` on a listener of its own (default ``0.0.0.0:15020``), apart from the debug API.
+"""``/metrics`` on a listener of its own (default: all interfaces, ``contract.PORT_METRICS``), apart from the debug API.
 
 Scrapers need to reach the metrics from other machines; the debug API shows every node's
 configuration and stays on localhost. So they never share a port. The socket is bound here,
@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable
 import uvicorn
 from prometheus_client import make_asgi_app
 
+from .. import contract
 from .embedded_http import EmbeddedUvicorn
 from .metrics import Metrics
 from .sockets import UNIX_PREFIX, describe, listen
@@ -33,7 +34,7 @@ Asgi = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable
 @dataclass(frozen=True)
 class MetricsOptions:
     host: str = "0.0.0.0"  # or "unix:/path" for a Unix socket
-    port: int = 15020  # 0: any free port
+    port: int = contract.PORT_METRICS  # 0: any free port
 
     @property
     def unix_socket(self) -> bool:

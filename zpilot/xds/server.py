@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from .. import contract
 from .cache import SnapshotReader
 from .delta import DeltaStream
 from .observer import StreamObserver
@@ -32,7 +33,7 @@ class ServerOptions:
     """gRPC settings, defaulting to what istiod uses (xds-protocol-notes.md)."""
 
     host: str = "0.0.0.0"  # or "unix:/path" for a Unix socket (port then unused)
-    port: int = 15010
+    port: int = contract.PORT_XDS
     #: Delta requests on reconnect can exceed gRPC's 4 MiB default (every known resource's version).
     max_receive_message_bytes: int = 64 * MiB
     max_send_message_bytes: int = 512 * MiB

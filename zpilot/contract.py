@@ -1,0 +1,238 @@
+"""The ztunnel contract: every number and name that two parts of zpilot must agree on.
+
+A ztunnel works only if the node's redirection (``zpilot.cni``), the Envoy config sent to the
+ztunnel (``zpilot.translators``), its certificates (``zpilot.certs``), the ADS server that
+recognises it (``zpilot.xds``) and the tools that explain or observe a connection
+(``zpilot.explain``, ``zpilot.world``) use the same ports, socket marks, route tables, device
+names, node id, secret names, SPIFFE IDs and metadata keys. Each is written here once, so the
+two ends of each reference cannot drift apart; ``tests/contract`` checks that no other module
+spells one of them out, and that the CNI plan's TPROXY ports and marks are the generated
+listeners'.
+
+The values are those of Istio's 2022 ambient mesh (branch ``experimental-ambient``: the CNI
+agent ``cni/pkg/ambient``, the ztunnel DaemonSet's init script, ``ztunnelgen.go``), as the
+article *Transparent Traffic Intercepting and Routing in the L4 Network of Istio Ambient Mesh*
+shows them, so an operator's notes, dashboards and ``ip rule`` / ``iptables-save`` habits carry
+over. This module sits below ``zpilot.model`` and imports nothing of zpilot.
+"""
+
+from __future__ import annotations
+
+import re
+from types import MappingProxyType
+
+# -- the ztunnel's ports ---------------------------------------------------------------------
+
+#: ``ztunnel_outbound``: pods' outbound TCP, delivered by TPROXY from the outbound tunnel (the
+#: port a sidecar's outbound capture uses too).
+PORT_OUTBOUND = 15001
+#: ``ztunnel_inbound_plaintext``: TCP to a meshed pod that did not come through a tunnel.
+PORT_INBOUND_PLAINTEXT = 15006
+#: ``ztunnel_inbound``: HBONE (HTTP/2 CONNECT over mutual TLS), Istio's tunnel port ever since.
+PORT_HBONE = 15008
+#: Same-node HBONE: a tunnel to a pod of the ztunnel's own node goes to ``podIP:15088``, and the
+#: ztunnel's nat OUTPUT rule redirects it to its own :data:`PORT_HBONE` (the 2022 hairpin).
+PORT_HBONE_LOCAL = 15088
+#: Envoy's admin API, as on every Istio proxy (``curl 127.0.0.1:15000/config_dump``).
+PORT_ADMIN = 15000
+#: The admin API listens on loopback only: it can dump the config and stop Envoy.
+ADMIN_ADDRESS = "127.0.0.1"
+
+# -- the control plane's own ports (``zpilot serve``), where istiod has the same services ----------
+
+#: ADS over gRPC: istiod's plaintext xDS port, where a ztunnel's bootstrap points.
+PORT_XDS = 15010
+#: The debug API: istiod's monitoring port. It shows every node's config, so it stays on localhost
+#: unless told otherwise.
+PORT_DEBUG = 15014
+#: Prometheus ``/metrics``: the port Istio's proxies serve their merged metrics on.
+PORT_METRICS = 15020
+
+# -- packet marks on the node (each matched as mark/mark, as cni/pkg/ambient did) -------------
+
+MARK_OUTBOUND = 0x100  #: TCP from a meshed pod: policy-routed to the ztunnel through istioout
+MARK_SKIP = 0x200  #: already handled (out of a tunnel, or from the ztunnel): normal routing
+MARK_CONN_SKIP = 0x220  #: a connection never to redirect (the ztunnel's own, UDP, kubelet probes)
+MARK_PROXY = 0x210  #: a connection the ztunnel makes on behalf of a pod (spoofed source)
+MARK_PROXY_RETURN = 0x040  #: the replies of a MARK_PROXY connection: back to the ztunnel
+
+# -- marks inside the ztunnel pod (matched under ZTUNNEL_MARK_MASK) ----------------------------
+
+ZTUNNEL_MARK_MASK = 0xFFF
+#: Set by the TPROXY rules: deliver to the local listener (table ``TABLE_INBOUND``: ``local default``).
+TPROXY_MARK = 0x400
+#: SO_MARK of ``ztunnel_outbound``'s sockets: its replies go back through pistioout. 0x401, not
+#: 0x400: it must not match the TPROXY rule's mark under the mask (stock-envoy-notes.md).
+OUTBOUND_SOCKET_MARK = 0x401
+#: SO_MARK of ``ztunnel_inbound`` and ``ztunnel_inbound_plaintext``: replies go back through pistioin.
+INBOUND_SOCKET_MARK = 0x402
+#: The mark Envoy's ``original_src`` filter puts on the connections whose source it spoofs: 1234,
+#: as Istio configures it. It selects no ztunnel rule, so those connections take the main table.
+ORIGINAL_SRC_MARK = 0x4D2
+#: Replies to spoofed connections, arriving on the ztunnel pod's own interface: deliver them
+#: locally (table ``TABLE_INBOUND``).
+PASSTHROUGH_MARK = 0x4D3
+
+# -- tunnel devices between the node and its ztunnel pod -------------------------------------
+
+INBOUND_TUNNEL = "istioin"  #: node side: traffic for a meshed pod goes to the ztunnel through it
+OUTBOUND_TUNNEL = "istioout"  #: node side: a meshed pod's outbound traffic goes to the ztunnel
+ZTUNNEL_INBOUND_TUNNEL = "pistioin"  #: the ztunnel pod's end of istioin
+ZTUNNEL_OUTBOUND_TUNNEL = "pistioout"  #: the ztunnel pod's end of istioout
+#: The 2022 values: one VNI per direction, and per direction a /30 with the node at .1 and the
+#: ztunnel at .2, the gateways of the policy routes on either side.
+INBOUND_VNI = 1000
+OUTBOUND_VNI = 1001
+INBOUND_NODE_ADDRESS = "192.168.126.1"
+INBOUND_ZTUNNEL_ADDRESS = "192.168.126.2"
+OUTBOUND_NODE_ADDRESS = "192.168.127.1"
+OUTBOUND_ZTUNNEL_ADDRESS = "192.168.127.2"
+TUNNEL_PREFIXLEN = 30
+#: Geneve's IANA port. VXLAN, when it stands in, uses it too: the node rules stay identical, and
+#: it cannot collide with a cluster overlay's own VXLAN (Calico 4789, flannel 8472).
+TUNNEL_PORT = 6081
+#: The pod's interface as a CNI plugin names it inside the pod: the ztunnel's own, in 2022's script.
+POD_INTERFACE = "eth0"
+
+# -- policy routing ----------------------------------------------------------------------------
+
+TABLE_INBOUND = 100  #: node: the ztunnel and one route per meshed pod via istioin; ztunnel: local delivery
+TABLE_OUTBOUND = 101  #: to the ztunnel through the outbound tunnel (and back)
+TABLE_PROXY_RETURN = 102  #: replies of proxied connections, back to the ztunnel
+OWNED_TABLES = (TABLE_INBOUND, TABLE_OUTBOUND, TABLE_PROXY_RETURN)
+#: ``ip rule`` priorities 100-103 on the node, as cni/pkg/ambient installed them.
+NODE_RULE_PRIORITIES = (100, 101, 102, 103)
+#: 19999 first: same-node HBONE hairpin replies (from 127.0.0.1, after the PORT_HBONE_LOCAL
+#: REDIRECT) are delivered locally instead of leaving through pistioin by rule 20002 (istio/istio#42163).
+ZTUNNEL_HAIRPIN_RULE_PRIORITY = 19999
+HAIRPIN_SOURCE = "127.0.0.1"
+#: The init script's rules 20000-20003 in the ztunnel pod, after our hairpin rule.
+ZTUNNEL_RULE_PRIORITIES = (ZTUNNEL_HAIRPIN_RULE_PRIORITY, 20000, 20001, 20002, 20003)
+#: The kernel's ``from all lookup main``: rule 100 ``goto``s it to skip our tables.
+MAIN_RULE_PRIORITY = 32766
+
+# -- iptables and ipset --------------------------------------------------------------------------
+
+#: Every chain named so, in mangle and nat, belongs to zpilot (``iptables-save | grep ztunnel-``).
+CHAIN_PREFIX = "ztunnel-"
+PREROUTING = "ztunnel-PREROUTING"
+POSTROUTING = "ztunnel-POSTROUTING"
+INPUT = "ztunnel-INPUT"
+OUTPUT = "ztunnel-OUTPUT"
+FORWARD = "ztunnel-FORWARD"
+#: The meshed pods of a node, commented with each pod's UID.
+IPSET_NAME = "ztunnel-pods-ips"
+IPSET_TYPE = "hash:ip"
+
+# -- who a ztunnel is: the Envoy node --------------------------------------------------------
+
+#: Node metadata key naming the Kubernetes node (Istio's ISTIO_META_NODE_NAME). The ADS server
+#: serves a stream the config of this node; it is what ``zpilot bootstrap`` writes.
+NODE_NAME_METADATA = "NODE_NAME"
+#: The environment variable a DaemonSet sets from the downward API (``spec.nodeName``).
+NODE_NAME_ENV = "NODE_NAME"
+#: Envoy ``node.cluster`` of every ztunnel.
+NODE_CLUSTER = "ztunnel"
+#: The node id ``zpilot bootstrap`` writes, ``ztunnel~<node>``: led by the proxy type, as Istio's
+#: ``<type>~<ip>~<pod>~<domain>`` ids are. Read back up to the next ``~``.
+NODE_ID_PREFIX = "ztunnel~"
+
+
+def node_id(node: str) -> str:
+    """The Envoy node id of ``node``'s ztunnel."""
+    return NODE_ID_PREFIX + node
+
+
+def node_of_id(envoy_node_id: str) -> str | None:
+    """The node a :func:`node_id` names (up to a further ``~``); None for an id of another form."""
+    if not envoy_node_id.startswith(NODE_ID_PREFIX):
+        return None
+    return envoy_node_id[len(NODE_ID_PREFIX) :].split("~", 1)[0] or None
+
+
+# -- identities and SDS secret names ---------------------------------------------------------
+
+SPIFFE_SCHEME = "spiffe://"
+#: Istio's default trust domain (``meshConfig.trustDomain``).
+DEFAULT_TRUST_DOMAIN = "cluster.local"
+
+
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    """A service account's identity, the URI SAN of its certificates (Istio's form)."""
+    return f"{SPIFFE_SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+#: How :func:`spiffe_id` reads, for messages.
+SPIFFE_ID_FORM = spiffe_id("<trust domain>", "<namespace>", "<service account>")
+
+
+def split_spiffe_id(uri: str) -> tuple[str, str, str] | None:
+    """(trust domain, namespace, service account) of a URI of :func:`spiffe_id`'s form, else None.
+    Only the shape is checked: what each part may hold is the CA's business (``zpilot.certs.spiffe``)."""
+    if not uri.startswith(SPIFFE_SCHEME):
+        return None
+    parts = uri[len(SPIFFE_SCHEME) :].split("/")
+    if len(parts) != 5 or parts[1] != "ns" or parts[3] != "sa":
+        return None
+    return parts[0], parts[2], parts[4]
+
+
+def spiffe_id_regex(trust_domain: str) -> str:
+    """A regex for any identity of ``trust_domain`` and nothing else: what TLS and RBAC accept."""
+    return rf"^{SPIFFE_SCHEME}{re.escape(trust_domain)}/ns/[^/]+/sa/[^/]+$"
+
+
+#: The SDS secret of the trust bundle: every TLS context validates its peer against it.
+ROOT_CA_SECRET = "ROOTCA"
+#: Separates identity, pod name and pod UID in a workload secret name.
+SECRET_NAME_SEPARATOR = "~"
+
+
+def workload_secret_name(identity: str, pod_name: str, pod_uid: str) -> str:
+    """``<spiffe id>~<pod name>~<pod uid>``: a pod's certificate, as the launch-build ztunnel named it."""
+    return SECRET_NAME_SEPARATOR.join((identity, pod_name, pod_uid))
+
+
+def identity_of_secret_name(name: str) -> str:
+    """The identity a :func:`workload_secret_name` (or a bare SPIFFE ID) names."""
+    return name.split(SECRET_NAME_SEPARATOR, 1)[0]
+
+
+# -- listeners whose names other parts look for ------------------------------------------------
+
+#: The access log of each listener is tagged with its name, which is how tests, ``zpilot demo``
+#: and operators find a connection's lines.
+OUTBOUND_LISTENER = "ztunnel_outbound"
+INBOUND_LISTENER = "ztunnel_inbound"
+INBOUND_PLAINTEXT_LISTENER = "ztunnel_inbound_plaintext"
+#: One internal listener per local identity opens its HBONE tunnels: ``outbound_tunnel_lis_<spiffe id>``.
+TUNNEL_LISTENER_PREFIX = "outbound_tunnel_lis_"
+
+
+def tunnel_listener(identity: str) -> str:
+    """The internal listener that tunnels for ``identity``; EDS endpoints name it as their address."""
+    return TUNNEL_LISTENER_PREFIX + identity
+
+
+# -- endpoint metadata: how a mesh endpoint says where its tunnel goes --------------------------
+
+#: Filter metadata namespace of a mesh endpoint's tunnel: ``{address: podIP:PORT_HBONE (or
+#: PORT_HBONE_LOCAL on the same node), destination: podIP:targetPort}``, passed by the
+#: ``internal_upstream`` transport socket to the internal listener.
+TUNNEL_METADATA = "tunnel"
+TUNNEL_ADDRESS = "address"
+TUNNEL_DESTINATION = "destination"
+#: The CONNECT authority the internal listener sends: the real destination, from that metadata.
+TUNNEL_DESTINATION_FORMAT = f"%DYNAMIC_METADATA({TUNNEL_METADATA}:{TUNNEL_DESTINATION})%"
+#: Envoy's transport socket match namespace; ``{tunnel: h2}`` selects ``internal_upstream``
+#: (the launch build's value; later builds said ``http``).
+TRANSPORT_SOCKET_MATCH_METADATA = "envoy.transport_socket_match"
+TUNNEL_PROTOCOL = MappingProxyType({"tunnel": "h2"})
+#: Envoy's original_dst listener filter. On an internal listener it takes the connection's
+#: destination from the endpoint metadata of its own name, key ``local``: the stock replacement
+#: for Istio's ``set_dst_address`` filter.
+ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
+ORIGINAL_DST_LOCAL = "local"
+#: Envoy's original_src listener filter: upstream connections keep the downstream's source address
+#: (and carry ORIGINAL_SRC_MARK).
+ORIGINAL_SRC_FILTER = "envoy.filters.listener.original_src"
