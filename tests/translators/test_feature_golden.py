@@ -62,6 +62,11 @@ CASES: dict[str, tuple[str, ...]] = {
     "identities-and-secrets": ("clusters.clusters", "tls.transport_sockets", "tls.secrets"),
     "bootstrap": ("bootstrap.bootstrap",),
     "static-bootstrap": ("static.bootstrap",),
+    "selectorless-service": ("endpoints.endpoints", "matcher.filter_chain_matcher"),
+    "service-without-endpoints": ("matcher.filter_chain_matcher", "outbound_article.endpoints"),
+    "host-network-endpoint": ("endpoints.endpoints",),
+    "endpoint-conditions": ("endpoints.endpoints", "matcher.filter_chain_matcher"),
+    "localities": ("endpoints.endpoints",),
 }
 
 

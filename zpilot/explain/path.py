@@ -417,7 +417,7 @@ def _direct(mesh: Mesh, base: Explanation, src: Workload, host: str, port: int) 
     targets = [(host, port)]
     vip = mesh.index.destination(host, port)
     if vip is not None:
-        eps = mesh.index.destination_endpoints(host, port)
+        eps = mesh.index.destination_endpoints(host, port, src.node_name)
         base.hop(_node_label(mesh, src.node_name or ""), f"kube-proxy DNATs {host}:{port} ({vip.service.ref})",
                  *[f"-> {ep.authority}" for ep in eps])
         targets = [(ep.address, ep.port) for ep in eps]

@@ -14,18 +14,25 @@ import re
 from typing import Any, Callable, Mapping
 
 from ..model.objects import (
+    REGION_LABEL,
+    SERVICE_NAME_LABEL,
+    ZONE_LABEL,
     ContainerPort,
+    EndpointSlice,
+    Locality,
     Namespace,
     Node,
     Service,
     ServiceAccount,
     ServicePort,
+    SliceEndpoint,
+    SlicePort,
     Workload,
     frozen_labels,
 )
 from ..model.problems import brief, clip
 
-ModelObject = Node | Namespace | ServiceAccount | Workload | Service
+ModelObject = Node | Namespace | ServiceAccount | Workload | Service | EndpointSlice
 
 # RFC 1123 names, as Kubernetes validates them.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -100,11 +107,13 @@ def _ip(value: Any, what: str) -> str:
         raise InvalidObject(f"{what} {brief(value)} is not an IP address") from None
 
 
-def _list(value: Any, what: str) -> list[Any]:
+def _list(value: Any, what: str, limit: int | None = None) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
         raise InvalidObject(f"{what} must be a list, not {type(value).__name__}")
+    if limit is not None and len(value) > limit:
+        raise InvalidObject(f"{what} has {len(value)} entries; at most {limit} are allowed")
     return value
 
 
@@ -167,7 +176,14 @@ def node_from(obj: Mapping[str, Any]) -> Node:
             ipaddress.ip_network(str(cidr))
         except ValueError:
             raise InvalidObject(f"spec.podCIDR {brief(cidr)} is not a CIDR") from None
-    return Node(name=name, internal_ips=tuple(dict.fromkeys(internal_ips)), pod_cidrs=tuple(str(c) for c in cidrs))
+    labels = _labels(meta.get("labels"), "metadata.labels")
+    locality = Locality(region=labels.get(REGION_LABEL, ""), zone=labels.get(ZONE_LABEL, ""))
+    return Node(
+        name=name,
+        internal_ips=tuple(dict.fromkeys(internal_ips)),
+        pod_cidrs=tuple(str(c) for c in cidrs),
+        locality=locality,
+    )
 
 
 def namespace_from(obj: Mapping[str, Any]) -> Namespace:
@@ -308,6 +324,9 @@ def service_from(obj: Mapping[str, Any]) -> Service:
     cluster_ips = () if headless else tuple(_ip(ip, "spec.clusterIP") for ip in raw_ips)
     ports = _service_ports(spec.get("ports"))
     selector = spec.get("selector")
+    internal_policy = spec.get("internalTrafficPolicy") or "Cluster"
+    if internal_policy not in ("Cluster", "Local"):
+        raise InvalidObject(f"spec.internalTrafficPolicy {brief(internal_policy)} is neither Cluster nor Local")
     return Service(
         name=name,
         namespace=namespace,
@@ -315,6 +334,97 @@ def service_from(obj: Mapping[str, Any]) -> Service:
         ports=tuple(ports),
         selector=_labels(selector, "spec.selector") if selector else None,
         headless=headless,
+        publish_not_ready=_bool(spec.get("publishNotReadyAddresses"), "spec.publishNotReadyAddresses"),
+        node_local=internal_policy == "Local",
+    )
+
+
+# -- EndpointSlice (discovery.k8s.io/v1), with the API server's own limits ----------------------
+
+ENDPOINT_SLICE_API = "discovery.k8s.io/v1"
+ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+MAX_SLICE_ENDPOINTS = 1000
+MAX_ENDPOINT_ADDRESSES = 100
+MAX_SLICE_PORTS = 100
+
+
+def _slice_address(value: Any, address_type: str, what: str) -> str:
+    if address_type == "FQDN":
+        if not isinstance(value, str) or len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+            raise InvalidObject(f"{what} {brief(value)} is not a domain name")
+        return value
+    if not isinstance(value, str):
+        raise InvalidObject(f"{what} {brief(value)} is not an IP address")
+    ip = _ip(value, what)
+    if f"IPv{ipaddress.ip_address(ip).version}" != address_type:
+        raise InvalidObject(f"{what} {ip} is not an {address_type} address (the slice's addressType)")
+    return ip
+
+
+def _slice_endpoint(raw: Any, address_type: str, i: int) -> SliceEndpoint:
+    what = f"endpoints[{i}]"
+    ep = _mapping(raw, what)
+    addresses = _list(ep.get("addresses"), f"{what}.addresses", MAX_ENDPOINT_ADDRESSES)
+    if not addresses:
+        raise InvalidObject(f"{what}.addresses is missing or empty")
+    conditions = _mapping(ep.get("conditions"), f"{what}.conditions")
+    # The API's defaults: an unknown ready is ready, serving follows ready, terminating is false.
+    ready = _bool(conditions.get("ready"), f"{what}.conditions.ready", default=True)
+    node_name = ep.get("nodeName")
+    if node_name is not None and (not isinstance(node_name, str) or len(node_name) > 253
+                                  or not _DNS_SUBDOMAIN.match(node_name)):
+        raise InvalidObject(f"{what}.nodeName {brief(node_name)} is not a node name")
+    zone = ep.get("zone") or ""
+    if not isinstance(zone, str) or len(zone) > 63:
+        raise InvalidObject(f"{what}.zone {brief(zone)} is not a zone name (at most 63 characters)")
+    return SliceEndpoint(
+        addresses=tuple(_slice_address(a, address_type, f"{what}.addresses[]") for a in addresses),
+        ready=ready,
+        serving=_bool(conditions.get("serving"), f"{what}.conditions.serving", default=ready),
+        terminating=_bool(conditions.get("terminating"), f"{what}.conditions.terminating"),
+        node_name=node_name or None,
+        zone=zone,
+    )
+
+
+def _slice_port(raw: Any, i: int, seen: set[str]) -> SlicePort:
+    what = f"ports[{i}]"
+    p = _mapping(raw, what)
+    name = p.get("name") or ""
+    if not isinstance(name, str) or (name and (len(name) > 63 or not _DNS_LABEL.match(name))):
+        raise InvalidObject(f"{what}.name {brief(name)} is not a valid port name (RFC 1123 label)")
+    if name in seen:
+        raise InvalidObject(f"{what}.name {name!r} is listed twice")
+    seen.add(name)
+    number = p.get("port")
+    protocol = _protocol(p.get("protocol"), f"{what}.protocol")
+    return SlicePort(
+        port=None if number is None else _port_number(number, f"{what}.port"), name=name, protocol=protocol
+    )
+
+
+def endpoint_slice_from(obj: Mapping[str, Any]) -> EndpointSlice:
+    api_version = obj.get("apiVersion")
+    if api_version is not None and api_version != ENDPOINT_SLICE_API:
+        raise InvalidObject(f"apiVersion {brief(api_version)}: only {ENDPOINT_SLICE_API} EndpointSlices are read")
+    meta = _mapping(obj.get("metadata"), "metadata")
+    name = _name(meta, max_len=253, label=False)
+    namespace = _namespace(meta)
+    service_name = _labels(meta.get("labels"), "metadata.labels").get(SERVICE_NAME_LABEL, "")
+    if service_name and (len(service_name) > 63 or not _DNS_LABEL.match(service_name)):
+        raise InvalidObject(f"label {SERVICE_NAME_LABEL} {brief(service_name)} is not a Service name")
+    address_type = obj.get("addressType")
+    if address_type not in ADDRESS_TYPES:
+        raise InvalidObject(f"addressType {brief(address_type)} is not one of {', '.join(ADDRESS_TYPES)}")
+    endpoints = _list(obj.get("endpoints"), "endpoints", MAX_SLICE_ENDPOINTS)
+    seen: set[str] = set()
+    return EndpointSlice(
+        name=name,
+        namespace=namespace,
+        service_name=service_name,
+        address_type=address_type,
+        endpoints=tuple(_slice_endpoint(ep, address_type, i) for i, ep in enumerate(endpoints)),
+        ports=tuple(_slice_port(p, i, seen) for i, p in enumerate(_list(obj.get("ports"), "ports", MAX_SLICE_PORTS))),
     )
 
 
@@ -325,6 +435,7 @@ CONVERTERS: dict[str, Callable[[Mapping[str, Any]], ModelObject]] = {
     "ServiceAccount": service_account_from,
     "Pod": workload_from,
     "Service": service_from,
+    "EndpointSlice": endpoint_slice_from,
 }
 
 

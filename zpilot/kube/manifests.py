@@ -37,7 +37,7 @@ MAX_DOCUMENTS = 50_000
 #: Kinds that commonly sit beside the ones zpilot reads; skipped without a warning.
 IGNORED_KINDS = frozenset(
     {"Deployment", "ReplicaSet", "StatefulSet", "DaemonSet", "Job", "CronJob", "ConfigMap", "Secret",
-     "Endpoints", "EndpointSlice", "Event"}
+     "Endpoints", "Event"}
 )
 
 

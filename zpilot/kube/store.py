@@ -8,17 +8,25 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..model.objects import Cluster, Namespace, Node, Service, ServiceAccount, Workload
+from ..model.objects import Cluster, EndpointSlice, Namespace, Node, Service, ServiceAccount, Workload
 from ..model.problems import Problems
 from .convert import ModelObject
 
 Key = tuple[str, str, str]  # kind, namespace ("" for cluster-scoped), name
 
+#: model type -> the Kubernetes kind it is keyed under
+KINDS: dict[type, str] = {
+    Node: "Node",
+    Namespace: "Namespace",
+    ServiceAccount: "ServiceAccount",
+    Workload: "Pod",
+    Service: "Service",
+    EndpointSlice: "EndpointSlice",
+}
+
 
 def key_of(obj: ModelObject) -> Key:
-    kind = {Node: "Node", Namespace: "Namespace", ServiceAccount: "ServiceAccount", Workload: "Pod", Service: "Service"}[
-        type(obj)
-    ]
+    kind = KINDS[type(obj)]
     return kind, getattr(obj, "namespace", "") if kind not in ("Node", "Namespace") else "", obj.name
 
 
@@ -60,6 +68,7 @@ class ObjectStore:
             service_accounts=tuple(by_kind.get(ServiceAccount, ())),  # type: ignore[arg-type]
             workloads=tuple(by_kind.get(Workload, ())),  # type: ignore[arg-type]
             services=tuple(by_kind.get(Service, ())),  # type: ignore[arg-type]
+            endpoint_slices=tuple(by_kind.get(EndpointSlice, ())),  # type: ignore[arg-type]
         )
 
 

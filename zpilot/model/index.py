@@ -12,10 +12,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .addresses import is_ipv4_network, split_mesh_family
-from .objects import Cluster, Namespace, Node, ObjectRef, Service, ServicePort, Workload
+from .objects import (
+    NO_LOCALITY,
+    SERVICE_NAME_LABEL,
+    Cluster,
+    EndpointSlice,
+    Locality,
+    Namespace,
+    Node,
+    ObjectRef,
+    Service,
+    ServicePort,
+    Workload,
+)
 from .problems import Problems, brief
 
 #: Pods with this label in the ztunnel namespace are the node's ztunnels (as the 2022 CNI agent chose them).
@@ -24,30 +36,58 @@ ZTUNNEL_LABEL = ("app", "ztunnel")
 IPV4_ONLY = "(the mesh is IPv4-only)"
 
 
-def _listed(addresses: tuple[str, ...], limit: int = 4) -> str:
-    """A few addresses for a message: an object's list is the client's, and messages stay bounded."""
-    more = len(addresses) - limit
-    return ", ".join(addresses[:limit]) + (f" and {more} more" if more > 0 else "")
+def _listed(items: Sequence[str], limit: int = 4) -> str:
+    """A few addresses (or names) for a message: an object's list is the client's, and messages stay bounded."""
+    more = len(items) - limit
+    return ", ".join(items[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One ready pod behind one service port, with the target port already resolved."""
+    """One address behind one service port, target port resolved, with the conditions an
+    EndpointSlice would give it (what kube-proxy decides on; see :func:`in_use`).
 
-    workload: Workload
+    ``meshed`` endpoints are reached through an HBONE tunnel to the pod's ztunnel; the others
+    (pods outside the mesh, hostNetwork pods, addresses that are no pod, such as the API
+    server's) are dialled directly.
+    """
+
     address: str
     port: int
     meshed: bool
+    node_name: str | None = None
+    locality: Locality = NO_LOCALITY
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    workload: Workload | None = None  # the pod behind the address, when it is a pod zpilot knows
 
     @property
     def authority(self) -> str:
         return f"{self.address}:{self.port}"
+
+    @property
+    def usable(self) -> bool:
+        """Ever used for a new connection: ready, or serving while terminating (the fallback)."""
+        return self.ready or (self.serving and self.terminating)
+
+
+def in_use(candidates: Iterable[Endpoint]) -> list[Endpoint]:
+    """The endpoints new connections go to, as kube-proxy picks them (KEP-1669): the ready ones;
+    only when there are none, those still serving while they terminate. Established connections
+    to an endpoint that is left out are not cut (Envoy keeps them when a host leaves EDS)."""
+    candidates = list(candidates)
+    return [e for e in candidates if e.ready] or [e for e in candidates if e.serving and e.terminating]
 
 
 @dataclass(frozen=True)
 class ServiceTarget:
     service: Service
     port: ServicePort
+
+
+def _readiness(endpoint: Endpoint) -> tuple[bool, bool, bool]:
+    return endpoint.ready, endpoint.serving, not endpoint.terminating
 
 
 class MeshIndex:
@@ -68,6 +108,7 @@ class MeshIndex:
         self.nodes: dict[str, Node] = {}
         self.namespaces: dict[str, Namespace] = {n.name: n for n in cluster.namespaces}
         self._usable: list[Workload] = []  # running, addressed, not host-network, not sharing an IP
+        self._backends: list[Workload] = []  # what a selector can pick: the usable pods and running hostNetwork ones
         self._meshed: set[tuple[str, str]] = set()
         self._by_ip: dict[str, Workload] = {}
         self._by_node: dict[str, list[Workload]] = defaultdict(list)
@@ -126,9 +167,14 @@ class MeshIndex:
         claimants: dict[str, list[Workload]] = defaultdict(list)
         reported_namespaces: set[str] = set()
         candidates: list[Workload] = []  # running, not host-network, with an IPv4 address
+        host_network: list[Workload] = []  # running hostNetwork pods: plain endpoints at their node's address
         for w in sorted(self.cluster.workloads, key=lambda w: (w.namespace, w.name)):
             if w.host_network:
                 self.problems.info(w.ref, "hostNetwork pod: not meshed")
+                if w.phase == "Running" and w.ips:
+                    ips = self._mesh_family(w.ref, w.ips, "address", "no endpoint of its services")
+                    if ips:
+                        host_network.append(replace(w, ips=ips) if ips != w.ips else w)
                 continue
             if w.phase != "Running":
                 self.problems.info(w.ref, f"phase {w.phase}: not meshed")
@@ -172,6 +218,7 @@ class MeshIndex:
                 self.problems.info(w.ref, "opted out of the mesh by label")
                 continue
             self._meshed.add(key)
+        self._backends = sorted(self._usable + host_network, key=lambda w: (w.namespace, w.name))
 
     def is_meshed(self, workload: Workload) -> bool:
         return (workload.namespace, workload.name) in self._meshed
@@ -179,6 +226,7 @@ class MeshIndex:
     # -- services ---------------------------------------------------------------------------
 
     def _index_services(self) -> None:
+        slices = self._slices_by_service()
         for svc in sorted(self.cluster.services, key=lambda s: (s.namespace, s.name)):
             if svc.cluster_ips and not svc.headless:
                 vips = self._mesh_family(svc.ref, svc.cluster_ips, "clusterIP", "skipped")
@@ -192,8 +240,13 @@ class MeshIndex:
                     self.problems.info(svc.ref, f"port {port.label} is {port.protocol}: ztunnel carries TCP only")
                     continue
                 ports.append(port)
-                self._endpoints[(svc.namespace, svc.name, port.port)] = self._resolve_endpoints(svc, port)
+                if svc.selector:
+                    candidates = self._pod_endpoints(svc, port)
+                else:
+                    candidates = self._slice_endpoints(svc, port, slices.get((svc.namespace, svc.name), []))
+                self._endpoints[(svc.namespace, svc.name, port.port)] = candidates
                 if not svc.headless:
+                    self._report_unserved(svc, port, candidates, has_slices=(svc.namespace, svc.name) in slices)
                     for vip in svc.cluster_ips:
                         other = self._vips.get((vip, port.port))
                         if other is not None:
@@ -204,12 +257,23 @@ class MeshIndex:
                         self._vips[(vip, port.port)] = ServiceTarget(svc, port)
             if ports:
                 self.services.append(svc)
+                if svc.node_local and not svc.headless:
+                    self._report_node_local(svc, ports)
 
-    def _resolve_endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
+    def _locality(self, node_name: str | None, zone: str = "") -> Locality:
+        node = self.nodes.get(node_name) if node_name else None
+        return node.locality if node is not None else (Locality(zone=zone) if zone else NO_LOCALITY)
+
+    def _pod_endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
+        """The selected pods, with the conditions the EndpointSlice controller would give them."""
         endpoints = []
-        for w in self._usable:
-            if not svc.selects(w) or not w.ready or w.terminating:
+        for w in self._backends:
+            if not svc.selects(w):
                 continue
+            # As the EndpointSlice controller sets them: publishNotReadyAddresses makes every pod ready.
+            ready = svc.publish_not_ready or (w.ready and not w.terminating)
+            if not ready and not (w.ready and w.terminating):
+                continue  # neither ready nor serving: never used, whatever else happens
             if isinstance(port.target_port, int):
                 target = port.target_port
             else:
@@ -222,8 +286,99 @@ class MeshIndex:
                     )
                     continue
                 target = resolved
-            endpoints.append(Endpoint(w, w.ips[0], target, self.is_meshed(w)))
+            endpoints.append(
+                Endpoint(
+                    address=w.ips[0],
+                    port=target,
+                    meshed=self.is_meshed(w),
+                    node_name=w.node_name,
+                    locality=self._locality(w.node_name),
+                    ready=ready,
+                    serving=w.ready,
+                    terminating=w.terminating,
+                    workload=w,
+                )
+            )
         return endpoints
+
+    def _slices_by_service(self) -> dict[tuple[str, str], list[EndpointSlice]]:
+        """EndpointSlices by (namespace, service name). Slices of Services with a selector are
+        not read: those endpoints come from the pods themselves, which zpilot sees too."""
+        by_service: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
+        for s in sorted(self.cluster.endpoint_slices, key=lambda s: (s.namespace, s.name)):
+            if not s.service_name:
+                self.problems.info(s.ref, f"no {SERVICE_NAME_LABEL} label: it is no Service's")
+                continue
+            if s.address_type == "FQDN":
+                self.problems.info(s.ref, "addressType FQDN: not used (kube-proxy does not use FQDN slices either)")
+                continue
+            if s.address_type != "IPv4":
+                self.problems.info(s.ref, f"addressType {s.address_type}: not used {IPV4_ONLY}")
+                continue
+            by_service[(s.namespace, s.service_name)].append(s)
+        return by_service
+
+    def _slice_endpoints(self, svc: Service, port: ServicePort, slices: list[EndpointSlice]) -> list[Endpoint]:
+        """Endpoints of a Service without a selector: its slices' port of the same name and
+        protocol (each slice numbers it its own way). An address that is a meshed pod's is
+        tunnelled; any other (the API server's host address, a database outside) is dialled."""
+        best: dict[tuple[str, int], Endpoint] = {}
+        for sl in slices:
+            match = next((p for p in sl.ports if p.name == port.name and p.protocol == port.protocol), None)
+            if match is None:
+                continue
+            if match.port is None:
+                self.problems.warning(sl.ref, f"port {port.name or '(unnamed)'!r} has no number: not used for {svc.ref}")
+                continue
+            for ep in sl.endpoints:
+                pod = self._by_ip.get(ep.address)
+                node_name = ep.node_name or (pod.node_name if pod else None)
+                endpoint = Endpoint(
+                    address=ep.address,
+                    port=match.port,
+                    meshed=pod is not None and self.is_meshed(pod),
+                    node_name=node_name,
+                    locality=self._locality(node_name, ep.zone),
+                    ready=ep.ready,
+                    serving=ep.serving,
+                    terminating=ep.terminating,
+                    workload=pod,
+                )
+                if not endpoint.usable:
+                    continue
+                # One address in two slices (the controller moving it): the readier entry wins, as in kube-proxy.
+                key = (endpoint.address, endpoint.port)
+                if key not in best or _readiness(endpoint) > _readiness(best[key]):
+                    best[key] = endpoint
+        return list(best.values())
+
+    def _report_unserved(self, svc: Service, port: ServicePort, candidates: list[Endpoint], has_slices: bool) -> None:
+        """A service port with no endpoint is not captured (no chain for its VIP): the connection
+        passes through to kube-proxy, which refuses it, as in a cluster without a mesh."""
+        if in_use(candidates):
+            return
+        effect = "its VIP is not captured: connections pass through to kube-proxy, which refuses them"
+        if svc.selector:
+            self.problems.info(svc.ref, f"port {port.label} has no ready endpoint: {effect}")
+        elif not has_slices:
+            self.problems.warning(
+                svc.ref,
+                f"port {port.label} has no endpoints (no selector, and no EndpointSlice labelled"
+                f" {SERVICE_NAME_LABEL}={svc.name}): {effect}",
+            )
+        else:
+            self.problems.warning(svc.ref, f"port {port.label} has no ready endpoint in its EndpointSlices: {effect}")
+
+    def _report_node_local(self, svc: Service, ports: list[ServicePort]) -> None:
+        nodes = sorted(
+            {e.node_name or "?" for p in ports for e in in_use(self._endpoints[(svc.namespace, svc.name, p.port)])}
+        )
+        if nodes:
+            self.problems.info(
+                svc.ref,
+                f"internalTrafficPolicy Local: captured only on the nodes of its endpoints ({_listed(nodes)});"
+                " elsewhere its VIP passes through to kube-proxy, which drops it",
+            )
 
     # -- lookups ----------------------------------------------------------------------------
 
@@ -240,15 +395,21 @@ class MeshIndex:
     def workload_by_ip(self, ip: str) -> Workload | None:
         return self._by_ip.get(ip)
 
-    def endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
-        return list(self._endpoints.get((svc.namespace, svc.name, port.port), ()))
+    def endpoints(self, svc: Service, port: ServicePort, node: str | None = None) -> list[Endpoint]:
+        """Where a new connection to the service port goes, seen from ``node``: kube-proxy's rules
+        (:func:`in_use`), within the node's own endpoints for ``internalTrafficPolicy: Local``.
+        Without a node, the whole cluster's. Empty: the port is not to be captured on that node."""
+        candidates = self._endpoints.get((svc.namespace, svc.name, port.port), [])
+        if node is not None and svc.node_local:
+            candidates = [e for e in candidates if e.node_name == node]
+        return in_use(candidates)
 
     def destination(self, vip: str, port: int) -> ServiceTarget | None:
         return self._vips.get((vip, port))
 
-    def destination_endpoints(self, vip: str, port: int) -> list[Endpoint]:
+    def destination_endpoints(self, vip: str, port: int, node: str | None = None) -> list[Endpoint]:
         target = self._vips.get((vip, port))
-        return self.endpoints(target.service, target.port) if target else []
+        return self.endpoints(target.service, target.port, node) if target else []
 
     def vips(self) -> Iterable[tuple[str, ServiceTarget]]:
         """(VIP, target) pairs in a stable order."""

@@ -17,6 +17,11 @@ DATAPLANE_MODE_AMBIENT = "ambient"
 DATAPLANE_MODE_NONE = "none"
 #: The article-era (2022) pod label; ``none`` opts a pod out, like ``istio.io/dataplane-mode=none``.
 LEGACY_AMBIENT_TYPE_LABEL = "ambient-type"
+#: Node labels Kubernetes sets from the cloud's topology; they become endpoint localities.
+ZONE_LABEL = "topology.kubernetes.io/zone"
+REGION_LABEL = "topology.kubernetes.io/region"
+#: The label tying an EndpointSlice to its Service (same namespace), as kube-proxy reads it.
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 EMPTY_LABELS: Mapping[str, str] = MappingProxyType({})
 
@@ -38,12 +43,24 @@ class ObjectRef:
         return f"{self.kind} {self.namespace + '/' if self.namespace else ''}{self.name}"
 
 
+@dataclass(frozen=True, order=True)
+class Locality:
+    """Where a node is (its topology labels); Envoy groups endpoints by it. Empty when unknown."""
+
+    region: str = ""
+    zone: str = ""
+
+
+NO_LOCALITY = Locality()
+
+
 @dataclass(frozen=True)
 class Node:
     name: str
     #: Every InternalIP the node reports, in its order: a dual-stack node has one per family.
     internal_ips: tuple[str, ...] = ()
     pod_cidrs: tuple[str, ...] = ()
+    locality: Locality = NO_LOCALITY
 
     def __post_init__(self) -> None:
         if not isinstance(self.internal_ips, tuple):  # Node("n", "10.0.0.1") would be a tuple of characters
@@ -152,6 +169,10 @@ class Service:
     ports: tuple[ServicePort, ...]
     selector: Mapping[str, str] | None = field(default=None, hash=False)
     headless: bool = False
+    #: ``publishNotReadyAddresses``: every selected pod is a ready endpoint, whatever its readiness.
+    publish_not_ready: bool = False
+    #: ``internalTrafficPolicy: Local``: each node reaches only the endpoints on that node.
+    node_local: bool = False
 
     @property
     def ref(self) -> ObjectRef:
@@ -161,10 +182,53 @@ class Service:
         return f"{self.name}.{self.namespace}.svc.{cluster_domain}"
 
     def selects(self, workload: Workload) -> bool:
-        """A Service with no selector has manually managed endpoints, which zpilot does not model."""
+        """A Service with no selector selects no pod: its endpoints come from EndpointSlices."""
         if not self.selector or workload.namespace != self.namespace:
             return False
         return all(workload.labels.get(k) == v for k, v in self.selector.items())
+
+
+@dataclass(frozen=True)
+class SlicePort:
+    """A port of an EndpointSlice; it serves the Service port of the same name and protocol."""
+
+    port: int | None  # the API allows none ("not restricted"), which no proxy can dial
+    name: str = ""
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class SliceEndpoint:
+    """One endpoint of an EndpointSlice, with its conditions as the API defines their defaults."""
+
+    addresses: tuple[str, ...]
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str | None = None
+    zone: str = ""
+
+    @property
+    def address(self) -> str:
+        """The address proxies use: the API makes the others fungible, kube-proxy takes the first."""
+        return self.addresses[0]
+
+
+@dataclass(frozen=True)
+class EndpointSlice:
+    """``discovery.k8s.io/v1`` EndpointSlice: the endpoints of a Service without a selector (the
+    ``kubernetes`` Service's API server, hand-made slices of an external database...)."""
+
+    name: str
+    namespace: str
+    service_name: str  # the kubernetes.io/service-name label; "" when absent
+    address_type: str  # IPv4, IPv6 or FQDN
+    endpoints: tuple[SliceEndpoint, ...] = ()
+    ports: tuple[SlicePort, ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef("EndpointSlice", self.name, self.namespace)
 
 
 @dataclass(frozen=True)
@@ -176,3 +240,4 @@ class Cluster:
     service_accounts: tuple[ServiceAccount, ...] = ()
     workloads: tuple[Workload, ...] = ()
     services: tuple[Service, ...] = ()
+    endpoint_slices: tuple[EndpointSlice, ...] = ()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import contract
-from ..model.index import MeshIndex
+from ..model.index import Endpoint, MeshIndex, ServiceTarget
 from ..model.objects import Workload
 from . import names
 from .limits import DataPathLimits
@@ -37,6 +37,15 @@ class LocalIdentity:
     def secret_name(self) -> str:
         """The secret its outbound TLS presents: named after the first of its pods, as the article's is."""
         return names.workload_secret(self.spiffe_id, self.pods[0])
+
+
+@dataclass(frozen=True)
+class ServedVip:
+    """A service VIP:port this node's ztunnel captures, and where its new connections go."""
+
+    vip: str
+    target: ServiceTarget
+    endpoints: tuple[Endpoint, ...]
 
 
 @dataclass(frozen=True)
@@ -71,3 +80,17 @@ class NodeView:
 
     def is_local(self, workload: Workload) -> bool:
         return workload.node_name == self.node
+
+    def served_vips(self) -> list[ServedVip]:
+        """The VIP:ports to capture here: those with an endpoint for this node (in VIP order).
+
+        A VIP:port without one gets no chain: it falls through to ``PassthroughFilterChain``, so
+        kube-proxy answers it as it would without a mesh (REJECT: no endpoints; DROP: none on this
+        node under ``internalTrafficPolicy: Local``), instead of a chain with nowhere to go.
+        """
+        served = []
+        for vip, target in self.index.vips():
+            endpoints = self.index.endpoints(target.service, target.port, self.node)
+            if endpoints:
+                served.append(ServedVip(vip, target, tuple(endpoints)))
+        return served

@@ -8,6 +8,12 @@ replacement for Istio's ``set_dst_address`` filter: the internal listener's orig
 reads it as the connection's destination, which the ORIGINAL_DST tunnel cluster then dials.
 The keys are :mod:`zpilot.contract`'s, since ``zpilot explain`` reads them back.
 
+A plain endpoint (a pod outside the mesh, a hostNetwork pod, an address that is no pod) has no
+metadata at all: the cluster's ``tlsMode-disabled`` socket dials its address directly.
+
+Endpoints are grouped by locality (the node's ``topology.kubernetes.io/region`` and ``zone``),
+in (region, zone) order: the order Envoy keeps them in and dumps them back.
+
 The fields Envoy itself fills in when it dumps endpoints (locality, weight, health, the
 overprovisioning factor) are set explicitly, so that what we render equals Envoy's own
 ``/config_dump?include_eds`` and a diff of the two shows only real differences.
@@ -22,6 +28,7 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 
 from ..model.index import Endpoint
 from .. import contract
+from ..model.objects import Locality
 from .envoy_common import socket_address, struct
 
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
@@ -60,23 +67,31 @@ def mesh_endpoint(endpoint: Endpoint, identity: str, same_node: bool):
     return lb_endpoint(address, metadata)
 
 
-def load_assignment(cluster_name: str, lb_endpoints: list) -> ClusterLoadAssignment:
+def load_assignment(cluster_name: str, groups: dict[Locality, list]) -> ClusterLoadAssignment:
+    """One ``LocalityLbEndpoints`` per locality that has endpoints, in (region, zone) order."""
     cla = ClusterLoadAssignment(cluster_name=cluster_name)
     cla.policy.overprovisioning_factor.value = OVERPROVISIONING_FACTOR
-    if lb_endpoints:
+    for locality in sorted(groups):
+        if not groups[locality]:
+            continue
         group = cla.endpoints.add()
         group.locality.SetInParent()
-        group.lb_endpoints.extend(lb_endpoints)
+        if locality.region:
+            group.locality.region = locality.region
+        if locality.zone:
+            group.locality.zone = locality.zone
+        group.lb_endpoints.extend(groups[locality])
     return cla
 
 
 def service_port_endpoints(
     cluster_name: str, identity: str, endpoints: list[Endpoint], node: str
 ) -> ClusterLoadAssignment:
-    lbs = []
+    groups: dict[Locality, list] = {}
     for ep in endpoints:
         if ep.meshed:
-            lbs.append(mesh_endpoint(ep, identity, same_node=ep.workload.node_name == node))
+            lb = mesh_endpoint(ep, identity, same_node=ep.node_name == node)
         else:
-            lbs.append(lb_endpoint(socket_address(ep.address, ep.port)))
-    return load_assignment(cluster_name, lbs)
+            lb = lb_endpoint(socket_address(ep.address, ep.port))
+        groups.setdefault(ep.locality, []).append(lb)
+    return load_assignment(cluster_name, groups)

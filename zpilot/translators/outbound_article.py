@@ -23,7 +23,7 @@ from envoy.config.listener.v3 import listener_pb2
 from .. import contract
 from ..model.index import ServiceTarget
 from . import clusters, endpoints, matcher, names
-from .context import LocalIdentity, NodeView
+from .context import LocalIdentity, NodeView, ServedVip
 from .envoy_common import (
     access_log,
     original_dst_filter,
@@ -48,8 +48,9 @@ def article_layout(view: NodeView, out: NodeResources) -> None:
     out.listeners[outbound.name] = outbound
     for identity in view.identities:
         _identity_resources(view, identity, out)
-    _service_resources(view, outbound, out)
-    outbound.filter_chain_matcher.CopyFrom(_matcher(view))
+    served = view.served_vips()
+    _service_resources(view, served, outbound, out)
+    outbound.filter_chain_matcher.CopyFrom(_matcher(view, served))
 
 
 def _outbound_listener(view: NodeView) -> Listener:
@@ -117,17 +118,18 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
     out.add_secret(secret, sid)
 
 
-def _service_resources(view: NodeView, outbound: Listener, out: NodeResources) -> None:
-    """Per (local identity, service port): a chain, an EDS cluster and its endpoints."""
+def _service_resources(view: NodeView, served: list[ServedVip], outbound: Listener, out: NodeResources) -> None:
+    """Per (local identity, served service port): a chain, an EDS cluster and its endpoints."""
     seen: set[tuple[str, int]] = set()
     limits = view.options.limits
     idle = idle_timeout(limits)
-    for _vip, target in view.index.vips():
+    for entry in served:
+        target = entry.target
         key = (f"{target.service.namespace}/{target.service.name}", target.port.port)
         if key in seen:  # dual-stack: one chain per service port, however many VIPs
             continue
         seen.add(key)
-        eps = view.index.endpoints(target.service, target.port)
+        eps = list(entry.endpoints)
         for identity in view.identities:
             name = names.service_chain(identity.spiffe_id, target.service, target.port, view.cluster_domain)
             outbound.filter_chains.append(proxy_chain(name, name, idle_timeout=idle))
@@ -135,10 +137,10 @@ def _service_resources(view: NodeView, outbound: Listener, out: NodeResources) -
             out.endpoints[name] = endpoints.service_port_endpoints(name, identity.spiffe_id, eps, view.node)
 
 
-def _matcher(view: NodeView) -> matcher.Matcher:
+def _matcher(view: NodeView, served: list[ServedVip]) -> matcher.Matcher:
     vips: dict[str, dict[str, ServiceTarget]] = {}
-    for vip, target in view.index.vips():
-        vips.setdefault(vip, {})[str(target.port.port)] = target
+    for entry in served:
+        vips.setdefault(entry.vip, {})[str(entry.target.port.port)] = entry.target
     meshed = [w for w in view.index.meshed_workloads() if w.ip]
     by_source: dict[str, matcher.OnMatch] = {}
     for pod in view.local_pods:

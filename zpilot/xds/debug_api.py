@@ -101,6 +101,7 @@ def _model(index: MeshIndex, failures: Mapping[str, str]) -> dict[str, Any]:
         "service_accounts": _plain(cluster.service_accounts),
         "workloads": [dict(_plain(w), meshed=(w.namespace, w.name) in meshed) for w in cluster.workloads],
         "services": _plain(cluster.services),
+        "endpoint_slices": _plain(cluster.endpoint_slices),
         "problems": [
             {"severity": p.severity.value, "subject": p.subject, "reason": p.reason, "where": p.where}
             for p in index.problems
