@@ -171,10 +171,9 @@ class MeshIndex:
         for w in sorted(self.cluster.workloads, key=lambda w: (w.namespace, w.name)):
             if w.host_network:
                 self.problems.info(w.ref, "hostNetwork pod: not meshed")
-                if w.phase == "Running" and w.ips:
-                    ips = self._mesh_family(w.ref, w.ips, "address", "no endpoint of its services")
-                    if ips:
-                        host_network.append(replace(w, ips=ips) if ips != w.ips else w)
+                ips, _ = split_mesh_family(w.ips)  # never meshed, so not reported for its family
+                if w.phase == "Running" and ips:  # the node's address: a plain endpoint of its services
+                    host_network.append(replace(w, ips=ips) if ips != w.ips else w)
                 continue
             if w.phase != "Running":
                 self.problems.info(w.ref, f"phase {w.phase}: not meshed")

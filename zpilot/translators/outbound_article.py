@@ -12,6 +12,8 @@ A service chain ``<spiffe>_to_<port>_<fqdn>_outbound_internal`` proxies to the E
 same name; its mesh endpoints are the identity's internal listener (``contract.tunnel_listener``), whose
 tcp_proxy opens the HTTP/2 CONNECT tunnel through ``outbound_tunnel_clus_<spiffe>``. A pod chain
 tunnels straight from the outbound listener through ``outbound_pod[_local]_tunnel_clus_<spiffe>``.
+Only VIP:ports with an endpoint for this node are captured (:meth:`NodeView.served_vips`); the
+others pass through to kube-proxy.
 """
 
 from __future__ import annotations
