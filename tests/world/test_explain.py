@@ -232,3 +232,17 @@ def test_same_node_hairpin_replies_are_checked(mesh):
     [path] = explain(broken, "sleep", "10.4.4.7", 9080)
     assert "pod" not in path.facts
     assert path.outcome.startswith("the tunnel cannot be set up") and "pistioin" in path.outcome
+
+
+def test_a_vip_without_endpoints_passes_through_to_kube_proxy(tmp_path):
+    import shutil
+
+    shutil.copytree(ARTICLE, tmp_path / "m")
+    (tmp_path / "m" / "unbacked.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: kubernetes, namespace: default}\n"
+        "spec: {clusterIP: 10.8.0.1, ports: [{name: https, port: 443, targetPort: 6443}]}\n"
+    )
+    [path] = explain(load_mesh(str(tmp_path / "m")), "sleep", "kubernetes", 443)
+    assert path.facts["filter_chain"] == "PassthroughFilterChain"
+    assert path.outcome == "refused by kube-proxy: Service default/kubernetes has no endpoints here"
+    assert "kube-proxy: Service default/kubernetes port https: REJECT (no endpoints)" in render([path])

@@ -402,6 +402,14 @@ def _inbound(mesh: Mesh, e: Explanation, node: str, dst_ip: str, listen_port: in
 
 def _arrive_plain(mesh: Mesh, e: Explanation, src_ip: str, dst: str, *, spoofed_from: str) -> list[Explanation]:
     ip, _, port = dst.rpartition(":")
+    vip = mesh.index.destination(ip, int(port))
+    if vip is not None and not mesh.index.destination_endpoints(ip, int(port), spoofed_from):
+        # An unbacked VIP is not captured: the ztunnel's own dial meets kube-proxy, as a plain pod's would.
+        local = vip.service.node_local and mesh.index.destination_endpoints(ip, int(port))
+        verdict = "DROP (no endpoint on this node)" if local else "REJECT (no endpoints)"
+        e.hop(_node_label(mesh, spoofed_from), f"kube-proxy: {vip.service.ref} port {vip.port.label}: {verdict}")
+        e.outcome = f"{'dropped' if local else 'refused'} by kube-proxy: {vip.service.ref} has no endpoints here"
+        return [e]
     dest = mesh.index.workload_by_ip(ip)
     if dest is None or dest.node_name not in mesh.plans:
         e.facts["destination"] = dst
