@@ -76,3 +76,22 @@ async def test_endpoints(make_plane):
             "/healthz/ready"} <= set(openapi["paths"])
     assert "/metrics" not in openapi["paths"]
     assert (await get(port, "/docs")).status_code == 200
+
+
+async def test_registryz_shows_endpoint_slices_and_names_a_service_without_endpoints(make_plane, manifests):
+    (manifests / "api.yaml").write_text(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: kubernetes, namespace: default}\n"
+        "spec: {clusterIP: 10.8.0.1, ports: [{name: https, port: 443, targetPort: 6443}]}\n---\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {name: unbacked, namespace: default}\n"
+        "spec: {clusterIP: 10.8.0.99, ports: [{name: http, port: 80}]}\n---\n"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"
+        "metadata: {name: kubernetes-x1, namespace: default, labels: {kubernetes.io/service-name: kubernetes}}\n"
+        "addressType: IPv4\nendpoints: [{addresses: [10.168.15.2]}]\nports: [{name: https, port: 6443}]\n"
+    )
+    plane = await make_plane()
+    registry = (await get(plane.debug_port, "/debug/registryz")).json()
+    [slice_] = registry["endpoint_slices"]
+    assert slice_["service_name"] == "kubernetes" and slice_["endpoints"][0]["addresses"] == ["10.168.15.2"]
+    unbacked = [p for p in registry["problems"] if p["subject"] == "Service default/unbacked"]
+    assert [p["severity"] for p in unbacked] == ["warning"] and "has no endpoints" in unbacked[0]["reason"]
+    assert not any(p["subject"] == "Service default/kubernetes" for p in registry["problems"])
