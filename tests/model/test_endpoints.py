@@ -4,6 +4,8 @@ and localities from node topology labels."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from zpilot.model import (
     Cluster,
     ContainerPort,
@@ -43,7 +45,8 @@ def build(
     *workloads: Workload, services: tuple[Service, ...] = (), slices: tuple[EndpointSlice, ...] = ()
 ) -> tuple[MeshIndex, Problems]:
     cluster = Cluster(
-        nodes=(Node("n1", "172.18.0.2", locality=ZONE_A), Node("n2", "172.18.0.3", locality=ZONE_B), Node("n3", "172.18.0.4")),
+        nodes=(Node("n1", ("172.18.0.2",), locality=ZONE_A), Node("n2", ("172.18.0.3",), locality=ZONE_B),
+               Node("n3", ("172.18.0.4",))),
         namespaces=(Namespace("mesh", AMBIENT), Namespace("default", AMBIENT)),
         workloads=workloads,
         services=services,
@@ -175,6 +178,10 @@ def test_host_network_pods_are_plain_endpoints_and_stay_out_of_the_mesh() -> Non
     assert index.meshed_workloads() == [] and index.workloads_on("n2") == []
     assert index.workload_by_ip("172.18.0.3") is None
     assert "Pod mesh/agent: hostNetwork pod: not meshed" in messages(problems)
+    # Two hostNetwork pods of one node on the same port share an address: one endpoint, as in kube-proxy.
+    twin = dataclasses.replace(agent, name="agent-twin", uid="uid-twin")
+    index, _ = build(agent, twin, services=(svc,))
+    assert found(index, "10.96.0.7", 9100) == [("172.18.0.3:9100", False)]
 
 
 def test_publish_not_ready_addresses_includes_every_pod() -> None:

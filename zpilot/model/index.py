@@ -90,6 +90,18 @@ def _readiness(endpoint: Endpoint) -> tuple[bool, bool, bool]:
     return endpoint.ready, endpoint.serving, not endpoint.terminating
 
 
+def _distinct(endpoints: list[Endpoint]) -> list[Endpoint]:
+    """One endpoint per address:port, as kube-proxy keeps them: an address listed twice (in two
+    slices while the controller moves it, or two hostNetwork pods of one node) is one endpoint,
+    the readier entry (the first of equals), in the order of first appearance."""
+    best: dict[tuple[str, int], Endpoint] = {}
+    for endpoint in endpoints:
+        key = (endpoint.address, endpoint.port)
+        if key not in best or _readiness(endpoint) > _readiness(best[key]):
+            best[key] = endpoint
+    return list(best.values())
+
+
 class MeshIndex:
     """Lookups over one cluster state. Construct with :meth:`build`."""
 
@@ -240,9 +252,9 @@ class MeshIndex:
                     continue
                 ports.append(port)
                 if svc.selector:
-                    candidates = self._pod_endpoints(svc, port)
+                    candidates = _distinct(self._pod_endpoints(svc, port))
                 else:
-                    candidates = self._slice_endpoints(svc, port, slices.get((svc.namespace, svc.name), []))
+                    candidates = _distinct(self._slice_endpoints(svc, port, slices.get((svc.namespace, svc.name), [])))
                 self._endpoints[(svc.namespace, svc.name, port.port)] = candidates
                 if not svc.headless:
                     self._report_unserved(svc, port, candidates, has_slices=(svc.namespace, svc.name) in slices)
@@ -321,7 +333,7 @@ class MeshIndex:
         """Endpoints of a Service without a selector: its slices' port of the same name and
         protocol (each slice numbers it its own way). An address that is a meshed pod's is
         tunnelled; any other (the API server's host address, a database outside) is dialled."""
-        best: dict[tuple[str, int], Endpoint] = {}
+        endpoints: list[Endpoint] = []
         for sl in slices:
             match = next((p for p in sl.ports if p.name == port.name and p.protocol == port.protocol), None)
             if match is None:
@@ -343,13 +355,9 @@ class MeshIndex:
                     terminating=ep.terminating,
                     workload=pod,
                 )
-                if not endpoint.usable:
-                    continue
-                # One address in two slices (the controller moving it): the readier entry wins, as in kube-proxy.
-                key = (endpoint.address, endpoint.port)
-                if key not in best or _readiness(endpoint) > _readiness(best[key]):
-                    best[key] = endpoint
-        return list(best.values())
+                if endpoint.usable:
+                    endpoints.append(endpoint)
+        return endpoints
 
     def _report_unserved(self, svc: Service, port: ServicePort, candidates: list[Endpoint], has_slices: bool) -> None:
         """A service port with no endpoint is not captured (no chain for its VIP): the connection
