@@ -4,7 +4,9 @@ The clusters are hostile on purpose, within what the API server would accept: na
 limits (63-character labels, 253-character subdomains), ports 1 and 65535, named and numeric-string
 targetPorts, IPs drawn from small pools (so pods and VIPs collide), dual-stack and IPv6-only pods,
 services and nodes, hostNetwork pods sharing their node's address, pods without IP or node,
-services without selector, headless and multi-port services, UDP ports, ztunnels on some nodes.
+services without selector (with EndpointSlices of either family, or none), headless and multi-port
+services, UDP ports, publishNotReadyAddresses and internalTrafficPolicy Local, nodes in zones or none,
+ztunnels on some nodes.
 They are written to files and read back by the real loader and converter.
 """
 
@@ -28,8 +30,12 @@ VIP_V4 = tuple(f"10.96.0.{i}" for i in range(1, 5))
 VIP_V6 = tuple(f"fd00::b{i}" for i in range(1, 4))
 NODE_V4 = tuple(f"172.18.0.{i}" for i in range(1, 4))
 NODE_V6 = tuple(f"fd00::c{i}" for i in range(1, 4))
+#: Addresses outside the cluster (an external database, the API server's host) for EndpointSlices.
+EXTERNAL_V4 = ("192.168.9.1", "192.168.9.2")
 #: Every IPv6 address a generated cluster can hold: none may reach a config or a plan.
 IPV6_ADDRESSES = POD_V6 + VIP_V6 + NODE_V6
+#: Topology labels a node may carry (region, zone), or none.
+LOCALITIES = (None, ("r1", "r1-a"), ("r1", "r1-b"), ("r2", "r2-a"))
 
 #: IANA service names (what Kubernetes accepts as a port name): at most 15 characters, one letter at least.
 PORT_NAMES = ("http", "grpc", "a", "tcp-1", "metrics", "abcdefghijklm15")
@@ -76,18 +82,23 @@ def addresses(draw: st.DrawFn, v4: tuple[str, ...], v6: tuple[str, ...]) -> list
 class NodeSpec:
     name: str
     ips: tuple[str, ...]
+    locality: tuple[str, str] | None = None
 
 
 @st.composite
 def nodes(draw: st.DrawFn) -> list[NodeSpec]:
     names = draw(st.lists(dns_subdomain(), min_size=1, max_size=3, unique=True))
-    return [NodeSpec(name, tuple(draw(addresses(NODE_V4, NODE_V6)))) for name in names]
+    return [NodeSpec(name, tuple(draw(addresses(NODE_V4, NODE_V6))), draw(st.sampled_from(LOCALITIES)))
+            for name in names]
 
 
 def node_doc(node: NodeSpec, index: int) -> dict[str, Any]:
     cidrs = [f"10.{index + 1}.0.0/16"] + (["fd00:%x::/64" % (index + 1)] if any(":" in ip for ip in node.ips) else [])
+    meta: dict[str, Any] = {"name": node.name}
+    if node.locality:
+        meta["labels"] = {"topology.kubernetes.io/region": node.locality[0], "topology.kubernetes.io/zone": node.locality[1]}
     return {
-        "apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name},
+        "apiVersion": "v1", "kind": "Node", "metadata": meta,
         "spec": {"podCIDRs": cidrs},
         "status": {"addresses": [{"type": "Hostname", "address": node.name[:63]}]
                    + [{"type": "InternalIP", "address": ip} for ip in node.ips]},
@@ -183,7 +194,44 @@ def service_doc(draw: st.DrawFn, name: str, namespace: str) -> dict[str, Any]:
     selector = draw(st.sampled_from([None, {"app": "a"}, {"app": "b"}, {"app": "a", "tier": "x"}]))
     if selector is not None:
         spec["selector"] = selector
+    if draw(st.sampled_from([False, False, True])):
+        spec["publishNotReadyAddresses"] = True
+    if draw(st.sampled_from([False, False, True])):
+        spec["internalTrafficPolicy"] = "Local"
     return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+@st.composite
+def endpoint_slice_doc(draw: st.DrawFn, service: dict[str, Any], index: int, node_names: list[str]) -> dict[str, Any]:
+    """A slice of a Service (usually one without a selector): its port names (or one it lacks), pod,
+    node and outside addresses, random conditions, IPv6 sometimes."""
+    meta = service["metadata"]
+    family = draw(st.sampled_from(["IPv4", "IPv4", "IPv4", "IPv6"]))
+    pool = POD_V4 + NODE_V4 + EXTERNAL_V4 if family == "IPv4" else POD_V6 + NODE_V6
+    endpoints = []
+    for address in draw(st.lists(st.sampled_from(pool), min_size=1, max_size=4)):
+        endpoint: dict[str, Any] = {"addresses": [address]}
+        conditions = {k: draw(st.booleans()) for k in ("ready", "serving", "terminating") if draw(st.booleans())}
+        if conditions:
+            endpoint["conditions"] = conditions
+        node = draw(st.sampled_from([None, *node_names, "ghost-node"]))
+        if node is not None:
+            endpoint["nodeName"] = node
+        endpoints.append(endpoint)
+    names = [p.get("name", "") for p in service["spec"]["ports"]] + ["other"]
+    slice_ports = []
+    for name in draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True)):
+        number = draw(st.sampled_from([None, 1, 2, 3, 4, 5]))  # no number, sometimes (the API allows it)
+        port: dict[str, Any] = {"port": draw(ports) if number else None, "protocol": "TCP"}
+        if name:
+            port["name"] = name
+        slice_ports.append(port)
+    return {
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": f"{meta['name']}-{index}", "namespace": meta["namespace"],
+                     "labels": {"kubernetes.io/service-name": meta["name"]}},
+        "addressType": family, "endpoints": endpoints, "ports": slice_ports,
+    }
 
 
 @dataclass(frozen=True)
@@ -216,5 +264,10 @@ def clusters(draw: st.DrawFn) -> GeneratedCluster:
     svc_names = draw(st.lists(st.tuples(st.sampled_from(namespaces), dns_label(letter_first=True)), max_size=5,
                               unique=True))
     for ns, name in svc_names:
-        docs.append(draw(service_doc(name, ns)))
+        service = draw(service_doc(name, ns))
+        docs.append(service)
+        selectorless = "selector" not in service["spec"]
+        slices = draw(st.sampled_from([0, 1, 1, 2] if selectorless else [0, 0, 0, 1]))
+        for i in range(slices):
+            docs.append(draw(endpoint_slice_doc(service, i, node_names)))
     return GeneratedCluster(docs)

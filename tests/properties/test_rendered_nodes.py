@@ -5,8 +5,9 @@ the real loader and converter, indexed, and then, for every node:
 
 - its xDS resources are consistent: each stored under its own name, as many of each as there are
   distinct sources (so no name was given twice), no filter-chain name twice in a listener, every name
-  the outbound matcher selects is a chain of that listener, every EDS cluster has its load assignment,
-  every referenced secret exists;
+  the outbound matcher selects is a chain of that listener, every EDS cluster has its load assignment
+  with at least one endpoint (a captured VIP always has somewhere to go), each locality and endpoint
+  once, every referenced secret exists;
 - no IPv6 address of the input reaches the config or the plan (the mesh is IPv4-only);
 - the CNI plan never raises (given the facts a node has), holds each set entry, route and chain once,
   and meshes exactly the pods the xDS side has inbound chains for;
@@ -105,6 +106,13 @@ def check_config(res: NodeResources) -> None:
     for cluster in res.clusters.values():
         if cluster.type == cluster_pb2.Cluster.EDS:
             assert cluster.name in res.endpoints, f"EDS cluster {cluster.name!r} has no load assignment"
+    for cla in res.endpoints.values():
+        # A captured VIP always has somewhere to go; each locality once, in Envoy's order; each endpoint once.
+        assert any(group.lb_endpoints for group in cla.endpoints), f"{cla.cluster_name}: a chain with no endpoint"
+        localities = [(g.locality.region, g.locality.zone) for g in cla.endpoints]
+        assert localities == sorted(set(localities)), localities
+        hosts = [str(lb.endpoint.address) for g in cla.endpoints for lb in g.lb_endpoints]
+        assert len(hosts) == len(set(hosts)), f"{cla.cluster_name}: an endpoint listed twice"
     for message in (*res.listeners.values(), *res.clusters.values()):
         for sds in _collect(message, secret_pb2.SdsSecretConfig):
             assert sds.name in res.secrets, f"secret {sds.name!r} is referenced but not named"
@@ -117,7 +125,9 @@ def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources) ->
     each distinct source (identity, service port, pod) must have produced."""
     local = index.meshed_workloads_on(node)
     identities = {(w.namespace, w.service_account) for w in local}
-    service_ports = {(t.service.namespace, t.service.name, t.port.port) for _, t in index.vips()}
+    service_ports = {  # those captured here: with an endpoint for this node
+        (t.service.namespace, t.service.name, t.port.port) for _, t in index.vips() if index.endpoints(t.service, t.port, node)
+    }
     service_clusters = [name for name in res.clusters if name.endswith("_outbound_internal")]
     assert len(service_clusters) == len(identities) * len(service_ports)
     assert len(res.endpoints) == len(service_clusters)
