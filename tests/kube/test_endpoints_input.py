@@ -78,7 +78,7 @@ def test_conditions_take_the_apis_defaults() -> None:
         ({"ports": [{"name": "Not_A_Label", "port": 1}]}, "not a valid port name"),
         ({"ports": [{"name": "a", "port": 70000}]}, "70000 is not a port number"),
         ({"ports": [{"name": "a", "port": 1, "protocol": "ICMP"}]}, "'ICMP' is not one of TCP, UDP, SCTP"),
-        ({"metadata": {"name": "x", "labels": {"kubernetes.io/service-name": "Not A Service"}}}, "is not a Service name"),
+        ({"metadata": {"name": "x", "labels": {"kubernetes.io/service-name": "Web_Server"}}}, "is not a Service name"),
     ],
 )
 def test_invalid_slices_are_refused_with_a_reason(changes: dict[str, Any], reason: str) -> None:
