@@ -192,6 +192,9 @@ class Handlers:
             elif t is None or (target.namespace is not None and not t.namespaced):
                 raise ApiError(404, "the server could not find the requested resource")
             elif verb == "watch":
+                # recorded once its stream is open (see _record_open): a client may see the stream end before
+                # this handler returns, and must already find its request in the log by then
+                request["zpilot.record"] = (verb, t, target.namespace, user)
                 response = await self._watch(request, t, target, query, fault)
             else:
                 response = await self._serve(request, t, target, verb, query)
@@ -206,11 +209,19 @@ class Handlers:
             headers = {"Retry-After": str(details["retryAfterSeconds"])} if "retryAfterSeconds" in details else None
             response = error_response(err, headers)
         finally:
-            self._record(request, verb, t, target.namespace if isinstance(target, Target) else None, user,
-                         response.status if response is not None else 0)
+            if not request.get("zpilot.recorded"):
+                self._record(request, verb, t, target.namespace if isinstance(target, Target) else None, user,
+                             response.status if response is not None else 0)
         return response
 
     # ----------------------------------------------------------------------------------------------------
+
+    def _record_open(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Record a streamed request as soon as its response is prepared (its status is then final)."""
+        context = request.get("zpilot.record")
+        if context is not None and not request.get("zpilot.recorded"):
+            request["zpilot.recorded"] = True
+            self._record(request, *context, response.status)
 
     def _record(self, request: web.Request, verb: str, t: ResourceType | None, namespace: str | None,
                 user: str | None, status: int) -> None:
@@ -346,6 +357,7 @@ class Handlers:
             response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             response.enable_chunked_encoding()
             await response.prepare(request)
+            self._record_open(request, response)
             await response.write(watch_event("ERROR", err.status()))
             await response.write_eof()
             return response
@@ -372,6 +384,7 @@ class Handlers:
 
         try:
             await response.prepare(request)
+            self._record_open(request, response)
             for obj in initial:
                 if not await send("ADDED", obj):
                     return self._cut(request, response)
