@@ -68,6 +68,9 @@ FORWARDED_FOR_HEADER = "x-forwarded-for"
 def linear_layout(view: NodeView, out: NodeResources) -> None:
     outbound = _outbound_listener(view)
     out.listeners[outbound.name] = outbound
+    if not view.identities:  # no meshed pod here: everything passes through, nothing else is needed
+        outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, {}))
+        return
     service_chains = _service_resources(view, outbound, out)
     idle = idle_timeout(view.options.limits)
     outbound.filter_chains.append(proxy_chain(names.POD_DIRECT_CHAIN, names.POD_INTERNAL_CLUSTER, idle_timeout=idle))
@@ -75,8 +78,7 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
         names.POD_INTERNAL_CLUSTER, names.LINEAR_TUNNEL_LISTENER, view.options.limits
     )
     outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, service_chains))
-    if view.identities:
-        out.listeners[names.LINEAR_TUNNEL_LISTENER] = _tunnel_listener(view, out)
+    out.listeners[names.LINEAR_TUNNEL_LISTENER] = _tunnel_listener(view, out)
 
 
 def _outbound_listener(view: NodeView) -> Listener:
@@ -127,24 +129,26 @@ def _key(target: ServiceTarget) -> tuple[str, int]:
 
 def _outbound_matcher(view: NodeView, service_chains: dict[tuple[str, int], str]) -> matcher.Matcher:
     passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
-    destinations: dict[str, matcher.OnMatch] = {}
-    vips: dict[str, dict[str, matcher.OnMatch]] = {}
-    for vip, target in view.index.vips():
-        vips.setdefault(vip, {})[str(target.port.port)] = matcher.chain(service_chains[_key(target)])
-    for vip, ports in vips.items():
-        destinations[vip] = matcher.nested(matcher.exact("port", ports))
-    pod_direct = matcher.chain(names.POD_DIRECT_CHAIN)
-    for pod in view.index.meshed_workloads():
-        if pod.ip:
-            destinations.setdefault(pod.ip, pod_direct)
+    blackhole = {str(names.OUTBOUND_PORT): matcher.chain(names.BLACKHOLE_CHAIN)}
     local = [pod.ip for pod in view.local_pods if pod.ip]
-    after_port = passthrough
+    destinations: dict[str, matcher.OnMatch] = {}
+    if local:
+        vips: dict[str, dict[str, matcher.OnMatch]] = {}
+        for vip, target in view.index.vips():
+            vips.setdefault(vip, {})[str(target.port.port)] = matcher.chain(service_chains[_key(target)])
+        for vip, ports in vips.items():
+            destinations[vip] = matcher.nested(matcher.exact("port", ports))
+        pod_direct = matcher.chain(names.POD_DIRECT_CHAIN)
+        for pod in view.index.meshed_workloads():
+            if pod.ip:
+                destinations.setdefault(pod.ip, pod_direct)
     # A match map must not be empty, nor a range list: with no meshed pod here, or nowhere to go,
     # everything not for 15001 passes through.
-    if local and destinations:
-        by_destination = matcher.exact("ip", destinations, on_no_match=passthrough)
-        after_port = matcher.nested(matcher.in_ranges("source-ip", local, matcher.nested(by_destination), passthrough))
-    return matcher.exact("port", {str(names.OUTBOUND_PORT): matcher.chain(names.BLACKHOLE_CHAIN)}, on_no_match=after_port)
+    if not destinations:
+        return matcher.exact("port", blackhole, on_no_match=passthrough)
+    by_destination = matcher.exact("ip", destinations, on_no_match=passthrough)
+    gate = matcher.in_ranges("source-ip", local, matcher.nested(by_destination), passthrough)
+    return matcher.exact("port", blackhole, on_no_match=matcher.nested(gate))
 
 
 def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
