@@ -62,7 +62,8 @@ def observe_and_explain(world: World, source: str, host: str, port: int) -> Demo
         obs.facts["matcher_path"] = (f"dport={dst_port} ({contract.PORT_OUTBOUND}? no) -> src={src_ip}"
                                      f" -> dst={dst_ip} -> dport={dst_port}")
         obs.evidence["matcher_path"] = "the listener's downstream addresses in the access log"
-    paths = explain(load_mesh(world.manifests, trust_domain=world.spec.trust_domain), source, host, port)
+    paths = explain(load_mesh(world.manifests, trust_domain=world.spec.trust_domain, layout=world.options.layout),
+                    source, host, port)
     explained = paths[0].facts if len(paths) == 1 else {}
     return DemoResult(obs, explained, compare(explained, obs.facts))
 
