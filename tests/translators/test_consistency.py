@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envoy.config.core.v3 import address_pb2
+from zpilot import contract
 from zpilot.envoy_binary import validate
 from zpilot.kube.convert import CONVERTERS
 from zpilot.kube.store import ObjectStore
@@ -146,7 +147,7 @@ SLEEP_TUNNEL = names.linear_tunnel_chain("spiffe://cluster.local/ns/default/sa/s
 
 def _drop_tunnel_chain(r: NodeResources) -> None:
     """A chain only the internal listener's IP range matcher selects (custom_match, inside an Any)."""
-    tunnel = r.listeners[names.LINEAR_TUNNEL_LISTENER]
+    tunnel = r.listeners[contract.LINEAR_TUNNEL_LISTENER]
     keep = [c for c in tunnel.filter_chains if c.name != SLEEP_TUNNEL]
     del tunnel.filter_chains[:]
     tunnel.filter_chains.extend(keep)

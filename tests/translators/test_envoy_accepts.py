@@ -10,6 +10,7 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
+from zpilot import contract
 from zpilot.envoy_binary import validate
 from zpilot.synthetic import Shape, node_name, synthetic_manifests
 from zpilot.translators import TranslateOptions, names
@@ -61,5 +62,5 @@ def test_generated_cluster(generated_cluster: Path, n: int, layout: str) -> None
     else:  # one per service port; one internal listener, two tunnel chains per local identity
         assert len(resources.endpoints) == 15 * 2
         assert len(resources.listeners) == 4
-        assert len(resources.listeners[names.LINEAR_TUNNEL_LISTENER].filter_chains) == 2 * len(local_identities)
+        assert len(resources.listeners[contract.LINEAR_TUNNEL_LISTENER].filter_chains) == 2 * len(local_identities)
     assert_envoy_accepts(generated_cluster, node_name(n), layout)

@@ -17,6 +17,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from xds.core.v3 import extension_pb2
 
+from zpilot import contract
 from zpilot.kube.convert import CONVERTERS
 from zpilot.kube.store import ObjectStore
 from zpilot.model import MeshIndex, Problems
@@ -102,9 +103,9 @@ def test_every_reference_resolves(layout: str, shape: Shape, which: int) -> None
         assert _range_ips(after_port.matcher) == local
     else:
         assert after_port.action.name == names.PASSTHROUGH_CHAIN
-    assert internal == ({names.LINEAR_TUNNEL_LISTENER} if local_identities else set())
+    assert internal == ({contract.LINEAR_TUNNEL_LISTENER} if local_identities else set())
     if local_identities:
-        tunnel = res.listeners[names.LINEAR_TUNNEL_LISTENER].filter_chain_matcher
+        tunnel = res.listeners[contract.LINEAR_TUNNEL_LISTENER].filter_chain_matcher
         assert _range_ips(tunnel) == local
         for side in (tunnel.matcher_tree.custom_match, tunnel.on_no_match):
             sources = _collect(side, type(tunnel.matcher_tree))

@@ -2,13 +2,13 @@
 
 Behind an internal listener a connection's addresses are Envoy's own (``envoy://internal_client_address/``),
 so the pod that opened it and where it was going are lost. The linear layout records both on
-``ztunnel_outbound`` with the ``set_filter_state`` listener filter, as the filter-state objects
-the internal listener's ``original_dst`` filter reads back:
+the outbound listener with the ``set_filter_state`` listener filter, as the filter-state objects
+the internal listener's ``original_dst`` filter reads back (``<original_dst filter>.<key>``):
 
-- ``envoy.filters.listener.original_dst.remote_ip``: the pod's address, which the internal listener
-  matches to pick the pod's identity, and which travels on to the destination (``x-forwarded-for``);
-- ``envoy.filters.listener.original_dst.local_ip``: the original destination, for pod-IP
-  destinations, which have no endpoint metadata to say it.
+- ``remote_ip``: the pod's address, which the internal listener matches to pick the pod's
+  identity, and which travels on to the destination (``x-forwarded-for``);
+- ``local_ip``: the original destination, for pod-IP destinations, which have no endpoint
+  metadata to say it.
 
 Both are shared with the upstream connection ``ONCE``: the internal connection gets them, the
 tunnel it opens does not. ``TRANSITIVE`` works too, but puts the addresses into the upstream
@@ -27,11 +27,12 @@ from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
 
-from .envoy_common import ORIGINAL_DST_FILTER, pack
+from .. import contract
+from .envoy_common import pack
 
 SET_FILTER_STATE_FILTER = "envoy.filters.listener.set_filter_state"
-REMOTE_IP_STATE = f"{ORIGINAL_DST_FILTER}.remote_ip"
-LOCAL_IP_STATE = f"{ORIGINAL_DST_FILTER}.local_ip"
+REMOTE_IP_STATE = f"{contract.ORIGINAL_DST_FILTER}.remote_ip"
+LOCAL_IP_STATE = f"{contract.ORIGINAL_DST_FILTER}.local_ip"
 #: filter state -> the substitution format whose value it records when a connection is accepted
 RECORDED = {REMOTE_IP_STATE: "%DOWNSTREAM_REMOTE_ADDRESS%", LOCAL_IP_STATE: "%DOWNSTREAM_LOCAL_ADDRESS%"}
 

@@ -53,8 +53,6 @@ def inbound_chain(ip: str) -> str:
 
 
 # -- the linear layout (outbound_linear.py) -------------------------------------------------------
-#: Its one internal listener, shared by every local identity (it picks the identity's chain by source pod).
-LINEAR_TUNNEL_LISTENER = "outbound_tunnel_lis"
 #: The outbound chain for every meshed pod-IP destination, and the static cluster it hands them to.
 POD_DIRECT_CHAIN = "pod_direct"
 POD_INTERNAL_CLUSTER = "outbound_pod_internal"
@@ -70,7 +68,7 @@ def linear_tunnel_chain(identity: str) -> str:
 
 
 def linear_local_tunnel_chain(identity: str) -> str:
-    """The identity's chain for a destination pod on this node (the 15088 hairpin)."""
+    """The identity's chain for a destination pod on this node (the ``contract.PORT_HBONE_LOCAL`` hairpin)."""
     return f"tunnel_local_{identity}"
 
 

@@ -2,31 +2,32 @@
 
 The article's layout repeats every destination for every local pod, and a cluster and its
 endpoints for every (local identity, service port); a node of a large cluster gets hundreds of
-megabytes (scalable-layout-notes.md). Here each destination and each local pod appears once:
+megabytes (scalable-layout-notes.md). Here each destination and each local pod appears once
+(names: ``contract`` for those other parts share, ``names`` for the rest):
 
-    ztunnel_outbound (15001), listener filters in this order:
+    the outbound listener (contract.PORT_OUTBOUND), listener filters in this order:
       original_dst          explicit and first: the set_filter_state below must see the real destination
       set_filter_state      records the pod's address and the destination for the internal listener (ONCE)
       original_src          the passthrough chain keeps the pod's address as the source
-    DestinationPort{15001 -> BlackHoleCluster}
+    DestinationPort{contract.PORT_OUTBOUND -> BlackHoleCluster}
       -> source gate: SourceIP in {local meshed pods}, else PassthroughFilterChain
       -> DestinationIP{VIP -> DestinationPort{port -> "<port>_<fqdn>_outbound_internal"},
                        meshed pod IP -> "pod_direct"}
 
     "<port>_<fqdn>_outbound_internal": tcp_proxy -> its EDS cluster (one per service port,
-        identical on every node); a mesh endpoint is the internal listener ``outbound_tunnel_lis``
-        with ``original_dst.local = podIP:targetPort``
-    "pod_direct": tcp_proxy -> STATIC cluster outbound_pod_internal -> ``outbound_tunnel_lis``
+        identical on every node); a mesh endpoint is the internal listener
+        contract.LINEAR_TUNNEL_LISTENER with ``original_dst.local = podIP:targetPort``
+    "pod_direct": tcp_proxy -> STATIC cluster outbound_pod_internal -> the same internal listener
 
-    outbound_tunnel_lis (internal), listener filter original_dst: destination = endpoint metadata
+    the internal listener, listener filter original_dst: destination = endpoint metadata
       ``local``, else the recorded destination; source = the recorded pod address
       -> DestinationIP in {local meshed pods}: SourceIP{pod -> "tunnel_local_<its identity>"}
          else                                  SourceIP{pod -> "tunnel_<its identity>"}
     "tunnel_<id>": HTTP/2 CONNECT to %DOWNSTREAM_LOCAL_ADDRESS% (also x-envoy-original-dst-host),
         x-forwarded-for: the pod's address, through ORIGINAL_DST cluster outbound_tunnel_clus_<id>
-        (port 15008, TLS as <id>); "tunnel_local_<id>" the same through
-        outbound_local_tunnel_clus_<id> on port 15088, which the ztunnel's own nat OUTPUT redirects
-        to its 15008 (a pod on this node).
+        (port contract.PORT_HBONE, TLS as <id>); "tunnel_local_<id>" the same through
+        outbound_local_tunnel_clus_<id> on contract.PORT_HBONE_LOCAL, which the ztunnel's own nat
+        OUTPUT rule redirects to its HBONE listener (a destination pod on this node).
 
 The receiving side is unchanged. What the article's layout loses and this one keeps: the client
 pod's address reaches the destination ztunnel on the service-VIP path too (``x-forwarded-for``
@@ -39,12 +40,11 @@ from google.protobuf import wrappers_pb2
 
 from envoy.config.listener.v3 import listener_pb2
 
+from .. import contract
 from ..model.index import ServiceTarget
 from . import clusters, endpoints, matcher, names
 from .context import NodeView
 from .envoy_common import (
-    ORIGINAL_DST_FILTER,
-    OUTBOUND_SOCKET_MARK,
     access_log,
     original_dst_filter,
     original_src_filter,
@@ -75,23 +75,23 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     idle = idle_timeout(view.options.limits)
     outbound.filter_chains.append(proxy_chain(names.POD_DIRECT_CHAIN, names.POD_INTERNAL_CLUSTER, idle_timeout=idle))
     out.clusters[names.POD_INTERNAL_CLUSTER] = clusters.internal_listener_cluster(
-        names.POD_INTERNAL_CLUSTER, names.LINEAR_TUNNEL_LISTENER, view.options.limits
+        names.POD_INTERNAL_CLUSTER, contract.LINEAR_TUNNEL_LISTENER, view.options.limits
     )
     outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, service_chains))
-    out.listeners[names.LINEAR_TUNNEL_LISTENER] = _tunnel_listener(view, out)
+    out.listeners[contract.LINEAR_TUNNEL_LISTENER] = _tunnel_listener(view, out)
 
 
 def _outbound_listener(view: NodeView) -> Listener:
     listener = Listener(
-        name=names.OUTBOUND_LISTENER,
-        address=socket_address(view.options.bind_address, names.OUTBOUND_PORT),
+        name=contract.OUTBOUND_LISTENER,
+        address=socket_address(view.options.bind_address, contract.PORT_OUTBOUND),
         transparent=wrappers_pb2.BoolValue(value=True),
         use_original_dst=wrappers_pb2.BoolValue(value=True),
         # the order matters: Envoy appends the implicit original_dst of use_original_dst after
-        # these, too late for set_filter_state, which would record 127.0.0.1:15001 as the destination
+        # these, too late for set_filter_state, which would record the listener's own address as the destination
         listener_filters=[original_dst_filter(), record_addresses_filter(), original_src_filter()],
-        socket_options=[socket_mark(OUTBOUND_SOCKET_MARK, "Set socket mark to packets coming back from outbound listener")],
-        access_log=[access_log(names.OUTBOUND_LISTENER)],
+        socket_options=[socket_mark(contract.OUTBOUND_SOCKET_MARK, "Set socket mark to packets coming back from outbound listener")],
+        access_log=[access_log(contract.OUTBOUND_LISTENER)],
     )
     idle = idle_timeout(view.options.limits)
     listener.filter_chains.extend(
@@ -116,7 +116,7 @@ def _service_resources(view: NodeView, outbound: Listener, out: NodeResources) -
         name = names.linear_service_chain(target.service, target.port, view.cluster_domain)
         chains[key] = name
         outbound.filter_chains.append(proxy_chain(name, name, idle_timeout=idle))
-        out.clusters[name] = clusters.service_port(name, limits, passthrough=(ORIGINAL_DST_FILTER,))
+        out.clusters[name] = clusters.service_port(name, limits, passthrough=(contract.ORIGINAL_DST_FILTER,))
         out.endpoints[name] = endpoints.linear_service_port_endpoints(
             name, view.index.endpoints(target.service, target.port)
         )
@@ -129,7 +129,7 @@ def _key(target: ServiceTarget) -> tuple[str, int]:
 
 def _outbound_matcher(view: NodeView, service_chains: dict[tuple[str, int], str]) -> matcher.Matcher:
     passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
-    blackhole = {str(names.OUTBOUND_PORT): matcher.chain(names.BLACKHOLE_CHAIN)}
+    blackhole = {str(contract.PORT_OUTBOUND): matcher.chain(names.BLACKHOLE_CHAIN)}
     local = [pod.ip for pod in view.local_pods if pod.ip]
     destinations: dict[str, matcher.OnMatch] = {}
     if local:
@@ -143,7 +143,7 @@ def _outbound_matcher(view: NodeView, service_chains: dict[tuple[str, int], str]
             if pod.ip:
                 destinations.setdefault(pod.ip, pod_direct)
     # A match map must not be empty, nor a range list: with no meshed pod here, or nowhere to go,
-    # everything not for 15001 passes through.
+    # everything not for the outbound port itself passes through.
     if not destinations:
         return matcher.exact("port", blackhole, on_no_match=passthrough)
     by_destination = matcher.exact("ip", destinations, on_no_match=passthrough)
@@ -155,10 +155,10 @@ def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
     """The internal listener: one tunnel chain per local identity and destination side (other
     node / this node), picked by the client pod's address the outbound listener recorded."""
     listener = Listener(
-        name=names.LINEAR_TUNNEL_LISTENER,
+        name=contract.LINEAR_TUNNEL_LISTENER,
         use_original_dst=wrappers_pb2.BoolValue(value=False),
         listener_filters=[original_dst_filter()],
-        access_log=[access_log(names.LINEAR_TUNNEL_LISTENER)],
+        access_log=[access_log(contract.LINEAR_TUNNEL_LISTENER)],
     )
     listener.internal_listener.SetInParent()
     td, limits = view.trust_domain, view.options.limits
@@ -168,8 +168,8 @@ def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
     for identity in view.identities:
         sid, secret = identity.spiffe_id, identity.secret_name
         for chain_name, cluster_name, port in (
-            (names.linear_tunnel_chain(sid), names.tunnel_cluster(sid), names.HBONE_PORT),
-            (names.linear_local_tunnel_chain(sid), names.local_tunnel_cluster(sid), names.HBONE_SAME_NODE_PORT),
+            (names.linear_tunnel_chain(sid), names.tunnel_cluster(sid), contract.PORT_HBONE),
+            (names.linear_local_tunnel_chain(sid), names.local_tunnel_cluster(sid), contract.PORT_HBONE_LOCAL),
         ):
             listener.filter_chains.append(
                 proxy_chain(
