@@ -29,7 +29,8 @@ megabytes (scalable-layout-notes.md). Here each destination and each local pod a
         outbound_local_tunnel_clus_<id> on contract.PORT_HBONE_LOCAL, which the ztunnel's own nat
         OUTPUT rule redirects to its HBONE listener (a destination pod on this node).
 
-The receiving side is unchanged. What the article's layout loses and this one keeps: the client
+Only VIP:ports with an endpoint for this node are captured (:meth:`NodeView.served_vips`), as in
+the article's layout. The receiving side is unchanged. What the article's layout loses and this one keeps: the client
 pod's address reaches the destination ztunnel on the service-VIP path too (``x-forwarded-for``
 on the CONNECT, which its HTTP connection manager takes as the stream's remote address).
 """
@@ -43,7 +44,7 @@ from envoy.config.listener.v3 import listener_pb2
 from .. import contract
 from ..model.index import ServiceTarget
 from . import clusters, endpoints, matcher, names
-from .context import NodeView
+from .context import NodeView, ServedVip
 from .envoy_common import (
     access_log,
     original_dst_filter,
@@ -69,15 +70,16 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     outbound = _outbound_listener(view)
     out.listeners[outbound.name] = outbound
     if not view.identities:  # no meshed pod here: everything passes through, nothing else is needed
-        outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, {}))
+        outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, [], {}))
         return
-    service_chains = _service_resources(view, outbound, out)
+    served = view.served_vips()
+    service_chains = _service_resources(view, served, outbound, out)
     idle = idle_timeout(view.options.limits)
     outbound.filter_chains.append(proxy_chain(names.POD_DIRECT_CHAIN, names.POD_INTERNAL_CLUSTER, idle_timeout=idle))
     out.clusters[names.POD_INTERNAL_CLUSTER] = clusters.internal_listener_cluster(
         names.POD_INTERNAL_CLUSTER, contract.LINEAR_TUNNEL_LISTENER, view.options.limits
     )
-    outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, service_chains))
+    outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, served, service_chains))
     out.listeners[contract.LINEAR_TUNNEL_LISTENER] = _tunnel_listener(view, out)
 
 
@@ -103,13 +105,16 @@ def _outbound_listener(view: NodeView) -> Listener:
     return listener
 
 
-def _service_resources(view: NodeView, outbound: Listener, out: NodeResources) -> dict[tuple[str, int], str]:
-    """One chain, EDS cluster and load assignment per service port, whatever the local identities;
-    returns the chain of each (service, port)."""
+def _service_resources(
+    view: NodeView, served: list[ServedVip], outbound: Listener, out: NodeResources
+) -> dict[tuple[str, int], str]:
+    """One chain, EDS cluster and load assignment per served service port, whatever the local
+    identities; returns the chain of each (service, port)."""
     chains: dict[tuple[str, int], str] = {}
     limits = view.options.limits
     idle = idle_timeout(limits)
-    for _vip, target in view.index.vips():
+    for entry in served:
+        target = entry.target
         key = _key(target)
         if key in chains:  # dual-stack: one chain per service port, however many VIPs
             continue
@@ -117,9 +122,7 @@ def _service_resources(view: NodeView, outbound: Listener, out: NodeResources) -
         chains[key] = name
         outbound.filter_chains.append(proxy_chain(name, name, idle_timeout=idle))
         out.clusters[name] = clusters.service_port(name, limits, passthrough=(contract.ORIGINAL_DST_FILTER,))
-        out.endpoints[name] = endpoints.linear_service_port_endpoints(
-            name, view.index.endpoints(target.service, target.port)
-        )
+        out.endpoints[name] = endpoints.linear_service_port_endpoints(name, list(entry.endpoints))
     return chains
 
 
@@ -127,15 +130,18 @@ def _key(target: ServiceTarget) -> tuple[str, int]:
     return (f"{target.service.namespace}/{target.service.name}", target.port.port)
 
 
-def _outbound_matcher(view: NodeView, service_chains: dict[tuple[str, int], str]) -> matcher.Matcher:
+def _outbound_matcher(
+    view: NodeView, served: list[ServedVip], service_chains: dict[tuple[str, int], str]
+) -> matcher.Matcher:
     passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
     blackhole = {str(contract.PORT_OUTBOUND): matcher.chain(names.BLACKHOLE_CHAIN)}
     local = [pod.ip for pod in view.local_pods if pod.ip]
     destinations: dict[str, matcher.OnMatch] = {}
     if local:
         vips: dict[str, dict[str, matcher.OnMatch]] = {}
-        for vip, target in view.index.vips():
-            vips.setdefault(vip, {})[str(target.port.port)] = matcher.chain(service_chains[_key(target)])
+        for entry in served:
+            port = str(entry.target.port.port)
+            vips.setdefault(entry.vip, {})[port] = matcher.chain(service_chains[_key(entry.target)])
         for vip, ports in vips.items():
             destinations[vip] = matcher.nested(matcher.exact("port", ports))
         pod_direct = matcher.chain(names.POD_DIRECT_CHAIN)
