@@ -214,6 +214,11 @@ def tunnel_listener(identity: str) -> str:
     return TUNNEL_LISTENER_PREFIX + identity
 
 
+#: The linear layout's one internal listener: it tunnels for every local identity (picked by the
+#: client pod's address), and every mesh endpoint of every service port names it.
+LINEAR_TUNNEL_LISTENER = "outbound_tunnel_lis"
+
+
 # -- endpoint metadata: how a mesh endpoint says where its tunnel goes --------------------------
 
 #: Filter metadata namespace of a mesh endpoint's tunnel: ``{address: podIP:PORT_HBONE (or

@@ -44,11 +44,11 @@ from zpilot.certs.secrets import build_secrets
 from zpilot.cni.desired import Mode, TunnelKind
 from zpilot.cni.plan import NodeFacts, PlanError, build_plan
 from zpilot.cni.render import render_plan
-from zpilot.contract import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER, OUTBOUND_LISTENER
+from zpilot.contract import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER, LINEAR_TUNNEL_LISTENER, OUTBOUND_LISTENER
 from zpilot.envoy_binary import validate
 from zpilot.kube.manifests import load_manifests
 from zpilot.model import MeshIndex, Problems
-from zpilot.translators import NodeResources, translate_node
+from zpilot.translators import NodeResources, TranslateOptions, translate_node
 from zpilot.translators.static import rewrite, static_bootstrap
 from zpilot.xds.push import model_nodes
 
@@ -120,7 +120,7 @@ def check_config(res: NodeResources) -> None:
     assert not _IPV6.search(text), f"an IPv6 address reached the config: {_IPV6.search(text).group()}"
 
 
-def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources) -> None:
+def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources, layout: str) -> None:
     """A resource stored under a name another one already had would silently replace it: count what
     each distinct source (identity, service port, pod) must have produced."""
     local = index.meshed_workloads_on(node)
@@ -129,11 +129,21 @@ def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources) ->
         (t.service.namespace, t.service.name, t.port.port) for _, t in index.vips() if index.endpoints(t.service, t.port, node)
     }
     service_clusters = [name for name in res.clusters if name.endswith("_outbound_internal")]
-    assert len(service_clusters) == len(identities) * len(service_ports)
     assert len(res.endpoints) == len(service_clusters)
-    assert len(res.listeners[OUTBOUND_LISTENER].filter_chains) == 2 + 2 * len(identities) + len(service_clusters)
-    assert len(res.listeners) == 3 + len(identities)
     assert len(res.secrets) == (len(local) + 1 if local else 0)
+    outbound_chains = len(res.listeners[OUTBOUND_LISTENER].filter_chains)
+    if layout == "article":
+        assert len(service_clusters) == len(identities) * len(service_ports)
+        assert outbound_chains == 2 + 2 * len(identities) + len(service_clusters)
+        assert len(res.listeners) == 3 + len(identities)
+        return
+    # linear: one of each per service port, a pod_direct chain and one internal listener with two
+    # chains per identity, all only where a meshed pod is
+    assert len(service_clusters) == (len(service_ports) if identities else 0)
+    assert outbound_chains == 2 + (len(service_clusters) + 1 if identities else 0)
+    assert len(res.listeners) == 3 + (1 if identities else 0)
+    if identities:
+        assert len(res.listeners[LINEAR_TUNNEL_LISTENER].filter_chains) == 2 * len(identities)
 
 
 def inbound_ips(res: NodeResources) -> set[str]:
@@ -170,14 +180,18 @@ def check_plan(index: MeshIndex, node: str, res: NodeResources) -> None:
         assert f"Node {node}" in str(exc) and "--host-ip" in str(exc), str(exc)
 
 
+LAYOUTS = ["article", "linear"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @examples(60)
 @given(generated=clusters())
-def test_every_node_s_config_and_plan_are_consistent(generated: GeneratedCluster) -> None:
+def test_every_node_s_config_and_plan_are_consistent(layout: str, generated: GeneratedCluster) -> None:
     index, _ = load(generated)
     for node in sorted(model_nodes(index)):
-        res = translate_node(index, node)
+        res = translate_node(index, node, TranslateOptions(layout=layout))
         check_config(res)
-        check_names_are_distinct(index, node, res)
+        check_names_are_distinct(index, node, res, layout)
         assert inbound_ips(res) == {w.ip for w in index.meshed_workloads_on(node)}
         if node in index.nodes:  # the CNI agent runs on nodes (a pod's node may have no Node object)
             check_plan(index, node, res)
@@ -198,7 +212,8 @@ def identities() -> IdentityCache:
 
 @pytest.mark.envoy
 @pytest.mark.slow
-def test_envoy_accepts_every_rendered_node(identities: IdentityCache) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_envoy_accepts_every_rendered_node(identities: IdentityCache, layout: str) -> None:
     rendered: dict[str, Rendered] = {}
 
     @examples(40)
@@ -206,7 +221,7 @@ def test_envoy_accepts_every_rendered_node(identities: IdentityCache) -> None:
     def render_all(generated: GeneratedCluster) -> None:
         index, manifests = load(generated)
         for node in sorted(model_nodes(index)):
-            res = translate_node(index, node)
+            res = translate_node(index, node, TranslateOptions(layout=layout))
             secrets = build_secrets(res.secrets.values(), identities, Problems())
             assert set(secrets) == set(res.secrets), "every referenced secret is served"
             boot = static_bootstrap(res, secrets, admin_port=0)

@@ -14,12 +14,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envoy.config.core.v3 import address_pb2
+from zpilot import contract
 from zpilot.envoy_binary import validate
 from zpilot.kube.convert import CONVERTERS
 from zpilot.kube.store import ObjectStore
 from zpilot.model import MeshIndex, Problems
 from zpilot.synthetic import Shape, node_name, synthetic_manifests
-from zpilot.translators import NodeResources, consistency, translate_node
+from zpilot.translators import NodeResources, TranslateOptions, consistency, names, translate_node
 from zpilot.translators.static import static_bootstrap
 
 from .render_util import ARTICLE, NODE_A, render
@@ -82,8 +83,8 @@ def test_envoy_accepts_the_article_with_the_bad_service_beside_it(article: Path)
 # -- the check itself: each break it must find ---------------------------------------------------
 
 
-def _broken(change: Callable[[NodeResources], None]) -> list[str]:
-    resources, _, _ = render(ARTICLE, NODE_A)
+def _broken(change: Callable[[NodeResources], None], layout: str = "article") -> list[str]:
+    resources, _, _ = render(ARTICLE, NODE_A, TranslateOptions(layout=layout))
     assert consistency.findings(resources) == []
     change(resources)
     return consistency.findings(resources)
@@ -141,6 +142,39 @@ def test_each_break_is_found_and_named(case: str) -> None:
     assert any(expected in f for f in found), found
 
 
+SLEEP_TUNNEL = names.linear_tunnel_chain("spiffe://cluster.local/ns/default/sa/sleep")
+
+
+def _drop_tunnel_chain(r: NodeResources) -> None:
+    """A chain only the internal listener's IP range matcher selects (custom_match, inside an Any)."""
+    tunnel = r.listeners[contract.LINEAR_TUNNEL_LISTENER]
+    keep = [c for c in tunnel.filter_chains if c.name != SLEEP_TUNNEL]
+    del tunnel.filter_chains[:]
+    tunnel.filter_chains.extend(keep)
+
+
+def _pod_cluster_to_nowhere(r: NodeResources) -> None:
+    cluster = r.clusters[names.POD_INTERNAL_CLUSTER]
+    cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.envoy_internal_address.server_listener_name = "gone"
+
+
+LINEAR_CASES = {
+    "range matcher to a missing chain": (
+        _drop_tunnel_chain, f"matcher selects chain '{SLEEP_TUNNEL}', which does not exist"
+    ),
+    "static cluster to a missing internal listener": (
+        _pod_cluster_to_nowhere, "cluster 'outbound_pod_internal' names internal listener 'gone', which does not exist"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+def test_each_break_of_the_linear_layout_is_found_and_named(case: str) -> None:
+    change, expected = LINEAR_CASES[case]
+    found = _broken(change, layout="linear")
+    assert any(expected in f for f in found), found
+
+
 def test_check_raises_naming_the_node_and_counting_the_rest() -> None:
     resources, _, _ = render(ARTICLE, NODE_A)
     outbound = resources.listeners["ztunnel_outbound"]
@@ -174,11 +208,13 @@ shapes = st.builds(
 )
 
 
+@pytest.mark.parametrize("layout", ["article", "linear"])
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=shapes, which=st.integers(0, 2))
-def test_translated_config_is_always_consistent(shape: Shape, which: int) -> None:
+def test_translated_config_is_always_consistent(layout: str, shape: Shape, which: int) -> None:
     store = ObjectStore()
     for doc in synthetic_manifests(shape):
         store.put(CONVERTERS[doc["kind"]](doc))
     index = MeshIndex.build(store.snapshot(), Problems())
-    assert consistency.findings(translate_node(index, node_name(which % shape.nodes))) == []
+    resources = translate_node(index, node_name(which % shape.nodes), TranslateOptions(layout=layout))
+    assert consistency.findings(resources) == []

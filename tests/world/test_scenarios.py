@@ -1,8 +1,11 @@
 """The issue's scenarios, with real packets through real ztunnels, each checked hop by hop from
 the ztunnels' access logs (filter chain, cluster, upstream host, CONNECT authority, peer SAN)
-and the destination pod's own view of the connection."""
+and the destination pod's own view of the connection. Each runs with both outbound layouts,
+the article's and the linear one (``Path`` holds the names that differ)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytest
 
@@ -11,15 +14,54 @@ from zpilot.translators import names
 from zpilot.world import scenarios
 from zpilot.world.topology import opted_out, without_opt_out
 
-pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
+LAYOUTS = ["article", "linear"]
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow,
+              pytest.mark.parametrize("world", LAYOUTS, indirect=True)]
 
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
 PRODUCTPAGE_ID = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
 DETAILS_ID = "spiffe://cluster.local/ns/default/sa/bookinfo-details"
-SLEEP_TO_PRODUCTPAGE = f"{SLEEP_ID}_to_http_productpage.default.svc.cluster.local_outbound_internal"
 
 
-def test_1_service_vip_across_nodes(world):
+@dataclass(frozen=True)
+class Path:
+    """Where sleep's connections go on ztunnel A, by layout: the names the access logs show."""
+
+    layout: str
+
+    @property
+    def linear(self) -> bool:
+        return self.layout == "linear"
+
+    def service_chain(self, port_and_host: str) -> str:
+        """``port_and_host``: e.g. ``http_productpage.default.svc.cluster.local``."""
+        prefix = "" if self.linear else f"{SLEEP_ID}_to_"
+        return f"{prefix}{port_and_host}_outbound_internal"
+
+    @property
+    def tunnel_listener(self) -> str:
+        return contract.LINEAR_TUNNEL_LISTENER if self.linear else contract.tunnel_listener(SLEEP_ID)
+
+    def pod_chain(self, same_node: bool) -> str:
+        if self.linear:
+            return names.POD_DIRECT_CHAIN
+        return names.pod_chain(names.pod_local_tunnel_cluster(SLEEP_ID) if same_node else names.pod_tunnel_cluster(SLEEP_ID))
+
+    @property
+    def pod_logs(self) -> int:
+        """Log lines ztunnel A writes for a pod-IP connection: the linear layout's goes through its internal listener."""
+        return 2 if self.linear else 1
+
+
+@pytest.fixture
+def path(world) -> Path:
+    return Path(world.options.layout)
+
+
+SLEEP_TO_PRODUCTPAGE = "http_productpage.default.svc.cluster.local"
+
+
+def test_1_service_vip_across_nodes(world, path):
     """sleep -> productpage VIP:9080 on the other node: the article's path."""
     vip, port = scenarios.service_target(world, "productpage")
     stats_before = world.ztunnels["b"].stats(r"^(tcp\.rbac\.allowed|cluster\.virtual_inbound\.upstream_cx_total)$")
@@ -35,12 +77,12 @@ def test_1_service_vip_across_nodes(world):
     # ztunnel A: the VIP survived kube-proxy (the CNI's nat ACCEPT), the matcher picked the service chain
     out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     assert out["downstream_local"] == "10.8.14.226:9080"
-    assert out["filter_chain"] == SLEEP_TO_PRODUCTPAGE
-    assert out["upstream_cluster"] == SLEEP_TO_PRODUCTPAGE
-    assert out["upstream_host"] == f"envoy://{contract.tunnel_listener(SLEEP_ID)}/10.4.3.20:9080"
+    assert out["filter_chain"] == path.service_chain(SLEEP_TO_PRODUCTPAGE)
+    assert out["upstream_cluster"] == path.service_chain(SLEEP_TO_PRODUCTPAGE)
+    assert out["upstream_host"] == f"envoy://{path.tunnel_listener}/10.4.3.20:9080"
     assert out["response_flags"] == "-", out
     # ... and the internal listener opened the HBONE tunnel to the endpoint's 15008
-    tunnel = trace.one("a", log=contract.tunnel_listener(SLEEP_ID))
+    tunnel = trace.one("a", log=path.tunnel_listener)
     assert tunnel["upstream_cluster"] == names.tunnel_cluster(SLEEP_ID)
     assert tunnel["upstream_host"] == "10.4.3.20:15008"
     assert tunnel["response_flags"] == "-", tunnel
@@ -55,8 +97,27 @@ def test_1_service_vip_across_nodes(world):
     assert inbound["upstream_cluster"] == names.VIRTUAL_INBOUND
     assert inbound["upstream_host"] == "10.4.3.20:9080"
     # the tunnel arrived from ztunnel A's own address, and the pod saw B's connection for it
-    assert inbound["downstream_remote"] == tunnel["upstream_local"]
     assert inbound["upstream_local"] == trace.seen_by_pod["peer"]
+    assert inbound["upstream_local"].split(":")[0] == tunnel["upstream_local"].split(":")[0] == "10.4.4.18"
+
+
+def test_1_client_address_reaches_the_destination_ztunnel(world, path):
+    """The linear layout keeps the client pod's address past the internal listener (set_filter_state
+    -> original_dst) and hands it to ztunnel B in x-forwarded-for, which B's HTTP connection manager
+    takes as the stream's remote address. The article's layout loses it at the internal listener:
+    B only knows ztunnel A's address."""
+    vip, port = scenarios.service_target(world, "productpage")
+    trace = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 2, "b": 1})
+    assert trace.ok, trace.error
+    tunnel = trace.one("a", log=path.tunnel_listener)
+    inbound = trace.one("b", log=contract.INBOUND_LISTENER, method="CONNECT")
+    if path.linear:
+        assert tunnel["downstream_remote"] == trace.client_local  # sleep's own address and port
+        assert tunnel["downstream_local"] == "10.4.3.20:9080"  # the endpoint, from its metadata
+        assert inbound["downstream_remote"] == trace.client_local.split(":")[0] + ":0"  # from x-forwarded-for
+    else:
+        assert tunnel["downstream_remote"] == "envoy://internal_client_address/"
+        assert inbound["downstream_remote"] == tunnel["upstream_local"]  # ztunnel A's own address
 
 
 def test_1_service_vip_is_reliable(world):
@@ -71,15 +132,23 @@ def test_1_service_vip_is_reliable(world):
     assert not failures, f"{len(failures)}/20 requests failed or were flagged: {failures[:3]}"
 
 
-def test_2_pod_ip_across_nodes(world):
-    """sleep -> productpage's pod IP: the pod chain tunnels straight from the outbound listener."""
+def test_2_pod_ip_across_nodes(world, path):
+    """sleep -> productpage's pod IP: the article's pod chain tunnels straight from the outbound
+    listener; the linear layout's pod_direct goes through the internal listener like a service."""
     ip, port = scenarios.pod_target(world, "productpage")
-    trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 1, "b": 1})
+    trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": path.pod_logs, "b": 1})
     assert trace.ok, trace.error
     out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
-    cluster = names.pod_tunnel_cluster(SLEEP_ID)
-    assert out["filter_chain"] == names.pod_chain(cluster)
-    assert out["upstream_cluster"] == cluster
+    assert out["filter_chain"] == path.pod_chain(same_node=False)
+    assert out["response_flags"] == "-", out
+    if path.linear:
+        assert out["upstream_cluster"] == names.POD_INTERNAL_CLUSTER
+        out = trace.one("a", log=path.tunnel_listener, downstream_remote=trace.client_local)
+        assert out["downstream_local"] == f"{ip}:{port}"  # the original destination, from the filter state
+        assert out["filter_chain"] == names.linear_tunnel_chain(SLEEP_ID)
+        assert out["upstream_cluster"] == names.tunnel_cluster(SLEEP_ID)
+    else:
+        assert out["upstream_cluster"] == names.pod_tunnel_cluster(SLEEP_ID)
     assert out["upstream_host"] == "10.4.3.20:15008"
     assert out["response_flags"] == "-", out
     inbound = trace.one("b", log=contract.INBOUND_LISTENER, method="CONNECT", authority="10.4.3.20:9080")
@@ -89,7 +158,7 @@ def test_2_pod_ip_across_nodes(world):
     assert inbound["upstream_local"] == trace.seen_by_pod["peer"]
 
 
-def test_3_same_node_service_vip(world):
+def test_3_same_node_service_vip(world, path):
     """sleep -> details VIP: same node, so the tunnel goes to details' IP on 15088 and the
     ztunnel's own nat OUTPUT redirect hands it to its 15008 listener."""
     vip, port = scenarios.service_target(world, "details")
@@ -98,7 +167,7 @@ def test_3_same_node_service_vip(world):
     assert out["response_flags"] == "-", out
     assert trace.ok, trace.error
     assert trace.seen_by_pod["pod"] == "details-v1-6997d94bb9-4jssp"
-    tunnel = trace.one("a", log=contract.tunnel_listener(SLEEP_ID))
+    tunnel = trace.one("a", log=path.tunnel_listener)
     assert tunnel["upstream_host"] == "10.4.4.7:15088"
     inbound = trace.one("a", log=contract.INBOUND_LISTENER, method="CONNECT")
     assert inbound["filter_chain"] == "inbound_10.4.4.7"
@@ -108,13 +177,18 @@ def test_3_same_node_service_vip(world):
     assert trace.at("b") == [], "node B's ztunnel saw same-node traffic"
 
 
-def test_3_same_node_pod_ip(world):
-    """sleep -> details' pod IP: the pod-local chain (outbound_pod_local_tunnel_clus_, port 15088)."""
+def test_3_same_node_pod_ip(world, path):
+    """sleep -> details' pod IP: the article's pod-local chain (outbound_pod_local_tunnel_clus_,
+    port 15088); in the linear layout, the internal listener's chain for a destination on this node."""
     ip, port = scenarios.pod_target(world, "details")
-    trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 2})
+    trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 1 + path.pod_logs})
     out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
-    cluster = names.pod_local_tunnel_cluster(SLEEP_ID)
-    assert out["filter_chain"] == names.pod_chain(cluster)
+    assert out["filter_chain"] == path.pod_chain(same_node=True)
+    if path.linear:
+        assert out["response_flags"] == "-", out
+        out = trace.one("a", log=path.tunnel_listener, downstream_remote=trace.client_local)
+        assert out["filter_chain"] == names.linear_local_tunnel_chain(SLEEP_ID)
+        assert out["upstream_cluster"] == names.local_tunnel_cluster(SLEEP_ID)
     assert out["upstream_host"] == "10.4.4.7:15088"
     assert out["response_flags"] == "-", f"the same-node tunnel failed: {out}"
     assert trace.ok, trace.error
@@ -123,7 +197,7 @@ def test_3_same_node_pod_ip(world):
     assert inbound["peer_san"] == SLEEP_ID
 
 
-def test_4_meshed_pod_to_pod_outside_mesh_passes_through(world):
+def test_4_meshed_pod_to_pod_outside_mesh_passes_through(world, path):
     """sleep -> httpbin's pod IP (namespace legacy, not enrolled): PassthroughFilterChain, no tunnel;
     original_src keeps sleep's IP as the source, and node B does not redirect it."""
     ip, port = scenarios.pod_target(world, "httpbin")
@@ -138,15 +212,15 @@ def test_4_meshed_pod_to_pod_outside_mesh_passes_through(world):
     assert trace.at("b") == [], "node B's ztunnel took traffic for a pod outside the mesh"
 
 
-def test_4_meshed_pod_to_service_outside_mesh(world):
+def test_4_meshed_pod_to_service_outside_mesh(world, path):
     """sleep -> httpbin's VIP: the service chain, whose endpoint is plain TCP (no tunnel metadata)."""
     vip, port = scenarios.service_target(world, "httpbin")
     trace = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 1})
     assert trace.ok, trace.error
     out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
-    assert out["filter_chain"] == f"{SLEEP_ID}_to_http_httpbin.legacy.svc.cluster.local_outbound_internal"
+    assert out["filter_chain"] == path.service_chain("http_httpbin.legacy.svc.cluster.local")
     assert out["upstream_host"] == "10.4.3.19:80"
-    assert trace.at("a", log=contract.tunnel_listener(SLEEP_ID)) == []
+    assert trace.at("a", log=path.tunnel_listener) == []
     assert trace.at("b") == []
 
 
@@ -185,7 +259,7 @@ def test_6_connection_to_15001_is_blackholed(world, source, target, node):
     assert trace.at(other) == []
 
 
-def test_7_pod_taken_out_of_the_mesh_and_back(world):
+def test_7_pod_taken_out_of_the_mesh_and_back(world, path):
     """Label sleep istio.io/dataplane-mode=none: once node A's CNI agent (zpilot cni run) has
     reconciled and the ztunnel ACKed its new config, sleep's traffic is not intercepted (ztunnel A
     stays silent, B sees it as plaintext from sleep itself); put back, it is again."""
@@ -200,17 +274,17 @@ def test_7_pod_taken_out_of_the_mesh_and_back(world):
         # (not `trace.at("a") == []`: the config change drains ztunnel A's old listeners, which
         # closes earlier tunnels' TLS connections and logs them now, on ztunnel_inbound)
         intercepted = [e for e in trace.entries.get("a", []) if e["log"] == contract.OUTBOUND_LISTENER
-                       or e["log"].startswith("outbound_tunnel_lis_") or e.get("method") == "CONNECT"]
+                       or e["log"].startswith(contract.LINEAR_TUNNEL_LISTENER) or e.get("method") == "CONNECT"]
         assert intercepted == [], "ztunnel A still intercepts a pod that left the mesh"
         inbound = trace.one("b", log=contract.INBOUND_PLAINTEXT_LISTENER, downstream_remote=trace.client_local)
         assert inbound["filter_chain"] == "inbound_10.4.3.20"
     finally:
         world.relabel("sleep", without_opt_out(original))
     assert sleep.ip in world.meshed_ips("a")
-    trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 1, "b": 1})
+    trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": path.pod_logs, "b": 1})
     assert trace.ok, trace.error
     out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
-    assert out["filter_chain"] == names.pod_chain(names.pod_tunnel_cluster(SLEEP_ID))
+    assert out["filter_chain"] == path.pod_chain(same_node=False)
     assert trace.one("b", log=contract.INBOUND_LISTENER, method="CONNECT", authority="10.4.3.20:9080")["peer_san"] == SLEEP_ID
 
 

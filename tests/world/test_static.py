@@ -16,10 +16,11 @@ from zpilot.world.errors import WorldError
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
 
 
-def test_scenario_1_on_static_bootstraps():
+@pytest.mark.parametrize("layout", ["article", "linear"])
+def test_scenario_1_on_static_bootstraps(layout):
     """Also keeps its directory: the logs and manifests stay, no private key does (the CA's, and
     the workload keys inline in the static bootstraps)."""
-    with World(options=WorldOptions(static_config=True, keep_workdir=True)) as world:
+    with World(options=WorldOptions(static_config=True, keep_workdir=True, layout=layout)) as world:
         assert world.server is None
         assert _holds_a_private_key(world.dir / "ztunnel-a.bootstrap.json")
         result = world_demo.run_scenario_1(world)

@@ -36,13 +36,15 @@ def manifests(tmp_path: Path) -> Path:
     return target
 
 
-def per_node_translate(bind: dict[str, str], edit: Callable[[NodeResources], None] | None = None) -> Callable:
+def per_node_translate(
+    bind: dict[str, str], edit: Callable[[NodeResources], None] | None = None, layout: str = "article"
+) -> Callable:
     """translate_node with each node's listeners on its own loopback address (tests share a host),
     then ``edit`` applied to the result (a test's way to serve something else, e.g. an invalid cluster)."""
 
     def translate(index: MeshIndex, node: str) -> NodeResources:
         address = bind.setdefault(node, random_loopback())
-        resources = translate_node(index, node, TranslateOptions(bind_address=address))
+        resources = translate_node(index, node, TranslateOptions(bind_address=address, layout=layout))
         if edit is not None:
             edit(resources)
         return resources
@@ -53,18 +55,20 @@ def per_node_translate(bind: dict[str, str], edit: Callable[[NodeResources], Non
 @pytest.fixture
 async def make_plane(manifests: Path):
     """Start an in-process ControlPlane (ADS, metrics and debug API on free loopback ports);
-    ``edit`` changes each node's translated resources (see :func:`per_node_translate`)."""
+    ``edit`` changes each node's translated resources (see :func:`per_node_translate`); ``layout``
+    is the outbound layout."""
     planes: list[ControlPlane] = []
     identities = IdentityCache(CertificateAuthority.generate())
     bind: dict[str, str] = {}
 
-    async def make(*, xds_port: int = 0, edit=None, index: MeshIndex | None = None, xds_host: str = "127.0.0.1",
+    async def make(*, xds_port: int = 0, edit=None, layout: str = "article", index: MeshIndex | None = None,
+                   xds_host: str = "127.0.0.1",
                    debug_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", **kw) -> ControlPlane:
         plane = ControlPlane(
             server_options=ServerOptions(host=xds_host, port=xds_port, **kw),
             debug_options=DebugOptions(host=debug_host, port=0),
             metrics_options=MetricsOptions(host=metrics_host, port=0),
-            translate=per_node_translate(bind, edit),
+            translate=per_node_translate(bind, edit, layout),
             identities=identities,
         )
         await plane.update(index or load_index(manifests))

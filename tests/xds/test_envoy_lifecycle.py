@@ -125,10 +125,11 @@ async def test_server_restart_reconverges(make_plane, envoys, caplog):
     assert len(restarted.registry) == 1
 
 
+@pytest.mark.parametrize("layout", ["article", "linear"])
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
-async def test_envoy_converges_and_loses_a_removed_service(make_plane, envoys, manifests, caplog, delta):
+async def test_envoy_converges_and_loses_a_removed_service(make_plane, envoys, manifests, caplog, delta, layout):
     caplog.set_level(logging.INFO, logger="zpilot.xds")
-    plane = await make_plane()
+    plane = await make_plane(layout=layout)
     envoy = envoys(NODE_A, plane.xds_port, delta=delta)
     await envoy.wait_ready()
     conn = await wait_synced(plane.debug_port, NODE_A)

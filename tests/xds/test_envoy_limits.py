@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from zpilot.translators.bootstrap import XDS_CLUSTER
 from zpilot.translators.limits import DataPathLimits
 
@@ -13,9 +15,10 @@ from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
 
-async def test_envoy_applies_our_circuit_breakers_and_idle_timeouts(make_plane, envoys):
+@pytest.mark.parametrize("layout", ["article", "linear"])
+async def test_envoy_applies_our_circuit_breakers_and_idle_timeouts(make_plane, envoys, layout):
     limits = DataPathLimits()
-    plane = await make_plane()
+    plane = await make_plane(layout=layout)
     envoy = envoys(NODE_A, plane.xds_port)
     await envoy.wait_ready()
     await wait_synced(plane.debug_port, NODE_A)
@@ -27,6 +30,8 @@ async def test_envoy_applies_our_circuit_breakers_and_idle_timeouts(make_plane, 
     }
     ours = set(effective) - {"BlackHoleCluster", XDS_CLUSTER}
     assert len(ours) >= 10 and any(name.startswith("outbound_tunnel_clus_") for name in ours)
+    if layout == "linear":
+        assert "outbound_pod_internal" in ours
     for name in ours:
         threshold = effective[name]
         assert (threshold["max_connections"], threshold["max_pending_requests"], threshold["max_requests"]) == (

@@ -13,9 +13,10 @@ from .test_envoy_lifecycle import assert_cds_before_lds, sent_order
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
 
-async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, envoys, caplog):
+@pytest.mark.parametrize("layout", ["article", "linear"])
+async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, envoys, caplog, layout):
     caplog.set_level(logging.INFO, logger="zpilot.xds")
-    plane = await make_plane()
+    plane = await make_plane(layout=layout)
     a = envoys(NODE_A, plane.xds_port)
     b = envoys(NODE_B, plane.xds_port)
     await a.wait_ready()

@@ -7,10 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import layout_name
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build a two-node world in network namespaces and show a request's path (root)")
     p.add_argument("--keep-logs", action="store_true", help="keep the world's logs and manifests (path printed)")
+    p.add_argument("--layout", default="article", type=layout_name, help="outbound layout of the ztunnels (default article)")
     p.set_defaults(func=run)
 
 
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..world.demo import demo
 
     try:
-        return demo(keep_workdir=args.keep_logs)
+        return demo(keep_workdir=args.keep_logs, layout=args.layout)
     except WorldError as exc:
         print(f"zpilot demo: {exc}", file=sys.stderr)
         return 1

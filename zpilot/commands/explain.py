@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .. import contract
+from .options import layout_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="source pod: namespace/name, name, name prefix (sleep) or IP")
     p.add_argument("--to", dest="target", required=True, metavar="HOST:PORT", help="destination and port: a pod IP, a service VIP, or a service name (productpage.default)")
     p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
+    p.add_argument("--layout", default="article", type=layout_name,
+                   help="outbound layout the ztunnels run (as zpilot serve --layout; default article)")
     p.add_argument("--json", action="store_true", help="print hops and facts as JSON")
     p.set_defaults(func=run)
 
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"zpilot explain: {args.manifests} does not exist", file=sys.stderr)
         return 2
     try:
-        paths = explain_path(load_mesh(args.manifests, trust_domain=args.trust_domain), args.source, host, int(port))
+        paths = explain_path(load_mesh(args.manifests, trust_domain=args.trust_domain, layout=args.layout), args.source, host, int(port))
     except ExplainError as exc:
         print(f"zpilot explain: {exc}", file=sys.stderr)
         return 2

@@ -21,11 +21,16 @@ __all__ = ["FACT_KEYS", "ExplainError", "Explanation", "Hop", "Mesh", "explain",
 
 
 def mesh_from_index(
-    index: MeshIndex, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN, host_ips: dict[str, str] | None = None
+    index: MeshIndex,
+    *,
+    trust_domain: str = contract.DEFAULT_TRUST_DOMAIN,
+    host_ips: dict[str, str] | None = None,
+    layout: str = "article",
 ) -> Mesh:
-    """Translate every node and plan its rules (with placeholders for facts only a node knows)."""
+    """Translate every node (with the outbound ``layout``) and plan its rules (with placeholders
+    for facts only a node knows)."""
     resources, plans = {}, {}
-    options = TranslateOptions(trust_domain=trust_domain)
+    options = TranslateOptions(trust_domain=trust_domain, layout=layout)
     for node in sorted(index.nodes):
         resources[node] = translate_node(index, node, options)
         facts = NodeFacts(ztunnel_veth=UNKNOWN_ZTUNNEL_VETH, tunnel_kind=TunnelKind.VXLAN,
@@ -34,12 +39,12 @@ def mesh_from_index(
             plans[node] = build_plan(index, node, facts)
         except PlanError:
             continue
-    return Mesh(index, resources, plans)
+    return Mesh(index, resources, plans, layout)
 
 
-def load_mesh(manifests: str | Path, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN) -> Mesh:
+def load_mesh(manifests: str | Path, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN, layout: str = "article") -> Mesh:
     loaded = load_manifests(manifests)
-    return mesh_from_index(MeshIndex.build(loaded.cluster, loaded.problems), trust_domain=trust_domain)
+    return mesh_from_index(MeshIndex.build(loaded.cluster, loaded.problems), trust_domain=trust_domain, layout=layout)
 
 
 def render(explanations: list[Explanation]) -> str:

@@ -19,6 +19,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.json_format import MessageToDict
+from xds.type.matcher.v3 import ip_pb2
 
 from ..translators.resources import NodeResources
 
@@ -79,8 +80,12 @@ def _evaluate(matcher, conn: Connection, steps: list[MatchStep]) -> str | None:
     tree = matcher.matcher_tree
     key = _INPUTS[tree.input.typed_config.type_url.rpartition("/")[2]]
     value = str(getattr(conn, key))
-    on_match = tree.exact_match_map.map.get(value)
-    steps.append(MatchStep(key, value, on_match is not None))
+    if tree.HasField("custom_match"):  # an IP range matcher: one outcome for a set of ranges
+        on_match = _in_ranges(tree.custom_match, value)
+        steps.append(MatchStep(f"{key} in ranges", value, on_match is not None))
+    else:
+        on_match = tree.exact_match_map.map.get(value)
+        steps.append(MatchStep(key, value, on_match is not None))
     if on_match is not None:
         found = _on_match(on_match, conn, steps)
         if found is not None:
@@ -88,6 +93,19 @@ def _evaluate(matcher, conn: Connection, steps: list[MatchStep]) -> str | None:
     if matcher.HasField("on_no_match"):
         return _on_match(matcher.on_no_match, conn, steps)
     return None
+
+
+def _in_ranges(custom_match, value: str):
+    """The on_match of the most specific range of an ``xds.type.matcher.v3.IPMatcher`` holding ``value``."""
+    ranges = _unpack(custom_match.typed_config, ip_pb2.IPMatcher)
+    address = ipaddress.ip_address(value)
+    best = None
+    for range_matcher in ranges.range_matchers:
+        for cidr in range_matcher.ranges:
+            net = ipaddress.ip_network(f"{cidr.address_prefix}/{cidr.prefix_len.value}", strict=False)
+            if address in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, range_matcher.on_match)
+    return best[1] if best else None
 
 
 def _on_match(on_match, conn: Connection, steps: list[MatchStep]) -> str | None:
@@ -164,7 +182,10 @@ class EndpointFacts:
 
 
 def endpoints(resources: NodeResources, cluster_name: str) -> list[EndpointFacts]:
+    """An EDS cluster's endpoints, or a static cluster's own."""
     cla = resources.endpoints.get(cluster_name)
+    if cla is None and cluster_name in resources.clusters:
+        cla = resources.clusters[cluster_name].load_assignment
     if cla is None:
         return []
     out = []

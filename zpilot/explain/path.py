@@ -75,6 +75,7 @@ class Mesh:
     index: MeshIndex
     resources: dict[str, NodeResources]
     plans: dict[str, NodePlan]
+    layout: str = "article"  # the outbound layout ``resources`` were translated with
 
     def pod(self, ref: str) -> Workload:
         """By ``namespace/name``, name, name prefix (``sleep``) or IP."""
@@ -190,8 +191,8 @@ def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, po
         base.outcome = f"dropped: cluster {cluster_name} does not exist"
         return [base]
     kind = ec.cluster_kind(cluster)
-    if kind == "EDS":
-        eps = ec.endpoints(resources, cluster_name)
+    eps = ec.endpoints(resources, cluster_name) if kind in ("EDS", "STATIC") else []
+    if kind == "EDS" or any(ep.internal_listener for ep in eps):
         if not eps:
             base.outcome = f"dropped: cluster {cluster_name} has no endpoints (UH)"
             return [base]
@@ -200,7 +201,7 @@ def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, po
             e = _copy(base)
             e.facts["endpoint"] = ep.address
             if ep.internal_listener:
-                out += _internal_listener(mesh, e, src, ep)
+                out += _internal_listener(mesh, e, src, ep, original_dst=f"{host}:{port}")
             else:
                 e.hop(where, f"endpoint {ep.address}: plain TCP (the endpoint is outside the mesh)",
                       "original_src keeps the pod's address as the source")
@@ -227,7 +228,11 @@ def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, po
 _DYNAMIC = re.compile(r"%DYNAMIC_METADATA\((\w+):(\w+)\)%")
 
 
-def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.EndpointFacts) -> list[Explanation]:
+def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.EndpointFacts, *,
+                       original_dst: str) -> list[Explanation]:
+    """Through an internal listener: its original_dst filter makes the destination the endpoint's
+    metadata ``local`` or, with none (the linear layout's pod_direct), the original destination the
+    outbound listener recorded; the source is the pod's address where it was recorded too."""
     node = src.node_name or ""
     resources = mesh.resources[node]
     where = _ztunnel_label(mesh, node)
@@ -236,16 +241,34 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
         e.hop(where, f"internal listener {ep.internal_listener} does not exist")
         e.outcome = "dropped"
         return [e]
-    proxy = ec.tcp_proxy(listener.filter_chains[0])
+    local = ep.metadata.get(c.ORIGINAL_DST_FILTER, {}).get(c.ORIGINAL_DST_LOCAL) or original_dst
+    local_ip, _, local_port = local.rpartition(":")
+    details = []
+    if listener.HasField("filter_chain_matcher"):
+        chain, steps = ec.select_chain(listener, ec.Connection(src.ip or "", local_ip, int(local_port)))
+        if chain is None:
+            e.hop(where, f"internal listener {listener.name}: no filter chain for source {src.ip}")
+            e.outcome = "connection closed: no matching filter chain"
+            return [e]
+        walk = " -> ".join(f"{s.input}={s.value}{'' if s.matched else ' (no match)'}" for s in steps)
+        details.append(f"filter chain {chain.name} (matcher: {walk})")
+    else:
+        chain = listener.filter_chains[0]
+    proxy = ec.tcp_proxy(chain)
+    cluster_name = proxy.cluster if proxy else "?"
+    cluster = resources.clusters.get(cluster_name)
+    override = cluster.original_dst_lb_config.upstream_port_override.value if cluster is not None else 0
+    dial = f"{local_ip}:{override}" if override else local
     template = proxy.tunneling_config.hostname if proxy else ""
     authority = _DYNAMIC.sub(lambda m: str(ep.metadata.get(m.group(1), {}).get(m.group(2), "?")), template)
-    tunnel = ep.metadata.get(c.TUNNEL_METADATA, {})
-    dial = ep.metadata.get(c.ORIGINAL_DST_FILTER, {}).get(c.ORIGINAL_DST_LOCAL) or tunnel.get(c.TUNNEL_ADDRESS, "?")
-    e.hop(where, f"endpoint {ep.address} -> internal listener {listener.name}",
-          f"endpoint metadata {c.TUNNEL_METADATA}: {tunnel}",
-          "internal_upstream passes it on; original_dst restores the tunnel address as the destination",
+    authority = ec.substitute(authority, {"DOWNSTREAM_LOCAL_ADDRESS": local})
+    if c.TUNNEL_METADATA in ep.metadata:
+        details.insert(0, f"endpoint metadata {c.TUNNEL_METADATA}: {ep.metadata[c.TUNNEL_METADATA]}")
+    origin = "the endpoint's metadata" if ep.metadata.get(c.ORIGINAL_DST_FILTER) else "what the outbound listener recorded"
+    e.hop(where, f"endpoint {ep.address} -> internal listener {listener.name}", *details,
+          f"internal_upstream passes it on; original_dst restores {local} as the destination (from {origin})",
           internal_listener=listener.name)
-    return _tunnel(mesh, e, src, node, proxy.cluster if proxy else "?", dial, authority,
+    return _tunnel(mesh, e, src, node, cluster_name, dial, authority,
                    tunnel_src=(src.ip or "?") if _spoofs_source(listener) else _ztunnel_ip(mesh, node))
 
 

@@ -10,6 +10,7 @@ from .. import contract
 from ..model.index import MeshIndex
 from . import clusters, inbound, names
 from . import outbound_article as _article  # noqa: F401  (registers the "article" layout)
+from . import outbound_linear as _linear  # noqa: F401  (registers the "linear" layout)
 from .context import NodeView, TranslateOptions
 from .layout import get as get_layout
 from .layout import known as known_layouts

@@ -6,8 +6,8 @@ from __future__ import annotations
 from google.protobuf import duration_pb2
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2, protocol_pb2
-from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_upstream_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.metadata.v3 import metadata_pb2
@@ -86,19 +86,24 @@ def hbone_tunnel(
     return cluster
 
 
-def service_port(name: str, limits: DataPathLimits) -> Cluster:
-    """The EDS cluster of one (source identity, service port): mesh endpoints go through the
-    internal listener (``contract.TUNNEL_PROTOCOL``), others straight to the pod in plain TCP."""
-    passthrough_keys = [contract.TUNNEL_METADATA, contract.ORIGINAL_DST_FILTER]
+def _internal_upstream(passthrough_keys: tuple[str, ...]) -> base_pb2.TransportSocket:
+    """To an internal listener, handing it the endpoint metadata under ``passthrough_keys``."""
     internal = internal_upstream_pb2.InternalUpstreamTransport(
         passthrough_metadata=[
-            internal_upstream_pb2.InternalUpstreamTransport.MetadataValueSource(
-                kind=_host_kind(), name=key
-            )
+            internal_upstream_pb2.InternalUpstreamTransport.MetadataValueSource(kind=_host_kind(), name=key)
             for key in passthrough_keys
         ],
         transport_socket=raw_buffer(),
     )
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.internal_upstream", typed_config=pack(internal))
+
+
+def service_port(
+    name: str, limits: DataPathLimits, *, passthrough: tuple[str, ...] = (contract.TUNNEL_METADATA, contract.ORIGINAL_DST_FILTER)
+) -> Cluster:
+    """The EDS cluster of a service port (in the article's layout, per source identity): mesh
+    endpoints go through an internal listener (``contract.TUNNEL_PROTOCOL``), which gets their ``passthrough``
+    metadata; others go straight to the pod in plain TCP."""
     return Cluster(
         name=name,
         type=Cluster.EDS,
@@ -107,12 +112,31 @@ def service_port(name: str, limits: DataPathLimits) -> Cluster:
             Cluster.TransportSocketMatch(
                 name="internal_upstream",
                 match=struct(contract.TUNNEL_PROTOCOL),
-                transport_socket=base_pb2.TransportSocket(
-                    name="envoy.transport_sockets.internal_upstream", typed_config=pack(internal)
-                ),
+                transport_socket=_internal_upstream(passthrough),
             ),
             Cluster.TransportSocketMatch(name="tlsMode-disabled", match=struct({}), transport_socket=raw_buffer()),
         ],
+        circuit_breakers=circuit_breakers(limits),
+    )
+
+
+def internal_listener_cluster(name: str, listener: str, limits: DataPathLimits) -> Cluster:
+    """A STATIC cluster whose one endpoint is the internal listener ``listener`` (the linear
+    layout's way to it for pod-IP destinations: every such connection of the node shares it)."""
+    endpoint = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(
+            address=address_pb2.Address(
+                envoy_internal_address=address_pb2.EnvoyInternalAddress(server_listener_name=listener)
+            )
+        )
+    )
+    return Cluster(
+        name=name,
+        type=Cluster.STATIC,
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]
+        ),
+        transport_socket=_internal_upstream(()),
         circuit_breakers=circuit_breakers(limits),
     )
 

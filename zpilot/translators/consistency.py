@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Iterable, Iterator
 
 from google.protobuf import wrappers_pb2
-from xds.type.matcher.v3 import matcher_pb2
+from xds.type.matcher.v3 import ip_pb2, matcher_pb2
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
@@ -39,6 +39,7 @@ _TLS_CONTEXTS = {
     tls_pb2.UpstreamTlsContext.DESCRIPTOR.full_name: tls_pb2.UpstreamTlsContext,
 }
 _INTERNAL_UPSTREAM = internal_upstream_pb2.InternalUpstreamTransport.DESCRIPTOR.full_name
+_IP_MATCHER = ip_pb2.IPMatcher.DESCRIPTOR.full_name
 
 
 class InconsistentResources(ValueError):
@@ -80,14 +81,16 @@ def findings(resources: NodeResources) -> list[str]:
         for secret in _cluster_secrets(cluster):
             if secret not in resources.secrets:
                 out.append(f"{where} uses secret {_q(secret)}, which is not served")
-    for name, assignment in resources.endpoints.items():
+    assignments = [(f"cluster {_q(n)} names", c.load_assignment) for n, c in resources.clusters.items()]
+    assignments += [(f"endpoints {_q(n)} name", a) for n, a in resources.endpoints.items()]
+    for where, assignment in assignments:
         for group in assignment.endpoints:
             for lb in group.lb_endpoints:
                 address = lb.endpoint.address
                 if address.HasField("envoy_internal_address"):
                     target = address.envoy_internal_address.server_listener_name
                     if target not in internal:
-                        out.append(f"endpoints {_q(name)} name internal listener {_q(target)}, which does not exist")
+                        out.append(f"{where} internal listener {_q(target)}, which does not exist")
     return out
 
 
@@ -151,6 +154,9 @@ def _matcher_targets(root: matcher_pb2.Matcher) -> set[str]:
             tree_kind = tree.WhichOneof("tree_type")
             if tree_kind in ("exact_match_map", "prefix_match_map"):
                 on_matches.extend(getattr(tree, tree_kind).map.values())
+            elif tree_kind == "custom_match" and tree.custom_match.typed_config.type_url.endswith("/" + _IP_MATCHER):
+                ranges = ip_pb2.IPMatcher.FromString(tree.custom_match.typed_config.value)
+                on_matches.extend(r.on_match for r in ranges.range_matchers)
         elif kind == "matcher_list":
             on_matches.extend(m.on_match for m in matcher.matcher_list.matchers)
         for on_match in on_matches:

@@ -17,6 +17,9 @@ in (region, zone) order: the order Envoy keeps them in and dumps them back.
 The fields Envoy itself fills in when it dumps endpoints (locality, weight, health, the
 overprovisioning factor) are set explicitly, so that what we render equals Envoy's own
 ``/config_dump?include_eds`` and a diff of the two shows only real differences.
+
+The linear layout's endpoints (``linear_*``) name no identity and no node: every mesh endpoint is
+the one internal listener ``contract.LINEAR_TUNNEL_LISTENER`` with ``original_dst.local = podIP:port``.
 """
 
 from __future__ import annotations
@@ -93,5 +96,34 @@ def service_port_endpoints(
             lb = mesh_endpoint(ep, identity, same_node=ep.node_name == node)
         else:
             lb = lb_endpoint(socket_address(ep.address, ep.port))
+        groups.setdefault(ep.locality, []).append(lb)
+    return load_assignment(cluster_name, groups)
+
+
+def linear_mesh_endpoint(endpoint: Endpoint):
+    """A mesh endpoint of the linear layout: the one internal listener, told only where the
+    connection goes (``original_dst.local``). The peer ztunnel's port (HBONE, or the hairpin port on this
+    node) is the tunnel cluster's business, so the endpoint is the same on every node."""
+    metadata = base_pb2.Metadata(
+        filter_metadata={
+            contract.TRANSPORT_SOCKET_MATCH_METADATA: struct(contract.TUNNEL_PROTOCOL),
+            contract.ORIGINAL_DST_FILTER: struct({contract.ORIGINAL_DST_LOCAL: endpoint.authority}),
+        }
+    )
+    address = address_pb2.Address(
+        envoy_internal_address=address_pb2.EnvoyInternalAddress(
+            server_listener_name=contract.LINEAR_TUNNEL_LISTENER, endpoint_id=endpoint.authority
+        )
+    )
+    return lb_endpoint(address, metadata)
+
+
+def linear_service_port_endpoints(cluster_name: str, endpoints: list[Endpoint]) -> ClusterLoadAssignment:
+    """A service port's endpoints with no identity and no node in them: every node that is given
+    the same endpoints gets the same bytes (all of them, unless the service keeps traffic on the
+    node: ``internalTrafficPolicy: Local``)."""
+    groups: dict[Locality, list] = {}
+    for ep in endpoints:
+        lb = linear_mesh_endpoint(ep) if ep.meshed else lb_endpoint(socket_address(ep.address, ep.port))
         groups.setdefault(ep.locality, []).append(lb)
     return load_assignment(cluster_name, groups)

@@ -3,6 +3,10 @@ a filter chain by destination port, source IP and destination IP.
 
 Note the types: inputs and actions are ``xds.core.v3.TypedExtensionConfig``, not Envoy's own.
 A nested map that finds no key falls back to the enclosing level's ``on_no_match``.
+
+Besides exact maps, :func:`in_ranges` tests an address against a set of CIDR ranges with one
+outcome for all of them (``xds.type.matcher.v3.IPMatcher``, which Envoy logs as work in
+progress): "is the source one of this node's pods" without repeating what follows per pod.
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 from typing import Mapping
 
 from google.protobuf import wrappers_pb2
-from xds.core.v3 import extension_pb2
-from xds.type.matcher.v3 import matcher_pb2
+from xds.core.v3 import cidr_pb2, extension_pb2
+from xds.type.matcher.v3 import ip_pb2, matcher_pb2
 
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 
+from ..model.addresses import host_prefix_len
 from .envoy_common import pack
 
 Matcher = matcher_pb2.Matcher
@@ -43,6 +48,28 @@ def exact(input_name: str, cases: Mapping[str, OnMatch], on_no_match: OnMatch | 
     tree = Matcher.MatcherTree(
         input=extension_pb2.TypedExtensionConfig(name=input_name, typed_config=pack(_INPUTS[input_name]())),
         exact_match_map=Matcher.MatcherTree.MatchMap(map=dict(cases)),
+    )
+    matcher = Matcher(matcher_tree=tree)
+    if on_no_match is not None:
+        matcher.on_no_match.CopyFrom(on_no_match)
+    return matcher
+
+
+#: The name of the IP range matcher extension (a ``custom_match`` of a matcher tree).
+IP_RANGE_MATCHER = "envoy.matching.custom_matchers.ip_range_matcher"
+
+
+def in_ranges(input_name: str, ips: list[str], on_match: OnMatch, on_no_match: OnMatch | None = None) -> Matcher:
+    """``on_match`` if the address ``input_name`` ("source-ip" or "ip") is one of ``ips`` (each a
+    host range: /32), else ``on_no_match``."""
+    ranges = [
+        cidr_pb2.CidrRange(address_prefix=ip, prefix_len=wrappers_pb2.UInt32Value(value=host_prefix_len(ip)))
+        for ip in ips
+    ]
+    ip_matcher = ip_pb2.IPMatcher(range_matchers=[ip_pb2.IPMatcher.IPRangeMatcher(ranges=ranges, on_match=on_match)])
+    tree = Matcher.MatcherTree(
+        input=extension_pb2.TypedExtensionConfig(name=input_name, typed_config=pack(_INPUTS[input_name]())),
+        custom_match=extension_pb2.TypedExtensionConfig(name=IP_RANGE_MATCHER, typed_config=pack(ip_matcher)),
     )
     matcher = Matcher(matcher_tree=tree)
     if on_no_match is not None:

@@ -50,3 +50,27 @@ def pod_chain(cluster_name: str) -> str:
 
 def inbound_chain(ip: str) -> str:
     return f"inbound_{ip}"
+
+
+# -- the linear layout (outbound_linear.py) -------------------------------------------------------
+#: The outbound chain for every meshed pod-IP destination, and the static cluster it hands them to.
+POD_DIRECT_CHAIN = "pod_direct"
+POD_INTERNAL_CLUSTER = "outbound_pod_internal"
+
+
+def linear_service_chain(service: Service, port: ServicePort, cluster_domain: str) -> str:
+    """Chain and EDS cluster name for a service port, the same on every node (no source identity in it)."""
+    return f"{port.label}_{service.hostname(cluster_domain)}_outbound_internal"
+
+
+def linear_tunnel_chain(identity: str) -> str:
+    return f"tunnel_{identity}"
+
+
+def linear_local_tunnel_chain(identity: str) -> str:
+    """The identity's chain for a destination pod on this node (the ``contract.PORT_HBONE_LOCAL`` hairpin)."""
+    return f"tunnel_local_{identity}"
+
+
+def local_tunnel_cluster(identity: str) -> str:
+    return f"outbound_local_tunnel_clus_{identity}"

@@ -23,18 +23,21 @@ def tcp_proxy(
     stat_prefix: str | None = None,
     log_site: str | None = None,
     tunnel_target: str | None = None,
+    tunnel_headers: tuple[tuple[str, str], ...] = (),
 ) -> listener_components_pb2.Filter:
     """``tunnel_target`` is a substitution format for the CONNECT authority and the
-    ``x-envoy-original-dst-host`` header; without it the bytes go to ``cluster`` as they are.
+    ``x-envoy-original-dst-host`` header (``tunnel_headers``: more headers, values also
+    substitution formats); without it the bytes go to ``cluster`` as they are.
     ``idle_timeout`` is required so no proxy falls back to a default nobody chose (limits.py)."""
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster, cluster=cluster, idle_timeout=idle_timeout)
     if log_site is not None:  # only where no listener-level log already records the connection
         proxy.access_log.append(access_log(log_site))
     if tunnel_target is not None:
         proxy.tunneling_config.hostname = tunnel_target
-        proxy.tunneling_config.headers_to_add.append(
-            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=ORIGINAL_DST_HEADER, value=tunnel_target))
-        )
+        for key, value in ((ORIGINAL_DST_HEADER, tunnel_target), *tunnel_headers):
+            proxy.tunneling_config.headers_to_add.append(
+                base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value))
+            )
     return listener_components_pb2.Filter(name=TCP_PROXY, typed_config=pack(proxy))
 
 
@@ -46,8 +49,14 @@ def proxy_chain(
     log_site: str | None = None,
     tunnel_target: str | None = None,
     stat_prefix: str | None = None,
+    tunnel_headers: tuple[tuple[str, str], ...] = (),
 ) -> listener_components_pb2.FilterChain:
     proxy = tcp_proxy(
-        cluster, idle_timeout=idle_timeout, stat_prefix=stat_prefix, log_site=log_site, tunnel_target=tunnel_target
+        cluster,
+        idle_timeout=idle_timeout,
+        stat_prefix=stat_prefix,
+        log_site=log_site,
+        tunnel_target=tunnel_target,
+        tunnel_headers=tunnel_headers,
     )
     return listener_components_pb2.FilterChain(name=name, filters=[proxy])

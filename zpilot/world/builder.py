@@ -73,6 +73,8 @@ class WorldOptions:
     static_config: bool = False
     #: Workload certificate lifetime given to ``zpilot serve --cert-lifetime`` (seconds); None: its default.
     cert_lifetime: float | None = None
+    #: The ztunnels' outbound layout (``zpilot serve --layout``, or ``render --static --layout``).
+    layout: str = "article"
 
 
 @dataclass
@@ -215,7 +217,7 @@ class World:
             "--xds-address", f"unix:{self.xds_socket}", "--debug-address", f"unix:{self.debug_socket}",
             "--metrics-address", f"unix:{self.metrics_socket}",
             "--trust-domain", self.spec.trust_domain, "--debounce-quiet", str(self.options.debounce_quiet),
-            "--ca-dir", str(self.ca_dir),
+            "--ca-dir", str(self.ca_dir), "--layout", self.options.layout,
             *(["--cert-lifetime", str(self.options.cert_lifetime)] if self.options.cert_lifetime else []),
         ), netns=self.cp_ns)
         self.supervisor.wait_for(self.server, lambda: self.debug("/healthz/ready", raw=True)[0] == 200,
@@ -241,7 +243,8 @@ class World:
             pod = self.spec.ztunnel_on(node.key)
             if self.options.static_config:
                 argv = zpilot_cli("render", "--manifests", str(self.manifests), "--node", node.name, "--static",
-                                  "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.ca_dir))
+                                  "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.ca_dir),
+                                  "--layout", self.options.layout)
             else:
                 argv = zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
                                   "--admin-port", str(contract.PORT_ADMIN),

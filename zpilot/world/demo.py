@@ -62,7 +62,8 @@ def observe_and_explain(world: World, source: str, host: str, port: int) -> Demo
         obs.facts["matcher_path"] = (f"dport={dst_port} ({contract.PORT_OUTBOUND}? no) -> src={src_ip}"
                                      f" -> dst={dst_ip} -> dport={dst_port}")
         obs.evidence["matcher_path"] = "the listener's downstream addresses in the access log"
-    paths = explain(load_mesh(world.manifests, trust_domain=world.spec.trust_domain), source, host, port)
+    paths = explain(load_mesh(world.manifests, trust_domain=world.spec.trust_domain, layout=world.options.layout),
+                    source, host, port)
     explained = paths[0].facts if len(paths) == 1 else {}
     return DemoResult(obs, explained, compare(explained, obs.facts))
 
@@ -99,13 +100,14 @@ def render(world: World, result: DemoResult, emit: Callable[[str], None] = print
         emit(f"zpilot explain (config + CNI plan, no traffic) agrees on all {len(FACT_KEYS)} facts.")
 
 
-def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False) -> int:
-    """Build the world, run scenario 1, print it, tear everything down. Exit status 0 on success."""
+def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False, layout: str = "article") -> int:
+    """Build the world (its ztunnels on the outbound ``layout``), run scenario 1, print it, tear
+    everything down. Exit status 0 on success."""
     from .builder import WorldOptions
 
     emit("zpilot demo: building the world (2 nodes, their pods and ztunnels, in network namespaces) ...")
     started = time.monotonic()
-    with World(options=WorldOptions(keep_workdir=keep_workdir)) as world:
+    with World(options=WorldOptions(keep_workdir=keep_workdir, layout=layout)) as world:
         emit(f"  built in {time.monotonic() - started:.1f} s: namespaces {world.prefix}-*, "
              f"zpilot serve in {world.cp_ns}, Envoy ztunnels in {', '.join(z.netns for z in world.ztunnels.values())},"
              f" rules by zpilot cni run (one agent per node); logs in {world.dir}" + ("" if keep_workdir else " (removed at exit)"))

@@ -141,7 +141,8 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
                                 ("endpoint", "upstream_host")):
             fact(key, outbound.get(field_name), where)
         fact("response_flags", outbound.get("response_flags"), where)
-    tunnel = next((e for e in trace.entries.get(src.node, []) if e["log"].startswith(c.TUNNEL_LISTENER_PREFIX)), None)
+    tunnel = next((e for e in trace.entries.get(src.node, [])
+                   if e["log"].startswith(c.TUNNEL_LISTENER_PREFIX) or e["log"] == c.LINEAR_TUNNEL_LISTENER), None)
     if tunnel:  # a service chain: the internal listener opened the tunnel
         fact("internal_listener", tunnel["log"], where)
         fact("tunnel_cluster", tunnel.get("upstream_cluster"), where)

@@ -1,0 +1,67 @@
+"""Carrying a captured connection's two addresses across an internal listener.
+
+Behind an internal listener a connection's addresses are Envoy's own (``envoy://internal_client_address/``),
+so the pod that opened it and where it was going are lost. The linear layout records both on
+the outbound listener with the ``set_filter_state`` listener filter, as the filter-state objects
+the internal listener's ``original_dst`` filter reads back (``<original_dst filter>.<key>``):
+
+- ``remote_ip``: the pod's address, which the internal listener matches to pick the pod's
+  identity, and which travels on to the destination (``x-forwarded-for``);
+- ``local_ip``: the original destination, for pod-IP destinations, which have no endpoint
+  metadata to say it.
+
+Both are shared with the upstream connection ``ONCE``: the internal connection gets them, the
+tunnel it opens does not. ``TRANSITIVE`` works too, but puts the addresses into the upstream
+connection-pool key, and every downstream connection would open its own TLS connection to the
+peer ztunnel (scalable-layout-notes.md).
+
+The filter's config message is not in xds-protos 1.85; ``protos/`` holds Envoy's ``.proto``, compiled
+into ``zpilot._protos`` when the package is built (setup.py).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.listener.v3 import listener_components_pb2
+from envoy.extensions.filters.common.set_filter_state.v3 import value_pb2
+
+from .. import contract
+from .envoy_common import pack
+
+SET_FILTER_STATE_FILTER = "envoy.filters.listener.set_filter_state"
+REMOTE_IP_STATE = f"{contract.ORIGINAL_DST_FILTER}.remote_ip"
+LOCAL_IP_STATE = f"{contract.ORIGINAL_DST_FILTER}.local_ip"
+#: filter state -> the substitution format whose value it records when a connection is accepted
+RECORDED = {REMOTE_IP_STATE: "%DOWNSTREAM_REMOTE_ADDRESS%", LOCAL_IP_STATE: "%DOWNSTREAM_LOCAL_ADDRESS%"}
+
+
+def _generated() -> ModuleType:
+    """The compiled ``set_filter_state`` listener config, imported when first needed, so that a
+    source checkout nobody has built yet still runs everything but the linear layout."""
+    try:
+        from .._protos.envoy.extensions.filters.listener.set_filter_state.v3 import set_filter_state_pb2
+    except ImportError as exc:
+        raise ImportError(
+            "zpilot._protos is missing: it is generated when zpilot is built (pip install ., pip install -e .);"
+            " in a source checkout run `python3 setup.py build_protos --inplace`"
+        ) from exc
+    return set_filter_state_pb2
+
+
+def _value(key: str, format_string: str) -> value_pb2.FilterStateValue:
+    return value_pb2.FilterStateValue(
+        object_key=key,
+        format_string=substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=format_string)
+        ),
+        shared_with_upstream=value_pb2.FilterStateValue.ONCE,
+    )
+
+
+def record_addresses_filter() -> listener_components_pb2.ListenerFilter:
+    """``set_filter_state`` recording the connection's remote and local address for the internal listener.
+    It must come after the ``original_dst`` filter, or the local address it records is the listener's own."""
+    config = _generated().Config(on_accept=[_value(key, fmt) for key, fmt in RECORDED.items()])
+    return listener_components_pb2.ListenerFilter(name=SET_FILTER_STATE_FILTER, typed_config=pack(config))
