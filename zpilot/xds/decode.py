@@ -102,7 +102,8 @@ class ClientNode:
     """What the first request says about its client."""
 
     id: str
-    #: Metadata ``NODE_NAME``: None when absent, "" when present but not a non-empty string.
+    #: The node-name metadata value (contract.NODE_NAME_METADATA): None when absent, "" when
+    #: present but not a string.
     metadata_name: str | None
     user_agent: str  # e.g. ``envoy/1.40.0``, bounded: shown in logs and /debug/connections
 
