@@ -29,8 +29,11 @@ def node(name: str, node_id: str | None = None) -> Node:
 class AdsClient:
     """One ADS stream. ``await recv()`` returns the next response or raises the stream's RpcError."""
 
-    def __init__(self, port: int, *, delta: bool = False, options: list | None = None) -> None:
-        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options or [])
+    def __init__(self, port: int, *, delta: bool = False, options: list | None = None,
+                 channel: grpc.aio.Channel | None = None) -> None:
+        """A stream on a channel of its own, or on ``channel`` (then left open by :meth:`close`)."""
+        self._own_channel = channel is None
+        self.channel = channel or grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options or [])
         self.delta = delta
         response = DeltaDiscoveryResponse if delta else DiscoveryResponse
         method = "DeltaAggregatedResources" if delta else "StreamAggregatedResources"
@@ -113,9 +116,14 @@ class AdsClient:
             if item is _END:
                 return await self.call.code(), await self.call.details()
 
+    def half_close(self) -> None:
+        """End the request stream (the server reads EOF); responses can still arrive."""
+        self._queue.put_nowait(_END)
+
     async def close(self) -> None:
         self._queue.put_nowait(_END)
         self.call.cancel()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
-        await self.channel.close()
+        if self._own_channel:
+            await self.channel.close()

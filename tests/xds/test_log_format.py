@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from zpilot.logs import MAX_FIELD_CHARS, MAX_MESSAGE_CHARS
+from zpilot.logs import MAX_FIELD_CHARS
 from zpilot.xds.order import CLUSTER_TYPE
 
 from .ads_client import AdsClient
@@ -67,8 +67,8 @@ async def test_every_stderr_line_is_json_with_the_fields_to_filter_on(serve_json
         client.request(CLUSTER_TYPE, node_name=NODE_A)
         response = await client.recv()
         client.request(CLUSTER_TYPE, nonce=response.nonce, version=response.version_info, error="bad " * 5000)
-        stranger.request(CLUSTER_TYPE, node_name="n" * 20_000)  # a node name no cluster has
-        await stranger.recv()
+        stranger.request(CLUSTER_TYPE, node_name="n" * 20_000)  # longer than any node id: refused
+        refused = await stranger.status()
 
         async def logged():
             return [r for r in records(err) if r.get("node") == NODE_A and r["level"] == "WARNING"]
@@ -95,11 +95,12 @@ async def test_every_stderr_line_is_json_with_the_fields_to_filter_on(serve_json
     # the NACK: its text is the client's, cut at its source; the fields name what was rejected
     assert (nack["type_url"], nack["version"], nack["nonce"]) == (CLUSTER_TYPE, response.version_info, response.nonce)
     assert "bad bad" in nack["message"] and len(nack["message"]) < 5000
-    # the stranger's 20000-character node name is cut in every field that carries it, and in messages
-    stranger_lines = [r for r in every if r.get("node", "").startswith("nnnn")]
-    assert len(stranger_lines) >= 3  # opened, not in the model, sent CDS, closed
-    assert all(r["node"] == "n" * MAX_FIELD_CHARS + "... (20000 characters)" for r in stranger_lines)
-    assert all(len(r["message"]) <= MAX_MESSAGE_CHARS + 30 for r in stranger_lines)
+    # the stranger's 20000-character node is refused, naming the limit, in one short line
+    assert "node id of 20008 characters; the limit is 4096" in refused[1]
+    [refusal] = [r for r in every if "refused" in r["message"]]
+    assert refusal["level"] == "WARNING" and refusal["peer"].startswith("ipv4:127.0.0.1:")
+    assert "node id of 20008 characters" in refusal["message"] and len(refusal["message"]) < 300
+    assert not any("nnnnnnnn" in json.dumps(r) for r in every)
     # input problems name their object
     assert any(r.get("object") == "Namespace legacy" for r in every)
     assert any(r["message"] == "shutting down" for r in every)

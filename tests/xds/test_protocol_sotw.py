@@ -11,6 +11,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
+from zpilot.xds.limits import Limits
 from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, SECRET_TYPE
 
 from .ads_client import AdsClient
@@ -252,7 +253,7 @@ async def test_unknown_type_after_a_good_start_is_refused(fake_plane, client_fac
 
 
 async def test_oversized_request_is_refused_without_harm(fake_plane, client_factory):
-    plane, world = await fake_plane(max_receive_message_bytes=64 * 1024)
+    plane, world = await fake_plane(limits=Limits(max_request_bytes=64 * 1024))
     good = client_factory(plane.xds_port)
     good.request(CLUSTER_TYPE, node_name="a")
     await good.recv()

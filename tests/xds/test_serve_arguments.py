@@ -143,3 +143,27 @@ def test_a_debug_api_off_loopback_is_warned_about(tmp_path):
         serve.stop()
     assert "WARNING zpilot.serve: the debug API listens on 0.0.0.0: it exposes every node's configuration" \
            in serve.log.read_text()
+
+
+def test_the_ads_limit_flags_state_the_real_defaults_and_reach_the_server():
+    """The flags module states Limits' defaults as text (``--help`` loads no gRPC): they must be
+    Limits' own; given flags replace them, others stay."""
+    from zpilot.commands.xds_limit_flags import FLAGS, limits_from
+    from zpilot.xds.limits import Limits
+
+    defaults = Limits()
+    assert {field: int(text.split(",")[0]) for field, text, _ in FLAGS.values()} == {
+        field: getattr(defaults, field) for field, _, _ in FLAGS.values()}
+    args = build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), "--max-streams", "7",
+                                      "--max-resource-names", "50000", "--max-request-bytes", str(16 << 20)])
+    assert limits_from(args) == Limits(max_streams=7, max_resource_names=50_000, max_request_bytes=16 << 20)
+
+
+@pytest.mark.parametrize("flag", ["--max-request-bytes", "--max-resource-names", "--max-streams",
+                                  "--max-streams-per-connection"])
+@pytest.mark.parametrize("value", ["0", "-1", "many", "2147483648"])
+def test_ads_limits_must_be_positive_whole_numbers(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit:
+        build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), flag, value])
+    assert exit.value.code == 2
+    assert f"argument {flag}:" in capsys.readouterr().err

@@ -41,7 +41,8 @@ def test_node_name(node, expected):
     assert node_name(node) == expected
 
 
-@pytest.mark.parametrize("node", [_node(""), _node("x", NODE_NAME=""), _node("x", NODE_NAME=3)])
+@pytest.mark.parametrize("node", [_node(""), _node("x", NODE_NAME=""), _node("x", NODE_NAME=3), _node("n" * 254),
+                                  _node("ztunnel~" + "n" * 254), _node("x", NODE_NAME="n" * 254)])
 def test_node_name_refused(node):
     with pytest.raises(NodeIdentityError):
         node_name(node)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import contract
-from . import data_path_flags
+from . import data_path_flags, xds_limit_flags
 from .options import layout_name
 
 log = logging.getLogger("zpilot.serve")
@@ -77,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="longest a change waits for quiet (10)")
     p.add_argument("--max-connection-age", type=_seconds(allow_zero=False), default=1800.0,
                    help="seconds before a stream is recycled (1800)")
+    xds_limit_flags.add_arguments(p)
     data_path_flags.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         )
     settings = ServeSettings(
         xds=ServerOptions(host=args.xds_address, port=args.xds_port,
-                          max_connection_age_ms=int(args.max_connection_age * 1000)),
+                          max_connection_age_ms=int(args.max_connection_age * 1000),
+                          limits=xds_limit_flags.limits_from(args)),
         debug=DebugOptions(host=args.debug_address, port=args.debug_port),
         metrics=MetricsOptions(host=args.metrics_address, port=args.metrics_port),
         translate=TranslateOptions(

@@ -147,6 +147,7 @@ def create_app(plane: DebugView) -> FastAPI:
                     "id": c.id,
                     "node": c.node,
                     "node_id": c.node_id,
+                    "user_agent": c.user_agent,
                     "known_node": c.known_node,
                     "mode": c.mode,
                     "peer": c.peer,

@@ -12,9 +12,11 @@ sent again; after clusters change, their endpoints are sent again so warming clu
 
 from __future__ import annotations
 
-from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
+import grpc
 
 from . import wire
+from .decode import Request, RequestError
+from .limits import explain
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, PUSH_ORDER, short_name
 from .snapshot import Snapshot
 from .stream import Stream, log, loggable_names
@@ -22,22 +24,28 @@ from .stream import Stream, log, loggable_names
 
 class DeltaStream(Stream):
     mode = "delta"
-    request_type = DeltaDiscoveryRequest
 
-    def handle(self, request: DeltaDiscoveryRequest) -> bool:
+    def handle(self, request: Request) -> bool:
         sub = self.accept(request.type_url)
-        if request.initial_resource_versions and self._nonce == 0:
+        if request.initial_versions and self._nonce == 0:
             self.client_reconnected()
-        nonce = request.response_nonce
+        nonce = request.nonce
         # Subscription changes count even on a stale nonce or a NACK.
-        if sub.apply_delta(request.resource_names_subscribe, request.resource_names_unsubscribe,
-                           request.initial_resource_versions):
+        if sub.apply_delta(request.subscribe, request.unsubscribe, request.initial_versions):
             sub.pending = True
+        limit = self.options.limits.max_resource_names
+        if len(sub.names) > limit:  # delta subscriptions add up over requests: bound the sum too
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"subscription to {len(sub.names)} {short_name(request.type_url)} names; "
+                f"{explain('max_resource_names', limit)}",
+                "too_many_names",
+            )
         self.report_subscription(sub)
         if nonce and nonce != sub.sent_nonce:
             self.record_stale(request.type_url, nonce)
-        elif request.HasField("error_detail"):
-            self.record_nack(sub, nonce, request.error_detail.code, request.error_detail.message)
+        elif request.nack is not None:
+            self.record_nack(sub, nonce, request.nack.code, request.nack.message)
         elif nonce:
             self.record_ack(sub, nonce)
         return sub.pending

@@ -64,7 +64,8 @@ class Metrics(StreamObserver):
         )
         self.rejected_requests = Counter(
             "zpilot_xds_rejected_requests_total",
-            "requests that ended their stream: unparseable, unknown_type, no_node, no_type",
+            "requests that ended their stream: unparseable, unknown_type, no_node, no_type, too_many_names,"
+            " too_long, too_many_streams",
             ["reason"], registry=r,
         )
         self.unserved = Counter(

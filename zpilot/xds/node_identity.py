@@ -7,6 +7,8 @@ Rules, in order (documented in docs/xds-server.md):
 2. otherwise the node id: a :func:`zpilot.contract.node_id` gives its node (the part after the
    prefix, up to the next ``~`` if there is one), any other id is taken as the node name itself;
 3. a request with neither is refused: the stream is closed with INVALID_ARGUMENT.
+
+A name longer than a Kubernetes node name can be (253 characters) is refused the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from envoy.config.core.v3.base_pb2 import Node
 
 from .. import contract
 
+#: A Kubernetes node name is a DNS subdomain: at most 253 characters.
+MAX_NODE_NAME = 253
+
 
 class NodeIdentityError(ValueError):
     """The first request does not say which node it is for."""
@@ -22,16 +27,34 @@ class NodeIdentityError(ValueError):
 
 def node_name(node: Node) -> str:
     """The Kubernetes node name a stream serves (see the module docstring for the rules)."""
+    field = node.metadata.fields.get(contract.NODE_NAME_METADATA) if node.HasField("metadata") else None
+    if field is None:
+        metadata_name = None
+    else:
+        metadata_name = field.string_value if field.WhichOneof("kind") == "string_value" else ""
+    return resolve_node_name(node.id, metadata_name)
+
+
+def resolve_node_name(node_id: str, metadata_name: str | None) -> str:
+    """The rules on the two values they read: the node id and the metadata value (None when
+    absent, "" when present but not a string)."""
     key = contract.NODE_NAME_METADATA
-    field = node.metadata.fields.get(key) if node.HasField("metadata") else None
-    if field is not None:
-        if field.WhichOneof("kind") == "string_value" and field.string_value.strip():
-            return field.string_value.strip()
-        raise NodeIdentityError(f"node metadata {key} must be a non-empty string")
-    node_id = node.id.strip()
+    if metadata_name is not None:
+        if not metadata_name.strip():
+            raise NodeIdentityError(f"node metadata {key} must be a non-empty string")
+        return _checked(metadata_name.strip())
+    node_id = node_id.strip()
     named = contract.node_of_id(node_id)
     if named:
-        return named
+        return _checked(named)
     if node_id:
-        return node_id
+        return _checked(node_id)
     raise NodeIdentityError(f"the first request names no node: set node metadata {key} or node.id")
+
+
+def _checked(name: str) -> str:
+    if len(name) > MAX_NODE_NAME:
+        raise NodeIdentityError(
+            f"node name of {len(name)} characters: a Kubernetes node name has at most {MAX_NODE_NAME}"
+        )
+    return name

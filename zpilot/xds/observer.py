@@ -6,9 +6,11 @@ only watches (the Prometheus metrics, the sync status behind /debug/syncz) is a
 :class:`Observers` hands each event to several. A new consumer of stream events is a new
 observer, never a new call in the protocol code.
 
-Every value an event carries about the client (names, nonces, NACK text) is as the client sent
-it, already bounded by the stream; observers that label metrics must map it to a bounded set
-(the type URL's short name, never a resource name).
+Every value an event carries about the client (node id, names, nonces, NACK text, user agent) is
+as the client sent it, within the limits of limits.py (each at most ``max_name_length``
+characters, at most ``max_resource_names`` names; a NACK's text cut at ``NACK_MESSAGE_CHARS``);
+observers that label metrics must map it to a bounded set (the type URL's short name, never a
+resource name), and observers that log it bound it again (``zpilot.logs.bounded``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class StreamInfo:
     node_id: str  # the client's xDS ``Node.id``, as sent
     mode: str  # "sotw" or "delta"
     peer: str  # gRPC's peer string of the connection
+    user_agent: str = ""  # the node's ``user_agent_name/user_agent_version`` (bounded), e.g. envoy/1.40.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ class StreamObserver:
 
     def stream_refused(self, stream: StreamInfo | None, reason: str, message: str) -> None:
         """A request ended the stream with an error; ``stream`` is None before the node was known.
-        ``reason`` is one of a fixed set (``unparseable``, ``unknown_type``, ``no_node``, ``no_type``)."""
+        ``reason`` is one of a fixed set (``unparseable``, ``unknown_type``, ``no_node``, ``no_type``,
+        ``too_many_names``, ``too_long``; ``too_many_streams`` with ``stream`` None, from the server)."""
 
     def node_known(self, stream: StreamInfo, known: bool) -> None:
         """Whether the model has the stream's node (unknown ones are served an empty config);
@@ -69,8 +73,9 @@ class StreamObserver:
     def request_received(self, stream: StreamInfo, type_url: str) -> None:
         """A request of a served type arrived (ACK, NACK, new subscription or stale)."""
 
-    def subscription_changed(self, stream: StreamInfo, type_url: str, names: list[str] | None) -> None:
-        """The stream's subscription to a type is now ``names`` (sorted; None: wildcard, []: none)."""
+    def subscription_changed(self, stream: StreamInfo, type_url: str, names: frozenset[str] | None) -> None:
+        """The stream's subscription to a type is now ``names`` (None: wildcard, empty: none).
+        Reported only when it changed: a request that leaves it as it was costs no copy."""
 
     def response_sent(self, stream: StreamInfo, response: Response) -> None:
         """A response is being written (reported just before the write: the client's answer can
@@ -127,7 +132,7 @@ class Observers(StreamObserver):
     def request_received(self, stream: StreamInfo, type_url: str) -> None:
         self._each("request_received", stream, type_url)
 
-    def subscription_changed(self, stream: StreamInfo, type_url: str, names: list[str] | None) -> None:
+    def subscription_changed(self, stream: StreamInfo, type_url: str, names: frozenset[str] | None) -> None:
         self._each("subscription_changed", stream, type_url, names)
 
     def response_sent(self, stream: StreamInfo, response: Response) -> None:

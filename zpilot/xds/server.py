@@ -4,19 +4,29 @@ Both RPCs of ``envoy.service.discovery.v3.AggregatedDiscoveryService`` are regis
 identity (de)serializers: responses are already serialized by the cache (wire.py), and requests
 are parsed by the stream so that a request that cannot be parsed gets a clear error on that
 stream instead of a generic gRPC failure.
+
+What a client may ask is bounded (limits.py): gRPC itself refuses a message over
+``max_request_bytes`` and holds a connection to ``max_streams_per_connection`` concurrent
+streams; the server refuses a stream over ``max_streams`` before reading it; the stream refuses
+a request over the other limits.
+
+Options go to gRPC in one place (:meth:`ServerOptions.grpc_options`), and the port is added in
+one place (:meth:`AdsServer._add_port`): transport security plugs in there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import grpc
 
 from .. import contract
 from .cache import SnapshotReader
 from .delta import DeltaStream
+from .limits import Limits, explain
 from .observer import StreamObserver
 from .sockets import UNIX_PREFIX, describe, ensure_bindable, owner_only
 from .sotw import SotwStream
@@ -26,6 +36,8 @@ log = logging.getLogger(__name__)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 MiB = 1024 * 1024
+#: Streams refused for ``max_streams`` are logged at most this often (seconds), with a count.
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -34,8 +46,9 @@ class ServerOptions:
 
     host: str = "0.0.0.0"  # or "unix:/path" for a Unix socket (port then unused)
     port: int = contract.PORT_XDS
-    #: Delta requests on reconnect can exceed gRPC's 4 MiB default (every known resource's version).
-    max_receive_message_bytes: int = 64 * MiB
+    #: What one client may ask: request size, names, streams (see limits.py).
+    limits: Limits = field(default_factory=Limits)
+    #: A node's whole config of one type goes in one response.
     max_send_message_bytes: int = 512 * MiB
     keepalive_time_ms: int = 30_000
     keepalive_timeout_ms: int = 10_000
@@ -48,7 +61,8 @@ class ServerOptions:
 
     def grpc_options(self) -> list[tuple[str, int]]:
         return [
-            ("grpc.max_receive_message_length", self.max_receive_message_bytes),
+            ("grpc.max_receive_message_length", self.limits.max_request_bytes),
+            ("grpc.max_concurrent_streams", self.limits.max_streams_per_connection),
             ("grpc.max_send_message_length", self.max_send_message_bytes),
             ("grpc.keepalive_time_ms", self.keepalive_time_ms),
             ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
@@ -81,13 +95,40 @@ class AdsServer:
         self.cache = cache
         self.options = options if options is not None else ServerOptions()
         self.observer = observer if observer is not None else StreamObserver()
-        self._stream_options = StreamOptions(control_plane_id=self.options.control_plane_id)
+        self._stream_options = StreamOptions(control_plane_id=self.options.control_plane_id,
+                                             limits=self.options.limits)
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
+        self.open_streams = 0  # RPCs being served, over all connections
+        self._refused_unlogged = 0  # streams refused for max_streams since the last log line
+        self._refusal_logged_at: float | None = None
 
     async def _serve(self, stream_class: type[Stream], requests, context: grpc.aio.ServicerContext) -> None:
-        stream = stream_class(self.cache, self.observer, self._stream_options, context.peer() or "")
-        await stream.run(requests, context)
+        if self.open_streams >= self.options.limits.max_streams:
+            await self._refuse_stream(context)
+            return
+        self.open_streams += 1  # counted and uncounted in synchronous steps: nothing can skip one
+        try:
+            stream = stream_class(self.cache, self.observer, self._stream_options, context.peer() or "")
+            # Closing is idempotent; gRPC calls this when the RPC is over, however it ended.
+            context.add_done_callback(lambda _context: stream.close())
+            await stream.run(requests, context)
+        finally:
+            self.open_streams -= 1
+
+    async def _refuse_stream(self, context: grpc.aio.ServicerContext) -> None:
+        """Refuse a stream over ``max_streams``, before reading anything from it."""
+        limit = self.options.limits.max_streams
+        message = f"too many ADS streams on this server; {explain('max_streams', limit)}"
+        self.observer.stream_refused(None, "too_many_streams", message)
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if self._refusal_logged_at is None or now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
+            # A client retrying in a loop must not flood the log: one line per interval, with a count.
+            log.warning("refused %d ADS stream(s) from %s and others: %s", self._refused_unlogged,
+                        context.peer(), message)
+            self._refused_unlogged, self._refusal_logged_at = 0, now
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
     async def _sotw(self, requests, context: grpc.aio.ServicerContext) -> None:
         await self._serve(SotwStream, requests, context)
@@ -122,7 +163,7 @@ class AdsServer:
         # gRPC creates a Unix socket file itself: owner-only, like every socket of ours
         with owner_only(address[len(UNIX_PREFIX):]) if self.unix_socket else contextlib.nullcontext():
             try:
-                port = server.add_insecure_port(address)
+                port = self._add_port(server, address)
             except RuntimeError as exc:  # grpc's way of saying the address is taken or invalid
                 raise OSError(f"cannot bind the xDS server to {address}: {exc}") from None
             if port == 0:
@@ -132,6 +173,10 @@ class AdsServer:
         self.port = None if self.unix_socket else port
         log.info("ADS server listening on %s", address if self.unix_socket else f"{address} (port {port})")
         return port
+
+    def _add_port(self, server: grpc.aio.Server, address: str) -> int:
+        """Listen on ``address``; returns the bound port (0: failed)."""
+        return server.add_insecure_port(address)
 
     @property
     def unix_socket(self) -> bool:

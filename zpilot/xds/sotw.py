@@ -10,9 +10,8 @@ warming cluster waits for a new ClusterLoadAssignment even when nothing changed 
 
 from __future__ import annotations
 
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
-
 from . import wire
+from .decode import Request
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, PUSH_ORDER, WILDCARD_TYPES
 from .snapshot import Snapshot, names_version
 from .stream import Stream
@@ -20,22 +19,21 @@ from .stream import Stream
 
 class SotwStream(Stream):
     mode = "sotw"
-    request_type = DiscoveryRequest
 
-    def handle(self, request: DiscoveryRequest) -> bool:
+    def handle(self, request: Request) -> bool:
         sub = self.accept(request.type_url)
-        nonce = request.response_nonce
+        nonce = request.nonce
         if not nonce and request.version_info and self._nonce == 0:
             self.client_reconnected()
-        if request.HasField("error_detail"):
+        if request.nack is not None:
             if nonce and nonce != sub.sent_nonce:
                 self.record_stale(request.type_url, nonce)
             else:
-                self.record_nack(sub, nonce, request.error_detail.code, request.error_detail.message)
+                self.record_nack(sub, nonce, request.nack.code, request.nack.message)
             return False  # never resend what was rejected; a config change will send again
         if nonce and nonce != sub.sent_nonce:
             self.record_stale(request.type_url, nonce)
-            if not request.resource_names and request.type_url not in WILDCARD_TYPES and sub.subscribed:
+            if not request.names and request.type_url not in WILDCARD_TYPES and sub.subscribed:
                 # An unsubscription (a node's last EDS cluster went away) overtaken by our response:
                 # honour it, or the type would wait forever for an ACK the client will never send.
                 sub.set_names([])
@@ -44,7 +42,7 @@ class SotwStream(Stream):
             return False
         if nonce:
             self.record_ack(sub, nonce)
-        changed = sub.set_names(request.resource_names)
+        changed = sub.set_names(request.names)
         self.report_subscription(sub)
         if not sub.subscribed:
             sub.pending = False  # unsubscribed from everything: nothing to answer

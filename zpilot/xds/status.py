@@ -5,6 +5,9 @@ picture from the events the streams report and is read by the debug API only.
 
 ACKs are tracked here, on the server, never read back from Envoy's config_dump: Envoy keeps the
 old ``version_info`` there when a pushed resource's content is unchanged (xds-protocol-notes.md).
+
+What a client sent arrives within the limits of limits.py; a subscription is still shown by its
+first :data:`SHOWN_NAMES` names (and its count), so one syncz answer stays small.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from typing import Any
 
 from .observer import Response, StreamInfo, StreamObserver
 from .order import PUSH_ORDER, short_name
+
+
+#: Subscribed names /debug/syncz lists per type (sorted); ``subscribed_count`` has them all.
+SHOWN_NAMES = 1000
 
 
 def _wall() -> float:
@@ -35,7 +42,7 @@ class TypeStatus:
     """One type on one stream."""
 
     type_url: str
-    subscribed: list[str] | None = None  # None: wildcard
+    subscribed: frozenset[str] | None = None  # None: wildcard
     last_sent_version: str = ""
     last_sent_nonce: str = ""
     last_sent_at: float | None = None
@@ -51,7 +58,7 @@ class TypeStatus:
     def state(self) -> str:
         """SYNCED, NACKED, STALE (sent, not yet answered), NOT_SENT as istioctl proxy-status says, or
         UNSUBSCRIBED: the client named no resource of this type any more, and answers nothing."""
-        if self.subscribed == []:
+        if self.subscribed is not None and not self.subscribed:
             return "UNSUBSCRIBED"
         if not self.last_sent_nonce:
             return "NOT_SENT"
@@ -66,7 +73,8 @@ class TypeStatus:
             "type": short_name(self.type_url),
             "type_url": self.type_url,
             "state": self.state,
-            "subscribed": "*" if self.subscribed is None else sorted(self.subscribed),
+            "subscribed": "*" if self.subscribed is None else sorted(self.subscribed)[:SHOWN_NAMES],
+            "subscribed_count": None if self.subscribed is None else len(self.subscribed),
             "last_sent_version": self.last_sent_version,
             "last_sent_nonce": self.last_sent_nonce,
             "last_sent_at": self.last_sent_at,
@@ -97,6 +105,7 @@ class ConnectionStatus:
     mode: str  # "sotw" or "delta"
     peer: str = ""
     node_id: str = ""
+    user_agent: str = ""
     known_node: bool = True
     connected_at: float = field(default_factory=_wall)
     types: dict[str, TypeStatus] = field(default_factory=dict)
@@ -122,6 +131,7 @@ class ConnectionStatus:
             "id": self.id,
             "node": self.node,
             "node_id": self.node_id,
+            "user_agent": self.user_agent,
             "known_node": self.known_node,
             "mode": self.mode,
             "peer": self.peer,
@@ -148,7 +158,8 @@ class StatusRegistry(StreamObserver):
 
     def stream_opened(self, stream: StreamInfo) -> None:
         self._connections[stream.id] = ConnectionStatus(
-            id=stream.id, node=stream.node, mode=stream.mode, peer=stream.peer, node_id=stream.node_id
+            id=stream.id, node=stream.node, mode=stream.mode, peer=stream.peer, node_id=stream.node_id,
+            user_agent=stream.user_agent,
         )
 
     def stream_closed(self, stream: StreamInfo) -> None:
@@ -164,10 +175,10 @@ class StatusRegistry(StreamObserver):
         if status is not None:
             status.known_node = known
 
-    def subscription_changed(self, stream: StreamInfo, type_url: str, names: list[str] | None) -> None:
+    def subscription_changed(self, stream: StreamInfo, type_url: str, names: frozenset[str] | None) -> None:
         ts = self._type(stream, type_url)
         if ts is not None:
-            ts.subscribed = None if names is None else list(names)
+            ts.subscribed = names
 
     def response_sent(self, stream: StreamInfo, response: Response) -> None:
         ts = self._type(stream, response.type_url)

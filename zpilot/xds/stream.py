@@ -6,9 +6,21 @@ an answer, or a change of the node's snapshot) and then sends whatever is due, i
 Because requests are only recorded by the reader and answered by the sender, four requests
 arriving at once on reconnect are still answered CDS, EDS, SDS, LDS.
 
-A request the server cannot serve (unparseable, no node, unknown type URL) ends that stream
-with INVALID_ARGUMENT and a message saying why; nothing is shared between streams, so no other
-stream notices.
+A request the server cannot serve (unparseable, no node, unknown type URL, beyond a limit of
+limits.py) ends that stream with INVALID_ARGUMENT or RESOURCE_EXHAUSTED and a message saying
+why; nothing is shared between streams, so no other stream notices. Requests are decoded by
+decode.py, which reads only what the server needs and checks the limits first.
+
+Everything a client chose (node id, names, nonces, NACK text, type URLs, user agent) is bounded
+before it is logged (``zpilot.logs.bounded``): a line about a request stays under about 1.5 KB
+whatever the request holds, and a request causes a few lines at most (a NACK repeated for the
+same response: a DEBUG line).
+
+Cleanup cannot be skipped: :meth:`Stream.close` (unregister from the cache and the observers,
+cancel the helper tasks) is synchronous and idempotent, runs first in the stream's ``finally``
+before anything is awaited, and once more when gRPC reports the RPC done. gRPC cancels a
+handler when its client goes; a cancellation that landed while an older cleanup awaited its
+tasks used to skip the rest and leave the stream registered forever (issue 11.6).
 
 What happens on the stream (opened, request, response, ACK, NACK, ...) is reported to a
 :class:`~zpilot.xds.observer.StreamObserver`; metrics and the sync status are observers, the
@@ -25,10 +37,12 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterable
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 
+from ..logs import bounded
 from .cache import SnapshotReader
-from .node_identity import NodeIdentityError, node_name
+from .decode import Request, RequestError, decode
+from .limits import Limits
+from .node_identity import NodeIdentityError, resolve_node_name
 from .observer import Response, StreamInfo, StreamObserver
 from .order import PUSH_ORDER, SECRET_TYPE, SERVED_TYPES, short_name
 from .snapshot import Snapshot
@@ -36,18 +50,20 @@ from .subscription import Subscription
 
 log = logging.getLogger("zpilot.xds")
 
-#: NACK error messages longer than this are cut (they come from the client).
-MAX_ERROR_CHARS = 4096
 #: A log line names at most this many resource names (the client chose them), each cut to this length.
 LOGGED_NAMES = 8
-LOGGED_NAME_CHARS = 200
+LOGGED_NAME_CHARS = 128
+#: Longest client value (node id, nonce, type URL, user agent) a log line quotes.
+LOGGED_VALUE_CHARS = 256
+#: Longest NACK text a log line quotes (/debug/syncz keeps limits.NACK_MESSAGE_CHARS).
+LOGGED_NACK_CHARS = 1024
 
 _ids = itertools.count(1)
 
 
 def loggable_names(names: list[str]) -> str:
     """A bounded rendering of client-chosen names for a log line."""
-    shown = [n if len(n) <= LOGGED_NAME_CHARS else n[:LOGGED_NAME_CHARS] + "..." for n in names[:LOGGED_NAMES]]
+    shown = [bounded(n, LOGGED_NAME_CHARS) for n in names[:LOGGED_NAMES]]
     more = f" and {len(names) - LOGGED_NAMES} more" if len(names) > LOGGED_NAMES else ""
     return f"{shown}{more}"
 
@@ -57,6 +73,7 @@ class StreamOptions:
     """Knobs of a stream (set from :class:`~zpilot.xds.server.ServerOptions`)."""
 
     control_plane_id: str = "zpilot"
+    limits: Limits = Limits()
     #: Yields to the reader before answering, so requests that arrived together are answered together.
     drain_yields: int = 5
     #: On reconnect a client reports the versions it has and sends every request at once (possibly
@@ -67,21 +84,10 @@ class StreamOptions:
     gather_seconds: float = 0.1
 
 
-class StreamError(Exception):
-    """A request this stream refuses; ends the stream with ``code`` and ``message``."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason  # metrics label
-
-
 class Stream:
     """Base of one ADS stream; subclasses implement :meth:`handle` and :meth:`respond`."""
 
     mode = ""
-    request_type: type[Message]
 
     def __init__(
         self,
@@ -97,11 +103,11 @@ class Stream:
         self.id = f"conn-{next(_ids)}"
         self.info: StreamInfo | None = None  # set by the first request
         self.subscriptions: dict[str, Subscription] = {t: Subscription(t) for t in PUSH_ORDER}
-        self._reported: dict[str, list[str] | None] = {}  # type -> subscription last reported
+        self._reported: dict[str, int] = {}  # type -> subscription revision last reported
         self._wake = asyncio.Event()
         self._snapshot_changed = False
-        self._error: StreamError | None = None
-        self._closed = False
+        self._error: RequestError | None = None
+        self._reader_done = False
         self._nonce = 0
         self._known_node: bool | None = None
         self._empty: Snapshot | None = None  # what an unknown node is served (one, so its change time holds)
@@ -110,10 +116,18 @@ class Stream:
         self._expected: dict[str, float] = {}  # type -> until when its first request is waited for
         self._hold_timer: asyncio.TimerHandle | None = None
         self._context: grpc.aio.ServicerContext | None = None
+        # What close() undoes: set together, in one synchronous step, by _open().
+        self._watch: Any = None
+        self._opened = False
+        self._tasks: list[asyncio.Task] = []
+        self._finished = False
+        #: (type, nonce) of NACKs logged at WARNING; a NACK names a response (or none): at most one
+        #: entry per response sent, plus one.
+        self._nacks_logged: set[tuple[str, str]] = set()
 
     # -- to implement -----------------------------------------------------------------------
 
-    def handle(self, request: Any) -> bool:
+    def handle(self, request: Request) -> bool:
         """Record one request; return True when it needs an answer."""
         raise NotImplementedError
 
@@ -134,7 +148,7 @@ class Stream:
         out = {"node": self.info.node, "conn": self.id} if self.info else {"peer": self.peer}
         if type_url:
             out["type_url"] = type_url
-        out.update(fields)
+        out.update((key, bounded(value, LOGGED_VALUE_CHARS)) for key, value in fields.items())
         return out
 
     def next_nonce(self) -> str:
@@ -144,12 +158,12 @@ class Stream:
     def accept(self, type_url: str) -> Subscription:
         """Check a request's type (refusing the stream for one not served) and note the request."""
         if not type_url:
-            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "request without type_url (ADS needs one)", "no_type")
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "request without type_url (ADS needs one)", "no_type")
         if type_url not in SERVED_TYPES:
             served = ", ".join(sorted(SERVED_TYPES))
-            raise StreamError(
+            raise RequestError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"unknown type URL {type_url[:200]!r}: this server serves {served}",
+                f"unknown type URL {bounded(type_url, LOGGED_VALUE_CHARS)!r}: this server serves {served}",
                 "unknown_type",
             )
         assert self.info is not None
@@ -160,10 +174,9 @@ class Stream:
     def report_subscription(self, subscription: Subscription) -> None:
         """Tell the observer the type's subscription, when it is new or changed."""
         assert self.info is not None
-        view = subscription.view()
-        if subscription.type_url not in self._reported or self._reported[subscription.type_url] != view:
-            self._reported[subscription.type_url] = view
-            self.observer.subscription_changed(self.info, subscription.type_url, view)
+        if self._reported.get(subscription.type_url) != subscription.revision:
+            self._reported[subscription.type_url] = subscription.revision
+            self.observer.subscription_changed(self.info, subscription.type_url, subscription.view())
 
     def expect(self, *type_urls: str) -> None:
         """A first request of these types is due soon: hold later types back for it a little."""
@@ -238,20 +251,23 @@ class Stream:
     def record_nack(self, subscription: Subscription, nonce: str, code: int, message: str) -> None:
         assert self.info is not None
         version = (subscription.sent_version or "") if nonce and nonce == subscription.sent_nonce else ""
-        if len(message) > MAX_ERROR_CHARS:  # the client's text: keep syncz and logs bounded
-            message = message[:MAX_ERROR_CHARS] + f"... ({len(message)} characters)"
         self.observer.nack(self.info, subscription.type_url, version, nonce, code, message)
-        log.warning(
-            "node=%s conn=%s rejected %s version=%s nonce=%s: %s",
-            self.node, self.id, short_name(subscription.type_url), version or "?", nonce[:100], message,
-            extra=self.log_fields(subscription.type_url, version=version, nonce=nonce),
-        )
+        fields = self.log_fields(subscription.type_url, version=version, nonce=nonce)
+        kind, shown_nonce = short_name(subscription.type_url), bounded(nonce, LOGGED_VALUE_CHARS)
+        if (subscription.type_url, nonce) in self._nacks_logged:
+            # A client repeating its NACK adds to the count (syncz, metrics), not to the log.
+            log.debug("node=%s conn=%s rejected %s nonce=%s again", self.node, self.id, kind, shown_nonce,
+                      extra=fields)
+            return
+        self._nacks_logged.add((subscription.type_url, nonce))
+        log.warning("node=%s conn=%s rejected %s version=%s nonce=%s: %s", self.node, self.id, kind,
+                    version or "?", shown_nonce, bounded(message, LOGGED_NACK_CHARS), extra=fields)
 
     def record_stale(self, type_url: str, nonce: str) -> None:
         assert self.info is not None
         self.observer.stale_request(self.info, type_url, nonce)
-        log.debug("node=%s ignored a stale %s request (nonce %r)", self.node, short_name(type_url), nonce[:100],
-                  extra=self.log_fields(type_url, nonce=nonce))
+        log.debug("node=%s ignored a stale %s request (nonce %r)", self.node, short_name(type_url),
+                  bounded(nonce, LOGGED_VALUE_CHARS), extra=self.log_fields(type_url, nonce=nonce))
 
     def note_missing(self, subscription: Subscription, missing: Iterable[str], answer: str) -> None:
         """Requested names the config lacks. Never served on this stream: reported (for a secret,
@@ -275,85 +291,102 @@ class Stream:
 
     # -- the stream -------------------------------------------------------------------------
 
-    def _parse(self, raw: bytes) -> Any:
-        try:
-            return self.request_type.FromString(raw)
-        except (DecodeError, ValueError, TypeError) as exc:
-            raise StreamError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"cannot parse {self.request_type.DESCRIPTOR.full_name}: {exc}",
-                "unparseable",
-            ) from exc
+    def decode(self, raw: bytes) -> Request:
+        return decode(raw, delta=self.mode == "delta", limits=self.options.limits)
 
     async def run(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
-        """Serve the stream until the client closes it or a request is refused."""
+        """Serve the stream until the client closes it or a request is refused; then close it,
+        whatever ended it."""
         self._context = context
-        iterator = requests.__aiter__()
-        watch = None
-        reader: asyncio.Task | None = None
         try:
-            try:
-                first = await iterator.__anext__()
-            except StopAsyncIteration:
-                return
-            except Exception as exc:  # e.g. an oversized first message: gRPC already ended the RPC
-                log.info("%s stream from %s ended before its first request: %s", self.mode, self.peer, exc,
-                         extra=self.log_fields())
-                return
-            try:
-                request = self._parse(first)
-                try:
-                    name = node_name(request.node)
-                except NodeIdentityError as exc:
-                    raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "no_node") from exc
-                self.info = StreamInfo(id=self.id, node=name, node_id=request.node.id, mode=self.mode, peer=self.peer)
-                self.observer.stream_opened(self.info)
-                log.info("%s stream %s opened by node=%s id=%r peer=%s", self.mode, self.id, name,
-                         request.node.id, self.peer, extra=self.log_fields(peer=self.peer))
-                watch = self.cache.watch(name)
-                self._handle(request)
-            except StreamError as exc:
-                await self._refuse(exc, context)
-                return
-            reader = asyncio.create_task(self._read(iterator), name=f"xds-reader-{self.id}")
-            watcher = asyncio.create_task(self._watch(watch), name=f"xds-watch-{self.id}")
-            try:
-                await self._send_loop(context)
-            finally:
-                watcher.cancel()
-                await asyncio.gather(watcher, return_exceptions=True)
+            await self._serve(requests.__aiter__(), context)
         finally:
-            if self._hold_timer is not None:
-                self._hold_timer.cancel()
-            if reader is not None:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-            if watch is not None:
-                watch.close()
-            if self.info is not None:
-                self.observer.stream_closed(self.info)
-                log.info("%s stream %s of node=%s closed", self.mode, self.id, self.info.node,
-                         extra=self.log_fields())
+            self.close()  # first, before any await: a cancellation cannot skip it
+            # Only waits for the helper tasks close() cancelled; if a cancellation lands here,
+            # they still end on their own, and nothing is left registered.
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def _handle(self, request: Any) -> None:
+    async def _serve(self, iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+        try:
+            first = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        except Exception as exc:  # e.g. an oversized first message: gRPC already ended the RPC
+            log.info("%s stream from %s ended before its first request: %s", self.mode, self.peer,
+                     bounded(exc, LOGGED_NACK_CHARS), extra=self.log_fields())
+            return
+        try:
+            request = self.decode(first)
+            self._open(request)
+            self._handle(request)
+        except RequestError as exc:
+            await self._refuse(exc, context)
+            return
+        self._tasks = [
+            asyncio.create_task(self._read(iterator), name=f"xds-reader-{self.id}"),
+            asyncio.create_task(self._watch_snapshots(), name=f"xds-watch-{self.id}"),
+        ]
+        await self._send_loop(context)
+
+    def _open(self, request: Request) -> None:
+        """Name the stream's node and register the stream (cache watch, observers) in one
+        synchronous step, so :meth:`close` finds both or neither."""
+        client = request.node
+        try:
+            name = resolve_node_name(client.id if client else "", client.metadata_name if client else None)
+        except NodeIdentityError as exc:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "no_node") from exc
+        assert client is not None
+        self.info = StreamInfo(id=self.id, node=name, node_id=client.id, mode=self.mode, peer=self.peer,
+                               user_agent=client.user_agent)
+        self._watch = self.cache.watch(name)
+        self._opened = True
+        self.observer.stream_opened(self.info)
+        log.info("%s stream %s opened by node=%s id=%r peer=%s user_agent=%r", self.mode, self.id, name,
+                 bounded(client.id, LOGGED_VALUE_CHARS), self.peer, client.user_agent,
+                 extra=self.log_fields(peer=self.peer))
+
+    def close(self) -> None:
+        """Undo everything the stream registered: synchronous (no await, so a cancellation
+        cannot interrupt it) and idempotent (the RPC's done callback calls it again)."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        for task in self._tasks:
+            task.cancel()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        if self._opened and self.info is not None:
+            self._opened = False
+            self.observer.stream_closed(self.info)
+            log.info("%s stream %s of node=%s closed", self.mode, self.id, self.info.node, extra=self.log_fields())
+
+    def _handle(self, request: Request) -> None:
         if self.handle(request):
             self._wake.set()
 
     async def _read(self, iterator: AsyncIterator[bytes]) -> None:
         try:
             async for raw in iterator:
-                self._handle(self._parse(raw))
-        except StreamError as exc:
+                self._handle(self.decode(raw))
+        except RequestError as exc:
             self._error = exc
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the transport failed (oversized message, reset): the stream is over
-            log.info("%s stream %s: read ended: %s", self.mode, self.id, exc, extra=self.log_fields())
+            log.info("%s stream %s: read ended: %s", self.mode, self.id, bounded(exc, LOGGED_NACK_CHARS),
+                     extra=self.log_fields())
         finally:
-            self._closed = True
+            self._reader_done = True
             self._wake.set()
 
-    async def _watch(self, watch: Any) -> None:
+    async def _watch_snapshots(self) -> None:
+        assert self._watch is not None
+        watch = self._watch
         while True:
             await watch.wait()
             self._snapshot_changed = True
@@ -369,7 +402,7 @@ class Stream:
             if self._error is not None:
                 await self._refuse(self._error, context)
                 return
-            if self._closed:
+            if self._reader_done:
                 return
             changed, self._snapshot_changed = self._snapshot_changed, False
             await self.respond(self.snapshot(), changed)
@@ -379,8 +412,9 @@ class Stream:
         assert self._context is not None
         await self._context.write(data)
 
-    async def _refuse(self, exc: StreamError, context: grpc.aio.ServicerContext) -> None:
+    async def _refuse(self, exc: RequestError, context: grpc.aio.ServicerContext) -> None:
         self.observer.stream_refused(self.info, exc.reason, exc.message)
         where = f"conn={self.id} node={self.info.node}" if self.info else f"peer={self.peer}"
-        log.warning("%s stream %s: refused: %s", self.mode, where, exc.message, extra=self.log_fields())
+        log.warning("%s stream %s: refused: %s", self.mode, where, bounded(exc.message, LOGGED_NACK_CHARS),
+                    extra=self.log_fields())
         await context.abort(exc.code, exc.message)

@@ -43,14 +43,17 @@ class Subscription:
     missing_reported: set[str] = field(default_factory=set)
     #: ``changed_at`` of the snapshot this type was last brought up to date with.
     seen_changed_at: float | None = None
+    #: Bumped whenever ``wildcard`` or ``names`` change: the stream reports the subscription to
+    #: its observer only then, never copying a large subscription for a request that kept it.
+    revision: int = 0
 
     @property
     def subscribed(self) -> bool:
         return self.wildcard or bool(self.names)
 
-    def view(self) -> list[str] | None:
-        """The subscription as syncz shows it: None for wildcard, else the sorted names."""
-        return None if self.wildcard else sorted(self.names)
+    def view(self) -> frozenset[str] | None:
+        """The subscription as observers get it: None for wildcard, else the names."""
+        return None if self.wildcard else frozenset(self.names)
 
     def wanted(self, available: Iterable[str]) -> set[str]:
         """The names to serve out of ``available``: all of them (and the named ones) for wildcard."""
@@ -73,7 +76,9 @@ class Subscription:
         else:
             self.wildcard, self.names = False, names
         self.missing_reported &= self.names
-        return before != (self.wildcard, frozenset(self.names))
+        changed = before != (self.wildcard, frozenset(self.names))
+        self.revision += changed
+        return changed
 
     def apply_delta(
         self, subscribe: Iterable[str], unsubscribe: Iterable[str], initial: Mapping[str, str]
@@ -94,12 +99,15 @@ class Subscription:
         if WILDCARD_NAME in unsubscribe:
             wildcard = False
         changed = changed or wildcard != self.wildcard
+        revised = wildcard != self.wildcard
         self.wildcard = wildcard
         subscribe.discard(WILDCARD_NAME)
         unsubscribe.discard(WILDCARD_NAME)
         new_names = subscribe - self.names
+        revised = revised or bool(new_names) or bool(unsubscribe & self.names)
         self.names |= subscribe
         self.names -= unsubscribe
+        self.revision += revised
         for name in unsubscribe:
             self.known.pop(name, None)  # the client dropped it; no removal notice is owed
         self.missing_reported -= unsubscribe | new_names

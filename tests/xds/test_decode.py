@@ -1,0 +1,124 @@
+"""decode.py reads what the generated classes would, for any request, and refuses beyond limits."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zpilot.xds.decode import RequestError, decode
+from zpilot.xds.limits import NACK_MESSAGE_CHARS, Limits
+
+from .ads_client import node
+
+text = st.text(max_size=20)
+names = st.lists(text, max_size=5)
+
+
+def node_fields(request, node_id: str, metadata: dict, agent: tuple[str, str]) -> None:
+    request.node.id = node_id
+    request.node.metadata.update(metadata)
+    request.node.user_agent_name, request.node.user_agent_version = agent
+    request.node.cluster = "ignored"
+    request.node.locality.zone = "ignored"
+    request.node.client_features.append("ignored")
+
+
+metadata = st.dictionaries(st.sampled_from(["NODE_NAME", "OTHER"]),
+                           st.one_of(text, st.integers(0, 9), st.none(), st.just({"k": "v"})), max_size=2)
+
+
+def expected_metadata_name(meta: dict) -> str | None:
+    if "NODE_NAME" not in meta:
+        return None
+    return meta["NODE_NAME"] if isinstance(meta["NODE_NAME"], str) else ""
+
+
+@settings(max_examples=200, deadline=None)
+@given(version=text, names=names, type_url=text, nonce=text, nack=st.none() | st.tuples(st.integers(0, 16), text),
+       node_id=text, meta=metadata, agent=st.tuples(text, text), with_node=st.booleans())
+def test_sotw_requests_decode_as_the_generated_class_reads_them(version, names, type_url, nonce, nack, node_id,
+                                                                 meta, agent, with_node):
+    request = DiscoveryRequest(version_info=version, resource_names=names, type_url=type_url, response_nonce=nonce)
+    request.resource_locators.add().name = "ignored"
+    if nack is not None:
+        request.error_detail.code, request.error_detail.message = nack
+    if with_node:
+        node_fields(request, node_id, meta, agent)
+    got = decode(request.SerializeToString(), delta=False, limits=Limits())
+    assert (got.version_info, list(got.names), got.type_url, got.nonce) == (version, names, type_url, nonce)
+    assert (None if got.nack is None else (got.nack.code, got.nack.message)) == nack
+    if with_node:
+        assert (got.node.id, got.node.metadata_name) == (node_id, expected_metadata_name(meta))
+        assert got.node.user_agent == "/".join(p for p in agent if p)
+    else:
+        assert got.node is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(subscribe=names, unsubscribe=names, initial=st.dictionaries(text, text, max_size=5), nonce=text,
+       nack=st.none() | st.tuples(st.integers(0, 16), text))
+def test_delta_requests_decode_as_the_generated_class_reads_them(subscribe, unsubscribe, initial, nonce, nack):
+    request = DeltaDiscoveryRequest(type_url="t", resource_names_subscribe=subscribe,
+                                    resource_names_unsubscribe=unsubscribe, initial_resource_versions=initial,
+                                    response_nonce=nonce, node=node("n"))
+    if nack is not None:
+        request.error_detail.code, request.error_detail.message = nack
+    got = decode(request.SerializeToString(), delta=True, limits=Limits())
+    assert (list(got.subscribe), list(got.unsubscribe), got.initial_versions) == (subscribe, unsubscribe, initial)
+    assert (got.nonce, got.node.metadata_name) == (nonce, "n")
+    assert (None if got.nack is None else (got.nack.code, got.nack.message)) == nack
+
+
+def test_a_repeated_map_key_keeps_its_last_value_as_protobuf_does():
+    first = DeltaDiscoveryRequest(initial_resource_versions={"c": "1"}, node=node("a")).SerializeToString()
+    second = DeltaDiscoveryRequest(initial_resource_versions={"c": "2"}, node=node("b")).SerializeToString()
+    got = decode(first + second, delta=True, limits=Limits())  # concatenated messages merge
+    assert got.initial_versions == {"c": "2"}
+    assert got.node.metadata_name == "b"
+    assert DeltaDiscoveryRequest.FromString(first + second).initial_resource_versions["c"] == "2"
+
+
+def test_a_nack_text_is_cut_not_refused():
+    request = DiscoveryRequest(type_url="t")
+    request.error_detail.message = "e" * 100_000
+    got = decode(request.SerializeToString(), delta=False, limits=Limits())
+    assert got.nack.message.startswith("e" * NACK_MESSAGE_CHARS) and got.nack.message.endswith("(100000 characters)")
+
+
+@pytest.mark.parametrize("request_, delta, code, message", [
+    (DiscoveryRequest(resource_names=["n"] * 11), False, grpc.StatusCode.RESOURCE_EXHAUSTED,
+     "resource_names: 11 entries; the limit is 10 (zpilot serve --max-resource-names)"),
+    (DeltaDiscoveryRequest(initial_resource_versions={str(i): "" for i in range(11)}), True,
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "initial_resource_versions: 11 entries; the limit is 10"),
+    (DeltaDiscoveryRequest(resource_names_subscribe=["x" * 65]), True, grpc.StatusCode.INVALID_ARGUMENT,
+     "a resource name of 65 characters; the limit is 64"),
+    (DeltaDiscoveryRequest(initial_resource_versions={"c": "v" * 65}), True, grpc.StatusCode.INVALID_ARGUMENT,
+     "a resource name or version in initial_resource_versions of 65 characters"),
+    (DiscoveryRequest(response_nonce="n" * 65), False, grpc.StatusCode.INVALID_ARGUMENT,
+     "type URL, nonce or version of 65 characters"),
+    (DiscoveryRequest(node=node("a", node_id="i" * 65)), False, grpc.StatusCode.INVALID_ARGUMENT,
+     "node id of 65 characters"),
+    (DiscoveryRequest(node=node("a", node_id="i")), False, grpc.StatusCode.INVALID_ARGUMENT,
+     "node metadata has 2 fields; the limit is 1"),
+])
+def test_requests_beyond_a_limit_are_refused_naming_it(request_, delta, code, message):
+    if "metadata has" in message:
+        request_.node.metadata["OTHER"] = "x"
+    limits = Limits(max_resource_names=10, max_name_length=64, max_node_metadata_fields=1)
+    with pytest.raises(RequestError) as refused:
+        decode(request_.SerializeToString(), delta=delta, limits=limits)
+    assert refused.value.code == code and message in refused.value.message
+
+
+def test_garbage_is_unparseable():
+    with pytest.raises(RequestError, match="cannot parse envoy.service.discovery.v3.DiscoveryRequest") as refused:
+        decode(b"\xff\xff\xff\xff", delta=False, limits=Limits())
+    assert refused.value.reason == "unparseable"
+
+
+def test_limits_must_be_positive():
+    with pytest.raises(ValueError, match="limit max_streams must be a positive integer, not 0"):
+        Limits(max_streams=0)
