@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from zpilot.certs.spiffe import DEFAULT_TRUST_DOMAIN, parse_spiffe_id, validate_trust_domain
-from zpilot.certs.storage import CaDirectory, RootFiles, read_file, warn_if_readable_by_others
+from zpilot.certs.storage import CaDirectory, CaMaterial, PemPart, RootFiles, read_file, warn_if_readable_by_others
 from zpilot.certs.x509_helpers import (
     CertificateAuthorityError,
     SigningKey,
@@ -256,23 +256,56 @@ class CertificateAuthority:
         the chain above it (intermediates, root); ``root_path`` the root if ``cert_path`` lacks it.
         """
         cert_path, key_path = Path(cert_path), Path(key_path)
-        certs = load_certificates(read_file(cert_path), str(cert_path))
-        key = load_private_key(read_file(key_path), str(key_path))
+        material = CaMaterial(
+            chain=(PemPart(read_file(cert_path), str(cert_path)),),
+            key=PemPart(read_file(key_path), str(key_path)),
+            roots=(PemPart(read_file(Path(root_path)), str(root_path)),) if root_path is not None else (),
+            extra_roots=(
+                (PemPart(read_file(Path(extra_roots_path)), str(extra_roots_path)),) if extra_roots_path else ()
+            ),
+            source=str(cert_path),
+        )
         warn_if_readable_by_others(key_path)
-        roots = [c for c in certs[1:] if is_self_signed(c)]
-        intermediates = [c for c in certs[1:] if not is_self_signed(c)]
-        if root_path is not None:
-            roots += load_certificates(read_file(Path(root_path)), str(root_path))
-        extra = load_certificates(read_file(Path(extra_roots_path)), str(extra_roots_path)) if extra_roots_path else []
         if _reloader is None:
             def _reloader() -> "CertificateAuthority":
                 return cls.from_files(
                     cert_path, key_path, root_path=root_path, extra_roots_path=extra_roots_path,
                     trust_domain=trust_domain, clock=clock,
                 )
+        return cls.from_material(material, trust_domain=trust_domain, clock=clock, reloader=_reloader)
+
+    @classmethod
+    def from_material(
+        cls,
+        material: CaMaterial,
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        clock: Clock = utc_now,
+        reloader: Callable[[], "CertificateAuthority"] | None = None,
+    ) -> "CertificateAuthority":
+        """The CA in ``material``, whichever store read it: the one parser and set of checks.
+
+        Self-signed certificates after the signing one are roots, the others intermediates (in
+        order); ``material.roots`` adds roots; a certificate repeated across parts counts once.
+        ``reloader`` is what :meth:`reload` calls (a store's way to read its material again).
+        """
+        chain: list[x509.Certificate] = []
+        seen: set[str] = set()
+        for part in material.chain:
+            for cert in load_certificates(part.data, part.source):
+                if fingerprint(cert) not in seen:
+                    seen.add(fingerprint(cert))
+                    chain.append(cert)
+        key = load_private_key(material.key.data, material.key.source)
+        roots = [c for c in chain[1:] if is_self_signed(c)]
+        intermediates = [c for c in chain[1:] if not is_self_signed(c)]
+        for part in material.roots:
+            roots += load_certificates(part.data, part.source)
+        extra = [c for part in material.extra_roots for c in load_certificates(part.data, part.source)]
         return cls(
-            certs[0], key, intermediates=intermediates, roots=roots, extra_roots=extra,
-            trust_domain=trust_domain, clock=clock, source=str(cert_path), reloader=_reloader,
+            chain[0], key, intermediates=intermediates, roots=roots, extra_roots=extra,
+            trust_domain=trust_domain, clock=clock, source=material.source or material.chain[0].source,
+            reloader=reloader,
         )
 
     def reload(self) -> "CertificateAuthority":
