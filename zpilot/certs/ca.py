@@ -216,11 +216,7 @@ class CertificateAuthority:
             return cls.generate(trust_domain, clock=clock)
         store = CaDirectory(Path(directory))
 
-        def make_root() -> RootFiles:
-            cert, key = _new_root(trust_domain, clock())
-            return RootFiles(cert_pem=certificates_pem([cert]), key_pem=private_key_pem(key))
-
-        created = store.ensure_root(make_root)
+        created = store.ensure_root(lambda: new_root_files(trust_domain, clock()))
         ca = cls._from_directory(store, trust_domain, clock)
         if created:
             log.warning("created a new self-signed root CA in %s (sha256 %s); back up %s",
@@ -410,6 +406,12 @@ class CertificateAuthority:
             f"CertificateAuthority(trust_domain={self.trust_domain!r}, source={self.source!r}, "
             f"signer={describe_name(self._cert)!r}, roots={len(self.roots)})"
         )
+
+
+def new_root_files(trust_domain: str, now: datetime) -> RootFiles:
+    """A new self-signed root as PEM, for a store to keep (the directory, a Kubernetes Secret)."""
+    cert, key = _new_root(validate_trust_domain(trust_domain), now)
+    return RootFiles(cert_pem=certificates_pem([cert]), key_pem=private_key_pem(key))
 
 
 def _new_root(trust_domain: str, now: datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
