@@ -63,7 +63,8 @@ async def api_client(
         except ConfigException as exc:
             raise KubeConfigError(f"in-cluster credentials ({service_account_dir}): {exc}") from None
         return client.ApiClient(configuration)
-    paths = explicit or str(DEFAULT_KUBECONFIG)
+    paths = explicit or str(Path(environ["HOME"]) / ".kube" / "config" if environ.get("HOME")
+                            else DEFAULT_KUBECONFIG.expanduser())
     named = "--kubeconfig" if kubeconfig is not None else "KUBECONFIG" if explicit else "default kubeconfig"
     existing = [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().is_file()]
     if not existing:
