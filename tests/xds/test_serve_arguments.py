@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from zpilot.certs.kube_secret import DEFAULT_SECRET
 from zpilot.cli import build_parser
 from zpilot.commands.serve import exposed_debug_address
 
@@ -58,7 +59,7 @@ def test_the_ca_secret_flag_takes_namespace_slash_name_or_the_default(capsys):
         return build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), *argv])
 
     assert parse().ca_secret is None
-    assert str(parse("--ca-secret").ca_secret) == "istio-system/zpilot-ca"
+    assert str(parse("--ca-secret").ca_secret) == "istio-system/zpilot-ca" == DEFAULT_SECRET  # one default
     args = parse("--ca-secret", "mesh/cacerts", "--kubeconfig", "/k", "--context", "prod")
     assert (str(args.ca_secret), str(args.kubeconfig), args.context) == ("mesh/cacerts", "/k", "prod")
     with pytest.raises(SystemExit):
