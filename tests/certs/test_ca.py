@@ -104,6 +104,15 @@ def test_bad_spiffe_ids_are_refused(bad):
         CertificateAuthority.generate().issue(bad)
 
 
+def test_a_window_must_lie_within_the_lifetime_before_now(clock):
+    ca = CertificateAuthority.generate(clock=clock)
+    for start in (clock() + timedelta(seconds=1), clock() - timedelta(hours=24)):
+        with pytest.raises(ValueError, match="not within the lifetime before now"):
+            ca.issue(SLEEP, timedelta(hours=24), window_start=start)
+    derived = ca.issue(SLEEP, timedelta(hours=24), window_start=clock() - timedelta(hours=1))
+    assert derived == ca.issue(SLEEP, timedelta(hours=24), window_start=clock() - timedelta(hours=1))
+
+
 def test_each_issue_has_a_new_key_and_serial():
     ca = CertificateAuthority.generate()
     a, b = ca.issue(SLEEP), ca.issue(SLEEP)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from zpilot.certs.kube_secret import DEFAULT_SECRET
 from zpilot.cli import build_parser
 from zpilot.commands.serve import exposed_debug_address
 
@@ -51,6 +52,25 @@ def test_only_the_quiet_window_may_be_zero():
     for flag in ("--cert-lifetime", "--debounce-max", "--max-connection-age"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), flag, "0"])
+
+
+def test_the_ca_secret_flag_takes_namespace_slash_name_or_the_default(capsys):
+    def parse(*argv: str):
+        return build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), *argv])
+
+    assert parse().ca_secret is None
+    assert str(parse("--ca-secret").ca_secret) == "istio-system/zpilot-ca" == DEFAULT_SECRET  # one default
+    args = parse("--ca-secret", "mesh/cacerts", "--kubeconfig", "/k", "--context", "prod")
+    assert (str(args.ca_secret), str(args.kubeconfig), args.context) == ("mesh/cacerts", "/k", "prod")
+    with pytest.raises(SystemExit):
+        parse("--ca-secret", "cacerts")
+    assert "argument --ca-secret: 'cacerts': a CA Secret is NAMESPACE/NAME" in capsys.readouterr().err
+
+
+def test_the_ca_secret_does_not_go_with_another_ca():
+    proc = subprocess.run(serve_argv("--ca-secret", "--ca-dir", "/tmp/nowhere"), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "--ca-secret keeps the CA in a Secret; it does not go with --ca-dir" in proc.stderr
 
 
 @pytest.mark.parametrize("address, exposed", [

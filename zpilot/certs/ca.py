@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Callable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from zpilot.certs.spiffe import DEFAULT_TRUST_DOMAIN, parse_spiffe_id, validate_trust_domain
-from zpilot.certs.storage import CaDirectory, RootFiles, read_file, warn_if_readable_by_others
+from zpilot.certs.storage import CaDirectory, CaMaterial, PemPart, RootFiles, read_file, warn_if_readable_by_others
 from zpilot.certs.x509_helpers import (
     CertificateAuthorityError,
     SigningKey,
@@ -60,6 +61,10 @@ DEFAULT_LIFETIME = timedelta(hours=24)
 CLOCK_SKEW = timedelta(minutes=2)
 #: Lifetime of the self-signed root zpilot creates.
 ROOT_LIFETIME = timedelta(days=3650)
+#: Domain separation of derived workload keys (``issue(window_start=...)``): a new salt, new keys.
+_DERIVATION_SALT = b"zpilot workload certificate v1"
+#: The order of the P-256 group (SEC 2): derived private keys are scalars below it.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 #: Warn when the signing certificate expires within this time: workload certs get clamped to it.
 EXPIRY_WARNING = timedelta(days=30)
 
@@ -83,7 +88,7 @@ class IssuedCertificate:
     not_after: datetime
     cert_chain_pem: bytes  # leaf first, then any intermediates; never the root
     private_key_pem: bytes = field(repr=False)
-    issued_at: datetime = field(default_factory=utc_now)  # when signed; rotation counts from here
+    issued_at: datetime = field(default_factory=utc_now)  # the start of its validity (less skew); rotation counts from here
     ca_fingerprint: str = ""  # SHA-256 of the signing certificate, to notice a CA change
 
     @property
@@ -216,11 +221,7 @@ class CertificateAuthority:
             return cls.generate(trust_domain, clock=clock)
         store = CaDirectory(Path(directory))
 
-        def make_root() -> RootFiles:
-            cert, key = _new_root(trust_domain, clock())
-            return RootFiles(cert_pem=certificates_pem([cert]), key_pem=private_key_pem(key))
-
-        created = store.ensure_root(make_root)
+        created = store.ensure_root(lambda: new_root_files(trust_domain, clock()))
         ca = cls._from_directory(store, trust_domain, clock)
         if created:
             log.warning("created a new self-signed root CA in %s (sha256 %s); back up %s",
@@ -256,23 +257,56 @@ class CertificateAuthority:
         the chain above it (intermediates, root); ``root_path`` the root if ``cert_path`` lacks it.
         """
         cert_path, key_path = Path(cert_path), Path(key_path)
-        certs = load_certificates(read_file(cert_path), str(cert_path))
-        key = load_private_key(read_file(key_path), str(key_path))
+        material = CaMaterial(
+            chain=(PemPart(read_file(cert_path), str(cert_path)),),
+            key=PemPart(read_file(key_path), str(key_path)),
+            roots=(PemPart(read_file(Path(root_path)), str(root_path)),) if root_path is not None else (),
+            extra_roots=(
+                (PemPart(read_file(Path(extra_roots_path)), str(extra_roots_path)),) if extra_roots_path else ()
+            ),
+            source=str(cert_path),
+        )
         warn_if_readable_by_others(key_path)
-        roots = [c for c in certs[1:] if is_self_signed(c)]
-        intermediates = [c for c in certs[1:] if not is_self_signed(c)]
-        if root_path is not None:
-            roots += load_certificates(read_file(Path(root_path)), str(root_path))
-        extra = load_certificates(read_file(Path(extra_roots_path)), str(extra_roots_path)) if extra_roots_path else []
         if _reloader is None:
             def _reloader() -> "CertificateAuthority":
                 return cls.from_files(
                     cert_path, key_path, root_path=root_path, extra_roots_path=extra_roots_path,
                     trust_domain=trust_domain, clock=clock,
                 )
+        return cls.from_material(material, trust_domain=trust_domain, clock=clock, reloader=_reloader)
+
+    @classmethod
+    def from_material(
+        cls,
+        material: CaMaterial,
+        *,
+        trust_domain: str = DEFAULT_TRUST_DOMAIN,
+        clock: Clock = utc_now,
+        reloader: Callable[[], "CertificateAuthority"] | None = None,
+    ) -> "CertificateAuthority":
+        """The CA in ``material``, whichever store read it: the one parser and set of checks.
+
+        Self-signed certificates after the signing one are roots, the others intermediates (in
+        order); ``material.roots`` adds roots; a certificate repeated across parts counts once.
+        ``reloader`` is what :meth:`reload` calls (a store's way to read its material again).
+        """
+        chain: list[x509.Certificate] = []
+        seen: set[str] = set()
+        for part in material.chain:
+            for cert in load_certificates(part.data, part.source):
+                if fingerprint(cert) not in seen:
+                    seen.add(fingerprint(cert))
+                    chain.append(cert)
+        key = load_private_key(material.key.data, material.key.source)
+        roots = [c for c in chain[1:] if is_self_signed(c)]
+        intermediates = [c for c in chain[1:] if not is_self_signed(c)]
+        for part in material.roots:
+            roots += load_certificates(part.data, part.source)
+        extra = [c for part in material.extra_roots for c in load_certificates(part.data, part.source)]
         return cls(
-            certs[0], key, intermediates=intermediates, roots=roots, extra_roots=extra,
-            trust_domain=trust_domain, clock=clock, source=str(cert_path), reloader=_reloader,
+            chain[0], key, intermediates=intermediates, roots=roots, extra_roots=extra,
+            trust_domain=trust_domain, clock=clock, source=material.source or material.chain[0].source,
+            reloader=reloader,
         )
 
     def reload(self) -> "CertificateAuthority":
@@ -311,8 +345,19 @@ class CertificateAuthority:
         """PEM of every trusted root: the trusted_ca of the trust bundle secret (``contract.ROOT_CA_SECRET``)."""
         return certificates_pem(self.roots)
 
-    def issue(self, spiffe_id: str, lifetime: timedelta = DEFAULT_LIFETIME) -> IssuedCertificate:
-        """A new key and certificate for ``spiffe_id``; ValueError if the ID is not ours or malformed."""
+    def issue(
+        self, spiffe_id: str, lifetime: timedelta = DEFAULT_LIFETIME, *, window_start: datetime | None = None,
+    ) -> IssuedCertificate:
+        """A key and certificate for ``spiffe_id``; ValueError if the ID is not ours or malformed.
+
+        Without ``window_start``: a random key and serial, dated from now. With it (what
+        :class:`~zpilot.certs.identity.IdentityCache` does), the certificate is *derived*: dated from
+        ``window_start``, its key and serial derived from this CA's key, the identity, the window and
+        the lifetime, and signed deterministically (RFC 6979 for ECDSA; PKCS#1 v1.5 is deterministic).
+        Every replica holding the same CA therefore issues byte-identical certificates for one
+        window, and a ztunnel moving between replicas is sent nothing new. Whoever holds the CA key
+        could derive the workload keys, but could already mint any identity, so nothing is lost.
+        """
         identity = parse_spiffe_id(spiffe_id, self.trust_domain)
         if not isinstance(lifetime, timedelta) or lifetime <= timedelta(0):
             raise ValueError(f"certificate lifetime for {identity.uri} must be a positive timedelta, not {lifetime!r}")
@@ -322,13 +367,20 @@ class CertificateAuthority:
             raise CertificateAuthorityError(
                 f"{self.source}: cannot issue for {identity.uri}: signing certificate expired at {ca_expiry.isoformat()}"
             )
-        not_before = (now - CLOCK_SKEW).replace(microsecond=0)
-        not_after = (now + lifetime).replace(microsecond=0)
+        start = now if window_start is None else window_start
+        if window_start is not None and not (now - lifetime < window_start <= now):
+            raise ValueError(f"certificate window for {identity.uri} starts at {window_start.isoformat()}:"
+                             f" not within the lifetime before now ({now.isoformat()})")
+        not_before = (start - CLOCK_SKEW).replace(microsecond=0)
+        not_after = (start + lifetime).replace(microsecond=0)
         if not_after > ca_expiry:
             log.warning("certificate for %s cut short to the CA's expiry %s", identity.uri, ca_expiry.isoformat())
             not_after = ca_expiry
-        key = ec.generate_private_key(ec.SECP256R1())
-        serial = x509.random_serial_number()
+        if window_start is None:
+            key = ec.generate_private_key(ec.SECP256R1())
+            serial = x509.random_serial_number()
+        else:
+            key, serial = self._derived_key_and_serial(identity.uri, window_start, lifetime)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
@@ -349,7 +401,8 @@ class CertificateAuthority:
             # With an empty subject the SAN is the only name, and RFC 5280 then requires it critical.
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=True)
             .add_extension(authority_key_identifier(self._cert), critical=False)
-            .sign(self._key, signature_hash(self._key))
+            .sign(self._key, signature_hash(self._key),
+                  ecdsa_deterministic=True if isinstance(self._key, ec.EllipticCurvePrivateKey) else None)
         )
         return IssuedCertificate(
             spiffe_id=identity.uri,
@@ -358,9 +411,22 @@ class CertificateAuthority:
             not_after=cert.not_valid_after_utc,
             cert_chain_pem=certificates_pem([cert, *self._served_chain()]),
             private_key_pem=private_key_pem(key),
-            issued_at=now,
+            issued_at=start,
             ca_fingerprint=self.fingerprint,
         )
+
+    def _derived_key_and_serial(
+        self, spiffe_id: str, window_start: datetime, lifetime: timedelta,
+    ) -> tuple[ec.EllipticCurvePrivateKey, int]:
+        """The workload key and serial of one identity and window, from this CA's key (HKDF-SHA256)."""
+        info = f"{spiffe_id}\n{window_start.isoformat()}\n{lifetime.total_seconds()!r}".encode()
+        okm = HKDF(hashes.SHA256(), length=68, salt=_DERIVATION_SALT, info=info).derive(
+            self._key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+        )
+        scalar = int.from_bytes(okm[:48], "big") % (_P256_ORDER - 1) + 1  # 48 bytes: no visible modulo bias
+        serial = int.from_bytes(okm[48:], "big") >> 1 or 1  # positive, at most 159 bits (RFC 5280: 20 octets)
+        return ec.derive_private_key(scalar, ec.SECP256R1()), serial
 
     def _served_chain(self) -> list[x509.Certificate]:
         """The CA certificates sent after each leaf: everything up to, not including, a root."""
@@ -377,6 +443,12 @@ class CertificateAuthority:
             f"CertificateAuthority(trust_domain={self.trust_domain!r}, source={self.source!r}, "
             f"signer={describe_name(self._cert)!r}, roots={len(self.roots)})"
         )
+
+
+def new_root_files(trust_domain: str, now: datetime) -> RootFiles:
+    """A new self-signed root as PEM, for a store to keep (the directory, a Kubernetes Secret)."""
+    cert, key = _new_root(validate_trust_domain(trust_domain), now)
+    return RootFiles(cert_pem=certificates_pem([cert]), key_pem=private_key_pem(key))
 
 
 def _new_root(trust_domain: str, now: datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:

@@ -6,6 +6,13 @@ push does not re-key fifty times. A certificate is reused until half its lifetim
 (Istio's rule: leaves room for a missed push or a slow reconnect before expiry), and every
 certificate is replaced as soon as the signing CA changes.
 
+Certificates are issued for *windows*: time is cut into steps of half the lifetime, counted from
+the Unix epoch, and a certificate issued during a step is dated from its start and derived from
+the CA's key, the identity and the step (``CertificateAuthority.issue(window_start=...)``). So two
+``zpilot serve`` replicas with one CA hand out the same bytes, and a ztunnel that reconnects to
+another replica keeps its certificates and their content-hash versions. Renewal falls at the end
+of the step, when at least half the lifetime is still left.
+
 The ADS server drives rotation: ``next_rotation_at()`` says when to wake up,
 ``due_for_rotation()`` which identities to re-push; ``get()`` then returns the fresh certificate.
 """
@@ -15,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
 from zpilot.certs.ca import DEFAULT_LIFETIME, CertificateAuthority, Clock, IssuedCertificate
@@ -28,9 +35,21 @@ log = logging.getLogger("zpilot.certs.identity")
 RENEW_AT_FRACTION = 0.5
 
 
-def renewal_time(cert: IssuedCertificate) -> datetime:
-    """When ``cert`` should be replaced: half way from issuance to expiry."""
-    return cert.issued_at + cert.lifetime * RENEW_AT_FRACTION
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def window_start(now: datetime, lifetime: timedelta) -> datetime:
+    """The start of the issuing window ``now`` falls in: steps of half ``lifetime`` from the Unix epoch.
+
+    Whole microseconds, so that every replica computes the same instant for the same step.
+    """
+    step = renewal_step(lifetime)
+    return _EPOCH + ((now - _EPOCH) // step) * step
+
+
+def renewal_step(lifetime: timedelta) -> timedelta:
+    """How long a certificate is served before it is renewed: half its lifetime."""
+    return lifetime * RENEW_AT_FRACTION
 
 
 @dataclass(frozen=True)
@@ -81,7 +100,8 @@ class IdentityCache:
             if cert is None or self._stale(cert, self._clock()):
                 if cert is None:
                     parse_spiffe_id(spiffe_id, self._ca.trust_domain)  # a clear error before any key is made
-                cert = self._ca.issue(spiffe_id, self.lifetime)
+                now = self._clock()
+                cert = self._ca.issue(spiffe_id, self.lifetime, window_start=window_start(now, self.lifetime))
                 previous = self._certs.get(spiffe_id)
                 self._certs[spiffe_id] = cert
                 log.info(
@@ -123,7 +143,7 @@ class IdentityCache:
             if not self._certs:
                 return None
             return min(
-                self._clock() if cert.ca_fingerprint != self._ca.fingerprint else renewal_time(cert)
+                self._clock() if cert.ca_fingerprint != self._ca.fingerprint else self._renewal_time(cert)
                 for cert in self._certs.values()
             )
 
@@ -157,5 +177,10 @@ class IdentityCache:
             )
         return AuthorityChange(reissue=stale, trust_bundle_changed=bundle_changed)
 
+    def _renewal_time(self, cert: IssuedCertificate) -> datetime:
+        """The end of the certificate's window: exactly where the next window starts, so renewal
+        always yields a new certificate (a certificate cut short by the CA's expiry included)."""
+        return cert.issued_at + renewal_step(self.lifetime)
+
     def _stale(self, cert: IssuedCertificate, now: datetime) -> bool:
-        return cert.ca_fingerprint != self._ca.fingerprint or now >= renewal_time(cert)
+        return cert.ca_fingerprint != self._ca.fingerprint or now >= self._renewal_time(cert)

@@ -40,6 +40,34 @@ STAGING_DIR = ".creating"
 
 
 @dataclass(frozen=True)
+class PemPart:
+    """Some PEM bytes and where they came from (a file, a Secret's key), for error messages."""
+
+    data: bytes
+    source: str
+
+
+@dataclass(frozen=True)
+class CaMaterial:
+    """A CA as a store holds it, before it is parsed and checked (``CertificateAuthority.from_material``).
+
+    Every store (the directory, files given on the command line, a Kubernetes Secret) reads its bytes
+    into this one shape, so there is one parser and one set of checks whatever the CA is kept in.
+    """
+
+    #: The signing certificate first, then optionally the chain above it (intermediates, roots), in order;
+    #: several parts are concatenated (a certificate already seen in an earlier part is skipped).
+    chain: tuple[PemPart, ...]
+    key: PemPart
+    #: Roots the chain ends in, if the chain does not carry its root.
+    roots: tuple[PemPart, ...] = ()
+    #: Trusted but not signing (root rotation overlap).
+    extra_roots: tuple[PemPart, ...] = ()
+    #: How the CA is named in logs and errors ("/var/lib/zpilot/ca/root-cert.pem", "Secret ns/name").
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class RootFiles:
     """The PEM bytes of a new root, as written to the directory."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import contract
-from . import data_path_flags, xds_limit_flags
+from . import data_path_flags, kube_flags, xds_limit_flags
 from .options import layout_name
 
 log = logging.getLogger("zpilot.serve")
@@ -48,6 +48,19 @@ def _port(text: str) -> int:
     return value
 
 
+#: ``--ca-secret`` without a value (kube_secret.DEFAULT_SECRET, repeated so --help imports no client).
+DEFAULT_CA_SECRET = "istio-system/zpilot-ca"
+
+
+def _secret_name(text: str):
+    from ..certs.kube_secret import SecretName
+
+    try:
+        return SecretName.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
@@ -69,6 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca-cert", type=Path, help="a CA you provide: signing certificate (then its chain), PEM")
     p.add_argument("--ca-key", type=Path, help="the private key of --ca-cert, PEM")
     p.add_argument("--ca-root", type=Path, help="the root of --ca-cert's chain, if --ca-cert lacks it")
+    p.add_argument("--ca-secret", nargs="?", const=DEFAULT_CA_SECRET, type=_secret_name, metavar="NAMESPACE/NAME",
+                   help="keep the CA in this Kubernetes Secret, shared by replicas (created with a new root if"
+                        f" absent; Istio's cacerts keys; changes are followed); alone: {DEFAULT_CA_SECRET}")
+    kube_flags.add_arguments(p)
     p.add_argument("--cert-lifetime", type=_seconds(allow_zero=False), default=24 * 3600.0,
                    help="workload certificate lifetime, seconds (86400)")
     p.add_argument("--debounce-quiet", type=_seconds(allow_zero=True), default=0.1,
@@ -107,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.manifests.exists():
         print(f"zpilot serve: {args.manifests} does not exist", file=sys.stderr)
         return 2
+    if args.ca_secret is not None and (args.ca_dir or args.ca_cert or args.ca_key or args.ca_root):
+        print("zpilot serve: --ca-secret keeps the CA in a Secret; it does not go with --ca-dir, --ca-cert,"
+              " --ca-key or --ca-root", file=sys.stderr)
+        return 2
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("zpilot").setLevel(logging.INFO)
     if exposed_debug_address(args.debug_address):
@@ -127,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             limits=data_path_flags.limits_from(args),
         ),
         ca_dir=args.ca_dir, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_root=args.ca_root,
+        ca_secret=args.ca_secret, kubeconfig=args.kubeconfig, context=args.context,
         cert_lifetime=args.cert_lifetime,
     )
     source = ManifestDirectorySource(args.manifests, quiet=args.debounce_quiet, max_delay=args.debounce_max)

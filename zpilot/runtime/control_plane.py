@@ -78,6 +78,17 @@ class ControlPlane:
         self._uvicorn: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
+    def attach_identities(self, identities) -> None:
+        """Give a plane built without a CA its workload identities, before ADS starts.
+
+        For a CA that can only be read once the debug API is up (a Kubernetes Secret: the API
+        server may be slow or refuse, and readiness must say so meanwhile).
+        """
+        if self._xds_serving:
+            raise RuntimeError("identities must be attached before ADS starts")
+        self.identities = identities
+        self.producer.secrets = certificate_secrets(identities)
+
     @property
     def ready(self) -> bool:
         """ADS is serving config produced from a model (what /healthz/ready reports)."""

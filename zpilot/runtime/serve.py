@@ -1,12 +1,13 @@
 """The ``zpilot serve`` process: a model source feeding a control plane, until told to stop.
 
     source (ModelSource) --events--> ControlPlane.update --> producer --> cache --> ADS
-                                      CA: renewal, SIGHUP reload
+                                      CA: renewal, SIGHUP reload, CA Secret changes (same reload)
 
 Start-up order matters for the ztunnels: the debug API comes up first (``/healthz/ready`` says
 503), the source's first, fully read model is translated, and only then does ADS listen, so a
 ztunnel that reconnects is never served an empty config by a server that has not read the
-cluster yet. ``commands/serve.py`` only turns flags into :class:`ServeSettings` and a source;
+cluster yet. A CA kept in a Kubernetes Secret (``--ca-secret``) is read after the debug API is up
+and before the model: while the API server refuses or fails, zpilot retries and stays not ready. ``commands/serve.py`` only turns flags into :class:`ServeSettings` and a source;
 tests hand :class:`ServeRuntime` any other source.
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
+from ..certs.kube_secret import CaSecretUnavailable, SecretCaStore, SecretName, retry_delay
+from ..kube.client import KubeConfigError, api_client
 from ..kube.source import ModelEvent, ModelSource, SourceError
 from ..translators import TranslateOptions, translate_node
 from ..xds.metrics_server import MetricsOptions
@@ -44,6 +47,9 @@ class ServeSettings:
     ca_cert: Path | None = None
     ca_key: Path | None = None
     ca_root: Path | None = None
+    ca_secret: SecretName | None = None  # the CA in this Kubernetes Secret (created on first start)
+    kubeconfig: Path | None = None  # the cluster's credentials (see zpilot.kube.client)
+    context: str | None = None
     cert_lifetime: float = 24 * 3600.0  # seconds
 
     @property
@@ -52,7 +58,12 @@ class ServeSettings:
 
 
 def open_authority(settings: ServeSettings) -> CertificateAuthority:
-    """The CA the settings name: files given, a directory (created on first start), or in memory."""
+    """The CA the settings name: files given, a directory (created on first start), or in memory.
+
+    (A CA in a Kubernetes Secret is read by the runtime, asynchronously: :meth:`ServeRuntime.run`.)
+    """
+    if settings.ca_secret is not None:
+        raise CertificateAuthorityError("--ca-secret is read from the cluster, not here")
     if settings.ca_cert or settings.ca_key:
         if not (settings.ca_cert and settings.ca_key) or settings.ca_dir:
             raise CertificateAuthorityError("--ca-cert and --ca-key go together, and not with --ca-dir")
@@ -62,7 +73,7 @@ def open_authority(settings: ServeSettings) -> CertificateAuthority:
     if settings.ca_dir is None:
         log.warning("no --ca-dir: the root CA is kept in memory only, so a restart makes a new root and"
                     " mTLS between nodes fails until every ztunnel has reconnected; give --ca-dir DIR"
-                    " (or --ca-cert/--ca-key) to keep the root across restarts")
+                    " (or --ca-cert/--ca-key, or --ca-secret with replicas) to keep the root across restarts")
     return CertificateAuthority.load_or_create(settings.ca_dir, settings.trust_domain)
 
 
@@ -73,10 +84,14 @@ class ServeRuntime:
         self.settings = settings
         self.source = source
         self.plane: ControlPlane | None = None
+        self.ca_store: SecretCaStore | None = None  # with --ca-secret, once the API client is made
+
+    def _identities(self, ca: CertificateAuthority) -> IdentityCache:
+        return IdentityCache(ca, lifetime=timedelta(seconds=self.settings.cert_lifetime))
 
     def _make_plane(self) -> ControlPlane:
-        ca = open_authority(self.settings)
-        identities = IdentityCache(ca, lifetime=timedelta(seconds=self.settings.cert_lifetime))
+        """The plane, with its CA unless that lives in a Secret (attached once read: :meth:`_open_secret_ca`)."""
+        identities = None if self.settings.ca_secret is not None else self._identities(open_authority(self.settings))
         return ControlPlane(
             server_options=self.settings.xds,
             debug_options=self.settings.debug,
@@ -85,6 +100,22 @@ class ServeRuntime:
             identities=identities,
         )
 
+    async def _open_secret_ca(self, store: SecretCaStore) -> CertificateAuthority:
+        """The CA in the Secret, retried until the API server lets us read (or create) a usable one.
+
+        Until then ADS does not listen and ``/healthz/ready`` says 503: a replica without the
+        mesh's root must not hand out certificates of its own.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await store.open()
+            except (CaSecretUnavailable, CertificateAuthorityError) as exc:
+                delay = retry_delay(attempt)
+                log.error("cannot read the CA: %s; not ready, retrying in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set: 0; 2 when it cannot start; 1 when the source fails."""
         try:
@@ -92,13 +123,29 @@ class ServeRuntime:
         except CertificateAuthorityError as exc:
             log.error("%s", exc)
             return 2
+        api = None
+        if self.settings.ca_secret is not None:
+            try:
+                api = await api_client(self.settings.kubeconfig, self.settings.context)
+            except KubeConfigError as exc:
+                log.error("cannot reach the cluster for the CA Secret: %s", exc)
+                return 2
+            self.ca_store = SecretCaStore(api, self.settings.ca_secret, trust_domain=self.settings.trust_domain)
         try:
             await plane.start_debug()
         except OSError as exc:
             log.error("cannot start: %s", exc)
+            if api is not None:
+                await api.close()
             return 2
         events = self.source.events()
+        tasks: set[asyncio.Task] = set()
         try:
+            if self.ca_store is not None:
+                ca = await _until_stopped(self._open_secret_ca(self.ca_store), stop)
+                if ca is None:
+                    return 0
+                plane.attach_identities(self._identities(ca))
             first = await _until_stopped(anext(events), stop)
             if first is None:  # stopped before the first model
                 return 0
@@ -113,21 +160,31 @@ class ServeRuntime:
                      plane.xds_address, plane.debug_url, plane.metrics_server.url if plane.metrics_server else "-")
             follow = asyncio.create_task(self._follow(events), name="model-source")
             stopped = asyncio.create_task(stop.wait(), name="stop")
-            await asyncio.wait({follow, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if follow.done():
+            tasks = {follow, stopped}
+            if self.ca_store is not None:  # from the resourceVersion it was read at: nothing is missed
+                tasks.add(asyncio.create_task(self.ca_store.follow(self.reload_ca), name="ca-secret"))
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if follow in done:
                 return self._source_ended(follow)
+            if stopped not in done:  # only the CA Secret's watch can be left; it never ends by itself
+                [ended] = done
+                log.error("following the CA Secret stopped: %s; exiting so that a supervisor restarts zpilot",
+                          ended.exception() or "it returned", exc_info=ended.exception())
+                return 1
             log.warning("shutting down")
-            follow.cancel()
-            await asyncio.gather(follow, return_exceptions=True)
             return 0
         except (SourceError, StopAsyncIteration) as exc:
             log.error("cannot read the model from %s: %s", self.source, exc or "it produced nothing")
             return 1
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
             await plane.stop()
+            if api is not None:
+                await api.close()
 
     async def _follow(self, events: AsyncIterator[ModelEvent]) -> None:
         assert self.plane is not None
@@ -144,7 +201,9 @@ class ServeRuntime:
         return 1
 
     async def reload_ca(self) -> bool:
-        """Re-read the CA's files (root rotation) and push what changed; see ControlPlane.reload_ca."""
+        """Re-read the CA (its files; with --ca-secret, the Secret as last seen) and push what changed.
+
+        SIGHUP and a changed CA Secret both come here; see ControlPlane.reload_ca."""
         if self.plane is None or not self.plane.ready:
             log.warning("CA reload asked before serving; ignored")
             return False
