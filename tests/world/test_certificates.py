@@ -60,16 +60,9 @@ HBONE_PORT = 15008
 class UnixAdsClient(AdsClient):
     """tests/xds's client, connected to ``zpilot serve`` through the world's Unix socket."""
 
-    def __init__(self, path: Path) -> None:  # same as AdsClient's, with a unix: target
-        self.channel = grpc.aio.insecure_channel(f"unix:{path}")
-        self.delta = False
-        self._queue = asyncio.Queue()
-        self.call = self.channel.stream_stream(
-            SERVICE + "StreamAggregatedResources", request_serializer=lambda b: b,
-            response_deserializer=DiscoveryResponse.FromString,
-        )(self._requests())
-        self._responses = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read())
+    def __init__(self, path: Path) -> None:
+        super().__init__(0, channel=grpc.aio.insecure_channel(f"unix:{path}"))
+        self._own_channel = True  # made here, so close() closes it
 
 
 def secrets_of(response: DiscoveryResponse) -> list[Secret]:
