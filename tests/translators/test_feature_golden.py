@@ -21,11 +21,12 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from zpilot import contract
 from zpilot.certs.secrets import redact_secret
-from zpilot.translators import names
+from zpilot.translators import names, rbac, source_address
 from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
 from zpilot.translators.context import NodeView, TranslateOptions
 from zpilot.translators.inbound import inbound_listener, inbound_plaintext_listener
@@ -73,6 +74,18 @@ CASES: dict[str, tuple[str, ...]] = {
     "host-network-endpoint": ("endpoints.endpoints",),
     "endpoint-conditions": ("endpoints.endpoints", "matcher.filter_chain_matcher"),
     "localities": ("endpoints.endpoints",),
+    "source-address": ("source_address.filters",),
+    # L4 policy, one row of Istio's semantics each (httpbin on node-1 is the destination)
+    "policy-none": ("rbac.connect_filters", "rbac.plaintext_filters", "inbound.listeners"),
+    **{
+        case: ("rbac.connect_filters", "rbac.plaintext_filters")
+        for case in (
+            "policy-allow", "policy-deny-before-allow", "policy-allow-nothing", "policy-allow-everything",
+            "policy-not-fields", "policy-l7-fail-closed", "policy-ports-vs-notports", "policy-root-namespace",
+            "policy-when-conditions", "policy-source-ip", "peer-authentication-strict",
+            "peer-authentication-port-strict", "policy-unsupported",
+        )
+    },
 }
 
 
@@ -161,6 +174,32 @@ def circuit_breakers(t: Translated) -> list[dict[str, Any]]:
     ]
 
 
+def policy_filters(t: Translated, make: Callable) -> list[dict[str, Any]]:
+    """The authorization filters of each local pod's chain (15008: HTTP RBAC; 15006: network RBAC)."""
+    return [
+        {"pod": f"{pod.namespace}/{pod.name}", "filters": [to_data(f) for f in make(pod, t.view.index.policies_for(pod))]}
+        for pod in t.view.local_pods
+    ]
+
+
+def source_address_parts(t: Translated) -> list[dict[str, Any]]:
+    """What carries the client's address to the destination: filters and CONNECT headers, and where."""
+    found: list[dict[str, Any]] = []
+    for name, listener in sorted(t.rendered.resources.listeners.items()):
+        for chain in listener.filter_chains:
+            for f in chain.filters:
+                if f.name == source_address.SET_FILTER_STATE:
+                    found.append({"listener": name, "chain": chain.name, "filter": to_data(f)})
+                elif f.name == TCP_PROXY:
+                    proxy = tcp_proxy_pb2.TcpProxy()
+                    f.typed_config.Unpack(proxy)
+                    headers = [to_data(h) for h in proxy.tunneling_config.headers_to_add
+                               if h.header.key == source_address.FORWARDED_FOR_HEADER]
+                    if headers:
+                        found.append({"listener": name, "chain": chain.name, "tunnel_headers": headers})
+    return found
+
+
 def static_config(t: Translated) -> dict[str, Any]:
     secrets = {name: redact_secret(s) for name, s in t.rendered.secrets.items()}
     data = to_data(static_bootstrap(t.rendered.resources, secrets))
@@ -189,6 +228,9 @@ OUTPUTS: dict[str, Callable[[Translated], Any]] = {
     "limits.circuit_breakers": circuit_breakers,
     "bootstrap.bootstrap": lambda t: to_data(bootstrap(BootstrapOptions(node=NODE, xds=XDS))),
     "static.bootstrap": static_config,
+    "rbac.connect_filters": lambda t: policy_filters(t, rbac.connect_filters),
+    "rbac.plaintext_filters": lambda t: policy_filters(t, rbac.plaintext_filters),
+    "source_address.filters": source_address_parts,
 }
 
 

@@ -31,8 +31,12 @@ from ..model.objects import (
     frozen_labels,
 )
 from ..model.problems import brief, clip
+from ..model.policy import AuthorizationPolicy, PeerAuthentication
 
-ModelObject = Node | Namespace | ServiceAccount | Workload | Service | EndpointSlice
+#: (the security.istio.io kinds are converted in convert_policy.py)
+ModelObject = (
+    Node | Namespace | ServiceAccount | Workload | Service | EndpointSlice | AuthorizationPolicy | PeerAuthentication
+)
 
 # RFC 1123 names, as Kubernetes validates them.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

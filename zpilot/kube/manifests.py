@@ -23,7 +23,8 @@ from typing import Any, Iterator, Mapping
 from ..model.objects import Cluster
 from ..model.problems import Problem, Problems, Severity, brief
 from .bounded_yaml import Unreadable, load_documents
-from .convert import CONVERTERS, InvalidObject, ModelObject, describe
+from .convert import InvalidObject, ModelObject, describe
+from .convert_policy import KIND_CONVERTERS
 from .source import failure_problem
 from .store import merge
 
@@ -156,7 +157,7 @@ def read_manifest_file(path: Path) -> FileRead:
             problems.error(where, f"a document must be a mapping, not {type(doc).__name__}")
             continue
         kind = doc["kind"]
-        converter = CONVERTERS.get(kind)
+        converter = KIND_CONVERTERS.get(kind)
         subject = describe(doc)
         if converter is None:
             if kind not in IGNORED_KINDS:

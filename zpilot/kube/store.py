@@ -10,6 +10,7 @@ from typing import Iterable
 
 from ..model.objects import Cluster, EndpointSlice, Namespace, Node, Service, ServiceAccount, Workload
 from ..model.problems import Problems
+from ..model.policy import AuthorizationPolicy, PeerAuthentication
 from .convert import ModelObject
 
 Key = tuple[str, str, str]  # kind, namespace ("" for cluster-scoped), name
@@ -22,6 +23,8 @@ KINDS: dict[type, str] = {
     Workload: "Pod",
     Service: "Service",
     EndpointSlice: "EndpointSlice",
+    AuthorizationPolicy: "AuthorizationPolicy",
+    PeerAuthentication: "PeerAuthentication",
 }
 
 
@@ -69,6 +72,8 @@ class ObjectStore:
             workloads=tuple(by_kind.get(Workload, ())),  # type: ignore[arg-type]
             services=tuple(by_kind.get(Service, ())),  # type: ignore[arg-type]
             endpoint_slices=tuple(by_kind.get(EndpointSlice, ())),  # type: ignore[arg-type]
+            authorization_policies=tuple(by_kind.get(AuthorizationPolicy, ())),  # type: ignore[arg-type]
+            peer_authentications=tuple(by_kind.get(PeerAuthentication, ())),  # type: ignore[arg-type]
         )
 
 

@@ -28,6 +28,8 @@ from .objects import (
     ServicePort,
     Workload,
 )
+from .policy import DEFAULT_ROOT_NAMESPACE, WorkloadPolicies
+from .policy_index import PolicyIndex
 from .problems import Problems, brief
 
 #: Pods with this label in the ztunnel namespace are the node's ztunnels (as the 2022 CNI agent chose them).
@@ -112,11 +114,14 @@ class MeshIndex:
         *,
         cluster_domain: str = "cluster.local",
         ztunnel_namespace: str = "istio-system",
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
     ) -> None:
         self.cluster = cluster  # as given; the lookups answer with its IPv4 view (see _mesh_family)
         self.problems = problems
         self.cluster_domain = cluster_domain
         self.ztunnel_namespace = ztunnel_namespace
+        self.root_namespace = root_namespace  # Istio's: its policies without a selector are mesh-wide
+        self.policies = PolicyIndex(root_namespace, problems)
         self.nodes: dict[str, Node] = {}
         self.namespaces: dict[str, Namespace] = {n.name: n for n in cluster.namespaces}
         self._usable: list[Workload] = []  # running, addressed, not host-network, not sharing an IP
@@ -136,16 +141,25 @@ class MeshIndex:
         *,
         cluster_domain: str = "cluster.local",
         ztunnel_namespace: str = "istio-system",
+        root_namespace: str = DEFAULT_ROOT_NAMESPACE,
     ) -> "MeshIndex":
         index = cls(
             cluster,
             problems if problems is not None else Problems(),
             cluster_domain=cluster_domain,
             ztunnel_namespace=ztunnel_namespace,
+            root_namespace=root_namespace,
         )
         index._index_nodes()
         index._index_workloads()
         index._index_services()
+        index.policies = PolicyIndex.build(
+            cluster.authorization_policies,
+            cluster.peer_authentications,
+            index.meshed_workloads(),
+            root_namespace=root_namespace,
+            problems=index.problems,
+        )
         return index
 
     # -- address families ---------------------------------------------------------------------
@@ -398,6 +412,10 @@ class MeshIndex:
 
     def meshed_workloads(self) -> list[Workload]:
         return [w for w in self._usable if self.is_meshed(w)]
+
+    def policies_for(self, workload: Workload) -> WorkloadPolicies:
+        """The AuthorizationPolicies and mTLS mode deciding who may connect to ``workload`` (see policy_index)."""
+        return self.policies.for_workload(workload)
 
     def workload_by_ip(self, ip: str) -> Workload | None:
         return self._by_ip.get(ip)

@@ -241,3 +241,6 @@ class Cluster:
     workloads: tuple[Workload, ...] = ()
     services: tuple[Service, ...] = ()
     endpoint_slices: tuple[EndpointSlice, ...] = ()
+    # zpilot.model.policy's types (named, not imported: that module builds on this one)
+    authorization_policies: tuple["AuthorizationPolicy", ...] = ()  # noqa: F821
+    peer_authentications: tuple["PeerAuthentication", ...] = ()  # noqa: F821

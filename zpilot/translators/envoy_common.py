@@ -32,7 +32,8 @@ ACCESS_LOG_FIELDS = {
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "upstream_host": "%UPSTREAM_HOST%",
     "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
-    "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",  # on 15008's CONNECT: the client pod (x-forwarded-for)
+    "downstream_direct_remote": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",  # ... and the tunnel's own peer
     "downstream_local": "%DOWNSTREAM_LOCAL_ADDRESS%",
     "method": "%REQ(:METHOD)%",
     "authority": "%REQ(:AUTHORITY)%",

@@ -1,9 +1,9 @@
 """The receiving side: the inbound listener (the HBONE port: mTLS + HTTP/2 CONNECT) and the
 plaintext one, one filter chain per meshed pod on this node.
 
-RBAC sits before the HTTP connection manager, so it judges the outer mTLS peer (the source
-workload's identity, as the 2022 design did). For now it allows every identity of our trust
-domain, and nothing else.
+A network RBAC filter before the HTTP connection manager admits every identity of our trust domain
+and nothing else (the outer mTLS peer). The pod's own policies (``rbac.py``) judge each CONNECT
+stream inside it, and each plaintext connection.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .. import contract
 from ..model.addresses import host_prefix_len
 from . import names
 from .context import NodeView
+from . import rbac
 from .envoy_common import (
     access_log,
     original_dst_filter,
@@ -62,8 +63,11 @@ def mesh_identities_rbac(trust_domain: str) -> listener_components_pb2.Filter:
     )
 
 
-def connect_terminator(limits: DataPathLimits) -> listener_components_pb2.Filter:
-    """An HCM that accepts CONNECT and relays the stream's bytes to ``virtual_inbound``.
+def connect_terminator(
+    limits: DataPathLimits, pod_ip: str, authorization: list[hcm.HttpFilter] | None = None
+) -> listener_components_pb2.Filter:
+    """An HCM that accepts CONNECT to ``pod_ip`` and relays the stream's bytes to ``virtual_inbound``,
+    after the ``authorization`` filters admitted the stream.
 
     A CONNECT stream is a whole tunnelled TCP connection, so the stream idle timeout is the
     connection's (Envoy's default, 5 minutes, cut quiet database connections), and the route
@@ -71,7 +75,7 @@ def connect_terminator(limits: DataPathLimits) -> listener_components_pb2.Filter
     """
     idle = idle_timeout(limits)
     route = route_components_pb2.Route(
-        match=route_components_pb2.RouteMatch(connect_matcher=route_components_pb2.RouteMatch.ConnectMatcher()),
+        match=rbac.connect_route_match(pod_ip),
         route=route_components_pb2.RouteAction(
             cluster=names.VIRTUAL_INBOUND,
             timeout=duration_pb2.Duration(seconds=0),
@@ -89,7 +93,10 @@ def connect_terminator(limits: DataPathLimits) -> listener_components_pb2.Filter
             name="local_route",
             virtual_hosts=[route_components_pb2.VirtualHost(name="local_service", domains=["*"], routes=[route])],
         ),
-        http_filters=[hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router()))],
+        http_filters=[
+            *(authorization or ()),
+            hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
+        ],
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True),
         stream_idle_timeout=idle,
         common_http_protocol_options=http_idle_options(limits),
@@ -126,7 +133,12 @@ def inbound_listener(view: NodeView) -> Listener:
             listener_components_pb2.FilterChain(
                 name=names.inbound_chain(pod.ip),
                 filter_chain_match=_pod_match(pod.ip),
-                filters=[mesh_identities_rbac(view.trust_domain), connect_terminator(view.options.limits)],
+                filters=[
+                    mesh_identities_rbac(view.trust_domain),
+                    connect_terminator(
+                        view.options.limits, pod.ip, rbac.connect_filters(pod, view.index.policies_for(pod))
+                    ),
+                ],
                 transport_socket=downstream_tls(secret, view.trust_domain),
             )
         )
@@ -136,12 +148,17 @@ def inbound_listener(view: NodeView) -> Listener:
 def inbound_plaintext_listener(view: NodeView) -> Listener:
     listener = _transparent_listener(contract.INBOUND_PLAINTEXT_LISTENER, view, contract.PORT_INBOUND_PLAINTEXT)
     for pod in view.local_pods:
+        authorization = rbac.plaintext_filters(pod, view.index.policies_for(pod))
         chain = proxy_chain(
             names.inbound_chain(pod.ip),
             names.VIRTUAL_INBOUND,
             idle_timeout=idle_timeout(view.options.limits),
             stat_prefix="virtual_inbound_plaintext",
+            connect_on_data=bool(authorization),
         )
         chain.filter_chain_match.CopyFrom(_pod_match(pod.ip))
+        proxy = list(chain.filters)
+        del chain.filters[:]
+        chain.filters.extend([*authorization, *proxy])
         listener.filter_chains.append(chain)
     return listener

@@ -36,6 +36,7 @@ from .envoy_common import (
 from .layout import register
 from .limits import idle_timeout
 from .resources import NodeResources
+from .source_address import FORWARDED_FOR, keep_client_address
 from .tcp_proxy import proxy_chain
 
 Listener = listener_pb2.Listener
@@ -94,6 +95,7 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
                 stat_prefix=contract.tunnel_listener(sid),
                 log_site=contract.tunnel_listener(sid),
                 tunnel_target=contract.TUNNEL_DESTINATION_FORMAT,
+                tunnel_headers=(FORWARDED_FOR,),  # the client pod, for source.ip policies at the destination
             )
         ],
     )
@@ -115,6 +117,7 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
                 cluster_name,
                 idle_timeout=idle,
                 tunnel_target=DOWNSTREAM_DESTINATION,
+                tunnel_headers=(FORWARDED_FOR,),
             )
         )
     out.add_secret(secret, sid)
@@ -134,7 +137,9 @@ def _service_resources(view: NodeView, served: list[ServedVip], outbound: Listen
         eps = list(entry.endpoints)
         for identity in view.identities:
             name = names.service_chain(identity.spiffe_id, target.service, target.port, view.cluster_domain)
-            outbound.filter_chains.append(proxy_chain(name, name, idle_timeout=idle))
+            chain = proxy_chain(name, name, idle_timeout=idle)
+            chain.filters.insert(0, keep_client_address())  # for source.ip policies at the destination
+            outbound.filter_chains.append(chain)
             out.clusters[name] = clusters.service_port(name, limits)
             out.endpoints[name] = endpoints.service_port_endpoints(name, identity.spiffe_id, eps, view.node)
 

@@ -16,6 +16,10 @@ TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ORIGINAL_DST_HEADER = "x-envoy-original-dst-host"
 
 
+#: With ``connect_on_data``: how much of the client's first bytes a tcp_proxy holds while it connects.
+EARLY_DATA_LIMIT = 64 * 1024
+
+
 def tcp_proxy(
     cluster: str,
     *,
@@ -24,12 +28,19 @@ def tcp_proxy(
     log_site: str | None = None,
     tunnel_target: str | None = None,
     tunnel_headers: tuple[tuple[str, str], ...] = (),
+    connect_on_data: bool = False,
 ) -> listener_components_pb2.Filter:
     """``tunnel_target`` is a substitution format for the CONNECT authority and the
     ``x-envoy-original-dst-host`` header (``tunnel_headers``: more headers, values also
-    substitution formats); without it the bytes go to ``cluster`` as they are.
-    ``idle_timeout`` is required so no proxy falls back to a default nobody chose (limits.py)."""
+    substitution formats, e.g. the client's address in ``x-forwarded-for``); without it the
+    bytes go to ``cluster`` as they are. ``idle_timeout`` is required so no proxy falls back to a
+    default nobody chose (limits.py). ``connect_on_data``: connect upstream only on the client's
+    first bytes, so that a network RBAC filter before this one (which decides on them) refuses a
+    client before the server ever sees it."""
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster, cluster=cluster, idle_timeout=idle_timeout)
+    if connect_on_data:
+        proxy.upstream_connect_mode = tcp_proxy_pb2.ON_DOWNSTREAM_DATA
+        proxy.max_early_data_bytes.value = EARLY_DATA_LIMIT
     if log_site is not None:  # only where no listener-level log already records the connection
         proxy.access_log.append(access_log(log_site))
     if tunnel_target is not None:
@@ -50,6 +61,7 @@ def proxy_chain(
     tunnel_target: str | None = None,
     stat_prefix: str | None = None,
     tunnel_headers: tuple[tuple[str, str], ...] = (),
+    connect_on_data: bool = False,
 ) -> listener_components_pb2.FilterChain:
     proxy = tcp_proxy(
         cluster,
@@ -58,5 +70,6 @@ def proxy_chain(
         log_site=log_site,
         tunnel_target=tunnel_target,
         tunnel_headers=tunnel_headers,
+        connect_on_data=connect_on_data,
     )
     return listener_components_pb2.FilterChain(name=name, filters=[proxy])

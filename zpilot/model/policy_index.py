@@ -1,0 +1,186 @@
+"""Which policies apply to which workload: the one place that answers it.
+
+Istio's rules, as its ambient control plane applies them for the ztunnels:
+
+- an AuthorizationPolicy with a selector applies to the matching workloads of its own namespace and,
+  in the root namespace, of every namespace; without a selector (or with an empty one) to every
+  workload of its namespace, and in the root namespace to the whole mesh;
+- a policy bound with ``targetRef(s)``, or with the AUDIT or CUSTOM action, is not for the ztunnels
+  (a waypoint's, or an ext_authz provider's): it is reported and not enforced;
+- PeerAuthentication: the mesh policy (root namespace, no selector), then the namespace's, then one
+  selecting the workload (not in the root namespace) each override the mode unless UNSET; where two
+  compete at one level, the oldest wins; ``portLevelMtls`` of the workload's policy overrides per port.
+
+Everything is computed once per model, for every meshed workload, so the problems it reports
+(unsupported fields, competing policies) are known before anything is translated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .objects import Workload
+from .policy import (
+    Action,
+    AuthorizationPolicy,
+    EffectiveMtls,
+    MtlsMode,
+    PeerAuthentication,
+    WorkloadPolicies,
+    selects,
+)
+from .problems import Problems
+
+_NOTHING = WorkloadPolicies()
+
+
+def _age(p: AuthorizationPolicy | PeerAuthentication) -> tuple[str, str, str]:
+    """Oldest first; an object without a creationTimestamp (a hand-written manifest) sorts by name."""
+    return (p.created or "~", p.namespace, p.name)
+
+
+def _permissive(mode: MtlsMode) -> MtlsMode:
+    """DISABLE cannot turn the ztunnels' mTLS off; what it still means is: plaintext is admitted."""
+    return MtlsMode.PERMISSIVE if mode is MtlsMode.DISABLE else mode
+
+
+@dataclass(frozen=True)
+class _Scoped:
+    """A namespace's (or the mesh's) policies of one kind, split by whether they select."""
+
+    wide: tuple  # no selector: every workload of the scope
+    selecting: tuple  # a selector: the workloads it matches
+
+
+class PolicyIndex:
+    """The policies of one model, by workload. Construct with :meth:`build`."""
+
+    def __init__(self, root_namespace: str, problems: Problems) -> None:
+        self.root_namespace = root_namespace
+        self.problems = problems
+        self.authorization: tuple[AuthorizationPolicy, ...] = ()  # the enforced ones
+        self.peer_authentication: tuple[PeerAuthentication, ...] = ()
+        self._by_workload: dict[tuple[str, str], WorkloadPolicies] = {}
+
+    @classmethod
+    def build(
+        cls,
+        authorization: Iterable[AuthorizationPolicy],
+        peer_authentication: Iterable[PeerAuthentication],
+        workloads: Iterable[Workload],
+        *,
+        root_namespace: str,
+        problems: Problems,
+    ) -> "PolicyIndex":
+        index = cls(root_namespace, problems)
+        index.authorization = tuple(p for p in sorted(authorization, key=lambda p: (p.namespace, p.name)) if index._enforced(p))
+        index.peer_authentication = tuple(sorted(peer_authentication, key=lambda p: (p.namespace, p.name)))
+        for pa in index.peer_authentication:
+            index._check_peer_authentication(pa)
+        authz = index._scoped(index.authorization)
+        peers = index._scoped(index.peer_authentication)
+        reported: set[tuple[str, ...]] = set()
+        for w in workloads:
+            policies = WorkloadPolicies(*index._authorization_of(w, authz), index._mtls_of(w, peers, reported))
+            if not policies.empty:
+                index._by_workload[(w.namespace, w.name)] = policies
+        return index
+
+    # -- what is enforced -------------------------------------------------------------------
+
+    def _enforced(self, p: AuthorizationPolicy) -> bool:
+        if p.target_refs:
+            self.problems.warning(
+                p.ref,
+                f"targetRef(s) {', '.join(p.target_refs[:4])} bind it to a waypoint, which zpilot does not run:"
+                " not enforced by the ztunnels",
+            )
+            return False
+        if p.action not in (Action.ALLOW, Action.DENY):
+            self.problems.error(p.ref, f"action {p.action.value} is not supported by an L4 ztunnel: not enforced")
+            return False
+        for i, rule in enumerate(p.rules):
+            fields = rule.l7_fields
+            if not fields:
+                continue
+            listed = ", ".join(fields[:6]) + (f" and {len(fields) - 6} more" if len(fields) > 6 else "")
+            if p.action is Action.ALLOW:
+                effect = "an L4 proxy cannot check them, so this ALLOW rule matches nothing (fail closed)"
+            else:
+                effect = "an L4 proxy cannot check them, so this DENY rule ignores them and matches more (fail closed)"
+            self.problems.warning(p.ref, f"rule {i} uses L7-only fields ({listed}): {effect}")
+        return True
+
+    def _check_peer_authentication(self, pa: PeerAuthentication) -> None:
+        if pa.namespace == self.root_namespace and pa.selector:
+            self.problems.warning(pa.ref, "a selector in the root namespace is ignored for the ztunnels (as Istio does)")
+        modes = {pa.mode, *pa.port_modes.values()}
+        if MtlsMode.DISABLE in modes:
+            self.problems.info(pa.ref, "DISABLE acts as PERMISSIVE: plaintext is admitted, and between ztunnels it is"
+                               " always mTLS")
+
+    def _scoped(self, policies: tuple) -> dict[str, _Scoped]:
+        by_ns: dict[str, tuple[list, list]] = {}
+        for p in policies:
+            wide, selecting = by_ns.setdefault(p.namespace, ([], []))
+            (selecting if p.selector else wide).append(p)
+        return {ns: _Scoped(tuple(w), tuple(s)) for ns, (w, s) in by_ns.items()}
+
+    # -- per workload -----------------------------------------------------------------------
+
+    def _authorization_of(
+        self, w: Workload, scoped: dict[str, _Scoped]
+    ) -> tuple[tuple[AuthorizationPolicy, ...], tuple[AuthorizationPolicy, ...]]:
+        found: list[AuthorizationPolicy] = []
+        for ns in dict.fromkeys((self.root_namespace, w.namespace)):  # the mesh's, then the namespace's
+            scope = scoped.get(ns)
+            if scope is not None:
+                found += scope.wide
+                found += [p for p in scope.selecting if selects(p.selector, w)]
+        found.sort(key=lambda p: (p.namespace, p.name))
+        deny = tuple(p for p in found if p.action is Action.DENY)
+        allow = tuple(p for p in found if p.action is Action.ALLOW)
+        return deny, allow
+
+    def _oldest(self, candidates: list[PeerAuthentication], what: str, reported: set[tuple[str, ...]]):
+        if not candidates:
+            return None
+        chosen = min(candidates, key=_age)
+        if len(candidates) > 1:
+            key = tuple(sorted(str(c.ref) for c in candidates))
+            if key not in reported:
+                reported.add(key)
+                others = ", ".join(str(c.ref) for c in candidates if c is not chosen)
+                self.problems.warning(chosen.ref, f"competes with {others} as the {what}: the oldest, this one, is used")
+        return chosen
+
+    def _mtls_of(self, w: Workload, scoped: dict[str, _Scoped], reported: set[tuple[str, ...]]) -> EffectiveMtls:
+        root = scoped.get(self.root_namespace)
+        own = scoped.get(w.namespace) if w.namespace != self.root_namespace else None
+        levels = [
+            self._oldest(list(root.wide) if root else [], "mesh-wide PeerAuthentication", reported),
+            self._oldest(list(own.wide) if own else [], f"PeerAuthentication of namespace {w.namespace}", reported),
+            self._oldest([p for p in (own.selecting if own else ()) if selects(p.selector, w)],
+                         f"PeerAuthentication selecting {w.ref}", reported),
+        ]
+        mode, decided_by = MtlsMode.PERMISSIVE, []
+        for pa in levels:
+            if pa is not None and pa.mode is not MtlsMode.UNSET:
+                mode = _permissive(pa.mode)
+                decided_by.append(pa.ref)
+        ports: dict[int, MtlsMode] = {}
+        workload_pa = levels[2]
+        if workload_pa is not None:
+            for port, port_mode in sorted(workload_pa.port_modes.items()):
+                if port_mode is not MtlsMode.UNSET and _permissive(port_mode) is not mode:
+                    ports[port] = _permissive(port_mode)
+            if workload_pa.port_modes and workload_pa.ref not in decided_by:
+                decided_by.append(workload_pa.ref)
+        return EffectiveMtls(mode, ports, tuple(decided_by))
+
+    # -- lookups ----------------------------------------------------------------------------
+
+    def for_workload(self, w: Workload) -> WorkloadPolicies:
+        """The policies deciding who may connect to ``w`` (nothing at all for a workload outside the mesh)."""
+        return self._by_workload.get((w.namespace, w.name), _NOTHING)
