@@ -20,6 +20,8 @@ from .render_util import ARTICLE, NODE_A, NODE_B, index_of, render
 
 pytestmark = [pytest.mark.envoy, pytest.mark.parametrize("layout", ["article", "linear"])]
 EDGE_CASES = Path(__file__).parent / "testdata" / "in" / "edge-cases"
+FEATURES = Path(__file__).parent / "testdata" / "features"
+POLICY_CASES = sorted(p.name for p in FEATURES.iterdir() if p.name.startswith(("policy-", "peer-authentication-")))
 
 
 def assert_envoy_accepts(manifests: Path, node: str, layout: str) -> None:
@@ -40,6 +42,12 @@ def test_article_example(node: str, layout: str) -> None:
 @pytest.mark.parametrize("node", ["node-1", "node-2"])
 def test_edge_cases(node: str, layout: str) -> None:
     assert_envoy_accepts(EDGE_CASES, node, layout)
+
+
+@pytest.mark.parametrize("case", POLICY_CASES)
+def test_policy_cases(case: str) -> None:
+    """Every L4 policy feature case: HTTP RBAC in the CONNECT manager, network RBAC and connect-on-data on 15006."""
+    assert_envoy_accepts(FEATURES / case / "in.yaml", "node-1")
 
 
 @pytest.fixture(scope="module")

@@ -105,7 +105,7 @@ def _selector(spec: Mapping[str, Any]) -> Mapping[str, str] | None:
     unknown = sorted(set(selector) - {"matchLabels"})
     if unknown:
         raise InvalidObject(f"spec.selector has unknown fields {unknown} (Istio selects by matchLabels only)")
-    labels = _labels({"labels": selector.get("matchLabels")}, "spec.selector.matchLabels")
+    labels = _labels(selector.get("matchLabels"), "spec.selector.matchLabels")
     return labels or None
 
 
