@@ -96,28 +96,29 @@ def test_1_service_vip_across_nodes(world, path):
     assert inbound["local_san"] == PRODUCTPAGE_ID
     assert inbound["upstream_cluster"] == names.VIRTUAL_INBOUND
     assert inbound["upstream_host"] == "10.4.3.20:9080"
-    # the tunnel arrived from ztunnel A's own address, and the pod saw B's connection for it
+    # the tunnel arrived from ztunnel A's own address, naming sleep as the client (x-forwarded-for, for
+    # source.ip policies), and the pod saw B's connection for it
+    assert inbound["downstream_direct_remote"] == tunnel["upstream_local"]
+    assert inbound["downstream_remote"].rpartition(":")[0] == "10.4.4.19"
     assert inbound["upstream_local"] == trace.seen_by_pod["peer"]
     assert inbound["upstream_local"].split(":")[0] == tunnel["upstream_local"].split(":")[0] == "10.4.4.18"
 
 
 def test_1_client_address_reaches_the_destination_ztunnel(world, path):
-    """The linear layout keeps the client pod's address past the internal listener (set_filter_state
-    -> original_dst) and hands it to ztunnel B in x-forwarded-for, which B's HTTP connection manager
-    takes as the stream's remote address. The article's layout loses it at the internal listener:
-    B only knows ztunnel A's address."""
+    """Both layouts keep the client pod's address past the internal listener (set_filter_state ->
+    original_dst: the linear layout's listener filter, the article layout's service chain) and hand it
+    to ztunnel B in x-forwarded-for, which B's HTTP connection manager takes as the stream's remote
+    address (what source.ip policies are judged on); the tunnel itself still comes from ztunnel A."""
     vip, port = scenarios.service_target(world, "productpage")
     trace = scenarios.request(world, "sleep", vip, port, expect_logs={"a": 2, "b": 1})
     assert trace.ok, trace.error
     tunnel = trace.one("a", log=path.tunnel_listener)
     inbound = trace.one("b", log=contract.INBOUND_LISTENER, method="CONNECT")
+    assert tunnel["downstream_remote"] == trace.client_local  # sleep's own address and port
+    assert inbound["downstream_remote"] == trace.client_local.split(":")[0] + ":0"  # from x-forwarded-for
+    assert inbound["downstream_direct_remote"] == tunnel["upstream_local"]  # the tunnel's peer: ztunnel A
     if path.linear:
-        assert tunnel["downstream_remote"] == trace.client_local  # sleep's own address and port
         assert tunnel["downstream_local"] == "10.4.3.20:9080"  # the endpoint, from its metadata
-        assert inbound["downstream_remote"] == trace.client_local.split(":")[0] + ":0"  # from x-forwarded-for
-    else:
-        assert tunnel["downstream_remote"] == "envoy://internal_client_address/"
-        assert inbound["downstream_remote"] == tunnel["upstream_local"]  # ztunnel A's own address
 
 
 def test_1_service_vip_is_reliable(world):

@@ -41,6 +41,10 @@ ACCESS_LOG_FIELDS = {
     "peer_san": "%DOWNSTREAM_PEER_URI_SAN%",
     "local_san": "%DOWNSTREAM_LOCAL_URI_SAN%",
     "response_flags": "%RESPONSE_FLAGS%",
+    # which policy refused: rbac_access_denied_matched_policy[<policy>] (HTTP RBAC, per CONNECT stream) ...
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    # ... or the connection (network RBAC, 15006)
+    "termination_details": "%CONNECTION_TERMINATION_DETAILS%",
     "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
     "bytes_sent": "%BYTES_SENT%",
     "bytes_received": "%BYTES_RECEIVED%",

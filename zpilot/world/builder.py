@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from .. import contract
 from ..envoy_binary import envoy_path, next_base_id
 from . import serve_api, workdir
@@ -233,7 +235,7 @@ class World:
     def wait_ztunnels_connected(self, timeout: float = 40.0) -> None:
         """Until every ztunnel has an ADS stream whose listeners are ACKed (after a server restart)."""
         def connected() -> bool:
-            return all(self._config_versions(node.key) for node in self.spec.nodes)
+            return all(self.config_version(node.key) for node in self.spec.nodes)
 
         self.wait_until(connected, timeout=timeout, what="every ztunnel to reconnect and ACK its listeners")
 
@@ -304,9 +306,9 @@ class World:
         if self.options.static_config:
             raise WorldError("a world on static config cannot change its model (no control plane)")
         spec = self.spec.pod(pod)
-        self.wait_until(lambda: self._config_versions(spec.node) != "", timeout=timeout,
+        self.wait_until(lambda: self.config_version(spec.node) != "", timeout=timeout,
                         what=f"node {spec.node}'s ztunnel to be in sync before the change")
-        before = self._config_versions(spec.node)
+        before = self.config_version(spec.node)
         self.spec = self.spec.with_pod_labels(pod, labels)
         self.spec.write_manifests(self.manifests)
         if self.options.cni_agent:  # the agent notices the change by itself
@@ -314,10 +316,44 @@ class World:
                             what=f"node {spec.node}'s CNI agent to reconcile")
         else:
             self.cni_apply(spec.node)
-        self.wait_until(lambda: self._config_versions(spec.node) not in ("", before),
+        self.wait_until(lambda: self.config_version(spec.node) not in ("", before),
                         timeout=timeout, what=f"node {spec.node}'s ztunnel to ACK the new config")
 
-    def _config_versions(self, node_key: str) -> str:
+    def write_manifest(self, name: str, docs: list[dict] | None, *, push_to: tuple[str, ...],
+                       timeout: float = 40.0) -> None:
+        """Add (or, with ``docs`` None, delete) the extra manifest file ``<name>.yaml`` beside the
+        world's own, as ``kubectl apply`` / ``delete`` would, and wait until the ztunnels of the nodes
+        ``push_to`` (keys) ACKed the config it changes and drained the filter chains it replaced. Used
+        for policies, which change no node's rules."""
+        if self.options.static_config:
+            raise WorldError("a world on static config cannot change its model (no control plane)")
+        for key in push_to:
+            self.wait_until(lambda k=key: self.config_version(k) != "", timeout=timeout,
+                            what=f"node {key}'s ztunnel to be in sync before the change")
+        before = {key: self.config_version(key) for key in push_to}
+        path = self.manifests / f"{name}.yaml"
+        if docs is None:
+            path.unlink(missing_ok=True)
+        else:
+            tmp = path.with_suffix(".tmp")  # the watch ignores it; the rename is the change
+            tmp.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+            tmp.rename(path)
+        for key in push_to:
+            self.wait_until(lambda k=key: self.config_version(k) not in ("", before[k]), timeout=timeout,
+                            what=f"node {key}'s ztunnel to ACK the config of {path.name}")
+            # a changed filter chain serves the connections it already has until they are drained
+            # (--drain-time-s 1): a stream on such a pooled HBONE connection would still see the old chain
+            self.wait_until(lambda k=key: self.listeners_settled(k), timeout=timeout,
+                            what=f"node {key}'s ztunnel to drain the filter chains {path.name} replaced")
+
+    def listeners_settled(self, node_key: str) -> bool:
+        """No listener warming and no replaced filter chain still draining (both gauges are raised
+        while Envoy applies an LDS update, before it ACKs it)."""
+        gauges = self.ztunnels[node_key].stats(
+            r"^listener_manager[.]total_(listeners_warming|filter_chains_draining)$")
+        return len(gauges) == 2 and not any(gauges.values())
+
+    def config_version(self, node_key: str) -> str:
         """The listener version node ``node_key``'s ztunnel ACKed ("" while a push is in flight)."""
         return serve_api.acked_listener_version(self.debug(f"/debug/syncz?node={self.spec.node(node_key).name}"))
 
