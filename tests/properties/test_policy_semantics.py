@@ -33,7 +33,8 @@ from zpilot.kube.convert_policy import KIND_CONVERTERS
 from zpilot.kube.store import ObjectStore
 from zpilot.model import MeshIndex, Problems
 from zpilot.translators import translate_node
-from zpilot.translators.names import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER, inbound_chain
+from zpilot.contract import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER
+from zpilot.translators.names import inbound_chain
 from zpilot.translators.tcp_proxy import ORIGINAL_DST_HEADER
 
 from . import policy_reference as ref

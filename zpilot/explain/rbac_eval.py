@@ -1,5 +1,5 @@
 """Envoy's RBAC, evaluated on the config zpilot generates: which filter and which policy decide a
-connection (15006) or a CONNECT stream (15008), the way Envoy would.
+plaintext connection or a CONNECT stream (HBONE), the way Envoy would.
 
 It reads exactly the subset of the RBAC proto the translators emit, and refuses anything else
 (:class:`Unsupported`) instead of guessing, so ``zpilot explain`` never shows a verdict Envoy would
@@ -29,7 +29,7 @@ class Unsupported(ValueError):
 class Peer:
     """What RBAC sees of a connection or stream.
 
-    ``remote_ip`` is the downstream remote address (on 15008: the one the connection manager took
+    ``remote_ip`` is the downstream remote address (HBONE: the one the connection manager took
     from ``x-forwarded-for``), ``direct_ip`` the TCP peer; ``principal`` the peer certificate's URI
     SAN (None without TLS); ``headers`` the request's (a CONNECT stream only, lower-case names).
     """
@@ -211,12 +211,12 @@ def _route_accepts(manager: hcm_pb2.HttpConnectionManager, peer: Peer) -> bool:
 
 
 def connection_verdict(chain: FilterChain, peer: Peer) -> Verdict:
-    """A plaintext connection (15006): the chain's network RBAC filters."""
+    """A plaintext connection: the chain's network RBAC filters."""
     return _decide(_network_rbac(chain), peer)
 
 
 def stream_verdict(chain: FilterChain, peer: Peer) -> Verdict:
-    """A CONNECT stream (15008): the TLS connection's network RBAC, then the stream's HTTP RBAC, then
+    """A CONNECT stream (HBONE): the TLS connection's network RBAC, then the stream's HTTP RBAC, then
     the route (a stream for another destination is refused with 404)."""
     verdict = _decide(_network_rbac(chain), peer)
     if not verdict.allowed:

@@ -141,9 +141,9 @@ def selects(selector: Mapping[str, str] | None, workload: Workload) -> bool:
 
 @dataclass(frozen=True)
 class EffectiveMtls:
-    """What a workload accepts in plaintext (port 15006), per port of the application.
+    """What a workload accepts in plaintext (the plaintext inbound port), per port of the application.
 
-    mTLS through the HBONE port (15008) is always accepted; STRICT only refuses plaintext.
+    mTLS through the HBONE port is always accepted; STRICT only refuses plaintext.
     """
 
     default: MtlsMode = MtlsMode.PERMISSIVE  # STRICT or PERMISSIVE

@@ -32,7 +32,7 @@ ACCESS_LOG_FIELDS = {
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "upstream_host": "%UPSTREAM_HOST%",
     "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
-    "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",  # on 15008's CONNECT: the client pod (x-forwarded-for)
+    "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",  # on an HBONE CONNECT: the client pod (x-forwarded-for)
     "downstream_direct_remote": "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS%",  # ... and the tunnel's own peer
     "downstream_local": "%DOWNSTREAM_LOCAL_ADDRESS%",
     "method": "%REQ(:METHOD)%",
@@ -43,7 +43,7 @@ ACCESS_LOG_FIELDS = {
     "response_flags": "%RESPONSE_FLAGS%",
     # which policy refused: rbac_access_denied_matched_policy[<policy>] (HTTP RBAC, per CONNECT stream) ...
     "response_code_details": "%RESPONSE_CODE_DETAILS%",
-    # ... or the connection (network RBAC, 15006)
+    # ... or the connection (network RBAC, plaintext)
     "termination_details": "%CONNECTION_TERMINATION_DETAILS%",
     "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
     "bytes_sent": "%BYTES_SENT%",

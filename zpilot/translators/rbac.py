@@ -3,13 +3,13 @@ in the filter chain of each local pod (so a node's config carries the policies o
 
 Where the decision is made, and on what:
 
-- HBONE (15008, ``ztunnel_inbound``): per CONNECT stream, by HTTP RBAC filters in the chain's CONNECT
+- HBONE (``contract.PORT_HBONE``, the inbound listener): per CONNECT stream, by HTTP RBAC filters in the chain's CONNECT
   connection manager. The destination port is the one inside the tunnel: the port of the
   ``x-envoy-original-dst-host`` header, which is exactly what ``virtual_inbound`` dials (the 2022 design
-  judged the outer connection, whose port is always 15008: istio/istio#41204). The source identity is
+  judged the outer connection, whose port is always the HBONE port: istio/istio#41204). The source identity is
   the peer's verified SPIFFE certificate; the source IP is the client pod's address, which the source
   ztunnel puts in ``x-forwarded-for`` (the connection manager makes it the request's remote address).
-- plaintext (15006, ``ztunnel_inbound_plaintext``): per connection, by network RBAC filters before the
+- plaintext (``contract.PORT_INBOUND_PLAINTEXT``, the plaintext inbound listener): per connection, by network RBAC filters before the
   tcp_proxy, on the original destination port and the peer's address; no identity, so rules that need
   one do not match. The tcp_proxy then connects upstream on the client's first bytes only, after the
   decision (otherwise a server-first application would answer a client before it is refused).
@@ -18,11 +18,11 @@ Istio's order: DENY policies first (each its own filter), then, if any ALLOW pol
 filter holding all of them (everything they do not allow is denied). ``spec: {}`` (no rules) allows
 nothing; an empty rule matches everything. L7-only fields cannot be checked at L4: an ALLOW rule using
 them matches nothing, a DENY rule ignores them (so matches more). PeerAuthentication STRICT refuses
-plaintext on the ports it covers; mTLS through 15008 is always accepted.
+plaintext on the ports it covers; mTLS through the HBONE port is always accepted.
 
 Names: each Envoy policy is ``ns[<ns>]-policy[<name>]-rule[<i>]`` (Istio's); stat prefixes name the
-policy, so the counters read e.g. ``http.inbound_hcm.rbac.deny.<ns>.<name>.denied`` (15008, with
-per-rule ``...policy.<rule>.denied``) and ``inbound_plaintext.deny.<ns>.<name>.rbac.denied`` (15006).
+policy, so the counters read e.g. ``http.inbound_hcm.rbac.deny.<ns>.<name>.denied`` (HBONE, with
+per-rule ``...policy.<rule>.denied``) and ``inbound_plaintext.deny.<ns>.<name>.rbac.denied`` (plaintext).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
+from .. import contract
 from ..model.objects import Workload
 from ..model.policy import (
     Action,
@@ -139,7 +140,7 @@ def _field(values: Iterable, leaf: Callable[[object], Expr], negative: bool) -> 
 
 # -- what a value of the API means, as a matcher of the peer's URI SAN --------------------------
 
-_SPIFFE = "spiffe://"
+_SPIFFE = contract.SPIFFE_SCHEME
 _SEGMENT = "[^/]+"
 
 
@@ -199,7 +200,7 @@ class Site:
     """Where one pod's traffic is judged: facts known when translating fold away."""
 
     pod_ip: str
-    tunnel: bool  # True: HBONE (15008, a verified identity); False: plaintext (15006, none)
+    tunnel: bool  # True: HBONE (a verified identity); False: plaintext (no identity)
 
     def principal(self, matcher: string_pb2.StringMatcher) -> Expr:
         return Leaf("principal", matcher) if self.tunnel else False  # plaintext has no identity to match
