@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from zpilot.translators import names
+from zpilot import contract as names
 from zpilot.world import scenarios
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
