@@ -24,8 +24,11 @@ from ..model.addresses import host_cidr
 from ..model.index import MeshIndex
 from ..model.objects import Workload
 from ..translators.resources import NodeResources
+from ..translators.source_address import FORWARDED_FOR
+from ..translators.tcp_proxy import ORIGINAL_DST_HEADER
 from . import envoy_config as ec
 from .netfilter import Packet, route, rule_text, run_chain
+from .rbac_eval import Peer, Verdict, connection_verdict, stream_verdict
 
 #: The facts a path is compared on (explain vs. demo), in path order.
 FACT_KEYS = (
@@ -54,6 +57,7 @@ class Explanation:
     hops: list[Hop] = field(default_factory=list)
     facts: dict[str, str] = field(default_factory=dict)
     outcome: str = ""
+    client_ip: str = ""  # the source pod's address: what source.ip policies are judged on
 
     def hop(self, where: str, what: str, *details: str, **facts: object) -> Hop:
         h = Hop(where, what, list(details))
@@ -126,7 +130,7 @@ def explain(mesh: Mesh, source: str, host: str, port: int) -> list[Explanation]:
     plan = mesh.plans.get(src.node_name)
     if plan is None:
         raise ExplainError(f"no CNI plan for node {src.node_name}")
-    base = Explanation(f"{src.namespace}/{src.name} ({src.ip})", f"{host}:{port}")
+    base = Explanation(f"{src.namespace}/{src.name} ({src.ip})", f"{host}:{port}", client_ip=src.ip)
     base.hop(f"pod {src.name}", f"connects to {host}:{port} from {src.ip}", "default route via the node")
     node_side = plan.node_side
     iface = f"<veth of {src.name}>"
@@ -152,7 +156,7 @@ def explain(mesh: Mesh, source: str, host: str, port: int) -> list[Explanation]:
 
 
 def _copy(e: Explanation) -> Explanation:
-    return Explanation(e.source, e.target, list(e.hops), dict(e.facts), e.outcome)
+    return Explanation(e.source, e.target, list(e.hops), dict(e.facts), e.outcome, e.client_ip)
 
 
 def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, port: int, node_dev: str) -> list[Explanation]:
@@ -416,11 +420,41 @@ def _inbound(mesh: Mesh, e: Explanation, node: str, dst_ip: str, listen_port: in
           server_identity=server_id, destination=destination)
     ip = destination.rpartition(":")[0]
     pod = mesh.index.workload_by_ip(ip)
+    verdict = authorization_verdict(chain, e.client_ip, client_id if tls else None, dst_ip, destination)
+    e.hop(where, f"authorization: {verdict.describe()}", *_policies_in_force(mesh, pod),
+          verdict="allowed" if verdict.allowed else "denied", policy=verdict.policy or None)
+    if not verdict.allowed:
+        e.outcome = f"refused by {where}: {verdict.describe()}"
+        return [e]
     e.facts["pod"] = pod.name if pod else "?"
     e.hop(f"pod {pod.name if pod else ip}", f"receives the connection on {destination}",
           "original_src: its source is the peer the ztunnel saw")
     e.outcome = f"delivered to {pod.ref if pod else destination}" + (f" as {client_id}" if tls else " (plaintext)")
     return [e]
+
+
+def authorization_verdict(chain, client_ip: str, client_id: str | None, dst_ip: str, destination: str) -> Verdict:
+    """What the chain's RBAC filters decide: a CONNECT stream (``client_id``: the mTLS peer) names the
+    client in x-forwarded-for and its destination in x-envoy-original-dst-host; plaintext is judged on
+    the connection."""
+    port = int(destination.rpartition(":")[2] or 0)
+    if client_id is None:
+        return connection_verdict(chain, Peer(client_ip, client_ip, None, dst_ip, port))
+    headers = {ORIGINAL_DST_HEADER: destination, FORWARDED_FOR: client_ip}
+    return stream_verdict(chain, Peer(client_ip, client_ip, client_id, dst_ip, c.PORT_HBONE, headers))
+
+
+def _policies_in_force(mesh: Mesh, pod: Workload | None) -> list[str]:
+    if pod is None:
+        return []
+    policies = mesh.index.policies_for(pod)
+    if policies.empty:
+        return [f"no AuthorizationPolicy or STRICT PeerAuthentication applies to {pod.ref}"]
+    out = [f"{p.action.value} {p.ref}" for p in policies.deny + policies.allow]
+    if policies.mtls.refuses_any_plaintext:
+        decided = ", ".join(str(r) for r in policies.mtls.decided_by)
+        out.append(f"plaintext: {policies.mtls.describe()} ({decided})")
+    return [f"in force for {pod.ref}: " + "; ".join(out)]
 
 
 def _arrive_plain(mesh: Mesh, e: Explanation, src_ip: str, dst: str, *, spoofed_from: str) -> list[Explanation]:
