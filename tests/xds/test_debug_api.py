@@ -95,3 +95,24 @@ async def test_registryz_shows_endpoint_slices_and_names_a_service_without_endpo
     unbacked = [p for p in registry["problems"] if p["subject"] == "Service default/unbacked"]
     assert [p["severity"] for p in unbacked] == ["warning"] and "has no endpoints" in unbacked[0]["reason"]
     assert not any(p["subject"] == "Service default/kubernetes" for p in registry["problems"])
+
+
+async def test_policyz_lists_each_workloads_effective_policies(make_plane, manifests):
+    (manifests / "policy.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: productpage-from-sleep, namespace: default}\n"
+        "spec: {selector: {matchLabels: {app: productpage}}, rules: [{from: [{source: {principals: [x]}}]}]}\n---\n"
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\n"
+        "spec: {mtls: {mode: STRICT}}\n"
+    )
+    plane = await make_plane()
+    everyone = (await get(plane.debug_port, "/debug/policyz")).json()
+    productpage = next(w for w in everyone if w["workload"].startswith("default/productpage-"))
+    assert productpage["allow"] == ["default/productpage-from-sleep"] and productpage["default"] == "deny"
+    assert productpage["plaintext"] == {"mode": "STRICT", "ports": {}, "decided_by": ["istio-system/default"]}
+    sleep = next(w for w in everyone if w["workload"].startswith("default/sleep-"))
+    assert sleep["allow"] == [] and sleep["default"] == "allow" and sleep["plaintext"]["mode"] == "STRICT"
+    on_a = (await get(plane.debug_port, "/debug/policyz", node=NODE_A)).json()
+    assert {w["node"] for w in on_a} == {NODE_A} and not any(w["workload"].startswith("default/productpage-") for w in on_a)
+    registry = (await get(plane.debug_port, "/debug/registryz")).json()
+    assert [p["name"] for p in registry["authorization_policies"]] == ["productpage-from-sleep"]

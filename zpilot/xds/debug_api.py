@@ -102,6 +102,8 @@ def _model(index: MeshIndex, failures: Mapping[str, str]) -> dict[str, Any]:
         "workloads": [dict(_plain(w), meshed=(w.namespace, w.name) in meshed) for w in cluster.workloads],
         "services": _plain(cluster.services),
         "endpoint_slices": _plain(cluster.endpoint_slices),
+        "authorization_policies": _plain(cluster.authorization_policies),
+        "peer_authentications": _plain(cluster.peer_authentications),
         "problems": [
             {"severity": p.severity.value, "subject": p.subject, "reason": p.reason, "where": p.where}
             for p in index.problems
@@ -112,6 +114,24 @@ def _model(index: MeshIndex, failures: Mapping[str, str]) -> dict[str, Any]:
             for node, reason in sorted(failures.items())
         ],
     }
+
+
+def _policies(index: MeshIndex, node: str | None) -> list[dict[str, Any]]:
+    """Each meshed workload's effective policies: who may connect to it (immutable: thread-safe)."""
+    out = []
+    for w in index.meshed_workloads_on(node) if node else index.meshed_workloads():
+        p = index.policies_for(w)
+        out.append({
+            "workload": f"{w.namespace}/{w.name}",
+            "node": w.node_name,
+            "ip": w.ip,
+            "deny": [f"{a.namespace}/{a.name}" for a in p.deny],
+            "allow": [f"{a.namespace}/{a.name}" for a in p.allow],
+            "default": "deny" if p.allow else "allow",  # once any ALLOW applies, what it does not allow is denied
+            "plaintext": {"mode": p.mtls.default.value, "ports": {str(k): v.value for k, v in p.mtls.ports.items()},
+                          "decided_by": [f"{r.namespace}/{r.name}" for r in p.mtls.decided_by]},
+        })
+    return out
 
 
 def create_app(plane: DebugView) -> FastAPI:
@@ -166,5 +186,12 @@ def create_app(plane: DebugView) -> FastAPI:
         snapshots = {node: _versions(plane, node) for node in plane.cache.nodes()}
         failures = dict(plane.failures)  # copied on the loop, which is where it changes
         return JSONResponse(dict(await asyncio.to_thread(_model, index, failures), snapshots=snapshots))
+
+    @app.get("/debug/policyz", summary="Each meshed workload's AuthorizationPolicies and plaintext (mTLS) mode in force")
+    async def policyz(node: str | None = Query(None, description="only this node's workloads")) -> JSONResponse:
+        index = plane.index
+        if index is None:
+            raise HTTPException(503, "no model loaded yet")
+        return JSONResponse(await asyncio.to_thread(_policies, index, node))
 
     return app
