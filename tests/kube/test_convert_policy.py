@@ -123,3 +123,16 @@ def test_manifest_source_reads_them_and_names_bad_ones(tmp_path) -> None:
     assert [p.name for p in loaded.cluster.peer_authentications] == ["pa"]
     problems = [str(p) for p in loaded.problems]
     assert any("(AuthorizationPolicy mesh/bad): spec.action 'NOPE'" in p and "skipped" in p for p in problems), problems
+
+
+def test_the_source_builds_the_model_with_the_root_namespace_it_is_given() -> None:
+    from zpilot.kube.source import OriginContent, build_model
+    from zpilot.model.objects import Namespace, Workload, frozen_labels
+
+    pod = Workload("web", "shop", "u", ("10.0.0.1",), "n1", "web")
+    deny = authorization_policy_from({**policy({"action": "DENY", "rules": [{}]}),
+                                      "metadata": {"name": "all", "namespace": "mesh-root"}})
+    objects = (("a", Namespace("shop", frozen_labels({"istio.io/dataplane-mode": "ambient"}))), ("a", pod), ("a", deny))
+    content = OriginContent(objects=objects)
+    assert build_model([("a", content, None)]).policies_for(pod).deny == ()
+    assert build_model([("a", content, None)], root_namespace="mesh-root").policies_for(pod).deny == (deny,)

@@ -73,6 +73,16 @@ def test_the_ca_secret_does_not_go_with_another_ca():
     assert proc.returncode == 2 and "--ca-secret keeps the CA in a Secret; it does not go with --ca-dir" in proc.stderr
 
 
+def test_the_root_namespace_is_a_namespace_name(capsys):
+    args = build_parser().parse_args(["serve", "--manifests", str(EXAMPLE)])
+    assert args.root_namespace == "istio-system"
+    assert build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), "--root-namespace", "mesh-root"]
+                                     ).root_namespace == "mesh-root"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), "--root-namespace", "Istio_System"])
+    assert "argument --root-namespace: 'Istio_System' is not a namespace name" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("address, exposed", [
     ("127.0.0.1", False), ("127.0.0.53", False), ("::1", False), ("localhost", False), ("unix:/run/z.sock", False),
     ("0.0.0.0", True), ("::", True), ("10.0.0.1", True), ("zpilot.example", True),

@@ -61,6 +61,15 @@ def _secret_name(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _namespace(text: str) -> str:
+    """A Kubernetes namespace name (RFC 1123 label)."""
+    import re
+
+    if len(text) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace name (RFC 1123 label)")
+    return text
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
@@ -77,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"/metrics port (default {contract.PORT_METRICS}; 0 = any free port)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
     p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
+    p.add_argument("--root-namespace", default="istio-system", type=_namespace,
+                   help="Istio's root namespace: its policies without a selector apply to the whole mesh"
+                        " (default istio-system)")
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first start); default: in memory")
     p.add_argument("--ca-cert", type=Path, help="a CA you provide: signing certificate (then its chain), PEM")
@@ -151,5 +163,6 @@ def run(args: argparse.Namespace) -> int:
         ca_secret=args.ca_secret, kubeconfig=args.kubeconfig, context=args.context,
         cert_lifetime=args.cert_lifetime,
     )
-    source = ManifestDirectorySource(args.manifests, quiet=args.debounce_quiet, max_delay=args.debounce_max)
+    source = ManifestDirectorySource(args.manifests, quiet=args.debounce_quiet, max_delay=args.debounce_max,
+                                     root_namespace=args.root_namespace)
     return asyncio.run(serve_until_signalled(ServeRuntime(settings, source)))

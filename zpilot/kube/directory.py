@@ -20,6 +20,7 @@ import os
 import time
 from pathlib import Path
 
+from ..model.policy import DEFAULT_ROOT_NAMESPACE
 from ..model.problems import Problem, Severity
 from .manifests import FileRead, manifest_files, read_manifest_file
 from .source import FeedSource, ObjectSink, OriginContent, SourceError
@@ -159,9 +160,9 @@ class ManifestDirectorySource(FeedSource):
     """A directory of Kubernetes manifests (``kubectl get ... -o yaml`` output) as the cluster."""
 
     def __init__(self, root: str | os.PathLike[str], *, interval: float = 0.05, quiet: float = 0.1,
-                 max_delay: float = 10.0) -> None:
+                 max_delay: float = 10.0, root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> None:
         self.root = Path(root)
         super().__init__(
             lambda: ManifestDirectory(self.root, interval=interval, quiet=quiet, max_delay=max_delay),
-            name=f"manifest directory {self.root}", quiet=quiet, max_delay=max_delay,
+            name=f"manifest directory {self.root}", quiet=quiet, max_delay=max_delay, root_namespace=root_namespace,
         )

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
 from ..model.index import MeshIndex
+from ..model.policy import DEFAULT_ROOT_NAMESPACE
 from ..model.problems import LOG_LEVELS, Problem, Problems
 from .convert import ModelObject
 from .store import merge
@@ -272,8 +273,10 @@ class ObjectSink:
             await self._wait(feed, None if deadline is None else max(0.0, deadline - now))
 
 
-def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]]) -> MeshIndex:
-    """The model from every origin's content (pure: run in a worker thread for large clusters)."""
+def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]], *,
+                root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> MeshIndex:
+    """The model from every origin's content (pure: run in a worker thread for large clusters);
+    ``root_namespace`` is Istio's: its policies without a selector apply to the whole mesh."""
     problems = Problems()
     objects: list[tuple[str, ModelObject]] = []
     for _origin, content, failure in contents:
@@ -282,7 +285,7 @@ def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]]) -
             problems.extend([failure_problem(failure, len(content.objects))])
         objects.extend(content.objects)
     cluster = merge(objects, problems)
-    return MeshIndex.build(cluster, problems)
+    return MeshIndex.build(cluster, problems, root_namespace=root_namespace)
 
 
 # -- a feed as a model source ------------------------------------------------------------------
@@ -303,8 +306,9 @@ class FeedSource:
     """A :class:`ModelSource` from a feed: debounced, merged, problems tracked."""
 
     def __init__(self, make_feed: Callable[[], Feed], *, name: str, quiet: float = 0.1,
-                 max_delay: float = 10.0) -> None:
+                 max_delay: float = 10.0, root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> None:
         self.make_feed = make_feed
+        self.root_namespace = root_namespace
         self.name = name
         self.quiet = quiet
         self.max_delay = max_delay
@@ -322,7 +326,7 @@ class FeedSource:
             first_seen: float | None = started
             last: MeshIndex | None = None
             while first_seen is not None:
-                index = await asyncio.to_thread(build_model, sink.contents())
+                index = await asyncio.to_thread(build_model, sink.contents(), root_namespace=self.root_namespace)
                 if last is None or _differs(index, last):
                     tracker.report(index.problems)
                     yield ModelEvent(index, first_seen, initial=last is None)
