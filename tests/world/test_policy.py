@@ -203,3 +203,15 @@ def test_strict_refuses_plaintext_and_a_port_exception_reopens_only_its_port(wor
     other_port = scenarios.request(world, "httpbin", ip, 9081, expect_logs={"b": 1})
     assert not other_port.ok
     assert counter(world, "b", refused_name) == before + 1, "port 9081 was not refused by STRICT"
+
+
+def test_demo_policy_scenario_agrees_with_explain(world) -> None:
+    """``zpilot demo --scenario policy``: the allowed and the refused request, observed hop by hop, agree
+    with ``zpilot explain`` on every fact and on the verdict; B counted the refusal; the policy is removed."""
+    from zpilot.world.demo_policy import run_policy_scenario
+
+    lines: list[str] = []
+    assert run_policy_scenario(world, lines.append), "\n".join(lines)
+    text = "\n".join(lines)
+    assert "=> ztunnel B: denied   (response_code_details rbac_access_denied_matched_policy[none])" in text
+    assert not (world.manifests / "demo-policy.yaml").exists()

@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build a two-node world in network namespaces and show a request's path (root)")
     p.add_argument("--keep-logs", action="store_true", help="keep the world's logs and manifests (path printed)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout of the ztunnels (default article)")
+    p.add_argument("--scenario", choices=("path", "policy"), default="path",
+                   help="path: sleep -> productpage hop by hop (default); policy: an AuthorizationPolicy applied,"
+                        " an allowed and a refused request hop by hop, with the refusing ztunnel's verdict")
     p.set_defaults(func=run)
 
 
@@ -30,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from ..world.demo import demo
 
     try:
-        return demo(keep_workdir=args.keep_logs, layout=args.layout)
+        scenario = None
+        if getattr(args, "scenario", "path") == "policy":
+            from ..world.demo_policy import run_policy_scenario as scenario
+        return demo(keep_workdir=args.keep_logs, layout=args.layout, scenario=scenario)
     except WorldError as exc:
         print(f"zpilot demo: {exc}", file=sys.stderr)
         return 1

@@ -100,9 +100,11 @@ def render(world: World, result: DemoResult, emit: Callable[[str], None] = print
         emit(f"zpilot explain (config + CNI plan, no traffic) agrees on all {len(FACT_KEYS)} facts.")
 
 
-def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False, layout: str = "article") -> int:
-    """Build the world (its ztunnels on the outbound ``layout``), run scenario 1, print it, tear
-    everything down. Exit status 0 on success."""
+def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False, layout: str = "article",
+         scenario: Callable[[World, Callable[[str], None]], bool] | None = None) -> int:
+    """Build the world (its ztunnels on the outbound ``layout``), run scenario 1 (or ``scenario``, which
+    prints itself and says whether all went as expected: the policy scenario of
+    :mod:`zpilot.world.demo_policy`), tear everything down. Exit status 0 on success."""
     from .builder import WorldOptions
 
     emit("zpilot demo: building the world (2 nodes, their pods and ztunnels, in network namespaces) ...")
@@ -112,8 +114,12 @@ def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False, lay
              f"zpilot serve in {world.cp_ns}, Envoy ztunnels in {', '.join(z.netns for z in world.ztunnels.values())},"
              f" rules by zpilot cni run (one agent per node); logs in {world.dir}" + ("" if keep_workdir else " (removed at exit)"))
         emit("")
-        result = run_scenario_1(world)
-        render(world, result, emit)
+        if scenario is not None:
+            ok = scenario(world, emit)
+        else:
+            result = run_scenario_1(world)
+            render(world, result, emit)
+            ok = result.ok
         emit("")
         emit("tearing the world down ...")
     left = world.leftovers()
@@ -126,4 +132,4 @@ def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False, lay
     else:
         emit("done: none of the world's namespaces (and so none of its rules, routes, sets or devices),"
              " processes or files is left.")
-    return 0 if result.ok else 1
+    return 0 if ok else 1
