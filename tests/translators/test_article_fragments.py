@@ -175,3 +175,26 @@ def test_inbound_requires_client_certificate(dumps: dict) -> None:
     assert tls["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"].startswith(
         "spiffe://cluster.local/ns/default/sa/bookinfo-productpage~productpage-v1-5586c4d4ff-qxz9f~"
     )
+
+
+def test_client_address_travels_with_the_tunnel(dumps: dict) -> None:
+    """Deviation 12: the service chain hands the client's address to the internal listener, whose tunnel
+    names it in x-forwarded-for (the 2022 tunnel arrived from the ztunnel's own address, no client in sight)."""
+    outbound = _ours(dumps[NODE_A], "listener", "ztunnel_outbound")["active_state"]["listener"]
+    chain = next(c for c in outbound["filter_chains"] if c["name"] == SLEEP_TO_PRODUCTPAGE)
+    state = chain["filters"][0]["typed_config"]["on_new_connection"][0]
+    assert state["object_key"] == "envoy.filters.listener.original_dst.remote_ip"
+    assert state["shared_with_upstream"] == "ONCE"
+    tunnel = _ours(dumps[NODE_A], "listener", f"outbound_tunnel_lis_{SLEEP}")["active_state"]["listener"]
+    headers = tunnel["filter_chains"][0]["filters"][0]["typed_config"]["tunneling_config"]["headers_to_add"]
+    assert {"key": "x-forwarded-for", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"} in [h["header"] for h in headers]
+
+
+def test_connect_route_pinned_to_its_pod(dumps: dict) -> None:
+    """Deviation 13: the CONNECT route of productpage's chain takes only productpage's address."""
+    listener = _ours(dumps[NODE_B], "listener", "ztunnel_inbound")["active_state"]["listener"]
+    chain = next(c for c in listener["filter_chains"] if c["name"] == "inbound_10.4.3.20")
+    manager = next(f for f in chain["filters"] if f["name"] == "envoy.filters.network.http_connection_manager")
+    match = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["match"]
+    assert match["headers"] == [{"name": "x-envoy-original-dst-host",
+                                 "string_match": {"safe_regex": {"regex": r"^10\.4\.3\.20:[1-9][0-9]{0,4}$"}}}]
