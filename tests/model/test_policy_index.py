@@ -125,3 +125,11 @@ def test_competing_peer_authentications_the_oldest_wins() -> None:
     text = "\n".join(str(p) for p in problems)
     assert "PeerAuthentication shop/older: competes with PeerAuthentication shop/newer" in text
     assert "PeerAuthentication istio-system/root-selector: a selector in the root namespace is ignored" in text
+
+
+def test_commands_default_root_namespace_is_the_models() -> None:
+    """The commands' cheap copy of the default (they must not import the model for --help) is the model's."""
+    from zpilot.commands.options import DEFAULT_ROOT_NAMESPACE as commands_default
+    from zpilot.model.policy import DEFAULT_ROOT_NAMESPACE
+
+    assert commands_default == DEFAULT_ROOT_NAMESPACE

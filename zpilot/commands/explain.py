@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from .. import contract
-from .options import layout_name
+from .options import add_root_namespace, layout_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
     p.add_argument("--layout", default="article", type=layout_name,
                    help="outbound layout the ztunnels run (as zpilot serve --layout; default article)")
+    add_root_namespace(p)
     p.add_argument("--json", action="store_true", help="print hops and facts as JSON")
     p.set_defaults(func=run)
 
@@ -37,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"zpilot explain: {args.manifests} does not exist", file=sys.stderr)
         return 2
     try:
-        paths = explain_path(load_mesh(args.manifests, trust_domain=args.trust_domain, layout=args.layout), args.source, host, int(port))
+        mesh = load_mesh(args.manifests, trust_domain=args.trust_domain, layout=args.layout,
+                         root_namespace=args.root_namespace)
+        paths = explain_path(mesh, args.source, host, int(port))
     except ExplainError as exc:
         print(f"zpilot explain: {exc}", file=sys.stderr)
         return 2

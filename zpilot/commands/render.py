@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import contract
 from . import data_path_flags
-from .options import layout_name
+from .options import add_root_namespace, layout_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node", required=True, help="Kubernetes node name")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
     p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
+    add_root_namespace(p)
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first use); default: a throwaway CA")
     p.add_argument(
         "--static",
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from ..xds.config_dump import config_dump
 
     manifests = load_manifests(args.manifests)
-    index = MeshIndex.build(manifests.cluster, manifests.problems)
+    index = MeshIndex.build(manifests.cluster, manifests.problems, root_namespace=args.root_namespace)
     problems = manifests.problems
     if args.node not in index.nodes and not index.workloads_on(args.node):
         problems.warning(f"Node {args.node}", "not in the manifests: its ztunnel gets only the fixed resources")

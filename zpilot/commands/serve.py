@@ -17,7 +17,7 @@ from typing import Callable
 
 from .. import contract
 from . import data_path_flags, kube_flags, xds_limit_flags
-from .options import layout_name
+from .options import add_root_namespace, layout_name
 
 log = logging.getLogger("zpilot.serve")
 
@@ -61,15 +61,6 @@ def _secret_name(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _namespace(text: str) -> str:
-    """A Kubernetes namespace name (RFC 1123 label)."""
-    import re
-
-    if len(text) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace name (RFC 1123 label)")
-    return text
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
@@ -86,9 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"/metrics port (default {contract.PORT_METRICS}; 0 = any free port)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
     p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
-    p.add_argument("--root-namespace", default="istio-system", type=_namespace,
-                   help="Istio's root namespace: its policies without a selector apply to the whole mesh"
-                        " (default istio-system)")
+    add_root_namespace(p)
     p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first start); default: in memory")
     p.add_argument("--ca-cert", type=Path, help="a CA you provide: signing certificate (then its chain), PEM")

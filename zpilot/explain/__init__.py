@@ -14,6 +14,7 @@ from ..cni.desired import TunnelKind
 from ..cni.plan import UNKNOWN_ZTUNNEL_VETH, NodeFacts, PlanError, build_plan
 from ..kube.manifests import load_manifests
 from ..model.index import MeshIndex
+from ..model.policy import DEFAULT_ROOT_NAMESPACE
 from ..translators import TranslateOptions, translate_node
 from .path import FACT_KEYS, ExplainError, Explanation, Hop, Mesh, explain
 
@@ -42,9 +43,11 @@ def mesh_from_index(
     return Mesh(index, resources, plans, layout)
 
 
-def load_mesh(manifests: str | Path, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN, layout: str = "article") -> Mesh:
+def load_mesh(manifests: str | Path, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN, layout: str = "article",
+              root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> Mesh:
     loaded = load_manifests(manifests)
-    return mesh_from_index(MeshIndex.build(loaded.cluster, loaded.problems), trust_domain=trust_domain, layout=layout)
+    index = MeshIndex.build(loaded.cluster, loaded.problems, root_namespace=root_namespace)
+    return mesh_from_index(index, trust_domain=trust_domain, layout=layout)
 
 
 def render(explanations: list[Explanation]) -> str:

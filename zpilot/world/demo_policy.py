@@ -90,7 +90,7 @@ def run_policy_scenario(world: World, emit: Callable[[str], None] = print) -> bo
     svc = world.spec.service("productpage")
     vip, port = svc.cluster_ip, svc.ports[0][1]
     b = world.spec.pod("productpage").node
-    emit("Applying istio/istio#41204's policy: ALLOW spiffe://.../sa/sleep to productpage's port 9080")
+    emit("Applying istio/istio#41204's policy: ALLOW cluster.local/ns/default/sa/sleep to productpage's port 9080")
     world.write_manifest(POLICY_FILE, [POLICY], push_to=(b,))
     try:
         emit("  zpilot serve pushed it to node B only (productpage's node); B ACKed and drained the old chain.")
