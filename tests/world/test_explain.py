@@ -67,6 +67,7 @@ def test_article_path_sleep_to_productpage_vip(mesh):
         "inbound_chain": "inbound_10.4.3.20",
         "inbound_cluster": "virtual_inbound",
         "destination": "10.4.3.20:9080",
+        "verdict": "allowed",  # no policy in the example
         "pod": "productpage-v1-5586c4d4ff-qxz9f",
     }
     if mesh.layout == "linear":
