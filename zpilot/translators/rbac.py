@@ -28,7 +28,6 @@ per-rule ``...policy.<rule>.denied``) and ``inbound_plaintext.deny.<ns>.<name>.r
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 from typing import Callable, Iterable, Union
 
