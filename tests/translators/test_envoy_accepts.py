@@ -45,9 +45,9 @@ def test_edge_cases(node: str, layout: str) -> None:
 
 
 @pytest.mark.parametrize("case", POLICY_CASES)
-def test_policy_cases(case: str) -> None:
+def test_policy_cases(case: str, layout: str) -> None:
     """Every L4 policy feature case: HTTP RBAC in the CONNECT manager, network RBAC and connect-on-data on 15006."""
-    assert_envoy_accepts(FEATURES / case / "in.yaml", "node-1")
+    assert_envoy_accepts(FEATURES / case / "in.yaml", "node-1", layout)
 
 
 @pytest.fixture(scope="module")

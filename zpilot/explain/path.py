@@ -24,7 +24,7 @@ from ..model.addresses import host_cidr
 from ..model.index import MeshIndex
 from ..model.objects import Workload
 from ..translators.resources import NodeResources
-from ..translators.source_address import FORWARDED_FOR
+from ..translators.source_address import FORWARDED_FOR_HEADER
 from ..translators.tcp_proxy import ORIGINAL_DST_HEADER
 from . import envoy_config as ec
 from .netfilter import Packet, route, rule_text, run_chain
@@ -440,7 +440,7 @@ def authorization_verdict(chain, client_ip: str, client_id: str | None, dst_ip: 
     port = int(destination.rpartition(":")[2] or 0)
     if client_id is None:
         return connection_verdict(chain, Peer(client_ip, client_ip, None, dst_ip, port))
-    headers = {ORIGINAL_DST_HEADER: destination, FORWARDED_FOR: client_ip}
+    headers = {ORIGINAL_DST_HEADER: destination, FORWARDED_FOR_HEADER: client_ip}
     return stream_verdict(chain, Peer(client_ip, client_ip, client_id, dst_ip, c.PORT_HBONE, headers))
 
 
