@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import contract
+from ..commands import source_flags
 from .errors import CniError
 
 if TYPE_CHECKING:  # each action imports its work when it runs: `zpilot cni --help` stays fast
@@ -29,8 +30,12 @@ def _model_args(p: argparse.ArgumentParser, *, offline: bool = False) -> None:
         env = contract.NODE_NAME_ENV
         p.add_argument("--node", default=os.environ.get(env) or socket.gethostname(),
                        help=f"the node's name in the model (default: ${env}, else the hostname)")
-    p.add_argument("--manifests", type=Path, required=True, metavar="DIR",
-                   help="the model: a directory of Kubernetes manifests")
+    if offline:
+        p.add_argument("--manifests", type=Path, required=True, metavar="DIR",
+                       help="the model: a directory of Kubernetes manifests")
+    else:
+        source_flags.add_arguments(p, manifests_help="read this directory of Kubernetes manifests instead of the"
+                                                     " cluster")
     p.add_argument("--fail-closed", action="store_true",
                    help="with no ready ztunnel, drop meshed pods' TCP instead of letting it run unmeshed")
     p.add_argument("--ztunnel-iface", default=contract.POD_INTERFACE, metavar="IFACE",
@@ -75,10 +80,21 @@ def _mtu(text: str) -> int:
 
 
 def _source(args: argparse.Namespace) -> ModelSource:
-    """The model source the flags name (the manifest directory; the API watch comes later)."""
+    """The model source the flags name: the manifest directory, or the cluster as the node sees it
+    (its own Node and pods, and the namespaces: what its plan is built from)."""
     from ..kube.directory import ManifestDirectorySource
 
-    return ManifestDirectorySource(args.manifests, interval=getattr(args, "poll", 0.05))
+    if args.manifests is not None and not hasattr(args, "kubeconfig"):  # `cni plan`: offline, manifests only
+        return ManifestDirectorySource(args.manifests)
+    problem = source_flags.problem(args)
+    if problem is not None:
+        raise CniError(problem)
+    if args.manifests is not None:
+        return ManifestDirectorySource(args.manifests, interval=getattr(args, "poll", 0.05))
+    from ..kube.api_resources import node_agent_watches
+    from ..kube.watch import ApiWatchSource
+
+    return ApiWatchSource(source_flags.credentials(args), node_agent_watches(args.node))
 
 
 def _options(args: argparse.Namespace) -> AgentOptions:
@@ -319,7 +335,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _model_args(p)
     _netns_args(p)
     _discovered_args(p)
-    p.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the manifest files (1)")
+    p.add_argument("--poll", type=float, default=1.0, help="with --manifests: seconds between looks at the files (1)")
     p.add_argument("--resync", type=float, default=30.0, help="seconds between full reconciles (30)")
     p.add_argument("--cleanup-on-exit", action="store_true",
                    help="remove everything on SIGTERM (default: leave it, so an agent restart does not"

@@ -1,5 +1,5 @@
-"""``zpilot serve``: the control plane. Watches a manifest directory and serves every node's
-ztunnel its config over ADS (gRPC), with Prometheus metrics and the debug API (localhost) on
+"""``zpilot serve``: the control plane. Watches the cluster (its API server; or a manifest directory
+with ``--manifests``) and serves every node's ztunnel its config over ADS (gRPC), with Prometheus metrics and the debug API (localhost) on
 ports of their own (the contract's ``PORT_XDS``, ``PORT_METRICS`` and ``PORT_DEBUG``).
 
 Only the arguments are handled here; the process is :mod:`zpilot.runtime.serve`.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import contract
-from . import data_path_flags, kube_flags, xds_limit_flags
+from . import data_path_flags, source_flags, xds_limit_flags
 from .options import add_root_namespace, layout_name
 
 log = logging.getLogger("zpilot.serve")
@@ -62,8 +62,12 @@ def _secret_name(text: str):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve ztunnel config over ADS from a manifest directory (watched)")
-    p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
+    p = sub.add_parser("serve", help="serve ztunnel config over ADS from the cluster (or a manifest directory)",
+                       description="Watch the cluster through its API server (credentials: --kubeconfig, $KUBECONFIG,"
+                                   " the pod's service account, ~/.kube/config) or, with --manifests, a directory"
+                                   " of manifests; serve every node's ztunnel its config over ADS.")
+    source_flags.add_arguments(p, manifests_help="read this directory (or file) of Kubernetes YAML, watched,"
+                                                 " instead of the cluster")
     p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address, or unix:/path (default 0.0.0.0)")
     p.add_argument("--xds-port", type=_port, default=contract.PORT_XDS,
                    help=f"ADS port (default {contract.PORT_XDS}; 0 = any free port)")
@@ -86,11 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca-secret", nargs="?", const=DEFAULT_CA_SECRET, type=_secret_name, metavar="NAMESPACE/NAME",
                    help="keep the CA in this Kubernetes Secret, shared by replicas (created with a new root if"
                         f" absent; Istio's cacerts keys; changes are followed); alone: {DEFAULT_CA_SECRET}")
-    kube_flags.add_arguments(p)
     p.add_argument("--cert-lifetime", type=_seconds(allow_zero=False), default=24 * 3600.0,
                    help="workload certificate lifetime, seconds (86400)")
     p.add_argument("--debounce-quiet", type=_seconds(allow_zero=True), default=0.1,
-                   help="seconds a change must be quiet (a file unchanged) before it is read and pushed (0.1)")
+                   help="seconds the input must be quiet (no new API event, a file unchanged) before a change is"
+                        " pushed (0.1)")
     p.add_argument("--debounce-max", type=_seconds(allow_zero=False), default=10.0,
                    help="longest a change waits for quiet (10)")
     p.add_argument("--max-connection-age", type=_seconds(allow_zero=False), default=1800.0,
@@ -116,14 +120,16 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from ..kube.directory import ManifestDirectorySource
+    from ..kube.watch import ApiWatchSource
     from ..runtime.control_plane import DebugOptions
     from ..runtime.serve import ServeRuntime, ServeSettings, serve_until_signalled
     from ..translators import TranslateOptions
     from ..xds.metrics_server import MetricsOptions
     from ..xds.server import ServerOptions
 
-    if not args.manifests.exists():
-        print(f"zpilot serve: {args.manifests} does not exist", file=sys.stderr)
+    problem = source_flags.problem(args)
+    if problem is not None:
+        print(f"zpilot serve: {problem}", file=sys.stderr)
         return 2
     if args.ca_secret is not None and (args.ca_dir or args.ca_cert or args.ca_key or args.ca_root):
         print("zpilot serve: --ca-secret keeps the CA in a Secret; it does not go with --ca-dir, --ca-cert,"
@@ -152,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
         ca_secret=args.ca_secret, kubeconfig=args.kubeconfig, context=args.context,
         cert_lifetime=args.cert_lifetime,
     )
-    source = ManifestDirectorySource(args.manifests, quiet=args.debounce_quiet, max_delay=args.debounce_max,
-                                     root_namespace=args.root_namespace)
+    if args.manifests is not None:
+        source = ManifestDirectorySource(args.manifests, quiet=args.debounce_quiet, max_delay=args.debounce_max,
+                                         root_namespace=args.root_namespace)
+    else:
+        source = ApiWatchSource(source_flags.credentials(args), quiet=args.debounce_quiet,
+                                max_delay=args.debounce_max, root_namespace=args.root_namespace)
     return asyncio.run(serve_until_signalled(ServeRuntime(settings, source)))

@@ -1,0 +1,48 @@
+"""Where a long-running command reads the cluster from: its API server (the default) or ``--manifests``.
+
+Shared by ``zpilot serve`` and the CNI agent (``zpilot cni apply|status|run``), so both take the
+same credential flags and say the same thing when they are wrong. Argument definitions only:
+the sources themselves are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..kube.credentials import Credentials
+
+
+def add_arguments(p: argparse.ArgumentParser, *, manifests_help: str) -> None:
+    p.add_argument("--manifests", type=Path, metavar="DIR", help=manifests_help)
+    p.add_argument("--kubeconfig", type=Path, metavar="PATH",
+                   help="kubeconfig of the cluster to read (default: $KUBECONFIG, else the pod's service account,"
+                        " else ~/.kube/config)")
+    p.add_argument("--context", metavar="NAME", help="kubeconfig context to use (default: its current-context)")
+
+
+def problem(args: argparse.Namespace) -> str | None:
+    """Why the flags name no usable source, or None."""
+    if args.manifests is not None:
+        if args.kubeconfig is not None or args.context is not None:
+            return "--manifests reads a directory instead of the cluster: give it without --kubeconfig/--context"
+        if not args.manifests.exists():
+            return f"manifest directory {args.manifests} does not exist"
+        return None
+    if args.kubeconfig is not None and not args.kubeconfig.is_file():
+        return f"kubeconfig {args.kubeconfig} does not exist"
+    from ..kube.source import SourceError
+
+    try:
+        credentials(args).resolve()
+    except SourceError as exc:
+        return str(exc)
+    return None
+
+
+def credentials(args: argparse.Namespace) -> Credentials:
+    from ..kube.credentials import Credentials
+
+    return Credentials(kubeconfig=args.kubeconfig, context=args.context)
