@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import os
 import ssl
 import time
 from dataclasses import dataclass
@@ -106,6 +107,11 @@ def status_failure(status: int, message: str, retry_after: float | None = None) 
     return ApiFailure(f"HTTP {status}: {message}", status=status, retry_after=retry_after)
 
 
+def _os_reason(error: OSError) -> str:
+    """"Connection refused" rather than asyncio's "Connect call failed ('10.0.0.1', 443)"."""
+    return os.strerror(error.errno) if error.errno else str(error)
+
+
 def describe_exception(exc: BaseException, timeout: float | None = None) -> str:
     """Why a request failed, from the exception the client raised."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
@@ -113,15 +119,15 @@ def describe_exception(exc: BaseException, timeout: float | None = None) -> str:
     if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
         return f"TLS handshake failed: {exc}"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return f"cannot resolve the server's name: {exc.os_error.strerror or exc.os_error}"
+        return f"cannot resolve the server's name: {_os_reason(exc.os_error)}"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or exc.os_error}"
+        return f"cannot connect: {_os_reason(exc.os_error)}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the server closed the connection"
     if isinstance(exc, aiohttp.ClientPayloadError):
         return "the connection broke mid-response"
     if isinstance(exc, asyncio.TimeoutError):
-        return f"no answer within {timeout:.0f} s" if timeout else "timed out"
+        return f"no answer within {timeout:g} s" if timeout else "timed out"
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -62,7 +62,7 @@ class FailureLog:
         reason = clip(reason, 300)
         now = self.clock()
         self._count += 1
-        retry = f"; retrying in {retry_in:.1f} s" if retry_in is not None else ""
+        retry = f"; retrying in {retry_in:.2f} s" if retry_in is not None else ""
         if reason != self._reason:
             self.logger.warning("API server %s: %s: %s%s", self.server, what, reason, retry)
         elif now - self._logged_at >= self.remind:

@@ -115,7 +115,7 @@ class Informer:
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max, rand=self.rand.uniform)
         self.failures = FailureLog(log, calls.server, settings.remind)
         self._served: bool | None = None  # optional resources: what discovery said last
-        self._fresh = False  # listed, and no watch event since
+        self._expiries = 0  # 410s since the last watch event
         #: How many LISTs have completed (the first one included).
         self.lists = 0
 
@@ -126,17 +126,20 @@ class Informer:
         """List and watch until cancelled; never raises otherwise."""
         while True:
             try:
-                if self.resource.optional and not await self._served_now():
-                    await asyncio.sleep(self.settings.crd_poll)
-                    continue
-                await self._list()
-                while True:
-                    await self._watch()
+                if self.resource_version is None:
+                    if self.resource.optional and not await self._served_now():
+                        await asyncio.sleep(self.settings.crd_poll)
+                        continue
+                    await self._list()
+                await self._watch()  # from the last version: a broken watch is resumed, not re-listed
             except Expired as exc:
                 log.info("API server %s: %s: %s; listing again", self.calls.server, self.spec, exc)
-                if self._fresh:  # expired again before any event: do not spin on list
+                self.resource_version = None
+                self._expiries += 1
+                if self._expiries > 1:  # expired again before any event: do not spin on list
                     await self._pause(f"watching {self.spec}", exc)
             except NotServed as exc:
+                self.resource_version = None
                 if self.resource.optional:
                     self._not_served(str(exc))
                 else:
@@ -177,7 +180,7 @@ class Informer:
         if self._served is not False:
             dropped = f"; dropping its {len(self._known)} objects" if self._known else ""
             log.warning("API server %s: %s (%s) is not served: %s%s; %s objects are not read until it is"
-                        " (checking every %.0f s)", self.calls.server, self.spec, self.resource.api_version,
+                        " (checking every %g s)", self.calls.server, self.spec, self.resource.api_version,
                         clip(why, 200), dropped, self.resource.kind, self.settings.crd_poll)
         self._served = False
         for origin in list(self._known):
@@ -208,7 +211,6 @@ class Informer:
         await self._replace(items)
         self.resource_version = version
         self.lists += 1
-        self._fresh = True
         self._progress(f"listing {self.spec}")
         if not self.listed.is_set():
             log.info("API server %s: listed %d %s", self.calls.server, len(self._known), self.spec)
@@ -249,7 +251,7 @@ class Informer:
             async for event in stream:
                 events += 1
                 self._apply(event)
-                self._fresh = False
+                self._expiries = 0
                 if events == 1:
                     self._progress(f"watching {self.spec}")
         if events == 0 and loop.time() - started < 1.0:
