@@ -14,7 +14,7 @@ from zpilot.kube.source import first_model
 
 from .apiserver import ApiServer, seed_article
 from .apiserver.objects import istio_security_crds, make_namespace, make_node, make_peer_authentication, make_pod
-from .watch_util import Follower, pod_names, recorded, requests_of, source_for
+from .watch_util import Follower, pod_names, recorded, requests_of, source_for, wait_for
 
 NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
 NODE_B = "gke-jimmy-cluster-default-pool-d5041909-c1da"
@@ -83,6 +83,8 @@ async def test_a_crd_that_appears_later_is_watched_and_one_that_goes_takes_its_o
             crd = next(c for c in istio_security_crds() if c["spec"]["names"]["kind"] == "PeerAuthentication")
             article.remove_crd(crd["metadata"]["name"])
             await follower.until(lambda m: not {"strict", "other"} & accounts(m))
+            # the informer notices (its next watch is refused) before the CRD comes back
+            await wait_for(lambda: sum("is not served" in r.getMessage() for r in caplog.records) == 2)
             article.install_istio_crds()
             article.create(make_peer_authentication("again", "default"))
             await follower.until(lambda m: "again" in accounts(m))

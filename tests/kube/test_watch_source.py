@@ -17,7 +17,7 @@ from zpilot.kube.source import first_model
 
 from .apiserver import ARTICLE, ApiServer, seed_article
 from .apiserver.objects import make_namespace, make_pod, make_secret, make_service, service_port
-from .watch_util import FAST, Follower, pod_names, requests_of, source_for
+from .watch_util import FAST, Follower, pod_names, requests_of, source_for, wait_for
 
 NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
 NODE_B = "gke-jimmy-cluster-default-pool-d5041909-c1da"
@@ -145,7 +145,7 @@ async def test_a_resync_that_finds_nothing_new_pushes_nothing(bare):
         bare.create(make_secret("unwatched"))  # history moves on (no watched object changes), then is forgotten
         bare.compact()
         bare.start()
-        await _until(lambda: len(requests_of(bare, "list", "pods")) == 2)
+        await wait_for(lambda: len(requests_of(bare, "list", "pods")) == 2)
         await bare.wait_for_watchers("pods")
         bare.create(make_pod("web-1", ip="10.4.4.30", node=NODE_A))  # a change after the resync, to know it is over
         await follower.until(lambda m: "web-1" in pod_names(m))
@@ -173,7 +173,7 @@ async def test_429_retry_after_is_honoured(bare, caplog):
         bare.inject(status=429, retry_after=1, verb="watch", resource="pods")
         with caplog.at_level(logging.WARNING, logger="zpilot.kube.watch"):
             bare.end_watches("pods")
-            await _until(lambda: any(r.status == 429 for r in requests_of(bare, "watch", "pods")))
+            await wait_for(lambda: any(r.status == 429 for r in requests_of(bare, "watch", "pods")))
             bare.create(make_pod("web-1", ip="10.4.4.30", node=NODE_A))  # only a watch after the pause can see it
             await follower.until(lambda m: "web-1" in pod_names(m))
         seen_at = follower.events[-1].changed_at  # when the informer got the pod: on the watch after the pause
@@ -192,11 +192,3 @@ async def test_a_slow_server_is_waited_for_or_timed_out_and_retried(bare, caplog
     assert len(requests_of(bare, "list", "pods")) >= 2
     assert len(requests_of(bare, "list", "nodes")) == 1
     assert any("no answer within 0.5 s" in r.getMessage() and bare.url in r.getMessage() for r in caplog.records)
-
-
-async def _until(check, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met"
-        await asyncio.sleep(0.02)

@@ -91,3 +91,11 @@ async def recorded(server: ApiServer, verb: str, resource: str, timeout: float =
         assert time.monotonic() < deadline, f"no {verb} {resource} recorded"
         await asyncio.sleep(0.02)
     return requests_of(server, verb, resource)
+
+
+async def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Until ``check()`` holds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met"
+        await asyncio.sleep(0.02)

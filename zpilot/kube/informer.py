@@ -116,6 +116,7 @@ class Informer:
         self.failures = FailureLog(log, calls.server, settings.remind)
         self._served: bool | None = None  # optional resources: what discovery said last
         self._expiries = 0  # 410s since the last watch event
+        self._activity = f"reading {spec}"
         #: How many LISTs have completed (the first one included).
         self.lists = 0
 
@@ -137,36 +138,41 @@ class Informer:
                 self.resource_version = None
                 self._expiries += 1
                 if self._expiries > 1:  # expired again before any event: do not spin on list
-                    await self._pause(f"watching {self.spec}", exc)
+                    await self._pause(exc)
             except NotServed as exc:
                 self.resource_version = None
                 if self.resource.optional:
                     self._not_served(str(exc))
                 else:
-                    await self._pause(f"reading {self.spec}", exc)
+                    await self._pause(exc)
             except ApiFailure as exc:
-                await self._pause(f"reading {self.spec}", exc)
+                await self._pause(exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug: say so, with its traceback, and keep the watch alive
                 log.error("API server %s: %s: unexpected %s", self.calls.server, self.spec, type(exc).__name__,
                           exc_info=not self.failures.failing)
-                await self._pause(f"reading {self.spec}", ApiFailure(f"{type(exc).__name__}: {exc}"))
+                await self._pause(ApiFailure(f"{type(exc).__name__}: {exc}"))
 
-    async def _pause(self, what: str, failure: ApiFailure) -> None:
+    async def _pause(self, failure: ApiFailure) -> None:
         delay = self.backoff.next_delay(failure.retry_after)
-        self.failures.failed(what, str(failure), delay)
+        self.failures.failed(self._activity, str(failure), delay)
         await asyncio.sleep(delay)
 
-    def _progress(self, what: str) -> None:
+    def _doing(self, activity: str) -> None:
+        """What the informer does now, for the log lines of its failures."""
+        self._activity = activity
+
+    def _progress(self) -> None:
         self.backoff.reset()
-        self.failures.succeeded(what)
+        self.failures.succeeded(self._activity)
 
     # -- optional resources ----------------------------------------------------------------------
 
     async def _served_now(self) -> bool:
+        self._doing(f"discovering {self.resource.api_version} for {self.spec}")
         served = await self.calls.served(self.resource)
-        self._progress(f"discovering {self.resource.api_version}")
+        self._progress()
         if served and self._served is not True:
             if self._served is False:
                 log.warning("API server %s: %s is served now: watching it", self.calls.server, self.spec)
@@ -192,6 +198,7 @@ class Informer:
     # -- list ------------------------------------------------------------------------------------
 
     async def _list(self) -> None:
+        self._doing(f"listing {self.spec}")
         items: list[dict[str, Any]] = []
         token: str | None = None
         version = ""
@@ -211,7 +218,7 @@ class Informer:
         await self._replace(items)
         self.resource_version = version
         self.lists += 1
-        self._progress(f"listing {self.spec}")
+        self._progress()
         if not self.listed.is_set():
             log.info("API server %s: listed %d %s", self.calls.server, len(self._known), self.spec)
         self.listed.set()
@@ -241,6 +248,7 @@ class Informer:
     async def _watch(self) -> None:
         """One watch connection, from the last known version, until the server ends it."""
         assert self.resource_version is not None
+        self._doing(f"watching {self.spec}")
         seconds = self.settings.watch_seconds
         timeout_seconds = self.rand.randint(seconds, 2 * seconds - 1) if seconds > 1 else seconds
         loop = asyncio.get_running_loop()
@@ -253,7 +261,7 @@ class Informer:
                 self._apply(event)
                 self._expiries = 0
                 if events == 1:
-                    self._progress(f"watching {self.spec}")
+                    self._progress()
         if events == 0 and loop.time() - started < 1.0:
             raise ApiFailure("the server ended the watch at once")
 
