@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 import pytest
 
@@ -41,7 +42,7 @@ async def test_initial_model_is_the_manifest_sources_model_of_the_same_objects(b
 
 
 async def test_a_list_is_read_page_by_page(bare):
-    paged = FAST.__class__(**{**FAST.__dict__, "page_size": 3})
+    paged = replace(FAST, page_size=3)
     event = await first_model(source_for(bare, settings=paged))
     assert len(event.index.cluster.workloads) == len(load_manifests(ARTICLE).cluster.workloads)
     pages = requests_of(bare, "list", "pods")
@@ -183,12 +184,12 @@ async def test_429_retry_after_is_honoured(bare, caplog):
 
 
 async def test_a_slow_server_is_waited_for_or_timed_out_and_retried(bare, caplog):
-    slow = FAST.__class__(**{**FAST.__dict__, "timeouts": FAST.timeouts.__class__(connect=2.0, list=0.5)})
-    bare.inject(delay=1.5, verb="list", resource="pods")  # longer than the list timeout: given up, retried
-    bare.inject(delay=0.2, verb="list", resource="nodes")  # slow but within it: just waited for
+    slow = replace(FAST, timeouts=replace(FAST.timeouts, list=2.0))
+    bare.inject(delay=4.0, verb="list", resource="pods")  # longer than the list timeout: given up, retried
+    bare.inject(delay=0.3, verb="list", resource="nodes")  # slow but within it: just waited for
     with caplog.at_level(logging.WARNING, logger="zpilot.kube.watch"):
         event = await first_model(source_for(bare, settings=slow))
     assert len(event.index.cluster.workloads) == len(load_manifests(ARTICLE).cluster.workloads)
     assert len(requests_of(bare, "list", "pods")) >= 2
     assert len(requests_of(bare, "list", "nodes")) == 1
-    assert any("no answer within 0.5 s" in r.getMessage() and bare.url in r.getMessage() for r in caplog.records)
+    assert any("no answer within 2 s" in r.getMessage() and bare.url in r.getMessage() for r in caplog.records)

@@ -251,4 +251,4 @@ async def test_an_unauthorized_client_is_named_retried_with_backoff_and_never_se
     tried = attempts()
     assert all(r.status == 401 for r in tried)
     gaps = [later.time - earlier.time for earlier, later in zip(tried, tried[1:])]
-    assert gaps[2] > gaps[0] and gaps[2] >= 0.5  # backing off (0.5 s doubling, jittered), not hammering
+    assert gaps[2] >= 1.0  # backing off: the third pause is drawn from [1, 2] s (0.5 s doubling, jittered)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import contract
-from ..commands import source_flags
+from ..kube import source_flags
 from .errors import CniError
 
 if TYPE_CHECKING:  # each action imports its work when it runs: `zpilot cni --help` stays fast

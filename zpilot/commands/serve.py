@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from .. import contract
-from . import data_path_flags, source_flags, xds_limit_flags
+from ..kube import source_flags
+from . import data_path_flags, xds_limit_flags
 from .options import add_root_namespace, layout_name
 
 log = logging.getLogger("zpilot.serve")

@@ -1,8 +1,9 @@
 """Where a long-running command reads the cluster from: its API server (the default) or ``--manifests``.
 
 Shared by ``zpilot serve`` and the CNI agent (``zpilot cni apply|status|run``), so both take the
-same credential flags and say the same thing when they are wrong. Argument definitions only:
-the sources themselves are imported when a command runs.
+same credential flags and say the same thing when they are wrong. Argument definitions only (the
+standard library: ``--help`` stays light, see tests/test_cli_startup.py); the sources themselves
+are imported when a command runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..kube.credentials import Credentials
+    from .credentials import Credentials
 
 
 def add_arguments(p: argparse.ArgumentParser, *, manifests_help: str) -> None:
@@ -33,7 +34,7 @@ def problem(args: argparse.Namespace) -> str | None:
         return None
     if args.kubeconfig is not None and not args.kubeconfig.is_file():
         return f"kubeconfig {args.kubeconfig} does not exist"
-    from ..kube.source import SourceError
+    from .source import SourceError
 
     try:
         credentials(args).resolve()
@@ -43,6 +44,6 @@ def problem(args: argparse.Namespace) -> str | None:
 
 
 def credentials(args: argparse.Namespace) -> Credentials:
-    from ..kube.credentials import Credentials
+    from .credentials import Credentials
 
     return Credentials(kubeconfig=args.kubeconfig, context=args.context)
