@@ -23,7 +23,8 @@ from .topology import NODE_A
 NODE_B = "gke-jimmy-cluster-default-pool-d5041909-c1da"
 
 
-async def test_the_agents_flags_name_a_source_of_its_own_node(apiserver: ApiServer):  # noqa: F811
+def test_the_agents_flags_name_a_source_of_its_own_node(apiserver: ApiServer):  # noqa: F811
+    """As the commands run: synchronously, the credentials checked before anything starts."""
     seed_article(apiserver)
     args = build_parser().parse_args(["cni", "status", "--node", NODE_A, "--kubeconfig",
                                       str(apiserver.kubeconfig_path), "--context", "test-apiserver"])
@@ -31,7 +32,7 @@ async def test_the_agents_flags_name_a_source_of_its_own_node(apiserver: ApiServ
     assert isinstance(source, ApiWatchSource)
     assert source.watches == node_agent_watches(NODE_A)
     assert source.credentials == Credentials(kubeconfig=apiserver.kubeconfig_path, context="test-apiserver")
-    event = await first_model(source)
+    event = asyncio.run(first_model(source))
     assert set(event.index.nodes) == {NODE_A}
     assert {w.node_name for w in event.index.cluster.workloads} == {NODE_A}
 

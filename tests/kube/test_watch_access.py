@@ -41,7 +41,7 @@ async def test_api_access_is_enough_and_exactly_what_is_called(article):
             kubeconfig=article.write_kubeconfig(article.workdir / "zpilot.kubeconfig", token=token)))) as follower:
         model = await follower.until(lambda m: True)
         assert model.cluster.workloads
-        for resource in ("pods", "services", "nodes", "namespaces", "serviceaccounts"):
+        for resource in (w.resource.qualified for w in control_plane_watches()):
             await article.wait_for_watchers(resource)
         article.end_watches()  # a watch is recorded once it ends
 
@@ -119,8 +119,7 @@ async def test_in_cluster_service_account(article, tmp_path):
     token = article.add_token(allow=allow(API_ACCESS), user="system:serviceaccount:istio-system:zpilot")
     env = article.write_in_cluster_files(tmp_path / "sa", token=token)
     credentials = Credentials(service_account_dir=tmp_path / "sa", environ=env)
-    assert credentials.resolve() == ("in-cluster", str(tmp_path / "sa"))
-    assert "in-cluster service account" in str(credentials)
+    assert str(credentials) == "the Kubernetes API"
     event = await first_model(source_for(article, credentials=credentials))
     assert event.index.cluster.workloads
     assert {r.user for r in requests_of(article, "list", "pods")} == {"system:serviceaccount:istio-system:zpilot"}
@@ -138,10 +137,9 @@ def two_contexts(server: ApiServer, path: Path) -> Path:
 
 async def test_kubeconfig_from_the_environment_and_a_context(article, tmp_path):
     path = two_contexts(article, tmp_path / "config")
-    env = {"KUBECONFIG": f"{tmp_path / 'missing'}:{path}", "KUBERNETES_SERVICE_HOST": "10.0.0.1",
-           "KUBERNETES_SERVICE_PORT": "443"}
-    credentials = Credentials(context="test-apiserver", environ=env)  # $KUBECONFIG wins over the pod's account
-    assert credentials.resolve() == ("kubeconfig", env["KUBECONFIG"])
+    env = {"KUBECONFIG": f"{tmp_path / 'missing'}:{path}"}
+    credentials = Credentials(context="test-apiserver", environ=env)
+    assert str(credentials) == "the Kubernetes API (context test-apiserver)"
     event = await first_model(source_for(article, credentials=credentials))
     assert event.index.cluster.workloads
     # without --context, the current context: an unreachable server, retried and never served
@@ -150,27 +148,23 @@ async def test_kubeconfig_from_the_environment_and_a_context(article, tmp_path):
         assert follower.events == []
 
 
-def test_the_home_kubeconfig_is_the_last_resort(tmp_path):
-    with pytest.raises(SourceError, match=r"no cluster credentials.*--kubeconfig.*--manifests"):
-        Credentials(environ={"HOME": str(tmp_path)}).resolve()
-    (tmp_path / ".kube").mkdir()
-    (tmp_path / ".kube" / "config").write_text("{}")
-    assert Credentials(environ={"HOME": str(tmp_path)}).resolve() == ("kubeconfig", str(tmp_path / ".kube" / "config"))
-    in_pod = {"HOME": str(tmp_path), "KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
-    assert Credentials(environ=in_pod).resolve()[0] == "in-cluster"
-    assert Credentials(context="x", environ=in_pod).resolve()[0] == "kubeconfig"  # a context means a kubeconfig
-
-
 @pytest.mark.parametrize("content, context, expected", [
-    ("clusters: [", None, "kubeconfig"),
+    ("clusters: [", None, "--kubeconfig"),
     (None, "nope", "context nope"),
 ])
 async def test_an_unusable_kubeconfig_is_a_source_error_naming_it(article, tmp_path, content, context, expected):
     path = tmp_path / "config"
-    if content is None:
-        path.write_text(article.kubeconfig_path.read_text())
-    else:
-        path.write_text(content)
+    path.write_text(article.kubeconfig_path.read_text() if content is None else content)
     with pytest.raises(SourceError, match=expected) as info:
         await first_model(source_for(article, credentials=Credentials(kubeconfig=path, context=context, environ={})))
     assert str(path) in str(info.value)
+
+
+def test_serve_names_unusable_credentials_before_starting(tmp_path, capsys):
+    from zpilot.cli import main
+
+    assert main(["serve", "--kubeconfig", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert f"--kubeconfig {tmp_path / 'nope'}: no such file" in err and "--manifests" in err
+    assert main(["serve", "--manifests", str(tmp_path), "--context", "x"]) == 2
+    assert "without --kubeconfig/--context" in capsys.readouterr().err

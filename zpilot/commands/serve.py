@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from ..xds.metrics_server import MetricsOptions
     from ..xds.server import ServerOptions
 
-    problem = source_flags.problem(args)
+    problem = source_flags.problem(args, cluster_used_otherwise=args.ca_secret is not None)
     if problem is not None:
         print(f"zpilot serve: {problem}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
@@ -76,7 +77,7 @@ async def api_client(
             config_file=os.pathsep.join(existing), context=context, client_configuration=configuration,
             persist_config=False,
         )
-    except (ConfigException, OSError, ValueError, KeyError, TypeError) as exc:
+    except (ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:  # a malformed file too
         where = f"{named} {paths}" + (f" context {context}" if context else "")
         raise KubeConfigError(f"{where}: {exc}") from None
     return client.ApiClient(configuration)

@@ -1,17 +1,8 @@
-"""Which cluster, and as whom: a kubeconfig, or the pod's service account.
+"""The flags that name a cluster, kept until the API watch starts and makes its client from them.
 
-The order, most explicit first:
-
-1. ``--kubeconfig PATH`` (with ``--context``, if given);
-2. ``$KUBECONFIG`` (a ``:``-separated list of files, merged as kubectl merges them);
-3. the pod's service account (in a pod: ``KUBERNETES_SERVICE_HOST``/``_PORT`` and the token and CA
-   mounted at ``/var/run/secrets/kubernetes.io/serviceaccount``); its token is re-read as the
-   kubelet rotates it;
-4. ``~/.kube/config``.
-
-``--context`` alone means a kubeconfig (``$KUBECONFIG`` or ``~/.kube/config``), never the service
-account. A credential that cannot be loaded is a :class:`~zpilot.kube.source.SourceError` naming
-the file and the reason: that is configuration, not an outage, so it is not retried.
+Where credentials are looked for, and in which order, is :mod:`zpilot.kube.client`'s to say (the
+one place a client is made, for the watch and the CA Secret alike); this only carries the flags to
+it, describes them, and turns its refusal into the source's error.
 """
 
 from __future__ import annotations
@@ -19,80 +10,46 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from .source import SourceError
 
+if TYPE_CHECKING:
+    from kubernetes_asyncio.client import ApiClient
+
+#: Where the kubelet mounts a pod's service account (the same as zpilot.kube.client's, which imports the client).
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-HOST_ENV = "KUBERNETES_SERVICE_HOST"
-PORT_ENV = "KUBERNETES_SERVICE_PORT"
 
 
 @dataclass(frozen=True)
 class Credentials:
-    """What the flags say; :meth:`resolve` picks the credential, :meth:`load` reads it."""
+    """``--kubeconfig`` and ``--context`` (both optional), and where a pod's service account would be."""
 
     kubeconfig: Path | None = None
     context: str | None = None
-    #: Where a pod's service account is mounted (tests point it elsewhere).
     service_account_dir: Path = SERVICE_ACCOUNT_DIR
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ, compare=False, repr=False)
 
-    def resolve(self) -> tuple[str, str]:
-        """``("kubeconfig", paths)`` or ``("in-cluster", directory)``; SourceError if there is none."""
-        if self.kubeconfig is not None:
-            return "kubeconfig", str(self.kubeconfig)
-        env = self.environ.get("KUBECONFIG", "")
-        if env:
-            return "kubeconfig", env
-        if self.context is None and self.environ.get(HOST_ENV) and self.environ.get(PORT_ENV):
-            return "in-cluster", str(self.service_account_dir)
-        home = Path(self.environ.get("HOME") or Path.home()) / ".kube" / "config"
-        if home.exists():
-            return "kubeconfig", str(home)
-        raise SourceError(
-            f"no cluster credentials: not in a pod ({HOST_ENV} is unset) and no kubeconfig"
-            " (--kubeconfig, $KUBECONFIG, ~/.kube/config); give one, or --manifests DIR to read manifests instead"
-        )
-
     def __str__(self) -> str:
-        try:
-            how, where = self.resolve()
-        except SourceError:
-            return "the Kubernetes API (no credentials found)"
-        if how == "in-cluster":
-            return "the Kubernetes API (in-cluster service account)"
-        context = f", context {self.context}" if self.context else ""
-        return f"the Kubernetes API (kubeconfig {where}{context})"
+        given = [f"kubeconfig {self.kubeconfig}"] if self.kubeconfig is not None else []
+        given += [f"context {self.context}"] if self.context else []
+        return f"the Kubernetes API ({', '.join(given)})" if given else "the Kubernetes API"
 
-    async def load(self) -> Any:
-        """A kubernetes-asyncio ``Configuration`` and, for kubeconfig users with expiring tokens (exec
-        plugins, gcp), the loader that refreshes them; SourceError when the credential is unusable."""
-        import yaml
-        from kubernetes_asyncio.client import Configuration
-        from kubernetes_asyncio.config import ConfigException, incluster_config, kube_config
+    async def client(self) -> ApiClient:
+        """A client for the cluster (the caller closes it); SourceError naming what is unusable."""
+        from .client import KubeConfigError, api_client
 
-        how, where = self.resolve()
-        configuration = Configuration()
-        if how == "in-cluster":
-            directory = Path(where)
-            try:
-                incluster_config.InClusterConfigLoader(
-                    token_filename=str(directory / "token"), cert_filename=str(directory / "ca.crt"),
-                    environ=dict(self.environ),
-                ).load_and_set(configuration)
-            except (ConfigException, OSError) as exc:
-                raise SourceError(f"in-cluster service account ({directory}): {exc}") from None
-            return configuration, None
-        paths = [p for p in where.split(os.pathsep) if p]
-        if not any(Path(p).expanduser().is_file() for p in paths):
-            raise SourceError(f"kubeconfig {where}: no such file")
         try:
-            loader = await kube_config.load_kube_config(
-                config_file=where, context=self.context, client_configuration=configuration, persist_config=False)
-        except (ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            what = f"kubeconfig {where}" + (f", context {self.context}" if self.context else "")
-            raise SourceError(f"{what}: {str(exc)[:300] or type(exc).__name__}") from None
-        if not configuration.host:
-            raise SourceError(f"kubeconfig {where}: the context names no server")
-        return configuration, loader
+            return await api_client(self.kubeconfig, self.context, environ=self.environ,
+                                    service_account_dir=self.service_account_dir)
+        except KubeConfigError as exc:
+            raise SourceError(str(exc)) from None
+
+    async def problem(self) -> str | None:
+        """Why no client can be made from these credentials, or None (a client is made and closed)."""
+        try:
+            api = await self.client()
+        except SourceError as exc:
+            return str(exc)
+        await api.close()
+        return None

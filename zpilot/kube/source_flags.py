@@ -19,28 +19,25 @@ if TYPE_CHECKING:
 def add_arguments(p: argparse.ArgumentParser, *, manifests_help: str) -> None:
     p.add_argument("--manifests", type=Path, metavar="DIR", help=manifests_help)
     p.add_argument("--kubeconfig", type=Path, metavar="PATH",
-                   help="kubeconfig of the cluster to read (default: $KUBECONFIG, else the pod's service account,"
+                   help="kubeconfig of the cluster (default: $KUBECONFIG, else the pod's service account,"
                         " else ~/.kube/config)")
     p.add_argument("--context", metavar="NAME", help="kubeconfig context to use (default: its current-context)")
 
 
-def problem(args: argparse.Namespace) -> str | None:
-    """Why the flags name no usable source, or None."""
+def problem(args: argparse.Namespace, *, cluster_used_otherwise: bool = False) -> str | None:
+    """Why the flags name no usable source, or None. With ``--manifests`` the credential flags are
+    refused unless something else reads the cluster (``cluster_used_otherwise``: serve's --ca-secret);
+    without it, a client is made once from the credentials (and closed) to check them."""
     if args.manifests is not None:
-        if args.kubeconfig is not None or args.context is not None:
+        if not cluster_used_otherwise and (args.kubeconfig is not None or args.context is not None):
             return "--manifests reads a directory instead of the cluster: give it without --kubeconfig/--context"
         if not args.manifests.exists():
             return f"manifest directory {args.manifests} does not exist"
         return None
-    if args.kubeconfig is not None and not args.kubeconfig.is_file():
-        return f"kubeconfig {args.kubeconfig} does not exist"
-    from .source import SourceError
+    import asyncio
 
-    try:
-        credentials(args).resolve()
-    except SourceError as exc:
-        return str(exc)
-    return None
+    why = asyncio.run(credentials(args).problem())
+    return None if why is None else f"{why} (or read manifests with --manifests DIR)"
 
 
 def credentials(args: argparse.Namespace) -> Credentials:

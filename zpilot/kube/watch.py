@@ -16,7 +16,6 @@ import contextlib
 import logging
 from typing import Mapping, Sequence
 
-from ..model.problems import clip
 from .api_calls import ApiCalls
 from .api_resources import WatchSpec, control_plane_watches
 from .convert import CONVERTERS
@@ -45,16 +44,11 @@ class ApiWatch:
         self.informers: list[Informer] = []
 
     async def run(self, sink: ObjectSink) -> None:
-        from kubernetes_asyncio.client import ApiClient
-
-        configuration, loader = await self.credentials.load()
-        async with ApiClient(configuration) as api:
+        async with await self.credentials.client() as api:
             api.user_agent = USER_AGENT
             calls = ApiCalls(api, self.settings.timeouts)
             self.informers = [Informer(spec, calls, sink, self.settings, self.converters) for spec in self.watches]
             tasks = [asyncio.create_task(i.run(), name=f"watch {i.spec}") for i in self.informers]
-            if loader is not None:  # exec-plugin and gcp tokens expire: refresh them while watching
-                tasks.append(asyncio.create_task(_refresh_token(loader, configuration), name="token refresh"))
             log.info("reading %s from %s", ", ".join(str(w) for w in self.watches), calls.server)
             try:
                 await asyncio.gather(*(i.listed.wait() for i in self.informers))
@@ -67,21 +61,6 @@ class ApiWatch:
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _refresh_token(loader, configuration) -> None:
-    """Keep an expiring kubeconfig token (exec plugin, gcp) fresh; a failed refresh is logged and retried."""
-    from kubernetes_asyncio.config import kube_config
-
-    while True:
-        try:
-            await kube_config.refresh_token(loader, configuration)
-            return  # a token that does not expire
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("kubeconfig token refresh failed: %s; retrying in 60 s", clip(str(exc) or type(exc).__name__))
-            await asyncio.sleep(60)
 
 
 class ApiWatchSource(FeedSource):
