@@ -8,8 +8,9 @@ import logging
 
 import pytest
 
-from zpilot.kube.api_resources import RESOURCES, WatchSpec, control_plane_watches, node_agent_watches
-from zpilot.kube.convert import CONVERTERS, service_account_from
+from zpilot.kube.api_resources import (RESOURCES, SOURCE_CONVERTERS, WatchSpec, control_plane_watches,
+                                       node_agent_watches)
+from zpilot.kube.convert import service_account_from
 from zpilot.kube.source import first_model
 
 from .apiserver import ApiServer, seed_article
@@ -43,12 +44,12 @@ async def test_no_model_until_every_informer_has_listed(article):
 def test_the_watch_list_is_data_driven_by_converters():
     """A kind is watched once it has a converter: the table may run ahead of the converters."""
     kinds = {w.resource.kind for w in control_plane_watches()}
-    assert kinds == {r.kind for r in RESOURCES} & set(CONVERTERS)
+    assert kinds == {r.kind for r in RESOURCES} & set(SOURCE_CONVERTERS)
     assert {"Namespace", "Node", "ServiceAccount", "Pod", "Service"} <= kinds
     optional = {r.kind for r in RESOURCES if r.optional}
     assert optional == {"AuthorizationPolicy", "PeerAuthentication"}
     assert all(r.group == "security.istio.io" and r.version == "v1" for r in RESOURCES if r.optional)
-    more = {**CONVERTERS, "PeerAuthentication": service_account_from}
+    more = {**SOURCE_CONVERTERS, "PeerAuthentication": service_account_from}
     assert "PeerAuthentication" in {w.resource.kind for w in control_plane_watches(more)}
 
 
@@ -56,7 +57,7 @@ def test_the_watch_list_is_data_driven_by_converters():
 #: branch: it keeps each object as a ServiceAccount of the same name, so the model shows which objects the
 #: watch holds. The resource (group, version, plural, discovery) is the real table entry.
 PEER_AUTHENTICATION = next(r for r in RESOURCES if r.kind == "PeerAuthentication")
-STAND_IN = {**CONVERTERS, "PeerAuthentication": service_account_from}
+STAND_IN = {**SOURCE_CONVERTERS, "PeerAuthentication": service_account_from}
 
 
 def accounts(model) -> set[str]:

@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 
 from zpilot.kube.api_calls import Timeouts
 from zpilot.kube.api_resources import WatchSpec
-from zpilot.kube.convert import CONVERTERS
+from zpilot.kube.api_resources import SOURCE_CONVERTERS
 from zpilot.kube.credentials import Credentials
 from zpilot.kube.informer import Converter, WatchSettings
 from zpilot.kube.source import ModelEvent
@@ -24,7 +24,7 @@ FAST = WatchSettings(timeouts=Timeouts(connect=2.0, list=5.0, watch_grace=5.0), 
 
 
 def source_for(server: ApiServer, watches: Sequence[WatchSpec] | None = None, *, settings: WatchSettings = FAST,
-               converters: Mapping[str, Converter] = CONVERTERS, credentials: Credentials | None = None,
+               converters: Mapping[str, Converter] = SOURCE_CONVERTERS, credentials: Credentials | None = None,
                quiet: float = 0.02) -> ApiWatchSource:
     return ApiWatchSource(credentials or Credentials(kubeconfig=server.kubeconfig_path, environ={}), watches,
                           settings=settings, converters=converters, quiet=quiet, max_delay=2.0)

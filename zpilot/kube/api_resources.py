@@ -1,8 +1,8 @@
 """What the API watch reads, as data: one entry per kind, and the access the watch needs, derived.
 
 Adding a kind to the watch is one :data:`RESOURCES` entry: its API group, version and plural. A
-kind is watched only once :data:`~zpilot.kube.convert.CONVERTERS` has a converter for it (the
-same converters the manifest source uses), so an entry may land before its converter does.
+kind is watched only once :data:`SOURCE_CONVERTERS` (the converters the manifest source uses too)
+has a converter for it, so an entry may land before its converter does.
 
 The access the watch needs (:data:`API_ACCESS` for ``zpilot serve``, :data:`NODE_AGENT_API_ACCESS`
 for the CNI agent) is derived from the same entries, so the RBAC documented in the README (and
@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from .convert import CONVERTERS
+
+#: kind -> converter: what every source converts with (the API watch here, the manifest files).
+SOURCE_CONVERTERS = CONVERTERS
 
 #: The verbs the watch uses on every resource it reads: a LIST, then a WATCH from its resourceVersion.
 WATCH_VERBS = ("list", "watch")
@@ -81,7 +84,7 @@ class WatchSpec:
         return f"{self.resource.qualified}{where}"
 
 
-def watched(converters: Mapping[str, object] = CONVERTERS) -> tuple[ApiResource, ...]:
+def watched(converters: Mapping[str, object] = SOURCE_CONVERTERS) -> tuple[ApiResource, ...]:
     """The resources with a converter (the others wait for theirs)."""
     return tuple(r for r in RESOURCES if r.kind in converters)
 
@@ -90,7 +93,7 @@ def _by_kind(kind: str) -> ApiResource:
     return next(r for r in RESOURCES if r.kind == kind)
 
 
-def control_plane_watches(converters: Mapping[str, object] = CONVERTERS) -> tuple[WatchSpec, ...]:
+def control_plane_watches(converters: Mapping[str, object] = SOURCE_CONVERTERS) -> tuple[WatchSpec, ...]:
     """What ``zpilot serve`` reads: every watched kind, cluster-wide."""
     return tuple(WatchSpec(r) for r in watched(converters))
 

@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from .client import SERVICE_ACCOUNT_DIR, KubeConfigError, api_client
 from .source import SourceError
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient
-
-#: Where the kubelet mounts a pod's service account (the same as zpilot.kube.client's, which imports the client).
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 @dataclass(frozen=True)
@@ -37,8 +35,6 @@ class Credentials:
 
     async def client(self) -> ApiClient:
         """A client for the cluster (the caller closes it); SourceError naming what is unusable."""
-        from .client import KubeConfigError, api_client
-
         try:
             return await api_client(self.kubeconfig, self.context, environ=self.environ,
                                     service_account_dir=self.service_account_dir)

@@ -32,9 +32,9 @@ from typing import Any, Callable, Mapping
 
 from ..model.problems import Problem, Severity, clip
 from .api_calls import ApiCalls, ApiFailure, Expired, NotServed, Timeouts, status_failure
-from .api_resources import ApiResource, WatchSpec
+from .api_resources import SOURCE_CONVERTERS, ApiResource, WatchSpec
 from .backoff import Backoff, FailureLog
-from .convert import CONVERTERS, InvalidObject, ModelObject, describe
+from .convert import InvalidObject, ModelObject, describe
 from .source import ObjectSink, OriginContent
 
 log = logging.getLogger("zpilot.kube.watch")
@@ -101,7 +101,7 @@ class Informer:
     """Keeps one :class:`WatchSpec`'s objects in the sink; :attr:`listed` is set once it has read them all."""
 
     def __init__(self, spec: WatchSpec, calls: ApiCalls, sink: ObjectSink, settings: WatchSettings,
-                 converters: Mapping[str, Converter] = CONVERTERS, rand: random.Random | None = None) -> None:
+                 converters: Mapping[str, Converter] = SOURCE_CONVERTERS, rand: random.Random | None = None) -> None:
         self.spec = spec
         self.resource = spec.resource
         self.calls = calls

@@ -17,8 +17,7 @@ import logging
 from typing import Mapping, Sequence
 
 from .api_calls import ApiCalls
-from .api_resources import WatchSpec, control_plane_watches
-from .convert import CONVERTERS
+from .api_resources import SOURCE_CONVERTERS, WatchSpec, control_plane_watches
 from .credentials import Credentials
 from .informer import Converter, Informer, WatchSettings
 from .source import DEFAULT_ROOT_NAMESPACE, FeedSource, ObjectSink
@@ -33,7 +32,7 @@ class ApiWatch:
 
     def __init__(self, credentials: Credentials, watches: Sequence[WatchSpec], *,
                  settings: WatchSettings = WatchSettings(),
-                 converters: Mapping[str, Converter] = CONVERTERS) -> None:
+                 converters: Mapping[str, Converter] = SOURCE_CONVERTERS) -> None:
         missing = [w.resource.kind for w in watches if w.resource.kind not in converters]
         if missing:
             raise ValueError(f"no converter for {', '.join(missing)}")
@@ -67,7 +66,7 @@ class ApiWatchSource(FeedSource):
     """The cluster, read through its API server (the credentials say which, and as whom)."""
 
     def __init__(self, credentials: Credentials, watches: Sequence[WatchSpec] | None = None, *,
-                 settings: WatchSettings = WatchSettings(), converters: Mapping[str, Converter] = CONVERTERS,
+                 settings: WatchSettings = WatchSettings(), converters: Mapping[str, Converter] = SOURCE_CONVERTERS,
                  quiet: float = 0.1, max_delay: float = 10.0, root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> None:
         self.credentials = credentials
         self.watches = tuple(watches if watches is not None else control_plane_watches(converters))
