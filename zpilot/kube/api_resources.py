@@ -16,7 +16,9 @@ from typing import Iterable, Mapping
 
 from .convert import CONVERTERS
 
-#: kind -> converter: what every source converts with (the API watch here, the manifest files).
+#: kind -> converter for the API watch: the manifest source's mapping (manifests.py looks kinds up in
+#: the same one), so a kind means the same wherever it is read. The one line to change should the
+#: manifest source look kinds up elsewhere.
 SOURCE_CONVERTERS = CONVERTERS
 
 #: The verbs the watch uses on every resource it reads: a LIST, then a WATCH from its resourceVersion.
