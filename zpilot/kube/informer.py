@@ -117,8 +117,6 @@ class Informer:
         self._served: bool | None = None  # optional resources: what discovery said last
         self._expiries = 0  # 410s since the last watch event
         self._activity = f"reading {spec}"
-        #: How many LISTs have completed (the first one included).
-        self.lists = 0
 
     def __len__(self) -> int:
         return len(self._known)
@@ -173,9 +171,8 @@ class Informer:
         self._doing(f"discovering {self.resource.api_version} for {self.spec}")
         served = await self.calls.served(self.resource)
         self._progress()
-        if served and self._served is not True:
-            if self._served is False:
-                log.warning("API server %s: %s is served now: watching it", self.calls.server, self.spec)
+        if served and self._served is False:
+            log.warning("API server %s: %s is served now: watching it", self.calls.server, self.spec)
         elif not served:
             self._not_served("its CustomResourceDefinition is not installed")
         self._served = served
@@ -217,7 +214,6 @@ class Informer:
             raise ApiFailure("a list response without a resourceVersion")
         await self._replace(items)
         self.resource_version = version
-        self.lists += 1
         self._progress()
         if not self.listed.is_set():
             log.info("API server %s: listed %d %s", self.calls.server, len(self._known), self.spec)
@@ -283,7 +279,7 @@ class Informer:
             if self._known.pop(origin, None) is not None:
                 self.sink.remove(origin)
         elif self._known.get(origin) != version or not version:
-            self._known[origin] = version
             self.sink.set(origin, convert_object(self.resource, self.converter, obj, origin))
+            self._known[origin] = version  # only once held: a failed conversion is tried again
         if version:
             self.resource_version = version
