@@ -8,13 +8,12 @@ import logging
 
 import pytest
 
-from zpilot.kube.api_resources import (RESOURCES, SOURCE_CONVERTERS, WatchSpec, control_plane_watches,
-                                       node_agent_watches)
-from zpilot.kube.convert import service_account_from
+from zpilot.kube.api_resources import RESOURCES, SOURCE_CONVERTERS, control_plane_watches, node_agent_watches
 from zpilot.kube.source import first_model
 
 from .apiserver import ApiServer, seed_article
-from .apiserver.objects import istio_security_crds, make_namespace, make_node, make_peer_authentication, make_pod
+from .apiserver.objects import (istio_security_crds, make_authorization_policy, make_namespace, make_node,
+                                make_peer_authentication, make_pod)
 from .watch_util import Follower, pod_names, recorded, requests_of, source_for, wait_for
 
 NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
@@ -45,61 +44,63 @@ def test_the_watch_list_is_data_driven_by_converters():
     """A kind is watched once it has a converter: the table may run ahead of the converters."""
     kinds = {w.resource.kind for w in control_plane_watches()}
     assert kinds == {r.kind for r in RESOURCES} & set(SOURCE_CONVERTERS)
-    assert {"Namespace", "Node", "ServiceAccount", "Pod", "Service"} <= kinds
+    assert kinds == {"Namespace", "Node", "ServiceAccount", "Pod", "Service", "EndpointSlice", "AuthorizationPolicy",
+                     "PeerAuthentication"}
     optional = {r.kind for r in RESOURCES if r.optional}
     assert optional == {"AuthorizationPolicy", "PeerAuthentication"}
     assert all(r.group == "security.istio.io" and r.version == "v1" for r in RESOURCES if r.optional)
-    more = {**SOURCE_CONVERTERS, "PeerAuthentication": service_account_from}
-    assert "PeerAuthentication" in {w.resource.kind for w in control_plane_watches(more)}
+    fewer = {k: v for k, v in SOURCE_CONVERTERS.items() if k != "PeerAuthentication"}
+    assert "PeerAuthentication" not in {w.resource.kind for w in control_plane_watches(fewer)}
 
 
-#: Istio's PeerAuthentication, read through a stand-in converter until the policy converters land on this
-#: branch: it keeps each object as a ServiceAccount of the same name, so the model shows which objects the
-#: watch holds. The resource (group, version, plural, discovery) is the real table entry.
-PEER_AUTHENTICATION = next(r for r in RESOURCES if r.kind == "PeerAuthentication")
-STAND_IN = {**SOURCE_CONVERTERS, "PeerAuthentication": service_account_from}
+def policies(model) -> set[str]:
+    return ({p.name for p in model.cluster.peer_authentications}
+            | {p.name for p in model.cluster.authorization_policies})
 
 
-def accounts(model) -> set[str]:
-    return {sa.name for sa in model.cluster.service_accounts}
+def logged(caplog, text: str, kind: str = "peerauthentications") -> int:
+    return sum(text in r.getMessage() and kind in r.getMessage() for r in caplog.records)
 
 
 async def test_a_crd_that_appears_later_is_watched_and_one_that_goes_takes_its_objects(article, caplog):
-    watches = [*control_plane_watches(), WatchSpec(PEER_AUTHENTICATION)]
     with caplog.at_level(logging.INFO, logger="zpilot.kube.watch"):
-        async with Follower(source_for(article, watches, converters=STAND_IN)) as follower:
-            model = await follower.until(lambda m: True)  # synced without the CRD
-            assert "strict" not in accounts(model)
+        async with Follower(source_for(article)) as follower:
+            model = await follower.until(lambda m: True)  # synced without Istio's CRDs
+            assert not policies(model)
             await asyncio.sleep(0.5)  # several discovery polls meanwhile
-            absent = [r for r in caplog.records if "is not served" in r.getMessage()]
-            assert len(absent) == 1, [r.getMessage() for r in absent]  # logged once, not at every poll
-            assert article.url in absent[0].getMessage() and "peerauthentications" in absent[0].getMessage()
+            for kind in ("peerauthentications", "authorizationpolicies"):
+                absent = [r.getMessage() for r in caplog.records if "is not served" in r.getMessage()
+                          and kind in r.getMessage()]
+                assert len(absent) == 1, absent  # logged once, not at every poll
+                assert article.url in absent[0]
 
             article.install_istio_crds()
             article.create(make_peer_authentication("strict", "default"))
-            await follower.until(lambda m: "strict" in accounts(m))
-            article.create(make_peer_authentication("other", "default"))
-            await follower.until(lambda m: "other" in accounts(m))
+            article.create(make_authorization_policy("allow-nothing", "default"))
+            model = await follower.until(lambda m: {"strict", "allow-nothing"} <= policies(m))
+            assert [p.namespace for p in model.cluster.peer_authentications] == ["default"]
+            article.create(make_peer_authentication("other", "default", mode="PERMISSIVE"))
+            await follower.until(lambda m: "other" in policies(m))
 
             crd = next(c for c in istio_security_crds() if c["spec"]["names"]["kind"] == "PeerAuthentication")
             article.remove_crd(crd["metadata"]["name"])
-            await follower.until(lambda m: not {"strict", "other"} & accounts(m))
+            model = await follower.until(lambda m: not {"strict", "other"} & policies(m))
+            assert "allow-nothing" in policies(model)  # the other CRD's objects stay
             # the informer notices (its next watch is refused) before the CRD comes back
-            await wait_for(lambda: sum("is not served" in r.getMessage() for r in caplog.records) == 2)
+            await wait_for(lambda: logged(caplog, "is not served") == 2)
             article.install_istio_crds()
             article.create(make_peer_authentication("again", "default"))
-            await follower.until(lambda m: "again" in accounts(m))
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum("is served now" in m for m in messages) == 2
-    assert sum("is not served" in m for m in messages) == 2  # at the start, and once the CRD was removed
+            await follower.until(lambda m: "again" in policies(m))
+    assert logged(caplog, "is served now") == 2
+    assert logged(caplog, "is not served") == 2  # at the start, and once the CRD was removed
+    assert logged(caplog, "is served now", "authorizationpolicies") == 1
 
 
 async def test_a_crd_present_from_the_start_is_read_in_the_first_model(article):
     article.install_istio_crds()
     article.create(make_peer_authentication("strict", "default"))
-    event = await first_model(source_for(article, [*control_plane_watches(), WatchSpec(PEER_AUTHENTICATION)],
-                                         converters=STAND_IN))
-    assert "strict" in accounts(event.index)
+    event = await first_model(source_for(article))
+    assert "strict" in policies(event.index)
 
 
 async def test_the_cni_agent_reads_only_its_own_node(article):

@@ -233,7 +233,8 @@ async def test_an_unreachable_api_server_is_named_retried_and_nothing_is_served_
     assert len(refused) <= len(WATCHED)  # once per resource, not once per attempt
     apiserver.start()  # the same port: the retries find it
     await serve.wait_ready()
-    recovered = re.findall(r"listing (\S+): working again after (\d+) failed attempts", serve.text())
+    recovered = re.findall(r": (?:listing|discovering \S+ for) (\S+): working again after (\d+) failed attempts",
+                           serve.text())
     assert {kind for kind, _ in recovered} == WATCHED
     assert all(int(attempts) >= 2 for _, attempts in recovered), recovered
     assert serve.ads_listening()

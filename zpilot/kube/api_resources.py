@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from .convert import CONVERTERS
+from .convert_policy import KIND_CONVERTERS
 
 #: kind -> converter for the API watch: the manifest source's mapping (manifests.py looks kinds up in
-#: the same one), so a kind means the same wherever it is read. The one line to change should the
-#: manifest source look kinds up elsewhere.
-SOURCE_CONVERTERS = CONVERTERS
+#: the same one), so a kind means the same wherever it is read.
+SOURCE_CONVERTERS = KIND_CONVERTERS
 
 #: The verbs the watch uses on every resource it reads: a LIST, then a WATCH from its resourceVersion.
 WATCH_VERBS = ("list", "watch")

@@ -16,11 +16,12 @@ import contextlib
 import logging
 from typing import Mapping, Sequence
 
+from ..model.policy import DEFAULT_ROOT_NAMESPACE
 from .api_calls import ApiCalls
 from .api_resources import SOURCE_CONVERTERS, WatchSpec, control_plane_watches
 from .credentials import Credentials
 from .informer import Converter, Informer, WatchSettings
-from .source import DEFAULT_ROOT_NAMESPACE, FeedSource, ObjectSink
+from .source import FeedSource, ObjectSink
 
 log = logging.getLogger("zpilot.kube.watch")
 
