@@ -26,6 +26,7 @@ from tests.xds.fake_world import FakeWorld, NodeSpec  # noqa: E402
 from zpilot.xds import wire  # noqa: E402
 from zpilot.runtime.control_plane import ControlPlane, DebugOptions  # noqa: E402
 from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE  # noqa: E402
+from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions  # noqa: E402
 from zpilot.xds.snapshot import Snapshot  # noqa: E402
 
@@ -46,7 +47,7 @@ def spec(clusters: int) -> NodeSpec:
 
 async def push_fanout(clusters: int, clients: int, rounds: int) -> list[float]:
     world = FakeWorld(a=spec(clusters))
-    plane = ControlPlane(server_options=ServerOptions(host="127.0.0.1", port=0),
+    plane = ControlPlane(xds_security=XdsSecurity.insecure(), server_options=ServerOptions(host="127.0.0.1", port=0),
                          debug_options=DebugOptions(port=0), translate=world.translate, secrets=world.secrets)
     await plane.update(world.index())
     await plane.start()

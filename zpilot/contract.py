@@ -198,6 +198,58 @@ def identity_of_secret_name(name: str) -> str:
     return name.split(SECRET_NAME_SEPARATOR, 1)[0]
 
 
+# -- who may fetch a node's config: the ztunnel's credential on the ADS connection -------------
+
+#: Where the ztunnel DaemonSet runs, and as whom (Istio's ``istio-system/ztunnel``): in a cluster,
+#: the ServiceAccount whose projected token a ztunnel pod presents to the ADS server.
+ZTUNNEL_NAMESPACE = "istio-system"
+ZTUNNEL_SERVICE_ACCOUNT = "ztunnel"
+#: The audience of that projected token: a token minted for anything else (the API server, another
+#: service) is refused, and one minted for zpilot is useless to anyone else.
+XDS_TOKEN_AUDIENCE = "zpilot"
+#: Without a cluster, a client certificate names its node by one URI SAN,
+#: ``spiffe://<trust domain>/ns/istio-system/sa/ztunnel/node/<node>``: the ztunnel's identity with
+#: the node below it. The extra path segments keep it apart from every workload identity: no mesh
+#: TLS context (whose matchers take exactly ``/ns/<ns>/sa/<sa>``) accepts it, and no workload
+#: certificate can pass for it.
+NODE_CREDENTIAL_SEGMENT = "node"
+_NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+#: Kubernetes' limit on a node name (a DNS-1123 subdomain).
+MAX_NODE_NAME = 253
+
+
+def valid_node_name(node: str) -> bool:
+    """Whether ``node`` can be a Kubernetes node name (a DNS-1123 subdomain): nothing else can be
+    put into a credential, so a ``/`` or ``..`` can never change what one names."""
+    return 0 < len(node) <= MAX_NODE_NAME and _NODE_NAME.match(node) is not None
+
+
+def node_credential_id(trust_domain: str, node: str) -> str:
+    """The URI SAN of ``node``'s ADS client certificate; ValueError for a name no node can have."""
+    if not valid_node_name(node):
+        raise ValueError(f"{node[:300]!r} is not a Kubernetes node name (a DNS-1123 subdomain of at most"
+                         f" {MAX_NODE_NAME} characters)")
+    base = spiffe_id(trust_domain, ZTUNNEL_NAMESPACE, ZTUNNEL_SERVICE_ACCOUNT)
+    return f"{base}/{NODE_CREDENTIAL_SEGMENT}/{node}"
+
+
+def node_of_credential_id(uri: str, trust_domain: str) -> str | None:
+    """The node a :func:`node_credential_id` of ``trust_domain`` names; None for any other URI."""
+    prefix = f"{spiffe_id(trust_domain, ZTUNNEL_NAMESPACE, ZTUNNEL_SERVICE_ACCOUNT)}/{NODE_CREDENTIAL_SEGMENT}/"
+    if not uri.startswith(prefix):
+        return None
+    node = uri[len(prefix):]
+    return node if valid_node_name(node) else None
+
+
+#: The files of a node's ADS credential directory, which ``zpilot bootstrap`` writes and the
+#: bootstrap's file-based SDS reads (Envoy re-reads them when they are swapped): the node's
+#: certificate chain and key, and the CA bundle that the server's certificate is checked against.
+CREDENTIAL_CERT_FILE = "cert-chain.pem"
+CREDENTIAL_KEY_FILE = "key.pem"
+CREDENTIAL_BUNDLE_FILE = "root-cert.pem"
+
+
 # -- listeners whose names other parts look for ------------------------------------------------
 
 #: The access log of each listener is tagged with its name, which is how tests, ``zpilot demo``

@@ -191,7 +191,7 @@ def serve_startup_log(tmp_path: Path, *extra: str) -> str:
 
 
 def test_serve_without_ca_dir_warns_that_a_restart_replaces_the_root(tmp_path):
-    text = serve_startup_log(tmp_path)
+    text = serve_startup_log(tmp_path, "--insecure-xds")  # authenticated ADS needs a CA on disk
     warning = [line for line in text.splitlines() if "WARNING" in line and "--ca-dir" in line]
     assert warning, text
     assert "restart" in warning[0] and "mTLS" in warning[0]

@@ -1,13 +1,19 @@
-"""``zpilot bootstrap``: Envoy accepts it, for every form of control-plane address."""
+"""``zpilot bootstrap``: Envoy accepts it, for every form of control-plane address and ADS credential;
+it writes the node's credential where the bootstrap reads it; bad arguments are clear errors."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from zpilot import contract
+from zpilot.certs import CertificateAuthority
+from zpilot.certs.xds_credentials import node_of_certificate
 from zpilot.envoy_binary import validate
 
 
@@ -15,15 +21,36 @@ def bootstrap(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "zpilot.cli", "bootstrap", *args], capture_output=True, text=True)
 
 
+@pytest.fixture
+def ca_dir(tmp_path: Path) -> Path:
+    """A CA directory as ``zpilot serve --ca-dir`` leaves it."""
+    CertificateAuthority.load_or_create(tmp_path / "ca")
+    return tmp_path / "ca"
+
+
+def tls_cluster(config: dict) -> dict:
+    (cluster,) = config["static_resources"]["clusters"]
+    return cluster["transport_socket"]["typed_config"]
+
+
 @pytest.mark.envoy
 @pytest.mark.parametrize(
     "xds,extra",
     [("127.0.0.1:15010", []), ("zpilot.istio-system.svc:15010", ["--delta"]), ("unix:/run/zpilot/xds.sock", []), ("[::1]:15010", [])],
 )
-def test_envoy_accepts_bootstrap(xds: str, extra: list[str]) -> None:
-    proc = bootstrap("--node", "node-a", "--xds", xds, "--admin-port", "0", *extra)
+def test_envoy_accepts_bootstrap(xds: str, extra: list[str], ca_dir: Path, tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    proc = bootstrap("--node", "node-a", "--xds", xds, "--admin-port", "0", "--ca-dir", str(ca_dir),
+                     "--credential-dir", str(credentials), *extra)
     assert proc.returncode == 0, proc.stderr
     config = json.loads(proc.stdout)
+    context = tls_cluster(config)
+    host = xds.rpartition(":")[0].strip("[]") if not xds.startswith("unix:") else "localhost"
+    (san,) = context["common_tls_context"]["combined_validation_context"]["default_validation_context"][
+        "match_typed_subject_alt_names"]
+    assert san["matcher"]["exact"] == host and san["san_type"] == ("DNS" if host[0].isalpha() else "IP_ADDRESS")
+    assert context.get("sni", "") == (host if host[0].isalpha() else "")
+    assert node_of_certificate((credentials / contract.CREDENTIAL_CERT_FILE).read_bytes(), "cluster.local") == "node-a"
     assert config["node"]["metadata"]["NODE_NAME"] == "node-a"
     assert config["node"]["id"] == "ztunnel~node-a"
     assert config["bootstrap_extensions"][0]["name"] == "envoy.bootstrap.internal_listener"
@@ -36,5 +63,73 @@ def test_envoy_accepts_bootstrap(xds: str, extra: list[str]) -> None:
 
 
 def test_bad_xds_address_is_a_clear_error() -> None:
-    proc = bootstrap("--node", "n", "--xds", "no-port-here")
+    proc = bootstrap("--node", "n", "--xds", "no-port-here", "--insecure-xds")
     assert proc.returncode == 2 and "is not host:port or unix:/path" in proc.stderr
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_a_token_bootstrap(tmp_path: Path) -> None:
+    token, bundle = tmp_path / "token" / "token", tmp_path / "bundle" / "root-cert.pem"
+    token.parent.mkdir()
+    bundle.parent.mkdir()
+    token.write_text("a.b.c")
+    bundle.write_bytes(CertificateAuthority.generate().trust_bundle_pem())
+    proc = bootstrap("--node", "node-a", "--xds", "zpilot.istio-system.svc:15010", "--admin-port", "0",
+                     "--xds-auth", "token", "--token-file", str(token), "--ca-bundle", str(bundle),
+                     "--credential-dir", str(tmp_path / "sds"))
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    assert "tls_certificate_sds_secret_configs" not in tls_cluster(config)["common_tls_context"]
+    (cluster,) = config["static_resources"]["clusters"]
+    filters = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
+        "http_filters"]
+    assert [f["name"] for f in filters] == ["envoy.filters.http.credential_injector", "envoy.filters.http.upstream_codec"]
+    assert sorted(p.name for p in (tmp_path / "sds").iterdir()) == ["xds-token.sds.json", "xds-trust-bundle.sds.json"]
+    result = validate(config)
+    assert result.ok, result.output[-2000:]
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_an_insecure_bootstrap() -> None:
+    proc = bootstrap("--node", "node-a", "--xds", "127.0.0.1:1", "--admin-port", "0", "--insecure-xds")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    assert "transport_socket" not in config["static_resources"]["clusters"][0]
+    assert validate(config).ok
+
+
+@pytest.mark.parametrize("args, error", [
+    ([], "give the CA of zpilot serve"),
+    (["--insecure-xds", "--xds-auth", "tls"], "does not go with --xds-auth"),
+    (["--xds-auth", "token"], "needs --token-file"),
+    (["--insecure-xds", "--ca-dir", "x"], "the CA options are for --xds-auth tls"),
+    (["--ca-dir", "/nonexistent/ca"], "no CA there"),
+    (["--insecure-xds", "--renew"], "--renew renews a client certificate"),
+])
+def test_bad_credential_arguments_are_clear_errors(args, error) -> None:
+    proc = bootstrap("--node", "node-a", "--xds", "127.0.0.1:1", *args)
+    assert proc.returncode == 2 and error in proc.stderr, proc.stderr
+
+
+def test_a_node_name_is_a_kubernetes_name(ca_dir: Path, tmp_path: Path) -> None:
+    proc = bootstrap("--node", "../node-a", "--xds", "127.0.0.1:1", "--ca-dir", str(ca_dir))
+    assert proc.returncode == 2 and "is not a Kubernetes node name" in proc.stderr
+
+
+def test_renew_renews_only_when_due(ca_dir: Path, tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    common = ("--node", "node-a", "--ca-dir", str(ca_dir), "--credential-dir", str(credentials))
+    assert bootstrap(*common, "--xds", "127.0.0.1:1").returncode == 0
+    first = (credentials / contract.CREDENTIAL_CERT_FILE).read_bytes()
+    quiet = bootstrap(*common, "--renew")
+    assert quiet.returncode == 0 and "is good; not renewed" in quiet.stderr and quiet.stdout == ""
+    assert (credentials / contract.CREDENTIAL_CERT_FILE).read_bytes() == first
+    forced = bootstrap(*common, "--renew", "--force")
+    assert forced.returncode == 0 and "asked to (--force)" in forced.stderr
+    assert (credentials / contract.CREDENTIAL_CERT_FILE).read_bytes() != first
+    # Another root signs now (a rotation): the credential is due at once, and so is the bundle.
+    shutil.rmtree(ca_dir)
+    CertificateAuthority.load_or_create(ca_dir)
+    rotated = bootstrap(*common, "--renew")
+    assert rotated.returncode == 0 and "signed by another CA certificate" in rotated.stderr
+    assert (credentials / contract.CREDENTIAL_BUNDLE_FILE).read_bytes() == (ca_dir / "root-cert.pem").read_bytes()

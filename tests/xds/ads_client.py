@@ -26,21 +26,42 @@ def node(name: str, node_id: str | None = None) -> Node:
     return Node(id=node_id or f"ztunnel~{name}", metadata=metadata)
 
 
-class AdsClient:
-    """One ADS stream. ``await recv()`` returns the next response or raises the stream's RpcError."""
+def tls_credentials(bundle_pem: bytes, client: Any = None) -> grpc.ChannelCredentials:
+    """TLS to the ADS server, checked against ``bundle_pem``; with ``client`` (an IssuedCertificate,
+    e.g. a node credential), presenting it."""
+    if client is None:
+        return grpc.ssl_channel_credentials(root_certificates=bundle_pem)
+    return grpc.ssl_channel_credentials(root_certificates=bundle_pem, private_key=client.private_key_pem,
+                                        certificate_chain=client.cert_chain_pem)
 
-    def __init__(self, port: int, *, delta: bool = False, options: list | None = None,
-                 channel: grpc.aio.Channel | None = None) -> None:
+
+class AdsClient:
+    """One ADS stream. ``await recv()`` returns the next response or raises the stream's RpcError.
+
+    ``port`` is on 127.0.0.1 (or a whole target such as ``unix:/path``); with ``credentials``
+    (:func:`tls_credentials`) the channel is TLS, the server checked for the name ``localhost``;
+    ``metadata`` goes with the stream (e.g. ``[("authorization", "Bearer ...")]``)."""
+
+    def __init__(self, port: int | str, *, delta: bool = False, options: list | None = None,
+                 channel: grpc.aio.Channel | None = None, credentials: grpc.ChannelCredentials | None = None,
+                 metadata: list | None = None) -> None:
         """A stream on a channel of its own, or on ``channel`` (then left open by :meth:`close`)."""
+        target = f"127.0.0.1:{port}" if isinstance(port, int) else port
         self._own_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options or [])
+        if channel is not None:
+            self.channel = channel
+        elif credentials is None:
+            self.channel = grpc.aio.insecure_channel(target, options=options or [])
+        else:
+            self.channel = grpc.aio.secure_channel(
+                target, credentials, options=[("grpc.ssl_target_name_override", "localhost"), *(options or [])])
         self.delta = delta
         response = DeltaDiscoveryResponse if delta else DiscoveryResponse
         method = "DeltaAggregatedResources" if delta else "StreamAggregatedResources"
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self.call = self.channel.stream_stream(
             SERVICE + method, request_serializer=lambda b: b, response_deserializer=response.FromString
-        )(self._requests())
+        )(self._requests(), metadata=metadata)
         # Reading in one task: cancelling a pending call.read() would cancel the whole RPC.
         self._responses: asyncio.Queue[Any] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())

@@ -16,6 +16,7 @@ from zpilot.translators import TranslateOptions, translate_node
 from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.translators.resources import NodeResources
 from zpilot.xds.metrics_server import MetricsOptions
+from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions
 
 from .envoy_util import Envoy, random_loopback
@@ -56,15 +57,18 @@ def per_node_translate(
 async def make_plane(manifests: Path):
     """Start an in-process ControlPlane (ADS, metrics and debug API on free loopback ports);
     ``edit`` changes each node's translated resources (see :func:`per_node_translate`); ``layout``
-    is the outbound layout."""
+    is the outbound layout. ADS is plaintext unless ``security`` says otherwise
+    (``security=XdsSecurity.mutual_tls``: called with the plane's CA, from which the tests then
+    issue the client credentials too)."""
     planes: list[ControlPlane] = []
     identities = IdentityCache(CertificateAuthority.generate())
     bind: dict[str, str] = {}
 
     async def make(*, xds_port: int = 0, edit=None, layout: str = "article", index: MeshIndex | None = None,
-                   xds_host: str = "127.0.0.1",
-                   debug_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1", **kw) -> ControlPlane:
+                   xds_host: str = "127.0.0.1", debug_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1",
+                   security=None, **kw) -> ControlPlane:
         plane = ControlPlane(
+            xds_security=security(lambda: identities.ca) if security is not None else XdsSecurity.insecure(),
             server_options=ServerOptions(host=xds_host, port=xds_port, **kw),
             debug_options=DebugOptions(host=debug_host, port=0),
             metrics_options=MetricsOptions(host=metrics_host, port=0),
@@ -86,8 +90,9 @@ def envoys(tmp_path: Path):
     """Factory of started Envoys; every one is killed at teardown, pass or fail."""
     started: list[Envoy] = []
 
-    def start(node: str, xds_port: int | str, *, delta: bool = False, name: str | None = None) -> Envoy:
-        envoy = Envoy(tmp_path / (name or f"envoy-{len(started)}"), node, xds_port, delta=delta)
+    def start(node: str, xds_port: int | str, *, delta: bool = False, name: str | None = None, tls=None,
+              cli: tuple[str, ...] | None = None) -> Envoy:
+        envoy = Envoy(tmp_path / (name or f"envoy-{len(started)}"), node, xds_port, delta=delta, tls=tls, cli=cli)
         started.append(envoy)
         return envoy.start()
 
@@ -109,6 +114,7 @@ async def fake_plane():
 
     async def make(**server_kw) -> tuple[ControlPlane, FakeWorld]:
         plane = ControlPlane(
+            xds_security=XdsSecurity.insecure(),
             server_options=ServerOptions(host="127.0.0.1", port=0, **server_kw),
             debug_options=DebugOptions(host="127.0.0.1", port=0),
             metrics_options=MetricsOptions(host="127.0.0.1", port=0),

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -23,7 +24,10 @@ import httpx
 import pytest
 from google.protobuf import json_format
 
-from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
+from zpilot import contract
+from zpilot.certs import CertificateAuthority
+from zpilot.certs.credential_files import write_node_credential
+from zpilot.translators.bootstrap import BootstrapOptions, XdsTls, bootstrap, default_server_name, xds_sds_files
 
 ENVOY = shutil.which("envoy") or "envoy"
 
@@ -52,18 +56,45 @@ def random_loopback() -> str:
     return f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
 
 
-def bootstrap_json(node: str, xds: int | str, admin_port: int, *, delta: bool = False) -> dict[str, Any]:
+def xds_target(xds: int | str) -> str:
+    return f"127.0.0.1:{xds}" if isinstance(xds, int) else xds
+
+
+def bootstrap_json(node: str, xds: int | str, admin_port: int, *, delta: bool = False,
+                   tls: XdsTls | None = None) -> dict[str, Any]:
     """What ``zpilot bootstrap --node N --xds 127.0.0.1:PORT --admin-port P [--delta]`` prints
-    (``xds`` a port on loopback, or a target such as ``unix:/path``)."""
-    target = f"127.0.0.1:{xds}" if isinstance(xds, int) else xds
-    message = bootstrap(BootstrapOptions(node=node, xds=target, admin_port=admin_port, delta=delta))
+    (``xds`` a port on loopback, or a target such as ``unix:/path``); plaintext ADS without ``tls``."""
+    message = bootstrap(BootstrapOptions(node=node, xds=xds_target(xds), admin_port=admin_port, delta=delta, tls=tls))
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def node_credential(directory: Path, xds: int | str, *, ca: CertificateAuthority | None = None, node: str = "",
+                    token: Path | None = None, bundle: Path | None = None) -> XdsTls:
+    """What ``zpilot bootstrap`` writes for ADS over TLS, in ``directory``: with ``ca``, ``node``'s
+    client certificate (mutual TLS); with ``token``, that token file and the CA ``bundle``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if ca is not None:
+        write_node_credential(directory, ca, node)
+        tls = XdsTls(server_name=default_server_name(xds_target(xds)), sds_dir=str(directory),
+                     bundle=str(directory / contract.CREDENTIAL_BUNDLE_FILE),
+                     certificate=(str(directory / contract.CREDENTIAL_CERT_FILE),
+                                  str(directory / contract.CREDENTIAL_KEY_FILE)))
+    else:
+        assert token is not None and bundle is not None
+        tls = XdsTls(server_name=default_server_name(xds_target(xds)), sds_dir=str(directory), bundle=str(bundle),
+                     token=str(token))
+    for name, content in xds_sds_files(tls).items():
+        (directory / name).write_text(json.dumps(content))
+    return tls
 
 
 class Envoy:
     """One Envoy process for one node; :meth:`stop` always kills it."""
 
-    def __init__(self, workdir: Path, node: str, xds_port: int | str, *, delta: bool = False) -> None:
+    def __init__(self, workdir: Path, node: str, xds_port: int | str, *, delta: bool = False,
+                 tls: XdsTls | None = None, cli: tuple[str, ...] | None = None) -> None:
+        """``tls``: ADS over TLS with these credentials; ``cli``: bootstrapped by the ``zpilot bootstrap``
+        command with these extra arguments (its credential directory in ``workdir``)."""
         self.node = node
         self.admin_port = free_port()
         self.xds_port = xds_port
@@ -71,7 +102,15 @@ class Envoy:
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config = self.dir / "bootstrap.json"
-        self.config.write_text(json.dumps(bootstrap_json(node, xds_port, self.admin_port, delta=delta)))
+        if cli is not None:
+            argv = [sys.executable, "-m", "zpilot.cli", "bootstrap", "--node", node, "--xds", xds_target(xds_port),
+                    "--admin-port", str(self.admin_port), "--credential-dir", str(self.dir / "xds-credential"),
+                    *(["--delta"] if delta else []), *cli]
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            self.config.write_text(proc.stdout)
+        else:
+            self.config.write_text(json.dumps(bootstrap_json(node, xds_port, self.admin_port, delta=delta, tls=tls)))
         self.log = self.dir / "envoy.log"
         self.proc: subprocess.Popen | None = None
 

@@ -8,6 +8,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from zpilot.certs import CertificateAuthority, IdentityCache
 from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.order import SECRET_TYPE
+from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions
 
 from .ads_client import AdsClient
@@ -18,8 +19,8 @@ from .envoy_util import NODE_A
 async def test_extra_root_reaches_rootca_and_a_broken_reload_keeps_the_ca(manifests, tmp_path, caplog):
     ca_dir = tmp_path / "ca"
     identities = IdentityCache(CertificateAuthority.load_or_create(ca_dir))
-    plane = ControlPlane(server_options=ServerOptions(host="127.0.0.1", port=0), debug_options=DebugOptions(port=0),
-                         translate=per_node_translate({}), identities=identities)
+    plane = ControlPlane(xds_security=XdsSecurity.insecure(), server_options=ServerOptions(host="127.0.0.1", port=0),
+                         debug_options=DebugOptions(port=0), translate=per_node_translate({}), identities=identities)
     await plane.update(load_index(manifests))
     await plane.start()
     client = AdsClient(plane.xds_port)

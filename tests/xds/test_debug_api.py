@@ -8,6 +8,7 @@ import httpx
 
 from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.order import CLUSTER_TYPE
+from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions
 
 from .ads_client import AdsClient
@@ -22,7 +23,7 @@ async def get(port: int, path: str, **params) -> httpx.Response:
 async def test_not_ready_until_a_model_is_loaded(manifests):
     from .conftest import load_index, per_node_translate
 
-    plane = ControlPlane(server_options=ServerOptions(host="127.0.0.1", port=0),
+    plane = ControlPlane(xds_security=XdsSecurity.insecure(), server_options=ServerOptions(host="127.0.0.1", port=0),
                          debug_options=DebugOptions(port=0), translate=per_node_translate({}))
     await plane.start()
     try:

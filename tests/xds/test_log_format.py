@@ -27,7 +27,7 @@ def serve_json(manifests: Path, tmp_path: Path):
     with open(err, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "zpilot.cli", "--log-format", "json", "serve", "--manifests", str(manifests),
-             "--xds-address", "127.0.0.1", "--xds-port", str(xds_port), "--debug-port", "0",
+             "--insecure-xds", "--xds-address", "127.0.0.1", "--xds-port", str(xds_port), "--debug-port", "0",
              "--metrics-address", "127.0.0.1", "--metrics-port", "0", "--bind-address", random_loopback()],
             stdout=subprocess.DEVNULL, stderr=out, start_new_session=True,
         )

@@ -7,6 +7,7 @@ from datetime import timedelta
 from zpilot.certs import CertificateAuthority, IdentityCache
 from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.order import SECRET_TYPE
+from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions
 
 from .ads_client import AdsClient
@@ -19,6 +20,7 @@ SLEEP_SECRET_PREFIX = "spiffe://cluster.local/ns/default/sa/sleep~"
 async def test_rotated_certificate_is_pushed_without_reconnecting(manifests):
     identities = IdentityCache(CertificateAuthority.generate(), lifetime=timedelta(seconds=2))
     plane = ControlPlane(
+        xds_security=XdsSecurity.insecure(),
         server_options=ServerOptions(host="127.0.0.1", port=0),
         debug_options=DebugOptions(port=0),
         translate=per_node_translate({}),

@@ -23,8 +23,9 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
 
 
 def serve_argv(*extra: str) -> list[str]:
-    """``zpilot serve`` on the example; metrics on a free loopback port unless ``extra`` says otherwise."""
-    return [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(EXAMPLE),
+    """``zpilot serve`` on the example; metrics on a free loopback port unless ``extra`` says otherwise.
+    ADS is plaintext (``--insecure-xds``): these tests are about arguments and sockets, not ztunnels."""
+    return [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(EXAMPLE), "--insecure-xds",
             "--metrics-address", "127.0.0.1", "--metrics-port", "0", *extra]
 
 
@@ -162,17 +163,66 @@ def test_a_socket_another_server_listens_on_is_not_taken_over(tmp_path):
         first.stop()
 
 
-def test_a_debug_api_off_loopback_is_warned_about(tmp_path):
+def test_a_debug_api_off_loopback_needs_a_token_file(tmp_path):
+    proc = subprocess.run(serve_argv("--xds-address", "127.0.0.1", "--xds-port", "0", "--debug-address", "0.0.0.0",
+                                     "--debug-port", "0"), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "the debug API on 0.0.0.0 would show every node's configuration" in proc.stderr
+    assert "--debug-token-file" in proc.stderr
+
+
+@pytest.mark.parametrize("content, error", [("", "holds nothing"), ("two words", "several words"),
+                                            ("x" * 5000, "larger than 4096 bytes")])
+def test_a_debug_token_file_holds_one_token(tmp_path, content, error):
+    token_file = tmp_path / "token"
+    token_file.write_text(content)
+    proc = subprocess.run(serve_argv("--debug-token-file", str(token_file)), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and error in proc.stderr, proc.stderr
+
+
+def test_a_debug_api_off_loopback_answers_only_with_its_token(tmp_path):
     port = free_port()
+    token_file = tmp_path / "debug-token"
+    token_file.write_text("s3cret-debug-token\n")
+    token_file.chmod(0o600)
     serve = Serve(tmp_path, "--xds-address", "127.0.0.1", "--xds-port", "0", "--debug-address", "0.0.0.0",
-                  "--debug-port", str(port))
+                  "--debug-port", str(port), "--debug-token-file", str(token_file))
     try:
         with httpx.Client(timeout=2.0) as client:
-            serve.wait_ready(client, f"http://127.0.0.1:{port}/healthz/ready")
+            serve.wait_ready(client, f"http://127.0.0.1:{port}/healthz/ready")  # probes need no token
+            for path in ("/debug/syncz", "/debug/connections", "/debug/registryz",
+                         "/debug/config_dump?node=gke-jimmy-cluster-default-pool-d5041909-d10i"):
+                url = f"http://127.0.0.1:{port}{path}"
+                bare = client.get(url)
+                assert bare.status_code == 401 and bare.headers["www-authenticate"] == "Bearer", path
+                assert client.get(url, headers={"Authorization": "Bearer s3cret-debug-toke"}).status_code == 401
+                assert client.get(url, headers={"Authorization": "Basic s3cret-debug-token"}).status_code == 401
+                assert client.get(url, headers={"Authorization": "Bearer s3cret-debug-token"}).status_code == 200
     finally:
         serve.stop()
-    assert "WARNING zpilot.serve: the debug API listens on 0.0.0.0: it exposes every node's configuration" \
-           in serve.log.read_text()
+    assert serve.proc.returncode == 0, serve.log.read_text()
+
+
+def test_plaintext_ads_is_never_the_default(tmp_path):
+    """Without a CA on disk there is no authenticated ADS to offer: the command says what to give."""
+    argv = [arg for arg in serve_argv("--xds-port", "0", "--debug-port", "0") if arg != "--insecure-xds"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--xds-auth tls needs a CA that outlives this process" in proc.stderr and "--insecure-xds" in proc.stderr
+    both = subprocess.run([*argv, "--insecure-xds", "--xds-auth", "tls"], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 2 and "does not go with --xds-auth" in both.stderr
+
+
+def test_insecure_ads_is_warned_about_at_start(tmp_path):
+    xds, debug, _, flags = unix_sockets(tmp_path)
+    serve = Serve(tmp_path, *flags)  # serve_argv says --insecure-xds
+    try:
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(debug)), timeout=2.0) as client:
+            serve.wait_ready(client, "http://zpilot/healthz/ready")
+    finally:
+        serve.stop()
+    assert "WARNING zpilot.xds.server: ADS is PLAINTEXT and UNAUTHENTICATED (--insecure-xds)" in serve.log.read_text()
 
 
 def test_the_ads_limit_flags_state_the_real_defaults_and_reach_the_server():

@@ -1,4 +1,5 @@
-"""``zpilot serve`` as users run it: a subprocess watching a manifest directory, real Envoys."""
+"""``zpilot serve`` as users run it: a subprocess watching a manifest directory, real Envoys
+bootstrapped by ``zpilot bootstrap`` from the same CA directory (ADS over mutual TLS)."""
 
 from __future__ import annotations
 
@@ -65,18 +66,20 @@ status:
 
 @pytest.fixture
 def serve(manifests: Path, tmp_path: Path):
-    """Start ``zpilot serve`` on free ports; SIGTERM (then SIGKILL) at teardown."""
+    """Start ``zpilot serve`` on free ports, its CA in ``ca``; SIGTERM (then SIGKILL) at teardown."""
     xds_port, debug_port, metrics_port = free_port(), free_port(), free_port()
     log = tmp_path / "serve.log"
+    ca_dir = tmp_path / "ca"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(manifests),
+            [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(manifests), "--ca-dir", str(ca_dir),
              "--xds-address", "127.0.0.1", "--xds-port", str(xds_port), "--debug-port", str(debug_port),
              "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
              "--bind-address", random_loopback(), "--debounce-quiet", str(DEBOUNCE_QUIET)],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    info = {"proc": proc, "xds_port": xds_port, "debug_port": debug_port, "metrics_port": metrics_port, "log": log}
+    info = {"proc": proc, "xds_port": xds_port, "debug_port": debug_port, "metrics_port": metrics_port, "log": log,
+            "bootstrap": ("--ca-dir", str(ca_dir))}
     yield info
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -111,8 +114,8 @@ def sent_counts(syncz: list[dict]) -> dict[tuple[str, str], int]:
 
 async def test_serve_pushes_manifest_changes_to_envoys(serve, manifests, envoys):
     await wait_serving(serve)
-    a = envoys(NODE_A, serve["xds_port"])
-    b = envoys(NODE_B, serve["xds_port"])
+    a = envoys(NODE_A, serve["xds_port"], cli=serve["bootstrap"])
+    b = envoys(NODE_B, serve["xds_port"], cli=serve["bootstrap"])
     await asyncio.gather(a.wait_ready(), b.wait_ready())
     port = serve["debug_port"]
     for envoy in (a, b):

@@ -8,6 +8,7 @@ import dataclasses
 import httpx
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
+from zpilot.certs.xds_credentials import issue_node_credential
 from zpilot.model.index import MeshIndex
 from zpilot.runtime.control_plane import DebugOptions
 from zpilot.runtime.serve import ServeRuntime, ServeSettings
@@ -17,7 +18,7 @@ from zpilot.xds.order import CLUSTER_TYPE
 from zpilot.xds.server import ServerOptions
 
 from ..fake_source import QueueSource
-from .ads_client import AdsClient
+from .ads_client import AdsClient, tls_credentials
 from .conftest import load_index
 from .envoy_util import NODE_A, eventually, random_loopback
 
@@ -64,7 +65,10 @@ async def test_serve_runs_on_any_source_and_is_ready_only_once_its_first_model_i
             return await ready_status(plane.debug_port) == 200
 
         await eventually(ready, timeout=10)
-        client = AdsClient(plane.xds_port)
+        # ADS is mutual TLS by default: the node proves itself with a certificate of the plane's CA
+        ca = plane.identities.ca
+        client = AdsClient(plane.xds_port, credentials=tls_credentials(
+            ca.trust_bundle_pem(), issue_node_credential(ca, NODE_A)))
         client.request(CLUSTER_TYPE, node_name=NODE_A)
         first = await client.recv()
         assert PRODUCTPAGE in cluster_names(first)

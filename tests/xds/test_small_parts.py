@@ -267,12 +267,14 @@ def test_normalize_keeps_only_referenced_secrets():
 
 
 async def test_a_second_server_on_the_same_port_fails_to_start():
+    from zpilot.xds.security import XdsSecurity
     from zpilot.xds.server import AdsServer, ServerOptions
 
-    first = AdsServer(SnapshotCache(), options=ServerOptions(host="127.0.0.1", port=0))
+    first = AdsServer(SnapshotCache(), security=XdsSecurity.insecure(), options=ServerOptions(host="127.0.0.1", port=0))
     port = await first.start()
     try:
-        second = AdsServer(SnapshotCache(), options=ServerOptions(host="127.0.0.1", port=port))
+        second = AdsServer(SnapshotCache(), security=XdsSecurity.insecure(),
+                           options=ServerOptions(host="127.0.0.1", port=port))
         with pytest.raises(OSError, match=f"cannot bind the xDS server to 127.0.0.1:{port}"):
             await second.start()
     finally:
@@ -294,7 +296,8 @@ def test_serve_exits_2_when_its_ports_are_taken(tmp_path):
             ports = {"--xds-port": "0", "--debug-port": "0", "--metrics-port": "0", flag: str(port)}
             result = subprocess.run(
                 [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(EXAMPLE), "--xds-address",
-                 "127.0.0.1", "--metrics-address", "127.0.0.1", *(x for item in ports.items() for x in item)],
+                 "127.0.0.1", "--metrics-address", "127.0.0.1", "--ca-dir", str(tmp_path / "ca"),
+                 *(x for item in ports.items() for x in item)],
                 capture_output=True, text=True, timeout=60,
             )
             assert result.returncode == 2, (flag, result.stderr[-2000:])

@@ -76,13 +76,14 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class IssuedCertificate:
-    """One workload's certificate, its chain and its key.
+    """One certificate zpilot issued (a workload's; or an ADS credential, see ``xds_credentials``),
+    its chain and its key.
 
     ``private_key_pem`` is deliberately left out of repr/str: these objects end up in log lines and
     debugger output, and the key must not.
     """
 
-    spiffe_id: str
+    spiffe_id: str  # the URI SAN (a certificate without one: its names, see ``issue_leaf``)
     serial: int
     not_before: datetime
     not_after: datetime
@@ -229,6 +230,21 @@ class CertificateAuthority:
         return ca
 
     @classmethod
+    def load(
+        cls, directory: Path | str, trust_domain: str = DEFAULT_TRUST_DOMAIN, *, clock: Clock = utc_now
+    ) -> "CertificateAuthority":
+        """The root kept in ``directory``, never created: for the tools that issue from the CA a
+        ``zpilot serve --ca-dir`` made (``zpilot bootstrap``), which must not make a second one."""
+        validate_trust_domain(trust_domain)
+        store = CaDirectory(Path(directory))
+        if not store.is_complete():
+            raise CertificateAuthorityError(
+                f"CA directory {store.path}: no CA there (it needs {store.cert.name} and {store.key.name});"
+                f" zpilot serve --ca-dir {store.path} creates one on its first start"
+            )
+        return cls._from_directory(store, trust_domain, clock)
+
+    @classmethod
     def _from_directory(cls, store: CaDirectory, trust_domain: str, clock: Clock) -> "CertificateAuthority":
         """The root in ``store`` as it is now. A reload comes here too and never creates a root:
         a directory emptied under a running zpilot is an error, not a reason to change the mesh's root."""
@@ -359,13 +375,38 @@ class CertificateAuthority:
         could derive the workload keys, but could already mint any identity, so nothing is lost.
         """
         identity = parse_spiffe_id(spiffe_id, self.trust_domain)
+        # A ztunnel is both ends of a tunnel: the certificate serves and connects.
+        return self.issue_leaf(
+            [x509.UniformResourceIdentifier(identity.uri)],
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            lifetime,
+            identity.uri,
+        )
+
+    def issue_leaf(
+        self,
+        names: list[x509.GeneralName],
+        usages: list[x509.ObjectIdentifier],
+        lifetime: timedelta,
+        label: str,
+    ) -> IssuedCertificate:
+        """A new key and an end-entity certificate with exactly these SANs and extended key usages.
+
+        Every certificate zpilot signs comes from here, so all share the same shape: empty subject
+        (the SANs are the names, marked critical as RFC 5280 then requires), backdated NotBefore,
+        NotAfter clamped to the CA's own expiry. ``label`` names it in messages and becomes
+        ``IssuedCertificate.spiffe_id`` (the URI SAN; for a certificate without one, its names).
+        Callers decide which names a certificate may carry: see ``issue`` and ``xds_credentials``.
+        """
+        if not names:
+            raise ValueError(f"certificate for {label}: no subject alternative name")
         if not isinstance(lifetime, timedelta) or lifetime <= timedelta(0):
-            raise ValueError(f"certificate lifetime for {identity.uri} must be a positive timedelta, not {lifetime!r}")
+            raise ValueError(f"certificate lifetime for {label} must be a positive timedelta, not {lifetime!r}")
         now = self._now()
         ca_expiry = self._cert.not_valid_after_utc
         if ca_expiry <= now:
             raise CertificateAuthorityError(
-                f"{self.source}: cannot issue for {identity.uri}: signing certificate expired at {ca_expiry.isoformat()}"
+                f"{self.source}: cannot issue for {label}: signing certificate expired at {ca_expiry.isoformat()}"
             )
         start = now if window_start is None else window_start
         if window_start is not None and not (now - lifetime < window_start <= now):
@@ -374,7 +415,7 @@ class CertificateAuthority:
         not_before = (start - CLOCK_SKEW).replace(microsecond=0)
         not_after = (start + lifetime).replace(microsecond=0)
         if not_after > ca_expiry:
-            log.warning("certificate for %s cut short to the CA's expiry %s", identity.uri, ca_expiry.isoformat())
+            log.warning("certificate for %s cut short to the CA's expiry %s", label, ca_expiry.isoformat())
             not_after = ca_expiry
         if window_start is None:
             key = ec.generate_private_key(ec.SECP256R1())
@@ -397,15 +438,15 @@ class CertificateAuthority:
                 ),
                 critical=True,
             )
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             # With an empty subject the SAN is the only name, and RFC 5280 then requires it critical.
-            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=True)
+            .add_extension(x509.SubjectAlternativeName(names), critical=True)
             .add_extension(authority_key_identifier(self._cert), critical=False)
             .sign(self._key, signature_hash(self._key),
                   ecdsa_deterministic=True if isinstance(self._key, ec.EllipticCurvePrivateKey) else None)
         )
         return IssuedCertificate(
-            spiffe_id=identity.uri,
+            spiffe_id=label,
             serial=serial,
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,

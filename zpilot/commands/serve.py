@@ -1,6 +1,7 @@
 """``zpilot serve``: the control plane. Watches the cluster (its API server; or a manifest directory
-with ``--manifests``) and serves every node's ztunnel its config over ADS (gRPC), with Prometheus metrics and the debug API (localhost) on
-ports of their own (the contract's ``PORT_XDS``, ``PORT_METRICS`` and ``PORT_DEBUG``).
+with ``--manifests``) and serves every node's ztunnel its config over ADS (gRPC, TLS: each ztunnel
+proves its node, docs/security.md), with Prometheus metrics and the debug API (localhost) on ports
+of their own (the contract's ``PORT_XDS``, ``PORT_METRICS`` and ``PORT_DEBUG``).
 
 Only the arguments are handled here; the process is :mod:`zpilot.runtime.serve`.
 See docs/xds-server.md for pointing an Envoy at it and for the debug endpoints.
@@ -101,6 +102,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-connection-age", type=_seconds(allow_zero=False), default=1800.0,
                    help="seconds before a stream is recycled (1800)")
     xds_limit_flags.add_arguments(p)
+    auth = p.add_argument_group("who may fetch a node's config (docs/security.md)")
+    auth.add_argument("--xds-auth", choices=("tls", "token"),
+                      help="tls (default): ADS over TLS, each ztunnel presents its node's client certificate"
+                           " (zpilot bootstrap writes it); token: ADS over TLS, each ztunnel sends its pod's"
+                           " ServiceAccount token, checked with the TokenReview API")
+    auth.add_argument("--insecure-xds", action="store_true",
+                      help="plaintext ADS, and any client may claim any node and get its private keys:"
+                           " development only (warned about at start and on every connection)")
+    auth.add_argument("--xds-san", action="append", default=[], metavar="NAME",
+                      help="a DNS name or IP address ztunnels dial ADS by, put in the server's certificate"
+                           " (repeat; localhost, 127.0.0.1 and ::1 are always in it)")
+    auth.add_argument("--token-audience", default=contract.XDS_TOKEN_AUDIENCE,
+                      help=f"--xds-auth token: the audience tokens must be minted for ({contract.XDS_TOKEN_AUDIENCE})")
+    auth.add_argument("--ztunnel-service-account", default=f"{contract.ZTUNNEL_NAMESPACE}/{contract.ZTUNNEL_SERVICE_ACCOUNT}",
+                      metavar="NAMESPACE/NAME", help="--xds-auth token: the ServiceAccount of the ztunnel pods")
+    auth.add_argument("--debug-token-file", type=Path,
+                      help="a file holding the bearer token the debug API requires (required when"
+                           " --debug-address is not loopback or a unix: socket)")
     data_path_flags.add_arguments(p)
     p.set_defaults(func=run)
 
@@ -117,18 +136,57 @@ def exposed_debug_address(address: str) -> bool:
         return True
 
 
+#: A debug token file longer than this is not a token.
+MAX_DEBUG_TOKEN_BYTES = 4096
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace dropped); ValueError saying what is wrong."""
+    import stat
+
+    try:
+        if path.stat().st_size > MAX_DEBUG_TOKEN_BYTES:
+            raise ValueError(f"{path}: larger than {MAX_DEBUG_TOKEN_BYTES} bytes; is it a token?")
+        token = path.read_text(encoding="utf-8").strip()
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not token or any(c.isspace() for c in token):
+        raise ValueError(f"{path}: must hold one token (no spaces), and holds {'nothing' if not token else 'several words'}")
+    if mode & 0o077:
+        log.warning("%s: the debug token file has mode %o; make it readable by its owner only (chmod 600)", path, mode)
+    return token
+
+
+def xds_auth_mode(args: argparse.Namespace) -> str:
+    """``tls``, ``token`` or ``insecure``; ValueError for flags that contradict each other."""
+    if args.insecure_xds and args.xds_auth:
+        raise ValueError("--insecure-xds turns authentication off: it does not go with --xds-auth")
+    mode = "insecure" if args.insecure_xds else (args.xds_auth or "tls")
+    if mode != "insecure" and args.ca_dir is None and args.ca_cert is None and args.ca_secret is None:
+        raise ValueError(
+            f"--xds-auth {mode} needs a CA that outlives this process: zpilot bootstrap issues node credentials"
+            " from it and ztunnels check the server's certificate against it; give --ca-dir DIR (or"
+            " --ca-cert/--ca-key, or --ca-secret), or --insecure-xds for a throwaway development setup"
+        )
+    return mode
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from ..certs.xds_credentials import server_name
     from ..kube.directory import ManifestDirectorySource
     from ..kube.watch import ApiWatchSource
     from ..runtime.control_plane import DebugOptions
-    from ..runtime.serve import ServeRuntime, ServeSettings, serve_until_signalled
+    from ..runtime.serve import ServeRuntime, ServeSettings, TokenReviewSettings, serve_until_signalled
     from ..translators import TranslateOptions
     from ..xds.metrics_server import MetricsOptions
     from ..xds.server import ServerOptions
+    from ..xds.token_review import ServiceAccountRef
 
-    problem = source_flags.problem(args, cluster_used_otherwise=args.ca_secret is not None)
+    # the CA Secret and token reviews read the cluster even when the model comes from --manifests
+    problem = source_flags.problem(args, cluster_used_otherwise=args.ca_secret is not None or args.xds_auth == "token")
     if problem is not None:
         print(f"zpilot serve: {problem}", file=sys.stderr)
         return 2
@@ -138,16 +196,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("zpilot").setLevel(logging.INFO)
-    if exposed_debug_address(args.debug_address):
-        log.warning(
-            "the debug API listens on %s: it exposes every node's configuration to whoever reaches it;"
-            " keep it on 127.0.0.1 or a unix: socket unless that is what you want", args.debug_address,
-        )
+    try:
+        mode = xds_auth_mode(args)
+        account = ServiceAccountRef.parse(args.ztunnel_service_account)
+        for name in args.xds_san:
+            server_name(name)  # CredentialError (a ValueError) for a name no certificate can carry
+        debug_token = read_token_file(args.debug_token_file) if args.debug_token_file is not None else None
+    except ValueError as exc:
+        print(f"zpilot serve: {exc}", file=sys.stderr)
+        return 2
+    if exposed_debug_address(args.debug_address) and debug_token is None:
+        print(f"zpilot serve: the debug API on {args.debug_address} would show every node's configuration to"
+              " whoever reaches it: give --debug-token-file FILE (a bearer token it will require), or keep it"
+              " on 127.0.0.1 or a unix: socket", file=sys.stderr)
+        return 2
     settings = ServeSettings(
         xds=ServerOptions(host=args.xds_address, port=args.xds_port,
                           max_connection_age_ms=int(args.max_connection_age * 1000),
                           limits=xds_limit_flags.limits_from(args)),
-        debug=DebugOptions(host=args.debug_address, port=args.debug_port),
+        debug=DebugOptions(host=args.debug_address, port=args.debug_port, token=debug_token),
         metrics=MetricsOptions(host=args.metrics_address, port=args.metrics_port),
         translate=TranslateOptions(
             trust_domain=args.trust_domain,
@@ -158,6 +225,9 @@ def run(args: argparse.Namespace) -> int:
         ca_dir=args.ca_dir, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_root=args.ca_root,
         ca_secret=args.ca_secret, kubeconfig=args.kubeconfig, context=args.context,
         cert_lifetime=args.cert_lifetime,
+        xds_auth=mode,
+        xds_names=tuple(args.xds_san),
+        token_review=TokenReviewSettings(audience=args.token_audience, service_account=account),
     )
     if args.manifests is not None:
         source = ManifestDirectorySource(args.manifests, quiet=args.debounce_quiet, max_delay=args.debounce_max,

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import uvicorn
@@ -26,6 +26,7 @@ from ..xds.metrics import Metrics
 from ..xds.metrics_server import MetricsOptions, MetricsServer
 from ..xds.observer import Observers
 from ..xds.push import Producer, SecretSource, Translate, UpdateReport, certificate_secrets, default_translate
+from ..xds.security import XdsSecurity
 from ..xds.server import AdsServer, ServerOptions
 from ..xds.snapshot_cache import SnapshotCache
 from ..xds.sockets import describe, listen
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 class DebugOptions:
     host: str = "127.0.0.1"  # or "unix:/path" for a Unix socket
     port: int = contract.PORT_DEBUG  # 0: any free port
+    #: Every request but /healthz/ready must carry ``Authorization: Bearer <token>`` (``--debug-token-file``).
+    token: str | None = field(default=None, repr=False)
 
     @property
     def unix_socket(self) -> bool:
@@ -55,6 +58,7 @@ class ControlPlane:
     def __init__(
         self,
         *,
+        xds_security: XdsSecurity,
         server_options: ServerOptions | None = None,
         debug_options: DebugOptions | None = None,
         translate: Translate = default_translate,
@@ -69,7 +73,8 @@ class ControlPlane:
         if secrets is None and identities is not None:
             secrets = certificate_secrets(identities)
         self.producer = Producer(self.cache, translate=translate, secrets=secrets, metrics=self.metrics)
-        self.ads = AdsServer(self.cache, options=server_options, observer=Observers(self.metrics, self.registry))
+        self.ads = AdsServer(self.cache, security=xds_security, options=server_options,
+                             observer=Observers(self.metrics, self.registry))
         self.metrics_server = MetricsServer(self.metrics, metrics_options) if metrics_options is not None else None
         self.debug_options = debug_options or DebugOptions()
         self.debug_port: int | None = None
@@ -156,7 +161,7 @@ class ControlPlane:
                 await self.metrics_server.stop()
             raise OSError(f"the debug API could not listen on {place}: {exc.strerror or exc}") from None
         # log_config=None: uvicorn's records go to the process's handlers (and format), not its own
-        config = uvicorn.Config(create_app(self), log_level="warning", access_log=False, lifespan="off",
+        config = uvicorn.Config(create_app(self, token=where.token), log_level="warning", access_log=False, lifespan="off",
                                 log_config=None)
         server = EmbeddedUvicorn(config)
         self._uvicorn = server

@@ -1,14 +1,17 @@
 """The ``zpilot serve`` process: a model source feeding a control plane, until told to stop.
 
-    source (ModelSource) --events--> ControlPlane.update --> producer --> cache --> ADS
+    source (ModelSource) --events--> ControlPlane.update --> producer --> cache --> ADS (TLS: security.py)
                                       CA: renewal, SIGHUP reload, CA Secret changes (same reload)
 
 Start-up order matters for the ztunnels: the debug API comes up first (``/healthz/ready`` says
 503), the source's first, fully read model is translated, and only then does ADS listen, so a
 ztunnel that reconnects is never served an empty config by a server that has not read the
 cluster yet. A CA kept in a Kubernetes Secret (``--ca-secret``) is read after the debug API is up
-and before the model: while the API server refuses or fails, zpilot retries and stays not ready. ``commands/serve.py`` only turns flags into :class:`ServeSettings` and a source;
-tests hand :class:`ServeRuntime` any other source.
+and before the model: while the API server refuses or fails, zpilot retries and stays not ready.
+Who may fetch a node's config is ``xds_auth`` (docs/security.md): node certificates of the CA
+(default), ServiceAccount tokens reviewed by the API server, or, only when asked, nobody at all.
+``commands/serve.py`` only turns flags into :class:`ServeSettings` and a source; tests hand
+:class:`ServeRuntime` any other source.
 """
 
 from __future__ import annotations
@@ -23,16 +26,31 @@ from datetime import timedelta
 from pathlib import Path
 from typing import AsyncIterator
 
+from .. import contract
 from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
 from ..certs.kube_secret import CaSecretUnavailable, SecretCaStore, SecretName, retry_delay
 from ..kube.client import KubeConfigError, api_client
 from ..kube.source import ModelEvent, ModelSource, SourceError
 from ..translators import TranslateOptions, translate_node
 from ..xds.metrics_server import MetricsOptions
+from ..xds.security import XdsSecurity
 from ..xds.server import ServerOptions
+from ..xds.token_review import ServiceAccountRef
 from .control_plane import ControlPlane, DebugOptions
 
 log = logging.getLogger("zpilot.serve")
+
+
+#: ``--xds-auth``: how a ztunnel proves its node (docs/security.md); plaintext is ``insecure``.
+XDS_AUTH_MODES = ("tls", "token", "insecure")
+
+
+@dataclass(frozen=True)
+class TokenReviewSettings:
+    """``--xds-auth token``: whose tokens count (the API server is ``ServeSettings.kubeconfig``'s)."""
+
+    audience: str = contract.XDS_TOKEN_AUDIENCE
+    service_account: ServiceAccountRef = ServiceAccountRef()
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,11 @@ class ServeSettings:
     kubeconfig: Path | None = None  # the cluster's credentials (see zpilot.kube.client)
     context: str | None = None
     cert_lifetime: float = 24 * 3600.0  # seconds
+    #: One of XDS_AUTH_MODES: node client certificates, ServiceAccount tokens, or none at all.
+    xds_auth: str = "tls"
+    #: DNS names and IP addresses the ADS server's certificate carries besides localhost: what ztunnels dial.
+    xds_names: tuple[str, ...] = ()
+    token_review: TokenReviewSettings = field(default_factory=TokenReviewSettings)
 
     @property
     def trust_domain(self) -> str:
@@ -81,6 +104,8 @@ class ServeRuntime:
     """One ``zpilot serve``: :meth:`run` until ``stop`` is set; :meth:`reload_ca` on SIGHUP."""
 
     def __init__(self, settings: ServeSettings, source: ModelSource) -> None:
+        if settings.xds_auth not in XDS_AUTH_MODES:
+            raise ValueError(f"xds_auth {settings.xds_auth!r} is not one of {', '.join(XDS_AUTH_MODES)}")
         self.settings = settings
         self.source = source
         self.plane: ControlPlane | None = None
@@ -89,16 +114,36 @@ class ServeRuntime:
     def _identities(self, ca: CertificateAuthority) -> IdentityCache:
         return IdentityCache(ca, lifetime=timedelta(seconds=self.settings.cert_lifetime))
 
-    def _make_plane(self) -> ControlPlane:
+    def _make_plane(self, api) -> ControlPlane:
         """The plane, with its CA unless that lives in a Secret (attached once read: :meth:`_open_secret_ca`)."""
         identities = None if self.settings.ca_secret is not None else self._identities(open_authority(self.settings))
         return ControlPlane(
+            xds_security=self._xds_security(api),
             server_options=self.settings.xds,
             debug_options=self.settings.debug,
             metrics_options=self.settings.metrics,
             translate=functools.partial(translate_node, options=self.settings.translate),
             identities=identities,
         )
+
+    def _xds_security(self, api) -> XdsSecurity:
+        """What protects ADS. The CA is looked up at each use, through the plane's identities: it
+        follows a reload, and a CA from a Secret is attached before ADS listens."""
+        settings = self.settings
+
+        def authority() -> CertificateAuthority:
+            assert self.plane is not None and self.plane.identities is not None, "ADS started without a CA"
+            return self.plane.identities.ca
+
+        if settings.xds_auth == "insecure":
+            return XdsSecurity.insecure()
+        if settings.xds_auth == "tls":
+            return XdsSecurity.mutual_tls(authority, settings.xds_names, trust_domain=settings.trust_domain)
+        from ..xds.token_review import TokenReviewer
+
+        review = settings.token_review
+        verifier = TokenReviewer(api, audience=review.audience, service_account=review.service_account)
+        return XdsSecurity.token(authority, verifier, settings.xds_names)
 
     async def _open_secret_ca(self, store: SecretCaStore) -> CertificateAuthority:
         """The CA in the Secret, retried until the API server lets us read (or create) a usable one.
@@ -118,18 +163,22 @@ class ServeRuntime:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set: 0; 2 when it cannot start; 1 when the source fails."""
-        try:
-            self.plane = plane = self._make_plane()
-        except CertificateAuthorityError as exc:
-            log.error("%s", exc)
-            return 2
         api = None
-        if self.settings.ca_secret is not None:
+        if self.settings.ca_secret is not None or self.settings.xds_auth == "token":
             try:
                 api = await api_client(self.settings.kubeconfig, self.settings.context)
             except KubeConfigError as exc:
-                log.error("cannot reach the cluster for the CA Secret: %s", exc)
+                why = "the CA Secret" if self.settings.ca_secret is not None else "reviewing ztunnels' tokens"
+                log.error("cannot reach the cluster for %s: %s", why, exc)
                 return 2
+        try:
+            self.plane = plane = self._make_plane(api)
+        except CertificateAuthorityError as exc:
+            log.error("%s", exc)
+            if api is not None:
+                await api.close()
+            return 2
+        if self.settings.ca_secret is not None:
             self.ca_store = SecretCaStore(api, self.settings.ca_secret, trust_domain=self.settings.trust_domain)
         try:
             await plane.start_debug()
@@ -156,8 +205,9 @@ class ServeRuntime:
                 log.error("cannot start: %s", exc)
                 return 2
             # a log record, not a print: with --log-format json every line on stderr is JSON
-            log.info("serving %d nodes: ADS on %s, debug API on %s, metrics on %s", len(first.index.nodes),
-                     plane.xds_address, plane.debug_url, plane.metrics_server.url if plane.metrics_server else "-")
+            log.info("serving %d nodes: ADS on %s (%s), debug API on %s, metrics on %s", len(first.index.nodes),
+                     plane.xds_address, plane.ads.describe_security(), plane.debug_url,
+                     plane.metrics_server.url if plane.metrics_server else "-")
             follow = asyncio.create_task(self._follow(events), name="model-source")
             stopped = asyncio.create_task(stop.wait(), name="stop")
             tasks = {follow, stopped}

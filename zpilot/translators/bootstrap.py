@@ -1,25 +1,75 @@
-"""The Envoy bootstrap of one node's ztunnel: who it is, where its ADS server is, and the
-one piece of config that cannot travel over xDS (the internal listener extension)."""
+"""The Envoy bootstrap of one node's ztunnel: who it is, where its ADS server is, how it proves
+which node it serves (docs/security.md), and the one piece of config that cannot travel over xDS
+(the internal listener extension).
+
+The ADS connection's credentials are files that rotate: the node's client certificate (re-issued
+by ``zpilot bootstrap --renew``), a projected ServiceAccount token (the kubelet rewrites it), the
+CA bundle (a root rotation). Envoy reads each through **file-based SDS** with a watched
+directory: when an entry is moved into the directory (a kubelet-style ``..data`` swap, or
+``zpilot.certs.credential_files``), Envoy reloads the secret, so a rotated credential is used on
+the next connection without a restart.
+
+The token goes out as ``authorization: Bearer <token>`` on every ADS stream, added by the
+``credential_injector`` upstream HTTP filter of the xDS cluster from an SDS generic secret.
+``grpc_service.initial_metadata`` is read once at start, and a Google gRPC client's channel
+credentials (its CA bundle) are read once when the channel is made, so neither follows a rotated
+file; the filter reads the secret as SDS re-delivers it (checked against Envoy 1.40 by
+tests/xds/test_xds_token_envoy.py).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 
-from google.protobuf import duration_pb2, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, grpc_service_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2
+from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.type.matcher.v3 import string_pb2
+from xds.type.v3 import typed_struct_pb2
 
 from .. import contract
 from .clusters import HTTP_PROTOCOL_OPTIONS
 from .envoy_common import ads_source, pack, socket_address
 
 XDS_CLUSTER = "xds-grpc"
+#: The bootstrap's own SDS secrets (read from files, never sent by the server): the node's client
+#: certificate, the CA bundle the server's certificate is checked against, the bearer token.
+XDS_CLIENT_CERTIFICATE_SECRET = "xds-client-certificate"
+XDS_TRUST_BUNDLE_SECRET = "xds-trust-bundle"
+XDS_TOKEN_SECRET = "xds-token"
+#: How the token is sent on each ADS stream (RFC 6750).
+TOKEN_HEADER = "authorization"
+TOKEN_PREFIX = "Bearer "
+#: The generic credential's type: Envoy 1.40 has ``header_value_prefix``, xds-protos 1.85 does not
+#: yet, so the config is a TypedStruct that Envoy converts with its own descriptors.
+GENERIC_CREDENTIAL_TYPE = "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic"
+
+
+@dataclass(frozen=True)
+class XdsTls:
+    """How a ztunnel secures its ADS connection: every path absolute, as Envoy reads them."""
+
+    #: A DNS name or IP address the server's certificate must carry (sent as SNI when a name).
+    server_name: str
+    #: Where the SDS files of the secrets below are (``xds_sds_files`` gives their content).
+    sds_dir: str
+    #: The CA bundle (PEM) the server's certificate is checked against.
+    bundle: str
+    #: Mutual TLS: the node's certificate chain and key files.
+    certificate: tuple[str, str] | None = None
+    #: A projected ServiceAccount token file, sent as ``authorization: Bearer``.
+    token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +80,8 @@ class BootstrapOptions:
     admin_address: str = contract.ADMIN_ADDRESS
     admin_port: int = contract.PORT_ADMIN
     delta: bool = False
+    #: None: plaintext ADS (only a server started with ``--insecure-xds`` takes it).
+    tls: XdsTls | None = None
 
 
 def parse_xds_target(target: str) -> address_pb2.Address:
@@ -53,7 +105,116 @@ def _is_ip(host: str) -> bool:
         return False
 
 
-def _xds_cluster(target: str) -> cluster_pb2.Cluster:
+def default_server_name(target: str) -> str:
+    """The name a ztunnel checks the server's certificate for: the host it dials, ``localhost``
+    over a Unix socket (there is no name to dial; every server certificate carries it)."""
+    address = parse_xds_target(target)
+    return address.socket_address.address if address.HasField("socket_address") else "localhost"
+
+
+def _file_sds(name: str, sds_dir: str, watched: str) -> secret_pb2.SdsSecretConfig:
+    """The secret ``name`` from its SDS file in ``sds_dir``, reloaded when an entry is moved into
+    ``watched`` (the directory of the file the secret references)."""
+    return secret_pb2.SdsSecretConfig(
+        name=name,
+        sds_config=config_source_pb2.ConfigSource(
+            path_config_source=config_source_pb2.PathConfigSource(
+                path=f"{sds_dir}/{sds_file_name(name)}",
+                watched_directory=base_pb2.WatchedDirectory(path=watched),
+            ),
+            resource_api_version=config_source_pb2.V3,
+        ),
+    )
+
+
+def sds_file_name(secret: str) -> str:
+    return f"{secret}.sds.json"
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def xds_sds_files(tls: XdsTls) -> dict[str, dict]:
+    """The SDS files the bootstrap reads (file name in ``tls.sds_dir`` -> JSON content): each a
+    DiscoveryResponse holding one Secret that names its data by file, so Envoy re-reads the data
+    whenever the SDS file is reloaded."""
+    secrets = [
+        secret_pb2.Secret(
+            name=XDS_TRUST_BUNDLE_SECRET,
+            validation_context=common_pb2.CertificateValidationContext(
+                trusted_ca=base_pb2.DataSource(filename=tls.bundle)
+            ),
+        )
+    ]
+    if tls.certificate is not None:
+        chain, key = tls.certificate
+        secrets.append(secret_pb2.Secret(
+            name=XDS_CLIENT_CERTIFICATE_SECRET,
+            tls_certificate=common_pb2.TlsCertificate(
+                certificate_chain=base_pb2.DataSource(filename=chain),
+                private_key=base_pb2.DataSource(filename=key),
+            ),
+        ))
+    if tls.token is not None:
+        secrets.append(secret_pb2.Secret(
+            name=XDS_TOKEN_SECRET, generic_secret=secret_pb2.GenericSecret(secret=base_pb2.DataSource(filename=tls.token))
+        ))
+    return {
+        sds_file_name(secret.name): json_format.MessageToDict(
+            discovery_pb2.DiscoveryResponse(resources=[pack(secret)]), preserving_proto_field_name=True
+        )
+        for secret in secrets
+    }
+
+
+def _xds_tls_context(tls: XdsTls) -> tls_pb2.UpstreamTlsContext:
+    san_type = common_pb2.SubjectAltNameMatcher.IP_ADDRESS if _is_ip(tls.server_name) else common_pb2.SubjectAltNameMatcher.DNS
+    common = tls_pb2.CommonTlsContext(
+        alpn_protocols=["h2"],
+        combined_validation_context=tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+            default_validation_context=common_pb2.CertificateValidationContext(
+                match_typed_subject_alt_names=[
+                    common_pb2.SubjectAltNameMatcher(san_type=san_type, matcher=string_pb2.StringMatcher(exact=tls.server_name))
+                ]
+            ),
+            validation_context_sds_secret_config=_file_sds(XDS_TRUST_BUNDLE_SECRET, tls.sds_dir, _parent(tls.bundle)),
+        ),
+    )
+    if tls.certificate is not None:
+        common.tls_certificate_sds_secret_configs.append(
+            _file_sds(XDS_CLIENT_CERTIFICATE_SECRET, tls.sds_dir, _parent(tls.certificate[0]))
+        )
+    return tls_pb2.UpstreamTlsContext(common_tls_context=common, sni="" if _is_ip(tls.server_name) else tls.server_name)
+
+
+def _token_filters(tls: XdsTls) -> list[http_connection_manager_pb2.HttpFilter]:
+    """Upstream filters of the xDS cluster: the token as ``authorization: Bearer`` on every stream."""
+    assert tls.token is not None
+    generic = struct_pb2.Struct()
+    generic.update({
+        "credential": json_format.MessageToDict(
+            _file_sds(XDS_TOKEN_SECRET, tls.sds_dir, _parent(tls.token)), preserving_proto_field_name=True
+        ),
+        "header": TOKEN_HEADER,
+        "header_value_prefix": TOKEN_PREFIX,
+    })
+    injector = credential_injector_pb2.CredentialInjector(
+        overwrite=True,  # whatever else set the header, the token is what the server sees
+        credential=extension_pb2.TypedExtensionConfig(
+            name="envoy.http.injected_credentials.generic",
+            typed_config=pack(typed_struct_pb2.TypedStruct(type_url=GENERIC_CREDENTIAL_TYPE, value=generic)),
+        ),
+    )
+    return [
+        http_connection_manager_pb2.HttpFilter(name="envoy.filters.http.credential_injector", typed_config=pack(injector)),
+        http_connection_manager_pb2.HttpFilter(
+            name="envoy.filters.http.upstream_codec", typed_config=pack(upstream_codec_pb2.UpstreamCodec())
+        ),
+    ]
+
+
+def _xds_cluster(target: str, tls: XdsTls | None) -> cluster_pb2.Cluster:
     address = parse_xds_target(target)
     dns = address.HasField("socket_address") and not _is_ip(address.socket_address.address)
     options = http_protocol_options_pb2.HttpProtocolOptions(
@@ -63,10 +224,16 @@ def _xds_cluster(target: str) -> cluster_pb2.Cluster:
                     interval=duration_pb2.Duration(seconds=30), timeout=duration_pb2.Duration(seconds=10)
                 )
             )
-        )
+        ),
+        http_filters=_token_filters(tls) if tls is not None and tls.token is not None else [],
+    )
+    transport = (
+        base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(_xds_tls_context(tls)))
+        if tls is not None else None
     )
     return cluster_pb2.Cluster(
         name=XDS_CLUSTER,
+        transport_socket=transport,
         type=cluster_pb2.Cluster.STRICT_DNS if dns else cluster_pb2.Cluster.STATIC,
         connect_timeout=duration_pb2.Duration(seconds=1),
         typed_extension_protocol_options={HTTP_PROTOCOL_OPTIONS: pack(options)},
@@ -128,7 +295,7 @@ def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
             cds_config=ads_source(),
             lds_config=ads_source(),
         ),
-        static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[_xds_cluster(options.xds)]),
+        static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[_xds_cluster(options.xds, options.tls)]),
         bootstrap_extensions=[internal_listener_extension()],
         layered_runtime=runtime_layers(),
     )

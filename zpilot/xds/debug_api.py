@@ -1,7 +1,10 @@
 """The debug REST API (FastAPI, ``contract.PORT_DEBUG``): what istiod's debug endpoints show, for zpilot.
 
 Everything here reads state; nothing changes config. It shows every node's configuration, so it
-listens on localhost by default; Prometheus metrics are served apart (metrics_server.py). Key material never leaves through it:
+listens on localhost by default, and bound anywhere else it requires a bearer token given at start
+(``zpilot serve --debug-token-file``): every endpoint but ``/healthz/ready`` (a kubelet probe
+carries no token, and it tells only ready or not) answers 401 without it. Prometheus metrics are
+served apart (metrics_server.py). Key material never leaves through it:
 config dumps go through ``config_dump`` (which redacts private keys the way Envoy does).
 
 The handlers are coroutines, so they run on the event loop's thread, the one the ADS streams
@@ -17,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 from types import MappingProxyType
 from typing import Any, Mapping, Protocol
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..model.index import MeshIndex
 from .order import short_name
@@ -134,12 +139,28 @@ def _policies(index: MeshIndex, node: str | None) -> list[dict[str, Any]]:
     return out
 
 
-def create_app(plane: DebugView) -> FastAPI:
+def bearer_token(expected: str):
+    """A dependency that lets a request through only with ``Authorization: Bearer <expected>``."""
+    scheme = HTTPBearer(auto_error=False, description="the token of zpilot serve --debug-token-file")
+    wanted = expected.encode()
+
+    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not hmac.compare_digest(given, wanted):  # the same time whatever the guess
+            raise HTTPException(401, "this debug API needs Authorization: Bearer <the token of --debug-token-file>",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def create_app(plane: DebugView, *, token: str | None = None) -> FastAPI:
+    """The API; with ``token``, every endpoint but /healthz/ready requires it as a bearer token."""
     app = FastAPI(
         title="zpilot debug API",
         description="State of the zpilot control plane: per-node config, xDS sync status, the model.",
         version="1",
     )
+    debug = APIRouter(dependencies=[Depends(bearer_token(token))] if token is not None else [])
 
     @app.get("/healthz/ready", summary="200 once the source's first model was translated and ADS serves it")
     async def ready() -> JSONResponse:
@@ -147,7 +168,7 @@ def create_app(plane: DebugView) -> FastAPI:
             return JSONResponse({"ready": True})
         return JSONResponse({"ready": False}, status_code=503)
 
-    @app.get("/debug/config_dump", summary="A node's config in the shape of Envoy's /config_dump?include_eds")
+    @debug.get("/debug/config_dump", summary="A node's config in the shape of Envoy's /config_dump?include_eds")
     async def config_dump(node: str = Query(..., description="Kubernetes node name")) -> JSONResponse:
         snapshot = plane.cache.get_snapshot(node)
         if snapshot is None:
@@ -155,11 +176,11 @@ def create_app(plane: DebugView) -> FastAPI:
             raise HTTPException(404, f"no config for node {node!r}; nodes with config: {known}")
         return JSONResponse(await asyncio.to_thread(_dump, snapshot))
 
-    @app.get("/debug/syncz", summary="Per connection and type: last sent, last ACKed, last NACK with its error")
+    @debug.get("/debug/syncz", summary="Per connection and type: last sent, last ACKed, last NACK with its error")
     async def syncz(node: str | None = Query(None, description="only this node's connections")) -> JSONResponse:
         return JSONResponse([c.to_json() for c in plane.registry.connections(node)])
 
-    @app.get("/debug/connections", summary="Open ADS streams")
+    @debug.get("/debug/connections", summary="Open ADS streams")
     async def connections() -> JSONResponse:
         return JSONResponse(
             [
@@ -178,7 +199,7 @@ def create_app(plane: DebugView) -> FastAPI:
             ]
         )
 
-    @app.get("/debug/registryz", summary="The mesh model the config is built from, and its input problems")
+    @debug.get("/debug/registryz", summary="The mesh model the config is built from, and its input problems")
     async def registryz() -> JSONResponse:
         index = plane.index
         if index is None:
@@ -187,11 +208,12 @@ def create_app(plane: DebugView) -> FastAPI:
         failures = dict(plane.failures)  # copied on the loop, which is where it changes
         return JSONResponse(dict(await asyncio.to_thread(_model, index, failures), snapshots=snapshots))
 
-    @app.get("/debug/policyz", summary="Each meshed workload's AuthorizationPolicies and plaintext (mTLS) mode in force")
+    @debug.get("/debug/policyz", summary="Each meshed workload's AuthorizationPolicies and plaintext (mTLS) mode in force")
     async def policyz(node: str | None = Query(None, description="only this node's workloads")) -> JSONResponse:
         index = plane.index
         if index is None:
             raise HTTPException(503, "no model loaded yet")
         return JSONResponse(await asyncio.to_thread(_policies, index, node))
 
+    app.include_router(debug)
     return app

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .auth import DENIAL_REASONS
 from .observer import Response, StreamInfo, StreamObserver
 from .order import SHORT_NAMES
 
@@ -68,6 +69,12 @@ class Metrics(StreamObserver):
             " too_long, too_many_streams",
             ["reason"], registry=r,
         )
+        self.denied_streams = Counter(
+            "zpilot_xds_access_denied_total",
+            "ADS streams refused for their credential before anything was sent: no_credential,"
+            " invalid_credential, not_a_node_credential, node_mismatch, review_unavailable",
+            ["reason"], registry=r,
+        )
         self.unserved = Counter(
             "zpilot_xds_unserved_resource_names_total",
             "requested names never in the node's config on that stream (for SDS: not authorized), by type",
@@ -117,6 +124,9 @@ class Metrics(StreamObserver):
 
     def stream_refused(self, stream: StreamInfo | None, reason: str, message: str) -> None:
         self.rejected_requests.labels(reason).inc()
+
+    def access_denied(self, peer: str, node: str | None, reason: str, message: str) -> None:
+        self.denied_streams.labels(reason if reason in DENIAL_REASONS else "other").inc()
 
     def node_known(self, stream: StreamInfo, known: bool) -> None:
         if not known:

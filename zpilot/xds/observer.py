@@ -66,6 +66,11 @@ class StreamObserver:
         ``reason`` is one of a fixed set (``unparseable``, ``unknown_type``, ``no_node``, ``no_type``,
         ``too_many_names``, ``too_long``; ``too_many_streams`` with ``stream`` None, from the server)."""
 
+    def access_denied(self, peer: str, node: str | None, reason: str, message: str) -> None:
+        """A stream's credential did not allow it (auth.py); nothing was sent. ``node`` is the node
+        it asked for (None when refused before its first request was read); ``reason`` is one of
+        ``zpilot.xds.auth.DENIAL_REASONS``."""
+
     def node_known(self, stream: StreamInfo, known: bool) -> None:
         """Whether the model has the stream's node (unknown ones are served an empty config);
         reported at the first response and on every change."""
@@ -125,6 +130,9 @@ class Observers(StreamObserver):
 
     def stream_refused(self, stream: StreamInfo | None, reason: str, message: str) -> None:
         self._each("stream_refused", stream, reason, message)
+
+    def access_denied(self, peer: str, node: str | None, reason: str, message: str) -> None:
+        self._each("access_denied", peer, node, reason, message)
 
     def node_known(self, stream: StreamInfo, known: bool) -> None:
         self._each("node_known", stream, known)

@@ -11,7 +11,10 @@ streams; the server refuses a stream over ``max_streams`` before reading it; the
 a request over the other limits.
 
 Options go to gRPC in one place (:meth:`ServerOptions.grpc_options`), and the port is added in
-one place (:meth:`AdsServer._add_port`): transport security plugs in there.
+one place (:meth:`AdsServer._add_port`), with its transport security. Who may connect is
+:class:`~zpilot.xds.security.XdsSecurity`'s business: the port is TLS (or, with
+``--insecure-xds`` only, plaintext), and every stream is authenticated before it reads its first
+request (auth.py).
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from dataclasses import dataclass, field
 import grpc
 
 from .. import contract
+from .auth import Denied
 from .cache import SnapshotReader
 from .delta import DeltaStream
 from .limits import Limits, explain
 from .observer import StreamObserver
+from .security import XdsSecurity
 from .sockets import UNIX_PREFIX, describe, ensure_bindable, owner_only
 from .sotw import SotwStream
-from .stream import Stream, StreamOptions
+from .stream import Stream, StreamOptions, deny
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +88,19 @@ def _identity(data: bytes) -> bytes:
 
 class AdsServer:
     """Serves every node from a :class:`~zpilot.xds.cache.SnapshotReader`, reporting what its
-    streams do to ``observer`` (metrics, sync status: see observer.py)."""
+    streams do to ``observer`` (metrics, sync status: see observer.py). ``security`` has no
+    default: plaintext is a choice (``XdsSecurity.insecure()``), never an accident."""
 
     def __init__(
         self,
         cache: SnapshotReader,
         *,
+        security: XdsSecurity,
         options: ServerOptions | None = None,
         observer: StreamObserver | None = None,
     ) -> None:
         self.cache = cache
+        self.security = security
         self.options = options if options is not None else ServerOptions()
         self.observer = observer if observer is not None else StreamObserver()
         self._stream_options = StreamOptions(control_plane_id=self.options.control_plane_id,
@@ -109,7 +117,13 @@ class AdsServer:
             return
         self.open_streams += 1  # counted and uncounted in synchronous steps: nothing can skip one
         try:
-            stream = stream_class(self.cache, self.observer, self._stream_options, context.peer() or "")
+            peer = context.peer() or ""
+            try:  # before anything is read: a stream that proves nothing is served nothing
+                principal = await self.security.authenticator.authenticate(context)
+            except Denied as exc:
+                await deny(context, self.observer, exc, mode=stream_class.mode, peer=peer)
+                return
+            stream = stream_class(self.cache, self.observer, self._stream_options, peer, principal=principal)
             # Closing is idempotent; gRPC calls this when the RPC is over, however it ended.
             context.add_done_callback(lambda _context: stream.close())
             await stream.run(requests, context)
@@ -171,12 +185,31 @@ class AdsServer:
             await server.start()
         self._server = server
         self.port = None if self.unix_socket else port
-        log.info("ADS server listening on %s", address if self.unix_socket else f"{address} (port {port})")
+        log.info("ADS server listening on %s (%s)", address if self.unix_socket else f"{address} (port {port})",
+                 self.describe_security())
+        if self.security.tls is None:
+            log.warning("ADS is PLAINTEXT and UNAUTHENTICATED (--insecure-xds): whoever reaches %s can claim any"
+                        " node and receive its workloads' private keys; for development only", address)
         return port
 
     def _add_port(self, server: grpc.aio.Server, address: str) -> int:
-        """Listen on ``address``; returns the bound port (0: failed)."""
-        return server.add_insecure_port(address)
+        """Listen on ``address`` (TLS unless plaintext was chosen); returns the bound port (0: failed)."""
+        tls = self.security.tls
+        if tls is None:
+            return server.add_insecure_port(address)
+        try:
+            credentials = tls.credentials()
+        except ValueError as exc:  # CertificateAuthorityError (an expired CA), CredentialError (a bad --xds-san)
+            raise OSError(f"cannot issue the xDS server's certificate: {exc}") from None
+        return server.add_secure_port(address, credentials)
+
+    def describe_security(self) -> str:
+        mode = self.security.mode
+        if mode == "tls":
+            return "TLS, node client certificates required"
+        if mode == "token":
+            return "TLS, ServiceAccount bearer tokens required"
+        return "plaintext, unauthenticated"
 
     @property
     def unix_socket(self) -> bool:

@@ -8,7 +8,9 @@ arriving at once on reconnect are still answered CDS, EDS, SDS, LDS.
 
 A request the server cannot serve (unparseable, no node, unknown type URL, beyond a limit of
 limits.py) ends that stream with INVALID_ARGUMENT or RESOURCE_EXHAUSTED and a message saying
-why; nothing is shared between streams, so no other stream notices. Requests are decoded by
+why; nothing is shared between streams, so no other stream notices. A first request naming a
+node the connection's credential does not prove (auth.py) ends it with PERMISSION_DENIED before
+anything of that node is read or sent. Requests are decoded by
 decode.py, which reads only what the server needs and checks the limits first.
 
 Everything a client chose (node id, names, nonces, NACK text, type URLs, user agent) is bounded
@@ -39,6 +41,7 @@ from typing import Any, AsyncIterator, Iterable
 import grpc
 
 from ..logs import bounded
+from .auth import Denied, Principal
 from .cache import SnapshotReader
 from .decode import Request, RequestError, decode
 from .limits import Limits
@@ -84,6 +87,19 @@ class StreamOptions:
     gather_seconds: float = 0.1
 
 
+async def deny(
+    context: grpc.aio.ServicerContext, observer: StreamObserver, denied: Denied, *, mode: str, peer: str,
+    node: str | None = None,
+) -> None:
+    """End a stream whose credential does not allow it (auth.py): reported, logged, aborted."""
+    observer.access_denied(peer, node, denied.reason, denied.message)
+    fields = {"peer": peer} if node is None else {"peer": peer, "node": node}
+    log.warning("%s stream from %s%s refused (%s): %s", mode, bounded(peer, LOGGED_VALUE_CHARS),
+                f" for node={bounded(node, LOGGED_VALUE_CHARS)}" if node is not None else "", denied.reason,
+                denied.message, extra=fields)
+    await context.abort(denied.code, denied.message)
+
+
 class Stream:
     """Base of one ADS stream; subclasses implement :meth:`handle` and :meth:`respond`."""
 
@@ -95,11 +111,15 @@ class Stream:
         observer: StreamObserver,
         options: StreamOptions,
         peer: str = "",
+        *,
+        principal: Principal,
     ) -> None:
         self.cache = cache
         self.observer = observer
         self.options = options
         self.peer = peer
+        self.principal = principal  # what the connection proved: the only node it may be served
+        self._claimed_node: str | None = None  # the node the first request named
         self.id = f"conn-{next(_ids)}"
         self.info: StreamInfo | None = None  # set by the first request
         self.subscriptions: dict[str, Subscription] = {t: Subscription(t) for t in PUSH_ORDER}
@@ -322,6 +342,9 @@ class Stream:
         except RequestError as exc:
             await self._refuse(exc, context)
             return
+        except Denied as denied:  # the node named is not the credential's: nothing was registered or sent
+            await deny(context, self.observer, denied, mode=self.mode, peer=self.peer, node=self._claimed_node)
+            return
         self._tasks = [
             asyncio.create_task(self._read(iterator), name=f"xds-reader-{self.id}"),
             asyncio.create_task(self._watch_snapshots(), name=f"xds-watch-{self.id}"),
@@ -337,13 +360,15 @@ class Stream:
         except NodeIdentityError as exc:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "no_node") from exc
         assert client is not None
+        self._claimed_node = name
+        self.principal.check(name)  # Denied: before the stream is registered or anything is sent
         self.info = StreamInfo(id=self.id, node=name, node_id=client.id, mode=self.mode, peer=self.peer,
                                user_agent=client.user_agent)
         self._watch = self.cache.watch(name)
         self._opened = True
         self.observer.stream_opened(self.info)
-        log.info("%s stream %s opened by node=%s id=%r peer=%s user_agent=%r", self.mode, self.id, name,
-                 bounded(client.id, LOGGED_VALUE_CHARS), self.peer, client.user_agent,
+        log.info("%s stream %s opened by node=%s id=%r peer=%s user_agent=%r (%s)", self.mode, self.id, name,
+                 bounded(client.id, LOGGED_VALUE_CHARS), self.peer, client.user_agent, self.principal.credential,
                  extra=self.log_fields(peer=self.peer))
 
     def close(self) -> None:

@@ -1,0 +1,147 @@
+"""Who is on the other end of an ADS stream, and which node's config it may have (docs/security.md).
+
+Before a stream reads anything, the server asks its :class:`Authenticator` what the connection
+proves: a :class:`Principal` naming the one node its holder serves. The stream then serves the
+node its first request names only if it is that node; anything else ends the stream with
+``UNAUTHENTICATED`` (no usable credential) or ``PERMISSION_DENIED`` (a credential, but not for
+this node), before a byte of config or a secret is sent. Each refusal is reported to the
+stream observer (``access_denied``) with one reason of :data:`DENIAL_REASONS`.
+
+One authenticator per ``zpilot serve --xds-auth``:
+
+* ``tls`` -- :class:`NodeCertificateAuthenticator`: the client certificate gRPC's TLS verified
+  (chain to the mesh CA, dates) must be a node credential (``zpilot.certs.xds_credentials``).
+  A client without a certificate, with an expired one or one of another CA never gets past the
+  TLS handshake: gRPC closes the connection before any RPC exists, so those are not counted here.
+* ``token`` -- :class:`BearerTokenAuthenticator`: ``authorization: Bearer <token>``, a projected
+  ServiceAccount token that a :class:`TokenVerifier` turns into the node of the ztunnel pod it
+  belongs to (``zpilot.xds.token_review``: the TokenReview API).
+* ``--insecure-xds`` -- :class:`Unauthenticated`: any client may claim any node. Development only;
+  every stream logs a WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+
+from ..certs.xds_credentials import node_of_certificate
+from ..logs import bounded
+
+log = logging.getLogger("zpilot.xds.auth")
+
+#: Why a stream was refused: the ``reason`` label of ``zpilot_xds_access_denied_total`` (a fixed set).
+NO_CREDENTIAL = "no_credential"  # nothing presented that could prove a node
+INVALID_CREDENTIAL = "invalid_credential"  # a token the API server does not accept (expired, forged, revoked)
+NOT_A_NODE_CREDENTIAL = "not_a_node_credential"  # valid, but proves no node (a workload's, another account's)
+NODE_MISMATCH = "node_mismatch"  # proves one node, the stream asked for another
+REVIEW_UNAVAILABLE = "review_unavailable"  # the token could not be checked (API server unreachable)
+DENIAL_REASONS = (NO_CREDENTIAL, INVALID_CREDENTIAL, NOT_A_NODE_CREDENTIAL, NODE_MISMATCH, REVIEW_UNAVAILABLE)
+
+#: A bearer token longer than this is refused unread (a projected token is about 1 KiB).
+MAX_TOKEN_BYTES = 16 * 1024
+
+
+class Denied(Exception):
+    """The connection may not be served; ends the stream with ``code``."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        assert reason in DENIAL_REASONS, reason
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Principal:
+    """What a connection proved."""
+
+    #: The one node it may be served; None: any (only without authentication).
+    node: str | None
+    #: What proved it, for log lines (``certificate of node N``, ``token of pod ns/name``).
+    credential: str
+
+    def check(self, node: str) -> None:
+        """Raise :class:`Denied` unless this principal may be served ``node``."""
+        if self.node is not None and node != self.node:
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED, NODE_MISMATCH,
+                f"the {self.credential} is for node {self.node!r}, not {bounded(node, 253)!r}",
+            )
+
+
+class Authenticator(Protocol):
+    """Turns a connection's credentials into a :class:`Principal`, or raises :class:`Denied`."""
+
+    #: ``tls``, ``token`` or ``insecure`` (as ``zpilot serve`` names it).
+    mode: str
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal: ...
+
+
+class NodeCertificateAuthenticator:
+    """Mutual TLS: the node named by the verified client certificate."""
+
+    mode = "tls"
+
+    def __init__(self, trust_domain: str) -> None:
+        self.trust_domain = trust_domain
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        auth = context.auth_context() or {}
+        pems = auth.get("x509_pem_cert") or []
+        if not pems:  # gRPC requires the certificate, so only a server without TLS gets here
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, NO_CREDENTIAL, "no client certificate")
+        node = node_of_certificate(pems[0], self.trust_domain)
+        if node is None:
+            uris = [u.decode(errors="replace") for u in auth.get("peer_spiffe_id") or auth.get("x509_subject_alternative_name") or []]
+            shown = ", ".join(bounded(u, 300) for u in uris[:4]) or "no URI SAN"
+            raise Denied(
+                grpc.StatusCode.PERMISSION_DENIED, NOT_A_NODE_CREDENTIAL,
+                f"the client certificate ({shown}) is not a node credential of trust domain {self.trust_domain}",
+            )
+        return Principal(node, f"certificate of node {node}")
+
+
+class TokenVerifier(Protocol):
+    """Checks a bearer token: the :class:`Principal` it proves, or :class:`Denied`."""
+
+    async def verify(self, token: str) -> Principal: ...
+
+
+class BearerTokenAuthenticator:
+    """``authorization: Bearer <token>``, checked by ``verifier``."""
+
+    mode = "token"
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        self.verifier = verifier
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        values = [v for k, v in (context.invocation_metadata() or ()) if k == "authorization"]
+        if len(values) != 1:
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, NO_CREDENTIAL,
+                         "no bearer token (authorization: Bearer <token>)" if not values else "more than one authorization header")
+        value = values[0] if isinstance(values[0], str) else values[0].decode(errors="replace")
+        scheme, _, token = value.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, NO_CREDENTIAL, "the authorization header is not a bearer token")
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Denied(grpc.StatusCode.UNAUTHENTICATED, INVALID_CREDENTIAL, f"bearer token over {MAX_TOKEN_BYTES} bytes")
+        return await self.verifier.verify(token)
+
+
+class Unauthenticated:
+    """``--insecure-xds``: any client is served the node it names. Says so on every stream."""
+
+    mode = "insecure"
+
+    async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
+        log.warning("ADS without authentication (--insecure-xds): a stream from %s may claim any node and"
+                    " receive its private keys", bounded(context.peer() or "?", 200))
+        return Principal(None, "unauthenticated connection")
