@@ -26,7 +26,7 @@ from google.protobuf import json_format
 
 from zpilot import contract
 from zpilot.certs import CertificateAuthority
-from zpilot.certs.credential_files import write_node_credential
+from zpilot.certs.credential_files import write_atomically, write_node_credential
 from zpilot.translators.bootstrap import BootstrapOptions, XdsTls, bootstrap, default_server_name, xds_sds_files
 
 ENVOY = shutil.which("envoy") or "envoy"
@@ -69,12 +69,18 @@ def bootstrap_json(node: str, xds: int | str, admin_port: int, *, delta: bool = 
 
 
 def node_credential(directory: Path, xds: int | str, *, ca: CertificateAuthority | None = None, node: str = "",
-                    token: Path | None = None, bundle: Path | None = None) -> XdsTls:
+                    trust: bytes | None = None, token: Path | None = None, bundle: Path | None = None) -> XdsTls:
     """What ``zpilot bootstrap`` writes for ADS over TLS, in ``directory``: with ``ca``, ``node``'s
-    client certificate (mutual TLS); with ``token``, that token file and the CA ``bundle``."""
+    client certificate (mutual TLS) and ``ca``'s bundle (or ``trust``, to trust another server than
+    ``ca``'s); with ``token``, that token file and the CA ``bundle``."""
     directory.mkdir(parents=True, exist_ok=True)
     if ca is not None:
         write_node_credential(directory, ca, node)
+        if trust is not None:
+            write_atomically(directory, {
+                contract.CREDENTIAL_CERT_FILE: (directory / contract.CREDENTIAL_CERT_FILE).read_bytes(),
+                contract.CREDENTIAL_KEY_FILE: (directory / contract.CREDENTIAL_KEY_FILE).read_bytes(),
+                contract.CREDENTIAL_BUNDLE_FILE: trust}, private=frozenset({contract.CREDENTIAL_KEY_FILE}))
         tls = XdsTls(server_name=default_server_name(xds_target(xds)), sds_dir=str(directory),
                      bundle=str(directory / contract.CREDENTIAL_BUNDLE_FILE),
                      certificate=(str(directory / contract.CREDENTIAL_CERT_FILE),

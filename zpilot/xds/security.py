@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import grpc
 
 from ..certs import CertificateAuthority, IssuedCertificate
+from ..certs.x509_helpers import serial_hex
 from ..certs.xds_credentials import SERVER_CERTIFICATE_LIFETIME, issue_server_certificate
 from .auth import Authenticator, BearerTokenAuthenticator, NodeCertificateAuthenticator, TokenVerifier, Unauthenticated
 
@@ -67,8 +68,8 @@ class ServerTls:
         issued = issue_server_certificate(ca, self.names, self.lifetime)
         bundle = ca.trust_bundle_pem()
         self._issued, self._bundle = issued, bundle
-        log.info("ADS server certificate issued for %s (serial %x, until %s)", issued.spiffe_id, issued.serial,
-                 issued.not_after.isoformat())
+        log.info("ADS server certificate issued for %s (serial %s, until %s)", issued.spiffe_id,
+                 serial_hex(issued.serial), issued.not_after.isoformat())
         return grpc.ssl_server_certificate_configuration(
             [(issued.private_key_pem, issued.cert_chain_pem)],
             root_certificates=bundle if self.require_client_certificate else None,

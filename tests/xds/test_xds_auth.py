@@ -1,0 +1,161 @@
+"""Authenticated ADS (``--xds-auth tls``), tried as an attacker would, with a Python gRPC client.
+
+Every refused client must get nothing of the node it claims (no resource, no secret), be counted
+when the server sees it, and leave the other streams of the server as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import grpc
+import pytest
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
+
+from zpilot import contract
+from zpilot.certs import CertificateAuthority, IdentityCache
+from zpilot.certs.xds_credentials import issue_node_credential
+from zpilot.model.index import MeshIndex
+from zpilot.runtime.control_plane import ControlPlane, DebugOptions
+from zpilot.xds.order import CLUSTER_TYPE, SECRET_TYPE
+from zpilot.xds.security import XdsSecurity
+from zpilot.xds.server import ServerOptions
+
+from .ads_client import AdsClient, tls_credentials
+from .conftest import load_index, per_node_translate
+from .envoy_util import NODE_A, NODE_B
+
+#: The CA's root is made two days in the past, so that certificates that expired since can be issued.
+TWO_DAYS_AGO = datetime.now(timezone.utc) - timedelta(days=2)
+
+
+@pytest.fixture
+async def plane(manifests: Path, tmp_path: Path):
+    """A control plane serving ADS over mutual TLS on loopback; its CA in ``tmp_path/ca``."""
+    CertificateAuthority.load_or_create(tmp_path / "ca", clock=lambda: TWO_DAYS_AGO)
+    identities = IdentityCache(CertificateAuthority.load(tmp_path / "ca"))
+    plane = ControlPlane(
+        xds_security=XdsSecurity.mutual_tls(lambda: identities.ca),
+        server_options=ServerOptions(host="127.0.0.1", port=0),
+        debug_options=DebugOptions(port=0),
+        translate=per_node_translate({}),
+        identities=identities,
+    )
+    await plane.update(load_index(manifests))
+    await plane.start()
+    yield plane
+    await plane.stop()
+
+
+@pytest.fixture
+async def clients():
+    made: list[AdsClient] = []
+
+    def make(port: int, credential=None, bundle: bytes | None = None, **kw) -> AdsClient:
+        client = AdsClient(port, credentials=tls_credentials(bundle, credential), **kw)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+def secret_names(response) -> set[str]:
+    return {Secret.FromString(r.value).name for r in response.resources}
+
+
+def refs(plane: ControlPlane, node: str) -> set[str]:
+    snapshot = plane.cache.get_snapshot(node)
+    assert snapshot is not None
+    return set(snapshot.secret_refs)
+
+
+async def refused(client: AdsClient) -> grpc.StatusCode:
+    """The stream's error, which must come before any response."""
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        response = await client.recv(timeout=10)
+        raise AssertionError(f"a refused client got a response: {response.type_url}")
+    return error.value.code()
+
+
+def denied(plane: ControlPlane, reason: str) -> float:
+    return plane.metrics.value("zpilot_xds_access_denied_total", reason=reason)
+
+
+async def test_a_node_credential_is_served_its_node_and_only_its_node_s_secrets(plane, clients):
+    ca = plane.identities.ca
+    a = clients(plane.xds_port, issue_node_credential(ca, NODE_A), ca.trust_bundle_pem())
+    a.request(CLUSTER_TYPE, node_name=NODE_A)
+    assert (await a.recv()).resources
+    own, others = refs(plane, NODE_A), refs(plane, NODE_B) - refs(plane, NODE_A)
+    assert others, "the example's nodes should have identities of their own"
+    # Node A asks for node B's secrets as well as its own: it gets its own only.
+    a.request(SECRET_TYPE, names=sorted(own | others))
+    response = await a.recv()
+    assert secret_names(response) == own and not secret_names(response) & others
+    assert plane.metrics.value("zpilot_xds_unserved_resource_names_total", type="SDS") == len(others)
+
+
+async def test_attackers_get_nothing_and_the_other_streams_carry_on(plane, clients, manifests, tmp_path):
+    ca = plane.identities.ca
+    bundle = ca.trust_bundle_pem()
+    # Two honest ztunnels, connected and served before the attacks.
+    honest = {node: clients(plane.xds_port, issue_node_credential(ca, node), bundle, delta=(node == NODE_B))
+              for node in (NODE_A, NODE_B)}
+    honest[NODE_A].request(CLUSTER_TYPE, node_name=NODE_A)
+    honest[NODE_B].delta_request(CLUSTER_TYPE, node_name=NODE_B)
+    first = {node: await client.recv() for node, client in honest.items()}
+
+    yesterday_s_ca = CertificateAuthority.load(tmp_path / "ca", clock=lambda: TWO_DAYS_AGO)  # same key, old clock
+    expired = issue_node_credential(yesterday_s_ca, NODE_A, timedelta(hours=1))
+    assert expired.not_after < datetime.now(timezone.utc)
+    foreign = CertificateAuthority.generate()
+    workload = ca.issue(contract.spiffe_id("cluster.local", "default", "sleep"))
+
+    attacks = {
+        # (credential, bundle the client trusts, node claimed): what the server says, if it sees the client
+        "forged node name": (issue_node_credential(ca, NODE_B), bundle, NODE_A, grpc.StatusCode.PERMISSION_DENIED),
+        "another node's credential": (issue_node_credential(ca, NODE_A), bundle, NODE_B,
+                                      grpc.StatusCode.PERMISSION_DENIED),
+        "a workload's certificate": (workload, bundle, NODE_A, grpc.StatusCode.PERMISSION_DENIED),
+        # refused in the TLS handshake: no RPC reaches the server at all
+        "no credential": (None, bundle, NODE_A, grpc.StatusCode.UNAVAILABLE),
+        "an expired credential": (expired, bundle, NODE_A, grpc.StatusCode.UNAVAILABLE),
+        "a foreign CA's credential": (issue_node_credential(foreign, NODE_A), bundle, NODE_A,
+                                      grpc.StatusCode.UNAVAILABLE),
+    }
+    for what, (credential, trusted, node, code) in attacks.items():
+        for request in (CLUSTER_TYPE, SECRET_TYPE):
+            attacker = clients(plane.xds_port, credential, trusted)
+            attacker.request(request, node_name=node, names=sorted(refs(plane, node)) if request == SECRET_TYPE else ())
+            assert await refused(attacker) == code, what
+    assert denied(plane, "node_mismatch") == 4
+    assert denied(plane, "not_a_node_credential") == 2
+    assert {c["node"] for c in await _connections(plane)} == {NODE_A, NODE_B}  # only the honest streams
+    assert plane.metrics.value("zpilot_xds_responses_total", type="SDS", mode="sotw") == 0
+
+    # The honest streams are still served: a model change reaches both.
+    honest[NODE_A].request(CLUSTER_TYPE, nonce=first[NODE_A].nonce, version=first[NODE_A].version_info)
+    honest[NODE_B].delta_request(CLUSTER_TYPE, nonce=first[NODE_B].nonce)
+    index = load_index(manifests)
+    await plane.update(MeshIndex.build(dataclasses.replace(
+        index.cluster, services=tuple(s for s in index.cluster.services if s.name != "productpage"))))
+    for node, client in honest.items():
+        pushed = await client.recv()
+        assert pushed.type_url == CLUSTER_TYPE, node
+
+
+async def test_a_client_that_does_not_trust_the_server_s_ca_does_not_connect(plane, clients):
+    ca = plane.identities.ca
+    stranger = clients(plane.xds_port, issue_node_credential(ca, NODE_A), CertificateAuthority.generate().trust_bundle_pem())
+    stranger.request(CLUSTER_TYPE, node_name=NODE_A)
+    assert await refused(stranger) == grpc.StatusCode.UNAVAILABLE
+
+
+async def _connections(plane: ControlPlane) -> list[dict]:
+    from .e2e_util import debug_json
+
+    return await debug_json(plane.debug_port, "/debug/connections")
