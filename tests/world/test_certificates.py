@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -37,12 +36,13 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from zpilot import contract
 from zpilot.certs import CertificateAuthority
 from zpilot.certs.x509_helpers import serial_hex
-from zpilot.translators import names
+from zpilot.certs.xds_credentials import issue_node_credential
+from zpilot.translators import bootstrap, names
 from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions
 from zpilot.xds.order import SECRET_TYPE
 
-from ..xds.ads_client import SERVICE, AdsClient
+from ..xds.ads_client import AdsClient, tls_credentials
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
 
@@ -57,12 +57,12 @@ HBONE_PORT = 15008
 # -- an ADS client on the world's Unix socket ------------------------------------------------------
 
 
-class UnixAdsClient(AdsClient):
-    """tests/xds's client, connected to ``zpilot serve`` through the world's Unix socket."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(0, channel=grpc.aio.insecure_channel(f"unix:{path}"))
-        self._own_channel = True  # made here, so close() closes it
+def UnixAdsClient(world: World, node: str) -> AdsClient:
+    """tests/xds's client, connected to ``zpilot serve`` through the world's Unix socket as ``node``'s
+    ztunnel would: over mutual TLS, with a node credential of the world's CA."""
+    ca = world_ca(world)
+    return AdsClient(f"unix:{world.xds_socket}",
+                     credentials=tls_credentials(ca.trust_bundle_pem(), issue_node_credential(ca, node)))
 
 
 def secrets_of(response: DiscoveryResponse) -> list[Secret]:
@@ -83,7 +83,7 @@ class SecretCollector:
     (rotations included). Those keys are what the key-material test looks for in the logs."""
 
     def __init__(self, world: World) -> None:
-        self.socket = world.xds_socket
+        self.world = world
         self.subscriptions = {node.name: served_secret_names(world, node.key) for node in world.spec.nodes}
         self.issued: dict[str, Issued] = {}  # serial (hex, as Envoy prints it) -> what came with it
         self.first_response_at: dict[str, float] = {}
@@ -97,7 +97,7 @@ class SecretCollector:
         await asyncio.gather(*(self._stream(node, sorted(wanted)) for node, wanted in self.subscriptions.items()))
 
     async def _stream(self, node: str, wanted: list[str]) -> None:
-        client = UnixAdsClient(self.socket)
+        client = UnixAdsClient(self.world, node)
         try:
             client.request(SECRET_TYPE, names=wanted, node_name=node)
             while not self._stopping.is_set():
@@ -166,11 +166,13 @@ def served_secret_names(world: World, node_key: str) -> set[str]:
 
 
 def envoy_secret_names(world: World, node_key: str) -> set[str]:
-    """Every secret the node's Envoy holds, active or warming."""
+    """Every secret the node's Envoy holds from zpilot, active or warming (not its bootstrap's own:
+    the ADS credential it reads from files)."""
     dump = json.loads(world.ztunnels[node_key].admin("/config_dump?resource=dynamic_active_secrets"))
     held = {c["name"] for c in dump.get("configs", [])}
     warming = json.loads(world.ztunnels[node_key].admin("/config_dump?resource=dynamic_warming_secrets"))
-    return held | {c["name"] for c in warming.get("configs", [])}
+    return (held | {c["name"] for c in warming.get("configs", [])}) - {
+        bootstrap.XDS_CLIENT_CERTIFICATE_SECRET, bootstrap.XDS_TRUST_BUNDLE_SECRET}
 
 
 @dataclass(frozen=True)
@@ -186,12 +188,13 @@ def _when(text: str) -> datetime:
 
 
 def envoy_certs(world: World, node_key: str) -> dict[str, set[EnvoyCert]]:
-    """Workload certificates in the Envoy's /certs, by SPIFFE ID (one entry per TLS context using it)."""
+    """Workload certificates in the Envoy's /certs, by SPIFFE ID (one entry per TLS context using it);
+    not the node's ADS credential."""
     out: dict[str, set[EnvoyCert]] = {}
     for entry in json.loads(world.ztunnels[node_key].admin("/certs"))["certificates"]:
         for cert in entry.get("cert_chain", []):
             for san in cert.get("subject_alt_names", []):
-                if "uri" in san:
+                if "uri" in san and contract.node_of_credential_id(san["uri"], TD) is None:
                     out.setdefault(san["uri"], set()).add(EnvoyCert(
                         san["uri"], cert["serial_number"], _when(cert["valid_from"]), _when(cert["expiration_time"])))
     return out
@@ -433,7 +436,7 @@ def test_node_a_never_gets_productpages_secret(cw):
     log_offset = world.server.stderr.stat().st_size
 
     async def ask() -> tuple[list[str], list[str]]:
-        client = UnixAdsClient(world.xds_socket)
+        client = UnixAdsClient(world, node_a)
         try:
             client.request(SECRET_TYPE, names=[mine, *foreign], node_name=node_a)
             first = await client.recv(timeout=10)
@@ -486,9 +489,10 @@ def key_needles(pem: bytes) -> tuple[list[bytes], list[bytes]]:
 def collect_everything(world: World) -> dict[str, bytes]:
     """Every log file of the run and every debug / admin response: source -> bytes."""
     out: dict[str, bytes] = {}
-    ca_dir = world.dir / "ca"
+    stores = (world.ca_dir, world.credentials_dir)
     for path in sorted(world.dir.rglob("*")):
-        if path.is_file() and ca_dir not in path.parents:  # the CA's own key store is the one exception
+        # the key stores (the CA's, the nodes' ADS credentials) are the exceptions
+        if path.is_file() and not any(store in path.parents for store in stores):
             out[f"file {path.relative_to(world.dir)}"] = path.read_bytes()
     openapi = world.debug("/openapi.json")
     node_names = [n.name for n in world.spec.nodes]
@@ -546,6 +550,9 @@ def test_no_private_key_material_in_logs_debug_output_or_metrics(cw):
 
     secret_keys = {f"workload key {serial} ({i.spiffe_id})": i.key_pem for serial, i in issued.items()}
     secret_keys["root key"] = (world.dir / "ca" / "root-key.pem").read_bytes()
+    for node in world.spec.nodes:  # each node's ADS client key (zpilot bootstrap wrote it)
+        secret_keys[f"node {node.key}'s ADS credential key"] = (
+            world.credential_dir(node.key) / contract.CREDENTIAL_KEY_FILE).read_bytes()
     needles = {what: key_needles(pem) for what, pem in secret_keys.items()}
 
     haystacks = collect_everything(world)

@@ -47,7 +47,7 @@ def test_demo_command_prints_the_path_and_cleans_up():
     for expected in ("mark               0x100", "route_table        101", "tunnel_device      istioout",
                      "tproxy_port        15001", "inbound_chain      inbound_10.4.3.20",
                      "peer_identity      spiffe://cluster.local/ns/default/sa/sleep",
-                     f"agrees on all {len(FACT_KEYS)} facts"):
+                     f"agrees on all {len(FACT_KEYS)} facts", "(ADS over mutual TLS, each with its node's certificate)"):
         assert expected in out, out
     # other worlds (other test runs) may come and go meanwhile: look at the demo's own
     prefix = re.search(r"namespaces (zw\d+-\d+)-\*", out).group(1)

@@ -1,9 +1,10 @@
 """Building a world and tearing it down: ``with World() as world: ...``.
 
 The order follows a real cluster's: the nodes and their pod network first (veths, routes,
-kube-proxy's portals), then the pods' servers, the control plane (``zpilot serve``), each
-node's ztunnel Envoy (bootstrapped by ``zpilot bootstrap``) and finally the CNI node agent's
-rules (``zpilot cni apply``), which start redirecting the meshed pods' traffic.
+kube-proxy's portals), then the pods' servers, the control plane (``zpilot serve``, ADS over
+mutual TLS on a Unix socket), each node's ztunnel Envoy (bootstrapped by ``zpilot bootstrap``
+with the node's client certificate from the world's CA) and finally the CNI node agent's rules
+(``zpilot cni apply``), which start redirecting the meshed pods' traffic.
 
 Teardown runs on every exit from the ``with`` block, exceptions and Ctrl-C included (SIGTERM is
 turned into the same path): processes first, then every namespace, which takes the rules,
@@ -128,6 +129,20 @@ class World:
         return self.dir / workdir.CA_DIR
 
     @property
+    def credentials_dir(self) -> Path:
+        """Every node's ADS credential (``zpilot bootstrap --credential-dir``), one directory per node."""
+        assert self.dir is not None
+        return self.dir / workdir.CREDENTIALS_DIR
+
+    def credential_dir(self, node_key: str) -> Path:
+        return self.credentials_dir / node_key
+
+    @property
+    def key_stores(self) -> list[Path]:
+        """What in the directory holds private keys: the CA, the nodes' credentials, static bootstraps."""
+        return [self.ca_dir, self.credentials_dir, *self._secret_files]
+
+    @property
     def keeps_dir(self) -> bool:
         """Whether the directory outlives the world (its private keys never do)."""
         return self.options.keep_workdir or self.options.workdir is not None
@@ -242,26 +257,57 @@ class World:
     def _start_ztunnels(self) -> None:
         assert self.supervisor is not None and self.dir is not None
         for node in self.spec.nodes:
-            pod = self.spec.ztunnel_on(node.key)
             if self.options.static_config:
                 argv = zpilot_cli("render", "--manifests", str(self.manifests), "--node", node.name, "--static",
                                   "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.ca_dir),
                                   "--layout", self.options.layout)
-            else:
+            else:  # the README's second command: the node's credential from the CA zpilot serve uses
                 argv = zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
-                                  "--admin-port", str(contract.PORT_ADMIN),
+                                  "--admin-port", str(contract.PORT_ADMIN), *self._credential_args(node.key),
                                   *(["--delta"] if self.options.delta_xds else []))
-            boot = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
+            boot = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            if boot.returncode != 0:
+                raise WorldError(f"bootstrapping ztunnel {node.key} failed: {boot.stderr[-2000:]}")
             config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
             if self.options.static_config:  # secrets inline: workload private keys
                 self._secret_files.append(config)
             config.write_text(boot.stdout)
-            child = self.supervisor.start(f"ztunnel-{node.key}", [
-                envoy_path(), "-c", str(config), "--disable-hot-restart", "--base-id", str(next_base_id()),
-                "--concurrency", str(self.options.envoy_concurrency), "-l", self.options.envoy_log_level,
-                "--file-flush-interval-msec", "50", "--drain-time-s", "1",
-            ], netns=self.pod_ns(pod))
-            self.ztunnels[node.key] = Ztunnel(node, pod, self.pod_ns(pod), child, self.client)
+            self._launch_ztunnel(node)
+
+    def _credential_args(self, node_key: str) -> list[str]:
+        return ["--ca-dir", str(self.ca_dir), "--trust-domain", self.spec.trust_domain,
+                "--credential-dir", str(self.credential_dir(node_key))]
+
+    def _launch_ztunnel(self, node: NodeSpec) -> Ztunnel:
+        assert self.supervisor is not None and self.dir is not None
+        pod = self.spec.ztunnel_on(node.key)
+        config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
+        child = self.supervisor.start(f"ztunnel-{node.key}", [
+            envoy_path(), "-c", str(config), "--disable-hot-restart", "--base-id", str(next_base_id()),
+            "--concurrency", str(self.options.envoy_concurrency), "-l", self.options.envoy_log_level,
+            "--file-flush-interval-msec", "50", "--drain-time-s", "1",
+        ], netns=self.pod_ns(pod))
+        self.ztunnels[node.key] = Ztunnel(node, pod, self.pod_ns(pod), child, self.client)
+        return self.ztunnels[node.key]
+
+    def renew_credential(self, node_key: str, *, force: bool = True) -> str:
+        """``zpilot bootstrap --renew`` for the node (``--force``: even if not due); its message.
+        A running ztunnel re-reads the swapped files; it presents them on its next connection."""
+        node = self.spec.node(node_key)
+        argv = zpilot_cli("bootstrap", "--renew", *(["--force"] if force else []), "--node", node.name,
+                          *self._credential_args(node_key))
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise WorldError(f"renewing node {node_key}'s credential failed: {done.stderr[-2000:]}")
+        return done.stderr
+
+    def restart_ztunnel(self, node_key: str) -> Ztunnel:
+        """Stop the node's Envoy and start it again from its bootstrap (as a pod restart would)."""
+        assert self.supervisor is not None
+        self.supervisor.stop(self.ztunnels[node_key].process)
+        zt = self._launch_ztunnel(self.spec.node(node_key))
+        self.supervisor.wait_for(zt.process, zt.ready, timeout=self.options.ready_timeout, what="LIVE")
+        return zt
 
     def _start_cni_agents(self) -> None:
         """One ``zpilot cni run`` per node, inside the node's namespace, watching the manifests."""
@@ -382,7 +428,7 @@ class World:
             if not self.keeps_dir and self.dir.exists():
                 left.append(f"directory {self.dir}")
             elif self.keeps_dir:
-                left += [f"private keys in {p}" for p in (self.ca_dir, *self._secret_files) if p.exists()]
+                left += [f"private keys in {p}" for p in self.key_stores if p.exists()]
         return left
 
     def close(self) -> None:
@@ -403,7 +449,7 @@ class World:
             errors += self.namespaces.delete_all()
             if self.dir is not None:
                 if self.keeps_dir:
-                    error = workdir.keep(self.dir, [self.ca_dir, *self._secret_files])
+                    error = workdir.keep(self.dir, self.key_stores)
                 else:
                     error = workdir.remove(self.dir)
                 if error:

@@ -111,7 +111,8 @@ def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False, lay
     started = time.monotonic()
     with World(options=WorldOptions(keep_workdir=keep_workdir, layout=layout)) as world:
         emit(f"  built in {time.monotonic() - started:.1f} s: namespaces {world.prefix}-*, "
-             f"zpilot serve in {world.cp_ns}, Envoy ztunnels in {', '.join(z.netns for z in world.ztunnels.values())},"
+             f"zpilot serve in {world.cp_ns}, Envoy ztunnels in {', '.join(z.netns for z in world.ztunnels.values())}"
+             " (ADS over mutual TLS, each with its node's certificate),"
              f" rules by zpilot cni run (one agent per node); logs in {world.dir}" + ("" if keep_workdir else " (removed at exit)"))
         emit("")
         if scenario is not None:

@@ -1,4 +1,4 @@
-"""A world's private directory: its manifests, logs, Unix sockets, bootstraps and CA keys.
+"""A world's private directory: its manifests, logs, Unix sockets, bootstraps, CA and node keys.
 
 The directory is named after the world (``zpilot-world-zw<pid>-<n>-XXXXXXXX`` in the temporary
 directory, mode 0700), so that, like the world's namespaces, one left behind by a builder that
@@ -26,6 +26,8 @@ log = logging.getLogger("zpilot.world")
 DIR_PREFIX = "zpilot-world-"
 #: The world's CA (``zpilot serve --ca-dir``, ``zpilot render --ca-dir``): root key included.
 CA_DIR = "ca"
+#: Each node's ADS credential (``zpilot bootstrap --credential-dir``): the node's private key included.
+CREDENTIALS_DIR = "xds-credentials"
 #: Written into a directory its world kept on purpose; the sweep leaves such a directory alone.
 KEPT_MARKER = ".kept"
 
