@@ -47,3 +47,22 @@ def test_workload_secret_name_round_trip():
 def test_the_contract_imports_nothing_of_zpilot():
     source = open(contract.__file__).read()
     assert not re.search(r"^\s*(from|import)\s+(zpilot|\.)", source, re.MULTILINE)
+
+
+def test_node_credential_id_round_trip():
+    node = "gke-jimmy-cluster-default-pool-d5041909-d10i"
+    uri = contract.node_credential_id("cluster.local", node)
+    assert uri == f"spiffe://cluster.local/ns/istio-system/sa/ztunnel/node/{node}"
+    assert contract.node_of_credential_id(uri, "cluster.local") == node
+    assert contract.node_of_credential_id(uri, "other.local") is None  # another trust domain's
+    assert contract.node_of_credential_id(uri + "/x", "cluster.local") is None
+    assert contract.node_of_credential_id(contract.spiffe_id("cluster.local", "istio-system", "ztunnel"),
+                                          "cluster.local") is None  # the ztunnel's workload identity
+
+
+@pytest.mark.parametrize("node", ["", "A", "a/b", "..", "a" * 254, "-a", "a_b"])
+def test_a_node_credential_names_a_kubernetes_node_or_nothing(node):
+    with pytest.raises(ValueError):
+        contract.node_credential_id("cluster.local", node)
+    assert contract.node_of_credential_id(f"spiffe://cluster.local/ns/istio-system/sa/ztunnel/node/{node}",
+                                          "cluster.local") is None

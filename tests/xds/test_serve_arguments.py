@@ -199,6 +199,14 @@ def test_a_debug_api_off_loopback_answers_only_with_its_token(tmp_path):
                 assert client.get(url, headers={"Authorization": "Bearer s3cret-debug-toke"}).status_code == 401
                 assert client.get(url, headers={"Authorization": "Basic s3cret-debug-token"}).status_code == 401
                 assert client.get(url, headers={"Authorization": "Bearer s3cret-debug-token"}).status_code == 200
+        # zpilot diff reads the intent with the token (and then fails on the Envoy, which is not there)
+        diff = ["zpilot.cli", "diff", "--server", f"http://127.0.0.1:{port}", "--envoy-admin", "http://127.0.0.1:9",
+                "--node", "gke-jimmy-cluster-default-pool-d5041909-d10i"]
+        refused = subprocess.run([sys.executable, "-m", *diff], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "HTTP 401" in refused.stderr, refused.stderr
+        allowed = subprocess.run([sys.executable, "-m", *diff, "--debug-token-file", str(token_file)],
+                                 capture_output=True, text=True, timeout=60)
+        assert allowed.returncode == 2 and "http://127.0.0.1:9/config_dump" in allowed.stderr, allowed.stderr
     finally:
         serve.stop()
     assert serve.proc.returncode == 0, serve.log.read_text()

@@ -20,7 +20,7 @@ from zpilot.certs.xds_credentials import issue_node_credential
 from zpilot.model.index import MeshIndex
 from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.order import CLUSTER_TYPE, SECRET_TYPE
-from zpilot.xds.security import XdsSecurity
+from zpilot.xds.security import ServerTls, XdsSecurity
 from zpilot.xds.server import ServerOptions
 
 from .ads_client import AdsClient, tls_credentials
@@ -159,3 +159,53 @@ async def _connections(plane: ControlPlane) -> list[dict]:
     from .e2e_util import debug_json
 
     return await debug_json(plane.debug_port, "/debug/connections")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_the_server_certificate_is_renewed_at_half_its_life_by_the_next_handshake():
+    clock = Clock()
+    ca = CertificateAuthority.generate(clock=clock)
+    tls = ServerTls(lambda: ca, ["zpilot.istio-system.svc"], require_client_certificate=True,
+                    lifetime=timedelta(hours=2))
+    tls.credentials()
+    first = tls.certificate
+    assert tls._fetch() is None  # fresh: gRPC keeps the configuration it has
+    clock.now += timedelta(minutes=59)
+    assert tls._fetch() is None
+    clock.now += timedelta(minutes=2)
+    assert tls._fetch() is not None and tls.certificate.serial != first.serial
+
+
+async def test_a_root_rotation_reaches_the_ads_port_without_a_restart(plane, clients, tmp_path):
+    """docs/certificates.md's rotation with ztunnels connecting during it: after SIGHUP's reload the
+    server's certificate comes from the new root, node credentials of either root are accepted while
+    both are trusted, and a client that trusts only the new root connects."""
+    ca_dir = tmp_path / "ca"
+    old = plane.identities.ca
+    new_root = CertificateAuthority.load_or_create(tmp_path / "new-root")
+    (ca_dir / "extra-roots.pem").write_bytes((ca_dir / "root-cert.pem").read_bytes())  # the old root: trusted
+    for name in ("root-key.pem", "root-cert.pem"):
+        (ca_dir / name).write_bytes((tmp_path / "new-root" / name).read_bytes())  # the new one signs
+    assert await plane.reload_ca()
+    new = plane.identities.ca
+    assert new.fingerprint == new_root.fingerprint
+    only_new = clients(plane.xds_port, issue_node_credential(new, NODE_A), new_root.trust_bundle_pem())
+    only_new.request(CLUSTER_TYPE, node_name=NODE_A)
+    assert (await only_new.recv()).resources
+    assert plane.ads.security.tls.certificate.ca_fingerprint == new.fingerprint
+    still_old = clients(plane.xds_port, issue_node_credential(old, NODE_B), new.trust_bundle_pem())
+    still_old.request(CLUSTER_TYPE, node_name=NODE_B)
+    assert (await still_old.recv()).resources
+    # the old root dropped (step 5): its credentials are refused in the handshake
+    (ca_dir / "extra-roots.pem").unlink()
+    assert await plane.reload_ca()
+    dropped = clients(plane.xds_port, issue_node_credential(old, NODE_B), new.trust_bundle_pem())
+    dropped.request(CLUSTER_TYPE, node_name=NODE_B)
+    assert await refused(dropped) == grpc.StatusCode.UNAVAILABLE

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.kube.apiserver import seed_article
-from tests.kube.apiserver.fixtures import api_client, apiserver  # noqa: F401 (the fixture)
+from tests.kube.apiserver.fixtures import api_client
 from zpilot import contract
 from zpilot.certs import CertificateAuthority, IdentityCache
 from zpilot.certs.credential_files import write_node_credential
@@ -220,7 +220,7 @@ async def test_an_expired_credential_renewed_under_a_running_envoy_connects_it(p
     await wait_synced(plane.debug_port, NODE_A)
 
 
-async def test_token_mode_with_a_rotating_projected_token(planes, envoys, apiserver, tmp_path):  # noqa: F811
+async def test_token_mode_with_a_rotating_projected_token(planes, envoys, apiserver, tmp_path):
     """The token file is swapped as the kubelet swaps it (``..data``); once the first token has expired,
     a reconnect is served only if Envoy sent the new one."""
     seed_article(apiserver)

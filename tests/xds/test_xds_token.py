@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from tests.kube.apiserver import seed_article
-from tests.kube.apiserver.fixtures import api_client, apiserver  # noqa: F401 (the fixture)
+from tests.kube.apiserver.fixtures import api_client
 from zpilot import contract
 from zpilot.certs import CertificateAuthority, IdentityCache
 from zpilot.runtime.control_plane import ControlPlane, DebugOptions
@@ -29,7 +29,7 @@ ZPILOT_RBAC = {("create", "tokenreviews.authentication.k8s.io"), ("get", "pods")
 
 
 @pytest.fixture
-async def plane(apiserver, manifests: Path):  # noqa: F811 (the fixture)
+async def plane(apiserver, manifests: Path):
     """A control plane whose ADS takes ServiceAccount tokens, reviewed with zpilot's least privileges."""
     seed_article(apiserver)
     identities = IdentityCache(CertificateAuthority.generate())
@@ -77,7 +77,7 @@ def denied(plane, reason: str) -> float:
     return plane.metrics.value("zpilot_xds_access_denied_total", reason=reason)
 
 
-async def test_a_ztunnel_pod_s_token_is_served_its_node_only(plane, connect, apiserver):  # noqa: F811
+async def test_a_ztunnel_pod_s_token_is_served_its_node_only(plane, connect, apiserver):
     token = apiserver.issue_token(contract.ZTUNNEL_NAMESPACE, contract.ZTUNNEL_SERVICE_ACCOUNT, pod=ZTUNNEL_ON_A,
                                   audiences=AUDIENCE)
     served = connect(token, NODE_A)
@@ -90,7 +90,7 @@ async def test_a_ztunnel_pod_s_token_is_served_its_node_only(plane, connect, api
     assert plane.reviewer.reviews == 1
 
 
-async def test_tokens_that_prove_no_node_are_refused(plane, connect, apiserver):  # noqa: F811
+async def test_tokens_that_prove_no_node_are_refused(plane, connect, apiserver):
     ns, sa = contract.ZTUNNEL_NAMESPACE, contract.ZTUNNEL_SERVICE_ACCOUNT
     cases = {
         "expired": (apiserver.issue_token(ns, sa, pod=ZTUNNEL_ON_A, audiences=AUDIENCE, expires_in=-10),
@@ -113,7 +113,7 @@ async def test_tokens_that_prove_no_node_are_refused(plane, connect, apiserver):
     assert plane.metrics.value("zpilot_xds_responses_total", type="CDS", mode="sotw") == 0
 
 
-async def test_a_token_of_a_deleted_pod_is_refused(plane, connect, apiserver):  # noqa: F811
+async def test_a_token_of_a_deleted_pod_is_refused(plane, connect, apiserver):
     token = apiserver.issue_token(contract.ZTUNNEL_NAMESPACE, contract.ZTUNNEL_SERVICE_ACCOUNT, pod=ZTUNNEL_ON_A,
                                   audiences=AUDIENCE)
     apiserver.delete("pods", ZTUNNEL_ON_A, contract.ZTUNNEL_NAMESPACE)
@@ -121,7 +121,7 @@ async def test_a_token_of_a_deleted_pod_is_refused(plane, connect, apiserver):  
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_an_api_server_that_cannot_be_asked_is_unavailable_not_a_verdict(plane, connect, apiserver):  # noqa: F811
+async def test_an_api_server_that_cannot_be_asked_is_unavailable_not_a_verdict(plane, connect, apiserver):
     token = apiserver.issue_token(contract.ZTUNNEL_NAMESPACE, contract.ZTUNNEL_SERVICE_ACCOUNT, pod=ZTUNNEL_ON_A,
                                   audiences=AUDIENCE)
     apiserver.inject(status=500, times=1, verb="create")
@@ -129,3 +129,31 @@ async def test_an_api_server_that_cannot_be_asked_is_unavailable_not_a_verdict(p
     assert code == grpc.StatusCode.UNAVAILABLE and denied(plane, "review_unavailable") == 1
     served = connect(token, NODE_A)  # the failure was not cached: the next stream is reviewed again
     assert (await served.recv()).resources
+
+
+async def test_reviews_are_cached_briefly_boundedly_and_never_past_the_token_s_expiry(apiserver):
+    seed_article(apiserver)
+    now = [1000.0]
+
+    def token(**kw) -> str:
+        return apiserver.issue_token(contract.ZTUNNEL_NAMESPACE, contract.ZTUNNEL_SERVICE_ACCOUNT, pod=ZTUNNEL_ON_A,
+                                     audiences=AUDIENCE, **kw)
+
+    async with api_client(apiserver) as api:
+        reviewer = TokenReviewer(api, ttl=60, max_entries=2, clock=lambda: now[0])
+        tokens = [token() for _ in range(3)]
+        for t in tokens:
+            assert (await reviewer.verify(t)).node == NODE_A
+        assert reviewer.reviews == 3
+        await reviewer.verify(tokens[2])
+        assert reviewer.reviews == 3  # cached
+        await reviewer.verify(tokens[0])
+        assert reviewer.reviews == 4  # evicted: at most two entries
+        now[0] += 61
+        await reviewer.verify(tokens[0])
+        assert reviewer.reviews == 5  # the cache holds a verdict for a minute at most
+        short = token(expires_in=30)
+        await reviewer.verify(short)
+        now[0] += 31
+        await reviewer.verify(short)
+        assert reviewer.reviews == 7  # not past the token's own expiry, though the minute is not over

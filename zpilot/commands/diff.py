@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 from .. import contract
@@ -22,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--envoy-admin", required=True,
                    help=f"the Envoy's admin URL, e.g. http://{contract.ADMIN_ADDRESS}:{contract.PORT_ADMIN}")
     p.add_argument("--server", default=f"http://127.0.0.1:{contract.PORT_DEBUG}", help="zpilot debug API URL")
+    p.add_argument("--debug-token-file", type=Path,
+                   help="the bearer token of a debug API that requires one (zpilot serve --debug-token-file)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
     p.set_defaults(func=run)
 
@@ -30,12 +33,13 @@ class FetchError(Exception):
     pass
 
 
-def fetch_json(url: str, timeout: float) -> Any:
+def fetch_json(url: str, timeout: float, token: str | None = None) -> Any:
     import urllib.error
     import urllib.request
 
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (operator-given URL)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (operator-given URL)
             return json.load(response)
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:500]
@@ -64,11 +68,18 @@ def envoy_node(admin: str, timeout: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..xds.dump_diff import summary, unified_diff
 
+    from .options import read_token_file
+
     server = args.server.rstrip("/")
     admin = args.envoy_admin.rstrip("/")
     try:
+        token = read_token_file(args.debug_token_file) if args.debug_token_file is not None else None
+    except ValueError as exc:
+        print(f"zpilot diff: {exc}", file=sys.stderr)
+        return 2
+    try:
         node = args.node or envoy_node(admin, args.timeout)
-        intent = fetch_json(f"{server}/debug/config_dump?node={urllib.parse.quote(node)}", args.timeout)
+        intent = fetch_json(f"{server}/debug/config_dump?node={urllib.parse.quote(node)}", args.timeout, token)
         actual = fetch_json(f"{admin}/config_dump?include_eds", args.timeout)
     except FetchError as exc:
         print(f"zpilot diff: {exc}", file=sys.stderr)

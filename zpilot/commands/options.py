@@ -5,6 +5,10 @@ the command line is parsed, not when the parser is built."""
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger("zpilot.commands")
 
 
 def layout_name(text: str) -> str:
@@ -33,3 +37,25 @@ def add_root_namespace(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root-namespace", default=DEFAULT_ROOT_NAMESPACE, type=namespace_name,
                    help="Istio's root namespace: its policies without a selector apply to the whole mesh"
                         f" (default {DEFAULT_ROOT_NAMESPACE})")
+
+
+#: A debug token file longer than this is not a token.
+MAX_DEBUG_TOKEN_BYTES = 4096
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace dropped); ValueError saying what is wrong."""
+    import stat
+
+    try:
+        if path.stat().st_size > MAX_DEBUG_TOKEN_BYTES:
+            raise ValueError(f"{path}: larger than {MAX_DEBUG_TOKEN_BYTES} bytes; is it a token?")
+        token = path.read_text(encoding="utf-8").strip()
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not token or any(c.isspace() for c in token):
+        raise ValueError(f"{path}: must hold one token (no spaces), and holds {'nothing' if not token else 'several words'}")
+    if mode & 0o077:
+        log.warning("%s: the debug token file has mode %o; make it readable by its owner only (chmod 600)", path, mode)
+    return token

@@ -19,7 +19,7 @@ from typing import Callable
 from .. import contract
 from ..kube import source_flags
 from . import data_path_flags, xds_limit_flags
-from .options import add_root_namespace, layout_name
+from .options import add_root_namespace, layout_name, read_token_file
 
 log = logging.getLogger("zpilot.serve")
 
@@ -134,28 +134,6 @@ def exposed_debug_address(address: str) -> bool:
         return not ipaddress.ip_address(address).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return True
-
-
-#: A debug token file longer than this is not a token.
-MAX_DEBUG_TOKEN_BYTES = 4096
-
-
-def read_token_file(path: Path) -> str:
-    """The token in ``path`` (surrounding whitespace dropped); ValueError saying what is wrong."""
-    import stat
-
-    try:
-        if path.stat().st_size > MAX_DEBUG_TOKEN_BYTES:
-            raise ValueError(f"{path}: larger than {MAX_DEBUG_TOKEN_BYTES} bytes; is it a token?")
-        token = path.read_text(encoding="utf-8").strip()
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
-    if not token or any(c.isspace() for c in token):
-        raise ValueError(f"{path}: must hold one token (no spaces), and holds {'nothing' if not token else 'several words'}")
-    if mode & 0o077:
-        log.warning("%s: the debug token file has mode %o; make it readable by its owner only (chmod 600)", path, mode)
-    return token
 
 
 def xds_auth_mode(args: argparse.Namespace) -> str:
