@@ -18,6 +18,7 @@ from tests.kube.apiserver.fixtures import apiserver  # noqa: F401 (the fixture)
 from tests.kube.apiserver.objects import make_namespace
 from zpilot.certs.ca import new_root_files, utc_now
 from zpilot.certs.kube_secret import SecretName
+from zpilot.certs.xds_credentials import issue_node_credential
 from zpilot.kube.directory import ManifestDirectorySource
 from zpilot.runtime.control_plane import DebugOptions
 from zpilot.runtime.serve import ServeRuntime, ServeSettings
@@ -25,7 +26,7 @@ from zpilot.translators import TranslateOptions
 from zpilot.xds.order import SECRET_TYPE
 from zpilot.xds.server import ServerOptions
 
-from .ads_client import AdsClient
+from .ads_client import AdsClient, tls_credentials
 from .envoy_util import NODE_A, eventually, random_loopback
 from .test_serve_runtime import ready_status
 
@@ -84,7 +85,9 @@ async def test_a_changed_secret_reaches_the_ztunnels_without_restart_and_a_broke
     client = None
     try:
         await serve.wait_ready()
-        client = AdsClient(serve.runtime.plane.xds_port)
+        ca = serve.runtime.plane.identities.ca  # ADS is mutual TLS: the node's credential from the Secret's CA
+        client = AdsClient(serve.runtime.plane.xds_port,
+                           credentials=tls_credentials(ca.trust_bundle_pem(), issue_node_credential(ca, NODE_A)))
         client.request(SECRET_TYPE, names=["ROOTCA"], node_name=NODE_A)
         first = await client.recv()
         created = apiserver.get("secrets", SECRET.name, SECRET.namespace)

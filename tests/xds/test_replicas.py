@@ -26,7 +26,9 @@ from tests.kube.apiserver.fixtures import apiserver  # noqa: F401 (the fixture)
 from tests.kube.apiserver.objects import make_namespace
 
 from .e2e_util import debug_json, wait_no_diff, wait_synced
-from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, Envoy, eventually, free_port, random_loopback
+from zpilot.certs import CertificateAuthority
+
+from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, Envoy, eventually, free_port, node_credential, random_loopback
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
@@ -91,9 +93,22 @@ class Replica:
                 self.proc.wait(timeout=5)
 
 
-def envoy_with_two_control_planes(workdir: Path, node: str, first: Replica, second: Replica) -> Envoy:
-    """An Envoy whose ADS cluster has both replicas as endpoints (as a Service in front of them would)."""
-    envoy = Envoy(workdir, node, first.xds_port)
+def secret_ca(server, workdir: Path) -> CertificateAuthority:
+    """The CA the replicas share, as read from its Secret (what an operator would bootstrap nodes with)."""
+    data = server.get("secrets", "zpilot-ca", "istio-system")["data"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    for key in ("ca-cert.pem", "ca-key.pem"):
+        (workdir / key).write_bytes(base64.b64decode(data[key]))
+    (workdir / "ca-key.pem").chmod(0o600)
+    return CertificateAuthority.from_files(workdir / "ca-cert.pem", workdir / "ca-key.pem")
+
+
+def envoy_with_two_control_planes(workdir: Path, node: str, first: Replica, second: Replica,
+                                  ca: CertificateAuthority) -> Envoy:
+    """An Envoy whose ADS cluster has both replicas as endpoints (as a Service in front of them would),
+    with its node's credential from the replicas' CA (both check it; both certificates carry 127.0.0.1)."""
+    envoy = Envoy(workdir, node, first.xds_port,
+                  tls=node_credential(workdir / "xds-credential", first.xds_port, ca=ca, node=node))
     config = json.loads(envoy.config.read_text())
     [xds] = config["static_resources"]["clusters"]
     endpoints = xds["load_assignment"]["endpoints"][0]["lb_endpoints"]
@@ -146,7 +161,8 @@ async def test_replicas_share_one_root_and_an_envoy_moved_between_them_keeps_its
         root = base64.b64decode(stored["root-cert.pem"])
         assert [await r.root_ca(NODE_A) for r in replicas] == [root, root]
 
-        envoy = envoy_with_two_control_planes(tmp_path / "envoy", NODE_A, *replicas).start()
+        ca = secret_ca(apiserver, tmp_path / "operator")
+        envoy = envoy_with_two_control_planes(tmp_path / "envoy", NODE_A, *replicas, ca).start()
         await envoy.wait_ready()
         [first] = [r for r in replicas if await connected(r, NODE_A)]
         [second] = [r for r in replicas if r is not first]

@@ -381,6 +381,7 @@ class CertificateAuthority:
             [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
             lifetime,
             identity.uri,
+            window_start=window_start,
         )
 
     def issue_leaf(
@@ -389,13 +390,16 @@ class CertificateAuthority:
         usages: list[x509.ObjectIdentifier],
         lifetime: timedelta,
         label: str,
+        *,
+        window_start: datetime | None = None,
     ) -> IssuedCertificate:
-        """A new key and an end-entity certificate with exactly these SANs and extended key usages.
+        """A key and an end-entity certificate with exactly these SANs and extended key usages.
 
         Every certificate zpilot signs comes from here, so all share the same shape: empty subject
         (the SANs are the names, marked critical as RFC 5280 then requires), backdated NotBefore,
         NotAfter clamped to the CA's own expiry. ``label`` names it in messages and becomes
-        ``IssuedCertificate.spiffe_id`` (the URI SAN; for a certificate without one, its names).
+        ``IssuedCertificate.spiffe_id`` (the URI SAN; for a certificate without one, its names);
+        with ``window_start`` the key and serial are derived from it (see :meth:`issue`).
         Callers decide which names a certificate may carry: see ``issue`` and ``xds_credentials``.
         """
         if not names:
@@ -410,7 +414,7 @@ class CertificateAuthority:
             )
         start = now if window_start is None else window_start
         if window_start is not None and not (now - lifetime < window_start <= now):
-            raise ValueError(f"certificate window for {identity.uri} starts at {window_start.isoformat()}:"
+            raise ValueError(f"certificate window for {label} starts at {window_start.isoformat()}:"
                              f" not within the lifetime before now ({now.isoformat()})")
         not_before = (start - CLOCK_SKEW).replace(microsecond=0)
         not_after = (start + lifetime).replace(microsecond=0)
@@ -421,7 +425,7 @@ class CertificateAuthority:
             key = ec.generate_private_key(ec.SECP256R1())
             serial = x509.random_serial_number()
         else:
-            key, serial = self._derived_key_and_serial(identity.uri, window_start, lifetime)
+            key, serial = self._derived_key_and_serial(label, window_start, lifetime)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
