@@ -40,10 +40,11 @@ ADMIN_ADDRESS = "127.0.0.1"
 
 # -- the control plane's own ports (``zpilot serve``), where istiod has the same services ----------
 
-#: ADS over gRPC: istiod's plaintext xDS port, where a ztunnel's bootstrap points.
+#: ADS over gRPC, where a ztunnel's bootstrap points: istiod's xDS port number (plaintext there; zpilot
+#: serves TLS on it unless started with ``--insecure-xds``).
 PORT_XDS = 15010
 #: The debug API: istiod's monitoring port. It shows every node's config, so it stays on localhost
-#: unless told otherwise.
+#: unless told otherwise (and then requires a bearer token).
 PORT_DEBUG = 15014
 #: Prometheus ``/metrics``: the port Istio's proxies serve their merged metrics on.
 PORT_METRICS = 15020

@@ -51,8 +51,9 @@ XDS_TOKEN_SECRET = "xds-token"
 #: How the token is sent on each ADS stream (RFC 6750).
 TOKEN_HEADER = "authorization"
 TOKEN_PREFIX = "Bearer "
-#: The generic credential's type: Envoy 1.40 has ``header_value_prefix``, xds-protos 1.85 does not
-#: yet, so the config is a TypedStruct that Envoy converts with its own descriptors.
+#: The generic credential's type: Envoy 1.40 has ``header_value_prefix``, xds-protos 1.85's message does
+#: not, so the config is a TypedStruct that Envoy converts with its own descriptors (protos/ adds
+#: messages xds-protos lacks; it cannot add a field to one that xds-protos registers).
 GENERIC_CREDENTIAL_TYPE = "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic"
 
 
