@@ -36,14 +36,16 @@ WATCHED = {str(w) for w in control_plane_watches()}
 
 
 class Serve:
-    """A ``zpilot serve`` subprocess on free ports, reading the cluster a kubeconfig names."""
+    """A ``zpilot serve`` subprocess on free ports, reading the cluster a kubeconfig names, its CA in
+    ``workdir/ca`` (``bootstrap``: what ``zpilot bootstrap`` is given for the node credentials)."""
 
     def __init__(self, workdir: Path, kubeconfig: Path) -> None:
         self.xds_port, self.debug_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log = workdir / "serve.log"
+        self.bootstrap = ("--ca-dir", str(workdir / "ca"))
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "zpilot.cli", "serve", "--kubeconfig", str(kubeconfig),
+                [sys.executable, "-m", "zpilot.cli", "serve", "--kubeconfig", str(kubeconfig), *self.bootstrap,
                  "--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port), "--debug-port", str(self.debug_port),
                  "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
                  "--bind-address", random_loopback(), "--debounce-quiet", "0.05"],
@@ -139,7 +141,7 @@ async def test_pods_and_services_created_through_the_api_reach_envoy(apiserver: 
     seed_article(apiserver)
     serve = serve_against(apiserver.kubeconfig_path)
     await serve.wait_ready()
-    a, b = envoys(NODE_A, serve.xds_port), envoys(NODE_B, serve.xds_port)
+    a, b = envoys(NODE_A, serve.xds_port, cli=serve.bootstrap), envoys(NODE_B, serve.xds_port, cli=serve.bootstrap)
     await asyncio.gather(a.wait_ready(), b.wait_ready())
     for envoy in (a, b):
         await wait_synced(serve.debug_port, envoy.node)
