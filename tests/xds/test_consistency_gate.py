@@ -8,13 +8,18 @@ from __future__ import annotations
 import asyncio
 
 from tests.translators.test_consistency import SAME_NAME_PORTS, SLEEP_CHAIN
+import pytest
+
 from zpilot.translators import translate_node
+from zpilot.xds.order import CLUSTER_TYPE, LISTENER_TYPE
 from zpilot.xds.push import Producer
 from zpilot.xds.snapshot_cache import SnapshotCache
 
+from .ads_client import AdsClient
 from .conftest import load_index
 from .e2e_util import debug_json, wait_no_diff, wait_synced
 from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually
+from .fake_world import NodeSpec
 
 
 EXTRA_SERVICE = """\
@@ -69,6 +74,78 @@ async def test_an_inconsistent_node_keeps_its_snapshot_and_the_others_go_on(mani
     hook.on = False
     report = await producer.update()
     assert NODE_A in report.changed and producer.failures == {}
+
+
+async def test_a_node_without_good_config_is_withheld_until_it_has_one(manifests):
+    """The first translation of a node fails: there is nothing to keep, and the cache withholds the
+    node (its streams send nothing) instead of leaving it without a snapshot (an empty config)."""
+    hook = DuplicateChain()
+    hook.on = True
+    cache = SnapshotCache()
+    producer = Producer(cache, translate=lambda index, node: edited(translate_node(index, node), hook))
+    await producer.update(load_index(manifests))
+    assert cache.get_snapshot(NODE_A) is None and "2 filter chains named" in cache.withheld(NODE_A)
+    assert cache.get_snapshot(NODE_B) is not None and cache.withheld(NODE_B) is None
+
+    hook.on = False
+    report = await producer.update()
+    assert NODE_A in report.changed and cache.withheld(NODE_A) is None and cache.get_snapshot(NODE_A) is not None
+
+    hook.on = True  # failing again with a good snapshot: that one is kept, nothing is withheld
+    await producer.update()
+    assert cache.withheld(NODE_A) is None and cache.get_snapshot(NODE_A) is not None
+
+
+async def test_a_withheld_node_that_leaves_the_model_is_forgotten(manifests):
+    hook = DuplicateChain()
+    hook.on = True
+    cache = SnapshotCache()
+    producer = Producer(cache, translate=lambda index, node: edited(translate_node(index, node), hook))
+    await producer.update(load_index(manifests))
+    assert cache.withheld(NODE_A) is not None
+    watch = cache.watch(NODE_A)
+    for path in manifests.rglob("*.yaml"):  # node A and everything on it leave the model
+        if NODE_A in path.read_text():
+            path.unlink()
+    await producer.update(load_index(manifests))
+    assert cache.withheld(NODE_A) is None and NODE_A not in producer.failures
+    await asyncio.wait_for(watch.wait(), 1)  # its streams wake: it is now a node the model lacks
+    watch.close()
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_a_withheld_node_is_sent_nothing_and_then_its_config(fake_plane, delta):
+    """Over the wire: a node of the model whose config failed from the start gets no response at all
+    (SotW and delta alike), while a node the model lacks gets its empty config; once the node's
+    config is good the waiting requests are answered."""
+    plane, world = await fake_plane()
+    world.nodes["c"] = NodeSpec(clusters={"c1": ["10.0.0.3"]}, listeners={"l1": 10001, "l2": 10001})  # one port twice
+    report = await plane.update(world.index())
+    assert "binds 127.0.0.1:10001 like listener" in report.failed["c"]
+    clients = {name: AdsClient(plane.xds_port, delta=delta) for name in ("c", "ghost")}
+    try:
+        for name, client in clients.items():
+            for type_url in (CLUSTER_TYPE, LISTENER_TYPE):
+                if delta:  # the ghost names a cluster: an empty wildcard answer would be no answer
+                    client.delta_request(type_url, node_name=name, subscribe=["c1"] if name == "ghost" else ())
+                else:
+                    client.request(type_url, node_name=name)
+        ghost = await clients["ghost"].recv()  # a node the model lacks: served its (empty) config
+        assert ghost.type_url == CLUSTER_TYPE and len(ghost.resources) == 0
+        if delta:
+            assert list(ghost.removed_resources) == ["c1"]
+        await clients["c"].expect_silence(0.5)
+        [conn] = await debug_json(plane.debug_port, "/debug/syncz", node="c")
+        assert conn["known_node"] is True and all(t["sent_count"] == 0 for t in conn["types"]), conn
+
+        world.nodes["c"].listeners = {"l1": 10001}
+        await plane.update(world.index())
+        first, second = await clients["c"].recv(), await clients["c"].recv()
+        assert (first.type_url, second.type_url) == (CLUSTER_TYPE, LISTENER_TYPE)
+        assert len(first.resources) == 1 and len(second.resources) == 1
+    finally:
+        for client in clients.values():
+            await client.close()
 
 
 async def test_registryz_names_the_refused_node(make_plane):
@@ -148,3 +225,46 @@ async def test_real_envoy_is_never_sent_a_duplicate_chain(make_plane, envoys):
 
     await eventually(fixed)
     await wait_no_diff(plane.debug_port, envoy)
+
+
+@needs_envoy
+async def test_real_envoy_reconnecting_to_a_serve_with_no_good_config_for_it_keeps_its_own(make_plane, envoys):
+    """A node whose config fails the check before it ever had a good one has nothing to keep: it is
+    withheld, served nothing (the stream waits), never an empty config. An Envoy with good config
+    from another serve (restarted, or a replica) that reconnects here keeps its listeners (with the
+    empty config it was served before, it dropped every one), and gets config as soon as the node's
+    translation is good."""
+    first = await make_plane()
+    envoy = envoys(NODE_A, first.xds_port)
+    await envoy.wait_ready()
+    await wait_synced(first.debug_port, NODE_A)
+    before = await _outbound_chains(envoy)
+    port = first.xds_port
+    await first.stop()  # the serve goes away; the Envoy keeps its config and keeps redialling
+
+    hook = DuplicateChain()
+    hook.on = True
+    second = await make_plane(xds_port=port, edit=hook)  # its first translation of node A fails
+    assert NODE_A in second.producer.failures and second.cache.get_snapshot(NODE_A) is None
+    assert second.cache.get_snapshot(NODE_B) is not None
+
+    async def asked():
+        conns = await debug_json(second.debug_port, "/debug/syncz", node=NODE_A)
+        assert len(conns) == 1, conns
+        assert {"CDS", "LDS"} <= set(_types(conns[0])), conns[0]
+        return conns[0]
+
+    await eventually(asked, timeout=40)
+    await asyncio.sleep(1.0)  # a response, had there been one, would have been sent and applied by now
+    [conn] = await debug_json(second.debug_port, "/debug/syncz", node=NODE_A)
+    assert {name: t["sent_count"] for name, t in _types(conn).items()} == dict.fromkeys(_types(conn), 0), conn
+    assert conn["known_node"] is True
+    assert await _outbound_chains(envoy) == before
+    model = await debug_json(second.debug_port, "/debug/registryz")
+    [problem] = [p for p in model["problems"] if p["subject"] == f"Node {NODE_A}"]
+    assert "never had a good config: it is sent nothing" in problem["reason"], problem
+
+    hook.on = False
+    await second.update()
+    await wait_synced(second.debug_port, NODE_A)
+    await wait_no_diff(second.debug_port, envoy)

@@ -34,6 +34,12 @@ class SnapshotReader(Protocol):
     def get_snapshot(self, node: str) -> Snapshot | None:
         """The node's current snapshot, or None when no config was produced for it."""
 
+    def withheld(self, node: str) -> str | None:
+        """Why a node of the model has no config that may be served (see
+        :meth:`SnapshotWriter.withhold`), or None. Its streams send nothing and wait: an empty
+        config, what a node the model lacks is served, would take the listeners of an Envoy that
+        reconnects here with good config from an earlier server."""
+
     def watch(self, node: str) -> NodeWatch:
         """Watch a node (known or not: a node the model gains later gets its config then)."""
 
@@ -47,8 +53,13 @@ class SnapshotWriter(Protocol):
     def get_snapshot(self, node: str) -> Snapshot | None:
         """The node's current snapshot (the producer reads it back for gauges and the debug API)."""
 
+    def withhold(self, node: str, reason: str) -> None:
+        """The node is in the model but has no config that may be served (its first translation
+        failed the consistency check): its streams wait. A later :meth:`set_snapshot` or
+        :meth:`clear_snapshot` ends this. Ignored for a node with a snapshot (it keeps that one)."""
+
     def clear_snapshot(self, node: str) -> bool:
-        """Forget a node (it left the model); its watchers wake and see no snapshot."""
+        """Forget a node (it left the model), withheld or not; its watchers wake and see no snapshot."""
 
     def nodes(self) -> list[str]:
         """Nodes with a snapshot."""

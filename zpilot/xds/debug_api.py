@@ -56,7 +56,8 @@ class DebugView(Protocol):
 
     @property
     def failures(self) -> Mapping[str, str]:
-        """Nodes whose latest config failed the consistency check (they keep their last good one), and why."""
+        """Nodes whose latest config failed the consistency check (they keep their last good one, or
+        are sent nothing without one), and why."""
         ...
 
 
@@ -97,7 +98,8 @@ def _dump(snapshot: Snapshot) -> dict[str, Any]:
 
 
 def _model(index: MeshIndex, failures: Mapping[str, str]) -> dict[str, Any]:
-    """The model as JSON-ready data (immutable: thread-safe), with the nodes whose config was refused."""
+    """The model as JSON-ready data (immutable: thread-safe), with the nodes whose config was refused
+    (``failures``: node -> the problem's reason)."""
     cluster = index.cluster
     meshed = {(w.namespace, w.name) for w in index.meshed_workloads()}
     return {
@@ -114,8 +116,7 @@ def _model(index: MeshIndex, failures: Mapping[str, str]) -> dict[str, Any]:
             for p in index.problems
         ]
         + [
-            {"severity": "error", "subject": f"Node {node}", "reason": f"{reason}; the node keeps its last good config",
-             "where": ""}
+            {"severity": "error", "subject": f"Node {node}", "reason": reason, "where": ""}
             for node, reason in sorted(failures.items())
         ],
     }
@@ -205,7 +206,11 @@ def create_app(plane: DebugView, *, token: str | None = None) -> FastAPI:
         if index is None:
             raise HTTPException(503, "no model loaded yet")
         snapshots = {node: _versions(plane, node) for node in plane.cache.nodes()}
-        failures = dict(plane.failures)  # copied on the loop, which is where it changes
+        failures = {  # read on the loop, which is where they change
+            node: reason + ("; the node keeps its last good config" if plane.cache.get_snapshot(node) is not None
+                            else "; the node never had a good config: it is sent nothing until it has")
+            for node, reason in plane.failures.items()
+        }
         return JSONResponse(dict(await asyncio.to_thread(_model, index, failures), snapshots=snapshots))
 
     @debug.get("/debug/policyz", summary="Each meshed workload's AuthorizationPolicies and plaintext (mTLS) mode in force")

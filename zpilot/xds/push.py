@@ -7,7 +7,8 @@ result into a :class:`~zpilot.xds.snapshot.Snapshot`. The cache compares content
 node whose resources did not change is not pushed.
 
 A node whose translation fails keeps its last good snapshot: a bug or bad input for one node
-never takes config away from it or from any other node.
+never takes config away from it or from any other node. A node that never had a good one is
+withheld (its streams send nothing and wait), never served an empty config.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class Producer:
         self.secrets = secrets
         self.metrics = metrics if metrics is not None else Metrics()
         self.index: MeshIndex | None = None
-        #: Nodes whose latest config could not be produced (they keep their last good one), and why.
+        #: Nodes whose latest config could not be produced (they keep their last good one, or are
+        #: withheld in the cache without one), and why.
         self.failures: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
@@ -135,10 +137,12 @@ class Producer:
             try:
                 out[node] = self.build(index, node, changed_at)
             except InvalidResources as exc:  # caught before sending: Envoy would have refused it
-                log.error("node %s: config refused before sending, it keeps its last good config: %s", node, exc)
+                log.error("node %s: config refused before sending, it keeps its last good config (without one it is"
+                          " sent nothing): %s", node, exc)
                 out[node] = f"{type(exc).__name__}: {exc}"
             except Exception as exc:  # one node's failure must not stop the others
-                log.exception("node %s: config could not be produced; it keeps its last good config", node,
+                log.exception("node %s: config could not be produced; it keeps its last good config (without one it"
+                              " is sent nothing)", node,
                               extra={"node": node})
                 out[node] = f"{type(exc).__name__}: {exc}"
         return out
@@ -179,6 +183,7 @@ class Producer:
                     report.removed.append(node)
             for node in [n for n in self.failures if n not in built]:
                 del self.failures[node]
+                self.cache.clear_snapshot(node)  # a withheld node that left the model
             self._update_gauges()
             report.seconds = time.perf_counter() - started
             log.info(
@@ -194,6 +199,9 @@ class Producer:
                 report.failed[node] = result
                 self.failures[node] = result
                 self.metrics.producer_errors.inc()
+                # Nothing good to keep yet: serve the node nothing rather than the empty config of a
+                # node the model lacks (an Envoy reconnecting with good config would drop it all).
+                self.cache.withhold(node, result)
                 continue
             self.failures.pop(node, None)
             self.metrics.generation.observe(result.generation_seconds)

@@ -1,7 +1,9 @@
 """The per-node snapshot cache: the one place the producer and the ADS streams meet.
 
 Setting a snapshot whose versions equal the stored one is a no-op: no watcher wakes, so a node
-whose resources did not change gets no push. All methods must be called on the event loop's
+whose resources did not change gets no push. A node of the model whose config could never be
+produced is *withheld*: its streams send nothing, rather than the empty config of a node the model
+lacks. All methods must be called on the event loop's
 thread (the producer and the server share one asyncio loop).
 """
 
@@ -40,6 +42,7 @@ class SnapshotCache:
 
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
+        self._withheld: dict[str, str] = {}  # node -> why it has nothing to serve (never a snapshot too)
         self._watches: dict[str, set[_Watch]] = defaultdict(set)
 
     # -- writer -----------------------------------------------------------------------------
@@ -51,12 +54,24 @@ class SnapshotCache:
             # Same content: keep the old snapshot (and its change time) so nothing looks pushed.
             return []
         self._snapshots[snapshot.node] = snapshot
+        self._withheld.pop(snapshot.node, None)
         for watch in list(self._watches.get(snapshot.node, ())):
             watch.notify()
         return changed
 
+    def withhold(self, node: str, reason: str) -> None:
+        if node in self._snapshots:
+            return
+        first = node not in self._withheld
+        self._withheld[node] = reason
+        if not first:
+            return
+        for watch in list(self._watches.get(node, ())):  # they stop serving it as a node the model lacks
+            watch.notify()
+
     def clear_snapshot(self, node: str) -> bool:
-        if self._snapshots.pop(node, None) is None:
+        withheld = self._withheld.pop(node, None) is not None
+        if self._snapshots.pop(node, None) is None and not withheld:
             return False
         for watch in list(self._watches.get(node, ())):
             watch.notify()
@@ -69,6 +84,9 @@ class SnapshotCache:
 
     def get_snapshot(self, node: str) -> Snapshot | None:
         return self._snapshots.get(node)
+
+    def withheld(self, node: str) -> str | None:
+        return self._withheld.get(node)
 
     def watch(self, node: str) -> _Watch:
         watch = _Watch(self, node)

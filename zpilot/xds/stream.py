@@ -131,6 +131,7 @@ class Stream:
         self._nonce = 0
         self._known_node: bool | None = None
         self._empty: Snapshot | None = None  # what an unknown node is served (one, so its change time holds)
+        self._withheld_logged = False
         self.started_at = time.monotonic()
         self._requested: set[str] = set()  # types requested at least once on this stream
         self._expected: dict[str, float] = {}  # type -> until when its first request is waited for
@@ -227,9 +228,27 @@ class Stream:
         self._hold_timer = None
         self._wake.set()
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self) -> Snapshot | None:
+        """What the node is served now: its snapshot, an empty one for a node the model lacks, or
+        None while the node is withheld (in the model, but no config of it could be produced yet):
+        then nothing is sent and requests wait, since an empty config would make an Envoy that
+        reconnects with good config from an earlier server drop its listeners."""
         assert self.info is not None
         snapshot = self.cache.get_snapshot(self.node)
+        if snapshot is None and self.cache.withheld(self.node) is not None:
+            if not self._withheld_logged:
+                self._withheld_logged = True
+                log.warning(
+                    "node %r (%s stream %s from %s) has no config that can be sent (its translation failed,"
+                    " see /debug/registryz): sending nothing until it has", self.node, self.mode, self.id,
+                    self.peer, extra=self.log_fields(),
+                )
+            self._empty = None
+            if self._known_node is not True:
+                self._known_node = True
+                self.observer.node_known(self.info, True)
+            return None
+        self._withheld_logged = False
         if snapshot is None:
             if self._empty is None:
                 if self._known_node is not False:
@@ -430,7 +449,10 @@ class Stream:
             if self._reader_done:
                 return
             changed, self._snapshot_changed = self._snapshot_changed, False
-            await self.respond(self.snapshot(), changed)
+            snapshot = self.snapshot()
+            if snapshot is None:  # withheld: the requests stay pending until the node has config
+                continue
+            await self.respond(snapshot, changed)
 
     async def write(self, data: bytes) -> None:
         """Send one serialized response on this stream."""
