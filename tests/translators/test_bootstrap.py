@@ -58,6 +58,9 @@ def test_envoy_accepts_bootstrap(xds: str, extra: list[str], ca_dir: Path, tmp_p
     assert flags["envoy.reloadable_features.enable_send_rst_on_user_space_socket"] is False  # see RUNTIME_FLAGS
     ads = config["dynamic_resources"]["ads_config"]
     assert ads["api_type"] == ("DELTA_GRPC" if extra else "GRPC")
+    # a ztunnel redials a restarted server within 2 s, not Envoy's default of up to 30 s (XDS_RETRY_MAX_MS)
+    assert ads["grpc_services"][0]["envoy_grpc"]["retry_policy"] == {
+        "retry_back_off": {"base_interval": "0.500s", "max_interval": "2s"}}
     result = validate(config)
     assert result.ok, result.output[-2000:]
 

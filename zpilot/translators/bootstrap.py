@@ -26,7 +26,15 @@ from google.protobuf import duration_pb2, json_format, struct_pb2
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, grpc_service_pb2, protocol_pb2
+from envoy.config.core.v3 import (
+    address_pb2,
+    backoff_pb2,
+    base_pb2,
+    config_source_pb2,
+    extension_pb2,
+    grpc_service_pb2,
+    protocol_pb2,
+)
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2
 from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
@@ -43,6 +51,13 @@ from .clusters import HTTP_PROTOCOL_OPTIONS
 from .envoy_common import ads_source, pack, socket_address
 
 XDS_CLUSTER = "xds-grpc"
+#: How soon a ztunnel redials its ADS server after losing it: a jittered exponential back-off from
+#: 0.5 s, each wait drawn from [0, interval), the interval capped at 2 s. Envoy's own cap is 30 s: a
+#: ztunnel that had failed a few times while zpilot serve restarted (a kill -9, a rollout) could
+#: then wait up to 30 s after the server was back before it took config again. With 2 s a restarted
+#: server has every ztunnel back within 2 s of listening, still spread over those 2 s.
+XDS_RETRY_BASE_MS = 500
+XDS_RETRY_MAX_MS = 2000
 #: The bootstrap's own SDS secrets (read from files, never sent by the server): the node's client
 #: certificate, the CA bundle the server's certificate is checked against, the bearer token.
 XDS_CLIENT_CERTIFICATE_SECRET = "xds-client-certificate"
@@ -270,6 +285,14 @@ def runtime_layers() -> bootstrap_pb2.LayeredRuntime:
     )
 
 
+def _xds_retry_policy() -> base_pb2.RetryPolicy:
+    """The ADS stream's reconnect back-off (see XDS_RETRY_MAX_MS)."""
+    return base_pb2.RetryPolicy(retry_back_off=backoff_pb2.BackoffStrategy(
+        base_interval=duration_pb2.Duration(nanos=XDS_RETRY_BASE_MS * 1_000_000),
+        max_interval=duration_pb2.Duration(seconds=XDS_RETRY_MAX_MS // 1000, nanos=XDS_RETRY_MAX_MS % 1000 * 1_000_000),
+    ))
+
+
 def internal_listener_extension() -> extension_pb2.TypedExtensionConfig:
     """Mandatory for internal listeners, and only possible in the bootstrap (not over xDS)."""
     return extension_pb2.TypedExtensionConfig(
@@ -290,7 +313,8 @@ def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
             ads_config=config_source_pb2.ApiConfigSource(
                 api_type=api_type,
                 transport_api_version=config_source_pb2.V3,
-                grpc_services=[grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=XDS_CLUSTER))],
+                grpc_services=[grpc_service_pb2.GrpcService(envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(
+                    cluster_name=XDS_CLUSTER, retry_policy=_xds_retry_policy()))],
                 set_node_on_first_message_only=True,
             ),
             cds_config=ads_source(),
