@@ -31,3 +31,28 @@ def world(request):
     with World(options=WorldOptions(layout=layout)) as w:
         yield w
     assert w.leftovers() == [], "the world left something behind"
+
+
+#: Figures the world's tests measured (fault suite): shown at the end of the run, whatever -s says.
+FIGURES = pytest.StashKey[list]()
+
+
+@pytest.fixture
+def figure(request, record_property):
+    """``figure("...")``: a measured figure of this test, kept in the JUnit report (``record_property``),
+    printed with the test's output and listed in the run's terminal summary."""
+
+    def record(text: str) -> None:
+        record_property("figure", text)
+        request.config.stash.setdefault(FIGURES, []).append((request.node.nodeid, text))
+        print(f"FIGURE {request.node.name}: {text}")
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    figures = config.stash.get(FIGURES, [])
+    if figures:
+        terminalreporter.section("figures measured by tests/world")
+        for nodeid, text in figures:
+            terminalreporter.write_line(f"{nodeid}: {text}")

@@ -35,11 +35,12 @@ from . import serve_api, workdir
 from .client import PodClient
 from .cni_node import NodeCni
 from .errors import WorldError
+from .kubelet import ProbeSettings, ReadinessProber
 from .netns import Namespaces, NetnsSockets, list_netns, new_world_prefix
 from .netns import sweep_abandoned as sweep_abandoned_namespaces
 from .network import CONTROL_PLANE_ROLE, build_network, node_role
 from .prerequisites import missing_prerequisites
-from .processes import Child, Supervisor, python_module, zpilot_cli
+from .processes import Child, Supervisor, python_module, raise_open_files_limit, zpilot_cli
 from .topology import NodeSpec, PodSpec, WorldSpec, article_world
 from .ztunnel import Ztunnel
 
@@ -78,6 +79,17 @@ class WorldOptions:
     cert_lifetime: float | None = None
     #: The ztunnels' outbound layout (``zpilot serve --layout``, or ``render --static --layout``).
     layout: str = "article"
+    #: More ``zpilot serve`` flags (e.g. ``("--idle-timeout", "4")``); :meth:`World.start_server` can override.
+    serve_args: tuple[str, ...] = ()
+    #: Emulate the kubelet's readiness probe of each ztunnel pod (kubelet.py): a ztunnel whose Envoy
+    #: dies turns NotReady in the manifests, and the CNI agents fail open or closed. None: no probes
+    #: (the ztunnels stay Ready whatever happens to their Envoys).
+    kubelet: ProbeSettings | None = None
+    #: ``zpilot cni run/status --fail-closed`` on every node (a node can be switched: :meth:`World.start_cni_agent`).
+    cni_fail_closed: bool = False
+    #: Run the CNI agents at debug level: each command they run is logged first, so a test can
+    #: follow a reconcile step by step (``cni_node.commands_logged``).
+    cni_log_commands: bool = False
 
 
 @dataclass
@@ -95,6 +107,11 @@ class World:
         self.ztunnels: dict[str, Ztunnel] = {}
         self.server: Child | None = None
         self.cni_agents: dict[str, Child] = {}
+        self.kubelet: ReadinessProber | None = None
+        #: Nodes whose CNI agent runs with another --fail-closed than the options say.
+        self._fail_closed: dict[str, bool] = {}
+        #: One writer of the spec and the manifests at a time (tests and the kubelet's thread).
+        self._spec_lock = threading.RLock()
         self._old_sigterm: Any = None
         self._closed = False
         #: Files in the directory holding private keys besides the CA's (static bootstraps).
@@ -183,6 +200,7 @@ class World:
         if missing:
             raise WorldError("cannot build a world here:\n  - " + "\n  - ".join(missing))
         sweep_abandoned_worlds()
+        raise_open_files_limit()  # the clients of a world's tests live in this process
         if self.options.workdir is not None:
             self.dir = self.options.workdir
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -203,6 +221,9 @@ class World:
                 self.cni_apply(node.key)
         for zt in self.ztunnels.values():
             self.supervisor.wait_for(zt.process, zt.ready, timeout=self.options.ready_timeout, what="LIVE")
+        if self.options.kubelet is not None:
+            self.kubelet = ReadinessProber(self, self.options.kubelet)
+            self.kubelet.start()
         log.info("world %s built in %.1f s (%s)", self.prefix, time.monotonic() - started, self.dir)
 
     def _start_pod_servers(self) -> None:
@@ -225,10 +246,12 @@ class World:
             s.settimeout(1)
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    def start_server(self) -> None:
+    def start_server(self, *, extra_args: tuple[str, ...] | None = None) -> None:
         """``zpilot serve`` in the control-plane namespace, with its CA kept in the world's
-        directory (a restarted server keeps issuing from the same root, as a deployment would)."""
+        directory (a restarted server keeps issuing from the same root, as a deployment would);
+        returns once it is ready. ``extra_args`` replace the options' ``serve_args`` for this run."""
         assert self.supervisor is not None and self.dir is not None
+        extra = self.options.serve_args if extra_args is None else extra_args
         self.server = self.supervisor.start("zpilot-serve", zpilot_cli(
             "serve", "--manifests", str(self.manifests),
             "--xds-address", f"unix:{self.xds_socket}", "--debug-address", f"unix:{self.debug_socket}",
@@ -236,6 +259,7 @@ class World:
             "--trust-domain", self.spec.trust_domain, "--debounce-quiet", str(self.options.debounce_quiet),
             "--ca-dir", str(self.ca_dir), "--layout", self.options.layout,
             *(["--cert-lifetime", str(self.options.cert_lifetime)] if self.options.cert_lifetime else []),
+            *extra,
         ), netns=self.cp_ns)
         self.supervisor.wait_for(self.server, lambda: self.debug("/healthz/ready", raw=True)[0] == 200,
                                  timeout=30, what="ready")
@@ -247,6 +271,22 @@ class World:
             self.supervisor.stop(self.server)
             self.server = None
 
+    def kill_server(self) -> None:
+        """``kill -9`` of ``zpilot serve``: no shutdown, streams cut mid-flight."""
+        assert self.supervisor is not None and self.server is not None
+        self.supervisor.kill(self.server)
+        self.server = None
+
+    def synced_nodes(self) -> set[str]:
+        """Node keys whose ztunnel has exactly one ADS stream with every type ACKed (``/debug/syncz``)."""
+        connections = self.debug("/debug/syncz")
+        out = set()
+        for node in self.spec.nodes:
+            mine = [c for c in connections if c["node"] == node.name]
+            if len(mine) == 1 and mine[0]["synced"] and len(mine[0]["types"]) == 4:
+                out.add(node.key)
+        return out
+
     def wait_ztunnels_connected(self, timeout: float = 40.0) -> None:
         """Until every ztunnel has an ADS stream whose listeners are ACKed (after a server restart)."""
         def connected() -> bool:
@@ -255,35 +295,45 @@ class World:
         self.wait_until(connected, timeout=timeout, what="every ztunnel to reconnect and ACK its listeners")
 
     def _start_ztunnels(self) -> None:
-        assert self.supervisor is not None and self.dir is not None
         for node in self.spec.nodes:
-            if self.options.static_config:
-                argv = zpilot_cli("render", "--manifests", str(self.manifests), "--node", node.name, "--static",
-                                  "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.ca_dir),
-                                  "--layout", self.options.layout)
-            else:  # the README's second command: the node's credential from the CA zpilot serve uses
-                argv = zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
-                                  "--admin-port", str(contract.PORT_ADMIN), *self._credential_args(node.key),
-                                  *(["--delta"] if self.options.delta_xds else []))
-            boot = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-            if boot.returncode != 0:
-                raise WorldError(f"bootstrapping ztunnel {node.key} failed: {boot.stderr[-2000:]}")
-            config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
-            if self.options.static_config:  # secrets inline: workload private keys
-                self._secret_files.append(config)
-            config.write_text(boot.stdout)
-            self._launch_ztunnel(node)
+            self._write_ztunnel_bootstrap(node)
+            self.start_ztunnel(node.key)
+
+    def _bootstrap_path(self, node: NodeSpec) -> Path:
+        assert self.dir is not None
+        return self.dir / f"ztunnel-{node.key}.bootstrap.json"
+
+    def _write_ztunnel_bootstrap(self, node: NodeSpec) -> None:
+        """The node's Envoy bootstrap: ``zpilot bootstrap`` (ADS) or ``zpilot render --static``."""
+        if self.options.static_config:
+            argv = zpilot_cli("render", "--manifests", str(self.manifests), "--node", node.name, "--static",
+                              "--quiet", "--trust-domain", self.spec.trust_domain, "--ca-dir", str(self.ca_dir),
+                              "--layout", self.options.layout)
+        else:  # the README's second command: the node's credential from the CA zpilot serve uses
+            argv = zpilot_cli("bootstrap", "--node", node.name, "--xds", f"unix:{self.xds_socket}",
+                              "--admin-port", str(contract.PORT_ADMIN), *self._credential_args(node.key),
+                              *(["--delta"] if self.options.delta_xds else []))
+        boot = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if boot.returncode != 0:
+            raise WorldError(f"bootstrapping ztunnel {node.key} failed: {boot.stderr[-2000:]}")
+        config = self._bootstrap_path(node)
+        if self.options.static_config:  # secrets inline: workload private keys
+            self._secret_files.append(config)
+        config.write_text(boot.stdout)
 
     def _credential_args(self, node_key: str) -> list[str]:
         return ["--ca-dir", str(self.ca_dir), "--trust-domain", self.spec.trust_domain,
                 "--credential-dir", str(self.credential_dir(node_key))]
 
-    def _launch_ztunnel(self, node: NodeSpec) -> Ztunnel:
-        assert self.supervisor is not None and self.dir is not None
+    def start_ztunnel(self, node_key: str) -> Ztunnel:
+        """Start node ``node_key``'s ztunnel Envoy on its bootstrap (also to restart one that was
+        stopped or killed; its access log continues in the same file). Does not wait for it to be LIVE."""
+        assert self.supervisor is not None
+        node = self.spec.node(node_key)
         pod = self.spec.ztunnel_on(node.key)
-        config = self.dir / f"ztunnel-{node.key}.bootstrap.json"
         child = self.supervisor.start(f"ztunnel-{node.key}", [
-            envoy_path(), "-c", str(config), "--disable-hot-restart", "--base-id", str(next_base_id()),
+            envoy_path(), "-c", str(self._bootstrap_path(node)), "--disable-hot-restart",
+            "--base-id", str(next_base_id()),
             "--concurrency", str(self.options.envoy_concurrency), "-l", self.options.envoy_log_level,
             "--file-flush-interval-msec", "50", "--drain-time-s", "1",
         ], netns=self.pod_ns(pod))
@@ -305,24 +355,52 @@ class World:
         """Stop the node's Envoy and start it again from its bootstrap (as a pod restart would)."""
         assert self.supervisor is not None
         self.supervisor.stop(self.ztunnels[node_key].process)
-        zt = self._launch_ztunnel(self.spec.node(node_key))
+        zt = self.start_ztunnel(node_key)
         self.supervisor.wait_for(zt.process, zt.ready, timeout=self.options.ready_timeout, what="LIVE")
         return zt
+
+    def kill_ztunnel(self, node_key: str) -> None:
+        """``kill -9`` of node ``node_key``'s ztunnel Envoy: its listeners and every connection
+        through it vanish at once, as when the container is OOM-killed."""
+        assert self.supervisor is not None
+        self.supervisor.kill(self.ztunnels[node_key].process)
 
     def _start_cni_agents(self) -> None:
         """One ``zpilot cni run`` per node, inside the node's namespace, watching the manifests."""
         assert self.supervisor is not None
         for node in self.spec.nodes:
-            argv = self.node_cni(node.key).agent_argv(self.options.cni_poll)
-            self.cni_agents[node.key] = self.supervisor.start(f"cni-agent-{node.key}", argv, netns=self.node_ns(node))
+            self.start_cni_agent(node.key, wait=False)
         for node in self.spec.nodes:
             self.supervisor.wait_for(self.cni_agents[node.key], lambda: self.cni_in_sync(node.key),
                                      timeout=self.options.ready_timeout, what="in sync (zpilot cni status)")
 
+    def start_cni_agent(self, node_key: str, *, fail_closed: bool | None = None, wait: bool = True) -> Child:
+        """Start node ``node_key``'s agent (also to restart a killed one); ``fail_closed`` switches
+        the node's mode from the options' for this and later runs. With ``wait``, returns once
+        ``zpilot cni status`` finds the kernel as the plan says (any mode)."""
+        assert self.supervisor is not None
+        if fail_closed is not None:
+            self._fail_closed[node_key] = fail_closed
+        cni = self.node_cni(node_key)
+        child = self.supervisor.start(f"cni-agent-{node_key}", cni.agent_argv(
+            self.options.cni_poll, log_commands=self.options.cni_log_commands), netns=self.node_ns(node_key))
+        self.cni_agents[node_key] = child
+        if wait:
+            self.supervisor.wait_for(child, lambda: cni.status().in_sync, timeout=self.options.ready_timeout,
+                                     what="in sync (zpilot cni status)")
+        return child
+
+    def kill_cni_agent(self, node_key: str) -> None:
+        """``kill -9`` of node ``node_key``'s agent and of whatever it runs (iptables-restore, ipset,
+        nsenter): the rules stay as far as it got."""
+        assert self.supervisor is not None
+        self.supervisor.kill(self.cni_agents.pop(node_key))
+
     def node_cni(self, node_key: str) -> NodeCni:
         """The CNI commands for one node of this world."""
         node = self.spec.node(node_key)
-        return NodeCni(node.key, node.name, self.manifests, self.node_ns(node), self.pod_ns(self.spec.ztunnel_on(node.key)))
+        return NodeCni(node.key, node.name, self.manifests, self.node_ns(node), self.pod_ns(self.spec.ztunnel_on(node.key)),
+                       fail_closed=self._fail_closed.get(node.key, self.options.cni_fail_closed))
 
     def cni_in_sync(self, node_key: str) -> bool:
         """``zpilot cni status`` for the node: exit 0 means redirecting and the kernel matches the plan."""
@@ -346,6 +424,14 @@ class World:
         """``zpilot serve``'s Prometheus metrics (from its metrics listener's Unix socket)."""
         return serve_api.metrics(self.metrics_socket)
 
+    def update_spec(self, change: Callable[[WorldSpec], WorldSpec]) -> WorldSpec:
+        """Apply ``change`` to the world's spec and write the manifests, as ``kubectl`` edits reach
+        the API server; the one writer (tests and the kubelet's thread alike). Returns the new spec."""
+        with self._spec_lock:
+            self.spec = change(self.spec)
+            self.spec.write_manifests(self.manifests)
+            return self.spec
+
     def relabel(self, pod: str, labels: dict[str, str], *, timeout: float = 40.0) -> None:
         """Change a pod's labels in the manifests, as ``kubectl label`` would, and converge: the
         control plane pushes new config, and the node agent reconciles the node's rules."""
@@ -355,8 +441,7 @@ class World:
         self.wait_until(lambda: self.config_version(spec.node) != "", timeout=timeout,
                         what=f"node {spec.node}'s ztunnel to be in sync before the change")
         before = self.config_version(spec.node)
-        self.spec = self.spec.with_pod_labels(pod, labels)
-        self.spec.write_manifests(self.manifests)
+        self.update_spec(lambda world: world.with_pod_labels(pod, labels))
         if self.options.cni_agent:  # the agent notices the change by itself
             self.wait_until(lambda: self.cni_in_sync(spec.node), timeout=timeout,
                             what=f"node {spec.node}'s CNI agent to reconcile")
@@ -404,7 +489,7 @@ class World:
         return serve_api.acked_listener_version(self.debug(f"/debug/syncz?node={self.spec.node(node_key).name}"))
 
     @staticmethod
-    def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+    def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, interval: float = 0.1) -> None:
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -413,7 +498,7 @@ class World:
                     return
             except Exception as exc:
                 last = exc
-            time.sleep(0.1)
+            time.sleep(interval)
         raise WorldError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last})" if last else ""))
 
     # -- teardown ------------------------------------------------------------------------------
@@ -442,6 +527,8 @@ class World:
         held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
         errors: list[str] = []
         try:
+            if self.kubelet is not None:
+                self.kubelet.stop()
             if self.supervisor is not None:
                 self.supervisor.stop_all()
         finally:

@@ -68,12 +68,19 @@ class Handler(BaseHTTPRequestHandler):
         self._json({**self._seen(), "received": length - remaining})
 
 
+class PodHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, and a listen backlog like a real server's (socketserver's default
+    of 5 would drop the SYNs of a burst of connections from the ztunnel)."""
+
+    request_queue_size = 4096
+    daemon_threads = True
+
+
 def serve(name: str, ports: list[int]) -> None:
     handler = type("PodHandler", (Handler,), {"pod_name": name})
     servers = []
     for port in ports:
-        server = ThreadingHTTPServer(("0.0.0.0", port), handler)
-        server.daemon_threads = True
+        server = PodHTTPServer(("0.0.0.0", port), handler)
         servers.append(server)
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()

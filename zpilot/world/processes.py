@@ -3,7 +3,13 @@ namespace, logged to files, and always stopped.
 
 Every child gets ``PR_SET_PDEATHSIG=SIGKILL``, so even if the builder itself is killed with
 SIGKILL nothing it started survives it; on a normal exit :meth:`Supervisor.stop_all` sends
-SIGTERM, waits briefly, then SIGKILLs the process group.
+SIGTERM, waits briefly, then SIGKILLs the process group. :meth:`Supervisor.kill` is the fault a
+test injects: SIGKILL to the whole process group at once, as the kernel's OOM killer or a
+container runtime deals it, with no chance to clean up.
+
+Each child may open as many files as the hard limit allows (the soft limit is raised to it): a
+ztunnel holds two descriptors per proxied connection, a pod server one per client, and a test
+with thousands of concurrent connections must not fail on a default soft limit of 1,024.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -24,10 +31,21 @@ log = logging.getLogger("zpilot.world")
 PR_SET_PDEATHSIG = 1
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     os.setsid()
+    raise_open_files_limit()
 
 
 @dataclass
@@ -110,6 +128,17 @@ class Supervisor:
         if child in self.children:
             self.children.remove(child)
 
+    def kill(self, child: Child, timeout: float = 5.0) -> None:
+        """``kill -9`` of the child's whole process group (its own children too), then reap it."""
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        child.proc.wait(timeout)
+        if child in self.children:
+            self.children.remove(child)
+        log.debug("killed %s (pid %d) with SIGKILL", child.name, child.pid)
+
     def stop_all(self) -> None:
         for child in reversed(list(self.children)):
             try:
@@ -125,3 +154,4 @@ def python_module(module: str, *args: str) -> list[str]:
 
 def zpilot_cli(*args: str) -> list[str]:
     return python_module("zpilot.cli", *args)
+

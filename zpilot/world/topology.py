@@ -50,6 +50,7 @@ class PodSpec:
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     ports: tuple[tuple[str, int], ...] = ()  # (name, containerPort); a server listens on each
     host_veth: str | None = None  # the node side of the pod's veth; default derived from the name
+    ready: bool = True  # the Pod's Ready condition, as the kubelet reports it (see kubelet.py)
 
     @property
     def key(self) -> str:
@@ -125,6 +126,12 @@ class WorldSpec:
         """The same world with one pod's labels replaced (how a test takes a pod out of the mesh)."""
         target = self.pod(name)
         pods = tuple(replace(p, labels=dict(labels)) if p is target else p for p in self.pods)
+        return replace(self, pods=pods)
+
+    def with_pod_ready(self, name: str, ready: bool) -> "WorldSpec":
+        """The same world with one pod's Ready condition set (what a kubelet's readiness probe reports)."""
+        target = self.pod(name)
+        pods = tuple(replace(p, ready=ready) if p is target else p for p in self.pods)
         return replace(self, pods=pods)
 
     # -- manifests -----------------------------------------------------------------------------
@@ -209,7 +216,7 @@ def _pod_doc(pod: PodSpec, node: NodeSpec) -> dict:
         },
         "status": {
             "phase": "Running", "hostIP": node.internal_ip, "podIP": pod.ip, "podIPs": [{"ip": pod.ip}],
-            "conditions": [{"type": "Ready", "status": "True"}],
+            "conditions": [{"type": "Ready", "status": "True" if pod.ready else "False"}],
         },
     }
 

@@ -24,15 +24,15 @@ class Ztunnel:
     def access_log(self) -> AccessLog:
         return AccessLog(self.process.stdout)
 
-    def admin(self, path: str) -> str:
-        exchange = self.client.request(self.netns, contract.ADMIN_ADDRESS, contract.PORT_ADMIN, path, timeout=5)
+    def admin(self, path: str, *, timeout: float = 5.0) -> str:
+        exchange = self.client.request(self.netns, contract.ADMIN_ADDRESS, contract.PORT_ADMIN, path, timeout=timeout)
         if exchange.status != 200:
             raise RuntimeError(f"admin {path} on ztunnel {self.node.key}: HTTP {exchange.status}")
         return exchange.body.decode(errors="replace")
 
-    def ready(self) -> bool:
+    def ready(self, *, timeout: float = 5.0) -> bool:
         """LIVE: every listener warmed, which needs CDS, EDS, SDS and LDS to have arrived."""
-        return self.admin("/ready").strip() == "LIVE"
+        return self.admin("/ready", timeout=timeout).strip() == "LIVE"
 
     def stats(self, pattern: str) -> dict[str, int]:
         out: dict[str, int] = {}
