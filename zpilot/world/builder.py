@@ -79,14 +79,10 @@ class WorldOptions:
     cert_lifetime: float | None = None
     #: The ztunnels' outbound layout (``zpilot serve --layout``, or ``render --static --layout``).
     layout: str = "article"
-    #: More ``zpilot serve`` flags (e.g. ``("--idle-timeout", "4")``); :meth:`World.start_server` can override.
-    serve_args: tuple[str, ...] = ()
     #: Emulate the kubelet's readiness probe of each ztunnel pod (kubelet.py): a ztunnel whose Envoy
     #: dies turns NotReady in the manifests, and the CNI agents fail open or closed. None: no probes
     #: (the ztunnels stay Ready whatever happens to their Envoys).
     kubelet: ProbeSettings | None = None
-    #: ``zpilot cni run/status --fail-closed`` on every node (a node can be switched: :meth:`World.start_cni_agent`).
-    cni_fail_closed: bool = False
     #: Run the CNI agents at debug level: each command they run is logged first, so a test can
     #: follow a reconcile step by step (``cni_node.commands_logged``).
     cni_log_commands: bool = False
@@ -108,7 +104,7 @@ class World:
         self.server: Child | None = None
         self.cni_agents: dict[str, Child] = {}
         self.kubelet: ReadinessProber | None = None
-        #: Nodes whose CNI agent runs with another --fail-closed than the options say.
+        #: Nodes whose CNI agent runs with --fail-closed (start_cni_agent switches it).
         self._fail_closed: dict[str, bool] = {}
         #: One writer of the spec and the manifests at a time (tests and the kubelet's thread).
         self._spec_lock = threading.RLock()
@@ -246,12 +242,11 @@ class World:
             s.settimeout(1)
             return s.connect_ex(("127.0.0.1", port)) == 0
 
-    def start_server(self, *, extra_args: tuple[str, ...] | None = None) -> None:
+    def start_server(self, *, extra_args: tuple[str, ...] = ()) -> None:
         """``zpilot serve`` in the control-plane namespace, with its CA kept in the world's
         directory (a restarted server keeps issuing from the same root, as a deployment would);
-        returns once it is ready. ``extra_args`` replace the options' ``serve_args`` for this run."""
+        returns once it is ready. ``extra_args``: more flags for this run (``("--idle-timeout", "4")``)."""
         assert self.supervisor is not None and self.dir is not None
-        extra = self.options.serve_args if extra_args is None else extra_args
         self.server = self.supervisor.start("zpilot-serve", zpilot_cli(
             "serve", "--manifests", str(self.manifests),
             "--xds-address", f"unix:{self.xds_socket}", "--debug-address", f"unix:{self.debug_socket}",
@@ -259,7 +254,7 @@ class World:
             "--trust-domain", self.spec.trust_domain, "--debounce-quiet", str(self.options.debounce_quiet),
             "--ca-dir", str(self.ca_dir), "--layout", self.options.layout,
             *(["--cert-lifetime", str(self.options.cert_lifetime)] if self.options.cert_lifetime else []),
-            *extra,
+            *extra_args,
         ), netns=self.cp_ns)
         self.supervisor.wait_for(self.server, lambda: self.debug("/healthz/ready", raw=True)[0] == 200,
                                  timeout=30, what="ready")
@@ -376,7 +371,7 @@ class World:
 
     def start_cni_agent(self, node_key: str, *, fail_closed: bool | None = None, wait: bool = True) -> Child:
         """Start node ``node_key``'s agent (also to restart a killed one); ``fail_closed`` switches
-        the node's mode from the options' for this and later runs. With ``wait``, returns once
+        the node's mode (``--fail-closed``) for this and later runs. With ``wait``, returns once
         ``zpilot cni status`` finds the kernel as the plan says (any mode)."""
         assert self.supervisor is not None
         if fail_closed is not None:
@@ -400,7 +395,7 @@ class World:
         """The CNI commands for one node of this world."""
         node = self.spec.node(node_key)
         return NodeCni(node.key, node.name, self.manifests, self.node_ns(node), self.pod_ns(self.spec.ztunnel_on(node.key)),
-                       fail_closed=self._fail_closed.get(node.key, self.options.cni_fail_closed))
+                       fail_closed=self._fail_closed.get(node.key, False))
 
     def cni_in_sync(self, node_key: str) -> bool:
         """``zpilot cni status`` for the node: exit 0 means redirecting and the kernel matches the plan."""

@@ -20,10 +20,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import Callable, Iterator, Protocol
 
-if TYPE_CHECKING:
-    from .builder import World
+from .topology import WorldSpec
+from .ztunnel import Ztunnel
 
 log = logging.getLogger("zpilot.world")
 
@@ -45,10 +45,19 @@ class Transition:
     ready: bool
 
 
+class ProbedWorld(Protocol):
+    """What the prober needs of a world (``builder.World``)."""
+
+    spec: WorldSpec
+    ztunnels: dict[str, Ztunnel]
+
+    def update_spec(self, change: Callable[[WorldSpec], WorldSpec]) -> WorldSpec: ...
+
+
 class ReadinessProber:
     """A thread probing every node's ztunnel and reporting its readiness in the world's manifests."""
 
-    def __init__(self, world: "World", settings: ProbeSettings) -> None:
+    def __init__(self, world: ProbedWorld, settings: ProbeSettings) -> None:
         self.world = world
         self.settings = settings
         self.transitions: list[Transition] = []
