@@ -35,7 +35,7 @@ from zpilot.certs.kube_secret import (
 from zpilot.certs.ca import new_root_files, utc_now
 from zpilot.certs.x509_helpers import fingerprint
 
-from .conftest import cert_pem, key_pem, make_ca_cert
+from .conftest import cert_pem, key_pem
 
 SECRET = SecretName("istio-system", "zpilot-ca")
 SLEEP = "spiffe://cluster.local/ns/default/sa/sleep"

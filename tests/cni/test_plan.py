@@ -54,7 +54,7 @@ def test_meshed_pods_are_the_index_s():
 def test_the_outbound_mark_rule_is_last_and_matches_the_set():
     chain = next(ch for ch in plan_for(article()).node_side.chains if ch.table == "mangle" and ch.name == c.PREROUTING)
     assert chain.rules[-1] == "-p tcp -m set --match-set ztunnel-pods-ips src -j MARK --set-xmark 0x100/0x100"
-    assert f"! -s 10.4.4.18/32 -i veth300a1d80 -j MARK --set-xmark 0x210/0x210" in chain.rules
+    assert "! -s 10.4.4.18/32 -i veth300a1d80 -j MARK --set-xmark 0x210/0x210" in chain.rules
 
 
 def test_ztunnel_side_hairpins_15088_to_15008():

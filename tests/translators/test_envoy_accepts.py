@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from zpilot import contract
 from zpilot.envoy_binary import validate
 from zpilot.synthetic import Shape, node_name, synthetic_manifests
-from zpilot.translators import TranslateOptions, names
+from zpilot.translators import TranslateOptions
 from zpilot.translators.static import static_bootstrap
 
 from .render_util import ARTICLE, NODE_A, NODE_B, index_of, render

@@ -538,7 +538,6 @@ def test_no_private_key_material_in_logs_debug_output_or_metrics(cw):
     assert len(logged) >= 2 * 3, logged  # three identities, at least one rotation
     subscribed = min(cw.collector.first_response_at.values())
     for when, spiffe_id, serial in logged:
-        at = datetime.strptime(when, "%Y-%m-%d %H:%M:%S,%f").timestamp()
         superseded = any(s == spiffe_id and datetime.strptime(w, "%Y-%m-%d %H:%M:%S,%f").timestamp() < subscribed
                          and w > when for w, s, _ in logged)
         if not superseded:  # obtainable over ADS once the collector was there

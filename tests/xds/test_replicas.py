@@ -16,11 +16,10 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.kube.apiserver.fixtures import apiserver  # noqa: F401 (the fixture)
 from tests.kube.apiserver.objects import make_namespace
