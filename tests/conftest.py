@@ -1,4 +1,4 @@
-"""Settings every test process needs before anything imports grpc.
+"""Settings every test process needs before anything imports grpc, and the shared fixtures.
 
 The world (zpilot/world) starts its pods, Envoys and ``zpilot serve`` with ``preexec_fn`` (so they die
 with the test), which makes Python ``fork()`` and run code before ``exec``. A test process that has
@@ -11,3 +11,6 @@ the test processes forks to keep using grpc in the child, so fork support is tur
 import os
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+#: Fixtures every test directory may use: ``apiserver``, the in-process Kubernetes API server.
+pytest_plugins = ["tests.kube.apiserver.fixtures"]

@@ -15,7 +15,7 @@ import logging
 import pytest
 from cryptography import x509
 
-from tests.kube.apiserver.fixtures import api_client, apiserver  # noqa: F401 (the fixture)
+from tests.kube.apiserver.fixtures import api_client
 from tests.kube.apiserver.objects import make_secret
 from zpilot.certs import CertificateAuthority, CertificateAuthorityError
 from zpilot.certs.kube_secret import (

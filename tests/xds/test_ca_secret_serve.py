@@ -14,7 +14,6 @@ import logging
 from cryptography import x509
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
-from tests.kube.apiserver.fixtures import apiserver  # noqa: F401 (the fixture)
 from tests.kube.apiserver.objects import make_namespace
 from zpilot.certs.ca import new_root_files, utc_now
 from zpilot.certs.kube_secret import SecretName

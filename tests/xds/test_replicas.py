@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 
-from tests.kube.apiserver.fixtures import apiserver  # noqa: F401 (the fixture)
 from tests.kube.apiserver.objects import make_namespace
 
 from .e2e_util import debug_json, wait_no_diff, wait_synced

@@ -8,8 +8,8 @@ async client on the test's loop, a sync test and a ``zpilot serve`` subprocess (
 
 Start one
 ---------
-Use the pytest fixture ``apiserver`` (``tests/kube/conftest.py``; elsewhere put
-``from tests.kube.apiserver.fixtures import apiserver  # noqa: F401`` in your conftest), or::
+Use the pytest fixture ``apiserver`` (every test has it: ``tests/conftest.py`` loads
+``tests.kube.apiserver.fixtures`` as a plugin), or::
 
     with ApiServer(tmp_path / "api", tls=True, bootstrap=True, controllers=True) as server: ...
 

@@ -1,5 +1,5 @@
-"""The pytest fixture and a client helper. Use them from another test directory with
-``from tests.kube.apiserver.fixtures import apiserver  # noqa: F401`` in its conftest.py."""
+"""The pytest fixture and a client helper. ``tests/conftest.py`` loads this module as a plugin, so
+every test may take ``apiserver`` as an argument."""
 
 from __future__ import annotations
 
