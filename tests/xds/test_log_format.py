@@ -4,7 +4,6 @@ carry node, type URL, version and nonce as fields, and what a client sends is bo
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from zpilot.logs import MAX_FIELD_CHARS
 from zpilot.xds.order import CLUSTER_TYPE
 
 from .ads_client import AdsClient
-from .envoy_util import NODE_A, eventually, free_port, random_loopback
+from .envoy_util import NODE_A, eventually, free_port, random_loopback, stop_process_group
 
 
 @pytest.fixture
@@ -32,9 +31,7 @@ def serve_json(manifests: Path, tmp_path: Path):
             stdout=subprocess.DEVNULL, stderr=out, start_new_session=True,
         )
     yield {"proc": proc, "xds_port": xds_port, "err": err}
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
+    stop_process_group(proc)
 
 
 def records(path: Path) -> list[dict]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -26,7 +24,8 @@ from tests.kube.apiserver.objects import make_namespace
 from .e2e_util import debug_json, wait_no_diff, wait_synced
 from zpilot.certs import CertificateAuthority
 
-from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, Envoy, eventually, free_port, node_credential, random_loopback
+from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, Envoy, eventually, free_port, node_credential, random_loopback,
+                         stop_process_group)
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
@@ -82,13 +81,7 @@ class Replica:
         return base64.b64decode(root["secret"]["validation_context"]["trusted_ca"]["inline_bytes"])
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        stop_process_group(self.proc)
 
 
 def secret_ca(server, workdir: Path) -> CertificateAuthority:

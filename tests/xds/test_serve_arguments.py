@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from zpilot.certs.kube_secret import DEFAULT_SECRET
 from zpilot.cli import build_parser
 from zpilot.commands.serve import exposed_debug_address
 
-from .envoy_util import free_port
+from .envoy_util import free_port, stop_process_group
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
 
@@ -114,13 +113,7 @@ class Serve:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        stop_process_group(self.proc)
 
 
 def unix_sockets(tmp_path: Path, prefix: str = "") -> tuple[Path, Path, Path, list[str]]:

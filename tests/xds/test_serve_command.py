@@ -4,7 +4,6 @@ bootstrapped by ``zpilot bootstrap`` from the same CA directory (ADS over mutual
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,8 @@ import httpx
 import pytest
 
 from .e2e_util import debug_json, wait_no_diff, wait_synced, zpilot_diff_cli
-from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port, random_loopback
+from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port, random_loopback,
+                         stop_process_group)
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
@@ -81,13 +81,7 @@ def serve(manifests: Path, tmp_path: Path):
     info = {"proc": proc, "xds_port": xds_port, "debug_port": debug_port, "metrics_port": metrics_port, "log": log,
             "bootstrap": ("--ca-dir", str(ca_dir))}
     yield info
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+    stop_process_group(proc)
 
 
 async def wait_serving(serve) -> None:
