@@ -13,8 +13,11 @@ import pytest
 from zpilot.certs.ca import CertificateAuthority
 from zpilot.certs.identity import IdentityCache
 from zpilot.certs.secrets import build_secrets
+from zpilot.kube.convert import CONVERTERS
 from zpilot.kube.manifests import load_manifests
+from zpilot.kube.store import ObjectStore
 from zpilot.model import MeshIndex, Problems
+from zpilot.synthetic import Shape, synthetic_manifests
 from zpilot.translators import NodeResources, TranslateOptions, translate_node
 from zpilot.xds.config_dump import config_dump
 
@@ -29,6 +32,14 @@ _CA = CertificateAuthority.generate()  # one throwaway CA per test session: issu
 def index_of(manifests: Path | str) -> tuple[MeshIndex, Problems]:
     loaded = load_manifests(manifests)
     return MeshIndex.build(loaded.cluster, loaded.problems), loaded.problems
+
+
+def synthetic_index(shape: Shape) -> MeshIndex:
+    """The model of a synthetic cluster of ``shape``, converted as a source converts API objects."""
+    store = ObjectStore()
+    for doc in synthetic_manifests(shape):
+        store.put(CONVERTERS[doc["kind"]](doc))
+    return MeshIndex.build(store.snapshot(), Problems())
 
 
 @dataclass(frozen=True)

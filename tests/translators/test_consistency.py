@@ -16,14 +16,11 @@ from hypothesis import strategies as st
 from envoy.config.core.v3 import address_pb2
 from zpilot import contract
 from zpilot.envoy_binary import validate
-from zpilot.kube.convert import CONVERTERS
-from zpilot.kube.store import ObjectStore
-from zpilot.model import MeshIndex, Problems
-from zpilot.synthetic import Shape, node_name, synthetic_manifests
+from zpilot.synthetic import Shape, node_name
 from zpilot.translators import NodeResources, TranslateOptions, consistency, names, translate_node
 from zpilot.translators.static import static_bootstrap
 
-from .render_util import ARTICLE, NODE_A, render
+from .render_util import ARTICLE, NODE_A, render, synthetic_index
 
 SLEEP_CHAIN = "spiffe://cluster.local/ns/default/sa/sleep_to_http_productpage.default.svc.cluster.local_outbound_internal"
 #: The report's Service: port 80 named "http", then a second port of the same name.
@@ -212,9 +209,6 @@ shapes = st.builds(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=shapes, which=st.integers(0, 2))
 def test_translated_config_is_always_consistent(layout: str, shape: Shape, which: int) -> None:
-    store = ObjectStore()
-    for doc in synthetic_manifests(shape):
-        store.put(CONVERTERS[doc["kind"]](doc))
-    index = MeshIndex.build(store.snapshot(), Problems())
+    index = synthetic_index(shape)
     resources = translate_node(index, node_name(which % shape.nodes), TranslateOptions(layout=layout))
     assert consistency.findings(resources) == []

@@ -18,14 +18,14 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from xds.core.v3 import extension_pb2
 
 from zpilot import contract
-from zpilot.kube.convert import CONVERTERS
-from zpilot.kube.store import ObjectStore
-from zpilot.model import MeshIndex, Problems
-from zpilot.synthetic import Shape, node_name, synthetic_manifests
+from zpilot.model import MeshIndex
+from zpilot.synthetic import Shape, node_name
 from xds.type.matcher.v3 import ip_pb2
 
 from zpilot.translators import TranslateOptions, names, translate_node
 from zpilot.translators.static import rewrite
+
+from .render_util import synthetic_index
 
 shapes = st.builds(
     Shape,
@@ -38,13 +38,6 @@ shapes = st.builds(
 )
 
 
-def _index(shape: Shape) -> MeshIndex:
-    store = ObjectStore()
-    for doc in synthetic_manifests(shape):
-        store.put(CONVERTERS[doc["kind"]](doc))
-    return MeshIndex.build(store.snapshot(), Problems())
-
-
 def _collect(message: Message, kind: type) -> list:
     found: list = []
     rewrite(message, lambda m: found.append(m) if isinstance(m, kind) else None)
@@ -55,7 +48,7 @@ def _collect(message: Message, kind: type) -> list:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(shape=shapes, which=st.integers(0, 3))
 def test_every_reference_resolves(layout: str, shape: Shape, which: int) -> None:
-    index = _index(shape)
+    index = synthetic_index(shape)
     node = node_name(which % shape.nodes)
     res = translate_node(index, node, TranslateOptions(layout=layout))
 
@@ -127,7 +120,7 @@ def _range_ips(matcher) -> set[str]:
 def test_linear_service_resources_are_the_same_bytes_on_every_node(shape: Shape) -> None:
     """What makes sharing across nodes possible: a service port's cluster and load assignment name
     no node and no identity, so every node gets the same serialization."""
-    index = _index(shape)
+    index = synthetic_index(shape)
     seen: dict[str, bytes] = {}
     for n in range(shape.nodes):
         res = translate_node(index, node_name(n), TranslateOptions(layout="linear"))
