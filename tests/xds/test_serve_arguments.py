@@ -28,6 +28,11 @@ def serve_argv(*extra: str) -> list[str]:
             "--metrics-address", "127.0.0.1", "--metrics-port", "0", *extra]
 
 
+def parse_serve(*argv: str):
+    """``zpilot serve``'s arguments as parsed from ``--manifests EXAMPLE *argv``."""
+    return build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), *argv])
+
+
 @pytest.mark.parametrize("value", ["0", "nan"])
 def test_a_certificate_lifetime_of_zero_or_nan_is_an_argument_error_not_a_traceback(value):
     proc = subprocess.run(serve_argv("--xds-port", "0", "--debug-port", "0", "--cert-lifetime", value),
@@ -41,29 +46,26 @@ def test_a_certificate_lifetime_of_zero_or_nan_is_an_argument_error_not_a_traceb
 @pytest.mark.parametrize("value", ["nan", "inf", "-5", "soon"])
 def test_every_duration_must_be_a_finite_number_of_seconds(flag, value, capsys):
     with pytest.raises(SystemExit) as exit:
-        build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), flag, value])
+        parse_serve(flag, value)
     assert exit.value.code == 2
     assert f"argument {flag}: {value!r}" in capsys.readouterr().err
 
 
 def test_only_the_quiet_window_may_be_zero():
-    args = build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), "--debounce-quiet", "0"])
+    args = parse_serve("--debounce-quiet", "0")
     assert args.debounce_quiet == 0.0
     for flag in ("--cert-lifetime", "--debounce-max", "--max-connection-age"):
         with pytest.raises(SystemExit):
-            build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), flag, "0"])
+            parse_serve(flag, "0")
 
 
 def test_the_ca_secret_flag_takes_namespace_slash_name_or_the_default(capsys):
-    def parse(*argv: str):
-        return build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), *argv])
-
-    assert parse().ca_secret is None
-    assert str(parse("--ca-secret").ca_secret) == "istio-system/zpilot-ca" == DEFAULT_SECRET  # one default
-    args = parse("--ca-secret", "mesh/cacerts", "--kubeconfig", "/k", "--context", "prod")
+    assert parse_serve().ca_secret is None
+    assert str(parse_serve("--ca-secret").ca_secret) == "istio-system/zpilot-ca" == DEFAULT_SECRET  # one default
+    args = parse_serve("--ca-secret", "mesh/cacerts", "--kubeconfig", "/k", "--context", "prod")
     assert (str(args.ca_secret), str(args.kubeconfig), args.context) == ("mesh/cacerts", "/k", "prod")
     with pytest.raises(SystemExit):
-        parse("--ca-secret", "cacerts")
+        parse_serve("--ca-secret", "cacerts")
     assert "argument --ca-secret: 'cacerts': a CA Secret is NAMESPACE/NAME" in capsys.readouterr().err
 
 
@@ -74,12 +76,11 @@ def test_the_ca_secret_does_not_go_with_another_ca():
 
 
 def test_the_root_namespace_is_a_namespace_name(capsys):
-    args = build_parser().parse_args(["serve", "--manifests", str(EXAMPLE)])
+    args = parse_serve()
     assert args.root_namespace == "istio-system"
-    assert build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), "--root-namespace", "mesh-root"]
-                                     ).root_namespace == "mesh-root"
+    assert parse_serve("--root-namespace", "mesh-root").root_namespace == "mesh-root"
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), "--root-namespace", "Istio_System"])
+        parse_serve("--root-namespace", "Istio_System")
     assert "argument --root-namespace: 'Istio_System' is not a namespace name" in capsys.readouterr().err
 
 
@@ -235,8 +236,7 @@ def test_the_ads_limit_flags_state_the_real_defaults_and_reach_the_server():
     defaults = Limits()
     assert {field: int(text.split(",")[0]) for field, text, _ in FLAGS.values()} == {
         field: getattr(defaults, field) for field, _, _ in FLAGS.values()}
-    args = build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), "--max-streams", "7",
-                                      "--max-resource-names", "50000", "--max-request-bytes", str(16 << 20)])
+    args = parse_serve("--max-streams", "7", "--max-resource-names", "50000", "--max-request-bytes", str(16 << 20))
     assert limits_from(args) == Limits(max_streams=7, max_resource_names=50_000, max_request_bytes=16 << 20)
 
 
@@ -245,6 +245,6 @@ def test_the_ads_limit_flags_state_the_real_defaults_and_reach_the_server():
 @pytest.mark.parametrize("value", ["0", "-1", "many", "2147483648"])
 def test_ads_limits_must_be_positive_whole_numbers(flag, value, capsys):
     with pytest.raises(SystemExit) as exit:
-        build_parser().parse_args(["serve", "--manifests", str(EXAMPLE), flag, value])
+        parse_serve(flag, value)
     assert exit.value.code == 2
     assert f"argument {flag}:" in capsys.readouterr().err
