@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     parser.add_argument("--log-format", choices=logs.FORMATS, default="text",
                         help="text (default), or json: one object per line with time, level, logger, message"
-                             " and the fields to filter on (node, type_url, version, nonce, object)")
+                             f" and the fields to filter on ({', '.join(logs.FIELDS)})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -73,7 +73,10 @@ def _offline_args(p: argparse.ArgumentParser) -> None:
 
 
 def _mtu(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an MTU (a whole number of bytes)") from None
     if not 576 <= value <= 65535:  # IPv4's minimum datagram size; an interface's maximum
         raise argparse.ArgumentTypeError(f"MTU {value} is outside 576..65535")
     return value
@@ -320,13 +323,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ztunnel-setup", help="only the ztunnel pod's side, from inside it (no model needed)",
                        description="Tunnels, TPROXY rules, ip rules and routes of the ztunnel pod, found from the pod's"
                                    " own interface and default gateway: the job of the 2022 ztunnel init container.")
-    p.add_argument("--netns", metavar="NAME|PATH", help="the ztunnel pod's network namespace (default: the own one)")
+    p.add_argument("--netns", metavar="NAME|PATH", help="the ztunnel pod's network namespace (default: this process's own)")
     p.add_argument("--iface", default=contract.POD_INTERFACE, help=f"the pod's interface ({contract.POD_INTERFACE})")
     p.add_argument("--ztunnel-ip", metavar="IP", help="the pod's IP (default: the interface's IPv4 address)")
     p.add_argument("--host-ip", metavar="IP", help="the node's address (default: the default gateway)")
     p.add_argument("--mtu", type=_mtu, help="tunnel MTU (default: the interface's MTU minus 50)")
-    p.add_argument("--tunnel", choices=("auto", "geneve", "vxlan"), default="auto")
-    p.add_argument("--iptables", choices=("auto", "legacy", "nft"), default="auto")
+    p.add_argument("--tunnel", choices=("auto", "geneve", "vxlan"), default="auto",
+                   help="tunnel devices: Geneve as in 2022, VXLAN where the kernel has no Geneve (auto)")
+    p.add_argument("--iptables", choices=("auto", "legacy", "nft"), default="auto",
+                   help="iptables backend (auto: the one already holding more rules)")
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p.add_argument("--cleanup", action="store_true", help="remove the ztunnel side instead")
     p.set_defaults(func=_guard(cmd_ztunnel_setup))

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .. import contract
+from .options import port_number
 
 #: Where a node's credential directory goes unless ``--credential-dir`` says otherwise (relative
 #: to the working directory; the bootstrap holds it as an absolute path).
@@ -28,8 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"Kubernetes node name (sent as node metadata {contract.NODE_NAME_METADATA})")
     p.add_argument("--xds", help="control plane address: HOST:PORT or unix:/path (required unless --renew)")
     p.add_argument("--node-id", help=f"Envoy node id (default {contract.node_id('NODE')})")
-    p.add_argument("--admin-address", default=contract.ADMIN_ADDRESS)
-    p.add_argument("--admin-port", type=int, default=contract.PORT_ADMIN)
+    p.add_argument("--admin-address", default=contract.ADMIN_ADDRESS,
+                   help=f"Envoy's admin API address (default {contract.ADMIN_ADDRESS}; whoever reaches it can"
+                        " change the proxy)")
+    p.add_argument("--admin-port", type=port_number, default=contract.PORT_ADMIN,
+                   help=f"Envoy's admin API port (default {contract.PORT_ADMIN})")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) ADS")
     auth = p.add_argument_group("how the ztunnel proves its node to zpilot serve (docs/security.md)")
     auth.add_argument("--xds-auth", choices=("tls", "token"),

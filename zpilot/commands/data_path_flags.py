@@ -8,8 +8,9 @@ the defaults live in one place; tests/translators/test_limits.py checks the help
 from __future__ import annotations
 
 import argparse
-import math
 from typing import TYPE_CHECKING
+
+from .options import seconds, whole_number
 
 if TYPE_CHECKING:
     from ..translators.limits import DataPathLimits
@@ -22,25 +23,13 @@ HELP_DEFAULTS = {"max_connections": "100000", "max_pending_requests": "100000", 
 def _threshold(text: str) -> int:
     from ..translators.limits import MAX_THRESHOLD
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_THRESHOLD:
-        raise argparse.ArgumentTypeError(f"{value} is not from 1 to {MAX_THRESHOLD}")
-    return value
+    return whole_number(text, 1, MAX_THRESHOLD)
 
 
 def _seconds(text: str) -> float:
     from ..translators.limits import MAX_IDLE_TIMEOUT
 
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or not 0 <= value <= MAX_IDLE_TIMEOUT:
-        raise argparse.ArgumentTypeError(f"{text} is not from 0 to {MAX_IDLE_TIMEOUT} seconds")
-    return value
+    return seconds(text, maximum=MAX_IDLE_TIMEOUT)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import contract
+from .options import seconds
+
+
+def _timeout(text: str) -> float:
+    return seconds(text, allow_zero=False)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node", help="Kubernetes node name the Envoy serves (default: from the Envoy's /server_info)")
     p.add_argument("--envoy-admin", required=True,
                    help=f"the Envoy's admin URL, e.g. http://{contract.ADMIN_ADDRESS}:{contract.PORT_ADMIN}")
-    p.add_argument("--server", default=f"http://127.0.0.1:{contract.PORT_DEBUG}", help="zpilot debug API URL")
+    p.add_argument("--server", default=f"http://127.0.0.1:{contract.PORT_DEBUG}",
+                   help=f"zpilot serve's debug API URL (default http://127.0.0.1:{contract.PORT_DEBUG})")
     p.add_argument("--debug-token-file", type=Path,
                    help="the bearer token of a debug API that requires one (zpilot serve --debug-token-file)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per HTTP request")
+    p.add_argument("--timeout", type=_timeout, default=10.0, help="seconds per HTTP request (default 10)")
     p.set_defaults(func=run)
 
 

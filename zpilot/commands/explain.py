@@ -8,8 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .. import contract
-from .options import add_root_namespace, layout_name
+from .options import add_root_namespace, add_trust_domain, layout_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from", dest="source", required=True, metavar="POD",
                    help="source pod: namespace/name, name, name prefix (sleep) or IP")
     p.add_argument("--to", dest="target", required=True, metavar="HOST:PORT", help="destination and port: a pod IP, a service VIP, or a service name (productpage.default)")
-    p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
+    add_trust_domain(p)
     p.add_argument("--layout", default="article", type=layout_name,
                    help="outbound layout the ztunnels run (as zpilot serve --layout; default article)")
     add_root_namespace(p)

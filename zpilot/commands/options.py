@@ -6,9 +6,48 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
+from .. import contract
+
 log = logging.getLogger("zpilot.commands")
+
+
+def whole_number(text: str, low: int, high: int, what: str = "a whole number") -> int:
+    """``text`` as an integer from ``low`` to ``high``, else an argument error saying which."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} is not {what} from {low} to {high}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port (0: where a listener takes it, any free port)."""
+    return whole_number(text, 0, 65535, "a port number")
+
+
+def seconds(text: str, *, allow_zero: bool = True, maximum: float = math.inf) -> float:
+    """A duration: a finite number of seconds, never negative, zero only where it means something
+    (``allow_zero``), and at most ``maximum``."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) or value > maximum:
+        wanted = "zero or more" if allow_zero else "more than zero"
+        if maximum != math.inf:
+            wanted += f" and at most {int(maximum) if float(maximum).is_integer() else maximum}"
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds, {wanted}")
+    return value
+
+
+def add_trust_domain(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN,
+                   help=f"SPIFFE trust domain of the workload identities (default {contract.DEFAULT_TRUST_DOMAIN})")
 
 
 def layout_name(text: str) -> str:

@@ -7,9 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from .. import contract
 from . import data_path_flags
-from .options import add_root_namespace, layout_name
+from .options import add_root_namespace, add_trust_domain, layout_name
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
     p.add_argument("--node", required=True, help="Kubernetes node name")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
-    p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
+    add_trust_domain(p)
     add_root_namespace(p)
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first use); default: a throwaway CA")
     p.add_argument(

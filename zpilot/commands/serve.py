@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -19,7 +18,7 @@ from typing import Callable
 from .. import contract
 from ..kube import source_flags
 from . import data_path_flags, xds_limit_flags
-from .options import add_root_namespace, layout_name, read_token_file
+from .options import add_root_namespace, add_trust_domain, layout_name, port_number, read_token_file, seconds
 
 log = logging.getLogger("zpilot.serve")
 
@@ -28,26 +27,9 @@ def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
     """A duration in seconds: finite, and positive (or zero where that means "at once")."""
 
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-            wanted = "zero or more" if allow_zero else "more than zero"
-            raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number of seconds, {wanted}")
-        return value
+        return seconds(text, allow_zero=allow_zero)
 
     return parse
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
-    return value
 
 
 #: ``--ca-secret`` without a value (kube_secret.DEFAULT_SECRET, repeated so --help imports no client).
@@ -71,20 +53,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     source_flags.add_arguments(p, manifests_help="read this directory (or file) of Kubernetes YAML, watched,"
                                                  " instead of the cluster")
     p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--xds-port", type=_port, default=contract.PORT_XDS,
+    p.add_argument("--xds-port", type=port_number, default=contract.PORT_XDS,
                    help=f"ADS port (default {contract.PORT_XDS}; 0 = any free port)")
     p.add_argument("--debug-address", default="127.0.0.1",
                    help="debug API listen address, or unix:/path (default 127.0.0.1; it shows every node's config)")
-    p.add_argument("--debug-port", type=_port, default=contract.PORT_DEBUG,
-                   help=f"debug API port (default {contract.PORT_DEBUG})")
+    p.add_argument("--debug-port", type=port_number, default=contract.PORT_DEBUG,
+                   help=f"debug API port (default {contract.PORT_DEBUG}; 0 = any free port)")
     p.add_argument("--metrics-address", default="0.0.0.0",
                    help="Prometheus /metrics listen address, or unix:/path (default 0.0.0.0)")
-    p.add_argument("--metrics-port", type=_port, default=contract.PORT_METRICS,
+    p.add_argument("--metrics-port", type=port_number, default=contract.PORT_METRICS,
                    help=f"/metrics port (default {contract.PORT_METRICS}; 0 = any free port)")
     p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
-    p.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN)
+    add_trust_domain(p)
     add_root_namespace(p)
-    p.add_argument("--bind-address", default="0.0.0.0", help="address the ztunnel listeners bind to")
+    p.add_argument("--bind-address", default="0.0.0.0",
+                   help=f"address the ztunnel listeners ({contract.PORT_OUTBOUND}/{contract.PORT_INBOUND_PLAINTEXT}/"
+                        f"{contract.PORT_HBONE}) bind to, on every node (default 0.0.0.0)")
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first start); default: in memory")
     p.add_argument("--ca-cert", type=Path, help="a CA you provide: signing certificate (then its chain), PEM")
     p.add_argument("--ca-key", type=Path, help="the private key of --ca-cert, PEM")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from .options import whole_number
+
 if TYPE_CHECKING:
     from ..xds.limits import Limits
 
@@ -27,13 +29,7 @@ FLAGS = {
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 2**31 - 1:  # gRPC takes these as C ints
-        raise argparse.ArgumentTypeError(f"{value} is not from 1 to {2**31 - 1}")
-    return value
+    return whole_number(text, 1, 2**31 - 1)  # gRPC takes these as C ints
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
