@@ -5,6 +5,7 @@ comparison with a live world is in test_demo.py."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 
@@ -158,6 +159,19 @@ def test_service_names_resolve_like_dns(mesh):
 def test_unknown_pod(mesh):
     with pytest.raises(ExplainError):
         explain(mesh, "nosuchpod", "10.8.14.226", 9080)
+
+
+def test_the_command_names_input_errors_that_can_explain_a_missing_pod(tmp_path):
+    manifests = tmp_path / "manifests"
+    shutil.copytree(ARTICLE, manifests)
+    (manifests / "pods.yaml").write_text("kind: Pod\nmetadata: [unclosed\n")
+    broken = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", manifests, "--from", "sleep",
+                             "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
+    assert broken.returncode == 2
+    assert f"error: {manifests / 'pods.yaml'}: malformed YAML" in broken.stderr and "no pod 'sleep'" in broken.stderr
+    clean = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "sleep",
+                            "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
+    assert clean.returncode == 0 and clean.stderr == ""  # information (pods left out on purpose) is not news here
 
 
 def test_command_line():

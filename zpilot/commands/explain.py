@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..explain import ExplainError, load_mesh, render
     from ..explain import explain as explain_path
+    from ..model.problems import Severity
 
     host, _, port = args.target.rpartition(":")
     if not host or not port.isdigit():
@@ -39,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         mesh = load_mesh(args.manifests, trust_domain=args.trust_domain, layout=args.layout,
                          root_namespace=args.root_namespace)
+        # what the input got wrong can be why a pod or path is missing (information is left out:
+        # render lists it, and pods left out of the mesh say so in the path itself)
+        for problem in mesh.index.problems:
+            if problem.severity is not Severity.INFO:
+                print(problem, file=sys.stderr)
         paths = explain_path(mesh, args.source, host, int(port))
     except ExplainError as exc:
         print(f"zpilot explain: {exc}", file=sys.stderr)
