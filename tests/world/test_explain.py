@@ -161,6 +161,20 @@ def test_unknown_pod(mesh):
         explain(mesh, "nosuchpod", "10.8.14.226", 9080)
 
 
+def test_a_dual_stack_pod_is_explained_from_its_ipv4_address(tmp_path):
+    manifests = tmp_path / "manifests"
+    shutil.copytree(ARTICLE, manifests)
+    (manifests / "dual.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: dual, namespace: default, uid: u-dual}\n"
+        "spec: {nodeName: gke-jimmy-cluster-default-pool-d5041909-d10i, serviceAccountName: sleep,"
+        " containers: [{name: c, image: i}]}\n"
+        "status: {phase: Running, podIP: 'fd00::6', podIPs: [{ip: 'fd00::6'}, {ip: 10.4.4.77}],"
+        " conditions: [{type: Ready, status: 'True'}]}\n")
+    [path] = explain(load_mesh(manifests), "dual", "10.8.14.226", 9080)
+    assert path.source == "default/dual (10.4.4.77)"
+    assert path.facts["mark"] == "0x100" and path.facts["peer_identity"] == SLEEP_ID  # meshed, as the plan has it
+
+
 def test_the_command_names_input_errors_that_can_explain_a_missing_pod(tmp_path):
     manifests = tmp_path / "manifests"
     shutil.copytree(ARTICLE, manifests)

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .. import contract as c
 from ..cni.desired import Mode, NodePlan
 from ..cni.plan import UNKNOWN_ZTUNNEL_VETH
-from ..model.addresses import host_cidr
+from ..model.addresses import host_cidr, split_mesh_family
 from ..model.index import MeshIndex
 from ..model.objects import Workload
 from ..translators.resources import NodeResources
@@ -82,8 +82,13 @@ class Mesh:
     layout: str = "article"  # the outbound layout ``resources`` were translated with
 
     def pod(self, ref: str) -> Workload:
-        """By ``namespace/name``, name, name prefix (``sleep``) or IP."""
-        usable = [w for w in self.index.cluster.workloads if w.ips]
+        """By ``namespace/name``, name, name prefix (``sleep``) or IP: with its IPv4 addresses only, as the
+        index and the plan see it (a dual-stack pod listing its IPv6 address first is meshed by its IPv4 one)."""
+        usable = []
+        for w in self.index.cluster.workloads:
+            ips, _ = split_mesh_family(w.ips)
+            if ips:
+                usable.append(replace(w, ips=ips) if ips != w.ips else w)
         for w in usable:
             if ref in (f"{w.namespace}/{w.name}", w.name) or ref in w.ips:
                 return w
