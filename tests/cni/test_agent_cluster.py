@@ -15,7 +15,6 @@ from zpilot.kube.source import first_model
 from zpilot.kube.watch import ApiWatchSource
 
 from ..kube.apiserver import ApiServer, seed_article
-from ..kube.apiserver.fixtures import apiserver  # noqa: F401  (the fixture)
 from ..kube.apiserver.objects import make_pod
 from .kernel_state import ipset_list
 from .topology import NODE_A

@@ -23,7 +23,7 @@ import pytest
 from kubernetes_asyncio import client
 
 from tests.kube.apiserver import ApiServer, seed_article
-from tests.kube.apiserver.fixtures import api_client, apiserver  # noqa: F401  (the fixture)
+from tests.kube.apiserver.fixtures import api_client
 from tests.kube.apiserver.objects import make_pod, make_service, service_port
 from zpilot.kube.api_resources import control_plane_watches
 
