@@ -38,6 +38,8 @@ def test_the_log_format_help_names_every_json_field():
     (["bootstrap", "--node", "n", "--xds", "127.0.0.1:15010", "--admin-port", "99999"],
      "argument --admin-port: 99999 is not a port number from 0 to 65535"),
     (["serve", "--manifests", "m", "--debug-port", "http"], "argument --debug-port: 'http' is not a port number"),
+    (["bootstrap", "--node", "n", "--xds", "127.0.0.1:15010", "--credential-lifetime", "inf"],
+     "argument --credential-lifetime: 'inf': must be a finite number of seconds, more than zero"),
     (["diff", "--envoy-admin", "http://127.0.0.1:15000", "--timeout", "nan"],
      "argument --timeout: 'nan': must be a finite number of seconds, more than zero"),
     (["render", "--manifests", "m", "--node", "n", "--idle-timeout", "-1"],

@@ -19,8 +19,6 @@ from zpilot.xds.metrics_server import MetricsOptions
 from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions
 
-from tests.kube.apiserver.fixtures import apiserver  # noqa: F401 (the in-process API server, for token mode)
-
 from .envoy_util import Envoy, random_loopback
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"

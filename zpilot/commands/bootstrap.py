@@ -15,12 +15,16 @@ import sys
 from pathlib import Path
 
 from .. import contract
-from .options import port_number
+from .options import port_number, seconds
 
 #: Where a node's credential directory goes unless ``--credential-dir`` says otherwise (relative
 #: to the working directory; the bootstrap holds it as an absolute path).
 DEFAULT_CREDENTIAL_ROOT = "xds-credentials"
 DEFAULT_CREDENTIAL_LIFETIME_DAYS = 30
+
+
+def _lifetime(text: str) -> float:
+    return seconds(text, allow_zero=False)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     auth.add_argument("--ca-key", type=Path, help="tls: the key of --ca-cert")
     auth.add_argument("--ca-root", type=Path, help="tls: the root of --ca-cert's chain, if --ca-cert lacks it")
     auth.add_argument("--trust-domain", default=contract.DEFAULT_TRUST_DOMAIN, help="tls: as zpilot serve's")
-    auth.add_argument("--credential-lifetime", type=float, default=DEFAULT_CREDENTIAL_LIFETIME_DAYS * 86400.0,
+    auth.add_argument("--credential-lifetime", type=_lifetime, default=DEFAULT_CREDENTIAL_LIFETIME_DAYS * 86400.0,
                       metavar="SECONDS",
                       help=f"tls: the client certificate's lifetime ({DEFAULT_CREDENTIAL_LIFETIME_DAYS} days);"
                            " renew it at half with --renew")
@@ -91,8 +95,6 @@ def _mode(args: argparse.Namespace) -> str:
                          " (--ca-dir DIR, or --ca-cert/--ca-key)")
     if mode != "tls" and has_ca:
         raise ValueError("the CA options are for --xds-auth tls")
-    if not args.credential_lifetime > 0 or args.credential_lifetime != args.credential_lifetime:
-        raise ValueError(f"--credential-lifetime {args.credential_lifetime}: must be more than zero seconds")
     return mode
 
 
