@@ -59,14 +59,16 @@ async def make_plane(manifests: Path):
     ``edit`` changes each node's translated resources (see :func:`per_node_translate`); ``layout``
     is the outbound layout. ADS is plaintext unless ``security`` says otherwise
     (``security=XdsSecurity.mutual_tls``: called with the plane's CA, from which the tests then
-    issue the client credentials too)."""
+    issue the client credentials too). The planes share one throwaway CA unless ``identities``
+    gives the plane its own (a short lifetime, a CA on disk)."""
     planes: list[ControlPlane] = []
-    identities = IdentityCache(CertificateAuthority.generate())
+    shared_identities = IdentityCache(CertificateAuthority.generate())
     bind: dict[str, str] = {}
 
     async def make(*, xds_port: int = 0, edit=None, layout: str = "article", index: MeshIndex | None = None,
                    xds_host: str = "127.0.0.1", debug_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1",
-                   security=None, **kw) -> ControlPlane:
+                   security=None, identities: IdentityCache | None = None, **kw) -> ControlPlane:
+        identities = shared_identities if identities is None else identities
         plane = ControlPlane(
             xds_security=security(lambda: identities.ca) if security is not None else XdsSecurity.insecure(),
             server_options=ServerOptions(host=xds_host, port=xds_port, **kw),

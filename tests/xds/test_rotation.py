@@ -5,29 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 from zpilot.certs import CertificateAuthority, IdentityCache
-from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.order import SECRET_TYPE
-from zpilot.xds.security import XdsSecurity
-from zpilot.xds.server import ServerOptions
 
 from .ads_client import AdsClient
-from .conftest import load_index, per_node_translate
 from .envoy_util import NODE_A
 
 SLEEP_SECRET_PREFIX = "spiffe://cluster.local/ns/default/sa/sleep~"
 
 
-async def test_rotated_certificate_is_pushed_without_reconnecting(manifests):
-    identities = IdentityCache(CertificateAuthority.generate(), lifetime=timedelta(seconds=2))
-    plane = ControlPlane(
-        xds_security=XdsSecurity.insecure(),
-        server_options=ServerOptions(host="127.0.0.1", port=0),
-        debug_options=DebugOptions(port=0),
-        translate=per_node_translate({}),
-        identities=identities,
-    )
-    await plane.update(load_index(manifests))
-    await plane.start()
+async def test_rotated_certificate_is_pushed_without_reconnecting(make_plane):
+    plane = await make_plane(identities=IdentityCache(CertificateAuthority.generate(), lifetime=timedelta(seconds=2)))
     client = AdsClient(plane.xds_port)
     try:
         [name] = [n for n in plane.cache.get_snapshot(NODE_A).resources(SECRET_TYPE).items
@@ -41,4 +28,3 @@ async def test_rotated_certificate_is_pushed_without_reconnecting(manifests):
         assert len(plane.registry) == 1  # same stream
     finally:
         await client.close()
-        await plane.stop()

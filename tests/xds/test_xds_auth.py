@@ -18,13 +18,12 @@ from zpilot import contract
 from zpilot.certs import CertificateAuthority, IdentityCache
 from zpilot.certs.xds_credentials import issue_node_credential
 from zpilot.model.index import MeshIndex
-from zpilot.runtime.control_plane import ControlPlane, DebugOptions
+from zpilot.runtime.control_plane import ControlPlane
 from zpilot.xds.order import CLUSTER_TYPE, SECRET_TYPE
 from zpilot.xds.security import ServerTls, XdsSecurity
-from zpilot.xds.server import ServerOptions
 
 from .ads_client import AdsClient, tls_credentials
-from .conftest import load_index, per_node_translate
+from .conftest import load_index
 from .envoy_util import NODE_A, NODE_B
 
 #: The CA's root is made two days in the past, so that certificates that expired since can be issued.
@@ -32,21 +31,11 @@ TWO_DAYS_AGO = datetime.now(timezone.utc) - timedelta(days=2)
 
 
 @pytest.fixture
-async def plane(manifests: Path, tmp_path: Path):
+async def plane(make_plane, tmp_path: Path):
     """A control plane serving ADS over mutual TLS on loopback; its CA in ``tmp_path/ca``."""
     CertificateAuthority.load_or_create(tmp_path / "ca", clock=lambda: TWO_DAYS_AGO)
-    identities = IdentityCache(CertificateAuthority.load(tmp_path / "ca"))
-    plane = ControlPlane(
-        xds_security=XdsSecurity.mutual_tls(lambda: identities.ca),
-        server_options=ServerOptions(host="127.0.0.1", port=0),
-        debug_options=DebugOptions(port=0),
-        translate=per_node_translate({}),
-        identities=identities,
-    )
-    await plane.update(load_index(manifests))
-    await plane.start()
-    yield plane
-    await plane.stop()
+    return await make_plane(security=XdsSecurity.mutual_tls,
+                            identities=IdentityCache(CertificateAuthority.load(tmp_path / "ca")))
 
 
 @pytest.fixture
