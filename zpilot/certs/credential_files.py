@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from zpilot import contract
 from zpilot.certs.ca import CLOCK_SKEW, CertificateAuthority, IssuedCertificate
+from zpilot.certs.storage import fsync_directory
 from zpilot.certs.x509_helpers import issued_by, same_public_key
 from zpilot.certs.xds_credentials import (
     NODE_CREDENTIAL_LIFETIME,
@@ -70,7 +71,7 @@ def write_atomically(directory: Path, files: Mapping[str, bytes], *, private: fr
             out.flush()
             os.fchmod(out.fileno(), 0o600 if name in private else 0o644)  # exactly, whatever the umask
             os.fsync(out.fileno())
-    _fsync(generation)
+    fsync_directory(generation)
     tmp = directory / _TMP_LINK
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
@@ -85,7 +86,7 @@ def write_atomically(directory: Path, files: Mapping[str, bytes], *, private: fr
                 staged.unlink()
             os.symlink(target, staged)
             os.replace(staged, link)
-    _fsync(directory)
+    fsync_directory(directory)
     for old in directory.iterdir():
         if old.name.startswith("..") and old.name not in (DATA_LINK, generation.name) and old.is_dir() \
                 and not old.is_symlink():
@@ -155,11 +156,3 @@ def read_current(directory: Path, name: str) -> bytes | None:
         return None
     except OSError as exc:
         raise CredentialError(f"{path}: cannot read ({exc.strerror or exc})") from None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

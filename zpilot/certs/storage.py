@@ -154,11 +154,11 @@ class CaDirectory:
         try:
             _write_new(staging / ROOT_KEY_FILE, root.key_pem, 0o600)
             _write_new(staging / ROOT_CERT_FILE, root.cert_pem, 0o644)
-            _fsync_directory(staging)
+            fsync_directory(staging)
             for target in (self.key, self.cert):  # the key first: see _finish_interrupted_creation
                 os.rename(staging / target.name, target)
                 placed.append(target)
-            _fsync_directory(self.path)
+            fsync_directory(self.path)
         except BaseException:
             if len(placed) < 2:  # never leave one of the pair behind
                 for target in placed:
@@ -182,7 +182,7 @@ class CaDirectory:
             for target in (self.cert, self.key):
                 if not target.exists() and (staging / target.name).exists():
                     os.rename(staging / target.name, target)
-            _fsync_directory(self.path)
+            fsync_directory(self.path)
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -196,7 +196,8 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         os.fsync(out.fileno())
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory entry, not just the data)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
