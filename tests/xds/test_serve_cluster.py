@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,8 @@ from tests.kube.apiserver.objects import make_pod, make_service, service_port
 from zpilot.kube.api_resources import control_plane_watches
 
 from .e2e_util import wait_no_diff, wait_synced
-from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port, random_loopback
+from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port, random_loopback,
+                         stop_process_group)
 
 WEB_IPS = ["10.4.3.60", "10.4.4.61", "10.4.3.62"]
 #: What serve watches, as its log lines name each (``pods``, ``endpointslices.discovery.k8s.io``...).
@@ -54,13 +54,7 @@ class Serve:
             )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        stop_process_group(self.proc)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
