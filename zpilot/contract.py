@@ -37,6 +37,12 @@ PORT_HBONE_LOCAL = 15088
 PORT_ADMIN = 15000
 #: The admin API listens on loopback only: it can dump the config and stop Envoy.
 ADMIN_ADDRESS = "127.0.0.1"
+#: The ztunnel's readiness port (Istio's status port): a static listener of the bootstrap that
+#: answers ``GET /ready`` from the admin API and nothing else, so a kubelet can probe it while the
+#: admin API stays on loopback (``zpilot bootstrap --readiness-port``).
+PORT_READINESS = 15021
+#: The one admin path the readiness listener forwards: 200 once Envoy is LIVE (initial xDS done).
+READINESS_PATH = "/ready"
 
 # -- the control plane's own ports (``zpilot serve``), where istiod has the same services ----------
 
@@ -258,6 +264,8 @@ CREDENTIAL_BUNDLE_FILE = "root-cert.pem"
 OUTBOUND_LISTENER = "ztunnel_outbound"
 INBOUND_LISTENER = "ztunnel_inbound"
 INBOUND_PLAINTEXT_LISTENER = "ztunnel_inbound_plaintext"
+#: The bootstrap's static readiness listener (``PORT_READINESS``).
+READINESS_LISTENER = "ztunnel_readiness"
 #: One internal listener per local identity opens its HBONE tunnels: ``outbound_tunnel_lis_<spiffe id>``.
 TUNNEL_LISTENER_PREFIX = "outbound_tunnel_lis_"
 

@@ -136,3 +136,34 @@ def test_renew_renews_only_when_due(ca_dir: Path, tmp_path: Path) -> None:
     rotated = bootstrap(*common, "--renew")
     assert rotated.returncode == 0 and "signed by another CA certificate" in rotated.stderr
     assert (credentials / contract.CREDENTIAL_BUNDLE_FILE).read_bytes() == (ca_dir / "root-cert.pem").read_bytes()
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_the_readiness_listener() -> None:
+    proc = bootstrap("--node", "node-a", "--xds", "zpilot.istio-system.svc:15010", "--insecure-xds",
+                     "--readiness-port", "15021")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads(proc.stdout)
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["name"] == "ztunnel_readiness"
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 15021}
+    admin = next(c for c in config["static_resources"]["clusters"] if c["name"] == "ztunnel-admin")
+    endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert endpoint == {"address": "127.0.0.1", "port_value": 15000}  # the admin API, still on loopback
+    result = validate(config)
+    assert result.ok, result.output[-2000:]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--readiness-port", "0"], "is not a port number"),
+    (["--readiness-port", "70000"], "is not a port number"),
+    (["--readiness-port", "15021", "--admin-port", "0"], "give it a fixed --admin-port"),
+])
+def test_readiness_port_errors(args: list[str], message: str) -> None:
+    proc = bootstrap("--node", "n", "--xds", "127.0.0.1:15010", "--insecure-xds", *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_no_readiness_listener_unless_asked() -> None:
+    proc = bootstrap("--node", "n", "--xds", "127.0.0.1:15010", "--insecure-xds")
+    assert "listeners" not in json.loads(proc.stdout)["static_resources"]

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admin-port", type=port_number, default=contract.PORT_ADMIN,
                    help=f"Envoy's admin API port (default {contract.PORT_ADMIN})")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) ADS")
+    p.add_argument("--readiness-port", type=int, metavar="PORT",
+                   help=f"also serve the admin API's {contract.READINESS_PATH} (and nothing else of it) on this port of"
+                        f" every address, for a kubelet's readiness probe (Istio's: {contract.PORT_READINESS})")
     auth = p.add_argument_group("how the ztunnel proves its node to zpilot serve (docs/security.md)")
     auth.add_argument("--xds-auth", choices=("tls", "token"),
                       help="tls (default): a client certificate issued here from the CA; token: the pod's"
@@ -136,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
             if not args.xds:
                 raise ValueError("--xds HOST:PORT (or unix:/path) is required")
             parse_xds_target(args.xds)
+        if args.readiness_port is not None and not 0 < args.readiness_port < 65536:
+            raise ValueError(f"--readiness-port {args.readiness_port} is not a port number (1-65535)")
+        if args.readiness_port is not None and not 0 < args.admin_port < 65536:
+            raise ValueError("--readiness-port forwards to the admin API: give it a fixed --admin-port")
     except ValueError as exc:
         return _fail(str(exc))
     directory = (args.credential_dir or Path(DEFAULT_CREDENTIAL_ROOT) / args.node).absolute()
@@ -185,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         delta=args.delta,
         tls=tls,
+        readiness_port=args.readiness_port,
     )
     json.dump(json_format.MessageToDict(bootstrap(options), preserving_proto_field_name=True), sys.stdout, indent=1)
     sys.stdout.write("\n")

@@ -1,6 +1,7 @@
 """The Envoy bootstrap of one node's ztunnel: who it is, where its ADS server is, how it proves
 which node it serves (docs/security.md), and the one piece of config that cannot travel over xDS
-(the internal listener extension).
+(the internal listener extension), and, for a kubelet, a readiness port that exposes the admin
+API's ``/ready`` and nothing else of it.
 
 The ADS connection's credentials are files that rotate: the node's client certificate (re-issued
 by ``zpilot bootstrap --renew``), a projected ServiceAccount token (the kubelet rewrites it), the
@@ -36,8 +37,11 @@ from envoy.config.core.v3 import (
     protocol_pb2,
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2
 from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
@@ -58,6 +62,8 @@ XDS_CLUSTER = "xds-grpc"
 #: server has every ztunnel back within 2 s of listening, still spread over those 2 s.
 XDS_RETRY_BASE_MS = 500
 XDS_RETRY_MAX_MS = 2000
+#: The static cluster the readiness listener forwards ``/ready`` to: the admin API on loopback.
+ADMIN_CLUSTER = "ztunnel-admin"
 #: The bootstrap's own SDS secrets (read from files, never sent by the server): the node's client
 #: certificate, the CA bundle the server's certificate is checked against, the bearer token.
 XDS_CLIENT_CERTIFICATE_SECRET = "xds-client-certificate"
@@ -98,6 +104,8 @@ class BootstrapOptions:
     delta: bool = False
     #: None: plaintext ADS (only a server started with ``--insecure-xds`` takes it).
     tls: XdsTls | None = None
+    #: Serve the admin API's ``/ready`` (only) on this port of every address; None: no such listener.
+    readiness_port: int | None = None
 
 
 def parse_xds_target(target: str) -> address_pb2.Address:
@@ -300,7 +308,65 @@ def internal_listener_extension() -> extension_pb2.TypedExtensionConfig:
     )
 
 
+def _admin_cluster(options: BootstrapOptions) -> cluster_pb2.Cluster:
+    address = socket_address(options.admin_address, options.admin_port)
+    return cluster_pb2.Cluster(
+        name=ADMIN_CLUSTER,
+        type=cluster_pb2.Cluster.STATIC,
+        connect_timeout=duration_pb2.Duration(seconds=1),
+        load_assignment=endpoint_pb2.ClusterLoadAssignment(
+            cluster_name=ADMIN_CLUSTER,
+            endpoints=[endpoint_components_pb2.LocalityLbEndpoints(
+                lb_endpoints=[endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=address))]
+            )],
+        ),
+    )
+
+
+def readiness_listener(port: int) -> listener_pb2.Listener:
+    """``GET /ready`` on ``0.0.0.0:port``, answered by the admin API (200 once Envoy is LIVE, 503
+    before and while draining); any other method or path is a 404 that never reaches the admin API,
+    whose other handlers can dump the config or stop Envoy."""
+    ready = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(
+            path=contract.READINESS_PATH,
+            headers=[route_components_pb2.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact="GET"))],
+        ),
+        route=route_components_pb2.RouteAction(cluster=ADMIN_CLUSTER, timeout=duration_pb2.Duration(seconds=5)),
+    )
+    refuse = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(prefix="/"),
+        direct_response=route_components_pb2.DirectResponseAction(status=404),
+    )
+    manager = http_connection_manager_pb2.HttpConnectionManager(
+        stat_prefix=contract.READINESS_LISTENER,
+        route_config=route_pb2.RouteConfiguration(
+            name=contract.READINESS_LISTENER,
+            virtual_hosts=[route_components_pb2.VirtualHost(name="readiness", domains=["*"], routes=[ready, refuse])],
+        ),
+        http_filters=[http_connection_manager_pb2.HttpFilter(name="envoy.filters.http.router",
+                                                             typed_config=pack(router_pb2.Router()))],
+    )
+    return listener_pb2.Listener(
+        name=contract.READINESS_LISTENER,
+        address=socket_address("0.0.0.0", port),
+        filter_chains=[listener_components_pb2.FilterChain(filters=[
+            listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(manager))
+        ])],
+    )
+
+
+def _static_resources(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap.StaticResources:
+    clusters = [_xds_cluster(options.xds, options.tls)]
+    if options.readiness_port is None:
+        return bootstrap_pb2.Bootstrap.StaticResources(clusters=clusters)
+    return bootstrap_pb2.Bootstrap.StaticResources(
+        clusters=[*clusters, _admin_cluster(options)], listeners=[readiness_listener(options.readiness_port)])
+
+
 def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
+    if options.readiness_port is not None and not 0 < options.admin_port < 65536:
+        raise ValueError("a readiness port forwards to the admin API: give the admin API a fixed port")
     metadata = struct_pb2.Struct()
     metadata.update({contract.NODE_NAME_METADATA: options.node, "GENERATOR": "zpilot", "AMBIENT_TYPE": "ztunnel"})
     api_type = config_source_pb2.ApiConfigSource.DELTA_GRPC if options.delta else config_source_pb2.ApiConfigSource.GRPC
@@ -320,7 +386,7 @@ def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
             cds_config=ads_source(),
             lds_config=ads_source(),
         ),
-        static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[_xds_cluster(options.xds, options.tls)]),
+        static_resources=_static_resources(options),
         bootstrap_extensions=[internal_listener_extension()],
         layered_runtime=runtime_layers(),
     )
