@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--admin-port", type=port_number, default=contract.PORT_ADMIN,
                    help=f"Envoy's admin API port (default {contract.PORT_ADMIN})")
     p.add_argument("--delta", action="store_true", help="use incremental (delta) ADS")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE",
+                   help="write the bootstrap to FILE (atomically: Envoy never reads half of it) instead of stdout")
     p.add_argument("--readiness-port", type=int, metavar="PORT",
                    help=f"also serve the admin API's {contract.READINESS_PATH} (and nothing else of it) on this port of"
                         f" every address, for a kubelet's readiness probe (Istio's: {contract.PORT_READINESS})")
@@ -194,6 +197,16 @@ def run(args: argparse.Namespace) -> int:
         tls=tls,
         readiness_port=args.readiness_port,
     )
-    json.dump(json_format.MessageToDict(bootstrap(options), preserving_proto_field_name=True), sys.stdout, indent=1)
-    sys.stdout.write("\n")
+    text = json.dumps(json_format.MessageToDict(bootstrap(options), preserving_proto_field_name=True), indent=1) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    staged = args.output.with_name(f".{args.output.name}.tmp")
+    try:
+        staged.write_text(text)
+        os.replace(staged, args.output)
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        print(f"zpilot bootstrap: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
