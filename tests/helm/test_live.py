@@ -1,0 +1,209 @@
+"""The chart's commands, run as a cluster would run them: the ztunnel's init container writes the
+bootstrap (``zpilot bootstrap`` with the rendered arguments), Envoy accepts it, and an Envoy started
+with the rendered Envoy arguments connects to a ``zpilot serve`` started with the rendered
+control-plane arguments, which reads the in-process API server with a token allowed exactly the
+chart's RBAC, and goes LIVE. Both readiness probes are the rendered ones.
+
+A pod is emulated, not simulated: everything runs in a network namespace of its own (so the
+rendered ports, 15010 and the rest, are free whatever else runs on this machine), the API server
+listens inside it, each volume a container mounts is a directory of the test's, and the control
+plane's Service name resolves to it through ``/etc/netns/<ns>/hosts`` (``ip netns exec`` mounts it
+over ``/etc/hosts``, as a cluster's DNS would answer). What a pod would take from its service
+account mount, ``zpilot serve`` takes from one flag the test adds: ``--kubeconfig``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from pyroute2.netns import setns
+
+from tests.kube.apiserver import ApiServer, seed_article
+from zpilot.envoy_binary import envoy_path, validate
+
+from .chart import NAMESPACE, container, pod_spec, render, zpilot_argv
+from .rbac import grants, token_allowance
+
+pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.root, pytest.mark.netns,
+              pytest.mark.skipif(os.geteuid() != 0, reason="creates a network namespace; Envoy needs CAP_NET_ADMIN")]
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = "gke-jimmy-cluster-default-pool-d5041909-d10i"  # node A of examples/article
+
+
+class Pod:
+    """A network namespace standing for a pod (and the cluster network around it), removed at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.name = f"zph{os.getpid()}-{secrets.token_hex(3)}"
+        self.tmp = tmp
+        self.etc = Path("/etc/netns") / self.name
+        self.procs: list[subprocess.Popen] = []
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
+
+    def resolve(self, names: dict[str, str]) -> None:
+        """What the cluster's DNS would answer, for the processes of this namespace."""
+        self.etc.mkdir(parents=True)
+        self.etc.joinpath("hosts").write_text("".join(f"{ip} {name}\n" for name, ip in names.items()))
+
+    def started_inside(self, make: Callable[[], Any]) -> Any:
+        """``make()`` on a thread that entered the namespace: threads it starts (a server's loop) stay in it."""
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                setns(f"/run/netns/{self.name}", flags=0)
+                result["value"] = make()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                result["error"] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["value"]
+
+    def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True, **kw)
+
+    def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(["ip", "netns", "exec", self.name, *argv], stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+        shutil.rmtree(self.etc, ignore_errors=True)
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+@pytest.fixture
+def pod(tmp_path: Path):
+    p = Pod(tmp_path)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def mounted(c: dict[str, Any], volumes: dict[str, Path], argv: list[str]) -> list[str]:
+    """``argv`` with each path under one of the container's mounts moved to that volume's directory."""
+    mounts = sorted(((m["mountPath"], volumes[m["name"]]) for m in c.get("volumeMounts", []) if m["name"] in volumes),
+                    key=lambda m: -len(m[0]))
+    out = []
+    for arg in argv:
+        for path, directory in mounts:
+            if arg == path or arg.startswith(path + "/"):
+                arg = str(directory) + arg[len(path):]
+                break
+        out.append(arg)
+    return out
+
+
+def downward(c: dict[str, Any], argv: list[str], node: str) -> list[str]:
+    """The kubelet's ``$(VAR)`` expansion of the downward API's node name."""
+    env = {e["name"]: node for e in c.get("env", [])
+           if e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName"}
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in argv]
+
+
+def until(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log and log.exists() else ""
+            raise AssertionError(f"{what}: not within {timeout:.0f} s\n{tail}")
+        time.sleep(0.2)
+
+
+def test_envoy_from_the_rendered_bootstrap_goes_live_against_the_rendered_control_plane(pod: Pod, tmp_path: Path):
+    rendered = render()
+    deployment, ztunnel = rendered.get("Deployment", "zpilot"), rendered.get("DaemonSet", "ztunnel")
+    service = rendered.get("Service", "zpilot")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    # The cluster: examples/article behind the API server, plus the release namespace (helm --create-namespace).
+    server = pod.started_inside(lambda: ApiServer(tmp_path / "api", tls=True, bootstrap=True, controllers=True).start())
+    try:
+        seed_article(server)  # its ztunnel pods are in istio-system already (helm install --create-namespace)
+        assert server.get("namespaces", NAMESPACE)
+        # The control plane's service account may do what the chart's roles bound to it grant, nothing more.
+        allowed = set()
+        for binding in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding"):
+            if binding["subjects"][0]["name"] == pod_spec(deployment)["serviceAccountName"]:
+                allowed |= token_allowance(grants(rendered.get(binding["roleRef"]["kind"], binding["roleRef"]["name"])["rules"]))
+        kubeconfig = server.write_kubeconfig(tmp_path / "zpilot.kubeconfig", token=server.add_token(allow=allowed))
+
+        # zpilot serve, with the Deployment's arguments.
+        zp = container(deployment, "zpilot")
+        serve_log = tmp_path / "serve.log"
+        serve = pod.start([sys.executable, "-m", "zpilot.cli", *zpilot_argv(zp), "--kubeconfig", str(kubeconfig)],
+                          serve_log, env=env)
+        probe = zp["readinessProbe"]["exec"]["command"]
+        until(lambda: serve.poll() is None and pod.run(probe, env=env).returncode == 0,
+              "zpilot serve ready (the rendered readiness probe)", 60, serve_log)
+
+        # The ztunnel pod: the bootstrap init container, then Envoy, sharing the emptyDir volume.
+        volumes = {v["name"]: tmp_path / "volumes" / v["name"] for v in pod_spec(ztunnel)["volumes"] if "emptyDir" in v}
+        for directory in volumes.values():
+            directory.mkdir(parents=True)
+        init = container(ztunnel, "bootstrap")
+        argv = mounted(init, volumes, downward(init, zpilot_argv(init), NODE))
+        written = subprocess.run([sys.executable, "-m", "zpilot.cli", *argv], capture_output=True, text=True, env=env)
+        assert written.returncode == 0, written.stderr
+        envoy_spec = container(ztunnel, "envoy")
+        envoy_argv = mounted(envoy_spec, volumes, envoy_spec["args"])
+        config_path = Path(envoy_argv[envoy_argv.index("-c") + 1])
+        config = json.loads(config_path.read_text())
+        assert config["node"]["metadata"]["NODE_NAME"] == NODE
+        result = validate(config)
+        assert result.ok, result.output[-2000:]
+
+        # The Service name the bootstrap dials resolves, inside the namespace, to the control plane.
+        pod.resolve({f"{service['metadata']['name']}.{NAMESPACE}.svc": "127.0.0.1"})
+        envoy_log = tmp_path / "envoy.log"
+        assert envoy_spec["command"] == ["envoy"]
+        envoy = pod.start([envoy_path(), *envoy_argv], envoy_log)
+        ready = envoy_spec["readinessProbe"]["httpGet"]
+        port = next(p["containerPort"] for p in envoy_spec["ports"] if p["name"] == ready["port"])
+        url = f"http://127.0.0.1:{port}{ready['path']}"
+        get = ["python3", "-I", "-c", "import sys, urllib.request as u; r = u.urlopen(sys.argv[1], timeout=2);"
+                                      " print(r.status, r.read().decode().strip())", url]
+        until(lambda: envoy.poll() is None and pod.run(get).stdout.strip() == "200 LIVE",
+              "Envoy LIVE (the rendered readiness probe)", 60, envoy_log)
+
+        # zpilot served it every type, and Envoy ACKed them all.
+        args = zpilot_argv(zp)
+        debug = args[args.index("--debug-port") + 1]
+        syncz = pod.run(["python3", "-I", "-c", "import sys, urllib.request as u; print(u.urlopen(sys.argv[1]).read().decode())",
+                         f"http://127.0.0.1:{debug}/debug/syncz?node={NODE}"])
+        (connection,) = json.loads(syncz.stdout)
+        assert connection["known_node"] is True
+        states = {t["type"]: t["state"] for t in connection["types"]}
+        assert states and set(states.values()) == {"SYNCED"}, states
+        assert serve.poll() is None and envoy.poll() is None
+    finally:
+        server.stop()
