@@ -22,6 +22,7 @@ import pytest
 from tests.cni.kernel_state import ipset_list, snapshot
 from tests.cni.topology import NODE_A, Topology, add_foreign_state, in_ns
 from tests.kube.apiserver import ApiServer, seed_article
+from zpilot import contract
 
 from .chart import container, pod_spec, render, zpilot_argv
 from .rbac import grants, token_allowance
@@ -83,12 +84,15 @@ def test_the_agent_meshes_its_node_then_leaves_nothing_when_its_pod_is_deleted(t
         log = tmp_path / "agent.log"
         agent = node.start([sys.executable, "-m", "zpilot.cli", *downward(agent_spec, zpilot_argv(agent_spec), NODE_A),
                             "--kubeconfig", str(kubeconfig)], log, env=env)
+        # Applied: the set holds sleep (a meshed pod of node A), and the jump into the agent's chain,
+        # written last, is in place.
         deadline = time.monotonic() + 60
-        while "10.4.4.19" not in ipset_list(topology.node):  # sleep, a meshed pod of node A
+        while not ("10.4.4.19" in ipset_list(topology.node)
+                   and f"-A PREROUTING -j {contract.PREROUTING}" in in_ns(topology.node, "iptables-save", "-t", "mangle")):
             assert agent.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         meshed = snapshot(topology.node)
-        assert meshed["iptables-save"] != before["iptables-save"] and "istioin" in meshed["ip link"]
+        assert "istioin" in meshed["ip link"] and meshed["ip rule"] != before["ip rule"]
 
         # helm uninstall: the DaemonSet's pods are deleted, the kubelet sends SIGTERM.
         os.killpg(agent.pid, signal.SIGTERM)
