@@ -149,13 +149,16 @@ def test_envoy_from_the_rendered_bootstrap_goes_live_against_the_rendered_contro
     server = pod.started_inside(lambda: ApiServer(tmp_path / "api", tls=True, bootstrap=True, controllers=True).start())
     try:
         seed_article(server)  # its ztunnel pods are in istio-system already (helm install --create-namespace)
+        server.install_istio_crds()  # so the policy kinds are read too, with the chart's grants
         assert server.get("namespaces", NAMESPACE)
         # The control plane's service account may do what the chart's roles bound to it grant, nothing more.
         allowed = set()
         for binding in rendered.of_kind("ClusterRoleBinding") + rendered.of_kind("RoleBinding"):
             if binding["subjects"][0]["name"] == pod_spec(deployment)["serviceAccountName"]:
                 allowed |= token_allowance(grants(rendered.get(binding["roleRef"]["kind"], binding["roleRef"]["name"])["rules"]))
-        kubeconfig = server.write_kubeconfig(tmp_path / "zpilot.kubeconfig", token=server.add_token(allow=allowed))
+        account = f"system:serviceaccount:{NAMESPACE}:{pod_spec(deployment)['serviceAccountName']}"
+        kubeconfig = server.write_kubeconfig(tmp_path / "zpilot.kubeconfig",
+                                             token=server.add_token(user=account, allow=allowed))
 
         # zpilot serve, with the Deployment's arguments.
         zp = container(deployment, "zpilot")
@@ -205,5 +208,10 @@ def test_envoy_from_the_rendered_bootstrap_goes_live_against_the_rendered_contro
         states = {t["type"]: t["state"] for t in connection["types"]}
         assert states and set(states.values()) == {"SYNCED"}, states
         assert serve.poll() is None and envoy.poll() is None
+        # Every kind was read, and every request the control plane made was granted.
+        made = [r for r in server.requests if r.user == account]
+        assert {"authorizationpolicies", "peerauthentications", "pods", "secrets"} <= {
+            r.resource.split(".")[0] for r in made if r.verb == "list"}  # plural[.group]
+        assert all(r.status < 400 for r in made), [(r.verb, r.resource, r.status) for r in made if r.status >= 400]
     finally:
         server.stop()
