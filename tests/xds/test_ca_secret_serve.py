@@ -46,11 +46,12 @@ def replace_root(server, cert_pem: bytes, key_pem: bytes) -> None:
 class Running:
     """A ServeRuntime on the example manifests with --ca-secret, run until :meth:`stop`."""
 
-    def __init__(self, server, manifests, *, kubeconfig=None) -> None:
+    def __init__(self, server, manifests, *, kubeconfig=None, trust_bundle_configmap=None) -> None:
         settings = ServeSettings(
             xds=ServerOptions(host="127.0.0.1", port=0), debug=DebugOptions(port=0), metrics=None,
             translate=TranslateOptions(bind_address=random_loopback()),
             ca_secret=SECRET, kubeconfig=kubeconfig or server.kubeconfig_path,
+            trust_bundle_configmap=trust_bundle_configmap,
         )
         self.runtime = ServeRuntime(settings, ManifestDirectorySource(manifests, quiet=0.05))
         self.stop_event = asyncio.Event()
@@ -156,3 +157,25 @@ async def test_stopping_while_waiting_for_the_secret_exits_cleanly(apiserver, ma
     serve = Running(apiserver, manifests)
     await serve.debug_port()
     assert await serve.stop() == 0
+
+
+async def test_the_trust_bundle_configmap_follows_the_ca_secret(apiserver, manifests):
+    """--trust-bundle-configmap: published once the CA is read, and again when a changed Secret changes it."""
+    apiserver.create(make_namespace("istio-system"))
+    configmap = SecretName("istio-system", "zpilot-ca-root")
+    serve = Running(apiserver, manifests, trust_bundle_configmap=configmap)
+
+    async def holds(bundle: bytes):
+        found = apiserver.list("configmaps", "istio-system")
+        assert found and found[0]["data"]["root-cert.pem"] == bundle.decode()
+        return True
+
+    try:
+        await serve.wait_ready()
+        await eventually(lambda: holds(serve.runtime.plane.identities.ca.trust_bundle_pem()), 10)
+        await apiserver.wait_for_watchers("secrets", 1)
+        new_root = new_root_files("cluster.local", utc_now())
+        replace_root(apiserver, new_root.cert_pem, new_root.key_pem)
+        await eventually(lambda: holds(new_root.cert_pem), 10)
+    finally:
+        assert await serve.stop() == 0

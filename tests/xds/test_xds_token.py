@@ -16,7 +16,7 @@ from zpilot.runtime.control_plane import ControlPlane, DebugOptions
 from zpilot.xds.order import CLUSTER_TYPE
 from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions
-from zpilot.xds.token_review import TokenReviewer
+from zpilot.xds.token_review import CLUSTER_PERMISSIONS, NAMESPACE_PERMISSIONS, TokenReviewer
 
 from .ads_client import AdsClient, tls_credentials
 from .conftest import load_index, per_node_translate
@@ -24,8 +24,10 @@ from .envoy_util import NODE_A, NODE_B
 
 ZTUNNEL_ON_A = "ztunnel-rts54"  # examples/article: the ztunnel pod of node A
 AUDIENCE = [contract.XDS_TOKEN_AUDIENCE]
-#: What zpilot needs of the API server, and nothing more (docs/security.md).
-ZPILOT_RBAC = {("create", "tokenreviews.authentication.k8s.io"), ("get", "pods")}
+#: What zpilot needs of the API server, and nothing more (docs/security.md): the lists the reviewer
+#: exports, which the Helm chart's RBAC is checked against.
+ZPILOT_RBAC = {(verb, f"{resource}.{group}" if group else resource)
+               for verb, group, resource in CLUSTER_PERMISSIONS + NAMESPACE_PERMISSIONS}
 
 
 @pytest.fixture

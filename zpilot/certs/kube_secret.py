@@ -85,11 +85,12 @@ class SecretName:
     name: str
 
     @classmethod
-    def parse(cls, text: str) -> "SecretName":
-        """``NAMESPACE/NAME``; ValueError (naming the text) unless both are valid Kubernetes names."""
+    def parse(cls, text: str, what: str = "a CA Secret") -> "SecretName":
+        """``NAMESPACE/NAME`` (of a Secret, or another namespaced object: ``what``); ValueError (naming
+        the text) unless both are valid Kubernetes names."""
         namespace, slash, name = text.partition("/")
         if not slash or not _DNS_LABEL.match(namespace) or not _DNS_SUBDOMAIN.match(name):
-            raise ValueError(f"{text[:300]!r}: a CA Secret is NAMESPACE/NAME, both lower-case Kubernetes names")
+            raise ValueError(f"{text[:300]!r}: {what} is NAMESPACE/NAME, both lower-case Kubernetes names")
         return cls(namespace, name)
 
     def __str__(self) -> str:
@@ -150,7 +151,7 @@ def api_failure(server: str, secret: SecretName, verb: str, exc: BaseException) 
     """One clear message for a failed call: which server, which Secret, what was refused and why."""
     what = f"{server}: {verb} Secret {secret}"
     if isinstance(exc, ApiException):
-        reason = _status_message(exc)
+        reason = status_message(exc)
         if exc.status in (401, 403):
             needed = ", ".join(v for v, _ in PERMISSIONS)
             return CaSecretUnavailable(
@@ -161,7 +162,7 @@ def api_failure(server: str, secret: SecretName, verb: str, exc: BaseException) 
     return CaSecretUnavailable(f"{what}: {type(exc).__name__}: {str(exc)[:MAX_REASON] or 'no detail'}")
 
 
-def _status_message(exc: ApiException) -> str:
+def status_message(exc: ApiException) -> str:
     """The Status message the server sent (bounded), or the HTTP reason."""
     try:
         body = json.loads(exc.body) if exc.body else {}

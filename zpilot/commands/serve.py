@@ -34,6 +34,9 @@ def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
 
 #: ``--ca-secret`` without a value (kube_secret.DEFAULT_SECRET, repeated so --help imports no client).
 DEFAULT_CA_SECRET = "istio-system/zpilot-ca"
+#: ``--trust-bundle-configmap`` without a value (trust_bundle_configmap.DEFAULT_CONFIGMAP, repeated so --help
+#: imports no client).
+DEFAULT_TRUST_BUNDLE_CONFIGMAP = "istio-system/zpilot-ca-root"
 
 
 def _secret_name(text: str):
@@ -41,6 +44,15 @@ def _secret_name(text: str):
 
     try:
         return SecretName.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _configmap_name(text: str):
+    from ..certs.kube_secret import SecretName
+
+    try:
+        return SecretName.parse(text, what="a ConfigMap")
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -76,6 +88,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ca-secret", nargs="?", const=DEFAULT_CA_SECRET, type=_secret_name, metavar="NAMESPACE/NAME",
                    help="keep the CA in this Kubernetes Secret, shared by replicas (created with a new root if"
                         f" absent; Istio's cacerts keys; changes are followed); alone: {DEFAULT_CA_SECRET}")
+    p.add_argument("--trust-bundle-configmap", nargs="?", const=DEFAULT_TRUST_BUNDLE_CONFIGMAP, type=_configmap_name,
+                   metavar="NAMESPACE/NAME",
+                   help="publish the CA's trust bundle (key root-cert.pem) in this ConfigMap and keep it current, for"
+                        " ztunnels checking the ADS server's certificate (zpilot bootstrap --ca-bundle); alone:"
+                        f" {DEFAULT_TRUST_BUNDLE_CONFIGMAP}")
     p.add_argument("--cert-lifetime", type=_seconds(allow_zero=False), default=24 * 3600.0,
                    help="workload certificate lifetime, seconds (86400)")
     p.add_argument("--debounce-quiet", type=_seconds(allow_zero=True), default=0.1,
@@ -148,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     from ..xds.token_review import ServiceAccountRef
 
     # the CA Secret and token reviews read the cluster even when the model comes from --manifests
-    problem = source_flags.problem(args, cluster_used_otherwise=args.ca_secret is not None or args.xds_auth == "token")
+    problem = source_flags.problem(args, cluster_used_otherwise=args.ca_secret is not None or args.xds_auth == "token"
+                                   or args.trust_bundle_configmap is not None)
     if problem is not None:
         print(f"zpilot serve: {problem}", file=sys.stderr)
         return 2
@@ -185,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
             limits=data_path_flags.limits_from(args),
         ),
         ca_dir=args.ca_dir, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_root=args.ca_root,
-        ca_secret=args.ca_secret, kubeconfig=args.kubeconfig, context=args.context,
+        ca_secret=args.ca_secret, trust_bundle_configmap=args.trust_bundle_configmap,
+        kubeconfig=args.kubeconfig, context=args.context,
         cert_lifetime=args.cert_lifetime,
         xds_auth=mode,
         xds_names=tuple(args.xds_san),

@@ -29,6 +29,7 @@ from typing import AsyncIterator
 from .. import contract
 from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
 from ..certs.kube_secret import CaSecretUnavailable, SecretCaStore, SecretName, retry_delay
+from ..certs.trust_bundle_configmap import TrustBundlePublisher
 from ..kube.client import KubeConfigError, api_client
 from ..kube.source import ModelEvent, ModelSource, SourceError
 from ..translators import TranslateOptions, translate_node
@@ -66,6 +67,8 @@ class ServeSettings:
     ca_key: Path | None = None
     ca_root: Path | None = None
     ca_secret: SecretName | None = None  # the CA in this Kubernetes Secret (created on first start)
+    #: Publish the CA's trust bundle in this ConfigMap (for ztunnels' --ca-bundle), kept current.
+    trust_bundle_configmap: SecretName | None = None
     kubeconfig: Path | None = None  # the cluster's credentials (see zpilot.kube.client)
     context: str | None = None
     cert_lifetime: float = 24 * 3600.0  # seconds
@@ -110,6 +113,8 @@ class ServeRuntime:
         self.source = source
         self.plane: ControlPlane | None = None
         self.ca_store: SecretCaStore | None = None  # with --ca-secret, once the API client is made
+        #: Set after each CA reload: the trust bundle's publisher compares and republishes.
+        self._bundle_changed = asyncio.Event()
 
     def _identities(self, ca: CertificateAuthority) -> IdentityCache:
         return IdentityCache(ca, lifetime=timedelta(seconds=self.settings.cert_lifetime))
@@ -164,11 +169,13 @@ class ServeRuntime:
     async def run(self, stop: asyncio.Event) -> int:
         """Serve until ``stop`` is set: 0; 2 when it cannot start; 1 when the source fails."""
         api = None
-        if self.settings.ca_secret is not None or self.settings.xds_auth == "token":
+        if (self.settings.ca_secret is not None or self.settings.xds_auth == "token"
+                or self.settings.trust_bundle_configmap is not None):
             try:
                 api = await api_client(self.settings.kubeconfig, self.settings.context)
             except KubeConfigError as exc:
-                why = "the CA Secret" if self.settings.ca_secret is not None else "reviewing ztunnels' tokens"
+                why = ("the CA Secret" if self.settings.ca_secret is not None else "reviewing ztunnels' tokens"
+                       if self.settings.xds_auth == "token" else "the trust bundle's ConfigMap")
                 log.error("cannot reach the cluster for %s: %s", why, exc)
                 return 2
         try:
@@ -195,6 +202,10 @@ class ServeRuntime:
                 if ca is None:
                     return 0
                 plane.attach_identities(self._identities(ca))
+            if self.settings.trust_bundle_configmap is not None:  # ztunnels may need it before ADS serves
+                publisher = TrustBundlePublisher(api, self.settings.trust_bundle_configmap)
+                tasks.add(asyncio.create_task(publisher.keep_published(self._trust_bundle, self._bundle_changed),
+                                              name="trust-bundle"))
             first = await _until_stopped(anext(events), stop)
             if first is None:  # stopped before the first model
                 return 0
@@ -210,10 +221,11 @@ class ServeRuntime:
                      plane.metrics_server.url if plane.metrics_server else "-")
             follow = asyncio.create_task(self._follow(events), name="model-source")
             stopped = asyncio.create_task(stop.wait(), name="stop")
-            tasks = {follow, stopped}
+            watched = {follow, stopped}
             if self.ca_store is not None:  # from the resourceVersion it was read at: nothing is missed
-                tasks.add(asyncio.create_task(self.ca_store.follow(self.reload_ca), name="ca-secret"))
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                watched.add(asyncio.create_task(self.ca_store.follow(self.reload_ca), name="ca-secret"))
+            tasks |= watched
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             if follow in done:
                 return self._source_ended(follow)
             if stopped not in done:  # only the CA Secret's watch can be left; it never ends by itself
@@ -241,6 +253,10 @@ class ServeRuntime:
         async for event in events:
             await self.plane.update(event.index, changed_at=event.changed_at)
 
+    def _trust_bundle(self) -> bytes:
+        assert self.plane is not None and self.plane.identities is not None
+        return self.plane.identities.ca.trust_bundle_pem()
+
     def _source_ended(self, follow: asyncio.Task) -> int:
         """The source stopped: serving on would hide that the config no longer follows the cluster."""
         exc = follow.exception()
@@ -257,7 +273,10 @@ class ServeRuntime:
         if self.plane is None or not self.plane.ready:
             log.warning("CA reload asked before serving; ignored")
             return False
-        return await self.plane.reload_ca()
+        try:
+            return await self.plane.reload_ca()
+        finally:
+            self._bundle_changed.set()  # the publisher writes only if the bundle differs
 
 
 async def _until_stopped(awaitable, stop: asyncio.Event):

@@ -47,6 +47,12 @@ log = logging.getLogger("zpilot.xds.auth")
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
+#: Every (verb, API group, resource) a review asks the API server for, so RBAC can be derived from
+#: it: a TokenReview (``create``; tokenreviews are cluster-scoped, a ClusterRole) ...
+CLUSTER_PERMISSIONS: tuple[tuple[str, str, str], ...] = (("create", "authentication.k8s.io", "tokenreviews"),)
+#: ... and the pod the token is bound to, read in the ztunnels' namespace (``ServiceAccountRef.namespace``,
+#: a Role there).
+NAMESPACE_PERMISSIONS: tuple[tuple[str, str, str], ...] = (("get", "", "pods"),)
 #: A review call (and the pod read after it) that takes longer than this fails the stream;
 #: the ztunnel retries.
 API_TIMEOUT = 10.0
