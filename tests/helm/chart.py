@@ -39,7 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "metrics-exposed": {
         "metrics": {"scrapeAnnotations": False, "serviceMonitor": {"enabled": True, "interval": "15s",
                                                                     "labels": {"release": "prometheus"}}},
-        "controlPlane": {"debugApi": {"expose": True}},
+        "controlPlane": {"debugApi": {"expose": True, "tokenSecret": "zpilot-debug"}},
     },
     "tuned": {
         "logFormat": "json", "logLevel": "debug", "trustDomain": "mesh.example.com",

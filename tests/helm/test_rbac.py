@@ -4,8 +4,9 @@ the chart grants it; a grant nothing uses fails it too."""
 
 from __future__ import annotations
 
-from zpilot.certs import kube_secret
+from zpilot.certs import kube_secret, trust_bundle_configmap
 from zpilot.kube import api_resources
+from zpilot.xds import token_review
 
 from .chart import NAMESPACE, VARIANTS, container, pod_spec, render, zpilot_argv
 from .rbac import as_access, grants
@@ -21,29 +22,37 @@ def _bound(rendered, kind: str, name: str, service_account: str) -> set:
     return grants(role["rules"])
 
 
-def test_the_control_plane_lists_and_watches_what_the_api_watch_reads_and_nothing_else():
-    rendered = render()
-    granted = _bound(rendered, "ClusterRoleBinding", "zpilot", "zpilot")
-    assert as_access(granted) == set(api_resources.API_ACCESS)
+def _core(permissions) -> set[tuple[str, str, str]]:
+    """A module's (verb, resource) list of the core group as (verb, group, resource)."""
+    return {(verb, "", resource) for verb, resource in permissions}
+
+
+def test_cluster_wide_the_control_plane_reads_what_the_api_watch_reads_and_reviews_tokens():
+    granted = _bound(render(), "ClusterRoleBinding", "zpilot", "zpilot")
+    assert as_access(granted) == set(api_resources.API_ACCESS) | set(token_review.CLUSTER_PERMISSIONS)
     assert all(names == () for *_, names in granted)
 
 
-def test_the_control_plane_may_list_watch_and_create_its_ca_secret_only():
+def test_in_its_namespace_the_control_plane_may_use_its_ca_secret_its_configmap_and_read_ztunnel_pods():
     for variant, secret in (("default", "zpilot-ca"), ("user-provided-ca", "cacerts")):
         rendered = render(VARIANTS[variant])
-        granted = _bound(rendered, "RoleBinding", "zpilot-ca", "zpilot")
-        assert as_access(granted) == {(verb, "", resource) for verb, resource in kube_secret.PERMISSIONS}
-        # The store reads its Secret by a metadata.name field selector, so list and watch are narrowed
-        # to that name; create cannot be narrowed by name (the object does not exist yet).
-        for group, resource, verb, names in granted:
-            assert names == ((secret,) if verb in ("list", "watch") else ()), (verb, names)
+        granted = _bound(rendered, "RoleBinding", "zpilot", "zpilot")
+        assert as_access(granted) == (_core(kube_secret.PERMISSIONS) | _core(trust_bundle_configmap.PERMISSIONS)
+                                      | set(token_review.NAMESPACE_PERMISSIONS))
         args = zpilot_argv(container(rendered.get("Deployment", "zpilot"), "zpilot"))
+        configmap = args[args.index("--trust-bundle-configmap") + 1]
         assert args[args.index("--ca-secret") + 1] == f"{NAMESPACE}/{secret}"
+        assert args[args.index("--ztunnel-service-account") + 1].startswith(f"{NAMESPACE}/")
+        # Narrowed to the object's name wherever the code asks by name (the CA Secret by a
+        # metadata.name field selector, the ConfigMap by get and replace); a create cannot be narrowed.
+        names = {"secrets": (secret,), "configmaps": (configmap.split("/")[1],)}
+        for group, resource, verb, allowed in granted:
+            expected = names[resource] if verb in ("list", "watch", "get", "update") and resource in names else ()
+            assert allowed == expected, (verb, resource, allowed)
 
 
 def test_the_cni_agent_reads_its_node_s_pods_and_the_namespaces_only():
-    rendered = render()
-    granted = _bound(rendered, "ClusterRoleBinding", "zpilot-cni", "zpilot-cni")
+    granted = _bound(render(), "ClusterRoleBinding", "zpilot-cni", "zpilot-cni")
     assert as_access(granted) == set(api_resources.NODE_AGENT_API_ACCESS)
 
 
@@ -51,8 +60,8 @@ def test_no_other_role_binding_or_service_account_token():
     rendered = render()
     roles = {(o["kind"], o["metadata"]["name"]) for o in rendered.objects if o["kind"].endswith("Role")}
     bindings = {(o["kind"], o["metadata"]["name"]) for o in rendered.objects if o["kind"].endswith("Binding")}
-    assert roles == {("ClusterRole", "zpilot"), ("Role", "zpilot-ca"), ("ClusterRole", "zpilot-cni")}
-    assert bindings == {("ClusterRoleBinding", "zpilot"), ("RoleBinding", "zpilot-ca"),
+    assert roles == {("ClusterRole", "zpilot"), ("Role", "zpilot"), ("ClusterRole", "zpilot-cni")}
+    assert bindings == {("ClusterRoleBinding", "zpilot"), ("RoleBinding", "zpilot"),
                         ("ClusterRoleBinding", "zpilot-cni")}
     # Each workload runs as its own service account; the ztunnel's has no role and no API token.
     accounts = {w["metadata"]["name"]: pod_spec(w)["serviceAccountName"]

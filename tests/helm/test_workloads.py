@@ -14,6 +14,7 @@ import pytest
 
 import zpilot
 from zpilot import contract
+from zpilot.certs import trust_bundle_configmap
 from zpilot.cli import build_parser
 from zpilot.envoy_binary import envoy_path
 from zpilot.model.index import ZTUNNEL_LABEL, MeshIndex
@@ -35,6 +36,15 @@ def serve_defaults() -> dict[str, object]:
     """``zpilot serve``'s defaults, from its parser."""
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {action.dest: action.default for action in sub.choices["serve"]._actions}
+
+
+def volume_of(workload: dict, c: dict, path: str) -> dict:
+    """The volume ``path`` lies on, in container ``c`` of ``workload``."""
+    mount = max((m for m in c.get("volumeMounts", []) if path.startswith(m["mountPath"] + "/")),
+                key=lambda m: len(m["mountPath"]), default=None)
+    assert mount is not None, f"{path} is on no volume of {c['name']}"
+    (volume,) = [v for v in pod_spec(workload)["volumes"] if v["name"] == mount["name"]]
+    return volume
 
 
 def port_named(c: dict, name: str) -> int:
@@ -64,13 +74,22 @@ def test_control_plane_ports_are_serve_s_defaults_and_the_service_exposes_xds_an
         ("grpc-xds", args.xds_port, "grpc-xds"), ("http-metrics", args.metrics_port, "http-metrics")}
 
 
-def test_the_debug_api_is_exposed_only_when_asked():
+def test_the_debug_api_is_exposed_only_when_asked_and_then_with_a_token():
     rendered = render(VARIANTS["metrics-exposed"])
-    zp = container(rendered.get("Deployment", "zpilot"), "zpilot")
+    deployment = rendered.get("Deployment", "zpilot")
+    zp = container(deployment, "zpilot")
     args = parse(zp)
     assert args.debug_address == "0.0.0.0" and port_named(zp, "http-debug") == args.debug_port
     ports = {p["name"]: p["port"] for p in rendered.get("Service", "zpilot")["spec"]["ports"]}
     assert ports["http-debug"] == args.debug_port
+    volume = volume_of(deployment, zp, str(args.debug_token_file))
+    assert volume["secret"]["secretName"] == "zpilot-debug"
+    assert volume["secret"]["items"] == [{"key": "token", "path": args.debug_token_file.name}]
+    assert parse(container(render().get("Deployment", "zpilot"), "zpilot")).debug_token_file is None
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match="tokenSecret"):
+        render({"controlPlane": {"debugApi": {"expose": True}}})
 
 
 def test_control_plane_probes_reach_readiness_on_the_debug_api_and_liveness_on_metrics():
@@ -205,6 +224,35 @@ def test_ztunnel_setup_runs_first_and_only_sets_up_the_pod_side():
                                                                                         False, False)
 
 
+def test_ads_is_authenticated_with_the_ztunnel_pods_projected_token_and_the_published_trust_bundle():
+    rendered = render()
+    serve = parse(container(rendered.get("Deployment", "zpilot"), "zpilot"))
+    daemonset = rendered.get("DaemonSet", "ztunnel")
+    boot = parse(container(daemonset, "bootstrap"))
+    envoy = container(daemonset, "envoy")
+    # The server: token reviews for the ztunnels' service account, a certificate for the name they dial.
+    assert (serve.xds_auth, serve.insecure_xds, boot.xds_auth, boot.insecure_xds) == ("token", False, "token", False)
+    host = boot.xds.rsplit(":", 1)[0]
+    assert serve.xds_san == [host] and boot.xds_server_name is None  # checked against the --xds host
+    assert serve.ztunnel_service_account == f"{NAMESPACE}/{pod_spec(daemonset)['serviceAccountName']}"
+    assert serve.ztunnel_service_account == f"{contract.ZTUNNEL_NAMESPACE}/{contract.ZTUNNEL_SERVICE_ACCOUNT}"
+    assert serve.token_audience == serve_defaults()["token_audience"] == contract.XDS_TOKEN_AUDIENCE
+    # The token: a projected one of that audience, where the bootstrap says, mounted in Envoy (which reads it).
+    token = volume_of(daemonset, envoy, str(boot.token_file))["projected"]["sources"]
+    assert token == [{"serviceAccountToken": {"path": boot.token_file.name, "audience": serve.token_audience,
+                                              "expirationSeconds": 3600}}]
+    # The trust bundle: the ConfigMap serve publishes, its key, mounted in Envoy.
+    assert serve.trust_bundle_configmap.namespace == NAMESPACE
+    bundle = volume_of(daemonset, envoy, str(boot.ca_bundle))
+    assert bundle == {"name": bundle["name"], "configMap": {"name": serve.trust_bundle_configmap.name}}
+    assert boot.ca_bundle.name == trust_bundle_configmap.BUNDLE_KEY
+    # The SDS files the bootstrap writes are on the volume Envoy starts from.
+    init = container(daemonset, "bootstrap")
+    assert volume_of(daemonset, init, str(boot.credential_dir) + "/x") == volume_of(
+        daemonset, envoy, str(boot.credential_dir) + "/x")
+    assert all(m.get("readOnly") for m in envoy["volumeMounts"])
+
+
 # -- the CNI agent -----------------------------------------------------------------------------
 
 
@@ -257,7 +305,7 @@ def test_security_context_of_every_container(variant):
             seen.add(key)
     assert seen == set(SECURITY)
     assert pod_spec(rendered.get("Deployment", "zpilot"))["securityContext"] == {
-        "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+        "runAsNonRoot": True, "fsGroup": RESTRICTED["runAsGroup"], "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -15,7 +15,18 @@ ztunnel), and ztunnels find the control plane by its Service's name.
 
 {{/* The Service ztunnels dial for ADS: <name>.<namespace>.svc:<port>. */}}
 {{- define "zpilot.xdsAddress" -}}
-zpilot.{{ .Release.Namespace }}.svc:{{ .Values.controlPlane.ports.xds }}
+{{ include "zpilot.xdsHost" . }}:{{ .Values.controlPlane.ports.xds }}
+{{- end }}
+
+{{/* The ConfigMap zpilot publishes the mesh's trust bundle in (ztunnels check the ADS server against it). */}}
+{{- define "zpilot.trustBundleConfigMap" -}}zpilot-ca-root{{- end }}
+
+{{/* The audience of the ztunnels' projected tokens: zpilot serve's --token-audience default. */}}
+{{- define "zpilot.tokenAudience" -}}zpilot{{- end }}
+
+{{/* The Service's name as ztunnels dial it: the name the ADS server's certificate must carry. */}}
+{{- define "zpilot.xdsHost" -}}
+zpilot.{{ .Release.Namespace }}.svc
 {{- end }}
 
 {{- define "zpilot.image" -}}
