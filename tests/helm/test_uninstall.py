@@ -26,7 +26,7 @@ from zpilot import contract
 
 from .chart import container, pod_spec, render, zpilot_argv
 from .rbac import grants, token_allowance
-from .test_live import Pod, downward
+from .pod import Pod, downward
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="creates network namespaces and iptables rules")]
