@@ -170,13 +170,15 @@ def test_no_readiness_listener_unless_asked() -> None:
 
 
 def test_output_writes_the_file_stdout_prints(tmp_path) -> None:
-    printed = bootstrap("--node", "n", "--xds", "127.0.0.1:15010")
-    written = bootstrap("--node", "n", "--xds", "127.0.0.1:15010", "--output", str(tmp_path / "envoy.json"))
+    printed = bootstrap("--node", "n", "--xds", "127.0.0.1:15010", "--insecure-xds")
+    written = bootstrap("--node", "n", "--xds", "127.0.0.1:15010", "--insecure-xds",
+                        "--output", str(tmp_path / "envoy.json"))
     assert written.returncode == 0 and written.stdout == "", written.stderr
     assert json.loads((tmp_path / "envoy.json").read_text()) == json.loads(printed.stdout)
     assert [p.name for p in tmp_path.iterdir()] == ["envoy.json"]  # nothing staged left behind
 
 
 def test_output_into_a_missing_directory_is_a_clear_error(tmp_path) -> None:
-    proc = bootstrap("--node", "n", "--xds", "127.0.0.1:15010", "--output", str(tmp_path / "nope" / "envoy.json"))
+    proc = bootstrap("--node", "n", "--xds", "127.0.0.1:15010", "--insecure-xds",
+                     "--output", str(tmp_path / "nope" / "envoy.json"))
     assert proc.returncode == 2 and f"cannot write {tmp_path / 'nope' / 'envoy.json'}" in proc.stderr, proc.stderr
