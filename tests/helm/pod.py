@@ -105,3 +105,27 @@ def until(check: Callable[[], bool], what: str, timeout: float, log: Path | None
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log and log.exists() else ""
             raise AssertionError(f"{what}: not within {timeout:.0f} s\n{tail}")
         time.sleep(0.2)
+
+
+def as_container(pod_spec: dict[str, Any], c: dict[str, Any], *, user: bool = True) -> list[str]:
+    """``setpriv`` arguments that run a command the way a container runtime runs the container:
+    holding only the capabilities it adds (a container that drops ALL gets nothing else, root
+    included), with no new privileges when escalation is off, and (``user``) as its user and group and
+    the pod's fsGroup. A privileged container runs as root with every capability: no prefix.
+
+    ``user=False`` keeps root for a non-root container whose program this machine cannot run as
+    another user (its Python packages are installed under /root): capabilities still apply."""
+    sc = c["securityContext"]
+    if sc.get("privileged"):
+        return []
+    capabilities = sc["capabilities"]
+    assert capabilities["drop"] == ["ALL"], f"{c['name']}: a container keeps the runtime's default capabilities"
+    bounding = ",".join(["-all", *(f"+{cap.lower()}" for cap in capabilities.get("add", []))])
+    argv = ["setpriv", "--inh-caps=-all", f"--bounding-set={bounding}"]
+    if user:
+        groups = pod_spec.get("securityContext", {}).get("fsGroup")
+        argv += [f"--reuid={sc['runAsUser']}", f"--regid={sc['runAsGroup']}",
+                 f"--groups={groups}" if groups is not None else "--clear-groups"]
+    if sc.get("allowPrivilegeEscalation") is False:
+        argv.append("--no-new-privs")
+    return argv

@@ -26,7 +26,7 @@ from tests.kube.apiserver import ApiServer, seed_article
 from zpilot.envoy_binary import envoy_path, validate
 
 from .chart import NAMESPACE, container, pod_spec, render, zpilot_argv
-from .pod import Pod, downward, mounted, until
+from .pod import Pod, as_container, downward, mounted, until
 from .rbac import grants, token_allowance
 
 pytestmark = [pytest.mark.envoy, pytest.mark.slow, pytest.mark.root, pytest.mark.netns,
@@ -50,7 +50,7 @@ def test_envoy_from_the_rendered_bootstrap_goes_live_against_the_rendered_contro
     rendered = render()
     deployment, ztunnel = rendered.get("Deployment", "zpilot"), rendered.get("DaemonSet", "ztunnel")
     service = rendered.get("Service", "zpilot")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}  # as the image's
 
     # The cluster: examples/article behind the API server, plus the release namespace (helm --create-namespace).
     server = pod.started_inside(lambda: ApiServer(tmp_path / "api", tls=True, bootstrap=True, controllers=True).start())
@@ -64,16 +64,18 @@ def test_envoy_from_the_rendered_bootstrap_goes_live_against_the_rendered_contro
             if binding["subjects"][0]["name"] == pod_spec(deployment)["serviceAccountName"]:
                 allowed |= token_allowance(grants(rendered.get(binding["roleRef"]["kind"], binding["roleRef"]["name"])["rules"]))
         account = f"system:serviceaccount:{NAMESPACE}:{pod_spec(deployment)['serviceAccountName']}"
+        zp = container(deployment, "zpilot")
         kubeconfig = server.write_kubeconfig(tmp_path / "zpilot.kubeconfig",
                                              token=server.add_token(user=account, allow=allowed))
 
-        # zpilot serve, with the Deployment's arguments.
-        zp = container(deployment, "zpilot")
+        # zpilot serve, with the Deployment's arguments and its container's capabilities (none; as root,
+        # see as_container).
         serve_log = tmp_path / "serve.log"
-        serve = pod.start([sys.executable, "-m", "zpilot.cli", *zpilot_argv(zp), "--kubeconfig", str(kubeconfig)],
-                          serve_log, env=env)
+        user = as_container(pod_spec(deployment), zp, user=False)
+        serve = pod.start([*user, sys.executable, "-m", "zpilot.cli", *zpilot_argv(zp), "--kubeconfig",
+                           str(kubeconfig)], serve_log, env=env)
         probe = zp["readinessProbe"]["exec"]["command"]
-        until(lambda: serve.poll() is None and pod.run(probe, env=env).returncode == 0,
+        until(lambda: serve.poll() is None and pod.run([*user, *probe], env=env).returncode == 0,
               "zpilot serve ready (the rendered readiness probe)", 60, serve_log)
         until(lambda: bool(server.list("configmaps", NAMESPACE)), "the trust bundle published", 30, serve_log)
 
@@ -95,7 +97,8 @@ def test_envoy_from_the_rendered_bootstrap_goes_live_against_the_rendered_contro
                     (directory / key).write_text(value)
         init = container(ztunnel, "bootstrap")
         argv = mounted(ztunnel, volumes, downward(init, zpilot_argv(init), NODE))
-        written = subprocess.run([sys.executable, "-m", "zpilot.cli", *argv], capture_output=True, text=True, env=env)
+        written = subprocess.run([*as_container(pod_spec(ztunnel), init), sys.executable, "-m", "zpilot.cli", *argv],
+                                 capture_output=True, text=True, env=env)
         assert written.returncode == 0, written.stderr
         envoy_spec = container(ztunnel, "envoy")
         envoy_argv = mounted(ztunnel, volumes, envoy_spec["args"])
@@ -109,7 +112,7 @@ def test_envoy_from_the_rendered_bootstrap_goes_live_against_the_rendered_contro
         pod.resolve({f"{service['metadata']['name']}.{NAMESPACE}.svc": "127.0.0.1"})
         envoy_log = tmp_path / "envoy.log"
         assert envoy_spec["command"] == ["envoy"]
-        envoy = pod.start([envoy_path(), *envoy_argv], envoy_log)
+        envoy = pod.start([*as_container(pod_spec(ztunnel), envoy_spec), envoy_path(), *envoy_argv], envoy_log)
         ready = envoy_spec["readinessProbe"]["httpGet"]
         port = next(p["containerPort"] for p in envoy_spec["ports"] if p["name"] == ready["port"])
         url = f"http://127.0.0.1:{port}{ready['path']}"

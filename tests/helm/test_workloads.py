@@ -251,6 +251,9 @@ def test_ads_is_authenticated_with_the_ztunnel_pods_projected_token_and_the_publ
     assert volume_of(daemonset, init, str(boot.credential_dir) + "/x") == volume_of(
         daemonset, envoy, str(boot.credential_dir) + "/x")
     assert all(m.get("readOnly") for m in envoy["volumeMounts"])
+    # The credential directory is its owner's only (0700): Envoy, root without CAP_DAC_READ_SEARCH,
+    # reads it only if the bootstrap wrote it as the same user.
+    assert init["securityContext"]["runAsUser"] == envoy["securityContext"]["runAsUser"]
 
 
 # -- the CNI agent -----------------------------------------------------------------------------
@@ -282,7 +285,9 @@ RESTRICTED = {
 #: /proc/sys is read-only unless privileged) and creates a scratch network namespace to probe the kernel.
 SECURITY = {
     ("Deployment", "zpilot", "zpilot"): RESTRICTED,
-    ("DaemonSet", "ztunnel", "bootstrap"): RESTRICTED,
+    ("DaemonSet", "ztunnel", "bootstrap"): {
+        "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
     ("DaemonSet", "ztunnel", "redirect"): {
         "privileged": True, "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False, "readOnlyRootFilesystem": True},
     ("DaemonSet", "ztunnel", "envoy"): {
