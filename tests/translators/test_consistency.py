@@ -101,7 +101,7 @@ def _drop_chain(r: NodeResources) -> None:
 
 def _same_inbound_match(r: NodeResources) -> None:
     """Two IPv6 pods under a /32 prefix: one range, as Envoy sees it."""
-    inbound = r.listeners["ztunnel_inbound_plaintext"]
+    inbound = r.listeners["ztunnel_inbound"]  # (the plaintext listener picks chains by a matcher)
     for chain, ip in zip(inbound.filter_chains, ("2001:db8::1", "2001:db8::2")):
         chain.filter_chain_match.prefix_ranges[0].address_prefix = ip
 

@@ -44,8 +44,9 @@ def pod_local_tunnel_cluster(identity: str) -> str:
     return f"outbound_pod_local_tunnel_clus_{identity}"
 
 
-def pod_chain(cluster_name: str) -> str:
-    return f"fc-{cluster_name}"
+def pod_chain(cluster_name: str, peer_identity: str) -> str:
+    """The outbound chain tunnelling to pod IPs of ``peer_identity`` through ``cluster_name``."""
+    return f"fc-{cluster_name}_to_{peer_identity}"
 
 
 def inbound_chain(ip: str) -> str:
