@@ -21,9 +21,10 @@ from typing import Iterator
 
 import pytest
 
+from zpilot import contract
 from zpilot.certs import CertificateAuthority
 from zpilot.translators import inbound_guard, names
-from zpilot.translators.envoy_common import INBOUND_SOCKET_MARK, SO_MARK
+from zpilot.translators.envoy_common import SO_MARK
 from zpilot.world import scenarios
 from zpilot.world.builder import World
 from zpilot.world.netns import in_netns
@@ -89,7 +90,7 @@ def test_a_connect_reaches_the_local_pod_and_nothing_else(world, tmp_path):
     zt_b = world.ztunnels["b"]
 
     def connect(authority: str, original_dst: str | None = None):
-        raw = world.client.connect(source, PRODUCTPAGE_IP, names.HBONE_PORT, timeout=5)
+        raw = world.client.connect(source, PRODUCTPAGE_IP, contract.PORT_HBONE, timeout=5)
         return hbone_connect(raw, ctx, authority, original_dst=original_dst, payload=GET)
 
     cases = {what: (target, None) for what, target in REFUSED.items()}
@@ -145,7 +146,7 @@ def test_the_plaintext_port_refuses_the_ztunnels_own_ports(world):
     assert stat(world, "b", VIRTUAL_INBOUND_CX) == dialed_before
 
     def refusals() -> list:
-        return [e for e in world.ztunnels["b"].access_log.since(offset) if e["log"] == names.INBOUND_PLAINTEXT_LISTENER]
+        return [e for e in world.ztunnels["b"].access_log.since(offset) if e["log"] == contract.INBOUND_PLAINTEXT_LISTENER]
 
     world.wait_until(lambda: len(refusals()) == len(ports), timeout=10, what="ztunnel B's log lines")
     assert sorted(e["downstream_local"] for e in refusals()) == [f"{PRODUCTPAGE_IP}:{p}" for p in ports]
@@ -153,7 +154,7 @@ def test_the_plaintext_port_refuses_the_ztunnels_own_ports(world):
         assert entry["filter_chain"] == inbound_guard.REFUSED_PLAINTEXT_CHAIN and entry["upstream_host"] is None, entry
     trace = scenarios.request(world, "httpbin", PRODUCTPAGE_IP, 9080, expect_logs={"b": 1})
     assert trace.ok, trace.error
-    assert trace.one("b", log=names.INBOUND_PLAINTEXT_LISTENER)["filter_chain"] == f"inbound_{PRODUCTPAGE_IP}"
+    assert trace.one("b", log=contract.INBOUND_PLAINTEXT_LISTENER)["filter_chain"] == f"inbound_{PRODUCTPAGE_IP}"
 
 
 # -- 2. the destination's identity is pinned -------------------------------------------------------
@@ -208,7 +209,7 @@ def test_an_impostor_with_another_identity_cannot_terminate_sleeps_tunnels(world
     listener = world.sockets.socket(world.ztunnels["a"].netns)
     # the inbound listener's socket mark: replies to a tunnel whose source ztunnel A spoofs (the pod
     # IP path keeps sleep's address) are delivered locally, as its 15088 hairpin's are
-    listener.setsockopt(socket.SOL_SOCKET, SO_MARK, INBOUND_SOCKET_MARK)
+    listener.setsockopt(socket.SOL_SOCKET, SO_MARK, contract.INBOUND_SOCKET_MARK)
     listener.bind(("127.0.0.1", 0))
     peer = HbonePeer(listener, server_context(root, details_cert, details_key), impostor_answer, end_after_reply=True)
     paths = {
@@ -225,7 +226,7 @@ def test_an_impostor_with_another_identity_cannot_terminate_sleeps_tunnels(world
         return value
 
     expected_failure = f"expected_SANs:_[{PRODUCTPAGE_ID}],_certificate_SANs:_[{DETAILS_ID}]"
-    with impostor_at(world, PRODUCTPAGE_IP, names.HBONE_PORT, peer):
+    with impostor_at(world, PRODUCTPAGE_IP, contract.PORT_HBONE, peer):
         for what, ((host, port), cluster) in paths.items():
             before = fail_verify_san(cluster)
             trace = scenarios.request(world, "sleep", host, port, expect_logs={"a": 2 if what == "service VIP" else 1})
