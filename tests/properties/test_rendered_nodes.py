@@ -134,7 +134,9 @@ def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources, la
     outbound_chains = len(res.listeners[OUTBOUND_LISTENER].filter_chains)
     if layout == "article":
         assert len(service_clusters) == len(identities) * len(service_ports)
-        assert outbound_chains == 2 + 2 * len(identities) + len(service_clusters)
+        # one pod-IP chain per (local identity, destination's identity and whether it is on this node)
+        pod_destinations = {(w.node_name == node, w.namespace, w.service_account) for w in index.meshed_workloads() if w.ip}
+        assert outbound_chains == 2 + len(identities) * len(pod_destinations) + len(service_clusters)
         assert len(res.listeners) == 3 + len(identities)
         return
     # linear: one of each per service port, a pod_direct chain and one internal listener with two
