@@ -69,7 +69,8 @@ CASES: dict[str, tuple[str, ...]] = {
     "empty-node": ("clusters.clusters", "inbound.listeners", "matcher.filter_chain_matcher", "outbound_linear.listeners"),
     "identities-and-secrets": ("clusters.clusters", "tls.transport_sockets", "tls.secrets"),
     "inbound-guard": ("inbound_guard.filters",),
-    "identity-pinning": ("identity_pinning.filters", "endpoints.endpoints"),
+    "identity-pinning": ("identity_pinning.filters", "endpoints.endpoints", "outbound_linear.clusters",
+                         "outbound_linear.endpoints"),
     "bootstrap": ("bootstrap.bootstrap",),
     "static-bootstrap": ("static.bootstrap",),
     "selectorless-service": ("endpoints.endpoints", "matcher.filter_chain_matcher"),
@@ -190,10 +191,16 @@ def inbound_guards(t: Translated) -> list[dict[str, Any]]:
     return found
 
 
-def pinning_filters(t: Translated) -> list[dict[str, Any]]:
-    """Every filter pinning a tunnel's peer identity, with its chain and the cluster it tunnels through."""
+def pinning_filters(t: Translated) -> dict[str, list[dict[str, Any]]]:
+    """Every filter pinning a tunnel's peer identity, with its chain and the cluster it tunnels
+    through, in each layout (the linear layout's pod-IP clusters name the identity in their
+    endpoint: outbound_linear.clusters)."""
+    return {"article": _pinning_filters(t.article()), "linear": _pinning_filters(t.linear())}
+
+
+def _pinning_filters(node: NodeResources) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
-    for name, listener in sorted(t.rendered.resources.listeners.items()):
+    for name, listener in sorted(node.listeners.items()):
         for chain in listener.filter_chains:
             pins = [f for f in chain.filters if f.name == identity_pinning.SET_FILTER_STATE]
             if pins:

@@ -15,6 +15,7 @@ from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as rbac_http
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_upstream_pb2
 
 from zpilot import contract
 from zpilot.commands import data_path_flags
@@ -140,10 +141,21 @@ def generated(tmp_path_factory) -> Path:
     return directory
 
 
-def _tunnels_pinned(manifests: Path, node: str) -> int:
+def _passes_identity(cluster) -> bool:
+    """Whether the cluster's internal_upstream socket hands the endpoint's ``tunnel`` metadata on."""
+    sockets = [cluster.transport_socket, *(m.transport_socket for m in cluster.transport_socket_matches)]
+    for socket in sockets:
+        if socket.typed_config.type_url.endswith(internal_upstream_pb2.InternalUpstreamTransport.DESCRIPTOR.full_name):
+            transport = internal_upstream_pb2.InternalUpstreamTransport()
+            socket.typed_config.Unpack(transport)
+            return contract.TUNNEL_METADATA in {m.name for m in transport.passthrough_metadata}
+    return False
+
+
+def _tunnels_pinned(manifests: Path, node: str, layout: str) -> int:
     """Checks one node; returns how many tunnel-opening chains it has."""
     index, _ = index_of(manifests)
-    resources, _, _ = render(manifests, node)
+    resources, _, _ = render(manifests, node, TranslateOptions(layout=layout))
     identity_at = {w.ip: names.workload_identity("cluster.local", w) for w in index.meshed_workloads() if w.ip}
     tunnels = 0
     for listener in resources.listeners.values():
@@ -158,34 +170,50 @@ def _tunnels_pinned(manifests: Path, node: str) -> int:
             assert first.name == SET_FILTER_STATE and chain.filters[-1].typed_config.type_url.endswith(
                 tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name), chain.name
             if listener.HasField("internal_listener"):
-                assert pinned == "%DYNAMIC_METADATA(tunnel:identity)%", pinned
-    # pod-IP destinations: the chain each pod IP selects pins that pod's identity
+                assert pinned == contract.TUNNEL_IDENTITY_FORMAT, pinned
+    # every way into an internal listener names the identity its tunnel is to pin, and passes it on
+    for cluster_name, cluster in resources.clusters.items():
+        for ep in ec.endpoints(resources, cluster_name):
+            if not ep.internal_listener:
+                continue
+            assert _passes_identity(cluster), f"{cluster_name} does not pass the identity to {ep.internal_listener}"
+            named = ep.metadata.get(contract.TUNNEL_METADATA, {}).get(contract.TUNNEL_IDENTITY)
+            assert named, f"{cluster_name}: endpoint {ep.address} names no identity"
+            if cluster_name in resources.endpoints:  # a service endpoint: its own pod's
+                ip = ep.address.rpartition("/")[2].rpartition(":")[0]
+                assert named == identity_at[ip], (cluster_name, ep)
+    # pod-IP destinations: the way each pod IP takes pins that pod's identity
     outbound = resources.listeners.get(contract.OUTBOUND_LISTENER)
     for source in index.meshed_workloads_on(node):
         for ip, identity in identity_at.items():
             chain, _ = ec.select_chain(outbound, ec.Connection(source.ip, ip, 9080))
-            assert ec.pinned_identity(chain) == identity, (source.name, ip, chain.name)
-    # service destinations: each mesh endpoint names its own pod's identity
-    for cluster_name in resources.endpoints:
-        for ep in ec.endpoints(resources, cluster_name):
-            if ep.internal_listener:
-                ip = ep.metadata["tunnel"]["destination"].rpartition(":")[0]
-                assert ep.metadata["tunnel"][contract.TUNNEL_IDENTITY] == identity_at[ip], (cluster_name, ep)
+            proxy = ec.tcp_proxy(chain)
+            if proxy.tunneling_config.hostname:  # the article's: the chain tunnels itself
+                assert ec.pinned_identity(chain) == identity, (source.name, ip, chain.name)
+            else:  # the linear layout's: through the internal listener, by an endpoint naming it
+                [ep] = ec.endpoints(resources, proxy.cluster)
+                assert ep.metadata[contract.TUNNEL_METADATA][contract.TUNNEL_IDENTITY] == identity, (ip, proxy.cluster)
     return tunnels
 
 
+LAYOUTS = ["article", "linear"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("node", [NODE_A, NODE_B])
-def test_article_tunnels_pin_their_peers(node: str) -> None:
-    assert _tunnels_pinned(ARTICLE, node) > 0
+def test_article_tunnels_pin_their_peers(node: str, layout: str) -> None:
+    assert _tunnels_pinned(ARTICLE, node, layout) > 0
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("node", ["node-1", "node-2"])
-def test_edge_case_tunnels_pin_their_peers(node: str) -> None:
-    _tunnels_pinned(EDGE_CASES, node)
+def test_edge_case_tunnels_pin_their_peers(node: str, layout: str) -> None:
+    _tunnels_pinned(EDGE_CASES, node, layout)
 
 
-def test_generated_cluster_tunnels_pin_their_peers(generated: Path) -> None:
-    assert all(_tunnels_pinned(generated, node_name(n)) > 0 for n in range(3))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_generated_cluster_tunnels_pin_their_peers(generated: Path, layout: str) -> None:
+    assert all(_tunnels_pinned(generated, node_name(n), layout) > 0 for n in range(3))
 
 
 def test_an_identity_that_cannot_be_pinned_is_refused() -> None:

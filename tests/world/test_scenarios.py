@@ -45,7 +45,7 @@ class Path:
     def pod_chain(self, same_node: bool, peer: str) -> str:
         """sleep's chain to a pod IP of identity ``peer``."""
         if self.linear:
-            return names.POD_DIRECT_CHAIN
+            return names.pod_direct_chain(peer)
         cluster = names.pod_local_tunnel_cluster(SLEEP_ID) if same_node else names.pod_tunnel_cluster(SLEEP_ID)
         return names.pod_chain(cluster, peer)
 
@@ -147,7 +147,7 @@ def test_2_pod_ip_across_nodes(world, path):
     assert out["filter_chain"] == path.pod_chain(same_node=False, peer=PRODUCTPAGE_ID)
     assert out["response_flags"] == "-", out
     if path.linear:
-        assert out["upstream_cluster"] == names.POD_INTERNAL_CLUSTER
+        assert out["upstream_cluster"] == names.pod_internal_cluster(PRODUCTPAGE_ID)
         out = trace.one("a", log=path.tunnel_listener, downstream_remote=trace.client_local)
         assert out["downstream_local"] == f"{ip}:{port}"  # the original destination, from the filter state
         assert out["filter_chain"] == names.linear_tunnel_chain(SLEEP_ID)

@@ -106,25 +106,37 @@ def service_port_endpoints(
     groups: dict[Locality, list] = {}
     for ep in endpoints:
         if ep.meshed:
-            if ep.workload is None:  # the model marks only known meshed pods meshed
-                raise ValueError(f"meshed endpoint {ep.authority} of {cluster_name} has no pod")
-            peer = contract.spiffe_id(trust_domain, ep.workload.namespace, ep.workload.service_account)
-            lb = mesh_endpoint(ep, identity, peer, same_node=ep.node_name == node)
+            lb = mesh_endpoint(ep, identity, peer_identity(ep, trust_domain), same_node=ep.node_name == node)
         else:
             lb = lb_endpoint(socket_address(ep.address, ep.port))
         groups.setdefault(ep.locality, []).append(lb)
     return load_assignment(cluster_name, groups)
 
 
-def linear_mesh_endpoint(endpoint: Endpoint):
-    """A mesh endpoint of the linear layout: the one internal listener, told only where the
-    connection goes (``original_dst.local``). The peer ztunnel's port (HBONE, or the hairpin port on this
-    node) is the tunnel cluster's business, so the endpoint is the same on every node."""
-    metadata = base_pb2.Metadata(
-        filter_metadata={
-            contract.TRANSPORT_SOCKET_MATCH_METADATA: struct(contract.TUNNEL_PROTOCOL),
-            contract.ORIGINAL_DST_FILTER: struct({contract.ORIGINAL_DST_LOCAL: endpoint.authority}),
-        }
+def identity_metadata(peer_identity: str) -> base_pb2.Metadata:
+    """Only the identity to pin (``tunnel.identity``): what the linear layout's way to the internal
+    listener for pod-IP destinations carries."""
+    if not peer_identity:
+        raise ValueError("no identity to pin")
+    return base_pb2.Metadata(filter_metadata={contract.TUNNEL_METADATA: struct({contract.TUNNEL_IDENTITY: peer_identity})})
+
+
+def peer_identity(endpoint: Endpoint, trust_domain: str) -> str:
+    """The identity a mesh endpoint's peer must prove: its pod's."""
+    if endpoint.workload is None:  # the model marks only known meshed pods meshed
+        raise ValueError(f"meshed endpoint {endpoint.authority} has no pod")
+    return contract.spiffe_id(trust_domain, endpoint.workload.namespace, endpoint.workload.service_account)
+
+
+def linear_mesh_endpoint(endpoint: Endpoint, trust_domain: str):
+    """A mesh endpoint of the linear layout: the one internal listener, told where the connection
+    goes (``original_dst.local``) and who must answer (``tunnel.identity``). The peer ztunnel's
+    port (HBONE, or the hairpin port on this node) is the tunnel cluster's business, so the
+    endpoint is the same on every node."""
+    metadata = identity_metadata(peer_identity(endpoint, trust_domain))
+    metadata.filter_metadata[contract.TRANSPORT_SOCKET_MATCH_METADATA].CopyFrom(struct(contract.TUNNEL_PROTOCOL))
+    metadata.filter_metadata[contract.ORIGINAL_DST_FILTER].CopyFrom(
+        struct({contract.ORIGINAL_DST_LOCAL: endpoint.authority})
     )
     address = address_pb2.Address(
         envoy_internal_address=address_pb2.EnvoyInternalAddress(
@@ -134,12 +146,13 @@ def linear_mesh_endpoint(endpoint: Endpoint):
     return lb_endpoint(address, metadata)
 
 
-def linear_service_port_endpoints(cluster_name: str, endpoints: list[Endpoint]) -> ClusterLoadAssignment:
-    """A service port's endpoints with no identity and no node in them: every node that is given
+def linear_service_port_endpoints(cluster_name: str, endpoints: list[Endpoint], trust_domain: str) -> ClusterLoadAssignment:
+    """A service port's endpoints with no source identity and no node in them (the identity each
+    names is its own pod's, the one to pin): every node that is given
     the same endpoints gets the same bytes (all of them, unless the service keeps traffic on the
     node: ``internalTrafficPolicy: Local``)."""
     groups: dict[Locality, list] = {}
     for ep in endpoints:
-        lb = linear_mesh_endpoint(ep) if ep.meshed else lb_endpoint(socket_address(ep.address, ep.port))
+        lb = linear_mesh_endpoint(ep, trust_domain) if ep.meshed else lb_endpoint(socket_address(ep.address, ep.port))
         groups.setdefault(ep.locality, []).append(lb)
     return load_assignment(cluster_name, groups)

@@ -15,16 +15,19 @@ Where the identity comes from:
   (``tunnel.identity``, endpoints.py); the ``internal_upstream`` socket passes the ``tunnel``
   namespace to the internal listener, whose first network filter (:func:`pin_from_endpoint`)
   copies it into filter state before its tcp_proxy opens the tunnel;
-- a pod-IP destination has no endpoint: the filter chain its destination IP selects names the
-  identity itself (:func:`pin`).
+- a pod-IP destination has no service endpoint. In the article's layout the filter chain its
+  destination IP selects tunnels itself and names the identity (:func:`pin`); in the linear
+  layout that chain goes to a static cluster per identity whose one endpoint, the internal
+  listener, names it in its metadata, so the internal listener pins every tunnel the same way.
 
 Connection pooling. Envoy keys an upstream connection pool by host *and* by the transport socket
 options' hash, which includes this SAN list (``CommonTransportSocketFactory::hashKey``): a pooled
 HBONE connection verified for one identity is never handed a stream that expects another; streams
 expecting the same identity of the same peer still share one connection. The object is set with
 ``shared_with_upstream: NONE`` because it is set on the very connection whose tcp_proxy opens the
-tunnel: it need not travel. A layout that sets it one hop earlier (before an internal listener)
-must share it ``ONCE`` so it reaches that listener's connection and no further. ``TRANSITIVE``
+tunnel: it need not travel (the identity crosses an internal listener as endpoint metadata). A
+layout that set it one hop earlier would have to share it ``ONCE``, so that it reaches that
+listener's connection and no further. ``TRANSITIVE``
 would pass objects on into the tunnel's own pool key: harmless for this SAN list (there anyway),
 but objects that differ per connection (a layout's original_dst addresses) would give each
 downstream connection a TLS connection of its own.
