@@ -456,12 +456,12 @@ def _inbound(mesh: Mesh, e: Explanation, node: str, dst_ip: str, listen_port: in
 
 def authorization_verdict(chain, client_ip: str, client_id: str | None, dst_ip: str, destination: str) -> Verdict:
     """What the chain's RBAC filters decide: a CONNECT stream (``client_id``: the mTLS peer) names the
-    client in x-forwarded-for and its destination in x-envoy-original-dst-host; plaintext is judged on
-    the connection."""
+    client in x-forwarded-for and its destination in x-envoy-original-dst-host and ``:authority`` (the
+    tunnel's hostname: both of which the inbound guard checks); plaintext is judged on the connection."""
     port = int(destination.rpartition(":")[2] or 0)
     if client_id is None:
         return connection_verdict(chain, Peer(client_ip, client_ip, None, dst_ip, port))
-    headers = {ORIGINAL_DST_HEADER: destination, FORWARDED_FOR_HEADER: client_ip}
+    headers = {ORIGINAL_DST_HEADER: destination, ":authority": destination, FORWARDED_FOR_HEADER: client_ip}
     return stream_verdict(chain, Peer(client_ip, client_ip, client_id, dst_ip, c.PORT_HBONE, headers))
 
 
