@@ -36,10 +36,10 @@ from zpilot.certs.secrets import build_secrets
 from zpilot.envoy_binary import envoy_path, next_base_id
 from zpilot.model.index import Endpoint
 from zpilot.model.objects import NO_LOCALITY, Workload
-from zpilot.translators import clusters, endpoints, identity_pinning, names
+from zpilot.translators import clusters, endpoints, identity_pinning
 from zpilot.translators.envoy_common import original_dst_filter, pack, socket_address
 from zpilot.translators.limits import DataPathLimits, idle_timeout
-from zpilot.translators.resources import NodeResources, SecretRef
+from zpilot.translators.resources import NodeResources
 from zpilot.translators.static import static_bootstrap
 from zpilot.translators.tcp_proxy import tcp_proxy
 
@@ -150,6 +150,7 @@ def envoy(tmp_path):
     config.write_text(json.dumps(json_format.MessageToDict(static_bootstrap(node, secrets, admin_port=0))))
     admin_file = tmp_path / "admin"
     log = tmp_path / "envoy.log"
+    # one worker: connection pools are per worker thread, and the test counts what one pool shares
     with open(log, "wb") as out:
         proc = subprocess.Popen([envoy_path(), "-c", str(config), "--base-id", str(next_base_id()), "-l", "info",
                                  "--admin-address-path", str(admin_file), "--disable-hot-restart", "--concurrency", "1"],
