@@ -43,6 +43,10 @@ ADMIN_ADDRESS = "127.0.0.1"
 PORT_READINESS = 15021
 #: The one admin path the readiness listener forwards: 200 once Envoy is LIVE (initial xDS done).
 READINESS_PATH = "/ready"
+#: The block Istio reserves for its proxies' own ports (15000-15090), every port above among them:
+#: the receiving ztunnel never opens a tunnel to one of them (translators/inbound_guard.py), which
+#: would reach its admin API or loop back into its own listeners.
+ZTUNNEL_PORT_RANGE = range(15000, 15091)
 
 # -- the control plane's own ports (``zpilot serve``), where istiod has the same services ----------
 
@@ -283,13 +287,17 @@ LINEAR_TUNNEL_LISTENER = "outbound_tunnel_lis"
 # -- endpoint metadata: how a mesh endpoint says where its tunnel goes --------------------------
 
 #: Filter metadata namespace of a mesh endpoint's tunnel: ``{address: podIP:PORT_HBONE (or
-#: PORT_HBONE_LOCAL on the same node), destination: podIP:targetPort}``, passed by the
-#: ``internal_upstream`` transport socket to the internal listener.
+#: PORT_HBONE_LOCAL on the same node), destination: podIP:targetPort, identity: the pod's SPIFFE
+#: ID}``, passed by the ``internal_upstream`` transport socket to the internal listener.
 TUNNEL_METADATA = "tunnel"
 TUNNEL_ADDRESS = "address"
 TUNNEL_DESTINATION = "destination"
+#: The identity the tunnel's peer must prove (translators/identity_pinning.py).
+TUNNEL_IDENTITY = "identity"
 #: The CONNECT authority the internal listener sends: the real destination, from that metadata.
 TUNNEL_DESTINATION_FORMAT = f"%DYNAMIC_METADATA({TUNNEL_METADATA}:{TUNNEL_DESTINATION})%"
+#: ... and the identity it pins for the tunnel's TLS peer.
+TUNNEL_IDENTITY_FORMAT = f"%DYNAMIC_METADATA({TUNNEL_METADATA}:{TUNNEL_IDENTITY})%"
 #: Envoy's transport socket match namespace; ``{tunnel: h2}`` selects ``internal_upstream``
 #: (the launch build's value; later builds said ``http``).
 TRANSPORT_SOCKET_MATCH_METADATA = "envoy.transport_socket_match"

@@ -57,7 +57,9 @@ BASE = [
 
 IDENTITIES = [("mesh", "sleep"), ("mesh", "httpbin"), ("other", "robot"), ("foo-bar", "x"), None]
 SOURCE_IPS = ["10.1.2.10", "10.1.3.7", "10.9.0.1", "192.168.1.1"]
-PORTS = [80, 81, 9080, 15000]
+#: (not the ztunnel's own ports, 15000-15090: the inbound guard refuses those before any policy judges,
+#: tests/translators/test_secure_data_path.py)
+PORTS = [80, 81, 9080, 8080]
 CONNECTIONS = [ref.Connection(i, ip, port) for i in IDENTITIES for ip in SOURCE_IPS for port in PORTS]
 
 PRINCIPALS = ["cluster.local/ns/mesh/sa/sleep", "cluster.local/ns/other/*", "*/sa/robot", "*",

@@ -134,13 +134,16 @@ def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources, la
     outbound_chains = len(res.listeners[OUTBOUND_LISTENER].filter_chains)
     if layout == "article":
         assert len(service_clusters) == len(identities) * len(service_ports)
-        assert outbound_chains == 2 + 2 * len(identities) + len(service_clusters)
+        # one pod-IP chain per (local identity, destination's identity and whether it is on this node)
+        pod_destinations = {(w.node_name == node, w.namespace, w.service_account) for w in index.meshed_workloads() if w.ip}
+        assert outbound_chains == 2 + len(identities) * len(pod_destinations) + len(service_clusters)
         assert len(res.listeners) == 3 + len(identities)
         return
-    # linear: one of each per service port, a pod_direct chain and one internal listener with two
-    # chains per identity, all only where a meshed pod is
+    # linear: one of each per service port, a pod_direct chain per identity in the mesh (which it
+    # pins) and one internal listener with two chains per local identity, all only where a meshed pod is
     assert len(service_clusters) == (len(service_ports) if identities else 0)
-    assert outbound_chains == 2 + (len(service_clusters) + 1 if identities else 0)
+    mesh_identities = {(w.namespace, w.service_account) for w in index.meshed_workloads() if w.ip}
+    assert outbound_chains == 2 + (len(service_clusters) + len(mesh_identities) if identities else 0)
     assert len(res.listeners) == 3 + (1 if identities else 0)
     if identities:
         assert len(res.listeners[LINEAR_TUNNEL_LISTENER].filter_chains) == 2 * len(identities)

@@ -186,7 +186,8 @@ def test_client_address_travels_with_the_tunnel(dumps: dict) -> None:
     assert state["object_key"] == "envoy.filters.listener.original_dst.remote_ip"
     assert state["shared_with_upstream"] == "ONCE"
     tunnel = _ours(dumps[NODE_A], "listener", f"outbound_tunnel_lis_{SLEEP}")["active_state"]["listener"]
-    headers = tunnel["filter_chains"][0]["filters"][0]["typed_config"]["tunneling_config"]["headers_to_add"]
+    [proxy] = [f for f in tunnel["filter_chains"][0]["filters"] if f["name"] == "envoy.filters.network.tcp_proxy"]
+    headers = proxy["typed_config"]["tunneling_config"]["headers_to_add"]
     assert {"key": "x-forwarded-for", "value": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"} in [h["header"] for h in headers]
 
 

@@ -101,7 +101,7 @@ def _drop_chain(r: NodeResources) -> None:
 
 def _same_inbound_match(r: NodeResources) -> None:
     """Two IPv6 pods under a /32 prefix: one range, as Envoy sees it."""
-    inbound = r.listeners["ztunnel_inbound_plaintext"]
+    inbound = r.listeners["ztunnel_inbound"]  # (the plaintext listener picks chains by a matcher)
     for chain, ip in zip(inbound.filter_chains, ("2001:db8::1", "2001:db8::2")):
         chain.filter_chain_match.prefix_ranges[0].address_prefix = ip
 
@@ -139,6 +139,7 @@ def test_each_break_is_found_and_named(case: str) -> None:
     assert any(expected in f for f in found), found
 
 
+PRODUCTPAGE_ID = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
 SLEEP_TUNNEL = names.linear_tunnel_chain("spiffe://cluster.local/ns/default/sa/sleep")
 
 
@@ -151,7 +152,7 @@ def _drop_tunnel_chain(r: NodeResources) -> None:
 
 
 def _pod_cluster_to_nowhere(r: NodeResources) -> None:
-    cluster = r.clusters[names.POD_INTERNAL_CLUSTER]
+    cluster = r.clusters[names.pod_internal_cluster(PRODUCTPAGE_ID)]
     cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.envoy_internal_address.server_listener_name = "gone"
 
 
@@ -160,7 +161,8 @@ LINEAR_CASES = {
         _drop_tunnel_chain, f"matcher selects chain '{SLEEP_TUNNEL}', which does not exist"
     ),
     "static cluster to a missing internal listener": (
-        _pod_cluster_to_nowhere, "cluster 'outbound_pod_internal' names internal listener 'gone', which does not exist"
+        _pod_cluster_to_nowhere,
+        f"cluster '{names.pod_internal_cluster(PRODUCTPAGE_ID)}' names internal listener 'gone', which does not exist",
     ),
 }
 

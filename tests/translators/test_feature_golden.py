@@ -21,12 +21,13 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from zpilot import contract
 from zpilot.certs.secrets import redact_secret
-from zpilot.translators import names, rbac, source_address
+from zpilot.translators import identity_pinning, inbound_guard, names, rbac, source_address
 from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
 from zpilot.translators.context import NodeView, TranslateOptions
 from zpilot.translators.inbound import inbound_listener, inbound_plaintext_listener
@@ -67,6 +68,9 @@ CASES: dict[str, tuple[str, ...]] = {
     "inbound-local-pods": ("inbound.listeners",),
     "empty-node": ("clusters.clusters", "inbound.listeners", "matcher.filter_chain_matcher", "outbound_linear.listeners"),
     "identities-and-secrets": ("clusters.clusters", "tls.transport_sockets", "tls.secrets"),
+    "inbound-guard": ("inbound_guard.filters",),
+    "identity-pinning": ("identity_pinning.filters", "endpoints.endpoints", "outbound_linear.clusters",
+                         "outbound_linear.endpoints"),
     "bootstrap": ("bootstrap.bootstrap",),
     "static-bootstrap": ("static.bootstrap",),
     "selectorless-service": ("endpoints.endpoints", "matcher.filter_chain_matcher"),
@@ -166,6 +170,47 @@ def tcp_proxy_filters(t: Translated) -> list[dict[str, Any]]:
     return found
 
 
+def inbound_guards(t: Translated) -> list[dict[str, Any]]:
+    """The inbound guard where it sits: each 15008 chain's CONNECT HTTP filters, in order (the
+    guard before the router), and the 15006 listener's chain matcher and refusing chain."""
+    node = t.rendered.resources
+    found: list[dict[str, Any]] = []
+    for chain in node.listeners[contract.INBOUND_LISTENER].filter_chains:
+        for f in chain.filters:
+            if f.typed_config.type_url.endswith(hcm.HttpConnectionManager.DESCRIPTOR.full_name):
+                manager = hcm.HttpConnectionManager()
+                f.typed_config.Unpack(manager)
+                found.append({"listener": contract.INBOUND_LISTENER, "chain": chain.name,
+                              "http_filters": [to_data(h) for h in manager.http_filters]})
+    plaintext = node.listeners[contract.INBOUND_PLAINTEXT_LISTENER]
+    found.append({
+        "listener": contract.INBOUND_PLAINTEXT_LISTENER,
+        "filter_chain_matcher": to_data(plaintext.filter_chain_matcher),
+        "chains": [to_data(c) for c in plaintext.filter_chains if c.name == inbound_guard.REFUSED_PLAINTEXT_CHAIN],
+    })
+    return found
+
+
+def pinning_filters(t: Translated) -> dict[str, list[dict[str, Any]]]:
+    """Every filter pinning a tunnel's peer identity, with its chain and the cluster it tunnels
+    through, in each layout (the linear layout's pod-IP clusters name the identity in their
+    endpoint: outbound_linear.clusters)."""
+    return {"article": _pinning_filters(t.article()), "linear": _pinning_filters(t.linear())}
+
+
+def _pinning_filters(node: NodeResources) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for name, listener in sorted(node.listeners.items()):
+        for chain in listener.filter_chains:
+            pins = [f for f in chain.filters if f.name == identity_pinning.SET_FILTER_STATE]
+            if pins:
+                proxy = tcp_proxy_pb2.TcpProxy()
+                chain.filters[-1].typed_config.Unpack(proxy)
+                found.append({"listener": name, "chain": chain.name, "filters": [to_data(f) for f in pins],
+                              "then_tunnel_through": proxy.cluster})
+    return found
+
+
 def circuit_breakers(t: Translated) -> list[dict[str, Any]]:
     """Each cluster's circuit breakers (limits.py): every cluster that carries traffic has them."""
     return [
@@ -225,6 +270,8 @@ OUTPUTS: dict[str, Callable[[Translated], Any]] = {
     "tls.transport_sockets": tls_transport_sockets,
     "tls.secrets": sds_references,
     "tcp_proxy.filters": tcp_proxy_filters,
+    "inbound_guard.filters": inbound_guards,
+    "identity_pinning.filters": pinning_filters,
     "limits.circuit_breakers": circuit_breakers,
     "bootstrap.bootstrap": lambda t: to_data(bootstrap(BootstrapOptions(node=NODE, xds=XDS))),
     "static.bootstrap": static_config,

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from zpilot.contract import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER
 from zpilot.envoy_binary import validate
 from zpilot.translators import inbound
+from zpilot.translators.inbound_guard import REFUSED_PLAINTEXT_CHAIN
 from zpilot.translators.static import static_bootstrap
 
 from ..ipv6_cluster import DUAL_STACK_V4, IPV6_ADDRESSES, NODE_A, article_with_ipv6
@@ -29,14 +30,17 @@ def dual_stack(tmp_path_factory) -> Path:
 
 def test_inbound_chains_are_ipv4_and_unique(dual_stack: Path) -> None:
     resources, _, _ = render(dual_stack, NODE_A)
+    pod_ips = ARTICLE_NODE_A_PODS | set(DUAL_STACK_V4.values())
     for name in (INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER):
         chains = resources.listeners[name].filter_chains
-        names = [fc.name for fc in chains]
+        names = [fc.name for fc in chains if fc.name != REFUSED_PLAINTEXT_CHAIN]
         assert len(names) == len(set(names)), names
-        assert set(names) == {f"inbound_{ip}" for ip in ARTICLE_NODE_A_PODS | set(DUAL_STACK_V4.values())}
-        ranges = [r for fc in chains for r in fc.filter_chain_match.prefix_ranges]
-        assert {(r.address_prefix, r.prefix_len.value) for r in ranges} == {
-            (ip, 32) for ip in ARTICLE_NODE_A_PODS | set(DUAL_STACK_V4.values())}
+        assert set(names) == {f"inbound_{ip}" for ip in pod_ips}
+    # 15008 picks a chain by prefix (/32 each), 15006 by its matcher's map of destination IPs
+    ranges = [r for fc in resources.listeners[INBOUND_LISTENER].filter_chains for r in fc.filter_chain_match.prefix_ranges]
+    assert {(r.address_prefix, r.prefix_len.value) for r in ranges} == {(ip, 32) for ip in pod_ips}
+    by_ip = resources.listeners[INBOUND_PLAINTEXT_LISTENER].filter_chain_matcher.on_no_match.matcher.matcher_tree
+    assert set(by_ip.exact_match_map.map) == pod_ips
 
 
 def test_no_ipv6_address_reaches_the_config_and_each_drop_is_reported(dual_stack: Path) -> None:

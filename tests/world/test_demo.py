@@ -91,7 +91,8 @@ def test_ctrl_c_tears_the_world_down(tmp_path):
         assert line, errors.read_text()
         prefix, workdir = line[0], Path(line[1])
         # rules from `zpilot cni apply` carry traffic as well as the agent's do
-        assert line[2:] == ["True", "fc-outbound_pod_tunnel_clus_spiffe://cluster.local/ns/default/sa/sleep"], line
+        assert line[2:] == ["True", "fc-outbound_pod_tunnel_clus_spiffe://cluster.local/ns/default/sa/sleep"
+                                 "_to_spiffe://cluster.local/ns/default/sa/bookinfo-productpage"], line
         assert any(ns.startswith(prefix + "-") for ns in list_netns())
         envoys = _pids_running(str(workdir))
         assert envoys, "no process of the world found"

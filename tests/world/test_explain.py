@@ -18,6 +18,8 @@ from zpilot.world.topology import article_world
 
 ARTICLE = "examples/article"
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
+PRODUCTPAGE_ID = "spiffe://cluster.local/ns/default/sa/bookinfo-productpage"
+DETAILS_ID = "spiffe://cluster.local/ns/default/sa/bookinfo-details"
 
 
 LAYOUTS = ["article", "linear"]
@@ -96,11 +98,11 @@ def test_service_with_several_endpoints_gives_one_path_each(mesh):
 def test_pod_ip_paths(mesh):
     linear = mesh.layout == "linear"
     [cross] = explain(mesh, "sleep", "10.4.3.20", 9080)
-    assert cross.facts["filter_chain"] == ("pod_direct" if linear else f"fc-outbound_pod_tunnel_clus_{SLEEP_ID}")
+    assert cross.facts["filter_chain"] == (f"pod_direct_to_{PRODUCTPAGE_ID}" if linear else f"fc-outbound_pod_tunnel_clus_{SLEEP_ID}_to_{PRODUCTPAGE_ID}")
     assert cross.facts["tunnel_dial"] == "10.4.3.20:15008"
     assert cross.facts["connect_authority"] == "10.4.3.20:9080"
     [same] = explain(mesh, "sleep", "10.4.4.7", 9080)
-    assert same.facts["filter_chain"] == ("pod_direct" if linear else f"fc-outbound_pod_local_tunnel_clus_{SLEEP_ID}")
+    assert same.facts["filter_chain"] == (f"pod_direct_to_{DETAILS_ID}" if linear else f"fc-outbound_pod_local_tunnel_clus_{SLEEP_ID}_to_{DETAILS_ID}")
     assert same.facts["tunnel_dial"] == "10.4.4.7:15088"
     assert same.facts["inbound_chain"] == "inbound_10.4.4.7"
     if linear:  # through the internal listener, which picks sleep's chain for a destination on its node

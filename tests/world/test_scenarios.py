@@ -42,10 +42,12 @@ class Path:
     def tunnel_listener(self) -> str:
         return contract.LINEAR_TUNNEL_LISTENER if self.linear else contract.tunnel_listener(SLEEP_ID)
 
-    def pod_chain(self, same_node: bool) -> str:
+    def pod_chain(self, same_node: bool, peer: str) -> str:
+        """sleep's chain to a pod IP of identity ``peer``."""
         if self.linear:
-            return names.POD_DIRECT_CHAIN
-        return names.pod_chain(names.pod_local_tunnel_cluster(SLEEP_ID) if same_node else names.pod_tunnel_cluster(SLEEP_ID))
+            return names.pod_direct_chain(peer)
+        cluster = names.pod_local_tunnel_cluster(SLEEP_ID) if same_node else names.pod_tunnel_cluster(SLEEP_ID)
+        return names.pod_chain(cluster, peer)
 
     @property
     def pod_logs(self) -> int:
@@ -142,10 +144,10 @@ def test_2_pod_ip_across_nodes(world, path):
     trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": path.pod_logs, "b": 1})
     assert trace.ok, trace.error
     out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
-    assert out["filter_chain"] == path.pod_chain(same_node=False)
+    assert out["filter_chain"] == path.pod_chain(same_node=False, peer=PRODUCTPAGE_ID)
     assert out["response_flags"] == "-", out
     if path.linear:
-        assert out["upstream_cluster"] == names.POD_INTERNAL_CLUSTER
+        assert out["upstream_cluster"] == names.pod_internal_cluster(PRODUCTPAGE_ID)
         out = trace.one("a", log=path.tunnel_listener, downstream_remote=trace.client_local)
         assert out["downstream_local"] == f"{ip}:{port}"  # the original destination, from the filter state
         assert out["filter_chain"] == names.linear_tunnel_chain(SLEEP_ID)
@@ -186,7 +188,7 @@ def test_3_same_node_pod_ip(world, path):
     ip, port = scenarios.pod_target(world, "details")
     trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 1 + path.pod_logs})
     out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
-    assert out["filter_chain"] == path.pod_chain(same_node=True)
+    assert out["filter_chain"] == path.pod_chain(same_node=True, peer=DETAILS_ID)
     if path.linear:
         assert out["response_flags"] == "-", out
         out = trace.one("a", log=path.tunnel_listener, downstream_remote=trace.client_local)
@@ -287,7 +289,7 @@ def test_7_pod_taken_out_of_the_mesh_and_back(world, path):
     trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": path.pod_logs, "b": 1})
     assert trace.ok, trace.error
     out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
-    assert out["filter_chain"] == path.pod_chain(same_node=False)
+    assert out["filter_chain"] == path.pod_chain(same_node=False, peer=PRODUCTPAGE_ID)
     assert trace.one("b", log=contract.INBOUND_LISTENER, method="CONNECT", authority="10.4.3.20:9080")["peer_san"] == SLEEP_ID
 
 

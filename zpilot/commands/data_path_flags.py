@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from .. import contract
 from .options import seconds, whole_number
 
 if TYPE_CHECKING:
@@ -53,6 +54,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long a proxied connection or tunnel stream may sit idle; 0 = never closed for idleness"
         f" (default {HELP_DEFAULTS['idle_timeout']})",
     )
+
+
+def _port(text: str) -> int:
+    """A port something listens on (not 0: that is no port a tunnel could be refused)."""
+    return whole_number(text, 1, 65535, "a port number")
+
+
+def add_guard_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("inbound guard (docs/security.md)")
+    group.add_argument(
+        "--ztunnel-admin-port", type=_port, metavar="PORT",
+        help="the ztunnels' Envoy admin port (zpilot bootstrap --admin-port): a tunnel to it is refused, as to"
+        f" {contract.ZTUNNEL_PORT_RANGE.start}-{contract.ZTUNNEL_PORT_RANGE.stop - 1} (default {contract.PORT_ADMIN})",
+    )
+
+
+def guard_options(args: argparse.Namespace) -> dict[str, int]:
+    """TranslateOptions fields the guard flags set (none left out: TranslateOptions has the defaults)."""
+    return {} if args.ztunnel_admin_port is None else {"admin_port": args.ztunnel_admin_port}
 
 
 def limits_from(args: argparse.Namespace) -> "DataPathLimits":

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="do not list input problems on stderr")
     data_path_flags.add_arguments(p)
+    data_path_flags.add_guard_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -46,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
     problems = manifests.problems
     if args.node not in index.nodes and not index.workloads_on(args.node):
         problems.warning(f"Node {args.node}", "not in the manifests: its ztunnel gets only the fixed resources")
-    options = TranslateOptions(trust_domain=args.trust_domain, layout=args.layout, limits=data_path_flags.limits_from(args))
+    options = TranslateOptions(
+        trust_domain=args.trust_domain, layout=args.layout, limits=data_path_flags.limits_from(args),
+        **data_path_flags.guard_options(args),
+    )
     resources = translate_node(index, args.node, options)
     refused = consistency.findings(resources)
     if refused:  # what serve would refuse to send: print the reasons, not a config Envoy rejects

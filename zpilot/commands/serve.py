@@ -122,6 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="a file holding the bearer token the debug API requires (required when"
                            " --debug-address is not loopback or a unix: socket)")
     data_path_flags.add_arguments(p)
+    data_path_flags.add_guard_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -201,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             layout=args.layout,
             bind_address=args.bind_address,
             limits=data_path_flags.limits_from(args),
+            **data_path_flags.guard_options(args),
         ),
         ca_dir=args.ca_dir, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_root=args.ca_root,
         ca_secret=args.ca_secret, trust_bundle_configmap=args.trust_bundle_configmap,

@@ -5,6 +5,7 @@ and which identity a TLS context presents and accepts."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from google.protobuf import wrappers_pb2
@@ -15,12 +16,14 @@ from envoy.config.listener.v3.listener_components_pb2 import FilterChain
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.config.rbac.v3 import rbac_pb2 as rbac_config
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.json_format import MessageToDict
 from xds.type.matcher.v3 import ip_pb2
 
+from ..translators.identity_pinning import UPSTREAM_SANS
 from ..translators.resources import NodeResources
 
 _INPUTS = {
@@ -77,19 +80,31 @@ def select_chain(listener: listener_pb2.Listener, conn: Connection) -> tuple[Fil
 
 
 def _evaluate(matcher, conn: Connection, steps: list[MatchStep]) -> str | None:
-    tree = matcher.matcher_tree
-    key = _INPUTS[tree.input.typed_config.type_url.rpartition("/")[2]]
-    value = str(getattr(conn, key))
-    if tree.HasField("custom_match"):  # an IP range matcher: one outcome for a set of ranges
-        on_match = _in_ranges(tree.custom_match, value)
-        steps.append(MatchStep(f"{key} in ranges", value, on_match is not None))
+    if matcher.HasField("matcher_list"):  # the first predicate that holds wins (regexes: RE2 full match)
+        for field in matcher.matcher_list.matchers:
+            single = field.predicate.single_predicate
+            key = _INPUTS[single.input.typed_config.type_url.rpartition("/")[2]]
+            value = str(getattr(conn, key))
+            matched = re.fullmatch(single.value_match.safe_regex.regex, value) is not None
+            steps.append(MatchStep(key, value, matched))
+            if matched:
+                found = _on_match(field.on_match, conn, steps)
+                if found is not None:
+                    return found
     else:
-        on_match = tree.exact_match_map.map.get(value)
-        steps.append(MatchStep(key, value, on_match is not None))
-    if on_match is not None:
-        found = _on_match(on_match, conn, steps)
-        if found is not None:
-            return found
+        tree = matcher.matcher_tree
+        key = _INPUTS[tree.input.typed_config.type_url.rpartition("/")[2]]
+        value = str(getattr(conn, key))
+        if tree.HasField("custom_match"):  # an IP range matcher: one outcome for a set of ranges
+            on_match = _in_ranges(tree.custom_match, value)
+            steps.append(MatchStep(f"{key} in ranges", value, on_match is not None))
+        else:
+            on_match = tree.exact_match_map.map.get(value)
+            steps.append(MatchStep(key, value, on_match is not None))
+        if on_match is not None:
+            found = _on_match(on_match, conn, steps)
+            if found is not None:
+                return found
     if matcher.HasField("on_no_match"):
         return _on_match(matcher.on_no_match, conn, steps)
     return None
@@ -134,17 +149,31 @@ def connect_route_cluster(chain: FilterChain) -> str | None:
 
 
 def rbac_principals(chain: FilterChain) -> list[str]:
-    """The RBAC filters' principal matchers, in words (what the receiving ztunnel allows)."""
+    """The network RBAC filters' principal matchers, in words (what the receiving ztunnel allows)."""
     out = []
     for f in chain.filters:
         if f.typed_config.type_url.endswith(rbac_pb2.RBAC.DESCRIPTOR.full_name):
             rules = _unpack(f.typed_config, rbac_pb2.RBAC).rules
-            for name, policy in rules.policies.items():
+            for name, policy in sorted(rules.policies.items()):
                 for p in policy.principals:
-                    matcher = p.authenticated.principal_name
-                    pattern = matcher.safe_regex.regex or matcher.exact
-                    out.append(f"{rbac_config.RBAC.Action.Name(rules.action)} {name}: principal ~ {pattern}")
+                    if p.HasField("authenticated"):
+                        matcher = p.authenticated.principal_name
+                        who = f"principal ~ {matcher.safe_regex.regex or matcher.exact}"
+                    else:
+                        who = "any peer" if p.any else "some peers"
+                    out.append(f"{rbac_config.RBAC.Action.Name(rules.action)} {name}: {who}")
     return out
+
+
+def pinned_identity(chain: FilterChain) -> str | None:
+    """The identity (or the format naming it) a chain pins for its tunnel's TLS peer, if any
+    (translators/identity_pinning.py)."""
+    for f in chain.filters:
+        if f.typed_config.type_url.endswith(set_filter_state_pb2.Config.DESCRIPTOR.full_name):
+            for value in _unpack(f.typed_config, set_filter_state_pb2.Config).on_new_connection:
+                if value.object_key == UPSTREAM_SANS:
+                    return value.format_string.text_format_source.inline_string.replace("%%", "%")
+    return None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from ..cni.plan import UNKNOWN_ZTUNNEL_VETH
 from ..model.addresses import host_cidr, split_mesh_family
 from ..model.index import MeshIndex
 from ..model.objects import Workload
+from ..translators.names import BLACKHOLE_CLUSTER
 from ..translators.resources import NodeResources
 from ..translators.source_address import FORWARDED_FOR_HEADER
 from ..translators.tcp_proxy import ORIGINAL_DST_HEADER
@@ -223,7 +224,7 @@ def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, po
             dial = f"{host}:{override or port}"
             authority = ec.substitute(proxy.tunneling_config.hostname, {"DOWNSTREAM_LOCAL_ADDRESS": dst})
             base.facts["endpoint"] = dial
-            return _tunnel(mesh, base, src, node, cluster_name, dial, authority,
+            return _tunnel(mesh, base, src, node, cluster_name, dial, authority, ec.pinned_identity(chain),
                            tunnel_src=(src.ip or "?") if _spoofs_source(listener) else _ztunnel_ip(mesh, node))
         base.facts["endpoint"] = dst
         base.hop(where, f"{cluster_name}: ORIGINAL_DST, no tunnel: straight to {dst}",
@@ -268,9 +269,13 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
     cluster = resources.clusters.get(cluster_name)
     override = cluster.original_dst_lb_config.upstream_port_override.value if cluster is not None else 0
     dial = f"{local_ip}:{override}" if override else local
-    template = proxy.tunneling_config.hostname if proxy else ""
-    authority = _DYNAMIC.sub(lambda m: str(ep.metadata.get(m.group(1), {}).get(m.group(2), "?")), template)
-    authority = ec.substitute(authority, {"DOWNSTREAM_LOCAL_ADDRESS": local})
+
+    def from_metadata(template: str) -> str:
+        return _DYNAMIC.sub(lambda m: str(ep.metadata.get(m.group(1), {}).get(m.group(2), "-")), template)
+
+    authority = ec.substitute(from_metadata(proxy.tunneling_config.hostname if proxy else ""),
+                              {"DOWNSTREAM_LOCAL_ADDRESS": local})
+    pinned = ec.pinned_identity(chain)
     if c.TUNNEL_METADATA in ep.metadata:
         details.insert(0, f"endpoint metadata {c.TUNNEL_METADATA}: {ep.metadata[c.TUNNEL_METADATA]}")
     origin = "the endpoint's metadata" if ep.metadata.get(c.ORIGINAL_DST_FILTER) else "what the outbound listener recorded"
@@ -278,6 +283,7 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
           f"internal_upstream passes it on; original_dst restores {local} as the destination (from {origin})",
           internal_listener=listener.name)
     return _tunnel(mesh, e, src, node, cluster_name, dial, authority,
+                   from_metadata(pinned) if pinned is not None else None,
                    tunnel_src=(src.ip or "?") if _spoofs_source(listener) else _ztunnel_ip(mesh, node))
 
 
@@ -306,7 +312,7 @@ def _ztunnel_veth(plan: NodePlan) -> str:
 
 
 def _tunnel(mesh: Mesh, e: Explanation, src: Workload, node: str, cluster_name: str, dial: str,
-            authority: str, *, tunnel_src: str) -> list[Explanation]:
+            authority: str, pinned: str | None, *, tunnel_src: str) -> list[Explanation]:
     resources = mesh.resources[node]
     where = _ztunnel_label(mesh, node)
     cluster = resources.clusters.get(cluster_name)
@@ -316,6 +322,8 @@ def _tunnel(mesh: Mesh, e: Explanation, src: Workload, node: str, cluster_name: 
     e.hop(where, f"HBONE: HTTP/2 CONNECT {authority} over mTLS to {dial}",
           f"cluster {cluster_name} (ORIGINAL_DST), TLS 1.3, presents {client_id}",
           f"accepts a server whose URI SAN matches {', '.join(tls.peer_san_patterns) if tls else '-'}",
+          f"and is exactly {pinned} (pinned: envoy.network.upstream_subject_alt_names)" if pinned
+          else "and any identity of the trust domain: nothing pins the destination's",
           f"header x-envoy-original-dst-host: {authority}",
           f"source {tunnel_src}" + (" (original_src: the pod's address)" if spoofed else " (the ztunnel's own)"),
           tunnel_cluster=cluster_name, tunnel_dial=dial, connect_authority=authority, peer_identity=client_id)
@@ -397,10 +405,18 @@ def _inbound(mesh: Mesh, e: Explanation, node: str, dst_ip: str, listen_port: in
     if listener is None:
         e.outcome = f"no listener on {listen_port} at {where}"
         return [e]
-    chain, _steps = ec.select_chain(listener, ec.Connection("", dst_ip, original_port or listen_port))
+    chain, steps = ec.select_chain(listener, ec.Connection("", dst_ip, original_port or listen_port))
     if chain is None:
         e.hop(where, f"listener {listener.name}: no chain for {dst_ip}")
         e.outcome = "connection closed: no matching filter chain"
+        return [e]
+    proxy = ec.tcp_proxy(chain)
+    if proxy is not None and proxy.cluster == BLACKHOLE_CLUSTER:
+        walk = " -> ".join(f"{s.input}={s.value}{'' if s.matched else ' (no match)'}" for s in steps)
+        e.hop(where, f"listener {listener.name} -> filter chain {chain.name}", f"matcher: {walk}",
+              f"tcp_proxy -> cluster {BLACKHOLE_CLUSTER} (no endpoints: closed, nothing dialed)",
+              inbound_listener=listener.name, inbound_chain=chain.name, inbound_cluster=BLACKHOLE_CLUSTER)
+        e.outcome = f"refused by ztunnel {node}: connection closed ({chain.name})"
         return [e]
     details = []
     tls = ec.tls_facts(chain.transport_socket) if chain.HasField("transport_socket") else None
@@ -440,12 +456,12 @@ def _inbound(mesh: Mesh, e: Explanation, node: str, dst_ip: str, listen_port: in
 
 def authorization_verdict(chain, client_ip: str, client_id: str | None, dst_ip: str, destination: str) -> Verdict:
     """What the chain's RBAC filters decide: a CONNECT stream (``client_id``: the mTLS peer) names the
-    client in x-forwarded-for and its destination in x-envoy-original-dst-host; plaintext is judged on
-    the connection."""
+    client in x-forwarded-for and its destination in x-envoy-original-dst-host and ``:authority`` (the
+    tunnel's hostname: both of which the inbound guard checks); plaintext is judged on the connection."""
     port = int(destination.rpartition(":")[2] or 0)
     if client_id is None:
         return connection_verdict(chain, Peer(client_ip, client_ip, None, dst_ip, port))
-    headers = {ORIGINAL_DST_HEADER: destination, FORWARDED_FOR_HEADER: client_ip}
+    headers = {ORIGINAL_DST_HEADER: destination, ":authority": destination, FORWARDED_FOR_HEADER: client_ip}
     return stream_verdict(chain, Peer(client_ip, client_ip, client_id, dst_ip, c.PORT_HBONE, headers))
 
 

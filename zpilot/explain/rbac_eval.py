@@ -20,6 +20,10 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as network_rbac
 from envoy.type.matcher.v3 import string_pb2
 
+from ..translators.inbound_guard import CONNECT_GUARD_FILTER
+
+#: Verdict.action of a stream the inbound guard refused (before any policy judged it).
+GUARD = "GUARD"
 
 class Unsupported(ValueError):
     """The config uses a part of RBAC this evaluator does not read."""
@@ -50,9 +54,11 @@ class Verdict:
     #: policy that matched, or "" when no filter objected.
     stat_prefix: str = ""
     policy: str = ""
-    action: str = ""  # "ALLOW" / "DENY" of the deciding filter, "" when none decided
+    action: str = ""  # "ALLOW" / "DENY" of the deciding filter, "GUARD" for the inbound guard, "" when none decided
 
     def describe(self) -> str:
+        if self.action == GUARD:
+            return f"refused by the inbound guard ({self.stat_prefix}denied): not this pod, or a port of the ztunnel's own"
         if not self.action:
             return "allowed: no policy applies"
         if self.allowed:
@@ -182,9 +188,12 @@ def connection_manager(chain: FilterChain) -> hcm_pb2.HttpConnectionManager | No
     return None
 
 
-def _http_rbac(manager: hcm_pb2.HttpConnectionManager) -> list[tuple[str, rbac_config.RBAC]]:
+def _http_rbac(manager: hcm_pb2.HttpConnectionManager, *, guard: bool) -> list[tuple[str, rbac_config.RBAC]]:
+    """The manager's HTTP RBAC filters: the inbound guard's (``guard``), or the policies'."""
     out = []
     for f in manager.http_filters:
+        if (f.name == CONNECT_GUARD_FILTER) != guard:
+            continue
         if f.typed_config.type_url.endswith(http_rbac.RBAC.DESCRIPTOR.full_name):
             config = http_rbac.RBAC()
             f.typed_config.Unpack(config)
@@ -216,15 +225,19 @@ def connection_verdict(chain: FilterChain, peer: Peer) -> Verdict:
 
 
 def stream_verdict(chain: FilterChain, peer: Peer) -> Verdict:
-    """A CONNECT stream (HBONE): the TLS connection's network RBAC, then the stream's HTTP RBAC, then
-    the route (a stream for another destination is refused with 404)."""
+    """A CONNECT stream (HBONE): the TLS connection's network RBAC, then the inbound guard, the
+    stream's HTTP RBAC (the pod's policies), and the route (a stream for another destination is
+    refused with 404)."""
     verdict = _decide(_network_rbac(chain), peer)
     if not verdict.allowed:
         return verdict
     manager = connection_manager(chain)
     if manager is None:
         return verdict
-    stream = _decide(_http_rbac(manager), peer)
+    guard = _decide(_http_rbac(manager, guard=True), peer)
+    if not guard.allowed:
+        return Verdict(False, guard.stat_prefix, "", GUARD)
+    stream = _decide(_http_rbac(manager, guard=False), peer)
     if stream.allowed and not _route_accepts(manager, peer):
         return Verdict(False, "", "no CONNECT route for this destination (404)", "ROUTE")
     return stream

@@ -120,9 +120,12 @@ def service_port(
     )
 
 
-def internal_listener_cluster(name: str, listener: str, limits: DataPathLimits) -> Cluster:
+def internal_listener_cluster(
+    name: str, listener: str, limits: DataPathLimits, *, metadata: base_pb2.Metadata | None = None
+) -> Cluster:
     """A STATIC cluster whose one endpoint is the internal listener ``listener`` (the linear
-    layout's way to it for pod-IP destinations: every such connection of the node shares it)."""
+    layout's way to it for pod-IP destinations of one identity); the endpoint's ``metadata``
+    (its ``contract.TUNNEL_METADATA`` namespace) is handed to the listener."""
     endpoint = endpoint_components_pb2.LbEndpoint(
         endpoint=endpoint_components_pb2.Endpoint(
             address=address_pb2.Address(
@@ -130,13 +133,15 @@ def internal_listener_cluster(name: str, listener: str, limits: DataPathLimits) 
             )
         )
     )
+    if metadata is not None:
+        endpoint.metadata.CopyFrom(metadata)
     return Cluster(
         name=name,
         type=Cluster.STATIC,
         load_assignment=endpoint_pb2.ClusterLoadAssignment(
             cluster_name=name, endpoints=[endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint])]
         ),
-        transport_socket=_internal_upstream(()),
+        transport_socket=_internal_upstream((contract.TUNNEL_METADATA,) if metadata is not None else ()),
         circuit_breakers=circuit_breakers(limits),
     )
 

@@ -24,6 +24,12 @@ class TranslateOptions:
     bind_address: str = "0.0.0.0"
     #: Circuit breakers and idle timeouts of every data-path cluster and proxy (limits.py).
     limits: DataPathLimits = DataPathLimits()
+    #: The ztunnels' Envoy admin port (``zpilot bootstrap --admin-port``): no tunnel may lead to it.
+    admin_port: int = contract.PORT_ADMIN
+
+    def __post_init__(self) -> None:
+        if isinstance(self.admin_port, bool) or not isinstance(self.admin_port, int) or not 1 <= self.admin_port <= 65535:
+            raise ValueError(f"admin_port must be a port from 1 to 65535, not {self.admin_port!r}")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 A mesh endpoint is an ``envoy_internal_address`` of the source identity's internal listener,
 with metadata saying where the tunnel goes (``tunnel.address``, the peer ztunnel's HBONE port,
-or the same-node hairpin port for a pod on this node) and what it carries
-(``tunnel.destination``, podIP:port). The original_dst filter's ``local`` key is the stock
+or the same-node hairpin port for a pod on this node), what it carries (``tunnel.destination``,
+podIP:port) and who must answer (``tunnel.identity``, the pod's SPIFFE ID, which the tunnel's TLS
+then requires of the peer: identity_pinning.py). Every outbound layout builds its mesh endpoints
+with :func:`tunnel_metadata`, so each pins its destinations the same way. The original_dst filter's ``local`` key is the stock
 replacement for Istio's ``set_dst_address`` filter: the internal listener's original_dst filter
 reads it as the connection's destination, which the ORIGINAL_DST tunnel cluster then dials.
 The keys are :mod:`zpilot.contract`'s, since ``zpilot explain`` reads them back.
@@ -51,23 +53,34 @@ def lb_endpoint(address: address_pb2.Address, metadata: base_pb2.Metadata | None
     return endpoint
 
 
-def mesh_endpoint(endpoint: Endpoint, identity: str, same_node: bool):
+def tunnel_metadata(endpoint: Endpoint, peer_identity: str, same_node: bool) -> base_pb2.Metadata:
+    """The HBONE contract of one mesh endpoint (the module docstring), whatever listener it names."""
+    if not peer_identity:
+        raise ValueError(f"mesh endpoint {endpoint.authority} without an identity to pin")
     tunnel_port = contract.PORT_HBONE_LOCAL if same_node else contract.PORT_HBONE
     tunnel_address = f"{endpoint.address}:{tunnel_port}"
-    tunnel = {contract.TUNNEL_ADDRESS: tunnel_address, contract.TUNNEL_DESTINATION: endpoint.authority}
-    metadata = base_pb2.Metadata(
+    tunnel = {
+        contract.TUNNEL_ADDRESS: tunnel_address,
+        contract.TUNNEL_DESTINATION: endpoint.authority,
+        contract.TUNNEL_IDENTITY: peer_identity,
+    }
+    return base_pb2.Metadata(
         filter_metadata={
             contract.TRANSPORT_SOCKET_MATCH_METADATA: struct(contract.TUNNEL_PROTOCOL),
             contract.TUNNEL_METADATA: struct(tunnel),
             contract.ORIGINAL_DST_FILTER: struct({contract.ORIGINAL_DST_LOCAL: tunnel_address}),
         }
     )
+
+
+def mesh_endpoint(endpoint: Endpoint, identity: str, peer_identity: str, same_node: bool):
+    """``identity`` (the source's) names the internal listener; ``peer_identity`` is the pod's."""
     address = address_pb2.Address(
         envoy_internal_address=address_pb2.EnvoyInternalAddress(
             server_listener_name=contract.tunnel_listener(identity), endpoint_id=endpoint.authority
         )
     )
-    return lb_endpoint(address, metadata)
+    return lb_endpoint(address, tunnel_metadata(endpoint, peer_identity, same_node))
 
 
 def load_assignment(cluster_name: str, groups: dict[Locality, list]) -> ClusterLoadAssignment:
@@ -88,27 +101,42 @@ def load_assignment(cluster_name: str, groups: dict[Locality, list]) -> ClusterL
 
 
 def service_port_endpoints(
-    cluster_name: str, identity: str, endpoints: list[Endpoint], node: str
+    cluster_name: str, identity: str, endpoints: list[Endpoint], node: str, trust_domain: str
 ) -> ClusterLoadAssignment:
     groups: dict[Locality, list] = {}
     for ep in endpoints:
         if ep.meshed:
-            lb = mesh_endpoint(ep, identity, same_node=ep.node_name == node)
+            lb = mesh_endpoint(ep, identity, peer_identity(ep, trust_domain), same_node=ep.node_name == node)
         else:
             lb = lb_endpoint(socket_address(ep.address, ep.port))
         groups.setdefault(ep.locality, []).append(lb)
     return load_assignment(cluster_name, groups)
 
 
-def linear_mesh_endpoint(endpoint: Endpoint):
-    """A mesh endpoint of the linear layout: the one internal listener, told only where the
-    connection goes (``original_dst.local``). The peer ztunnel's port (HBONE, or the hairpin port on this
-    node) is the tunnel cluster's business, so the endpoint is the same on every node."""
-    metadata = base_pb2.Metadata(
-        filter_metadata={
-            contract.TRANSPORT_SOCKET_MATCH_METADATA: struct(contract.TUNNEL_PROTOCOL),
-            contract.ORIGINAL_DST_FILTER: struct({contract.ORIGINAL_DST_LOCAL: endpoint.authority}),
-        }
+def identity_metadata(peer_identity: str) -> base_pb2.Metadata:
+    """Only the identity to pin (``tunnel.identity``): what the linear layout's way to the internal
+    listener for pod-IP destinations carries."""
+    if not peer_identity:
+        raise ValueError("no identity to pin")
+    return base_pb2.Metadata(filter_metadata={contract.TUNNEL_METADATA: struct({contract.TUNNEL_IDENTITY: peer_identity})})
+
+
+def peer_identity(endpoint: Endpoint, trust_domain: str) -> str:
+    """The identity a mesh endpoint's peer must prove: its pod's."""
+    if endpoint.workload is None:  # the model marks only known meshed pods meshed
+        raise ValueError(f"meshed endpoint {endpoint.authority} has no pod")
+    return contract.spiffe_id(trust_domain, endpoint.workload.namespace, endpoint.workload.service_account)
+
+
+def linear_mesh_endpoint(endpoint: Endpoint, trust_domain: str):
+    """A mesh endpoint of the linear layout: the one internal listener, told where the connection
+    goes (``original_dst.local``) and who must answer (``tunnel.identity``). The peer ztunnel's
+    port (HBONE, or the hairpin port on this node) is the tunnel cluster's business, so the
+    endpoint is the same on every node."""
+    metadata = identity_metadata(peer_identity(endpoint, trust_domain))
+    metadata.filter_metadata[contract.TRANSPORT_SOCKET_MATCH_METADATA].CopyFrom(struct(contract.TUNNEL_PROTOCOL))
+    metadata.filter_metadata[contract.ORIGINAL_DST_FILTER].CopyFrom(
+        struct({contract.ORIGINAL_DST_LOCAL: endpoint.authority})
     )
     address = address_pb2.Address(
         envoy_internal_address=address_pb2.EnvoyInternalAddress(
@@ -118,12 +146,13 @@ def linear_mesh_endpoint(endpoint: Endpoint):
     return lb_endpoint(address, metadata)
 
 
-def linear_service_port_endpoints(cluster_name: str, endpoints: list[Endpoint]) -> ClusterLoadAssignment:
-    """A service port's endpoints with no identity and no node in them: every node that is given
+def linear_service_port_endpoints(cluster_name: str, endpoints: list[Endpoint], trust_domain: str) -> ClusterLoadAssignment:
+    """A service port's endpoints with no source identity and no node in them (the identity each
+    names is its own pod's, the one to pin): every node that is given
     the same endpoints gets the same bytes (all of them, unless the service keeps traffic on the
     node: ``internalTrafficPolicy: Local``)."""
     groups: dict[Locality, list] = {}
     for ep in endpoints:
-        lb = linear_mesh_endpoint(ep) if ep.meshed else lb_endpoint(socket_address(ep.address, ep.port))
+        lb = linear_mesh_endpoint(ep, trust_domain) if ep.meshed else lb_endpoint(socket_address(ep.address, ep.port))
         groups.setdefault(ep.locality, []).append(lb)
     return load_assignment(cluster_name, groups)

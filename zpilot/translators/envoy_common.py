@@ -40,6 +40,7 @@ ACCESS_LOG_FIELDS = {
     "original_dst_host": "%REQ(X-ENVOY-ORIGINAL-DST-HOST)%",
     "peer_san": "%DOWNSTREAM_PEER_URI_SAN%",
     "local_san": "%DOWNSTREAM_LOCAL_URI_SAN%",
+    "response_code": "%RESPONSE_CODE%",
     "response_flags": "%RESPONSE_FLAGS%",
     # which policy refused: rbac_access_denied_matched_policy[<policy>] (HTTP RBAC, per CONNECT stream) ...
     "response_code_details": "%RESPONSE_CODE_DETAILS%",

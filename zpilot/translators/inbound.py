@@ -1,9 +1,18 @@
 """The receiving side: the inbound listener (the HBONE port: mTLS + HTTP/2 CONNECT) and the
 plaintext one, one filter chain per meshed pod on this node.
 
-A network RBAC filter before the HTTP connection manager admits every identity of our trust domain
-and nothing else (the outer mTLS peer). The pod's own policies (``rbac.py``) judge each CONNECT
-stream inside it, and each plaintext connection.
+A chain of the inbound listener judges a connection in this order:
+
+1. the mTLS handshake: the client holds a certificate of our CA (and the chain presents the pod's);
+2. network RBAC on the outer mTLS peer: any identity of our trust domain, nothing else (the
+   source workload's identity, as the 2022 design judged it);
+3. in the CONNECT HTTP connection manager (:func:`connect_http_filters`), each stream: the inbound
+   guard (it must name this very pod, on a port that is not the ztunnel's: inbound_guard.py), then
+   the pod's own policies (``rbac.py``), then the router to ``virtual_inbound``, whose route too
+   matches only this pod's address.
+
+The plaintext listener picks its chain with a matcher: a ztunnel port is refused, else the chain
+of the destination pod (inbound_guard.py), where the pod's policies judge the connection.
 """
 
 from __future__ import annotations
@@ -20,7 +29,8 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_filter
 
 from .. import contract
 from ..model.addresses import host_prefix_len
-from . import names
+from ..model.objects import Workload
+from . import inbound_guard, names
 from .context import NodeView
 from . import rbac
 from .envoy_common import (
@@ -63,11 +73,22 @@ def mesh_identities_rbac(trust_domain: str) -> listener_components_pb2.Filter:
     )
 
 
+def connect_http_filters(view: NodeView, pod: Workload) -> list[hcm.HttpFilter]:
+    """The CONNECT manager's HTTP filters for ``pod``'s chain, in the order they judge a stream:
+    first where it may go at all (the guard), then who may go there (the pod's AuthorizationPolicies),
+    and last the router."""
+    return [
+        inbound_guard.connect_guard(pod.ip, view.options.admin_port),
+        *rbac.connect_filters(pod, view.index.policies_for(pod)),
+        hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
+    ]
+
+
 def connect_terminator(
-    limits: DataPathLimits, pod_ip: str, authorization: list[hcm.HttpFilter] | None = None
+    limits: DataPathLimits, pod_ip: str, http_filters: list[hcm.HttpFilter]
 ) -> listener_components_pb2.Filter:
     """An HCM that accepts CONNECT to ``pod_ip`` and relays the stream's bytes to ``virtual_inbound``,
-    after the ``authorization`` filters admitted the stream.
+    once ``http_filters`` (the last of which is the router) let it through.
 
     A CONNECT stream is a whole tunnelled TCP connection, so the stream idle timeout is the
     connection's (Envoy's default, 5 minutes, cut quiet database connections), and the route
@@ -93,10 +114,7 @@ def connect_terminator(
             name="local_route",
             virtual_hosts=[route_components_pb2.VirtualHost(name="local_service", domains=["*"], routes=[route])],
         ),
-        http_filters=[
-            *(authorization or ()),
-            hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
-        ],
+        http_filters=http_filters,
         http2_protocol_options=protocol_pb2.Http2ProtocolOptions(allow_connect=True),
         stream_idle_timeout=idle,
         common_http_protocol_options=http_idle_options(limits),
@@ -135,9 +153,7 @@ def inbound_listener(view: NodeView) -> Listener:
                 filter_chain_match=_pod_match(pod.ip),
                 filters=[
                     mesh_identities_rbac(view.trust_domain),
-                    connect_terminator(
-                        view.options.limits, pod.ip, rbac.connect_filters(pod, view.index.policies_for(pod))
-                    ),
+                    connect_terminator(view.options.limits, pod.ip, connect_http_filters(view, pod)),
                 ],
                 transport_socket=downstream_tls(secret, view.trust_domain),
             )
@@ -147,18 +163,21 @@ def inbound_listener(view: NodeView) -> Listener:
 
 def inbound_plaintext_listener(view: NodeView) -> Listener:
     listener = _transparent_listener(contract.INBOUND_PLAINTEXT_LISTENER, view, contract.PORT_INBOUND_PLAINTEXT)
+    limits = view.options.limits
     for pod in view.local_pods:
         authorization = rbac.plaintext_filters(pod, view.index.policies_for(pod))
         chain = proxy_chain(
             names.inbound_chain(pod.ip),
             names.VIRTUAL_INBOUND,
-            idle_timeout=idle_timeout(view.options.limits),
+            idle_timeout=idle_timeout(limits),
             stat_prefix="virtual_inbound_plaintext",
             connect_on_data=bool(authorization),
         )
-        chain.filter_chain_match.CopyFrom(_pod_match(pod.ip))
         proxy = list(chain.filters)
         del chain.filters[:]
         chain.filters.extend([*authorization, *proxy])
-        listener.filter_chains.append(chain)
+        listener.filter_chains.append(chain)  # chosen by IP in the matcher below, not by a filter_chain_match
+    listener.filter_chains.append(inbound_guard.refused_plaintext_chain(limits))
+    pod_chains = {pod.ip: names.inbound_chain(pod.ip) for pod in view.local_pods if pod.ip}
+    listener.filter_chain_matcher.CopyFrom(inbound_guard.plaintext_matcher(pod_chains, view.options.admin_port))
     return listener

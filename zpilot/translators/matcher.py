@@ -15,7 +15,7 @@ from typing import Mapping
 
 from google.protobuf import wrappers_pb2
 from xds.core.v3 import cidr_pb2, extension_pb2
-from xds.type.matcher.v3 import ip_pb2, matcher_pb2
+from xds.type.matcher.v3 import ip_pb2, matcher_pb2, regex_pb2, string_pb2
 
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 
@@ -72,6 +72,25 @@ def in_ranges(input_name: str, ips: list[str], on_match: OnMatch, on_no_match: O
         custom_match=extension_pb2.TypedExtensionConfig(name=IP_RANGE_MATCHER, typed_config=pack(ip_matcher)),
     )
     matcher = Matcher(matcher_tree=tree)
+    if on_no_match is not None:
+        matcher.on_no_match.CopyFrom(on_no_match)
+    return matcher
+
+
+def regex(input_name: str, pattern: str, on_match: OnMatch, on_no_match: OnMatch | None = None) -> Matcher:
+    """``on_match`` when the input's value matches ``pattern`` (RE2, the whole value), else
+    ``on_no_match``: for what an exact map cannot say briefly, such as a range of ports."""
+    predicate = Matcher.MatcherList.Predicate(
+        single_predicate=Matcher.MatcherList.Predicate.SinglePredicate(
+            input=extension_pb2.TypedExtensionConfig(name=input_name, typed_config=pack(_INPUTS[input_name]())),
+            value_match=string_pb2.StringMatcher(
+                safe_regex=regex_pb2.RegexMatcher(google_re2=regex_pb2.RegexMatcher.GoogleRE2(), regex=pattern)
+            ),
+        )
+    )
+    matcher = Matcher(
+        matcher_list=Matcher.MatcherList(matchers=[Matcher.MatcherList.FieldMatcher(predicate=predicate, on_match=on_match)])
+    )
     if on_no_match is not None:
         matcher.on_no_match.CopyFrom(on_no_match)
     return matcher

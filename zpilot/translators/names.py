@@ -44,8 +44,9 @@ def pod_local_tunnel_cluster(identity: str) -> str:
     return f"outbound_pod_local_tunnel_clus_{identity}"
 
 
-def pod_chain(cluster_name: str) -> str:
-    return f"fc-{cluster_name}"
+def pod_chain(cluster_name: str, peer_identity: str) -> str:
+    """The outbound chain tunnelling to pod IPs of ``peer_identity`` through ``cluster_name``."""
+    return f"fc-{cluster_name}_to_{peer_identity}"
 
 
 def inbound_chain(ip: str) -> str:
@@ -53,9 +54,15 @@ def inbound_chain(ip: str) -> str:
 
 
 # -- the linear layout (outbound_linear.py) -------------------------------------------------------
-#: The outbound chain for every meshed pod-IP destination, and the static cluster it hands them to.
-POD_DIRECT_CHAIN = "pod_direct"
-POD_INTERNAL_CLUSTER = "outbound_pod_internal"
+def pod_direct_chain(peer_identity: str) -> str:
+    """The outbound chain for the meshed pod IPs of ``peer_identity`` (one per identity in the mesh)."""
+    return f"pod_direct_to_{peer_identity}"
+
+
+def pod_internal_cluster(peer_identity: str) -> str:
+    """The static cluster that chain hands its connections to: the internal listener, by an
+    endpoint naming ``peer_identity`` as the identity to pin."""
+    return f"outbound_pod_internal_to_{peer_identity}"
 
 
 def linear_service_chain(service: Service, port: ServicePort, cluster_domain: str) -> str:

@@ -10,8 +10,10 @@ The outbound listener picks a chain by destination port, then source pod IP, the
 
 A service chain ``<spiffe>_to_<port>_<fqdn>_outbound_internal`` proxies to the EDS cluster of the
 same name; its mesh endpoints are the identity's internal listener (``contract.tunnel_listener``), whose
-tcp_proxy opens the HTTP/2 CONNECT tunnel through ``outbound_tunnel_clus_<spiffe>``. A pod chain
-tunnels straight from the outbound listener through ``outbound_pod[_local]_tunnel_clus_<spiffe>``.
+tcp_proxy opens the HTTP/2 CONNECT tunnel through ``outbound_tunnel_clus_<spiffe>``, after pinning
+the endpoint's identity. A pod chain ``fc-outbound_pod[_local]_tunnel_clus_<spiffe>_to_<peer>``,
+one per destination identity, pins ``<peer>`` and tunnels straight from the outbound listener
+through ``outbound_pod[_local]_tunnel_clus_<spiffe>`` (identity_pinning.py).
 Only VIP:ports with an endpoint for this node are captured (:meth:`NodeView.served_vips`); the
 others pass through to kube-proxy.
 """
@@ -20,11 +22,11 @@ from __future__ import annotations
 
 from google.protobuf import wrappers_pb2
 
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from .. import contract
 from ..model.index import ServiceTarget
-from . import clusters, endpoints, matcher, names
+from . import clusters, endpoints, identity_pinning, matcher, names
 from .context import LocalIdentity, NodeView, ServedVip
 from .envoy_common import (
     access_log,
@@ -37,7 +39,7 @@ from .layout import register
 from .limits import idle_timeout
 from .resources import NodeResources
 from .source_address import FORWARDED_FOR, keep_client_address
-from .tcp_proxy import proxy_chain
+from .tcp_proxy import proxy_chain, tcp_proxy
 
 Listener = listener_pb2.Listener
 #: The tunnel's CONNECT authority on the outbound listener itself (pod-IP destinations): the
@@ -88,14 +90,18 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
         use_original_dst=wrappers_pb2.BoolValue(value=False),
         listener_filters=[original_dst_filter()],
         filter_chains=[
-            proxy_chain(
-                "",
-                names.tunnel_cluster(sid),
-                idle_timeout=idle,
-                stat_prefix=contract.tunnel_listener(sid),
-                log_site=contract.tunnel_listener(sid),
-                tunnel_target=contract.TUNNEL_DESTINATION_FORMAT,
-                tunnel_headers=(FORWARDED_FOR,),  # the client pod, for source.ip policies at the destination
+            listener_components_pb2.FilterChain(
+                filters=[
+                    identity_pinning.pin_from_endpoint(),
+                    tcp_proxy(
+                        names.tunnel_cluster(sid),
+                        idle_timeout=idle,
+                        stat_prefix=contract.tunnel_listener(sid),
+                        log_site=contract.tunnel_listener(sid),
+                        tunnel_target=contract.TUNNEL_DESTINATION_FORMAT,
+                        tunnel_headers=(FORWARDED_FOR,),  # the client pod, for source.ip policies at the destination
+                    ),
+                ]
             )
         ],
     )
@@ -110,17 +116,27 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
     ):
         out.clusters[cluster.name] = cluster
     outbound = out.listeners[contract.OUTBOUND_LISTENER]
-    for cluster_name in (names.pod_tunnel_cluster(sid), names.pod_local_tunnel_cluster(sid)):
+    for same_node, peer in _pod_destinations(view):
+        cluster_name = _pod_cluster(sid, same_node)
+        tunnel = tcp_proxy(
+            cluster_name, idle_timeout=idle, tunnel_target=DOWNSTREAM_DESTINATION, tunnel_headers=(FORWARDED_FOR,)
+        )
         outbound.filter_chains.append(
-            proxy_chain(
-                names.pod_chain(cluster_name),
-                cluster_name,
-                idle_timeout=idle,
-                tunnel_target=DOWNSTREAM_DESTINATION,
-                tunnel_headers=(FORWARDED_FOR,),
+            listener_components_pb2.FilterChain(
+                name=names.pod_chain(cluster_name, peer), filters=[identity_pinning.pin(peer), tunnel]
             )
         )
     out.add_secret(secret, sid)
+
+
+def _pod_cluster(source_identity: str, same_node: bool) -> str:
+    return names.pod_local_tunnel_cluster(source_identity) if same_node else names.pod_tunnel_cluster(source_identity)
+
+
+def _pod_destinations(view: NodeView) -> list[tuple[bool, str]]:
+    """(on this node?, identity) of the meshed pods a local pod may dial by IP: one pod chain
+    each per local identity, so the chain can pin the identity its destination must prove."""
+    return sorted({(view.is_local(w), view.identity_of(w)) for w in view.index.meshed_workloads() if w.ip})
 
 
 def _service_resources(view: NodeView, served: list[ServedVip], outbound: Listener, out: NodeResources) -> None:
@@ -141,7 +157,9 @@ def _service_resources(view: NodeView, served: list[ServedVip], outbound: Listen
             chain.filters.insert(0, keep_client_address())  # for source.ip policies at the destination
             outbound.filter_chains.append(chain)
             out.clusters[name] = clusters.service_port(name, limits)
-            out.endpoints[name] = endpoints.service_port_endpoints(name, identity.spiffe_id, eps, view.node)
+            out.endpoints[name] = endpoints.service_port_endpoints(
+                name, identity.spiffe_id, eps, view.node, view.trust_domain
+            )
 
 
 def _matcher(view: NodeView, served: list[ServedVip]) -> matcher.Matcher:
@@ -160,8 +178,8 @@ def _matcher(view: NodeView, served: list[ServedVip]) -> matcher.Matcher:
             }
             destinations[vip] = matcher.nested(matcher.exact("port", chains))
         for dest in meshed:
-            cluster = names.pod_local_tunnel_cluster(sid) if view.is_local(dest) else names.pod_tunnel_cluster(sid)
-            destinations.setdefault(dest.ip, matcher.chain(names.pod_chain(cluster)))
+            cluster = _pod_cluster(sid, view.is_local(dest))
+            destinations.setdefault(dest.ip, matcher.chain(names.pod_chain(cluster, view.identity_of(dest))))
         by_source[pod.ip] = matcher.nested(matcher.exact("ip", destinations))
     passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
     # A match map must not be empty: with no meshed pod here, everything not for the listener's own port passes through.

@@ -12,15 +12,19 @@ megabytes (scalable-layout-notes.md). Here each destination and each local pod a
     DestinationPort{contract.PORT_OUTBOUND -> BlackHoleCluster}
       -> source gate: SourceIP in {local meshed pods}, else PassthroughFilterChain
       -> DestinationIP{VIP -> DestinationPort{port -> "<port>_<fqdn>_outbound_internal"},
-                       meshed pod IP -> "pod_direct"}
+                       meshed pod IP -> "pod_direct_to_<the pod's identity>"}
 
     "<port>_<fqdn>_outbound_internal": tcp_proxy -> its EDS cluster (one per service port,
         identical on every node); a mesh endpoint is the internal listener
-        contract.LINEAR_TUNNEL_LISTENER with ``original_dst.local = podIP:targetPort``
-    "pod_direct": tcp_proxy -> STATIC cluster outbound_pod_internal -> the same internal listener
+        contract.LINEAR_TUNNEL_LISTENER with ``original_dst.local = podIP:targetPort`` and
+        ``tunnel.identity`` = its pod's identity
+    "pod_direct_to_<id>" (one per identity of the mesh): tcp_proxy -> STATIC cluster
+        outbound_pod_internal_to_<id>, whose one endpoint is the same internal listener with
+        ``tunnel.identity = <id>``
 
     the internal listener, listener filter original_dst: destination = endpoint metadata
-      ``local``, else the recorded destination; source = the recorded pod address
+      ``local``, else the recorded destination; source = the recorded pod address; every chain
+      first pins the endpoint's ``tunnel.identity`` for the tunnel's TLS (identity_pinning.py)
       -> DestinationIP in {local meshed pods}: SourceIP{pod -> "tunnel_local_<its identity>"}
          else                                  SourceIP{pod -> "tunnel_<its identity>"}
     "tunnel_<id>": HTTP/2 CONNECT to %DOWNSTREAM_LOCAL_ADDRESS% (also x-envoy-original-dst-host),
@@ -39,11 +43,11 @@ from __future__ import annotations
 
 from google.protobuf import wrappers_pb2
 
-from envoy.config.listener.v3 import listener_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 
 from .. import contract
 from ..model.index import ServiceTarget
-from . import clusters, endpoints, matcher, names
+from . import clusters, endpoints, identity_pinning, matcher, names
 from .context import NodeView, ServedVip
 from .envoy_common import (
     access_log,
@@ -56,7 +60,7 @@ from .filter_state import record_addresses_filter
 from .layout import register
 from .limits import idle_timeout
 from .resources import NodeResources
-from .tcp_proxy import proxy_chain
+from .tcp_proxy import proxy_chain, tcp_proxy
 
 Listener = listener_pb2.Listener
 #: Behind the internal listener's original_dst these are the real destination and the client pod.
@@ -75,10 +79,12 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     served = view.served_vips()
     service_chains = _service_resources(view, served, outbound, out)
     idle = idle_timeout(view.options.limits)
-    outbound.filter_chains.append(proxy_chain(names.POD_DIRECT_CHAIN, names.POD_INTERNAL_CLUSTER, idle_timeout=idle))
-    out.clusters[names.POD_INTERNAL_CLUSTER] = clusters.internal_listener_cluster(
-        names.POD_INTERNAL_CLUSTER, contract.LINEAR_TUNNEL_LISTENER, view.options.limits
-    )
+    for peer in _mesh_identities(view):  # pod-IP destinations: a way per identity, which it pins
+        cluster = names.pod_internal_cluster(peer)
+        outbound.filter_chains.append(proxy_chain(names.pod_direct_chain(peer), cluster, idle_timeout=idle))
+        out.clusters[cluster] = clusters.internal_listener_cluster(
+            cluster, contract.LINEAR_TUNNEL_LISTENER, view.options.limits, metadata=endpoints.identity_metadata(peer)
+        )
     outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, served, service_chains))
     out.listeners[contract.LINEAR_TUNNEL_LISTENER] = _tunnel_listener(view, out)
 
@@ -121,9 +127,16 @@ def _service_resources(
         name = names.linear_service_chain(target.service, target.port, view.cluster_domain)
         chains[key] = name
         outbound.filter_chains.append(proxy_chain(name, name, idle_timeout=idle))
-        out.clusters[name] = clusters.service_port(name, limits, passthrough=(contract.ORIGINAL_DST_FILTER,))
-        out.endpoints[name] = endpoints.linear_service_port_endpoints(name, list(entry.endpoints))
+        out.clusters[name] = clusters.service_port(
+            name, limits, passthrough=(contract.ORIGINAL_DST_FILTER, contract.TUNNEL_METADATA)
+        )
+        out.endpoints[name] = endpoints.linear_service_port_endpoints(name, list(entry.endpoints), view.trust_domain)
     return chains
+
+
+def _mesh_identities(view: NodeView) -> list[str]:
+    """The identities of the meshed pods a local pod may dial by IP."""
+    return sorted({view.identity_of(w) for w in view.index.meshed_workloads() if w.ip})
 
 
 def _key(target: ServiceTarget) -> tuple[str, int]:
@@ -144,10 +157,9 @@ def _outbound_matcher(
             vips.setdefault(entry.vip, {})[port] = matcher.chain(service_chains[_key(entry.target)])
         for vip, ports in vips.items():
             destinations[vip] = matcher.nested(matcher.exact("port", ports))
-        pod_direct = matcher.chain(names.POD_DIRECT_CHAIN)
         for pod in view.index.meshed_workloads():
             if pod.ip:
-                destinations.setdefault(pod.ip, pod_direct)
+                destinations.setdefault(pod.ip, matcher.chain(names.pod_direct_chain(view.identity_of(pod))))
     # A match map must not be empty, nor a range list: with no meshed pod here, or nowhere to go,
     # everything not for the outbound port itself passes through.
     if not destinations:
@@ -178,12 +190,17 @@ def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
             (names.linear_local_tunnel_chain(sid), names.local_tunnel_cluster(sid), contract.PORT_HBONE_LOCAL),
         ):
             listener.filter_chains.append(
-                proxy_chain(
-                    chain_name,
-                    cluster_name,
-                    idle_timeout=idle,
-                    tunnel_target=DESTINATION,
-                    tunnel_headers=((FORWARDED_FOR_HEADER, CLIENT_ADDRESS),),
+                listener_components_pb2.FilterChain(
+                    name=chain_name,
+                    filters=[
+                        identity_pinning.pin_from_endpoint(),
+                        tcp_proxy(
+                            cluster_name,
+                            idle_timeout=idle,
+                            tunnel_target=DESTINATION,
+                            tunnel_headers=((FORWARDED_FOR_HEADER, CLIENT_ADDRESS),),
+                        ),
+                    ],
                 )
             )
             out.clusters[cluster_name] = clusters.hbone_tunnel(cluster_name, secret, td, limits, port_override=port)
