@@ -111,8 +111,8 @@ def test_a_connect_reaches_the_local_pod_and_nothing_else(world, tmp_path):
                      what="ztunnel B to count every refused CONNECT")
     assert stat(world, "b", VIRTUAL_INBOUND_CX) == dialed_before, "ztunnel B dialed a refused destination"
 
-    def refusals() -> list:
-        return [e for e in zt_b.access_log.since(offset) if e.get("method") == "CONNECT"]
+    def refusals() -> list:  # (a line of an earlier test's traffic may still land here: it was not refused)
+        return [e for e in zt_b.access_log.since(offset) if e.get("method") == "CONNECT" and e.get("response_code") == 403]
 
     world.wait_until(lambda: len(refusals()) == len(cases), timeout=10, what="ztunnel B's log lines")
     for entry in refusals():
@@ -122,9 +122,13 @@ def test_a_connect_reaches_the_local_pod_and_nothing_else(world, tmp_path):
 
     # the control: productpage itself, on the same kind of connection
     allowed_before = stat(world, "b", GUARD_ALLOWED)
+    offset = zt_b.access_log.mark()
     tunnel = connect(f"{PRODUCTPAGE_IP}:9080")
     assert tunnel.status == 200 and tunnel.error is None, tunnel
     assert b" 200 OK" in tunnel.answer and b"productpage-v1" in tunnel.answer, tunnel.answer
+    # (its log line, written once the tunnel closed, is read here: it must not land in the next test's window)
+    world.wait_until(lambda: [e for e in zt_b.access_log.since(offset) if e.get("response_code") == 200],
+                     timeout=10, what="ztunnel B's log line for the control CONNECT")
     assert stat(world, "b", VIRTUAL_INBOUND_CX) == dialed_before + 1
     assert stat(world, "b", GUARD_ALLOWED) == allowed_before + 1
 
@@ -134,6 +138,7 @@ def test_the_plaintext_port_refuses_the_ztunnels_own_ports(world):
     ztunnel port the connection is closed and counted, nothing dialed; on 9080 it is served."""
     httpbin = world.pod_ns("httpbin")
     ports = (15000, 15020, 15090)
+    ports_suffixes = tuple(f":{p}" for p in ports)
     refused_before, dialed_before = stat(world, "b", PLAINTEXT_REFUSED), stat(world, "b", VIRTUAL_INBOUND_CX)
     offset = world.ztunnels["b"].access_log.mark()
     for port in ports:
@@ -150,7 +155,8 @@ def test_the_plaintext_port_refuses_the_ztunnels_own_ports(world):
     assert stat(world, "b", VIRTUAL_INBOUND_CX) == dialed_before
 
     def refusals() -> list:
-        return [e for e in world.ztunnels["b"].access_log.since(offset) if e["log"] == contract.INBOUND_PLAINTEXT_LISTENER]
+        return [e for e in world.ztunnels["b"].access_log.since(offset)
+                if e["log"] == contract.INBOUND_PLAINTEXT_LISTENER and e["downstream_local"].endswith(ports_suffixes)]
 
     world.wait_until(lambda: len(refusals()) == len(ports), timeout=10, what="ztunnel B's log lines")
     assert sorted(e["downstream_local"] for e in refusals()) == [f"{PRODUCTPAGE_IP}:{p}" for p in ports]
@@ -223,6 +229,11 @@ def test_an_impostor_with_another_identity_cannot_terminate_sleeps_tunnels(world
                    names.tunnel_cluster(SLEEP_ID) if linear else names.pod_tunnel_cluster(SLEEP_ID)),
     }
 
+    def lines_at_a(what: str) -> int:
+        """ztunnel A's log lines per request (waited for, so none lands in a later window): the
+        outbound listener's, and the internal listener's on every path but the article's pod IP."""
+        return 1 if what == "pod IP" and not linear else 2
+
     def fail_verify_san(cluster: str) -> int:
         """The cluster's counter (Envoy's stat names spell ``spiffe://`` otherwise: match around it)."""
         kind, _, identity = cluster.partition("spiffe://")
@@ -235,7 +246,7 @@ def test_an_impostor_with_another_identity_cannot_terminate_sleeps_tunnels(world
     with impostor_at(world, PRODUCTPAGE_IP, contract.PORT_HBONE, peer):
         for what, ((host, port), cluster) in paths.items():
             before = fail_verify_san(cluster)
-            trace = scenarios.request(world, "sleep", host, port, expect_logs={"a": 1 if what == "pod IP" and not linear else 2})
+            trace = scenarios.request(world, "sleep", host, port, expect_logs={"a": lines_at_a(what)})
             assert not trace.ok and trace.seen_by_pod == {}, (what, trace.exchange)
             [tunnel] = [e for e in trace.at("a") if e["upstream_cluster"] == cluster]
             assert tunnel["upstream_host"] == f"{PRODUCTPAGE_IP}:15008", tunnel
@@ -249,13 +260,13 @@ def test_an_impostor_with_another_identity_cannot_terminate_sleeps_tunnels(world
         peer.use(server_context(root, pp_cert, pp_key))
         for what, ((host, port), cluster) in paths.items():
             before = fail_verify_san(cluster)
-            trace = scenarios.request(world, "sleep", host, port, settle=0)
+            trace = scenarios.request(world, "sleep", host, port, expect_logs={"a": lines_at_a(what)})
             assert trace.ok and trace.seen_by_pod == {"pod": "impostor"}, (what, trace.error)
             assert fail_verify_san(cluster) == before
         assert peer.snapshot()[2] == [f"{PRODUCTPAGE_IP}:9080"] * 2
         assert all(sans == [SLEEP_ID] for sans in peer.handshakes), peer.handshakes
 
     # gone again: sleep reaches the real productpage
-    for (host, port), _cluster in paths.values():
-        trace = scenarios.request(world, "sleep", host, port, settle=0)
+    for what, ((host, port), _cluster) in paths.items():
+        trace = scenarios.request(world, "sleep", host, port, expect_logs={"a": lines_at_a(what), "b": 1})
         assert trace.ok and trace.seen_by_pod["pod"] == "productpage-v1-5586c4d4ff-qxz9f", (trace.error, trace.exchange)
