@@ -19,6 +19,7 @@ from zpilot.xds.metrics_server import MetricsOptions
 from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions
 
+from ..layouts import LAYOUTS
 from .envoy_util import Envoy, random_loopback
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
@@ -51,6 +52,12 @@ def per_node_translate(
         return resources
 
     return translate
+
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request) -> str:
+    """The outbound layout: a test that takes it (and hands it to ``make_plane``) runs with each."""
+    return request.param
 
 
 @pytest.fixture

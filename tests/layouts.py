@@ -1,0 +1,18 @@
+"""The outbound layouts every real-Envoy, live-world and explain test runs with, and the few names
+that differ between them (issue 13: both layouts pass the same tests).
+
+A test about the outbound side takes ``layout`` as a parameter (``tests/xds``: the ``layout``
+fixture) and asks here for the names it looks for, rather than spelling one layout's names."""
+
+from __future__ import annotations
+
+LAYOUTS = ("article", "linear")
+SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
+
+
+def service_chain(layout: str, port_and_host: str, identity: str = SLEEP_ID) -> str:
+    """The outbound chain (and EDS cluster) of a service port for ``identity``'s pods on a node:
+    per source identity in the article's layout, one per service port in the linear one.
+    ``port_and_host``: e.g. ``http_productpage.default.svc.cluster.local``."""
+    prefix = f"{identity}_to_" if layout == "article" else ""
+    return f"{prefix}{port_and_host}_outbound_internal"
