@@ -6,6 +6,8 @@ fixture) and asks here for the names it looks for, rather than spelling one layo
 
 from __future__ import annotations
 
+from zpilot.translators import names
+
 LAYOUTS = ("article", "linear")
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
 
@@ -16,3 +18,12 @@ def service_chain(layout: str, port_and_host: str, identity: str = SLEEP_ID) -> 
     ``port_and_host``: e.g. ``http_productpage.default.svc.cluster.local``."""
     prefix = f"{identity}_to_" if layout == "article" else ""
     return f"{prefix}{port_and_host}_outbound_internal"
+
+
+def pod_chain(layout: str, peer: str, *, same_node: bool = False, identity: str = SLEEP_ID) -> str:
+    """The outbound chain of a connection to the IP of a meshed pod whose identity is ``peer``: the
+    article's per (local identity, this node or another, peer), the linear layout's per peer."""
+    if layout != "article":
+        return names.pod_direct_chain(peer)
+    cluster = names.pod_local_tunnel_cluster(identity) if same_node else names.pod_tunnel_cluster(identity)
+    return names.pod_chain(cluster, peer)

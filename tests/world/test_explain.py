@@ -205,10 +205,14 @@ def test_command_line():
     paths = json.loads(as_json.stdout)
     assert len(paths) == 3 and all(p["facts"]["peer_identity"] == SLEEP_ID for p in paths)
     assert all(p["hops"][0]["where"] == "pod sleep-5644bdc767-2dfg7" for p in paths)
-    linear = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "sleep",
-                             "--to", "10.8.14.226:9080", "--layout", "linear"], capture_output=True, text=True, timeout=60)
-    assert linear.returncode == 0, linear.stderr
-    assert "endpoint envoy://outbound_tunnel_lis/10.4.3.20:9080 -> internal listener outbound_tunnel_lis" in linear.stdout
+    # the default layout is the linear one; --layout article explains the article's
+    assert "endpoint envoy://outbound_tunnel_lis/10.4.3.20:9080 -> internal listener outbound_tunnel_lis" in ok.stdout
+    article = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "sleep",
+                              "--to", "10.8.14.226:9080", "--layout", "article"], capture_output=True, text=True,
+                             timeout=60)
+    assert article.returncode == 0, article.stderr
+    assert (f"endpoint envoy://outbound_tunnel_lis_{SLEEP_ID}/10.4.3.20:9080 -> internal listener"
+            f" outbound_tunnel_lis_{SLEEP_ID}") in article.stdout
     bad = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "nosuch",
                           "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no pod" in bad.stderr

@@ -80,7 +80,7 @@ class Mesh:
     index: MeshIndex
     resources: dict[str, NodeResources]
     plans: dict[str, NodePlan]
-    layout: str = "article"  # the outbound layout ``resources`` were translated with
+    layout: str = c.DEFAULT_LAYOUT  # the outbound layout ``resources`` were translated with
 
     def pod(self, ref: str) -> Workload:
         """By ``namespace/name``, name, name prefix (``sleep``) or IP: with its IPv4 addresses only, as the
