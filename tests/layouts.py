@@ -6,9 +6,15 @@ fixture) and asks here for the names it looks for, rather than spelling one layo
 
 from __future__ import annotations
 
+from zpilot.contract import DEFAULT_LAYOUT
 from zpilot.translators import names
 
 LAYOUTS = ("article", "linear")
+#: The same, the default first. For a shared fixture (a world) parameterized with them whose tests partly
+#: run with the default layout alone (``parametrize(fixture, [DEFAULT_LAYOUT], indirect=True)``): pytest
+#: groups tests by the index of the fixture's parameter, and that lone value's index is 0, so it must be
+#: the default's too, or its world is built twice.
+DEFAULT_FIRST = tuple(sorted(LAYOUTS, key=lambda layout: layout != DEFAULT_LAYOUT))
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
 
 

@@ -47,7 +47,7 @@ from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions
 from zpilot.xds.order import SECRET_TYPE
 
-from ..layouts import LAYOUTS
+from ..layouts import DEFAULT_FIRST
 from ..xds.ads_client import AdsClient, tls_credentials
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
@@ -147,7 +147,7 @@ class CertWorld:
     started: float = field(default_factory=time.time)
 
 
-@pytest.fixture(scope="module", params=LAYOUTS)
+@pytest.fixture(scope="module", params=DEFAULT_FIRST)  # (the HBONE port test's world is the default's)
 def cw(request):
     """A world (of each outbound layout) whose workload certificates live 20 s (renewed every 10 s),
     with the collector subscribed from the start (the first certificates are renewed ~10 s after
