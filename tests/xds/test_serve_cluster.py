@@ -111,7 +111,7 @@ def load_assignments(dump: dict[str, Any]) -> dict[str, list[str]]:
 
 def _ip(address: dict[str, Any]) -> str:
     """A plain endpoint's IP, or a tunnelled one's (its internal address names ``ip:port``; the linear
-    layout's ``outbound_pod_internal``, which names only its internal listener, has none: "")."""
+    layout's ``outbound_pod_internal_to_<peer>``, which names only its internal listener, has none: "")."""
     if "socket_address" in address:
         return address["socket_address"]["address"]
     return address["envoy_internal_address"].get("endpoint_id", "").rpartition(":")[0]
