@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Latency and throughput through the mesh versus direct pod to pod, in the same world.
 
-Run by hand, as root: ``python3 bench/mesh_latency.py [--requests 300] [--mbytes 256]``.
+Run by hand, as root: ``python3 bench/mesh_latency.py [--requests 300] [--mbytes 256] [--layout article]``.
 It builds the two-node world of ``zpilot demo`` and measures, from sleep (node A) to
 productpage (node B):
 
@@ -9,7 +9,8 @@ productpage (node B):
 * bulk download throughput (one connection, ``--mbytes`` MiB),
 
 three ways: through the mesh to the service VIP (internal listener + HBONE), through the mesh to
-the pod IP (pod chain + HBONE), and direct (both pods labelled out of the mesh and reconciled,
+the pod IP (the article layout's pod chain + HBONE; the linear layout's goes through the internal
+listener too), and direct (both pods labelled out of the mesh and reconciled,
 so the same pods, veths and nodes carry plain TCP). It prints the figures and the mesh/direct
 ratios. The pod servers are Python, so the direct bulk figure is bounded by Python as well.
 Bulk downloads use keep-alive (the client closes): see :func:`throughput`.
@@ -27,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from zpilot import contract  # noqa: E402
+from zpilot.translators import known_layouts  # noqa: E402
 from zpilot.world.builder import World, WorldOptions  # noqa: E402
 from zpilot.world.prerequisites import missing_prerequisites  # noqa: E402
 from zpilot.world.topology import opted_out  # noqa: E402
@@ -100,6 +103,8 @@ def main() -> int:
     p.add_argument("--mbytes", type=int, default=256, help="MiB per bulk download (256)")
     p.add_argument("--repeat", type=int, default=3, help="bulk downloads per path; the best counts (3)")
     p.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads per ztunnel (1)")
+    p.add_argument("--layout", choices=known_layouts(), default=contract.DEFAULT_LAYOUT,
+                   help=f"the ztunnels' outbound layout ({contract.DEFAULT_LAYOUT})")
     args = p.parse_args()
     missing = missing_prerequisites()
     if missing:
@@ -107,10 +112,10 @@ def main() -> int:
         return 2
     nbytes = args.mbytes << 20
     print(f"machine: {machine()}")
-    print(f"envoy workers per ztunnel: {args.envoy_concurrency}; {args.requests} round trips and "
+    print(f"outbound layout: {args.layout}; envoy workers per ztunnel: {args.envoy_concurrency}; {args.requests} round trips and "
           f"{args.repeat} x {args.mbytes} MiB per path\n")
     results: dict[str, tuple[list[float], float]] = {}
-    with World(options=WorldOptions(envoy_concurrency=args.envoy_concurrency)) as world:
+    with World(options=WorldOptions(envoy_concurrency=args.envoy_concurrency, layout=args.layout)) as world:
         vip = world.spec.service("productpage")
         pod = world.spec.pod("productpage")
         paths = [("mesh, service VIP", vip.cluster_ip, vip.ports[0][1]), ("mesh, pod IP", pod.ip, pod.ports[0][1])]

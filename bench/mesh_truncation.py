@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How often a bulk response through the mesh is cut short when the server closes first.
 
-Run by hand, as root: ``python3 bench/mesh_truncation.py [--downloads 24] [--mbytes 128]``.
+Run by hand, as root: ``python3 bench/mesh_truncation.py [--downloads 24] [--mbytes 128] [--layout article]``.
 Runtime finding 5 (docs/demo.md): with ``Connection: close`` the pod's server closes right
 after the body; the CONNECT-terminating ztunnel turns that half-close into a stream reset and
 the tail still buffered in Envoy is lost, while the client sees a clean FIN. This counts it per
@@ -17,7 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from zpilot.world.builder import World  # noqa: E402
+from zpilot import contract  # noqa: E402
+from zpilot.translators import known_layouts  # noqa: E402
+from zpilot.world.builder import World, WorldOptions  # noqa: E402
 from zpilot.world.prerequisites import missing_prerequisites  # noqa: E402
 from zpilot.world.topology import opted_out  # noqa: E402
 
@@ -52,6 +54,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--downloads", type=int, default=24)
     p.add_argument("--mbytes", type=int, default=128)
+    p.add_argument("--layout", choices=known_layouts(), default=contract.DEFAULT_LAYOUT,
+                   help=f"the ztunnels' outbound layout ({contract.DEFAULT_LAYOUT})")
     args = p.parse_args()
     missing = missing_prerequisites()
     if missing:
@@ -59,7 +63,7 @@ def main() -> int:
         return 2
     nbytes = args.mbytes << 20
     rows = []
-    with World() as world:
+    with World(options=WorldOptions(layout=args.layout)) as world:
         vip, pod = world.spec.service("productpage"), world.spec.pod("productpage")
         targets = [("mesh, service VIP", vip.cluster_ip, vip.ports[0][1]), ("mesh, pod IP", pod.ip, pod.ports[0][1])]
         for name, host, port in targets:

@@ -282,6 +282,12 @@ def tunnel_listener(identity: str) -> str:
 #: The linear layout's one internal listener: it tunnels for every local identity (picked by the
 #: client pod's address), and every mesh endpoint of every service port names it.
 LINEAR_TUNNEL_LISTENER = "outbound_tunnel_lis"
+#: The outbound layout a ztunnel's config is built with unless ``--layout`` says otherwise (``zpilot
+#: serve``, ``render``, ``explain``, ``demo``, the world; ``TranslateOptions``): ``explain`` is right
+#: only about the layout the ztunnels run, so every part takes the same default. ``linear`` grows
+#: with (local pods + destinations); ``article`` reproduces the article's dump, which grows with
+#: their product (zpilot/translators/outbound_*.py).
+DEFAULT_LAYOUT = "linear"
 
 
 # -- endpoint metadata: how a mesh endpoint says where its tunnel goes --------------------------

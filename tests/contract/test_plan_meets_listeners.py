@@ -19,8 +19,10 @@ from zpilot.cni.plan import NodeFacts, build_plan
 from zpilot.explain.netfilter import route
 from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
-from zpilot.translators import NodeResources, translate_node
+from zpilot.translators import NodeResources, TranslateOptions, names, translate_node
 from zpilot.translators.envoy_common import SO_MARK, SOL_SOCKET
+
+from ..layouts import LAYOUTS
 
 ARTICLE = Path(__file__).resolve().parents[2] / "examples" / "article"
 NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
@@ -28,11 +30,12 @@ SLEEP_IP = "10.4.4.19"  # a meshed pod of node A
 PRODUCTPAGE_IP = "10.4.3.20"  # a meshed pod of node B
 
 
-@pytest.fixture(scope="module")
-def node_a() -> tuple[NodePlan, NodeResources]:
+@pytest.fixture(scope="module", params=LAYOUTS)
+def node_a(request) -> tuple[NodePlan, NodeResources]:
+    """Node A's plan, and its config in each outbound layout."""
     index = MeshIndex.build(load_manifests(ARTICLE).cluster)
     facts = NodeFacts(ztunnel_veth="veth300a1d80", host_ip="10.4.4.1", tunnel_kind=TunnelKind.VXLAN)
-    return build_plan(index, NODE_A, facts), translate_node(index, NODE_A)
+    return build_plan(index, NODE_A, facts), translate_node(index, NODE_A, TranslateOptions(layout=request.param))
 
 
 def _option(words: list[str], flag: str) -> str | None:
@@ -52,6 +55,15 @@ def _listeners_by_port(resources: NodeResources) -> dict[int, object]:
 def _socket_mark(listener) -> int:
     (mark,) = [o.int_value for o in listener.socket_options if (o.level, o.name) == (SOL_SOCKET, SO_MARK)]
     return mark
+
+
+def _tcp_proxy_cluster(chain) -> str:
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+    [proxy] = [f for f in chain.filters if f.typed_config.type_url.endswith(tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name)]
+    config = tcp_proxy_pb2.TcpProxy()
+    proxy.typed_config.Unpack(config)
+    return config.cluster
 
 
 def _original_src_mark(listener) -> int | None:
@@ -115,8 +127,9 @@ def test_spoofed_connections_take_the_main_table(node_a):
 
 
 def test_same_node_tunnels_hairpin_into_the_hbone_listener(node_a):
-    """Tunnels to a pod of this node go to the hairpin port (endpoint metadata and the pod-local
-    cluster's port override); the ztunnel's nat rule must turn that port into the HBONE listener's."""
+    """Tunnels to a pod of this node go to the hairpin port (the article's endpoint metadata and
+    pod-local cluster's port override; the linear layout's local tunnel chains' clusters); the
+    ztunnel's nat rule must turn that port into the HBONE listener's."""
     plan, resources = node_a
     (redirect,) = _rules(plan.ztunnel_side, "nat", "REDIRECT")
     hairpin, to_port = int(_option(redirect, "--dport")), int(_option(redirect, "--to-ports"))
@@ -124,6 +137,17 @@ def test_same_node_tunnels_hairpin_into_the_hbone_listener(node_a):
     overrides = {c.original_dst_lb_config.upstream_port_override.value for c in resources.clusters.values()
                  if c.original_dst_lb_config.HasField("upstream_port_override")}
     assert overrides == {hairpin, to_port}  # pod-local tunnels to the hairpin, the others to HBONE itself
+    if contract.LINEAR_TUNNEL_LISTENER in resources.listeners:
+        chains = resources.listeners[contract.LINEAR_TUNNEL_LISTENER].filter_chains
+        local = {c.name: _tcp_proxy_cluster(c) for c in chains if c.name.startswith(names.linear_local_tunnel_chain(""))}
+        assert local, "no local tunnel chain in node A's internal listener"
+        for chain, cluster in local.items():
+            assert resources.clusters[cluster].original_dst_lb_config.upstream_port_override.value == hairpin, chain
+    else:
+        _article_endpoints_name_the_hairpin(resources, hairpin)
+
+
+def _article_endpoints_name_the_hairpin(resources: NodeResources, hairpin: int) -> None:
     same_node = [lb.metadata.filter_metadata for cla in resources.endpoints.values() for group in cla.endpoints
                  for lb in group.lb_endpoints if lb.endpoint.address.envoy_internal_address.endpoint_id
                  .startswith(SLEEP_IP + ":")]

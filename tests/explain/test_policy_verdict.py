@@ -11,6 +11,8 @@ import yaml
 
 from zpilot.explain import explain, load_mesh, render
 
+from ..layouts import LAYOUTS
+
 ARTICLE = Path(__file__).resolve().parents[2] / "examples" / "article"
 POLICIES = [
     {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
@@ -25,12 +27,14 @@ POLICIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
+@pytest.fixture(scope="module", params=LAYOUTS)
+def mesh(tmp_path_factory, request):
+    """The article's cluster with the policies above, explained in each outbound layout: the verdict is
+    the destination's, but what reaches it (the client's address above all) is the layout's doing."""
     directory = tmp_path_factory.mktemp("policy") / "cluster"
     shutil.copytree(ARTICLE, directory)
     (directory / "policy.yaml").write_text(yaml.safe_dump_all(POLICIES))
-    return load_mesh(directory)
+    return load_mesh(directory, layout=request.param)
 
 
 def test_allowed_by_the_rule_that_matched(mesh) -> None:

@@ -228,7 +228,9 @@ def test_generated_rbac_decides_like_istio(scenario) -> None:
 @given(st.lists(scenarios(), min_size=3, max_size=3))
 def test_envoy_accepts_random_policies(batch) -> None:
     """A real Envoy accepts what random policies become (``envoy --mode validate``), three scenarios'
-    worth of policies on three pods of one node at a time."""
+    worth of policies on three pods of one node at a time. In the default outbound layout only: the
+    policies become the inbound side's RBAC, the same in both layouts (tests/translators/
+    test_envoy_accepts.py validates every policy case in each)."""
     docs = list(BASE[:2])
     for n, (policies, peer_auths) in enumerate(batch):
         namespace = f"mesh{n}"

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from zpilot.translators import TranslateOptions
+
 from .render_util import ARTICLE, NODE_A, NODE_B, render, stable_dump
 
 FRAGMENTS = Path(__file__).parent / "testdata" / "article"
@@ -113,9 +115,10 @@ def assert_contains(expected: Any, actual: Any, where: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def dumps() -> dict[str, dict]:
+    """Both nodes in the article's layout (``--layout article``), the one these fragments come from."""
     out = {}
     for node in (NODE_A, NODE_B):
-        resources, secrets, _ = render(ARTICLE, node)
+        resources, secrets, _ = render(ARTICLE, node, TranslateOptions(layout="article"))
         out[node] = stable_dump(resources, secrets)
     return out
 

@@ -1,5 +1,6 @@
 """``zpilot bootstrap``: Envoy accepts it, for every form of control-plane address and ADS credential;
-it writes the node's credential where the bootstrap reads it; bad arguments are clear errors."""
+it writes the node's credential where the bootstrap reads it; bad arguments are clear errors. (One
+bootstrap for both outbound layouts: it holds no outbound config, which comes over ADS.)"""
 
 from __future__ import annotations
 

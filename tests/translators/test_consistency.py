@@ -56,10 +56,14 @@ def article(tmp_path: Path) -> Path:
     return target
 
 
+LAYOUTS = ["article", "linear"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("bad", [SAME_NAME_PORTS, NAME_LIKE_A_NUMBER], ids=["same-name", "name-like-a-number"])
-def test_a_service_with_clashing_port_names_is_refused_and_outbound_stays_valid(article: Path, bad: str) -> None:
+def test_a_service_with_clashing_port_names_is_refused_and_outbound_stays_valid(article: Path, bad: str, layout: str) -> None:
     (article / "twin.yaml").write_text(bad)
-    resources, secrets, problems = render(article, NODE_A)
+    resources, secrets, problems = render(article, NODE_A, TranslateOptions(layout=layout))
     chains = [c.name for c in resources.listeners["ztunnel_outbound"].filter_chains]
     assert len(chains) == len(set(chains)), "duplicate filter chain names: Envoy refuses the listener"
     assert not any("twin" in c for c in chains)
@@ -70,9 +74,10 @@ def test_a_service_with_clashing_port_names_is_refused_and_outbound_stays_valid(
 
 
 @pytest.mark.envoy
-def test_envoy_accepts_the_article_with_the_bad_service_beside_it(article: Path) -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_envoy_accepts_the_article_with_the_bad_service_beside_it(article: Path, layout: str) -> None:
     (article / "twin.yaml").write_text(SAME_NAME_PORTS)
-    resources, secrets, _ = render(article, NODE_A)
+    resources, secrets, _ = render(article, NODE_A, TranslateOptions(layout=layout))
     result = validate(json_format.MessageToDict(static_bootstrap(resources, secrets, admin_port=0)))
     assert result.ok, result.output[-2000:]
 

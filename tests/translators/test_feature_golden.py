@@ -60,7 +60,8 @@ CASES: dict[str, tuple[str, ...]] = {
         "outbound_linear.endpoints",
         "filter_state.listener_filters",
     ),
-    "outbound-same-node": ("matcher.filter_chain_matcher", "endpoints.endpoints", "outbound_linear.listeners"),
+    "outbound-same-node": ("matcher.filter_chain_matcher", "endpoints.endpoints", "outbound_article.endpoints",
+                           "outbound_linear.listeners"),
     "multi-port-service": ("matcher.filter_chain_matcher", "outbound_article.clusters", "outbound_linear.clusters"),
     "named-target-port": ("endpoints.endpoints",),
     "non-mesh-pod": ("endpoints.endpoints", "matcher.filter_chain_matcher", "inbound.listeners"),
@@ -69,7 +70,7 @@ CASES: dict[str, tuple[str, ...]] = {
     "empty-node": ("clusters.clusters", "inbound.listeners", "matcher.filter_chain_matcher", "outbound_linear.listeners"),
     "identities-and-secrets": ("clusters.clusters", "tls.transport_sockets", "tls.secrets"),
     "inbound-guard": ("inbound_guard.filters",),
-    "identity-pinning": ("identity_pinning.filters", "endpoints.endpoints", "outbound_linear.clusters",
+    "identity-pinning": ("identity_pinning.filters", "outbound_article.endpoints", "outbound_linear.clusters",
                          "outbound_linear.endpoints"),
     "bootstrap": ("bootstrap.bootstrap",),
     "static-bootstrap": ("static.bootstrap",),
@@ -228,20 +229,24 @@ def policy_filters(t: Translated, make: Callable) -> list[dict[str, Any]]:
 
 
 def source_address_parts(t: Translated) -> list[dict[str, Any]]:
-    """What carries the client's address to the destination: filters and CONNECT headers, and where."""
+    """What carries the client's address to the destination: filters and CONNECT headers, and where,
+    in each outbound layout (the article's needs the network filter; the linear one records the
+    address with its listener filter, ``filter_state.*``)."""
     found: list[dict[str, Any]] = []
-    for name, listener in sorted(t.rendered.resources.listeners.items()):
-        for chain in listener.filter_chains:
-            for f in chain.filters:
-                if f.name == source_address.SET_FILTER_STATE:
-                    found.append({"listener": name, "chain": chain.name, "filter": to_data(f)})
-                elif f.name == TCP_PROXY:
-                    proxy = tcp_proxy_pb2.TcpProxy()
-                    f.typed_config.Unpack(proxy)
-                    headers = [to_data(h) for h in proxy.tunneling_config.headers_to_add
-                               if h.header.key == source_address.FORWARDED_FOR_HEADER]
-                    if headers:
-                        found.append({"listener": name, "chain": chain.name, "tunnel_headers": headers})
+    for layout, outbound in (("article", t.article()), ("linear", t.linear())):
+        for name, listener in sorted(outbound.listeners.items()):
+            for chain in listener.filter_chains:
+                for f in chain.filters:
+                    if f.name == source_address.SET_FILTER_STATE:
+                        found.append({"layout": layout, "listener": name, "chain": chain.name, "filter": to_data(f)})
+                    elif f.name == TCP_PROXY:
+                        proxy = tcp_proxy_pb2.TcpProxy()
+                        f.typed_config.Unpack(proxy)
+                        headers = [to_data(h) for h in proxy.tunneling_config.headers_to_add
+                                   if h.header.key == source_address.FORWARDED_FOR_HEADER]
+                        if headers:
+                            found.append({"layout": layout, "listener": name, "chain": chain.name,
+                                          "tunnel_headers": headers})
     return found
 
 

@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from zpilot.contract import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER
 from zpilot.envoy_binary import validate
-from zpilot.translators import inbound
+from zpilot.translators import TranslateOptions, inbound
 from zpilot.translators.inbound_guard import REFUSED_PLAINTEXT_CHAIN
 from zpilot.translators.static import static_bootstrap
 
@@ -21,6 +21,8 @@ from ..ipv6_cluster import DUAL_STACK_V4, IPV6_ADDRESSES, NODE_A, article_with_i
 from .render_util import render
 
 ARTICLE_NODE_A_PODS = {"10.4.4.7", "10.4.4.11", "10.4.4.19"}
+#: The outbound layouts: the pods' and services' addresses reach the outbound side of either.
+LAYOUTS = ["article", "linear"]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +45,9 @@ def test_inbound_chains_are_ipv4_and_unique(dual_stack: Path) -> None:
     assert set(by_ip.exact_match_map.map) == pod_ips
 
 
-def test_no_ipv6_address_reaches_the_config_and_each_drop_is_reported(dual_stack: Path) -> None:
-    resources, secrets, problems = render(dual_stack, NODE_A)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_no_ipv6_address_reaches_the_config_and_each_drop_is_reported(dual_stack: Path, layout: str) -> None:
+    resources, secrets, problems = render(dual_stack, NODE_A, TranslateOptions(layout=layout))
     text = str(json_format.MessageToDict(static_bootstrap(resources, secrets)))
     assert [ip for ip in IPV6_ADDRESSES if ip in text] == []
     assert "10.8.9.30" in text  # the dual-stack service keeps its IPv4 VIP
@@ -60,8 +63,9 @@ def test_no_ipv6_address_reaches_the_config_and_each_drop_is_reported(dual_stack
 
 
 @pytest.mark.envoy
-def test_envoy_accepts_the_node_config(dual_stack: Path) -> None:
-    resources, secrets, _ = render(dual_stack, NODE_A)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_envoy_accepts_the_node_config(dual_stack: Path, layout: str) -> None:
+    resources, secrets, _ = render(dual_stack, NODE_A, TranslateOptions(layout=layout))
     config = json_format.MessageToDict(static_bootstrap(resources, secrets, admin_port=0), preserving_proto_field_name=True)
     result = validate(config)
     assert result.ok, result.output[-3000:]

@@ -23,6 +23,8 @@ from .render_util import ARTICLE, NODE_A, REPO, render
 
 #: Clusters that carry no connection: nothing to limit.
 UNLIMITED = {"BlackHoleCluster"}
+#: Each outbound layout has its own clusters and proxies: every one of them is limited.
+LAYOUTS = ["article", "linear"]
 
 
 def _tcp_proxies(resources: NodeResources) -> list[tcp_proxy_pb2.TcpProxy]:
@@ -74,10 +76,11 @@ def assert_limits(resources: NodeResources, limits: DataPathLimits) -> None:
         assert options.common_http_protocol_options.idle_timeout.ToNanoseconds() == idle_ns
 
 
-def test_defaults_are_explicit_and_fit_for_a_node_proxy() -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_defaults_are_explicit_and_fit_for_a_node_proxy(layout: str) -> None:
     """The first landing set none of these: Envoy refused the 1,025th concurrent tunnelled connection
     of a cluster, and cut a tunnel idle for 5 minutes."""
-    resources, _, _ = render(ARTICLE, NODE_A)
+    resources, _, _ = render(ARTICLE, NODE_A, TranslateOptions(layout=layout))
     defaults = DataPathLimits()
     assert defaults.max_requests >= 100_000 and defaults.idle_timeout >= 3600
     assert_limits(resources, defaults)
@@ -90,8 +93,9 @@ def test_defaults_are_explicit_and_fit_for_a_node_proxy() -> None:
      DataPathLimits(idle_timeout=0)],
     ids=["defaults", "small", "no-idle-timeout"],
 )
-def test_configured_limits_reach_every_cluster_and_envoy_accepts_them(limits: DataPathLimits) -> None:
-    resources, secrets, _ = render(ARTICLE, NODE_A, TranslateOptions(limits=limits))
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_configured_limits_reach_every_cluster_and_envoy_accepts_them(limits: DataPathLimits, layout: str) -> None:
+    resources, secrets, _ = render(ARTICLE, NODE_A, TranslateOptions(layout=layout, limits=limits))
     assert_limits(resources, limits)
     config = json_format.MessageToDict(static_bootstrap(resources, secrets, admin_port=0), preserving_proto_field_name=True)
     result = validate(config)

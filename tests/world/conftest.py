@@ -1,12 +1,14 @@
-"""One world for the whole tests/world package: building it takes ~10 s (two Envoys, the control
-plane, the node rules), and the scenarios only read it, except the relabel scenario, which puts
-the pod back. It is torn down after the package's last test (so it does not keep two Envoys busy
-while the rest of the suite runs), also on failure or Ctrl-C."""
+"""One world per outbound layout for the whole tests/world package: building it takes ~10 s (two
+Envoys, the control plane, the node rules), and the scenarios only read it, except the relabel
+scenario, which puts the pod back. Each is torn down before the next layout's is built, and the
+last after the package's last test (so it does not keep two Envoys busy while the rest of the
+suite runs), also on failure or Ctrl-C."""
 
 from __future__ import annotations
 
 import pytest
 
+from zpilot.contract import DEFAULT_LAYOUT
 from zpilot.world.builder import World, WorldOptions
 from zpilot.world.prerequisites import missing_prerequisites
 
@@ -25,9 +27,11 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="package")
 def world(request):
-    """The article's world; a module parameterizes it (indirectly) with the outbound layout:
-    ``pytest.mark.parametrize("world", ["article", "linear"], indirect=True)``."""
-    layout = getattr(request, "param", "article")
+    """The article's world, one per outbound layout: every module using it parameterizes it
+    (indirectly) with ``pytest.mark.parametrize("world", LAYOUTS, indirect=True)`` (tests/layouts.py),
+    so that pytest groups the tests by layout and builds each layout's world once (a test that did
+    not would get a world of the default layout of its own: a third build)."""
+    layout = getattr(request, "param", DEFAULT_LAYOUT)
     with World(options=WorldOptions(layout=layout)) as w:
         yield w
     assert w.leftovers() == [], "the world left something behind"

@@ -9,7 +9,11 @@ ztunnel Envoys fed by ``zpilot serve`` (20 s workload certificates) and rules by
 - ztunnel B's HBONE port refuses a client certificate from another CA and an expired one from
   our own CA (while a valid one from our CA, as a control, gets its CONNECT through to the pod).
 
-All of it runs in one world of its own (module scope), torn down at the end, also on failure.
+All of it runs in a world of its own (module scope) per outbound layout, each torn down before
+the next is built, also on failure: rotation under a live connection, the secrets a node is
+served and the key material in what a run writes all go through the layout's tunnel clusters and
+listeners. The HBONE port's refusals do not (ztunnel B's inbound side, the same in both layouts,
+probed straight from ztunnel A's namespace): they run in the default layout's world only.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 
 from zpilot import contract
+from zpilot.contract import DEFAULT_LAYOUT
 from zpilot.certs import CertificateAuthority
 from zpilot.certs.x509_helpers import serial_hex
 from zpilot.certs.xds_credentials import issue_node_credential
@@ -42,6 +47,7 @@ from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions
 from zpilot.xds.order import SECRET_TYPE
 
+from ..layouts import DEFAULT_FIRST
 from ..xds.ads_client import AdsClient, tls_credentials
 
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
@@ -141,12 +147,12 @@ class CertWorld:
     started: float = field(default_factory=time.time)
 
 
-@pytest.fixture(scope="module")
-def cw():
-    """A world whose workload certificates live 20 s (renewed every 10 s), with the collector
-    subscribed from the start (the first certificates are renewed ~10 s after zpilot starts; the
-    world is up after ~5)."""
-    with World(options=WorldOptions(cert_lifetime=LIFETIME)) as world:
+@pytest.fixture(scope="module", params=DEFAULT_FIRST)  # (the HBONE port test's world is the default's)
+def cw(request):
+    """A world (of each outbound layout) whose workload certificates live 20 s (renewed every 10 s),
+    with the collector subscribed from the start (the first certificates are renewed ~10 s after
+    zpilot starts; the world is up after ~5)."""
+    with World(options=WorldOptions(cert_lifetime=LIFETIME, layout=request.param)) as world:
         collector = SecretCollector(world)
         try:
             yield CertWorld(world, collector)
@@ -584,6 +590,7 @@ def test_no_private_key_material_in_logs_debug_output_or_metrics(cw):
 # -- 4. mTLS refusal at the HBONE port -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("cw", [DEFAULT_LAYOUT], indirect=True)  # inbound only: see the module's docstring
 def test_hbone_port_refuses_foreign_and_expired_client_certificates(cw, tmp_path):
     """From ztunnel A's namespace straight to productpage's 15008 on node B (as ztunnel A does),
     with sleep's identity each time: a certificate from our CA gets its CONNECT through to the pod

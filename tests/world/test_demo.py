@@ -14,16 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from zpilot.contract import DEFAULT_LAYOUT
 from zpilot.explain import FACT_KEYS
 from zpilot.world import demo as world_demo
 from zpilot.world import workdir
 from zpilot.world.builder import sweep_abandoned_worlds
 from zpilot.world.netns import list_netns, world_prefix
 
+from ..layouts import LAYOUTS, pod_chain, service_chain
+
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("world", ["article", "linear"], indirect=True)
+@pytest.mark.parametrize("world", LAYOUTS, indirect=True)
 def test_explain_agrees_with_what_the_demo_observed(world):
     result = world_demo.run_scenario_1(world)
     trace = result.observation.trace
@@ -40,12 +43,17 @@ def test_explain_agrees_with_what_the_demo_observed(world):
     assert evidence["peer_identity"].endswith("access log")
 
 
-def test_demo_command_prints_the_path_and_cleans_up():
-    proc = subprocess.run([sys.executable, "-m", "zpilot.cli", "demo"], capture_output=True, text=True, timeout=180)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_demo_command_prints_the_path_and_cleans_up(layout):
+    """``zpilot demo`` (its default layout) and ``zpilot demo --layout article``."""
+    flags = [] if layout == DEFAULT_LAYOUT else ["--layout", layout]
+    proc = subprocess.run([sys.executable, "-m", "zpilot.cli", "demo", *flags], capture_output=True, text=True,
+                          timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     for expected in ("mark               0x100", "route_table        101", "tunnel_device      istioout",
                      "tproxy_port        15001", "inbound_chain      inbound_10.4.3.20",
+                     "filter_chain       " + service_chain(layout, "http_productpage.default.svc.cluster.local"),
                      "peer_identity      spiffe://cluster.local/ns/default/sa/sleep",
                      f"agrees on all {len(FACT_KEYS)} facts", "(ADS over mutual TLS, each with its node's certificate)"):
         assert expected in out, out
@@ -64,7 +72,9 @@ def test_demo_without_prerequisites_says_what_is_missing(monkeypatch, capsys):
     assert "root" in err and "ipset" in err
 
 
-#: A world whose rules come from one `zpilot cni apply` per node (no agent), used once before Ctrl-C.
+#: A world whose rules come from one `zpilot cni apply` per node (no agent), used once before Ctrl-C:
+#: on the default outbound layout only, since what is tested (the CNI's rules carry traffic, the
+#: teardown leaves nothing) is the node's side, the same with either layout.
 #: Ctrl-C must raise KeyboardInterrupt here even if the suite was started with SIGINT ignored (as any
 #: `cmd &` from a non-interactive shell is): Python keeps an inherited ignore, and the SIGINT the test
 #: sends would then be lost while the world sleeps on.
@@ -74,7 +84,9 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions
 with World(options=WorldOptions(cni_agent=False)) as w:
-    trace = scenarios.request(w, "sleep", "10.4.3.20", 9080, expect_logs={"a": 1, "b": 1})
+    # a pod-IP connection: one line at ztunnel A, two in the linear layout (its internal listener too)
+    logs_at_a = 2 if w.options.layout == "linear" else 1
+    trace = scenarios.request(w, "sleep", "10.4.3.20", 9080, expect_logs={"a": logs_at_a, "b": 1})
     chain = [e["filter_chain"] for e in trace.at("a", log="ztunnel_outbound")]
     print(w.prefix, w.dir, trace.ok, *chain, flush=True)
     time.sleep(120)
@@ -91,8 +103,7 @@ def test_ctrl_c_tears_the_world_down(tmp_path):
         assert line, errors.read_text()
         prefix, workdir = line[0], Path(line[1])
         # rules from `zpilot cni apply` carry traffic as well as the agent's do
-        assert line[2:] == ["True", "fc-outbound_pod_tunnel_clus_spiffe://cluster.local/ns/default/sa/sleep"
-                                 "_to_spiffe://cluster.local/ns/default/sa/bookinfo-productpage"], line
+        assert line[2:] == ["True", pod_chain(DEFAULT_LAYOUT, "spiffe://cluster.local/ns/default/sa/bookinfo-productpage")], line
         assert any(ns.startswith(prefix + "-") for ns in list_netns())
         envoys = _pids_running(str(workdir))
         assert envoys, "no process of the world found"
@@ -166,6 +177,7 @@ def _pids_running(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.parametrize("world", LAYOUTS, indirect=True)
 @pytest.mark.parametrize("source,target", [
     ("sleep", "productpage-ip"),  # scenario 2: the pod chain's own tunnel
     ("sleep", "details-vip"),  # same node: the 15088 redirect

@@ -40,8 +40,9 @@ def mesh(request):
 
 
 @pytest.fixture(scope="module")
-def article_mesh():
-    return load_mesh(ARTICLE)
+def article_index():
+    """The article's model: what the CNI plan is built from (the plan does not depend on the outbound layout)."""
+    return MeshIndex.build(load_manifests(ARTICLE).cluster)
 
 
 def test_article_path_sleep_to_productpage_vip(mesh):
@@ -204,10 +205,14 @@ def test_command_line():
     paths = json.loads(as_json.stdout)
     assert len(paths) == 3 and all(p["facts"]["peer_identity"] == SLEEP_ID for p in paths)
     assert all(p["hops"][0]["where"] == "pod sleep-5644bdc767-2dfg7" for p in paths)
-    linear = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "sleep",
-                             "--to", "10.8.14.226:9080", "--layout", "linear"], capture_output=True, text=True, timeout=60)
-    assert linear.returncode == 0, linear.stderr
-    assert "endpoint envoy://outbound_tunnel_lis/10.4.3.20:9080 -> internal listener outbound_tunnel_lis" in linear.stdout
+    # the default layout is the linear one; --layout article explains the article's
+    assert "endpoint envoy://outbound_tunnel_lis/10.4.3.20:9080 -> internal listener outbound_tunnel_lis" in ok.stdout
+    article = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "sleep",
+                              "--to", "10.8.14.226:9080", "--layout", "article"], capture_output=True, text=True,
+                             timeout=60)
+    assert article.returncode == 0, article.stderr
+    assert (f"endpoint envoy://outbound_tunnel_lis_{SLEEP_ID}/10.4.3.20:9080 -> internal listener"
+            f" outbound_tunnel_lis_{SLEEP_ID}") in article.stdout
     bad = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "nosuch",
                           "--to", "10.8.14.226:9080"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no pod" in bad.stderr
@@ -223,8 +228,8 @@ NODE_A = "gke-jimmy-cluster-default-pool-d5041909-d10i"
 
 
 @pytest.fixture(scope="module")
-def plan_a(article_mesh):
-    return build_plan(article_mesh.index, NODE_A, NodeFacts(ztunnel_veth="veth300a1d80", host_ip="10.4.4.1",
+def plan_a(article_index):
+    return build_plan(article_index, NODE_A, NodeFacts(ztunnel_veth="veth300a1d80", host_ip="10.4.4.1",
                                                     tunnel_kind=TunnelKind.VXLAN))
 
 
@@ -282,25 +287,56 @@ def test_unknown_rule_is_an_error_not_a_guess(plan_a):
         run_chain(odd, "mangle", "ztunnel-PREROUTING", Packet("10.4.4.19", "10.4.3.20", 80, "vethsleep"))
 
 
-def test_same_node_hairpin_replies_are_checked(article_mesh):
-    """The article's layout (whose pod-IP tunnel comes from the pod's own address): The same-node tunnel needs its replies (127.0.0.1 -> the pod's spoofed address, mark 0x402)
-    delivered locally: with the plan's hairpin rule it works; without it, explain says why it
-    cannot (what the world showed as UF,URX before 7a7573d)."""
-    mesh = article_mesh
-    [ok] = explain(mesh, "sleep", "10.4.4.7", 9080)
-    assert ok.facts["pod"] == "details-v1-6997d94bb9-4jssp"
-    assert "from 127.0.0.1 fwmark 0x402/0xfff lookup 100" in render([ok])
+ZTUNNEL_A_IP = "10.4.4.18"
 
+
+def _without_hairpin_rule(mesh):
+    """``mesh`` with node A's ztunnel side missing the hairpin rule (19999: from 127.0.0.1 fwmark 0x402)."""
     plan = mesh.plans[NODE_A]
     z = plan.ztunnel_side
     without = dataclasses.replace(z, rules=tuple(r for r in z.rules if getattr(r, "src", None) is None))
-    broken = dataclasses.replace(mesh, plans={**mesh.plans, NODE_A: dataclasses.replace(plan, ztunnel_side=without)})
-    [path] = explain(broken, "sleep", "10.4.4.7", 9080)
-    assert "pod" not in path.facts
-    assert path.outcome.startswith("the tunnel cannot be set up") and "pistioin" in path.outcome
+    assert len(without.rules) == len(z.rules) - 1
+    return dataclasses.replace(mesh, plans={**mesh.plans, NODE_A: dataclasses.replace(plan, ztunnel_side=without)})
 
 
-def test_a_vip_without_endpoints_passes_through_to_kube_proxy(tmp_path):
+def test_same_node_hairpin_replies_are_checked(mesh):
+    """A same-node tunnel is redirected to the ztunnel's own 15008; its replies (127.0.0.1 -> the
+    tunnel's source, mark 0x402) must be delivered locally. The article's pod-IP tunnel comes from
+    the pod's own address (original_src): only the plan's hairpin rule delivers its replies, and
+    without it explain says why the tunnel cannot be set up (what the world showed as UF,URX before
+    7a7573d). The linear layout's tunnels come from ztunnel A's own address, which the kernel's
+    ``local`` table (rule 0) delivers to before any rule of the plan: it needs no hairpin rule."""
+    [ok] = explain(mesh, "sleep", "10.4.4.7", 9080)
+    assert ok.facts["pod"] == "details-v1-6997d94bb9-4jssp"
+    text = render([ok])
+    [path] = explain(_without_hairpin_rule(mesh), "sleep", "10.4.4.7", 9080)
+    if mesh.layout == "article":
+        assert "source 10.4.4.19 (original_src: the pod's address)" in text
+        assert "from 127.0.0.1 fwmark 0x402/0xfff lookup 100" in text
+        assert "pod" not in path.facts
+        assert path.outcome.startswith("the tunnel cannot be set up") and "pistioin" in path.outcome
+    else:
+        assert f"source {ZTUNNEL_A_IP} (the ztunnel's own)" in text
+        assert f"(127.0.0.1:15008 -> {ZTUNNEL_A_IP}, mark 0x402): ip rule 0: from all lookup local," \
+               f" table local: local {ZTUNNEL_A_IP}/32 dev eth0" in text
+        assert path.facts == ok.facts and path.outcome == ok.outcome
+
+
+def test_the_local_table_comes_before_every_rule(plan_a):
+    """Rule 0: the namespace's own addresses (which the caller names) and loopback are delivered
+    locally whatever the mark; any other address goes on to the plan's rules."""
+    z = plan_a.ztunnel_side
+    own = {ZTUNNEL_A_IP: "eth0"}
+    mine = route(z, ZTUNNEL_A_IP, 0x402, src="127.0.0.1", own=own)
+    assert (mine.table, mine.route.dev, mine.route.local) == ("local", "eth0", True)
+    assert route(z, "127.0.0.1", 0, own=own).route.dev == "lo"
+    pod = route(z, "10.4.4.19", 0x402, src="127.0.0.1", own=own)
+    assert pod.table == "100" and pod.rule.priority == 19999
+    assert route(z, ZTUNNEL_A_IP, 0x402, src="127.0.0.1").table != "local"  # not named as its own: not local
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_vip_without_endpoints_passes_through_to_kube_proxy(tmp_path, layout):
     import shutil
 
     shutil.copytree(ARTICLE, tmp_path / "m")
@@ -308,7 +344,7 @@ def test_a_vip_without_endpoints_passes_through_to_kube_proxy(tmp_path):
         "apiVersion: v1\nkind: Service\nmetadata: {name: kubernetes, namespace: default}\n"
         "spec: {clusterIP: 10.8.0.1, ports: [{name: https, port: 443, targetPort: 6443}]}\n"
     )
-    [path] = explain(load_mesh(str(tmp_path / "m")), "sleep", "kubernetes", 443)
+    [path] = explain(load_mesh(str(tmp_path / "m"), layout=layout), "sleep", "kubernetes", 443)
     assert path.facts["filter_chain"] == "PassthroughFilterChain"
     assert path.outcome == "refused by kube-proxy: Service default/kubernetes has no endpoints here"
     assert "kube-proxy: Service default/kubernetes port https: REJECT (no endpoints)" in render([path])

@@ -6,6 +6,11 @@ The module has a world of its own, built with the kubelet's readiness probe of t
 (zpilot/world/kubelet.py), because faults are destructive: a test that fails half-way must not
 leave the package's shared world broken for the scenarios. Each test starts from, and returns to,
 the same healthy state (:func:`healthy`). The long variants are marked ``slow``.
+
+The data path's limits under load (concurrency, idle timeout) go through the outbound layout's clusters
+and proxies: they run in a world of each layout. The killed processes run in the default layout's only
+(:data:`NODE_SIDE`): what they test is the control plane and the node's redirection, which the layout
+does not change (the scenarios' control-plane restart runs with both).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections import Counter
 
 import pytest
 
+from zpilot.contract import DEFAULT_LAYOUT
 from zpilot.translators.bootstrap import XDS_RETRY_MAX_MS
 from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions
@@ -25,15 +31,19 @@ from zpilot.world.cni_node import commands_logged
 from zpilot.world.topology import opted_out, without_opt_out
 from zpilot.world.traffic import Attempt, ConnectionChurn, HeldConnections, hold_concurrently
 
+from ..layouts import DEFAULT_FIRST
+
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy]
+#: A fault that does not depend on the outbound layout: its test runs in the default layout's world only.
+NODE_SIDE = pytest.mark.parametrize("fault_world", [DEFAULT_LAYOUT], indirect=True)
 
 SLEEP_IP = "10.4.4.19"
 ZTUNNEL_A_IP = "10.4.4.18"
 
 
-@pytest.fixture(scope="module")
-def fault_world():
-    with World(options=WorldOptions(kubelet=ProbeSettings(), cni_log_commands=True)) as w:
+@pytest.fixture(scope="module", params=DEFAULT_FIRST)  # (NODE_SIDE's worlds are the default's)
+def fault_world(request):
+    with World(options=WorldOptions(kubelet=ProbeSettings(), cni_log_commands=True, layout=request.param)) as w:
         yield w
     assert w.leftovers() == [], "the world left something behind"
 
@@ -78,6 +88,7 @@ RESYNC_BOUND = 5.0
     pytest.param(1.0, id="1s-outage"),
     pytest.param(20.0, id="20s-outage", marks=pytest.mark.slow),
 ])
+@NODE_SIDE
 def test_serve_killed_and_restarted_under_traffic(world, figure, outage):
     """kill -9 of zpilot serve while sleep opens a connection every 20 ms and holds 20: the data path
     does not notice (0 failed connections: the ztunnels keep their config), and once the server is
@@ -124,6 +135,7 @@ def acked_versions(world: World) -> dict[tuple[str, str], str]:
 # -- a ztunnel ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", ["fail-open", "fail-closed"])
+@NODE_SIDE
 def test_ztunnel_killed_and_restarted(world, figure, mode):
     """kill -9 of node A's ztunnel Envoy. The kubelet's probe turns its pod NotReady, and the CNI
     agent does what its mode promises for sleep's new connections: fail-open, they run unmeshed
@@ -220,6 +232,7 @@ def _converged(world: World, mode: str) -> bool:
     pytest.param(1, id="mid-way"),
     pytest.param(6, id="6-points", marks=pytest.mark.slow),
 ])
+@NODE_SIDE
 def test_cni_agent_killed_mid_reconcile(world, figure, points):
     """kill -9 of node A's agent (and of the tool it was running) in the middle of reconciling a
     change, then restarted: it converges, and the kernel holds exactly what an undisturbed reconcile

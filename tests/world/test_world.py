@@ -11,7 +11,12 @@ from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
 from zpilot.world.netns import run
 
-pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow]
+from ..layouts import LAYOUTS
+
+#: Each layout's world (they are built anyway, for the scenarios): the ztunnels' config differs, the
+#: namespaces it must describe do not, and this checks that they do not.
+pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow,
+              pytest.mark.parametrize("world", LAYOUTS, indirect=True)]
 
 
 def _addresses(netns: str) -> set[str]:

@@ -10,6 +10,7 @@ from typing import Callable
 import pytest
 
 from zpilot.certs import CertificateAuthority, IdentityCache
+from zpilot.contract import DEFAULT_LAYOUT
 from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
 from zpilot.translators import TranslateOptions, translate_node
@@ -19,6 +20,7 @@ from zpilot.xds.metrics_server import MetricsOptions
 from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions
 
+from ..layouts import LAYOUTS
 from .envoy_util import Envoy, random_loopback
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
@@ -38,7 +40,7 @@ def manifests(tmp_path: Path) -> Path:
 
 
 def per_node_translate(
-    bind: dict[str, str], edit: Callable[[NodeResources], None] | None = None, layout: str = "article"
+    bind: dict[str, str], edit: Callable[[NodeResources], None] | None = None, layout: str = DEFAULT_LAYOUT
 ) -> Callable:
     """translate_node with each node's listeners on its own loopback address (tests share a host),
     then ``edit`` applied to the result (a test's way to serve something else, e.g. an invalid cluster)."""
@@ -53,6 +55,12 @@ def per_node_translate(
     return translate
 
 
+@pytest.fixture(params=LAYOUTS)
+def layout(request) -> str:
+    """The outbound layout: a test that takes it (and hands it to ``make_plane``) runs with each."""
+    return request.param
+
+
 @pytest.fixture
 async def make_plane(manifests: Path):
     """Start an in-process ControlPlane (ADS, metrics and debug API on free loopback ports);
@@ -65,7 +73,7 @@ async def make_plane(manifests: Path):
     shared_identities = IdentityCache(CertificateAuthority.generate())
     bind: dict[str, str] = {}
 
-    async def make(*, xds_port: int = 0, edit=None, layout: str = "article", index: MeshIndex | None = None,
+    async def make(*, xds_port: int = 0, edit=None, layout: str = DEFAULT_LAYOUT, index: MeshIndex | None = None,
                    xds_host: str = "127.0.0.1", debug_host: str = "127.0.0.1", metrics_host: str = "127.0.0.1",
                    security=None, identities: IdentityCache | None = None, **kw) -> ControlPlane:
         identities = shared_identities if identities is None else identities

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.translators.test_consistency import SAME_NAME_PORTS, SLEEP_CHAIN
 import pytest
 
-from zpilot.translators import translate_node
+from tests.layouts import service_chain
+from tests.translators.test_consistency import SAME_NAME_PORTS
+from zpilot.translators import TranslateOptions, translate_node
 from zpilot.xds.order import CLUSTER_TYPE, LISTENER_TYPE
 from zpilot.xds.push import Producer
 from zpilot.xds.snapshot_cache import SnapshotCache
@@ -44,22 +45,29 @@ def needs_envoy(test):
     return test
 
 
+def sleep_chain(layout: str) -> str:
+    """Node A's outbound chain for sleep -> productpage's VIP."""
+    return service_chain(layout, "http_productpage.default.svc.cluster.local")
+
+
 class DuplicateChain:
     """Test hook: when on, node A's outbound listener gets a second chain of an existing name."""
 
-    def __init__(self) -> None:
+    def __init__(self, layout: str) -> None:
         self.on = False
+        self.chain = sleep_chain(layout)
 
     def __call__(self, resources) -> None:
         if self.on and resources.node == NODE_A:
             outbound = resources.listeners["ztunnel_outbound"]
-            outbound.filter_chains.add().CopyFrom(next(c for c in outbound.filter_chains if c.name == SLEEP_CHAIN))
+            outbound.filter_chains.add().CopyFrom(next(c for c in outbound.filter_chains if c.name == self.chain))
 
 
-async def test_an_inconsistent_node_keeps_its_snapshot_and_the_others_go_on(manifests):
-    hook = DuplicateChain()
+async def test_an_inconsistent_node_keeps_its_snapshot_and_the_others_go_on(manifests, layout):
+    hook = DuplicateChain(layout)
     cache = SnapshotCache()
-    producer = Producer(cache, translate=lambda index, node: edited(translate_node(index, node), hook))
+    options = TranslateOptions(layout=layout)
+    producer = Producer(cache, translate=lambda index, node: edited(translate_node(index, node, options), hook))
     await producer.update(load_index(manifests))
     good = cache.get_snapshot(NODE_A)
 
@@ -67,7 +75,7 @@ async def test_an_inconsistent_node_keeps_its_snapshot_and_the_others_go_on(mani
     (manifests / "extra.yaml").write_text(EXTRA_SERVICE)
     report = await producer.update(load_index(manifests))
     assert cache.get_snapshot(NODE_A) is good
-    assert f"node {NODE_A}: listener 'ztunnel_outbound' has 2 filter chains named '{SLEEP_CHAIN}'" in report.failed[NODE_A]
+    assert f"node {NODE_A}: listener 'ztunnel_outbound' has 2 filter chains named '{hook.chain}'" in report.failed[NODE_A]
     assert NODE_B in report.changed  # the new Service reached the other node
     assert list(producer.failures) == [NODE_A]
 
@@ -76,13 +84,14 @@ async def test_an_inconsistent_node_keeps_its_snapshot_and_the_others_go_on(mani
     assert NODE_A in report.changed and producer.failures == {}
 
 
-async def test_a_node_without_good_config_is_withheld_until_it_has_one(manifests):
+async def test_a_node_without_good_config_is_withheld_until_it_has_one(manifests, layout):
     """The first translation of a node fails: there is nothing to keep, and the cache withholds the
     node (its streams send nothing) instead of leaving it without a snapshot (an empty config)."""
-    hook = DuplicateChain()
+    hook = DuplicateChain(layout)
     hook.on = True
     cache = SnapshotCache()
-    producer = Producer(cache, translate=lambda index, node: edited(translate_node(index, node), hook))
+    options = TranslateOptions(layout=layout)
+    producer = Producer(cache, translate=lambda index, node: edited(translate_node(index, node, options), hook))
     await producer.update(load_index(manifests))
     assert cache.get_snapshot(NODE_A) is None and "2 filter chains named" in cache.withheld(NODE_A)
     assert cache.get_snapshot(NODE_B) is not None and cache.withheld(NODE_B) is None
@@ -96,11 +105,12 @@ async def test_a_node_without_good_config_is_withheld_until_it_has_one(manifests
     assert cache.withheld(NODE_A) is None and cache.get_snapshot(NODE_A) is not None
 
 
-async def test_a_withheld_node_that_leaves_the_model_is_forgotten(manifests):
-    hook = DuplicateChain()
+async def test_a_withheld_node_that_leaves_the_model_is_forgotten(manifests, layout):
+    hook = DuplicateChain(layout)
     hook.on = True
     cache = SnapshotCache()
-    producer = Producer(cache, translate=lambda index, node: edited(translate_node(index, node), hook))
+    options = TranslateOptions(layout=layout)
+    producer = Producer(cache, translate=lambda index, node: edited(translate_node(index, node, options), hook))
     await producer.update(load_index(manifests))
     assert cache.withheld(NODE_A) is not None
     watch = cache.watch(NODE_A)
@@ -148,9 +158,9 @@ async def test_a_withheld_node_is_sent_nothing_and_then_its_config(fake_plane, d
             await client.close()
 
 
-async def test_registryz_names_the_refused_node(make_plane):
-    hook = DuplicateChain()
-    plane = await make_plane(edit=hook)
+async def test_registryz_names_the_refused_node(make_plane, layout):
+    hook = DuplicateChain(layout)
+    plane = await make_plane(edit=hook, layout=layout)
     hook.on = True
     await plane.update()
     model = await debug_json(plane.debug_port, "/debug/registryz")
@@ -179,13 +189,13 @@ async def _outbound_chains(envoy) -> list[str]:
 
 
 @needs_envoy
-async def test_real_envoy_bad_service_no_nack_and_outbound_stays(make_plane, envoys, manifests):
-    plane = await make_plane()
+async def test_real_envoy_bad_service_no_nack_and_outbound_stays(make_plane, envoys, manifests, layout):
+    plane = await make_plane(layout=layout)
     envoy = envoys(NODE_A, plane.xds_port)
     await envoy.wait_ready()
     await wait_synced(plane.debug_port, NODE_A)
     before = await _outbound_chains(envoy)
-    assert SLEEP_CHAIN in before
+    assert sleep_chain(layout) in before
 
     (manifests / "twin.yaml").write_text(SAME_NAME_PORTS)
     await plane.update(load_index(manifests))
@@ -198,9 +208,9 @@ async def test_real_envoy_bad_service_no_nack_and_outbound_stays(make_plane, env
 
 
 @needs_envoy
-async def test_real_envoy_is_never_sent_a_duplicate_chain(make_plane, envoys):
-    hook = DuplicateChain()
-    plane = await make_plane(edit=hook)
+async def test_real_envoy_is_never_sent_a_duplicate_chain(make_plane, envoys, layout):
+    hook = DuplicateChain(layout)
+    plane = await make_plane(edit=hook, layout=layout)
     envoy = envoys(NODE_A, plane.xds_port)
     await envoy.wait_ready()
     conn = await wait_synced(plane.debug_port, NODE_A)
@@ -228,13 +238,13 @@ async def test_real_envoy_is_never_sent_a_duplicate_chain(make_plane, envoys):
 
 
 @needs_envoy
-async def test_real_envoy_reconnecting_to_a_serve_with_no_good_config_for_it_keeps_its_own(make_plane, envoys):
+async def test_real_envoy_reconnecting_to_a_serve_with_no_good_config_for_it_keeps_its_own(make_plane, envoys, layout):
     """A node whose config fails the check before it ever had a good one has nothing to keep: it is
     withheld, served nothing (the stream waits), never an empty config. An Envoy with good config
     from another serve (restarted, or a replica) that reconnects here keeps its listeners (with the
     empty config it was served before, it dropped every one), and gets config as soon as the node's
     translation is good."""
-    first = await make_plane()
+    first = await make_plane(layout=layout)
     envoy = envoys(NODE_A, first.xds_port)
     await envoy.wait_ready()
     await wait_synced(first.debug_port, NODE_A)
@@ -242,9 +252,9 @@ async def test_real_envoy_reconnecting_to_a_serve_with_no_good_config_for_it_kee
     port = first.xds_port
     await first.stop()  # the serve goes away; the Envoy keeps its config and keeps redialling
 
-    hook = DuplicateChain()
+    hook = DuplicateChain(layout)
     hook.on = True
-    second = await make_plane(xds_port=port, edit=hook)  # its first translation of node A fails
+    second = await make_plane(xds_port=port, edit=hook, layout=layout)  # its first translation of node A fails
     assert NODE_A in second.producer.failures and second.cache.get_snapshot(NODE_A) is None
     assert second.cache.get_snapshot(NODE_B) is not None
 

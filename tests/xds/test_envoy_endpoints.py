@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from ..layouts import service_chain
 from .conftest import load_index
 from .e2e_util import wait_no_diff, wait_synced
 from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B
@@ -70,11 +71,11 @@ def add_cluster_facts(manifests: Path) -> None:
     (manifests / "endpoints.yaml").write_text(EXTRA)
 
 
-async def test_envoy_holds_localities_and_plain_endpoints_as_rendered(make_plane, envoys, manifests):
+async def test_envoy_holds_localities_and_plain_endpoints_as_rendered(make_plane, envoys, manifests, layout):
     add_cluster_facts(manifests)
     problems = [str(p) for p in load_index(manifests).problems]
     assert any("Service default/unbacked: port http has no endpoints" in p for p in problems), problems
-    plane = await make_plane()
+    plane = await make_plane(layout=layout)
     envoy = envoys(NODE_A, plane.xds_port)
     await envoy.wait_ready()
     conn = await wait_synced(plane.debug_port, NODE_A)
@@ -87,13 +88,12 @@ async def test_envoy_holds_localities_and_plain_endpoints_as_rendered(make_plane
         for part in dump["configs"] if part["@type"].endswith("EndpointsConfigDump")
         for e in part.get("dynamic_endpoint_configs", [])
     }
-    sleep = "spiffe://cluster.local/ns/default/sa/sleep"
-    reviews = endpoints[f"{sleep}_to_http_reviews.default.svc.cluster.local_outbound_internal"]
+    reviews = endpoints[service_chain(layout, "http_reviews.default.svc.cluster.local")]
     assert [g["locality"] for g in reviews["endpoints"]] == [{"region": "us-west2", "zone": z} for z in ("us-west2-a", "us-west2-b")]
-    api = endpoints[f"{sleep}_to_https_kubernetes.default.svc.cluster.local_outbound_internal"]
+    api = endpoints[service_chain(layout, "https_kubernetes.default.svc.cluster.local")]
     [[api_server]] = [g["lb_endpoints"] for g in api["endpoints"]]
     assert api_server["endpoint"]["address"]["socket_address"] == {"address": "10.168.15.2", "port_value": 6443}
-    exporter = endpoints[f"{sleep}_to_metrics_node-exporter.default.svc.cluster.local_outbound_internal"]
+    exporter = endpoints[service_chain(layout, "metrics_node-exporter.default.svc.cluster.local")]
     [group] = exporter["endpoints"]
     assert group["locality"] == {"region": "us-west2", "zone": "us-west2-b"}
     assert group["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] == "10.168.15.224"

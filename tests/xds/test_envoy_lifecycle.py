@@ -1,4 +1,5 @@
-"""A real Envoy through NACKs, restarts of either side, and delta ADS."""
+"""A real Envoy through NACKs, restarts of either side, and delta ADS, with each outbound layout
+(the ``layout`` fixture)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ class BreakBlackHole:
             resources.clusters["BlackHoleCluster"].connect_timeout.seconds = -1
 
 
-async def test_invalid_resource_is_nacked_not_resent_and_fixed(make_plane, envoys):
+async def test_invalid_resource_is_nacked_not_resent_and_fixed(make_plane, envoys, layout):
     hook = BreakBlackHole()
-    plane = await make_plane(edit=hook)
+    plane = await make_plane(edit=hook, layout=layout)
     envoy = envoys(NODE_A, plane.xds_port)
     await envoy.wait_ready()
     await wait_synced(plane.debug_port, NODE_A)
@@ -87,9 +88,9 @@ async def test_invalid_resource_is_nacked_not_resent_and_fixed(make_plane, envoy
     await wait_no_diff(plane.debug_port, envoy)
 
 
-async def test_envoy_restart_reconverges(make_plane, envoys, caplog):
+async def test_envoy_restart_reconverges(make_plane, envoys, caplog, layout):
     caplog.set_level(logging.INFO, logger="zpilot.xds")
-    plane = await make_plane()
+    plane = await make_plane(layout=layout)
     first = envoys(NODE_A, plane.xds_port, name="first")
     await first.wait_ready()
     await wait_synced(plane.debug_port, NODE_A)
@@ -106,9 +107,9 @@ async def test_envoy_restart_reconverges(make_plane, envoys, caplog):
     assert_cds_before_lds(sent_order(caplog, conn["id"]))
 
 
-async def test_server_restart_reconverges(make_plane, envoys, caplog):
+async def test_server_restart_reconverges(make_plane, envoys, caplog, layout):
     caplog.set_level(logging.INFO, logger="zpilot.xds")
-    plane = await make_plane()
+    plane = await make_plane(layout=layout)
     envoy = envoys(NODE_A, plane.xds_port)
     await envoy.wait_ready()
     await wait_synced(plane.debug_port, NODE_A)
@@ -116,7 +117,7 @@ async def test_server_restart_reconverges(make_plane, envoys, caplog):
     await plane.stop()
     caplog.clear()
 
-    restarted = await make_plane(xds_port=port)
+    restarted = await make_plane(xds_port=port, layout=layout)
     conn = await wait_synced(restarted.debug_port, NODE_A, timeout=20)
     await wait_no_diff(restarted.debug_port, envoy)
     order = sent_order(caplog, conn["id"])
@@ -125,7 +126,6 @@ async def test_server_restart_reconverges(make_plane, envoys, caplog):
     assert len(restarted.registry) == 1
 
 
-@pytest.mark.parametrize("layout", ["article", "linear"])
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
 async def test_envoy_converges_and_loses_a_removed_service(make_plane, envoys, manifests, caplog, delta, layout):
     caplog.set_level(logging.INFO, logger="zpilot.xds")
@@ -157,9 +157,9 @@ async def test_envoy_converges_and_loses_a_removed_service(make_plane, envoys, m
         # (Envoy unsubscribes the removed clusters' endpoints itself, so EDS owes it no removal notice.)
 
 
-async def test_delta_envoy_reconnect_resends_only_what_differs(make_plane, envoys, caplog):
+async def test_delta_envoy_reconnect_resends_only_what_differs(make_plane, envoys, caplog, layout):
     caplog.set_level(logging.INFO, logger="zpilot.xds")
-    plane = await make_plane()
+    plane = await make_plane(layout=layout)
     envoy = envoys(NODE_A, plane.xds_port, delta=True)
     await envoy.wait_ready()
     await wait_synced(plane.debug_port, NODE_A)
@@ -167,7 +167,7 @@ async def test_delta_envoy_reconnect_resends_only_what_differs(make_plane, envoy
     await plane.stop()
     caplog.clear()
 
-    restarted = await make_plane(xds_port=port)  # same model, same certificates: nothing differs
+    restarted = await make_plane(xds_port=port, layout=layout)  # same model, same certificates: nothing differs
 
     async def reconnected():
         conns = await debug_json(restarted.debug_port, "/debug/syncz", node=NODE_A)
@@ -180,8 +180,8 @@ async def test_delta_envoy_reconnect_resends_only_what_differs(make_plane, envoy
     assert sent_order(caplog, conn["id"]) == []
 
 
-async def test_bounded_connection_age_recycles_streams_and_envoy_stays_in_sync(make_plane, envoys):
-    plane = await make_plane(max_connection_age_ms=1500, max_connection_age_grace_ms=500)
+async def test_bounded_connection_age_recycles_streams_and_envoy_stays_in_sync(make_plane, envoys, layout):
+    plane = await make_plane(max_connection_age_ms=1500, max_connection_age_grace_ms=500, layout=layout)
     envoy = envoys(NODE_A, plane.xds_port)
     await envoy.wait_ready()
     first = await wait_synced(plane.debug_port, NODE_A)

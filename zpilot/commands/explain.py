@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .options import add_root_namespace, add_trust_domain, layout_name
+from .options import add_layout_argument, add_root_namespace, add_trust_domain
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="source pod: namespace/name, name, name prefix (sleep) or IP")
     p.add_argument("--to", dest="target", required=True, metavar="HOST:PORT", help="destination and port: a pod IP, a service VIP, or a service name (productpage.default)")
     add_trust_domain(p)
-    p.add_argument("--layout", default="article", type=layout_name,
-                   help="outbound layout the ztunnels run (as zpilot serve --layout; default article)")
+    add_layout_argument(p, "outbound layout the ztunnels run (as zpilot serve --layout)")
     add_root_namespace(p)
     p.add_argument("--json", action="store_true", help="print hops and facts as JSON")
     p.set_defaults(func=run)

@@ -13,6 +13,16 @@ from .. import contract
 
 log = logging.getLogger("zpilot.commands")
 
+from .. import contract
+
+
+def add_layout_argument(parser: argparse.ArgumentParser, what: str = "outbound layout") -> None:
+    """``--layout`` of every command that builds, runs or explains ztunnel config: one default
+    (``contract.DEFAULT_LAYOUT``), so ``explain`` describes what ``serve`` sends."""
+    parser.add_argument("--layout", default=contract.DEFAULT_LAYOUT, type=layout_name,
+                        help=f"{what} (default {contract.DEFAULT_LAYOUT}; article: the article's own dump, whose"
+                             " size grows with local pods x destinations)")
+
 
 def whole_number(text: str, low: int, high: int, what: str = "a whole number") -> int:
     """``text`` as an integer from ``low`` to ``high``, else an argument error saying which."""

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 from . import data_path_flags
-from .options import add_root_namespace, add_trust_domain, layout_name
+from .options import add_layout_argument, add_root_namespace, add_trust_domain
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("render", help="print one node's ztunnel config (Envoy config_dump JSON) from manifests")
     p.add_argument("--manifests", required=True, type=Path, help="directory (or file) of Kubernetes YAML")
     p.add_argument("--node", required=True, help="Kubernetes node name")
-    p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
+    add_layout_argument(p)
     add_trust_domain(p)
     add_root_namespace(p)
     p.add_argument("--ca-dir", type=Path, help="CA directory (created on first use); default: a throwaway CA")

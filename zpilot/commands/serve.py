@@ -18,7 +18,7 @@ from typing import Callable
 from .. import contract
 from ..kube import source_flags
 from . import data_path_flags, xds_limit_flags
-from .options import add_root_namespace, add_trust_domain, layout_name, port_number, read_token_file, seconds
+from .options import add_layout_argument, add_root_namespace, add_trust_domain, port_number, read_token_file, seconds
 
 log = logging.getLogger("zpilot.serve")
 
@@ -75,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Prometheus /metrics listen address, or unix:/path (default 0.0.0.0)")
     p.add_argument("--metrics-port", type=port_number, default=contract.PORT_METRICS,
                    help=f"/metrics port (default {contract.PORT_METRICS}; 0 = any free port)")
-    p.add_argument("--layout", default="article", type=layout_name, help="outbound layout (default article)")
+    add_layout_argument(p)
     add_trust_domain(p)
     add_root_namespace(p)
     p.add_argument("--bind-address", default="0.0.0.0",

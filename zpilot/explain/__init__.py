@@ -26,7 +26,7 @@ def mesh_from_index(
     *,
     trust_domain: str = contract.DEFAULT_TRUST_DOMAIN,
     host_ips: dict[str, str] | None = None,
-    layout: str = "article",
+    layout: str = contract.DEFAULT_LAYOUT,
 ) -> Mesh:
     """Translate every node (with the outbound ``layout``) and plan its rules (with placeholders
     for facts only a node knows)."""
@@ -43,8 +43,8 @@ def mesh_from_index(
     return Mesh(index, resources, plans, layout)
 
 
-def load_mesh(manifests: str | Path, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN, layout: str = "article",
-              root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> Mesh:
+def load_mesh(manifests: str | Path, *, trust_domain: str = contract.DEFAULT_TRUST_DOMAIN,
+              layout: str = contract.DEFAULT_LAYOUT, root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> Mesh:
     loaded = load_manifests(manifests)
     index = MeshIndex.build(loaded.cluster, loaded.problems, root_namespace=root_namespace)
     return mesh_from_index(index, trust_domain=trust_domain, layout=layout)

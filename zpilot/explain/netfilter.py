@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from ..cni.desired import IpsetPlan, NetnsPlan, Route, Rule
+from ..model.addresses import host_cidr
 
 
 @dataclass(frozen=True)
@@ -171,11 +173,23 @@ class RouteDecision:
         return f"table {self.table}: {kind}{r.dst}{via} dev {r.dev}"
 
 
+#: The kernel's own tables, by the names ``ip rule`` prints for them.
+LOCAL_TABLE = 255
+_TABLE_NAMES = {LOCAL_TABLE: "local", 254: "main"}
+#: The rule every namespace starts with, before any of ours: ``0: from all lookup local``. The
+#: ``local`` table holds the namespace's own addresses (and 127.0.0.0/8): a packet to one of them
+#: is delivered here, whatever its mark.
+LOCAL_RULE = Rule(priority=0, table=LOCAL_TABLE)
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
 def rule_text(rule: Rule) -> str:
     text = f"{rule.priority}: from {getattr(rule, 'src', None) or 'all'}"
     if rule.fwmark is not None:
         text += f" fwmark {rule.fwmark:#x}/{rule.fwmask:#x}" if rule.fwmask is not None else f" fwmark {rule.fwmark:#x}"
-    return text + (f" goto {rule.goto}" if rule.goto is not None else f" lookup {rule.table}")
+    if rule.goto is not None:
+        return text + f" goto {rule.goto}"
+    return text + f" lookup {_TABLE_NAMES.get(rule.table or 0, rule.table)}"
 
 
 def _lookup(routes: tuple[Route, ...], table: int, dst: str) -> Route | None:
@@ -189,10 +203,17 @@ def _lookup(routes: tuple[Route, ...], table: int, dst: str) -> Route | None:
     return best[1] if best else None
 
 
-def route(plan: NetnsPlan, dst: str, mark: int, src: str | None = None) -> RouteDecision:
-    """Policy routing as the kernel does it: rules by priority; a rule with a source selector
-    applies only to that source; a lookup that finds nothing falls through to the next rule;
-    ``goto`` jumps to a priority (32766 is ``main``)."""
+def route(plan: NetnsPlan, dst: str, mark: int, src: str | None = None,
+          own: Mapping[str, str] | None = None) -> RouteDecision:
+    """Policy routing as the kernel does it: first the ``local`` table (rule 0), which delivers
+    a packet to one of the namespace's ``own`` addresses (address -> the device holding it; the
+    plan does not own them, so the caller says which they are) or to loopback; then the plan's
+    rules by priority; a rule with a source selector applies only to that source; a lookup that
+    finds nothing falls through to the next rule; ``goto`` jumps to a priority (32766 is ``main``)."""
+    address = ipaddress.ip_address(dst)
+    dev = (own or {}).get(dst) or ("lo" if address in LOOPBACK else None)
+    if dev is not None:
+        return RouteDecision(LOCAL_RULE, "local", Route(LOCAL_TABLE, host_cidr(dst), dev, scope="host", local=True))
     rules = sorted(plan.rules, key=lambda r: r.priority)
     skip_below: int | None = None
     for rule in rules:

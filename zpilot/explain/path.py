@@ -80,7 +80,7 @@ class Mesh:
     index: MeshIndex
     resources: dict[str, NodeResources]
     plans: dict[str, NodePlan]
-    layout: str = "article"  # the outbound layout ``resources`` were translated with
+    layout: str = c.DEFAULT_LAYOUT  # the outbound layout ``resources`` were translated with
 
     def pod(self, ref: str) -> Workload:
         """By ``namespace/name``, name, name prefix (``sleep``) or IP: with its IPv4 addresses only, as the
@@ -172,7 +172,7 @@ def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, po
     assert zside is not None
     zt_iface = _TUNNEL_PEERS.get(node_dev, ZTUNNEL_IFACE)
     res = run_chain(zside, "mangle", c.PREROUTING, Packet(src.ip or "", host, port, zt_iface))
-    decision = route(zside, host, res.packet.mark)
+    decision = route(zside, host, res.packet.mark, own=_ztunnel_addresses(plan))
     where = _ztunnel_label(mesh, node)
     base.hop(where, f"arrives on {zt_iface}", *[f"mangle {h.chain}: {h.rule}  => {h.effect}" for h in res.hits],
              f"ip route {decision.describe()} (delivered to the local socket)", tproxy_port=res.tproxy_port)
@@ -302,6 +302,14 @@ def _ztunnel_ip(mesh: Mesh, node: str) -> str:
     return zt.ip if zt and zt.ip else "?"
 
 
+def _ztunnel_addresses(plan: NodePlan) -> dict[str, str]:
+    """The ztunnel pod's own address, on its interface: the kernel's ``local`` table delivers
+    to it before any rule of the plan (a same-node tunnel from that address, as the linear
+    layout's are, gets its replies that way, not by the hairpin rule the article's needs)."""
+    zt = plan.ztunnel
+    return {zt.ip: ZTUNNEL_IFACE} if zt is not None and zt.ip else {}
+
+
 def _ztunnel_veth(plan: NodePlan) -> str:
     """The node side of the ztunnel's veth, as the plan names it (its route to the ztunnel's IP)."""
     if plan.ztunnel is not None:
@@ -335,7 +343,7 @@ def _tunnel(mesh: Mesh, e: Explanation, src: Workload, node: str, cluster_name: 
         local_port = res.redirect_port or c.PORT_HBONE
         # REDIRECT makes the destination 127.0.0.1: the inbound listener answers from there, with
         # its socket mark, and the answer must come back to this ztunnel's own connecting socket
-        reply = route(zside, tunnel_src, c.INBOUND_SOCKET_MARK, src="127.0.0.1")
+        reply = route(zside, tunnel_src, c.INBOUND_SOCKET_MARK, src="127.0.0.1", own=_ztunnel_addresses(plan))
         delivered = reply.route is not None and reply.route.local
         e.hop(where, "same node: the tunnel is redirected to this ztunnel's own inbound listener",
               *[f"nat {h.chain}: {h.rule}  => {h.effect}" for h in res.hits],
@@ -386,7 +394,7 @@ def _arrive_at_node(mesh: Mesh, e: Explanation, src_ip: str, dst_ip: str, dport:
     assert zside is not None
     zt_iface = _TUNNEL_PEERS[decision.route.dev]
     zres = run_chain(zside, "mangle", c.PREROUTING, Packet(src_ip, dst_ip, dport, zt_iface))
-    zdec = route(zside, dst_ip, zres.packet.mark)
+    zdec = route(zside, dst_ip, zres.packet.mark, own=_ztunnel_addresses(plan))
     e.hop(_ztunnel_label(mesh, node), f"arrives on {zt_iface}",
           *[f"mangle {h.chain}: {h.rule}  => {h.effect}" for h in zres.hits],
           f"ip route {zdec.describe()} (delivered to the local socket)", dest_tproxy_port=zres.tproxy_port)

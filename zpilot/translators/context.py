@@ -19,7 +19,7 @@ from .limits import DataPathLimits
 @dataclass(frozen=True)
 class TranslateOptions:
     trust_domain: str = contract.DEFAULT_TRUST_DOMAIN
-    layout: str = "article"
+    layout: str = contract.DEFAULT_LAYOUT
     #: Address the node-wide listeners bind to (0.0.0.0 in a cluster; tests may pick another).
     bind_address: str = "0.0.0.0"
     #: Circuit breakers and idle timeouts of every data-path cluster and proxy (limits.py).

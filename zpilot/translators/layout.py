@@ -1,7 +1,8 @@
 """The seam for the outbound half of a ztunnel's config.
 
-The outbound side is where designs differ: the article's layout multiplies local pods by
-destinations by ports; a scalable layout (a later issue) grows linearly. Each layout is a
+The outbound side is where designs differ: the article's layout (``outbound_article.py``) multiplies
+local pods by destinations by ports; the linear one (``outbound_linear.py``, the default:
+``contract.DEFAULT_LAYOUT``) grows with their sum. Each layout is a
 function adding its listeners, clusters, endpoints and secret references to a node's
 resources; the inbound side and the fixed clusters do not depend on the choice.
 """

@@ -78,7 +78,7 @@ class WorldOptions:
     #: Workload certificate lifetime given to ``zpilot serve --cert-lifetime`` (seconds); None: its default.
     cert_lifetime: float | None = None
     #: The ztunnels' outbound layout (``zpilot serve --layout``, or ``render --static --layout``).
-    layout: str = "article"
+    layout: str = contract.DEFAULT_LAYOUT
     #: Emulate the kubelet's readiness probe of each ztunnel pod (kubelet.py): a ztunnel whose Envoy
     #: dies turns NotReady in the manifests, and the CNI agents fail open or closed. None: no probes
     #: (the ztunnels stay Ready whatever happens to their Envoys).

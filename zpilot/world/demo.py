@@ -100,7 +100,7 @@ def render(world: World, result: DemoResult, emit: Callable[[str], None] = print
         emit(f"zpilot explain (config + CNI plan, no traffic) agrees on all {len(FACT_KEYS)} facts.")
 
 
-def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False, layout: str = "article",
+def demo(emit: Callable[[str], None] = print, *, keep_workdir: bool = False, layout: str = contract.DEFAULT_LAYOUT,
          scenario: Callable[[World, Callable[[str], None]], bool] | None = None) -> int:
     """Build the world (its ztunnels on the outbound ``layout``), run scenario 1 (or ``scenario``, which
     prints itself and says whether all went as expected: the policy scenario of
