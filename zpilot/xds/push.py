@@ -118,14 +118,6 @@ def model_nodes(index: MeshIndex) -> set[str]:
     return config_nodes(index)
 
 
-def check_resources(resources: NodeResources) -> None:
-    """Refuse what Envoy would NACK, or what names something missing (see translators.consistency)."""
-    try:
-        consistency.check(resources)
-    except consistency.InconsistentResources as exc:
-        raise InvalidResources(str(exc)) from None
-
-
 @dataclass
 class UpdateReport:
     """What one model update did, node by node."""
