@@ -6,6 +6,7 @@ import copy
 
 import pytest
 from envoy.config.core.v3.base_pb2 import Node
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf import struct_pb2
 
 from zpilot.xds.dump_diff import normalize, unified_diff
@@ -214,8 +215,32 @@ async def test_producer_skips_translation_when_the_cluster_state_is_equal():
     assert world.translations == ["a"]
     report = await producer.update(world.index())  # an equal, freshly built model
     assert world.translations == ["a"] and report.unchanged == ["a"] and not report.changed
-    await producer.refresh()  # an explicit refresh (certificate rotation) always produces again
+    await producer.update()  # no model given: every node is produced again
     assert world.translations == ["a", "a"]
+
+
+async def test_producer_refresh_makes_secrets_again_without_translating():
+    """A certificate rotation changes secrets, never what the translators make from the model."""
+    world = FakeWorld(a=NodeSpec(clusters={"c": []}, secrets=["s"]), b=NodeSpec())
+    cache = SnapshotCache()
+    generation = ["first"]
+
+    def secrets(resources):
+        return {name: Secret(name=name, tls_certificate={"certificate_chain": {"inline_string": generation[0]}})
+                for name in resources.secrets}
+
+    producer = Producer(cache, translate=world.translate, secrets=secrets)
+    await producer.update(world.index())
+    before = cache.get_snapshot("a")
+    generation[0] = "rotated"
+    report = await producer.refresh()
+    after = cache.get_snapshot("a")
+    assert world.translations == ["a", "b"] and report.changed == {"a": [SECRET_TYPE]}
+    assert report.unchanged == ["b"]  # no secret, nothing to rotate
+    assert after.resources(CLUSTER_TYPE) is before.resources(CLUSTER_TYPE)
+    assert after.secret_refs == before.secret_refs
+    _, served = after.decode()
+    assert served["s"].tls_certificate.certificate_chain.inline_string == "rotated"
 
 
 async def test_nodes_named_only_by_pods_get_config(manifests):

@@ -9,6 +9,7 @@ overlap, and Envoy rejects the listener holding them).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Iterable
 
@@ -43,8 +44,10 @@ def split_mesh_family(ips: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, .
     return tuple(kept), tuple(dropped)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def host_prefix_len(ip: str) -> int:
-    """The prefix length that covers exactly ``ip``: 32 for IPv4, 128 for IPv6.
+    """The prefix length that covers exactly ``ip``: 32 for IPv4, 128 for IPv6 (remembered: every
+    node's config writes every pod's address as a prefix).
 
     Raises ``ValueError`` for anything that is not a single address.
     """

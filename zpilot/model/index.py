@@ -82,6 +82,13 @@ def in_use(candidates: Iterable[Endpoint]) -> list[Endpoint]:
     return [e for e in candidates if e.ready] or [e for e in candidates if e.serving and e.terminating]
 
 
+def seen_from(candidates: Iterable[Endpoint], svc: Service, node: str | None) -> list[Endpoint]:
+    """The endpoints of ``svc`` a new connection from ``node`` may use (:meth:`MeshIndex.endpoints`)."""
+    if node is not None and svc.node_local:
+        candidates = [e for e in candidates if e.node_name == node]
+    return in_use(candidates)
+
+
 @dataclass(frozen=True)
 class ServiceTarget:
     service: Service
@@ -126,6 +133,9 @@ class MeshIndex:
         self.namespaces: dict[str, Namespace] = {n.name: n for n in cluster.namespaces}
         self._usable: list[Workload] = []  # running, addressed, not host-network, not sharing an IP
         self._backends: list[Workload] = []  # what a selector can pick: the usable pods and running hostNetwork ones
+        #: The backends by (namespace, label key, label value), in backend order: a selector is
+        #: checked against the pods carrying one of its labels, not against every pod of the cluster.
+        self._by_label: dict[tuple[str, str, str], list[Workload]] = defaultdict(list)
         self._meshed: set[tuple[str, str]] = set()
         self._by_ip: dict[str, Workload] = {}
         self._by_node: dict[str, list[Workload]] = defaultdict(list)
@@ -244,6 +254,9 @@ class MeshIndex:
                 continue
             self._meshed.add(key)
         self._backends = sorted(self._usable + host_network, key=lambda w: (w.namespace, w.name))
+        for w in self._backends:
+            for key, value in w.labels.items():
+                self._by_label[(w.namespace, key, value)].append(w)
 
     def is_meshed(self, workload: Workload) -> bool:
         return (workload.namespace, workload.name) in self._meshed
@@ -292,9 +305,7 @@ class MeshIndex:
     def _pod_endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
         """The selected pods, with the conditions the EndpointSlice controller would give them."""
         endpoints = []
-        for w in self._backends:
-            if not svc.selects(w):
-                continue
+        for w in self._selected(svc):
             # As the EndpointSlice controller sets them: publishNotReadyAddresses makes every pod ready.
             ready = svc.publish_not_ready or (w.ready and not w.terminating)
             if not ready and not (w.ready and w.terminating):
@@ -325,6 +336,14 @@ class MeshIndex:
                 )
             )
         return endpoints
+
+    def _selected(self, svc: Service) -> list[Workload]:
+        """The backends ``svc`` selects, in backend order: those among the pods carrying its
+        rarest selector label that match the whole selector."""
+        if not svc.selector:
+            return []
+        postings = [self._by_label.get((svc.namespace, k, v), []) for k, v in svc.selector.items()]
+        return [w for w in min(postings, key=len) if svc.selects(w)]
 
     def _slices_by_service(self) -> dict[tuple[str, str], list[EndpointSlice]]:
         """EndpointSlices by (namespace, service name). Slices of Services with a selector are
@@ -424,10 +443,11 @@ class MeshIndex:
         """Where a new connection to the service port goes, seen from ``node``: kube-proxy's rules
         (:func:`in_use`), within the node's own endpoints for ``internalTrafficPolicy: Local``.
         Without a node, the whole cluster's. Empty: the port is not to be captured on that node."""
-        candidates = self._endpoints.get((svc.namespace, svc.name, port.port), [])
-        if node is not None and svc.node_local:
-            candidates = [e for e in candidates if e.node_name == node]
-        return in_use(candidates)
+        return seen_from(self.candidates(svc, port), svc, node)
+
+    def candidates(self, svc: Service, port: ServicePort) -> list[Endpoint]:
+        """Every endpoint of the service port, whatever its readiness (what :meth:`endpoints` picks from)."""
+        return self._endpoints.get((svc.namespace, svc.name, port.port), [])
 
     def destination(self, vip: str, port: int) -> ServiceTarget | None:
         return self._vips.get((vip, port))

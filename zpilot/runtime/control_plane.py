@@ -25,7 +25,7 @@ from ..xds.embedded_http import EmbeddedUvicorn, bound_port
 from ..xds.metrics import Metrics
 from ..xds.metrics_server import MetricsOptions, MetricsServer
 from ..xds.observer import Observers
-from ..xds.push import Producer, SecretSource, Translate, UpdateReport, certificate_secrets, default_translate
+from ..xds.push import NodeTranslator, Producer, SecretSource, Translate, UpdateReport, certificate_secrets
 from ..xds.security import XdsSecurity
 from ..xds.server import AdsServer, ServerOptions
 from ..xds.snapshot_cache import SnapshotCache
@@ -61,7 +61,7 @@ class ControlPlane:
         xds_security: XdsSecurity,
         server_options: ServerOptions | None = None,
         debug_options: DebugOptions | None = None,
-        translate: Translate = default_translate,
+        translate: Translate | NodeTranslator | None = None,  # None: an IncrementalTranslator
         secrets: SecretSource | None = None,
         identities=None,
         metrics_options: MetricsOptions | None = None,  # None: metrics are not served over HTTP
@@ -129,6 +129,12 @@ class ControlPlane:
         self.last_report = report
         if self.identities is not None and self.producer.index is not None:
             self.identities.retain(self._referenced_identities())
+        return report
+
+    async def refresh(self, *, changed_at: float | None = None) -> UpdateReport:
+        """Make every node's secrets again (certificates rotated, CA reloaded); push what changed."""
+        report = await self.producer.refresh(changed_at=changed_at)
+        self.last_report = report
         return report
 
     def _referenced_identities(self) -> set[str]:
@@ -228,7 +234,7 @@ class ControlPlane:
             "CA reloaded: %d identities re-issued, trust bundle %s; pushing",
             len(change.reissue), "changed" if change.trust_bundle_changed else "unchanged",
         )
-        await self.update(changed_at=time.monotonic())
+        await self.refresh(changed_at=time.monotonic())
         return True
 
     async def _rotate_certificates(self) -> None:
@@ -251,5 +257,5 @@ class ControlPlane:
             if rotated:
                 log.info("rotated certificates of %s", rotated)
                 with contextlib.suppress(RuntimeError):
-                    await self.update(changed_at=time.monotonic())
+                    await self.refresh(changed_at=time.monotonic())
 

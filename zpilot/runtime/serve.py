@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from ..certs.kube_secret import CaSecretUnavailable, SecretCaStore, SecretName, 
 from ..certs.trust_bundle_configmap import TrustBundlePublisher
 from ..kube.client import KubeConfigError, api_client
 from ..kube.source import ModelEvent, ModelSource, SourceError
-from ..translators import TranslateOptions, translate_node
+from ..translators import IncrementalTranslator, TranslateOptions
 from ..xds.metrics_server import MetricsOptions
 from ..xds.security import XdsSecurity
 from ..xds.server import ServerOptions
@@ -127,7 +126,7 @@ class ServeRuntime:
             server_options=self.settings.xds,
             debug_options=self.settings.debug,
             metrics_options=self.settings.metrics,
-            translate=functools.partial(translate_node, options=self.settings.translate),
+            translate=IncrementalTranslator(self.settings.translate),
             identities=identities,
         )
 

@@ -11,9 +11,15 @@ resources alone (no model, no I/O): it is the net under every translator, presen
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
-from collections import Counter
-from typing import Iterable, Iterator
+import threading
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+from google.protobuf.message import Message
 
 from google.protobuf import wrappers_pb2
 from xds.type.matcher.v3 import ip_pb2, matcher_pb2
@@ -26,7 +32,10 @@ from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_upstream_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
+from .. import protowire
 from ..model.problems import clip
+from .context import ListenerParts
+from .fragments import Fragment
 from .resources import NodeResources
 
 #: How many findings one error message lists (the rest are counted).
@@ -62,35 +71,159 @@ def check(resources: NodeResources) -> None:
 
 def findings(resources: NodeResources) -> list[str]:
     """Everything wrong with ``resources``, each naming the resource (empty when consistent)."""
-    out: list[str] = []
-    out.extend(_misfiled(resources))
-    internal = {name for name, lis in resources.listeners.items() if lis.HasField("internal_listener")}
+    facts = [resource_facts(LISTENER, name, lis) for name, lis in resources.listeners.items()]
+    facts += [resource_facts(CLUSTER, name, cluster) for name, cluster in resources.clusters.items()]
+    facts += [resource_facts(ENDPOINTS, name, cla) for name, cla in resources.endpoints.items()]
+    return join(resources, facts)
+
+
+# -- facts: what each resource says and needs, so that a node's check is a join --------------------
+#
+# A resource's facts depend on it alone, so a caller that sees the same resource again (the same
+# content on another node, or unchanged since the last model) can keep them: the producer keeps
+# them with the serialized resource, and a shared set's with the set, so checking a node of a
+# large cluster is a join of sets, not a walk through every resource it has. Findings are
+# written only when there is one to report.
+
+LISTENER, CLUSTER, ENDPOINTS = "listener", "cluster", "endpoints"
+#: A need: (what kind of resource, its name, who needs it: a key of _WHERE and a name or two).
+Need = tuple[str, str, tuple[str, ...]]
+
+_WHERE = {
+    "chain": lambda listener, chain: f"listener {_q(listener)} chain {_q(chain)}" if chain else f"listener {_q(listener)}",
+    "cluster": lambda name: f"cluster {_q(name)}",
+    "cluster-assignment": lambda name: f"cluster {_q(name)} names",
+    "endpoints": lambda name: f"endpoints {_q(name)} name",
+}
+_FINDING = {
+    "cluster": lambda where, name: f"{where} sends to cluster {_q(name)}, which does not exist",
+    "secret": lambda where, name: f"{where} uses secret {_q(name)}, which is not served",
+    "endpoints": lambda where, name: f"{where} has no endpoints resource (it would stay warming)",
+    "internal listener": lambda where, name: f"{where} internal listener {_q(name)}, which does not exist",
+}
+
+
+def _finding(need: Need) -> str:
+    kind, name, (subject, *names) = need
+    return _FINDING[kind](_WHERE[subject](*names), name)
+
+
+def _wanted(needs: Iterable[Need]) -> dict[str, set[str]]:
+    wanted: dict[str, set[str]] = {}
+    for kind, name, _ in needs:
+        wanted.setdefault(kind, set()).add(name)
+    return wanted
+
+
+@dataclass(frozen=True)
+class _ChainFacts:
+    """What a listener's chains are and need, whatever the listener (kept by content)."""
+
+    names: Counter
+    #: (kind, name, chain name) of what each chain sends to and presents, in chain order.
+    needs: tuple[tuple[str, str, str], ...]
+    wanted: dict[str, set[str]]
+
+
+@dataclass(frozen=True)
+class ListenerFacts:
+    name: str
+    bind: tuple[str, int] | None
+    local: tuple[str, ...]  # wrong within the listener alone (its chains, its matcher)
+    chains: _ChainFacts
+
+    def needs(self) -> Iterator[Need]:
+        return ((kind, name, ("chain", self.name, chain)) for kind, name, chain in self.chains.needs)
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What some resources of a node (one, or a shared set of them) are and need, in resource
+    order. ``wanted`` holds every needed name by kind, so that a node having them all is
+    told by set inclusion, without going through the needs one by one."""
+
+    misfiled: tuple[str, ...] = ()
+    listeners: tuple[ListenerFacts, ...] = ()
+    internal: frozenset[str] = frozenset()  # internal listeners among them
+    needs: tuple[Need, ...] = ()  # a cluster's endpoints and secrets
+    late_needs: tuple[Need, ...] = ()  # the internal listeners endpoints name (checked after every cluster)
+    wanted: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    @classmethod
+    def make(cls, misfiled=(), listeners=(), internal=frozenset(), needs=(), late_needs=()) -> "Facts":
+        needs, late_needs = tuple(needs), tuple(late_needs)
+        wanted = _wanted(needs + late_needs)
+        for lis in listeners:
+            for kind, names in lis.chains.wanted.items():
+                wanted.setdefault(kind, set()).update(names)
+        return cls(
+            tuple(misfiled), tuple(listeners), frozenset(internal), needs, late_needs,
+            tuple((kind, frozenset(names)) for kind, names in sorted(wanted.items())),
+        )
+
+
+def combined(parts: Iterable[Facts]) -> Facts:
+    """The facts of a set of resources, from each one's, in order."""
+    parts = list(parts)
+    return Facts.make(
+        misfiled=[m for p in parts for m in p.misfiled],
+        listeners=[lis for p in parts for lis in p.listeners],
+        internal=frozenset().union(*(p.internal for p in parts)),
+        needs=[n for p in parts for n in p.needs],
+        late_needs=[n for p in parts for n in p.late_needs],
+    )
+
+
+def resource_facts(kind: str, name: str, message: Message) -> Facts:
+    """The facts of one resource stored as ``name`` (``kind``: LISTENER, CLUSTER or ENDPOINTS)."""
+    if kind == LISTENER:
+        return _listener_facts(name, message)  # type: ignore[arg-type]
+    if kind == CLUSTER:
+        return _cluster_facts(name, message)  # type: ignore[arg-type]
+    if kind == ENDPOINTS:
+        actual = message.cluster_name  # type: ignore[attr-defined]
+        misfiled = [] if name and actual == name else [f"endpoints stored as {_q(name)} is named {_q(actual)}"]
+        return Facts.make(misfiled=misfiled, late_needs=_internal_needs(("endpoints", name), message))
+    raise ValueError(f"no facts for a {kind}")
+
+
+def join(resources: NodeResources, facts: Iterable[Facts]) -> list[str]:
+    """Everything wrong with a node whose resources have these ``facts`` (every listener's,
+    cluster's and endpoints' once, in the order they are listed): each resource alone, then
+    what each needs that the node lacks. ``resources`` gives the names the node has."""
+    facts = list(facts)
+    out = [m for f in facts for m in f.misfiled]
+    out.extend(
+        f"secret stored as {_q(key)} is named {_q(ref.name)}"
+        for key, ref in resources.secrets.items()
+        if not key or ref.name != key
+    )
+    has = {
+        "cluster": set(resources.clusters),
+        "endpoints": set(resources.endpoints),
+        "secret": set(resources.secrets),
+        "internal listener": set().union(*(f.internal for f in facts)),
+    }
+    complete = [all(names <= has[kind] for kind, names in f.wanted) for f in facts]
+
+    def unmet(needs: Iterable[Need]) -> list[str]:
+        return [_finding(need) for need in needs if need[1] not in has[need[0]]]
+
     addresses: dict[tuple[str, int], str] = {}
-    for name, listener in resources.listeners.items():
-        where = f"listener {_q(name)}"
-        if listener.HasField("address") and listener.address.HasField("socket_address"):
-            sa = listener.address.socket_address
-            other = addresses.setdefault((sa.address, sa.port_value), name)
-            if other != name:
-                out.append(f"{where} binds {sa.address}:{sa.port_value} like listener {_q(other)}")
-        out.extend(_chain_findings(where, listener, resources))
-    for name, cluster in resources.clusters.items():
-        where = f"cluster {_q(name)}"
-        if cluster.type == cluster_pb2.Cluster.EDS and name not in resources.endpoints:
-            out.append(f"{where} has no endpoints resource (it would stay warming)")
-        for secret in _cluster_secrets(cluster):
-            if secret not in resources.secrets:
-                out.append(f"{where} uses secret {_q(secret)}, which is not served")
-    assignments = [(f"cluster {_q(n)} names", c.load_assignment) for n, c in resources.clusters.items()]
-    assignments += [(f"endpoints {_q(n)} name", a) for n, a in resources.endpoints.items()]
-    for where, assignment in assignments:
-        for group in assignment.endpoints:
-            for lb in group.lb_endpoints:
-                address = lb.endpoint.address
-                if address.HasField("envoy_internal_address"):
-                    target = address.envoy_internal_address.server_listener_name
-                    if target not in internal:
-                        out.append(f"{where} internal listener {_q(target)}, which does not exist")
+    for f, ok in zip(facts, complete):
+        for lis in f.listeners:
+            if lis.bind is not None:
+                other = addresses.setdefault(lis.bind, lis.name)
+                if other != lis.name:
+                    address, port = lis.bind
+                    out.append(f"listener {_q(lis.name)} binds {address}:{port} like listener {_q(other)}")
+            out.extend(lis.local)
+            if not ok:
+                out.extend(unmet(lis.needs()))
+    for needs in ("needs", "late_needs"):
+        for f, ok in zip(facts, complete):
+            if not ok:
+                out.extend(unmet(getattr(f, needs)))
     return out
 
 
@@ -98,50 +231,158 @@ def _q(name: str) -> str:
     return repr(clip(name, 200))
 
 
-def _misfiled(resources: NodeResources) -> Iterator[str]:
-    """Each resource must be stored under its own name (the cache keys and Envoy's names agree)."""
-    for kind, items, attr in (
-        ("listener", resources.listeners, "name"),
-        ("cluster", resources.clusters, "name"),
-        ("endpoints", resources.endpoints, "cluster_name"),
-        ("secret", resources.secrets, "name"),
-    ):
-        for key, message in items.items():
-            actual = getattr(message, attr)
-            if not key or actual != key:
-                yield f"{kind} stored as {_q(key)} is named {_q(actual)}"
-
-
-def _chain_findings(where: str, listener: listener_pb2.Listener, resources: NodeResources) -> Iterator[str]:
-    chains = list(listener.filter_chains)
-    named = Counter(c.name for c in chains if c.name)
-    for name, count in sorted(named.items()):
-        if count > 1:
-            yield f"{where} has {count} filter chains named {_q(name)}"
+def _listener_facts(
+    name: str, listener: listener_pb2.Listener, pieces: tuple[_Piece, ...] = (), piece_targets: frozenset[str] = frozenset()
+) -> Facts:
+    """A listener's facts; ``pieces``: chains appended to it that are not in ``listener``, and
+    ``piece_targets``: chains its matcher selects that ``listener``'s matcher does not show."""
+    where = f"listener {_q(name)}"
+    misfiled = [] if name and listener.name == name else [f"listener stored as {_q(name)} is named {_q(listener.name)}"]
+    bind = None
+    if listener.HasField("address") and listener.address.HasField("socket_address"):
+        sa = listener.address.socket_address
+        bind = (sa.address, sa.port_value)
+    own = _chains_of(listener)
+    names = set(own.names)
+    duplicated = {chain for chain, count in own.names.items() if count > 1}
+    for piece in pieces:
+        duplicated |= piece.duplicated | (names & piece.names.keys())
+        names |= piece.names.keys()
+    local = []
+    for chain in sorted(duplicated):
+        count = own.names.get(chain, 0) + sum(piece.names.get(chain, 0) for piece in pieces)
+        local.append(f"{where} has {count} filter chains named {_q(chain)}")
     if listener.HasField("filter_chain_matcher"):
-        for target in sorted(_matcher_targets(listener.filter_chain_matcher)):
-            if target not in named:
-                yield f"{where}'s filter chain matcher selects chain {_q(target)}, which does not exist"
+        for target in sorted((_matcher_targets(listener.filter_chain_matcher) | piece_targets) - names):
+            local.append(f"{where}'s filter chain matcher selects chain {_q(target)}, which does not exist")
     else:
+        chains = [*listener.filter_chains, *(c for piece in pieces for c in piece.chains_list)]
         matches = Counter(_match_key(c.filter_chain_match) for c in chains)
         for key, count in matches.items():
             if count > 1:
-                yield f"{where} has {count} filter chains matching the same connections ({key[:120]})"
+                local.append(f"{where} has {count} filter chains matching the same connections ({_described(key)[:120]})")
+    chain_facts = own
+    if pieces:
+        wanted = {kind: set(found) for kind, found in own.wanted.items()}
+        for piece in pieces:
+            for kind, found in piece.chains.wanted.items():
+                wanted.setdefault(kind, set()).update(found)
+        needs = own.needs + tuple(need for piece in pieces for need in piece.chains.needs)
+        chain_facts = _ChainFacts(own.names, needs, wanted)
+    internal = {name} if listener.HasField("internal_listener") else set()
+    return Facts.make(
+        misfiled=misfiled, listeners=[ListenerFacts(name, bind, tuple(local), chain_facts)], internal=internal
+    )
+
+
+def listener_facts_of_parts(name: str, parts: ListenerParts) -> Facts:
+    """The facts of a listener put together from shared pieces (``ListenerParts``): its own
+    part's, walked, and each piece's, derived once per piece and kept on it."""
+    targets = frozenset().union(*(_piece_targets(match) for match in parts.matches))
+    return _listener_facts(name, parts.own, tuple(_piece(f) for f in parts.chains), targets)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """The facts of a tuple of filter chains many listeners append (a fragment's value)."""
+
+    names: Counter
+    duplicated: frozenset[str]
+    chains: _ChainFacts
+    chains_list: tuple
+
+
+def _piece(fragment: Fragment) -> _Piece:
+    found = fragment.derived.get("consistency.chains")
+    if found is None:
+        chains = _chain_list_facts(listener_pb2.Listener(filter_chains=fragment.value))
+        duplicated = frozenset(name for name, count in chains.names.items() if count > 1)
+        found = fragment.derived["consistency.chains"] = _Piece(chains.names, duplicated, chains, tuple(fragment.value))
+    return found
+
+
+def _piece_targets(fragment: Fragment) -> frozenset[str]:
+    found = fragment.derived.get("consistency.targets")
+    if found is None:
+        found = fragment.derived["consistency.targets"] = _on_match_targets(fragment.value)
+    return found
+
+
+def _cluster_facts(name: str, cluster: cluster_pb2.Cluster) -> Facts:
+    needs: list[Need] = []
+    if cluster.type == cluster_pb2.Cluster.EDS:
+        needs.append(("endpoints", name, ("cluster", name)))
+    needs.extend(("secret", secret, ("cluster", name)) for secret in _cluster_secrets(cluster))
+    misfiled = [] if name and cluster.name == name else [f"cluster stored as {_q(name)} is named {_q(cluster.name)}"]
+    return Facts.make(misfiled=misfiled, needs=needs, late_needs=_internal_needs(("cluster-assignment", name), cluster.load_assignment))
+
+
+def _internal_needs(subject: tuple[str, ...], assignment) -> list[Need]:
+    needs: list[Need] = []
+    for group in assignment.endpoints:
+        for lb in group.lb_endpoints:
+            address = lb.endpoint.address
+            if address.HasField("envoy_internal_address"):
+                needs.append(("internal listener", address.envoy_internal_address.server_listener_name, subject))
+    return needs
+
+
+def _chain_list_facts(listener: listener_pb2.Listener) -> _ChainFacts:
+    chains = list(listener.filter_chains)
+    names = Counter(c.name for c in chains if c.name)
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)
+    needs: list[tuple[str, str, str]] = []
     for chain in chains:
-        chain_where = f"{where} chain {_q(chain.name)}" if chain.name else where
-        for cluster in _chain_clusters(chain):
-            if cluster not in resources.clusters:
-                yield f"{chain_where} sends to cluster {_q(cluster)}, which does not exist"
-        for secret in _socket_secrets(chain.transport_socket) if chain.HasField("transport_socket") else ():
-            if secret not in resources.secrets:
-                yield f"{chain_where} uses secret {_q(secret)}, which is not served"
+        needs.extend(("cluster", cluster, chain.name) for cluster in _chain_clusters(chain))
+        if chain.HasField("transport_socket"):
+            needs.extend(("secret", secret, chain.name) for secret in _socket_secrets(chain.transport_socket))
+    return _ChainFacts(names, tuple(needs), _wanted(needs))
 
 
-def _matcher_targets(root: matcher_pb2.Matcher) -> set[str]:
-    """The chain names a filter_chain_matcher's actions select (iteratively: trees can be large)."""
+#: Content-keyed results for large listener parts (a few entries: what many nodes' listeners share).
+_SEEN_LIMIT = 64
+#: A chain list this long is looked up by content before being walked.
+_LARGE = 128
+_seen_chains: OrderedDict[bytes, _ChainFacts] = OrderedDict()
+_seen_targets: OrderedDict[bytes, frozenset[str]] = OrderedDict()
+_seen_lock = threading.Lock()
+
+
+def _remembered(cache: OrderedDict, key: bytes, compute: Callable[[], object]):
+    with _seen_lock:
+        found = cache.get(key)
+        if found is not None:
+            cache.move_to_end(key)
+            return found
+    value = compute()
+    with _seen_lock:
+        cache[key] = value
+        while len(cache) > _SEEN_LIMIT:
+            cache.popitem(last=False)
+    return value
+
+
+def _chains_of(listener: listener_pb2.Listener) -> _ChainFacts:
+    """The facts of a listener's chains. A long list (the same service chains on every node of a
+    cluster) is walked once per distinct content."""
+    if len(listener.filter_chains) < _LARGE:
+        return _chain_list_facts(listener)
+    holder = listener_pb2.Listener(filter_chains=listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        holder.default_filter_chain.CopyFrom(listener.default_filter_chain)
+    key = hashlib.sha256(holder.SerializeToString(deterministic=True)).digest()
+    return _remembered(_seen_chains, key, lambda: _chain_list_facts(holder))
+
+
+def _matcher_targets(root: matcher_pb2.Matcher) -> frozenset[str]:
+    """The chain names a filter_chain_matcher's actions select (iteratively: trees can be large).
+
+    What an IP range matcher leads to is read from its serialized form and walked once per
+    distinct content when large: the map of every destination of a cluster, which every node's
+    gate leads to, is walked once, not once per node."""
     actions: set[bytes] = set()  # the serialized StringValue of each action (most are repeated)
+    found: set[str] = set()
     stack = [root]
     while stack:
         matcher = stack.pop()
@@ -155,8 +396,13 @@ def _matcher_targets(root: matcher_pb2.Matcher) -> set[str]:
             if tree_kind in ("exact_match_map", "prefix_match_map"):
                 on_matches.extend(getattr(tree, tree_kind).map.values())
             elif tree_kind == "custom_match" and tree.custom_match.typed_config.type_url.endswith("/" + _IP_MATCHER):
-                ranges = ip_pb2.IPMatcher.FromString(tree.custom_match.typed_config.value)
-                on_matches.extend(r.on_match for r in ranges.range_matchers)
+                for range_matcher in protowire.length_delimited(tree.custom_match.typed_config.value, _RANGE_MATCHERS):
+                    for on_match in protowire.length_delimited(range_matcher, _ON_MATCH):
+                        if len(on_match) < _LARGE_BYTES:
+                            on_matches.append(matcher_pb2.Matcher.OnMatch.FromString(on_match))
+                            continue
+                        key = hashlib.sha256(on_match).digest()
+                        found |= _remembered(_seen_targets, key, lambda b=bytes(on_match): _on_match_targets(b))
         elif kind == "matcher_list":
             on_matches.extend(m.on_match for m in matcher.matcher_list.matchers)
         for on_match in on_matches:
@@ -165,25 +411,45 @@ def _matcher_targets(root: matcher_pb2.Matcher) -> set[str]:
                 stack.append(on_match.matcher)
             elif which == "action":
                 actions.add(on_match.action.typed_config.value)
-    return {wrappers_pb2.StringValue.FromString(value).value for value in actions}
+    return frozenset(found | {wrappers_pb2.StringValue.FromString(value).value for value in actions})
 
 
-def _match_key(match: listener_components_pb2.FilterChainMatch) -> str:
+def _on_match_targets(serialized: bytes) -> frozenset[str]:
+    root = matcher_pb2.Matcher()
+    root.on_no_match.MergeFromString(serialized)
+    return _matcher_targets(root)
+
+
+_RANGE_MATCHERS = ip_pb2.IPMatcher.DESCRIPTOR.fields_by_name["range_matchers"].number
+_ON_MATCH = ip_pb2.IPMatcher.IPRangeMatcher.DESCRIPTOR.fields_by_name["on_match"].number
+#: A serialized on_match this large is looked up by content before being walked.
+_LARGE_BYTES = 64 << 10
+
+
+def _match_key(match: listener_components_pb2.FilterChainMatch) -> bytes:
     """What a chain matches, with CIDRs in canonical form (10.0.0.1/24 and 10.0.0.0/24 are one range)."""
     key = listener_components_pb2.FilterChainMatch()
     key.CopyFrom(match)
     for ranges in (key.prefix_ranges, key.source_prefix_ranges, key.direct_source_prefix_ranges):
         for cidr in ranges:
-            length = cidr.prefix_len.value if cidr.HasField("prefix_len") else None
-            try:
-                network = ipaddress.ip_network(
-                    cidr.address_prefix if length is None else f"{cidr.address_prefix}/{length}", strict=False
-                )
-            except ValueError:
-                continue  # Envoy reports an invalid range itself
-            cidr.address_prefix = str(network.network_address)
-            cidr.prefix_len.value = network.prefixlen
-    return str(key).replace("\n", " ").strip() or "any"
+            canonical = _canonical(cidr.address_prefix, cidr.prefix_len.value if cidr.HasField("prefix_len") else None)
+            if canonical is not None:  # else Envoy reports the invalid range itself
+                cidr.address_prefix, cidr.prefix_len.value = canonical
+    return key.SerializeToString(deterministic=True)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _canonical(prefix: str, length: int | None) -> tuple[str, int] | None:
+    try:
+        network = ipaddress.ip_network(prefix if length is None else f"{prefix}/{length}", strict=False)
+    except ValueError:
+        return None
+    return str(network.network_address), network.prefixlen
+
+
+def _described(key: bytes) -> str:
+    """A match key as the finding shows it."""
+    return str(listener_components_pb2.FilterChainMatch.FromString(key)).replace("\n", " ").strip() or "any"
 
 
 def _chain_clusters(chain: listener_components_pb2.FilterChain) -> Iterator[str]:

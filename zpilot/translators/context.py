@@ -1,35 +1,30 @@
 """One node's view of the mesh: what the translators of that node's config need to know.
 
-Computed once per (index, node) so every translator sees the same local pods, identities and
-secret names, in the same (sorted) order, which keeps output deterministic for golden tests
-and content hashes.
+Built from the node's :class:`~zpilot.translators.inputs.NodeInput` alone, so a translator
+cannot read anything its node's input does not hold (that is what makes "equal input, equal
+config" true). Computed once per node so every translator sees the same local pods, identities
+and secret names, in the same (sorted) order, which keeps output deterministic for golden tests
+and content hashes. Pieces of config that other nodes (or this node's previous config) share
+are asked for through :meth:`NodeView.shared` (see fragments.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Mapping
 
-from .. import contract
+from google.protobuf.message import Message
+
 from ..model.index import Endpoint, MeshIndex, ServiceTarget
 from ..model.objects import Workload
+from ..model.policy import WorkloadPolicies
 from . import names
-from .limits import DataPathLimits
+from .fragments import Fragment, FragmentGroup, Fragments
+from .inputs import MeshInput, NodeInput, ServicePortInput, node_inputs
+from .options import TranslateOptions
+from .resources import NodeResources
 
-
-@dataclass(frozen=True)
-class TranslateOptions:
-    trust_domain: str = contract.DEFAULT_TRUST_DOMAIN
-    layout: str = contract.DEFAULT_LAYOUT
-    #: Address the node-wide listeners bind to (0.0.0.0 in a cluster; tests may pick another).
-    bind_address: str = "0.0.0.0"
-    #: Circuit breakers and idle timeouts of every data-path cluster and proxy (limits.py).
-    limits: DataPathLimits = DataPathLimits()
-    #: The ztunnels' Envoy admin port (``zpilot bootstrap --admin-port``): no tunnel may lead to it.
-    admin_port: int = contract.PORT_ADMIN
-
-    def __post_init__(self) -> None:
-        if isinstance(self.admin_port, bool) or not isinstance(self.admin_port, int) or not 1 <= self.admin_port <= 65535:
-            raise ValueError(f"admin_port must be a port from 1 to 65535, not {self.admin_port!r}")
+__all__ = ["ListenerParts", "LocalIdentity", "NodeView", "ResourceSet", "ServedVip", "TranslateOptions"]
 
 
 @dataclass(frozen=True)
@@ -52,26 +47,89 @@ class ServedVip:
     vip: str
     target: ServiceTarget
     endpoints: tuple[Endpoint, ...]
+    #: The service port's input: what a shared piece of config built for it is keyed by.
+    port_input: ServicePortInput
+
+
+@dataclass(frozen=True)
+class ResourceSet:
+    """Resources of one type that every node using them gets alike (by name, the very same
+    messages): a fragment whose value is a :class:`FragmentGroup` (one fragment per resource)
+    or a mapping of names to messages. A consumer may derive things from the set once, for all
+    those nodes (the serialized form, the consistency facts), and from each member once, for
+    all the sets holding it."""
+
+    type_url: str
+    fragment: Fragment
+
+    @property
+    def resources(self) -> Mapping[str, Message]:
+        value = self.fragment.value
+        return value.values if isinstance(value, FragmentGroup) else value
+
+    def member(self, name: str) -> Fragment | None:
+        """The fragment resource ``name`` is, when the set is a group of fragments."""
+        value = self.fragment.value
+        return value.members.get(name) if isinstance(value, FragmentGroup) else None
+
+
+@dataclass(frozen=True)
+class ListenerParts:
+    """How a listener was put together from shared pieces, so that what a consumer derives from
+    it (the consistency facts) is its own part's plus each piece's, each piece's derived once
+    for every node: not a walk through every node's copy of the same thousands of chains.
+
+    ``own`` is the listener without the pieces: without the chains of ``chains`` (fragments whose
+    value is a tuple of filter chains, appended after its own), its matcher leading to an empty
+    ``on_match`` where it leads to ``matches`` (fragments whose value is a serialized ``OnMatch``).
+    """
+
+    own: Message
+    chains: tuple[Fragment, ...] = ()
+    matches: tuple[Fragment, ...] = ()
 
 
 @dataclass(frozen=True)
 class NodeView:
-    index: MeshIndex
-    node: str
-    options: TranslateOptions
-    local_pods: tuple[Workload, ...] = field(default=())
-    identities: tuple[LocalIdentity, ...] = field(default=())
+    input: NodeInput
+    identities: tuple[LocalIdentity, ...]
+    fragments: Fragments
+    #: The fragments this node's config was made of (by id): what keeps them alive in the memo.
+    used: dict[int, Fragment] = field(default_factory=dict, compare=False, repr=False)
+    resource_sets: list[ResourceSet] = field(default_factory=list, compare=False, repr=False)
+    listener_parts: dict[str, ListenerParts] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def of(cls, index: MeshIndex, node: str, options: TranslateOptions) -> "NodeView":
-        pods = tuple(w for w in index.meshed_workloads_on(node) if w.ip)
+    def of(cls, index: MeshIndex, node: str, options: TranslateOptions, fragments: Fragments | None = None) -> "NodeView":
+        """The view of ``node`` in ``index`` (the whole model is read: for one node at a time)."""
+        return cls.for_input(node_inputs(index, [node], options)[node], fragments)
+
+    @classmethod
+    def for_input(cls, node_input: NodeInput, fragments: Fragments | None = None) -> "NodeView":
         by_identity: dict[str, list[Workload]] = {}
-        for pod in pods:
-            by_identity.setdefault(names.workload_identity(options.trust_domain, pod), []).append(pod)
+        for pod in node_input.local_pods:
+            by_identity.setdefault(names.workload_identity(node_input.options.trust_domain, pod), []).append(pod)
         identities = tuple(
             LocalIdentity(sid, tuple(sorted(ws, key=lambda w: (w.name, w.uid)))) for sid, ws in sorted(by_identity.items())
         )
-        return cls(index, node, options, pods, identities)
+        return cls(node_input, identities, fragments if fragments is not None else Fragments())
+
+    @property
+    def node(self) -> str:
+        return self.input.node
+
+    @property
+    def options(self) -> TranslateOptions:
+        return self.input.options
+
+    @property
+    def local_pods(self) -> tuple[Workload, ...]:
+        return self.input.local_pods
+
+    @property
+    def mesh(self) -> MeshInput:
+        """What this node can reach (answers ``vips()``, ``endpoints()``, ``meshed_workloads()``)."""
+        return self.input.mesh
 
     @property
     def trust_domain(self) -> str:
@@ -79,7 +137,15 @@ class NodeView:
 
     @property
     def cluster_domain(self) -> str:
-        return self.index.cluster_domain
+        return self.mesh.cluster_domain
+
+    def policies_for(self, pod: Workload) -> WorkloadPolicies:
+        """What decides who may connect to ``pod``, one of :attr:`local_pods`."""
+        policies = self.__dict__.get("_policies")
+        if policies is None:
+            policies = dict(zip(((w.namespace, w.name) for w in self.local_pods), self.input.policies))
+            object.__setattr__(self, "_policies", policies)
+        return policies.get((pod.namespace, pod.name), WorkloadPolicies())
 
     def identity_of(self, workload: Workload) -> str:
         return names.workload_identity(self.trust_domain, workload)
@@ -94,9 +160,34 @@ class NodeView:
         kube-proxy answers it as it would without a mesh (REJECT: no endpoints; DROP: none on this
         node under ``internalTrafficPolicy: Local``), instead of a chain with nowhere to go.
         """
-        served = []
-        for vip, target in self.index.vips():
-            endpoints = self.index.endpoints(target.service, target.port, self.node)
-            if endpoints:
-                served.append(ServedVip(vip, target, tuple(endpoints)))
-        return served
+        return [ServedVip(vip, port.target, endpoints, port) for vip, port, endpoints in self.mesh.served(self.node)]
+
+    def served_key(self) -> str | None:
+        """What the VIP:ports this node captures depend on of the node: a shared piece built for
+        them is keyed by this (the node itself only when some service is node-local)."""
+        return self.mesh.served_key(self.node)
+
+    # -- shared pieces of config (fragments.py) -----------------------------------------------
+
+    def fragment(self, builder: Callable[..., Any], *args: Hashable, **kwargs: Hashable) -> Fragment:
+        """The memo's fragment ``builder(*args, **kwargs)``, built if no node has it yet."""
+        fragment = self.fragments.get(builder, *args, **kwargs)
+        self.used[id(fragment)] = fragment
+        return fragment
+
+    def shared(self, builder: Callable[..., Any], *args: Hashable, **kwargs: Hashable) -> Any:
+        """``builder(*args, **kwargs)``, shared with every node (and model) asking the same: never
+        change what this returns; copy it into what you build."""
+        return self.fragment(builder, *args, **kwargs).value
+
+    def add_resources(
+        self, out: NodeResources, type_url: str, builder: Callable[..., Any], *args: Hashable, **kwargs: Hashable
+    ) -> Mapping[str, Message]:
+        """Add the resources ``builder(*args, **kwargs)`` returns (of ``type_url``: a
+        :class:`FragmentGroup`, or name -> message) as a :class:`ResourceSet` shared with every
+        node adding the same; returns them by name. A builder that makes a group is given the
+        memo (``view.fragments``) as an argument, to get each member from it."""
+        resource_set = ResourceSet(type_url, self.fragment(builder, *args, **kwargs))
+        out.by_type()[type_url].update(resource_set.resources)
+        self.resource_sets.append(resource_set)
+        return resource_set.resources

@@ -30,6 +30,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_filter
 from .. import contract
 from ..model.addresses import host_prefix_len
 from ..model.objects import Workload
+from ..model.policy import WorkloadPolicies
 from . import inbound_guard, names
 from .context import NodeView
 from . import rbac
@@ -73,13 +74,13 @@ def mesh_identities_rbac(trust_domain: str) -> listener_components_pb2.Filter:
     )
 
 
-def connect_http_filters(view: NodeView, pod: Workload) -> list[hcm.HttpFilter]:
+def connect_http_filters(pod: Workload, policies: WorkloadPolicies, admin_port: int) -> list[hcm.HttpFilter]:
     """The CONNECT manager's HTTP filters for ``pod``'s chain, in the order they judge a stream:
-    first where it may go at all (the guard), then who may go there (the pod's AuthorizationPolicies),
-    and last the router."""
+    first where it may go at all (the guard), then who may go there (the pod's AuthorizationPolicies,
+    ``policies``), and last the router."""
     return [
-        inbound_guard.connect_guard(pod.ip, view.options.admin_port),
-        *rbac.connect_filters(pod, view.index.policies_for(pod)),
+        inbound_guard.connect_guard(pod.ip, admin_port),
+        *rbac.connect_filters(pod, policies),
         hcm.HttpFilter(name="envoy.filters.http.router", typed_config=pack(router_pb2.Router())),
     ]
 
@@ -124,12 +125,12 @@ def connect_terminator(
     return listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=pack(manager))
 
 
-def _transparent_listener(name: str, view: NodeView, port: int) -> Listener:
+def _transparent_listener(name: str, bind_address: str, port: int, limits: DataPathLimits) -> Listener:
     """Connections for no local pod end in the blackhole (so do all, on a node with no meshed pod,
     whose listener still has to exist and needs some chain to be valid)."""
     return Listener(
         name=name,
-        address=socket_address(view.options.bind_address, port),
+        address=socket_address(bind_address, port),
         transparent=wrappers_pb2.BoolValue(value=True),
         use_original_dst=wrappers_pb2.BoolValue(value=True),
         listener_filters=[original_dst_filter(), original_src_filter()],
@@ -137,35 +138,39 @@ def _transparent_listener(name: str, view: NodeView, port: int) -> Listener:
             socket_mark(contract.INBOUND_SOCKET_MARK, "Set socket mark to packets coming back from inbound listener")
         ],
         access_log=[access_log(name)],
-        default_filter_chain=proxy_chain(
-            f"blackhole {name}", names.BLACKHOLE_CLUSTER, idle_timeout=idle_timeout(view.options.limits)
-        ),
+        default_filter_chain=proxy_chain(f"blackhole {name}", names.BLACKHOLE_CLUSTER, idle_timeout=idle_timeout(limits)),
     )
 
 
-def inbound_listener(view: NodeView) -> Listener:
-    listener = _transparent_listener(contract.INBOUND_LISTENER, view, contract.PORT_HBONE)
-    for pod in view.local_pods:
-        secret = names.workload_secret(view.identity_of(pod), pod)
+#: What an inbound listener's chain of one local pod is made from: the pod, its secret, its policies.
+LocalPod = tuple[Workload, str, WorkloadPolicies]
+
+
+def _hbone_listener(
+    bind_address: str, limits: DataPathLimits, trust_domain: str, admin_port: int, pods: tuple[LocalPod, ...]
+) -> Listener:
+    listener = _transparent_listener(contract.INBOUND_LISTENER, bind_address, contract.PORT_HBONE, limits)
+    mesh_rbac = mesh_identities_rbac(trust_domain)
+    for pod, secret, policies in pods:
         listener.filter_chains.append(
             listener_components_pb2.FilterChain(
                 name=names.inbound_chain(pod.ip),
                 filter_chain_match=_pod_match(pod.ip),
-                filters=[
-                    mesh_identities_rbac(view.trust_domain),
-                    connect_terminator(view.options.limits, pod.ip, connect_http_filters(view, pod)),
-                ],
-                transport_socket=downstream_tls(secret, view.trust_domain),
+                filters=[mesh_rbac, connect_terminator(limits, pod.ip, connect_http_filters(pod, policies, admin_port))],
+                transport_socket=downstream_tls(secret, trust_domain),
             )
         )
     return listener
 
 
-def inbound_plaintext_listener(view: NodeView) -> Listener:
-    listener = _transparent_listener(contract.INBOUND_PLAINTEXT_LISTENER, view, contract.PORT_INBOUND_PLAINTEXT)
-    limits = view.options.limits
-    for pod in view.local_pods:
-        authorization = rbac.plaintext_filters(pod, view.index.policies_for(pod))
+def _plaintext_listener(
+    bind_address: str, limits: DataPathLimits, admin_port: int, pods: tuple[LocalPod, ...]
+) -> Listener:
+    listener = _transparent_listener(
+        contract.INBOUND_PLAINTEXT_LISTENER, bind_address, contract.PORT_INBOUND_PLAINTEXT, limits
+    )
+    for pod, _secret, policies in pods:
+        authorization = rbac.plaintext_filters(pod, policies)
         chain = proxy_chain(
             names.inbound_chain(pod.ip),
             names.VIRTUAL_INBOUND,
@@ -178,6 +183,27 @@ def inbound_plaintext_listener(view: NodeView) -> Listener:
         chain.filters.extend([*authorization, *proxy])
         listener.filter_chains.append(chain)  # chosen by IP in the matcher below, not by a filter_chain_match
     listener.filter_chains.append(inbound_guard.refused_plaintext_chain(limits))
-    pod_chains = {pod.ip: names.inbound_chain(pod.ip) for pod in view.local_pods if pod.ip}
-    listener.filter_chain_matcher.CopyFrom(inbound_guard.plaintext_matcher(pod_chains, view.options.admin_port))
+    pod_chains = {pod.ip: names.inbound_chain(pod.ip) for pod, _secret, _policies in pods if pod.ip}
+    listener.filter_chain_matcher.CopyFrom(inbound_guard.plaintext_matcher(pod_chains, admin_port))
     return listener
+
+
+def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
+    return tuple((pod, names.workload_secret(view.identity_of(pod), pod), view.policies_for(pod)) for pod in view.local_pods)
+
+
+def inbound_listener(view: NodeView) -> Listener:
+    """The HBONE listener: per local pod, a chain with its TLS identity and its policies. A shared
+    piece (fragments.py): a node whose pods and their policies did not change keeps the very same
+    one, whatever changed elsewhere."""
+    options = view.options
+    return view.shared(
+        _hbone_listener, options.bind_address, options.limits, view.trust_domain, options.admin_port, _local_pods(view)
+    )
+
+
+def inbound_plaintext_listener(view: NodeView) -> Listener:
+    """The plaintext listener: per local pod, a chain with its policies, picked by a matcher that
+    refuses the ztunnel's own ports (inbound_guard.py). A shared piece, as the HBONE listener."""
+    options = view.options
+    return view.shared(_plaintext_listener, options.bind_address, options.limits, options.admin_port, _local_pods(view))

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from google.protobuf import wrappers_pb2
+from google.protobuf import any_pb2, wrappers_pb2
 from xds.core.v3 import cidr_pb2, extension_pb2
 from xds.type.matcher.v3 import ip_pb2, matcher_pb2, regex_pb2, string_pb2
 
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
 
+from .. import protowire
 from ..model.addresses import host_prefix_len
 from .envoy_common import pack
 
@@ -59,22 +60,66 @@ def exact(input_name: str, cases: Mapping[str, OnMatch], on_no_match: OnMatch | 
 IP_RANGE_MATCHER = "envoy.matching.custom_matchers.ip_range_matcher"
 
 
-def in_ranges(input_name: str, ips: list[str], on_match: OnMatch, on_no_match: OnMatch | None = None) -> Matcher:
-    """``on_match`` if the address ``input_name`` ("source-ip" or "ip") is one of ``ips`` (each a
-    host range: /32), else ``on_no_match``."""
-    ranges = [
+def serialized_ranges(ips: tuple[str, ...]) -> bytes:
+    """An ``IPRangeMatcher`` holding only the host ranges of ``ips``, serialized (see :func:`in_ranges`)."""
+    return ip_pb2.IPMatcher.IPRangeMatcher(ranges=_ranges(ips)).SerializeToString(deterministic=True)
+
+
+def _ranges(ips) -> list[cidr_pb2.CidrRange]:
+    return [
         cidr_pb2.CidrRange(address_prefix=ip, prefix_len=wrappers_pb2.UInt32Value(value=host_prefix_len(ip)))
         for ip in ips
     ]
-    ip_matcher = ip_pb2.IPMatcher(range_matchers=[ip_pb2.IPMatcher.IPRangeMatcher(ranges=ranges, on_match=on_match)])
-    tree = Matcher.MatcherTree(
-        input=extension_pb2.TypedExtensionConfig(name=input_name, typed_config=pack(_INPUTS[input_name]())),
-        custom_match=extension_pb2.TypedExtensionConfig(name=IP_RANGE_MATCHER, typed_config=pack(ip_matcher)),
-    )
-    matcher = Matcher(matcher_tree=tree)
+
+
+def in_ranges(
+    input_name: str,
+    ips: list[str],
+    on_match: OnMatch | bytes,
+    on_no_match: OnMatch | None = None,
+    *,
+    ranges: bytes | None = None,
+) -> Matcher:
+    """``on_match`` if the address ``input_name`` ("source-ip" or "ip") is one of ``ips`` (each a
+    host range: /32), else ``on_no_match``.
+
+    ``on_match`` may be given serialized (deterministically, see :func:`serialized`): a large one
+    that many nodes share (every destination of the cluster) is then joined as bytes into this
+    node's range matcher, instead of being copied and serialized again for each node. The result
+    is the same message, byte for byte. With it, ``ranges`` may be :func:`serialized_ranges` of
+    ``ips`` made before (a node's pods change less often than the destinations)."""
+    if isinstance(on_match, bytes):
+        # IPRangeMatcher: its ranges (field 1) then on_match (field 2), as deterministic serialization orders them
+        ranges_bytes = ranges if ranges is not None else serialized_ranges(tuple(ips))
+        on_match_header = protowire.field_header(_ON_MATCH_FIELD, len(on_match))
+        range_matcher_header = protowire.field_header(
+            _RANGE_MATCHERS_FIELD, len(ranges_bytes) + len(on_match_header) + len(on_match)
+        )
+        typed_config = any_pb2.Any(
+            type_url=f"type.googleapis.com/{ip_pb2.IPMatcher.DESCRIPTOR.full_name}",
+            value=b"".join((range_matcher_header, ranges_bytes, on_match_header, on_match)),
+        )
+    else:
+        typed_config = pack(
+            ip_pb2.IPMatcher(range_matchers=[ip_pb2.IPMatcher.IPRangeMatcher(ranges=_ranges(ips), on_match=on_match)])
+        )
+    matcher = Matcher()
+    tree = matcher.matcher_tree
+    tree.input.CopyFrom(extension_pb2.TypedExtensionConfig(name=input_name, typed_config=pack(_INPUTS[input_name]())))
+    tree.custom_match.name = IP_RANGE_MATCHER
+    tree.custom_match.typed_config.CopyFrom(typed_config)
     if on_no_match is not None:
         matcher.on_no_match.CopyFrom(on_no_match)
     return matcher
+
+
+def serialized(on_match: OnMatch) -> bytes:
+    """``on_match`` as :func:`in_ranges` takes it already serialized."""
+    return on_match.SerializeToString(deterministic=True)
+
+
+_ON_MATCH_FIELD = ip_pb2.IPMatcher.IPRangeMatcher.DESCRIPTOR.fields_by_name["on_match"].number
+_RANGE_MATCHERS_FIELD = ip_pb2.IPMatcher.DESCRIPTOR.fields_by_name["range_matchers"].number
 
 
 def regex(input_name: str, pattern: str, on_match: OnMatch, on_no_match: OnMatch | None = None) -> Matcher:

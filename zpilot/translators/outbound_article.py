@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from google.protobuf import wrappers_pb2
 
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3.listener_components_pb2 import FilterChain
 
 from .. import contract
-from ..model.index import ServiceTarget
 from . import clusters, endpoints, identity_pinning, matcher, names
 from .context import LocalIdentity, NodeView, ServedVip
+from .inputs import MeshInput, ServicePortInput
 from .envoy_common import (
     access_log,
     original_dst_filter,
@@ -36,7 +38,7 @@ from .envoy_common import (
     socket_mark,
 )
 from .layout import register
-from .limits import idle_timeout
+from .limits import DataPathLimits, idle_timeout
 from .resources import NodeResources
 from .source_address import FORWARDED_FOR, keep_client_address
 from .tcp_proxy import proxy_chain, tcp_proxy
@@ -55,7 +57,7 @@ def article_layout(view: NodeView, out: NodeResources) -> None:
         _identity_resources(view, identity, out)
     served = view.served_vips()
     _service_resources(view, served, outbound, out)
-    outbound.filter_chain_matcher.CopyFrom(_matcher(view, served))
+    outbound.filter_chain_matcher.CopyFrom(_matcher(view))
 
 
 def _outbound_listener(view: NodeView) -> Listener:
@@ -80,11 +82,8 @@ def _outbound_listener(view: NodeView) -> Listener:
     return listener
 
 
-def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResources) -> None:
-    """Per local identity: its internal listener, its three tunnel clusters and their chains."""
-    sid, secret, td = identity.spiffe_id, identity.secret_name, view.trust_domain
-    limits = view.options.limits
-    idle = idle_timeout(limits)
+def _tunnel_listener(sid: str, limits: DataPathLimits) -> Listener:
+    """The identity's internal listener: its one chain opens the CONNECT tunnel."""
     tunnel_lis = Listener(
         name=contract.tunnel_listener(sid),
         use_original_dst=wrappers_pb2.BoolValue(value=False),
@@ -95,7 +94,7 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
                     identity_pinning.pin_from_endpoint(),
                     tcp_proxy(
                         names.tunnel_cluster(sid),
-                        idle_timeout=idle,
+                        idle_timeout=idle_timeout(limits),
                         stat_prefix=contract.tunnel_listener(sid),
                         log_site=contract.tunnel_listener(sid),
                         tunnel_target=contract.TUNNEL_DESTINATION_FORMAT,
@@ -106,81 +105,111 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
         ],
     )
     tunnel_lis.internal_listener.SetInParent()
-    out.listeners[tunnel_lis.name] = tunnel_lis
-    for cluster in (
-        clusters.hbone_tunnel(names.tunnel_cluster(sid), secret, td, limits),
-        clusters.hbone_tunnel(names.pod_tunnel_cluster(sid), secret, td, limits, port_override=contract.PORT_HBONE),
-        clusters.hbone_tunnel(
-            names.pod_local_tunnel_cluster(sid), secret, td, limits, port_override=contract.PORT_HBONE_LOCAL
-        ),
-    ):
-        out.clusters[cluster.name] = cluster
-    outbound = out.listeners[contract.OUTBOUND_LISTENER]
-    for same_node, peer in _pod_destinations(view):
-        cluster_name = _pod_cluster(sid, same_node)
-        tunnel = tcp_proxy(
-            cluster_name, idle_timeout=idle, tunnel_target=DOWNSTREAM_DESTINATION, tunnel_headers=(FORWARDED_FOR,)
-        )
-        outbound.filter_chains.append(
-            listener_components_pb2.FilterChain(
-                name=names.pod_chain(cluster_name, peer), filters=[identity_pinning.pin(peer), tunnel]
-            )
-        )
-    out.add_secret(secret, sid)
+    return tunnel_lis
+
+
+def _pod_chain(cluster_name: str, peer: str, limits: DataPathLimits) -> FilterChain:
+    """The chain tunnelling to the pod IPs of identity ``peer`` through ``cluster_name``, pinning it."""
+    tunnel = tcp_proxy(
+        cluster_name,
+        idle_timeout=idle_timeout(limits),
+        tunnel_target=DOWNSTREAM_DESTINATION,
+        tunnel_headers=(FORWARDED_FOR,),
+    )
+    return listener_components_pb2.FilterChain(
+        name=names.pod_chain(cluster_name, peer), filters=[identity_pinning.pin(peer), tunnel]
+    )
 
 
 def _pod_cluster(source_identity: str, same_node: bool) -> str:
     return names.pod_local_tunnel_cluster(source_identity) if same_node else names.pod_tunnel_cluster(source_identity)
 
 
-def _pod_destinations(view: NodeView) -> list[tuple[bool, str]]:
+def _pod_destinations(mesh: MeshInput, node: str, trust_domain: str) -> tuple[tuple[bool, str], ...]:
     """(on this node?, identity) of the meshed pods a local pod may dial by IP: one pod chain
     each per local identity, so the chain can pin the identity its destination must prove."""
-    return sorted({(view.is_local(w), view.identity_of(w)) for w in view.index.meshed_workloads() if w.ip})
+    return tuple(
+        sorted({(w.node_name == node, contract.spiffe_id(trust_domain, w.namespace, w.service_account)) for w in mesh.meshed})
+    )
+
+
+def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResources) -> None:
+    """Per local identity: its internal listener, its three tunnel clusters and their chains
+    (shared with every node where the identity has the same first pod)."""
+    sid, secret, td = identity.spiffe_id, identity.secret_name, view.trust_domain
+    limits = view.options.limits
+    tunnel_lis = view.shared(_tunnel_listener, sid, limits)
+    out.listeners[tunnel_lis.name] = tunnel_lis
+    for cluster in (
+        view.shared(clusters.hbone_tunnel, names.tunnel_cluster(sid), secret, td, limits),
+        view.shared(
+            clusters.hbone_tunnel, names.pod_tunnel_cluster(sid), secret, td, limits, port_override=contract.PORT_HBONE
+        ),
+        view.shared(
+            clusters.hbone_tunnel,
+            names.pod_local_tunnel_cluster(sid),
+            secret,
+            td,
+            limits,
+            port_override=contract.PORT_HBONE_LOCAL,
+        ),
+    ):
+        out.clusters[cluster.name] = cluster
+    outbound = out.listeners[contract.OUTBOUND_LISTENER]
+    for same_node, peer in view.shared(_pod_destinations, view.mesh, view.node, td):
+        outbound.filter_chains.append(view.shared(_pod_chain, _pod_cluster(sid, same_node), peer, limits))
+    out.add_secret(secret, sid)
+
+
+def _service_chain(name: str, limits: DataPathLimits) -> FilterChain:
+    chain = proxy_chain(name, name, idle_timeout=idle_timeout(limits))
+    chain.filters.insert(0, keep_client_address())  # for source.ip policies at the destination
+    return chain
+
+
+def _service_endpoints(name: str, sid: str, port: ServicePortInput, node: str, trust_domain: str) -> ClusterLoadAssignment:
+    return endpoints.service_port_endpoints(name, sid, list(port.endpoints(node)), node, trust_domain)
 
 
 def _service_resources(view: NodeView, served: list[ServedVip], outbound: Listener, out: NodeResources) -> None:
     """Per (local identity, served service port): a chain, an EDS cluster and its endpoints."""
     seen: set[tuple[str, int]] = set()
     limits = view.options.limits
-    idle = idle_timeout(limits)
     for entry in served:
         target = entry.target
         key = (f"{target.service.namespace}/{target.service.name}", target.port.port)
         if key in seen:  # dual-stack: one chain per service port, however many VIPs
             continue
         seen.add(key)
-        eps = list(entry.endpoints)
         for identity in view.identities:
             name = names.service_chain(identity.spiffe_id, target.service, target.port, view.cluster_domain)
-            chain = proxy_chain(name, name, idle_timeout=idle)
-            chain.filters.insert(0, keep_client_address())  # for source.ip policies at the destination
-            outbound.filter_chains.append(chain)
-            out.clusters[name] = clusters.service_port(name, limits)
-            out.endpoints[name] = endpoints.service_port_endpoints(
-                name, identity.spiffe_id, eps, view.node, view.trust_domain
+            outbound.filter_chains.append(view.shared(_service_chain, name, limits))
+            out.clusters[name] = view.shared(clusters.service_port, name, limits)
+            out.endpoints[name] = view.shared(
+                _service_endpoints, name, identity.spiffe_id, entry.port_input, view.node, view.trust_domain
             )
 
 
-def _matcher(view: NodeView, served: list[ServedVip]) -> matcher.Matcher:
-    vips: dict[str, dict[str, ServiceTarget]] = {}
-    for entry in served:
-        vips.setdefault(entry.vip, {})[str(entry.target.port.port)] = entry.target
-    meshed = [w for w in view.index.meshed_workloads() if w.ip]
+def _destinations(sid: str, node: str, mesh: MeshInput, trust_domain: str) -> matcher.OnMatch:
+    """Where a pod of identity ``sid`` on ``node`` can go: one map for all its pods on the node."""
+    vips: dict[str, dict[str, matcher.OnMatch]] = {}
+    for vip, port, _endpoints in mesh.served(node):
+        chain = names.service_chain(sid, port.service, port.port, mesh.cluster_domain)
+        vips.setdefault(vip, {})[str(port.port.port)] = matcher.chain(chain)
+    destinations: dict[str, matcher.OnMatch] = {vip: matcher.nested(matcher.exact("port", ports)) for vip, ports in vips.items()}
+    chains: dict[tuple[bool, str], matcher.OnMatch] = {}
+    for dest in mesh.meshed:
+        key = (dest.node_name == node, contract.spiffe_id(trust_domain, dest.namespace, dest.service_account))
+        if key not in chains:
+            chains[key] = matcher.chain(names.pod_chain(_pod_cluster(sid, key[0]), key[1]))
+        destinations.setdefault(dest.ip, chains[key])
+    return matcher.nested(matcher.exact("ip", destinations))
+
+
+def _matcher(view: NodeView) -> matcher.Matcher:
     by_source: dict[str, matcher.OnMatch] = {}
     for pod in view.local_pods:
-        sid = view.identity_of(pod)
-        destinations: dict[str, matcher.OnMatch] = {}
-        for vip, ports in vips.items():
-            chains = {
-                port: matcher.chain(names.service_chain(sid, t.service, t.port, view.cluster_domain))
-                for port, t in ports.items()
-            }
-            destinations[vip] = matcher.nested(matcher.exact("port", chains))
-        for dest in meshed:
-            cluster = _pod_cluster(sid, view.is_local(dest))
-            destinations.setdefault(dest.ip, matcher.chain(names.pod_chain(cluster, view.identity_of(dest))))
-        by_source[pod.ip] = matcher.nested(matcher.exact("ip", destinations))
+        by_source[pod.ip] = view.shared(_destinations, view.identity_of(pod), view.node, view.mesh, view.trust_domain)
     passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
     # A match map must not be empty: with no meshed pod here, everything not for the listener's own port passes through.
     after_port = matcher.nested(matcher.exact("source-ip", by_source, on_no_match=passthrough)) if by_source else passthrough

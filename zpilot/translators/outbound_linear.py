@@ -37,18 +37,25 @@ Only VIP:ports with an endpoint for this node are captured (:meth:`NodeView.serv
 the article's layout. The receiving side is unchanged. What the article's layout loses and this one keeps: the client
 pod's address reaches the destination ztunnel on the service-VIP path too (``x-forwarded-for``
 on the CONNECT, which its HTTP connection manager takes as the stream's remote address).
+
+What depends on the destinations alone (the service ports' chains, clusters and endpoints, the
+identities' pod-IP chains and clusters, the destination map) is the same on every node that
+captures the same VIP:ports: each is one shared piece, built and serialized once per model change
+for all of them (fragments.py), and the outbound listener records how it was put together
+(``ListenerParts``) so its own bytes are all a node holds of it.
 """
 
 from __future__ import annotations
 
 from google.protobuf import wrappers_pb2
 
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3.listener_components_pb2 import FilterChain
 
 from .. import contract
-from ..model.index import ServiceTarget
 from . import clusters, endpoints, identity_pinning, matcher, names
-from .context import NodeView, ServedVip
+from .context import ListenerParts, NodeView
 from .envoy_common import (
     access_log,
     original_dst_filter,
@@ -57,9 +64,11 @@ from .envoy_common import (
     socket_mark,
 )
 from .filter_state import record_addresses_filter
+from .fragments import Fragment, FragmentGroup, Fragments
+from .inputs import MeshInput, ServedPorts, ServicePortInput
 from .layout import register
-from .limits import idle_timeout
-from .resources import NodeResources
+from .limits import DataPathLimits, idle_timeout
+from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, NodeResources
 from .tcp_proxy import proxy_chain, tcp_proxy
 
 Listener = listener_pb2.Listener
@@ -74,18 +83,29 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     outbound = _outbound_listener(view)
     out.listeners[outbound.name] = outbound
     if not view.identities:  # no meshed pod here: everything passes through, nothing else is needed
-        outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, [], {}))
+        outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, None))
         return
-    served = view.served_vips()
-    service_chains = _service_resources(view, served, outbound, out)
-    idle = idle_timeout(view.options.limits)
-    for peer in _mesh_identities(view):  # pod-IP destinations: a way per identity, which it pins
-        cluster = names.pod_internal_cluster(peer)
-        outbound.filter_chains.append(proxy_chain(names.pod_direct_chain(peer), cluster, idle_timeout=idle))
-        out.clusters[cluster] = clusters.internal_listener_cluster(
-            cluster, contract.LINEAR_TUNNEL_LISTENER, view.options.limits, metadata=endpoints.identity_metadata(peer)
-        )
-    outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, served, service_chains))
+    limits, domain, td = view.options.limits, view.cluster_domain, view.trust_domain
+    served = view.mesh.served_ports(view.served_key())
+    chains = served.names(_chain_name, domain)
+    view.add_resources(out, CLUSTER_TYPE, _service_clusters, view.fragments, chains, limits)
+    view.add_resources(out, ENDPOINT_TYPE, _service_endpoints, view.fragments, served, view.served_key(), domain, td)
+    peers = view.mesh.meshed_identities(td)  # pod-IP destinations: a way per identity, which it pins
+    view.add_resources(out, CLUSTER_TYPE, _pod_internal_clusters, view.fragments, peers, limits)
+    # The node's own part is the fixed chains and the gate of its pods; the service chains, the
+    # pod-IP chains and the destination map are every node's, recorded as such (ListenerParts).
+    service_chains = view.fragment(_service_chains, chains, limits)
+    pod_chains = view.fragment(_pod_direct_chains, peers, limits)
+    destinations = view.fragment(_destinations, view.mesh, view.served_key(), td)
+    own = Listener()
+    own.CopyFrom(outbound)
+    own.filter_chain_matcher.CopyFrom(_outbound_matcher(view, destinations, own_part=True))
+    outbound.filter_chains.extend(service_chains.value)
+    outbound.filter_chains.extend(pod_chains.value)
+    outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, destinations))
+    view.listener_parts[outbound.name] = ListenerParts(
+        own, chains=(service_chains, pod_chains), matches=(view.fragment(_serialized_nested, destinations),)
+    )
     out.listeners[contract.LINEAR_TUNNEL_LISTENER] = _tunnel_listener(view, out)
 
 
@@ -111,67 +131,115 @@ def _outbound_listener(view: NodeView) -> Listener:
     return listener
 
 
-def _service_resources(
-    view: NodeView, served: list[ServedVip], outbound: Listener, out: NodeResources
-) -> dict[tuple[str, int], str]:
-    """One chain, EDS cluster and load assignment per served service port, whatever the local
-    identities; returns the chain of each (service, port)."""
-    chains: dict[tuple[str, int], str] = {}
-    limits = view.options.limits
-    idle = idle_timeout(limits)
-    for entry in served:
-        target = entry.target
-        key = _key(target)
-        if key in chains:  # dual-stack: one chain per service port, however many VIPs
-            continue
-        name = names.linear_service_chain(target.service, target.port, view.cluster_domain)
-        chains[key] = name
-        outbound.filter_chains.append(proxy_chain(name, name, idle_timeout=idle))
-        out.clusters[name] = clusters.service_port(
-            name, limits, passthrough=(contract.ORIGINAL_DST_FILTER, contract.TUNNEL_METADATA)
+def _chain_name(port: ServicePortInput, domain: str) -> str:
+    return names.linear_service_chain(port.service, port.port, domain)
+
+
+def _service_clusters(fragments: Fragments, chains: tuple[str, ...], limits: DataPathLimits) -> FragmentGroup:
+    """One EDS cluster per served service port, named as its chain (the same on every node)."""
+    passthrough = (contract.ORIGINAL_DST_FILTER, contract.TUNNEL_METADATA)
+    return FragmentGroup({name: fragments.get(clusters.service_port, name, limits, passthrough=passthrough) for name in chains})
+
+
+def _port_endpoints(name: str, port: ServicePortInput, node: str | None, trust_domain: str) -> ClusterLoadAssignment:
+    """Where the port's connections go from ``node`` (None: any node, the service not being node-local)."""
+    return endpoints.linear_service_port_endpoints(name, list(port.endpoints(node)), trust_domain)
+
+
+def _service_endpoints(
+    fragments: Fragments, served: ServedPorts, node: str | None, domain: str, trust_domain: str
+) -> FragmentGroup:
+    """Each served service port's endpoints: rebuilt only for the ports whose endpoints changed."""
+    members = {}
+    for port, name in zip(served.ports, served.names(_chain_name, domain)):
+        members[name] = fragments.get(
+            _port_endpoints, name, port, node if port.service.node_local else None, trust_domain
         )
-        out.endpoints[name] = endpoints.linear_service_port_endpoints(name, list(entry.endpoints), view.trust_domain)
-    return chains
+    return FragmentGroup(members)
 
 
-def _mesh_identities(view: NodeView) -> list[str]:
-    """The identities of the meshed pods a local pod may dial by IP."""
-    return sorted({view.identity_of(w) for w in view.index.meshed_workloads() if w.ip})
+def _service_chains(chains: tuple[str, ...], limits: DataPathLimits) -> tuple[FilterChain, ...]:
+    idle = idle_timeout(limits)
+    return tuple(proxy_chain(name, name, idle_timeout=idle) for name in chains)
 
 
-def _key(target: ServiceTarget) -> tuple[str, int]:
-    return (f"{target.service.namespace}/{target.service.name}", target.port.port)
+def _pod_internal_cluster(peer: str, limits: DataPathLimits):
+    cluster = names.pod_internal_cluster(peer)
+    return clusters.internal_listener_cluster(
+        cluster, contract.LINEAR_TUNNEL_LISTENER, limits, metadata=endpoints.identity_metadata(peer)
+    )
 
 
-def _outbound_matcher(
-    view: NodeView, served: list[ServedVip], service_chains: dict[tuple[str, int], str]
-) -> matcher.Matcher:
+def _pod_internal_clusters(fragments: Fragments, peers: tuple[str, ...], limits: DataPathLimits) -> FragmentGroup:
+    """Per identity of the mesh, the static cluster its pod-IP destinations go through (pinning it)."""
+    return FragmentGroup({names.pod_internal_cluster(p): fragments.get(_pod_internal_cluster, p, limits) for p in peers})
+
+
+def _pod_direct_chains(peers: tuple[str, ...], limits: DataPathLimits) -> tuple[FilterChain, ...]:
+    idle = idle_timeout(limits)
+    return tuple(
+        proxy_chain(names.pod_direct_chain(peer), names.pod_internal_cluster(peer), idle_timeout=idle) for peer in peers
+    )
+
+
+def _destinations(mesh: MeshInput, node: str | None, trust_domain: str) -> matcher.Matcher:
+    """Where a local pod's connection goes, by destination IP: the same map on every node."""
+    vips: dict[str, dict[str, matcher.OnMatch]] = {}
+    for vip, port, _endpoints in mesh.served(node):
+        vips.setdefault(vip, {})[str(port.port.port)] = matcher.chain(_chain_name(port, mesh.cluster_domain))
+    destinations = {vip: matcher.nested(matcher.exact("port", ports)) for vip, ports in vips.items()}
+    to_identity: dict[str, matcher.OnMatch] = {}
+    for pod in mesh.meshed:
+        peer = contract.spiffe_id(trust_domain, pod.namespace, pod.service_account)
+        if peer not in to_identity:
+            to_identity[peer] = matcher.chain(names.pod_direct_chain(peer))
+        destinations.setdefault(pod.ip, to_identity[peer])
+    return matcher.exact("ip", destinations, on_no_match=matcher.chain(names.PASSTHROUGH_CHAIN))
+
+
+def _outbound_matcher(view: NodeView, destinations: Fragment | None, own_part: bool = False) -> matcher.Matcher:
+    """``own_part``: the gate leads to an empty ``on_match`` instead of the destination map."""
     passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
     blackhole = {str(contract.PORT_OUTBOUND): matcher.chain(names.BLACKHOLE_CHAIN)}
     local = [pod.ip for pod in view.local_pods if pod.ip]
-    destinations: dict[str, matcher.OnMatch] = {}
-    if local:
-        vips: dict[str, dict[str, matcher.OnMatch]] = {}
-        for entry in served:
-            port = str(entry.target.port.port)
-            vips.setdefault(entry.vip, {})[port] = matcher.chain(service_chains[_key(entry.target)])
-        for vip, ports in vips.items():
-            destinations[vip] = matcher.nested(matcher.exact("port", ports))
-        for pod in view.index.meshed_workloads():
-            if pod.ip:
-                destinations.setdefault(pod.ip, matcher.chain(names.pod_direct_chain(view.identity_of(pod))))
     # A match map must not be empty, nor a range list: with no meshed pod here, or nowhere to go,
     # everything not for the outbound port itself passes through.
-    if not destinations:
+    if not local or destinations is None or not destinations.value.matcher_tree.exact_match_map.map:
         return matcher.exact("port", blackhole, on_no_match=passthrough)
-    by_destination = matcher.exact("ip", destinations, on_no_match=passthrough)
-    gate = matcher.in_ranges("source-ip", local, matcher.nested(by_destination), passthrough)
-    return matcher.exact("port", blackhole, on_no_match=matcher.nested(gate))
+    to_destination = b"" if own_part else view.shared(_serialized_nested, destinations)
+    ranges = view.shared(matcher.serialized_ranges, tuple(local))
+    gate = matcher.in_ranges("source-ip", local, to_destination, passthrough, ranges=ranges)
+    outer = matcher.exact("port", blackhole)
+    outer.on_no_match.matcher.CopyFrom(gate)
+    return outer
+
+
+def _serialized_nested(destinations: Fragment) -> bytes:
+    """The destination map as the gate's serialized ``on_match``: once for every node."""
+    return matcher.serialized(matcher.nested(destinations.value))
 
 
 def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
     """The internal listener: one tunnel chain per local identity and destination side (other
     node / this node), picked by the client pod's address the outbound listener recorded."""
+    td, limits = view.trust_domain, view.options.limits
+    identities = tuple(
+        (identity.spiffe_id, identity.secret_name, tuple(pod.ip for pod in identity.pods if pod.ip))
+        for identity in view.identities
+    )
+    for sid, secret, _ips in identities:
+        for cluster_name, port in (
+            (names.tunnel_cluster(sid), contract.PORT_HBONE),
+            (names.local_tunnel_cluster(sid), contract.PORT_HBONE_LOCAL),
+        ):
+            out.clusters[cluster_name] = view.shared(
+                clusters.hbone_tunnel, cluster_name, secret, td, limits, port_override=port
+            )
+        out.add_secret(secret, sid)
+    return view.shared(_tunnel_listener_of, identities, limits)
+
+
+def _tunnel_listener_of(identities: tuple[tuple[str, str, tuple[str, ...]], ...], limits: DataPathLimits) -> Listener:
     listener = Listener(
         name=contract.LINEAR_TUNNEL_LISTENER,
         use_original_dst=wrappers_pb2.BoolValue(value=False),
@@ -179,15 +247,14 @@ def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
         access_log=[access_log(contract.LINEAR_TUNNEL_LISTENER)],
     )
     listener.internal_listener.SetInParent()
-    td, limits = view.trust_domain, view.options.limits
     idle = idle_timeout(limits)
     remote: dict[str, matcher.OnMatch] = {}
     same_node: dict[str, matcher.OnMatch] = {}
-    for identity in view.identities:
-        sid, secret = identity.spiffe_id, identity.secret_name
-        for chain_name, cluster_name, port in (
-            (names.linear_tunnel_chain(sid), names.tunnel_cluster(sid), contract.PORT_HBONE),
-            (names.linear_local_tunnel_chain(sid), names.local_tunnel_cluster(sid), contract.PORT_HBONE_LOCAL),
+    for sid, _secret, ips in identities:
+        to_remote, to_same_node = matcher.chain(names.linear_tunnel_chain(sid)), matcher.chain(names.linear_local_tunnel_chain(sid))
+        for chain_name, cluster_name in (
+            (names.linear_tunnel_chain(sid), names.tunnel_cluster(sid)),
+            (names.linear_local_tunnel_chain(sid), names.local_tunnel_cluster(sid)),
         ):
             listener.filter_chains.append(
                 listener_components_pb2.FilterChain(
@@ -203,12 +270,9 @@ def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
                     ],
                 )
             )
-            out.clusters[cluster_name] = clusters.hbone_tunnel(cluster_name, secret, td, limits, port_override=port)
-        for pod in identity.pods:
-            if pod.ip:
-                remote[pod.ip] = matcher.chain(names.linear_tunnel_chain(sid))
-                same_node[pod.ip] = matcher.chain(names.linear_local_tunnel_chain(sid))
-        out.add_secret(secret, sid)
+        for ip in ips:
+            remote[ip] = to_remote
+            same_node[ip] = to_same_node
     local = sorted(remote)
     listener.filter_chain_matcher.CopyFrom(
         matcher.in_ranges(

@@ -74,7 +74,7 @@ class DeltaStream(Stream):
             nonce = self.next_nonce()
             data = wire.delta_discovery_response_from_entries(
                 system_version_info=resources.version,
-                entries=b"".join(items[n].delta_entry for n in send),
+                entries=b"".join(part for n in send for part in items[n].delta_parts),
                 removed=removed + missing,
                 type_url=type_url,
                 nonce=nonce,

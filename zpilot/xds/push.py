@@ -1,10 +1,15 @@
 """The producer: model change -> each node's resources -> snapshot cache.
 
-This is the only place translation results enter the cache. For every node of the model it
-translates, adds the node's SDS secrets (only the names its own resources reference: that is
-node authorization, a ztunnel never gets a secret its config does not name) and serializes the
-result into a :class:`~zpilot.xds.snapshot.Snapshot`. The cache compares content versions, so a
-node whose resources did not change is not pushed.
+This is the only place translation results enter the cache. For a model it asks the translator
+for every node's input (:class:`~zpilot.translators.inputs.NodeInput`: what that node's config
+depends on), and translates only the nodes whose input changed since their current snapshot;
+the others are not touched, so they are not pushed. A translated node gets its SDS secrets
+(only the names its own resources reference: that is node authorization, a ztunnel never gets
+a secret its config does not name) and is serialized into a
+:class:`~zpilot.xds.snapshot.Snapshot` through one :class:`~zpilot.xds.resource_store.ResourceStore`,
+so a resource that many nodes share (or that did not change) is serialized once and held once.
+The cache compares content versions, so a node whose resources came out equal is not pushed
+either.
 
 A node whose translation fails keeps its last good snapshot: a bug or bad input for one node
 never takes config away from it or from any other node. A node that never had a good one is
@@ -17,17 +22,22 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping, Protocol
 
 from google.protobuf.message import Message
 
+from ..gcpause import paused_gc
 from ..model.index import MeshIndex
-from ..translators import consistency
+from ..translators import IncrementalTranslator, Translated, consistency
+from ..translators.fragments import Fragment
+from ..translators.inputs import config_nodes
 from ..translators.resources import NodeResources
 from .cache import SnapshotWriter
 from .metrics import Metrics
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, SECRET_TYPE, short_name
-from .snapshot import Snapshot
+from .resource_store import ResourceStore
+from .snapshot import CachedResource, Snapshot, TypeResources
 
 if TYPE_CHECKING:
     from ..certs import IdentityCache
@@ -37,6 +47,56 @@ log = logging.getLogger(__name__)
 Translate = Callable[[MeshIndex, str], NodeResources]
 #: Secret messages (key material included) for a node's resources, by name.
 SecretSource = Callable[[NodeResources], Mapping[str, Message]]
+
+
+class NodeTranslator(Protocol):
+    """What the producer needs of translation (``translators.IncrementalTranslator`` is one)."""
+
+    def inputs(self, index: MeshIndex) -> Mapping[str, Hashable]:
+        """Every node that gets config, with what its config depends on (equal: same config)."""
+
+    def translate(self, node_input) -> Translated:  # type: ignore[no-untyped-def]
+        """One node's resources from its input."""
+
+
+@dataclass(frozen=True, eq=False)
+class WholeModel:
+    """The input of a node for a translator that reads the whole model: the model itself."""
+
+    index: MeshIndex
+    node: str
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WholeModel) and self.node == other.node and (
+            self.index is other.index or self.index.cluster == other.index.cluster
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.node)
+
+
+class EveryNode:
+    """A plain ``translate(index, node)`` as a :class:`NodeTranslator`: any model change
+    translates every node again (hand-made translations in tests; ``zpilot serve`` uses the
+    incremental translator)."""
+
+    def __init__(self, translate: Translate) -> None:
+        self._translate = translate
+
+    def inputs(self, index: MeshIndex) -> dict[str, WholeModel]:
+        return {node: WholeModel(index, node) for node in config_nodes(index)}
+
+    def translate(self, node_input: WholeModel) -> Translated:
+        resources = self._translate(node_input.index, node_input.node)
+        return Translated(resources, node_input, (), ())  # type: ignore[arg-type]
+
+
+def translator_of(translate: "Translate | NodeTranslator | None") -> NodeTranslator:
+    if translate is None:
+        return IncrementalTranslator()
+    if hasattr(translate, "inputs") and hasattr(translate, "translate"):
+        return translate  # type: ignore[return-value]
+    return EveryNode(translate)  # type: ignore[arg-type]
 
 
 class InvalidResources(ValueError):
@@ -53,24 +113,9 @@ def certificate_secrets(identities: "IdentityCache") -> SecretSource:
     return source
 
 
-def default_translate(index: MeshIndex, node: str) -> NodeResources:
-    from ..translators import translate_node
-
-    return translate_node(index, node)
-
-
 def model_nodes(index: MeshIndex) -> set[str]:
-    """The nodes that get config: every Node object, and every node a pod is scheduled on (manifests
-    often carry pods without their Node objects; those ztunnels must not be starved)."""
-    return set(index.nodes) | {w.node_name for w in index.cluster.workloads if w.node_name}
-
-
-def check_resources(resources: NodeResources) -> None:
-    """Refuse what Envoy would NACK, or what names something missing (see translators.consistency)."""
-    try:
-        consistency.check(resources)
-    except consistency.InconsistentResources as exc:
-        raise InvalidResources(str(exc)) from None
+    """The nodes that get config (:func:`zpilot.translators.inputs.config_nodes`)."""
+    return config_nodes(index)
 
 
 @dataclass
@@ -81,61 +126,107 @@ class UpdateReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # node -> error
+    #: Nodes translated again (their input changed); a node not listed kept its snapshot untouched.
+    translated: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
+@dataclass
+class _Built:
+    """One node's new snapshot, and the shared pieces it was made of (kept alive with it)."""
+
+    snapshot: Snapshot
+    node_input: Hashable
+    fragments: tuple[Fragment, ...]
+
+
 class Producer:
-    """Turns a :class:`MeshIndex` into snapshots in a cache."""
+    """Turns a :class:`MeshIndex` into snapshots in a cache, translating only what changed."""
 
     def __init__(
         self,
         cache: SnapshotWriter,
         *,
-        translate: Translate = default_translate,
+        translate: "Translate | NodeTranslator | None" = None,
         secrets: SecretSource | None = None,
         metrics: Metrics | None = None,
         batch_size: int = 8,
     ) -> None:
         self.cache = cache
         self.batch_size = max(1, batch_size)
-        self.translate = translate
+        self.translator = translator_of(translate)
         self.secrets = secrets
         self.metrics = metrics if metrics is not None else Metrics()
+        self.store = ResourceStore()
         self.index: MeshIndex | None = None
         #: Nodes whose latest config could not be produced (they keep their last good one, or are
         #: withheld in the cache without one), and why.
         self.failures: dict[str, str] = {}
+        #: The input each node's current snapshot was translated from.
+        self._inputs: dict[str, Hashable] = {}
+        #: The shared pieces each node's current snapshot is made of (holding them keeps them in the memo).
+        self._fragments: dict[str, tuple[Fragment, ...]] = {}
         self._lock = asyncio.Lock()
 
-    def build(self, index: MeshIndex, node: str, changed_at: float) -> Snapshot:
-        """One node's snapshot (pure apart from the secret source; run in a worker thread)."""
+    def build(self, node: str, node_input: Hashable, changed_at: float) -> _Built:
+        """One node's snapshot (pure apart from the memo and the secret source; run in a worker thread)."""
         started = time.perf_counter()
-        resources = self.translate(index, node)
-        check_resources(resources)
+        translated = self.translator.translate(node_input)
+        resources = translated.resources
+        if resources.node != node:
+            raise InvalidResources(f"translated node {resources.node!r} instead of {node!r}")
+        types: dict[str, TypeResources] = {}
+        facts: list[consistency.Facts] = []
+        for type_url, messages in resources.by_type().items():
+            types[type_url] = self._serialize(translated, type_url, messages, facts)
+        found = consistency.join(resources, facts)
+        if found:  # Envoy would refuse it, or it names what it lacks (translators/consistency.py)
+            raise InvalidResources(str(consistency.InconsistentResources(node, found)))
+        secrets = self._secrets(resources)
+        types[SECRET_TYPE] = TypeResources.of(SECRET_TYPE, secrets, self.store.resource)
+        snapshot = Snapshot(
+            node=node,
+            types=MappingProxyType({t: types[t] for t in PUSH_ORDER}),
+            known=True,
+            changed_at=changed_at,
+            generation_seconds=time.perf_counter() - started,
+            secret_refs=MappingProxyType(dict(resources.secrets)),
+        )
+        return _Built(snapshot, node_input, translated.fragments)
+
+    def _secrets(self, resources: NodeResources) -> dict[str, Message]:
         secrets = dict(self.secrets(resources)) if self.secrets is not None else {}
         unexpected = set(secrets) - set(resources.secrets)
         if unexpected:  # never hand a node a secret its own config does not name
             raise InvalidResources(f"secret source returned unreferenced secrets {sorted(unexpected)}")
-        messages: dict[str, Mapping[str, Message]] = {
-            LISTENER_TYPE: resources.listeners,
-            CLUSTER_TYPE: resources.clusters,
-            ENDPOINT_TYPE: resources.endpoints,
-            SECRET_TYPE: secrets,
-        }
-        return Snapshot.build(
-            node,
-            messages,
-            known=True,
-            changed_at=changed_at,
-            generation_seconds=time.perf_counter() - started,
-            secret_refs=resources.secrets,
-        )
+        return secrets
 
-    def _build_all(self, index: MeshIndex, nodes: Iterable[str], changed_at: float) -> dict[str, Snapshot | str]:
-        out: dict[str, Snapshot | str] = {}
-        for node in nodes:
+    def _serialize(
+        self, translated: Translated, type_url: str, messages: Mapping[str, Message], facts: list[consistency.Facts]
+    ) -> TypeResources:
+        """A node's resources of one type: its shared sets as they are, the rest one by one;
+        appends the consistency facts of each (kept with what they describe: computed once)."""
+        sets = [s for s in translated.resource_sets if s.type_url == type_url]
+        covered: set[str] = set().union(*(s.resources.keys() for s in sets)) if sets else set()
+        facts.extend(self.store.set_facts(s) for s in sets)
+        own: dict[str, CachedResource] = {}
+        for name in sorted(messages.keys() - covered):
+            message = messages[name]
+            parts = translated.listener_parts.get(name) if type_url == LISTENER_TYPE else None
+            fragment = translated.shared_resource(message)
+            own[name] = resource = self.store.resource(type_url, name, message, fragment, parts)
+            facts.append(self.store.facts(resource, message, parts))
+        return TypeResources.composed(type_url, [self.store.resource_set(s) for s in sets], own)
+
+    def _build_all(self, nodes: Iterable[tuple[str, Hashable]], changed_at: float) -> dict[str, _Built | str]:
+        with paused_gc():  # millions of short-lived objects, no cycles: see zpilot/gcpause.py
+            return self._build_each(nodes, changed_at)
+
+    def _build_each(self, nodes: Iterable[tuple[str, Hashable]], changed_at: float) -> dict[str, _Built | str]:
+        out: dict[str, _Built | str] = {}
+        for node, node_input in nodes:
             try:
-                out[node] = self.build(index, node, changed_at)
+                out[node] = self.build(node, node_input, changed_at)
             except InvalidResources as exc:  # caught before sending: Envoy would have refused it
                 log.error("node %s: config refused before sending, it keeps its last good config (without one it is"
                           " sent nothing): %s", node, exc)
@@ -147,53 +238,101 @@ class Producer:
                 out[node] = f"{type(exc).__name__}: {exc}"
         return out
 
-    async def update(self, index: MeshIndex | None = None, *, changed_at: float | None = None) -> UpdateReport:
-        """Produce every node of ``index`` (default: the last one) and store what changed.
+    def _plan(self, index: MeshIndex, held: set[str]) -> tuple[dict[str, Hashable], list[str]]:
+        """Every node's input, and the nodes to translate: input changed, or no snapshot yet
+        (``held``: the nodes with one). Run in a worker thread: at scale, this is milliseconds."""
+        with paused_gc():
+            inputs = dict(self.translator.inputs(index))
+        todo = [node for node in sorted(inputs) if node not in held or self._inputs.get(node) != inputs[node]]
+        return inputs, todo
 
-        ``changed_at`` is the monotonic time the change was first seen (push latency starts there).
-        Must be awaited on the event loop that serves the cache.
+    async def update(self, index: MeshIndex | None = None, *, changed_at: float | None = None) -> UpdateReport:
+        """Produce the nodes of ``index`` whose input changed, and store what changed.
+
+        Without ``index``: every node of the last model again (a translation that changed other
+        than through the model). ``changed_at`` is the monotonic time the change was first seen
+        (push latency starts there). Must be awaited on the event loop that serves the cache.
         """
         async with self._lock:
             started = time.perf_counter()
             changed_at = time.monotonic() if changed_at is None else changed_at
+            report = UpdateReport()
             if index is not None:
                 same_model = self.index is not None and index.cluster == self.index.cluster
                 self.index = index
                 self.metrics.model_updates.inc()
-                if same_model:  # e.g. a comment edited in a manifest: no node's config can change
-                    report = UpdateReport(unchanged=self.cache.nodes(), seconds=time.perf_counter() - started)
+                if same_model and not self.failures:  # e.g. a comment edited in a manifest: no config can change
+                    report.unchanged = self.cache.nodes()
+                    report.seconds = time.perf_counter() - started
                     log.info("model update: the cluster state is unchanged; nothing to produce")
                     return report
-            if self.index is None:
+            elif self.index is None:
                 raise RuntimeError("Producer.update() before any model was given")
-            current = self.index
-            nodes = sorted(model_nodes(current))
-            report = UpdateReport()
-            built: dict[str, Snapshot | str] = {}
+            held = set() if index is None else set(self.cache.nodes())  # no index: every node again
+            inputs, todo = await asyncio.to_thread(self._plan, self.index, held)
+            report.translated = list(todo)
             # In batches, each stored as soon as it is built: the first nodes are pushed while the
             # rest are still being translated, and the event loop keeps serving between batches.
-            for start in range(0, len(nodes), self.batch_size):
-                batch = nodes[start : start + self.batch_size]
-                results = await asyncio.to_thread(self._build_all, current, batch, changed_at)
-                built.update(results)
+            for start in range(0, len(todo), self.batch_size):
+                batch = [(node, inputs[node]) for node in todo[start : start + self.batch_size]]
+                results = await asyncio.to_thread(self._build_all, batch, changed_at)
                 self._store(results, report)
+            translated = set(todo)
+            for node in sorted(inputs):
+                if node not in translated:
+                    report.unchanged.append(node)
+                    self.failures.pop(node, None)  # its snapshot is its input's: nothing is failing now
             for node in self.cache.nodes():
-                if node not in built:
+                if node not in inputs:
                     self.cache.clear_snapshot(node)
+                    self._inputs.pop(node, None)
+                    self._fragments.pop(node, None)
                     report.removed.append(node)
-            for node in [n for n in self.failures if n not in built]:
+            for node in [n for n in self.failures if n not in inputs]:
                 del self.failures[node]
                 self.cache.clear_snapshot(node)  # a withheld node that left the model
+            report.unchanged.sort()
             self._update_gauges()
             report.seconds = time.perf_counter() - started
             log.info(
-                "model update: %d nodes changed %s, %d unchanged, %d removed, %d failed (%.1f ms)",
-                len(report.changed), sorted(report.changed)[:20], len(report.unchanged), len(report.removed),
-                len(report.failed), report.seconds * 1000,
+                "model update: %d nodes translated, %d changed %s, %d unchanged, %d removed, %d failed (%.1f ms)",
+                len(report.translated), len(report.changed), sorted(report.changed)[:20], len(report.unchanged),
+                len(report.removed), len(report.failed), report.seconds * 1000,
             )
             return report
 
-    def _store(self, results: dict[str, Snapshot | str], report: UpdateReport) -> None:
+    async def refresh(self, *, changed_at: float | None = None) -> UpdateReport:
+        """Make every node's secrets again, the rest of its snapshot as it is (after a certificate
+        rotation or a CA reload: translation does not depend on certificates)."""
+        async with self._lock:
+            started = time.perf_counter()
+            changed_at = time.monotonic() if changed_at is None else changed_at
+            report = UpdateReport()
+            held = [snap for snap in map(self.cache.get_snapshot, self.cache.nodes()) if snap is not None and snap.known]
+            for snapshot in await asyncio.to_thread(self._with_new_secrets, held, changed_at, report):
+                self._set(snapshot, report)
+            report.unchanged.sort()
+            self._update_gauges()
+            report.seconds = time.perf_counter() - started
+            log.info("secrets made again: %d nodes changed, %d unchanged, %d failed (%.1f ms)",
+                     len(report.changed), len(report.unchanged), len(report.failed), report.seconds * 1000)
+            return report
+
+    def _with_new_secrets(self, snapshots: list[Snapshot], changed_at: float, report: UpdateReport) -> list[Snapshot]:
+        """Each snapshot with its secrets made again, the rest as it is (worker thread)."""
+        fresh = []
+        for snapshot in snapshots:
+            node = snapshot.node
+            try:
+                secrets = self._secrets(NodeResources(node=node, secrets=dict(snapshot.secret_refs)))
+            except Exception as exc:
+                log.exception("node %s: secrets could not be made; it keeps its current ones", node)
+                report.failed[node] = f"{type(exc).__name__}: {exc}"
+                continue
+            fresh.append(snapshot.with_type(TypeResources.of(SECRET_TYPE, secrets, self.store.resource), changed_at))
+        return fresh
+
+    def _store(self, results: dict[str, _Built | str], report: UpdateReport) -> None:
         for node, result in results.items():
             if isinstance(result, str):
                 report.failed[node] = result
@@ -204,18 +343,20 @@ class Producer:
                 self.cache.withhold(node, result)
                 continue
             self.failures.pop(node, None)
-            self.metrics.generation.observe(result.generation_seconds)
-            changed = self.cache.set_snapshot(result)
-            if changed:
-                report.changed[node] = changed
-                self.metrics.node_snapshots.labels("changed").inc()
-            else:
-                report.unchanged.append(node)
-                self.metrics.node_snapshots.labels("unchanged").inc()
+            self._inputs[node] = result.node_input
+            self._fragments[node] = result.fragments
+            self._set(result.snapshot, report)
 
-    async def refresh(self, *, changed_at: float | None = None) -> UpdateReport:
-        """Produce again from the last model (after a certificate rotation or a CA reload)."""
-        return await self.update(None, changed_at=changed_at)
+    def _set(self, snapshot: Snapshot, report: UpdateReport) -> None:
+        node = snapshot.node
+        self.metrics.generation.observe(snapshot.generation_seconds)
+        changed = self.cache.set_snapshot(snapshot)
+        if changed:
+            report.changed[node] = changed
+            self.metrics.node_snapshots.labels("changed").inc()
+        else:
+            report.unchanged.append(node)
+            self.metrics.node_snapshots.labels("unchanged").inc()
 
     def _update_gauges(self) -> None:
         totals: dict[str, int] = {}

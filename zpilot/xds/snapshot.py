@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
@@ -37,45 +37,102 @@ _EMPTY: Mapping[str, "CachedResource"] = MappingProxyType({})
 
 
 def content_version(data: bytes) -> str:
-    """A short, stable content hash (64 bits is plenty to tell versions of one resource apart)."""
-    return hashlib.blake2b(data, digest_size=8).hexdigest()
+    """A short, stable content hash (64 bits is plenty to tell versions of one resource apart).
+    SHA-256, not BLAKE2: CPUs with SHA extensions hash it about twice as fast, and a large
+    node's listener is megabytes."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+#: A shared chunk shorter than this is not worth looking for in a resource.
+MIN_SHARED_CHUNK = 64 << 10
+
+
+def _locate(value: bytes, chunk: bytes, start: int) -> int:
+    """Where ``chunk`` is in ``value``, at or after ``start`` (-1: nowhere). Its first bytes are
+    looked for, then the whole is compared there: faster than searching for megabytes at once."""
+    probe = chunk[:256]
+    at = value.find(probe, start)
+    while at >= 0:
+        if value.startswith(chunk, at):
+            return at
+        at = value.find(probe, at + 1)
+    return -1
 
 
 @dataclass(frozen=True)
 class CachedResource:
     """A resource ready to send: pre-encoded as a response entry, with the hash of its content.
 
-    ``entry`` is the resource exactly as it appears in a SotW ``DiscoveryResponse.resources``
-    (field tag and length, then the serialized ``Any``), so a response is one ``b"".join``.
+    ``parts`` joined are the resource exactly as it appears in a SotW ``DiscoveryResponse.resources``
+    (field tag and length, then the serialized ``Any``), so a response is one ``b"".join``. Most
+    resources are one part. A resource that contains large pieces many nodes' resources contain
+    too (the thousands of service chains and the destination map in every node's outbound
+    listener, in the linear layout) is kept as its own bytes around those pieces, which are the
+    very same objects for every node: the server holds them once, and the content hash covers
+    each piece by its own hash, computed once.
     """
 
     name: str
     type_url: str
     version: str
-    entry: bytes
-    header: int  # bytes of tag and length in front of the Any
+    parts: tuple[bytes, ...]
+    header: int  # bytes of tag and length in front of the Any, in parts[0]
 
     @classmethod
-    def of(cls, type_url: str, name: str, message: Message) -> "CachedResource":
+    def of(
+        cls, type_url: str, name: str, message: Message, shared: Iterable[tuple[bytes, str]] = ()
+    ) -> "CachedResource":
+        """``message`` serialized; ``shared``: (chunk, its content hash) of large byte strings it
+        may contain, to be kept as those objects (each is looked for once, left to right)."""
         # deterministic: map fields (Struct metadata) in a stable order, so equal config hashes equal
         value = message.SerializeToString(deterministic=True)
-        any_value = wire.any_bytes(type_url, value)
-        entry = wire.response_resource(any_value)
-        return cls(name, type_url, content_version(value), entry, len(entry) - len(any_value))
+        pieces, hashes, at = [], [], 0
+        for chunk, chunk_hash in shared:
+            if len(chunk) < MIN_SHARED_CHUNK:
+                continue
+            found = _locate(value, chunk, at)
+            if found < 0:
+                continue
+            if found > at:
+                pieces.append(value[at:found])
+                hashes.append(content_version(value[at:found]))
+            pieces.append(chunk)
+            hashes.append(chunk_hash)
+            at = found + len(chunk)
+        header, head = wire.response_resource_header(type_url, len(value))
+        if not pieces:
+            return cls(name, type_url, content_version(value), (head + value,), header)
+        if at < len(value):
+            pieces.append(value[at:])
+            hashes.append(content_version(value[at:]))
+        version = content_version(("parts\n" + "\n".join(hashes)).encode("ascii"))
+        return cls(name, type_url, version, (head, *pieces), header)
+
+    @property
+    def entry(self) -> bytes:
+        """The whole response entry (joined, for a resource of several parts)."""
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
     @property
     def any(self) -> bytes:
-        """The serialized ``google.protobuf.Any`` (for delta responses and decoding)."""
+        """The serialized ``google.protobuf.Any`` (for decoding)."""
         return self.entry[self.header :]
 
     @cached_property
+    def delta_parts(self) -> tuple[bytes, ...]:
+        """The resource as a ``DeltaDiscoveryResponse.resources`` entry, in parts (made on first
+        delta use, then kept; the shared parts are the same objects as :attr:`parts`')."""
+        any_size = self.size - self.header
+        prefix = wire.delta_response_resource_header(self.name, self.version, any_size)
+        return (prefix + self.parts[0][self.header :], *self.parts[1:])
+
+    @property
     def delta_entry(self) -> bytes:
-        """The resource as a ``DeltaDiscoveryResponse.resources`` entry (made on first delta use, then kept)."""
-        return wire.delta_response_resource(self.name, self.version, self.any)
+        return b"".join(self.delta_parts)
 
     @property
     def size(self) -> int:
-        return len(self.entry)
+        return sum(map(len, self.parts))
 
 
 def names_version(resources: Iterable[CachedResource]) -> str:
@@ -86,21 +143,75 @@ def names_version(resources: Iterable[CachedResource]) -> str:
 
 @dataclass(frozen=True)
 class TypeResources:
-    """All resources of one type for one node."""
+    """All resources of one type for one node.
+
+    Made whole (:meth:`of`), or composed (:meth:`composed`) of resource sets that many nodes
+    share plus the node's own resources: the sets are then kept as they are (``parts``), so a
+    node's response joins a few large byte strings instead of every resource's, and the node's
+    version is computed from the sets' versions, not from all their resources again.
+    """
 
     type_url: str
     items: Mapping[str, CachedResource] = field(default_factory=lambda: _EMPTY)
     version: str = field(default="")
+    #: Shared sets this one is made of, then the node's own resources (all of them in ``items`` too).
+    parts: tuple["TypeResources", ...] = ()
+    own: tuple[CachedResource, ...] = ()
 
     @classmethod
-    def of(cls, type_url: str, messages: Mapping[str, Message]) -> "TypeResources":
-        items = {name: CachedResource.of(type_url, name, msg) for name, msg in sorted(messages.items())}
-        return cls(type_url, MappingProxyType(items), names_version(items.values()))
+    def of(
+        cls,
+        type_url: str,
+        messages: Mapping[str, Message],
+        serialize: Callable[[str, str, Message], CachedResource] = CachedResource.of,
+    ) -> "TypeResources":
+        items = {name: serialize(type_url, name, msg) for name, msg in sorted(messages.items())}
+        return cls.of_cached(type_url, items)
+
+    @classmethod
+    def of_cached(cls, type_url: str, items: Mapping[str, CachedResource]) -> "TypeResources":
+        """From resources already serialized, in the given order."""
+        return cls(type_url, MappingProxyType(dict(items)), names_version(items.values()))
+
+    @classmethod
+    def composed(
+        cls, type_url: str, parts: Iterable["TypeResources"], rest: Mapping[str, CachedResource]
+    ) -> "TypeResources":
+        """``parts`` (shared sets, in a stable order) followed by ``rest``; a name in both is ``rest``'s."""
+        parts = tuple(p for p in parts if p.items)
+        if not parts:
+            return cls.of_cached(type_url, dict(sorted(rest.items())))
+        items: dict[str, CachedResource] = {}
+        for part in parts:
+            items.update(part.items)
+        overridden = rest.keys() & items.keys()
+        own = {name: rest[name] for name in sorted(rest)}
+        items.update(own)
+        if overridden:  # a part no longer holds what it says: serve it resource by resource
+            return cls.of_cached(type_url, items)
+        lines = [f"set\t{p.version}\t{len(p.items)}" for p in parts] + [f"{n}\t{r.version}" for n, r in own.items()]
+        version = content_version("\n".join(lines).encode("utf-8"))
+        return cls(type_url, MappingProxyType(items), version, parts, tuple(own.values()))
 
     @cached_property
+    def _joined(self) -> bytes:
+        return b"".join(part for r in self.items.values() for part in r.parts)
+
+    @property
     def all_entries(self) -> bytes:
-        """Every resource's response entry, joined: the body of a full-state (wildcard) response."""
-        return b"".join(r.entry for r in self.items.values())
+        """Every resource's response entry, joined: the body of a full-state (wildcard) response.
+
+        A shared set keeps its joined bytes (once, for every node using it); a node's own
+        resources and a composed whole are joined for each response, not kept: a second copy
+        of every node's config would double the control plane's memory."""
+        if self.parts:
+            return b"".join([p.shared_entries for p in self.parts] + [part for r in self.own for part in r.parts])
+        return b"".join(part for r in self.items.values() for part in r.parts)
+
+    @property
+    def shared_entries(self) -> bytes:
+        """:attr:`all_entries`, kept after the first use (for a set many nodes share)."""
+        return self._joined
 
     def select(self, names: Iterable[str] | None) -> list[CachedResource]:
         """The resources with these names that exist (all of them for ``None``), sorted by name."""
@@ -160,6 +271,12 @@ class Snapshot:
     @classmethod
     def empty(cls, node: str, *, known: bool = False) -> "Snapshot":
         return cls.build(node, {}, known=known)
+
+    def with_type(self, resources: TypeResources, changed_at: float) -> "Snapshot":
+        """This snapshot with one type's resources replaced (new secrets after a rotation)."""
+        types = dict(self.types)
+        types[resources.type_url] = resources
+        return replace(self, types=MappingProxyType(types), changed_at=changed_at)
 
     def resources(self, type_url: str) -> TypeResources:
         return self.types.get(type_url) or TypeResources(type_url)

@@ -78,7 +78,7 @@ class SotwStream(Stream):
             nonce = self.next_nonce()
             data = wire.discovery_response_from_entries(
                 version_info=version,
-                entries=resources.all_entries if entries is None else b"".join(r.entry for r in entries),
+                entries=resources.all_entries if entries is None else b"".join(p for r in entries for p in r.parts),
                 type_url=type_url,
                 nonce=nonce,
                 control_plane_id=self.options.control_plane_id,

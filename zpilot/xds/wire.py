@@ -12,32 +12,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-_LENGTH_DELIMITED = 2
+from ..protowire import LENGTH_DELIMITED as _LENGTH_DELIMITED
+from ..protowire import field_bytes, field_str, varint
 
-
-def varint(value: int) -> bytes:
-    """Base-128 varint of a non-negative integer."""
-    if value < 0:
-        raise ValueError("varint of a negative number")
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def field_bytes(number: int, payload: bytes) -> bytes:
-    """A length-delimited field (string, bytes or embedded message)."""
-    return varint((number << 3) | _LENGTH_DELIMITED) + varint(len(payload)) + payload
-
-
-def field_str(number: int, text: str) -> bytes:
-    """A string field; empty strings are omitted as proto3 does."""
-    return field_bytes(number, text.encode("utf-8")) if text else b""
+__all__ = ["field_bytes", "field_str", "varint"]
 
 
 # google.protobuf.Any
@@ -67,6 +45,17 @@ def control_plane(identifier: str) -> bytes:
 def response_resource(any_value: bytes) -> bytes:
     """One entry of ``DiscoveryResponse.resources`` (tag, length, the serialized ``Any``), cacheable."""
     return field_bytes(_R_RESOURCES, any_value)
+
+
+def response_resource_header(type_url: str, value_size: int) -> tuple[int, bytes]:
+    """What goes in front of a serialized message of ``value_size`` bytes to make it a
+    :func:`response_resource` (the entry's tag and length, the ``Any``'s type URL and value
+    header), and the length of the entry's own tag and length within it."""
+    type_field = field_str(_ANY_TYPE_URL, type_url)
+    value_header = varint((_ANY_VALUE << 3) | _LENGTH_DELIMITED) + varint(value_size)
+    any_length = len(type_field) + len(value_header) + value_size
+    header = varint((_R_RESOURCES << 3) | _LENGTH_DELIMITED) + varint(any_length)
+    return len(header), header + type_field + value_header
 
 
 def discovery_response(
@@ -102,6 +91,14 @@ def delta_resource(name: str, version: str, any_value: bytes) -> bytes:
 def delta_response_resource(name: str, version: str, any_value: bytes) -> bytes:
     """One entry of ``DeltaDiscoveryResponse.resources`` (tag, length, the ``Resource``), cacheable."""
     return field_bytes(_D_RESOURCES, delta_resource(name, version, any_value))
+
+
+def delta_response_resource_header(name: str, version: str, any_size: int) -> bytes:
+    """What goes in front of a serialized ``Any`` of ``any_size`` bytes to make it a
+    :func:`delta_response_resource`."""
+    head = field_str(_RES_NAME, name) + field_str(_RES_VERSION, version)
+    head += varint((_RES_RESOURCE << 3) | _LENGTH_DELIMITED) + varint(any_size)
+    return varint((_D_RESOURCES << 3) | _LENGTH_DELIMITED) + varint(len(head) + any_size) + head
 
 
 def delta_discovery_response(

@@ -1,0 +1,669 @@
+#!/usr/bin/env python3
+"""How zpilot scales: config size per node, generation time, memory, push latency, a real Envoy.
+
+    python3 bench/scale.py                 # a small cluster (3 nodes, 300 pods): under a minute
+    python3 bench/scale.py --reference     # issue 13's R: 100 nodes, 10,000 pods, 1,000 services x 2 ports, 200 SAs
+
+Not a test: it prints tables, writes JSON (``--json``), asserts nothing. The cluster is
+:mod:`zpilot.synthetic`'s (R scaled to the node count: 100 pods and 10 services per node, 200
+service accounts). Each phase runs in a child process of its own, under a time and a memory cap
+(``--cap-seconds``, ``--cap-mb``): a layout that cannot finish at some size is reported as
+stopped there, and the run goes on.
+
+- growth: one node's config (bytes per xDS type, Envoy objects) at growing cluster sizes, per layout;
+- cold: every node's config from scratch (the first model ``zpilot serve`` reads), the peak RSS
+  of that process, and how much of the config the nodes share;
+- churn: the control plane serving N simulated ztunnels (``bench/ztunnels.py``: real gRPC ADS
+  clients that ACK) while pods come and go and services are added: from the end of the debounce
+  window (the model is built, then handed to the control plane) to "sent" on each affected
+  stream (server side) and "received" (client side), p50 / p99, and which streams got anything;
+- envoy: one node's config loaded over ADS into a real Envoy: time to LIVE and its RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from zpilot.synthetic import (  # noqa: E402
+    Shape,
+    extra_policy,
+    extra_pod,
+    extra_service,
+    node_name,
+    synthetic_cluster,
+    synthetic_manifests,
+)
+
+MiB = 1 << 20
+
+# -- the parent: phases in child processes, under caps ------------------------------------------
+
+
+@dataclasses.dataclass
+class Caps:
+    seconds: float
+    megabytes: float
+
+
+def _rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory (``VmRSS``) or its peak (``VmHWM``), in MiB; 0 when gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_child(phase: str, params: dict[str, Any], caps: Caps) -> dict[str, Any]:
+    """Run ``phase`` in a child process; its JSON result, or why it was stopped."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--child", phase, "--params", json.dumps(params)]
+    started = time.monotonic()
+    peak = 0.0
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        stopped = None
+        while proc.poll() is None:
+            rss = _rss_mb(proc.pid)
+            peak = max(peak, rss)
+            if rss > caps.megabytes:
+                stopped = f"memory cap: over {caps.megabytes:.0f} MiB after {time.monotonic() - started:.0f} s"
+            elif time.monotonic() - started > caps.seconds:
+                stopped = f"time cap: not done in {caps.seconds:.0f} s (RSS {rss:.0f} MiB)"
+            if stopped:
+                _kill(proc)
+                break
+            time.sleep(0.1)
+        stderr = proc.stderr.read() if proc.stderr else ""
+        if stopped:
+            return {"stopped": stopped, "peak_rss_mb": round(peak)}
+        out.seek(0)
+        lines = [line for line in out.read().splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            return {"stopped": f"failed (exit {proc.returncode}): {stderr.strip().splitlines()[-1:] or '?'}"}
+        return json.loads(lines[-1])
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+class Progress:
+    """A progress bar on stderr (tqdm when installed: ``pip install .[bench]``)."""
+
+    def __init__(self, total: int, label: str) -> None:
+        try:
+            from tqdm import tqdm
+
+            self._bar: Any = tqdm(total=total, desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
+        except ImportError:
+            self._bar = None
+        self.total, self.done, self.label = total, 0, label
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.set_postfix_str(what[:60])
+            self._bar.update(1)
+        else:
+            print(f"\r{self.label}: {self.done}/{self.total} {what[:60]:<60}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            print(file=sys.stderr)
+
+
+# -- child phases -----------------------------------------------------------------------------
+
+
+def _shape(params: dict[str, Any]) -> Shape:
+    return Shape(**params["shape"])
+
+
+def _model(shape: Shape):
+    from zpilot.model.index import MeshIndex
+
+    started = time.perf_counter()
+    cluster = synthetic_cluster(synthetic_manifests(shape))
+    index = MeshIndex.build(cluster)
+    return cluster, index, time.perf_counter() - started
+
+
+def _counts(resources) -> dict[str, int]:
+    """The Envoy objects in one node's config."""
+    from xds.type.matcher.v3 import ip_pb2, matcher_pb2
+
+    def leaves(matcher: matcher_pb2.Matcher) -> int:
+        count, stack = 0, [matcher]
+        while stack:
+            m = stack.pop()
+            on_matches = [m.on_no_match] if m.HasField("on_no_match") else []
+            tree = m.matcher_tree
+            if tree.HasField("exact_match_map"):
+                on_matches.extend(tree.exact_match_map.map.values())
+            elif tree.HasField("custom_match") and tree.custom_match.typed_config.type_url.endswith("IPMatcher"):
+                on_matches.extend(r.on_match for r in ip_pb2.IPMatcher.FromString(tree.custom_match.typed_config.value).range_matchers)
+            for on_match in on_matches:
+                if on_match.HasField("matcher"):
+                    stack.append(on_match.matcher)
+                else:
+                    count += 1
+        return count
+
+    return {
+        "listeners": len(resources.listeners),
+        "filter_chains": sum(len(l.filter_chains) + l.HasField("default_filter_chain") for l in resources.listeners.values()),
+        "matcher_leaves": sum(leaves(l.filter_chain_matcher) for l in resources.listeners.values() if l.HasField("filter_chain_matcher")),
+        "clusters": len(resources.clusters),
+        "eds_resources": len(resources.endpoints),
+        "endpoints": sum(len(g.lb_endpoints) for cla in resources.endpoints.values() for g in cla.endpoints),
+        "secrets": len(resources.secrets),
+    }
+
+
+def _sizes(resources) -> dict[str, int]:
+    return {
+        "LDS": sum(m.ByteSize() for m in resources.listeners.values()),
+        "CDS": sum(m.ByteSize() for m in resources.clusters.values()),
+        "EDS": sum(m.ByteSize() for m in resources.endpoints.values()),
+    }
+
+
+def child_growth(params: dict[str, Any]) -> dict[str, Any]:
+    """One node's config (node-0) at one cluster size."""
+    from zpilot.translators import TranslateOptions, translate_node
+
+    shape = _shape(params)
+    _, index, model_seconds = _model(shape)
+    started = time.perf_counter()
+    resources = translate_node(index, node_name(0), TranslateOptions(layout=params["layout"]))
+    seconds = time.perf_counter() - started
+    sizes = _sizes(resources)
+    return {"nodes": shape.nodes, "pods": shape.pods, "services": shape.services, "bytes": sizes,
+            "total_mb": round(sum(sizes.values()) / 1e6, 2), "objects": _counts(resources),
+            "translate_seconds": round(seconds, 2), "model_seconds": round(model_seconds, 2),
+            "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM"))}
+
+
+def child_cold(params: dict[str, Any]) -> dict[str, Any]:
+    """Every node's config from scratch, as ``zpilot serve`` makes it from its first model."""
+    from zpilot.translators import IncrementalTranslator, TranslateOptions
+    from zpilot.xds.push import Producer
+    from zpilot.xds.resource_store import total_bytes
+    from zpilot.xds.snapshot_cache import SnapshotCache
+
+    shape = _shape(params)
+    _, index, model_seconds = _model(shape)
+    rss_model = _rss_mb(os.getpid())
+    cache = SnapshotCache()
+    producer = Producer(cache, translate=IncrementalTranslator(TranslateOptions(layout=params["layout"])))
+    started = time.perf_counter()
+    report = asyncio.run(producer.update(index))
+    seconds = time.perf_counter() - started
+    served = [r for n in cache.nodes() for t in cache.get_snapshot(n).types.values() for r in t.items.values()]
+    per_node = sum(r.size for r in served) / max(len(cache.nodes()), 1)
+    held = total_bytes(served)
+    return {"nodes": len(cache.nodes()), "failed": len(report.failed), "seconds": round(seconds, 2),
+            "model_seconds": round(model_seconds, 2), "per_node_mb": round(per_node / 1e6, 2),
+            "served_mb": round(sum(r.size for r in served) / 1e6, 1), "held_mb": round(held / 1e6, 1),
+            "rss_after_model_mb": round(rss_model), "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM"))}
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * (len(ordered) - 1)))))]
+
+
+def child_churn(params: dict[str, Any]) -> dict[str, Any]:
+    return asyncio.run(_churn(params))
+
+
+async def _churn(params: dict[str, Any]) -> dict[str, Any]:
+    from zpilot.kube.convert_policy import KIND_CONVERTERS
+    from zpilot.model.index import MeshIndex
+    from zpilot.runtime.control_plane import ControlPlane, DebugOptions
+    from zpilot.translators import IncrementalTranslator, TranslateOptions
+    from zpilot.xds.observer import StreamObserver
+    from zpilot.xds.security import XdsSecurity
+    from zpilot.xds.server import ServerOptions
+
+    shape = _shape(params)
+    cluster, index, _ = _model(shape)
+
+    class Sent(StreamObserver):
+        def __init__(self) -> None:
+            self.records: list[tuple[float, str, str, float | None, int]] = []
+            self.nacks = 0
+
+        def response_sent(self, stream, response) -> None:
+            self.records.append((time.monotonic(), stream.node, response.type_url, response.push_latency, response.bytes))
+
+        def nack(self, *args) -> None:
+            self.nacks += 1
+
+    sent = Sent()
+    plane = ControlPlane(
+        xds_security=XdsSecurity.insecure(),  # loopback, and what the clients' bootstrap would say
+        server_options=ServerOptions(host="127.0.0.1", port=0),
+        debug_options=DebugOptions(host="127.0.0.1", port=0),
+        translate=IncrementalTranslator(TranslateOptions(layout=params["layout"])),
+    )
+    plane.ads.observer.add(sent)
+    await plane.update(index)
+    await plane.start()
+    nodes = [node_name(i) for i in range(min(params["clients"], shape.nodes))]
+    received: list[dict[str, Any]] = []
+    ready: set[str] = set()
+    clients = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("ztunnels.py")), "--xds", f"127.0.0.1:{plane.xds_port}", *nodes,
+        stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True,
+    )
+
+    async def read() -> None:
+        assert clients.stdout is not None
+        async for line in clients.stdout:
+            record = json.loads(line)
+            if "ready" in record:
+                ready.add(record["ready"])
+            else:
+                received.append(record)
+
+    reader = asyncio.create_task(read())
+    try:
+        started = time.monotonic()
+        while len(ready) < len(nodes):
+            if time.monotonic() - started > params["sync_timeout"]:
+                raise RuntimeError(f"only {len(ready)} of {len(nodes)} ztunnels synced in {params['sync_timeout']} s")
+            await asyncio.sleep(0.1)
+        sync_seconds = time.monotonic() - started
+        await _quiet(sent, 1.0, received)
+        events = await _events(params, shape, cluster, plane, sent, received, set(nodes), KIND_CONVERTERS, MeshIndex)
+        return {"clients": len(nodes), "initial_sync_seconds": round(sync_seconds, 1), "events": events,
+                "nacks": sent.nacks, "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM")),
+                "rss_mb": round(_rss_mb(os.getpid()))}
+    finally:
+        reader.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(clients.pid, signal.SIGKILL)
+        await clients.wait()
+        await plane.stop()
+
+
+async def _quiet(sent, seconds: float, received: list | None = None) -> None:
+    """Until nothing was sent (nor received by the clients) for ``seconds``: the clients answer
+    a change (an ACK, EDS asked for the new clusters), and the answers to those must not be
+    counted as the next change's pushes."""
+    while True:
+        count = (len(sent.records), len(received) if received is not None else 0)
+        await asyncio.sleep(seconds)
+        if (len(sent.records), len(received) if received is not None else 0) == count:
+            return
+
+
+async def _events(params, shape, cluster, plane, sent, received, connected, converters, mesh_index) -> dict[str, Any]:
+    """Each kind of change ``rounds`` times: what was sent, to whom, how long after the model was due."""
+    rounds = params["rounds"]
+    kinds: dict[str, list[dict[str, Any]]] = {"pod add": [], "pod delete": [], "service add": [], "policy change": []}
+    progress = Progress(len(kinds) * rounds, f"churn {params['layout']}")
+    for r in range(rounds):
+        node = (r * 7 + 3) % shape.nodes
+        pod = converters["Pod"](extra_pod(shape, r, node))
+        service = converters["Service"](extra_service(shape, r))
+        policy = converters["AuthorizationPolicy"](extra_policy(shape, r * 13 + 5))
+        with_pod = dataclasses.replace(cluster, workloads=cluster.workloads + (pod,))
+        steps = [("pod add", with_pod), ("pod delete", cluster)]
+        cluster = dataclasses.replace(cluster, services=cluster.services + (service,))
+        steps.append(("service add", cluster))
+        cluster = dataclasses.replace(cluster, authorization_policies=cluster.authorization_policies + (policy,))
+        steps.append(("policy change", cluster))
+        for kind, model in steps:
+            kinds[kind].append(await _one_change(model, plane, sent, received, connected, mesh_index))
+            progress.step(kind)
+    progress.close()
+    out: dict[str, Any] = {}
+    for kind, results in kinds.items():
+        sent_ms = [x for r in results for x in r["sent_ms"]]
+        handover_ms = [x for r in results for x in r["sent_after_handover_ms"]]
+        recv_ms = [x for r in results for x in r["received_ms"]]
+        out[kind] = {
+            "changes": len(results),
+            "affected_streams": sum(r["affected"] for r in results),
+            "pushed_streams": sum(r["pushed"] for r in results),
+            "unaffected_pushed": sum(r["unaffected_pushed"] for r in results),
+            "model_build_ms": _round(statistics.mean(r["model_ms"] for r in results)),
+            "producer_ms": _round(statistics.mean(r["producer_ms"] for r in results)),
+            "sent_p50_ms": _round(_pct(sent_ms, 0.5)), "sent_p99_ms": _round(_pct(sent_ms, 0.99)),
+            "sent_after_handover_p50_ms": _round(_pct(handover_ms, 0.5)),
+            "sent_after_handover_p99_ms": _round(_pct(handover_ms, 0.99)),
+            "received_p50_ms": _round(_pct(recv_ms, 0.5)), "received_p99_ms": _round(_pct(recv_ms, 0.99)),
+            "mb_sent_per_change": _round(statistics.mean(r["bytes"] for r in results) / 1e6),
+        }
+    return out
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+async def _one_change(model, plane, sent, received, connected: set[str], mesh_index) -> dict[str, Any]:
+    """Hand the control plane one model change, as ``zpilot serve`` does once the debounce window
+    closed: the model is built (in a worker thread), then produced and pushed."""
+    first_sent, first_received = len(sent.records), len(received)
+    t0 = time.monotonic()  # the debounce window closes
+    index = await asyncio.to_thread(mesh_index.build, model)
+    t1 = time.monotonic()
+    report = await plane.update(index, changed_at=t0)
+    t2 = time.monotonic()
+    affected = set(report.changed) & connected
+    await _quiet(sent, 1.0, received)
+    records = sent.records[first_sent:]
+    pushed = {node for _, node, *_ in records}
+    last_sent: dict[str, float] = {}
+    for t, node, _type, latency, _size in records:
+        if latency is not None:
+            last_sent[node] = max(last_sent.get(node, 0.0), t)
+    last_received: dict[str, float] = {}
+    for record in received[first_received:]:
+        last_received[record["node"]] = max(last_received.get(record["node"], 0.0), record["t"])
+    return {
+        "affected": len(affected), "pushed": len(pushed), "unaffected_pushed": len(pushed - affected),
+        "model_ms": (t1 - t0) * 1000, "producer_ms": (t2 - t1) * 1000,
+        "sent_ms": [(last_sent[n] - t0) * 1000 for n in affected if n in last_sent],
+        "sent_after_handover_ms": [(last_sent[n] - t1) * 1000 for n in affected if n in last_sent],
+        "received_ms": [(last_received[n] - t0) * 1000 for n in affected if n in last_received],
+        "bytes": sum(size for *_, size in records),
+    }
+
+
+def child_envoy(params: dict[str, Any]) -> dict[str, Any]:
+    return asyncio.run(_envoy(params))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    from zpilot.certs import CertificateAuthority, IdentityCache
+    from zpilot.envoy_binary import envoy_path, next_base_id
+    from zpilot.runtime.control_plane import ControlPlane, DebugOptions
+    from zpilot.translators import IncrementalTranslator, TranslateOptions
+    from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
+    from zpilot.xds.security import XdsSecurity
+    from zpilot.xds.server import ServerOptions
+
+    shape = _shape(params)
+    _, index, _ = _model(shape)
+    # a loopback address of its own: the ztunnel ports (15001, 15006, 15008) clash with nobody's
+    bind = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+    options = TranslateOptions(layout=params["layout"], bind_address=bind)
+    node = node_name(0)
+    plane = ControlPlane(
+        xds_security=XdsSecurity.insecure(),  # loopback; the bootstrap below is plaintext too
+        server_options=ServerOptions(host="127.0.0.1", port=0),
+        debug_options=DebugOptions(host="127.0.0.1", port=0),
+        translate=_OnlyNodes(IncrementalTranslator(options), {node}),  # the one Envoy's; the others' are cold's
+        identities=IdentityCache(CertificateAuthority.generate()),
+    )
+    await plane.update(index)
+    await plane.start()
+    snapshot = plane.cache.get_snapshot(node)
+    config_mb = sum(t.size for t in snapshot.types.values()) / 1e6
+    admin = _free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="zpilot-bench-envoy-"))
+    config = json_format.MessageToDict(
+        bootstrap(BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin)),
+        preserving_proto_field_name=True,
+    )
+    (workdir / "bootstrap.json").write_text(json.dumps(config))
+    log = open(workdir / "envoy.log", "wb")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [envoy_path(), "-c", str(workdir / "bootstrap.json"), "--base-id", str(next_base_id() + 7000),
+         "--disable-hot-restart", "-l", "warning"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        live = None
+        while time.monotonic() - started < params["live_timeout"]:
+            if proc.poll() is not None:
+                raise RuntimeError(f"envoy exited {proc.returncode}: {(workdir / 'envoy.log').read_text()[-500:]}")
+            if await asyncio.to_thread(_is_live, admin):
+                live = time.monotonic() - started
+                break
+            await asyncio.sleep(0.02)
+        rss, peak, cpu = _rss_mb(proc.pid), _rss_mb(proc.pid, "VmHWM"), _cpu_seconds(proc.pid)
+        nacks = plane.metrics.value("zpilot_xds_nacks_total", type="LDS") + plane.metrics.value(
+            "zpilot_xds_nacks_total", type="CDS")
+        return {"node_config_mb": round(config_mb, 2), "live_seconds": None if live is None else round(live, 2),
+                "envoy_cpu_seconds": round(cpu, 2), "envoy_rss_mib": round(rss), "envoy_peak_rss_mib": round(peak),
+                "nacks": int(nacks), "live_timeout": params["live_timeout"]}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        await plane.stop()
+
+
+class _OnlyNodes:
+    """A translator for some nodes of the model only (what one Envoy needs, at any size)."""
+
+    def __init__(self, translator, nodes: set[str]) -> None:
+        self.translator, self.nodes = translator, nodes
+
+    def inputs(self, index):
+        return {n: i for n, i in self.translator.inputs(index).items() if n in self.nodes}
+
+    def translate(self, node_input):
+        return self.translator.translate(node_input)
+
+
+def _is_live(admin: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
+            return r.status == 200 and r.read().strip() == b"LIVE"
+    except OSError:
+        return False
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "growth": child_growth, "cold": child_cold, "churn": child_churn, "envoy": child_envoy,
+}
+
+
+# -- the report -------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    memory = 0.0
+    with contextlib.suppress(OSError, StopIteration):
+        memory = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
+                          if line.startswith("MemTotal")).split()[1]) / MiB
+    envoy = "?"
+    with contextlib.suppress(Exception):
+        from zpilot.envoy_binary import envoy_path
+
+        version = subprocess.run([envoy_path(), "--version"], capture_output=True, text=True).stdout
+        envoy = re.search(r"version: \w+/(\d+\.\d+\.\d+)/", version).group(1)  # type: ignore[union-attr]
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(memory, 1), "python": platform.python_version(),
+            "envoy": envoy, "load_average": os.getloadavg()}
+
+
+def _table(title: str, header: list[str], rows: Iterable[list[Any]]) -> str:
+    rows = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    body = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return f"\n{title}\n{line}\n{'-' * len(line)}\n{body}"
+
+
+def report(results: dict[str, Any]) -> str:
+    out = [f"machine: {results['machine']}", f"cluster: {results['cluster']}"]
+    rows = []
+    for layout, series in results["growth"].items():
+        for r in series:
+            if "stopped" in r:
+                rows.append([layout, r["size"], "stopped: " + r["stopped"]] + [None] * 9)
+                continue
+            o, b = r["objects"], r["bytes"]
+            rows.append([layout, f"{r['nodes']}n/{r['pods']}p/{r['services']}s", r["total_mb"], round(b["LDS"] / 1e6, 2),
+                         round(b["CDS"] / 1e6, 2), round(b["EDS"] / 1e6, 2), o["listeners"], o["filter_chains"],
+                         o["matcher_leaves"], o["clusters"], o["endpoints"], r["translate_seconds"]])
+    out.append(_table("growth: one node's config (node-0) as the cluster grows",
+                      ["layout", "cluster", "MB", "LDS", "CDS", "EDS", "listeners", "chains", "matcher leaves",
+                       "clusters", "endpoints", "translate s"], rows))
+    rows = []
+    for layout, r in results["cold"].items():
+        if "stopped" in r:
+            rows.append([layout, "stopped: " + r["stopped"]] + [None] * 6)
+        else:
+            rows.append([layout, r["nodes"], r["seconds"], r["model_seconds"], r["per_node_mb"], r["served_mb"],
+                         r["held_mb"], r["peak_rss_mb"]])
+    out.append(_table("cold: every node's config from the first model",
+                      ["layout", "nodes", "generate s", "model s", "MB/node", "served MB", "held MB", "peak RSS MiB"],
+                      rows))
+    rows = []
+    for layout, r in results["churn"].items():
+        if "stopped" in r:
+            rows.append([layout, "stopped: " + r["stopped"]] + [None] * 10)
+            continue
+        for kind, e in r["events"].items():
+            if "skipped" in e:
+                rows.append([layout, kind, "skipped: " + e["skipped"]] + [None] * 9)
+                continue
+            rows.append([layout, kind, f"{e['pushed_streams']}/{e['affected_streams']}", e["unaffected_pushed"],
+                         e["model_build_ms"], e["producer_ms"], e["sent_p50_ms"], e["sent_p99_ms"],
+                         e["sent_after_handover_p99_ms"], e["received_p99_ms"], e["mb_sent_per_change"]])
+    out.append(_table("churn: from the end of the debounce window (ms), N ztunnels connected",
+                      ["layout", "change", "pushed/affected", "unaffected pushed", "model ms", "producer ms",
+                       "sent p50", "sent p99", "sent p99 after model", "received p99", "MB sent"], rows))
+    for layout, r in results["churn"].items():
+        if "stopped" not in r:
+            out.append(f"  {layout}: {r['clients']} ztunnels, initial sync {r['initial_sync_seconds']} s, "
+                       f"NACKs {r['nacks']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB)")
+    rows = []
+    for layout, r in results["envoy"].items():
+        if "stopped" in r:
+            rows.append([layout, r.get("cluster", ""), "stopped: " + r["stopped"]] + [None] * 4)
+        else:
+            rows.append([layout, r["cluster"], r["node_config_mb"], r["live_seconds"], r["envoy_cpu_seconds"],
+                         r["envoy_rss_mib"], r["nacks"]])
+    out.append(_table("envoy: one node's config into a real Envoy over ADS",
+                      ["layout", "cluster", "config MB", "LIVE s", "envoy CPU s", "RSS MiB", "NACKs"], rows))
+    return "\n".join(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", action="store_true", help="issue 13's R: 100 nodes (growth 10, 25, 50, 100)")
+    parser.add_argument("--nodes", type=int, help="the cluster's node count (R scaled: 100 pods, 10 services per node)")
+    parser.add_argument("--growth", help="node counts of the growth series, comma-separated")
+    parser.add_argument("--layouts", help="comma-separated (default: every layout)")
+    parser.add_argument("--clients", type=int, help="simulated ztunnels (default: one per node)")
+    parser.add_argument("--rounds", type=int, help="each kind of change this many times (2; 5 with --reference)")
+    parser.add_argument("--skip", default="", help="phases to skip: growth, cold, churn, envoy")
+    parser.add_argument("--cap-seconds", type=float, default=300.0, help="time cap of each phase (300)")
+    parser.add_argument("--cap-mb", type=float, default=12_000.0, help="memory cap of each phase, MiB (12000)")
+    parser.add_argument("--json", type=Path, default=Path("bench/out/scale.json"), help="where to write the results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(CHILDREN[args.child](json.loads(args.params))))
+        return 0
+
+    from zpilot.translators import known_layouts
+
+    nodes = args.nodes or (100 if args.reference else 3)
+    growth = [int(n) for n in args.growth.split(",")] if args.growth else ([10, 25, 50, 100] if args.reference else [1, 2, 3])
+    rounds = args.rounds or (5 if args.reference else 2)
+    layouts = args.layouts.split(",") if args.layouts else known_layouts()
+    skip = set(filter(None, args.skip.split(",")))
+    shape = Shape.reference().scaled(nodes)
+    caps = Caps(args.cap_seconds, args.cap_mb)
+    results: dict[str, Any] = {"machine": machine(), "cluster": shape.describe(), "shape": dataclasses.asdict(shape),
+                               "growth": {}, "cold": {}, "churn": {}, "envoy": {}}
+    phases = [("growth", layout, n) for layout in layouts for n in growth] if "growth" not in skip else []
+    phases += [(phase, layout, nodes) for phase in ("cold", "churn", "envoy") if phase not in skip for layout in layouts]
+    progress = Progress(len(phases), "phases")
+    stopped_growth: dict[str, str] = {}
+    for phase, layout, n in phases:
+        if phase != "growth" and layout in stopped_growth:
+            # one node's config did not fit the caps at some size: the rest is run at the largest that did
+            done = [r["nodes"] for r in results["growth"].get(layout, []) if "stopped" not in r]
+            n = min(n, max(done)) if done else n
+        progress.step(f"{phase} {layout} {n} nodes")
+        size = Shape.reference().scaled(n)
+        params = {"layout": layout, "shape": dataclasses.asdict(size), "clients": args.clients or n,
+                  "rounds": rounds, "sync_timeout": caps.seconds, "live_timeout": min(caps.seconds, 120.0)}
+        cold = results["cold"].get(layout, {})
+        if phase == "growth" and layout in stopped_growth:  # a larger cluster would stop too
+            result = {"stopped": f"not run: {stopped_growth[layout]} at a smaller size"}
+        elif phase == "churn" and "stopped" in cold and cold.get("nodes_run") == n:  # it starts with a cold generation
+            result = {"stopped": f"not run: the cold generation stopped ({cold['stopped'].split(':')[0]})"}
+        else:
+            result = run_child(phase, params, caps)
+        result["size"] = size.describe()
+        result["cluster"] = f"{size.nodes}n/{size.pods}p/{size.services}s"
+        if phase == "growth":
+            results["growth"].setdefault(layout, []).append(result)
+            if "stopped" in result and layout not in stopped_growth:
+                stopped_growth[layout] = result["stopped"].split(":")[0]
+        else:
+            result["nodes_run"] = n
+            results[phase][layout] = result
+    progress.close()
+    results["machine"]["load_average_end"] = os.getloadavg()
+    print(report(results))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    print(f"\nresults: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Shared bytes: a resource many nodes have is serialized once and held once, and a model change
+leaves untouched what it does not reach (the producer with the translator ``zpilot serve`` uses)."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+
+from zpilot import contract
+from zpilot.model.index import MeshIndex
+from zpilot.synthetic import Shape, extra_pod, node_name, synthetic_cluster, synthetic_manifests
+from zpilot.translators import IncrementalTranslator, TranslateOptions, known_layouts
+from zpilot.translators import names
+from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
+from zpilot.xds.push import Producer
+from zpilot.xds.resource_store import ResourceStore, total_bytes
+from zpilot.xds.snapshot_cache import SnapshotCache
+
+SHAPE = Shape(nodes=3, pods=12, services=4, namespaces=1, ports_per_service=2, service_accounts_per_namespace=2)
+
+
+def _index(docs) -> MeshIndex:
+    return MeshIndex.build(synthetic_cluster(docs))
+
+
+async def _produced(layout: str, docs) -> tuple[Producer, SnapshotCache]:
+    cache = SnapshotCache()
+    producer = Producer(cache, translate=IncrementalTranslator(TranslateOptions(layout=layout)))
+    await producer.update(_index(docs))
+    return producer, cache
+
+
+@pytest.mark.parametrize("layout", known_layouts())
+async def test_two_nodes_snapshots_hold_the_same_bytes_of_a_shared_cluster(layout: str) -> None:
+    producer, cache = await _produced(layout, synthetic_manifests(SHAPE))
+    a, b = (cache.get_snapshot(node_name(i)).resources(CLUSTER_TYPE) for i in (0, 1))
+    # equal content on both (an identity's tunnel clusters name the secret of its first pod on the node: not those)
+    shared = sorted(n for n in set(a.items) & set(b.items) if a.items[n].version == b.items[n].version)
+    assert names.PASSTHROUGH_CLUSTER in shared and [n for n in shared if "svc-" in n]
+    for name in shared:
+        assert a.items[name] is b.items[name]
+        assert a.items[name].entry is b.items[name].entry
+
+
+@pytest.mark.parametrize("layout", known_layouts())
+async def test_the_control_plane_holds_one_copy_of_each_distinct_resource(layout: str) -> None:
+    producer, cache = await _produced(layout, synthetic_manifests(SHAPE))
+    served = [r for node in cache.nodes() for t in cache.get_snapshot(node).types.values() for r in t.items.values()]
+    distinct_content = {(r.type_url, r.name, r.version) for r in served}
+    distinct_objects = {id(r.entry) for r in served}
+    assert len(distinct_objects) == len(distinct_content) < len(served)
+    assert total_bytes(served) == sum(r.size for r in producer.store.held() if id(r.entry) in distinct_objects)
+
+
+@pytest.mark.parametrize("layout", known_layouts())
+async def test_a_pod_added_on_one_node_leaves_the_others_listeners_and_clusters_untouched(layout: str) -> None:
+    docs = synthetic_manifests(SHAPE)
+    producer, cache = await _produced(layout, docs)
+    before = {node: cache.get_snapshot(node) for node in cache.nodes()}
+    serialized = producer.store.serialized
+    report = await producer.update(_index(docs + [extra_pod(SHAPE, 0, node=0)]))
+    other = node_name(1)
+    after = cache.get_snapshot(other)
+    assert CLUSTER_TYPE not in report.changed[other]  # no cluster of its changed
+    assert after.resources(CLUSTER_TYPE).items == before[other].resources(CLUSTER_TYPE).items
+    for name in (contract.INBOUND_LISTENER, contract.INBOUND_PLAINTEXT_LISTENER):
+        assert after.resources(LISTENER_TYPE).items[name] is before[other].resources(LISTENER_TYPE).items[name]
+    # what was serialized again: the listeners that list the pod, the new pod's service endpoints
+    # (per node in the article's layout: its tunnel port differs by node), the new pod's node's own
+    again = producer.store.serialized - serialized
+    assert 0 < again < sum(len(t.items) for t in after.types.values())
+    eds = {n for n, r in after.resources(ENDPOINT_TYPE).items.items()
+           if r is not before[other].resources(ENDPOINT_TYPE).items.get(n)}
+    assert eds and all("svc-0." in n for n in eds)
+
+
+async def test_a_change_no_node_can_see_translates_one_node_and_pushes_none() -> None:
+    docs = synthetic_manifests(SHAPE)
+    producer, cache = await _produced("article", docs)
+    pod = next(d for d in docs if d["kind"] == "Pod" and d["spec"]["nodeName"] == node_name(2))
+    pod["metadata"]["labels"] = {**pod["metadata"]["labels"], "version": "v2"}
+    report = await producer.update(_index(docs))
+    assert report.translated == [node_name(2)] and report.changed == {}
+
+
+def test_equal_resources_built_apart_are_interned() -> None:
+    store = ResourceStore()
+    one = store.resource(CLUSTER_TYPE, "c", Cluster(name="c", type=Cluster.STATIC))
+    two = store.resource(CLUSTER_TYPE, "c", Cluster(name="c", type=Cluster.STATIC))
+    other = store.resource(CLUSTER_TYPE, "c", Cluster(name="c", type=Cluster.EDS))
+    assert one is two and other is not one and store.serialized == 3
+    assert len(store.held()) == 2
+    del one, two
+    assert [r.version for r in store.held()] == [other.version]  # nothing holds the first: let go
+
+
+async def test_a_listener_holds_the_pieces_every_node_shares_as_one_object(monkeypatch) -> None:
+    """In the linear layout every node's outbound listener contains the same service chains and
+    destination map: each node's cached listener keeps only its own bytes around those pieces,
+    and whatever is sent from it (SotW, delta, the debug dump) is the listener itself."""
+    from envoy.config.listener.v3.listener_pb2 import Listener
+    from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse
+
+    from zpilot.translators import translate_node
+    from zpilot.xds import snapshot, wire
+
+    monkeypatch.setattr(snapshot, "MIN_SHARED_CHUNK", 64)  # this small cluster's pieces are small
+    docs = synthetic_manifests(SHAPE)
+    producer, cache = await _produced("linear", docs)
+    a, b = (cache.get_snapshot(node_name(i)).resources(LISTENER_TYPE) for i in (0, 1))
+    mine, theirs = a.items[contract.OUTBOUND_LISTENER], b.items[contract.OUTBOUND_LISTENER]
+    # the service chains, the pod-IP chains and the destination map, between the node's own bytes
+    shared = [part for part in mine.parts if any(part is other for other in theirs.parts)]
+    assert len(shared) == 3 and len(mine.parts) == len(theirs.parts) == 7  # and the response entry's header
+    assert mine.version != theirs.version  # each node's own gate differs
+    expected = translate_node(_index(docs), node_name(0), TranslateOptions(layout="linear"))
+    want = expected.listeners[contract.OUTBOUND_LISTENER]
+
+    sotw = DiscoveryResponse.FromString(
+        wire.discovery_response_from_entries(version_info="v", entries=a.all_entries, type_url=LISTENER_TYPE, nonce="1"))
+    got = {Listener.FromString(r.value).name: Listener.FromString(r.value) for r in sotw.resources}
+    assert got[contract.OUTBOUND_LISTENER] == want
+    delta = DeltaDiscoveryResponse.FromString(wire.delta_discovery_response_from_entries(
+        system_version_info="v", entries=b"".join(mine.delta_parts), removed=[], type_url=LISTENER_TYPE, nonce="2"))
+    assert delta.resources[0].version == mine.version
+    assert Listener.FromString(delta.resources[0].resource.value) == want
+    resources, _ = cache.get_snapshot(node_name(0)).decode()
+    assert resources.listeners[contract.OUTBOUND_LISTENER] == want
+    # held once: the shared parts count once however many nodes hold them
+    served = [r for n in cache.nodes() for t in cache.get_snapshot(n).types.values() for r in t.items.values()]
+    assert total_bytes(served) < sum(r.size for r in served)

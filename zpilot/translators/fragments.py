@@ -1,0 +1,81 @@
+"""Built config, kept by the inputs it was built from: the memo behind incremental generation.
+
+Most of a node's config is the same as another node's, or as its own before the last model
+change: a service's cluster and endpoints do not depend on the node asking (in the linear
+layout), and a pod's inbound chain does not change when a pod elsewhere comes and goes. A
+:class:`Fragments` memo builds each such piece once and hands the same object to every node
+that needs it, in this model and the next.
+
+A piece is asked for as ``fragments.get(builder, *args)``: the builder and its arguments *are*
+the key, so a builder cannot depend on anything the key does not name (builders are pure
+functions of their arguments, like every translator). Arguments must be hashable and compare
+by content; another fragment may be an argument (it compares by identity, and a memo has one
+fragment per key). What a memo returns is shared and must never be changed: callers copy it
+into the message they build (``repeated.append``, ``CopyFrom`` and ``update`` copy).
+
+The memo holds fragments weakly: a fragment lives as long as something still uses it (a node's
+last translation keeps the fragments it used), so memory follows the current model, and no
+generation counting is needed. :attr:`Fragment.derived` carries what consumers derive from it
+once (the serialized form, the consistency facts), so that too is computed once per fragment.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Hashable
+
+
+class Fragment:
+    """One built piece of config (a message, or a mapping or tuple of messages) and its key."""
+
+    __slots__ = ("key", "value", "derived", "__weakref__")
+
+    def __init__(self, key: Hashable, value: Any) -> None:
+        self.key = key
+        self.value = value
+        #: Whatever consumers derive from ``value`` and want to compute only once, by consumer.
+        self.derived: dict[Hashable, Any] = {}
+
+    def __repr__(self) -> str:
+        builder = self.key[0] if isinstance(self.key, tuple) and self.key else self.key
+        return f"Fragment({getattr(builder, '__qualname__', builder)!r})"
+
+
+class Fragments:
+    """A memo of fragments by (builder, arguments)."""
+
+    def __init__(self) -> None:
+        self._live: weakref.WeakValueDictionary[Hashable, Fragment] = weakref.WeakValueDictionary()
+        #: How many fragments were built (not found): what tests count to see what was rebuilt.
+        self.built = 0
+
+    def get(self, builder: Callable[..., Any], *args: Hashable, **kwargs: Hashable) -> Fragment:
+        key = (builder, args, tuple(sorted(kwargs.items()))) if kwargs else (builder, args)
+        fragment = self._live.get(key)
+        if fragment is None:
+            fragment = Fragment(key, self.build(builder, args, kwargs))
+            self._live[key] = fragment
+            self.built += 1
+        return fragment
+
+    def build(self, builder: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """Build one fragment (what a test overrides to see what gets built)."""
+        return builder(*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+
+class FragmentGroup:
+    """Named fragments built together (every service port's cluster, say), as one fragment's value.
+
+    A group holds its members, so each stays in the memo while the group is in use, and the next
+    group (after a model change) finds the members whose inputs did not change already built.
+    """
+
+    __slots__ = ("members", "values")
+
+    def __init__(self, members: dict[str, Fragment]) -> None:
+        self.members = members
+        #: Each member's value by name.
+        self.values = {name: fragment.value for name, fragment in members.items()}

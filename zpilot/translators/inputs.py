@@ -1,0 +1,288 @@
+"""What one node's config depends on, as a value: the input of incremental generation.
+
+A node's config is a function of a small part of the model: the meshed pods on the node, and
+what those pods can reach (service VIPs with their endpoints, the meshed pods of the cluster),
+plus the translation options. :class:`NodeInput` is exactly that, and the translators read
+nothing else (:class:`~zpilot.translators.context.NodeView` is built from it alone). So when a
+model change leaves a node's input equal, its config cannot have changed and is not rebuilt.
+
+The reachable part, :class:`MeshInput`, is one value per model, shared by every node's input;
+the producer keeps the previous one when a new model's is equal, so comparing node inputs
+usually stops at an identity check. Each service port is a :class:`ServicePortInput`, which
+compares and hashes by the facts its config depends on (not by the pods behind its endpoints),
+so that it can key the memo of the resources built from it cheaply (fragments.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable, Iterable, Iterator
+
+from .. import contract
+from ..model.index import Endpoint, MeshIndex, ServiceTarget, seen_from
+from ..model.objects import Service, ServicePort, Workload
+from ..model.policy import WorkloadPolicies
+from .options import TranslateOptions
+
+
+def _endpoint_facts(endpoint: Endpoint) -> tuple:
+    """Everything config reads of an endpoint: of its pod, only the identity (what a tunnel pins)."""
+    pod = endpoint.workload
+    return (
+        endpoint.address,
+        endpoint.port,
+        endpoint.meshed,
+        endpoint.node_name,
+        endpoint.locality.region,
+        endpoint.locality.zone,
+        endpoint.ready,
+        endpoint.serving,
+        endpoint.terminating,
+        (pod.namespace, pod.service_account) if pod is not None else None,
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class ServicePortInput:
+    """One service port with a VIP: its VIPs and every endpoint it has (readiness included)."""
+
+    service: Service
+    port: ServicePort
+    vips: tuple[str, ...]
+    candidates: tuple[Endpoint, ...]
+    _facts: tuple = field(init=False, repr=False)
+    _hash: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        facts = (
+            self.service.namespace,
+            self.service.name,
+            self.service.node_local,
+            self.port.port,
+            self.port.name,
+            self.port.target_port,
+            self.port.protocol,
+            self.vips,
+            tuple(_endpoint_facts(e) for e in self.candidates),
+        )
+        object.__setattr__(self, "_facts", facts)
+        object.__setattr__(self, "_hash", hash(facts))
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, ServicePortInput):
+            return NotImplemented
+        return self._hash == other._hash and self._facts == other._facts
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @property
+    def target(self) -> ServiceTarget:
+        return ServiceTarget(self.service, self.port)
+
+    @cached_property
+    def cluster_endpoints(self) -> tuple[Endpoint, ...]:
+        """Where new connections go, seen from no node in particular (see :meth:`endpoints`)."""
+        return tuple(seen_from(self.candidates, self.service, None))
+
+    def endpoints(self, node: str | None = None) -> tuple[Endpoint, ...]:
+        """Where a new connection from ``node`` goes (``MeshIndex.endpoints``): the same for
+        every node, except for an ``internalTrafficPolicy: Local`` service."""
+        if node is None or not self.service.node_local:
+            return self.cluster_endpoints
+        return tuple(seen_from(self.candidates, self.service, node))
+
+
+@dataclass(frozen=True, eq=False)
+class MeshInput:
+    """What every node can reach: the service ports with a VIP, and the meshed pods (with an IP).
+
+    Compares by what config reads of it: a pod relabelled without changing any service's
+    endpoints leaves it equal, so no other node is translated again."""
+
+    cluster_domain: str
+    service_ports: tuple[ServicePortInput, ...]
+    #: (VIP, index into service_ports) in the model's VIP order (``MeshIndex.vips``).
+    vip_order: tuple[tuple[str, int], ...]
+    #: Config reads only the address, the node and the identity of these (:attr:`meshed_facts`).
+    meshed: tuple[Workload, ...]
+    meshed_facts: tuple[tuple, ...] = field(init=False, repr=False)
+    _hash: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "meshed_facts", tuple((w.ip, w.node_name, w.namespace, w.service_account) for w in self.meshed)
+        )
+        object.__setattr__(
+            self, "_hash", hash((self.cluster_domain, self.service_ports, self.vip_order, self.meshed_facts))
+        )
+
+    @classmethod
+    def of(cls, index: MeshIndex) -> "MeshInput":
+        by_port: dict[tuple[str, str, int], int] = {}
+        targets: list[ServiceTarget] = []
+        vips: dict[int, list[str]] = {}
+        order: list[tuple[str, int]] = []
+        for vip, target in index.vips():
+            key = (target.service.namespace, target.service.name, target.port.port)
+            if key not in by_port:
+                by_port[key] = len(targets)
+                targets.append(target)
+            i = by_port[key]
+            vips.setdefault(i, []).append(vip)
+            order.append((vip, i))
+        ports = tuple(
+            ServicePortInput(t.service, t.port, tuple(vips[i]), tuple(index.candidates(t.service, t.port)))
+            for i, t in enumerate(targets)
+        )
+        meshed = tuple(w for w in index.meshed_workloads() if w.ip)
+        return cls(index.cluster_domain, ports, tuple(order), meshed)
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, MeshInput):
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and self.cluster_domain == other.cluster_domain
+            and self.vip_order == other.vip_order
+            and self.meshed_facts == other.meshed_facts
+            and self.service_ports == other.service_ports
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    # -- what MeshIndex answers, for the part of the mesh a node's config may read ---------------
+
+    def vips(self) -> Iterator[tuple[str, ServiceTarget]]:
+        """(VIP, target) pairs in the model's order, as ``MeshIndex.vips``."""
+        for vip, i in self.vip_order:
+            yield vip, self.service_ports[i].target
+
+    def vip_ports(self) -> Iterator[tuple[str, ServicePortInput]]:
+        """(VIP, service port) pairs in the model's order."""
+        for vip, i in self.vip_order:
+            yield vip, self.service_ports[i]
+
+    @cached_property
+    def _by_key(self) -> dict[tuple[str, str, int], ServicePortInput]:
+        return {(p.service.namespace, p.service.name, p.port.port): p for p in self.service_ports}
+
+    def service_port(self, service: Service, port: ServicePort) -> ServicePortInput | None:
+        return self._by_key.get((service.namespace, service.name, port.port))
+
+    def endpoints(self, service: Service, port: ServicePort, node: str | None = None) -> list[Endpoint]:
+        """As ``MeshIndex.endpoints``, for a service port with a VIP."""
+        found = self.service_port(service, port)
+        return list(found.endpoints(node)) if found is not None else []
+
+    def meshed_workloads(self) -> list[Workload]:
+        return list(self.meshed)
+
+    def meshed_identities(self, trust_domain: str) -> tuple[str, ...]:
+        """The identities of the meshed pods (what a pod-IP destination must prove), sorted; kept."""
+        cache = self.__dict__.setdefault("_identities", {})
+        found = cache.get(trust_domain)
+        if found is None:
+            found = cache[trust_domain] = tuple(
+                sorted({contract.spiffe_id(trust_domain, w.namespace, w.service_account) for w in self.meshed})
+            )
+        return found
+
+    @cached_property
+    def has_node_local(self) -> bool:
+        """Whether some service port is ``internalTrafficPolicy: Local`` (then what a node captures depends on the node)."""
+        return any(p.service.node_local for p in self.service_ports)
+
+    def served_key(self, node: str) -> str | None:
+        """What :meth:`served` depends on of the node: ``node``, or None when every node captures the same."""
+        return node if self.has_node_local else None
+
+    def served_ports(self, node: str | None) -> "ServedPorts":
+        """The service ports ``node`` captures (:meth:`served`), each once, as one value that many
+        nodes share (``node``: a :meth:`served_key`), kept for this model."""
+        cache = self.__dict__.setdefault("_served_ports", {})
+        found = cache.get(node)
+        if found is None:
+            ports: dict[ServicePortInput, None] = {}
+            for _vip, port, _endpoints in self.served(node):
+                ports.setdefault(port, None)
+            found = cache[node] = ServedPorts(tuple(ports))
+        return found
+
+    def served(self, node: str | None) -> list[tuple[str, ServicePortInput, tuple[Endpoint, ...]]]:
+        """(VIP, service port, endpoints) of the VIP:ports ``node`` captures: those with an endpoint
+        for it, in VIP order (``NodeView.served_vips`` says why the others are not captured)."""
+        out = []
+        for vip, port in self.vip_ports():
+            endpoints = port.endpoints(node)
+            if endpoints:
+                out.append((vip, port, endpoints))
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class ServedPorts:
+    """Service ports a node captures, each once (dual-stack: one per port, however many VIPs):
+    a memo key of the pieces built for all of them, hashed once."""
+
+    ports: tuple[ServicePortInput, ...]
+    _hash: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash(self.ports))
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, ServedPorts):
+            return NotImplemented
+        return self._hash == other._hash and self.ports == other.ports
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def names(self, name: Callable[[ServicePortInput, str], str], domain: str) -> tuple[str, ...]:
+        """``name(port, domain)`` of each port (kept: a layout names each port's pieces once per model)."""
+        cache = self.__dict__.setdefault("_names", {})
+        found = cache.get((name, domain))
+        if found is None:
+            found = cache[(name, domain)] = tuple(name(port, domain) for port in self.ports)
+        return found
+
+
+@dataclass(frozen=True)
+class NodeInput:
+    """Everything one node's config is translated from. Equal inputs, equal config."""
+
+    node: str
+    options: TranslateOptions
+    #: The node's meshed pods that have an IP, in the model's order (namespace, name).
+    local_pods: tuple[Workload, ...]
+    mesh: MeshInput
+    #: What decides who may connect to each of ``local_pods`` (its AuthorizationPolicies and
+    #: mTLS mode), in the same order: a node's config carries the policies of its own pods only.
+    policies: tuple[WorkloadPolicies, ...] = ()
+
+
+def config_nodes(index: MeshIndex) -> set[str]:
+    """The nodes that get config: every Node object, and every node a pod is scheduled on (manifests
+    often carry pods without their Node objects; those ztunnels must not be starved)."""
+    return set(index.nodes) | {w.node_name for w in index.cluster.workloads if w.node_name}
+
+
+def node_inputs(
+    index: MeshIndex, nodes: Iterable[str], options: TranslateOptions, mesh: MeshInput | None = None
+) -> dict[str, NodeInput]:
+    """The input of each of ``nodes`` (``mesh``: the model's MeshInput, when already made)."""
+    mesh = mesh if mesh is not None else MeshInput.of(index)
+    out = {}
+    for node in nodes:
+        pods = tuple(w for w in index.meshed_workloads_on(node) if w.ip)
+        out[node] = NodeInput(node, options, pods, mesh, tuple(index.policies_for(w) for w in pods))
+    return out

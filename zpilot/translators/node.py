@@ -1,0 +1,72 @@
+"""One node's whole config from its view: the fixed clusters, the layout's outbound side, the
+inbound listeners and the secrets they name; and what the config was made of."""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Mapping
+
+from .. import contract
+from . import clusters, inbound, names
+from .context import ListenerParts, NodeView, ResourceSet
+from .fragments import Fragment
+from .inputs import NodeInput
+from .layout import get as get_layout
+from .resources import NodeResources
+
+
+@dataclass(frozen=True)
+class Translated:
+    """A node's resources, the input they were translated from, and the shared pieces they are
+    made of: holding this keeps those pieces in the memo (fragments.py), and a consumer may use
+    what it derived from them before instead of deriving it again for this node."""
+
+    resources: NodeResources
+    input: NodeInput
+    fragments: tuple[Fragment, ...]
+    resource_sets: tuple[ResourceSet, ...]
+    #: Listeners put together from shared pieces, by name (see ``ListenerParts``).
+    listener_parts: Mapping[str, ListenerParts] = field(default_factory=dict)
+
+    def shared_resource(self, message: object) -> Fragment | None:
+        """The fragment a whole resource of this node is (the same object), if it is one."""
+        return self._by_message.get(id(message))
+
+    @cached_property
+    def _by_message(self) -> dict[int, Fragment]:
+        # ids are stable here: the fragments held by this object keep their values alive
+        return {id(f.value): f for f in self.fragments}
+
+
+def translate_view(view: NodeView) -> Translated:
+    """Everything the node's ztunnel needs; a node with no meshed pods still gets its fixed
+    listeners and clusters, so its Envoy is ready the moment a pod arrives."""
+    limits = view.options.limits
+    out = NodeResources(node=view.node)
+    for cluster in (
+        view.shared(clusters.virtual_inbound, limits),
+        view.shared(clusters.passthrough, limits),
+        view.shared(clusters.blackhole),
+    ):
+        out.clusters[cluster.name] = cluster
+    get_layout(view.options.layout)(view, out)
+    for listener in (inbound.inbound_listener(view), inbound.inbound_plaintext_listener(view)):
+        out.listeners[listener.name] = listener
+    for pod in view.local_pods:
+        identity = view.identity_of(pod)
+        out.add_secret(names.workload_secret(identity, pod), identity)
+    if out.secrets:  # only TLS contexts reference the trust bundle; with no local pod there are none
+        out.add_secret(contract.ROOT_CA_SECRET, None)
+    _check_sets(view, out)
+    return Translated(out, view.input, tuple(view.used.values()), tuple(view.resource_sets), dict(view.listener_parts))
+
+
+def _check_sets(view: NodeView, out: NodeResources) -> None:
+    """A resource set's names must hold its very messages: a consumer serves the set's form of them."""
+    by_type = out.by_type()
+    for resource_set in view.resource_sets:
+        held, members = by_type[resource_set.type_url], resource_set.resources
+        if not all(map(operator.is_, map(held.get, members), members.values())):
+            raise ValueError(f"node {view.node}: a resource of a shared set was replaced by the layout")

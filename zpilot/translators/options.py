@@ -1,0 +1,24 @@
+"""How a node's config is translated: the choices the model does not make (``zpilot serve``'s flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import contract
+from .limits import DataPathLimits
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    trust_domain: str = contract.DEFAULT_TRUST_DOMAIN
+    layout: str = contract.DEFAULT_LAYOUT
+    #: Address the node-wide listeners bind to (0.0.0.0 in a cluster; tests may pick another).
+    bind_address: str = "0.0.0.0"
+    #: Circuit breakers and idle timeouts of every data-path cluster and proxy (limits.py).
+    limits: DataPathLimits = DataPathLimits()
+    #: The ztunnels' Envoy admin port (``zpilot bootstrap --admin-port``): no tunnel may lead to it.
+    admin_port: int = contract.PORT_ADMIN
+
+    def __post_init__(self) -> None:
+        if isinstance(self.admin_port, bool) or not isinstance(self.admin_port, int) or not 1 <= self.admin_port <= 65535:
+            raise ValueError(f"admin_port must be a port from 1 to 65535, not {self.admin_port!r}")

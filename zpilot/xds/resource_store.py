@@ -1,0 +1,164 @@
+"""One copy of each distinct serialized resource, however many nodes are served it.
+
+Most of a large cluster's config is the same on every node (a service's cluster and endpoints,
+in the linear layout) or the same as before the last change. The store makes sure such a
+resource is serialized once and that every snapshot holding it holds the very same bytes:
+
+- a resource the translators built as a shared piece (a fragment: the same message object for
+  every node, see ``translators/fragments.py``) is serialized the first time and the result kept
+  on the fragment, so no other node serializes it again;
+- a shared set of resources becomes one :class:`~zpilot.xds.snapshot.TypeResources` kept on its
+  fragment, which each node's snapshot takes as a part;
+- anything else is serialized and then *interned* by content (type, name, content hash): when a
+  snapshot already holds equal bytes, the new copy is dropped for the held one.
+
+The intern table holds resources weakly: a resource lives while a snapshot (or a fragment)
+holds it, so the store never keeps config no node is served. Called from the producer's worker
+thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Iterable
+
+from envoy.config.listener.v3.listener_pb2 import Listener
+from google.protobuf.message import Message
+
+from .. import protowire
+
+from ..translators import consistency
+from ..translators.context import ListenerParts, ResourceSet
+from ..translators.fragments import Fragment
+from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
+from .snapshot import CachedResource, TypeResources, content_version
+
+#: The keys under which the serialized form and the consistency facts are kept on a fragment (``Fragment.derived``).
+SERIALIZED = "xds.serialized"
+FACTS = "xds.facts"
+CHUNK = "xds.chunk"
+_FILTER_CHAINS = Listener.DESCRIPTOR.fields_by_name["filter_chains"].number
+#: The consistency check's name for each type it looks at.
+CHECKED = {LISTENER_TYPE: consistency.LISTENER, CLUSTER_TYPE: consistency.CLUSTER, ENDPOINT_TYPE: consistency.ENDPOINTS}
+
+
+class ResourceStore:
+    """Serializes resources, once per distinct content (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._interned: weakref.WeakValueDictionary[tuple[str, str, str], CachedResource] = (
+            weakref.WeakValueDictionary()
+        )
+        #: Resources serialized (not found already serialized): what tests count.
+        self.serialized = 0
+        #: The consistency facts of each held resource (they depend on its content alone).
+        self._facts: weakref.WeakKeyDictionary[CachedResource, consistency.Facts] = weakref.WeakKeyDictionary()
+
+    def intern(self, resource: CachedResource) -> CachedResource:
+        """The held resource equal to ``resource`` if there is one, else ``resource`` (now held)."""
+        key = (resource.type_url, resource.name, resource.version)
+        held = self._interned.get(key)
+        if held is not None and held.parts == resource.parts:
+            return held
+        self._interned[key] = resource
+        return resource
+
+    def resource(
+        self,
+        type_url: str,
+        name: str,
+        message: Message,
+        fragment: Fragment | None = None,
+        parts: ListenerParts | None = None,
+    ) -> CachedResource:
+        """``message`` serialized; once for all nodes when it is a shared ``fragment``; a listener
+        put together from shared pieces (``parts``) keeps their bytes as the pieces' own objects."""
+        if fragment is not None:
+            done = fragment.derived.get((SERIALIZED, type_url))
+            if done is not None:
+                return done
+        self.serialized += 1
+        shared = _shared_chunks(parts) if parts is not None else ()
+        resource = self.intern(CachedResource.of(type_url, name, message, shared))
+        if fragment is not None:
+            fragment.derived[(SERIALIZED, type_url)] = resource
+        return resource
+
+    def resource_set(self, shared: ResourceSet) -> TypeResources:
+        """A shared set serialized, once for every node that has it."""
+        key = (SERIALIZED, shared.type_url)
+        done = shared.fragment.derived.get(key)
+        if done is None:
+            type_url = shared.type_url
+            done = TypeResources.of_cached(
+                type_url,
+                {
+                    name: self.resource(type_url, name, message, shared.member(name))
+                    for name, message in sorted(shared.resources.items())
+                },
+            )
+            shared.fragment.derived[key] = done
+        return done
+
+    def facts(
+        self, resource: CachedResource, message: Message, parts: ListenerParts | None = None
+    ) -> consistency.Facts:
+        """The consistency facts of a serialized resource (``message`` is what it was serialized
+        from; ``parts``: how a listener was put together from shared pieces, which makes its
+        facts cheaper to derive)."""
+        found = self._facts.get(resource)
+        if found is None:
+            if parts is not None:
+                found = consistency.listener_facts_of_parts(resource.name, parts)
+            else:
+                found = consistency.resource_facts(CHECKED[resource.type_url], resource.name, message)
+            self._facts[resource] = found
+        return found
+
+    def set_facts(self, shared: ResourceSet) -> consistency.Facts:
+        """The consistency facts of a shared set, once for every node that has it."""
+        key = (FACTS, shared.type_url)
+        found = shared.fragment.derived.get(key)
+        if found is None:
+            serialized = self.resource_set(shared)
+            found = consistency.combined(
+                self.facts(serialized.items[name], message) for name, message in sorted(shared.resources.items())
+            )
+            shared.fragment.derived[key] = found
+        return found
+
+    def held(self) -> list[CachedResource]:
+        """Every distinct resource some snapshot or fragment still holds."""
+        return list(self._interned.values())
+
+    def held_bytes(self) -> int:
+        """The bytes of every distinct resource held (a part shared by several counted once)."""
+        return total_bytes(self.held())
+
+
+def _shared_chunks(parts: ListenerParts) -> list[tuple[bytes, str]]:
+    """The serialized forms of a listener's shared pieces, as they appear in its own serialized
+    form (chains, field 3, come before the matcher, field 32), each with its hash; made once per piece."""
+    chunks = [_chunk(f, _chains_bytes) for f in parts.chains]
+    return chunks + [_chunk(f, bytes) for f in parts.matches]
+
+
+def _chains_bytes(chains) -> bytes:
+    return b"".join(protowire.field_bytes(_FILTER_CHAINS, c.SerializeToString(deterministic=True)) for c in chains)
+
+
+def _chunk(fragment: Fragment, serialize) -> tuple[bytes, str]:
+    done = fragment.derived.get(CHUNK)
+    if done is None:
+        data = serialize(fragment.value)
+        done = fragment.derived[CHUNK] = (data, content_version(data))
+    return done
+
+
+def total_bytes(resources: Iterable[CachedResource]) -> int:
+    """The size of distinct resources (each bytes object counted once)."""
+    seen: dict[int, int] = {}
+    for r in resources:
+        for part in r.parts:
+            seen[id(part)] = len(part)
+    return sum(seen.values())
