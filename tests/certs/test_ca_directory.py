@@ -200,3 +200,17 @@ def test_serve_without_ca_dir_warns_that_a_restart_replaces_the_root(tmp_path):
 def test_serve_with_ca_dir_does_not_warn(tmp_path):
     text = serve_startup_log(tmp_path, "--ca-dir", str(tmp_path / "ca"))
     assert "--ca-dir" not in text, text
+
+
+def test_an_oversized_ca_file_is_refused_naming_it_without_reading_it_whole(tmp_path):
+    # A wrong path (a log, a dump) given as --ca-cert must not be read into memory whole.
+    from zpilot.certs.storage import MAX_CA_FILE_BYTES
+
+    CertificateAuthority.load_or_create(tmp_path / "ca")
+    key = tmp_path / "ca" / ROOT_KEY_FILE
+    big = tmp_path / "ca-cert.pem"
+    with big.open("wb") as f:
+        f.write((tmp_path / "ca" / ROOT_CERT_FILE).read_bytes())
+        f.truncate(MAX_CA_FILE_BYTES + 1)
+    with pytest.raises(CertificateAuthorityError, match=r"ca-cert\.pem: larger than"):
+        CertificateAuthority.from_files(big, key)

@@ -37,6 +37,9 @@ EXTRA_ROOTS_FILE = "extra-roots.pem"
 LOCK_FILE = ".lock"
 #: Where a new root is written before it is renamed into place (only ever used under the lock).
 STAGING_DIR = ".creating"
+#: The most a CA file may hold: a root, its key and a bundle of extra roots fit in a few KiB; a
+#: larger file is a wrong path (a log, a device), never read whole into memory.
+MAX_CA_FILE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,17 @@ class RootFiles:
     key_pem: bytes
 
 
-def read_file(path: Path) -> bytes:
-    """The file's bytes, or a CertificateAuthorityError naming it."""
+def read_file(path: Path, limit: int = MAX_CA_FILE_BYTES) -> bytes:
+    """The file's bytes, or a CertificateAuthorityError naming it (also when it holds more than
+    ``limit`` bytes: read with a bound, so a wrong path cannot exhaust memory)."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
     except OSError as exc:
         raise CertificateAuthorityError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise CertificateAuthorityError(f"{path}: larger than {limit} bytes; not a CA file")
+    return data
 
 
 def warn_if_readable_by_others(key_path: Path) -> None:
