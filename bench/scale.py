@@ -280,6 +280,7 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
     plane.ads.observer.add(sent)
     await plane.update(index)
     await plane.start()
+    rss_before_clients = _rss_mb(os.getpid())
     nodes = [node_name(i) for i in range(min(params["clients"], shape.nodes))]
     received: list[dict[str, Any]] = []
     ready: set[str] = set()
@@ -306,9 +307,11 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(0.1)
         sync_seconds = time.monotonic() - started
         await _quiet(sent, 1.0, received)
+        peak_at_sync = _rss_mb(os.getpid(), "VmHWM")
         events = await _events(params, shape, cluster, plane, sent, received, set(nodes), KIND_CONVERTERS, MeshIndex)
         return {"clients": len(nodes), "initial_sync_seconds": round(sync_seconds, 1), "events": events,
                 "nacks": sent.nacks, "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM")),
+                "rss_before_clients_mb": round(rss_before_clients), "peak_rss_first_sync_mb": round(peak_at_sync),
                 "rss_mb": round(_rss_mb(os.getpid()))}
     finally:
         reader.cancel()
@@ -366,6 +369,7 @@ async def _events(params, shape, cluster, plane, sent, received, connected, conv
             "sent_after_handover_p99_ms": _round(_pct(handover_ms, 0.99)),
             "received_p50_ms": _round(_pct(recv_ms, 0.5)), "received_p99_ms": _round(_pct(recv_ms, 0.99)),
             "mb_sent_per_change": _round(statistics.mean(r["bytes"] for r in results) / 1e6),
+            "mb_received_per_change": _round(statistics.mean(r["received_bytes"] for r in results) / 1e6),
         }
     return out
 
@@ -401,6 +405,7 @@ async def _one_change(model, plane, sent, received, connected: set[str], mesh_in
         "sent_after_handover_ms": [(last_sent[n] - t1) * 1000 for n in affected if n in last_sent],
         "received_ms": [(last_received[n] - t0) * 1000 for n in affected if n in last_received],
         "bytes": sum(size for *_, size in records),
+        "received_bytes": sum(record["bytes"] for record in received[first_received:]),
     }
 
 
@@ -569,22 +574,25 @@ def report(results: dict[str, Any]) -> str:
     rows = []
     for layout, r in results["churn"].items():
         if "stopped" in r:
-            rows.append([layout, "stopped: " + r["stopped"]] + [None] * 10)
+            rows.append([layout, "stopped: " + r["stopped"]] + [None] * 11)
             continue
         for kind, e in r["events"].items():
             if "skipped" in e:
-                rows.append([layout, kind, "skipped: " + e["skipped"]] + [None] * 9)
+                rows.append([layout, kind, "skipped: " + e["skipped"]] + [None] * 10)
                 continue
             rows.append([layout, kind, f"{e['pushed_streams']}/{e['affected_streams']}", e["unaffected_pushed"],
                          e["model_build_ms"], e["producer_ms"], e["sent_p50_ms"], e["sent_p99_ms"],
-                         e["sent_after_handover_p99_ms"], e["received_p99_ms"], e["mb_sent_per_change"]])
+                         e["sent_after_handover_p99_ms"], e["received_p99_ms"], e["mb_sent_per_change"],
+                         e["mb_received_per_change"]])
     out.append(_table("churn: from the end of the debounce window (ms), N ztunnels connected",
                       ["layout", "change", "pushed/affected", "unaffected pushed", "model ms", "producer ms",
-                       "sent p50", "sent p99", "sent p99 after model", "received p99", "MB sent"], rows))
+                       "sent p50", "sent p99", "sent p99 after model", "received p99", "MB sent", "MB received"], rows))
     for layout, r in results["churn"].items():
         if "stopped" not in r:
             out.append(f"  {layout}: {r['clients']} ztunnels, initial sync {r['initial_sync_seconds']} s, "
-                       f"NACKs {r['nacks']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB)")
+                       f"NACKs {r['nacks']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB; "
+                       f"{r['rss_before_clients_mb']} MiB before the clients connected, peak "
+                       f"{r['peak_rss_first_sync_mb']} MiB by the end of their first sync)")
     rows = []
     for layout, r in results["envoy"].items():
         if "stopped" in r:

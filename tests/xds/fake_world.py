@@ -15,10 +15,10 @@ from zpilot.model.objects import Node
 from zpilot.translators.resources import NodeResources
 
 
-def eds_cluster(name: str) -> Cluster:
+def eds_cluster(name: str, connect_timeout: int = 1) -> Cluster:
     c = Cluster(name=name, type=Cluster.EDS)
     c.eds_cluster_config.eds_config.ads.SetInParent()
-    c.connect_timeout.seconds = 1
+    c.connect_timeout.seconds = connect_timeout
     return c
 
 
@@ -44,6 +44,8 @@ class NodeSpec:
     clusters: dict[str, list[str]] = field(default_factory=dict)  # cluster -> endpoint IPs
     listeners: dict[str, int] = field(default_factory=dict)
     secrets: list[str] = field(default_factory=list)
+    #: A cluster's connect timeout in seconds (1 unless named): a change of the cluster, not of its endpoints.
+    timeouts: dict[str, int] = field(default_factory=dict)
 
 
 class FakeWorld:
@@ -65,7 +67,7 @@ class FakeWorld:
         spec = self.nodes[node]
         out = NodeResources(node=node)
         for name, ips in spec.clusters.items():
-            out.clusters[name] = eds_cluster(name)
+            out.clusters[name] = eds_cluster(name, spec.timeouts.get(name, 1))
             out.endpoints[name] = assignment(name, *ips)
         for name, port in spec.listeners.items():
             out.listeners[name] = listener(name, port)

@@ -152,7 +152,8 @@ async def test_responses_follow_push_order_whatever_the_request_order(fake_plane
     assert got == [CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE, LISTENER_TYPE]
 
 
-async def test_eds_is_answered_again_after_cds(fake_plane, client_factory):
+async def eds_synced(fake_plane, client_factory):
+    """A client of node a with CDS and EDS (c1, c2) ACKed: (plane, world, client, cds, eds)."""
     plane, world = await fake_plane()
     c = client_factory(plane.xds_port)
     c.request(CLUSTER_TYPE, node_name="a")
@@ -162,14 +163,61 @@ async def test_eds_is_answered_again_after_cds(fake_plane, client_factory):
     eds = await c.recv()
     c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=eds.nonce, version=eds.version_info)
     await c.expect_silence()
-    # Only a cluster changes; its endpoints do not. EDS must still follow the CDS response.
-    world.nodes["a"].listeners["l2"] = 10002  # unrelated to EDS, pushed after both
+    return plane, world, c, cds, eds
+
+
+async def test_eds_carries_only_the_changed_assignments(fake_plane, client_factory):
+    plane, world, c, _, eds = await eds_synced(fake_plane, client_factory)
+    assert names(eds) == ["c1", "c2"]
+    world.nodes["a"].clusters["c2"] = ["10.0.0.22"]  # c2's endpoints change, c1's do not
+    await plane.update(world.index())
+    eds2 = await c.recv()
+    assert eds2.type_url == ENDPOINT_TYPE and names(eds2) == ["c2"]
+    assert ClusterLoadAssignment.FromString(eds2.resources[0].value).endpoints[0].lb_endpoints[0].endpoint.address \
+        .socket_address.address == "10.0.0.22"
+    # version_info stands for every subscribed assignment, as the client now holds them
+    items = plane.cache.get_snapshot("a").resources(ENDPOINT_TYPE).select(["c1", "c2"])
+    from zpilot.xds.snapshot import names_version
+
+    assert eds2.version_info == names_version(items) != eds.version_info
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=eds2.nonce, version=eds2.version_info)
+    await c.expect_silence()
+    # A reconnect (no nonce) is answered with every subscribed assignment.
+    again = client_factory(plane.xds_port)
+    again.request(ENDPOINT_TYPE, names=["c1", "c2"], node_name="a", version=eds2.version_info)
+    assert names(await again.recv()) == ["c1", "c2"]
+    # So is a changed subscription.
+    world.nodes["a"].clusters["c3"] = ["10.0.0.3"]
+    await plane.update(world.index())
+    cds = await c.recv()
+    assert cds.type_url == CLUSTER_TYPE
+    c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds2.nonce, version=eds2.version_info)
+    assert names(await c.recv()) == ["c1", "c2", "c3"]
+
+
+async def test_eds_of_an_added_or_changed_cluster_follows_cds(fake_plane, client_factory):
+    """A cluster Envoy adds or changes warms until its assignment comes, even an unchanged one
+    (envoy#13009): after a CDS response the assignments of the clusters it changed are sent
+    again; an unchanged cluster is left alone (tests/xds/test_envoy_partial_eds.py: a real Envoy)."""
+    plane, world, c, _, eds = await eds_synced(fake_plane, client_factory)
+    # A cluster is added; c1 and c2 do not change: CDS, and EDS only when the client asks for c3.
     world.nodes["a"].clusters["c3"] = ["10.0.0.3"]
     await plane.update(world.index())
     cds2 = await c.recv()
+    assert cds2.type_url == CLUSTER_TYPE and names(cds2) == ["c1", "c2", "c3"]
+    c.request(CLUSTER_TYPE, nonce=cds2.nonce, version=cds2.version_info)
+    await c.expect_silence()
+    c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds.nonce, version=eds.version_info)
     eds2 = await c.recv()
-    assert cds2.type_url == CLUSTER_TYPE and eds2.type_url == ENDPOINT_TYPE
-    assert names(eds2) == ["c1", "c2"] and eds2.version_info == eds.version_info and eds2.nonce != eds.nonce
+    assert names(eds2) == ["c1", "c2", "c3"]
+    c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds2.nonce, version=eds2.version_info)
+    await c.expect_silence()
+    # c1 changes, its endpoints do not: CDS, then c1's assignment again (and only it), same version.
+    world.nodes["a"].timeouts["c1"] = 5
+    await plane.update(world.index())
+    cds3, eds3 = await c.recv(), await c.recv()
+    assert cds3.type_url == CLUSTER_TYPE and eds3.type_url == ENDPOINT_TYPE
+    assert names(eds3) == ["c1"] and eds3.version_info == eds2.version_info and eds3.nonce != eds2.nonce
 
 
 async def test_unsubscribe(fake_plane, client_factory):
@@ -309,8 +357,9 @@ class DiscoveryRequestBytes:
 
 
 async def test_random_subscriptions_and_changes_converge(fake_plane, client_factory):
-    """SotW EDS: after any sequence of subscription and config changes, the last response holds
-    exactly the subscribed assignments that exist, with the current content."""
+    """SotW EDS: after any sequence of subscription and config changes, a client that merges each
+    response's assignments by name (as Envoy does) holds every subscribed assignment that exists,
+    with the current content."""
     import random
 
     plane, world = await fake_plane()
@@ -331,7 +380,8 @@ async def test_random_subscriptions_and_changes_converge(fake_plane, client_fact
             except asyncio.TimeoutError:
                 return
             last = r
-            have = {ClusterLoadAssignment.FromString(a.value).cluster_name: a.value for a in r.resources}
+            # as Envoy: each assignment replaces its cluster's, the others stay
+            have.update({ClusterLoadAssignment.FromString(a.value).cluster_name: a.value for a in r.resources})
             c.request(ENDPOINT_TYPE, names=sorted(subscribed), nonce=r.nonce, version=r.version_info)
 
     for step in range(30):
@@ -342,8 +392,7 @@ async def test_random_subscriptions_and_changes_converge(fake_plane, client_fact
                 c.request(ENDPOINT_TYPE, names=sorted(subscribed), node_name="a")
             else:
                 c.request(ENDPOINT_TYPE, names=sorted(subscribed), nonce=last.nonce, version=last.version_info)
-            if not subscribed:
-                have = {}  # unsubscribed from everything: the client drops it all, no answer is due
+            have = {n: v for n, v in have.items() if n in subscribed}  # a dropped name: the client drops it
         else:
             clusters = world.nodes["a"].clusters
             name = rng.choice(universe)
@@ -357,7 +406,10 @@ async def test_random_subscriptions_and_changes_converge(fake_plane, client_fact
         expected = {n: items[n].any for n in subscribed if n in items}
         from google.protobuf import any_pb2
 
-        assert have == {n: any_pb2.Any.FromString(v).value for n, v in expected.items()}, (step, op)
+        # A subscribed name the config no longer has keeps what the client had (Envoy drops it with its cluster).
+        assert {n: v for n, v in have.items() if n in items} == {
+            n: any_pb2.Any.FromString(v).value for n, v in expected.items()}, (step, op)
+        assert have.keys() <= subscribed
 
 
 async def test_unsubscribe_overtaken_by_a_response_is_honoured(fake_plane, client_factory):
@@ -394,7 +446,8 @@ async def test_names_served_before_and_removed_are_churn_not_unserved(fake_plane
     assert plane.metrics.value(unserved, type="EDS") == 1  # "never"
     caplog.clear()
 
-    del world.nodes["a"].clusters["c2"]  # an ordinary change: CDS, then EDS answered again
+    del world.nodes["a"].clusters["c2"]  # an ordinary change: CDS, then EDS (c1's endpoints changed too)
+    world.nodes["a"].clusters["c1"] = ["10.0.0.11"]
     await plane.update(world.index())
     cds2, eds2 = await c.recv(), await c.recv()
     assert (cds2.type_url, eds2.type_url) == (CLUSTER_TYPE, ENDPOINT_TYPE) and names(eds2) == ["c1"]
@@ -418,7 +471,7 @@ async def test_names_served_before_and_removed_are_churn_not_unserved(fake_plane
 
 async def test_every_push_records_a_push_latency_sample(fake_plane, client_factory):
     """One sample per type a model change reaches a stream with: an EDS-only change records an EDS
-    sample, a cluster change records CDS and the EDS answered after it. Initial responses and
+    sample, a changed cluster records CDS and the EDS answered after it. Initial responses and
     answers to requests from the same snapshot are not pushes."""
     plane, world = await fake_plane()
 
@@ -443,14 +496,23 @@ async def test_every_push_records_a_push_latency_sample(fake_plane, client_facto
     await c.expect_silence()
     assert (samples("CDS"), samples("EDS")) == (0, 1)
 
-    world.nodes["a"].clusters["c3"] = ["10.0.0.3"]  # a cluster: CDS, and EDS again after it
+    world.nodes["a"].clusters["c3"] = ["10.0.0.3"]  # a cluster added: CDS (no endpoint it has changed)
     await plane.update(world.index())
-    cds, eds = await c.recv(), await c.recv()
-    assert (cds.type_url, eds.type_url) == (CLUSTER_TYPE, ENDPOINT_TYPE)
-    assert (samples("CDS"), samples("EDS")) == (1, 2)
+    cds = await c.recv()
+    assert cds.type_url == CLUSTER_TYPE
+    assert (samples("CDS"), samples("EDS")) == (1, 1)
 
     # The client then subscribes to the new cluster's endpoints: same snapshot, no new sample.
     c.request(CLUSTER_TYPE, nonce=cds.nonce, version=cds.version_info)
     c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds.nonce, version=eds.version_info)
-    assert names(await c.recv()) == ["c1", "c2", "c3"]
-    assert (samples("CDS"), samples("EDS")) == (1, 2)
+    eds = await c.recv()
+    assert names(eds) == ["c1", "c2", "c3"]
+    assert (samples("CDS"), samples("EDS")) == (1, 1)
+    c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds.nonce, version=eds.version_info)
+    await c.expect_silence()
+
+    world.nodes["a"].timeouts["c3"] = 3  # a cluster changed: CDS, and its endpoints again after it
+    await plane.update(world.index())
+    cds, eds = await c.recv(), await c.recv()
+    assert (cds.type_url, eds.type_url) == (CLUSTER_TYPE, ENDPOINT_TYPE) and names(eds) == ["c3"]
+    assert (samples("CDS"), samples("EDS")) == (2, 2)

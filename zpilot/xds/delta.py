@@ -72,9 +72,9 @@ class DeltaStream(Stream):
             if not send and not removed and not missing:
                 continue
             nonce = self.next_nonce()
-            data = wire.delta_discovery_response_from_entries(
+            chunks = wire.delta_discovery_response_chunks(
                 system_version_info=resources.version,
-                entries=b"".join(part for n in send for part in items[n].delta_parts),
+                entries=[part for n in send for part in items[n].delta_parts],
                 removed=removed + missing,
                 type_url=type_url,
                 nonce=nonce,
@@ -86,9 +86,10 @@ class DeltaStream(Stream):
                 sub.known.pop(n, None)
             sub.sent(resources.version, nonce, send, removed)
             # Reported first: the client's answer can arrive while the write is awaited.
-            self.record_sent(type_url, version=resources.version, nonce=nonce, count=len(send), size=len(data),
-                             push_latency=latency)
-            await self.write(data)
+            self.record_sent(type_url, version=resources.version, nonce=nonce, count=len(send),
+                             size=sum(map(len, chunks)), push_latency=latency)
+            await self.write(chunks)
+            del chunks
             if removed or missing:
                 log.info("node=%s %s removed_resources=%s", self.node, short_name(type_url),
                          loggable_names(removed + missing),

@@ -19,6 +19,7 @@ __all__ = [
     "PUSH_ORDER",
     "SERVED_TYPES",
     "WILDCARD_TYPES",
+    "PARTIAL_TYPES",
     "SHORT_NAMES",
     "short_name",
     "in_push_order",
@@ -30,6 +31,12 @@ SERVED_TYPES = frozenset(PUSH_ORDER)
 #: Types whose SotW responses carry the full state and which a client may subscribe to as a
 #: wildcard (by never naming a resource, or by naming "*"). EDS and SDS are only ever by name.
 WILDCARD_TYPES = frozenset({LISTENER_TYPE, CLUSTER_TYPE})
+
+#: Types whose SotW responses carry only the resources that changed since the stream last sent
+#: them (the protocol allows it for every type but LDS and CDS): Envoy applies each
+#: ClusterLoadAssignment a response carries to its cluster and leaves the other clusters' as they
+#: are. SDS stays whole: a node has a few secrets, and they change together.
+PARTIAL_TYPES = frozenset({ENDPOINT_TYPE})
 
 #: The names Envoy's docs, metrics and istioctl use for each type.
 SHORT_NAMES = {CLUSTER_TYPE: "CDS", ENDPOINT_TYPE: "EDS", SECRET_TYPE: "SDS", LISTENER_TYPE: "LDS"}

@@ -35,6 +35,7 @@ from .observer import StreamObserver
 from .security import XdsSecurity
 from .sockets import UNIX_PREFIX, describe, ensure_bindable, owner_only
 from .sotw import SotwStream
+from .send_budget import DEFAULT_BUDGET_BYTES, SendBudget
 from .stream import Stream, StreamOptions, deny
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class ServerOptions:
     limits: Limits = field(default_factory=Limits)
     #: A node's whole config of one type goes in one response.
     max_send_message_bytes: int = 512 * MiB
+    #: Bytes of responses written at once over all streams before a large one waits (send_budget.py).
+    send_budget_bytes: int = DEFAULT_BUDGET_BYTES
     keepalive_time_ms: int = 30_000
     keepalive_timeout_ms: int = 10_000
     #: Clients may ping this often without being told off (Envoy's own keepalive).
@@ -103,8 +106,9 @@ class AdsServer:
         self.security = security
         self.options = options if options is not None else ServerOptions()
         self.observer = observer if observer is not None else StreamObserver()
+        self.send_budget = SendBudget(self.options.send_budget_bytes)
         self._stream_options = StreamOptions(control_plane_id=self.options.control_plane_id,
-                                             limits=self.options.limits)
+                                             limits=self.options.limits, send_budget=self.send_budget)
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.open_streams = 0  # RPCs being served, over all connections

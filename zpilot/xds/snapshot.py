@@ -204,9 +204,14 @@ class TypeResources:
         A shared set keeps its joined bytes (once, for every node using it); a node's own
         resources and a composed whole are joined for each response, not kept: a second copy
         of every node's config would double the control plane's memory."""
+        return b"".join(self.entry_chunks())
+
+    def entry_chunks(self) -> list[bytes]:
+        """:attr:`all_entries` not joined: the held byte strings that make it up, so a response
+        can be joined from them in one copy (``wire.discovery_response_chunks``)."""
         if self.parts:
-            return b"".join([p.shared_entries for p in self.parts] + [part for r in self.own for part in r.parts])
-        return b"".join(part for r in self.items.values() for part in r.parts)
+            return [p.shared_entries for p in self.parts] + [part for r in self.own for part in r.parts]
+        return [part for r in self.items.values() for part in r.parts]
 
     @property
     def shared_entries(self) -> bytes:

@@ -4,15 +4,24 @@ Per type the stream's :class:`~zpilot.xds.subscription.Subscription` (shared wit
 the requested names (or wildcard), the last response's version and nonce. A request is an ACK or a NACK by ``error_detail`` alone; a request whose nonce is
 not the last one sent is stale and ignored; a request with no nonce (first request, reconnect)
 is always answered. A NACKed version is never sent again: the type is sent again only when its
-content (or the subscription) changes. After every CDS response EDS is answered again, since a
-warming cluster waits for a new ClusterLoadAssignment even when nothing changed (envoy#13009).
+content (or the subscription) changes.
+
+LDS and CDS responses carry every resource (a missing one is deleted). An EDS response carries
+only the ClusterLoadAssignments whose content differs from what this stream last sent of them
+(``Subscription.known``): Envoy applies each assignment a response carries to its cluster and
+leaves the others as they are, so one changed service port costs one assignment per stream, not
+every one. A request that needs an answer (the first, a reconnect, a changed subscription) is
+answered with every subscribed assignment. After a CDS response, the assignments of the clusters
+it added or changed are sent again even when they did not change, since such a cluster warms
+until it gets one (envoy#13009); an unchanged cluster is not touched by Envoy and needs nothing.
+``version_info`` is always that of every subscribed assignment together.
 """
 
 from __future__ import annotations
 
 from . import wire
 from .decode import Request
-from .order import CLUSTER_TYPE, ENDPOINT_TYPE, PUSH_ORDER, WILDCARD_TYPES
+from .order import CLUSTER_TYPE, ENDPOINT_TYPE, PARTIAL_TYPES, PUSH_ORDER, WILDCARD_TYPES
 from .snapshot import Snapshot, names_version
 from .stream import Stream
 
@@ -38,6 +47,7 @@ class SotwStream(Stream):
                 # honour it, or the type would wait forever for an ACK the client will never send.
                 sub.set_names([])
                 sub.pending = False
+                sub.known.clear()
                 self.report_subscription(sub)
             return False
         if nonce:
@@ -50,6 +60,8 @@ class SotwStream(Stream):
         if not nonce or changed:
             sub.pending = True
             sub.missing_reported.clear()  # a new ask: the names it lacks are reported for it
+            sub.known.clear()  # and it is answered with everything subscribed
+            sub.force.clear()
             return True
         return False
 
@@ -65,28 +77,43 @@ class SotwStream(Stream):
                 continue
             resources = snapshot.resources(type_url)
             if sub.wildcard:
-                served = list(resources.items)
-                count, version, entries = len(served), resources.version, None
+                selected, version = list(resources.items.values()), resources.version
             else:
                 selected = resources.select(sub.names)
-                served = [r.name for r in selected]
-                count, version, entries = len(selected), names_version(selected), selected
-            if not sub.pending and version == sub.sent_version:
+                version = names_version(selected)
+            if type_url in PARTIAL_TYPES:
+                for name in sub.known.keys() - resources.items.keys():
+                    del sub.known[name]  # gone from the config: sent again if it comes back
+                send = [r for r in selected if sub.known.get(r.name) != r.version or r.name in sub.force]
+                sub.force.clear()
+                if not sub.pending and not send:
+                    continue
+                entries = [part for r in send for part in r.parts]
+            elif not sub.pending and version == sub.sent_version:
                 continue
+            else:
+                send = selected
+                entries = resources.entry_chunks() if sub.wildcard else [part for r in send for part in r.parts]
             sub.pending = False
             self.note_missing(sub, sub.names - set(resources.items), "not served")
             nonce = self.next_nonce()
-            data = wire.discovery_response_from_entries(
-                version_info=version,
-                entries=resources.all_entries if entries is None else b"".join(p for r in entries for p in r.parts),
-                type_url=type_url,
-                nonce=nonce,
+            chunks = wire.discovery_response_chunks(
+                version_info=version, entries=entries, type_url=type_url, nonce=nonce,
                 control_plane_id=self.options.control_plane_id,
             )
-            sub.sent(version, nonce, served)
+            del entries
+            added_or_changed = [r.name for r in send if sub.known.get(r.name) != r.version]
+            if type_url in PARTIAL_TYPES:
+                sub.known.update((r.name, r.version) for r in send)
+            else:
+                sub.known = {r.name: r.version for r in selected}
+            sub.sent(version, nonce, [r.name for r in send])
             # Reported first: the client's answer can arrive while the write is awaited.
-            self.record_sent(type_url, version=version, nonce=nonce, count=count, size=len(data),
+            self.record_sent(type_url, version=version, nonce=nonce, count=len(send), size=sum(map(len, chunks)),
                              push_latency=latency)
-            await self.write(data)
-            if type_url == CLUSTER_TYPE and self.subscriptions[ENDPOINT_TYPE].subscribed:
-                self.subscriptions[ENDPOINT_TYPE].pending = True
+            await self.write(chunks)
+            del chunks
+            eds = self.subscriptions[ENDPOINT_TYPE]
+            if type_url == CLUSTER_TYPE and eds.subscribed and added_or_changed:
+                # A cluster Envoy added or changed warms until its assignment comes (envoy#13009).
+                eds.force |= eds.names.intersection(added_or_changed)

@@ -48,6 +48,7 @@ from .limits import Limits
 from .node_identity import NodeIdentityError, resolve_node_name
 from .observer import Response, StreamInfo, StreamObserver
 from .order import PUSH_ORDER, SECRET_TYPE, SERVED_TYPES, short_name
+from .send_budget import SendBudget
 from .snapshot import Snapshot
 from .subscription import Subscription
 
@@ -85,6 +86,8 @@ class StreamOptions:
     #: connect nothing is held: Envoy asks for each type when it is ready for it, e.g. for a TLS
     #: cluster's secrets before its endpoints, and gets each answer at once.)
     gather_seconds: float = 0.1
+    #: The server's bound on response bytes being written at once, shared by its streams (None: unbounded).
+    send_budget: SendBudget | None = None
 
 
 async def deny(
@@ -454,10 +457,17 @@ class Stream:
                 continue
             await self.respond(snapshot, changed)
 
-    async def write(self, data: bytes) -> None:
-        """Send one serialized response on this stream."""
+    async def write(self, chunks: list[bytes]) -> None:
+        """Send one response on this stream, given as the byte strings that joined serialize it
+        (``wire.*_chunks``): joined only once the server's send budget has room for it, and
+        dropped as soon as gRPC has written it."""
         assert self._context is not None
-        await self._context.write(data)
+        budget = self.options.send_budget
+        if budget is None:
+            await self._context.write(b"".join(chunks))
+            return
+        async with budget.reserve(sum(map(len, chunks))):
+            await self._context.write(b"".join(chunks))
 
     async def _refuse(self, exc: RequestError, context: grpc.aio.ServicerContext) -> None:
         self.observer.stream_refused(self.info, exc.reason, exc.message)

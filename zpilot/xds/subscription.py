@@ -3,8 +3,9 @@
 State of the world and delta share it. They differ only in how a request changes it
 (:meth:`Subscription.set_names` replaces the names, :meth:`Subscription.apply_delta` adds and
 removes) and in how a response is shaped; what is tracked is the same: requested names or
-wildcard, the last response's version and nonce, what is due regardless of versions, which
-names this stream was ever served (so a name that disappeared from the config is churn, not an
+wildcard, the last response's version and nonce, what the client has (name -> version: each
+response carries only what differs, in delta and in SotW EDS), what is due regardless of
+versions, which names this stream was ever served (so a name that disappeared from the config is churn, not an
 unauthorized request), and which model change the type was last brought up to (so push latency
 is measured once per change and type).
 """
@@ -30,9 +31,12 @@ class Subscription:
     #: Answer even when versions are unchanged: a new subscription, or EDS after a CDS response
     #: (a warming cluster waits for its endpoints even when they did not change, envoy#13009).
     pending: bool = False
-    #: Delta: names to send even if the client has that version (re-subscribed, or EDS after CDS).
+    #: Names to send even if the client has that version (delta: re-subscribed; both: the
+    #: endpoints of a cluster a CDS response added or changed, which warms until they come).
     force: set[str] = field(default_factory=set)
-    #: Delta: what the client has, name -> version (seeded from ``initial_resource_versions``).
+    #: What the client has, name -> version. Delta: seeded from ``initial_resource_versions``.
+    #: SotW: what this stream last sent of each resource (cleared on a new ask, whose answer
+    #: carries everything subscribed).
     known: dict[str, str] = field(default_factory=dict)
     sent_version: str | None = None
     sent_nonce: str = ""

@@ -75,12 +75,22 @@ def discovery_response_from_entries(
     *, version_info: str, entries: bytes, type_url: str, nonce: str, control_plane_id: str = ""
 ) -> bytes:
     """A serialized DiscoveryResponse from pre-encoded :func:`response_resource` entries (joined)."""
-    parts = [field_str(_R_VERSION_INFO, version_info), entries]
-    parts.append(field_str(_R_TYPE_URL, type_url))
-    parts.append(field_str(_R_NONCE, nonce))
+    return b"".join(discovery_response_chunks(version_info=version_info, entries=[entries], type_url=type_url,
+                                              nonce=nonce, control_plane_id=control_plane_id))
+
+
+def discovery_response_chunks(
+    *, version_info: str, entries: Iterable[bytes], type_url: str, nonce: str, control_plane_id: str = ""
+) -> list[bytes]:
+    """A DiscoveryResponse as the byte strings that, joined, serialize it: the cached entries
+    (:func:`response_resource`, whole or in parts) as they are, so the response is copied once,
+    when it is joined to be written."""
+    chunks = [field_str(_R_VERSION_INFO, version_info), *entries]
+    chunks.append(field_str(_R_TYPE_URL, type_url))
+    chunks.append(field_str(_R_NONCE, nonce))
     if control_plane_id:
-        parts.append(field_bytes(_R_CONTROL_PLANE, control_plane(control_plane_id)))
-    return b"".join(parts)
+        chunks.append(field_bytes(_R_CONTROL_PLANE, control_plane(control_plane_id)))
+    return chunks
 
 
 def delta_resource(name: str, version: str, any_value: bytes) -> bytes:
@@ -131,10 +141,26 @@ def delta_discovery_response_from_entries(
     control_plane_id: str = "",
 ) -> bytes:
     """A serialized DeltaDiscoveryResponse from pre-encoded :func:`delta_response_resource` entries."""
-    parts = [field_str(_D_SYSTEM_VERSION, system_version_info), entries]
-    parts.append(field_str(_D_TYPE_URL, type_url))
-    parts.append(field_str(_D_NONCE, nonce))
-    parts.extend(field_bytes(_D_REMOVED, name.encode("utf-8")) for name in removed)
+    return b"".join(delta_discovery_response_chunks(
+        system_version_info=system_version_info, entries=[entries], removed=removed, type_url=type_url, nonce=nonce,
+        control_plane_id=control_plane_id))
+
+
+def delta_discovery_response_chunks(
+    *,
+    system_version_info: str,
+    entries: Iterable[bytes],
+    removed: Iterable[str],
+    type_url: str,
+    nonce: str,
+    control_plane_id: str = "",
+) -> list[bytes]:
+    """A DeltaDiscoveryResponse as byte strings that, joined, serialize it (as
+    :func:`discovery_response_chunks`)."""
+    chunks = [field_str(_D_SYSTEM_VERSION, system_version_info), *entries]
+    chunks.append(field_str(_D_TYPE_URL, type_url))
+    chunks.append(field_str(_D_NONCE, nonce))
+    chunks.extend(field_bytes(_D_REMOVED, name.encode("utf-8")) for name in removed)
     if control_plane_id:
-        parts.append(field_bytes(_D_CONTROL_PLANE, control_plane(control_plane_id)))
-    return b"".join(parts)
+        chunks.append(field_bytes(_D_CONTROL_PLANE, control_plane(control_plane_id)))
+    return chunks
