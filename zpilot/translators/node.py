@@ -27,7 +27,8 @@ class Translated:
     input: NodeInput
     fragments: tuple[Fragment, ...]
     resource_sets: tuple[ResourceSet, ...]
-    #: Listeners put together from shared pieces, by name (see ``ListenerParts``).
+    #: Listeners put together from shared pieces, by name (see ``ListenerParts``); translated
+    #: without whole listeners (``NodeView.whole_listeners``), ``resources`` holds their own parts.
     listener_parts: Mapping[str, ListenerParts] = field(default_factory=dict)
 
     def shared_resource(self, message: object) -> Fragment | None:
