@@ -9,6 +9,11 @@ resource is serialized once and that every snapshot holding it holds the very sa
   on the fragment, so no other node serializes it again;
 - a shared set of resources becomes one :class:`~zpilot.xds.snapshot.TypeResources` kept on its
   fragment, which each node's snapshot takes as a part;
+- a listener put together from shared pieces (``ListenerParts``: the linear layout's outbound
+  listener, every node's holding the same thousands of chains and the same destination map) is
+  written from its parts: its own part serialized, the pieces' bytes (made once for all nodes)
+  joined to it, its content hash made from theirs; the whole listener is never built, serialized
+  or hashed for each node;
 - anything else is serialized and then *interned* by content (type, name, content hash): when a
   snapshot already holds equal bytes, the new copy is dropped for the held one.
 
