@@ -53,7 +53,7 @@ def translate_view(view: NodeView) -> Translated:
     ):
         out.clusters[cluster.name] = cluster
     get_layout(view.options.layout)(view, out)
-    for listener in (inbound.inbound_listener(view), inbound.inbound_plaintext_listener(view)):
+    for listener in inbound.inbound_listeners(view):
         out.listeners[listener.name] = listener
     for pod in view.local_pods:
         identity = view.identity_of(pod)
