@@ -267,7 +267,7 @@ def _listener_facts(
         for piece in pieces:
             for kind, found in piece.chains.wanted.items():
                 wanted.setdefault(kind, set()).update(found)
-        needs = own.needs + tuple(need for piece in pieces for need in piece.chains.needs)
+        needs = sum((piece.chains.needs for piece in pieces), own.needs)  # tuples joined (thousands, per node)
         chain_facts = _ChainFacts(own.names, needs, wanted)
     internal = {name} if listener.HasField("internal_listener") else set()
     return Facts.make(

@@ -76,17 +76,21 @@ class ResourceSet:
 @dataclass(frozen=True)
 class ListenerParts:
     """How a listener was put together from shared pieces, so that what a consumer derives from
-    it (the consistency facts) is its own part's plus each piece's, each piece's derived once
-    for every node: not a walk through every node's copy of the same thousands of chains.
+    it is its own part's plus each piece's, each piece's derived once for every node: its
+    serialized form (the pieces' bytes joined into its own, not megabytes serialized again per
+    node: ``xds/resource_store.py``), its consistency facts (not a walk through every node's copy
+    of the same thousands of chains).
 
     ``own`` is the listener without the pieces: without the chains of ``chains`` (fragments whose
     value is a tuple of filter chains, appended after its own), its matcher leading to an empty
-    ``on_match`` where it leads to ``matches`` (fragments whose value is a serialized ``OnMatch``).
+    ``on_match`` where it leads to ``matches`` (fragments whose value is a serialized ``OnMatch``);
+    ``match_paths`` says where each is, as the field numbers from the listener down to it.
     """
 
     own: Message
     chains: tuple[Fragment, ...] = ()
     matches: tuple[Fragment, ...] = ()
+    match_paths: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,10 @@ class NodeView:
     used: dict[int, Fragment] = field(default_factory=dict, compare=False, repr=False)
     resource_sets: list[ResourceSet] = field(default_factory=list, compare=False, repr=False)
     listener_parts: dict[str, ListenerParts] = field(default_factory=dict, compare=False, repr=False)
+    #: False: a listener put together from shared pieces is left as its own part (``ListenerParts.own``)
+    #: for a consumer that joins the pieces' bytes to it; the whole message would be megabytes copied
+    #: per node for nothing.
+    whole_listeners: bool = field(default=True, compare=False)
 
     @classmethod
     def of(cls, index: MeshIndex, node: str, options: TranslateOptions, fragments: Fragments | None = None) -> "NodeView":
@@ -105,14 +113,18 @@ class NodeView:
         return cls.for_input(node_inputs(index, [node], options)[node], fragments)
 
     @classmethod
-    def for_input(cls, node_input: NodeInput, fragments: Fragments | None = None) -> "NodeView":
+    def for_input(
+        cls, node_input: NodeInput, fragments: Fragments | None = None, *, whole_listeners: bool = True
+    ) -> "NodeView":
         by_identity: dict[str, list[Workload]] = {}
         for pod in node_input.local_pods:
             by_identity.setdefault(names.workload_identity(node_input.options.trust_domain, pod), []).append(pod)
         identities = tuple(
             LocalIdentity(sid, tuple(sorted(ws, key=lambda w: (w.name, w.uid)))) for sid, ws in sorted(by_identity.items())
         )
-        return cls(node_input, identities, fragments if fragments is not None else Fragments())
+        return cls(
+            node_input, identities, fragments if fragments is not None else Fragments(), whole_listeners=whole_listeners
+        )
 
     @property
     def node(self) -> str:

@@ -192,18 +192,31 @@ def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
     return tuple((pod, names.workload_secret(view.identity_of(pod), pod), view.policies_for(pod)) for pod in view.local_pods)
 
 
+def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:
+    """:func:`inbound_listener` and :func:`inbound_plaintext_listener`, from one list of the local
+    pods (what keys both in the memo: made once per node)."""
+    pods = _local_pods(view)
+    return _inbound_listener(view, pods), _inbound_plaintext_listener(view, pods)
+
+
 def inbound_listener(view: NodeView) -> Listener:
     """The HBONE listener: per local pod, a chain with its TLS identity and its policies. A shared
     piece (fragments.py): a node whose pods and their policies did not change keeps the very same
     one, whatever changed elsewhere."""
-    options = view.options
-    return view.shared(
-        _hbone_listener, options.bind_address, options.limits, view.trust_domain, options.admin_port, _local_pods(view)
-    )
+    return _inbound_listener(view, _local_pods(view))
 
 
 def inbound_plaintext_listener(view: NodeView) -> Listener:
     """The plaintext listener: per local pod, a chain with its policies, picked by a matcher that
     refuses the ztunnel's own ports (inbound_guard.py). A shared piece, as the HBONE listener."""
+    return _inbound_plaintext_listener(view, _local_pods(view))
+
+
+def _inbound_listener(view: NodeView, pods: tuple[LocalPod, ...]) -> Listener:
     options = view.options
-    return view.shared(_plaintext_listener, options.bind_address, options.limits, options.admin_port, _local_pods(view))
+    return view.shared(_hbone_listener, options.bind_address, options.limits, view.trust_domain, options.admin_port, pods)
+
+
+def _inbound_plaintext_listener(view: NodeView, pods: tuple[LocalPod, ...]) -> Listener:
+    options = view.options
+    return view.shared(_plaintext_listener, options.bind_address, options.limits, options.admin_port, pods)

@@ -26,6 +26,7 @@ the local pod at all.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
 
@@ -62,6 +63,7 @@ def reserved_ports(admin_port: int) -> list[range]:
     return reserved
 
 
+@functools.lru_cache(maxsize=256)
 def number_regex(low: int, high: int) -> str:
     """An RE2 alternation matching the decimal numbers ``low``..``high`` (no leading zeros), e.g.
     ``1[0-9]|20`` for 10..20. Checked against every port in the tests."""
@@ -110,6 +112,12 @@ def ports_regex(ranges: Iterable[range]) -> str:
     return "|".join(number_regex(r.start, r.stop - 1) for r in ranges)
 
 
+@functools.lru_cache(maxsize=64)
+def _ztunnel_ports_regex(admin_port: int) -> str:
+    """:func:`ports_regex` of the ztunnel's own ports (in every pod's guard, twice: made once)."""
+    return ports_regex(reserved_ports(admin_port))
+
+
 def _header(name: str, regex: str) -> rbac_config.Permission:
     return rbac_config.Permission(
         header=route_components_pb2.HeaderMatcher(
@@ -122,7 +130,7 @@ def _names_the_pod(header: str, pod_ip: str, admin_port: int) -> rbac_config.Per
     """``header`` is ``<pod_ip>:<port>`` (a port of 1..65535) and the port is not the ztunnel's."""
     target = _header(header, rf"^{re.escape(pod_ip)}:(?:{number_regex(1, MAX_PORT)})$")
     # (Envoy matches a header regex against the whole value, as RE2::FullMatch)
-    ztunnel_port = _header(header, rf"^.*:(?:{ports_regex(reserved_ports(admin_port))})$")
+    ztunnel_port = _header(header, rf"^.*:(?:{_ztunnel_ports_regex(admin_port)})$")
     return rbac_config.Permission(
         and_rules=rbac_config.Permission.Set(rules=[target, rbac_config.Permission(not_rule=ztunnel_port)])
     )

@@ -38,3 +38,9 @@ class IncrementalTranslator:
 
     def translate(self, node_input: NodeInput) -> Translated:
         return translate_view(NodeView.for_input(node_input, self.fragments))
+
+    def translate_parts(self, node_input: NodeInput) -> Translated:
+        """As :meth:`translate`, but a listener put together from shared pieces is left as its own
+        part (``Translated.listener_parts`` says how): for a consumer that joins its bytes from
+        the pieces' (the producer), to whom the whole message would be megabytes copied per node."""
+        return translate_view(NodeView.for_input(node_input, self.fragments, whole_listeners=False))

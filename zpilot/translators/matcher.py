@@ -121,6 +121,23 @@ def serialized(on_match: OnMatch) -> bytes:
 _ON_MATCH_FIELD = ip_pb2.IPMatcher.IPRangeMatcher.DESCRIPTOR.fields_by_name["on_match"].number
 _RANGE_MATCHERS_FIELD = ip_pb2.IPMatcher.DESCRIPTOR.fields_by_name["range_matchers"].number
 
+#: Where the ``on_match`` of a matcher :func:`in_ranges` made is in its serialized form: field
+#: numbers from the ``Matcher`` down (its tree's custom match, that one's ``Any``, its value:
+#: the ``IPMatcher``, its one range matcher, its ``on_match``).
+IN_RANGES_ON_MATCH: tuple[int, ...] = (
+    Matcher.DESCRIPTOR.fields_by_name["matcher_tree"].number,
+    Matcher.MatcherTree.DESCRIPTOR.fields_by_name["custom_match"].number,
+    extension_pb2.TypedExtensionConfig.DESCRIPTOR.fields_by_name["typed_config"].number,
+    any_pb2.Any.DESCRIPTOR.fields_by_name["value"].number,
+    _RANGE_MATCHERS_FIELD,
+    _ON_MATCH_FIELD,
+)
+#: Where a matcher's ``on_no_match`` leads to a matcher: field numbers from the ``Matcher`` down.
+ON_NO_MATCH_MATCHER: tuple[int, ...] = (
+    Matcher.DESCRIPTOR.fields_by_name["on_no_match"].number,
+    OnMatch.DESCRIPTOR.fields_by_name["matcher"].number,
+)
+
 
 def regex(input_name: str, pattern: str, on_match: OnMatch, on_no_match: OnMatch | None = None) -> Matcher:
     """``on_match`` when the input's value matches ``pattern`` (RE2, the whole value), else

@@ -27,7 +27,8 @@ class Translated:
     input: NodeInput
     fragments: tuple[Fragment, ...]
     resource_sets: tuple[ResourceSet, ...]
-    #: Listeners put together from shared pieces, by name (see ``ListenerParts``).
+    #: Listeners put together from shared pieces, by name (see ``ListenerParts``); translated
+    #: without whole listeners (``NodeView.whole_listeners``), ``resources`` holds their own parts.
     listener_parts: Mapping[str, ListenerParts] = field(default_factory=dict)
 
     def shared_resource(self, message: object) -> Fragment | None:
@@ -52,7 +53,7 @@ def translate_view(view: NodeView) -> Translated:
     ):
         out.clusters[cluster.name] = cluster
     get_layout(view.options.layout)(view, out)
-    for listener in (inbound.inbound_listener(view), inbound.inbound_plaintext_listener(view)):
+    for listener in inbound.inbound_listeners(view):
         out.listeners[listener.name] = listener
     for pod in view.local_pods:
         identity = view.identity_of(pod)

@@ -97,16 +97,33 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     service_chains = view.fragment(_service_chains, chains, limits)
     pod_chains = view.fragment(_pod_direct_chains, peers, limits)
     destinations = view.fragment(_destinations, view.mesh, view.served_key(), td)
-    own = Listener()
-    own.CopyFrom(outbound)
+    gated = bool(_gated_pods(view, destinations))
+    to_destinations = (view.fragment(_serialized_nested, destinations),) if gated else ()
+    own = outbound
     own.filter_chain_matcher.CopyFrom(_outbound_matcher(view, destinations, own_part=True))
-    outbound.filter_chains.extend(service_chains.value)
-    outbound.filter_chains.extend(pod_chains.value)
-    outbound.filter_chain_matcher.CopyFrom(_outbound_matcher(view, destinations))
-    view.listener_parts[outbound.name] = ListenerParts(
-        own, chains=(service_chains, pod_chains), matches=(view.fragment(_serialized_nested, destinations),)
+    view.listener_parts[own.name] = ListenerParts(
+        own,
+        chains=(service_chains, pod_chains),
+        matches=to_destinations,
+        match_paths=(_GATE_ON_MATCH,) if gated else (),
     )
+    if view.whole_listeners:  # the whole message, as Envoy gets it (the producer joins bytes instead)
+        whole = Listener()
+        whole.CopyFrom(own)
+        whole.filter_chains.extend(service_chains.value)
+        whole.filter_chains.extend(pod_chains.value)
+        whole.filter_chain_matcher.CopyFrom(_outbound_matcher(view, destinations))
+        out.listeners[whole.name] = whole
     out.listeners[contract.LINEAR_TUNNEL_LISTENER] = _tunnel_listener(view, out)
+
+
+#: Where the destination map goes in the outbound listener: its matcher's gate (``on_no_match``
+#: of the port matcher, a range matcher of the local pods), whose ``on_match`` it is.
+_GATE_ON_MATCH = (
+    Listener.DESCRIPTOR.fields_by_name["filter_chain_matcher"].number,
+    *matcher.ON_NO_MATCH_MATCHER,
+    *matcher.IN_RANGES_ON_MATCH,
+)
 
 
 def _outbound_listener(view: NodeView) -> Listener:
@@ -197,14 +214,22 @@ def _destinations(mesh: MeshInput, node: str | None, trust_domain: str) -> match
     return matcher.exact("ip", destinations, on_no_match=matcher.chain(names.PASSTHROUGH_CHAIN))
 
 
+def _gated_pods(view: NodeView, destinations: Fragment | None) -> list[str]:
+    """The addresses of the pods whose connections the gate sends to the destination map (none:
+    no gate). A match map must not be empty, nor a range list: with no meshed pod here, or
+    nowhere to go, everything not for the outbound port itself passes through."""
+    local = [pod.ip for pod in view.local_pods if pod.ip]
+    if not local or destinations is None or not destinations.value.matcher_tree.exact_match_map.map:
+        return []
+    return local
+
+
 def _outbound_matcher(view: NodeView, destinations: Fragment | None, own_part: bool = False) -> matcher.Matcher:
     """``own_part``: the gate leads to an empty ``on_match`` instead of the destination map."""
     passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
     blackhole = {str(contract.PORT_OUTBOUND): matcher.chain(names.BLACKHOLE_CHAIN)}
-    local = [pod.ip for pod in view.local_pods if pod.ip]
-    # A match map must not be empty, nor a range list: with no meshed pod here, or nowhere to go,
-    # everything not for the outbound port itself passes through.
-    if not local or destinations is None or not destinations.value.matcher_tree.exact_match_map.map:
+    local = _gated_pods(view, destinations)
+    if not local:
         return matcher.exact("port", blackhole, on_no_match=passthrough)
     to_destination = b"" if own_part else view.shared(_serialized_nested, destinations)
     ranges = view.shared(matcher.serialized_ranges, tuple(local))

@@ -56,7 +56,8 @@ class NodeTranslator(Protocol):
         """Every node that gets config, with what its config depends on (equal: same config)."""
 
     def translate(self, node_input) -> Translated:  # type: ignore[no-untyped-def]
-        """One node's resources from its input."""
+        """One node's resources from its input (``translate_parts`` is used instead where a
+        translator has it: see ``IncrementalTranslator.translate_parts``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,6 +156,9 @@ class Producer:
         self.cache = cache
         self.batch_size = max(1, batch_size)
         self.translator = translator_of(translate)
+        # listeners put together from shared pieces are serialized from them (resource_store.py):
+        # the translator need not make the whole messages
+        self._translate = getattr(self.translator, "translate_parts", self.translator.translate)
         self.secrets = secrets
         self.metrics = metrics if metrics is not None else Metrics()
         self.store = ResourceStore()
@@ -171,7 +175,7 @@ class Producer:
     def build(self, node: str, node_input: Hashable, changed_at: float) -> _Built:
         """One node's snapshot (pure apart from the memo and the secret source; run in a worker thread)."""
         started = time.perf_counter()
-        translated = self.translator.translate(node_input)
+        translated = self._translate(node_input)
         resources = translated.resources
         if resources.node != node:
             raise InvalidResources(f"translated node {resources.node!r} instead of {node!r}")

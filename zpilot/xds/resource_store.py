@@ -9,6 +9,11 @@ resource is serialized once and that every snapshot holding it holds the very sa
   on the fragment, so no other node serializes it again;
 - a shared set of resources becomes one :class:`~zpilot.xds.snapshot.TypeResources` kept on its
   fragment, which each node's snapshot takes as a part;
+- a listener put together from shared pieces (``ListenerParts``: the linear layout's outbound
+  listener, every node's holding the same thousands of chains and the same destination map) is
+  written from its parts: its own part serialized, the pieces' bytes (made once for all nodes)
+  joined to it, its content hash made from theirs; the whole listener is never built, serialized
+  or hashed for each node;
 - anything else is serialized and then *interned* by content (type, name, content hash): when a
   snapshot already holds equal bytes, the new copy is dropped for the held one.
 
@@ -71,15 +76,20 @@ class ResourceStore:
         fragment: Fragment | None = None,
         parts: ListenerParts | None = None,
     ) -> CachedResource:
-        """``message`` serialized; once for all nodes when it is a shared ``fragment``; a listener
-        put together from shared pieces (``parts``) keeps their bytes as the pieces' own objects."""
+        """``message`` serialized; once for all nodes when it is a shared ``fragment``. A listener
+        put together from shared pieces (``parts``) is serialized from them, ``message`` unread:
+        its own part's bytes joined with the pieces' (serialized once for all nodes and kept
+        as those objects), never the whole listener serialized and hashed for each node."""
         if fragment is not None:
             done = fragment.derived.get((SERIALIZED, type_url))
             if done is not None:
                 return done
         self.serialized += 1
-        shared = _shared_chunks(parts) if parts is not None else ()
-        resource = self.intern(CachedResource.of(type_url, name, message, shared))
+        if parts is not None:
+            made = CachedResource.joined(type_url, name, listener_pieces(name, parts))
+        else:
+            made = CachedResource.of(type_url, name, message)
+        resource = self.intern(made)
         if fragment is not None:
             fragment.derived[(SERIALIZED, type_url)] = resource
         return resource
@@ -136,11 +146,27 @@ class ResourceStore:
         return total_bytes(self.held())
 
 
-def _shared_chunks(parts: ListenerParts) -> list[tuple[bytes, str]]:
-    """The serialized forms of a listener's shared pieces, as they appear in its own serialized
-    form (chains, field 3, come before the matcher, field 32), each with its hash; made once per piece."""
-    chunks = [_chunk(f, _chains_bytes) for f in parts.chains]
-    return chunks + [_chunk(f, bytes) for f in parts.matches]
+def listener_pieces(name: str, parts: ListenerParts) -> list[tuple[bytes, str | None]]:
+    """The serialized listener that ``parts`` describe, as pieces in order: its own bytes (hash
+    ``None``) and each shared piece's bytes with its content hash (both made once per piece).
+
+    Serialized deterministically, a message's fields come in field-number order: the shared
+    chains (field 3) go right after the listener's own, before its next field; each shared
+    matcher piece replaces the empty ``on_match`` at its path, the lengths of the fields around
+    it rewritten (``protowire.spliced``). Joined, the pieces are the whole listener's
+    deterministic serialization, byte for byte (tests/xds/test_listener_bytes.py)."""
+    if len(parts.match_paths) != len(parts.matches):
+        raise ValueError(f"listener {name!r}: {len(parts.matches)} matcher pieces, {len(parts.match_paths)} places for them")
+    if any(not path or path[0] <= _FILTER_CHAINS for path in parts.match_paths):
+        raise ValueError(f"listener {name!r}: a matcher piece's place is not after its filter chains")
+    own = parts.own.SerializeToString(deterministic=True)
+    at = protowire.insertion_point(own, _FILTER_CHAINS)
+    pieces: list[tuple[bytes, str | None]] = [(own[:at], None)]
+    pieces.extend(_chunk(f, _chains_bytes) for f in parts.chains)
+    matches = [_chunk(f, bytes) for f in parts.matches]
+    for piece in protowire.spliced(own[at:], list(parts.match_paths), [len(data) for data, _ in matches]):
+        pieces.append((piece, None) if isinstance(piece, bytes) else matches[piece])
+    return pieces
 
 
 def _chains_bytes(chains) -> bytes:

@@ -43,20 +43,8 @@ def content_version(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-#: A shared chunk shorter than this is not worth looking for in a resource.
+#: A shared piece shorter than this is not worth keeping apart from the bytes around it.
 MIN_SHARED_CHUNK = 64 << 10
-
-
-def _locate(value: bytes, chunk: bytes, start: int) -> int:
-    """Where ``chunk`` is in ``value``, at or after ``start`` (-1: nowhere). Its first bytes are
-    looked for, then the whole is compared there: faster than searching for megabytes at once."""
-    probe = chunk[:256]
-    at = value.find(probe, start)
-    while at >= 0:
-        if value.startswith(chunk, at):
-            return at
-        at = value.find(probe, at + 1)
-    return -1
 
 
 @dataclass(frozen=True)
@@ -79,34 +67,51 @@ class CachedResource:
     header: int  # bytes of tag and length in front of the Any, in parts[0]
 
     @classmethod
-    def of(
-        cls, type_url: str, name: str, message: Message, shared: Iterable[tuple[bytes, str]] = ()
-    ) -> "CachedResource":
-        """``message`` serialized; ``shared``: (chunk, its content hash) of large byte strings it
-        may contain, to be kept as those objects (each is looked for once, left to right)."""
+    def of(cls, type_url: str, name: str, message: Message) -> "CachedResource":
+        """``message`` serialized."""
         # deterministic: map fields (Struct metadata) in a stable order, so equal config hashes equal
         value = message.SerializeToString(deterministic=True)
-        pieces, hashes, at = [], [], 0
-        for chunk, chunk_hash in shared:
-            if len(chunk) < MIN_SHARED_CHUNK:
-                continue
-            found = _locate(value, chunk, at)
-            if found < 0:
-                continue
-            if found > at:
-                pieces.append(value[at:found])
-                hashes.append(content_version(value[at:found]))
-            pieces.append(chunk)
-            hashes.append(chunk_hash)
-            at = found + len(chunk)
         header, head = wire.response_resource_header(type_url, len(value))
-        if not pieces:
+        return cls(name, type_url, content_version(value), (head + value,), header)
+
+    @classmethod
+    def joined(cls, type_url: str, name: str, pieces: Iterable[tuple[bytes, str | None]]) -> "CachedResource":
+        """A resource serialized in pieces, in order: its own bytes (hash ``None``) and large byte
+        strings other resources contain too, each with its content hash (computed once for all
+        of them). Those are kept as the very objects given; one shorter than
+        :data:`MIN_SHARED_CHUNK` is joined into the bytes around it instead. Without any kept
+        apart, the resource is exactly :meth:`of` its message."""
+        parts: list[bytes] = []
+        hashes: list[str] = []
+        own: list[bytes] = []
+
+        def own_part() -> None:
+            if own:
+                data = b"".join(own)
+                parts.append(data)
+                hashes.append(content_version(data))
+                own.clear()
+
+        shared = 0
+        for data, data_hash in pieces:
+            if not data:
+                continue
+            if data_hash is None or len(data) < MIN_SHARED_CHUNK:
+                own.append(data)
+                continue
+            own_part()
+            parts.append(data)
+            hashes.append(data_hash)
+            shared += 1
+        if not shared:
+            value = b"".join(own)
+            header, head = wire.response_resource_header(type_url, len(value))
             return cls(name, type_url, content_version(value), (head + value,), header)
-        if at < len(value):
-            pieces.append(value[at:])
-            hashes.append(content_version(value[at:]))
+        own_part()
+        header, head = wire.response_resource_header(type_url, sum(map(len, parts)))
+        # the version covers each part by its hash: the bytes change, the version changes
         version = content_version(("parts\n" + "\n".join(hashes)).encode("ascii"))
-        return cls(name, type_url, version, (head, *pieces), header)
+        return cls(name, type_url, version, (head, *parts), header)
 
     @property
     def entry(self) -> bytes:
