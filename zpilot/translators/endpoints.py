@@ -130,14 +130,13 @@ def peer_identity(endpoint: Endpoint, trust_domain: str) -> str:
 
 def linear_mesh_endpoint(endpoint: Endpoint, trust_domain: str):
     """A mesh endpoint of the linear layout: the one internal listener, told where the connection
-    goes (``original_dst.local``) and who must answer (``tunnel.identity``). The peer ztunnel's
-    port (HBONE, or the hairpin port on this node) is the tunnel cluster's business, so the
-    endpoint is the same on every node."""
+    goes (the endpoint id, ``podIP:targetPort``, which the listener makes its destination:
+    filter_state.py) and who must answer (``tunnel.identity``). The peer ztunnel's port (HBONE, or
+    the hairpin port on this node) is the tunnel cluster's business, so the endpoint is the same on
+    every node. No more metadata than that: Envoy holds each namespace of each endpoint's
+    metadata, about 2 KiB apiece (docs/scale.md)."""
     metadata = identity_metadata(peer_identity(endpoint, trust_domain))
     metadata.filter_metadata[contract.TRANSPORT_SOCKET_MATCH_METADATA].CopyFrom(struct(contract.TUNNEL_PROTOCOL))
-    metadata.filter_metadata[contract.ORIGINAL_DST_FILTER].CopyFrom(
-        struct({contract.ORIGINAL_DST_LOCAL: endpoint.authority})
-    )
     address = address_pb2.Address(
         envoy_internal_address=address_pb2.EnvoyInternalAddress(
             server_listener_name=contract.LINEAR_TUNNEL_LISTENER, endpoint_id=endpoint.authority
