@@ -293,7 +293,7 @@ DEFAULT_LAYOUT = "linear"
 #: and the other per-connection counters, about half of a cluster's ~115 stats), ``zpilot bootstrap
 #: --cluster-stats``. A node's config holds a cluster per service port of the mesh (2,000 at issue
 #: 13's R), nearly all of which carry no traffic from that node: made at start, their stats were
-#: 45 MiB of the Envoy's memory and 0.8 s of its CPU before it went LIVE (docs/scale.md). ``lazy`` is
+#: about 45 MiB of the Envoy's heap and up to 0.8 s of its CPU before it went LIVE. ``lazy`` is
 #: Envoy's ``deferred_stat_options``: a cluster's traffic stats appear, all of them, on its first
 #: connection (absent until then, which reads as 0); ``eager`` makes them at start (Envoy's default).
 CLUSTER_STATS = ("lazy", "eager")
