@@ -156,7 +156,10 @@ def _chain_name(port: ServicePortInput, domain: str) -> str:
 def _service_clusters(fragments: Fragments, chains: tuple[str, ...], limits: DataPathLimits) -> FragmentGroup:
     """One EDS cluster per served service port, named as its chain (the same on every node)."""
     passthrough = (contract.TUNNEL_METADATA,)  # the destination is the endpoint id (filter_state.py)
-    return FragmentGroup({name: fragments.get(clusters.service_port, name, limits, passthrough=passthrough) for name in chains})
+    return FragmentGroup({
+        name: fragments.get(clusters.service_port, name, limits, passthrough=passthrough, tunnel_by_default=True)
+        for name in chains
+    })
 
 
 def _port_endpoints(name: str, port: ServicePortInput, node: str | None, trust_domain: str) -> ClusterLoadAssignment:
