@@ -289,6 +289,16 @@ LINEAR_TUNNEL_LISTENER = "outbound_tunnel_lis"
 #: their product (zpilot/translators/outbound_*.py).
 DEFAULT_LAYOUT = "linear"
 
+#: How a ztunnel's Envoy makes each cluster's traffic statistics (``upstream_cx_*``, ``upstream_rq_*``
+#: and the other per-connection counters, about half of a cluster's ~115 stats), ``zpilot bootstrap
+#: --cluster-stats``. A node's config holds a cluster per service port of the mesh (2,000 at issue
+#: 13's R), nearly all of which carry no traffic from that node: made at start, their stats were
+#: about 45 MiB of the Envoy's heap and up to 0.8 s of its CPU before it went LIVE. ``lazy`` is
+#: Envoy's ``deferred_stat_options``: a cluster's traffic stats appear, all of them, on its first
+#: connection (absent until then, which reads as 0); ``eager`` makes them at start (Envoy's default).
+CLUSTER_STATS = ("lazy", "eager")
+DEFAULT_CLUSTER_STATS = "lazy"
+
 
 # -- endpoint metadata: how a mesh endpoint says where its tunnel goes --------------------------
 
@@ -308,6 +318,10 @@ TUNNEL_IDENTITY_FORMAT = f"%DYNAMIC_METADATA({TUNNEL_METADATA}:{TUNNEL_IDENTITY}
 #: (the launch build's value; later builds said ``http``).
 TRANSPORT_SOCKET_MATCH_METADATA = "envoy.transport_socket_match"
 TUNNEL_PROTOCOL = MappingProxyType({"tunnel": "h2"})
+#: In the linear layout the tunnel is a service port cluster's default socket, so its mesh endpoints
+#: need no metadata to pick it (Envoy holds each namespace of each endpoint's metadata, about 2 KiB
+#: apiece); an endpoint outside the mesh says it goes straight to its address.
+NO_TUNNEL = MappingProxyType({"tunnel": "none"})
 #: Envoy's original_dst listener filter. On an internal listener it takes the connection's
 #: destination from the endpoint metadata of its own name, key ``local``: the stock replacement
 #: for Istio's ``set_dst_address`` filter.

@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--readiness-port", type=int, metavar="PORT",
                    help=f"also serve the admin API's {contract.READINESS_PATH} (and nothing else of it) on this port of"
                         f" every address, for a kubelet's readiness probe (Istio's: {contract.PORT_READINESS})")
+    p.add_argument("--cluster-stats", choices=contract.CLUSTER_STATS, default=contract.DEFAULT_CLUSTER_STATS,
+                   help="lazy (default): each cluster's traffic counters (upstream_cx_*, upstream_rq_*, ...) appear on"
+                        " its first connection, saving the Envoy memory and start-up time on the thousands of"
+                        " clusters a large mesh gives each node; eager: all of them at start (Envoy's default)")
     auth = p.add_argument_group("how the ztunnel proves its node to zpilot serve (docs/security.md)")
     auth.add_argument("--xds-auth", choices=("tls", "token"),
                       help="tls (default): a client certificate issued here from the CA; token: the pod's"
@@ -196,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
         delta=args.delta,
         tls=tls,
         readiness_port=args.readiness_port,
+        cluster_stats=args.cluster_stats,
     )
     text = json.dumps(json_format.MessageToDict(bootstrap(options), preserving_proto_field_name=True), indent=1) + "\n"
     if args.output is None:

@@ -26,6 +26,7 @@ from ..model.objects import Workload
 from ..translators.names import BLACKHOLE_CLUSTER
 from ..translators.resources import NodeResources
 from ..translators.source_address import FORWARDED_FOR_HEADER
+from ..translators.filter_state import ENDPOINT_ID, LOCAL_IP_STATE, SET_FILTER_STATE_FILTER, listener_set_filter_state_config
 from ..translators.tcp_proxy import ORIGINAL_DST_HEADER
 from . import envoy_config as ec
 from .netfilter import Packet, route, rule_text, run_chain
@@ -241,8 +242,10 @@ _DYNAMIC = re.compile(r"%DYNAMIC_METADATA\((\w+):(\w+)\)%")
 def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.EndpointFacts, *,
                        original_dst: str) -> list[Explanation]:
     """Through an internal listener: its original_dst filter makes the destination the endpoint's
-    metadata ``local`` or, with none (the linear layout's pod_direct), the original destination the
-    outbound listener recorded; the source is the pod's address where it was recorded too."""
+    metadata ``local`` (the article's layout), or the endpoint id where the listener takes it (the
+    linear layout's service endpoints), or with neither (the linear layout's pod_direct) the
+    original destination the outbound listener recorded; the source is the pod's address where it
+    was recorded too."""
     node = src.node_name or ""
     resources = mesh.resources[node]
     where = _ztunnel_label(mesh, node)
@@ -251,7 +254,9 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
         e.hop(where, f"internal listener {ep.internal_listener} does not exist")
         e.outcome = "dropped"
         return [e]
-    local = ep.metadata.get(c.ORIGINAL_DST_FILTER, {}).get(c.ORIGINAL_DST_LOCAL) or original_dst
+    endpoint_id = ep.address.rpartition("/")[2] if _destination_is_endpoint_id(listener) else ""
+    metadata_local = ep.metadata.get(c.ORIGINAL_DST_FILTER, {}).get(c.ORIGINAL_DST_LOCAL)
+    local = metadata_local or endpoint_id or original_dst
     local_ip, _, local_port = local.rpartition(":")
     details = []
     if listener.HasField("filter_chain_matcher"):
@@ -278,7 +283,8 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
     pinned = ec.pinned_identity(chain)
     if c.TUNNEL_METADATA in ep.metadata:
         details.insert(0, f"endpoint metadata {c.TUNNEL_METADATA}: {ep.metadata[c.TUNNEL_METADATA]}")
-    origin = "the endpoint's metadata" if ep.metadata.get(c.ORIGINAL_DST_FILTER) else "what the outbound listener recorded"
+    origin = ("the endpoint's metadata" if metadata_local else "the endpoint id" if endpoint_id
+              else "what the outbound listener recorded")
     e.hop(where, f"endpoint {ep.address} -> internal listener {listener.name}", *details,
           f"internal_upstream passes it on; original_dst restores {local} as the destination (from {origin})",
           internal_listener=listener.name)
@@ -290,6 +296,18 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
 def _identity_of_secret(resources: NodeResources, secret: str) -> str:
     ref = resources.secrets.get(secret)
     return ref.spiffe_id if ref and ref.spiffe_id else c.identity_of_secret_name(secret)
+
+
+def _destination_is_endpoint_id(listener) -> bool:
+    """Whether the internal listener makes the endpoint id its destination (filter_state.py)."""
+    for f in listener.listener_filters:
+        if f.name == SET_FILTER_STATE_FILTER:
+            config = listener_set_filter_state_config()
+            f.typed_config.Unpack(config)
+            if any(v.object_key == LOCAL_IP_STATE and v.format_string.text_format_source.inline_string == ENDPOINT_ID
+                   for v in config.on_accept):
+                return True
+    return False
 
 
 def _spoofs_source(listener) -> bool:

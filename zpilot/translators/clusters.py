@@ -99,23 +99,31 @@ def _internal_upstream(passthrough_keys: tuple[str, ...]) -> base_pb2.TransportS
 
 
 def service_port(
-    name: str, limits: DataPathLimits, *, passthrough: tuple[str, ...] = (contract.TUNNEL_METADATA, contract.ORIGINAL_DST_FILTER)
+    name: str,
+    limits: DataPathLimits,
+    *,
+    passthrough: tuple[str, ...] = (contract.TUNNEL_METADATA, contract.ORIGINAL_DST_FILTER),
+    tunnel_by_default: bool = False,
 ) -> Cluster:
     """The EDS cluster of a service port (in the article's layout, per source identity): mesh
-    endpoints go through an internal listener (``contract.TUNNEL_PROTOCOL``), which gets their ``passthrough``
-    metadata; others go straight to the pod in plain TCP."""
+    endpoints go through an internal listener, which gets their ``passthrough`` metadata; others go
+    straight to the pod in plain TCP. Which is which the endpoint's metadata says: the article's
+    mesh endpoints ``contract.TUNNEL_PROTOCOL``, the others nothing; with ``tunnel_by_default`` (the
+    linear layout) the mesh endpoints nothing, the others ``contract.NO_TUNNEL``."""
+    tunnel = Cluster.TransportSocketMatch(
+        name="internal_upstream",
+        match=struct({} if tunnel_by_default else contract.TUNNEL_PROTOCOL),
+        transport_socket=_internal_upstream(passthrough),
+    )
+    plain = Cluster.TransportSocketMatch(
+        name="tlsMode-disabled", match=struct(contract.NO_TUNNEL if tunnel_by_default else {}), transport_socket=raw_buffer()
+    )
     return Cluster(
         name=name,
         type=Cluster.EDS,
         eds_cluster_config=Cluster.EdsClusterConfig(eds_config=_eds_source()),
-        transport_socket_matches=[
-            Cluster.TransportSocketMatch(
-                name="internal_upstream",
-                match=struct(contract.TUNNEL_PROTOCOL),
-                transport_socket=_internal_upstream(passthrough),
-            ),
-            Cluster.TransportSocketMatch(name="tlsMode-disabled", match=struct({}), transport_socket=raw_buffer()),
-        ],
+        # the first that matches is used: the one the endpoint names before the catch-all
+        transport_socket_matches=[plain, tunnel] if tunnel_by_default else [tunnel, plain],
         circuit_breakers=circuit_breakers(limits),
     )
 

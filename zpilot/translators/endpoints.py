@@ -21,7 +21,10 @@ overprovisioning factor) are set explicitly, so that what we render equals Envoy
 ``/config_dump?include_eds`` and a diff of the two shows only real differences.
 
 The linear layout's endpoints (``linear_*``) name no identity and no node: every mesh endpoint is
-the one internal listener ``contract.LINEAR_TUNNEL_LISTENER`` with ``original_dst.local = podIP:port``.
+the one internal listener ``contract.LINEAR_TUNNEL_LISTENER`` with endpoint id ``podIP:port`` (its
+destination) and metadata ``tunnel.identity`` alone; the tunnel is its cluster's default socket, and a
+plain endpoint says ``contract.NO_TUNNEL`` instead. A real Envoy holds each namespace of each
+endpoint's metadata, about 2 KiB apiece: 20,000 endpoints at issue 13's R (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -130,14 +133,12 @@ def peer_identity(endpoint: Endpoint, trust_domain: str) -> str:
 
 def linear_mesh_endpoint(endpoint: Endpoint, trust_domain: str):
     """A mesh endpoint of the linear layout: the one internal listener, told where the connection
-    goes (``original_dst.local``) and who must answer (``tunnel.identity``). The peer ztunnel's
-    port (HBONE, or the hairpin port on this node) is the tunnel cluster's business, so the
-    endpoint is the same on every node."""
+    goes (the endpoint id, ``podIP:targetPort``, which the listener makes its destination:
+    filter_state.py) and who must answer (``tunnel.identity``). The peer ztunnel's port (HBONE, or
+    the hairpin port on this node) is the tunnel cluster's business, so the endpoint is the same on
+    every node. No more metadata than that (the module docstring): the tunnel is the cluster's
+    default socket."""
     metadata = identity_metadata(peer_identity(endpoint, trust_domain))
-    metadata.filter_metadata[contract.TRANSPORT_SOCKET_MATCH_METADATA].CopyFrom(struct(contract.TUNNEL_PROTOCOL))
-    metadata.filter_metadata[contract.ORIGINAL_DST_FILTER].CopyFrom(
-        struct({contract.ORIGINAL_DST_LOCAL: endpoint.authority})
-    )
     address = address_pb2.Address(
         envoy_internal_address=address_pb2.EnvoyInternalAddress(
             server_listener_name=contract.LINEAR_TUNNEL_LISTENER, endpoint_id=endpoint.authority
@@ -153,6 +154,9 @@ def linear_service_port_endpoints(cluster_name: str, endpoints: list[Endpoint], 
     node: ``internalTrafficPolicy: Local``)."""
     groups: dict[Locality, list] = {}
     for ep in endpoints:
-        lb = linear_mesh_endpoint(ep, trust_domain) if ep.meshed else lb_endpoint(socket_address(ep.address, ep.port))
+        lb = linear_mesh_endpoint(ep, trust_domain) if ep.meshed else lb_endpoint(
+            socket_address(ep.address, ep.port),
+            base_pb2.Metadata(filter_metadata={contract.TRANSPORT_SOCKET_MATCH_METADATA: struct(contract.NO_TUNNEL)}),
+        )
         groups.setdefault(ep.locality, []).append(lb)
     return load_assignment(cluster_name, groups)

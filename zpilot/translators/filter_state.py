@@ -7,8 +7,15 @@ the internal listener's ``original_dst`` filter reads back (``<original_dst filt
 
 - ``remote_ip``: the pod's address, which the internal listener matches to pick the pod's
   identity, and which travels on to the destination (``x-forwarded-for``);
-- ``local_ip``: the original destination, for pod-IP destinations, which have no endpoint
-  metadata to say it.
+- ``local_ip``: the original destination, for pod-IP destinations, whose way to the internal
+  listener (one endpoint per identity) cannot say it.
+
+A service port's mesh endpoint says where its connection goes in its own address: the internal
+listener's name and, as the endpoint id, ``podIP:targetPort``. The internal listener's first
+listener filter makes that id the ``local_ip`` its ``original_dst`` filter restores (when the id
+is empty, as on the pod-IP path, the recorded destination stays). The endpoint then needs no
+``original_dst.local`` metadata: a real Envoy holds about 2 KiB per endpoint per metadata
+namespace, 40 MiB of 20,000 endpoints at issue 13's R (docs/scale.md).
 
 Both are shared with the upstream connection ``ONCE``: the internal connection gets them, the
 tunnel it opens does not. ``TRANSITIVE`` works too, but puts the addresses into the upstream
@@ -35,6 +42,8 @@ REMOTE_IP_STATE = f"{contract.ORIGINAL_DST_FILTER}.remote_ip"
 LOCAL_IP_STATE = f"{contract.ORIGINAL_DST_FILTER}.local_ip"
 #: filter state -> the substitution format whose value it records when a connection is accepted
 RECORDED = {REMOTE_IP_STATE: "%DOWNSTREAM_REMOTE_ADDRESS%", LOCAL_IP_STATE: "%DOWNSTREAM_LOCAL_ADDRESS%"}
+#: On the internal listener: the id of the internal address the connection was made to (Envoy 1.40).
+ENDPOINT_ID = "%DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID%"
 
 
 def _generated() -> ModuleType:
@@ -50,6 +59,11 @@ def _generated() -> ModuleType:
     return set_filter_state_pb2
 
 
+def listener_set_filter_state_config():
+    """An empty ``set_filter_state`` listener config, to unpack one into (``zpilot explain``)."""
+    return _generated().Config()
+
+
 def _value(key: str, format_string: str) -> value_pb2.FilterStateValue:
     return value_pb2.FilterStateValue(
         object_key=key,
@@ -57,6 +71,23 @@ def _value(key: str, format_string: str) -> value_pb2.FilterStateValue:
             text_format_source=base_pb2.DataSource(inline_string=format_string)
         ),
         shared_with_upstream=value_pb2.FilterStateValue.ONCE,
+    )
+
+
+def endpoint_destination_filter() -> listener_components_pb2.ListenerFilter:
+    """``set_filter_state`` on the internal listener, before its ``original_dst``: the destination is
+    the endpoint id (``podIP:targetPort``) when there is one; with none (an empty value, skipped) the
+    destination recorded on the outbound listener stays. Not shared further: the tunnel does not need it."""
+    value = value_pb2.FilterStateValue(
+        object_key=LOCAL_IP_STATE,
+        format_string=substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=ENDPOINT_ID),
+            omit_empty_values=True,  # no id: "" (skipped), not "-"
+        ),
+        skip_if_empty=True,
+    )
+    return listener_components_pb2.ListenerFilter(
+        name=SET_FILTER_STATE_FILTER, typed_config=pack(_generated().Config(on_accept=[value]))
     )
 
 

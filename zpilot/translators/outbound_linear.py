@@ -16,14 +16,15 @@ megabytes (scalable-layout-notes.md). Here each destination and each local pod a
 
     "<port>_<fqdn>_outbound_internal": tcp_proxy -> its EDS cluster (one per service port,
         identical on every node); a mesh endpoint is the internal listener
-        contract.LINEAR_TUNNEL_LISTENER with ``original_dst.local = podIP:targetPort`` and
+        contract.LINEAR_TUNNEL_LISTENER with endpoint id ``podIP:targetPort`` and
         ``tunnel.identity`` = its pod's identity
     "pod_direct_to_<id>" (one per identity of the mesh): tcp_proxy -> STATIC cluster
         outbound_pod_internal_to_<id>, whose one endpoint is the same internal listener with
         ``tunnel.identity = <id>``
 
-    the internal listener, listener filter original_dst: destination = endpoint metadata
-      ``local``, else the recorded destination; source = the recorded pod address; every chain
+    the internal listener, listener filters set_filter_state then original_dst: destination =
+      the endpoint id, else (none: the pod-IP path) the recorded destination (filter_state.py);
+      source = the recorded pod address; every chain
       first pins the endpoint's ``tunnel.identity`` for the tunnel's TLS (identity_pinning.py)
       -> DestinationIP in {local meshed pods}: SourceIP{pod -> "tunnel_local_<its identity>"}
          else                                  SourceIP{pod -> "tunnel_<its identity>"}
@@ -63,7 +64,7 @@ from .envoy_common import (
     socket_address,
     socket_mark,
 )
-from .filter_state import record_addresses_filter
+from .filter_state import endpoint_destination_filter, record_addresses_filter
 from .fragments import Fragment, FragmentGroup, Fragments
 from .inputs import MeshInput, ServedPorts, ServicePortInput
 from .layout import register
@@ -154,8 +155,11 @@ def _chain_name(port: ServicePortInput, domain: str) -> str:
 
 def _service_clusters(fragments: Fragments, chains: tuple[str, ...], limits: DataPathLimits) -> FragmentGroup:
     """One EDS cluster per served service port, named as its chain (the same on every node)."""
-    passthrough = (contract.ORIGINAL_DST_FILTER, contract.TUNNEL_METADATA)
-    return FragmentGroup({name: fragments.get(clusters.service_port, name, limits, passthrough=passthrough) for name in chains})
+    passthrough = (contract.TUNNEL_METADATA,)  # the destination is the endpoint id (filter_state.py)
+    return FragmentGroup({
+        name: fragments.get(clusters.service_port, name, limits, passthrough=passthrough, tunnel_by_default=True)
+        for name in chains
+    })
 
 
 def _port_endpoints(name: str, port: ServicePortInput, node: str | None, trust_domain: str) -> ClusterLoadAssignment:
@@ -268,7 +272,7 @@ def _tunnel_listener_of(identities: tuple[tuple[str, str, tuple[str, ...]], ...]
     listener = Listener(
         name=contract.LINEAR_TUNNEL_LISTENER,
         use_original_dst=wrappers_pb2.BoolValue(value=False),
-        listener_filters=[original_dst_filter()],
+        listener_filters=[endpoint_destination_filter(), original_dst_filter()],
         access_log=[access_log(contract.LINEAR_TUNNEL_LISTENER)],
     )
     listener.internal_listener.SetInParent()
