@@ -274,9 +274,11 @@ class ObjectSink:
 
 
 def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]], *,
-                root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> MeshIndex:
+                root_namespace: str = DEFAULT_ROOT_NAMESPACE, previous: MeshIndex | None = None) -> MeshIndex:
     """The model from every origin's content (pure: run in a worker thread for large clusters);
-    ``root_namespace`` is Istio's: its policies without a selector apply to the whole mesh."""
+    ``root_namespace`` is Istio's: its policies without a selector apply to the whole mesh;
+    ``previous``: the last model built, whose derivations of unchanged objects are reused
+    (``MeshIndex.build``: the same model as without it, at the cost of what changed)."""
     problems = Problems()
     objects: list[tuple[str, ModelObject]] = []
     for _origin, content, failure in contents:
@@ -285,7 +287,7 @@ def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]], *
             problems.extend([failure_problem(failure, len(content.objects))])
         objects.extend(content.objects)
     cluster = merge(objects, problems)
-    return MeshIndex.build(cluster, problems, root_namespace=root_namespace)
+    return MeshIndex.build(cluster, problems, root_namespace=root_namespace, previous=previous)
 
 
 # -- a feed as a model source ------------------------------------------------------------------
@@ -325,8 +327,11 @@ class FeedSource:
             await sink.wait_synced(feed)
             first_seen: float | None = started
             last: MeshIndex | None = None
+            built: MeshIndex | None = None
             while first_seen is not None:
-                index = await asyncio.to_thread(build_model, sink.contents(), root_namespace=self.root_namespace)
+                index = built = await asyncio.to_thread(
+                    build_model, sink.contents(), root_namespace=self.root_namespace, previous=built
+                )
                 if last is None or _differs(index, last):
                     tracker.report(index.problems)
                     yield ModelEvent(index, first_seen, initial=last is None)

@@ -2,7 +2,11 @@
 
 Built once per model change from an immutable :class:`~zpilot.model.objects.Cluster`; all
 questions (which pods are on node N, who is behind VIP:port, which pod owns this IP) are then
-dictionary lookups. Every rule about who is in the mesh lives here and nowhere else, so the
+dictionary lookups. A build given the previous index (``MeshIndex.build(..., previous=...)``)
+reuses what it derived from each object that is still there, unchanged (the same instance: a
+source hands unchanged objects over as they were), so a pod added costs that pod and the
+endpoints of the services selecting it, not the cluster; the result, problems included and in
+their order, is the one a build from nothing gives. Every rule about who is in the mesh lives here and nowhere else, so the
 xDS translators and the CNI agent can never disagree about it (the 2022 code did: istiod used a
 pod label, the CNI a namespace label). That includes the address family: the mesh is IPv4-only, so
 the index holds each pod, service and node with its IPv4 addresses alone, and reports what it dropped.
@@ -11,7 +15,8 @@ the index holds each pod, service and node with its IPv4 addresses alone, and re
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Iterable, Sequence
 
 from .addresses import is_ipv4_network, split_mesh_family
@@ -30,7 +35,7 @@ from .objects import (
 )
 from .policy import DEFAULT_ROOT_NAMESPACE, WorkloadPolicies
 from .policy_index import PolicyIndex
-from .problems import Problems, brief
+from .problems import Problem, Problems, brief
 
 #: Pods with this label in the ztunnel namespace are the node's ztunnels (as the 2022 CNI agent chose them).
 ZTUNNEL_LABEL = ("app", "ztunnel")
@@ -111,6 +116,31 @@ def _distinct(endpoints: list[Endpoint]) -> list[Endpoint]:
     return list(best.values())
 
 
+#: The order of pods (and of anything namespaced) in the index: by namespace, then name.
+_by_name = attrgetter("namespace", "name")
+#: A selector label no backend carries.
+_NO_POSTING: tuple[Workload, ...] = ()
+
+
+@dataclass
+class _Derived:
+    """What one build derived from each object, kept for the next build (keyed by ``id``, with the
+    object itself held so the id stays its own): reused only for the very same instance."""
+
+    #: Settings, nodes and namespaces the service entries were derived under (they read localities
+    #: and namespace enrollment): those entries are reused only while these are equal.
+    context: tuple = ()
+    #: Pod -> (pod, what it is: "host", "skip" or "candidate", its IPv4 view, its problems).
+    workloads: dict[int, tuple[Workload, str, Workload | None, tuple[Problem, ...]]] = field(default_factory=dict)
+    #: The backends by (namespace, label key, label value), as tuples: an equal posting is the previous object.
+    postings: dict[tuple[str, str, str], tuple[Workload, ...]] = field(default_factory=dict)
+    #: Service with a selector -> (service, the postings of its selector labels, its ports' candidates
+    #: and the problems making them reported).
+    selected: dict[int, tuple[Service, tuple, dict[int, tuple[list[Endpoint], tuple[Problem, ...]]]]] = field(
+        default_factory=dict
+    )
+
+
 class MeshIndex:
     """Lookups over one cluster state. Construct with :meth:`build`."""
 
@@ -137,11 +167,14 @@ class MeshIndex:
         #: checked against the pods carrying one of its labels, not against every pod of the cluster.
         self._by_label: dict[tuple[str, str, str], list[Workload]] = defaultdict(list)
         self._meshed: set[tuple[str, str]] = set()
+        self._meshed_list: list[Workload] = []  # the meshed ones of _usable, in its order
         self._by_ip: dict[str, Workload] = {}
         self._by_node: dict[str, list[Workload]] = defaultdict(list)
         self._endpoints: dict[tuple[str, str, int], list[Endpoint]] = {}
         self._vips: dict[tuple[str, int], ServiceTarget] = {}
         self.services: list[Service] = []
+        self._derived = _Derived()
+        self._previous = _Derived()  # the last build's, while building
 
     @classmethod
     def build(
@@ -152,7 +185,10 @@ class MeshIndex:
         cluster_domain: str = "cluster.local",
         ztunnel_namespace: str = "istio-system",
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        previous: "MeshIndex | None" = None,
     ) -> "MeshIndex":
+        """The index of ``cluster``. ``previous``: the index of the cluster before a change, whose
+        derivations of the objects still there are reused (the result is the same without it)."""
         index = cls(
             cluster,
             problems if problems is not None else Problems(),
@@ -160,6 +196,11 @@ class MeshIndex:
             ztunnel_namespace=ztunnel_namespace,
             root_namespace=root_namespace,
         )
+        index._derived.context = (cluster_domain, ztunnel_namespace, cluster.nodes, cluster.namespaces)
+        if previous is not None and previous._derived.context == index._derived.context:
+            index._previous = previous._derived
+        elif previous is not None:  # what is derived of each pod alone still holds
+            index._previous = _Derived(workloads=previous._derived.workloads, postings=previous._derived.postings)
         index._index_nodes()
         index._index_workloads()
         index._index_services()
@@ -169,24 +210,30 @@ class MeshIndex:
             index.meshed_workloads(),
             root_namespace=root_namespace,
             problems=index.problems,
+            previous=previous.policies if previous is not None else None,
         )
+        index._previous = _Derived()  # not kept: one build's derivations at a time
         return index
 
     # -- address families ---------------------------------------------------------------------
 
-    def _mesh_family(self, ref: ObjectRef, addresses: tuple[str, ...], what: str, if_none: str) -> tuple[str, ...]:
-        """``addresses`` of the mesh's family (IPv4); a warning names the object and what was dropped.
+    def _mesh_family(
+        self, ref: ObjectRef, addresses: tuple[str, ...], what: str, if_none: str, problems: Problems | None = None
+    ) -> tuple[str, ...]:
+        """``addresses`` of the mesh's family (IPv4); a warning names the object and what was dropped
+        (to ``problems``, by default the index's).
 
         A dual-stack object keeps its IPv4 addresses, whichever family Kubernetes lists first; an
         object with IPv6 addresses only is reported with ``if_none`` (the caller leaves it out).
         """
+        problems = self.problems if problems is None else problems
         kept, dropped = split_mesh_family(addresses)
         if dropped and not kept:
-            self.problems.warning(ref, f"IPv6-only ({_listed(dropped)}): {if_none} {IPV4_ONLY}")
+            problems.warning(ref, f"IPv6-only ({_listed(dropped)}): {if_none} {IPV4_ONLY}")
         elif dropped:
             if len(dropped) > 1:
                 what += "es" if what.endswith("s") else "s"
-            self.problems.warning(ref, f"IPv6 {what} {_listed(dropped)} dropped {IPV4_ONLY}")
+            problems.warning(ref, f"IPv6 {what} {_listed(dropped)} dropped {IPV4_ONLY}")
         return kept
 
     def _index_nodes(self) -> None:
@@ -199,64 +246,86 @@ class MeshIndex:
 
     # -- membership -------------------------------------------------------------------------
 
+    def _classify(self, w: Workload) -> tuple[str, Workload | None, tuple[Problem, ...]]:
+        """What the pod is on its own (``host``: a running hostNetwork pod with an IPv4 address, a plain
+        endpoint at its node's address; ``candidate``: running, not host-network, with an IPv4 address;
+        ``skip``: neither), its IPv4 view, and the problems that says. Depends on the pod alone."""
+        problems = Problems()
+        kind, kept = "skip", None
+        if w.host_network:
+            problems.info(w.ref, "hostNetwork pod: not meshed")
+            ips, _ = split_mesh_family(w.ips)  # never meshed, so not reported for its family
+            if w.phase == "Running" and ips:  # the node's address: a plain endpoint of its services
+                kind, kept = "host", replace(w, ips=ips) if ips != w.ips else w
+        elif w.phase != "Running":
+            problems.info(w.ref, f"phase {w.phase}: not meshed")
+        elif not w.ips:
+            problems.warning(w.ref, "running pod has no IP: skipped")
+        else:
+            ips = self._mesh_family(w.ref, w.ips, "address", "not meshed", problems)
+            if ips:
+                kind, kept = "candidate", replace(w, ips=ips) if ips != w.ips else w
+        return kind, kept, tuple(problems)
+
     def _index_workloads(self) -> None:
         claimants: dict[str, list[Workload]] = defaultdict(list)
         reported_namespaces: set[str] = set()
         candidates: list[Workload] = []  # running, not host-network, with an IPv4 address
         host_network: list[Workload] = []  # running hostNetwork pods: plain endpoints at their node's address
-        for w in sorted(self.cluster.workloads, key=lambda w: (w.namespace, w.name)):
-            if w.host_network:
-                self.problems.info(w.ref, "hostNetwork pod: not meshed")
-                ips, _ = split_mesh_family(w.ips)  # never meshed, so not reported for its family
-                if w.phase == "Running" and ips:  # the node's address: a plain endpoint of its services
-                    host_network.append(replace(w, ips=ips) if ips != w.ips else w)
-                continue
-            if w.phase != "Running":
-                self.problems.info(w.ref, f"phase {w.phase}: not meshed")
-                continue
-            if not w.ips:
-                self.problems.warning(w.ref, "running pod has no IP: skipped")
-                continue
-            ips = self._mesh_family(w.ref, w.ips, "address", "not meshed")
-            if not ips:
-                continue
-            if ips != w.ips:
-                w = replace(w, ips=ips)
-            candidates.append(w)
-            for ip in w.ips:
-                claimants[ip].append(w)
+        previous, derived = self._previous.workloads, self._derived.workloads
+        for w in sorted(self.cluster.workloads, key=_by_name):
+            entry = previous.get(id(w))
+            if entry is None or entry[0] is not w:
+                entry = (w, *self._classify(w))
+            derived[id(w)] = entry
+            _, kind, kept, problems = entry
+            if problems:
+                self.problems.extend(problems)
+            if kind == "candidate":
+                candidates.append(kept)  # type: ignore[arg-type]
+                for ip in kept.ips:  # type: ignore[union-attr]
+                    claimants[ip].append(kept)  # type: ignore[arg-type]
+            elif kind == "host":
+                host_network.append(kept)  # type: ignore[arg-type]
         duplicated: set[tuple[str, str]] = set()
         for ip, owners in claimants.items():
             if len(owners) > 1:
                 names = ", ".join(str(o.ref) for o in owners)
                 self.problems.error(f"IP {ip}", f"claimed by {names}: all of them skipped")
                 duplicated.update((o.namespace, o.name) for o in owners)
+        enrolled = {name: namespace.enrolled for name, namespace in self.namespaces.items()}
+        usable, by_ip, by_node, meshed = self._usable, self._by_ip, self._by_node, self._meshed
         for w in candidates:
             key = (w.namespace, w.name)
-            if key in duplicated:
+            if duplicated and key in duplicated:
                 continue
-            self._usable.append(w)
+            usable.append(w)
             for ip in w.ips:
-                self._by_ip[ip] = w
+                by_ip[ip] = w
             if w.node_name:
-                self._by_node[w.node_name].append(w)
+                by_node[w.node_name].append(w)
             else:
                 self.problems.warning(w.ref, "running pod has no node: it is no node's source")
-            namespace = self.namespaces.get(w.namespace)
-            if namespace is None or not namespace.enrolled:
+            if not enrolled.get(w.namespace):
                 if w.namespace not in reported_namespaces:
                     reported_namespaces.add(w.namespace)
-                    why = "not given" if namespace is None else "not labelled istio.io/dataplane-mode=ambient"
+                    why = "not given" if w.namespace not in enrolled else "not labelled istio.io/dataplane-mode=ambient"
                     self.problems.info(f"Namespace {w.namespace}", f"{why}: its pods are not meshed")
                 continue
-            if w.opted_out:
+            if w.labels and w.opted_out:
                 self.problems.info(w.ref, "opted out of the mesh by label")
                 continue
-            self._meshed.add(key)
-        self._backends = sorted(self._usable + host_network, key=lambda w: (w.namespace, w.name))
+            meshed.add(key)
+            self._meshed_list.append(w)
+        self._backends = sorted(usable + host_network, key=_by_name) if host_network else list(usable)
         for w in self._backends:
             for key, value in w.labels.items():
                 self._by_label[(w.namespace, key, value)].append(w)
+        previous, postings = self._previous.postings, self._derived.postings
+        for key, backends in self._by_label.items():
+            posting = tuple(backends)
+            before = previous.get(key)
+            postings[key] = before if before is not None and before == posting else posting
 
     def is_meshed(self, workload: Workload) -> bool:
         return (workload.namespace, workload.name) in self._meshed
@@ -279,7 +348,7 @@ class MeshIndex:
                     continue
                 ports.append(port)
                 if svc.selector:
-                    candidates = _distinct(self._pod_endpoints(svc, port))
+                    candidates = self._selected_endpoints(svc, port)
                 else:
                     candidates = _distinct(self._slice_endpoints(svc, port, slices.get((svc.namespace, svc.name), [])))
                 self._endpoints[(svc.namespace, svc.name, port.port)] = candidates
@@ -302,7 +371,29 @@ class MeshIndex:
         node = self.nodes.get(node_name) if node_name else None
         return node.locality if node is not None else (Locality(zone=zone) if zone else NO_LOCALITY)
 
-    def _pod_endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
+    def _selected_endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
+        """The candidates of a service port with a selector, as the last build made them when the
+        service, the backends carrying its selector's labels, the nodes and the namespaces are the same."""
+        postings = tuple(self._derived.postings.get((svc.namespace, k, v), _NO_POSTING) for k, v in svc.selector.items())
+        entry = self._previous.selected.get(id(svc))
+        if (
+            entry is None
+            or entry[0] is not svc
+            or len(entry[1]) != len(postings)
+            or not all(a is b for a, b in zip(entry[1], postings))
+        ):
+            entry = (svc, postings, {})
+        found = entry[2].get(port.port)
+        if found is None:
+            problems = Problems()
+            found = entry[2][port.port] = (_distinct(self._pod_endpoints(svc, port, problems)), tuple(problems))
+        self._derived.selected[id(svc)] = entry
+        candidates, problems = found
+        if problems:
+            self.problems.extend(problems)
+        return candidates
+
+    def _pod_endpoints(self, svc: Service, port: ServicePort, problems: Problems) -> list[Endpoint]:
         """The selected pods, with the conditions the EndpointSlice controller would give them."""
         endpoints = []
         for w in self._selected(svc):
@@ -315,7 +406,7 @@ class MeshIndex:
             else:
                 resolved = w.named_port(port.target_port, port.protocol)
                 if resolved is None:
-                    self.problems.warning(
+                    problems.warning(
                         svc.ref,
                         f"port {port.label}: targetPort {brief(port.target_port)} is not a container port of {w.ref}:"
                         " that pod is not an endpoint of this port",
@@ -427,10 +518,11 @@ class MeshIndex:
         return list(self._by_node.get(node, ()))
 
     def meshed_workloads_on(self, node: str) -> list[Workload]:
-        return [w for w in self._by_node.get(node, ()) if self.is_meshed(w)]
+        meshed = self._meshed
+        return [w for w in self._by_node.get(node, ()) if (w.namespace, w.name) in meshed]
 
     def meshed_workloads(self) -> list[Workload]:
-        return [w for w in self._usable if self.is_meshed(w)]
+        return list(self._meshed_list)
 
     def policies_for(self, workload: Workload) -> WorkloadPolicies:
         """The AuthorizationPolicies and mTLS mode deciding who may connect to ``workload`` (see policy_index)."""

@@ -12,7 +12,9 @@ Istio's rules, as its ambient control plane applies them for the ztunnels:
   compete at one level, the oldest wins; ``portLevelMtls`` of the workload's policy overrides per port.
 
 Everything is computed once per model, for every meshed workload, so the problems it reports
-(unsupported fields, competing policies) are known before anything is translated.
+(unsupported fields, competing policies) are known before anything is translated. While the
+policies stay the same, a workload's answer (and the problems it made reported) is the previous
+model's for the same workload object: a pod added costs that pod, not the mesh.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .policy import (
     WorkloadPolicies,
     selects,
 )
-from .problems import Problems
+from .problems import Problem, Problems
 
 _NOTHING = WorkloadPolicies()
 
@@ -62,6 +64,10 @@ class PolicyIndex:
         self.authorization: tuple[AuthorizationPolicy, ...] = ()  # the enforced ones
         self.peer_authentication: tuple[PeerAuthentication, ...] = ()
         self._by_workload: dict[tuple[str, str], WorkloadPolicies] = {}
+        #: What the answers were derived from, and each workload's (by ``id``, the workload held so
+        #: the id stays its own): its policies and the problems it reports unless already reported.
+        self._derived_from: tuple = ()
+        self._derived: dict[int, tuple[Workload, WorkloadPolicies, tuple[tuple[tuple, Problem], ...]]] = {}
 
     @classmethod
     def build(
@@ -72,17 +78,33 @@ class PolicyIndex:
         *,
         root_namespace: str,
         problems: Problems,
+        previous: "PolicyIndex | None" = None,
     ) -> "PolicyIndex":
+        """``previous``: the last model's, whose answers are reused for the same workloads while the
+        policies are equal (the result is the same without it)."""
         index = cls(root_namespace, problems)
+        authorization, peer_authentication = tuple(authorization), tuple(peer_authentication)
+        index._derived_from = (root_namespace, authorization, peer_authentication)
         index.authorization = tuple(p for p in sorted(authorization, key=lambda p: (p.namespace, p.name)) if index._enforced(p))
         index.peer_authentication = tuple(sorted(peer_authentication, key=lambda p: (p.namespace, p.name)))
         for pa in index.peer_authentication:
             index._check_peer_authentication(pa)
         authz = index._scoped(index.authorization)
         peers = index._scoped(index.peer_authentication)
-        reported: set[tuple[str, ...]] = set()
+        reuse = previous._derived if previous is not None and previous._derived_from == index._derived_from else {}
+        reported: set[tuple] = set()
         for w in workloads:
-            policies = WorkloadPolicies(*index._authorization_of(w, authz), index._mtls_of(w, peers, reported))
+            entry = reuse.get(id(w))
+            if entry is None or entry[0] is not w:
+                found: list[tuple[tuple, Problem]] = []
+                policies = WorkloadPolicies(*index._authorization_of(w, authz), index._mtls_of(w, peers, found))
+                entry = (w, policies, tuple(found))
+            index._derived[id(w)] = entry
+            _, policies, competing = entry
+            for key, problem in competing:  # each set of competing policies once, by the first workload it decides for
+                if key not in reported:
+                    reported.add(key)
+                    problems.extend([problem])
             if not policies.empty:
                 index._by_workload[(w.namespace, w.name)] = policies
         return index
@@ -143,26 +165,28 @@ class PolicyIndex:
         allow = tuple(p for p in found if p.action is Action.ALLOW)
         return deny, allow
 
-    def _oldest(self, candidates: list[PeerAuthentication], what: str, reported: set[tuple[str, ...]]):
+    def _oldest(self, candidates: list[PeerAuthentication], what: str, competing: list[tuple[tuple, Problem]]):
+        """The oldest of ``candidates``; when several compete, appends (their key, the warning) to
+        ``competing`` (the caller reports each key once)."""
         if not candidates:
             return None
         chosen = min(candidates, key=_age)
         if len(candidates) > 1:
             key = tuple(sorted(str(c.ref) for c in candidates))
-            if key not in reported:
-                reported.add(key)
-                others = ", ".join(str(c.ref) for c in candidates if c is not chosen)
-                self.problems.warning(chosen.ref, f"competes with {others} as the {what}: the oldest, this one, is used")
+            others = ", ".join(str(c.ref) for c in candidates if c is not chosen)
+            found = Problems()
+            found.warning(chosen.ref, f"competes with {others} as the {what}: the oldest, this one, is used")
+            competing.extend((key, problem) for problem in found)
         return chosen
 
-    def _mtls_of(self, w: Workload, scoped: dict[str, _Scoped], reported: set[tuple[str, ...]]) -> EffectiveMtls:
+    def _mtls_of(self, w: Workload, scoped: dict[str, _Scoped], competing: list[tuple[tuple, Problem]]) -> EffectiveMtls:
         root = scoped.get(self.root_namespace)
         own = scoped.get(w.namespace) if w.namespace != self.root_namespace else None
         levels = [
-            self._oldest(list(root.wide) if root else [], "mesh-wide PeerAuthentication", reported),
-            self._oldest(list(own.wide) if own else [], f"PeerAuthentication of namespace {w.namespace}", reported),
+            self._oldest(list(root.wide) if root else [], "mesh-wide PeerAuthentication", competing),
+            self._oldest(list(own.wide) if own else [], f"PeerAuthentication of namespace {w.namespace}", competing),
             self._oldest([p for p in (own.selecting if own else ()) if selects(p.selector, w)],
-                         f"PeerAuthentication selecting {w.ref}", reported),
+                         f"PeerAuthentication selecting {w.ref}", competing),
         ]
         mode, decided_by = MtlsMode.PERMISSIVE, []
         for pa in levels:
