@@ -7,7 +7,8 @@ selector; a namespace enrolled or not; a node in another zone; an equal copy tha
 instance). A sequence of steps then picks, per object, absent / itself / its variant, and each
 step's model is built twice through the source's ``build_model`` (one origin per object, as the
 API watch reads them): from nothing, and from the previous step's incremental model. Everything the
-index answers, its problems in their order, and every node's input must be equal.
+index answers, its problems in their order, and every node's input must be equal (what it can
+reach, as ``MeshInput`` compares: by what config reads of it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from zpilot.kube.convert_policy import KIND_CONVERTERS
@@ -26,7 +27,7 @@ from zpilot.model.index import MeshIndex
 from zpilot.model.objects import Locality, Namespace, Node, Service, Workload, frozen_labels
 from zpilot.model.policy import AuthorizationPolicy
 from zpilot.translators import IncrementalTranslator, TranslateOptions
-from zpilot.translators.inputs import MeshInput, NodeInput
+from zpilot.translators.inputs import NodeInput
 
 from .clusters import GeneratedCluster, clusters
 
@@ -41,9 +42,6 @@ POLICY_DOCS: list[dict[str, Any]] = [
     {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
      "metadata": {"name": "strict", "namespace": "istio-system", "creationTimestamp": "2022-01-01T00:00:00Z"},
      "spec": {"mtls": {"mode": "STRICT"}}},
-    {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
-     "metadata": {"name": "permissive", "namespace": "istio-system", "creationTimestamp": "2022-01-02T00:00:00Z"},
-     "spec": {"mtls": {"mode": "PERMISSIVE"}}},
 ]
 
 
@@ -90,31 +88,58 @@ def _index_state(index: MeshIndex) -> dict[str, Any]:
     }
 
 
-def _mesh_state(mesh: MeshInput) -> tuple:
-    ports = tuple((p.service, p.port, p.vips, p.candidates) for p in mesh.service_ports)
-    return mesh.cluster_domain, ports, mesh.vip_order, mesh.meshed
-
-
 def _input_state(node_input: NodeInput) -> tuple:
+    """A node's input: its own part by value; what it can reach as ``MeshInput`` compares it, by
+    what config reads of it (the translator keeps the previous one when that is equal, by design)."""
+    mesh = node_input.mesh
+    ports = tuple(p._facts for p in mesh.service_ports)
     return (node_input.node, node_input.options, node_input.local_pods, node_input.policies,
-            _mesh_state(node_input.mesh))
+            (mesh.cluster_domain, ports, mesh.vip_order, mesh.meshed_facts))
+
+
+def _plain_pod(i: int, namespace: str, node: str, app: str) -> Workload:
+    """A running, ready pod with an address of its own: what most pod churn is."""
+    return Workload(f"plain-{i}", namespace, f"uid-{i}", (f"10.2.0.{i + 1}",), node, "sa", frozen_labels({"app": app}))
 
 
 @st.composite
 def histories(draw: st.DrawFn) -> tuple[list[tuple[str, Any]], list[list[int]]]:
-    """A pool of (origin, object) with their variants, and steps: per object 0 absent, 1 itself, 2+ a variant."""
+    """A pool of (origin, object) with their variants, and the choice of each object at each step
+    (0 absent, 1 itself, 2 and 3 a variant): the first step chooses for every object, each next one
+    changes one to three of them (plain pods often, as they are what most churn is)."""
     docs = draw(clusters()).docs + draw(clusters()).docs + POLICY_DOCS
     pool: list[tuple[str, Any]] = []
     for i, doc in enumerate(docs):
         obj = KIND_CONVERTERS[doc["kind"]](doc)
         pool.append((f"doc-{i}", obj))
+    namespaces = [o.name for _, o in pool if isinstance(o, Namespace)]
+    node_names = [o.name for _, o in pool if isinstance(o, Node)] + ["ghost-node"]
+    for i, name in enumerate(("older", "newer")):  # two competing for the pods app=a of one namespace
+        doc = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+               "metadata": {"name": name, "namespace": draw(st.sampled_from(namespaces)),
+                            "creationTimestamp": f"2022-01-0{i + 1}T00:00:00Z"},
+               "spec": {"selector": {"matchLabels": {"app": "a"}}, "mtls": {"mode": "STRICT"}}}
+        pool.append((f"selecting-{name}", KIND_CONVERTERS["PeerAuthentication"](doc)))
+    plain = []
+    for i in range(draw(st.integers(0, 6))):
+        pod = _plain_pod(i, draw(st.sampled_from(namespaces)), draw(st.sampled_from(node_names)),
+                         draw(st.sampled_from(["a", "b"])))
+        plain.append(len(pool))
+        pool.append((f"plain-{i}", pod))
+    targets = st.one_of(st.integers(0, len(pool) - 1), *([st.sampled_from(plain)] if plain else []))
     choices = st.sampled_from([0, 1, 1, 1, 2, 3])
-    steps = draw(st.lists(st.lists(choices, min_size=len(pool), max_size=len(pool)), min_size=2, max_size=5))
+    first = draw(st.lists(choices, min_size=len(pool), max_size=len(pool)))
+    steps = [first]
+    for _ in range(draw(st.integers(1, 5))):
+        step = list(steps[-1])
+        for _ in range(draw(st.integers(1, 3))):
+            step[draw(targets)] = draw(choices)
+        steps.append(step)
     return pool, steps
 
 
 @settings(max_examples=200 if EXPLORE else 40, deadline=None, derandomize=not EXPLORE,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], phases=[Phase.generate])
 @given(histories())
 def test_incremental_model_and_inputs_equal_a_full_build(history: tuple[list[tuple[str, Any]], list[list[int]]]) -> None:
     pool, steps = history

@@ -14,6 +14,7 @@ the index holds each pod, service and node with its IPv4 addresses alone, and re
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
@@ -100,6 +101,14 @@ class ServiceTarget:
     port: ServicePort
 
 
+def _remove_sorted(sequence: list[Workload], w: Workload) -> None:
+    """Remove ``w`` (that very object) from a list sorted by namespace and name."""
+    i = bisect_left(sequence, _by_name(w), key=_by_name)
+    if i >= len(sequence) or sequence[i] is not w:
+        raise LookupError(f"{w.ref} is not where the index keeps it")  # a bug: the patch would be wrong
+    del sequence[i]
+
+
 def _readiness(endpoint: Endpoint) -> tuple[bool, bool, bool]:
     return endpoint.ready, endpoint.serving, not endpoint.terminating
 
@@ -175,6 +184,14 @@ class MeshIndex:
         self.services: list[Service] = []
         self._derived = _Derived()
         self._previous = _Derived()  # the last build's, while building
+        self._before: MeshIndex | None = None  # the last index, while building, when its context is this one's
+        #: What the pods gave of problems (in order), how many pods claim each IP, how many pods
+        #: have each (namespace, name): what a build from this one needs to patch it.
+        self._workload_problems: tuple[Problem, ...] = ()
+        self._claims: dict[str, int] = {}
+        self._names: dict[tuple[str, str], int] = {}
+        #: The usable pods added and removed since the previous index, when patched from it (else None).
+        self._workload_changes: tuple[list[Workload], list[Workload]] | None = None
 
     @classmethod
     def build(
@@ -199,6 +216,7 @@ class MeshIndex:
         index._derived.context = (cluster_domain, ztunnel_namespace, cluster.nodes, cluster.namespaces)
         if previous is not None and previous._derived.context == index._derived.context:
             index._previous = previous._derived
+            index._before = previous
         elif previous is not None:  # what is derived of each pod alone still holds
             index._previous = _Derived(workloads=previous._derived.workloads, postings=previous._derived.postings)
         index._index_nodes()
@@ -211,8 +229,10 @@ class MeshIndex:
             root_namespace=root_namespace,
             problems=index.problems,
             previous=previous.policies if previous is not None else None,
+            changes=index._workload_changes,
         )
         index._previous = _Derived()  # not kept: one build's derivations at a time
+        index._before = None
         return index
 
     # -- address families ---------------------------------------------------------------------
@@ -268,19 +288,28 @@ class MeshIndex:
         return kind, kept, tuple(problems)
 
     def _index_workloads(self) -> None:
+        stage = Problems()  # this stage's problems apart, so that a patched index replays them in place
+        if not self._patch_workloads():
+            self._index_all_workloads(stage)
+            self._workload_problems = tuple(stage)
+        self.problems.extend(self._workload_problems)
+
+    def _index_all_workloads(self, stage: Problems) -> None:
         claimants: dict[str, list[Workload]] = defaultdict(list)
         reported_namespaces: set[str] = set()
         candidates: list[Workload] = []  # running, not host-network, with an IPv4 address
         host_network: list[Workload] = []  # running hostNetwork pods: plain endpoints at their node's address
-        previous, derived = self._previous.workloads, self._derived.workloads
+        previous, derived, names = self._previous.workloads, self._derived.workloads, self._names
         for w in sorted(self.cluster.workloads, key=_by_name):
             entry = previous.get(id(w))
             if entry is None or entry[0] is not w:
                 entry = (w, *self._classify(w))
             derived[id(w)] = entry
+            key = (w.namespace, w.name)
+            names[key] = names.get(key, 0) + 1
             _, kind, kept, problems = entry
             if problems:
-                self.problems.extend(problems)
+                stage.extend(problems)
             if kind == "candidate":
                 candidates.append(kept)  # type: ignore[arg-type]
                 for ip in kept.ips:  # type: ignore[union-attr]
@@ -289,9 +318,10 @@ class MeshIndex:
                 host_network.append(kept)  # type: ignore[arg-type]
         duplicated: set[tuple[str, str]] = set()
         for ip, owners in claimants.items():
+            self._claims[ip] = len(owners)
             if len(owners) > 1:
-                names = ", ".join(str(o.ref) for o in owners)
-                self.problems.error(f"IP {ip}", f"claimed by {names}: all of them skipped")
+                claimed = ", ".join(str(o.ref) for o in owners)
+                stage.error(f"IP {ip}", f"claimed by {claimed}: all of them skipped")
                 duplicated.update((o.namespace, o.name) for o in owners)
         enrolled = {name: namespace.enrolled for name, namespace in self.namespaces.items()}
         usable, by_ip, by_node, meshed = self._usable, self._by_ip, self._by_node, self._meshed
@@ -305,15 +335,15 @@ class MeshIndex:
             if w.node_name:
                 by_node[w.node_name].append(w)
             else:
-                self.problems.warning(w.ref, "running pod has no node: it is no node's source")
+                stage.warning(w.ref, "running pod has no node: it is no node's source")
             if not enrolled.get(w.namespace):
                 if w.namespace not in reported_namespaces:
                     reported_namespaces.add(w.namespace)
                     why = "not given" if w.namespace not in enrolled else "not labelled istio.io/dataplane-mode=ambient"
-                    self.problems.info(f"Namespace {w.namespace}", f"{why}: its pods are not meshed")
+                    stage.info(f"Namespace {w.namespace}", f"{why}: its pods are not meshed")
                 continue
             if w.labels and w.opted_out:
-                self.problems.info(w.ref, "opted out of the mesh by label")
+                stage.info(w.ref, "opted out of the mesh by label")
                 continue
             meshed.add(key)
             self._meshed_list.append(w)
@@ -326,6 +356,114 @@ class MeshIndex:
             posting = tuple(backends)
             before = previous.get(key)
             postings[key] = before if before is not None and before == posting else posting
+
+    #: Above this many pods changed, the index is built over again rather than patched.
+    PATCH_LIMIT = 256
+
+    def _patch_workloads(self) -> bool:
+        """The pods' part of the index as the previous index's, patched with the pods added and
+        removed, when each of them is a plain meshed pod (running, one IPv4 address no other pod
+        claims, on a node, in an enrolled namespace, not opted out, its name its own): then no pod's
+        problems change and the patch is what a build from nothing gives. False (nothing done): build."""
+        before = self._before
+        if before is None:
+            return False
+        old_entries = before._derived.workloads
+        current = self.cluster.workloads
+        by_id = dict(zip(map(id, current), current))
+        if len(by_id) != len(current):
+            return False
+        added_ids = by_id.keys() - old_entries.keys()
+        removed_ids = old_entries.keys() - by_id.keys()
+        if len(added_ids) + len(removed_ids) > self.PATCH_LIMIT:
+            return False
+        enrolled = {name: namespace.enrolled for name, namespace in self.namespaces.items()}
+        claims, names, meshed = dict(before._claims), dict(before._names), before._meshed
+
+        def plain(kind: str, kept: Workload | None, problems: tuple) -> bool:
+            return (
+                kind == "candidate" and not problems and kept is not None and bool(kept.node_name)
+                and bool(enrolled.get(kept.namespace)) and not (kept.labels and kept.opted_out)
+            )
+
+        removed: list[Workload] = []
+        for i in removed_ids:
+            w, kind, kept, problems = old_entries[i]
+            key = (w.namespace, w.name)
+            if not plain(kind, kept, problems) or key not in meshed or names.get(key) != 1:
+                return False
+            if any(claims.get(ip) != 1 for ip in kept.ips):  # type: ignore[union-attr]
+                return False
+            for ip in kept.ips:  # type: ignore[union-attr]
+                del claims[ip]
+            del names[key]
+            removed.append(kept)  # type: ignore[arg-type]
+        added_entries = []
+        for i in added_ids:
+            w = by_id[i]
+            entry = (w, *self._classify(w))
+            _, kind, kept, problems = entry
+            key = (w.namespace, w.name)
+            if not plain(kind, kept, problems) or key in names:
+                return False
+            for ip in kept.ips:  # type: ignore[union-attr]
+                if ip in claims:
+                    return False
+                claims[ip] = 1
+            names[key] = 1
+            added_entries.append(entry)
+        added = [entry[2] for entry in added_entries]
+
+        usable, backends, meshed_list = list(before._usable), list(before._backends), list(before._meshed_list)
+        by_ip, meshed = dict(before._by_ip), set(meshed)
+        by_node: dict[str, list[Workload]] = defaultdict(list, before._by_node)
+        by_label: dict[tuple[str, str, str], list[Workload]] = defaultdict(list, before._by_label)
+        touched_nodes: set[str] = set()
+        touched_labels: set[tuple[str, str, str]] = set()
+
+        def own(table: dict, key, touched: set) -> list[Workload]:
+            if key not in touched:
+                touched.add(key)
+                table[key] = list(table.get(key, ()))
+            return table[key]
+
+        for w in removed:
+            for sequence in (usable, backends, meshed_list, own(by_node, w.node_name, touched_nodes),
+                             *(own(by_label, (w.namespace, k, v), touched_labels) for k, v in w.labels.items())):
+                _remove_sorted(sequence, w)
+            for ip in w.ips:
+                del by_ip[ip]
+            meshed.discard((w.namespace, w.name))
+        for w in added:
+            for sequence in (usable, backends, meshed_list, own(by_node, w.node_name, touched_nodes),
+                             *(own(by_label, (w.namespace, k, v), touched_labels) for k, v in w.labels.items())):
+                insort(sequence, w, key=_by_name)
+            for ip in w.ips:
+                by_ip[ip] = w
+            meshed.add((w.namespace, w.name))
+        for node in touched_nodes:
+            if not by_node[node]:
+                del by_node[node]
+        postings = dict(before._derived.postings)
+        for key in touched_labels:
+            if by_label[key]:
+                postings[key] = tuple(by_label[key])
+            else:
+                del by_label[key]
+                postings.pop(key, None)
+        derived = dict(old_entries)
+        for i in removed_ids:
+            del derived[i]
+        for entry in added_entries:
+            derived[id(entry[0])] = entry
+
+        self._usable, self._backends, self._meshed_list = usable, backends, meshed_list
+        self._by_ip, self._meshed, self._by_node, self._by_label = by_ip, meshed, by_node, by_label
+        self._claims, self._names = claims, names
+        self._derived.workloads, self._derived.postings = derived, postings
+        self._workload_problems = before._workload_problems
+        self._workload_changes = (added, removed)
+        return True
 
     def is_meshed(self, workload: Workload) -> bool:
         return (workload.namespace, workload.name) in self._meshed

@@ -68,6 +68,7 @@ class PolicyIndex:
         #: the id stays its own): its policies and the problems it reports unless already reported.
         self._derived_from: tuple = ()
         self._derived: dict[int, tuple[Workload, WorkloadPolicies, tuple[tuple[tuple, Problem], ...]]] = {}
+        self._competing: tuple[Problem, ...] = ()  # the competing-policy warnings, in the order reported
 
     @classmethod
     def build(
@@ -79,9 +80,12 @@ class PolicyIndex:
         root_namespace: str,
         problems: Problems,
         previous: "PolicyIndex | None" = None,
+        changes: tuple[list[Workload], list[Workload]] | None = None,
     ) -> "PolicyIndex":
         """``previous``: the last model's, whose answers are reused for the same workloads while the
-        policies are equal (the result is the same without it)."""
+        policies are equal (the result is the same without it); ``changes``: the workloads added to
+        and removed from the previous model's, when that is all that changed of them (then only
+        those are looked at)."""
         index = cls(root_namespace, problems)
         authorization, peer_authentication = tuple(authorization), tuple(peer_authentication)
         index._derived_from = (root_namespace, authorization, peer_authentication)
@@ -92,7 +96,11 @@ class PolicyIndex:
         authz = index._scoped(index.authorization)
         peers = index._scoped(index.peer_authentication)
         reuse = previous._derived if previous is not None and previous._derived_from == index._derived_from else {}
+        if reuse and changes is not None and index._patch(previous, changes, authz, peers):  # type: ignore[arg-type]
+            problems.extend(index._competing)
+            return index
         reported: set[tuple] = set()
+        found_problems = Problems()
         for w in workloads:
             entry = reuse.get(id(w))
             if entry is None or entry[0] is not w:
@@ -104,10 +112,35 @@ class PolicyIndex:
             for key, problem in competing:  # each set of competing policies once, by the first workload it decides for
                 if key not in reported:
                     reported.add(key)
-                    problems.extend([problem])
+                    found_problems.extend([problem])
             if not policies.empty:
                 index._by_workload[(w.namespace, w.name)] = policies
+        index._competing = tuple(found_problems)
+        problems.extend(index._competing)
         return index
+
+    def _patch(self, previous: "PolicyIndex", changes: tuple[list[Workload], list[Workload]],
+               authz: dict[str, _Scoped], peers: dict[str, _Scoped]) -> bool:
+        """The previous answers with the workloads added and removed, when none of them decides
+        which of competing policies is reported (else False, nothing done)."""
+        added, removed = changes
+        derived = dict(previous._derived)
+        by_workload = dict(previous._by_workload)
+        for w in removed:
+            entry = derived.pop(id(w), None)
+            if entry is None or entry[0] is not w or entry[2]:
+                return False
+            by_workload.pop((w.namespace, w.name), None)
+        for w in added:
+            found: list[tuple[tuple, Problem]] = []
+            policies = WorkloadPolicies(*self._authorization_of(w, authz), self._mtls_of(w, peers, found))
+            if found:
+                return False
+            derived[id(w)] = (w, policies, ())
+            if not policies.empty:
+                by_workload[(w.namespace, w.name)] = policies
+        self._derived, self._by_workload, self._competing = derived, by_workload, previous._competing
+        return True
 
     # -- what is enforced -------------------------------------------------------------------
 
