@@ -76,3 +76,19 @@ def test_competing_policies_are_reported_by_the_first_pod_they_decide_for() -> N
     assert any("selecting Pod shop/a-web" in p.reason for p in after.problems)
     assert not any("selecting Pod shop/m-web" in p.reason for p in after.problems)
     both(cluster, after)
+
+
+def test_a_policy_changed_in_one_namespace_is_looked_at_for_that_namespace_only() -> None:
+    other = pod("api", "10.0.0.9", ns="edge")
+    cluster = replace(BASE, namespaces=BASE.namespaces + (Namespace("edge", AMBIENT),),
+                      workloads=BASE.workloads + (other,))
+    edge = PeerAuthentication("edge-wide", "edge", None, MtlsMode.STRICT)
+    cluster = replace(cluster, peer_authentications=(edge,))
+    before = MeshIndex.build(cluster)
+    strict = selecting("strict", "2022-01-01T00:00:00Z")
+    after = both(replace(cluster, peer_authentications=(edge, strict)), before)
+    web = after.workload_by_ip("10.0.0.1")
+    assert web is not None and after.policies_for(web).mtls.default is MtlsMode.STRICT
+    assert not after.policies_for(other).empty
+    assert after.policies_for(other) is before.policies_for(other)  # edge's: the previous answer
+    both(cluster, after)

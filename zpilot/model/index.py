@@ -179,6 +179,7 @@ class MeshIndex:
         self._meshed_list: list[Workload] = []  # the meshed ones of _usable, in its order
         self._by_ip: dict[str, Workload] = {}
         self._by_node: dict[str, list[Workload]] = defaultdict(list)
+        self._meshed_by_node: dict[str, list[Workload]] = defaultdict(list)  # the meshed ones of _by_node
         self._endpoints: dict[tuple[str, str, int], list[Endpoint]] = {}
         self._vips: dict[tuple[str, int], ServiceTarget] = {}
         self.services: list[Service] = []
@@ -347,6 +348,8 @@ class MeshIndex:
                 continue
             meshed.add(key)
             self._meshed_list.append(w)
+            if w.node_name:
+                self._meshed_by_node[w.node_name].append(w)
         self._backends = sorted(usable + host_network, key=_by_name) if host_network else list(usable)
         for w in self._backends:
             for key, value in w.labels.items():
@@ -417,6 +420,8 @@ class MeshIndex:
         usable, backends, meshed_list = list(before._usable), list(before._backends), list(before._meshed_list)
         by_ip, meshed = dict(before._by_ip), set(meshed)
         by_node: dict[str, list[Workload]] = defaultdict(list, before._by_node)
+        meshed_by_node: dict[str, list[Workload]] = defaultdict(list, before._meshed_by_node)
+        touched_meshed_nodes: set[str] = set()
         by_label: dict[tuple[str, str, str], list[Workload]] = defaultdict(list, before._by_label)
         touched_nodes: set[str] = set()
         touched_labels: set[tuple[str, str, str]] = set()
@@ -429,6 +434,7 @@ class MeshIndex:
 
         for w in removed:
             for sequence in (usable, backends, meshed_list, own(by_node, w.node_name, touched_nodes),
+                             own(meshed_by_node, w.node_name, touched_meshed_nodes),
                              *(own(by_label, (w.namespace, k, v), touched_labels) for k, v in w.labels.items())):
                 _remove_sorted(sequence, w)
             for ip in w.ips:
@@ -436,14 +442,16 @@ class MeshIndex:
             meshed.discard((w.namespace, w.name))
         for w in added:
             for sequence in (usable, backends, meshed_list, own(by_node, w.node_name, touched_nodes),
+                             own(meshed_by_node, w.node_name, touched_meshed_nodes),
                              *(own(by_label, (w.namespace, k, v), touched_labels) for k, v in w.labels.items())):
                 insort(sequence, w, key=_by_name)
             for ip in w.ips:
                 by_ip[ip] = w
             meshed.add((w.namespace, w.name))
-        for node in touched_nodes:
-            if not by_node[node]:
-                del by_node[node]
+        for table, touched in ((by_node, touched_nodes), (meshed_by_node, touched_meshed_nodes)):
+            for node in touched:
+                if not table[node]:
+                    del table[node]
         postings = dict(before._derived.postings)
         for key in touched_labels:
             if by_label[key]:
@@ -459,6 +467,7 @@ class MeshIndex:
 
         self._usable, self._backends, self._meshed_list = usable, backends, meshed_list
         self._by_ip, self._meshed, self._by_node, self._by_label = by_ip, meshed, by_node, by_label
+        self._meshed_by_node = meshed_by_node
         self._claims, self._names = claims, names
         self._derived.workloads, self._derived.postings = derived, postings
         self._workload_problems = before._workload_problems
@@ -513,7 +522,7 @@ class MeshIndex:
         """The candidates of a service port with a selector, as the last build made them when the
         service, the backends carrying its selector's labels, the nodes and the namespaces are the same."""
         postings = tuple(self._derived.postings.get((svc.namespace, k, v), _NO_POSTING) for k, v in svc.selector.items())
-        entry = self._previous.selected.get(id(svc))
+        entry = self._derived.selected.get(id(svc)) or self._previous.selected.get(id(svc))
         if (
             entry is None
             or entry[0] is not svc
@@ -656,8 +665,7 @@ class MeshIndex:
         return list(self._by_node.get(node, ()))
 
     def meshed_workloads_on(self, node: str) -> list[Workload]:
-        meshed = self._meshed
-        return [w for w in self._by_node.get(node, ()) if (w.namespace, w.name) in meshed]
+        return list(self._meshed_by_node.get(node, ()))
 
     def meshed_workloads(self) -> list[Workload]:
         return list(self._meshed_list)

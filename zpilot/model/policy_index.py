@@ -69,6 +69,9 @@ class PolicyIndex:
         self._derived_from: tuple = ()
         self._derived: dict[int, tuple[Workload, WorkloadPolicies, tuple[tuple[tuple, Problem], ...]]] = {}
         self._competing: tuple[Problem, ...] = ()  # the competing-policy warnings, in the order reported
+        #: The enforced AuthorizationPolicies and the PeerAuthentications by namespace: a workload's
+        #: answer depends on the root namespace's and its own namespace's alone.
+        self._scopes: tuple[dict[str, _Scoped], dict[str, _Scoped]] = ({}, {})
 
     @classmethod
     def build(
@@ -83,7 +86,7 @@ class PolicyIndex:
         changes: tuple[list[Workload], list[Workload]] | None = None,
     ) -> "PolicyIndex":
         """``previous``: the last model's, whose answers are reused for the same workloads while the
-        policies are equal (the result is the same without it); ``changes``: the workloads added to
+        policies of the root namespace and of theirs are equal (the result is the same without it); ``changes``: the workloads added to
         and removed from the previous model's, when that is all that changed of them (then only
         those are looked at)."""
         index = cls(root_namespace, problems)
@@ -95,15 +98,25 @@ class PolicyIndex:
             index._check_peer_authentication(pa)
         authz = index._scoped(index.authorization)
         peers = index._scoped(index.peer_authentication)
-        reuse = previous._derived if previous is not None and previous._derived_from == index._derived_from else {}
-        if reuse and changes is not None and index._patch(previous, changes, authz, peers):  # type: ignore[arg-type]
-            problems.extend(index._competing)
-            return index
+        index._scopes = (authz, peers)
+        unchanged: dict[str, bool] = {}  # namespace -> its policies (and the root's) are the previous model's
+        reuse: dict = {}
+        if previous is not None and previous._derived_from == index._derived_from:
+            reuse = previous._derived
+            if changes is not None and index._patch(previous, changes, authz, peers):
+                problems.extend(index._competing)
+                return index
+        elif previous is not None and previous.root_namespace == root_namespace:
+            before_authz, before_peers = previous._scopes
+            for ns in {*authz, *peers, *before_authz, *before_peers}:
+                unchanged[ns] = authz.get(ns) == before_authz.get(ns) and peers.get(ns) == before_peers.get(ns)
+            if unchanged.get(root_namespace, True):
+                reuse = previous._derived
         reported: set[tuple] = set()
         found_problems = Problems()
         for w in workloads:
             entry = reuse.get(id(w))
-            if entry is None or entry[0] is not w:
+            if entry is None or entry[0] is not w or not unchanged.get(w.namespace, True):
                 found: list[tuple[tuple, Problem]] = []
                 policies = WorkloadPolicies(*index._authorization_of(w, authz), index._mtls_of(w, peers, found))
                 entry = (w, policies, tuple(found))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import attrgetter, itemgetter
 from typing import Callable, Iterable, Iterator, Mapping
 
 from .. import contract
@@ -26,6 +27,10 @@ from ..model.index import Endpoint, MeshIndex, ServiceTarget, seen_from
 from ..model.objects import Service, ServicePort, Workload
 from ..model.policy import WorkloadPolicies
 from .options import TranslateOptions
+
+
+_ips, _node_name = attrgetter("ips"), attrgetter("node_name")
+_namespace, _service_account, _first = attrgetter("namespace"), attrgetter("service_account"), itemgetter(0)
 
 
 def _endpoint_facts(endpoint: Endpoint) -> tuple:
@@ -115,9 +120,10 @@ class MeshInput:
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "meshed_facts", tuple((w.ip, w.node_name, w.namespace, w.service_account) for w in self.meshed)
-        )
+        meshed = self.meshed  # (w.ip, w.node_name, w.namespace, w.service_account) of each, without a Python loop
+        facts = zip(map(_first, map(_ips, meshed)), map(_node_name, meshed), map(_namespace, meshed),
+                    map(_service_account, meshed))
+        object.__setattr__(self, "meshed_facts", tuple(facts))
         object.__setattr__(
             self, "_hash", hash((self.cluster_domain, self.service_ports, self.vip_order, self.meshed_facts))
         )
