@@ -5,8 +5,9 @@ Each example draws two clusters (``clusters.py``) whose objects form a pool, plu
 objects (a pod relabelled, made unready, moved or given another address; a service with another
 selector; a namespace enrolled or not; a node in another zone; an equal copy that is another
 instance). A sequence of steps then picks, per object, absent / itself / its variant, and each
-step's model is built twice through the source's ``build_model`` (one origin per object, as the
-API watch reads them): from nothing, and from the previous step's incremental model. Everything the
+step's model is built twice from the origins' contents (one origin per object, as the API watch
+reads them): from nothing (``build_model``), and from the previous step's (``ModelBuilder``, as
+the source builds them). Everything the
 index answers, its problems in their order, and every node's input must be equal (what it can
 reach, as ``MeshInput`` compares: by what config reads of it).
 """
@@ -18,11 +19,11 @@ import os
 from dataclasses import replace
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zpilot.kube.convert_policy import KIND_CONVERTERS
-from zpilot.kube.source import OriginContent, build_model
+from zpilot.kube.source import ModelBuilder, OriginContent, build_model
 from zpilot.model.index import MeshIndex
 from zpilot.model.objects import Locality, Namespace, Node, Service, Workload, frozen_labels
 from zpilot.model.policy import AuthorizationPolicy
@@ -139,12 +140,14 @@ def histories(draw: st.DrawFn) -> tuple[list[tuple[str, Any]], list[list[int]]]:
 
 
 @settings(max_examples=200 if EXPLORE else 40, deadline=None, derandomize=not EXPLORE,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], phases=[Phase.generate])
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(histories())
-def test_incremental_model_and_inputs_equal_a_full_build(history: tuple[list[tuple[str, Any]], list[list[int]]]) -> None:
+def test_incremental_model_and_inputs_equal_a_full_build(
+    history: tuple[list[tuple[str, Any]], list[list[int]]],
+) -> None:
     pool, steps = history
     variants = {(i, n): _variant(obj, n) for i, (_origin, obj) in enumerate(pool) for n in (0, 1)}
-    incremental: MeshIndex | None = None
+    builder = ModelBuilder()
     translator = IncrementalTranslator(TranslateOptions())
     for step in steps:
         contents = []
@@ -154,7 +157,8 @@ def test_incremental_model_and_inputs_equal_a_full_build(history: tuple[list[tup
             chosen = obj if choice == 1 else variants[(i, choice - 2)]
             contents.append((origin, OriginContent(((origin, chosen),)), None))
         full = build_model(contents)
-        incremental = build_model(contents, previous=incremental)
+        incremental = builder.build(contents)
+        assert incremental.cluster == full.cluster
         assert _index_state(incremental) == _index_state(full)
         fresh = IncrementalTranslator(TranslateOptions()).inputs(full)
         kept = translator.inputs(incremental)

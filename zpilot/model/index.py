@@ -6,7 +6,9 @@ dictionary lookups. A build given the previous index (``MeshIndex.build(..., pre
 reuses what it derived from each object that is still there, unchanged (the same instance: a
 source hands unchanged objects over as they were), so a pod added costs that pod and the
 endpoints of the services selecting it, not the cluster; the result, problems included and in
-their order, is the one a build from nothing gives. Every rule about who is in the mesh lives here and nowhere else, so the
+their order, is the one a build from nothing gives.
+
+Every rule about who is in the mesh lives here and nowhere else, so the
 xDS translators and the CNI agent can never disagree about it (the 2022 code did: istiod used a
 pod label, the CNI a namespace label). That includes the address family: the mesh is IPv4-only, so
 the index holds each pod, service and node with its IPv4 addresses alone, and reports what it dropped.
@@ -14,6 +16,7 @@ the index holds each pod, service and node with its IPv4 addresses alone, and re
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left, insort
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -37,6 +40,8 @@ from .objects import (
 from .policy import DEFAULT_ROOT_NAMESPACE, WorkloadPolicies
 from .policy_index import PolicyIndex
 from .problems import Problem, Problems, brief
+
+log = logging.getLogger(__name__)
 
 #: Pods with this label in the ztunnel namespace are the node's ztunnels (as the 2022 CNI agent chose them).
 ZTUNNEL_LABEL = ("app", "ztunnel")
@@ -290,7 +295,12 @@ class MeshIndex:
 
     def _index_workloads(self) -> None:
         stage = Problems()  # this stage's problems apart, so that a patched index replays them in place
-        if not self._patch_workloads():
+        try:
+            patched = self._patch_workloads()
+        except LookupError:  # the previous index is not what it should be: build, never answer wrong
+            log.exception("the pods' index could not be patched; built over again")
+            patched = False
+        if not patched:
             self._index_all_workloads(stage)
             self._workload_problems = tuple(stage)
         self.problems.extend(self._workload_problems)
@@ -521,7 +531,8 @@ class MeshIndex:
     def _selected_endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
         """The candidates of a service port with a selector, as the last build made them when the
         service, the backends carrying its selector's labels, the nodes and the namespaces are the same."""
-        postings = tuple(self._derived.postings.get((svc.namespace, k, v), _NO_POSTING) for k, v in svc.selector.items())
+        known = self._derived.postings
+        postings = tuple(known.get((svc.namespace, k, v), _NO_POSTING) for k, v in svc.selector.items())
         entry = self._derived.selected.get(id(svc)) or self._previous.selected.get(id(svc))
         if (
             entry is None

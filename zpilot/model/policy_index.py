@@ -86,9 +86,9 @@ class PolicyIndex:
         changes: tuple[list[Workload], list[Workload]] | None = None,
     ) -> "PolicyIndex":
         """``previous``: the last model's, whose answers are reused for the same workloads while the
-        policies of the root namespace and of theirs are equal (the result is the same without it); ``changes``: the workloads added to
-        and removed from the previous model's, when that is all that changed of them (then only
-        those are looked at)."""
+        policies of the root namespace and of theirs are equal (the result is the same without it);
+        ``changes``: the workloads added to and removed from the previous model's, when that is all
+        that changed of them (then only those are looked at)."""
         index = cls(root_namespace, problems)
         authorization, peer_authentication = tuple(authorization), tuple(peer_authentication)
         index._derived_from = (root_namespace, authorization, peer_authentication)
@@ -225,7 +225,9 @@ class PolicyIndex:
             competing.extend((key, problem) for problem in found)
         return chosen
 
-    def _mtls_of(self, w: Workload, scoped: dict[str, _Scoped], competing: list[tuple[tuple, Problem]]) -> EffectiveMtls:
+    def _mtls_of(
+        self, w: Workload, scoped: dict[str, _Scoped], competing: list[tuple[tuple, Problem]]
+    ) -> EffectiveMtls:
         root = scoped.get(self.root_namespace)
         own = scoped.get(w.namespace) if w.namespace != self.root_namespace else None
         levels = [

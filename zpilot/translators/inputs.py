@@ -10,9 +10,10 @@ The reachable part, :class:`MeshInput`, is one value per model, shared by every 
 the producer keeps the previous one when a new model's is equal, so comparing node inputs
 usually stops at an identity check. Made from the previous model's values, each part that did not
 change is the previous object (a service port whose endpoints are the same, a node whose pods and
-policies are the same), so a change costs what it touches and comparing stops at identity there too. Each service port is a :class:`ServicePortInput`, which
-compares and hashes by the facts its config depends on (not by the pods behind its endpoints),
-so that it can key the memo of the resources built from it cheaply (fragments.py).
+policies are the same), so a change costs what it touches and comparing stops at identity there
+too. Each service port is a :class:`ServicePortInput`, which compares and hashes by the facts its
+config depends on (not by the pods behind its endpoints), so that it can key the memo of the
+resources built from it cheaply (fragments.py).
 """
 
 from __future__ import annotations
