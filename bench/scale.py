@@ -309,7 +309,8 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
         sync_seconds = time.monotonic() - started
         await _quiet(sent, 1.0, received)
         peak_at_sync = _rss_mb(os.getpid(), "VmHWM")
-        events = await _events(params, shape, cluster, plane, sent, received, set(nodes), KIND_CONVERTERS, MeshIndex)
+        events = await _events(params, shape, cluster, plane, sent, received, set(nodes), KIND_CONVERTERS,
+                               _Models(MeshIndex, index))
         return {"clients": len(nodes), "initial_sync_seconds": round(sync_seconds, 1), "events": events,
                 "nacks": sent.nacks, "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM")),
                 "rss_before_clients_mb": round(rss_before_clients), "peak_rss_first_sync_mb": round(peak_at_sync),
@@ -320,6 +321,17 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
             os.killpg(clients.pid, signal.SIGKILL)
         await clients.wait()
         await plane.stop()
+
+
+class _Models:
+    """Each change's model built as ``zpilot serve``'s source builds it: from the previous one."""
+
+    def __init__(self, mesh_index, first) -> None:
+        self.mesh_index, self.last = mesh_index, first
+
+    def build(self, cluster):
+        self.last = self.mesh_index.build(cluster, previous=self.last)
+        return self.last
 
 
 async def _quiet(sent, seconds: float, received: list | None = None) -> None:
@@ -333,7 +345,7 @@ async def _quiet(sent, seconds: float, received: list | None = None) -> None:
             return
 
 
-async def _events(params, shape, cluster, plane, sent, received, connected, converters, mesh_index) -> dict[str, Any]:
+async def _events(params, shape, cluster, plane, sent, received, connected, converters, models) -> dict[str, Any]:
     """Each kind of change ``rounds`` times: what was sent, to whom, how long after the model was due."""
     rounds = params["rounds"]
     kinds: dict[str, list[dict[str, Any]]] = {"pod add": [], "pod delete": [], "service add": [], "policy change": []}
@@ -350,7 +362,7 @@ async def _events(params, shape, cluster, plane, sent, received, connected, conv
         cluster = dataclasses.replace(cluster, authorization_policies=cluster.authorization_policies + (policy,))
         steps.append(("policy change", cluster))
         for kind, model in steps:
-            kinds[kind].append(await _one_change(model, plane, sent, received, connected, mesh_index))
+            kinds[kind].append(await _one_change(model, plane, sent, received, connected, models))
             progress.step(kind)
     progress.close()
     out: dict[str, Any] = {}
@@ -379,12 +391,12 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-async def _one_change(model, plane, sent, received, connected: set[str], mesh_index) -> dict[str, Any]:
+async def _one_change(model, plane, sent, received, connected: set[str], models) -> dict[str, Any]:
     """Hand the control plane one model change, as ``zpilot serve`` does once the debounce window
-    closed: the model is built (in a worker thread), then produced and pushed."""
+    closed: the model is built (in a worker thread, from the previous one), then produced and pushed."""
     first_sent, first_received = len(sent.records), len(received)
     t0 = time.monotonic()  # the debounce window closes
-    index = await asyncio.to_thread(mesh_index.build, model)
+    index = await asyncio.to_thread(models.build, model)
     t1 = time.monotonic()
     report = await plane.update(index, changed_at=t0)
     t2 = time.monotonic()

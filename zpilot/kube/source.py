@@ -26,14 +26,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from bisect import bisect_left, insort
+from dataclasses import dataclass, replace
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
 from ..model.index import MeshIndex
-from ..model.policy import DEFAULT_ROOT_NAMESPACE
+from ..model.objects import Cluster, EndpointSlice, Namespace, Node, Service, ServiceAccount, Workload
+from ..model.policy import DEFAULT_ROOT_NAMESPACE, AuthorizationPolicy, PeerAuthentication
 from ..model.problems import LOG_LEVELS, Problem, Problems
 from .convert import ModelObject
-from .store import merge
+from .store import Key, key_of, merge
 
 log = logging.getLogger(__name__)
 problem_log = logging.getLogger("zpilot.problems")
@@ -274,9 +276,18 @@ class ObjectSink:
 
 
 def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]], *,
-                root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> MeshIndex:
+                root_namespace: str = DEFAULT_ROOT_NAMESPACE, previous: MeshIndex | None = None) -> MeshIndex:
     """The model from every origin's content (pure: run in a worker thread for large clusters);
-    ``root_namespace`` is Istio's: its policies without a selector apply to the whole mesh."""
+    ``root_namespace`` is Istio's: its policies without a selector apply to the whole mesh;
+    ``previous``: the last model built, whose derivations of unchanged objects are reused
+    (``MeshIndex.build``: the same model as without it, at the cost of what changed)."""
+    cluster, problems, _ = _merged(contents)
+    return MeshIndex.build(cluster, problems, root_namespace=root_namespace, previous=previous)
+
+
+def _merged(contents: Iterable[tuple[str, OriginContent, Problem | None]]) -> tuple[Cluster, Problems, bool]:
+    """Every origin's objects as one cluster, with the origins' problems and the duplicates';
+    and whether some key was held twice (a duplicate)."""
     problems = Problems()
     objects: list[tuple[str, ModelObject]] = []
     for _origin, content, failure in contents:
@@ -285,7 +296,95 @@ def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]], *
             problems.extend([failure_problem(failure, len(content.objects))])
         objects.extend(content.objects)
     cluster = merge(objects, problems)
-    return MeshIndex.build(cluster, problems, root_namespace=root_namespace)
+    return cluster, problems, len(objects) != sum(len(getattr(cluster, name)) for name in _FIELDS.values())
+
+
+#: Cluster's field for each kind of object.
+_FIELDS: dict[type, str] = {
+    Node: "nodes", Namespace: "namespaces", ServiceAccount: "service_accounts", Workload: "workloads",
+    Service: "services", EndpointSlice: "endpoint_slices", AuthorizationPolicy: "authorization_policies",
+    PeerAuthentication: "peer_authentications",
+}
+
+
+class ModelBuilder:
+    """One source's models, each from the last (what ``zpilot serve``'s source does per burst).
+
+    The same models :func:`build_model` makes from nothing. When the origins that changed hold no
+    problem, no failure and no key another origin holds (and no key was held twice before), the
+    cluster is the last one with their objects taken out and put in, in order, instead of all
+    origins' objects merged and sorted again; the index is then built from the last one
+    (``MeshIndex.build(previous=...)``). Not thread-safe: one build at a time.
+    """
+
+    #: Above this many origins changed, the objects are merged over again rather than patched in.
+    PATCH_LIMIT = 256
+
+    def __init__(self, *, root_namespace: str = DEFAULT_ROOT_NAMESPACE) -> None:
+        self.root_namespace = root_namespace
+        self.last: MeshIndex | None = None
+        self._origins: dict[str, tuple[OriginContent, Problem | None]] = {}
+        self._keys: dict[Key, ModelObject] | None = None  # every object by key; None: some key was held twice
+        self._source_problems: tuple[Problem, ...] = ()
+
+    def build(self, contents: Iterable[tuple[str, OriginContent, Problem | None]]) -> MeshIndex:
+        contents = list(contents)
+        current = {origin: (content, failure) for origin, content, failure in contents}
+        try:
+            patched = self._patched(current) if len(current) == len(contents) else None
+        except LookupError:  # the last cluster is not what it should be: merge, never answer wrong
+            log.exception("the model could not be patched; every origin's objects merged again")
+            patched = None
+        if patched is None:
+            cluster, problems, duplicated = _merged(contents)
+            self._source_problems = tuple(problems)
+            self._keys = None if duplicated else _keys(cluster)
+        else:
+            cluster, problems = patched, Problems()
+            problems.extend(self._source_problems)
+        self._origins = current
+        self.last = MeshIndex.build(cluster, problems, root_namespace=self.root_namespace, previous=self.last)
+        return self.last
+
+    def _patched(self, current: dict[str, tuple[OriginContent, Problem | None]]) -> Cluster | None:
+        """The last cluster with the changed origins' objects replaced, or None (merge them all)."""
+        keys, old, last = self._keys, self._origins, self.last
+        if keys is None or last is None:
+            return None
+        changed = [origin for origin, now in current.items() if (was := old.get(origin)) is None
+                   or was[0] is not now[0] or was[1] != now[1]]
+        gone = [origin for origin in old.keys() - current.keys()]
+        if len(changed) + len(gone) > self.PATCH_LIMIT:
+            return None
+        taken: dict[Key, ModelObject] = {}
+        put: dict[Key, ModelObject] = {}
+        for origin in changed + gone:
+            for content, failure in (v for v in (old.get(origin), current.get(origin)) if v is not None):
+                if failure is not None or content.problems:
+                    return None  # its problems are reported in the origins' order: merge
+        for origin in changed + gone:
+            was = old.get(origin)
+            for _where, obj in was[0].objects if was is not None else ():
+                taken[key_of(obj)] = obj
+        for origin in changed:
+            for _where, obj in current[origin][0].objects:
+                key = key_of(obj)
+                if key in put or (key in keys and key not in taken):
+                    return None  # a duplicate: merge reports it
+                put[key] = obj
+        by_kind: dict[str, list[ModelObject]] = {}
+        for key, obj in taken.items():
+            if keys.get(key) is not obj:
+                return None  # not the object the last cluster holds: merge
+            objects = by_kind.setdefault(_FIELDS[type(obj)], list(getattr(last.cluster, _FIELDS[type(obj)])))
+            _remove_keyed(objects, key)
+        for key, obj in put.items():
+            objects = by_kind.setdefault(_FIELDS[type(obj)], list(getattr(last.cluster, _FIELDS[type(obj)])))
+            insort(objects, obj, key=key_of)
+        for key in taken:
+            del keys[key]
+        keys.update(put)
+        return replace(last.cluster, **{name: tuple(objects) for name, objects in by_kind.items()})
 
 
 # -- a feed as a model source ------------------------------------------------------------------
@@ -300,6 +399,17 @@ class Feed(Protocol):
 
         Raise :class:`SourceError` if the source cannot be read at all."""
         ...
+
+
+def _keys(cluster: Cluster) -> dict[Key, ModelObject]:
+    return {key_of(obj): obj for name in _FIELDS.values() for obj in getattr(cluster, name)}
+
+
+def _remove_keyed(objects: list[ModelObject], key: Key) -> None:
+    i = bisect_left(objects, key, key=key_of)
+    if i >= len(objects) or key_of(objects[i]) != key:
+        raise LookupError(f"{key} is not where the cluster keeps it")
+    del objects[i]
 
 
 class FeedSource:
@@ -325,8 +435,9 @@ class FeedSource:
             await sink.wait_synced(feed)
             first_seen: float | None = started
             last: MeshIndex | None = None
+            builder = ModelBuilder(root_namespace=self.root_namespace)
             while first_seen is not None:
-                index = await asyncio.to_thread(build_model, sink.contents(), root_namespace=self.root_namespace)
+                index = await asyncio.to_thread(builder.build, sink.contents())
                 if last is None or _differs(index, last):
                     tracker.report(index.problems)
                     yield ModelEvent(index, first_seen, initial=last is None)

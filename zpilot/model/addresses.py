@@ -17,8 +17,10 @@ from typing import Iterable
 MESH_FAMILY = 4
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def is_ipv4(ip: str | None) -> bool:
-    """True for an IPv4 address; False for IPv6 (IPv4-mapped included), ``None`` and non-addresses."""
+    """True for an IPv4 address; False for IPv6 (IPv4-mapped included), ``None`` and non-addresses
+    (remembered: every model build asks it of every pod's, service's and node's addresses)."""
     if ip is None:
         return False
     try:

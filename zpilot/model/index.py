@@ -2,7 +2,13 @@
 
 Built once per model change from an immutable :class:`~zpilot.model.objects.Cluster`; all
 questions (which pods are on node N, who is behind VIP:port, which pod owns this IP) are then
-dictionary lookups. Every rule about who is in the mesh lives here and nowhere else, so the
+dictionary lookups. A build given the previous index (``MeshIndex.build(..., previous=...)``)
+reuses what it derived from each object that is still there, unchanged (the same instance: a
+source hands unchanged objects over as they were), so a pod added costs that pod and the
+endpoints of the services selecting it, not the cluster; the result, problems included and in
+their order, is the one a build from nothing gives.
+
+Every rule about who is in the mesh lives here and nowhere else, so the
 xDS translators and the CNI agent can never disagree about it (the 2022 code did: istiod used a
 pod label, the CNI a namespace label). That includes the address family: the mesh is IPv4-only, so
 the index holds each pod, service and node with its IPv4 addresses alone, and reports what it dropped.
@@ -10,8 +16,11 @@ the index holds each pod, service and node with its IPv4 addresses alone, and re
 
 from __future__ import annotations
 
+import logging
+from bisect import bisect_left, insort
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Iterable, Sequence
 
 from .addresses import is_ipv4_network, split_mesh_family
@@ -30,7 +39,9 @@ from .objects import (
 )
 from .policy import DEFAULT_ROOT_NAMESPACE, WorkloadPolicies
 from .policy_index import PolicyIndex
-from .problems import Problems, brief
+from .problems import Problem, Problems, brief
+
+log = logging.getLogger(__name__)
 
 #: Pods with this label in the ztunnel namespace are the node's ztunnels (as the 2022 CNI agent chose them).
 ZTUNNEL_LABEL = ("app", "ztunnel")
@@ -95,6 +106,14 @@ class ServiceTarget:
     port: ServicePort
 
 
+def _remove_sorted(sequence: list[Workload], w: Workload) -> None:
+    """Remove ``w`` (that very object) from a list sorted by namespace and name."""
+    i = bisect_left(sequence, _by_name(w), key=_by_name)
+    if i >= len(sequence) or sequence[i] is not w:
+        raise LookupError(f"{w.ref} is not where the index keeps it")  # a bug: the patch would be wrong
+    del sequence[i]
+
+
 def _readiness(endpoint: Endpoint) -> tuple[bool, bool, bool]:
     return endpoint.ready, endpoint.serving, not endpoint.terminating
 
@@ -109,6 +128,31 @@ def _distinct(endpoints: list[Endpoint]) -> list[Endpoint]:
         if key not in best or _readiness(endpoint) > _readiness(best[key]):
             best[key] = endpoint
     return list(best.values())
+
+
+#: The order of pods (and of anything namespaced) in the index: by namespace, then name.
+_by_name = attrgetter("namespace", "name")
+#: A selector label no backend carries.
+_NO_POSTING: tuple[Workload, ...] = ()
+
+
+@dataclass
+class _Derived:
+    """What one build derived from each object, kept for the next build (keyed by ``id``, with the
+    object itself held so the id stays its own): reused only for the very same instance."""
+
+    #: Settings, nodes and namespaces the service entries were derived under (they read localities
+    #: and namespace enrollment): those entries are reused only while these are equal.
+    context: tuple = ()
+    #: Pod -> (pod, what it is: "host", "skip" or "candidate", its IPv4 view, its problems).
+    workloads: dict[int, tuple[Workload, str, Workload | None, tuple[Problem, ...]]] = field(default_factory=dict)
+    #: The backends by (namespace, label key, label value), as tuples: an equal posting is the previous object.
+    postings: dict[tuple[str, str, str], tuple[Workload, ...]] = field(default_factory=dict)
+    #: Service with a selector -> (service, the postings of its selector labels, its ports' candidates
+    #: and the problems making them reported).
+    selected: dict[int, tuple[Service, tuple, dict[int, tuple[list[Endpoint], tuple[Problem, ...]]]]] = field(
+        default_factory=dict
+    )
 
 
 class MeshIndex:
@@ -137,11 +181,23 @@ class MeshIndex:
         #: checked against the pods carrying one of its labels, not against every pod of the cluster.
         self._by_label: dict[tuple[str, str, str], list[Workload]] = defaultdict(list)
         self._meshed: set[tuple[str, str]] = set()
+        self._meshed_list: list[Workload] = []  # the meshed ones of _usable, in its order
         self._by_ip: dict[str, Workload] = {}
         self._by_node: dict[str, list[Workload]] = defaultdict(list)
+        self._meshed_by_node: dict[str, list[Workload]] = defaultdict(list)  # the meshed ones of _by_node
         self._endpoints: dict[tuple[str, str, int], list[Endpoint]] = {}
         self._vips: dict[tuple[str, int], ServiceTarget] = {}
         self.services: list[Service] = []
+        self._derived = _Derived()
+        self._previous = _Derived()  # the last build's, while building
+        self._before: MeshIndex | None = None  # the last index, while building, when its context is this one's
+        #: What the pods gave of problems (in order), how many pods claim each IP, how many pods
+        #: have each (namespace, name): what a build from this one needs to patch it.
+        self._workload_problems: tuple[Problem, ...] = ()
+        self._claims: dict[str, int] = {}
+        self._names: dict[tuple[str, str], int] = {}
+        #: The usable pods added and removed since the previous index, when patched from it (else None).
+        self._workload_changes: tuple[list[Workload], list[Workload]] | None = None
 
     @classmethod
     def build(
@@ -152,7 +208,10 @@ class MeshIndex:
         cluster_domain: str = "cluster.local",
         ztunnel_namespace: str = "istio-system",
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+        previous: "MeshIndex | None" = None,
     ) -> "MeshIndex":
+        """The index of ``cluster``. ``previous``: the index of the cluster before a change, whose
+        derivations of the objects still there are reused (the result is the same without it)."""
         index = cls(
             cluster,
             problems if problems is not None else Problems(),
@@ -160,6 +219,12 @@ class MeshIndex:
             ztunnel_namespace=ztunnel_namespace,
             root_namespace=root_namespace,
         )
+        index._derived.context = (cluster_domain, ztunnel_namespace, cluster.nodes, cluster.namespaces)
+        if previous is not None and previous._derived.context == index._derived.context:
+            index._previous = previous._derived
+            index._before = previous
+        elif previous is not None:  # what is derived of each pod alone still holds
+            index._previous = _Derived(workloads=previous._derived.workloads, postings=previous._derived.postings)
         index._index_nodes()
         index._index_workloads()
         index._index_services()
@@ -169,24 +234,32 @@ class MeshIndex:
             index.meshed_workloads(),
             root_namespace=root_namespace,
             problems=index.problems,
+            previous=previous.policies if previous is not None else None,
+            changes=index._workload_changes,
         )
+        index._previous = _Derived()  # not kept: one build's derivations at a time
+        index._before = None
         return index
 
     # -- address families ---------------------------------------------------------------------
 
-    def _mesh_family(self, ref: ObjectRef, addresses: tuple[str, ...], what: str, if_none: str) -> tuple[str, ...]:
-        """``addresses`` of the mesh's family (IPv4); a warning names the object and what was dropped.
+    def _mesh_family(
+        self, ref: ObjectRef, addresses: tuple[str, ...], what: str, if_none: str, problems: Problems | None = None
+    ) -> tuple[str, ...]:
+        """``addresses`` of the mesh's family (IPv4); a warning names the object and what was dropped
+        (to ``problems``, by default the index's).
 
         A dual-stack object keeps its IPv4 addresses, whichever family Kubernetes lists first; an
         object with IPv6 addresses only is reported with ``if_none`` (the caller leaves it out).
         """
+        problems = self.problems if problems is None else problems
         kept, dropped = split_mesh_family(addresses)
         if dropped and not kept:
-            self.problems.warning(ref, f"IPv6-only ({_listed(dropped)}): {if_none} {IPV4_ONLY}")
+            problems.warning(ref, f"IPv6-only ({_listed(dropped)}): {if_none} {IPV4_ONLY}")
         elif dropped:
             if len(dropped) > 1:
                 what += "es" if what.endswith("s") else "s"
-            self.problems.warning(ref, f"IPv6 {what} {_listed(dropped)} dropped {IPV4_ONLY}")
+            problems.warning(ref, f"IPv6 {what} {_listed(dropped)} dropped {IPV4_ONLY}")
         return kept
 
     def _index_nodes(self) -> None:
@@ -199,64 +272,217 @@ class MeshIndex:
 
     # -- membership -------------------------------------------------------------------------
 
+    def _classify(self, w: Workload) -> tuple[str, Workload | None, tuple[Problem, ...]]:
+        """What the pod is on its own (``host``: a running hostNetwork pod with an IPv4 address, a plain
+        endpoint at its node's address; ``candidate``: running, not host-network, with an IPv4 address;
+        ``skip``: neither), its IPv4 view, and the problems that says. Depends on the pod alone."""
+        problems = Problems()
+        kind, kept = "skip", None
+        if w.host_network:
+            problems.info(w.ref, "hostNetwork pod: not meshed")
+            ips, _ = split_mesh_family(w.ips)  # never meshed, so not reported for its family
+            if w.phase == "Running" and ips:  # the node's address: a plain endpoint of its services
+                kind, kept = "host", replace(w, ips=ips) if ips != w.ips else w
+        elif w.phase != "Running":
+            problems.info(w.ref, f"phase {w.phase}: not meshed")
+        elif not w.ips:
+            problems.warning(w.ref, "running pod has no IP: skipped")
+        else:
+            ips = self._mesh_family(w.ref, w.ips, "address", "not meshed", problems)
+            if ips:
+                kind, kept = "candidate", replace(w, ips=ips) if ips != w.ips else w
+        return kind, kept, tuple(problems)
+
     def _index_workloads(self) -> None:
+        stage = Problems()  # this stage's problems apart, so that a patched index replays them in place
+        try:
+            patched = self._patch_workloads()
+        except LookupError:  # the previous index is not what it should be: build, never answer wrong
+            log.exception("the pods' index could not be patched; built over again")
+            patched = False
+        if not patched:
+            self._index_all_workloads(stage)
+            self._workload_problems = tuple(stage)
+        self.problems.extend(self._workload_problems)
+
+    def _index_all_workloads(self, stage: Problems) -> None:
         claimants: dict[str, list[Workload]] = defaultdict(list)
         reported_namespaces: set[str] = set()
         candidates: list[Workload] = []  # running, not host-network, with an IPv4 address
         host_network: list[Workload] = []  # running hostNetwork pods: plain endpoints at their node's address
-        for w in sorted(self.cluster.workloads, key=lambda w: (w.namespace, w.name)):
-            if w.host_network:
-                self.problems.info(w.ref, "hostNetwork pod: not meshed")
-                ips, _ = split_mesh_family(w.ips)  # never meshed, so not reported for its family
-                if w.phase == "Running" and ips:  # the node's address: a plain endpoint of its services
-                    host_network.append(replace(w, ips=ips) if ips != w.ips else w)
-                continue
-            if w.phase != "Running":
-                self.problems.info(w.ref, f"phase {w.phase}: not meshed")
-                continue
-            if not w.ips:
-                self.problems.warning(w.ref, "running pod has no IP: skipped")
-                continue
-            ips = self._mesh_family(w.ref, w.ips, "address", "not meshed")
-            if not ips:
-                continue
-            if ips != w.ips:
-                w = replace(w, ips=ips)
-            candidates.append(w)
-            for ip in w.ips:
-                claimants[ip].append(w)
+        previous, derived, names = self._previous.workloads, self._derived.workloads, self._names
+        for w in sorted(self.cluster.workloads, key=_by_name):
+            entry = previous.get(id(w))
+            if entry is None or entry[0] is not w:
+                entry = (w, *self._classify(w))
+            derived[id(w)] = entry
+            key = (w.namespace, w.name)
+            names[key] = names.get(key, 0) + 1
+            _, kind, kept, problems = entry
+            if problems:
+                stage.extend(problems)
+            if kind == "candidate":
+                candidates.append(kept)  # type: ignore[arg-type]
+                for ip in kept.ips:  # type: ignore[union-attr]
+                    claimants[ip].append(kept)  # type: ignore[arg-type]
+            elif kind == "host":
+                host_network.append(kept)  # type: ignore[arg-type]
         duplicated: set[tuple[str, str]] = set()
         for ip, owners in claimants.items():
+            self._claims[ip] = len(owners)
             if len(owners) > 1:
-                names = ", ".join(str(o.ref) for o in owners)
-                self.problems.error(f"IP {ip}", f"claimed by {names}: all of them skipped")
+                claimed = ", ".join(str(o.ref) for o in owners)
+                stage.error(f"IP {ip}", f"claimed by {claimed}: all of them skipped")
                 duplicated.update((o.namespace, o.name) for o in owners)
+        enrolled = {name: namespace.enrolled for name, namespace in self.namespaces.items()}
+        usable, by_ip, by_node, meshed = self._usable, self._by_ip, self._by_node, self._meshed
         for w in candidates:
             key = (w.namespace, w.name)
-            if key in duplicated:
+            if duplicated and key in duplicated:
                 continue
-            self._usable.append(w)
+            usable.append(w)
             for ip in w.ips:
-                self._by_ip[ip] = w
+                by_ip[ip] = w
             if w.node_name:
-                self._by_node[w.node_name].append(w)
+                by_node[w.node_name].append(w)
             else:
-                self.problems.warning(w.ref, "running pod has no node: it is no node's source")
-            namespace = self.namespaces.get(w.namespace)
-            if namespace is None or not namespace.enrolled:
+                stage.warning(w.ref, "running pod has no node: it is no node's source")
+            if not enrolled.get(w.namespace):
                 if w.namespace not in reported_namespaces:
                     reported_namespaces.add(w.namespace)
-                    why = "not given" if namespace is None else "not labelled istio.io/dataplane-mode=ambient"
-                    self.problems.info(f"Namespace {w.namespace}", f"{why}: its pods are not meshed")
+                    why = "not given" if w.namespace not in enrolled else "not labelled istio.io/dataplane-mode=ambient"
+                    stage.info(f"Namespace {w.namespace}", f"{why}: its pods are not meshed")
                 continue
-            if w.opted_out:
-                self.problems.info(w.ref, "opted out of the mesh by label")
+            if w.labels and w.opted_out:
+                stage.info(w.ref, "opted out of the mesh by label")
                 continue
-            self._meshed.add(key)
-        self._backends = sorted(self._usable + host_network, key=lambda w: (w.namespace, w.name))
+            meshed.add(key)
+            self._meshed_list.append(w)
+            if w.node_name:
+                self._meshed_by_node[w.node_name].append(w)
+        self._backends = sorted(usable + host_network, key=_by_name) if host_network else list(usable)
         for w in self._backends:
             for key, value in w.labels.items():
                 self._by_label[(w.namespace, key, value)].append(w)
+        previous, postings = self._previous.postings, self._derived.postings
+        for key, backends in self._by_label.items():
+            posting = tuple(backends)
+            before = previous.get(key)
+            postings[key] = before if before is not None and before == posting else posting
+
+    #: Above this many pods changed, the index is built over again rather than patched.
+    PATCH_LIMIT = 256
+
+    def _patch_workloads(self) -> bool:
+        """The pods' part of the index as the previous index's, patched with the pods added and
+        removed, when each of them is a plain meshed pod (running, one IPv4 address no other pod
+        claims, on a node, in an enrolled namespace, not opted out, its name its own): then no pod's
+        problems change and the patch is what a build from nothing gives. False (nothing done): build."""
+        before = self._before
+        if before is None:
+            return False
+        old_entries = before._derived.workloads
+        current = self.cluster.workloads
+        by_id = dict(zip(map(id, current), current))
+        if len(by_id) != len(current):
+            return False
+        added_ids = by_id.keys() - old_entries.keys()
+        removed_ids = old_entries.keys() - by_id.keys()
+        if len(added_ids) + len(removed_ids) > self.PATCH_LIMIT:
+            return False
+        enrolled = {name: namespace.enrolled for name, namespace in self.namespaces.items()}
+        claims, names, meshed = dict(before._claims), dict(before._names), before._meshed
+
+        def plain(kind: str, kept: Workload | None, problems: tuple) -> bool:
+            return (
+                kind == "candidate" and not problems and kept is not None and bool(kept.node_name)
+                and bool(enrolled.get(kept.namespace)) and not (kept.labels and kept.opted_out)
+            )
+
+        removed: list[Workload] = []
+        for i in removed_ids:
+            w, kind, kept, problems = old_entries[i]
+            key = (w.namespace, w.name)
+            if not plain(kind, kept, problems) or key not in meshed or names.get(key) != 1:
+                return False
+            if any(claims.get(ip) != 1 for ip in kept.ips):  # type: ignore[union-attr]
+                return False
+            for ip in kept.ips:  # type: ignore[union-attr]
+                del claims[ip]
+            del names[key]
+            removed.append(kept)  # type: ignore[arg-type]
+        added_entries = []
+        for i in added_ids:
+            w = by_id[i]
+            entry = (w, *self._classify(w))
+            _, kind, kept, problems = entry
+            key = (w.namespace, w.name)
+            if not plain(kind, kept, problems) or key in names:
+                return False
+            for ip in kept.ips:  # type: ignore[union-attr]
+                if ip in claims:
+                    return False
+                claims[ip] = 1
+            names[key] = 1
+            added_entries.append(entry)
+        added = [entry[2] for entry in added_entries]
+
+        usable, backends, meshed_list = list(before._usable), list(before._backends), list(before._meshed_list)
+        by_ip, meshed = dict(before._by_ip), set(meshed)
+        by_node: dict[str, list[Workload]] = defaultdict(list, before._by_node)
+        meshed_by_node: dict[str, list[Workload]] = defaultdict(list, before._meshed_by_node)
+        touched_meshed_nodes: set[str] = set()
+        by_label: dict[tuple[str, str, str], list[Workload]] = defaultdict(list, before._by_label)
+        touched_nodes: set[str] = set()
+        touched_labels: set[tuple[str, str, str]] = set()
+
+        def own(table: dict, key, touched: set) -> list[Workload]:
+            if key not in touched:
+                touched.add(key)
+                table[key] = list(table.get(key, ()))
+            return table[key]
+
+        for w in removed:
+            for sequence in (usable, backends, meshed_list, own(by_node, w.node_name, touched_nodes),
+                             own(meshed_by_node, w.node_name, touched_meshed_nodes),
+                             *(own(by_label, (w.namespace, k, v), touched_labels) for k, v in w.labels.items())):
+                _remove_sorted(sequence, w)
+            for ip in w.ips:
+                del by_ip[ip]
+            meshed.discard((w.namespace, w.name))
+        for w in added:
+            for sequence in (usable, backends, meshed_list, own(by_node, w.node_name, touched_nodes),
+                             own(meshed_by_node, w.node_name, touched_meshed_nodes),
+                             *(own(by_label, (w.namespace, k, v), touched_labels) for k, v in w.labels.items())):
+                insort(sequence, w, key=_by_name)
+            for ip in w.ips:
+                by_ip[ip] = w
+            meshed.add((w.namespace, w.name))
+        for table, touched in ((by_node, touched_nodes), (meshed_by_node, touched_meshed_nodes)):
+            for node in touched:
+                if not table[node]:
+                    del table[node]
+        postings = dict(before._derived.postings)
+        for key in touched_labels:
+            if by_label[key]:
+                postings[key] = tuple(by_label[key])
+            else:
+                del by_label[key]
+                postings.pop(key, None)
+        derived = dict(old_entries)
+        for i in removed_ids:
+            del derived[i]
+        for entry in added_entries:
+            derived[id(entry[0])] = entry
+
+        self._usable, self._backends, self._meshed_list = usable, backends, meshed_list
+        self._by_ip, self._meshed, self._by_node, self._by_label = by_ip, meshed, by_node, by_label
+        self._meshed_by_node = meshed_by_node
+        self._claims, self._names = claims, names
+        self._derived.workloads, self._derived.postings = derived, postings
+        self._workload_problems = before._workload_problems
+        self._workload_changes = (added, removed)
+        return True
 
     def is_meshed(self, workload: Workload) -> bool:
         return (workload.namespace, workload.name) in self._meshed
@@ -279,7 +505,7 @@ class MeshIndex:
                     continue
                 ports.append(port)
                 if svc.selector:
-                    candidates = _distinct(self._pod_endpoints(svc, port))
+                    candidates = self._selected_endpoints(svc, port)
                 else:
                     candidates = _distinct(self._slice_endpoints(svc, port, slices.get((svc.namespace, svc.name), [])))
                 self._endpoints[(svc.namespace, svc.name, port.port)] = candidates
@@ -302,7 +528,30 @@ class MeshIndex:
         node = self.nodes.get(node_name) if node_name else None
         return node.locality if node is not None else (Locality(zone=zone) if zone else NO_LOCALITY)
 
-    def _pod_endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
+    def _selected_endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
+        """The candidates of a service port with a selector, as the last build made them when the
+        service, the backends carrying its selector's labels, the nodes and the namespaces are the same."""
+        known = self._derived.postings
+        postings = tuple(known.get((svc.namespace, k, v), _NO_POSTING) for k, v in svc.selector.items())
+        entry = self._derived.selected.get(id(svc)) or self._previous.selected.get(id(svc))
+        if (
+            entry is None
+            or entry[0] is not svc
+            or len(entry[1]) != len(postings)
+            or not all(a is b for a, b in zip(entry[1], postings))
+        ):
+            entry = (svc, postings, {})
+        found = entry[2].get(port.port)
+        if found is None:
+            problems = Problems()
+            found = entry[2][port.port] = (_distinct(self._pod_endpoints(svc, port, problems)), tuple(problems))
+        self._derived.selected[id(svc)] = entry
+        candidates, problems = found
+        if problems:
+            self.problems.extend(problems)
+        return candidates
+
+    def _pod_endpoints(self, svc: Service, port: ServicePort, problems: Problems) -> list[Endpoint]:
         """The selected pods, with the conditions the EndpointSlice controller would give them."""
         endpoints = []
         for w in self._selected(svc):
@@ -315,7 +564,7 @@ class MeshIndex:
             else:
                 resolved = w.named_port(port.target_port, port.protocol)
                 if resolved is None:
-                    self.problems.warning(
+                    problems.warning(
                         svc.ref,
                         f"port {port.label}: targetPort {brief(port.target_port)} is not a container port of {w.ref}:"
                         " that pod is not an endpoint of this port",
@@ -427,10 +676,10 @@ class MeshIndex:
         return list(self._by_node.get(node, ()))
 
     def meshed_workloads_on(self, node: str) -> list[Workload]:
-        return [w for w in self._by_node.get(node, ()) if self.is_meshed(w)]
+        return list(self._meshed_by_node.get(node, ()))
 
     def meshed_workloads(self) -> list[Workload]:
-        return [w for w in self._usable if self.is_meshed(w)]
+        return list(self._meshed_list)
 
     def policies_for(self, workload: Workload) -> WorkloadPolicies:
         """The AuthorizationPolicies and mTLS mode deciding who may connect to ``workload`` (see policy_index)."""

@@ -12,7 +12,9 @@ Istio's rules, as its ambient control plane applies them for the ztunnels:
   compete at one level, the oldest wins; ``portLevelMtls`` of the workload's policy overrides per port.
 
 Everything is computed once per model, for every meshed workload, so the problems it reports
-(unsupported fields, competing policies) are known before anything is translated.
+(unsupported fields, competing policies) are known before anything is translated. While the
+policies stay the same, a workload's answer (and the problems it made reported) is the previous
+model's for the same workload object: a pod added costs that pod, not the mesh.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .policy import (
     WorkloadPolicies,
     selects,
 )
-from .problems import Problems
+from .problems import Problem, Problems
 
 _NOTHING = WorkloadPolicies()
 
@@ -62,6 +64,14 @@ class PolicyIndex:
         self.authorization: tuple[AuthorizationPolicy, ...] = ()  # the enforced ones
         self.peer_authentication: tuple[PeerAuthentication, ...] = ()
         self._by_workload: dict[tuple[str, str], WorkloadPolicies] = {}
+        #: What the answers were derived from, and each workload's (by ``id``, the workload held so
+        #: the id stays its own): its policies and the problems it reports unless already reported.
+        self._derived_from: tuple = ()
+        self._derived: dict[int, tuple[Workload, WorkloadPolicies, tuple[tuple[tuple, Problem], ...]]] = {}
+        self._competing: tuple[Problem, ...] = ()  # the competing-policy warnings, in the order reported
+        #: The enforced AuthorizationPolicies and the PeerAuthentications by namespace: a workload's
+        #: answer depends on the root namespace's and its own namespace's alone.
+        self._scopes: tuple[dict[str, _Scoped], dict[str, _Scoped]] = ({}, {})
 
     @classmethod
     def build(
@@ -72,20 +82,78 @@ class PolicyIndex:
         *,
         root_namespace: str,
         problems: Problems,
+        previous: "PolicyIndex | None" = None,
+        changes: tuple[list[Workload], list[Workload]] | None = None,
     ) -> "PolicyIndex":
+        """``previous``: the last model's, whose answers are reused for the same workloads while the
+        policies of the root namespace and of theirs are equal (the result is the same without it);
+        ``changes``: the workloads added to and removed from the previous model's, when that is all
+        that changed of them (then only those are looked at)."""
         index = cls(root_namespace, problems)
+        authorization, peer_authentication = tuple(authorization), tuple(peer_authentication)
+        index._derived_from = (root_namespace, authorization, peer_authentication)
         index.authorization = tuple(p for p in sorted(authorization, key=lambda p: (p.namespace, p.name)) if index._enforced(p))
         index.peer_authentication = tuple(sorted(peer_authentication, key=lambda p: (p.namespace, p.name)))
         for pa in index.peer_authentication:
             index._check_peer_authentication(pa)
         authz = index._scoped(index.authorization)
         peers = index._scoped(index.peer_authentication)
-        reported: set[tuple[str, ...]] = set()
+        index._scopes = (authz, peers)
+        unchanged: dict[str, bool] = {}  # namespace -> its policies (and the root's) are the previous model's
+        reuse: dict = {}
+        if previous is not None and previous._derived_from == index._derived_from:
+            reuse = previous._derived
+            if changes is not None and index._patch(previous, changes, authz, peers):
+                problems.extend(index._competing)
+                return index
+        elif previous is not None and previous.root_namespace == root_namespace:
+            before_authz, before_peers = previous._scopes
+            for ns in {*authz, *peers, *before_authz, *before_peers}:
+                unchanged[ns] = authz.get(ns) == before_authz.get(ns) and peers.get(ns) == before_peers.get(ns)
+            if unchanged.get(root_namespace, True):
+                reuse = previous._derived
+        reported: set[tuple] = set()
+        found_problems = Problems()
         for w in workloads:
-            policies = WorkloadPolicies(*index._authorization_of(w, authz), index._mtls_of(w, peers, reported))
+            entry = reuse.get(id(w))
+            if entry is None or entry[0] is not w or not unchanged.get(w.namespace, True):
+                found: list[tuple[tuple, Problem]] = []
+                policies = WorkloadPolicies(*index._authorization_of(w, authz), index._mtls_of(w, peers, found))
+                entry = (w, policies, tuple(found))
+            index._derived[id(w)] = entry
+            _, policies, competing = entry
+            for key, problem in competing:  # each set of competing policies once, by the first workload it decides for
+                if key not in reported:
+                    reported.add(key)
+                    found_problems.extend([problem])
             if not policies.empty:
                 index._by_workload[(w.namespace, w.name)] = policies
+        index._competing = tuple(found_problems)
+        problems.extend(index._competing)
         return index
+
+    def _patch(self, previous: "PolicyIndex", changes: tuple[list[Workload], list[Workload]],
+               authz: dict[str, _Scoped], peers: dict[str, _Scoped]) -> bool:
+        """The previous answers with the workloads added and removed, when none of them decides
+        which of competing policies is reported (else False, nothing done)."""
+        added, removed = changes
+        derived = dict(previous._derived)
+        by_workload = dict(previous._by_workload)
+        for w in removed:
+            entry = derived.pop(id(w), None)
+            if entry is None or entry[0] is not w or entry[2]:
+                return False
+            by_workload.pop((w.namespace, w.name), None)
+        for w in added:
+            found: list[tuple[tuple, Problem]] = []
+            policies = WorkloadPolicies(*self._authorization_of(w, authz), self._mtls_of(w, peers, found))
+            if found:
+                return False
+            derived[id(w)] = (w, policies, ())
+            if not policies.empty:
+                by_workload[(w.namespace, w.name)] = policies
+        self._derived, self._by_workload, self._competing = derived, by_workload, previous._competing
+        return True
 
     # -- what is enforced -------------------------------------------------------------------
 
@@ -143,26 +211,30 @@ class PolicyIndex:
         allow = tuple(p for p in found if p.action is Action.ALLOW)
         return deny, allow
 
-    def _oldest(self, candidates: list[PeerAuthentication], what: str, reported: set[tuple[str, ...]]):
+    def _oldest(self, candidates: list[PeerAuthentication], what: str, competing: list[tuple[tuple, Problem]]):
+        """The oldest of ``candidates``; when several compete, appends (their key, the warning) to
+        ``competing`` (the caller reports each key once)."""
         if not candidates:
             return None
         chosen = min(candidates, key=_age)
         if len(candidates) > 1:
             key = tuple(sorted(str(c.ref) for c in candidates))
-            if key not in reported:
-                reported.add(key)
-                others = ", ".join(str(c.ref) for c in candidates if c is not chosen)
-                self.problems.warning(chosen.ref, f"competes with {others} as the {what}: the oldest, this one, is used")
+            others = ", ".join(str(c.ref) for c in candidates if c is not chosen)
+            found = Problems()
+            found.warning(chosen.ref, f"competes with {others} as the {what}: the oldest, this one, is used")
+            competing.extend((key, problem) for problem in found)
         return chosen
 
-    def _mtls_of(self, w: Workload, scoped: dict[str, _Scoped], reported: set[tuple[str, ...]]) -> EffectiveMtls:
+    def _mtls_of(
+        self, w: Workload, scoped: dict[str, _Scoped], competing: list[tuple[tuple, Problem]]
+    ) -> EffectiveMtls:
         root = scoped.get(self.root_namespace)
         own = scoped.get(w.namespace) if w.namespace != self.root_namespace else None
         levels = [
-            self._oldest(list(root.wide) if root else [], "mesh-wide PeerAuthentication", reported),
-            self._oldest(list(own.wide) if own else [], f"PeerAuthentication of namespace {w.namespace}", reported),
+            self._oldest(list(root.wide) if root else [], "mesh-wide PeerAuthentication", competing),
+            self._oldest(list(own.wide) if own else [], f"PeerAuthentication of namespace {w.namespace}", competing),
             self._oldest([p for p in (own.selecting if own else ()) if selects(p.selector, w)],
-                         f"PeerAuthentication selecting {w.ref}", reported),
+                         f"PeerAuthentication selecting {w.ref}", competing),
         ]
         mode, decided_by = MtlsMode.PERMISSIVE, []
         for pa in levels:

@@ -27,14 +27,17 @@ class IncrementalTranslator:
         self.options = options or TranslateOptions()
         self.fragments = fragments if fragments is not None else Fragments()
         self._mesh: MeshInput | None = None
+        self._inputs: dict[str, NodeInput] = {}
 
     def inputs(self, index: MeshIndex) -> dict[str, NodeInput]:
-        """The input of every node that gets config (:func:`~zpilot.translators.inputs.config_nodes`)."""
-        mesh = MeshInput.of(index)
+        """The input of every node that gets config (:func:`~zpilot.translators.inputs.config_nodes`);
+        made from the last model's, so what did not change is the same object (compared by identity)."""
+        mesh = MeshInput.of(index, self._mesh)
         if mesh == self._mesh:  # the previous one: node inputs then compare by identity
             mesh = self._mesh
         self._mesh = mesh
-        return node_inputs(index, sorted(config_nodes(index)), self.options, mesh)
+        self._inputs = node_inputs(index, sorted(config_nodes(index)), self.options, mesh, self._inputs)
+        return dict(self._inputs)
 
     def translate(self, node_input: NodeInput) -> Translated:
         return translate_view(NodeView.for_input(node_input, self.fragments))

@@ -8,22 +8,30 @@ model change leaves a node's input equal, its config cannot have changed and is 
 
 The reachable part, :class:`MeshInput`, is one value per model, shared by every node's input;
 the producer keeps the previous one when a new model's is equal, so comparing node inputs
-usually stops at an identity check. Each service port is a :class:`ServicePortInput`, which
-compares and hashes by the facts its config depends on (not by the pods behind its endpoints),
-so that it can key the memo of the resources built from it cheaply (fragments.py).
+usually stops at an identity check. Made from the previous model's values, each part that did not
+change is the previous object (a service port whose endpoints are the same, a node whose pods and
+policies are the same), so a change costs what it touches and comparing stops at identity there
+too. Each service port is a :class:`ServicePortInput`, which compares and hashes by the facts its
+config depends on (not by the pods behind its endpoints), so that it can key the memo of the
+resources built from it cheaply (fragments.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Iterable, Iterator
+from operator import attrgetter, itemgetter
+from typing import Callable, Iterable, Iterator, Mapping
 
 from .. import contract
 from ..model.index import Endpoint, MeshIndex, ServiceTarget, seen_from
 from ..model.objects import Service, ServicePort, Workload
 from ..model.policy import WorkloadPolicies
 from .options import TranslateOptions
+
+
+_ips, _node_name = attrgetter("ips"), attrgetter("node_name")
+_namespace, _service_account, _first = attrgetter("namespace"), attrgetter("service_account"), itemgetter(0)
 
 
 def _endpoint_facts(endpoint: Endpoint) -> tuple:
@@ -113,15 +121,17 @@ class MeshInput:
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(
-            self, "meshed_facts", tuple((w.ip, w.node_name, w.namespace, w.service_account) for w in self.meshed)
-        )
+        meshed = self.meshed  # (w.ip, w.node_name, w.namespace, w.service_account) of each, without a Python loop
+        facts = zip(map(_first, map(_ips, meshed)), map(_node_name, meshed), map(_namespace, meshed),
+                    map(_service_account, meshed))
+        object.__setattr__(self, "meshed_facts", tuple(facts))
         object.__setattr__(
             self, "_hash", hash((self.cluster_domain, self.service_ports, self.vip_order, self.meshed_facts))
         )
 
     @classmethod
-    def of(cls, index: MeshIndex) -> "MeshInput":
+    def of(cls, index: MeshIndex, previous: "MeshInput | None" = None) -> "MeshInput":
+        """The model's; ``previous``: the last model's, whose equal service ports are reused."""
         by_port: dict[tuple[str, str, int], int] = {}
         targets: list[ServiceTarget] = []
         vips: dict[int, list[str]] = {}
@@ -134,12 +144,26 @@ class MeshInput:
             i = by_port[key]
             vips.setdefault(i, []).append(vip)
             order.append((vip, i))
-        ports = tuple(
-            ServicePortInput(t.service, t.port, tuple(vips[i]), tuple(index.candidates(t.service, t.port)))
-            for i, t in enumerate(targets)
-        )
+        before = previous._by_key if previous is not None else {}
+        ports = []
+        for i, t in enumerate(targets):
+            key = (t.service.namespace, t.service.name, t.port.port)
+            vip_list, candidates = tuple(vips[i]), tuple(index.candidates(t.service, t.port))
+            old = before.get(key)
+            if (
+                old is not None
+                and old.service is t.service
+                and old.port == t.port
+                and old.vips == vip_list
+                and old.candidates == candidates
+            ):
+                ports.append(old)  # its facts and hash are not computed again
+            else:
+                ports.append(ServicePortInput(t.service, t.port, vip_list, candidates))
         meshed = tuple(w for w in index.meshed_workloads() if w.ip)
-        return cls(index.cluster_domain, ports, tuple(order), meshed)
+        if previous is not None and previous.meshed == meshed:
+            meshed = previous.meshed
+        return cls(index.cluster_domain, tuple(ports), tuple(order), meshed)
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -277,12 +301,29 @@ def config_nodes(index: MeshIndex) -> set[str]:
 
 
 def node_inputs(
-    index: MeshIndex, nodes: Iterable[str], options: TranslateOptions, mesh: MeshInput | None = None
+    index: MeshIndex,
+    nodes: Iterable[str],
+    options: TranslateOptions,
+    mesh: MeshInput | None = None,
+    previous: Mapping[str, NodeInput] | None = None,
 ) -> dict[str, NodeInput]:
-    """The input of each of ``nodes`` (``mesh``: the model's MeshInput, when already made)."""
+    """The input of each of ``nodes`` (``mesh``: the model's MeshInput, when already made;
+    ``previous``: the last model's inputs, each kept when equal, so that comparing them is an identity check)."""
     mesh = mesh if mesh is not None else MeshInput.of(index)
+    previous = previous or {}
     out = {}
     for node in nodes:
         pods = tuple(w for w in index.meshed_workloads_on(node) if w.ip)
-        out[node] = NodeInput(node, options, pods, mesh, tuple(index.policies_for(w) for w in pods))
+        policies = tuple(index.policies_for(w) for w in pods)
+        old = previous.get(node)
+        if (
+            old is not None
+            and old.mesh is mesh
+            and old.options == options
+            and old.local_pods == pods
+            and old.policies == policies
+        ):
+            out[node] = old
+        else:
+            out[node] = NodeInput(node, options, pods, mesh, policies)
     return out

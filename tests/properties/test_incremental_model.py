@@ -1,0 +1,166 @@
+"""An index built from the previous one (and node inputs made from the previous ones) is exactly
+what building from nothing gives, for random hostile clusters and random changes.
+
+Each example draws two clusters (``clusters.py``) whose objects form a pool, plus a variant of some
+objects (a pod relabelled, made unready, moved or given another address; a service with another
+selector; a namespace enrolled or not; a node in another zone; an equal copy that is another
+instance). A sequence of steps then picks, per object, absent / itself / its variant, and each
+step's model is built twice from the origins' contents (one origin per object, as the API watch
+reads them): from nothing (``build_model``), and from the previous step's (``ModelBuilder``, as
+the source builds them). Everything the
+index answers, its problems in their order, and every node's input must be equal (what it can
+reach, as ``MeshInput`` compares: by what config reads of it).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from zpilot.kube.convert_policy import KIND_CONVERTERS
+from zpilot.kube.source import ModelBuilder, OriginContent, build_model
+from zpilot.model.index import MeshIndex
+from zpilot.model.objects import Locality, Namespace, Node, Service, Workload, frozen_labels
+from zpilot.model.policy import AuthorizationPolicy
+from zpilot.translators import IncrementalTranslator, TranslateOptions
+from zpilot.translators.inputs import NodeInput
+
+from .clusters import GeneratedCluster, clusters
+
+EXPLORE = os.environ.get("ZPILOT_HYPOTHESIS_EXPLORE") == "1"
+
+#: Policies in the pool, so that policy answers (and competing PeerAuthentications) change too.
+POLICY_DOCS: list[dict[str, Any]] = [
+    {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+     "metadata": {"name": "deny-a", "namespace": "istio-system"},
+     "spec": {"action": "DENY", "selector": {"matchLabels": {"app": "a"}},
+              "rules": [{"from": [{"source": {"namespaces": ["x"]}}]}]}},
+    {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+     "metadata": {"name": "strict", "namespace": "istio-system", "creationTimestamp": "2022-01-01T00:00:00Z"},
+     "spec": {"mtls": {"mode": "STRICT"}}},
+]
+
+
+def _variant(obj: Any, n: int) -> Any:
+    """Another version of ``obj`` (what an update of the same API object would bring)."""
+    if n == 0:
+        return copy.copy(obj)  # equal, another instance
+    if isinstance(obj, Workload):
+        return [
+            replace(obj, labels=frozen_labels({**obj.labels, "app": "b" if obj.labels.get("app") == "a" else "a"})),
+            replace(obj, ready=not obj.ready),
+            replace(obj, ips=("10.0.0.1",) if obj.ips != ("10.0.0.1",) else ("10.0.0.2",)),
+            replace(obj, node_name=None if obj.node_name else "ghost-node", terminating=not obj.terminating),
+        ][n % 4]
+    if isinstance(obj, Service):
+        return replace(obj, selector=None if obj.selector else {"app": "b"}, node_local=not obj.node_local)
+    if isinstance(obj, Namespace):
+        enrolled = {"istio.io/dataplane-mode": "ambient"}
+        return replace(obj, labels=frozen_labels({} if obj.enrolled else enrolled))
+    if isinstance(obj, Node):
+        return replace(obj, locality=Locality("r9", f"r9-{n}"))
+    if isinstance(obj, AuthorizationPolicy):
+        return replace(obj, name=obj.name)  # another instance
+    return copy.copy(obj)
+
+
+def _index_state(index: MeshIndex) -> dict[str, Any]:
+    """Everything an index answers, as plain values."""
+    return {
+        "nodes": index.nodes,
+        "namespaces": index.namespaces,
+        "usable": index._usable,
+        "backends": index._backends,
+        "by_label": {k: list(v) for k, v in index._by_label.items()},
+        "meshed": index._meshed,
+        "meshed_workloads": index.meshed_workloads(),
+        "by_ip": index._by_ip,
+        "by_node": dict(index._by_node),
+        "endpoints": index._endpoints,
+        "vips": index._vips,
+        "services": index.services,
+        "policies": (index.policies.authorization, index.policies.peer_authentication, index.policies._by_workload),
+        "problems": list(index.problems),
+    }
+
+
+def _input_state(node_input: NodeInput) -> tuple:
+    """A node's input: its own part by value; what it can reach as ``MeshInput`` compares it, by
+    what config reads of it (the translator keeps the previous one when that is equal, by design)."""
+    mesh = node_input.mesh
+    ports = tuple(p._facts for p in mesh.service_ports)
+    return (node_input.node, node_input.options, node_input.local_pods, node_input.policies,
+            (mesh.cluster_domain, ports, mesh.vip_order, mesh.meshed_facts))
+
+
+def _plain_pod(i: int, namespace: str, node: str, app: str) -> Workload:
+    """A running, ready pod with an address of its own: what most pod churn is."""
+    return Workload(f"plain-{i}", namespace, f"uid-{i}", (f"10.2.0.{i + 1}",), node, "sa", frozen_labels({"app": app}))
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[tuple[str, Any]], list[list[int]]]:
+    """A pool of (origin, object) with their variants, and the choice of each object at each step
+    (0 absent, 1 itself, 2 and 3 a variant): the first step chooses for every object, each next one
+    changes one to three of them (plain pods often, as they are what most churn is)."""
+    docs = draw(clusters()).docs + draw(clusters()).docs + POLICY_DOCS
+    pool: list[tuple[str, Any]] = []
+    for i, doc in enumerate(docs):
+        obj = KIND_CONVERTERS[doc["kind"]](doc)
+        pool.append((f"doc-{i}", obj))
+    namespaces = [o.name for _, o in pool if isinstance(o, Namespace)]
+    node_names = [o.name for _, o in pool if isinstance(o, Node)] + ["ghost-node"]
+    for i, name in enumerate(("older", "newer")):  # two competing for the pods app=a of one namespace
+        doc = {"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+               "metadata": {"name": name, "namespace": draw(st.sampled_from(namespaces)),
+                            "creationTimestamp": f"2022-01-0{i + 1}T00:00:00Z"},
+               "spec": {"selector": {"matchLabels": {"app": "a"}}, "mtls": {"mode": "STRICT"}}}
+        pool.append((f"selecting-{name}", KIND_CONVERTERS["PeerAuthentication"](doc)))
+    plain = []
+    for i in range(draw(st.integers(0, 6))):
+        pod = _plain_pod(i, draw(st.sampled_from(namespaces)), draw(st.sampled_from(node_names)),
+                         draw(st.sampled_from(["a", "b"])))
+        plain.append(len(pool))
+        pool.append((f"plain-{i}", pod))
+    targets = st.one_of(st.integers(0, len(pool) - 1), *([st.sampled_from(plain)] if plain else []))
+    choices = st.sampled_from([0, 1, 1, 1, 2, 3])
+    first = draw(st.lists(choices, min_size=len(pool), max_size=len(pool)))
+    steps = [first]
+    for _ in range(draw(st.integers(1, 5))):
+        step = list(steps[-1])
+        for _ in range(draw(st.integers(1, 3))):
+            step[draw(targets)] = draw(choices)
+        steps.append(step)
+    return pool, steps
+
+
+@settings(max_examples=200 if EXPLORE else 40, deadline=None, derandomize=not EXPLORE,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(histories())
+def test_incremental_model_and_inputs_equal_a_full_build(
+    history: tuple[list[tuple[str, Any]], list[list[int]]],
+) -> None:
+    pool, steps = history
+    variants = {(i, n): _variant(obj, n) for i, (_origin, obj) in enumerate(pool) for n in (0, 1)}
+    builder = ModelBuilder()
+    translator = IncrementalTranslator(TranslateOptions())
+    for step in steps:
+        contents = []
+        for i, ((origin, obj), choice) in enumerate(zip(pool, step)):
+            if choice == 0:
+                continue
+            chosen = obj if choice == 1 else variants[(i, choice - 2)]
+            contents.append((origin, OriginContent(((origin, chosen),)), None))
+        full = build_model(contents)
+        incremental = builder.build(contents)
+        assert incremental.cluster == full.cluster
+        assert _index_state(incremental) == _index_state(full)
+        fresh = IncrementalTranslator(TranslateOptions()).inputs(full)
+        kept = translator.inputs(incremental)
+        assert {n: _input_state(i) for n, i in kept.items()} == {n: _input_state(i) for n, i in fresh.items()}
+        assert kept == fresh
