@@ -22,8 +22,9 @@ def service_chain(layout: str, port_and_host: str, identity: str = SLEEP_ID) -> 
     """The outbound chain (and EDS cluster) of a service port for ``identity``'s pods on a node:
     per source identity in the article's layout, one per service port in the linear one.
     ``port_and_host``: e.g. ``http_productpage.default.svc.cluster.local``."""
-    prefix = f"{identity}_to_" if layout == "article" else ""
-    return f"{prefix}{port_and_host}_outbound_internal"
+    if layout == "article":
+        return f"{identity}_to_{port_and_host}_outbound_internal"
+    return port_and_host
 
 
 def pod_chain(layout: str, peer: str, *, same_node: bool = False, identity: str = SLEEP_ID) -> str:

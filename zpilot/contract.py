@@ -318,10 +318,6 @@ TUNNEL_IDENTITY_FORMAT = f"%DYNAMIC_METADATA({TUNNEL_METADATA}:{TUNNEL_IDENTITY}
 #: (the launch build's value; later builds said ``http``).
 TRANSPORT_SOCKET_MATCH_METADATA = "envoy.transport_socket_match"
 TUNNEL_PROTOCOL = MappingProxyType({"tunnel": "h2"})
-#: In the linear layout the tunnel is a service port cluster's default socket, so its mesh endpoints
-#: need no metadata to pick it (Envoy holds each namespace of each endpoint's metadata, about 2 KiB
-#: apiece); an endpoint outside the mesh says it goes straight to its address.
-NO_TUNNEL = MappingProxyType({"tunnel": "none"})
 #: Envoy's original_dst listener filter. On an internal listener it takes the connection's
 #: destination from the endpoint metadata of its own name, key ``local``: the stock replacement
 #: for Istio's ``set_dst_address`` filter.

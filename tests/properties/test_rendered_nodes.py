@@ -128,7 +128,7 @@ def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources, la
     service_ports = {  # those captured here: with an endpoint for this node
         (t.service.namespace, t.service.name, t.port.port) for _, t in index.vips() if index.endpoints(t.service, t.port, node)
     }
-    service_clusters = [name for name in res.clusters if name.endswith("_outbound_internal")]
+    service_clusters = [name for name, c in res.clusters.items() if c.type == cluster_pb2.Cluster.EDS]
     assert len(res.endpoints) == len(service_clusters)
     assert len(res.secrets) == (len(local) + 1 if local else 0)
     outbound_chains = len(res.listeners[OUTBOUND_LISTENER].filter_chains)

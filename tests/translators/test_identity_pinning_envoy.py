@@ -36,8 +36,9 @@ from zpilot.certs.secrets import build_secrets
 from zpilot.envoy_binary import envoy_path, next_base_id
 from zpilot.model.index import Endpoint
 from zpilot.model.objects import NO_LOCALITY, Workload
-from zpilot.translators import clusters, endpoints, identity_pinning
+from zpilot.translators import clusters, endpoints, identity_pinning, outbound_linear
 from zpilot.translators.envoy_common import original_dst_filter, pack, socket_address
+from zpilot.translators.filter_state import endpoint_destination_filter
 from zpilot.translators.limits import DataPathLimits, idle_timeout
 from zpilot.translators.resources import NodeResources
 from zpilot.translators.static import static_bootstrap
@@ -82,6 +83,18 @@ def _tunnel_proxy(target: str) -> listener_components_pb2.Filter:
     return tcp_proxy(TUNNEL, idle_timeout=idle_timeout(LIMITS), tunnel_target=target)
 
 
+#: The linear layout's service path (listener, the identity its cluster names, the endpoint's pod,
+#: the cluster identity the endpoint was written for): an endpoint names its pod's identity only
+#: where its cluster does not name it already.
+LINEAR_CASES = (
+    ("lin_shared", PRODUCTPAGE, "productpage", PRODUCTPAGE),  # the cluster names it, the endpoint not
+    ("lin_own", DETAILS, "productpage", DETAILS),  # the endpoint's own replaces the cluster's
+    ("lin_own_wrong", PRODUCTPAGE, "details", PRODUCTPAGE),  # ... in both directions
+    ("lin_stale", DETAILS, "productpage", PRODUCTPAGE),  # endpoints newer than their cluster: refused
+    ("lin_none", None, "productpage", PRODUCTPAGE),  # no identity anywhere: refused
+)
+
+
 def _endpoint(peer_identity: str | None):
     """A mesh endpoint of the service path, as endpoints.py writes it (without an identity: None)."""
     pod = Workload("productpage", "default", "uid-pp", ("127.0.0.1",), "node-2", "bookinfo-productpage")
@@ -109,13 +122,20 @@ def resources(peer_port: int) -> NodeResources:
         out.clusters[name] = clusters.service_port(name, LIMITS)
         out.endpoints[name] = endpoints.load_assignment(name, {NO_LOCALITY: [_endpoint(identity)]})
         out.listeners[name] = _listener(name, [tcp_proxy(name, idle_timeout=idle_timeout(LIMITS))])
-    internal = listener_pb2.Listener(
-        name=INTERNAL, use_original_dst=wrappers_pb2.BoolValue(value=False), listener_filters=[original_dst_filter()],
-        filter_chains=[listener_components_pb2.FilterChain(filters=[
-            identity_pinning.pin_from_endpoint(), _tunnel_proxy("%DYNAMIC_METADATA(tunnel:destination)%")])],
-    )
-    internal.internal_listener.SetInParent()
-    out.listeners[INTERNAL] = internal
+    for name, cluster_identity, pod, written_for in LINEAR_CASES:
+        workload = Workload(pod, "default", f"uid-{pod}", ("127.0.0.1",), "node-2", f"bookinfo-{pod}")
+        endpoint = endpoints.linear_mesh_endpoint(Endpoint("127.0.0.1", 9080, True, workload=workload), TD, written_for)
+        out.clusters[name] = outbound_linear.service_port_cluster(name, cluster_identity, LIMITS)
+        out.endpoints[name] = endpoints.load_assignment(name, {NO_LOCALITY: [endpoint]})
+        out.listeners[name] = _listener(name, [tcp_proxy(name, idle_timeout=idle_timeout(LIMITS))])
+    for name, target, first in ((INTERNAL, "%DYNAMIC_METADATA(tunnel:destination)%", []),
+                                (contract.LINEAR_TUNNEL_LISTENER, "%DOWNSTREAM_LOCAL_ADDRESS%", [endpoint_destination_filter()])):
+        internal = listener_pb2.Listener(
+            name=name, use_original_dst=wrappers_pb2.BoolValue(value=False), listener_filters=[*first, original_dst_filter()],
+            filter_chains=[listener_components_pb2.FilterChain(filters=[identity_pinning.pin_from_endpoint(), _tunnel_proxy(target)])],
+        )
+        internal.internal_listener.SetInParent()
+        out.listeners[name] = internal
     out.add_secret(SLEEP_SECRET, SLEEP)
     out.add_secret(contract.ROOT_CA_SECRET, None)
     return out
@@ -246,3 +266,22 @@ def test_service_endpoints_pin_the_identity_their_metadata_names(envoy):
         wait_for(lambda: running.stat(FAIL_SAN) == refusals, f"the refusal of {listener} to be counted")
         sock.close()
     assert peer.snapshot()[2] == ["127.0.0.1:9080"], "a refused tunnel reached the peer"
+
+
+def test_linear_service_endpoints_pin_their_own_or_their_clusters_identity(envoy):
+    """The linear layout writes the identity all of a port's endpoints share in its cluster, and
+    an endpoint's own only where it differs: the cluster's internal_upstream socket hands the
+    cluster's ``tunnel`` on, and an endpoint's replaces it. Whichever is stale, nothing reaches a
+    peer that is not the identity pinned: the tunnel is refused."""
+    running, peer = envoy
+    for listener in ("lin_shared", "lin_own"):
+        sock, answer = through(running, listener)
+        assert answer == b"ping", listener
+        sock.close()
+    assert peer.snapshot()[2] == ["127.0.0.1:9080"] * 2
+    for refusals, listener in enumerate(("lin_own_wrong", "lin_stale", "lin_none"), start=1):
+        sock, answer = through(running, listener)
+        assert answer == b"", listener
+        wait_for(lambda: running.stat(FAIL_SAN) == refusals, f"the refusal of {listener} to be counted")
+        sock.close()
+    assert peer.snapshot()[2] == ["127.0.0.1:9080"] * 2, "a refused tunnel reached the peer"

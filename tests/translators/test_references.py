@@ -22,6 +22,7 @@ from zpilot.model import MeshIndex
 from zpilot.synthetic import Shape, node_name
 from xds.type.matcher.v3 import ip_pb2
 
+from zpilot.explain.envoy_config import Connection, select_chain
 from zpilot.translators import TranslateOptions, names, translate_node
 from zpilot.translators.static import rewrite
 
@@ -94,6 +95,7 @@ def test_every_reference_resolves(layout: str, shape: Shape, which: int) -> None
     destinations = index.meshed_workloads() or list(index.vips())
     if local and destinations:
         assert _range_ips(after_port.matcher) == local
+        _assert_pod_ips_select_their_identity(outbound, index, sorted(local)[0])
     else:
         assert after_port.action.name == names.PASSTHROUGH_CHAIN
     assert internal == ({contract.LINEAR_TUNNEL_LISTENER} if local_identities else set())
@@ -110,9 +112,24 @@ def local_pods(index: MeshIndex, node: str) -> set[str]:
 
 
 def _range_ips(matcher) -> set[str]:
-    found = _collect(matcher.matcher_tree.custom_match, ip_pb2.IPMatcher)
-    assert len(found) == 1
-    return {r.address_prefix for m in found[0].range_matchers for r in m.ranges}
+    """The addresses of a matcher's own IP range matcher (not of those nested in its outcomes)."""
+    ranges = ip_pb2.IPMatcher.FromString(matcher.matcher_tree.custom_match.typed_config.value)
+    return {r.address_prefix for m in ranges.range_matchers for r in m.ranges}
+
+
+def _assert_pod_ips_select_their_identity(outbound, index: MeshIndex, source: str) -> None:
+    """From a local pod, each meshed pod IP leads to the chain pinning its pod's identity (the pod
+    IPs are grouped by identity in the destination map), an address of no pod passes through."""
+    vips = {vip for vip, *_ in index.vips()}
+    for pod in index.meshed_workloads():
+        if pod.ip in vips:
+            continue
+        chain, _steps = select_chain(outbound, Connection(source, pod.ip, 8080))
+        assert chain is not None and chain.name == names.pod_direct_chain(
+            contract.spiffe_id("cluster.local", pod.namespace, pod.service_account)
+        ), (pod.ip, chain and chain.name)
+    chain, _steps = select_chain(outbound, Connection(source, "192.0.2.1", 8080))
+    assert chain is not None and chain.name == names.PASSTHROUGH_CHAIN
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -124,7 +141,7 @@ def test_linear_service_resources_are_the_same_bytes_on_every_node(shape: Shape)
     seen: dict[str, bytes] = {}
     for n in range(shape.nodes):
         res = translate_node(index, node_name(n), TranslateOptions(layout="linear"))
-        service_ports = [name for name in res.clusters if name.endswith("_outbound_internal")]
+        service_ports = [name for name, c in res.clusters.items() if c.type == cluster_pb2.Cluster.EDS]
         assert sorted(service_ports) == sorted(res.endpoints)
         for name in service_ports:
             for key, message in ((f"cluster {name}", res.clusters[name]), (f"endpoints {name}", res.endpoints[name])):

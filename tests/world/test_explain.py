@@ -26,8 +26,8 @@ LAYOUTS = ["article", "linear"]
 #: The facts that differ between the layouts (the names of ztunnel A's outbound chain and resources).
 LINEAR = {
     "productpage-vip": {
-        "filter_chain": "http_productpage.default.svc.cluster.local_outbound_internal",
-        "cluster": "http_productpage.default.svc.cluster.local_outbound_internal",
+        "filter_chain": "http_productpage.default.svc.cluster.local",
+        "cluster": "http_productpage.default.svc.cluster.local",
         "endpoint": "envoy://outbound_tunnel_lis/10.4.3.20:9080",
         "internal_listener": "outbound_tunnel_lis",
     },

@@ -35,8 +35,7 @@ class Path:
 
     def service_chain(self, port_and_host: str) -> str:
         """``port_and_host``: e.g. ``http_productpage.default.svc.cluster.local``."""
-        prefix = "" if self.linear else f"{SLEEP_ID}_to_"
-        return f"{prefix}{port_and_host}_outbound_internal"
+        return port_and_host if self.linear else f"{SLEEP_ID}_to_{port_and_host}_outbound_internal"
 
     @property
     def tunnel_listener(self) -> str:

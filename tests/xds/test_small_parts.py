@@ -129,7 +129,11 @@ ENVOY_LIKE = {
              {"endpoint_config": {"cluster_name": "a", "policy": {"overprovisioning_factor": 140}}},
              {"endpoint_config": {"cluster_name": "b", "policy": {"overprovisioning_factor": 140},
                                   "endpoints": [{"locality": {}, "load_balancing_weight": 0,
-                                                 "lb_endpoints": [{"endpoint": {}}]}]}},
+                                                 "lb_endpoints": [{"endpoint": {"health_check_config": {}},
+                                                                   "health_status": "HEALTHY",
+                                                                   "load_balancing_weight": 1},
+                                                                  {"endpoint": {}, "health_status": "DRAINING",
+                                                                   "load_balancing_weight": 2}]}]}},
          ]},
         {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
          "dynamic_listeners": [{"name": "l", "active_state": {"version_info": "3", "listener": {"name": "l"}}},
@@ -141,7 +145,8 @@ ENVOY_LIKE = {
 def test_normalize_keeps_dynamic_active_and_drops_envoy_defaults():
     n = normalize(ENVOY_LIKE)
     assert [c["name"] for c in n["clusters"]] == ["a", "b"]
-    assert n["endpoints"] == [{"cluster_name": "b", "endpoints": [{"lb_endpoints": [{"endpoint": {}}]}]}]
+    assert n["endpoints"] == [{"cluster_name": "b", "endpoints": [{"lb_endpoints": [
+        {"endpoint": {}}, {"endpoint": {}, "health_status": "DRAINING", "load_balancing_weight": 2}]}]}]
     assert n["listeners"] == [{"name": "l"}]
     assert unified_diff(ENVOY_LIKE, ENVOY_LIKE) == ""
     other = copy.deepcopy(ENVOY_LIKE)

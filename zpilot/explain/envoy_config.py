@@ -19,6 +19,7 @@ from envoy.extensions.filters.network.rbac.v3 import rbac_pb2
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2
+from envoy.extensions.transport_sockets.internal_upstream.v3 import internal_upstream_pb2
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.json_format import MessageToDict
 from xds.type.matcher.v3 import ip_pb2
@@ -207,21 +208,25 @@ def tls_facts(transport_socket) -> TlsFacts | None:
 class EndpointFacts:
     address: str  # "ip:port", or "envoy://<internal listener>/<endpoint id>"
     internal_listener: str | None
+    #: The endpoint's metadata, and where it has none of a namespace its cluster's internal_upstream
+    #: socket hands on from the cluster's metadata, the cluster's: what an internal listener gets.
     metadata: dict
 
 
 def endpoints(resources: NodeResources, cluster_name: str) -> list[EndpointFacts]:
     """An EDS cluster's endpoints, or a static cluster's own."""
     cla = resources.endpoints.get(cluster_name)
-    if cla is None and cluster_name in resources.clusters:
-        cla = resources.clusters[cluster_name].load_assignment
+    cluster = resources.clusters.get(cluster_name)
+    if cla is None and cluster is not None:
+        cla = cluster.load_assignment
     if cla is None:
         return []
+    from_cluster = _passed_from_cluster(cluster) if cluster is not None else {}
     out = []
     for group in cla.endpoints:
         for lb in group.lb_endpoints:
             addr = lb.endpoint.address
-            metadata = {k: MessageToDict(v) for k, v in lb.metadata.filter_metadata.items()}
+            metadata = {**from_cluster, **{k: MessageToDict(v) for k, v in lb.metadata.filter_metadata.items()}}
             if addr.HasField("envoy_internal_address"):
                 internal = addr.envoy_internal_address
                 out.append(EndpointFacts(f"envoy://{internal.server_listener_name}/{internal.endpoint_id}",
@@ -230,6 +235,21 @@ def endpoints(resources: NodeResources, cluster_name: str) -> list[EndpointFacts
                 sa = addr.socket_address
                 out.append(EndpointFacts(f"{sa.address}:{sa.port_value}", None, metadata))
     return out
+
+
+def _passed_from_cluster(cluster: cluster_pb2.Cluster) -> dict:
+    """The namespaces of the cluster's own metadata its ``internal_upstream`` socket (the cluster's
+    ``transport_socket``) hands on to an internal listener: Envoy copies them before the
+    endpoint's, so an endpoint's namespace of the same name replaces one."""
+    socket = cluster.transport_socket
+    if not socket.typed_config.type_url.endswith("/" + internal_upstream_pb2.InternalUpstreamTransport.DESCRIPTOR.full_name):
+        return {}
+    transport = _unpack(socket.typed_config, internal_upstream_pb2.InternalUpstreamTransport)
+    return {
+        source.name: MessageToDict(cluster.metadata.filter_metadata[source.name])
+        for source in transport.passthrough_metadata
+        if source.kind.HasField("cluster") and source.name in cluster.metadata.filter_metadata
+    }
 
 
 def cluster_kind(c: cluster_pb2.Cluster) -> str:

@@ -86,12 +86,15 @@ def hbone_tunnel(
     return cluster
 
 
-def _internal_upstream(passthrough_keys: tuple[str, ...]) -> base_pb2.TransportSocket:
-    """To an internal listener, handing it the endpoint metadata under ``passthrough_keys``."""
+def _internal_upstream(passthrough_keys: tuple[str, ...], cluster_keys: tuple[str, ...] = ()) -> base_pb2.TransportSocket:
+    """To an internal listener, handing it the endpoint metadata under ``passthrough_keys``, and
+    the cluster's under ``cluster_keys``, listed first: Envoy copies each namespace in order, so an
+    endpoint's own namespace of the same name replaces the cluster's."""
+    sources = [(_cluster_kind(), key) for key in cluster_keys] + [(_host_kind(), key) for key in passthrough_keys]
     internal = internal_upstream_pb2.InternalUpstreamTransport(
         passthrough_metadata=[
-            internal_upstream_pb2.InternalUpstreamTransport.MetadataValueSource(kind=_host_kind(), name=key)
-            for key in passthrough_keys
+            internal_upstream_pb2.InternalUpstreamTransport.MetadataValueSource(kind=kind, name=key)
+            for kind, key in sources
         ],
         transport_socket=raw_buffer(),
     )
@@ -103,29 +106,42 @@ def service_port(
     limits: DataPathLimits,
     *,
     passthrough: tuple[str, ...] = (contract.TUNNEL_METADATA, contract.ORIGINAL_DST_FILTER),
-    tunnel_by_default: bool = False,
+    match_by_metadata: bool = True,
+    metadata: base_pb2.Metadata | None = None,
+    cluster_passthrough: tuple[str, ...] = (),
 ) -> Cluster:
     """The EDS cluster of a service port (in the article's layout, per source identity): mesh
-    endpoints go through an internal listener, which gets their ``passthrough`` metadata; others go
-    straight to the pod in plain TCP. Which is which the endpoint's metadata says: the article's
-    mesh endpoints ``contract.TUNNEL_PROTOCOL``, the others nothing; with ``tunnel_by_default`` (the
-    linear layout) the mesh endpoints nothing, the others ``contract.NO_TUNNEL``."""
-    tunnel = Cluster.TransportSocketMatch(
-        name="internal_upstream",
-        match=struct({} if tunnel_by_default else contract.TUNNEL_PROTOCOL),
-        transport_socket=_internal_upstream(passthrough),
-    )
-    plain = Cluster.TransportSocketMatch(
-        name="tlsMode-disabled", match=struct(contract.NO_TUNNEL if tunnel_by_default else {}), transport_socket=raw_buffer()
-    )
-    return Cluster(
+    endpoints go through an internal listener (``contract.TUNNEL_PROTOCOL``), which gets their ``passthrough``
+    metadata; others go straight to the pod in plain TCP.
+
+    With ``match_by_metadata`` (the article's dump) each mesh endpoint says so in its metadata and
+    picks ``internal_upstream``; without it (the linear layout) every endpoint takes that one socket:
+    it wraps a raw buffer and hands metadata on only on a connection to an internal listener, so to
+    a plain endpoint (a socket address) it is that raw buffer, and no endpoint need say anything.
+    There the namespaces ``cluster_passthrough`` of the cluster's ``metadata`` (what all its mesh
+    endpoints would say alike) are handed on too, unless an endpoint has its own."""
+    cluster = Cluster(
         name=name,
         type=Cluster.EDS,
         eds_cluster_config=Cluster.EdsClusterConfig(eds_config=_eds_source()),
-        # the first that matches is used: the one the endpoint names before the catch-all
-        transport_socket_matches=[plain, tunnel] if tunnel_by_default else [tunnel, plain],
         circuit_breakers=circuit_breakers(limits),
     )
+    if not match_by_metadata:
+        if metadata is not None:
+            cluster.metadata.CopyFrom(metadata)
+        cluster.transport_socket.CopyFrom(_internal_upstream(passthrough, cluster_passthrough))
+        return cluster
+    cluster.transport_socket_matches.extend(
+        [
+            Cluster.TransportSocketMatch(
+                name="internal_upstream",
+                match=struct(contract.TUNNEL_PROTOCOL),
+                transport_socket=_internal_upstream(passthrough),
+            ),
+            Cluster.TransportSocketMatch(name="tlsMode-disabled", match=struct({}), transport_socket=raw_buffer()),
+        ]
+    )
+    return cluster
 
 
 def internal_listener_cluster(
@@ -162,3 +178,7 @@ def _eds_source():
 
 def _host_kind() -> metadata_pb2.MetadataKind:
     return metadata_pb2.MetadataKind(host=metadata_pb2.MetadataKind.Host())
+
+
+def _cluster_kind() -> metadata_pb2.MetadataKind:
+    return metadata_pb2.MetadataKind(cluster=metadata_pb2.MetadataKind.Cluster())

@@ -17,14 +17,16 @@ Endpoints are grouped by locality (the node's ``topology.kubernetes.io/region`` 
 in (region, zone) order: the order Envoy keeps them in and dumps them back.
 
 The fields Envoy itself fills in when it dumps endpoints (locality, weight, health, the
-overprovisioning factor) are set explicitly, so that what we render equals Envoy's own
-``/config_dump?include_eds`` and a diff of the two shows only real differences.
+overprovisioning factor) are set explicitly in the article's layout, so that what we render
+equals Envoy's own ``/config_dump?include_eds``; the linear layout leaves an endpoint's out
+(:func:`bare_lb_endpoint`), and ``zpilot diff`` ignores them where Envoy adds them.
 
-The linear layout's endpoints (``linear_*``) name no identity and no node: every mesh endpoint is
-the one internal listener ``contract.LINEAR_TUNNEL_LISTENER`` with endpoint id ``podIP:port`` (its
-destination) and metadata ``tunnel.identity`` alone; the tunnel is its cluster's default socket, and a
-plain endpoint says ``contract.NO_TUNNEL`` instead. A real Envoy holds each namespace of each
-endpoint's metadata, about 2 KiB apiece: 20,000 endpoints at issue 13's R (docs/scale.md).
+The linear layout's endpoints (``linear_*``) name no source identity and no node: every mesh endpoint
+is the one internal listener ``contract.LINEAR_TUNNEL_LISTENER`` with endpoint id ``podIP:port`` (its
+destination), and metadata ``tunnel.identity`` only where its cluster does not name the identity of
+all its mesh endpoints; no transport socket match metadata (its cluster's one transport socket
+serves plain endpoints too). A real Envoy holds each namespace of each endpoint's metadata, about
+2 KiB apiece: 20,000 endpoints at issue 13's R (docs/scale.md), most of which now have none.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def lb_endpoint(address: address_pb2.Address, metadata: base_pb2.Metadata | None
         health_status=health_check_pb2.HEALTHY,
         load_balancing_weight=wrappers_pb2.UInt32Value(value=1),
     )
+    if metadata is not None:
+        endpoint.metadata.CopyFrom(metadata)
+    return endpoint
+
+
+def bare_lb_endpoint(address: address_pb2.Address, metadata: base_pb2.Metadata | None = None):
+    """An endpoint without the fields Envoy fills in alike (health, weight, an empty health check
+    config): the linear layout's, which a node has tens of thousands of (``zpilot diff`` ignores
+    the defaults Envoy's dump adds, xds/dump_diff.py)."""
+    endpoint = endpoint_components_pb2.LbEndpoint(endpoint=endpoint_components_pb2.Endpoint(address=address))
     if metadata is not None:
         endpoint.metadata.CopyFrom(metadata)
     return endpoint
@@ -131,32 +143,43 @@ def peer_identity(endpoint: Endpoint, trust_domain: str) -> str:
     return contract.spiffe_id(trust_domain, endpoint.workload.namespace, endpoint.workload.service_account)
 
 
-def linear_mesh_endpoint(endpoint: Endpoint, trust_domain: str):
+def shared_identity(endpoints: list[Endpoint] | tuple[Endpoint, ...], trust_domain: str) -> str | None:
+    """The identity every mesh endpoint of a service port names, when they all name the same one
+    (the usual case: a service's pods run as one service account); else None."""
+    found = {peer_identity(ep, trust_domain) for ep in endpoints if ep.meshed}
+    return found.pop() if len(found) == 1 else None
+
+
+def linear_mesh_endpoint(endpoint: Endpoint, trust_domain: str, cluster_identity: str | None = None):
     """A mesh endpoint of the linear layout: the one internal listener, told where the connection
     goes (the endpoint id, ``podIP:targetPort``, which the listener makes its destination:
-    filter_state.py) and who must answer (``tunnel.identity``). The peer ztunnel's port (HBONE, or
-    the hairpin port on this node) is the tunnel cluster's business, so the endpoint is the same on
-    every node. No more metadata than that (the module docstring): the tunnel is the cluster's
-    default socket."""
-    metadata = identity_metadata(peer_identity(endpoint, trust_domain))
+    filter_state.py) and who must answer (``tunnel.identity``), unless its cluster names that
+    identity for all its endpoints (``cluster_identity``, :func:`shared_identity`; the cluster's
+    ``internal_upstream`` socket passes the cluster's ``tunnel`` namespace on where an endpoint has
+    none). The peer ztunnel's port (HBONE, or the hairpin port on this node) is the tunnel
+    cluster's business, so the endpoint is the same on every node. Nothing selects its transport
+    socket: the linear layout's service cluster has one for every endpoint (``clusters.service_port``)."""
+    identity = peer_identity(endpoint, trust_domain)
+    metadata = identity_metadata(identity) if identity != cluster_identity else None
     address = address_pb2.Address(
         envoy_internal_address=address_pb2.EnvoyInternalAddress(
             server_listener_name=contract.LINEAR_TUNNEL_LISTENER, endpoint_id=endpoint.authority
         )
     )
-    return lb_endpoint(address, metadata)
+    return bare_lb_endpoint(address, metadata)
 
 
 def linear_service_port_endpoints(cluster_name: str, endpoints: list[Endpoint], trust_domain: str) -> ClusterLoadAssignment:
     """A service port's endpoints with no source identity and no node in them (the identity each
-    names is its own pod's, the one to pin): every node that is given
-    the same endpoints gets the same bytes (all of them, unless the service keeps traffic on the
-    node: ``internalTrafficPolicy: Local``)."""
+    names is its own pod's, the one to pin, written in the cluster instead when all name the same,
+    :func:`shared_identity`): every node that is given the same endpoints gets the same bytes (all
+    of them, unless the service keeps traffic on the node: ``internalTrafficPolicy: Local``)."""
+    cluster_identity = shared_identity(endpoints, trust_domain)
     groups: dict[Locality, list] = {}
     for ep in endpoints:
-        lb = linear_mesh_endpoint(ep, trust_domain) if ep.meshed else lb_endpoint(
-            socket_address(ep.address, ep.port),
-            base_pb2.Metadata(filter_metadata={contract.TRANSPORT_SOCKET_MATCH_METADATA: struct(contract.NO_TUNNEL)}),
-        )
+        if ep.meshed:
+            lb = linear_mesh_endpoint(ep, trust_domain, cluster_identity)
+        else:
+            lb = bare_lb_endpoint(socket_address(ep.address, ep.port))
         groups.setdefault(ep.locality, []).append(lb)
     return load_assignment(cluster_name, groups)

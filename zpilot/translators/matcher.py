@@ -113,6 +113,32 @@ def in_ranges(
     return matcher
 
 
+def by_ranges(
+    input_name: str, outcomes: list[tuple[list[str], OnMatch]], on_no_match: OnMatch | None = None
+) -> Matcher:
+    """Per set of addresses its own outcome: ``(ips, on_match)`` pairs, the sets disjoint (each IP a
+    host range), else ``on_no_match``. One ``IPMatcher`` whose range matchers each hold a set: an
+    outcome shared by thousands of addresses (the pod IPs of one identity) is written once, not
+    once per address as an exact map would."""
+    tree = Matcher.MatcherTree(
+        input=extension_pb2.TypedExtensionConfig(name=input_name, typed_config=pack(_INPUTS[input_name]())),
+        custom_match=extension_pb2.TypedExtensionConfig(
+            name=IP_RANGE_MATCHER,
+            typed_config=pack(
+                ip_pb2.IPMatcher(
+                    range_matchers=[
+                        ip_pb2.IPMatcher.IPRangeMatcher(ranges=_ranges(ips), on_match=on_match) for ips, on_match in outcomes
+                    ]
+                )
+            ),
+        ),
+    )
+    matcher = Matcher(matcher_tree=tree)
+    if on_no_match is not None:
+        matcher.on_no_match.CopyFrom(on_no_match)
+    return matcher
+
+
 def serialized(on_match: OnMatch) -> bytes:
     """``on_match`` as :func:`in_ranges` takes it already serialized."""
     return on_match.SerializeToString(deterministic=True)

@@ -66,8 +66,11 @@ def pod_internal_cluster(peer_identity: str) -> str:
 
 
 def linear_service_chain(service: Service, port: ServicePort, cluster_domain: str) -> str:
-    """Chain and EDS cluster name for a service port, the same on every node (no source identity in it)."""
-    return f"{port.label}_{service.hostname(cluster_domain)}_outbound_internal"
+    """Chain and EDS cluster name for a service port, the same on every node (no source identity in
+    it): ``<port>_<fqdn>``. It is written seven times per service port on every node (matcher
+    action, chain, tcp_proxy cluster and stat prefix, cluster, load assignment), so no suffix: an
+    FQDN tells it from every other name here (none has a dot)."""
+    return f"{port.label}_{service.hostname(cluster_domain)}"
 
 
 def linear_tunnel_chain(identity: str) -> str:

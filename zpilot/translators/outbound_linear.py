@@ -11,13 +11,13 @@ megabytes (scalable-layout-notes.md). Here each destination and each local pod a
       original_src          the passthrough chain keeps the pod's address as the source
     DestinationPort{contract.PORT_OUTBOUND -> BlackHoleCluster}
       -> source gate: SourceIP in {local meshed pods}, else PassthroughFilterChain
-      -> DestinationIP{VIP -> DestinationPort{port -> "<port>_<fqdn>_outbound_internal"},
-                       meshed pod IP -> "pod_direct_to_<the pod's identity>"}
+      -> DestinationIP{VIP -> DestinationPort{port -> "<port>_<fqdn>"},
+                       else IP ranges{meshed pod IPs of an identity -> "pod_direct_to_<that identity>"}}
 
-    "<port>_<fqdn>_outbound_internal": tcp_proxy -> its EDS cluster (one per service port,
-        identical on every node); a mesh endpoint is the internal listener
-        contract.LINEAR_TUNNEL_LISTENER with endpoint id ``podIP:targetPort`` and
-        ``tunnel.identity`` = its pod's identity
+    "<port>_<fqdn>": tcp_proxy -> its EDS cluster (one per service port, identical on every
+        node), naming the identity its mesh endpoints share if they do; a mesh endpoint is the
+        internal listener contract.LINEAR_TUNNEL_LISTENER with endpoint id ``podIP:targetPort``,
+        and ``tunnel.identity`` = its pod's identity where the cluster does not name it
     "pod_direct_to_<id>" (one per identity of the mesh): tcp_proxy -> STATIC cluster
         outbound_pod_internal_to_<id>, whose one endpoint is the same internal listener with
         ``tunnel.identity = <id>``
@@ -89,7 +89,7 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     limits, domain, td = view.options.limits, view.cluster_domain, view.trust_domain
     served = view.mesh.served_ports(view.served_key())
     chains = served.names(_chain_name, domain)
-    view.add_resources(out, CLUSTER_TYPE, _service_clusters, view.fragments, chains, limits)
+    view.add_resources(out, CLUSTER_TYPE, _service_clusters, view.fragments, served, view.served_key(), domain, td, limits)
     view.add_resources(out, ENDPOINT_TYPE, _service_endpoints, view.fragments, served, view.served_key(), domain, td)
     peers = view.mesh.meshed_identities(td)  # pod-IP destinations: a way per identity, which it pins
     view.add_resources(out, CLUSTER_TYPE, _pod_internal_clusters, view.fragments, peers, limits)
@@ -153,13 +153,37 @@ def _chain_name(port: ServicePortInput, domain: str) -> str:
     return names.linear_service_chain(port.service, port.port, domain)
 
 
-def _service_clusters(fragments: Fragments, chains: tuple[str, ...], limits: DataPathLimits) -> FragmentGroup:
-    """One EDS cluster per served service port, named as its chain (the same on every node)."""
-    passthrough = (contract.TUNNEL_METADATA,)  # the destination is the endpoint id (filter_state.py)
-    return FragmentGroup({
-        name: fragments.get(clusters.service_port, name, limits, passthrough=passthrough, tunnel_by_default=True)
-        for name in chains
-    })
+def service_port_cluster(name: str, identity: str | None, limits: DataPathLimits):
+    """A service port's EDS cluster: one ``internal_upstream`` socket for every endpoint, passing
+    the cluster's ``tunnel`` namespace (``identity``, when all its mesh endpoints share it), then
+    each endpoint's own ``tunnel``, which replaces it (the destination is the endpoint id: filter_state.py)."""
+    return clusters.service_port(
+        name,
+        limits,
+        passthrough=(contract.TUNNEL_METADATA,),
+        match_by_metadata=False,
+        metadata=endpoints.identity_metadata(identity) if identity is not None else None,
+        cluster_passthrough=(contract.TUNNEL_METADATA,),
+    )
+
+
+def _port_cluster(name: str, port: ServicePortInput, node: str | None, trust_domain: str, limits: DataPathLimits):
+    """The port's cluster, naming the identity all its mesh endpoints share (if they do) so that
+    its endpoints need not (endpoints.shared_identity): the same on every node."""
+    return service_port_cluster(name, endpoints.shared_identity(port.endpoints(node), trust_domain), limits)
+
+
+def _service_clusters(
+    fragments: Fragments, served: ServedPorts, node: str | None, domain: str, trust_domain: str, limits: DataPathLimits
+) -> FragmentGroup:
+    """One EDS cluster per served service port, named as its chain: rebuilt only for the ports
+    whose endpoints changed (the identity they share is the cluster's)."""
+    members = {}
+    for port, name in zip(served.ports, served.names(_chain_name, domain)):
+        members[name] = fragments.get(
+            _port_cluster, name, port, node if port.service.node_local else None, trust_domain, limits
+        )
+    return FragmentGroup(members)
 
 
 def _port_endpoints(name: str, port: ServicePortInput, node: str | None, trust_domain: str) -> ClusterLoadAssignment:
@@ -203,27 +227,38 @@ def _pod_direct_chains(peers: tuple[str, ...], limits: DataPathLimits) -> tuple[
     )
 
 
-def _destinations(mesh: MeshInput, node: str | None, trust_domain: str) -> matcher.Matcher:
-    """Where a local pod's connection goes, by destination IP: the same map on every node."""
+def _destinations(mesh: MeshInput, node: str | None, trust_domain: str) -> matcher.Matcher | None:
+    """Where a local pod's connection goes, by destination IP: the same map on every node; None
+    when there is nowhere to go.
+
+    The VIPs first (an exact map, then the port), then the meshed pod IPs, by the identity their
+    chain pins: an IP range matcher holding each identity's pod IPs once, with its chain once
+    (an exact map would repeat the chain's name for each of the cluster's pods). A VIP whose
+    port is not captured falls back to the pod IPs, which it is not one of, then passes through."""
+    passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
     vips: dict[str, dict[str, matcher.OnMatch]] = {}
     for vip, port, _endpoints in mesh.served(node):
         vips.setdefault(vip, {})[str(port.port.port)] = matcher.chain(_chain_name(port, mesh.cluster_domain))
-    destinations = {vip: matcher.nested(matcher.exact("port", ports)) for vip, ports in vips.items()}
-    to_identity: dict[str, matcher.OnMatch] = {}
+    by_identity: dict[str, list[str]] = {}
     for pod in mesh.meshed:
-        peer = contract.spiffe_id(trust_domain, pod.namespace, pod.service_account)
-        if peer not in to_identity:
-            to_identity[peer] = matcher.chain(names.pod_direct_chain(peer))
-        destinations.setdefault(pod.ip, to_identity[peer])
-    return matcher.exact("ip", destinations, on_no_match=matcher.chain(names.PASSTHROUGH_CHAIN))
+        if pod.ip not in vips:  # a VIP is matched first
+            by_identity.setdefault(contract.spiffe_id(trust_domain, pod.namespace, pod.service_account), []).append(pod.ip)
+    pods = None
+    if by_identity:
+        outcomes = [(ips, matcher.chain(names.pod_direct_chain(peer))) for peer, ips in sorted(by_identity.items())]
+        pods = matcher.by_ranges("ip", outcomes, on_no_match=passthrough)
+    if not vips:
+        return pods
+    destinations = {vip: matcher.nested(matcher.exact("port", ports)) for vip, ports in vips.items()}
+    return matcher.exact("ip", destinations, on_no_match=matcher.nested(pods) if pods is not None else passthrough)
 
 
 def _gated_pods(view: NodeView, destinations: Fragment | None) -> list[str]:
     """The addresses of the pods whose connections the gate sends to the destination map (none:
     no gate). A match map must not be empty, nor a range list: with no meshed pod here, or
-    nowhere to go, everything not for the outbound port itself passes through."""
+    nowhere to go (no destination map), everything not for the outbound port itself passes through."""
     local = [pod.ip for pod in view.local_pods if pod.ip]
-    if not local or destinations is None or not destinations.value.matcher_tree.exact_match_map.map:
+    if not local or destinations is None or destinations.value is None:
         return []
     return local
 

@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping
 _ADMIN = "type.googleapis.com/envoy.admin.v3."
 
 
-#: Envoy's EDS dump is rebuilt from its host sets, not echoed: it adds these defaults.
+#: Envoy's EDS dump is rebuilt from its host sets, not echoed: it adds these defaults (and, per
+#: endpoint, health HEALTHY, weight 1 and an empty health check config).
 DEFAULT_OVERPROVISIONING_FACTOR = 140
 
 
@@ -35,9 +36,24 @@ def _normalize_assignment(cla: Mapping[str, Any]) -> dict[str, Any]:
                 locality.pop("load_balancing_weight", None)
             if locality.get("locality") == {}:
                 del locality["locality"]
+            for lb in locality.get("lb_endpoints", []) or []:
+                if isinstance(lb, dict):
+                    _drop_endpoint_defaults(lb)
     if not out.get("endpoints"):
         out.pop("endpoints", None)
     return out
+
+
+def _drop_endpoint_defaults(lb: dict[str, Any]) -> None:
+    """An endpoint's fields at the value Envoy gives them when left out (and dumps): a healthy
+    endpoint of weight 1 with no health check config is the same with or without them."""
+    if lb.get("health_status") == "HEALTHY":
+        del lb["health_status"]
+    if lb.get("load_balancing_weight") == 1:
+        del lb["load_balancing_weight"]
+    endpoint = lb.get("endpoint")
+    if isinstance(endpoint, dict) and endpoint.get("health_check_config") == {}:
+        del endpoint["health_check_config"]
 
 
 def _sds_names(value: Any) -> set[str]:
