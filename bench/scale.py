@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How zpilot scales: config size per node, generation time, memory, push latency, a real Envoy.
 
-    python3 bench/scale.py                 # a small cluster (3 nodes, 300 pods): under a minute
+    python3 bench/scale.py                 # a small cluster (3 nodes, 300 pods): about a minute
     python3 bench/scale.py --reference     # issue 13's R: 100 nodes, 10,000 pods, 1,000 services x 2 ports, 200 SAs
 
 Not a test: it prints tables, writes JSON (``--json``), asserts nothing. The cluster is
