@@ -428,6 +428,10 @@ _LARGE_BYTES = 64 << 10
 
 def _match_key(match: listener_components_pb2.FilterChainMatch) -> bytes:
     """What a chain matches, with CIDRs in canonical form (10.0.0.1/24 and 10.0.0.0/24 are one range)."""
+    all_ranges = (match.prefix_ranges, match.source_prefix_ranges, match.direct_source_prefix_ranges)
+    if all(_canonical(c.address_prefix, c.prefix_len.value if c.HasField("prefix_len") else None)
+           in (None, (c.address_prefix, c.prefix_len.value)) for ranges in all_ranges for c in ranges):
+        return match.SerializeToString(deterministic=True)  # already canonical (an inbound chain's pod IP): no copy
     key = listener_components_pb2.FilterChainMatch()
     key.CopyFrom(match)
     for ranges in (key.prefix_ranges, key.source_prefix_ranges, key.direct_source_prefix_ranges):

@@ -126,28 +126,53 @@ def _header(name: str, regex: str) -> rbac_config.Permission:
     )
 
 
+def _target(header: str, pod_ip: str) -> rbac_config.Permission:
+    """``header`` is ``<pod_ip>:<port>``, a port of 1..65535."""
+    return _header(header, rf"^{re.escape(pod_ip)}:(?:{_any_port_regex()})$")
+
+
+@functools.lru_cache(maxsize=1)
+def _any_port_regex() -> str:
+    return number_regex(1, MAX_PORT)
+
+
 def _names_the_pod(header: str, pod_ip: str, admin_port: int) -> rbac_config.Permission:
     """``header`` is ``<pod_ip>:<port>`` (a port of 1..65535) and the port is not the ztunnel's."""
-    target = _header(header, rf"^{re.escape(pod_ip)}:(?:{number_regex(1, MAX_PORT)})$")
     # (Envoy matches a header regex against the whole value, as RE2::FullMatch)
     ztunnel_port = _header(header, rf"^.*:(?:{_ztunnel_ports_regex(admin_port)})$")
     return rbac_config.Permission(
-        and_rules=rbac_config.Permission.Set(rules=[target, rbac_config.Permission(not_rule=ztunnel_port)])
+        and_rules=rbac_config.Permission.Set(rules=[_target(header, pod_ip), rbac_config.Permission(not_rule=ztunnel_port)])
     )
 
 
 def connect_guard(pod_ip: str, admin_port: int = contract.PORT_ADMIN) -> hcm.HttpFilter:
     """The HTTP filter allowing a CONNECT to ``pod_ip`` (and nothing else) on non-ztunnel ports."""
+    # Every pod's guard is this one but for the two regexes naming its IP: copied from a template
+    # rather than built (10,000 of them in a cold generation at R), the same content either way.
+    guard = rbac_http.RBAC()
+    guard.CopyFrom(_guard_template(admin_port))
+    both = guard.rules.policies[_GUARD_POLICY].permissions[0].and_rules.rules
+    for names_the_pod, header in zip(both, (ORIGINAL_DST_HEADER, AUTHORITY)):
+        names_the_pod.and_rules.rules[0].CopyFrom(_target(header, pod_ip))
+    return hcm.HttpFilter(name=CONNECT_GUARD_FILTER, typed_config=pack(guard))
+
+
+_GUARD_POLICY = "connect-to-local-pod"
+
+
+@functools.lru_cache(maxsize=64)
+def _guard_template(admin_port: int) -> rbac_http.RBAC:
+    """:func:`connect_guard`'s filter config for a pod IP of ``""`` (never modified: copied)."""
     rules = rbac_config.RBAC(
         action=rbac_config.RBAC.ALLOW,
         policies={
-            "connect-to-local-pod": rbac_config.Policy(
+            _GUARD_POLICY: rbac_config.Policy(
                 permissions=[
                     rbac_config.Permission(
                         and_rules=rbac_config.Permission.Set(
                             rules=[
-                                _names_the_pod(ORIGINAL_DST_HEADER, pod_ip, admin_port),
-                                _names_the_pod(AUTHORITY, pod_ip, admin_port),
+                                _names_the_pod(ORIGINAL_DST_HEADER, "", admin_port),
+                                _names_the_pod(AUTHORITY, "", admin_port),
                             ]
                         )
                     )
@@ -156,8 +181,7 @@ def connect_guard(pod_ip: str, admin_port: int = contract.PORT_ADMIN) -> hcm.Htt
             )
         },
     )
-    guard = rbac_http.RBAC(rules=rules, rules_stat_prefix=CONNECT_GUARD_STAT_PREFIX)
-    return hcm.HttpFilter(name=CONNECT_GUARD_FILTER, typed_config=pack(guard))
+    return rbac_http.RBAC(rules=rules, rules_stat_prefix=CONNECT_GUARD_STAT_PREFIX)
 
 
 def plaintext_matcher(pod_chains: dict[str, str], admin_port: int = contract.PORT_ADMIN) -> matcher.Matcher:
