@@ -292,8 +292,11 @@ async def test_streams_over_the_server_limit_are_refused(fake_plane, clients):
     for client in served:
         client.request(CLUSTER_TYPE, node_name="a")
         await client.recv()
+    # Refused before anything is read, so the stream sends nothing: grpc.aio's client reports
+    # INTERNAL "Internal error from Core" instead of the server's status when its write of a request
+    # fails because the server already ended the stream (grpc/grpc#36066; about 1 refusal in 300 on
+    # a loaded machine). A request the server never reads would only race its trailers.
     extra = clients(plane.xds_port, options=options)
-    extra.request(CLUSTER_TYPE, node_name="a")
     assert await extra.status() == (grpc.StatusCode.RESOURCE_EXHAUSTED,
                                     "too many ADS streams on this server; the limit is 3 (zpilot serve --max-streams)")
     assert plane.metrics.value("zpilot_xds_rejected_requests_total", reason="too_many_streams") == 1
