@@ -38,7 +38,7 @@ Ztunnel B is a static Envoy on :15008 presenting, per destination pod IP, that p
 certificate, terminating CONNECT and dialling x-envoy-original-dst-host; its access log shows
 what arrived. A's EDS comes from a watched file (no xDS server needed); the pod add rewrites it.
 Everything runs in a network namespace of its own (loopback only), created and deleted here.
-Run as root from the worktree: ``PYTHONPATH=. python3 bench/spikes/podchurn_cidr_eds.py``
+Run as root from the repository root: ``PYTHONPATH=. python3 bench/spikes/podchurn_cidr_eds.py``
 (zpilot's CA issues the certificates). Prints each check, then the bytes at issue 13's R (node-0
 translated by zpilot's linear layout today, against this layout's pieces) and an Envoy's RSS
 holding R's per-node clusters. Exit status 1 if a check failed.
@@ -580,8 +580,11 @@ def figures_at_r(lb: str) -> None:
                 elif on_match.HasField("matcher"):
                     total += walk(on_match.matcher)
         elif tree.HasField("custom_match") and tree.custom_match.typed_config.type_url.endswith("IPMatcher"):
-            ranges = ip_pb2.IPMatcher.FromString(tree.custom_match.typed_config.value).range_matchers
-            total += sum(walk(r.on_match.matcher) for r in ranges if r.on_match.HasField("matcher"))
+            for r in ip_pb2.IPMatcher.FromString(tree.custom_match.typed_config.value).range_matchers:
+                if r.on_match.HasField("matcher"):
+                    total += walk(r.on_match.matcher)
+                elif any(c.address_prefix in pod_ips for c in r.ranges):
+                    total += r.ByteSize() + 3  # an identity's pod IPs as one range list (a repeated entry)
         for on_match in ([m.on_no_match] if m.HasField("on_no_match") else []):
             if on_match.HasField("matcher"):
                 total += walk(on_match.matcher)
