@@ -7,6 +7,7 @@ keeps serving ADS while a test waits for Envoy.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import itertools
 import json
 import os
@@ -49,6 +50,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """In a child before exec: a session of its own, and SIGKILL when the process that started it dies
+    (PR_SET_PDEATHSIG; started from the main thread, whose exit is the process's)."""
+    os.setsid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
 
 
 def stop_process_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -145,7 +153,9 @@ class Envoy:
             self.proc = subprocess.Popen(
                 [ENVOY, "-c", str(self.config), "--base-id", str(next(_base_ids)), "--disable-hot-restart",
                  "-l", "info", "--drain-time-s", "0"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                # its own session (stopped as a group), and killed with this process: a test run killed
+                # outright (a CI timeout) leaves no Envoy behind
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
             )
         return self
 
