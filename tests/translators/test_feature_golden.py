@@ -33,7 +33,7 @@ from zpilot.translators.context import NodeView, TranslateOptions
 from zpilot.translators.inbound import inbound_listener, inbound_plaintext_listener
 from zpilot.translators.filter_state import record_addresses_filter
 from zpilot.translators.outbound_article import article_layout
-from zpilot.translators.outbound_linear import linear_layout
+from zpilot.translators.layout import add_outbound
 from zpilot.translators.resources import NodeResources
 from zpilot.translators.static import rewrite, static_bootstrap
 from zpilot.translators.tcp_proxy import TCP_PROXY
@@ -114,7 +114,7 @@ class Translated:
     def linear(self) -> NodeResources:
         """The linear outbound layout's resources alone."""
         out = NodeResources(node=NODE)
-        linear_layout(self.view, out)
+        add_outbound("linear", self.view, out)
         return out
 
 

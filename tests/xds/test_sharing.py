@@ -3,6 +3,8 @@ leaves untouched what it does not reach (the producer with the translator ``zpil
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
@@ -129,3 +131,52 @@ async def test_a_listener_holds_the_pieces_every_node_shares_as_one_object(monke
     # held once: the shared parts count once however many nodes hold them
     served = [r for n in cache.nodes() for t in cache.get_snapshot(n).types.values() for r in t.items.values()]
     assert total_bytes(served) < sum(r.size for r in served)
+
+
+def _snapshot_state(cache: SnapshotCache) -> dict:
+    """Every node's served bytes and versions, by type and name (what Envoy would be sent)."""
+    return {
+        node: {t: (r.version, {n: (c.version, c.entry) for n, c in r.items.items()}) for t, r in snap.types.items()}
+        for node in cache.nodes()
+        if (snap := cache.get_snapshot(node)) is not None
+    }
+
+
+async def test_a_pod_made_unready_remakes_the_other_nodes_endpoints_alone_as_a_full_build_would() -> None:
+    """The linear layout keeps its endpoints apart (layout.LateEndpoints): a pod that turns
+    unready changes its own node's config, and only the endpoints of the others, which are made
+    without translating them, to exactly what producing the new model from nothing gives."""
+    docs = synthetic_manifests(SHAPE)
+    producer, cache = await _produced("linear", docs)
+    before = {node: cache.get_snapshot(node) for node in cache.nodes()}
+    pod = next(d for d in docs if d["kind"] == "Pod" and d["spec"]["nodeName"] == node_name(0))
+    pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    report = await producer.update(_index(docs))
+    others = sorted(n for n in cache.nodes() if n != node_name(0))
+    assert report.translated == [node_name(0)] and report.endpoints_only == others
+    for node in others:
+        assert report.changed[node] == [ENDPOINT_TYPE]
+        after = cache.get_snapshot(node)
+        for type_url in (CLUSTER_TYPE, LISTENER_TYPE):
+            assert after.resources(type_url) is before[node].resources(type_url)
+    _fresh, fresh_cache = await _produced("linear", docs)
+    assert _snapshot_state(cache) == _snapshot_state(fresh_cache)
+
+
+async def test_endpoints_that_would_be_refused_keep_the_node_on_its_last_good_config() -> None:
+    """A node whose endpoints alone changed is checked as a translated one is: endpoints naming an
+    internal listener the node lacks are refused before sending, and its snapshot stays."""
+    docs = synthetic_manifests(SHAPE)
+    producer, cache = await _produced("linear", docs)
+    node = node_name(1)
+    held = cache.get_snapshot(node)
+    rest = producer._rest[node]
+    broken = dataclasses.replace(rest, facts=tuple(
+        f for f in rest.facts if not f.internal  # as if the node had no internal listener
+    ))
+    producer._rest[node] = broken
+    pod = next(d for d in docs if d["kind"] == "Pod" and d["spec"]["nodeName"] == node_name(0))
+    pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    report = await producer.update(_index(docs))
+    assert node in report.endpoints_only and "internal listener" in report.failed[node]
+    assert cache.get_snapshot(node) is held

@@ -187,22 +187,48 @@ def resource_facts(kind: str, name: str, message: Message) -> Facts:
     raise ValueError(f"no facts for a {kind}")
 
 
+@dataclass(frozen=True)
+class Names:
+    """The names a node's resources have, by kind (what :func:`join` looks needs up in), and
+    what is wrong with its secret references (their names alone tell)."""
+
+    clusters: frozenset[str]
+    endpoints: frozenset[str]
+    secrets: frozenset[str]
+    secret_findings: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, resources: NodeResources) -> "Names":
+        return cls(
+            frozenset(resources.clusters),
+            frozenset(resources.endpoints),
+            frozenset(resources.secrets),
+            tuple(
+                f"secret stored as {_q(key)} is named {_q(ref.name)}"
+                for key, ref in resources.secrets.items()
+                if not key or ref.name != key
+            ),
+        )
+
+
 def join(resources: NodeResources, facts: Iterable[Facts]) -> list[str]:
     """Everything wrong with a node whose resources have these ``facts`` (every listener's,
     cluster's and endpoints' once, in the order they are listed): each resource alone, then
     what each needs that the node lacks. ``resources`` gives the names the node has."""
+    return join_names(Names.of(resources), facts)
+
+
+def join_names(names: Names, facts: Iterable[Facts]) -> list[str]:
+    """:func:`join`, for a node whose resources have these ``names`` (a node whose endpoints
+    alone changed is checked with its other resources' names and facts as they were)."""
     facts = list(facts)
     out = [m for f in facts for m in f.misfiled]
-    out.extend(
-        f"secret stored as {_q(key)} is named {_q(ref.name)}"
-        for key, ref in resources.secrets.items()
-        if not key or ref.name != key
-    )
+    out.extend(names.secret_findings)
     has = {
-        "cluster": set(resources.clusters),
-        "endpoints": set(resources.endpoints),
-        "secret": set(resources.secrets),
-        "internal listener": set().union(*(f.internal for f in facts)),
+        "cluster": names.clusters,
+        "endpoints": names.endpoints,
+        "secret": names.secrets,
+        "internal listener": frozenset().union(*(f.internal for f in facts)),
     }
     complete = [all(names <= has[kind] for kind, names in f.wanted) for f in facts]
 

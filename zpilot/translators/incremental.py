@@ -7,17 +7,35 @@ it last translated. Within a node, :meth:`translate` goes through one memo kept 
 node A rebuilds A's inbound listeners and the shared pieces that list pods, never node B's
 inbound listeners nor any service's cluster.
 
+A node whose input changed only in its endpoints (:meth:`endpoints_only`: a layout that keeps
+them apart, ``layout.LateEndpoints``) need not be translated at all: :meth:`endpoints` makes its
+new ClusterLoadAssignments alone, as shared sets that every node with the same ones gets.
+
 Pure apart from the memo (no I/O, no clocks); not thread-safe: one caller at a time.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Hashable
+
 from ..model.index import MeshIndex
-from .context import NodeView
-from .fragments import Fragments
+from .context import NodeView, ResourceSet
+from .fragments import Fragment, Fragments
 from .inputs import MeshInput, NodeInput, config_nodes, node_inputs
+from .layout import LateEndpoints, late_endpoints
 from .node import Translated, translate_view
 from .options import TranslateOptions
+from .resources import ENDPOINT_TYPE, NodeResources
+
+
+@dataclass(frozen=True)
+class EndpointSets:
+    """A node's ClusterLoadAssignments as the shared sets they are, and the fragments they were
+    made of (holding them keeps them in the memo)."""
+
+    sets: tuple[ResourceSet, ...]
+    fragments: tuple[Fragment, ...]
 
 
 class IncrementalTranslator:
@@ -47,3 +65,41 @@ class IncrementalTranslator:
         part (``Translated.listener_parts`` says how): for a consumer that joins its bytes from
         the pieces' (the producer), to whom the whole message would be megabytes copied per node."""
         return translate_view(NodeView.for_input(node_input, self.fragments, whole_listeners=False))
+
+    def endpoints_only(self, old: Hashable, new: Hashable) -> bool:
+        """Whether ``new`` gives the node what ``old`` did but for its endpoints: its layout keeps
+        them apart, and nothing else it reads differs (the node, the options, its pods and their
+        policies, the mesh's shape)."""
+        if not isinstance(old, NodeInput) or not isinstance(new, NodeInput) or old.options != new.options:
+            return False
+        late = late_endpoints(new.options.layout)
+        return (
+            late is not None
+            and old.node == new.node
+            and old.local_pods == new.local_pods
+            and old.policies == new.policies
+            and _shape(late, old.mesh) == _shape(late, new.mesh)
+        )
+
+    def endpoints(self, node_input: NodeInput) -> EndpointSets:
+        """The node's ClusterLoadAssignments alone (see :meth:`endpoints_only`)."""
+        late = late_endpoints(node_input.options.layout)
+        if late is None:
+            raise ValueError(f"layout {node_input.options.layout!r} makes its endpoints with the rest of its config")
+        view = NodeView.for_input(node_input, self.fragments, whole_listeners=False)
+        out = NodeResources(node=node_input.node)
+        late.add(view, out)
+        sets = tuple(view.resource_sets)
+        covered = set().union(*(s.resources.keys() for s in sets)) if sets else set()
+        if out.listeners or out.clusters or any(s.type_url != ENDPOINT_TYPE for s in sets) or set(out.endpoints) != covered:
+            raise ValueError(f"layout {node_input.options.layout!r}: its endpoints are not shared endpoint sets alone")
+        return EndpointSets(sets, tuple(view.used.values()))
+
+
+def _shape(late: LateEndpoints, mesh: MeshInput) -> Hashable:
+    """``late.shape(mesh)``, once per mesh (every node's input holds the same one)."""
+    cache = mesh.__dict__.setdefault("_shapes", {})
+    found = cache.get(late)
+    if found is None:
+        found = cache[late] = late.shape(mesh)
+    return found

@@ -96,6 +96,20 @@ class ServicePortInput:
         """Where new connections go, seen from no node in particular (see :meth:`endpoints`)."""
         return tuple(seen_from(self.candidates, self.service, None))
 
+    @cached_property
+    def shape(self) -> tuple:
+        """What config other than its endpoints reads of the port (layout.LateEndpoints): the
+        port itself, whether it has somewhere to go (it is captured only then), and the identity
+        of its pods when they all share one (its cluster names it). An ``internalTrafficPolicy:
+        Local`` port is captured by the nodes its endpoints are on: all its facts, then."""
+        if self.service.node_local:
+            return self._facts
+        meshed = [e.workload for e in self.cluster_endpoints if e.meshed]
+        if any(w is None for w in meshed):  # config fails on it (no identity to pin): every fact counts
+            return self._facts
+        identities = {(w.namespace, w.service_account) for w in meshed}  # type: ignore[union-attr]
+        return (*self._facts[:-1], bool(self.cluster_endpoints), identities.pop() if len(identities) == 1 else None)
+
     def endpoints(self, node: str | None = None) -> tuple[Endpoint, ...]:
         """Where a new connection from ``node`` goes (``MeshIndex.endpoints``): the same for
         every node, except for an ``internalTrafficPolicy: Local`` service."""

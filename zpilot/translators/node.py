@@ -13,7 +13,7 @@ from . import clusters, inbound, names
 from .context import ListenerParts, NodeView, ResourceSet
 from .fragments import Fragment
 from .inputs import NodeInput
-from .layout import get as get_layout
+from .layout import add_outbound
 from .resources import NodeResources
 
 
@@ -52,7 +52,7 @@ def translate_view(view: NodeView) -> Translated:
         view.shared(clusters.blackhole),
     ):
         out.clusters[cluster.name] = cluster
-    get_layout(view.options.layout)(view, out)
+    add_outbound(view.options.layout, view, out)
     for listener in inbound.inbound_listeners(view):
         out.listeners[listener.name] = listener
     for pod in view.local_pods:

@@ -67,7 +67,7 @@ from .envoy_common import (
 from .filter_state import endpoint_destination_filter, record_addresses_filter
 from .fragments import Fragment, FragmentGroup, Fragments
 from .inputs import MeshInput, ServedPorts, ServicePortInput
-from .layout import register
+from .layout import LateEndpoints, register
 from .limits import DataPathLimits, idle_timeout
 from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, NodeResources
 from .tcp_proxy import proxy_chain, tcp_proxy
@@ -79,7 +79,24 @@ CLIENT_ADDRESS = "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"
 FORWARDED_FOR_HEADER = "x-forwarded-for"
 
 
-@register("linear")
+def _linear_endpoints(view: NodeView, out: NodeResources) -> None:
+    """The layout's ClusterLoadAssignments: each served service port's, shared by every node
+    that captures the same ports (made apart from the rest: layout.LateEndpoints)."""
+    if not view.identities:  # no meshed pod here: nothing is captured, no cluster wants endpoints
+        return
+    served = view.mesh.served_ports(view.served_key())
+    args = (view.fragments, served, view.served_key(), view.cluster_domain, view.trust_domain)
+    view.add_resources(out, ENDPOINT_TYPE, _service_endpoints, *args)
+
+
+def _linear_shape(mesh: MeshInput) -> tuple:
+    """What the layout's listeners and clusters read of the mesh (layout.LateEndpoints): which
+    VIP:ports there are and whether each is captured, the identity a port's mesh endpoints share
+    (its cluster names it), and every meshed pod (the destination map lists their IPs)."""
+    return (mesh.cluster_domain, mesh.vip_order, tuple(p.shape for p in mesh.service_ports), mesh.meshed_facts)
+
+
+@register("linear", endpoints=LateEndpoints(_linear_endpoints, _linear_shape))
 def linear_layout(view: NodeView, out: NodeResources) -> None:
     outbound = _outbound_listener(view)
     out.listeners[outbound.name] = outbound
@@ -90,7 +107,6 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     served = view.mesh.served_ports(view.served_key())
     chains = served.names(_chain_name, domain)
     view.add_resources(out, CLUSTER_TYPE, _service_clusters, view.fragments, served, view.served_key(), domain, td, limits)
-    view.add_resources(out, ENDPOINT_TYPE, _service_endpoints, view.fragments, served, view.served_key(), domain, td)
     peers = view.mesh.meshed_identities(td)  # pod-IP destinations: a way per identity, which it pins
     view.add_resources(out, CLUSTER_TYPE, _pod_internal_clusters, view.fragments, peers, limits)
     # The node's own part is the fixed chains and the gate of its pods; the service chains, the

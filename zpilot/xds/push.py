@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping, Protocol
 
@@ -57,7 +57,11 @@ class NodeTranslator(Protocol):
 
     def translate(self, node_input) -> Translated:  # type: ignore[no-untyped-def]
         """One node's resources from its input (``translate_parts`` is used instead where a
-        translator has it: see ``IncrementalTranslator.translate_parts``)."""
+        translator has it: see ``IncrementalTranslator.translate_parts``).
+
+        A translator may also have ``endpoints_only(old_input, new_input)`` and
+        ``endpoints(node_input)`` (``IncrementalTranslator``'s): a node whose input changed in
+        its endpoints alone then gets those made, and is not translated."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,7 +133,21 @@ class UpdateReport:
     failed: dict[str, str] = field(default_factory=dict)  # node -> error
     #: Nodes translated again (their input changed); a node not listed kept its snapshot untouched.
     translated: list[str] = field(default_factory=list)
+    #: Nodes whose input changed in their endpoints alone: those were made again, nothing else.
+    endpoints_only: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Rest:
+    """What a node's snapshot was checked with, but for its endpoints: so that when only its
+    endpoints change (``NodeTranslator.endpoints_only``) they alone are made, and the node is
+    checked again with its other resources' names and consistency facts as they were."""
+
+    names: consistency.Names
+    facts: tuple[consistency.Facts, ...]
+    #: The shared pieces of its other resources (its endpoints' are the latest ``EndpointSets``').
+    fragments: tuple[Fragment, ...]
 
 
 @dataclass
@@ -139,6 +157,7 @@ class _Built:
     snapshot: Snapshot
     node_input: Hashable
     fragments: tuple[Fragment, ...]
+    rest: _Rest | None = None
 
 
 class Producer:
@@ -170,6 +189,8 @@ class Producer:
         self._inputs: dict[str, Hashable] = {}
         #: The shared pieces each node's current snapshot is made of (holding them keeps them in the memo).
         self._fragments: dict[str, tuple[Fragment, ...]] = {}
+        #: What each node's current snapshot was checked with, but for its endpoints (see ``_Rest``).
+        self._rest: dict[str, _Rest] = {}
         self._lock = asyncio.Lock()
 
     def build(self, node: str, node_input: Hashable, changed_at: float) -> _Built:
@@ -180,10 +201,13 @@ class Producer:
         if resources.node != node:
             raise InvalidResources(f"translated node {resources.node!r} instead of {node!r}")
         types: dict[str, TypeResources] = {}
-        facts: list[consistency.Facts] = []
+        rest_facts: list[consistency.Facts] = []  # every resource's but the endpoints'
+        endpoint_facts: list[consistency.Facts] = []
         for type_url, messages in resources.by_type().items():
-            types[type_url] = self._serialize(translated, type_url, messages, facts)
-        found = consistency.join(resources, facts)
+            into = endpoint_facts if type_url == ENDPOINT_TYPE else rest_facts
+            types[type_url] = self._serialize(translated, type_url, messages, into)
+        names = consistency.Names.of(resources)
+        found = consistency.join_names(names, rest_facts + endpoint_facts)
         if found:  # Envoy would refuse it, or it names what it lacks (translators/consistency.py)
             raise InvalidResources(str(consistency.InconsistentResources(node, found)))
         secrets = self._secrets(resources)
@@ -196,7 +220,32 @@ class Producer:
             generation_seconds=time.perf_counter() - started,
             secret_refs=MappingProxyType(dict(resources.secrets)),
         )
-        return _Built(snapshot, node_input, translated.fragments)
+        endpoint_sets = {id(r.fragment) for r in translated.resource_sets if r.type_url == ENDPOINT_TYPE}
+        rest = _Rest(names, tuple(rest_facts), tuple(f for f in translated.fragments if id(f) not in endpoint_sets))
+        return _Built(snapshot, node_input, translated.fragments, rest)
+
+    def with_new_endpoints(
+        self, snapshot: Snapshot, node_input: Hashable, rest: _Rest, changed_at: float, composed: dict
+    ) -> _Built:
+        """The node's snapshot with its endpoints made for ``node_input``, the rest as it is (its
+        input changed in its endpoints alone); ``composed``: the endpoint types already composed
+        in this update, by their sets (nodes with the same sets get the very same one)."""
+        started = time.perf_counter()
+        made = self.translator.endpoints(node_input)  # type: ignore[attr-defined]
+        parts = [self.store.resource_set(s) for s in made.sets]
+        key = tuple(map(id, parts))
+        endpoints = composed.get(key)
+        if endpoints is None:
+            endpoints = composed[key] = (TypeResources.composed(ENDPOINT_TYPE, parts, {}), parts)
+        facts = [*rest.facts, *(self.store.set_facts(s) for s in made.sets)]
+        names = replace(rest.names, endpoints=frozenset(endpoints[0].items))
+        found = consistency.join_names(names, facts)
+        if found:
+            raise InvalidResources(str(consistency.InconsistentResources(snapshot.node, found)))
+        remade = replace(
+            snapshot.with_type(endpoints[0], changed_at), generation_seconds=time.perf_counter() - started
+        )
+        return _Built(remade, node_input, rest.fragments + made.fragments, rest)
 
     def _secrets(self, resources: NodeResources) -> dict[str, Message]:
         secrets = dict(self.secrets(resources)) if self.secrets is not None else {}
@@ -224,13 +273,30 @@ class Producer:
 
     def _build_all(self, nodes: Iterable[tuple[str, Hashable]], changed_at: float) -> dict[str, _Built | str]:
         with paused_gc():  # millions of short-lived objects, no cycles: see zpilot/gcpause.py
-            return self._build_each(nodes, changed_at)
+            return self._build_each(nodes, lambda node, node_input: self.build(node, node_input, changed_at))
 
-    def _build_each(self, nodes: Iterable[tuple[str, Hashable]], changed_at: float) -> dict[str, _Built | str]:
+    def _remake_endpoints(
+        self, nodes: Iterable[tuple[str, Hashable]], held: Mapping[str, Snapshot | None], changed_at: float
+    ) -> dict[str, _Built | str]:
+        """Each node's ``held`` snapshot with its endpoints made again (its input changed in them alone)."""
+        composed: dict = {}
+
+        def make(node: str, node_input: Hashable) -> _Built:
+            snapshot, rest = held.get(node), self._rest.get(node)
+            if snapshot is None or rest is None:  # nothing to start from: translate it whole
+                return self.build(node, node_input, changed_at)
+            return self.with_new_endpoints(snapshot, node_input, rest, changed_at, composed)
+
+        with paused_gc():
+            return self._build_each(nodes, make)
+
+    def _build_each(
+        self, nodes: Iterable[tuple[str, Hashable]], make: Callable[[str, Hashable], _Built]
+    ) -> dict[str, _Built | str]:
         out: dict[str, _Built | str] = {}
         for node, node_input in nodes:
             try:
-                out[node] = self.build(node, node_input, changed_at)
+                out[node] = make(node, node_input)
             except InvalidResources as exc:  # caught before sending: Envoy would have refused it
                 log.error("node %s: config refused before sending, it keeps its last good config (without one it is"
                           " sent nothing): %s", node, exc)
@@ -242,13 +308,29 @@ class Producer:
                 out[node] = f"{type(exc).__name__}: {exc}"
         return out
 
-    def _plan(self, index: MeshIndex, held: set[str]) -> tuple[dict[str, Hashable], list[str]]:
-        """Every node's input, and the nodes to translate: input changed, or no snapshot yet
-        (``held``: the nodes with one). Run in a worker thread: at scale, this is milliseconds."""
+    def _plan(self, index: MeshIndex, held: set[str]) -> tuple[dict[str, Hashable], list[str], list[str]]:
+        """Every node's input, the nodes to translate (input changed, or no snapshot yet:
+        ``held`` are the nodes with one), and the nodes whose endpoints alone changed. Run in a
+        worker thread: at scale, this is milliseconds."""
         with paused_gc():
             inputs = dict(self.translator.inputs(index))
-        todo = [node for node in sorted(inputs) if node not in held or self._inputs.get(node) != inputs[node]]
-        return inputs, todo
+        only_endpoints = getattr(self.translator, "endpoints_only", None)
+        todo: list[str] = []
+        remake: list[str] = []
+        for node in sorted(inputs):
+            if node in held and self._inputs.get(node) == inputs[node]:
+                continue
+            if (
+                only_endpoints is not None
+                and node in held
+                and node in self._rest
+                and node not in self.failures
+                and only_endpoints(self._inputs[node], inputs[node])
+            ):
+                remake.append(node)
+            else:
+                todo.append(node)
+        return inputs, todo, remake
 
     async def update(self, index: MeshIndex | None = None, *, changed_at: float | None = None) -> UpdateReport:
         """Produce the nodes of ``index`` whose input changed, and store what changed.
@@ -273,15 +355,20 @@ class Producer:
             elif self.index is None:
                 raise RuntimeError("Producer.update() before any model was given")
             held = set() if index is None else set(self.cache.nodes())  # no index: every node again
-            inputs, todo = await asyncio.to_thread(self._plan, self.index, held)
+            inputs, todo, endpoints_only = await asyncio.to_thread(self._plan, self.index, held)
             report.translated = list(todo)
+            report.endpoints_only = list(endpoints_only)
+            if endpoints_only:  # first: cheap, and the other nodes' endpoints are all such a change sends them
+                batch = [(node, inputs[node]) for node in endpoints_only]
+                snapshots = {node: self.cache.get_snapshot(node) for node in endpoints_only}
+                self._store(await asyncio.to_thread(self._remake_endpoints, batch, snapshots, changed_at), report)
             # In batches, each stored as soon as it is built: the first nodes are pushed while the
             # rest are still being translated, and the event loop keeps serving between batches.
             for start in range(0, len(todo), self.batch_size):
                 batch = [(node, inputs[node]) for node in todo[start : start + self.batch_size]]
                 results = await asyncio.to_thread(self._build_all, batch, changed_at)
                 self._store(results, report)
-            translated = set(todo)
+            translated = set(todo) | set(endpoints_only)
             for node in sorted(inputs):
                 if node not in translated:
                     report.unchanged.append(node)
@@ -291,6 +378,7 @@ class Producer:
                     self.cache.clear_snapshot(node)
                     self._inputs.pop(node, None)
                     self._fragments.pop(node, None)
+                    self._rest.pop(node, None)
                     report.removed.append(node)
             for node in [n for n in self.failures if n not in inputs]:
                 del self.failures[node]
@@ -349,6 +437,8 @@ class Producer:
             self.failures.pop(node, None)
             self._inputs[node] = result.node_input
             self._fragments[node] = result.fragments
+            if result.rest is not None:
+                self._rest[node] = result.rest
             self._set(result.snapshot, report)
 
     def _set(self, snapshot: Snapshot, report: UpdateReport) -> None:
