@@ -348,7 +348,9 @@ async def _quiet(sent, seconds: float, received: list | None = None) -> None:
 async def _events(params, shape, cluster, plane, sent, received, connected, converters, models) -> dict[str, Any]:
     """Each kind of change ``rounds`` times: what was sent, to whom, how long after the model was due."""
     rounds = params["rounds"]
-    kinds: dict[str, list[dict[str, Any]]] = {"pod add": [], "pod delete": [], "service add": [], "policy change": []}
+    kinds: dict[str, list[dict[str, Any]]] = {
+        "pod add": [], "pod delete": [], "pod unready": [], "service add": [], "policy change": [],
+    }
     progress = Progress(len(kinds) * rounds, f"churn {params['layout']}")
     for r in range(rounds):
         node = (r * 7 + 3) % shape.nodes
@@ -357,13 +359,20 @@ async def _events(params, shape, cluster, plane, sent, received, connected, conv
         policy = converters["AuthorizationPolicy"](extra_policy(shape, r * 13 + 5))
         with_pod = dataclasses.replace(cluster, workloads=cluster.workloads + (pod,))
         steps = [("pod add", with_pod), ("pod delete", cluster)]
+        # a pod of the shape turning unready (readiness flips: the commonest churn), then ready again (not timed)
+        flipped = r * 37 % len(cluster.workloads)
+        unready = dataclasses.replace(cluster.workloads[flipped], ready=False)
+        workloads = cluster.workloads[:flipped] + (unready,) + cluster.workloads[flipped + 1 :]
+        steps += [("pod unready", dataclasses.replace(cluster, workloads=workloads)), (None, cluster)]
         cluster = dataclasses.replace(cluster, services=cluster.services + (service,))
         steps.append(("service add", cluster))
         cluster = dataclasses.replace(cluster, authorization_policies=cluster.authorization_policies + (policy,))
         steps.append(("policy change", cluster))
         for kind, model in steps:
-            kinds[kind].append(await _one_change(model, plane, sent, received, connected, models))
-            progress.step(kind)
+            result = await _one_change(model, plane, sent, received, connected, models)
+            if kind is not None:
+                kinds[kind].append(result)
+                progress.step(kind)
     progress.close()
     out: dict[str, Any] = {}
     for kind, results in kinds.items():
