@@ -3,16 +3,18 @@ leaves untouched what it does not reach (the producer with the translator ``zpil
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 
 from zpilot import contract
 from zpilot.model.index import MeshIndex
 from zpilot.synthetic import Shape, extra_pod, node_name, synthetic_cluster, synthetic_manifests
 from zpilot.translators import IncrementalTranslator, TranslateOptions, known_layouts
 from zpilot.translators import names
+from zpilot.translators.context import ResourceSet
+from zpilot.translators.fragments import Fragment
+from zpilot.translators.incremental import EndpointSets
 from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 from zpilot.xds.push import Producer
 from zpilot.xds.resource_store import ResourceStore, total_bytes
@@ -170,13 +172,23 @@ async def test_endpoints_that_would_be_refused_keep_the_node_on_its_last_good_co
     producer, cache = await _produced("linear", docs)
     node = node_name(1)
     held = cache.get_snapshot(node)
-    rest = producer._rest[node]
-    broken = dataclasses.replace(rest, facts=tuple(
-        f for f in rest.facts if not f.internal  # as if the node had no internal listener
-    ))
-    producer._rest[node] = broken
+    translator = producer.translator
+    made = translator.endpoints
+
+    def endpoints_to_nowhere(node_input):
+        good = made(node_input)
+        assignments = {}
+        for name, cla in good.sets[0].resources.items():
+            broken = ClusterLoadAssignment()
+            broken.CopyFrom(cla)
+            for lb in broken.endpoints[0].lb_endpoints[:1]:
+                lb.endpoint.address.envoy_internal_address.server_listener_name = "no_such_listener"
+            assignments[name] = broken
+        return EndpointSets((ResourceSet(ENDPOINT_TYPE, Fragment(("broken", node_input.node), assignments)),), ())
+
+    translator.endpoints = endpoints_to_nowhere
     pod = next(d for d in docs if d["kind"] == "Pod" and d["spec"]["nodeName"] == node_name(0))
     pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
     report = await producer.update(_index(docs))
-    assert node in report.endpoints_only and "internal listener" in report.failed[node]
+    assert node in report.endpoints_only and "no_such_listener" in report.failed[node]
     assert cache.get_snapshot(node) is held

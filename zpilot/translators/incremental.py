@@ -46,6 +46,12 @@ class IncrementalTranslator:
         self.fragments = fragments if fragments is not None else Fragments()
         self._mesh: MeshInput | None = None
         self._inputs: dict[str, NodeInput] = {}
+        #: The endpoints made for the latest mesh, by what they depend on (see :meth:`endpoints`).
+        self._endpoints_mesh: MeshInput | None = None
+        self._endpoints: dict[Hashable, EndpointSets] = {}
+        #: Meshes whose shape was compared with the latest one's (see :meth:`_same_shape`).
+        self._shapes_of: MeshInput | None = None
+        self._shapes_compared: dict[tuple[LateEndpoints, MeshInput], bool] = {}
 
     def inputs(self, index: MeshIndex) -> dict[str, NodeInput]:
         """The input of every node that gets config (:func:`~zpilot.translators.inputs.config_nodes`);
@@ -78,14 +84,33 @@ class IncrementalTranslator:
             and old.node == new.node
             and old.local_pods == new.local_pods
             and old.policies == new.policies
-            and _shape(late, old.mesh) == _shape(late, new.mesh)
+            and self._same_shape(late, old.mesh, new.mesh)
         )
 
+    def _same_shape(self, late: LateEndpoints, old: MeshInput, new: MeshInput) -> bool:
+        """Whether the meshes' shapes are equal: compared once for all the nodes holding them."""
+        if self._shapes_of is not new:
+            self._shapes_of, self._shapes_compared = new, {}
+        same = self._shapes_compared.get((late, old))
+        if same is None:
+            same = self._shapes_compared[(late, old)] = old is new or _shape(late, old) == _shape(late, new)
+        return same
+
     def endpoints(self, node_input: NodeInput) -> EndpointSets:
-        """The node's ClusterLoadAssignments alone (see :meth:`endpoints_only`)."""
+        """The node's ClusterLoadAssignments alone (see :meth:`endpoints_only`): made once per
+        model for all the nodes whose input is the same to them (``LateEndpoints.key``)."""
         late = late_endpoints(node_input.options.layout)
         if late is None:
             raise ValueError(f"layout {node_input.options.layout!r} makes its endpoints with the rest of its config")
+        if self._endpoints_mesh is not node_input.mesh:  # a new model: the last one's are not kept
+            self._endpoints_mesh, self._endpoints = node_input.mesh, {}
+        key = (late, node_input.options, late.key(node_input))
+        made = self._endpoints.get(key)
+        if made is None:
+            made = self._endpoints[key] = self._make_endpoints(late, node_input)
+        return made
+
+    def _make_endpoints(self, late: LateEndpoints, node_input: NodeInput) -> EndpointSets:
         view = NodeView.for_input(node_input, self.fragments, whole_listeners=False)
         out = NodeResources(node=node_input.node)
         late.add(view, out)

@@ -22,7 +22,7 @@ from .context import NodeView
 from .resources import NodeResources
 
 if TYPE_CHECKING:
-    from .inputs import MeshInput
+    from .inputs import MeshInput, NodeInput
 
 OutboundLayout = Callable[[NodeView, NodeResources], None]
 
@@ -33,11 +33,14 @@ class LateEndpoints:
 
     ``add`` adds the node's ClusterLoadAssignments (and nothing else), each through
     ``NodeView.add_resources``; ``shape`` is what the layout's other resources read of the mesh:
-    two meshes of equal shape give a node the same listeners and clusters. A test holds the
-    layout to it (tests/properties/test_incremental_model.py)."""
+    two meshes of equal shape give a node the same listeners and clusters; ``key`` is what the
+    endpoints read of the node's own input (besides the mesh and the options): nodes of equal
+    keys get the same endpoints, made once. A test holds the layout to both
+    (tests/properties/test_endpoints_only.py)."""
 
     add: OutboundLayout
     shape: Callable[["MeshInput"], Hashable]
+    key: Callable[["NodeInput"], Hashable]
 
 
 _LAYOUTS: dict[str, OutboundLayout] = {}

@@ -66,7 +66,7 @@ from .envoy_common import (
 )
 from .filter_state import endpoint_destination_filter, record_addresses_filter
 from .fragments import Fragment, FragmentGroup, Fragments
-from .inputs import MeshInput, ServedPorts, ServicePortInput
+from .inputs import MeshInput, NodeInput, ServedPorts, ServicePortInput
 from .layout import LateEndpoints, register
 from .limits import DataPathLimits, idle_timeout
 from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, NodeResources
@@ -96,7 +96,13 @@ def _linear_shape(mesh: MeshInput) -> tuple:
     return (mesh.cluster_domain, mesh.vip_order, tuple(p.shape for p in mesh.service_ports), mesh.meshed_facts)
 
 
-@register("linear", endpoints=LateEndpoints(_linear_endpoints, _linear_shape))
+def _linear_endpoints_key(node_input: NodeInput) -> tuple:
+    """What the layout's endpoints read of the node: which ports it captures, and whether it
+    has a meshed pod (without one it captures nothing)."""
+    return (node_input.mesh.served_key(node_input.node), bool(node_input.local_pods))
+
+
+@register("linear", endpoints=LateEndpoints(_linear_endpoints, _linear_shape, _linear_endpoints_key))
 def linear_layout(view: NodeView, out: NodeResources) -> None:
     outbound = _outbound_listener(view)
     out.listeners[outbound.name] = outbound

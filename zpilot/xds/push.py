@@ -148,6 +148,17 @@ class _Rest:
     facts: tuple[consistency.Facts, ...]
     #: The shared pieces of its other resources (its endpoints' are the latest ``EndpointSets``').
     fragments: tuple[Fragment, ...]
+    #: What the node's check found no fault with of its endpoints: their names and what they need.
+    endpoints_checked: tuple = ()
+
+
+def _endpoints_summary(names: Iterable[str], facts: Iterable[consistency.Facts]) -> tuple:
+    """All a node's check reads of its endpoints (they have no listener, no cluster, no secret):
+    their names, and what each of them needs, when none is misfiled; () when one is."""
+    facts = list(facts)
+    if any(f.misfiled for f in facts):
+        return ()
+    return (frozenset(names), tuple(f.wanted for f in facts))
 
 
 @dataclass
@@ -221,7 +232,12 @@ class Producer:
             secret_refs=MappingProxyType(dict(resources.secrets)),
         )
         endpoint_sets = {id(r.fragment) for r in translated.resource_sets if r.type_url == ENDPOINT_TYPE}
-        rest = _Rest(names, tuple(rest_facts), tuple(f for f in translated.fragments if id(f) not in endpoint_sets))
+        rest = _Rest(
+            names,
+            tuple(rest_facts),
+            tuple(f for f in translated.fragments if id(f) not in endpoint_sets),
+            _endpoints_summary(names.endpoints, endpoint_facts),
+        )
         return _Built(snapshot, node_input, translated.fragments, rest)
 
     def with_new_endpoints(
@@ -234,17 +250,19 @@ class Producer:
         made = self.translator.endpoints(node_input)  # type: ignore[attr-defined]
         parts = [self.store.resource_set(s) for s in made.sets]
         key = tuple(map(id, parts))
-        endpoints = composed.get(key)
-        if endpoints is None:
-            endpoints = composed[key] = (TypeResources.composed(ENDPOINT_TYPE, parts, {}), parts)
-        facts = [*rest.facts, *(self.store.set_facts(s) for s in made.sets)]
-        names = replace(rest.names, endpoints=frozenset(endpoints[0].items))
-        found = consistency.join_names(names, facts)
-        if found:
-            raise InvalidResources(str(consistency.InconsistentResources(snapshot.node, found)))
-        remade = replace(
-            snapshot.with_type(endpoints[0], changed_at), generation_seconds=time.perf_counter() - started
-        )
+        found = composed.get(key)
+        if found is None:
+            endpoint_facts = [self.store.set_facts(s) for s in made.sets]
+            type_resources = TypeResources.composed(ENDPOINT_TYPE, parts, {})
+            found = composed[key] = (type_resources, endpoint_facts, _endpoints_summary(type_resources.items, endpoint_facts))
+        endpoints, endpoint_facts, summary = found
+        if not summary or summary != rest.endpoints_checked:  # else the check reads what it passed before
+            names = replace(rest.names, endpoints=frozenset(endpoints.items))
+            problems = consistency.join_names(names, [*rest.facts, *endpoint_facts])
+            if problems:
+                raise InvalidResources(str(consistency.InconsistentResources(snapshot.node, problems)))
+            rest = replace(rest, endpoints_checked=summary)
+        remade = replace(snapshot.with_type(endpoints, changed_at), generation_seconds=time.perf_counter() - started)
         return _Built(remade, node_input, rest.fragments + made.fragments, rest)
 
     def _secrets(self, resources: NodeResources) -> dict[str, Message]:
