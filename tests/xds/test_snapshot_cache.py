@@ -103,3 +103,31 @@ def test_cached_entries_make_the_same_response_as_protobuf():
     parsed = DiscoveryResponse.FromString(
         wire.discovery_response_from_entries(version_info="v", entries=some, type_url=CLUSTER_TYPE, nonce="8"))
     assert [r.value for r in parsed.resources] == [expected.resources[0].value, expected.resources[2].value]
+
+
+def test_changes_since_names_the_changed_added_and_removed_resources_once_for_every_stream() -> None:
+    """What a state-of-the-world EDS stream that had every assignment sends after a change
+    (sotw.py): found once per pair of versions, whichever stream asks, never keeping the old one."""
+    import gc
+    import weakref
+
+    from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+    from zpilot.xds.order import ENDPOINT_TYPE
+    from zpilot.xds.snapshot import TypeResources
+
+    def cla(name: str, port: int) -> ClusterLoadAssignment:
+        out = ClusterLoadAssignment(cluster_name=name)
+        out.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = port
+        return out
+
+    before = TypeResources.of(ENDPOINT_TYPE, {"a": cla("a", 1), "b": cla("b", 2), "c": cla("c", 3)})
+    after = TypeResources.of(ENDPOINT_TYPE, {"a": cla("a", 1), "b": cla("b", 22), "d": cla("d", 4)})
+    changed, removed = after.changes_since(before)
+    assert [r.name for r in changed] == ["b", "d"] and removed == ["c"]
+    assert after.changes_since(before)[0] is changed  # kept: the next stream does not look again
+    assert after.changes_since(after) == ([], [])
+    gone = weakref.ref(before)
+    del before
+    gc.collect()
+    assert gone() is None  # the answer kept does not keep the old resources alive

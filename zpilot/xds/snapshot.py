@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
@@ -42,6 +43,10 @@ def content_version(data: bytes) -> str:
     node's listener is megabytes."""
     return hashlib.sha256(data).hexdigest()[:16]
 
+
+#: How many earlier versions of a node's resources ``TypeResources.changes_since`` keeps its answer
+#: for (the streams of many nodes go from one or two of them to the same new one).
+_CHANGES_KEPT = 8
 
 #: A shared piece shorter than this is not worth keeping apart from the bytes around it.
 MIN_SHARED_CHUNK = 64 << 10
@@ -222,6 +227,25 @@ class TypeResources:
     def shared_entries(self) -> bytes:
         """:attr:`all_entries`, kept after the first use (for a set many nodes share)."""
         return self._joined
+
+    def changes_since(self, before: "TypeResources") -> tuple[list[CachedResource], list[str]]:
+        """The resources here that ``before`` lacks or holds another version of, and the names
+        of those it holds that are gone here: found once for every stream going from ``before``
+        to these (a node's streams, and the nodes sharing both), then kept."""
+        memo = self.__dict__.setdefault("_changes", {})  # id -> (weak reference, changes): never keeps ``before``
+        found = memo.get(id(before))
+        if found is not None and found[0]() is before:
+            return found[1]
+        held = before.items
+        changed = [
+            r for name, r in self.items.items()
+            if (old := held.get(name)) is not r and (old is None or old.version != r.version)
+        ]
+        removed = [name for name in held if name not in self.items]
+        if len(memo) >= _CHANGES_KEPT:
+            memo.clear()
+        memo[id(before)] = (weakref.ref(before), (changed, removed))
+        return changed, removed
 
     def select(self, names: Iterable[str] | None) -> list[CachedResource]:
         """The resources with these names that exist (all of them for ``None``), sorted by name."""

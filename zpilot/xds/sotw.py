@@ -47,7 +47,7 @@ class SotwStream(Stream):
                 # honour it, or the type would wait forever for an ACK the client will never send.
                 sub.set_names([])
                 sub.pending = False
-                sub.known.clear()
+                sub.forget_known()
                 self.report_subscription(sub)
             return False
         if nonce:
@@ -60,8 +60,7 @@ class SotwStream(Stream):
         if not nonce or changed:
             sub.pending = True
             sub.missing_reported.clear()  # a new ask: the names it lacks are reported for it
-            sub.known.clear()  # and it is answered with everything subscribed
-            sub.force.clear()
+            sub.forget_known()  # and it is answered with everything subscribed
             return True
         return False
 
@@ -76,7 +75,19 @@ class SotwStream(Stream):
             if not sub.subscribed:
                 continue
             resources = snapshot.resources(type_url)
-            if sub.wildcard:
+            # every served one, by name (EDS: a node's Envoy asks for the assignment of each EDS cluster)
+            every = not sub.wildcard and sub.names == resources.items.keys()
+            if type_url in PARTIAL_TYPES and every and sub.known_of is not None and not (sub.pending or sub.force):
+                # the client has every one as of sub.known_of: what changed since is all it needs
+                if sub.known_of is not resources:
+                    changed, removed = resources.changes_since(sub.known_of)  # type: ignore[arg-type]
+                    for name in removed:
+                        sub.known.pop(name, None)  # gone from the config: sent again if it comes back
+                    sub.known_of = resources
+                    if changed:
+                        await self._send(sub, type_url, resources.version, changed, latency)
+                continue
+            if sub.wildcard or every:
                 selected, version = list(resources.items.values()), resources.version
             else:
                 selected = resources.select(sub.names)
@@ -86,6 +97,7 @@ class SotwStream(Stream):
                     del sub.known[name]  # gone from the config: sent again if it comes back
                 send = [r for r in selected if sub.known.get(r.name) != r.version or r.name in sub.force]
                 sub.force.clear()
+                sub.known_of = resources if every else None  # after this, the client has every one
                 if not sub.pending and not send:
                     continue
                 entries = [part for r in send for part in r.parts]
@@ -95,25 +107,35 @@ class SotwStream(Stream):
                 send = selected
                 entries = resources.entry_chunks() if sub.wildcard else [part for r in send for part in r.parts]
             sub.pending = False
-            self.note_missing(sub, sub.names - set(resources.items), "not served")
-            nonce = self.next_nonce()
-            chunks = wire.discovery_response_chunks(
-                version_info=version, entries=entries, type_url=type_url, nonce=nonce,
-                control_plane_id=self.options.control_plane_id,
-            )
-            del entries
-            added_or_changed = [r.name for r in send if sub.known.get(r.name) != r.version]
-            if type_url in PARTIAL_TYPES:
-                sub.known.update((r.name, r.version) for r in send)
-            else:
-                sub.known = {r.name: r.version for r in selected}
-            sub.sent(version, nonce, [r.name for r in send])
-            # Reported first: the client's answer can arrive while the write is awaited.
-            self.record_sent(type_url, version=version, nonce=nonce, count=len(send), size=sum(map(len, chunks)),
-                             push_latency=latency)
-            await self.write(chunks)
-            del chunks
-            eds = self.subscriptions[ENDPOINT_TYPE]
-            if type_url == CLUSTER_TYPE and eds.subscribed and added_or_changed:
-                # A cluster Envoy added or changed warms until its assignment comes (envoy#13009).
-                eds.force |= eds.names.intersection(added_or_changed)
+            if not every:
+                self.note_missing(sub, sub.names - set(resources.items), "not served")
+            await self._send(sub, type_url, version, send, latency, entries)
+
+    async def _send(
+        self, sub, type_url: str, version: str, send: list, latency: float | None, entries: list | None = None
+    ) -> None:
+        """Send ``send`` (its response ``entries``, when already joined) as the response of
+        ``version``, and book what the client now has."""
+        if entries is None:
+            entries = [part for r in send for part in r.parts]
+        nonce = self.next_nonce()
+        chunks = wire.discovery_response_chunks(
+            version_info=version, entries=entries, type_url=type_url, nonce=nonce,
+            control_plane_id=self.options.control_plane_id,
+        )
+        del entries
+        added_or_changed = [r.name for r in send if sub.known.get(r.name) != r.version]
+        if type_url in PARTIAL_TYPES:
+            sub.known.update((r.name, r.version) for r in send)
+        else:  # every subscribed one is in every response
+            sub.known = {r.name: r.version for r in send}
+        sub.sent(version, nonce, [r.name for r in send])
+        # Reported first: the client's answer can arrive while the write is awaited.
+        self.record_sent(type_url, version=version, nonce=nonce, count=len(send), size=sum(map(len, chunks)),
+                         push_latency=latency)
+        await self.write(chunks)
+        del chunks
+        eds = self.subscriptions[ENDPOINT_TYPE]
+        if type_url == CLUSTER_TYPE and eds.subscribed and added_or_changed:
+            # A cluster Envoy added or changed warms until its assignment comes (envoy#13009).
+            eds.force |= eds.names.intersection(added_or_changed)

@@ -38,6 +38,10 @@ class Subscription:
     #: SotW: what this stream last sent of each resource (cleared on a new ask, whose answer
     #: carries everything subscribed).
     known: dict[str, str] = field(default_factory=dict)
+    #: SotW: the resources (a ``TypeResources``) that ``known`` holds every subscribed one of, at
+    #: their versions, when it does: the next response then needs only what changed since, found
+    #: once for every stream (``TypeResources.changes_since``), not by going through them all.
+    known_of: object | None = None
     sent_version: str | None = None
     sent_nonce: str = ""
     #: Names sent on this stream at any time (bounded by the node's config over the stream's life).
@@ -118,6 +122,12 @@ class Subscription:
         # A (re-)subscribed name is answered even if the client reports that version already.
         self.force |= {n for n in new_names if n not in self.known}
         return changed or bool(new_names or unsubscribe)
+
+    def forget_known(self) -> None:
+        """SotW, a new ask: its answer carries everything subscribed, whatever was sent before."""
+        self.known.clear()
+        self.known_of = None
+        self.force.clear()
 
     # -- responses ------------------------------------------------------------------------------
 
