@@ -253,7 +253,7 @@ class Producer:
         found = composed.get(key)
         if found is None:
             endpoint_facts = [self.store.set_facts(s) for s in made.sets]
-            type_resources = TypeResources.composed(ENDPOINT_TYPE, parts, {})
+            type_resources = self.store.composed(ENDPOINT_TYPE, parts, {})
             found = composed[key] = (type_resources, endpoint_facts, _endpoints_summary(type_resources.items, endpoint_facts))
         endpoints, endpoint_facts, summary = found
         if not summary or summary != rest.endpoints_checked:  # else the check reads what it passed before
@@ -287,7 +287,7 @@ class Producer:
             fragment = translated.shared_resource(message)
             own[name] = resource = self.store.resource(type_url, name, message, fragment, parts)
             facts.append(self.store.facts(resource, message, parts))
-        return TypeResources.composed(type_url, [self.store.resource_set(s) for s in sets], own)
+        return self.store.composed(type_url, [self.store.resource_set(s) for s in sets], own)
 
     def _build_all(self, nodes: Iterable[tuple[str, Hashable]], changed_at: float) -> dict[str, _Built | str]:
         with paused_gc():  # millions of short-lived objects, no cycles: see zpilot/gcpause.py

@@ -58,6 +58,8 @@ class ResourceStore:
         self.serialized = 0
         #: The consistency facts of each held resource (they depend on its content alone).
         self._facts: weakref.WeakKeyDictionary[CachedResource, consistency.Facts] = weakref.WeakKeyDictionary()
+        #: Types of nodes made of shared sets alone, by their sets (see :meth:`composed`).
+        self._composed: weakref.WeakValueDictionary[tuple, TypeResources] = weakref.WeakValueDictionary()
 
     def intern(self, resource: CachedResource) -> CachedResource:
         """The held resource equal to ``resource`` if there is one, else ``resource`` (now held)."""
@@ -109,6 +111,18 @@ class ResourceStore:
             )
             shared.fragment.derived[key] = done
         return done
+
+    def composed(self, type_url: str, parts: list[TypeResources], own: dict[str, CachedResource]) -> TypeResources:
+        """A node's resources of one type made of shared sets (and its own): the very same object
+        for every node made of the same sets alone (its joined bytes, and what a stream derives
+        from it, ``TypeResources.changes_since``, are then made once for all of them)."""
+        if own:
+            return TypeResources.composed(type_url, parts, own)
+        key = (type_url, *map(id, parts))  # the value holds its parts: their ids stay theirs while it lives
+        found = self._composed.get(key)
+        if found is None:
+            found = self._composed[key] = TypeResources.composed(type_url, parts, own)
+        return found
 
     def facts(
         self, resource: CachedResource, message: Message, parts: ListenerParts | None = None

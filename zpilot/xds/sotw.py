@@ -75,18 +75,20 @@ class SotwStream(Stream):
             if not sub.subscribed:
                 continue
             resources = snapshot.resources(type_url)
-            # every served one, by name (EDS: a node's Envoy asks for the assignment of each EDS cluster)
-            every = not sub.wildcard and sub.names == resources.items.keys()
-            if type_url in PARTIAL_TYPES and every and sub.known_of is not None and not (sub.pending or sub.force):
-                # the client has every one as of sub.known_of: what changed since is all it needs
-                if sub.known_of is not resources:
-                    changed, removed = resources.changes_since(sub.known_of)  # type: ignore[arg-type]
-                    for name in removed:
-                        sub.known.pop(name, None)  # gone from the config: sent again if it comes back
+            known_of = sub.known_of
+            if known_of is not None and not (sub.pending or sub.force):
+                # The client has every one of known_of, which are the very names it asks for: unless
+                # names came or went (then below), what changed since is all it needs.
+                if known_of is resources:
+                    continue
+                changed, removed = resources.changes_since(known_of)  # type: ignore[arg-type]
+                if not removed and len(resources.items) == len(known_of.items):  # type: ignore[attr-defined]
                     sub.known_of = resources
                     if changed:
                         await self._send(sub, type_url, resources.version, changed, latency)
-                continue
+                    continue
+            # every served one, by name (EDS: a node's Envoy asks for the assignment of each EDS cluster)
+            every = not sub.wildcard and sub.names == resources.items.keys()
             if sub.wildcard or every:
                 selected, version = list(resources.items.values()), resources.version
             else:
@@ -97,7 +99,7 @@ class SotwStream(Stream):
                     del sub.known[name]  # gone from the config: sent again if it comes back
                 send = [r for r in selected if sub.known.get(r.name) != r.version or r.name in sub.force]
                 sub.force.clear()
-                sub.known_of = resources if every else None  # after this, the client has every one
+                sub.known_of = resources if every else None  # after this, the client has every one it asks for
                 if not sub.pending and not send:
                     continue
                 entries = [part for r in send for part in r.parts]

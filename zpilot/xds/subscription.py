@@ -71,7 +71,7 @@ class Subscription:
 
     def set_names(self, requested: Iterable[str]) -> bool:
         """SotW: a request's ``resource_names`` replace the subscription; True when it changed."""
-        before = (self.wildcard, frozenset(self.names))
+        before_wildcard, before_names = self.wildcard, self.names  # replaced below, never changed in place
         names = set(requested)
         self.started = True
         if self.type_url in WILDCARD_TYPES:
@@ -84,7 +84,7 @@ class Subscription:
         else:
             self.wildcard, self.names = False, names
         self.missing_reported &= self.names
-        changed = before != (self.wildcard, frozenset(self.names))
+        changed = before_wildcard != self.wildcard or before_names != self.names
         self.revision += changed
         return changed
 
