@@ -1,7 +1,8 @@
 """What one node's config depends on, as a value: the input of incremental generation.
 
 A node's config is a function of a small part of the model: the meshed pods on the node, and
-what those pods can reach (service VIPs with their endpoints, the meshed pods of the cluster),
+what those pods can reach (service VIPs with their endpoints, the meshed pods of the cluster and
+the nodes' pod CIDRs they are found by),
 plus the translation options. :class:`NodeInput` is exactly that, and the translators read
 nothing else (:class:`~zpilot.translators.context.NodeView` is built from it alone). So when a
 model change leaves a node's input equal, its config cannot have changed and is not rebuilt.
@@ -234,16 +235,6 @@ class MeshInput:
 
     def meshed_workloads(self) -> list[Workload]:
         return list(self.meshed)
-
-    def meshed_identities(self, trust_domain: str) -> tuple[str, ...]:
-        """The identities of the meshed pods (what a pod-IP destination must prove), sorted; kept."""
-        cache = self.__dict__.setdefault("_identities", {})
-        found = cache.get(trust_domain)
-        if found is None:
-            found = cache[trust_domain] = tuple(
-                sorted({contract.spiffe_id(trust_domain, w.namespace, w.service_account) for w in self.meshed})
-            )
-        return found
 
     @cached_property
     def pod_routes(self) -> "PodRoutes":

@@ -12,18 +12,24 @@ megabytes (scalable-layout-notes.md). Here each destination and each local pod a
     DestinationPort{contract.PORT_OUTBOUND -> BlackHoleCluster}
       -> source gate: SourceIP in {local meshed pods}, else PassthroughFilterChain
       -> DestinationIP{VIP -> DestinationPort{port -> "<port>_<fqdn>"},
-                       else IP ranges{meshed pod IPs of an identity -> "pod_direct_to_<that identity>"}}
+                       else IP ranges{pod CIDR of a node -> "pods_on_<node>",
+                                      stray pod IPs of an identity -> "pod_direct_to_<that identity>"}}
 
     "<port>_<fqdn>": tcp_proxy -> its EDS cluster (one per service port, identical on every
         node), naming the identity its mesh endpoints share if they do; a mesh endpoint is the
         internal listener contract.LINEAR_TUNNEL_LISTENER with endpoint id ``podIP:targetPort``,
         and ``tunnel.identity`` = its pod's identity where the cluster does not name it
-    "pod_direct_to_<id>" (one per identity of the mesh): tcp_proxy -> STATIC cluster
-        outbound_pod_internal_to_<id>, whose one endpoint is the same internal listener with
-        ``tunnel.identity = <id>``
+    "pods_on_<node>" (one per node with an IPv4 pod CIDR, pods or not): through the pod-select
+        internal listener to the EDS cluster "pods_on_<node>", whose override_host policy picks the
+        destination pod's endpoint: the same internal listener, endpoint id = the pod IP,
+        ``tunnel.identity`` = its pod's; else (an unmeshed pod) a passthrough endpoint (pod_select.py)
+    "pod_direct_to_<id>" (one per identity of the strays: meshed pods outside their node's pod CIDR,
+        or on a node without one): tcp_proxy -> STATIC cluster outbound_pod_internal_to_<id>, whose
+        one endpoint is the same internal listener with ``tunnel.identity = <id>``
 
     the internal listener, listener filters set_filter_state then original_dst: destination =
-      the endpoint id, else (none: the pod-IP path) the recorded destination (filter_state.py);
+      the endpoint id, else (none: a stray's path; a bare pod IP, which Envoy skips: the pod-select
+      path) the recorded destination (filter_state.py);
       source = the recorded pod address; every chain
       first pins the endpoint's ``tunnel.identity`` for the tunnel's TLS (identity_pinning.py)
       -> DestinationIP in {local meshed pods}: SourceIP{pod -> "tunnel_local_<its identity>"}
@@ -40,10 +46,12 @@ pod's address reaches the destination ztunnel on the service-VIP path too (``x-f
 on the CONNECT, which its HTTP connection manager takes as the stream's remote address).
 
 What depends on the destinations alone (the service ports' chains, clusters and endpoints, the
-identities' pod-IP chains and clusters, the destination map) is the same on every node that
-captures the same VIP:ports: each is one shared piece, built and serialized once per model change
-for all of them (fragments.py), and the outbound listener records how it was put together
-(``ListenerParts``) so its own bytes are all a node holds of it.
+pod-IP chains and clusters, each node's pod endpoints, the destination map) is the same on every
+node that captures the same VIP:ports: each is one shared piece, built and serialized once per model
+change for all of them (fragments.py), and the outbound listener records how it was put together
+(``ListenerParts``) so its own bytes are all a node holds of it. No listener and no cluster depends
+on the pods inside their node's pod CIDR (``PodRoutes.shape``): a pod coming or going there changes,
+of another node's config, its node's ClusterLoadAssignment alone.
 """
 
 from __future__ import annotations
