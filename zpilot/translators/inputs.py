@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter, itemgetter
@@ -380,26 +381,25 @@ class PodRoutes:
         (:attr:`MeshInput.meshed_facts`); ``previous``: the last model's, whose node parts are
         kept where the node's CIDRs and meshed pods are the same."""
         usable = _disjoint(node_cidrs)
-        by_node: dict[str, list[PodFact]] = {}
-        strays: list[PodFact] = []
-        for ip, node, namespace, account in meshed_facts:
-            (by_node.setdefault(node, []) if node in usable else strays).append((ip, namespace, account))
+        by_node: defaultdict[str, list[tuple]] = defaultdict(list)
+        for fact in meshed_facts:  # the facts themselves, not new tuples: most nodes' are kept below
+            by_node[fact[1]].append(fact)
+        strays = [(ip, ns, sa) for node, facts in by_node.items() if node not in usable for ip, _n, ns, sa in facts]
         old = previous._sources if previous is not None else {}
         nodes, sources = [], {}
         for node, networks in sorted(usable.items()):
             cidrs = tuple(str(n) for n in networks)
-            pods = tuple(by_node.get(node, ()))
-            source = (cidrs, pods)
+            source = (cidrs, tuple(by_node.get(node, ())))
             kept = old.get(node)
             if kept is not None and kept[0] == source:
                 part, outside = kept[1], kept[2]
             else:
                 ranges = [(int(n.network_address), int(n.netmask)) for n in networks]
                 inside, outside_list = [], []
-                for fact in pods:
-                    value = _ipv4_int(fact[0])
+                for ip, _node, namespace, account in source[1]:
+                    value = _ipv4_int(ip)
                     inside_cidr = value is not None and any(value & mask == net for net, mask in ranges)
-                    (inside if inside_cidr else outside_list).append(fact)
+                    (inside if inside_cidr else outside_list).append((ip, namespace, account))
                 part, outside = NodePods(node, cidrs, tuple(sorted(inside))), tuple(outside_list)
             nodes.append(part)
             strays.extend(outside)
