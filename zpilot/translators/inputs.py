@@ -27,7 +27,6 @@ from functools import cached_property
 from operator import attrgetter, itemgetter
 from typing import Callable, Iterable, Iterator, Mapping
 
-from .. import contract
 from ..model.index import Endpoint, MeshIndex, ServiceTarget, seen_from
 from ..model.objects import Service, ServicePort, Workload
 from ..model.policy import WorkloadPolicies

@@ -66,7 +66,7 @@ from .envoy_common import access_log, original_dst_filter, original_src_filter, 
 from .filter_state import LOCAL_IP_STATE, RECORDED, REMOTE_IP_STATE
 from .fragments import FragmentGroup, Fragments
 from .inputs import NodePods
-from .limits import DataPathLimits, circuit_breakers, idle_timeout
+from .limits import DataPathLimits, idle_timeout
 from .tcp_proxy import proxy_chain, tcp_proxy
 
 #: PROXY protocol TLV types (the range 0xE0-0xEF is for custom use): the endpoint to pick, and the
