@@ -181,6 +181,8 @@ def test_2_pod_ip_across_nodes(world, path):
     assert inbound["peer_san"] == SLEEP_ID
     assert inbound["upstream_cluster"] == names.VIRTUAL_INBOUND
     assert inbound["upstream_local"] == trace.seen_by_pod["peer"]
+    # the client pod reaches ztunnel B in x-forwarded-for (through the pod-select listener's PROXY header too)
+    assert inbound["downstream_remote"] == trace.client_local.split(":")[0] + ":0"
 
 
 def test_3_same_node_service_vip(world, path):
