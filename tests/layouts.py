@@ -27,10 +27,13 @@ def service_chain(layout: str, port_and_host: str, identity: str = SLEEP_ID) -> 
     return port_and_host
 
 
-def pod_chain(layout: str, peer: str, *, same_node: bool = False, identity: str = SLEEP_ID) -> str:
+def pod_chain(
+    layout: str, peer: str, *, node: str | None = None, same_node: bool = False, identity: str = SLEEP_ID
+) -> str:
     """The outbound chain of a connection to the IP of a meshed pod whose identity is ``peer``: the
-    article's per (local identity, this node or another, peer), the linear layout's per peer."""
+    article's per (local identity, this node or another, peer); the linear layout's per node whose
+    pod CIDR holds it (``node``: the pod's node, its IP in the node's CIDR), else per peer."""
     if layout != "article":
-        return names.pod_direct_chain(peer)
+        return names.pods_on_node(node) if node is not None else names.pod_direct_chain(peer)
     cluster = names.pod_local_tunnel_cluster(identity) if same_node else names.pod_tunnel_cluster(identity)
     return names.pod_chain(cluster, peer)

@@ -42,6 +42,10 @@ Run as root from the repository root: ``PYTHONPATH=. python3 bench/spikes/podchu
 (zpilot's CA issues the certificates). Prints each check, then the bytes at issue 13's R (node-0
 translated by zpilot's linear layout today, against this layout's pieces) and an Envoy's RSS
 holding R's per-node clusters. Exit status 1 if a check failed.
+
+The linear layout has since adopted this design (zpilot/translators/pod_select.py): its outbound
+listener no longer lists in-CIDR pod IPs, so the "today" counts of the figures at R are now of the
+strays alone (none in the synthetic cluster).
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from zpilot.envoy_binary import validate
 from zpilot.kube.manifests import load_manifests
 from zpilot.model import MeshIndex, Problems
 from zpilot.translators import NodeResources, TranslateOptions, translate_node
+from zpilot.translators.inputs import MeshInput
 from zpilot.translators.static import rewrite, static_bootstrap
 from zpilot.xds.push import model_nodes
 
@@ -128,8 +129,9 @@ def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources, la
     service_ports = {  # those captured here: with an endpoint for this node
         (t.service.namespace, t.service.name, t.port.port) for _, t in index.vips() if index.endpoints(t.service, t.port, node)
     }
-    service_clusters = [name for name, c in res.clusters.items() if c.type == cluster_pb2.Cluster.EDS]
-    assert len(res.endpoints) == len(service_clusters)
+    eds_clusters = [name for name, c in res.clusters.items() if c.type == cluster_pb2.Cluster.EDS]
+    assert len(res.endpoints) == len(eds_clusters)
+    service_clusters = [name for name in eds_clusters if not name.startswith("pods_on_")]
     assert len(res.secrets) == (len(local) + 1 if local else 0)
     outbound_chains = len(res.listeners[OUTBOUND_LISTENER].filter_chains)
     if layout == "article":
@@ -139,12 +141,17 @@ def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources, la
         assert outbound_chains == 2 + len(identities) * len(pod_destinations) + len(service_clusters)
         assert len(res.listeners) == 3 + len(identities)
         return
-    # linear: one of each per service port, a pod_direct chain per identity in the mesh (which it
-    # pins) and one internal listener with two chains per local identity, all only where a meshed pod is
+    # linear: one of each per service port; a chain, EDS cluster and endpoints per node with a pod CIDR
+    # (pod_select.py, with its two internal listeners) and a pod_direct chain per identity of the pods
+    # outside their node's CIDR (which it pins); one internal listener with two chains per local
+    # identity; all only where a meshed pod is
     assert len(service_clusters) == (len(service_ports) if identities else 0)
-    mesh_identities = {(w.namespace, w.service_account) for w in index.meshed_workloads() if w.ip}
-    assert outbound_chains == 2 + (len(service_clusters) + len(mesh_identities) if identities else 0)
-    assert len(res.listeners) == 3 + (1 if identities else 0)
+    routes = MeshInput.of(index).pod_routes
+    assert len(eds_clusters) - len(service_clusters) == (len(routes.nodes) if identities else 0)
+    stray_identities = {(namespace, account) for _ip, namespace, account in routes.strays}
+    expected = len(service_clusters) + len(routes.nodes) + len(stray_identities)
+    assert outbound_chains == 2 + (expected if identities else 0)
+    assert len(res.listeners) == 3 + ((3 if routes.nodes else 1) if identities else 0)
     if identities:
         assert len(res.listeners[LINEAR_TUNNEL_LISTENER].filter_chains) == 2 * len(identities)
 

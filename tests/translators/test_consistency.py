@@ -20,7 +20,7 @@ from zpilot.synthetic import Shape, node_name
 from zpilot.translators import NodeResources, TranslateOptions, consistency, names, translate_node
 from zpilot.translators.static import static_bootstrap
 
-from .render_util import ARTICLE, NODE_A, render, synthetic_index
+from .render_util import ARTICLE, NODE_A, NODE_B, render, synthetic_index
 
 SLEEP_CHAIN = "spiffe://cluster.local/ns/default/sa/sleep_to_http_productpage.default.svc.cluster.local_outbound_internal"
 #: The report's Service: port 80 named "http", then a second port of the same name.
@@ -156,9 +156,23 @@ def _drop_tunnel_chain(r: NodeResources) -> None:
     tunnel.filter_chains.extend(keep)
 
 
-def _pod_cluster_to_nowhere(r: NodeResources) -> None:
-    cluster = r.clusters[names.pod_internal_cluster(PRODUCTPAGE_ID)]
+NODE_B_PODS = names.pods_on_node(NODE_B)
+
+
+def _pod_select_to_nowhere(r: NodeResources) -> None:
+    cluster = r.clusters[names.POD_SELECT_CLUSTER]
     cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.envoy_internal_address.server_listener_name = "gone"
+
+
+def _node_pods_to_nowhere(r: NodeResources) -> None:
+    endpoint = r.endpoints[NODE_B_PODS].endpoints[0].lb_endpoints[0]
+    endpoint.endpoint.address.envoy_internal_address.server_listener_name = "gone"
+
+
+def _drop_node_cluster(r: NodeResources) -> None:
+    """The cluster only a PROXY protocol TLV of the node's chain names (the pod-select listener goes there)."""
+    del r.clusters[NODE_B_PODS]
+    del r.endpoints[NODE_B_PODS]
 
 
 LINEAR_CASES = {
@@ -166,8 +180,15 @@ LINEAR_CASES = {
         _drop_tunnel_chain, f"matcher selects chain '{SLEEP_TUNNEL}', which does not exist"
     ),
     "static cluster to a missing internal listener": (
-        _pod_cluster_to_nowhere,
-        f"cluster '{names.pod_internal_cluster(PRODUCTPAGE_ID)}' names internal listener 'gone', which does not exist",
+        _pod_select_to_nowhere,
+        f"cluster '{names.POD_SELECT_CLUSTER}' names internal listener 'gone', which does not exist",
+    ),
+    "a node's endpoints to a missing internal listener": (
+        _node_pods_to_nowhere, f"endpoints '{NODE_B_PODS}' name internal listener 'gone', which does not exist",
+    ),
+    "a TLV naming a missing cluster": (
+        _drop_node_cluster,
+        f"listener 'ztunnel_outbound' chain '{NODE_B_PODS}' sends to cluster '{NODE_B_PODS}', which does not exist",
     ),
 }
 

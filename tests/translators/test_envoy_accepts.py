@@ -67,8 +67,9 @@ def test_generated_cluster(generated_cluster: Path, n: int, layout: str) -> None
     if layout == "article":
         assert len(resources.endpoints) == 15 * 2 * len(local_identities)  # service ports x local identities
         assert len(resources.listeners) == 3 + len(local_identities)
-    else:  # one per service port; one internal listener, two tunnel chains per local identity
-        assert len(resources.endpoints) == 15 * 2
-        assert len(resources.listeners) == 4
+    else:  # one per service port and one per node (its pods by its CIDR); three internal listeners, two
+        # tunnel chains per local identity
+        assert len(resources.endpoints) == 15 * 2 + 3
+        assert len(resources.listeners) == 6
         assert len(resources.listeners[contract.LINEAR_TUNNEL_LISTENER].filter_chains) == 2 * len(local_identities)
     assert_envoy_accepts(generated_cluster, node_name(n), layout)

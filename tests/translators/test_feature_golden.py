@@ -72,6 +72,7 @@ CASES: dict[str, tuple[str, ...]] = {
     "inbound-guard": ("inbound_guard.filters",),
     "identity-pinning": ("identity_pinning.filters", "outbound_article.endpoints", "outbound_linear.clusters",
                          "outbound_linear.endpoints"),
+    "pod-select": ("pod_select.listeners", "pod_select.clusters", "pod_select.endpoints"),
     "bootstrap": ("bootstrap.bootstrap",),
     "static-bootstrap": ("static.bootstrap",),
     "selectorless-service": ("endpoints.endpoints", "matcher.filter_chain_matcher"),
@@ -258,6 +259,8 @@ def static_config(t: Translated) -> dict[str, Any]:
     return data
 
 
+_POD_SELECT_LISTENERS = (contract.OUTBOUND_LISTENER, names.POD_SELECT_LISTENER, names.MESH_PASSTHROUGH_LISTENER)
+
 OUTPUTS: dict[str, Callable[[Translated], Any]] = {
     "outbound_article.listeners": lambda t: resources(t.article().listeners),
     "outbound_article.clusters": lambda t: resources(t.article().clusters),
@@ -269,6 +272,15 @@ OUTPUTS: dict[str, Callable[[Translated], Any]] = {
     "outbound_linear.clusters": lambda t: resources(t.linear().clusters),
     "outbound_linear.endpoints": lambda t: resources(t.linear().endpoints),
     "filter_state.listener_filters": lambda t: resources([record_addresses_filter()]),
+    # the linear layout's resources of pod-IP destinations: the outbound listener (its CIDR and stray
+    # chains), the internal listeners, the node clusters and their endpoints
+    "pod_select.listeners": lambda t: resources(
+        [m for n, m in t.linear().listeners.items() if n in _POD_SELECT_LISTENERS]
+    ),
+    "pod_select.clusters": lambda t: resources(
+        [m for n, m in t.linear().clusters.items() if n.startswith(("pods_on_", names.POD_SELECT_CLUSTER, "outbound_pod_internal_to_"))]
+    ),
+    "pod_select.endpoints": lambda t: resources([m for n, m in t.linear().endpoints.items() if n.startswith("pods_on_")]),
     "inbound.listeners": lambda t: resources([inbound_listener(t.view), inbound_plaintext_listener(t.view)]),
     "clusters.clusters": lambda t: resources(t.rendered.resources.clusters),
     "endpoints.endpoints": lambda t: resources(t.rendered.resources.endpoints),

@@ -6,6 +6,8 @@ The linear layout's service clusters and endpoints are the same bytes on every n
 
 from __future__ import annotations
 
+import ipaddress
+
 from google.protobuf.message import Message
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -23,7 +25,7 @@ from zpilot.synthetic import Shape, node_name
 from xds.type.matcher.v3 import ip_pb2
 
 from zpilot.explain.envoy_config import Connection, select_chain
-from zpilot.translators import TranslateOptions, names, translate_node
+from zpilot.translators import TranslateOptions, names, pod_select, translate_node
 from zpilot.translators.static import rewrite
 
 from .render_util import synthetic_index
@@ -68,6 +70,9 @@ def test_every_reference_resolves(layout: str, shape: Shape, which: int) -> None
                 assert action.name in listener_chains, (listener.name, action.name)
         for proxy in _collect(listener, tcp_proxy_pb2.TcpProxy):
             assert proxy.cluster in res.clusters, proxy.cluster
+            for tlv in proxy.proxy_protocol_tlvs:  # the cluster the pod-select listener goes to
+                if tlv.type == pod_select.TLV_CLUSTER:
+                    assert tlv.format_string.text_format_source.inline_string in res.clusters, tlv
         for sds in _collect(listener, secret_pb2.SdsSecretConfig):
             assert sds.name in res.secrets, sds.name
     for cluster in res.clusters.values():
@@ -98,7 +103,8 @@ def test_every_reference_resolves(layout: str, shape: Shape, which: int) -> None
         _assert_pod_ips_select_their_identity(outbound, index, sorted(local)[0])
     else:
         assert after_port.action.name == names.PASSTHROUGH_CHAIN
-    assert internal == ({contract.LINEAR_TUNNEL_LISTENER} if local_identities else set())
+    pod_select_listeners = {names.POD_SELECT_LISTENER, names.MESH_PASSTHROUGH_LISTENER} if any(n.pod_cidrs for n in index.nodes.values()) else set()
+    assert internal == ({contract.LINEAR_TUNNEL_LISTENER} | pod_select_listeners if local_identities else set())
     if local_identities:
         tunnel = res.listeners[contract.LINEAR_TUNNEL_LISTENER].filter_chain_matcher
         assert _range_ips(tunnel) == local
@@ -118,16 +124,23 @@ def _range_ips(matcher) -> set[str]:
 
 
 def _assert_pod_ips_select_their_identity(outbound, index: MeshIndex, source: str) -> None:
-    """From a local pod, each meshed pod IP leads to the chain pinning its pod's identity (the pod
-    IPs are grouped by identity in the destination map), an address of no pod passes through."""
+    """From a local pod, each meshed pod IP inside its node's pod CIDR leads to that node's chain
+    (which picks the pod, and so the identity to pin, from the node's endpoints); any other meshed
+    pod IP to the chain pinning its pod's identity (the strays' IPs are grouped by identity in the
+    destination map); an address of no pod passes through."""
     vips = {vip for vip, *_ in index.vips()}
     for pod in index.meshed_workloads():
         if pod.ip in vips:
             continue
-        chain, _steps = select_chain(outbound, Connection(source, pod.ip, 8080))
-        assert chain is not None and chain.name == names.pod_direct_chain(
+        node = index.nodes.get(pod.node_name)
+        in_cidr = node is not None and any(
+            ipaddress.ip_address(pod.ip) in ipaddress.ip_network(c, strict=False) for c in node.pod_cidrs
+        )
+        expected = names.pods_on_node(pod.node_name) if in_cidr else names.pod_direct_chain(
             contract.spiffe_id("cluster.local", pod.namespace, pod.service_account)
-        ), (pod.ip, chain and chain.name)
+        )
+        chain, _steps = select_chain(outbound, Connection(source, pod.ip, 8080))
+        assert chain is not None and chain.name == expected, (pod.ip, chain and chain.name)
     chain, _steps = select_chain(outbound, Connection(source, "192.0.2.1", 8080))
     assert chain is not None and chain.name == names.PASSTHROUGH_CHAIN
 

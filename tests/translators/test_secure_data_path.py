@@ -21,7 +21,7 @@ from zpilot import contract
 from zpilot.commands import data_path_flags
 from zpilot.explain import envoy_config as ec
 from zpilot.synthetic import Shape, node_name, synthetic_manifests
-from zpilot.translators import TranslateOptions, inbound_guard, names
+from zpilot.translators import TranslateOptions, inbound_guard, names, pod_select
 from zpilot.translators.identity_pinning import SET_FILTER_STATE, pin
 
 from .render_util import ARTICLE, NODE_A, NODE_B, index_of, render
@@ -171,16 +171,23 @@ def _tunnels_pinned(manifests: Path, node: str, layout: str) -> int:
                 tcp_proxy_pb2.TcpProxy.DESCRIPTOR.full_name), chain.name
             if listener.HasField("internal_listener"):
                 assert pinned == contract.TUNNEL_IDENTITY_FORMAT, pinned
-    # every way into an internal listener names the identity its tunnel is to pin, and passes it on
+    # every way into an internal listener that opens tunnels names the identity its tunnel is to
+    # pin, and passes it on (the linear layout's pod-select and passthrough listeners open none)
+    tunnelling = {name for name, listener in resources.listeners.items()
+                  if any((p := ec.tcp_proxy(c)) is not None and p.tunneling_config.hostname for c in listener.filter_chains)}
     for cluster_name, cluster in resources.clusters.items():
         for ep in ec.endpoints(resources, cluster_name):
             if not ep.internal_listener:
                 continue
+            if ep.internal_listener not in tunnelling:
+                assert ep.internal_listener in (names.POD_SELECT_LISTENER, names.MESH_PASSTHROUGH_LISTENER), ep
+                continue
             assert _passes_identity(cluster), f"{cluster_name} does not pass the identity to {ep.internal_listener}"
             named = ep.metadata.get(contract.TUNNEL_METADATA, {}).get(contract.TUNNEL_IDENTITY)
             assert named, f"{cluster_name}: endpoint {ep.address} names no identity"
-            if cluster_name in resources.endpoints:  # a service endpoint: its own pod's
-                ip = ep.address.rpartition("/")[2].rpartition(":")[0]
+            if cluster_name in resources.endpoints:  # a service endpoint, or a node's pod: its own pod's
+                endpoint_id = ep.address.rpartition("/")[2]
+                ip = endpoint_id.rpartition(":")[0] if ":" in endpoint_id else endpoint_id
                 assert named == identity_at[ip], (cluster_name, ep)
     # pod-IP destinations: the way each pod IP takes pins that pod's identity
     outbound = resources.listeners.get(contract.OUTBOUND_LISTENER)
@@ -190,7 +197,13 @@ def _tunnels_pinned(manifests: Path, node: str, layout: str) -> int:
             proxy = ec.tcp_proxy(chain)
             if proxy.tunneling_config.hostname:  # the article's: the chain tunnels itself
                 assert ec.pinned_identity(chain) == identity, (source.name, ip, chain.name)
-            else:  # the linear layout's: through the internal listener, by an endpoint naming it
+            elif proxy.cluster == names.POD_SELECT_CLUSTER:  # the linear layout's, by the node's pod CIDR:
+                # the pod-select listener picks the pod's endpoint, which names it, from the node's cluster
+                tlvs = {t.type: t.format_string.text_format_source.inline_string for t in proxy.proxy_protocol_tlvs}
+                wanted = f"envoy://{contract.LINEAR_TUNNEL_LISTENER}/{ip}"
+                [ep] = [e for e in ec.endpoints(resources, tlvs[pod_select.TLV_CLUSTER]) if e.address == wanted]
+                assert ep.metadata[contract.TUNNEL_METADATA][contract.TUNNEL_IDENTITY] == identity, (ip, chain.name)
+            else:  # the linear layout's strays: through the internal listener, by an endpoint naming it
                 [ep] = ec.endpoints(resources, proxy.cluster)
                 assert ep.metadata[contract.TUNNEL_METADATA][contract.TUNNEL_IDENTITY] == identity, (ip, proxy.cluster)
     return tunnels

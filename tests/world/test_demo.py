@@ -20,6 +20,7 @@ from zpilot.world import demo as world_demo
 from zpilot.world import workdir
 from zpilot.world.builder import sweep_abandoned_worlds
 from zpilot.world.netns import list_netns, world_prefix
+from zpilot.world.topology import NODE_B
 
 from ..layouts import LAYOUTS, pod_chain, service_chain
 
@@ -84,8 +85,9 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions
 with World(options=WorldOptions(cni_agent=False)) as w:
-    # a pod-IP connection: one line at ztunnel A, two in the linear layout (its internal listener too)
-    logs_at_a = 2 if w.options.layout == "linear" else 1
+    # a pod-IP connection: one line at ztunnel A, three in the linear layout (its pod-select and tunnel
+    # internal listeners too)
+    logs_at_a = 3 if w.options.layout == "linear" else 1
     trace = scenarios.request(w, "sleep", "10.4.3.20", 9080, expect_logs={"a": logs_at_a, "b": 1})
     chain = [e["filter_chain"] for e in trace.at("a", log="ztunnel_outbound")]
     print(w.prefix, w.dir, trace.ok, *chain, flush=True)
@@ -103,7 +105,7 @@ def test_ctrl_c_tears_the_world_down(tmp_path):
         assert line, errors.read_text()
         prefix, workdir = line[0], Path(line[1])
         # rules from `zpilot cni apply` carry traffic as well as the agent's do
-        assert line[2:] == ["True", pod_chain(DEFAULT_LAYOUT, "spiffe://cluster.local/ns/default/sa/bookinfo-productpage")], line
+        assert line[2:] == ["True", pod_chain(DEFAULT_LAYOUT, "spiffe://cluster.local/ns/default/sa/bookinfo-productpage", node=NODE_B)], line
         assert any(ns.startswith(prefix + "-") for ns in list_netns())
         envoys = _pids_running(str(workdir))
         assert envoys, "no process of the world found"

@@ -14,7 +14,7 @@ import pytest
 from zpilot.explain import ExplainError, explain, load_mesh, mesh_from_index, render
 from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
-from zpilot.world.topology import article_world
+from zpilot.world.topology import NODE_A, NODE_B, article_world
 
 ARTICLE = "examples/article"
 SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
@@ -99,23 +99,34 @@ def test_service_with_several_endpoints_gives_one_path_each(mesh):
 def test_pod_ip_paths(mesh):
     linear = mesh.layout == "linear"
     [cross] = explain(mesh, "sleep", "10.4.3.20", 9080)
-    assert cross.facts["filter_chain"] == (f"pod_direct_to_{PRODUCTPAGE_ID}" if linear else f"fc-outbound_pod_tunnel_clus_{SLEEP_ID}_to_{PRODUCTPAGE_ID}")
+    assert cross.facts["filter_chain"] == (f"pods_on_{NODE_B}" if linear else f"fc-outbound_pod_tunnel_clus_{SLEEP_ID}_to_{PRODUCTPAGE_ID}")
     assert cross.facts["tunnel_dial"] == "10.4.3.20:15008"
     assert cross.facts["connect_authority"] == "10.4.3.20:9080"
     [same] = explain(mesh, "sleep", "10.4.4.7", 9080)
-    assert same.facts["filter_chain"] == (f"pod_direct_to_{DETAILS_ID}" if linear else f"fc-outbound_pod_local_tunnel_clus_{SLEEP_ID}_to_{DETAILS_ID}")
+    assert same.facts["filter_chain"] == (f"pods_on_{NODE_A}" if linear else f"fc-outbound_pod_local_tunnel_clus_{SLEEP_ID}_to_{DETAILS_ID}")
     assert same.facts["tunnel_dial"] == "10.4.4.7:15088"
     assert same.facts["inbound_chain"] == "inbound_10.4.4.7"
-    if linear:  # through the internal listener, which picks sleep's chain for a destination on its node
+    if linear:  # by the node's pod CIDR to the pod-select listener, which picks the pod's endpoint (the
+        # identity to pin) from the node's cluster; then the tunnel listener picks sleep's chain
+        assert cross.facts["cluster"] == same.facts["cluster"] == "pod_select"
         assert cross.facts["internal_listener"] == same.facts["internal_listener"] == "outbound_tunnel_lis"
         assert cross.facts["tunnel_cluster"] == f"outbound_tunnel_clus_{SLEEP_ID}"
         assert same.facts["tunnel_cluster"] == f"outbound_local_tunnel_clus_{SLEEP_ID}"
         assert f"filter chain tunnel_local_{SLEEP_ID}" in render([same])
+        text = render([cross])
+        assert f"tcp_proxy -> cluster pods_on_{NODE_B} (override_host: the endpoint envoy://outbound_tunnel_lis/10.4.3.20)" in text
+        assert f"and is exactly {PRODUCTPAGE_ID} (pinned" in text
+        assert "original_dst restores 10.4.3.20:9080 as the destination" in text
 
 
 def test_passthrough_blackhole_and_plaintext(mesh):
     [out] = explain(mesh, "sleep", "10.4.3.19", 80)  # httpbin, namespace legacy: not meshed
-    assert out.facts["filter_chain"] == "PassthroughFilterChain"
+    if mesh.layout == "linear":  # in node B's pod CIDR: node B's cluster has no endpoint for it
+        assert out.facts["filter_chain"] == f"pods_on_{NODE_B}"
+        assert "mesh_passthrough_lis" in render([out]) and "the passthrough endpoint" in render([out])
+        assert out.facts["destination"] == "10.4.3.19:80"
+    else:
+        assert out.facts["filter_chain"] == "PassthroughFilterChain"
     assert "inbound_listener" not in out.facts and out.facts["pod"] == "httpbin-85d76b4bb6-dz6b2"
     [hole] = explain(mesh, "sleep", "10.4.3.20", 15001)
     assert hole.facts["filter_chain"] == "BlackHoleCluster" and hole.outcome == "dropped (blackhole)"

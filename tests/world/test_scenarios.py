@@ -12,7 +12,7 @@ import pytest
 from zpilot import contract
 from zpilot.translators import names
 from zpilot.world import scenarios
-from zpilot.world.topology import opted_out, without_opt_out
+from zpilot.world.topology import NODE_A, NODE_B, opted_out, without_opt_out
 
 LAYOUTS = ["article", "linear"]
 pytestmark = [pytest.mark.root, pytest.mark.netns, pytest.mark.envoy, pytest.mark.slow,
@@ -42,16 +42,17 @@ class Path:
         return contract.LINEAR_TUNNEL_LISTENER if self.linear else contract.tunnel_listener(SLEEP_ID)
 
     def pod_chain(self, same_node: bool, peer: str) -> str:
-        """sleep's chain to a pod IP of identity ``peer``."""
+        """sleep's chain to a pod IP of identity ``peer`` (in the linear layout: by the pod CIDR of its node)."""
         if self.linear:
-            return names.pod_direct_chain(peer)
+            return names.pods_on_node(NODE_A if same_node else NODE_B)
         cluster = names.pod_local_tunnel_cluster(SLEEP_ID) if same_node else names.pod_tunnel_cluster(SLEEP_ID)
         return names.pod_chain(cluster, peer)
 
     @property
     def pod_logs(self) -> int:
-        """Log lines ztunnel A writes for a pod-IP connection: the linear layout's goes through its internal listener."""
-        return 2 if self.linear else 1
+        """Log lines ztunnel A writes for a pod-IP connection: the linear layout's goes through its
+        pod-select and tunnel internal listeners."""
+        return 3 if self.linear else 1
 
 
 @pytest.fixture
@@ -138,9 +139,28 @@ def test_1_service_vip_is_reliable(world):
     assert not failures, f"{len(failures)}/20 requests failed or were flagged: {failures[:3]}"
 
 
+def assert_pod_selected(trace, node: str, ip: str, port: int, listener: str = contract.LINEAR_TUNNEL_LISTENER) -> dict:
+    """The linear layout's pod-IP path on ztunnel A: the outbound chain of the node whose pod CIDR
+    holds ``ip`` -> the pod-select listener, which took the destination from the PROXY header and
+    picked, from that node's cluster, the endpoint ``listener`` names (the pod's, else passthrough);
+    returns that listener's log line."""
+    out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    assert out["filter_chain"] == names.pods_on_node(node)
+    assert out["upstream_cluster"] == names.POD_SELECT_CLUSTER
+    assert out["response_flags"] == "-", out
+    select = trace.one("a", log=names.POD_SELECT_LISTENER, downstream_remote=trace.client_local)
+    assert select["downstream_local"] == f"{ip}:{port}"
+    assert select["upstream_cluster"] == names.pods_on_node(node)
+    endpoint = ip if listener == contract.LINEAR_TUNNEL_LISTENER else "passthrough"
+    assert select["upstream_host"] == f"envoy://{listener}/{endpoint}", select
+    assert select["response_flags"] == "-", select
+    return trace.one("a", log=listener, downstream_remote=trace.client_local)
+
+
 def test_2_pod_ip_across_nodes(world, path):
     """sleep -> productpage's pod IP: the article's pod chain tunnels straight from the outbound
-    listener; the linear layout's pod_direct goes through the internal listener like a service."""
+    listener; the linear layout's finds the pod by node B's pod CIDR and picks its endpoint (the
+    identity to pin) from node B's cluster, then tunnels from the internal listener like a service."""
     ip, port = scenarios.pod_target(world, "productpage")
     trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": path.pod_logs, "b": 1})
     assert trace.ok, trace.error
@@ -148,8 +168,7 @@ def test_2_pod_ip_across_nodes(world, path):
     assert out["filter_chain"] == path.pod_chain(same_node=False, peer=PRODUCTPAGE_ID)
     assert out["response_flags"] == "-", out
     if path.linear:
-        assert out["upstream_cluster"] == names.pod_internal_cluster(PRODUCTPAGE_ID)
-        out = trace.one("a", log=path.tunnel_listener, downstream_remote=trace.client_local)
+        out = assert_pod_selected(trace, NODE_B, ip, port)
         assert out["downstream_local"] == f"{ip}:{port}"  # the original destination, from the filter state
         assert out["filter_chain"] == names.linear_tunnel_chain(SLEEP_ID)
         assert out["upstream_cluster"] == names.tunnel_cluster(SLEEP_ID)
@@ -162,6 +181,8 @@ def test_2_pod_ip_across_nodes(world, path):
     assert inbound["peer_san"] == SLEEP_ID
     assert inbound["upstream_cluster"] == names.VIRTUAL_INBOUND
     assert inbound["upstream_local"] == trace.seen_by_pod["peer"]
+    # the client pod reaches ztunnel B in x-forwarded-for (through the pod-select listener's PROXY header too)
+    assert inbound["downstream_remote"] == trace.client_local.split(":")[0] + ":0"
 
 
 def test_3_same_node_service_vip(world, path):
@@ -191,8 +212,8 @@ def test_3_same_node_pod_ip(world, path):
     out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     assert out["filter_chain"] == path.pod_chain(same_node=True, peer=DETAILS_ID)
     if path.linear:
-        assert out["response_flags"] == "-", out
-        out = trace.one("a", log=path.tunnel_listener, downstream_remote=trace.client_local)
+        out = assert_pod_selected(trace, NODE_A, ip, port)
+        assert out["downstream_local"] == f"{ip}:{port}"
         assert out["filter_chain"] == names.linear_local_tunnel_chain(SLEEP_ID)
         assert out["upstream_cluster"] == names.local_tunnel_cluster(SLEEP_ID)
     assert out["upstream_host"] == "10.4.4.7:15088"
@@ -207,9 +228,13 @@ def test_4_meshed_pod_to_pod_outside_mesh_passes_through(world, path):
     """sleep -> httpbin's pod IP (namespace legacy, not enrolled): PassthroughFilterChain, no tunnel;
     original_src keeps sleep's IP as the source, and node B does not redirect it."""
     ip, port = scenarios.pod_target(world, "httpbin")
-    trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 1})
+    trace = scenarios.request(world, "sleep", ip, port, expect_logs={"a": 3 if path.linear else 1})
     assert trace.ok, trace.error
-    out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
+    if path.linear:  # inside node B's pod CIDR: node B's cluster has no endpoint for it, so passthrough
+        out = assert_pod_selected(trace, NODE_B, ip, port, listener=names.MESH_PASSTHROUGH_LISTENER)
+        assert out["downstream_local"] == f"{ip}:{port}"
+    else:
+        out = trace.one("a", log=contract.OUTBOUND_LISTENER, downstream_remote=trace.client_local)
     assert out["filter_chain"] == names.PASSTHROUGH_CHAIN
     assert out["upstream_cluster"] == names.PASSTHROUGH_CLUSTER
     assert out["upstream_host"] == "10.4.3.19:80"

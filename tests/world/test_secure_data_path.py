@@ -231,8 +231,11 @@ def test_an_impostor_with_another_identity_cannot_terminate_sleeps_tunnels(world
 
     def lines_at_a(what: str) -> int:
         """ztunnel A's log lines per request (waited for, so none lands in a later window): the
-        outbound listener's, and the internal listener's on every path but the article's pod IP."""
-        return 1 if what == "pod IP" and not linear else 2
+        outbound listener's, and the internal listener's on every path but the article's pod IP
+        (the linear layout's pod IP also goes through its pod-select listener)."""
+        if what == "pod IP":
+            return 3 if linear else 1
+        return 2
 
     def fail_verify_san(cluster: str) -> int:
         """The cluster's counter (Envoy's stat names spell ``spiffe://`` otherwise: match around it)."""

@@ -30,8 +30,8 @@ async def test_envoy_applies_our_circuit_breakers_and_idle_timeouts(make_plane, 
     }
     ours = set(effective) - {"BlackHoleCluster", XDS_CLUSTER}
     assert len(ours) >= 10 and any(name.startswith("outbound_tunnel_clus_") for name in ours)
-    if layout == "linear":  # the way to pod IPs, one per identity (which it pins)
-        assert any(name.startswith("outbound_pod_internal_to_") for name in ours)
+    if layout == "linear":  # the way to pod IPs: by node pod CIDR, through the pod-select listener
+        assert "pod_select" in ours and any(name.startswith("pods_on_") for name in ours)
     for name in ours:
         threshold = effective[name]
         assert (threshold["max_connections"], threshold["max_pending_requests"], threshold["max_requests"]) == (

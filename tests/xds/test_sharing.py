@@ -75,6 +75,10 @@ async def test_a_pod_added_on_one_node_leaves_the_others_listeners_and_clusters_
     assert 0 < again < sum(len(t.items) for t in after.types.values())
     eds = {n for n, r in after.resources(ENDPOINT_TYPE).items.items()
            if r is not before[other].resources(ENDPOINT_TYPE).items.get(n)}
+    if layout == "linear":  # and node 0's pod endpoints; no listener of the other node lists the pod
+        assert names.pods_on_node(node_name(0)) in eds
+        eds.discard(names.pods_on_node(node_name(0)))
+        assert LISTENER_TYPE not in report.changed[other]
     assert eds and all("svc-0." in n for n in eds)
 
 
@@ -161,6 +165,28 @@ async def test_a_pod_made_unready_remakes_the_other_nodes_endpoints_alone_as_a_f
         after = cache.get_snapshot(node)
         for type_url in (CLUSTER_TYPE, LISTENER_TYPE):
             assert after.resources(type_url) is before[node].resources(type_url)
+    _fresh, fresh_cache = await _produced("linear", docs)
+    assert _snapshot_state(cache) == _snapshot_state(fresh_cache)
+
+
+async def test_a_pod_added_inside_its_nodes_cidr_remakes_the_other_nodes_endpoints_alone() -> None:
+    """A pod added on node 0, behind an existing service, inside node 0's pod CIDR: no other node's
+    listener or cluster reads it (translators/pod_select.py), so the others are not translated;
+    their endpoints change in node 0's pod endpoints and the service's alone, as a full build gives."""
+    docs = synthetic_manifests(SHAPE)
+    producer, cache = await _produced("linear", docs)
+    before = {node: cache.get_snapshot(node) for node in cache.nodes()}
+    docs = docs + [extra_pod(SHAPE, 0, node=0)]
+    report = await producer.update(_index(docs))
+    others = sorted(n for n in cache.nodes() if n != node_name(0))
+    assert report.translated == [node_name(0)] and report.endpoints_only == others
+    for node in others:
+        after = cache.get_snapshot(node)
+        for type_url in (CLUSTER_TYPE, LISTENER_TYPE):
+            assert after.resources(type_url) is before[node].resources(type_url)
+        eds = {n for n, r in after.resources(ENDPOINT_TYPE).items.items()
+               if r.entry != before[node].resources(ENDPOINT_TYPE).items[n].entry}
+        assert names.pods_on_node(node_name(0)) in eds and all("svc-0." in n for n in eds - {names.pods_on_node(node_name(0))})
     _fresh, fresh_cache = await _produced("linear", docs)
     assert _snapshot_state(cache) == _snapshot_state(fresh_cache)
 

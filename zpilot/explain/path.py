@@ -27,6 +27,7 @@ from ..translators.names import BLACKHOLE_CLUSTER
 from ..translators.resources import NodeResources
 from ..translators.source_address import FORWARDED_FOR_HEADER
 from ..translators.filter_state import ENDPOINT_ID, LOCAL_IP_STATE, SET_FILTER_STATE_FILTER, listener_set_filter_state_config
+from ..translators.pod_select import TLV_CLUSTER, TLV_HOST
 from ..translators.tcp_proxy import ORIGINAL_DST_HEADER
 from . import envoy_config as ec
 from .netfilter import Packet, route, rule_text, run_chain
@@ -201,6 +202,8 @@ def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, po
     if cluster is None:
         base.outcome = f"dropped: cluster {cluster_name} does not exist"
         return [base]
+    if proxy is not None and any(t.type == TLV_CLUSTER for t in proxy.proxy_protocol_tlvs):
+        return _pod_select(mesh, base, src, host, port, proxy)
     kind = ec.cluster_kind(cluster)
     eps = ec.endpoints(resources, cluster_name) if kind in ("EDS", "STATIC") else []
     if kind == "EDS" or any(ep.internal_listener for ep in eps):
@@ -236,6 +239,52 @@ def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, po
     return [base]
 
 
+def _pod_select(mesh: Mesh, e: Explanation, src: Workload, host: str, port: int, proxy) -> list[Explanation]:
+    """The linear layout's pod-IP path (translators/pod_select.py): the chain of the node whose pod
+    CIDR holds the destination sends a PROXY header naming the endpoint to pick and the node's
+    cluster to the pod-select listener, whose override_host policy picks the pod's endpoint (the
+    tunnel listener, with the identity to pin), or, the address being no meshed pod of that node,
+    the passthrough endpoint."""
+    node = src.node_name or ""
+    resources = mesh.resources[node]
+    where = _ztunnel_label(mesh, node)
+    tlvs = {t.type: t.format_string.text_format_source.inline_string for t in proxy.proxy_protocol_tlvs}
+    picked_cluster = tlvs.get(TLV_CLUSTER, "")
+    wanted = ec.substitute(tlvs.get(TLV_HOST, ""), {"DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": host})
+    select = next(iter(ec.endpoints(resources, proxy.cluster)), None)
+    listener = resources.listeners.get(select.internal_listener or "") if select is not None else None
+    if select is None or listener is None:
+        e.hop(where, f"cluster {proxy.cluster}: no internal listener to select the pod")
+        e.outcome = "dropped"
+        return [e]
+    e.facts["endpoint"] = select.address
+    candidates = ec.endpoints(resources, picked_cluster)
+    chosen = next((ep for ep in candidates if ep.address == wanted), None)
+    fallback = chosen is None
+    if fallback:  # the subset policy's default subset: the passthrough endpoint
+        chosen = next((ep for ep in candidates if ep.metadata.get("envoy.lb", {}).get("passthrough")), None)
+    e.hop(where, f"endpoint {select.address} -> internal listener {listener.name}",
+          f"PROXY protocol v2 header: {src.ip} -> {host}:{port}, TLVs host={wanted}, cluster={picked_cluster}",
+          f"set_filter_state: tcp_proxy -> cluster {picked_cluster} (override_host: the endpoint {wanted}"
+          + (", which it has not: the passthrough endpoint)" if fallback else ")"))
+    if chosen is None:
+        e.hop(where, f"cluster {picked_cluster} has no endpoint for {host} and no passthrough endpoint (UH)")
+        e.outcome = f"dropped: cluster {picked_cluster} has no such endpoint"
+        return [e]
+    if chosen.internal_listener == c.LINEAR_TUNNEL_LISTENER:
+        return _internal_listener(mesh, e, src, chosen, original_dst=f"{host}:{port}")
+    passthrough = resources.listeners.get(chosen.internal_listener or "")
+    if passthrough is None:
+        e.hop(where, f"internal listener {chosen.internal_listener} does not exist")
+        e.outcome = "dropped"
+        return [e]
+    e.hop(where, f"endpoint {chosen.address} -> internal listener {passthrough.name}",
+          f"original_dst restores {host}:{port} as the destination (what the pod-select listener recorded)",
+          "original_src keeps the pod's address as the source",
+          f"tcp_proxy -> cluster {ec.tcp_proxy(passthrough.filter_chains[0]).cluster}")
+    return _arrive_plain(mesh, e, src.ip or "", f"{host}:{port}", spoofed_from=node)
+
+
 _DYNAMIC = re.compile(r"%DYNAMIC_METADATA\((\w+):(\w+)\)%")
 
 
@@ -243,8 +292,8 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
                        original_dst: str) -> list[Explanation]:
     """Through an internal listener: its original_dst filter makes the destination the endpoint's
     metadata ``local`` (the article's layout), or the endpoint id where the listener takes it (the
-    linear layout's service endpoints), or with neither (the linear layout's pod_direct) the
-    original destination the outbound listener recorded; the source is the pod's address where it
+    linear layout's service endpoints), or with neither (the linear layout's pod-IP paths) the
+    original destination the outbound listener (or the pod-select listener) recorded; the source is the pod's address where it
     was recorded too."""
     node = src.node_name or ""
     resources = mesh.resources[node]
@@ -255,6 +304,8 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
         e.outcome = "dropped"
         return [e]
     endpoint_id = ep.address.rpartition("/")[2] if _destination_is_endpoint_id(listener) else ""
+    if ":" not in endpoint_id:  # a bare IP (the pod-select path) is no address: Envoy skips it (pod_select.py)
+        endpoint_id = ""
     metadata_local = ep.metadata.get(c.ORIGINAL_DST_FILTER, {}).get(c.ORIGINAL_DST_LOCAL)
     local = metadata_local or endpoint_id or original_dst
     local_ip, _, local_port = local.rpartition(":")
@@ -284,7 +335,7 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
     if c.TUNNEL_METADATA in ep.metadata:
         details.insert(0, f"endpoint metadata {c.TUNNEL_METADATA}: {ep.metadata[c.TUNNEL_METADATA]}")
     origin = ("the endpoint's metadata" if metadata_local else "the endpoint id" if endpoint_id
-              else "what the outbound listener recorded")
+              else "what the listener before it recorded")
     e.hop(where, f"endpoint {ep.address} -> internal listener {listener.name}", *details,
           f"internal_upstream passes it on; original_dst restores {local} as the destination (from {origin})",
           internal_listener=listener.name)

@@ -37,6 +37,7 @@ from .. import protowire
 from ..model.problems import clip
 from .context import ListenerParts
 from .fragments import Fragment
+from .pod_select import TLV_CLUSTER
 from .resources import NodeResources
 
 #: How many findings one error message lists (the rest are counted).
@@ -501,6 +502,9 @@ def _chain_clusters(chain: listener_components_pb2.FilterChain) -> Iterator[str]
             if proxy.cluster:
                 yield proxy.cluster
             yield from (w.name for w in proxy.weighted_clusters.clusters)
+            # the cluster the linear layout's pod-select listener sends the connection to (pod_select.py)
+            yield from (t.format_string.text_format_source.inline_string for t in proxy.proxy_protocol_tlvs
+                        if t.type == TLV_CLUSTER)
         elif type_name == _HCM:
             manager = http_connection_manager_pb2.HttpConnectionManager.FromString(network_filter.typed_config.value)
             for host in manager.route_config.virtual_hosts:

@@ -13,7 +13,9 @@ the internal listener's ``original_dst`` filter reads back (``<original_dst filt
 A service port's mesh endpoint says where its connection goes in its own address: the internal
 listener's name and, as the endpoint id, ``podIP:targetPort``. The internal listener's first
 listener filter makes that id the ``local_ip`` its ``original_dst`` filter restores (when the id
-is empty, as on the pod-IP path, the recorded destination stays). The endpoint then needs no
+is empty, as on a stray pod IP's path, the recorded destination stays; a node's pod endpoint has the bare
+pod IP as its id, which is no address this object takes: Envoy skips it ("Failed to create an object"), and
+the destination the pod-select listener recorded stays, pod_select.py). The endpoint then needs no
 ``original_dst.local`` metadata: a real Envoy holds about 2 KiB per endpoint per metadata
 namespace, 40 MiB of 20,000 endpoints at issue 13's R (docs/scale.md).
 
@@ -76,8 +78,8 @@ def _value(key: str, format_string: str) -> value_pb2.FilterStateValue:
 
 def endpoint_destination_filter() -> listener_components_pb2.ListenerFilter:
     """``set_filter_state`` on the internal listener, before its ``original_dst``: the destination is
-    the endpoint id (``podIP:targetPort``) when there is one; with none (an empty value, skipped) the
-    destination recorded on the outbound listener stays. Not shared further: the tunnel does not need it."""
+    the endpoint id (``podIP:targetPort``) when there is one; with none (an empty value, skipped) or a
+    bare pod IP (no address: Envoy skips it) the destination recorded before stays. Not shared further: the tunnel does not need it."""
     value = value_pb2.FilterStateValue(
         object_key=LOCAL_IP_STATE,
         format_string=substitution_format_string_pb2.SubstitutionFormatString(

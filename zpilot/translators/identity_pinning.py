@@ -17,8 +17,9 @@ Where the identity comes from:
   copies it into filter state before its tcp_proxy opens the tunnel;
 - a pod-IP destination has no service endpoint. In the article's layout the filter chain its
   destination IP selects tunnels itself and names the identity (:func:`pin`); in the linear
-  layout that chain goes to a static cluster per identity whose one endpoint, the internal
-  listener, names it in its metadata, so the internal listener pins every tunnel the same way.
+  layout the pod's endpoint in its node's cluster names it (pod_select.py), or, for a pod outside
+  its node's pod CIDR, a static cluster per identity whose one endpoint, the internal listener,
+  does; so the internal listener pins every tunnel the same way.
 
 Connection pooling. Envoy keys an upstream connection pool by host *and* by the transport socket
 options' hash, which includes this SAN list (``CommonTransportSocketFactory::hashKey``): a pooled

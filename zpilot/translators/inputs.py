@@ -1,7 +1,8 @@
 """What one node's config depends on, as a value: the input of incremental generation.
 
 A node's config is a function of a small part of the model: the meshed pods on the node, and
-what those pods can reach (service VIPs with their endpoints, the meshed pods of the cluster),
+what those pods can reach (service VIPs with their endpoints, the meshed pods of the cluster and
+the nodes' pod CIDRs they are found by),
 plus the translation options. :class:`NodeInput` is exactly that, and the translators read
 nothing else (:class:`~zpilot.translators.context.NodeView` is built from it alone). So when a
 model change leaves a node's input equal, its config cannot have changed and is not rebuilt.
@@ -18,12 +19,14 @@ resources built from it cheaply (fragments.py).
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter, itemgetter
 from typing import Callable, Iterable, Iterator, Mapping
 
-from .. import contract
 from ..model.index import Endpoint, MeshIndex, ServiceTarget, seen_from
 from ..model.objects import Service, ServicePort, Workload
 from ..model.policy import WorkloadPolicies
@@ -131,6 +134,8 @@ class MeshInput:
     vip_order: tuple[tuple[str, int], ...]
     #: Config reads only the address, the node and the identity of these (:attr:`meshed_facts`).
     meshed: tuple[Workload, ...]
+    #: (node, its IPv4 pod CIDRs) of each node with one, by name: where the linear layout finds pod IPs.
+    node_cidrs: tuple[tuple[str, tuple[str, ...]], ...] = ()
     meshed_facts: tuple[tuple, ...] = field(init=False, repr=False)
     _hash: int = field(init=False, repr=False)
 
@@ -140,7 +145,9 @@ class MeshInput:
                     map(_service_account, meshed))
         object.__setattr__(self, "meshed_facts", tuple(facts))
         object.__setattr__(
-            self, "_hash", hash((self.cluster_domain, self.service_ports, self.vip_order, self.meshed_facts))
+            self,
+            "_hash",
+            hash((self.cluster_domain, self.service_ports, self.vip_order, self.meshed_facts, self.node_cidrs)),
         )
 
     @classmethod
@@ -177,7 +184,13 @@ class MeshInput:
         meshed = tuple(w for w in index.meshed_workloads() if w.ip)
         if previous is not None and previous.meshed == meshed:
             meshed = previous.meshed
-        return cls(index.cluster_domain, tuple(ports), tuple(order), meshed)
+        cidrs = tuple((name, node.pod_cidrs) for name, node in sorted(index.nodes.items()) if node.pod_cidrs)
+        if previous is not None and previous.node_cidrs == cidrs:
+            cidrs = previous.node_cidrs
+        mesh = cls(index.cluster_domain, tuple(ports), tuple(order), meshed, cidrs)
+        if previous is not None and "pod_routes" in previous.__dict__:  # each unchanged node's part is kept
+            mesh.__dict__["pod_routes"] = PodRoutes.of(mesh.meshed_facts, cidrs, previous.pod_routes)
+        return mesh
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -189,6 +202,7 @@ class MeshInput:
             and self.cluster_domain == other.cluster_domain
             and self.vip_order == other.vip_order
             and self.meshed_facts == other.meshed_facts
+            and self.node_cidrs == other.node_cidrs
             and self.service_ports == other.service_ports
         )
 
@@ -222,15 +236,10 @@ class MeshInput:
     def meshed_workloads(self) -> list[Workload]:
         return list(self.meshed)
 
-    def meshed_identities(self, trust_domain: str) -> tuple[str, ...]:
-        """The identities of the meshed pods (what a pod-IP destination must prove), sorted; kept."""
-        cache = self.__dict__.setdefault("_identities", {})
-        found = cache.get(trust_domain)
-        if found is None:
-            found = cache[trust_domain] = tuple(
-                sorted({contract.spiffe_id(trust_domain, w.namespace, w.service_account) for w in self.meshed})
-            )
-        return found
+    @cached_property
+    def pod_routes(self) -> "PodRoutes":
+        """The meshed pods by where a pod-IP destination finds them: its node's pod CIDR, or not."""
+        return PodRoutes.of(self.meshed_facts, self.node_cidrs)
 
     @cached_property
     def has_node_local(self) -> bool:
@@ -292,6 +301,138 @@ class ServedPorts:
         if found is None:
             found = cache[(name, domain)] = tuple(name(port, domain) for port in self.ports)
         return found
+
+
+#: A meshed pod as pod-IP destinations read it: (IP, namespace, service account).
+PodFact = tuple[str, str, str]
+
+
+def _ipv4_int(ip: str) -> int | None:
+    try:
+        return int.from_bytes(socket.inet_aton(ip), "big") if ip.count(".") == 3 else None
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True, eq=False)
+class NodePods:
+    """One node's pod CIDRs and its meshed pods inside them (by IP): what its ClusterLoadAssignment
+    of the linear layout is built from, and all it is keyed by (fragments.py), so that a pod
+    added on another node leaves it, and the resource built from it, the very same object."""
+
+    node: str
+    cidrs: tuple[str, ...]
+    pods: tuple[PodFact, ...]
+    _hash: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.node, self.cidrs, self.pods)))
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, NodePods):
+            return NotImplemented
+        return self._hash == other._hash and (self.node, self.cidrs, self.pods) == (other.node, other.cidrs, other.pods)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+@dataclass(frozen=True, eq=False)
+class PodRoutes:
+    """Where the linear layout finds each meshed pod's IP: by its node's pod CIDR (``nodes``: every
+    node with a usable CIDR, with or without meshed pods, so a node's first pod changes no listener),
+    or, for the "strays" (a pod outside its node's CIDRs, or on a node with none or without a Node
+    object), by its own address. A CIDR that overlaps another node's is not used: a destination in
+    it could not say which node's pods to look among (the pods of both nodes are strays then).
+
+    ``shape``: the part every listener and cluster depends on (the CIDRs and the strays), never
+    the in-CIDR pods."""
+
+    nodes: tuple[NodePods, ...]
+    strays: tuple[PodFact, ...]
+    #: What the node's own part was split from: its CIDRs and every meshed pod on it (to reuse it when equal).
+    _sources: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @cached_property
+    def shape(self) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[PodFact, ...]]:
+        return tuple((n.node, n.cidrs) for n in self.nodes), self.strays
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, PodRoutes):
+            return NotImplemented
+        return (self.nodes, self.strays) == (other.nodes, other.strays)
+
+    def __hash__(self) -> int:
+        return hash((self.nodes, self.strays))
+
+    @classmethod
+    def of(
+        cls,
+        meshed_facts: Iterable[tuple],
+        node_cidrs: tuple[tuple[str, tuple[str, ...]], ...],
+        previous: "PodRoutes | None" = None,
+    ) -> "PodRoutes":
+        """``meshed_facts``: (IP, node, namespace, service account) of each meshed pod
+        (:attr:`MeshInput.meshed_facts`); ``previous``: the last model's, whose node parts are
+        kept where the node's CIDRs and meshed pods are the same."""
+        usable = _disjoint(node_cidrs)
+        by_node: defaultdict[str, list[tuple]] = defaultdict(list)
+        for fact in meshed_facts:  # the facts themselves, not new tuples: most nodes' are kept below
+            by_node[fact[1]].append(fact)
+        strays = [(ip, ns, sa) for node, facts in by_node.items() if node not in usable for ip, _n, ns, sa in facts]
+        old = previous._sources if previous is not None else {}
+        nodes, sources = [], {}
+        for node, networks in sorted(usable.items()):
+            cidrs = tuple(str(n) for n in networks)
+            source = (cidrs, tuple(by_node.get(node, ())))
+            kept = old.get(node)
+            if kept is not None and kept[0] == source:
+                part, outside = kept[1], kept[2]
+            else:
+                ranges = [(int(n.network_address), int(n.netmask)) for n in networks]
+                inside, outside_list = [], []
+                for ip, _node, namespace, account in source[1]:
+                    value = _ipv4_int(ip)
+                    inside_cidr = value is not None and any(value & mask == net for net, mask in ranges)
+                    (inside if inside_cidr else outside_list).append((ip, namespace, account))
+                part, outside = NodePods(node, cidrs, tuple(sorted(inside))), tuple(outside_list)
+            nodes.append(part)
+            strays.extend(outside)
+            sources[node] = (source, part, outside)
+        routes = cls(tuple(nodes), tuple(sorted(strays)))
+        routes._sources.update(sources)
+        return routes
+
+
+def _disjoint(node_cidrs: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, list]:
+    """Each node's IPv4 pod CIDRs (as networks), leaving out every node whose CIDRs overlap another node's."""
+    networks: dict[str, list] = {}
+    for node, cidrs in node_cidrs:
+        found = []
+        for cidr in cidrs:
+            try:
+                network = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                continue
+            if network.version == 4:
+                found.append(network)
+        if found:
+            networks[node] = found
+    spans = sorted(
+        (int(n.network_address), int(n.broadcast_address), node) for node, nets in networks.items() for n in nets
+    )
+    clash: set[str] = set()
+    reach, owner = -1, None
+    for start, end, node in spans:
+        if start <= reach and node != owner:
+            clash.update((node, owner))
+        if end > reach:
+            reach, owner = end, node
+    return {node: nets for node, nets in networks.items() if node not in clash}
 
 
 @dataclass(frozen=True)

@@ -66,10 +66,14 @@ def serialized_ranges(ips: tuple[str, ...]) -> bytes:
 
 
 def _ranges(ips) -> list[cidr_pb2.CidrRange]:
-    return [
-        cidr_pb2.CidrRange(address_prefix=ip, prefix_len=wrappers_pb2.UInt32Value(value=host_prefix_len(ip)))
-        for ip in ips
-    ]
+    """Each a host range, or, written ``address/length``, that prefix."""
+    return [_range(ip) for ip in ips]
+
+
+def _range(ip: str) -> cidr_pb2.CidrRange:
+    address, slash, length = ip.partition("/")
+    prefix_len = int(length) if slash else host_prefix_len(ip)
+    return cidr_pb2.CidrRange(address_prefix=address, prefix_len=wrappers_pb2.UInt32Value(value=prefix_len))
 
 
 def in_ranges(
@@ -116,8 +120,9 @@ def in_ranges(
 def by_ranges(
     input_name: str, outcomes: list[tuple[list[str], OnMatch]], on_no_match: OnMatch | None = None
 ) -> Matcher:
-    """Per set of addresses its own outcome: ``(ips, on_match)`` pairs, the sets disjoint (each IP a
-    host range), else ``on_no_match``. One ``IPMatcher`` whose range matchers each hold a set: an
+    """Per set of addresses its own outcome: ``(ips, on_match)`` pairs (each IP a host range, or a
+    prefix written ``address/length``), else ``on_no_match``. Where ranges overlap, the longest
+    prefix that holds the address decides (Envoy's IP matcher is a trie). One ``IPMatcher`` whose range matchers each hold a set: an
     outcome shared by thousands of addresses (the pod IPs of one identity) is written once, not
     once per address as an exact map would."""
     tree = Matcher.MatcherTree(

@@ -84,3 +84,19 @@ def linear_local_tunnel_chain(identity: str) -> str:
 
 def local_tunnel_cluster(identity: str) -> str:
     return f"outbound_local_tunnel_clus_{identity}"
+
+
+# -- the linear layout's pod-IP destinations found by node pod CIDR (outbound_linear.py) ------------
+#: The static cluster every "pods on a node" chain hands its connections to: the internal listener
+#: :data:`POD_SELECT_LISTENER`, told by PROXY protocol TLVs which pod and which node's cluster.
+POD_SELECT_CLUSTER = "pod_select"
+POD_SELECT_LISTENER = "pod_select_lis"
+#: The internal listener a pod-IP destination that is no meshed pod is handed to: it passes the
+#: connection through to its destination with the client pod's address.
+MESH_PASSTHROUGH_LISTENER = "mesh_passthrough_lis"
+
+
+def pods_on_node(node: str) -> str:
+    """The outbound chain, EDS cluster and ClusterLoadAssignment of the meshed pods inside ``node``'s
+    pod CIDRs (a Kubernetes node name has no underscore, a service port's chain name no "_on_")."""
+    return f"pods_on_{node}"

@@ -12,18 +12,24 @@ megabytes (scalable-layout-notes.md). Here each destination and each local pod a
     DestinationPort{contract.PORT_OUTBOUND -> BlackHoleCluster}
       -> source gate: SourceIP in {local meshed pods}, else PassthroughFilterChain
       -> DestinationIP{VIP -> DestinationPort{port -> "<port>_<fqdn>"},
-                       else IP ranges{meshed pod IPs of an identity -> "pod_direct_to_<that identity>"}}
+                       else IP ranges{pod CIDR of a node -> "pods_on_<node>",
+                                      stray pod IPs of an identity -> "pod_direct_to_<that identity>"}}
 
     "<port>_<fqdn>": tcp_proxy -> its EDS cluster (one per service port, identical on every
         node), naming the identity its mesh endpoints share if they do; a mesh endpoint is the
         internal listener contract.LINEAR_TUNNEL_LISTENER with endpoint id ``podIP:targetPort``,
         and ``tunnel.identity`` = its pod's identity where the cluster does not name it
-    "pod_direct_to_<id>" (one per identity of the mesh): tcp_proxy -> STATIC cluster
-        outbound_pod_internal_to_<id>, whose one endpoint is the same internal listener with
-        ``tunnel.identity = <id>``
+    "pods_on_<node>" (one per node with an IPv4 pod CIDR, pods or not): through the pod-select
+        internal listener to the EDS cluster "pods_on_<node>", whose override_host policy picks the
+        destination pod's endpoint: the same internal listener, endpoint id = the pod IP,
+        ``tunnel.identity`` = its pod's; else (an unmeshed pod) a passthrough endpoint (pod_select.py)
+    "pod_direct_to_<id>" (one per identity of the strays: meshed pods outside their node's pod CIDR,
+        or on a node without one): tcp_proxy -> STATIC cluster outbound_pod_internal_to_<id>, whose
+        one endpoint is the same internal listener with ``tunnel.identity = <id>``
 
     the internal listener, listener filters set_filter_state then original_dst: destination =
-      the endpoint id, else (none: the pod-IP path) the recorded destination (filter_state.py);
+      the endpoint id, else (none: a stray's path; a bare pod IP, which Envoy skips: the pod-select
+      path) the recorded destination (filter_state.py);
       source = the recorded pod address; every chain
       first pins the endpoint's ``tunnel.identity`` for the tunnel's TLS (identity_pinning.py)
       -> DestinationIP in {local meshed pods}: SourceIP{pod -> "tunnel_local_<its identity>"}
@@ -40,10 +46,12 @@ pod's address reaches the destination ztunnel on the service-VIP path too (``x-f
 on the CONNECT, which its HTTP connection manager takes as the stream's remote address).
 
 What depends on the destinations alone (the service ports' chains, clusters and endpoints, the
-identities' pod-IP chains and clusters, the destination map) is the same on every node that
-captures the same VIP:ports: each is one shared piece, built and serialized once per model change
-for all of them (fragments.py), and the outbound listener records how it was put together
-(``ListenerParts``) so its own bytes are all a node holds of it.
+pod-IP chains and clusters, each node's pod endpoints, the destination map) is the same on every
+node that captures the same VIP:ports: each is one shared piece, built and serialized once per model
+change for all of them (fragments.py), and the outbound listener records how it was put together
+(``ListenerParts``) so its own bytes are all a node holds of it. No listener and no cluster depends
+on the pods inside their node's pod CIDR (``PodRoutes.shape``): a pod coming or going there changes,
+of another node's config, its node's ClusterLoadAssignment alone.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.listener.v3.listener_components_pb2 import FilterChain
 
 from .. import contract
-from . import clusters, endpoints, identity_pinning, matcher, names
+from . import clusters, endpoints, identity_pinning, matcher, names, pod_select
 from .context import ListenerParts, NodeView
 from .envoy_common import (
     access_log,
@@ -66,7 +74,7 @@ from .envoy_common import (
 )
 from .filter_state import endpoint_destination_filter, record_addresses_filter
 from .fragments import Fragment, FragmentGroup, Fragments
-from .inputs import MeshInput, NodeInput, ServedPorts, ServicePortInput
+from .inputs import MeshInput, NodeInput, PodFact, ServedPorts, ServicePortInput
 from .layout import LateEndpoints, register
 from .limits import DataPathLimits, idle_timeout
 from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, NodeResources
@@ -81,19 +89,23 @@ FORWARDED_FOR_HEADER = "x-forwarded-for"
 
 def _linear_endpoints(view: NodeView, out: NodeResources) -> None:
     """The layout's ClusterLoadAssignments: each served service port's, shared by every node
-    that captures the same ports (made apart from the rest: layout.LateEndpoints)."""
+    that captures the same ports, and each node's pods' (made apart from the rest: layout.LateEndpoints)."""
     if not view.identities:  # no meshed pod here: nothing is captured, no cluster wants endpoints
         return
     served = view.mesh.served_ports(view.served_key())
     args = (view.fragments, served, view.served_key(), view.cluster_domain, view.trust_domain)
     view.add_resources(out, ENDPOINT_TYPE, _service_endpoints, *args)
+    # each node's meshed pods inside its pod CIDR (pod_select.py), the same on every node
+    nodes = view.mesh.pod_routes.nodes
+    view.add_resources(out, ENDPOINT_TYPE, pod_select.node_endpoint_sets, view.fragments, nodes, view.trust_domain)
 
 
 def _linear_shape(mesh: MeshInput) -> tuple:
     """What the layout's listeners and clusters read of the mesh (layout.LateEndpoints): which
     VIP:ports there are and whether each is captured, the identity a port's mesh endpoints share
-    (its cluster names it), and every meshed pod (the destination map lists their IPs)."""
-    return (mesh.cluster_domain, mesh.vip_order, tuple(p.shape for p in mesh.service_ports), mesh.meshed_facts)
+    (its cluster names it), and the pod routes' shape: each node's pod CIDR and the pods outside
+    their node's (the destination map lists their IPs), never a pod inside its node's CIDR."""
+    return (mesh.cluster_domain, mesh.vip_order, tuple(p.shape for p in mesh.service_ports), mesh.pod_routes.shape)
 
 
 def _linear_endpoints_key(node_input: NodeInput) -> tuple:
@@ -113,20 +125,25 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     served = view.mesh.served_ports(view.served_key())
     chains = served.names(_chain_name, domain)
     view.add_resources(out, CLUSTER_TYPE, _service_clusters, view.fragments, served, view.served_key(), domain, td, limits)
-    peers = view.mesh.meshed_identities(td)  # pod-IP destinations: a way per identity, which it pins
+    # pod-IP destinations: by node pod CIDR (pod_select.py), and the strays by identity, which each pins
+    routes = view.mesh.pod_routes
+    cidr_nodes = tuple(n.node for n in routes.nodes)
+    view.add_resources(out, CLUSTER_TYPE, pod_select.node_clusters, view.fragments, cidr_nodes, limits)
+    peers = _stray_identities(routes.strays, td)
     view.add_resources(out, CLUSTER_TYPE, _pod_internal_clusters, view.fragments, peers, limits)
     # The node's own part is the fixed chains and the gate of its pods; the service chains, the
     # pod-IP chains and the destination map are every node's, recorded as such (ListenerParts).
     service_chains = view.fragment(_service_chains, chains, limits)
+    node_chains = view.fragment(pod_select.node_chains, cidr_nodes, limits)
     pod_chains = view.fragment(_pod_direct_chains, peers, limits)
-    destinations = view.fragment(_destinations, view.mesh, view.served_key(), td)
+    destinations = view.fragment(_destinations, served, domain, routes.shape, td)
     gated = bool(_gated_pods(view, destinations))
     to_destinations = (view.fragment(_serialized_nested, destinations),) if gated else ()
     own = outbound
     own.filter_chain_matcher.CopyFrom(_outbound_matcher(view, destinations, own_part=True))
     view.listener_parts[own.name] = ListenerParts(
         own,
-        chains=(service_chains, pod_chains),
+        chains=(service_chains, node_chains, pod_chains),
         matches=to_destinations,
         match_paths=(_GATE_ON_MATCH,) if gated else (),
     )
@@ -134,10 +151,19 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
         whole = Listener()
         whole.CopyFrom(own)
         whole.filter_chains.extend(service_chains.value)
+        whole.filter_chains.extend(node_chains.value)
         whole.filter_chains.extend(pod_chains.value)
         whole.filter_chain_matcher.CopyFrom(_outbound_matcher(view, destinations))
         out.listeners[whole.name] = whole
     out.listeners[contract.LINEAR_TUNNEL_LISTENER] = _tunnel_listener(view, out)
+    if cidr_nodes:
+        out.listeners[names.POD_SELECT_LISTENER] = view.shared(pod_select.pod_select_listener, limits)
+        out.listeners[names.MESH_PASSTHROUGH_LISTENER] = view.shared(pod_select.mesh_passthrough_listener, limits)
+
+
+def _stray_identities(strays: tuple[PodFact, ...], trust_domain: str) -> tuple[str, ...]:
+    """The identities of the strays (pods found by their own IP), sorted: one chain and cluster each."""
+    return tuple(sorted({contract.spiffe_id(trust_domain, ns, account) for _ip, ns, account in strays}))
 
 
 #: Where the destination map goes in the outbound listener: its matcher's gate (``on_no_match``
@@ -249,26 +275,32 @@ def _pod_direct_chains(peers: tuple[str, ...], limits: DataPathLimits) -> tuple[
     )
 
 
-def _destinations(mesh: MeshInput, node: str | None, trust_domain: str) -> matcher.Matcher | None:
-    """Where a local pod's connection goes, by destination IP: the same map on every node; None
-    when there is nowhere to go.
+def _destinations(
+    served: ServedPorts, domain: str, pod_shape: tuple, trust_domain: str
+) -> matcher.Matcher | None:
+    """Where a local pod's connection goes, by destination IP: the same map on every node that
+    captures the same VIP:ports; None when there is nowhere to go. ``pod_shape``: the pod CIDR of
+    each node and the strays (``PodRoutes.shape``): never an in-CIDR pod, so a pod coming or
+    going inside its node's CIDR changes no listener.
 
-    The VIPs first (an exact map, then the port), then the meshed pod IPs, by the identity their
-    chain pins: an IP range matcher holding each identity's pod IPs once, with its chain once
-    (an exact map would repeat the chain's name for each of the cluster's pods). A VIP whose
-    port is not captured falls back to the pod IPs, which it is not one of, then passes through."""
+    The VIPs first (an exact map, then the port), then the pod IPs in one IP range matcher: each
+    node's pod CIDRs -> its "pods_on_<node>" chain (the pod picked from the node's endpoints,
+    pod_select.py), and each stray identity's pod IPs (host ranges) -> its chain, which pins it
+    (a stray inside another node's CIDR is found by its own, longer prefix). A VIP whose port is
+    not captured falls back to the pod IPs, which it is not one of, then passes through."""
     passthrough = matcher.chain(names.PASSTHROUGH_CHAIN)
     vips: dict[str, dict[str, matcher.OnMatch]] = {}
-    for vip, port, _endpoints in mesh.served(node):
-        vips.setdefault(vip, {})[str(port.port.port)] = matcher.chain(_chain_name(port, mesh.cluster_domain))
+    for port, name in zip(served.ports, served.names(_chain_name, domain)):
+        for vip in port.vips:
+            vips.setdefault(vip, {})[str(port.port.port)] = matcher.chain(name)
+    node_cidrs, strays = pod_shape
+    outcomes = [(list(cidrs), matcher.chain(names.pods_on_node(node))) for node, cidrs in node_cidrs]
     by_identity: dict[str, list[str]] = {}
-    for pod in mesh.meshed:
-        if pod.ip not in vips:  # a VIP is matched first
-            by_identity.setdefault(contract.spiffe_id(trust_domain, pod.namespace, pod.service_account), []).append(pod.ip)
-    pods = None
-    if by_identity:
-        outcomes = [(ips, matcher.chain(names.pod_direct_chain(peer))) for peer, ips in sorted(by_identity.items())]
-        pods = matcher.by_ranges("ip", outcomes, on_no_match=passthrough)
+    for ip, namespace, account in strays:
+        if ip not in vips:  # a VIP is matched first
+            by_identity.setdefault(contract.spiffe_id(trust_domain, namespace, account), []).append(ip)
+    outcomes += [(ips, matcher.chain(names.pod_direct_chain(peer))) for peer, ips in sorted(by_identity.items())]
+    pods = matcher.by_ranges("ip", outcomes, on_no_match=passthrough) if outcomes else None
     if not vips:
         return pods
     destinations = {vip: matcher.nested(matcher.exact("port", ports)) for vip, ports in vips.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from google.protobuf import duration_pb2
 
-from envoy.config.core.v3 import base_pb2
+from envoy.config.core.v3 import base_pb2, proxy_protocol_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_components_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
@@ -29,6 +29,7 @@ def tcp_proxy(
     tunnel_target: str | None = None,
     tunnel_headers: tuple[tuple[str, str], ...] = (),
     connect_on_data: bool = False,
+    proxy_protocol_tlvs: tuple[tuple[int, str], ...] = (),
 ) -> listener_components_pb2.Filter:
     """``tunnel_target`` is a substitution format for the CONNECT authority and the
     ``x-envoy-original-dst-host`` header (``tunnel_headers``: more headers, values also
@@ -36,11 +37,21 @@ def tcp_proxy(
     bytes go to ``cluster`` as they are. ``idle_timeout`` is required so no proxy falls back to a
     default nobody chose (limits.py). ``connect_on_data``: connect upstream only on the client's
     first bytes, so that a network RBAC filter before this one (which decides on them) refuses a
-    client before the server ever sees it."""
+    client before the server ever sees it. ``proxy_protocol_tlvs``: (type, substitution format) of
+    each TLV the PROXY protocol header carries, when the cluster's transport socket sends one."""
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or cluster, cluster=cluster, idle_timeout=idle_timeout)
     if connect_on_data:
         proxy.upstream_connect_mode = tcp_proxy_pb2.ON_DOWNSTREAM_DATA
         proxy.max_early_data_bytes.value = EARLY_DATA_LIMIT
+    for tlv_type, format_string in proxy_protocol_tlvs:
+        proxy.proxy_protocol_tlvs.append(
+            proxy_protocol_pb2.TlvEntry(
+                type=tlv_type,
+                format_string=substitution_format_string_pb2.SubstitutionFormatString(
+                    text_format_source=base_pb2.DataSource(inline_string=format_string)
+                ),
+            )
+        )
     if log_site is not None:  # only where no listener-level log already records the connection
         proxy.access_log.append(access_log(log_site))
     if tunnel_target is not None:

@@ -97,7 +97,10 @@ def observe_request(world: World, source: str, host: str, port: int) -> Observat
     src_node = world.spec.node(src.node)
     before = Snapshot.take(world)
     dest = next((p for p in world.spec.pods if p.ip == host), None)
-    expect = {src.node: 2} if src.ip in world.meshed_ips(src.node) else {dest.node if dest else src.node: 1}
+    # a meshed pod's connection: the outbound listener's line and the tunnel listener's, and in the
+    # linear layout, to a pod IP, the pod-select listener's before it
+    captured = 3 if dest is not None and world.options.layout == "linear" else 2
+    expect = {src.node: captured} if src.ip in world.meshed_ips(src.node) else {dest.node if dest else src.node: 1}
     trace = scenarios.request(world, source, host, port, expect_logs=expect)
     after = Snapshot.take(world)
     obs = Observation(trace)
