@@ -302,6 +302,45 @@ class ServedPorts:
             found = cache[(name, domain)] = tuple(name(port, domain) for port in self.ports)
         return found
 
+    @cached_property
+    def shape(self) -> "ServedShape":
+        """These ports as a memo key that compares by their shapes (:attr:`ServicePortInput.shape`)."""
+        return ServedShape(self)
+
+
+@dataclass(frozen=True, eq=False)
+class ServedShape:
+    """The service ports a node captures, compared by what config other than their endpoints
+    reads of them (:attr:`ServicePortInput.shape`): the key of the pieces built from that alone
+    (the destination map, the ports' clusters), which an endpoint coming or going leaves as they
+    were. What is built from it must read nothing of the ports their shape does not hold."""
+
+    served: ServedPorts
+    _shapes: tuple = field(init=False, repr=False)
+    _hash: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        shapes = tuple(p.shape for p in self.served.ports)
+        object.__setattr__(self, "_shapes", shapes)
+        object.__setattr__(self, "_hash", hash(shapes))
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, ServedShape):
+            return NotImplemented
+        return self._hash == other._hash and self._shapes == other._shapes
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    @property
+    def ports(self) -> tuple[ServicePortInput, ...]:
+        return self.served.ports
+
+    def names(self, name: Callable[[ServicePortInput, str], str], domain: str) -> tuple[str, ...]:
+        return self.served.names(name, domain)
+
 
 #: A meshed pod as pod-IP destinations read it: (IP, namespace, service account).
 PodFact = tuple[str, str, str]

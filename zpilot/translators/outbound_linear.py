@@ -74,7 +74,7 @@ from .envoy_common import (
 )
 from .filter_state import endpoint_destination_filter, record_addresses_filter
 from .fragments import Fragment, FragmentGroup, Fragments
-from .inputs import MeshInput, NodeInput, PodFact, ServedPorts, ServicePortInput
+from .inputs import MeshInput, NodeInput, PodFact, ServedPorts, ServedShape, ServicePortInput
 from .layout import LateEndpoints, register
 from .limits import DataPathLimits, idle_timeout
 from .resources import CLUSTER_TYPE, ENDPOINT_TYPE, NodeResources
@@ -124,7 +124,9 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     limits, domain, td = view.options.limits, view.cluster_domain, view.trust_domain
     served = view.mesh.served_ports(view.served_key())
     chains = served.names(_chain_name, domain)
-    view.add_resources(out, CLUSTER_TYPE, _service_clusters, view.fragments, served, view.served_key(), domain, td, limits)
+    view.add_resources(
+        out, CLUSTER_TYPE, _service_clusters, view.fragments, served.shape, view.served_key(), domain, td, limits
+    )
     # pod-IP destinations: by node pod CIDR (pod_select.py), and the strays by identity, which each pins
     routes = view.mesh.pod_routes
     cidr_nodes = tuple(n.node for n in routes.nodes)
@@ -136,7 +138,7 @@ def linear_layout(view: NodeView, out: NodeResources) -> None:
     service_chains = view.fragment(_service_chains, chains, limits)
     node_chains = view.fragment(pod_select.node_chains, cidr_nodes, limits)
     pod_chains = view.fragment(_pod_direct_chains, peers, limits)
-    destinations = view.fragment(_destinations, served, domain, routes.shape, td)
+    destinations = view.fragment(_destinations, served.shape, domain, routes.shape, td)
     gated = bool(_gated_pods(view, destinations))
     to_destinations = (view.fragment(_serialized_nested, destinations),) if gated else ()
     own = outbound
@@ -215,22 +217,16 @@ def service_port_cluster(name: str, identity: str | None, limits: DataPathLimits
     )
 
 
-def _port_cluster(name: str, port: ServicePortInput, node: str | None, trust_domain: str, limits: DataPathLimits):
-    """The port's cluster, naming the identity all its mesh endpoints share (if they do) so that
-    its endpoints need not (endpoints.shared_identity): the same on every node."""
-    return service_port_cluster(name, endpoints.shared_identity(port.endpoints(node), trust_domain), limits)
-
-
 def _service_clusters(
-    fragments: Fragments, served: ServedPorts, node: str | None, domain: str, trust_domain: str, limits: DataPathLimits
+    fragments: Fragments, served: ServedShape, node: str | None, domain: str, trust_domain: str, limits: DataPathLimits
 ) -> FragmentGroup:
-    """One EDS cluster per served service port, named as its chain: rebuilt only for the ports
-    whose endpoints changed (the identity they share is the cluster's)."""
+    """One EDS cluster per served service port, named as its chain, naming the identity all the
+    port's mesh endpoints share (if they do) so that its endpoints need not (endpoints.shared_identity):
+    built again only when a port's shape changed (an endpoint coming or going leaves it)."""
     members = {}
     for port, name in zip(served.ports, served.names(_chain_name, domain)):
-        members[name] = fragments.get(
-            _port_cluster, name, port, node if port.service.node_local else None, trust_domain, limits
-        )
+        identity = endpoints.shared_identity(port.endpoints(node if port.service.node_local else None), trust_domain)
+        members[name] = fragments.get(service_port_cluster, name, identity, limits)
     return FragmentGroup(members)
 
 
@@ -276,7 +272,7 @@ def _pod_direct_chains(peers: tuple[str, ...], limits: DataPathLimits) -> tuple[
 
 
 def _destinations(
-    served: ServedPorts, domain: str, pod_shape: tuple, trust_domain: str
+    served: ServedShape, domain: str, pod_shape: tuple, trust_domain: str
 ) -> matcher.Matcher | None:
     """Where a local pod's connection goes, by destination IP: the same map on every node that
     captures the same VIP:ports; None when there is nowhere to go. ``pod_shape``: the pod CIDR of
