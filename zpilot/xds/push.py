@@ -308,6 +308,18 @@ class Producer:
         with paused_gc():
             return self._build_each(nodes, make)
 
+    def _remake_then_build(
+        self,
+        remake: Iterable[tuple[str, Hashable]],
+        held: Mapping[str, Snapshot | None],
+        build: Iterable[tuple[str, Hashable]],
+        changed_at: float,
+    ) -> dict[str, _Built | str]:
+        """:meth:`_remake_endpoints` of ``remake``, then :meth:`_build_all` of ``build``: one worker-thread call."""
+        out = self._remake_endpoints(remake, held, changed_at)
+        out.update(self._build_all(build, changed_at))
+        return out
+
     def _build_each(
         self, nodes: Iterable[tuple[str, Hashable]], make: Callable[[str, Hashable], _Built]
     ) -> dict[str, _Built | str]:
@@ -376,13 +388,19 @@ class Producer:
             inputs, todo, endpoints_only = await asyncio.to_thread(self._plan, self.index, held)
             report.translated = list(todo)
             report.endpoints_only = list(endpoints_only)
+            first = 0
             if endpoints_only:  # first: cheap, and the other nodes' endpoints are all such a change sends them
                 batch = [(node, inputs[node]) for node in endpoints_only]
                 snapshots = {node: self.cache.get_snapshot(node) for node in endpoints_only}
-                self._store(await asyncio.to_thread(self._remake_endpoints, batch, snapshots, changed_at), report)
+                # a few nodes to translate too (a pod's own node): with them, then all stored at once,
+                # so that none is translated while the event loop sends the others theirs
+                first = len(todo) if len(todo) <= self.batch_size else 0
+                now = [(node, inputs[node]) for node in todo[:first]]
+                results = await asyncio.to_thread(self._remake_then_build, batch, snapshots, now, changed_at)
+                self._store(results, report)
             # In batches, each stored as soon as it is built: the first nodes are pushed while the
             # rest are still being translated, and the event loop keeps serving between batches.
-            for start in range(0, len(todo), self.batch_size):
+            for start in range(first, len(todo), self.batch_size):
                 batch = [(node, inputs[node]) for node in todo[start : start + self.batch_size]]
                 results = await asyncio.to_thread(self._build_all, batch, changed_at)
                 self._store(results, report)
