@@ -72,6 +72,8 @@ class PolicyIndex:
         #: The enforced AuthorizationPolicies and the PeerAuthentications by namespace: a workload's
         #: answer depends on the root namespace's and its own namespace's alone.
         self._scopes: tuple[dict[str, _Scoped], dict[str, _Scoped]] = ({}, {})
+        #: The workloads whose answer may differ from the previous model's (None: built without one).
+        self.changed: list[Workload] | None = None
 
     @classmethod
     def build(
@@ -114,12 +116,14 @@ class PolicyIndex:
                 reuse = previous._derived
         reported: set[tuple] = set()
         found_problems = Problems()
+        changed: list[Workload] = []
         for w in workloads:
             entry = reuse.get(id(w))
             if entry is None or entry[0] is not w or not unchanged.get(w.namespace, True):
                 found: list[tuple[tuple, Problem]] = []
                 policies = WorkloadPolicies(*index._authorization_of(w, authz), index._mtls_of(w, peers, found))
                 entry = (w, policies, tuple(found))
+                changed.append(w)
             index._derived[id(w)] = entry
             _, policies, competing = entry
             for key, problem in competing:  # each set of competing policies once, by the first workload it decides for
@@ -129,6 +133,7 @@ class PolicyIndex:
             if not policies.empty:
                 index._by_workload[(w.namespace, w.name)] = policies
         index._competing = tuple(found_problems)
+        index.changed = changed if previous is not None else None
         problems.extend(index._competing)
         return index
 
@@ -137,8 +142,12 @@ class PolicyIndex:
         """The previous answers with the workloads added and removed, when none of them decides
         which of competing policies is reported (else False, nothing done)."""
         added, removed = changes
-        derived = dict(previous._derived)
-        by_workload = dict(previous._by_workload)
+        if not added and not removed:  # the same workloads: the same answers
+            self._derived, self._by_workload, self._competing = previous._derived, previous._by_workload, previous._competing
+            self.changed = []
+            return True
+        derived = previous._derived.copy()
+        by_workload = previous._by_workload.copy()
         for w in removed:
             entry = derived.pop(id(w), None)
             if entry is None or entry[0] is not w or entry[2]:
@@ -153,6 +162,7 @@ class PolicyIndex:
             if not policies.empty:
                 by_workload[(w.namespace, w.name)] = policies
         self._derived, self._by_workload, self._competing = derived, by_workload, previous._competing
+        self.changed = list(added)
         return True
 
     # -- what is enforced -------------------------------------------------------------------
