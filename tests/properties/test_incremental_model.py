@@ -7,7 +7,8 @@ selector; a namespace enrolled or not; a node in another zone; an equal copy tha
 instance). A sequence of steps then picks, per object, absent / itself / its variant, and each
 step's model is built twice from the origins' contents (one origin per object, as the API watch
 reads them): from nothing (``build_model``), and from the previous step's (``ModelBuilder``, as
-the source builds them). Everything the
+the source builds them: from contents made afresh, and from an ``ObjectSink``'s, whose unchanged
+origins keep their entries, as the API watch leaves them). Everything the
 index answers, its problems in their order, and every node's input must be equal (what it can
 reach, as ``MeshInput`` compares: by what config reads of it). What an index says changed since
 an earlier one of its lineage (``MeshIndex.changes_since``) must hold every difference; node inputs
@@ -26,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from zpilot.kube.convert_policy import KIND_CONVERTERS
-from zpilot.kube.source import ModelBuilder, OriginContent, build_model
+from zpilot.kube.source import ModelBuilder, ObjectSink, OriginContent, build_model
 from zpilot.model.index import MeshIndex
 from zpilot.model.objects import ContainerPort, Locality, Namespace, Node, Service, Workload, frozen_labels
 from zpilot.model.policy import AuthorizationPolicy
@@ -204,21 +205,33 @@ def test_pod_churn_patches_equal_a_full_build(history: History) -> None:
 def _check(history: History) -> None:
     pool, steps, seen = history
     variants = {(i, n): _variant(obj, n) for i, (_origin, obj) in enumerate(pool) for n in (0, 1)}
-    builder = ModelBuilder()
+    builder, sink_builder = ModelBuilder(), ModelBuilder()
+    sink = ObjectSink(quiet=0.1, max_delay=10.0)
     translator = IncrementalTranslator(TranslateOptions())
     skipping = IncrementalTranslator(TranslateOptions())  # sees only some models
     built: list[MeshIndex] = []
+    last_step = [0] * len(pool)
     for step, sees in zip(steps, seen):
         contents = []
         for i, ((origin, obj), choice) in enumerate(zip(pool, step)):
             if choice == 0:
+                if last_step[i] != 0:
+                    sink.remove(origin)
                 continue
             chosen = obj if choice == 1 else variants[(i, choice - 2)]
             contents.append((origin, OriginContent(((origin, chosen),)), None))
+            if choice != last_step[i]:
+                sink.set(origin, contents[-1][1])
+        last_step = step
+        contents.sort(key=lambda entry: entry[0])
+        assert sink.contents() == contents
         full = build_model(contents)
         incremental = builder.build(contents)
         assert incremental.cluster == full.cluster
         assert _index_state(incremental) == _index_state(full)
+        from_sink = sink_builder.build(sink.contents())
+        assert from_sink.cluster == full.cluster
+        assert _index_state(from_sink) == _index_state(full)
         for earlier in built:
             _assert_changes_hold(incremental, earlier)
         built.append(incremental)
