@@ -5,7 +5,8 @@
     python3 bench/model_churn.py --nodes 10   # R scaled to 10 nodes (100 pods, 10 services per node)
 
 Run by hand; it prints milliseconds per change (median and worst of ``--rounds``) and asserts
-nothing. A pod added behind an existing service (``zpilot.synthetic.extra_pod``), then deleted:
+nothing. A pod added behind an existing service (``zpilot.synthetic.extra_pod``), then deleted (and,
+for comparison, a service added and a DENY policy added, each kept):
 
 - ``index``: ``MeshIndex.build(cluster, previous=last)``, as ``bench/scale.py``'s churn builds it;
 - ``config nodes``, ``mesh input``, ``node inputs``: the producer's planning
@@ -29,7 +30,14 @@ from zpilot.kube.convert_policy import KIND_CONVERTERS  # noqa: E402
 from zpilot.kube.source import ModelBuilder, ObjectSink, OriginContent  # noqa: E402
 from zpilot.kube.store import key_of  # noqa: E402
 from zpilot.model.index import MeshIndex  # noqa: E402
-from zpilot.synthetic import Shape, extra_pod, synthetic_cluster, synthetic_manifests  # noqa: E402
+from zpilot.synthetic import (  # noqa: E402
+    Shape,
+    extra_pod,
+    extra_policy,
+    extra_service,
+    synthetic_cluster,
+    synthetic_manifests,
+)
 from zpilot.translators import TranslateOptions  # noqa: E402
 from zpilot.translators.inputs import MeshInput, config_nodes, node_inputs  # noqa: E402
 
@@ -104,6 +112,15 @@ def main() -> None:
                 sink.remove(origin)
             contents = steps.timed(kind, "source:sink", sink.contents)
             steps.timed(kind, "source:build", lambda: builder.build(contents))
+    for r in range(max(args.rounds // 4, 1)):
+        service = KIND_CONVERTERS["Service"](extra_service(shape, r))
+        policy = KIND_CONVERTERS["AuthorizationPolicy"](extra_policy(shape, r * 13 + 5))
+        cluster = dataclasses.replace(cluster, services=cluster.services + (service,))
+        with_policy = dataclasses.replace(cluster, authorization_policies=cluster.authorization_policies + (policy,))
+        for kind, model in (("service add", cluster), ("policy add", with_policy)):
+            index = steps.timed(kind, "index", lambda: MeshIndex.build(model, previous=index))
+            planning(steps, kind, index, state)
+        cluster = with_policy
     print(steps.table())
 
 

@@ -30,7 +30,7 @@ from zpilot.kube.convert_policy import KIND_CONVERTERS
 from zpilot.kube.source import ModelBuilder, ObjectSink, OriginContent, build_model
 from zpilot.model.index import MeshIndex
 from zpilot.model.objects import ContainerPort, Locality, Namespace, Node, Service, Workload, frozen_labels
-from zpilot.model.policy import AuthorizationPolicy
+from zpilot.model.policy import AuthorizationPolicy, PeerAuthentication
 from zpilot.translators import IncrementalTranslator, TranslateOptions
 from zpilot.translators.inputs import NodeInput
 
@@ -152,10 +152,17 @@ def histories(draw: st.DrawFn, churn: bool = False) -> History:
                          address, draw(st.sampled_from(PLAIN_PORTS)))
         plain.append(len(pool))
         pool.append((f"plain-{i}", pod))
+    pods_in = [o.namespace for _, o in pool if isinstance(o, Workload)] or namespaces
+    doc = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",  # one namespace's alone
+           "metadata": {"name": "allow-y", "namespace": draw(st.sampled_from(pods_in))},
+           "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["y"]}}]}]}}
+    pool.append(("namespace-policy", KIND_CONVERTERS["AuthorizationPolicy"](doc)))
     if churn and plain:
         targets = st.sampled_from(plain)
-    else:
-        targets = st.one_of(st.integers(0, len(pool) - 1), *([st.sampled_from(plain)] if plain else []))
+    else:  # plain pods and policies often (a policy changed alone is patched too)
+        policies = [i for i, (_, obj) in enumerate(pool) if isinstance(obj, (AuthorizationPolicy, PeerAuthentication))]
+        targets = st.one_of(st.integers(0, len(pool) - 1), st.sampled_from(policies),
+                            *([st.sampled_from(plain)] if plain else []))
     choices = st.sampled_from([0, 1, 1, 1, 2, 3])
     first = draw(st.lists(choices, min_size=len(pool), max_size=len(pool)))
     if churn:  # the namespaces as they are
