@@ -49,7 +49,7 @@ def _churn_pod(i: int, node: int, account: str) -> Workload:
 @st.composite
 def churning(draw: st.DrawFn) -> tuple[list[tuple[str, Any]], list[list[int]]]:
     """:func:`histories`, with pods coming, going, turning unready inside their nodes' pod CIDRs."""
-    pool, steps = draw(histories())
+    pool, steps, _seen = draw(histories())
     first = len(pool)
     pool = pool + [(f"churn-{i}", KIND_CONVERTERS[d["kind"]](d)) for i, d in enumerate(CHURN_DOCS)]
     for i in range(draw(st.integers(2, 6))):

@@ -30,7 +30,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass, replace
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
-from ..model.index import MeshIndex
+from ..model.index import MeshIndex, between_common_ends
 from ..model.objects import Cluster, EndpointSlice, Namespace, Node, Service, ServiceAccount, Workload
 from ..model.policy import DEFAULT_ROOT_NAMESPACE, AuthorizationPolicy, PeerAuthentication
 from ..model.problems import LOG_LEVELS, Problem, Problems
@@ -161,6 +161,15 @@ class OriginContent:
     problems: tuple[Problem, ...] = ()
 
 
+NOTHING_READ = OriginContent()
+#: (origin, its last good content, its current failure): what a model is built from, per origin.
+Contents = tuple[str, OriginContent, "Problem | None"]
+
+
+def _origin(entry: Contents) -> str:
+    return entry[0]
+
+
 class ObjectSink:
     """The objects a feed has read, by origin; the debounce of their changes.
 
@@ -177,6 +186,9 @@ class ObjectSink:
         self._settling: set[str] = set()
         self._synced = False
         self._wake = asyncio.Event()
+        #: What :meth:`contents` copies, kept sorted as origins change: an origin's entry is the same
+        #: tuple until it changes, so a consumer finds what changed between two copies by identity.
+        self._entries: list[Contents] = []
 
     # what feeds call
 
@@ -191,12 +203,14 @@ class ObjectSink:
         unchanged = self._good.get(origin) == content and origin not in self._failures
         self._good[origin] = content
         self._failures.pop(origin, None)
+        self._entry_changed(origin)
         self._settled(origin, changed=not unchanged)
 
     def keep(self, origin: str, failure: Problem) -> None:
         """``origin`` cannot be read now: its last good objects stay, ``failure`` is reported."""
         unchanged = self._failures.get(origin) == failure
         self._failures[origin] = failure
+        self._entry_changed(origin)
         self._settled(origin, changed=not unchanged)
 
     def remove(self, origin: str) -> None:
@@ -204,6 +218,7 @@ class ObjectSink:
         known = origin in self._good or origin in self._failures
         self._good.pop(origin, None)
         self._failures.pop(origin, None)
+        self._entry_changed(origin)
         self._settled(origin, changed=known)
 
     def synced(self) -> None:
@@ -231,12 +246,24 @@ class ObjectSink:
         elif changed:
             self._changed()
 
-    def contents(self) -> list[tuple[str, OriginContent, Problem | None]]:
-        """A consistent copy (origins, their last good content, their current failure), sorted."""
-        return [
-            (origin, self._good.get(origin, OriginContent()), self._failures.get(origin))
-            for origin in self.origins()
-        ]
+    def contents(self) -> list[Contents]:
+        """A consistent copy (origins, their last good content, their current failure), sorted
+        (a copy of a list kept sorted: a burst costs what changed, not a sort of every origin)."""
+        return list(self._entries)
+
+    def _entry_changed(self, origin: str) -> None:
+        entries = self._entries
+        i = bisect_left(entries, origin, key=_origin)
+        present = i < len(entries) and entries[i][0] == origin
+        if origin not in self._good and origin not in self._failures:
+            if present:
+                del entries[i]
+            return
+        entry = (origin, self._good.get(origin, NOTHING_READ), self._failures.get(origin))
+        if not present:
+            entries.insert(i, entry)
+        elif entries[i][1] is not entry[1] or entries[i][2] != entry[2]:
+            entries[i] = entry
 
     async def _wait(self, feed: asyncio.Task, timeout: float | None) -> None:
         """Until woken, the timeout passes, or the feed ends (raising what ended it, if anything)."""
@@ -275,7 +302,7 @@ class ObjectSink:
             await self._wait(feed, None if deadline is None else max(0.0, deadline - now))
 
 
-def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]], *,
+def build_model(contents: Iterable[Contents], *,
                 root_namespace: str = DEFAULT_ROOT_NAMESPACE, previous: MeshIndex | None = None) -> MeshIndex:
     """The model from every origin's content (pure: run in a worker thread for large clusters);
     ``root_namespace`` is Istio's: its policies without a selector apply to the whole mesh;
@@ -285,7 +312,7 @@ def build_model(contents: Iterable[tuple[str, OriginContent, Problem | None]], *
     return MeshIndex.build(cluster, problems, root_namespace=root_namespace, previous=previous)
 
 
-def _merged(contents: Iterable[tuple[str, OriginContent, Problem | None]]) -> tuple[Cluster, Problems, bool]:
+def _merged(contents: Iterable[Contents]) -> tuple[Cluster, Problems, bool]:
     """Every origin's objects as one cluster, with the origins' problems and the duplicates';
     and whether some key was held twice (a duplicate)."""
     problems = Problems()
@@ -314,7 +341,9 @@ class ModelBuilder:
     problem, no failure and no key another origin holds (and no key was held twice before), the
     cluster is the last one with their objects taken out and put in, in order, instead of all
     origins' objects merged and sorted again; the index is then built from the last one
-    (``MeshIndex.build(previous=...)``). Not thread-safe: one build at a time.
+    (``MeshIndex.build(previous=...)``). Which origins changed is found between the common ends of
+    the last contents and these (by identity: ``ObjectSink.contents`` keeps an unchanged origin's
+    entry), so a burst costs its origins, not a look at every origin. Not thread-safe: one build at a time.
     """
 
     #: Above this many origins changed, the objects are merged over again rather than patched in.
@@ -324,14 +353,15 @@ class ModelBuilder:
         self.root_namespace = root_namespace
         self.last: MeshIndex | None = None
         self._origins: dict[str, tuple[OriginContent, Problem | None]] = {}
+        self._contents: list[Contents] = []  # the last build's, each origin once
         self._keys: dict[Key, ModelObject] | None = None  # every object by key; None: some key was held twice
         self._source_problems: tuple[Problem, ...] = ()
 
-    def build(self, contents: Iterable[tuple[str, OriginContent, Problem | None]]) -> MeshIndex:
+    def build(self, contents: Iterable[Contents]) -> MeshIndex:
         contents = list(contents)
-        current = {origin: (content, failure) for origin, content, failure in contents}
+        delta = self._delta(contents)
         try:
-            patched = self._patched(current) if len(current) == len(contents) else None
+            patched = self._patched(*delta) if delta is not None else None
         except LookupError:  # the last cluster is not what it should be: merge, never answer wrong
             log.exception("the model could not be patched; every origin's objects merged again")
             patched = None
@@ -342,31 +372,56 @@ class ModelBuilder:
         else:
             cluster, problems = patched, Problems()
             problems.extend(self._source_problems)
-        self._origins = current
+        if delta is None:
+            self._origins = {origin: (content, failure) for origin, content, failure in contents}
+            self._contents = contents if len(self._origins) == len(contents) else []
+        else:
+            for origin in delta[2]:
+                del self._origins[origin]
+            self._origins.update(delta[0])
+            self._contents = contents
         self.last = MeshIndex.build(cluster, problems, root_namespace=self.root_namespace, previous=self.last)
         return self.last
 
-    def _patched(self, current: dict[str, tuple[OriginContent, Problem | None]]) -> Cluster | None:
+    def _delta(self, contents: list[Contents]) -> tuple[dict, dict, list[str]] | None:
+        """What differs from the last build's contents: each origin listed where they differ (its
+        content and failure now), which of those changed (the same, with what it held before), and
+        the origins gone; None when some origin is listed twice."""
+        before_window, window = between_common_ends(self._contents, contents)
+        before = {entry[0]: entry[1:] for entry in before_window}
+        now: dict[str, tuple[OriginContent, Problem | None]] = {}
+        origins = self._origins
+        for origin, content, failure in window:
+            if origin in now or (origin in origins and origin not in before):
+                return None  # listed twice (or the last build's contents were not what they seemed)
+            now[origin] = (content, failure)
+        changed = {origin: (entry, origins.get(origin)) for origin, entry in now.items()
+                   if (was := before.get(origin)) is None or was[0] is not entry[0] or was[1] != entry[1]}
+        gone = [origin for origin in before if origin not in now]
+        return now, changed, gone
+
+    def _patched(self, now: dict, changed: dict, gone: list[str]) -> Cluster | None:
         """The last cluster with the changed origins' objects replaced, or None (merge them all)."""
-        keys, old, last = self._keys, self._origins, self.last
+        keys, last = self._keys, self.last
         if keys is None or last is None:
             return None
-        changed = [origin for origin, now in current.items() if (was := old.get(origin)) is None
-                   or was[0] is not now[0] or was[1] != now[1]]
-        gone = [origin for origin in old.keys() - current.keys()]
         if len(changed) + len(gone) > self.PATCH_LIMIT:
             return None
+        old = {origin: was for origin, (_, was) in changed.items() if was is not None}
+        old.update((origin, self._origins[origin]) for origin in gone)
+        current = {origin: entry for origin, (entry, _) in changed.items()}
+        changed_origins = list(current)
         taken: dict[Key, ModelObject] = {}
         put: dict[Key, ModelObject] = {}
-        for origin in changed + gone:
+        for origin in changed_origins + gone:
             for content, failure in (v for v in (old.get(origin), current.get(origin)) if v is not None):
                 if failure is not None or content.problems:
                     return None  # its problems are reported in the origins' order: merge
-        for origin in changed + gone:
+        for origin in changed_origins + gone:
             was = old.get(origin)
             for _where, obj in was[0].objects if was is not None else ():
                 taken[key_of(obj)] = obj
-        for origin in changed:
+        for origin in changed_origins:
             for _where, obj in current[origin][0].objects:
                 key = key_of(obj)
                 if key in put or (key in keys and key not in taken):

@@ -20,7 +20,8 @@ import logging
 from bisect import bisect_left, insort
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from operator import attrgetter
+from itertools import chain, compress, count, islice
+from operator import attrgetter, is_, is_not
 from typing import Iterable, Sequence
 
 from .addresses import is_ipv4_network, split_mesh_family
@@ -134,6 +135,68 @@ def _distinct(endpoints: list[Endpoint]) -> list[Endpoint]:
 _by_name = attrgetter("namespace", "name")
 #: A selector label no backend carries.
 _NO_POSTING: tuple[Workload, ...] = ()
+#: A service port: (namespace, service name, port).
+PortKey = tuple[str, str, int]
+_generations = count(1)
+
+
+def _same(a: Sequence, b: Sequence) -> bool:
+    """Whether two sequences hold the very same objects, in order (a source hands unchanged objects over as they were)."""
+    return a is b or (len(a) == len(b) and all(map(is_, a, b)))
+
+
+def between_common_ends(old: Sequence, new: Sequence) -> tuple[Sequence, Sequence]:
+    """What differs between two sequences of mostly the same objects: the parts of each between
+    their common prefix and their common suffix (by identity). A pod put in or taken out of the
+    cluster's sorted tuple, or added at its end, leaves a window of that pod alone; found at C
+    speed, without hashing ten thousand pods (the kube source finds its changed origins so too)."""
+    if old is new:
+        return (), ()
+    shortest = min(len(old), len(new))
+    start = next(compress(count(), map(is_not, old, new)), shortest)
+    tail = shortest - start
+    end = next(compress(count(), islice(map(is_not, reversed(old), reversed(new)), tail)), tail)
+    return old[start:len(old) - end], new[start:len(new) - end]
+
+
+@dataclass(frozen=True)
+class ModelChanges:
+    """What may differ between two indexes of one lineage (each built with ``previous=`` the one
+    before): each field a superset of what changed, or None when that is not known (anything may
+    have). What a consumer needs to redo only what a change touched, without comparing the models."""
+
+    #: The nodes whose meshed pods, or the policies of those, may differ.
+    nodes: frozenset[str] | None = None
+    #: The service ports whose candidates (``MeshIndex.candidates``) may differ; None as well
+    #: when services, their VIPs or EndpointSlices changed.
+    service_ports: frozenset[PortKey] | None = None
+
+    def __or__(self, other: "ModelChanges") -> "ModelChanges":
+        def union(a, b):
+            return None if a is None or b is None else a | b
+
+        return ModelChanges(union(self.nodes, other.nodes), union(self.service_ports, other.service_ports))
+
+
+#: Nothing known of what changed.
+UNKNOWN_CHANGES = ModelChanges()
+NO_CHANGES = ModelChanges(frozenset(), frozenset())
+
+
+@dataclass(frozen=True, eq=False)
+class _ServiceEntry:
+    """One service as the services stage indexed it, and the problems it made reported, split so
+    that a patch recomputes only what depends on the pods (its ports' endpoints)."""
+
+    view: Service | None  # its IPv4 view; None: skipped (no VIP of the mesh's family)
+    head: tuple[Problem, ...]  # what its VIPs' family made reported
+    #: Each port: (port, its endpoints' problems, the rest (protocol, VIP taken), TCP: has endpoints).
+    ports: tuple[tuple[ServicePort, tuple[Problem, ...], tuple[Problem, ...], bool], ...] = ()
+    tail: tuple[Problem, ...] = ()  # the internalTrafficPolicy note (it names its endpoints' nodes)
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        return tuple(chain(self.head, *(found + fixed for _, found, fixed, _ in self.ports), self.tail))
 
 
 @dataclass
@@ -180,7 +243,7 @@ class MeshIndex:
         #: The backends by (namespace, label key, label value), in backend order: a selector is
         #: checked against the pods carrying one of its labels, not against every pod of the cluster.
         self._by_label: dict[tuple[str, str, str], list[Workload]] = defaultdict(list)
-        self._meshed: set[tuple[str, str]] = set()
+        self._meshed: dict[tuple[str, str], None] = {}  # (namespace, name) of the meshed pods (a dict copies fast)
         self._meshed_list: list[Workload] = []  # the meshed ones of _usable, in its order
         self._by_ip: dict[str, Workload] = {}
         self._by_node: dict[str, list[Workload]] = defaultdict(list)
@@ -198,6 +261,23 @@ class MeshIndex:
         self._names: dict[tuple[str, str], int] = {}
         #: The usable pods added and removed since the previous index, when patched from it (else None).
         self._workload_changes: tuple[list[Workload], list[Workload]] | None = None
+        #: Whether each pod of the cluster is another object (what a patch needs of the last index).
+        self._distinct_workloads = False
+        #: How many pods (of any kind) are scheduled on each node.
+        self._pod_nodes: dict[str, int] = {}
+        self._node_problems: tuple[Problem, ...] = ()
+        #: The services stage: EndpointSlices by service and their problems, each service's entry
+        #: (in the order indexed), where each is, and which entries a pod can change (by selector
+        #: label; by address, for the slices of services without a selector).
+        self._slices: dict[tuple[str, str], list[EndpointSlice]] = {}
+        self._slice_problems: tuple[Problem, ...] = ()
+        self._service_entries: list[_ServiceEntry] = []
+        self._service_problems: tuple[Problem, ...] = ()
+        self._selecting: dict[tuple[str, str, str], list[int]] = {}
+        self._slice_addresses: dict[str, list[int]] = {}
+        #: This index's token, and what changed since the indexes it was built from (the last few).
+        self.generation = next(_generations)
+        self._since: dict[int, ModelChanges] = {}
 
     @classmethod
     def build(
@@ -227,19 +307,52 @@ class MeshIndex:
             index._previous = _Derived(workloads=previous._derived.workloads, postings=previous._derived.postings)
         index._index_nodes()
         index._index_workloads()
-        index._index_services()
+        changed_ports = index._index_services()
         index.policies = PolicyIndex.build(
             cluster.authorization_policies,
             cluster.peer_authentications,
-            index.meshed_workloads(),
+            index._meshed_list,
             root_namespace=root_namespace,
             problems=index.problems,
             previous=previous.policies if previous is not None else None,
             changes=index._workload_changes,
         )
+        if previous is not None:
+            index._record_lineage(previous, ModelChanges(index._changed_nodes(previous), changed_ports))
         index._previous = _Derived()  # not kept: one build's derivations at a time
         index._before = None
         return index
+
+    #: How many earlier indexes an index knows what changed since.
+    LINEAGE = 8
+
+    def _record_lineage(self, previous: "MeshIndex", changes: ModelChanges) -> None:
+        self._since[previous.generation] = changes
+        for generation, earlier in islice(previous._since.items(), self.LINEAGE - 1):
+            self._since[generation] = earlier | changes
+
+    def changes_since(self, generation: int | None) -> ModelChanges:
+        """What may differ from the index whose :attr:`generation` is ``generation``, when this
+        one was built from it, or from one built from it, within the last :attr:`LINEAGE` builds
+        (else: unknown). The same answers as comparing the two models, at the cost of the changes."""
+        if generation == self.generation:
+            return NO_CHANGES
+        return self._since.get(generation, UNKNOWN_CHANGES) if generation is not None else UNKNOWN_CHANGES
+
+    def _changed_nodes(self, previous: "MeshIndex") -> frozenset[str] | None:
+        """The nodes whose meshed pods (or their policies) may differ from ``previous``'s."""
+        changed_policies = self.policies.changed
+        if changed_policies is None:
+            return None
+        if self._workload_changes is not None:
+            added, removed = self._workload_changes
+            nodes = {w.node_name for w in chain(added, removed)}
+        else:  # built over again: the meshed pods of each node compared (the same objects, mostly)
+            mine, theirs = self._meshed_by_node, previous._meshed_by_node
+            nodes = {n for n in mine.keys() | theirs.keys() if mine.get(n) != theirs.get(n)}
+        nodes.update(w.node_name for w in changed_policies)
+        nodes.discard(None)
+        return frozenset(nodes)  # type: ignore[arg-type]
 
     # -- address families ---------------------------------------------------------------------
 
@@ -263,12 +376,20 @@ class MeshIndex:
         return kept
 
     def _index_nodes(self) -> None:
-        for node in self.cluster.nodes:
-            ips = self._mesh_family(node.ref, node.internal_ips, "InternalIP", "it has no InternalIP in the mesh")
-            cidrs = tuple(c for c in node.pod_cidrs if is_ipv4_network(c))  # the other family's: no problem
-            if (ips, cidrs) != (node.internal_ips, node.pod_cidrs):
-                node = replace(node, internal_ips=ips, pod_cidrs=cidrs)
-            self.nodes[node.name] = node
+        before = self._before
+        if before is not None:  # the same nodes (its context is this one's): the same answers
+            self.nodes, self._node_problems = before.nodes, before._node_problems
+        else:
+            stage = Problems()
+            for node in self.cluster.nodes:
+                ips = self._mesh_family(node.ref, node.internal_ips, "InternalIP", "it has no InternalIP in the mesh",
+                                        stage)
+                cidrs = tuple(c for c in node.pod_cidrs if is_ipv4_network(c))  # the other family's: no problem
+                if (ips, cidrs) != (node.internal_ips, node.pod_cidrs):
+                    node = replace(node, internal_ips=ips, pod_cidrs=cidrs)
+                self.nodes[node.name] = node
+            self._node_problems = tuple(stage)
+        self.problems.extend(self._node_problems)
 
     # -- membership -------------------------------------------------------------------------
 
@@ -311,6 +432,7 @@ class MeshIndex:
         candidates: list[Workload] = []  # running, not host-network, with an IPv4 address
         host_network: list[Workload] = []  # running hostNetwork pods: plain endpoints at their node's address
         previous, derived, names = self._previous.workloads, self._derived.workloads, self._names
+        pod_nodes = self._pod_nodes
         for w in sorted(self.cluster.workloads, key=_by_name):
             entry = previous.get(id(w))
             if entry is None or entry[0] is not w:
@@ -318,6 +440,8 @@ class MeshIndex:
             derived[id(w)] = entry
             key = (w.namespace, w.name)
             names[key] = names.get(key, 0) + 1
+            if w.node_name:
+                pod_nodes[w.node_name] = pod_nodes.get(w.node_name, 0) + 1
             _, kind, kept, problems = entry
             if problems:
                 stage.extend(problems)
@@ -356,7 +480,7 @@ class MeshIndex:
             if w.labels and w.opted_out:
                 stage.info(w.ref, "opted out of the mesh by label")
                 continue
-            meshed.add(key)
+            meshed[key] = None
             self._meshed_list.append(w)
             if w.node_name:
                 self._meshed_by_node[w.node_name].append(w)
@@ -369,6 +493,7 @@ class MeshIndex:
             posting = tuple(backends)
             before = previous.get(key)
             postings[key] = before if before is not None and before == posting else posting
+        self._distinct_workloads = len(derived) == len(self.cluster.workloads)
 
     #: Above this many pods changed, the index is built over again rather than patched.
     PATCH_LIMIT = 256
@@ -379,19 +504,24 @@ class MeshIndex:
         claims, on a node, in an enrolled namespace, not opted out, its name its own): then no pod's
         problems change and the patch is what a build from nothing gives. False (nothing done): build."""
         before = self._before
-        if before is None:
+        if before is None or not before._distinct_workloads:
             return False
         old_entries = before._derived.workloads
         current = self.cluster.workloads
-        by_id = dict(zip(map(id, current), current))
-        if len(by_id) != len(current):
+        if current is before.cluster.workloads:
+            self._share_workloads(before)
+            return True
+        old_window, new_window = between_common_ends(before.cluster.workloads, current)
+        old_ids, new_ids = set(map(id, old_window)), set(map(id, new_window))
+        removed_ids = {id(w): None for w in old_window if id(w) not in new_ids}
+        added_by_id = {id(w): w for w in new_window if id(w) not in old_ids}
+        if len(added_by_id) + len(removed_ids) > self.PATCH_LIMIT:
             return False
-        added_ids = by_id.keys() - old_entries.keys()
-        removed_ids = old_entries.keys() - by_id.keys()
-        if len(added_ids) + len(removed_ids) > self.PATCH_LIMIT:
-            return False
+        if not added_by_id and not removed_ids and len(current) == len(before.cluster.workloads):
+            self._share_workloads(before)  # the same pods, moved: the index is in name order
+            return True
         enrolled = {name: namespace.enrolled for name, namespace in self.namespaces.items()}
-        claims, names, meshed = dict(before._claims), dict(before._names), before._meshed
+        claims, names, meshed = before._claims.copy(), before._names.copy(), before._meshed
 
         def plain(kind: str, kept: Workload | None, problems: tuple) -> bool:
             return (
@@ -412,8 +542,9 @@ class MeshIndex:
             del names[key]
             removed.append(kept)  # type: ignore[arg-type]
         added_entries = []
-        for i in added_ids:
-            w = by_id[i]
+        for i, w in added_by_id.items():
+            if i in old_entries and i not in removed_ids:
+                return False  # the same object twice in the cluster: a build reports it
             entry = (w, *self._classify(w))
             _, kind, kept, problems = entry
             key = (w.namespace, w.name)
@@ -428,7 +559,7 @@ class MeshIndex:
         added = [entry[2] for entry in added_entries]
 
         usable, backends, meshed_list = list(before._usable), list(before._backends), list(before._meshed_list)
-        by_ip, meshed = dict(before._by_ip), set(meshed)
+        by_ip, meshed, pod_nodes = before._by_ip.copy(), meshed.copy(), before._pod_nodes.copy()
         by_node: dict[str, list[Workload]] = defaultdict(list, before._by_node)
         meshed_by_node: dict[str, list[Workload]] = defaultdict(list, before._meshed_by_node)
         touched_meshed_nodes: set[str] = set()
@@ -449,7 +580,10 @@ class MeshIndex:
                 _remove_sorted(sequence, w)
             for ip in w.ips:
                 del by_ip[ip]
-            meshed.discard((w.namespace, w.name))
+            del meshed[(w.namespace, w.name)]
+            pod_nodes[w.node_name] -= 1  # type: ignore[index]
+            if not pod_nodes[w.node_name]:  # type: ignore[index]
+                del pod_nodes[w.node_name]  # type: ignore[arg-type]
         for w in added:
             for sequence in (usable, backends, meshed_list, own(by_node, w.node_name, touched_nodes),
                              own(meshed_by_node, w.node_name, touched_meshed_nodes),
@@ -457,78 +591,190 @@ class MeshIndex:
                 insort(sequence, w, key=_by_name)
             for ip in w.ips:
                 by_ip[ip] = w
-            meshed.add((w.namespace, w.name))
+            meshed[(w.namespace, w.name)] = None
+            pod_nodes[w.node_name] = pod_nodes.get(w.node_name, 0) + 1  # type: ignore[index]
         for table, touched in ((by_node, touched_nodes), (meshed_by_node, touched_meshed_nodes)):
             for node in touched:
                 if not table[node]:
                     del table[node]
-        postings = dict(before._derived.postings)
+        postings = before._derived.postings.copy()
         for key in touched_labels:
             if by_label[key]:
                 postings[key] = tuple(by_label[key])
             else:
                 del by_label[key]
                 postings.pop(key, None)
-        derived = dict(old_entries)
+        derived = old_entries.copy()
         for i in removed_ids:
             del derived[i]
         for entry in added_entries:
             derived[id(entry[0])] = entry
+        if len(derived) != len(current):
+            raise LookupError("the pods' window does not add up")  # a bug: the patch would be wrong
 
         self._usable, self._backends, self._meshed_list = usable, backends, meshed_list
         self._by_ip, self._meshed, self._by_node, self._by_label = by_ip, meshed, by_node, by_label
-        self._meshed_by_node = meshed_by_node
+        self._meshed_by_node, self._pod_nodes = meshed_by_node, pod_nodes
         self._claims, self._names = claims, names
         self._derived.workloads, self._derived.postings = derived, postings
         self._workload_problems = before._workload_problems
         self._workload_changes = (added, removed)
+        self._distinct_workloads = True
         return True
+
+    def _share_workloads(self, before: "MeshIndex") -> None:
+        """The pods' part of ``before`` as this one's: the same pods (no index changes what it built)."""
+        self._usable, self._backends, self._meshed_list = before._usable, before._backends, before._meshed_list
+        self._by_ip, self._meshed, self._by_node, self._by_label = before._by_ip, before._meshed, before._by_node, before._by_label
+        self._meshed_by_node, self._pod_nodes = before._meshed_by_node, before._pod_nodes
+        self._claims, self._names = before._claims, before._names
+        self._derived.workloads, self._derived.postings = before._derived.workloads, before._derived.postings
+        self._workload_problems = before._workload_problems
+        self._workload_changes = ([], [])
+        self._distinct_workloads = True
 
     def is_meshed(self, workload: Workload) -> bool:
         return (workload.namespace, workload.name) in self._meshed
 
     # -- services ---------------------------------------------------------------------------
 
-    def _index_services(self) -> None:
-        slices = self._slices_by_service()
+    def _index_services(self) -> frozenset[PortKey] | None:
+        """The services' part of the index; the service ports whose candidates may differ from the
+        last index's (None: not known). Patched from the last index when only plain pods changed
+        (the services, their slices, the nodes and namespaces are the same): then only the services
+        selecting (or listing the address of) a pod added or removed are indexed again."""
+        before = self._before
+        if (
+            before is not None
+            and self._workload_changes is not None
+            and _same(self.cluster.services, before.cluster.services)
+            and _same(self.cluster.endpoint_slices, before.cluster.endpoint_slices)
+        ):
+            changed: frozenset[PortKey] | None = self._patch_services(before)
+        else:
+            self._index_all_services()
+            changed = None
+        self.problems.extend(self._service_problems)
+        return changed
+
+    def _index_all_services(self) -> None:
+        stage = Problems()
+        self._slices = slices = self._slices_by_service(stage)
+        self._slice_problems = tuple(stage)
+        selecting: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+        addresses: dict[str, list[int]] = defaultdict(list)
+        entries = self._service_entries
         for svc in sorted(self.cluster.services, key=lambda s: (s.namespace, s.name)):
-            if svc.cluster_ips and not svc.headless:
-                vips = self._mesh_family(svc.ref, svc.cluster_ips, "clusterIP", "skipped")
-                if not vips:
-                    continue
-                if vips != svc.cluster_ips:
-                    svc = replace(svc, cluster_ips=vips)
+            entry = self._service_entry(svc, slices)
+            view = entry.view
+            if view is not None and view.selector:
+                for k, v in view.selector.items():
+                    selecting[(view.namespace, k, v)].append(len(entries))
+            elif view is not None:
+                for sl in slices.get((view.namespace, view.name), ()):
+                    for ep in sl.endpoints:
+                        addresses[ep.address].append(len(entries))
+            entries.append(entry)
+        self._selecting, self._slice_addresses = dict(selecting), dict(addresses)
+        self._service_problems = self._slice_problems + tuple(chain.from_iterable(e.problems for e in entries))
+
+    def _service_entry(self, svc: Service, slices: dict[tuple[str, str], list[EndpointSlice]]) -> _ServiceEntry:
+        """Index one service (the services in name order: the first to claim a VIP:port keeps it)."""
+        head = Problems()
+        if svc.cluster_ips and not svc.headless:
+            vips = self._mesh_family(svc.ref, svc.cluster_ips, "clusterIP", "skipped", head)
+            if not vips:
+                return _ServiceEntry(None, tuple(head))
+            if vips != svc.cluster_ips:
+                svc = replace(svc, cluster_ips=vips)
+        ports = []
+        for port in svc.ports:
+            fixed = Problems()
+            if port.protocol != "TCP":
+                fixed.info(svc.ref, f"port {port.label} is {port.protocol}: ztunnel carries TCP only")
+                ports.append((port, (), tuple(fixed), False))
+                continue
+            found = self._index_port(svc, port, slices)
+            if not svc.headless:
+                for vip in svc.cluster_ips:
+                    other = self._vips.get((vip, port.port))
+                    if other is not None:
+                        fixed.error(svc.ref, f"VIP {vip}:{port.port} is already {other.service.ref}'s: port skipped")
+                        continue
+                    self._vips[(vip, port.port)] = ServiceTarget(svc, port)
+            ports.append((port, found, tuple(fixed), True))
+        tail: tuple[Problem, ...] = ()
+        if any(tcp for *_, tcp in ports):
+            self.services.append(svc)
+            tail = self._node_local_note(svc, ports)
+        return _ServiceEntry(svc, tuple(head), tuple(ports), tail)
+
+    def _index_port(self, svc: Service, port: ServicePort, slices: dict[tuple[str, str], list[EndpointSlice]]
+                    ) -> tuple[Problem, ...]:
+        """The candidates of one TCP service port, and the problems its endpoints make reported."""
+        found = Problems()
+        if svc.selector:
+            candidates = self._selected_endpoints(svc, port, found)
+        else:
+            candidates = _distinct(self._slice_endpoints(svc, port, slices.get((svc.namespace, svc.name), []), found))
+        self._endpoints[(svc.namespace, svc.name, port.port)] = candidates
+        if not svc.headless:
+            self._report_unserved(svc, port, candidates, (svc.namespace, svc.name) in slices, found)
+        return tuple(found)
+
+    def _node_local_note(self, svc: Service, ports: Sequence[tuple]) -> tuple[Problem, ...]:
+        if not svc.node_local or svc.headless:
+            return ()
+        note = Problems()
+        self._report_node_local(svc, [port for port, *_, tcp in ports if tcp], note)
+        return tuple(note)
+
+    def _patch_services(self, before: "MeshIndex") -> frozenset[PortKey]:
+        """The last index's services, with the entries a pod added or removed can change indexed
+        again; the service ports whose candidates changed."""
+        self.services, self._vips = before.services, before._vips
+        self._slices, self._slice_problems = before._slices, before._slice_problems
+        self._selecting, self._slice_addresses = before._selecting, before._slice_addresses
+        added, removed = self._workload_changes  # type: ignore[misc]
+        affected: set[int] = set()
+        for w in chain(added, removed):
+            for k, v in w.labels.items():
+                affected.update(self._selecting.get((w.namespace, k, v), ()))
+            for ip in w.ips:
+                affected.update(self._slice_addresses.get(ip, ()))
+        self._derived.selected = before._derived.selected
+        self._endpoints, self._service_entries = before._endpoints, before._service_entries
+        self._service_problems = before._service_problems
+        if not affected:
+            return frozenset()
+        self._derived.selected = before._derived.selected.copy()
+        self._endpoints, entries = before._endpoints.copy(), list(before._service_entries)
+        changed: set[PortKey] = set()
+        problems_changed = False
+        for position in sorted(affected):
+            old = entries[position]
+            svc = old.view
+            assert svc is not None  # only indexed services are listed by label or address
             ports = []
-            for port in svc.ports:
-                if port.protocol != "TCP":
-                    self.problems.info(svc.ref, f"port {port.label} is {port.protocol}: ztunnel carries TCP only")
-                    continue
-                ports.append(port)
-                if svc.selector:
-                    candidates = self._selected_endpoints(svc, port)
-                else:
-                    candidates = _distinct(self._slice_endpoints(svc, port, slices.get((svc.namespace, svc.name), [])))
-                self._endpoints[(svc.namespace, svc.name, port.port)] = candidates
-                if not svc.headless:
-                    self._report_unserved(svc, port, candidates, has_slices=(svc.namespace, svc.name) in slices)
-                    for vip in svc.cluster_ips:
-                        other = self._vips.get((vip, port.port))
-                        if other is not None:
-                            self.problems.error(
-                                svc.ref, f"VIP {vip}:{port.port} is already {other.service.ref}'s: port skipped"
-                            )
-                            continue
-                        self._vips[(vip, port.port)] = ServiceTarget(svc, port)
-            if ports:
-                self.services.append(svc)
-                if svc.node_local and not svc.headless:
-                    self._report_node_local(svc, ports)
+            for port, found, fixed, tcp in old.ports:
+                if tcp:
+                    found = self._index_port(svc, port, self._slices)
+                    key = (svc.namespace, svc.name, port.port)
+                    if self._endpoints[key] != before._endpoints.get(key):
+                        changed.add(key)
+                ports.append((port, found, fixed, tcp))
+            entry = entries[position] = _ServiceEntry(svc, old.head, tuple(ports), self._node_local_note(svc, ports))
+            problems_changed = problems_changed or entry.problems != old.problems
+        self._service_entries = entries
+        if problems_changed:
+            self._service_problems = self._slice_problems + tuple(chain.from_iterable(e.problems for e in entries))
+        return frozenset(changed)
 
     def _locality(self, node_name: str | None, zone: str = "") -> Locality:
         node = self.nodes.get(node_name) if node_name else None
         return node.locality if node is not None else (Locality(zone=zone) if zone else NO_LOCALITY)
 
-    def _selected_endpoints(self, svc: Service, port: ServicePort) -> list[Endpoint]:
+    def _selected_endpoints(self, svc: Service, port: ServicePort, report: Problems) -> list[Endpoint]:
         """The candidates of a service port with a selector, as the last build made them when the
         service, the backends carrying its selector's labels, the nodes and the namespaces are the same."""
         known = self._derived.postings
@@ -548,7 +794,7 @@ class MeshIndex:
         self._derived.selected[id(svc)] = entry
         candidates, problems = found
         if problems:
-            self.problems.extend(problems)
+            report.extend(problems)
         return candidates
 
     def _pod_endpoints(self, svc: Service, port: ServicePort, problems: Problems) -> list[Endpoint]:
@@ -594,24 +840,25 @@ class MeshIndex:
         postings = [self._by_label.get((svc.namespace, k, v), []) for k, v in svc.selector.items()]
         return [w for w in min(postings, key=len) if svc.selects(w)]
 
-    def _slices_by_service(self) -> dict[tuple[str, str], list[EndpointSlice]]:
+    def _slices_by_service(self, problems: Problems) -> dict[tuple[str, str], list[EndpointSlice]]:
         """EndpointSlices by (namespace, service name). Slices of Services with a selector are
         not read: those endpoints come from the pods themselves, which zpilot sees too."""
         by_service: dict[tuple[str, str], list[EndpointSlice]] = defaultdict(list)
         for s in sorted(self.cluster.endpoint_slices, key=lambda s: (s.namespace, s.name)):
             if not s.service_name:
-                self.problems.info(s.ref, f"no {SERVICE_NAME_LABEL} label: it is no Service's")
+                problems.info(s.ref, f"no {SERVICE_NAME_LABEL} label: it is no Service's")
                 continue
             if s.address_type == "FQDN":
-                self.problems.info(s.ref, "addressType FQDN: not used (kube-proxy does not use FQDN slices either)")
+                problems.info(s.ref, "addressType FQDN: not used (kube-proxy does not use FQDN slices either)")
                 continue
             if s.address_type != "IPv4":
-                self.problems.info(s.ref, f"addressType {s.address_type}: not used {IPV4_ONLY}")
+                problems.info(s.ref, f"addressType {s.address_type}: not used {IPV4_ONLY}")
                 continue
             by_service[(s.namespace, s.service_name)].append(s)
         return by_service
 
-    def _slice_endpoints(self, svc: Service, port: ServicePort, slices: list[EndpointSlice]) -> list[Endpoint]:
+    def _slice_endpoints(self, svc: Service, port: ServicePort, slices: list[EndpointSlice], problems: Problems
+                         ) -> list[Endpoint]:
         """Endpoints of a Service without a selector: its slices' port of the same name and
         protocol (each slice numbers it its own way). An address that is a meshed pod's is
         tunnelled; any other (the API server's host address, a database outside) is dialled."""
@@ -621,7 +868,7 @@ class MeshIndex:
             if match is None:
                 continue
             if match.port is None:
-                self.problems.warning(sl.ref, f"port {port.name or '(unnamed)'!r} has no number: not used for {svc.ref}")
+                problems.warning(sl.ref, f"port {port.name or '(unnamed)'!r} has no number: not used for {svc.ref}")
                 continue
             for ep in sl.endpoints:
                 pod = self._by_ip.get(ep.address)
@@ -641,29 +888,30 @@ class MeshIndex:
                     endpoints.append(endpoint)
         return endpoints
 
-    def _report_unserved(self, svc: Service, port: ServicePort, candidates: list[Endpoint], has_slices: bool) -> None:
+    def _report_unserved(self, svc: Service, port: ServicePort, candidates: list[Endpoint], has_slices: bool,
+                         problems: Problems) -> None:
         """A service port with no endpoint is not captured (no chain for its VIP): the connection
         passes through to kube-proxy, which refuses it, as in a cluster without a mesh."""
         if in_use(candidates):
             return
         effect = "its VIP is not captured: connections pass through to kube-proxy, which refuses them"
         if svc.selector:
-            self.problems.info(svc.ref, f"port {port.label} has no ready endpoint: {effect}")
+            problems.info(svc.ref, f"port {port.label} has no ready endpoint: {effect}")
         elif not has_slices:
-            self.problems.warning(
+            problems.warning(
                 svc.ref,
                 f"port {port.label} has no endpoints (no selector, and no EndpointSlice labelled"
                 f" {SERVICE_NAME_LABEL}={svc.name}): {effect}",
             )
         else:
-            self.problems.warning(svc.ref, f"port {port.label} has no ready endpoint in its EndpointSlices: {effect}")
+            problems.warning(svc.ref, f"port {port.label} has no ready endpoint in its EndpointSlices: {effect}")
 
-    def _report_node_local(self, svc: Service, ports: list[ServicePort]) -> None:
+    def _report_node_local(self, svc: Service, ports: list[ServicePort], problems: Problems) -> None:
         nodes = sorted(
             {e.node_name or "?" for p in ports for e in in_use(self._endpoints[(svc.namespace, svc.name, p.port)])}
         )
         if nodes:
-            self.problems.info(
+            problems.info(
                 svc.ref,
                 f"internalTrafficPolicy Local: captured only on the nodes of its endpoints ({_listed(nodes)});"
                 " elsewhere its VIP passes through to kube-proxy, which drops it",
@@ -680,6 +928,10 @@ class MeshIndex:
 
     def meshed_workloads(self) -> list[Workload]:
         return list(self._meshed_list)
+
+    def scheduled_nodes(self) -> set[str]:
+        """The nodes some pod is scheduled on (any pod of the cluster, meshed or not, running or not)."""
+        return set(self._pod_nodes)
 
     def policies_for(self, workload: Workload) -> WorkloadPolicies:
         """The AuthorizationPolicies and mTLS mode deciding who may connect to ``workload`` (see policy_index)."""

@@ -19,8 +19,10 @@ model's for the same workload object: a pod added costs that pod, not the mesh.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import Iterable
+from operator import attrgetter
+from typing import Iterable, Sequence
 
 from .objects import Workload
 from .policy import (
@@ -35,6 +37,7 @@ from .policy import (
 from .problems import Problem, Problems
 
 _NOTHING = WorkloadPolicies()
+_namespace = attrgetter("namespace")
 
 
 def _age(p: AuthorizationPolicy | PeerAuthentication) -> tuple[str, str, str]:
@@ -72,6 +75,8 @@ class PolicyIndex:
         #: The enforced AuthorizationPolicies and the PeerAuthentications by namespace: a workload's
         #: answer depends on the root namespace's and its own namespace's alone.
         self._scopes: tuple[dict[str, _Scoped], dict[str, _Scoped]] = ({}, {})
+        #: The workloads whose answer may differ from the previous model's (None: built without one).
+        self.changed: list[Workload] | None = None
 
     @classmethod
     def build(
@@ -88,7 +93,8 @@ class PolicyIndex:
         """``previous``: the last model's, whose answers are reused for the same workloads while the
         policies of the root namespace and of theirs are equal (the result is the same without it);
         ``changes``: the workloads added to and removed from the previous model's, when that is all
-        that changed of them (then only those are looked at)."""
+        that changed of them (then only those, and the workloads of the namespaces whose policies
+        changed, are looked at: ``workloads`` must then be a sequence in (namespace, name) order)."""
         index = cls(root_namespace, problems)
         authorization, peer_authentication = tuple(authorization), tuple(peer_authentication)
         index._derived_from = (root_namespace, authorization, peer_authentication)
@@ -112,14 +118,21 @@ class PolicyIndex:
                 unchanged[ns] = authz.get(ns) == before_authz.get(ns) and peers.get(ns) == before_peers.get(ns)
             if unchanged.get(root_namespace, True):
                 reuse = previous._derived
+                namespaces = [ns for ns, same in unchanged.items() if not same]
+                if changes is not None and index._patch(previous, changes, authz, peers, namespaces,
+                                                        workloads):  # type: ignore[arg-type]
+                    problems.extend(index._competing)
+                    return index
         reported: set[tuple] = set()
         found_problems = Problems()
+        changed: list[Workload] = []
         for w in workloads:
             entry = reuse.get(id(w))
             if entry is None or entry[0] is not w or not unchanged.get(w.namespace, True):
                 found: list[tuple[tuple, Problem]] = []
                 policies = WorkloadPolicies(*index._authorization_of(w, authz), index._mtls_of(w, peers, found))
                 entry = (w, policies, tuple(found))
+                changed.append(w)
             index._derived[id(w)] = entry
             _, policies, competing = entry
             for key, problem in competing:  # each set of competing policies once, by the first workload it decides for
@@ -129,30 +142,47 @@ class PolicyIndex:
             if not policies.empty:
                 index._by_workload[(w.namespace, w.name)] = policies
         index._competing = tuple(found_problems)
+        index.changed = changed if previous is not None else None
         problems.extend(index._competing)
         return index
 
     def _patch(self, previous: "PolicyIndex", changes: tuple[list[Workload], list[Workload]],
-               authz: dict[str, _Scoped], peers: dict[str, _Scoped]) -> bool:
-        """The previous answers with the workloads added and removed, when none of them decides
-        which of competing policies is reported (else False, nothing done)."""
+               authz: dict[str, _Scoped], peers: dict[str, _Scoped], namespaces: Iterable[str] = (),
+               workloads: Sequence[Workload] = ()) -> bool:
+        """The previous answers with the workloads added and removed, and those of ``namespaces``
+        (whose policies changed; ``workloads``: every one, in (namespace, name) order) answered
+        again, when none of them decides which of competing policies is reported, before or now
+        (else False, nothing done: the competing ones are reported in the workloads' order)."""
         added, removed = changes
-        derived = dict(previous._derived)
-        by_workload = dict(previous._by_workload)
+        again = list(added)
+        for ns in namespaces:
+            again += workloads[bisect_left(workloads, ns, key=_namespace):bisect_right(workloads, ns, key=_namespace)]
+        if not again and not removed:  # the same workloads: the same answers
+            self._derived, self._by_workload, self._competing = previous._derived, previous._by_workload, previous._competing
+            self.changed = []
+            return True
+        derived = previous._derived.copy()
+        by_workload = previous._by_workload.copy()
         for w in removed:
             entry = derived.pop(id(w), None)
             if entry is None or entry[0] is not w or entry[2]:
                 return False
             by_workload.pop((w.namespace, w.name), None)
-        for w in added:
+        for w in again:
+            entry = derived.get(id(w))
+            if entry is not None and (entry[0] is not w or entry[2]):
+                return False
             found: list[tuple[tuple, Problem]] = []
             policies = WorkloadPolicies(*self._authorization_of(w, authz), self._mtls_of(w, peers, found))
             if found:
                 return False
             derived[id(w)] = (w, policies, ())
-            if not policies.empty:
+            if policies.empty:
+                by_workload.pop((w.namespace, w.name), None)
+            else:
                 by_workload[(w.namespace, w.name)] = policies
         self._derived, self._by_workload, self._competing = derived, by_workload, previous._competing
+        self.changed = again
         return True
 
     # -- what is enforced -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from operator import attrgetter, itemgetter
 from typing import Callable, Iterable, Iterator, Mapping
@@ -491,7 +491,16 @@ class NodeInput:
 def config_nodes(index: MeshIndex) -> set[str]:
     """The nodes that get config: every Node object, and every node a pod is scheduled on (manifests
     often carry pods without their Node objects; those ztunnels must not be starved)."""
-    return set(index.nodes) | {w.node_name for w in index.cluster.workloads if w.node_name}
+    return set(index.nodes) | index.scheduled_nodes()
+
+
+class NodeInputs(dict[str, NodeInput]):
+    """Node inputs, and the model they were made from (its ``MeshIndex.generation``): the next
+    model knows what changed since that one (``MeshIndex.changes_since``)."""
+
+    def __init__(self, generation: int | None = None) -> None:
+        super().__init__()
+        self.generation = generation
 
 
 def node_inputs(
@@ -500,13 +509,23 @@ def node_inputs(
     options: TranslateOptions,
     mesh: MeshInput | None = None,
     previous: Mapping[str, NodeInput] | None = None,
-) -> dict[str, NodeInput]:
+) -> NodeInputs:
     """The input of each of ``nodes`` (``mesh``: the model's MeshInput, when already made;
-    ``previous``: the last model's inputs, each kept when equal, so that comparing them is an identity check)."""
+    ``previous``: the last model's inputs, each kept when equal, so that comparing them is an identity check).
+
+    When ``previous`` was made from a model this one was built from (``MeshIndex.build(previous=...)``),
+    a node whose meshed pods and their policies did not change (``MeshIndex.changes_since``) keeps
+    them from its previous input, its pods not walked: a pod change costs its own node, not the cluster's pods."""
     mesh = mesh if mesh is not None else MeshInput.of(index)
     previous = previous or {}
-    out = {}
+    changed = index.changes_since(previous.generation if isinstance(previous, NodeInputs) else None).nodes
+    out = NodeInputs(index.generation)
     for node in nodes:
+        old = previous.get(node)
+        if old is not None and changed is not None and node not in changed:
+            same = old.mesh is mesh and (old.options is options or old.options == options)
+            out[node] = old if same else replace(old, options=options, mesh=mesh)
+            continue
         pods = tuple(w for w in index.meshed_workloads_on(node) if w.ip)
         policies = tuple(index.policies_for(w) for w in pods)
         old = previous.get(node)
