@@ -277,6 +277,7 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
         server_options=ServerOptions(host="127.0.0.1", port=0),
         debug_options=DebugOptions(host="127.0.0.1", port=0),
         translate=IncrementalTranslator(TranslateOptions(layout=params["layout"])),
+        freeze_first_model=True,  # as zpilot serve
     )
     plane.ads.observer.add(sent)
     await plane.update(index)

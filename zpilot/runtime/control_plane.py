@@ -65,6 +65,7 @@ class ControlPlane:
         secrets: SecretSource | None = None,
         identities=None,
         metrics_options: MetricsOptions | None = None,  # None: metrics are not served over HTTP
+        freeze_first_model: bool = False,  # a long-running server: see Producer.freeze_first_model
     ) -> None:
         self.metrics = Metrics()
         self.cache = SnapshotCache()
@@ -72,7 +73,9 @@ class ControlPlane:
         self.identities = identities
         if secrets is None and identities is not None:
             secrets = certificate_secrets(identities)
-        self.producer = Producer(self.cache, translate=translate, secrets=secrets, metrics=self.metrics)
+        self.producer = Producer(
+            self.cache, translate=translate, secrets=secrets, metrics=self.metrics, freeze_first_model=freeze_first_model
+        )
         self.ads = AdsServer(self.cache, security=xds_security, options=server_options,
                              observer=Observers(self.metrics, self.registry))
         self.metrics_server = MetricsServer(self.metrics, metrics_options) if metrics_options is not None else None

@@ -128,6 +128,7 @@ class ServeRuntime:
             metrics_options=self.settings.metrics,
             translate=IncrementalTranslator(self.settings.translate),
             identities=identities,
+            freeze_first_model=True,
         )
 
     def _xds_security(self, api) -> XdsSecurity:

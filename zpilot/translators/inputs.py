@@ -27,7 +27,7 @@ from functools import cached_property
 from operator import attrgetter, itemgetter
 from typing import Callable, Iterable, Iterator, Mapping
 
-from ..model.index import Endpoint, MeshIndex, ServiceTarget, seen_from
+from ..model.index import UNKNOWN_CHANGES, Endpoint, MeshIndex, ServiceTarget, seen_from
 from ..model.objects import Service, ServicePort, Workload
 from ..model.policy import WorkloadPolicies
 from .options import TranslateOptions
@@ -121,6 +121,27 @@ class ServicePortInput:
         return tuple(seen_from(self.candidates, self.service, node))
 
 
+def _facts_of(meshed: tuple[Workload, ...]) -> tuple[tuple, ...]:
+    """(w.ip, w.node_name, w.namespace, w.service_account) of each, without a Python loop."""
+    return tuple(zip(map(_first, map(_ips, meshed)), map(_node_name, meshed), map(_namespace, meshed),
+                     map(_service_account, meshed)))
+
+
+def _spliced_facts(meshed: tuple[Workload, ...], previous: "MeshInput") -> tuple[tuple, ...]:
+    """The facts of ``meshed``: ``previous``'s where the pods are the same objects (the common start
+    and end of the two lists: a pod or two came or went in between), the others made."""
+    old = previous.meshed
+    n, m = len(meshed), len(old)
+    start = 0
+    while start < n and start < m and meshed[start] is old[start]:
+        start += 1
+    end = 0
+    while end < n - start and end < m - start and meshed[n - 1 - end] is old[m - 1 - end]:
+        end += 1
+    kept = previous.meshed_facts
+    return kept[:start] + _facts_of(meshed[start : n - end]) + kept[m - end :]
+
+
 @dataclass(frozen=True, eq=False)
 class MeshInput:
     """What every node can reach: the service ports with a VIP, and the meshed pods (with an IP).
@@ -136,23 +157,71 @@ class MeshInput:
     meshed: tuple[Workload, ...]
     #: (node, its IPv4 pod CIDRs) of each node with one, by name: where the linear layout finds pod IPs.
     node_cidrs: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    meshed_facts: tuple[tuple, ...] = field(init=False, repr=False)
+    #: (IP, node, namespace, service account) of each of ``meshed``: made from them when not given.
+    meshed_facts: tuple[tuple, ...] = field(default=None, repr=False)  # type: ignore[assignment]
+    #: The generation of the index this was made from (``MeshIndex.changes_since`` tells the next one what changed).
+    index_generation: int | None = field(default=None, repr=False)
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        meshed = self.meshed  # (w.ip, w.node_name, w.namespace, w.service_account) of each, without a Python loop
-        facts = zip(map(_first, map(_ips, meshed)), map(_node_name, meshed), map(_namespace, meshed),
-                    map(_service_account, meshed))
-        object.__setattr__(self, "meshed_facts", tuple(facts))
+        if self.meshed_facts is None:
+            object.__setattr__(self, "meshed_facts", _facts_of(self.meshed))
+        # the meshed pods' facts are compared, not hashed: thousands of tuples hashed again per change
+        # for a hash that their count and the rest tell apart well enough
         object.__setattr__(
             self,
             "_hash",
-            hash((self.cluster_domain, self.service_ports, self.vip_order, self.meshed_facts, self.node_cidrs)),
+            hash((self.cluster_domain, self.service_ports, self.vip_order, len(self.meshed_facts), self.node_cidrs)),
         )
 
     @classmethod
     def of(cls, index: MeshIndex, previous: "MeshInput | None" = None) -> "MeshInput":
-        """The model's; ``previous``: the last model's, whose equal service ports are reused."""
+        """The model's; ``previous``: the last model's, whose equal parts are reused: when the index
+        says what changed since (``MeshIndex.changes_since``), only that is looked at again."""
+        changes = index.changes_since(previous.index_generation) if previous is not None else UNKNOWN_CHANGES
+        if previous is not None and changes.service_ports is not None:
+            ports, order = previous._with_candidates(index, changes.service_ports), previous.vip_order
+        else:
+            ports, order = cls._ports(index, previous)
+        if previous is not None and changes.nodes is not None and not changes.nodes:
+            meshed, facts = previous.meshed, previous.meshed_facts  # no node's meshed pods changed
+        else:
+            meshed = tuple(w for w in index.meshed_workloads() if w.ip)
+            if previous is not None and previous.meshed == meshed:
+                meshed, facts = previous.meshed, previous.meshed_facts
+            else:
+                facts = _spliced_facts(meshed, previous) if previous is not None else None
+        cidrs = tuple((name, node.pod_cidrs) for name, node in sorted(index.nodes.items()) if node.pod_cidrs)
+        if previous is not None and previous.node_cidrs == cidrs:
+            cidrs = previous.node_cidrs
+        mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation)
+        if previous is not None and "pod_routes" in previous.__dict__:  # each unchanged node's part is kept
+            mesh.__dict__["pod_routes"] = PodRoutes.of(mesh.meshed_facts, cidrs, previous.pod_routes)
+        return mesh
+
+    def _with_candidates(self, index: MeshIndex, changed: frozenset[tuple[str, str, int]]) -> tuple[ServicePortInput, ...]:
+        """These service ports, those in ``changed`` with the index's candidates (services, their
+        VIPs and EndpointSlices unchanged: the index says so)."""
+        ports = list(self.service_ports)
+        for key in changed:
+            i = self._position.get(key)
+            if i is None:
+                continue
+            old = ports[i]
+            candidates = tuple(index.candidates(old.service, old.port))
+            if candidates != old.candidates:
+                ports[i] = ServicePortInput(old.service, old.port, old.vips, candidates)
+        return tuple(ports)
+
+    @cached_property
+    def _position(self) -> dict[tuple[str, str, int], int]:
+        return {(p.service.namespace, p.service.name, p.port.port): i for i, p in enumerate(self.service_ports)}
+
+    @classmethod
+    def _ports(
+        cls, index: MeshIndex, previous: "MeshInput | None"
+    ) -> tuple[tuple[ServicePortInput, ...], tuple[tuple[str, int], ...]]:
+        """Every service port with a VIP, and the VIPs in order, looked at one by one (the equal ones reused)."""
         by_port: dict[tuple[str, str, int], int] = {}
         targets: list[ServiceTarget] = []
         vips: dict[int, list[str]] = {}
@@ -181,16 +250,7 @@ class MeshInput:
                 ports.append(old)  # its facts and hash are not computed again
             else:
                 ports.append(ServicePortInput(t.service, t.port, vip_list, candidates))
-        meshed = tuple(w for w in index.meshed_workloads() if w.ip)
-        if previous is not None and previous.meshed == meshed:
-            meshed = previous.meshed
-        cidrs = tuple((name, node.pod_cidrs) for name, node in sorted(index.nodes.items()) if node.pod_cidrs)
-        if previous is not None and previous.node_cidrs == cidrs:
-            cidrs = previous.node_cidrs
-        mesh = cls(index.cluster_domain, tuple(ports), tuple(order), meshed, cidrs)
-        if previous is not None and "pod_routes" in previous.__dict__:  # each unchanged node's part is kept
-            mesh.__dict__["pod_routes"] = PodRoutes.of(mesh.meshed_facts, cidrs, previous.pod_routes)
-        return mesh
+        return tuple(ports), tuple(order)
 
     def __eq__(self, other: object) -> bool:
         if self is other:

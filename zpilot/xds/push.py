@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping, Protoco
 
 from google.protobuf.message import Message
 
-from ..gcpause import paused_gc
+from ..gcpause import freeze_long_lived, paused_gc
 from ..model.index import MeshIndex
 from ..translators import IncrementalTranslator, Translated, consistency
 from ..translators.fragments import Fragment
@@ -182,9 +182,13 @@ class Producer:
         secrets: SecretSource | None = None,
         metrics: Metrics | None = None,
         batch_size: int = 8,
+        freeze_first_model: bool = False,
     ) -> None:
         self.cache = cache
         self.batch_size = max(1, batch_size)
+        #: After the first model's config is built, take what is alive out of the collector's
+        #: walks (``gcpause.freeze_long_lived``): for a long-running server, not for tests.
+        self.freeze_first_model = freeze_first_model
         self.translator = translator_of(translate)
         # listeners put together from shared pieces are serialized from them (resource_store.py):
         # the translator need not make the whole messages
@@ -422,6 +426,8 @@ class Producer:
             report.unchanged.sort()
             self._update_gauges()
             report.seconds = time.perf_counter() - started
+            if self.freeze_first_model and not self.failures and freeze_long_lived():
+                log.info("the first model's config is built: its objects are frozen out of the garbage collector's walks")
             log.info(
                 "model update: %d nodes translated, %d changed %s, %d unchanged, %d removed, %d failed (%.1f ms)",
                 len(report.translated), len(report.changed), sorted(report.changed)[:20], len(report.unchanged),
