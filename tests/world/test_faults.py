@@ -27,6 +27,7 @@ from zpilot.translators.bootstrap import XDS_RETRY_MAX_MS
 from zpilot.world import scenarios
 from zpilot.world.builder import World, WorldOptions
 from zpilot.world.kubelet import ProbeSettings
+from zpilot.world.netns import run
 from zpilot.world.cni_node import commands_logged
 from zpilot.world.topology import opted_out, without_opt_out
 from zpilot.world.traffic import Attempt, ConnectionChurn, HeldConnections, hold_concurrently
@@ -189,10 +190,22 @@ def test_ztunnel_killed_and_restarted(world, figure, mode):
         through = [a for a in down if a.ok and (a.started + a.seconds < restarted or a.peer_ip != ZTUNNEL_A_IP)]
         assert through == [], [(a.started - restarted, a.seconds, a.seen) for a in through][:3]
     else:
-        assert all(a.ok and a.peer_ip == SLEEP_IP for a in down), [(a.error, a.seen) for a in down
-                                                                  if not (a.ok and a.peer_ip == SLEEP_IP)][:3]
+        failing = [a for a in down if not (a.ok and a.peer_ip == SLEEP_IP)]
+        # evidence for a rare failure here (1 in 3 full runs, never alone): when each failing attempt
+        # started after the switch, its source port, and node A's conntrack entries of those ports
+        assert not failing, ([(round(a.started - switched, 2), a.local, a.error, a.seen) for a in failing][:5],
+                             _conntrack_of(world, "a", failing))
     assert all(a.ok and a.peer_ip == ZTUNNEL_A_IP for a in back), [(a.error, a.seen) for a in back
                                                                    if not (a.ok and a.peer_ip == ZTUNNEL_A_IP)][:3]
+
+
+def _conntrack_of(world: World, node: str, attempts: list[Attempt]) -> list[str]:
+    """The node's conntrack entries (marks included) of these attempts' source ports, at most 10."""
+    ports = {a.local.rsplit(":", 1)[1] for a in attempts if a.local}
+    if not ports:
+        return ["no source port recorded"]
+    table = run(["ip", "netns", "exec", world.node_ns(node), "cat", "/proc/net/nf_conntrack"], check=False)
+    return [line for line in table.splitlines() if any(f"sport={port} " in line for port in ports)][:10]
 
 
 def _errors(attempts: list[Attempt]) -> str:
