@@ -12,6 +12,7 @@ import ipaddress
 import logging
 from typing import Any
 
+from ..model.addresses import ipv4_networks
 from ..model.objects import Node, Workload
 from .. import contract as c
 from .netns import Netns
@@ -52,14 +53,7 @@ class RouteMap:
 
 def host_ip_in_pod_cidr(routes: RouteMap, node: Node, prefer_dev: str | None) -> str | None:
     """The node's own address inside its pod CIDR (the pods' gateway), preferring the ztunnel's veth."""
-    nets = []
-    for cidr in node.pod_cidrs:
-        try:
-            net = ipaddress.ip_network(cidr, strict=False)
-        except ValueError:
-            continue
-        if net.version == 4:
-            nets.append(net)
+    nets = ipv4_networks(node.pod_cidrs)
     candidates = [(dev != prefer_dev, ipaddress.IPv4Address(ip), ip) for ip, dev in routes.addresses
                   if any(ipaddress.IPv4Address(ip) in n for n in nets)]
     return min(candidates)[2] if candidates else None

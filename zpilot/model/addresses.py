@@ -37,6 +37,19 @@ def is_ipv4_network(cidr: str) -> bool:
         return False
 
 
+def ipv4_networks(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network]:
+    """The IPv4 prefixes among ``cidrs`` (host bits allowed), in order; the rest left out."""
+    found = []
+    for cidr in cidrs:
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            continue
+        if network.version == 4:
+            found.append(network)
+    return found
+
+
 def split_mesh_family(ips: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(addresses the mesh carries, addresses it drops), each in the given order."""
     kept: list[str] = []

@@ -19,7 +19,6 @@ resources built from it cheaply (fragments.py).
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -27,6 +26,7 @@ from functools import cached_property
 from operator import attrgetter, itemgetter
 from typing import Callable, Iterable, Iterator, Mapping
 
+from ..model.addresses import ipv4_networks
 from ..model.index import UNKNOWN_CHANGES, Endpoint, MeshIndex, ServiceTarget, seen_from
 from ..model.objects import Service, ServicePort, Workload
 from ..model.policy import WorkloadPolicies
@@ -511,14 +511,7 @@ def _disjoint(node_cidrs: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, 
     """Each node's IPv4 pod CIDRs (as networks), leaving out every node whose CIDRs overlap another node's."""
     networks: dict[str, list] = {}
     for node, cidrs in node_cidrs:
-        found = []
-        for cidr in cidrs:
-            try:
-                network = ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                continue
-            if network.version == 4:
-                found.append(network)
+        found = ipv4_networks(cidrs)
         if found:
             networks[node] = found
     spans = sorted(
