@@ -88,7 +88,7 @@ async def test_forbidden_is_logged_with_rbacs_message_and_nothing_is_served(arti
         async with Follower(source_for(article, credentials=credentials)) as follower:
             await asyncio.sleep(1.0)
             assert follower.events == []
-    lines = [r.getMessage() for r in caplog.records if "403" in r.getMessage()]
+    lines = [r.getMessage() for r in caplog.records if "403 Forbidden" in r.getMessage()]
     assert len(lines) == 1, lines  # once, not at every retry
     assert article.url in lines[0] and 'cannot list resource "services"' in lines[0]
 
