@@ -1,0 +1,213 @@
+"""Spike (issue 13, a real Envoy at R): where node-0's memory and time to LIVE go, part by part.
+
+``bench/scale.py``'s envoy phase serves node-0's config as zpilot makes it; this serves it with
+one part changed, to see what that part costs a real Envoy 1.40 (run by hand; about 8 s a run):
+
+    as-served        node-0's config as zpilot makes it
+    no-identity      the pods' endpoints (``pods_on_<node>``) without their ``tunnel`` metadata
+    no-pod-endpoints those assignments with the passthrough endpoint alone
+    locality         each node's pods grouped by identity into localities that carry ``tunnel`` once
+    typed            the identity as typed metadata (``envoy.transport_sockets.proxy_protocol``
+                     ``PerHostConfig``, a TLV per host) instead of a ``tunnel`` Struct
+
+Only ``as-served`` pins identities: the others are for measuring (Envoy's ``internal_upstream``
+hands an internal listener a host's or its cluster's ``filter_metadata``, never its locality's, and
+no typed metadata). Per run: seconds to ``/ready`` LIVE, Envoy CPU seconds, RSS and tcmalloc's
+``/memory`` then. Runs are interleaved; the minimum is the least disturbed on a shared machine.
+
+    PYTHONPATH=$PWD python3 bench/spikes/envoy_at_r_variants.py --runs 5 as-served no-identity
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for scale.py's helpers
+
+import scale  # noqa: E402
+
+from zpilot import contract  # noqa: E402
+from zpilot.synthetic import Shape, node_name  # noqa: E402
+
+PODS_ON = "pods_on_"
+PROXY_PROTOCOL_HOST_TLVS = "envoy.transport_sockets.proxy_protocol"
+
+
+def _pod_assignments(resources):
+    for name in [n for n in resources.endpoints if n.startswith(PODS_ON)]:
+        cla = type(resources.endpoints[name])()
+        cla.CopyFrom(resources.endpoints[name])  # the translators' own objects are shared: copy
+        resources.endpoints[name] = cla
+        yield cla
+
+
+def _identity(lb) -> str | None:
+    tunnel = lb.metadata.filter_metadata.get(contract.TUNNEL_METADATA)
+    return tunnel.fields[contract.TUNNEL_IDENTITY].string_value if tunnel is not None else None
+
+
+def no_identity(resources) -> None:
+    for cla in _pod_assignments(resources):
+        for lb in (lb for group in cla.endpoints for lb in group.lb_endpoints if _identity(lb)):
+            lb.ClearField("metadata")
+
+
+def no_pod_endpoints(resources) -> None:
+    for cla in _pod_assignments(resources):
+        for group in cla.endpoints:
+            kept = [lb for lb in group.lb_endpoints if not _identity(lb)]
+            del group.lb_endpoints[:]
+            group.lb_endpoints.extend(kept)
+
+
+def locality(resources) -> None:
+    for cla in _pod_assignments(resources):
+        by_identity: dict[str, list] = {}
+        others = []
+        for lb in (lb for group in cla.endpoints for lb in group.lb_endpoints):
+            identity = _identity(lb)
+            if identity:
+                lb.ClearField("metadata")
+                by_identity.setdefault(identity, []).append(lb)
+            else:
+                others.append(lb)
+        del cla.endpoints[:]
+        for i, (identity, lbs) in enumerate(sorted(by_identity.items())):
+            group = cla.endpoints.add()
+            group.locality.sub_zone = f"identity-{i}"
+            group.metadata.filter_metadata[contract.TUNNEL_METADATA].fields[contract.TUNNEL_IDENTITY].string_value = identity
+            group.lb_endpoints.extend(lbs)
+        cla.endpoints.add().lb_endpoints.extend(others)
+
+
+def typed(resources) -> None:
+    from envoy.config.core.v3 import proxy_protocol_pb2
+
+    for cla in _pod_assignments(resources):
+        for lb in (lb for group in cla.endpoints for lb in group.lb_endpoints):
+            identity = _identity(lb)
+            if identity:
+                lb.ClearField("metadata")
+                tlvs = proxy_protocol_pb2.PerHostConfig(added_tlvs=[proxy_protocol_pb2.TlvEntry(type=0xE2, value=identity.encode())])
+                lb.metadata.typed_filter_metadata[PROXY_PROTOCOL_HOST_TLVS].Pack(tlvs)
+
+
+VARIANTS: dict[str, Callable | None] = {
+    "as-served": None, "no-identity": no_identity, "no-pod-endpoints": no_pod_endpoints, "locality": locality, "typed": typed,
+}
+
+
+async def run(variant: str, concurrency: int | None) -> dict:
+    from google.protobuf import json_format
+
+    from zpilot.certs import CertificateAuthority, IdentityCache
+    from zpilot.envoy_binary import envoy_path, next_base_id
+    from zpilot.runtime.control_plane import ControlPlane, DebugOptions
+    from zpilot.translators import TranslateOptions, translate_node
+    from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
+    from zpilot.xds.push import EveryNode
+    from zpilot.xds.security import XdsSecurity
+    from zpilot.xds.server import ServerOptions
+
+    _, index, _ = scale._model(Shape.reference())
+    bind = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
+    options, node, change = TranslateOptions(layout="linear", bind_address=bind), node_name(0), VARIANTS[variant]
+
+    def translate(model, name):
+        resources = translate_node(model, name, options)
+        if change is not None:
+            change(resources)
+        return resources
+
+    every = EveryNode(translate)
+
+    class OneNode:
+        def inputs(self, model):
+            return {n: i for n, i in every.inputs(model).items() if n == node}
+
+        def translate(self, node_input):
+            return every.translate(node_input)
+
+    plane = ControlPlane(
+        xds_security=XdsSecurity.insecure(), server_options=ServerOptions(host="127.0.0.1", port=0),
+        debug_options=DebugOptions(host="127.0.0.1", port=0), translate=OneNode(),
+        identities=IdentityCache(CertificateAuthority.generate()),
+    )
+    await plane.update(index)
+    await plane.start()
+    snapshot = plane.cache.get_snapshot(node)
+    sizes = {url.rsplit(".", 1)[-1]: round(t.size / 1e6, 2) for url, t in snapshot.types.items()}
+    admin = scale._free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="zpilot-spike-envoy-"))
+    config = bootstrap(BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin))
+    (workdir / "bootstrap.json").write_text(json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))
+    args = [scale._envoy_binary(envoy_path()), "-c", str(workdir / "bootstrap.json"), "--base-id", str(next_base_id() + 7100),
+            "--disable-hot-restart", "-l", "warning"]
+    if concurrency:
+        args += ["--concurrency", str(concurrency)]
+    log = open(workdir / "envoy.log", "wb")
+    started = time.monotonic()
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        live = None
+        while time.monotonic() - started < 60:
+            if proc.poll() is not None:
+                raise RuntimeError(f"envoy exited {proc.returncode}: {(workdir / 'envoy.log').read_text()[-500:]}")
+            if await asyncio.to_thread(scale._is_live, admin):
+                live = time.monotonic() - started
+                break
+            await asyncio.sleep(0.01)
+        rss, cpu = scale._rss_mb(proc.pid), scale._cpu_seconds(proc.pid)
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/memory", timeout=5) as r:
+            memory = json.load(r)
+        mib = {k: round(int(memory[k]) / 2**20, 1) for k in ("allocated", "heap_size", "pageheap_free")}
+        return {"variant": variant, "config_mb": sizes, "live_s": live and round(live, 3), "cpu_s": round(cpu, 2),
+                "rss_mib": round(rss), **{f"{k}_mib": v for k, v in mib.items()}}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+        await plane.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="*", help=f"of {', '.join(VARIANTS)} (all when none is named)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, help="Envoy's --concurrency (default: Envoy's, the core count)")
+    args = parser.parse_args()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant {', '.join(unknown)}: one of {', '.join(VARIANTS)}")
+    results: dict[str, list[dict]] = {v: [] for v in args.variants or VARIANTS}
+    for _ in range(args.runs):
+        for variant in results:
+            result = asyncio.run(run(variant, args.concurrency))
+            print(json.dumps(result), flush=True)
+            results[variant].append(result)
+    for variant, runs in results.items():
+        cpu, rss = [r["cpu_s"] for r in runs], [r["rss_mib"] for r in runs]
+        print(f"{variant:18} CPU s min {min(cpu)} median {statistics.median(cpu)}  RSS MiB {min(rss)}-{max(rss)}  "
+              f"allocated MiB {statistics.median(r['allocated_mib'] for r in runs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
