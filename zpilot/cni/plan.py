@@ -100,11 +100,16 @@ def _node_chains(ztunnel_veth: str, ztunnel_ip: str, host_ip: str, port: int) ->
         f"-m mark --mark {conn_skip} -j CONNMARK --save-mark --nfmask {c.MARK_CONN_SKIP:#x} --ctmask {c.MARK_CONN_SKIP:#x}",
         f"-m mark --mark {proxy} -j CONNMARK --save-mark --nfmask {c.MARK_PROXY:#x} --ctmask {c.MARK_PROXY:#x}",
     )
+    # not in the article: the redirected connections' own mark, so that once a pod is no longer
+    # redirected its connections' entries (which skipped the DNAT) can be found and deleted (conntrack.py)
+    save_outbound = (
+        f"-m mark --mark {outbound} -j CONNMARK --save-mark --nfmask {c.MARK_OUTBOUND:#x} --ctmask {c.MARK_OUTBOUND:#x}",
+    )
     accept_outbound = (f"-m mark --mark {outbound} -j ACCEPT",)
     return (
         IptablesChain(MANGLE, c.PREROUTING, prerouting),
         IptablesChain(MANGLE, c.INPUT, save),
-        IptablesChain(MANGLE, c.FORWARD, save),
+        IptablesChain(MANGLE, c.FORWARD, save + save_outbound),
         # kubelet probes come from the node's pod-network address: never redirect them
         IptablesChain(MANGLE, c.OUTPUT, (f"-s {host_cidr(host_ip)} -j MARK --set-xmark {c.MARK_CONN_SKIP:#x}/0xffffffff",)),
         IptablesChain(MANGLE, c.POSTROUTING),

@@ -5,7 +5,9 @@ an order that keeps traffic flowing through every intermediate state:
 
 - setting up: ipset entries, tunnels, sysctls, routes, rules, and iptables last, so packets are
   only marked once the routing they are marked for exists (then an unused set is destroyed);
-- tearing down: iptables first (stop marking), then rules, routes, tunnels and the set.
+- tearing down: iptables first (stop marking), then rules, routes, tunnels and the set;
+- either way, last: the conntrack entries of connections redirected for pods no longer captured,
+  once nothing marks those pods' packets any more (conntrack.py says why they must go).
 
 Every step is idempotent against what it reads, so a failure half-way (reported, never hidden)
 leaves a state the next reconcile converges from. Each returns its concern's :class:`Diff`, which
@@ -19,7 +21,7 @@ from typing import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import ipset, iptables, links, routing, sysctl
+from . import conntrack, ipset, iptables, links, routing, sysctl
 from .changes import Diff, Report
 from .iptables import Backend
 from .netns import CniError, Netns, PartialFailure
@@ -107,13 +109,22 @@ class Reconciler:
                 )
         return d
 
+    def _conntrack(self, plan: NetnsPlan, dry_run: bool) -> Diff:
+        if plan.ownership.ipset is None:  # not the node's namespace: no pod is redirected here
+            return Diff(None)
+        captured = {entry.ip for entry in plan.ipset.entries} if plan.ipset is not None else set()
+        d = conntrack.diff(captured, conntrack.read(self.netns))
+        if d.changes and not dry_run:
+            conntrack.apply(self.netns, d)
+        return d
+
     # -- the whole namespace ----------------------------------------------------------------------
 
     def steps(self, plan: NetnsPlan) -> list[Callable[[NetnsPlan, bool], Diff]]:
         if plan.is_empty:
-            return [self._iptables, self._rules, self._routes, self._links, self._ipset_destroy]
+            return [self._iptables, self._rules, self._routes, self._links, self._ipset_destroy, self._conntrack]
         return [self._ipset_entries, self._links, self._sysctls, self._routes, self._rules, self._iptables,
-                self._ipset_destroy]
+                self._ipset_destroy, self._conntrack]
 
     def reconcile(self, plan: NetnsPlan, *, dry_run: bool = False) -> Report:
         """Make the namespace match ``plan`` (or with ``dry_run``, only list what would change)."""
