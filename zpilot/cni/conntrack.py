@@ -29,6 +29,7 @@ from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 from .. import contract as c
 from .changes import Change, Diff
+from .errors import CniError
 from .netns import Netns, PartialFailure
 
 #: At most this many connections named per pod in a change (the count is always whole).
@@ -64,12 +65,16 @@ def _open(netns: Netns) -> Conntrack:
 
 def read(netns: Netns) -> list[Flow]:
     """The connections whose first packet was redirected (connmark ``0x100``); the kernel filters."""
-    with _open(netns) as ct:
-        return [
-            Flow(e.tuple_orig.proto, e.tuple_orig.saddr, e.tuple_orig.sport or 0, e.tuple_orig.daddr,
-                 e.tuple_orig.dport or 0)
-            for e in ct.dump_entries(mark=c.MARK_OUTBOUND, mark_mask=c.MARK_OUTBOUND)
-        ]
+    try:
+        with _open(netns) as ct:
+            return [
+                Flow(e.tuple_orig.proto, e.tuple_orig.saddr, e.tuple_orig.sport or 0, e.tuple_orig.daddr,
+                     e.tuple_orig.dport or 0)
+                for e in ct.dump_entries(mark=c.MARK_OUTBOUND, mark_mask=c.MARK_OUTBOUND)
+            ]
+    except (NetlinkError, OSError) as exc:
+        raise CniError(f"cannot read the conntrack table in {netns} ({exc}): the agent needs the kernel's"
+                       " conntrack over netlink (module nf_conntrack_netlink) and CAP_NET_ADMIN") from exc
 
 
 def diff(captured: set[str], redirected: list[Flow]) -> Diff[Deletions]:
