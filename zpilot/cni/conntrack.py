@@ -12,8 +12,10 @@ untranslated, into nothing, until the entry expires.
 
 So the plan saves the ``0x100`` mark in the connection (mangle ``ztunnel-FORWARD``), which makes
 these entries visible in the kernel, and this concern holds the node to: no entry carrying it
-whose original source is not a captured pod. What differs is deleted over netlink (pyroute2's
-``Conntrack``, opened in the node's namespace); an entry that expired meanwhile is no error.
+whose original source is a pod the node does not capture. The kernel does the filtering (pyroute2
+parses about 1,000 entries a second, and a node holds many): when nothing is captured (fail-open,
+cleanup) one flush by mark removes them all, else one dump per uncaptured pod of the node, by
+mark and source, lists what to delete. An entry that expired meanwhile is no error.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from dataclasses import dataclass, field
 
 from pyroute2 import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
+from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET, NFCTAttrTuple, nfct_msg
 
 from .. import contract as c
 from .changes import Change, Diff
@@ -53,8 +56,9 @@ class Flow:
 
 @dataclass
 class Deletions:
-    """What ``apply`` deletes: the stale flows, one group per pod (source IP), with its change."""
+    """What ``apply`` deletes: everything marked (nothing is captured), or these flows, one group per pod."""
 
+    everything: bool = False
     groups: list[tuple[Change, list[Flow]]] = field(default_factory=list)
 
 
@@ -63,34 +67,60 @@ def _open(netns: Netns) -> Conntrack:
     return Conntrack(netns=netns.path) if netns.path else Conntrack()
 
 
-def read(netns: Netns) -> list[Flow]:
-    """The connections whose first packet was redirected (connmark ``0x100``); the kernel filters."""
+def _flow(entry) -> Flow:
+    t = entry.tuple_orig
+    return Flow(t.proto, t.saddr, t.sport or 0, t.daddr, t.dport or 0)
+
+
+def _marked_from(ct: Conntrack, src: str) -> list[Flow]:
+    """Filtered by the kernel on mark and source both (pyroute2's own dump drops the mark when given a
+    tuple); checked again here, for a kernel that ignores the filter (before 5.8)."""
+    match = NFCTAttrTuple(saddr=src)
+    match.attrs()  # computes the filter's flags
+    msg = nfct_msg.create_from(tuple_orig=match, cta_filter={"attrs": [["CTA_FILTER_ORIG_FLAGS", match.flags]]},
+                               mark=c.MARK_OUTBOUND, mark_mask=c.MARK_OUTBOUND)
+    flows = []
+    for reply in ct.request(msg, IPCTNL_MSG_CT_GET, msg_flags=NLM_F_REQUEST | NLM_F_DUMP):
+        t = NFCTAttrTuple.from_netlink(reply["nfgen_family"], reply.get_attr("CTA_TUPLE_ORIG"))
+        if t.saddr == src and (reply.get_attr("CTA_MARK") or 0) & c.MARK_OUTBOUND:
+            flows.append(Flow(t.proto, t.saddr, t.sport or 0, t.daddr, t.dport or 0))
+    return flows
+
+
+def read(netns: Netns, sources: tuple[str, ...] | None) -> list[Flow]:
+    """The redirected connections (connmark ``0x100``) of ``sources``; None: of any source, of
+    which only the first :data:`EXAMPLES` are read (``apply`` flushes them in the kernel)."""
+    marked = {"mark": c.MARK_OUTBOUND, "mark_mask": c.MARK_OUTBOUND}
     try:
         with _open(netns) as ct:
-            return [
-                Flow(e.tuple_orig.proto, e.tuple_orig.saddr, e.tuple_orig.sport or 0, e.tuple_orig.daddr,
-                     e.tuple_orig.dport or 0)
-                for e in ct.dump_entries(mark=c.MARK_OUTBOUND, mark_mask=c.MARK_OUTBOUND)
-            ]
+            if sources is None:
+                return [_flow(e) for e, _ in zip(ct.dump_entries(**marked), range(EXAMPLES))]
+            return [flow for src in sources for flow in _marked_from(ct, src)]
     except (NetlinkError, OSError) as exc:
         raise CniError(f"cannot read the conntrack table in {netns} ({exc}): the agent needs the kernel's"
                        " conntrack over netlink (module nf_conntrack_netlink) and CAP_NET_ADMIN") from exc
 
 
-def diff(captured: set[str], redirected: list[Flow]) -> Diff[Deletions]:
-    """Redirected connections of pods still captured are as planned; the others are to go."""
+def _examples(flows: list[Flow]) -> str:
+    return ", ".join(str(f) for f in flows[:EXAMPLES]) + (", ..." if len(flows) > EXAMPLES else "")
+
+
+def diff(sources: tuple[str, ...] | None, stale: list[Flow]) -> Diff[Deletions]:
+    """``stale`` as :func:`read` found it for ``sources`` (None: nothing is captured)."""
     d: Diff[Deletions] = Diff(Deletions())
-    stale: dict[str, list[Flow]] = defaultdict(list)
-    for flow in redirected:
-        if flow.src in captured:
-            d.unchanged += 1
-        else:
-            stale[flow.src].append(flow)
-    for src in sorted(stale):
-        flows = stale[src]
-        shown = ", ".join(str(f) for f in flows[:EXAMPLES]) + (", ..." if len(flows) > EXAMPLES else "")
+    if sources is None:
+        if stale:
+            d.work.everything = True
+            d.changes.append(Change("conntrack", "remove", "every connection redirected while its pod was"
+                                    f" captured (e.g. {_examples(stale)})"))
+        return d
+    by_src: dict[str, list[Flow]] = defaultdict(list)
+    for flow in stale:
+        by_src[flow.src].append(flow)
+    for src in sorted(by_src):
+        flows = by_src[src]
         change = Change("conntrack", "remove",
-                        f"{len(flows)} connection(s) of {src} redirected while it was captured ({shown})")
+                        f"{len(flows)} connection(s) of {src} redirected while it was captured ({_examples(flows)})")
         d.changes.append(change)
         d.work.groups.append((change, flows))
     return d
@@ -100,6 +130,9 @@ def apply(netns: Netns, d: Diff[Deletions]) -> None:
     """Delete the stale entries; on a failure, the pods whose entries are all gone are reported done."""
     done: list[Change] = []
     with _open(netns) as ct:
+        if d.work.everything:
+            ct.flush(mark=c.MARK_OUTBOUND, mark_mask=c.MARK_OUTBOUND)
+            return
         for change, flows in d.work.groups:
             for flow in flows:
                 try:

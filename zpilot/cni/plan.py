@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -298,6 +298,12 @@ def host_ip_for(node: Node, facts: NodeFacts) -> str | None:
     return facts.host_ip or node.internal_ip
 
 
+def _uncaptured(index: MeshIndex, node_name: str, meshed: tuple[Workload, ...]) -> tuple[str, ...]:
+    captured = {w.ip for w in meshed}
+    return tuple(sorted({w.ip for w in index.workloads_on(node_name) if w.ip and is_ipv4(w.ip)} - captured,
+                        key=sort_key))
+
+
 def build_plan(
     index: MeshIndex,
     node_name: str,
@@ -330,8 +336,8 @@ def build_plan(
                 f"NO READY ZTUNNEL on {node.ref} while {len(meshed_t)} enrolled pod(s) run there ({names}):"
                 " failing closed, their TCP traffic is DROPPED until a ztunnel is ready"
             )
-            return NodePlan(node, Mode.FAIL_CLOSED, None, meshed_t, host_ip, _fail_closed_node_side(meshed_t),
-                            None, tuple(alerts))
+            node_side = replace(_fail_closed_node_side(meshed_t), uncaptured=_uncaptured(index, node_name, meshed_t))
+            return NodePlan(node, Mode.FAIL_CLOSED, None, meshed_t, host_ip, node_side, None, tuple(alerts))
         alerts.append(
             f"NO READY ZTUNNEL on {node.ref} while {len(meshed_t)} enrolled pod(s) run there ({names}):"
             " failing open, their traffic is NOT meshed (no mTLS, no policy) until a ztunnel is ready"
@@ -353,5 +359,6 @@ def build_plan(
     check_ifname("--ztunnel-veth", veth)
     check_ifname("--ztunnel-iface", facts.ztunnel_iface)
     assert ztunnel.ip is not None  # MeshIndex only indexes pods with (IPv4) IPs
-    node_side = _redirecting_node_side(ztunnel, meshed_t, host_ip, facts, veth)
+    node_side = replace(_redirecting_node_side(ztunnel, meshed_t, host_ip, facts, veth),
+                        uncaptured=_uncaptured(index, node_name, meshed_t))
     return NodePlan(node, Mode.REDIRECT, ztunnel, meshed_t, host_ip, node_side, ztunnel_side(ztunnel.ip, host_ip, facts))

@@ -114,8 +114,9 @@ class Reconciler:
     def _conntrack(self, plan: NetnsPlan, dry_run: bool) -> Diff:
         if plan.ownership.ipset is None:  # not the node's namespace: no pod is redirected here
             return Diff(None)
-        captured = {entry.ip for entry in plan.ipset.entries} if plan.ipset is not None else set()
-        d = conntrack.diff(captured, conntrack.read(self.netns))
+        captured = plan.ipset is not None and bool(plan.ipset.entries)
+        sources = plan.uncaptured if captured else None
+        d = conntrack.diff(sources, conntrack.read(self.netns, sources))
         if d.changes and not dry_run:
             conntrack.apply(self.netns, d)
         return d
