@@ -2,7 +2,7 @@
 
 The kernel takes a connection's NAT decision on its first packet and keeps it in the
 connection's conntrack entry. A captured pod's connection skips kube-proxy's DNAT (its SYN is
-marked ``0x100``, which nat ``ztunnel-PREROUTING`` accepts), so its entry says "no DNAT". When
+marked ``MARK_OUTBOUND``, which the plan's nat PREROUTING chain accepts), so its entry says "no DNAT". When
 the node stops redirecting the pod (fail-open, the pod taken out of the mesh) the entry stays:
 120 s for a SYN the dead ztunnel never answered, days for an established connection. A new
 connection of the pod with the same 5-tuple matches it (the kernel picks source ports in a
@@ -10,7 +10,7 @@ sequence per destination that comes round again after a few thousand connections
 them against the pod's own sockets only), inherits "no DNAT" and goes to the service VIP
 untranslated, into nothing, until the entry expires.
 
-So the plan saves the ``0x100`` mark in the connection (mangle ``ztunnel-FORWARD``), which makes
+So the plan saves that mark in the connection (its mangle FORWARD chain), which makes
 these entries visible in the kernel, and this concern holds the node to: no entry carrying it
 whose original source is a pod the node does not capture. The kernel does the filtering (pyroute2
 parses about 1,000 entries a second, and a node holds many): when nothing is captured (fail-open,
@@ -88,7 +88,7 @@ def _marked_from(ct: Conntrack, src: str) -> list[Flow]:
 
 
 def read(netns: Netns, sources: tuple[str, ...] | None) -> list[Flow]:
-    """The redirected connections (connmark ``0x100``) of ``sources``; None: of any source, of
+    """The redirected connections (``MARK_OUTBOUND`` in their connmark) of ``sources``; None: of any source, of
     which only the first :data:`EXAMPLES` are read (``apply`` flushes them in the kernel)."""
     marked = {"mark": c.MARK_OUTBOUND, "mark_mask": c.MARK_OUTBOUND}
     try:
