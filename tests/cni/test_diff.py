@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from zpilot.cni import ipset, iptables, links, preflight, routing, sysctl
+from zpilot.cni import conntrack, ipset, iptables, links, preflight, routing, sysctl
 from zpilot.cni.errors import CniError
 from zpilot.cni.iptables import TableState
 from zpilot.cni.desired import IpsetEntry, IpsetPlan, IptablesChain, Jump, Route, Rule, Sysctl, Tunnel, TunnelKind
@@ -195,3 +195,26 @@ def test_a_killed_agent_s_probe_namespace_is_removed(monkeypatch):
         assert stale not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     finally:
         subprocess.run(["ip", "netns", "del", stale], capture_output=True)
+
+
+def test_conntrack_redirected_flows_of_uncaptured_pods_go_grouped_per_pod():
+    flows = [conntrack.Flow(6, "10.4.4.19", 40000 + i, "10.8.14.226", 9080) for i in range(5)]
+    flows += [conntrack.Flow(6, "10.4.4.25", 42000, "10.8.1.10", 80)]
+    d = conntrack.diff(("10.4.4.19", "10.4.4.25"), flows)
+    assert [str(ch) for ch in d.changes] == [
+        "conntrack: remove 5 connection(s) of 10.4.4.19 redirected while it was captured (tcp 10.4.4.19:40000"
+        " -> 10.8.14.226:9080, tcp 10.4.4.19:40001 -> 10.8.14.226:9080, tcp 10.4.4.19:40002 -> 10.8.14.226:9080, ...)",
+        "conntrack: remove 1 connection(s) of 10.4.4.25 redirected while it was captured (tcp 10.4.4.25:42000"
+        " -> 10.8.1.10:80)",
+    ]
+    assert [len(group) for _change, group in d.work.groups] == [5, 1] and not d.work.everything
+    assert conntrack.diff(("10.4.4.19",), []).in_sync
+
+
+def test_conntrack_with_no_pod_captured_every_redirected_flow_goes_in_one_flush():
+    flows = [conntrack.Flow(6, "10.4.4.19", 40000, "10.8.14.226", 9080)]
+    d = conntrack.diff(None, flows)
+    assert d.work.everything and [str(ch) for ch in d.changes] == [
+        "conntrack: remove every connection redirected while its pod was captured"
+        " (e.g. tcp 10.4.4.19:40000 -> 10.8.14.226:9080)"]
+    assert conntrack.diff(None, []).in_sync

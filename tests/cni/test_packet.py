@@ -158,3 +158,74 @@ def test_same_node_hbone_on_15088_hairpins_to_15008(applied):
     assert client.returncode == 0, client.stderr
     assert got is not None and got["data"] == "ping from ztunnel"
     assert got["original_dst"] == ["10.4.4.19", 15088]
+
+
+FROM_PORT_CLIENT = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", int(sys.argv[3])))
+s.settimeout(float(sys.argv[4]))
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"ping from port " + sys.argv[3].encode())
+print(s.recv(10).decode())
+"""
+SOURCE_PORT = 31002
+
+
+def connect_from(ns: str, source_port: int, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", FROM_PORT_CLIENT, VIP, str(PORT),
+                           str(source_port), str(timeout)], capture_output=True, text=True, timeout=15)
+
+
+def conntrack_of(ns: str, source_port: int) -> list[str]:
+    return [line for line in in_ns(ns, "cat", "/proc/net/nf_conntrack").splitlines() if f"sport={source_port} " in line]
+
+
+def _fail_open(manifests: Path) -> None:
+    (manifests / "istio-system.yaml").unlink()  # no ztunnel on the node
+
+
+def _sleep_out_of_the_mesh(manifests: Path) -> None:
+    pods = manifests / "pods.yaml"
+    labelled = "      app: sleep\n"
+    assert labelled in pods.read_text()
+    pods.write_text(pods.read_text().replace(labelled, labelled + "      istio.io/dataplane-mode: none\n", 1))
+
+
+@pytest.mark.parametrize("stop", [_fail_open, _sleep_out_of_the_mesh], ids=["fail-open", "out-of-the-mesh"])
+def test_a_pod_s_redirected_connections_are_forgotten_when_it_is_no_longer_redirected(applied, manifests, stop):
+    """A SYN the (dead) ztunnel never answered leaves an entry that skipped kube-proxy's DNAT, marked
+    0x100 in the connection. When the node stops redirecting the pod (fails open, or the pod leaves
+    the mesh) the entry is deleted, so the pod's next connection from the same source port (hence
+    the same 5-tuple: it would match the entry) is DNATed to the endpoint; ``zpilot cni status``
+    (a dry run) names the entry while it is there."""
+    topo = applied
+    unanswered = connect_from(topo.pod("sleep"), SOURCE_PORT, timeout=1)  # no listener on 15001
+    assert unanswered.returncode != 0
+    stale = conntrack_of(topo.node, SOURCE_PORT)
+    assert len(stale) == 1 and "SYN_SENT" in stale[0] and "mark=256 " in stale[0], stale
+    assert f"src={VIP} dst=10.4.4.19 sport={PORT} dport={SOURCE_PORT} " in stale[0]  # no DNAT
+    stop(manifests)
+    plan = topo.agent.plan()
+    told = topo.agent.node.reconcile(plan.node_side, dry_run=True)
+    assert conntrack_of(topo.node, SOURCE_PORT) == stale
+    plan, reports = topo.agent.reconcile_once()
+    assert plan.mode.value == ("fail-open" if stop is _fail_open else "redirect") and all(r.ok for r in reports)
+    assert stop is _fail_open or "10.4.4.19" not in {w.ip for w in plan.meshed}
+    flow = f"tcp 10.4.4.19:{SOURCE_PORT} -> {VIP}:{PORT}"
+    expected_change = (f"conntrack: remove every connection redirected while its pod was captured (e.g. {flow})"
+                       if stop is _fail_open else
+                       f"conntrack: remove 1 connection(s) of 10.4.4.19 redirected while it was captured ({flow})")
+    assert expected_change in [str(ch) for ch in told.changes]
+    assert expected_change in [str(ch) for r in reports for ch in r.changes]
+    assert conntrack_of(topo.node, SOURCE_PORT) == []
+    endpoint = Listener(topo.node, PORT, 5)  # the service's endpoint behind kube-proxy's DNAT
+    try:
+        client = connect_from(topo.pod("sleep"), SOURCE_PORT, timeout=5)
+        reached = endpoint.result()
+    finally:
+        endpoint.stop()
+    assert client.returncode == 0, client.stderr
+    assert reached is not None and reached["peer"] == ["10.4.4.19", SOURCE_PORT] and reached["local"] == ["10.4.4.1", PORT]
+    assert topo.agent.node.reconcile(topo.agent.plan().node_side, dry_run=True).in_sync

@@ -151,6 +151,9 @@ class NetnsPlan:
     rules: tuple[Rule, ...] = ()
     routes: tuple[Route, ...] = ()
     sysctls: tuple[Sysctl, ...] = ()
+    #: The node's pods that are not captured while others are (their IPv4 addresses): none of their
+    #: connections may keep a decision of the redirect (conntrack.py). With none captured, no one's may.
+    uncaptured: tuple[str, ...] = ()
 
     @classmethod
     def empty(cls, ownership: Ownership) -> "NetnsPlan":

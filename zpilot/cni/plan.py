@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Mapping
 
@@ -100,11 +100,16 @@ def _node_chains(ztunnel_veth: str, ztunnel_ip: str, host_ip: str, port: int) ->
         f"-m mark --mark {conn_skip} -j CONNMARK --save-mark --nfmask {c.MARK_CONN_SKIP:#x} --ctmask {c.MARK_CONN_SKIP:#x}",
         f"-m mark --mark {proxy} -j CONNMARK --save-mark --nfmask {c.MARK_PROXY:#x} --ctmask {c.MARK_PROXY:#x}",
     )
+    # not in the article: the redirected connections' own mark, so that once a pod is no longer
+    # redirected its connections' entries (which skipped the DNAT) can be found and deleted (conntrack.py)
+    save_outbound = (
+        f"-m mark --mark {outbound} -j CONNMARK --save-mark --nfmask {c.MARK_OUTBOUND:#x} --ctmask {c.MARK_OUTBOUND:#x}",
+    )
     accept_outbound = (f"-m mark --mark {outbound} -j ACCEPT",)
     return (
         IptablesChain(MANGLE, c.PREROUTING, prerouting),
         IptablesChain(MANGLE, c.INPUT, save),
-        IptablesChain(MANGLE, c.FORWARD, save),
+        IptablesChain(MANGLE, c.FORWARD, save + save_outbound),
         # kubelet probes come from the node's pod-network address: never redirect them
         IptablesChain(MANGLE, c.OUTPUT, (f"-s {host_cidr(host_ip)} -j MARK --set-xmark {c.MARK_CONN_SKIP:#x}/0xffffffff",)),
         IptablesChain(MANGLE, c.POSTROUTING),
@@ -293,6 +298,12 @@ def host_ip_for(node: Node, facts: NodeFacts) -> str | None:
     return facts.host_ip or node.internal_ip
 
 
+def _uncaptured(index: MeshIndex, node_name: str, meshed: tuple[Workload, ...]) -> tuple[str, ...]:
+    captured = {w.ip for w in meshed}
+    return tuple(sorted({w.ip for w in index.workloads_on(node_name) if w.ip and is_ipv4(w.ip)} - captured,
+                        key=sort_key))
+
+
 def build_plan(
     index: MeshIndex,
     node_name: str,
@@ -325,8 +336,8 @@ def build_plan(
                 f"NO READY ZTUNNEL on {node.ref} while {len(meshed_t)} enrolled pod(s) run there ({names}):"
                 " failing closed, their TCP traffic is DROPPED until a ztunnel is ready"
             )
-            return NodePlan(node, Mode.FAIL_CLOSED, None, meshed_t, host_ip, _fail_closed_node_side(meshed_t),
-                            None, tuple(alerts))
+            node_side = replace(_fail_closed_node_side(meshed_t), uncaptured=_uncaptured(index, node_name, meshed_t))
+            return NodePlan(node, Mode.FAIL_CLOSED, None, meshed_t, host_ip, node_side, None, tuple(alerts))
         alerts.append(
             f"NO READY ZTUNNEL on {node.ref} while {len(meshed_t)} enrolled pod(s) run there ({names}):"
             " failing open, their traffic is NOT meshed (no mTLS, no policy) until a ztunnel is ready"
@@ -348,5 +359,6 @@ def build_plan(
     check_ifname("--ztunnel-veth", veth)
     check_ifname("--ztunnel-iface", facts.ztunnel_iface)
     assert ztunnel.ip is not None  # MeshIndex only indexes pods with (IPv4) IPs
-    node_side = _redirecting_node_side(ztunnel, meshed_t, host_ip, facts, veth)
+    node_side = replace(_redirecting_node_side(ztunnel, meshed_t, host_ip, facts, veth),
+                        uncaptured=_uncaptured(index, node_name, meshed_t))
     return NodePlan(node, Mode.REDIRECT, ztunnel, meshed_t, host_ip, node_side, ztunnel_side(ztunnel.ip, host_ip, facts))

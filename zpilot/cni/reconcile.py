@@ -5,7 +5,11 @@ an order that keeps traffic flowing through every intermediate state:
 
 - setting up: ipset entries, tunnels, sysctls, routes, rules, and iptables last, so packets are
   only marked once the routing they are marked for exists (then an unused set is destroyed);
-- tearing down: iptables first (stop marking), then rules, routes, tunnels and the set.
+- tearing down: iptables first (stop marking), then rules, routes, tunnels and the set;
+- the conntrack entries of connections redirected for pods no longer captured go as soon as
+  nothing marks those pods' packets any more: right after the set's entries (setting up) or
+  iptables (tearing down), so that a SYN the pod retransmits meanwhile is DNATed rather than sent
+  into nothing (conntrack.py says why they must go).
 
 Every step is idempotent against what it reads, so a failure half-way (reported, never hidden)
 leaves a state the next reconcile converges from. Each returns its concern's :class:`Diff`, which
@@ -19,7 +23,7 @@ from typing import Callable
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import ipset, iptables, links, routing, sysctl
+from . import conntrack, ipset, iptables, links, routing, sysctl
 from .changes import Diff, Report
 from .iptables import Backend
 from .netns import CniError, Netns, PartialFailure
@@ -107,13 +111,23 @@ class Reconciler:
                 )
         return d
 
+    def _conntrack(self, plan: NetnsPlan, dry_run: bool) -> Diff:
+        if plan.ownership.ipset is None:  # not the node's namespace: no pod is redirected here
+            return Diff(None)
+        captured = plan.ipset is not None and bool(plan.ipset.entries)
+        sources = plan.uncaptured if captured else None
+        d = conntrack.diff(sources, conntrack.read(self.netns, sources))
+        if d.changes and not dry_run:
+            conntrack.apply(self.netns, d)
+        return d
+
     # -- the whole namespace ----------------------------------------------------------------------
 
     def steps(self, plan: NetnsPlan) -> list[Callable[[NetnsPlan, bool], Diff]]:
         if plan.is_empty:
-            return [self._iptables, self._rules, self._routes, self._links, self._ipset_destroy]
-        return [self._ipset_entries, self._links, self._sysctls, self._routes, self._rules, self._iptables,
-                self._ipset_destroy]
+            return [self._iptables, self._conntrack, self._rules, self._routes, self._links, self._ipset_destroy]
+        return [self._ipset_entries, self._conntrack, self._links, self._sysctls, self._routes, self._rules,
+                self._iptables, self._ipset_destroy]
 
     def reconcile(self, plan: NetnsPlan, *, dry_run: bool = False) -> Report:
         """Make the namespace match ``plan`` (or with ``dry_run``, only list what would change)."""
