@@ -266,17 +266,15 @@ def _exchange_from(world: World, source_port: int, host: str, port: int, *, time
 
 
 def _conntrack_lines(world: World, node: str, ports: tuple[int, ...]) -> list[str]:
+    """The node's conntrack entries (marks included) of these source ports, at most 10."""
     table = run(["ip", "netns", "exec", world.node_ns(node), "cat", "/proc/net/nf_conntrack"], check=False)
     return [line for line in table.splitlines() if any(f"sport={port} " in line for port in ports)][:10]
 
 
 def _conntrack_of(world: World, node: str, attempts: list[Attempt]) -> list[str]:
     """The node's conntrack entries (marks included) of these attempts' source ports, at most 10."""
-    ports = {a.local.rsplit(":", 1)[1] for a in attempts if a.local}
-    if not ports:
-        return ["no source port recorded"]
-    table = run(["ip", "netns", "exec", world.node_ns(node), "cat", "/proc/net/nf_conntrack"], check=False)
-    return [line for line in table.splitlines() if any(f"sport={port} " in line for port in ports)][:10]
+    ports = tuple({int(a.local.rsplit(":", 1)[1]) for a in attempts if a.local})
+    return _conntrack_lines(world, node, ports) if ports else ["no source port recorded"]
 
 
 def _errors(attempts: list[Attempt]) -> str:
