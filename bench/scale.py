@@ -14,9 +14,10 @@ stopped there, and the run goes on.
 - cold: every node's config from scratch (the first model ``zpilot serve`` reads), the peak RSS
   of that process, and how much of the config the nodes share;
 - churn: the control plane serving N simulated ztunnels (``bench/ztunnels.py``: real gRPC ADS
-  clients that ACK) while pods come and go and services are added: from the end of the debounce
-  window (the model is built, then handed to the control plane) to "sent" on each affected
-  stream (server side) and "received" (client side), p50 / p99, and which streams got anything;
+  clients that ACK; state of the world, or incremental with ``--xds delta``) while pods come and
+  go and services are added: from the end of the debounce window (the model is built, then handed
+  to the control plane) to "sent" on each affected stream (server side) and "received" (client
+  side), p50 / p99, and which streams got anything;
 - envoy: one node's config loaded over ADS into a real Envoy: time to LIVE and its RSS.
 """
 
@@ -286,8 +287,10 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
     nodes = [node_name(i) for i in range(min(params["clients"], shape.nodes))]
     received: list[dict[str, Any]] = []
     ready: set[str] = set()
+    protocol = ["--delta"] if params["xds"] == "delta" else []
     clients = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).with_name("ztunnels.py")), "--xds", f"127.0.0.1:{plane.xds_port}", *nodes,
+        sys.executable, str(Path(__file__).with_name("ztunnels.py")), "--xds", f"127.0.0.1:{plane.xds_port}",
+        *protocol, *nodes,
         stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True,
     )
 
@@ -312,7 +315,8 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
         peak_at_sync = _rss_mb(os.getpid(), "VmHWM")
         events = await _events(params, shape, cluster, plane, sent, received, set(nodes), KIND_CONVERTERS,
                                _Models(MeshIndex, index))
-        return {"clients": len(nodes), "initial_sync_seconds": round(sync_seconds, 1), "events": events,
+        return {"clients": len(nodes), "xds": params["xds"], "initial_sync_seconds": round(sync_seconds, 1),
+                "events": events,
                 "nacks": sent.nacks, "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM")),
                 "rss_before_clients_mb": round(rss_before_clients), "peak_rss_first_sync_mb": round(peak_at_sync),
                 "rss_mb": round(_rss_mb(os.getpid()))}
@@ -623,12 +627,14 @@ def report(results: dict[str, Any]) -> str:
                          e["model_build_ms"], e["producer_ms"], e["sent_p50_ms"], e["sent_p99_ms"],
                          e["sent_after_handover_p99_ms"], e["received_p99_ms"], e["mb_sent_per_change"],
                          e["mb_received_per_change"]])
-    out.append(_table("churn: from the end of the debounce window (ms), N ztunnels connected",
+    protocols = sorted({r["xds"] for r in results["churn"].values() if "xds" in r}) or ["sotw"]
+    out.append(_table(f"churn: from the end of the debounce window (ms), N ztunnels connected over "
+                      f"{'/'.join(protocols)} xDS",
                       ["layout", "change", "pushed/affected", "unaffected pushed", "model ms", "producer ms",
                        "sent p50", "sent p99", "sent p99 after model", "received p99", "MB sent", "MB received"], rows))
     for layout, r in results["churn"].items():
         if "stopped" not in r:
-            out.append(f"  {layout}: {r['clients']} ztunnels, initial sync {r['initial_sync_seconds']} s, "
+            out.append(f"  {layout}: {r['clients']} ztunnels ({r['xds']} xDS), initial sync {r['initial_sync_seconds']} s, "
                        f"NACKs {r['nacks']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB; "
                        f"{r['rss_before_clients_mb']} MiB before the clients connected, peak "
                        f"{r['peak_rss_first_sync_mb']} MiB by the end of their first sync)")
@@ -654,6 +660,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, help="simulated ztunnels (default: one per node)")
     parser.add_argument("--rounds", type=int, help="each kind of change this many times (2; 5 with --reference)")
     parser.add_argument("--skip", default="", help="phases to skip: growth, cold, churn, envoy")
+    parser.add_argument("--xds", choices=("sotw", "delta"), default="sotw",
+                        help="churn: the simulated ztunnels' protocol, state of the world (Envoy's default) or "
+                             "delta (a bootstrap's DELTA_GRPC, zpilot bootstrap --delta); default %(default)s")
     parser.add_argument("--cluster-stats", choices=contract.CLUSTER_STATS, default=contract.DEFAULT_CLUSTER_STATS,
                         help="envoy: the bootstrap's --cluster-stats (default %(default)s)")
     parser.add_argument("--cap-seconds", type=float, default=300.0, help="time cap of each phase (300)")
@@ -676,6 +685,7 @@ def main() -> int:
     shape = Shape.reference().scaled(nodes)
     caps = Caps(args.cap_seconds, args.cap_mb)
     results: dict[str, Any] = {"machine": machine(), "cluster": shape.describe(), "shape": dataclasses.asdict(shape),
+                               "xds": args.xds,
                                "growth": {}, "cold": {}, "churn": {}, "envoy": {}}
     phases = [("growth", layout, n) for layout in layouts for n in growth] if "growth" not in skip else []
     phases += [(phase, layout, nodes) for phase in ("cold", "churn", "envoy") if phase not in skip for layout in layouts]
@@ -690,7 +700,7 @@ def main() -> int:
         size = Shape.reference().scaled(n)
         params = {"layout": layout, "shape": dataclasses.asdict(size), "clients": args.clients or n,
                   "rounds": rounds, "sync_timeout": caps.seconds, "live_timeout": min(caps.seconds, 120.0),
-                  "cluster_stats": args.cluster_stats}
+                  "cluster_stats": args.cluster_stats, "xds": args.xds}
         cold = results["cold"].get(layout, {})
         if phase == "growth" and layout in stopped_growth:  # a larger cluster would stop too
             result = {"stopped": f"not run: {stopped_growth[layout]} at a smaller size"}
