@@ -143,7 +143,8 @@ class DeltaStream(Stream):
             resources = snapshot.resources(type_url)
             answer = due(sub, resources)
             sub.pending = False
-            self.note_missing(sub, answer.missing, "answered as removed")
+            if answer.missing:  # never from the shared changes: nothing to report on most looks
+                self.note_missing(sub, answer.missing, "answered as removed")
             settle(sub, resources, answer)
             if not answer:
                 continue
