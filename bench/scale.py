@@ -287,6 +287,7 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
     nodes = [node_name(i) for i in range(min(params["clients"], shape.nodes))]
     received: list[dict[str, Any]] = []
     ready: set[str] = set()
+    holdings: dict[str, str] = {}
     protocol = ["--delta"] if params["xds"] == "delta" else []
     clients = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("ztunnels.py")), "--xds", f"127.0.0.1:{plane.xds_port}",
@@ -300,6 +301,8 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
             record = json.loads(line)
             if "ready" in record:
                 ready.add(record["ready"])
+            elif "holds" in record:
+                holdings[record["holds"]] = record["eds"]
             else:
                 received.append(record)
 
@@ -313,10 +316,14 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
         sync_seconds = time.monotonic() - started
         await _quiet(sent, 1.0, received)
         peak_at_sync = _rss_mb(os.getpid(), "VmHWM")
+        async def check() -> int:
+            return await _eds_as_served(plane, clients, holdings, nodes)
+
         events = await _events(params, shape, cluster, plane, sent, received, set(nodes), KIND_CONVERTERS,
-                               _Models(MeshIndex, index))
+                               _Models(MeshIndex, index), check)
+        checks = [e["eds_as_served"] for e in events.values()]
         return {"clients": len(nodes), "xds": params["xds"], "initial_sync_seconds": round(sync_seconds, 1),
-                "events": events,
+                "events": events, "eds_as_served": f"{sum(c[0] for c in checks)}/{sum(c[1] for c in checks)}",
                 "nacks": sent.nacks, "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM")),
                 "rss_before_clients_mb": round(rss_before_clients), "peak_rss_first_sync_mb": round(peak_at_sync),
                 "rss_mb": round(_rss_mb(os.getpid()))}
@@ -326,6 +333,23 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
             os.killpg(clients.pid, signal.SIGKILL)
         await clients.wait()
         await plane.stop()
+
+
+async def _eds_as_served(plane, clients, holdings: dict[str, str], nodes: list[str]) -> int:
+    """How many ztunnels hold exactly the ClusterLoadAssignments their node's snapshot has (by name
+    and content hash): a client that missed a change would not. Asked once the change is quiet."""
+    from ztunnels import eds_digest
+
+    from zpilot.xds.order import ENDPOINT_TYPE
+
+    holdings.clear()
+    clients.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while len(holdings) < len(nodes) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    served = {n: eds_digest((name, r.version) for name, r in plane.cache.get_snapshot(n).resources(ENDPOINT_TYPE)
+                            .items.items()) for n in nodes}
+    return sum(holdings.get(n) == served[n] for n in nodes)
 
 
 class _Models:
@@ -350,8 +374,9 @@ async def _quiet(sent, seconds: float, received: list | None = None) -> None:
             return
 
 
-async def _events(params, shape, cluster, plane, sent, received, connected, converters, models) -> dict[str, Any]:
-    """Each kind of change ``rounds`` times: what was sent, to whom, how long after the model was due."""
+async def _events(params, shape, cluster, plane, sent, received, connected, converters, models, check) -> dict[str, Any]:
+    """Each kind of change ``rounds`` times: what was sent, to whom, how long after the model was due;
+    after each, how many ztunnels hold the EDS their node is served (``check``)."""
     rounds = params["rounds"]
     kinds: dict[str, list[dict[str, Any]]] = {
         "pod add": [], "pod delete": [], "pod unready": [], "service add": [], "policy change": [],
@@ -375,6 +400,7 @@ async def _events(params, shape, cluster, plane, sent, received, connected, conv
         steps.append(("policy change", cluster))
         for kind, model in steps:
             result = await _one_change(model, plane, sent, received, connected, models)
+            result["consistent"] = await check()
             if kind is not None:
                 kinds[kind].append(result)
                 progress.step(kind)
@@ -397,6 +423,7 @@ async def _events(params, shape, cluster, plane, sent, received, connected, conv
             "received_p50_ms": _round(_pct(recv_ms, 0.5)), "received_p99_ms": _round(_pct(recv_ms, 0.99)),
             "mb_sent_per_change": _round(statistics.mean(r["bytes"] for r in results) / 1e6),
             "mb_received_per_change": _round(statistics.mean(r["received_bytes"] for r in results) / 1e6),
+            "eds_as_served": (sum(r["consistent"] for r in results), len(results) * len(connected)),
         }
     return out
 
@@ -635,7 +662,8 @@ def report(results: dict[str, Any]) -> str:
     for layout, r in results["churn"].items():
         if "stopped" not in r:
             out.append(f"  {layout}: {r['clients']} ztunnels ({r['xds']} xDS), initial sync {r['initial_sync_seconds']} s, "
-                       f"NACKs {r['nacks']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB; "
+                       f"NACKs {r['nacks']}, ztunnels holding the EDS they are served after each change "
+                       f"{r['eds_as_served']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB; "
                        f"{r['rss_before_clients_mb']} MiB before the clients connected, peak "
                        f"{r['peak_rss_first_sync_mb']} MiB by the end of their first sync)")
     rows = []

@@ -21,14 +21,17 @@ clients do not share the control plane's CPU and event loop:
 line per response received (node, type, monotonic time, bytes, resources in it, and for EDS the
 assignments held after it, and the bytes this client received so far; delta: the names removed)
 and ``{"ready": node}`` once a node has ACKed CDS, EDS and LDS and holds the endpoints of every
-EDS cluster; it runs until killed.
+EDS cluster; on SIGUSR1, ``{"holds": node, "eds": digest}`` for each node (:func:`eds_digest` of the
+assignments it holds, to compare with what the server says it has); it runs until killed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
+import signal
 import sys
 import time
 from typing import AsyncIterator, Iterable
@@ -80,6 +83,18 @@ def is_eds(value: bytes) -> bool:
     return Cluster.FromString(value).type == Cluster.EDS
 
 
+def eds_digest(versions: Iterable[tuple[str, str]]) -> str:
+    """One hash of (cluster, assignment version) pairs, in any order. A version is the server's
+    (``zpilot.xds.snapshot.content_version``: the first 16 hex digits of the SHA-256 of the
+    serialized assignment), which a client computes from the bytes it holds (:func:`content_hash`)."""
+    lines = sorted(f"{name}\t{version}" for name, version in versions)
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()
+
+
+def content_hash(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()[:16]
+
+
 def _emit(record: dict) -> None:
     sys.stdout.write(json.dumps(record) + "\n")
     sys.stdout.flush()
@@ -98,6 +113,7 @@ class Ztunnel:
         self.eds_names: list[str] = []
         #: cluster -> its serialized ClusterLoadAssignment, merged from EDS responses as Envoy does
         self.endpoints: dict[str, bytes] = {}
+        self._hashes: dict[str, tuple[bytes, str]] = {}  # name -> (the bytes held, their content hash)
         self.acked: set[str] = set()
         self.received_bytes = 0
 
@@ -128,6 +144,14 @@ class Ztunnel:
         self.eds_names = names
         self.endpoints = {n: v for n, v in self.endpoints.items() if n in after}
         return after - before, before - after
+
+    def report_holdings(self) -> None:
+        hashes = {}
+        for name, value in self.endpoints.items():
+            known = self._hashes.get(name)
+            hashes[name] = known if known is not None and known[0] is value else (value, content_hash(value))
+        self._hashes = hashes
+        _emit({"holds": self.node, "eds": eds_digest((name, h) for name, (_, h) in hashes.items())})
 
     async def run(self) -> None:
         call = self.channel.stream_stream(
@@ -240,8 +264,11 @@ async def main() -> None:
     options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
                ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(args.xds, options=options) for _ in args.nodes]
+    ztunnels = [kind(channel, node) for channel, node in zip(channels, args.nodes)]
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGUSR1, lambda: [ztunnel.report_holdings() for ztunnel in ztunnels])
     try:
-        await asyncio.gather(*(kind(channel, node).run() for channel, node in zip(channels, args.nodes)))
+        await asyncio.gather(*(ztunnel.run() for ztunnel in ztunnels))
     finally:
         for channel in channels:
             await channel.close()
