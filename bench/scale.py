@@ -374,7 +374,9 @@ async def _quiet(sent, seconds: float, received: list | None = None) -> None:
             return
 
 
-async def _events(params, shape, cluster, plane, sent, received, connected, converters, models, check) -> dict[str, Any]:
+async def _events(
+    params, shape, cluster, plane, sent, received, connected, converters, models, check
+) -> dict[str, Any]:
     """Each kind of change ``rounds`` times: what was sent, to whom, how long after the model was due;
     after each, how many ztunnels hold the EDS their node is served (``check``)."""
     rounds = params["rounds"]
@@ -661,7 +663,8 @@ def report(results: dict[str, Any]) -> str:
                        "sent p50", "sent p99", "sent p99 after model", "received p99", "MB sent", "MB received"], rows))
     for layout, r in results["churn"].items():
         if "stopped" not in r:
-            out.append(f"  {layout}: {r['clients']} ztunnels ({r['xds']} xDS), initial sync {r['initial_sync_seconds']} s, "
+            out.append(f"  {layout}: {r['clients']} ztunnels ({r['xds']} xDS), "
+                       f"initial sync {r['initial_sync_seconds']} s, "
                        f"NACKs {r['nacks']}, ztunnels holding the EDS they are served after each change "
                        f"{r['eds_as_served']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB; "
                        f"{r['rss_before_clients_mb']} MiB before the clients connected, peak "
