@@ -14,9 +14,10 @@ stopped there, and the run goes on.
 - cold: every node's config from scratch (the first model ``zpilot serve`` reads), the peak RSS
   of that process, and how much of the config the nodes share;
 - churn: the control plane serving N simulated ztunnels (``bench/ztunnels.py``: real gRPC ADS
-  clients that ACK) while pods come and go and services are added: from the end of the debounce
-  window (the model is built, then handed to the control plane) to "sent" on each affected
-  stream (server side) and "received" (client side), p50 / p99, and which streams got anything;
+  clients that ACK; state of the world, or incremental with ``--xds delta``) while pods come and
+  go and services are added: from the end of the debounce window (the model is built, then handed
+  to the control plane) to "sent" on each affected stream (server side) and "received" (client
+  side), p50 / p99, and which streams got anything;
 - envoy: one node's config loaded over ADS into a real Envoy: time to LIVE and its RSS.
 """
 
@@ -286,8 +287,11 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
     nodes = [node_name(i) for i in range(min(params["clients"], shape.nodes))]
     received: list[dict[str, Any]] = []
     ready: set[str] = set()
+    holdings: dict[str, str] = {}
+    protocol = ["--delta"] if params["xds"] == "delta" else []
     clients = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).with_name("ztunnels.py")), "--xds", f"127.0.0.1:{plane.xds_port}", *nodes,
+        sys.executable, str(Path(__file__).with_name("ztunnels.py")), "--xds", f"127.0.0.1:{plane.xds_port}",
+        *protocol, *nodes,
         stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True,
     )
 
@@ -297,6 +301,8 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
             record = json.loads(line)
             if "ready" in record:
                 ready.add(record["ready"])
+            elif "holds" in record:
+                holdings[record["holds"]] = record["eds"]
             else:
                 received.append(record)
 
@@ -310,9 +316,14 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
         sync_seconds = time.monotonic() - started
         await _quiet(sent, 1.0, received)
         peak_at_sync = _rss_mb(os.getpid(), "VmHWM")
+        async def check() -> int:
+            return await _eds_as_served(plane, clients, holdings, nodes)
+
         events = await _events(params, shape, cluster, plane, sent, received, set(nodes), KIND_CONVERTERS,
-                               _Models(MeshIndex, index))
-        return {"clients": len(nodes), "initial_sync_seconds": round(sync_seconds, 1), "events": events,
+                               _Models(MeshIndex, index), check)
+        checks = [e["eds_as_served"] for e in events.values()]
+        return {"clients": len(nodes), "xds": params["xds"], "initial_sync_seconds": round(sync_seconds, 1),
+                "events": events, "eds_as_served": f"{sum(c[0] for c in checks)}/{sum(c[1] for c in checks)}",
                 "nacks": sent.nacks, "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM")),
                 "rss_before_clients_mb": round(rss_before_clients), "peak_rss_first_sync_mb": round(peak_at_sync),
                 "rss_mb": round(_rss_mb(os.getpid()))}
@@ -322,6 +333,23 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
             os.killpg(clients.pid, signal.SIGKILL)
         await clients.wait()
         await plane.stop()
+
+
+async def _eds_as_served(plane, clients, holdings: dict[str, str], nodes: list[str]) -> int:
+    """How many ztunnels hold exactly the ClusterLoadAssignments their node's snapshot has (by name
+    and content hash): a client that missed a change would not. Asked once the change is quiet."""
+    from ztunnels import eds_digest
+
+    from zpilot.xds.order import ENDPOINT_TYPE
+
+    holdings.clear()
+    clients.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while len(holdings) < len(nodes) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    served = {n: eds_digest((name, r.version) for name, r in plane.cache.get_snapshot(n).resources(ENDPOINT_TYPE)
+                            .items.items()) for n in nodes}
+    return sum(holdings.get(n) == served[n] for n in nodes)
 
 
 class _Models:
@@ -346,8 +374,11 @@ async def _quiet(sent, seconds: float, received: list | None = None) -> None:
             return
 
 
-async def _events(params, shape, cluster, plane, sent, received, connected, converters, models) -> dict[str, Any]:
-    """Each kind of change ``rounds`` times: what was sent, to whom, how long after the model was due."""
+async def _events(
+    params, shape, cluster, plane, sent, received, connected, converters, models, check
+) -> dict[str, Any]:
+    """Each kind of change ``rounds`` times: what was sent, to whom, how long after the model was due;
+    after each, how many ztunnels hold the EDS their node is served (``check``)."""
     rounds = params["rounds"]
     kinds: dict[str, list[dict[str, Any]]] = {
         "pod add": [], "pod delete": [], "pod unready": [], "service add": [], "policy change": [],
@@ -371,6 +402,7 @@ async def _events(params, shape, cluster, plane, sent, received, connected, conv
         steps.append(("policy change", cluster))
         for kind, model in steps:
             result = await _one_change(model, plane, sent, received, connected, models)
+            result["consistent"] = await check()
             if kind is not None:
                 kinds[kind].append(result)
                 progress.step(kind)
@@ -393,6 +425,7 @@ async def _events(params, shape, cluster, plane, sent, received, connected, conv
             "received_p50_ms": _round(_pct(recv_ms, 0.5)), "received_p99_ms": _round(_pct(recv_ms, 0.99)),
             "mb_sent_per_change": _round(statistics.mean(r["bytes"] for r in results) / 1e6),
             "mb_received_per_change": _round(statistics.mean(r["received_bytes"] for r in results) / 1e6),
+            "eds_as_served": (sum(r["consistent"] for r in results), len(results) * len(connected)),
         }
     return out
 
@@ -623,13 +656,17 @@ def report(results: dict[str, Any]) -> str:
                          e["model_build_ms"], e["producer_ms"], e["sent_p50_ms"], e["sent_p99_ms"],
                          e["sent_after_handover_p99_ms"], e["received_p99_ms"], e["mb_sent_per_change"],
                          e["mb_received_per_change"]])
-    out.append(_table("churn: from the end of the debounce window (ms), N ztunnels connected",
+    protocols = sorted({r["xds"] for r in results["churn"].values() if "xds" in r}) or ["sotw"]
+    out.append(_table(f"churn: from the end of the debounce window (ms), N ztunnels connected over "
+                      f"{'/'.join(protocols)} xDS",
                       ["layout", "change", "pushed/affected", "unaffected pushed", "model ms", "producer ms",
                        "sent p50", "sent p99", "sent p99 after model", "received p99", "MB sent", "MB received"], rows))
     for layout, r in results["churn"].items():
         if "stopped" not in r:
-            out.append(f"  {layout}: {r['clients']} ztunnels, initial sync {r['initial_sync_seconds']} s, "
-                       f"NACKs {r['nacks']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB; "
+            out.append(f"  {layout}: {r['clients']} ztunnels ({r['xds']} xDS), "
+                       f"initial sync {r['initial_sync_seconds']} s, "
+                       f"NACKs {r['nacks']}, ztunnels holding the EDS they are served after each change "
+                       f"{r['eds_as_served']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB; "
                        f"{r['rss_before_clients_mb']} MiB before the clients connected, peak "
                        f"{r['peak_rss_first_sync_mb']} MiB by the end of their first sync)")
     rows = []
@@ -654,6 +691,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, help="simulated ztunnels (default: one per node)")
     parser.add_argument("--rounds", type=int, help="each kind of change this many times (2; 5 with --reference)")
     parser.add_argument("--skip", default="", help="phases to skip: growth, cold, churn, envoy")
+    parser.add_argument("--xds", choices=("sotw", "delta"), default="sotw",
+                        help="churn: the simulated ztunnels' protocol, state of the world (Envoy's default) or "
+                             "delta (a bootstrap's DELTA_GRPC, zpilot bootstrap --delta); default %(default)s")
     parser.add_argument("--cluster-stats", choices=contract.CLUSTER_STATS, default=contract.DEFAULT_CLUSTER_STATS,
                         help="envoy: the bootstrap's --cluster-stats (default %(default)s)")
     parser.add_argument("--cap-seconds", type=float, default=300.0, help="time cap of each phase (300)")
@@ -676,6 +716,7 @@ def main() -> int:
     shape = Shape.reference().scaled(nodes)
     caps = Caps(args.cap_seconds, args.cap_mb)
     results: dict[str, Any] = {"machine": machine(), "cluster": shape.describe(), "shape": dataclasses.asdict(shape),
+                               "xds": args.xds,
                                "growth": {}, "cold": {}, "churn": {}, "envoy": {}}
     phases = [("growth", layout, n) for layout in layouts for n in growth] if "growth" not in skip else []
     phases += [(phase, layout, nodes) for phase in ("cold", "churn", "envoy") if phase not in skip for layout in layouts]
@@ -690,7 +731,7 @@ def main() -> int:
         size = Shape.reference().scaled(n)
         params = {"layout": layout, "shape": dataclasses.asdict(size), "clients": args.clients or n,
                   "rounds": rounds, "sync_timeout": caps.seconds, "live_timeout": min(caps.seconds, 120.0),
-                  "cluster_stats": args.cluster_stats}
+                  "cluster_stats": args.cluster_stats, "xds": args.xds}
         cold = results["cold"].get(layout, {})
         if phase == "growth" and layout in stopped_growth:  # a larger cluster would stop too
             result = {"stopped": f"not run: {stopped_growth[layout]} at a smaller size"}

@@ -238,3 +238,41 @@ async def test_delta_pushes_record_push_latency(fake_plane, delta_client):
     await plane.update(world.index())
     r = await c.recv()
     assert r.type_url == ENDPOINT_TYPE and (samples("CDS"), samples("EDS")) == (0, 1)
+
+
+async def test_endpoints_of_a_changed_cluster_are_sent_again_and_only_theirs(fake_plane, delta_client):
+    """A cluster that changed warms until its endpoints come (envoy#13009): after the CDS response,
+    its assignment is sent again at the version the client has; the other cluster's is not, and
+    later endpoint changes still reach the client (each found from the changes all streams share)."""
+    plane, world = await fake_plane()
+    c = delta_client(plane.xds_port)
+    c.delta_request(CLUSTER_TYPE, node_name="a")
+    r = await c.recv()
+    c.delta_request(CLUSTER_TYPE, nonce=r.nonce)
+    c.delta_request(ENDPOINT_TYPE, subscribe=["c1", "c2"])
+    r = await c.recv()
+    endpoints = versions(r)
+    c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
+    await c.expect_silence()
+
+    world.nodes["a"].timeouts["c1"] = 5
+    await plane.update(world.index())
+    r = await c.recv()
+    assert r.type_url == CLUSTER_TYPE and sorted(versions(r)) == ["c1"]
+    c.delta_request(CLUSTER_TYPE, nonce=r.nonce)
+    r = await c.recv()
+    assert r.type_url == ENDPOINT_TYPE and versions(r) == {"c1": endpoints["c1"]} and not r.removed_resources
+    c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
+    await c.expect_silence()
+
+    world.nodes["a"].clusters["c2"] = ["10.0.0.7"]
+    world.nodes["a"].clusters["c9"] = ["10.0.0.9"]  # a new cluster: CDS, then its endpoints (subscribed next)
+    await plane.update(world.index())
+    r = await c.recv()
+    assert r.type_url == CLUSTER_TYPE and sorted(versions(r)) == ["c9"]
+    c.delta_request(CLUSTER_TYPE, nonce=r.nonce)
+    r = await c.recv()
+    assert r.type_url == ENDPOINT_TYPE and sorted(versions(r)) == ["c2"]
+    c.delta_request(ENDPOINT_TYPE, nonce=r.nonce, subscribe=["c9"])
+    r = await c.recv()
+    assert sorted(versions(r)) == ["c9"]

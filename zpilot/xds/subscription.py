@@ -38,9 +38,11 @@ class Subscription:
     #: SotW: what this stream last sent of each resource (cleared on a new ask, whose answer
     #: carries everything subscribed).
     known: dict[str, str] = field(default_factory=dict)
-    #: SotW: the resources (a ``TypeResources``) that ``known`` holds every subscribed one of, at
+    #: The resources (a ``TypeResources``) that ``known`` holds every subscribed one of, at
     #: their versions, when it does: the next response then needs only what changed since, found
     #: once for every stream (``TypeResources.changes_since``), not by going through them all.
+    #: Delta: ``known`` is then exactly the subscribed ones of them, and every subscribed name
+    #: they lack was already answered as removed; reset by any change of the subscription.
     known_of: object | None = None
     sent_version: str | None = None
     sent_nonce: str = ""
@@ -121,7 +123,10 @@ class Subscription:
         self.missing_reported -= unsubscribe | new_names
         # A (re-)subscribed name is answered even if the client reports that version already.
         self.force |= {n for n in new_names if n not in self.known}
-        return changed or bool(new_names or unsubscribe)
+        changed = changed or bool(new_names or unsubscribe)
+        if changed:
+            self.known_of = None  # what is wanted changed: the next response goes through everything
+        return changed
 
     def forget_known(self) -> None:
         """SotW, a new ask: its answer carries everything subscribed, whatever was sent before."""
