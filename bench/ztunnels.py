@@ -10,7 +10,8 @@ cluster: an EDS response may carry only some of them (the server sends those tha
 each replaces its cluster's, leaving the others; a cluster no longer asked for drops its own.
 
 - SotW: a CDS or LDS response holds every resource; the EDS request names every EDS cluster (a
-  new list when they change), and so does each EDS ACK.
+  new list when they change, sent as Envoy does with the last EDS response's version and nonce),
+  and so does each EDS ACK.
 - Delta: each response carries what changed and ``removed_resources``; the client keeps what it
   holds of each type (name -> version), applies both, subscribes EDS to the EDS clusters that
   came and unsubscribes those that went, and ACKs with the nonce alone.
@@ -188,6 +189,9 @@ class SotwZtunnel(Ztunnel):
                                    response_nonce=nonce), first)
 
     def start(self) -> None:
+        #: the last EDS response's (version, nonce): Envoy sends them with every EDS request of the
+        #: stream, a changed list of names included
+        self.eds_seen = ("", "")
         self.ask(CDS, first=True)
         self.ask(LDS)
 
@@ -195,12 +199,14 @@ class SotwZtunnel(Ztunnel):
         record["version"] = response.version_info
         if response.type_url == EDS:
             self.endpoints.update((assignment_name(r.value), r.value) for r in response.resources)
+            self.eds_seen = (response.version_info, response.nonce)
         if response.type_url == CDS:
             clusters = (Cluster.FromString(r.value) for r in response.resources)
             changed = self.set_eds_clusters(c.name for c in clusters if c.type == Cluster.EDS)
             self.ask(CDS, version=response.version_info, nonce=response.nonce)
             if changed is not None:  # a new set of EDS clusters: ask for their endpoints
-                self.ask(EDS, self.eds_names)
+                version, nonce = self.eds_seen
+                self.ask(EDS, self.eds_names, version=version, nonce=nonce)
         else:
             names = self.eds_names if response.type_url == EDS else []
             self.ask(response.type_url, names, version=response.version_info, nonce=response.nonce)

@@ -20,6 +20,7 @@ from .test_envoy_lifecycle import SENT
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
 EXTRA_IP = "10.99.0.7"
+COPY = "zz_added_cluster"
 EXTRA = json.dumps({"socket_address": {"address": EXTRA_IP, "port_value": 15008}}, sort_keys=True)
 
 
@@ -30,10 +31,22 @@ class Edit:
     def __init__(self) -> None:
         self.endpoint_of: str | None = None
         self.timeout_of: str | None = None
+        self.copy_of: str | None = None  # a cluster added: this one's copy (and its assignment's), as COPY
 
     def __call__(self, resources) -> None:
         if resources.node != NODE_A:
             return
+        if self.copy_of is not None:
+            cluster = type(resources.clusters[self.copy_of])()
+            cluster.CopyFrom(resources.clusters[self.copy_of])
+            cluster.name = COPY
+            if cluster.HasField("eds_cluster_config") and cluster.eds_cluster_config.service_name:
+                cluster.eds_cluster_config.service_name = COPY
+            resources.clusters[COPY] = cluster
+            cla = ClusterLoadAssignment()
+            cla.CopyFrom(resources.endpoints[self.copy_of])
+            cla.cluster_name = COPY
+            resources.endpoints[COPY] = cla
         if self.endpoint_of is not None:
             cla = ClusterLoadAssignment()
             cla.CopyFrom(resources.endpoints[self.endpoint_of])  # never edit what another node may share
@@ -148,3 +161,44 @@ async def test_a_changed_cluster_gets_its_assignment_again_and_only_it(make_plan
     assert all(t["nack_count"] == 0 for t in status["types"])
     await wait_synced(plane.debug_port, NODE_A)
     await wait_no_diff(plane.debug_port, envoy)
+
+
+async def test_an_added_cluster_gets_its_assignment_alone_and_a_removed_one_nothing(make_plane, envoys, caplog, layout):
+    """A cluster added (a service added) changes Envoy's list of EDS names: asked on the open stream,
+    the server answers with that cluster's assignment alone, and every cluster is active with its
+    endpoints. The cluster removed again shortens the list: nothing is owed, and nothing is sent."""
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
+    edit = Edit()
+    plane, envoy, conn, names = await started(make_plane, envoys, edit, layout)
+    before = envoy_endpoints(await envoy.config_dump())
+    responses = len(eds_sent(caplog, conn))
+
+    edit.copy_of = names[0]
+    await plane.update()
+
+    async def added():
+        clusters, warming = envoy_clusters(await envoy.config_dump())
+        held = envoy_endpoints(await envoy.config_dump())
+        assert COPY in clusters and warming == [] and held.get(COPY) == before[names[0]], (warming, held.get(COPY))
+        return held
+
+    held = await eventually(added)
+    assert eds_sent(caplog, conn)[responses:] == [1]
+    assert {n: e for n, e in held.items() if n != COPY} == before
+    await wait_synced(plane.debug_port, NODE_A)
+    await wait_no_diff(plane.debug_port, envoy)
+
+    responses = len(eds_sent(caplog, conn))
+    edit.copy_of = None
+    await plane.update()
+
+    async def removed():
+        clusters, warming = envoy_clusters(await envoy.config_dump())
+        assert COPY not in clusters and warming == [], (sorted(clusters), warming)
+        return True
+
+    await eventually(removed)
+    await wait_synced(plane.debug_port, NODE_A)
+    await wait_no_diff(plane.debug_port, envoy)
+    assert eds_sent(caplog, conn)[responses:] == []
+    assert envoy_endpoints(await envoy.config_dump()) == before

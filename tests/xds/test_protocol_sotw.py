@@ -92,10 +92,10 @@ async def test_stale_nonce_is_ignored(fake_plane, client_factory):
     c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=first.nonce, version=first.version_info)
     await c.expect_silence()
     assert plane.metrics.value("zpilot_xds_stale_requests_total", type="EDS") == 1
-    # The same names with the current nonce are answered.
+    # The same names with the current nonce are answered: with the one the client lacks.
     c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=second.nonce, version=second.version_info)
     third = await c.recv()
-    assert names(third) == ["c1", "c2"]
+    assert names(third) == ["c2"]
 
 
 async def test_nack_is_recorded_and_the_rejected_version_not_resent(fake_plane, client_factory):
@@ -186,13 +186,24 @@ async def test_eds_carries_only_the_changed_assignments(fake_plane, client_facto
     again = client_factory(plane.xds_port)
     again.request(ENDPOINT_TYPE, names=["c1", "c2"], node_name="a", version=eds2.version_info)
     assert names(await again.recv()) == ["c1", "c2"]
-    # So is a changed subscription.
+    # A name added on the open stream (a service added) is answered with that assignment alone: the
+    # client holds the others, and a SotW EDS response leaves the assignments it does not carry as they are.
     world.nodes["a"].clusters["c3"] = ["10.0.0.3"]
     await plane.update(world.index())
     cds = await c.recv()
     assert cds.type_url == CLUSTER_TYPE
     c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds2.nonce, version=eds2.version_info)
-    assert names(await c.recv()) == ["c1", "c2", "c3"]
+    eds3 = await c.recv()
+    assert names(eds3) == ["c3"]
+    assert eds3.version_info == names_version(
+        plane.cache.get_snapshot("a").resources(ENDPOINT_TYPE).select(["c1", "c2", "c3"]))
+    # Names only let go need no answer; the next change still sends only what changed.
+    c.request(ENDPOINT_TYPE, names=["c1", "c3"], nonce=eds3.nonce, version=eds3.version_info)
+    await c.expect_silence()
+    world.nodes["a"].clusters["c3"] = ["10.0.0.33"]
+    await plane.update(world.index())
+    eds4 = await c.recv()
+    assert names(eds4) == ["c3"]
 
 
 async def test_eds_of_an_added_or_changed_cluster_follows_cds(fake_plane, client_factory):
@@ -209,7 +220,7 @@ async def test_eds_of_an_added_or_changed_cluster_follows_cds(fake_plane, client
     await c.expect_silence()
     c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds.nonce, version=eds.version_info)
     eds2 = await c.recv()
-    assert names(eds2) == ["c1", "c2", "c3"]
+    assert names(eds2) == ["c3"]
     c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds2.nonce, version=eds2.version_info)
     await c.expect_silence()
     # c1 changes, its endpoints do not: CDS, then c1's assignment again (and only it), same version.
@@ -459,8 +470,8 @@ async def test_names_served_before_and_removed_are_churn_not_unserved(fake_plane
     # The client catches up and drops c2; asking for it again later is churn still (it was served here).
     c.request(CLUSTER_TYPE, nonce=cds2.nonce, version=cds2.version_info)
     c.request(ENDPOINT_TYPE, names=["c1"], nonce=eds2.nonce, version=eds2.version_info)
-    eds3 = await c.recv()
-    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=eds3.nonce, version=eds3.version_info)
+    await c.expect_silence()  # a name let go needs no answer
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=eds2.nonce, version=eds2.version_info)
     eds4 = await c.recv()
     assert plane.metrics.value(unserved, type="EDS") == 1
     # Every new ask for a name never served counts (node authorization watches SDS this way).
@@ -506,7 +517,7 @@ async def test_every_push_records_a_push_latency_sample(fake_plane, client_facto
     c.request(CLUSTER_TYPE, nonce=cds.nonce, version=cds.version_info)
     c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds.nonce, version=eds.version_info)
     eds = await c.recv()
-    assert names(eds) == ["c1", "c2", "c3"]
+    assert names(eds) == ["c3"]
     assert (samples("CDS"), samples("EDS")) == (1, 1)
     c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds.nonce, version=eds.version_info)
     await c.expect_silence()
@@ -516,3 +527,34 @@ async def test_every_push_records_a_push_latency_sample(fake_plane, client_facto
     cds, eds = await c.recv(), await c.recv()
     assert (cds.type_url, eds.type_url) == (CLUSTER_TYPE, ENDPOINT_TYPE) and names(eds) == ["c3"]
     assert (samples("CDS"), samples("EDS")) == (2, 2)
+
+
+async def test_a_name_let_go_in_a_stale_request_is_sent_again(fake_plane, client_factory):
+    """While our response is in flight, the client lets go of c1 (a cluster removed) and asks for it
+    again (re-added): both requests are stale and not answered, and its ACK names what it named
+    before. It no longer holds c1's assignment, so c1 is sent again; c2, held all along, is not."""
+    plane, c, first, second = await eds_two_then_c2_changed(fake_plane, client_factory)
+    c.request(ENDPOINT_TYPE, names=["c2"], nonce=first.nonce, version=first.version_info)
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=first.nonce, version=first.version_info)
+    await c.expect_silence()
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=second.nonce, version=second.version_info)
+    again = await c.recv()
+    assert names(again) == ["c1"]
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=again.nonce, version=again.version_info)
+    await c.expect_silence()
+
+
+async def eds_two_then_c2_changed(fake_plane, client_factory):
+    """A client holding EDS c1 and c2, then c2 changes: (plane, client, first, second)."""
+    plane, world = await fake_plane()
+    c = client_factory(plane.xds_port)
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], node_name="a")
+    first = await c.recv()
+    assert names(first) == ["c1", "c2"]
+    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=first.nonce, version=first.version_info)
+    await c.expect_silence()
+    world.nodes["a"].clusters["c2"] = ["10.0.0.29"]
+    await plane.update(world.index())
+    second = await c.recv()
+    assert names(second) == ["c2"]
+    return plane, c, first, second

@@ -10,8 +10,10 @@ LDS and CDS responses carry every resource (a missing one is deleted). An EDS re
 only the ClusterLoadAssignments whose content differs from what this stream last sent of them
 (``Subscription.known``): Envoy applies each assignment a response carries to its cluster and
 leaves the others as they are, so one changed service port costs one assignment per stream, not
-every one. A request that needs an answer (the first, a reconnect, a changed subscription) is
-answered with every subscribed assignment. After a CDS response, the assignments of the clusters
+every one. A request that needs an answer is answered with every subscribed assignment when it
+is the stream's first or a reconnect (no nonce); when it changes the name list of an open stream
+(a cluster added or removed), with the newly named assignments and those that changed, since
+Envoy keeps the ones it has (a service added is one assignment per stream, not every one). After a CDS response, the assignments of the clusters
 it added or changed are sent again even when they did not change, since such a cluster warms
 until it gets one (envoy#13009); an unchanged cluster is not touched by Envoy and needs nothing.
 ``version_info`` is always that of every subscribed assignment together.
@@ -42,6 +44,15 @@ class SotwStream(Stream):
             return False  # never resend what was rejected; a config change will send again
         if nonce and nonce != sub.sent_nonce:
             self.record_stale(request.type_url, nonce)
+            if request.type_url in PARTIAL_TYPES and sub.known:
+                # Not answered, but the client may have let go of the assignments this request lacks
+                # (a cluster removed) and ask for them again before it answers our response: they are
+                # no longer counted as held, and sent again while still subscribed.
+                lacking = sub.known.keys() - set(request.names)
+                for name in lacking:
+                    del sub.known[name]
+                sub.force |= lacking & sub.names
+                sub.known_of = None
             if not request.names and request.type_url not in WILDCARD_TYPES and sub.subscribed:
                 # An unsubscription (a node's last EDS cluster went away) overtaken by our response:
                 # honour it, or the type would wait forever for an ACK the client will never send.
@@ -52,14 +63,27 @@ class SotwStream(Stream):
             return False
         if nonce:
             self.record_ack(sub, nonce)
+        before = sub.names
         changed = sub.set_names(request.names)
         self.report_subscription(sub)
         if not sub.subscribed:
             sub.pending = False  # unsubscribed from everything: nothing to answer
             return False
+        if nonce and request.type_url in PARTIAL_TYPES:
+            # EDS on an open stream: the client holds what this stream sent it and did not let go of,
+            # so a changed name list (a service added) is answered with the new names and whatever
+            # changed, not every assignment again; names only let go need no answer (as istiod)
+            if changed:
+                sub.missing_reported.clear()
+                for name in sub.known.keys() - sub.names:
+                    del sub.known[name]  # let go: sent again if asked for again
+                sub.force |= sub.names - before
+                sub.known_of = None
+            sub.pending = bool(sub.force)
+            return sub.pending
         if not nonce or changed:
-            sub.pending = True
             sub.missing_reported.clear()  # a new ask: the names it lacks are reported for it
+            sub.pending = True
             sub.forget_known()  # and it is answered with everything subscribed
             return True
         return False
