@@ -184,9 +184,10 @@ def decode(raw: bytes, *, delta: bool, limits: Limits) -> Request:
     if not delta:
         if len(view.resource_names) > limits.max_resource_names:
             raise _too_many("resource_names", len(view.resource_names), limits)
-        _check_lengths("a resource name", view.resource_names, limits)
+        names = tuple(view.resource_names)  # each name made a Python string once, not again to check it
+        _check_lengths("a resource name", names, limits)
         return Request(type_url=view.type_url, nonce=view.response_nonce, node=node, nack=nack,
-                       version_info=view.version_info, names=tuple(view.resource_names))
+                       version_info=view.version_info, names=names)
     named = len(view.resource_names_subscribe) + len(view.resource_names_unsubscribe)
     if named > limits.max_resource_names:
         raise _too_many("resource_names_subscribe and _unsubscribe", named, limits)

@@ -56,6 +56,9 @@ class Subscription:
     #: Bumped whenever ``wildcard`` or ``names`` change: the stream reports the subscription to
     #: its observer only then, never copying a large subscription for a request that kept it.
     revision: int = 0
+    #: SotW: the last request's names as sent, to tell an ACK that repeats them (an EDS ACK names
+    #: every assignment, 2,100 at R) without building a set of them.
+    requested: tuple[str, ...] | None = None
 
     @property
     def subscribed(self) -> bool:
@@ -73,6 +76,10 @@ class Subscription:
 
     def set_names(self, requested: Iterable[str]) -> bool:
         """SotW: a request's ``resource_names`` replace the subscription; True when it changed."""
+        requested = tuple(requested)
+        if requested == self.requested:  # the same list as the last request: the same subscription
+            return False
+        self.requested = requested
         before_wildcard, before_names = self.wildcard, self.names  # replaced below, never changed in place
         names = set(requested)
         self.started = True
