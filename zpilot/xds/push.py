@@ -279,6 +279,8 @@ class Producer:
             if problems:
                 raise InvalidResources(str(consistency.InconsistentResources(snapshot.node, problems)))
             rest = replace(rest, endpoints_checked=summary)
+        elif rest.endpoints_checked is not summary:  # equal: held as the one object, compared by identity next time
+            rest = replace(rest, endpoints_checked=summary)
         remade = replace(snapshot.with_type(endpoints, changed_at), generation_seconds=time.perf_counter() - started)
         return _Built(remade, node_input, rest.fragments + made.fragments, rest)
 
