@@ -41,10 +41,10 @@ def _service(ports: int) -> Any:
 
 def _mover(i: int) -> list[Any]:
     """A pod's versions: as it is, of another identity, moved to the other node (an address in that
-    node's pod CIDR), unready."""
+    node's pod CIDR), unready, on no node, on a node the cluster has no Node object of (a stray, both)."""
     pod = _churn_pod(50 + i, 0, "web")
     return [pod, replace(pod, service_account="other"), replace(pod, node_name="churn-b", ips=(f"10.201.1.{i + 1}",)),
-            replace(pod, ready=False)]
+            replace(pod, ready=False), replace(pod, node_name=None), replace(pod, node_name="churn-ghost")]
 
 
 @st.composite

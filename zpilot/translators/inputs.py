@@ -214,6 +214,10 @@ class MeshInput:
             changed = None
             if changes.nodes is not None and meshed is not previous.meshed:  # only those nodes' pods are looked at
                 changed = {node: _facts_of(_with_ip(index.meshed_workloads_on(node))) for node in changes.nodes}
+                # and the pods on no node (no node of changes_since names them), all strays: few, found without a Python loop
+                changed[None], changed[""] = (), ()
+                for fact in _facts_of(tuple(compress(meshed, map(not_, map(_node_name, meshed))))):
+                    changed[fact[1]] += (fact,)
             mesh.__dict__["pod_routes"] = PodRoutes.of(mesh.meshed_facts, cidrs, previous.pod_routes, changed=changed)
         return mesh
 
