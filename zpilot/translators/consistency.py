@@ -356,13 +356,16 @@ def _cluster_facts(name: str, cluster: cluster_pb2.Cluster) -> Facts:
 
 
 def _internal_needs(subject: tuple[str, ...], assignment) -> list[Need]:
-    needs: list[Need] = []
+    """Each internal listener the assignment's endpoints name, once (in order): a finding per
+    endpoint would say the same thing hundreds of times, and an endpoint coming or going would
+    change the assignment's facts (a shared set's are then made again, not kept: resource_store.py)."""
+    needs: dict[Need, None] = {}
     for group in assignment.endpoints:
         for lb in group.lb_endpoints:
             address = lb.endpoint.address
             if address.HasField("envoy_internal_address"):
-                needs.append(("internal listener", address.envoy_internal_address.server_listener_name, subject))
-    return needs
+                needs[("internal listener", address.envoy_internal_address.server_listener_name, subject)] = None
+    return list(needs)
 
 
 def _chain_list_facts(listener: listener_pb2.Listener) -> _ChainFacts:

@@ -23,7 +23,8 @@ import socket
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from operator import attrgetter, itemgetter
+from itertools import compress, count
+from operator import attrgetter, is_, itemgetter, not_
 from typing import Callable, Iterable, Iterator, Mapping
 
 from ..model.addresses import ipv4_networks
@@ -127,17 +128,26 @@ def _facts_of(meshed: tuple[Workload, ...]) -> tuple[tuple, ...]:
                      map(_service_account, meshed)))
 
 
+def _with_ip(workloads: list[Workload]) -> tuple[Workload, ...]:
+    """Those of ``workloads`` with an IP (``w.ip``), in order, without a Python loop where each has one."""
+    kept = tuple(compress(workloads, map(_ips, workloads)))
+    if all(map(_first, map(_ips, kept))):
+        return kept
+    return tuple(w for w in kept if w.ip)
+
+
+def _common_start(a: tuple, b: tuple) -> int:
+    """How many of the first items of ``a`` and ``b`` are the very same objects."""
+    return next(compress(count(), map(not_, map(is_, a, b))), min(len(a), len(b)))
+
+
 def _spliced_facts(meshed: tuple[Workload, ...], previous: "MeshInput") -> tuple[tuple, ...]:
     """The facts of ``meshed``: ``previous``'s where the pods are the same objects (the common start
     and end of the two lists: a pod or two came or went in between), the others made."""
     old = previous.meshed
     n, m = len(meshed), len(old)
-    start = 0
-    while start < n and start < m and meshed[start] is old[start]:
-        start += 1
-    end = 0
-    while end < n - start and end < m - start and meshed[n - 1 - end] is old[m - 1 - end]:
-        end += 1
+    start = _common_start(meshed, old)
+    end = min(_common_start(meshed[start:][::-1], old[start:][::-1]), n - start, m - start)
     kept = previous.meshed_facts
     return kept[:start] + _facts_of(meshed[start : n - end]) + kept[m - end :]
 
@@ -177,16 +187,20 @@ class MeshInput:
     @classmethod
     def of(cls, index: MeshIndex, previous: "MeshInput | None" = None) -> "MeshInput":
         """The model's; ``previous``: the last model's, whose equal parts are reused: when the index
-        says what changed since (``MeshIndex.changes_since``), only that is looked at again."""
+        says what changed since (``MeshIndex.changes_since``), only that is looked at again (and
+        what ``previous`` derived of its service ports is kept, but for the ports that changed)."""
         changes = index.changes_since(previous.index_generation) if previous is not None else UNKNOWN_CHANGES
+        carried: dict = {}
         if previous is not None and changes.service_ports is not None:
-            ports, order = previous._with_candidates(index, changes.service_ports), previous.vip_order
+            ports, changed_at = previous._with_candidates(index, changes.service_ports)
+            order = previous.vip_order
+            carried = previous._carried(ports, changed_at)
         else:
             ports, order = cls._ports(index, previous)
         if previous is not None and changes.nodes is not None and not changes.nodes:
             meshed, facts = previous.meshed, previous.meshed_facts  # no node's meshed pods changed
         else:
-            meshed = tuple(w for w in index.meshed_workloads() if w.ip)
+            meshed = _with_ip(index.meshed_workloads())
             if previous is not None and previous.meshed == meshed:
                 meshed, facts = previous.meshed, previous.meshed_facts
             else:
@@ -195,14 +209,25 @@ class MeshInput:
         if previous is not None and previous.node_cidrs == cidrs:
             cidrs = previous.node_cidrs
         mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation)
+        mesh.__dict__.update(carried)
         if previous is not None and "pod_routes" in previous.__dict__:  # each unchanged node's part is kept
-            mesh.__dict__["pod_routes"] = PodRoutes.of(mesh.meshed_facts, cidrs, previous.pod_routes)
+            changed = None
+            if changes.nodes is not None and meshed is not previous.meshed:  # only those nodes' pods are looked at
+                changed = {node: _facts_of(_with_ip(index.meshed_workloads_on(node))) for node in changes.nodes}
+                # and the pods on no node (no node of changes_since names them), all strays: few, found without a Python loop
+                changed[None], changed[""] = (), ()
+                for fact in _facts_of(tuple(compress(meshed, map(not_, map(_node_name, meshed))))):
+                    changed[fact[1]] += (fact,)
+            mesh.__dict__["pod_routes"] = PodRoutes.of(mesh.meshed_facts, cidrs, previous.pod_routes, changed=changed)
         return mesh
 
-    def _with_candidates(self, index: MeshIndex, changed: frozenset[tuple[str, str, int]]) -> tuple[ServicePortInput, ...]:
+    def _with_candidates(
+        self, index: MeshIndex, changed: frozenset[tuple[str, str, int]]
+    ) -> tuple[tuple[ServicePortInput, ...], tuple[int, ...]]:
         """These service ports, those in ``changed`` with the index's candidates (services, their
-        VIPs and EndpointSlices unchanged: the index says so)."""
+        VIPs and EndpointSlices unchanged: the index says so), and the positions of those that differ."""
         ports = list(self.service_ports)
+        at = []
         for key in changed:
             i = self._position.get(key)
             if i is None:
@@ -211,7 +236,23 @@ class MeshInput:
             candidates = tuple(index.candidates(old.service, old.port))
             if candidates != old.candidates:
                 ports[i] = ServicePortInput(old.service, old.port, old.vips, candidates)
-        return tuple(ports)
+                at.append(i)
+        return tuple(ports), tuple(sorted(at))
+
+    def _carried(self, ports: tuple[ServicePortInput, ...], changed_at: tuple[int, ...]) -> dict:
+        """What this mesh derived of its service ports that holds for ``ports`` (the same services,
+        VIPs and order; those at ``changed_at`` have other candidates): its positions, and the ports
+        every node captures when none of those changed whether it is captured (with their names)."""
+        carried: dict = {}
+        for name in ("_position", "has_node_local"):  # they read the services alone
+            if name in self.__dict__:
+                carried[name] = self.__dict__[name]
+        served = self.__dict__.get("_served_ports", {}).get(None)
+        if served is not None:
+            moved = served.moved(self.service_ports, ports, changed_at)
+            if moved is not None:
+                carried["_served_ports"] = {None: moved}
+        return carried
 
     @cached_property
     def _position(self) -> dict[tuple[str, str, int], int]:
@@ -354,6 +395,33 @@ class ServedPorts:
     def __hash__(self) -> int:
         return self._hash
 
+    def moved(
+        self, before: tuple[ServicePortInput, ...], after: tuple[ServicePortInput, ...], changed_at: tuple[int, ...]
+    ) -> "ServedPorts | None":
+        """These ports (every node's: captured from no node in particular) for a mesh whose service
+        ports are ``after`` instead of ``before``, the same services in the same order, those at
+        ``changed_at`` with other candidates: each of those replaced where it was (with the names
+        of the ports kept: they read the service and the port alone); None when one of them
+        changed whether it is captured (its endpoints came or all went)."""
+        at = self._at
+        ports = list(self.ports)
+        for i in changed_at:
+            old, new = before[i], after[i]
+            if bool(old.endpoints(None)) != bool(new.endpoints(None)):
+                return None
+            j = at.get(id(old))
+            if j is not None:
+                ports[j] = new
+        moved = ServedPorts(tuple(ports))
+        if "_names" in self.__dict__:
+            moved.__dict__["_names"] = dict(self.__dict__["_names"])
+        return moved
+
+    @cached_property
+    def _at(self) -> dict[int, int]:
+        """Each port's position, by the port (held by :attr:`ports`: ids stay theirs)."""
+        return {id(p): j for j, p in enumerate(self.ports)}
+
     def names(self, name: Callable[[ServicePortInput, str], str], domain: str) -> tuple[str, ...]:
         """``name(port, domain)`` of each port (kept: a layout names each port's pieces once per model)."""
         cache = self.__dict__.setdefault("_names", {})
@@ -474,37 +542,62 @@ class PodRoutes:
         meshed_facts: Iterable[tuple],
         node_cidrs: tuple[tuple[str, tuple[str, ...]], ...],
         previous: "PodRoutes | None" = None,
+        *,
+        changed: Mapping[str, Iterable[tuple]] | None = None,
     ) -> "PodRoutes":
         """``meshed_facts``: (IP, node, namespace, service account) of each meshed pod
         (:attr:`MeshInput.meshed_facts`); ``previous``: the last model's, whose node parts are
-        kept where the node's CIDRs and meshed pods are the same."""
-        usable = _disjoint(node_cidrs)
-        by_node: defaultdict[str, list[tuple]] = defaultdict(list)
-        for fact in meshed_facts:  # the facts themselves, not new tuples: most nodes' are kept below
-            by_node[fact[1]].append(fact)
-        strays = [(ip, ns, sa) for node, facts in by_node.items() if node not in usable for ip, _n, ns, sa in facts]
-        old = previous._sources if previous is not None else {}
-        nodes, sources = [], {}
-        for node, networks in sorted(usable.items()):
-            cidrs = tuple(str(n) for n in networks)
-            source = (cidrs, tuple(by_node.get(node, ())))
-            kept = old.get(node)
-            if kept is not None and kept[0] == source:
-                part, outside = kept[1], kept[2]
-            else:
-                ranges = [(int(n.network_address), int(n.netmask)) for n in networks]
-                inside, outside_list = [], []
-                for ip, _node, namespace, account in source[1]:
-                    value = _ipv4_int(ip)
-                    inside_cidr = value is not None and any(value & mask == net for net, mask in ranges)
-                    (inside if inside_cidr else outside_list).append((ip, namespace, account))
-                part, outside = NodePods(node, cidrs, tuple(sorted(inside))), tuple(outside_list)
-            nodes.append(part)
-            strays.extend(outside)
-            sources[node] = (source, part, outside)
-        routes = cls(tuple(nodes), tuple(sorted(strays)))
+        kept where the node's CIDRs and meshed pods are the same. ``changed``: the facts of the
+        meshed pods of each node whose pods may differ from ``previous``'s, when no other node's
+        do (``MeshIndex.changes_since``) and the CIDRs are ``previous``'s: then only those nodes
+        are looked at (``meshed_facts`` is not read)."""
+        if previous is not None and changed is not None and previous._sources.get(_CIDRS) == node_cidrs:
+            usable, sources = previous._sources[_USABLE], dict(previous._sources)
+            for node, facts in changed.items():
+                sources.pop(node, None)
+                sources.pop((_OTHER, node), None)
+                cls._split(node, tuple(facts), usable, previous._sources, sources)
+        else:
+            usable = _disjoint(node_cidrs)
+            by_node: defaultdict[str, list[tuple]] = defaultdict(list)
+            for fact in meshed_facts:  # the facts themselves, not new tuples: most nodes' are kept below
+                by_node[fact[1]].append(fact)
+            old = previous._sources if previous is not None else {}
+            sources = {_CIDRS: node_cidrs, _USABLE: usable}
+            for node in usable.keys() | by_node.keys():
+                cls._split(node, tuple(by_node.get(node, ())), usable, old, sources)
+        nodes = tuple(sources[node][1] for node in sorted(usable))
+        strays = [fact for key, value in sources.items() if key not in (_CIDRS, _USABLE) for fact in value[2]]
+        routes = cls(nodes, tuple(sorted(strays)))
         routes._sources.update(sources)
         return routes
+
+    @staticmethod
+    def _split(node: str, facts: tuple, usable: Mapping[str, list], old: Mapping, sources: dict) -> None:
+        """Node ``node``'s record in ``sources``: its meshed pods' ``facts`` split into its part
+        (inside its CIDRs) and its strays; ``old``'s when its CIDRs and pods are the same."""
+        networks = usable.get(node)
+        if networks is None:  # no usable CIDR: every pod of it is a stray
+            if facts:
+                sources[(_OTHER, node)] = (facts, None, tuple((ip, ns, sa) for ip, _n, ns, sa in facts))
+            return
+        cidrs = tuple(str(n) for n in networks)
+        source = (cidrs, facts)
+        kept = old.get(node)
+        if kept is not None and kept[0] == source:
+            sources[node] = kept
+            return
+        ranges = [(int(n.network_address), int(n.netmask)) for n in networks]
+        inside, outside = [], []
+        for ip, _node, namespace, account in facts:
+            value = _ipv4_int(ip)
+            inside_cidr = value is not None and any(value & mask == net for net, mask in ranges)
+            (inside if inside_cidr else outside).append((ip, namespace, account))
+        sources[node] = (source, NodePods(node, cidrs, tuple(sorted(inside))), tuple(outside))
+
+
+#: Keys of ``PodRoutes._sources`` besides the nodes: the CIDRs it was made for, their usable part, a node without one.
+_CIDRS, _USABLE, _OTHER = ("cidrs",), ("usable",), "other"
 
 
 def _disjoint(node_cidrs: tuple[tuple[str, tuple[str, ...]], ...]) -> dict[str, list]:

@@ -34,7 +34,7 @@ from .. import protowire
 
 from ..translators import consistency
 from ..translators.context import ListenerParts, ResourceSet
-from ..translators.fragments import Fragment
+from ..translators.fragments import Fragment, FragmentGroup
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 from .snapshot import CachedResource, TypeResources, content_version
 
@@ -42,6 +42,9 @@ from .snapshot import CachedResource, TypeResources, content_version
 SERIALIZED = "xds.serialized"
 FACTS = "xds.facts"
 CHUNK = "xds.chunk"
+#: On a group serialized from an earlier one: (that group, weakly; the names of the members that differ, None
+#: when the two do not hold the same names).
+BASE = "xds.base"
 _FILTER_CHAINS = Listener.DESCRIPTOR.fields_by_name["filter_chains"].number
 #: The consistency check's name for each type it looks at.
 CHECKED = {LISTENER_TYPE: consistency.LISTENER, CLUSTER_TYPE: consistency.CLUSTER, ENDPOINT_TYPE: consistency.ENDPOINTS}
@@ -60,6 +63,8 @@ class ResourceStore:
         self._facts: weakref.WeakKeyDictionary[CachedResource, consistency.Facts] = weakref.WeakKeyDictionary()
         #: Types of nodes made of shared sets alone, by their sets (see :meth:`composed`).
         self._composed: weakref.WeakValueDictionary[tuple, TypeResources] = weakref.WeakValueDictionary()
+        #: The last group of fragments serialized, by type and builder: the next one's base (see :meth:`resource_set`).
+        self._lineage: dict[tuple, weakref.ref[Fragment]] = {}
 
     def intern(self, resource: CachedResource) -> CachedResource:
         """The held resource equal to ``resource`` if there is one, else ``resource`` (now held)."""
@@ -97,20 +102,57 @@ class ResourceStore:
         return resource
 
     def resource_set(self, shared: ResourceSet) -> TypeResources:
-        """A shared set serialized, once for every node that has it."""
+        """A shared set serialized, once for every node that has it.
+
+        A group of fragments is serialized from the last group the same builder made
+        (:meth:`_from_base`): after a pod change, a service endpoint group of 2,000 members
+        differs from the last one in a member or two, and only those are looked at again."""
         key = (SERIALIZED, shared.type_url)
         done = shared.fragment.derived.get(key)
         if done is None:
             type_url = shared.type_url
-            done = TypeResources.of_cached(
-                type_url,
-                {
-                    name: self.resource(type_url, name, message, shared.member(name))
-                    for name, message in sorted(shared.resources.items())
-                },
-            )
+            group = shared.fragment.value
+            lineage = (type_url, _builder(shared.fragment)) if isinstance(group, FragmentGroup) else None
+            base = self._lineage.get(lineage) if lineage is not None else None
+            base = base() if base is not None else None
+            done = self._from_base(shared, base) if base is not None and base is not shared.fragment else None
+            if done is None:
+                done = TypeResources.of_cached(
+                    type_url,
+                    {
+                        name: self.resource(type_url, name, message, shared.member(name))
+                        for name, message in sorted(shared.resources.items())
+                    },
+                )
             shared.fragment.derived[key] = done
+            if lineage is not None:
+                self._lineage[lineage] = weakref.ref(shared.fragment)
         return done
+
+    def _from_base(self, shared: ResourceSet, base: Fragment) -> TypeResources | None:
+        """The group ``shared`` serialized from ``base`` (an earlier group of the same builder):
+        the members both hold (the very same fragments) are the base's resources as they are,
+        which is what serializing them would give (a member's resource is kept on it); None when
+        the base was not serialized. Notes on ``shared`` which members differ, and the base
+        (weakly), so that :meth:`set_facts` can do the same."""
+        type_url = shared.type_url
+        held = base.derived.get((SERIALIZED, type_url))
+        if held is None:
+            return None
+        members, before = shared.fragment.value.members, base.value.members
+        same_names = members.keys() == before.keys()
+        names = held.items.keys() if same_names else sorted(members)  # held's are in name order
+        items: dict[str, CachedResource] = {}
+        changed: list[str] = []
+        for name in names:
+            member = members[name]
+            if before.get(name) is member:
+                items[name] = held.items[name]
+            else:
+                items[name] = self.resource(type_url, name, member.value, member)
+                changed.append(name)
+        shared.fragment.derived[(BASE, type_url)] = (weakref.ref(base), tuple(changed) if same_names else None)
+        return TypeResources.of_cached(type_url, items)
 
     def composed(self, type_url: str, parts: list[TypeResources], own: dict[str, CachedResource]) -> TypeResources:
         """A node's resources of one type made of shared sets (and its own): the very same object
@@ -145,11 +187,35 @@ class ResourceStore:
         found = shared.fragment.derived.get(key)
         if found is None:
             serialized = self.resource_set(shared)
-            found = consistency.combined(
-                self.facts(serialized.items[name], message) for name, message in sorted(shared.resources.items())
-            )
+            found = self._facts_from_base(shared, serialized)
+            if found is None:
+                found = consistency.combined(
+                    self.facts(serialized.items[name], message) for name, message in sorted(shared.resources.items())
+                )
             shared.fragment.derived[key] = found
         return found
+
+    def _facts_from_base(self, shared: ResourceSet, serialized: TypeResources) -> consistency.Facts | None:
+        """The base's facts (:meth:`_from_base`) when the set has its names and each member that
+        differs has the facts the base's had (what config needs rarely changes with an endpoint):
+        the facts of the set, each member's in order, are then equal to the base's."""
+        type_url = shared.type_url
+        noted = shared.fragment.derived.get((BASE, type_url))
+        if noted is None or noted[1] is None:
+            return None
+        base = noted[0]()
+        if base is None:
+            return None
+        facts = base.derived.get((FACTS, type_url))
+        held = base.derived.get((SERIALIZED, type_url))
+        if facts is None or held is None:
+            return None
+        values = shared.fragment.value.values
+        for name in noted[1]:
+            before = self._facts.get(held.items[name])
+            if before is None or self.facts(serialized.items[name], values[name]) != before:
+                return None
+        return facts
 
     def held(self) -> list[CachedResource]:
         """Every distinct resource some snapshot or fragment still holds."""
@@ -158,6 +224,12 @@ class ResourceStore:
     def held_bytes(self) -> int:
         """The bytes of every distinct resource held (a part shared by several counted once)."""
         return total_bytes(self.held())
+
+
+def _builder(fragment: Fragment):
+    """What built a fragment (``Fragments.get``'s key is the builder and its arguments)."""
+    key = fragment.key
+    return key[0] if isinstance(key, tuple) and key else key
 
 
 def listener_pieces(name: str, parts: ListenerParts) -> list[tuple[bytes, str | None]]:
