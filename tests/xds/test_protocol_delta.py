@@ -219,12 +219,10 @@ async def test_a_removed_subscribed_name_is_removed_once_and_not_unserved(fake_p
     assert not [rec for rec in caplog.records if "asked for" in rec.getMessage()]
 
 
-async def test_delta_pushes_record_push_latency(fake_plane, delta_client):
+async def clusters_and_endpoints_acked(fake_plane, delta_client):
+    """A client of node a that took and ACKed every cluster and the endpoints of c1 and c2:
+    (plane, world, client, the endpoints' versions)."""
     plane, world = await fake_plane()
-
-    def samples(kind: str) -> float:
-        return plane.metrics.value("zpilot_xds_push_latency_seconds_count", type=kind)
-
     c = delta_client(plane.xds_port)
     c.delta_request(CLUSTER_TYPE, node_name="a")
     r = await c.recv()
@@ -233,6 +231,15 @@ async def test_delta_pushes_record_push_latency(fake_plane, delta_client):
     r = await c.recv()
     c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
     await c.expect_silence()
+    return plane, world, c, versions(r)
+
+
+async def test_delta_pushes_record_push_latency(fake_plane, delta_client):
+    plane, world, c, _ = await clusters_and_endpoints_acked(fake_plane, delta_client)
+
+    def samples(kind: str) -> float:
+        return plane.metrics.value("zpilot_xds_push_latency_seconds_count", type=kind)
+
     assert (samples("CDS"), samples("EDS")) == (0, 0)
     world.nodes["a"].clusters["c1"] = ["10.0.0.9"]  # endpoints only
     await plane.update(world.index())
@@ -244,16 +251,7 @@ async def test_endpoints_of_a_changed_cluster_are_sent_again_and_only_theirs(fak
     """A cluster that changed warms until its endpoints come (envoy#13009): after the CDS response,
     its assignment is sent again at the version the client has; the other cluster's is not, and
     later endpoint changes still reach the client (each found from the changes all streams share)."""
-    plane, world = await fake_plane()
-    c = delta_client(plane.xds_port)
-    c.delta_request(CLUSTER_TYPE, node_name="a")
-    r = await c.recv()
-    c.delta_request(CLUSTER_TYPE, nonce=r.nonce)
-    c.delta_request(ENDPOINT_TYPE, subscribe=["c1", "c2"])
-    r = await c.recv()
-    endpoints = versions(r)
-    c.delta_request(ENDPOINT_TYPE, nonce=r.nonce)
-    await c.expect_silence()
+    plane, world, c, endpoints = await clusters_and_endpoints_acked(fake_plane, delta_client)
 
     world.nodes["a"].timeouts["c1"] = 5
     await plane.update(world.index())
