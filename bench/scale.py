@@ -534,9 +534,7 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
                 "envoy_cpu_seconds": round(cpu, 2), "envoy_rss_mib": round(rss), "envoy_peak_rss_mib": round(peak),
                 "nacks": int(nacks), "live_timeout": params["live_timeout"], "cluster_stats": params["cluster_stats"]}
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill(proc)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
         await plane.stop()

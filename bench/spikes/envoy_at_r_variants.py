@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -179,9 +176,7 @@ async def run(variant: str, concurrency: int | None) -> dict:
         return {"variant": variant, "config_mb": sizes, "live_s": live and round(live, 3), "cpu_s": round(cpu, 2),
                 "rss_mib": round(rss), **{f"{k}_mib": v for k, v in mib.items()}}
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        scale._kill(proc)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
         await plane.stop()

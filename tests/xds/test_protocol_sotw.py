@@ -71,15 +71,16 @@ async def test_eds_and_sds_are_served_by_name_only(fake_plane, client_factory):
     assert plane.metrics.value("zpilot_xds_unserved_resource_names_total", type="EDS") == 1
 
 
-async def eds_acked_then_changed(fake_plane, client_factory):
-    """A client subscribed to EDS c1 and ACKing it; then c1 changes: (plane, client, first, second)."""
+async def eds_acked_then_changed(fake_plane, client_factory, names=("c1",), changed="c1", ip="10.0.0.9"):
+    """A client subscribed to EDS ``names`` and ACKing them; then ``changed`` gets the endpoint ``ip``:
+    (plane, client, first, second)."""
     plane, world = await fake_plane()
     c = client_factory(plane.xds_port)
-    c.request(ENDPOINT_TYPE, names=["c1"], node_name="a")
+    c.request(ENDPOINT_TYPE, names=list(names), node_name="a")
     first = await c.recv()
-    c.request(ENDPOINT_TYPE, names=["c1"], nonce=first.nonce, version=first.version_info)
+    c.request(ENDPOINT_TYPE, names=list(names), nonce=first.nonce, version=first.version_info)
     await c.expect_silence()
-    world.nodes["a"].clusters["c1"] = ["10.0.0.9"]
+    world.nodes["a"].clusters[changed] = [ip]
     await plane.update(world.index())
     second = await c.recv()
     return plane, c, first, second
@@ -533,7 +534,9 @@ async def test_a_name_let_go_in_a_stale_request_is_sent_again(fake_plane, client
     """While our response is in flight, the client lets go of c1 (a cluster removed) and asks for it
     again (re-added): both requests are stale and not answered, and its ACK names what it named
     before. It no longer holds c1's assignment, so c1 is sent again; c2, held all along, is not."""
-    plane, c, first, second = await eds_two_then_c2_changed(fake_plane, client_factory)
+    plane, c, first, second = await eds_acked_then_changed(fake_plane, client_factory, names=("c1", "c2"),
+                                                           changed="c2", ip="10.0.0.29")
+    assert names(first) == ["c1", "c2"] and names(second) == ["c2"]
     c.request(ENDPOINT_TYPE, names=["c2"], nonce=first.nonce, version=first.version_info)
     c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=first.nonce, version=first.version_info)
     await c.expect_silence()
@@ -542,19 +545,3 @@ async def test_a_name_let_go_in_a_stale_request_is_sent_again(fake_plane, client
     assert names(again) == ["c1"]
     c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=again.nonce, version=again.version_info)
     await c.expect_silence()
-
-
-async def eds_two_then_c2_changed(fake_plane, client_factory):
-    """A client holding EDS c1 and c2, then c2 changes: (plane, client, first, second)."""
-    plane, world = await fake_plane()
-    c = client_factory(plane.xds_port)
-    c.request(ENDPOINT_TYPE, names=["c1", "c2"], node_name="a")
-    first = await c.recv()
-    assert names(first) == ["c1", "c2"]
-    c.request(ENDPOINT_TYPE, names=["c1", "c2"], nonce=first.nonce, version=first.version_info)
-    await c.expect_silence()
-    world.nodes["a"].clusters["c2"] = ["10.0.0.29"]
-    await plane.update(world.index())
-    second = await c.recv()
-    assert names(second) == ["c2"]
-    return plane, c, first, second
