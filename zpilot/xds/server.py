@@ -32,9 +32,9 @@ from .cache import SnapshotReader
 from .delta import DeltaStream
 from .limits import Limits, explain
 from .observer import StreamObserver
+from .push_burst import PushBurst
 from .security import XdsSecurity
 from .sockets import UNIX_PREFIX, describe, ensure_bindable, owner_only
-from .push_burst import PushBurst
 from .sotw import SotwStream
 from .send_budget import DEFAULT_BUDGET_BYTES, SendBudget
 from .stream import Stream, StreamOptions, deny

@@ -24,6 +24,10 @@ before anything is awaited, and once more when gRPC reports the RPC done. gRPC c
 handler when its client goes; a cancellation that landed while an older cleanup awaited its
 tasks used to skip the rest and leave the stream registered forever (issue 11.6).
 
+A change of the snapshot is sent before anything else is done: while the streams it woke are
+sending it (a *push burst*, push_burst.py, shared by the server's streams and bounded in time),
+a request that arrives is read but handled only afterwards, in order.
+
 What happens on the stream (opened, request, response, ACK, NACK, ...) is reported to a
 :class:`~zpilot.xds.observer.StreamObserver`; metrics and the sync status are observers, the
 stream knows neither.
