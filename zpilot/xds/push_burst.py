@@ -91,7 +91,10 @@ class PushBurst:
         paused, self._gc = self._gc, None
         if paused is not None:
             paused.__exit__(None, None, None)
-            asyncio.get_running_loop().call_soon(_collect_young)
+            try:
+                asyncio.get_running_loop().call_soon(_collect_young)
+            except RuntimeError:  # ended off the loop (a stream closed by gRPC's done callback): left to the counter
+                pass
 
 
 def _collect_young() -> None:
