@@ -11,7 +11,7 @@ together right after it, those with the most changed types first. A node whose c
 beyond its endpoints (a pod's own node: CDS, EDS and LDS) is then answered with several
 responses in a row, each written once the one before it is; woken first, its large CDS response
 is being written while the other streams send their single EDS response, instead of starting
-after all of them (it was the last stream sent its update at R, docs/scale.md).
+after all of them (it was the last stream sent its update at R).
 """
 
 from __future__ import annotations
