@@ -8,7 +8,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zpilot.xds.decode import RequestError, decode
+from zpilot.xds.decode import RequestError, decode, decode_sotw
 from zpilot.xds.limits import NACK_MESSAGE_CHARS, Limits
 
 from .ads_client import node
@@ -70,6 +70,51 @@ def test_delta_requests_decode_as_the_generated_class_reads_them(subscribe, unsu
     assert (list(got.subscribe), list(got.unsubscribe), got.initial_versions) == (subscribe, unsubscribe, initial)
     assert (got.nonce, got.node.metadata_name) == (nonce, "n")
     assert (None if got.nack is None else (got.nack.code, got.nack.message)) == nack
+
+
+def fields(request) -> tuple:
+    nack = None if request.nack is None else (request.nack.code, request.nack.message)
+    return request.version_info, request.names, request.type_url, request.nonce, nack, request.node
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=names, second=names | st.none(), type_url=st.sampled_from(["a", "b"]), version=text, nonce=text,
+       nack=st.none() | st.tuples(st.integers(0, 16), text), order=st.permutations(range(4)),
+       canonical=st.booleans())
+def test_a_sotw_request_after_another_decodes_as_the_generated_class_reads_it(first, second, type_url, version, nonce,
+                                                                              nack, order, canonical):
+    """Whether its names are taken from the request before (same bytes) or decoded, and however
+    its fields are ordered (protobuf merges concatenated messages)."""
+    limits = Limits()
+    before = {}
+    earlier, names_bytes = decode_sotw(
+        DiscoveryRequest(version_info="v0", resource_names=first, type_url="a", response_nonce="1").SerializeToString(),
+        limits, before)
+    assert earlier.names == tuple(first)
+    if names_bytes is not None:
+        before["a"] = names_bytes
+    names_ = first if second is None else second
+    parts = [DiscoveryRequest(version_info=version), DiscoveryRequest(resource_names=names_),
+             DiscoveryRequest(type_url=type_url, response_nonce=nonce), DiscoveryRequest()]
+    if nack is not None:
+        parts[3].error_detail.code, parts[3].error_detail.message = nack
+    raw = b"".join(parts[i].SerializeToString() for i in (range(4) if canonical else order))
+    got, _ = decode_sotw(raw, limits, before)
+    assert fields(got) == fields(decode(raw, delta=False, limits=limits))
+
+
+def test_an_ack_repeating_the_names_is_not_decoded_again():
+    limits = Limits()
+    names_ = [f"outbound|80||svc-{i}.ns.svc.cluster.local" for i in range(100)]
+    ask = DiscoveryRequest(resource_names=names_, type_url="eds", response_nonce="")
+    request, names_bytes = decode_sotw(ask.SerializeToString(), limits, {})
+    assert request.names == tuple(names_) and names_bytes is not None
+    ack = DiscoveryRequest(version_info="v1", resource_names=names_, type_url="eds", response_nonce="7")
+    again, kept = decode_sotw(ack.SerializeToString(), limits, {"eds": names_bytes})
+    assert again.names is request.names and kept is names_bytes  # the same tuple: nothing decoded
+    assert (again.version_info, again.nonce, again.nack) == ("v1", "7", None)
+    other, _ = decode_sotw(ack.SerializeToString(), limits, {"cds": names_bytes})  # another type's: decoded
+    assert other.names == request.names and other.names is not request.names
 
 
 def test_a_repeated_map_key_keeps_its_last_value_as_protobuf_does():

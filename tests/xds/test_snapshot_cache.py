@@ -63,6 +63,40 @@ async def test_watchers_wake_only_on_change_and_only_their_node():
     assert cache.watcher_count() == 0
 
 
+async def test_a_change_wakes_the_nodes_with_most_changed_types_first():
+    """Stored in one step (as the producer stores a change), the node whose clusters changed too is
+    woken before the nodes whose endpoints alone changed, whatever the order they were set in: its
+    responses are written one after the other, so it starts first."""
+    from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+    def with_endpoints(node: str, clusters: tuple[str, ...], port: int) -> Snapshot:
+        return Snapshot.build(node, {
+            CLUSTER_TYPE: {n: Cluster(name=n) for n in clusters},
+            ENDPOINT_TYPE: {n: ClusterLoadAssignment(cluster_name=n, endpoints=[{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "10.0.0.1", "port_value": port}}}}]}])
+                for n in clusters},
+        })
+
+    cache = SnapshotCache()
+    nodes = ["a", "b", "c"]
+    for node in nodes:
+        cache.set_snapshot(with_endpoints(node, ("x",), 80))
+    await asyncio.sleep(0)  # their wake-up, with no watcher yet
+    woken: list[str] = []
+
+    async def wait(watch) -> None:
+        await watch.wait()
+        woken.append(watch.node)
+
+    tasks = [asyncio.create_task(wait(cache.watch(node))) for node in nodes]
+    await asyncio.sleep(0)
+    assert cache.set_snapshot(with_endpoints("a", ("x",), 81)) == [ENDPOINT_TYPE]
+    assert cache.set_snapshot(with_endpoints("b", ("x",), 81)) == [ENDPOINT_TYPE]
+    assert cache.set_snapshot(with_endpoints("c", ("x", "y"), 81)) == [CLUSTER_TYPE, ENDPOINT_TYPE]
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert woken == ["c", "a", "b"]
+
+
 def test_empty_snapshot_is_unknown():
     s = Snapshot.empty("ghost")
     assert not s.known and all(not r.items for r in s.types.values())

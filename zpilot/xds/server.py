@@ -32,6 +32,7 @@ from .cache import SnapshotReader
 from .delta import DeltaStream
 from .limits import Limits, explain
 from .observer import StreamObserver
+from .push_burst import PushBurst
 from .security import XdsSecurity
 from .sockets import UNIX_PREFIX, describe, ensure_bindable, owner_only
 from .sotw import SotwStream
@@ -107,8 +108,10 @@ class AdsServer:
         self.options = options if options is not None else ServerOptions()
         self.observer = observer if observer is not None else StreamObserver()
         self.send_budget = SendBudget(self.options.send_budget_bytes)
+        self.push_burst = PushBurst()
         self._stream_options = StreamOptions(control_plane_id=self.options.control_plane_id,
-                                             limits=self.options.limits, send_budget=self.send_budget)
+                                             limits=self.options.limits, send_budget=self.send_budget,
+                                             push_burst=self.push_burst)
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
         self.open_streams = 0  # RPCs being served, over all connections

@@ -5,6 +5,13 @@ whose resources did not change gets no push. A node of the model whose config co
 produced is *withheld*: its streams send nothing, rather than the empty config of a node the model
 lacks. All methods must be called on the event loop's
 thread (the producer and the server share one asyncio loop).
+
+The producer stores a change's snapshots in one synchronous step; their watchers are woken
+together right after it, those with the most changed types first. A node whose config changed
+beyond its endpoints (a pod's own node: CDS, EDS and LDS) is then answered with several
+responses in a row, each written once the one before it is; woken first, its large CDS response
+is being written while the other streams send their single EDS response, instead of starting
+after all of them (it was the last stream sent its update at R).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class SnapshotCache:
         self._snapshots: dict[str, Snapshot] = {}
         self._withheld: dict[str, str] = {}  # node -> why it has nothing to serve (never a snapshot too)
         self._watches: dict[str, set[_Watch]] = defaultdict(set)
+        #: Nodes set since the last wake-up of watchers -> how many types changed (wake order).
+        self._to_wake: dict[str, int] = {}
 
     # -- writer -----------------------------------------------------------------------------
 
@@ -55,26 +64,45 @@ class SnapshotCache:
             return []
         self._snapshots[snapshot.node] = snapshot
         self._withheld.pop(snapshot.node, None)
-        for watch in list(self._watches.get(snapshot.node, ())):
-            watch.notify()
+        self._wake_soon(snapshot.node, len(changed))
         return changed
+
+    def _wake_soon(self, node: str, changed: int) -> None:
+        """Wake the node's watchers once the current synchronous step (the producer storing a
+        change's snapshots) is over, in :meth:`_wake` order; at once when no loop runs."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._notify(node)
+            return
+        if not self._to_wake:
+            loop.call_soon(self._wake)
+        self._to_wake[node] = max(changed, self._to_wake.get(node, 0))
+
+    def _wake(self) -> None:
+        """The watchers of the nodes set since the last call, most changed types first (then in the
+        order they were set): those with more responses to write in a row start first."""
+        to_wake, self._to_wake = self._to_wake, {}
+        for node in sorted(to_wake, key=to_wake.__getitem__, reverse=True):  # stable: set order for ties
+            self._notify(node)
+
+    def _notify(self, node: str) -> None:
+        for watch in list(self._watches.get(node, ())):
+            watch.notify()
 
     def withhold(self, node: str, reason: str) -> None:
         if node in self._snapshots:
             return
         first = node not in self._withheld
         self._withheld[node] = reason
-        if not first:
-            return
-        for watch in list(self._watches.get(node, ())):  # they stop serving it as a node the model lacks
-            watch.notify()
+        if first:
+            self._notify(node)  # they stop serving it as a node the model lacks
 
     def clear_snapshot(self, node: str) -> bool:
         withheld = self._withheld.pop(node, None) is not None
         if self._snapshots.pop(node, None) is None and not withheld:
             return False
-        for watch in list(self._watches.get(node, ())):
-            watch.notify()
+        self._notify(node)
         return True
 
     def nodes(self) -> list[str]:

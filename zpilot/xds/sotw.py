@@ -21,15 +21,32 @@ until it gets one (envoy#13009); an unchanged cluster is not touched by Envoy an
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import wire
-from .decode import Request
-from .order import CLUSTER_TYPE, ENDPOINT_TYPE, PARTIAL_TYPES, PUSH_ORDER, WILDCARD_TYPES
+from .decode import NamesBytes, Request, decode_sotw
+from .order import CLUSTER_TYPE, ENDPOINT_TYPE, PARTIAL_TYPES, PUSH_ORDER, SERVED_TYPES, WILDCARD_TYPES
 from .snapshot import Snapshot, names_version
 from .stream import Stream
 
 
 class SotwStream(Stream):
     mode = "sotw"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Per served type, the last request's names and the bytes they were in (at most a request's size each).
+        self._names_bytes: dict[str, NamesBytes] = {}
+
+    def decode(self, raw: bytes) -> Request:
+        # An ACK repeats the names of the request before it: not decoded again (decode.decode_sotw).
+        request, names = decode_sotw(raw, self.options.limits, self._names_bytes)
+        if request.type_url in SERVED_TYPES:
+            if names is None:
+                self._names_bytes.pop(request.type_url, None)
+            else:
+                self._names_bytes[request.type_url] = names
+        return request
 
     def handle(self, request: Request) -> bool:
         sub = self.accept(request.type_url)

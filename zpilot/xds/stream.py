@@ -24,6 +24,10 @@ before anything is awaited, and once more when gRPC reports the RPC done. gRPC c
 handler when its client goes; a cancellation that landed while an older cleanup awaited its
 tasks used to skip the rest and leave the stream registered forever (issue 11.6).
 
+A change of the snapshot is sent before anything else is done: while the streams it woke are
+sending it (a *push burst*, push_burst.py, shared by the server's streams and bounded in time),
+a request that arrives is read but handled only afterwards, in order.
+
 What happens on the stream (opened, request, response, ACK, NACK, ...) is reported to a
 :class:`~zpilot.xds.observer.StreamObserver`; metrics and the sync status are observers, the
 stream knows neither.
@@ -48,6 +52,7 @@ from .limits import Limits
 from .node_identity import NodeIdentityError, resolve_node_name
 from .observer import Response, StreamInfo, StreamObserver
 from .order import PUSH_ORDER, SECRET_TYPE, SERVED_TYPES, short_name
+from .push_burst import PushBurst
 from .send_budget import SendBudget
 from .snapshot import Snapshot
 from .subscription import Subscription
@@ -78,7 +83,8 @@ class StreamOptions:
 
     control_plane_id: str = "zpilot"
     limits: Limits = Limits()
-    #: Yields to the reader before answering, so requests that arrived together are answered together.
+    #: Yields to the reader before answering a request, so requests that arrived together are
+    #: answered together (not before sending a change of the snapshot: no request waits for it).
     drain_yields: int = 5
     #: On reconnect a client reports the versions it has and sends every request at once (possibly
     #: out of order); for this long, a type is held back while a type that precedes it in push
@@ -88,6 +94,8 @@ class StreamOptions:
     gather_seconds: float = 0.1
     #: The server's bound on response bytes being written at once, shared by its streams (None: unbounded).
     send_budget: SendBudget | None = None
+    #: The server's streams sending a change now, shared by its streams (push_burst.py; None: none kept).
+    push_burst: PushBurst | None = None
 
 
 async def deny(
@@ -129,6 +137,7 @@ class Stream:
         self._reported: dict[str, int] = {}  # type -> subscription revision last reported
         self._wake = asyncio.Event()
         self._snapshot_changed = False
+        self._asked = False  # a request needing an answer was recorded since the last answer
         self._error: RequestError | None = None
         self._reader_done = False
         self._nonce = 0
@@ -407,6 +416,8 @@ class Stream:
         if self._watch is not None:
             self._watch.close()
             self._watch = None
+        if self.options.push_burst is not None:
+            self.options.push_burst.end(self)
         if self._opened and self.info is not None:
             self._opened = False
             self.observer.stream_closed(self.info)
@@ -414,11 +425,15 @@ class Stream:
 
     def _handle(self, request: Request) -> None:
         if self.handle(request):
+            self._asked = True
             self._wake.set()
 
     async def _read(self, iterator: AsyncIterator[bytes]) -> None:
+        burst = self.options.push_burst
         try:
             async for raw in iterator:
+                if burst is not None and burst.active:
+                    await burst.over()  # the streams still sending a change go first (push_burst.py)
                 self._handle(self.decode(raw))
         except RequestError as exc:
             self._error = exc
@@ -434,18 +449,24 @@ class Stream:
     async def _watch_snapshots(self) -> None:
         assert self._watch is not None
         watch = self._watch
+        burst = self.options.push_burst
         while True:
             await watch.wait()
+            if burst is not None:
+                burst.begin(self)
             self._snapshot_changed = True
             self._wake.set()
 
     async def _send_loop(self, context: grpc.aio.ServicerContext) -> None:
         self._wake.set()  # answer the first request
+        burst = self.options.push_burst
         while True:
             await self._wake.wait()
-            for _ in range(self.options.drain_yields):
-                await asyncio.sleep(0)  # let the reader record requests that arrived together
+            if self._asked or not self._snapshot_changed:
+                for _ in range(self.options.drain_yields):
+                    await asyncio.sleep(0)  # let the reader record requests that arrived together
             self._wake.clear()
+            self._asked = False
             if self._error is not None:
                 await self._refuse(self._error, context)
                 return
@@ -453,9 +474,10 @@ class Stream:
                 return
             changed, self._snapshot_changed = self._snapshot_changed, False
             snapshot = self.snapshot()
-            if snapshot is None:  # withheld: the requests stay pending until the node has config
-                continue
-            await self.respond(snapshot, changed)
+            if snapshot is not None:  # else withheld: the requests stay pending until the node has config
+                await self.respond(snapshot, changed)
+            if changed and burst is not None:
+                burst.end(self)
 
     async def write(self, chunks: list[bytes]) -> None:
         """Send one response on this stream, given as the byte strings that joined serialize it
