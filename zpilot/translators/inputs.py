@@ -20,6 +20,7 @@ resources built from it cheaply (fragments.py).
 from __future__ import annotations
 
 import socket
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -437,7 +438,20 @@ class ServedPorts:
         moved = ServedPorts(tuple(ports))
         if "_names" in self.__dict__:
             moved.__dict__["_names"] = dict(self.__dict__["_names"])
+        # weakly: a chain of every earlier model's ports must not stay alive through the latest
+        moved.__dict__["_moved_from"] = (weakref.ref(self), tuple(sorted(at[id(before[i])] for i in changed_at
+                                                                         if id(before[i]) in at)))
         return moved
+
+    def moved_from(self) -> "tuple[ServedPorts, tuple[int, ...]] | None":
+        """The ports these were :meth:`moved` from, while they are alive, and the positions that
+        differ from them (every other position holds the very same port): what is built for each
+        port can then be taken from what was built for those, but for these positions."""
+        found = self.__dict__.get("_moved_from")
+        if found is None:
+            return None
+        before = found[0]()
+        return (before, found[1]) if before is not None else None
 
     @cached_property
     def _at(self) -> dict[int, int]:
