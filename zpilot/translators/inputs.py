@@ -227,7 +227,11 @@ class MeshInput:
             cidrs = previous.node_cidrs
         mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation)
         mesh.__dict__.update(carried)
-        if previous is not None and "pod_routes" in previous.__dict__:  # each unchanged node's part is kept
+        if previous is not None and "pod_routes" in previous.__dict__ and meshed is previous.meshed and (
+            cidrs is previous.node_cidrs
+        ):  # what they are made of is the very same (a policy or service change): so are they
+            mesh.__dict__["pod_routes"] = previous.pod_routes
+        elif previous is not None and "pod_routes" in previous.__dict__:  # each unchanged node's part is kept
             changed = None
             if changes.nodes is not None and meshed is not previous.meshed:  # only those nodes' pods are looked at
                 changed = {node: _facts_of(_with_ip(index.meshed_workloads_on(node))) for node in changes.nodes}
