@@ -63,7 +63,7 @@ def changing(draw: st.DrawFn) -> tuple[list[tuple[str, list[Any]]], list[list[in
     slots = [(origin, [obj, _variant(obj, 0), _variant(obj, 1)]) for origin, obj in pool]
     first = len(slots)
     slots.append(("web2", [_service(1), _service(2)]))
-    slots.append(("node-c", [_cidr_node(["10.202.0.0/16"]), _cidr_node(["10.201.0.0/16"]), _cidr_node(["10.200.0.0/24"])]))
+    slots.append(("node-c", [_cidr_node([cidr]) for cidr in ("10.202.0.0/16", "10.201.0.0/16", "10.200.0.0/24")]))
     slots += [(f"mover-{i}", _mover(i)) for i in range(draw(st.integers(1, 3)))]
     out = []
     previous = None

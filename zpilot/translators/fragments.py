@@ -79,7 +79,9 @@ class FragmentGroup:
 
     __slots__ = ("members", "values", "_base", "__weakref__")
 
-    def __init__(self, members: dict[str, Fragment], *, base: "tuple[FragmentGroup, tuple[str, ...]] | None" = None) -> None:
+    def __init__(
+        self, members: dict[str, Fragment], *, base: "tuple[FragmentGroup, tuple[str, ...]] | None" = None
+    ) -> None:
         self.members = members
         #: Each member's value by name.
         self.values = {name: fragment.value for name, fragment in members.items()}

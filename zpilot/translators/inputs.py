@@ -156,7 +156,9 @@ def _common_ends(a: tuple, b: tuple) -> tuple[int, int]:
     return start, end
 
 
-def _meshed_from(listed: tuple[Workload, ...], previous: "MeshInput") -> tuple[tuple[Workload, ...], tuple[tuple, ...], int, int]:
+def _meshed_from(
+    listed: tuple[Workload, ...], previous: "MeshInput"
+) -> tuple[tuple[Workload, ...], tuple[tuple, ...], int, int]:
     """The meshed pods with an IP of ``listed`` (the index's meshed pods) and their facts, made from
     ``previous``'s: the pods between the common start and end of the two (a pod or two came or
     went) are the only ones looked into. Also that window's bounds (start, end)."""
@@ -202,7 +204,8 @@ class MeshInput:
         object.__setattr__(
             self,
             "_hash",
-            hash((self.cluster_domain, _hashes(self.service_ports), self.vip_order, len(self.meshed_facts), self.node_cidrs)),
+            hash((self.cluster_domain, _hashes(self.service_ports), self.vip_order, len(self.meshed_facts),
+                  self.node_cidrs)),
         )
 
     @classmethod
