@@ -8,8 +8,9 @@ they changed, a shared endpoint set serialized and checked from the last one by 
 differ (xds/resource_store.py), a node whose endpoints alone changed checked once for all
 (xds/push.py). None of that may show in what is served. The changes are test_endpoints_only.py's
 (random clusters and their variants, pods coming, going, turning unready inside their nodes' pod
-CIDRs) plus pods that move to another node or change identity, and a service that gains and
-loses a port; at each step every node's served bytes, versions and failures are compared.
+CIDRs) plus pods that move to another node or change identity, a service that gains and
+loses a port, and a node whose pod CIDRs change (alone, at times: the pods as they were); at
+each step every node's served bytes, versions and failures are compared.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def _mover(i: int) -> list[Any]:
             replace(pod, ready=False), replace(pod, node_name=None), replace(pod, node_name="churn-ghost")]
 
 
+def _cidr_node(cidrs: list[str]) -> Any:
+    """A third node whose pod CIDRs change: its own, then churn-b's (both clash: their pods turn
+    strays), then a part of churn-a's (the same), while the pods stay as they are."""
+    doc = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "churn-c"}, "spec": {"podCIDRs": cidrs},
+           "status": {"addresses": [{"type": "InternalIP", "address": "172.19.0.9"}]}}
+    return KIND_CONVERTERS["Node"](doc)
+
+
 @st.composite
 def changing(draw: st.DrawFn) -> tuple[list[tuple[str, list[Any]]], list[list[int]]]:
     """Origins with their versions, and at each step the version of each (0: absent, n: version n - 1)."""
@@ -54,6 +63,7 @@ def changing(draw: st.DrawFn) -> tuple[list[tuple[str, list[Any]]], list[list[in
     slots = [(origin, [obj, _variant(obj, 0), _variant(obj, 1)]) for origin, obj in pool]
     first = len(slots)
     slots.append(("web2", [_service(1), _service(2)]))
+    slots.append(("node-c", [_cidr_node([cidr]) for cidr in ("10.202.0.0/16", "10.201.0.0/16", "10.200.0.0/24")]))
     slots += [(f"mover-{i}", _mover(i)) for i in range(draw(st.integers(1, 3)))]
     out = []
     previous = None

@@ -58,6 +58,10 @@ class Fragments:
             self.built += 1
         return fragment
 
+    def find(self, builder: Callable[..., Any], *args: Hashable) -> Fragment | None:
+        """The fragment ``builder(*args)`` if something still holds it, else None (nothing built)."""
+        return self._live.get((builder, args))
+
     def build(self, builder: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Build one fragment (what a test overrides to see what gets built)."""
         return builder(*args, **kwargs)
@@ -73,9 +77,22 @@ class FragmentGroup:
     group (after a model change) finds the members whose inputs did not change already built.
     """
 
-    __slots__ = ("members", "values")
+    __slots__ = ("members", "values", "_base", "__weakref__")
 
-    def __init__(self, members: dict[str, Fragment]) -> None:
+    def __init__(
+        self, members: dict[str, Fragment], *, base: "tuple[FragmentGroup, tuple[str, ...]] | None" = None
+    ) -> None:
         self.members = members
         #: Each member's value by name.
         self.values = {name: fragment.value for name, fragment in members.items()}
+        # (the group this one was made from, weakly, and the names whose member may differ from its)
+        self._base = (weakref.ref(base[0]), base[1]) if base is not None else None
+
+    def based_on(self) -> "tuple[FragmentGroup, tuple[str, ...]] | None":
+        """The group this one was made from (the same names, each member the very same fragment
+        but those named here), while it is alive; None when made whole. What serializes a group
+        can then take the rest from that group's (xds/resource_store.py)."""
+        if self._base is None:
+            return None
+        group = self._base[0]()
+        return (group, self._base[1]) if group is not None else None

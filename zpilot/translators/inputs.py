@@ -20,11 +20,12 @@ resources built from it cheaply (fragments.py).
 from __future__ import annotations
 
 import socket
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from itertools import compress, count
-from operator import attrgetter, is_, itemgetter, not_
+from itertools import compress, count, islice
+from operator import attrgetter, is_not, itemgetter
 from typing import Callable, Iterable, Iterator, Mapping
 
 from ..model.addresses import ipv4_networks
@@ -122,6 +123,15 @@ class ServicePortInput:
         return tuple(seen_from(self.candidates, self.service, node))
 
 
+_port_hash = attrgetter("_hash")
+
+
+def _hashes(ports: tuple[ServicePortInput, ...]) -> tuple[int, ...]:
+    """Each port's hash, read as they keep it: thousands of ``__hash__`` calls in Python were most of
+    what hashing a mesh's ports cost."""
+    return tuple(map(_port_hash, ports))
+
+
 def _facts_of(meshed: tuple[Workload, ...]) -> tuple[tuple, ...]:
     """(w.ip, w.node_name, w.namespace, w.service_account) of each, without a Python loop."""
     return tuple(zip(map(_first, map(_ips, meshed)), map(_node_name, meshed), map(_namespace, meshed),
@@ -136,20 +146,33 @@ def _with_ip(workloads: list[Workload]) -> tuple[Workload, ...]:
     return tuple(w for w in kept if w.ip)
 
 
-def _common_start(a: tuple, b: tuple) -> int:
-    """How many of the first items of ``a`` and ``b`` are the very same objects."""
-    return next(compress(count(), map(not_, map(is_, a, b))), min(len(a), len(b)))
+def _common_ends(a: tuple, b: tuple) -> tuple[int, int]:
+    """How many first and how many last items of ``a`` and ``b`` are the very same objects (the
+    two never overlapping): what lies between is what differs. At C speed, no pod looked into."""
+    shortest = min(len(a), len(b))
+    start = next(compress(count(), map(is_not, a, b)), shortest)
+    tail = shortest - start
+    end = next(compress(count(), islice(map(is_not, reversed(a), reversed(b)), tail)), tail)
+    return start, end
 
 
-def _spliced_facts(meshed: tuple[Workload, ...], previous: "MeshInput") -> tuple[tuple, ...]:
-    """The facts of ``meshed``: ``previous``'s where the pods are the same objects (the common start
-    and end of the two lists: a pod or two came or went in between), the others made."""
-    old = previous.meshed
-    n, m = len(meshed), len(old)
-    start = _common_start(meshed, old)
-    end = min(_common_start(meshed[start:][::-1], old[start:][::-1]), n - start, m - start)
-    kept = previous.meshed_facts
-    return kept[:start] + _facts_of(meshed[start : n - end]) + kept[m - end :]
+def _meshed_from(
+    listed: tuple[Workload, ...], previous: "MeshInput"
+) -> tuple[tuple[Workload, ...], tuple[tuple, ...], int, int]:
+    """The meshed pods with an IP of ``listed`` (the index's meshed pods) and their facts, made from
+    ``previous``'s: the pods between the common start and end of the two (a pod or two came or
+    went) are the only ones looked into. Also that window's bounds (start, end)."""
+    old, kept = previous.meshed, previous.meshed_facts
+    start, end = _common_ends(listed, old)
+    n, m = len(listed), len(old)
+    if start == n == m:
+        return old, kept, start, end
+    window = listed[start : n - end]
+    if len(_with_ip(window)) == len(window):  # every pod outside it had one: it was in ``previous``
+        return listed, kept[:start] + _facts_of(window) + kept[m - end :], start, end
+    meshed = _with_ip(listed)  # a pod without one (never the index's): the whole list filtered
+    start, end = _common_ends(meshed, old)
+    return meshed, kept[:start] + _facts_of(meshed[start : len(meshed) - end]) + kept[m - end :], start, end
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,7 +204,8 @@ class MeshInput:
         object.__setattr__(
             self,
             "_hash",
-            hash((self.cluster_domain, self.service_ports, self.vip_order, len(self.meshed_facts), self.node_cidrs)),
+            hash((self.cluster_domain, _hashes(self.service_ports), self.vip_order, len(self.meshed_facts),
+                  self.node_cidrs)),
         )
 
     @classmethod
@@ -197,27 +221,33 @@ class MeshInput:
             carried = previous._carried(ports, changed_at)
         else:
             ports, order = cls._ports(index, previous)
-        if previous is not None and changes.nodes is not None and not changes.nodes:
-            meshed, facts = previous.meshed, previous.meshed_facts  # no node's meshed pods changed
+        if previous is None:
+            meshed, facts = _with_ip(index.meshed_workloads()), None
         else:
-            meshed = _with_ip(index.meshed_workloads())
-            if previous is not None and previous.meshed == meshed:
-                meshed, facts = previous.meshed, previous.meshed_facts
-            else:
-                facts = _spliced_facts(meshed, previous) if previous is not None else None
+            meshed, facts, start, end = _meshed_from(tuple(index.meshed_workloads()), previous)
         cidrs = tuple((name, node.pod_cidrs) for name, node in sorted(index.nodes.items()) if node.pod_cidrs)
         if previous is not None and previous.node_cidrs == cidrs:
             cidrs = previous.node_cidrs
         mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation)
         mesh.__dict__.update(carried)
-        if previous is not None and "pod_routes" in previous.__dict__:  # each unchanged node's part is kept
+        if previous is not None and "pod_routes" in previous.__dict__ and meshed is previous.meshed and (
+            cidrs is previous.node_cidrs
+        ):  # what they are made of is the very same (a policy or service change): so are they
+            mesh.__dict__["pod_routes"] = previous.pod_routes
+        elif previous is not None and "pod_routes" in previous.__dict__:  # each unchanged node's part is kept
             changed = None
             if changes.nodes is not None and meshed is not previous.meshed:  # only those nodes' pods are looked at
                 changed = {node: _facts_of(_with_ip(index.meshed_workloads_on(node))) for node in changes.nodes}
-                # and the pods on no node (no node of changes_since names them), all strays: few, found without a Python loop
-                changed[None], changed[""] = (), ()
-                for fact in _facts_of(tuple(compress(meshed, map(not_, map(_node_name, meshed))))):
-                    changed[fact[1]] += (fact,)
+                # and the pods on no node (no node of changes_since names them), all strays: the last
+                # ones but those that went, and those that came (all between the common ends)
+                gone = previous.meshed_facts[start : len(previous.meshed_facts) - end]
+                came = mesh.meshed_facts[start : len(mesh.meshed_facts) - end]
+                for no_node in (None, ""):
+                    before = previous.pod_routes._sources.get((_OTHER, no_node), ((),))[0]
+                    went = {f for f in gone if f[1] == no_node}  # a pod's facts name its IP: no two alike
+                    changed[no_node] = tuple(f for f in before if f not in went) + tuple(
+                        f for f in came if f[1] == no_node
+                    )
             mesh.__dict__["pod_routes"] = PodRoutes.of(mesh.meshed_facts, cidrs, previous.pod_routes, changed=changed)
         return mesh
 
@@ -383,7 +413,7 @@ class ServedPorts:
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash(self.ports))
+        object.__setattr__(self, "_hash", hash(_hashes(self.ports)))
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -415,7 +445,20 @@ class ServedPorts:
         moved = ServedPorts(tuple(ports))
         if "_names" in self.__dict__:
             moved.__dict__["_names"] = dict(self.__dict__["_names"])
+        # weakly: a chain of every earlier model's ports must not stay alive through the latest
+        moved.__dict__["_moved_from"] = (weakref.ref(self), tuple(sorted(at[id(before[i])] for i in changed_at
+                                                                         if id(before[i]) in at)))
         return moved
+
+    def moved_from(self) -> "tuple[ServedPorts, tuple[int, ...]] | None":
+        """The ports these were :meth:`moved` from, while they are alive, and the positions that
+        differ from them (every other position holds the very same port): what is built for each
+        port can then be taken from what was built for those, but for these positions."""
+        found = self.__dict__.get("_moved_from")
+        if found is None:
+            return None
+        before = found[0]()
+        return (before, found[1]) if before is not None else None
 
     @cached_property
     def _at(self) -> dict[int, int]:

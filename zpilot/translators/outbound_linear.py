@@ -56,6 +56,8 @@ of another node's config, its node's ClusterLoadAssignment alone.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from google.protobuf import wrappers_pb2
 
 from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
@@ -238,12 +240,25 @@ def _port_endpoints(name: str, port: ServicePortInput, node: str | None, trust_d
 def _service_endpoints(
     fragments: Fragments, served: ServedPorts, node: str | None, domain: str, trust_domain: str
 ) -> FragmentGroup:
-    """Each served service port's endpoints: rebuilt only for the ports whose endpoints changed."""
-    members = {}
-    for port, name in zip(served.ports, served.names(_chain_name, domain)):
+    """Each served service port's endpoints: rebuilt only for the ports whose endpoints changed.
+    When ``served`` are the ports of the last model with a few replaced (``ServedPorts.moved_from``)
+    and the group built for those is still held, it is that group with those few members looked up
+    again: a pod change looks at its services' ports, not at the thousands of others."""
+    chain_names = served.names(_chain_name, domain)
+    lineage = served.moved_from()
+    last = fragments.find(_service_endpoints, fragments, lineage[0], node, domain, trust_domain) if lineage else None
+    if last is not None:
+        members = dict(last.value.members)
+        positions: Iterable[int] = lineage[1]  # type: ignore[index]
+    else:
+        members, positions = {}, range(len(served.ports))
+    for i in positions:
+        port, name = served.ports[i], chain_names[i]
         members[name] = fragments.get(
             _port_endpoints, name, port, node if port.service.node_local else None, trust_domain
         )
+    if last is not None:
+        return FragmentGroup(members, base=(last.value, tuple(chain_names[i] for i in positions)))
     return FragmentGroup(members)
 
 

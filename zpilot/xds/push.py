@@ -264,24 +264,33 @@ class Producer:
         in this update, by their sets (nodes with the same sets get the very same one)."""
         started = time.perf_counter()
         made = self.translator.endpoints(node_input)  # type: ignore[attr-defined]
-        parts = [self.store.resource_set(s) for s in made.sets]
-        key = tuple(map(id, parts))
-        found = composed.get(key)
-        if found is None:
-            endpoint_facts = [self.store.set_facts(s) for s in made.sets]
-            type_resources = self.store.composed(ENDPOINT_TYPE, parts, {})
-            found = composed[key] = (type_resources, endpoint_facts, _endpoints_summary(type_resources.items, endpoint_facts))
-        endpoints, endpoint_facts, summary = found
+        # most nodes have the very same sets (made once per model): what they compose to, by them
+        by_made = composed.get(("made", id(made)))
+        if by_made is None:
+            parts = [self.store.resource_set(s) for s in made.sets]
+            key = tuple(map(id, parts))
+            found = composed.get(key)
+            if found is None:
+                endpoint_facts = [self.store.set_facts(s) for s in made.sets]
+                type_resources = self.store.composed(ENDPOINT_TYPE, parts, {})
+                found = composed[key] = (
+                    type_resources, endpoint_facts, _endpoints_summary(type_resources.items, endpoint_facts)
+                )
+            by_made = composed[("made", id(made))] = (made, found)  # ``made`` held: its id stays its own
+        endpoints, endpoint_facts, summary = by_made[1]
         if not summary or not _same_summary(summary, rest.endpoints_checked, composed):
             # else the check reads what it passed before
             names = replace(rest.names, endpoints=frozenset(endpoints.items))
             problems = consistency.join_names(names, [*rest.facts, *endpoint_facts])
             if problems:
                 raise InvalidResources(str(consistency.InconsistentResources(snapshot.node, problems)))
-            rest = replace(rest, endpoints_checked=summary)
+            rest = _Rest(rest.names, rest.facts, rest.fragments, summary)
         elif rest.endpoints_checked is not summary:  # equal: held as the one object, compared by identity next time
-            rest = replace(rest, endpoints_checked=summary)
-        remade = replace(snapshot.with_type(endpoints, changed_at), generation_seconds=time.perf_counter() - started)
+            rest = _Rest(rest.names, rest.facts, rest.fragments, summary)
+        types = dict(snapshot.types)
+        types[ENDPOINT_TYPE] = endpoints
+        remade = replace(snapshot, types=MappingProxyType(types), changed_at=changed_at,
+                         generation_seconds=time.perf_counter() - started)
         return _Built(remade, node_input, rest.fragments + made.fragments, rest)
 
     def _secrets(self, resources: NodeResources) -> dict[str, Message]:

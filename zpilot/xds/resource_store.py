@@ -140,6 +140,14 @@ class ResourceStore:
         if held is None:
             return None
         members, before = shared.fragment.value.members, base.value.members
+        noted = shared.fragment.value.based_on()
+        if noted is not None and noted[0] is base.value:  # made from it: only the members it names may differ
+            items = dict(held.items)
+            changed = [name for name in noted[1] if before.get(name) is not members[name]]
+            for name in changed:
+                items[name] = self.resource(type_url, name, members[name].value, members[name])
+            shared.fragment.derived[(BASE, type_url)] = (weakref.ref(base), tuple(changed))
+            return TypeResources.of_cached(type_url, items)
         same_names = members.keys() == before.keys()
         names = held.items.keys() if same_names else sorted(members)  # held's are in name order
         items: dict[str, CachedResource] = {}

@@ -15,6 +15,7 @@ import time
 import weakref
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
@@ -145,10 +146,14 @@ class CachedResource:
         return sum(map(len, self.parts))
 
 
+_name, _version = attrgetter("name"), attrgetter("version")
+
+
 def names_version(resources: Iterable[CachedResource]) -> str:
     """The version of a set of resources: a hash of their names and versions, order-independent."""
-    items = sorted((r.name, r.version) for r in resources)
-    return content_version("\n".join(f"{n}\t{v}" for n, v in items).encode("utf-8"))
+    resources = tuple(resources)
+    items = sorted(zip(map(_name, resources), map(_version, resources)))  # thousands: no Python loop
+    return content_version("\n".join(map("\t".join, items)).encode("utf-8"))
 
 
 @dataclass(frozen=True)
