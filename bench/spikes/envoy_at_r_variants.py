@@ -15,7 +15,7 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
     stats-all        ``--service-stats all``: every stat of every service port (as served until round five)
     stats-none       ``--service-stats none``
     tags-min         stats-all with ``use_all_default_tags: false`` and six of Envoy's tag extractors
-    tags-min+none    both
+    tags-min+none    both; tags-min+traffic: tags-min as served
     slow-noop        stats-all with an exclusion matcher that matches nothing (the matcher's own cost)
     reject-all       no stats at all (what all of them cost)
 
@@ -145,7 +145,7 @@ def reject_all(config) -> None:
 #: name -> (``--service-stats``, a change to the bootstrap or None); as-served is the default, ``traffic``.
 BOOTSTRAP_VARIANTS: dict[str, tuple[str, Callable | None]] = {
     "stats-all": ("all", None), "stats-none": ("none", None), "tags-min": ("all", tags_min),
-    "tags-min+none": ("none", tags_min), "slow-noop": ("all", slow_noop), "reject-all": ("all", reject_all),
+    "tags-min+none": ("none", tags_min), "tags-min+traffic": ("traffic", tags_min), "slow-noop": ("all", slow_noop), "reject-all": ("all", reject_all),
 }
 
 
