@@ -303,7 +303,7 @@ DEFAULT_CLUSTER_STATS = "lazy"
 #: ``cluster.<port>_<fqdn>.*``, and its tcp_proxy, ``tcp.<port>_<fqdn>.*``), ``zpilot bootstrap
 #: --service-stats``. At issue 13's R a node has 2,000 service ports: made at start, their 126,000
 #: stats (47 per cluster, 16 per tcp_proxy; 134,500 in all) were 27 MiB of the Envoy's RSS and
-#: about 0.4 CPU seconds of its start, for gauges and config counters (``membership_*``,
+#: about a quarter of its CPU to LIVE (docs/scale.md), for gauges and config counters (``membership_*``,
 #: ``update_*``, ``circuit_breakers.*``, ``lb_*``, ``assignment_*``, ``version``...) that the control
 #: plane's own view already holds. ``traffic``: a service port's cluster keeps its traffic counters
 #: (``upstream_cx_*``, ``upstream_rq_*``..., made as ``--cluster-stats`` says) and nothing else,

@@ -383,7 +383,7 @@ def _regex(pattern: str) -> string_pb2.StringMatcher:
 def stats_config(service_stats: str) -> stats_pb2.StatsConfig | None:
     """The stats each service port's cluster and tcp_proxy are kept from making (``contract.SERVICE_STATS``),
     as an exclusion list: Envoy makes every other stat as usual. A stat left out is never made (a
-    no-op stands for it), and each name is matched once, when first asked for."""
+    no-op stands for it); Envoy matches a name when first asked for it and remembers the answer."""
     if service_stats == "all":
         return None
     if service_stats == "none":
