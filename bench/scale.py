@@ -507,7 +507,7 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="zpilot-bench-envoy-"))
     config = json_format.MessageToDict(
         bootstrap(BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin,
-                                   cluster_stats=params["cluster_stats"])),
+                                   cluster_stats=params["cluster_stats"], service_stats=params["service_stats"])),
         preserving_proto_field_name=True,
     )
     (workdir / "bootstrap.json").write_text(json.dumps(config))
@@ -532,7 +532,8 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
             "zpilot_xds_nacks_total", type="CDS")
         return {"node_config_mb": round(config_mb, 2), "live_seconds": None if live is None else round(live, 2),
                 "envoy_cpu_seconds": round(cpu, 2), "envoy_rss_mib": round(rss), "envoy_peak_rss_mib": round(peak),
-                "nacks": int(nacks), "live_timeout": params["live_timeout"], "cluster_stats": params["cluster_stats"]}
+                "nacks": int(nacks), "live_timeout": params["live_timeout"], "cluster_stats": params["cluster_stats"],
+                "service_stats": params["service_stats"]}
     finally:
         _kill(proc)
         log.close()
@@ -670,12 +671,13 @@ def report(results: dict[str, Any]) -> str:
     rows = []
     for layout, r in results["envoy"].items():
         if "stopped" in r:
-            rows.append([layout, r.get("cluster", ""), "stopped: " + r["stopped"]] + [None] * 5)
+            rows.append([layout, r.get("cluster", ""), "stopped: " + r["stopped"]] + [None] * 6)
         else:
             rows.append([layout, r["cluster"], r["node_config_mb"], r["live_seconds"], r["envoy_cpu_seconds"],
-                         r["envoy_rss_mib"], r.get("cluster_stats", ""), r["nacks"]])
+                         r["envoy_rss_mib"], r.get("cluster_stats", ""), r.get("service_stats", ""), r["nacks"]])
     out.append(_table("envoy: one node's config into a real Envoy over ADS",
-                      ["layout", "cluster", "config MB", "LIVE s", "envoy CPU s", "RSS MiB", "cluster stats", "NACKs"],
+                      ["layout", "cluster", "config MB", "LIVE s", "envoy CPU s", "RSS MiB", "cluster stats", "service stats",
+                       "NACKs"],
                       rows))
     return "\n".join(out)
 
@@ -694,6 +696,8 @@ def main() -> int:
                              "delta (a bootstrap's DELTA_GRPC, zpilot bootstrap --delta); default %(default)s")
     parser.add_argument("--cluster-stats", choices=contract.CLUSTER_STATS, default=contract.DEFAULT_CLUSTER_STATS,
                         help="envoy: the bootstrap's --cluster-stats (default %(default)s)")
+    parser.add_argument("--service-stats", choices=contract.SERVICE_STATS, default=contract.DEFAULT_SERVICE_STATS,
+                        help="envoy: the bootstrap's --service-stats (default %(default)s)")
     parser.add_argument("--cap-seconds", type=float, default=300.0, help="time cap of each phase (300)")
     parser.add_argument("--cap-mb", type=float, default=12_000.0, help="memory cap of each phase, MiB (12000)")
     parser.add_argument("--json", type=Path, default=Path("bench/out/scale.json"), help="where to write the results")
@@ -729,7 +733,7 @@ def main() -> int:
         size = Shape.reference().scaled(n)
         params = {"layout": layout, "shape": dataclasses.asdict(size), "clients": args.clients or n,
                   "rounds": rounds, "sync_timeout": caps.seconds, "live_timeout": min(caps.seconds, 120.0),
-                  "cluster_stats": args.cluster_stats, "xds": args.xds}
+                  "cluster_stats": args.cluster_stats, "service_stats": args.service_stats, "xds": args.xds}
         cold = results["cold"].get(layout, {})
         if phase == "growth" and layout in stopped_growth:  # a larger cluster would stop too
             result = {"stopped": f"not run: {stopped_growth[layout]} at a smaller size"}

@@ -10,12 +10,22 @@ one part changed, to see what that part costs a real Envoy 1.40 (run by hand; ab
     typed            the identity as typed metadata (``envoy.transport_sockets.proxy_protocol``
                      ``PerHostConfig``, a TLV per host) instead of a ``tunnel`` Struct
 
+or as served with the bootstrap's stats settings changed (as served: ``--service-stats traffic``):
+
+    stats-all        ``--service-stats all``: every stat of every service port (as served until round five)
+    stats-none       ``--service-stats none``
+    tags-min         stats-all with ``use_all_default_tags: false`` and six of Envoy's tag extractors
+    tags-min+none    both; tags-min+traffic: tags-min as served
+    slow-noop        stats-all with an exclusion matcher that matches nothing (the matcher's own cost)
+    reject-all       no stats at all (what all of them cost)
+
 Only ``as-served`` pins identities: the others are for measuring (Envoy's ``internal_upstream``
 hands an internal listener a host's or its cluster's ``filter_metadata``, never its locality's, and
 no typed metadata). Per run: seconds to ``/ready`` LIVE, Envoy CPU seconds, RSS and tcmalloc's
 ``/memory`` then. Runs are interleaved; the minimum is the least disturbed on a shared machine.
 
     PYTHONPATH=$PWD python3 bench/spikes/envoy_at_r_variants.py --runs 5 as-served no-identity
+    PYTHONPATH=$PWD python3 bench/spikes/envoy_at_r_variants.py --census --runs 1 as-served stats-all  # stats by kind
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import scale  # noqa: E402
 
 from zpilot import contract  # noqa: E402
 from zpilot.synthetic import Shape, node_name  # noqa: E402
+from zpilot.translators.names import SERVICE_PORT_STAT_NAME  # noqa: E402
 
 PODS_ON = "pods_on_"
 PROXY_PROTOCOL_HOST_TLVS = "envoy.transport_sockets.proxy_protocol"
@@ -108,8 +119,49 @@ VARIANTS: dict[str, Callable | None] = {
     "as-served": None, "no-identity": no_identity, "no-pod-endpoints": no_pod_endpoints, "locality": locality, "typed": typed,
 }
 
+# -- the bootstrap's stats settings (node-0's config as served, the bootstrap changed) ------------
 
-async def run(variant: str, concurrency: int | None) -> dict:
+#: Envoy's default tag extractors kept by name (``use_all_default_tags: false`` drops the others).
+KEPT_TAGS = ("envoy.cluster_name", "envoy.listener_address", "envoy.tcp_prefix", "envoy.http_conn_manager_prefix",
+             "envoy.response_code", "envoy.response_code_class")
+
+
+def tags_min(config) -> None:
+    config.stats_config.use_all_default_tags.value = False
+    for name in KEPT_TAGS:
+        config.stats_config.stats_tags.add(tag_name=name)
+
+
+def slow_noop(config) -> None:
+    """An exclusion matcher that matches nothing and is not a token prefix: what the matcher's slow
+    path (each stat's name made a string) costs on its own."""
+    config.stats_config.stats_matcher.exclusion_list.patterns.add().prefix = "zzz"
+
+
+def reject_all(config) -> None:
+    config.stats_config.stats_matcher.reject_all = True
+
+
+#: name -> (``--service-stats``, a change to the bootstrap or None); as-served is the default, ``traffic``.
+BOOTSTRAP_VARIANTS: dict[str, tuple[str, Callable | None]] = {
+    "stats-all": ("all", None), "stats-none": ("none", None), "tags-min": ("all", tags_min),
+    "tags-min+none": ("none", tags_min), "tags-min+traffic": ("traffic", tags_min), "slow-noop": ("all", slow_noop), "reject-all": ("all", reject_all),
+}
+
+
+def _census(admin: int) -> dict:
+    """How many stats Envoy made, by the first part of their names (service ports' apart)."""
+    import re
+    from collections import Counter
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=60) as r:
+        names = [line.split(":", 1)[0] for line in r.read().decode().splitlines()]
+    service = re.compile(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}.*")
+    kinds = Counter("service-port " + n.split(".", 1)[0] if service.fullmatch(n) else n.split(".", 1)[0] for n in names)
+    return {"stats": len(names), "by_kind": dict(kinds.most_common(12))}
+
+
+async def run(variant: str, concurrency: int | None, census_stats: bool = False) -> dict:
     from google.protobuf import json_format
 
     from zpilot.certs import CertificateAuthority, IdentityCache
@@ -123,7 +175,7 @@ async def run(variant: str, concurrency: int | None) -> dict:
 
     _, index, _ = scale._model(Shape.reference())
     bind = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
-    options, node, change = TranslateOptions(layout="linear", bind_address=bind), node_name(0), VARIANTS[variant]
+    options, node, change = TranslateOptions(layout="linear", bind_address=bind), node_name(0), VARIANTS.get(variant)
 
     def translate(model, name):
         resources = translate_node(model, name, options)
@@ -151,7 +203,11 @@ async def run(variant: str, concurrency: int | None) -> dict:
     sizes = {url.rsplit(".", 1)[-1]: round(t.size / 1e6, 2) for url, t in snapshot.types.items()}
     admin = scale._free_port()
     workdir = Path(tempfile.mkdtemp(prefix="zpilot-spike-envoy-"))
-    config = bootstrap(BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin))
+    service_stats, tweak = BOOTSTRAP_VARIANTS.get(variant, (contract.DEFAULT_SERVICE_STATS, None))
+    config = bootstrap(BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin,
+                                        service_stats=service_stats))
+    if tweak is not None:
+        tweak(config)
     (workdir / "bootstrap.json").write_text(json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))
     args = [scale._envoy_binary(envoy_path()), "-c", str(workdir / "bootstrap.json"), "--base-id", str(next_base_id() + 7100),
             "--disable-hot-restart", "-l", "warning"]
@@ -173,8 +229,9 @@ async def run(variant: str, concurrency: int | None) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/memory", timeout=5) as r:
             memory = json.load(r)
         mib = {k: round(int(memory[k]) / 2**20, 1) for k in ("allocated", "heap_size", "pageheap_free")}
+        census = _census(admin) if census_stats else {}
         return {"variant": variant, "config_mb": sizes, "live_s": live and round(live, 3), "cpu_s": round(cpu, 2),
-                "rss_mib": round(rss), **{f"{k}_mib": v for k, v in mib.items()}}
+                "rss_mib": round(rss), **{f"{k}_mib": v for k, v in mib.items()}, **census}
     finally:
         scale._kill(proc)
         log.close()
@@ -184,22 +241,26 @@ async def run(variant: str, concurrency: int | None) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("variants", nargs="*", help=f"of {', '.join(VARIANTS)} (all when none is named)")
+    known = [*VARIANTS, *BOOTSTRAP_VARIANTS]
+    parser.add_argument("variants", nargs="*", help=f"of {', '.join(known)} (the config variants when none is named)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, help="Envoy's --concurrency (default: Envoy's, the core count)")
+    parser.add_argument("--census", action="store_true", help="count Envoy's stats by kind after LIVE (slow)")
     args = parser.parse_args()
-    unknown = [v for v in args.variants if v not in VARIANTS]
+    unknown = [v for v in args.variants if v not in VARIANTS and v not in BOOTSTRAP_VARIANTS]
     if unknown:
-        parser.error(f"unknown variant {', '.join(unknown)}: one of {', '.join(VARIANTS)}")
+        parser.error(f"unknown variant {', '.join(unknown)}: one of {', '.join(known)}")
     results: dict[str, list[dict]] = {v: [] for v in args.variants or VARIANTS}
     for _ in range(args.runs):
         for variant in results:
-            result = asyncio.run(run(variant, args.concurrency))
+            result = asyncio.run(run(variant, args.concurrency, args.census))
             print(json.dumps(result), flush=True)
             results[variant].append(result)
     for variant, runs in results.items():
         cpu, rss = [r["cpu_s"] for r in runs], [r["rss_mib"] for r in runs]
-        print(f"{variant:18} CPU s min {min(cpu)} median {statistics.median(cpu)}  RSS MiB {min(rss)}-{max(rss)}  "
+        live = [r["live_s"] for r in runs]
+        print(f"{variant:18} LIVE s min {min(live)} median {statistics.median(live)}  "
+              f"CPU s min {min(cpu)} median {statistics.median(cpu)}  RSS MiB {min(rss)}-{max(rss)}  "
               f"allocated MiB {statistics.median(r['allocated_mib'] for r in runs)}")
     return 0
 

@@ -5,6 +5,7 @@ the article's and the linear one (``Path`` holds the names that differ)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -83,6 +84,12 @@ def test_1_service_vip_across_nodes(world, path):
     assert out["downstream_local"] == "10.8.14.226:9080"
     assert out["filter_chain"] == path.service_chain(SLEEP_TO_PRODUCTPAGE)
     assert out["upstream_cluster"] == path.service_chain(SLEEP_TO_PRODUCTPAGE)
+    # the service port's cluster on A counted the connection (its traffic counters, made by it) and has no
+    # bookkeeping stats (zpilot bootstrap --service-stats traffic); Envoy writes "://" in a stat name as "_"
+    stat = "cluster." + path.service_chain(SLEEP_TO_PRODUCTPAGE).replace("://", "_")
+    service_stats = world.ztunnels["a"].stats(f"^{re.escape(stat)}[.]")
+    assert service_stats.get(f"{stat}.upstream_cx_total", 0) >= 1, service_stats
+    assert not [n for n in service_stats if n.startswith((f"{stat}.membership_", f"{stat}.update_"))], service_stats
     assert out["upstream_host"] == f"envoy://{path.tunnel_listener}/10.4.3.20:9080"
     assert out["response_flags"] == "-", out
     # ... and the internal listener opened the HBONE tunnel to the endpoint's 15008

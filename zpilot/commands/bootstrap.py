@@ -49,6 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="lazy (default): each cluster's traffic counters (upstream_cx_*, upstream_rq_*, ...) appear on"
                         " its first connection, saving the Envoy memory and start-up time on the thousands of"
                         " clusters a large mesh gives each node; eager: all of them at start (Envoy's default)")
+    p.add_argument("--service-stats", choices=contract.SERVICE_STATS, default=contract.DEFAULT_SERVICE_STATS,
+                   help="the stats of each service port's cluster (cluster.<port>_<fqdn>.*) and tcp_proxy"
+                        " (tcp.<port>_<fqdn>.*): traffic (default): the cluster's traffic counters only"
+                        " (upstream_cx_*, upstream_rq_*, ...; when, --cluster-stats says), not its membership_*,"
+                        " update_*, circuit_breakers.*, lb_* and other bookkeeping, nor the tcp_proxy's; none: no"
+                        " stats for service ports (as Istio's proxies); all: every one (Envoy's default)."
+                        " Other clusters keep all of theirs")
     auth = p.add_argument_group("how the ztunnel proves its node to zpilot serve (docs/security.md)")
     auth.add_argument("--xds-auth", choices=("tls", "token"),
                       help="tls (default): a client certificate issued here from the CA; token: the pod's"
@@ -201,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
         tls=tls,
         readiness_port=args.readiness_port,
         cluster_stats=args.cluster_stats,
+        service_stats=args.service_stats,
     )
     text = json.dumps(json_format.MessageToDict(bootstrap(options), preserving_proto_field_name=True), indent=1) + "\n"
     if args.output is None:

@@ -38,6 +38,7 @@ from envoy.config.core.v3 import (
 )
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.metrics.v3 import stats_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.bootstrap.internal_listener.v3 import internal_listener_pb2
 from envoy.extensions.filters.http.credential_injector.v3 import credential_injector_pb2
@@ -47,12 +48,13 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.service.discovery.v3 import discovery_pb2
-from envoy.type.matcher.v3 import string_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from xds.type.v3 import typed_struct_pb2
 
 from .. import contract
 from .clusters import HTTP_PROTOCOL_OPTIONS
 from .envoy_common import ads_source, pack, socket_address
+from .names import SERVICE_PORT_STAT_NAME
 
 XDS_CLUSTER = "xds-grpc"
 #: How soon a ztunnel redials its ADS server after losing it: a jittered exponential back-off from
@@ -109,6 +111,9 @@ class BootstrapOptions:
     #: ``lazy`` (the default): each cluster's traffic counters are made on its first connection;
     #: ``eager``: at start, as Envoy's own default (see ``contract.CLUSTER_STATS``).
     cluster_stats: str = contract.DEFAULT_CLUSTER_STATS
+    #: Which stats each service port's cluster and tcp_proxy get: ``traffic`` (the default), ``none``
+    #: or ``all`` (see ``contract.SERVICE_STATS`` and :func:`stats_config`).
+    service_stats: str = contract.DEFAULT_SERVICE_STATS
 
 
 def parse_xds_target(target: str) -> address_pb2.Address:
@@ -359,6 +364,38 @@ def readiness_listener(port: int) -> listener_pb2.Listener:
     )
 
 
+#: The stats Envoy 1.40 makes at start for every cluster, whatever ``--cluster-stats`` says, besides its
+#: traffic counters: its endpoints (``membership_*``), config updates (``update_*``, ``version``,
+#: ``assignment_*``...), circuit breaker gauges and load balancer counters. 47 per cluster; a stat an
+#: Envoy to come adds is kept (the list says what to leave out, not what to keep).
+CLUSTER_BOOKKEEPING_STATS = (
+    r"version_text|version|warming_state|max_host_weight|init_fetch_timeout|assignment_[a-z_]+|"
+    r"circuit_breakers\.[a-z]+\.[a-z_]+|default\.total_match_count|internal_upstream\.no_metadata|"
+    r"lb_[a-z_]+|membership_[a-z_]+|update_[a-z_]+"
+)
+
+
+def _regex(pattern: str) -> string_pb2.StringMatcher:
+    """A stat-name matcher (RE2, matching the whole name)."""
+    return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
+
+
+def stats_config(service_stats: str) -> stats_pb2.StatsConfig | None:
+    """The stats each service port's cluster and tcp_proxy are kept from making (``contract.SERVICE_STATS``),
+    as an exclusion list: Envoy makes every other stat as usual. A stat left out is never made (a
+    no-op stands for it); Envoy matches a name when first asked for it and remembers the answer."""
+    if service_stats == "all":
+        return None
+    if service_stats == "none":
+        patterns = [_regex(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}.*")]
+    else:  # traffic
+        patterns = [_regex(rf"tcp\.{SERVICE_PORT_STAT_NAME}.*"),
+                    _regex(rf"cluster\.{SERVICE_PORT_STAT_NAME}.*\.(?:{CLUSTER_BOOKKEEPING_STATS})")]
+    return stats_pb2.StatsConfig(
+        stats_matcher=stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns))
+    )
+
+
 def _static_resources(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap.StaticResources:
     clusters = [_xds_cluster(options.xds, options.tls)]
     if options.readiness_port is None:
@@ -372,6 +409,8 @@ def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
         raise ValueError("a readiness port forwards to the admin API: give the admin API a fixed port")
     if options.cluster_stats not in contract.CLUSTER_STATS:
         raise ValueError(f"cluster stats {options.cluster_stats!r} is not one of {', '.join(contract.CLUSTER_STATS)}")
+    if options.service_stats not in contract.SERVICE_STATS:
+        raise ValueError(f"service stats {options.service_stats!r} is not one of {', '.join(contract.SERVICE_STATS)}")
     metadata = struct_pb2.Struct()
     metadata.update({contract.NODE_NAME_METADATA: options.node, "GENERATOR": "zpilot", "AMBIENT_TYPE": "ztunnel"})
     api_type = config_source_pb2.ApiConfigSource.DELTA_GRPC if options.delta else config_source_pb2.ApiConfigSource.GRPC
@@ -400,6 +439,7 @@ def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
         deferred_stat_options=bootstrap_pb2.Bootstrap.DeferredStatOptions(
             enable_deferred_creation_stats=options.cluster_stats == "lazy"
         ),
+        stats_config=stats_config(options.service_stats),
         bootstrap_extensions=[internal_listener_extension()],
         layered_runtime=runtime_layers(),
     )

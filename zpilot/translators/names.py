@@ -73,6 +73,14 @@ def linear_service_chain(service: Service, port: ServicePort, cluster_domain: st
     return f"{port.label}_{service.hostname(cluster_domain)}"
 
 
+#: The part of a stat name a service port's chain or cluster gives it: ``<port>_<name>.<namespace>.svc.``
+#: (then the cluster domain). A port name, a Service's and a namespace have neither "." nor "_" (Kubernetes
+#: names), so no other name here matches: a pod's node (``pods_on_<node>``) has two "_" before its
+#: first "."; an identity (the tunnels') no ".svc." after ``<x>_<y>.<z>``. The article layout's
+#: (identity, service port) names end the same way after ``<identity>_to_``.
+SERVICE_PORT_STAT_NAME = r"(?:.*_to_)?[^._]+_[^._]+\.[^._]+\.svc\."
+
+
 def linear_tunnel_chain(identity: str) -> str:
     return f"tunnel_{identity}"
 

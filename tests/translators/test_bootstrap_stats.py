@@ -1,0 +1,100 @@
+"""``zpilot bootstrap --service-stats``: which of a ztunnel's stat names the bootstrap's exclusion list
+leaves out. Envoy matches each name against the list's RE2 patterns, whole; Python's ``re`` reads these
+patterns the same way, so the names are checked here against every cluster and tcp_proxy of a real
+config, in both layouts (tests/xds/test_envoy_cluster_stats.py checks a real Envoy's /stats)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+from zpilot import contract
+from zpilot.kube.manifests import load_manifests
+from zpilot.model.index import MeshIndex
+from zpilot.translators import TranslateOptions, translate_node
+from zpilot.translators.bootstrap import BootstrapOptions, bootstrap, stats_config
+
+from ..layouts import LAYOUTS
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
+#: A few of a cluster's traffic stats (made on its first connection, or at start with --cluster-stats eager).
+TRAFFIC = ("upstream_cx_total", "upstream_cx_overflow", "upstream_rq_pending_overflow", "upstream_cx_rx_bytes_total",
+           "bind_errors")
+#: A few of its bookkeeping stats, made at start.
+BOOKKEEPING = ("membership_total", "membership_healthy", "update_success", "version", "version_text",
+               "circuit_breakers.default.cx_open", "circuit_breakers.high.rq_pending_open", "lb_healthy_panic",
+               "assignment_stale", "max_host_weight", "init_fetch_timeout", "internal_upstream.no_metadata")
+
+
+def excluded(service_stats: str):
+    config = stats_config(service_stats)
+    patterns = [re.compile(p.safe_regex.regex) for p in config.stats_matcher.exclusion_list.patterns] if config else []
+    return lambda name: any(p.fullmatch(name) for p in patterns)
+
+
+def tcp_stat_prefixes(resources) -> set[str]:
+    prefixes = set()
+    for listener in resources.listeners.values():
+        for chain in listener.filter_chains:
+            for f in chain.filters:
+                if f.typed_config.Is(tcp_proxy_pb2.TcpProxy.DESCRIPTOR):
+                    proxy = tcp_proxy_pb2.TcpProxy()
+                    f.typed_config.Unpack(proxy)
+                    prefixes.add(proxy.stat_prefix)
+    return prefixes
+
+
+@pytest.fixture(scope="module")
+def index() -> MeshIndex:
+    manifests = load_manifests(EXAMPLE)
+    return MeshIndex.build(manifests.cluster, manifests.problems)
+
+
+def configs(index: MeshIndex, layout: str):
+    nodes = sorted(index.nodes)
+    return [translate_node(index, node, TranslateOptions(layout=layout)) for node in nodes]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_only_service_ports_lose_stats(index: MeshIndex, layout: str) -> None:
+    hosts = {s.hostname() for s in index.services}
+    service_port = lambda name: any(f"_{host}" in name for host in hosts)  # noqa: E731 (both layouts' names)
+    clusters = {name for r in configs(index, layout) for name in r.clusters}
+    prefixes = {name for r in configs(index, layout) for name in tcp_stat_prefixes(r)}
+    assert any(map(service_port, clusters)) and not all(map(service_port, clusters)), clusters
+    assert any(map(service_port, prefixes)) and not all(map(service_port, prefixes)), prefixes
+    traffic, none, every = excluded("traffic"), excluded("none"), excluded("all")
+    for cluster in clusters:
+        ours = service_port(cluster)
+        for stat in BOOKKEEPING:
+            name = f"cluster.{cluster}.{stat}"
+            assert (traffic(name), none(name), every(name)) == (ours, ours, False), name
+        for stat in TRAFFIC:
+            name = f"cluster.{cluster}.{stat}"
+            assert (traffic(name), none(name), every(name)) == (False, ours, False), name
+    for prefix in prefixes:
+        name = f"tcp.{prefix}.downstream_cx_total"
+        assert (traffic(name), none(name), every(name)) == ((service_port(prefix),) * 2 + (False,)), name
+
+
+@pytest.mark.parametrize("name", [
+    "server.live", "listener_manager.total_listeners_active", "cluster_manager.active_clusters",
+    "http.inbound_hcm.rbac.allow.denied", "listener.10.0.0.1_15008.ssl.fail_verify_san",
+    "cluster.xds-grpc.membership_total", "cluster.pods_on_ip-10-0-0-1.ec2.internal.membership_total",
+    "cluster.outbound_tunnel_clus_spiffe_td.svc.example/ns/a/sa/b.ssl.fail_verify_san",  # Envoy's "://" -> "_"
+    "tcp.inbound_guard_plaintext.downstream_cx_total",
+])
+def test_nothing_else_is_left_out(name: str) -> None:
+    """Names of other kinds, among them nodes and trust domains with dots (even a ``.svc.``)."""
+    assert not excluded("traffic")(name) and not excluded("none")(name)
+
+
+def test_all_is_envoy_s_default_and_bad_values_are_refused() -> None:
+    options = BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all")
+    assert not bootstrap(options).HasField("stats_config")
+    assert BootstrapOptions(node="n", xds="x:1").service_stats == contract.DEFAULT_SERVICE_STATS == "traffic"
+    with pytest.raises(ValueError, match="service stats 'some' is not one of traffic, none, all"):
+        bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="some"))
