@@ -15,7 +15,9 @@ change is being sent, the loop's time goes first to the streams still to send it
 Requests are only handled later, never dropped or reordered (each stream's reader handles its
 own in order), so what the client sees is what it would see had it answered a little later.
 Both are bounded: a burst ends when every stream woken has answered the change, or after
-``max_seconds`` whatever is still being sent (a client that does not read holds nobody up).
+``max_seconds`` whatever is still being sent. A client that does not read can hold one burst
+that long, not the next ones: a stream still writing an earlier response is not part of a burst
+(stream.py).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class PushBurst:
         self._timer: asyncio.TimerHandle | None = None
         #: Bursts ended by ``max_seconds`` rather than by their last stream, ever (tests read it).
         self.cut_short = 0
+        #: Bursts begun, ever (tests read it).
+        self.begun = 0
         #: Requests whose handling waited for a burst to end, ever (tests read it).
         self.held = 0
 
@@ -57,6 +61,7 @@ class PushBurst:
         if self.max_seconds == 0:
             return
         if not self._due:
+            self.begun += 1
             self._over.clear()
             self._gc = paused_gc()
             self._gc.__enter__()
@@ -87,14 +92,16 @@ class PushBurst:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._over.set()
         paused, self._gc = self._gc, None
-        if paused is not None:
-            paused.__exit__(None, None, None)
-            try:
-                asyncio.get_running_loop().call_soon(_collect_young)
-            except RuntimeError:  # ended off the loop (a stream closed by gRPC's done callback): left to the counter
-                pass
+        try:
+            if paused is not None:  # first: nothing after it may leave the collector off
+                paused.__exit__(None, None, None)
+                try:
+                    asyncio.get_running_loop().call_soon(_collect_young)
+                except RuntimeError:  # ended off the loop (at shutdown): left to the counter
+                    pass
+        finally:
+            self._over.set()
 
 
 def _collect_young() -> None:

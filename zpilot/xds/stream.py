@@ -138,6 +138,7 @@ class Stream:
         self._wake = asyncio.Event()
         self._snapshot_changed = False
         self._asked = False  # a request needing an answer was recorded since the last answer
+        self._responding = False  # the sender is writing a response (see _watch_snapshots)
         self._error: RequestError | None = None
         self._reader_done = False
         self._nonce = 0
@@ -452,7 +453,9 @@ class Stream:
         burst = self.options.push_burst
         while True:
             await watch.wait()
-            if burst is not None:
+            if burst is not None and not self._responding:
+                # a stream still writing an earlier response (a client that reads slowly, or not at
+                # all) sends this change whenever that write is done: it would only hold the burst
                 burst.begin(self)
             self._snapshot_changed = True
             self._wake.set()
@@ -475,7 +478,11 @@ class Stream:
             changed, self._snapshot_changed = self._snapshot_changed, False
             snapshot = self.snapshot()
             if snapshot is not None:  # else withheld: the requests stay pending until the node has config
-                await self.respond(snapshot, changed)
+                self._responding = True
+                try:
+                    await self.respond(snapshot, changed)
+                finally:
+                    self._responding = False
             if changed and burst is not None:
                 burst.end(self)
 
