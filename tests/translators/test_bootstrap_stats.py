@@ -86,6 +86,11 @@ def test_only_service_ports_lose_stats(index: MeshIndex, layout: str) -> None:
     "cluster.xds-grpc.membership_total", "cluster.pods_on_ip-10-0-0-1.ec2.internal.membership_total",
     "cluster.outbound_tunnel_clus_spiffe_td.svc.example/ns/a/sa/b.ssl.fail_verify_san",  # Envoy's "://" -> "_"
     "tcp.inbound_guard_plaintext.downstream_cx_total",
+    # the linear layout's pod-direct chain and cluster, named after an identity: a trust domain, or a
+    # service account, with ".svc." in it is no service port
+    "cluster.outbound_pod_internal_to_spiffe_a.b.svc.c/ns/x/sa/y.membership_total",
+    "tcp.outbound_pod_internal_to_spiffe_a.b.svc.c/ns/x/sa/y.downstream_cx_total",
+    "cluster.outbound_pod_internal_to_spiffe_td/ns/x/sa/y.z.svc.w.membership_total",
 ])
 def test_nothing_else_is_left_out(name: str) -> None:
     """Names of other kinds, among them nodes and trust domains with dots (even a ``.svc.``)."""

@@ -54,7 +54,7 @@ from xds.type.v3 import typed_struct_pb2
 from .. import contract
 from .clusters import HTTP_PROTOCOL_OPTIONS
 from .envoy_common import ads_source, pack, socket_address
-from .names import SERVICE_PORT_STAT_NAME
+from .names import SERVICE_PORT_STAT_NAME, SERVICE_PORT_STAT_REST
 
 XDS_CLUSTER = "xds-grpc"
 #: How soon a ztunnel redials its ADS server after losing it: a jittered exponential back-off from
@@ -387,10 +387,10 @@ def stats_config(service_stats: str) -> stats_pb2.StatsConfig | None:
     if service_stats == "all":
         return None
     if service_stats == "none":
-        patterns = [_regex(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}.*")]
+        patterns = [_regex(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")]
     else:  # traffic
-        patterns = [_regex(rf"tcp\.{SERVICE_PORT_STAT_NAME}.*"),
-                    _regex(rf"cluster\.{SERVICE_PORT_STAT_NAME}.*\.(?:{CLUSTER_BOOKKEEPING_STATS})")]
+        patterns = [_regex(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"),
+                    _regex(rf"cluster\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}\.(?:{CLUSTER_BOOKKEEPING_STATS})")]
     return stats_pb2.StatsConfig(
         stats_matcher=stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns))
     )

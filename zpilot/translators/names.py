@@ -77,8 +77,13 @@ def linear_service_chain(service: Service, port: ServicePort, cluster_domain: st
 #: (then the cluster domain). A port name, a Service's and a namespace have neither "." nor "_" (Kubernetes
 #: names), so no other name here matches: a pod's node (``pods_on_<node>``) has two "_" before its
 #: first "."; an identity (the tunnels') no ".svc." after ``<x>_<y>.<z>``. The article layout's
-#: (identity, service port) names end the same way after ``<identity>_to_``.
-SERVICE_PORT_STAT_NAME = r"(?:.*_to_)?[^._]+_[^._]+\.[^._]+\.svc\."
+#: (identity, service port) names end the same way after ``<identity>_to_``. No "/" in it, nor in what
+#: follows it (``SERVICE_PORT_STAT_REST``): an identity always has one (``.../ns/N/sa/S``), so a name
+#: made of one (``outbound_pod_internal_to_<identity>``) is never taken for a service port's, whatever
+#: dots its trust domain or service account has.
+SERVICE_PORT_STAT_NAME = r"(?:.*_to_)?[^._/]+_[^._/]+\.[^._/]+\.svc\."
+#: The rest of a service port's name and of the stat: no "/" (see ``SERVICE_PORT_STAT_NAME``).
+SERVICE_PORT_STAT_REST = r"[^/]*"
 
 
 def linear_tunnel_chain(identity: str) -> str:
