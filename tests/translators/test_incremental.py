@@ -24,6 +24,9 @@ from zpilot.translators.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_T
 
 SHAPE = Shape(nodes=3, pods=12, services=4, namespaces=1, ports_per_service=2, service_accounts_per_namespace=2)
 LAYOUTS = known_layouts()
+#: What a node's inbound listeners are made of that depends on its pods: each pod's two chains,
+#: and the two listeners' own parts (translators/inbound.py).
+INBOUND_PIECES = {"_hbone_chain", "_plaintext_chain", "_hbone_parts", "_plaintext_parts"}
 
 
 class RecordingFragments(Fragments):
@@ -93,12 +96,14 @@ def test_a_pod_added_on_one_node_rebuilds_no_other_nodes_listeners(layout: str) 
     # ...but on the other nodes no inbound listener, no chain of theirs, no cluster is built again
     for node in others:
         built = translator.memo.of(node)
-        assert not {"_hbone_listener", "_plaintext_listener"} & set(built), built
+        assert not INBOUND_PIECES & set(built), built
         assert not [b for b in built if b.startswith(("hbone_tunnel", "service_port", "_tunnel_listener"))], built
         for name in (inbound.contract.INBOUND_LISTENER, inbound.contract.INBOUND_PLAINTEXT_LISTENER):
             assert after[node].resources.listeners[name] is before[node].resources.listeners[name]
-    # node A's own inbound listeners are rebuilt: the new pod has chains in them
-    assert {"_hbone_listener", "_plaintext_listener"} <= set(translator.memo.of(a))
+    # node A's own inbound listeners are rebuilt: the new pod has chains in them, made for it
+    # alone (its node's other pods' chains are found in the memo)
+    built = Counter(b for b in translator.memo.of(a) if b in INBOUND_PIECES)
+    assert built == Counter(INBOUND_PIECES), built
     # no service cluster is built again anywhere; endpoints only for the new pod's service
     assert "service_port" not in [b for _, b, _ in translator.memo.builds]
     # (one service port's endpoints are built from its name; a group of them from the memo and the mesh)
@@ -123,9 +128,9 @@ def test_a_change_no_other_node_can_see_translates_only_its_node(layout: str) ->
     translator.reset()
     again = translator.translate(inputs[node_name(1)])
     assert _serialized(again.resources) == _serialized(before[node_name(1)].resources)
-    # rebuilt: the two inbound listeners holding the relabelled pod (a pod's policies follow its
-    # labels); every other piece was found in the memo
-    assert sorted(translator.memo.of(node_name(1))) == ["_hbone_listener", "_plaintext_listener"]
+    # rebuilt: the relabelled pod's two chains (a pod's policies follow its labels) and the two
+    # inbound listeners holding them; every other piece was found in the memo
+    assert sorted(translator.memo.of(node_name(1))) == sorted([*INBOUND_PIECES, "_whole", "_whole"])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
