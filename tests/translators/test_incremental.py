@@ -236,3 +236,36 @@ def test_a_listener_put_together_from_shared_pieces_has_the_facts_of_the_whole()
     assert composed == walked
     assert any("2 filter chains named 'a'" in f for f in walked) and any("selects chain 'nowhere'" in f for f in walked)
     assert sum("sends to cluster" in f for f in walked) == 2
+
+
+def test_a_listener_of_serialized_pod_chains_has_the_facts_of_the_whole() -> None:
+    """Pieces kept as serialized chains (the inbound listener's, one per pod) are judged as the
+    whole listener is: two pods' chains named alike or matching the same address are findings,
+    and what each chain needs is needed."""
+    from envoy.config.listener.v3.listener_pb2 import Listener
+    from zpilot import contract
+    from zpilot.translators import consistency
+    from zpilot.translators.context import ListenerParts
+    from zpilot.translators.fragments import Fragment
+    from zpilot.translators.resources import NodeResources
+
+    translator = IncrementalTranslator(TranslateOptions(layout="linear"))
+    translated = translator.translate_parts(translator.inputs(_index(synthetic_manifests(SHAPE)))[node_name(0)])
+    name = contract.INBOUND_LISTENER
+    parts = translated.listener_parts[name]
+    assert parts.chains and all(isinstance(piece.value, bytes) for piece in parts.chains)
+    assert consistency.join(translated.resources, [consistency.listener_facts_of_parts(name, parts)]) == []
+
+    first = parts.chains[0]
+    twice = ListenerParts(parts.own, (*parts.chains, Fragment("again", first.value)))  # one pod's chain twice
+    whole = Listener()
+    whole.CopyFrom(parts.own)
+    for piece in twice.chains:
+        whole.MergeFromString(piece.value)
+    node = NodeResources(node="n")  # nothing else: each chain's cluster and secrets are missing too
+    composed = consistency.join(node, [consistency.listener_facts_of_parts(name, twice)])
+    walked = consistency.join(node, [consistency.resource_facts(consistency.LISTENER, name, whole)])
+    assert sorted(composed) == sorted(walked)  # (the own part's default chain is listed before the pieces')
+    assert any("2 filter chains named" in f for f in walked)
+    assert any("2 filter chains matching the same connections" in f for f in walked)
+    assert any("sends to cluster" in f for f in walked) and any("uses secret" in f for f in walked)

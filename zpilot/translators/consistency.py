@@ -286,11 +286,15 @@ def _listener_facts(
         sa = listener.address.socket_address
         bind = (sa.address, sa.port_value)
     own = _chains_of(listener)
-    names = set(own.names)
+    names = set(own.names).union(*(piece.names.keys() for piece in pieces))
     duplicated = {chain_name for chain_name, count in own.names.items() if count > 1}
+    if len(names) != len(own.names) + sum(len(piece.names) for piece in pieces):  # a name in two of them
+        seen = set(own.names)
+        for piece in pieces:
+            duplicated |= seen & piece.names.keys()
+            seen |= piece.names.keys()
     for piece in pieces:
-        duplicated |= piece.duplicated | (names & piece.names.keys())
-        names |= piece.names.keys()
+        duplicated |= piece.duplicated
     local = []
     for chain_name in sorted(duplicated):
         count = own.names.get(chain_name, 0) + sum(piece.names.get(chain_name, 0) for piece in pieces)
@@ -306,10 +310,11 @@ def _listener_facts(
                 local.append(f"{where} has {count} filter chains matching the same connections ({_described(key)[:120]})")
     chain_facts = own
     if pieces:
-        wanted = {kind: set(found) for kind, found in own.wanted.items()}
-        for piece in pieces:
-            for kind, found in piece.chains.wanted.items():
-                wanted.setdefault(kind, set()).update(found)
+        kinds = set(own.wanted).union(*(piece.chains.wanted.keys() for piece in pieces))
+        wanted = {
+            kind: set(own.wanted.get(kind, ())).union(*(piece.chains.wanted.get(kind, ()) for piece in pieces))
+            for kind in kinds
+        }
         needs = tuple(chain(own.needs, *(piece.chains.needs for piece in pieces)))  # joined once (thousands, per node)
         chain_facts = _ChainFacts(own.names, needs, wanted)
     internal = {name} if listener.HasField("internal_listener") else set()
