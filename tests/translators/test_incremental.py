@@ -25,8 +25,8 @@ from zpilot.translators.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_T
 SHAPE = Shape(nodes=3, pods=12, services=4, namespaces=1, ports_per_service=2, service_accounts_per_namespace=2)
 LAYOUTS = known_layouts()
 #: What a node's inbound listeners are made of that depends on its pods: each pod's two chains,
-#: and the two listeners' own parts (translators/inbound.py).
-INBOUND_PIECES = {"_hbone_chain", "_plaintext_chain", "_hbone_parts", "_plaintext_parts"}
+#: the node's pods' chains together, and the two listeners' own parts (translators/inbound.py).
+INBOUND_PIECES = {"_pod_chains", "_hbone_chain", "_plaintext_chain", "_hbone_parts", "_plaintext_parts"}
 
 
 class RecordingFragments(Fragments):

@@ -35,7 +35,7 @@ from ..model.objects import Workload
 from ..model.policy import WorkloadPolicies
 from . import inbound_guard, names
 from .context import ListenerParts, NodeView
-from .fragments import Fragment
+from .fragments import Fragment, Fragments
 from . import rbac
 from .envoy_common import (
     access_log,
@@ -269,20 +269,29 @@ def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:
     whole, each listener is a piece too: the same object while its pods and their chains are.
     """
     options = view.options
-    limits = options.limits
+    limits, bind, admin_port = options.limits, options.bind_address, options.admin_port
     pods = _local_pods(view)
-    hbone = tuple(
-        view.fragment(_hbone_chain, limits, view.trust_domain, options.admin_port, pod, secret, policies)
-        for pod, secret, policies in pods
-    )
-    plaintext = tuple(view.fragment(_plaintext_chain, limits, pod, policies) for pod, _secret, policies in pods)
+    hbone, plaintext = view.shared(_pod_chains, view.fragments, limits, view.trust_domain, admin_port, pods)
     plaintext += (view.fragment(_refused_chains, limits),)
     pod_ips = tuple(pod.ip for pod, _secret, _policies in pods)
-    bind, admin_port = options.bind_address, options.admin_port
     return (
         _listener(view, view.fragment(_hbone_parts, bind, limits, hbone)),
         _listener(view, view.fragment(_plaintext_parts, bind, limits, admin_port, pod_ips, plaintext)),
     )
+
+
+def _pod_chains(
+    fragments: Fragments, limits: DataPathLimits, trust_domain: str, admin_port: int, pods: tuple[LocalPod, ...]
+) -> tuple[tuple[Fragment, ...], tuple[Fragment, ...]]:
+    """Each local pod's HBONE chain and plaintext chain, as pieces from the memo (``fragments``):
+    a pod's are found there while it, its secret and its policies are the same. Held together
+    (what keeps them in the memo), and found as one while the node's pods are all the same (a
+    node translated again for a change elsewhere looks up its pods once, not each one twice)."""
+    hbone = tuple(
+        fragments.get(_hbone_chain, limits, trust_domain, admin_port, pod, secret, policies) for pod, secret, policies in pods
+    )
+    plaintext = tuple(fragments.get(_plaintext_chain, limits, pod, policies) for pod, _secret, policies in pods)
+    return hbone, plaintext
 
 
 def inbound_listener(view: NodeView) -> Listener:
