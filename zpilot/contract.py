@@ -166,6 +166,9 @@ def node_of_id(envoy_node_id: str) -> str | None:
 SPIFFE_SCHEME = "spiffe://"
 #: Istio's default trust domain (``meshConfig.trustDomain``).
 DEFAULT_TRUST_DOMAIN = "cluster.local"
+#: The cluster DNS domain of every Service name zpilot makes (``<name>.<namespace>.svc.<domain>``: the
+#: model's default, which nothing changes); the ztunnel bootstrap's stat tags know a service port's name by it.
+CLUSTER_DOMAIN = "cluster.local"
 
 
 def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:

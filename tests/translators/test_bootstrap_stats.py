@@ -99,7 +99,7 @@ def test_nothing_else_is_left_out(name: str) -> None:
 
 def test_all_is_envoy_s_default_and_bad_values_are_refused() -> None:
     options = BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all")
-    assert not bootstrap(options).HasField("stats_config")
+    assert not bootstrap(options).stats_config.HasField("stats_matcher")  # its stat tags only (test_bootstrap_tags.py)
     assert BootstrapOptions(node="n", xds="x:1").service_stats == contract.DEFAULT_SERVICE_STATS == "traffic"
     with pytest.raises(ValueError, match="service stats 'some' is not one of traffic, none, all"):
         bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="some"))

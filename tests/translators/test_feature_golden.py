@@ -28,7 +28,7 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from zpilot import contract
 from zpilot.certs.secrets import redact_secret
 from zpilot.translators import identity_pinning, inbound_guard, names, rbac, source_address
-from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
+from zpilot.translators.bootstrap import BootstrapOptions, bootstrap, with_missing_fields
 from zpilot.translators.context import NodeView, TranslateOptions
 from zpilot.translators.inbound import inbound_listener, inbound_plaintext_listener
 from zpilot.translators.filter_state import record_addresses_filter
@@ -290,7 +290,7 @@ OUTPUTS: dict[str, Callable[[Translated], Any]] = {
     "inbound_guard.filters": inbound_guards,
     "identity_pinning.filters": pinning_filters,
     "limits.circuit_breakers": circuit_breakers,
-    "bootstrap.bootstrap": lambda t: to_data(bootstrap(BootstrapOptions(node=NODE, xds=XDS))),
+    "bootstrap.bootstrap": lambda t: with_missing_fields(to_data(bootstrap(BootstrapOptions(node=NODE, xds=XDS)))),
     "static.bootstrap": static_config,
     "rbac.connect_filters": lambda t: policy_filters(t, rbac.connect_filters),
     "rbac.plaintext_filters": lambda t: policy_filters(t, rbac.plaintext_filters),

@@ -23,12 +23,11 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 import pytest
-from google.protobuf import json_format
 
 from zpilot import contract
 from zpilot.certs import CertificateAuthority
 from zpilot.certs.credential_files import write_atomically, write_node_credential
-from zpilot.translators.bootstrap import BootstrapOptions, XdsTls, bootstrap, default_server_name, xds_sds_files
+from zpilot.translators.bootstrap import BootstrapOptions, XdsTls, bootstrap_document, default_server_name, xds_sds_files
 
 ENVOY = shutil.which("envoy") or "envoy"
 
@@ -88,8 +87,7 @@ def bootstrap_json(node: str, xds: int | str, admin_port: int, *, delta: bool = 
                    tls: XdsTls | None = None) -> dict[str, Any]:
     """What ``zpilot bootstrap --node N --xds 127.0.0.1:PORT --admin-port P [--delta]`` prints
     (``xds`` a port on loopback, or a target such as ``unix:/path``); plaintext ADS without ``tls``."""
-    message = bootstrap(BootstrapOptions(node=node, xds=xds_target(xds), admin_port=admin_port, delta=delta, tls=tls))
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return bootstrap_document(BootstrapOptions(node=node, xds=xds_target(xds), admin_port=admin_port, delta=delta, tls=tls))
 
 
 def node_credential(directory: Path, xds: int | str, *, ca: CertificateAuthority | None = None, node: str = "",

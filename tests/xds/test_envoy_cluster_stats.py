@@ -15,10 +15,9 @@ import re
 
 import httpx
 import pytest
-from google.protobuf import json_format
 
 from zpilot import contract
-from zpilot.translators.bootstrap import ADMIN_CLUSTER, BootstrapOptions, bootstrap
+from zpilot.translators.bootstrap import ADMIN_CLUSTER, BootstrapOptions, bootstrap_document
 
 from .conftest import load_index
 from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, eventually, free_port
@@ -37,7 +36,7 @@ async def test_cluster_traffic_stats_appear_on_first_connection_when_lazy(mode, 
     port = free_port()
     options = BootstrapOptions(node=NODE_A, xds=f"127.0.0.1:{plane.xds_port}", admin_port=envoy.admin_port,
                                readiness_port=port, cluster_stats=mode)
-    envoy.config.write_text(json.dumps(json_format.MessageToDict(bootstrap(options), preserving_proto_field_name=True)))
+    envoy.config.write_text(json.dumps(bootstrap_document(options)))
     envoy.start()
     await envoy.wait_ready()
 
@@ -85,3 +84,57 @@ async def test_service_ports_keep_the_stats_service_stats_says(mode, layout, man
             assert not kept, (cluster, kept)
     service_tcp = {name for name in stats if name.startswith("tcp.") and any(f"_{host}" in name for host in hosts)}
     assert bool(service_tcp) == (mode == "all"), sorted(service_tcp)[:5]
+
+
+def _prometheus_names(text: str) -> dict[str, set[str]]:
+    """Metric name -> the label sets it is given, from ``/stats/prometheus``."""
+    out: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, rest = line.partition("{")
+            out.setdefault(name, set()).add(rest.rpartition("}")[0])
+    return out
+
+
+async def test_prometheus_names_a_cluster_and_a_tcp_proxy_whole(layout, manifests, make_plane, envoys):
+    """Envoy's own ``envoy.cluster_name`` and ``envoy.tcp_prefix`` end a name at its first dot: a service port's
+    ``<port>_<fqdn>`` and an identity's tunnel (its trust domain) gave a metric per namespace, the label cut.
+    With the bootstrap's tags the label holds the whole name and the metric is Envoy's standard one; the other
+    default tags are Envoy's as before."""
+    plane = await make_plane(layout=layout)
+    # eager and all: every cluster's and tcp_proxy's stats are there from the start, their tags taken as they are made
+    envoy = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds", "--cluster-stats", "eager", "--service-stats", "all"))
+    await envoy.wait_ready()
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        listing = (await client.get(f"{envoy.admin}/clusters")).text
+        metrics = _prometheus_names((await client.get(f"{envoy.admin}/stats/prometheus")).text)
+    # as Envoy writes them in stats: "://" (an identity's "spiffe://") as "_"
+    clusters = {line.split("::", 1)[0].replace("://", "_") for line in listing.splitlines() if "::" in line}
+    services = {c for c in clusters if ".svc.cluster.local" in c}
+    tunnels = {c for c in clusters if "tunnel_clus_spiffe_" in c}
+    assert services and tunnels, clusters
+    labelled = metrics["envoy_cluster_upstream_cx_total"]
+    for cluster in clusters:  # every cluster, dots or not, under the one metric, its whole name the label
+        assert f'envoy_cluster_name="{cluster}"' in labelled, (cluster, sorted(labelled)[:5])
+    prefixes = {re.sub(r'^envoy_tcp_prefix="(.*)"$', r"\1", labels) for labels in metrics["envoy_tcp_downstream_cx_total"]}
+    whole = {c for c in clusters if c in prefixes}  # a tcp_proxy's stat prefix is its cluster's name, but the article's tunnels'
+    assert (services if layout == "linear" else set()) <= whole and whole & tunnels, sorted(prefixes)[:5]
+    assert any(prefix.startswith(contract.TUNNEL_LISTENER_PREFIX + "spiffe_") and prefix.count("/") == 4
+               for prefix in prefixes) == (layout == "article"), sorted(prefixes)[:5]
+    leaked = sorted(name for name in metrics if any(part in name for part in ("cluster_local", "svc_", "spiffe", "local_ns")))
+    assert not leaked, leaked[:5]
+    # a pod's certificate (<identity>~<pod>~<uid>) whole in its SDS and expiry stats' labels, not a metric per pod
+    for tag, metric in (("envoy_xds_resource_name", "envoy_sds_update_success"),
+                        ("envoy_tls_certificate", "envoy_listener_ssl_certificate_expiration_unix_time_seconds")):
+        assert any(re.search(rf'{tag}="spiffe[^"]+/ns/[^"/]+/sa/[^"~]+~[^"~]+~[-0-9a-f]{{36}}"', labels)
+                   for labels in metrics[metric]), (tag, sorted(metrics[metric])[:3])
+    # a listener by its address, an internal one by its name, whole (the article layout's are named after an
+    # identity), each worker's too; the admin API's listener untagged, as Envoy leaves it
+    listeners = "".join(metrics["envoy_listener_downstream_cx_total"] | metrics["envoy_listener_worker_downstream_cx_total"])
+    assert bool(re.search(r'envoy_listener_address="envoy_internal_outbound_tunnel_lis_spiffe_[^"]+/sa/[^"/]+"', listeners)) \
+        == (layout == "article"), listeners[:300]
+    assert "envoy_listener_admin_downstream_cx_total" in metrics
+    # the default tags operators read besides: listener address, worker, connection manager, response code
+    everything = "".join(label for labels in metrics.values() for label in labels)
+    for tag in ("envoy_listener_address=", "envoy_worker_id=", "envoy_http_conn_manager_prefix=", "envoy_tcp_prefix="):
+        assert tag in everything, tag

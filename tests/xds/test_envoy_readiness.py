@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import httpx
-from google.protobuf import json_format
 
 from zpilot import contract
-from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
+from zpilot.translators.bootstrap import BootstrapOptions, bootstrap_document
 
 from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, free_port
 
@@ -23,7 +22,7 @@ async def test_the_readiness_port_answers_ready_and_nothing_else(make_plane, env
     port = free_port()
     options = BootstrapOptions(node=NODE_A, xds=f"127.0.0.1:{plane.xds_port}", admin_port=envoy.admin_port,
                                readiness_port=port)
-    envoy.config.write_text(json.dumps(json_format.MessageToDict(bootstrap(options), preserving_proto_field_name=True)))
+    envoy.config.write_text(json.dumps(bootstrap_document(options)))
     envoy.start()
     await envoy.wait_ready()
     ready = f"http://127.0.0.1:{port}{contract.READINESS_PATH}"

@@ -140,10 +140,9 @@ def _write_sds_files(directory: Path, files: dict[str, dict]) -> None:
 def run(args: argparse.Namespace) -> int:
     from datetime import datetime, timedelta, timezone
 
-    from google.protobuf import json_format
 
     from ..certs.credential_files import renewal_reason, write_node_credential
-    from ..translators.bootstrap import BootstrapOptions, XdsTls, bootstrap, default_server_name, parse_xds_target, xds_sds_files
+    from ..translators.bootstrap import BootstrapOptions, XdsTls, bootstrap_document, default_server_name, parse_xds_target, xds_sds_files
 
     try:
         mode = _mode(args)
@@ -210,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         cluster_stats=args.cluster_stats,
         service_stats=args.service_stats,
     )
-    text = json.dumps(json_format.MessageToDict(bootstrap(options), preserving_proto_field_name=True), indent=1) + "\n"
+    text = json.dumps(bootstrap_document(options), indent=1) + "\n"
     if args.output is None:
         sys.stdout.write(text)
         return 0

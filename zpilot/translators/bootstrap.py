@@ -54,7 +54,7 @@ from xds.type.v3 import typed_struct_pb2
 from .. import contract
 from .clusters import HTTP_PROTOCOL_OPTIONS
 from .envoy_common import ads_source, pack, socket_address
-from .names import SERVICE_PORT_STAT_NAME, SERVICE_PORT_STAT_REST
+from .names import SECRET_STAT_TAG_VALUE, SERVICE_PORT_STAT_NAME, SERVICE_PORT_STAT_REST, any_name_but, stat_name_tag_value
 
 XDS_CLUSTER = "xds-grpc"
 #: How soon a ztunnel redials its ADS server after losing it: a jittered exponential back-off from
@@ -375,25 +375,76 @@ CLUSTER_BOOKKEEPING_STATS = (
 )
 
 
+#: The default tags whose value is a name zpilot makes, each as Envoy 1.40 extracts it (its source's
+#: ``well_known_names.cc``: ``cluster.$.**`` and ``tcp.$.**`` in its tokens, the others the regexes here),
+#: with ``{}`` where Envoy has ``[^.]+``, the value. Each regex's first group is taken out of the metric's
+#: name, its second is the tag's value (Envoy's TagSpecifier).
+NAME_TAGS = {
+    "envoy.cluster_name": r"^cluster\.(({})\.)",
+    "envoy.tcp_prefix": r"^tcp\.(({})\.)",
+    "envoy.xds_resource_name": r"^sds\.(({})\.).+",
+    "envoy.tls_certificate": r"^(?:listener|cluster)\..*?\.ssl\.certificate\.(({})\.).*$",
+    # an address, or an internal listener's name: the article layout's are named after an identity
+    "envoy.listener_address": r"^listener\.(({})\.)",
+    "envoy.worker_id": r"^(?:listener\.(?:{})\.|server\.|listener_manager\.)worker_((\d+)\.)",
+}
+#: A listener's address in its stats' names, as Envoy's extractors spell it: ``<ipv4>_<port>`` or ``[<ipv6>]_<port>``.
+LISTENER_ADDRESS = r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+"
+#: The field of Envoy's StatsConfig (since 1.39) that lets a ``stats_tags`` entry replace Envoy's default
+#: extractor of the same tag name (without it the default wins and the entry is ignored): xds-protos 1.85's
+#: message lacks it, so :func:`bootstrap_document` adds it to the JSON Envoy reads.
+MISSING_STATS_CONFIG_FIELDS = {"allow_default_tag_overrides": True}
+
+
+def stats_tags() -> list[stats_pb2.TagSpecifier]:
+    """The :data:`NAME_TAGS` taken whole from the names zpilot makes. Envoy's own extractors end a name at its
+    first dot: a service port's cluster ``tcp-0_svc-0.ns-0.svc.cluster.local`` came out as
+    ``envoy_cluster_ns_0_svc_cluster_local_upstream_cx_total{envoy_cluster_name="tcp-0_svc-0"}``, a metric per
+    namespace; a pod's certificate (its identity's trust domain) a metric per pod. Every other default tag is
+    Envoy's, as before."""
+    names = stat_name_tag_value(contract.CLUSTER_DOMAIN)
+    value = {
+        "envoy.xds_resource_name": SECRET_STAT_TAG_VALUE,
+        "envoy.tls_certificate": SECRET_STAT_TAG_VALUE,
+        # Envoy leaves the admin API's listener untagged (envoy_listener_admin_*)
+        "envoy.listener_address": f"{LISTENER_ADDRESS}|{stat_name_tag_value(contract.CLUSTER_DOMAIN, any_name_but('admin'))}",
+        "envoy.worker_id": f"{LISTENER_ADDRESS}|{names}",
+    }
+    return [stats_pb2.TagSpecifier(tag_name=tag, regex=regex.format(value.get(tag, names))) for tag, regex in NAME_TAGS.items()]
+
+
 def _regex(pattern: str) -> string_pb2.StringMatcher:
     """A stat-name matcher (RE2, matching the whole name)."""
     return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
 
 
-def stats_config(service_stats: str) -> stats_pb2.StatsConfig | None:
-    """The stats each service port's cluster and tcp_proxy are kept from making (``contract.SERVICE_STATS``),
-    as an exclusion list: Envoy makes every other stat as usual. A stat left out is never made (a
-    no-op stands for it); Envoy matches a name when first asked for it and remembers the answer."""
+def stats_config(service_stats: str) -> stats_pb2.StatsConfig:
+    """The stat tags (:func:`stats_tags`), and the stats each service port's cluster and tcp_proxy are kept
+    from making (``contract.SERVICE_STATS``), as an exclusion list: Envoy makes every other stat as usual. A
+    stat left out is never made (a no-op stands for it); Envoy matches a name when first asked for it and
+    remembers the answer. The list matches the stat's full name, from which the tags are then taken."""
+    config = stats_pb2.StatsConfig(stats_tags=stats_tags())
     if service_stats == "all":
-        return None
+        return config
     if service_stats == "none":
         patterns = [_regex(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")]
     else:  # traffic
         patterns = [_regex(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"),
                     _regex(rf"cluster\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}\.(?:{CLUSTER_BOOKKEEPING_STATS})")]
-    return stats_pb2.StatsConfig(
-        stats_matcher=stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns))
-    )
+    config.stats_matcher.CopyFrom(stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns)))
+    return config
+
+
+def with_missing_fields(document: dict) -> dict:
+    """``document`` (a bootstrap as JSON) with the fields Envoy 1.40 reads that xds-protos cannot express."""
+    document.setdefault("stats_config", {}).update(MISSING_STATS_CONFIG_FIELDS)
+    return document
+
+
+def bootstrap_document(options: BootstrapOptions) -> dict:
+    """The bootstrap as Envoy reads it (what ``zpilot bootstrap`` prints): :func:`bootstrap` as JSON, with
+    :func:`with_missing_fields`."""
+    return with_missing_fields(json_format.MessageToDict(bootstrap(options), preserving_proto_field_name=True))
 
 
 def _static_resources(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap.StaticResources:

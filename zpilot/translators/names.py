@@ -8,6 +8,8 @@ Names another part of zpilot also uses (listeners, secrets, identities) are in
 
 from __future__ import annotations
 
+import re
+
 from .. import contract
 from ..model.objects import ServicePort, Service, Workload
 
@@ -84,6 +86,47 @@ def linear_service_chain(service: Service, port: ServicePort, cluster_domain: st
 SERVICE_PORT_STAT_NAME = r"(?:.*_to_)?[^._/]+_[^._/]+\.[^._/]+\.svc\."
 #: The rest of a service port's name and of the stat: no "/" (see ``SERVICE_PORT_STAT_NAME``).
 SERVICE_PORT_STAT_REST = r"[^/]*"
+
+#: How an identity (``spiffe://<trust domain>/ns/<ns>/sa/<sa>``) reads in a stat's name: Envoy writes its
+#: "://" as "_" (but in ``ssl.certificate.<secret>``, where it stays). The trust domain may hold dots, a
+#: namespace cannot; a ServiceAccount name can (Kubernetes allows a DNS subdomain) but seldom does, and
+#: where it does and nothing follows it, it ends here at its first dot.
+_IDENTITY_IN_STATS = r"spiffe_[^/]+/ns/[^/.]+/sa/"
+
+#: A regex of a whole SDS secret name zpilot makes, as it reads in a stat's name (``sds.<secret>.*`` and
+#: ``<listener or cluster>.ssl.certificate.<secret>.*``), for Envoy's ``envoy.xds_resource_name`` and
+#: ``envoy.tls_certificate`` tags: a pod's certificate ``<identity>~<pod>~<uid>``
+#: (:func:`zpilot.contract.workload_secret_name`: each part ends at a "~", a UID has no dot), an identity's
+#: own, or any other name up to its first dot (``ROOTCA``), as Envoy does.
+SECRET_STAT_TAG_VALUE = r"spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/[^/~]+~[^~]+~[^.~]+|spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/[^/.~]+|[^.]+"
+
+
+def stat_name_tag_value(cluster_domain: str, other: str = r"[^.]+") -> str:
+    """A regex of a whole name zpilot gives a cluster or a tcp_proxy's stat prefix, as it reads in a stat's
+    name, for Envoy's ``envoy.cluster_name`` and ``envoy.tcp_prefix`` tags (``translators/bootstrap.py``).
+
+    Envoy's own extractors end a name at its first dot, and the rest of the name then lands in the metric's
+    name. A name cannot be told from the stat after it by its characters (both may hold dots), so each of
+    zpilot's shapes with dots is spelled out, first match winning (RE2 picks the first alternative that
+    matches): an (identity, service port) name of the article layout, ``<identity>_to_<port>_<fqdn>_outbound_internal``;
+    a name made of a prefix and an identity (the tunnels' clusters and listeners); a service port's
+    ``<port>_<fqdn>``, which ends with the cluster domain; and any other name up to its first dot, as Envoy
+    does (``xds-grpc``, ``virtual_inbound``, ``pods_on_<node>``: a node name with dots is cut there), or
+    what ``other`` says."""
+    service_port = rf"[^./_]+_[^./_]+\.[^./_]+\.svc\.{re.escape(cluster_domain)}"
+    return "|".join((
+        rf"{_IDENTITY_IN_STATS}[^/]+?_to_{service_port}_outbound_internal",
+        rf"[a-z_]*{_IDENTITY_IN_STATS}[^/.]+",
+        service_port,
+        other,
+    ))
+
+
+def any_name_but(word: str) -> str:
+    """A regex of any name without a dot but ``word`` (RE2 has no lookahead): what Envoy's
+    ``envoy.listener_address`` takes from ``listener.<name>.``, all but its ``admin``."""
+    alternatives = [rf"{re.escape(word[:i])}[^.{re.escape(word[i])}][^.]*" for i in range(len(word))]
+    return "|".join([*alternatives, rf"{re.escape(word)}[^.]+", *(re.escape(word[:i]) for i in range(1, len(word)))])
 
 
 def linear_tunnel_chain(identity: str) -> str:

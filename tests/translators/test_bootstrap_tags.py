@@ -1,0 +1,70 @@
+"""The bootstrap's stat tags on the names zpilot makes, read as Envoy reads a TagSpecifier: the regex's first
+group is taken out of the metric's name, the second is the tag's value (RE2 and Python's re agree on these
+regexes: alternatives tried in order, no lookahead). A real Envoy reads them in
+tests/xds/test_envoy_cluster_stats.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from zpilot.translators.bootstrap import MISSING_STATS_CONFIG_FIELDS, BootstrapOptions, bootstrap_document, stats_tags
+
+TAGS = {spec.tag_name: re.compile(spec.regex) for spec in stats_tags()}
+SERVICE = "tcp-0_svc-0.ns-0.svc.cluster.local"
+TUNNEL = "outbound_tunnel_clus_spiffe_td.example.com/ns/ns-0/sa/sa-0"  # Envoy writes "://" as "_"
+ARTICLE = "spiffe_cluster.local/ns/default/sa/sleep_to_http_details.default.svc.cluster.local_outbound_internal"
+POD_CERT = "spiffe_cluster.local/ns/default/sa/sleep~sleep-5644bdc767-2dfg7~85c8c34e-7ae3-4d29-9582-0819e2b10c69"
+
+
+def tag(name: str, stat: str) -> tuple[str, str] | None:
+    """(value, the stat's name without the tag) of tag ``name`` in ``stat``, None if it does not match."""
+    match = TAGS[name].search(stat)
+    if match is None:
+        return None
+    return match.group(2), stat[:match.start(1)] + stat[match.end(1):]
+
+
+@pytest.mark.parametrize(("name", "stat", "value", "rest"), [
+    ("envoy.cluster_name", f"cluster.{SERVICE}.upstream_cx_total", SERVICE, "cluster.upstream_cx_total"),
+    ("envoy.cluster_name", f"cluster.{SERVICE}.circuit_breakers.default.cx_open", SERVICE, "cluster.circuit_breakers.default.cx_open"),
+    ("envoy.cluster_name", f"cluster.{TUNNEL}.ssl.fail_verify_san", TUNNEL, "cluster.ssl.fail_verify_san"),
+    ("envoy.cluster_name", f"cluster.{ARTICLE}.upstream_cx_total", ARTICLE, "cluster.upstream_cx_total"),
+    ("envoy.cluster_name", "cluster.xds-grpc.upstream_cx_total", "xds-grpc", "cluster.upstream_cx_total"),
+    # a node name with dots is cut at its first, as Envoy does: nothing tells it from the stat after it
+    ("envoy.cluster_name", "cluster.pods_on_ip-10-0-0-1.ec2.internal.upstream_cx_total", "pods_on_ip-10-0-0-1",
+     "cluster.ec2.internal.upstream_cx_total"),
+    ("envoy.tcp_prefix", f"tcp.{SERVICE}.downstream_cx_total", SERVICE, "tcp.downstream_cx_total"),
+    ("envoy.tcp_prefix", f"tcp.{TUNNEL}.downstream_cx_total", TUNNEL, "tcp.downstream_cx_total"),
+    ("envoy.tcp_prefix", "tcp.rbac.allowed", "rbac", "tcp.allowed"),  # the inbound RBAC filter's "tcp." prefix
+    ("envoy.xds_resource_name", f"sds.{POD_CERT}.update_success", POD_CERT, "sds.update_success"),
+    ("envoy.xds_resource_name", "sds.ROOTCA.update_success", "ROOTCA", "sds.update_success"),
+    ("envoy.tls_certificate", f"listener.10.0.0.1_15008.ssl.certificate.{POD_CERT.replace('spiffe_', 'spiffe://')}"
+     ".expiration_unix_time_seconds", POD_CERT.replace("spiffe_", "spiffe://"),
+     "listener.10.0.0.1_15008.ssl.certificate.expiration_unix_time_seconds"),
+    ("envoy.tls_certificate", f"cluster.{TUNNEL}.ssl.certificate.ROOTCA.expiration_unix_time_seconds", "ROOTCA",
+     f"cluster.{TUNNEL}.ssl.certificate.expiration_unix_time_seconds"),
+    ("envoy.listener_address", "listener.10.0.0.1_15008.downstream_cx_total", "10.0.0.1_15008", "listener.downstream_cx_total"),
+    ("envoy.listener_address", "listener.[fd00__1]_15008.downstream_cx_total", "[fd00__1]_15008", "listener.downstream_cx_total"),
+    ("envoy.listener_address", "listener.envoy_internal_outbound_tunnel_lis_spiffe_td.example.com/ns/a/sa/b.downstream_cx_total",
+     "envoy_internal_outbound_tunnel_lis_spiffe_td.example.com/ns/a/sa/b", "listener.downstream_cx_total"),
+    ("envoy.listener_address", "listener.envoy_internal_pod_select_lis.downstream_cx_total", "envoy_internal_pod_select_lis",
+     "listener.downstream_cx_total"),
+    ("envoy.listener_address", "listener.admin.downstream_cx_total", None, None),  # untagged, as Envoy leaves it
+    ("envoy.listener_address", "listener.administrator.downstream_cx_total", "administrator", "listener.downstream_cx_total"),
+    ("envoy.worker_id", "listener.envoy_internal_outbound_tunnel_lis_spiffe_td.example.com/ns/a/sa/b.worker_1.downstream_cx_total",
+     "1", "listener.envoy_internal_outbound_tunnel_lis_spiffe_td.example.com/ns/a/sa/b.worker_downstream_cx_total"),
+    ("envoy.worker_id", "server.worker_0.watchdog_miss", "0", "server.worker_watchdog_miss"),
+])
+def test_a_name_zpilot_makes_is_one_tag_value(name, stat, value, rest) -> None:
+    assert tag(name, stat) == (None if value is None else (value, rest))
+
+
+def test_envoy_reads_the_tags_in_place_of_its_own() -> None:
+    """Without ``allow_default_tag_overrides`` Envoy keeps its own extractor of a tag name and ignores ours."""
+    document = bootstrap_document(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all"))
+    assert MISSING_STATS_CONFIG_FIELDS == {"allow_default_tag_overrides": True}
+    assert document["stats_config"]["allow_default_tag_overrides"] is True
+    assert {t["tag_name"] for t in document["stats_config"]["stats_tags"]} == set(TAGS)
+    assert "stats_matcher" not in document["stats_config"]
