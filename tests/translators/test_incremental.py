@@ -24,9 +24,6 @@ from zpilot.translators.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_T
 
 SHAPE = Shape(nodes=3, pods=12, services=4, namespaces=1, ports_per_service=2, service_accounts_per_namespace=2)
 LAYOUTS = known_layouts()
-#: What a node's inbound listeners are made of that depends on its pods: each pod's two chains,
-#: the node's pods' chains together, and the two listeners' own parts (translators/inbound.py).
-INBOUND_PIECES = {"_pod_chains", "_hbone_chain", "_plaintext_chain", "_hbone_parts", "_plaintext_parts"}
 
 
 class RecordingFragments(Fragments):
@@ -96,14 +93,12 @@ def test_a_pod_added_on_one_node_rebuilds_no_other_nodes_listeners(layout: str) 
     # ...but on the other nodes no inbound listener, no chain of theirs, no cluster is built again
     for node in others:
         built = translator.memo.of(node)
-        assert not INBOUND_PIECES & set(built), built
+        assert not {"_hbone_listener", "_plaintext_listener"} & set(built), built
         assert not [b for b in built if b.startswith(("hbone_tunnel", "service_port", "_tunnel_listener"))], built
         for name in (inbound.contract.INBOUND_LISTENER, inbound.contract.INBOUND_PLAINTEXT_LISTENER):
             assert after[node].resources.listeners[name] is before[node].resources.listeners[name]
-    # node A's own inbound listeners are rebuilt: the new pod has chains in them, made for it
-    # alone (its node's other pods' chains are found in the memo)
-    built = Counter(b for b in translator.memo.of(a) if b in INBOUND_PIECES)
-    assert built == Counter(INBOUND_PIECES), built
+    # node A's own inbound listeners are rebuilt: the new pod has chains in them
+    assert {"_hbone_listener", "_plaintext_listener"} <= set(translator.memo.of(a))
     # no service cluster is built again anywhere; endpoints only for the new pod's service
     assert "service_port" not in [b for _, b, _ in translator.memo.builds]
     # (one service port's endpoints are built from its name; a group of them from the memo and the mesh)
@@ -128,9 +123,9 @@ def test_a_change_no_other_node_can_see_translates_only_its_node(layout: str) ->
     translator.reset()
     again = translator.translate(inputs[node_name(1)])
     assert _serialized(again.resources) == _serialized(before[node_name(1)].resources)
-    # rebuilt: the relabelled pod's two chains (a pod's policies follow its labels) and the two
-    # inbound listeners holding them; every other piece was found in the memo
-    assert sorted(translator.memo.of(node_name(1))) == sorted([*INBOUND_PIECES, "_whole", "_whole"])
+    # rebuilt: the two inbound listeners holding the relabelled pod (a pod's policies follow its
+    # labels); every other piece was found in the memo
+    assert sorted(translator.memo.of(node_name(1))) == ["_hbone_listener", "_plaintext_listener"]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -236,36 +231,3 @@ def test_a_listener_put_together_from_shared_pieces_has_the_facts_of_the_whole()
     assert composed == walked
     assert any("2 filter chains named 'a'" in f for f in walked) and any("selects chain 'nowhere'" in f for f in walked)
     assert sum("sends to cluster" in f for f in walked) == 2
-
-
-def test_a_listener_of_serialized_pod_chains_has_the_facts_of_the_whole() -> None:
-    """Pieces kept as serialized chains (the inbound listener's, one per pod) are judged as the
-    whole listener is: two pods' chains named alike or matching the same address are findings,
-    and what each chain needs is needed."""
-    from envoy.config.listener.v3.listener_pb2 import Listener
-    from zpilot import contract
-    from zpilot.translators import consistency
-    from zpilot.translators.context import ListenerParts
-    from zpilot.translators.fragments import Fragment
-    from zpilot.translators.resources import NodeResources
-
-    translator = IncrementalTranslator(TranslateOptions(layout="linear"))
-    translated = translator.translate_parts(translator.inputs(_index(synthetic_manifests(SHAPE)))[node_name(0)])
-    name = contract.INBOUND_LISTENER
-    parts = translated.listener_parts[name]
-    assert parts.chains and all(isinstance(piece.value, bytes) for piece in parts.chains)
-    assert consistency.join(translated.resources, [consistency.listener_facts_of_parts(name, parts)]) == []
-
-    first = parts.chains[0]
-    twice = ListenerParts(parts.own, (*parts.chains, Fragment("again", first.value)))  # one pod's chain twice
-    whole = Listener()
-    whole.CopyFrom(parts.own)
-    for piece in twice.chains:
-        whole.MergeFromString(piece.value)
-    node = NodeResources(node="n")  # nothing else: each chain's cluster and secrets are missing too
-    composed = consistency.join(node, [consistency.listener_facts_of_parts(name, twice)])
-    walked = consistency.join(node, [consistency.resource_facts(consistency.LISTENER, name, whole)])
-    assert sorted(composed) == sorted(walked)  # (the own part's default chain is listed before the pieces')
-    assert any("2 filter chains named" in f for f in walked)
-    assert any("2 filter chains matching the same connections" in f for f in walked)
-    assert any("sends to cluster" in f for f in walked) and any("uses secret" in f for f in walked)

@@ -270,15 +270,10 @@ def _q(name: str) -> str:
 
 
 def _listener_facts(
-    name: str,
-    listener: listener_pb2.Listener,
-    pieces: tuple[_Piece, ...] = (),
-    piece_targets: frozenset[str] = frozenset(),
-    piece_keys: Callable[[], Iterable[bytes]] = tuple,
+    name: str, listener: listener_pb2.Listener, pieces: tuple[_Piece, ...] = (), piece_targets: frozenset[str] = frozenset()
 ) -> Facts:
-    """A listener's facts; ``pieces``: chains appended to it that are not in ``listener``,
-    ``piece_targets``: chains its matcher selects that ``listener``'s matcher does not show, and
-    ``piece_keys``: what the pieces' chains match (asked only of a listener without a matcher)."""
+    """A listener's facts; ``pieces``: chains appended to it that are not in ``listener``, and
+    ``piece_targets``: chains its matcher selects that ``listener``'s matcher does not show."""
     where = f"listener {_q(name)}"
     misfiled = [] if name and listener.name == name else [f"listener stored as {_q(name)} is named {_q(listener.name)}"]
     bind = None
@@ -286,36 +281,31 @@ def _listener_facts(
         sa = listener.address.socket_address
         bind = (sa.address, sa.port_value)
     own = _chains_of(listener)
-    names = set(own.names).union(*(piece.names.keys() for piece in pieces))
-    duplicated = {chain_name for chain_name, count in own.names.items() if count > 1}
-    if len(names) != len(own.names) + sum(len(piece.names) for piece in pieces):  # a name in two of them
-        seen = set(own.names)
-        for piece in pieces:
-            duplicated |= seen & piece.names.keys()
-            seen |= piece.names.keys()
+    names = set(own.names)
+    duplicated = {chain for chain, count in own.names.items() if count > 1}
     for piece in pieces:
-        duplicated |= piece.duplicated
+        duplicated |= piece.duplicated | (names & piece.names.keys())
+        names |= piece.names.keys()
     local = []
-    for chain_name in sorted(duplicated):
-        count = own.names.get(chain_name, 0) + sum(piece.names.get(chain_name, 0) for piece in pieces)
-        local.append(f"{where} has {count} filter chains named {_q(chain_name)}")
+    for chain in sorted(duplicated):
+        count = own.names.get(chain, 0) + sum(piece.names.get(chain, 0) for piece in pieces)
+        local.append(f"{where} has {count} filter chains named {_q(chain)}")
     if listener.HasField("filter_chain_matcher"):
         for target in sorted((_matcher_targets(listener.filter_chain_matcher) | piece_targets) - names):
             local.append(f"{where}'s filter chain matcher selects chain {_q(target)}, which does not exist")
     else:
-        matches = Counter(_match_key(c.filter_chain_match) for c in listener.filter_chains)
-        matches.update(piece_keys())
+        chains = [*listener.filter_chains, *(c for piece in pieces for c in piece.chains_list)]
+        matches = Counter(_match_key(c.filter_chain_match) for c in chains)
         for key, count in matches.items():
             if count > 1:
                 local.append(f"{where} has {count} filter chains matching the same connections ({_described(key)[:120]})")
     chain_facts = own
     if pieces:
-        kinds = set(own.wanted).union(*(piece.chains.wanted.keys() for piece in pieces))
-        wanted = {
-            kind: set(own.wanted.get(kind, ())).union(*(piece.chains.wanted.get(kind, ()) for piece in pieces))
-            for kind in kinds
-        }
-        needs = tuple(chain(own.needs, *(piece.chains.needs for piece in pieces)))  # joined once (thousands, per node)
+        wanted = {kind: set(found) for kind, found in own.wanted.items()}
+        for piece in pieces:
+            for kind, found in piece.chains.wanted.items():
+                wanted.setdefault(kind, set()).update(found)
+        needs = sum((piece.chains.needs for piece in pieces), own.needs)  # tuples joined (thousands, per node)
         chain_facts = _ChainFacts(own.names, needs, wanted)
     internal = {name} if listener.HasField("internal_listener") else set()
     return Facts.make(
@@ -327,49 +317,25 @@ def listener_facts_of_parts(name: str, parts: ListenerParts) -> Facts:
     """The facts of a listener put together from shared pieces (``ListenerParts``): its own
     part's, walked, and each piece's, derived once per piece and kept on it."""
     targets = frozenset().union(*(_piece_targets(match) for match in parts.matches))
-    pieces = tuple(_piece(f) for f in parts.chains)
-    return _listener_facts(
-        name, parts.own, pieces, targets, lambda: chain.from_iterable(map(_piece_match_keys, parts.chains))
-    )
+    return _listener_facts(name, parts.own, tuple(_piece(f) for f in parts.chains), targets)
 
 
 @dataclass(frozen=True)
 class _Piece:
-    """The facts of filter chains many listeners append, or one listener (a fragment's value:
-    a tuple of chains, or their serialized ``filter_chains`` entries)."""
+    """The facts of a tuple of filter chains many listeners append (a fragment's value)."""
 
     names: Counter
     duplicated: frozenset[str]
     chains: _ChainFacts
-
-
-_NO_NAMES: frozenset[str] = frozenset()
+    chains_list: tuple
 
 
 def _piece(fragment: Fragment) -> _Piece:
     found = fragment.derived.get("consistency.chains")
     if found is None:
-        chains = _chain_list_facts(_piece_listener(fragment.value))
-        duplicated = frozenset(name for name, count in chains.names.items() if count > 1) or _NO_NAMES
-        found = fragment.derived["consistency.chains"] = _Piece(chains.names, duplicated, chains)
-    return found
-
-
-def _piece_listener(value) -> listener_pb2.Listener:
-    """A listener holding a piece's chains alone: read from their bytes (an inbound listener's
-    pod chain is kept serialized, never as a message), or copied from the messages."""
-    if isinstance(value, bytes):
-        return listener_pb2.Listener.FromString(value)
-    return listener_pb2.Listener(filter_chains=value)
-
-
-def _piece_match_keys(fragment: Fragment) -> tuple[bytes, ...]:
-    """What each of a piece's chains matches (:func:`_match_key`), for a listener without a
-    chain matcher (the inbound one: its chains are chosen by their pod's IP)."""
-    found = fragment.derived.get("consistency.match_keys")
-    if found is None:
-        chains = _piece_listener(fragment.value).filter_chains
-        found = fragment.derived["consistency.match_keys"] = tuple(_match_key(c.filter_chain_match) for c in chains)
+        chains = _chain_list_facts(listener_pb2.Listener(filter_chains=fragment.value))
+        duplicated = frozenset(name for name, count in chains.names.items() if count > 1)
+        found = fragment.derived["consistency.chains"] = _Piece(chains.names, duplicated, chains, tuple(fragment.value))
     return found
 
 

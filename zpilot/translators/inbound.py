@@ -29,13 +29,12 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_filter
 
-from .. import contract, protowire
+from .. import contract
 from ..model.addresses import host_prefix_len
 from ..model.objects import Workload
 from ..model.policy import WorkloadPolicies
 from . import inbound_guard, names
-from .context import ListenerParts, NodeView
-from .fragments import Fragment, Fragments
+from .context import NodeView
 from . import rbac
 from .envoy_common import (
     access_log,
@@ -160,96 +159,47 @@ def _transparent_listener(name: str, bind_address: str, port: int, limits: DataP
 #: What an inbound listener's chain of one local pod is made from: the pod, its secret, its policies.
 LocalPod = tuple[Workload, str, WorkloadPolicies]
 
-_FILTER_CHAINS = Listener.DESCRIPTOR.fields_by_name["filter_chains"].number
 
-
-def _serialized_chain(chain: listener_components_pb2.FilterChain) -> bytes:
-    """A chain as a listener's ``filter_chains`` entry (tag, length, chain): what the listener's
-    bytes are joined from, and a valid serialized ``Listener`` holding that chain alone."""
-    return protowire.field_bytes(_FILTER_CHAINS, chain.SerializeToString(deterministic=True))
-
-
-def _hbone_chain(
-    limits: DataPathLimits, trust_domain: str, admin_port: int, pod: Workload, secret: str, policies: WorkloadPolicies
-) -> bytes:
-    """The HBONE listener's chain of one local pod, serialized (a piece of the listener: see
-    :func:`inbound_listeners`)."""
-    return _serialized_chain(
-        listener_components_pb2.FilterChain(
-            name=names.inbound_chain(pod.ip),
-            filter_chain_match=_pod_match(pod.ip),
-            filters=[
-                _mesh_rbac(trust_domain),
-                connect_terminator(limits, pod.ip, connect_http_filters(pod, policies, admin_port)),
-            ],
-            transport_socket=downstream_tls(secret, trust_domain),
+def _hbone_listener(
+    bind_address: str, limits: DataPathLimits, trust_domain: str, admin_port: int, pods: tuple[LocalPod, ...]
+) -> Listener:
+    listener = _transparent_listener(contract.INBOUND_LISTENER, bind_address, contract.PORT_HBONE, limits)
+    mesh_rbac = mesh_identities_rbac(trust_domain)
+    for pod, secret, policies in pods:
+        listener.filter_chains.append(
+            listener_components_pb2.FilterChain(
+                name=names.inbound_chain(pod.ip),
+                filter_chain_match=_pod_match(pod.ip),
+                filters=[mesh_rbac, connect_terminator(limits, pod.ip, connect_http_filters(pod, policies, admin_port))],
+                transport_socket=downstream_tls(secret, trust_domain),
+            )
         )
-    )
+    return listener
 
 
-@functools.lru_cache(maxsize=64)
-def _mesh_rbac(trust_domain: str) -> listener_components_pb2.Filter:
-    """:func:`mesh_identities_rbac`, made once per trust domain (never modified: copied)."""
-    return mesh_identities_rbac(trust_domain)
-
-
-def _plaintext_chain(limits: DataPathLimits, pod: Workload, policies: WorkloadPolicies) -> bytes:
-    """The plaintext listener's chain of one local pod, serialized: chosen by IP in the
-    listener's matcher (:func:`_plaintext_parts`), not by a filter_chain_match."""
-    authorization = rbac.plaintext_filters(pod, policies)
-    chain = proxy_chain(
-        names.inbound_chain(pod.ip),
-        names.VIRTUAL_INBOUND,
-        idle_timeout=idle_timeout(limits),
-        stat_prefix="virtual_inbound_plaintext",
-        connect_on_data=bool(authorization),
-    )
-    proxy = list(chain.filters)
-    del chain.filters[:]
-    chain.filters.extend([*authorization, *proxy])
-    return _serialized_chain(chain)
-
-
-def _refused_chains(limits: DataPathLimits) -> tuple[listener_components_pb2.FilterChain, ...]:
-    """The plaintext listener's last chain (every node's alike: one piece for all of them)."""
-    return (inbound_guard.refused_plaintext_chain(limits),)
-
-
-def _hbone_parts(bind_address: str, limits: DataPathLimits, chains: tuple[Fragment, ...]) -> ListenerParts:
-    """The HBONE listener: its own part, then each local pod's chain (``chains``)."""
-    own = _transparent_listener(contract.INBOUND_LISTENER, bind_address, contract.PORT_HBONE, limits)
-    return ListenerParts(own, chains=chains)
-
-
-def _plaintext_parts(
-    bind_address: str,
-    limits: DataPathLimits,
-    admin_port: int,
-    pod_ips: tuple[str | None, ...],
-    chains: tuple[Fragment, ...],
-) -> ListenerParts:
-    """The plaintext listener: its own part (with the matcher picking a chain by the local pods'
-    ``pod_ips``), then each local pod's chain and the refusing chain (``chains``)."""
-    own = _transparent_listener(
+def _plaintext_listener(
+    bind_address: str, limits: DataPathLimits, admin_port: int, pods: tuple[LocalPod, ...]
+) -> Listener:
+    listener = _transparent_listener(
         contract.INBOUND_PLAINTEXT_LISTENER, bind_address, contract.PORT_INBOUND_PLAINTEXT, limits
     )
-    pod_chains = {ip: names.inbound_chain(ip) for ip in pod_ips if ip}
-    own.filter_chain_matcher.CopyFrom(inbound_guard.plaintext_matcher(pod_chains, admin_port))
-    return ListenerParts(own, chains=chains)
-
-
-def _whole(made: Fragment) -> Listener:
-    """The listener ``made`` (a fragment of :class:`ListenerParts`) describes, as one message
-    (its pieces' chains after its own)."""
-    parts: ListenerParts = made.value
-    whole = Listener()
-    whole.CopyFrom(parts.own)
-    for piece in parts.chains:
-        if isinstance(piece.value, bytes):  # serialized filter_chains entries: merged, they are appended
-            whole.MergeFromString(piece.value)
-        else:
-            whole.filter_chains.extend(piece.value)
-    return whole
+    for pod, _secret, policies in pods:
+        authorization = rbac.plaintext_filters(pod, policies)
+        chain = proxy_chain(
+            names.inbound_chain(pod.ip),
+            names.VIRTUAL_INBOUND,
+            idle_timeout=idle_timeout(limits),
+            stat_prefix="virtual_inbound_plaintext",
+            connect_on_data=bool(authorization),
+        )
+        proxy = list(chain.filters)
+        del chain.filters[:]
+        chain.filters.extend([*authorization, *proxy])
+        listener.filter_chains.append(chain)  # chosen by IP in the matcher below, not by a filter_chain_match
+    listener.filter_chains.append(inbound_guard.refused_plaintext_chain(limits))
+    pod_chains = {pod.ip: names.inbound_chain(pod.ip) for pod, _secret, _policies in pods if pod.ip}
+    listener.filter_chain_matcher.CopyFrom(inbound_guard.plaintext_matcher(pod_chains, admin_port))
+    return listener
 
 
 def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
@@ -257,58 +207,30 @@ def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
 
 
 def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:
-    """The HBONE listener (per local pod, a chain with its TLS identity and its policies) and the
-    plaintext one (per local pod, a chain with its policies, picked by a matcher that refuses the
-    ztunnel's own ports: inbound_guard.py).
-
-    Each pod's chain is a piece of its own (fragments.py), kept serialized: a pod coming, going
-    or changing on this node builds that pod's two chains alone, whatever else the node has.
-    Translated for a consumer that joins bytes (``view.whole_listeners`` false: the producer),
-    a listener is its own part and its pieces (``ListenerParts``), whose bytes the consumer
-    joins and holds once; only bytes are held of a pod's chain, never its message. Translated
-    whole, each listener is a piece too: the same object while its pods and their chains are.
-    """
-    options = view.options
-    limits, bind, admin_port = options.limits, options.bind_address, options.admin_port
+    """:func:`inbound_listener` and :func:`inbound_plaintext_listener`, from one list of the local
+    pods (what keys both in the memo: made once per node)."""
     pods = _local_pods(view)
-    hbone, plaintext = view.shared(_pod_chains, view.fragments, limits, view.trust_domain, admin_port, pods)
-    plaintext += (view.fragment(_refused_chains, limits),)
-    pod_ips = tuple(pod.ip for pod, _secret, _policies in pods)
-    return (
-        _listener(view, view.fragment(_hbone_parts, bind, limits, hbone)),
-        _listener(view, view.fragment(_plaintext_parts, bind, limits, admin_port, pod_ips, plaintext)),
-    )
-
-
-def _pod_chains(
-    fragments: Fragments, limits: DataPathLimits, trust_domain: str, admin_port: int, pods: tuple[LocalPod, ...]
-) -> tuple[tuple[Fragment, ...], tuple[Fragment, ...]]:
-    """Each local pod's HBONE chain and plaintext chain, as pieces from the memo (``fragments``):
-    a pod's are found there while it, its secret and its policies are the same. Held together
-    (what keeps them in the memo), and found as one while the node's pods are all the same (a
-    node translated again for a change elsewhere looks up its pods once, not each one twice)."""
-    hbone = tuple(
-        fragments.get(_hbone_chain, limits, trust_domain, admin_port, pod, secret, policies) for pod, secret, policies in pods
-    )
-    plaintext = tuple(fragments.get(_plaintext_chain, limits, pod, policies) for pod, _secret, policies in pods)
-    return hbone, plaintext
+    return _inbound_listener(view, pods), _inbound_plaintext_listener(view, pods)
 
 
 def inbound_listener(view: NodeView) -> Listener:
-    """The HBONE listener (:func:`inbound_listeners`)."""
-    return inbound_listeners(view)[0]
+    """The HBONE listener: per local pod, a chain with its TLS identity and its policies. A shared
+    piece (fragments.py): a node whose pods and their policies did not change keeps the very same
+    one, whatever changed elsewhere."""
+    return _inbound_listener(view, _local_pods(view))
 
 
 def inbound_plaintext_listener(view: NodeView) -> Listener:
-    """The plaintext listener (:func:`inbound_listeners`)."""
-    return inbound_listeners(view)[1]
+    """The plaintext listener: per local pod, a chain with its policies, picked by a matcher that
+    refuses the ztunnel's own ports (inbound_guard.py). A shared piece, as the HBONE listener."""
+    return _inbound_plaintext_listener(view, _local_pods(view))
 
 
-def _listener(view: NodeView, parts: Fragment) -> Listener:
-    """The listener ``parts`` (a fragment of :class:`ListenerParts`) make: whole, or its own part
-    with its parts noted on the view for the consumer."""
-    if view.whole_listeners:
-        return view.shared(_whole, parts)
-    own = parts.value.own
-    view.listener_parts[own.name] = parts.value
-    return own
+def _inbound_listener(view: NodeView, pods: tuple[LocalPod, ...]) -> Listener:
+    options = view.options
+    return view.shared(_hbone_listener, options.bind_address, options.limits, view.trust_domain, options.admin_port, pods)
+
+
+def _inbound_plaintext_listener(view: NodeView, pods: tuple[LocalPod, ...]) -> Listener:
+    options = view.options
+    return view.shared(_plaintext_listener, options.bind_address, options.limits, options.admin_port, pods)

@@ -38,11 +38,7 @@ class Translated:
     @cached_property
     def _by_message(self) -> dict[int, Fragment]:
         # ids are stable here: the fragments held by this object keep their values alive
-        found = {id(f.value): f for f in self.fragments}
-        # a listener whose parts are a fragment (the inbound ones) is that fragment: its own part
-        # and its pieces say all it is, so what is derived from it is derived once for all nodes and changes
-        found.update((id(f.value.own), f) for f in self.fragments if isinstance(f.value, ListenerParts))
-        return found
+        return {id(f.value): f for f in self.fragments}
 
 
 def translate_view(view: NodeView) -> Translated:

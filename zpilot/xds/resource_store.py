@@ -10,11 +10,10 @@ resource is serialized once and that every snapshot holding it holds the very sa
 - a shared set of resources becomes one :class:`~zpilot.xds.snapshot.TypeResources` kept on its
   fragment, which each node's snapshot takes as a part;
 - a listener put together from shared pieces (``ListenerParts``: the linear layout's outbound
-  listener, every node's holding the same thousands of chains and the same destination map; a
-  node's inbound listeners, one piece per local pod) is written from its parts: its own part
-  serialized, the pieces' bytes (made once, for all nodes and the next changes) joined to it,
-  its content hash made from theirs; the whole listener is never built, serialized or hashed
-  for each node, nor for each change of one of its pods;
+  listener, every node's holding the same thousands of chains and the same destination map) is
+  written from its parts: its own part serialized, the pieces' bytes (made once for all nodes)
+  joined to it, its content hash made from theirs; the whole listener is never built, serialized
+  or hashed for each node;
 - anything else is serialized and then *interned* by content (type, name, content hash): when a
   snapshot already holds equal bytes, the new copy is dropped for the held one.
 
@@ -265,10 +264,6 @@ def listener_pieces(name: str, parts: ListenerParts) -> list[tuple[bytes, str | 
 
 
 def _chains_bytes(chains) -> bytes:
-    """A piece's chains as ``filter_chains`` entries: serialized here, or already (an inbound
-    listener's pod chain is kept as its bytes alone, translators/inbound.py)."""
-    if isinstance(chains, bytes):
-        return chains
     return b"".join(protowire.field_bytes(_FILTER_CHAINS, c.SerializeToString(deterministic=True)) for c in chains)
 
 

@@ -49,10 +49,8 @@ def content_version(data: bytes) -> str:
 #: for (the streams of many nodes go from one or two of them to the same new one).
 _CHANGES_KEPT = 8
 
-#: A shared piece shorter than this is joined into the bytes around it. Every piece is kept apart:
-#: each is held by the fragment it was made from, so a copy would hold it twice (a node's inbound
-#: listeners are a hundred pieces of 0.3-3 KB, one per local pod: 30 MB at R).
-MIN_SHARED_CHUNK = 0
+#: A shared piece shorter than this is not worth keeping apart from the bytes around it.
+MIN_SHARED_CHUNK = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -84,10 +82,9 @@ class CachedResource:
 
     @classmethod
     def joined(cls, type_url: str, name: str, pieces: Iterable[tuple[bytes, str | None]]) -> "CachedResource":
-        """A resource serialized in pieces, in order: its own bytes (hash ``None``) and byte strings
-        held elsewhere too (other resources contain them, or the next one made will), each with
-        its content hash (computed once for all of them). Those are kept as the very objects
-        given; one shorter than
+        """A resource serialized in pieces, in order: its own bytes (hash ``None``) and large byte
+        strings other resources contain too, each with its content hash (computed once for all
+        of them). Those are kept as the very objects given; one shorter than
         :data:`MIN_SHARED_CHUNK` is joined into the bytes around it instead. Without any kept
         apart, the resource is exactly :meth:`of` its message."""
         parts: list[bytes] = []
