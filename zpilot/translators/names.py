@@ -87,7 +87,7 @@ SERVICE_PORT_STAT_NAME = r"(?:.*_to_)?[^._/]+_[^._/]+\.[^._/]+\.svc\."
 #: The rest of a service port's name and of the stat: no "/" (see ``SERVICE_PORT_STAT_NAME``).
 SERVICE_PORT_STAT_REST = r"[^/]*"
 
-#: How an identity (``spiffe://<trust domain>/ns/<ns>/sa/<sa>``) reads in a stat's name: Envoy writes its
+#: How an identity (``contract.SPIFFE_SCHEME`` then ``<trust domain>/ns/<ns>/sa/<sa>``) reads in a stat's name: Envoy writes its
 #: "://" as "_" (but in ``ssl.certificate.<secret>``, where it stays). The trust domain may hold dots, a
 #: namespace cannot; a ServiceAccount name can (Kubernetes allows a DNS subdomain) but seldom does, and
 #: where it does and nothing follows it, it ends here at its first dot.
@@ -97,7 +97,7 @@ _IDENTITY_IN_STATS = r"spiffe_[^/]+/ns/[^/.]+/sa/"
 #: ``<listener or cluster>.ssl.certificate.<secret>.*``), for Envoy's ``envoy.xds_resource_name`` and
 #: ``envoy.tls_certificate`` tags: a pod's certificate ``<identity>~<pod>~<uid>``
 #: (:func:`zpilot.contract.workload_secret_name`: each part ends at a "~", a UID has no dot), an identity's
-#: own, or any other name up to its first dot (``ROOTCA``), as Envoy does.
+#: own, or any other name up to its first dot (``contract.ROOT_CA_SECRET``), as Envoy does.
 SECRET_STAT_TAG_VALUE = r"spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/[^/~]+~[^~]+~[^.~]+|spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/[^/.~]+|[^.]+"
 
 
