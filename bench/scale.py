@@ -476,13 +476,11 @@ def _free_port() -> int:
 
 
 async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
-    from google.protobuf import json_format
-
     from zpilot.certs import CertificateAuthority, IdentityCache
     from zpilot.envoy_binary import envoy_path, next_base_id
     from zpilot.runtime.control_plane import ControlPlane, DebugOptions
     from zpilot.translators import IncrementalTranslator, TranslateOptions
-    from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
+    from zpilot.translators.bootstrap import BootstrapOptions, bootstrap_document
     from zpilot.xds.security import XdsSecurity
     from zpilot.xds.server import ServerOptions
 
@@ -505,10 +503,9 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
     config_mb = sum(t.size for t in snapshot.types.values()) / 1e6
     admin = _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="zpilot-bench-envoy-"))
-    config = json_format.MessageToDict(
-        bootstrap(BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin,
-                                   cluster_stats=params["cluster_stats"], service_stats=params["service_stats"])),
-        preserving_proto_field_name=True,
+    config = bootstrap_document(  # as `zpilot bootstrap` writes it (with the fields xds-protos lacks)
+        BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin,
+                         cluster_stats=params["cluster_stats"], service_stats=params["service_stats"])
     )
     (workdir / "bootstrap.json").write_text(json.dumps(config))
     log = open(workdir / "envoy.log", "wb")

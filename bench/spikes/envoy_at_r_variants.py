@@ -168,7 +168,7 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False)
     from zpilot.envoy_binary import envoy_path, next_base_id
     from zpilot.runtime.control_plane import ControlPlane, DebugOptions
     from zpilot.translators import TranslateOptions, translate_node
-    from zpilot.translators.bootstrap import BootstrapOptions, bootstrap
+    from zpilot.translators.bootstrap import BootstrapOptions, bootstrap, with_missing_fields
     from zpilot.xds.push import EveryNode
     from zpilot.xds.security import XdsSecurity
     from zpilot.xds.server import ServerOptions
@@ -208,7 +208,7 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False)
                                         service_stats=service_stats))
     if tweak is not None:
         tweak(config)
-    (workdir / "bootstrap.json").write_text(json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))
+    (workdir / "bootstrap.json").write_text(json.dumps(with_missing_fields(json_format.MessageToDict(config, preserving_proto_field_name=True))))
     args = [scale._envoy_binary(envoy_path()), "-c", str(workdir / "bootstrap.json"), "--base-id", str(next_base_id() + 7100),
             "--disable-hot-restart", "-l", "warning"]
     if concurrency:
