@@ -140,7 +140,6 @@ def _write_sds_files(directory: Path, files: dict[str, dict]) -> None:
 def run(args: argparse.Namespace) -> int:
     from datetime import datetime, timedelta, timezone
 
-
     from ..certs.credential_files import renewal_reason, write_node_credential
     from ..translators.bootstrap import BootstrapOptions, XdsTls, bootstrap_document, default_server_name, parse_xds_target, xds_sds_files
 

@@ -284,13 +284,9 @@ class Producer:
             problems = consistency.join_names(names, [*rest.facts, *endpoint_facts])
             if problems:
                 raise InvalidResources(str(consistency.InconsistentResources(snapshot.node, problems)))
+        if rest.endpoints_checked is not summary:  # checked now, or equal: held as one object, compared by identity
             rest = _Rest(rest.names, rest.facts, rest.fragments, summary)
-        elif rest.endpoints_checked is not summary:  # equal: held as the one object, compared by identity next time
-            rest = _Rest(rest.names, rest.facts, rest.fragments, summary)
-        types = dict(snapshot.types)
-        types[ENDPOINT_TYPE] = endpoints
-        remade = replace(snapshot, types=MappingProxyType(types), changed_at=changed_at,
-                         generation_seconds=time.perf_counter() - started)
+        remade = snapshot.with_type(endpoints, changed_at, generation_seconds=time.perf_counter() - started)
         return _Built(remade, node_input, rest.fragments + made.fragments, rest)
 
     def _secrets(self, resources: NodeResources) -> dict[str, Message]:

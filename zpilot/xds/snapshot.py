@@ -311,11 +311,12 @@ class Snapshot:
     def empty(cls, node: str, *, known: bool = False) -> "Snapshot":
         return cls.build(node, {}, known=known)
 
-    def with_type(self, resources: TypeResources, changed_at: float) -> "Snapshot":
-        """This snapshot with one type's resources replaced (new secrets after a rotation)."""
+    def with_type(self, resources: TypeResources, changed_at: float, **fields: float) -> "Snapshot":
+        """This snapshot with one type's resources replaced (new secrets after a rotation, new
+        endpoints), and any other ``fields`` given (one ``replace``)."""
         types = dict(self.types)
         types[resources.type_url] = resources
-        return replace(self, types=MappingProxyType(types), changed_at=changed_at)
+        return replace(self, types=MappingProxyType(types), changed_at=changed_at, **fields)
 
     def resources(self, type_url: str) -> TypeResources:
         return self.types.get(type_url) or TypeResources(type_url)

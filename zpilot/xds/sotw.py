@@ -66,10 +66,8 @@ class SotwStream(Stream):
                 # (a cluster removed) and ask for them again before it answers our response: they are
                 # no longer counted as held, and sent again while still subscribed.
                 lacking = sub.known.keys() - set(request.names)
-                for name in lacking:
-                    del sub.known[name]
+                sub.let_go(lacking)
                 sub.force |= lacking & sub.names
-                sub.known_of = None
             if not request.names and request.type_url not in WILDCARD_TYPES and sub.subscribed:
                 # An unsubscription (a node's last EDS cluster went away) overtaken by our response:
                 # honour it, or the type would wait forever for an ACK the client will never send.
@@ -92,10 +90,8 @@ class SotwStream(Stream):
             # changed, not every assignment again; names only let go need no answer (as istiod)
             if changed:
                 sub.missing_reported.clear()
-                for name in sub.known.keys() - sub.names:
-                    del sub.known[name]  # let go: sent again if asked for again
+                sub.let_go(sub.known.keys() - sub.names)
                 sub.force |= sub.names - before
-                sub.known_of = None
             sub.pending = bool(sub.force)
             return sub.pending
         if not nonce or changed:

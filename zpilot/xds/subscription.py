@@ -135,6 +135,13 @@ class Subscription:
             self.known_of = None  # what is wanted changed: the next response goes through everything
         return changed
 
+    def let_go(self, names: Iterable[str]) -> None:
+        """SotW EDS: the client let go of ``names`` (each held): no longer counted as held, so
+        sent again if asked for again."""
+        for name in names:
+            del self.known[name]
+        self.known_of = None
+
     def forget_known(self) -> None:
         """SotW, a new ask: its answer carries everything subscribed, whatever was sent before."""
         self.known.clear()
