@@ -290,11 +290,12 @@ class Stream:
         """Report a response that is about to go out, and log it."""
         assert self.info is not None
         self.observer.response_sent(self.info, Response(type_url, version, nonce, count, size, push_latency))
-        log.info(
-            "sent %s to node=%s conn=%s mode=%s version=%s nonce=%s resources=%d bytes=%d",
-            short_name(type_url), self.node, self.id, self.mode, version, nonce, count, size,
-            extra=self.log_fields(type_url, version=version, nonce=nonce),
-        )
+        if log.isEnabledFor(logging.INFO):  # its fields made only for a line that is written (not by default)
+            log.info(
+                "sent %s to node=%s conn=%s mode=%s version=%s nonce=%s resources=%d bytes=%d",
+                short_name(type_url), self.node, self.id, self.mode, version, nonce, count, size,
+                extra=self.log_fields(type_url, version=version, nonce=nonce),
+            )
 
     def record_ack(self, subscription: Subscription, nonce: str) -> None:
         assert self.info is not None
@@ -495,8 +496,12 @@ class Stream:
         if budget is None:
             await self._context.write(b"".join(chunks))
             return
-        async with budget.reserve(sum(map(len, chunks))):
+        size = sum(map(len, chunks))
+        await budget.acquire(size)
+        try:
             await self._context.write(b"".join(chunks))
+        finally:
+            budget.release(size)
 
     async def _refuse(self, exc: RequestError, context: grpc.aio.ServicerContext) -> None:
         self.observer.stream_refused(self.info, exc.reason, exc.message)
