@@ -144,7 +144,8 @@ class Metrics(StreamObserver):
         if series is None:  # a few keys (served types x protocols): looked up once, not per response
             kind = type_label(response.type_url)
             series = self._response_series[key] = (
-                self.responses.labels(kind, stream.mode), self.response_bytes.labels(kind), self.push_latency.labels(kind)
+                self.responses.labels(kind, stream.mode), self.response_bytes.labels(kind),
+                self.push_latency.labels(kind),
             )
         responses, response_bytes, push_latency = series
         responses.inc()
