@@ -63,6 +63,33 @@ async def test_watchers_wake_only_on_change_and_only_their_node():
     assert cache.watcher_count() == 0
 
 
+async def test_a_watch_calls_its_on_change_for_each_change_of_its_node_until_closed():
+    """A stream is told of a change by a call (no task of its own waiting): once per stored change
+    of its node, never for another node's, nothing once its watch is closed."""
+    cache = SnapshotCache()
+    calls: list[str] = []
+    wa = cache.watch("a", lambda: calls.append("a"))
+    wb = cache.watch("b", lambda: calls.append("b"))
+    cache.set_snapshot(snap("a", "x"))
+    assert calls == []  # told once the storing step is over (the producer stores a change at once)
+    await asyncio.sleep(0)
+    assert calls == ["a"]
+    cache.set_snapshot(snap("a", "x"))  # same content: not a change
+    await asyncio.sleep(0)
+    assert calls == ["a"]
+    cache.set_snapshot(snap("a", "x", "y"))
+    cache.set_snapshot(snap("b", "x"))
+    await asyncio.sleep(0)
+    assert sorted(calls) == ["a", "a", "b"]
+    wa.close()
+    cache.set_snapshot(snap("a", "z"))
+    assert cache.clear_snapshot("b")  # told at once
+    await asyncio.sleep(0)
+    assert sorted(calls) == ["a", "a", "b", "b"]
+    wb.close()
+    assert cache.watcher_count() == 0
+
+
 async def test_a_change_wakes_the_nodes_with_most_changed_types_first():
     """Stored in one step (as the producer stores a change), the node whose clusters changed too is
     woken before the nodes whose endpoints alone changed, whatever the order they were set in: its

@@ -7,7 +7,7 @@ nothing that builds config.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .snapshot import Snapshot
 
@@ -40,8 +40,11 @@ class SnapshotReader(Protocol):
         config, what a node the model lacks is served, would take the listeners of an Envoy that
         reconnects here with good config from an earlier server."""
 
-    def watch(self, node: str) -> NodeWatch:
-        """Watch a node (known or not: a node the model gains later gets its config then)."""
+    def watch(self, node: str, on_change: Callable[[], None] | None = None) -> NodeWatch:
+        """Watch a node (known or not: a node the model gains later gets its config then).
+        ``on_change`` is called on each change too, at once on the event loop's thread: a
+        stream then needs no task of its own waiting (a change wakes a hundred streams at R,
+        one task step each less to take before any of them sends)."""
 
 
 class SnapshotWriter(Protocol):

@@ -85,6 +85,9 @@ class Metrics(StreamObserver):
             "times a stream's node was found missing from the model (it is served an empty config)",
             registry=r,
         )
+        #: (type URL, mode) -> the series a response of them counts in: a change is a response on
+        #: each of a hundred streams, each looked up by its labels otherwise (three locked lookups).
+        self._response_series: dict[tuple[str, str], tuple] = {}
         # -- producer and cache (counted by the producer) --------------------------------------
         self.resources = Gauge(
             "zpilot_xds_resources", "resources in the cache over all nodes, by type", ["type"], registry=r
@@ -136,11 +139,19 @@ class Metrics(StreamObserver):
         self.requests.labels(type_label(type_url), stream.mode).inc()
 
     def response_sent(self, stream: StreamInfo, response: Response) -> None:
-        kind = type_label(response.type_url)
-        self.responses.labels(kind, stream.mode).inc()
-        self.response_bytes.labels(kind).inc(response.bytes)
+        key = (response.type_url, stream.mode)
+        series = self._response_series.get(key)
+        if series is None:  # a few keys (served types x protocols): looked up once, not per response
+            kind = type_label(response.type_url)
+            series = self._response_series[key] = (
+                self.responses.labels(kind, stream.mode), self.response_bytes.labels(kind),
+                self.push_latency.labels(kind),
+            )
+        responses, response_bytes, push_latency = series
+        responses.inc()
+        response_bytes.inc(response.bytes)
         if response.push_latency is not None:
-            self.push_latency.labels(kind).observe(response.push_latency)
+            push_latency.observe(response.push_latency)
 
     def ack(self, stream: StreamInfo, type_url: str, version: str, nonce: str) -> None:
         self.acks.labels(type_label(type_url)).inc()

@@ -44,16 +44,18 @@ class SendBudget:
     async def reserve(self, size: int) -> AsyncIterator[None]:
         """Room for a response of ``size`` bytes while the block runs (the response is joined and
         written in it); released however the block ends, a cancellation included."""
-        await self._acquire(size)
+        await self.acquire(size)
         try:
             yield
         finally:
-            self._release(size)
+            self.release(size)
 
     def _fits(self, size: int) -> bool:
         return self.in_flight == 0 or self.in_flight + size <= self.limit
 
-    async def _acquire(self, size: int) -> None:
+    async def acquire(self, size: int) -> None:
+        """:meth:`reserve` without the context manager (a stream's every write goes through it:
+        one coroutine call, not a generator's three steps); :meth:`release` it in a ``finally``."""
         if size <= self.small or (not self._waiters and self._fits(size)):
             self.in_flight += size
             return
@@ -64,14 +66,15 @@ class SendBudget:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                self._release(size)  # granted, then cancelled before it could be used: give it back
+                self.release(size)  # granted, then cancelled before it could be used: give it back
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove((size, waiter))
                 self._grant()  # it may have been what held the others back
             raise
 
-    def _release(self, size: int) -> None:
+    def release(self, size: int) -> None:
+        """Give back what :meth:`acquire` took."""
         self.in_flight -= size
         self._grant()
 

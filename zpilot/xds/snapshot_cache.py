@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from typing import Callable
 
 from .snapshot import Snapshot
 
@@ -26,12 +27,13 @@ log = logging.getLogger(__name__)
 
 
 class _Watch:
-    """A :class:`~zpilot.xds.cache.NodeWatch` backed by an asyncio.Event."""
+    """A :class:`~zpilot.xds.cache.NodeWatch` backed by an asyncio.Event, and its ``on_change``."""
 
-    def __init__(self, cache: "SnapshotCache", node: str) -> None:
+    def __init__(self, cache: "SnapshotCache", node: str, on_change: Callable[[], None] | None = None) -> None:
         self.node = node
         self._cache = cache
         self._event = asyncio.Event()
+        self._on_change = on_change
 
     async def wait(self) -> None:
         await self._event.wait()
@@ -39,6 +41,8 @@ class _Watch:
 
     def notify(self) -> None:
         self._event.set()
+        if self._on_change is not None:
+            self._on_change()
 
     def close(self) -> None:
         self._cache._drop_watch(self)
@@ -116,8 +120,8 @@ class SnapshotCache:
     def withheld(self, node: str) -> str | None:
         return self._withheld.get(node)
 
-    def watch(self, node: str) -> _Watch:
-        watch = _Watch(self, node)
+    def watch(self, node: str, on_change: Callable[[], None] | None = None) -> _Watch:
+        watch = _Watch(self, node, on_change)
         self._watches[node].add(watch)
         return watch
 

@@ -124,6 +124,9 @@ class SotwStream(Stream):
                     if changed:
                         await self._send(sub, type_url, resources.version, changed, latency)
                     continue
+            if (sub.wildcard and not sub.pending and type_url not in PARTIAL_TYPES
+                    and resources.version == sub.sent_version):
+                continue  # it has them all: told before listing thousands of them, for every stream a change wakes
             # every served one, by name (EDS: a node's Envoy asks for the assignment of each EDS cluster)
             every = not sub.wildcard and sub.names == resources.items.keys()
             if sub.wildcard or every:

@@ -2,7 +2,8 @@
 
 Each stream runs two coroutines. The reader parses requests and updates the stream's
 subscription state; the sender (the RPC's own task) waits for a wake-up (a request that needs
-an answer, or a change of the node's snapshot) and then sends whatever is due, in push order.
+an answer, or a change of the node's snapshot, of which the cache tells the stream by a call)
+and then sends whatever is due, in push order.
 Because requests are only recorded by the reader and answered by the sender, four requests
 arriving at once on reconnect are still answered CDS, EDS, SDS, LDS.
 
@@ -138,7 +139,7 @@ class Stream:
         self._wake = asyncio.Event()
         self._snapshot_changed = False
         self._asked = False  # a request needing an answer was recorded since the last answer
-        self._responding = False  # the sender is writing a response (see _watch_snapshots)
+        self._responding = False  # the sender is writing a response (see _snapshot_changed_now)
         self._error: RequestError | None = None
         self._reader_done = False
         self._nonce = 0
@@ -290,11 +291,12 @@ class Stream:
         """Report a response that is about to go out, and log it."""
         assert self.info is not None
         self.observer.response_sent(self.info, Response(type_url, version, nonce, count, size, push_latency))
-        log.info(
-            "sent %s to node=%s conn=%s mode=%s version=%s nonce=%s resources=%d bytes=%d",
-            short_name(type_url), self.node, self.id, self.mode, version, nonce, count, size,
-            extra=self.log_fields(type_url, version=version, nonce=nonce),
-        )
+        if log.isEnabledFor(logging.INFO):  # its fields made only for a line that is written (not by default)
+            log.info(
+                "sent %s to node=%s conn=%s mode=%s version=%s nonce=%s resources=%d bytes=%d",
+                short_name(type_url), self.node, self.id, self.mode, version, nonce, count, size,
+                extra=self.log_fields(type_url, version=version, nonce=nonce),
+            )
 
     def record_ack(self, subscription: Subscription, nonce: str) -> None:
         assert self.info is not None
@@ -377,10 +379,7 @@ class Stream:
         except Denied as denied:  # the node named is not the credential's: nothing was registered or sent
             await deny(context, self.observer, denied, mode=self.mode, peer=self.peer, node=self._claimed_node)
             return
-        self._tasks = [
-            asyncio.create_task(self._read(iterator), name=f"xds-reader-{self.id}"),
-            asyncio.create_task(self._watch_snapshots(), name=f"xds-watch-{self.id}"),
-        ]
+        self._tasks = [asyncio.create_task(self._read(iterator), name=f"xds-reader-{self.id}")]
         await self._send_loop(context)
 
     def _open(self, request: Request) -> None:
@@ -396,7 +395,7 @@ class Stream:
         self.principal.check(name)  # Denied: before the stream is registered or anything is sent
         self.info = StreamInfo(id=self.id, node=name, node_id=client.id, mode=self.mode, peer=self.peer,
                                user_agent=client.user_agent)
-        self._watch = self.cache.watch(name)
+        self._watch = self.cache.watch(name, self._snapshot_changed_now)
         self._opened = True
         self.observer.stream_opened(self.info)
         log.info("%s stream %s opened by node=%s id=%r peer=%s user_agent=%r (%s)", self.mode, self.id, name,
@@ -447,18 +446,15 @@ class Stream:
             self._reader_done = True
             self._wake.set()
 
-    async def _watch_snapshots(self) -> None:
-        assert self._watch is not None
-        watch = self._watch
+    def _snapshot_changed_now(self) -> None:
+        """The node's snapshot changed (the cache calls this, on the loop's thread): wake the sender."""
         burst = self.options.push_burst
-        while True:
-            await watch.wait()
-            if burst is not None and not self._responding:
-                # a stream still writing an earlier response (a client that reads slowly, or not at
-                # all) sends this change whenever that write is done: it would only hold the burst
-                burst.begin(self)
-            self._snapshot_changed = True
-            self._wake.set()
+        if burst is not None and not self._responding:
+            # a stream still writing an earlier response (a client that reads slowly, or not at
+            # all) sends this change whenever that write is done: it would only hold the burst
+            burst.begin(self)
+        self._snapshot_changed = True
+        self._wake.set()
 
     async def _send_loop(self, context: grpc.aio.ServicerContext) -> None:
         self._wake.set()  # answer the first request
@@ -495,8 +491,12 @@ class Stream:
         if budget is None:
             await self._context.write(b"".join(chunks))
             return
-        async with budget.reserve(sum(map(len, chunks))):
+        size = sum(map(len, chunks))
+        await budget.acquire(size)
+        try:
             await self._context.write(b"".join(chunks))
+        finally:
+            budget.release(size)
 
     async def _refuse(self, exc: RequestError, context: grpc.aio.ServicerContext) -> None:
         self.observer.stream_refused(self.info, exc.reason, exc.message)

@@ -10,6 +10,7 @@ The envelope layouts are checked against the generated classes in tests/xds/test
 
 from __future__ import annotations
 
+import functools
 from typing import Iterable
 
 from ..protowire import LENGTH_DELIMITED as _LENGTH_DELIMITED
@@ -79,17 +80,26 @@ def discovery_response_from_entries(
                                               nonce=nonce, control_plane_id=control_plane_id))
 
 
+@functools.lru_cache(maxsize=64)
+def _response_field(number: int, text: str) -> bytes:
+    """A string field of DiscoveryResponse whose value a change's responses share (its version,
+    type URL, the control plane's identifier): encoded once, not for each of a hundred streams."""
+    if number == _R_CONTROL_PLANE:
+        return field_bytes(_R_CONTROL_PLANE, control_plane(text)) if text else b""
+    return field_str(number, text)
+
+
 def discovery_response_chunks(
     *, version_info: str, entries: Iterable[bytes], type_url: str, nonce: str, control_plane_id: str = ""
 ) -> list[bytes]:
     """A DiscoveryResponse as the byte strings that, joined, serialize it: the cached entries
     (:func:`response_resource`, whole or in parts) as they are, so the response is copied once,
     when it is joined to be written."""
-    chunks = [field_str(_R_VERSION_INFO, version_info), *entries]
-    chunks.append(field_str(_R_TYPE_URL, type_url))
+    chunks = [_response_field(_R_VERSION_INFO, version_info), *entries]
+    chunks.append(_response_field(_R_TYPE_URL, type_url))
     chunks.append(field_str(_R_NONCE, nonce))
     if control_plane_id:
-        chunks.append(field_bytes(_R_CONTROL_PLANE, control_plane(control_plane_id)))
+        chunks.append(_response_field(_R_CONTROL_PLANE, control_plane_id))
     return chunks
 
 
