@@ -334,8 +334,8 @@ def _derived(
     if isinstance(base.value, SerializedChains):
         records, facts = base.value.records, base.value.facts
     else:
-        listener: Listener = base.value
-        records = tuple(_record(c) for c in listener.filter_chains[: len(before)])
+        listener: Listener = base.value  # its chains' bytes cut from it serialized: one serialization, not one per chain
+        records = tuple(protowire.field_records(listener.SerializeToString(deterministic=True), _FILTER_CHAINS)[: len(before)])
         facts = consistency.chains_of(listener, len(before), base.derived.get(consistency.LISTENER_FACTS))
     same = min(len(before), len(pods))
     start = 0

@@ -278,11 +278,9 @@ def _chains_bytes(chains) -> bytes:
 def _own_chunk(fragment: Fragment) -> tuple[bytes, None]:
     """A node's own chains kept serialized (``SerializedChains``), joined: bytes of the node's
     alone, so joined into its own part (hash ``None``), whose version is then the whole
-    listener's content hash, as if it had been serialized whole."""
-    done = fragment.derived.get(CHUNK)
-    if done is None:
-        done = fragment.derived[CHUNK] = (b"".join(fragment.value.records), None)
-    return done
+    listener's content hash, as if it had been serialized whole. Not kept: the listener they
+    are joined into is (on its own fragment: ``Translated.shared_resource``)."""
+    return b"".join(fragment.value.records), None
 
 
 def _chunk(fragment: Fragment, serialize) -> tuple[bytes, str]:
