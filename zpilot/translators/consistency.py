@@ -378,7 +378,8 @@ class ChainFacts:
 
 
 def chain_facts(chain: listener_components_pb2.FilterChain) -> ChainFacts:
-    return ChainFacts(chain.name, _match_key(chain.filter_chain_match), tuple(_chain_needs(chain)))
+    needs = _chain_list_facts(listener_pb2.Listener(filter_chains=[chain])).needs
+    return ChainFacts(chain.name, _match_key(chain.filter_chain_match), needs)
 
 
 def chains_of(listener: listener_pb2.Listener, count: int, facts: Facts | None) -> tuple[ChainFacts, ...]:
@@ -437,15 +438,10 @@ def _chain_list_facts(listener: listener_pb2.Listener) -> _ChainFacts:
         chains.append(listener.default_filter_chain)
     needs: list[tuple[str, str, str]] = []
     for chain in chains:
-        needs.extend(_chain_needs(chain))
+        needs.extend(("cluster", cluster, chain.name) for cluster in _chain_clusters(chain))
+        if chain.HasField("transport_socket"):
+            needs.extend(("secret", secret, chain.name) for secret in _socket_secrets(chain.transport_socket))
     return _ChainFacts(names, tuple(needs), _wanted(needs))
-
-
-def _chain_needs(chain: listener_components_pb2.FilterChain) -> Iterator[tuple[str, str, str]]:
-    """What a chain sends to and presents: (kind, name, the chain's name)."""
-    yield from (("cluster", cluster, chain.name) for cluster in _chain_clusters(chain))
-    if chain.HasField("transport_socket"):
-        yield from (("secret", secret, chain.name) for secret in _socket_secrets(chain.transport_socket))
 
 
 #: Content-keyed results for large listener parts (a few entries: what many nodes' listeners share).

@@ -169,7 +169,8 @@ def _hbone_listener(
 ) -> Listener:
     listener = _transparent_listener(contract.INBOUND_LISTENER, bind_address, contract.PORT_HBONE, limits)
     mesh_rbac = mesh_identities_rbac(trust_domain)
-    listener.filter_chains.extend(_hbone_chain(limits, trust_domain, admin_port, mesh_rbac, pod) for pod in pods)
+    for pod in pods:
+        listener.filter_chains.append(_hbone_chain(limits, trust_domain, admin_port, mesh_rbac, pod))
     return listener
 
 
@@ -188,9 +189,9 @@ def _hbone_chain(
 def _plaintext_listener(
     bind_address: str, limits: DataPathLimits, admin_port: int, pods: tuple[LocalPod, ...]
 ) -> Listener:
-    listener = _plaintext_own(bind_address, limits, admin_port, tuple(pod.ip for pod, _secret, _policies in pods))
-    # chosen by IP in the listener's matcher, not by a filter_chain_match
-    listener.filter_chains.extend(_plaintext_chain(limits, pod) for pod in pods)
+    listener = _plaintext_own(bind_address, limits, admin_port, _pod_ips(pods))
+    for pod in pods:  # chosen by IP in the listener's matcher, not by a filter_chain_match
+        listener.filter_chains.append(_plaintext_chain(limits, pod))
     listener.filter_chains.append(inbound_guard.refused_plaintext_chain(limits))
     return listener
 
@@ -203,6 +204,10 @@ def _plaintext_own(bind_address: str, limits: DataPathLimits, admin_port: int, p
     pod_chains = {ip: names.inbound_chain(ip) for ip in pod_ips if ip}
     listener.filter_chain_matcher.CopyFrom(inbound_guard.plaintext_matcher(pod_chains, admin_port))
     return listener
+
+
+def _pod_ips(pods: tuple[LocalPod, ...]) -> tuple[str, ...]:
+    return tuple([pod.ip for pod, _secret, _policies in pods])
 
 
 def _plaintext_chain(limits: DataPathLimits, local: LocalPod) -> listener_components_pb2.FilterChain:
@@ -250,7 +255,7 @@ def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:
         (_plaintext_chains, (limits, pods)),
         lambda pod: _plaintext_chain(limits, pod),
         lambda chains: view.fragment(
-            _plaintext_parts, bind, limits, admin_port, tuple(pod.ip for pod, _s, _p in pods), chains,
+            _plaintext_parts, bind, limits, admin_port, _pod_ips(pods), chains,
             view.fragment(_refused_chains, limits),
         ),
     )
