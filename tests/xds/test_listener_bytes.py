@@ -156,7 +156,8 @@ def test_field_records_are_each_field_whole_on_the_wire_format() -> None:
     chains = [{"name": "a"}, {"name": "b" * 200}, {"name": "c"}]  # a length of two bytes among them
     listener = Listener(name="l", filter_chains=chains, stat_prefix="s")
     records = protowire.field_records(listener.SerializeToString(deterministic=True), 3)
-    assert records == [protowire.field_bytes(3, c.SerializeToString(deterministic=True)) for c in listener.filter_chains]
+    each = [protowire.field_bytes(3, c.SerializeToString(deterministic=True)) for c in listener.filter_chains]
+    assert records == each
     assert Listener.FromString(b"".join(records)) == Listener(filter_chains=chains)
     assert protowire.field_records(listener.SerializeToString(deterministic=True), 99) == []
     with pytest.raises(ValueError):

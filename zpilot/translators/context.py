@@ -102,9 +102,10 @@ class ListenerParts:
     of the same thousands of chains).
 
     ``own`` is the listener without the pieces: without the chains of ``chains`` (fragments whose
-    value is a tuple of filter chains or :class:`SerializedChains`, appended after its own), its matcher leading to an empty
-    ``on_match`` where it leads to ``matches`` (fragments whose value is a serialized ``OnMatch``);
-    ``match_paths`` says where each is, as the field numbers from the listener down to it.
+    value is a tuple of filter chains or :class:`SerializedChains`, appended after its own), its
+    matcher leading to an empty ``on_match`` where it leads to ``matches`` (fragments whose value
+    is a serialized ``OnMatch``); ``match_paths`` says where each is, as the field numbers from the
+    listener down to it.
     """
 
     own: Message

@@ -175,7 +175,11 @@ def _hbone_listener(
 
 
 def _hbone_chain(
-    limits: DataPathLimits, trust_domain: str, admin_port: int, mesh_rbac: listener_components_pb2.Filter, local: LocalPod
+    limits: DataPathLimits,
+    trust_domain: str,
+    admin_port: int,
+    mesh_rbac: listener_components_pb2.Filter,
+    local: LocalPod,
 ) -> listener_components_pb2.FilterChain:
     pod, secret, policies = local
     return listener_components_pb2.FilterChain(
@@ -339,8 +343,10 @@ def _derived(
     if isinstance(base.value, SerializedChains):
         records, facts = base.value.records, base.value.facts
     else:
-        listener: Listener = base.value  # its chains' bytes cut from it serialized: one serialization, not one per chain
-        records = tuple(protowire.field_records(listener.SerializeToString(deterministic=True), _FILTER_CHAINS)[: len(before)])
+        listener: Listener = base.value
+        # its chains' bytes cut from it serialized: one serialization, not one per chain
+        serialized = listener.SerializeToString(deterministic=True)
+        records = tuple(protowire.field_records(serialized, _FILTER_CHAINS)[: len(before)])
         facts = consistency.chains_of(listener, len(before), base.derived.get(consistency.LISTENER_FACTS))
     same = min(len(before), len(pods))
     start = 0

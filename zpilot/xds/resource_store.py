@@ -264,7 +264,9 @@ def listener_pieces(name: str, parts: ListenerParts) -> list[tuple[bytes, str | 
     own = parts.own.SerializeToString(deterministic=True)
     at = protowire.insertion_point(own, _FILTER_CHAINS)
     pieces: list[tuple[bytes, str | None]] = [(own[:at], None)]
-    pieces.extend(_own_chunk(f) if isinstance(f.value, SerializedChains) else _chunk(f, _chains_bytes) for f in parts.chains)
+    pieces.extend(
+        _own_chunk(f) if isinstance(f.value, SerializedChains) else _chunk(f, _chains_bytes) for f in parts.chains
+    )
     matches = [_chunk(f, bytes) for f in parts.matches]
     for piece in protowire.spliced(own[at:], list(parts.match_paths), [len(data) for data, _ in matches]):
         pieces.append((piece, None) if isinstance(piece, bytes) else matches[piece])
