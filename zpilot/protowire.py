@@ -101,6 +101,14 @@ def length_delimited(data: bytes | memoryview, number: int) -> Iterator[memoryvi
             yield view[payload:end]
 
 
+def field_records(data: bytes, number: int) -> list[bytes]:
+    """Each top-level field ``number`` of a serialized message whole (its tag, its length if it
+    has one, its payload), in order: what joined back gives those fields of the message as they
+    were. Raises ValueError on malformed input."""
+    view = memoryview(data)
+    return [bytes(view[start:end]) for found, _wire_type, start, _payload, end in _fields(view) if found == number]
+
+
 def insertion_point(data: bytes, number: int) -> int:
     """Where fields ``number`` appended to a message serialized in field-number order (as
     deterministic serialization writes it) go: before its first top-level field of a higher number."""

@@ -150,3 +150,15 @@ def test_insertion_point_and_splice_on_the_wire_format() -> None:
     pieces = protowire.spliced(data, [(1,)], [300])
     joined = b"".join(b"x" * 300 if piece == 0 else piece for piece in pieces)
     assert Listener.FromString(joined).name == "x" * 300 and Listener.FromString(joined).stat_prefix == "s"
+
+
+def test_field_records_are_each_field_whole_on_the_wire_format() -> None:
+    chains = [{"name": "a"}, {"name": "b" * 200}, {"name": "c"}]  # a length of two bytes among them
+    listener = Listener(name="l", filter_chains=chains, stat_prefix="s")
+    records = protowire.field_records(listener.SerializeToString(deterministic=True), 3)
+    each = [protowire.field_bytes(3, c.SerializeToString(deterministic=True)) for c in listener.filter_chains]
+    assert records == each
+    assert Listener.FromString(b"".join(records)) == Listener(filter_chains=chains)
+    assert protowire.field_records(listener.SerializeToString(deterministic=True), 99) == []
+    with pytest.raises(ValueError):
+        protowire.field_records(listener.SerializeToString(deterministic=True)[:-1], 3)

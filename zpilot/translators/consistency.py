@@ -17,6 +17,7 @@ import ipaddress
 import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from typing import Callable, Iterable, Iterator
 
@@ -35,7 +36,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 
 from .. import protowire
 from ..model.problems import clip
-from .context import ListenerParts
+from .context import ListenerParts, SerializedChains
 from .fragments import Fragment
 from .pod_select import TLV_CLUSTER
 from .resources import NodeResources
@@ -294,8 +295,9 @@ def _listener_facts(
         for target in sorted((_matcher_targets(listener.filter_chain_matcher) | piece_targets) - names):
             local.append(f"{where}'s filter chain matcher selects chain {_q(target)}, which does not exist")
     else:
-        chains = [*listener.filter_chains, *(c for piece in pieces for c in piece.chains_list)]
-        matches = Counter(_match_key(c.filter_chain_match) for c in chains)
+        matches = Counter(_match_key(c.filter_chain_match) for c in listener.filter_chains)
+        for piece in pieces:
+            matches.update(piece.match_keys)
         for key, count in matches.items():
             if count > 1:
                 local.append(f"{where} has {count} filter chains matching the same connections ({_described(key)[:120]})")
@@ -322,21 +324,82 @@ def listener_facts_of_parts(name: str, parts: ListenerParts) -> Facts:
 
 @dataclass(frozen=True)
 class _Piece:
-    """The facts of a tuple of filter chains many listeners append (a fragment's value)."""
+    """The facts of a piece of filter chains listeners append (a fragment's value: a tuple of
+    chains many listeners share, or one node's own chains kept serialized)."""
 
     names: Counter
     duplicated: frozenset[str]
     chains: _ChainFacts
-    chains_list: tuple
+    chains_list: tuple = ()
+    #: What each chain matches (``_match_key``), when known without ``chains_list``.
+    keys: tuple[bytes, ...] | None = None
+
+    @cached_property
+    def match_keys(self) -> tuple[bytes, ...]:
+        """What each chain matches: read only for a listener without a chain matcher."""
+        if self.keys is not None:
+            return self.keys
+        return tuple(_match_key(c.filter_chain_match) for c in self.chains_list)
 
 
 def _piece(fragment: Fragment) -> _Piece:
     found = fragment.derived.get("consistency.chains")
     if found is None:
-        chains = _chain_list_facts(listener_pb2.Listener(filter_chains=fragment.value))
+        value = fragment.value
+        if isinstance(value, SerializedChains):  # each chain's facts were kept with its bytes
+            names = Counter(f.name for f in value.facts if f.name)
+            needs = tuple(chain.from_iterable(f.needs for f in value.facts))
+            chains = _ChainFacts(names, needs, _wanted(needs))
+            keys: tuple[bytes, ...] | None = tuple(f.match_key for f in value.facts)
+            chains_list: tuple = ()
+        else:
+            chains = _chain_list_facts(listener_pb2.Listener(filter_chains=value))
+            keys, chains_list = None, tuple(value)
         duplicated = frozenset(name for name, count in chains.names.items() if count > 1)
-        found = fragment.derived["consistency.chains"] = _Piece(chains.names, duplicated, chains, tuple(fragment.value))
+        found = fragment.derived["consistency.chains"] = _Piece(chains.names, duplicated, chains, chains_list, keys)
     return found
+
+
+# -- one chain's facts: kept with its bytes (context.SerializedChains) -------------------------
+
+#: Where a whole listener's facts are kept on the fragment it is (by whoever derived them:
+#: xds/resource_store.py), so that its chains' facts can be read from them later (:func:`chains_of`).
+LISTENER_FACTS = "consistency.listener"
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    """What the check needs of one filter chain: its name, what it matches, what it needs
+    ((kind, name, chain name), in order), whatever listener holds it."""
+
+    name: str
+    match_key: bytes
+    needs: tuple[tuple[str, str, str], ...]
+
+
+def chain_facts(chain: listener_components_pb2.FilterChain) -> ChainFacts:
+    needs = _chain_list_facts(listener_pb2.Listener(filter_chains=[chain])).needs
+    return ChainFacts(chain.name, _match_key(chain.filter_chain_match), needs)
+
+
+def chains_of(listener: listener_pb2.Listener, count: int, facts: Facts | None) -> tuple[ChainFacts, ...]:
+    """The facts of the first ``count`` filter chains of ``listener``. Taken from ``facts`` (the
+    whole listener's, :data:`LISTENER_FACTS`) when given and its chains' names (the default
+    chain's too) tell apart whose each need is, the chains not walked again; else walked."""
+    chains = listener.filter_chains
+    if facts is not None and len(facts.listeners) == 1:
+        names = [c.name for c in chains]
+        if listener.HasField("default_filter_chain"):
+            names.append(listener.default_filter_chain.name)
+        if len(set(names)) == len(names):
+            by_chain: dict[str, list[tuple[str, str, str]]] = {}
+            for need in facts.listeners[0].chains.needs:
+                by_chain.setdefault(need[2], []).append(need)
+            return tuple(
+                ChainFacts(c.name, _match_key(c.filter_chain_match), tuple(by_chain.get(c.name, ())))
+                for c in chains[:count]
+            )
+    return tuple(chain_facts(c) for c in chains[:count])
 
 
 def _piece_targets(fragment: Fragment) -> frozenset[str]:

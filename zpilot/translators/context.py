@@ -24,7 +24,9 @@ from .inputs import MeshInput, NodeInput, ServicePortInput, node_inputs
 from .options import TranslateOptions
 from .resources import NodeResources
 
-__all__ = ["ListenerParts", "LocalIdentity", "NodeView", "ResourceSet", "ServedVip", "TranslateOptions"]
+__all__ = [
+    "ListenerParts", "LocalIdentity", "NodeView", "ResourceSet", "SerializedChains", "ServedVip", "TranslateOptions"
+]
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,24 @@ class ResourceSet:
         return value.members.get(name) if isinstance(value, FragmentGroup) else None
 
 
+@dataclass(frozen=True, eq=False)
+class SerializedChains:
+    """Filter chains kept serialized, as a ``ListenerParts`` piece: each chain as its listener's
+    ``filter_chains`` entry (tag, length, chain), and what the consistency check needs of it
+    (``consistency.ChainFacts``: its name, what it matches, what it needs), made with it.
+
+    What a node's own chains (its pods' inbound chains) are kept as once the node has changed:
+    the next change makes the chains of the pods that changed, and takes the others' bytes and
+    facts as they are (translators/inbound.py), never the hundred chains' messages again."""
+
+    records: tuple[bytes, ...]
+    facts: tuple[Any, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.records) != len(self.facts):
+            raise ValueError(f"{len(self.records)} serialized chains with the facts of {len(self.facts)}")
+
+
 @dataclass(frozen=True)
 class ListenerParts:
     """How a listener was put together from shared pieces, so that what a consumer derives from
@@ -82,9 +102,10 @@ class ListenerParts:
     of the same thousands of chains).
 
     ``own`` is the listener without the pieces: without the chains of ``chains`` (fragments whose
-    value is a tuple of filter chains, appended after its own), its matcher leading to an empty
-    ``on_match`` where it leads to ``matches`` (fragments whose value is a serialized ``OnMatch``);
-    ``match_paths`` says where each is, as the field numbers from the listener down to it.
+    value is a tuple of filter chains or :class:`SerializedChains`, appended after its own), its
+    matcher leading to an empty ``on_match`` where it leads to ``matches`` (fragments whose value
+    is a serialized ``OnMatch``); ``match_paths`` says where each is, as the field numbers from the
+    listener down to it.
     """
 
     own: Message
@@ -184,6 +205,12 @@ class NodeView:
     def fragment(self, builder: Callable[..., Any], *args: Hashable, **kwargs: Hashable) -> Fragment:
         """The memo's fragment ``builder(*args, **kwargs)``, built if no node has it yet."""
         fragment = self.fragments.get(builder, *args, **kwargs)
+        self.used[id(fragment)] = fragment
+        return fragment
+
+    def use(self, fragment: Fragment) -> Fragment:
+        """``fragment`` (found in the memo otherwise than by :meth:`fragment`), noted as one this
+        node's config is made of."""
         self.used[id(fragment)] = fragment
         return fragment
 

@@ -46,6 +46,8 @@ class Fragments:
 
     def __init__(self) -> None:
         self._live: weakref.WeakValueDictionary[Hashable, Fragment] = weakref.WeakValueDictionary()
+        #: The latest fragment of each line (see :meth:`latest`), weakly.
+        self._lines: weakref.WeakValueDictionary[Hashable, Fragment] = weakref.WeakValueDictionary()
         #: How many fragments were built (not found): what tests count to see what was rebuilt.
         self.built = 0
 
@@ -61,6 +63,29 @@ class Fragments:
     def find(self, builder: Callable[..., Any], *args: Hashable) -> Fragment | None:
         """The fragment ``builder(*args)`` if something still holds it, else None (nothing built)."""
         return self._live.get((builder, args))
+
+    def derive(self, builder: Callable[..., Any], args: tuple, make: Callable[[], Any]) -> Fragment:
+        """The fragment ``builder(*args)``, made by ``make()`` when no one holds it: ``make`` must
+        return what ``builder(*args)`` would, derived from an earlier fragment (see :meth:`latest`)
+        for less than building it anew costs."""
+        key = (builder, args)
+        fragment = self._live.get(key)
+        if fragment is None:
+            fragment = Fragment(key, make())
+            self._live[key] = fragment
+            self.built += 1
+        return fragment
+
+    def latest(self, line: Hashable) -> Fragment | None:
+        """The fragment last noted for ``line`` (:meth:`note`) while something still holds it.
+
+        A line is a piece that changes over time in place, one node's own chains, say: what a
+        builder may derive the next one from (``derive``), as long as it derives what it would
+        build. Nothing is keyed by it: it is a hint, and without it the piece is built whole."""
+        return self._lines.get(line)
+
+    def note(self, line: Hashable, fragment: Fragment) -> None:
+        self._lines[line] = fragment
 
     def build(self, builder: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         """Build one fragment (what a test overrides to see what gets built)."""

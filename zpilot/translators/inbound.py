@@ -18,6 +18,7 @@ of the destination pod (inbound_guard.py), where the pod's policies judge the co
 from __future__ import annotations
 
 import functools
+from typing import Any, Callable, Iterable
 
 from google.protobuf import duration_pb2, wrappers_pb2
 
@@ -29,12 +30,13 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_filter
 
-from .. import contract
+from .. import contract, protowire
 from ..model.addresses import host_prefix_len
 from ..model.objects import Workload
 from ..model.policy import WorkloadPolicies
-from . import inbound_guard, names
-from .context import NodeView
+from . import consistency, inbound_guard, names
+from .context import ListenerParts, NodeView, SerializedChains
+from .fragments import Fragment
 from . import rbac
 from .envoy_common import (
     access_log,
@@ -159,47 +161,73 @@ def _transparent_listener(name: str, bind_address: str, port: int, limits: DataP
 #: What an inbound listener's chain of one local pod is made from: the pod, its secret, its policies.
 LocalPod = tuple[Workload, str, WorkloadPolicies]
 
+_FILTER_CHAINS = Listener.DESCRIPTOR.fields_by_name["filter_chains"].number
+
 
 def _hbone_listener(
     bind_address: str, limits: DataPathLimits, trust_domain: str, admin_port: int, pods: tuple[LocalPod, ...]
 ) -> Listener:
     listener = _transparent_listener(contract.INBOUND_LISTENER, bind_address, contract.PORT_HBONE, limits)
     mesh_rbac = mesh_identities_rbac(trust_domain)
-    for pod, secret, policies in pods:
-        listener.filter_chains.append(
-            listener_components_pb2.FilterChain(
-                name=names.inbound_chain(pod.ip),
-                filter_chain_match=_pod_match(pod.ip),
-                filters=[mesh_rbac, connect_terminator(limits, pod.ip, connect_http_filters(pod, policies, admin_port))],
-                transport_socket=downstream_tls(secret, trust_domain),
-            )
-        )
+    for pod in pods:
+        listener.filter_chains.append(_hbone_chain(limits, trust_domain, admin_port, mesh_rbac, pod))
     return listener
+
+
+def _hbone_chain(
+    limits: DataPathLimits,
+    trust_domain: str,
+    admin_port: int,
+    mesh_rbac: listener_components_pb2.Filter,
+    local: LocalPod,
+) -> listener_components_pb2.FilterChain:
+    pod, secret, policies = local
+    return listener_components_pb2.FilterChain(
+        name=names.inbound_chain(pod.ip),
+        filter_chain_match=_pod_match(pod.ip),
+        filters=[mesh_rbac, connect_terminator(limits, pod.ip, connect_http_filters(pod, policies, admin_port))],
+        transport_socket=downstream_tls(secret, trust_domain),
+    )
 
 
 def _plaintext_listener(
     bind_address: str, limits: DataPathLimits, admin_port: int, pods: tuple[LocalPod, ...]
 ) -> Listener:
+    listener = _plaintext_own(bind_address, limits, admin_port, _pod_ips(pods))
+    for pod in pods:  # chosen by IP in the listener's matcher, not by a filter_chain_match
+        listener.filter_chains.append(_plaintext_chain(limits, pod))
+    listener.filter_chains.append(inbound_guard.refused_plaintext_chain(limits))
+    return listener
+
+
+def _plaintext_own(bind_address: str, limits: DataPathLimits, admin_port: int, pod_ips: tuple[str, ...]) -> Listener:
+    """The plaintext listener without its chains: its matcher picks the chain by the pod's IP."""
     listener = _transparent_listener(
         contract.INBOUND_PLAINTEXT_LISTENER, bind_address, contract.PORT_INBOUND_PLAINTEXT, limits
     )
-    for pod, _secret, policies in pods:
-        authorization = rbac.plaintext_filters(pod, policies)
-        chain = proxy_chain(
-            names.inbound_chain(pod.ip),
-            names.VIRTUAL_INBOUND,
-            idle_timeout=idle_timeout(limits),
-            stat_prefix="virtual_inbound_plaintext",
-            connect_on_data=bool(authorization),
-        )
-        proxy = list(chain.filters)
-        del chain.filters[:]
-        chain.filters.extend([*authorization, *proxy])
-        listener.filter_chains.append(chain)  # chosen by IP in the matcher below, not by a filter_chain_match
-    listener.filter_chains.append(inbound_guard.refused_plaintext_chain(limits))
-    pod_chains = {pod.ip: names.inbound_chain(pod.ip) for pod, _secret, _policies in pods if pod.ip}
+    pod_chains = {ip: names.inbound_chain(ip) for ip in pod_ips if ip}
     listener.filter_chain_matcher.CopyFrom(inbound_guard.plaintext_matcher(pod_chains, admin_port))
     return listener
+
+
+def _pod_ips(pods: tuple[LocalPod, ...]) -> tuple[str, ...]:
+    return tuple([pod.ip for pod, _secret, _policies in pods])
+
+
+def _plaintext_chain(limits: DataPathLimits, local: LocalPod) -> listener_components_pb2.FilterChain:
+    pod, _secret, policies = local
+    authorization = rbac.plaintext_filters(pod, policies)
+    chain = proxy_chain(
+        names.inbound_chain(pod.ip),
+        names.VIRTUAL_INBOUND,
+        idle_timeout=idle_timeout(limits),
+        stat_prefix="virtual_inbound_plaintext",
+        connect_on_data=bool(authorization),
+    )
+    proxy = list(chain.filters)
+    del chain.filters[:]
+    chain.filters.extend([*authorization, *proxy])
+    return chain
 
 
 def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
@@ -208,9 +236,34 @@ def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
 
 def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:
     """:func:`inbound_listener` and :func:`inbound_plaintext_listener`, from one list of the local
-    pods (what keys both in the memo: made once per node)."""
+    pods (what keys both in the memo: made once per node).
+
+    Translated for a consumer that joins bytes (``view.whole_listeners`` false: the producer), a
+    node that changed keeps its pods' chains serialized (``SerializedChains``): see :func:`_pieced`."""
     pods = _local_pods(view)
-    return _inbound_listener(view, pods), _inbound_plaintext_listener(view, pods)
+    if view.whole_listeners:
+        return _inbound_listener(view, pods), _inbound_plaintext_listener(view, pods)
+    options = view.options
+    bind, limits, admin_port, td = options.bind_address, options.limits, options.admin_port, view.trust_domain
+    mesh_rbac = mesh_identities_rbac(td)
+    hbone = _pieced(
+        view,
+        (_hbone_listener, (bind, limits, td, admin_port, pods)),
+        (_hbone_chains, (limits, td, admin_port, pods)),
+        lambda pod: _hbone_chain(limits, td, admin_port, mesh_rbac, pod),
+        lambda chains: view.fragment(_hbone_parts, bind, limits, chains),
+    )
+    plaintext = _pieced(
+        view,
+        (_plaintext_listener, (bind, limits, admin_port, pods)),
+        (_plaintext_chains, (limits, pods)),
+        lambda pod: _plaintext_chain(limits, pod),
+        lambda chains: view.fragment(
+            _plaintext_parts, bind, limits, admin_port, _pod_ips(pods), chains,
+            view.fragment(_refused_chains, limits),
+        ),
+    )
+    return hbone, plaintext
 
 
 def inbound_listener(view: NodeView) -> Listener:
@@ -234,3 +287,120 @@ def _inbound_listener(view: NodeView, pods: tuple[LocalPod, ...]) -> Listener:
 def _inbound_plaintext_listener(view: NodeView, pods: tuple[LocalPod, ...]) -> Listener:
     options = view.options
     return view.shared(_plaintext_listener, options.bind_address, options.limits, options.admin_port, pods)
+
+
+# -- a node's own chains kept serialized, from its first change on ----------------------------
+
+Built = tuple[Callable[..., Any], tuple]
+
+
+def _pieced(
+    view: NodeView,
+    whole: Built,
+    chains: Built,
+    make_chain: Callable[[LocalPod], listener_components_pb2.FilterChain],
+    parts: Callable[[Fragment], Fragment],
+) -> Listener:
+    """An inbound listener for the producer: the whole listener (``whole``: builder and
+    arguments, the last of which are the pods), or its own part and its pods' chains kept
+    serialized (``chains``), whichever the memo holds.
+
+    A cold generation builds every node's listener whole and serializes it whole (one message,
+    one serialization and one walk of its facts per listener). When a node's pods change, its
+    new chains are derived from the ones it had (``Fragments.latest``: the whole listener, or
+    the chains kept serialized), the chain of each pod that changed made and serialized, every
+    other taken as its bytes and facts (``make_chain``: one pod's chain): a pod change costs
+    its chain, not its node's hundred. The node's chains are kept so from then on; joined with
+    its own part (``parts``) they are byte for byte the whole listener
+    (tests/properties/test_inbound_parts.py)."""
+    fragments = view.fragments
+    pods = whole[1][-1]
+    line = (whole[0], view.node, whole[1][:-1])  # the node's, as long as the rest is the same
+    base = fragments.latest(line)
+    if base is None:  # never built (a cold generation): whole
+        listener = view.fragment(whole[0], *whole[1])
+        fragments.note(line, listener)
+        return listener.value
+    if base.key[1][-1] == pods:  # the node's pods as they were (looked up by its line: the pods are not hashed)
+        found = view.use(base)
+        if base.key[0] is whole[0]:  # never changed since built whole
+            return base.value
+    else:
+        found = view.use(fragments.derive(chains[0], chains[1], lambda: _derived(base, pods, make_chain)))
+        fragments.note(line, found)
+    made: ListenerParts = parts(found).value
+    view.listener_parts[made.own.name] = made
+    return made.own
+
+
+def _derived(
+    base: Fragment, pods: tuple[LocalPod, ...], make_chain: Callable[[LocalPod], listener_components_pb2.FilterChain]
+) -> SerializedChains:
+    """The chains of ``pods`` from ``base`` (a whole listener or chains kept serialized, of the
+    pods its last argument names): the pods both have first and last kept as they are, the ones
+    between made (one pod added, gone or changed: that pod's)."""
+    before: tuple[LocalPod, ...] = base.key[1][-1]
+    if isinstance(base.value, SerializedChains):
+        records, facts = base.value.records, base.value.facts
+    else:
+        listener: Listener = base.value
+        # its chains' bytes cut from it serialized: one serialization, not one per chain
+        serialized = listener.SerializeToString(deterministic=True)
+        records = tuple(protowire.field_records(serialized, _FILTER_CHAINS)[: len(before)])
+        facts = consistency.chains_of(listener, len(before), base.derived.get(consistency.LISTENER_FACTS))
+    same = min(len(before), len(pods))
+    start = 0
+    while start < same and before[start] == pods[start]:
+        start += 1
+    end = 0
+    while end < same - start and before[-1 - end] == pods[-1 - end]:
+        end += 1
+    made = [make_chain(pod) for pod in pods[start : len(pods) - end]]
+    kept = len(before) - end
+    return SerializedChains(
+        records[:start] + tuple(map(_record, made)) + records[kept:],
+        facts[:start] + tuple(map(consistency.chain_facts, made)) + facts[kept:],
+    )
+
+
+def _record(chain: listener_components_pb2.FilterChain) -> bytes:
+    """A chain as its listener's ``filter_chains`` entry (tag, length, chain)."""
+    return protowire.field_bytes(_FILTER_CHAINS, chain.SerializeToString(deterministic=True))
+
+
+def _serialized(chains: Iterable[listener_components_pb2.FilterChain]) -> SerializedChains:
+    made = list(chains)
+    return SerializedChains(tuple(map(_record, made)), tuple(map(consistency.chain_facts, made)))
+
+
+def _hbone_chains(
+    limits: DataPathLimits, trust_domain: str, admin_port: int, pods: tuple[LocalPod, ...]
+) -> SerializedChains:
+    """The HBONE listener's chains of ``pods``, serialized (made so by :func:`_derived`, from the
+    chains the node had: this is what that gives)."""
+    mesh_rbac = mesh_identities_rbac(trust_domain)
+    return _serialized(_hbone_chain(limits, trust_domain, admin_port, mesh_rbac, pod) for pod in pods)
+
+
+def _plaintext_chains(limits: DataPathLimits, pods: tuple[LocalPod, ...]) -> SerializedChains:
+    """The plaintext listener's chains of ``pods``, serialized (as :func:`_hbone_chains`)."""
+    return _serialized(_plaintext_chain(limits, pod) for pod in pods)
+
+
+def _hbone_parts(bind_address: str, limits: DataPathLimits, chains: Fragment) -> ListenerParts:
+    """The HBONE listener as its own part and its pods' chains (a fragment of ``SerializedChains``)."""
+    own = _transparent_listener(contract.INBOUND_LISTENER, bind_address, contract.PORT_HBONE, limits)
+    return ListenerParts(own, chains=(chains,))
+
+
+def _plaintext_parts(
+    bind_address: str, limits: DataPathLimits, admin_port: int, pod_ips: tuple[str, ...], chains: Fragment,
+    refused: Fragment,
+) -> ListenerParts:
+    """The plaintext listener as its own part (with the matcher), its pods' chains and the
+    refusing chain (every node's alike)."""
+    return ListenerParts(_plaintext_own(bind_address, limits, admin_port, pod_ips), chains=(chains, refused))
+
+
+def _refused_chains(limits: DataPathLimits) -> tuple[listener_components_pb2.FilterChain, ...]:
+    return (inbound_guard.refused_plaintext_chain(limits),)

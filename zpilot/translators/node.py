@@ -37,8 +37,12 @@ class Translated:
 
     @cached_property
     def _by_message(self) -> dict[int, Fragment]:
-        # ids are stable here: the fragments held by this object keep their values alive
-        return {id(f.value): f for f in self.fragments}
+        # ids are stable here: the fragments held by this object keep their values alive. A
+        # listener whose parts are a fragment (ListenerParts) is found by its own part: what it
+        # is joined from is the fragment's, so it is serialized once.
+        found = {id(f.value): f for f in self.fragments}
+        found.update((id(f.value.own), f) for f in self.fragments if isinstance(f.value, ListenerParts))
+        return found
 
 
 def translate_view(view: NodeView) -> Translated:

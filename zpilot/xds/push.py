@@ -310,7 +310,7 @@ class Producer:
             parts = translated.listener_parts.get(name) if type_url == LISTENER_TYPE else None
             fragment = translated.shared_resource(message)
             own[name] = resource = self.store.resource(type_url, name, message, fragment, parts)
-            facts.append(self.store.facts(resource, message, parts))
+            facts.append(self.store.facts(resource, message, parts, fragment))
         return self.store.composed(type_url, [self.store.resource_set(s) for s in sets], own)
 
     def _build_all(self, nodes: Iterable[tuple[str, Hashable]], changed_at: float) -> dict[str, _Built | str]:

@@ -33,7 +33,7 @@ from google.protobuf.message import Message
 from .. import protowire
 
 from ..translators import consistency
-from ..translators.context import ListenerParts, ResourceSet
+from ..translators.context import ListenerParts, ResourceSet, SerializedChains
 from ..translators.fragments import Fragment, FragmentGroup
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 from .snapshot import CachedResource, TypeResources, content_version
@@ -175,11 +175,17 @@ class ResourceStore:
         return found
 
     def facts(
-        self, resource: CachedResource, message: Message, parts: ListenerParts | None = None
+        self,
+        resource: CachedResource,
+        message: Message,
+        parts: ListenerParts | None = None,
+        fragment: Fragment | None = None,
     ) -> consistency.Facts:
         """The consistency facts of a serialized resource (``message`` is what it was serialized
         from; ``parts``: how a listener was put together from shared pieces, which makes its
-        facts cheaper to derive)."""
+        facts cheaper to derive). A whole listener's are kept on its ``fragment`` too, where
+        the facts of its chains are read from when a node's chains are derived from it
+        (``consistency.chains_of``)."""
         found = self._facts.get(resource)
         if found is None:
             if parts is not None:
@@ -187,6 +193,8 @@ class ResourceStore:
             else:
                 found = consistency.resource_facts(CHECKED[resource.type_url], resource.name, message)
             self._facts[resource] = found
+        if fragment is not None and parts is None and resource.type_url == LISTENER_TYPE:
+            fragment.derived[consistency.LISTENER_FACTS] = found
         return found
 
     def set_facts(self, shared: ResourceSet) -> consistency.Facts:
@@ -256,7 +264,9 @@ def listener_pieces(name: str, parts: ListenerParts) -> list[tuple[bytes, str | 
     own = parts.own.SerializeToString(deterministic=True)
     at = protowire.insertion_point(own, _FILTER_CHAINS)
     pieces: list[tuple[bytes, str | None]] = [(own[:at], None)]
-    pieces.extend(_chunk(f, _chains_bytes) for f in parts.chains)
+    pieces.extend(
+        _own_chunk(f) if isinstance(f.value, SerializedChains) else _chunk(f, _chains_bytes) for f in parts.chains
+    )
     matches = [_chunk(f, bytes) for f in parts.matches]
     for piece in protowire.spliced(own[at:], list(parts.match_paths), [len(data) for data, _ in matches]):
         pieces.append((piece, None) if isinstance(piece, bytes) else matches[piece])
@@ -265,6 +275,14 @@ def listener_pieces(name: str, parts: ListenerParts) -> list[tuple[bytes, str | 
 
 def _chains_bytes(chains) -> bytes:
     return b"".join(protowire.field_bytes(_FILTER_CHAINS, c.SerializeToString(deterministic=True)) for c in chains)
+
+
+def _own_chunk(fragment: Fragment) -> tuple[bytes, None]:
+    """A node's own chains kept serialized (``SerializedChains``), joined: bytes of the node's
+    alone, so joined into its own part (hash ``None``), whose version is then the whole
+    listener's content hash, as if it had been serialized whole. Not kept: the listener they
+    are joined into is (on its own fragment: ``Translated.shared_resource``)."""
+    return b"".join(fragment.value.records), None
 
 
 def _chunk(fragment: Fragment, serialize) -> tuple[bytes, str]:

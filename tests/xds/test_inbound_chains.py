@@ -1,0 +1,121 @@
+"""A node's inbound listeners after a pod change: its pods' chains kept serialized, derived from
+the ones it had, served byte for byte (and version for version) as the whole listener.
+
+A cold generation builds and serializes each node's inbound listeners whole; the node's first
+pod change derives its chains from that listener (each kept chain's bytes and consistency
+facts taken from it, the new pod's made), the next ones from the chains kept then
+(translators/inbound.py). These tests follow one node through such changes and compare what
+is served with the node translated whole, and check that the kept chains are not made again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from envoy.config.listener.v3.listener_pb2 import Listener
+from google.protobuf import any_pb2
+
+from zpilot import contract, protowire
+from zpilot.model.index import MeshIndex
+from zpilot.synthetic import Shape, extra_pod, node_name, synthetic_cluster, synthetic_manifests
+from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency, translate_node
+from zpilot.translators.context import ListenerParts, SerializedChains
+from zpilot.translators.fragments import Fragment
+from zpilot.xds.order import LISTENER_TYPE
+from zpilot.xds.push import Producer
+from zpilot.xds.resource_store import listener_pieces
+from zpilot.xds.snapshot import content_version
+from zpilot.xds.snapshot_cache import SnapshotCache
+
+SHAPE = Shape(nodes=3, pods=24, services=4, namespaces=2, ports_per_service=2, service_accounts_per_namespace=2)
+OPTIONS = TranslateOptions(layout="linear")
+INBOUND = (contract.INBOUND_LISTENER, contract.INBOUND_PLAINTEXT_LISTENER)
+NODE = node_name(1)
+
+
+def _index(docs: list[dict], previous: MeshIndex | None = None) -> MeshIndex:
+    return MeshIndex.build(synthetic_cluster(docs), previous=previous)
+
+
+def _served(producer: Producer, node: str) -> dict[str, tuple[bytes, str]]:
+    items = producer.cache.get_snapshot(node).resources(LISTENER_TYPE).items
+    return {name: (any_pb2.Any.FromString(items[name].any).value, items[name].version) for name in INBOUND}
+
+
+def _whole(index: MeshIndex, node: str) -> dict[str, tuple[bytes, str]]:
+    listeners = translate_node(index, node, OPTIONS).listeners
+    out = {}
+    for name in INBOUND:
+        data = listeners[name].SerializeToString(deterministic=True)
+        out[name] = (data, content_version(data))
+    return out
+
+
+def _kept(producer: Producer, node: str) -> list[SerializedChains]:
+    return [f.value for f in producer._fragments[node] if isinstance(f.value, SerializedChains)]
+
+
+def test_a_pod_change_serves_the_whole_listener_from_the_chains_the_node_kept() -> None:
+    docs = synthetic_manifests(SHAPE)
+    producer = Producer(SnapshotCache(), translate=IncrementalTranslator(OPTIONS))
+    index = _index(docs)
+    asyncio.run(producer.update(index))
+    assert not _kept(producer, NODE)  # cold: whole listeners
+    assert _served(producer, NODE) == _whole(index, NODE)
+
+    added = [extra_pod(SHAPE, 0, node=1), extra_pod(SHAPE, 1, node=1)]
+    history = [docs + added[:1], docs + added, docs + added[1:], docs]
+    runs = []
+    for step in history:
+        index = _index(step, index)
+        report = asyncio.run(producer.update(index))
+        assert not report.failed
+        assert _served(producer, NODE) == _whole(index, NODE)
+        kept = _kept(producer, NODE)
+        assert len(kept) == 2  # the HBONE listener's chains and the plaintext listener's
+        runs.append(kept)
+    # a pod added, then another: every chain but the new pod's is the very bytes it was
+    before, after = runs[0][0].records, runs[1][0].records
+    assert len(after) == len(before) + 1
+    assert sum(any(r is b for b in before) for r in after) == len(before)
+    # every other node was not translated again for its inbound listeners: still whole
+    assert not _kept(producer, node_name(0))
+
+
+def test_chains_kept_serialized_are_judged_as_the_whole_listener() -> None:
+    """A listener joined from its own part and chains kept serialized has the findings of the
+    whole listener, for a listener Envoy would refuse too: two chains of one name matching the
+    same connections (the model never gives two pods of a node one IP: made by hand)."""
+    index = _index(synthetic_manifests(SHAPE))
+    for name in INBOUND:
+        whole = translate_node(index, NODE, OPTIONS).listeners[name]
+        whole.filter_chains.append(whole.filter_chains[0])  # the first pod's chain twice
+        own = Listener()
+        own.CopyFrom(whole)
+        del own.filter_chains[:]
+        chains = Fragment("chains", SerializedChains(
+            tuple(protowire.field_bytes(3, c.SerializeToString(deterministic=True)) for c in whole.filter_chains),
+            consistency.chains_of(whole, len(whole.filter_chains), None),
+        ))
+        joined = consistency.listener_facts_of_parts(name, ListenerParts(own, chains=(chains,)))
+        walked = consistency.resource_facts(consistency.LISTENER, name, whole)
+        assert joined.listeners[0].local == walked.listeners[0].local
+        assert any("filter chains named" in f for f in walked.listeners[0].local)
+        if name == contract.INBOUND_LISTENER:  # no chain matcher: the chains' matches are compared
+            assert any("matching the same connections" in f for f in walked.listeners[0].local)
+        assert joined.wanted == walked.wanted
+        assert sorted(joined.listeners[0].chains.needs) == sorted(walked.listeners[0].chains.needs)
+        pieces = listener_pieces(name, ListenerParts(own, chains=(chains,)))
+        assert b"".join(data for data, _hash in pieces) == whole.SerializeToString(deterministic=True)
+        assert all(data_hash is None for _data, data_hash in pieces)  # a node's own bytes: hashed whole
+
+
+def test_chain_facts_read_from_a_whole_listeners_facts_are_the_walked_ones() -> None:
+    index = _index(synthetic_manifests(SHAPE))
+    for name in INBOUND:
+        listener = translate_node(index, NODE, OPTIONS).listeners[name]
+        facts = consistency.resource_facts(consistency.LISTENER, name, listener)
+        count = len(listener.filter_chains)
+        walked = consistency.chains_of(listener, count, None)
+        assert consistency.chains_of(listener, count, facts) == walked
+        assert walked and all(f.needs for f in walked) or name == contract.INBOUND_PLAINTEXT_LISTENER
