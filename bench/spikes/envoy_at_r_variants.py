@@ -164,7 +164,8 @@ def tags_round5(config) -> None:
     kept = [t for t in config.stats_config.stats_tags if t.tag_name != "envoy.tls_certificate"]
     del config.stats_config.stats_tags[:]
     config.stats_config.stats_tags.extend(kept)
-    config.stats_config.stats_tags.add(tag_name="envoy.tls_certificate", regex=rf"\.ssl\.certificate\.(({SECRET_STAT_TAG_VALUE})\.)")
+    config.stats_config.stats_tags.add(
+        tag_name="envoy.tls_certificate", regex=rf"\.ssl\.certificate\.(({SECRET_STAT_TAG_VALUE})\.)")
 
 
 #: name -> (``--service-stats``, a change to the bootstrap or None); as-served is the default, ``traffic``.
@@ -271,7 +272,8 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
         args += ["--concurrency", str(concurrency)]
     out = workdir / "callgrind.out"
     if callgrind:
-        args = ["valgrind", "--tool=callgrind", "--cache-sim=no", "--separate-threads=yes", f"--callgrind-out-file={out}", *args]
+        args = ["valgrind", "--tool=callgrind", "--cache-sim=no", "--separate-threads=yes",
+                f"--callgrind-out-file={out}", *args]
     log = open(workdir / "envoy.log", "wb")
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -291,7 +293,8 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
             text = (workdir / "envoy.log").read_text(errors="replace")
             last = text.find(CALLGRIND_STEPS[-1][1])
             counts = _main_thread_instructions(out)
-            return {"variant": variant, "million_instructions": {step: round(n / 1e6) for (step, _), n in zip(CALLGRIND_STEPS, counts)},
+            steps = {step: round(n / 1e6) for (step, _), n in zip(CALLGRIND_STEPS, counts)}
+            return {"variant": variant, "million_instructions": steps,
                     "total_million": round(sum(counts[:len(CALLGRIND_STEPS)]) / 1e6),
                     "reset_before_last_listener": RESET in (text[:last] if last >= 0 else text)}
         rss, cpu = scale._rss_mb(proc.pid), scale._cpu_seconds(proc.pid)
@@ -315,7 +318,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, help="Envoy's --concurrency (default: Envoy's, the core count)")
     parser.add_argument("--census", action="store_true", help="count Envoy's stats by kind after LIVE (slow)")
-    parser.add_argument("--callgrind", action="store_true", help="Envoy's main-thread instructions per step, under valgrind")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="Envoy's main-thread instructions per step, under valgrind")
     args = parser.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS and v not in BOOTSTRAP_VARIANTS]
     if unknown:

@@ -413,8 +413,8 @@ NAME_TAGS: tuple[tuple[str, str], ...] = (
 LISTENER_ADDRESS = r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+"
 #: The clusters with a TLS transport socket, as their stats name them: the tunnels to an identity
 #: (``outbound_tunnel_clus_``, ``outbound_local_tunnel_clus_``... then the identity, its "://" written "_") and
-#: the bootstrap's ADS cluster.
-TLS_CLUSTER_STAT_NAME = rf"outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/.]+|{XDS_CLUSTER}"  # no character RE2 or std::regex reads
+#: the bootstrap's ADS cluster (whose name holds no character a regex reads).
+TLS_CLUSTER_STAT_NAME = rf"outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/.]+|{XDS_CLUSTER}"
 #: The field of Envoy's StatsConfig (since 1.39) that lets a ``stats_tags`` entry replace Envoy's default
 #: extractor of the same tag name (without it the default wins and the entry is ignored): xds-protos 1.85's
 #: message lacks it, so :func:`bootstrap_document` adds it to the JSON Envoy reads.
