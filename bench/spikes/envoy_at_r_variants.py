@@ -20,6 +20,7 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
     reject-all       no stats at all (what all of them cost)
     tags-none        no ``stats_tags`` (what zpilot's stat tags cost)
     tags-round5      the certificate's tag as round five had it, unanchored (tried on every stat name)
+    pods-stats-out   ``traffic`` for the per-node pod clusters (``pods_on_<node>``) and their tcp_proxies too
 
 ``--callgrind`` runs Envoy under ``valgrind --tool=callgrind`` instead (about 3 minutes a run) and reports its
 main thread's instructions per step of its start (dumped as its log announces each: CDS applied, the
@@ -168,11 +169,21 @@ def tags_round5(config) -> None:
         tag_name="envoy.tls_certificate", regex=rf"\.ssl\.certificate\.(({SECRET_STAT_TAG_VALUE})\.)")
 
 
+def pods_stats_out(config) -> None:
+    """``traffic`` for the per-node pod clusters too: their bookkeeping and their tcp_proxies' stats left out."""
+    from zpilot.translators.bootstrap import CLUSTER_BOOKKEEPING_STATS, _regex
+    from zpilot.translators.names import PODS_ON_PREFIX
+
+    patterns = config.stats_config.stats_matcher.exclusion_list.patterns
+    patterns.append(_regex(rf"tcp\.{PODS_ON_PREFIX}[^/]*"))
+    patterns.append(_regex(rf"cluster\.{PODS_ON_PREFIX}[^/]*\.(?:{CLUSTER_BOOKKEEPING_STATS})"))
+
+
 #: name -> (``--service-stats``, a change to the bootstrap or None); as-served is the default, ``traffic``.
 BOOTSTRAP_VARIANTS: dict[str, tuple[str, Callable | None]] = {
     "stats-all": ("all", None), "stats-none": ("none", None), "tags-min": ("all", tags_min),
     "tags-min+none": ("none", tags_min), "tags-min+traffic": ("traffic", tags_min), "slow-noop": ("all", slow_noop), "reject-all": ("all", reject_all),
-    "tags-none": ("traffic", tags_none), "tags-round5": ("traffic", tags_round5),
+    "tags-none": ("traffic", tags_none), "tags-round5": ("traffic", tags_round5), "pods-stats-out": ("traffic", pods_stats_out),
 }
 
 
