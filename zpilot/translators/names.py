@@ -117,7 +117,7 @@ def stat_name_tag_value(cluster_domain: str, other: str = r"[^.]+") -> str:
     ``pods_on_<node>`` comes first, whole up to its first dot as the last alternative would take it (a node
     name has no "_": none of the shapes can match it): one cluster and one tcp_proxy per node, they make most
     of a node's cluster and tcp stats at R, and Envoy runs these regexes with std::regex, which tries the
-    alternatives in order, each one that fails at a cost (three times fewer instructions for such a name)."""
+    alternatives in order, each one that fails at a cost (a third of the time for such a name, with libc++)."""
     service_port = rf"[^./_]+_[^./_]+\.[^./_]+\.svc\.{re.escape(cluster_domain)}"
     return "|".join((
         rf"{re.escape(PODS_ON_PREFIX)}[^.]+",
