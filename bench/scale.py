@@ -512,7 +512,7 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     proc = subprocess.Popen(
         [_envoy_binary(envoy_path()), "-c", str(workdir / "bootstrap.json"), "--base-id", str(next_base_id() + 7000),
-         "--disable-hot-restart", "-l", "warning"],
+         "--disable-hot-restart", *chart_envoy_args()],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
@@ -536,6 +536,20 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
         await plane.stop()
+
+
+#: The chart's values (charts/zpilot/values.yaml), whose ``ztunnel`` Envoy flags the envoy phase takes.
+CHART_VALUES = Path(__file__).resolve().parents[1] / "charts" / "zpilot" / "values.yaml"
+
+
+def chart_envoy_args() -> list[str]:
+    """Envoy's flags as the chart's ztunnel DaemonSet passes them (its worker threads, its log level), so
+    that the phase measures the Envoy a cluster runs, not Envoy's defaults on this machine (one worker
+    per core: a node with more cores than this one would otherwise be measured with fewer)."""
+    import yaml
+
+    ztunnel = yaml.safe_load(CHART_VALUES.read_text())["ztunnel"]
+    return ["--concurrency", str(ztunnel["concurrency"]), "--log-level", str(ztunnel["logLevel"])]
 
 
 def _envoy_binary(path: str) -> str:

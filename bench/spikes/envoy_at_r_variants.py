@@ -18,6 +18,16 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
     tags-min+none    both; tags-min+traffic: tags-min as served
     slow-noop        stats-all with an exclusion matcher that matches nothing (the matcher's own cost)
     reject-all       no stats at all (what all of them cost)
+    tags-none        no ``stats_tags`` (what zpilot's stat tags cost)
+    tags-round5      the certificate's tag as round five had it, unanchored (tried on every stat name)
+    pods-stats-out   ``traffic`` for the per-node pod clusters (``pods_on_<node>``) and their tcp_proxies too
+
+``--callgrind`` runs Envoy under ``valgrind --tool=callgrind`` instead (about 3 minutes a run) and reports its
+main thread's instructions per step of its start (dumped as its log announces each: CDS applied, the
+clusters warm, the inbound, plaintext and outbound listeners added): a count the machine's load does not
+change, where the binary's missing symbols leave ``perf`` only addresses (docs/scale.md, round six). Under
+valgrind Envoy is slow enough that its LDS initial fetch times out and its ADS stream may be reset; a run
+whose log shows a reset before its last listener is reported as such.
 
 Only ``as-served`` pins identities: the others are for measuring (Envoy's ``internal_upstream``
 hands an internal listener a host's or its cluster's ``filter_metadata``, never its locality's, and
@@ -26,6 +36,7 @@ no typed metadata). Per run: seconds to ``/ready`` LIVE, Envoy CPU seconds, RSS 
 
     PYTHONPATH=$PWD python3 bench/spikes/envoy_at_r_variants.py --runs 5 as-served no-identity
     PYTHONPATH=$PWD python3 bench/spikes/envoy_at_r_variants.py --census --runs 1 as-served stats-all  # stats by kind
+    PYTHONPATH=$PWD python3 bench/spikes/envoy_at_r_variants.py --callgrind --runs 1 as-served tags-round5
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -142,10 +154,36 @@ def reject_all(config) -> None:
     config.stats_config.stats_matcher.reject_all = True
 
 
+def tags_none(config) -> None:
+    del config.stats_config.stats_tags[:]
+
+
+def tags_round5(config) -> None:
+    """The certificate's tag as one regex without a literal first token, as round five wrote it."""
+    from zpilot.translators.names import SECRET_STAT_TAG_VALUE
+
+    kept = [t for t in config.stats_config.stats_tags if t.tag_name != "envoy.tls_certificate"]
+    del config.stats_config.stats_tags[:]
+    config.stats_config.stats_tags.extend(kept)
+    config.stats_config.stats_tags.add(
+        tag_name="envoy.tls_certificate", regex=rf"\.ssl\.certificate\.(({SECRET_STAT_TAG_VALUE})\.)")
+
+
+def pods_stats_out(config) -> None:
+    """``traffic`` for the per-node pod clusters too: their bookkeeping and their tcp_proxies' stats left out."""
+    from zpilot.translators.bootstrap import CLUSTER_BOOKKEEPING_STATS, _regex
+    from zpilot.translators.names import PODS_ON_PREFIX
+
+    patterns = config.stats_config.stats_matcher.exclusion_list.patterns
+    patterns.append(_regex(rf"tcp\.{PODS_ON_PREFIX}[^/]*"))
+    patterns.append(_regex(rf"cluster\.{PODS_ON_PREFIX}[^/]*\.(?:{CLUSTER_BOOKKEEPING_STATS})"))
+
+
 #: name -> (``--service-stats``, a change to the bootstrap or None); as-served is the default, ``traffic``.
 BOOTSTRAP_VARIANTS: dict[str, tuple[str, Callable | None]] = {
     "stats-all": ("all", None), "stats-none": ("none", None), "tags-min": ("all", tags_min),
     "tags-min+none": ("none", tags_min), "tags-min+traffic": ("traffic", tags_min), "slow-noop": ("all", slow_noop), "reject-all": ("all", reject_all),
+    "tags-none": ("traffic", tags_none), "tags-round5": ("traffic", tags_round5), "pods-stats-out": ("traffic", pods_stats_out),
 }
 
 
@@ -155,13 +193,43 @@ def _census(admin: int) -> dict:
     from collections import Counter
 
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=60) as r:
-        names = [line.split(":", 1)[0] for line in r.read().decode().splitlines()]
+        names = [line.rsplit(": ", 1)[0] for line in r.read().decode().splitlines()]  # a name may hold "://"
     service = re.compile(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}.*")
     kinds = Counter("service-port " + n.split(".", 1)[0] if service.fullmatch(n) else n.split(".", 1)[0] for n in names)
     return {"stats": len(names), "by_kind": dict(kinds.most_common(12))}
 
 
-async def run(variant: str, concurrency: int | None, census_stats: bool = False) -> dict:
+#: The steps of Envoy's start a ``--callgrind`` run counts, each ending where Envoy's log (``-l info``) says so.
+CALLGRIND_STEPS = (
+    ("start+cds", "cds: added/updated"),  # the bootstrap, the ADS connection, CDS decoded and applied
+    ("eds", "all clusters initialized. initializing"),
+    ("lds+inbound", "lds: add/update listener 'ztunnel_inbound'"),  # LDS decoded, the small listeners, the HBONE one
+    ("plaintext", "lds: add/update listener 'ztunnel_inbound_plaintext'"),
+    ("outbound", "lds: add/update listener 'ztunnel_outbound'"),
+)
+RESET = "gRPC config stream to xds-grpc closed"
+
+
+async def _dump_at_each_step(pid: int, log: Path, deadline: float) -> None:
+    steps = [marker for _, marker in CALLGRIND_STEPS]
+    while steps and time.monotonic() < deadline:
+        text = log.read_text(errors="replace")
+        while steps and steps[0] in text:
+            subprocess.run(["callgrind_control", "-d", str(pid)], capture_output=True, check=False)
+            steps.pop(0)
+        await asyncio.sleep(0.2)
+
+
+def _main_thread_instructions(out: Path) -> list[int]:
+    """Each dump's instructions of thread 1 (``--separate-threads``: ``<out>.<dump>-<thread>``)."""
+    counts = {}
+    for dump in out.parent.glob(f"{out.name}.*-01"):
+        found = re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M)
+        counts[int(dump.name[len(out.name) + 1:].split("-")[0])] = int(found.group(1)) if found else 0
+    return [counts[n] for n in sorted(counts)]
+
+
+async def run(variant: str, concurrency: int | None, census_stats: bool = False, callgrind: bool = False) -> dict:
     from google.protobuf import json_format
 
     from zpilot.certs import CertificateAuthority, IdentityCache
@@ -210,21 +278,36 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False)
         tweak(config)
     (workdir / "bootstrap.json").write_text(json.dumps(with_missing_fields(json_format.MessageToDict(config, preserving_proto_field_name=True))))
     args = [scale._envoy_binary(envoy_path()), "-c", str(workdir / "bootstrap.json"), "--base-id", str(next_base_id() + 7100),
-            "--disable-hot-restart", "-l", "warning"]
+            "--disable-hot-restart", "-l", "info" if callgrind else "warning"]
     if concurrency:
         args += ["--concurrency", str(concurrency)]
+    out = workdir / "callgrind.out"
+    if callgrind:
+        args = ["valgrind", "--tool=callgrind", "--cache-sim=no", "--separate-threads=yes",
+                f"--callgrind-out-file={out}", *args]
     log = open(workdir / "envoy.log", "wb")
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         live = None
-        while time.monotonic() - started < 60:
+        timeout = 900 if callgrind else 60
+        if callgrind:
+            await _dump_at_each_step(proc.pid, workdir / "envoy.log", started + timeout)
+        while time.monotonic() - started < timeout:
             if proc.poll() is not None:
                 raise RuntimeError(f"envoy exited {proc.returncode}: {(workdir / 'envoy.log').read_text()[-500:]}")
             if await asyncio.to_thread(scale._is_live, admin):
                 live = time.monotonic() - started
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(1 if callgrind else 0.01)
+        if callgrind:
+            text = (workdir / "envoy.log").read_text(errors="replace")
+            last = text.find(CALLGRIND_STEPS[-1][1])
+            counts = _main_thread_instructions(out)
+            steps = {step: round(n / 1e6) for (step, _), n in zip(CALLGRIND_STEPS, counts)}
+            return {"variant": variant, "million_instructions": steps,
+                    "total_million": round(sum(counts[:len(CALLGRIND_STEPS)]) / 1e6),
+                    "reset_before_last_listener": RESET in (text[:last] if last >= 0 else text)}
         rss, cpu = scale._rss_mb(proc.pid), scale._cpu_seconds(proc.pid)
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/memory", timeout=5) as r:
             memory = json.load(r)
@@ -246,6 +329,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, help="Envoy's --concurrency (default: Envoy's, the core count)")
     parser.add_argument("--census", action="store_true", help="count Envoy's stats by kind after LIVE (slow)")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="Envoy's main-thread instructions per step, under valgrind")
     args = parser.parse_args()
     unknown = [v for v in args.variants if v not in VARIANTS and v not in BOOTSTRAP_VARIANTS]
     if unknown:
@@ -253,9 +338,11 @@ def main() -> int:
     results: dict[str, list[dict]] = {v: [] for v in args.variants or VARIANTS}
     for _ in range(args.runs):
         for variant in results:
-            result = asyncio.run(run(variant, args.concurrency, args.census))
+            result = asyncio.run(run(variant, args.concurrency, args.census, args.callgrind))
             print(json.dumps(result), flush=True)
             results[variant].append(result)
+    if args.callgrind:
+        return 0
     for variant, runs in results.items():
         cpu, rss = [r["cpu_s"] for r in runs], [r["rss_mib"] for r in runs]
         live = [r["live_s"] for r in runs]

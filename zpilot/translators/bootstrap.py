@@ -54,7 +54,14 @@ from xds.type.v3 import typed_struct_pb2
 from .. import contract
 from .clusters import HTTP_PROTOCOL_OPTIONS
 from .envoy_common import ads_source, pack, socket_address
-from .names import SECRET_STAT_TAG_VALUE, SERVICE_PORT_STAT_NAME, SERVICE_PORT_STAT_REST, any_name_but, stat_name_tag_value
+from .names import (
+    IDENTITY_IN_STATS,
+    SECRET_STAT_TAG_VALUE,
+    SERVICE_PORT_STAT_NAME,
+    SERVICE_PORT_STAT_REST,
+    any_name_but,
+    stat_name_tag_value,
+)
 
 XDS_CLUSTER = "xds-grpc"
 #: How soon a ztunnel redials its ADS server after losing it: a jittered exponential back-off from
@@ -379,22 +386,35 @@ CLUSTER_BOOKKEEPING_STATS = (
 #: ``well_known_names.cc``: ``cluster.$.**`` and ``tcp.$.**`` in its tokens, the others the regexes here),
 #: with ``{}`` where Envoy has ``[^.]+``, the value. Each regex's first group is taken out of the metric's
 #: name, its second is the tag's value (Envoy's TagSpecifier).
-NAME_TAGS = {
-    "envoy.cluster_name": r"^cluster\.(({})\.)",
-    "envoy.tcp_prefix": r"^tcp\.(({})\.)",
-    "envoy.xds_resource_name": r"^sds\.(({})\.).+",
-    # Envoy tries a tag regex that does not start with a literal first token (``^cluster\.``) on every stat
-    # name it makes: this one costs node-0's Envoy about 0.2 CPU-s to LIVE at R (measured, searched for or
-    # anchored alike), kept so that every pod certificate's expiry is one metric, not a metric per pod.
-    "envoy.tls_certificate": r"\.ssl\.certificate\.(({})\.)",
+#:
+#: What they cost: Envoy runs a ``stats_tags`` regex with ``std::regex`` (libc++'s backtracking engine, not
+#: RE2) on each stat it makes, in each scope that asks for it (every filter chain has its own: the 100
+#: inbound chains of a node at R ask for the same HTTP connection manager and TLS stats 100 times), and only on
+#: the names whose first token is the regex's literal first one (``^cluster\.``); a regex without one is tried
+#: on every name. A search that fails costs most: the engine starts again at every character of the name,
+#: allocating its state each time. So every regex here starts with a literal token, and the certificate's,
+#: whose stats are a TLS listener's (the inbound chains', named by address) and a TLS cluster's (the tunnels'
+#: and ``xds-grpc``), is given once for each, each failing on the first characters of any other listener or
+#: cluster: Envoy takes two extractors of one tag name (the first that matches wins; no name starts with
+#: both). Unanchored, it cost node-0's Envoy about 13% of its instructions to LIVE at R (docs/scale.md).
+NAME_TAGS: tuple[tuple[str, str], ...] = (
+    ("envoy.cluster_name", r"^cluster\.(({})\.)"),
+    ("envoy.tcp_prefix", r"^tcp\.(({})\.)"),
+    ("envoy.xds_resource_name", r"^sds\.(({})\.).+"),
+    ("envoy.tls_certificate", r"^listener\.(?:{address})\.ssl\.certificate\.(({})\.)"),
+    ("envoy.tls_certificate", r"^cluster\.(?:{tls_cluster})\.ssl\.certificate\.(({})\.)"),
     # an address, or an internal listener's name: the article layout's are named after an identity
-    "envoy.listener_address": r"^listener\.(({})\.)",
-}
+    ("envoy.listener_address", r"^listener\.(({})\.)"),
+)
 #: ``envoy.worker_id`` is left Envoy's (which knows a literal token to look for): taken whole, it too was
 #: tried on every stat name (about 0.15 CPU-s to LIVE at R) for the article layout's internal listeners
 #: alone, named after an identity, whose per-worker stats keep ``worker_<n>`` in their metric's name.
 #: A listener's address in its stats' names, as Envoy's extractors spell it: ``<ipv4>_<port>`` or ``[<ipv6>]_<port>``.
 LISTENER_ADDRESS = r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+"
+#: The clusters with a TLS transport socket, as their stats name them: the tunnels to an identity
+#: (``outbound_tunnel_clus_``, ``outbound_local_tunnel_clus_``... then the identity, its "://" written "_") and
+#: the bootstrap's ADS cluster (whose name holds no character a regex reads).
+TLS_CLUSTER_STAT_NAME = rf"outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/.]+|{XDS_CLUSTER}"
 #: The field of Envoy's StatsConfig (since 1.39) that lets a ``stats_tags`` entry replace Envoy's default
 #: extractor of the same tag name (without it the default wins and the entry is ignored): xds-protos 1.85's
 #: message lacks it, so :func:`bootstrap_document` adds it to the JSON Envoy reads.
@@ -414,7 +434,9 @@ def stats_tags() -> list[stats_pb2.TagSpecifier]:
         # Envoy leaves the admin API's listener untagged (envoy_listener_admin_*)
         "envoy.listener_address": f"{LISTENER_ADDRESS}|{stat_name_tag_value(contract.CLUSTER_DOMAIN, any_name_but('admin'))}",
     }
-    return [stats_pb2.TagSpecifier(tag_name=tag, regex=regex.format(value.get(tag, names))) for tag, regex in NAME_TAGS.items()]
+    return [stats_pb2.TagSpecifier(tag_name=tag, regex=regex.format(value.get(tag, names), address=LISTENER_ADDRESS,
+                                                                     tls_cluster=TLS_CLUSTER_STAT_NAME))
+            for tag, regex in NAME_TAGS]
 
 
 def _regex(pattern: str) -> string_pb2.StringMatcher:
