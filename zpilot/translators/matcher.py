@@ -11,6 +11,7 @@ progress): "is the source one of this node's pods" without repeating what follow
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 from google.protobuf import any_pb2, wrappers_pb2
@@ -61,8 +62,30 @@ IP_RANGE_MATCHER = "envoy.matching.custom_matchers.ip_range_matcher"
 
 
 def serialized_ranges(ips: tuple[str, ...]) -> bytes:
-    """An ``IPRangeMatcher`` holding only the host ranges of ``ips``, serialized (see :func:`in_ranges`)."""
-    return ip_pb2.IPMatcher.IPRangeMatcher(ranges=_ranges(ips)).SerializeToString(deterministic=True)
+    """An ``IPRangeMatcher`` holding only the ranges of ``ips`` (as :func:`_range` makes them),
+    serialized (see :func:`in_ranges`): written on the wire format, each range once per address,
+    the very bytes the generated class writes (every node's pods, in two of its matchers: made
+    as messages, 20,000 ranges were a tenth of a cold generation at R)."""
+    return b"".join(map(_range_field, ips))
+
+
+#: ``IPRangeMatcher.ranges``, ``CidrRange.address_prefix``, ``CidrRange.prefix_len``, ``UInt32Value.value``.
+_RANGES_FIELD = ip_pb2.IPMatcher.IPRangeMatcher.DESCRIPTOR.fields_by_name["ranges"].number
+_PREFIX_FIELD = cidr_pb2.CidrRange.DESCRIPTOR.fields_by_name["address_prefix"].number
+_LENGTH_FIELD = cidr_pb2.CidrRange.DESCRIPTOR.fields_by_name["prefix_len"].number
+_VALUE_TAG = protowire.varint(wrappers_pb2.UInt32Value.DESCRIPTOR.fields_by_name["value"].number << 3)  # a varint
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _range_field(ip: str) -> bytes:
+    """:func:`_range` of ``ip`` as an ``IPRangeMatcher.ranges`` field."""
+    address, slash, length = ip.partition("/")
+    prefix_len = int(length) if slash else host_prefix_len(ip)
+    if not 0 <= prefix_len < 1 << 32:
+        raise ValueError(f"prefix length {prefix_len} of {ip!r} is not a uint32")
+    value = _VALUE_TAG + protowire.varint(prefix_len) if prefix_len else b""  # proto3: a zero is not written
+    cidr = protowire.field_str(_PREFIX_FIELD, address) + protowire.field_bytes(_LENGTH_FIELD, value)
+    return protowire.field_bytes(_RANGES_FIELD, cidr)
 
 
 def _ranges(ips) -> list[cidr_pb2.CidrRange]:
