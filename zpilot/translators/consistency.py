@@ -577,13 +577,11 @@ def _matcher_targets(root: matcher_pb2.Matcher) -> frozenset[str]:
             if tree_kind in ("exact_match_map", "prefix_match_map"):
                 on_matches.extend(getattr(tree, tree_kind).map.values())
             elif tree_kind == "custom_match" and tree.custom_match.typed_config.type_url.endswith("/" + _IP_MATCHER):
-                for range_matcher in protowire.length_delimited(tree.custom_match.typed_config.value, _RANGE_MATCHERS):
-                    for on_match in protowire.length_delimited(range_matcher, _ON_MATCH):
-                        if len(on_match) < _LARGE_BYTES:
-                            on_matches.append(matcher_pb2.Matcher.OnMatch.FromString(on_match))
-                            continue
-                        key = hashlib.sha256(on_match).digest()
-                        found |= _remembered(_seen_targets, key, lambda b=bytes(on_match): _on_match_targets(b))
+                value = tree.custom_match.typed_config.value
+                if len(value) < _LARGE_BYTES:  # parsed whole (a node's own gate: its pods' ranges, read in C)
+                    on_matches.extend(m.on_match for m in ip_pb2.IPMatcher.FromString(value).range_matchers)
+                else:
+                    found |= _large_range_targets(value, on_matches)
         elif kind == "matcher_list":
             on_matches.extend(m.on_match for m in matcher.matcher_list.matchers)
         for on_match in on_matches:
@@ -593,6 +591,20 @@ def _matcher_targets(root: matcher_pb2.Matcher) -> frozenset[str]:
             elif which == "action":
                 actions.add(on_match.action.typed_config.value)
     return frozenset(found | {wrappers_pb2.StringValue.FromString(value).value for value in actions})
+
+
+def _large_range_targets(value: bytes, on_matches: list) -> frozenset[str]:
+    """What a large IP matcher's range matchers lead to: each small ``on_match`` parsed into
+    ``on_matches``, each large one's targets looked up by content (walked once)."""
+    found: set[str] = set()
+    for range_matcher in protowire.length_delimited(value, _RANGE_MATCHERS):
+        for on_match in protowire.length_delimited(range_matcher, _ON_MATCH):
+            if len(on_match) < _LARGE_BYTES:
+                on_matches.append(matcher_pb2.Matcher.OnMatch.FromString(on_match))
+                continue
+            key = hashlib.sha256(on_match).digest()
+            found |= _remembered(_seen_targets, key, lambda b=bytes(on_match): _on_match_targets(b))
+    return frozenset(found)
 
 
 def _on_match_targets(serialized: bytes) -> frozenset[str]:

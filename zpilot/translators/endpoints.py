@@ -162,8 +162,11 @@ def peer_identity(endpoint: Endpoint, trust_domain: str) -> str:
 def shared_identity(endpoints: list[Endpoint] | tuple[Endpoint, ...], trust_domain: str) -> str | None:
     """The identity every mesh endpoint of a service port names, when they all name the same one
     (the usual case: a service's pods run as one service account); else None."""
-    found = {peer_identity(ep, trust_domain) for ep in endpoints if ep.meshed}
-    return found.pop() if len(found) == 1 else None
+    return _the_one({peer_identity(ep, trust_domain) for ep in endpoints if ep.meshed})
+
+
+def _the_one(identities: set[str]) -> str | None:
+    return identities.pop() if len(identities) == 1 else None
 
 
 def write_internal_endpoint(lb, listener: str, endpoint_id: str, metadata: base_pb2.Metadata | None = None) -> None:
@@ -192,12 +195,12 @@ def linear_mesh_endpoint(endpoint: Endpoint, trust_domain: str, cluster_identity
     cluster's business, so the endpoint is the same on every node. Nothing selects its transport
     socket: the linear layout's service cluster has one for every endpoint (``clusters.service_port``)."""
     lb = endpoint_components_pb2.LbEndpoint()
-    _write_linear_mesh_endpoint(lb, endpoint, trust_domain, cluster_identity)
+    _write_linear_mesh_endpoint(lb, endpoint, peer_identity(endpoint, trust_domain), cluster_identity)
     return lb
 
 
-def _write_linear_mesh_endpoint(lb, endpoint: Endpoint, trust_domain: str, cluster_identity: str | None) -> None:
-    identity = peer_identity(endpoint, trust_domain)
+def _write_linear_mesh_endpoint(lb, endpoint: Endpoint, identity: str, cluster_identity: str | None) -> None:
+    """:func:`linear_mesh_endpoint` in ``lb``, its pod's ``identity`` given."""
     metadata = identity_metadata_template(identity) if identity != cluster_identity else None
     write_internal_endpoint(lb, contract.LINEAR_TUNNEL_LISTENER, endpoint.authority, metadata)
 
@@ -207,16 +210,17 @@ def linear_service_port_endpoints(cluster_name: str, endpoints: list[Endpoint], 
     names is its own pod's, the one to pin, written in the cluster instead when all name the same,
     :func:`shared_identity`): every node that is given the same endpoints gets the same bytes (all
     of them, unless the service keeps traffic on the node: ``internalTrafficPolicy: Local``)."""
-    cluster_identity = shared_identity(endpoints, trust_domain)
-    groups: dict[Locality, list[Endpoint]] = {}
-    for ep in endpoints:
-        groups.setdefault(ep.locality, []).append(ep)
+    groups: dict[Locality, list[tuple[Endpoint, str | None]]] = {}
+    for ep in endpoints:  # each with its identity, found once
+        groups.setdefault(ep.locality, []).append((ep, peer_identity(ep, trust_domain) if ep.meshed else None))
+    cluster_identity = _the_one({identity for group in groups.values() for _ep, identity in group if identity is not None})
 
-    def write(lb_endpoints, ep: Endpoint) -> None:
+    def write(lb_endpoints, item: tuple[Endpoint, str | None]) -> None:
+        ep, identity = item
         lb = lb_endpoints.add()
-        if ep.meshed:
-            _write_linear_mesh_endpoint(lb, ep, trust_domain, cluster_identity)
-        else:
+        if identity is None:
             lb.endpoint.address.CopyFrom(socket_address(ep.address, ep.port))  # bare_lb_endpoint's
+            return
+        _write_linear_mesh_endpoint(lb, ep, identity, cluster_identity)
 
     return load_assignment(cluster_name, groups, write)
