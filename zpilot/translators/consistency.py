@@ -515,9 +515,10 @@ def _chain_list_facts(listener: listener_pb2.Listener) -> _ChainFacts:
         chains.append(listener.default_filter_chain)
     needs: list[tuple[str, str, str]] = []
     for chain in chains:
-        needs.extend(("cluster", cluster, chain.name) for cluster in _chain_clusters(chain))
+        name = chain.name
+        needs.extend([("cluster", cluster, name) for cluster in _chain_clusters(chain)])
         if chain.HasField("transport_socket"):
-            needs.extend(("secret", secret, chain.name) for secret in _socket_secrets(chain.transport_socket))
+            needs.extend([("secret", secret, name) for secret in _socket_secrets(chain.transport_socket)])
     return _ChainFacts(names, tuple(needs), _wanted_entries(needs))
 
 
@@ -621,13 +622,20 @@ _LARGE_BYTES = 64 << 10
 
 def _match_key(match: listener_components_pb2.FilterChainMatch) -> bytes:
     """What a chain matches, with CIDRs in canonical form (10.0.0.1/24 and 10.0.0.0/24 are one range)."""
-    for ranges in (match.prefix_ranges, match.source_prefix_ranges, match.direct_source_prefix_ranges):
-        for cidr in ranges:
-            length = cidr.prefix_len.value
-            canonical = _canonical(cidr.address_prefix, length if cidr.HasField("prefix_len") else None)
-            if canonical is not None and canonical != (cidr.address_prefix, length):
-                return _canonical_key(match)
+    for field, value in match.ListFields():  # the fields set: read in C, not each looked at
+        if field.number in _CIDR_FIELDS:
+            for cidr in value:
+                length = cidr.prefix_len.value
+                canonical = _canonical(cidr.address_prefix, length if cidr.HasField("prefix_len") else None)
+                if canonical is not None and canonical != (cidr.address_prefix, length):
+                    return _canonical_key(match)
     return match.SerializeToString(deterministic=True)  # already canonical (an inbound chain's pod IP): no copy
+
+
+_CIDR_FIELDS = frozenset(
+    listener_components_pb2.FilterChainMatch.DESCRIPTOR.fields_by_name[name].number
+    for name in ("prefix_ranges", "source_prefix_ranges", "direct_source_prefix_ranges")
+)
 
 
 def _canonical_key(match: listener_components_pb2.FilterChainMatch) -> bytes:
@@ -667,30 +675,32 @@ def _described(key: bytes) -> str:
     return str(listener_components_pb2.FilterChainMatch.FromString(key)).replace("\n", " ").strip() or "any"
 
 
-def _chain_clusters(chain: listener_components_pb2.FilterChain) -> Iterator[str]:
+def _chain_clusters(chain: listener_components_pb2.FilterChain) -> list[str]:
+    found: list[str] = []
     for network_filter in chain.filters:
         config = network_filter.typed_config
         type_name = config.type_url.rpartition("/")[2]
         if type_name == _TCP_PROXY:
             value = config.value
             if len(value) > _SMALL:
-                yield from _proxy_clusters(value)
+                found.extend(_proxy_clusters(value))
                 continue
-            found = _small_proxies.get(value)  # the same few on thousands of chains (every pod's plaintext one)
-            if found is None:
+            known = _small_proxies.get(value)  # the same few on thousands of chains (every pod's plaintext one)
+            if known is None:
                 if len(_small_proxies) >= _SMALL_KEPT:
                     _small_proxies.clear()
-                found = _small_proxies[value] = tuple(_proxy_clusters(value))
-            yield from found
+                known = _small_proxies[value] = tuple(_proxy_clusters(value))
+            found.extend(known)
         elif type_name == _HCM:
             manager = http_connection_manager_pb2.HttpConnectionManager.FromString(config.value)
             for host in manager.route_config.virtual_hosts:
                 for route in host.routes:
                     action = route.route
                     if action.cluster:
-                        yield action.cluster
+                        found.append(action.cluster)
                     if action.HasField("weighted_clusters"):
-                        yield from (w.name for w in action.weighted_clusters.clusters)
+                        found.extend(w.name for w in action.weighted_clusters.clusters)
+    return found
 
 
 #: A tcp_proxy config this short is looked up by content (the clusters it names) before being read.
@@ -708,24 +718,26 @@ def _proxy_clusters(value: bytes) -> Iterator[str]:
     yield from (t.format_string.text_format_source.inline_string for t in proxy.proxy_protocol_tlvs if t.type == TLV_CLUSTER)
 
 
-def _socket_secrets(socket: base_pb2.TransportSocket) -> Iterator[str]:
+def _socket_secrets(socket: base_pb2.TransportSocket) -> list[str]:
     """SDS names a transport socket uses, looking through internal_upstream's wrapped socket."""
     config = socket.typed_config
     type_name = config.type_url.rpartition("/")[2]
     context_type = _TLS_CONTEXTS.get(type_name)
     if context_type is not None:
         common = context_type.FromString(config.value).common_tls_context
-        yield from (s.name for s in common.tls_certificate_sds_secret_configs)
+        found = [s.name for s in common.tls_certificate_sds_secret_configs]
         if common.HasField("validation_context_sds_secret_config"):
-            yield common.validation_context_sds_secret_config.name
+            found.append(common.validation_context_sds_secret_config.name)
         if common.HasField("combined_validation_context"):
             combined = common.combined_validation_context
             if combined.HasField("validation_context_sds_secret_config"):
-                yield combined.validation_context_sds_secret_config.name
-    elif type_name == _INTERNAL_UPSTREAM:
+                found.append(combined.validation_context_sds_secret_config.name)
+        return found
+    if type_name == _INTERNAL_UPSTREAM:
         inner = internal_upstream_pb2.InternalUpstreamTransport.FromString(config.value)
         if inner.HasField("transport_socket"):
-            yield from _socket_secrets(inner.transport_socket)
+            return _socket_secrets(inner.transport_socket)
+    return []
 
 
 def _cluster_secrets(cluster: cluster_pb2.Cluster) -> Iterable[str]:
