@@ -39,7 +39,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from .. import contract
 from . import matcher, names
-from .envoy_common import pack
+from .envoy_common import pack_into
 from .limits import DataPathLimits, idle_timeout
 from .tcp_proxy import ORIGINAL_DST_HEADER, proxy_chain
 
@@ -159,7 +159,9 @@ def connect_guard(pod_ip: str, admin_port: int = contract.PORT_ADMIN) -> hcm.Htt
     regex = _target_regex(pod_ip)
     for names_the_pod in both:  # each header's _target: the template's with this regex
         names_the_pod.and_rules.rules[0].header.string_match.safe_regex.regex = regex
-    return hcm.HttpFilter(name=CONNECT_GUARD_FILTER, typed_config=pack(guard))
+    guard_filter = hcm.HttpFilter(name=CONNECT_GUARD_FILTER)
+    pack_into(guard_filter.typed_config, guard)
+    return guard_filter
 
 
 _GUARD_POLICY = "connect-to-local-pod"
