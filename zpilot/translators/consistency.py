@@ -173,6 +173,13 @@ class Facts:
         wanted.sort(key=itemgetter(0))
         return cls(tuple(misfiled), tuple(listeners), frozenset(internal), needs, late_needs, tuple(wanted))
 
+    def wanted_names(self) -> dict[str, frozenset[str]]:
+        """Every needed name by kind: ``wanted``'s entries of each kind joined."""
+        joined: dict[str, set[str]] = {}
+        for kind, names in self.wanted:
+            joined.setdefault(kind, set()).update(names)
+        return {kind: frozenset(names) for kind, names in joined.items()}
+
 
 def combined(parts: Iterable[Facts]) -> Facts:
     """The facts of a set of resources, from each one's, in order: what they need is what each
