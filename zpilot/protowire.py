@@ -18,6 +18,8 @@ _VARINT, _FIXED64, _FIXED32 = 0, 1, 5
 
 def varint(value: int) -> bytes:
     """Base-128 varint of a non-negative integer."""
+    if 0 <= value < 0x80:  # one byte: most tags and lengths
+        return _ONE_BYTE[value]
     if value < 0:
         raise ValueError("varint of a negative number")
     out = bytearray()
@@ -29,6 +31,9 @@ def varint(value: int) -> bytes:
         else:
             out.append(bits)
             return bytes(out)
+
+
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
 
 
 def field_header(number: int, size: int) -> bytes:

@@ -231,3 +231,61 @@ def test_a_listener_put_together_from_shared_pieces_has_the_facts_of_the_whole()
     assert composed == walked
     assert any("2 filter chains named 'a'" in f for f in walked) and any("selects chain 'nowhere'" in f for f in walked)
     assert sum("sends to cluster" in f for f in walked) == 2
+
+
+@pytest.mark.parametrize("with_matcher", [True, False], ids=["matcher", "no-matcher"])
+def test_the_facts_of_shared_pieces_made_once_serve_every_listener_made_of_them(with_matcher: bool) -> None:
+    """The pieces' facts together are made once and kept (every node's outbound listener has the
+    same thousands of chains): each listener made of them still finds what walking it whole
+    finds, its own part's faults and the pieces' alike, and pieces that are not the very same
+    objects are not taken for the kept ones."""
+    from google.protobuf import duration_pb2
+
+    from envoy.config.listener.v3.listener_pb2 import Listener
+    from zpilot.translators import consistency, matcher, names
+    from zpilot.translators.context import ListenerParts
+    from zpilot.translators.fragments import Fragment
+    from zpilot.translators.resources import NodeResources
+    from zpilot.translators.tcp_proxy import proxy_chain
+
+    idle = duration_pb2.Duration(seconds=1)
+
+    def chain(name: str, ip: str):
+        made = proxy_chain(name, names.PASSTHROUGH_CLUSTER, idle_timeout=idle)
+        made.filter_chain_match.prefix_ranges.add(address_prefix=ip).prefix_len.value = 24
+        return made
+
+    node = NodeResources(node="n")  # no cluster: every chain's is missing, in the same order both ways
+    first = Fragment("chains", (chain("a", "10.0.0.0"), chain("b", "10.1.0.0")))
+    second = Fragment("chains", (chain("c", "10.1.0.7"), chain("b", "10.2.0.0")))  # b twice; c's range is b's
+    nowhere = Fragment("match", matcher.serialized(matcher.chain("nowhere")))
+    matches = (nowhere,) if with_matcher else ()
+
+    def findings(own_chains: list, pieces: tuple[Fragment, ...]) -> tuple[list[str], list[str]]:
+        own = Listener(name="l")
+        for c in own_chains:
+            own.filter_chains.add().CopyFrom(c)
+        if with_matcher:
+            own.filter_chain_matcher.CopyFrom(matcher.exact("port", {"1": matcher.chain("a")}))
+        whole = Listener()
+        whole.CopyFrom(own)
+        for piece in pieces:
+            whole.filter_chains.extend(piece.value)
+        if with_matcher:
+            whole.filter_chain_matcher.matcher_tree.exact_match_map.map["2"].MergeFromString(nowhere.value)
+        parts = ListenerParts(own, pieces, matches, ((),) * len(matches))
+        composed = consistency.join(node, [consistency.listener_facts_of_parts("l", parts)])
+        return composed, consistency.join(node, [consistency.resource_facts(consistency.LISTENER, "l", whole)])
+
+    for own_chains in ([], [chain("a", "10.0.0.9")], [chain("d", "10.9.0.0")]):  # the kept facts, each time
+        composed, walked = findings(own_chains, (first, second))
+        assert composed == walked
+        assert any("2 filter chains named 'b'" in f for f in walked)
+        assert any("2 filter chains named 'a'" in f for f in walked) == (own_chains[:1] == [chain("a", "10.0.0.9")])
+        if with_matcher:
+            assert any("selects chain 'nowhere'" in f for f in walked)
+        else:
+            assert any("matching the same connections" in f for f in walked)
+    replaced = Fragment("chains", (chain("e", "10.3.0.0"),))  # not the second piece: nothing of it kept
+    composed, walked = findings([], (first, replaced))
+    assert composed == walked and not any("'b'" in f and "filter chains named" in f for f in walked)

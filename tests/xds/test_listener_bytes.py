@@ -162,3 +162,18 @@ def test_field_records_are_each_field_whole_on_the_wire_format() -> None:
     assert protowire.field_records(listener.SerializeToString(deterministic=True), 99) == []
     with pytest.raises(ValueError):
         protowire.field_records(listener.SerializeToString(deterministic=True)[:-1], 3)
+
+
+def test_ranges_written_on_the_wire_format_are_the_generated_class_bytes() -> None:
+    """``matcher.serialized_ranges`` writes the ranges by hand: byte for byte what the generated
+    classes write, for host addresses of both families and written prefixes (a zero length too),
+    and a length that is no uint32 is refused as the generated class refuses it."""
+    ips = ("10.1.0.1", "10.200.3.4", "fd00::7", "10.0.0.0/8", "0.0.0.0/0", "fd00:1::/64", "::/0", "192.168.1.1")
+    built = ip_pb2.IPMatcher.IPRangeMatcher(ranges=matcher._ranges(ips)).SerializeToString(deterministic=True)
+    assert matcher.serialized_ranges(ips) == built
+    assert matcher.serialized_ranges(()) == b""
+    long_prefix = ("10.0.0.0/" + "1" * 12,)  # 2^32 and more: the generated class refuses it too
+    with pytest.raises(ValueError):
+        matcher._ranges(long_prefix)
+    with pytest.raises(ValueError):
+        matcher.serialized_ranges(long_prefix)

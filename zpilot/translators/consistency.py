@@ -15,10 +15,13 @@ import functools
 import hashlib
 import ipaddress
 import threading
+import weakref
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
+from operator import itemgetter
+from socket import AF_INET, inet_ntop, inet_pton
 from typing import Callable, Iterable, Iterator
 
 from google.protobuf.message import Message
@@ -118,6 +121,11 @@ def _wanted(needs: Iterable[Need]) -> dict[str, set[str]]:
     return wanted
 
 
+def _wanted_entries(needs: Iterable[tuple[str, str, object]]) -> tuple[tuple[str, frozenset[str]], ...]:
+    """:func:`_wanted` as (kind, names) entries, by kind."""
+    return tuple((kind, frozenset(names)) for kind, names in sorted(_wanted(needs).items()))
+
+
 @dataclass(frozen=True)
 class _ChainFacts:
     """What a listener's chains are and need, whatever the listener (kept by content)."""
@@ -125,7 +133,9 @@ class _ChainFacts:
     names: Counter
     #: (kind, name, chain name) of what each chain sends to and presents, in chain order.
     needs: tuple[tuple[str, str, str], ...]
-    wanted: dict[str, set[str]]
+    #: Every name in ``needs``, by kind: (kind, names) entries (a kind may have several: a
+    #: listener's own chains' and its shared pieces', each made once).
+    wanted: tuple[tuple[str, frozenset[str]], ...]
 
 
 @dataclass(frozen=True)
@@ -150,19 +160,25 @@ class Facts:
     internal: frozenset[str] = frozenset()  # internal listeners among them
     needs: tuple[Need, ...] = ()  # a cluster's endpoints and secrets
     late_needs: tuple[Need, ...] = ()  # the internal listeners endpoints name (checked after every cluster)
+    #: (kind, names) entries, by kind (a kind may have several: a listener's shared pieces' are
+    #: their own frozensets, not copied into one for each node).
     wanted: tuple[tuple[str, frozenset[str]], ...] = ()
 
     @classmethod
     def make(cls, misfiled=(), listeners=(), internal=frozenset(), needs=(), late_needs=()) -> "Facts":
         needs, late_needs = tuple(needs), tuple(late_needs)
-        wanted = _wanted(needs + late_needs)
+        wanted = [(kind, frozenset(names)) for kind, names in _wanted(needs + late_needs).items()]
         for lis in listeners:
-            for kind, names in lis.chains.wanted.items():
-                wanted.setdefault(kind, set()).update(names)
-        return cls(
-            tuple(misfiled), tuple(listeners), frozenset(internal), needs, late_needs,
-            tuple((kind, frozenset(names)) for kind, names in sorted(wanted.items())),
-        )
+            wanted.extend(lis.chains.wanted)
+        wanted.sort(key=itemgetter(0))
+        return cls(tuple(misfiled), tuple(listeners), frozenset(internal), needs, late_needs, tuple(wanted))
+
+    def wanted_names(self) -> dict[str, frozenset[str]]:
+        """Every needed name by kind: ``wanted``'s entries of each kind joined."""
+        joined: dict[str, set[str]] = {}
+        for kind, names in self.wanted:
+            joined.setdefault(kind, set()).update(names)
+        return {kind: frozenset(names) for kind, names in joined.items()}
 
 
 def combined(parts: Iterable[Facts]) -> Facts:
@@ -270,11 +286,9 @@ def _q(name: str) -> str:
     return repr(clip(name, 200))
 
 
-def _listener_facts(
-    name: str, listener: listener_pb2.Listener, pieces: tuple[_Piece, ...] = (), piece_targets: frozenset[str] = frozenset()
-) -> Facts:
+def _listener_facts(name: str, listener: listener_pb2.Listener, pieces: "_Pieces | None" = None) -> Facts:
     """A listener's facts; ``pieces``: chains appended to it that are not in ``listener``, and
-    ``piece_targets``: chains its matcher selects that ``listener``'s matcher does not show."""
+    chains its matcher selects that ``listener``'s matcher does not show (:func:`_pieces`)."""
     where = f"listener {_q(name)}"
     misfiled = [] if name and listener.name == name else [f"listener stored as {_q(name)} is named {_q(listener.name)}"]
     bind = None
@@ -282,33 +296,28 @@ def _listener_facts(
         sa = listener.address.socket_address
         bind = (sa.address, sa.port_value)
     own = _chains_of(listener)
-    names = set(own.names)
-    duplicated = {chain for chain, count in own.names.items() if count > 1}
-    for piece in pieces:
-        duplicated |= piece.duplicated | (names & piece.names.keys())
-        names |= piece.names.keys()
+    pieces = pieces or _NO_PIECES
+    counts = pieces.counts
+    duplicated = {chain for chain, count in own.names.items() if count > 1 or chain in counts}
+    duplicated |= pieces.duplicated
     local = []
     for chain in sorted(duplicated):
-        count = own.names.get(chain, 0) + sum(piece.names.get(chain, 0) for piece in pieces)
-        local.append(f"{where} has {count} filter chains named {_q(chain)}")
+        local.append(f"{where} has {own.names.get(chain, 0) + counts.get(chain, 0)} filter chains named {_q(chain)}")
     if listener.HasField("filter_chain_matcher"):
-        for target in sorted((_matcher_targets(listener.filter_chain_matcher) | piece_targets) - names):
+        missing = {t for t in _matcher_targets(listener.filter_chain_matcher) if t not in own.names and t not in counts}
+        missing.update(t for t in pieces.unselected if t not in own.names)
+        for target in sorted(missing):
             local.append(f"{where}'s filter chain matcher selects chain {_q(target)}, which does not exist")
     else:
         matches = Counter(_match_key(c.filter_chain_match) for c in listener.filter_chains)
-        for piece in pieces:
-            matches.update(piece.match_keys)
+        if pieces.parts:
+            matches.update(pieces.match_keys)
         for key, count in matches.items():
             if count > 1:
                 local.append(f"{where} has {count} filter chains matching the same connections ({_described(key)[:120]})")
     chain_facts = own
-    if pieces:
-        wanted = {kind: set(found) for kind, found in own.wanted.items()}
-        for piece in pieces:
-            for kind, found in piece.chains.wanted.items():
-                wanted.setdefault(kind, set()).update(found)
-        needs = sum((piece.chains.needs for piece in pieces), own.needs)  # tuples joined (thousands, per node)
-        chain_facts = _ChainFacts(own.names, needs, wanted)
+    if pieces.parts:  # the pieces' needs and wanted names as they are: made once for every listener of them
+        chain_facts = _ChainFacts(own.names, own.needs + pieces.needs, own.wanted + pieces.wanted)
     internal = {name} if listener.HasField("internal_listener") else set()
     return Facts.make(
         misfiled=misfiled, listeners=[ListenerFacts(name, bind, tuple(local), chain_facts)], internal=internal
@@ -317,9 +326,9 @@ def _listener_facts(
 
 def listener_facts_of_parts(name: str, parts: ListenerParts) -> Facts:
     """The facts of a listener put together from shared pieces (``ListenerParts``): its own
-    part's, walked, and each piece's, derived once per piece and kept on it."""
-    targets = frozenset().union(*(_piece_targets(match) for match in parts.matches))
-    return _listener_facts(name, parts.own, tuple(_piece(f) for f in parts.chains), targets)
+    part's, walked, and its pieces', derived once for every listener made of them (each piece's
+    once, kept on it; all of them together once, kept on the first)."""
+    return _listener_facts(name, parts.own, _pieces(parts.chains, parts.matches))
 
 
 @dataclass(frozen=True)
@@ -349,7 +358,7 @@ def _piece(fragment: Fragment) -> _Piece:
         if isinstance(value, SerializedChains):  # each chain's facts were kept with its bytes
             names = Counter(f.name for f in value.facts if f.name)
             needs = tuple(chain.from_iterable(f.needs for f in value.facts))
-            chains = _ChainFacts(names, needs, _wanted(needs))
+            chains = _ChainFacts(names, needs, _wanted_entries(needs))
             keys: tuple[bytes, ...] | None = tuple(f.match_key for f in value.facts)
             chains_list: tuple = ()
         else:
@@ -409,6 +418,81 @@ def _piece_targets(fragment: Fragment) -> frozenset[str]:
     return found
 
 
+@dataclass(frozen=True)
+class _Pieces:
+    """The facts of all the shared pieces of a listener (``ListenerParts``) together: what is
+    the same for every node's listener made of them, so that each node's is only its own part's
+    joined to these (the chains of the pieces are thousands: their names, needs and what the
+    matcher pieces select are not gone through again for each node)."""
+
+    #: Every chain name of the pieces, with how many of their chains have it.
+    counts: Counter
+    #: The names more than one chain of the pieces has.
+    duplicated: frozenset[str]
+    needs: tuple[tuple[str, str, str], ...]
+    wanted: tuple[tuple[str, frozenset[str]], ...]
+    #: What the matcher pieces select that no chain of the pieces is named.
+    unselected: frozenset[str]
+    #: Each chain piece's facts, in order.
+    parts: tuple[_Piece, ...]
+
+    @cached_property
+    def match_keys(self) -> Counter:
+        """What the chains match, each how many times (for a listener without a matcher, whose
+        chains must not match alike)."""
+        keys: Counter = Counter()
+        for part in self.parts:
+            keys.update(part.match_keys)
+        return keys
+
+
+_NO_PIECES = _Pieces(Counter(), frozenset(), (), (), frozenset(), ())
+#: How many combinations of pieces the first of them keeps the facts of (nodes capturing other
+#: VIP:ports have other service chains, so mostly one).
+_PIECES_KEPT = 8
+
+
+def _pieces(chains: tuple[Fragment, ...], matches: tuple[Fragment, ...]) -> _Pieces:
+    """:class:`_Pieces` of these, kept on the first of them (holding the others weakly: a
+    combination is found again only while each of its pieces is the very one it was made of)."""
+    every = chains + matches
+    if not every:
+        return _NO_PIECES
+    kept = every[0].derived.setdefault("consistency.pieces", {})
+    key = tuple(map(id, every[1:]))
+    found = kept.get((len(chains), key))
+    if found is not None and all(ref() is f for ref, f in zip(found[0], every[1:])):
+        return found[1]
+    made = _joined_pieces(tuple(map(_piece, chains)), matches)
+    if len(kept) >= _PIECES_KEPT:
+        kept.clear()
+    kept[(len(chains), key)] = (tuple(weakref.ref(f) for f in every[1:]), made)
+    return made
+
+
+def _joined_pieces(parts: tuple[_Piece, ...], matches: tuple[Fragment, ...]) -> _Pieces:
+    counts: Counter = Counter()
+    duplicated: set[str] = set()
+    needs: list[tuple[str, str, str]] = []
+    wanted: dict[str, set[str]] = {}
+    for part in parts:
+        duplicated |= part.duplicated
+        duplicated.update(name for name in part.names if name in counts)
+        counts.update(part.names)
+        needs.extend(part.chains.needs)
+        for kind, names in part.chains.wanted:
+            wanted.setdefault(kind, set()).update(names)
+    targets = frozenset().union(*(_piece_targets(match) for match in matches))
+    return _Pieces(
+        counts,
+        frozenset(duplicated),
+        tuple(needs),
+        tuple((kind, frozenset(names)) for kind, names in sorted(wanted.items())),
+        frozenset(t for t in targets if t not in counts),
+        parts,
+    )
+
+
 def _cluster_facts(name: str, cluster: cluster_pb2.Cluster) -> Facts:
     needs: list[Need] = []
     if cluster.type == cluster_pb2.Cluster.EDS:
@@ -438,10 +522,11 @@ def _chain_list_facts(listener: listener_pb2.Listener) -> _ChainFacts:
         chains.append(listener.default_filter_chain)
     needs: list[tuple[str, str, str]] = []
     for chain in chains:
-        needs.extend(("cluster", cluster, chain.name) for cluster in _chain_clusters(chain))
+        name = chain.name
+        needs.extend([("cluster", cluster, name) for cluster in _chain_clusters(chain)])
         if chain.HasField("transport_socket"):
-            needs.extend(("secret", secret, chain.name) for secret in _socket_secrets(chain.transport_socket))
-    return _ChainFacts(names, tuple(needs), _wanted(needs))
+            needs.extend([("secret", secret, name) for secret in _socket_secrets(chain.transport_socket)])
+    return _ChainFacts(names, tuple(needs), _wanted_entries(needs))
 
 
 #: Content-keyed results for large listener parts (a few entries: what many nodes' listeners share).
@@ -500,13 +585,11 @@ def _matcher_targets(root: matcher_pb2.Matcher) -> frozenset[str]:
             if tree_kind in ("exact_match_map", "prefix_match_map"):
                 on_matches.extend(getattr(tree, tree_kind).map.values())
             elif tree_kind == "custom_match" and tree.custom_match.typed_config.type_url.endswith("/" + _IP_MATCHER):
-                for range_matcher in protowire.length_delimited(tree.custom_match.typed_config.value, _RANGE_MATCHERS):
-                    for on_match in protowire.length_delimited(range_matcher, _ON_MATCH):
-                        if len(on_match) < _LARGE_BYTES:
-                            on_matches.append(matcher_pb2.Matcher.OnMatch.FromString(on_match))
-                            continue
-                        key = hashlib.sha256(on_match).digest()
-                        found |= _remembered(_seen_targets, key, lambda b=bytes(on_match): _on_match_targets(b))
+                value = tree.custom_match.typed_config.value
+                if len(value) < _LARGE_BYTES:  # parsed whole (a node's own gate: its pods' ranges, read in C)
+                    on_matches.extend(m.on_match for m in ip_pb2.IPMatcher.FromString(value).range_matchers)
+                else:
+                    found |= _large_range_targets(value, on_matches)
         elif kind == "matcher_list":
             on_matches.extend(m.on_match for m in matcher.matcher_list.matchers)
         for on_match in on_matches:
@@ -516,6 +599,20 @@ def _matcher_targets(root: matcher_pb2.Matcher) -> frozenset[str]:
             elif which == "action":
                 actions.add(on_match.action.typed_config.value)
     return frozenset(found | {wrappers_pb2.StringValue.FromString(value).value for value in actions})
+
+
+def _large_range_targets(value: bytes, on_matches: list) -> frozenset[str]:
+    """What a large IP matcher's range matchers lead to: each small ``on_match`` parsed into
+    ``on_matches``, each large one's targets looked up by content (walked once)."""
+    found: set[str] = set()
+    for range_matcher in protowire.length_delimited(value, _RANGE_MATCHERS):
+        for on_match in protowire.length_delimited(range_matcher, _ON_MATCH):
+            if len(on_match) < _LARGE_BYTES:
+                on_matches.append(matcher_pb2.Matcher.OnMatch.FromString(on_match))
+                continue
+            key = hashlib.sha256(on_match).digest()
+            found |= _remembered(_seen_targets, key, lambda b=bytes(on_match): _on_match_targets(b))
+    return frozenset(found)
 
 
 def _on_match_targets(serialized: bytes) -> frozenset[str]:
@@ -532,10 +629,23 @@ _LARGE_BYTES = 64 << 10
 
 def _match_key(match: listener_components_pb2.FilterChainMatch) -> bytes:
     """What a chain matches, with CIDRs in canonical form (10.0.0.1/24 and 10.0.0.0/24 are one range)."""
-    all_ranges = (match.prefix_ranges, match.source_prefix_ranges, match.direct_source_prefix_ranges)
-    if all(_canonical(c.address_prefix, c.prefix_len.value if c.HasField("prefix_len") else None)
-           in (None, (c.address_prefix, c.prefix_len.value)) for ranges in all_ranges for c in ranges):
-        return match.SerializeToString(deterministic=True)  # already canonical (an inbound chain's pod IP): no copy
+    for field, value in match.ListFields():  # the fields set: read in C, not each looked at
+        if field.number in _CIDR_FIELDS:
+            for cidr in value:
+                length = cidr.prefix_len.value
+                canonical = _canonical(cidr.address_prefix, length if cidr.HasField("prefix_len") else None)
+                if canonical is not None and canonical != (cidr.address_prefix, length):
+                    return _canonical_key(match)
+    return match.SerializeToString(deterministic=True)  # already canonical (an inbound chain's pod IP): no copy
+
+
+_CIDR_FIELDS = frozenset(
+    listener_components_pb2.FilterChainMatch.DESCRIPTOR.fields_by_name[name].number
+    for name in ("prefix_ranges", "source_prefix_ranges", "direct_source_prefix_ranges")
+)
+
+
+def _canonical_key(match: listener_components_pb2.FilterChainMatch) -> bytes:
     key = listener_components_pb2.FilterChainMatch()
     key.CopyFrom(match)
     for ranges in (key.prefix_ranges, key.source_prefix_ranges, key.direct_source_prefix_ranges):
@@ -548,6 +658,18 @@ def _match_key(match: listener_components_pb2.FilterChainMatch) -> bytes:
 
 @functools.lru_cache(maxsize=1 << 14)
 def _canonical(prefix: str, length: int | None) -> tuple[str, int] | None:
+    """The network ``prefix/length`` is (``length`` None: the address alone), as ``ipaddress``
+    writes it; None when it is none. An IPv4 address written as ``ipaddress`` writes it (every
+    pod's, in a chain match) is read without it, at a tenth of the cost."""
+    if length is not None and 0 <= length <= 32:
+        try:
+            packed = inet_pton(AF_INET, prefix)
+        except (OSError, ValueError):
+            packed = None
+        if packed is not None and inet_ntop(AF_INET, packed) == prefix:  # canonical dotted quad
+            address = int.from_bytes(packed, "big")
+            network = address & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+            return (prefix if network == address else inet_ntop(AF_INET, network.to_bytes(4, "big"))), length
     try:
         network = ipaddress.ip_network(prefix if length is None else f"{prefix}/{length}", strict=False)
     except ValueError:
@@ -560,42 +682,69 @@ def _described(key: bytes) -> str:
     return str(listener_components_pb2.FilterChainMatch.FromString(key)).replace("\n", " ").strip() or "any"
 
 
-def _chain_clusters(chain: listener_components_pb2.FilterChain) -> Iterator[str]:
+def _chain_clusters(chain: listener_components_pb2.FilterChain) -> list[str]:
+    found: list[str] = []
     for network_filter in chain.filters:
-        type_name = network_filter.typed_config.type_url.rpartition("/")[2]
+        config = network_filter.typed_config
+        type_name = config.type_url.rpartition("/")[2]
         if type_name == _TCP_PROXY:
-            proxy = tcp_proxy_pb2.TcpProxy.FromString(network_filter.typed_config.value)
-            if proxy.cluster:
-                yield proxy.cluster
-            yield from (w.name for w in proxy.weighted_clusters.clusters)
-            # the cluster the linear layout's pod-select listener sends the connection to (pod_select.py)
-            yield from (t.format_string.text_format_source.inline_string for t in proxy.proxy_protocol_tlvs
-                        if t.type == TLV_CLUSTER)
+            value = config.value
+            if len(value) > _SMALL:
+                found.extend(_proxy_clusters(value))
+                continue
+            known = _small_proxies.get(value)  # the same few on thousands of chains (every pod's plaintext one)
+            if known is None:
+                if len(_small_proxies) >= _SMALL_KEPT:
+                    _small_proxies.clear()
+                known = _small_proxies[value] = tuple(_proxy_clusters(value))
+            found.extend(known)
         elif type_name == _HCM:
-            manager = http_connection_manager_pb2.HttpConnectionManager.FromString(network_filter.typed_config.value)
+            manager = http_connection_manager_pb2.HttpConnectionManager.FromString(config.value)
             for host in manager.route_config.virtual_hosts:
                 for route in host.routes:
-                    if route.route.cluster:
-                        yield route.route.cluster
-                    yield from (w.name for w in route.route.weighted_clusters.clusters)
+                    action = route.route
+                    if action.cluster:
+                        found.append(action.cluster)
+                    if action.HasField("weighted_clusters"):
+                        found.extend(w.name for w in action.weighted_clusters.clusters)
+    return found
 
 
-def _socket_secrets(socket: base_pb2.TransportSocket) -> Iterator[str]:
+#: A tcp_proxy config this short is looked up by content (the clusters it names) before being read.
+_SMALL = 512
+_SMALL_KEPT = 4096
+_small_proxies: dict[bytes, tuple[str, ...]] = {}
+
+
+def _proxy_clusters(value: bytes) -> Iterator[str]:
+    proxy = tcp_proxy_pb2.TcpProxy.FromString(value)
+    if proxy.cluster:
+        yield proxy.cluster
+    yield from (w.name for w in proxy.weighted_clusters.clusters)
+    # the cluster the linear layout's pod-select listener sends the connection to (pod_select.py)
+    yield from (t.format_string.text_format_source.inline_string for t in proxy.proxy_protocol_tlvs if t.type == TLV_CLUSTER)
+
+
+def _socket_secrets(socket: base_pb2.TransportSocket) -> list[str]:
     """SDS names a transport socket uses, looking through internal_upstream's wrapped socket."""
-    type_name = socket.typed_config.type_url.rpartition("/")[2]
+    config = socket.typed_config
+    type_name = config.type_url.rpartition("/")[2]
     context_type = _TLS_CONTEXTS.get(type_name)
     if context_type is not None:
-        common = context_type.FromString(socket.typed_config.value).common_tls_context
-        yield from (s.name for s in common.tls_certificate_sds_secret_configs)
+        common = context_type.FromString(config.value).common_tls_context
+        found = [s.name for s in common.tls_certificate_sds_secret_configs]
         if common.HasField("validation_context_sds_secret_config"):
-            yield common.validation_context_sds_secret_config.name
-        combined = common.combined_validation_context
-        if combined.HasField("validation_context_sds_secret_config"):
-            yield combined.validation_context_sds_secret_config.name
-    elif type_name == _INTERNAL_UPSTREAM:
-        inner = internal_upstream_pb2.InternalUpstreamTransport.FromString(socket.typed_config.value)
+            found.append(common.validation_context_sds_secret_config.name)
+        if common.HasField("combined_validation_context"):
+            combined = common.combined_validation_context
+            if combined.HasField("validation_context_sds_secret_config"):
+                found.append(combined.validation_context_sds_secret_config.name)
+        return found
+    if type_name == _INTERNAL_UPSTREAM:
+        inner = internal_upstream_pb2.InternalUpstreamTransport.FromString(config.value)
         if inner.HasField("transport_socket"):
-            yield from _socket_secrets(inner.transport_socket)
+            return _socket_secrets(inner.transport_socket)
+    return []
 
 
 def _cluster_secrets(cluster: cluster_pb2.Cluster) -> Iterable[str]:

@@ -63,6 +63,13 @@ def pack(message: Message) -> any_pb2.Any:
     )
 
 
+def pack_into(target: any_pb2.Any, message: Message) -> None:
+    """:func:`pack` into ``target``, an ``Any`` field of the message being built: set in place,
+    not made apart and copied in (what a config of every local pod's, 10,000 at R, spares)."""
+    target.type_url = f"type.googleapis.com/{message.DESCRIPTOR.full_name}"
+    target.value = message.SerializeToString(deterministic=True)
+
+
 def socket_address(address: str, port: int) -> address_pb2.Address:
     return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=address, port_value=port))
 

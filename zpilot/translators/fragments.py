@@ -53,10 +53,11 @@ class Fragments:
 
     def get(self, builder: Callable[..., Any], *args: Hashable, **kwargs: Hashable) -> Fragment:
         key = (builder, args, tuple(sorted(kwargs.items()))) if kwargs else (builder, args)
-        fragment = self._live.get(key)
+        held = _Hashed(key)  # looked up, then stored: hashed once (a node's pods are in some keys)
+        fragment = self._live.get(held)  # type: ignore[call-overload]
         if fragment is None:
             fragment = Fragment(key, self.build(builder, args, kwargs))
-            self._live[key] = fragment
+            self._live[held] = fragment  # type: ignore[index]
             self.built += 1
         return fragment
 
@@ -93,6 +94,25 @@ class Fragments:
 
     def __len__(self) -> int:
         return len(self._live)
+
+
+class _Hashed:
+    """A memo key with its hash made once: equal to the key itself (and hashed alike), so the
+    memo finds either for the other."""
+
+    __slots__ = ("key", "hash")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self.hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Hashed):
+            return self.hash == other.hash and self.key == other.key
+        return self.key == other
 
 
 class FragmentGroup:

@@ -39,7 +39,7 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from .. import contract
 from . import matcher, names
-from .envoy_common import pack
+from .envoy_common import pack_into
 from .limits import DataPathLimits, idle_timeout
 from .tcp_proxy import ORIGINAL_DST_HEADER, proxy_chain
 
@@ -128,7 +128,11 @@ def _header(name: str, regex: str) -> rbac_config.Permission:
 
 def _target(header: str, pod_ip: str) -> rbac_config.Permission:
     """``header`` is ``<pod_ip>:<port>``, a port of 1..65535."""
-    return _header(header, rf"^{re.escape(pod_ip)}:(?:{_any_port_regex()})$")
+    return _header(header, _target_regex(pod_ip))
+
+
+def _target_regex(pod_ip: str) -> str:
+    return rf"^{re.escape(pod_ip)}:(?:{_any_port_regex()})$"
 
 
 @functools.lru_cache(maxsize=1)
@@ -152,9 +156,12 @@ def connect_guard(pod_ip: str, admin_port: int = contract.PORT_ADMIN) -> hcm.Htt
     guard = rbac_http.RBAC()
     guard.CopyFrom(_guard_template(admin_port))
     both = guard.rules.policies[_GUARD_POLICY].permissions[0].and_rules.rules
-    for names_the_pod, header in zip(both, (ORIGINAL_DST_HEADER, AUTHORITY)):
-        names_the_pod.and_rules.rules[0].CopyFrom(_target(header, pod_ip))
-    return hcm.HttpFilter(name=CONNECT_GUARD_FILTER, typed_config=pack(guard))
+    regex = _target_regex(pod_ip)
+    for names_the_pod in both:  # each header's _target: the template's with this regex
+        names_the_pod.and_rules.rules[0].header.string_match.safe_regex.regex = regex
+    guard_filter = hcm.HttpFilter(name=CONNECT_GUARD_FILTER)
+    pack_into(guard_filter.typed_config, guard)
+    return guard_filter
 
 
 _GUARD_POLICY = "connect-to-local-pod"

@@ -65,7 +65,7 @@ from . import clusters, endpoints, names
 from .envoy_common import access_log, original_dst_filter, original_src_filter, pack, struct
 from .filter_state import LOCAL_IP_STATE, RECORDED, REMOTE_IP_STATE
 from .fragments import FragmentGroup, Fragments
-from .inputs import NodePods
+from .inputs import NodePods, PodFact
 from .limits import DataPathLimits, idle_timeout
 from .tcp_proxy import proxy_chain, tcp_proxy
 
@@ -242,17 +242,16 @@ def _passthrough_endpoint():
 
 def node_endpoints(pods: NodePods, trust_domain: str) -> ClusterLoadAssignment:
     """The ClusterLoadAssignment of one node's pods: built from that node's pods alone."""
-    lbs = []
-    for ip, namespace, account in pods.pods:
-        address = address_pb2.Address(
-            envoy_internal_address=address_pb2.EnvoyInternalAddress(
-                server_listener_name=contract.LINEAR_TUNNEL_LISTENER, endpoint_id=ip
-            )
-        )
-        identity = contract.spiffe_id(trust_domain, namespace, account)
-        lbs.append(endpoints.bare_lb_endpoint(address, endpoints.identity_metadata(identity)))
-    lbs.append(_passthrough_endpoint())
-    return endpoints.load_assignment(names.pods_on_node(pods.node), {NO_LOCALITY: lbs})
+
+    def write(lb_endpoints, pod: PodFact | None) -> None:
+        if pod is None:  # last, the way out for a pod outside the mesh
+            lb_endpoints.append(_passthrough_endpoint())
+            return
+        ip, namespace, account = pod
+        metadata = endpoints.identity_metadata_template(contract.spiffe_id(trust_domain, namespace, account))
+        endpoints.write_internal_endpoint(lb_endpoints.add(), contract.LINEAR_TUNNEL_LISTENER, ip, metadata)
+
+    return endpoints.load_assignment(names.pods_on_node(pods.node), {NO_LOCALITY: [*pods.pods, None]}, write)
 
 
 def node_endpoint_sets(fragments: Fragments, nodes: tuple[NodePods, ...], trust_domain: str) -> FragmentGroup:

@@ -27,6 +27,7 @@ per-rule ``...policy.<rule>.denied``) and ``inbound_plaintext.deny.<ns>.<name>.r
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Callable, Iterable, Union
@@ -379,9 +380,16 @@ def plaintext_filters(pod: Workload, policies: WorkloadPolicies) -> list[listene
 def connect_route_match(pod_ip: str) -> route_components_pb2.RouteMatch:
     """CONNECT to this pod only, written as virtual_inbound will dial it: ``<pod IP>:<port>``, no other
     form (a port with a leading zero would dial the same port but slip past a port rule)."""
-    destination = route_components_pb2.HeaderMatcher(
-        name=ORIGINAL_DST_HEADER, string_match=_regex(f"^{escape(pod_ip)}:[1-9][0-9]{{0,4}}$")
-    )
+    match = route_components_pb2.RouteMatch()
+    match.CopyFrom(_connect_route_template())  # all alike but for the pod's address (10,000 at R): copied
+    match.headers[0].string_match.safe_regex.regex = f"^{escape(pod_ip)}:[1-9][0-9]{{0,4}}$"
+    return match
+
+
+@functools.lru_cache(maxsize=1)
+def _connect_route_template() -> route_components_pb2.RouteMatch:
+    """:func:`connect_route_match`'s, its regex to be set (never modified: copied)."""
+    destination = route_components_pb2.HeaderMatcher(name=ORIGINAL_DST_HEADER, string_match=_regex(""))
     return route_components_pb2.RouteMatch(
         connect_matcher=route_components_pb2.RouteMatch.ConnectMatcher(), headers=[destination]
     )

@@ -16,7 +16,7 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 
 from .. import contract
-from .envoy_common import ads_source, pack
+from .envoy_common import ads_source, pack, pack_into
 
 TLS_SOCKET = "envoy.transport_sockets.tls"
 
@@ -63,7 +63,9 @@ def downstream_tls(secret_name: str, trust_domain: str) -> base_pb2.TransportSoc
     context = tls_pb2.DownstreamTlsContext()
     context.CopyFrom(_downstream_template(trust_domain))
     context.common_tls_context.tls_certificate_sds_secret_configs[0].name = secret_name
-    return base_pb2.TransportSocket(name=TLS_SOCKET, typed_config=pack(context))
+    socket = base_pb2.TransportSocket(name=TLS_SOCKET)
+    pack_into(socket.typed_config, context)
+    return socket
 
 
 @functools.lru_cache(maxsize=64)

@@ -19,6 +19,7 @@ withheld (its streams send nothing and wait), never served an empty config.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -424,10 +425,13 @@ class Producer:
                 self._store(results, report)
             # In batches, each stored as soon as it is built: the first nodes are pushed while the
             # rest are still being translated, and the event loop keeps serving between batches.
-            for start in range(first, len(todo), self.batch_size):
-                batch = [(node, inputs[node]) for node in todo[start : start + self.batch_size]]
-                results = await asyncio.to_thread(self._build_all, batch, changed_at)
-                self._store(results, report)
+            # Several batches are one burst (the first model: every node): the collector is paused
+            # for all of them, not let run after each (it walked all that each batch left alive).
+            with paused_gc() if len(todo) - first > self.batch_size else contextlib.nullcontext():
+                for start in range(first, len(todo), self.batch_size):
+                    batch = [(node, inputs[node]) for node in todo[start : start + self.batch_size]]
+                    results = await asyncio.to_thread(self._build_all, batch, changed_at)
+                    self._store(results, report)
             translated = set(todo) | set(endpoints_only)
             for node in sorted(inputs):
                 if node not in translated:
