@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
-from zpilot.gcpause import paused_gc
+from zpilot.gcpause import pause, paused_gc
 
 
 def test_pauses_nest_and_restore_the_collector() -> None:
@@ -25,6 +26,59 @@ def test_a_collector_disabled_before_stays_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_pause_ended_later_ends_once_and_nests_with_the_others() -> None:
+    end = pause()
+    assert not gc.isenabled()
+    with paused_gc():
+        end()
+        end()  # once: the block's pause stays
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+async def test_a_change_is_produced_stored_and_its_streams_started_without_a_collection() -> None:
+    """The producer's pause lasts until the streams its change woke have run their first step (a
+    server's begin their push burst there, which holds the collector off until they have sent)."""
+    from zpilot.model.index import MeshIndex
+    from zpilot.synthetic import Shape, node_name, synthetic_cluster, synthetic_manifests
+    from zpilot.xds.push import Producer
+    from zpilot.xds.snapshot_cache import SnapshotCache
+
+    cache = SnapshotCache()
+    producer = Producer(cache)
+    await producer.update(MeshIndex.build(synthetic_cluster(synthetic_manifests(Shape(nodes=2, pods=6, services=2)))))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gc.isenabled()
+    watch = cache.watch(node_name(0))
+    woken: list[bool] = []
+
+    async def stream() -> None:
+        await watch.wait()
+        woken.append(gc.isenabled())
+
+    task = asyncio.create_task(stream())
+    await asyncio.sleep(0)
+    collections: list[int] = []
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    gc.callbacks.append(seen)
+    try:
+        await producer.update(MeshIndex.build(synthetic_cluster(synthetic_manifests(Shape(nodes=2, pods=7, services=2)))))
+        assert not gc.isenabled()
+        await task
+    finally:
+        gc.callbacks.remove(seen)
+    watch.close()
+    assert woken == [False] and collections == []
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gc.isenabled()
 
 
 _FREEZE_CHILD = r"""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 _lock = threading.Lock()
 _depth = 0
@@ -41,6 +41,22 @@ def paused_gc() -> Iterator[None]:
             _depth -= 1
             if _depth == 0 and _was_enabled:
                 gc.enable()
+
+
+def pause() -> Callable[[], None]:
+    """Pause the collector now, as :func:`paused_gc` does, for a pause that does not end in the
+    same block: the function returned ends it (the first call; later ones do nothing)."""
+    paused = paused_gc()
+    paused.__enter__()
+    ended = False
+
+    def end() -> None:
+        nonlocal ended
+        if not ended:
+            ended = True
+            paused.__exit__(None, None, None)
+
+    return end
 
 
 _frozen = False
