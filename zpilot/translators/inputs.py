@@ -22,7 +22,7 @@ from __future__ import annotations
 import socket
 import weakref
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import compress, count, islice
 from operator import attrgetter, is_not, itemgetter
@@ -123,7 +123,7 @@ class ServicePortInput:
         return tuple(seen_from(self.candidates, self.service, node))
 
 
-_port_hash = attrgetter("_hash")
+_port_hash, _port_shape = attrgetter("_hash"), attrgetter("shape")
 
 
 def _hashes(ports: tuple[ServicePortInput, ...]) -> tuple[int, ...]:
@@ -277,12 +277,24 @@ class MeshInput:
         for name in ("_position", "has_node_local"):  # they read the services alone
             if name in self.__dict__:
                 carried[name] = self.__dict__[name]
+        shapes = self.__dict__.get("port_shapes")
+        if shapes is not None:  # thousands of ports, one or two changed
+            shapes = list(shapes)
+            for i in changed_at:
+                shapes[i] = ports[i].shape
+            carried["port_shapes"] = tuple(shapes)
         served = self.__dict__.get("_served_ports", {}).get(None)
         if served is not None:
             moved = served.moved(self.service_ports, ports, changed_at)
             if moved is not None:
                 carried["_served_ports"] = {None: moved}
         return carried
+
+    @cached_property
+    def port_shapes(self) -> tuple[tuple, ...]:
+        """Each service port's :attr:`ServicePortInput.shape`, in order (what a layout's config
+        but its endpoints reads of them: ``layout.LateEndpoints.shape``)."""
+        return tuple(map(_port_shape, self.service_ports))
 
     @cached_property
     def _position(self) -> dict[tuple[str, str, int], int]:
@@ -435,6 +447,7 @@ class ServedPorts:
         changed whether it is captured (its endpoints came or all went)."""
         at = self._at
         ports = list(self.ports)
+        replaced: list[tuple[int, ServicePortInput, ServicePortInput]] = []  # (position, port there before, new port)
         for i in changed_at:
             old, new = before[i], after[i]
             if bool(old.endpoints(None)) != bool(new.endpoints(None)):
@@ -442,9 +455,19 @@ class ServedPorts:
             j = at.get(id(old))
             if j is not None:
                 ports[j] = new
+                replaced.append((j, old, new))
         moved = ServedPorts(tuple(ports))
         if "_names" in self.__dict__:
             moved.__dict__["_names"] = dict(self.__dict__["_names"])
+        # what was derived of these ports, but for those replaced (thousands of ports, one or two replaced)
+        moved_at = dict(at)
+        for _j, old, _new in replaced:
+            del moved_at[id(old)]
+        for j, _old, new in replaced:
+            moved_at[id(new)] = j
+        moved.__dict__["_at"] = moved_at
+        if "shape" in self.__dict__:
+            moved.__dict__["shape"] = self.shape.moved(moved, [(j, new) for j, _old, new in replaced])
         # weakly: a chain of every earlier model's ports must not stay alive through the latest
         moved.__dict__["_moved_from"] = (weakref.ref(self), tuple(sorted(at[id(before[i])] for i in changed_at
                                                                          if id(before[i]) in at)))
@@ -494,6 +517,24 @@ class ServedShape:
         shapes = tuple(p.shape for p in self.served.ports)
         object.__setattr__(self, "_shapes", shapes)
         object.__setattr__(self, "_hash", hash(shapes))
+
+    @classmethod
+    def _made(cls, served: ServedPorts, shapes: tuple, shapes_hash: int) -> "ServedShape":
+        made = object.__new__(cls)
+        for name, value in (("served", served), ("_shapes", shapes), ("_hash", shapes_hash)):
+            object.__setattr__(made, name, value)
+        return made
+
+    def moved(self, served: ServedPorts, replaced: list[tuple[int, ServicePortInput]]) -> "ServedShape":
+        """The shape of ``served``: these ports with those at the positions ``replaced`` replaced
+        (``ServedPorts.moved``), their shapes not looked at again but for those (an endpoint
+        coming or going rarely changes one: the same shapes, the same hash, then)."""
+        shapes = list(self._shapes)
+        for j, port in replaced:
+            shapes[j] = port.shape
+        if all(shapes[j] == self._shapes[j] for j, _port in replaced):
+            return self._made(served, self._shapes, self._hash)
+        return self._made(served, tuple(shapes), hash(tuple(shapes)))
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -713,7 +754,7 @@ def node_inputs(
         old = previous.get(node)
         if old is not None and changed is not None and node not in changed:
             same = old.mesh is mesh and (old.options is options or old.options == options)
-            out[node] = old if same else replace(old, options=options, mesh=mesh)
+            out[node] = old if same else NodeInput(node, options, old.local_pods, mesh, old.policies)
             continue
         pods = tuple(w for w in index.meshed_workloads_on(node) if w.ip)
         policies = tuple(index.policies_for(w) for w in pods)
