@@ -108,6 +108,8 @@ def _derived(mesh: MeshInput) -> tuple:
     that the next one does), each checked against the ports it is derived from."""
     served = mesh.served_ports(None)
     assert mesh.port_shapes == tuple(p.shape for p in mesh.service_ports)
+    assert mesh.port_hashes == tuple(hash(p) for p in mesh.service_ports)
+    assert served.port_hashes == tuple(hash(p) for p in served.ports)
     assert served._at == {id(p): j for j, p in enumerate(served.ports)}
     assert served.shape._shapes == tuple(p.shape for p in served.ports) and hash(served.shape) == hash(served.shape._shapes)
     return mesh.port_shapes, served.ports, served.shape._shapes

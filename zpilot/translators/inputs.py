@@ -132,6 +132,14 @@ def _hashes(ports: tuple[ServicePortInput, ...]) -> tuple[int, ...]:
     return tuple(map(_port_hash, ports))
 
 
+def _hashes_at(hashes: tuple[int, ...], ports: tuple[ServicePortInput, ...], at: Iterable[int]) -> tuple[int, ...]:
+    """``_hashes(ports)`` from ``hashes``, those of ports that differ at the positions ``at`` alone."""
+    made = list(hashes)
+    for i in at:
+        made[i] = ports[i]._hash
+    return tuple(made)
+
+
 def _facts_of(meshed: tuple[Workload, ...]) -> tuple[tuple, ...]:
     """(w.ip, w.node_name, w.namespace, w.service_account) of each, without a Python loop."""
     return tuple(zip(map(_first, map(_ips, meshed)), map(_node_name, meshed), map(_namespace, meshed),
@@ -194,18 +202,21 @@ class MeshInput:
     meshed_facts: tuple[tuple, ...] = field(default=None, repr=False)  # type: ignore[assignment]
     #: The generation of the index this was made from (``MeshIndex.changes_since`` tells the next one what changed).
     index_generation: int | None = field(default=None, repr=False)
+    #: The hash of each of ``service_ports``: made from them when not given.
+    port_hashes: tuple[int, ...] = field(default=None, repr=False)  # type: ignore[assignment]
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.meshed_facts is None:
             object.__setattr__(self, "meshed_facts", _facts_of(self.meshed))
+        if self.port_hashes is None:
+            object.__setattr__(self, "port_hashes", _hashes(self.service_ports))
         # the meshed pods' facts are compared, not hashed: thousands of tuples hashed again per change
         # for a hash that their count and the rest tell apart well enough
         object.__setattr__(
             self,
             "_hash",
-            hash((self.cluster_domain, _hashes(self.service_ports), self.vip_order, len(self.meshed_facts),
-                  self.node_cidrs)),
+            hash((self.cluster_domain, self.port_hashes, self.vip_order, len(self.meshed_facts), self.node_cidrs)),
         )
 
     @classmethod
@@ -215,10 +226,12 @@ class MeshInput:
         what ``previous`` derived of its service ports is kept, but for the ports that changed)."""
         changes = index.changes_since(previous.index_generation) if previous is not None else UNKNOWN_CHANGES
         carried: dict = {}
+        hashes = None
         if previous is not None and changes.service_ports is not None:
             ports, changed_at = previous._with_candidates(index, changes.service_ports)
             order = previous.vip_order
             carried = previous._carried(ports, changed_at)
+            hashes = _hashes_at(previous.port_hashes, ports, changed_at)
         else:
             ports, order = cls._ports(index, previous)
         if previous is None:
@@ -228,7 +241,7 @@ class MeshInput:
         cidrs = tuple((name, node.pod_cidrs) for name, node in sorted(index.nodes.items()) if node.pod_cidrs)
         if previous is not None and previous.node_cidrs == cidrs:
             cidrs = previous.node_cidrs
-        mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation)
+        mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation, hashes)
         mesh.__dict__.update(carried)
         if previous is not None and "pod_routes" in previous.__dict__ and meshed is previous.meshed and (
             cidrs is previous.node_cidrs
@@ -422,10 +435,14 @@ class ServedPorts:
     a memo key of the pieces built for all of them, hashed once."""
 
     ports: tuple[ServicePortInput, ...]
+    #: The hash of each of ``ports``: made from them when not given.
+    port_hashes: tuple[int, ...] = field(default=None, repr=False)  # type: ignore[assignment]
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash(_hashes(self.ports)))
+        if self.port_hashes is None:
+            object.__setattr__(self, "port_hashes", _hashes(self.ports))
+        object.__setattr__(self, "_hash", hash(self.port_hashes))
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -456,7 +473,7 @@ class ServedPorts:
             if j is not None:
                 ports[j] = new
                 replaced.append((j, old, new))
-        moved = ServedPorts(tuple(ports))
+        moved = ServedPorts(tuple(ports), _hashes_at(self.port_hashes, ports, [j for j, _old, _new in replaced]))
         if "_names" in self.__dict__:
             moved.__dict__["_names"] = dict(self.__dict__["_names"])
         # what was derived of these ports, but for those replaced (thousands of ports, one or two replaced)

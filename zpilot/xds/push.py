@@ -222,6 +222,9 @@ class Producer:
         self._translate = getattr(self.translator, "translate_parts", self.translator.translate)
         self.secrets = secrets
         self.metrics = metrics if metrics is not None else Metrics()
+        # a change sets 100 nodes' snapshots: their counters looked up once
+        self._snapshots_changed = self.metrics.node_snapshots.labels("changed")
+        self._snapshots_unchanged = self.metrics.node_snapshots.labels("unchanged")
         self.store = ResourceStore()
         self.index: MeshIndex | None = None
         #: Nodes whose latest config could not be produced (they keep their last good one, or are
@@ -233,6 +236,8 @@ class Producer:
         self._fragments: dict[str, tuple[Fragment, ...]] = {}
         #: What each node's current snapshot was checked with, but for its endpoints (see ``_Rest``).
         self._rest: dict[str, _Rest] = {}
+        #: How many resources of each type (``PUSH_ORDER``) each node's snapshot in the cache holds.
+        self._held: dict[str, tuple[int, ...]] = {}
         self._lock = asyncio.Lock()
 
     def build(self, node: str, node_input: Hashable, changed_at: float) -> _Built:
@@ -454,6 +459,7 @@ class Producer:
             for node in self.cache.nodes():
                 if node not in inputs:
                     self.cache.clear_snapshot(node)
+                    self._held.pop(node, None)
                     self._inputs.pop(node, None)
                     self._fragments.pop(node, None)
                     self._rest.pop(node, None)
@@ -539,20 +545,18 @@ class Producer:
         node = snapshot.node
         self.metrics.generation.observe(snapshot.generation_seconds)
         changed = self.cache.set_snapshot(snapshot)
+        if changed or node not in self._held:  # (else the cache keeps the one it has: the same resources)
+            self._held[node] = tuple(len(snapshot.resources(t).items) for t in PUSH_ORDER)
         if changed:
             report.changed[node] = changed
-            self.metrics.node_snapshots.labels("changed").inc()
+            self._snapshots_changed.inc()
         else:
             report.unchanged.append(node)
-            self.metrics.node_snapshots.labels("unchanged").inc()
+            self._snapshots_unchanged.inc()
 
     def _update_gauges(self) -> None:
-        totals: dict[str, int] = {}
-        for node in self.cache.nodes():
-            snapshot = self.cache.get_snapshot(node)
-            if snapshot is None:
-                continue
-            for type_url, resources in snapshot.types.items():
-                totals[type_url] = totals.get(type_url, 0) + len(resources.items)
-        for type_url in PUSH_ORDER:  # every type, so a type whose last resource went shows 0
-            self.metrics.resources.labels(short_name(type_url)).set(totals.get(type_url, 0))
+        # from what each node's snapshot was counted to hold as it was set (the producer is the cache's
+        # only writer): not every node's snapshot looked into again after a change that set one or two
+        totals = [sum(counts) for counts in zip(*self._held.values())] or [0] * len(PUSH_ORDER)
+        for type_url, total in zip(PUSH_ORDER, totals):  # every type, so a type whose last resource went shows 0
+            self.metrics.resources.labels(short_name(type_url)).set(total)
