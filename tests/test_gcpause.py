@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from zpilot.gcpause import pause, paused_gc
+from zpilot.gcpause import free_later, pause, paused_gc
 
 
 def test_pauses_nest_and_restore_the_collector() -> None:
@@ -38,6 +38,33 @@ def test_a_pause_ended_later_ends_once_and_nests_with_the_others() -> None:
     assert gc.isenabled()
 
 
+def test_what_is_given_up_under_a_pause_is_freed_by_the_collection_after_it() -> None:
+    import weakref
+
+    class Held:
+        pass
+
+    held = Held()
+    gone = weakref.ref(held)
+    with paused_gc():
+        free_later([held])
+        del held
+        assert gone() is not None
+    gc.collect(0)
+    assert gone() is None
+    for collector_off in (False, True):  # no pause: at once, the collector on or off
+        held = Held()
+        gone = weakref.ref(held)
+        if collector_off:
+            gc.disable()
+        try:
+            free_later([held])
+            del held
+            assert gone() is None
+        finally:
+            gc.enable()
+
+
 async def test_a_change_is_produced_stored_and_its_streams_started_without_a_collection() -> None:
     """The producer's pause lasts until the streams its change woke have run their first step (a
     server's begin their push burst there, which holds the collector off until they have sent)."""
@@ -54,6 +81,9 @@ async def test_a_change_is_produced_stored_and_its_streams_started_without_a_col
     assert gc.isenabled()
     watch = cache.watch(node_name(0))
     woken: list[bool] = []
+    import weakref
+
+    replaced = weakref.ref(cache.get_snapshot(node_name(0)))
 
     async def stream() -> None:
         await watch.wait()
@@ -76,9 +106,12 @@ async def test_a_change_is_produced_stored_and_its_streams_started_without_a_col
         gc.callbacks.remove(seen)
     watch.close()
     assert woken == [False] and collections == []
+    assert replaced() is not None and replaced() is not cache.get_snapshot(node_name(0))  # freed later
     for _ in range(3):
         await asyncio.sleep(0)
     assert gc.isenabled()
+    gc.collect(0)
+    assert replaced() is None  # by the collector, once the pause is over
 
 
 _FREEZE_CHILD = r"""

@@ -59,6 +59,21 @@ def pause() -> Callable[[], None]:
     return end
 
 
+def free_later(objects: list) -> None:
+    """Give up ``objects`` (a list only the caller holds) to be freed by the collector's next
+    run rather than now: made into a cycle, which reference counting never frees. Under a pause
+    (a change being produced; a server's push burst keeps one until the change is sent) that run
+    comes after it, so the config a change replaced (at R, milliseconds of freeing thousands of
+    objects and the memo's weak references to them) is not freed before the change is sent. Freed
+    at once when the collector is off but not by a pause (it would never run)."""
+    with _lock:
+        later = _depth > 0 and _was_enabled
+    if later:
+        objects.append(objects)
+    else:
+        objects.clear()
+
+
 _frozen = False
 
 

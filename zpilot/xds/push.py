@@ -23,12 +23,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Hashable, Iterable, Mapping, Protocol
 
 from google.protobuf.message import Message
 
-from ..gcpause import freeze_long_lived, pause, paused_gc
+from ..gcpause import free_later, freeze_long_lived, pause, paused_gc
 from ..model.index import MeshIndex
 from ..translators import IncrementalTranslator, Translated, consistency
 from ..translators.fragments import Fragment
@@ -151,6 +152,9 @@ class _Rest:
     fragments: tuple[Fragment, ...]
     #: What the node's check found no fault with of its endpoints: their names and what they need.
     endpoints_checked: tuple = ()
+
+
+_items = attrgetter("items")
 
 
 def _endpoints_summary(names: Iterable[str], facts: Iterable[consistency.Facts]) -> tuple:
@@ -501,8 +505,9 @@ class Producer:
             changed_at = time.monotonic() if changed_at is None else changed_at
             report = UpdateReport()
             held = [snap for snap in map(self.cache.get_snapshot, self.cache.nodes()) if snap is not None and snap.known]
-            for snapshot in await asyncio.to_thread(self._with_new_secrets, held, changed_at, report):
-                self._set(snapshot, report)
+            fresh = await asyncio.to_thread(self._with_new_secrets, held, changed_at, report)
+            changed = sum(self._set(snapshot, report) for snapshot in fresh)
+            self._count_sets(changed, len(fresh) - changed)
             report.unchanged.sort()
             self._update_gauges()
             report.seconds = time.perf_counter() - started
@@ -525,6 +530,8 @@ class Producer:
         return fresh
 
     def _store(self, results: dict[str, _Built | str], report: UpdateReport) -> None:
+        changed = unchanged = 0
+        replaced: list = []  # what each node held before: freed once the change is sent (gcpause.free_later)
         for node, result in results.items():
             if isinstance(result, str):
                 report.failed[node] = result
@@ -535,24 +542,38 @@ class Producer:
                 self.cache.withhold(node, result)
                 continue
             self.failures.pop(node, None)
+            replaced.append((self._inputs.get(node), self._fragments.get(node), self._rest.get(node),
+                             self.cache.get_snapshot(node)))
             self._inputs[node] = result.node_input
             self._fragments[node] = result.fragments
             if result.rest is not None:
                 self._rest[node] = result.rest
-            self._set(result.snapshot, report)
+            if self._set(result.snapshot, report):
+                changed += 1
+            else:
+                unchanged += 1
+        self._count_sets(changed, unchanged)
+        free_later(replaced)
 
-    def _set(self, snapshot: Snapshot, report: UpdateReport) -> None:
+    def _set(self, snapshot: Snapshot, report: UpdateReport) -> bool:
+        """Store one node's snapshot; whether it changed (the caller counts them: :meth:`_count_sets`)."""
         node = snapshot.node
         self.metrics.generation.observe(snapshot.generation_seconds)
         changed = self.cache.set_snapshot(snapshot)
         if changed or node not in self._held:  # (else the cache keeps the one it has: the same resources)
-            self._held[node] = tuple(len(snapshot.resources(t).items) for t in PUSH_ORDER)
+            self._held[node] = tuple(map(len, map(_items, map(snapshot.resources, PUSH_ORDER))))
         if changed:
             report.changed[node] = changed
-            self._snapshots_changed.inc()
-        else:
-            report.unchanged.append(node)
-            self._snapshots_unchanged.inc()
+            return True
+        report.unchanged.append(node)
+        return False
+
+    def _count_sets(self, changed: int, unchanged: int) -> None:
+        """Count snapshots set, changed and unchanged (once for a change's 100 nodes, not node by node)."""
+        if changed:
+            self._snapshots_changed.inc(changed)
+        if unchanged:
+            self._snapshots_unchanged.inc(unchanged)
 
     def _update_gauges(self) -> None:
         # from what each node's snapshot was counted to hold as it was set (the producer is the cache's
