@@ -690,10 +690,16 @@ class PodRoutes:
             return
         ranges = [(int(n.network_address), int(n.netmask)) for n in networks]
         inside, outside = [], []
-        for ip, _node, namespace, account in facts:
-            value = _ipv4_int(ip)
-            inside_cidr = value is not None and any(value & mask == net for net, mask in ranges)
-            (inside if inside_cidr else outside).append((ip, namespace, account))
+        if len(ranges) == 1:  # (most nodes have one: no generator per pod)
+            (net, mask), = ranges
+            for ip, _node, namespace, account in facts:
+                value = _ipv4_int(ip)
+                (inside if value is not None and value & mask == net else outside).append((ip, namespace, account))
+        else:
+            for ip, _node, namespace, account in facts:
+                value = _ipv4_int(ip)
+                inside_cidr = value is not None and any(value & mask == net for net, mask in ranges)
+                (inside if inside_cidr else outside).append((ip, namespace, account))
         sources[node] = (source, NodePods(node, cidrs, tuple(sorted(inside))), tuple(outside))
 
 
