@@ -4,7 +4,10 @@ Generating a large cluster's config allocates millions of small objects that are
 reference counting (they form no cycles), while the collector, counting allocations, walks
 everything alive again and again: at 100 nodes and 10,000 pods that was half the time of a cold
 generation. Pausing it for the burst and letting it run afterwards changes no result: objects in
-cycles are collected then.
+cycles are collected then. The producer pauses it for a whole model update and ends the pause
+once the streams the change woke have begun (``pause``: a pause that ends elsewhere than it
+began), and leaves what the change replaced for that collection to free (:func:`free_later`):
+neither the collection nor the freeing delays the change's sending.
 
 What the first model leaves alive (the model itself, the config of every node, the memo of
 shared pieces: millions of objects that live as long as the process or until a change replaces
