@@ -635,7 +635,20 @@ class PodRoutes:
         return (self.nodes, self.strays) == (other.nodes, other.strays)
 
     def __hash__(self) -> int:
-        return hash((self.nodes, self.strays))
+        found = self.__dict__.get("_hash_value")  # (a memo key: a hundred node parts hashed once)
+        if found is None:
+            found = self.__dict__["_hash_value"] = hash((self.nodes, self.strays))
+        return found
+
+    def moved_from(self) -> "tuple[PodRoutes, frozenset[str]] | None":
+        """The routes these were made from by the nodes whose pods changed (:meth:`of` with
+        ``changed``), while they are alive, and those nodes: every other node's part is the very
+        same object. None when made whole."""
+        found = self.__dict__.get("_moved_from")
+        if found is None:
+            return None
+        before = found[0]()
+        return (before, found[1]) if before is not None else None
 
     @classmethod
     def of(
@@ -652,7 +665,9 @@ class PodRoutes:
         meshed pods of each node whose pods may differ from ``previous``'s, when no other node's
         do (``MeshIndex.changes_since``) and the CIDRs are ``previous``'s: then only those nodes
         are looked at (``meshed_facts`` is not read)."""
+        moved = None
         if previous is not None and changed is not None and previous._sources.get(_CIDRS) == node_cidrs:
+            moved = previous  # the same nodes in the same order, those not in ``changed`` with the same parts
             usable, sources = previous._sources[_USABLE], dict(previous._sources)
             for node, facts in changed.items():
                 sources.pop(node, None)
@@ -671,6 +686,8 @@ class PodRoutes:
         strays = [fact for key, value in sources.items() if key not in (_CIDRS, _USABLE) for fact in value[2]]
         routes = cls(nodes, tuple(sorted(strays)))
         routes._sources.update(sources)
+        if moved is not None:  # weakly: a chain of every earlier model's routes must not stay alive
+            routes.__dict__["_moved_from"] = (weakref.ref(moved), frozenset(changed or ()))
         return routes
 
     @staticmethod

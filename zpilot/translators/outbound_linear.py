@@ -99,8 +99,8 @@ def _linear_endpoints(view: NodeView, out: NodeResources) -> None:
     args = (view.fragments, served, view.served_key(), view.cluster_domain, view.trust_domain)
     view.add_resources(out, ENDPOINT_TYPE, _service_endpoints, *args)
     # each node's meshed pods inside its pod CIDR (pod_select.py), the same on every node
-    nodes = view.mesh.pod_routes.nodes
-    view.add_resources(out, ENDPOINT_TYPE, pod_select.node_endpoint_sets, view.fragments, nodes, view.trust_domain)
+    routes = view.mesh.pod_routes
+    view.add_resources(out, ENDPOINT_TYPE, pod_select.node_endpoint_sets, view.fragments, routes, view.trust_domain)
 
 
 def _linear_shape(mesh: MeshInput) -> tuple:
