@@ -445,7 +445,7 @@ class Producer:
                 first = len(todo) if len(todo) <= self.batch_size else 0
                 now = [(node, inputs[node]) for node in todo[:first]]
                 results = await asyncio.to_thread(self._remake_then_build, batch, snapshots, now, changed_at)
-                self._store(results, report)
+                self._store(results, report, replaced_later=True)
             # In batches, each stored as soon as it is built: the first nodes are pushed while the
             # rest are still being translated, and the event loop keeps serving between batches.
             # Several batches are one burst (the first model: every node): the collector is paused
@@ -529,9 +529,13 @@ class Producer:
             fresh.append(snapshot.with_type(TypeResources.of(SECRET_TYPE, secrets, self.store.resource), changed_at))
         return fresh
 
-    def _store(self, results: dict[str, _Built | str], report: UpdateReport) -> None:
+    def _store(self, results: dict[str, _Built | str], report: UpdateReport, *, replaced_later: bool = False) -> None:
+        """Store what was made. ``replaced_later``: what each node held before is freed once the change
+        is sent (``gcpause.free_later``: a change that remade the endpoints of most nodes, and
+        translated one or two, replaced little but in many places); else at once (a change that
+        translates the nodes in batches may replace most of the config: never held twice)."""
         changed = unchanged = 0
-        replaced: list = []  # what each node held before: freed once the change is sent (gcpause.free_later)
+        replaced: list = []
         for node, result in results.items():
             if isinstance(result, str):
                 report.failed[node] = result
@@ -542,8 +546,9 @@ class Producer:
                 self.cache.withhold(node, result)
                 continue
             self.failures.pop(node, None)
-            replaced.append((self._inputs.get(node), self._fragments.get(node), self._rest.get(node),
-                             self.cache.get_snapshot(node)))
+            if replaced_later:
+                replaced.append((self._inputs.get(node), self._fragments.get(node), self._rest.get(node),
+                                 self.cache.get_snapshot(node)))
             self._inputs[node] = result.node_input
             self._fragments[node] = result.fragments
             if result.rest is not None:
