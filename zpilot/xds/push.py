@@ -189,12 +189,13 @@ class _Built:
 
 
 def _end_once_woken(end: Callable[[], None]) -> None:
-    """Call ``end`` once the streams woken by the snapshots just stored have run their first step.
+    """Call ``end`` once the streams woken by the snapshots just stored have begun.
 
     The cache wakes their watchers in a callback it scheduled as they were stored
-    (``SnapshotCache._wake_soon``), and the tasks that wakes are scheduled by that callback: a
-    callback scheduled from one scheduled now runs after them. A server's woken stream begins its
-    push burst in that first step (push_burst.py), pausing the collector until it has sent."""
+    (``SnapshotCache._wake_soon``): a server's stream, told by the cache's call, begins its push
+    burst there (push_burst.py), pausing the collector until it has sent; a task waiting on a
+    watch is scheduled by that callback. A callback scheduled from one scheduled now runs after
+    both."""
     try:
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, end)
