@@ -80,33 +80,34 @@ async def test_a_change_is_produced_stored_and_its_streams_started_without_a_col
         await asyncio.sleep(0)
     assert gc.isenabled()
     watch = cache.watch(node_name(0))
-    woken: list[bool] = []
+    woken: list[tuple[bool, int, bool]] = []
     import weakref
 
     replaced = weakref.ref(cache.get_snapshot(node_name(0)))
 
     async def stream() -> None:
         await watch.wait()
-        woken.append(gc.isenabled())
+        # no collection yet, none running, what the change replaced not freed yet
+        woken.append((gc.isenabled(), len(collections), replaced() is not None))
 
+    collections: list[int] = []
     task = asyncio.create_task(stream())
     await asyncio.sleep(0)
-    collections: list[int] = []
 
     def seen(phase: str, info: dict) -> None:
         if phase == "start":
             collections.append(info["generation"])
 
-    gc.callbacks.append(seen)
+    changed = MeshIndex.build(synthetic_cluster(synthetic_manifests(Shape(nodes=2, pods=7, services=2))))
+    gc.callbacks.append(seen)  # from the update's call on (the model is built before it, the collector on)
     try:
-        await producer.update(MeshIndex.build(synthetic_cluster(synthetic_manifests(Shape(nodes=2, pods=7, services=2)))))
+        await producer.update(changed)
         assert not gc.isenabled()
         await task
     finally:
         gc.callbacks.remove(seen)
     watch.close()
-    assert woken == [False] and collections == []
-    assert replaced() is not None and replaced() is not cache.get_snapshot(node_name(0))  # freed later
+    assert woken == [(False, 0, True)]
     for _ in range(3):
         await asyncio.sleep(0)
     assert gc.isenabled()
