@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
-from zpilot.gcpause import paused_gc
+from zpilot.gcpause import free_later, pause, paused_gc
 
 
 def test_pauses_nest_and_restore_the_collector() -> None:
@@ -25,6 +26,93 @@ def test_a_collector_disabled_before_stays_disabled() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_a_pause_ended_later_ends_once_and_nests_with_the_others() -> None:
+    end = pause()
+    assert not gc.isenabled()
+    with paused_gc():
+        end()
+        end()  # once: the block's pause stays
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_what_is_given_up_under_a_pause_is_freed_by_the_collection_after_it() -> None:
+    import weakref
+
+    class Held:
+        pass
+
+    held = Held()
+    gone = weakref.ref(held)
+    with paused_gc():
+        free_later([held])
+        del held
+        assert gone() is not None
+    gc.collect(0)
+    assert gone() is None
+    for collector_off in (False, True):  # no pause: at once, the collector on or off
+        held = Held()
+        gone = weakref.ref(held)
+        if collector_off:
+            gc.disable()
+        try:
+            free_later([held])
+            del held
+            assert gone() is None
+        finally:
+            gc.enable()
+
+
+async def test_a_change_is_produced_stored_and_its_streams_started_without_a_collection() -> None:
+    """The producer's pause lasts until the streams its change woke have run their first step (a
+    server's begin their push burst there, which holds the collector off until they have sent)."""
+    from zpilot.model.index import MeshIndex
+    from zpilot.synthetic import Shape, node_name, synthetic_cluster, synthetic_manifests
+    from zpilot.xds.push import Producer
+    from zpilot.xds.snapshot_cache import SnapshotCache
+
+    cache = SnapshotCache()
+    producer = Producer(cache)
+    await producer.update(MeshIndex.build(synthetic_cluster(synthetic_manifests(Shape(nodes=2, pods=6, services=2)))))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gc.isenabled()
+    watch = cache.watch(node_name(0))
+    woken: list[tuple[bool, int, bool]] = []
+    import weakref
+
+    replaced = weakref.ref(cache.get_snapshot(node_name(0)))
+
+    async def stream() -> None:
+        await watch.wait()
+        # no collection yet, none running, what the change replaced not freed yet
+        woken.append((gc.isenabled(), len(collections), replaced() is not None))
+
+    collections: list[int] = []
+    task = asyncio.create_task(stream())
+    await asyncio.sleep(0)
+
+    def seen(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    changed = MeshIndex.build(synthetic_cluster(synthetic_manifests(Shape(nodes=2, pods=7, services=2))))
+    gc.callbacks.append(seen)  # from the update's call on (the model is built before it, the collector on)
+    try:
+        await producer.update(changed)
+        assert not gc.isenabled()
+        await task
+    finally:
+        gc.callbacks.remove(seen)
+    watch.close()
+    assert woken == [(False, 0, True)]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gc.isenabled()
+    gc.collect(0)
+    assert replaced() is None  # by the collector, once the pause is over
 
 
 _FREEZE_CHILD = r"""

@@ -32,7 +32,7 @@ from zpilot.model.index import MeshIndex
 from zpilot.model.objects import ContainerPort, Locality, Namespace, Node, Service, Workload, frozen_labels
 from zpilot.model.policy import AuthorizationPolicy, PeerAuthentication
 from zpilot.translators import IncrementalTranslator, TranslateOptions
-from zpilot.translators.inputs import NodeInput
+from zpilot.translators.inputs import MeshInput, NodeInput
 
 from .clusters import GeneratedCluster, clusters
 
@@ -101,6 +101,18 @@ def _input_state(node_input: NodeInput) -> tuple:
     ports = tuple(p._facts for p in mesh.service_ports)
     return (node_input.node, node_input.options, node_input.local_pods, node_input.policies,
             (mesh.cluster_domain, ports, mesh.vip_order, mesh.meshed_facts))
+
+
+def _derived(mesh: MeshInput) -> tuple:
+    """What a mesh derives of its service ports and a later mesh may carry over (asked for here, so
+    that the next one does), each checked against the ports it is derived from."""
+    served = mesh.served_ports(None)
+    assert mesh.port_shapes == tuple(p.shape for p in mesh.service_ports)
+    assert mesh.port_hashes == tuple(hash(p) for p in mesh.service_ports)
+    assert served.port_hashes == tuple(hash(p) for p in served.ports)
+    assert served._at == {id(p): j for j, p in enumerate(served.ports)}
+    assert served.shape._shapes == tuple(p.shape for p in served.ports) and hash(served.shape) == hash(served.shape._shapes)
+    return mesh.port_shapes, served.ports, served.shape._shapes
 
 
 def _plain_pod(i: int, namespace: str, node: str, app: str, address: str | None = None,
@@ -246,5 +258,8 @@ def _check(history: History) -> None:
         kept = translator.inputs(incremental)
         assert {n: _input_state(i) for n, i in kept.items()} == {n: _input_state(i) for n, i in fresh.items()}
         assert kept == fresh
+        if kept:  # what the mesh derives, carried from the last one (MeshInput._carried): as made anew
+            mesh, fresh_mesh = next(iter(kept.values())).mesh, next(iter(fresh.values())).mesh
+            assert _derived(mesh) == _derived(fresh_mesh)
         if sees:
             assert skipping.inputs(incremental) == fresh

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from zpilot.kube.convert_policy import KIND_CONVERTERS
 from zpilot.kube.source import ModelBuilder, OriginContent
 from zpilot.translators import IncrementalTranslator, TranslateOptions
+from zpilot.xds.order import PUSH_ORDER, short_name
 from zpilot.xds.push import Producer
 from zpilot.xds.snapshot_cache import SnapshotCache
 
@@ -87,6 +88,16 @@ def _served(producer: Producer) -> dict:
     return {"served": state, "failed": sorted(producer.failures)}
 
 
+def _gauged(producer: Producer) -> tuple[dict[str, float], dict[str, int]]:
+    """The resources gauge by type, and what the cache holds by type (the gauge is kept from what
+    each node's snapshot held as it was set, not counted over every node again)."""
+    counted = {short_name(t): 0 for t in PUSH_ORDER}
+    for node in producer.cache.nodes():
+        for t, resources in producer.cache.get_snapshot(node).types.items():
+            counted[short_name(t)] += len(resources.items)
+    return {k: producer.metrics.value("zpilot_xds_resources", type=k) for k in counted}, counted
+
+
 def _producer() -> Producer:
     return Producer(SnapshotCache(), translate=IncrementalTranslator(TranslateOptions()))
 
@@ -114,5 +125,7 @@ def test_a_producer_fed_each_change_serves_what_a_new_one_serves_from_the_model_
             fresh = _producer()
             await fresh.update(index)
             assert _served(kept) == _served(fresh)
+            gauged, counted = _gauged(kept)
+            assert gauged == counted
 
     asyncio.run(run())

@@ -192,3 +192,32 @@ def test_changes_since_names_the_changed_added_and_removed_resources_once_for_ev
     del before
     gc.collect()
     assert gone() is None  # the answer kept does not keep the old resources alive
+
+
+def test_a_set_with_some_resources_replaced_has_the_version_of_one_made_whole() -> None:
+    """``TypeResources.replaced`` (a shared set after a change of one or two of its thousands)
+    writes the versions that changed over the text the set's version was hashed from: the very
+    version :func:`names_version` gives the same resources, again after a replacement of that."""
+    from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+    from zpilot.xds.snapshot import CachedResource, TypeResources, names_version
+
+    def cla(name: str, port: int) -> CachedResource:
+        out = ClusterLoadAssignment(cluster_name=name)
+        out.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = port
+        return CachedResource.of(ENDPOINT_TYPE, name, out)
+
+    names = ["svc-b", "svc-a", "svc-10", "svc-1", "é-unicode", "z"]
+    whole = TypeResources.of_cached(ENDPOINT_TYPE, {n: cla(n, 1) for n in names})
+    once = whole.replaced({"svc-10": cla("svc-10", 2), "z": cla("z", 3)})
+    twice = once.replaced({"svc-b": cla("svc-b", 4), "svc-10": cla("svc-10", 5)})
+    for made in (once, twice):
+        assert made.version == names_version(made.items.values()) == TypeResources.of_cached(
+            ENDPOINT_TYPE, dict(made.items)).version
+        assert list(made.items) == names  # in the same order
+    assert twice.items["svc-10"].version == cla("svc-10", 5).version and twice.items["z"] is once.items["z"]
+    assert whole.replaced({}).version == whole.version
+    # a name it lacks, or a resource named otherwise: made whole
+    for odd in ({"new": cla("new", 1)}, {"z": cla("y", 1)}):
+        made = whole.replaced(odd)
+        assert made.version == names_version(made.items.values()) and set(odd) <= set(made.items)

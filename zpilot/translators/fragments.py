@@ -128,8 +128,13 @@ class FragmentGroup:
         self, members: dict[str, Fragment], *, base: "tuple[FragmentGroup, tuple[str, ...]] | None" = None
     ) -> None:
         self.members = members
-        #: Each member's value by name.
-        self.values = {name: fragment.value for name, fragment in members.items()}
+        #: Each member's value by name (from ``base``'s, which has the same names, but those that may differ).
+        if base is not None:
+            self.values = dict(base[0].values)
+            for name in base[1]:
+                self.values[name] = members[name].value
+        else:
+            self.values = {name: fragment.value for name, fragment in members.items()}
         # (the group this one was made from, weakly, and the names whose member may differ from its)
         self._base = (weakref.ref(base[0]), base[1]) if base is not None else None
 

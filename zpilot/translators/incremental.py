@@ -48,10 +48,11 @@ class IncrementalTranslator:
         self._inputs: dict[str, NodeInput] = {}
         #: The endpoints made for the latest mesh, by what they depend on (see :meth:`endpoints`).
         self._endpoints_mesh: MeshInput | None = None
-        self._endpoints: dict[Hashable, EndpointSets] = {}
+        self._endpoints: dict[Hashable, tuple[EndpointSets, LateEndpoints, TranslateOptions]] = {}
         #: Meshes whose shape was compared with the latest one's (see :meth:`_same_shape`).
         self._shapes_of: MeshInput | None = None
-        self._shapes_compared: dict[tuple[LateEndpoints, MeshInput], bool] = {}
+        self._shapes_compared: dict[tuple[int, int], tuple[bool, LateEndpoints, MeshInput]] = {}
+        self._lates: dict[str, LateEndpoints | None] = {}
 
     def inputs(self, index: MeshIndex) -> dict[str, NodeInput]:
         """The input of every node that gets config (:func:`~zpilot.translators.inputs.config_nodes`);
@@ -76,9 +77,11 @@ class IncrementalTranslator:
         """Whether ``new`` gives the node what ``old`` did but for its endpoints: its layout keeps
         them apart, and nothing else it reads differs (the node, the options, its pods and their
         policies, the mesh's shape)."""
-        if not isinstance(old, NodeInput) or not isinstance(new, NodeInput) or old.options != new.options:
+        if not isinstance(old, NodeInput) or not isinstance(new, NodeInput) or (
+            old.options is not new.options and old.options != new.options
+        ):
             return False
-        late = late_endpoints(new.options.layout)
+        late = self._late(new.options.layout)
         return (
             late is not None
             and old.node == new.node
@@ -91,24 +94,36 @@ class IncrementalTranslator:
         """Whether the meshes' shapes are equal: compared once for all the nodes holding them."""
         if self._shapes_of is not new:
             self._shapes_of, self._shapes_compared = new, {}
-        same = self._shapes_compared.get((late, old))
-        if same is None:
-            same = self._shapes_compared[(late, old)] = old is new or _shape(late, old) == _shape(late, new)
-        return same
+        # by identity (the value holds both: their ids stay theirs): asked for each of 100 nodes
+        key = (id(late), id(old))
+        found = self._shapes_compared.get(key)
+        if found is None:
+            found = self._shapes_compared[key] = (old is new or _shape(late, old) == _shape(late, new), late, old)
+        return found[0]
 
     def endpoints(self, node_input: NodeInput) -> EndpointSets:
         """The node's ClusterLoadAssignments alone (see :meth:`endpoints_only`): made once per
         model for all the nodes whose input is the same to them (``LateEndpoints.key``)."""
-        late = late_endpoints(node_input.options.layout)
+        options = node_input.options
+        late = self._late(options.layout)
         if late is None:
-            raise ValueError(f"layout {node_input.options.layout!r} makes its endpoints with the rest of its config")
+            raise ValueError(f"layout {options.layout!r} makes its endpoints with the rest of its config")
         if self._endpoints_mesh is not node_input.mesh:  # a new model: the last one's are not kept
             self._endpoints_mesh, self._endpoints = node_input.mesh, {}
-        key = (late, node_input.options, late.key(node_input))
-        made = self._endpoints.get(key)
-        if made is None:
-            made = self._endpoints[key] = self._make_endpoints(late, node_input)
-        return made
+        # the layout and the options by identity (the value holds them: their ids stay theirs), asked
+        # for each of 100 nodes that all hold the same ones
+        key = (id(late), id(options), late.key(node_input))
+        found = self._endpoints.get(key)
+        if found is None:
+            found = self._endpoints[key] = (self._make_endpoints(late, node_input), late, options)
+        return found[0]
+
+    def _late(self, layout: str) -> LateEndpoints | None:
+        """``late_endpoints(layout)``, looked up once per layout."""
+        found = self._lates.get(layout, self)
+        if found is self:
+            found = self._lates[layout] = late_endpoints(layout)
+        return found  # type: ignore[return-value]
 
     def _make_endpoints(self, late: LateEndpoints, node_input: NodeInput) -> EndpointSets:
         view = NodeView.for_input(node_input, self.fragments, whole_listeners=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import socket
 import weakref
 from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import compress, count, islice
 from operator import attrgetter, is_not, itemgetter
@@ -123,13 +123,21 @@ class ServicePortInput:
         return tuple(seen_from(self.candidates, self.service, node))
 
 
-_port_hash = attrgetter("_hash")
+_port_hash, _port_shape = attrgetter("_hash"), attrgetter("shape")
 
 
 def _hashes(ports: tuple[ServicePortInput, ...]) -> tuple[int, ...]:
     """Each port's hash, read as they keep it: thousands of ``__hash__`` calls in Python were most of
     what hashing a mesh's ports cost."""
     return tuple(map(_port_hash, ports))
+
+
+def _hashes_at(hashes: tuple[int, ...], ports: tuple[ServicePortInput, ...], at: Iterable[int]) -> tuple[int, ...]:
+    """``_hashes(ports)`` from ``hashes``, those of ports that differ at the positions ``at`` alone."""
+    made = list(hashes)
+    for i in at:
+        made[i] = ports[i]._hash
+    return tuple(made)
 
 
 def _facts_of(meshed: tuple[Workload, ...]) -> tuple[tuple, ...]:
@@ -194,18 +202,21 @@ class MeshInput:
     meshed_facts: tuple[tuple, ...] = field(default=None, repr=False)  # type: ignore[assignment]
     #: The generation of the index this was made from (``MeshIndex.changes_since`` tells the next one what changed).
     index_generation: int | None = field(default=None, repr=False)
+    #: The hash of each of ``service_ports``: made from them when not given.
+    port_hashes: tuple[int, ...] = field(default=None, repr=False)  # type: ignore[assignment]
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.meshed_facts is None:
             object.__setattr__(self, "meshed_facts", _facts_of(self.meshed))
+        if self.port_hashes is None:
+            object.__setattr__(self, "port_hashes", _hashes(self.service_ports))
         # the meshed pods' facts are compared, not hashed: thousands of tuples hashed again per change
         # for a hash that their count and the rest tell apart well enough
         object.__setattr__(
             self,
             "_hash",
-            hash((self.cluster_domain, _hashes(self.service_ports), self.vip_order, len(self.meshed_facts),
-                  self.node_cidrs)),
+            hash((self.cluster_domain, self.port_hashes, self.vip_order, len(self.meshed_facts), self.node_cidrs)),
         )
 
     @classmethod
@@ -215,10 +226,12 @@ class MeshInput:
         what ``previous`` derived of its service ports is kept, but for the ports that changed)."""
         changes = index.changes_since(previous.index_generation) if previous is not None else UNKNOWN_CHANGES
         carried: dict = {}
+        hashes = None
         if previous is not None and changes.service_ports is not None:
             ports, changed_at = previous._with_candidates(index, changes.service_ports)
             order = previous.vip_order
             carried = previous._carried(ports, changed_at)
+            hashes = _hashes_at(previous.port_hashes, ports, changed_at)
         else:
             ports, order = cls._ports(index, previous)
         if previous is None:
@@ -228,7 +241,7 @@ class MeshInput:
         cidrs = tuple((name, node.pod_cidrs) for name, node in sorted(index.nodes.items()) if node.pod_cidrs)
         if previous is not None and previous.node_cidrs == cidrs:
             cidrs = previous.node_cidrs
-        mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation)
+        mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation, hashes)
         mesh.__dict__.update(carried)
         if previous is not None and "pod_routes" in previous.__dict__ and meshed is previous.meshed and (
             cidrs is previous.node_cidrs
@@ -277,12 +290,24 @@ class MeshInput:
         for name in ("_position", "has_node_local"):  # they read the services alone
             if name in self.__dict__:
                 carried[name] = self.__dict__[name]
+        shapes = self.__dict__.get("port_shapes")
+        if shapes is not None:  # thousands of ports, one or two changed
+            shapes = list(shapes)
+            for i in changed_at:
+                shapes[i] = ports[i].shape
+            carried["port_shapes"] = tuple(shapes)
         served = self.__dict__.get("_served_ports", {}).get(None)
         if served is not None:
             moved = served.moved(self.service_ports, ports, changed_at)
             if moved is not None:
                 carried["_served_ports"] = {None: moved}
         return carried
+
+    @cached_property
+    def port_shapes(self) -> tuple[tuple, ...]:
+        """Each service port's :attr:`ServicePortInput.shape`, in order (what a layout's config
+        but its endpoints reads of them: ``layout.LateEndpoints.shape``)."""
+        return tuple(map(_port_shape, self.service_ports))
 
     @cached_property
     def _position(self) -> dict[tuple[str, str, int], int]:
@@ -410,10 +435,14 @@ class ServedPorts:
     a memo key of the pieces built for all of them, hashed once."""
 
     ports: tuple[ServicePortInput, ...]
+    #: The hash of each of ``ports``: made from them when not given.
+    port_hashes: tuple[int, ...] = field(default=None, repr=False)  # type: ignore[assignment]
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_hash", hash(_hashes(self.ports)))
+        if self.port_hashes is None:
+            object.__setattr__(self, "port_hashes", _hashes(self.ports))
+        object.__setattr__(self, "_hash", hash(self.port_hashes))
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -435,6 +464,7 @@ class ServedPorts:
         changed whether it is captured (its endpoints came or all went)."""
         at = self._at
         ports = list(self.ports)
+        replaced: list[tuple[int, ServicePortInput, ServicePortInput]] = []  # (position, port there before, new port)
         for i in changed_at:
             old, new = before[i], after[i]
             if bool(old.endpoints(None)) != bool(new.endpoints(None)):
@@ -442,9 +472,19 @@ class ServedPorts:
             j = at.get(id(old))
             if j is not None:
                 ports[j] = new
-        moved = ServedPorts(tuple(ports))
+                replaced.append((j, old, new))
+        moved = ServedPorts(tuple(ports), _hashes_at(self.port_hashes, ports, [j for j, _old, _new in replaced]))
         if "_names" in self.__dict__:
             moved.__dict__["_names"] = dict(self.__dict__["_names"])
+        # what was derived of these ports, but for those replaced (thousands of ports, one or two replaced)
+        moved_at = dict(at)
+        for _j, old, _new in replaced:
+            del moved_at[id(old)]
+        for j, _old, new in replaced:
+            moved_at[id(new)] = j
+        moved.__dict__["_at"] = moved_at
+        if "shape" in self.__dict__:
+            moved.__dict__["shape"] = self.shape.moved(moved, [(j, new) for j, _old, new in replaced])
         # weakly: a chain of every earlier model's ports must not stay alive through the latest
         moved.__dict__["_moved_from"] = (weakref.ref(self), tuple(sorted(at[id(before[i])] for i in changed_at
                                                                          if id(before[i]) in at)))
@@ -494,6 +534,24 @@ class ServedShape:
         shapes = tuple(p.shape for p in self.served.ports)
         object.__setattr__(self, "_shapes", shapes)
         object.__setattr__(self, "_hash", hash(shapes))
+
+    @classmethod
+    def _made(cls, served: ServedPorts, shapes: tuple, shapes_hash: int) -> "ServedShape":
+        made = object.__new__(cls)
+        for name, value in (("served", served), ("_shapes", shapes), ("_hash", shapes_hash)):
+            object.__setattr__(made, name, value)
+        return made
+
+    def moved(self, served: ServedPorts, replaced: list[tuple[int, ServicePortInput]]) -> "ServedShape":
+        """The shape of ``served``: these ports with those at the positions ``replaced`` replaced
+        (``ServedPorts.moved``), their shapes not looked at again but for those (an endpoint
+        coming or going rarely changes one: the same shapes, the same hash, then)."""
+        shapes = list(self._shapes)
+        for j, port in replaced:
+            shapes[j] = port.shape
+        if all(shapes[j] == self._shapes[j] for j, _port in replaced):
+            return self._made(served, self._shapes, self._hash)
+        return self._made(served, tuple(shapes), hash(tuple(shapes)))
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -577,7 +635,20 @@ class PodRoutes:
         return (self.nodes, self.strays) == (other.nodes, other.strays)
 
     def __hash__(self) -> int:
-        return hash((self.nodes, self.strays))
+        found = self.__dict__.get("_hash_value")  # (a memo key: a hundred node parts hashed once)
+        if found is None:
+            found = self.__dict__["_hash_value"] = hash((self.nodes, self.strays))
+        return found
+
+    def moved_from(self) -> "tuple[PodRoutes, frozenset[str]] | None":
+        """The routes these were made from by the nodes whose pods changed (:meth:`of` with
+        ``changed``), while they are alive, and those nodes: every other node's part is the very
+        same object. None when made whole."""
+        found = self.__dict__.get("_moved_from")
+        if found is None:
+            return None
+        before = found[0]()
+        return (before, found[1]) if before is not None else None
 
     @classmethod
     def of(
@@ -594,7 +665,9 @@ class PodRoutes:
         meshed pods of each node whose pods may differ from ``previous``'s, when no other node's
         do (``MeshIndex.changes_since``) and the CIDRs are ``previous``'s: then only those nodes
         are looked at (``meshed_facts`` is not read)."""
+        moved = None
         if previous is not None and changed is not None and previous._sources.get(_CIDRS) == node_cidrs:
+            moved = previous  # the same nodes in the same order, those not in ``changed`` with the same parts
             usable, sources = previous._sources[_USABLE], dict(previous._sources)
             for node, facts in changed.items():
                 sources.pop(node, None)
@@ -613,6 +686,8 @@ class PodRoutes:
         strays = [fact for key, value in sources.items() if key not in (_CIDRS, _USABLE) for fact in value[2]]
         routes = cls(nodes, tuple(sorted(strays)))
         routes._sources.update(sources)
+        if moved is not None:  # weakly: a chain of every earlier model's routes must not stay alive
+            routes.__dict__["_moved_from"] = (weakref.ref(moved), frozenset(changed or ()))
         return routes
 
     @staticmethod
@@ -632,10 +707,16 @@ class PodRoutes:
             return
         ranges = [(int(n.network_address), int(n.netmask)) for n in networks]
         inside, outside = [], []
-        for ip, _node, namespace, account in facts:
-            value = _ipv4_int(ip)
-            inside_cidr = value is not None and any(value & mask == net for net, mask in ranges)
-            (inside if inside_cidr else outside).append((ip, namespace, account))
+        if len(ranges) == 1:  # (most nodes have one: no generator per pod)
+            (net, mask), = ranges
+            for ip, _node, namespace, account in facts:
+                value = _ipv4_int(ip)
+                (inside if value is not None and value & mask == net else outside).append((ip, namespace, account))
+        else:
+            for ip, _node, namespace, account in facts:
+                value = _ipv4_int(ip)
+                inside_cidr = value is not None and any(value & mask == net for net, mask in ranges)
+                (inside if inside_cidr else outside).append((ip, namespace, account))
         sources[node] = (source, NodePods(node, cidrs, tuple(sorted(inside))), tuple(outside))
 
 
@@ -713,7 +794,7 @@ def node_inputs(
         old = previous.get(node)
         if old is not None and changed is not None and node not in changed:
             same = old.mesh is mesh and (old.options is options or old.options == options)
-            out[node] = old if same else replace(old, options=options, mesh=mesh)
+            out[node] = old if same else NodeInput(node, options, old.local_pods, mesh, old.policies)
             continue
         pods = tuple(w for w in index.meshed_workloads_on(node) if w.ip)
         policies = tuple(index.policies_for(w) for w in pods)

@@ -99,8 +99,8 @@ def _linear_endpoints(view: NodeView, out: NodeResources) -> None:
     args = (view.fragments, served, view.served_key(), view.cluster_domain, view.trust_domain)
     view.add_resources(out, ENDPOINT_TYPE, _service_endpoints, *args)
     # each node's meshed pods inside its pod CIDR (pod_select.py), the same on every node
-    nodes = view.mesh.pod_routes.nodes
-    view.add_resources(out, ENDPOINT_TYPE, pod_select.node_endpoint_sets, view.fragments, nodes, view.trust_domain)
+    routes = view.mesh.pod_routes
+    view.add_resources(out, ENDPOINT_TYPE, pod_select.node_endpoint_sets, view.fragments, routes, view.trust_domain)
 
 
 def _linear_shape(mesh: MeshInput) -> tuple:
@@ -108,7 +108,7 @@ def _linear_shape(mesh: MeshInput) -> tuple:
     VIP:ports there are and whether each is captured, the identity a port's mesh endpoints share
     (its cluster names it), and the pod routes' shape: each node's pod CIDR and the pods outside
     their node's (the destination map lists their IPs), never a pod inside its node's CIDR."""
-    return (mesh.cluster_domain, mesh.vip_order, tuple(p.shape for p in mesh.service_ports), mesh.pod_routes.shape)
+    return (mesh.cluster_domain, mesh.vip_order, mesh.port_shapes, mesh.pod_routes.shape)
 
 
 def _linear_endpoints_key(node_input: NodeInput) -> tuple:

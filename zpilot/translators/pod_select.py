@@ -65,7 +65,7 @@ from . import clusters, endpoints, names
 from .envoy_common import access_log, original_dst_filter, original_src_filter, pack, struct
 from .filter_state import LOCAL_IP_STATE, RECORDED, REMOTE_IP_STATE
 from .fragments import FragmentGroup, Fragments
-from .inputs import NodePods, PodFact
+from .inputs import NodePods, PodFact, PodRoutes
 from .limits import DataPathLimits, idle_timeout
 from .tcp_proxy import proxy_chain, tcp_proxy
 
@@ -254,6 +254,19 @@ def node_endpoints(pods: NodePods, trust_domain: str) -> ClusterLoadAssignment:
     return endpoints.load_assignment(names.pods_on_node(pods.node), {NO_LOCALITY: [*pods.pods, None]}, write)
 
 
-def node_endpoint_sets(fragments: Fragments, nodes: tuple[NodePods, ...], trust_domain: str) -> FragmentGroup:
-    """Each node's ClusterLoadAssignment, rebuilt only for the nodes whose pods changed."""
-    return FragmentGroup({names.pods_on_node(n.node): fragments.get(node_endpoints, n, trust_domain) for n in nodes})
+def node_endpoint_sets(fragments: Fragments, routes: PodRoutes, trust_domain: str) -> FragmentGroup:
+    """Each node's ClusterLoadAssignment (of ``routes.nodes``), rebuilt only for the nodes whose pods
+    changed. When the routes were made from the last ones by the nodes whose pods changed
+    (``PodRoutes.moved_from``) and the group built for those is still held, it is that group with
+    those nodes' looked up again: a pod change looks at its node, not at every node."""
+    lineage = routes.moved_from()
+    last = fragments.find(node_endpoint_sets, fragments, lineage[0], trust_domain) if lineage else None
+    if last is None:
+        return FragmentGroup(
+            {names.pods_on_node(n.node): fragments.get(node_endpoints, n, trust_domain) for n in routes.nodes}
+        )
+    members = dict(last.value.members)
+    changed = [n for n in routes.nodes if n.node in lineage[1]]  # type: ignore[index]
+    for n in changed:
+        members[names.pods_on_node(n.node)] = fragments.get(node_endpoints, n, trust_domain)
+    return FragmentGroup(members, base=(last.value, tuple(names.pods_on_node(n.node) for n in changed)))

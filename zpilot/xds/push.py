@@ -23,12 +23,13 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping, Protocol
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Hashable, Iterable, Mapping, Protocol
 
 from google.protobuf.message import Message
 
-from ..gcpause import freeze_long_lived, paused_gc
+from ..gcpause import free_later, freeze_long_lived, pause, paused_gc
 from ..model.index import MeshIndex
 from ..translators import IncrementalTranslator, Translated, consistency
 from ..translators.fragments import Fragment
@@ -153,6 +154,9 @@ class _Rest:
     endpoints_checked: tuple = ()
 
 
+_items = attrgetter("items")
+
+
 def _endpoints_summary(names: Iterable[str], facts: Iterable[consistency.Facts]) -> tuple:
     """All a node's check reads of its endpoints (they have no listener, no cluster, no secret):
     their names, and what each of them needs, when none is misfiled; () when one is."""
@@ -184,6 +188,21 @@ class _Built:
     rest: _Rest | None = None
 
 
+def _end_once_woken(end: Callable[[], None]) -> None:
+    """Call ``end`` once the streams woken by the snapshots just stored have begun.
+
+    The cache wakes their watchers in a callback it scheduled as they were stored
+    (``SnapshotCache._wake_soon``): a server's stream, told by the cache's call, begins its push
+    burst there (push_burst.py), pausing the collector until it has sent; a task waiting on a
+    watch is scheduled by that callback. A callback scheduled from one scheduled now runs after
+    both."""
+    try:
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, end)
+    except RuntimeError:  # no loop running, or it is closed: nothing to wait for
+        end()
+
+
 class Producer:
     """Turns a :class:`MeshIndex` into snapshots in a cache, translating only what changed."""
 
@@ -208,6 +227,9 @@ class Producer:
         self._translate = getattr(self.translator, "translate_parts", self.translator.translate)
         self.secrets = secrets
         self.metrics = metrics if metrics is not None else Metrics()
+        # a change sets 100 nodes' snapshots: their counters looked up once
+        self._snapshots_changed = self.metrics.node_snapshots.labels("changed")
+        self._snapshots_unchanged = self.metrics.node_snapshots.labels("unchanged")
         self.store = ResourceStore()
         self.index: MeshIndex | None = None
         #: Nodes whose latest config could not be produced (they keep their last good one, or are
@@ -219,6 +241,8 @@ class Producer:
         self._fragments: dict[str, tuple[Fragment, ...]] = {}
         #: What each node's current snapshot was checked with, but for its endpoints (see ``_Rest``).
         self._rest: dict[str, _Rest] = {}
+        #: How many resources of each type (``PUSH_ORDER``) each node's snapshot in the cache holds.
+        self._held: dict[str, tuple[int, ...]] = {}
         self._lock = asyncio.Lock()
 
     def build(self, node: str, node_input: Hashable, changed_at: float) -> _Built:
@@ -394,7 +418,7 @@ class Producer:
         than through the model). ``changed_at`` is the monotonic time the change was first seen
         (push latency starts there). Must be awaited on the event loop that serves the cache.
         """
-        async with self._lock:
+        async with self._producing():
             started = time.perf_counter()
             changed_at = time.monotonic() if changed_at is None else changed_at
             report = UpdateReport()
@@ -422,7 +446,7 @@ class Producer:
                 first = len(todo) if len(todo) <= self.batch_size else 0
                 now = [(node, inputs[node]) for node in todo[:first]]
                 results = await asyncio.to_thread(self._remake_then_build, batch, snapshots, now, changed_at)
-                self._store(results, report)
+                self._store(results, report, replaced_later=True)
             # In batches, each stored as soon as it is built: the first nodes are pushed while the
             # rest are still being translated, and the event loop keeps serving between batches.
             # Several batches are one burst (the first model: every node): the collector is paused
@@ -440,6 +464,7 @@ class Producer:
             for node in self.cache.nodes():
                 if node not in inputs:
                     self.cache.clear_snapshot(node)
+                    self._held.pop(node, None)
                     self._inputs.pop(node, None)
                     self._fragments.pop(node, None)
                     self._rest.pop(node, None)
@@ -459,6 +484,20 @@ class Producer:
             )
             return report
 
+    @contextlib.asynccontextmanager
+    async def _producing(self) -> AsyncIterator[None]:
+        """One update at a time, and no garbage collection while it produces and stores a change:
+        its objects are young and many (the collection they called for was 3-5 ms at R, run
+        between the producer's steps or right after them, before any stream had sent the
+        change); it runs once the streams the change woke have started (``_end_once_woken``),
+        whose push burst holds it off until they have sent it."""
+        async with self._lock:
+            end_pause = pause()
+            try:
+                yield
+            finally:
+                _end_once_woken(end_pause)
+
     async def refresh(self, *, changed_at: float | None = None) -> UpdateReport:
         """Make every node's secrets again, the rest of its snapshot as it is (after a certificate
         rotation or a CA reload: translation does not depend on certificates)."""
@@ -467,8 +506,9 @@ class Producer:
             changed_at = time.monotonic() if changed_at is None else changed_at
             report = UpdateReport()
             held = [snap for snap in map(self.cache.get_snapshot, self.cache.nodes()) if snap is not None and snap.known]
-            for snapshot in await asyncio.to_thread(self._with_new_secrets, held, changed_at, report):
-                self._set(snapshot, report)
+            fresh = await asyncio.to_thread(self._with_new_secrets, held, changed_at, report)
+            changed = sum(self._set(snapshot, report) for snapshot in fresh)
+            self._count_sets(changed, len(fresh) - changed)
             report.unchanged.sort()
             self._update_gauges()
             report.seconds = time.perf_counter() - started
@@ -490,7 +530,13 @@ class Producer:
             fresh.append(snapshot.with_type(TypeResources.of(SECRET_TYPE, secrets, self.store.resource), changed_at))
         return fresh
 
-    def _store(self, results: dict[str, _Built | str], report: UpdateReport) -> None:
+    def _store(self, results: dict[str, _Built | str], report: UpdateReport, *, replaced_later: bool = False) -> None:
+        """Store what was made. ``replaced_later``: what each node held before is freed once the change
+        is sent (``gcpause.free_later``: a change that remade the endpoints of most nodes, and
+        translated one or two, replaced little but in many places); else at once (a change that
+        translates the nodes in batches may replace most of the config: never held twice)."""
+        changed = unchanged = 0
+        replaced: list = []
         for node, result in results.items():
             if isinstance(result, str):
                 report.failed[node] = result
@@ -501,30 +547,43 @@ class Producer:
                 self.cache.withhold(node, result)
                 continue
             self.failures.pop(node, None)
+            if replaced_later:
+                replaced.append((self._inputs.get(node), self._fragments.get(node), self._rest.get(node),
+                                 self.cache.get_snapshot(node)))
             self._inputs[node] = result.node_input
             self._fragments[node] = result.fragments
             if result.rest is not None:
                 self._rest[node] = result.rest
-            self._set(result.snapshot, report)
+            if self._set(result.snapshot, report):
+                changed += 1
+            else:
+                unchanged += 1
+        self._count_sets(changed, unchanged)
+        free_later(replaced)
 
-    def _set(self, snapshot: Snapshot, report: UpdateReport) -> None:
+    def _set(self, snapshot: Snapshot, report: UpdateReport) -> bool:
+        """Store one node's snapshot; whether it changed (the caller counts them: :meth:`_count_sets`)."""
         node = snapshot.node
         self.metrics.generation.observe(snapshot.generation_seconds)
         changed = self.cache.set_snapshot(snapshot)
+        if changed or node not in self._held:  # (else the cache keeps the one it has: the same resources)
+            self._held[node] = tuple(map(len, map(_items, map(snapshot.resources, PUSH_ORDER))))
         if changed:
             report.changed[node] = changed
-            self.metrics.node_snapshots.labels("changed").inc()
-        else:
-            report.unchanged.append(node)
-            self.metrics.node_snapshots.labels("unchanged").inc()
+            return True
+        report.unchanged.append(node)
+        return False
+
+    def _count_sets(self, changed: int, unchanged: int) -> None:
+        """Count snapshots set, changed and unchanged (once for a change's 100 nodes, not node by node)."""
+        if changed:
+            self._snapshots_changed.inc(changed)
+        if unchanged:
+            self._snapshots_unchanged.inc(unchanged)
 
     def _update_gauges(self) -> None:
-        totals: dict[str, int] = {}
-        for node in self.cache.nodes():
-            snapshot = self.cache.get_snapshot(node)
-            if snapshot is None:
-                continue
-            for type_url, resources in snapshot.types.items():
-                totals[type_url] = totals.get(type_url, 0) + len(resources.items)
-        for type_url in PUSH_ORDER:  # every type, so a type whose last resource went shows 0
-            self.metrics.resources.labels(short_name(type_url)).set(totals.get(type_url, 0))
+        # from what each node's snapshot was counted to hold as it was set (the producer is the cache's
+        # only writer): not every node's snapshot looked into again after a change that set one or two
+        totals = [sum(counts) for counts in zip(*self._held.values())] or [0] * len(PUSH_ORDER)
+        for type_url, total in zip(PUSH_ORDER, totals):  # every type, so a type whose last resource went shows 0
+            self.metrics.resources.labels(short_name(type_url)).set(total)

@@ -142,24 +142,24 @@ class ResourceStore:
         members, before = shared.fragment.value.members, base.value.members
         noted = shared.fragment.value.based_on()
         if noted is not None and noted[0] is base.value:  # made from it: only the members it names may differ
-            items = dict(held.items)
             changed = [name for name in noted[1] if before.get(name) is not members[name]]
-            for name in changed:
-                items[name] = self.resource(type_url, name, members[name].value, members[name])
             shared.fragment.derived[(BASE, type_url)] = (weakref.ref(base), tuple(changed))
-            return TypeResources.of_cached(type_url, items)
+            return held.replaced({name: self.resource(type_url, name, members[name].value, members[name])
+                                  for name in changed})
         same_names = members.keys() == before.keys()
-        names = held.items.keys() if same_names else sorted(members)  # held's are in name order
+        if same_names:  # those that differ serialized, in held's order (name order)
+            changed = [name for name, member in members.items() if before.get(name) is not member]
+            shared.fragment.derived[(BASE, type_url)] = (weakref.ref(base), tuple(changed))
+            return held.replaced({name: self.resource(type_url, name, members[name].value, members[name])
+                                  for name in changed})
         items: dict[str, CachedResource] = {}
-        changed: list[str] = []
-        for name in names:
+        for name in sorted(members):  # held's are in name order
             member = members[name]
             if before.get(name) is member:
                 items[name] = held.items[name]
             else:
                 items[name] = self.resource(type_url, name, member.value, member)
-                changed.append(name)
-        shared.fragment.derived[(BASE, type_url)] = (weakref.ref(base), tuple(changed) if same_names else None)
+        shared.fragment.derived[(BASE, type_url)] = (weakref.ref(base), None)
         return TypeResources.of_cached(type_url, items)
 
     def composed(self, type_url: str, parts: list[TypeResources], own: dict[str, CachedResource]) -> TypeResources:
