@@ -115,6 +115,22 @@ async def test_a_change_is_produced_stored_and_its_streams_started_without_a_col
     assert replaced() is None  # by the collector, once the pause is over
 
 
+async def test_an_update_that_fails_ends_the_producers_pause_all_the_same() -> None:
+    """The producer's pause ends in its ``finally`` (once the loop has run on, as after a change it
+    stored): an update that raises leaves the collector as it found it."""
+    import pytest
+
+    from zpilot.xds.push import Producer
+    from zpilot.xds.snapshot_cache import SnapshotCache
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError, match="before any model"):
+        await Producer(SnapshotCache()).update()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gc.isenabled()
+
+
 _FREEZE_CHILD = r"""
 import asyncio, gc, weakref
 from zpilot.model.index import MeshIndex

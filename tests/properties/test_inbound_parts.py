@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from zpilot import contract
 from zpilot.kube.convert_policy import KIND_CONVERTERS
-from zpilot.kube.source import ModelBuilder, OriginContent
+from zpilot.kube.source import ModelBuilder
 from zpilot.translators import IncrementalTranslator, TranslateOptions, translate_node
 from zpilot.xds.order import LISTENER_TYPE
 from zpilot.xds.push import Producer
@@ -32,7 +32,7 @@ from zpilot.xds.snapshot import content_version
 from zpilot.xds.snapshot_cache import SnapshotCache
 
 from .test_incremental_model import EXPLORE
-from .test_incremental_producer import changing
+from .test_incremental_producer import changing, model_at
 
 OPTIONS = TranslateOptions()
 
@@ -74,13 +74,7 @@ def test_inbound_listeners_joined_from_their_pods_chains_are_the_whole_translati
 
     async def run() -> None:
         for step in steps:
-            contents = [
-                (origin, OriginContent(((origin, versions[choice - 1]),)), None)
-                for (origin, versions), choice in zip(slots, step)
-                if choice
-            ]
-            contents.sort(key=lambda entry: entry[0])
-            index = builder.build(contents)
+            index = model_at(builder, slots, step)
             await producer.update(index)
             assert not producer.failures
             for node in producer.cache.nodes():

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from zpilot.kube.convert_policy import KIND_CONVERTERS
 from zpilot.kube.source import ModelBuilder, OriginContent
+from zpilot.model.index import MeshIndex
 from zpilot.translators import IncrementalTranslator, TranslateOptions
 from zpilot.xds.order import PUSH_ORDER, short_name
 from zpilot.xds.push import Producer
@@ -98,6 +99,17 @@ def _gauged(producer: Producer) -> tuple[dict[str, float], dict[str, int]]:
     return {k: producer.metrics.value("zpilot_xds_resources", type=k) for k in counted}, counted
 
 
+def model_at(builder: ModelBuilder, slots: list[tuple[str, list[Any]]], step: list[int]) -> MeshIndex:
+    """The model of one step of a :func:`changing` history: each slot's chosen version (0: absent)."""
+    contents = [
+        (origin, OriginContent(((origin, versions[choice - 1]),)), None)
+        for (origin, versions), choice in zip(slots, step)
+        if choice
+    ]
+    contents.sort(key=lambda entry: entry[0])
+    return builder.build(contents)
+
+
 def _producer() -> Producer:
     return Producer(SnapshotCache(), translate=IncrementalTranslator(TranslateOptions()))
 
@@ -114,13 +126,7 @@ def test_a_producer_fed_each_change_serves_what_a_new_one_serves_from_the_model_
 
     async def run() -> None:
         for step in steps:
-            contents = [
-                (origin, OriginContent(((origin, versions[choice - 1]),)), None)
-                for (origin, versions), choice in zip(slots, step)
-                if choice
-            ]
-            contents.sort(key=lambda entry: entry[0])
-            index = builder.build(contents)
+            index = model_at(builder, slots, step)
             await kept.update(index)
             fresh = _producer()
             await fresh.update(index)

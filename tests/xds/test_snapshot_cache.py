@@ -90,6 +90,31 @@ async def test_a_watch_calls_its_on_change_for_each_change_of_its_node_until_clo
     assert cache.watcher_count() == 0
 
 
+async def test_a_watch_whose_on_change_fails_loses_no_other_watchers_wake_up(caplog):
+    """The cache calls each watch's ``on_change`` in one loop over a change's nodes: one that raises
+    is logged, and every other watcher, of its node and of the nodes after it, is still told."""
+    cache = SnapshotCache()
+    calls: list[str] = []
+
+    def failing() -> None:
+        raise RuntimeError("broken watcher")
+
+    broken = cache.watch("a", failing)
+    watches = [cache.watch("a", lambda: calls.append("a")), cache.watch("b", lambda: calls.append("b"))]
+    cache.set_snapshot(snap("a", "x", "y"))  # most changed types: woken first
+    cache.set_snapshot(snap("b", "x"))
+    with caplog.at_level("ERROR", logger="zpilot.xds.snapshot_cache"):
+        await asyncio.sleep(0)
+    assert sorted(calls) == ["a", "b"]
+    assert "broken watcher" in caplog.text
+    assert broken._event.is_set()  # its own waiter is woken even so
+    calls.clear()
+    assert cache.clear_snapshot("a")  # told at once: the same
+    assert calls == ["a"]
+    for watch in (broken, *watches):
+        watch.close()
+
+
 async def test_a_change_wakes_the_nodes_with_most_changed_types_first():
     """Stored in one step (as the producer stores a change), the node whose clusters changed too is
     woken before the nodes whose endpoints alone changed, whatever the order they were set in: its

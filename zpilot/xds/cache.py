@@ -42,9 +42,11 @@ class SnapshotReader(Protocol):
 
     def watch(self, node: str, on_change: Callable[[], None] | None = None) -> NodeWatch:
         """Watch a node (known or not: a node the model gains later gets its config then).
-        ``on_change`` is called on each change too, at once on the event loop's thread: a
-        stream then needs no task of its own waiting (a change wakes a hundred streams at R,
-        one task step each less to take before any of them sends)."""
+        ``on_change`` is called on each change too, on the event loop's thread, as the watch is
+        woken (a stored snapshot's right after the producer's storing step, a node withheld or
+        cleared at once), not from a task: a stream then needs no task of its own waiting (a
+        change wakes a hundred streams at R, one task step each less to take before any of them
+        sends). An ``on_change`` that raises is logged; the change's other watchers are told."""
 
 
 class SnapshotWriter(Protocol):

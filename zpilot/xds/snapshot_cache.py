@@ -92,7 +92,10 @@ class SnapshotCache:
 
     def _notify(self, node: str) -> None:
         for watch in list(self._watches.get(node, ())):
-            watch.notify()
+            try:
+                watch.notify()
+            except Exception:  # one watcher's ``on_change`` failing must not lose the others' wake-up
+                log.exception("a watcher of node %s failed on its change", node)
 
     def withhold(self, node: str, reason: str) -> None:
         if node in self._snapshots:
