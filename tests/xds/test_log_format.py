@@ -16,6 +16,7 @@ from zpilot.xds.order import CLUSTER_TYPE
 
 from .ads_client import AdsClient
 from .envoy_util import NODE_A, eventually, free_port, random_loopback, stop_process_group
+from .envoy_util import die_with_parent
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def serve_json(manifests: Path, tmp_path: Path):
             [sys.executable, "-m", "zpilot.cli", "--log-format", "json", "serve", "--manifests", str(manifests),
              "--insecure-xds", "--xds-address", "127.0.0.1", "--xds-port", str(xds_port), "--debug-port", "0",
              "--metrics-address", "127.0.0.1", "--metrics-port", "0", "--bind-address", random_loopback()],
-            stdout=subprocess.DEVNULL, stderr=out, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=out, preexec_fn=die_with_parent,
         )
     yield {"proc": proc, "xds_port": xds_port, "err": err}
     stop_process_group(proc)

@@ -26,6 +26,7 @@ from zpilot.certs import CertificateAuthority
 
 from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, Envoy, eventually, free_port, node_credential, random_loopback,
                          stop_process_group)
+from .envoy_util import die_with_parent
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
@@ -58,7 +59,7 @@ class Replica:
                  "--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port), "--debug-port", str(self.debug_port),
                  "--metrics-address", "127.0.0.1", "--metrics-port", "0", "--bind-address", bind,
                  "--cert-lifetime", str(lifetime), "--layout", layout],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
             )
 
     async def wait_ready(self) -> None:

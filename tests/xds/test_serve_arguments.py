@@ -17,6 +17,7 @@ from zpilot.cli import build_parser
 from zpilot.commands.serve import exposed_debug_address
 
 from .envoy_util import free_port, stop_process_group
+from .envoy_util import die_with_parent
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
 
@@ -99,7 +100,7 @@ class Serve:
         self.log = tmp_path / "serve.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(serve_argv(*extra), stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True, umask=umask)
+                                         preexec_fn=die_with_parent, umask=umask)
 
     def wait_ready(self, client: httpx.Client, url: str) -> None:
         deadline = time.monotonic() + 30

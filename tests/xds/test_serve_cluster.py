@@ -29,6 +29,7 @@ from zpilot.kube.api_resources import control_plane_watches
 from .e2e_util import wait_no_diff, wait_synced
 from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port, random_loopback,
                          stop_process_group)
+from .envoy_util import die_with_parent
 
 WEB_IPS = ["10.4.3.60", "10.4.4.61", "10.4.3.62"]
 #: What serve watches, as its log lines name each (``pods``, ``endpointslices.discovery.k8s.io``...).
@@ -50,7 +51,7 @@ class Serve:
                  "--metrics-address", "127.0.0.1", "--metrics-port", str(self.metrics_port),
                  "--bind-address", random_loopback(), "--debounce-quiet", "0.05",
                  *(["--layout", layout] if layout else [])],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
                 env={k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")},
             )
 

@@ -17,6 +17,7 @@ import pytest
 from .e2e_util import debug_json, wait_no_diff, wait_synced, zpilot_diff_cli
 from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port, random_loopback,
                          stop_process_group)
+from .envoy_util import die_with_parent
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
@@ -77,7 +78,7 @@ def serve(manifests: Path, tmp_path: Path, layout: str):
              "--xds-address", "127.0.0.1", "--xds-port", str(xds_port), "--debug-port", str(debug_port),
              "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port),
              "--bind-address", random_loopback(), "--debounce-quiet", str(DEBOUNCE_QUIET), "--layout", layout],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
     info = {"proc": proc, "xds_port": xds_port, "debug_port": debug_port, "metrics_port": metrics_port, "log": log,
             "bootstrap": ("--ca-dir", str(ca_dir))}
