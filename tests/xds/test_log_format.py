@@ -15,8 +15,7 @@ from zpilot.logs import MAX_FIELD_CHARS
 from zpilot.xds.order import CLUSTER_TYPE
 
 from .ads_client import AdsClient
-from .envoy_util import NODE_A, eventually, free_port, random_loopback, stop_process_group
-from .envoy_util import die_with_parent
+from .envoy_util import NODE_A, die_with_parent, eventually, free_port, random_loopback, stop_process_group
 
 
 @pytest.fixture

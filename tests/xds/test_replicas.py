@@ -24,9 +24,8 @@ from tests.kube.apiserver.objects import make_namespace
 from .e2e_util import debug_json, wait_no_diff, wait_synced
 from zpilot.certs import CertificateAuthority
 
-from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, Envoy, eventually, free_port, node_credential, random_loopback,
-                         stop_process_group)
-from .envoy_util import die_with_parent
+from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, Envoy, die_with_parent, eventually, free_port, node_credential,
+                         random_loopback, stop_process_group)
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 

@@ -16,8 +16,7 @@ from zpilot.certs.kube_secret import DEFAULT_SECRET
 from zpilot.cli import build_parser
 from zpilot.commands.serve import exposed_debug_address
 
-from .envoy_util import free_port, stop_process_group
-from .envoy_util import die_with_parent
+from .envoy_util import die_with_parent, free_port, stop_process_group
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
 

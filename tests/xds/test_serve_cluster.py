@@ -27,9 +27,8 @@ from tests.kube.apiserver.objects import make_pod, make_service, service_port
 from zpilot.kube.api_resources import control_plane_watches
 
 from .e2e_util import wait_no_diff, wait_synced
-from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port, random_loopback,
+from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, die_with_parent, eventually, free_port, random_loopback,
                          stop_process_group)
-from .envoy_util import die_with_parent
 
 WEB_IPS = ["10.4.3.60", "10.4.4.61", "10.4.3.62"]
 #: What serve watches, as its log lines name each (``pods``, ``endpointslices.discovery.k8s.io``...).

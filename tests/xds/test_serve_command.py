@@ -15,9 +15,8 @@ import httpx
 import pytest
 
 from .e2e_util import debug_json, wait_no_diff, wait_synced, zpilot_diff_cli
-from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port, random_loopback,
+from .envoy_util import (NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, die_with_parent, eventually, free_port, random_loopback,
                          stop_process_group)
-from .envoy_util import die_with_parent
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
