@@ -24,6 +24,7 @@ was most of the serving CPU of a service added.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 import grpc
 
@@ -97,25 +98,37 @@ def _since(sub: Subscription, resources: TypeResources, before: TypeResources) -
 
 
 def _compared(sub: Subscription, resources: TypeResources) -> Due:
-    """Every wanted and every held name compared with ``resources``."""
+    """Every wanted and every held name compared with ``resources`` (a new stream: 2,100 per type
+    at R, so walked in the resources' own order, nearly sorted already, and sorted at the end)."""
     items = resources.items
-    known = sub.known
-    wanted = sub.wanted(items)
-    send = [items[n] for n in sorted(wanted) if n in items and (known.get(n) != items[n].version or n in sub.force)]
-    removed = sorted(n for n in known if n not in items or n not in wanted)
-    missing = sorted(n for n in sub.names - items.keys() - known.keys() if n not in sub.missing_reported)
+    known, force, names = sub.known, sub.force, sub.names
+    if sub.wildcard:  # wanted: every one there is, and the names asked for
+        if not known and not force:  # a new stream (not a reconnect): all of them
+            send = list(items.values())
+        else:
+            send = [r for n, r in items.items() if known.get(n) != r.version or n in force]
+        removed = [n for n in known if n not in items]
+    else:
+        if len(names) * 4 < len(items):
+            send = [r for n in names if (r := items.get(n)) is not None and (known.get(n) != r.version or n in force)]
+        else:
+            send = [r for n, r in items.items() if n in names and (known.get(n) != r.version or n in force)]
+        removed = [n for n in known if n not in items or n not in names]
+    reported = sub.missing_reported
+    missing = [n for n in names if n not in items and n not in known and n not in reported]
+    send.sort(key=_name)
+    removed.sort()
+    missing.sort()
     return Due(send, removed, missing)
 
 
-def _name(resource: CachedResource) -> str:
-    return resource.name
+_name, _version = attrgetter("name"), attrgetter("version")
 
 
 def settle(sub: Subscription, resources: TypeResources, answer: Due) -> None:
     """Book ``answer`` as the client's (before it is written: a request read meanwhile finds it
     booked): what it now holds, brought up to ``resources``."""
-    for r in answer.send:
-        sub.known[r.name] = r.version
+    sub.known.update(zip(map(_name, answer.send), map(_version, answer.send)))
     for n in answer.removed:
         sub.known.pop(n, None)
     sub.force.clear()
@@ -171,7 +184,8 @@ class DeltaStream(Stream):
             nonce = self.next_nonce()
             chunks = wire.delta_discovery_response_chunks(
                 system_version_info=resources.version,
-                entries=[part for r in send for part in r.delta_parts],
+                entries=resources.delta_entry_chunks() if len(send) == len(resources.items)
+                else [part for r in send for part in r.delta_parts],  # every one: a shared set joined once
                 removed=removed,
                 type_url=type_url,
                 nonce=nonce,
