@@ -173,6 +173,8 @@ class DeltaStream(Stream):
                 continue
             latency = self.push_latency(sub, snapshot)
             resources = snapshot.resources(type_url)
+            if sub.known_of is resources and not (sub.pending or sub.force or sub.fresh):
+                continue  # it holds these very resources: nothing due (most types of most streams, each change)
             answer = due(sub, resources)
             sub.pending = False
             if answer.missing:  # only for names asked for since the last look: nothing to report on most
