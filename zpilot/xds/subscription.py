@@ -41,8 +41,9 @@ class Subscription:
     #: The resources (a ``TypeResources``) that ``known`` holds every subscribed one of, at
     #: their versions, when it does: the next response then needs only what changed since, found
     #: once for every stream (``TypeResources.changes_since``), not by going through them all.
-    #: Delta: ``known`` is then exactly the subscribed ones of them, and every subscribed name
-    #: they lack was already answered as removed; reset by any change of the subscription.
+    #: Delta: ``known`` is then exactly the subscribed ones of them (but for ``fresh``), and every
+    #: other subscribed name they lack was already answered as removed; reset when wildcard is
+    #: turned on or off.
     known_of: object | None = None
     #: Delta, not wildcard: names subscribed since ``known_of`` was set, which the client was not
     #: brought up to with the others; the next response compares these one by one (a service
