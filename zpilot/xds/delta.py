@@ -206,5 +206,8 @@ class DeltaStream(Stream):
             if type_url == CLUSTER_TYPE and names:
                 # A cluster Envoy added or changed warms until its endpoints come (envoy#13009).
                 eds = self.subscriptions[ENDPOINT_TYPE]
-                endpoints = snapshot.resources(ENDPOINT_TYPE).items
-                eds.force.update(n for n in names if n in eds.names or (eds.wildcard and n in endpoints))
+                if eds.wildcard:
+                    endpoints = snapshot.resources(ENDPOINT_TYPE).items
+                    eds.force.update(n for n in names if n in eds.names or n in endpoints)
+                else:  # (a new stream's 2,100 clusters: found without a Python loop)
+                    eds.force |= eds.names.intersection(names)
