@@ -2,7 +2,8 @@
 path, ``Subscription.known_of``) or by comparing every name: always the same answer.
 
 The fast path is right only while its precondition holds (the client holds exactly the wanted
-resources of what it was last brought up to, and the subscription did not change since); these
+resources of what it was last brought up to, but for the names subscribed since, and wildcard was
+not turned on or off since); these
 tests drive one subscription through both ways side by side and compare every answer."""
 
 from __future__ import annotations
@@ -113,14 +114,31 @@ def test_a_stream_that_missed_versions_gets_what_changed_since_the_one_it_has() 
     assert shape(answer) == ([("a", "2"), ("c", "1")], ["b"], []) and p.shortcuts == 1
 
 
-def test_a_subscription_change_is_answered_by_comparing_every_name() -> None:
+def test_names_subscribed_on_an_open_stream_are_compared_alone() -> None:
+    """A service added: Envoy subscribes to its clusters' endpoints. The answer is found from the
+    shared changes plus the new names, not by going through every name the stream has."""
     p = Pair(ENDPOINT_TYPE)
-    p.request(subscribe=["a"])
-    current = resources(ENDPOINT_TYPE, {"a": "1", "b": "1"})
+    p.request(subscribe=["a", "c"])
+    current = resources(ENDPOINT_TYPE, {"a": "1", "b": "1", "c": "1"})
     p.respond(current)
     p.request(subscribe=["b", "nope"], unsubscribe=["a"])
-    assert shape(p.respond(current)) == ([("b", "1")], [], ["nope"]) and p.shortcuts == 0
-    assert not p.respond(resources(ENDPOINT_TYPE, {"b": "1"})) and p.shortcuts == 1
+    changed = resources(ENDPOINT_TYPE, {"a": "2", "b": "1", "c": "2"})
+    assert shape(p.respond(changed)) == ([("b", "1"), ("c", "2")], [], ["nope"]) and p.shortcuts == 1
+    p.request(subscribe=["a"], initial={"a": "2"})  # a version reported after the first request counts for nothing
+    assert shape(p.respond(changed)) == ([("a", "2")], [], []) and p.shortcuts == 2
+    assert not p.respond(resources(ENDPOINT_TYPE, {"a": "2", "b": "1", "c": "2"})) and p.shortcuts == 3
+
+
+def test_wildcard_turned_on_or_off_is_answered_by_comparing_every_name() -> None:
+    p = Pair(CLUSTER_TYPE)
+    p.request(subscribe=["a"])
+    current = resources(CLUSTER_TYPE, {"a": "1", "b": "1"})
+    p.respond(current)
+    p.request(subscribe=["*"])
+    assert shape(p.respond(current)) == ([("b", "1")], [], []) and p.shortcuts == 0
+    p.request(unsubscribe=["*"])
+    assert shape(p.respond(current)) == ([], ["b"], []) and p.shortcuts == 0
+    assert not p.respond(resources(CLUSTER_TYPE, {"a": "1"})) and p.shortcuts == 1
 
 
 @pytest.mark.parametrize("type_url", [ENDPOINT_TYPE, CLUSTER_TYPE])

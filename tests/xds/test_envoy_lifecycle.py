@@ -157,6 +157,38 @@ async def test_envoy_converges_and_loses_a_removed_service(make_plane, envoys, m
         # (Envoy unsubscribes the removed clusters' endpoints itself, so EDS owes it no removal notice.)
 
 
+SENT_EDS = re.compile(r"sent EDS to node=\S+ conn=(\S+) .* resources=(\d+) ")
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+async def test_a_service_added_reaches_envoy_with_only_its_endpoints_sent(
+    make_plane, envoys, manifests, caplog, delta, layout
+):
+    """Envoy asks for the endpoints of the clusters a service added brought (a delta subscription,
+    a SotW name list): they are sent, and no other assignment (2,000 of them at R)."""
+    from zpilot.model.index import MeshIndex
+    from zpilot.xds.order import ENDPOINT_TYPE
+
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
+    full = load_index(manifests)
+    without = MeshIndex.build(dataclasses.replace(
+        full.cluster, services=tuple(s for s in full.cluster.services if s.name != "details")))
+    plane = await make_plane(layout=layout, index=without)
+    envoy = envoys(NODE_A, plane.xds_port, delta=delta)
+    await envoy.wait_ready()
+    conn = await wait_synced(plane.debug_port, NODE_A)
+    await wait_no_diff(plane.debug_port, envoy)
+    caplog.clear()
+
+    await plane.update(MeshIndex.build(full.cluster))
+    await wait_synced(plane.debug_port, NODE_A)
+    await wait_no_diff(plane.debug_port, envoy)  # the new clusters warmed: their endpoints came
+    added = [n for n in plane.cache.get_snapshot(NODE_A).resources(ENDPOINT_TYPE).items if "details.default.svc" in n]
+    assert added
+    sent = [int(m.group(2)) for r in caplog.records if (m := SENT_EDS.match(r.getMessage())) and m.group(1) == conn["id"]]
+    assert sum(sent) == len(added), (sent, added)
+
+
 async def test_delta_envoy_reconnect_resends_only_what_differs(make_plane, envoys, caplog, layout):
     caplog.set_level(logging.INFO, logger="zpilot.xds")
     plane = await make_plane(layout=layout)

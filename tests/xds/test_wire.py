@@ -83,3 +83,35 @@ def test_cached_delta_entries_parse_as_resources():
     for got, c in zip(parsed.resources, clusters):
         unpacked = Cluster()
         assert got.resource.Unpack(unpacked) and unpacked == c
+
+
+def test_a_delta_entry_shares_the_cached_bytes():
+    """A delta stream's entry of a resource adds its own header to the very bytes cached for SotW
+    (a view, not a copy: one copy of each resource is held whichever protocol is served)."""
+    from zpilot.xds.snapshot import CachedResource
+
+    cached = CachedResource.of(CLUSTER_TYPE, "a", Cluster(name="a"))
+    *_, body = cached.delta_parts
+    assert isinstance(body, memoryview) and body.obj is cached.parts[0]
+    assert bytes(body) == cached.any
+
+
+def test_every_delta_entry_of_a_composed_set_parses_as_its_resources():
+    """A new delta stream's answer carries every resource: a shared set's entries joined once,
+    then the node's own."""
+    from zpilot.xds.snapshot import CachedResource, TypeResources
+
+    def cached(*names: str) -> dict[str, CachedResource]:
+        return {n: CachedResource.of(CLUSTER_TYPE, n, Cluster(name=n)) for n in names}
+
+    shared = TypeResources.of_cached(CLUSTER_TYPE, cached("s1", "s2", "s3"))
+    node = TypeResources.composed(CLUSTER_TYPE, [shared], cached("own1", "own2"))
+    assert node.parts == (shared,)
+    chunks = node.delta_entry_chunks()
+    assert chunks[0] is TypeResources.composed(CLUSTER_TYPE, [shared], {}).delta_entry_chunks()[0]  # joined once
+    parsed = DeltaDiscoveryResponse.FromString(wire.delta_discovery_response_from_entries(
+        system_version_info="s", entries=b"".join(chunks), removed=[], type_url=CLUSTER_TYPE, nonce="1"))
+    assert [(r.name, r.version) for r in parsed.resources] == [(n, r.version) for n, r in node.items.items()]
+    for got in parsed.resources:
+        unpacked = Cluster()
+        assert got.resource.Unpack(unpacked) and unpacked.name == got.name

@@ -11,17 +11,20 @@ sent again; after clusters change, their endpoints are sent again so warming clu
 
 What a response carries (:func:`due`) is found in one of two ways with the same result. Once a
 response (or a look that found nothing to send) has brought the client up to some resources of
-the node, and its subscription has not changed since, ``Subscription.known_of`` names them: the
-next response needs only what changed between them and the node's current resources, which
-``TypeResources.changes_since`` finds once for every stream (a node's, and the nodes sharing both
-sets), filtered by what this stream wants. Otherwise every wanted and every held name is compared
-with the current resources (a new stream, a changed subscription): at R that is 2,000 EDS names
-per stream, for each of 100 streams, for every pod change.
+the node, ``Subscription.known_of`` names them: the next response needs only what changed between
+them and the node's current resources, which ``TypeResources.changes_since`` finds once for every
+stream (a node's, and the nodes sharing both sets), filtered by what this stream wants. Names
+subscribed since (``Subscription.fresh``: a service added, its clusters' endpoints) are compared
+one by one, names unsubscribed are simply no longer wanted. Otherwise every wanted and every held
+name is compared with the current resources (a new stream or a reconnect, wildcard turned on or
+off): at R that is 2,100 EDS names; done for each of 100 streams on every subscription change, it
+was most of the serving CPU of a service added.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 import grpc
 
@@ -56,51 +59,80 @@ def due(sub: Subscription, resources: TypeResources, *, shared: bool = True) -> 
 
 
 def _since(sub: Subscription, resources: TypeResources, before: TypeResources) -> Due:
-    """``known`` is exactly the wanted ones of ``before`` and every name wanted but not in it was
-    answered already (``Subscription.known_of``), and what is wanted did not change since."""
+    """``known`` is exactly the wanted ones of ``before`` but for the names subscribed since
+    (``Subscription.fresh``), and every other name wanted but not in it was answered already
+    (``Subscription.known_of``): the others need what changed since, the fresh ones are compared."""
     items = resources.items
     if before is resources:
         changed: list[CachedResource] = []
         gone: list[str] = []
     else:
         changed, gone = resources.changes_since(before)
+    fresh = sub.fresh
     if sub.wildcard:  # wanted: every one there is (an added one too); the client had all of before's
         send = list(changed)
         removed = sorted(gone)
     else:
         names = sub.names
-        send = [r for r in changed if r.name in names]
-        removed = sorted(n for n in gone if n in names)
+        send = [r for r in changed if r.name in names and r.name not in fresh]
+        removed = [n for n in gone if n in names and n not in fresh]
+    missing: list[str] = []
+    if fresh:  # as _compared does, for these few
+        known, force = sub.known, sub.force
+        for n in fresh:
+            r = items.get(n)
+            if r is not None:
+                if known.get(n) != r.version or n in force:
+                    send.append(r)
+            elif n in known:
+                removed.append(n)
+            elif n not in sub.missing_reported:
+                missing.append(n)
     if sub.force:
         sending = {r.name for r in send}
         send += [items[n] for n in sub.force if n not in sending and n in items and (sub.wildcard or n in sub.names)]
     send.sort(key=_name)
-    return Due(send, removed, [])
-
-
-def _compared(sub: Subscription, resources: TypeResources) -> Due:
-    """Every wanted and every held name compared with ``resources``."""
-    items = resources.items
-    known = sub.known
-    wanted = sub.wanted(items)
-    send = [items[n] for n in sorted(wanted) if n in items and (known.get(n) != items[n].version or n in sub.force)]
-    removed = sorted(n for n in known if n not in items or n not in wanted)
-    missing = sorted(n for n in sub.names - items.keys() - known.keys() if n not in sub.missing_reported)
+    removed.sort()
+    missing.sort()
     return Due(send, removed, missing)
 
 
-def _name(resource: CachedResource) -> str:
-    return resource.name
+def _compared(sub: Subscription, resources: TypeResources) -> Due:
+    """Every wanted and every held name compared with ``resources`` (a new stream: 2,100 per type
+    at R, so walked in the resources' own order, nearly sorted already, and sorted at the end)."""
+    items = resources.items
+    known, force, names = sub.known, sub.force, sub.names
+    if sub.wildcard:  # wanted: every one there is, and the names asked for
+        if not known and not force:  # a new stream (not a reconnect): all of them
+            send = list(items.values())
+        else:
+            send = [r for n, r in items.items() if known.get(n) != r.version or n in force]
+        removed = [n for n in known if n not in items]
+    else:
+        if len(names) * 4 < len(items):
+            send = [r for n in names if (r := items.get(n)) is not None and (known.get(n) != r.version or n in force)]
+        else:
+            send = [r for n, r in items.items() if n in names and (known.get(n) != r.version or n in force)]
+        removed = [n for n in known if n not in items or n not in names]
+    reported = sub.missing_reported
+    missing = [n for n in names if n not in items and n not in known and n not in reported]
+    send.sort(key=_name)
+    removed.sort()
+    missing.sort()
+    return Due(send, removed, missing)
+
+
+_name, _version = attrgetter("name"), attrgetter("version")
 
 
 def settle(sub: Subscription, resources: TypeResources, answer: Due) -> None:
     """Book ``answer`` as the client's (before it is written: a request read meanwhile finds it
     booked): what it now holds, brought up to ``resources``."""
-    for r in answer.send:
-        sub.known[r.name] = r.version
+    sub.known.update(zip(map(_name, answer.send), map(_version, answer.send)))
     for n in answer.removed:
         sub.known.pop(n, None)
     sub.force.clear()
+    sub.fresh.clear()
     sub.known_of = resources
 
 
@@ -141,9 +173,11 @@ class DeltaStream(Stream):
                 continue
             latency = self.push_latency(sub, snapshot)
             resources = snapshot.resources(type_url)
+            if sub.known_of is resources and not (sub.pending or sub.force or sub.fresh):
+                continue  # it holds these very resources: nothing due (most types of most streams, each change)
             answer = due(sub, resources)
             sub.pending = False
-            if answer.missing:  # never from the shared changes: nothing to report on most looks
+            if answer.missing:  # only for names asked for since the last look: nothing to report on most
                 self.note_missing(sub, answer.missing, "answered as removed")
             settle(sub, resources, answer)
             if not answer:
@@ -152,7 +186,8 @@ class DeltaStream(Stream):
             nonce = self.next_nonce()
             chunks = wire.delta_discovery_response_chunks(
                 system_version_info=resources.version,
-                entries=[part for r in send for part in r.delta_parts],
+                entries=resources.delta_entry_chunks() if len(send) == len(resources.items)
+                else [part for r in send for part in r.delta_parts],  # every one: a shared set joined once
                 removed=removed,
                 type_url=type_url,
                 nonce=nonce,
@@ -171,5 +206,8 @@ class DeltaStream(Stream):
             if type_url == CLUSTER_TYPE and names:
                 # A cluster Envoy added or changed warms until its endpoints come (envoy#13009).
                 eds = self.subscriptions[ENDPOINT_TYPE]
-                endpoints = snapshot.resources(ENDPOINT_TYPE).items
-                eds.force.update(n for n in names if n in eds.names or (eds.wildcard and n in endpoints))
+                if eds.wildcard:
+                    endpoints = snapshot.resources(ENDPOINT_TYPE).items
+                    eds.force.update(n for n in names if n in eds.names or n in endpoints)
+                else:  # (a new stream's 2,100 clusters: found without a Python loop)
+                    eds.force |= eds.names.intersection(names)

@@ -41,9 +41,14 @@ class Subscription:
     #: The resources (a ``TypeResources``) that ``known`` holds every subscribed one of, at
     #: their versions, when it does: the next response then needs only what changed since, found
     #: once for every stream (``TypeResources.changes_since``), not by going through them all.
-    #: Delta: ``known`` is then exactly the subscribed ones of them, and every subscribed name
-    #: they lack was already answered as removed; reset by any change of the subscription.
+    #: Delta: ``known`` is then exactly the subscribed ones of them (but for ``fresh``), and every
+    #: other subscribed name they lack was already answered as removed; reset when wildcard is
+    #: turned on or off.
     known_of: object | None = None
+    #: Delta, not wildcard: names subscribed since ``known_of`` was set, which the client was not
+    #: brought up to with the others; the next response compares these one by one (a service
+    #: added: its two EDS names, not the 2,000 others).
+    fresh: set[str] = field(default_factory=set)
     sent_version: str | None = None
     sent_nonce: str = ""
     #: Names sent on this stream at any time (bounded by the node's config over the stream's life).
@@ -104,7 +109,8 @@ class Subscription:
         True when the subscription changed (it then needs an answer)."""
         subscribe, unsubscribe = set(subscribe), set(unsubscribe)
         changed = False
-        if not self.started:
+        first = not self.started
+        if first:
             self.started = True
             self.known = dict(initial)
             if self.type_url in WILDCARD_TYPES and not subscribe:
@@ -115,8 +121,9 @@ class Subscription:
             wildcard = True
         if WILDCARD_NAME in unsubscribe:
             wildcard = False
-        changed = changed or wildcard != self.wildcard
-        revised = wildcard != self.wildcard
+        toggled = wildcard != self.wildcard
+        changed = changed or toggled
+        revised = toggled
         self.wildcard = wildcard
         subscribe.discard(WILDCARD_NAME)
         unsubscribe.discard(WILDCARD_NAME)
@@ -132,7 +139,13 @@ class Subscription:
         self.force |= {n for n in new_names if n not in self.known}
         changed = changed or bool(new_names or unsubscribe)
         if changed:
-            self.known_of = None  # what is wanted changed: the next response goes through everything
+            if self.known_of is not None and not (first or toggled or wildcard):
+                # names came or went: the client still holds exactly the others' versions of known_of
+                self.fresh |= new_names
+                self.fresh -= unsubscribe
+            else:  # the first request, or wildcard on or off: the next response goes through everything
+                self.known_of = None
+                self.fresh.clear()
         return changed
 
     def let_go(self, names: Iterable[str]) -> None:

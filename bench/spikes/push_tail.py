@@ -1,0 +1,77 @@
+"""Spike (issue 13, delta at R): which stream is a pod change's last "sent", and the event loop's CPU until then.
+
+The benchmark's set-up (``bench/scale.py``'s churn: a control plane at R, 100 simulated ztunnels over
+real gRPC, ``bench/ztunnels.py``), then N pods added and deleted. For each change: the producer's time,
+the sent time of each stream after the producer's handover (its last response of the change), and the
+CPU of the event loop's thread (``thread_time``) from the handover to the last stream's send; the three
+slowest streams and what they sent last. CPU, unlike the wall time, hardly moves with the machine's load.
+
+    python3 bench/spikes/push_tail.py delta|sotw [N]
+
+Not a test and not the benchmark; docs/scale.md quotes what it found.
+"""
+import asyncio, sys, os, time, dataclasses, json, statistics
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
+import scale
+from zpilot.kube.convert_policy import KIND_CONVERTERS
+from zpilot.synthetic import extra_pod
+
+mode = sys.argv[1]; n = int(sys.argv[2]) if len(sys.argv) > 2 else 4
+
+async def main():
+    from zpilot.model.index import MeshIndex
+    from zpilot.runtime.control_plane import ControlPlane, DebugOptions
+    from zpilot.translators import IncrementalTranslator, TranslateOptions
+    from zpilot.xds.observer import StreamObserver
+    from zpilot.xds.security import XdsSecurity
+    from zpilot.xds.server import ServerOptions
+    from zpilot.synthetic import Shape; shape = Shape.reference()
+    cluster, index, _ = scale._model(shape)
+    class Sent(StreamObserver):
+        def __init__(self): self.records = []
+        def response_sent(self, stream, response):
+            self.records.append((time.monotonic(), time.thread_time(), stream.node, response.type_url.rsplit(".",1)[1], response.push_latency, response.bytes))
+    sent = Sent()
+    plane = ControlPlane(xds_security=XdsSecurity.insecure(), server_options=ServerOptions(host="127.0.0.1", port=0),
+                         debug_options=DebugOptions(host="127.0.0.1", port=0),
+                         translate=IncrementalTranslator(TranslateOptions(layout="linear")), freeze_first_model=True)
+    plane.ads.observer.add(sent)
+    await plane.update(index); await plane.start()
+    nodes = [scale.node_name(i) for i in range(100)]
+    clients = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "bench" / "ztunnels.py"), "--xds", f"127.0.0.1:{plane.xds_port}",
+        *(["--delta"] if mode == "delta" else []), *nodes, stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True)
+    ready = set(); received = []
+    async def read():
+        async for line in clients.stdout:
+            r = json.loads(line)
+            if "ready" in r: ready.add(r["ready"])
+            elif "holds" not in r: received.append(r)
+    reader = asyncio.create_task(read())
+    while len(ready) < 100: await asyncio.sleep(0.1)
+    await scale._quiet(sent, 1.0, received)
+    models = scale._Models(MeshIndex, index)
+    tails = []
+    for r in range(n):
+        node = (r * 7 + 3) % shape.nodes
+        pod = KIND_CONVERTERS["Pod"](extra_pod(shape, r, node))
+        for kind, model in (("add", dataclasses.replace(cluster, workloads=cluster.workloads + (pod,))), ("del", cluster)):
+            first = len(sent.records)
+            t0 = time.monotonic()
+            idx = await asyncio.to_thread(models.build, model)
+            t1 = time.monotonic(); c1 = time.thread_time()
+            await plane.update(idx, changed_at=t0)
+            t2 = time.monotonic(); c2 = time.thread_time()
+            await scale._quiet(sent, 1.0, received)
+            recs = [x for x in sent.records[first:] if x[4] is not None]
+            last = {}
+            for t, c, nd, ty, lat, b in recs:
+                if nd not in last or t > last[nd][0]: last[nd] = (t, c, ty)
+            after = sorted(((t - t2) * 1000, (c - c2) * 1000, nd, ty) for nd, (t, c, ty) in last.items())
+            worst = after[-3:]
+            print(f"{kind} node-{node}: producer {1000*(t2-t1):.0f} ms ({1000*(c2-c1):.0f} cpu); after handover to last sent: p50 {after[len(after)//2][0]:.1f} max {after[-1][0]:.1f} ms wall, {after[-1][1]:.1f} ms cpu; worst {[(round(a,1), round(b,1), nd, ty) for a,b,nd,ty in worst]}")
+            tails.append(after[-1][1])
+    print("mean cpu handover->last sent", round(statistics.mean(tails), 1))
+    reader.cancel(); os.killpg(clients.pid, 9); await clients.wait(); await plane.stop()
+asyncio.run(main())
