@@ -219,6 +219,74 @@ def test_changes_since_names_the_changed_added_and_removed_resources_once_for_ev
     assert gone() is None  # the answer kept does not keep the old resources alive
 
 
+def test_a_set_with_some_resources_replaced_knows_its_changes_since_the_one_it_replaced() -> None:
+    """``TypeResources.replaced`` tells ``changes_since`` what changed (the first stream to send a
+    change does not look through thousands of assignments for it): exactly what looking finds,
+    in the same order, whatever order the set's names are in."""
+    from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+    from zpilot.xds.snapshot import CachedResource, TypeResources
+
+    def cla(name: str, port: int) -> CachedResource:
+        out = ClusterLoadAssignment(cluster_name=name)
+        out.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = port
+        return CachedResource.of(ENDPOINT_TYPE, name, out)
+
+    for names in (["a", "b", "c", "d", "e"], ["svc-b", "svc-a", "svc-10", "z", "svc-1"]):
+        whole = TypeResources.of_cached(ENDPOINT_TYPE, {n: cla(n, 1) for n in names})
+        # two changed (given out of order), one the same content made again, one the very same object
+        once = whole.replaced({names[3]: cla(names[3], 2), names[0]: cla(names[0], 3), names[1]: cla(names[1], 1),
+                               names[2]: whole.items[names[2]]})
+        twice = once.replaced({names[4]: cla(names[4], 9)})
+        if names == sorted(names):  # as resource_store's sets: told, nothing to look through
+            assert id(whole) in once.__dict__["_changes"] and id(once) in twice.__dict__["_changes"]
+        for after, before in ((once, whole), (twice, once)):
+            told = after.changes_since(before)
+            del after.__dict__["_changes"]
+            assert after.changes_since(before) == told  # found by looking: the same
+        assert [r.name for r in once.changes_since(whole)[0]] == [n for n in names if n in (names[0], names[3])]
+
+
+def test_a_whole_composed_of_sets_some_replaced_knows_its_changes_since_the_one_before() -> None:
+    """A node's endpoints are composed of shared sets; after a change some of them are sets made by
+    ``replaced``: the whole's changes are theirs, told, not looked for through every assignment, and
+    they are what looking finds. Sets not made that way, or naming the same resource twice: looked for."""
+    from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+    from zpilot.xds.snapshot import CachedResource, TypeResources
+
+    def cla(name: str, port: int) -> CachedResource:
+        out = ClusterLoadAssignment(cluster_name=name)
+        out.endpoints.add().lb_endpoints.add().endpoint.address.socket_address.port_value = port
+        return CachedResource.of(ENDPOINT_TYPE, name, out)
+
+    def looked(after: TypeResources, before: TypeResources) -> tuple[list, list]:
+        fresh = TypeResources(after.type_url, after.items, after.version)  # not composed: looks
+        return fresh.changes_since(before)
+
+    a = TypeResources.of_cached(ENDPOINT_TYPE, {n: cla(n, 1) for n in ("a1", "a2", "a3")})
+    b = TypeResources.of_cached(ENDPOINT_TYPE, {n: cla(n, 1) for n in ("b1", "b2")})
+    c = TypeResources.of_cached(ENDPOINT_TYPE, {n: cla(n, 1) for n in ("c1",)})
+    before = TypeResources.composed(ENDPOINT_TYPE, [a, b, c], {})
+    after = TypeResources.composed(ENDPOINT_TYPE, [a.replaced({"a2": cla("a2", 2)}), b,
+                                                   c.replaced({"c1": cla("c1", 3)})], {})
+    assert after._told_changes(before) is not None
+    changed, removed = after.changes_since(before)
+    assert [r.name for r in changed] == ["a2", "c1"] and removed == []
+    assert (changed, removed) == looked(after, before)
+    # a set made otherwise (a name added): looked for, the same answer as ever
+    grown = TypeResources.of_cached(ENDPOINT_TYPE, {**b.items, "b3": cla("b3", 1)})
+    other = TypeResources.composed(ENDPOINT_TYPE, [a, grown, c], {})
+    assert other._told_changes(before) is None
+    assert [r.name for r in other.changes_since(before)[0]] == ["b3"]
+    # the same name in two sets (the later one's in the whole): looked for
+    twice = TypeResources.of_cached(ENDPOINT_TYPE, {"a2": cla("a2", 7)})
+    overlap_before = TypeResources.composed(ENDPOINT_TYPE, [a, twice], {})
+    overlap_after = TypeResources.composed(ENDPOINT_TYPE, [a.replaced({"a2": cla("a2", 2)}), twice], {})
+    assert overlap_after._told_changes(overlap_before) is None
+    assert overlap_after.changes_since(overlap_before) == ([], [])  # a2 is still twice's in both
+
+
 def test_a_set_with_some_resources_replaced_has_the_version_of_one_made_whole() -> None:
     """``TypeResources.replaced`` (a shared set after a change of one or two of its thousands)
     writes the versions that changed over the text the set's version was hashed from: the very

@@ -12,7 +12,13 @@ refusal reason, outcome): never a node, resource name or anything else a client 
 
 from __future__ import annotations
 
+import bisect
+import time
+from typing import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
 
 from .auth import DENIAL_REASONS
 from .observer import Response, StreamInfo, StreamObserver
@@ -30,6 +36,77 @@ def type_label(type_url: str) -> str:
     return SHORT_NAMES.get(type_url, "other")
 
 
+class _ResponseMetrics:
+    """The three metrics every response counts in (responses, their bytes, push latency), as a
+    custom collector: plain numbers added on the event loop, made into samples when scraped. A
+    change is a response on each of a hundred streams; prometheus-client's own metrics took a
+    lock and a check per call, three calls per response (about a fifth of a stream's Python work
+    to send a pushed endpoint update at R)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}  # (type, mode) -> responses
+        self.bytes: dict[str, int] = {}  # type -> bytes
+        #: type -> [count in each bucket, not cumulative (the last one: +Inf)], sum
+        self.latency: dict[str, tuple[list[int], list[float]]] = {}
+        #: When each series was first counted in (the ``_created`` samples prometheus-client writes).
+        self.created: dict[object, float] = {}
+
+    def add(self, kind: str, mode: str, size: int, latency: float | None) -> None:
+        key = (kind, mode)
+        count = self.counts.get(key)
+        if count is None:  # a new series (a few: served types x protocols)
+            count = 0
+            self.created.setdefault(key, time.time())
+            self.created.setdefault(kind, time.time())
+        self.counts[key] = count + 1
+        self.bytes[kind] = self.bytes.get(kind, 0) + size
+        if latency is not None:
+            series = self.latency.get(kind)
+            if series is None:
+                series = self.latency[kind] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+                self.created[("latency", kind)] = time.time()
+            series[0][bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1  # le: a value on a bound is in it
+            series[1][0] += latency
+
+    def describe(self) -> Iterator[Metric]:
+        return self._families(empty=True)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(empty=False)
+
+    def _families(self, *, empty: bool) -> Iterator[Metric]:
+        responses = CounterMetricFamily("zpilot_xds_responses",
+                                        "xDS responses sent, by type and protocol", labels=["type", "mode"])
+        sizes = CounterMetricFamily("zpilot_xds_response_bytes", "bytes of xDS responses sent, by type",
+                                    labels=["type"])
+        latency = HistogramMetricFamily(
+            "zpilot_xds_push_latency_seconds",
+            "from the first sight of a model change to the response delivering it to a stream, by type",
+            labels=["type"])
+        if not empty:
+            created = self.created
+            for (kind, mode), count in list(self.counts.items()):  # a copy: a scrape may run off the loop
+                responses.add_metric([kind, mode], count, created=created.get((kind, mode)))
+            for kind, total in list(self.bytes.items()):
+                sizes.add_metric([kind], total, created=created.get(kind))
+            for kind, (buckets, total) in list(self.latency.items()):
+                cumulative, running = [], 0
+                for bound, count in zip([*map(float, LATENCY_BUCKETS), float("inf")], list(buckets)):
+                    running += count
+                    cumulative.append((_bound_text(bound), running))
+                latency.add_metric([kind], cumulative, total[0])
+                latency.samples.append(Sample("zpilot_xds_push_latency_seconds_created", {"type": kind},
+                                              created.get(("latency", kind), 0.0), None, None))
+        yield responses
+        yield sizes
+        yield latency
+
+
+def _bound_text(bound: float) -> str:
+    """A bucket's ``le`` as prometheus-client writes it (``0.005``, ``1.0``, ``+Inf``)."""
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
 class Metrics(StreamObserver):
     """Every metric the control plane exports, in a registry of its own."""
 
@@ -45,17 +122,9 @@ class Metrics(StreamObserver):
             "zpilot_xds_requests_total", "requests received on ADS streams, by type and protocol", ["type", "mode"],
             registry=r,
         )
-        self.responses = Counter(
-            "zpilot_xds_responses_total", "xDS responses sent, by type and protocol", ["type", "mode"], registry=r
-        )
-        self.response_bytes = Counter(
-            "zpilot_xds_response_bytes_total", "bytes of xDS responses sent, by type", ["type"], registry=r
-        )
-        self.push_latency = Histogram(
-            "zpilot_xds_push_latency_seconds",
-            "from the first sight of a model change to the response delivering it to a stream, by type",
-            ["type"], buckets=LATENCY_BUCKETS, registry=r,
-        )
+        #: zpilot_xds_responses_total, zpilot_xds_response_bytes_total, zpilot_xds_push_latency_seconds
+        self.sent = _ResponseMetrics()
+        r.register(self.sent)
         self.acks = Counter("zpilot_xds_acks_total", "responses the client accepted, by type", ["type"], registry=r)
         self.nacks = Counter(
             "zpilot_xds_nacks_total", "responses the client rejected (error_detail set), by type", ["type"], registry=r
@@ -85,9 +154,11 @@ class Metrics(StreamObserver):
             "times a stream's node was found missing from the model (it is served an empty config)",
             registry=r,
         )
-        #: (type URL, mode) -> the series a response of them counts in: a change is a response on
-        #: each of a hundred streams, each looked up by its labels otherwise (three locked lookups).
-        self._response_series: dict[tuple[str, str], tuple] = {}
+        #: (type URL, mode) -> the series a request of them counts in, and type URL -> the ACK
+        #: series: a change is answered by an ACK on each of a hundred streams, each looked up by
+        #: its labels otherwise (a locked lookup).
+        self._request_series: dict[tuple[str, str], Counter] = {}
+        self._ack_series: dict[str, Counter] = {}
         # -- producer and cache (counted by the producer) --------------------------------------
         self.resources = Gauge(
             "zpilot_xds_resources", "resources in the cache over all nodes, by type", ["type"], registry=r
@@ -136,25 +207,20 @@ class Metrics(StreamObserver):
             self.unknown_nodes.inc()
 
     def request_received(self, stream: StreamInfo, type_url: str) -> None:
-        self.requests.labels(type_label(type_url), stream.mode).inc()
+        key = (type_url, stream.mode)
+        series = self._request_series.get(key)
+        if series is None:  # a few keys (served types x protocols, "other"): looked up once, not per request
+            series = self._request_series[key] = self.requests.labels(type_label(type_url), stream.mode)
+        series.inc()
 
     def response_sent(self, stream: StreamInfo, response: Response) -> None:
-        key = (response.type_url, stream.mode)
-        series = self._response_series.get(key)
-        if series is None:  # a few keys (served types x protocols): looked up once, not per response
-            kind = type_label(response.type_url)
-            series = self._response_series[key] = (
-                self.responses.labels(kind, stream.mode), self.response_bytes.labels(kind),
-                self.push_latency.labels(kind),
-            )
-        responses, response_bytes, push_latency = series
-        responses.inc()
-        response_bytes.inc(response.bytes)
-        if response.push_latency is not None:
-            push_latency.observe(response.push_latency)
+        self.sent.add(type_label(response.type_url), stream.mode, response.bytes, response.push_latency)
 
     def ack(self, stream: StreamInfo, type_url: str, version: str, nonce: str) -> None:
-        self.acks.labels(type_label(type_url)).inc()
+        series = self._ack_series.get(type_url)
+        if series is None:
+            series = self._ack_series[type_url] = self.acks.labels(type_label(type_url))
+        series.inc()
 
     def nack(self, stream: StreamInfo, type_url: str, version: str, nonce: str, code: int, message: str) -> None:
         self.nacks.labels(type_label(type_url)).inc()

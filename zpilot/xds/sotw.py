@@ -21,6 +21,7 @@ until it gets one (envoy#13009); an unchanged cluster is not touched by Envoy an
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from . import wire
@@ -102,13 +103,15 @@ class SotwStream(Stream):
         return False
 
     async def respond(self, snapshot: Snapshot, snapshot_changed: bool) -> None:
+        changed_at = snapshot.changed_at
         for type_url in PUSH_ORDER:
             sub = self.subscriptions[type_url]
             if not sub.started:
                 continue
             if sub.pending and self.hold(type_url):
                 continue
-            latency = self.push_latency(sub, snapshot)
+            # the change's time when this response is a push of it (its latency is taken as it is sent)
+            pushed = changed_at if sub.bring_up_to(changed_at) else None
             if not sub.subscribed:
                 continue
             resources = snapshot.resources(type_url)
@@ -122,7 +125,7 @@ class SotwStream(Stream):
                 if not removed and len(resources.items) == len(known_of.items):  # type: ignore[attr-defined]
                     sub.known_of = resources
                     if changed:
-                        await self._send(sub, type_url, resources.version, changed, latency)
+                        await self._send(sub, type_url, resources.version, changed, pushed)
                     continue
             if (sub.wildcard and not sub.pending and type_url not in PARTIAL_TYPES
                     and resources.version == sub.sent_version):
@@ -151,13 +154,14 @@ class SotwStream(Stream):
             sub.pending = False
             if not every:
                 self.note_missing(sub, sub.names - set(resources.items), "not served")
-            await self._send(sub, type_url, version, send, latency, entries)
+            await self._send(sub, type_url, version, send, pushed, entries)
 
     async def _send(
-        self, sub, type_url: str, version: str, send: list, latency: float | None, entries: list | None = None
+        self, sub, type_url: str, version: str, send: list, pushed: float | None, entries: list | None = None
     ) -> None:
         """Send ``send`` (its response ``entries``, when already joined) as the response of
-        ``version``, and book what the client now has."""
+        ``version``, and book what the client now has. ``pushed``: the time of the model change
+        this response pushes, if it is a push."""
         if entries is None:
             entries = [part for r in send for part in r.parts]
         nonce = self.next_nonce()
@@ -166,7 +170,8 @@ class SotwStream(Stream):
             control_plane_id=self.options.control_plane_id,
         )
         del entries
-        added_or_changed = [r.name for r in send if sub.known.get(r.name) != r.version]
+        # only a CDS response makes EDS due again (below): the clusters it adds or changes
+        warming = [r.name for r in send if sub.known.get(r.name) != r.version] if type_url == CLUSTER_TYPE else None
         if type_url in PARTIAL_TYPES:
             sub.known.update((r.name, r.version) for r in send)
         else:  # every subscribed one is in every response
@@ -174,10 +179,10 @@ class SotwStream(Stream):
         sub.sent(version, nonce, [r.name for r in send])
         # Reported first: the client's answer can arrive while the write is awaited.
         self.record_sent(type_url, version=version, nonce=nonce, count=len(send), size=sum(map(len, chunks)),
-                         push_latency=latency)
+                         push_latency=None if pushed is None else max(0.0, time.monotonic() - pushed))
         await self.write(chunks)
         del chunks
         eds = self.subscriptions[ENDPOINT_TYPE]
-        if type_url == CLUSTER_TYPE and eds.subscribed and added_or_changed:
+        if warming and eds.subscribed:
             # A cluster Envoy added or changed warms until its assignment comes (envoy#13009).
-            eds.force |= eds.names.intersection(added_or_changed)
+            eds.force |= eds.names.intersection(warming)
