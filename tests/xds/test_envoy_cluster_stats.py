@@ -10,17 +10,20 @@ keeps all of its stats."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
+import socket
 
 import httpx
 import pytest
 
 from zpilot import contract
+from zpilot.certs import CertificateAuthority
 from zpilot.translators.bootstrap import ADMIN_CLUSTER, BootstrapOptions, bootstrap_document
 
 from .conftest import load_index
-from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, eventually, free_port
+from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
@@ -138,3 +141,112 @@ async def test_prometheus_names_a_cluster_and_a_tcp_proxy_whole(layout, manifest
     everything = "".join(label for labels in metrics.values() for label in labels)
     for tag in ("envoy_listener_address=", "envoy_worker_id=", "envoy_http_conn_manager_prefix=", "envoy_tcp_prefix="):
         assert tag in everything, tag
+
+
+#: Names Kubernetes allows (DNS subdomains) and real clusters have: an EKS node, a ServiceAccount with a dot.
+DOTTED_NODE = "ip-10-0-1-7.ec2.internal"
+DOTTED_ACCOUNT = "bookinfo.reviews"
+
+
+def _with_dotted_names(manifests) -> None:
+    """The example with node B named as an EKS node is, and the reviews pods' ServiceAccount dotted."""
+    for path in manifests.glob("*.yaml"):
+        text = path.read_text().replace(NODE_B, DOTTED_NODE)
+        path.write_text(text.replace("serviceAccountName: bookinfo-reviews", f"serviceAccountName: {DOTTED_ACCOUNT}"))
+
+
+async def test_prometheus_names_a_dotted_node_and_service_account_whole(layout, manifests, make_plane, envoys):
+    """A node's name and a ServiceAccount's may hold dots (``ip-10-0-1-7.ec2.internal``): the stats of the
+    ``pods_on_<node>`` cluster and tcp_proxy and of the tunnels to an identity carry the whole name in their
+    label, under Envoy's standard metric name, not ``envoy_cluster_ec2_internal_*`` with the name cut."""
+    _with_dotted_names(manifests)
+    plane = await make_plane(layout=layout)
+    envoy = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds", "--cluster-stats", "eager", "--service-stats", "all"))
+    await envoy.wait_ready()
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        listing = (await client.get(f"{envoy.admin}/clusters")).text
+        text = (await client.get(f"{envoy.admin}/stats/prometheus")).text
+    metrics = _prometheus_names(text)
+    clusters = {line.split("::", 1)[0].replace("://", "_") for line in listing.splitlines() if "::" in line}
+    dotted = {c for c in clusters if c.endswith((DOTTED_NODE, DOTTED_ACCOUNT))}
+    assert {c for c in dotted if DOTTED_NODE in c} == ({f"pods_on_{DOTTED_NODE}"} if layout == "linear" else set())
+    assert any(DOTTED_ACCOUNT in c for c in dotted), sorted(clusters)
+    for cluster in dotted:
+        for metric in ("envoy_cluster_upstream_cx_total", "envoy_cluster_membership_total", "envoy_cluster_version"):
+            assert f'envoy_cluster_name="{cluster}"' in metrics[metric], (cluster, metric)
+    if layout == "linear":
+        assert f'envoy_tcp_prefix="pods_on_{DOTTED_NODE}"' in metrics["envoy_tcp_downstream_cx_total"]
+    leaked = sorted(name for name in metrics if any(part in name for part in ("ec2", "reviews", "pods_on")))
+    assert not leaked, leaked[:10]
+
+
+def _tls_tunnel_bootstrap(admin_port: int, front: int, back: int, cert) -> dict:
+    """A TLS handshake on a tunnel-like cluster of a dotted ServiceAccount's identity, under the bootstrap's
+    ``stats_config``: ``front`` (plain TCP) -> the cluster -> ``back`` (TLS with ``cert``, handing each
+    connection to a cluster that is never there: the handshake is what counts)."""
+    pem = {"certificate_chain": {"inline_bytes": base64.b64encode(cert.cert_chain_pem).decode()},
+           "private_key": {"inline_bytes": base64.b64encode(cert.private_key_pem).decode()}}
+    tls = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+
+    def proxy(prefix: str, cluster: str) -> list[dict]:
+        return [{"name": "tcp", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": prefix, "cluster": cluster}}]
+
+    def cluster(name: str, port: int, **more) -> dict:
+        return {"name": name, "type": "STATIC", "connect_timeout": "1s", **more, "load_assignment": {
+            "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+    document = bootstrap_document(BootstrapOptions(node=NODE_A, xds="127.0.0.1:1", service_stats="all"))
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "stats_config": document["stats_config"],
+        "static_resources": {
+            "listeners": [
+                {"name": "front", "address": {"socket_address": {"address": "127.0.0.1", "port_value": front}},
+                 "filter_chains": [{"filters": proxy("front", DOTTED_TUNNEL)}]},
+                {"name": "back", "address": {"socket_address": {"address": "127.0.0.1", "port_value": back}},
+                 "filter_chains": [{"filters": proxy("back", "nowhere"), "transport_socket": {
+                     "name": "tls", "typed_config": {"@type": tls + "DownstreamTlsContext",
+                                                     "common_tls_context": {"tls_certificates": [pem]}}}}]},
+            ],
+            "clusters": [
+                cluster(DOTTED_TUNNEL, back, transport_socket={"name": "tls", "typed_config": {
+                    "@type": tls + "UpstreamTlsContext"}}),
+                cluster("nowhere", free_port()),
+            ],
+        },
+    }
+
+
+DOTTED_TUNNEL = f"outbound_tunnel_clus_spiffe://cluster.local/ns/default/sa/{DOTTED_ACCOUNT}"
+
+
+async def test_prometheus_names_a_tls_cluster_and_its_cipher(envoys):
+    """A tunnel's ``ssl.ciphers.<cipher>`` counter: Envoy's own cipher extractor takes a cluster name without
+    dots only (a tunnel's identity has its trust domain's), and the cipher stayed in the metric's name
+    (``envoy_cluster_ssl_ciphers_ECDHE_ECDSA_AES128_GCM_SHA256``). Its tag is ``cipher_suite``, as Envoy names it."""
+    envoy = envoys(NODE_A, 1)
+    envoy.stop()
+    front, back = free_port(), free_port()
+    cert = CertificateAuthority.generate().issue("spiffe://cluster.local/ns/default/sa/sleep")
+    envoy.config.write_text(json.dumps(_tls_tunnel_bootstrap(envoy.admin_port, front, back, cert)))
+    envoy.start()
+    await envoy.wait_ready()
+    stat = DOTTED_TUNNEL.replace("://", "_")
+
+    async def handshaken() -> bool:
+        with socket.create_connection(("127.0.0.1", front), timeout=5):
+            pass
+        return (await envoy.stats(f"^{re.escape(f'cluster.{stat}.ssl.handshake')}$")).get(f"cluster.{stat}.ssl.handshake", 0) > 0
+
+    await eventually(handshaken)
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        metrics = _prometheus_names((await client.get(f"{envoy.admin}/stats/prometheus")).text)
+    assert sorted(n for n in metrics if "cipher" in n) == ["envoy_cluster_ssl_ciphers", "envoy_listener_ssl_ciphers"], metrics
+    cipher = '"[A-Z0-9-]+"'  # an OpenSSL cipher name, whichever the two ends agreed on
+    (labels,) = metrics["envoy_cluster_ssl_ciphers"]
+    assert re.fullmatch(rf'cipher_suite={cipher},envoy_cluster_name="{re.escape(stat)}"', ",".join(sorted(labels.split(",")))), labels
+    (labels,) = metrics["envoy_listener_ssl_ciphers"]  # the listener's, Envoy's own extractor as before
+    assert re.fullmatch(rf'envoy_listener_address="127.0.0.1_{back}",envoy_ssl_cipher={cipher}', ",".join(sorted(labels.split(",")))), labels

@@ -382,9 +382,9 @@ CLUSTER_BOOKKEEPING_STATS = (
 )
 
 
-#: The default tags whose value is a name zpilot makes, each as Envoy 1.40 extracts it (its source's
-#: ``well_known_names.cc``: ``cluster.$.**`` and ``tcp.$.**`` in its tokens, the others the regexes here),
-#: with ``{}`` where Envoy has ``[^.]+``, the value. Each regex's first group is taken out of the metric's
+#: The default tags whose value is a name zpilot makes (or follows one: a TLS cluster's cipher), each as Envoy
+#: 1.40 extracts it (its source's ``well_known_names.cc``: ``cluster.$.**`` and ``tcp.$.**`` in its tokens, the
+#: others the regexes here), with ``{}`` where Envoy has ``[^.]+``, the value. Each regex's first group is taken out of the metric's
 #: name, its second is the tag's value (Envoy's TagSpecifier).
 #:
 #: What they cost: Envoy runs a ``stats_tags`` regex with ``std::regex`` (libc++'s backtracking engine, not
@@ -403,6 +403,9 @@ NAME_TAGS: tuple[tuple[str, str], ...] = (
     ("envoy.xds_resource_name", r"^sds\.(({})\.).+"),
     ("envoy.tls_certificate", r"^listener\.(?:{address})\.ssl\.certificate\.(({})\.)"),
     ("envoy.tls_certificate", r"^cluster\.(?:{tls_cluster})\.ssl\.certificate\.(({})\.)"),
+    # Envoy's own takes a cluster name without dots only: a tunnel's (its identity's trust domain) kept the
+    # cipher in the metric's name (``envoy_cluster_ssl_ciphers_ECDHE_ECDSA_AES128_GCM_SHA256``)
+    ("cipher_suite", r"^cluster\.(?:{tls_cluster})\.ssl\.ciphers(\.({}))$"),
     # an address, or an internal listener's name: the article layout's are named after an identity
     ("envoy.listener_address", r"^listener\.(({})\.)"),
 )
@@ -412,9 +415,10 @@ NAME_TAGS: tuple[tuple[str, str], ...] = (
 #: A listener's address in its stats' names, as Envoy's extractors spell it: ``<ipv4>_<port>`` or ``[<ipv6>]_<port>``.
 LISTENER_ADDRESS = r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+"
 #: The clusters with a TLS transport socket, as their stats name them: the tunnels to an identity
-#: (``outbound_tunnel_clus_``, ``outbound_local_tunnel_clus_``... then the identity, its "://" written "_") and
-#: the bootstrap's ADS cluster (whose name holds no character a regex reads).
-TLS_CLUSTER_STAT_NAME = rf"outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/.]+|{XDS_CLUSTER}"
+#: (``outbound_tunnel_clus_``, ``outbound_local_tunnel_clus_``... then the identity, its "://" written "_", its
+#: ServiceAccount's name up to the ``.ssl.certificate.`` that follows it, dots and all) and the bootstrap's ADS
+#: cluster (whose name holds no character a regex reads).
+TLS_CLUSTER_STAT_NAME = rf"outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[a-z0-9.-]+?|{XDS_CLUSTER}"
 #: The field of Envoy's StatsConfig (since 1.39) that lets a ``stats_tags`` entry replace Envoy's default
 #: extractor of the same tag name (without it the default wins and the entry is ignored): xds-protos 1.85's
 #: message lacks it, so :func:`bootstrap_document` adds it to the JSON Envoy reads.
@@ -431,6 +435,7 @@ def stats_tags() -> list[stats_pb2.TagSpecifier]:
     value = {
         "envoy.xds_resource_name": SECRET_STAT_TAG_VALUE,
         "envoy.tls_certificate": SECRET_STAT_TAG_VALUE,
+        "cipher_suite": r"[\w-]+",  # as Envoy's: an OpenSSL cipher name
         # Envoy leaves the admin API's listener untagged (envoy_listener_admin_*)
         "envoy.listener_address": f"{LISTENER_ADDRESS}|{stat_name_tag_value(contract.CLUSTER_DOMAIN, any_name_but('admin'))}",
     }
