@@ -10,16 +10,13 @@ keeps all of its stats."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-import socket
 
 import httpx
 import pytest
 
 from zpilot import contract
-from zpilot.certs import CertificateAuthority
 from zpilot.translators.bootstrap import ADMIN_CLUSTER, BootstrapOptions, bootstrap_document
 
 from .conftest import load_index
@@ -178,75 +175,3 @@ async def test_prometheus_names_a_dotted_node_and_service_account_whole(layout, 
         assert f'envoy_tcp_prefix="pods_on_{DOTTED_NODE}"' in metrics["envoy_tcp_downstream_cx_total"]
     leaked = sorted(name for name in metrics if any(part in name for part in ("ec2", "reviews", "pods_on")))
     assert not leaked, leaked[:10]
-
-
-def _tls_tunnel_bootstrap(admin_port: int, front: int, back: int, cert) -> dict:
-    """A TLS handshake on a tunnel-like cluster of a dotted ServiceAccount's identity, under the bootstrap's
-    ``stats_config``: ``front`` (plain TCP) -> the cluster -> ``back`` (TLS with ``cert``, handing each
-    connection to a cluster that is never there: the handshake is what counts)."""
-    pem = {"certificate_chain": {"inline_bytes": base64.b64encode(cert.cert_chain_pem).decode()},
-           "private_key": {"inline_bytes": base64.b64encode(cert.private_key_pem).decode()}}
-    tls = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
-
-    def proxy(prefix: str, cluster: str) -> list[dict]:
-        return [{"name": "tcp", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-            "stat_prefix": prefix, "cluster": cluster}}]
-
-    def cluster(name: str, port: int, **more) -> dict:
-        return {"name": name, "type": "STATIC", "connect_timeout": "1s", **more, "load_assignment": {
-            "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
-
-    document = bootstrap_document(BootstrapOptions(node=NODE_A, xds="127.0.0.1:1", service_stats="all"))
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "stats_config": document["stats_config"],
-        "static_resources": {
-            "listeners": [
-                {"name": "front", "address": {"socket_address": {"address": "127.0.0.1", "port_value": front}},
-                 "filter_chains": [{"filters": proxy("front", DOTTED_TUNNEL)}]},
-                {"name": "back", "address": {"socket_address": {"address": "127.0.0.1", "port_value": back}},
-                 "filter_chains": [{"filters": proxy("back", "nowhere"), "transport_socket": {
-                     "name": "tls", "typed_config": {"@type": tls + "DownstreamTlsContext",
-                                                     "common_tls_context": {"tls_certificates": [pem]}}}}]},
-            ],
-            "clusters": [
-                cluster(DOTTED_TUNNEL, back, transport_socket={"name": "tls", "typed_config": {
-                    "@type": tls + "UpstreamTlsContext"}}),
-                cluster("nowhere", free_port()),
-            ],
-        },
-    }
-
-
-DOTTED_TUNNEL = f"outbound_tunnel_clus_spiffe://cluster.local/ns/default/sa/{DOTTED_ACCOUNT}"
-
-
-async def test_prometheus_names_a_tls_cluster_and_its_cipher(envoys):
-    """A tunnel's ``ssl.ciphers.<cipher>`` counter: Envoy's own cipher extractor takes a cluster name without
-    dots only (a tunnel's identity has its trust domain's), and the cipher stayed in the metric's name
-    (``envoy_cluster_ssl_ciphers_ECDHE_ECDSA_AES128_GCM_SHA256``). Its tag is ``cipher_suite``, as Envoy names it."""
-    envoy = envoys(NODE_A, 1)
-    envoy.stop()
-    front, back = free_port(), free_port()
-    cert = CertificateAuthority.generate().issue("spiffe://cluster.local/ns/default/sa/sleep")
-    envoy.config.write_text(json.dumps(_tls_tunnel_bootstrap(envoy.admin_port, front, back, cert)))
-    envoy.start()
-    await envoy.wait_ready()
-    stat = DOTTED_TUNNEL.replace("://", "_")
-
-    async def handshaken() -> bool:
-        with socket.create_connection(("127.0.0.1", front), timeout=5):
-            pass
-        return (await envoy.stats(f"^{re.escape(f'cluster.{stat}.ssl.handshake')}$")).get(f"cluster.{stat}.ssl.handshake", 0) > 0
-
-    await eventually(handshaken)
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        metrics = _prometheus_names((await client.get(f"{envoy.admin}/stats/prometheus")).text)
-    assert sorted(n for n in metrics if "cipher" in n) == ["envoy_cluster_ssl_ciphers", "envoy_listener_ssl_ciphers"], metrics
-    cipher = '"[A-Z0-9-]+"'  # an OpenSSL cipher name, whichever the two ends agreed on
-    (labels,) = metrics["envoy_cluster_ssl_ciphers"]
-    assert re.fullmatch(rf'cipher_suite={cipher},envoy_cluster_name="{re.escape(stat)}"', ",".join(sorted(labels.split(",")))), labels
-    (labels,) = metrics["envoy_listener_ssl_ciphers"]  # the listener's, Envoy's own extractor as before
-    assert re.fullmatch(rf'envoy_listener_address="127.0.0.1_{back}",envoy_ssl_cipher={cipher}', ",".join(sorted(labels.split(",")))), labels

@@ -382,9 +382,9 @@ CLUSTER_BOOKKEEPING_STATS = (
 )
 
 
-#: The default tags whose value is a name zpilot makes (or follows one: a TLS cluster's cipher), each as Envoy
-#: 1.40 extracts it (its source's ``well_known_names.cc``: ``cluster.$.**`` and ``tcp.$.**`` in its tokens, the
-#: others the regexes here), with ``{}`` where Envoy has ``[^.]+``, the value. Each regex's first group is taken out of the metric's
+#: The default tags whose value is a name zpilot makes, each as Envoy 1.40 extracts it (its source's
+#: ``well_known_names.cc``: ``cluster.$.**`` and ``tcp.$.**`` in its tokens, the others the regexes here),
+#: with ``{}`` where Envoy has ``[^.]+``, the value. Each regex's first group is taken out of the metric's
 #: name, its second is the tag's value (Envoy's TagSpecifier).
 #:
 #: What they cost: Envoy runs a ``stats_tags`` regex with ``std::regex`` (libc++'s backtracking engine, not
@@ -397,15 +397,18 @@ CLUSTER_BOOKKEEPING_STATS = (
 #: and ``xds-grpc``), is given once for each, each failing on the first characters of any other listener or
 #: cluster: Envoy takes two extractors of one tag name (the first that matches wins; no name starts with
 #: both). Unanchored, it cost node-0's Envoy about 13% of its instructions to LIVE at R (docs/scale.md).
+#:
+#: A tunnel's ``ssl.ciphers.<cipher>`` is left to Envoy's ``cipher_suite`` extractor, which takes a cluster name
+#: without dots only (a tunnel's has its identity's trust domain's): the cipher stays in the metric's name. A
+#: regex of ours for it (``^cluster\.(?:<TLS cluster>)\.ssl\.ciphers(\.([\w-]+))$``) fails on nearly every cluster
+#: stat, and a failing std::regex search starts again at every character: it cost node-0's Envoy 2,400 M more
+#: instructions to LIVE at R (6,200 M without it, callgrind), where Envoy's own first looks for ``.ssl.ciphers.``.
 NAME_TAGS: tuple[tuple[str, str], ...] = (
     ("envoy.cluster_name", r"^cluster\.(({})\.)"),
     ("envoy.tcp_prefix", r"^tcp\.(({})\.)"),
     ("envoy.xds_resource_name", r"^sds\.(({})\.).+"),
     ("envoy.tls_certificate", r"^listener\.(?:{address})\.ssl\.certificate\.(({})\.)"),
     ("envoy.tls_certificate", r"^cluster\.(?:{tls_cluster})\.ssl\.certificate\.(({})\.)"),
-    # Envoy's own takes a cluster name without dots only: a tunnel's (its identity's trust domain) kept the
-    # cipher in the metric's name (``envoy_cluster_ssl_ciphers_ECDHE_ECDSA_AES128_GCM_SHA256``)
-    ("cipher_suite", r"^cluster\.(?:{tls_cluster})\.ssl\.ciphers(\.({}))$"),
     # an address, or an internal listener's name: the article layout's are named after an identity
     ("envoy.listener_address", r"^listener\.(({})\.)"),
 )
@@ -435,7 +438,6 @@ def stats_tags() -> list[stats_pb2.TagSpecifier]:
     value = {
         "envoy.xds_resource_name": SECRET_STAT_TAG_VALUE,
         "envoy.tls_certificate": SECRET_STAT_TAG_VALUE,
-        "cipher_suite": r"[\w-]+",  # as Envoy's: an OpenSSL cipher name
         # Envoy leaves the admin API's listener untagged (envoy_listener_admin_*)
         "envoy.listener_address": f"{LISTENER_ADDRESS}|{stat_name_tag_value(contract.CLUSTER_DOMAIN, any_name_but('admin'))}",
     }

@@ -97,9 +97,12 @@ IDENTITY_IN_STATS = r"spiffe_[^/]+/ns/[^/.]+/sa/"
 #: name can be (one with an "_" or a capital: ``upstream_cx_total``, ``circuit_breakers``, ``tlsMode-disabled``,
 #: most of Envoy's stats), or one of the few stats and stat groups whose first token has neither (``version``,
 #: ``default.total_match_count``, ``ssl.*``, ``http2.*``, a listener's ``http.<prefix>.*``, the router's
-#: ``internal.upstream_rq_*``), seen on a real Envoy 1.40 (tests/xds/test_envoy_cluster_stats.py).
+#: ``internal.upstream_rq_*``), seen on a real Envoy 1.40 (tests/xds/test_envoy_cluster_stats.py). The first
+#: alternative alone at the top: libc++'s std::regex nests ``a|b|c`` as ``(a|b)|c`` and copies its state at
+#: each ``|`` it passes, so the common case passes one, not five (about a tenth of this regex's cost on the
+#: ``pods_on_<node>`` stats, callgrind).
 STAT_AFTER_NAME = (
-    r"[a-z0-9-]*[^a-z0-9.-]|version$|default\.total_match_count$|ssl\.|http2?\.|(?:in|ex)ternal\.upstream_rq_"
+    r"[a-z0-9-]*[^a-z0-9.-]|(?:version$|default\.total_match_count$|ssl\.|http2?\.|(?:in|ex)ternal\.upstream_rq_)"
 )
 #: A Kubernetes name that may hold dots (a node's, a ServiceAccount's: a DNS subdomain, lowercase letters, digits,
 #: "-" and "."), whole, as the last part of a name in a stat's name. A dot cannot tell the name from the stat
