@@ -5,7 +5,16 @@ from __future__ import annotations
 import asyncio
 import gc
 
+import pytest
+
 from zpilot.gcpause import free_later, pause, paused_gc
+
+
+@pytest.fixture(autouse=True)
+def _collector_on_after():
+    """A test that fails inside a pause leaves the collector on for the tests after it."""
+    yield
+    gc.enable()
 
 
 def test_pauses_nest_and_restore_the_collector() -> None:
@@ -35,6 +44,29 @@ def test_a_pause_ended_later_ends_once_and_nests_with_the_others() -> None:
         end()
         end()  # once: the block's pause stays
         assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_a_pause_whose_end_is_freed_uncalled_ends_then() -> None:
+    end = pause()
+    assert not gc.isenabled()
+    del end  # its generator, closed as it is freed, leaves paused_gc through its finally
+    assert gc.isenabled()
+
+
+def test_a_pause_whose_end_was_scheduled_on_a_loop_closed_before_it_ran_ends_then() -> None:
+    """The producer ends its pause from a callback scheduled from a callback (``_end_once_woken``): a loop
+    closed before running them drops them, and with them the pause."""
+    from zpilot.xds.push import _end_once_woken
+
+    loop = asyncio.new_event_loop()
+
+    async def produce() -> None:
+        _end_once_woken(pause())
+
+    loop.run_until_complete(produce())  # returns before the callbacks it scheduled have run
+    assert not gc.isenabled()
+    loop.close()
     assert gc.isenabled()
 
 

@@ -48,7 +48,15 @@ def paused_gc() -> Iterator[None]:
 
 def pause() -> Callable[[], None]:
     """Pause the collector now, as :func:`paused_gc` does, for a pause that does not end in the
-    same block: the function returned ends it (the first call; later ones do nothing)."""
+    same block: the function returned ends it (the first call; later ones do nothing).
+
+    The pause also ends when that function is freed without having been called: the pause is a
+    generator suspended inside :func:`paused_gc`, and Python closes a generator it frees, which
+    runs its ``finally``. So a pause whose end is lost (a callback that never runs: the producer's
+    ``_end_once_woken`` on an event loop closed before it got there) does not leave the collector
+    off for good. That takes the function being freed: reference counting does it as the last
+    reference goes; one held in a reference cycle would wait for a collection, which the pause
+    itself holds off, so the owner keeps it out of cycles or calls it."""
     paused = paused_gc()
     paused.__enter__()
     ended = False

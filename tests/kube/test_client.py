@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes_asyncio import client
 
 from zpilot.kube.client import KubeConfigError, api_client, server
@@ -68,3 +71,111 @@ async def test_missing_or_unusable_credentials_are_named(apiserver, tmp_path):
     (sa_dir / "ca.crt").unlink()
     with pytest.raises(KubeConfigError, match=f"in-cluster credentials \\({sa_dir}\\): .*cert"):
         await api_client(environ=env, service_account_dir=sa_dir)
+
+
+# -- credentials that expire: a long-running serve or CNI agent keeps one client for hours -----------------------
+
+
+def _rotate(path: Path, token: str) -> None:
+    """Replace a token file as the kubelet does: a new file moved over the old one."""
+    fresh = path.with_name(path.name + ".new")
+    fresh.write_text(token)
+    fresh.replace(path)
+
+
+@pytest.fixture
+def reread_at_once(monkeypatch):
+    """Token files read again at every request rather than after a minute (kubernetes-asyncio's in-cluster
+    period, and ours for a kubeconfig's ``tokenFile``): what a minute does, without waiting for it."""
+    from datetime import timedelta
+
+    from kubernetes_asyncio.config import incluster_config
+
+    from zpilot.kube import client as kube_client
+
+    monkeypatch.setattr(incluster_config, "TOKEN_REFRESH_PERIOD", timedelta(0))
+    monkeypatch.setattr(kube_client, "TOKEN_FILE_REREAD_SECONDS", 0.0)
+
+
+async def test_a_rotated_service_account_token_is_used_by_a_client_made_before(apiserver, tmp_path, reread_at_once):
+    """A bound service-account token lasts about an hour: the kubelet writes a new one before, and the old one
+    then expires. A client made from the first goes on with the next."""
+    sa_dir = tmp_path / "sa"
+    env = apiserver.write_in_cluster_files(sa_dir, token=(first := apiserver.add_token(user="pod-1")))
+    async with await api_client(environ=env, service_account_dir=sa_dir) as api:
+        assert await whoami(api, apiserver) == "pod-1"
+        _rotate(sa_dir / "token", apiserver.add_token(user="pod-2"))
+        apiserver.auth.remove_token(first)  # expired
+        assert await whoami(api, apiserver) == "pod-2"
+
+
+async def test_a_rotated_kubeconfig_token_file_is_used_by_a_client_made_before(apiserver, tmp_path, reread_at_once):
+    """A kubeconfig user's ``tokenFile`` (a token something else renews) is read again too, not only at start."""
+    token_file = tmp_path / "token"
+    token_file.write_text(first := apiserver.add_token(user="file-1"))
+    path = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    document = yaml.safe_load(path.read_text())
+    document["users"][0]["user"] = {"tokenFile": str(token_file)}
+    path.write_text(yaml.safe_dump(document))
+    async with await api_client(path, environ={}) as api:
+        assert await whoami(api, apiserver) == "file-1"
+        _rotate(token_file, apiserver.add_token(user="file-2"))
+        apiserver.auth.remove_token(first)
+        assert await whoami(api, apiserver) == "file-2"
+
+
+def _exec_kubeconfig(apiserver, tmp_path: Path, *, expires_in: timedelta) -> tuple[Path, Path, Path]:
+    """A kubeconfig whose user is an ``exec`` credential plugin (as EKS's ``aws eks get-token`` and GKE's
+    ``gke-gcloud-auth-plugin`` are): it prints the token in ``token`` with an ``expirationTimestamp``
+    ``expires_in`` from each run, and counts its runs in ``runs``."""
+    token, runs, plugin = tmp_path / "exec-token", tmp_path / "exec-runs", tmp_path / "plugin.py"
+    runs.write_text("")
+    plugin.write_text(
+        "import datetime, json, pathlib\n"
+        f"pathlib.Path({str(runs)!r}).open('a').write('run\\n')\n"
+        f"expiry = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds={expires_in.total_seconds()})\n"
+        "print(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential', 'status': {\n"
+        f"    'token': pathlib.Path({str(token)!r}).read_text(),\n"
+        "    'expirationTimestamp': expiry.strftime('%Y-%m-%dT%H:%M:%SZ')}}))\n"
+    )
+    path = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    document = yaml.safe_load(path.read_text())
+    document["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
+                                             "args": [str(plugin)], "interactiveMode": "Never"}}
+    path.write_text(yaml.safe_dump(document))
+    return path, token, runs
+
+
+async def test_an_exec_plugins_token_is_asked_for_again_once_it_expires(apiserver, tmp_path):
+    """An exec plugin's token expires (EKS's after 15 minutes): past its ``expirationTimestamp`` (less the five
+    minutes kubernetes-asyncio keeps in hand: one that expires in one minute is due now) the plugin is run again."""
+    path, token, runs = _exec_kubeconfig(apiserver, tmp_path, expires_in=timedelta(minutes=1))
+    token.write_text(first := apiserver.add_token(user="exec-1"))
+    async with await api_client(path, environ={}) as api:
+        assert await whoami(api, apiserver) == "exec-1"
+        token.write_text(apiserver.add_token(user="exec-2"))
+        apiserver.auth.remove_token(first)
+        assert await whoami(api, apiserver) == "exec-2"
+
+
+async def test_an_exec_plugin_is_not_run_again_while_its_token_is_good(apiserver, tmp_path):
+    path, token, runs = _exec_kubeconfig(apiserver, tmp_path, expires_in=timedelta(hours=1))
+    token.write_text(apiserver.add_token(user="exec"))
+    async with await api_client(path, environ={}) as api:
+        for _ in range(3):
+            assert await whoami(api, apiserver) == "exec"
+    assert runs.read_text().splitlines() == ["run"]
+
+
+async def test_a_plugin_that_fails_to_renew_leaves_the_token_in_hand(apiserver, tmp_path, caplog):
+    """The request goes out with the last token (the API server's 401, if it has expired, is what the caller
+    retries on), and the failure is logged."""
+    path, token, runs = _exec_kubeconfig(apiserver, tmp_path, expires_in=timedelta(minutes=1))
+    token.write_text(apiserver.add_token(user="exec"))
+    async with await api_client(path, environ={}) as api:
+        assert await whoami(api, apiserver) == "exec"
+        token.unlink()  # the plugin now exits with an error
+        with caplog.at_level("WARNING", logger="zpilot.kube.client"):
+            assert await whoami(api, apiserver) == "exec"
+    assert "credentials could not be renewed" in caplog.text, caplog.text
+    assert len(runs.read_text().splitlines()) >= 2

@@ -1,6 +1,6 @@
 """The bootstrap's stat tags on the names zpilot makes, read as Envoy reads a TagSpecifier: the regex's first
-group is taken out of the metric's name, the second is the tag's value (RE2 and Python's re agree on these
-regexes: alternatives tried in order, no lookahead). A real Envoy reads them in
+group is taken out of the metric's name, the second is the tag's value (Envoy runs them with std::regex,
+ECMAScript: Python's re agrees with it on these regexes: alternatives tried in order, lazy repeats, lookahead). A real Envoy reads them in
 tests/xds/test_envoy_cluster_stats.py."""
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ SERVICE = "tcp-0_svc-0.ns-0.svc.cluster.local"
 TUNNEL = "outbound_tunnel_clus_spiffe_td.example.com/ns/ns-0/sa/sa-0"  # Envoy writes "://" as "_"
 ARTICLE = "spiffe_cluster.local/ns/default/sa/sleep_to_http_details.default.svc.cluster.local_outbound_internal"
 POD_CERT = "spiffe_cluster.local/ns/default/sa/sleep~sleep-5644bdc767-2dfg7~85c8c34e-7ae3-4d29-9582-0819e2b10c69"
+DOTTED_NODE = "pods_on_ip-10-0-1-7.ec2.internal"  # an EKS node's name
+DOTTED_IDENTITY = "spiffe://td.example.com/ns/ns-0/sa/sa.v1.reviews"  # a ServiceAccount's name may hold dots
+DOTTED_TUNNEL = "outbound_tunnel_clus_" + DOTTED_IDENTITY.replace("://", "_")
 
 
 def tag(name: str, stat: str) -> tuple[str, str] | None:
@@ -35,9 +38,28 @@ def tag(name: str, stat: str) -> tuple[str, str] | None:
     ("envoy.cluster_name", f"cluster.{TUNNEL}.ssl.fail_verify_san", TUNNEL, "cluster.ssl.fail_verify_san"),
     ("envoy.cluster_name", f"cluster.{ARTICLE}.upstream_cx_total", ARTICLE, "cluster.upstream_cx_total"),
     ("envoy.cluster_name", "cluster.xds-grpc.upstream_cx_total", "xds-grpc", "cluster.upstream_cx_total"),
-    # a node name with dots is cut at its first, as Envoy does: nothing tells it from the stat after it
-    ("envoy.cluster_name", "cluster.pods_on_ip-10-0-0-1.ec2.internal.upstream_cx_total", "pods_on_ip-10-0-0-1",
-     "cluster.ec2.internal.upstream_cx_total"),
+    # a node's name and a ServiceAccount's may hold dots: whole, up to the stat after them
+    ("envoy.cluster_name", f"cluster.{DOTTED_NODE}.upstream_cx_total", DOTTED_NODE, "cluster.upstream_cx_total"),
+    ("envoy.cluster_name", f"cluster.{DOTTED_NODE}.version", DOTTED_NODE, "cluster.version"),
+    ("envoy.cluster_name", f"cluster.{DOTTED_NODE}.default.total_match_count", DOTTED_NODE, "cluster.default.total_match_count"),
+    ("envoy.cluster_name", f"cluster.{DOTTED_NODE}.tlsMode-disabled.total_match_count", DOTTED_NODE,
+     "cluster.tlsMode-disabled.total_match_count"),
+    ("envoy.cluster_name", "cluster.pods_on_n.version.version", "pods_on_n.version", "cluster.version"),
+    ("envoy.cluster_name", "cluster.pods_on_node-1.membership_total", "pods_on_node-1", "cluster.membership_total"),
+    ("envoy.cluster_name", f"cluster.{DOTTED_TUNNEL}.ssl.handshake", DOTTED_TUNNEL, "cluster.ssl.handshake"),
+    ("envoy.cluster_name", f"cluster.{DOTTED_TUNNEL}.http2.trailers", DOTTED_TUNNEL, "cluster.http2.trailers"),
+    ("envoy.cluster_name", f"cluster.{DOTTED_TUNNEL}.internal.upstream_rq_200", DOTTED_TUNNEL,
+     "cluster.internal.upstream_rq_200"),
+    ("envoy.cluster_name", f"cluster.{DOTTED_TUNNEL}.circuit_breakers.default.cx_open", DOTTED_TUNNEL,
+     "cluster.circuit_breakers.default.cx_open"),
+    ("envoy.tcp_prefix", f"tcp.{DOTTED_NODE}.downstream_cx_total", DOTTED_NODE, "tcp.downstream_cx_total"),
+    ("envoy.tcp_prefix", f"tcp.{DOTTED_TUNNEL}.tcpproxy_tunneling.rq_total", DOTTED_TUNNEL, "tcp.tcpproxy_tunneling.rq_total"),
+    ("envoy.listener_address", f"listener.envoy_internal_{DOTTED_TUNNEL}.worker_0.downstream_cx_total",
+     f"envoy_internal_{DOTTED_TUNNEL}", "listener.worker_0.downstream_cx_total"),
+    ("envoy.xds_resource_name", f"sds.{DOTTED_IDENTITY}.update_success", DOTTED_IDENTITY, "sds.update_success"),
+    ("envoy.xds_resource_name", f"sds.{DOTTED_IDENTITY}.version", DOTTED_IDENTITY, "sds.version"),
+    ("envoy.tls_certificate", f"cluster.{DOTTED_TUNNEL}.ssl.certificate.{DOTTED_IDENTITY}.expiration_unix_time_seconds",
+     DOTTED_IDENTITY, f"cluster.{DOTTED_TUNNEL}.ssl.certificate.expiration_unix_time_seconds"),
     ("envoy.tcp_prefix", f"tcp.{SERVICE}.downstream_cx_total", SERVICE, "tcp.downstream_cx_total"),
     ("envoy.tcp_prefix", f"tcp.{TUNNEL}.downstream_cx_total", TUNNEL, "tcp.downstream_cx_total"),
     ("envoy.tcp_prefix", "tcp.rbac.allowed", "rbac", "tcp.allowed"),  # the inbound RBAC filter's "tcp." prefix

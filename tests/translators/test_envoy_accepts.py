@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from google.protobuf import json_format
 
 from zpilot import contract
 from zpilot.envoy_binary import validate
 from zpilot.synthetic import Shape, node_name, synthetic_manifests
 from zpilot.translators import TranslateOptions
-from zpilot.translators.static import static_bootstrap
+from zpilot.translators.static import static_bootstrap_document
 
 from .render_util import ARTICLE, NODE_A, NODE_B, index_of, render
 
@@ -27,7 +26,7 @@ POLICY_CASES = sorted(p.name for p in FEATURES.iterdir() if p.name.startswith(("
 def assert_envoy_accepts(manifests: Path, node: str, layout: str) -> None:
     resources, secrets, _ = render(manifests, node, TranslateOptions(layout=layout))
     assert set(secrets) == set(resources.secrets), "every referenced secret is served"
-    config = json_format.MessageToDict(static_bootstrap(resources, secrets, admin_port=0), preserving_proto_field_name=True)
+    config = static_bootstrap_document(resources, secrets, admin_port=0)  # what render --static prints
     result = validate(config)
     assert result.ok, result.output[-3000:]
     assert "deprecated" not in result.output.lower(), result.output[-3000:]

@@ -20,7 +20,7 @@ from zpilot import contract
 from zpilot.translators.bootstrap import ADMIN_CLUSTER, BootstrapOptions, bootstrap_document
 
 from .conftest import load_index
-from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, eventually, free_port
+from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
 
@@ -138,3 +138,40 @@ async def test_prometheus_names_a_cluster_and_a_tcp_proxy_whole(layout, manifest
     everything = "".join(label for labels in metrics.values() for label in labels)
     for tag in ("envoy_listener_address=", "envoy_worker_id=", "envoy_http_conn_manager_prefix=", "envoy_tcp_prefix="):
         assert tag in everything, tag
+
+
+#: Names Kubernetes allows (DNS subdomains) and real clusters have: an EKS node, a ServiceAccount with a dot.
+DOTTED_NODE = "ip-10-0-1-7.ec2.internal"
+DOTTED_ACCOUNT = "bookinfo.reviews"
+
+
+def _with_dotted_names(manifests) -> None:
+    """The example with node B named as an EKS node is, and the reviews pods' ServiceAccount dotted."""
+    for path in manifests.glob("*.yaml"):
+        text = path.read_text().replace(NODE_B, DOTTED_NODE)
+        path.write_text(text.replace("serviceAccountName: bookinfo-reviews", f"serviceAccountName: {DOTTED_ACCOUNT}"))
+
+
+async def test_prometheus_names_a_dotted_node_and_service_account_whole(layout, manifests, make_plane, envoys):
+    """A node's name and a ServiceAccount's may hold dots (``ip-10-0-1-7.ec2.internal``): the stats of the
+    ``pods_on_<node>`` cluster and tcp_proxy and of the tunnels to an identity carry the whole name in their
+    label, under Envoy's standard metric name, not ``envoy_cluster_ec2_internal_*`` with the name cut."""
+    _with_dotted_names(manifests)
+    plane = await make_plane(layout=layout)
+    envoy = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds", "--cluster-stats", "eager", "--service-stats", "all"))
+    await envoy.wait_ready()
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        listing = (await client.get(f"{envoy.admin}/clusters")).text
+        text = (await client.get(f"{envoy.admin}/stats/prometheus")).text
+    metrics = _prometheus_names(text)
+    clusters = {line.split("::", 1)[0].replace("://", "_") for line in listing.splitlines() if "::" in line}
+    dotted = {c for c in clusters if c.endswith((DOTTED_NODE, DOTTED_ACCOUNT))}
+    assert {c for c in dotted if DOTTED_NODE in c} == ({f"pods_on_{DOTTED_NODE}"} if layout == "linear" else set())
+    assert any(DOTTED_ACCOUNT in c for c in dotted), sorted(clusters)
+    for cluster in dotted:
+        for metric in ("envoy_cluster_upstream_cx_total", "envoy_cluster_membership_total", "envoy_cluster_version"):
+            assert f'envoy_cluster_name="{cluster}"' in metrics[metric], (cluster, metric)
+    if layout == "linear":
+        assert f'envoy_tcp_prefix="pods_on_{DOTTED_NODE}"' in metrics["envoy_tcp_downstream_cx_total"]
+    leaked = sorted(name for name in metrics if any(part in name for part in ("ec2", "reviews", "pods_on")))
+    assert not leaked, leaked[:10]

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--static",
         action="store_true",
-        help="print a static Envoy bootstrap instead (secrets inline): runs with no control plane, and validates",
+        help="print a static Envoy bootstrap instead (secrets inline, the stats settings of zpilot bootstrap's"
+        " defaults): runs with no control plane, and validates",
     )
     p.add_argument("--quiet", action="store_true", help="do not list input problems on stderr")
     data_path_flags.add_arguments(p)
@@ -31,15 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from google.protobuf import json_format
-
     from ..certs.ca import CertificateAuthority
     from ..certs.identity import IdentityCache
     from ..certs.secrets import build_secrets
     from ..kube.manifests import load_manifests
     from ..model.index import MeshIndex
     from ..translators import TranslateOptions, consistency, translate_node
-    from ..translators.static import static_bootstrap
+    from ..translators.static import static_bootstrap_document
     from ..xds.config_dump import config_dump
 
     manifests = load_manifests(args.manifests)
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
     if args.static:
-        out = json_format.MessageToDict(static_bootstrap(resources, secrets), preserving_proto_field_name=True)
+        out = static_bootstrap_document(resources, secrets)
     else:
         out = config_dump(resources, secrets)
     json.dump(out, sys.stdout, indent=1)

@@ -12,21 +12,40 @@ Where the credentials come from, in this order (the first that applies wins):
 ``--context`` picks a kubeconfig context (default: the file's current-context); it is an error
 with in-cluster credentials, which have no contexts. A kubeconfig is never written back (no token
 refresh is persisted into the user's file).
+
+A client lives as long as the process (``zpilot serve``'s for the CA Secret and token reviews, the
+watch's until it fails), and the credentials it was made from expire: a bound service-account token
+after about an hour (the kubelet writes the next one before), an ``exec`` plugin's (EKS's
+``aws eks get-token``: 15 minutes; GKE's ``gke-gcloud-auth-plugin``: an hour). Before each request
+the client brings its token up to date (kubernetes-asyncio's ``refresh_api_key_hook``): the
+service-account token file is read again each minute (kubernetes-asyncio's own hook), a kubeconfig
+user's ``tokenFile`` too (``TOKEN_FILE_REREAD_SECONDS``), and an ``exec`` plugin is run again once its
+token is past its ``expirationTimestamp`` (less kubernetes-asyncio's five minutes of margin). A
+plugin's token without an ``expirationTimestamp``, and a client certificate (a plugin's or the
+file's), are used as first read, for the client's life.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
+import time
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+log = logging.getLogger(__name__)
+
 #: Where the kubelet mounts a pod's service account (token, ca.crt, namespace).
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_KUBECONFIG = Path("~/.kube/config")
+#: How often a kubeconfig's credentials other than an ``exec`` plugin's are read again (a ``tokenFile``
+#: something else renews): kubernetes-asyncio's period for the in-cluster token file.
+TOKEN_FILE_REREAD_SECONDS = 60.0
 
 
 class KubeConfigError(Exception):
@@ -73,14 +92,51 @@ async def api_client(
             f"{named} {paths}: no such file; give --kubeconfig, set KUBECONFIG, or run in a pod with a service account"
         )
     try:
-        await config.load_kube_config(
+        loader = await config.load_kube_config(
             config_file=os.pathsep.join(existing), context=context, client_configuration=configuration,
             persist_config=False,
         )
     except (ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:  # a malformed file too
         where = f"{named} {paths}" + (f" context {context}" if context else "")
         raise KubeConfigError(f"{where}: {exc}") from None
+    configuration.refresh_api_key_hook = _kubeconfig_token_refresher(loader)
     return client.ApiClient(configuration)
+
+
+def _kubeconfig_token_refresher(loader: Any) -> Callable[[client.Configuration], Awaitable[None]]:
+    """The hook that brings a kubeconfig client's token up to date before each request (kubernetes-asyncio
+    reads a kubeconfig once and sets none): an ``exec`` plugin's token with an expiry through the loader's
+    own check (``load_from_exec_plugin`` runs the plugin again only once the token is past it), any other
+    user's credentials (a ``tokenFile``, an auth provider's) read again every ``TOKEN_FILE_REREAD_SECONDS``.
+    One request at a time refreshes: the others wait for its token rather than run the plugin too. A refresh
+    that fails (the plugin exits non-zero, the file is gone) is logged (at most once a minute) and the token in
+    hand is sent: the API server's 401, if it has expired, is what the caller retries on."""
+    lock = asyncio.Lock()
+    read_at = time.monotonic()
+    logged_at = -TOKEN_FILE_REREAD_SECONDS
+    user = loader._user or {}  # the context's user section (kubernetes-asyncio keeps no public handle on it)
+
+    async def refresh(configuration: client.Configuration) -> None:
+        nonlocal read_at, logged_at
+        async with lock:
+            try:
+                if "exec" in user:
+                    if not hasattr(loader, "exec_plugin_expiry"):  # no expiry given: used as first read
+                        return
+                    await loader.load_from_exec_plugin()
+                elif time.monotonic() - read_at >= TOKEN_FILE_REREAD_SECONDS:
+                    read_at = time.monotonic()
+                    await loader.load_and_set(configuration)
+            except Exception as exc:  # whatever the plugin or the file did: the request goes on as it can
+                if time.monotonic() - logged_at >= TOKEN_FILE_REREAD_SECONDS:
+                    logged_at = time.monotonic()
+                    log.warning("%s: the kubeconfig's credentials could not be renewed (%s: %s); the token in hand is sent",
+                                configuration.host, type(exc).__name__, str(exc)[:500])
+            token = getattr(loader, "token", None)
+            if token is not None and configuration.api_key.get("BearerToken") != token:
+                configuration.api_key["BearerToken"] = token
+
+    return refresh
 
 
 def server(api: client.ApiClient) -> str:

@@ -397,6 +397,12 @@ CLUSTER_BOOKKEEPING_STATS = (
 #: and ``xds-grpc``), is given once for each, each failing on the first characters of any other listener or
 #: cluster: Envoy takes two extractors of one tag name (the first that matches wins; no name starts with
 #: both). Unanchored, it cost node-0's Envoy about 13% of its instructions to LIVE at R (docs/scale.md).
+#:
+#: A tunnel's ``ssl.ciphers.<cipher>`` is left to Envoy's ``cipher_suite`` extractor, which takes a cluster name
+#: without dots only (a tunnel's has its identity's trust domain's): the cipher stays in the metric's name. A
+#: regex of ours for it (``^cluster\.(?:<TLS cluster>)\.ssl\.ciphers(\.([\w-]+))$``) fails on nearly every cluster
+#: stat, and a failing std::regex search starts again at every character: it cost node-0's Envoy 2,400 M more
+#: instructions to LIVE at R (6,200 M without it, callgrind), where Envoy's own first looks for ``.ssl.ciphers.``.
 NAME_TAGS: tuple[tuple[str, str], ...] = (
     ("envoy.cluster_name", r"^cluster\.(({})\.)"),
     ("envoy.tcp_prefix", r"^tcp\.(({})\.)"),
@@ -412,9 +418,10 @@ NAME_TAGS: tuple[tuple[str, str], ...] = (
 #: A listener's address in its stats' names, as Envoy's extractors spell it: ``<ipv4>_<port>`` or ``[<ipv6>]_<port>``.
 LISTENER_ADDRESS = r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+"
 #: The clusters with a TLS transport socket, as their stats name them: the tunnels to an identity
-#: (``outbound_tunnel_clus_``, ``outbound_local_tunnel_clus_``... then the identity, its "://" written "_") and
-#: the bootstrap's ADS cluster (whose name holds no character a regex reads).
-TLS_CLUSTER_STAT_NAME = rf"outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/.]+|{XDS_CLUSTER}"
+#: (``outbound_tunnel_clus_``, ``outbound_local_tunnel_clus_``... then the identity, its "://" written "_", its
+#: ServiceAccount's name up to the ``.ssl.certificate.`` that follows it, dots and all) and the bootstrap's ADS
+#: cluster (whose name holds no character a regex reads).
+TLS_CLUSTER_STAT_NAME = rf"outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[a-z0-9.-]+?|{XDS_CLUSTER}"
 #: The field of Envoy's StatsConfig (since 1.39) that lets a ``stats_tags`` entry replace Envoy's default
 #: extractor of the same tag name (without it the default wins and the entry is ignored): xds-protos 1.85's
 #: message lacks it, so :func:`bootstrap_document` adds it to the JSON Envoy reads.

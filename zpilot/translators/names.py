@@ -89,16 +89,37 @@ SERVICE_PORT_STAT_REST = r"[^/]*"
 
 #: How an identity (``contract.SPIFFE_SCHEME`` then ``<trust domain>/ns/<ns>/sa/<sa>``) reads in a stat's name: Envoy writes its
 #: "://" as "_" (but in ``ssl.certificate.<secret>``, where it stays). The trust domain may hold dots, a
-#: namespace cannot; a ServiceAccount name can (Kubernetes allows a DNS subdomain) but seldom does, and
-#: where it does and nothing follows it, it ends here at its first dot.
+#: namespace cannot; a ServiceAccount name can (Kubernetes allows a DNS subdomain): what follows this prefix
+#: is taken by :data:`DOTTED_NAME_IN_STATS` where the name ends the zpilot name.
 IDENTITY_IN_STATS = r"spiffe_[^/]+/ns/[^/.]+/sa/"
+
+#: What can follow a zpilot name in one of Envoy's stat names (the stat itself): a token no label of a Kubernetes
+#: name can be (one with an "_" or a capital: ``upstream_cx_total``, ``circuit_breakers``, ``tlsMode-disabled``,
+#: most of Envoy's stats), or one of the few stats and stat groups whose first token has neither (``version``,
+#: ``default.total_match_count``, ``ssl.*``, ``http2.*``, a listener's ``http.<prefix>.*``, the router's
+#: ``internal.upstream_rq_*``), seen on a real Envoy 1.40 (tests/xds/test_envoy_cluster_stats.py). The first
+#: alternative alone at the top: libc++'s std::regex nests ``a|b|c`` as ``(a|b)|c`` and copies its state at
+#: each ``|`` it passes, so the common case passes one, not five (about a tenth of this regex's cost on the
+#: ``pods_on_<node>`` stats, callgrind).
+STAT_AFTER_NAME = (
+    r"[a-z0-9-]*[^a-z0-9.-]|(?:version$|default\.total_match_count$|ssl\.|http2?\.|(?:in|ex)ternal\.upstream_rq_)"
+)
+#: A Kubernetes name that may hold dots (a node's, a ServiceAccount's: a DNS subdomain, lowercase letters, digits,
+#: "-" and "."), whole, as the last part of a name in a stat's name. A dot cannot tell the name from the stat
+#: after it (Envoy's separator), so the name is taken up to the first dot that :data:`STAT_AFTER_NAME` follows
+#: (a lazy repeat and a lookahead: Envoy runs ``stats_tags`` regexes with std::regex, ECMAScript, which has both,
+#: as Python's ``re`` has). A name with a label ``ssl``, ``http`` or ``http2`` followed by more labels would
+#: still end before it; a name without dots costs one lookahead more than ``[^.]+``.
+DOTTED_NAME_IN_STATS = rf"[a-z0-9-]+(?:\.[a-z0-9-]+)*?(?=\.(?:{STAT_AFTER_NAME}))"
 
 #: A regex of a whole SDS secret name zpilot makes, as it reads in a stat's name (``sds.<secret>.*`` and
 #: ``<listener or cluster>.ssl.certificate.<secret>.*``), for Envoy's ``envoy.xds_resource_name`` and
 #: ``envoy.tls_certificate`` tags: a pod's certificate ``<identity>~<pod>~<uid>``
 #: (:func:`zpilot.contract.workload_secret_name`: each part ends at a "~", a UID has no dot), an identity's
-#: own, or any other name up to its first dot (``contract.ROOT_CA_SECRET``), as Envoy does.
-SECRET_STAT_TAG_VALUE = r"spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/[^/~]+~[^~]+~[^.~]+|spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/[^/.~]+|[^.]+"
+#: own (its ServiceAccount's name whole, dots and all: :data:`DOTTED_NAME_IN_STATS`), or any other name up to
+#: its first dot (``contract.ROOT_CA_SECRET``), as Envoy does.
+SECRET_STAT_TAG_VALUE = (r"spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/[^/~]+~[^~]+~[^.~]+|"
+                         rf"spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/{DOTTED_NAME_IN_STATS}|[^.]+")
 
 
 def stat_name_tag_value(cluster_domain: str, other: str = r"[^.]+") -> str:
@@ -111,18 +132,19 @@ def stat_name_tag_value(cluster_domain: str, other: str = r"[^.]+") -> str:
     matches): an (identity, service port) name of the article layout, ``<identity>_to_<port>_<fqdn>_outbound_internal``;
     a name made of a prefix and an identity (the tunnels' clusters and listeners); a service port's
     ``<port>_<fqdn>``, which ends with the cluster domain; and any other name up to its first dot, as Envoy
-    does (``xds-grpc``, ``virtual_inbound``, ``pods_on_<node>``: a node name with dots is cut there), or
-    what ``other`` says.
+    does (``xds-grpc``, ``virtual_inbound``), or what ``other`` says. A node's name and a ServiceAccount's
+    (the identity's last part) may hold dots (``pods_on_ip-10-0-1-7.ec2.internal``): they are taken whole by
+    :data:`DOTTED_NAME_IN_STATS`.
 
-    ``pods_on_<node>`` comes first, whole up to its first dot as the last alternative would take it (a node
-    name has no "_": none of the shapes can match it): one cluster and one tcp_proxy per node, they make most
-    of a node's cluster and tcp stats at R, and Envoy runs these regexes with std::regex, which tries the
-    alternatives in order, each one that fails at a cost (a third of the time for such a name, with libc++)."""
+    ``pods_on_<node>`` comes first (a node name has no "_": none of the other shapes can match it): one
+    cluster and one tcp_proxy per node, they make most of a node's cluster and tcp stats at R, and Envoy runs
+    these regexes with std::regex, which tries the alternatives in order, each one that fails at a cost (a
+    third of the time for such a name, with libc++)."""
     service_port = rf"[^./_]+_[^./_]+\.[^./_]+\.svc\.{re.escape(cluster_domain)}"
     return "|".join((
-        rf"{re.escape(PODS_ON_PREFIX)}[^.]+",
+        rf"{re.escape(PODS_ON_PREFIX)}{DOTTED_NAME_IN_STATS}",
         rf"{IDENTITY_IN_STATS}[^/]+?_to_{service_port}_outbound_internal",
-        rf"[a-z_]*{IDENTITY_IN_STATS}[^/.]+",
+        rf"[a-z_]*{IDENTITY_IN_STATS}{DOTTED_NAME_IN_STATS}",
         service_port,
         other,
     ))

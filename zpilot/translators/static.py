@@ -4,13 +4,17 @@
 static bootstrap can't fetch over ADS, so: EDS clusters get their load assignment inline, and
 SDS references lose their ``sds_config`` and resolve to static secrets of the same name (an
 SDS-over-ADS reference in validate mode crashes Envoy 1.40; stock-envoy-notes.md).
+
+Its stats settings are the ADS bootstrap's (:mod:`.bootstrap`: the stat tags that take zpilot's names whole,
+the stats each service port is kept from making, the traffic counters made on first use), so a static
+ztunnel's ``/stats`` and ``/stats/prometheus`` read as one fed over ADS does.
 """
 
 from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from google.protobuf import any_pb2, message_factory, symbol_database
+from google.protobuf import any_pb2, json_format, message_factory, symbol_database
 from google.protobuf.message import Message
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
@@ -18,7 +22,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from .. import contract
-from .bootstrap import internal_listener_extension, runtime_layers
+from .bootstrap import internal_listener_extension, runtime_layers, stats_config, with_missing_fields
 from .envoy_common import pack, socket_address
 from .resources import NodeResources
 
@@ -66,11 +70,24 @@ def static_bootstrap(
     secrets: Mapping[str, secret_pb2.Secret],
     *,
     admin_port: int = contract.PORT_ADMIN,
+    service_stats: str = contract.DEFAULT_SERVICE_STATS,
+    cluster_stats: str = contract.DEFAULT_CLUSTER_STATS,
 ) -> bootstrap_pb2.Bootstrap:
+    """``resources`` and ``secrets`` as one static bootstrap; ``service_stats`` and ``cluster_stats`` as
+    ``zpilot bootstrap``'s flags of those names (:class:`.bootstrap.BootstrapOptions`). As JSON, Envoy needs
+    the fields xds-protos lacks: :func:`static_bootstrap_document`."""
+    if service_stats not in contract.SERVICE_STATS:
+        raise ValueError(f"service stats {service_stats!r} is not one of {', '.join(contract.SERVICE_STATS)}")
+    if cluster_stats not in contract.CLUSTER_STATS:
+        raise ValueError(f"cluster stats {cluster_stats!r} is not one of {', '.join(contract.CLUSTER_STATS)}")
     boot = bootstrap_pb2.Bootstrap(
         admin=bootstrap_pb2.Admin(address=socket_address(contract.ADMIN_ADDRESS, admin_port)),
         bootstrap_extensions=[internal_listener_extension()],
         layered_runtime=runtime_layers(),
+        stats_config=stats_config(service_stats),
+        deferred_stat_options=bootstrap_pb2.Bootstrap.DeferredStatOptions(
+            enable_deferred_creation_stats=cluster_stats == "lazy"
+        ),
     )
     boot.node.id = contract.node_id(resources.node)
     boot.node.cluster = contract.NODE_CLUSTER
@@ -88,3 +105,12 @@ def static_bootstrap(
         static.secrets.add().CopyFrom(secrets[name])
     rewrite(static, _drop_sds_source)
     return boot
+
+
+def static_bootstrap_document(resources: NodeResources, secrets: Mapping[str, secret_pb2.Secret], **options) -> dict:
+    """The static bootstrap as Envoy reads it (what ``zpilot render --static`` prints): :func:`static_bootstrap`
+    as JSON, with :func:`.bootstrap.with_missing_fields` (without ``allow_default_tag_overrides`` Envoy would
+    keep its own tag extractors and ignore the stat tags)."""
+    return with_missing_fields(
+        json_format.MessageToDict(static_bootstrap(resources, secrets, **options), preserving_proto_field_name=True)
+    )
