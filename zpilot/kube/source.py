@@ -30,6 +30,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass, replace
 from typing import AsyncIterator, Callable, Iterable, Protocol
 
+from ..gcpause import pause
 from ..model.index import MeshIndex, between_common_ends
 from ..model.objects import Cluster, EndpointSlice, Namespace, Node, Service, ServiceAccount, Workload
 from ..model.policy import DEFAULT_ROOT_NAMESPACE, AuthorizationPolicy, PeerAuthentication
@@ -492,11 +493,20 @@ class FeedSource:
             last: MeshIndex | None = None
             builder = ModelBuilder(root_namespace=self.root_namespace)
             while first_seen is not None:
-                index = await asyncio.to_thread(builder.build, sink.contents())
-                if last is None or _differs(index, last):
-                    tracker.report(index.problems)
-                    yield ModelEvent(index, first_seen, initial=last is None)
-                    last = index
+                # No cyclic garbage collection from the build until the consumer has taken the model
+                # (zpilot.gcpause): the build is the first step of a change's latency, and a collection
+                # its allocations call for walks what the last change left young (80-160 ms at R,
+                # measured landing on a policy change's build). The consumer's own pause (the
+                # producer's, then the push burst's) takes over, so it runs once the change is sent.
+                end_pause = pause()
+                try:
+                    index = await asyncio.to_thread(builder.build, sink.contents())
+                    if last is None or _differs(index, last):
+                        tracker.report(index.problems)
+                        yield ModelEvent(index, first_seen, initial=last is None)
+                        last = index
+                finally:
+                    end_pause()
                 first_seen = await sink.next_burst(feed)
         finally:
             feed.cancel()
