@@ -22,7 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from itertools import chain, compress, count, islice
 from operator import attrgetter, is_, is_not
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from .addresses import is_ipv4_network, split_mesh_family
 from .objects import (
@@ -316,6 +316,7 @@ class MeshIndex:
             problems=index.problems,
             previous=previous.policies if previous is not None else None,
             changes=index._workload_changes,
+            selected=index._meshed_selected,
         )
         if previous is not None:
             index._record_lineage(previous, ModelChanges(index._changed_nodes(previous), changed_ports))
@@ -635,6 +636,18 @@ class MeshIndex:
 
     def is_meshed(self, workload: Workload) -> bool:
         return (workload.namespace, workload.name) in self._meshed
+
+    def _meshed_selected(self, namespace: str, selector: Mapping[str, str]) -> list[Workload]:
+        """The meshed pods of ``namespace`` carrying every label of ``selector`` (not empty), in
+        (namespace, name) order: those among the pods carrying its rarest label (a policy changed
+        decides for them alone)."""
+        postings = [self._by_label.get((namespace, k, v), ()) for k, v in selector.items()]
+        meshed = self._meshed
+        return [  # a backend is a meshed pod but for hostNetwork ones and those opted out (by name: two may share one)
+            w for w in min(postings, key=len)
+            if not w.host_network and not w.opted_out and (w.namespace, w.name) in meshed
+            and all(w.labels.get(k) == v for k, v in selector.items())
+        ]
 
     # -- services ---------------------------------------------------------------------------
 
