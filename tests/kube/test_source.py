@@ -184,9 +184,9 @@ async def test_no_garbage_collection_from_a_models_build_until_its_consumer_has_
     during: list[bool] = []
     real = ModelBuilder.build
 
-    def build(self, contents):
+    def build(self, contents, *rest):
         during.append(gc.isenabled())
-        return real(self, contents)
+        return real(self, contents, *rest)
 
     monkeypatch.setattr(ModelBuilder, "build", build)
     assert gc.isenabled()

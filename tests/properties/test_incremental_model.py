@@ -8,7 +8,7 @@ another instance). A sequence of steps then picks, per object, absent / itself /
 step's model is built twice from the origins' contents (one origin per object, as the API watch
 reads them): from nothing (``build_model``), and from the previous step's (``ModelBuilder``, as
 the source builds them: from contents made afresh, and from an ``ObjectSink``'s, whose unchanged
-origins keep their entries, as the API watch leaves them). Everything the
+origins keep their entries, as the API watch leaves them, with the origins it says were touched). Everything the
 index answers, its problems in their order, and every node's input must be equal (what it can
 reach, as ``MeshInput`` compares: by what config reads of it). What an index says changed since
 an earlier one of its lineage (``MeshIndex.changes_since``) must hold every difference; node inputs
@@ -256,7 +256,7 @@ def _check(history: History) -> None:
         incremental = builder.build(contents)
         assert incremental.cluster == full.cluster
         assert _index_state(incremental) == _index_state(full)
-        from_sink = sink_builder.build(sink.contents())
+        from_sink = sink_builder.build(sink.contents(), sink.take_touched())  # as FeedSource does
         assert from_sink.cluster == full.cluster
         assert _index_state(from_sink) == _index_state(full)
         for earlier in built:

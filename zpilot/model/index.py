@@ -273,6 +273,7 @@ class MeshIndex:
         self._derived = _Derived()
         self._previous = _Derived()  # the last build's, while building
         self._before: MeshIndex | None = None  # the last index, while building, when its context is this one's
+        self._hint: tuple[Sequence[Workload], Sequence[Workload]] | None = None  # the pods changed, while building
         #: What the pods gave of problems (in order), how many pods claim each IP, how many pods
         #: have each (namespace, name): what a build from this one needs to patch it.
         self._workload_problems: tuple[Problem, ...] = ()
@@ -310,9 +311,13 @@ class MeshIndex:
         ztunnel_namespace: str = "istio-system",
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
         previous: "MeshIndex | None" = None,
+        changed_workloads: tuple[Sequence[Workload], Sequence[Workload]] | None = None,
     ) -> "MeshIndex":
         """The index of ``cluster``. ``previous``: the index of the cluster before a change, whose
-        derivations of the objects still there are reused (the result is the same without it)."""
+        derivations of the objects still there are reused (the result is the same without it).
+        ``changed_workloads``: the pods taken out of ``previous``'s cluster and put in (by identity:
+        every other pod of ``cluster`` is one of ``previous``'s), when the caller knows (a source
+        that patched its cluster): they are not looked for among every pod."""
         index = cls(
             cluster,
             problems if problems is not None else Problems(),
@@ -326,6 +331,7 @@ class MeshIndex:
             index._before = previous
         elif previous is not None:  # what is derived of each pod alone still holds
             index._previous = _Derived(workloads=previous._derived.workloads, postings=previous._derived.postings)
+        index._hint = changed_workloads if previous is not None else None
         index._index_nodes()
         index._index_workloads()
         changed_ports = index._index_services()
@@ -342,7 +348,7 @@ class MeshIndex:
         if previous is not None:
             index._record_lineage(previous, ModelChanges(index._changed_nodes(previous), changed_ports))
         index._previous = _Derived()  # not kept: one build's derivations at a time
-        index._before = None
+        index._before = index._hint = None
         return index
 
     #: How many earlier indexes an index knows what changed since.
@@ -533,7 +539,8 @@ class MeshIndex:
         if current is before.cluster.workloads:
             self._share_workloads(before)
             return True
-        old_window, new_window = between_common_ends(before.cluster.workloads, current)
+        old_window, new_window = (self._hint if self._hint is not None
+                                  else between_common_ends(before.cluster.workloads, current))
         old_ids, new_ids = set(map(id, old_window)), set(map(id, new_window))
         removed_ids = {id(w): None for w in old_window if id(w) not in new_ids}
         added_by_id = {id(w): w for w in new_window if id(w) not in old_ids}
