@@ -12,7 +12,8 @@ for comparison, a service added and a DENY policy added, each kept):
 - ``config nodes``, ``mesh input``, ``node inputs``: the producer's planning
   (``IncrementalTranslator.inputs``: which nodes get config, ``MeshInput.of``, ``node_inputs``);
 - ``source``: a burst through the kube source as ``zpilot serve`` runs it (``ObjectSink.contents``
-  with one origin per object, as the API watch reads them, then ``ModelBuilder.build``).
+  with one origin per object, as the API watch reads them, and the origins it says were touched,
+  then ``ModelBuilder.build``).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def main() -> None:
                 for o in getattr(cluster, name)):
         sink.set("/".join(key_of(obj)), OriginContent((("api", obj),)))
     builder = ModelBuilder()
-    builder.build(sink.contents())
+    builder.build(sink.contents(), sink.take_touched())
 
     for r in range(args.rounds):
         pod = KIND_CONVERTERS["Pod"](extra_pod(shape, r, (r * 7 + 3) % shape.nodes))
@@ -110,8 +111,8 @@ def main() -> None:
                 sink.set(origin, OriginContent((("api", pod),)))
             else:
                 sink.remove(origin)
-            contents = steps.timed(kind, "source:sink", sink.contents)
-            steps.timed(kind, "source:build", lambda: builder.build(contents))
+            contents, touched = steps.timed(kind, "source:sink", lambda: (sink.contents(), sink.take_touched()))
+            steps.timed(kind, "source:build", lambda: builder.build(contents, touched))
     for r in range(max(args.rounds // 4, 1)):
         service = KIND_CONVERTERS["Service"](extra_service(shape, r))
         policy = KIND_CONVERTERS["AuthorizationPolicy"](extra_policy(shape, r * 13 + 5))

@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from zpilot import contract  # noqa: E402
+from zpilot.gcpause import pause  # noqa: E402
 from zpilot.synthetic import (  # noqa: E402
     Shape,
     extra_policy,
@@ -439,10 +440,14 @@ async def _one_change(model, plane, sent, received, connected: set[str], models)
     closed: the model is built (in a worker thread, from the previous one), then produced and pushed."""
     first_sent, first_received = len(sent.records), len(received)
     t0 = time.monotonic()  # the debounce window closes
-    index = await asyncio.to_thread(models.build, model)
-    t1 = time.monotonic()
-    report = await plane.update(index, changed_at=t0)
-    t2 = time.monotonic()
+    end_pause = pause()  # as the source does: no garbage collection from the build until the producer's pause
+    try:
+        index = await asyncio.to_thread(models.build, model)
+        t1 = time.monotonic()
+        report = await plane.update(index, changed_at=t0)
+        t2 = time.monotonic()
+    finally:
+        end_pause()
     affected = set(report.changed) & connected
     await _quiet(sent, 1.0, received)
     records = sent.records[first_sent:]

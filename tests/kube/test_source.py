@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import pytest
@@ -11,6 +12,7 @@ from zpilot.kube.convert import namespace_from, node_from
 from zpilot.kube.source import (
     Debouncer,
     FeedSource,
+    ModelBuilder,
     ModelEvent,
     ObjectSink,
     OriginContent,
@@ -174,3 +176,32 @@ async def test_a_feed_that_cannot_start_is_an_error_of_the_stream():
 
     with pytest.raises(SourceError, match="no such directory"):
         await first_model(FeedSource(Broken, name="broken"))
+
+
+async def test_no_garbage_collection_from_a_models_build_until_its_consumer_has_taken_it(monkeypatch):
+    """The build runs with the collector paused, and the pause lasts until the consumer asks for the
+    next model (by then the producer's own pause holds it off until the change is sent)."""
+    during: list[bool] = []
+    real = ModelBuilder.build
+
+    def build(self, contents, *rest):
+        during.append(gc.isenabled())
+        return real(self, contents, *rest)
+
+    monkeypatch.setattr(ModelBuilder, "build", build)
+    assert gc.isenabled()
+    feed = ScriptedFeed()
+    events = FeedSource(lambda: feed, name="scripted", quiet=0.01, max_delay=5.0).events()
+    try:
+        await next_event(events)
+        assert during == [False] and not gc.isenabled()  # the consumer holds the model
+        pending = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.05)  # the consumer asked for the next one: nothing is due yet
+        assert not pending.done() and gc.isenabled()
+        assert feed.sink is not None
+        feed.sink.set("Node/b", OriginContent((("Node b", node("b")),)))
+        await asyncio.wait_for(pending, 5)
+        assert during == [False, False] and not gc.isenabled()
+    finally:
+        await events.aclose()
+    assert gc.isenabled()  # a stream closed while its consumer held a model ends the pause too

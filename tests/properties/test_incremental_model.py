@@ -2,13 +2,13 @@
 what building from nothing gives, for random hostile clusters and random changes.
 
 Each example draws two clusters (``clusters.py``) whose objects form a pool, plus a variant of some
-objects (a pod relabelled, made unready, moved or given another address; a service with another
-selector; a namespace enrolled or not; a node in another zone; an equal copy that is another
-instance). A sequence of steps then picks, per object, absent / itself / its variant, and each
+objects (a pod relabelled, made unready, moved or given another address; a service or a policy
+with another selector; a namespace enrolled or not; a node in another zone; an equal copy that is
+another instance). A sequence of steps then picks, per object, absent / itself / its variant, and each
 step's model is built twice from the origins' contents (one origin per object, as the API watch
 reads them): from nothing (``build_model``), and from the previous step's (``ModelBuilder``, as
 the source builds them: from contents made afresh, and from an ``ObjectSink``'s, whose unchanged
-origins keep their entries, as the API watch leaves them). Everything the
+origins keep their entries, as the API watch leaves them, with the origins it says were touched). Everything the
 index answers, its problems in their order, and every node's input must be equal (what it can
 reach, as ``MeshInput`` compares: by what config reads of it). What an index says changed since
 an earlier one of its lineage (``MeshIndex.changes_since``) must hold every difference; node inputs
@@ -68,8 +68,11 @@ def _variant(obj: Any, n: int) -> Any:
         return replace(obj, labels=frozen_labels({} if obj.enrolled else enrolled))
     if isinstance(obj, Node):
         return replace(obj, locality=Locality("r9", f"r9-{n}"))
-    if isinstance(obj, AuthorizationPolicy):
-        return replace(obj, name=obj.name)  # another instance
+    if isinstance(obj, (AuthorizationPolicy, PeerAuthentication)):
+        if n == 0:
+            return replace(obj, name=obj.name)  # another instance
+        # another selector (a policy without one gets one): the workloads it decides for change
+        return replace(obj, selector=frozen_labels({"app": "a" if (obj.selector or {}).get("app") == "b" else "b"}))
     return copy.copy(obj)
 
 
@@ -169,6 +172,11 @@ def histories(draw: st.DrawFn, churn: bool = False) -> History:
            "metadata": {"name": "allow-y", "namespace": draw(st.sampled_from(pods_in))},
            "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["y"]}}]}]}}
     pool.append(("namespace-policy", KIND_CONVERTERS["AuthorizationPolicy"](doc)))
+    doc = {"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",  # some pods of one namespace
+           "metadata": {"name": "deny-b", "namespace": draw(st.sampled_from(pods_in))},
+           "spec": {"action": "DENY", "selector": {"matchLabels": {"app": "b"}},
+                    "rules": [{"from": [{"source": {"namespaces": ["z"]}}]}]}}
+    pool.append(("selecting-policy", KIND_CONVERTERS["AuthorizationPolicy"](doc)))
     if churn and plain:
         targets = st.sampled_from(plain)
     else:  # plain pods and policies often (a policy changed alone is patched too)
@@ -248,7 +256,7 @@ def _check(history: History) -> None:
         incremental = builder.build(contents)
         assert incremental.cluster == full.cluster
         assert _index_state(incremental) == _index_state(full)
-        from_sink = sink_builder.build(sink.contents())
+        from_sink = sink_builder.build(sink.contents(), sink.take_touched())  # as FeedSource does
         assert from_sink.cluster == full.cluster
         assert _index_state(from_sink) == _index_state(full)
         for earlier in built:

@@ -5,8 +5,9 @@ questions (which pods are on node N, who is behind VIP:port, which pod owns this
 dictionary lookups. A build given the previous index (``MeshIndex.build(..., previous=...)``)
 reuses what it derived from each object that is still there, unchanged (the same instance: a
 source hands unchanged objects over as they were), so a pod added costs that pod and the
-endpoints of the services selecting it, not the cluster; the result, problems included and in
-their order, is the one a build from nothing gives.
+endpoints of the services selecting it, a service added or removed that service, a policy changed
+the pods it selects, not the cluster; the result, problems included and in their order, is the
+one a build from nothing gives.
 
 Every rule about who is in the mesh lives here and nowhere else, so the
 xDS translators and the CNI agent can never disagree about it (the 2022 code did: istiod used a
@@ -22,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from itertools import chain, compress, count, islice
 from operator import attrgetter, is_, is_not
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from .addresses import is_ipv4_network, split_mesh_family
 from .objects import (
@@ -188,11 +189,29 @@ class _ServiceEntry:
     """One service as the services stage indexed it, and the problems it made reported, split so
     that a patch recomputes only what depends on the pods (its ports' endpoints)."""
 
+    source: Service  # the service as the cluster holds it
     view: Service | None  # its IPv4 view; None: skipped (no VIP of the mesh's family)
     head: tuple[Problem, ...]  # what its VIPs' family made reported
     #: Each port: (port, its endpoints' problems, the rest (protocol, VIP taken), TCP: has endpoints).
     ports: tuple[tuple[ServicePort, tuple[Problem, ...], tuple[Problem, ...], bool], ...] = ()
     tail: tuple[Problem, ...] = ()  # the internalTrafficPolicy note (it names its endpoints' nodes)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.source.namespace, self.source.name
+
+    @property
+    def captured(self) -> bool:
+        """Whether the service is one of the index's (it has a TCP port)."""
+        return any(tcp for *_, tcp in self.ports)
+
+    @property
+    def vip_ports(self) -> list[tuple[str, int]]:
+        """The VIP:ports it claims or claimed in vain (its TCP ports on its VIPs, unless headless)."""
+        view = self.view
+        if view is None or view.headless:
+            return []
+        return [(vip, port.port) for port, *_, tcp in self.ports if tcp for vip in view.cluster_ips]
 
     @property
     def problems(self) -> tuple[Problem, ...]:
@@ -254,6 +273,7 @@ class MeshIndex:
         self._derived = _Derived()
         self._previous = _Derived()  # the last build's, while building
         self._before: MeshIndex | None = None  # the last index, while building, when its context is this one's
+        self._hint: tuple[Sequence[Workload], Sequence[Workload]] | None = None  # the pods changed, while building
         #: What the pods gave of problems (in order), how many pods claim each IP, how many pods
         #: have each (namespace, name): what a build from this one needs to patch it.
         self._workload_problems: tuple[Problem, ...] = ()
@@ -275,6 +295,8 @@ class MeshIndex:
         self._service_problems: tuple[Problem, ...] = ()
         self._selecting: dict[tuple[str, str, str], list[int]] = {}
         self._slice_addresses: dict[str, list[int]] = {}
+        #: How many services claim each VIP:port (the first in name order has it, the others are told).
+        self._vip_claims: dict[tuple[str, int], int] = {}
         #: This index's token, and what changed since the indexes it was built from (the last few).
         self.generation = next(_generations)
         self._since: dict[int, ModelChanges] = {}
@@ -289,9 +311,13 @@ class MeshIndex:
         ztunnel_namespace: str = "istio-system",
         root_namespace: str = DEFAULT_ROOT_NAMESPACE,
         previous: "MeshIndex | None" = None,
+        changed_workloads: tuple[Sequence[Workload], Sequence[Workload]] | None = None,
     ) -> "MeshIndex":
         """The index of ``cluster``. ``previous``: the index of the cluster before a change, whose
-        derivations of the objects still there are reused (the result is the same without it)."""
+        derivations of the objects still there are reused (the result is the same without it).
+        ``changed_workloads``: the pods taken out of ``previous``'s cluster and put in (by identity:
+        every other pod of ``cluster`` is one of ``previous``'s), when the caller knows (a source
+        that patched its cluster): they are not looked for among every pod."""
         index = cls(
             cluster,
             problems if problems is not None else Problems(),
@@ -305,6 +331,7 @@ class MeshIndex:
             index._before = previous
         elif previous is not None:  # what is derived of each pod alone still holds
             index._previous = _Derived(workloads=previous._derived.workloads, postings=previous._derived.postings)
+        index._hint = changed_workloads if previous is not None else None
         index._index_nodes()
         index._index_workloads()
         changed_ports = index._index_services()
@@ -316,11 +343,12 @@ class MeshIndex:
             problems=index.problems,
             previous=previous.policies if previous is not None else None,
             changes=index._workload_changes,
+            selected=index._meshed_selected,
         )
         if previous is not None:
             index._record_lineage(previous, ModelChanges(index._changed_nodes(previous), changed_ports))
         index._previous = _Derived()  # not kept: one build's derivations at a time
-        index._before = None
+        index._before = index._hint = None
         return index
 
     #: How many earlier indexes an index knows what changed since.
@@ -511,7 +539,8 @@ class MeshIndex:
         if current is before.cluster.workloads:
             self._share_workloads(before)
             return True
-        old_window, new_window = between_common_ends(before.cluster.workloads, current)
+        old_window, new_window = (self._hint if self._hint is not None
+                                  else between_common_ends(before.cluster.workloads, current))
         old_ids, new_ids = set(map(id, old_window)), set(map(id, new_window))
         removed_ids = {id(w): None for w in old_window if id(w) not in new_ids}
         added_by_id = {id(w): w for w in new_window if id(w) not in old_ids}
@@ -636,24 +665,39 @@ class MeshIndex:
     def is_meshed(self, workload: Workload) -> bool:
         return (workload.namespace, workload.name) in self._meshed
 
+    def _meshed_selected(self, namespace: str, selector: Mapping[str, str]) -> list[Workload]:
+        """The meshed pods of ``namespace`` carrying every label of ``selector`` (not empty), in
+        (namespace, name) order: those among the pods carrying its rarest label (a policy changed
+        decides for them alone)."""
+        postings = [self._by_label.get((namespace, k, v), ()) for k, v in selector.items()]
+        meshed = self._meshed
+        return [  # a backend is a meshed pod but for hostNetwork ones and those opted out (by name: two may share one)
+            w for w in min(postings, key=len)
+            if not w.host_network and not w.opted_out and (w.namespace, w.name) in meshed
+            and all(w.labels.get(k) == v for k, v in selector.items())
+        ]
+
     # -- services ---------------------------------------------------------------------------
 
     def _index_services(self) -> frozenset[PortKey] | None:
         """The services' part of the index; the service ports whose candidates may differ from the
-        last index's (None: not known). Patched from the last index when only plain pods changed
-        (the services, their slices, the nodes and namespaces are the same): then only the services
-        selecting (or listing the address of) a pod added or removed are indexed again."""
+        last index's (None: not known). Patched from the last index when only plain pods and
+        services changed (their slices, the nodes and namespaces are the same): then only the
+        services added, and those selecting (or listing the address of) a pod added or removed,
+        are indexed (a service taken out or put in must claim no VIP:port another one claims)."""
         before = self._before
+        changed: frozenset[PortKey] | None = None
         if (
             before is not None
             and self._workload_changes is not None
-            and _same(self.cluster.services, before.cluster.services)
             and _same(self.cluster.endpoint_slices, before.cluster.endpoint_slices)
         ):
-            changed: frozenset[PortKey] | None = self._patch_services(before)
+            if _same(self.cluster.services, before.cluster.services):
+                changed = self._patch_services(before)
+            elif self._patch_services(before, between_common_ends(before.cluster.services, self.cluster.services)) is None:
+                self._index_all_services()
         else:
             self._index_all_services()
-            changed = None
         self.problems.extend(self._service_problems)
         return changed
 
@@ -661,30 +705,42 @@ class MeshIndex:
         stage = Problems()
         self._slices = slices = self._slices_by_service(stage)
         self._slice_problems = tuple(stage)
-        selecting: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-        addresses: dict[str, list[int]] = defaultdict(list)
-        entries = self._service_entries
+        # from nothing (a patch given up may have left the last index's, or copies of them, here)
+        self.services, self._vips, self._vip_claims, self._endpoints = [], {}, {}, {}
+        self._derived.selected = {}
+        entries = self._service_entries = []
         for svc in sorted(self.cluster.services, key=lambda s: (s.namespace, s.name)):
             entry = self._service_entry(svc, slices)
+            if entry.captured:
+                self.services.append(entry.view)  # type: ignore[arg-type]
+            entries.append(entry)
+        self._position_services()
+        self._service_problems = self._slice_problems + tuple(chain.from_iterable(e.problems for e in entries))
+
+    def _position_services(self) -> None:
+        """Which entries a pod can change: by the labels of their selector, or by the addresses
+        their slices list (services without a selector), as positions in the entries."""
+        selecting: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+        addresses: dict[str, list[int]] = defaultdict(list)
+        slices = self._slices
+        for position, entry in enumerate(self._service_entries):
             view = entry.view
             if view is not None and view.selector:
                 for k, v in view.selector.items():
-                    selecting[(view.namespace, k, v)].append(len(entries))
+                    selecting[(view.namespace, k, v)].append(position)
             elif view is not None:
                 for sl in slices.get((view.namespace, view.name), ()):
                     for ep in sl.endpoints:
-                        addresses[ep.address].append(len(entries))
-            entries.append(entry)
+                        addresses[ep.address].append(position)
         self._selecting, self._slice_addresses = dict(selecting), dict(addresses)
-        self._service_problems = self._slice_problems + tuple(chain.from_iterable(e.problems for e in entries))
 
     def _service_entry(self, svc: Service, slices: dict[tuple[str, str], list[EndpointSlice]]) -> _ServiceEntry:
         """Index one service (the services in name order: the first to claim a VIP:port keeps it)."""
-        head = Problems()
+        head, source = Problems(), svc
         if svc.cluster_ips and not svc.headless:
             vips = self._mesh_family(svc.ref, svc.cluster_ips, "clusterIP", "skipped", head)
             if not vips:
-                return _ServiceEntry(None, tuple(head))
+                return _ServiceEntry(svc, None, tuple(head))
             if vips != svc.cluster_ips:
                 svc = replace(svc, cluster_ips=vips)
         ports = []
@@ -697,6 +753,7 @@ class MeshIndex:
             found = self._index_port(svc, port, slices)
             if not svc.headless:
                 for vip in svc.cluster_ips:
+                    self._vip_claims[(vip, port.port)] = self._vip_claims.get((vip, port.port), 0) + 1
                     other = self._vips.get((vip, port.port))
                     if other is not None:
                         fixed.error(svc.ref, f"VIP {vip}:{port.port} is already {other.service.ref}'s: port skipped")
@@ -705,9 +762,8 @@ class MeshIndex:
             ports.append((port, found, tuple(fixed), True))
         tail: tuple[Problem, ...] = ()
         if any(tcp for *_, tcp in ports):
-            self.services.append(svc)
             tail = self._node_local_note(svc, ports)
-        return _ServiceEntry(svc, tuple(head), tuple(ports), tail)
+        return _ServiceEntry(source, svc, tuple(head), tuple(ports), tail)
 
     def _index_port(self, svc: Service, port: ServicePort, slices: dict[tuple[str, str], list[EndpointSlice]]
                     ) -> tuple[Problem, ...]:
@@ -729,12 +785,25 @@ class MeshIndex:
         self._report_node_local(svc, [port for port, *_, tcp in ports if tcp], note)
         return tuple(note)
 
-    def _patch_services(self, before: "MeshIndex") -> frozenset[PortKey]:
+    def _patch_services(self, before: "MeshIndex", window: tuple[Sequence[Service], Sequence[Service]] | None = None
+                        ) -> frozenset[PortKey] | None:
         """The last index's services, with the entries a pod added or removed can change indexed
-        again; the service ports whose candidates changed."""
-        self.services, self._vips = before.services, before._vips
+        again; the service ports whose candidates changed. ``window``: the services that differ
+        (``between_common_ends``), taken out and put in first: None (nothing done) when that is no
+        patch (a VIP:port of theirs claimed by another, a name twice, too many)."""
+        self.services, self._vips, self._vip_claims = before.services, before._vips, before._vip_claims
         self._slices, self._slice_problems = before._slices, before._slice_problems
         self._selecting, self._slice_addresses = before._selecting, before._slice_addresses
+        fresh: set[int] = set()
+        if window is not None:
+            patched = self._patch_service_window(before, *window)
+            if patched is None:
+                return None
+            fresh = patched
+        else:
+            self._derived.selected = before._derived.selected
+            self._endpoints, self._service_entries = before._endpoints, before._service_entries
+            self._service_problems = before._service_problems
         added, removed = self._workload_changes  # type: ignore[misc]
         affected: set[int] = set()
         for w in chain(added, removed):
@@ -742,13 +811,13 @@ class MeshIndex:
                 affected.update(self._selecting.get((w.namespace, k, v), ()))
             for ip in w.ips:
                 affected.update(self._slice_addresses.get(ip, ()))
-        self._derived.selected = before._derived.selected
-        self._endpoints, self._service_entries = before._endpoints, before._service_entries
-        self._service_problems = before._service_problems
+        affected -= fresh  # indexed with the pods as they are
         if not affected:
             return frozenset()
-        self._derived.selected = before._derived.selected.copy()
-        self._endpoints, entries = before._endpoints.copy(), list(before._service_entries)
+        if window is None:
+            self._derived.selected = before._derived.selected.copy()
+            self._endpoints, self._service_entries = before._endpoints.copy(), list(before._service_entries)
+        entries = self._service_entries
         changed: set[PortKey] = set()
         problems_changed = False
         for position in sorted(affected):
@@ -763,12 +832,81 @@ class MeshIndex:
                     if self._endpoints[key] != before._endpoints.get(key):
                         changed.add(key)
                 ports.append((port, found, fixed, tcp))
-            entry = entries[position] = _ServiceEntry(svc, old.head, tuple(ports), self._node_local_note(svc, ports))
+            entry = entries[position] = _ServiceEntry(old.source, svc, old.head, tuple(ports),
+                                                      self._node_local_note(svc, ports))
             problems_changed = problems_changed or entry.problems != old.problems
-        self._service_entries = entries
         if problems_changed:
             self._service_problems = self._slice_problems + tuple(chain.from_iterable(e.problems for e in entries))
         return frozenset(changed)
+
+    def _patch_service_window(self, before: "MeshIndex", old: Sequence[Service], new: Sequence[Service]
+                              ) -> set[int] | None:
+        """The last index's services with those of ``old`` taken out and those of ``new`` indexed
+        and put in, in name order (the entries' positions after them made again); the positions
+        of those put in. None (nothing of this index changed) when any of them claims (or
+        claimed) a VIP:port another service claims too, when two services share one's name, or
+        when they are too many: the first claimant in name order decides, a build finds it."""
+        old_ids, new_ids = set(map(id, old)), set(map(id, new))
+        gone = [svc for svc in old if id(svc) not in new_ids]
+        came = [svc for svc in new if id(svc) not in old_ids]
+        if len(gone) + len(came) > self.PATCH_LIMIT:
+            return None
+        entries = list(before._service_entries)
+        claims, vips = before._vip_claims.copy(), before._vips.copy()
+        services = list(before.services)
+        endpoints = before._endpoints.copy()
+        selected = before._derived.selected.copy()
+        problems_changed = False
+        by_key = attrgetter("key")
+        for svc in gone:
+            key = (svc.namespace, svc.name)
+            i = bisect_left(entries, key, key=by_key)
+            if i >= len(entries) or entries[i].source is not svc or (i + 1 < len(entries) and entries[i + 1].key == key) or (
+                i > 0 and entries[i - 1].key == key
+            ):
+                return None  # not where a build puts it, or its name twice: a build decides
+            entry = entries.pop(i)
+            if any(claims[vp] != 1 for vp in entry.vip_ports):
+                return None
+            for vp in entry.vip_ports:
+                del claims[vp]
+                del vips[vp]
+            if entry.captured:
+                at = bisect_left(services, key, key=_by_name)
+                if at >= len(services) or services[at] is not entry.view:
+                    return None
+                del services[at]
+            for port, *_, tcp in entry.ports:
+                if tcp:
+                    del endpoints[(svc.namespace, svc.name, port.port)]
+            if entry.view is not None and entry.view.selector:
+                selected.pop(id(entry.view), None)
+            problems_changed = problems_changed or bool(entry.problems)
+        self._vip_claims, self._vips, self.services, self._endpoints = claims, vips, services, endpoints
+        self._derived.selected = selected
+        came.sort(key=lambda s: (s.namespace, s.name))
+        for svc in came:
+            key = (svc.namespace, svc.name)
+            if svc.cluster_ips and not svc.headless:
+                vips_of, _ = split_mesh_family(svc.cluster_ips)
+                if any((vip, port.port) in claims for port in svc.ports if port.protocol == "TCP" for vip in vips_of):
+                    return None  # another service's VIP:port: which keeps it is a build's to say
+            i = bisect_left(entries, key, key=by_key)
+            if (i < len(entries) and entries[i].key == key) or (i > 0 and entries[i - 1].key == key):
+                return None
+            entry = self._service_entry(svc, self._slices)
+            entries.insert(i, entry)
+            if entry.captured:
+                insort(services, entry.view, key=_by_name)
+            problems_changed = problems_changed or bool(entry.problems)
+        self._service_entries = entries
+        self._position_services()
+        self._service_problems = (
+            self._slice_problems + tuple(chain.from_iterable(e.problems for e in entries)) if problems_changed
+            else before._service_problems
+        )
+        fresh = {id(svc) for svc in came}
+        return {i for i, entry in enumerate(entries) if id(entry.source) in fresh}
 
     def _locality(self, node_name: str | None, zone: str = "") -> Locality:
         node = self.nodes.get(node_name) if node_name else None

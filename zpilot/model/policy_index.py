@@ -22,7 +22,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from .objects import Workload
 from .policy import (
@@ -45,6 +45,10 @@ def _age(p: AuthorizationPolicy | PeerAuthentication) -> tuple[str, str, str]:
     return (p.created or "~", p.namespace, p.name)
 
 
+#: The meshed workloads of a namespace that a (non-empty) selector matches, in (namespace, name) order.
+Selected = Callable[[str, Mapping[str, str]], Sequence[Workload]]
+
+
 def _permissive(mode: MtlsMode) -> MtlsMode:
     """DISABLE cannot turn the ztunnels' mTLS off; what it still means is: plaintext is admitted."""
     return MtlsMode.PERMISSIVE if mode is MtlsMode.DISABLE else mode
@@ -56,6 +60,19 @@ class _Scoped:
 
     wide: tuple  # no selector: every workload of the scope
     selecting: tuple  # a selector: the workloads it matches
+
+
+def _changed_selectors(before: _Scoped | None, now: _Scoped | None) -> list[Mapping[str, str]] | None:
+    """The selectors of the policies that differ between two versions of a namespace's scope (each
+    policy's old and new one), when only selecting policies differ; None when a policy without a
+    selector does (it decides for every workload of the namespace)."""
+    if (before.wide if before else ()) != (now.wide if now else ()):
+        return None
+    old = {p.name: p for p in (before.selecting if before else ())}
+    new = {p.name: p for p in (now.selecting if now else ())}
+    return [p.selector for name, p in old.items() if new.get(name) != p] + [
+        p.selector for name, p in new.items() if old.get(name) != p
+    ]
 
 
 class PolicyIndex:
@@ -89,12 +106,15 @@ class PolicyIndex:
         problems: Problems,
         previous: "PolicyIndex | None" = None,
         changes: tuple[list[Workload], list[Workload]] | None = None,
+        selected: Selected | None = None,
     ) -> "PolicyIndex":
         """``previous``: the last model's, whose answers are reused for the same workloads while the
         policies of the root namespace and of theirs are equal (the result is the same without it);
         ``changes``: the workloads added to and removed from the previous model's, when that is all
-        that changed of them (then only those, and the workloads of the namespaces whose policies
-        changed, are looked at: ``workloads`` must then be a sequence in (namespace, name) order)."""
+        that changed of them (then only those, and the workloads the changed policies decide for,
+        are looked at: ``workloads`` must then be a sequence in (namespace, name) order);
+        ``selected``: finds the workloads a changed selecting policy decides for, without looking
+        at the others of its namespace (without it, the whole namespace is answered again)."""
         index = cls(root_namespace, problems)
         authorization, peer_authentication = tuple(authorization), tuple(peer_authentication)
         index._derived_from = (root_namespace, authorization, peer_authentication)
@@ -119,8 +139,11 @@ class PolicyIndex:
             if unchanged.get(root_namespace, True):
                 reuse = previous._derived
                 namespaces = [ns for ns, same in unchanged.items() if not same]
-                if changes is not None and index._patch(previous, changes, authz, peers, namespaces,
-                                                        workloads):  # type: ignore[arg-type]
+                if changes is not None and index._patch(
+                    previous, changes, authz, peers,
+                    index._again(namespaces, workloads, (before_authz, before_peers), (authz, peers),  # type: ignore[arg-type]
+                                 selected),
+                ):
                     problems.extend(index._competing)
                     return index
         reported: set[tuple] = set()
@@ -146,17 +169,39 @@ class PolicyIndex:
         problems.extend(index._competing)
         return index
 
+    def _again(self, namespaces: Iterable[str], workloads: Sequence[Workload],
+               before: tuple[dict[str, _Scoped], ...], now: tuple[dict[str, _Scoped], ...],
+               selected: Selected | None) -> list[Workload]:
+        """The workloads whose answer a change of the policies of ``namespaces`` (not the root
+        namespace) may change: those a changed selecting policy matches (before or now), or every
+        one of the namespace (``workloads``: all, in (namespace, name) order) when a policy without
+        a selector changed there, or when nothing finds them (``selected``)."""
+        again: dict[int, Workload] = {}
+        for ns in namespaces:
+            selectors: list[Mapping[str, str]] | None = []
+            for old_scopes, new_scopes in zip(before, now):
+                found = _changed_selectors(old_scopes.get(ns), new_scopes.get(ns))
+                selectors = None if found is None or selectors is None else selectors + found
+            if selectors is None or selected is None:
+                chosen: Iterable[Workload] = workloads[
+                    bisect_left(workloads, ns, key=_namespace):bisect_right(workloads, ns, key=_namespace)
+                ]
+            else:
+                chosen = (w for selector in selectors for w in selected(ns, selector))
+            again.update((id(w), w) for w in chosen)
+        return list(again.values())
+
     def _patch(self, previous: "PolicyIndex", changes: tuple[list[Workload], list[Workload]],
-               authz: dict[str, _Scoped], peers: dict[str, _Scoped], namespaces: Iterable[str] = (),
-               workloads: Sequence[Workload] = ()) -> bool:
-        """The previous answers with the workloads added and removed, and those of ``namespaces``
-        (whose policies changed; ``workloads``: every one, in (namespace, name) order) answered
-        again, when none of them decides which of competing policies is reported, before or now
-        (else False, nothing done: the competing ones are reported in the workloads' order)."""
+               authz: dict[str, _Scoped], peers: dict[str, _Scoped], changed: Iterable[Workload] = ()) -> bool:
+        """The previous answers with the workloads added and removed, and those of ``changed``
+        (whose policies may have changed) answered again, when none of them decides which of
+        competing policies is reported, before or now (else False, nothing done: the competing
+        ones are reported in the workloads' order)."""
         added, removed = changes
         again = list(added)
-        for ns in namespaces:
-            again += workloads[bisect_left(workloads, ns, key=_namespace):bisect_right(workloads, ns, key=_namespace)]
+        if changed:
+            ids = set(map(id, added))
+            again += (w for w in changed if id(w) not in ids)
         if not again and not removed:  # the same workloads: the same answers
             self._derived, self._by_workload, self._competing = previous._derived, previous._by_workload, previous._competing
             self.changed = []
