@@ -10,19 +10,20 @@ from the model alone: it fails if the first change falls back to recomputing.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
+from zpilot.kube.convert_policy import KIND_CONVERTERS
 from zpilot.model.index import MeshIndex
-from zpilot.synthetic import Shape, extra_pod, node_name, synthetic_cluster, synthetic_manifests
+from zpilot.synthetic import Shape, extra_policy, extra_pod, node_name, synthetic_cluster, synthetic_manifests
+from zpilot import protowire
 from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency
 from zpilot.translators.inputs import MeshInput
 from zpilot.xds import push, snapshot
 from zpilot.xds.order import ENDPOINT_TYPE, PUSH_ORDER
 from zpilot.xds.push import Producer
 from zpilot.xds.snapshot_cache import SnapshotCache
-
-from zpilot import protowire
 
 SHAPE = Shape(nodes=3, pods=12, services=4, namespaces=1, ports_per_service=2, service_accounts_per_namespace=2)
 
@@ -169,3 +170,20 @@ def test_names_text_says_where_each_version_is(size: int) -> None:
     text, starts = snapshot._names_text(resources)
     assert snapshot.content_version(text.encode()) == snapshot.names_version(resources)
     assert {r.name: text[starts[r.name] : starts[r.name] + 16] for r in resources} == {r.name: r.version for r in resources}
+
+
+def test_a_mesh_kept_through_a_change_that_left_it_equal_stands_for_the_latest_model() -> None:
+    """A change that leaves the mesh as it was (a policy added) keeps the last mesh (node inputs
+    compare by identity) and makes it the latest model's: the next change is looked at since that
+    model, not since the one the mesh was first made from (the policy's nodes looked at again)."""
+    docs = synthetic_manifests(SHAPE)
+    translator = IncrementalTranslator(TranslateOptions(layout="linear"))
+    first = MeshIndex.build(synthetic_cluster(docs))
+    translator.inputs(first)
+    mesh = translator._mesh
+    cluster = synthetic_cluster(docs)
+    policy = KIND_CONVERTERS["AuthorizationPolicy"](extra_policy(SHAPE, 0))
+    second = MeshIndex.build(replace(cluster, authorization_policies=cluster.authorization_policies + (policy,)),
+                             previous=first)
+    translator.inputs(second)
+    assert translator._mesh is mesh and mesh.index_generation == second.generation

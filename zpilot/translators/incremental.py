@@ -60,6 +60,9 @@ class IncrementalTranslator:
         made from the last model's, so what did not change is the same object (compared by identity)."""
         mesh = MeshInput.of(index, self._mesh)
         if mesh == self._mesh:  # the previous one: node inputs then compare by identity
+            # it now stands for this model too: the next model's changes are looked at since this
+            # one (since the model it was first made from, they would be this change's as well)
+            object.__setattr__(self._mesh, "index_generation", mesh.index_generation)
             mesh = self._mesh
         self._mesh = mesh
         self._inputs = node_inputs(index, sorted(config_nodes(index)), self.options, mesh, self._inputs)
