@@ -10,6 +10,7 @@ from the model alone: it fails if the first change falls back to recomputing.
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import replace
 
 import pytest
@@ -97,18 +98,24 @@ async def test_a_change_waiting_is_produced_before_what_idle_time_pays_ahead(mon
     producer.prepare_ahead = True
     order: list[str] = []
     prepare = producer.translator.prepare
+    change_came = threading.Event()
 
     def prepare_one(node_input):
         order.append(node_input.node)
+        if len(order) == 1:  # the first step (in its worker thread) goes on once the change has come
+            change_came.wait(10)
         return prepare(node_input)
 
     monkeypatch.setattr(producer.translator, "prepare", prepare_one)
     producer._prepare_later(sorted(producer.cache.nodes()))
     pending = asyncio.create_task(producer.prepare_pending())
     while not order:  # the first step is under way
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+    plan = producer._plan
+    monkeypatch.setattr(producer, "_plan", lambda *a: order.append("change") or plan(*a))  # under the lock
     update = asyncio.create_task(producer.update(_index(docs + [extra_pod(SHAPE, 0, node=0)])))
-    update.add_done_callback(lambda _task: order.append("change"))
+    await asyncio.sleep(0)  # the update's first step: it waits for the producer's lock
+    change_came.set()
     await asyncio.gather(pending, update)
     assert order.index("change") == 1, order  # one step, the change, then the others
     assert not producer.failures
