@@ -111,7 +111,13 @@ def field_records(data: bytes, number: int) -> list[bytes]:
     has one, its payload), in order: what joined back gives those fields of the message as they
     were. Raises ValueError on malformed input."""
     view = memoryview(data)
-    return [bytes(view[start:end]) for found, _wire_type, start, _payload, end in _fields(view) if found == number]
+    return [bytes(view[start:end]) for start, end in field_bounds(view, number)]
+
+
+def field_bounds(data: bytes | memoryview, number: int) -> list[tuple[int, int]]:
+    """Where each top-level field ``number`` of a serialized message starts and ends (its tag
+    included): :func:`field_records`' slices, without the bytes."""
+    return [(start, end) for found, _wire_type, start, _payload, end in _fields(memoryview(data)) if found == number]
 
 
 def insertion_point(data: bytes, number: int) -> int:

@@ -343,11 +343,7 @@ def _derived(
     if isinstance(base.value, SerializedChains):
         records, facts = base.value.records, base.value.facts
     else:
-        listener: Listener = base.value
-        # its chains' bytes cut from it serialized: one serialization, not one per chain
-        serialized = listener.SerializeToString(deterministic=True)
-        records = tuple(protowire.field_records(serialized, _FILTER_CHAINS)[: len(before)])
-        facts = consistency.chains_of(listener, len(before), base.derived.get(consistency.LISTENER_FACTS))
+        records, facts = _cut(base)
     same = min(len(before), len(pods))
     start = 0
     while start < same and before[start] == pods[start]:
@@ -361,6 +357,53 @@ def _derived(
         records[:start] + tuple(map(_record, made)) + records[kept:],
         facts[:start] + tuple(map(consistency.chain_facts, made)) + facts[kept:],
     )
+
+
+#: Where a whole inbound listener's fragment keeps how its pods' chains are cut from it: where each
+#: chain's record is in its serialization, and each chain's facts (:func:`prepare_cuts`).
+_CUT = "inbound.cut"
+
+
+def _cut(base: Fragment) -> tuple[tuple[bytes, ...], tuple[consistency.ChainFacts, ...]]:
+    """The records and facts of the pods' chains of ``base``, a whole listener (the first chains:
+    one per pod its last argument names), its chains' bytes cut from it serialized (one
+    serialization, not one per chain); where they are and their facts as :func:`prepare_cuts`
+    found them ahead of time, when it did."""
+    listener: Listener = base.value
+    serialized = listener.SerializeToString(deterministic=True)
+    prepared = base.derived.get(_CUT)
+    if prepared is None:
+        prepared = _cut_of(base, serialized)
+    bounds, facts = prepared
+    return tuple(serialized[start:end] for start, end in bounds), facts
+
+
+def _cut_of(base: Fragment, serialized: bytes) -> tuple[tuple[tuple[int, int], ...], tuple[consistency.ChainFacts, ...]]:
+    listener: Listener = base.value
+    count = len(base.key[1][-1])
+    bounds = tuple(protowire.field_bounds(serialized, _FILTER_CHAINS)[:count])
+    if len(bounds) != count:
+        raise ValueError(f"listener {listener.name!r}: {len(bounds)} filter chains for {count} pods")
+    return bounds, consistency.chains_of(listener, count, base.derived.get(consistency.LISTENER_FACTS))
+
+
+def prepare_cuts(view: NodeView) -> int:
+    """Pay ahead what the node's next pod change would: for each of its inbound listeners still
+    whole as a full build made it (never changed since), where its pods' chains are in its
+    serialization and their facts, kept on its fragment (offsets and facts, not a copy of the
+    bytes: megabytes over a hundred nodes). The first change of the node then cuts its chains
+    from the listener serialized (:func:`_derived`) without walking them; what it makes is the
+    same either way. How many listeners were prepared (0: nothing left to do for this node)."""
+    options = view.options
+    bind, limits, admin_port, td = options.bind_address, options.limits, options.admin_port, view.trust_domain
+    done = 0
+    for builder, args in ((_hbone_listener, (bind, limits, td, admin_port)), (_plaintext_listener, (bind, limits, admin_port))):
+        base = view.fragments.latest((builder, view.node, args))
+        if base is None or base.key[0] is not builder or _CUT in base.derived:
+            continue
+        base.derived[_CUT] = _cut_of(base, base.value.SerializeToString(deterministic=True))
+        done += 1
+    return done
 
 
 def _record(chain: listener_components_pb2.FilterChain) -> bytes:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Hashable
 
 from ..model.index import MeshIndex
+from . import inbound
 from .context import NodeView, ResourceSet
 from .fragments import Fragment, Fragments
 from .inputs import MeshInput, NodeInput, config_nodes, node_inputs
@@ -59,6 +60,9 @@ class IncrementalTranslator:
         made from the last model's, so what did not change is the same object (compared by identity)."""
         mesh = MeshInput.of(index, self._mesh)
         if mesh == self._mesh:  # the previous one: node inputs then compare by identity
+            # it now stands for this model too: the next model's changes are looked at since this
+            # one (since the model it was first made from, they would be this change's as well)
+            object.__setattr__(self._mesh, "index_generation", mesh.index_generation)
             mesh = self._mesh
         self._mesh = mesh
         self._inputs = node_inputs(index, sorted(config_nodes(index)), self.options, mesh, self._inputs)
@@ -72,6 +76,13 @@ class IncrementalTranslator:
         part (``Translated.listener_parts`` says how): for a consumer that joins its bytes from
         the pieces' (the producer), to whom the whole message would be megabytes copied per node."""
         return translate_view(NodeView.for_input(node_input, self.fragments, whole_listeners=False))
+
+    def prepare(self, node_input: NodeInput) -> int:
+        """Pay ahead, between changes, what the node's next change would otherwise pay once:
+        where its inbound listeners' pod chains are, and their facts, while those listeners are
+        still whole as a full build made them (``inbound.prepare_cuts``); what that change
+        makes is the same either way. How many pieces were prepared (0: nothing left to do)."""
+        return inbound.prepare_cuts(NodeView.for_input(node_input, self.fragments, whole_listeners=False))
 
     def endpoints_only(self, old: Hashable, new: Hashable) -> bool:
         """Whether ``new`` gives the node what ``old`` did but for its endpoints: its layout keeps

@@ -233,7 +233,8 @@ class MeshInput:
             carried = previous._carried(ports, changed_at)
             hashes = _hashes_at(previous.port_hashes, ports, changed_at)
         else:
-            ports, order = cls._ports(index, previous)
+            ports, order, position = cls._ports(index, previous)
+            carried["_position"] = position  # made with them: the next change's look-up costs nothing to make
         if previous is None:
             meshed, facts = _with_ip(index.meshed_workloads()), None
         else:
@@ -316,8 +317,9 @@ class MeshInput:
     @classmethod
     def _ports(
         cls, index: MeshIndex, previous: "MeshInput | None"
-    ) -> tuple[tuple[ServicePortInput, ...], tuple[tuple[str, int], ...]]:
-        """Every service port with a VIP, and the VIPs in order, looked at one by one (the equal ones reused)."""
+    ) -> tuple[tuple[ServicePortInput, ...], tuple[tuple[str, int], ...], dict[tuple[str, str, int], int]]:
+        """Every service port with a VIP, the VIPs in order, and the position of each port by its
+        key (:attr:`_position`), looked at one by one (the equal ones reused)."""
         by_port: dict[tuple[str, str, int], int] = {}
         targets: list[ServiceTarget] = []
         vips: dict[int, list[str]] = {}
@@ -346,7 +348,7 @@ class MeshInput:
                 ports.append(old)  # its facts and hash are not computed again
             else:
                 ports.append(ServicePortInput(t.service, t.port, vip_list, candidates))
-        return tuple(ports), tuple(order)
+        return tuple(ports), tuple(order), by_port
 
     def __eq__(self, other: object) -> bool:
         if self is other:

@@ -215,6 +215,7 @@ class Producer:
         metrics: Metrics | None = None,
         batch_size: int = 8,
         freeze_first_model: bool = False,
+        prepare_ahead: bool = True,
     ) -> None:
         self.cache = cache
         self.batch_size = max(1, batch_size)
@@ -222,6 +223,9 @@ class Producer:
         #: walks (``gcpause.freeze_long_lived``): for a long-running server, not for tests.
         self.freeze_first_model = freeze_first_model
         self.translator = translator_of(translate)
+        #: Between changes, pay ahead what the next change of each node translated whole would pay
+        #: once (the translator's ``prepare``, if it has one): see :meth:`_prepare_ahead`.
+        self.prepare_ahead = prepare_ahead and callable(getattr(self.translator, "prepare", None))
         # listeners put together from shared pieces are serialized from them (resource_store.py):
         # the translator need not make the whole messages
         self._translate = getattr(self.translator, "translate_parts", self.translator.translate)
@@ -243,7 +247,14 @@ class Producer:
         self._rest: dict[str, _Rest] = {}
         #: How many resources of each type (``PUSH_ORDER``) each node's snapshot in the cache holds.
         self._held: dict[str, tuple[int, ...]] = {}
+        #: The endpoint summaries of the nodes translated whole in this update (``_built_summary``).
+        self._summaries: dict[tuple, tuple] = {}
         self._lock = asyncio.Lock()
+        #: Nodes translated whole whose next change may still be paid ahead (:meth:`_prepare_ahead`), in order.
+        self._to_prepare: dict[str, None] = {}
+        self._preparing: asyncio.Task | None = None
+        #: Nodes the translator prepared something for (what tests read).
+        self.prepared: set[str] = set()
 
     def build(self, node: str, node_input: Hashable, changed_at: float) -> _Built:
         """One node's snapshot (pure apart from the memo and the secret source; run in a worker thread)."""
@@ -277,9 +288,23 @@ class Producer:
             names,
             tuple(rest_facts),
             tuple(f for f in translated.fragments if id(f) not in endpoint_sets),
-            _endpoints_summary(names.endpoints, endpoint_facts),
+            self._built_summary(types[ENDPOINT_TYPE], names.endpoints, endpoint_facts),
         )
         return _Built(snapshot, node_input, translated.fragments, rest)
+
+    def _built_summary(self, endpoints: TypeResources, names: frozenset[str], facts: list[consistency.Facts]) -> tuple:
+        """``_endpoints_summary(names, facts)`` of a node translated whole, the very same object
+        for every node of this update whose endpoints are the same shared sets (the same
+        composed resources, the same facts): the next change compares each node's summary with
+        its new one, and compares it once for all of them (``_same_summary``), not once per
+        node, each holding its own copy of thousands of names."""
+        if endpoints.own or len(endpoints.items) != len(names):  # made of shared sets alone: their names are its items'
+            return _endpoints_summary(names, facts)
+        key = (id(endpoints), *map(id, facts))
+        found = self._summaries.get(key)
+        if found is None:  # the value holds what the key's ids are of, so they stay theirs
+            found = self._summaries[key] = (_endpoints_summary(names, facts), endpoints, facts)
+        return found[0]
 
     def with_new_endpoints(
         self, snapshot: Snapshot, node_input: Hashable, rest: _Rest, changed_at: float, composed: dict
@@ -422,6 +447,7 @@ class Producer:
             started = time.perf_counter()
             changed_at = time.monotonic() if changed_at is None else changed_at
             report = UpdateReport()
+            self._summaries = {}  # (the last update's nodes hold theirs)
             if index is not None:
                 same_model = self.index is not None and index.cluster == self.index.cluster
                 self.index = index
@@ -475,6 +501,7 @@ class Producer:
             report.unchanged.sort()
             self._update_gauges()
             report.seconds = time.perf_counter() - started
+            self._prepare_later(report.translated)
             if self.freeze_first_model and not self.failures and freeze_long_lived():
                 log.info("the first model's config is built: its objects are frozen out of the garbage collector's walks")
             log.info(
@@ -483,6 +510,49 @@ class Producer:
                 len(report.removed), len(report.failed), report.seconds * 1000,
             )
             return report
+
+    #: How long after a change the producer starts paying ahead for the next one: the change's
+    #: streams send first (a change that comes meanwhile is produced first all the same).
+    PREPARE_AFTER_SECONDS = 0.25
+
+    def _prepare_later(self, nodes: Iterable[str]) -> None:
+        """Have :meth:`_prepare_ahead` look at ``nodes`` (translated whole just now) once idle."""
+        if not self.prepare_ahead:
+            return
+        self._to_prepare.update(dict.fromkeys(nodes))
+        if self._to_prepare and (self._preparing is None or self._preparing.done()):
+            try:
+                self._preparing = asyncio.get_running_loop().create_task(self._prepare_ahead())
+            except RuntimeError:  # no loop running: nothing is idle to pay ahead in
+                self._to_prepare.clear()
+
+    async def prepare_pending(self) -> None:
+        """Pay ahead now for every node waiting for it (what idle time does, :meth:`_prepare_ahead`,
+        without waiting for it: for tests and tools that want a prepared producer at once)."""
+        await self._prepare_ahead(delay=0)
+
+    async def _prepare_ahead(self, delay: float | None = None) -> None:
+        """Pay ahead, node by node, what the next change of a node translated whole would pay
+        once (``IncrementalTranslator.prepare``: its inbound listeners' chains found in them),
+        so that a node's first change after a full build (the first model, a service added)
+        costs what its next one does, and sends as soon. Each node is one small step in a
+        worker thread under the producer's lock: a change that comes waits for one step at
+        most (it is queued on the lock first), never for the rest; what a change makes is the
+        same whether its node was prepared or not."""
+        prepare = self.translator.prepare  # type: ignore[attr-defined]
+        await asyncio.sleep(self.PREPARE_AFTER_SECONDS if delay is None else delay)
+        while self._to_prepare:
+            node = next(iter(self._to_prepare))
+            del self._to_prepare[node]
+            async with self._lock:
+                node_input = self._inputs.get(node)
+                if node_input is None or node in self.failures:
+                    continue
+                try:
+                    if await asyncio.to_thread(prepare, node_input):
+                        self.prepared.add(node)
+                except Exception:  # paying ahead is an optimisation: its failure costs the next change, nothing else
+                    log.exception("node %s: could not prepare its next change ahead", node, extra={"node": node})
 
     @contextlib.asynccontextmanager
     async def _producing(self) -> AsyncIterator[None]:

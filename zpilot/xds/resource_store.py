@@ -123,6 +123,7 @@ class ResourceStore:
                         name: self.resource(type_url, name, message, shared.member(name))
                         for name, message in sorted(shared.resources.items())
                     },
+                    keep_names_text=lineage is not None,  # the next group of its builder is made from it
                 )
             shared.fragment.derived[key] = done
             if lineage is not None:
@@ -160,7 +161,7 @@ class ResourceStore:
             else:
                 items[name] = self.resource(type_url, name, member.value, member)
         shared.fragment.derived[(BASE, type_url)] = (weakref.ref(base), None)
-        return TypeResources.of_cached(type_url, items)
+        return TypeResources.of_cached(type_url, items, keep_names_text=True)
 
     def composed(self, type_url: str, parts: list[TypeResources], own: dict[str, CachedResource]) -> TypeResources:
         """A node's resources of one type made of shared sets (and its own): the very same object

@@ -17,7 +17,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
-from operator import attrgetter
+from itertools import accumulate, repeat
+from operator import add, attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
@@ -152,7 +153,7 @@ class CachedResource:
         return sum(map(len, self.parts))
 
 
-_name, _version = attrgetter("name"), attrgetter("version")
+_name, _version, _first = attrgetter("name"), attrgetter("version"), itemgetter(0)
 
 
 def names_version(resources: Iterable[CachedResource]) -> str:
@@ -166,12 +167,12 @@ def _names_text(resources: Iterable[CachedResource]) -> tuple[str, dict[str, int
     """The text :func:`names_version` hashes, and where each resource's version starts in it, by name."""
     resources = tuple(resources)
     items = sorted(zip(map(_name, resources), map(_version, resources)))
-    starts: dict[str, int] = {}
-    at = 0
-    for name, version in items:
-        starts[name] = at + len(name) + 1
-        at += len(name) + len(version) + 2
-    return "\n".join(map("\t".join, items)), starts
+    lines = list(map("\t".join, items))
+    names = list(map(_first, items))
+    # each line starts one past the end of the one before; its version, one past the tab after its name
+    line_starts = accumulate(map(add, map(len, lines), repeat(1)), initial=0)
+    starts = dict(zip(names, map(add, line_starts, map(add, map(len, names), repeat(1)))))
+    return "\n".join(lines), starts
 
 
 @dataclass(frozen=True)
@@ -202,9 +203,19 @@ class TypeResources:
         return cls.of_cached(type_url, items)
 
     @classmethod
-    def of_cached(cls, type_url: str, items: Mapping[str, CachedResource]) -> "TypeResources":
-        """From resources already serialized, in the given order."""
-        return cls(type_url, MappingProxyType(dict(items)), names_version(items.values()))
+    def of_cached(
+        cls, type_url: str, items: Mapping[str, CachedResource], *, keep_names_text: bool = False
+    ) -> "TypeResources":
+        """From resources already serialized, in the given order. ``keep_names_text``: keep the
+        text its version is the hash of (:func:`names_version`'s), with where each version is in
+        it, for :meth:`replaced` (a set that the next change will make again from this one, one
+        or two of its thousands of resources replaced: that change then never sorts them all)."""
+        if not keep_names_text:
+            return cls(type_url, MappingProxyType(dict(items)), names_version(items.values()))
+        text, starts = _names_text(items.values())
+        made = cls(type_url, MappingProxyType(dict(items)), content_version(text.encode("utf-8")))
+        made.__dict__["_names_text"] = (text, starts)
+        return made
 
     def replaced(self, changed: Mapping[str, CachedResource]) -> "TypeResources":
         """These resources (made whole: :meth:`of_cached`), those named in ``changed`` replaced by
