@@ -18,6 +18,12 @@ PASSTHROUGH_CLUSTER = "PassthroughCluster"
 BLACKHOLE_CLUSTER = "BlackHoleCluster"
 PASSTHROUGH_CHAIN = "PassthroughFilterChain"
 BLACKHOLE_CHAIN = "BlackHoleCluster"  # the article's matcher names the chain after the cluster
+#: The stat prefix of each inbound plaintext chain's tcp_proxy (``tcp.virtual_inbound_plaintext.*``), and of
+#: each HBONE chain's network RBAC on the peer's identity (``tcp.`` then Envoy's ``rbac.*``): one chain per
+#: local pod, each with a stats scope of its own, so Envoy makes these names once per pod
+#: (``translators/bootstrap.py`` tags them first).
+PLAINTEXT_PROXY_STAT_PREFIX = "virtual_inbound_plaintext"
+MESH_RBAC_STAT_PREFIX = "tcp."
 
 
 def workload_identity(trust_domain: str, workload: Workload) -> str:
