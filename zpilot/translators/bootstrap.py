@@ -472,8 +472,10 @@ def stats_config(service_stats: str) -> stats_pb2.StatsConfig:
     if service_stats == "none":
         patterns = [_regex(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")]
     else:  # traffic
-        patterns = [_regex(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"),
-                    _regex(rf"cluster\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}\.(?:{CLUSTER_BOOKKEEPING_STATS})")]
+        # one regex, not one per kind: Envoy tries each pattern on each stat it makes (in every scope, so each
+        # inbound chain's again), and an RE2 match costs its call whether it fails at the first character or not
+        patterns = [_regex(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}|"
+                           rf"cluster\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}\.(?:{CLUSTER_BOOKKEEPING_STATS})")]
     config.stats_matcher.CopyFrom(stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns)))
     return config
 
