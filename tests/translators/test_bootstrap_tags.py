@@ -71,6 +71,8 @@ def tag(name: str, stat: str) -> tuple[str, str] | None:
      DOTTED_IDENTITY, f"cluster.{DOTTED_TUNNEL}.ssl.certificate.expiration_unix_time_seconds"),
     ("envoy.tcp_prefix", f"tcp.{SERVICE}.downstream_cx_total", SERVICE, "tcp.downstream_cx_total"),
     ("envoy.tcp_prefix", f"tcp.{TUNNEL}.downstream_cx_total", TUNNEL, "tcp.downstream_cx_total"),
+    # the linear layout's service port tcp_proxy: "svc." leads its stats (names.service_tcp_stat_prefix), out with it
+    ("envoy.tcp_prefix", f"tcp.svc.{SERVICE}.downstream_cx_total", SERVICE, "tcp.downstream_cx_total"),
     ("envoy.tcp_prefix", "tcp.rbac.allowed", "rbac", "tcp.allowed"),  # the inbound RBAC filter's "tcp." prefix
     ("envoy.tcp_prefix", "tcp.virtual_inbound_plaintext.downstream_cx_total", "virtual_inbound_plaintext",
      "tcp.downstream_cx_total"),
