@@ -78,6 +78,10 @@ def tag(name: str, stat: str) -> tuple[str, str] | None:
      "tcp.downstream_cx_total"),
     ("envoy.xds_resource_name", f"sds.{POD_CERT}.update_success", POD_CERT, "sds.update_success"),
     ("envoy.xds_resource_name", "sds.ROOTCA.update_success", "ROOTCA", "sds.update_success"),
+    # a UID that is no lowercase UUID (the regex tries one first, for Envoy's std::regex): whole all the same
+    ("envoy.xds_resource_name", "sds.spiffe_td/ns/a/sa/b~p-1~0123ABCD-x~y.update_success", "spiffe_td/ns/a/sa/b~p-1~0123ABCD-x~y",
+     "sds.update_success"),
+    ("envoy.xds_resource_name", f"sds.{POD_CERT}x.update_success", f"{POD_CERT}x", "sds.update_success"),
     ("envoy.tls_certificate", f"listener.10.0.0.1_15008.ssl.certificate.{POD_CERT.replace('spiffe_', 'spiffe://')}"
      ".expiration_unix_time_seconds", POD_CERT.replace("spiffe_", "spiffe://"),
      "listener.10.0.0.1_15008.ssl.certificate.expiration_unix_time_seconds"),
