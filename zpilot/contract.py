@@ -303,7 +303,7 @@ CLUSTER_STATS = ("lazy", "eager")
 DEFAULT_CLUSTER_STATS = "lazy"
 
 #: Which stats a ztunnel's Envoy makes for each service port of the mesh (its cluster,
-#: ``cluster.<port>_<fqdn>.*``, and its tcp_proxy, ``tcp.<port>_<fqdn>.*``), ``zpilot bootstrap
+#: ``cluster.<port>_<fqdn>.*``, and its tcp_proxy, ``tcp.svc.<port>_<fqdn>.*`` in the linear layout), ``zpilot bootstrap
 #: --service-stats``. At issue 13's R a node has 2,000 service ports: made at start, their 126,000
 #: stats (47 per cluster, 16 per tcp_proxy; 134,500 in all) were 27 MiB of the Envoy's RSS and
 #: about a quarter of its CPU to LIVE (docs/scale.md), for gauges and config counters (``membership_*``,

@@ -24,10 +24,11 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
 
 ``--callgrind`` runs Envoy under ``valgrind --tool=callgrind`` instead (about 3 minutes a run) and reports its
 main thread's instructions per step of its start (dumped as its log announces each: CDS applied, the
-clusters warm, the inbound, plaintext and outbound listeners added): a count the machine's load does not
+clusters warm, the inbound, plaintext and outbound listeners added, and LIVE): a count the machine's load does not
 change, where the binary's missing symbols leave ``perf`` only addresses (docs/scale.md, round six). Under
-valgrind Envoy is slow enough that its LDS initial fetch times out and its ADS stream may be reset; a run
-whose log shows a reset before its last listener is reported as such.
+valgrind Envoy is slow enough that its LDS initial fetch times out and its ADS stream may be reset (then it
+takes the whole config again); a run whose log shows a reset before its last listener, or before LIVE, is
+reported as such.
 
 Only ``as-served`` pins identities: the others are for measuring (Envoy's ``internal_upstream``
 hands an internal listener a host's or its cluster's ``filter_metadata``, never its locality's, and
@@ -289,7 +290,7 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
     started = time.monotonic()
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        live = None
+        live, log_at_live = None, ""
         timeout = 900 if callgrind else 60
         if callgrind:
             await _dump_at_each_step(proc.pid, workdir / "envoy.log", started + timeout)
@@ -298,16 +299,21 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
                 raise RuntimeError(f"envoy exited {proc.returncode}: {(workdir / 'envoy.log').read_text()[-500:]}")
             if await asyncio.to_thread(scale._is_live, admin):
                 live = time.monotonic() - started
+                if callgrind:  # the step from the last listener to LIVE: its certificates, the listeners warmed
+                    subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=False)
+                    log_at_live = (workdir / "envoy.log").read_text(errors="replace")
                 break
             await asyncio.sleep(1 if callgrind else 0.01)
         if callgrind:
             text = (workdir / "envoy.log").read_text(errors="replace")
             last = text.find(CALLGRIND_STEPS[-1][1])
             counts = _main_thread_instructions(out)
-            steps = {step: round(n / 1e6) for (step, _), n in zip(CALLGRIND_STEPS, counts)}
+            steps = {step: round(n / 1e6) for (step, _), n in zip((*CALLGRIND_STEPS, ("live", "")), counts)}
             return {"variant": variant, "million_instructions": steps,
                     "total_million": round(sum(counts[:len(CALLGRIND_STEPS)]) / 1e6),
-                    "reset_before_last_listener": RESET in (text[:last] if last >= 0 else text)}
+                    "to_live_million": round(sum(counts[:len(CALLGRIND_STEPS) + 1]) / 1e6) if live else None,
+                    "reset_before_last_listener": RESET in (text[:last] if last >= 0 else text),
+                    "reset_before_live": RESET in log_at_live}
         rss, cpu = scale._rss_mb(proc.pid), scale._cpu_seconds(proc.pid)
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/memory", timeout=5) as r:
             memory = json.load(r)

@@ -30,9 +30,14 @@ BOOKKEEPING = ("membership_total", "membership_healthy", "update_success", "vers
 
 
 def excluded(service_stats: str):
-    config = stats_config(service_stats)
-    patterns = [re.compile(p.safe_regex.regex) for p in config.stats_matcher.exclusion_list.patterns] if config else []
-    return lambda name: any(p.fullmatch(name) for p in patterns)
+    """Whether Envoy leaves a stat out: a prefix pattern on its name's first tokens (Envoy's fast path: one
+    that ends in "."), a regex on the whole name."""
+    patterns = stats_config(service_stats).stats_matcher.exclusion_list.patterns
+    prefixes = [p.prefix for p in patterns if p.WhichOneof("match_pattern") == "prefix"]
+    assert all(prefix.endswith(".") for prefix in prefixes), prefixes  # else Envoy makes a string of every name
+    regexes = [re.compile(p.safe_regex.regex) for p in patterns if p.WhichOneof("match_pattern") == "safe_regex"]
+    assert len(prefixes) + len(regexes) == len(patterns)
+    return lambda name: any(name.startswith(p) for p in prefixes) or any(r.fullmatch(name) for r in regexes)
 
 
 def tcp_stat_prefixes(resources) -> set[str]:

@@ -9,7 +9,16 @@ import re
 
 import pytest
 
-from zpilot.translators.bootstrap import MISSING_STATS_CONFIG_FIELDS, BootstrapOptions, bootstrap_document, stats_tags
+from zpilot import contract
+from zpilot.translators.bootstrap import (
+    MISSING_STATS_CONFIG_FIELDS,
+    NAME_TAGS,
+    PER_CHAIN_TCP_STATS,
+    BootstrapOptions,
+    bootstrap_document,
+    stats_tags,
+)
+from zpilot.translators.names import stat_name_tag_value
 
 #: Each tag name's regexes in the bootstrap's order (the certificate's has two: Envoy takes the first that matches).
 TAGS: dict[str, list[re.Pattern[str]]] = {}
@@ -62,9 +71,17 @@ def tag(name: str, stat: str) -> tuple[str, str] | None:
      DOTTED_IDENTITY, f"cluster.{DOTTED_TUNNEL}.ssl.certificate.expiration_unix_time_seconds"),
     ("envoy.tcp_prefix", f"tcp.{SERVICE}.downstream_cx_total", SERVICE, "tcp.downstream_cx_total"),
     ("envoy.tcp_prefix", f"tcp.{TUNNEL}.downstream_cx_total", TUNNEL, "tcp.downstream_cx_total"),
+    # the linear layout's service port tcp_proxy: "svc." leads its stats (names.service_tcp_stat_prefix), out with it
+    ("envoy.tcp_prefix", f"tcp.svc.{SERVICE}.downstream_cx_total", SERVICE, "tcp.downstream_cx_total"),
     ("envoy.tcp_prefix", "tcp.rbac.allowed", "rbac", "tcp.allowed"),  # the inbound RBAC filter's "tcp." prefix
+    ("envoy.tcp_prefix", "tcp.virtual_inbound_plaintext.downstream_cx_total", "virtual_inbound_plaintext",
+     "tcp.downstream_cx_total"),
     ("envoy.xds_resource_name", f"sds.{POD_CERT}.update_success", POD_CERT, "sds.update_success"),
     ("envoy.xds_resource_name", "sds.ROOTCA.update_success", "ROOTCA", "sds.update_success"),
+    # a UID that is no lowercase UUID (the regex tries one first, for Envoy's std::regex): whole all the same
+    ("envoy.xds_resource_name", "sds.spiffe_td/ns/a/sa/b~p-1~0123ABCD-x~y.update_success", "spiffe_td/ns/a/sa/b~p-1~0123ABCD-x~y",
+     "sds.update_success"),
+    ("envoy.xds_resource_name", f"sds.{POD_CERT}x.update_success", f"{POD_CERT}x", "sds.update_success"),
     ("envoy.tls_certificate", f"listener.10.0.0.1_15008.ssl.certificate.{POD_CERT.replace('spiffe_', 'spiffe://')}"
      ".expiration_unix_time_seconds", POD_CERT.replace("spiffe_", "spiffe://"),
      "listener.10.0.0.1_15008.ssl.certificate.expiration_unix_time_seconds"),
@@ -89,6 +106,17 @@ def test_a_name_zpilot_makes_is_one_tag_value(name, stat, value, rest) -> None:
 ])
 def test_only_a_listener_or_cluster_stat_carries_the_certificate_tag(stat) -> None:
     assert tag("envoy.tls_certificate", stat) is None
+
+
+@pytest.mark.parametrize("stat", [f"tcp.{value}.downstream_cx_total" for value in PER_CHAIN_TCP_STATS] + [
+    f"tcp.{value}x.downstream_cx_total" for value in PER_CHAIN_TCP_STATS] + [f"tcp.{value}" for value in PER_CHAIN_TCP_STATS])
+def test_the_per_chain_tcp_values_tried_first_change_no_tag(stat) -> None:
+    """The tcp tag tries the names each inbound chain repeats first, for Envoy's sake (std::regex tries each
+    alternative in order, one step per character): the tag is what the alternatives after them take."""
+    (regex,) = [r for tag_name, r in NAME_TAGS if tag_name == "envoy.tcp_prefix"]
+    without = re.compile(regex.format(stat_name_tag_value(contract.CLUSTER_DOMAIN)))
+    found, expected = TAGS["envoy.tcp_prefix"][0].search(stat), without.search(stat)
+    assert (found and found.span(1), found and found.group(2)) == (expected and expected.span(1), expected and expected.group(2))
 
 
 def test_every_tag_regex_starts_with_its_first_token() -> None:

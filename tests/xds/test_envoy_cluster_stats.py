@@ -121,6 +121,9 @@ async def test_prometheus_names_a_cluster_and_a_tcp_proxy_whole(layout, manifest
     assert (services if layout == "linear" else set()) <= whole and whole & tunnels, sorted(prefixes)[:5]
     assert any(prefix.startswith(contract.TUNNEL_LISTENER_PREFIX + "spiffe_") and prefix.count("/") == 4
                for prefix in prefixes) == (layout == "article"), sorted(prefixes)[:5]
+    # the names each inbound chain makes again (the tag tries them first, bootstrap.PER_CHAIN_TCP_STATS)
+    assert "virtual_inbound_plaintext" in prefixes, sorted(prefixes)[:5]
+    assert any('envoy_tcp_prefix="rbac"' in labels for labels in metrics["envoy_allowed"]), metrics.get("envoy_allowed")
     leaked = sorted(name for name in metrics if any(part in name for part in ("cluster_local", "svc_", "spiffe", "local_ns")))
     assert not leaked, leaked[:5]
     # a pod's certificate (<identity>~<pod>~<uid>) whole in its SDS and expiry stats' labels, not a metric per pod

@@ -21,6 +21,7 @@ tests/xds/test_xds_token_envoy.py).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2, json_format, struct_pb2
@@ -56,6 +57,8 @@ from .clusters import HTTP_PROTOCOL_OPTIONS
 from .envoy_common import ads_source, pack, socket_address
 from .names import (
     IDENTITY_IN_STATS,
+    PLAINTEXT_PROXY_STAT_PREFIX,
+    SERVICE_TCP_STATS_TOKEN,
     SECRET_STAT_TAG_VALUE,
     SERVICE_PORT_STAT_NAME,
     SERVICE_PORT_STAT_REST,
@@ -405,8 +408,9 @@ CLUSTER_BOOKKEEPING_STATS = (
 #: instructions to LIVE at R (6,200 M without it, callgrind), where Envoy's own first looks for ``.ssl.ciphers.``.
 NAME_TAGS: tuple[tuple[str, str], ...] = (
     ("envoy.cluster_name", r"^cluster\.(({})\.)"),
-    ("envoy.tcp_prefix", r"^tcp\.(({})\.)"),
-    ("envoy.xds_resource_name", r"^sds\.(({})\.).+"),
+    # a linear service port's tcp_proxy stats are tcp.svc.<port>_<fqdn>.* (names.SERVICE_TCP_STATS_TOKEN): "svc." out too
+    ("envoy.tcp_prefix", r"^tcp\.((?:" + SERVICE_TCP_STATS_TOKEN + r"\.)?({})\.)"),
+    ("envoy.xds_resource_name", r"^sds\.(({})\.)."),  # "." not ".+": the same matches, without a step per character
     ("envoy.tls_certificate", r"^listener\.(?:{address})\.ssl\.certificate\.(({})\.)"),
     ("envoy.tls_certificate", r"^cluster\.(?:{tls_cluster})\.ssl\.certificate\.(({})\.)"),
     # an address, or an internal listener's name: the article layout's are named after an identity
@@ -415,6 +419,13 @@ NAME_TAGS: tuple[tuple[str, str], ...] = (
 #: ``envoy.worker_id`` is left Envoy's (which knows a literal token to look for): taken whole, it too was
 #: tried on every stat name (about 0.15 CPU-s to LIVE at R) for the article layout's internal listeners
 #: alone, named after an identity, whose per-worker stats keep ``worker_<n>`` in their metric's name.
+#: The values the tcp_proxy tag tries first, as literals: the names every inbound chain makes again in a stats
+#: scope of its own (one chain per local pod, so about 2,000 of Envoy's tag extractions at R): its plaintext
+#: tcp_proxy's (``tcp.virtual_inbound_plaintext.*``) and the HBONE chain's network RBAC (``tcp.`` then Envoy's
+#: ``rbac.*``). Each is what the alternatives after it would take anyway (a word of no dot, no ``spiffe_``, and
+#: not one service port's ``<port>_<name>.<namespace>.svc.``), but std::regex would first try the others on it,
+#: one step per character each: about 100 M of Envoy's instructions to LIVE at R (docs/scale.md).
+PER_CHAIN_TCP_STATS = (PLAINTEXT_PROXY_STAT_PREFIX, "rbac")
 #: A listener's address in its stats' names, as Envoy's extractors spell it: ``<ipv4>_<port>`` or ``[<ipv6>]_<port>``.
 LISTENER_ADDRESS = r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+"
 #: The clusters with a TLS transport socket, as their stats name them: the tunnels to an identity
@@ -436,6 +447,7 @@ def stats_tags() -> list[stats_pb2.TagSpecifier]:
     Envoy's, as before."""
     names = stat_name_tag_value(contract.CLUSTER_DOMAIN)
     value = {
+        "envoy.tcp_prefix": "|".join([*map(re.escape, PER_CHAIN_TCP_STATS), names]),
         "envoy.xds_resource_name": SECRET_STAT_TAG_VALUE,
         "envoy.tls_certificate": SECRET_STAT_TAG_VALUE,
         # Envoy leaves the admin API's listener untagged (envoy_listener_admin_*)
@@ -459,11 +471,16 @@ def stats_config(service_stats: str) -> stats_pb2.StatsConfig:
     config = stats_pb2.StatsConfig(stats_tags=stats_tags())
     if service_stats == "all":
         return config
+    # the linear layout's service port tcp_proxies (tcp.svc.*), by a prefix: Envoy leaves out a name that starts
+    # with it as it stands, before its regexes, which need the name made a string (2,000 scopes at R, 16 each)
+    service_tcp = string_pb2.StringMatcher(prefix=f"tcp.{SERVICE_TCP_STATS_TOKEN}.")
     if service_stats == "none":
-        patterns = [_regex(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")]
+        patterns = [service_tcp, _regex(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")]
     else:  # traffic
-        patterns = [_regex(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"),
-                    _regex(rf"cluster\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}\.(?:{CLUSTER_BOOKKEEPING_STATS})")]
+        # one regex, not one per kind: Envoy tries each pattern on each stat it makes (in every scope, so each
+        # inbound chain's again), and an RE2 match costs its call whether it fails at the first character or not
+        patterns = [service_tcp, _regex(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}|"
+                           rf"cluster\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}\.(?:{CLUSTER_BOOKKEEPING_STATS})")]
     config.stats_matcher.CopyFrom(stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns)))
     return config
 

@@ -74,7 +74,7 @@ def mesh_identities_rbac(trust_domain: str) -> listener_components_pb2.Filter:
         },
     )
     return listener_components_pb2.Filter(
-        name="envoy.filters.network.rbac", typed_config=pack(rbac_filter.RBAC(rules=rules, stat_prefix="tcp."))
+        name="envoy.filters.network.rbac", typed_config=pack(rbac_filter.RBAC(rules=rules, stat_prefix=names.MESH_RBAC_STAT_PREFIX))
     )
 
 
@@ -221,7 +221,7 @@ def _plaintext_chain(limits: DataPathLimits, local: LocalPod) -> listener_compon
         names.inbound_chain(pod.ip),
         names.VIRTUAL_INBOUND,
         idle_timeout=idle_timeout(limits),
-        stat_prefix="virtual_inbound_plaintext",
+        stat_prefix=names.PLAINTEXT_PROXY_STAT_PREFIX,
         connect_on_data=bool(authorization),
     )
     proxy = list(chain.filters)

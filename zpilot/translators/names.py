@@ -18,6 +18,12 @@ PASSTHROUGH_CLUSTER = "PassthroughCluster"
 BLACKHOLE_CLUSTER = "BlackHoleCluster"
 PASSTHROUGH_CHAIN = "PassthroughFilterChain"
 BLACKHOLE_CHAIN = "BlackHoleCluster"  # the article's matcher names the chain after the cluster
+#: The stat prefix of each inbound plaintext chain's tcp_proxy (``tcp.virtual_inbound_plaintext.*``), and of
+#: each HBONE chain's network RBAC on the peer's identity (``tcp.`` then Envoy's ``rbac.*``): one chain per
+#: local pod, each with a stats scope of its own, so Envoy makes these names once per pod
+#: (``translators/bootstrap.py`` tags them first).
+PLAINTEXT_PROXY_STAT_PREFIX = "virtual_inbound_plaintext"
+MESH_RBAC_STAT_PREFIX = "tcp."
 
 
 def workload_identity(trust_domain: str, workload: Workload) -> str:
@@ -65,6 +71,19 @@ def pod_internal_cluster(peer_identity: str) -> str:
     """The static cluster that chain hands its connections to: the internal listener, by an
     endpoint naming ``peer_identity`` as the identity to pin."""
     return f"outbound_pod_internal_to_{peer_identity}"
+
+
+#: The first token of a service port's tcp_proxy stats in the linear layout (``tcp.svc.<port>_<fqdn>.*``): a
+#: fixed one, so that the bootstrap leaves them out (``--service-stats traffic`` or ``none``) by a prefix, which
+#: Envoy checks on the stat's name as it stands, where a regex needs the name made a string first; the
+#: tcp_proxy tag takes it out of the metric's name with the port's name (``translators/bootstrap.py``), so
+#: ``/stats/prometheus`` reads as before. 2,000 chains at R, 16 stats each, each chain a stats scope of its own.
+SERVICE_TCP_STATS_TOKEN = "svc"
+
+
+def service_tcp_stat_prefix(chain: str) -> str:
+    """The stat prefix of the tcp_proxy of the linear layout's service port chain ``chain``."""
+    return f"{SERVICE_TCP_STATS_TOKEN}.{chain}"
 
 
 def linear_service_chain(service: Service, port: ServicePort, cluster_domain: str) -> str:
@@ -117,8 +136,13 @@ DOTTED_NAME_IN_STATS = rf"[a-z0-9-]+(?:\.[a-z0-9-]+)*?(?=\.(?:{STAT_AFTER_NAME})
 #: ``envoy.tls_certificate`` tags: a pod's certificate ``<identity>~<pod>~<uid>``
 #: (:func:`zpilot.contract.workload_secret_name`: each part ends at a "~", a UID has no dot), an identity's
 #: own (its ServiceAccount's name whole, dots and all: :data:`DOTTED_NAME_IN_STATS`), or any other name up to
-#: its first dot (``contract.ROOT_CA_SECRET``), as Envoy does.
-SECRET_STAT_TAG_VALUE = (r"spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/[^/~]+~[^~]+~[^.~]+|"
+#: its first dot (``contract.ROOT_CA_SECRET``), as Envoy does. The UID is tried first as Kubernetes writes one, a
+#: lowercase UUID, in fixed counts: Envoy runs these regexes with std::regex, which takes a fixed count without
+#: the step per character a ``+`` costs it (each of a node's pods has 10 ``sds.<secret>.*`` stats: about 35 M
+#: fewer of node-0's Envoy instructions at R, docs/scale.md); any other UID is the run up to the dot, as before
+#: (the same match either way: the value is always followed by a dot).
+_UID_IN_STATS = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+SECRET_STAT_TAG_VALUE = (rf"spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/[^/~]+~[^~]+~(?:{_UID_IN_STATS}|[^.~]+)|"
                          rf"spiffe(?:_|://)[^/]+/ns/[^/.]+/sa/{DOTTED_NAME_IN_STATS}|[^.]+")
 
 

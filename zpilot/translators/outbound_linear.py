@@ -275,7 +275,7 @@ def _service_endpoints(
 
 def _service_chains(chains: tuple[str, ...], limits: DataPathLimits) -> tuple[FilterChain, ...]:
     idle = idle_timeout(limits)
-    return tuple(proxy_chain(name, name, idle_timeout=idle) for name in chains)
+    return tuple(proxy_chain(name, name, idle_timeout=idle, stat_prefix=names.service_tcp_stat_prefix(name)) for name in chains)
 
 
 def _pod_internal_cluster(peer: str, limits: DataPathLimits):
