@@ -20,7 +20,9 @@ after about an hour (the kubelet writes the next one before), an ``exec`` plugin
 the client brings its token up to date (kubernetes-asyncio's ``refresh_api_key_hook``): the
 service-account token file is read again each minute (kubernetes-asyncio's own hook), a kubeconfig
 user's ``tokenFile`` too (``TOKEN_FILE_REREAD_SECONDS``), and an ``exec`` plugin is run again once its
-token is past its ``expirationTimestamp`` (less kubernetes-asyncio's five minutes of margin). A
+token is past its ``expirationTimestamp`` (less kubernetes-asyncio's five minutes of margin), killed if it
+gives no answer in ``EXEC_PLUGIN_TIMEOUT_SECONDS``; a failed renewal is tried again after
+``RENEWAL_RETRY_SECONDS``. A
 plugin's token without an ``expirationTimestamp``, and a client certificate (a plugin's or the
 file's), are used as first read, for the client's life.
 """
