@@ -194,3 +194,22 @@ def test_a_mesh_kept_through_a_change_that_left_it_equal_stands_for_the_latest_m
                              previous=first)
     translator.inputs(second)
     assert translator._mesh is mesh and mesh.index_generation == second.generation
+
+
+async def test_a_node_gone_from_the_model_is_forgotten_by_idle_time(monkeypatch) -> None:
+    """What the producer keeps of paying ahead (the nodes prepared, the nodes waiting) is of the
+    model's nodes: a node gone (scaled in) leaves nothing behind, however many come and go."""
+    monkeypatch.setattr(Producer, "PREPARE_AFTER_SECONDS", 0)
+    docs = synthetic_manifests(SHAPE)
+    producer = await _produced(docs)
+    await producer._preparing
+    gone = node_name(2)
+    assert gone in producer.prepared
+    kept = [d for d in docs if not (d["kind"] == "Node" and d["metadata"]["name"] == gone)
+            and not (d["kind"] == "Pod" and d["spec"].get("nodeName") == gone)]
+    report = await producer.update(_index(kept))
+    assert gone in report.removed
+    if producer._preparing is not None:
+        await producer._preparing
+    assert gone not in producer.prepared and gone not in producer._to_prepare
+

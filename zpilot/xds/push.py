@@ -494,6 +494,8 @@ class Producer:
                     self._inputs.pop(node, None)
                     self._fragments.pop(node, None)
                     self._rest.pop(node, None)
+                    self._to_prepare.pop(node, None)
+                    self.prepared.discard(node)
                     report.removed.append(node)
             for node in [n for n in self.failures if n not in inputs]:
                 del self.failures[node]
