@@ -179,3 +179,38 @@ async def test_a_plugin_that_fails_to_renew_leaves_the_token_in_hand(apiserver, 
             assert await whoami(api, apiserver) == "exec"
     assert "credentials could not be renewed" in caplog.text, caplog.text
     assert len(runs.read_text().splitlines()) >= 2
+
+
+async def test_a_plugin_that_hangs_does_not_hold_requests(apiserver, tmp_path, monkeypatch, caplog):
+    """A plugin that never answers (a prompt, a metadata endpoint that does not reply) is given up after
+    ``EXEC_PLUGIN_TIMEOUT_SECONDS``: the request goes out with the token in hand rather than waiting for ever,
+    and the next request does not run the plugin again at once (each would wait that long too)."""
+    from zpilot.kube import client as kube_client
+
+    monkeypatch.setattr(kube_client, "EXEC_PLUGIN_TIMEOUT_SECONDS", 0.5)
+    path, token, runs = _exec_kubeconfig(apiserver, tmp_path, expires_in=timedelta(minutes=1))
+    plugin = tmp_path / "plugin.py"
+    hang, started = tmp_path / "hang", tmp_path / "started"
+    plugin.write_text(f"import pathlib, time\npathlib.Path({str(started)!r}).open('a').write('start\\n')\n"
+                      f"if pathlib.Path({str(hang)!r}).exists():\n    time.sleep(60)\n" + plugin.read_text())
+    token.write_text(apiserver.add_token(user="exec"))
+    async with await api_client(path, environ={}) as api:
+        assert await whoami(api, apiserver) == "exec"
+        hang.touch()
+        with caplog.at_level("WARNING", logger="zpilot.kube.client"):
+            assert await whoami(api, apiserver) == "exec"
+            assert await whoami(api, apiserver) == "exec"
+    assert "credentials could not be renewed" in caplog.text, caplog.text
+    # loaded, renewed (a minute is within kubernetes-asyncio's margin), then one run that hung (killed, never
+    # counted): not one per request
+    assert len(runs.read_text().splitlines()) == 2
+    assert len(started.read_text().splitlines()) == 3
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(plugin).encode() in _read_or_empty(p)]
+    assert not left, "the plugin that hung was left running"
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""

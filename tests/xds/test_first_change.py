@@ -194,3 +194,51 @@ def test_a_mesh_kept_through_a_change_that_left_it_equal_stands_for_the_latest_m
                              previous=first)
     translator.inputs(second)
     assert translator._mesh is mesh and mesh.index_generation == second.generation
+
+
+async def test_a_node_gone_from_the_model_is_forgotten_by_idle_time(monkeypatch) -> None:
+    """What the producer keeps of paying ahead (the nodes prepared, the nodes waiting) is of the
+    model's nodes: a node gone (scaled in) leaves nothing behind, however many come and go."""
+    monkeypatch.setattr(Producer, "PREPARE_AFTER_SECONDS", 0)
+    docs = synthetic_manifests(SHAPE)
+    producer = await _produced(docs)
+    await producer._preparing
+    gone = node_name(2)
+    assert gone in producer.prepared
+    kept = [d for d in docs if not (d["kind"] == "Node" and d["metadata"]["name"] == gone)
+            and not (d["kind"] == "Pod" and d["spec"].get("nodeName") == gone)]
+    report = await producer.update(_index(kept))
+    assert gone in report.removed
+    if producer._preparing is not None:
+        await producer._preparing
+    assert gone not in producer.prepared and gone not in producer._to_prepare
+
+
+async def test_a_prepare_step_holds_the_lock_until_its_thread_is_done_even_when_cancelled() -> None:
+    """Stopping (the producer closed, the task cancelled) while a node is being prepared in a
+    worker thread does not let a change translate beside it: the lock is the thread's until
+    the step ends; closing ends the idle work for good."""
+    entered, release = threading.Event(), threading.Event()
+    translator = IncrementalTranslator(TranslateOptions(layout="linear"))
+    prepare = translator.prepare
+
+    def slow_prepare(node_input):
+        entered.set()
+        release.wait(30)
+        return prepare(node_input)
+
+    translator.prepare = slow_prepare  # type: ignore[method-assign]
+    producer = Producer(SnapshotCache(), translate=translator)
+    producer.PREPARE_AFTER_SECONDS = 0
+    await producer.update(_index(synthetic_manifests(SHAPE)))
+    assert producer._preparing is not None
+    assert await asyncio.to_thread(entered.wait, 30)
+    closing = asyncio.create_task(producer.close())
+    await asyncio.sleep(0.05)
+    assert producer._lock.locked()  # the thread still prepares: no change may translate beside it
+    release.set()
+    await closing
+    assert producer._preparing.done() and not producer._lock.locked()
+    assert not producer._to_prepare
+    producer._prepare_later(producer.cache.nodes())  # a closed producer pays nothing ahead
+    assert producer._preparing.done()

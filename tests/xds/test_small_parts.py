@@ -347,3 +347,15 @@ def test_serve_defaults_metrics_reachable_by_scrapers_and_debug_api_local():
     args = build_parser().parse_args(["serve", "--manifests", "x"])
     assert (args.metrics_address, args.metrics_port) == ("0.0.0.0", 15020)
     assert (args.debug_address, args.debug_port) == ("127.0.0.1", 15014)
+
+
+def test_a_types_push_latency_series_appears_at_zero_with_its_first_response():
+    """docs/xds-server.md: a type's push latency series appear, at count 0, with its first response
+    (no push measured yet: ``rate()`` reads 0, not an absent series)."""
+    m = Metrics()
+    stream = StreamInfo(id="conn-1", node="n", node_id="ztunnel~n", mode="delta", peer="ipv4:1.2.3.4:5")
+    m.response_sent(stream, Response(ENDPOINT_TYPE, "v1", "1", resources=3, bytes=100))
+    text = m.render().decode()
+    assert 'zpilot_xds_push_latency_seconds_count{type="EDS"} 0.0' in text, text
+    assert 'zpilot_xds_push_latency_seconds_bucket{le="+Inf",type="EDS"} 0.0' in text
+    assert 'zpilot_xds_push_latency_seconds_count{type="CDS"}' not in text  # no response of it yet

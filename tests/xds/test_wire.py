@@ -115,3 +115,31 @@ def test_every_delta_entry_of_a_composed_set_parses_as_its_resources():
     for got in parsed.resources:
         unpacked = Cluster()
         assert got.resource.Unpack(unpacked) and unpacked.name == got.name
+
+
+def test_a_composed_set_naming_a_resource_twice_answers_it_once():
+    """Two shared sets naming the same resource: the node has the later set's (``TypeResources.composed``),
+    and a response carrying every resource names it once, with that version, in SotW and in delta."""
+    from zpilot.xds.snapshot import CachedResource, TypeResources
+
+    def cached(version: int, *names: str) -> dict[str, CachedResource]:
+        return {n: CachedResource.of(CLUSTER_TYPE, n, Cluster(name=n, connect_timeout={"seconds": version}))
+                for n in names}
+
+    first = TypeResources.of_cached(CLUSTER_TYPE, cached(1, "a", "b"))
+    later = TypeResources.of_cached(CLUSTER_TYPE, cached(2, "b", "c"))
+    node = TypeResources.composed(CLUSTER_TYPE, [first, later], {})
+    expected = [(n, r.version) for n, r in node.items.items()]
+    assert len(expected) == 3
+    sotw = DiscoveryResponse.FromString(wire.discovery_response_from_entries(
+        version_info="s", entries=b"".join(node.entry_chunks()), type_url=CLUSTER_TYPE, nonce="1"))
+    got = []
+    for any_message in sotw.resources:
+        cluster = Cluster()
+        assert any_message.Unpack(cluster)
+        got.append((cluster.name, cluster.connect_timeout.seconds))
+    assert sorted(got) == [("a", 1), ("b", 2), ("c", 2)]
+    delta = DeltaDiscoveryResponse.FromString(wire.delta_discovery_response_from_entries(
+        system_version_info="s", entries=b"".join(node.delta_entry_chunks()), removed=[], type_url=CLUSTER_TYPE,
+        nonce="1"))
+    assert sorted((r.name, r.version) for r in delta.resources) == sorted(expected)

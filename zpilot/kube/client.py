@@ -20,7 +20,9 @@ after about an hour (the kubelet writes the next one before), an ``exec`` plugin
 the client brings its token up to date (kubernetes-asyncio's ``refresh_api_key_hook``): the
 service-account token file is read again each minute (kubernetes-asyncio's own hook), a kubeconfig
 user's ``tokenFile`` too (``TOKEN_FILE_REREAD_SECONDS``), and an ``exec`` plugin is run again once its
-token is past its ``expirationTimestamp`` (less kubernetes-asyncio's five minutes of margin). A
+token is past its ``expirationTimestamp`` (less kubernetes-asyncio's five minutes of margin), killed if it
+gives no answer in ``EXEC_PLUGIN_TIMEOUT_SECONDS``; a failed renewal is tried again after
+``RENEWAL_RETRY_SECONDS``. A
 plugin's token without an ``expirationTimestamp``, and a client certificate (a plugin's or the
 file's), are used as first read, for the client's life.
 """
@@ -28,6 +30,7 @@ file's), are used as first read, for the client's life.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -36,7 +39,10 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import yaml
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.config import kube_config
 from kubernetes_asyncio.config.config_exception import ConfigException
+from kubernetes_asyncio.config.dateutil import parse_rfc3339
+from kubernetes_asyncio.config.exec_provider import ExecProvider
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,12 @@ DEFAULT_KUBECONFIG = Path("~/.kube/config")
 #: How often a kubeconfig's credentials other than an ``exec`` plugin's are read again (a ``tokenFile``
 #: something else renews): kubernetes-asyncio's period for the in-cluster token file.
 TOKEN_FILE_REREAD_SECONDS = 60.0
+#: How long a renewal (an ``exec`` plugin's run) may take before the request goes on with the token in hand:
+#: kubernetes-asyncio waits for a plugin without limit, and every request waits for the one renewing.
+EXEC_PLUGIN_TIMEOUT_SECONDS = 30.0
+#: After a renewal failed (or timed out), how long requests go on with the token in hand before one tries
+#: again: a plugin that fails or hangs is not run once per request.
+RENEWAL_RETRY_SECONDS = 10.0
 
 
 class KubeConfigError(Exception):
@@ -109,34 +121,73 @@ def _kubeconfig_token_refresher(loader: Any) -> Callable[[client.Configuration],
     own check (``load_from_exec_plugin`` runs the plugin again only once the token is past it), any other
     user's credentials (a ``tokenFile``, an auth provider's) read again every ``TOKEN_FILE_REREAD_SECONDS``.
     One request at a time refreshes: the others wait for its token rather than run the plugin too. A refresh
-    that fails (the plugin exits non-zero, the file is gone) is logged (at most once a minute) and the token in
+    that fails (the plugin exits non-zero or gives no answer in ``EXEC_PLUGIN_TIMEOUT_SECONDS``, the file is
+    gone) is logged (at most once a minute), not tried again for ``RENEWAL_RETRY_SECONDS``, and the token in
     hand is sent: the API server's 401, if it has expired, is what the caller retries on."""
     lock = asyncio.Lock()
     read_at = time.monotonic()
     logged_at = -TOKEN_FILE_REREAD_SECONDS
+    retry_at = 0.0
     user = loader._user or {}  # the context's user section (kubernetes-asyncio keeps no public handle on it)
 
     async def refresh(configuration: client.Configuration) -> None:
-        nonlocal read_at, logged_at
+        nonlocal read_at, logged_at, retry_at
         async with lock:
             try:
-                if "exec" in user:
-                    if not hasattr(loader, "exec_plugin_expiry"):  # no expiry given: used as first read
-                        return
-                    await loader.load_from_exec_plugin()
+                if time.monotonic() < retry_at:  # the last renewal failed a moment ago
+                    pass
+                elif "exec" in user:
+                    if hasattr(loader, "exec_plugin_expiry"):  # (no expiry given: used as first read)
+                        await _renew_exec_token(loader)
                 elif time.monotonic() - read_at >= TOKEN_FILE_REREAD_SECONDS:
                     read_at = time.monotonic()
-                    await loader.load_and_set(configuration)
+                    await asyncio.wait_for(loader.load_and_set(configuration), EXEC_PLUGIN_TIMEOUT_SECONDS)
             except Exception as exc:  # whatever the plugin or the file did: the request goes on as it can
+                retry_at = time.monotonic() + RENEWAL_RETRY_SECONDS
                 if time.monotonic() - logged_at >= TOKEN_FILE_REREAD_SECONDS:
                     logged_at = time.monotonic()
-                    log.warning("%s: the kubeconfig's credentials could not be renewed (%s: %s); the token in hand is sent",
-                                configuration.host, type(exc).__name__, str(exc)[:500])
+                    why = (f"no answer in {EXEC_PLUGIN_TIMEOUT_SECONDS:g} s" if isinstance(exc, TimeoutError)
+                           else f"{type(exc).__name__}: {str(exc)[:500]}")
+                    log.warning("%s: the kubeconfig's credentials could not be renewed (%s); the token in hand is sent",
+                                configuration.host, why)
             token = getattr(loader, "token", None)
             if token is not None and configuration.api_key.get("BearerToken") != token:
                 configuration.api_key["BearerToken"] = token
 
     return refresh
+
+
+async def _renew_exec_token(loader: Any) -> None:
+    """What ``loader.load_from_exec_plugin`` does to renew a plugin's token once it is past its expiry (less
+    kubernetes-asyncio's margin), but with the plugin killed when it gives no answer in
+    ``EXEC_PLUGIN_TIMEOUT_SECONDS`` (kubernetes-asyncio waits for it without limit, and a wait cancelled
+    leaves it running: a hung plugin a retry) and never asked to prompt (no terminal: serve runs unattended)."""
+    if not kube_config._is_expired(loader.exec_plugin_expiry):
+        return
+    provider = ExecProvider(loader._user["exec"])  # the command, its arguments and environment, as the library reads them
+    info = {"apiVersion": provider.api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
+    proc = await asyncio.create_subprocess_exec(
+        *provider.args, env={**provider.env, "KUBERNETES_EXEC_INFO": json.dumps(info)},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), EXEC_PLUGIN_TIMEOUT_SECONDS)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode:
+        raise ConfigException(f"exec: {provider.args[0]} returned {proc.returncode}: "
+                              f"{stderr.decode(errors='replace').strip()[:500]}")
+    try:
+        status = json.loads(stdout)["status"]
+        token = status["token"]
+    except (ValueError, KeyError, TypeError) as exc:  # (never the output itself: it holds the token)
+        raise ConfigException(f"exec: {provider.args[0]} printed no ExecCredential status with a token "
+                              f"({type(exc).__name__})") from None
+    loader.token = f"Bearer {token}"
+    if "expirationTimestamp" in status:
+        loader.exec_plugin_expiry = parse_rfc3339(status["expirationTimestamp"])
 
 
 def server(api: client.ApiClient) -> str:

@@ -206,6 +206,7 @@ class ControlPlane:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.producer.close()
         await self.ads.stop(grace=1.0)
         if self.metrics_server is not None:
             await self.metrics_server.stop()

@@ -60,11 +60,11 @@ class _ResponseMetrics:
             self.created.setdefault(kind, time.time())
         self.counts[key] = count + 1
         self.bytes[kind] = self.bytes.get(kind, 0) + size
+        series = self.latency.get(kind)
+        if series is None:  # with the type's first response, at count 0 (docs/xds-server.md: rate() reads 0)
+            series = self.latency[kind] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+            self.created[("latency", kind)] = time.time()
         if latency is not None:
-            series = self.latency.get(kind)
-            if series is None:
-                series = self.latency[kind] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
-                self.created[("latency", kind)] = time.time()
             series[0][bisect.bisect_left(LATENCY_BUCKETS, latency)] += 1  # le: a value on a bound is in it
             series[1][0] += latency
 

@@ -255,6 +255,7 @@ class Producer:
         self._preparing: asyncio.Task | None = None
         #: Nodes the translator prepared something for (what tests read).
         self.prepared: set[str] = set()
+        self._closed = False
 
     def build(self, node: str, node_input: Hashable, changed_at: float) -> _Built:
         """One node's snapshot (pure apart from the memo and the secret source; run in a worker thread)."""
@@ -494,6 +495,8 @@ class Producer:
                     self._inputs.pop(node, None)
                     self._fragments.pop(node, None)
                     self._rest.pop(node, None)
+                    self._to_prepare.pop(node, None)
+                    self.prepared.discard(node)
                     report.removed.append(node)
             for node in [n for n in self.failures if n not in inputs]:
                 del self.failures[node]
@@ -517,7 +520,7 @@ class Producer:
 
     def _prepare_later(self, nodes: Iterable[str]) -> None:
         """Have :meth:`_prepare_ahead` look at ``nodes`` (translated whole just now) once idle."""
-        if not self.prepare_ahead:
+        if not self.prepare_ahead or self._closed:
             return
         self._to_prepare.update(dict.fromkeys(nodes))
         if self._to_prepare and (self._preparing is None or self._preparing.done()):
@@ -548,11 +551,26 @@ class Producer:
                 node_input = self._inputs.get(node)
                 if node_input is None or node in self.failures:
                     continue
+                step = asyncio.ensure_future(asyncio.to_thread(prepare, node_input))
                 try:
-                    if await asyncio.to_thread(prepare, node_input):
+                    if await asyncio.shield(step):
                         self.prepared.add(node)
+                except asyncio.CancelledError:
+                    # (closing) the thread goes on to the step's end: the lock is its until then, so
+                    # no change is translated beside it
+                    await asyncio.gather(step, return_exceptions=True)
+                    raise
                 except Exception:  # paying ahead is an optimisation: its failure costs the next change, nothing else
                     log.exception("node %s: could not prepare its next change ahead", node, extra={"node": node})
+
+    async def close(self) -> None:
+        """Pay nothing more ahead (the server stops): the idle work is cancelled, once the step in a
+        worker thread, if any, has ended."""
+        self._closed = True
+        self._to_prepare.clear()
+        if self._preparing is not None:
+            self._preparing.cancel()
+            await asyncio.gather(self._preparing, return_exceptions=True)
 
     @contextlib.asynccontextmanager
     async def _producing(self) -> AsyncIterator[None]:

@@ -261,14 +261,16 @@ class TypeResources:
     def composed(
         cls, type_url: str, parts: Iterable["TypeResources"], rest: Mapping[str, CachedResource]
     ) -> "TypeResources":
-        """``parts`` (shared sets, in a stable order) followed by ``rest``; a name in both is ``rest``'s."""
+        """``parts`` (shared sets, in a stable order) followed by ``rest``; a name in both is ``rest``'s, a name
+        in two parts the later one's (then served resource by resource: a set's joined entries would name it twice)."""
         parts = tuple(p for p in parts if p.items)
         if not parts:
             return cls.of_cached(type_url, dict(sorted(rest.items())))
         items: dict[str, CachedResource] = {}
         for part in parts:
             items.update(part.items)
-        overridden = rest.keys() & items.keys()
+        # a name in two parts is the later one's: the earlier no longer holds what it says either
+        overridden = len(items) != sum(len(part.items) for part in parts) or rest.keys() & items.keys()
         own = {name: rest[name] for name in sorted(rest)}
         items.update(own)
         if overridden:  # a part no longer holds what it says: serve it resource by resource
