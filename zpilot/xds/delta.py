@@ -171,7 +171,7 @@ class DeltaStream(Stream):
                 continue
             if self.hold(type_url):
                 continue
-            latency = self.push_latency(sub, snapshot)
+            pushed = self.pushed(sub, snapshot)
             resources = snapshot.resources(type_url)
             if sub.known_of is resources and not (sub.pending or sub.force or sub.fresh):
                 continue  # it holds these very resources: nothing due (most types of most streams, each change)
@@ -197,7 +197,7 @@ class DeltaStream(Stream):
             sub.sent(resources.version, nonce, names, answer.removed)
             # Reported first: the client's answer can arrive while the write is awaited.
             self.record_sent(type_url, version=resources.version, nonce=nonce, count=len(send),
-                             size=sum(map(len, chunks)), push_latency=latency)
+                             size=sum(map(len, chunks)), pushed=pushed)
             await self.write(chunks)
             del chunks
             if removed:

@@ -21,7 +21,6 @@ until it gets one (envoy#13009); an unchanged cluster is not touched by Envoy an
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from . import wire
@@ -103,15 +102,13 @@ class SotwStream(Stream):
         return False
 
     async def respond(self, snapshot: Snapshot, snapshot_changed: bool) -> None:
-        changed_at = snapshot.changed_at
         for type_url in PUSH_ORDER:
             sub = self.subscriptions[type_url]
             if not sub.started:
                 continue
             if sub.pending and self.hold(type_url):
                 continue
-            # the change's time when this response is a push of it (its latency is taken as it is sent)
-            pushed = changed_at if sub.bring_up_to(changed_at) else None
+            pushed = self.pushed(sub, snapshot)
             if not sub.subscribed:
                 continue
             resources = snapshot.resources(type_url)
@@ -179,7 +176,7 @@ class SotwStream(Stream):
         sub.sent(version, nonce, [r.name for r in send])
         # Reported first: the client's answer can arrive while the write is awaited.
         self.record_sent(type_url, version=version, nonce=nonce, count=len(send), size=sum(map(len, chunks)),
-                         push_latency=None if pushed is None else max(0.0, time.monotonic() - pushed))
+                         pushed=pushed)
         await self.write(chunks)
         del chunks
         eds = self.subscriptions[ENDPOINT_TYPE]

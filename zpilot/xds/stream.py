@@ -279,18 +279,20 @@ class Stream:
             self.observer.node_known(self.info, snapshot.known)
         return snapshot
 
-    def push_latency(self, subscription: Subscription, snapshot: Snapshot) -> float | None:
-        """Bring the type up to ``snapshot``: the latency of the change it delivers, if it is new."""
-        if subscription.bring_up_to(snapshot.changed_at):
-            return max(0.0, time.monotonic() - snapshot.changed_at)
-        return None
+    @staticmethod
+    def pushed(subscription: Subscription, snapshot: Snapshot) -> float | None:
+        """Bring the type up to ``snapshot``: the time of the model change its next response pushes,
+        if that change is new to it (its latency is taken as the response is sent: :meth:`record_sent`)."""
+        return snapshot.changed_at if subscription.bring_up_to(snapshot.changed_at) else None
 
     def record_sent(
-        self, type_url: str, *, version: str, nonce: str, count: int, size: int, push_latency: float | None
+        self, type_url: str, *, version: str, nonce: str, count: int, size: int, pushed: float | None
     ) -> None:
-        """Report a response that is about to go out, and log it."""
+        """Report a response that is about to go out (with the push latency of the change it pushes,
+        ``pushed`` from :meth:`pushed`), and log it."""
         assert self.info is not None
-        self.observer.response_sent(self.info, Response(type_url, version, nonce, count, size, push_latency))
+        latency = None if pushed is None else max(0.0, time.monotonic() - pushed)
+        self.observer.response_sent(self.info, Response(type_url, version, nonce, count, size, latency))
         if log.isEnabledFor(logging.INFO):  # its fields made only for a line that is written (not by default)
             log.info(
                 "sent %s to node=%s conn=%s mode=%s version=%s nonce=%s resources=%d bytes=%d",
