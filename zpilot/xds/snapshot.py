@@ -11,14 +11,12 @@ unchanged resources.
 from __future__ import annotations
 
 import hashlib
-import itertools
-import operator
 import time
 import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import accumulate, repeat
-from operator import add, attrgetter, itemgetter
+from itertools import accumulate, islice, repeat
+from operator import add, attrgetter, itemgetter, lt
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
@@ -249,7 +247,7 @@ class TypeResources:
         # checked once, then carried like the text: the same names in the same order).
         in_name_order = self.__dict__.get("_in_name_order")
         if in_name_order is None:
-            in_name_order = all(map(operator.lt, self.items, itertools.islice(self.items, 1, None)))
+            in_name_order = all(map(lt, self.items, islice(self.items, 1, None)))
         made.__dict__["_in_name_order"] = in_name_order
         since = sorted((r for name, r in changed.items()
                         if (old := self.items[name]) is not r and old.version != r.version), key=_name)
