@@ -24,8 +24,9 @@ from zpilot.xds import snapshot_cache, sotw, stream as stream_mod
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 4
 client_args = sys.argv[2:]
 profile = None
-if "--wake-batch" in client_args:  # snapshot_cache.WAKE_BATCH (0: every stream in one turn, as before round eight)
-    at = client_args.index("--wake-batch"); snapshot_cache.WAKE_BATCH = int(client_args[at + 1]); del client_args[at:at + 2]
+wake_batch = 0  # --wake-batch K: wake K nodes per turn of the loop (tried in round eight, not kept); 0: all at once, as zpilot
+if "--wake-batch" in client_args:
+    at = client_args.index("--wake-batch"); wake_batch = int(client_args[at + 1]); del client_args[at:at + 2]
 if "--profile" in client_args:  # cProfile of the event loop from each handover until quiet
     import cProfile, pstats
     client_args.remove("--profile"); profile = cProfile.Profile()
@@ -43,7 +44,15 @@ def wake(self):
         self._to_wake = {node: -changed for node, changed in self._to_wake.items()}
     order = sorted(self._to_wake, key=self._to_wake.__getitem__, reverse=True)
     note("wake", None, order)
-    _wake(self)
+    if not wake_batch:
+        return _wake(self)
+    self._to_wake = {}
+    def batch(start):
+        for node in order[start:start + wake_batch]:
+            self._notify(node)
+        if start + wake_batch < len(order):
+            asyncio.get_running_loop().call_soon(batch, start + wake_batch)
+    batch(0)
 snapshot_cache.SnapshotCache._wake = wake
 
 _changed = stream_mod.Stream._snapshot_changed_now
