@@ -56,6 +56,28 @@ EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 #: Responses at the reference size are megabytes (a node's listeners, every service's endpoints).
 MAX_MESSAGE = 512 << 20
+#: Envoy's HTTP/2 codec opens a stream window and a connection window of 256 MiB (its
+#: Http2ProtocolOptions ``initial_stream_window_size`` and ``initial_connection_window_size``
+#: defaults, which the xDS cluster of ``zpilot bootstrap`` leaves as they are).
+ENVOY_WINDOW = 256 << 20
+
+
+def channel_options(window: int = ENVOY_WINDOW) -> list[tuple[str, int]]:
+    """A ztunnel's channel: its own connection, messages as large as a node's config, and the
+    flow-control windows of Envoy's ADS connection.
+
+    In gRPC's C-core the advertised windows follow ``grpc.http2.lookahead_bytes`` only while its
+    BDP probing is off: with probing on (the default) the client advertises 4 MiB for the stream
+    and the connection whatever the option says, then sizes them from its estimate; with probing
+    off it advertises SETTINGS_INITIAL_WINDOW_SIZE = ``window`` and a connection WINDOW_UPDATE
+    up to ``window`` (seen on the wire with grpcio 1.85: tests/test_bench_ztunnels.py).
+    ``window`` 0: gRPC's own defaults."""
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
+               # each ztunnel its own connection, as on a cluster (channels of one process would share one)
+               ("grpc.use_local_subchannel_pool", 1)]
+    if window:
+        options += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", window)]
+    return options
 
 
 def _node(name: str) -> Node:
@@ -263,12 +285,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--xds", required=True, help="the control plane's ADS address, host:port")
     parser.add_argument("--delta", action="store_true", help="incremental xDS (DeltaAggregatedResources)")
+    parser.add_argument("--window", type=int, default=ENVOY_WINDOW, metavar="BYTES",
+                        help="HTTP/2 stream and connection flow-control windows the clients open (default: Envoy's"
+                             " 256 MiB; 0: gRPC's own, 4 MiB then sized by its BDP probing)")
     parser.add_argument("nodes", nargs="+")
     args = parser.parse_args()
     kind = DeltaZtunnel if args.delta else SotwZtunnel
-    # each ztunnel its own connection, as on a cluster (channels of one process would share one)
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
-               ("grpc.use_local_subchannel_pool", 1)]
+    options = channel_options(args.window)
     channels = [grpc.aio.insecure_channel(args.xds, options=options) for _ in args.nodes]
     ztunnels = [kind(channel, node) for channel, node in zip(channels, args.nodes)]
     asyncio.get_running_loop().add_signal_handler(

@@ -13,6 +13,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 
 from zpilot.xds.limits import Limits
 from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, SECRET_TYPE
+from zpilot.xds.sotw import SotwStream
 
 from .ads_client import AdsClient
 from .e2e_util import debug_json
@@ -230,6 +231,50 @@ async def test_eds_of_an_added_or_changed_cluster_follows_cds(fake_plane, client
     cds3, eds3 = await c.recv(), await c.recv()
     assert cds3.type_url == CLUSTER_TYPE and eds3.type_url == ENDPOINT_TYPE
     assert names(eds3) == ["c1"] and eds3.version_info == eds2.version_info and eds3.nonce != eds2.nonce
+
+
+async def test_a_full_state_response_goes_to_grpc_before_the_names_it_carries_are_booked(
+    fake_plane, client_factory, monkeypatch
+):
+    """A CDS response names every cluster of its node, thousands at R, and a pod's own node's CDS is
+    the first response of its change, ahead of every other stream's (snapshot_cache.py): which names
+    it carries is booked once gRPC has it, so that booking does not hold the change's other streams.
+    What its answer is matched against (its version and nonce) is booked before, and the EDS that
+    follows still knows which clusters it added or changed."""
+    plane, world, c, _, eds = await eds_synced(fake_plane, client_factory)
+    at_write: list[tuple[str, str | None, bool]] = []
+    streams: list[SotwStream] = []
+    write = SotwStream.write
+
+    async def watched(self, chunks):
+        sub = self.subscriptions[CLUSTER_TYPE]
+        at_write.append((self.node, sub.sent_nonce, "c3" in sub.known))
+        streams.append(self)
+        await write(self, chunks)
+
+    monkeypatch.setattr(SotwStream, "write", watched)
+    world.nodes["a"].clusters["c3"] = ["10.0.0.3"]
+    await plane.update(world.index())
+    cds2 = await c.recv()
+    assert names(cds2) == ["c1", "c2", "c3"]
+    assert at_write == [("a", cds2.nonce, False)]  # matched against already, its names not booked yet
+    cds = streams[0].subscriptions[CLUSTER_TYPE]
+    for _ in range(100):  # booked as soon as gRPC is done with it
+        if "c3" in cds.known:
+            break
+        await asyncio.sleep(0.01)
+    assert cds.known.keys() == {"c1", "c2", "c3"} and "c3" in cds.ever_served
+    c.request(CLUSTER_TYPE, nonce=cds2.nonce, version=cds2.version_info)
+    c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds.nonce, version=eds.version_info)
+    eds2 = await c.recv()
+    assert names(eds2) == ["c3"]
+    c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds2.nonce, version=eds2.version_info)
+    await c.expect_silence()
+    # c1 changes: its assignment follows the CDS response (it warms), found after that write
+    world.nodes["a"].timeouts["c1"] = 5
+    await plane.update(world.index())
+    cds3, eds3 = await c.recv(), await c.recv()
+    assert cds3.type_url == CLUSTER_TYPE and names(eds3) == ["c1"]
 
 
 async def test_unsubscribe(fake_plane, client_factory):

@@ -17,6 +17,12 @@ Envoy keeps the ones it has (a service added is one assignment per stream, not e
 it added or changed are sent again even when they did not change, since such a cluster warms
 until it gets one (envoy#13009); an unchanged cluster is not touched by Envoy and needs nothing.
 ``version_info`` is always that of every subscribed assignment together.
+
+A response is booked before it is written as far as its answer is matched against it (version,
+nonce; for EDS, the assignments the client holds, which its requests are read against); the names
+a full state (CDS, LDS) carries, thousands at R, are booked once gRPC has it: a pod's own node's
+CDS is the first response of its change, and that bookkeeping (0.6-0.8 ms) held the other 99
+streams' sends.
 """
 
 from __future__ import annotations
@@ -167,18 +173,26 @@ class SotwStream(Stream):
             control_plane_id=self.options.control_plane_id,
         )
         del entries
-        # only a CDS response makes EDS due again (below): the clusters it adds or changes
-        warming = [r.name for r in send if sub.known.get(r.name) != r.version] if type_url == CLUSTER_TYPE else None
-        if type_url in PARTIAL_TYPES:
+        partial = type_url in PARTIAL_TYPES
+        if partial:  # what the client holds of them is read as its requests are handled: booked first
             sub.known.update((r.name, r.version) for r in send)
-        else:  # every subscribed one is in every response
-            sub.known = {r.name: r.version for r in send}
-        sub.sent(version, nonce, [r.name for r in send])
+            sub.sent(version, nonce, [r.name for r in send])
+        else:
+            # A full state (CDS, LDS) carries thousands of names at R (a pod's own node: its CDS
+            # first, ahead of the 99 other streams of the change): only what its answer is matched
+            # against (version, nonce) is booked before the write; which names it carries, after.
+            sub.sent(version, nonce, ())
         # Reported first: the client's answer can arrive while the write is awaited.
         self.record_sent(type_url, version=version, nonce=nonce, count=len(send), size=sum(map(len, chunks)),
                          pushed=pushed)
         await self.write(chunks)
         del chunks
+        if partial:
+            return
+        # only a CDS response makes EDS due again: the clusters it adds or changes
+        warming = [r.name for r in send if sub.known.get(r.name) != r.version] if type_url == CLUSTER_TYPE else None
+        sub.known = {r.name: r.version for r in send}  # every subscribed one is in every response
+        sub.sent(version, nonce, [r.name for r in send])
         eds = self.subscriptions[ENDPOINT_TYPE]
         if warming and eds.subscribed:
             # A cluster Envoy added or changed warms until its assignment comes (envoy#13009).
