@@ -286,41 +286,33 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
     await plane.start()
     rss_before_clients = _rss_mb(os.getpid())
     nodes = [node_name(i) for i in range(min(params["clients"], shape.nodes))]
-    received: list[dict[str, Any]] = []
-    ready: set[str] = set()
-    holdings: dict[str, str] = {}
+    records = ClientRecords()
     protocol = ["--delta"] if params["xds"] == "delta" else []
     clients = await asyncio.create_subprocess_exec(
         sys.executable, str(Path(__file__).with_name("ztunnels.py")), "--xds", f"127.0.0.1:{plane.xds_port}",
-        *protocol, *nodes,
+        "--nice", str(params["clients_nice"]), *protocol, *nodes,
         stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True,
     )
 
     async def read() -> None:
         assert clients.stdout is not None
-        async for line in clients.stdout:
-            record = json.loads(line)
-            if "ready" in record:
-                ready.add(record["ready"])
-            elif "holds" in record:
-                holdings[record["holds"]] = record["eds"]
-            else:
-                received.append(record)
+        while data := await clients.stdout.read(1 << 16):
+            records.feed(data)
 
     reader = asyncio.create_task(read())
     try:
         started = time.monotonic()
-        while len(ready) < len(nodes):
+        while len(records.parse().ready) < len(nodes):
             if time.monotonic() - started > params["sync_timeout"]:
-                raise RuntimeError(f"only {len(ready)} of {len(nodes)} ztunnels synced in {params['sync_timeout']} s")
+                raise RuntimeError(f"only {len(records.ready)} of {len(nodes)} ztunnels synced in {params['sync_timeout']} s")
             await asyncio.sleep(0.1)
         sync_seconds = time.monotonic() - started
-        await _quiet(sent, 1.0, received)
+        await _quiet(sent, 1.0, records)
         peak_at_sync = _rss_mb(os.getpid(), "VmHWM")
         async def check() -> int:
-            return await _eds_as_served(plane, clients, holdings, nodes)
+            return await _eds_as_served(plane, clients, records, nodes)
 
-        events = await _events(params, shape, cluster, plane, sent, received, set(nodes), KIND_CONVERTERS,
+        events = await _events(params, shape, cluster, plane, sent, records, set(nodes), KIND_CONVERTERS,
                                _Models(MeshIndex, index), check)
         checks = [e["eds_as_served"] for e in events.values()]
         return {"clients": len(nodes), "xds": params["xds"], "initial_sync_seconds": round(sync_seconds, 1),
@@ -336,17 +328,18 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
         await plane.stop()
 
 
-async def _eds_as_served(plane, clients, holdings: dict[str, str], nodes: list[str]) -> int:
+async def _eds_as_served(plane, clients, records: "ClientRecords", nodes: list[str]) -> int:
     """How many ztunnels hold exactly the ClusterLoadAssignments their node's snapshot has (by name
     and content hash): a client that missed a change would not. Asked once the change is quiet."""
     from ztunnels import eds_digest
 
     from zpilot.xds.order import ENDPOINT_TYPE
 
+    holdings = records.parse().holdings
     holdings.clear()
     clients.send_signal(signal.SIGUSR1)
     deadline = time.monotonic() + 30
-    while len(holdings) < len(nodes) and time.monotonic() < deadline:
+    while len(records.parse().holdings) < len(nodes) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     served = {n: eds_digest((name, r.version) for name, r in plane.cache.get_snapshot(n).resources(ENDPOINT_TYPE)
                             .items.items()) for n in nodes}
@@ -364,19 +357,51 @@ class _Models:
         return self.last
 
 
-async def _quiet(sent, seconds: float, received: list | None = None) -> None:
+class ClientRecords:
+    """The simulated ztunnels' JSON lines (bench/ztunnels.py), kept as bytes while they arrive and
+    parsed only when asked. The control plane runs in this process's event loop: parsing a
+    change's 100-300 lines as they came (about 10-20 us each) was the bench's own work inside the
+    very window it measures, on the loop that sends the next stream's response."""
+
+    def __init__(self) -> None:
+        self.raw = bytearray()
+        self.bytes_in = 0
+        self.received: list[dict[str, Any]] = []
+        self.ready: set[str] = set()
+        self.holdings: dict[str, str] = {}
+
+    def feed(self, data: bytes) -> None:
+        self.raw += data
+        self.bytes_in += len(data)
+
+    def parse(self) -> "ClientRecords":
+        end = self.raw.rfind(b"\n") + 1
+        if end:
+            lines, self.raw = bytes(self.raw[:end]), self.raw[end:]
+            for line in lines.splitlines():
+                record = json.loads(line)
+                if "ready" in record:
+                    self.ready.add(record["ready"])
+                elif "holds" in record:
+                    self.holdings[record["holds"]] = record["eds"]
+                else:
+                    self.received.append(record)
+        return self
+
+
+async def _quiet(sent, seconds: float, records: ClientRecords | None = None) -> None:
     """Until nothing was sent (nor received by the clients) for ``seconds``: the clients answer
     a change (an ACK, EDS asked for the new clusters), and the answers to those must not be
     counted as the next change's pushes."""
     while True:
-        count = (len(sent.records), len(received) if received is not None else 0)
+        count = (len(sent.records), records.bytes_in if records is not None else 0)
         await asyncio.sleep(seconds)
-        if (len(sent.records), len(received) if received is not None else 0) == count:
+        if (len(sent.records), records.bytes_in if records is not None else 0) == count:
             return
 
 
 async def _events(
-    params, shape, cluster, plane, sent, received, connected, converters, models, check
+    params, shape, cluster, plane, sent, records, connected, converters, models, check
 ) -> dict[str, Any]:
     """Each kind of change ``rounds`` times: what was sent, to whom, how long after the model was due;
     after each, how many ztunnels hold the EDS their node is served (``check``)."""
@@ -402,7 +427,7 @@ async def _events(
         cluster = dataclasses.replace(cluster, authorization_policies=cluster.authorization_policies + (policy,))
         steps.append(("policy change", cluster))
         for kind, model in steps:
-            result = await _one_change(model, plane, sent, received, connected, models)
+            result = await _one_change(model, plane, sent, records, connected, models)
             result["consistent"] = await check()
             if kind is not None:
                 kinds[kind].append(result)
@@ -435,9 +460,10 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-async def _one_change(model, plane, sent, received, connected: set[str], models) -> dict[str, Any]:
+async def _one_change(model, plane, sent, records: ClientRecords, connected: set[str], models) -> dict[str, Any]:
     """Hand the control plane one model change, as ``zpilot serve`` does once the debounce window
     closed: the model is built (in a worker thread, from the previous one), then produced and pushed."""
+    received = records.parse().received
     first_sent, first_received = len(sent.records), len(received)
     t0 = time.monotonic()  # the debounce window closes
     end_pause = pause()  # as the source does: no garbage collection from the build until the producer's pause
@@ -449,11 +475,12 @@ async def _one_change(model, plane, sent, received, connected: set[str], models)
     finally:
         end_pause()
     affected = set(report.changed) & connected
-    await _quiet(sent, 1.0, received)
-    records = sent.records[first_sent:]
-    pushed = {node for _, node, *_ in records}
+    await _quiet(sent, 1.0, records)
+    records.parse()
+    responses = sent.records[first_sent:]
+    pushed = {node for _, node, *_ in responses}
     last_sent: dict[str, float] = {}
-    for t, node, _type, latency, _size in records:
+    for t, node, _type, latency, _size in responses:
         if latency is not None:
             last_sent[node] = max(last_sent.get(node, 0.0), t)
     last_received: dict[str, float] = {}
@@ -465,7 +492,7 @@ async def _one_change(model, plane, sent, received, connected: set[str], models)
         "sent_ms": [(last_sent[n] - t0) * 1000 for n in affected if n in last_sent],
         "sent_after_handover_ms": [(last_sent[n] - t1) * 1000 for n in affected if n in last_sent],
         "received_ms": [(last_received[n] - t0) * 1000 for n in affected if n in last_received],
-        "bytes": sum(size for *_, size in records),
+        "bytes": sum(size for *_, size in responses),
         "received_bytes": sum(record["bytes"] for record in received[first_received:]),
     }
 
@@ -706,6 +733,9 @@ def main() -> int:
     parser.add_argument("--layouts", help="comma-separated (default: every layout)")
     parser.add_argument("--clients", type=int, help="simulated ztunnels (default: one per node)")
     parser.add_argument("--rounds", type=int, help="each kind of change this many times (2; 5 with --reference)")
+    parser.add_argument("--clients-nice", type=int, default=19, metavar="N",
+                        help="the simulated ztunnels' nice value (19: they stand for 100 other machines, so they take "
+                             "only the CPU the control plane leaves; 0: they compete for it as equals)")
     parser.add_argument("--skip", default="", help="phases to skip: growth, cold, churn, envoy")
     parser.add_argument("--xds", choices=("sotw", "delta"), default="sotw",
                         help="churn: the simulated ztunnels' protocol, state of the world (Envoy's default) or "
@@ -749,7 +779,8 @@ def main() -> int:
         size = Shape.reference().scaled(n)
         params = {"layout": layout, "shape": dataclasses.asdict(size), "clients": args.clients or n,
                   "rounds": rounds, "sync_timeout": caps.seconds, "live_timeout": min(caps.seconds, 120.0),
-                  "cluster_stats": args.cluster_stats, "service_stats": args.service_stats, "xds": args.xds}
+                  "cluster_stats": args.cluster_stats, "service_stats": args.service_stats, "xds": args.xds,
+                  "clients_nice": args.clients_nice}
         cold = results["cold"].get(layout, {})
         if phase == "growth" and layout in stopped_growth:  # a larger cluster would stop too
             result = {"stopped": f"not run: {stopped_growth[layout]} at a smaller size"}
