@@ -8,6 +8,8 @@ The plugin's standard output holds the token, so it is never put in an error or 
 (the plugin's own message, such as "credentials expired, run aws sso login") is put in, cut to 500
 characters. The protocol is the client-go credential plugin's:
 https://kubernetes.io/docs/reference/access-authn-authz/authentication/#client-go-credential-plugins
+(``spec.interactive`` is always false; the cluster's details, ``provideClusterInfo``, are not sent, as
+kubernetes-asyncio did not send them either.)
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -54,10 +55,9 @@ class ExecCredential:
     token: str | None = None
     client_certificate: str | None = None
     client_key: str | None = None
-    expiry: Any = None  # datetime.datetime (aware) or None
-    # (never in repr: the token and key are secrets)
+    expiry: datetime | None = None  # timezone-aware
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # (never the token or key: they are secrets)
         return f"ExecCredential(token={'...' if self.token else None}, expiry={self.expiry})"
 
 
