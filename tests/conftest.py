@@ -12,5 +12,6 @@ import os
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-#: Fixtures every test directory may use: ``apiserver``, the in-process Kubernetes API server.
-pytest_plugins = ["tests.kube.apiserver.fixtures"]
+#: Fixtures every test directory may use: ``apiserver``, the in-process Kubernetes API server; and a check
+#: after every test that no zpilot task was destroyed while pending (tests/pending_tasks.py).
+pytest_plugins = ["tests.kube.apiserver.fixtures", "tests.pending_tasks"]

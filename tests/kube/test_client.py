@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -214,3 +215,46 @@ def _read_or_empty(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:  # the process ended meanwhile
         return b""
+
+
+# -- the first load: a plugin run at serve's start is bounded as a renewal is -------------------------------------
+
+
+def _plugin_first_load(apiserver, tmp_path: Path, body: str) -> tuple[Path, Path]:
+    """A kubeconfig whose user's ``exec`` plugin is the Python ``body`` (given ``SECRET``, a token it may print)."""
+    path, _, _ = _exec_kubeconfig(apiserver, tmp_path, expires_in=timedelta(hours=1))
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(f"import signal, sys\nSECRET = {SECRET!r}\n{body}")
+    return path, plugin
+
+
+SECRET = "s3cr3t-token-never-shown"
+
+
+async def test_a_plugin_that_hangs_at_the_first_load_fails_the_start_naming_the_user(apiserver, tmp_path):
+    """kubernetes-asyncio waits for a plugin without limit, so a plugin that hangs (a prompt, a metadata
+    endpoint that never replies) hung ``zpilot serve``'s start. It is now killed after ``exec_timeout`` and the
+    error names the kubeconfig user; what it printed (a token, perhaps) is not in the error."""
+    path, plugin = _plugin_first_load(apiserver, tmp_path, "print(SECRET, flush=True)\nsignal.pause()\n")
+    with pytest.raises(KubeConfigError) as caught:
+        await asyncio.wait_for(api_client(path, environ={}, exec_timeout=0.5), 20)  # (20 s: only if it hangs)
+    message = str(caught.value)
+    assert f"--kubeconfig {path}: kubeconfig user test-apiserver: exec plugin {sys.executable}: no answer in 0.5 s" \
+        in message, message
+    assert SECRET not in message
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(plugin).encode() in _read_or_empty(p)]
+    assert not left, "the plugin that hung was left running"
+
+
+async def test_a_plugin_that_fails_at_the_first_load_says_why_without_its_output(apiserver, tmp_path, caplog):
+    """The plugin's standard error (its own message) is in the error; its standard output never is, nor is it
+    logged (kubernetes-asyncio logged a failed plugin's message itself)."""
+    path, _ = _plugin_first_load(
+        apiserver, tmp_path, "print(SECRET)\nprint('please run aws sso login', file=sys.stderr)\nsys.exit(3)\n")
+    with caplog.at_level("DEBUG"), pytest.raises(KubeConfigError, match="exit status 3: please run aws sso login$"):
+        await api_client(path, environ={})
+    assert SECRET not in caplog.text
+    path, _ = _plugin_first_load(apiserver, tmp_path, "print('not json', SECRET)\n")
+    with pytest.raises(KubeConfigError, match="user test-apiserver: .*printed no ExecCredential") as caught:
+        await api_client(path, environ={})
+    assert SECRET not in str(caught.value)

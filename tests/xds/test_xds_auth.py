@@ -6,7 +6,10 @@ when the server sees it, and leave the other streams of the server as they were.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import socket
+import ssl
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -202,3 +205,46 @@ async def test_a_root_rotation_reaches_the_ads_port_without_a_restart(plane, cli
     dropped = clients(plane.xds_port, issue_node_credential(old, NODE_B), new.trust_bundle_pem())
     dropped.request(CLUSTER_TYPE, node_name=NODE_B)
     assert await refused(dropped) == grpc.StatusCode.UNAVAILABLE
+
+
+def _tls_handshake(port: int, bundle: bytes, tmp_path: Path, credential=None) -> str:
+    """One TLS connection to the ADS port with Python's ssl (a client of its own: a gRPC channel may dial again
+    in the background), as a ztunnel opens it: ALPN h2, the HTTP/2 preface. Says how it ended."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    (tmp_path / "bundle.pem").write_bytes(bundle)
+    context.load_verify_locations(tmp_path / "bundle.pem")
+    context.set_alpn_protocols(["h2"])
+    if credential is not None:
+        (tmp_path / "cert.pem").write_bytes(credential.cert_chain_pem)
+        (tmp_path / "key.pem").write_bytes(credential.private_key_pem)
+        context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            with context.wrap_socket(sock) as tls:
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                return "h2" if tls.recv(9) else "closed"  # the server's SETTINGS frame, or the refusal (TLS 1.3)
+        except (ssl.SSLError, OSError):
+            return "refused"
+
+
+async def test_a_handshake_refused_is_counted_without_a_label(plane, tmp_path):
+    """A TLS handshake refused (no client certificate, a foreign CA's, a client that does not trust the server)
+    reaches no zpilot code but gRPC's certificate fetcher: each connection counts in
+    ``zpilot_xds_tls_handshakes_total`` (unlabelled), and opens no stream."""
+    ca = plane.identities.ca
+    bundle = ca.trust_bundle_pem()
+    handshakes = lambda: plane.metrics.value("zpilot_xds_tls_handshakes_total")  # noqa: E731
+    before, streams = handshakes(), plane.metrics.value("zpilot_xds_streams_opened_total", mode="sotw")
+    attempts = [(None, bundle), (issue_node_credential(CertificateAuthority.generate(), NODE_A), bundle),
+                (issue_node_credential(ca, NODE_A), CertificateAuthority.generate().trust_bundle_pem())]
+    for credential, trusted in attempts:
+        assert await asyncio.to_thread(_tls_handshake, plane.xds_port, trusted, tmp_path, credential) != "h2"
+    assert handshakes() == before + 3
+    assert await asyncio.to_thread(_tls_handshake, plane.xds_port, bundle, tmp_path,
+                                   issue_node_credential(ca, NODE_A)) == "h2"
+    assert handshakes() == before + 4
+    assert plane.metrics.value("zpilot_xds_streams_opened_total", mode="sotw") == streams
+    [family] = [f for f in plane.metrics.registry.collect() if f.name == "zpilot_xds_tls_handshakes"]
+    assert [s.labels for s in family.samples] == [{}]
+    assert f"\nzpilot_xds_tls_handshakes_total {before + 4:.1f}\n".encode() in plane.metrics.render()

@@ -9,9 +9,12 @@ Where the credentials come from, in this order (the first that applies wins):
    rotates it) and CA.
 4. ``~/.kube/config``.
 
-``--context`` picks a kubeconfig context (default: the file's current-context); it is an error
-with in-cluster credentials, which have no contexts. A kubeconfig is never written back (no token
-refresh is persisted into the user's file).
+``--context`` picks a kubeconfig context (default: the first file's current-context); it is an error
+with in-cluster credentials, which have no contexts. A kubeconfig is read by :mod:`.kubeconfig` (kubectl's
+merge rules) and never written back (no token refresh is persisted into the user's file). An ``exec``
+plugin is run by :mod:`.exec_plugin`, at the first load as at each renewal: killed if it gives no answer in
+``EXEC_PLUGIN_TIMEOUT_SECONDS`` (``exec_timeout``), the start then failing with an error that names the
+kubeconfig user.
 
 A client lives as long as the process (``zpilot serve``'s for the CA Secret and token reviews, the
 watch's until it fails), and the credentials it was made from expire: a bound service-account token
@@ -20,17 +23,14 @@ after about an hour (the kubelet writes the next one before), an ``exec`` plugin
 the client brings its token up to date (kubernetes-asyncio's ``refresh_api_key_hook``): the
 service-account token file is read again each minute (kubernetes-asyncio's own hook), a kubeconfig
 user's ``tokenFile`` too (``TOKEN_FILE_REREAD_SECONDS``), and an ``exec`` plugin is run again once its
-token is past its ``expirationTimestamp`` (less kubernetes-asyncio's five minutes of margin), killed if it
-gives no answer in ``EXEC_PLUGIN_TIMEOUT_SECONDS``; a failed renewal is tried again after
-``RENEWAL_RETRY_SECONDS``. A
-plugin's token without an ``expirationTimestamp``, and a client certificate (a plugin's or the
-file's), are used as first read, for the client's life.
+token is within five minutes of its ``expirationTimestamp``; a failed renewal is tried again after
+``RENEWAL_RETRY_SECONDS``. A plugin's token without an ``expirationTimestamp``, and a client certificate
+(a plugin's or the file's), are used as first read, for the client's life.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -39,10 +39,10 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import yaml
 from kubernetes_asyncio import client, config
-from kubernetes_asyncio.config import kube_config
 from kubernetes_asyncio.config.config_exception import ConfigException
-from kubernetes_asyncio.config.dateutil import parse_rfc3339
-from kubernetes_asyncio.config.exec_provider import ExecProvider
+
+from .exec_plugin import ExecPluginError, due, run_exec_plugin
+from .kubeconfig import ExecCredential, ExecPlugin, read_kubeconfig
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ DEFAULT_KUBECONFIG = Path("~/.kube/config")
 #: How often a kubeconfig's credentials other than an ``exec`` plugin's are read again (a ``tokenFile``
 #: something else renews): kubernetes-asyncio's period for the in-cluster token file.
 TOKEN_FILE_REREAD_SECONDS = 60.0
-#: How long a renewal (an ``exec`` plugin's run) may take before the request goes on with the token in hand:
-#: kubernetes-asyncio waits for a plugin without limit, and every request waits for the one renewing.
+#: How long an ``exec`` plugin's run may take: at the first load (the start then fails), and at a renewal (the
+#: request then goes on with the token in hand). kubernetes-asyncio waits for a plugin without limit, and
+#: every request waits for the one renewing.
 EXEC_PLUGIN_TIMEOUT_SECONDS = 30.0
 #: After a renewal failed (or timed out), how long requests go on with the token in hand before one tries
 #: again: a plugin that fails or hangs is not run once per request.
@@ -75,11 +76,13 @@ async def api_client(
     *,
     environ: Mapping[str, str] = os.environ,
     service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+    exec_timeout: float | None = None,
 ) -> client.ApiClient:
     """A kubernetes-asyncio client for the cluster the arguments and environment name (see above).
 
     The caller closes it (``async with`` or ``await api.close()``). ``server(api)`` says where it
-    points, for messages. Raises :class:`KubeConfigError`.
+    points, for messages. ``exec_timeout`` (default ``EXEC_PLUGIN_TIMEOUT_SECONDS``) bounds each run of a
+    kubeconfig user's ``exec`` plugin. Raises :class:`KubeConfigError`.
     """
     configuration = client.Configuration()
     explicit = str(kubeconfig) if kubeconfig is not None else environ.get("KUBECONFIG") or None
@@ -103,91 +106,73 @@ async def api_client(
         raise KubeConfigError(
             f"{named} {paths}: no such file; give --kubeconfig, set KUBECONFIG, or run in a pod with a service account"
         )
+    where = f"{named} {paths}" + (f" context {context}" if context else "")
+    timeout = EXEC_PLUGIN_TIMEOUT_SECONDS if exec_timeout is None else exec_timeout
     try:
-        loader = await config.load_kube_config(
-            config_file=os.pathsep.join(existing), context=context, client_configuration=configuration,
-            persist_config=False,
+        kubeconfig_read = read_kubeconfig(existing, context)
+        plugin = kubeconfig_read.exec_plugin()
+        credential = await run_exec_plugin(plugin, timeout) if plugin is not None else None
+        loader = await config.load_kube_config_from_dict(
+            kubeconfig_read.document(credential), context=kubeconfig_read.context, client_configuration=configuration,
         )
-    except (ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:  # a malformed file too
-        where = f"{named} {paths}" + (f" context {context}" if context else "")
-        raise KubeConfigError(f"{where}: {exc}") from None
-    configuration.refresh_api_key_hook = _kubeconfig_token_refresher(loader)
+    except (ExecPluginError, ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
+        raise KubeConfigError(f"{where}: {exc}") from None  # (a malformed file too)
+    configuration.refresh_api_key_hook = _token_refresher(loader, plugin, credential, timeout)
     return client.ApiClient(configuration)
 
 
-def _kubeconfig_token_refresher(loader: Any) -> Callable[[client.Configuration], Awaitable[None]]:
+def _token_refresher(
+    loader: Any, plugin: ExecPlugin | None, credential: ExecCredential | None, timeout: float,
+) -> Callable[[client.Configuration], Awaitable[None]]:
     """The hook that brings a kubeconfig client's token up to date before each request (kubernetes-asyncio
-    reads a kubeconfig once and sets none): an ``exec`` plugin's token with an expiry through the loader's
-    own check (``load_from_exec_plugin`` runs the plugin again only once the token is past it), any other
-    user's credentials (a ``tokenFile``, an auth provider's) read again every ``TOKEN_FILE_REREAD_SECONDS``.
+    reads a kubeconfig once and sets none).
+
+    - An ``exec`` plugin's token with an expiry: the plugin is run again (:func:`run_exec_plugin`) once the
+      token is due (:func:`due`).
+    - Any other user's credentials (a ``tokenFile``, an auth provider's): read again every
+      ``TOKEN_FILE_REREAD_SECONDS`` through the loader's public ``load_and_set``.
+
     One request at a time refreshes: the others wait for its token rather than run the plugin too. A refresh
-    that fails (the plugin exits non-zero or gives no answer in ``EXEC_PLUGIN_TIMEOUT_SECONDS``, the file is
-    gone) is logged (at most once a minute), not tried again for ``RENEWAL_RETRY_SECONDS``, and the token in
-    hand is sent: the API server's 401, if it has expired, is what the caller retries on."""
+    that fails (the plugin exits non-zero or gives no answer in ``timeout``, the file is gone) is logged (at
+    most once a minute), not tried again for ``RENEWAL_RETRY_SECONDS``, and the token in hand is sent: the API
+    server's 401, if it has expired, is what the caller retries on."""
     lock = asyncio.Lock()
     read_at = time.monotonic()
     logged_at = -TOKEN_FILE_REREAD_SECONDS
     retry_at = 0.0
-    user = loader._user or {}  # the context's user section (kubernetes-asyncio keeps no public handle on it)
+    # (a plugin's certificate, or a token without an expiry, is used as first read)
+    renewable = credential is not None and credential.token is not None and credential.expiry is not None
 
     async def refresh(configuration: client.Configuration) -> None:
-        nonlocal read_at, logged_at, retry_at
+        nonlocal read_at, logged_at, retry_at, credential
         async with lock:
             try:
                 if time.monotonic() < retry_at:  # the last renewal failed a moment ago
                     pass
-                elif "exec" in user:
-                    if hasattr(loader, "exec_plugin_expiry"):  # (no expiry given: used as first read)
-                        await _renew_exec_token(loader)
+                elif plugin is not None:
+                    if renewable and due(credential):
+                        renewed = await run_exec_plugin(plugin, timeout)
+                        if renewed.token is None:
+                            raise ExecPluginError(f"kubeconfig user {plugin.user}: exec plugin {plugin.command}: "
+                                                  "answered a certificate where it had given a token")
+                        credential = renewed
                 elif time.monotonic() - read_at >= TOKEN_FILE_REREAD_SECONDS:
                     read_at = time.monotonic()
-                    await asyncio.wait_for(loader.load_and_set(configuration), EXEC_PLUGIN_TIMEOUT_SECONDS)
+                    await asyncio.wait_for(loader.load_and_set(configuration), timeout)
             except Exception as exc:  # whatever the plugin or the file did: the request goes on as it can
                 retry_at = time.monotonic() + RENEWAL_RETRY_SECONDS
                 if time.monotonic() - logged_at >= TOKEN_FILE_REREAD_SECONDS:
                     logged_at = time.monotonic()
-                    why = (f"no answer in {EXEC_PLUGIN_TIMEOUT_SECONDS:g} s" if isinstance(exc, TimeoutError)
+                    why = (f"no answer in {timeout:g} s" if isinstance(exc, TimeoutError)
                            else f"{type(exc).__name__}: {str(exc)[:500]}")
                     log.warning("%s: the kubeconfig's credentials could not be renewed (%s); the token in hand is sent",
                                 configuration.host, why)
-            token = getattr(loader, "token", None)
+            token = (f"Bearer {credential.token}" if credential is not None and credential.token is not None
+                     else getattr(loader, "token", None))
             if token is not None and configuration.api_key.get("BearerToken") != token:
                 configuration.api_key["BearerToken"] = token
 
     return refresh
-
-
-async def _renew_exec_token(loader: Any) -> None:
-    """What ``loader.load_from_exec_plugin`` does to renew a plugin's token once it is past its expiry (less
-    kubernetes-asyncio's margin), but with the plugin killed when it gives no answer in
-    ``EXEC_PLUGIN_TIMEOUT_SECONDS`` (kubernetes-asyncio waits for it without limit, and a wait cancelled
-    leaves it running: a hung plugin a retry) and never asked to prompt (no terminal: serve runs unattended)."""
-    if not kube_config._is_expired(loader.exec_plugin_expiry):
-        return
-    provider = ExecProvider(loader._user["exec"])  # the command, its arguments and environment, as the library reads them
-    info = {"apiVersion": provider.api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
-    proc = await asyncio.create_subprocess_exec(
-        *provider.args, env={**provider.env, "KUBERNETES_EXEC_INFO": json.dumps(info)},
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), EXEC_PLUGIN_TIMEOUT_SECONDS)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    if proc.returncode:
-        raise ConfigException(f"exec: {provider.args[0]} returned {proc.returncode}: "
-                              f"{stderr.decode(errors='replace').strip()[:500]}")
-    try:
-        status = json.loads(stdout)["status"]
-        token = status["token"]
-    except (ValueError, KeyError, TypeError) as exc:  # (never the output itself: it holds the token)
-        raise ConfigException(f"exec: {provider.args[0]} printed no ExecCredential status with a token "
-                              f"({type(exc).__name__})") from None
-    loader.token = f"Bearer {token}"
-    if "expirationTimestamp" in status:
-        loader.exec_plugin_expiry = parse_rfc3339(status["expirationTimestamp"])
 
 
 def server(api: client.ApiClient) -> str:

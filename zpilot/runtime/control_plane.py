@@ -78,6 +78,9 @@ class ControlPlane:
         )
         self.ads = AdsServer(self.cache, security=xds_security, options=server_options,
                              observer=Observers(self.metrics, self.registry))
+        if xds_security.tls is not None:
+            tls = xds_security.tls
+            self.metrics.count_tls_handshakes(lambda: tls.handshakes)
         self.metrics_server = MetricsServer(self.metrics, metrics_options) if metrics_options is not None else None
         self.debug_options = debug_options or DebugOptions()
         self.debug_port: int | None = None

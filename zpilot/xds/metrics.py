@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -102,6 +102,24 @@ class _ResponseMetrics:
         yield latency
 
 
+class _TlsHandshakes:
+    """``zpilot_xds_tls_handshakes_total``: a count kept by gRPC's certificate fetcher, on gRPC's own thread,
+    read here when scraped (no observer event: observers run on the event loop's thread)."""
+
+    def __init__(self, handshakes: Callable[[], int]) -> None:
+        self._handshakes = handshakes
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "zpilot_xds_tls_handshakes",
+            "TLS handshakes begun on the ADS port: one per connection accepted, whatever its outcome (gRPC reports"
+            " none)",
+            value=self._handshakes())
+
+
 def _bound_text(bound: float) -> str:
     """A bucket's ``le`` as prometheus-client writes it (``0.005``, ``1.0``, ``+Inf``)."""
     return "+Inf" if bound == float("inf") else repr(bound)
@@ -176,6 +194,12 @@ class Metrics(StreamObserver):
             "zpilot_producer_errors_total", "nodes whose config could not be produced (the last good one stays)",
             registry=r,
         )
+
+    def count_tls_handshakes(self, handshakes: Callable[[], int]) -> None:
+        """Export ``zpilot_xds_tls_handshakes_total``, read from ``handshakes`` at each scrape (the ADS port's
+        :attr:`ServerTls.handshakes <zpilot.xds.security.ServerTls.handshakes>`). Unlabelled: nothing a
+        client sends or chooses is in it."""
+        self.registry.register(_TlsHandshakes(handshakes))
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (:data:`CONTENT_TYPE`)."""

@@ -49,6 +49,14 @@ class ServerTls:
         self._lock = threading.Lock()
         self._issued: IssuedCertificate | None = None
         self._bundle = b""
+        self._handshakes = 0
+
+    @property
+    def handshakes(self) -> int:
+        """TLS handshakes gRPC has begun with this configuration: one per connection accepted, whatever its
+        outcome. gRPC calls the fetcher before each handshake and reports nothing after it (grpcio has no hook
+        for a handshake's end, failed or not), so this is the one handshake count zpilot can see."""
+        return self._handshakes
 
     @property
     def certificate(self) -> IssuedCertificate | None:
@@ -79,6 +87,7 @@ class ServerTls:
         """Called by gRPC before every handshake: a new configuration when the current one is due."""
         try:
             with self._lock:
+                self._handshakes += 1
                 ca = self._authority()
                 issued = self._issued
                 if issued is not None and not self._due(issued, ca):

@@ -1,0 +1,170 @@
+"""A kubeconfig as zpilot reads it: the files merged, the context chosen, its cluster and its user.
+
+kubernetes-asyncio reads a kubeconfig too. But it runs the user's ``exec`` plugin as it loads, with no time
+limit, so a plugin that hangs would hang ``zpilot serve``'s start. It also keeps the user's section private,
+and renewal needs it. The kubeconfig format is public and stable
+(https://kubernetes.io/docs/reference/config-api/kubeconfig.v1/). So zpilot reads the parts it acts on
+itself, runs the plugin itself (:mod:`.exec_plugin`), and hands kubernetes-asyncio a document of one context
+with the plugin's answer in the plugin's place (:meth:`KubeConfig.document`).
+
+kubectl's rules:
+- files are merged in order: the first file that names a cluster, context or user wins, and so does the
+  first file that sets ``current-context``;
+- a relative path is relative to the file that holds it: ``certificate-authority``, ``client-certificate``,
+  ``client-key``, ``tokenFile``, and an ``exec`` command with a ``/`` in it (a bare command is looked up
+  on ``PATH``).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+#: A kubeconfig file larger than this is refused (kubeconfigs with many inline CAs are tens of KB).
+MAX_KUBECONFIG_BYTES = 16 << 20
+
+_SECTIONS = {"clusters": "cluster", "contexts": "context", "users": "user"}
+_CLUSTER_PATHS = ("certificate-authority",)
+_USER_PATHS = ("client-certificate", "client-key", "tokenFile")
+
+
+class KubeConfigProblem(ValueError):
+    """The kubeconfig cannot be used as it is: the message names the entry and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class ExecPlugin:
+    """A user's ``exec`` credential plugin (EKS's ``aws eks get-token``, GKE's ``gke-gcloud-auth-plugin``)."""
+
+    user: str  # the kubeconfig user it belongs to, for messages
+    command: str
+    args: tuple[str, ...]
+    env: Mapping[str, str]  # the section's variables, added to the process's environment
+    api_version: str
+
+
+@dataclass(frozen=True)
+class ExecCredential:
+    """What a plugin answered: a token, or a client certificate and key (PEM); and when it expires, if said."""
+
+    token: str | None = None
+    client_certificate: str | None = None
+    client_key: str | None = None
+    expiry: datetime | None = None  # timezone-aware
+
+    def __repr__(self) -> str:  # (never the token or key: they are secrets)
+        return f"ExecCredential(token={'...' if self.token else None}, expiry={self.expiry})"
+
+
+@dataclass(frozen=True)
+class KubeConfig:
+    """The chosen context of a (merged) kubeconfig, its file paths made absolute."""
+
+    context: str
+    cluster: Mapping[str, Any]
+    user_name: str | None
+    user: Mapping[str, Any] = field(repr=False)
+
+    def exec_plugin(self) -> ExecPlugin | None:
+        """The user's ``exec`` plugin, or None; KubeConfigProblem if its section is malformed."""
+        section = self.user.get("exec")
+        if section is None:
+            return None
+        who = f"user {self.user_name}"
+        if not isinstance(section, dict) or not isinstance(section.get("command"), str) or not section["command"]:
+            raise KubeConfigProblem(f"{who}: exec has no command")
+        if not isinstance(section.get("apiVersion"), str):
+            raise KubeConfigProblem(f"{who}: exec has no apiVersion")
+        args = section.get("args") or []
+        if not isinstance(args, list):
+            raise KubeConfigProblem(f"{who}: exec args is not a list")
+        env = section.get("env") or []
+        if not isinstance(env, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in env):
+            raise KubeConfigProblem(f"{who}: exec env is not a list of name and value")
+        return ExecPlugin(user=str(self.user_name), command=section["command"], args=tuple(str(a) for a in args),
+                          env={e["name"]: str(e.get("value", "")) for e in env}, api_version=section["apiVersion"])
+
+    def document(self, credential: ExecCredential | None = None) -> dict[str, Any]:
+        """A kubeconfig of this context alone for kubernetes-asyncio, with ``credential`` (a plugin's answer) in
+        place of the user's ``exec`` section, so that the library runs no plugin."""
+        user = dict(self.user)
+        if credential is not None:
+            user.pop("exec", None)
+            if credential.token is not None:
+                user["token"] = credential.token
+            if credential.client_certificate is not None and credential.client_key is not None:
+                user["client-certificate-data"] = base64.b64encode(credential.client_certificate.encode()).decode()
+                user["client-key-data"] = base64.b64encode(credential.client_key.encode()).decode()
+        name = self.user_name or "user"
+        return {
+            "apiVersion": "v1", "kind": "Config", "current-context": self.context,
+            "clusters": [{"name": "cluster", "cluster": dict(self.cluster)}],
+            "users": [{"name": name, "user": user}],
+            "contexts": [{"name": self.context, "context": {"cluster": "cluster", "user": name}}],
+        }
+
+
+def read_kubeconfig(paths: Sequence[str | Path], context: str | None = None) -> KubeConfig:
+    """The files at ``paths`` merged (kubectl's rules, above), and ``context`` (default: current-context).
+
+    Raises KubeConfigProblem (or OSError, yaml.YAMLError) naming what is wrong."""
+    named: dict[str, dict[str, Any]] = {kind: {} for kind in _SECTIONS}
+    current: str | None = None
+    for path in map(Path, paths):
+        document = _load(path)
+        if not current and isinstance(document.get("current-context"), str):
+            current = document["current-context"] or None
+        for kind, key in _SECTIONS.items():
+            for entry in document.get(kind) or []:
+                if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                    raise KubeConfigProblem(f"{path}: an entry of {kind} has no name")
+                section = entry.get(key) or {}
+                if not isinstance(section, dict):
+                    raise KubeConfigProblem(f"{path}: {key} {entry['name']} is not a mapping")
+                named[kind].setdefault(entry["name"], _absolute(kind, section, path.parent))
+    chosen = context or current
+    if not chosen:
+        raise KubeConfigProblem("no current-context (give --context)")
+    ctx = named["contexts"].get(chosen)
+    if ctx is None:
+        known = ", ".join(sorted(named["contexts"])) or "none"
+        raise KubeConfigProblem(f"no context {chosen} (contexts: {known})")
+    cluster = named["clusters"].get(ctx.get("cluster"))
+    if cluster is None:
+        raise KubeConfigProblem(f"context {chosen}: no cluster {ctx.get('cluster')}")
+    user_name = ctx.get("user")
+    if user_name is not None and user_name not in named["users"]:
+        raise KubeConfigProblem(f"context {chosen}: no user {user_name}")
+    return KubeConfig(context=chosen, cluster=cluster, user_name=user_name,
+                      user=named["users"].get(user_name, {}) if user_name is not None else {})
+
+
+def _load(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        text = f.read(MAX_KUBECONFIG_BYTES + 1)
+    if len(text) > MAX_KUBECONFIG_BYTES:
+        raise KubeConfigProblem(f"{path}: larger than {MAX_KUBECONFIG_BYTES >> 20} MiB")
+    document = yaml.safe_load(text) or {}
+    if not isinstance(document, dict):
+        raise KubeConfigProblem(f"{path}: not a kubeconfig (not a mapping)")
+    return document
+
+
+def _absolute(kind: str, section: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``section`` with its relative file paths made relative to ``base`` (the directory of its file)."""
+    keys = _CLUSTER_PATHS if kind == "clusters" else _USER_PATHS if kind == "users" else ()
+    out = dict(section)
+    for key in keys:
+        if isinstance(out.get(key), str) and out[key] and not Path(out[key]).is_absolute():
+            out[key] = str(base / out[key])
+    exec_section = out.get("exec")
+    if kind == "users" and isinstance(exec_section, dict):
+        command = exec_section.get("command")
+        if isinstance(command, str) and "/" in command and not Path(command).is_absolute():
+            out["exec"] = {**exec_section, "command": str(base / command)}
+    return out
