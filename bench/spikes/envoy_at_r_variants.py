@@ -24,8 +24,6 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
     pods-stats-all   ``--pod-cluster-stats all``: every stat of the per-node pod clusters (``pods_on_<node>``),
                      as served until round eight
     pods-tcp-out     their tcp_proxies' stats left out too
-    init-gauges-out  the hidden ``ClusterTrafficStats.initialized`` gauge of ``--cluster-stats lazy`` left out for
-                     the clusters that keep their traffic counters only
 
 ``--callgrind`` runs Envoy under ``valgrind --tool=callgrind`` instead (about 3 minutes a run) and reports its
 main thread's instructions per step of its start (dumped as its log announces each: CDS applied, the
@@ -183,14 +181,6 @@ def pods_tcp_out(config) -> None:
     config.stats_config.stats_matcher.exclusion_list.patterns.append(_regex(rf"tcp\.{PODS_ON_PREFIX}[^/]*"))
 
 
-def init_gauges_out(config) -> None:
-    """The hidden ``ClusterTrafficStats.initialized`` gauge of ``--cluster-stats lazy`` left out too, for the clusters
-    that keep their traffic counters only (service ports, each node's pods)."""
-    (regex,) = [p for p in config.stats_config.stats_matcher.exclusion_list.patterns if p.HasField("safe_regex")]
-    assert regex.safe_regex.regex.endswith(")")
-    regex.safe_regex.regex = regex.safe_regex.regex[:-1] + r"|ClusterTrafficStats\.initialized)"
-
-
 #: name -> (``--service-stats``, ``--pod-cluster-stats``, a change to the bootstrap or None); as-served is the
 #: default, ``traffic`` for both.
 BOOTSTRAP_VARIANTS: dict[str, tuple[str, str, Callable | None]] = {
@@ -199,7 +189,6 @@ BOOTSTRAP_VARIANTS: dict[str, tuple[str, str, Callable | None]] = {
     "slow-noop": ("all", "traffic", slow_noop), "reject-all": ("all", "traffic", reject_all),
     "tags-none": ("traffic", "traffic", tags_none), "tags-round5": ("traffic", "traffic", tags_round5),
     "pods-tcp-out": ("traffic", "traffic", pods_tcp_out), "pods-stats-all": ("traffic", "all", None),
-    "init-gauges-out": ("traffic", "traffic", init_gauges_out),
 }
 
 
