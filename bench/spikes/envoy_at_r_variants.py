@@ -7,6 +7,7 @@ one part changed, to see what that part costs a real Envoy 1.40 (run by hand; ab
     no-identity      the pods' endpoints (``pods_on_<node>``) without their ``tunnel`` metadata
     no-pod-endpoints those assignments with the passthrough endpoint alone
     locality         each node's pods grouped by identity into localities that carry ``tunnel`` once
+    svc-one-endpoint each service port's assignment with its first endpoint alone (2,000 endpoints, not 20,000)
     typed            the identity as typed metadata (``envoy.transport_sockets.proxy_protocol``
                      ``PerHostConfig``, a TLV per host) instead of a ``tunnel`` Struct
 
@@ -131,8 +132,19 @@ def typed(resources) -> None:
                 lb.metadata.typed_filter_metadata[PROXY_PROTOCOL_HOST_TLVS].Pack(tlvs)
 
 
+def svc_one_endpoint(resources) -> None:
+    """Each service port's assignment with its first endpoint alone: what EDS costs per endpoint, per assignment."""
+    for name in [n for n in resources.endpoints if not n.startswith(PODS_ON)]:
+        cla = type(resources.endpoints[name])()
+        cla.CopyFrom(resources.endpoints[name])
+        for group in cla.endpoints:
+            del group.lb_endpoints[1:]
+        resources.endpoints[name] = cla
+
+
 VARIANTS: dict[str, Callable | None] = {
     "as-served": None, "no-identity": no_identity, "no-pod-endpoints": no_pod_endpoints, "locality": locality, "typed": typed,
+    "svc-one-endpoint": svc_one_endpoint,
 }
 
 # -- the bootstrap's stats settings (node-0's config as served, the bootstrap changed) ------------
