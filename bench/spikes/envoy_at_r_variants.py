@@ -7,6 +7,7 @@ one part changed, to see what that part costs a real Envoy 1.40 (run by hand; ab
     no-identity      the pods' endpoints (``pods_on_<node>``) without their ``tunnel`` metadata
     no-pod-endpoints those assignments with the passthrough endpoint alone
     locality         each node's pods grouped by identity into localities that carry ``tunnel`` once
+    unique-identity  each pod's ``tunnel`` metadata made unique (its address beside its identity)
     svc-one-endpoint each service port's assignment with its first endpoint alone (2,000 endpoints, not 20,000)
     typed            the identity as typed metadata (``envoy.transport_sockets.proxy_protocol``
                      ``PerHostConfig``, a TLV per host) instead of a ``tunnel`` Struct
@@ -132,6 +133,16 @@ def typed(resources) -> None:
                 lb.metadata.typed_filter_metadata[PROXY_PROTOCOL_HOST_TLVS].Pack(tlvs)
 
 
+def unique_identity(resources) -> None:
+    """Each pod's ``tunnel`` metadata made unique by its address beside its identity: Envoy keeps a host's metadata
+    in a pool shared by equal values, found by hash and compared field by field (protobuf's MessageDifferencer)
+    when it is there already, as for the 100 pods of a node that share an identity."""
+    for cla in _pod_assignments(resources):
+        for lb in (lb for group in cla.endpoints for lb in group.lb_endpoints if _identity(lb)):
+            tunnel = lb.metadata.filter_metadata[contract.TUNNEL_METADATA]
+            tunnel.fields["pod"].string_value = lb.endpoint.address.envoy_internal_address.endpoint_id
+
+
 def svc_one_endpoint(resources) -> None:
     """Each service port's assignment with its first endpoint alone: what EDS costs per endpoint, per assignment."""
     for name in [n for n in resources.endpoints if not n.startswith(PODS_ON)]:
@@ -144,7 +155,7 @@ def svc_one_endpoint(resources) -> None:
 
 VARIANTS: dict[str, Callable | None] = {
     "as-served": None, "no-identity": no_identity, "no-pod-endpoints": no_pod_endpoints, "locality": locality, "typed": typed,
-    "svc-one-endpoint": svc_one_endpoint,
+    "svc-one-endpoint": svc_one_endpoint, "unique-identity": unique_identity,
 }
 
 # -- the bootstrap's stats settings (node-0's config as served, the bootstrap changed) ------------
