@@ -22,6 +22,7 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
     slow-noop        stats-all with an exclusion matcher that matches nothing (the matcher's own cost)
     reject-all       no stats at all (what all of them cost)
     tags-none        no ``stats_tags`` (what zpilot's stat tags cost)
+    cert-tags-none   no certificate tag (what its two regexes cost)
     tags-round5      the certificate's tag as round five had it, unanchored (tried on every stat name)
     pods-stats-all   ``--pod-cluster-stats all``: every stat of the per-node pod clusters (``pods_on_<node>``),
                      as served until round eight
@@ -185,6 +186,13 @@ def tags_none(config) -> None:
     del config.stats_config.stats_tags[:]
 
 
+def cert_tags_none(config) -> None:
+    """No certificate tag (what the two of ``envoy.tls_certificate``, a TLS listener's and a TLS cluster's, cost)."""
+    kept = [t for t in config.stats_config.stats_tags if t.tag_name != "envoy.tls_certificate"]
+    del config.stats_config.stats_tags[:]
+    config.stats_config.stats_tags.extend(kept)
+
+
 def tags_round5(config) -> None:
     """The certificate's tag as one regex without a literal first token, as round five wrote it."""
     from zpilot.translators.names import SECRET_STAT_TAG_VALUE
@@ -212,6 +220,7 @@ BOOTSTRAP_VARIANTS: dict[str, tuple[str, str, Callable | None]] = {
     "slow-noop": ("all", "traffic", slow_noop), "reject-all": ("all", "traffic", reject_all),
     "tags-none": ("traffic", "traffic", tags_none), "tags-round5": ("traffic", "traffic", tags_round5),
     "pods-tcp-out": ("traffic", "traffic", pods_tcp_out), "pods-stats-all": ("traffic", "all", None),
+    "cert-tags-none": ("traffic", "traffic", cert_tags_none),
 }
 
 
