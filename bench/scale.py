@@ -537,7 +537,8 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="zpilot-bench-envoy-"))
     config = bootstrap_document(  # as `zpilot bootstrap` writes it (with the fields xds-protos lacks)
         BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin,
-                         cluster_stats=params["cluster_stats"], service_stats=params["service_stats"])
+                         cluster_stats=params["cluster_stats"], service_stats=params["service_stats"],
+                         pod_cluster_stats=params.get("pod_cluster_stats", contract.DEFAULT_POD_CLUSTER_STATS))
     )
     (workdir / "bootstrap.json").write_text(json.dumps(config))
     log = open(workdir / "envoy.log", "wb")
@@ -562,7 +563,8 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
         return {"node_config_mb": round(config_mb, 2), "live_seconds": None if live is None else round(live, 2),
                 "envoy_cpu_seconds": round(cpu, 2), "envoy_rss_mib": round(rss), "envoy_peak_rss_mib": round(peak),
                 "nacks": int(nacks), "live_timeout": params["live_timeout"], "cluster_stats": params["cluster_stats"],
-                "service_stats": params["service_stats"]}
+                "service_stats": params["service_stats"],
+                "pod_cluster_stats": params.get("pod_cluster_stats", contract.DEFAULT_POD_CLUSTER_STATS)}
     finally:
         _kill(proc)
         log.close()
@@ -744,6 +746,8 @@ def main() -> int:
                         help="envoy: the bootstrap's --cluster-stats (default %(default)s)")
     parser.add_argument("--service-stats", choices=contract.SERVICE_STATS, default=contract.DEFAULT_SERVICE_STATS,
                         help="envoy: the bootstrap's --service-stats (default %(default)s)")
+    parser.add_argument("--pod-cluster-stats", choices=contract.POD_CLUSTER_STATS, default=contract.DEFAULT_POD_CLUSTER_STATS,
+                        help="envoy: the bootstrap's --pod-cluster-stats (default %(default)s)")
     parser.add_argument("--cap-seconds", type=float, default=300.0, help="time cap of each phase (300)")
     parser.add_argument("--cap-mb", type=float, default=12_000.0, help="memory cap of each phase, MiB (12000)")
     parser.add_argument("--json", type=Path, default=Path("bench/out/scale.json"), help="where to write the results")
@@ -779,8 +783,8 @@ def main() -> int:
         size = Shape.reference().scaled(n)
         params = {"layout": layout, "shape": dataclasses.asdict(size), "clients": args.clients or n,
                   "rounds": rounds, "sync_timeout": caps.seconds, "live_timeout": min(caps.seconds, 120.0),
-                  "cluster_stats": args.cluster_stats, "service_stats": args.service_stats, "xds": args.xds,
-                  "clients_nice": args.clients_nice}
+                  "cluster_stats": args.cluster_stats, "service_stats": args.service_stats,
+                  "pod_cluster_stats": args.pod_cluster_stats, "xds": args.xds, "clients_nice": args.clients_nice}
         cold = results["cold"].get(layout, {})
         if phase == "growth" and layout in stopped_growth:  # a larger cluster would stop too
             result = {"stopped": f"not run: {stopped_growth[layout]} at a smaller size"}

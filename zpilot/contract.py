@@ -316,6 +316,17 @@ DEFAULT_CLUSTER_STATS = "lazy"
 SERVICE_STATS = ("traffic", "none", "all")
 DEFAULT_SERVICE_STATS = "traffic"
 
+#: Which stats a ztunnel's Envoy makes for the linear layout's cluster of each node's pods
+#: (``cluster.pods_on_<node>.*``, one per node of the mesh: 100 at issue 13's R), ``zpilot bootstrap
+#: --pod-cluster-stats``. ``traffic``: its traffic counters, as a service port's cluster keeps with
+#: ``--service-stats traffic``, and none of its bookkeeping (``membership_*``, ``update_*``, ``lb_*``,
+#: ``circuit_breakers.*``, ``version``...: 48 per cluster, each matched, tagged and made at start, about 9% of
+#: node-0's Envoy's instructions to LIVE at R, docs/scale.md), which the control plane's own view holds
+#: (what each node is served and ACKed, which pods are on which node); ``all``: every one (Envoy's default).
+#: Its tcp_proxy (``tcp.pods_on_<node>.*``) keeps all of its stats either way.
+POD_CLUSTER_STATS = ("traffic", "all")
+DEFAULT_POD_CLUSTER_STATS = "traffic"
+
 
 # -- endpoint metadata: how a mesh endpoint says where its tunnel goes --------------------------
 

@@ -7,10 +7,13 @@ one part changed, to see what that part costs a real Envoy 1.40 (run by hand; ab
     no-identity      the pods' endpoints (``pods_on_<node>``) without their ``tunnel`` metadata
     no-pod-endpoints those assignments with the passthrough endpoint alone
     locality         each node's pods grouped by identity into localities that carry ``tunnel`` once
+    unique-identity  each pod's ``tunnel`` metadata made unique (its address beside its identity)
+    svc-one-endpoint each service port's assignment with its first endpoint alone (2,000 endpoints, not 20,000)
     typed            the identity as typed metadata (``envoy.transport_sockets.proxy_protocol``
                      ``PerHostConfig``, a TLV per host) instead of a ``tunnel`` Struct
 
-or as served with the bootstrap's stats settings changed (as served: ``--service-stats traffic``):
+or as served with the bootstrap's stats settings changed (as served: ``--service-stats traffic``,
+``--pod-cluster-stats traffic``):
 
     stats-all        ``--service-stats all``: every stat of every service port (as served until round five)
     stats-none       ``--service-stats none``
@@ -19,8 +22,11 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
     slow-noop        stats-all with an exclusion matcher that matches nothing (the matcher's own cost)
     reject-all       no stats at all (what all of them cost)
     tags-none        no ``stats_tags`` (what zpilot's stat tags cost)
+    cert-tags-none   no certificate tag (what its two regexes cost)
     tags-round5      the certificate's tag as round five had it, unanchored (tried on every stat name)
-    pods-stats-out   ``traffic`` for the per-node pod clusters (``pods_on_<node>``) and their tcp_proxies too
+    pods-stats-all   ``--pod-cluster-stats all``: every stat of the per-node pod clusters (``pods_on_<node>``),
+                     as served until round eight
+    pods-tcp-out     their tcp_proxies' stats left out too
 
 ``--callgrind`` runs Envoy under ``valgrind --tool=callgrind`` instead (about 3 minutes a run) and reports its
 main thread's instructions per step of its start (dumped as its log announces each: CDS applied, the
@@ -128,8 +134,29 @@ def typed(resources) -> None:
                 lb.metadata.typed_filter_metadata[PROXY_PROTOCOL_HOST_TLVS].Pack(tlvs)
 
 
+def unique_identity(resources) -> None:
+    """Each pod's ``tunnel`` metadata made unique by its address beside its identity: Envoy keeps a host's metadata
+    in a pool shared by equal values, found by hash and compared field by field (protobuf's MessageDifferencer)
+    when it is there already, as for the 100 pods of a node that share an identity."""
+    for cla in _pod_assignments(resources):
+        for lb in (lb for group in cla.endpoints for lb in group.lb_endpoints if _identity(lb)):
+            tunnel = lb.metadata.filter_metadata[contract.TUNNEL_METADATA]
+            tunnel.fields["pod"].string_value = lb.endpoint.address.envoy_internal_address.endpoint_id
+
+
+def svc_one_endpoint(resources) -> None:
+    """Each service port's assignment with its first endpoint alone: what EDS costs per endpoint, per assignment."""
+    for name in [n for n in resources.endpoints if not n.startswith(PODS_ON)]:
+        cla = type(resources.endpoints[name])()
+        cla.CopyFrom(resources.endpoints[name])
+        for group in cla.endpoints:
+            del group.lb_endpoints[1:]
+        resources.endpoints[name] = cla
+
+
 VARIANTS: dict[str, Callable | None] = {
     "as-served": None, "no-identity": no_identity, "no-pod-endpoints": no_pod_endpoints, "locality": locality, "typed": typed,
+    "svc-one-endpoint": svc_one_endpoint, "unique-identity": unique_identity,
 }
 
 # -- the bootstrap's stats settings (node-0's config as served, the bootstrap changed) ------------
@@ -159,6 +186,13 @@ def tags_none(config) -> None:
     del config.stats_config.stats_tags[:]
 
 
+def cert_tags_none(config) -> None:
+    """No certificate tag (what the two of ``envoy.tls_certificate``, a TLS listener's and a TLS cluster's, cost)."""
+    kept = [t for t in config.stats_config.stats_tags if t.tag_name != "envoy.tls_certificate"]
+    del config.stats_config.stats_tags[:]
+    config.stats_config.stats_tags.extend(kept)
+
+
 def tags_round5(config) -> None:
     """The certificate's tag as one regex without a literal first token, as round five wrote it."""
     from zpilot.translators.names import SECRET_STAT_TAG_VALUE
@@ -170,21 +204,23 @@ def tags_round5(config) -> None:
         tag_name="envoy.tls_certificate", regex=rf"\.ssl\.certificate\.(({SECRET_STAT_TAG_VALUE})\.)")
 
 
-def pods_stats_out(config) -> None:
-    """``traffic`` for the per-node pod clusters too: their bookkeeping and their tcp_proxies' stats left out."""
-    from zpilot.translators.bootstrap import CLUSTER_BOOKKEEPING_STATS, _regex
+def pods_tcp_out(config) -> None:
+    """The per-node pod clusters' tcp_proxies' stats left out too (as ``--service-stats traffic`` does a service port's)."""
+    from zpilot.translators.bootstrap import _regex
     from zpilot.translators.names import PODS_ON_PREFIX
 
-    patterns = config.stats_config.stats_matcher.exclusion_list.patterns
-    patterns.append(_regex(rf"tcp\.{PODS_ON_PREFIX}[^/]*"))
-    patterns.append(_regex(rf"cluster\.{PODS_ON_PREFIX}[^/]*\.(?:{CLUSTER_BOOKKEEPING_STATS})"))
+    config.stats_config.stats_matcher.exclusion_list.patterns.append(_regex(rf"tcp\.{PODS_ON_PREFIX}[^/]*"))
 
 
-#: name -> (``--service-stats``, a change to the bootstrap or None); as-served is the default, ``traffic``.
-BOOTSTRAP_VARIANTS: dict[str, tuple[str, Callable | None]] = {
-    "stats-all": ("all", None), "stats-none": ("none", None), "tags-min": ("all", tags_min),
-    "tags-min+none": ("none", tags_min), "tags-min+traffic": ("traffic", tags_min), "slow-noop": ("all", slow_noop), "reject-all": ("all", reject_all),
-    "tags-none": ("traffic", tags_none), "tags-round5": ("traffic", tags_round5), "pods-stats-out": ("traffic", pods_stats_out),
+#: name -> (``--service-stats``, ``--pod-cluster-stats``, a change to the bootstrap or None); as-served is the
+#: default, ``traffic`` for both.
+BOOTSTRAP_VARIANTS: dict[str, tuple[str, str, Callable | None]] = {
+    "stats-all": ("all", "traffic", None), "stats-none": ("none", "traffic", None), "tags-min": ("all", "traffic", tags_min),
+    "tags-min+none": ("none", "traffic", tags_min), "tags-min+traffic": ("traffic", "traffic", tags_min),
+    "slow-noop": ("all", "traffic", slow_noop), "reject-all": ("all", "traffic", reject_all),
+    "tags-none": ("traffic", "traffic", tags_none), "tags-round5": ("traffic", "traffic", tags_round5),
+    "pods-tcp-out": ("traffic", "traffic", pods_tcp_out), "pods-stats-all": ("traffic", "all", None),
+    "cert-tags-none": ("traffic", "traffic", cert_tags_none),
 }
 
 
@@ -272,9 +308,10 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
     sizes = {url.rsplit(".", 1)[-1]: round(t.size / 1e6, 2) for url, t in snapshot.types.items()}
     admin = scale._free_port()
     workdir = Path(tempfile.mkdtemp(prefix="zpilot-spike-envoy-"))
-    service_stats, tweak = BOOTSTRAP_VARIANTS.get(variant, (contract.DEFAULT_SERVICE_STATS, None))
+    service_stats, pod_cluster_stats, tweak = BOOTSTRAP_VARIANTS.get(
+        variant, (contract.DEFAULT_SERVICE_STATS, contract.DEFAULT_POD_CLUSTER_STATS, None))
     config = bootstrap(BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin,
-                                        service_stats=service_stats))
+                                        service_stats=service_stats, pod_cluster_stats=pod_cluster_stats))
     if tweak is not None:
         tweak(config)
     (workdir / "bootstrap.json").write_text(json.dumps(with_missing_fields(json_format.MessageToDict(config, preserving_proto_field_name=True))))

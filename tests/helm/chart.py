@@ -44,7 +44,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "tuned": {
         "logFormat": "json", "logLevel": "debug", "trustDomain": "mesh.example.com",
         "controlPlane": {"layout": "linear", "certLifetime": 3600, "extraArgs": ["--max-streams", "20000"]},
-        "ztunnel": {"delta": True, "concurrency": 4, "logLevel": "debug", "clusterStats": "eager", "serviceStats": "all"},
+        "ztunnel": {"delta": True, "concurrency": 4, "logLevel": "debug", "clusterStats": "eager", "serviceStats": "all",
+                    "podClusterStats": "all"},
         "cni": {"failClosed": True, "tunnel": "vxlan", "iptables": "nft", "resync": 10},
     },
 }

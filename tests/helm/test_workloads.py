@@ -159,7 +159,7 @@ def test_tuned_values_reach_the_commands():
         "mesh.example.com", "linear", 3600.0, 2, "json")
     assert serve.max_streams == 20000
     boot = parse(container(rendered.get("DaemonSet", "ztunnel"), "bootstrap"))
-    assert (boot.delta, boot.cluster_stats, boot.service_stats) == (True, "eager", "all")
+    assert (boot.delta, boot.cluster_stats, boot.service_stats, boot.pod_cluster_stats) == (True, "eager", "all", "all")
     agent = parse(container(rendered.get("DaemonSet", "zpilot-cni-node"), "cni-agent"))
     assert (agent.fail_closed, agent.tunnel, agent.iptables, agent.resync) == (True, "vxlan", "nft", 10.0)
     setup = parse(container(rendered.get("DaemonSet", "ztunnel"), "redirect"))
@@ -187,7 +187,8 @@ def test_ztunnel_bootstrap_points_at_the_control_plane_service():
     args = parse(init)
     assert args.command == "bootstrap" and args.node == NODE  # from the downward API
     # The Envoy's stats as zpilot bootstrap's defaults (operations.md: what each costs at scale).
-    assert (args.cluster_stats, args.service_stats) == (contract.DEFAULT_CLUSTER_STATS, contract.DEFAULT_SERVICE_STATS)
+    assert (args.cluster_stats, args.service_stats, args.pod_cluster_stats) == (
+        contract.DEFAULT_CLUSTER_STATS, contract.DEFAULT_SERVICE_STATS, contract.DEFAULT_POD_CLUSTER_STATS)
     (node_env,) = init["env"]
     assert node_env == {"name": contract.NODE_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
     service = rendered.get("Service", "zpilot")

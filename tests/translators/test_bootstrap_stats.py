@@ -1,5 +1,5 @@
-"""``zpilot bootstrap --service-stats``: which of a ztunnel's stat names the bootstrap's exclusion list
-leaves out. Envoy matches each name against the list's RE2 patterns, whole; Python's ``re`` reads these
+"""``zpilot bootstrap --service-stats`` and ``--pod-cluster-stats``: which of a ztunnel's stat names the
+bootstrap's exclusion list leaves out. Envoy matches each name against the list's RE2 patterns, whole; Python's ``re`` reads these
 patterns the same way, so the names are checked here against every cluster and tcp_proxy of a real
 config, in both layouts (tests/xds/test_envoy_cluster_stats.py checks a real Envoy's /stats)."""
 
@@ -16,6 +16,7 @@ from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
 from zpilot.translators import TranslateOptions, translate_node
 from zpilot.translators.bootstrap import BootstrapOptions, bootstrap, stats_config
+from zpilot.translators.names import PODS_ON_PREFIX
 
 from ..layouts import LAYOUTS
 
@@ -29,10 +30,10 @@ BOOKKEEPING = ("membership_total", "membership_healthy", "update_success", "vers
                "assignment_stale", "max_host_weight", "init_fetch_timeout", "internal_upstream.no_metadata")
 
 
-def excluded(service_stats: str):
+def excluded(service_stats: str, pod_cluster_stats: str = "all"):
     """Whether Envoy leaves a stat out: a prefix pattern on its name's first tokens (Envoy's fast path: one
     that ends in "."), a regex on the whole name."""
-    patterns = stats_config(service_stats).stats_matcher.exclusion_list.patterns
+    patterns = stats_config(service_stats, pod_cluster_stats).stats_matcher.exclusion_list.patterns
     prefixes = [p.prefix for p in patterns if p.WhichOneof("match_pattern") == "prefix"]
     assert all(prefix.endswith(".") for prefix in prefixes), prefixes  # else Envoy makes a string of every name
     regexes = [re.compile(p.safe_regex.regex) for p in patterns if p.WhichOneof("match_pattern") == "safe_regex"]
@@ -85,6 +86,44 @@ def test_only_service_ports_lose_stats(index: MeshIndex, layout: str) -> None:
         assert (traffic(name), none(name), every(name)) == ((service_port(prefix),) * 2 + (False,)), name
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pod_cluster_stats_traffic_leaves_out_the_pods_clusters_bookkeeping_only(index: MeshIndex, layout: str) -> None:
+    """``--pod-cluster-stats traffic`` (the default): each node's pods cluster (``pods_on_<node>``, the linear
+    layout's) keeps its traffic counters and loses its bookkeeping, whatever ``--service-stats`` says; its
+    tcp_proxy and every other cluster keep theirs; ``all`` leaves nothing of it out."""
+    clusters = {name for r in configs(index, layout) for name in r.clusters}
+    prefixes = {name for r in configs(index, layout) for name in tcp_stat_prefixes(r)}
+    pods = {c for c in clusters if c.startswith(PODS_ON_PREFIX)}
+    assert bool(pods) == (layout == "linear"), clusters
+    hosts = {s.hostname() for s in index.services}
+    others = {c for c in clusters - pods if not any(f"_{host}" in c for host in hosts)}
+    assert others, clusters
+    for service_stats in contract.SERVICE_STATS:
+        traffic, every = excluded(service_stats, "traffic"), excluded(service_stats, "all")
+        for cluster in pods | {"pods_on_ip-10-0-0-1.ec2.internal"}:
+            for stat in BOOKKEEPING:
+                name = f"cluster.{cluster}.{stat}"
+                assert (traffic(name), every(name)) == (True, False), name
+            for stat in TRAFFIC:
+                assert not traffic(f"cluster.{cluster}.{stat}"), (cluster, stat)
+        for cluster in others:
+            for stat in BOOKKEEPING + TRAFFIC:
+                assert not traffic(f"cluster.{cluster}.{stat}"), (cluster, stat)
+        for prefix in prefixes - {p for p in prefixes if any(f"_{host}" in p for host in hosts)}:
+            assert not traffic(f"tcp.{prefix}.downstream_cx_total"), prefix
+
+
+def test_the_default_leaves_out_the_pods_clusters_bookkeeping() -> None:
+    config = bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all")).stats_config
+    assert contract.DEFAULT_POD_CLUSTER_STATS == "traffic"
+    (pattern,) = config.stats_matcher.exclusion_list.patterns
+    assert re.fullmatch(pattern.safe_regex.regex, "cluster.pods_on_node-0.membership_total")
+    assert not re.fullmatch(pattern.safe_regex.regex, "cluster.pods_on_node-0.upstream_cx_total")
+    assert not re.fullmatch(pattern.safe_regex.regex, "cluster.tcp-0_svc-0.ns-0.svc.cluster.local.membership_total")
+    with pytest.raises(ValueError, match="pod cluster stats 'none' is not one of traffic, all"):
+        bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", pod_cluster_stats="none"))
+
+
 @pytest.mark.parametrize("name", [
     "server.live", "listener_manager.total_listeners_active", "cluster_manager.active_clusters",
     "http.inbound_hcm.rbac.allow.denied", "listener.10.0.0.1_15008.ssl.fail_verify_san",
@@ -100,10 +139,12 @@ def test_only_service_ports_lose_stats(index: MeshIndex, layout: str) -> None:
 def test_nothing_else_is_left_out(name: str) -> None:
     """Names of other kinds, among them nodes and trust domains with dots (even a ``.svc.``)."""
     assert not excluded("traffic")(name) and not excluded("none")(name)
+    if not name.startswith(f"cluster.{PODS_ON_PREFIX}"):
+        assert not excluded("traffic", "traffic")(name) and not excluded("none", "traffic")(name)
 
 
 def test_all_is_envoy_s_default_and_bad_values_are_refused() -> None:
-    options = BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all")
+    options = BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all", pod_cluster_stats="all")
     assert not bootstrap(options).stats_config.HasField("stats_matcher")  # its stat tags only (test_bootstrap_tags.py)
     assert BootstrapOptions(node="n", xds="x:1").service_stats == contract.DEFAULT_SERVICE_STATS == "traffic"
     with pytest.raises(ValueError, match="service stats 'some' is not one of traffic, none, all"):

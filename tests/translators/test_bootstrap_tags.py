@@ -129,7 +129,8 @@ def test_every_tag_regex_starts_with_its_first_token() -> None:
 
 def test_envoy_reads_the_tags_in_place_of_its_own() -> None:
     """Without ``allow_default_tag_overrides`` Envoy keeps its own extractor of a tag name and ignores ours."""
-    document = bootstrap_document(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all"))
+    document = bootstrap_document(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all",
+                                                    pod_cluster_stats="all"))
     assert MISSING_STATS_CONFIG_FIELDS == {"allow_default_tag_overrides": True}
     assert document["stats_config"]["allow_default_tag_overrides"] is True
     assert {t["tag_name"] for t in document["stats_config"]["stats_tags"]} == set(TAGS)

@@ -26,11 +26,14 @@ def _ads_stats(**options) -> dict:
     return {field: document.get(field) for field in STATS_FIELDS}
 
 
+@pytest.mark.parametrize("pod_cluster_stats", contract.POD_CLUSTER_STATS)
 @pytest.mark.parametrize("service_stats", contract.SERVICE_STATS)
-def test_a_static_bootstrap_has_the_ads_bootstraps_stats_settings(service_stats) -> None:
+def test_a_static_bootstrap_has_the_ads_bootstraps_stats_settings(service_stats, pod_cluster_stats) -> None:
     resources, secrets, _ = render(ARTICLE, NODE_A, TranslateOptions())
-    document = static_bootstrap_document(resources, secrets, service_stats=service_stats)
-    assert {field: document.get(field) for field in STATS_FIELDS} == _ads_stats(service_stats=service_stats)
+    document = static_bootstrap_document(resources, secrets, service_stats=service_stats,
+                                         pod_cluster_stats=pod_cluster_stats)
+    assert {field: document.get(field) for field in STATS_FIELDS} == _ads_stats(
+        service_stats=service_stats, pod_cluster_stats=pod_cluster_stats)
     assert document["stats_config"]["allow_default_tag_overrides"] is True  # Envoy's own extractors would win
 
 

@@ -179,6 +179,12 @@ def test_2_pod_ip_across_nodes(world, path):
         assert out["downstream_local"] == f"{ip}:{port}"  # the original destination, from the filter state
         assert out["filter_chain"] == names.linear_tunnel_chain(SLEEP_ID)
         assert out["upstream_cluster"] == names.tunnel_cluster(SLEEP_ID)
+        # node B's pods cluster on A counted the connection (its traffic counters, made by it) and has no
+        # bookkeeping stats (zpilot bootstrap --pod-cluster-stats traffic)
+        stat = f"cluster.{names.pods_on_node(NODE_B)}"
+        pod_stats = world.ztunnels["a"].stats(f"^{re.escape(stat)}[.]")
+        assert pod_stats.get(f"{stat}.upstream_cx_total", 0) >= 1, pod_stats
+        assert not [n for n in pod_stats if n.startswith((f"{stat}.membership_", f"{stat}.update_", f"{stat}.lb_"))], pod_stats
     else:
         assert out["upstream_cluster"] == names.pod_tunnel_cluster(SLEEP_ID)
     assert out["upstream_host"] == "10.4.3.20:15008"

@@ -5,8 +5,9 @@ updates) are made at start either way. The clusters are made on first use per wo
 (``enable_deferred_cluster_creation``): the connection below goes through one made that way.
 
 ``--service-stats``: a service port's cluster keeps only its traffic counters (``traffic``, the
-default), none (``none``) or all (``all``), its tcp_proxy none but with ``all``; every other cluster
-keeps all of its stats."""
+default), none (``none``) or all (``all``), its tcp_proxy none but with ``all``. ``--pod-cluster-stats``:
+each node's pods cluster (``pods_on_<node>``) keeps only its traffic counters (``traffic``, the default) or
+all (``all``). Every other cluster keeps all of its stats."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import pytest
 
 from zpilot import contract
 from zpilot.translators.bootstrap import ADMIN_CLUSTER, BootstrapOptions, bootstrap_document
+from zpilot.translators.names import PODS_ON_PREFIX
 
 from .conftest import load_index
 from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, NODE_B, eventually, free_port
@@ -65,12 +67,19 @@ async def test_service_ports_keep_the_stats_service_stats_says(mode, layout, man
     # as its stats name it: Envoy writes "://" (an identity's "spiffe://") and any other ":" as "_"
     clusters = {line.split("::", 1)[0].replace("://", "_").replace(":", "_") for line in listing.splitlines() if "::" in line}
     services = {c for c in clusters if any(f"_{host}" in c for host in hosts)}
-    others = clusters - services
+    pods = {c for c in clusters if c.startswith(PODS_ON_PREFIX)}  # --pod-cluster-stats traffic, the default
+    others = clusters - services - pods
     assert services and {"xds-grpc", "virtual_inbound"} <= others, clusters
+    assert bool(pods) == (layout == "linear"), clusters
     stats = await envoy.stats("")
     for cluster in others:  # every other cluster keeps its stats, of every kind
         assert stats.get(f"cluster.{cluster}.membership_total") is not None, cluster
         assert stats.get(f"cluster.{cluster}.upstream_cx_total") is not None, cluster
+    for cluster in pods:  # its traffic counters, none of its bookkeeping
+        kept = {name.removeprefix(f"cluster.{cluster}.") for name in stats if name.startswith(f"cluster.{cluster}.")}
+        assert {"upstream_cx_total", "upstream_cx_overflow", "upstream_rq_pending_overflow"} <= kept, cluster
+        assert not {s for s in kept if s.split(".")[0] in ("circuit_breakers", "version")
+                    or s.startswith(("membership_", "update_", "lb_", "assignment_"))}, (cluster, kept)
     assert stats["server.live"] == 1 and any(name.startswith("listener.") for name in stats)
     for cluster in services:
         kept = {name.removeprefix(f"cluster.{cluster}.") for name in stats if name.startswith(f"cluster.{cluster}.")}
@@ -161,7 +170,9 @@ async def test_prometheus_names_a_dotted_node_and_service_account_whole(layout, 
     label, under Envoy's standard metric name, not ``envoy_cluster_ec2_internal_*`` with the name cut."""
     _with_dotted_names(manifests)
     plane = await make_plane(layout=layout)
-    envoy = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds", "--cluster-stats", "eager", "--service-stats", "all"))
+    # all: the pods cluster's bookkeeping (envoy_cluster_membership_total...) kept, to read its labels too
+    envoy = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds", "--cluster-stats", "eager", "--service-stats", "all",
+                                                "--pod-cluster-stats", "all"))
     await envoy.wait_ready()
     async with httpx.AsyncClient(timeout=5.0) as client:
         listing = (await client.get(f"{envoy.admin}/clusters")).text

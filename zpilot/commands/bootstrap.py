@@ -55,7 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         " (upstream_cx_*, upstream_rq_*, ...; when, --cluster-stats says), not its membership_*,"
                         " update_*, circuit_breakers.*, lb_* and other bookkeeping, nor the tcp_proxy's; none: no"
                         " stats for service ports (as Istio's proxies); all: every one (Envoy's default)."
-                        " Other clusters keep all of theirs")
+                        " Other clusters keep all of theirs but each node's pods cluster (--pod-cluster-stats)")
+    p.add_argument("--pod-cluster-stats", choices=contract.POD_CLUSTER_STATS, default=contract.DEFAULT_POD_CLUSTER_STATS,
+                   help="the stats of each node's pods cluster (cluster.pods_on_<node>.*, the linear layout's): traffic"
+                        " (default): its traffic counters only, not its membership_*, update_*, circuit_breakers.*,"
+                        " lb_* and other bookkeeping (zpilot serve's own view holds what each node is served); all:"
+                        " every one (Envoy's default). Its tcp_proxy keeps all of its stats")
     auth = p.add_argument_group("how the ztunnel proves its node to zpilot serve (docs/security.md)")
     auth.add_argument("--xds-auth", choices=("tls", "token"),
                       help="tls (default): a client certificate issued here from the CA; token: the pod's"
@@ -207,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         readiness_port=args.readiness_port,
         cluster_stats=args.cluster_stats,
         service_stats=args.service_stats,
+        pod_cluster_stats=args.pod_cluster_stats,
     )
     text = json.dumps(bootstrap_document(options), indent=1) + "\n"
     if args.output is None:

@@ -57,6 +57,7 @@ from .clusters import HTTP_PROTOCOL_OPTIONS
 from .envoy_common import ads_source, pack, socket_address
 from .names import (
     IDENTITY_IN_STATS,
+    PODS_ON_PREFIX,
     PLAINTEXT_PROXY_STAT_PREFIX,
     SERVICE_TCP_STATS_TOKEN,
     SECRET_STAT_TAG_VALUE,
@@ -124,6 +125,9 @@ class BootstrapOptions:
     #: Which stats each service port's cluster and tcp_proxy get: ``traffic`` (the default), ``none``
     #: or ``all`` (see ``contract.SERVICE_STATS`` and :func:`stats_config`).
     service_stats: str = contract.DEFAULT_SERVICE_STATS
+    #: Which stats each node's pods cluster (``pods_on_<node>``) gets: ``traffic`` (the default) or ``all`` (see
+    #: ``contract.POD_CLUSTER_STATS``).
+    pod_cluster_stats: str = contract.DEFAULT_POD_CLUSTER_STATS
 
 
 def parse_xds_target(target: str) -> address_pb2.Address:
@@ -463,26 +467,48 @@ def _regex(pattern: str) -> string_pb2.StringMatcher:
     return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
 
 
-def stats_config(service_stats: str) -> stats_pb2.StatsConfig:
-    """The stat tags (:func:`stats_tags`), and the stats each service port's cluster and tcp_proxy are kept
-    from making (``contract.SERVICE_STATS``), as an exclusion list: Envoy makes every other stat as usual. A
-    stat left out is never made (a no-op stands for it); Envoy matches a name when first asked for it and
-    remembers the answer. The list matches the stat's full name, from which the tags are then taken."""
+#: A ``pods_on_<node>`` cluster's name and what follows it in a stat's name (a node's name has no "/").
+POD_CLUSTER_STAT_NAME = rf"{re.escape(PODS_ON_PREFIX)}[^/]*"
+
+
+def stats_config(service_stats: str, pod_cluster_stats: str = contract.DEFAULT_POD_CLUSTER_STATS) -> stats_pb2.StatsConfig:
+    """The stat tags (:func:`stats_tags`), and the stats each service port's cluster and tcp_proxy
+    (``contract.SERVICE_STATS``) and each node's pods cluster (``contract.POD_CLUSTER_STATS``) are kept from
+    making, as an exclusion list: Envoy makes every other stat as usual. A stat left out is never made (a no-op
+    stands for it), nor are its tags taken; Envoy matches a name when first asked for it and remembers the
+    answer. The list matches the stat's full name, from which the tags are then taken."""
     config = stats_pb2.StatsConfig(stats_tags=stats_tags())
-    if service_stats == "all":
-        return config
-    # the linear layout's service port tcp_proxies (tcp.svc.*), by a prefix: Envoy leaves out a name that starts
-    # with it as it stands, before its regexes, which need the name made a string (2,000 scopes at R, 16 each)
-    service_tcp = string_pb2.StringMatcher(prefix=f"tcp.{SERVICE_TCP_STATS_TOKEN}.")
-    if service_stats == "none":
-        patterns = [service_tcp, _regex(rf"(cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")]
-    else:  # traffic
-        # one regex, not one per kind: Envoy tries each pattern on each stat it makes (in every scope, so each
-        # inbound chain's again), and an RE2 match costs its call whether it fails at the first character or not
-        patterns = [service_tcp, _regex(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}|"
-                           rf"cluster\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}\.(?:{CLUSTER_BOOKKEEPING_STATS})")]
-    config.stats_matcher.CopyFrom(stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns)))
+    patterns: list[string_pb2.StringMatcher] = []
+    # one regex, not one per kind: Envoy tries each pattern on each stat it makes (in every scope, so each
+    # inbound chain's again), and an RE2 match costs its call whether it fails at the first character or not
+    alternatives: list[str] = []
+    if service_stats != "all":
+        # the linear layout's service port tcp_proxies (tcp.svc.*), by a prefix: Envoy leaves out a name that starts
+        # with it as it stands, before its regexes, which need the name made a string (2,000 scopes at R, 16 each)
+        patterns.append(string_pb2.StringMatcher(prefix=f"tcp.{SERVICE_TCP_STATS_TOKEN}."))
+        if service_stats == "none":
+            alternatives.append(rf"(?:cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")
+        else:  # traffic
+            alternatives.append(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")
+    # the clusters that keep their traffic counters and none of their bookkeeping
+    traffic_only = ([f"{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"] if service_stats == "traffic" else []) + (
+        [POD_CLUSTER_STAT_NAME] if pod_cluster_stats == "traffic" else [])
+    if traffic_only:
+        alternatives.append(rf"cluster\.(?:{'|'.join(traffic_only)})\.(?:{CLUSTER_BOOKKEEPING_STATS})")
+    if alternatives:
+        patterns.append(_regex("|".join(alternatives)))
+    if patterns:
+        config.stats_matcher.CopyFrom(stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns)))
     return config
+
+
+def check_stats_options(service_stats: str, pod_cluster_stats: str, cluster_stats: str) -> None:
+    """ValueError naming the first of the bootstrap's stats settings that is none of its values."""
+    for what, value, allowed in (("cluster stats", cluster_stats, contract.CLUSTER_STATS),
+                                 ("service stats", service_stats, contract.SERVICE_STATS),
+                                 ("pod cluster stats", pod_cluster_stats, contract.POD_CLUSTER_STATS)):
+        if value not in allowed:
+            raise ValueError(f"{what} {value!r} is not one of {', '.join(allowed)}")
 
 
 def with_missing_fields(document: dict) -> dict:
@@ -508,10 +534,7 @@ def _static_resources(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap.Stat
 def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
     if options.readiness_port is not None and not 0 < options.admin_port < 65536:
         raise ValueError("a readiness port forwards to the admin API: give the admin API a fixed port")
-    if options.cluster_stats not in contract.CLUSTER_STATS:
-        raise ValueError(f"cluster stats {options.cluster_stats!r} is not one of {', '.join(contract.CLUSTER_STATS)}")
-    if options.service_stats not in contract.SERVICE_STATS:
-        raise ValueError(f"service stats {options.service_stats!r} is not one of {', '.join(contract.SERVICE_STATS)}")
+    check_stats_options(options.service_stats, options.pod_cluster_stats, options.cluster_stats)
     metadata = struct_pb2.Struct()
     metadata.update({contract.NODE_NAME_METADATA: options.node, "GENERATOR": "zpilot", "AMBIENT_TYPE": "ztunnel"})
     api_type = config_source_pb2.ApiConfigSource.DELTA_GRPC if options.delta else config_source_pb2.ApiConfigSource.GRPC
@@ -540,7 +563,7 @@ def bootstrap(options: BootstrapOptions) -> bootstrap_pb2.Bootstrap:
         deferred_stat_options=bootstrap_pb2.Bootstrap.DeferredStatOptions(
             enable_deferred_creation_stats=options.cluster_stats == "lazy"
         ),
-        stats_config=stats_config(options.service_stats),
+        stats_config=stats_config(options.service_stats, options.pod_cluster_stats),
         bootstrap_extensions=[internal_listener_extension()],
         layered_runtime=runtime_layers(),
     )

@@ -22,7 +22,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 from .. import contract
-from .bootstrap import internal_listener_extension, runtime_layers, stats_config, with_missing_fields
+from .bootstrap import check_stats_options, internal_listener_extension, runtime_layers, stats_config, with_missing_fields
 from .envoy_common import pack, socket_address
 from .resources import NodeResources
 
@@ -72,19 +72,17 @@ def static_bootstrap(
     admin_port: int = contract.PORT_ADMIN,
     service_stats: str = contract.DEFAULT_SERVICE_STATS,
     cluster_stats: str = contract.DEFAULT_CLUSTER_STATS,
+    pod_cluster_stats: str = contract.DEFAULT_POD_CLUSTER_STATS,
 ) -> bootstrap_pb2.Bootstrap:
-    """``resources`` and ``secrets`` as one static bootstrap; ``service_stats`` and ``cluster_stats`` as
-    ``zpilot bootstrap``'s flags of those names (:class:`.bootstrap.BootstrapOptions`). As JSON, Envoy needs
-    the fields xds-protos lacks: :func:`static_bootstrap_document`."""
-    if service_stats not in contract.SERVICE_STATS:
-        raise ValueError(f"service stats {service_stats!r} is not one of {', '.join(contract.SERVICE_STATS)}")
-    if cluster_stats not in contract.CLUSTER_STATS:
-        raise ValueError(f"cluster stats {cluster_stats!r} is not one of {', '.join(contract.CLUSTER_STATS)}")
+    """``resources`` and ``secrets`` as one static bootstrap; ``service_stats``, ``cluster_stats`` and
+    ``pod_cluster_stats`` as ``zpilot bootstrap``'s flags of those names (:class:`.bootstrap.BootstrapOptions`).
+    As JSON, Envoy needs the fields xds-protos lacks: :func:`static_bootstrap_document`."""
+    check_stats_options(service_stats, pod_cluster_stats, cluster_stats)
     boot = bootstrap_pb2.Bootstrap(
         admin=bootstrap_pb2.Admin(address=socket_address(contract.ADMIN_ADDRESS, admin_port)),
         bootstrap_extensions=[internal_listener_extension()],
         layered_runtime=runtime_layers(),
-        stats_config=stats_config(service_stats),
+        stats_config=stats_config(service_stats, pod_cluster_stats),
         deferred_stat_options=bootstrap_pb2.Bootstrap.DeferredStatOptions(
             enable_deferred_creation_stats=cluster_stats == "lazy"
         ),
