@@ -168,9 +168,15 @@ def delta_discovery_response_chunks(
     """A DeltaDiscoveryResponse as byte strings that, joined, serialize it (as
     :func:`discovery_response_chunks`)."""
     chunks = [field_str(_D_SYSTEM_VERSION, system_version_info), *entries]
-    chunks.append(field_str(_D_TYPE_URL, type_url))
+    chunks.append(_response_field(_D_TYPE_URL, type_url))
     chunks.append(field_str(_D_NONCE, nonce))
     chunks.extend(field_bytes(_D_REMOVED, name.encode("utf-8")) for name in removed)
     if control_plane_id:
-        chunks.append(field_bytes(_D_CONTROL_PLANE, control_plane(control_plane_id)))
+        chunks.append(_delta_control_plane(control_plane_id))
     return chunks
+
+
+@functools.lru_cache(maxsize=8)
+def _delta_control_plane(identifier: str) -> bytes:
+    """DeltaDiscoveryResponse's control_plane field, the same in every response: encoded once."""
+    return field_bytes(_D_CONTROL_PLANE, control_plane(identifier))
