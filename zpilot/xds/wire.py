@@ -83,7 +83,8 @@ def discovery_response_from_entries(
 @functools.lru_cache(maxsize=64)
 def _response_field(number: int, text: str) -> bytes:
     """A string field of DiscoveryResponse whose value a change's responses share (its version,
-    type URL, the control plane's identifier): encoded once, not for each of a hundred streams."""
+    type URL, the control plane's identifier): encoded once, not for each of a hundred streams.
+    (DeltaDiscoveryResponse's type URL is the same field: number 4, a string.)"""
     if number == _R_CONTROL_PLANE:
         return field_bytes(_R_CONTROL_PLANE, control_plane(text)) if text else b""
     return field_str(number, text)
