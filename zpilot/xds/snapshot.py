@@ -364,7 +364,8 @@ class TypeResources:
             return None
         # the sets hold the same names as before's (replaced() keeps them): the node's own are the rest
         held = before.items
-        changed += [r for r in self.own if (old := held.get(r.name)) is not r and (old is None or old.version != r.version)]
+        changed += [r for r in self.own
+                    if (old := held.get(r.name)) is not r and (old is None or old.version != r.version)]
         return changed, [r.name for r in before.own if r.name not in self.items]
 
     def select(self, names: Iterable[str] | None) -> list[CachedResource]:
