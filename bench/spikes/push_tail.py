@@ -13,7 +13,7 @@ CPU and wall), and the pod's own node's. CPU, unlike the wall time, hardly moves
 
 Not a test and not the benchmark; docs/scale.md quotes what it found.
 """
-import asyncio, sys, os, time, dataclasses, json, statistics
+import asyncio, sys, os, time, dataclasses, statistics
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
@@ -44,15 +44,12 @@ async def main():
     await plane.update(index); await plane.start()
     nodes = [scale.node_name(i) for i in range(100)]
     clients = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "bench" / "ztunnels.py"), "--xds", f"127.0.0.1:{plane.xds_port}",
-        *(["--delta"] if mode == "delta" else []), *nodes, stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True)
-    ready = set(); received = []
+        "--nice", "19", *(["--delta"] if mode == "delta" else []), *nodes, stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True)
+    received = scale.ClientRecords()  # as the benchmark: kept as bytes, parsed once a change is quiet
     async def read():
-        async for line in clients.stdout:
-            r = json.loads(line)
-            if "ready" in r: ready.add(r["ready"])
-            elif "holds" not in r: received.append(r)
+        while data := await clients.stdout.read(1 << 16): received.feed(data)
     reader = asyncio.create_task(read())
-    while len(ready) < 100: await asyncio.sleep(0.1)
+    while len(received.parse().ready) < 100: await asyncio.sleep(0.1)
     await scale._quiet(sent, 1.0, received)
     models = scale._Models(MeshIndex, index)
     tails = []; steps = []; all_cpu = []; all_wall = []; own_cpu = []
