@@ -4,13 +4,16 @@ The benchmark's set-up (``bench/scale.py``'s churn: a control plane at R, 100 si
 real gRPC, ``bench/ztunnels.py``), then N pods added and deleted. For each change: the producer's time,
 the sent time of each stream after the producer's handover (its last response of the change), and the
 CPU of the event loop's thread (``thread_time``) from the handover to the last stream's send; the three
-slowest streams and what they sent last. CPU, unlike the wall time, hardly moves with the machine's load.
+slowest streams and what they sent last; the loop CPU between two consecutive EDS sends of the other
+streams (one stream's step: its response found, built and handed to gRPC). At the end (SUMMARY) every
+stream's last send after the handover over all changes, p99 and p50 as the benchmark takes them (loop
+CPU and wall), and the pod's own node's. CPU, unlike the wall time, hardly moves with the machine's load.
 
     python3 bench/spikes/push_tail.py delta|sotw [N]
 
 Not a test and not the benchmark; docs/scale.md quotes what it found.
 """
-import asyncio, sys, os, time, dataclasses, json, statistics
+import asyncio, sys, os, time, dataclasses, statistics
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
@@ -41,18 +44,15 @@ async def main():
     await plane.update(index); await plane.start()
     nodes = [scale.node_name(i) for i in range(100)]
     clients = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "bench" / "ztunnels.py"), "--xds", f"127.0.0.1:{plane.xds_port}",
-        *(["--delta"] if mode == "delta" else []), *nodes, stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True)
-    ready = set(); received = []
+        "--nice", "19", *(["--delta"] if mode == "delta" else []), *nodes, stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True)
+    received = scale.ClientRecords()  # as the benchmark: kept as bytes, parsed once a change is quiet
     async def read():
-        async for line in clients.stdout:
-            r = json.loads(line)
-            if "ready" in r: ready.add(r["ready"])
-            elif "holds" not in r: received.append(r)
+        while data := await clients.stdout.read(1 << 16): received.feed(data)
     reader = asyncio.create_task(read())
-    while len(ready) < 100: await asyncio.sleep(0.1)
+    while len(received.parse().ready) < 100: await asyncio.sleep(0.1)
     await scale._quiet(sent, 1.0, received)
     models = scale._Models(MeshIndex, index)
-    tails = []
+    tails = []; steps = []; all_cpu = []; all_wall = []; own_cpu = []
     for r in range(n):
         node = (r * 7 + 3) % shape.nodes
         pod = KIND_CONVERTERS["Pod"](extra_pod(shape, r, node))
@@ -72,6 +72,14 @@ async def main():
             worst = after[-3:]
             print(f"{kind} node-{node}: producer {1000*(t2-t1):.0f} ms ({1000*(c2-c1):.0f} cpu); after handover to last sent: p50 {after[len(after)//2][0]:.1f} max {after[-1][0]:.1f} ms wall, {after[-1][1]:.1f} ms cpu; worst {[(round(a,1), round(b,1), nd, ty) for a,b,nd,ty in worst]}")
             tails.append(after[-1][1])
-    print("mean cpu handover->last sent", round(statistics.mean(tails), 1))
+            all_cpu.extend(c for w, c, nd, ty in after); all_wall.extend(w for w, c, nd, ty in after)
+            own_cpu.extend(c for w, c, nd, ty in after if nd == f"node-{node}")
+            cs = sorted(c for t, c, nd, ty, lat, b in recs if ty == "ClusterLoadAssignment" and nd != f"node-{node}")
+            diffs = sorted(b - a for a, b in zip(cs, cs[1:]))
+            steps.append(statistics.median(diffs))
+            print(f"   the others' step cpu median {statistics.median(diffs)*1e6:.0f} us, p90 {diffs[int(len(diffs)*0.9)]*1e6:.0f} us; the others span cpu {(cs[-1]-cs[0])*1000:.1f} ms")
+    p = lambda v, q: round(scale._pct(v, q), 1)
+    print(f"SUMMARY p99 cpu {p(all_cpu, .99)} wall {p(all_wall, .99)}; p50 cpu {p(all_cpu, .5)} wall {p(all_wall, .5)}; own cpu median {p(own_cpu, .5)}")
+    print("mean cpu handover->last sent", round(statistics.mean(tails), 1), "median step of the others us", round(statistics.median(steps)*1e6))
     reader.cancel(); os.killpg(clients.pid, 9); await clients.wait(); await plane.stop()
 asyncio.run(main())

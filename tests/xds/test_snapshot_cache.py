@@ -287,6 +287,45 @@ def test_a_whole_composed_of_sets_some_replaced_knows_its_changes_since_the_one_
     assert overlap_after.changes_since(overlap_before) == ([], [])  # a2 is still twice's in both
 
 
+def test_a_whole_of_sets_and_the_nodes_own_knows_its_changes_since_the_one_before() -> None:
+    """A node's clusters are composed of shared sets and a few of its own (a pod's own node gets
+    its new identity's cluster): the whole's changes are the sets' told ones and the own ones'
+    compared, not looked for through every cluster (that node's stream, the first to send a pod
+    change, went through 2,100 of them before any other stream sent), and are what looking finds."""
+    from zpilot.xds.snapshot import CachedResource, TypeResources
+
+    def cluster(name: str, timeout: int) -> CachedResource:
+        return CachedResource.of(CLUSTER_TYPE, name, Cluster(name=name, connect_timeout={"seconds": timeout}))
+
+    def looked(after: TypeResources, before: TypeResources) -> tuple[list, list]:
+        fresh = TypeResources(after.type_url, after.items, after.version)  # not composed: looks
+        return fresh.changes_since(before)
+
+    a = TypeResources.of_cached(CLUSTER_TYPE, {n: cluster(n, 1) for n in ("a1", "a2", "a3")})
+    b = TypeResources.of_cached(CLUSTER_TYPE, {n: cluster(n, 1) for n in ("b1", "b2")})
+    own = {n: cluster(n, 1) for n in ("tunnel-x", "tunnel-y")}
+    before = TypeResources.composed(CLUSTER_TYPE, [a, b], own)
+    steps = [
+        ("an own one added", TypeResources.composed(CLUSTER_TYPE, [a, b], {**own, "tunnel-z": cluster("tunnel-z", 1)}),
+         ["tunnel-z"], []),
+        ("an own one removed", TypeResources.composed(CLUSTER_TYPE, [a, b], {"tunnel-y": own["tunnel-y"]}),
+         [], ["tunnel-x"]),
+        ("an own one changed, one the same made again, a set replaced",
+         TypeResources.composed(CLUSTER_TYPE, [a, b.replaced({"b2": cluster("b2", 5)})],
+                                {"tunnel-x": cluster("tunnel-x", 2), "tunnel-y": cluster("tunnel-y", 1)}),
+         ["b2", "tunnel-x"], []),
+    ]
+    for what, after, changed, removed in steps:
+        assert after._told_changes(before) is not None, what
+        told = after.changes_since(before)
+        assert sorted(r.name for r in told[0]) == changed and told[1] == removed, what
+        assert (sorted(told[0], key=lambda r: r.name), told[1]) == (
+            sorted(looked(after, before)[0], key=lambda r: r.name), looked(after, before)[1]), what
+    # an own name that a set now holds too (the set's in the whole): looked for, as ever
+    shadowing = TypeResources.composed(CLUSTER_TYPE, [a, b], {"a1": cluster("a1", 9)})
+    assert shadowing._told_changes(before) is None
+
+
 def test_a_set_with_some_resources_replaced_has_the_version_of_one_made_whole() -> None:
     """``TypeResources.replaced`` (a shared set after a change of one or two of its thousands)
     writes the versions that changed over the text the set's version was hashed from: the very

@@ -23,6 +23,7 @@ was most of the serving CPU of a service added.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from operator import attrgetter
 
@@ -200,7 +201,7 @@ class DeltaStream(Stream):
                              size=sum(map(len, chunks)), pushed=pushed)
             await self.write(chunks)
             del chunks
-            if removed:
+            if removed and log.isEnabledFor(logging.INFO):  # (its names made only for a line written)
                 log.info("node=%s %s removed_resources=%s", self.node, short_name(type_url), loggable_names(removed),
                          extra=self.log_fields(type_url, version=resources.version, nonce=nonce))
             if type_url == CLUSTER_TYPE and names:

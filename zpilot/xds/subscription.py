@@ -13,7 +13,7 @@ is measured once per change and type).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 from .order import WILDCARD_TYPES
 
@@ -178,11 +178,12 @@ class Subscription:
         self.missing_reported |= fresh
         return sorted(fresh - self.ever_served), sorted(fresh & self.ever_served)
 
-    def sent(self, version: str, nonce: str, served: Iterable[str], removed: Iterable[str] = ()) -> None:
+    def sent(self, version: str, nonce: str, served: Collection[str], removed: Collection[str] = ()) -> None:
         """Book-keeping of a response carrying ``served`` (and, delta, ``removed``)."""
-        served = set(served)
         self.sent_version, self.sent_nonce = version, nonce
-        self.ever_served |= served
-        self.missing_reported -= served
-        # A removal of a name the client still asks for tells it the name is gone: not again.
-        self.missing_reported |= set(removed) & self.names
+        self.ever_served.update(served)
+        if self.missing_reported:
+            self.missing_reported.difference_update(served)
+        if removed:
+            # A removal of a name the client still asks for tells it the name is gone: not again.
+            self.missing_reported |= self.names.intersection(removed)

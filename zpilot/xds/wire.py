@@ -83,7 +83,8 @@ def discovery_response_from_entries(
 @functools.lru_cache(maxsize=64)
 def _response_field(number: int, text: str) -> bytes:
     """A string field of DiscoveryResponse whose value a change's responses share (its version,
-    type URL, the control plane's identifier): encoded once, not for each of a hundred streams."""
+    type URL, the control plane's identifier): encoded once, not for each of a hundred streams.
+    (DeltaDiscoveryResponse's type URL is the same field: number 4, a string.)"""
     if number == _R_CONTROL_PLANE:
         return field_bytes(_R_CONTROL_PLANE, control_plane(text)) if text else b""
     return field_str(number, text)
@@ -168,9 +169,15 @@ def delta_discovery_response_chunks(
     """A DeltaDiscoveryResponse as byte strings that, joined, serialize it (as
     :func:`discovery_response_chunks`)."""
     chunks = [field_str(_D_SYSTEM_VERSION, system_version_info), *entries]
-    chunks.append(field_str(_D_TYPE_URL, type_url))
+    chunks.append(_response_field(_D_TYPE_URL, type_url))
     chunks.append(field_str(_D_NONCE, nonce))
     chunks.extend(field_bytes(_D_REMOVED, name.encode("utf-8")) for name in removed)
     if control_plane_id:
-        chunks.append(field_bytes(_D_CONTROL_PLANE, control_plane(control_plane_id)))
+        chunks.append(_delta_control_plane(control_plane_id))
     return chunks
+
+
+@functools.lru_cache(maxsize=8)
+def _delta_control_plane(identifier: str) -> bytes:
+    """DeltaDiscoveryResponse's control_plane field, the same in every response: encoded once."""
+    return field_bytes(_D_CONTROL_PLANE, control_plane(identifier))
