@@ -3,7 +3,7 @@ the very listeners and clusters it had: the producer then makes its endpoints an
 (``Producer.with_new_endpoints``), so the layout's shape must name everything else it reads.
 
 Random hostile clusters and random changes, as test_incremental_model.py draws them, plus pods
-coming, going and turning unready behind a service inside their nodes' pod CIDRs (the churn that
+coming, going and turning unready or terminating behind a service inside their nodes' pod CIDRs (the churn that
 changes other nodes' endpoints alone, about one such node in each example's steps): at each step,
 every node said to change in its endpoints alone is translated from its old and its new input,
 and all but the endpoints must be byte for byte the same (and the endpoints' names too: the
@@ -12,6 +12,7 @@ clusters that want them did not change).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import HealthCheck, event, given, settings
@@ -61,9 +62,15 @@ def churning(draw: st.DrawFn) -> tuple[list[tuple[str, Any]], list[list[int]]]:
         churn = list(out[-1][len(step):])
         for _ in range(draw(st.integers(0, 2))):
             at = draw(st.integers(len(CHURN_DOCS), extra - 1))
-            churn[at] = draw(st.sampled_from([0, 1, 2, 3]))  # gone, there, an equal copy, unready (_variant)
+            # gone, there, an equal copy, unready (_variant), terminating (_terminating)
+            churn[at] = draw(st.sampled_from([0, 1, 2, 3, 4]))
         out.append(step + churn)
     return pool, out
+
+
+def _terminating(obj: Any) -> Any:
+    """A pod turned terminating (its readiness as it was): another object unchanged."""
+    return replace(obj, terminating=not obj.terminating) if isinstance(obj, Workload) else obj
 
 
 def _serialized(translated) -> dict[str, dict[str, bytes]]:
@@ -81,6 +88,7 @@ def test_a_change_in_endpoints_alone_leaves_every_other_resource_as_it_was(
 ) -> None:
     pool, steps = history
     variants = {(i, n): _variant(obj, n) for i, (_origin, obj) in enumerate(pool) for n in (0, 1)}
+    variants.update({(i, 2): _terminating(obj) for i, (_origin, obj) in enumerate(pool)})
     builder = ModelBuilder()
     translator = IncrementalTranslator(TranslateOptions())
     before: dict = {}

@@ -30,7 +30,7 @@ from zpilot.xds.order import PUSH_ORDER, short_name
 from zpilot.xds.push import Producer
 from zpilot.xds.snapshot_cache import SnapshotCache
 
-from .test_endpoints_only import _churn_pod, churning
+from .test_endpoints_only import _churn_pod, _terminating, churning
 from .test_incremental_model import EXPLORE, _variant
 
 
@@ -62,7 +62,8 @@ def _cidr_node(cidrs: list[str]) -> Any:
 def changing(draw: st.DrawFn) -> tuple[list[tuple[str, list[Any]]], list[list[int]]]:
     """Origins with their versions, and at each step the version of each (0: absent, n: version n - 1)."""
     pool, steps = draw(churning())
-    slots = [(origin, [obj, _variant(obj, 0), _variant(obj, 1)]) for origin, obj in pool]
+    # the versions churning()'s steps choose among: equal, _variant's, _terminating's
+    slots = [(origin, [obj, _variant(obj, 0), _variant(obj, 1), _terminating(obj)]) for origin, obj in pool]
     first = len(slots)
     slots.append(("web2", [_service(1), _service(2)]))
     slots.append(("node-c", [_cidr_node([cidr]) for cidr in ("10.202.0.0/16", "10.201.0.0/16", "10.200.0.0/24")]))

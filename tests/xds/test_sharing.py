@@ -148,23 +148,38 @@ def _snapshot_state(cache: SnapshotCache) -> dict:
     }
 
 
-async def test_a_pod_made_unready_remakes_the_other_nodes_endpoints_alone_as_a_full_build_would() -> None:
+def _unready(pod: dict) -> None:
+    pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+
+
+def _terminating(pod: dict) -> None:
+    pod["metadata"]["deletionTimestamp"] = "2026-12-02T06:00:00Z"
+
+
+@pytest.mark.parametrize("change", [_unready, _terminating], ids=["unready", "terminating"])
+async def test_a_pod_made_unready_remakes_every_nodes_endpoints_alone_as_a_full_build_would(change) -> None:
     """The linear layout keeps its endpoints apart (layout.LateEndpoints): a pod that turns
-    unready changes its own node's config, and only the endpoints of the others, which are made
-    without translating them, to exactly what producing the new model from nothing gives."""
+    unready (or terminating) changes only the endpoints of every node, its own too (a node's other
+    config never reads its pods' readiness: ``incremental._ENDPOINT_ONLY_FIELDS``), which are made
+    without translating any node, to exactly what producing the new model from nothing gives."""
     docs = synthetic_manifests(SHAPE)
     producer, cache = await _produced("linear", docs)
     before = {node: cache.get_snapshot(node) for node in cache.nodes()}
     pod = next(d for d in docs if d["kind"] == "Pod" and d["spec"]["nodeName"] == node_name(0))
-    pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    change(pod)
     report = await producer.update(_index(docs))
-    others = sorted(n for n in cache.nodes() if n != node_name(0))
-    assert report.translated == [node_name(0)] and report.endpoints_only == others
-    for node in others:
+    assert report.translated == [] and report.endpoints_only == cache.nodes()
+    for node in cache.nodes():
         assert report.changed[node] == [ENDPOINT_TYPE]
         after = cache.get_snapshot(node)
         for type_url in (CLUSTER_TYPE, LISTENER_TYPE):
             assert after.resources(type_url) is before[node].resources(type_url)
+    _fresh, fresh_cache = await _produced("linear", docs)
+    assert _snapshot_state(cache) == _snapshot_state(fresh_cache)
+    # and the node's next change, translated whole from the input it holds now, is a full build's too
+    docs = docs + [extra_pod(SHAPE, 0, node=0)]
+    report = await producer.update(_index(docs))
+    assert report.translated == [node_name(0)]
     _fresh, fresh_cache = await _produced("linear", docs)
     assert _snapshot_state(cache) == _snapshot_state(fresh_cache)
 

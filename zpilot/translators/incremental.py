@@ -16,10 +16,11 @@ Pure apart from the memo (no I/O, no clocks); not thread-safe: one caller at a t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Hashable
 
 from ..model.index import MeshIndex
+from ..model.objects import Workload
 from . import inbound
 from .context import NodeView, ResourceSet
 from .fragments import Fragment, Fragments
@@ -86,8 +87,8 @@ class IncrementalTranslator:
 
     def endpoints_only(self, old: Hashable, new: Hashable) -> bool:
         """Whether ``new`` gives the node what ``old`` did but for its endpoints: its layout keeps
-        them apart, and nothing else it reads differs (the node, the options, its pods and their
-        policies, the mesh's shape)."""
+        them apart, and nothing else it reads differs (the node, the options, its pods but for
+        their readiness (:func:`_same_config_pods`) and their policies, the mesh's shape)."""
         if not isinstance(old, NodeInput) or not isinstance(new, NodeInput) or (
             old.options is not new.options and old.options != new.options
         ):
@@ -96,7 +97,7 @@ class IncrementalTranslator:
         return (
             late is not None
             and old.node == new.node
-            and old.local_pods == new.local_pods
+            and _same_config_pods(old.local_pods, new.local_pods)
             and old.policies == new.policies
             and self._same_shape(late, old.mesh, new.mesh)
         )
@@ -145,6 +146,26 @@ class IncrementalTranslator:
         if out.listeners or out.clusters or any(s.type_url != ENDPOINT_TYPE for s in sets) or set(out.endpoints) != covered:
             raise ValueError(f"layout {node_input.options.layout!r}: its endpoints are not shared endpoint sets alone")
         return EndpointSets(sets, tuple(view.used.values()))
+
+
+#: What a node's config never reads of its own pods, but through its endpoints (every node's,
+#: from the model's endpoints): whether each is ready, or terminating. A pod of the node turning
+#: unready (the commonest churn) then changes the node's endpoints alone, as it does every other
+#: node's: the node is not translated again (tests/properties/test_endpoints_only.py holds the
+#: translators to it).
+_ENDPOINT_ONLY_FIELDS = ("ready", "terminating")
+
+
+def _same_config_pods(old: tuple[Workload, ...], new: tuple[Workload, ...]) -> bool:
+    """Whether the node's pods ``old`` and ``new`` are the same but for :data:`_ENDPOINT_ONLY_FIELDS`."""
+    if old == new:
+        return True
+    if len(old) != len(new):
+        return False
+    for a, b in zip(old, new):
+        if a is not b and a != b and replace(a, **{f: getattr(b, f) for f in _ENDPOINT_ONLY_FIELDS}) != b:
+            return False
+    return True
 
 
 def _shape(late: LateEndpoints, mesh: MeshInput) -> Hashable:

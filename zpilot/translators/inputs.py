@@ -154,14 +154,40 @@ def _with_ip(workloads: list[Workload]) -> tuple[Workload, ...]:
     return tuple(w for w in kept if w.ip)
 
 
+#: How many items :func:`_common_ends` compares at once.
+_BLOCK = 512
+
+
 def _common_ends(a: tuple, b: tuple) -> tuple[int, int]:
-    """How many first and how many last items of ``a`` and ``b`` are the very same objects (the
-    two never overlapping): what lies between is what differs. At C speed, no pod looked into."""
+    """How many first and how many last items of ``a`` and ``b`` are the same (the two never
+    overlapping): what lies between is what differs. At C speed, no pod looked into.
+
+    Compared a block at a time with ``==``, which for the very same objects (most of them: the
+    index hands unchanged pods over as they were) is an identity check in C: ten thousand pods in
+    tens of microseconds, where one call per pod took over half a millisecond. An equal pod that
+    is another object counts as the same here: its facts are equal (what :func:`_meshed_from`
+    keeps of it). In the block where the two differ, the first differing item is found by identity."""
     shortest = min(len(a), len(b))
-    start = next(compress(count(), map(is_not, a, b)), shortest)
+    start = _same_run(a, b, 0, 0, shortest, 1)
     tail = shortest - start
-    end = next(compress(count(), islice(map(is_not, reversed(a), reversed(b)), tail)), tail)
+    end = _same_run(a, b, len(a), len(b), tail, -1)
     return start, end
+
+
+def _same_run(a: tuple, b: tuple, i: int, j: int, limit: int, step: int) -> int:
+    """How many items of ``a`` from ``i`` and of ``b`` from ``j`` are the same, up to ``limit``,
+    going forward (``step`` 1) or back from those ends (``step`` -1)."""
+    done = 0
+    while done < limit:
+        size = min(_BLOCK, limit - done)
+        if step > 0:
+            x, y = a[i + done : i + done + size], b[j + done : j + done + size]
+        else:
+            x, y = a[i - done - size : i - done], b[j - done - size : j - done]
+        if x != y:
+            return done + next(compress(count(), map(is_not, x[::step], y[::step])), size)
+        done += size
+    return done
 
 
 def _meshed_from(

@@ -395,6 +395,26 @@ class Producer:
         out.update(self._build_all(build, changed_at))
         return out
 
+    def _plan_then_remake(
+        self, index: MeshIndex, held: set[str], changed_at: float
+    ) -> tuple[dict[str, Hashable], list[str], list[str], int, dict[str, _Built | str] | None]:
+        """:meth:`_plan`, then, when some nodes' endpoints alone changed, those remade first (cheap,
+        and the other nodes' endpoints are all such a change sends them) with the nodes to
+        translate when they are few (a pod's own node): :meth:`_remake_then_build`, all stored at
+        once, so that none is translated while the event loop sends the others theirs. One
+        worker-thread call, not two: each hand-off back to the event loop waits for it, and on a
+        loaded machine for a core. Returns the plan, how many of the nodes to translate were
+        built, and what was made (None: nothing yet)."""
+        inputs, todo, endpoints_only = self._plan(index, held)
+        if not endpoints_only:
+            return inputs, todo, endpoints_only, 0, None
+        batch = [(node, inputs[node]) for node in endpoints_only]
+        # read in this thread: the producer, the cache's only writer, is waiting for it
+        snapshots = {node: self.cache.get_snapshot(node) for node in endpoints_only}
+        first = len(todo) if len(todo) <= self.batch_size else 0
+        now = [(node, inputs[node]) for node in todo[:first]]
+        return inputs, todo, endpoints_only, first, self._remake_then_build(batch, snapshots, now, changed_at)
+
     def _build_each(
         self, nodes: Iterable[tuple[str, Hashable]], make: Callable[[str, Hashable], _Built]
     ) -> dict[str, _Built | str]:
@@ -461,18 +481,12 @@ class Producer:
             elif self.index is None:
                 raise RuntimeError("Producer.update() before any model was given")
             held = set() if index is None else set(self.cache.nodes())  # no index: every node again
-            inputs, todo, endpoints_only = await asyncio.to_thread(self._plan, self.index, held)
+            inputs, todo, endpoints_only, first, results = await asyncio.to_thread(
+                self._plan_then_remake, self.index, held, changed_at
+            )
             report.translated = list(todo)
             report.endpoints_only = list(endpoints_only)
-            first = 0
-            if endpoints_only:  # first: cheap, and the other nodes' endpoints are all such a change sends them
-                batch = [(node, inputs[node]) for node in endpoints_only]
-                snapshots = {node: self.cache.get_snapshot(node) for node in endpoints_only}
-                # a few nodes to translate too (a pod's own node): with them, then all stored at once,
-                # so that none is translated while the event loop sends the others theirs
-                first = len(todo) if len(todo) <= self.batch_size else 0
-                now = [(node, inputs[node]) for node in todo[:first]]
-                results = await asyncio.to_thread(self._remake_then_build, batch, snapshots, now, changed_at)
+            if results is not None:
                 self._store(results, report, replaced_later=True)
             # In batches, each stored as soon as it is built: the first nodes are pushed while the
             # rest are still being translated, and the event loop keeps serving between batches.
