@@ -10,7 +10,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
-from zpilot.kube.client import api_client
+from zpilot.kube.client import KubeConfigError, api_client
 from zpilot.kube.kubeconfig import KubeConfigProblem, read_kubeconfig
 
 ZPILOT = Path(__file__).resolve().parents[2] / "zpilot"
@@ -72,6 +72,16 @@ def test_unusable_kubeconfigs_are_named(tmp_path):
     path.write_text("- a list\n")
     with pytest.raises(KubeConfigProblem, match="not a kubeconfig"):
         read_kubeconfig([path])
+
+
+async def test_a_kubeconfig_that_is_not_yaml_is_named_without_quoting_it(tmp_path):
+    """PyYAML's message quotes the line it failed on (parsed from bytes): here the token's."""
+    path = tmp_path / "kubeconfig"
+    path.write_text("current-context: c\nusers:\n- name: u\n  user:\n    token: s3cr3t-token: x\n")
+    with pytest.raises(KubeConfigError) as caught:
+        await api_client(path, environ={})
+    assert "s3cr3t" not in str(caught.value)
+    assert str(caught.value) == f"--kubeconfig {path}: {path}: not YAML at line 5, column 24 (mapping values are not allowed here)"
 
 
 def _private_kubernetes_asyncio_uses(source: str) -> list[str]:

@@ -112,7 +112,7 @@ class KubeConfig:
 def read_kubeconfig(paths: Sequence[str | Path], context: str | None = None) -> KubeConfig:
     """The files at ``paths`` merged (kubectl's rules, above), and ``context`` (default: current-context).
 
-    Raises KubeConfigProblem (or OSError, yaml.YAMLError) naming what is wrong."""
+    Raises KubeConfigProblem (or OSError) naming what is wrong, never quoting the file."""
     named: dict[str, dict[str, Any]] = {kind: {} for kind in _SECTIONS}
     current: str | None = None
     for path in map(Path, paths):
@@ -149,7 +149,14 @@ def _load(path: Path) -> dict[str, Any]:
         text = f.read(MAX_KUBECONFIG_BYTES + 1)
     if len(text) > MAX_KUBECONFIG_BYTES:
         raise KubeConfigProblem(f"{path}: larger than {MAX_KUBECONFIG_BYTES >> 20} MiB")
-    document = yaml.safe_load(text) or {}
+    try:
+        document = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        # Never str(exc): PyYAML quotes the line it failed on, and in a kubeconfig that can be a token or key.
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise KubeConfigProblem(f"{path}: not YAML{at} ({str(problem)[:100]})") from None
     if not isinstance(document, dict):
         raise KubeConfigProblem(f"{path}: not a kubeconfig (not a mapping)")
     return document
