@@ -51,6 +51,15 @@ async def test_a_relative_token_file_is_relative_to_its_kubeconfig(apiserver, tm
         assert await whoami(api, apiserver) == "relative"
 
 
+async def test_a_kubeconfig_path_with_a_tilde_is_read_from_home(apiserver, tmp_path, monkeypatch):
+    """``KUBECONFIG=~/.kube/other`` as a unit file or a container's environment passes it (no shell expands it)."""
+    (tmp_path / ".kube").mkdir()
+    apiserver.write_kubeconfig(tmp_path / ".kube" / "other", token=apiserver.add_token(user="tilde"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    async with await api_client(environ={"KUBECONFIG": "~/.kube/other"}) as api:
+        assert await whoami(api, apiserver) == "tilde"
+
+
 def test_unusable_kubeconfigs_are_named(tmp_path):
     path = tmp_path / "kubeconfig"
 
