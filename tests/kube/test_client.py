@@ -246,6 +246,29 @@ async def test_a_plugin_that_hangs_at_the_first_load_fails_the_start_naming_the_
     assert not left, "the plugin that hung was left running"
 
 
+async def test_a_plugin_that_hangs_is_killed_with_what_it_ran(apiserver, tmp_path):
+    """A plugin that is a script waiting on a command it ran (the command holding its output open): both are
+    killed. With the script alone killed, the command ran on holding the pipes, and asyncio's wait for the
+    script waited for them too: serve's start (or a renewal, every request behind it) hung without limit."""
+    marker = f"held-by-{tmp_path.name}"
+    path, plugin = _plugin_first_load(
+        apiserver, tmp_path,
+        "import subprocess\n"
+        f"subprocess.run([sys.executable, '-c', 'import signal; signal.pause()', {marker!r}])\n")
+    with pytest.raises(KubeConfigError, match="no answer in 0.5 s"):
+        await asyncio.wait_for(api_client(path, environ={}, exec_timeout=0.5), 20)  # (20 s: only if it hangs)
+
+    def left() -> list[Path]:
+        return [p for p in Path("/proc").glob("[0-9]*/cmdline") if marker.encode() in _read_or_empty(p)
+                and (p.parent / "stat").exists() and b") Z " not in _read_or_empty(p.parent / "stat")]
+
+    for _ in range(100):  # (SIGKILL is delivered asynchronously: a moment, not a time limit on zpilot)
+        if not left():
+            break
+        await asyncio.sleep(0.05)
+    assert not left(), "the command the plugin ran was left running"
+
+
 async def test_a_plugin_that_fails_at_the_first_load_says_why_without_its_output(apiserver, tmp_path, caplog):
     """The plugin's standard error (its own message) is in the error; its standard output never is, nor is it
     logged (kubernetes-asyncio logged a failed plugin's message itself)."""
