@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -267,6 +269,25 @@ async def test_a_plugin_that_hangs_is_killed_with_what_it_ran(apiserver, tmp_pat
             break
         await asyncio.sleep(0.05)
     assert not left(), "the command the plugin ran was left running"
+
+
+async def test_a_plugin_whose_output_a_daemon_holds_fails_in_its_time(apiserver, tmp_path):
+    """A plugin that starts a daemon of its own session (a credential agent) which keeps the plugin's output
+    open: killing the plugin's process group does not end it, and the pipes stay open. The start fails in its
+    time all the same (the wait for the plugin's end was for its pipes too: it hung as long as the daemon)."""
+    marker = f"daemon-of-{tmp_path.name}"
+    path, plugin = _plugin_first_load(
+        apiserver, tmp_path,
+        "import subprocess\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()', {marker!r}], start_new_session=True)\n"
+        "signal.pause()\n")
+    try:
+        with pytest.raises(KubeConfigError, match="no answer in 0.5 s"):
+            await asyncio.wait_for(api_client(path, environ={}, exec_timeout=0.5), 20)  # (20 s: only if it hangs)
+    finally:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):  # the daemon this test started
+            if marker.encode() in _read_or_empty(cmdline):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
 
 
 async def test_a_plugin_that_fails_at_the_first_load_says_why_without_its_output(apiserver, tmp_path, caplog):

@@ -26,6 +26,9 @@ from .kubeconfig import ExecCredential, ExecPlugin
 EXPIRY_MARGIN = timedelta(minutes=5)
 #: What a plugin may print, on each of its outputs (a token, or a certificate and key, are a few KB).
 MAX_OUTPUT_BYTES = 1 << 20
+#: After a plugin was killed, how long its end is waited for: asyncio waits for its outputs to close too, and a
+#: daemon it started in a session of its own (a credential agent) may hold them open for ever.
+KILLED_WAIT_SECONDS = 2.0
 #: How much of a plugin's standard error goes into an error message.
 STDERR_IN_MESSAGE = 500
 
@@ -69,7 +72,10 @@ async def run_exec_plugin(plugin: ExecPlugin, timeout: float) -> ExecCredential:
             for part in parts:  # (gather ends at the first error, the other parts still running)
                 part.cancel()
             await asyncio.gather(*parts, return_exceptions=True)
-            await proc.wait()
+            try:  # (asyncio's wait is for its pipes' end too, which a daemon of its own session may hold)
+                await asyncio.wait_for(proc.wait(), KILLED_WAIT_SECONDS)
+            except TimeoutError:
+                pass
     if proc.returncode:
         said = stderr.decode(errors="replace").strip()[:STDERR_IN_MESSAGE]
         raise ExecPluginError(f"{who}: exit status {proc.returncode}" + (f": {said}" if said else ""))
