@@ -290,6 +290,18 @@ async def test_a_plugin_whose_output_a_daemon_holds_fails_in_its_time(apiserver,
                 os.kill(int(cmdline.parent.name), signal.SIGKILL)
 
 
+async def test_a_plugin_that_prints_without_end_is_cut_off(apiserver, tmp_path):
+    """What a plugin prints is read up to 1 MiB (exec_plugin.MAX_OUTPUT_BYTES), then it is killed: memory stays
+    bounded whatever it prints, and the error says so, never quoting it."""
+    path, plugin = _plugin_first_load(
+        apiserver, tmp_path, "while True:\n    sys.stdout.write(SECRET * 4096)\n")
+    with pytest.raises(KubeConfigError, match="printed more than 1 MiB \\(killed\\)$") as caught:
+        await asyncio.wait_for(api_client(path, environ={}, exec_timeout=15), 20)  # (20 s: only if it hangs)
+    assert SECRET not in str(caught.value)
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(plugin).encode() in _read_or_empty(p)]
+    assert not left, "the plugin was left running"
+
+
 async def test_a_plugin_that_fails_at_the_first_load_says_why_without_its_output(apiserver, tmp_path, caplog):
     """The plugin's standard error (its own message) is in the error; its standard output never is, nor is it
     logged (kubernetes-asyncio logged a failed plugin's message itself)."""
