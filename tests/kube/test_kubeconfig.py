@@ -60,6 +60,19 @@ async def test_a_kubeconfig_path_with_a_tilde_is_read_from_home(apiserver, tmp_p
         assert await whoami(api, apiserver) == "tilde"
 
 
+def test_an_exec_plugins_null_values_are_empty_strings(tmp_path):
+    """``value:`` with nothing after it is YAML's null, which kubectl reads as the empty string: the plugin gets
+    an empty variable, not the text "None"."""
+    path = tmp_path / "kubeconfig"
+    path.write_text("current-context: ctx\nclusters: [{name: c, cluster: {server: 'https://x'}}]\n"
+                    "contexts: [{name: ctx, context: {cluster: c, user: u}}]\n"
+                    "users:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n"
+                    "      command: aws\n      args: [eks, get-token, null]\n"
+                    "      env:\n      - name: AWS_PROFILE\n        value:\n")
+    plugin = read_kubeconfig([path]).exec_plugin()
+    assert plugin is not None and plugin.env == {"AWS_PROFILE": ""} and plugin.args == ("eks", "get-token", "")
+
+
 def test_unusable_kubeconfigs_are_named(tmp_path):
     path = tmp_path / "kubeconfig"
 

@@ -86,8 +86,9 @@ class KubeConfig:
         env = section.get("env") or []
         if not isinstance(env, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in env):
             raise KubeConfigProblem(f"{who}: exec env is not a list of name and value")
-        return ExecPlugin(user=str(self.user_name), command=section["command"], args=tuple(str(a) for a in args),
-                          env={e["name"]: str(e.get("value", "")) for e in env}, api_version=section["apiVersion"])
+        # (YAML's null, "value:" with nothing after it, is the empty string, as kubectl reads it: not "None")
+        return ExecPlugin(user=str(self.user_name), command=section["command"], args=tuple(_text(a) for a in args),
+                          env={e["name"]: _text(e.get("value")) for e in env}, api_version=section["apiVersion"])
 
     def document(self, credential: ExecCredential | None = None) -> dict[str, Any]:
         """A kubeconfig of this context alone for kubernetes-asyncio, with ``credential`` (a plugin's answer) in
@@ -142,6 +143,11 @@ def read_kubeconfig(paths: Sequence[str | Path], context: str | None = None) -> 
         raise KubeConfigProblem(f"context {chosen}: no user {user_name}")
     return KubeConfig(context=chosen, cluster=cluster, user_name=user_name,
                       user=named["users"].get(user_name, {}) if user_name is not None else {})
+
+
+def _text(value: Any) -> str:
+    """A kubeconfig string as kubectl reads it: null is the empty string."""
+    return "" if value is None else str(value)
 
 
 def _load(path: Path) -> dict[str, Any]:
