@@ -72,7 +72,7 @@ def channel_options(window: int = ENVOY_WINDOW) -> list[tuple[str, int]]:
     BDP probing is off: with probing on (the default) the client advertises 4 MiB for the stream
     and the connection whatever the option says, then sizes them from its estimate; with probing
     off it advertises SETTINGS_INITIAL_WINDOW_SIZE = ``window`` and a connection WINDOW_UPDATE
-    up to ``window`` (seen on the wire with grpcio 1.85: tests/test_bench_ztunnels.py).
+    up to ``window`` (seen on the wire with grpcio 1.85: tests/bench/test_ztunnel_windows.py).
     ``window`` 0: gRPC's own defaults."""
     options = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
                # each ztunnel its own connection, as on a cluster (channels of one process would share one)

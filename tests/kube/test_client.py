@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -244,6 +246,60 @@ async def test_a_plugin_that_hangs_at_the_first_load_fails_the_start_naming_the_
     assert SECRET not in message
     left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(plugin).encode() in _read_or_empty(p)]
     assert not left, "the plugin that hung was left running"
+
+
+async def test_a_plugin_that_hangs_is_killed_with_what_it_ran(apiserver, tmp_path):
+    """A plugin that is a script waiting on a command it ran (the command holding its output open): both are
+    killed. With the script alone killed, the command ran on holding the pipes, and asyncio's wait for the
+    script waited for them too: serve's start (or a renewal, every request behind it) hung without limit."""
+    marker = f"held-by-{tmp_path.name}"
+    path, plugin = _plugin_first_load(
+        apiserver, tmp_path,
+        "import subprocess\n"
+        f"subprocess.run([sys.executable, '-c', 'import signal; signal.pause()', {marker!r}])\n")
+    with pytest.raises(KubeConfigError, match="no answer in 0.5 s"):
+        await asyncio.wait_for(api_client(path, environ={}, exec_timeout=0.5), 20)  # (20 s: only if it hangs)
+
+    def left() -> list[Path]:
+        return [p for p in Path("/proc").glob("[0-9]*/cmdline") if marker.encode() in _read_or_empty(p)
+                and (p.parent / "stat").exists() and b") Z " not in _read_or_empty(p.parent / "stat")]
+
+    for _ in range(100):  # (SIGKILL is delivered asynchronously: a moment, not a time limit on zpilot)
+        if not left():
+            break
+        await asyncio.sleep(0.05)
+    assert not left(), "the command the plugin ran was left running"
+
+
+async def test_a_plugin_whose_output_a_daemon_holds_fails_in_its_time(apiserver, tmp_path):
+    """A plugin that starts a daemon of its own session (a credential agent) which keeps the plugin's output
+    open: killing the plugin's process group does not end it, and the pipes stay open. The start fails in its
+    time all the same (the wait for the plugin's end was for its pipes too: it hung as long as the daemon)."""
+    marker = f"daemon-of-{tmp_path.name}"
+    path, plugin = _plugin_first_load(
+        apiserver, tmp_path,
+        "import subprocess\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import signal; signal.pause()', {marker!r}], start_new_session=True)\n"
+        "signal.pause()\n")
+    try:
+        with pytest.raises(KubeConfigError, match="no answer in 0.5 s"):
+            await asyncio.wait_for(api_client(path, environ={}, exec_timeout=0.5), 20)  # (20 s: only if it hangs)
+    finally:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):  # the daemon this test started
+            if marker.encode() in _read_or_empty(cmdline):
+                os.kill(int(cmdline.parent.name), signal.SIGKILL)
+
+
+async def test_a_plugin_that_prints_without_end_is_cut_off(apiserver, tmp_path):
+    """What a plugin prints is read up to 1 MiB (exec_plugin.MAX_OUTPUT_BYTES), then it is killed: memory stays
+    bounded whatever it prints, and the error says so, never quoting it."""
+    path, plugin = _plugin_first_load(
+        apiserver, tmp_path, "while True:\n    sys.stdout.write(SECRET * 4096)\n")
+    with pytest.raises(KubeConfigError, match="printed more than 1 MiB \\(killed\\)$") as caught:
+        await asyncio.wait_for(api_client(path, environ={}, exec_timeout=15), 20)  # (20 s: only if it hangs)
+    assert SECRET not in str(caught.value)
+    left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(plugin).encode() in _read_or_empty(p)]
+    assert not left, "the plugin was left running"
 
 
 async def test_a_plugin_that_fails_at_the_first_load_says_why_without_its_output(apiserver, tmp_path, caplog):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
-from zpilot.kube.client import api_client
+from zpilot.kube.client import KubeConfigError, api_client
 from zpilot.kube.kubeconfig import KubeConfigProblem, read_kubeconfig
 
 ZPILOT = Path(__file__).resolve().parents[2] / "zpilot"
@@ -51,6 +51,28 @@ async def test_a_relative_token_file_is_relative_to_its_kubeconfig(apiserver, tm
         assert await whoami(api, apiserver) == "relative"
 
 
+async def test_a_kubeconfig_path_with_a_tilde_is_read_from_home(apiserver, tmp_path, monkeypatch):
+    """``KUBECONFIG=~/.kube/other`` as a unit file or a container's environment passes it (no shell expands it)."""
+    (tmp_path / ".kube").mkdir()
+    apiserver.write_kubeconfig(tmp_path / ".kube" / "other", token=apiserver.add_token(user="tilde"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    async with await api_client(environ={"KUBECONFIG": "~/.kube/other"}) as api:
+        assert await whoami(api, apiserver) == "tilde"
+
+
+def test_an_exec_plugins_null_values_are_empty_strings(tmp_path):
+    """``value:`` with nothing after it is YAML's null, which kubectl reads as the empty string: the plugin gets
+    an empty variable, not the text "None"."""
+    path = tmp_path / "kubeconfig"
+    path.write_text("current-context: ctx\nclusters: [{name: c, cluster: {server: 'https://x'}}]\n"
+                    "contexts: [{name: ctx, context: {cluster: c, user: u}}]\n"
+                    "users:\n- name: u\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1\n"
+                    "      command: aws\n      args: [eks, get-token, null]\n"
+                    "      env:\n      - name: AWS_PROFILE\n        value:\n")
+    plugin = read_kubeconfig([path]).exec_plugin()
+    assert plugin is not None and plugin.env == {"AWS_PROFILE": ""} and plugin.args == ("eks", "get-token", "")
+
+
 def test_unusable_kubeconfigs_are_named(tmp_path):
     path = tmp_path / "kubeconfig"
 
@@ -72,6 +94,16 @@ def test_unusable_kubeconfigs_are_named(tmp_path):
     path.write_text("- a list\n")
     with pytest.raises(KubeConfigProblem, match="not a kubeconfig"):
         read_kubeconfig([path])
+
+
+async def test_a_kubeconfig_that_is_not_yaml_is_named_without_quoting_it(tmp_path):
+    """PyYAML's message quotes the line it failed on (parsed from bytes): here the token's."""
+    path = tmp_path / "kubeconfig"
+    path.write_text("current-context: c\nusers:\n- name: u\n  user:\n    token: s3cr3t-token: x\n")
+    with pytest.raises(KubeConfigError) as caught:
+        await api_client(path, environ={})
+    assert "s3cr3t" not in str(caught.value)
+    assert str(caught.value) == f"--kubeconfig {path}: {path}: not YAML at line 5, column 24 (mapping values are not allowed here)"
 
 
 def _private_kubernetes_asyncio_uses(source: str) -> list[str]:

@@ -92,7 +92,11 @@ async def test_without_idle_time_the_first_change_cuts_the_chains_itself(monkeyp
 
 async def test_a_change_waiting_is_produced_before_what_idle_time_pays_ahead(monkeypatch) -> None:
     """Paying ahead takes the producer's lock node by node: a change that comes meanwhile is
-    produced as soon as the step under way ends, the rest of the nodes after it."""
+    produced as soon as the step under way ends, the rest of the nodes after it. The idle-time
+    task the producer starts on its own (at once here: on a slow run, ``python -X dev``, its
+    0.25 s passed during the first step) does not take a second step meanwhile: ``prepare_pending``
+    is the one loop paying ahead."""
+    monkeypatch.setattr(Producer, "PREPARE_AFTER_SECONDS", 0)
     docs = synthetic_manifests(SHAPE)
     producer = await _produced(docs, prepare_ahead=False)
     producer.prepare_ahead = True

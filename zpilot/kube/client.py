@@ -101,7 +101,8 @@ async def api_client(
     paths = explicit or str(Path(environ["HOME"]) / ".kube" / "config" if environ.get("HOME")
                             else DEFAULT_KUBECONFIG.expanduser())
     named = "--kubeconfig" if kubeconfig is not None else "KUBECONFIG" if explicit else "default kubeconfig"
-    existing = [p for p in paths.split(os.pathsep) if p and Path(p).expanduser().is_file()]
+    # (``~`` expanded as kubernetes-asyncio did: a KUBECONFIG from a unit file or a container's env has it unexpanded)
+    existing = [p for p in (Path(p).expanduser() for p in paths.split(os.pathsep) if p) if p.is_file()]
     if not existing:
         raise KubeConfigError(
             f"{named} {paths}: no such file; give --kubeconfig, set KUBECONFIG, or run in a pod with a service account"

@@ -2,7 +2,7 @@
 
 kubernetes-asyncio runs a plugin without a time limit, and a wait that is cancelled leaves the plugin
 running. zpilot runs it here instead, both at the first load (``zpilot serve``'s start) and at each renewal.
-A plugin that has not answered in the time given is killed.
+A plugin that has not answered in the time given is killed, with whatever it ran (its process group).
 
 The plugin's standard output holds the token, so it is never put in an error or a log. Its standard error
 (the plugin's own message, such as "credentials expired, run aws sso login") is put in, cut to 500
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from datetime import datetime, timedelta, timezone
 
 from .kubeconfig import ExecCredential, ExecPlugin
@@ -25,6 +26,9 @@ from .kubeconfig import ExecCredential, ExecPlugin
 EXPIRY_MARGIN = timedelta(minutes=5)
 #: What a plugin may print, on each of its outputs (a token, or a certificate and key, are a few KB).
 MAX_OUTPUT_BYTES = 1 << 20
+#: After a plugin was killed, how long its end is waited for: asyncio waits for its outputs to close too, and a
+#: daemon it started in a session of its own (a credential agent) may hold them open for ever.
+KILLED_WAIT_SECONDS = 2.0
 #: How much of a plugin's standard error goes into an error message.
 STDERR_IN_MESSAGE = 500
 
@@ -39,24 +43,39 @@ async def run_exec_plugin(plugin: ExecPlugin, timeout: float) -> ExecCredential:
     who = f"kubeconfig user {plugin.user}: exec plugin {plugin.command}"
     info = {"apiVersion": plugin.api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
     try:
+        # A session (and process group) of its own: a plugin that is a script waiting on a command it ran is
+        # killed with that command, which would otherwise run on, one more per renewal tried.
         proc = await asyncio.create_subprocess_exec(
             plugin.command, *plugin.args, env={**os.environ, **plugin.env, "KUBERNETES_EXEC_INFO": json.dumps(info)},
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
     except OSError as exc:
         raise ExecPluginError(f"{who}: cannot be run ({exc.strerror or exc})") from None
+    assert proc.stdout is not None and proc.stderr is not None
+    parts = [asyncio.ensure_future(_read_bounded(proc.stdout)), asyncio.ensure_future(_read_bounded(proc.stderr)),
+             asyncio.ensure_future(proc.wait())]
+    answered = False
     try:
-        assert proc.stdout is not None and proc.stderr is not None
-        stdout, stderr, _ = await asyncio.wait_for(
-            asyncio.gather(_read_bounded(proc.stdout), _read_bounded(proc.stderr), proc.wait()), timeout)
+        stdout, stderr, _ = await asyncio.wait_for(asyncio.gather(*parts), timeout)
+        answered = True
     except TimeoutError:
         raise ExecPluginError(f"{who}: no answer in {timeout:g} s (killed)") from None
     except _TooMuch:
         raise ExecPluginError(f"{who}: printed more than {MAX_OUTPUT_BYTES >> 20} MiB (killed)") from None
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        if not answered:  # (its outputs still open: the plugin, or what it ran, is still there)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # (every one of them had ended)
+                pass
+            for part in parts:  # (gather ends at the first error, the other parts still running)
+                part.cancel()
+            await asyncio.gather(*parts, return_exceptions=True)
+            try:  # (asyncio's wait is for its pipes' end too, which a daemon of its own session may hold)
+                await asyncio.wait_for(proc.wait(), KILLED_WAIT_SECONDS)
+            except TimeoutError:
+                pass
     if proc.returncode:
         said = stderr.decode(errors="replace").strip()[:STDERR_IN_MESSAGE]
         raise ExecPluginError(f"{who}: exit status {proc.returncode}" + (f": {said}" if said else ""))

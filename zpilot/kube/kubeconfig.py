@@ -86,8 +86,9 @@ class KubeConfig:
         env = section.get("env") or []
         if not isinstance(env, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in env):
             raise KubeConfigProblem(f"{who}: exec env is not a list of name and value")
-        return ExecPlugin(user=str(self.user_name), command=section["command"], args=tuple(str(a) for a in args),
-                          env={e["name"]: str(e.get("value", "")) for e in env}, api_version=section["apiVersion"])
+        # (YAML's null, "value:" with nothing after it, is the empty string, as kubectl reads it: not "None")
+        return ExecPlugin(user=str(self.user_name), command=section["command"], args=tuple(_text(a) for a in args),
+                          env={e["name"]: _text(e.get("value")) for e in env}, api_version=section["apiVersion"])
 
     def document(self, credential: ExecCredential | None = None) -> dict[str, Any]:
         """A kubeconfig of this context alone for kubernetes-asyncio, with ``credential`` (a plugin's answer) in
@@ -112,7 +113,7 @@ class KubeConfig:
 def read_kubeconfig(paths: Sequence[str | Path], context: str | None = None) -> KubeConfig:
     """The files at ``paths`` merged (kubectl's rules, above), and ``context`` (default: current-context).
 
-    Raises KubeConfigProblem (or OSError, yaml.YAMLError) naming what is wrong."""
+    Raises KubeConfigProblem (or OSError) naming what is wrong, never quoting the file."""
     named: dict[str, dict[str, Any]] = {kind: {} for kind in _SECTIONS}
     current: str | None = None
     for path in map(Path, paths):
@@ -144,12 +145,24 @@ def read_kubeconfig(paths: Sequence[str | Path], context: str | None = None) -> 
                       user=named["users"].get(user_name, {}) if user_name is not None else {})
 
 
+def _text(value: Any) -> str:
+    """A kubeconfig string as kubectl reads it: null is the empty string."""
+    return "" if value is None else str(value)
+
+
 def _load(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
         text = f.read(MAX_KUBECONFIG_BYTES + 1)
     if len(text) > MAX_KUBECONFIG_BYTES:
         raise KubeConfigProblem(f"{path}: larger than {MAX_KUBECONFIG_BYTES >> 20} MiB")
-    document = yaml.safe_load(text) or {}
+    try:
+        document = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        # Never str(exc): PyYAML quotes the line it failed on, and in a kubeconfig that can be a token or key.
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise KubeConfigProblem(f"{path}: not YAML{at} ({str(problem)[:100]})") from None
     if not isinstance(document, dict):
         raise KubeConfigProblem(f"{path}: not a kubeconfig (not a mapping)")
     return document

@@ -545,8 +545,17 @@ class Producer:
 
     async def prepare_pending(self) -> None:
         """Pay ahead now for every node waiting for it (what idle time does, :meth:`_prepare_ahead`,
-        without waiting for it: for tests and tools that want a prepared producer at once)."""
-        await self._prepare_ahead(delay=0)
+        without waiting for it: for tests and tools that want a prepared producer at once).
+
+        It is the idle-time task, started now: the one under way, if any, is ended first (once its
+        step, if any, has), and a change produced meanwhile starts no other (:meth:`_prepare_later`).
+        Two loops paying ahead would both queue on the lock, and a change that comes would wait for
+        two steps, not one."""
+        if self._preparing is not None and not self._preparing.done():
+            self._preparing.cancel()
+            await asyncio.gather(self._preparing, return_exceptions=True)
+        self._preparing = asyncio.ensure_future(self._prepare_ahead(delay=0))
+        await self._preparing
 
     async def _prepare_ahead(self, delay: float | None = None) -> None:
         """Pay ahead, node by node, what the next change of a node translated whole would pay
@@ -559,9 +568,11 @@ class Producer:
         prepare = self.translator.prepare  # type: ignore[attr-defined]
         await asyncio.sleep(self.PREPARE_AFTER_SECONDS if delay is None else delay)
         while self._to_prepare:
-            node = next(iter(self._to_prepare))
-            del self._to_prepare[node]
             async with self._lock:
+                if not self._to_prepare:  # (taken under the lock: a loop cancelled while waiting for it loses none)
+                    break
+                node = next(iter(self._to_prepare))
+                del self._to_prepare[node]
                 node_input = self._inputs.get(node)
                 if node_input is None or node in self.failures:
                     continue
