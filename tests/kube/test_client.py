@@ -50,6 +50,21 @@ async def test_kubeconfig_flag_then_kubeconfig_env_then_in_cluster_then_home(api
     assert await user(HOME=str(home)) == "home"
 
 
+async def test_the_kubeconfig_flag_names_one_file_even_with_a_colon(apiserver, tmp_path):
+    """kubectl's --kubeconfig is one path (only KUBECONFIG is a list): a directory named with a colon
+    holds the file, and the parts of its name are not read as files of their own."""
+    (tmp_path / "a").mkdir()
+    decoy = apiserver.write_kubeconfig(tmp_path / "a" / "config", token=apiserver.add_token(user="decoy"))
+    folder = tmp_path / "a:b"
+    folder.mkdir()
+    flag = apiserver.write_kubeconfig(folder / "config", token=apiserver.add_token(user="flag"))
+    assert decoy.is_file() and str(flag) == f"{tmp_path}/a:b/config"
+    async with await api_client(flag, environ={}) as api:
+        assert await whoami(api, apiserver) == "flag"
+    with pytest.raises(KubeConfigError, match="no such file"):
+        await api_client(f"{decoy}:{flag}", environ={})
+
+
 async def test_context_picks_a_kubeconfig_context(apiserver, tmp_path):
     path = apiserver.write_kubeconfig(tmp_path / "kubeconfig", context="one")
     async with await api_client(path, "one", environ={}) as api:
@@ -290,14 +305,31 @@ async def test_a_plugin_whose_output_a_daemon_holds_fails_in_its_time(apiserver,
                 os.kill(int(cmdline.parent.name), signal.SIGKILL)
 
 
+def _pipes() -> set[str]:
+    """This process's open pipes."""
+    found = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("pipe:"):
+            found.add(target)
+    return found
+
+
 async def test_a_plugin_that_prints_without_end_is_cut_off(apiserver, tmp_path):
     """What a plugin prints is read up to 1 MiB (exec_plugin.MAX_OUTPUT_BYTES), then it is killed: memory stays
     bounded whatever it prints, and the error says so, never quoting it."""
     path, plugin = _plugin_first_load(
         apiserver, tmp_path, "while True:\n    sys.stdout.write(SECRET * 4096)\n")
+    pipes_before = _pipes()
     with pytest.raises(KubeConfigError, match="printed more than 1 MiB \\(killed\\)$") as caught:
         await asyncio.wait_for(api_client(path, environ={}, exec_timeout=15), 20)  # (20 s: only if it hangs)
     assert SECRET not in str(caught.value)
+    # its outputs read to their end and closed: a pipe left open (its reader stopped) kept a transport whose
+    # __del__ later ran inside a garbage collection, once inside ast.parse (SystemError)
+    assert _pipes() <= pipes_before
     left = [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(plugin).encode() in _read_or_empty(p)]
     assert not left, "the plugin was left running"
 

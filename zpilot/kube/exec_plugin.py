@@ -72,8 +72,14 @@ async def run_exec_plugin(plugin: ExecPlugin, timeout: float) -> ExecCredential:
             for part in parts:  # (gather ends at the first error, the other parts still running)
                 part.cancel()
             await asyncio.gather(*parts, return_exceptions=True)
-            try:  # (asyncio's wait is for its pipes' end too, which a daemon of its own session may hold)
-                await asyncio.wait_for(proc.wait(), KILLED_WAIT_SECONDS)
+            # Its outputs read to their end, what is left thrown away: a pipe whose reader stopped (paused
+            # full, or cancelled) never sees its end, and its transport, left open, ran Python code (its
+            # __del__) inside a later garbage collection, once inside CPython's ast.parse, which raised
+            # SystemError. asyncio's wait is for the pipes' end too, which a daemon of its own session may
+            # hold: that is waited for KILLED_WAIT_SECONDS at most.
+            try:
+                await asyncio.wait_for(asyncio.gather(_drain(proc.stdout), _drain(proc.stderr), proc.wait()),
+                                       KILLED_WAIT_SECONDS)
             except TimeoutError:
                 pass
     if proc.returncode:
@@ -97,6 +103,12 @@ async def _read_bounded(stream: asyncio.StreamReader) -> bytes:
         if len(data) > MAX_OUTPUT_BYTES:
             raise _TooMuch
     return bytes(data)
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    """The stream read to its end and thrown away."""
+    while await stream.read(65536):
+        pass
 
 
 class _TooMuch(Exception):
