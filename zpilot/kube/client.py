@@ -102,7 +102,9 @@ async def api_client(
                             else DEFAULT_KUBECONFIG.expanduser())
     named = "--kubeconfig" if kubeconfig is not None else "KUBECONFIG" if explicit else "default kubeconfig"
     # (``~`` expanded as kubernetes-asyncio did: a KUBECONFIG from a unit file or a container's env has it unexpanded)
-    existing = [p for p in (Path(p).expanduser() for p in paths.split(os.pathsep) if p) if p.is_file()]
+    # (--kubeconfig names one file, as kubectl's does; KUBECONFIG is a list)
+    listed = [paths] if kubeconfig is not None else paths.split(os.pathsep)
+    existing = [p for p in (Path(p).expanduser() for p in listed if p) if p.is_file()]
     if not existing:
         raise KubeConfigError(
             f"{named} {paths}: no such file; give --kubeconfig, set KUBECONFIG, or run in a pod with a service account"
