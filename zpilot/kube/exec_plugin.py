@@ -15,9 +15,11 @@ kubernetes-asyncio did not send them either.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import subprocess
 from datetime import datetime, timedelta, timezone
 
 from .kubeconfig import ExecCredential, ExecPlugin
@@ -42,50 +44,40 @@ async def run_exec_plugin(plugin: ExecPlugin, timeout: float) -> ExecCredential:
     seconds (it is then killed), exits non-zero, or prints no ExecCredential with a token or certificate."""
     who = f"kubeconfig user {plugin.user}: exec plugin {plugin.command}"
     info = {"apiVersion": plugin.api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
+    loop = asyncio.get_running_loop()
     try:
         # A session (and process group) of its own: a plugin that is a script waiting on a command it ran is
         # killed with that command, which would otherwise run on, one more per renewal tried.
-        proc = await asyncio.create_subprocess_exec(
-            plugin.command, *plugin.args, env={**os.environ, **plugin.env, "KUBERNETES_EXEC_INFO": json.dumps(info)},
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
+        transport, run = await loop.subprocess_exec(
+            lambda: _PluginRun(loop), plugin.command, *plugin.args,
+            env={**os.environ, **plugin.env, "KUBERNETES_EXEC_INFO": json.dumps(info)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         )
     except OSError as exc:
         raise ExecPluginError(f"{who}: cannot be run ({exc.strerror or exc})") from None
-    assert proc.stdout is not None and proc.stderr is not None
-    parts = [asyncio.ensure_future(_read_bounded(proc.stdout)), asyncio.ensure_future(_read_bounded(proc.stderr)),
-             asyncio.ensure_future(proc.wait())]
-    answered = False
     try:
-        stdout, stderr, _ = await asyncio.wait_for(asyncio.gather(*parts), timeout)
-        answered = True
-    except TimeoutError:
-        raise ExecPluginError(f"{who}: no answer in {timeout:g} s (killed)") from None
-    except _TooMuch:
-        raise ExecPluginError(f"{who}: printed more than {MAX_OUTPUT_BYTES >> 20} MiB (killed)") from None
+        try:
+            await asyncio.wait_for(asyncio.shield(run.done), timeout)
+        except TimeoutError:
+            raise ExecPluginError(f"{who}: no answer in {timeout:g} s (killed)") from None
+        if run.too_much:
+            raise ExecPluginError(f"{who}: printed more than {MAX_OUTPUT_BYTES >> 20} MiB (killed)")
+    except BaseException:  # (a timeout, too much printed, or the caller cancelled: what it ran is still there)
+        _kill_group(transport.get_pid())
+        # Its end is waited for: its outputs close then. A daemon of its own session (a credential agent) may
+        # hold them for ever, so KILLED_WAIT_SECONDS at most; the transport is closed in any case, which
+        # closes our end of the pipes (a transport left open ran its __del__ inside a later garbage
+        # collection, once inside CPython's ast.parse, which raised SystemError).
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(run.done), KILLED_WAIT_SECONDS)
+        raise
     finally:
-        if not answered:  # (its outputs still open: the plugin, or what it ran, is still there)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:  # (every one of them had ended)
-                pass
-            for part in parts:  # (gather ends at the first error, the other parts still running)
-                part.cancel()
-            await asyncio.gather(*parts, return_exceptions=True)
-            # Its outputs read to their end, what is left thrown away: a pipe whose reader stopped (paused
-            # full, or cancelled) never sees its end, and its transport, left open, ran Python code (its
-            # __del__) inside a later garbage collection, once inside CPython's ast.parse, which raised
-            # SystemError. asyncio's wait is for the pipes' end too, which a daemon of its own session may
-            # hold: that is waited for KILLED_WAIT_SECONDS at most.
-            try:
-                await asyncio.wait_for(asyncio.gather(_drain(proc.stdout), _drain(proc.stderr), proc.wait()),
-                                       KILLED_WAIT_SECONDS)
-            except TimeoutError:
-                pass
-    if proc.returncode:
-        said = stderr.decode(errors="replace").strip()[:STDERR_IN_MESSAGE]
-        raise ExecPluginError(f"{who}: exit status {proc.returncode}" + (f": {said}" if said else ""))
-    return _credential(stdout, plugin, who)
+        transport.close()
+    code = transport.get_returncode()
+    if code:
+        said = bytes(run.stderr).decode(errors="replace").strip()[:STDERR_IN_MESSAGE]
+        raise ExecPluginError(f"{who}: exit status {code}" + (f": {said}" if said else ""))
+    return _credential(bytes(run.stdout), plugin, who)
 
 
 def due(credential: ExecCredential, now: datetime | None = None) -> bool:
@@ -95,24 +87,52 @@ def due(credential: ExecCredential, now: datetime | None = None) -> bool:
     return (now or datetime.now(timezone.utc)) >= credential.expiry - EXPIRY_MARGIN
 
 
-async def _read_bounded(stream: asyncio.StreamReader) -> bytes:
-    """The stream to its end; _TooMuch past MAX_OUTPUT_BYTES (memory is bounded whatever a plugin prints)."""
-    data = bytearray()
-    while chunk := await stream.read(65536):
-        data += chunk
-        if len(data) > MAX_OUTPUT_BYTES:
-            raise _TooMuch
-    return bytes(data)
+class _PluginRun(asyncio.SubprocessProtocol):
+    """What a plugin prints, kept up to MAX_OUTPUT_BYTES on each output (memory is bounded whatever it
+    prints: past that it is killed), and ``done`` once it has exited and both outputs are closed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.stdout, self.stderr = bytearray(), bytearray()
+        self.too_much = False
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._transport: asyncio.SubprocessTransport | None = None
+        self._open = {1, 2}
+        self._exited = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        kept = self.stdout if fd == 1 else self.stderr
+        if self.too_much:
+            return
+        kept += data
+        if len(kept) > MAX_OUTPUT_BYTES:
+            self.too_much = True
+            if self._transport is not None:
+                _kill_group(self._transport.get_pid())
+            if not self.done.done():  # (its answer is known: a daemon holding its outputs must not delay it)
+                self.done.set_result(None)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        self._open.discard(fd)
+        self._finish()
+
+    def process_exited(self) -> None:
+        self._exited = True
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._exited and not self._open and not self.done.done():
+            self.done.set_result(None)
 
 
-async def _drain(stream: asyncio.StreamReader) -> None:
-    """The stream read to its end and thrown away."""
-    while await stream.read(65536):
-        pass
-
-
-class _TooMuch(Exception):
-    """A plugin printed more than MAX_OUTPUT_BYTES."""
+def _kill_group(pid: int | None) -> None:
+    """SIGKILL to the plugin's process group (the plugin and what it ran)."""
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def _credential(stdout: bytes, plugin: ExecPlugin, who: str) -> ExecCredential:
