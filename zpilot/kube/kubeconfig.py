@@ -234,7 +234,7 @@ def _pem(section: Mapping[str, Any], key: str, who: str) -> bytes | None:
         if not isinstance(data, str) or len(data) > MAX_PEM_BYTES * 4 // 3 + 4:
             raise KubeConfigProblem(f"{who}: {key}-data is not base64 text of at most {MAX_PEM_BYTES >> 20} MiB")
         try:
-            return base64.b64decode(data, validate=True)
+            return base64.b64decode("".join(data.split()), validate=True)  # (folded lines, as Go's decoder takes)
         except ValueError:
             raise KubeConfigProblem(f"{who}: {key}-data is not base64") from None
     path = section.get(key)
