@@ -60,9 +60,9 @@ async def test_inline_client_certificates_and_ca_never_reach_the_temp_directory(
     exits: a control plane's client key readable by name in a shared directory. The client still presents the
     certificate (the API server knows the user by it) and checks the server against the inline CA."""
     cert, key = apiserver.issue_client_certificate("by-certificate")
+    folded = base64.encodebytes(cert).decode()  # (base64 in lines of 76, as some tools write it: kubectl reads it)
     path = _with_user(apiserver, tmp_path / "kubeconfig", {
-        "client-certificate-data": base64.b64encode(cert).decode(),
-        "client-key-data": base64.b64encode(key).decode()})
+        "client-certificate-data": folded, "client-key-data": base64.b64encode(key).decode()})
     async with await api_client(path, environ={}) as api:
         assert await whoami(api, apiserver) == "by-certificate"
         assert api.configuration.key_file is None and api.configuration.ssl_ca_cert is None

@@ -105,7 +105,7 @@ class KubeConfig:
     def tls(self, credential: ExecCredential | None = None) -> TlsMaterial:
         """The CA, client certificate and key, read (files) or decoded (``*-data``) into memory; a plugin's
         certificate and key (``credential``) in place of the user's. KubeConfigProblem naming the entry."""
-        cluster_who, user_who = f"cluster {self.cluster_name}", f"user {self.user_name}"
+        cluster_who, user_who = f"cluster {self.cluster_name}", f"user {str(self.user_name)[:200]}"
         ca = _pem(self.cluster, "certificate-authority", cluster_who)
         if credential is not None and credential.client_certificate is not None:
             return TlsMaterial(ca, credential.client_certificate.encode(), (credential.client_key or "").encode())
@@ -206,14 +206,14 @@ def read_kubeconfig(paths: Sequence[str | Path], context: str | None = None) -> 
     if cluster.get("insecure-skip-tls-verify") is True and (
             cluster.get("certificate-authority") or cluster.get("certificate-authority-data")):
         raise KubeConfigProblem(
-            f"cluster {ctx.get('cluster')}: certificate-authority and insecure-skip-tls-verify are both set, which"
+            f"cluster {str(ctx.get('cluster'))[:200]}: certificate-authority and insecure-skip-tls-verify are both set, which"
             " kubectl refuses too (a CA that is not checked): remove one")
     user_name = ctx.get("user")
     if user_name is not None and user_name not in named["users"]:
         raise KubeConfigProblem(f"context {chosen}: no user {user_name}")
     return KubeConfig(context=chosen, cluster=cluster, user_name=user_name,
                       user=named["users"].get(user_name, {}) if user_name is not None else {},
-                      cluster_name=str(ctx.get("cluster")))
+                      cluster_name=str(ctx.get("cluster"))[:200])  # (a name for messages: bounded)
 
 
 def _text(value: Any) -> str:
