@@ -70,6 +70,32 @@ async def test_inline_client_certificates_and_ca_never_reach_the_temp_directory(
     assert list(temp_dir.iterdir()) == []
 
 
+async def test_without_memory_files_a_private_directory_holds_them_only_while_the_client_is_made(
+        apiserver, tmp_path, temp_dir, monkeypatch):
+    """Where there is no ``memfd_create`` (not Linux): a 0700 directory of the temp directory, removed as soon
+    as the client has read the files."""
+    from zpilot.kube import key_material
+
+    monkeypatch.delattr(os, "memfd_create")
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        made.append(Path(real_mkdtemp(*args, **kwargs)))
+        assert made[-1].stat().st_mode & 0o777 == 0o700
+        return str(made[-1])
+
+    monkeypatch.setattr(key_material.tempfile, "mkdtemp", mkdtemp)
+    cert, key = apiserver.issue_client_certificate("by-certificate")
+    path = _with_user(apiserver, tmp_path / "kubeconfig", {
+        "client-certificate-data": base64.b64encode(cert).decode(),
+        "client-key-data": base64.b64encode(key).decode()})
+    async with await api_client(path, environ={}) as api:
+        assert await whoami(api, apiserver) == "by-certificate"
+        assert made and not any(d.exists() for d in made)
+    assert list(temp_dir.iterdir()) == []
+
+
 async def test_a_plugins_client_certificate_is_presented_and_never_written(apiserver, tmp_path, temp_dir):
     """A plugin may answer a client certificate and key (PEM) instead of a token: the client presents them,
     and they are nowhere on disk (kubernetes-asyncio wrote them to the temp directory)."""
