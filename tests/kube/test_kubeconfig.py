@@ -142,25 +142,3 @@ def test_the_private_name_check_can_fail():
         "from kubernetes_asyncio.config import kube_config\nkube_config._is_expired(x)\n") == ["kube_config._is_expired"]
     assert _private_kubernetes_asyncio_uses("from kubernetes_asyncio.config.kube_config import _is_expired\n") == [
         "kubernetes_asyncio.config.kube_config._is_expired"]
-
-
-async def test_a_plugins_client_certificate_reaches_the_client(apiserver, tmp_path):
-    """A plugin may answer a client certificate and key (PEM) instead of a token: the client presents them (the
-    in-process API server checks tokens only, so this reads what the client was given)."""
-    import sys
-
-    from zpilot.certs import CertificateAuthority
-
-    issued = CertificateAuthority.generate().issue("spiffe://cluster.local/ns/default/sa/admin")
-    cert, key = issued.cert_chain_pem.decode(), issued.private_key_pem.decode()
-    plugin = tmp_path / "plugin.py"
-    plugin.write_text("import json\nprint(json.dumps({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential',"
-                      f" 'status': {{'clientCertificateData': {cert!r}, 'clientKeyData': {key!r}}}}}))\n")
-    path = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
-    document = yaml.safe_load(path.read_text())
-    document["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": sys.executable,
-                                             "args": [str(plugin)]}}
-    path.write_text(yaml.safe_dump(document))
-    async with await api_client(path, environ={}) as api:
-        assert Path(api.configuration.cert_file).read_text() == cert
-        assert Path(api.configuration.key_file).read_text() == key

@@ -20,6 +20,7 @@ from zpilot.certs.kube_secret import SecretName
 from zpilot.certs.xds_credentials import issue_node_credential
 from zpilot.kube.directory import ManifestDirectorySource
 from zpilot.runtime.control_plane import DebugOptions
+from zpilot.kube.credentials import Credentials
 from zpilot.runtime.serve import ServeRuntime, ServeSettings
 from zpilot.translators import TranslateOptions
 from zpilot.xds.order import SECRET_TYPE
@@ -50,7 +51,7 @@ class Running:
         settings = ServeSettings(
             xds=ServerOptions(host="127.0.0.1", port=0), debug=DebugOptions(port=0), metrics=None,
             translate=TranslateOptions(bind_address=random_loopback()),
-            ca_secret=SECRET, kubeconfig=kubeconfig or server.kubeconfig_path,
+            ca_secret=SECRET, cluster=Credentials(kubeconfig=kubeconfig or server.kubeconfig_path),
             trust_bundle_configmap=trust_bundle_configmap,
         )
         self.runtime = ServeRuntime(settings, ManifestDirectorySource(manifests, quiet=0.05))

@@ -89,7 +89,8 @@ def _source(args: argparse.Namespace) -> ModelSource:
 
     if args.manifests is not None and not hasattr(args, "kubeconfig"):  # `cni plan`: offline, manifests only
         return ManifestDirectorySource(args.manifests)
-    problem = source_flags.problem(args)
+    cluster = source_flags.credentials(args)  # loaded once, by the check: the watch uses what it loaded
+    problem = source_flags.problem(args, cluster)
     if problem is not None:
         raise CniError(problem)
     if args.manifests is not None:
@@ -97,7 +98,7 @@ def _source(args: argparse.Namespace) -> ModelSource:
     from ..kube.api_resources import node_agent_watches
     from ..kube.watch import ApiWatchSource
 
-    return ApiWatchSource(source_flags.credentials(args), node_agent_watches(args.node))
+    return ApiWatchSource(cluster, node_agent_watches(args.node))
 
 
 def _options(args: argparse.Namespace) -> AgentOptions:

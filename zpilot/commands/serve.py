@@ -166,8 +166,11 @@ def run(args: argparse.Namespace) -> int:
     from ..xds.token_review import ServiceAccountRef
 
     # the CA Secret and token reviews read the cluster even when the model comes from --manifests
-    problem = source_flags.problem(args, cluster_used_otherwise=args.ca_secret is not None or args.xds_auth == "token"
-                                   or args.trust_bundle_configmap is not None)
+    # one loaded configuration for the whole process: the check below, the watch, the CA Secret, token reviews
+    # and the trust bundle (an exec plugin runs once at the start, not once for each)
+    cluster = source_flags.credentials(args)
+    problem = source_flags.problem(args, cluster, cluster_used_otherwise=args.ca_secret is not None
+                                   or args.xds_auth == "token" or args.trust_bundle_configmap is not None)
     if problem is not None:
         print(f"zpilot serve: {problem}", file=sys.stderr)
         return 2
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         ca_dir=args.ca_dir, ca_cert=args.ca_cert, ca_key=args.ca_key, ca_root=args.ca_root,
         ca_secret=args.ca_secret, trust_bundle_configmap=args.trust_bundle_configmap,
-        kubeconfig=args.kubeconfig, context=args.context,
+        cluster=cluster,
         cert_lifetime=args.cert_lifetime,
         xds_auth=mode,
         xds_names=tuple(args.xds_san),
@@ -216,6 +219,6 @@ def run(args: argparse.Namespace) -> int:
         source = ManifestDirectorySource(args.manifests, quiet=args.debounce_quiet, max_delay=args.debounce_max,
                                          root_namespace=args.root_namespace)
     else:
-        source = ApiWatchSource(source_flags.credentials(args), quiet=args.debounce_quiet,
+        source = ApiWatchSource(cluster, quiet=args.debounce_quiet,
                                 max_delay=args.debounce_max, root_namespace=args.root_namespace)
     return asyncio.run(serve_until_signalled(ServeRuntime(settings, source)))

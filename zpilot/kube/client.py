@@ -16,6 +16,12 @@ plugin is run by :mod:`.exec_plugin`, at the first load as at each renewal: kill
 ``EXEC_PLUGIN_TIMEOUT_SECONDS`` (``exec_timeout``), the start then failing with an error that names the
 kubeconfig user.
 
+The credentials are loaded once (:func:`load_access`: the kubeconfig read, its plugin run) into a
+:class:`ClusterAccess`, and every client of the process is made from it (:meth:`ClusterAccess.client`):
+``zpilot serve``'s watch, CA Secret, token reviews and trust bundle share one loaded configuration, so a
+plugin runs once at the start, and each renewal once for all of them. The kubeconfig's CA, client
+certificate and key stay in memory (:mod:`.key_material`), never in a temp file.
+
 A client lives as long as the process (``zpilot serve``'s for the CA Secret and token reviews, the
 watch's until it fails), and the credentials it was made from expire: a bound service-account token
 after about an hour (the kubelet writes the next one before), an ``exec`` plugin's (EKS's
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
@@ -42,7 +49,8 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from .exec_plugin import ExecPluginError, due, run_exec_plugin
-from .kubeconfig import ExecCredential, ExecPlugin, read_kubeconfig
+from .key_material import make_client, tls_paths
+from .kubeconfig import ExecCredential, ExecPlugin, KubeConfigProblem, TlsMaterial, read_kubeconfig
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +78,25 @@ def in_cluster(environ: Mapping[str, str], service_account_dir: Path) -> bool:
     return bool(environ.get("KUBERNETES_SERVICE_HOST")) and (service_account_dir / "token").is_file()
 
 
+class ClusterAccess:
+    """One cluster's credentials, loaded once: what every client of the process is made from. The clients
+    share one configuration, so one renewal (one plugin run) brings all of their tokens up to date."""
+
+    def __init__(self, configuration: client.Configuration, tls: TlsMaterial | None = None) -> None:
+        self.configuration = configuration
+        self._tls = tls  # None: the configuration's own file paths (in-cluster: the mounted ca.crt)
+
+    @property
+    def server(self) -> str:
+        return str(self.configuration.host)
+
+    def client(self) -> client.ApiClient:
+        """A new client (the caller closes it: ``async with`` or ``await api.close()``)."""
+        if self._tls is None:
+            return client.ApiClient(self.configuration)
+        return make_client(self.configuration, self._tls)
+
+
 async def api_client(
     kubeconfig: Path | str | None = None,
     context: str | None = None,
@@ -78,11 +105,26 @@ async def api_client(
     service_account_dir: Path = SERVICE_ACCOUNT_DIR,
     exec_timeout: float | None = None,
 ) -> client.ApiClient:
-    """A kubernetes-asyncio client for the cluster the arguments and environment name (see above).
+    """A client of its own loaded credentials (:func:`load_access`); a process that makes several clients
+    loads once and calls :meth:`ClusterAccess.client` instead."""
+    access = await load_access(kubeconfig, context, environ=environ, service_account_dir=service_account_dir,
+                               exec_timeout=exec_timeout)
+    return access.client()
 
-    The caller closes it (``async with`` or ``await api.close()``). ``server(api)`` says where it
-    points, for messages. ``exec_timeout`` (default ``EXEC_PLUGIN_TIMEOUT_SECONDS``) bounds each run of a
-    kubeconfig user's ``exec`` plugin. Raises :class:`KubeConfigError`.
+
+async def load_access(
+    kubeconfig: Path | str | None = None,
+    context: str | None = None,
+    *,
+    environ: Mapping[str, str] = os.environ,
+    service_account_dir: Path = SERVICE_ACCOUNT_DIR,
+    exec_timeout: float | None = None,
+) -> ClusterAccess:
+    """The credentials of the cluster the arguments and environment name (see above), loaded.
+
+    ``server(api)`` says where a client points, for messages. ``exec_timeout`` (default
+    ``EXEC_PLUGIN_TIMEOUT_SECONDS``) bounds each run of a kubeconfig user's ``exec`` plugin. Raises
+    :class:`KubeConfigError`.
     """
     configuration = client.Configuration()
     explicit = str(kubeconfig) if kubeconfig is not None else environ.get("KUBECONFIG") or None
@@ -97,7 +139,7 @@ async def api_client(
             ).load_and_set(configuration)
         except ConfigException as exc:
             raise KubeConfigError(f"in-cluster credentials ({service_account_dir}): {exc}") from None
-        return client.ApiClient(configuration)
+        return ClusterAccess(configuration)
     paths = explicit or str(Path(environ["HOME"]) / ".kube" / "config" if environ.get("HOME")
                             else DEFAULT_KUBECONFIG.expanduser())
     named = "--kubeconfig" if kubeconfig is not None else "KUBECONFIG" if explicit else "default kubeconfig"
@@ -115,13 +157,32 @@ async def api_client(
         kubeconfig_read = read_kubeconfig(existing, context)
         plugin = kubeconfig_read.exec_plugin()
         credential = await run_exec_plugin(plugin, timeout) if plugin is not None else None
+        tls = kubeconfig_read.tls(credential)
+        _check_tls(tls, kubeconfig_read.cluster_name, kubeconfig_read.user_name)
         loader = await config.load_kube_config_from_dict(
             kubeconfig_read.document(credential), context=kubeconfig_read.context, client_configuration=configuration,
         )
     except (ExecPluginError, ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
         raise KubeConfigError(f"{where}: {exc}") from None  # (a malformed file too)
     configuration.refresh_api_key_hook = _token_refresher(loader, plugin, credential, timeout)
-    return client.ApiClient(configuration)
+    return ClusterAccess(configuration, tls)
+
+
+def _check_tls(tls: TlsMaterial, cluster: str, user: str | None) -> None:
+    """KubeConfigProblem, naming the entry, if the CA or the client certificate and key are not PEM that TLS
+    can use (found now rather than at the first request)."""
+    with tls_paths(tls) as (ca, cert, key):
+        try:
+            context = ssl.create_default_context(cafile=ca)
+        except ssl.SSLError as exc:
+            raise KubeConfigProblem(f"cluster {cluster}: its certificate authority is not a PEM CA ({exc.reason})"
+                                    ) from None
+        if cert is not None:
+            try:
+                context.load_cert_chain(cert, key)
+            except ssl.SSLError as exc:
+                raise KubeConfigProblem(f"user {user}: its client certificate and key are not a PEM pair that"
+                                        f" goes together ({exc.reason})") from None
 
 
 def _token_refresher(
@@ -139,7 +200,7 @@ def _token_refresher(
     that fails (the plugin exits non-zero or gives no answer in ``timeout``, the file is gone) is logged (at
     most once a minute), not tried again for ``RENEWAL_RETRY_SECONDS``, and the token in hand is sent: the API
     server's 401, if it has expired, is what the caller retries on."""
-    lock = asyncio.Lock()
+    locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}  # (loaded in one loop, used in another: per loop)
     read_at = time.monotonic()
     logged_at = -TOKEN_FILE_REREAD_SECONDS
     retry_at = 0.0
@@ -148,6 +209,11 @@ def _token_refresher(
 
     async def refresh(configuration: client.Configuration) -> None:
         nonlocal read_at, logged_at, retry_at, credential
+        loop = asyncio.get_running_loop()
+        lock = locks.get(loop)
+        if lock is None:
+            locks.clear()  # (a loop that ran the check before serving is closed: its lock is no use)
+            lock = locks[loop] = asyncio.Lock()
         async with lock:
             try:
                 if time.monotonic() < retry_at:  # the last renewal failed a moment ago

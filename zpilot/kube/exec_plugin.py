@@ -8,8 +8,9 @@ The plugin's standard output holds the token, so it is never put in an error or 
 (the plugin's own message, such as "credentials expired, run aws sso login") is put in, cut to 500
 characters. The protocol is the client-go credential plugin's:
 https://kubernetes.io/docs/reference/access-authn-authz/authentication/#client-go-credential-plugins
-(``spec.interactive`` is always false; the cluster's details, ``provideClusterInfo``, are not sent, as
-kubernetes-asyncio did not send them either.)
+(``spec.interactive`` is always false; with ``provideClusterInfo: true`` the cluster is in ``spec.cluster``, as
+client-go sends it.) A command that is not found is named with the section's ``installHint`` (cut to
+``MAX_INSTALL_HINT`` characters), as kubectl prints it.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ class ExecPluginError(Exception):
 async def run_exec_plugin(plugin: ExecPlugin, timeout: float) -> ExecCredential:
     """Run ``plugin`` once and return its credential; ExecPluginError if it has not answered in ``timeout``
     seconds (it is then killed), exits non-zero, or prints no ExecCredential with a token or certificate."""
-    who = f"kubeconfig user {plugin.user}: exec plugin {plugin.command}"
-    info = {"apiVersion": plugin.api_version, "kind": "ExecCredential", "spec": {"interactive": False}}
+    who = f"kubeconfig user {plugin.user[:200]}: exec plugin {plugin.command[:200]}"
+    spec: dict = {"interactive": False}
+    if plugin.cluster is not None:
+        spec["cluster"] = dict(plugin.cluster)
+    info = {"apiVersion": plugin.api_version, "kind": "ExecCredential", "spec": spec}
     loop = asyncio.get_running_loop()
     try:
         # A session (and process group) of its own: a plugin that is a script waiting on a command it ran is
@@ -53,6 +57,9 @@ async def run_exec_plugin(plugin: ExecPlugin, timeout: float) -> ExecCredential:
             env={**os.environ, **plugin.env, "KUBERNETES_EXEC_INFO": json.dumps(info)},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
         )
+    except (FileNotFoundError, PermissionError) as exc:  # (what Go's exec.Error is: client-go's hint then)
+        hint = f"; {plugin.install_hint}" if plugin.install_hint else ""
+        raise ExecPluginError(f"{who}: cannot be run ({exc.strerror or exc}){hint}") from None
     except OSError as exc:
         raise ExecPluginError(f"{who}: cannot be run ({exc.strerror or exc})") from None
     try:
@@ -69,7 +76,8 @@ async def run_exec_plugin(plugin: ExecPlugin, timeout: float) -> ExecCredential:
         # closes our end of the pipes (a transport left open ran its __del__ inside a later garbage
         # collection, once inside CPython's ast.parse, which raised SystemError).
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-            await asyncio.wait_for(asyncio.shield(run.done), KILLED_WAIT_SECONDS)
+            # (both: ``done`` is set as soon as a plugin has printed too much, before the kill has taken effect)
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(run.done, run.exited)), KILLED_WAIT_SECONDS)
         raise
     finally:
         transport.close()
@@ -95,6 +103,7 @@ class _PluginRun(asyncio.SubprocessProtocol):
         self.stdout, self.stderr = bytearray(), bytearray()
         self.too_much = False
         self.done: asyncio.Future[None] = loop.create_future()
+        self.exited: asyncio.Future[None] = loop.create_future()  # the plugin itself has ended (been reaped)
         self._transport: asyncio.SubprocessTransport | None = None
         self._open = {1, 2}
         self._exited = False
@@ -120,6 +129,8 @@ class _PluginRun(asyncio.SubprocessProtocol):
 
     def process_exited(self) -> None:
         self._exited = True
+        if not self.exited.done():
+            self.exited.set_result(None)
         self._finish()
 
     def _finish(self) -> None:

@@ -12,7 +12,16 @@ kubectl's rules:
   first file that sets ``current-context``;
 - a relative path is relative to the file that holds it: ``certificate-authority``, ``client-certificate``,
   ``client-key``, ``tokenFile``, and an ``exec`` command with a ``/`` in it (a bare command is looked up
-  on ``PATH``).
+  on ``PATH``);
+- a ``*-data`` field wins over its file (``certificate-authority-data`` over ``certificate-authority``);
+- a cluster with a CA and ``insecure-skip-tls-verify: true`` is refused (client-go: "specifying a root
+  certificates file with the insecure flag is not allowed");
+- an ``exec`` plugin with ``provideClusterInfo: true`` is given the cluster (server, CA, the
+  ``client.authentication.k8s.io/exec`` extension) in ``KUBERNETES_EXEC_INFO``.
+
+The cluster's CA and the user's client certificate and key are read here (:meth:`KubeConfig.tls`) and kept
+in memory: kubernetes-asyncio would write the ``*-data`` ones to files under the temp directory, left there
+until the process exits (:mod:`.key_material` hands them to it without a file).
 """
 
 from __future__ import annotations
@@ -27,6 +36,15 @@ import yaml
 
 #: A kubeconfig file larger than this is refused (kubeconfigs with many inline CAs are tens of KB).
 MAX_KUBECONFIG_BYTES = 16 << 20
+#: A CA bundle, client certificate or key (PEM) larger than this is refused (a public CA bundle is ~250 KB).
+MAX_PEM_BYTES = 1 << 20
+#: How much of an ``exec`` section's ``installHint`` is shown when its command is not found.
+MAX_INSTALL_HINT = 500
+#: The cluster extension whose value a ``provideClusterInfo`` plugin gets as ``spec.cluster.config`` (client-go's).
+EXEC_CLUSTER_EXTENSION = "client.authentication.k8s.io/exec"
+#: The fields of a cluster and a user that hold TLS material; kubernetes-asyncio is never given them.
+_TLS_FIELDS = ("certificate-authority", "certificate-authority-data", "client-certificate",
+               "client-certificate-data", "client-key", "client-key-data")
 
 _SECTIONS = {"clusters": "cluster", "contexts": "context", "users": "user"}
 _CLUSTER_PATHS = ("certificate-authority",)
@@ -46,6 +64,10 @@ class ExecPlugin:
     args: tuple[str, ...]
     env: Mapping[str, str]  # the section's variables, added to the process's environment
     api_version: str
+    #: What to tell the operator when ``command`` is not found (``installHint``, control characters removed, cut).
+    install_hint: str = ""
+    #: ``spec.cluster`` of KUBERNETES_EXEC_INFO when the section says ``provideClusterInfo: true``, else None.
+    cluster: Mapping[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,15 @@ class ExecCredential:
 
 
 @dataclass(frozen=True)
+class TlsMaterial:
+    """The cluster's CA and the user's client certificate and key (PEM), in memory; None where not given."""
+
+    ca: bytes | None = None
+    client_certificate: bytes | None = None
+    client_key: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class KubeConfig:
     """The chosen context of a (merged) kubeconfig, its file paths made absolute."""
 
@@ -69,6 +100,20 @@ class KubeConfig:
     cluster: Mapping[str, Any]
     user_name: str | None
     user: Mapping[str, Any] = field(repr=False)
+    cluster_name: str = "cluster"
+
+    def tls(self, credential: ExecCredential | None = None) -> TlsMaterial:
+        """The CA, client certificate and key, read (files) or decoded (``*-data``) into memory; a plugin's
+        certificate and key (``credential``) in place of the user's. KubeConfigProblem naming the entry."""
+        cluster_who, user_who = f"cluster {self.cluster_name}", f"user {str(self.user_name)[:200]}"
+        ca = _pem(self.cluster, "certificate-authority", cluster_who)
+        if credential is not None and credential.client_certificate is not None:
+            return TlsMaterial(ca, credential.client_certificate.encode(), (credential.client_key or "").encode())
+        cert = _pem(self.user, "client-certificate", user_who)
+        key = _pem(self.user, "client-key", user_who)
+        if (cert is None) != (key is None):
+            raise KubeConfigProblem(f"{user_who}: client-certificate and client-key go together (one is missing)")
+        return TlsMaterial(ca, cert, key)
 
     def exec_plugin(self) -> ExecPlugin | None:
         """The user's ``exec`` plugin, or None; KubeConfigProblem if its section is malformed."""
@@ -88,23 +133,43 @@ class KubeConfig:
             raise KubeConfigProblem(f"{who}: exec env is not a list of name and value")
         # (YAML's null, "value:" with nothing after it, is the empty string, as kubectl reads it: not "None")
         return ExecPlugin(user=str(self.user_name), command=section["command"], args=tuple(_text(a) for a in args),
-                          env={e["name"]: _text(e.get("value")) for e in env}, api_version=section["apiVersion"])
+                          env={e["name"]: _text(e.get("value")) for e in env}, api_version=section["apiVersion"],
+                          install_hint=_printable(_text(section.get("installHint")))[:MAX_INSTALL_HINT],
+                          cluster=self._exec_cluster() if section.get("provideClusterInfo") is True else None)
+
+    def _exec_cluster(self) -> dict[str, Any]:
+        """The cluster as client-go gives it to a ``provideClusterInfo`` plugin (clientauthentication's Cluster:
+        its JSON field names; the CA as base64, read from its file if need be; ``config``: the extension's)."""
+        info: dict[str, Any] = {"server": _text(self.cluster.get("server"))}
+        if self.cluster.get("tls-server-name"):
+            info["tls-server-name"] = _text(self.cluster["tls-server-name"])
+        if self.cluster.get("insecure-skip-tls-verify") is True:
+            info["insecure-skip-tls-verify"] = True
+        ca = _pem(self.cluster, "certificate-authority", f"cluster {self.cluster_name}")
+        if ca is not None:
+            info["certificate-authority-data"] = base64.b64encode(ca).decode()
+        if self.cluster.get("proxy-url"):
+            info["proxy-url"] = _text(self.cluster["proxy-url"])
+        if self.cluster.get("disable-compression") is True:
+            info["disable-compression"] = True
+        for extension in self.cluster.get("extensions") or []:
+            if isinstance(extension, dict) and extension.get("name") == EXEC_CLUSTER_EXTENSION:
+                info["config"] = extension.get("extension")
+        return info
 
     def document(self, credential: ExecCredential | None = None) -> dict[str, Any]:
         """A kubeconfig of this context alone for kubernetes-asyncio, with ``credential`` (a plugin's answer) in
-        place of the user's ``exec`` section, so that the library runs no plugin."""
-        user = dict(self.user)
+        place of the user's ``exec`` section, so that the library runs no plugin. Without the TLS material
+        (:meth:`tls`): the library would write the ``*-data`` ones to temp files."""
+        user = {k: v for k, v in self.user.items() if k not in _TLS_FIELDS}
         if credential is not None:
             user.pop("exec", None)
             if credential.token is not None:
                 user["token"] = credential.token
-            if credential.client_certificate is not None and credential.client_key is not None:
-                user["client-certificate-data"] = base64.b64encode(credential.client_certificate.encode()).decode()
-                user["client-key-data"] = base64.b64encode(credential.client_key.encode()).decode()
         name = self.user_name or "user"
         return {
             "apiVersion": "v1", "kind": "Config", "current-context": self.context,
-            "clusters": [{"name": "cluster", "cluster": dict(self.cluster)}],
+            "clusters": [{"name": "cluster", "cluster": {k: v for k, v in self.cluster.items() if k not in _TLS_FIELDS}}],
             "users": [{"name": name, "user": user}],
             "contexts": [{"name": self.context, "context": {"cluster": "cluster", "user": name}}],
         }
@@ -138,16 +203,51 @@ def read_kubeconfig(paths: Sequence[str | Path], context: str | None = None) -> 
     cluster = named["clusters"].get(ctx.get("cluster"))
     if cluster is None:
         raise KubeConfigProblem(f"context {chosen}: no cluster {ctx.get('cluster')}")
+    if cluster.get("insecure-skip-tls-verify") is True and (
+            cluster.get("certificate-authority") or cluster.get("certificate-authority-data")):
+        raise KubeConfigProblem(
+            f"cluster {str(ctx.get('cluster'))[:200]}: certificate-authority and insecure-skip-tls-verify are both set, which"
+            " kubectl refuses too (a CA that is not checked): remove one")
     user_name = ctx.get("user")
     if user_name is not None and user_name not in named["users"]:
         raise KubeConfigProblem(f"context {chosen}: no user {user_name}")
     return KubeConfig(context=chosen, cluster=cluster, user_name=user_name,
-                      user=named["users"].get(user_name, {}) if user_name is not None else {})
+                      user=named["users"].get(user_name, {}) if user_name is not None else {},
+                      cluster_name=str(ctx.get("cluster"))[:200])  # (a name for messages: bounded)
 
 
 def _text(value: Any) -> str:
     """A kubeconfig string as kubectl reads it: null is the empty string."""
     return "" if value is None else str(value)
+
+
+def _printable(text: str) -> str:
+    """``text`` without control characters (client-go strips a hint's ANSI escapes): a kubeconfig may come
+    from anyone, and the hint goes to the operator's terminal and logs."""
+    return "".join(c for c in text if c.isprintable() or c == " ").strip()
+
+
+def _pem(section: Mapping[str, Any], key: str, who: str) -> bytes | None:
+    """``key``'s PEM: ``key-data`` (base64) if set, else the file ``key`` names (read, bounded), else None."""
+    data = section.get(f"{key}-data")
+    if data:
+        if not isinstance(data, str) or len(data) > MAX_PEM_BYTES * 4 // 3 + 4:
+            raise KubeConfigProblem(f"{who}: {key}-data is not base64 text of at most {MAX_PEM_BYTES >> 20} MiB")
+        try:
+            return base64.b64decode("".join(data.split()), validate=True)  # (folded lines, as Go's decoder takes)
+        except ValueError:
+            raise KubeConfigProblem(f"{who}: {key}-data is not base64") from None
+    path = section.get(key)
+    if not path:
+        return None
+    try:
+        with open(str(path), "rb") as f:
+            pem = f.read(MAX_PEM_BYTES + 1)
+    except OSError as exc:
+        raise KubeConfigProblem(f"{who}: {key} {path}: {exc.strerror or exc}") from None
+    if len(pem) > MAX_PEM_BYTES:
+        raise KubeConfigProblem(f"{who}: {key} {path}: larger than {MAX_PEM_BYTES >> 20} MiB")
+    return pem
 
 
 def _load(path: Path) -> dict[str, Any]:

@@ -24,10 +24,12 @@ def add_arguments(p: argparse.ArgumentParser, *, manifests_help: str) -> None:
     p.add_argument("--context", metavar="NAME", help="kubeconfig context to use (default: its current-context)")
 
 
-def problem(args: argparse.Namespace, *, cluster_used_otherwise: bool = False) -> str | None:
+def problem(args: argparse.Namespace, loaded: Credentials | None = None, *,
+            cluster_used_otherwise: bool = False) -> str | None:
     """Why the flags name no usable source, or None. With ``--manifests`` the credential flags are
     refused unless something else reads the cluster (``cluster_used_otherwise``: serve's --ca-secret);
-    without it, a client is made once from the credentials (and closed) to check them."""
+    without it, the credentials are loaded to check them: into ``loaded`` if given (the object the process
+    then uses, which keeps what was loaded: a plugin's answer is not asked for again), else into a new one."""
     if args.manifests is not None:
         if not cluster_used_otherwise and (args.kubeconfig is not None or args.context is not None):
             return "--manifests reads a directory instead of the cluster: give it without --kubeconfig/--context"
@@ -36,7 +38,7 @@ def problem(args: argparse.Namespace, *, cluster_used_otherwise: bool = False) -
         return None
     import asyncio
 
-    why = asyncio.run(credentials(args).problem())
+    why = asyncio.run((loaded if loaded is not None else credentials(args)).problem())
     return None if why is None else f"{why} (or read manifests with --manifests DIR)"
 
 

@@ -29,7 +29,7 @@ from .. import contract
 from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
 from ..certs.kube_secret import CaSecretUnavailable, SecretCaStore, SecretName, retry_delay
 from ..certs.trust_bundle_configmap import TrustBundlePublisher
-from ..kube.client import KubeConfigError, api_client
+from ..kube.credentials import Credentials
 from ..kube.source import ModelEvent, ModelSource, SourceError
 from ..translators import IncrementalTranslator, TranslateOptions
 from ..xds.metrics_server import MetricsOptions
@@ -47,7 +47,7 @@ XDS_AUTH_MODES = ("tls", "token", "insecure")
 
 @dataclass(frozen=True)
 class TokenReviewSettings:
-    """``--xds-auth token``: whose tokens count (the API server is ``ServeSettings.kubeconfig``'s)."""
+    """``--xds-auth token``: whose tokens count (the API server is ``ServeSettings.cluster``'s)."""
 
     audience: str = contract.XDS_TOKEN_AUDIENCE
     service_account: ServiceAccountRef = ServiceAccountRef()
@@ -68,8 +68,9 @@ class ServeSettings:
     ca_secret: SecretName | None = None  # the CA in this Kubernetes Secret (created on first start)
     #: Publish the CA's trust bundle in this ConfigMap (for ztunnels' --ca-bundle), kept current.
     trust_bundle_configmap: SecretName | None = None
-    kubeconfig: Path | None = None  # the cluster's credentials (see zpilot.kube.client)
-    context: str | None = None
+    #: The cluster's credentials (zpilot.kube.client): the same object as the API watch's, so both use one
+    #: loaded configuration.
+    cluster: Credentials = field(default_factory=Credentials)
     cert_lifetime: float = 24 * 3600.0  # seconds
     #: One of XDS_AUTH_MODES: node client certificates, ServiceAccount tokens, or none at all.
     xds_auth: str = "tls"
@@ -172,8 +173,8 @@ class ServeRuntime:
         if (self.settings.ca_secret is not None or self.settings.xds_auth == "token"
                 or self.settings.trust_bundle_configmap is not None):
             try:
-                api = await api_client(self.settings.kubeconfig, self.settings.context)
-            except KubeConfigError as exc:
+                api = await self.settings.cluster.client()
+            except SourceError as exc:
                 why = ("the CA Secret" if self.settings.ca_secret is not None else "reviewing ztunnels' tokens"
                        if self.settings.xds_auth == "token" else "the trust bundle's ConfigMap")
                 log.error("cannot reach the cluster for %s: %s", why, exc)

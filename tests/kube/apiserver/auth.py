@@ -2,7 +2,8 @@
 TokenReview judges.
 
 API access: every request except /healthz, /livez, /readyz and /version needs ``Authorization: Bearer <t>``
-for a token added with :meth:`Authenticator.add_token` (401 otherwise); a token may do only the (verb,
+for a token added with :meth:`Authenticator.add_token`, or (without that header) a client certificate of the
+server's client CA whose CN was added with :meth:`Authenticator.add_certificate_user` (401 otherwise); a token may do only the (verb,
 resource) pairs it was given (403 otherwise, worded as RBAC words it). Discovery (/api, /apis...) is open
 to any valid token, as the real ``system:discovery`` role makes it.
 
@@ -46,6 +47,7 @@ class Identity:
 @dataclass
 class Authenticator:
     _tokens: dict[str, Identity] = field(default_factory=dict)
+    _certificate_users: dict[str, Identity] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_token(self, token: str, *, user: str | None = None,
@@ -58,6 +60,19 @@ class Authenticator:
     def remove_token(self, token: str) -> None:
         with self._lock:
             self._tokens.pop(token, None)
+
+    def add_certificate_user(self, user: str, *, allow: Iterable[tuple[str, str]] = ALL) -> None:
+        """Accept client certificates of the server's client CA whose CN is ``user``."""
+        with self._lock:
+            self._certificate_users[user] = Identity(user, frozenset(allow))
+
+    def identify_certificate(self, peercert: dict[str, Any] | None) -> Identity | None:
+        """The user of a verified client certificate (``ssl``'s ``getpeercert()``): its CN, if accepted."""
+        if not peercert:
+            return None
+        names = [value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
+        with self._lock:
+            return self._certificate_users.get(names[0]) if len(names) == 1 else None
 
     def identify(self, header: str | None) -> Identity | None:
         if not header or not header.startswith("Bearer ") or len(header) > MAX_TOKEN:

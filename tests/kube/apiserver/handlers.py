@@ -177,7 +177,10 @@ class Handlers:
             header = request.headers.get("Authorization")
             # Bad credentials are refused everywhere; no credentials (anonymous) only reach the public paths.
             if header is not None or request.path.rstrip("/") not in OPEN_PATHS:
-                identity = self.server.auth.identify(header)
+                if header is None and request.transport is not None:  # a client certificate, as kube-apiserver's x509
+                    identity = self.server.auth.identify_certificate(request.transport.get_extra_info("peercert"))
+                else:
+                    identity = self.server.auth.identify(header)
                 if identity is None:
                     raise ApiError(401, "Unauthorized")
                 user = identity.user

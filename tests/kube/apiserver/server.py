@@ -30,7 +30,7 @@ from .handlers import Handlers, RequestRecord
 from .objects import (istio_security_crds, make_endpoint_slice, make_namespace, make_service, make_service_account,
                       service_port)
 from .store import Change, Obj, plain
-from .tls import make_serving_certs
+from .tls import ClientCa, make_serving_certs
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
@@ -60,6 +60,7 @@ class ApiServer:
         self.expired_watch_as = expired_watch_as
         self.port = 0
         self.certs = make_serving_certs() if tls else None
+        self.client_ca = ClientCa()
         self.kubeconfig_path = self.workdir / "kubeconfig"
         self.ca_path = self.workdir / "ca.crt"
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,6 +106,8 @@ class ApiServer:
             key_file.write_bytes(self.certs.key_pem)
             key_file.chmod(0o600)
             context.load_cert_chain(cert_file, key_file)
+            context.verify_mode = ssl.CERT_OPTIONAL  # a client certificate, when given, must be of the client CA
+            context.load_verify_locations(cadata=self.client_ca.ca_pem.decode())
         self._runner = web.AppRunner(self.handlers.app(), handler_cancellation=True, access_log=None,
                                      shutdown_timeout=1.0)
         await self._runner.setup()
@@ -134,6 +137,11 @@ class ApiServer:
                   allow: Iterable[tuple[str, str]] = ALL) -> str:
         """Accept a bearer token (a fresh one if None) allowed the given (verb, resource) pairs; return it."""
         return self.auth.add_token(token or secrets.token_urlsafe(24), user=user, allow=allow)
+
+    def issue_client_certificate(self, user: str, *, allow: Iterable[tuple[str, str]] = ALL) -> tuple[bytes, bytes]:
+        """A client certificate (and its key, PEM) the server accepts as ``user`` when no bearer token is sent."""
+        self.auth.add_certificate_user(user, allow=allow)
+        return self.client_ca.issue(user)
 
     def write_kubeconfig(self, path: Path, *, token: str | None = None, context: str = "test-apiserver") -> Path:
         """A kubeconfig for this server (CA inline when TLS) that authenticates with ``token`` (default: admin)."""

@@ -19,6 +19,40 @@ class ServingCerts:
     key_pem: bytes
 
 
+class ClientCa:
+    """The CA whose client certificates the server accepts (kube-apiserver's ``--client-ca-file``): the
+    certificate's CN is the user, as the real x509 authenticator reads it."""
+
+    def __init__(self) -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tests.kube.apiserver client CA")])
+        now = datetime.now(timezone.utc) - timedelta(minutes=1)
+        self.cert = (
+            x509.CertificateBuilder().subject_name(self._name).issuer_name(self._name)
+            .public_key(self._key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self._key, hashes.SHA256())
+        )
+        self.ca_pem = self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self, user: str) -> tuple[bytes, bytes]:
+        """A client certificate for ``user`` and its key (PEM)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(timezone.utc) - timedelta(minutes=1)
+        cert = (
+            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, user)]))
+            .issuer_name(self._name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        return (cert.public_bytes(serialization.Encoding.PEM),
+                key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+
+
 def make_serving_certs(host: str = "127.0.0.1") -> ServingCerts:
     now = datetime.now(timezone.utc) - timedelta(minutes=1)
     ca_key = ec.generate_private_key(ec.SECP256R1())
