@@ -253,14 +253,29 @@ def child_churn(params: dict[str, Any]) -> dict[str, Any]:
 async def _churn(params: dict[str, Any]) -> dict[str, Any]:
     from zpilot.kube.convert_policy import KIND_CONVERTERS
     from zpilot.model.index import MeshIndex
-    from zpilot.runtime.control_plane import ControlPlane, DebugOptions
-    from zpilot.translators import IncrementalTranslator, TranslateOptions
-    from zpilot.xds.observer import StreamObserver
-    from zpilot.xds.security import XdsSecurity
-    from zpilot.xds.server import ServerOptions
 
     shape = _shape(params)
     cluster, index, _ = _model(shape)
+    async with serving(params, index) as served:
+        plane, sent, records, clients, nodes = served.plane, served.sent, served.records, served.clients, served.nodes
+
+        async def check() -> int:
+            return await _eds_as_served(plane, clients, records, nodes)
+
+        events = await _events(params, shape, cluster, plane, sent, records, set(nodes), KIND_CONVERTERS,
+                               _Models(MeshIndex, index), check)
+        checks = [e["eds_as_served"] for e in events.values()]
+        return {"clients": len(nodes), "xds": params["xds"], "initial_sync_seconds": round(served.sync_seconds, 1),
+                "events": events, "eds_as_served": f"{sum(c[0] for c in checks)}/{sum(c[1] for c in checks)}",
+                "nacks": sent.nacks, "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM")),
+                "rss_before_clients_mb": round(served.rss_before_clients), "peak_rss_first_sync_mb": round(served.peak_at_sync),
+                "rss_mb": round(_rss_mb(os.getpid()))}
+
+
+def sent_observer():
+    """The control plane's observer of responses sent: ``records`` of (monotonic time, node, type
+    URL, push latency, bytes), and the NACKs counted."""
+    from zpilot.xds.observer import StreamObserver
 
     class Sent(StreamObserver):
         def __init__(self) -> None:
@@ -268,12 +283,40 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
             self.nacks = 0
 
         def response_sent(self, stream, response) -> None:
-            self.records.append((time.monotonic(), stream.node, response.type_url, response.push_latency, response.bytes))
+            self.records.append((time.monotonic(), stream.node, response.type_url, response.push_latency,
+                                 response.bytes))
 
         def nack(self, *args) -> None:
             self.nacks += 1
 
-    sent = Sent()
+    return Sent()
+
+
+@dataclasses.dataclass
+class Serving:
+    """The churn phase's control plane serving the simulated ztunnels, synced and quiet."""
+
+    plane: Any
+    sent: Any
+    records: "ClientRecords"
+    clients: Any
+    nodes: list[str]
+    sync_seconds: float
+    rss_before_clients: float
+    peak_at_sync: float
+
+
+@contextlib.asynccontextmanager
+async def serving(params: dict[str, Any], index):
+    """A control plane serving ``index`` (as ``zpilot serve``: the first model frozen out of the
+    collector's walks) to ``params["clients"]`` simulated ztunnels, once all have synced and it is
+    quiet (the churn phase's set-up; spikes under bench/spikes/ use it too)."""
+    from zpilot.runtime.control_plane import ControlPlane, DebugOptions
+    from zpilot.translators import IncrementalTranslator, TranslateOptions
+    from zpilot.xds.security import XdsSecurity
+    from zpilot.xds.server import ServerOptions
+
+    sent = sent_observer()
     plane = ControlPlane(
         xds_security=XdsSecurity.insecure(),  # loopback, and what the clients' bootstrap would say
         server_options=ServerOptions(host="127.0.0.1", port=0),
@@ -285,7 +328,7 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
     await plane.update(index)
     await plane.start()
     rss_before_clients = _rss_mb(os.getpid())
-    nodes = [node_name(i) for i in range(min(params["clients"], shape.nodes))]
+    nodes = [node_name(i) for i in range(min(params["clients"], params["shape"]["nodes"]))]
     records = ClientRecords()
     protocol = ["--delta"] if params["xds"] == "delta" else []
     clients = await asyncio.create_subprocess_exec(
@@ -308,18 +351,8 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
             await asyncio.sleep(0.1)
         sync_seconds = time.monotonic() - started
         await _quiet(sent, 1.0, records)
-        peak_at_sync = _rss_mb(os.getpid(), "VmHWM")
-        async def check() -> int:
-            return await _eds_as_served(plane, clients, records, nodes)
-
-        events = await _events(params, shape, cluster, plane, sent, records, set(nodes), KIND_CONVERTERS,
-                               _Models(MeshIndex, index), check)
-        checks = [e["eds_as_served"] for e in events.values()]
-        return {"clients": len(nodes), "xds": params["xds"], "initial_sync_seconds": round(sync_seconds, 1),
-                "events": events, "eds_as_served": f"{sum(c[0] for c in checks)}/{sum(c[1] for c in checks)}",
-                "nacks": sent.nacks, "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM")),
-                "rss_before_clients_mb": round(rss_before_clients), "peak_rss_first_sync_mb": round(peak_at_sync),
-                "rss_mb": round(_rss_mb(os.getpid()))}
+        yield Serving(plane, sent, records, clients, nodes, sync_seconds, rss_before_clients,
+                      _rss_mb(os.getpid(), "VmHWM"))
     finally:
         reader.cancel()
         with contextlib.suppress(ProcessLookupError):
