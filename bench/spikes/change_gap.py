@@ -12,7 +12,7 @@ and deleted, from the end of the debounce window (t0) to the last stream's "sent
   waiting for a core (the machine's other load); a thread's wall time that is neither is sleep:
   in epoll, on a lock, or waiting for the GIL.
 
-    python3 bench/spikes/change_gap.py [ROUNDS] [--on-loop] [--switch MS]
+    python3 bench/spikes/change_gap.py [ROUNDS] [--on-loop] [--switch MS] [--clients-autogroup NICE]
 
 Not a test and not the benchmark; docs/scale.md quotes what it found.
 """
@@ -339,6 +339,8 @@ async def main() -> None:
     async with scale.serving(params, index) as served:
         plane, sent, records = served.plane, served.sent, served.records
         CLIENTS[0] = served.clients.pid
+        if "--clients-autogroup" in args:  # A/B: the clients' autogroup nice value (ztunnels.py sets --nice's)
+            Path(f"/proc/{served.clients.pid}/autogroup").write_text(args[args.index("--clients-autogroup") + 1])
         models = scale._Models(MeshIndex, index)
         results = []
         for r in range(rounds):
