@@ -37,8 +37,7 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
-from typing import AsyncIterator, Callable, Iterable
+from typing import AsyncIterator, Iterable
 
 import grpc
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -154,8 +153,6 @@ class Ztunnel:
         self._hashes: dict[str, tuple[bytes, str]] = {}  # name -> (the bytes held, their content hash)
         self.acked: set[str] = set()
         self.received_bytes = 0
-        #: Called once, when this node is first ready (it holds all it asked for).
-        self.on_ready: Callable[[], None] | None = None
 
     async def _outgoing(self) -> AsyncIterator[bytes]:
         while True:
@@ -214,8 +211,6 @@ class Ztunnel:
             if not ready and self.acked >= {CDS, LDS} and self.endpoints.keys() >= set(self.eds_names):
                 ready = True
                 _emit({"ready": self.node})
-                if self.on_ready is not None:
-                    self.on_ready()
 
 
 class SotwZtunnel(Ztunnel):
@@ -300,24 +295,6 @@ class DeltaZtunnel(Ztunnel):
                                                 resource_names_unsubscribe=sorted(went)))
 
 
-def renice_autogroup(nice: int, path: Path = Path("/proc/self/autogroup")) -> bool:
-    """Give this process's scheduler autogroup the nice value ``nice``; whether it was set.
-
-    With autogroups on (Linux's ``kernel.sched_autogroup_enabled``, the default of most
-    distributions) the CPU is shared between sessions first, and a nice value ranks a process
-    only among those of its own session. bench/scale.py starts the clients in a session of their
-    own (to kill them as a group): without this their nice value changed nothing against the
-    control plane, and they took as much of the cores as it did, in the window it is measured.
-    Nothing to do where autogroups are off or absent. Set once every client has synced (``main``)."""
-    try:
-        if "autogroup-" not in path.read_text():
-            return False
-        path.write_text(str(nice))
-    except OSError:
-        return False
-    return True
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--xds", required=True, help="the control plane's ADS address, host:port")
@@ -336,19 +313,6 @@ async def main() -> None:
     options = channel_options(args.window)
     channels = [grpc.aio.insecure_channel(args.xds, options=options) for _ in args.nodes]
     ztunnels = [kind(channel, node) for channel, node in zip(channels, args.nodes)]
-    if args.nice > 0:
-        # once all have synced: their first sync, on a machine others load, would otherwise wait
-        # for every other session's work, not only the control plane's
-        waiting = len(ztunnels)
-
-        def one_ready() -> None:
-            nonlocal waiting
-            waiting -= 1
-            if waiting == 0:
-                renice_autogroup(args.nice)
-
-        for ztunnel in ztunnels:
-            ztunnel.on_ready = one_ready
     asyncio.get_running_loop().add_signal_handler(
         signal.SIGUSR1, lambda: [ztunnel.report_holdings() for ztunnel in ztunnels])
     try:
