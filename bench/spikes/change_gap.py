@@ -12,7 +12,7 @@ and deleted, from the end of the debounce window (t0) to the last stream's "sent
   waiting for a core (the machine's other load); a thread's wall time that is neither is sleep:
   in epoll, on a lock, or waiting for the GIL.
 
-    python3 bench/spikes/change_gap.py [ROUNDS] [--on-loop] [--switch MS] [--clients-autogroup NICE]
+    python3 bench/spikes/change_gap.py [ROUNDS] [--on-loop] [--switch MS] [--clients-own-session]
 
 Not a test and not the benchmark; docs/scale.md quotes what it found.
 """
@@ -210,6 +210,16 @@ if "--on-loop" in args:  # the producer's worker-thread calls made on the loop i
 CLIENTS = [0]  # the simulated ztunnels' process
 
 
+if "--clients-own-session" in args:  # the clients in a session of their own, as before round nine (A/B)
+    _exec = asyncio.create_subprocess_exec
+
+    async def own_session(*a, **k):
+        k.pop("process_group", None)
+        return await _exec(*a, start_new_session=True, **k)
+
+    asyncio.create_subprocess_exec = own_session
+
+
 def schedstat() -> dict[int, tuple[str, int, int]]:
     """Each thread of this process: name, CPU ns, ns runnable but waiting for a core (and the
     simulated ztunnels' process, all its threads as one, under tid 0)."""
@@ -339,8 +349,7 @@ async def main() -> None:
     async with scale.serving(params, index) as served:
         plane, sent, records = served.plane, served.sent, served.records
         CLIENTS[0] = served.clients.pid
-        if "--clients-autogroup" in args:  # A/B: the clients' autogroup nice value (ztunnels.py sets --nice's)
-            Path(f"/proc/{served.clients.pid}/autogroup").write_text(args[args.index("--clients-autogroup") + 1])
+
         models = scale._Models(MeshIndex, index)
         results = []
         for r in range(rounds):
