@@ -427,14 +427,21 @@ class ClientRecords:
         return self
 
 
-async def _quiet(sent, seconds: float, records: ClientRecords | None = None) -> None:
-    """Until nothing was sent (nor received by the clients) for ``seconds``: the clients answer
-    a change (an ACK, EDS asked for the new clusters), and the answers to those must not be
-    counted as the next change's pushes."""
+async def _quiet(sent, seconds: float, records: ClientRecords | None = None, catch_up_seconds: float = 60.0) -> None:
+    """Until nothing was sent (nor received by the clients) for ``seconds`` and, with ``records``,
+    the clients hold every byte sent to them (up to ``catch_up_seconds``): the clients answer a
+    change (an ACK, EDS asked for the new clusters), and the answers to those must not be counted
+    as the next change's pushes. At nice 19 on a machine others load, they may read a change's
+    responses (a service added: 240 MB) seconds after it was sent, with nothing written meanwhile."""
+    deadline = time.monotonic() + catch_up_seconds
     while True:
         count = (len(sent.records), records.bytes_in if records is not None else 0)
         await asyncio.sleep(seconds)
-        if (len(sent.records), records.bytes_in if records is not None else 0) == count:
+        if (len(sent.records), records.bytes_in if records is not None else 0) != count:
+            continue
+        if records is None or time.monotonic() > deadline:
+            return
+        if sum(r["bytes"] for r in records.parse().received) >= sum(r[4] for r in sent.records):
             return
 
 

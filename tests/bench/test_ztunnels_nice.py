@@ -32,3 +32,18 @@ async def test_the_churn_clients_run_niced_in_the_control_planes_session() -> No
         autogroup = Path(f"/proc/{pid}/autogroup")
         if autogroup.exists():
             assert autogroup.read_text() == Path("/proc/self/autogroup").read_text()
+
+
+async def test_the_clients_records_count_every_byte_the_server_sent() -> None:
+    """What ``scale._quiet`` compares (the clients hold every byte sent) adds up, over both protocols."""
+    from zpilot.model.index import MeshIndex
+    from zpilot.synthetic import Shape, synthetic_cluster, synthetic_manifests
+
+    shape = Shape(nodes=2, pods=6, services=2)
+    index = MeshIndex.build(synthetic_cluster(synthetic_manifests(shape)))
+    for xds in ("sotw", "delta"):
+        params = {"layout": "linear", "shape": dataclasses.asdict(shape), "clients": 2, "xds": xds,
+                  "clients_nice": 19, "sync_timeout": 60}
+        async with scale.serving(params, index) as served:
+            received = sum(r["bytes"] for r in served.records.parse().received)
+            assert received == sum(r[4] for r in served.sent.records) > 0, xds
