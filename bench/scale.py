@@ -432,7 +432,8 @@ async def _quiet(sent, seconds: float, records: ClientRecords | None = None, cat
     the clients hold every byte sent to them (up to ``catch_up_seconds``): the clients answer a
     change (an ACK, EDS asked for the new clusters), and the answers to those must not be counted
     as the next change's pushes. At nice 19 on a machine others load, they may read a change's
-    responses (a service added: 240 MB) seconds after it was sent, with nothing written meanwhile."""
+    responses (a service added: 240 MB) seconds after it was sent, with nothing written meanwhile.
+    ``sent.records`` end with the response's bytes (``sent_observer``'s; the spikes' add fields before)."""
     deadline = time.monotonic() + catch_up_seconds
     while True:
         count = (len(sent.records), records.bytes_in if records is not None else 0)
@@ -441,7 +442,7 @@ async def _quiet(sent, seconds: float, records: ClientRecords | None = None, cat
             continue
         if records is None or time.monotonic() > deadline:
             return
-        if sum(r["bytes"] for r in records.parse().received) >= sum(r[4] for r in sent.records):
+        if sum(r["bytes"] for r in records.parse().received) >= sum(r[-1] for r in sent.records):
             return
 
 
