@@ -18,7 +18,8 @@ each replaces its cluster's, leaving the others; a cluster no longer asked for d
 
 SDS is not asked for (secrets do not change with the model). Run as a process of its own, so the
 clients do not share the control plane's event loop, and with ``--nice 19`` (as bench/scale.py runs
-it) so that they take only the CPU the control plane leaves:
+it, in the control plane's session: a nice value ranks a process only among those of its session's
+scheduler autogroup) so that they take only the CPU the control plane leaves:
 ``python3 bench/ztunnels.py --xds 127.0.0.1:PORT [--delta] [--nice N] node-0 node-1 ...``. It writes one JSON
 line per response received (node, type, monotonic time, bytes, resources in it, and for EDS the
 assignments held after it, and the bytes this client received so far; delta: the names removed)

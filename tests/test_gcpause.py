@@ -147,6 +147,33 @@ async def test_a_change_is_produced_stored_and_its_streams_started_without_a_col
     assert replaced() is None  # by the collector, once the pause is over
 
 
+async def test_the_model_a_change_replaces_is_freed_after_the_change_not_before_it() -> None:
+    """The producer's last model is given up to the collection after the change (gcpause.free_later),
+    not freed as the new one is taken: at R that was a millisecond before the change was planned."""
+    import weakref
+
+    from zpilot.model.index import MeshIndex
+    from zpilot.synthetic import Shape, synthetic_cluster, synthetic_manifests
+    from zpilot.xds.push import Producer
+    from zpilot.xds.snapshot_cache import SnapshotCache
+
+    producer = Producer(SnapshotCache())
+    first = MeshIndex.build(synthetic_cluster(synthetic_manifests(Shape(nodes=2, pods=6, services=2))))
+    await producer.update(first)
+    replaced = weakref.ref(first)
+    del first
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gc.isenabled() and replaced() is not None  # the producer's model
+    await producer.update(MeshIndex.build(synthetic_cluster(synthetic_manifests(Shape(nodes=2, pods=7, services=2)))))
+    assert replaced() is not None  # nobody but the producer held it: still not freed
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert gc.isenabled()
+    gc.collect(0)
+    assert replaced() is None  # by the collector, once the pause is over
+
+
 async def test_an_update_that_fails_ends_the_producers_pause_all_the_same() -> None:
     """The producer's pause ends in its ``finally`` (once the loop has run on, as after a change it
     stored): an update that raises leaves the collector as it found it."""

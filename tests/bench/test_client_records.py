@@ -34,3 +34,26 @@ def test_ready_and_holdings_are_kept_apart_from_responses():
     assert records.ready == {"node-0"}
     assert records.holdings == {"node-0": "abc"}
     assert records.received == []
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.records: list[tuple] = []
+
+
+async def test_quiet_waits_for_the_clients_to_hold_every_byte_sent():
+    """A client that has not read what was sent (niced, on a busy machine) is not quiet yet, however
+    long nothing was written; once its records show every byte, it is."""
+    import asyncio
+
+    sent, records = _Sent(), scale.ClientRecords()
+    sent.records.append((0.0, "node-0", "Cluster", 0.0, 30))
+    records.feed(line({"node": "node-0", "type": "Cluster", "t": 1.0, "bytes": 10}))
+    quiet = asyncio.create_task(scale._quiet(sent, 0.01, records))
+    await asyncio.sleep(0.1)
+    assert not quiet.done()
+    records.feed(line({"node": "node-0", "type": "Cluster", "t": 2.0, "bytes": 20}))
+    await asyncio.wait_for(quiet, 5)
+    # and it gives up waiting for a client that never reads
+    sent.records.append((0.0, "node-1", "Cluster", 0.0, 5))
+    await asyncio.wait_for(scale._quiet(sent, 0.01, records, catch_up_seconds=0.05), 5)
