@@ -19,6 +19,7 @@ from .errors import CniError
 if TYPE_CHECKING:  # each action imports its work when it runs: `zpilot cni --help` stays fast
     from ..kube.source import ModelSource
     from .agent import AgentOptions
+    from .exit_cleanup import PodRef
 
 log = logging.getLogger("zpilot.cni")
 
@@ -215,7 +216,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0 if _print_reports(agent.cleanup(), verb="removed:") else 1
 
 
-def _own_pod(args: argparse.Namespace):
+def _own_pod(args: argparse.Namespace) -> PodRef | None:
     """The agent's pod for ``--cleanup-on-exit=uninstall`` (checked before anything starts), else None."""
     from .exit_cleanup import PodRef
 
@@ -236,6 +237,7 @@ def _own_pod(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from ..kube.watch import ApiWatchSource
     from .agent import NodeAgent
     from .exit_cleanup import decide, log_decision
 
@@ -245,7 +247,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     on_stop = {"always": "removing the rules", "never": "rules stay in place; `zpilot cni cleanup` removes them",
                "uninstall": "asking the API server whether the agent's DaemonSet is gone"}[args.cleanup_on_exit]
 
-    async def main() -> None:
+    async def main() -> bool:
+        """Run until SIGTERM; whether to remove the rules now."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         agent_pid = os.getpid()
@@ -264,6 +267,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     args.resync)
         await agent.run(stop, resync=args.resync)
         if own_pod is not None:
+            assert isinstance(source, ApiWatchSource)  # (_own_pod refused --manifests)
             decision = await decide(source.credentials, own_pod)
             log_decision(decision)
             return decision.cleanup
