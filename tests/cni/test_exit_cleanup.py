@@ -3,12 +3,13 @@ then the DaemonSet that controls it, through the in-process API server and the a
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from zpilot.cli import main
-from zpilot.cni.exit_cleanup import PERMISSIONS, ExitDecision, PodRef, decide
+from zpilot.cni.exit_cleanup import PERMISSIONS, ExitDecision, PodRef, decide, log_decision
 from zpilot.cni.errors import CniError
 from zpilot.kube.credentials import Credentials
 
@@ -94,12 +95,17 @@ async def test_an_unknown_token_is_refused_credentials_too(cluster: ApiServer, t
     assert decision.cleanup and "401" in decision.reason
 
 
-async def test_an_unreachable_api_server_keeps_the_rules(cluster: ApiServer, tmp_path: Path):
+async def test_an_unreachable_api_server_keeps_the_rules_and_says_so_loudly(cluster: ApiServer, tmp_path: Path,
+                                                                              caplog):
     credentials = agent_credentials(cluster, tmp_path)
     cluster.stop()
     decision = await decide(credentials, POD)
     assert not decision.cleanup and not decision.answered
     assert "cannot connect" in decision.reason
+    log_decision(decision)
+    (record,) = [r for r in caplog.records if r.name == "zpilot.cni"]
+    assert record.levelno == logging.ERROR and "CANNOT TELL" in record.message
+    assert "zpilot cni cleanup" in record.message
 
 
 async def test_a_server_error_keeps_the_rules(cluster: ApiServer, tmp_path: Path):
