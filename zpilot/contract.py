@@ -142,6 +142,10 @@ IPSET_TYPE = "hash:ip"
 NODE_NAME_METADATA = "NODE_NAME"
 #: The environment variable a DaemonSet sets from the downward API (``spec.nodeName``).
 NODE_NAME_ENV = "NODE_NAME"
+#: The CNI agent's own pod, from the downward API (``metadata.name``, ``metadata.namespace``): whose DaemonSet
+#: it asks after as it stops (zpilot/cni/exit_cleanup.py).
+POD_NAME_ENV = "POD_NAME"
+POD_NAMESPACE_ENV = "POD_NAMESPACE"
 #: Envoy ``node.cluster`` of every ztunnel.
 NODE_CLUSTER = "ztunnel"
 #: The node id ``zpilot bootstrap`` writes, ``ztunnel~<node>``: led by the proxy type, as Istio's

@@ -98,6 +98,13 @@ def downward(c: dict[str, Any], argv: list[str], node: str) -> list[str]:
     return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in argv]
 
 
+def downward_env(c: dict[str, Any], *, node: str, pod: str, namespace: str) -> dict[str, str]:
+    """The environment the kubelet gives a container from the downward API (the fields the chart uses)."""
+    fields = {"spec.nodeName": node, "metadata.name": pod, "metadata.namespace": namespace}
+    return {e["name"]: fields[e["valueFrom"]["fieldRef"]["fieldPath"]] for e in c.get("env", [])
+            if "fieldRef" in e.get("valueFrom", {})}
+
+
 def until(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not check():

@@ -5,6 +5,7 @@ the chart grants it; a grant nothing uses fails it too."""
 from __future__ import annotations
 
 from zpilot.certs import kube_secret, trust_bundle_configmap
+from zpilot.cni import exit_cleanup
 from zpilot.kube import api_resources
 from zpilot.xds import token_review
 
@@ -56,13 +57,25 @@ def test_the_cni_agent_reads_its_node_s_pods_and_the_namespaces_only():
     assert as_access(granted) == set(api_resources.NODE_AGENT_API_ACCESS)
 
 
+def test_in_its_namespace_the_cni_agent_may_read_its_pod_and_its_daemonset_only():
+    """What it asks as it stops, to tell an uninstall from a rollout: its own pod (a name not known in advance)
+    and the DaemonSet that controls it, narrowed to the chart's."""
+    rendered = render()
+    granted = _bound(rendered, "RoleBinding", "zpilot-cni", "zpilot-cni")
+    assert as_access(granted) == set(exit_cleanup.PERMISSIONS)
+    daemonset = rendered.get("DaemonSet", "zpilot-cni-node")
+    assert pod_spec(daemonset)["serviceAccountName"] == "zpilot-cni"
+    names = {resource: allowed for _, resource, _, allowed in granted}
+    assert names == {"pods": (), "daemonsets": (daemonset["metadata"]["name"],)}
+
+
 def test_no_other_role_binding_or_service_account_token():
     rendered = render()
     roles = {(o["kind"], o["metadata"]["name"]) for o in rendered.objects if o["kind"].endswith("Role")}
     bindings = {(o["kind"], o["metadata"]["name"]) for o in rendered.objects if o["kind"].endswith("Binding")}
-    assert roles == {("ClusterRole", "zpilot"), ("Role", "zpilot"), ("ClusterRole", "zpilot-cni")}
+    assert roles == {("ClusterRole", "zpilot"), ("Role", "zpilot"), ("ClusterRole", "zpilot-cni"), ("Role", "zpilot-cni")}
     assert bindings == {("ClusterRoleBinding", "zpilot"), ("RoleBinding", "zpilot"),
-                        ("ClusterRoleBinding", "zpilot-cni")}
+                        ("ClusterRoleBinding", "zpilot-cni"), ("RoleBinding", "zpilot-cni")}
     # Each workload runs as its own service account; the ztunnel's has no role and no API token.
     accounts = {w["metadata"]["name"]: pod_spec(w)["serviceAccountName"]
                 for w in rendered.of_kind("Deployment") + rendered.of_kind("DaemonSet")}

@@ -1,11 +1,16 @@
-"""Removing the chart leaves nothing on a node: the CNI agent, run with the DaemonSet's rendered
-arguments on the node's network (a network namespace standing for it: the article's node A of
-tests/cni), meshes the node's pods and, stopped as the kubelet stops a deleted pod (SIGTERM), removes
-every rule, set, route and device it made. The ztunnel pod's side, made by the rendered init
-container inside the pod's namespace, goes with that namespace.
+"""An agent restart or rollout leaves the node meshed; removing the chart leaves nothing on the node.
 
-The agent reads the in-process API server, listening inside the node's namespace, with a token
-allowed exactly the chart's ``zpilot-cni`` ClusterRole.
+The CNI agent runs with the DaemonSet's rendered arguments and downward-API environment on the node's
+network (a network namespace standing for it: the article's node A of tests/cni), as the pod the rendered
+DaemonSet controls, and meshes the node's pods. Stopped as the kubelet stops it (SIGTERM):
+
+- in a rollout (its DaemonSet still there), every rule, set, route and device stays, and the next agent,
+  started in its place, converges on them (a pod created meanwhile meshed, nothing duplicated);
+- at ``helm uninstall`` (its DaemonSet deleted), it removes every one of them. The ztunnel pod's side, made by
+  the rendered init container inside the pod's namespace, goes with that namespace.
+
+The agent reads the in-process API server, listening inside the node's namespace, with a token allowed
+exactly the chart's ``zpilot-cni`` ClusterRole and Role.
 """
 
 from __future__ import annotations
@@ -22,16 +27,18 @@ import pytest
 from tests.cni.kernel_state import ipset_list, snapshot
 from tests.cni.topology import NODE_A, Topology, add_foreign_state, in_ns
 from tests.kube.apiserver import ApiServer, seed_article
+from tests.kube.apiserver.objects import make_pod
 from zpilot import contract
 
-from .chart import container, pod_spec, render, zpilot_argv
+from .chart import NAMESPACE, Rendered, container, pod_spec, render, zpilot_argv
+from .pod import Pod, downward, downward_env
 from .rbac import grants, token_allowance
-from .pod import Pod, downward
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="creates network namespaces and iptables rules")]
 
 ROOT = Path(__file__).resolve().parents[2]
+AGENT_POD = "zpilot-cni-node-7xk2p"
 
 
 @pytest.fixture
@@ -58,46 +65,113 @@ class InNamespace(Pod):
                 proc.wait(timeout=10)
 
 
-def test_the_agent_meshes_its_node_then_leaves_nothing_when_its_pod_is_deleted(topology: Topology, tmp_path: Path):
-    rendered = render()
-    agent_ds, ztunnel_ds = rendered.get("DaemonSet", "zpilot-cni-node"), rendered.get("DaemonSet", "ztunnel")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    before = snapshot(topology.node)
+class Node:
+    """Node A with the chart's ztunnel side set up, an API server holding the article, the rendered agent
+    DaemonSet and its pod on node A, and the agent's token."""
 
-    # The ztunnel pod's init container, inside the pod's namespace.
-    setup = container(ztunnel_ds, "redirect")
-    done = subprocess.run(["ip", "netns", "exec", topology.ztunnel, sys.executable, "-m", "zpilot.cli",
-                           *zpilot_argv(setup)], capture_output=True, text=True, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "pistioin" in in_ns(topology.ztunnel, "ip", "link")
+    def __init__(self, topology: Topology, tmp: Path) -> None:
+        self.topology, self.tmp = topology, tmp
+        self.rendered: Rendered = render()
+        self.daemonset = self.rendered.get("DaemonSet", "zpilot-cni-node")
+        self.env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        setup = container(self.rendered.get("DaemonSet", "ztunnel"), "redirect")  # the ztunnel pod's init container
+        done = subprocess.run(["ip", "netns", "exec", topology.ztunnel, sys.executable, "-m", "zpilot.cli",
+                               *zpilot_argv(setup)], capture_output=True, text=True, env=self.env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "pistioin" in in_ns(topology.ztunnel, "ip", "link")
+        self.ns = InNamespace(topology.node, tmp)
+        self.server: ApiServer = self.ns.started_inside(
+            lambda: ApiServer(tmp / "api", tls=True, bootstrap=True, controllers=True).start())
+        seed_article(self.server)
+        self.daemonset_uid = self.server.create(self.daemonset)["metadata"]["uid"]
+        account = pod_spec(self.daemonset)["serviceAccountName"]
+        granted = set()
+        for kind in ("ClusterRoleBinding", "RoleBinding"):
+            binding = self.rendered.get(kind, "zpilot-cni")
+            assert binding["subjects"][0]["name"] == account
+            granted |= grants(self.rendered.get(binding["roleRef"]["kind"], binding["roleRef"]["name"])["rules"])
+        self.kubeconfig = self.server.write_kubeconfig(tmp / "cni.kubeconfig",
+                                                       token=self.server.add_token(allow=token_allowance(granted)))
 
-    node = InNamespace(topology.node, tmp_path)
-    server = node.started_inside(lambda: ApiServer(tmp_path / "api", tls=True, bootstrap=True, controllers=True).start())
-    try:
-        seed_article(server)
-        binding = rendered.get("ClusterRoleBinding", "zpilot-cni")
-        assert binding["subjects"][0]["name"] == pod_spec(agent_ds)["serviceAccountName"]
-        role = rendered.get("ClusterRole", binding["roleRef"]["name"])
-        kubeconfig = server.write_kubeconfig(tmp_path / "cni.kubeconfig",
-                                             token=server.add_token(allow=token_allowance(grants(role["rules"]))))
-        agent_spec = container(agent_ds, "cni-agent")
-        log = tmp_path / "agent.log"
-        agent = node.start([sys.executable, "-m", "zpilot.cli", *downward(agent_spec, zpilot_argv(agent_spec), NODE_A),
-                            "--kubeconfig", str(kubeconfig)], log, env=env)
-        # Applied: the set holds sleep (a meshed pod of node A), and the jump into the agent's chain,
-        # written last, is in place.
+    def start_agent(self, pod_name: str) -> tuple[subprocess.Popen, Path]:
+        """The agent of the DaemonSet's pod ``pod_name`` on node A (the pod made as the DaemonSet controller makes it)."""
+        pod = make_pod(pod_name, NAMESPACE, node=NODE_A, host_network=True, ip="10.128.0.2",
+                       service_account=pod_spec(self.daemonset)["serviceAccountName"])
+        pod["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "zpilot-cni-node",
+                                               "uid": self.daemonset_uid, "controller": True}]
+        self.server.create(pod)
+        spec = container(self.daemonset, "cni-agent")
+        env = {**self.env, **downward_env(spec, node=NODE_A, pod=pod_name, namespace=NAMESPACE)}
+        log = self.tmp / f"{pod_name}.log"
+        proc = self.ns.start([sys.executable, "-m", "zpilot.cli", *downward(spec, zpilot_argv(spec), NODE_A),
+                              "--kubeconfig", str(self.kubeconfig)], log, env=env)
+        return proc, log
+
+    def until_meshed(self, agent: subprocess.Popen, log: Path, ip: str) -> None:
+        """``ip`` in the set, and the jump into the agent's chain (written last) in place."""
         deadline = time.monotonic() + 60
-        while not ("10.4.4.19" in ipset_list(topology.node)
-                   and f"-A PREROUTING -j {contract.PREROUTING}" in in_ns(topology.node, "iptables-save", "-t", "mangle")):
+        while not (ip in ipset_list(self.topology.node) and f"-A PREROUTING -j {contract.PREROUTING}"
+                   in in_ns(self.topology.node, "iptables-save", "-t", "mangle")):
             assert agent.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
-        meshed = snapshot(topology.node)
-        assert "istioin" in meshed["ip link"] and meshed["ip rule"] != before["ip rule"]
 
-        # helm uninstall: the DaemonSet's pods are deleted, the kubelet sends SIGTERM.
+    @staticmethod
+    def stop(agent: subprocess.Popen, log: Path) -> str:
+        """SIGTERM, as the kubelet stops the pod; the agent's log."""
         os.killpg(agent.pid, signal.SIGTERM)
         assert agent.wait(timeout=30) == 0, log.read_text()[-3000:]
-        assert snapshot(topology.node) == before, log.read_text()[-3000:]
+        return log.read_text()
+
+    def close(self) -> None:
+        self.ns.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def node(topology: Topology, tmp_path: Path):
+    made = Node(topology, tmp_path)
+    try:
+        yield made
     finally:
-        node.close()
-        server.stop()
+        made.close()
+
+
+def test_a_rollout_keeps_the_node_meshed_and_the_next_agent_converges(node: Node, topology: Topology):
+    agent, log = node.start_agent(AGENT_POD)
+    node.until_meshed(agent, log, "10.4.4.19")  # sleep, a meshed pod of node A
+    meshed = snapshot(topology.node)
+
+    # A rollout: the DaemonSet controller deletes the old pod (terminating), the DaemonSet stays.
+    node.server.terminate("pods", AGENT_POD, NAMESPACE)
+    text = node.stop(agent, log)
+    assert snapshot(topology.node) == meshed, text[-3000:]
+    assert "rules stay in place" in text and "still there" in text
+    node.server.delete("pods", AGENT_POD, NAMESPACE)
+
+    # Meanwhile a meshed pod starts on the node; the next agent meshes it and duplicates nothing.
+    node.server.create(make_pod("web-1", ip="10.4.4.70", node=NODE_A, labels={"app": "web"}))
+    successor, successor_log = node.start_agent("zpilot-cni-node-q9d4m")
+    node.until_meshed(successor, successor_log, "10.4.4.70")
+    converged = snapshot(topology.node)
+    assert {k: v for k, v in converged.items() if k != "ipset list"} == {
+        k: v for k, v in meshed.items() if k != "ipset list"}, successor_log.read_text()[-3000:]
+    def members(ipsets: str) -> list[str]:
+        return [line.split()[0] for line in ipsets.splitlines() if line.startswith("10.")]
+
+    assert members(converged["ipset list"]) == sorted([*members(meshed["ipset list"]), "10.4.4.70"])
+    node.stop(successor, successor_log)
+
+
+def test_helm_uninstall_leaves_nothing_on_the_node(node: Node, topology: Topology):
+    before = snapshot(topology.node)
+    agent, log = node.start_agent(AGENT_POD)
+    node.until_meshed(agent, log, "10.4.4.19")
+    meshed = snapshot(topology.node)
+    assert "istioin" in meshed["ip link"] and meshed["ip rule"] != before["ip rule"]
+
+    # helm uninstall: the DaemonSet is deleted, then its pods (garbage collection), and the kubelet sends SIGTERM.
+    node.server.delete("daemonsets", "zpilot-cni-node", NAMESPACE)
+    node.server.terminate("pods", AGENT_POD, NAMESPACE)
+    text = node.stop(agent, log)
+    assert snapshot(topology.node) == before, text[-3000:]
+    assert "removing the node's rules" in text and "is gone" in text

@@ -15,6 +15,7 @@ import pytest
 import zpilot
 from zpilot import contract
 from zpilot.certs import trust_bundle_configmap
+from zpilot.cni.exit_cleanup import DECISION_SECONDS
 from zpilot.cli import build_parser
 from zpilot.envoy_binary import envoy_path
 from zpilot.model.index import ZTUNNEL_LABEL, MeshIndex
@@ -262,7 +263,7 @@ def test_ads_is_authenticated_with_the_ztunnel_pods_projected_token_and_the_publ
 # -- the CNI agent -----------------------------------------------------------------------------
 
 
-def test_cni_agent_runs_for_its_node_on_the_host_network_and_cleans_up_when_it_stops():
+def test_cni_agent_runs_for_its_node_on_the_host_network_and_cleans_up_when_uninstalled():
     daemonset = render().get("DaemonSet", "zpilot-cni-node")
     spec = pod_spec(daemonset)
     assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
@@ -270,12 +271,19 @@ def test_cni_agent_runs_for_its_node_on_the_host_network_and_cleans_up_when_it_s
     agent = container(daemonset, "cni-agent")
     args = parse(agent)
     assert (args.command, args.cni_command, args.node) == ("cni", "run", NODE)
-    assert args.cleanup_on_exit is True and args.manifests is None  # reads the cluster; cleans up on SIGTERM
+    assert args.manifests is None  # reads the cluster
+    # On SIGTERM: removes its rules only once its DaemonSet is gone or going (a rollout keeps them), for
+    # which it knows its own pod from the downward API, as the agent reads it by default.
+    assert args.cleanup_on_exit == "uninstall"
+    downward_api = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in agent["env"]}
+    assert downward_api == {contract.NODE_NAME_ENV: "spec.nodeName", contract.POD_NAME_ENV: "metadata.name",
+                            contract.POD_NAMESPACE_ENV: "metadata.namespace"}
     assert args.netns is None and args.ztunnel_netns is None  # the node's own namespace; the pod side is the init's
     # The only host path: iptables' lock, shared with kube-proxy.
     host_paths = [v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v]
     assert host_paths == ["/run/xtables.lock"]
-    assert spec["terminationGracePeriodSeconds"] >= 10
+    # Time for the question to the API server, then the cleanup.
+    assert spec["terminationGracePeriodSeconds"] >= DECISION_SECONDS + 10
 
 
 # -- for every variant: privileges, update strategies, tolerations, images ----------------------

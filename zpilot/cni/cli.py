@@ -19,8 +19,14 @@ from .errors import CniError
 if TYPE_CHECKING:  # each action imports its work when it runs: `zpilot cni --help` stays fast
     from ..kube.source import ModelSource
     from .agent import AgentOptions
+    from .exit_cleanup import PodRef
 
 log = logging.getLogger("zpilot.cni")
+
+#: ``cni run --cleanup-on-exit``: when a stopping agent removes what it made. always: at every stop (the bare
+#: flag; a rollout unmeshes the node until the next agent's first reconcile); uninstall: only when its
+#: DaemonSet is gone or going (zpilot/cni/exit_cleanup.py; the chart's choice); never: `zpilot cni cleanup` does.
+CLEANUP_MODES = ("always", "uninstall", "never")
 
 
 def _model_args(p: argparse.ArgumentParser, *, offline: bool = False) -> None:
@@ -210,14 +216,39 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return 0 if _print_reports(agent.cleanup(), verb="removed:") else 1
 
 
+def _own_pod(args: argparse.Namespace) -> PodRef | None:
+    """The agent's pod for ``--cleanup-on-exit=uninstall`` (checked before anything starts), else None."""
+    from .exit_cleanup import PodRef
+
+    if args.cleanup_on_exit != "uninstall":
+        return None
+    if args.manifests is not None:
+        raise CniError("--cleanup-on-exit=uninstall asks the Kubernetes API whether the agent's DaemonSet is"
+                       " gone: not with --manifests (use always or never)")
+    if not args.pod:
+        raise CniError(f"--cleanup-on-exit=uninstall needs the agent's own pod: set ${contract.POD_NAMESPACE_ENV}"
+                       f" and ${contract.POD_NAME_ENV} (the downward API) or pass --pod NAMESPACE/NAME")
+    namespace, slash, name = args.pod.partition("/")
+    if not slash:
+        raise CniError(f"--pod {args.pod[:80]!r}: give NAMESPACE/NAME")
+    return PodRef.parse(namespace, name)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from ..kube.watch import ApiWatchSource
     from .agent import NodeAgent
+    from .exit_cleanup import decide, log_decision
 
-    agent = NodeAgent(_options(args), _source(args))
+    own_pod = _own_pod(args)
+    source = _source(args)
+    agent = NodeAgent(_options(args), source)
+    on_stop = {"always": "removing the rules", "never": "rules stay in place; `zpilot cni cleanup` removes them",
+               "uninstall": "asking the API server whether the agent's DaemonSet is gone"}[args.cleanup_on_exit]
 
-    async def main() -> None:
+    async def main() -> bool:
+        """Run until SIGTERM; whether to remove the rules now."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         agent_pid = os.getpid()
@@ -227,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         def _stop(signum: int, _frame) -> None:
             if os.getpid() != agent_pid:  # such a forked helper: end it as SIGTERM would
                 os._exit(128 + signum)
-            log.warning("signal %s: stopping (rules stay in place; `zpilot cni cleanup` removes them)", signum)
+            log.warning("signal %s: stopping (%s)", signum, on_stop)
             loop.call_soon_threadsafe(stop.set)
 
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -235,9 +266,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.warning("zpilot cni agent for node %s: watching %s, resync every %.0f s", args.node, agent.source,
                     args.resync)
         await agent.run(stop, resync=args.resync)
+        if own_pod is not None:
+            assert isinstance(source, ApiWatchSource)  # (_own_pod refused --manifests)
+            decision = await decide(source.credentials, own_pod)
+            log_decision(decision)
+            return decision.cleanup
+        return args.cleanup_on_exit == "always"
 
-    asyncio.run(main())
-    if args.cleanup_on_exit:
+    if asyncio.run(main()):
         _print_reports(agent.cleanup(), verb="removed:")
     return 0
 
@@ -343,7 +379,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _discovered_args(p)
     p.add_argument("--poll", type=float, default=1.0, help="with --manifests: seconds between looks at the files (1)")
     p.add_argument("--resync", type=float, default=30.0, help="seconds between full reconciles (30)")
-    p.add_argument("--cleanup-on-exit", action="store_true",
-                   help="remove everything on SIGTERM (default: leave it, so an agent restart does not"
-                        " interrupt traffic)")
+    p.add_argument("--cleanup-on-exit", choices=CLEANUP_MODES, nargs="?", const="always", default="never",
+                   metavar="always|uninstall|never",
+                   help="on SIGTERM, remove everything: always (the bare flag), uninstall (only when the API server"
+                        " says the agent's DaemonSet is gone or being deleted: a rollout or restart leaves the rules,"
+                        " and the next agent converges), never (the default)")
+    pod_env = os.environ.get(contract.POD_NAMESPACE_ENV), os.environ.get(contract.POD_NAME_ENV)
+    p.add_argument("--pod", metavar="NAMESPACE/NAME", default="/".join(pod_env) if all(pod_env) else None,
+                   help=f"the agent's own pod, for --cleanup-on-exit=uninstall (default: ${contract.POD_NAMESPACE_ENV}"
+                        f"/${contract.POD_NAME_ENV})")
     p.set_defaults(func=_guard(cmd_run))

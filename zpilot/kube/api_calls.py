@@ -1,4 +1,5 @@
-"""The three requests the API watch makes, on kubernetes-asyncio's client: list a page, watch, discover.
+"""The requests the API watch makes, on kubernetes-asyncio's client: list a page, watch, discover; and a GET
+of one object (the CNI agent asks after its own DaemonSet as it stops: zpilot/cni/exit_cleanup.py).
 
 Responses are read raw (``_preload_content=False``): objects stay the plain dicts the converters
 take (as a manifest holds them), nothing is deserialized into models and back, and the watch
@@ -199,6 +200,24 @@ class ApiCalls:
                 page.get("metadata", {}), dict):
             raise ApiFailure("a list response without items or metadata")
         return page
+
+    async def get_object(self, path: str, *, seconds: float) -> dict[str, Any]:
+        """One object by its URL path (a GET), the whole request within ``seconds``. A missing object is an
+        ApiFailure with ``status`` 404 (the class says nothing more: a 404 on one name is not a 404 on a kind)."""
+        timeout = aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, self.timeouts.connect))
+        response = await self._get(path, [], timeout, seconds)
+        try:
+            await self._check(response, seconds)
+            body = await self._body(response, MAX_SMALL_BODY, seconds)
+        finally:
+            response.close()
+        try:
+            obj = json.loads(body)
+        except ValueError as exc:
+            raise ApiFailure(f"GET {clip(path, 200)}: a response that is not JSON ({exc})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+            raise ApiFailure(f"GET {clip(path, 200)}: a response without metadata")
+        return obj
 
     async def watch(self, resource: ApiResource, *, resource_version: str, field_selector: str | None,
                     timeout_seconds: int) -> AsyncIterator[dict[str, Any]]:

@@ -48,7 +48,7 @@ field_selector=)``. ``resource`` is a kind, plural, ``plural.group`` or short na
 What HTTP clients see (the real server's behaviour)
 ---------------------------------------------------
 - Resources: core/v1 pods, services, serviceaccounts, namespaces, nodes, secrets, configmaps;
-  discovery.k8s.io/v1 endpointslices; authentication.k8s.io/v1 tokenreviews (create only);
+  apps/v1 daemonsets (stored as written: no controller makes their pods); discovery.k8s.io/v1 endpointslices; authentication.k8s.io/v1 tokenreviews (create only);
   apiextensions.k8s.io/v1 customresourcedefinitions; and any CRD's resources while the CRD exists
   (``install_istio_crds()`` serves security.istio.io v1 and v1beta1 authorizationpolicies and peerauthentications;
   before it, and after ``remove_crd(name)``, the group/version is 404 and absent from /apis; removing it deletes

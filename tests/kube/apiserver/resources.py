@@ -66,6 +66,7 @@ BUILTIN: tuple[ResourceType, ...] = (
                  field_labels=("spec.unschedulable",)),
     ResourceType("", ("v1",), "secrets", "secret", "Secret", True, field_labels=("type",)),
     ResourceType("", ("v1",), "configmaps", "configmap", "ConfigMap", True, ("cm",)),
+    ResourceType("apps", ("v1",), "daemonsets", "daemonset", "DaemonSet", True, ("ds",), status_subresource=True),
     ResourceType("discovery.k8s.io", ("v1",), "endpointslices", "endpointslice", "EndpointSlice", True,
                  field_labels=("addressType",)),
     ResourceType("authentication.k8s.io", ("v1",), "tokenreviews", "tokenreview", "TokenReview", False,
