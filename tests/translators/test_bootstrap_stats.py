@@ -149,3 +149,27 @@ def test_all_is_envoy_s_default_and_bad_values_are_refused() -> None:
     assert BootstrapOptions(node="n", xds="x:1").service_stats == contract.DEFAULT_SERVICE_STATS == "traffic"
     with pytest.raises(ValueError, match="service stats 'some' is not one of traffic, none, all"):
         bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="some"))
+
+
+TUNNELS = ("outbound_tunnel_clus_spiffe_td/ns/a/sa/b", "outbound_local_tunnel_clus_spiffe_td.example.com/ns/a/sa/b.v1")
+SECRETS = ("ROOTCA", "spiffe://td/ns/a/sa/b~b-5644bdc767-2dfg7~85c8c34e-7ae3-4d29-9582-0819e2b10c69")
+
+
+@pytest.mark.parametrize("service_stats", contract.SERVICE_STATS)
+@pytest.mark.parametrize("pod_cluster_stats", contract.POD_CLUSTER_STATS)
+def test_tunnels_certificate_stats_are_left_out_unless_every_stat_is_asked_for(service_stats, pod_cluster_stats) -> None:
+    """A tunnel's certificate expiry stats repeat the inbound listener's for the same secrets; left out, the
+    certificate tag is not tried on every cluster stat. With every stat asked for they are made, and tagged."""
+    every = service_stats == pod_cluster_stats == "all"
+    out = excluded(service_stats, pod_cluster_stats)
+    for tunnel in TUNNELS:
+        for secret in SECRETS:
+            assert out(f"cluster.{tunnel}.ssl.certificate.{secret}.expiration_unix_time_seconds") == (not every)
+        for stat in ("ssl.handshake", "ssl.fail_verify_san", "upstream_cx_total", "membership_total"):
+            assert not out(f"cluster.{tunnel}.{stat}"), (tunnel, stat)
+    for kept in [f"listener.10.0.0.1_15008.ssl.certificate.{s}.expiration_unix_time_seconds" for s in SECRETS] + [
+            "cluster.xds-grpc.ssl.certificate.xds-client-certificate.expiration_unix_time_seconds"]:
+        assert not out(kept), kept
+    tags = stats_config(service_stats, pod_cluster_stats).stats_tags
+    assert [t.regex.split("\\.")[0] for t in tags if t.tag_name == "envoy.tls_certificate"] == (
+        ["^listener", "^cluster"] if every else ["^listener"])
