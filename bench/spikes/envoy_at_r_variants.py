@@ -23,11 +23,14 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
     reject-all       no stats at all (what all of them cost)
     tags-none        no ``stats_tags`` (what zpilot's stat tags cost)
     cert-tags-none   no certificate tag (what its two regexes cost)
+    cert-cluster-tag-out  the TLS clusters' certificate tag alone left out (as served unless every stat is asked for)
     tags-round5      the certificate's tag as round five had it, unanchored (tried on every stat name)
     pods-stats-all   ``--pod-cluster-stats all``: every stat of the per-node pod clusters (``pods_on_<node>``),
                      as served until round eight
     pods-tcp-out     their tcp_proxies' stats left out too
 
+Envoy runs with ``contract.ENVOY_FLAGS``, as the chart runs it (``--without-envoy-flags``: without them);
+``--envoy-arg=ARG`` (repeated) gives it more.
 ``--callgrind`` runs Envoy under ``valgrind --tool=callgrind`` instead (about 3 minutes a run) and reports its
 main thread's instructions per step of its start (dumped as its log announces each: CDS applied, the
 clusters warm, the inbound, plaintext and outbound listeners added, and LIVE): a count the machine's load does not
@@ -383,7 +386,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, help="Envoy's --concurrency (default: Envoy's, the core count)")
     parser.add_argument("--envoy-arg", action="append", default=[], metavar="ARG",
-                        help="one more argument for Envoy (repeat for more), e.g. --envoy-arg=--ignore-unknown-dynamic-fields")
+                        help="one more argument for Envoy (repeat for more), e.g. --envoy-arg=--skip-deprecated-logs")
+    parser.add_argument("--without-envoy-flags", action="store_true", help="Envoy without contract.ENVOY_FLAGS")
     parser.add_argument("--census", action="store_true", help="count Envoy's stats by kind after LIVE (slow)")
     parser.add_argument("--callgrind", action="store_true",
                         help="Envoy's main-thread instructions per step, under valgrind")
@@ -394,7 +398,8 @@ def main() -> int:
     results: dict[str, list[dict]] = {v: [] for v in args.variants or VARIANTS}
     for _ in range(args.runs):
         for variant in results:
-            result = asyncio.run(run(variant, args.concurrency, args.census, args.callgrind, tuple(args.envoy_arg)))
+            result = asyncio.run(run(variant, args.concurrency, args.census, args.callgrind,
+                                     (*(() if args.without_envoy_flags else contract.ENVOY_FLAGS), *args.envoy_arg)))
             print(json.dumps(result), flush=True)
             results[variant].append(result)
     if args.callgrind:
