@@ -89,8 +89,9 @@ def test_only_service_ports_lose_stats(index: MeshIndex, layout: str) -> None:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_pod_cluster_stats_traffic_leaves_out_the_pods_clusters_bookkeeping_only(index: MeshIndex, layout: str) -> None:
     """``--pod-cluster-stats traffic`` (the default): each node's pods cluster (``pods_on_<node>``, the linear
-    layout's) keeps its traffic counters and loses its bookkeeping, whatever ``--service-stats`` says; its
-    tcp_proxy and every other cluster keep theirs; ``all`` leaves nothing of it out."""
+    layout's) keeps its traffic counters and loses its bookkeeping, and its chain's tcp_proxy (``tcp.pods.*``) its
+    stats, whatever ``--service-stats`` says; every other cluster and tcp_proxy keeps theirs; ``all`` leaves
+    nothing of it out."""
     clusters = {name for r in configs(index, layout) for name in r.clusters}
     prefixes = {name for r in configs(index, layout) for name in tcp_stat_prefixes(r)}
     pods = {c for c in clusters if c.startswith(PODS_ON_PREFIX)}
@@ -109,14 +110,18 @@ def test_pod_cluster_stats_traffic_leaves_out_the_pods_clusters_bookkeeping_only
         for cluster in others:
             for stat in BOOKKEEPING + TRAFFIC:
                 assert not traffic(f"cluster.{cluster}.{stat}"), (cluster, stat)
+        pod_chains = {p for p in prefixes if p.startswith(f"pods.{PODS_ON_PREFIX}")}
+        assert len(pod_chains) == len(pods), (pod_chains, pods)
         for prefix in prefixes - {p for p in prefixes if any(f"_{host}" in p for host in hosts)}:
-            assert not traffic(f"tcp.{prefix}.downstream_cx_total"), prefix
+            name = f"tcp.{prefix}.downstream_cx_total"
+            assert (traffic(name), every(name)) == (prefix in pod_chains, False), prefix
 
 
 def test_the_default_leaves_out_the_pods_clusters_bookkeeping() -> None:
     config = bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all")).stats_config
     assert contract.DEFAULT_POD_CLUSTER_STATS == "traffic"
-    (pattern,) = config.stats_matcher.exclusion_list.patterns
+    prefix, pattern = config.stats_matcher.exclusion_list.patterns
+    assert prefix.prefix == "tcp.pods."  # each node's pods chain's tcp_proxy
     assert re.fullmatch(pattern.safe_regex.regex, "cluster.pods_on_node-0.membership_total")
     assert not re.fullmatch(pattern.safe_regex.regex, "cluster.pods_on_node-0.upstream_cx_total")
     assert not re.fullmatch(pattern.safe_regex.regex, "cluster.tcp-0_svc-0.ns-0.svc.cluster.local.membership_total")

@@ -81,6 +81,7 @@ async def test_service_ports_keep_the_stats_service_stats_says(mode, layout, man
         assert not {s for s in kept if s.split(".")[0] in ("circuit_breakers", "version")
                     or s.startswith(("membership_", "update_", "lb_", "assignment_"))}, (cluster, kept)
     assert stats["server.live"] == 1 and any(name.startswith("listener.") for name in stats)
+    assert not [name for name in stats if name.startswith(("tcp.pods.", f"tcp.{PODS_ON_PREFIX}"))]  # their chains' tcp_proxies
     for cluster in services:
         kept = {name.removeprefix(f"cluster.{cluster}.") for name in stats if name.startswith(f"cluster.{cluster}.")}
         if mode == "all":

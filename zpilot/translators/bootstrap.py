@@ -59,6 +59,7 @@ from .names import (
     IDENTITY_IN_STATS,
     PODS_ON_PREFIX,
     PLAINTEXT_PROXY_STAT_PREFIX,
+    POD_TCP_STATS_TOKEN,
     SERVICE_TCP_STATS_TOKEN,
     SECRET_STAT_TAG_VALUE,
     SERVICE_PORT_STAT_NAME,
@@ -412,8 +413,9 @@ CLUSTER_BOOKKEEPING_STATS = (
 #: instructions to LIVE at R (6,200 M without it, callgrind), where Envoy's own first looks for ``.ssl.ciphers.``.
 NAME_TAGS: tuple[tuple[str, str], ...] = (
     ("envoy.cluster_name", r"^cluster\.(({})\.)"),
-    # a linear service port's tcp_proxy stats are tcp.svc.<port>_<fqdn>.* (names.SERVICE_TCP_STATS_TOKEN): "svc." out too
-    ("envoy.tcp_prefix", r"^tcp\.((?:" + SERVICE_TCP_STATS_TOKEN + r"\.)?({})\.)"),
+    # a linear service port's tcp_proxy stats are tcp.svc.<port>_<fqdn>.* (names.SERVICE_TCP_STATS_TOKEN), a node's
+    # pods chain's tcp.pods.pods_on_<node>.* (names.POD_TCP_STATS_TOKEN): "svc." and "pods." out too
+    ("envoy.tcp_prefix", r"^tcp\.((?:(?:" + SERVICE_TCP_STATS_TOKEN + "|" + POD_TCP_STATS_TOKEN + r")\.)?({})\.)"),
     ("envoy.xds_resource_name", r"^sds\.(({})\.)."),  # "." not ".+": the same matches, without a step per character
     ("envoy.tls_certificate", r"^listener\.(?:{address})\.ssl\.certificate\.(({})\.)"),
     # the TLS clusters' (TLS_CLUSTER_CERTIFICATE_TAG): only when their certificate stats are made
@@ -508,6 +510,8 @@ def stats_config(service_stats: str, pod_cluster_stats: str = contract.DEFAULT_P
             alternatives.append(rf"(?:cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")
         else:  # traffic
             alternatives.append(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")
+    if pod_cluster_stats == "traffic":  # each node's pods chain's tcp_proxy (tcp.pods.pods_on_<node>.*), by a prefix
+        patterns.append(string_pb2.StringMatcher(prefix=f"tcp.{POD_TCP_STATS_TOKEN}."))
     # the clusters that keep their traffic counters and none of their bookkeeping
     traffic_only = ([f"{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"] if service_stats == "traffic" else []) + (
         [POD_CLUSTER_STAT_NAME] if pod_cluster_stats == "traffic" else [])
