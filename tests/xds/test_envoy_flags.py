@@ -10,8 +10,8 @@ import re
 
 from zpilot import contract
 
-from .e2e_util import debug_json, wait_synced
-from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, eventually
+from .e2e_util import wait_nacked, wait_synced
+from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A
 from .test_envoy_lifecycle import BreakBlackHole
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
@@ -42,11 +42,4 @@ async def test_with_the_flags_a_resource_envoy_cannot_take_is_still_refused(make
     assert "work-in-progress" not in envoy.log.read_text(errors="replace")  # the walk was skipped
     hook.on = True
     await plane.update()
-
-    async def nacked():
-        [conn] = await debug_json(plane.debug_port, "/debug/syncz", node=NODE_A)
-        cds = next(t for t in conn["types"] if t["type"] == "CDS")
-        assert cds["state"] == "NACKED", cds
-        return cds
-
-    assert "Expected positive duration" in (await eventually(nacked))["last_nack"]["error"]
+    assert "Expected positive duration" in (await wait_nacked(plane.debug_port, NODE_A, "CDS"))["last_nack"]["error"]
