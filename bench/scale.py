@@ -623,13 +623,14 @@ CHART_VALUES = Path(__file__).resolve().parents[1] / "charts" / "zpilot" / "valu
 
 
 def chart_envoy_args() -> list[str]:
-    """Envoy's flags as the chart's ztunnel DaemonSet passes them (its worker threads, its log level), so
+    """Envoy's flags as the chart's ztunnel DaemonSet passes them (its worker threads, its log level, and
+    ``contract.ENVOY_FLAGS``, which tests/helm checks the DaemonSet passes), so
     that the phase measures the Envoy a cluster runs, not Envoy's defaults on this machine (one worker
     per core: a node with more cores than this one would otherwise be measured with fewer)."""
     import yaml
 
     ztunnel = yaml.safe_load(CHART_VALUES.read_text())["ztunnel"]
-    return ["--concurrency", str(ztunnel["concurrency"]), "--log-level", str(ztunnel["logLevel"])]
+    return ["--concurrency", str(ztunnel["concurrency"]), "--log-level", str(ztunnel["logLevel"]), *contract.ENVOY_FLAGS]
 
 
 def _envoy_binary(path: str) -> str:

@@ -23,11 +23,14 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
     reject-all       no stats at all (what all of them cost)
     tags-none        no ``stats_tags`` (what zpilot's stat tags cost)
     cert-tags-none   no certificate tag (what its two regexes cost)
+    cert-cluster-tag-out  the TLS clusters' certificate tag alone left out (as served unless every stat is asked for)
     tags-round5      the certificate's tag as round five had it, unanchored (tried on every stat name)
     pods-stats-all   ``--pod-cluster-stats all``: every stat of the per-node pod clusters (``pods_on_<node>``),
                      as served until round eight
     pods-tcp-out     their tcp_proxies' stats left out too
 
+Envoy runs with ``contract.ENVOY_FLAGS``, as the chart runs it (``--without-envoy-flags``: without them);
+``--envoy-arg=ARG`` (repeated) gives it more.
 ``--callgrind`` runs Envoy under ``valgrind --tool=callgrind`` instead (about 3 minutes a run) and reports its
 main thread's instructions per step of its start (dumped as its log announces each: CDS applied, the
 clusters warm, the inbound, plaintext and outbound listeners added, and LIVE): a count the machine's load does not
@@ -193,6 +196,14 @@ def cert_tags_none(config) -> None:
     config.stats_config.stats_tags.extend(kept)
 
 
+def cert_cluster_tag_out(config) -> None:
+    """The certificate tag of the TLS clusters left out (the listeners' kept): what it costs on every cluster stat."""
+    kept = [t for t in config.stats_config.stats_tags
+            if not (t.tag_name == "envoy.tls_certificate" and t.regex.startswith(r"^cluster\."))]
+    del config.stats_config.stats_tags[:]
+    config.stats_config.stats_tags.extend(kept)
+
+
 def tags_round5(config) -> None:
     """The certificate's tag as one regex without a literal first token, as round five wrote it."""
     from zpilot.translators.names import SECRET_STAT_TAG_VALUE
@@ -221,6 +232,7 @@ BOOTSTRAP_VARIANTS: dict[str, tuple[str, str, Callable | None]] = {
     "tags-none": ("traffic", "traffic", tags_none), "tags-round5": ("traffic", "traffic", tags_round5),
     "pods-tcp-out": ("traffic", "traffic", pods_tcp_out), "pods-stats-all": ("traffic", "all", None),
     "cert-tags-none": ("traffic", "traffic", cert_tags_none),
+    "cert-cluster-tag-out": ("traffic", "traffic", cert_cluster_tag_out),
 }
 
 
@@ -266,7 +278,8 @@ def _main_thread_instructions(out: Path) -> list[int]:
     return [counts[n] for n in sorted(counts)]
 
 
-async def run(variant: str, concurrency: int | None, census_stats: bool = False, callgrind: bool = False) -> dict:
+async def run(variant: str, concurrency: int | None, census_stats: bool = False, callgrind: bool = False,
+              envoy_args: tuple[str, ...] = ()) -> dict:
     from google.protobuf import json_format
 
     from zpilot.certs import CertificateAuthority, IdentityCache
@@ -319,6 +332,7 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
             "--disable-hot-restart", "-l", "info" if callgrind else "warning"]
     if concurrency:
         args += ["--concurrency", str(concurrency)]
+    args += envoy_args
     out = workdir / "callgrind.out"
     if callgrind:
         args = ["valgrind", "--tool=callgrind", "--cache-sim=no", "--separate-threads=yes",
@@ -371,6 +385,9 @@ def main() -> int:
     parser.add_argument("variants", nargs="*", help=f"of {', '.join(known)} (the config variants when none is named)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, help="Envoy's --concurrency (default: Envoy's, the core count)")
+    parser.add_argument("--envoy-arg", action="append", default=[], metavar="ARG",
+                        help="one more argument for Envoy (repeat for more), e.g. --envoy-arg=--skip-deprecated-logs")
+    parser.add_argument("--without-envoy-flags", action="store_true", help="Envoy without contract.ENVOY_FLAGS")
     parser.add_argument("--census", action="store_true", help="count Envoy's stats by kind after LIVE (slow)")
     parser.add_argument("--callgrind", action="store_true",
                         help="Envoy's main-thread instructions per step, under valgrind")
@@ -381,7 +398,8 @@ def main() -> int:
     results: dict[str, list[dict]] = {v: [] for v in args.variants or VARIANTS}
     for _ in range(args.runs):
         for variant in results:
-            result = asyncio.run(run(variant, args.concurrency, args.census, args.callgrind))
+            result = asyncio.run(run(variant, args.concurrency, args.census, args.callgrind,
+                                     (*(() if args.without_envoy_flags else contract.ENVOY_FLAGS), *args.envoy_arg)))
             print(json.dumps(result), flush=True)
             results[variant].append(result)
     if args.callgrind:

@@ -169,6 +169,13 @@ def test_tuned_values_reach_the_commands():
     assert envoy["args"][envoy["args"].index("--concurrency") + 1] == "4"
 
 
+def test_ztunnel_envoy_runs_with_zpilot_s_envoy_flags():
+    """The flags bench/scale.py measures the ztunnel's Envoy with (``contract.ENVOY_FLAGS``) are the chart's."""
+    for values in VARIANTS.values():
+        envoy = container(render(values).get("DaemonSet", "ztunnel"), "envoy")
+        assert set(contract.ENVOY_FLAGS) <= set(envoy["args"]), envoy["args"]
+
+
 # -- the ztunnel -------------------------------------------------------------------------------
 
 

@@ -89,8 +89,9 @@ def test_only_service_ports_lose_stats(index: MeshIndex, layout: str) -> None:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_pod_cluster_stats_traffic_leaves_out_the_pods_clusters_bookkeeping_only(index: MeshIndex, layout: str) -> None:
     """``--pod-cluster-stats traffic`` (the default): each node's pods cluster (``pods_on_<node>``, the linear
-    layout's) keeps its traffic counters and loses its bookkeeping, whatever ``--service-stats`` says; its
-    tcp_proxy and every other cluster keep theirs; ``all`` leaves nothing of it out."""
+    layout's) keeps its traffic counters and loses its bookkeeping, and its chain's tcp_proxy (``tcp.pods.*``) its
+    stats, whatever ``--service-stats`` says; every other cluster and tcp_proxy keeps theirs; ``all`` leaves
+    nothing of it out."""
     clusters = {name for r in configs(index, layout) for name in r.clusters}
     prefixes = {name for r in configs(index, layout) for name in tcp_stat_prefixes(r)}
     pods = {c for c in clusters if c.startswith(PODS_ON_PREFIX)}
@@ -109,14 +110,18 @@ def test_pod_cluster_stats_traffic_leaves_out_the_pods_clusters_bookkeeping_only
         for cluster in others:
             for stat in BOOKKEEPING + TRAFFIC:
                 assert not traffic(f"cluster.{cluster}.{stat}"), (cluster, stat)
+        pod_chains = {p for p in prefixes if p.startswith(f"pods.{PODS_ON_PREFIX}")}
+        assert len(pod_chains) == len(pods), (pod_chains, pods)
         for prefix in prefixes - {p for p in prefixes if any(f"_{host}" in p for host in hosts)}:
-            assert not traffic(f"tcp.{prefix}.downstream_cx_total"), prefix
+            name = f"tcp.{prefix}.downstream_cx_total"
+            assert (traffic(name), every(name)) == (prefix in pod_chains, False), prefix
 
 
 def test_the_default_leaves_out_the_pods_clusters_bookkeeping() -> None:
     config = bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all")).stats_config
     assert contract.DEFAULT_POD_CLUSTER_STATS == "traffic"
-    (pattern,) = config.stats_matcher.exclusion_list.patterns
+    prefix, pattern = config.stats_matcher.exclusion_list.patterns
+    assert prefix.prefix == "tcp.pods."  # each node's pods chain's tcp_proxy
     assert re.fullmatch(pattern.safe_regex.regex, "cluster.pods_on_node-0.membership_total")
     assert not re.fullmatch(pattern.safe_regex.regex, "cluster.pods_on_node-0.upstream_cx_total")
     assert not re.fullmatch(pattern.safe_regex.regex, "cluster.tcp-0_svc-0.ns-0.svc.cluster.local.membership_total")
@@ -149,3 +154,27 @@ def test_all_is_envoy_s_default_and_bad_values_are_refused() -> None:
     assert BootstrapOptions(node="n", xds="x:1").service_stats == contract.DEFAULT_SERVICE_STATS == "traffic"
     with pytest.raises(ValueError, match="service stats 'some' is not one of traffic, none, all"):
         bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="some"))
+
+
+TUNNELS = ("outbound_tunnel_clus_spiffe_td/ns/a/sa/b", "outbound_local_tunnel_clus_spiffe_td.example.com/ns/a/sa/b.v1")
+SECRETS = ("ROOTCA", "spiffe://td/ns/a/sa/b~b-5644bdc767-2dfg7~85c8c34e-7ae3-4d29-9582-0819e2b10c69")
+
+
+@pytest.mark.parametrize("service_stats", contract.SERVICE_STATS)
+@pytest.mark.parametrize("pod_cluster_stats", contract.POD_CLUSTER_STATS)
+def test_tunnels_certificate_stats_are_left_out_unless_every_stat_is_asked_for(service_stats, pod_cluster_stats) -> None:
+    """A tunnel's certificate expiry stats repeat the inbound listener's for the same secrets; left out, the
+    certificate tag is not tried on every cluster stat. With every stat asked for they are made, and tagged."""
+    every = service_stats == pod_cluster_stats == "all"
+    out = excluded(service_stats, pod_cluster_stats)
+    for tunnel in TUNNELS:
+        for secret in SECRETS:
+            assert out(f"cluster.{tunnel}.ssl.certificate.{secret}.expiration_unix_time_seconds") == (not every)
+        for stat in ("ssl.handshake", "ssl.fail_verify_san", "upstream_cx_total", "membership_total"):
+            assert not out(f"cluster.{tunnel}.{stat}"), (tunnel, stat)
+    for kept in [f"listener.10.0.0.1_15008.ssl.certificate.{s}.expiration_unix_time_seconds" for s in SECRETS] + [
+            "cluster.xds-grpc.ssl.certificate.xds-client-certificate.expiration_unix_time_seconds"]:
+        assert not out(kept), kept
+    tags = stats_config(service_stats, pod_cluster_stats).stats_tags
+    assert [t.regex.split("\\.")[0] for t in tags if t.tag_name == "envoy.tls_certificate"] == (
+        ["^listener", "^cluster"] if every else ["^listener"])

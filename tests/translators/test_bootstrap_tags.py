@@ -73,6 +73,9 @@ def tag(name: str, stat: str) -> tuple[str, str] | None:
     ("envoy.tcp_prefix", f"tcp.{TUNNEL}.downstream_cx_total", TUNNEL, "tcp.downstream_cx_total"),
     # the linear layout's service port tcp_proxy: "svc." leads its stats (names.service_tcp_stat_prefix), out with it
     ("envoy.tcp_prefix", f"tcp.svc.{SERVICE}.downstream_cx_total", SERVICE, "tcp.downstream_cx_total"),
+    # the linear layout's chain to a node's pods: "pods." leads its stats (names.pods_tcp_stat_prefix), out with it
+    ("envoy.tcp_prefix", "tcp.pods.pods_on_node-1.downstream_cx_total", "pods_on_node-1", "tcp.downstream_cx_total"),
+    ("envoy.tcp_prefix", f"tcp.pods.{DOTTED_NODE}.idle_timeout", DOTTED_NODE, "tcp.idle_timeout"),
     ("envoy.tcp_prefix", "tcp.rbac.allowed", "rbac", "tcp.allowed"),  # the inbound RBAC filter's "tcp." prefix
     ("envoy.tcp_prefix", "tcp.virtual_inbound_plaintext.downstream_cx_total", "virtual_inbound_plaintext",
      "tcp.downstream_cx_total"),

@@ -101,8 +101,9 @@ def envoys(tmp_path: Path):
     started: list[Envoy] = []
 
     def start(node: str, xds_port: int | str, *, delta: bool = False, name: str | None = None, tls=None,
-              cli: tuple[str, ...] | None = None) -> Envoy:
-        envoy = Envoy(tmp_path / (name or f"envoy-{len(started)}"), node, xds_port, delta=delta, tls=tls, cli=cli)
+              cli: tuple[str, ...] | None = None, flags: tuple[str, ...] = ()) -> Envoy:
+        envoy = Envoy(tmp_path / (name or f"envoy-{len(started)}"), node, xds_port, delta=delta, tls=tls, cli=cli,
+                      flags=flags)
         started.append(envoy)
         return envoy.start()
 

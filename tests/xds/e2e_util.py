@@ -46,6 +46,19 @@ async def wait_synced(debug_port: int, node: str, timeout: float = 15.0) -> dict
     return await eventually(check, timeout)
 
 
+async def wait_nacked(debug_port: int, node: str, kind: str) -> dict[str, Any]:
+    """Until the node's one connection has its last response of ``kind`` (``CDS``...) NACKed; returns its syncz
+    entry of that type."""
+
+    async def nacked():
+        [conn] = await debug_json(debug_port, "/debug/syncz", node=node)
+        entry = next(t for t in conn["types"] if t["type"] == kind)
+        assert entry["state"] == "NACKED", entry
+        return entry
+
+    return await eventually(nacked)
+
+
 async def config_diff(debug_port: int, envoy: Envoy) -> str:
     intent = await debug_json(debug_port, "/debug/config_dump", node=envoy.node)
     return unified_diff(intent, await envoy.config_dump())

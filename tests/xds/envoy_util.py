@@ -120,9 +120,11 @@ class Envoy:
     """One Envoy process for one node; :meth:`stop` always kills it."""
 
     def __init__(self, workdir: Path, node: str, xds_port: int | str, *, delta: bool = False,
-                 tls: XdsTls | None = None, cli: tuple[str, ...] | None = None) -> None:
+                 tls: XdsTls | None = None, cli: tuple[str, ...] | None = None, flags: tuple[str, ...] = ()) -> None:
         """``tls``: ADS over TLS with these credentials; ``cli``: bootstrapped by the ``zpilot bootstrap``
-        command with these extra arguments (its credential directory in ``workdir``)."""
+        command with these extra arguments (its credential directory in ``workdir``); ``flags``: Envoy's own,
+        more of them (the tests' Envoys run without ``contract.ENVOY_FLAGS``, so that they see what those hide)."""
+        self.flags = flags
         self.node = node
         self.admin_port = free_port()
         self.xds_port = xds_port
@@ -150,7 +152,7 @@ class Envoy:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [ENVOY, "-c", str(self.config), "--base-id", str(next(_base_ids)), "--disable-hot-restart",
-                 "-l", "info", "--drain-time-s", "0"],
+                 "-l", "info", "--drain-time-s", "0", *self.flags],
                 # its own session (stopped as a group), and killed with this process: a test run killed
                 # outright (a CI timeout) leaves no Envoy behind
                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,

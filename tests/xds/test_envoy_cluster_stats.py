@@ -81,6 +81,7 @@ async def test_service_ports_keep_the_stats_service_stats_says(mode, layout, man
         assert not {s for s in kept if s.split(".")[0] in ("circuit_breakers", "version")
                     or s.startswith(("membership_", "update_", "lb_", "assignment_"))}, (cluster, kept)
     assert stats["server.live"] == 1 and any(name.startswith("listener.") for name in stats)
+    assert not [name for name in stats if name.startswith(("tcp.pods.", f"tcp.{PODS_ON_PREFIX}"))]  # their chains' tcp_proxies
     for cluster in services:
         kept = {name.removeprefix(f"cluster.{cluster}.") for name in stats if name.startswith(f"cluster.{cluster}.")}
         if mode == "all":
@@ -189,3 +190,26 @@ async def test_prometheus_names_a_dotted_node_and_service_account_whole(layout, 
         assert f'envoy_tcp_prefix="pods_on_{DOTTED_NODE}"' in metrics["envoy_tcp_downstream_cx_total"]
     leaked = sorted(name for name in metrics if any(part in name for part in ("ec2", "reviews", "pods_on")))
     assert not leaked, leaked[:10]
+
+
+def _certificate_stats(stats: dict[str, int], kind: str) -> set[str]:
+    """The secrets of the ``<kind>.<name>.ssl.certificate.<secret>.expiration_unix_time_seconds`` stats."""
+    return {name.split(".ssl.certificate.", 1)[1].removesuffix(".expiration_unix_time_seconds")
+            for name in stats if name.startswith(f"{kind}.") and name.endswith(".expiration_unix_time_seconds")}
+
+
+async def test_tunnels_certificate_stats_repeat_the_inbound_listener_s(layout, make_plane, envoys):
+    """The bootstrap leaves a tunnel's certificate expiry stats out unless every stat is asked for (the certificate
+    tag would otherwise be tried on every cluster stat): the inbound listener's give the same secrets' expiry."""
+    plane = await make_plane(layout=layout)
+    every = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds", "--service-stats", "all", "--pod-cluster-stats", "all"))
+    await every.wait_ready()
+    stats = await every.stats(r"\.ssl\.certificate\.")
+    tunnels, listeners = _certificate_stats(stats, "cluster"), _certificate_stats(stats, "listener")
+    assert tunnels and "ROOTCA" in tunnels and any(s.startswith("spiffe://") for s in tunnels), sorted(stats)[:5]
+    assert tunnels <= listeners, (tunnels - listeners, sorted(listeners)[:3])
+    every.stop()
+    default = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds",))
+    await default.wait_ready()
+    stats = await default.stats(r"\.ssl\.certificate\.")
+    assert not _certificate_stats(stats, "cluster") and _certificate_stats(stats, "listener") == listeners, sorted(stats)

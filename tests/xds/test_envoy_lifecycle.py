@@ -10,7 +10,7 @@ import re
 import pytest
 
 from .conftest import load_index
-from .e2e_util import config_diff, debug_json, scrape, wait_no_diff, wait_synced
+from .e2e_util import config_diff, debug_json, scrape, wait_nacked, wait_no_diff, wait_synced
 from .envoy_util import NEEDS_ENVOY_AS_ROOT, NODE_A, eventually
 
 pytestmark = NEEDS_ENVOY_AS_ROOT
@@ -56,13 +56,7 @@ async def test_invalid_resource_is_nacked_not_resent_and_fixed(make_plane, envoy
     hook.on = True
     await plane.update()
 
-    async def nacked():
-        [conn] = await debug_json(plane.debug_port, "/debug/syncz", node=NODE_A)
-        cds = next(t for t in conn["types"] if t["type"] == "CDS")
-        assert cds["state"] == "NACKED", cds
-        return cds
-
-    cds = await eventually(nacked)
+    cds = await wait_nacked(plane.debug_port, NODE_A, "CDS")
     assert "Expected positive duration" in cds["last_nack"]["error"]
     assert cds["last_nack"]["version"] == cds["last_sent_version"]
     assert plane.metrics.value("zpilot_xds_nacks_total", type="CDS") >= 1

@@ -60,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the stats of each node's pods cluster (cluster.pods_on_<node>.*, the linear layout's): traffic"
                         " (default): its traffic counters only, not its membership_*, update_*, circuit_breakers.*,"
                         " lb_* and other bookkeeping (zpilot serve's own view holds what each node is served); all:"
-                        " every one (Envoy's default). Its tcp_proxy keeps all of its stats")
+                        " every one (Envoy's default). traffic leaves its chain's tcp_proxy (tcp.pods.pods_on_<node>.*)"
+                        " no stats, all every one")
     auth = p.add_argument_group("how the ztunnel proves its node to zpilot serve (docs/security.md)")
     auth.add_argument("--xds-auth", choices=("tls", "token"),
                       help="tls (default): a client certificate issued here from the CA; token: the pod's"

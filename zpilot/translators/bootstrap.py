@@ -59,6 +59,7 @@ from .names import (
     IDENTITY_IN_STATS,
     PODS_ON_PREFIX,
     PLAINTEXT_PROXY_STAT_PREFIX,
+    POD_TCP_STATS_TOKEN,
     SERVICE_TCP_STATS_TOKEN,
     SECRET_STAT_TAG_VALUE,
     SERVICE_PORT_STAT_NAME,
@@ -412,14 +413,22 @@ CLUSTER_BOOKKEEPING_STATS = (
 #: instructions to LIVE at R (6,200 M without it, callgrind), where Envoy's own first looks for ``.ssl.ciphers.``.
 NAME_TAGS: tuple[tuple[str, str], ...] = (
     ("envoy.cluster_name", r"^cluster\.(({})\.)"),
-    # a linear service port's tcp_proxy stats are tcp.svc.<port>_<fqdn>.* (names.SERVICE_TCP_STATS_TOKEN): "svc." out too
-    ("envoy.tcp_prefix", r"^tcp\.((?:" + SERVICE_TCP_STATS_TOKEN + r"\.)?({})\.)"),
+    # a linear service port's tcp_proxy stats are tcp.svc.<port>_<fqdn>.* (names.SERVICE_TCP_STATS_TOKEN), a node's
+    # pods chain's tcp.pods.pods_on_<node>.* (names.POD_TCP_STATS_TOKEN): "svc." and "pods." out too
+    ("envoy.tcp_prefix", r"^tcp\.((?:(?:" + SERVICE_TCP_STATS_TOKEN + "|" + POD_TCP_STATS_TOKEN + r")\.)?({})\.)"),
     ("envoy.xds_resource_name", r"^sds\.(({})\.)."),  # "." not ".+": the same matches, without a step per character
     ("envoy.tls_certificate", r"^listener\.(?:{address})\.ssl\.certificate\.(({})\.)"),
-    ("envoy.tls_certificate", r"^cluster\.(?:{tls_cluster})\.ssl\.certificate\.(({})\.)"),
+    # the TLS clusters' (TLS_CLUSTER_CERTIFICATE_TAG): only when their certificate stats are made
     # an address, or an internal listener's name: the article layout's are named after an identity
     ("envoy.listener_address", r"^listener\.(({})\.)"),
 )
+#: The certificate tag of a TLS cluster's stats (a tunnel's, ``xds-grpc``'s), given only when those are made: with
+#: ``--service-stats all --pod-cluster-stats all`` (no exclusion list). Otherwise the tunnels' certificate stats are
+#: left out (:data:`TUNNEL_CERTIFICATE_STATS`) and this regex is not given: it is tried on every ``cluster.*`` name
+#: (the 2,100 hidden ``ClusterTrafficStats.initialized`` gauges at R, which Envoy makes and tags whatever its
+#: matcher says) and fails on nearly all, about 100 K instructions each: 256 M of node-0's Envoy's instructions
+#: to LIVE at R (5%, callgrind, docs/scale.md).
+TLS_CLUSTER_CERTIFICATE_TAG = ("envoy.tls_certificate", r"^cluster\.(?:{tls_cluster})\.ssl\.certificate\.(({})\.)")
 #: ``envoy.worker_id`` is left Envoy's (which knows a literal token to look for): taken whole, it too was
 #: tried on every stat name (about 0.15 CPU-s to LIVE at R) for the article layout's internal listeners
 #: alone, named after an identity, whose per-worker stats keep ``worker_<n>`` in their metric's name.
@@ -443,12 +452,13 @@ TLS_CLUSTER_STAT_NAME = rf"outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[a-z0-
 MISSING_STATS_CONFIG_FIELDS = {"allow_default_tag_overrides": True}
 
 
-def stats_tags() -> list[stats_pb2.TagSpecifier]:
+def stats_tags(tls_cluster_certificates: bool = True) -> list[stats_pb2.TagSpecifier]:
     """The :data:`NAME_TAGS` taken whole from the names zpilot makes. Envoy's own extractors end a name at its
     first dot: a service port's cluster ``tcp-0_svc-0.ns-0.svc.cluster.local`` came out as
     ``envoy_cluster_ns_0_svc_cluster_local_upstream_cx_total{envoy_cluster_name="tcp-0_svc-0"}``, a metric per
     namespace; a pod's certificate (its identity's trust domain) a metric per pod. Every other default tag is
-    Envoy's, as before."""
+    Envoy's, as before. ``tls_cluster_certificates``: whether the TLS clusters' certificate stats are made (and
+    so need the certificate tag too: :data:`TLS_CLUSTER_CERTIFICATE_TAG`)."""
     names = stat_name_tag_value(contract.CLUSTER_DOMAIN)
     value = {
         "envoy.tcp_prefix": "|".join([*map(re.escape, PER_CHAIN_TCP_STATS), names]),
@@ -457,9 +467,10 @@ def stats_tags() -> list[stats_pb2.TagSpecifier]:
         # Envoy leaves the admin API's listener untagged (envoy_listener_admin_*)
         "envoy.listener_address": f"{LISTENER_ADDRESS}|{stat_name_tag_value(contract.CLUSTER_DOMAIN, any_name_but('admin'))}",
     }
+    tags = [*NAME_TAGS, *([TLS_CLUSTER_CERTIFICATE_TAG] if tls_cluster_certificates else [])]
     return [stats_pb2.TagSpecifier(tag_name=tag, regex=regex.format(value.get(tag, names), address=LISTENER_ADDRESS,
                                                                      tls_cluster=TLS_CLUSTER_STAT_NAME))
-            for tag, regex in NAME_TAGS]
+            for tag, regex in tags]
 
 
 def _regex(pattern: str) -> string_pb2.StringMatcher:
@@ -467,6 +478,14 @@ def _regex(pattern: str) -> string_pb2.StringMatcher:
     return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=pattern))
 
 
+#: The tunnels' certificate stats (``cluster.outbound_tunnel_clus_<identity>.ssl.certificate.<secret>.*``, and the
+#: local tunnel's): the expiry of a local pod's certificate and of the root CA, which the inbound listener's
+#: ``listener.<address>.ssl.certificate.<secret>.expiration_unix_time_seconds`` gives for the same secrets (a
+#: tunnel presents a local pod's certificate of its identity; every local pod has its inbound chain), tagged. Left
+#: out so that the certificate tag need not be tried on every cluster stat (:data:`TLS_CLUSTER_CERTIFICATE_TAG`);
+#: untagged, each would be a metric of its own per pod certificate. ``xds-grpc``'s (the node's ADS client
+#: certificate, ``--tls``) stays, untagged: its secret has a fixed name (``xds-client-certificate``).
+TUNNEL_CERTIFICATE_STATS = rf"cluster\.outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/]+?\.ssl\.certificate\..+"
 #: A ``pods_on_<node>`` cluster's name and what follows it in a stat's name (a node's name has no "/").
 POD_CLUSTER_STAT_NAME = rf"{re.escape(PODS_ON_PREFIX)}[^/]*"
 
@@ -477,7 +496,8 @@ def stats_config(service_stats: str, pod_cluster_stats: str = contract.DEFAULT_P
     making, as an exclusion list: Envoy makes every other stat as usual. A stat left out is never made (a no-op
     stands for it), nor are its tags taken; Envoy matches a name when first asked for it and remembers the
     answer. The list matches the stat's full name, from which the tags are then taken."""
-    config = stats_pb2.StatsConfig(stats_tags=stats_tags())
+    every = service_stats == "all" and pod_cluster_stats == "all"
+    config = stats_pb2.StatsConfig(stats_tags=stats_tags(tls_cluster_certificates=every))
     patterns: list[string_pb2.StringMatcher] = []
     # one regex, not one per kind: Envoy tries each pattern on each stat it makes (in every scope, so each
     # inbound chain's again), and an RE2 match costs its call whether it fails at the first character or not
@@ -490,11 +510,15 @@ def stats_config(service_stats: str, pod_cluster_stats: str = contract.DEFAULT_P
             alternatives.append(rf"(?:cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")
         else:  # traffic
             alternatives.append(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")
+    if pod_cluster_stats == "traffic":  # each node's pods chain's tcp_proxy (tcp.pods.pods_on_<node>.*), by a prefix
+        patterns.append(string_pb2.StringMatcher(prefix=f"tcp.{POD_TCP_STATS_TOKEN}."))
     # the clusters that keep their traffic counters and none of their bookkeeping
     traffic_only = ([f"{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"] if service_stats == "traffic" else []) + (
         [POD_CLUSTER_STAT_NAME] if pod_cluster_stats == "traffic" else [])
     if traffic_only:
         alternatives.append(rf"cluster\.(?:{'|'.join(traffic_only)})\.(?:{CLUSTER_BOOKKEEPING_STATS})")
+    if not every:  # one alternative more in a regex Envoy runs on each name anyway (never the only one)
+        alternatives.append(TUNNEL_CERTIFICATE_STATS)
     if alternatives:
         patterns.append(_regex("|".join(alternatives)))
     if patterns:

@@ -86,6 +86,18 @@ def service_tcp_stat_prefix(chain: str) -> str:
     return f"{SERVICE_TCP_STATS_TOKEN}.{chain}"
 
 
+#: The first token of a node's pods chain's tcp_proxy stats in the linear layout (``tcp.pods.pods_on_<node>.*``),
+#: for the same reason: ``--pod-cluster-stats traffic`` leaves them out by a prefix (100 chains at R, 16 stats
+#: each; the ``pods_on_<node>`` cluster's traffic counters count the same connections and bytes), and the tcp_proxy
+#: tag takes it out with the name, so ``--pod-cluster-stats all`` reads ``envoy_tcp_prefix="pods_on_<node>"``.
+POD_TCP_STATS_TOKEN = "pods"
+
+
+def pods_tcp_stat_prefix(node: str) -> str:
+    """The stat prefix of the tcp_proxy of the linear layout's chain to ``node``'s pods."""
+    return f"{POD_TCP_STATS_TOKEN}.{pods_on_node(node)}"
+
+
 def linear_service_chain(service: Service, port: ServicePort, cluster_domain: str) -> str:
     """Chain and EDS cluster name for a service port, the same on every node (no source identity in
     it): ``<port>_<fqdn>``. It is written seven times per service port on every node (matcher

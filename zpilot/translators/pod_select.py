@@ -95,7 +95,7 @@ def node_chains(nodes: tuple[str, ...], limits: DataPathLimits) -> tuple[listene
                 tcp_proxy(
                     names.POD_SELECT_CLUSTER,
                     idle_timeout=idle,
-                    stat_prefix=names.pods_on_node(node),
+                    stat_prefix=names.pods_tcp_stat_prefix(node),
                     proxy_protocol_tlvs=((TLV_HOST, HOST_FORMAT), (TLV_CLUSTER, names.pods_on_node(node))),
                 )
             ],
