@@ -29,6 +29,8 @@ if "--profile" in args:
     args.remove("--profile"); profile = cProfile.Profile()
 profile_acks = "--profile-sends" not in args  # profile the sending alone
 if not profile_acks: args.remove("--profile-sends")
+own_only = "--profile-own" in args  # profile the pod's own node's stream alone
+if own_only: args.remove("--profile-own"); profile_acks = False
 mode = args[0]; n = int(args[1]) if len(args) > 1 else 10
 
 
@@ -88,23 +90,29 @@ async def main():
             ads.push_burst._due.clear(); ads.push_burst._finish()
     await settle()
     models = scale._Models(MeshIndex, index)
-    send_ms, ack_ms, responses, acks, per_stream, per_ack = [], [], [], [], [], []
+    send_ms, ack_ms, responses, acks, per_stream, per_ack, own_stream, own_kind = [], [], [], [], [], [], [], []
     for r in range(n):
         node = (r * 7 + 3) % shape.nodes
         pod = KIND_CONVERTERS["Pod"](extra_pod(shape, r, node))
-        for model in (dataclasses.replace(cluster, workloads=cluster.workloads + (pod,)), cluster):
+        for kind, model in (("add", dataclasses.replace(cluster, workloads=cluster.workloads + (pod,))), ("del", cluster)):
             await plane.update(await asyncio.to_thread(models.build, model))
             woken = [(s, c) for s, c in pairs if s._snapshot_changed]
-            if profile: profile.enable()
+            if profile and not own_only: profile.enable()
             c0 = time.thread_time()
             for stream, client in woken:  # as the send loop: each woken stream sends what is due
+                own = client.node == scale.node_name(node)
+                if profile and own_only and own: profile.enable()
                 s0 = time.thread_time()
                 stream._snapshot_changed = False
                 await stream.respond(stream.snapshot(), True)
                 ads.push_burst.end(stream)
-                per_stream.append((time.thread_time() - s0) * 1e6)
+                if own:
+                    own_stream.append((time.thread_time() - s0) * 1e6); own_kind.append(kind)
+                else:
+                    per_stream.append((time.thread_time() - s0) * 1e6)
+                if profile and own_only and own: profile.disable()
             c1 = time.thread_time()
-            if profile: profile.disable()
+            if profile and not own_only: profile.disable()
             count = 0
             for stream, client in woken:
                 count += len(stream._context.out)
@@ -129,8 +137,11 @@ async def main():
     print(f"SUMMARY {mode}: per change {med(responses)} responses, {med(acks)} ACKs; loop CPU of ours, median of"
           f" {len(send_ms)} changes (min): sending {med(send_ms)} ms ({round(min(send_ms), 2)}),"
           f" ACKs {med(ack_ms)} ms ({round(min(ack_ms), 2)})")
-    print(f"SUMMARY {mode}: one stream's respond, median {med(per_stream)} us (p90 {round(sorted(per_stream)[len(per_stream) * 9 // 10], 1)});"
+    print(f"SUMMARY {mode}: the pod's own node's respond (CDS, EDS, LDS), median {med(own_stream)} us;"
+          f" pod added {[round(x) for x, k in zip(own_stream, own_kind) if k == 'add']}, deleted {[round(x) for x, k in zip(own_stream, own_kind) if k == 'del']}")
+    print(f"SUMMARY {mode}: one other stream's respond, median {med(per_stream)} us (p90 {round(sorted(per_stream)[len(per_stream) * 9 // 10], 1)});"
           f" one ACK decoded and handled, median {med(per_ack)} us (p90 {round(sorted(per_ack)[len(per_ack) * 9 // 10], 1)})")
     if profile:
         pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+        if own_only: pstats.Stats(profile).print_callees("respond|_send")
 asyncio.run(main())
