@@ -22,7 +22,10 @@ A response is booked before it is written as far as its answer is matched agains
 nonce; for EDS, the assignments the client holds, which its requests are read against); the names
 a full state (CDS, LDS) carries, thousands at R, are booked once gRPC has it: a pod's own node's
 CDS is the first response of its change, and that bookkeeping (0.6-0.8 ms) held the other 99
-streams' sends.
+streams' sends. A full state of every resource is booked as those resources
+(``Subscription.sent_whole``), not name by name: the clusters the next CDS adds or changes (whose
+endpoints are then due) are found from them by ``TypeResources.changes_since``, known for the
+shared sets a node's clusters are composed of.
 """
 
 from __future__ import annotations
