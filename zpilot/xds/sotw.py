@@ -135,6 +135,8 @@ class SotwStream(Stream):
                     continue
             if (sub.wildcard and not sub.pending and type_url not in PARTIAL_TYPES
                     and resources.version == sub.sent_version):
+                if sub.sent_whole is not None:
+                    sub.sent_whole = resources  # the same content: held as these, the older ones let go
                 continue  # it has them all: told before listing thousands of them, for every stream a change wakes
             # every served one, by name (EDS: a node's Envoy asks for the assignment of each EDS cluster)
             every = not sub.wildcard and sub.names == resources.items.keys()
@@ -153,6 +155,8 @@ class SotwStream(Stream):
                     continue
                 entries = [part for r in send for part in r.parts]
             elif not sub.pending and version == sub.sent_version:
+                if sub.sent_whole is not None and every:
+                    sub.sent_whole = resources  # (as above)
                 continue
             else:
                 send = selected
