@@ -12,7 +12,7 @@ own time summed by where the code is (zpilot, grpc, asyncio, the rest).
 
 Not a test and not the benchmark.
 """
-import asyncio, collections, dataclasses, os, statistics, sys, time
+import asyncio, collections, dataclasses, statistics, sys, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
@@ -27,6 +27,8 @@ if "--profile" in args:
     import cProfile, pstats
     args.remove("--profile"); profile = cProfile.Profile()
 mode = args[0]; n = int(args[1]) if len(args) > 1 else 4
+from zpilot.synthetic import Shape
+shape = Shape.reference()
 
 arrivals = []  # (monotonic at receipt, node, bytes, loop cpu of decode + handle in seconds)
 
@@ -116,27 +118,24 @@ def where(filename: str) -> str:
 
 
 async def main():
+    params = {"layout": "linear", "shape": dataclasses.asdict(shape), "clients": 100, "xds": mode, "clients_nice": 19,
+              "sync_timeout": 300}
+    cluster, index, _ = scale._model(shape)
+    async with scale.serving(params, index) as served:
+        await changes(served, cluster, index)
+
+
+async def changes(served, cluster, index):
     from zpilot.model.index import MeshIndex
     from zpilot.xds.observer import StreamObserver
-    from zpilot.synthetic import Shape; shape = Shape.reference()
-    cluster, index, _ = scale._model(shape)
-    class Sent(StreamObserver):
+    plane, received, served_sent = served.plane, served.records, served.sent
+    class Sent(StreamObserver):  # as the benchmark's, with the loop's CPU at each send
         def __init__(self): self.records = []
         def response_sent(self, stream, response):
-            self.records.append((time.monotonic(), time.thread_time(), stream.node, response.type_url.rsplit(".", 1)[1], response.push_latency))
+            self.records.append((time.monotonic(), time.thread_time(), stream.node, response.type_url.rsplit(".", 1)[1],
+                                 response.push_latency, response.bytes))
     sent = Sent()
-    plane = scale.churn_plane("linear")
     plane.ads.observer.add(sent)
-    await plane.update(index); await plane.start()
-    nodes = [scale.node_name(i) for i in range(100)]
-    clients = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "bench" / "ztunnels.py"), "--xds", f"127.0.0.1:{plane.xds_port}",
-        "--nice", "19", *(["--delta"] if mode == "delta" else []), *nodes, stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True)
-    received = scale.ClientRecords()
-    async def read():
-        while data := await clients.stdout.read(1 << 16): received.feed(data)
-    reader = asyncio.create_task(read())
-    while len(received.parse().ready) < 100: await asyncio.sleep(0.1)
-    await scale._quiet(sent, 1.0, received)
     models = scale._Models(MeshIndex, index)
     for values in steps_cpu.values(): values.clear()
     handle_us, before_own, sizes, steps, spans, own_after = [], [], [], [], [], []
@@ -156,17 +155,17 @@ async def main():
                 end_pause()
             if profile:
                 await asyncio.sleep(0.3); profile.disable()
-            await scale._quiet(sent, 1.0, received)
+            await scale._quiet(served_sent, 1.0, received)
             recs = [x for x in sent.records[first:] if x[4] is not None]
             last = {}
-            for t, c, nd, ty, lat in recs:
+            for t, c, nd, ty, lat, _ in recs:
                 if nd not in last or t > last[nd][0]: last[nd] = (t, c)
             own_t = last[own][0] if own in last else None
             acks = [a for a in arrivals[first_arrival:]]
             handle_us += [a[3] * 1e6 for a in acks]; sizes += [a[2] for a in acks]
             early = [a for a in acks if own_t is not None and a[0] < own_t]
             before_own.append(len(early))
-            cs = sorted(c for t, c, nd, ty, lat in recs if ty == "ClusterLoadAssignment" and nd != own)
+            cs = sorted(c for t, c, nd, ty, lat, _ in recs if ty == "ClusterLoadAssignment" and nd != own)
             diffs = [b - a for a, b in zip(cs, cs[1:])]
             steps.append(statistics.median(diffs) * 1e6); spans.append((cs[-1] - cs[0]) * 1000)
             if own_t: own_after.append((own_t - t2) * 1000)
@@ -190,5 +189,4 @@ async def main():
         print("SUMMARY profile own time by place, ms per change:", {k: round(v * 1000 / (2 * n), 2) for k, v in by.most_common()},
               f"total {total * 1000 / (2 * n):.2f}")
         stats.sort_stats("tottime").print_stats(40)
-    reader.cancel(); os.killpg(clients.pid, 9); await clients.wait(); await plane.stop()
 asyncio.run(main())
