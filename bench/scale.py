@@ -250,6 +250,23 @@ def child_churn(params: dict[str, Any]) -> dict[str, Any]:
     return asyncio.run(_churn(params))
 
 
+def churn_plane(layout: str):
+    """The control plane the churn serves from (not started, nothing in it yet); the spikes of
+    bench/spikes/ make theirs here too."""
+    from zpilot.runtime.control_plane import ControlPlane, DebugOptions
+    from zpilot.translators import IncrementalTranslator, TranslateOptions
+    from zpilot.xds.security import XdsSecurity
+    from zpilot.xds.server import ServerOptions
+
+    return ControlPlane(
+        xds_security=XdsSecurity.insecure(),  # loopback, and what the clients' bootstrap would say
+        server_options=ServerOptions(host="127.0.0.1", port=0),
+        debug_options=DebugOptions(host="127.0.0.1", port=0),
+        translate=IncrementalTranslator(TranslateOptions(layout=layout)),
+        freeze_first_model=True,  # as zpilot serve
+    )
+
+
 async def _churn(params: dict[str, Any]) -> dict[str, Any]:
     from zpilot.kube.convert_policy import KIND_CONVERTERS
     from zpilot.model.index import MeshIndex
@@ -311,19 +328,8 @@ async def serving(params: dict[str, Any], index):
     """A control plane serving ``index`` (as ``zpilot serve``: the first model frozen out of the
     collector's walks) to ``params["clients"]`` simulated ztunnels, once all have synced and it is
     quiet (the churn phase's set-up; spikes under bench/spikes/ use it too)."""
-    from zpilot.runtime.control_plane import ControlPlane, DebugOptions
-    from zpilot.translators import IncrementalTranslator, TranslateOptions
-    from zpilot.xds.security import XdsSecurity
-    from zpilot.xds.server import ServerOptions
-
     sent = sent_observer()
-    plane = ControlPlane(
-        xds_security=XdsSecurity.insecure(),  # loopback, and what the clients' bootstrap would say
-        server_options=ServerOptions(host="127.0.0.1", port=0),
-        debug_options=DebugOptions(host="127.0.0.1", port=0),
-        translate=IncrementalTranslator(TranslateOptions(layout=params["layout"])),
-        freeze_first_model=True,  # as zpilot serve
-    )
+    plane = churn_plane(params["layout"])
     plane.ads.observer.add(sent)
     await plane.update(index)
     await plane.start()

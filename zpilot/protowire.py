@@ -106,6 +106,15 @@ def length_delimited(data: bytes | memoryview, number: int) -> Iterator[memoryvi
             yield view[payload:end]
 
 
+def leading_field_end(data: bytes, number: int) -> int:
+    """Where a serialized message's first top-level field ends when it is the length-delimited
+    field ``number``; 0 when the message starts with another field or is empty. Only that one
+    field is read, whatever follows it. Raises ValueError when it is malformed."""
+    for found, wire_type, _start, _payload, end in _fields(memoryview(data)):
+        return end if found == number and wire_type == LENGTH_DELIMITED else 0
+    return 0
+
+
 def field_records(data: bytes, number: int) -> list[bytes]:
     """Each top-level field ``number`` of a serialized message whole (its tag, its length if it
     has one, its payload), in order: what joined back gives those fields of the message as they

@@ -8,6 +8,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Disc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zpilot.protowire import leading_field_end
 from zpilot.xds.decode import RequestError, decode, decode_sotw
 from zpilot.xds.limits import NACK_MESSAGE_CHARS, Limits
 
@@ -117,6 +118,55 @@ def test_an_ack_repeating_the_names_is_not_decoded_again():
     assert other.names == request.names and other.names is not request.names
 
 
+def test_an_ack_is_read_without_its_names_however_its_other_fields_are_placed():
+    """The names of the request before are looked for where names begin (after the version, if
+    any); every other field may come before or after them, a NACK's error included."""
+    limits = Limits()
+    names_ = [f"outbound|80||svc-{i}.ns.svc.cluster.local" for i in range(100)]
+    request, names_bytes = decode_sotw(DiscoveryRequest(resource_names=names_, type_url="eds").SerializeToString(),
+                                       limits, {})
+    listed = DiscoveryRequest(resource_names=names_).SerializeToString()
+    nack = DiscoveryRequest(type_url="eds", response_nonce="8")
+    nack.error_detail.message = "rejected"
+    for raw in (
+        listed + DiscoveryRequest(version_info="v2", type_url="eds", response_nonce="8").SerializeToString(),
+        DiscoveryRequest(version_info="v2").SerializeToString() + listed + nack.SerializeToString(),
+    ):
+        got, kept = decode_sotw(raw, limits, {"eds": names_bytes})
+        assert got.names is request.names and kept is names_bytes
+        assert fields(got) == fields(decode(raw, delta=False, limits=limits))
+
+
+def test_names_added_after_the_repeated_ones_are_decoded():
+    limits = Limits()
+    names_ = [f"outbound|80||svc-{i}.ns.svc.cluster.local" for i in range(20)]
+    _, names_bytes = decode_sotw(DiscoveryRequest(resource_names=names_, type_url="eds").SerializeToString(), limits, {})
+    for more in (names_ + ["outbound|80||new.ns.svc.cluster.local"], names_[:-1], ["first", *names_]):
+        raw = DiscoveryRequest(version_info="v1", resource_names=more, type_url="eds",
+                               response_nonce="3").SerializeToString()
+        got, kept = decode_sotw(raw, limits, {"eds": names_bytes})
+        assert got.names == tuple(more) and kept is not names_bytes
+    # the same names after a node: a first request, decoded whole (its node is read)
+    raw = DiscoveryRequest(node=node("n"), resource_names=names_, type_url="eds").SerializeToString()
+    got, _ = decode_sotw(raw, limits, {"eds": names_bytes})
+    assert got.node.metadata_name == "n" and got.names == tuple(names_)
+
+
+def test_a_malformed_request_after_an_ack_is_refused_as_before():
+    limits = Limits()
+    names_ = ["a", "b"]
+    _, names_bytes = decode_sotw(DiscoveryRequest(resource_names=names_, type_url="eds").SerializeToString(), limits, {})
+    raw = DiscoveryRequest(resource_names=names_, type_url="eds").SerializeToString() + b"\x2a\x05ab"  # truncated nonce
+    with pytest.raises(RequestError) as refused:
+        decode_sotw(raw, limits, {"eds": names_bytes})
+    assert refused.value.reason == "unparseable"
+    long_version = DiscoveryRequest(version_info="v" * (limits.max_name_length + 1), resource_names=names_,
+                                    type_url="eds").SerializeToString()
+    with pytest.raises(RequestError) as refused:
+        decode_sotw(long_version, limits, {"eds": names_bytes})
+    assert refused.value.reason == "too_long"
+
+
 def test_a_repeated_map_key_keeps_its_last_value_as_protobuf_does():
     first = DeltaDiscoveryRequest(initial_resource_versions={"c": "1"}, node=node("a")).SerializeToString()
     second = DeltaDiscoveryRequest(initial_resource_versions={"c": "2"}, node=node("b")).SerializeToString()
@@ -167,3 +217,16 @@ def test_garbage_is_unparseable():
 def test_limits_must_be_positive():
     with pytest.raises(ValueError, match="limit max_streams must be a positive integer, not 0"):
         Limits(max_streams=0)
+
+
+def test_the_end_of_a_leading_field_on_the_wire_format():
+    long_version = "v" * 300  # a two-byte length
+    for request, end in (
+        (DiscoveryRequest(version_info="v1", type_url="t"), 4),
+        (DiscoveryRequest(version_info=long_version, resource_names=["a"]), 3 + len(long_version)),
+        (DiscoveryRequest(resource_names=["a"], type_url="t"), 0),  # starts with another field
+        (DiscoveryRequest(), 0),
+    ):
+        assert leading_field_end(request.SerializeToString(), 1) == end
+    with pytest.raises(ValueError):
+        leading_field_end(DiscoveryRequest(version_info="v1").SerializeToString()[:-1], 1)

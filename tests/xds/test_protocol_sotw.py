@@ -248,7 +248,7 @@ async def test_a_full_state_response_goes_to_grpc_before_the_names_it_carries_ar
 
     async def watched(self, chunks):
         sub = self.subscriptions[CLUSTER_TYPE]
-        at_write.append((self.node, sub.sent_nonce, "c3" in sub.known))
+        at_write.append((self.node, sub.sent_nonce, sub.held_version("c3") is not None))
         streams.append(self)
         await write(self, chunks)
 
@@ -260,10 +260,10 @@ async def test_a_full_state_response_goes_to_grpc_before_the_names_it_carries_ar
     assert at_write == [("a", cds2.nonce, False)]  # matched against already, its names not booked yet
     cds = streams[0].subscriptions[CLUSTER_TYPE]
     for _ in range(100):  # booked as soon as gRPC is done with it
-        if "c3" in cds.known:
+        if cds.held_version("c3") is not None:
             break
         await asyncio.sleep(0.01)
-    assert cds.known.keys() == {"c1", "c2", "c3"} and "c3" in cds.ever_served
+    assert all(cds.held_version(n) is not None for n in ("c1", "c2", "c3")) and "c3" in cds.ever_served
     c.request(CLUSTER_TYPE, nonce=cds2.nonce, version=cds2.version_info)
     c.request(ENDPOINT_TYPE, names=["c1", "c2", "c3"], nonce=eds.nonce, version=eds.version_info)
     eds2 = await c.recv()

@@ -359,3 +359,21 @@ def test_a_types_push_latency_series_appears_at_zero_with_its_first_response():
     assert 'zpilot_xds_push_latency_seconds_count{type="EDS"} 0.0' in text, text
     assert 'zpilot_xds_push_latency_seconds_bucket{le="+Inf",type="EDS"} 0.0' in text
     assert 'zpilot_xds_push_latency_seconds_count{type="CDS"}' not in text  # no response of it yet
+
+
+def test_a_sotw_subscription_holds_a_full_state_as_its_resources_until_a_new_ask():
+    """A full state of every resource is booked as the resources it carried (not name by name, 2,100
+    clusters at R): the versions held are read from them, and a new ask forgets them as it forgets
+    names booked one by one."""
+    from zpilot.xds.snapshot import TypeResources
+    from zpilot.xds.subscription import Subscription
+
+    resources = TypeResources.of(CLUSTER_TYPE, {"c1": Secret(name="c1"), "c2": Secret(name="c2")})
+    sub = Subscription(CLUSTER_TYPE)
+    sub.known = {"c1": "old"}
+    assert sub.held_version("c1") == "old" and sub.held_version("c2") is None
+    sub.sent_whole = resources
+    assert [sub.held_version(n) for n in ("c1", "c2", "c3")] == [resources.items["c1"].version,
+                                                                 resources.items["c2"].version, None]
+    sub.forget_known()
+    assert sub.sent_whole is None and sub.held_version("c1") is None

@@ -22,7 +22,10 @@ A response is booked before it is written as far as its answer is matched agains
 nonce; for EDS, the assignments the client holds, which its requests are read against); the names
 a full state (CDS, LDS) carries, thousands at R, are booked once gRPC has it: a pod's own node's
 CDS is the first response of its change, and that bookkeeping (0.6-0.8 ms) held the other 99
-streams' sends.
+streams' sends. A full state of every resource is booked as those resources
+(``Subscription.sent_whole``), not name by name: the clusters the next CDS adds or changes (whose
+endpoints are then due) are found from them by ``TypeResources.changes_since``, known for the
+shared sets a node's clusters are composed of.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 from . import wire
 from .decode import NamesBytes, Request, decode_sotw
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, PARTIAL_TYPES, PUSH_ORDER, SERVED_TYPES, WILDCARD_TYPES
-from .snapshot import Snapshot, names_version
+from .snapshot import Snapshot, TypeResources, names_version
 from .stream import Stream
 
 
@@ -132,6 +135,8 @@ class SotwStream(Stream):
                     continue
             if (sub.wildcard and not sub.pending and type_url not in PARTIAL_TYPES
                     and resources.version == sub.sent_version):
+                if sub.sent_whole is not None:
+                    sub.sent_whole = resources  # the same content: held as these, the older ones let go
                 continue  # it has them all: told before listing thousands of them, for every stream a change wakes
             # every served one, by name (EDS: a node's Envoy asks for the assignment of each EDS cluster)
             every = not sub.wildcard and sub.names == resources.items.keys()
@@ -150,21 +155,26 @@ class SotwStream(Stream):
                     continue
                 entries = [part for r in send for part in r.parts]
             elif not sub.pending and version == sub.sent_version:
+                if sub.sent_whole is not None and every:
+                    sub.sent_whole = resources  # (as above)
                 continue
             else:
                 send = selected
                 entries = resources.entry_chunks() if sub.wildcard else [part for r in send for part in r.parts]
             sub.pending = False
-            if not every:
-                self.note_missing(sub, sub.names - set(resources.items), "not served")
-            await self._send(sub, type_url, version, send, pushed, entries)
+            if not every and sub.names:  # (a wildcard's full state: nothing to look through)
+                self.note_missing(sub, [n for n in sub.names if n not in resources.items], "not served")
+            whole = resources if sub.wildcard or every else None
+            await self._send(sub, type_url, version, send, pushed, entries, whole)
 
     async def _send(
-        self, sub, type_url: str, version: str, send: list, pushed: float | None, entries: list | None = None
+        self, sub, type_url: str, version: str, send: list, pushed: float | None, entries: list | None = None,
+        whole: TypeResources | None = None,
     ) -> None:
         """Send ``send`` (its response ``entries``, when already joined) as the response of
         ``version``, and book what the client now has. ``pushed``: the time of the model change
-        this response pushes, if it is a push."""
+        this response pushes, if it is a push; ``whole``: the resources ``send`` is every one of
+        (a full state's), if it is."""
         if entries is None:
             entries = [part for r in send for part in r.parts]
         nonce = self.next_nonce()
@@ -189,11 +199,27 @@ class SotwStream(Stream):
         del chunks
         if partial:
             return
-        # only a CDS response makes EDS due again: the clusters it adds or changes
-        warming = [r.name for r in send if sub.known.get(r.name) != r.version] if type_url == CLUSTER_TYPE else None
-        sub.known = {r.name: r.version for r in send}  # every subscribed one is in every response
-        sub.sent(version, nonce, [r.name for r in send])
+        # Every subscribed one is in every response: the client now holds ``send``. A full state
+        # of every resource (a wildcard's: a pod's own node's CDS, 2,100 clusters at R) is booked
+        # as those resources, not name by name: what the next one changes is then found from them
+        # (``TypeResources.changes_since``, known for the shared sets), ahead of the node's next
+        # response of the change.
+        warming = None
+        if type_url == CLUSTER_TYPE:  # only a CDS response makes EDS due again: the clusters it adds or changes
+            before = sub.sent_whole
+            if whole is not None and before is not None:
+                warming = [r.name for r in whole.changes_since(before)[0]]  # type: ignore[arg-type]
+            else:
+                warming = [r.name for r in send if sub.held_version(r.name) != r.version]
+        sub.sent_whole = whole
+        if whole is not None:
+            sub.known = {}  # held as sent_whole
+            sub.sent(version, nonce, whole.items.keys())
+        else:
+            sub.known = {r.name: r.version for r in send}
+            sub.sent(version, nonce, [r.name for r in send])
         eds = self.subscriptions[ENDPOINT_TYPE]
         if warming and eds.subscribed:
             # A cluster Envoy added or changed warms until its assignment comes (envoy#13009).
             eds.force |= eds.names.intersection(warming)
+

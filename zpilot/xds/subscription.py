@@ -49,6 +49,9 @@ class Subscription:
     #: brought up to with the others; the next response compares these one by one (a service
     #: added: its two EDS names, not the 2,000 others).
     fresh: set[str] = field(default_factory=set)
+    #: SotW full state (CDS, LDS): the resources (a ``TypeResources``) the last response carried
+    #: every one of, when it did (``known`` is then empty: the client holds these).
+    sent_whole: object | None = None
     sent_version: str | None = None
     sent_nonce: str = ""
     #: Names sent on this stream at any time (bounded by the node's config over the stream's life).
@@ -82,7 +85,9 @@ class Subscription:
     def set_names(self, requested: Iterable[str]) -> bool:
         """SotW: a request's ``resource_names`` replace the subscription; True when it changed."""
         requested = tuple(requested)
-        if requested == self.requested:  # the same list as the last request: the same subscription
+        # The same list as the last request: the same subscription. An ACK's names are the very
+        # tuple of the request before (decode.decode_sotw): told without comparing 2,100 names.
+        if requested is self.requested or requested == self.requested:
             return False
         self.requested = requested
         before_wildcard, before_names = self.wildcard, self.names  # replaced below, never changed in place
@@ -155,10 +160,18 @@ class Subscription:
             del self.known[name]
         self.known_of = None
 
+    def held_version(self, name: str) -> str | None:
+        """SotW: the version of ``name`` the client holds, as this stream last sent it (None: none)."""
+        if self.sent_whole is not None:
+            held = self.sent_whole.items.get(name)  # type: ignore[attr-defined]
+            return None if held is None else held.version
+        return self.known.get(name)
+
     def forget_known(self) -> None:
         """SotW, a new ask: its answer carries everything subscribed, whatever was sent before."""
         self.known.clear()
         self.known_of = None
+        self.sent_whole = None
         self.force.clear()
 
     # -- responses ------------------------------------------------------------------------------
