@@ -204,6 +204,13 @@ def plaintext_matcher(pod_chains: dict[str, str], admin_port: int = contract.POR
     return matcher.regex("port", f"^(?:{ports_regex(reserved_ports(admin_port))})$", refuse, on_no_match=by_pod)
 
 
+def serialized_by_pod(pod_chains: dict[str, str]) -> bytes:
+    """:func:`plaintext_matcher`'s ``on_no_match`` (the pod's own chain by destination IP) serialized,
+    for a listener joined from its parts: its bytes are what the whole matcher's serialization holds
+    there (made from each pod's entry, kept: see ``matcher.serialized_exact``); empty for no pod."""
+    return matcher.serialized_exact("ip", pod_chains) if pod_chains else b""
+
+
 def refused_plaintext_chain(limits: DataPathLimits) -> listener_components_pb2.FilterChain:
     """Closes the connection without dialing anything (the blackhole has no endpoints), counted
     in ``tcp.inbound_guard_plaintext.downstream_cx_total`` and logged with this chain's name."""
