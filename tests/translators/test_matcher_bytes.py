@@ -27,6 +27,7 @@ def test_an_exact_map_written_from_its_entries_is_the_messages_serialization(cas
 def test_the_plaintext_map_of_pods_is_what_the_whole_matcher_holds() -> None:
     pods = {f"10.0.{i // 200}.{i % 200}": f"inbound_10.0.{i // 200}.{i % 200}" for i in range(250)}
     pods["fd00::1"] = "inbound_fd00::1"
-    whole = inbound_guard.plaintext_matcher(pods)
-    assert inbound_guard.serialized_by_pod(pods) == matcher.serialized(whole.on_no_match)
+    by_pod = matcher.nested(matcher.exact("ip", {ip: matcher.chain(name) for ip, name in pods.items()}))
+    assert inbound_guard.serialized_by_pod(pods) == matcher.serialized(by_pod)
+    assert inbound_guard.plaintext_matcher(pods).on_no_match == by_pod
     assert inbound_guard.serialized_by_pod({}) == b"" and not inbound_guard.plaintext_matcher({}).HasField("on_no_match")
