@@ -29,6 +29,7 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm
 from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as rbac_filter
+from xds.type.matcher.v3 import matcher_pb2
 
 from .. import contract, protowire
 from ..model.addresses import host_prefix_len
@@ -259,7 +260,7 @@ def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:
         (_plaintext_chains, (limits, pods)),
         lambda pod: _plaintext_chain(limits, pod),
         lambda chains: view.fragment(
-            _plaintext_parts, bind, limits, admin_port, _pod_ips(pods), chains,
+            _plaintext_parts, bind, limits, admin_port, view.fragment(_plaintext_by_pod, _pod_ips(pods)), chains,
             view.fragment(_refused_chains, limits),
         ),
     )
@@ -437,12 +438,30 @@ def _hbone_parts(bind_address: str, limits: DataPathLimits, chains: Fragment) ->
 
 
 def _plaintext_parts(
-    bind_address: str, limits: DataPathLimits, admin_port: int, pod_ips: tuple[str, ...], chains: Fragment,
-    refused: Fragment,
+    bind_address: str, limits: DataPathLimits, admin_port: int, by_pod: Fragment, chains: Fragment, refused: Fragment
 ) -> ListenerParts:
-    """The plaintext listener as its own part (with the matcher), its pods' chains and the
-    refusing chain (every node's alike)."""
-    return ListenerParts(_plaintext_own(bind_address, limits, admin_port, pod_ips), chains=(chains, refused))
+    """The plaintext listener as its own part (the matcher's gate of the ztunnel's ports), the
+    matcher's map of its pods (``by_pod``: :func:`_plaintext_by_pod`, joined where the gate leads
+    when no port of the ztunnel's is asked for), its pods' chains and the refusing chain (every
+    node's alike)."""
+    own = _plaintext_own(bind_address, limits, admin_port, ())
+    if not by_pod.value:  # no pod: the gate leads nowhere else
+        return ListenerParts(own, chains=(chains, refused))
+    own.filter_chain_matcher.on_no_match.SetInParent()  # where the map of its pods goes
+    return ListenerParts(own, chains=(chains, refused), matches=(by_pod,), match_paths=(_BY_POD_PATH,))
+
+
+def _plaintext_by_pod(pod_ips: tuple[str, ...]) -> bytes:
+    """The plaintext matcher's map of the node's pods (:func:`inbound_guard.plaintext_matcher`'s),
+    serialized from each pod's entry (kept), not made as messages again for each change."""
+    return inbound_guard.serialized_by_pod({ip: names.inbound_chain(ip) for ip in pod_ips if ip})
+
+
+#: Where the map of the pods goes in the plaintext listener: its matcher's ``on_no_match``.
+_BY_POD_PATH = (
+    Listener.DESCRIPTOR.fields_by_name["filter_chain_matcher"].number,
+    matcher_pb2.Matcher.DESCRIPTOR.fields_by_name["on_no_match"].number,
+)
 
 
 def _refused_chains(limits: DataPathLimits) -> tuple[listener_components_pb2.FilterChain, ...]:

@@ -200,8 +200,18 @@ def plaintext_matcher(pod_chains: dict[str, str], admin_port: int = contract.POR
     would judge only at the first byte, after tcp_proxy had already dialed the destination.
     """
     refuse = matcher.chain(REFUSED_PLAINTEXT_CHAIN)
-    by_pod = matcher.nested(matcher.exact("ip", {ip: matcher.chain(name) for ip, name in pod_chains.items()})) if pod_chains else None
+    by_pod = None
+    if pod_chains:  # read from its bytes, written from each pod's entry (kept: a node's next change writes them again)
+        by_pod = matcher.OnMatch()
+        by_pod.MergeFromString(serialized_by_pod(pod_chains))
     return matcher.regex("port", f"^(?:{ports_regex(reserved_ports(admin_port))})$", refuse, on_no_match=by_pod)
+
+
+def serialized_by_pod(pod_chains: dict[str, str]) -> bytes:
+    """:func:`plaintext_matcher`'s ``on_no_match`` (the pod's own chain by destination IP) serialized,
+    for a listener joined from its parts: its bytes are what the whole matcher's serialization holds
+    there (made from each pod's entry, kept: see ``matcher.serialized_exact``); empty for no pod."""
+    return matcher.serialized_exact("ip", pod_chains) if pod_chains else b""
 
 
 def refused_plaintext_chain(limits: DataPathLimits) -> listener_components_pb2.FilterChain:

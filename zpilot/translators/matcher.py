@@ -199,6 +199,44 @@ def serialized(on_match: OnMatch) -> bytes:
     return on_match.SerializeToString(deterministic=True)
 
 
+def serialized_exact(input_name: str, cases: Mapping[str, str]) -> bytes:
+    """``serialized(nested(exact(input_name, {key: chain(name)})))`` for ``cases`` (key -> chain
+    name), written on the wire format from each case's bytes, made once per (key, chain): a
+    node's map of its pods changes in one pod at a time, and its hundred entries were made as
+    messages, copied and serialized again for each change. Deterministic serialization (upb's)
+    writes a map's entries sorted by key: by their UTF-8 bytes, a key that another begins with
+    after it (tests/translators/test_matcher_bytes.py holds this to the generated classes)."""
+    entries = b"".join(_exact_entry(key, cases[key]) for key in sorted(cases, key=_map_order))
+    tree = _input_field(input_name) + protowire.field_bytes(_EXACT_MATCH_MAP_FIELD, entries)
+    return protowire.field_bytes(_ON_MATCH_MATCHER_FIELD, protowire.field_bytes(_MATCHER_TREE_FIELD, tree))
+
+
+def _map_order(key: str) -> bytes:
+    """Where upb's deterministic serialization puts a string key among a map's: UTF-8 never has
+    the byte 0xff, so a key ends after every key it begins."""
+    return key.encode("utf-8") + b"\xff"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _exact_entry(key: str, chain_name: str) -> bytes:
+    """One entry of an exact match map (``MatchMap.map``): the key, then the chain it selects."""
+    entry = protowire.field_str(1, key) + protowire.field_bytes(2, serialized(chain(chain_name)))
+    return protowire.field_bytes(_MAP_FIELD, entry)
+
+
+@functools.lru_cache(maxsize=None)
+def _input_field(input_name: str) -> bytes:
+    """A matcher tree's ``input`` field (never modified)."""
+    return protowire.field_bytes(_INPUT_FIELD, _input(input_name).SerializeToString(deterministic=True))
+
+
+_ON_MATCH_MATCHER_FIELD = OnMatch.DESCRIPTOR.fields_by_name["matcher"].number
+_MATCHER_TREE_FIELD = Matcher.DESCRIPTOR.fields_by_name["matcher_tree"].number
+_INPUT_FIELD = Matcher.MatcherTree.DESCRIPTOR.fields_by_name["input"].number
+_EXACT_MATCH_MAP_FIELD = Matcher.MatcherTree.DESCRIPTOR.fields_by_name["exact_match_map"].number
+_MAP_FIELD = Matcher.MatcherTree.MatchMap.DESCRIPTOR.fields_by_name["map"].number
+
+
 _ON_MATCH_FIELD = ip_pb2.IPMatcher.IPRangeMatcher.DESCRIPTOR.fields_by_name["on_match"].number
 _RANGE_MATCHERS_FIELD = ip_pb2.IPMatcher.DESCRIPTOR.fields_by_name["range_matchers"].number
 

@@ -361,7 +361,12 @@ def _serialized_nested(destinations: Fragment) -> bytes:
 
 def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
     """The internal listener: one tunnel chain per local identity and destination side (other
-    node / this node), picked by the client pod's address the outbound listener recorded."""
+    node / this node), picked by the client pod's address the outbound listener recorded.
+
+    Its chains are every node's alike for an identity (one piece per identity, built and, for the
+    producer, serialized and checked once for every node that has it: ``ListenerParts``); its
+    own part (the chain matcher) is the node's, by its pods' addresses. A pod change makes that
+    part again, and the chains of an identity new to the node, not every identity's."""
     td, limits = view.trust_domain, view.options.limits
     identities = tuple(
         (identity.spiffe_id, identity.secret_name, tuple(pod.ip for pod in identity.pods if pod.ip))
@@ -376,10 +381,44 @@ def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
                 clusters.hbone_tunnel, cluster_name, secret, td, limits, port_override=port
             )
         out.add_secret(secret, sid)
-    return view.shared(_tunnel_listener_of, identities, limits)
+    addresses = tuple((sid, ips) for sid, _secret, ips in identities)
+    chains = tuple(view.fragment(_tunnel_chains, sid, limits) for sid, _addresses in addresses)
+    pieced = view.fragment(_tunnel_parts, addresses, limits, chains)
+    if view.whole_listeners:  # the whole message, as Envoy gets it (the producer joins bytes instead)
+        return view.shared(_tunnel_listener_whole, pieced)
+    parts: ListenerParts = pieced.value
+    view.listener_parts[parts.own.name] = parts
+    return parts.own
 
 
-def _tunnel_listener_of(identities: tuple[tuple[str, str, tuple[str, ...]], ...], limits: DataPathLimits) -> Listener:
+def _tunnel_chains(sid: str, limits: DataPathLimits) -> tuple[FilterChain, FilterChain]:
+    """An identity's two tunnel chains, to another node and to this one: the same on every node."""
+    idle = idle_timeout(limits)
+    return tuple(
+        listener_components_pb2.FilterChain(
+            name=chain_name,
+            filters=[
+                identity_pinning.pin_from_endpoint(),
+                tcp_proxy(
+                    cluster_name,
+                    idle_timeout=idle,
+                    tunnel_target=DESTINATION,
+                    tunnel_headers=((FORWARDED_FOR_HEADER, CLIENT_ADDRESS),),
+                ),
+            ],
+        )
+        for chain_name, cluster_name in (
+            (names.linear_tunnel_chain(sid), names.tunnel_cluster(sid)),
+            (names.linear_local_tunnel_chain(sid), names.local_tunnel_cluster(sid)),
+        )
+    )  # type: ignore[return-value]
+
+
+def _tunnel_parts(
+    addresses: tuple[tuple[str, tuple[str, ...]], ...], limits: DataPathLimits, chains: tuple[Fragment, ...]
+) -> ListenerParts:
+    """The internal listener as its own part (without chains: its matcher, by each local
+    identity's pod addresses) and its identities' chains (``chains``: one piece each, in order)."""
     listener = Listener(
         name=contract.LINEAR_TUNNEL_LISTENER,
         use_original_dst=wrappers_pb2.BoolValue(value=False),
@@ -387,39 +426,27 @@ def _tunnel_listener_of(identities: tuple[tuple[str, str, tuple[str, ...]], ...]
         access_log=[access_log(contract.LINEAR_TUNNEL_LISTENER)],
     )
     listener.internal_listener.SetInParent()
-    idle = idle_timeout(limits)
-    remote: dict[str, matcher.OnMatch] = {}
-    same_node: dict[str, matcher.OnMatch] = {}
-    for sid, _secret, ips in identities:
-        to_remote, to_same_node = matcher.chain(names.linear_tunnel_chain(sid)), matcher.chain(names.linear_local_tunnel_chain(sid))
-        for chain_name, cluster_name in (
-            (names.linear_tunnel_chain(sid), names.tunnel_cluster(sid)),
-            (names.linear_local_tunnel_chain(sid), names.local_tunnel_cluster(sid)),
-        ):
-            listener.filter_chains.append(
-                listener_components_pb2.FilterChain(
-                    name=chain_name,
-                    filters=[
-                        identity_pinning.pin_from_endpoint(),
-                        tcp_proxy(
-                            cluster_name,
-                            idle_timeout=idle,
-                            tunnel_target=DESTINATION,
-                            tunnel_headers=((FORWARDED_FOR_HEADER, CLIENT_ADDRESS),),
-                        ),
-                    ],
-                )
-            )
+    remote: dict[str, str] = {}
+    same_node: dict[str, str] = {}
+    for sid, ips in addresses:
+        to_remote, to_same_node = names.linear_tunnel_chain(sid), names.linear_local_tunnel_chain(sid)
         for ip in ips:
             remote[ip] = to_remote
             same_node[ip] = to_same_node
-    local = sorted(remote)
-    listener.filter_chain_matcher.CopyFrom(
-        matcher.in_ranges(
-            "ip",
-            local,
-            matcher.serialized(matcher.nested(matcher.exact("source-ip", same_node))),  # the same message, made as bytes
-            matcher.nested(matcher.exact("source-ip", remote)),
-        )
-    )
-    return listener
+    # each source-ip map written from its entries, kept (matcher.serialized_exact): the same
+    # messages as made from OnMatch messages, the hundred pods' not made again for each change
+    gate = matcher.in_ranges("ip", sorted(remote), matcher.serialized_exact("source-ip", same_node))
+    gate.on_no_match.MergeFromString(matcher.serialized_exact("source-ip", remote))
+    listener.filter_chain_matcher.CopyFrom(gate)
+    return ListenerParts(listener, chains=chains)
+
+
+def _tunnel_listener_whole(pieced: Fragment) -> Listener:
+    """The internal listener whole: its own part with its identities' chains (``pieced``: a
+    fragment of :func:`_tunnel_parts`)."""
+    parts: ListenerParts = pieced.value
+    whole = Listener()
+    whole.CopyFrom(parts.own)
+    for piece in parts.chains:
+        whole.filter_chains.extend(piece.value)
+    return whole

@@ -1,0 +1,33 @@
+"""Matcher pieces written on the wire format by hand are the generated classes' serialization.
+
+The producer joins a node's plaintext listener from its parts: the matcher's map of the node's
+pods is written from each pod's entry, kept (``matcher.serialized_exact``), not made as
+messages for each change. Its bytes must be what serializing the whole matcher gives, or the
+listener's content hash would differ from the one a whole build gives (and a whole build is
+what every node's first config is)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zpilot.translators import inbound_guard, matcher
+
+#: Keys alike in their beginnings (IPv4 and IPv6 addresses, "10.0.0.1" and "10.0.0.10"), and beyond ASCII.
+_KEYS = st.text(alphabet=st.sampled_from("0123456789.:abf\u00e9\u4e2d\U0001f600"), min_size=1, max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, st.text(min_size=1, max_size=20), min_size=1, max_size=40))
+def test_an_exact_map_written_from_its_entries_is_the_messages_serialization(cases: dict[str, str]) -> None:
+    whole = matcher.nested(matcher.exact("ip", {key: matcher.chain(name) for key, name in cases.items()}))
+    assert matcher.serialized_exact("ip", cases) == matcher.serialized(whole)
+
+
+def test_the_plaintext_map_of_pods_is_what_the_whole_matcher_holds() -> None:
+    pods = {f"10.0.{i // 200}.{i % 200}": f"inbound_10.0.{i // 200}.{i % 200}" for i in range(250)}
+    pods["fd00::1"] = "inbound_fd00::1"
+    by_pod = matcher.nested(matcher.exact("ip", {ip: matcher.chain(name) for ip, name in pods.items()}))
+    assert inbound_guard.serialized_by_pod(pods) == matcher.serialized(by_pod)
+    assert inbound_guard.plaintext_matcher(pods).on_no_match == by_pod
+    assert inbound_guard.serialized_by_pod({}) == b"" and not inbound_guard.plaintext_matcher({}).HasField("on_no_match")
