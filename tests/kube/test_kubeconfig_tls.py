@@ -96,6 +96,38 @@ async def test_without_memory_files_a_private_directory_holds_them_only_while_th
     assert list(temp_dir.iterdir()) == []
 
 
+async def test_memory_files_refused_fall_back_to_the_private_directory_closing_those_made(
+        apiserver, tmp_path, temp_dir, monkeypatch):
+    """``memfd_create`` exists but is refused (ENOSYS on an old kernel, EPERM under a container's seccomp
+    profile), here at the second file: the client is made all the same, from the private directory, and the
+    memory file already made is closed (the start failed with "[Errno 38] Function not implemented")."""
+    import errno
+
+    real_memfd_create, made, closed = os.memfd_create, [], []
+    real_close = os.close
+
+    def memfd_create(*args):
+        if made:
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+        made.append(real_memfd_create(*args))
+        return made[-1]
+
+    def close(fd):
+        closed.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "memfd_create", memfd_create)
+    monkeypatch.setattr(os, "close", close)
+    cert, key = apiserver.issue_client_certificate("by-certificate")
+    path = _with_user(apiserver, tmp_path / "kubeconfig", {
+        "client-certificate-data": base64.b64encode(cert).decode(),
+        "client-key-data": base64.b64encode(key).decode()})
+    async with await api_client(path, environ={}) as api:
+        assert await whoami(api, apiserver) == "by-certificate"
+    assert made and set(made) <= set(closed)
+    assert list(temp_dir.iterdir()) == []
+
+
 async def test_a_plugins_client_certificate_is_presented_and_never_written(apiserver, tmp_path, temp_dir):
     """A plugin may answer a client certificate and key (PEM) instead of a token: the client presents them,
     and they are nowhere on disk (kubernetes-asyncio wrote them to the temp directory)."""
