@@ -5,6 +5,7 @@ refused, ``provideClusterInfo`` and ``installHint``, and one loaded configuratio
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -147,6 +148,52 @@ async def test_a_client_certificate_without_its_key_is_named(apiserver, tmp_path
     path = _with_user(apiserver, tmp_path / "kubeconfig", {"client-certificate-data": base64.b64encode(cert).decode()})
     with pytest.raises(KubeConfigError, match="user test-apiserver: client-certificate and client-key go together"):
         await api_client(path, environ={})
+
+
+def test_an_encrypted_client_key_is_named_not_asked_for_on_the_terminal(apiserver, tmp_path):
+    """A passphrase-protected key (client-go cannot use one): OpenSSL, given no password, asked for one on the
+    process's terminal ("Enter PEM pass phrase:"), and ``zpilot serve`` started from a shell waited there.
+    Run with a terminal of its own (a pty), the load now ends with an error naming the user."""
+    import pty
+    import select
+
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key = apiserver.issue_client_certificate("encrypted")
+    encrypted = serialization.load_pem_private_key(key, None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"))
+    path = _with_user(apiserver, tmp_path / "kubeconfig", {
+        "client-certificate-data": base64.b64encode(cert).decode(),
+        "client-key-data": base64.b64encode(encrypted).decode()})
+    script = ("import asyncio, sys\n"
+              "from zpilot.kube.client import KubeConfigError, api_client\n"
+              "try:\n"
+              f"    asyncio.run(api_client({str(path)!r}, environ={{}}))\n"
+              "except KubeConfigError as exc:\n"
+              "    print('REFUSED', exc, flush=True)\n")
+    pid, terminal = pty.fork()  # (the child's controlling terminal: what OpenSSL's prompt opens)
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-c", script])
+    out = b""
+    try:
+        while b"REFUSED" not in out and b"pass phrase" not in out:
+            ready, _, _ = select.select([terminal], [], [], 60)
+            assert ready, out
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # (EIO: the child has ended)
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(terminal)
+    assert b"pass phrase" not in out, out
+    assert b"REFUSED" in out and b"user test-apiserver: its client key is encrypted" in out, out
 
 
 async def test_a_ca_that_is_not_pem_is_named_at_load(apiserver, tmp_path):
