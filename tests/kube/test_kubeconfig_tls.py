@@ -56,6 +56,14 @@ def _with_user(apiserver, path: Path, user: dict) -> Path:
     return path
 
 
+def _certificate_user(apiserver, tmp_path: Path) -> Path:
+    """A kubeconfig whose user is a client certificate and key, inline, the server's user "by-certificate"."""
+    cert, key = apiserver.issue_client_certificate("by-certificate")
+    return _with_user(apiserver, tmp_path / "kubeconfig", {
+        "client-certificate-data": base64.b64encode(cert).decode(),
+        "client-key-data": base64.b64encode(key).decode()})
+
+
 async def test_inline_client_certificates_and_ca_never_reach_the_temp_directory(apiserver, tmp_path, temp_dir):
     """kubernetes-asyncio wrote ``*-data`` fields to files under the temp directory, there until the process
     exits: a control plane's client key readable by name in a shared directory. The client still presents the
@@ -87,10 +95,7 @@ async def test_without_memory_files_a_private_directory_holds_them_only_while_th
         return str(made[-1])
 
     monkeypatch.setattr(key_material.tempfile, "mkdtemp", mkdtemp)
-    cert, key = apiserver.issue_client_certificate("by-certificate")
-    path = _with_user(apiserver, tmp_path / "kubeconfig", {
-        "client-certificate-data": base64.b64encode(cert).decode(),
-        "client-key-data": base64.b64encode(key).decode()})
+    path = _certificate_user(apiserver, tmp_path)
     async with await api_client(path, environ={}) as api:
         assert await whoami(api, apiserver) == "by-certificate"
         assert made and not any(d.exists() for d in made)
@@ -119,10 +124,7 @@ async def test_memory_files_refused_fall_back_to_the_private_directory_closing_t
 
     monkeypatch.setattr(os, "memfd_create", memfd_create)
     monkeypatch.setattr(os, "close", close)
-    cert, key = apiserver.issue_client_certificate("by-certificate")
-    path = _with_user(apiserver, tmp_path / "kubeconfig", {
-        "client-certificate-data": base64.b64encode(cert).decode(),
-        "client-key-data": base64.b64encode(key).decode()})
+    path = _certificate_user(apiserver, tmp_path)
     async with await api_client(path, environ={}) as api:
         assert await whoami(api, apiserver) == "by-certificate"
     assert made and set(made) <= set(closed)
