@@ -284,6 +284,7 @@ async def _churn(params: dict[str, Any]) -> dict[str, Any]:
         checks = [e["eds_as_served"] for e in events.values()]
         return {"clients": len(nodes), "xds": params["xds"], "initial_sync_seconds": round(served.sync_seconds, 1),
                 "events": events, "eds_as_served": f"{sum(c[0] for c in checks)}/{sum(c[1] for c in checks)}",
+                "changes_not_caught_up": sum(e["changes_not_caught_up"] for e in events.values()),
                 "nacks": sent.nacks, "peak_rss_mb": round(_rss_mb(os.getpid(), "VmHWM")),
                 "rss_before_clients_mb": round(served.rss_before_clients), "peak_rss_first_sync_mb": round(served.peak_at_sync),
                 "rss_mb": round(_rss_mb(os.getpid()))}
@@ -433,23 +434,30 @@ class ClientRecords:
         return self
 
 
-async def _quiet(sent, seconds: float, records: ClientRecords | None = None, catch_up_seconds: float = 60.0) -> None:
+async def _quiet(sent, seconds: float, records: ClientRecords | None = None, catch_up_seconds: float = 60.0) -> bool:
     """Until nothing was sent (nor received by the clients) for ``seconds`` and, with ``records``,
     the clients hold every byte sent to them (up to ``catch_up_seconds``): the clients answer a
     change (an ACK, EDS asked for the new clusters), and the answers to those must not be counted
     as the next change's pushes. At nice 19 on a machine others load, they may read a change's
     responses (a service added: 240 MB) seconds after it was sent, with nothing written meanwhile.
-    ``sent.records`` end with the response's bytes (``sent_observer``'s; the spikes' add fields before)."""
+    ``sent.records`` end with the response's bytes (``sent_observer``'s; the spikes' add fields before).
+    False, said on stderr, if the clients still lacked bytes when it gave up: what follows may count
+    this change's answers as the next one's (the JSON's ``changes_not_caught_up``)."""
     deadline = time.monotonic() + catch_up_seconds
     while True:
         count = (len(sent.records), records.bytes_in if records is not None else 0)
         await asyncio.sleep(seconds)
         if (len(sent.records), records.bytes_in if records is not None else 0) != count:
             continue
-        if records is None or time.monotonic() > deadline:
-            return
-        if sum(r["bytes"] for r in records.parse().received) >= sum(r[-1] for r in sent.records):
-            return
+        if records is None:
+            return True
+        held, due = sum(r["bytes"] for r in records.parse().received), sum(r[-1] for r in sent.records)
+        if held >= due:
+            return True
+        if time.monotonic() > deadline:
+            print(f"bench: the clients still lack {due - held} of the {due} bytes sent after {catch_up_seconds:g} s;"
+                  " going on without them", file=sys.stderr, flush=True)
+            return False
 
 
 async def _events(
@@ -504,6 +512,7 @@ async def _events(
             "mb_sent_per_change": _round(statistics.mean(r["bytes"] for r in results) / 1e6),
             "mb_received_per_change": _round(statistics.mean(r["received_bytes"] for r in results) / 1e6),
             "eds_as_served": (sum(r["consistent"] for r in results), len(results) * len(connected)),
+            "changes_not_caught_up": sum(not r["caught_up"] for r in results),
         }
     return out
 
@@ -527,7 +536,7 @@ async def _one_change(model, plane, sent, records: ClientRecords, connected: set
     finally:
         end_pause()
     affected = set(report.changed) & connected
-    await _quiet(sent, 1.0, records)
+    caught_up = await _quiet(sent, 1.0, records)
     records.parse()
     responses = sent.records[first_sent:]
     pushed = {node for _, node, *_ in responses}
@@ -546,6 +555,7 @@ async def _one_change(model, plane, sent, records: ClientRecords, connected: set
         "received_ms": [(last_received[n] - t0) * 1000 for n in affected if n in last_received],
         "bytes": sum(size for *_, size in responses),
         "received_bytes": sum(record["bytes"] for record in received[first_received:]),
+        "caught_up": caught_up,
     }
 
 
@@ -765,7 +775,9 @@ def report(results: dict[str, Any]) -> str:
                        f"NACKs {r['nacks']}, ztunnels holding the EDS they are served after each change "
                        f"{r['eds_as_served']}, control plane RSS {r['rss_mb']} MiB (peak {r['peak_rss_mb']} MiB; "
                        f"{r['rss_before_clients_mb']} MiB before the clients connected, peak "
-                       f"{r['peak_rss_first_sync_mb']} MiB by the end of their first sync)")
+                       f"{r['peak_rss_first_sync_mb']} MiB by the end of their first sync)"
+                       + (f"; {r['changes_not_caught_up']} changes whose responses the clients had not all read"
+                          " when the next began" if r.get("changes_not_caught_up") else ""))
     rows = []
     for layout, r in results["envoy"].items():
         if "stopped" in r:

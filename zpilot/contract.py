@@ -239,7 +239,7 @@ MAX_NODE_NAME = 253
 def valid_node_name(node: str) -> bool:
     """Whether ``node`` can be a Kubernetes node name (a DNS-1123 subdomain): nothing else can be
     put into a credential, so a ``/`` or ``..`` can never change what one names."""
-    return 0 < len(node) <= MAX_NODE_NAME and _NODE_NAME.match(node) is not None
+    return 0 < len(node) <= MAX_NODE_NAME and _NODE_NAME.fullmatch(node) is not None
 
 
 def node_credential_id(trust_domain: str, node: str) -> str:

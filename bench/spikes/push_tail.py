@@ -13,7 +13,7 @@ CPU and wall), and the pod's own node's. CPU, unlike the wall time, hardly moves
 
 Not a test and not the benchmark; docs/scale.md quotes what it found.
 """
-import asyncio, sys, os, time, dataclasses, statistics
+import asyncio, sys, time, dataclasses, statistics
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "bench"))
@@ -24,33 +24,23 @@ from zpilot.synthetic import extra_pod
 mode = sys.argv[1]; n = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 
 async def main():
-    from zpilot.model.index import MeshIndex
-    from zpilot.runtime.control_plane import ControlPlane, DebugOptions
-    from zpilot.translators import IncrementalTranslator, TranslateOptions
     from zpilot.xds.observer import StreamObserver
-    from zpilot.xds.security import XdsSecurity
-    from zpilot.xds.server import ServerOptions
     from zpilot.synthetic import Shape; shape = Shape.reference()
     cluster, index, _ = scale._model(shape)
     class Sent(StreamObserver):
         def __init__(self): self.records = []
         def response_sent(self, stream, response):
             self.records.append((time.monotonic(), time.thread_time(), stream.node, response.type_url.rsplit(".",1)[1], response.push_latency, response.bytes))
-    sent = Sent()
-    plane = ControlPlane(xds_security=XdsSecurity.insecure(), server_options=ServerOptions(host="127.0.0.1", port=0),
-                         debug_options=DebugOptions(host="127.0.0.1", port=0),
-                         translate=IncrementalTranslator(TranslateOptions(layout="linear")), freeze_first_model=True)
-    plane.ads.observer.add(sent)
-    await plane.update(index); await plane.start()
-    nodes = [scale.node_name(i) for i in range(100)]
-    clients = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "bench" / "ztunnels.py"), "--xds", f"127.0.0.1:{plane.xds_port}",
-        "--nice", "19", *(["--delta"] if mode == "delta" else []), *nodes, stdout=asyncio.subprocess.PIPE, limit=1 << 20, start_new_session=True)
-    received = scale.ClientRecords()  # as the benchmark: kept as bytes, parsed once a change is quiet
-    async def read():
-        while data := await clients.stdout.read(1 << 16): received.feed(data)
-    reader = asyncio.create_task(read())
-    while len(received.parse().ready) < 100: await asyncio.sleep(0.1)
-    await scale._quiet(sent, 1.0, received)
+    params = {"layout": "linear", "shape": dataclasses.asdict(shape), "clients": 100, "xds": mode,
+              "clients_nice": 19, "sync_timeout": 300}
+    async with scale.serving(params, index) as served:  # (the benchmark's set-up: its clients' session and nice)
+        sent = Sent(); served.plane.ads.observer.add(sent)
+        await run(served, sent, shape, cluster, index)
+
+
+async def run(served, sent, shape, cluster, index):
+    from zpilot.model.index import MeshIndex
+    plane, received = served.plane, served.records
     models = scale._Models(MeshIndex, index)
     tails = []; steps = []; all_cpu = []; all_wall = []; own_cpu = []
     for r in range(n):
@@ -63,7 +53,7 @@ async def main():
             t1 = time.monotonic(); c1 = time.thread_time()
             await plane.update(idx, changed_at=t0)
             t2 = time.monotonic(); c2 = time.thread_time()
-            await scale._quiet(sent, 1.0, received)
+            await scale._quiet(served.sent, 1.0, received)
             recs = [x for x in sent.records[first:] if x[4] is not None]
             last = {}
             for t, c, nd, ty, lat, b in recs:
@@ -81,5 +71,4 @@ async def main():
     p = lambda v, q: round(scale._pct(v, q), 1)
     print(f"SUMMARY p99 cpu {p(all_cpu, .99)} wall {p(all_wall, .99)}; p50 cpu {p(all_cpu, .5)} wall {p(all_wall, .5)}; own cpu median {p(own_cpu, .5)}")
     print("mean cpu handover->last sent", round(statistics.mean(tails), 1), "median step of the others us", round(statistics.median(steps)*1e6))
-    reader.cancel(); os.killpg(clients.pid, 9); await clients.wait(); await plane.stop()
 asyncio.run(main())

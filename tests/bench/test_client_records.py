@@ -54,6 +54,17 @@ async def test_quiet_waits_for_the_clients_to_hold_every_byte_sent():
     assert not quiet.done()
     records.feed(line({"node": "node-0", "type": "Cluster", "t": 2.0, "bytes": 20}))
     await asyncio.wait_for(quiet, 5)
+    assert quiet.result() is True
     # and it gives up waiting for a client that never reads
     sent.records.append((0.0, "node-1", "Cluster", 0.0, 5))
-    await asyncio.wait_for(scale._quiet(sent, 0.01, records, catch_up_seconds=0.05), 5)
+    assert await asyncio.wait_for(scale._quiet(sent, 0.01, records, catch_up_seconds=0.05), 5) is False
+
+
+async def test_quiet_giving_up_says_so(capsys):
+    """Giving up on the clients is said (stderr, and the change's ``caught_up``): it returned as if they had
+    read everything, and the late answers were counted as the next change's without a trace."""
+    sent, records = _Sent(), scale.ClientRecords()
+    sent.records.append((0.0, "node-0", "Cluster", 0.0, 30))
+    records.feed(line({"node": "node-0", "type": "Cluster", "t": 1.0, "bytes": 10}))
+    assert await scale._quiet(sent, 0.01, records, catch_up_seconds=0.0) is False
+    assert "the clients still lack 20 of the 30 bytes sent" in capsys.readouterr().err

@@ -115,7 +115,9 @@ def test_istio_layouts_parse_as_the_files_do(user_ca):
 
 def test_secret_names_are_checked():
     assert str(SecretName.parse("istio-system/cacerts")) == "istio-system/cacerts"
-    for bad in ("cacerts", "Istio/cacerts", "a/b/c", "/x", "ns/", "ns/UPPER"):
+    # (a final newline too: re's "$" matched before it, and "istio-system/cacerts\n" went into API paths)
+    for bad in ("cacerts", "Istio/cacerts", "a/b/c", "/x", "ns/", "ns/UPPER", "istio-system/cacerts\n",
+                "istio-system\n/cacerts"):
         with pytest.raises(ValueError, match="NAMESPACE/NAME"):
             SecretName.parse(bad)
 

@@ -33,6 +33,8 @@ def test_service_account_names_may_contain_dots():
         ("spiffe://cluster.local:443/ns/default/sa/sleep", "port"),
         ("spiffe://cluster.local/ns/" + "a" * 64 + "/sa/sleep", "invalid namespace"),
         ("spiffe://cluster.local/ns/default/sa/" + "a" * 2100, "longer than"),
+        # a final newline: re's "$" matched before it
+        ("spiffe://cluster.local/ns/default/sa/sleep\n", "invalid service account"),
     ],
 )
 def test_malformed_ids_are_refused_with_the_id_named(bad, why):
@@ -61,3 +63,11 @@ def test_service_account_identity_builds_and_validates():
     assert service_account_identity("default", "sleep") == "spiffe://cluster.local/ns/default/sa/sleep"
     with pytest.raises(ValueError, match="invalid service account"):
         service_account_identity("default", "Not_Valid")
+
+
+@pytest.mark.parametrize("bad,why", [("spiffe://cluster.local/ns/default\n/sa/sleep", "invalid namespace"),
+                                     ("spiffe://cluster.local\n/ns/default/sa/sleep", "invalid trust domain")])
+def test_a_part_ending_in_a_newline_is_refused(bad, why):
+    """re's "$" matched before a final newline: each part was checked with it."""
+    with pytest.raises(ValueError, match=why):
+        parse_spiffe_id(bad)

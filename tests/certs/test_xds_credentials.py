@@ -92,7 +92,7 @@ def test_the_server_certificate_names_what_ztunnels_dial_and_only_serves():
     assert usages(cert) == [ExtendedKeyUsageOID.SERVER_AUTH]
 
 
-@pytest.mark.parametrize("name", ["*.istio-system.svc", "Zpilot", "a b", "zpilot/x", ""])
+@pytest.mark.parametrize("name", ["*.istio-system.svc", "Zpilot", "a b", "zpilot/x", "", "zpilot.istio-system.svc\n"])
 def test_the_server_certificate_takes_no_wildcard_or_odd_name(name):
     with pytest.raises(CredentialError, match="neither an IP address nor a DNS name"):
         issue_server_certificate(CertificateAuthority.generate(), [name])

@@ -141,6 +141,19 @@ def test_pod_names_are_checked():
         PodRef.parse("Istio_System", "p")
     with pytest.raises(CniError, match="pod name"):
         PodRef.parse("istio-system", "../../nodes/x")
+    # a final newline: re's "$" matched before it, and the name went into the GET's path
+    with pytest.raises(CniError, match="namespace"):
+        PodRef.parse("istio-system\n", "p")
+    with pytest.raises(CniError, match="pod name"):
+        PodRef.parse("istio-system", "zpilot-cni-node-x7k2p\n")
+
+
+def test_a_controller_whose_name_is_not_a_name_is_no_daemonset_to_ask_for():
+    from zpilot.cni.exit_cleanup import _controller
+
+    ref = {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": DAEMONSET, "uid": "u", "controller": True}
+    assert _controller({"metadata": {"ownerReferences": [ref]}}) == (DAEMONSET, "u")
+    assert _controller({"metadata": {"ownerReferences": [{**ref, "name": DAEMONSET + "\n"}]}}) is None
 
 
 def test_uninstall_mode_needs_the_api_and_the_pod(capsys, tmp_path: Path, monkeypatch):

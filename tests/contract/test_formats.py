@@ -60,7 +60,8 @@ def test_node_credential_id_round_trip():
                                           "cluster.local") is None  # the ztunnel's workload identity
 
 
-@pytest.mark.parametrize("node", ["", "A", "a/b", "..", "a" * 254, "-a", "a_b"])
+# "node-a\n": re's "$" matched before a final newline, and the credential named a node no cluster can have
+@pytest.mark.parametrize("node", ["", "A", "a/b", "..", "a" * 254, "-a", "a_b", "node-a\n"])
 def test_a_node_credential_names_a_kubernetes_node_or_nothing(node):
     with pytest.raises(ValueError):
         contract.node_credential_id("cluster.local", node)

@@ -5,6 +5,7 @@ refused, ``provideClusterInfo`` and ``installHint``, and one loaded configuratio
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -55,6 +56,14 @@ def _with_user(apiserver, path: Path, user: dict) -> Path:
     return path
 
 
+def _certificate_user(apiserver, tmp_path: Path) -> Path:
+    """A kubeconfig whose user is a client certificate and key, inline, the server's user "by-certificate"."""
+    cert, key = apiserver.issue_client_certificate("by-certificate")
+    return _with_user(apiserver, tmp_path / "kubeconfig", {
+        "client-certificate-data": base64.b64encode(cert).decode(),
+        "client-key-data": base64.b64encode(key).decode()})
+
+
 async def test_inline_client_certificates_and_ca_never_reach_the_temp_directory(apiserver, tmp_path, temp_dir):
     """kubernetes-asyncio wrote ``*-data`` fields to files under the temp directory, there until the process
     exits: a control plane's client key readable by name in a shared directory. The client still presents the
@@ -86,13 +95,39 @@ async def test_without_memory_files_a_private_directory_holds_them_only_while_th
         return str(made[-1])
 
     monkeypatch.setattr(key_material.tempfile, "mkdtemp", mkdtemp)
-    cert, key = apiserver.issue_client_certificate("by-certificate")
-    path = _with_user(apiserver, tmp_path / "kubeconfig", {
-        "client-certificate-data": base64.b64encode(cert).decode(),
-        "client-key-data": base64.b64encode(key).decode()})
+    path = _certificate_user(apiserver, tmp_path)
     async with await api_client(path, environ={}) as api:
         assert await whoami(api, apiserver) == "by-certificate"
         assert made and not any(d.exists() for d in made)
+    assert list(temp_dir.iterdir()) == []
+
+
+async def test_memory_files_refused_fall_back_to_the_private_directory_closing_those_made(
+        apiserver, tmp_path, temp_dir, monkeypatch):
+    """``memfd_create`` exists but is refused (ENOSYS on an old kernel, EPERM under a container's seccomp
+    profile), here at the second file: the client is made all the same, from the private directory, and the
+    memory file already made is closed (the start failed with "[Errno 38] Function not implemented")."""
+    import errno
+
+    real_memfd_create, made, closed = os.memfd_create, [], []
+    real_close = os.close
+
+    def memfd_create(*args):
+        if made:
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+        made.append(real_memfd_create(*args))
+        return made[-1]
+
+    def close(fd):
+        closed.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "memfd_create", memfd_create)
+    monkeypatch.setattr(os, "close", close)
+    path = _certificate_user(apiserver, tmp_path)
+    async with await api_client(path, environ={}) as api:
+        assert await whoami(api, apiserver) == "by-certificate"
+    assert made and set(made) <= set(closed)
     assert list(temp_dir.iterdir()) == []
 
 
@@ -115,6 +150,52 @@ async def test_a_client_certificate_without_its_key_is_named(apiserver, tmp_path
     path = _with_user(apiserver, tmp_path / "kubeconfig", {"client-certificate-data": base64.b64encode(cert).decode()})
     with pytest.raises(KubeConfigError, match="user test-apiserver: client-certificate and client-key go together"):
         await api_client(path, environ={})
+
+
+def test_an_encrypted_client_key_is_named_not_asked_for_on_the_terminal(apiserver, tmp_path):
+    """A passphrase-protected key (client-go cannot use one): OpenSSL, given no password, asked for one on the
+    process's terminal ("Enter PEM pass phrase:"), and ``zpilot serve`` started from a shell waited there.
+    Run with a terminal of its own (a pty), the load now ends with an error naming the user."""
+    import pty
+    import select
+
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key = apiserver.issue_client_certificate("encrypted")
+    encrypted = serialization.load_pem_private_key(key, None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"))
+    path = _with_user(apiserver, tmp_path / "kubeconfig", {
+        "client-certificate-data": base64.b64encode(cert).decode(),
+        "client-key-data": base64.b64encode(encrypted).decode()})
+    script = ("import asyncio, sys\n"
+              "from zpilot.kube.client import KubeConfigError, api_client\n"
+              "try:\n"
+              f"    asyncio.run(api_client({str(path)!r}, environ={{}}))\n"
+              "except KubeConfigError as exc:\n"
+              "    print('REFUSED', exc, flush=True)\n")
+    pid, terminal = pty.fork()  # (the child's controlling terminal: what OpenSSL's prompt opens)
+    if pid == 0:
+        os.execv(sys.executable, [sys.executable, "-c", script])
+    out = b""
+    try:
+        while b"pass phrase" not in out:  # (else until the child has ended: EOF, or EIO once the pty's other end closed)
+            ready, _, _ = select.select([terminal], [], [], 60)
+            assert ready, out
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # (EIO: the child has ended)
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(terminal)
+    assert b"pass phrase" not in out, out
+    assert b"REFUSED" in out and b"user test-apiserver: its client key is encrypted" in out, out
 
 
 async def test_a_ca_that_is_not_pem_is_named_at_load(apiserver, tmp_path):

@@ -103,6 +103,8 @@ def test_the_same_port_name_in_two_containers_is_allowed() -> None:
         ({"/app": "x"}, "its prefix must be"),
         ({"": "x"}, "its name must be"),
         ({"app": 1}, "must map strings to strings"),
+        ({"app": "x\n"}, "value"),  # a final newline: re's "$" matched before it
+        ({"app\n": "x"}, "its name must be"),
     ],
 )
 def test_labels_kubernetes_refuses_are_refused(labels: dict, reason: str) -> None:
@@ -118,3 +120,13 @@ def test_labels_kubernetes_refuses_are_refused(labels: dict, reason: str) -> Non
 def test_labels_kubernetes_accepts_are_accepted() -> None:
     labels = {"istio.io/dataplane-mode": "ambient", "app.kubernetes.io/name": "x_y.z", "empty": "", "A": "B"}
     assert dict(namespace_from({"kind": "Namespace", "metadata": {"name": "n", "labels": labels}}).labels) == labels
+
+
+@pytest.mark.parametrize("meta", [{"name": "ns-0\n"}, {"name": "n", "namespace": "ns-0\n"}], ids=["name", "namespace"])
+def test_a_name_with_a_final_newline_is_refused(meta: dict) -> None:
+    """re's "$" matched before a final newline (a YAML block scalar's ``name: |``): "svc-0\n" was a Service's name,
+    and its chains', clusters' and stats' names held the newline."""
+    with pytest.raises(InvalidObject, match="not a valid"):
+        service_from({**service({"port": 80}), "metadata": {"namespace": "ns", **meta}})
+    with pytest.raises(InvalidObject, match="not a valid"):
+        namespace_from({"kind": "Namespace", "metadata": {"name": meta.get("namespace", meta["name"])}})

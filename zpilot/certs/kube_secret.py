@@ -36,7 +36,6 @@ import binascii
 import json
 import logging
 import random
-import re
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -48,6 +47,7 @@ from zpilot.certs.ca import CertificateAuthority, Clock, new_root_files, utc_now
 from zpilot.certs.spiffe import DEFAULT_TRUST_DOMAIN
 from zpilot.certs.storage import CaMaterial, PemPart
 from zpilot.certs.x509_helpers import CertificateAuthorityError
+from zpilot.kube.object_names import DNS_LABEL, DNS_SUBDOMAIN
 
 log = logging.getLogger("zpilot.certs.kube_secret")
 
@@ -75,9 +75,6 @@ RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 #: Bytes of an API server's error body kept for a message.
 MAX_REASON = 300
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
 
 @dataclass(frozen=True)
 class SecretName:
@@ -89,7 +86,7 @@ class SecretName:
         """``NAMESPACE/NAME`` (of a Secret, or another namespaced object: ``what``); ValueError (naming
         the text) unless both are valid Kubernetes names."""
         namespace, slash, name = text.partition("/")
-        if not slash or not _DNS_LABEL.match(namespace) or not _DNS_SUBDOMAIN.match(name):
+        if not slash or not DNS_LABEL.match(namespace) or not DNS_SUBDOMAIN.match(name):
             raise ValueError(f"{text[:300]!r}: {what} is NAMESPACE/NAME, both lower-case Kubernetes names")
         return cls(namespace, name)
 

@@ -42,7 +42,7 @@ class SpiffeId:
 
 def validate_trust_domain(trust_domain: str) -> str:
     """Return ``trust_domain`` if it is a valid SPIFFE trust domain name, else raise ValueError."""
-    if not isinstance(trust_domain, str) or not _TRUST_DOMAIN.match(trust_domain):
+    if not isinstance(trust_domain, str) or not _TRUST_DOMAIN.fullmatch(trust_domain):
         raise ValueError(
             f"trust domain {trust_domain!r} is not valid: use 1-255 lower-case letters, digits, '.', '-' or '_'"
             f" (e.g. {DEFAULT_TRUST_DOMAIN!r})"
@@ -75,9 +75,9 @@ def parse_spiffe_id(spiffe_id: str, trust_domain: str | None = None) -> SpiffeId
         validate_trust_domain(domain)
     except ValueError:
         raise ValueError(f"SPIFFE ID {shown!r} has an invalid trust domain {domain!r}") from None
-    if not _DNS1123_LABEL.match(namespace):
+    if not _DNS1123_LABEL.fullmatch(namespace):
         raise ValueError(f"SPIFFE ID {shown!r} has an invalid namespace {namespace!r} (not a DNS-1123 label)")
-    if len(account) > 253 or not _DNS1123_SUBDOMAIN.match(account):
+    if len(account) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(account):
         raise ValueError(
             f"SPIFFE ID {shown!r} has an invalid service account {account!r} (not a DNS-1123 subdomain)"
         )

@@ -61,7 +61,7 @@ def server_name(name: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         pass
-    if not _DNS_NAME.match(name):
+    if not _DNS_NAME.fullmatch(name):
         raise CredentialError(f"{name[:300]!r} is neither an IP address nor a DNS name (lower case, no wildcard)")
     return x509.DNSName(name)
 

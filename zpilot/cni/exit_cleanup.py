@@ -41,12 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..kube.api_calls import ApiCalls, ApiFailure, Timeouts
 from ..kube.credentials import Credentials
+from ..kube.object_names import DNS_LABEL, DNS_SUBDOMAIN
 from ..kube.source import SourceError
 from ..model.problems import clip
 from .errors import CniError
@@ -61,9 +61,6 @@ DECISION_SECONDS = 5.0
 #: checks the chart's Role against this (tests/helm/test_rbac.py).
 PERMISSIONS: tuple[tuple[str, str, str], ...] = (("get", "", "pods"), ("get", "apps", "daemonsets"))
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
 
 @dataclass(frozen=True)
 class PodRef:
@@ -75,9 +72,9 @@ class PodRef:
     @classmethod
     def parse(cls, namespace: str, name: str) -> PodRef:
         """Checked as the API server checks them (a namespace is a DNS label, a pod name a DNS subdomain)."""
-        if not _DNS_LABEL.match(namespace):
+        if not DNS_LABEL.match(namespace):
             raise CniError(f"pod namespace {clip(namespace, 80)!r} is not a Kubernetes namespace name")
-        if not _DNS_SUBDOMAIN.match(name):
+        if not DNS_SUBDOMAIN.match(name):
             raise CniError(f"pod name {clip(name, 80)!r} is not a Kubernetes pod name")
         return cls(namespace, name)
 
@@ -98,7 +95,7 @@ def _controller(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     for ref in pod["metadata"].get("ownerReferences") or ():
         if (isinstance(ref, dict) and ref.get("controller") is True and ref.get("kind") == "DaemonSet"
                 and str(ref.get("apiVersion", "")).startswith("apps/")
-                and isinstance(ref.get("name"), str) and _DNS_SUBDOMAIN.match(ref["name"])
+                and isinstance(ref.get("name"), str) and DNS_SUBDOMAIN.match(ref["name"])
                 and isinstance(ref.get("uid"), str)):
             return ref["name"], ref["uid"]
     return None

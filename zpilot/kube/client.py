@@ -178,11 +178,22 @@ def _check_tls(tls: TlsMaterial, cluster: str, user: str | None) -> None:
             raise KubeConfigProblem(f"cluster {cluster}: its certificate authority is not a PEM CA ({exc.reason})"
                                     ) from None
         if cert is not None:
-            try:
-                context.load_cert_chain(cert, key)
+            try:  # (no password: OpenSSL would ask for one on the terminal, and the start would wait on it)
+                context.load_cert_chain(cert, key, password=_no_passphrase)
+            except _EncryptedKey:
+                raise KubeConfigProblem(f"user {str(user)[:200]}: its client key is encrypted (a passphrase, which"
+                                        " kubectl cannot use either): give it decrypted") from None
             except ssl.SSLError as exc:
-                raise KubeConfigProblem(f"user {user}: its client certificate and key are not a PEM pair that"
-                                        f" goes together ({exc.reason})") from None
+                raise KubeConfigProblem(f"user {str(user)[:200]}: its client certificate and key are not a PEM pair"
+                                        f" that goes together ({exc.reason})") from None
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey
 
 
 def _token_refresher(

@@ -61,9 +61,9 @@ def _mapping(value: Any, what: str) -> Mapping[str, Any]:
 
 def _label_key_problem(key: str) -> str | None:
     prefix, slash, name = key.rpartition("/")
-    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         return "its prefix must be a DNS subdomain of at most 253 characters"
-    if len(name) > 63 or not _LABEL_NAME.match(name):
+    if len(name) > 63 or not _LABEL_NAME.fullmatch(name):
         return "its name must be 1-63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
     return None
 
@@ -77,7 +77,7 @@ def _labels(value: Any, what: str) -> Mapping[str, str]:
         why = _label_key_problem(k)
         if why is not None:
             raise InvalidObject(f"{what} key {brief(k)} is not valid: {why}")
-        if v and (len(v) > 63 or not _LABEL_NAME.match(v)):
+        if v and (len(v) > 63 or not _LABEL_NAME.fullmatch(v)):
             raise InvalidObject(
                 f"{what}[{brief(k, 60)}] value {brief(v)} is not valid:"
                 " at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
@@ -90,14 +90,14 @@ def _name(meta: Mapping[str, Any], *, max_len: int, label: bool) -> str:
     if not isinstance(name, str) or not name:
         raise InvalidObject("metadata.name is missing")
     pattern = _DNS_LABEL if label else _DNS_SUBDOMAIN
-    if len(name) > max_len or not pattern.match(name):
+    if len(name) > max_len or not pattern.fullmatch(name):
         raise InvalidObject(f"metadata.name {brief(name)} is not a valid name (RFC 1123, at most {max_len} characters)")
     return name
 
 
 def _namespace(meta: Mapping[str, Any]) -> str:
     ns = meta.get("namespace") or "default"
-    if not isinstance(ns, str) or len(ns) > 63 or not _DNS_LABEL.match(ns):
+    if not isinstance(ns, str) or len(ns) > 63 or not _DNS_LABEL.fullmatch(ns):
         raise InvalidObject(f"metadata.namespace {brief(ns)} is not a valid namespace name")
     return ns
 
@@ -248,10 +248,10 @@ def workload_from(obj: Mapping[str, Any]) -> Workload:
         if cond.get("type") == "Ready":
             ready = cond.get("status") == "True"
     sa = spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"
-    if not isinstance(sa, str) or len(sa) > 253 or not _DNS_SUBDOMAIN.match(sa):
+    if not isinstance(sa, str) or len(sa) > 253 or not _DNS_SUBDOMAIN.fullmatch(sa):
         raise InvalidObject(f"spec.serviceAccountName {brief(sa)} is not a valid name")
     node_name = spec.get("nodeName")
-    if node_name and (not isinstance(node_name, str) or len(node_name) > 253 or not _DNS_SUBDOMAIN.match(node_name)):
+    if node_name and (not isinstance(node_name, str) or len(node_name) > 253 or not _DNS_SUBDOMAIN.fullmatch(node_name)):
         raise InvalidObject(f"spec.nodeName {brief(node_name)} is not a valid node name")
     created = meta.get("creationTimestamp")  # YAML reads an unquoted timestamp as a datetime
     return Workload(
@@ -289,7 +289,7 @@ def _service_ports(raw: Any) -> list[ServicePort]:
         if not port_name and len(entries) > 1:
             raise InvalidObject(f"spec.ports[{i}] (port {number}) has no name: every port must be named when there are several")
         if port_name:
-            if not _DNS_LABEL.match(port_name):
+            if not _DNS_LABEL.fullmatch(port_name):
                 raise InvalidObject(f"spec.ports[{i}].name {port_name!r} is not a valid port name (RFC 1123 label)")
             if port_name in names:
                 raise InvalidObject(f"spec.ports[{i}].name {port_name!r} is used by two ports")
@@ -354,7 +354,7 @@ MAX_SLICE_PORTS = 100
 
 def _slice_address(value: Any, address_type: str, what: str) -> str:
     if address_type == "FQDN":
-        if not isinstance(value, str) or len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        if not isinstance(value, str) or len(value) > 253 or not _DNS_SUBDOMAIN.fullmatch(value):
             raise InvalidObject(f"{what} {brief(value)} is not a domain name")
         return value
     if not isinstance(value, str):
@@ -376,7 +376,7 @@ def _slice_endpoint(raw: Any, address_type: str, i: int) -> SliceEndpoint:
     ready = _bool(conditions.get("ready"), f"{what}.conditions.ready", default=True)
     node_name = ep.get("nodeName")
     if node_name is not None and (not isinstance(node_name, str) or len(node_name) > 253
-                                  or not _DNS_SUBDOMAIN.match(node_name)):
+                                  or not _DNS_SUBDOMAIN.fullmatch(node_name)):
         raise InvalidObject(f"{what}.nodeName {brief(node_name)} is not a node name")
     zone = ep.get("zone") or ""
     if not isinstance(zone, str) or len(zone) > 63:
@@ -395,7 +395,7 @@ def _slice_port(raw: Any, i: int, seen: set[str]) -> SlicePort:
     what = f"ports[{i}]"
     p = _mapping(raw, what)
     name = p.get("name") or ""
-    if not isinstance(name, str) or (name and (len(name) > 63 or not _DNS_LABEL.match(name))):
+    if not isinstance(name, str) or (name and (len(name) > 63 or not _DNS_LABEL.fullmatch(name))):
         raise InvalidObject(f"{what}.name {brief(name)} is not a valid port name (RFC 1123 label)")
     if name in seen:
         raise InvalidObject(f"{what}.name {name!r} is listed twice")
@@ -415,7 +415,7 @@ def endpoint_slice_from(obj: Mapping[str, Any]) -> EndpointSlice:
     name = _name(meta, max_len=253, label=False)
     namespace = _namespace(meta)
     service_name = _labels(meta.get("labels"), "metadata.labels").get(SERVICE_NAME_LABEL, "")
-    if service_name and (len(service_name) > 63 or not _DNS_LABEL.match(service_name)):
+    if service_name and (len(service_name) > 63 or not _DNS_LABEL.fullmatch(service_name)):
         raise InvalidObject(f"label {SERVICE_NAME_LABEL} {brief(service_name)} is not a Service name")
     address_type = obj.get("addressType")
     if address_type not in ADDRESS_TYPES:

@@ -5,8 +5,9 @@ kubernetes-asyncio takes TLS material as file paths only (``Configuration.ssl_ca
 fields to files under the temp directory that stay there until the process exits. A control plane's client
 key must not sit in a directory every local user can list. So each PEM is put in an anonymous memory file
 (``memfd_create``): its path, ``/proc/self/fd/N``, is this process's own, and the file is gone once its
-descriptor is closed, right after the client has read it. Where there are no memory files (not Linux), a
-directory only this user may enter (0700) holds them for that moment, and is removed with them.
+descriptor is closed, right after the client has read it. Where there are no memory files (not Linux, or
+``memfd_create`` refused: an old kernel, a seccomp profile), a directory only this user may enter (0700)
+holds them for that moment, and is removed with them.
 """
 
 from __future__ import annotations
@@ -29,14 +30,9 @@ def tls_paths(material: TlsMaterial) -> Iterator[tuple[str | None, str | None, s
     if not any(p is not None for p in pems):
         yield None, None, None
         return
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        fds: list[int] = []
+    fds = _memory_files(pems)
+    if fds is not None:
         try:
-            for pem in pems:
-                if pem is not None:
-                    fd = os.memfd_create("zpilot-kube-tls", os.MFD_CLOEXEC)
-                    fds.append(fd)
-                    _write_all(fd, pem)
             paths = iter(f"/proc/self/fd/{fd}" for fd in fds)
             yield tuple(next(paths) if pem is not None else None for pem in pems)  # type: ignore[misc]
         finally:
@@ -60,6 +56,24 @@ def tls_paths(material: TlsMaterial) -> Iterator[tuple[str | None, str | None, s
         yield tuple(named)  # type: ignore[misc]
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _memory_files(pems: tuple[bytes | None, ...]) -> list[int] | None:
+    """A memory file holding each PEM given, or None where there are none: not Linux, no ``/proc``, or
+    ``memfd_create`` refused (an old kernel's ENOSYS, a container's seccomp profile's EPERM)."""
+    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
+        return None
+    fds: list[int] = []
+    try:
+        for pem in pems:
+            if pem is not None:
+                fds.append(os.memfd_create("zpilot-kube-tls", os.MFD_CLOEXEC))
+                _write_all(fds[-1], pem)
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return fds
 
 
 def make_client(configuration: client.Configuration, material: TlsMaterial) -> client.ApiClient:
