@@ -506,6 +506,12 @@ async def _events(
             "model_build_ms": _round(statistics.mean(r["model_ms"] for r in results)),
             "producer_ms": _round(statistics.mean(r["producer_ms"] for r in results)),
             "sent_p50_ms": _round(_pct(sent_ms, 0.5)), "sent_p99_ms": _round(_pct(sent_ms, 0.99)),
+            # the p99 of 5 changes x 100 streams is about the 5th worst sample: one late change sets it
+            "sent_last_per_change_ms": [_round(max(r["sent_ms"], default=None)) for r in results],
+            "model_ms_per_change": [_round(r["model_ms"]) for r in results],
+            "producer_ms_per_change": [_round(r["producer_ms"]) for r in results],
+            "steal_ms_per_change": [r["steal_ms"] for r in results],
+            "runqueue_ms_per_change": [r["runqueue_ms"] for r in results],
             "sent_after_handover_p50_ms": _round(_pct(handover_ms, 0.5)),
             "sent_after_handover_p99_ms": _round(_pct(handover_ms, 0.99)),
             "received_p50_ms": _round(_pct(recv_ms, 0.5)), "received_p99_ms": _round(_pct(recv_ms, 0.99)),
@@ -527,6 +533,10 @@ async def _one_change(model, plane, sent, records: ClientRecords, connected: set
     received = records.parse().received
     first_sent, first_received = len(sent.records), len(received)
     t0 = time.monotonic()  # the debounce window closes
+    # the host's steal, and this process's threads' wait for a core, over the change's first 100 ms
+    # (its sends are done by then): a late change without either is ours
+    steal, waited = [_steal_ms()], [_runqueue_ms()]
+    asyncio.get_running_loop().call_later(0.1, lambda: (steal.append(_steal_ms()), waited.append(_runqueue_ms())))
     end_pause = pause()  # as the source does: no garbage collection from the build until the producer's pause
     try:
         index = await asyncio.to_thread(models.build, model)
@@ -556,7 +566,30 @@ async def _one_change(model, plane, sent, records: ClientRecords, connected: set
         "bytes": sum(size for *_, size in responses),
         "received_bytes": sum(record["bytes"] for record in received[first_received:]),
         "caught_up": caught_up,
+        "steal_ms": steal[1] - steal[0] if len(steal) == 2 and None not in steal else None,
+        "runqueue_ms": round(waited[1] - waited[0], 1) if len(waited) == 2 else None,
     }
+
+
+def _runqueue_ms() -> float:
+    """How long this process's threads have waited for a core, runnable, in all (ms, schedstat)."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[1])
+    return total / 1e6
+
+
+def _steal_ms() -> int | None:
+    """The machine's steal time so far, all CPUs, in ms (10 ms ticks): time the hypervisor ran
+    other guests on this virtual machine's CPUs. A change sent 20-30 ms late at R with its own
+    CPU as usual had 20-30 ms of it in its window (docs/scale.md); None where /proc/stat has none."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    fields = lines[0].split() if lines and lines[0].startswith("cpu ") else []
+    return int(fields[8]) * 1000 // os.sysconf("SC_CLK_TCK") if len(fields) > 8 else None
 
 
 def child_envoy(params: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,12 @@ and deleted, from the end of the debounce window (t0) to the last stream's "sent
   waiting for a core (the machine's other load); a thread's wall time that is neither is sleep:
   in epoll, on a lock, or waiting for the GIL.
 
-    python3 bench/spikes/change_gap.py [ROUNDS] [--on-loop] [--switch MS] [--clients-own-session]
+    python3 bench/spikes/change_gap.py [ROUNDS] [--on-loop] [--switch MS] [--clients-own-session] [--sequence]
+
+``--sequence``: the churn bench's own order of changes (``scale._events``: pod added, deleted, made
+unready and ready, a service and a policy added, each followed by its EDS check), the pod changes
+traced; each change's window also gives the host's steal time (``steal:-1``) and the threads' system
+CPU and page faults.
 
 Not a test and not the benchmark; docs/scale.md quotes what it found.
 """
@@ -22,6 +27,7 @@ import asyncio
 import dataclasses
 import gc
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -61,7 +67,7 @@ class Probe:
     def loop_thread(self, what: str) -> None:
         """The loop thread's own account now: CPU, runqueue wait, voluntary and involuntary switches."""
         if self.on:
-            self.accounts.append((mono(), what, loop_account()))
+            self.accounts.append((mono(), what, (*loop_account(), *rusage())))
 
 
 P = Probe()
@@ -132,11 +138,11 @@ def wrap_thread_call(cls, name: str, label: str) -> None:
     def wrapped(*a, **k):
         if label == "store" and P.on:
             STATS["store"] = schedstat()
-        P.mark(label + " start", (threading.get_native_id(), tcpu()))
+        P.mark(label + " start", (threading.get_native_id(), tcpu(), rusage()))
         try:
             return original(*a, **k)
         finally:
-            P.mark(label + " end", (threading.get_native_id(), tcpu()))
+            P.mark(label + " end", (threading.get_native_id(), tcpu(), rusage()))
             if label == "wake":
                 P.loop_thread("wake end")
                 if P.on:
@@ -186,6 +192,13 @@ NAMES: dict[int, str] = {}
 LOOP_TID = threading.get_native_id()
 
 
+def rusage() -> tuple[float, float, int]:
+    """This thread's user and system CPU seconds and minor page faults (system time is mostly the
+    kernel faulting in memory the allocator had given back)."""
+    r = resource.getrusage(resource.RUSAGE_THREAD)
+    return r.ru_utime, r.ru_stime, r.ru_minflt
+
+
 def loop_account() -> tuple[int, int, int, int]:
     """The loop thread's CPU ns, ns runnable but waiting for a core, voluntary and involuntary switches."""
     cpu, wait, _ = map(int, Path(f"/proc/self/task/{LOOP_TID}/schedstat").read_text().split())
@@ -233,6 +246,8 @@ def schedstat() -> dict[int, tuple[str, int, int]]:
                 continue
             clients[0] += cpu; clients[1] += wait
         out[0] = ("ztunnels", *clients)
+    # the machine's steal time (a virtual machine's CPUs not run by the host), 10 ms ticks, under tid -1
+    out[-1] = ("steal", (scale._steal_ms() or 0) * 1_000_000, 0)
     for tid in map(int, os.listdir("/proc/self/task")):
         try:
             cpu, wait, _ = map(int, Path(f"/proc/self/task/{tid}/schedstat").read_text().split())
@@ -292,6 +307,8 @@ def analyse(kind: str, own: str, plane, sent, records_from: int, t_call: float) 
            "model_end_to_plan_start": ms(p_start[0] - m_end[0]),
            "model_end_to_update": ms(first(marks, "update")[0] - m_end[0]),
            "plan_wall": ms(p_end[0] - p_start[0]), "plan_cpu": ms(p_end[2][1] - p_start[2][1]),
+           "plan_sys": ms(p_end[2][2][1] - p_start[2][2][1]), "plan_minflt": p_end[2][2][2] - p_start[2][2][2],
+           "model_sys": ms(m_end[2][2][1] - m_start[2][2][1]), "model_minflt": m_end[2][2][2] - m_start[2][2][2],
            "plan_end_to_store": ms(s_start[0] - p_end[0]), "store": ms(s_end[0] - s_start[0]),
            "store_to_wake": ms(w_start[0] - s_end[0]), "wake": ms(w_end[0] - w_start[0]),
            "wake_end_to_last_sent": ms(t_end - w_end[0])}
@@ -327,13 +344,55 @@ def analyse(kind: str, own: str, plane, sent, records_from: int, t_call: float) 
         cpu, rq = (b[0] - a[0]) / 1e6, (b[1] - a[1]) / 1e6
         out["own_window"] = {"wall": ms(tb - ta), "cpu": round(cpu, 2), "runqueue": round(rq, 2),
                              "epoll": ms(sleeping), "other_sleep": round((tb - ta) * 1000 - cpu - rq - sleeping * 1000, 2),
-                             "vol_switches": b[2] - a[2], "invol_switches": b[3] - a[3]}
+                             "vol_switches": b[2] - a[2], "invol_switches": b[3] - a[3],
+                             "sys": ms(b[5] - a[5]), "minflt": b[6] - a[6]}
     out["threads_to_store"] = thread_deltas(STATS["call"], STATS["store"])
     if "own written" in STATS:
         out["threads_send_window"] = thread_deltas(STATS["wake end"], STATS["own written"])
     out["threads_store_to_100ms"] = thread_deltas(STATS["store"], STATS["call+100ms"])
     out["t_call_to_t0"] = ms(t0 - t_call)
     return out
+
+
+async def bench_sequence(params, shape, cluster, served, models, results) -> None:
+    """``rounds`` rounds of the churn bench's changes (pod add, delete, unready, ready again, service
+    add, policy change, each followed by its EDS check), as ``scale._events`` makes them, each traced."""
+    order = iter([k for _ in range(rounds) for k in ("add", "delete", "unready", "ready", "service", "policy")])
+    one_change = scale._one_change
+
+    async def traced(model, plane, sent, records, connected, models_):
+        kind = next(order)
+        P.clear()
+        STATS.clear()
+        STATS["call"] = schedstat()
+        asyncio.get_running_loop().call_later(0.1, lambda: STATS.__setitem__("call+100ms", schedstat()))
+        OWN[0] = scale.node_name((len(results) // 6 * 7 + 3) % shape.nodes)
+        start = len(sent.records)
+        P.on = True
+        t_call = mono()
+        out = await one_change(model, plane, sent, records, connected, models_)
+        P.on = False
+        try:
+            result = analyse(kind, OWN[0], plane, sent, start, t_call)
+        except Exception as exc:  # (a change whose own-node marks are missing: a service added)
+            result = {"kind": kind, "error": repr(exc)}
+        result["model_ms"], result["producer_ms"] = round(out["model_ms"], 2), round(out["producer_ms"], 2)
+        results.append(result)
+        if kind in ("add", "delete"):
+            print(result, flush=True)
+        return out
+
+    scale._one_change = traced
+    try:
+        plane, sent, records, clients, nodes = served.plane, served.sent, served.records, served.clients, served.nodes
+
+        async def check() -> int:
+            return await scale._eds_as_served(plane, clients, records, nodes)
+
+        params = {**params, "rounds": rounds}
+        await scale._events(params, shape, cluster, plane, sent, records, set(nodes), KIND_CONVERTERS, models, check)
+    finally:
+        scale._one_change = one_change
 
 
 async def main() -> None:
@@ -352,7 +411,12 @@ async def main() -> None:
 
         models = scale._Models(MeshIndex, index)
         results = []
-        for r in range(rounds):
+        if "--sequence" in args:  # the bench's own sequence of changes (scale._events), each traced
+            await bench_sequence(params, shape, cluster, served, models, results)
+            rounds_ = 0
+        else:
+            rounds_ = rounds
+        for r in range(rounds_):
             node = (r * 7 + 3) % shape.nodes
             own = scale.node_name(node)
             pod = KIND_CONVERTERS["Pod"](extra_pod(shape, r, node))
@@ -371,6 +435,7 @@ async def main() -> None:
                 result = analyse(kind, own, plane, sent, start, t_call)
                 results.append(result)
                 print(result, flush=True)
+        results = [x for x in results if x["kind"] in ("add", "delete")]
         keys = [k for k, v in results[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for kind in ("add", "delete"):
             rs = [x for x in results if x["kind"] == kind]
