@@ -54,12 +54,12 @@ def test_the_young_collection_is_made_while_another_thread_is_in_the_middle_of_o
     replaced config as kept. Here a finalizer that lets the GIL go stands for that thread."""
     import weakref
 
-    inside = threading.Event()
+    inside, release = threading.Event(), threading.Event()
 
     class Finalized:
         def __del__(self) -> None:
             inside.set()
-            time.sleep(0.2)  # Python code inside a collection: other threads run meanwhile
+            release.wait(10)  # Python code inside a collection: other threads run meanwhile
 
     def collect_in_another_thread() -> None:
         garbage = Finalized()
@@ -80,9 +80,11 @@ def test_the_young_collection_is_made_while_another_thread_is_in_the_middle_of_o
         cycle.append(cycle)
         del held, cycle
         assert gc.collect(0) == 0 and gone() is not None  # the bare call, as in the failure: nothing collected
+        threading.Timer(0.1, release.set).start()  # the other collection ends while collect_young waits
         collect_young()
         assert gone() is None
     finally:
+        release.set()
         other.join()
 
 
