@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
+import time
 
 import pytest
 
@@ -15,6 +17,75 @@ def _collector_on_after():
     """A test that fails inside a pause leaves the collector on for the tests after it."""
     yield
     gc.enable()
+
+
+def collect_young() -> None:
+    """``gc.collect(0)``, made sure to have run.
+
+    While another thread is in the middle of a collection, CPython's ``gc.collect`` returns 0 at
+    once and collects nothing (``gcstate->collecting``), and no collection starts by allocation
+    either. A thread is there whenever Python code runs inside its collection (a weak-value memo's
+    callbacks, a finalizer) and it is switched out: the producer's idle step in a worker thread, a
+    thread an earlier test left, on a loaded machine. What a test expects the collection after a
+    pause to free is then freed by the next one, not by this call: so it waits for the other
+    thread's collection to end (it gets the GIL back as this one sleeps) and collects then."""
+    me = threading.get_ident()
+    ran: list[int] = []
+
+    def started(phase: str, info: dict) -> None:
+        if phase == "start" and threading.get_ident() == me:
+            ran.append(info["generation"])
+
+    gc.callbacks.append(started)
+    try:
+        for _ in range(1000):
+            gc.collect(0)
+            if ran:
+                return
+            time.sleep(0.01)
+    finally:
+        gc.callbacks.remove(started)
+    raise AssertionError("no collection could run here: another thread's stayed under way for 10 s")
+
+
+def test_the_young_collection_is_made_while_another_thread_is_in_the_middle_of_one() -> None:
+    """What failed once in the full suite: the collection after the producer's pause, asked for while
+    a thread was inside its own (a finalizer running), collected nothing, and the test read the
+    replaced config as kept. Here a finalizer that lets the GIL go stands for that thread."""
+    import weakref
+
+    inside, release = threading.Event(), threading.Event()
+
+    class Finalized:
+        def __del__(self) -> None:
+            inside.set()
+            release.wait(10)  # Python code inside a collection: other threads run meanwhile
+
+    def collect_in_another_thread() -> None:
+        garbage = Finalized()
+        garbage.me = garbage  # type: ignore[attr-defined]
+        del garbage
+        gc.collect()
+
+    class Held:
+        pass
+
+    other = threading.Thread(target=collect_in_another_thread)
+    other.start()
+    try:
+        assert inside.wait(10)
+        held = Held()
+        gone = weakref.ref(held)
+        cycle: list = [held]
+        cycle.append(cycle)
+        del held, cycle
+        assert gc.collect(0) == 0 and gone() is not None  # the bare call, as in the failure: nothing collected
+        threading.Timer(0.1, release.set).start()  # the other collection ends while collect_young waits
+        collect_young()
+        assert gone() is None
+    finally:
+        release.set()
+        other.join()
 
 
 def test_pauses_nest_and_restore_the_collector() -> None:
@@ -82,7 +153,7 @@ def test_what_is_given_up_under_a_pause_is_freed_by_the_collection_after_it() ->
         free_later([held])
         del held
         assert gone() is not None
-    gc.collect(0)
+    collect_young()
     assert gone() is None
     for collector_off in (False, True):  # no pause: at once, the collector on or off
         held = Held()
@@ -143,7 +214,7 @@ async def test_a_change_is_produced_stored_and_its_streams_started_without_a_col
     for _ in range(3):
         await asyncio.sleep(0)
     assert gc.isenabled()
-    gc.collect(0)
+    collect_young()
     assert replaced() is None  # by the collector, once the pause is over
 
 
@@ -170,7 +241,7 @@ async def test_the_model_a_change_replaces_is_freed_after_the_change_not_before_
     for _ in range(3):
         await asyncio.sleep(0)
     assert gc.isenabled()
-    gc.collect(0)
+    collect_young()
     assert replaced() is None  # by the collector, once the pause is over
 
 
