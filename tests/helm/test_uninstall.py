@@ -115,6 +115,14 @@ class Node:
             assert agent.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
 
+    def until_routed(self, agent: subprocess.Popen, log: Path, ip: str) -> None:
+        """The pod's route into the inbound tunnel (table 100) in place."""
+        deadline = time.monotonic() + 60
+        while not any(line.startswith(f"{ip} ") for line in
+                      in_ns(self.topology.node, "ip", "route", "show", "table", "all").splitlines()):
+            assert agent.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+
     @staticmethod
     def stop(agent: subprocess.Popen, log: Path) -> str:
         """SIGTERM, as the kubelet stops the pod; the agent's log."""
@@ -152,7 +160,13 @@ def test_a_rollout_keeps_the_node_meshed_and_the_next_agent_converges(node: Node
     node.server.create(make_pod("web-1", ip="10.4.4.70", node=NODE_A, labels={"app": "web"}))
     successor, successor_log = node.start_agent("zpilot-cni-node-q9d4m")
     node.until_meshed(successor, successor_log, "10.4.4.70")
+    # the set member and the pod's route are two steps of one reconcile: the snapshot waits for both
+    node.until_routed(successor, successor_log, "10.4.4.70")
     converged = snapshot(topology.node)
+    routes = converged["ip route show table all"].splitlines(keepends=True)
+    assert [line for line in routes if line.startswith("10.4.4.70 ")] == [
+        "10.4.4.70 via 192.168.126.2 dev istioin table 100 src 10.4.4.1\n"]
+    converged["ip route show table all"] = "".join(line for line in routes if not line.startswith("10.4.4.70 "))
     assert {k: v for k, v in converged.items() if k != "ipset list"} == {
         k: v for k, v in meshed.items() if k != "ipset list"}, successor_log.read_text()[-3000:]
     def members(ipsets: str) -> list[str]:
