@@ -186,35 +186,32 @@ class ApiCalls:
             query.append(("continue", continue_token))
         seconds = self.timeouts.list
         timeout = aiohttp.ClientTimeout(total=seconds, sock_connect=self.timeouts.connect)
-        response = await self._get(resource.collection_path, query, timeout, seconds)
-        try:
-            await self._check(response, seconds)
-            body = await self._body(response, MAX_PAGE_BYTES, seconds)
-        finally:
-            response.close()
-        try:
-            page = json.loads(body)
-        except ValueError as exc:
-            raise ApiFailure(f"a list response that is not JSON ({exc})") from None
+        page = await self._get_json(resource.collection_path, query, timeout, seconds, MAX_PAGE_BYTES,
+                                    "a list response")
         if not isinstance(page, dict) or not isinstance(page.get("items", []), list) or not isinstance(
                 page.get("metadata", {}), dict):
             raise ApiFailure("a list response without items or metadata")
         return page
 
+    async def _get_json(self, path: str, query: list[tuple[str, str]], timeout: aiohttp.ClientTimeout, seconds: float, limit: int,
+                        what: str) -> Any:
+        """A GET's checked body (at most ``limit`` bytes), parsed as JSON; ``what`` names it in the error."""
+        response = await self._get(path, query, timeout, seconds)
+        try:
+            await self._check(response, seconds)
+            body = await self._body(response, limit, seconds)
+        finally:
+            response.close()
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise ApiFailure(f"{what} that is not JSON ({exc})") from None
+
     async def get_object(self, path: str, *, seconds: float) -> dict[str, Any]:
         """One object by its URL path (a GET), the whole request within ``seconds``. A missing object is an
         ApiFailure with ``status`` 404 (the class says nothing more: a 404 on one name is not a 404 on a kind)."""
         timeout = aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, self.timeouts.connect))
-        response = await self._get(path, [], timeout, seconds)
-        try:
-            await self._check(response, seconds)
-            body = await self._body(response, MAX_SMALL_BODY, seconds)
-        finally:
-            response.close()
-        try:
-            obj = json.loads(body)
-        except ValueError as exc:
-            raise ApiFailure(f"GET {clip(path, 200)}: a response that is not JSON ({exc})") from None
+        obj = await self._get_json(path, [], timeout, seconds, MAX_SMALL_BODY, f"GET {clip(path, 200)}: a response")
         if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
             raise ApiFailure(f"GET {clip(path, 200)}: a response without metadata")
         return obj
