@@ -519,8 +519,25 @@ async def _events(
             "mb_received_per_change": _round(statistics.mean(r["received_bytes"] for r in results) / 1e6),
             "eds_as_served": (sum(r["consistent"] for r in results), len(results) * len(connected)),
             "changes_not_caught_up": sum(not r["caught_up"] for r in results),
+            "late_changes": _late(results),
         }
     return out
+
+
+#: issue 13's target for a pod change: every affected ztunnel sent its update within 50 ms, p99.
+LATE_MS = 50.0
+
+
+def _late(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The changes whose last send came after ``LATE_MS``, each with the host's steal and this
+    process's wait for a core in its first 100 ms: on a shared virtual machine a late change is
+    either ours (no steal, little wait) or the host's, and the table says which, without leaving
+    either out of the p99."""
+    return [
+        {"change": i, "last_sent_ms": _round(max(r["sent_ms"])), "steal_ms": r["steal_ms"],
+         "runqueue_ms": r["runqueue_ms"]}
+        for i, r in enumerate(results) if r["sent_ms"] and max(r["sent_ms"]) > LATE_MS
+    ]
 
 
 def _round(value: float | None) -> float | None:
@@ -637,6 +654,7 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
     )
     (workdir / "bootstrap.json").write_text(json.dumps(config))
     log = open(workdir / "envoy.log", "wb")
+    steal_at_start = _steal_ms()
     started = time.monotonic()
     proc = subprocess.Popen(
         [_envoy_binary(envoy_path()), "-c", str(workdir / "bootstrap.json"), "--base-id", str(next_base_id() + 7000),
@@ -652,11 +670,14 @@ async def _envoy(params: dict[str, Any]) -> dict[str, Any]:
                 live = time.monotonic() - started
                 break
             await asyncio.sleep(0.02)
+        steal_at_end = _steal_ms()
         rss, peak, cpu = _rss_mb(proc.pid), _rss_mb(proc.pid, "VmHWM"), _cpu_seconds(proc.pid)
         nacks = plane.metrics.value("zpilot_xds_nacks_total", type="LDS") + plane.metrics.value(
             "zpilot_xds_nacks_total", type="CDS")
         return {"node_config_mb": round(config_mb, 2), "live_seconds": None if live is None else round(live, 2),
-                "envoy_cpu_seconds": round(cpu, 2), "envoy_rss_mib": round(rss), "envoy_peak_rss_mib": round(peak),
+                "envoy_cpu_seconds": round(cpu, 2), "envoy_rss_mib": round(rss),
+                # the host's steal (all CPUs) while Envoy went LIVE: wall time this VM's cores were not ours
+                "steal_ms": None if None in (steal_at_start, steal_at_end) else steal_at_end - steal_at_start, "envoy_peak_rss_mib": round(peak),
                 "nacks": int(nacks), "live_timeout": params["live_timeout"], "cluster_stats": params["cluster_stats"],
                 "service_stats": params["service_stats"],
                 "pod_cluster_stats": params.get("pod_cluster_stats", contract.DEFAULT_POD_CLUSTER_STATS)}
@@ -811,15 +832,22 @@ def report(results: dict[str, Any]) -> str:
                        f"{r['peak_rss_first_sync_mb']} MiB by the end of their first sync)"
                        + (f"; {r['changes_not_caught_up']} changes whose responses the clients had not all read"
                           " when the next began" if r.get("changes_not_caught_up") else ""))
+            for kind, e in r["events"].items():
+                if e.get("late_changes"):
+                    out.append(f"  {layout} {kind}: {len(e['late_changes'])} of {e['changes']} changes' last send after "
+                               f"{LATE_MS:g} ms: " + ", ".join(
+                                   f"{c['last_sent_ms']} ms (host steal {c['steal_ms']} ms, waited for a core "
+                                   f"{c['runqueue_ms']} ms in its first 100 ms)" for c in e["late_changes"]))
     rows = []
     for layout, r in results["envoy"].items():
         if "stopped" in r:
-            rows.append([layout, r.get("cluster", ""), "stopped: " + r["stopped"]] + [None] * 6)
+            rows.append([layout, r.get("cluster", ""), "stopped: " + r["stopped"]] + [None] * 7)
         else:
             rows.append([layout, r["cluster"], r["node_config_mb"], r["live_seconds"], r["envoy_cpu_seconds"],
-                         r["envoy_rss_mib"], r.get("cluster_stats", ""), r.get("service_stats", ""), r["nacks"]])
+                         r.get("steal_ms"), r["envoy_rss_mib"], r.get("cluster_stats", ""), r.get("service_stats", ""),
+                         r["nacks"]])
     out.append(_table("envoy: one node's config into a real Envoy over ADS",
-                      ["layout", "cluster", "config MB", "LIVE s", "envoy CPU s", "RSS MiB", "cluster stats", "service stats",
+                      ["layout", "cluster", "config MB", "LIVE s", "envoy CPU s", "host steal ms", "RSS MiB", "cluster stats", "service stats",
                        "NACKs"],
                       rows))
     return "\n".join(out)
