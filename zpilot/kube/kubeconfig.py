@@ -13,7 +13,9 @@ kubectl's rules:
 - a relative path is relative to the file that holds it: ``certificate-authority``, ``client-certificate``,
   ``client-key``, ``tokenFile``, and an ``exec`` command with a ``/`` in it (a bare command is looked up
   on ``PATH``);
-- a ``*-data`` field wins over its file (``certificate-authority-data`` over ``certificate-authority``);
+- a field and its ``*-data`` both set is refused (client-go's validation: "certificate-authority-data and
+  certificate-authority are both specified"; it would use the data, so zpilot did, silently), for the
+  cluster's CA and the user's client certificate and key;
 - a cluster with a CA and ``insecure-skip-tls-verify: true`` is refused (client-go: "specifying a root
   certificates file with the insecure flag is not allowed");
 - an ``exec`` plugin with ``provideClusterInfo: true`` is given the cluster (server, CA, the
@@ -208,12 +210,25 @@ def read_kubeconfig(paths: Sequence[str | Path], context: str | None = None) -> 
         raise KubeConfigProblem(
             f"cluster {str(ctx.get('cluster'))[:200]}: certificate-authority and insecure-skip-tls-verify are both set, which"
             " kubectl refuses too (a CA that is not checked): remove one")
+    _refuse_file_and_data(cluster, ("certificate-authority",), f"cluster {str(ctx.get('cluster'))[:200]}")
     user_name = ctx.get("user")
     if user_name is not None and user_name not in named["users"]:
         raise KubeConfigProblem(f"context {chosen}: no user {user_name}")
+    if user_name is not None:
+        _refuse_file_and_data(named["users"][user_name], ("client-certificate", "client-key"),
+                              f"user {str(user_name)[:200]}")
     return KubeConfig(context=chosen, cluster=cluster, user_name=user_name,
                       user=named["users"].get(user_name, {}) if user_name is not None else {},
                       cluster_name=str(ctx.get("cluster"))[:200])  # (a name for messages: bounded)
+
+
+def _refuse_file_and_data(section: Mapping[str, Any], keys: Sequence[str], who: str) -> None:
+    """KubeConfigProblem if a field and its ``-data`` are both set: kubectl refuses such an entry (client-go's
+    ``validateClusterInfo``/``validateAuthInfo``), as one of the two is not what the author meant to use."""
+    for key in keys:
+        if section.get(key) and section.get(f"{key}-data"):
+            raise KubeConfigProblem(f"{who}: {key} and {key}-data are both set, which kubectl refuses too (it would"
+                                    f" use {key}-data and ignore the file): remove one")
 
 
 def _text(value: Any) -> str:
