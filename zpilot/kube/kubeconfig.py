@@ -23,7 +23,9 @@ kubectl's rules:
 
 The cluster's CA and the user's client certificate and key are read here (:meth:`KubeConfig.tls`) and kept
 in memory: kubernetes-asyncio would write the ``*-data`` ones to files under the temp directory, left there
-until the process exits (:mod:`.key_material` hands them to it without a file).
+until the process exits (:mod:`.key_material` makes the TLS context without a file). A client certificate and
+key given as files are read again as they are rotated (:meth:`KubeConfig.client_certificate_files`,
+:mod:`.client_tls`), as client-go re-reads them.
 """
 
 from __future__ import annotations
@@ -116,6 +118,16 @@ class KubeConfig:
         if (cert is None) != (key is None):
             raise KubeConfigProblem(f"{user_who}: client-certificate and client-key go together (one is missing)")
         return TlsMaterial(ca, cert, key)
+
+    def client_certificate_files(self) -> tuple[str, str] | None:
+        """The user's client certificate and key files, when both are files (no ``-data``): the ones a running
+        process reads again as they are rotated on disk (client-go re-reads exactly these, ``ReloadTLSFiles``);
+        else None."""
+        cert, key = self.user.get("client-certificate"), self.user.get("client-key")
+        if isinstance(cert, str) and cert and isinstance(key, str) and key and not (
+                self.user.get("client-certificate-data") or self.user.get("client-key-data")):
+            return cert, key
+        return None
 
     def exec_plugin(self) -> ExecPlugin | None:
         """The user's ``exec`` plugin, or None; KubeConfigProblem if its section is malformed."""
@@ -255,8 +267,14 @@ def _pem(section: Mapping[str, Any], key: str, who: str) -> bytes | None:
     path = section.get(key)
     if not path:
         return None
+    return read_pem_file(str(path), key, who)
+
+
+def read_pem_file(path: str, key: str, who: str) -> bytes:
+    """The file ``path`` (the entry's field ``key``) read, at most ``MAX_PEM_BYTES``: at load, and again as a
+    client certificate is rotated. KubeConfigProblem naming the entry, the field and the file."""
     try:
-        with open(str(path), "rb") as f:
+        with open(path, "rb") as f:
             pem = f.read(MAX_PEM_BYTES + 1)
     except OSError as exc:
         raise KubeConfigProblem(f"{who}: {key} {path}: {exc.strerror or exc}") from None
