@@ -46,7 +46,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "controlPlane": {"layout": "linear", "certLifetime": 3600, "extraArgs": ["--max-streams", "20000"]},
         "ztunnel": {"delta": True, "concurrency": 4, "logLevel": "debug", "clusterStats": "eager", "serviceStats": "all",
                     "podClusterStats": "all"},
-        "cni": {"failClosed": True, "tunnel": "vxlan", "iptables": "nft", "resync": 10},
+        "cni": {"failClosed": True, "tunnel": "vxlan", "iptables": "nft", "resync": 10, "cleanupOnExit": "never"},
     },
 }
 

@@ -29,6 +29,8 @@ def test_an_unknown_value_is_refused_naming_where(values, where):
 @pytest.mark.parametrize("values", [
     {"cni": {"tunnel": "gre"}},
     {"cni": {"iptables": "nftables"}},
+    {"cni": {"cleanupOnExit": "sometimes"}},
+    {"cni": {"cleanupOnExit": True}},  # (a mode, not a switch: "always" is what true would mean)
     {"controlPlane": {"layout": "flat"}},
     {"controlPlane": {"replicas": 0}},
     {"controlPlane": {"ports": {"xds": 70000}}},

@@ -162,7 +162,8 @@ def test_tuned_values_reach_the_commands():
     boot = parse(container(rendered.get("DaemonSet", "ztunnel"), "bootstrap"))
     assert (boot.delta, boot.cluster_stats, boot.service_stats, boot.pod_cluster_stats) == (True, "eager", "all", "all")
     agent = parse(container(rendered.get("DaemonSet", "zpilot-cni-node"), "cni-agent"))
-    assert (agent.fail_closed, agent.tunnel, agent.iptables, agent.resync) == (True, "vxlan", "nft", 10.0)
+    assert (agent.fail_closed, agent.tunnel, agent.iptables, agent.resync, agent.cleanup_on_exit) == (
+        True, "vxlan", "nft", 10.0, "never")
     setup = parse(container(rendered.get("DaemonSet", "ztunnel"), "redirect"))
     assert (setup.tunnel, setup.iptables) == ("vxlan", "nft")  # both ends of the tunnels agree
     envoy = container(rendered.get("DaemonSet", "ztunnel"), "envoy")
@@ -291,6 +292,20 @@ def test_cni_agent_runs_for_its_node_on_the_host_network_and_cleans_up_when_unin
     assert host_paths == ["/run/xtables.lock"]
     # Time for the question to the API server, then the cleanup.
     assert spec["terminationGracePeriodSeconds"] >= DECISION_SECONDS + 10
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])
+def test_cni_cleanup_on_exit_is_a_value_and_only_uninstall_has_the_role_to_ask(mode):
+    """``cni.cleanupOnExit`` reaches ``zpilot cni run --cleanup-on-exit``; a mode that asks the API server
+    nothing as it stops gets neither the Role to ask (its pod, its DaemonSet) nor the downward API's pod name."""
+    rendered = render({"cni": {"cleanupOnExit": mode}})
+    agent = container(rendered.get("DaemonSet", "zpilot-cni-node"), "cni-agent")
+    assert parse(agent).cleanup_on_exit == mode
+    assert [e["name"] for e in agent["env"]] == [contract.NODE_NAME_ENV]
+    assert not rendered.has("Role", "zpilot-cni") and not rendered.has("RoleBinding", "zpilot-cni")
+    assert rendered.has("Role", "zpilot") and rendered.has("ClusterRoleBinding", "zpilot-cni")  # the rest as ever
+    default = render()
+    assert default.has("Role", "zpilot-cni") and default.has("RoleBinding", "zpilot-cni")
 
 
 # -- for every variant: privileges, update strategies, tolerations, images ----------------------

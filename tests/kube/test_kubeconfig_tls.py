@@ -243,6 +243,37 @@ def test_serve_with_a_ca_and_insecure_skip_tls_verify_exits_2_at_start(apiserver
     assert "cluster test-apiserver: certificate-authority and insecure-skip-tls-verify are both set" in done.stderr
 
 
+async def test_a_ca_file_and_ca_data_together_are_refused_naming_the_cluster(apiserver, tmp_path):
+    """kubectl refuses a cluster with both ("certificate-authority-data and certificate-authority are both
+    specified"): zpilot used the data and ignored the file, silently, which may not be the CA its author meant."""
+    path = apiserver.write_kubeconfig(tmp_path / "kubeconfig")
+    document = yaml.safe_load(path.read_text())
+    (tmp_path / "ca.crt").write_bytes(apiserver.certs.ca_pem)
+    document["clusters"][0]["cluster"]["certificate-authority"] = "ca.crt"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(KubeConfigProblem, match="cluster test-apiserver: certificate-authority and "
+                                                "certificate-authority-data are both set"):
+        read_kubeconfig([path])
+    with pytest.raises(KubeConfigError, match=f"--kubeconfig {path}: cluster test-apiserver: certificate-authority"):
+        await api_client(path, environ={})
+    del document["clusters"][0]["cluster"]["certificate-authority-data"]
+    path.write_text(yaml.safe_dump(document))
+    async with await api_client(path, environ={}) as api:  # the file alone, as kubectl takes it
+        assert await whoami(api, apiserver) == "admin"
+
+
+@pytest.mark.parametrize("key", ["client-certificate", "client-key"])
+async def test_a_client_certificate_or_key_as_file_and_data_is_refused_naming_the_user(apiserver, tmp_path, key):
+    """The same rule of kubectl's for the user's certificate and key."""
+    cert, private = apiserver.issue_client_certificate("both")
+    (tmp_path / key).write_bytes(cert if key == "client-certificate" else private)
+    path = _with_user(apiserver, tmp_path / "kubeconfig", {
+        "client-certificate-data": base64.b64encode(cert).decode(),
+        "client-key-data": base64.b64encode(private).decode(), key: key})
+    with pytest.raises(KubeConfigError, match=f"user test-apiserver: {key} and {key}-data are both set"):
+        await api_client(path, environ={})
+
+
 # -- exec plugins: provideClusterInfo, installHint ----------------------------------------------------------------
 
 

@@ -20,7 +20,8 @@ The credentials are loaded once (:func:`load_access`: the kubeconfig read, its p
 :class:`ClusterAccess`, and every client of the process is made from it (:meth:`ClusterAccess.client`):
 ``zpilot serve``'s watch, CA Secret, token reviews and trust bundle share one loaded configuration, so a
 plugin runs once at the start, and each renewal once for all of them. The kubeconfig's CA, client
-certificate and key stay in memory (:mod:`.key_material`), never in a temp file.
+certificate and key stay in memory (:mod:`.key_material`), never in a temp file; the TLS context made of
+them is shared by the clients too (:mod:`.client_tls`).
 
 A client lives as long as the process (``zpilot serve``'s for the CA Secret and token reviews, the
 watch's until it fails), and the credentials it was made from expire: a bound service-account token
@@ -30,16 +31,18 @@ the client brings its token up to date (kubernetes-asyncio's ``refresh_api_key_h
 service-account token file is read again each minute (kubernetes-asyncio's own hook), a kubeconfig
 user's ``tokenFile`` too (``TOKEN_FILE_REREAD_SECONDS``), and an ``exec`` plugin is run again once its
 token is within five minutes of its ``expirationTimestamp``; a failed renewal is tried again after
-``RENEWAL_RETRY_SECONDS``. A plugin's token without an ``expirationTimestamp``, and a client certificate
-(a plugin's or the file's), are used as first read, for the client's life.
+``RENEWAL_RETRY_SECONDS``. A plugin's token without an ``expirationTimestamp``, and a plugin's client
+certificate, are used as first read, for the client's life. A user's client certificate and key given as
+files are read again every ``CLIENT_CERTIFICATE_REREAD_SECONDS`` before a request, and a new pair is used
+for the next connections (:mod:`.client_tls`); a pair that cannot be used is refused, the last good one kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import functools
 import os
-import ssl
 import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
@@ -48,9 +51,10 @@ import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from .client_tls import ClientTls, attach
 from .exec_plugin import ExecPluginError, due, run_exec_plugin
-from .key_material import make_client, tls_paths
-from .kubeconfig import ExecCredential, ExecPlugin, KubeConfigProblem, TlsMaterial, read_kubeconfig
+from .key_material import make_client, ssl_context
+from .kubeconfig import ExecCredential, ExecPlugin, read_kubeconfig
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,10 @@ DEFAULT_KUBECONFIG = Path("~/.kube/config")
 #: How often a kubeconfig's credentials other than an ``exec`` plugin's are read again (a ``tokenFile``
 #: something else renews): kubernetes-asyncio's period for the in-cluster token file.
 TOKEN_FILE_REREAD_SECONDS = 60.0
+#: How often a kubeconfig user's client certificate and key files are read again (client-go: every five minutes),
+#: and how soon after a pair that could not be used (a rotation half written: the other file follows).
+CLIENT_CERTIFICATE_REREAD_SECONDS = 60.0
+CLIENT_CERTIFICATE_RETRY_SECONDS = 10.0
 #: How long an ``exec`` plugin's run may take: at the first load (the start then fails), and at a renewal (the
 #: request then goes on with the token in hand). kubernetes-asyncio waits for a plugin without limit, and
 #: every request waits for the one renewing.
@@ -82,7 +90,7 @@ class ClusterAccess:
     """One cluster's credentials, loaded once: what every client of the process is made from. The clients
     share one configuration, so one renewal (one plugin run) brings all of their tokens up to date."""
 
-    def __init__(self, configuration: client.Configuration, tls: TlsMaterial | None = None) -> None:
+    def __init__(self, configuration: client.Configuration, tls: ClientTls | None = None) -> None:
         self.configuration = configuration
         self._tls = tls  # None: the configuration's own file paths (in-cluster: the mounted ca.crt)
 
@@ -94,7 +102,7 @@ class ClusterAccess:
         """A new client (the caller closes it: ``async with`` or ``await api.close()``)."""
         if self._tls is None:
             return client.ApiClient(self.configuration)
-        return make_client(self.configuration, self._tls)
+        return attach(make_client(self.configuration, self._tls.material), self._tls)
 
 
 async def api_client(
@@ -158,42 +166,23 @@ async def load_access(
         plugin = kubeconfig_read.exec_plugin()
         credential = await run_exec_plugin(plugin, timeout) if plugin is not None else None
         tls = kubeconfig_read.tls(credential)
-        _check_tls(tls, kubeconfig_read.cluster_name, kubeconfig_read.user_name)
         loader = await config.load_kube_config_from_dict(
             kubeconfig_read.document(credential), context=kubeconfig_read.context, client_configuration=configuration,
         )
+        client_tls = None
+        if any(pem is not None for pem in (tls.ca, tls.client_certificate, tls.client_key)):
+            # (a plugin's certificate, where it gave one, is in the files' place)
+            files = (kubeconfig_read.client_certificate_files()
+                     if credential is None or credential.client_certificate is None else None)
+            client_tls = ClientTls(
+                tls, functools.partial(ssl_context, configuration=configuration, cluster=kubeconfig_read.cluster_name,
+                                       user=kubeconfig_read.user_name),
+                user=str(kubeconfig_read.user_name), files=files, reread_seconds=CLIENT_CERTIFICATE_REREAD_SECONDS,
+                retry_seconds=CLIENT_CERTIFICATE_RETRY_SECONDS)
     except (ExecPluginError, ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
         raise KubeConfigError(f"{where}: {exc}") from None  # (a malformed file too)
     configuration.refresh_api_key_hook = _token_refresher(loader, plugin, credential, timeout)
-    return ClusterAccess(configuration, tls)
-
-
-def _check_tls(tls: TlsMaterial, cluster: str, user: str | None) -> None:
-    """KubeConfigProblem, naming the entry, if the CA or the client certificate and key are not PEM that TLS
-    can use (found now rather than at the first request)."""
-    with tls_paths(tls) as (ca, cert, key):
-        try:
-            context = ssl.create_default_context(cafile=ca)
-        except ssl.SSLError as exc:
-            raise KubeConfigProblem(f"cluster {cluster}: its certificate authority is not a PEM CA ({exc.reason})"
-                                    ) from None
-        if cert is not None:
-            try:  # (no password: OpenSSL would ask for one on the terminal, and the start would wait on it)
-                context.load_cert_chain(cert, key, password=_no_passphrase)
-            except _EncryptedKey:
-                raise KubeConfigProblem(f"user {str(user)[:200]}: its client key is encrypted (a passphrase, which"
-                                        " kubectl cannot use either): give it decrypted") from None
-            except ssl.SSLError as exc:
-                raise KubeConfigProblem(f"user {str(user)[:200]}: its client certificate and key are not a PEM pair"
-                                        f" that goes together ({exc.reason})") from None
-
-
-class _EncryptedKey(Exception):
-    pass
-
-
-def _no_passphrase() -> bytes:
-    raise _EncryptedKey
+    return ClusterAccess(configuration, client_tls)
 
 
 def _token_refresher(

@@ -13,7 +13,9 @@ kubectl's rules:
 - a relative path is relative to the file that holds it: ``certificate-authority``, ``client-certificate``,
   ``client-key``, ``tokenFile``, and an ``exec`` command with a ``/`` in it (a bare command is looked up
   on ``PATH``);
-- a ``*-data`` field wins over its file (``certificate-authority-data`` over ``certificate-authority``);
+- a field and its ``*-data`` both set is refused (client-go's validation: "certificate-authority-data and
+  certificate-authority are both specified"; it would use the data, so zpilot did, silently), for the
+  cluster's CA and the user's client certificate and key;
 - a cluster with a CA and ``insecure-skip-tls-verify: true`` is refused (client-go: "specifying a root
   certificates file with the insecure flag is not allowed");
 - an ``exec`` plugin with ``provideClusterInfo: true`` is given the cluster (server, CA, the
@@ -21,7 +23,9 @@ kubectl's rules:
 
 The cluster's CA and the user's client certificate and key are read here (:meth:`KubeConfig.tls`) and kept
 in memory: kubernetes-asyncio would write the ``*-data`` ones to files under the temp directory, left there
-until the process exits (:mod:`.key_material` hands them to it without a file).
+until the process exits (:mod:`.key_material` makes the TLS context without a file). A client certificate and
+key given as files are read again as they are rotated (:meth:`KubeConfig.client_certificate_files`,
+:mod:`.client_tls`), as client-go re-reads them.
 """
 
 from __future__ import annotations
@@ -114,6 +118,16 @@ class KubeConfig:
         if (cert is None) != (key is None):
             raise KubeConfigProblem(f"{user_who}: client-certificate and client-key go together (one is missing)")
         return TlsMaterial(ca, cert, key)
+
+    def client_certificate_files(self) -> tuple[str, str] | None:
+        """The user's client certificate and key files, when both are files (no ``-data``): the ones a running
+        process reads again as they are rotated on disk (client-go re-reads exactly these, ``ReloadTLSFiles``);
+        else None."""
+        cert, key = self.user.get("client-certificate"), self.user.get("client-key")
+        if isinstance(cert, str) and cert and isinstance(key, str) and key and not (
+                self.user.get("client-certificate-data") or self.user.get("client-key-data")):
+            return cert, key
+        return None
 
     def exec_plugin(self) -> ExecPlugin | None:
         """The user's ``exec`` plugin, or None; KubeConfigProblem if its section is malformed."""
@@ -208,12 +222,25 @@ def read_kubeconfig(paths: Sequence[str | Path], context: str | None = None) -> 
         raise KubeConfigProblem(
             f"cluster {str(ctx.get('cluster'))[:200]}: certificate-authority and insecure-skip-tls-verify are both set, which"
             " kubectl refuses too (a CA that is not checked): remove one")
+    _refuse_file_and_data(cluster, ("certificate-authority",), f"cluster {str(ctx.get('cluster'))[:200]}")
     user_name = ctx.get("user")
     if user_name is not None and user_name not in named["users"]:
         raise KubeConfigProblem(f"context {chosen}: no user {user_name}")
+    if user_name is not None:
+        _refuse_file_and_data(named["users"][user_name], ("client-certificate", "client-key"),
+                              f"user {str(user_name)[:200]}")
     return KubeConfig(context=chosen, cluster=cluster, user_name=user_name,
                       user=named["users"].get(user_name, {}) if user_name is not None else {},
                       cluster_name=str(ctx.get("cluster"))[:200])  # (a name for messages: bounded)
+
+
+def _refuse_file_and_data(section: Mapping[str, Any], keys: Sequence[str], who: str) -> None:
+    """KubeConfigProblem if a field and its ``-data`` are both set: kubectl refuses such an entry (client-go's
+    ``validateClusterInfo``/``validateAuthInfo``), as one of the two is not what the author meant to use."""
+    for key in keys:
+        if section.get(key) and section.get(f"{key}-data"):
+            raise KubeConfigProblem(f"{who}: {key} and {key}-data are both set, which kubectl refuses too (it would"
+                                    f" use {key}-data and ignore the file): remove one")
 
 
 def _text(value: Any) -> str:
@@ -240,8 +267,14 @@ def _pem(section: Mapping[str, Any], key: str, who: str) -> bytes | None:
     path = section.get(key)
     if not path:
         return None
+    return read_pem_file(str(path), key, who)
+
+
+def read_pem_file(path: str, key: str, who: str) -> bytes:
+    """The file ``path`` (the entry's field ``key``) read, at most ``MAX_PEM_BYTES``: at load, and again as a
+    client certificate is rotated. KubeConfigProblem naming the entry, the field and the file."""
     try:
-        with open(str(path), "rb") as f:
+        with open(path, "rb") as f:
             pem = f.read(MAX_PEM_BYTES + 1)
     except OSError as exc:
         raise KubeConfigProblem(f"{who}: {key} {path}: {exc.strerror or exc}") from None

@@ -79,7 +79,7 @@ What HTTP clients see (the real server's behaviour)
   pairs (``"*"`` matches any; ``pods/status`` for a subresource); anything else is 403 with RBAC's message.
   Without that header, a client certificate: ``server.issue_client_certificate(user, allow=...)`` returns a
   certificate and key (PEM) of the server's client CA that the server takes as ``user`` (its CN), as
-  kube-apiserver's ``--client-ca-file`` does.
+  kube-apiserver's ``--client-ca-file`` does; ``server.auth.remove_certificate_user(user)`` refuses them again.
 - TokenReview: ``server.issue_token(ns, service_account, pod=name_or_obj, audiences=[...], expires_in=s)`` mints
   a signed JWT like a projected token. A review authenticates it only if the signature is good, it has not
   expired, its audiences meet the requested ones (default: the API server's), and the ServiceAccount and bound

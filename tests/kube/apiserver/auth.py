@@ -66,6 +66,11 @@ class Authenticator:
         with self._lock:
             self._certificate_users[user] = Identity(user, frozenset(allow))
 
+    def remove_certificate_user(self, user: str) -> None:
+        """Accept client certificates of ``user`` no longer (a rotated-out certificate: new requests get 401)."""
+        with self._lock:
+            self._certificate_users.pop(user, None)
+
     def identify_certificate(self, peercert: dict[str, Any] | None) -> Identity | None:
         """The user of a verified client certificate (``ssl``'s ``getpeercert()``): its CN, if accepted."""
         if not peercert:
