@@ -10,7 +10,8 @@ stream observer (``access_denied``) with one reason of :data:`DENIAL_REASONS`.
 One authenticator per ``zpilot serve --xds-auth``:
 
 * ``tls`` -- :class:`NodeCertificateAuthenticator`: the client certificate gRPC's TLS verified
-  (chain to the mesh CA, dates) must be a node credential (``zpilot.certs.xds_credentials``).
+  (chain to the mesh CA, dates) must be a node credential (``zpilot.certs.xds_credentials``) that
+  the CA's revocation list (``zpilot.xds.revocations``) does not name.
   A client without a certificate, with an expired one or one of another CA never gets past the
   TLS handshake: gRPC closes the connection before any RPC exists, so those are not counted here.
 * ``token`` -- :class:`BearerTokenAuthenticator`: ``authorization: Bearer <token>``, a projected
@@ -24,12 +25,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import grpc
 
-from ..certs.xds_credentials import read_node_credential
+from ..certs.xds_credentials import NodeCredential, read_node_credential
 from ..logs import bounded
+
+if TYPE_CHECKING:
+    from .revocations import Revocations
 
 log = logging.getLogger("zpilot.xds.auth")
 
@@ -39,7 +44,9 @@ INVALID_CREDENTIAL = "invalid_credential"  # a token the API server does not acc
 NOT_A_NODE_CREDENTIAL = "not_a_node_credential"  # valid, but proves no node (a workload's, another account's)
 NODE_MISMATCH = "node_mismatch"  # proves one node, the stream asked for another
 REVIEW_UNAVAILABLE = "review_unavailable"  # the token could not be checked (API server unreachable)
-DENIAL_REASONS = (NO_CREDENTIAL, INVALID_CREDENTIAL, NOT_A_NODE_CREDENTIAL, NODE_MISMATCH, REVIEW_UNAVAILABLE)
+REVOKED_CREDENTIAL = "revoked_credential"  # a node certificate the CA's revocation list names (zpilot revoke)
+DENIAL_REASONS = (NO_CREDENTIAL, INVALID_CREDENTIAL, NOT_A_NODE_CREDENTIAL, NODE_MISMATCH, REVIEW_UNAVAILABLE,
+                  REVOKED_CREDENTIAL)
 
 #: A bearer token longer than this is refused unread (a projected token is about 1 KiB).
 MAX_TOKEN_BYTES = 16 * 1024
@@ -64,6 +71,8 @@ class Principal:
     node: str | None
     #: What proved it, for log lines (``certificate of node N``, ``token of pod ns/name``).
     credential: str
+    #: The node certificate that proved it (``--xds-auth tls``): checked again when the revocation list changes.
+    certificate: NodeCredential | None = None
 
     def check(self, node: str) -> None:
         """Raise :class:`Denied` unless this principal may be served ``node``."""
@@ -88,8 +97,12 @@ class NodeCertificateAuthenticator:
 
     mode = "tls"
 
-    def __init__(self, trust_domain: str) -> None:
+    def __init__(self, trust_domain: str, revocations: "Revocations | None" = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.trust_domain = trust_domain
+        #: The CA's revocation list as last read (None: the CA has no store for one, e.g. --ca-cert).
+        self.revocations = revocations
+        self.clock = clock
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         auth = context.auth_context() or {}
@@ -104,7 +117,11 @@ class NodeCertificateAuthenticator:
                 grpc.StatusCode.PERMISSION_DENIED, NOT_A_NODE_CREDENTIAL,
                 f"the client certificate ({shown}) is not a node credential of trust domain {self.trust_domain}",
             )
-        return Principal(credential.node, f"certificate of node {credential.node}, serial {credential.serial}")
+        principal = Principal(credential.node, f"certificate of node {credential.node}, serial {credential.serial}",
+                              credential)
+        if self.revocations is not None:
+            self.revocations.check(principal, self.clock())
+        return principal
 
 
 class TokenVerifier(Protocol):
