@@ -45,28 +45,34 @@ async def update_secret(credentials, secret: SecretName,
         api = await credentials.client()
     except SourceError as exc:
         raise RevocationError(str(exc)) from None
-    server = str(api.configuration.host)
-    core = client.CoreV1Api(api)
     try:
-        for _ in range(ATTEMPTS):
-            try:
-                found = await core.read_namespaced_secret(secret.name, secret.namespace)
-            except (ApiException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                raise _failure(server, secret, "get", exc) from None
-            data = dict(found.data or {})
-            updated = change(revocations_from_secret(secret, data))
-            data[REVOCATIONS_KEY] = base64.b64encode(updated.to_bytes()).decode()
-            found.data = data  # metadata.resourceVersion stays: a concurrent change makes this a 409
-            try:
-                await core.replace_namespaced_secret(secret.name, secret.namespace, found)
-            except ApiException as exc:
-                if exc.status == 409:
-                    continue
-                raise _failure(server, secret, "update", exc) from None
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                raise _failure(server, secret, "update", exc) from None
-            return updated
-        raise RevocationError(f"{server}: Secret {secret} kept changing while the revocation was written;"
-                              " nothing was written, try again")
+        return await update_secret_with(api, secret, change)
     finally:
         await api.close()
+
+
+async def update_secret_with(api: client.ApiClient, secret: SecretName,
+                             change: Callable[[RevocationList], RevocationList]) -> RevocationList:
+    """:func:`update_secret` with a client the caller owns."""
+    server = str(api.configuration.host)
+    core = client.CoreV1Api(api)
+    for _ in range(ATTEMPTS):
+        try:
+            found = await core.read_namespaced_secret(secret.name, secret.namespace)
+        except (ApiException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _failure(server, secret, "get", exc) from None
+        data = dict(found.data or {})
+        updated = change(revocations_from_secret(secret, data))
+        data[REVOCATIONS_KEY] = base64.b64encode(updated.to_bytes()).decode()
+        found.data = data  # metadata.resourceVersion stays: a concurrent change makes this a 409
+        try:
+            await core.replace_namespaced_secret(secret.name, secret.namespace, found)
+        except ApiException as exc:
+            if exc.status == 409:
+                continue
+            raise _failure(server, secret, "update", exc) from None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise _failure(server, secret, "update", exc) from None
+        return updated
+    raise RevocationError(f"{server}: Secret {secret} kept changing while the revocation was written;"
+                          " nothing was written, try again")
