@@ -1,0 +1,172 @@
+"""Revoked node credentials (``zpilot revoke``), with a Python gRPC client: refused when a stream opens,
+streams already open with them ended when the CA directory's list changes under the running server, a
+node given a fresh credential afterwards served again, and every other stream left as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import grpc
+import pytest
+
+from zpilot.certs import CertificateAuthority, IdentityCache
+from zpilot.certs.revocation import REVOCATIONS_NAME, cut_after, revoke_node, revoke_serial, update_directory
+from zpilot.certs.xds_credentials import issue_node_credential
+from zpilot.model.index import MeshIndex
+from zpilot.runtime.control_plane import ControlPlane
+from zpilot.xds.order import CLUSTER_TYPE
+from zpilot.xds.revocations import DirectoryRevocations
+from zpilot.xds.security import XdsSecurity
+
+from .ads_client import AdsClient, tls_credentials
+from .conftest import load_index
+from .e2e_util import debug_json
+from .envoy_util import NODE_A, NODE_B
+
+DAY = timedelta(days=1)
+
+
+@dataclasses.dataclass
+class Served:
+    plane: ControlPlane
+    ca_dir: Path
+    revocations: DirectoryRevocations
+
+
+@pytest.fixture
+async def served(make_plane, tmp_path: Path):
+    """A control plane over mutual TLS whose CA directory's revocation list is polled every 50 ms."""
+    ca_dir = tmp_path / "ca"
+    CertificateAuthority.load_or_create(ca_dir)
+    watcher = DirectoryRevocations(ca_dir, interval=0.05)
+    watcher.load()
+    plane = await make_plane(security=lambda authority: XdsSecurity.mutual_tls(authority, revocations=watcher.revocations),
+                             identities=IdentityCache(CertificateAuthority.load(ca_dir)))
+    follow = asyncio.create_task(watcher.follow())
+    yield Served(plane, ca_dir, watcher)
+    follow.cancel()
+    await asyncio.gather(follow, return_exceptions=True)
+
+
+@pytest.fixture
+async def clients():
+    made: list[AdsClient] = []
+
+    def make(port: int, credential, bundle: bytes, **kw) -> AdsClient:
+        client = AdsClient(port, credentials=tls_credentials(bundle, credential), **kw)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+def revoked_count(plane: ControlPlane) -> float:
+    return plane.metrics.value("zpilot_xds_access_denied_total", reason="revoked_credential")
+
+
+async def ended(client: AdsClient) -> tuple[grpc.StatusCode, str]:
+    """How the stream ended: no response may come before its end."""
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        response = await client.recv(timeout=10)
+        raise AssertionError(f"a revoked credential got a response: {response.type_url}")
+    return error.value.code(), error.value.details() or ""
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_revoking_a_node_ends_its_open_streams_refuses_its_old_credentials_and_serves_a_fresh_one(
+        served, clients, manifests):
+    plane, ca = served.plane, served.plane.identities.ca
+    bundle = ca.trust_bundle_pem()
+    stolen = issue_node_credential(ca, NODE_A)  # the node's credential, and the attacker's copy of it
+    sotw = clients(plane.xds_port, stolen, bundle)
+    sotw.request(CLUSTER_TYPE, node_name=NODE_A)
+    delta = clients(plane.xds_port, stolen, bundle, delta=True)
+    delta.delta_request(CLUSTER_TYPE, node_name=NODE_A)
+    other = clients(plane.xds_port, issue_node_credential(ca, NODE_B), bundle)
+    other.request(CLUSTER_TYPE, node_name=NODE_B)
+    first = {"sotw": await sotw.recv(), "delta": await delta.recv(), "other": await other.recv()}
+    silent = clients(plane.xds_port, stolen, bundle)  # authenticated, its first request not sent yet
+    await until(lambda: plane.ads.open_streams == 4)
+
+    now = datetime.now(timezone.utc)
+    update_directory(served.ca_dir, lambda current: revoke_node(current, NODE_A, now, DAY))
+    for client in (sotw, delta, silent):
+        code, details = await ended(client)
+        assert code == grpc.StatusCode.UNAUTHENTICATED
+        assert f"node {NODE_A}" in details and "revoked" in details and "the open stream is closed" in details
+    assert revoked_count(plane) == 3
+    await until(lambda: plane.ads.open_streams == 1)
+    assert {c["node"] for c in await debug_json(plane.debug_port, "/debug/connections")} == {NODE_B}
+
+    # the stolen copy is refused when it connects again, before anything is read or sent
+    again = clients(plane.xds_port, stolen, bundle)
+    again.request(CLUSTER_TYPE, node_name=NODE_A)
+    code, details = await ended(again)
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "is revoked" in details
+    assert "the open stream is closed" not in details
+    assert revoked_count(plane) == 4
+
+    # the other node's stream is still served: a model change reaches it
+    other.request(CLUSTER_TYPE, nonce=first["other"].nonce, version=first["other"].version_info)
+    index = load_index(manifests)
+    await plane.update(MeshIndex.build(dataclasses.replace(
+        index.cluster, services=tuple(s for s in index.cluster.services if s.name != "productpage"))))
+    assert (await other.recv()).type_url == CLUSTER_TYPE
+
+    # the node re-bootstrapped once the revocation's second is over: served again
+    await asyncio.sleep(max(0.0, (cut_after(now) - datetime.now(timezone.utc)).total_seconds()))
+    fresh = clients(plane.xds_port, issue_node_credential(ca, NODE_A), bundle)
+    fresh.request(CLUSTER_TYPE, node_name=NODE_A)
+    assert (await fresh.recv()).resources
+    assert revoked_count(plane) == 4
+
+
+async def test_a_serial_revocation_ends_that_certificate_s_streams_only(served, clients):
+    plane, ca = served.plane, served.plane.identities.ca
+    bundle = ca.trust_bundle_pem()
+    stolen, kept = issue_node_credential(ca, NODE_A), issue_node_credential(ca, NODE_A)
+    streams = {}
+    for name, credential in (("stolen", stolen), ("kept", kept)):
+        streams[name] = clients(plane.xds_port, credential, bundle)
+        streams[name].request(CLUSTER_TYPE, node_name=NODE_A)
+        await streams[name].recv()
+    update_directory(served.ca_dir, lambda current: revoke_serial(current, stolen.serial, datetime.now(timezone.utc), DAY))
+    code, details = await ended(streams["stolen"])
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "is revoked" in details
+    await streams["kept"].expect_silence(0.3)  # still open, nothing to send
+    assert plane.ads.open_streams == 1 and revoked_count(plane) == 1
+
+
+async def test_a_list_that_turns_unreadable_is_logged_once_and_the_last_good_one_stays(served, clients, caplog):
+    caplog.set_level(logging.INFO, logger="zpilot.xds.auth")
+    plane, ca = served.plane, served.plane.identities.ca
+    bundle = ca.trust_bundle_pem()
+    stolen = issue_node_credential(ca, NODE_A)
+    update_directory(served.ca_dir, lambda current: revoke_node(current, NODE_A, datetime.now(timezone.utc), DAY))
+    await until(lambda: len(served.revocations.revocations.current) == 1)
+    (served.ca_dir / REVOCATIONS_NAME).write_text("{ not json")
+    await asyncio.sleep(0.5)  # ten polls
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "not JSON" in errors[0].getMessage() and "stays in force" in errors[0].getMessage()
+    refused = clients(plane.xds_port, stolen, bundle)
+    refused.request(CLUSTER_TYPE, node_name=NODE_A)
+    assert (await ended(refused))[0] == grpc.StatusCode.UNAUTHENTICATED
+    # the list emptied (the file removed): the credential is served again
+    (served.ca_dir / REVOCATIONS_NAME).unlink()
+    await until(lambda: len(served.revocations.revocations.current) == 0)
+    served_again = clients(plane.xds_port, stolen, bundle)
+    served_again.request(CLUSTER_TYPE, node_name=NODE_A)
+    assert (await served_again.recv()).resources
