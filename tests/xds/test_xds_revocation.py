@@ -170,3 +170,57 @@ async def test_a_list_that_turns_unreadable_is_logged_once_and_the_last_good_one
     served_again = clients(plane.xds_port, stolen, bundle)
     served_again.request(CLUSTER_TYPE, node_name=NODE_A)
     assert (await served_again.recv()).resources
+
+
+async def test_zpilot_revoke_on_the_ca_secret_reaches_a_running_serve_through_its_watch(apiserver, manifests, caplog):
+    """The whole path with the CA in a Secret: ``zpilot revoke --ca-secret`` (the command, against the API
+    server) ends the open stream of a running ``zpilot serve``, whose CA is not reloaded for it."""
+    import subprocess
+    import sys
+
+    from tests.kube.apiserver.objects import make_namespace
+
+    from .test_ca_secret_serve import SECRET, Running
+
+    caplog.set_level(logging.INFO, logger="zpilot")
+    apiserver.create(make_namespace("istio-system"))
+    serve = Running(apiserver, manifests)
+    client = None
+    try:
+        await serve.wait_ready()
+        plane = serve.runtime.plane
+        ca = plane.identities.ca
+        credential = issue_node_credential(ca, NODE_A)
+        client = AdsClient(plane.xds_port, credentials=tls_credentials(ca.trust_bundle_pem(), credential))
+        client.request(CLUSTER_TYPE, node_name=NODE_A)
+        await client.recv()
+        await apiserver.wait_for_watchers("secrets", 1)
+        done = await asyncio.to_thread(subprocess.run, [
+            sys.executable, "-m", "zpilot.cli", "revoke", "--ca-secret", str(SECRET),
+            "--kubeconfig", str(apiserver.kubeconfig_path), "--node", NODE_A], capture_output=True, text=True,
+            timeout=60)
+        assert done.returncode == 0, done.stderr
+        code, details = await ended(client)
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "the open stream is closed" in details
+        assert revoked_count(plane) == 1
+        assert "reloading the CA" not in caplog.text  # a revocation is not a CA change
+    finally:
+        if client is not None:
+            await client.close()
+        assert await serve.stop() == 0
+
+
+async def test_serve_does_not_start_on_an_unreadable_revocation_list(manifests, tmp_path, caplog):
+    from zpilot.kube.directory import ManifestDirectorySource
+    from zpilot.runtime.control_plane import DebugOptions
+    from zpilot.runtime.serve import ServeRuntime, ServeSettings
+    from zpilot.xds.server import ServerOptions
+
+    ca_dir = tmp_path / "ca"
+    CertificateAuthority.load_or_create(ca_dir)
+    (ca_dir / REVOCATIONS_NAME).write_text('{"version": 1, "revoked": [{"serial": "zz", "until": "2030-01-01Z"}]}')
+    settings = ServeSettings(xds=ServerOptions(host="127.0.0.1", port=0), debug=DebugOptions(port=0), metrics=None,
+                             ca_dir=ca_dir)
+    runtime = ServeRuntime(settings, ManifestDirectorySource(manifests, quiet=0.05))
+    assert await asyncio.wait_for(runtime.run(asyncio.Event()), 20) == 2
+    assert f"{ca_dir / REVOCATIONS_NAME} entry 0" in caplog.text
