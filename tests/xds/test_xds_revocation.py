@@ -19,6 +19,7 @@ from zpilot.certs.revocation import REVOCATIONS_NAME, cut_after, revoke_node, re
 from zpilot.certs.xds_credentials import issue_node_credential
 from zpilot.model.index import MeshIndex
 from zpilot.runtime.control_plane import ControlPlane
+from zpilot.xds.auth import RepeatedRefusals
 from zpilot.xds.order import CLUSTER_TYPE
 from zpilot.xds.revocations import DirectoryRevocations
 from zpilot.xds.security import XdsSecurity
@@ -87,7 +88,8 @@ async def until(condition, timeout: float = 10.0) -> None:
 
 
 async def test_revoking_a_node_ends_its_open_streams_refuses_its_old_credentials_and_serves_a_fresh_one(
-        served, clients, manifests):
+        served, clients, manifests, caplog):
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
     plane, ca = served.plane, served.plane.identities.ca
     bundle = ca.trust_bundle_pem()
     stolen = issue_node_credential(ca, NODE_A)  # the node's credential, and the attacker's copy of it
@@ -111,13 +113,18 @@ async def test_revoking_a_node_ends_its_open_streams_refuses_its_old_credentials
     await until(lambda: plane.ads.open_streams == 1)
     assert {c["node"] for c in await debug_json(plane.debug_port, "/debug/connections")} == {NODE_B}
 
-    # the stolen copy is refused when it connects again, before anything is read or sent
-    again = clients(plane.xds_port, stolen, bundle)
-    again.request(CLUSTER_TYPE, node_name=NODE_A)
-    code, details = await ended(again)
-    assert code == grpc.StatusCode.UNAUTHENTICATED and "is revoked" in details
-    assert "the open stream is closed" not in details
-    assert revoked_count(plane) == 4
+    # the stolen copy is refused when it connects again, before anything is read or sent; every refusal is
+    # counted, and one line logged for a credential retrying in a loop
+    for _ in range(3):
+        again = clients(plane.xds_port, stolen, bundle)
+        again.request(CLUSTER_TYPE, node_name=NODE_A)
+        code, details = await ended(again)
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "is revoked" in details
+        assert "the open stream is closed" not in details
+    assert revoked_count(plane) == 6
+    lines = [r.getMessage() for r in caplog.records if "refused (revoked_credential)" in r.getMessage()]
+    assert len([line for line in lines if "the open stream is closed" in line]) == 3  # one per stream ended
+    assert len([line for line in lines if "the open stream is closed" not in line]) == 1
 
     # the other node's stream is still served: a model change reaches it
     other.request(CLUSTER_TYPE, nonce=first["other"].nonce, version=first["other"].version_info)
@@ -131,7 +138,19 @@ async def test_revoking_a_node_ends_its_open_streams_refuses_its_old_credentials
     fresh = clients(plane.xds_port, issue_node_credential(ca, NODE_A), bundle)
     fresh.request(CLUSTER_TYPE, node_name=NODE_A)
     assert (await fresh.recv()).resources
-    assert revoked_count(plane) == 4
+    assert revoked_count(plane) == 6
+
+
+def test_a_refusal_repeated_for_one_credential_is_logged_once_an_interval_with_a_count():
+    now = [0.0]
+    refusals = RepeatedRefusals(interval=60, keys=2, clock=lambda: now[0])
+    assert refusals.log(None) == 0 and refusals.log(None) == 0  # no key: every one logged
+    assert refusals.log("ab") == 0
+    assert refusals.log("ab") is None and refusals.log("ab") is None
+    now[0] = 61
+    assert refusals.log("ab") == 2  # logged again, saying two were not
+    refusals.log("cd"), refusals.log("ef")  # bounded: "ab" forgotten, its next refusal logged
+    assert refusals.log("ab") == 0
 
 
 async def test_a_serial_revocation_ends_that_certificate_s_streams_only(served, clients):

@@ -24,6 +24,8 @@ One authenticator per ``zpilot serve --xds-auth``:
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Protocol
@@ -53,14 +55,49 @@ MAX_TOKEN_BYTES = 16 * 1024
 
 
 class Denied(Exception):
-    """The connection may not be served; ends the stream with ``code``."""
+    """The connection may not be served; ends the stream with ``code``. ``repeat_key`` names what a client
+    retrying in a loop repeats (a revoked certificate's serial): its refusals are logged at most once per
+    :data:`REPEAT_LOG_SECONDS` (:class:`RepeatedRefusals`), all of them counted."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str, repeat_key: str | None = None) -> None:
         assert reason in DENIAL_REASONS, reason
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.repeat_key = repeat_key
+
+
+#: A refusal repeated with one ``Denied.repeat_key`` is logged at most this often (seconds).
+REPEAT_LOG_SECONDS = 60.0
+#: Keys remembered; beyond that the oldest is forgotten (its next refusal is logged: bounded either way).
+REPEAT_KEYS = 1024
+
+
+class RepeatedRefusals:
+    """Which refusals to log: the first of a key, then one per interval saying how many were not logged."""
+
+    def __init__(self, interval: float = REPEAT_LOG_SECONDS, keys: int = REPEAT_KEYS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.keys = keys
+        self.clock = clock
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (logged at, refusals unlogged since)
+
+    def log(self, key: str | None) -> int | None:
+        """None: do not log this one; else log it, with the count of this key's refusals not logged before it."""
+        if key is None:
+            return 0
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval:
+            self._seen[key] = (seen[0], seen[1] + 1)
+            return None
+        self._seen[key] = (now, 0)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.keys:
+            self._seen.popitem(last=False)
+        return seen[1] if seen is not None else 0
 
 
 @dataclass(frozen=True)

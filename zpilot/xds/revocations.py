@@ -63,7 +63,8 @@ class Revocations:
         if why is not None:
             ended = "; the open stream is closed" if open_stream else ""
             raise Denied(grpc.StatusCode.UNAUTHENTICATED, REVOKED_CREDENTIAL,
-                         f"the {principal.credential} is revoked ({why}){ended}")
+                         f"the {principal.credential} is revoked ({why}){ended}",
+                         repeat_key=None if open_stream else certificate.serial)
 
 
 class DirectoryRevocations:
