@@ -28,15 +28,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Protocol
 
 import grpc
 
 from ..certs.xds_credentials import NodeCredential, read_node_credential
 from ..logs import bounded
-
-if TYPE_CHECKING:
-    from .revocations import Revocations
 
 log = logging.getLogger("zpilot.xds.auth")
 
@@ -120,6 +117,16 @@ class Principal:
             )
 
 
+class RevocationCheck(Protocol):
+    """What authentication and the server need of the CA's revocation list (``revocations.Revocations``)."""
+
+    def check(self, principal: Principal, now: datetime, *, open_stream: bool = False) -> None:
+        """Raise :class:`Denied` if ``principal``'s certificate is revoked."""
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the list changes."""
+
+
 class Authenticator(Protocol):
     """Turns a connection's credentials into a :class:`Principal`, or raises :class:`Denied`."""
 
@@ -134,7 +141,7 @@ class NodeCertificateAuthenticator:
 
     mode = "tls"
 
-    def __init__(self, trust_domain: str, revocations: "Revocations | None" = None,
+    def __init__(self, trust_domain: str, revocations: "RevocationCheck | None" = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.trust_domain = trust_domain
         #: The CA's revocation list as last read (None: the CA has no store for one, e.g. --ca-cert).

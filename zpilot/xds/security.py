@@ -19,17 +19,21 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
 
 import grpc
 
 from ..certs import CertificateAuthority, IssuedCertificate
 from ..certs.x509_helpers import serial_hex
 from ..certs.xds_credentials import SERVER_CERTIFICATE_LIFETIME, issue_server_certificate
-from .auth import Authenticator, BearerTokenAuthenticator, NodeCertificateAuthenticator, TokenVerifier, Unauthenticated
-
-if TYPE_CHECKING:
-    from .revocations import Revocations
+from .auth import (
+    Authenticator,
+    BearerTokenAuthenticator,
+    NodeCertificateAuthenticator,
+    RevocationCheck,
+    TokenVerifier,
+    Unauthenticated,
+)
 
 log = logging.getLogger("zpilot.xds.auth")
 
@@ -114,7 +118,7 @@ class XdsSecurity:
     tls: ServerTls | None  # None: plaintext
     #: The CA's revocation list of node certificates (tls mode with a CA store): the server ends the open
     #: streams of a credential revoked while they live.
-    revocations: "Revocations | None" = None
+    revocations: RevocationCheck | None = None
 
     @property
     def mode(self) -> str:
@@ -123,7 +127,7 @@ class XdsSecurity:
     @classmethod
     def mutual_tls(
         cls, authority: Callable[[], CertificateAuthority], names: Sequence[str] = (), *, trust_domain: str | None = None,
-        revocations: "Revocations | None" = None,
+        revocations: RevocationCheck | None = None,
     ) -> "XdsSecurity":
         """``--xds-auth tls``: a node certificate of the mesh CA on every connection, not one ``revocations``
         names (``trust_domain``: the CA's, asked of ``authority`` now unless given, for a CA that is not there
