@@ -243,3 +243,30 @@ async def test_serve_does_not_start_on_an_unreadable_revocation_list(manifests, 
     runtime = ServeRuntime(settings, ManifestDirectorySource(manifests, quiet=0.05))
     assert await asyncio.wait_for(runtime.run(asyncio.Event()), 20) == 2
     assert f"{ca_dir / REVOCATIONS_NAME} entry 0" in caplog.text
+
+
+def revocable_tasks() -> set[asyncio.Task]:
+    return {t for t in asyncio.all_tasks() if t.get_name().startswith("xds-revocable-") and not t.done()}
+
+
+@pytest.mark.parametrize("moment", ["before_request", "answered"])
+async def test_a_revocable_stream_cancelled_again_and_again_leaves_nothing_behind(served, clients, moment):
+    """As tests/xds/test_stream_leaks.py, for a stream that a revocation may end (it runs in a task of its own):
+    gRPC cancelling its handler, at every await, leaves no stream registered, watched or waiting."""
+    plane, ca = served.plane, served.plane.identities.ca
+    handlers_before = {t for t in asyncio.all_tasks() if t.get_name().startswith("HandleExceptions[")}
+    client = clients(plane.xds_port, issue_node_credential(ca, NODE_A), ca.trust_bundle_pem())
+    if moment == "answered":
+        client.request(CLUSTER_TYPE, node_name=NODE_A)
+        await client.recv()
+    await until(lambda: len(revocable_tasks()) == 1)
+    [handler] = {t for t in asyncio.all_tasks() if t.get_name().startswith("HandleExceptions[") and not t.done()} \
+        - handlers_before
+    for _ in range(10_000):
+        if handler.done():
+            break
+        handler.cancel()
+        await asyncio.sleep(0)
+    assert handler.done()
+    await until(lambda: not revocable_tasks())
+    assert plane.ads._revocable == {} and len(plane.registry) == 0 and plane.cache.watcher_count() == 0

@@ -154,7 +154,9 @@ class AdsServer:
         RPC ends with ``UNAUTHENTICATED``, counted and logged as a refusal."""
         revoked: asyncio.Future = asyncio.get_running_loop().create_future()
         self._revocable[revoked] = principal
-        run = asyncio.ensure_future(stream.run(requests, context))
+        run = asyncio.create_task(stream.run(requests, context), name=f"xds-revocable-{stream.id}")
+        # should this handler be cancelled first, the stream's own end (an abort, a reset) is not reported
+        run.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             await asyncio.wait((run, revoked), return_when=asyncio.FIRST_COMPLETED)
             if run.done():
