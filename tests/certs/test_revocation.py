@@ -49,6 +49,13 @@ def test_a_node_revocation_covers_what_was_issued_before_it_and_not_after():
     assert listed.revokes("node-a", 1, NOW - DAY, cut + DAY) is None  # the entry expired
 
 
+def test_revoking_a_node_again_replaces_its_entry():
+    twice = revoke_node(revoke_node(EMPTY, "node-a", NOW, DAY), "node-a", NOW + timedelta(hours=1), DAY)
+    assert len(twice) == 1 and twice.nodes[0].issued_before == cut_after(NOW + timedelta(hours=1))
+    longer_first = revoke_node(revoke_node(EMPTY, "node-a", NOW, 10 * DAY), "node-a", NOW + timedelta(hours=1), DAY)
+    assert len(longer_first) == 2  # the first is kept longer: both stay
+
+
 def test_a_serial_revocation_covers_that_certificate_only():
     listed = revoke_serial(EMPTY, 0x5F1E, NOW, DAY)
     assert "serial 5f1e" in listed.revokes("node-a", 0x5F1E, NOW - DAY, NOW)
@@ -195,10 +202,24 @@ async def test_the_secret_store_keeps_the_ca_keys_and_its_watch_tells_revocation
             listed = await asyncio.wait_for(revocations.get(), 10)
             assert len(listed) == 2
             assert reloads == []  # the CA was never reloaded for a revocation
+            # deleted, the Secret lifts no revocation (the CA reload fails and the CA stays, as before)
+            server.delete("secrets", "zpilot-ca", "istio-system")
+            await until_true(lambda: reloads == [1])
+            assert revocations.empty()
+            with pytest.raises(RevocationError, match="was deleted"):
+                store.revocation_list()
         finally:
             follow.cancel()
             await asyncio.gather(follow, return_exceptions=True)
-    assert store.revocation_list() == listed and ca.fingerprint
+    assert ca.fingerprint
+
+
+async def until_true(condition, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 async def test_a_concurrent_change_of_the_secret_is_read_again_not_overwritten(istio_system):

@@ -222,7 +222,10 @@ class SecretCaStore:
         raise CaSecretUnavailable(f"{self.server}: Secret {self.secret} keeps appearing and disappearing")
 
     def revocation_list(self) -> RevocationList:
-        """The revocation list in the Secret as last seen (empty without the key); RevocationError."""
+        """The revocation list in the Secret as last seen (empty without the key); RevocationError (also when the
+        Secret was deleted: that lifts no revocation)."""
+        if self._data is None:
+            raise RevocationError(f"Secret {self.secret} was deleted; the revocation list read before stays in force")
         return revocations_from_secret(self.secret, self._data)
 
     async def _list(self) -> dict[str, str] | None:
@@ -325,7 +328,9 @@ class SecretCaStore:
 
     async def _seen(self, data: dict[str, str] | None, on_change: Callable[[], Awaitable[Any]]) -> None:
         before, self._data = self._data, data
-        if _part(before, REVOCATIONS_KEY) != _part(data, REVOCATIONS_KEY) and self._on_revocations is not None:
+        # a deleted Secret lifts no revocation: like the CA, the list read before stays in force
+        if data is not None and _part(before, REVOCATIONS_KEY) != _part(data, REVOCATIONS_KEY) \
+                and self._on_revocations is not None:
             self._on_revocations()
         if all(_part(before, key) == _part(data, key) for key in CA_KEYS) and (before is None) == (data is None):
             return

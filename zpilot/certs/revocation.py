@@ -140,7 +140,9 @@ class RevocationList:
     def with_node(self, node: str, issued_before: datetime, until: datetime) -> "RevocationList":
         if not contract.valid_node_name(node):
             raise RevocationError(f"{node[:300]!r} is not a Kubernetes node name")
-        return RevocationList((*self.nodes, RevokedNode(node, issued_before, until)), self.serials)
+        # an earlier entry of the node that this one covers (cut no later, kept no longer) goes
+        kept = tuple(e for e in self.nodes if not (e.node == node and e.issued_before <= issued_before and e.until <= until))
+        return RevocationList((*kept, RevokedNode(node, issued_before, until)), self.serials)
 
     def with_serial(self, serial: int, until: datetime) -> "RevocationList":
         kept = tuple(e for e in self.serials if e.serial != serial)
