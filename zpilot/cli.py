@@ -18,6 +18,7 @@ from . import logs
 COMMAND_MODULES = (
     "zpilot.commands.render",
     "zpilot.commands.bootstrap",
+    "zpilot.commands.revoke",
     "zpilot.cni.cli",
     "zpilot.commands.serve",
     "zpilot.commands.diff",

@@ -62,6 +62,10 @@ def test_envoy_accepts_bootstrap(xds: str, extra: list[str], ca_dir: Path, tmp_p
     # a ztunnel redials a restarted server within 2 s, not Envoy's default of up to 30 s (XDS_RETRY_MAX_MS)
     assert ads["grpc_services"][0]["envoy_grpc"]["retry_policy"] == {
         "retry_back_off": {"base_interval": "0.500s", "max_interval": "2s"}}
+    # one stream per connection: a stream refused for its certificate (revoked) is retried with a new handshake
+    (cluster,) = config["static_resources"]["clusters"]
+    protocol = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert protocol["common_http_protocol_options"]["max_requests_per_connection"] == 1
     result = validate(config)
     assert result.ok, result.output[-2000:]
 
@@ -88,6 +92,8 @@ def test_envoy_accepts_a_token_bootstrap(tmp_path: Path) -> None:
     filters = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
         "http_filters"]
     assert [f["name"] for f in filters] == ["envoy.filters.http.credential_injector", "envoy.filters.http.upstream_codec"]
+    assert "common_http_protocol_options" not in cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]  # a token is sent on every stream
     assert sorted(p.name for p in (tmp_path / "sds").iterdir()) == ["xds-token.sds.json", "xds-trust-bundle.sds.json"]
     result = validate(config)
     assert result.ok, result.output[-2000:]

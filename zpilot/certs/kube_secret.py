@@ -17,10 +17,14 @@ Three rules make replicas agree:
 * **Create once, then read.** A replica lists the Secret; if there is none it creates one holding a
   new self-signed root. Two replicas racing both try: the API server accepts one create, the
   other gets 409 AlreadyExists and reads back and uses *that* Secret, so both end on one root.
-* **A Secret that exists is used as is**: zpilot never writes to it (a user's ``cacerts``).
+* **A Secret that exists is used as is**: ``zpilot serve`` never writes to it (a user's ``cacerts``);
+  only ``zpilot revoke`` adds or replaces its one key, :data:`REVOCATIONS_KEY` (the revocation list of
+  node credentials, ``zpilot.certs.revocation``), with the resourceVersion it read (a concurrent change
+  makes it read again, never overwrites).
 * **Follow it**: a watch (from the list's resourceVersion; after 410 Gone, list again) sees every
-  change. A changed Secret goes through the same reload path as SIGHUP (``reload()`` parses the
-  latest bytes seen; the runtime re-issues and pushes what changed). A Secret that becomes
+  change. A change of the CA's keys goes through the same reload path as SIGHUP (``reload()`` parses the
+  latest bytes seen; the runtime re-issues and pushes what changed); a change of the revocation list
+  goes to the server's :class:`~zpilot.xds.revocations.Revocations` only. A Secret that becomes
   unusable, or is deleted, fails that reload: the current CA stays in use and the error is
   logged. Nothing here ever replaces a root the mesh uses by one it made itself.
 
@@ -44,6 +48,7 @@ from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from zpilot.certs.ca import CertificateAuthority, Clock, new_root_files, utc_now
+from zpilot.certs.revocation import EMPTY, REVOCATIONS_NAME, RevocationError, RevocationList
 from zpilot.certs.spiffe import DEFAULT_TRUST_DOMAIN
 from zpilot.certs.storage import CaMaterial, PemPart
 from zpilot.certs.x509_helpers import CertificateAuthorityError
@@ -57,8 +62,10 @@ CA_KEY_KEY = "ca-key.pem"
 CERT_CHAIN_KEY = "cert-chain.pem"
 ROOT_CERT_KEY = "root-cert.pem"
 EXTRA_ROOTS_KEY = "extra-roots.pem"
-#: Every key zpilot reads; others in the Secret are ignored (and not counted against the limit).
+#: Every key of the CA zpilot reads; others in the Secret are ignored (and not counted against the limit).
 CA_KEYS = (CA_CERT_KEY, CA_KEY_KEY, CERT_CHAIN_KEY, ROOT_CERT_KEY, EXTRA_ROOTS_KEY)
+#: The revoked node credentials (``zpilot revoke``), read apart from the CA's keys.
+REVOCATIONS_KEY = REVOCATIONS_NAME
 #: The decoded size of those keys together: a CA with a long chain and several roots is a few KiB.
 MAX_CA_BYTES = 256 * 1024
 #: Label on a Secret zpilot created (a user's own Secret is never touched).
@@ -189,6 +196,7 @@ class SecretCaStore:
         self._watch_timeout = watch_timeout
         self._data: dict[str, str] | None = None  # the Secret's data as last seen; None: absent
         self._resource_version: str | None = None  # where the watch continues from; None: list first
+        self._on_revocations: Callable[[], Any] | None = None
 
     # -- first start -------------------------------------------------------------------------------
 
@@ -212,6 +220,13 @@ class SecretCaStore:
                 return ca
             log.info("Secret %s was created by another replica meanwhile; using that one", self.secret)
         raise CaSecretUnavailable(f"{self.server}: Secret {self.secret} keeps appearing and disappearing")
+
+    def revocation_list(self) -> RevocationList:
+        """The revocation list in the Secret as last seen (empty without the key); RevocationError (also when the
+        Secret was deleted: that lifts no revocation)."""
+        if self._data is None:
+            raise RevocationError(f"Secret {self.secret} was deleted; the revocation list read before stays in force")
+        return revocations_from_secret(self.secret, self._data)
 
     async def _list(self) -> dict[str, str] | None:
         """The Secret's data (None if absent), remembering the list's resourceVersion to watch from."""
@@ -264,11 +279,14 @@ class SecretCaStore:
 
     # -- following changes --------------------------------------------------------------------------
 
-    async def follow(self, on_change: Callable[[], Awaitable[Any]]) -> None:
-        """Watch the Secret forever; call ``on_change`` (the runtime's CA reload) when its data changed.
+    async def follow(self, on_change: Callable[[], Awaitable[Any]],
+                     on_revocations: Callable[[], Any] | None = None) -> None:
+        """Watch the Secret forever; call ``on_change`` (the runtime's CA reload) when its CA keys changed,
+        ``on_revocations`` when its revocation list did.
 
         Errors never end it: it logs which server and why, waits (:func:`retry_delay`) and carries on.
         """
+        self._on_revocations = on_revocations
         failures = 0
         while True:
             try:
@@ -309,8 +327,29 @@ class SecretCaStore:
                     self._resource_version = stream.resource_version
 
     async def _seen(self, data: dict[str, str] | None, on_change: Callable[[], Awaitable[Any]]) -> None:
-        if data == self._data:
+        before, self._data = self._data, data
+        # a deleted Secret lifts no revocation: like the CA, the list read before stays in force
+        if data is not None and _part(before, REVOCATIONS_KEY) != _part(data, REVOCATIONS_KEY) \
+                and self._on_revocations is not None:
+            self._on_revocations()
+        if all(_part(before, key) == _part(data, key) for key in CA_KEYS) and (before is None) == (data is None):
             return
-        self._data = data
         log.warning("Secret %s %s; reloading the CA", self.secret, "changed" if data is not None else "was deleted")
         await on_change()
+
+
+def _part(data: Mapping[str, str] | None, key: str) -> str | None:
+    return None if data is None else data.get(key)
+
+
+def revocations_from_secret(secret: SecretName, data: Mapping[str, str] | None) -> RevocationList:
+    """The revocation list in a Secret's ``data`` (empty without the key); RevocationError naming the Secret."""
+    value = _part(data, REVOCATIONS_KEY)
+    if value is None:
+        return EMPTY
+    where = f"Secret {secret} key {REVOCATIONS_KEY}"
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise RevocationError(f"{where}: not base64") from None
+    return RevocationList.parse(decoded, where)

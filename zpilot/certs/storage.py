@@ -133,7 +133,7 @@ class CaDirectory:
         except OSError as exc:
             raise CertificateAuthorityError(f"CA directory {self.path}: cannot create it ({exc.strerror})") from None
         try:
-            with self._locked():
+            with self.locked():
                 self._finish_interrupted_creation()
                 if self.is_complete():  # another zpilot made it while we waited for the lock
                     return False
@@ -149,7 +149,8 @@ class CaDirectory:
             raise CertificateAuthorityError(f"CA directory {self.path}: {exc.strerror or exc}") from None
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """The directory's exclusive lock: held to create the root, and to replace the revocation list."""
         with open(self.path / LOCK_FILE, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield

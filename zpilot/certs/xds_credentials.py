@@ -19,14 +19,14 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Sequence
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from zpilot import contract
-from zpilot.certs.ca import CertificateAuthority, IssuedCertificate
+from zpilot.certs.ca import CLOCK_SKEW, CertificateAuthority, IssuedCertificate
 from zpilot.certs.x509_helpers import serial_hex
 
 #: A node credential's lifetime unless told otherwise: renewed at half (``zpilot bootstrap --renew``).
@@ -86,10 +86,14 @@ def uri_sans(cert: x509.Certificate) -> list[str]:
 
 @dataclass(frozen=True)
 class NodeCredential:
-    """What a node credential says: its node, and which certificate it is (for log lines)."""
+    """What a node credential says: its node, which certificate it is (for log lines), and when it was
+    issued (what a revocation by node compares: ``zpilot.certs.revocation``)."""
 
     node: str
     serial: str  # hex, as x509_helpers.serial_hex and Envoy's /certs print it
+    serial_number: int = 0
+    #: NotBefore plus the backdating every certificate zpilot issues gets (ca.CLOCK_SKEW).
+    issued_at: datetime | None = None
 
 
 def read_node_credential(pem: bytes, trust_domain: str) -> NodeCredential | None:
@@ -107,7 +111,10 @@ def read_node_credential(pem: bytes, trust_domain: str) -> NodeCredential | None
     if len(uris) != 1:
         return None
     node = contract.node_of_credential_id(uris[0], trust_domain)
-    return NodeCredential(node, serial_hex(cert.serial_number)) if node is not None else None
+    if node is None:
+        return None
+    return NodeCredential(node, serial_hex(cert.serial_number), cert.serial_number,
+                          cert.not_valid_before_utc + CLOCK_SKEW)
 
 
 def node_of_certificate(pem: bytes, trust_domain: str) -> str | None:

@@ -28,11 +28,13 @@ from typing import AsyncIterator
 from .. import contract
 from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
 from ..certs.kube_secret import CaSecretUnavailable, SecretCaStore, SecretName, retry_delay
+from ..certs.revocation import RevocationError
 from ..certs.trust_bundle_configmap import TrustBundlePublisher
 from ..kube.credentials import Credentials
 from ..kube.source import ModelEvent, ModelSource, SourceError
 from ..translators import IncrementalTranslator, TranslateOptions
 from ..xds.metrics_server import MetricsOptions
+from ..xds.revocations import DirectoryRevocations, Revocations
 from ..xds.security import XdsSecurity
 from ..xds.server import ServerOptions
 from ..xds.token_review import ServiceAccountRef
@@ -113,6 +115,9 @@ class ServeRuntime:
         self.source = source
         self.plane: ControlPlane | None = None
         self.ca_store: SecretCaStore | None = None  # with --ca-secret, once the API client is made
+        #: The revoked node credentials (tls mode, CA in --ca-dir or --ca-secret): zpilot revoke writes them.
+        self.revocations: Revocations | None = None
+        self._revocations_dir: DirectoryRevocations | None = None  # --ca-dir: polled
         #: Set after each CA reload: the trust bundle's publisher compares and republishes.
         self._bundle_changed = asyncio.Event()
 
@@ -144,7 +149,13 @@ class ServeRuntime:
         if settings.xds_auth == "insecure":
             return XdsSecurity.insecure()
         if settings.xds_auth == "tls":
-            return XdsSecurity.mutual_tls(authority, settings.xds_names, trust_domain=settings.trust_domain)
+            if settings.ca_dir is not None:  # read now: an unreadable list stops the start (RevocationError)
+                self._revocations_dir = DirectoryRevocations(settings.ca_dir)
+                self.revocations = self._revocations_dir.load()
+            elif settings.ca_secret is not None:  # filled once the Secret is read
+                self.revocations = Revocations(source=f"Secret {settings.ca_secret}")
+            return XdsSecurity.mutual_tls(authority, settings.xds_names, trust_domain=settings.trust_domain,
+                                          revocations=self.revocations)
         from ..xds.token_review import TokenReviewer
 
         review = settings.token_review
@@ -181,7 +192,7 @@ class ServeRuntime:
                 return 2
         try:
             self.plane = plane = self._make_plane(api)
-        except CertificateAuthorityError as exc:
+        except (CertificateAuthorityError, RevocationError) as exc:
             log.error("%s", exc)
             if api is not None:
                 await api.close()
@@ -203,6 +214,14 @@ class ServeRuntime:
                 if ca is None:
                     return 0
                 plane.attach_identities(self._identities(ca))
+                if self.revocations is not None:
+                    try:
+                        self.revocations.replace(self.ca_store.revocation_list())
+                    except RevocationError as exc:
+                        log.error("%s", exc)
+                        return 2
+            if self._revocations_dir is not None:
+                tasks.add(asyncio.create_task(self._revocations_dir.follow(), name="revocations"))
             if self.settings.trust_bundle_configmap is not None:  # ztunnels may need it before ADS serves
                 publisher = TrustBundlePublisher(api, self.settings.trust_bundle_configmap)
                 tasks.add(asyncio.create_task(publisher.keep_published(self._trust_bundle, self._bundle_changed),
@@ -224,7 +243,8 @@ class ServeRuntime:
             stopped = asyncio.create_task(stop.wait(), name="stop")
             watched = {follow, stopped}
             if self.ca_store is not None:  # from the resourceVersion it was read at: nothing is missed
-                watched.add(asyncio.create_task(self.ca_store.follow(self.reload_ca), name="ca-secret"))
+                watched.add(asyncio.create_task(self.ca_store.follow(self.reload_ca, self._secret_revocations_changed),
+                                                name="ca-secret"))
             tasks |= watched
             done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             if follow in done:
@@ -253,6 +273,15 @@ class ServeRuntime:
         assert self.plane is not None
         async for event in events:
             await self.plane.update(event.index, changed_at=event.changed_at)
+
+    def _secret_revocations_changed(self) -> None:
+        """The CA Secret's revocation list changed: enforce it (an unreadable one: the last good one stays)."""
+        if self.revocations is None or self.ca_store is None:
+            return
+        try:
+            self.revocations.replace(self.ca_store.revocation_list())
+        except RevocationError as exc:
+            log.error("%s; the revocation list read before stays in force", exc)
 
     def _trust_bundle(self) -> bytes:
         assert self.plane is not None and self.plane.identities is not None

@@ -24,7 +24,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, wrappers_pb2
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.cluster.v3 import cluster_pb2
@@ -274,6 +274,11 @@ def _xds_cluster(target: str, tls: XdsTls | None) -> cluster_pb2.Cluster:
         ),
         http_filters=_token_filters(tls) if tls is not None and tls.token is not None else [],
     )
+    if tls is not None and tls.certificate is not None:
+        # One ADS stream per connection: the server reads the client certificate of a connection, so a stream
+        # refused for it (a revoked credential) must not be retried on the same connection with the same one;
+        # the next stream makes a new handshake with the certificate the directory holds now (renewed).
+        options.common_http_protocol_options.max_requests_per_connection.CopyFrom(wrappers_pb2.UInt32Value(value=1))
     transport = (
         base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(_xds_tls_context(tls)))
         if tls is not None else None

@@ -10,7 +10,8 @@ stream observer (``access_denied``) with one reason of :data:`DENIAL_REASONS`.
 One authenticator per ``zpilot serve --xds-auth``:
 
 * ``tls`` -- :class:`NodeCertificateAuthenticator`: the client certificate gRPC's TLS verified
-  (chain to the mesh CA, dates) must be a node credential (``zpilot.certs.xds_credentials``).
+  (chain to the mesh CA, dates) must be a node credential (``zpilot.certs.xds_credentials``) that
+  the CA's revocation list (``zpilot.xds.revocations``) does not name.
   A client without a certificate, with an expired one or one of another CA never gets past the
   TLS handshake: gRPC closes the connection before any RPC exists, so those are not counted here.
 * ``token`` -- :class:`BearerTokenAuthenticator`: ``authorization: Bearer <token>``, a projected
@@ -23,12 +24,15 @@ One authenticator per ``zpilot serve --xds-auth``:
 from __future__ import annotations
 
 import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime, timezone
+from typing import Callable, Protocol
 
 import grpc
 
-from ..certs.xds_credentials import read_node_credential
+from ..certs.xds_credentials import NodeCredential, read_node_credential
 from ..logs import bounded
 
 log = logging.getLogger("zpilot.xds.auth")
@@ -39,21 +43,58 @@ INVALID_CREDENTIAL = "invalid_credential"  # a token the API server does not acc
 NOT_A_NODE_CREDENTIAL = "not_a_node_credential"  # valid, but proves no node (a workload's, another account's)
 NODE_MISMATCH = "node_mismatch"  # proves one node, the stream asked for another
 REVIEW_UNAVAILABLE = "review_unavailable"  # the token could not be checked (API server unreachable)
-DENIAL_REASONS = (NO_CREDENTIAL, INVALID_CREDENTIAL, NOT_A_NODE_CREDENTIAL, NODE_MISMATCH, REVIEW_UNAVAILABLE)
+REVOKED_CREDENTIAL = "revoked_credential"  # a node certificate the CA's revocation list names (zpilot revoke)
+DENIAL_REASONS = (NO_CREDENTIAL, INVALID_CREDENTIAL, NOT_A_NODE_CREDENTIAL, NODE_MISMATCH, REVIEW_UNAVAILABLE,
+                  REVOKED_CREDENTIAL)
 
 #: A bearer token longer than this is refused unread (a projected token is about 1 KiB).
 MAX_TOKEN_BYTES = 16 * 1024
 
 
 class Denied(Exception):
-    """The connection may not be served; ends the stream with ``code``."""
+    """The connection may not be served; ends the stream with ``code``. ``repeat_key`` names what a client
+    retrying in a loop repeats (a revoked certificate's serial): its refusals are logged at most once per
+    :data:`REPEAT_LOG_SECONDS` (:class:`RepeatedRefusals`), all of them counted."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str, repeat_key: str | None = None) -> None:
         assert reason in DENIAL_REASONS, reason
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
+        self.repeat_key = repeat_key
+
+
+#: A refusal repeated with one ``Denied.repeat_key`` is logged at most this often (seconds).
+REPEAT_LOG_SECONDS = 60.0
+#: Keys remembered; beyond that the oldest is forgotten (its next refusal is logged: bounded either way).
+REPEAT_KEYS = 1024
+
+
+class RepeatedRefusals:
+    """Which refusals to log: the first of a key, then one per interval saying how many were not logged."""
+
+    def __init__(self, interval: float = REPEAT_LOG_SECONDS, keys: int = REPEAT_KEYS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.keys = keys
+        self.clock = clock
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (logged at, refusals unlogged since)
+
+    def log(self, key: str | None) -> int | None:
+        """None: do not log this one; else log it, with the count of this key's refusals not logged before it."""
+        if key is None:
+            return 0
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval:
+            self._seen[key] = (seen[0], seen[1] + 1)
+            return None
+        self._seen[key] = (now, 0)
+        self._seen.move_to_end(key)
+        while len(self._seen) > self.keys:
+            self._seen.popitem(last=False)
+        return seen[1] if seen is not None else 0
 
 
 @dataclass(frozen=True)
@@ -64,6 +105,8 @@ class Principal:
     node: str | None
     #: What proved it, for log lines (``certificate of node N``, ``token of pod ns/name``).
     credential: str
+    #: The node certificate that proved it (``--xds-auth tls``): checked again when the revocation list changes.
+    certificate: NodeCredential | None = None
 
     def check(self, node: str) -> None:
         """Raise :class:`Denied` unless this principal may be served ``node``."""
@@ -72,6 +115,16 @@ class Principal:
                 grpc.StatusCode.PERMISSION_DENIED, NODE_MISMATCH,
                 f"the {self.credential} proves node {self.node!r}; the stream asked for node {bounded(node, 253)!r}",
             )
+
+
+class RevocationCheck(Protocol):
+    """What authentication and the server need of the CA's revocation list (``revocations.Revocations``)."""
+
+    def check(self, principal: Principal, now: datetime, *, open_stream: bool = False) -> None:
+        """Raise :class:`Denied` if ``principal``'s certificate is revoked."""
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever the list changes."""
 
 
 class Authenticator(Protocol):
@@ -88,8 +141,12 @@ class NodeCertificateAuthenticator:
 
     mode = "tls"
 
-    def __init__(self, trust_domain: str) -> None:
+    def __init__(self, trust_domain: str, revocations: "RevocationCheck | None" = None,
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
         self.trust_domain = trust_domain
+        #: The CA's revocation list as last read (None: the CA has no store for one, e.g. --ca-cert).
+        self.revocations = revocations
+        self.clock = clock
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         auth = context.auth_context() or {}
@@ -104,7 +161,11 @@ class NodeCertificateAuthenticator:
                 grpc.StatusCode.PERMISSION_DENIED, NOT_A_NODE_CREDENTIAL,
                 f"the client certificate ({shown}) is not a node credential of trust domain {self.trust_domain}",
             )
-        return Principal(credential.node, f"certificate of node {credential.node}, serial {credential.serial}")
+        principal = Principal(credential.node, f"certificate of node {credential.node}, serial {credential.serial}",
+                              credential)
+        if self.revocations is not None:
+            self.revocations.check(principal, self.clock())
+        return principal
 
 
 class TokenVerifier(Protocol):

@@ -159,7 +159,8 @@ class Metrics(StreamObserver):
         self.denied_streams = Counter(
             "zpilot_xds_access_denied_total",
             "ADS streams refused for their credential before anything was sent: no_credential,"
-            " invalid_credential, not_a_node_credential, node_mismatch, review_unavailable",
+            " invalid_credential, not_a_node_credential, node_mismatch, review_unavailable, revoked_credential (also"
+            " an open stream ended by a revocation)",
             ["reason"], registry=r,
         )
         self.unserved = Counter(

@@ -26,7 +26,14 @@ import grpc
 from ..certs import CertificateAuthority, IssuedCertificate
 from ..certs.x509_helpers import serial_hex
 from ..certs.xds_credentials import SERVER_CERTIFICATE_LIFETIME, issue_server_certificate
-from .auth import Authenticator, BearerTokenAuthenticator, NodeCertificateAuthenticator, TokenVerifier, Unauthenticated
+from .auth import (
+    Authenticator,
+    BearerTokenAuthenticator,
+    NodeCertificateAuthenticator,
+    RevocationCheck,
+    TokenVerifier,
+    Unauthenticated,
+)
 
 log = logging.getLogger("zpilot.xds.auth")
 
@@ -109,6 +116,9 @@ class XdsSecurity:
 
     authenticator: Authenticator
     tls: ServerTls | None  # None: plaintext
+    #: The CA's revocation list of node certificates (tls mode with a CA store): the server ends the open
+    #: streams of a credential revoked while they live.
+    revocations: RevocationCheck | None = None
 
     @property
     def mode(self) -> str:
@@ -116,12 +126,15 @@ class XdsSecurity:
 
     @classmethod
     def mutual_tls(
-        cls, authority: Callable[[], CertificateAuthority], names: Sequence[str] = (), *, trust_domain: str | None = None
+        cls, authority: Callable[[], CertificateAuthority], names: Sequence[str] = (), *, trust_domain: str | None = None,
+        revocations: RevocationCheck | None = None,
     ) -> "XdsSecurity":
-        """``--xds-auth tls``: a node certificate of the mesh CA on every connection (``trust_domain``:
-        the CA's, asked of ``authority`` now unless given, for a CA that is not there yet)."""
+        """``--xds-auth tls``: a node certificate of the mesh CA on every connection, not one ``revocations``
+        names (``trust_domain``: the CA's, asked of ``authority`` now unless given, for a CA that is not there
+        yet)."""
         domain = trust_domain if trust_domain is not None else authority().trust_domain
-        return cls(NodeCertificateAuthenticator(domain), ServerTls(authority, names, require_client_certificate=True))
+        return cls(NodeCertificateAuthenticator(domain, revocations),
+                   ServerTls(authority, names, require_client_certificate=True), revocations)
 
     @classmethod
     def token(

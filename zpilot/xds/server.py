@@ -14,20 +14,23 @@ Options go to gRPC in one place (:meth:`ServerOptions.grpc_options`), and the po
 one place (:meth:`AdsServer._add_port`), with its transport security. Who may connect is
 :class:`~zpilot.xds.security.XdsSecurity`'s business: the port is TLS (or, with
 ``--insecure-xds`` only, plaintext), and every stream is authenticated before it reads its first
-request (auth.py).
+request (auth.py). A stream authenticated by a node certificate that the CA's revocation list
+names later (``zpilot revoke``, revocations.py) is ended at once, whatever it is doing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import grpc
 
 from .. import contract
-from .auth import Denied
+from .auth import Denied, Principal
 from .cache import SnapshotReader
 from .delta import DeltaStream
 from .limits import Limits, explain
@@ -117,6 +120,10 @@ class AdsServer:
         self.open_streams = 0  # RPCs being served, over all connections
         self._refused_unlogged = 0  # streams refused for max_streams since the last log line
         self._refusal_logged_at: float | None = None
+        #: The streams a revocation may end: each one's principal, by the future that ends it (its Denied).
+        self._revocable: dict[asyncio.Future, Principal] = {}
+        if security.revocations is not None:
+            security.revocations.subscribe(self._end_revoked_streams)
 
     async def _serve(self, stream_class: type[Stream], requests, context: grpc.aio.ServicerContext) -> None:
         if self.open_streams >= self.options.limits.max_streams:
@@ -133,9 +140,49 @@ class AdsServer:
             stream = stream_class(self.cache, self.observer, self._stream_options, peer, principal=principal)
             # Closing is idempotent; gRPC calls this when the RPC is over, however it ended.
             context.add_done_callback(lambda _context: stream.close())
-            await stream.run(requests, context)
+            if self.security.revocations is None or principal.certificate is None:
+                await stream.run(requests, context)
+            else:
+                await self._run_revocable(stream, principal, requests, context)
         finally:
             self.open_streams -= 1
+
+    async def _run_revocable(self, stream: Stream, principal: Principal, requests,
+                             context: grpc.aio.ServicerContext) -> None:
+        """Run ``stream`` until it ends, or until its credential is revoked: then it is cancelled (its
+        cleanup runs, whatever it was waiting for: a request, a write to a client that does not read) and the
+        RPC ends with ``UNAUTHENTICATED``, counted and logged as a refusal."""
+        revoked: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._revocable[revoked] = principal
+        run = asyncio.create_task(stream.run(requests, context), name=f"xds-revocable-{stream.id}")
+        # should this handler be cancelled first, the stream's own end (an abort, a reset) is not reported
+        run.add_done_callback(lambda task: task.cancelled() or task.exception())
+        try:
+            await asyncio.wait((run, revoked), return_when=asyncio.FIRST_COMPLETED)
+            if run.done():
+                run.result()  # its own end, or its abort, as if it had run in this task
+                return
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            node = stream.info.node if stream.info is not None else None
+            await deny(context, self.observer, revoked.result(), mode=stream.mode, peer=stream.peer, node=node)
+        finally:
+            self._revocable.pop(revoked, None)
+            if not run.done():  # gRPC cancelled this handler (the client went): the stream goes too
+                run.cancel()
+
+    def _end_revoked_streams(self) -> None:
+        """The revocation list changed: end every open stream whose certificate it now revokes."""
+        revocations = self.security.revocations
+        assert revocations is not None
+        now = datetime.now(timezone.utc)
+        for ended, principal in list(self._revocable.items()):
+            if ended.done():
+                continue
+            try:
+                revocations.check(principal, now, open_stream=True)
+            except Denied as denied:
+                ended.set_result(denied)
 
     async def _refuse_stream(self, context: grpc.aio.ServicerContext) -> None:
         """Refuse a stream over ``max_streams``, before reading anything from it."""

@@ -46,7 +46,7 @@ from typing import Any, AsyncIterator, Iterable
 import grpc
 
 from ..logs import bounded
-from .auth import Denied, Principal
+from .auth import Denied, Principal, RepeatedRefusals
 from .cache import SnapshotReader
 from .decode import Request, RequestError, decode
 from .limits import Limits
@@ -99,16 +99,24 @@ class StreamOptions:
     push_burst: PushBurst | None = None
 
 
+#: Refusals a client repeats (a revoked ztunnel retrying every 2 s): logged once a minute per credential.
+REPEATED_REFUSALS = RepeatedRefusals()
+
+
 async def deny(
     context: grpc.aio.ServicerContext, observer: StreamObserver, denied: Denied, *, mode: str, peer: str,
     node: str | None = None,
 ) -> None:
-    """End a stream whose credential does not allow it (auth.py): reported, logged, aborted."""
+    """End a stream whose credential does not allow it (auth.py): reported, logged (a repeated one at most
+    once per interval, with the count of those not logged), aborted."""
     observer.access_denied(peer, node, denied.reason, denied.message)
-    fields = {"peer": peer} if node is None else {"peer": peer, "node": node}
-    log.warning("%s stream from %s%s refused (%s): %s", mode, bounded(peer, LOGGED_VALUE_CHARS),
-                f" for node={bounded(node, LOGGED_VALUE_CHARS)}" if node is not None else "", denied.reason,
-                denied.message, extra=fields)
+    unlogged = REPEATED_REFUSALS.log(denied.repeat_key)
+    if unlogged is not None:
+        fields = {"peer": peer} if node is None else {"peer": peer, "node": node}
+        log.warning("%s stream from %s%s refused (%s): %s%s", mode, bounded(peer, LOGGED_VALUE_CHARS),
+                    f" for node={bounded(node, LOGGED_VALUE_CHARS)}" if node is not None else "", denied.reason,
+                    denied.message, f" (and {unlogged} more refusals of it not logged)" if unlogged else "",
+                    extra=fields)
     await context.abort(denied.code, denied.message)
 
 
