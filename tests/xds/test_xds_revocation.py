@@ -270,3 +270,55 @@ async def test_a_revocable_stream_cancelled_again_and_again_leaves_nothing_behin
     assert handler.done()
     await until(lambda: not revocable_tasks())
     assert plane.ads._revocable == {} and len(plane.registry) == 0 and plane.cache.watcher_count() == 0
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _AbortingContext:
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        raise _Aborted(code, message)
+
+
+class _WokenStream:
+    """A stream waiting for something to send (a push), and recording what it would write."""
+
+    id, mode, peer, info = 1, "sotw", "ipv4:127.0.0.1:1", None
+
+    def __init__(self) -> None:
+        self.push = asyncio.Event()
+        self.sent: list[str] = []
+
+    async def run(self, requests, context) -> None:
+        await self.push.wait()
+        self.sent.append("a node's workload keys")
+        await asyncio.Event().wait()
+
+
+async def test_a_stream_woken_to_send_as_its_credential_is_revoked_sends_nothing_more():
+    """The revocation ends the stream in the very turn of the loop that enforces it: a push that woke the stream
+    in that same turn does not reach the revoked credential while its handler is still to wake."""
+    from zpilot.certs.revocation import RevocationList
+    from zpilot.certs.xds_credentials import NodeCredential
+    from zpilot.xds.auth import NodeCertificateAuthenticator, Principal
+    from zpilot.xds.revocations import Revocations
+    from zpilot.xds.server import AdsServer
+
+    now = datetime.now(timezone.utc)
+    revocations = Revocations()
+    server = AdsServer(None, security=XdsSecurity(NodeCertificateAuthenticator("cluster.local", revocations), None,
+                                                  revocations))
+    credential = NodeCredential(NODE_A, "0a", 10, now - DAY)
+    stream = _WokenStream()
+    handler = asyncio.create_task(server._run_revocable(
+        stream, Principal(NODE_A, "certificate of node A", credential), None, _AbortingContext()))
+    await until(lambda: len(revocable_tasks()) == 1)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the stream waits for its push
+    stream.push.set()  # woken to send ...
+    revocations.replace(revoke_node(RevocationList(), NODE_A, now, DAY))  # ... as the list revoking it is enforced
+    with pytest.raises(_Aborted) as aborted:
+        await handler
+    assert aborted.value.args[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert stream.sent == [] and server._revocable == {}
