@@ -322,3 +322,26 @@ async def test_a_stream_woken_to_send_as_its_credential_is_revoked_sends_nothing
         await handler
     assert aborted.value.args[0] == grpc.StatusCode.UNAUTHENTICATED
     assert stream.sent == [] and server._revocable == {}
+
+
+class _Observer:
+    def access_denied(self, *args) -> None:
+        pass
+
+
+async def test_a_revoked_credential_retrying_is_logged_once_per_client_address(caplog):
+    """The node's own ztunnel retrying with its revoked credential does not hide the stolen copy refused from
+    another address; a new port of the same client (each retry has one) is still the same client."""
+    from zpilot.xds.auth import REVOKED_CREDENTIAL, Denied
+    from zpilot.xds.stream import deny
+
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
+    serial = f"{time.monotonic_ns():x}"  # (the refusals are remembered process-wide: a key of this test's own)
+    denied = Denied(grpc.StatusCode.UNAUTHENTICATED, REVOKED_CREDENTIAL, "revoked", repeat_key=serial)
+    for peer in ("ipv4:10.0.0.1:40001", "ipv4:10.0.0.1:40002", "ipv4:192.0.2.7:50000", "ipv6:[2001:db8::7]:1",
+                 "ipv6:[2001:db8::7]:2"):
+        with pytest.raises(_Aborted):
+            await deny(_AbortingContext(), _Observer(), denied, mode="sotw", peer=peer)
+    logged = [r.getMessage() for r in caplog.records if "refused (revoked_credential)" in r.getMessage()]
+    assert [line.split()[3] for line in logged] == ["ipv4:10.0.0.1:40001", "ipv4:192.0.2.7:50000",
+                                                   "ipv6:[2001:db8::7]:1"]
