@@ -168,6 +168,8 @@ class RevocationList:
             document = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RevocationError(f"{source}: not JSON ({str(exc)[:200]})") from None
+        except RecursionError:  # arrays nested deeper than Python's stack: would end the poll's task unlogged
+            raise RevocationError(f"{source}: not a revocation list (JSON nested too deep)") from None
         if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
             raise RevocationError(f"{source}: not a revocation list of version {FORMAT_VERSION}")
         entries = document.get("revoked", [])
