@@ -75,7 +75,10 @@ def _time(text: object, where: str) -> datetime:
         raise RevocationError(f"{where}: {text!r} is not an ISO 8601 time") from None
     if value.tzinfo is None:
         raise RevocationError(f"{where}: {text!r} has no time zone")
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:  # year 1 ahead of UTC, year 9999 behind it
+        raise RevocationError(f"{where}: {text!r} is out of range") from None
 
 
 def _iso(value: datetime) -> str:
