@@ -345,3 +345,25 @@ async def test_a_revoked_credential_retrying_is_logged_once_per_client_address(c
     logged = [r.getMessage() for r in caplog.records if "refused (revoked_credential)" in r.getMessage()]
     assert [line.split()[3] for line in logged] == ["ipv4:10.0.0.1:40001", "ipv4:192.0.2.7:50000",
                                                    "ipv6:[2001:db8::7]:1"]
+
+
+async def test_an_unexpected_error_reading_the_list_is_logged_once_and_the_poll_goes_on(tmp_path, monkeypatch, caplog):
+    import zpilot.xds.revocations as revocations_module
+    from zpilot.certs.revocation import read_directory
+
+    ca_dir = tmp_path / "ca"
+    CertificateAuthority.load_or_create(ca_dir)
+    watcher = DirectoryRevocations(ca_dir, interval=0.02)
+    watcher.load()
+    follow = asyncio.create_task(watcher.follow())
+    try:
+        monkeypatch.setattr(revocations_module, "read_directory", lambda _dir: 1 / 0)
+        update_directory(ca_dir, lambda current: revoke_serial(current, 1, datetime.now(timezone.utc), DAY))
+        await asyncio.sleep(0.3)  # many polls
+        assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [ZeroDivisionError]
+        monkeypatch.setattr(revocations_module, "read_directory", read_directory)
+        update_directory(ca_dir, lambda current: revoke_serial(current, 2, datetime.now(timezone.utc), DAY))
+        await until(lambda: len(watcher.revocations.current) == 2)  # the poll went on
+    finally:
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)
