@@ -108,6 +108,10 @@ def test_the_list_is_bounded():
 
 @pytest.mark.parametrize("document, error", [
     (b"{", "not JSON"),
+    # within MAX_BYTES, deeper than the parser's recursion limit (a RecursionError ended the poll's task)
+    pytest.param(b"[" * 100_000, "nested too deep", id="nested-too-deep"),
+    (json.dumps({"version": 1, "revoked": [{"serial": "ab", "until": "9999-12-31T23:59:59-01:00"}]}).encode(),
+     "entry 0 until: .* out of range"),
     (json.dumps({"version": 2, "revoked": []}).encode(), "version 1"),
     (json.dumps({"version": 1, "revoked": [{"until": "2027-01-01T00:00:00Z"}]}).encode(), "entry 0: names neither"),
     (json.dumps({"version": 1, "revoked": [{"node": "A/..", "issued_before": "2026-01-01T00:00:00Z",

@@ -270,3 +270,100 @@ async def test_a_revocable_stream_cancelled_again_and_again_leaves_nothing_behin
     assert handler.done()
     await until(lambda: not revocable_tasks())
     assert plane.ads._revocable == {} and len(plane.registry) == 0 and plane.cache.watcher_count() == 0
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _AbortingContext:
+    async def abort(self, code: grpc.StatusCode, message: str) -> None:
+        raise _Aborted(code, message)
+
+
+class _WokenStream:
+    """A stream waiting for something to send (a push), and recording what it would write."""
+
+    id, mode, peer, info = 1, "sotw", "ipv4:127.0.0.1:1", None
+
+    def __init__(self) -> None:
+        self.push = asyncio.Event()
+        self.sent: list[str] = []
+
+    async def run(self, requests, context) -> None:
+        await self.push.wait()
+        self.sent.append("a node's workload keys")
+        await asyncio.Event().wait()
+
+
+async def test_a_stream_woken_to_send_as_its_credential_is_revoked_sends_nothing_more():
+    """The revocation ends the stream in the very turn of the loop that enforces it: a push that woke the stream
+    in that same turn does not reach the revoked credential while its handler is still to wake."""
+    from zpilot.certs.revocation import RevocationList
+    from zpilot.certs.xds_credentials import NodeCredential
+    from zpilot.xds.auth import NodeCertificateAuthenticator, Principal
+    from zpilot.xds.revocations import Revocations
+    from zpilot.xds.server import AdsServer
+
+    now = datetime.now(timezone.utc)
+    revocations = Revocations()
+    server = AdsServer(None, security=XdsSecurity(NodeCertificateAuthenticator("cluster.local", revocations), None,
+                                                  revocations))
+    credential = NodeCredential(NODE_A, "0a", 10, now - DAY)
+    stream = _WokenStream()
+    handler = asyncio.create_task(server._run_revocable(
+        stream, Principal(NODE_A, "certificate of node A", credential), None, _AbortingContext()))
+    await until(lambda: len(revocable_tasks()) == 1)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the stream waits for its push
+    stream.push.set()  # woken to send ...
+    revocations.replace(revoke_node(RevocationList(), NODE_A, now, DAY))  # ... as the list revoking it is enforced
+    with pytest.raises(_Aborted) as aborted:
+        await handler
+    assert aborted.value.args[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert stream.sent == [] and server._revocable == {}
+
+
+class _Observer:
+    def access_denied(self, *args) -> None:
+        pass
+
+
+async def test_a_revoked_credential_retrying_is_logged_once_per_client_address(caplog):
+    """The node's own ztunnel retrying with its revoked credential does not hide the stolen copy refused from
+    another address; a new port of the same client (each retry has one) is still the same client."""
+    from zpilot.xds.auth import REVOKED_CREDENTIAL, Denied
+    from zpilot.xds.stream import deny
+
+    caplog.set_level(logging.INFO, logger="zpilot.xds")
+    serial = f"{time.monotonic_ns():x}"  # (the refusals are remembered process-wide: a key of this test's own)
+    denied = Denied(grpc.StatusCode.UNAUTHENTICATED, REVOKED_CREDENTIAL, "revoked", repeat_key=serial)
+    for peer in ("ipv4:10.0.0.1:40001", "ipv4:10.0.0.1:40002", "ipv4:192.0.2.7:50000", "ipv6:[2001:db8::7]:1",
+                 "ipv6:[2001:db8::7]:2"):
+        with pytest.raises(_Aborted):
+            await deny(_AbortingContext(), _Observer(), denied, mode="sotw", peer=peer)
+    logged = [r.getMessage() for r in caplog.records if "refused (revoked_credential)" in r.getMessage()]
+    assert [line.split()[3] for line in logged] == ["ipv4:10.0.0.1:40001", "ipv4:192.0.2.7:50000",
+                                                   "ipv6:[2001:db8::7]:1"]
+
+
+async def test_an_unexpected_error_reading_the_list_is_logged_once_and_the_poll_goes_on(tmp_path, monkeypatch, caplog):
+    import zpilot.xds.revocations as revocations_module
+    from zpilot.certs.revocation import read_directory
+
+    ca_dir = tmp_path / "ca"
+    CertificateAuthority.load_or_create(ca_dir)
+    watcher = DirectoryRevocations(ca_dir, interval=0.02)
+    watcher.load()
+    follow = asyncio.create_task(watcher.follow())
+    try:
+        monkeypatch.setattr(revocations_module, "read_directory", lambda _dir: 1 / 0)
+        update_directory(ca_dir, lambda current: revoke_serial(current, 1, datetime.now(timezone.utc), DAY))
+        await asyncio.sleep(0.3)  # many polls
+        assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [ZeroDivisionError]
+        monkeypatch.setattr(revocations_module, "read_directory", read_directory)
+        update_directory(ca_dir, lambda current: revoke_serial(current, 2, datetime.now(timezone.utc), DAY))
+        await until(lambda: len(watcher.revocations.current) == 2)  # the poll went on
+    finally:
+        follow.cancel()
+        await asyncio.gather(follow, return_exceptions=True)

@@ -75,7 +75,10 @@ def _time(text: object, where: str) -> datetime:
         raise RevocationError(f"{where}: {text!r} is not an ISO 8601 time") from None
     if value.tzinfo is None:
         raise RevocationError(f"{where}: {text!r} has no time zone")
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:  # year 1 ahead of UTC, year 9999 behind it
+        raise RevocationError(f"{where}: {text!r} is out of range") from None
 
 
 def _iso(value: datetime) -> str:
@@ -168,6 +171,8 @@ class RevocationList:
             document = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RevocationError(f"{source}: not JSON ({str(exc)[:200]})") from None
+        except RecursionError:  # arrays nested deeper than Python's stack: would end the poll's task unlogged
+            raise RevocationError(f"{source}: not a revocation list (JSON nested too deep)") from None
         if not isinstance(document, dict) or document.get("version") != FORMAT_VERSION:
             raise RevocationError(f"{source}: not a revocation list of version {FORMAT_VERSION}")
         entries = document.get("revoked", [])

@@ -53,8 +53,8 @@ MAX_TOKEN_BYTES = 16 * 1024
 
 class Denied(Exception):
     """The connection may not be served; ends the stream with ``code``. ``repeat_key`` names what a client
-    retrying in a loop repeats (a revoked certificate's serial): its refusals are logged at most once per
-    :data:`REPEAT_LOG_SECONDS` (:class:`RepeatedRefusals`), all of them counted."""
+    retrying in a loop repeats (a revoked certificate's serial): its refusals from one client address are logged
+    at most once per :data:`REPEAT_LOG_SECONDS` (:class:`RepeatedRefusals`, stream.deny), all of them counted."""
 
     def __init__(self, code: grpc.StatusCode, reason: str, message: str, repeat_key: str | None = None) -> None:
         assert reason in DENIAL_REASONS, reason

@@ -94,6 +94,11 @@ class DirectoryRevocations:
             self._failed = stamp
             log.error("%s; the revocation list read before stays in force", exc)
             return
+        except Exception:  # a bug in reading it must not end the poll: no later revocation would be seen
+            self._failed = stamp
+            log.exception("%s: the revocation list could not be read; the one read before stays in force",
+                          self.ca_dir)
+            return
         self._stamp, self._failed = stamp, None
         self.revocations.replace(revocations)
 

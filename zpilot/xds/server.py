@@ -120,8 +120,8 @@ class AdsServer:
         self.open_streams = 0  # RPCs being served, over all connections
         self._refused_unlogged = 0  # streams refused for max_streams since the last log line
         self._refusal_logged_at: float | None = None
-        #: The streams a revocation may end: each one's principal, by the future that ends it (its Denied).
-        self._revocable: dict[asyncio.Future, Principal] = {}
+        #: The streams a revocation may end: each one's principal and task, by the future that ends it (its Denied).
+        self._revocable: dict[asyncio.Future, tuple[Principal, asyncio.Task]] = {}
         if security.revocations is not None:
             security.revocations.subscribe(self._end_revoked_streams)
 
@@ -153,17 +153,19 @@ class AdsServer:
         cleanup runs, whatever it was waiting for: a request, a write to a client that does not read) and the
         RPC ends with ``UNAUTHENTICATED``, counted and logged as a refusal."""
         revoked: asyncio.Future = asyncio.get_running_loop().create_future()
-        self._revocable[revoked] = principal
         run = asyncio.create_task(stream.run(requests, context), name=f"xds-revocable-{stream.id}")
         # should this handler be cancelled first, the stream's own end (an abort, a reset) is not reported
         run.add_done_callback(lambda task: task.cancelled() or task.exception())
+        self._revocable[revoked] = (principal, run)
         try:
             await asyncio.wait((run, revoked), return_when=asyncio.FIRST_COMPLETED)
-            if run.done():
+            if not revoked.done():
                 run.result()  # its own end, or its abort, as if it had run in this task
                 return
-            run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
+            await asyncio.gather(run, return_exceptions=True)  # cancelled as the revocation arrived
+            if not run.cancelled():  # it had ended by itself just before (its abort, its client's end)
+                run.result()
+                return
             node = stream.info.node if stream.info is not None else None
             await deny(context, self.observer, revoked.result(), mode=stream.mode, peer=stream.peer, node=node)
         finally:
@@ -176,12 +178,15 @@ class AdsServer:
         revocations = self.security.revocations
         assert revocations is not None
         now = datetime.now(timezone.utc)
-        for ended, principal in list(self._revocable.items()):
+        for ended, (principal, run) in list(self._revocable.items()):
             if ended.done():
                 continue
             try:
                 revocations.check(principal, now, open_stream=True)
             except Denied as denied:
+                # Cancelled here, not once its handler wakes: a write the stream was already woken for (a push
+                # in this same turn of the loop) would otherwise still go out with the revoked credential.
+                run.cancel()
                 ended.set_result(denied)
 
     async def _refuse_stream(self, context: grpc.aio.ServicerContext) -> None:

@@ -99,8 +99,14 @@ class StreamOptions:
     push_burst: PushBurst | None = None
 
 
-#: Refusals a client repeats (a revoked ztunnel retrying every 2 s): logged once a minute per credential.
+#: Refusals a client repeats (a revoked ztunnel retrying every 2 s): logged once a minute per credential and
+#: client address, so that a stolen copy used from elsewhere is not hidden behind the node's own retries.
 REPEATED_REFUSALS = RepeatedRefusals()
+
+
+def _peer_address(peer: str) -> str:
+    """A gRPC peer without its port (``ipv4:10.0.0.1:51234`` -> ``ipv4:10.0.0.1``): each retry has a new one."""
+    return peer.rsplit(":", 1)[0] if peer.startswith(("ipv4:", "ipv6:")) else peer
 
 
 async def deny(
@@ -110,7 +116,8 @@ async def deny(
     """End a stream whose credential does not allow it (auth.py): reported, logged (a repeated one at most
     once per interval, with the count of those not logged), aborted."""
     observer.access_denied(peer, node, denied.reason, denied.message)
-    unlogged = REPEATED_REFUSALS.log(denied.repeat_key)
+    key = denied.repeat_key
+    unlogged = REPEATED_REFUSALS.log(None if key is None else f"{key} {bounded(_peer_address(peer), LOGGED_VALUE_CHARS)}")
     if unlogged is not None:
         fields = {"peer": peer} if node is None else {"peer": peer, "node": node}
         log.warning("%s stream from %s%s refused (%s): %s%s", mode, bounded(peer, LOGGED_VALUE_CHARS),
