@@ -179,7 +179,10 @@ def connect_from(ns: str, source_port: int, timeout: float) -> subprocess.Comple
 
 
 def conntrack_of(ns: str, source_port: int) -> list[str]:
-    return [line for line in in_ns(ns, "cat", "/proc/net/nf_conntrack").splitlines() if f"sport={source_port} " in line]
+    """The node's conntrack entries of ``source_port``, without the seconds each has left (the fifth field):
+    that counts down, so an entry read twice a second apart is the same entry."""
+    return [" ".join(field for i, field in enumerate(line.split()) if i != 4)
+            for line in in_ns(ns, "cat", "/proc/net/nf_conntrack").splitlines() if f"sport={source_port} " in line]
 
 
 def _fail_open(manifests: Path) -> None:
