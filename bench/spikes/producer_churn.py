@@ -78,7 +78,8 @@ def _count_calls_of(target: str) -> None:
     @functools.wraps(function)
     def counted(*args, **kwargs):
         first = args[1] if path and len(args) > 1 else args[0] if args else None
-        print("COUNTED", getattr(first, "name", None) or repr(first)[:60], flush=True)  # which call each file is
+        label = first if isinstance(first, str) else getattr(first, "name", None) or type(first).__name__  # never a whole input's repr
+        print("COUNTED", qualname, label, flush=True)  # which call each file is
         return operator.call(function, *args, **kwargs)
 
     setattr(owner, name, counted)
@@ -100,9 +101,10 @@ async def main() -> None:
                         help="run each change's model build and update inside operator.call, for valgrind --tool=callgrind"
                              " --instr-atstart=no --collect-atstart=no --toggle-collect=_operator_call"
                              " --dump-after=_operator_call: instructions, not time, in a file per call")
-    parser.add_argument("--counted-call", metavar="MODULE:QUALNAME",
+    parser.add_argument("--counted-call", metavar="MODULE:QUALNAME", action="append",
                         help="with --counted: count this function's calls instead (each its own file), e.g."
-                             " zpilot.xds.push:Producer.build (the changes themselves run as usual)")
+                             " zpilot.xds.push:Producer.build (the changes themselves run as usual); may be given"
+                             " several times (functions that do not call each other: each call is one file)")
     parser.add_argument("--callers", help="with --profile: print the callers of the functions matching this")
     args = parser.parse_args()
 
@@ -120,8 +122,8 @@ async def main() -> None:
     await producer.prepare_pending()
     models = scale._Models(MeshIndex, index)
     counted_whole = args.counted and not args.counted_call
-    if args.counted_call:
-        _count_calls_of(args.counted_call)
+    for target in args.counted_call or ():
+        _count_calls_of(target)
     if args.counted:  # under valgrind --instr-atstart=no: instrumented from here on (the set-up runs 10x faster)
         subprocess.run(["callgrind_control", "--instr=on", str(os.getpid())], check=False, capture_output=True)
     times: dict[str, list[tuple[float, float]]] = {"add": [], "delete": []}

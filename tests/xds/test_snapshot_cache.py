@@ -353,3 +353,25 @@ def test_a_set_with_some_resources_replaced_has_the_version_of_one_made_whole() 
     for odd in ({"new": cla("new", 1)}, {"z": cla("y", 1)}):
         made = whole.replaced(odd)
         assert made.version == names_version(made.items.values()) and set(odd) <= set(made.items)
+
+
+def test_a_snapshot_with_one_type_replaced_is_the_old_one_but_for_it_and_the_fields_given():
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+    from zpilot.xds.snapshot import TypeResources
+
+    old = snap("n", "x")
+    new = TypeResources.of(ENDPOINT_TYPE, {"x": ClusterLoadAssignment(cluster_name="x")})
+    made = old.with_type(new, changed_at=old.changed_at + 5, generation_seconds=0.25)
+    types = dict(old.types, **{ENDPOINT_TYPE: new})
+    assert made == replace(old, types=MappingProxyType(types), changed_at=old.changed_at + 5, generation_seconds=0.25)
+    assert list(made.types) == list(old.types) and all(made.types[t] is old.types[t] for t in PUSH_ORDER if t != ENDPOINT_TYPE)
+    assert old.resources(ENDPOINT_TYPE).items == {} and made.resources(ENDPOINT_TYPE) is new  # the old one untouched
+    with pytest.raises(TypeError):
+        made.types[CLUSTER_TYPE] = new  # type: ignore[index]  # read-only, as every snapshot's
+    assert old.with_type(new, changed_at=1.0).generation_seconds == old.generation_seconds
+    with pytest.raises(TypeError, match="colour"):
+        old.with_type(new, changed_at=1.0, colour=1.0)

@@ -430,15 +430,22 @@ class Snapshot:
     def with_type(self, resources: TypeResources, changed_at: float, **fields: float) -> "Snapshot":
         """This snapshot with one type's resources replaced (new secrets after a rotation, new
         endpoints), and any other ``fields`` given (one ``replace``)."""
-        types = dict(self.types)
+        mine = self.__dict__
+        for name in fields:  # (one or none: no set made for each of a change's 100 nodes)
+            if name not in mine:
+                raise TypeError(f"Snapshot has no fields {sorted(n for n in fields if n not in mine)}")
+        # (a mapping proxy's copy is its dict's: dict() of the proxy goes key by key)
+        types = self.types.copy() if isinstance(self.types, (MappingProxyType, dict)) else dict(self.types)
         types[resources.type_url] = resources
-        unknown = fields.keys() - self.__dict__.keys()
-        if unknown:
-            raise TypeError(f"Snapshot has no fields {sorted(unknown)}")
         # as ``replace`` does, but without calling __init__ (a few times faster: a pod change remakes
         # 100 nodes' endpoints); a Snapshot keeps nothing but its fields in __dict__
         made = object.__new__(Snapshot)
-        made.__dict__.update(self.__dict__, types=MappingProxyType(types), changed_at=changed_at, **fields)
+        fresh = made.__dict__
+        fresh.update(mine)
+        fresh["types"] = MappingProxyType(types)
+        fresh["changed_at"] = changed_at
+        if fields:
+            fresh.update(fields)
         return made
 
     def resources(self, type_url: str) -> TypeResources:
