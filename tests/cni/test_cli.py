@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from zpilot.cli import main
@@ -57,6 +60,28 @@ def test_unknown_node_is_one_clear_line(capsys):
 def test_missing_manifest_directory_is_named(capsys, tmp_path):
     code = main(["cni", "plan", "--node", NODE_A, "--manifests", str(tmp_path / "nope")])
     assert code == 2 and "manifest directory" in capsys.readouterr().err
+
+
+#: Runs in a fresh interpreter: the flags of ``zpilot cni <command> --manifests`` parsed, the model source and
+#: the agent's own pod taken from them as the command does, then whether the Kubernetes client was loaded.
+SOURCE_WITHOUT_CLUSTER = """
+import sys
+from zpilot.cli import build_parser
+from zpilot.cni.cli import _own_pod, _source
+args = build_parser().parse_args(sys.argv[1:])
+_own_pod(args) if hasattr(args, "cleanup_on_exit") else None
+print(type(_source(args)).__name__, "kubernetes_asyncio" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("command", ["apply", "status", "run"])
+def test_manifests_source_does_not_load_the_kubernetes_client(command):
+    """With --manifests the agent and ``cni status``/``apply`` never talk to a cluster, so they do not import
+    its client (kubernetes_asyncio: 0.5 s of CPU in every ``zpilot cni status`` the world's tests run)."""
+    proc = subprocess.run([sys.executable, "-c", SOURCE_WITHOUT_CLUSTER, "cni", command, "--node", NODE_A,
+                           "--manifests", str(ARTICLE)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ManifestDirectorySource", "False"]
 
 
 def test_missing_netns_is_named_before_anything_happens(capsys):

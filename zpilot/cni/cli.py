@@ -95,12 +95,16 @@ def _source(args: argparse.Namespace) -> ModelSource:
 
     if args.manifests is not None and not hasattr(args, "kubeconfig"):  # `cni plan`: offline, manifests only
         return ManifestDirectorySource(args.manifests)
+    if args.manifests is not None:  # no credentials loaded: their module brings the Kubernetes client (0.5 s CPU
+        # for every `zpilot cni status`, which the world's tests run again and again)
+        problem = source_flags.problem(args)
+        if problem is not None:
+            raise CniError(problem)
+        return ManifestDirectorySource(args.manifests, interval=getattr(args, "poll", 0.05))
     cluster = source_flags.credentials(args)  # loaded once, by the check: the watch uses what it loaded
     problem = source_flags.problem(args, cluster)
     if problem is not None:
         raise CniError(problem)
-    if args.manifests is not None:
-        return ManifestDirectorySource(args.manifests, interval=getattr(args, "poll", 0.05))
     from ..kube.api_resources import node_agent_watches
     from ..kube.watch import ApiWatchSource
 
@@ -218,10 +222,10 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def _own_pod(args: argparse.Namespace) -> PodRef | None:
     """The agent's pod for ``--cleanup-on-exit=uninstall`` (checked before anything starts), else None."""
-    from .exit_cleanup import PodRef
-
     if args.cleanup_on_exit != "uninstall":
         return None
+    from .exit_cleanup import PodRef  # (it brings the Kubernetes client: only for the mode that asks the API)
+
     if args.manifests is not None:
         raise CniError("--cleanup-on-exit=uninstall asks the Kubernetes API whether the agent's DaemonSet is"
                        " gone: not with --manifests (use always or never)")
@@ -237,9 +241,7 @@ def _own_pod(args: argparse.Namespace) -> PodRef | None:
 def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from ..kube.watch import ApiWatchSource
     from .agent import NodeAgent
-    from .exit_cleanup import decide, log_decision
 
     own_pod = _own_pod(args)
     source = _source(args)
@@ -267,6 +269,9 @@ def cmd_run(args: argparse.Namespace) -> int:
                     args.resync)
         await agent.run(stop, resync=args.resync)
         if own_pod is not None:
+            from ..kube.watch import ApiWatchSource  # only here: with --manifests the Kubernetes client is not loaded
+            from .exit_cleanup import decide, log_decision
+
             assert isinstance(source, ApiWatchSource)  # (_own_pod refused --manifests)
             decision = await decide(source.credentials, own_pod)
             log_decision(decision)
