@@ -493,8 +493,9 @@ def _regex(pattern: str) -> string_pb2.StringMatcher:
 #: certificate, ``--tls``) stays, untagged: its secret has a fixed name (``xds-client-certificate``).
 TUNNEL_CERTIFICATE_STATS = rf"cluster\.outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/]+?\.ssl\.certificate\..+"
 #: A service port's cluster's stat name (``names.service_cluster_stat_name``: ``svc.<port>_<fqdn>``, the article
-#: layout's ``svc.<identity>_to_<port>_<fqdn>_outbound_internal``) and what follows it in a stat's name.
-SERVICE_CLUSTER_STAT_NAME = rf"{SERVICE_TCP_STATS_TOKEN}\..+"
+#: layout's ``svc.<identity>_to_<port>_<fqdn>_outbound_internal``) and what follows it in a stat's name: the
+#: names matched before round ten, after the token.
+SERVICE_CLUSTER_STAT_NAME = rf"{SERVICE_TCP_STATS_TOKEN}\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"
 #: A ``pods_on_<node>`` cluster's name and what follows it in a stat's name (a node's name has no "/").
 POD_CLUSTER_STAT_NAME = rf"{re.escape(PODS_ON_PREFIX)}[^/]*"
 
