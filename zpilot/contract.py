@@ -307,7 +307,8 @@ CLUSTER_STATS = ("lazy", "eager")
 DEFAULT_CLUSTER_STATS = "lazy"
 
 #: Which stats a ztunnel's Envoy makes for each service port of the mesh (its cluster,
-#: ``cluster.<port>_<fqdn>.*``, and its tcp_proxy, ``tcp.svc.<port>_<fqdn>.*`` in the linear layout), ``zpilot bootstrap
+#: ``cluster.svc.<port>_<fqdn>.*``, and its tcp_proxy, ``tcp.svc.<port>_<fqdn>.*``; the article layout's
+#: ``svc.<identity>_to_<port>_<fqdn>_outbound_internal``), ``zpilot bootstrap
 #: --service-stats``. At issue 13's R a node has 2,000 service ports: made at start, their 126,000
 #: stats (47 per cluster, 16 per tcp_proxy; 134,500 in all) were 27 MiB of the Envoy's RSS and
 #: about a quarter of its CPU to LIVE (docs/scale.md), for gauges and config counters (``membership_*``,
@@ -315,7 +316,8 @@ DEFAULT_CLUSTER_STATS = "lazy"
 #: plane's own view already holds. ``traffic``: a service port's cluster keeps its traffic counters
 #: (``upstream_cx_*``, ``upstream_rq_*``..., made as ``--cluster-stats`` says) and nothing else,
 #: its tcp_proxy no stats; ``none``: no stats at all for service ports (as Istio's proxies, whose
-#: default inclusion list leaves out every per-upstream-cluster stat); ``all``: every one (Envoy's
+#: default inclusion list leaves out every per-upstream-cluster stat), left out by two prefixes alone (no regex:
+#: Envoy's fast path); ``all``: every one (Envoy's
 #: default). Every other cluster (tunnels, the pods of each node, inbound, xDS) keeps all of its.
 SERVICE_STATS = ("traffic", "none", "all")
 DEFAULT_SERVICE_STATS = "traffic"

@@ -29,6 +29,14 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
                      as served until round eight
     pods-tcp-out     their tcp_proxies' stats left out too
 
+or both changed (round ten):
+
+    svc-reject       each service port's cluster with a stats matcher of its own that rejects all
+                     (``typed_filter_metadata["envoy.stats_matcher"]``, Envoy 1.38+), in place of ``--service-stats none``'s
+                     prefix on the bootstrap's list
+    no-regex         ``--service-stats none`` and each pods cluster's stats left out by a prefix too: an exclusion list of
+                     prefixes alone, so Envoy never makes a stat's name a string to match it
+
 Envoy runs with ``contract.ENVOY_FLAGS``, as the chart runs it (``--without-envoy-flags``: without them);
 ``--envoy-arg=ARG`` (repeated) gives it more.
 ``--callgrind`` runs Envoy under ``valgrind --tool=callgrind`` instead (about 3 minutes a run) and reports its
@@ -223,6 +231,66 @@ def pods_tcp_out(config) -> None:
     config.stats_config.stats_matcher.exclusion_list.patterns.append(_regex(rf"tcp\.{PODS_ON_PREFIX}[^/]*"))
 
 
+# -- a matcher of each service port's cluster's own, or no regex at all (config and bootstrap changed) ----------
+
+
+def _service_port_clusters(resources):
+    from zpilot.translators.names import SERVICE_PORT_STAT_REST
+
+    for name in [n for n in resources.clusters if re.fullmatch(SERVICE_PORT_STAT_NAME + SERVICE_PORT_STAT_REST, n)]:
+        cluster = type(resources.clusters[name])()
+        cluster.CopyFrom(resources.clusters[name])
+        resources.clusters[name] = cluster
+        yield cluster
+
+
+def pods_alt_stat_name(resources) -> None:
+    """Each node's pods cluster's stats under ``cluster.pods.pods_on_<node>.*`` (``alt_stat_name``)."""
+    for name in [n for n in resources.clusters if n.startswith(PODS_ON)]:
+        cluster = type(resources.clusters[name])()
+        cluster.CopyFrom(resources.clusters[name])
+        cluster.alt_stat_name = f"pods.{name}"
+        resources.clusters[name] = cluster
+
+
+def svc_reject_all(resources) -> None:
+    """Each service port's cluster with a stats matcher of its own (``typed_filter_metadata["envoy.stats_matcher"]``,
+    Envoy 1.38+, which replaces the bootstrap's for that cluster's scope): none of its stats."""
+    from envoy.config.metrics.v3 import stats_pb2
+
+    for cluster in _service_port_clusters(resources):
+        cluster.metadata.typed_filter_metadata["envoy.stats_matcher"].Pack(stats_pb2.StatsMatcher(reject_all=True))
+
+
+def _bootstrap_excluding(prefixes: tuple[str, ...], regex: bool) -> Callable:
+    """The bootstrap's exclusion list: the tcp_proxies' prefixes and ``prefixes``, then (``regex``) the pods
+    clusters' bookkeeping and the tunnels' certificate stats by the one regex, as served; the stat tags as served."""
+    from envoy.type.matcher.v3 import string_pb2
+
+    from zpilot.translators.bootstrap import (
+        CLUSTER_BOOKKEEPING_STATS, POD_CLUSTER_STAT_NAME, TUNNEL_CERTIFICATE_STATS, _regex, stats_tags)
+
+    def tweak(config) -> None:
+        del config.stats_config.stats_tags[:]
+        config.stats_config.stats_tags.extend(stats_tags(tls_cluster_certificates=False))
+        config.stats_config.ClearField("stats_matcher")
+        patterns = config.stats_config.stats_matcher.exclusion_list.patterns
+        patterns.extend(string_pb2.StringMatcher(prefix=p) for p in ("tcp.svc.", "tcp.pods.", *prefixes))
+        if regex:
+            patterns.append(_regex(rf"cluster\.{POD_CLUSTER_STAT_NAME}\.(?:{CLUSTER_BOOKKEEPING_STATS})|{TUNNEL_CERTIFICATE_STATS}"))
+    return tweak
+
+
+#: name -> (a change to the config, a change to the bootstrap), the bootstrap's stats options ``all`` before it.
+COMBINED_VARIANTS: dict[str, tuple[Callable, Callable]] = {
+    # --service-stats none by a matcher of each service port's cluster's own, not the bootstrap's prefix (round ten)
+    "svc-reject": (svc_reject_all, _bootstrap_excluding((), True)),
+    # no regex at all: as --service-stats none, and none of each pods cluster's stats (a prefix on an alt_stat_name
+    # of its own), the tunnels' certificate stats kept: what the bootstrap's regex costs on every other name
+    "no-regex": (pods_alt_stat_name, _bootstrap_excluding(("cluster.svc.", "cluster.pods."), False)),
+}
+
+
 #: name -> (``--service-stats``, ``--pod-cluster-stats``, a change to the bootstrap or None); as-served is the
 #: default, ``traffic`` for both.
 BOOTSTRAP_VARIANTS: dict[str, tuple[str, str, Callable | None]] = {
@@ -294,6 +362,8 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
     _, index, _ = scale._model(Shape.reference())
     bind = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.{random.randrange(2, 255)}"
     options, node, change = TranslateOptions(layout="linear", bind_address=bind), node_name(0), VARIANTS.get(variant)
+    if variant in COMBINED_VARIANTS:
+        change = COMBINED_VARIANTS[variant][0]
 
     def translate(model, name):
         resources = translate_node(model, name, options)
@@ -323,6 +393,8 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
     workdir = Path(tempfile.mkdtemp(prefix="zpilot-spike-envoy-"))
     service_stats, pod_cluster_stats, tweak = BOOTSTRAP_VARIANTS.get(
         variant, (contract.DEFAULT_SERVICE_STATS, contract.DEFAULT_POD_CLUSTER_STATS, None))
+    if variant in COMBINED_VARIANTS:
+        service_stats, pod_cluster_stats, tweak = "all", "all", COMBINED_VARIANTS[variant][1]
     config = bootstrap(BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin,
                                         service_stats=service_stats, pod_cluster_stats=pod_cluster_stats))
     if tweak is not None:
@@ -381,7 +453,7 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    known = [*VARIANTS, *BOOTSTRAP_VARIANTS]
+    known = [*VARIANTS, *BOOTSTRAP_VARIANTS, *COMBINED_VARIANTS]
     parser.add_argument("variants", nargs="*", help=f"of {', '.join(known)} (the config variants when none is named)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, help="Envoy's --concurrency (default: Envoy's, the core count)")
@@ -392,7 +464,7 @@ def main() -> int:
     parser.add_argument("--callgrind", action="store_true",
                         help="Envoy's main-thread instructions per step, under valgrind")
     args = parser.parse_args()
-    unknown = [v for v in args.variants if v not in VARIANTS and v not in BOOTSTRAP_VARIANTS]
+    unknown = [v for v in args.variants if v not in known]
     if unknown:
         parser.error(f"unknown variant {', '.join(unknown)}: one of {', '.join(known)}")
     results: dict[str, list[dict]] = {v: [] for v in args.variants or VARIANTS}

@@ -15,7 +15,7 @@ from zpilot import contract
 from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
 from zpilot.translators import TranslateOptions, translate_node
-from zpilot.translators.bootstrap import BootstrapOptions, bootstrap, stats_config
+from zpilot.translators.bootstrap import TUNNEL_CERTIFICATE_STATS, BootstrapOptions, bootstrap, stats_config
 from zpilot.translators.names import PODS_ON_PREFIX
 
 from ..layouts import LAYOUTS
@@ -39,6 +39,11 @@ def excluded(service_stats: str, pod_cluster_stats: str = "all"):
     regexes = [re.compile(p.safe_regex.regex) for p in patterns if p.WhichOneof("match_pattern") == "safe_regex"]
     assert len(prefixes) + len(regexes) == len(patterns)
     return lambda name: any(name.startswith(p) for p in prefixes) or any(r.fullmatch(name) for r in regexes)
+
+
+def cluster_stat_names(resources) -> set[str]:
+    """Each cluster's name as its stats read it (``cluster.<this>.*``): its ``alt_stat_name``, else its name."""
+    return {cluster.alt_stat_name or name for name, cluster in resources.clusters.items()}
 
 
 def tcp_stat_prefixes(resources) -> set[str]:
@@ -68,7 +73,7 @@ def configs(index: MeshIndex, layout: str):
 def test_only_service_ports_lose_stats(index: MeshIndex, layout: str) -> None:
     hosts = {s.hostname() for s in index.services}
     service_port = lambda name: any(f"_{host}" in name for host in hosts)  # noqa: E731 (both layouts' names)
-    clusters = {name for r in configs(index, layout) for name in r.clusters}
+    clusters = {name for r in configs(index, layout) for name in cluster_stat_names(r)}
     prefixes = {name for r in configs(index, layout) for name in tcp_stat_prefixes(r)}
     assert any(map(service_port, clusters)) and not all(map(service_port, clusters)), clusters
     assert any(map(service_port, prefixes)) and not all(map(service_port, prefixes)), prefixes
@@ -87,12 +92,30 @@ def test_only_service_ports_lose_stats(index: MeshIndex, layout: str) -> None:
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
+def test_none_leaves_out_a_service_port_by_prefixes_alone(index: MeshIndex, layout: str) -> None:
+    """A service port's cluster's and tcp_proxy's stats start with the fixed ``svc`` token (``alt_stat_name``, stat
+    prefix), so ``--service-stats none`` leaves every one of them out by a prefix (Envoy's fast path, no regex), and
+    with ``--pod-cluster-stats all`` its exclusion list has no regex but the tunnels' certificates'."""
+    hosts = {s.hostname() for s in index.services}
+    for r in configs(index, layout):
+        ports = {name: c for name, c in r.clusters.items() if any(f"_{host}" in name for host in hosts)}
+        assert ports, r.clusters
+        assert all(c.alt_stat_name == f"svc.{name}" for name, c in ports.items()), ports
+        assert all(not c.alt_stat_name for name, c in r.clusters.items() if name not in ports)
+        assert {p for p in tcp_stat_prefixes(r) if any(f"_{host}" in p for host in hosts)} == {
+            f"svc.{name}" for name in ports}
+    patterns = stats_config("none", "all").stats_matcher.exclusion_list.patterns
+    assert [p.prefix for p in patterns[:-1]] == ["tcp.svc.", "cluster.svc."]
+    assert patterns[-1].safe_regex.regex == TUNNEL_CERTIFICATE_STATS
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 def test_pod_cluster_stats_traffic_leaves_out_the_pods_clusters_bookkeeping_only(index: MeshIndex, layout: str) -> None:
     """``--pod-cluster-stats traffic`` (the default): each node's pods cluster (``pods_on_<node>``, the linear
     layout's) keeps its traffic counters and loses its bookkeeping, and its chain's tcp_proxy (``tcp.pods.*``) its
     stats, whatever ``--service-stats`` says; every other cluster and tcp_proxy keeps theirs; ``all`` leaves
     nothing of it out."""
-    clusters = {name for r in configs(index, layout) for name in r.clusters}
+    clusters = {name for r in configs(index, layout) for name in cluster_stat_names(r)}
     prefixes = {name for r in configs(index, layout) for name in tcp_stat_prefixes(r)}
     pods = {c for c in clusters if c.startswith(PODS_ON_PREFIX)}
     assert bool(pods) == (layout == "linear"), clusters

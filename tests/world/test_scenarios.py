@@ -85,8 +85,9 @@ def test_1_service_vip_across_nodes(world, path):
     assert out["filter_chain"] == path.service_chain(SLEEP_TO_PRODUCTPAGE)
     assert out["upstream_cluster"] == path.service_chain(SLEEP_TO_PRODUCTPAGE)
     # the service port's cluster on A counted the connection (its traffic counters, made by it) and has no
-    # bookkeeping stats (zpilot bootstrap --service-stats traffic); Envoy writes "://" in a stat name as "_"
-    stat = "cluster." + path.service_chain(SLEEP_TO_PRODUCTPAGE).replace("://", "_")
+    # bookkeeping stats (zpilot bootstrap --service-stats traffic), under its stat name cluster.svc.<name>;
+    # Envoy writes "://" in a stat name as "_"
+    stat = "cluster." + names.service_cluster_stat_name(path.service_chain(SLEEP_TO_PRODUCTPAGE)).replace("://", "_")
     service_stats = world.ztunnels["a"].stats(f"^{re.escape(stat)}[.]")
     assert service_stats.get(f"{stat}.upstream_cx_total", 0) >= 1, service_stats
     assert not [n for n in service_stats if n.startswith((f"{stat}.membership_", f"{stat}.update_"))], service_stats

@@ -82,8 +82,9 @@ async def test_service_ports_keep_the_stats_service_stats_says(mode, layout, man
                     or s.startswith(("membership_", "update_", "lb_", "assignment_"))}, (cluster, kept)
     assert stats["server.live"] == 1 and any(name.startswith("listener.") for name in stats)
     assert not [name for name in stats if name.startswith(("tcp.pods.", f"tcp.{PODS_ON_PREFIX}"))]  # their chains' tcp_proxies
-    for cluster in services:
-        kept = {name.removeprefix(f"cluster.{cluster}.") for name in stats if name.startswith(f"cluster.{cluster}.")}
+    for cluster in services:  # named in stats by its alt_stat_name, svc.<name> (names.service_cluster_stat_name)
+        assert not [name for name in stats if name.startswith(f"cluster.{cluster}.")], cluster
+        kept = {name.removeprefix(f"cluster.svc.{cluster}.") for name in stats if name.startswith(f"cluster.svc.{cluster}.")}
         if mode == "all":
             assert {"membership_total", "update_success", "circuit_breakers.default.cx_open", "upstream_cx_total"} <= kept
         elif mode == "traffic":

@@ -50,8 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         " its first connection, saving the Envoy memory and start-up time on the thousands of"
                         " clusters a large mesh gives each node; eager: all of them at start (Envoy's default)")
     p.add_argument("--service-stats", choices=contract.SERVICE_STATS, default=contract.DEFAULT_SERVICE_STATS,
-                   help="the stats of each service port's cluster (cluster.<port>_<fqdn>.*) and tcp_proxy"
-                        " (tcp.<port>_<fqdn>.*): traffic (default): the cluster's traffic counters only"
+                   help="the stats of each service port's cluster (cluster.svc.<port>_<fqdn>.*) and tcp_proxy"
+                        " (tcp.svc.<port>_<fqdn>.*): traffic (default): the cluster's traffic counters only"
                         " (upstream_cx_*, upstream_rq_*, ...; when, --cluster-stats says), not its membership_*,"
                         " update_*, circuit_breakers.*, lb_* and other bookkeeping, nor the tcp_proxy's; none: no"
                         " stats for service ports (as Istio's proxies); all: every one (Envoy's default)."

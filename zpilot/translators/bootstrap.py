@@ -417,7 +417,8 @@ CLUSTER_BOOKKEEPING_STATS = (
 #: stat, and a failing std::regex search starts again at every character: it cost node-0's Envoy 2,400 M more
 #: instructions to LIVE at R (6,200 M without it, callgrind), where Envoy's own first looks for ``.ssl.ciphers.``.
 NAME_TAGS: tuple[tuple[str, str], ...] = (
-    ("envoy.cluster_name", r"^cluster\.(({})\.)"),
+    # a service port's cluster's stats are cluster.svc.<name>.* (names.service_cluster_stat_name): "svc." out too
+    ("envoy.cluster_name", r"^cluster\.((?:" + SERVICE_TCP_STATS_TOKEN + r"\.)?({})\.)"),
     # a linear service port's tcp_proxy stats are tcp.svc.<port>_<fqdn>.* (names.SERVICE_TCP_STATS_TOKEN), a node's
     # pods chain's tcp.pods.pods_on_<node>.* (names.POD_TCP_STATS_TOKEN): "svc." and "pods." out too
     ("envoy.tcp_prefix", r"^tcp\.((?:(?:" + SERVICE_TCP_STATS_TOKEN + "|" + POD_TCP_STATS_TOKEN + r")\.)?({})\.)"),
@@ -491,6 +492,10 @@ def _regex(pattern: str) -> string_pb2.StringMatcher:
 #: untagged, each would be a metric of its own per pod certificate. ``xds-grpc``'s (the node's ADS client
 #: certificate, ``--tls``) stays, untagged: its secret has a fixed name (``xds-client-certificate``).
 TUNNEL_CERTIFICATE_STATS = rf"cluster\.outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/]+?\.ssl\.certificate\..+"
+#: A service port's cluster's stat name (``names.service_cluster_stat_name``: ``svc.<port>_<fqdn>``, the article
+#: layout's ``svc.<identity>_to_<port>_<fqdn>_outbound_internal``) and what follows it in a stat's name: the
+#: names matched before round ten, after the token.
+SERVICE_CLUSTER_STAT_NAME = rf"{SERVICE_TCP_STATS_TOKEN}\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"
 #: A ``pods_on_<node>`` cluster's name and what follows it in a stat's name (a node's name has no "/").
 POD_CLUSTER_STAT_NAME = rf"{re.escape(PODS_ON_PREFIX)}[^/]*"
 
@@ -508,17 +513,15 @@ def stats_config(service_stats: str, pod_cluster_stats: str = contract.DEFAULT_P
     # inbound chain's again), and an RE2 match costs its call whether it fails at the first character or not
     alternatives: list[str] = []
     if service_stats != "all":
-        # the linear layout's service port tcp_proxies (tcp.svc.*), by a prefix: Envoy leaves out a name that starts
-        # with it as it stands, before its regexes, which need the name made a string (2,000 scopes at R, 16 each)
+        # a service port's tcp_proxy (tcp.svc.*), by a prefix: Envoy leaves out a name that starts with it as it
+        # stands, before its regexes, which need the name made a string (2,000 scopes at R, 16 each)
         patterns.append(string_pb2.StringMatcher(prefix=f"tcp.{SERVICE_TCP_STATS_TOKEN}."))
-        if service_stats == "none":
-            alternatives.append(rf"(?:cluster|tcp)\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")
-        else:  # traffic
-            alternatives.append(rf"tcp\.{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}")
+        if service_stats == "none":  # and its cluster (cluster.svc.*: names.service_cluster_stat_name), likewise
+            patterns.append(string_pb2.StringMatcher(prefix=f"cluster.{SERVICE_TCP_STATS_TOKEN}."))
     if pod_cluster_stats == "traffic":  # each node's pods chain's tcp_proxy (tcp.pods.pods_on_<node>.*), by a prefix
         patterns.append(string_pb2.StringMatcher(prefix=f"tcp.{POD_TCP_STATS_TOKEN}."))
     # the clusters that keep their traffic counters and none of their bookkeeping
-    traffic_only = ([f"{SERVICE_PORT_STAT_NAME}{SERVICE_PORT_STAT_REST}"] if service_stats == "traffic" else []) + (
+    traffic_only = ([SERVICE_CLUSTER_STAT_NAME] if service_stats == "traffic" else []) + (
         [POD_CLUSTER_STAT_NAME] if pod_cluster_stats == "traffic" else [])
     if traffic_only:
         alternatives.append(rf"cluster\.(?:{'|'.join(traffic_only)})\.(?:{CLUSTER_BOOKKEEPING_STATS})")

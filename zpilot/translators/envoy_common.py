@@ -30,7 +30,8 @@ SO_MARK = 36
 ACCESS_LOG_FIELDS = {
     "start": "%START_TIME%",
     "filter_chain": "%FILTER_CHAIN_NAME%",
-    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    # the cluster's name: %UPSTREAM_CLUSTER% gives its alt_stat_name when it has one (a service port's: svc.<name>)
+    "upstream_cluster": "%UPSTREAM_CLUSTER_RAW%",
     "upstream_host": "%UPSTREAM_HOST%",
     "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
     "downstream_remote": "%DOWNSTREAM_REMOTE_ADDRESS%",  # on an HBONE CONNECT: the client pod (x-forwarded-for)

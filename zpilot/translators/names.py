@@ -73,7 +73,8 @@ def pod_internal_cluster(peer_identity: str) -> str:
     return f"outbound_pod_internal_to_{peer_identity}"
 
 
-#: The first token of a service port's tcp_proxy stats in the linear layout (``tcp.svc.<port>_<fqdn>.*``): a
+#: The first token of a service port's tcp_proxy stats (``tcp.svc.<port>_<fqdn>.*``; the article layout's since round
+#: ten) and of its cluster's (:func:`service_cluster_stat_name`): a
 #: fixed one, so that the bootstrap leaves them out (``--service-stats traffic`` or ``none``) by a prefix, which
 #: Envoy checks on the stat's name as it stands, where a regex needs the name made a string first; the
 #: tcp_proxy tag takes it out of the metric's name with the port's name (``translators/bootstrap.py``), so
@@ -82,8 +83,16 @@ SERVICE_TCP_STATS_TOKEN = "svc"
 
 
 def service_tcp_stat_prefix(chain: str) -> str:
-    """The stat prefix of the tcp_proxy of the linear layout's service port chain ``chain``."""
+    """The stat prefix of the tcp_proxy of a service port's chain ``chain`` (either layout)."""
     return f"{SERVICE_TCP_STATS_TOKEN}.{chain}"
+
+
+def service_cluster_stat_name(cluster: str) -> str:
+    """The ``alt_stat_name`` of a service port's cluster (either layout): its stats are
+    ``cluster.svc.<name>.*``, the same fixed token first as its tcp_proxy's, so that ``--service-stats none``
+    leaves them out by a prefix (Envoy's fast path: no regex, so no name made a string, for any stat it makes);
+    the cluster tag takes ``svc.`` out with the name, so ``/stats/prometheus`` reads as before."""
+    return f"{SERVICE_TCP_STATS_TOKEN}.{cluster}"
 
 
 #: The first token of a node's pods chain's tcp_proxy stats in the linear layout (``tcp.pods.pods_on_<node>.*``),

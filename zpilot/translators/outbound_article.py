@@ -162,9 +162,15 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
 
 
 def _service_chain(name: str, limits: DataPathLimits) -> FilterChain:
-    chain = proxy_chain(name, name, idle_timeout=idle_timeout(limits))
+    chain = proxy_chain(name, name, idle_timeout=idle_timeout(limits), stat_prefix=names.service_tcp_stat_prefix(name))
     chain.filters.insert(0, keep_client_address())  # for source.ip policies at the destination
     return chain
+
+
+def _service_cluster(name: str, limits: DataPathLimits) -> clusters.Cluster:
+    cluster = clusters.service_port(name, limits)
+    cluster.alt_stat_name = names.service_cluster_stat_name(name)
+    return cluster
 
 
 def _service_endpoints(name: str, sid: str, port: ServicePortInput, node: str, trust_domain: str) -> ClusterLoadAssignment:
@@ -184,7 +190,7 @@ def _service_resources(view: NodeView, served: list[ServedVip], outbound: Listen
         for identity in view.identities:
             name = names.service_chain(identity.spiffe_id, target.service, target.port, view.cluster_domain)
             outbound.filter_chains.append(view.shared(_service_chain, name, limits))
-            out.clusters[name] = view.shared(clusters.service_port, name, limits)
+            out.clusters[name] = view.shared(_service_cluster, name, limits)
             out.endpoints[name] = view.shared(
                 _service_endpoints, name, identity.spiffe_id, entry.port_input, view.node, view.trust_domain
             )

@@ -213,6 +213,7 @@ def service_port_cluster(name: str, identity: str | None, limits: DataPathLimits
     cluster = clusters.Cluster()
     cluster.CopyFrom(_service_port_template(limits))  # all alike but for the name and identity: copied (2,000 at R)
     cluster.name = name
+    cluster.alt_stat_name = names.service_cluster_stat_name(name)
     if identity is not None:
         cluster.metadata.CopyFrom(endpoints.identity_metadata_template(identity))
     return cluster
