@@ -1,5 +1,6 @@
 """A node's inbound listeners after a pod change: its pods' chains kept serialized, derived from
-the ones it had, served byte for byte (and version for version) as the whole listener.
+the ones it had, served byte for byte (and version for version: versioned by their chains'
+hashes, ``snapshot.records_version``) as the whole listener.
 
 A cold generation builds and serializes each node's inbound listeners whole; the node's first
 pod change derives its chains from that listener (each kept chain's bytes and consistency
@@ -19,12 +20,12 @@ from zpilot import contract, protowire
 from zpilot.model.index import MeshIndex
 from zpilot.synthetic import Shape, extra_pod, node_name, synthetic_cluster, synthetic_manifests
 from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency, translate_node
-from zpilot.translators.context import ListenerParts, SerializedChains
+from zpilot.translators.context import ListenerParts, SerializedChains, record_hash
 from zpilot.translators.fragments import Fragment
 from zpilot.xds.order import LISTENER_TYPE
 from zpilot.xds.push import Producer
-from zpilot.xds.resource_store import listener_pieces
-from zpilot.xds.snapshot import content_version
+from zpilot.xds.resource_store import listener_records
+from zpilot.xds.snapshot import CachedResource, records_version
 from zpilot.xds.snapshot_cache import SnapshotCache
 
 SHAPE = Shape(nodes=3, pods=24, services=4, namespaces=2, ports_per_service=2, service_accounts_per_namespace=2)
@@ -47,7 +48,7 @@ def _whole(index: MeshIndex, node: str) -> dict[str, tuple[bytes, str]]:
     out = {}
     for name in INBOUND:
         data = listeners[name].SerializeToString(deterministic=True)
-        out[name] = (data, content_version(data))
+        out[name] = (data, records_version(data, 3))  # versioned by their chains, however made
     return out
 
 
@@ -93,9 +94,9 @@ def test_chains_kept_serialized_are_judged_as_the_whole_listener() -> None:
         own = Listener()
         own.CopyFrom(whole)
         del own.filter_chains[:]
+        records = tuple(protowire.field_bytes(3, c.SerializeToString(deterministic=True)) for c in whole.filter_chains)
         chains = Fragment("chains", SerializedChains(
-            tuple(protowire.field_bytes(3, c.SerializeToString(deterministic=True)) for c in whole.filter_chains),
-            consistency.chains_of(whole, len(whole.filter_chains), None),
+            records, consistency.chains_of(whole, len(whole.filter_chains), None), tuple(map(record_hash, records))
         ))
         joined = consistency.listener_facts_of_parts(name, ListenerParts(own, chains=(chains,)))
         walked = consistency.resource_facts(consistency.LISTENER, name, whole)
@@ -105,9 +106,12 @@ def test_chains_kept_serialized_are_judged_as_the_whole_listener() -> None:
             assert any("matching the same connections" in f for f in walked.listeners[0].local)
         assert joined.wanted_names() == walked.wanted_names()  # (a listener of pieces keeps theirs apart)
         assert sorted(joined.listeners[0].chains.needs) == sorted(walked.listeners[0].chains.needs)
-        pieces = listener_pieces(name, ListenerParts(own, chains=(chains,)))
-        assert b"".join(data for data, _hash in pieces) == whole.SerializeToString(deterministic=True)
-        assert all(data_hash is None for _data, data_hash in pieces)  # a node's own bytes: hashed whole
+        data = whole.SerializeToString(deterministic=True)
+        prefix, kept, hashes, suffix = listener_records(name, ListenerParts(own, chains=(chains,)))
+        assert b"".join((prefix, *kept, suffix)) == data and kept == records
+        joined_resource = CachedResource.of_records(LISTENER_TYPE, name, prefix, kept, hashes, suffix)
+        assert joined_resource.version == records_version(data, 3)  # its chains' kept hashes: what its bytes give
+        assert joined_resource.entry == CachedResource.of(LISTENER_TYPE, name, whole).entry
 
 
 def test_chain_facts_read_from_a_whole_listeners_facts_are_the_walked_ones() -> None:

@@ -10,6 +10,7 @@ are asked for through :meth:`NodeView.shared` (see fragments.py).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping
 
@@ -25,7 +26,8 @@ from .options import TranslateOptions
 from .resources import NodeResources
 
 __all__ = [
-    "ListenerParts", "LocalIdentity", "NodeView", "ResourceSet", "SerializedChains", "ServedVip", "TranslateOptions"
+    "ListenerParts", "LocalIdentity", "NodeView", "ResourceSet", "SerializedChains", "ServedVip", "TranslateOptions",
+    "record_hash",
 ]
 
 
@@ -87,10 +89,21 @@ class SerializedChains:
 
     records: tuple[bytes, ...]
     facts: tuple[Any, ...]
+    #: Each record's content hash (:func:`record_hash`), made with it: the listener's version is
+    #: made from these (xds/resource_store.py), its hundred chains' bytes never hashed again.
+    hashes: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if len(self.records) != len(self.facts):
-            raise ValueError(f"{len(self.records)} serialized chains with the facts of {len(self.facts)}")
+        if not len(self.records) == len(self.facts) == len(self.hashes):
+            raise ValueError(
+                f"{len(self.records)} serialized chains with the facts of {len(self.facts)} and {len(self.hashes)} hashes"
+            )
+
+
+def record_hash(data: bytes | memoryview) -> str:
+    """A serialized chain's content hash: what ``xds.snapshot.content_version`` makes of its bytes
+    (the same function: a listener versioned by its chains is versioned alike however it was made)."""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

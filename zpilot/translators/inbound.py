@@ -36,7 +36,7 @@ from ..model.addresses import host_prefix_len
 from ..model.objects import Workload
 from ..model.policy import WorkloadPolicies
 from . import consistency, inbound_guard, names
-from .context import ListenerParts, NodeView, SerializedChains
+from .context import ListenerParts, NodeView, SerializedChains, record_hash
 from .fragments import Fragment
 from . import rbac
 from .envoy_common import (
@@ -342,9 +342,9 @@ def _derived(
     between made (one pod added, gone or changed: that pod's)."""
     before: tuple[LocalPod, ...] = base.key[1][-1]
     if isinstance(base.value, SerializedChains):
-        records, facts = base.value.records, base.value.facts
+        records, facts, hashes = base.value.records, base.value.facts, base.value.hashes
     else:
-        records, facts = _cut(base)
+        records, facts, hashes = _cut(base)
     same = min(len(before), len(pods))
     start = 0
     while start < same and before[start] == pods[start]:
@@ -353,46 +353,52 @@ def _derived(
     while end < same - start and before[-1 - end] == pods[-1 - end]:
         end += 1
     made = [make_chain(pod) for pod in pods[start : len(pods) - end]]
+    new = tuple(map(_record, made))
     kept = len(before) - end
     return SerializedChains(
-        records[:start] + tuple(map(_record, made)) + records[kept:],
+        records[:start] + new + records[kept:],
         facts[:start] + tuple(map(consistency.chain_facts, made)) + facts[kept:],
+        hashes[:start] + tuple(map(record_hash, new)) + hashes[kept:],
     )
 
 
 #: Where a whole inbound listener's fragment keeps how its pods' chains are cut from it: where each
-#: chain's record is in its serialization, and each chain's facts (:func:`prepare_cuts`).
+#: chain's record is in its serialization, each chain's facts and its hash (:func:`prepare_cuts`).
 _CUT = "inbound.cut"
 
+Cut = tuple[tuple[tuple[int, int], ...], tuple[consistency.ChainFacts, ...], tuple[str, ...]]
 
-def _cut(base: Fragment) -> tuple[tuple[bytes, ...], tuple[consistency.ChainFacts, ...]]:
-    """The records and facts of the pods' chains of ``base``, a whole listener (the first chains:
-    one per pod its last argument names), its chains' bytes cut from it serialized (one
-    serialization, not one per chain); where they are and their facts as :func:`prepare_cuts`
-    found them ahead of time, when it did."""
+
+def _cut(base: Fragment) -> tuple[tuple[bytes, ...], tuple[consistency.ChainFacts, ...], tuple[str, ...]]:
+    """The records, facts and hashes of the pods' chains of ``base``, a whole listener (the first
+    chains: one per pod its last argument names), its chains' bytes cut from it serialized (one
+    serialization, not one per chain); where they are, their facts and hashes as
+    :func:`prepare_cuts` found them ahead of time, when it did."""
     listener: Listener = base.value
     serialized = listener.SerializeToString(deterministic=True)
     prepared = base.derived.get(_CUT)
     if prepared is None:
         prepared = _cut_of(base, serialized)
-    bounds, facts = prepared
-    return tuple(serialized[start:end] for start, end in bounds), facts
+    bounds, facts, hashes = prepared
+    return tuple(serialized[start:end] for start, end in bounds), facts, hashes
 
 
-def _cut_of(base: Fragment, serialized: bytes) -> tuple[tuple[tuple[int, int], ...], tuple[consistency.ChainFacts, ...]]:
+def _cut_of(base: Fragment, serialized: bytes) -> Cut:
     listener: Listener = base.value
     count = len(base.key[1][-1])
     bounds = tuple(protowire.field_bounds(serialized, _FILTER_CHAINS)[:count])
     if len(bounds) != count:
         raise ValueError(f"listener {listener.name!r}: {len(bounds)} filter chains for {count} pods")
-    return bounds, consistency.chains_of(listener, count, base.derived.get(consistency.LISTENER_FACTS))
+    view = memoryview(serialized)
+    hashes = tuple(record_hash(view[start:end]) for start, end in bounds)
+    return bounds, consistency.chains_of(listener, count, base.derived.get(consistency.LISTENER_FACTS)), hashes
 
 
 def prepare_cuts(view: NodeView) -> int:
     """Pay ahead what the node's next pod change would: for each of its inbound listeners still
     whole as a full build made it (never changed since), where its pods' chains are in its
-    serialization and their facts, kept on its fragment (offsets and facts, not a copy of the
-    bytes: megabytes over a hundred nodes). The first change of the node then cuts its chains
+    serialization, their facts and their hashes, kept on its fragment (offsets, facts and hashes,
+    not a copy of the bytes: megabytes over a hundred nodes). The first change of the node then cuts its chains
     from the listener serialized (:func:`_derived`) without walking them; what it makes is the
     same either way. How many listeners were prepared (0: nothing left to do for this node)."""
     options = view.options
@@ -414,7 +420,8 @@ def _record(chain: listener_components_pb2.FilterChain) -> bytes:
 
 def _serialized(chains: Iterable[listener_components_pb2.FilterChain]) -> SerializedChains:
     made = list(chains)
-    return SerializedChains(tuple(map(_record, made)), tuple(map(consistency.chain_facts, made)))
+    records = tuple(map(_record, made))
+    return SerializedChains(records, tuple(map(consistency.chain_facts, made)), tuple(map(record_hash, records)))
 
 
 def _hbone_chains(
