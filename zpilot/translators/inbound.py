@@ -232,7 +232,8 @@ def _plaintext_chain(limits: DataPathLimits, local: LocalPod) -> listener_compon
 
 
 def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
-    return tuple((pod, names.workload_secret(view.identity_of(pod), pod), view.policies_for(pod)) for pod in view.local_pods)
+    policies_for = view.policies_for
+    return tuple((pod, secret, policies_for(pod)) for pod, _identity, secret in view.local_secrets)
 
 
 def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:
