@@ -20,7 +20,7 @@ from zpilot import contract, protowire
 from zpilot.model.index import MeshIndex
 from zpilot.synthetic import Shape, extra_pod, node_name, synthetic_cluster, synthetic_manifests
 from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency, translate_node
-from zpilot.translators.context import ListenerParts, SerializedChains, record_hash
+from zpilot.translators.context import SERIALIZED_BYTES, ListenerParts, SerializedChains, record_hash
 from zpilot.translators.fragments import Fragment
 from zpilot.xds.order import LISTENER_TYPE
 from zpilot.xds.push import Producer
@@ -63,6 +63,12 @@ def test_a_pod_change_serves_the_whole_listener_from_the_chains_the_node_kept() 
     asyncio.run(producer.update(index))
     assert not _kept(producer, NODE)  # cold: whole listeners
     assert _served(producer, NODE) == _whole(index, NODE)
+    # the served bytes of each whole listener are kept on it (a view): its first change cuts them, not serializing it again
+    whole = [f for f in producer._fragments[NODE] if isinstance(f.value, Listener) and f.value.name in INBOUND]
+    assert len(whole) == 2
+    for fragment in whole:
+        kept_bytes = fragment.derived[SERIALIZED_BYTES]
+        assert isinstance(kept_bytes, memoryview) and kept_bytes.tobytes() == fragment.value.SerializeToString(deterministic=True)
 
     added = [extra_pod(SHAPE, 0, node=1), extra_pod(SHAPE, 1, node=1)]
     history = [docs + added[:1], docs + added, docs + added[1:], docs]

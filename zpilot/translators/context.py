@@ -100,6 +100,13 @@ class SerializedChains:
             )
 
 
+#: Where a consumer that serialized a fragment's message deterministically may keep those bytes
+#: (``Fragment.derived``): a view of what it holds anyway (the producer: the served resource), not a
+#: copy. A translator cutting that message's parts (translators/inbound.py) reads them instead of
+#: serializing the message again; they are exactly ``SerializeToString(deterministic=True)``.
+SERIALIZED_BYTES = "serialized.deterministic"
+
+
 def record_hash(data: bytes | memoryview) -> str:
     """A serialized chain's content hash: what ``xds.snapshot.content_version`` makes of its bytes
     (the same function: a listener versioned by its chains is versioned alike however it was made)."""

@@ -36,7 +36,7 @@ from ..model.addresses import host_prefix_len
 from ..model.objects import Workload
 from ..model.policy import WorkloadPolicies
 from . import consistency, inbound_guard, names
-from .context import ListenerParts, NodeView, SerializedChains, record_hash
+from .context import SERIALIZED_BYTES, ListenerParts, NodeView, SerializedChains, record_hash
 from .fragments import Fragment
 from . import rbac
 from .envoy_common import (
@@ -375,16 +375,22 @@ def _cut(base: Fragment) -> tuple[tuple[bytes, ...], tuple[consistency.ChainFact
     chains: one per pod its last argument names), its chains' bytes cut from it serialized (one
     serialization, not one per chain); where they are, their facts and hashes as
     :func:`prepare_cuts` found them ahead of time, when it did."""
-    listener: Listener = base.value
-    serialized = listener.SerializeToString(deterministic=True)
+    serialized = _serialized_whole(base)
     prepared = base.derived.get(_CUT)
     if prepared is None:
         prepared = _cut_of(base, serialized)
     bounds, facts, hashes = prepared
-    return tuple(serialized[start:end] for start, end in bounds), facts, hashes
+    return tuple(bytes(serialized[start:end]) for start, end in bounds), facts, hashes
 
 
-def _cut_of(base: Fragment, serialized: bytes) -> Cut:
+def _serialized_whole(base: Fragment) -> bytes | memoryview:
+    """A whole listener's deterministic serialization: the bytes its consumer kept of it
+    (``SERIALIZED_BYTES``: the producer's served resource, a view), else serialized here."""
+    kept = base.derived.get(SERIALIZED_BYTES)
+    return kept if kept is not None else base.value.SerializeToString(deterministic=True)
+
+
+def _cut_of(base: Fragment, serialized: bytes | memoryview) -> Cut:
     listener: Listener = base.value
     count = len(base.key[1][-1])
     bounds = tuple(protowire.field_bounds(serialized, _FILTER_CHAINS)[:count])
@@ -409,7 +415,7 @@ def prepare_cuts(view: NodeView) -> int:
         base = view.fragments.latest((builder, view.node, args))
         if base is None or base.key[0] is not builder or _CUT in base.derived:
             continue
-        base.derived[_CUT] = _cut_of(base, base.value.SerializeToString(deterministic=True))
+        base.derived[_CUT] = _cut_of(base, _serialized_whole(base))
         done += 1
     return done
 

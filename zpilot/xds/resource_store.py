@@ -28,12 +28,13 @@ import weakref
 from typing import Iterable
 
 from envoy.config.listener.v3.listener_pb2 import Listener
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from .. import contract, protowire
 
 from ..translators import consistency
-from ..translators.context import ListenerParts, ResourceSet, SerializedChains
+from ..translators.context import SERIALIZED_BYTES, ListenerParts, ResourceSet, SerializedChains
 from ..translators.fragments import Fragment, FragmentGroup
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 from .snapshot import CachedResource, TypeResources, content_version
@@ -51,6 +52,7 @@ _FILTER_CHAINS = Listener.DESCRIPTOR.fields_by_name["filter_chains"].number
 #: made: the inbound listeners, a chain per local pod, whose pod's change changes one chain; kept
 #: serialized with their hashes (``SerializedChains``), the hundred others are not hashed again.
 BY_CHAINS = frozenset({contract.INBOUND_LISTENER, contract.INBOUND_PLAINTEXT_LISTENER})
+_ANY_VALUE = any_pb2.Any.DESCRIPTOR.fields_by_name["value"].number
 #: The consistency check's name for each type it looks at.
 CHECKED = {LISTENER_TYPE: consistency.LISTENER, CLUSTER_TYPE: consistency.CLUSTER, ENDPOINT_TYPE: consistency.ENDPOINTS}
 
@@ -105,6 +107,9 @@ class ResourceStore:
                 made = CachedResource.joined(type_url, name, listener_pieces(name, parts))
         elif by_chains:
             made = CachedResource.of_chained(type_url, name, message, _FILTER_CHAINS)
+            if fragment is not None:  # what the node's first pod change cuts its chains from (translators/inbound.py)
+                # the listener's bytes: the value of the entry's Any (a view: nothing copied, nothing more held)
+                fragment.derived[SERIALIZED_BYTES] = next(protowire.length_delimited(made.any_view, _ANY_VALUE))
         else:
             made = CachedResource.of(type_url, name, message)
         resource = self.intern(made)

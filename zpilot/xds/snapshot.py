@@ -174,6 +174,13 @@ class CachedResource:
         return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
     @property
+    def any_view(self) -> memoryview:
+        """:attr:`any` of a resource of one part, as a view of it (nothing copied)."""
+        if len(self.parts) != 1:
+            raise ValueError(f"{self.type_url} {self.name!r}: {len(self.parts)} parts, not one")
+        return memoryview(self.parts[0])[self.header :]
+
+    @property
     def any(self) -> bytes:
         """The serialized ``google.protobuf.Any`` (for decoding)."""
         return self.entry[self.header :]
