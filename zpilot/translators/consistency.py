@@ -20,7 +20,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from socket import AF_INET, inet_ntop, inet_pton
 from typing import Callable, Iterable, Iterator
 
@@ -116,9 +116,13 @@ def _finding(need: Need) -> str:
 
 def _wanted(needs: Iterable[Need]) -> dict[str, set[str]]:
     wanted: dict[str, set[str]] = {}
-    for kind, name, _ in needs:
+    # each (kind, name) once (a node's hundred chains need the same cluster a hundred times)
+    for kind, name in set(map(_KIND_NAME, needs)):
         wanted.setdefault(kind, set()).add(name)
     return wanted
+
+
+_KIND_NAME = itemgetter(0, 1)
 
 
 def _wanted_entries(needs: Iterable[tuple[str, str, object]]) -> tuple[tuple[str, frozenset[str]], ...]:
@@ -356,10 +360,10 @@ def _piece(fragment: Fragment) -> _Piece:
     if found is None:
         value = fragment.value
         if isinstance(value, SerializedChains):  # each chain's facts were kept with its bytes
-            names = Counter(f.name for f in value.facts if f.name)
-            needs = tuple(chain.from_iterable(f.needs for f in value.facts))
+            names = Counter(filter(None, map(_NAME, value.facts)))
+            needs = tuple(chain.from_iterable(map(_NEEDS, value.facts)))
             chains = _ChainFacts(names, needs, _wanted_entries(needs))
-            keys: tuple[bytes, ...] | None = tuple(f.match_key for f in value.facts)
+            keys: tuple[bytes, ...] | None = tuple(map(_MATCH_KEY, value.facts))
             chains_list: tuple = ()
         else:
             chains = _chain_list_facts(listener_pb2.Listener(filter_chains=value))
@@ -367,6 +371,9 @@ def _piece(fragment: Fragment) -> _Piece:
         duplicated = frozenset(name for name, count in chains.names.items() if count > 1)
         found = fragment.derived["consistency.chains"] = _Piece(chains.names, duplicated, chains, chains_list, keys)
     return found
+
+
+_NAME, _NEEDS, _MATCH_KEY = attrgetter("name"), attrgetter("needs"), attrgetter("match_key")
 
 
 # -- one chain's facts: kept with its bytes (context.SerializedChains) -------------------------
@@ -477,7 +484,7 @@ def _joined_pieces(parts: tuple[_Piece, ...], matches: tuple[Fragment, ...]) -> 
     wanted: dict[str, set[str]] = {}
     for part in parts:
         duplicated |= part.duplicated
-        duplicated.update(name for name in part.names if name in counts)
+        duplicated.update(counts.keys() & part.names.keys())
         counts.update(part.names)
         needs.extend(part.chains.needs)
         for kind, names in part.chains.wanted:
