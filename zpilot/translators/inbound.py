@@ -231,9 +231,21 @@ def _plaintext_chain(limits: DataPathLimits, local: LocalPod) -> listener_compon
     return chain
 
 
+class _LocalPods(tuple):
+    """A node's local pods (``LocalPod`` each), hashed once: they are the last argument of both
+    inbound listeners' pieces, and a hundred pods' hash (each pod's fields, its policies) is most
+    of what looking those up in the memo costs. Equal to, and hashed as, the plain tuple."""
+
+    def __hash__(self) -> int:
+        found = self.__dict__.get("hash")
+        if found is None:
+            found = self.__dict__["hash"] = tuple.__hash__(self)
+        return found
+
+
 def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
     policies_for = view.policies_for
-    return tuple((pod, secret, policies_for(pod)) for pod, _identity, secret in view.local_secrets)
+    return _LocalPods([(pod, secret, policies_for(pod)) for pod, _identity, secret in view.local_secrets])
 
 
 def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:
