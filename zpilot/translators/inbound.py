@@ -144,7 +144,17 @@ def _terminator_template(limits: DataPathLimits) -> hcm.HttpConnectionManager:
 
 def _transparent_listener(name: str, bind_address: str, port: int, limits: DataPathLimits) -> Listener:
     """Connections for no local pod end in the blackhole (so do all, on a node with no meshed pod,
-    whose listener still has to exist and needs some chain to be valid)."""
+    whose listener still has to exist and needs some chain to be valid). A new message (the
+    caller adds to it), copied from one made once: a node's own parts are made again on each of
+    its pods' changes."""
+    listener = Listener()
+    listener.CopyFrom(_transparent_template(name, bind_address, port, limits))
+    return listener
+
+
+@functools.lru_cache(maxsize=64)
+def _transparent_template(name: str, bind_address: str, port: int, limits: DataPathLimits) -> Listener:
+    """:func:`_transparent_listener`'s message (never modified: copied)."""
     return Listener(
         name=name,
         address=socket_address(bind_address, port),
@@ -209,6 +219,13 @@ def _plaintext_own(bind_address: str, limits: DataPathLimits, admin_port: int, p
     pod_chains = {ip: names.inbound_chain(ip) for ip in pod_ips if ip}
     listener.filter_chain_matcher.CopyFrom(inbound_guard.plaintext_matcher(pod_chains, admin_port))
     return listener
+
+
+@functools.lru_cache(maxsize=64)
+def _plaintext_gate(bind_address: str, limits: DataPathLimits, admin_port: int) -> Listener:
+    """:func:`_plaintext_own` of no pod: the plaintext listener's own part when its pods' map is a
+    piece (:func:`_plaintext_parts`), made once (never modified: copied)."""
+    return _plaintext_own(bind_address, limits, admin_port, ())
 
 
 def _pod_ips(pods: tuple[LocalPod, ...]) -> tuple[str, ...]:
@@ -470,7 +487,8 @@ def _plaintext_parts(
     matcher's map of its pods (``by_pod``: :func:`_plaintext_by_pod`, joined where the gate leads
     when no port of the ztunnel's is asked for), its pods' chains and the refusing chain (every
     node's alike)."""
-    own = _plaintext_own(bind_address, limits, admin_port, ())
+    own = Listener()
+    own.CopyFrom(_plaintext_gate(bind_address, limits, admin_port))
     if not by_pod.value:  # no pod: the gate leads nowhere else
         return ListenerParts(own, chains=(chains, refused))
     own.filter_chain_matcher.on_no_match.SetInParent()  # where the map of its pods goes

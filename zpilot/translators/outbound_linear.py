@@ -181,9 +181,19 @@ _GATE_ON_MATCH = (
 
 
 def _outbound_listener(view: NodeView) -> Listener:
+    """The outbound listener without its matcher and its shared chains: a new message (the layout
+    adds to it), copied from one made once (a node's own part is made again on each pod change)."""
+    listener = Listener()
+    listener.CopyFrom(_outbound_template(view.options.bind_address, view.options.limits))
+    return listener
+
+
+@functools.lru_cache(maxsize=64)
+def _outbound_template(bind_address: str, limits: DataPathLimits) -> Listener:
+    """:func:`_outbound_listener`'s message (never modified: copied)."""
     listener = Listener(
         name=contract.OUTBOUND_LISTENER,
-        address=socket_address(view.options.bind_address, contract.PORT_OUTBOUND),
+        address=socket_address(bind_address, contract.PORT_OUTBOUND),
         transparent=wrappers_pb2.BoolValue(value=True),
         use_original_dst=wrappers_pb2.BoolValue(value=True),
         # the order matters: Envoy appends the implicit original_dst of use_original_dst after
@@ -192,7 +202,7 @@ def _outbound_listener(view: NodeView) -> Listener:
         socket_options=[socket_mark(contract.OUTBOUND_SOCKET_MARK, "Set socket mark to packets coming back from outbound listener")],
         access_log=[access_log(contract.OUTBOUND_LISTENER)],
     )
-    idle = idle_timeout(view.options.limits)
+    idle = idle_timeout(limits)
     listener.filter_chains.extend(
         [
             proxy_chain(names.PASSTHROUGH_CHAIN, names.PASSTHROUGH_CLUSTER, idle_timeout=idle),
@@ -419,7 +429,15 @@ def _tunnel_chains(sid: str, limits: DataPathLimits) -> tuple[FilterChain, Filte
 
 
 def _tunnel_base() -> Listener:
-    """The internal listener without its matcher and its chains."""
+    """The internal listener without its matcher and its chains: a new message, copied from one made once."""
+    listener = Listener()
+    listener.CopyFrom(_tunnel_template())
+    return listener
+
+
+@functools.lru_cache(maxsize=1)
+def _tunnel_template() -> Listener:
+    """:func:`_tunnel_base`'s message (never modified: copied)."""
     listener = Listener(
         name=contract.LINEAR_TUNNEL_LISTENER,
         use_original_dst=wrappers_pb2.BoolValue(value=False),
