@@ -2,8 +2,9 @@
 
 A :class:`Snapshot` is immutable: the producer builds a new one for every change and the cache
 swaps it in, so a stream reading a snapshot never sees half an update. Each resource carries a
-version that is a hash of its serialized bytes; a type's version is a hash of its names and
-resource versions. Equal content therefore means equal versions, which is how "nothing changed
+version that is a hash of its serialized bytes (of large pieces of them, each hashed once: a
+listener joined from shared pieces, ``CachedResource.joined``; the inbound listeners, by their
+chains, :func:`records_version`); a type's version is a hash of its names and resource versions. Equal content therefore means equal versions, which is how "nothing changed
 for this node" is detected without comparing protobufs, and how delta xDS avoids resending
 unchanged resources.
 """
