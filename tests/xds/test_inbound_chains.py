@@ -19,7 +19,7 @@ from google.protobuf import any_pb2
 from zpilot import contract, protowire
 from zpilot.model.index import MeshIndex
 from zpilot.synthetic import Shape, extra_pod, node_name, synthetic_cluster, synthetic_manifests
-from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency, translate_node
+from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency, matcher, translate_node
 from zpilot.translators.context import SERIALIZED_BYTES, ListenerParts, SerializedChains, record_hash
 from zpilot.translators.fragments import Fragment
 from zpilot.xds.order import LISTENER_TYPE
@@ -129,3 +129,21 @@ def test_chain_facts_read_from_a_whole_listeners_facts_are_the_walked_ones() -> 
         walked = consistency.chains_of(listener, count, None)
         assert consistency.chains_of(listener, count, facts) == walked
         assert walked and all(f.needs for f in walked) or name == contract.INBOUND_PLAINTEXT_LISTENER
+
+
+def test_a_pieced_map_selecting_a_missing_chain_is_found() -> None:
+    """The plaintext listener's map of pods is a piece kept as its entries (``matcher.SerializedMap``):
+    what it selects is read entry by entry, and a chain it selects that the listener lacks is a finding."""
+    docs = synthetic_manifests(SHAPE)
+    translator = IncrementalTranslator(OPTIONS)
+    cold = translator.translate_parts(translator.inputs(_index(docs))[NODE])  # whole, held: what the change derives from
+    changed = translator.translate_parts(translator.inputs(_index(docs + [extra_pod(SHAPE, 0, node=1)]))[NODE])
+    assert contract.INBOUND_PLAINTEXT_LISTENER not in cold.listener_parts
+    parts = changed.listener_parts[contract.INBOUND_PLAINTEXT_LISTENER]
+    (by_pod,) = parts.matches
+    assert isinstance(by_pod.value, matcher.SerializedMap)
+    assert not consistency.listener_facts_of_parts(contract.INBOUND_PLAINTEXT_LISTENER, parts).listeners[0].local
+    stray = Fragment("stray map", matcher.serialized_exact_map("ip", {"10.9.9.9": "inbound_10.9.9.9"}))
+    wrong = ListenerParts(parts.own, chains=parts.chains, matches=(stray,), match_paths=parts.match_paths)
+    (finding,) = consistency.listener_facts_of_parts(contract.INBOUND_PLAINTEXT_LISTENER, wrong).listeners[0].local
+    assert "selects chain 'inbound_10.9.9.9', which does not exist" in finding

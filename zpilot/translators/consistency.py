@@ -41,6 +41,7 @@ from .. import protowire
 from ..model.problems import clip
 from .context import ListenerParts, SerializedChains
 from .fragments import Fragment
+from .matcher import SerializedMap
 from .pod_select import TLV_CLUSTER
 from .resources import NodeResources
 
@@ -421,8 +422,33 @@ def chains_of(listener: listener_pb2.Listener, count: int, facts: Facts | None) 
 def _piece_targets(fragment: Fragment) -> frozenset[str]:
     found = fragment.derived.get("consistency.targets")
     if found is None:
-        found = fragment.derived["consistency.targets"] = _on_match_targets(fragment.value)
+        value = fragment.value
+        found = _map_targets(value) if isinstance(value, SerializedMap) else _on_match_targets(value)
+        fragment.derived["consistency.targets"] = found
     return found
+
+
+def _map_targets(value: SerializedMap) -> frozenset[str]:
+    """What an exact map written from its entries selects: each entry's targets, found once per
+    entry (the same bytes objects in every map holding it) by parsing it alone. A node's map of
+    its hundred pods is then not parsed and walked again for each change of one pod; what it
+    selects is still read from the very bytes it is served as (``bytes(value)`` is their join)."""
+    found: set[str] = set()
+    for entry in value.entries:
+        targets = _entry_targets.get(entry)
+        if targets is None:
+            if len(_entry_targets) >= _ENTRIES_KEPT:
+                _entry_targets.clear()
+            tree = matcher_pb2.Matcher()
+            tree.matcher_tree.exact_match_map.MergeFromString(entry)
+            targets = _entry_targets[entry] = _matcher_targets(tree)
+        found |= targets
+    return frozenset(found)
+
+
+#: Each map entry's targets (``_map_targets``), by its bytes: a node's pods' entries, a few per pod.
+_ENTRIES_KEPT = 1 << 16
+_entry_targets: dict[bytes, frozenset[str]] = {}
 
 
 @dataclass(frozen=True)

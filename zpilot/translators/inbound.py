@@ -35,7 +35,7 @@ from .. import contract, protowire
 from ..model.addresses import host_prefix_len
 from ..model.objects import Workload
 from ..model.policy import WorkloadPolicies
-from . import consistency, inbound_guard, names
+from . import consistency, inbound_guard, matcher, names
 from .context import SERIALIZED_BYTES, ListenerParts, NodeView, SerializedChains, record_hash
 from .fragments import Fragment
 from . import rbac
@@ -495,10 +495,13 @@ def _plaintext_parts(
     return ListenerParts(own, chains=(chains, refused), matches=(by_pod,), match_paths=(_BY_POD_PATH,))
 
 
-def _plaintext_by_pod(pod_ips: tuple[str, ...]) -> bytes:
+def _plaintext_by_pod(pod_ips: tuple[str, ...]) -> "matcher.SerializedMap | bytes":
     """The plaintext matcher's map of the node's pods (:func:`inbound_guard.plaintext_matcher`'s),
-    serialized from each pod's entry (kept), not made as messages again for each change."""
-    return inbound_guard.serialized_by_pod({ip: names.inbound_chain(ip) for ip in pod_ips if ip})
+    serialized from each pod's entry (kept), not made as messages again for each change, as its
+    entries (``matcher.SerializedMap``, whose bytes are ``inbound_guard.serialized_by_pod``'s);
+    empty bytes for no pod."""
+    pod_chains = {ip: names.inbound_chain(ip) for ip in pod_ips if ip}
+    return matcher.serialized_exact_map("ip", pod_chains) if pod_chains else b""
 
 
 #: Where the map of the pods goes in the plaintext listener: its matcher's ``on_no_match``.

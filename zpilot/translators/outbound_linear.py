@@ -458,10 +458,10 @@ def _source_chains(addresses: tuple[tuple[str, tuple[str, ...]], ...], same_node
     return by_ip
 
 
-def _source_map(addresses: tuple[tuple[str, tuple[str, ...]], ...], same_node: bool) -> bytes:
+def _source_map(addresses: tuple[tuple[str, tuple[str, ...]], ...], same_node: bool) -> matcher.SerializedMap:
     """The tunnel listener's source-ip map to its chains to this node or another, as the serialized
-    ``OnMatch`` the gate leads to: written from its entries, kept (``matcher.serialized_exact``)."""
-    return matcher.serialized_exact("source-ip", _source_chains(addresses, same_node))
+    ``OnMatch`` the gate leads to: written from its entries, kept (``matcher.serialized_exact_map``)."""
+    return matcher.serialized_exact_map("source-ip", _source_chains(addresses, same_node))
 
 
 def _tunnel_parts(
@@ -472,8 +472,8 @@ def _tunnel_parts(
     listener = _tunnel_base()
     # each source-ip map written from its entries, kept (matcher.serialized_exact): the same
     # messages as made from OnMatch messages, the hundred pods' not made again for each change
-    gate = matcher.in_ranges("ip", sorted(_source_chains(addresses, False)), _source_map(addresses, True))
-    gate.on_no_match.MergeFromString(_source_map(addresses, False))
+    gate = matcher.in_ranges("ip", sorted(_source_chains(addresses, False)), bytes(_source_map(addresses, True)))
+    gate.on_no_match.MergeFromString(bytes(_source_map(addresses, False)))
     listener.filter_chain_matcher.CopyFrom(gate)
     return ListenerParts(listener, chains=chains)
 
