@@ -428,6 +428,13 @@ def _piece_targets(fragment: Fragment) -> frozenset[str]:
     return found
 
 
+def prepare_map(value: SerializedMap) -> None:
+    """Find ahead (in idle time) what each entry of ``value`` selects, as :func:`_map_targets`
+    would: the next change of a map built whole so far (a node's plaintext map of its pods, on its
+    first change) then finds its entries' known."""
+    _map_targets(value)
+
+
 def _map_targets(value: SerializedMap) -> frozenset[str]:
     """What an exact map written from its entries selects: each entry's targets, found once per
     entry (the same bytes objects in every map holding it) by parsing it alone. A node's map of

@@ -445,6 +445,10 @@ def prepare_cuts(view: NodeView) -> int:
         if base is None or base.key[0] is not builder or _CUT in base.derived:
             continue
         base.derived[_CUT] = _cut_of(base, _serialized_whole(base))
+        if builder is _plaintext_listener:  # its map of pods, a piece from then on: what it selects, entry by entry
+            by_pod = _plaintext_by_pod(_pod_ips(base.key[1][-1]))
+            if isinstance(by_pod, matcher.SerializedMap):
+                consistency.prepare_map(by_pod)
         done += 1
     return done
 
