@@ -446,11 +446,29 @@ def _map_targets(value: SerializedMap) -> frozenset[str]:
         if targets is None:
             if len(_entry_targets) >= _ENTRIES_KEPT:
                 _entry_targets.clear()
-            tree = matcher_pb2.Matcher()
-            tree.matcher_tree.exact_match_map.MergeFromString(entry)
-            targets = _entry_targets[entry] = _matcher_targets(tree)
+            targets = _entry_targets[entry] = _entry_outcome_targets(entry)
         found |= targets
     return frozenset(found)
+
+
+def _entry_outcome_targets(entry: bytes) -> frozenset[str]:
+    """What one map entry (a ``MatchMap.map`` field: key, then its ``OnMatch``) selects: its
+    ``OnMatch`` walked once per distinct outcome (a node's hundred pods lead to a few chains each)."""
+    outcomes = [bytes(value) for item in protowire.length_delimited(entry, _MAP_ENTRY) for value in protowire.length_delimited(item, 2)]
+    if len(outcomes) != 1:  # not one entry with its outcome: walked whole
+        tree = matcher_pb2.Matcher()
+        tree.matcher_tree.exact_match_map.MergeFromString(entry)
+        return _matcher_targets(tree)
+    found = _outcome_targets.get(outcomes[0])
+    if found is None:
+        if len(_outcome_targets) >= _ENTRIES_KEPT:
+            _outcome_targets.clear()
+        found = _outcome_targets[outcomes[0]] = _on_match_targets(outcomes[0])
+    return found
+
+
+_MAP_ENTRY = matcher_pb2.Matcher.MatcherTree.MatchMap.DESCRIPTOR.fields_by_name["map"].number
+_outcome_targets: dict[bytes, frozenset[str]] = {}
 
 
 #: Each map entry's targets (``_map_targets``), by its bytes: a node's pods' entries, a few per pod.
