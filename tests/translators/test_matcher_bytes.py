@@ -31,3 +31,16 @@ def test_the_plaintext_map_of_pods_is_what_the_whole_matcher_holds() -> None:
     assert inbound_guard.serialized_by_pod(pods) == matcher.serialized(by_pod)
     assert inbound_guard.plaintext_matcher(pods).on_no_match == by_pod
     assert inbound_guard.serialized_by_pod({}) == b"" and not inbound_guard.plaintext_matcher({}).HasField("on_no_match")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_KEYS, st.text(min_size=1, max_size=20), min_size=1, max_size=40))
+def test_what_a_map_selects_read_entry_by_entry_is_what_its_bytes_select(cases: dict[str, str]) -> None:
+    """A map kept as its entries (``SerializedMap``, served as their join): the consistency check
+    reads what it selects entry by entry, each entry once; that is what walking its bytes whole
+    finds, and what the map was made to select."""
+    from zpilot.translators import consistency
+
+    kept = matcher.serialized_exact_map("ip", cases)
+    assert bytes(kept) == matcher.serialized_exact("ip", cases)
+    assert consistency._map_targets(kept) == consistency._on_match_targets(bytes(kept)) == frozenset(cases.values())

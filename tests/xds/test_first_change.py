@@ -18,8 +18,8 @@ import pytest
 from zpilot.kube.convert_policy import KIND_CONVERTERS
 from zpilot.model.index import MeshIndex
 from zpilot.synthetic import Shape, extra_policy, extra_pod, node_name, synthetic_cluster, synthetic_manifests
-from zpilot import protowire
-from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency
+from zpilot import contract, protowire
+from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency, matcher, names, translate_node
 from zpilot.translators.inputs import MeshInput
 from zpilot.xds import push, snapshot
 from zpilot.xds.order import ENDPOINT_TYPE, PUSH_ORDER
@@ -52,11 +52,15 @@ def _refuse(*_args, **_kwargs):
     raise AssertionError("recomputed on a first change")
 
 
-async def _first_change_matches_a_fresh_build(producer: Producer, docs) -> None:
+async def _first_change_matches_a_fresh_build(producer: Producer, docs, refusals=None) -> None:
+    """``refusals``: what the change must not call, undone before the fresh build (a cold build
+    walks each inbound listener's chains: it versions the listener by them, snapshot.records_version)."""
     docs = docs + [extra_pod(SHAPE, 0, node=0)]
     report = await producer.update(_index(docs))
     assert not report.failed and not producer.failures
     assert report.translated == [node_name(0)]
+    if refusals is not None:
+        refusals.undo()
     fresh = await _produced(docs)
     assert _served(producer) == _served(fresh)
 
@@ -66,15 +70,22 @@ async def test_a_nodes_inbound_chains_are_found_ahead_in_idle_time(monkeypatch) 
     (``IncrementalTranslator.prepare``); the node's first change then cuts its chains from its
     listener without walking them again."""
     monkeypatch.setattr(Producer, "PREPARE_AFTER_SECONDS", 0)
+    monkeypatch.setattr(consistency, "_entry_targets", {})  # nothing known from other tests
     docs = synthetic_manifests(SHAPE)
     producer = await _produced(docs)
     assert producer._preparing is not None
     await producer._preparing  # started by the update itself, once idle
     assert producer.prepared == set(producer.cache.nodes())
     await producer.prepare_pending()  # nothing left: prepared once
+    # what each node's plaintext map of its pods selects is known entry by entry (its first change parses only its new pod's)
+    for node in producer.cache.nodes():
+        listener = translate_node(_index(docs), node, TranslateOptions(layout="linear")).listeners[contract.INBOUND_PLAINTEXT_LISTENER]
+        ips = list(listener.filter_chain_matcher.on_no_match.matcher.matcher_tree.exact_match_map.map)
+        kept = matcher.serialized_exact_map("ip", {ip: names.inbound_chain(ip) for ip in ips})
+        assert ips and all(entry in consistency._entry_targets for entry in kept.entries), node
     monkeypatch.setattr(consistency, "chains_of", _refuse)
     monkeypatch.setattr(protowire, "field_bounds", _refuse)
-    await _first_change_matches_a_fresh_build(producer, docs)
+    await _first_change_matches_a_fresh_build(producer, docs, monkeypatch)
 
 
 async def test_without_idle_time_the_first_change_cuts_the_chains_itself(monkeypatch) -> None:

@@ -1,5 +1,6 @@
 """A node's inbound listeners after a pod change: its pods' chains kept serialized, derived from
-the ones it had, served byte for byte (and version for version) as the whole listener.
+the ones it had, served byte for byte (and version for version: versioned by their chains'
+hashes, ``snapshot.records_version``) as the whole listener.
 
 A cold generation builds and serializes each node's inbound listeners whole; the node's first
 pod change derives its chains from that listener (each kept chain's bytes and consistency
@@ -18,13 +19,13 @@ from google.protobuf import any_pb2
 from zpilot import contract, protowire
 from zpilot.model.index import MeshIndex
 from zpilot.synthetic import Shape, extra_pod, node_name, synthetic_cluster, synthetic_manifests
-from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency, translate_node
-from zpilot.translators.context import ListenerParts, SerializedChains
+from zpilot.translators import IncrementalTranslator, TranslateOptions, consistency, matcher, translate_node
+from zpilot.translators.context import SERIALIZED_BYTES, ListenerParts, SerializedChains, record_hash
 from zpilot.translators.fragments import Fragment
 from zpilot.xds.order import LISTENER_TYPE
 from zpilot.xds.push import Producer
-from zpilot.xds.resource_store import listener_pieces
-from zpilot.xds.snapshot import content_version
+from zpilot.xds.resource_store import listener_records
+from zpilot.xds.snapshot import CachedResource, records_version
 from zpilot.xds.snapshot_cache import SnapshotCache
 
 SHAPE = Shape(nodes=3, pods=24, services=4, namespaces=2, ports_per_service=2, service_accounts_per_namespace=2)
@@ -47,7 +48,7 @@ def _whole(index: MeshIndex, node: str) -> dict[str, tuple[bytes, str]]:
     out = {}
     for name in INBOUND:
         data = listeners[name].SerializeToString(deterministic=True)
-        out[name] = (data, content_version(data))
+        out[name] = (data, records_version(data, 3))  # versioned by their chains, however made
     return out
 
 
@@ -62,6 +63,12 @@ def test_a_pod_change_serves_the_whole_listener_from_the_chains_the_node_kept() 
     asyncio.run(producer.update(index))
     assert not _kept(producer, NODE)  # cold: whole listeners
     assert _served(producer, NODE) == _whole(index, NODE)
+    # the served bytes of each whole listener are kept on it (a view): its first change cuts them, not serializing it again
+    whole = [f for f in producer._fragments[NODE] if isinstance(f.value, Listener) and f.value.name in INBOUND]
+    assert len(whole) == 2
+    for fragment in whole:
+        kept_bytes = fragment.derived[SERIALIZED_BYTES]
+        assert isinstance(kept_bytes, memoryview) and kept_bytes.tobytes() == fragment.value.SerializeToString(deterministic=True)
 
     added = [extra_pod(SHAPE, 0, node=1), extra_pod(SHAPE, 1, node=1)]
     history = [docs + added[:1], docs + added, docs + added[1:], docs]
@@ -93,9 +100,9 @@ def test_chains_kept_serialized_are_judged_as_the_whole_listener() -> None:
         own = Listener()
         own.CopyFrom(whole)
         del own.filter_chains[:]
+        records = tuple(protowire.field_bytes(3, c.SerializeToString(deterministic=True)) for c in whole.filter_chains)
         chains = Fragment("chains", SerializedChains(
-            tuple(protowire.field_bytes(3, c.SerializeToString(deterministic=True)) for c in whole.filter_chains),
-            consistency.chains_of(whole, len(whole.filter_chains), None),
+            records, consistency.chains_of(whole, len(whole.filter_chains), None), tuple(map(record_hash, records))
         ))
         joined = consistency.listener_facts_of_parts(name, ListenerParts(own, chains=(chains,)))
         walked = consistency.resource_facts(consistency.LISTENER, name, whole)
@@ -105,9 +112,12 @@ def test_chains_kept_serialized_are_judged_as_the_whole_listener() -> None:
             assert any("matching the same connections" in f for f in walked.listeners[0].local)
         assert joined.wanted_names() == walked.wanted_names()  # (a listener of pieces keeps theirs apart)
         assert sorted(joined.listeners[0].chains.needs) == sorted(walked.listeners[0].chains.needs)
-        pieces = listener_pieces(name, ListenerParts(own, chains=(chains,)))
-        assert b"".join(data for data, _hash in pieces) == whole.SerializeToString(deterministic=True)
-        assert all(data_hash is None for _data, data_hash in pieces)  # a node's own bytes: hashed whole
+        data = whole.SerializeToString(deterministic=True)
+        prefix, kept, hashes, suffix = listener_records(name, ListenerParts(own, chains=(chains,)))
+        assert b"".join((prefix, *kept, suffix)) == data and kept == records
+        joined_resource = CachedResource.of_records(LISTENER_TYPE, name, prefix, kept, hashes, suffix)
+        assert joined_resource.version == records_version(data, 3)  # its chains' kept hashes: what its bytes give
+        assert joined_resource.entry == CachedResource.of(LISTENER_TYPE, name, whole).entry
 
 
 def test_chain_facts_read_from_a_whole_listeners_facts_are_the_walked_ones() -> None:
@@ -119,3 +129,21 @@ def test_chain_facts_read_from_a_whole_listeners_facts_are_the_walked_ones() -> 
         walked = consistency.chains_of(listener, count, None)
         assert consistency.chains_of(listener, count, facts) == walked
         assert walked and all(f.needs for f in walked) or name == contract.INBOUND_PLAINTEXT_LISTENER
+
+
+def test_a_pieced_map_selecting_a_missing_chain_is_found() -> None:
+    """The plaintext listener's map of pods is a piece kept as its entries (``matcher.SerializedMap``):
+    what it selects is read entry by entry, and a chain it selects that the listener lacks is a finding."""
+    docs = synthetic_manifests(SHAPE)
+    translator = IncrementalTranslator(OPTIONS)
+    cold = translator.translate_parts(translator.inputs(_index(docs))[NODE])  # whole, held: what the change derives from
+    changed = translator.translate_parts(translator.inputs(_index(docs + [extra_pod(SHAPE, 0, node=1)]))[NODE])
+    assert contract.INBOUND_PLAINTEXT_LISTENER not in cold.listener_parts
+    parts = changed.listener_parts[contract.INBOUND_PLAINTEXT_LISTENER]
+    (by_pod,) = parts.matches
+    assert isinstance(by_pod.value, matcher.SerializedMap)
+    assert not consistency.listener_facts_of_parts(contract.INBOUND_PLAINTEXT_LISTENER, parts).listeners[0].local
+    stray = Fragment("stray map", matcher.serialized_exact_map("ip", {"10.9.9.9": "inbound_10.9.9.9"}))
+    wrong = ListenerParts(parts.own, chains=parts.chains, matches=(stray,), match_paths=parts.match_paths)
+    (finding,) = consistency.listener_facts_of_parts(contract.INBOUND_PLAINTEXT_LISTENER, wrong).listeners[0].local
+    assert "selects chain 'inbound_10.9.9.9', which does not exist" in finding

@@ -177,3 +177,19 @@ def test_ranges_written_on_the_wire_format_are_the_generated_class_bytes() -> No
         matcher._ranges(long_prefix)
     with pytest.raises(ValueError):
         matcher.serialized_ranges(long_prefix)
+
+
+def test_the_tunnel_listener_joined_from_its_maps_is_the_whole_listener() -> None:
+    """The internal listener's own part leads its gate to two empty places, where the node's maps
+    of its pods' addresses (to its tunnels to this node, and to another) are joined as bytes: the
+    very bytes of the listener a whole build gives, through a change of the node's pods too."""
+    docs = _docs(empty_node=False)
+    translator = IncrementalTranslator(LINEAR)
+    for step in (docs, docs + [extra_pod(SHAPE, 0, node=1), extra_pod(SHAPE, 1, node=1)]):
+        index = _index(step)
+        for node, node_input in translator.inputs(index).items():
+            whole = translate_node(index, node, LINEAR).listeners[contract.LINEAR_TUNNEL_LISTENER]
+            parts = translator.translate_parts(node_input).listener_parts[contract.LINEAR_TUNNEL_LISTENER]
+            assert len(parts.matches) == 2 and not parts.own.filter_chains  # the maps and chains are pieces
+            joined = b"".join(piece for piece, _ in listener_pieces(contract.LINEAR_TUNNEL_LISTENER, parts))
+            assert joined == whole.SerializeToString(deterministic=True), node

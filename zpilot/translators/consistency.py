@@ -20,7 +20,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from socket import AF_INET, inet_ntop, inet_pton
 from typing import Callable, Iterable, Iterator
 
@@ -41,6 +41,7 @@ from .. import protowire
 from ..model.problems import clip
 from .context import ListenerParts, SerializedChains
 from .fragments import Fragment
+from .matcher import SerializedMap
 from .pod_select import TLV_CLUSTER
 from .resources import NodeResources
 
@@ -116,9 +117,13 @@ def _finding(need: Need) -> str:
 
 def _wanted(needs: Iterable[Need]) -> dict[str, set[str]]:
     wanted: dict[str, set[str]] = {}
-    for kind, name, _ in needs:
+    # each (kind, name) once (a node's hundred chains need the same cluster a hundred times)
+    for kind, name in set(map(_KIND_NAME, needs)):
         wanted.setdefault(kind, set()).add(name)
     return wanted
+
+
+_KIND_NAME = itemgetter(0, 1)
 
 
 def _wanted_entries(needs: Iterable[tuple[str, str, object]]) -> tuple[tuple[str, frozenset[str]], ...]:
@@ -356,10 +361,10 @@ def _piece(fragment: Fragment) -> _Piece:
     if found is None:
         value = fragment.value
         if isinstance(value, SerializedChains):  # each chain's facts were kept with its bytes
-            names = Counter(f.name for f in value.facts if f.name)
-            needs = tuple(chain.from_iterable(f.needs for f in value.facts))
+            names = Counter(filter(None, map(_NAME, value.facts)))
+            needs = tuple(chain.from_iterable(map(_NEEDS, value.facts)))
             chains = _ChainFacts(names, needs, _wanted_entries(needs))
-            keys: tuple[bytes, ...] | None = tuple(f.match_key for f in value.facts)
+            keys: tuple[bytes, ...] | None = tuple(map(_MATCH_KEY, value.facts))
             chains_list: tuple = ()
         else:
             chains = _chain_list_facts(listener_pb2.Listener(filter_chains=value))
@@ -367,6 +372,9 @@ def _piece(fragment: Fragment) -> _Piece:
         duplicated = frozenset(name for name, count in chains.names.items() if count > 1)
         found = fragment.derived["consistency.chains"] = _Piece(chains.names, duplicated, chains, chains_list, keys)
     return found
+
+
+_NAME, _NEEDS, _MATCH_KEY = attrgetter("name"), attrgetter("needs"), attrgetter("match_key")
 
 
 # -- one chain's facts: kept with its bytes (context.SerializedChains) -------------------------
@@ -414,8 +422,58 @@ def chains_of(listener: listener_pb2.Listener, count: int, facts: Facts | None) 
 def _piece_targets(fragment: Fragment) -> frozenset[str]:
     found = fragment.derived.get("consistency.targets")
     if found is None:
-        found = fragment.derived["consistency.targets"] = _on_match_targets(fragment.value)
+        value = fragment.value
+        found = _map_targets(value) if isinstance(value, SerializedMap) else _on_match_targets(value)
+        fragment.derived["consistency.targets"] = found
     return found
+
+
+def prepare_map(value: SerializedMap) -> None:
+    """Find ahead (in idle time) what each entry of ``value`` selects, as :func:`_map_targets`
+    would: the next change of a map built whole so far (a node's plaintext map of its pods, on its
+    first change) then finds its entries' known."""
+    _map_targets(value)
+
+
+def _map_targets(value: SerializedMap) -> frozenset[str]:
+    """What an exact map written from its entries selects: each entry's targets, found once per
+    entry (the same bytes objects in every map holding it) by parsing it alone. A node's map of
+    its hundred pods is then not parsed and walked again for each change of one pod; what it
+    selects is still read from the very bytes it is served as (``bytes(value)`` is their join)."""
+    found: set[str] = set()
+    for entry in value.entries:
+        targets = _entry_targets.get(entry)
+        if targets is None:
+            if len(_entry_targets) >= _ENTRIES_KEPT:
+                _entry_targets.clear()
+            targets = _entry_targets[entry] = _entry_outcome_targets(entry)
+        found |= targets
+    return frozenset(found)
+
+
+def _entry_outcome_targets(entry: bytes) -> frozenset[str]:
+    """What one map entry (a ``MatchMap.map`` field: key, then its ``OnMatch``) selects: its
+    ``OnMatch`` walked once per distinct outcome (a node's hundred pods lead to a few chains each)."""
+    outcomes = [bytes(value) for item in protowire.length_delimited(entry, _MAP_ENTRY) for value in protowire.length_delimited(item, 2)]
+    if len(outcomes) != 1:  # not one entry with its outcome: walked whole
+        tree = matcher_pb2.Matcher()
+        tree.matcher_tree.exact_match_map.MergeFromString(entry)
+        return _matcher_targets(tree)
+    found = _outcome_targets.get(outcomes[0])
+    if found is None:
+        if len(_outcome_targets) >= _ENTRIES_KEPT:
+            _outcome_targets.clear()
+        found = _outcome_targets[outcomes[0]] = _on_match_targets(outcomes[0])
+    return found
+
+
+_MAP_ENTRY = matcher_pb2.Matcher.MatcherTree.MatchMap.DESCRIPTOR.fields_by_name["map"].number
+_outcome_targets: dict[bytes, frozenset[str]] = {}
+
+
+#: Each map entry's targets (``_map_targets``), by its bytes: a node's pods' entries, a few per pod.
+_ENTRIES_KEPT = 1 << 16
+_entry_targets: dict[bytes, frozenset[str]] = {}
 
 
 @dataclass(frozen=True)
@@ -477,7 +535,7 @@ def _joined_pieces(parts: tuple[_Piece, ...], matches: tuple[Fragment, ...]) -> 
     wanted: dict[str, set[str]] = {}
     for part in parts:
         duplicated |= part.duplicated
-        duplicated.update(name for name in part.names if name in counts)
+        duplicated.update(counts.keys() & part.names.keys())
         counts.update(part.names)
         needs.extend(part.chains.needs)
         for kind, names in part.chains.wanted:

@@ -10,6 +10,7 @@ are asked for through :meth:`NodeView.shared` (see fragments.py).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping
 
@@ -25,7 +26,8 @@ from .options import TranslateOptions
 from .resources import NodeResources
 
 __all__ = [
-    "ListenerParts", "LocalIdentity", "NodeView", "ResourceSet", "SerializedChains", "ServedVip", "TranslateOptions"
+    "ListenerParts", "LocalIdentity", "NodeView", "ResourceSet", "SerializedChains", "ServedVip", "TranslateOptions",
+    "record_hash",
 ]
 
 
@@ -87,10 +89,28 @@ class SerializedChains:
 
     records: tuple[bytes, ...]
     facts: tuple[Any, ...]
+    #: Each record's content hash (:func:`record_hash`), made with it: the listener's version is
+    #: made from these (xds/resource_store.py), its hundred chains' bytes never hashed again.
+    hashes: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if len(self.records) != len(self.facts):
-            raise ValueError(f"{len(self.records)} serialized chains with the facts of {len(self.facts)}")
+        if not len(self.records) == len(self.facts) == len(self.hashes):
+            raise ValueError(
+                f"{len(self.records)} serialized chains with the facts of {len(self.facts)} and {len(self.hashes)} hashes"
+            )
+
+
+#: Where a consumer that serialized a fragment's message deterministically may keep those bytes
+#: (``Fragment.derived``): a view of what it holds anyway (the producer: the served resource), not a
+#: copy. A translator cutting that message's parts (translators/inbound.py) reads them instead of
+#: serializing the message again; they are exactly ``SerializeToString(deterministic=True)``.
+SERIALIZED_BYTES = "serialized.deterministic"
+
+
+def record_hash(data: bytes | memoryview) -> str:
+    """A serialized chain's content hash: what ``xds.snapshot.content_version`` makes of its bytes
+    (the same function: a listener versioned by its chains is versioned alike however it was made)."""
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -138,14 +158,18 @@ class NodeView:
         cls, node_input: NodeInput, fragments: Fragments | None = None, *, whole_listeners: bool = True
     ) -> "NodeView":
         by_identity: dict[str, list[Workload]] = {}
-        for pod in node_input.local_pods:
-            by_identity.setdefault(names.workload_identity(node_input.options.trust_domain, pod), []).append(pod)
+        trust_domain = node_input.options.trust_domain
+        sids = [names.workload_identity(trust_domain, pod) for pod in node_input.local_pods]
+        for pod, sid in zip(node_input.local_pods, sids):
+            by_identity.setdefault(sid, []).append(pod)
         identities = tuple(
             LocalIdentity(sid, tuple(sorted(ws, key=lambda w: (w.name, w.uid)))) for sid, ws in sorted(by_identity.items())
         )
-        return cls(
+        view = cls(
             node_input, identities, fragments if fragments is not None else Fragments(), whole_listeners=whole_listeners
         )
+        object.__setattr__(view, "_local_identities", tuple(sids))
+        return view
 
     @property
     def node(self) -> str:
@@ -181,7 +205,27 @@ class NodeView:
         return policies.get((pod.namespace, pod.name), WorkloadPolicies())
 
     def identity_of(self, workload: Workload) -> str:
-        return names.workload_identity(self.trust_domain, workload)
+        local = self.__dict__.get("_identity_by_pod")
+        if local is None:
+            local = {id(pod): sid for pod, sid, _secret in self.local_secrets}
+            object.__setattr__(self, "_identity_by_pod", local)
+        found = local.get(id(workload))  # a local pod's (held by the input: its id is its own)
+        return found if found is not None else names.workload_identity(self.trust_domain, workload)
+
+    @property
+    def local_secrets(self) -> tuple[tuple[Workload, str, str], ...]:
+        """Each local pod (in :attr:`local_pods`' order) with its identity and its secret's name:
+        made once per view (its inbound chains, its secrets and its tunnel read them; 100 pods)."""
+        found = self.__dict__.get("_local_secrets")
+        if found is None:
+            sids = self.__dict__.get("_local_identities")
+            if sids is None:
+                sids = tuple(names.workload_identity(self.trust_domain, pod) for pod in self.local_pods)
+            found = tuple(
+                (pod, sid, names.workload_secret(sid, pod)) for pod, sid in zip(self.local_pods, sids)
+            )
+            object.__setattr__(self, "_local_secrets", found)
+        return found
 
     def is_local(self, workload: Workload) -> bool:
         return workload.node_name == self.node

@@ -35,8 +35,8 @@ from .. import contract, protowire
 from ..model.addresses import host_prefix_len
 from ..model.objects import Workload
 from ..model.policy import WorkloadPolicies
-from . import consistency, inbound_guard, names
-from .context import ListenerParts, NodeView, SerializedChains
+from . import consistency, inbound_guard, matcher, names
+from .context import SERIALIZED_BYTES, ListenerParts, NodeView, SerializedChains, record_hash
 from .fragments import Fragment
 from . import rbac
 from .envoy_common import (
@@ -144,7 +144,17 @@ def _terminator_template(limits: DataPathLimits) -> hcm.HttpConnectionManager:
 
 def _transparent_listener(name: str, bind_address: str, port: int, limits: DataPathLimits) -> Listener:
     """Connections for no local pod end in the blackhole (so do all, on a node with no meshed pod,
-    whose listener still has to exist and needs some chain to be valid)."""
+    whose listener still has to exist and needs some chain to be valid). A new message (the
+    caller adds to it), copied from one made once: a node's own parts are made again on each of
+    its pods' changes."""
+    listener = Listener()
+    listener.CopyFrom(_transparent_template(name, bind_address, port, limits))
+    return listener
+
+
+@functools.lru_cache(maxsize=64)
+def _transparent_template(name: str, bind_address: str, port: int, limits: DataPathLimits) -> Listener:
+    """:func:`_transparent_listener`'s message (never modified: copied)."""
     return Listener(
         name=name,
         address=socket_address(bind_address, port),
@@ -211,6 +221,13 @@ def _plaintext_own(bind_address: str, limits: DataPathLimits, admin_port: int, p
     return listener
 
 
+@functools.lru_cache(maxsize=64)
+def _plaintext_gate(bind_address: str, limits: DataPathLimits, admin_port: int) -> Listener:
+    """:func:`_plaintext_own` of no pod: the plaintext listener's own part when its pods' map is a
+    piece (:func:`_plaintext_parts`), made once (never modified: copied)."""
+    return _plaintext_own(bind_address, limits, admin_port, ())
+
+
 def _pod_ips(pods: tuple[LocalPod, ...]) -> tuple[str, ...]:
     return tuple([pod.ip for pod, _secret, _policies in pods])
 
@@ -231,8 +248,21 @@ def _plaintext_chain(limits: DataPathLimits, local: LocalPod) -> listener_compon
     return chain
 
 
+class _LocalPods(tuple):
+    """A node's local pods (``LocalPod`` each), hashed once: they are the last argument of both
+    inbound listeners' pieces, and a hundred pods' hash (each pod's fields, its policies) is most
+    of what looking those up in the memo costs. Equal to, and hashed as, the plain tuple."""
+
+    def __hash__(self) -> int:
+        found = self.__dict__.get("hash")
+        if found is None:
+            found = self.__dict__["hash"] = tuple.__hash__(self)
+        return found
+
+
 def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
-    return tuple((pod, names.workload_secret(view.identity_of(pod), pod), view.policies_for(pod)) for pod in view.local_pods)
+    policies_for = view.policies_for
+    return _LocalPods([(pod, secret, policies_for(pod)) for pod, _identity, secret in view.local_secrets])
 
 
 def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:
@@ -342,9 +372,9 @@ def _derived(
     between made (one pod added, gone or changed: that pod's)."""
     before: tuple[LocalPod, ...] = base.key[1][-1]
     if isinstance(base.value, SerializedChains):
-        records, facts = base.value.records, base.value.facts
+        records, facts, hashes = base.value.records, base.value.facts, base.value.hashes
     else:
-        records, facts = _cut(base)
+        records, facts, hashes = _cut(base)
     same = min(len(before), len(pods))
     start = 0
     while start < same and before[start] == pods[start]:
@@ -353,46 +383,58 @@ def _derived(
     while end < same - start and before[-1 - end] == pods[-1 - end]:
         end += 1
     made = [make_chain(pod) for pod in pods[start : len(pods) - end]]
+    new = tuple(map(_record, made))
     kept = len(before) - end
     return SerializedChains(
-        records[:start] + tuple(map(_record, made)) + records[kept:],
+        records[:start] + new + records[kept:],
         facts[:start] + tuple(map(consistency.chain_facts, made)) + facts[kept:],
+        hashes[:start] + tuple(map(record_hash, new)) + hashes[kept:],
     )
 
 
 #: Where a whole inbound listener's fragment keeps how its pods' chains are cut from it: where each
-#: chain's record is in its serialization, and each chain's facts (:func:`prepare_cuts`).
+#: chain's record is in its serialization, each chain's facts and its hash (:func:`prepare_cuts`).
 _CUT = "inbound.cut"
 
+Cut = tuple[tuple[tuple[int, int], ...], tuple[consistency.ChainFacts, ...], tuple[str, ...]]
 
-def _cut(base: Fragment) -> tuple[tuple[bytes, ...], tuple[consistency.ChainFacts, ...]]:
-    """The records and facts of the pods' chains of ``base``, a whole listener (the first chains:
-    one per pod its last argument names), its chains' bytes cut from it serialized (one
-    serialization, not one per chain); where they are and their facts as :func:`prepare_cuts`
-    found them ahead of time, when it did."""
-    listener: Listener = base.value
-    serialized = listener.SerializeToString(deterministic=True)
+
+def _cut(base: Fragment) -> tuple[tuple[bytes, ...], tuple[consistency.ChainFacts, ...], tuple[str, ...]]:
+    """The records, facts and hashes of the pods' chains of ``base``, a whole listener (the first
+    chains: one per pod its last argument names), its chains' bytes cut from it serialized (one
+    serialization, not one per chain); where they are, their facts and hashes as
+    :func:`prepare_cuts` found them ahead of time, when it did."""
+    serialized = _serialized_whole(base)
     prepared = base.derived.get(_CUT)
     if prepared is None:
         prepared = _cut_of(base, serialized)
-    bounds, facts = prepared
-    return tuple(serialized[start:end] for start, end in bounds), facts
+    bounds, facts, hashes = prepared
+    return tuple(bytes(serialized[start:end]) for start, end in bounds), facts, hashes
 
 
-def _cut_of(base: Fragment, serialized: bytes) -> tuple[tuple[tuple[int, int], ...], tuple[consistency.ChainFacts, ...]]:
+def _serialized_whole(base: Fragment) -> bytes | memoryview:
+    """A whole listener's deterministic serialization: the bytes its consumer kept of it
+    (``SERIALIZED_BYTES``: the producer's served resource, a view), else serialized here."""
+    kept = base.derived.get(SERIALIZED_BYTES)
+    return kept if kept is not None else base.value.SerializeToString(deterministic=True)
+
+
+def _cut_of(base: Fragment, serialized: bytes | memoryview) -> Cut:
     listener: Listener = base.value
     count = len(base.key[1][-1])
     bounds = tuple(protowire.field_bounds(serialized, _FILTER_CHAINS)[:count])
     if len(bounds) != count:
         raise ValueError(f"listener {listener.name!r}: {len(bounds)} filter chains for {count} pods")
-    return bounds, consistency.chains_of(listener, count, base.derived.get(consistency.LISTENER_FACTS))
+    view = memoryview(serialized)
+    hashes = tuple(record_hash(view[start:end]) for start, end in bounds)
+    return bounds, consistency.chains_of(listener, count, base.derived.get(consistency.LISTENER_FACTS)), hashes
 
 
 def prepare_cuts(view: NodeView) -> int:
     """Pay ahead what the node's next pod change would: for each of its inbound listeners still
     whole as a full build made it (never changed since), where its pods' chains are in its
-    serialization and their facts, kept on its fragment (offsets and facts, not a copy of the
-    bytes: megabytes over a hundred nodes). The first change of the node then cuts its chains
+    serialization, their facts and their hashes, kept on its fragment (offsets, facts and hashes,
+    not a copy of the bytes: megabytes over a hundred nodes). The first change of the node then cuts its chains
     from the listener serialized (:func:`_derived`) without walking them; what it makes is the
     same either way. How many listeners were prepared (0: nothing left to do for this node)."""
     options = view.options
@@ -402,7 +444,11 @@ def prepare_cuts(view: NodeView) -> int:
         base = view.fragments.latest((builder, view.node, args))
         if base is None or base.key[0] is not builder or _CUT in base.derived:
             continue
-        base.derived[_CUT] = _cut_of(base, base.value.SerializeToString(deterministic=True))
+        base.derived[_CUT] = _cut_of(base, _serialized_whole(base))
+        if builder is _plaintext_listener:  # its map of pods, a piece from then on: what it selects, entry by entry
+            by_pod = _plaintext_by_pod(_pod_ips(base.key[1][-1]))
+            if isinstance(by_pod, matcher.SerializedMap):
+                consistency.prepare_map(by_pod)
         done += 1
     return done
 
@@ -414,7 +460,8 @@ def _record(chain: listener_components_pb2.FilterChain) -> bytes:
 
 def _serialized(chains: Iterable[listener_components_pb2.FilterChain]) -> SerializedChains:
     made = list(chains)
-    return SerializedChains(tuple(map(_record, made)), tuple(map(consistency.chain_facts, made)))
+    records = tuple(map(_record, made))
+    return SerializedChains(records, tuple(map(consistency.chain_facts, made)), tuple(map(record_hash, records)))
 
 
 def _hbone_chains(
@@ -444,17 +491,21 @@ def _plaintext_parts(
     matcher's map of its pods (``by_pod``: :func:`_plaintext_by_pod`, joined where the gate leads
     when no port of the ztunnel's is asked for), its pods' chains and the refusing chain (every
     node's alike)."""
-    own = _plaintext_own(bind_address, limits, admin_port, ())
+    own = Listener()
+    own.CopyFrom(_plaintext_gate(bind_address, limits, admin_port))
     if not by_pod.value:  # no pod: the gate leads nowhere else
         return ListenerParts(own, chains=(chains, refused))
     own.filter_chain_matcher.on_no_match.SetInParent()  # where the map of its pods goes
     return ListenerParts(own, chains=(chains, refused), matches=(by_pod,), match_paths=(_BY_POD_PATH,))
 
 
-def _plaintext_by_pod(pod_ips: tuple[str, ...]) -> bytes:
+def _plaintext_by_pod(pod_ips: tuple[str, ...]) -> "matcher.SerializedMap | bytes":
     """The plaintext matcher's map of the node's pods (:func:`inbound_guard.plaintext_matcher`'s),
-    serialized from each pod's entry (kept), not made as messages again for each change."""
-    return inbound_guard.serialized_by_pod({ip: names.inbound_chain(ip) for ip in pod_ips if ip})
+    serialized from each pod's entry (kept), not made as messages again for each change, as its
+    entries (``matcher.SerializedMap``, whose bytes are ``inbound_guard.serialized_by_pod``'s);
+    empty bytes for no pod."""
+    pod_chains = {ip: names.inbound_chain(ip) for ip in pod_ips if ip}
+    return matcher.serialized_exact_map("ip", pod_chains) if pod_chains else b""
 
 
 #: Where the map of the pods goes in the plaintext listener: its matcher's ``on_no_match``.

@@ -12,6 +12,7 @@ progress): "is the source one of this node's pods" without repeating what follow
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Mapping
 
 from google.protobuf import any_pb2, wrappers_pb2
@@ -206,9 +207,38 @@ def serialized_exact(input_name: str, cases: Mapping[str, str]) -> bytes:
     messages, copied and serialized again for each change. Deterministic serialization (upb's)
     writes a map's entries sorted by key: by their UTF-8 bytes, a key that another begins with
     after it (tests/translators/test_matcher_bytes.py holds this to the generated classes)."""
-    entries = b"".join(_exact_entry(key, cases[key]) for key in sorted(cases, key=_map_order))
-    tree = _input_field(input_name) + protowire.field_bytes(_EXACT_MATCH_MAP_FIELD, entries)
-    return protowire.field_bytes(_ON_MATCH_MATCHER_FIELD, protowire.field_bytes(_MATCHER_TREE_FIELD, tree))
+    return bytes(serialized_exact_map(input_name, cases))
+
+
+@dataclass(frozen=True, eq=False)
+class SerializedMap:
+    """:func:`serialized_exact`'s bytes as the bytes before its map's entries and each entry (the
+    very bytes objects every map with that (key, chain) holds): ``bytes()`` of it is the serialized
+    ``OnMatch``. What a consumer derives from each entry (the chain it selects: translators/
+    consistency.py) is then derived once per entry, not from the hundred entries of a node's map
+    parsed again for each change of one of them."""
+
+    head: bytes
+    entries: tuple[bytes, ...]
+
+    def __bytes__(self) -> bytes:
+        return b"".join((self.head, *self.entries))
+
+
+def serialized_exact_map(input_name: str, cases: Mapping[str, str]) -> SerializedMap:
+    """:func:`serialized_exact`, as its parts (:class:`SerializedMap`)."""
+    entries = tuple([_exact_entry(key, cases[key]) for key in sorted(cases, key=_map_order)])
+    size = sum(map(len, entries))
+    tree_size = len(_input_field(input_name)) + len(protowire.field_header(_EXACT_MATCH_MAP_FIELD, size)) + size
+    head = b"".join((
+        protowire.field_header(
+            _ON_MATCH_MATCHER_FIELD, len(protowire.field_header(_MATCHER_TREE_FIELD, tree_size)) + tree_size
+        ),
+        protowire.field_header(_MATCHER_TREE_FIELD, tree_size),
+        _input_field(input_name),
+        protowire.field_header(_EXACT_MATCH_MAP_FIELD, size),
+    ))
+    return SerializedMap(head, entries)
 
 
 def _map_order(key: str) -> bytes:

@@ -9,7 +9,7 @@ from functools import cached_property
 from typing import Mapping
 
 from .. import contract
-from . import clusters, inbound, names
+from . import clusters, inbound
 from .context import ListenerParts, NodeView, ResourceSet
 from .fragments import Fragment
 from .inputs import NodeInput
@@ -59,9 +59,8 @@ def translate_view(view: NodeView) -> Translated:
     add_outbound(view.options.layout, view, out)
     for listener in inbound.inbound_listeners(view):
         out.listeners[listener.name] = listener
-    for pod in view.local_pods:
-        identity = view.identity_of(pod)
-        out.add_secret(names.workload_secret(identity, pod), identity)
+    for _pod, identity, secret in view.local_secrets:
+        out.add_secret(secret, identity)
     if out.secrets:  # only TLS contexts reference the trust bundle; with no local pod there are none
         out.add_secret(contract.ROOT_CA_SECRET, None)
     _check_sets(view, out)

@@ -181,9 +181,19 @@ _GATE_ON_MATCH = (
 
 
 def _outbound_listener(view: NodeView) -> Listener:
+    """The outbound listener without its matcher and its shared chains: a new message (the layout
+    adds to it), copied from one made once (a node's own part is made again on each pod change)."""
+    listener = Listener()
+    listener.CopyFrom(_outbound_template(view.options.bind_address, view.options.limits))
+    return listener
+
+
+@functools.lru_cache(maxsize=64)
+def _outbound_template(bind_address: str, limits: DataPathLimits) -> Listener:
+    """:func:`_outbound_listener`'s message (never modified: copied)."""
     listener = Listener(
         name=contract.OUTBOUND_LISTENER,
-        address=socket_address(view.options.bind_address, contract.PORT_OUTBOUND),
+        address=socket_address(bind_address, contract.PORT_OUTBOUND),
         transparent=wrappers_pb2.BoolValue(value=True),
         use_original_dst=wrappers_pb2.BoolValue(value=True),
         # the order matters: Envoy appends the implicit original_dst of use_original_dst after
@@ -192,7 +202,7 @@ def _outbound_listener(view: NodeView) -> Listener:
         socket_options=[socket_mark(contract.OUTBOUND_SOCKET_MARK, "Set socket mark to packets coming back from outbound listener")],
         access_log=[access_log(contract.OUTBOUND_LISTENER)],
     )
-    idle = idle_timeout(view.options.limits)
+    idle = idle_timeout(limits)
     listener.filter_chains.extend(
         [
             proxy_chain(names.PASSTHROUGH_CHAIN, names.PASSTHROUGH_CLUSTER, idle_timeout=idle),
@@ -384,10 +394,13 @@ def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
         out.add_secret(secret, sid)
     addresses = tuple((sid, ips) for sid, _secret, ips in identities)
     chains = tuple(view.fragment(_tunnel_chains, sid, limits) for sid, _addresses in addresses)
-    pieced = view.fragment(_tunnel_parts, addresses, limits, chains)
     if view.whole_listeners:  # the whole message, as Envoy gets it (the producer joins bytes instead)
-        return view.shared(_tunnel_listener_whole, pieced)
-    parts: ListenerParts = pieced.value
+        return view.shared(_tunnel_listener_whole, view.fragment(_tunnel_parts, addresses, limits, chains))
+    # for the producer, the two maps of the node's pods are pieces too, joined as bytes where the
+    # gate leads (each written from its pods' entries): never parsed into the own part, copied
+    # and serialized again with it for each change
+    maps = (view.fragment(_source_map, addresses, True), view.fragment(_source_map, addresses, False))
+    parts: ListenerParts = view.fragment(_tunnel_own_parts, addresses, limits, chains, maps).value
     view.listener_parts[parts.own.name] = parts
     return parts.own
 
@@ -415,11 +428,16 @@ def _tunnel_chains(sid: str, limits: DataPathLimits) -> tuple[FilterChain, Filte
     )  # type: ignore[return-value]
 
 
-def _tunnel_parts(
-    addresses: tuple[tuple[str, tuple[str, ...]], ...], limits: DataPathLimits, chains: tuple[Fragment, ...]
-) -> ListenerParts:
-    """The internal listener as its own part (without chains: its matcher, by each local
-    identity's pod addresses) and its identities' chains (``chains``: one piece each, in order)."""
+def _tunnel_base() -> Listener:
+    """The internal listener without its matcher and its chains: a new message, copied from one made once."""
+    listener = Listener()
+    listener.CopyFrom(_tunnel_template())
+    return listener
+
+
+@functools.lru_cache(maxsize=1)
+def _tunnel_template() -> Listener:
+    """:func:`_tunnel_base`'s message (never modified: copied)."""
     listener = Listener(
         name=contract.LINEAR_TUNNEL_LISTENER,
         use_original_dst=wrappers_pb2.BoolValue(value=False),
@@ -427,19 +445,60 @@ def _tunnel_parts(
         access_log=[access_log(contract.LINEAR_TUNNEL_LISTENER)],
     )
     listener.internal_listener.SetInParent()
-    remote: dict[str, str] = {}
-    same_node: dict[str, str] = {}
+    return listener
+
+
+def _source_chains(addresses: tuple[tuple[str, tuple[str, ...]], ...], same_node: bool) -> dict[str, str]:
+    """Each local pod's address -> its identity's tunnel chain to this node (``same_node``) or another."""
+    by_ip: dict[str, str] = {}
     for sid, ips in addresses:
-        to_remote, to_same_node = names.linear_tunnel_chain(sid), names.linear_local_tunnel_chain(sid)
+        chain = names.linear_local_tunnel_chain(sid) if same_node else names.linear_tunnel_chain(sid)
         for ip in ips:
-            remote[ip] = to_remote
-            same_node[ip] = to_same_node
+            by_ip[ip] = chain
+    return by_ip
+
+
+def _source_map(addresses: tuple[tuple[str, tuple[str, ...]], ...], same_node: bool) -> matcher.SerializedMap:
+    """The tunnel listener's source-ip map to its chains to this node or another, as the serialized
+    ``OnMatch`` the gate leads to: written from its entries, kept (``matcher.serialized_exact_map``)."""
+    return matcher.serialized_exact_map("source-ip", _source_chains(addresses, same_node))
+
+
+def _tunnel_parts(
+    addresses: tuple[tuple[str, tuple[str, ...]], ...], limits: DataPathLimits, chains: tuple[Fragment, ...]
+) -> ListenerParts:
+    """The internal listener as its own part (without chains: its matcher, by each local
+    identity's pod addresses) and its identities' chains (``chains``: one piece each, in order)."""
+    listener = _tunnel_base()
     # each source-ip map written from its entries, kept (matcher.serialized_exact): the same
     # messages as made from OnMatch messages, the hundred pods' not made again for each change
-    gate = matcher.in_ranges("ip", sorted(remote), matcher.serialized_exact("source-ip", same_node))
-    gate.on_no_match.MergeFromString(matcher.serialized_exact("source-ip", remote))
+    gate = matcher.in_ranges("ip", sorted(_source_chains(addresses, False)), bytes(_source_map(addresses, True)))
+    gate.on_no_match.MergeFromString(bytes(_source_map(addresses, False)))
     listener.filter_chain_matcher.CopyFrom(gate)
     return ListenerParts(listener, chains=chains)
+
+
+def _tunnel_own_parts(
+    addresses: tuple[tuple[str, tuple[str, ...]], ...],
+    limits: DataPathLimits,
+    chains: tuple[Fragment, ...],
+    maps: tuple[Fragment, Fragment],
+) -> ListenerParts:
+    """:func:`_tunnel_parts` with the gate's two maps as pieces too (``maps``: :func:`_source_map`'s
+    to this node, then to another): the gate leads to an empty ``on_match`` and ``on_no_match``
+    where they go (joined, byte for byte the listener of :func:`_tunnel_parts`: tests/xds/test_listener_bytes.py)."""
+    listener = _tunnel_base()
+    gate = matcher.in_ranges("ip", sorted(_source_chains(addresses, False)), b"")
+    gate.on_no_match.SetInParent()
+    listener.filter_chain_matcher.CopyFrom(gate)
+    return ListenerParts(listener, chains=chains, matches=maps, match_paths=_TUNNEL_MAP_PATHS)
+
+
+#: Where the tunnel listener's two maps go: the gate's ``on_match`` (its range matcher's), then its ``on_no_match``.
+_TUNNEL_MAP_PATHS = (
+    (Listener.DESCRIPTOR.fields_by_name["filter_chain_matcher"].number, *matcher.IN_RANGES_ON_MATCH),
+    (Listener.DESCRIPTOR.fields_by_name["filter_chain_matcher"].number, *matcher.ON_NO_MATCH_MATCHER[:1]),
+)
 
 
 def _tunnel_listener_whole(pieced: Fragment) -> Listener:

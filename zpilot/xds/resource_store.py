@@ -28,12 +28,13 @@ import weakref
 from typing import Iterable
 
 from envoy.config.listener.v3.listener_pb2 import Listener
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from .. import protowire
+from .. import contract, protowire
 
 from ..translators import consistency
-from ..translators.context import ListenerParts, ResourceSet, SerializedChains
+from ..translators.context import SERIALIZED_BYTES, ListenerParts, ResourceSet, SerializedChains
 from ..translators.fragments import Fragment, FragmentGroup
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
 from .snapshot import CachedResource, TypeResources, content_version
@@ -42,10 +43,16 @@ from .snapshot import CachedResource, TypeResources, content_version
 SERIALIZED = "xds.serialized"
 FACTS = "xds.facts"
 CHUNK = "xds.chunk"
+RECORDS = "xds.records"
 #: On a group serialized from an earlier one: (that group, weakly; the names of the members that differ, None
 #: when the two do not hold the same names).
 BASE = "xds.base"
 _FILTER_CHAINS = Listener.DESCRIPTOR.fields_by_name["filter_chains"].number
+#: The listeners versioned by their filter chains (``snapshot.records_version``), however they were
+#: made: the inbound listeners, a chain per local pod, whose pod's change changes one chain; kept
+#: serialized with their hashes (``SerializedChains``), the hundred others are not hashed again.
+BY_CHAINS = frozenset({contract.INBOUND_LISTENER, contract.INBOUND_PLAINTEXT_LISTENER})
+_ANY_VALUE = any_pb2.Any.DESCRIPTOR.fields_by_name["value"].number
 #: The consistency check's name for each type it looks at.
 CHECKED = {LISTENER_TYPE: consistency.LISTENER, CLUSTER_TYPE: consistency.CLUSTER, ENDPOINT_TYPE: consistency.ENDPOINTS}
 
@@ -92,8 +99,17 @@ class ResourceStore:
             if done is not None:
                 return done
         self.serialized += 1
+        by_chains = type_url == LISTENER_TYPE and name in BY_CHAINS
         if parts is not None:
-            made = CachedResource.joined(type_url, name, listener_pieces(name, parts))
+            if by_chains:
+                made = CachedResource.of_records(type_url, name, *listener_records(name, parts))
+            else:
+                made = CachedResource.joined(type_url, name, listener_pieces(name, parts))
+        elif by_chains:
+            made = CachedResource.of_chained(type_url, name, message, _FILTER_CHAINS)
+            if fragment is not None:  # what the node's first pod change cuts its chains from (translators/inbound.py)
+                # the listener's bytes: the value of the entry's Any (a view: nothing copied, nothing more held)
+                fragment.derived[SERIALIZED_BYTES] = next(protowire.length_delimited(made.any_view, _ANY_VALUE))
         else:
             made = CachedResource.of(type_url, name, message)
         resource = self.intern(made)
@@ -258,10 +274,7 @@ def listener_pieces(name: str, parts: ListenerParts) -> list[tuple[bytes, str | 
     matcher piece replaces the empty ``on_match`` at its path, the lengths of the fields around
     it rewritten (``protowire.spliced``). Joined, the pieces are the whole listener's
     deterministic serialization, byte for byte (tests/xds/test_listener_bytes.py)."""
-    if len(parts.match_paths) != len(parts.matches):
-        raise ValueError(f"listener {name!r}: {len(parts.matches)} matcher pieces, {len(parts.match_paths)} places for them")
-    if any(not path or path[0] <= _FILTER_CHAINS for path in parts.match_paths):
-        raise ValueError(f"listener {name!r}: a matcher piece's place is not after its filter chains")
+    _check_parts(name, parts)
     own = parts.own.SerializeToString(deterministic=True)
     at = protowire.insertion_point(own, _FILTER_CHAINS)
     pieces: list[tuple[bytes, str | None]] = [(own[:at], None)]
@@ -272,6 +285,49 @@ def listener_pieces(name: str, parts: ListenerParts) -> list[tuple[bytes, str | 
     for piece in protowire.spliced(own[at:], list(parts.match_paths), [len(data) for data, _ in matches]):
         pieces.append((piece, None) if isinstance(piece, bytes) else matches[piece])
     return pieces
+
+
+def listener_records(name: str, parts: ListenerParts) -> tuple[bytes, tuple[bytes, ...], tuple[str, ...], bytes]:
+    """The serialized listener that ``parts`` describe (:func:`listener_pieces`' bytes) as its bytes
+    before its filter chains, each chain's record and its content hash (kept: a node's own chains'
+    with them, ``SerializedChains``; a shared piece's on it), and its bytes after them: what
+    ``CachedResource.of_records`` versions by the chains' hashes."""
+    _check_parts(name, parts)
+    own = parts.own.SerializeToString(deterministic=True)
+    at = protowire.insertion_point(own, _FILTER_CHAINS)
+    records: list[bytes] = []
+    hashes: list[str] = []
+    for fragment in parts.chains:
+        value = fragment.value
+        if isinstance(value, SerializedChains):
+            records.extend(value.records)
+            hashes.extend(value.hashes)
+        else:
+            piece_records, piece_hashes = _records(fragment)
+            records.extend(piece_records)
+            hashes.extend(piece_hashes)
+    matches = [_chunk(f, bytes)[0] for f in parts.matches]
+    suffix = b"".join(
+        piece if isinstance(piece, bytes) else matches[piece]
+        for piece in protowire.spliced(own[at:], list(parts.match_paths), [len(data) for data in matches])
+    )
+    return own[:at], tuple(records), tuple(hashes), suffix
+
+
+def _records(fragment: Fragment) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
+    """A shared piece of filter chains as records and their hashes (made once, kept on it)."""
+    done = fragment.derived.get(RECORDS)
+    if done is None:
+        records = tuple(protowire.field_bytes(_FILTER_CHAINS, c.SerializeToString(deterministic=True)) for c in fragment.value)
+        done = fragment.derived[RECORDS] = (records, tuple(map(content_version, records)))
+    return done
+
+
+def _check_parts(name: str, parts: ListenerParts) -> None:
+    if len(parts.match_paths) != len(parts.matches):
+        raise ValueError(f"listener {name!r}: {len(parts.matches)} matcher pieces, {len(parts.match_paths)} places for them")
+    if any(not path or path[0] <= _FILTER_CHAINS for path in parts.match_paths):
+        raise ValueError(f"listener {name!r}: a matcher piece's place is not after its filter chains")
 
 
 def _chains_bytes(chains) -> bytes:

@@ -2,8 +2,9 @@
 
 A :class:`Snapshot` is immutable: the producer builds a new one for every change and the cache
 swaps it in, so a stream reading a snapshot never sees half an update. Each resource carries a
-version that is a hash of its serialized bytes; a type's version is a hash of its names and
-resource versions. Equal content therefore means equal versions, which is how "nothing changed
+version that is a hash of its serialized bytes (of large pieces of them, each hashed once: a
+listener joined from shared pieces, ``CachedResource.joined``; the inbound listeners, by their
+chains, :func:`records_version`); a type's version is a hash of its names and resource versions. Equal content therefore means equal versions, which is how "nothing changed
 for this node" is detected without comparing protobufs, and how delta xDS avoids resending
 unchanged resources.
 """
@@ -27,6 +28,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from .. import protowire
 from ..translators.resources import NodeResources, SecretRef
 from . import wire
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, SECRET_TYPE
@@ -39,11 +41,33 @@ _MESSAGES: dict[str, type[Message]] = {
 _EMPTY: Mapping[str, "CachedResource"] = MappingProxyType({})
 
 
-def content_version(data: bytes) -> str:
+def content_version(data: bytes | memoryview) -> str:
     """A short, stable content hash (64 bits is plenty to tell versions of one resource apart).
     SHA-256, not BLAKE2: CPUs with SHA extensions hash it about twice as fast, and a large
     node's listener is megabytes."""
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def chains_version(prefix: bytes, record_hashes: Iterable[str], suffix: bytes) -> str:
+    """The version of a resource versioned by its records (:func:`records_version`): a hash of
+    the hashes of the bytes before its records, of each record, and of the bytes after them.
+    Made from the records' hashes, kept with them, a change of one record (a pod's chain of an
+    inbound listener) hashes that record, not the hundred others again."""
+    hashes = "\n".join((content_version(prefix), *record_hashes, content_version(suffix)))
+    return content_version(("records\n" + hashes).encode("ascii"))
+
+
+def records_version(data: bytes, number: int) -> str:
+    """The version of a serialized message by its top-level fields ``number`` (a listener's
+    filter chains): :func:`chains_version` of the bytes before them, each of them and the bytes
+    after; without any, or with other fields between them (never so when serialized
+    deterministically), :func:`content_version` of the whole. The same whether the message was
+    serialized whole or joined from records kept serialized (``CachedResource.of_records``)."""
+    bounds = protowire.field_bounds(data, number)
+    if not bounds or any(end != start for (_, end), (start, _) in zip(bounds, bounds[1:])):
+        return content_version(data)
+    view = memoryview(data)
+    return chains_version(view[: bounds[0][0]], (content_version(view[a:b]) for a, b in bounds), view[bounds[-1][1] :])
 
 
 #: How many earlier versions of a node's resources ``TypeResources.changes_since`` keeps its answer
@@ -120,10 +144,42 @@ class CachedResource:
         version = content_version(("parts\n" + "\n".join(hashes)).encode("ascii"))
         return cls(name, type_url, version, (head, *parts), header)
 
+    @classmethod
+    def of_chained(cls, type_url: str, name: str, message: Message, number: int) -> "CachedResource":
+        """``message`` serialized, versioned by its fields ``number`` (:func:`records_version`)."""
+        value = message.SerializeToString(deterministic=True)
+        header, head = wire.response_resource_header(type_url, len(value))
+        return cls(name, type_url, records_version(value, number), (head + value,), header)
+
+    @classmethod
+    def of_records(
+        cls, type_url: str, name: str, prefix: bytes, records: tuple[bytes, ...], hashes: tuple[str, ...], suffix: bytes
+    ) -> "CachedResource":
+        """A resource joined from its bytes before some records, the records (each with its hash:
+        ``content_version`` of its bytes, made once with it) and its bytes after them: what
+        :meth:`of_chained` gives its message, bytes and version, without hashing the records again."""
+        if len(records) != len(hashes):
+            raise ValueError(f"{type_url} {name!r}: {len(records)} records with {len(hashes)} hashes")
+        size = len(prefix) + sum(map(len, records)) + len(suffix)
+        header, head = wire.response_resource_header(type_url, size)
+        entry = b"".join((head, prefix, *records, suffix))
+        if records:
+            version = chains_version(prefix, hashes, suffix)
+        else:
+            version = content_version(memoryview(entry)[len(head) :])
+        return cls(name, type_url, version, (entry,), header)
+
     @property
     def entry(self) -> bytes:
         """The whole response entry (joined, for a resource of several parts)."""
         return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
+
+    @property
+    def any_view(self) -> memoryview:
+        """:attr:`any` of a resource of one part, as a view of it (nothing copied)."""
+        if len(self.parts) != 1:
+            raise ValueError(f"{self.type_url} {self.name!r}: {len(self.parts)} parts, not one")
+        return memoryview(self.parts[0])[self.header :]
 
     @property
     def any(self) -> bytes:
