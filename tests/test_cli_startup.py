@@ -10,8 +10,10 @@ the process exits.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +78,52 @@ def test_help_imports_only_the_argument_definitions(command, interpreter_start):
     assert not work, f"`zpilot {' '.join(command)} --help` imports {work}"
     foreign = sorted(m for m in loaded - ours if m.split(".")[0] not in sys.stdlib_module_names)
     assert not foreign, f"`zpilot {' '.join(command)} --help` imports non-stdlib modules {foreign}"
+
+
+#: The examples' manifests, and a node and pod of theirs (the commands below read them, as the tests do).
+ARTICLE = Path(__file__).resolve().parents[1] / "examples" / "article"
+ARTICLE_NODE = "gke-jimmy-cluster-default-pool-d5041909-d10i"
+ARTICLE_POD = "default/sleep-5644bdc767-2dfg7"
+#: The Kubernetes client: 0.5 s of CPU to import, for a command that never talks to an API server.
+CLUSTER_CLIENT = "kubernetes_asyncio"
+
+
+def test_serve_from_manifests_does_not_load_the_kubernetes_client(tmp_path):
+    """``zpilot serve --manifests`` (the tests' and the demo's way to run it) with its CA on disk reads no
+    cluster: started to ready, then stopped, it has not imported the client (it did through the API watch's
+    module, the credentials' and the CA Secret's, 0.5 s of CPU at every start)."""
+    proc = subprocess.Popen([sys.executable, "-c", LIST_MODULES, "serve", "--manifests", str(ARTICLE),
+                             "--ca-dir", str(tmp_path / "ca"), "--xds-address", "127.0.0.1", "--xds-port", "0",
+                             "--debug-port", "0", "--metrics-address", "127.0.0.1", "--metrics-port", "0"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # the "serving N nodes" record comes once ADS listens: ready
+            lines.append(line)
+            if "serving " in line and " nodes: ADS on " in line:
+                break
+        else:
+            raise AssertionError("zpilot serve ended before it was ready:\n" + "".join(lines)[-2000:])
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, rest[-2000:]
+    loaded = {line.removeprefix("module: ") for line in rest.splitlines() if line.startswith("module: ")}
+    assert "zpilot.runtime.serve" in loaded  # the check sees the command's work
+    assert CLUSTER_CLIENT not in loaded
+
+
+@pytest.mark.parametrize("command", [
+    ("render", "--manifests", str(ARTICLE), "--node", ARTICLE_NODE),
+    ("bootstrap", "--node", ARTICLE_NODE, "--xds", "127.0.0.1:15010", "--insecure-xds"),
+    ("explain", "--manifests", str(ARTICLE), "--from", ARTICLE_POD, "--to", "10.0.0.1:80"),
+    ("cni", "plan", "--manifests", str(ARTICLE), "--node", ARTICLE_NODE),
+], ids=lambda c: c[0] if c[0] != "cni" else "cni plan")
+def test_offline_commands_do_not_load_the_kubernetes_client(command):
+    """Commands that read manifests or files only never import the client (kept so: the tests run them often)."""
+    loaded = imported_modules(*command)
+    assert "zpilot.model" in loaded or command[0] == "bootstrap"  # the check sees the command's work
+    assert CLUSTER_CLIENT not in loaded

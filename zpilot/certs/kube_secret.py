@@ -40,7 +40,6 @@ import binascii
 import json
 import logging
 import random
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
 import aiohttp
@@ -52,7 +51,7 @@ from zpilot.certs.revocation import EMPTY, REVOCATIONS_NAME, RevocationError, Re
 from zpilot.certs.spiffe import DEFAULT_TRUST_DOMAIN
 from zpilot.certs.storage import CaMaterial, PemPart
 from zpilot.certs.x509_helpers import CertificateAuthorityError
-from zpilot.kube.object_names import DNS_LABEL, DNS_SUBDOMAIN
+from zpilot.kube.object_names import SecretName  # (defined there: commands take one without loading this client)
 
 log = logging.getLogger("zpilot.certs.kube_secret")
 
@@ -81,24 +80,6 @@ WATCH_TIMEOUT = 300
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 #: Bytes of an API server's error body kept for a message.
 MAX_REASON = 300
-
-
-@dataclass(frozen=True)
-class SecretName:
-    namespace: str
-    name: str
-
-    @classmethod
-    def parse(cls, text: str, what: str = "a CA Secret") -> "SecretName":
-        """``NAMESPACE/NAME`` (of a Secret, or another namespaced object: ``what``); ValueError (naming
-        the text) unless both are valid Kubernetes names."""
-        namespace, slash, name = text.partition("/")
-        if not slash or not DNS_LABEL.match(namespace) or not DNS_SUBDOMAIN.match(name):
-            raise ValueError(f"{text[:300]!r}: {what} is NAMESPACE/NAME, both lower-case Kubernetes names")
-        return cls(namespace, name)
-
-    def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 class CaSecretUnavailable(Exception):

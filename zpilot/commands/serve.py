@@ -40,7 +40,7 @@ DEFAULT_TRUST_BUNDLE_CONFIGMAP = "istio-system/zpilot-ca-root"
 
 
 def _secret_name(text: str):
-    from ..certs.kube_secret import SecretName
+    from ..kube.object_names import SecretName
 
     try:
         return SecretName.parse(text)
@@ -49,7 +49,7 @@ def _secret_name(text: str):
 
 
 def _configmap_name(text: str):
-    from ..certs.kube_secret import SecretName
+    from ..kube.object_names import SecretName
 
     try:
         return SecretName.parse(text, what="a ConfigMap")
@@ -157,13 +157,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..certs.xds_credentials import server_name
     from ..kube.directory import ManifestDirectorySource
-    from ..kube.watch import ApiWatchSource
     from ..runtime.control_plane import DebugOptions
     from ..runtime.serve import ServeRuntime, ServeSettings, TokenReviewSettings, serve_until_signalled
     from ..translators import TranslateOptions
     from ..xds.metrics_server import MetricsOptions
     from ..xds.server import ServerOptions
-    from ..xds.token_review import ServiceAccountRef
+    from ..xds.service_account import ServiceAccountRef
 
     # the CA Secret and token reviews read the cluster even when the model comes from --manifests
     # one loaded configuration for the whole process: the check below, the watch, the CA Secret, token reviews
@@ -219,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
         source = ManifestDirectorySource(args.manifests, quiet=args.debounce_quiet, max_delay=args.debounce_max,
                                          root_namespace=args.root_namespace)
     else:
+        from ..kube.watch import ApiWatchSource  # (it brings the Kubernetes client: not with --manifests)
+
         source = ApiWatchSource(cluster, quiet=args.debounce_quiet,
                                 max_delay=args.debounce_max, root_namespace=args.root_namespace)
     return asyncio.run(serve_until_signalled(ServeRuntime(settings, source)))

@@ -53,13 +53,12 @@ from kubernetes_asyncio.config.config_exception import ConfigException
 
 from .client_tls import ClientTls, attach
 from .exec_plugin import ExecPluginError, due, run_exec_plugin
+from .in_cluster import SERVICE_ACCOUNT_DIR
 from .key_material import make_client, ssl_context
 from .kubeconfig import ExecCredential, ExecPlugin, read_kubeconfig
 
 log = logging.getLogger(__name__)
 
-#: Where the kubelet mounts a pod's service account (token, ca.crt, namespace).
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_KUBECONFIG = Path("~/.kube/config")
 #: How often a kubeconfig's credentials other than an ``exec`` plugin's are read again (a ``tokenFile``
 #: something else renews): kubernetes-asyncio's period for the in-cluster token file.

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from .client import SERVICE_ACCOUNT_DIR, ClusterAccess, KubeConfigError, load_access
+from .in_cluster import SERVICE_ACCOUNT_DIR
 from .source import SourceError
 
 if TYPE_CHECKING:
     from kubernetes_asyncio.client import ApiClient
+
+    from .client import ClusterAccess
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Credentials:
     async def access(self) -> ClusterAccess:
         """The credentials loaded (the kubeconfig read, its plugin run) the first time, the same after; a
         failed load is not kept (the next call tries again). SourceError naming what is unusable."""
+        from .client import KubeConfigError
+
         loading = self._loaded.get("access")
         if loading is None or (loading.done() and (loading.cancelled() or loading.exception() is not None)):
             loading = self._loaded["access"] = asyncio.ensure_future(self._load())
@@ -51,6 +55,8 @@ class Credentials:
             raise SourceError(str(exc)) from None
 
     async def _load(self) -> ClusterAccess:
+        from .client import load_access
+
         return await load_access(self.kubeconfig, self.context, environ=self.environ,
                                  service_account_dir=self.service_account_dir)
 

@@ -23,22 +23,25 @@ import signal
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from .. import contract
 from ..certs import CertificateAuthority, CertificateAuthorityError, IdentityCache
-from ..certs.kube_secret import CaSecretUnavailable, SecretCaStore, SecretName, retry_delay
 from ..certs.revocation import RevocationError
-from ..certs.trust_bundle_configmap import TrustBundlePublisher
 from ..kube.credentials import Credentials
+from ..kube.object_names import SecretName
 from ..kube.source import ModelEvent, ModelSource, SourceError
 from ..translators import IncrementalTranslator, TranslateOptions
 from ..xds.metrics_server import MetricsOptions
 from ..xds.revocations import DirectoryRevocations, Revocations
 from ..xds.security import XdsSecurity
 from ..xds.server import ServerOptions
-from ..xds.token_review import ServiceAccountRef
+from ..xds.service_account import ServiceAccountRef
 from .control_plane import ControlPlane, DebugOptions
+
+if TYPE_CHECKING:  # the Kubernetes client, imported where the CA Secret or trust bundle is used: not with the
+    # model from --manifests and the CA on disk (0.5 s of CPU at every start)
+    from ..certs.kube_secret import SecretCaStore
 
 log = logging.getLogger("zpilot.serve")
 
@@ -168,6 +171,8 @@ class ServeRuntime:
         Until then ADS does not listen and ``/healthz/ready`` says 503: a replica without the
         mesh's root must not hand out certificates of its own.
         """
+        from ..certs.kube_secret import CaSecretUnavailable, retry_delay
+
         attempt = 0
         while True:
             try:
@@ -198,6 +203,8 @@ class ServeRuntime:
                 await api.close()
             return 2
         if self.settings.ca_secret is not None:
+            from ..certs.kube_secret import SecretCaStore
+
             self.ca_store = SecretCaStore(api, self.settings.ca_secret, trust_domain=self.settings.trust_domain)
         try:
             await plane.start_debug()
@@ -223,6 +230,8 @@ class ServeRuntime:
             if self._revocations_dir is not None:
                 tasks.add(asyncio.create_task(self._revocations_dir.follow(), name="revocations"))
             if self.settings.trust_bundle_configmap is not None:  # ztunnels may need it before ADS serves
+                from ..certs.trust_bundle_configmap import TrustBundlePublisher
+
                 publisher = TrustBundlePublisher(api, self.settings.trust_bundle_configmap)
                 tasks.add(asyncio.create_task(publisher.keep_published(self._trust_bundle, self._bundle_changed),
                                               name="trust-bundle"))

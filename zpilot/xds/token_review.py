@@ -30,7 +30,6 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import aiohttp
@@ -41,6 +40,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from .. import contract
 from ..logs import bounded
 from .auth import INVALID_CREDENTIAL, NOT_A_NODE_CREDENTIAL, REVIEW_UNAVAILABLE, Denied, Principal
+from .service_account import ServiceAccountRef  # (there: serve's flags parse one without this client)
 
 log = logging.getLogger("zpilot.xds.auth")
 
@@ -56,26 +56,6 @@ NAMESPACE_PERMISSIONS: tuple[tuple[str, str, str], ...] = (("get", "", "pods"),)
 #: A review call (and the pod read after it) that takes longer than this fails the stream;
 #: the ztunnel retries.
 API_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class ServiceAccountRef:
-    """The ServiceAccount the ztunnel pods run as."""
-
-    namespace: str = contract.ZTUNNEL_NAMESPACE
-    name: str = contract.ZTUNNEL_SERVICE_ACCOUNT
-
-    @property
-    def username(self) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.name}"
-
-    @classmethod
-    def parse(cls, text: str) -> "ServiceAccountRef":
-        """``namespace/name``; ValueError otherwise."""
-        namespace, sep, name = text.partition("/")
-        if not sep or not namespace or not name or "/" in name:
-            raise ValueError(f"{text!r} is not NAMESPACE/NAME")
-        return cls(namespace, name)
 
 
 def token_expiry(token: str) -> float | None:
