@@ -42,11 +42,21 @@ def test_a_node_revocation_covers_what_was_issued_before_it_and_not_after():
     listed = revoke_node(EMPTY, "node-a", NOW, DAY)
     cut = cut_after(NOW)
     assert cut == datetime(2026, 12, 2, 12, 0, 1, tzinfo=timezone.utc)
-    assert listed.revokes("node-a", 1, NOW - timedelta(days=3), NOW)  # an old copy
-    assert listed.revokes("node-a", 2, NOW.replace(microsecond=0), NOW)  # issued in the revocation's second
-    assert listed.revokes("node-a", 3, cut, NOW) is None  # issued once the command returned
-    assert listed.revokes("node-b", 4, NOW - DAY, NOW) is None  # another node
-    assert listed.revokes("node-a", 1, NOW - DAY, cut + DAY) is None  # the entry expired
+    assert listed.revokes("node-a", 1, NOW - timedelta(days=3))  # an old copy
+    assert listed.revokes("node-a", 2, NOW.replace(microsecond=0))  # issued in the revocation's second
+    assert listed.revokes("node-a", 3, cut) is None  # issued once the command returned
+    assert listed.revokes("node-b", 4, NOW - DAY) is None  # another node
+
+
+def test_a_listed_entry_revokes_past_its_until_and_only_a_write_drops_it():
+    """A credential presented after the entry's ``until`` was issued for longer than the revocation assumed
+    (``--credential-lifetime``): the server keeps refusing it; the next ``zpilot revoke`` prunes the entry."""
+    listed = revoke_serial(revoke_node(EMPTY, "node-a", NOW, DAY), 0x5F1E, NOW, DAY)
+    assert listed.revokes("node-a", 1, NOW - DAY)
+    assert listed.revokes("node-b", 0x5F1E, NOW - DAY)
+    pruned = revoke_node(listed, "node-c", NOW + 2 * DAY, DAY)
+    assert [e.node for e in pruned.nodes] == ["node-c"] and not pruned.serials
+    assert pruned.revokes("node-a", 1, NOW - DAY) is None
 
 
 def test_revoking_a_node_again_replaces_its_entry():
@@ -58,9 +68,8 @@ def test_revoking_a_node_again_replaces_its_entry():
 
 def test_a_serial_revocation_covers_that_certificate_only():
     listed = revoke_serial(EMPTY, 0x5F1E, NOW, DAY)
-    assert "serial 5f1e" in listed.revokes("node-a", 0x5F1E, NOW - DAY, NOW)
-    assert listed.revokes("node-a", 0x5F1F, NOW - DAY, NOW) is None
-    assert listed.revokes("node-a", 0x5F1E, NOW - DAY, NOW + 2 * DAY) is None
+    assert "serial 5f1e" in listed.revokes("node-a", 0x5F1E, NOW - DAY)
+    assert listed.revokes("node-a", 0x5F1F, NOW - DAY) is None
 
 
 def test_a_real_node_credential_is_revoked_by_node_and_by_serial():
@@ -71,9 +80,9 @@ def test_a_real_node_credential_is_revoked_by_node_and_by_serial():
     assert credential is not None and credential.issued_at is not None
     now = datetime.now(timezone.utc)
     assert credential.issued_at <= now
-    assert revoke_node(EMPTY, "node-a", now, DAY).revokes("node-a", credential.serial_number, credential.issued_at, now)
+    assert revoke_node(EMPTY, "node-a", now, DAY).revokes("node-a", credential.serial_number, credential.issued_at)
     by_serial = revoke_serial(EMPTY, parse_serial(credential.serial.upper()), now, DAY)
-    assert by_serial.revokes("node-a", credential.serial_number, credential.issued_at, now)
+    assert by_serial.revokes("node-a", credential.serial_number, credential.issued_at)
 
 
 @pytest.mark.parametrize("text, value", [("5f1e", 0x5F1E), ("5F:1E", 0x5F1E), ("0x5f1e", 0x5F1E), ("f1e", 0xF1E)])

@@ -10,8 +10,9 @@ good until it expires. The list names credentials two ways:
 * **by serial**: one certificate (its serial, as ``zpilot serve`` logs it and Envoy's ``/certs`` prints it).
 
 It is bounded: each entry carries ``until``, the time after which no credential it names can still be
-valid (the longest lifetime credentials are issued with, counted from the revocation); expired entries are
-ignored when read and dropped when written, and a list may hold at most :data:`MAX_ENTRIES` live entries
+valid (the longest lifetime credentials are issued with, counted from the revocation); an entry revokes for
+as long as it is listed (a credential still valid past ``until`` was issued for longer than assumed, and is
+refused still), expired entries are dropped when the list is next written, and a list may hold at most :data:`MAX_ENTRIES` live entries
 in at most :data:`MAX_BYTES` (a revocation beyond that is refused, never an older one silently dropped).
 
 Where it is kept: beside the CA, as :data:`REVOCATIONS_NAME` -- a file in the ``--ca-dir`` directory
@@ -126,13 +127,16 @@ class RevocationList:
     def __len__(self) -> int:
         return len(self.nodes) + len(self.serials)
 
-    def revokes(self, node: str, serial: int, issued_at: datetime, now: datetime) -> str | None:
-        """Why the credential of ``node`` with ``serial``, issued at ``issued_at``, is revoked; None if it is not."""
-        by_serial = self._by_serial.get(serial)
-        if by_serial is not None and by_serial.until > now:
+    def revokes(self, node: str, serial: int, issued_at: datetime) -> str | None:
+        """Why the credential of ``node`` with ``serial``, issued at ``issued_at``, is revoked; None if it is not.
+
+        An entry revokes for as long as it is listed, past its ``until`` too: a credential still valid then
+        was issued for longer than the revocation assumed (``--credential-lifetime``), and the server must not
+        let it back in on its own. Only the next ``zpilot revoke`` drops an entry, once its ``until`` passed."""
+        if serial in self._by_serial:
             return f"serial {_serial_hex(serial)} is revoked"
         for entry in self._by_node.get(node, ()):
-            if entry.until > now and issued_at < entry.issued_before:
+            if issued_at < entry.issued_before:
                 return f"the credentials of node {node} issued before {_iso(entry.issued_before)} are revoked"
         return None
 

@@ -27,7 +27,6 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Callable, Protocol
 
 import grpc
@@ -120,7 +119,7 @@ class Principal:
 class RevocationCheck(Protocol):
     """What authentication and the server need of the CA's revocation list (``revocations.Revocations``)."""
 
-    def check(self, principal: Principal, now: datetime, *, open_stream: bool = False) -> None:
+    def check(self, principal: Principal, *, open_stream: bool = False) -> None:
         """Raise :class:`Denied` if ``principal``'s certificate is revoked."""
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -141,12 +140,10 @@ class NodeCertificateAuthenticator:
 
     mode = "tls"
 
-    def __init__(self, trust_domain: str, revocations: "RevocationCheck | None" = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+    def __init__(self, trust_domain: str, revocations: "RevocationCheck | None" = None) -> None:
         self.trust_domain = trust_domain
         #: The CA's revocation list as last read (None: the CA has no store for one, e.g. --ca-cert).
         self.revocations = revocations
-        self.clock = clock
 
     async def authenticate(self, context: grpc.aio.ServicerContext) -> Principal:
         auth = context.auth_context() or {}
@@ -164,7 +161,7 @@ class NodeCertificateAuthenticator:
         principal = Principal(credential.node, f"certificate of node {credential.node}, serial {credential.serial}",
                               credential)
         if self.revocations is not None:
-            self.revocations.check(principal, self.clock())
+            self.revocations.check(principal)
         return principal
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -54,12 +53,12 @@ class Revocations:
         for listener in self._listeners:
             listener()
 
-    def check(self, principal: Principal, now: datetime, *, open_stream: bool = False) -> None:
+    def check(self, principal: Principal, *, open_stream: bool = False) -> None:
         """Raise :class:`Denied` if ``principal`` was proved by a certificate the list revokes."""
         certificate = principal.certificate
         if certificate is None or certificate.issued_at is None or not len(self.current):
             return
-        why = self.current.revokes(certificate.node, certificate.serial_number, certificate.issued_at, now)
+        why = self.current.revokes(certificate.node, certificate.serial_number, certificate.issued_at)
         if why is not None:
             ended = "; the open stream is closed" if open_stream else ""
             raise Denied(grpc.StatusCode.UNAUTHENTICATED, REVOKED_CREDENTIAL,

@@ -25,7 +25,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import grpc
 
@@ -177,12 +176,11 @@ class AdsServer:
         """The revocation list changed: end every open stream whose certificate it now revokes."""
         revocations = self.security.revocations
         assert revocations is not None
-        now = datetime.now(timezone.utc)
         for ended, (principal, run) in list(self._revocable.items()):
             if ended.done():
                 continue
             try:
-                revocations.check(principal, now, open_stream=True)
+                revocations.check(principal, open_stream=True)
             except Denied as denied:
                 # Cancelled here, not once its handler wakes: a write the stream was already woken for (a push
                 # in this same turn of the loop) would otherwise still go out with the revoked credential.
