@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,6 @@ from .test_kubeconfig_tls import _holding, _with_user
 from .watch_util import Follower, pod_names, source_for
 
 NODE = "gke-jimmy-cluster-default-pool-d5041909-d10i"
-
-
-@pytest.fixture
-def temp_dir(tmp_path, monkeypatch) -> Path:
-    """The temp directory every ``tempfile`` call of this process uses."""
-    directory = tmp_path / "tmp"
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
 
 
 @pytest.fixture

@@ -35,15 +35,6 @@ async def whoami(api: client.ApiClient, apiserver) -> str:
     return apiserver.requests[-1].user
 
 
-@pytest.fixture
-def temp_dir(tmp_path, monkeypatch) -> Path:
-    """The temp directory every ``tempfile`` call of this process uses (kubernetes-asyncio's included)."""
-    directory = tmp_path / "tmp"
-    directory.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(directory))
-    return directory
-
-
 def _holding(directory: Path, *secrets: bytes) -> list[Path]:
     return [p for p in directory.rglob("*") if p.is_file() and any(s in p.read_bytes() for s in secrets)]
 

@@ -21,6 +21,7 @@ from zpilot.xds.security import XdsSecurity
 from zpilot.xds.server import ServerOptions
 
 from ..layouts import LAYOUTS
+from .ads_client import AdsClient, tls_credentials
 from .envoy_util import Envoy, random_loopback
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "article"
@@ -140,3 +141,20 @@ async def fake_plane():
     yield make
     for plane in planes:
         await plane.stop()
+
+
+@pytest.fixture
+async def tls_clients():
+    """``make(port, credential, bundle, **kw)``: an ADS client over TLS to the server on ``port``, checked
+    against ``bundle`` and presenting ``credential`` (a node credential; None presents none); each one made
+    is closed after the test."""
+    made: list[AdsClient] = []
+
+    def make(port: int, credential=None, bundle: bytes | None = None, **kw) -> AdsClient:
+        client = AdsClient(port, credentials=tls_credentials(bundle, credential), **kw)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()

@@ -41,20 +41,6 @@ async def plane(make_plane, tmp_path: Path):
                             identities=IdentityCache(CertificateAuthority.load(tmp_path / "ca")))
 
 
-@pytest.fixture
-async def clients():
-    made: list[AdsClient] = []
-
-    def make(port: int, credential=None, bundle: bytes | None = None, **kw) -> AdsClient:
-        client = AdsClient(port, credentials=tls_credentials(bundle, credential), **kw)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
-
-
 def secret_names(response) -> set[str]:
     return {Secret.FromString(r.value).name for r in response.resources}
 
@@ -77,9 +63,9 @@ def denied(plane: ControlPlane, reason: str) -> float:
     return plane.metrics.value("zpilot_xds_access_denied_total", reason=reason)
 
 
-async def test_a_node_credential_is_served_its_node_and_only_its_node_s_secrets(plane, clients):
+async def test_a_node_credential_is_served_its_node_and_only_its_node_s_secrets(plane, tls_clients):
     ca = plane.identities.ca
-    a = clients(plane.xds_port, issue_node_credential(ca, NODE_A), ca.trust_bundle_pem())
+    a = tls_clients(plane.xds_port, issue_node_credential(ca, NODE_A), ca.trust_bundle_pem())
     a.request(CLUSTER_TYPE, node_name=NODE_A)
     assert (await a.recv()).resources
     own, others = refs(plane, NODE_A), refs(plane, NODE_B) - refs(plane, NODE_A)
@@ -91,11 +77,11 @@ async def test_a_node_credential_is_served_its_node_and_only_its_node_s_secrets(
     assert plane.metrics.value("zpilot_xds_unserved_resource_names_total", type="SDS") == len(others)
 
 
-async def test_attackers_get_nothing_and_the_other_streams_carry_on(plane, clients, manifests, tmp_path):
+async def test_attackers_get_nothing_and_the_other_streams_carry_on(plane, tls_clients, manifests, tmp_path):
     ca = plane.identities.ca
     bundle = ca.trust_bundle_pem()
     # Two honest ztunnels, connected and served before the attacks.
-    honest = {node: clients(plane.xds_port, issue_node_credential(ca, node), bundle, delta=(node == NODE_B))
+    honest = {node: tls_clients(plane.xds_port, issue_node_credential(ca, node), bundle, delta=(node == NODE_B))
               for node in (NODE_A, NODE_B)}
     honest[NODE_A].request(CLUSTER_TYPE, node_name=NODE_A)
     honest[NODE_B].delta_request(CLUSTER_TYPE, node_name=NODE_B)
@@ -123,7 +109,7 @@ async def test_attackers_get_nothing_and_the_other_streams_carry_on(plane, clien
     }
     for what, (credential, trusted, node, code) in attacks.items():
         for request in (CLUSTER_TYPE, SECRET_TYPE):
-            attacker = clients(plane.xds_port, credential, trusted)
+            attacker = tls_clients(plane.xds_port, credential, trusted)
             if node is not None:
                 attacker.request(request, node_name=node,
                                  names=sorted(refs(plane, node)) if request == SECRET_TYPE else ())
@@ -144,9 +130,9 @@ async def test_attackers_get_nothing_and_the_other_streams_carry_on(plane, clien
         assert pushed.type_url == CLUSTER_TYPE, node
 
 
-async def test_a_client_that_does_not_trust_the_server_s_ca_does_not_connect(plane, clients):
+async def test_a_client_that_does_not_trust_the_server_s_ca_does_not_connect(plane, tls_clients):
     ca = plane.identities.ca
-    stranger = clients(plane.xds_port, issue_node_credential(ca, NODE_A), CertificateAuthority.generate().trust_bundle_pem())
+    stranger = tls_clients(plane.xds_port, issue_node_credential(ca, NODE_A), CertificateAuthority.generate().trust_bundle_pem())
     stranger.request(CLUSTER_TYPE, node_name=NODE_A)
     assert await refused(stranger) == grpc.StatusCode.UNAVAILABLE
 
@@ -179,7 +165,7 @@ def test_the_server_certificate_is_renewed_at_half_its_life_by_the_next_handshak
     assert tls._fetch() is not None and tls.certificate.serial != first.serial
 
 
-async def test_a_root_rotation_reaches_the_ads_port_without_a_restart(plane, clients, tmp_path):
+async def test_a_root_rotation_reaches_the_ads_port_without_a_restart(plane, tls_clients, tmp_path):
     """docs/certificates.md's rotation with ztunnels connecting during it: after SIGHUP's reload the
     server's certificate comes from the new root, node credentials of either root are accepted while
     both are trusted, and a client that trusts only the new root connects."""
@@ -192,17 +178,17 @@ async def test_a_root_rotation_reaches_the_ads_port_without_a_restart(plane, cli
     assert await plane.reload_ca()
     new = plane.identities.ca
     assert new.fingerprint == new_root.fingerprint
-    only_new = clients(plane.xds_port, issue_node_credential(new, NODE_A), new_root.trust_bundle_pem())
+    only_new = tls_clients(plane.xds_port, issue_node_credential(new, NODE_A), new_root.trust_bundle_pem())
     only_new.request(CLUSTER_TYPE, node_name=NODE_A)
     assert (await only_new.recv()).resources
     assert plane.ads.security.tls.certificate.ca_fingerprint == new.fingerprint
-    still_old = clients(plane.xds_port, issue_node_credential(old, NODE_B), new.trust_bundle_pem())
+    still_old = tls_clients(plane.xds_port, issue_node_credential(old, NODE_B), new.trust_bundle_pem())
     still_old.request(CLUSTER_TYPE, node_name=NODE_B)
     assert (await still_old.recv()).resources
     # the old root dropped (step 5): its credentials are refused in the handshake
     (ca_dir / "extra-roots.pem").unlink()
     assert await plane.reload_ca()
-    dropped = clients(plane.xds_port, issue_node_credential(old, NODE_B), new.trust_bundle_pem())
+    dropped = tls_clients(plane.xds_port, issue_node_credential(old, NODE_B), new.trust_bundle_pem())
     dropped.request(CLUSTER_TYPE, node_name=NODE_B)
     assert await refused(dropped) == grpc.StatusCode.UNAVAILABLE
 

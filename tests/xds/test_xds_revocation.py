@@ -54,20 +54,6 @@ async def served(make_plane, tmp_path: Path):
     await asyncio.gather(follow, return_exceptions=True)
 
 
-@pytest.fixture
-async def clients():
-    made: list[AdsClient] = []
-
-    def make(port: int, credential, bundle: bytes, **kw) -> AdsClient:
-        client = AdsClient(port, credentials=tls_credentials(bundle, credential), **kw)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        await client.close()
-
-
 def revoked_count(plane: ControlPlane) -> float:
     return plane.metrics.value("zpilot_xds_access_denied_total", reason="revoked_credential")
 
@@ -88,19 +74,19 @@ async def until(condition, timeout: float = 10.0) -> None:
 
 
 async def test_revoking_a_node_ends_its_open_streams_refuses_its_old_credentials_and_serves_a_fresh_one(
-        served, clients, manifests, caplog):
+        served, tls_clients, manifests, caplog):
     caplog.set_level(logging.INFO, logger="zpilot.xds")
     plane, ca = served.plane, served.plane.identities.ca
     bundle = ca.trust_bundle_pem()
     stolen = issue_node_credential(ca, NODE_A)  # the node's credential, and the attacker's copy of it
-    sotw = clients(plane.xds_port, stolen, bundle)
+    sotw = tls_clients(plane.xds_port, stolen, bundle)
     sotw.request(CLUSTER_TYPE, node_name=NODE_A)
-    delta = clients(plane.xds_port, stolen, bundle, delta=True)
+    delta = tls_clients(plane.xds_port, stolen, bundle, delta=True)
     delta.delta_request(CLUSTER_TYPE, node_name=NODE_A)
-    other = clients(plane.xds_port, issue_node_credential(ca, NODE_B), bundle)
+    other = tls_clients(plane.xds_port, issue_node_credential(ca, NODE_B), bundle)
     other.request(CLUSTER_TYPE, node_name=NODE_B)
     first = {"sotw": await sotw.recv(), "delta": await delta.recv(), "other": await other.recv()}
-    silent = clients(plane.xds_port, stolen, bundle)  # authenticated, its first request not sent yet
+    silent = tls_clients(plane.xds_port, stolen, bundle)  # authenticated, its first request not sent yet
     await until(lambda: plane.ads.open_streams == 4)
 
     now = datetime.now(timezone.utc)
@@ -116,7 +102,7 @@ async def test_revoking_a_node_ends_its_open_streams_refuses_its_old_credentials
     # the stolen copy is refused when it connects again, before anything is read or sent; every refusal is
     # counted, and one line logged for a credential retrying in a loop
     for _ in range(3):
-        again = clients(plane.xds_port, stolen, bundle)
+        again = tls_clients(plane.xds_port, stolen, bundle)
         again.request(CLUSTER_TYPE, node_name=NODE_A)
         code, details = await ended(again)
         assert code == grpc.StatusCode.UNAUTHENTICATED and "is revoked" in details
@@ -135,7 +121,7 @@ async def test_revoking_a_node_ends_its_open_streams_refuses_its_old_credentials
 
     # the node re-bootstrapped once the revocation's second is over: served again
     await asyncio.sleep(max(0.0, (cut_after(now) - datetime.now(timezone.utc)).total_seconds()))
-    fresh = clients(plane.xds_port, issue_node_credential(ca, NODE_A), bundle)
+    fresh = tls_clients(plane.xds_port, issue_node_credential(ca, NODE_A), bundle)
     fresh.request(CLUSTER_TYPE, node_name=NODE_A)
     assert (await fresh.recv()).resources
     assert revoked_count(plane) == 6
@@ -153,13 +139,13 @@ def test_a_refusal_repeated_for_one_credential_is_logged_once_an_interval_with_a
     assert refusals.log("ab") == 0
 
 
-async def test_a_serial_revocation_ends_that_certificate_s_streams_only(served, clients):
+async def test_a_serial_revocation_ends_that_certificate_s_streams_only(served, tls_clients):
     plane, ca = served.plane, served.plane.identities.ca
     bundle = ca.trust_bundle_pem()
     stolen, kept = issue_node_credential(ca, NODE_A), issue_node_credential(ca, NODE_A)
     streams = {}
     for name, credential in (("stolen", stolen), ("kept", kept)):
-        streams[name] = clients(plane.xds_port, credential, bundle)
+        streams[name] = tls_clients(plane.xds_port, credential, bundle)
         streams[name].request(CLUSTER_TYPE, node_name=NODE_A)
         await streams[name].recv()
     update_directory(served.ca_dir, lambda current: revoke_serial(current, stolen.serial, datetime.now(timezone.utc), DAY))
@@ -169,7 +155,7 @@ async def test_a_serial_revocation_ends_that_certificate_s_streams_only(served, 
     assert plane.ads.open_streams == 1 and revoked_count(plane) == 1
 
 
-async def test_a_list_that_turns_unreadable_is_logged_once_and_the_last_good_one_stays(served, clients, caplog):
+async def test_a_list_that_turns_unreadable_is_logged_once_and_the_last_good_one_stays(served, tls_clients, caplog):
     caplog.set_level(logging.INFO, logger="zpilot.xds.auth")
     plane, ca = served.plane, served.plane.identities.ca
     bundle = ca.trust_bundle_pem()
@@ -180,13 +166,13 @@ async def test_a_list_that_turns_unreadable_is_logged_once_and_the_last_good_one
     await asyncio.sleep(0.5)  # ten polls
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "not JSON" in errors[0].getMessage() and "stays in force" in errors[0].getMessage()
-    refused = clients(plane.xds_port, stolen, bundle)
+    refused = tls_clients(plane.xds_port, stolen, bundle)
     refused.request(CLUSTER_TYPE, node_name=NODE_A)
     assert (await ended(refused))[0] == grpc.StatusCode.UNAUTHENTICATED
     # the list emptied (the file removed): the credential is served again
     (served.ca_dir / REVOCATIONS_NAME).unlink()
     await until(lambda: len(served.revocations.revocations.current) == 0)
-    served_again = clients(plane.xds_port, stolen, bundle)
+    served_again = tls_clients(plane.xds_port, stolen, bundle)
     served_again.request(CLUSTER_TYPE, node_name=NODE_A)
     assert (await served_again.recv()).resources
 
@@ -250,12 +236,12 @@ def revocable_tasks() -> set[asyncio.Task]:
 
 
 @pytest.mark.parametrize("moment", ["before_request", "answered"])
-async def test_a_revocable_stream_cancelled_again_and_again_leaves_nothing_behind(served, clients, moment):
+async def test_a_revocable_stream_cancelled_again_and_again_leaves_nothing_behind(served, tls_clients, moment):
     """As tests/xds/test_stream_leaks.py, for a stream that a revocation may end (it runs in a task of its own):
     gRPC cancelling its handler, at every await, leaves no stream registered, watched or waiting."""
     plane, ca = served.plane, served.plane.identities.ca
     handlers_before = {t for t in asyncio.all_tasks() if t.get_name().startswith("HandleExceptions[")}
-    client = clients(plane.xds_port, issue_node_credential(ca, NODE_A), ca.trust_bundle_pem())
+    client = tls_clients(plane.xds_port, issue_node_credential(ca, NODE_A), ca.trust_bundle_pem())
     if moment == "answered":
         client.request(CLUSTER_TYPE, node_name=NODE_A)
         await client.recv()
