@@ -147,3 +147,20 @@ def test_a_pieced_map_selecting_a_missing_chain_is_found() -> None:
     wrong = ListenerParts(parts.own, chains=parts.chains, matches=(stray,), match_paths=parts.match_paths)
     (finding,) = consistency.listener_facts_of_parts(contract.INBOUND_PLAINTEXT_LISTENER, wrong).listeners[0].local
     assert "selects chain 'inbound_10.9.9.9', which does not exist" in finding
+
+
+def test_a_whole_listener_keeps_a_view_of_the_bytes_served_not_a_second_copy() -> None:
+    """A whole inbound listener whose bytes a snapshot already holds (interned: the store serves the
+    held resource) keeps a view of those very bytes for its first change to cut, not of the copy
+    just serialized and dropped: that view would keep a second copy of the listener alive."""
+    from zpilot.xds.resource_store import ResourceStore
+
+    listeners = translate_node(_index(synthetic_manifests(SHAPE)), NODE, OPTIONS).listeners
+    for name in INBOUND:
+        store = ResourceStore()
+        held = store.resource(LISTENER_TYPE, name, listeners[name])  # what a snapshot holds
+        rebuilt = Fragment("the same listener built whole again", listeners[name])
+        served = store.resource(LISTENER_TYPE, name, listeners[name], rebuilt)
+        assert served is held
+        kept = rebuilt.derived[SERIALIZED_BYTES]
+        assert kept.obj is held.parts[0] and kept.tobytes() == listeners[name].SerializeToString(deterministic=True)

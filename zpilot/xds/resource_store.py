@@ -107,12 +107,14 @@ class ResourceStore:
                 made = CachedResource.joined(type_url, name, listener_pieces(name, parts))
         elif by_chains:
             made = CachedResource.of_chained(type_url, name, message, _FILTER_CHAINS)
-            if fragment is not None:  # what the node's first pod change cuts its chains from (translators/inbound.py)
-                # the listener's bytes: the value of the entry's Any (a view: nothing copied, nothing more held)
-                fragment.derived[SERIALIZED_BYTES] = next(protowire.length_delimited(made.any_view, _ANY_VALUE))
         else:
             made = CachedResource.of(type_url, name, message)
         resource = self.intern(made)
+        if by_chains and parts is None and fragment is not None:
+            # what the node's first pod change cuts its chains from (translators/inbound.py): the listener's bytes,
+            # the value of the served entry's Any (a view: nothing copied, nothing more held); of the resource
+            # interned, not of ``made``, which a held equal one replaces (a view of it would keep a second copy)
+            fragment.derived[SERIALIZED_BYTES] = next(protowire.length_delimited(resource.any_view, _ANY_VALUE))
         if fragment is not None:
             fragment.derived[(SERIALIZED, type_url)] = resource
         return resource
