@@ -75,6 +75,18 @@ def test_the_ca_secret_does_not_go_with_another_ca():
     assert proc.returncode == 2 and "--ca-secret keeps the CA in a Secret; it does not go with --ca-dir" in proc.stderr
 
 
+@pytest.mark.parametrize("flag", ["--xds-address", "--debug-address", "--metrics-address"])
+def test_a_listen_address_with_a_port_is_an_argument_error_naming_the_port_flag(flag, capsys):
+    """``127.0.0.1:15012`` was taken for a host name: the debug API was refused as exposed (naming 127.0.0.1),
+    the other listeners failed to bind. An IPv6 address, a name and a socket path stay addresses."""
+    with pytest.raises(SystemExit) as exited:
+        parse_serve(flag, "127.0.0.1:15012")
+    port_flag = flag.replace("-address", "-port")
+    assert exited.value.code == 2 and f"give the address alone, and the port with {port_flag}" in capsys.readouterr().err
+    for address in ("::1", "fd00::1", "localhost", "unix:/run/zpilot/xds.sock", "0.0.0.0"):
+        assert getattr(parse_serve(flag, address), flag[2:].replace("-", "_")) == address
+
+
 def test_the_root_namespace_is_a_namespace_name(capsys):
     args = parse_serve()
     assert args.root_namespace == "istio-system"

@@ -8,12 +8,11 @@ import argparse
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 from .. import contract
 
 log = logging.getLogger("zpilot.commands")
-
-from .. import contract
 
 
 def add_layout_argument(parser: argparse.ArgumentParser, what: str = "outbound layout") -> None:
@@ -38,6 +37,26 @@ def whole_number(text: str, low: int, high: int, what: str = "a whole number") -
 def port_number(text: str) -> int:
     """A TCP port (0: where a listener takes it, any free port)."""
     return whole_number(text, 0, 65535, "a port number")
+
+
+def listen_address(port_flag: str) -> Callable[[str], str]:
+    """A listen address: an IP address, a host name or ``unix:/path``, without a port (``port_flag`` gives it).
+    ``127.0.0.1:15012`` was taken for a host name, so a debug API given so was refused as exposed, naming
+    127.0.0.1, and any other listener failed to bind."""
+
+    def parse(text: str) -> str:
+        import ipaddress
+
+        if text.startswith("unix:") or ":" not in text:
+            return text
+        try:
+            ipaddress.ip_address(text)  # IPv6 (colons are its own)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text[:100]!r} is not an address: give the address alone, and the port with {port_flag}") from None
+        return text
+
+    return parse
 
 
 def seconds(text: str, *, allow_zero: bool = True, maximum: float = math.inf) -> float:

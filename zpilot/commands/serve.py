@@ -18,7 +18,9 @@ from typing import Callable
 from .. import contract
 from ..kube import source_flags
 from . import data_path_flags, xds_limit_flags
-from .options import add_layout_argument, add_root_namespace, add_trust_domain, port_number, read_token_file, seconds
+from .options import (
+    add_layout_argument, add_root_namespace, add_trust_domain, listen_address, port_number, read_token_file, seconds,
+)
 
 log = logging.getLogger("zpilot.serve")
 
@@ -64,14 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    " of manifests; serve every node's ztunnel its config over ADS.")
     source_flags.add_arguments(p, manifests_help="read this directory (or file) of Kubernetes YAML, watched,"
                                                  " instead of the cluster")
-    p.add_argument("--xds-address", default="0.0.0.0", help="ADS listen address, or unix:/path (default 0.0.0.0)")
+    p.add_argument("--xds-address", type=listen_address("--xds-port"), default="0.0.0.0",
+                   help="ADS listen address, or unix:/path (default 0.0.0.0)")
     p.add_argument("--xds-port", type=port_number, default=contract.PORT_XDS,
                    help=f"ADS port (default {contract.PORT_XDS}; 0 = any free port)")
-    p.add_argument("--debug-address", default="127.0.0.1",
+    p.add_argument("--debug-address", type=listen_address("--debug-port"), default="127.0.0.1",
                    help="debug API listen address, or unix:/path (default 127.0.0.1; it shows every node's config)")
     p.add_argument("--debug-port", type=port_number, default=contract.PORT_DEBUG,
                    help=f"debug API port (default {contract.PORT_DEBUG}; 0 = any free port)")
-    p.add_argument("--metrics-address", default="0.0.0.0",
+    p.add_argument("--metrics-address", type=listen_address("--metrics-port"), default="0.0.0.0",
                    help="Prometheus /metrics listen address, or unix:/path (default 0.0.0.0)")
     p.add_argument("--metrics-port", type=port_number, default=contract.PORT_METRICS,
                    help=f"/metrics port (default {contract.PORT_METRICS}; 0 = any free port)")
