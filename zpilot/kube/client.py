@@ -34,7 +34,8 @@ token is within five minutes of its ``expirationTimestamp``; a failed renewal is
 ``RENEWAL_RETRY_SECONDS``. A plugin's token without an ``expirationTimestamp``, and a plugin's client
 certificate, are used as first read, for the client's life. A user's client certificate and key given as
 files are read again every ``CLIENT_CERTIFICATE_REREAD_SECONDS`` before a request, and a new pair is used
-for the next connections (:mod:`.client_tls`); a pair that cannot be used is refused, the last good one kept.
+for the next connections, the watches open with the last one opened again with it (:mod:`.client_tls`); a pair
+that cannot be used is refused, the last good one kept.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 
 from ..logs import counted
 from ..model.problems import Problem, Severity, clip
-from .api_calls import ApiCalls, ApiFailure, Expired, NotServed, Timeouts, status_failure
+from .api_calls import ApiCalls, ApiFailure, Expired, NotServed, Retired, Timeouts, status_failure
 from .api_resources import SOURCE_CONVERTERS, ApiResource, WatchSpec
 from .backoff import Backoff, FailureLog
 from .convert import InvalidObject, ModelObject, describe
@@ -132,6 +132,9 @@ class Informer:
                         continue
                     await self._list()
                 await self._watch()  # from the last version: a broken watch is resumed, not re-listed
+            except Retired:  # closed for a new client certificate: resumed at once
+                log.debug("API server %s: %s: watching again with the new client certificate", self.calls.server,
+                          self.spec)
             except Expired as exc:
                 log.info("API server %s: %s: %s; listing again", self.calls.server, self.spec, exc)
                 self.resource_version = None
