@@ -69,3 +69,8 @@ def test_text_format_shows_the_message_alone_and_bounded():
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="unknown log format 'xml'"):
         logs.configure(logging.INFO, "xml")
+
+
+def test_a_count_of_one_is_said_in_the_singular():
+    assert [logs.counted(n, "entry", "entries") for n in (0, 1, 2)] == ["0 entries", "1 entry", "2 entries"]
+    assert [logs.counted(n, "rule") for n in (1, 3)] == ["1 rule", "3 rules"]

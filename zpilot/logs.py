@@ -25,6 +25,12 @@ MAX_FIELD_CHARS = 512
 MAX_MESSAGE_CHARS = 16384
 
 
+def counted(number: int, noun: str, plural: str = "") -> str:
+    """``number`` and ``noun``, in the plural (``plural``, or ``noun`` + "s") unless it is one:
+    "1 entry", "2 entries", not "1 entries"."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
 def bounded(value: Any, limit: int = MAX_FIELD_CHARS) -> Any:
     """``value`` with any text longer than ``limit`` cut, saying how long it was."""
     if isinstance(value, (bool, int, float)) or value is None:

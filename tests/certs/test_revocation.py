@@ -161,9 +161,12 @@ def test_the_command_records_a_revocation_in_the_ca_directory_and_refuses_bad_ar
     ca_dir = tmp_path / "ca"
     CertificateAuthority.load_or_create(ca_dir)
     before = datetime.now(timezone.utc)
-    done = revoke_cli("--ca-dir", str(ca_dir), "--node", "node-a", "--serial", "AB:CD", "--credential-lifetime", "3600")
+    done = revoke_cli("--ca-dir", str(ca_dir), "--node", "node-a", "--credential-lifetime", "3600")
     assert done.returncode == 0, done.stderr
     assert "revoked node node-a" in done.stderr and "bootstrap --renew --force" in done.stderr
+    assert "its list holds 1 entry," in done.stderr  # (not "1 entries")
+    done = revoke_cli("--ca-dir", str(ca_dir), "--serial", "AB:CD", "--credential-lifetime", "3600")
+    assert done.returncode == 0 and "revoked serial AB:CD" in done.stderr and "holds 2 entries," in done.stderr
     listed = read_directory(ca_dir)
     [node] = listed.nodes
     assert node.node == "node-a" and before < node.issued_before <= datetime.now(timezone.utc)  # it waited past it

@@ -24,6 +24,7 @@ def table_diff(chains: dict[str, list[str]]):
 def test_iptables_from_nothing_creates_chain_and_jump_first():
     d = table_diff({"PREROUTING": [KUBE], "KUBE-SERVICES": []})
     assert d.unchanged == 0
+    assert "iptables: add nat chain ztunnel-PREROUTING (1 rule)" in [str(c) for c in d.changes]  # not "1 rules"
     assert d.work.script("nat") == (
         "*nat\n:ztunnel-PREROUTING - [0:0]\n-A ztunnel-PREROUTING -m mark --mark 0x100/0x100 -j ACCEPT\n"
         "-I PREROUTING 1 -j ztunnel-PREROUTING\nCOMMIT\n")
@@ -94,6 +95,9 @@ def test_ipset_not_wanted_is_destroyed_last():
     actual = ipset.parse_save("ztunnel-pods-ips", "create ztunnel-pods-ips hash:ip comment\n")
     d = ipset.diff("ztunnel-pods-ips", None, actual)
     assert d.work.destroy and d.work.script == []
+    one = ipset.parse_save("ztunnel-pods-ips", 'create ztunnel-pods-ips hash:ip comment\nadd ztunnel-pods-ips 10.0.0.1 comment "u"\n')
+    assert [str(c) for c in ipset.diff("ztunnel-pods-ips", None, one).changes] == [
+        "ipset: remove set ztunnel-pods-ips (1 entry)"]  # not "1 entries"
 
 
 def test_routes_keyed_by_table_and_destination():

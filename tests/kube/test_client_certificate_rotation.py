@@ -57,6 +57,10 @@ async def whoami(api: client.ApiClient, server: ApiServer) -> str:
     return server.requests[-1].user
 
 
+def plural(request) -> str:
+    return request.resource.split(".")[0]
+
+
 #: What the watch source watches, once the Istio CRDs are served.
 WATCHED = ("namespaces", "nodes", "serviceaccounts", "pods", "services", "endpointslices", "authorizationpolicies",
            "peerauthentications")
@@ -171,3 +175,40 @@ def test_the_files_are_read_again_once_due_and_soon_after_a_refusal(apiserver, t
     assert second is not first and made[-1].client_certificate == second_cert
     now[0] = 129.0
     assert tls.context() is second and len(made) == 2
+
+
+async def test_the_watches_open_at_a_rotation_are_opened_again_with_the_new_pair_from_where_they_were(
+        tmp_path, every_request):
+    """client-go closes the connections made with the old pair once it takes a new one, and its watches open
+    again with the new one. Here too: the pair is rotated while every watch is open and nothing else is asked
+    (no request to take it before), and each watch is opened again as "second" without waiting for its end
+    (60 to 119 s: it went on as "first" until then, and after "first" is revoked the server went on sending to
+    it), from the version it had reached (no list again, no failure), losing no event: a pod created as the
+    pair rotates, and one after, both reach the model."""
+    with ApiServer(tmp_path / "api", bootstrap=False, controllers=False) as server:
+        seed_article(server)
+        server.install_istio_crds()
+        files = Files(tmp_path / "pki")
+        files.write(*server.issue_client_certificate("first"))
+        credentials = Credentials(kubeconfig=_kubeconfig(server, tmp_path, files), environ={})
+        async with Follower(source_for(server, credentials=credentials)) as follower:
+            await follower.until(lambda m: True)
+            for kind in WATCHED:
+                await server.wait_for_watchers(kind)
+            since = len(server.requests)
+            files.write(*server.issue_client_certificate("second"))
+            server.create(make_pod("web-during", ip="10.4.4.41", node=NODE, labels={"app": "web"}))
+
+            async def reopened() -> None:
+                while {plural(r) for r in server.requests[since:] if r.user == "second"} != set(WATCHED):
+                    await asyncio.sleep(0.02)
+
+            await asyncio.wait_for(reopened(), 10)
+            server.auth.remove_certificate_user("first")
+            server.create(make_pod("web-after", ip="10.4.4.42", node=NODE, labels={"app": "web"}))
+            await follower.until(lambda m: {"web-during", "web-after"} <= pod_names(m))
+        after = server.requests[since:]
+        assert not [r for r in after if r.status != 200], after
+        assert {r.verb for r in after} == {"watch"}, after  # resumed, not listed again
+        assert {r.user for r in after} == {"second"} and all(int(r.query["resourceVersion"]) > 0 for r in after)
+        assert sorted(map(plural, after)) == sorted(WATCHED), after  # each once

@@ -375,3 +375,8 @@ def test_a_snapshot_with_one_type_replaced_is_the_old_one_but_for_it_and_the_fie
     assert old.with_type(new, changed_at=1.0).generation_seconds == old.generation_seconds
     with pytest.raises(TypeError, match="colour"):
         old.with_type(new, changed_at=1.0, colour=1.0)
+    # the fields it sets itself are not taken among the others (types= replaced every type, silently)
+    with pytest.raises(TypeError, match="with_type sets types itself"):
+        old.with_type(new, 1.0, types=MappingProxyType({}))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="changed_at"):
+        old.with_type(new, 1.0, **{"changed_at": 2.0})  # type: ignore[misc]

@@ -51,6 +51,7 @@ from zpilot.certs.revocation import EMPTY, REVOCATIONS_NAME, RevocationError, Re
 from zpilot.certs.spiffe import DEFAULT_TRUST_DOMAIN
 from zpilot.certs.storage import CaMaterial, PemPart
 from zpilot.certs.x509_helpers import CertificateAuthorityError
+from zpilot.kube.client_tls import ConnectionRetired
 from zpilot.kube.object_names import SecretName  # (defined there: commands take one without loading this client)
 
 log = logging.getLogger("zpilot.certs.kube_secret")
@@ -277,6 +278,8 @@ class SecretCaStore:
                 failures = 0
             except CaSecretUnavailable as exc:
                 log.error("%s; retrying", exc)
+            except ConnectionRetired:  # closed for a new client certificate (kube.client_tls): watched again at once
+                continue
             except ApiException as exc:
                 if exc.status == 410:  # our resourceVersion was compacted away: list again, at once
                     log.info("watch of Secret %s expired (410 Gone); listing it again", self.secret)

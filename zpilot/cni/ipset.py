@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
+from ..logs import counted
 from .changes import Change, Diff
 from .netns import CommandError, Netns
 from .desired import IpsetEntry, IpsetPlan
@@ -73,7 +74,8 @@ def diff(name: str, desired: IpsetPlan | None, actual: IpsetState) -> Diff[Ipset
     if desired is None:
         if actual.exists:
             d.work.destroy = True
-            d.changes.append(Change("ipset", "remove", f"set {name} ({len(actual.entries)} entries)"))
+            entries = counted(len(actual.entries), "entry", "entries")
+            d.changes.append(Change("ipset", "remove", f"set {name} ({entries})"))
         return d
     wanted = {e.ip: e for e in desired.entries}
     create = f"create {name} {desired.type} comment"

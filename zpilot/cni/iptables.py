@@ -14,6 +14,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 
+from ..logs import counted
 from .changes import Change, Diff
 from .netns import CniError, Netns
 from .desired import IptablesChain, Jump, NetnsPlan
@@ -127,7 +128,7 @@ def diff_table(
         if have is None:
             s.declare.append(name)
             s.append += [(name, r) for r in chain.rules]
-            d.changes.append(Change("iptables", "add", f"{table} chain {name} ({len(chain.rules)} rules)"))
+            d.changes.append(Change("iptables", "add", f"{table} chain {name} ({counted(len(chain.rules), 'rule')})"))
         elif have != list(chain.rules):
             s.declare.append(name)
             s.append += [(name, r) for r in chain.rules]

@@ -19,6 +19,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from ..logs import counted
 from .options import seconds
 from .serve import DEFAULT_CA_SECRET, _secret_name
 
@@ -104,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
     time.sleep(max(0.0, (cut - datetime.now(timezone.utc)).total_seconds()))
     named = [f"node {n} (credentials issued before {cut.isoformat()})" for n in args.node]
     named += [f"serial {s}" for s in args.serial]
-    print(f"zpilot revoke: revoked {', '.join(named)} in {where} ({len(written)} entries, kept until they"
-          f" expire); a running zpilot serve refuses them and closes their streams within seconds. Give the node"
-          " a new credential with: zpilot bootstrap --renew --force --node NODE (and the CA options)",
+    held = counted(len(written), "entry", "entries")
+    print(f"zpilot revoke: revoked {', '.join(named)} in {where} (its list holds {held}, each kept until the"
+          " credentials it names expire); a running zpilot serve refuses them and closes their streams within"
+          " seconds. Give the node a new credential with: zpilot bootstrap --renew --force --node NODE (and the CA options)",
           file=sys.stderr)
     return 0

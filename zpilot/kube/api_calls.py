@@ -29,6 +29,7 @@ from kubernetes_asyncio.client import ApiClient
 
 from ..model.problems import clip
 from .api_resources import ApiResource
+from .client_tls import ConnectionRetired
 
 #: Largest list page read (a page of 500 pods is a few MiB).
 MAX_PAGE_BYTES = 64 << 20
@@ -50,6 +51,11 @@ class ApiFailure(Exception):
 
 class Expired(ApiFailure):
     """410 Gone: the resourceVersion is older than the server's history; list again."""
+
+
+class Retired(ApiFailure):
+    """The client closed the watch itself: its connection was made with a client certificate replaced since
+    (:mod:`.client_tls`). Open it again at once, from the version it reached."""
 
 
 class NotServed(ApiFailure):
@@ -233,6 +239,8 @@ class ApiCalls:
                     line = await response.content.readline()
                 except (ValueError, HttpProcessingError):  # aiohttp: "Chunk too big" or LineTooLong
                     raise ApiFailure(f"a watch event larger than {MAX_EVENT_BYTES:,} bytes") from None
+                except ConnectionRetired as exc:
+                    raise Retired(str(exc)) from None
                 except REQUEST_ERRORS as exc:
                     raise ApiFailure(describe_exception(exc, silent)) from None
                 if not line:

@@ -30,11 +30,14 @@ after about an hour (the kubelet writes the next one before), an ``exec`` plugin
 the client brings its token up to date (kubernetes-asyncio's ``refresh_api_key_hook``): the
 service-account token file is read again each minute (kubernetes-asyncio's own hook), a kubeconfig
 user's ``tokenFile`` too (``TOKEN_FILE_REREAD_SECONDS``), and an ``exec`` plugin is run again once its
-token is within five minutes of its ``expirationTimestamp``; a failed renewal is tried again after
+token is within five minutes of its ``expirationTimestamp``, and an ``oidc`` auth provider's ID token is refreshed
+once within five minutes of its ``exp`` (:mod:`.oidc`: its IdP's CA in memory, never in a temp file, as
+kubernetes-asyncio wrote it); a failed renewal is tried again after
 ``RENEWAL_RETRY_SECONDS``. A plugin's token without an ``expirationTimestamp``, and a plugin's client
 certificate, are used as first read, for the client's life. A user's client certificate and key given as
 files are read again every ``CLIENT_CERTIFICATE_REREAD_SECONDS`` before a request, and a new pair is used
-for the next connections (:mod:`.client_tls`); a pair that cannot be used is refused, the last good one kept.
+for the next connections, the watches open with the last one opened again with it (:mod:`.client_tls`); a pair
+that cannot be used is refused, the last good one kept.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from .exec_plugin import ExecPluginError, due, run_exec_plugin
 from .in_cluster import SERVICE_ACCOUNT_DIR
 from .key_material import make_client, ssl_context
 from .kubeconfig import ExecCredential, ExecPlugin, read_kubeconfig
+from .oidc import OidcError, OidcTokens
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +167,16 @@ async def load_access(
     try:
         kubeconfig_read = read_kubeconfig(existing, context)
         plugin = kubeconfig_read.exec_plugin()
-        credential = await run_exec_plugin(plugin, timeout) if plugin is not None else None
+        oidc_provider = kubeconfig_read.oidc_provider() if plugin is None else None
+        renew: Callable[[], Awaitable[ExecCredential]] | None = None
+        credential: ExecCredential | None = None
+        if plugin is not None:
+            credential = await run_exec_plugin(plugin, timeout)
+            renew = functools.partial(_run_again, plugin, timeout)
+        elif oidc_provider is not None:
+            oidc = OidcTokens(oidc_provider)
+            credential = oidc.first() or await oidc.renew(timeout)
+            renew = functools.partial(oidc.renew, timeout)
         tls = kubeconfig_read.tls(credential)
         loader = await config.load_kube_config_from_dict(
             kubeconfig_read.document(credential), context=kubeconfig_read.context, client_configuration=configuration,
@@ -178,20 +191,31 @@ async def load_access(
                                        user=kubeconfig_read.user_name),
                 user=str(kubeconfig_read.user_name), files=files, reread_seconds=CLIENT_CERTIFICATE_REREAD_SECONDS,
                 retry_seconds=CLIENT_CERTIFICATE_RETRY_SECONDS)
-    except (ExecPluginError, ConfigException, OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as exc:
+    except (ExecPluginError, OidcError, ConfigException, OSError, yaml.YAMLError, ValueError, KeyError,
+            TypeError) as exc:
         raise KubeConfigError(f"{where}: {exc}") from None  # (a malformed file too)
-    configuration.refresh_api_key_hook = _token_refresher(loader, plugin, credential, timeout)
+    configuration.refresh_api_key_hook = _token_refresher(loader, renew, credential, timeout)
     return ClusterAccess(configuration, client_tls)
 
 
+async def _run_again(plugin: ExecPlugin, timeout: float) -> ExecCredential:
+    """A renewal of ``plugin``'s token: it is run again, and must answer a token again."""
+    renewed = await run_exec_plugin(plugin, timeout)
+    if renewed.token is None:
+        raise ExecPluginError(f"kubeconfig user {plugin.user}: exec plugin {plugin.command}: "
+                              "answered a certificate where it had given a token")
+    return renewed
+
+
 def _token_refresher(
-    loader: Any, plugin: ExecPlugin | None, credential: ExecCredential | None, timeout: float,
+    loader: Any, renew: Callable[[], Awaitable[ExecCredential]] | None, credential: ExecCredential | None,
+    timeout: float,
 ) -> Callable[[client.Configuration], Awaitable[None]]:
     """The hook that brings a kubeconfig client's token up to date before each request (kubernetes-asyncio
     reads a kubeconfig once and sets none).
 
-    - An ``exec`` plugin's token with an expiry: the plugin is run again (:func:`run_exec_plugin`) once the
-      token is due (:func:`due`).
+    - An ``exec`` plugin's token with an expiry, or an ``oidc`` provider's: ``renew`` (the plugin run again,
+      :func:`run_exec_plugin`; the ID token refreshed, :mod:`.oidc`) once the token is due (:func:`due`).
     - Any other user's credentials (a ``tokenFile``, an auth provider's): read again every
       ``TOKEN_FILE_REREAD_SECONDS`` through the loader's public ``load_and_set``.
 
@@ -217,13 +241,9 @@ def _token_refresher(
             try:
                 if time.monotonic() < retry_at:  # the last renewal failed a moment ago
                     pass
-                elif plugin is not None:
+                elif renew is not None:
                     if renewable and due(credential):
-                        renewed = await run_exec_plugin(plugin, timeout)
-                        if renewed.token is None:
-                            raise ExecPluginError(f"kubeconfig user {plugin.user}: exec plugin {plugin.command}: "
-                                                  "answered a certificate where it had given a token")
-                        credential = renewed
+                        credential = await renew()
                 elif time.monotonic() - read_at >= TOKEN_FILE_REREAD_SECONDS:
                     read_at = time.monotonic()
                     await asyncio.wait_for(loader.load_and_set(configuration), timeout)

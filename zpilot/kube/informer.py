@@ -30,8 +30,9 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+from ..logs import counted
 from ..model.problems import Problem, Severity, clip
-from .api_calls import ApiCalls, ApiFailure, Expired, NotServed, Timeouts, status_failure
+from .api_calls import ApiCalls, ApiFailure, Expired, NotServed, Retired, Timeouts, status_failure
 from .api_resources import SOURCE_CONVERTERS, ApiResource, WatchSpec
 from .backoff import Backoff, FailureLog
 from .convert import InvalidObject, ModelObject, describe
@@ -131,6 +132,9 @@ class Informer:
                         continue
                     await self._list()
                 await self._watch()  # from the last version: a broken watch is resumed, not re-listed
+            except Retired:  # closed for a new client certificate: resumed at once
+                log.debug("API server %s: %s: watching again with the new client certificate", self.calls.server,
+                          self.spec)
             except Expired as exc:
                 log.info("API server %s: %s: %s; listing again", self.calls.server, self.spec, exc)
                 self.resource_version = None
@@ -181,7 +185,7 @@ class Informer:
     def _not_served(self, why: str) -> None:
         """The resource is not served (now): its objects are gone; logged once per disappearance."""
         if self._served is not False:
-            dropped = f"; dropping its {len(self._known)} objects" if self._known else ""
+            dropped = f"; dropping its {counted(len(self._known), 'object')}" if self._known else ""
             log.warning("API server %s: %s (%s) is not served: %s%s; %s objects are not read until it is"
                         " (checking every %g s)", self.calls.server, self.spec, self.resource.api_version,
                         clip(why, 200), dropped, self.resource.kind, self.settings.crd_poll)

@@ -42,6 +42,8 @@ import yaml
 MAX_KUBECONFIG_BYTES = 16 << 20
 #: A CA bundle, client certificate or key (PEM) larger than this is refused (a public CA bundle is ~250 KB).
 MAX_PEM_BYTES = 1 << 20
+#: Longest field of an ``oidc`` auth provider's config (an ID token is a few KB).
+MAX_OIDC_FIELD = 64 << 10
 #: How much of an ``exec`` section's ``installHint`` is shown when its command is not found.
 MAX_INSTALL_HINT = 500
 #: The cluster extension whose value a ``provideClusterInfo`` plugin gets as ``spec.cluster.config`` (client-go's).
@@ -72,6 +74,21 @@ class ExecPlugin:
     install_hint: str = ""
     #: ``spec.cluster`` of KUBERNETES_EXEC_INFO when the section says ``provideClusterInfo: true``, else None.
     cluster: Mapping[str, Any] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class OidcProvider:
+    """A user's ``oidc`` auth provider (``auth-provider: {name: oidc, config: ...}``): its IdP, client, tokens as
+    the kubeconfig holds them, and the IdP's CA (PEM, in memory; None: the system's roots), refreshed by
+    :mod:`.oidc`. Never shown with its secrets."""
+
+    user: str  # the kubeconfig user it belongs to, for messages
+    issuer: str
+    client_id: str
+    client_secret: str | None = field(default=None, repr=False)
+    id_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
+    ca: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,37 @@ class KubeConfig:
                           install_hint=_printable(_text(section.get("installHint")))[:MAX_INSTALL_HINT],
                           cluster=self._exec_cluster() if section.get("provideClusterInfo") is True else None)
 
+    def oidc_provider(self) -> OidcProvider | None:
+        """The user's ``oidc`` auth provider, or None (another provider, ``gcp``, is kubernetes-asyncio's);
+        KubeConfigProblem if its section is malformed: no ``idp-issuer-url`` or ``client-id``, an issuer not
+        https (the client secret and refresh token go to it), its CA both a file and data, or not readable."""
+        section = self.user.get("auth-provider")
+        if not isinstance(section, dict) or section.get("name") != "oidc":
+            return None
+        who = f"user {str(self.user_name)[:200]}: auth-provider oidc"
+        config = section.get("config") or {}
+        if not isinstance(config, dict):
+            raise KubeConfigProblem(f"{who}: config is not a mapping")
+
+        def text(key: str) -> str | None:
+            value = config.get(key)
+            if value is None or value == "":
+                return None
+            if not isinstance(value, str) or len(value) > MAX_OIDC_FIELD:
+                raise KubeConfigProblem(f"{who}: {key} is not text of at most {MAX_OIDC_FIELD} characters")
+            return value
+
+        issuer, client_id = text("idp-issuer-url"), text("client-id")
+        if issuer is None or client_id is None:
+            raise KubeConfigProblem(f"{who}: idp-issuer-url and client-id are both required")
+        if not issuer.startswith("https://"):
+            raise KubeConfigProblem(f"{who}: idp-issuer-url {issuer[:200]} is not https (the client secret and"
+                                    " refresh token are sent to it)")
+        _refuse_file_and_data(config, ("idp-certificate-authority",), who)
+        return OidcProvider(user=str(self.user_name), issuer=issuer, client_id=client_id,
+                            client_secret=text("client-secret"), id_token=text("id-token"),
+                            refresh_token=text("refresh-token"), ca=_pem(config, "idp-certificate-authority", who))
+
     def _exec_cluster(self) -> dict[str, Any]:
         """The cluster as client-go gives it to a ``provideClusterInfo`` plugin (clientauthentication's Cluster:
         its JSON field names; the CA as base64, read from its file if need be; ``config``: the extension's)."""
@@ -172,12 +220,15 @@ class KubeConfig:
         return info
 
     def document(self, credential: ExecCredential | None = None) -> dict[str, Any]:
-        """A kubeconfig of this context alone for kubernetes-asyncio, with ``credential`` (a plugin's answer) in
-        place of the user's ``exec`` section, so that the library runs no plugin. Without the TLS material
+        """A kubeconfig of this context alone for kubernetes-asyncio, with ``credential`` (a plugin's answer, or
+        an ``oidc`` provider's ID token) in place of the user's ``exec`` section (or ``oidc`` auth provider), so
+        that the library runs no plugin (and refreshes no token). Without the TLS material
         (:meth:`tls`): the library would write the ``*-data`` ones to temp files."""
         user = {k: v for k, v in self.user.items() if k not in _TLS_FIELDS}
         if credential is not None:
             user.pop("exec", None)
+            if isinstance(user.get("auth-provider"), dict) and user["auth-provider"].get("name") == "oidc":
+                del user["auth-provider"]  # (refreshed by zpilot: kubernetes-asyncio's wrote its CA to a temp file)
             if credential.token is not None:
                 user["token"] = credential.token
         name = self.user_name or "user"

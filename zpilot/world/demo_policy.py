@@ -10,6 +10,7 @@ from typing import Callable
 
 from .. import contract
 from ..explain import FACT_KEYS
+from ..logs import counted
 from .builder import World
 from .demo import HOPS, DemoResult, observe_and_explain
 
@@ -76,7 +77,7 @@ def render_request(world: World, title: str, result: DemoResult, emit: Callable[
          + (f" by {result.explained['policy']}" if result.explained.get("policy") else ""))
     differences = compare(result, verdict)
     if differences:
-        emit(f"  zpilot explain DISAGREES on {len(differences)} facts:")
+        emit(f"  zpilot explain DISAGREES on {counted(len(differences), 'fact')}:")
         for key, (want, got) in differences.items():
             emit(f"    {key}: explain {want!r}, observed {got!r}")
     else:

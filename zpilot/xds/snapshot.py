@@ -435,6 +435,15 @@ class TypeResources:
         return sum(r.size for r in self.items.values())
 
 
+def _with_type_refused(fields: Mapping[str, object], mine: Mapping[str, object]) -> str:
+    """Why :meth:`Snapshot.with_type` refuses these ``fields``."""
+    unknown = sorted(n for n in fields if n not in mine)
+    reasons = [f"Snapshot has no fields {unknown}"] if unknown else []
+    if "types" in fields:
+        reasons.append("Snapshot.with_type sets types itself (its resources argument), not among its other fields")
+    return "; ".join(reasons)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything one node is served, by type URL, plus what the debug API shows about it.
@@ -485,11 +494,12 @@ class Snapshot:
 
     def with_type(self, resources: TypeResources, changed_at: float, **fields: float) -> "Snapshot":
         """This snapshot with one type's resources replaced (new secrets after a rotation, new
-        endpoints), and any other ``fields`` given (one ``replace``)."""
+        endpoints), and any other ``fields`` given (one ``replace``). ``types`` is not among them:
+        given, it would silently replace every type (``changed_at`` given twice, Python refuses)."""
         mine = self.__dict__
         for name in fields:  # (one or none: no set made for each of a change's 100 nodes)
-            if name not in mine:
-                raise TypeError(f"Snapshot has no fields {sorted(n for n in fields if n not in mine)}")
+            if name not in mine or name == "types":
+                raise TypeError(_with_type_refused(fields, mine))
         # (a mapping proxy's copy is its dict's: dict() of the proxy goes key by key)
         types = self.types.copy() if isinstance(self.types, (MappingProxyType, dict)) else dict(self.types)
         types[resources.type_url] = resources

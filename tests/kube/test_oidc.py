@@ -1,0 +1,135 @@
+"""A kubeconfig user's ``oidc`` auth provider (``zpilot.kube.oidc``), against an in-process IdP over TLS and the
+in-process API server: the ID token refreshed at the start and when due, the IdP's CA handed to TLS in memory
+(kubernetes-asyncio wrote it to a temp file, then failed the refresh), the IdP verified without one."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from zpilot.kube import exec_plugin
+from zpilot.kube.client import KubeConfigError, api_client
+from zpilot.kube.oidc import OidcError, jwt_expiry
+
+from .apiserver.tls import make_serving_certs
+from .test_kubeconfig_tls import _holding, _with_user, whoami
+
+
+def jwt(claims: dict) -> str:
+    """An unsigned JWT of ``claims`` (the client reads its exp; the API server knows it as a bearer token)."""
+    def part(value: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'none'})}.{part(claims)}.c2ln"
+
+
+class Idp:
+    """An OpenID provider on 127.0.0.1 (TLS, its own CA): discovery and the refresh_token grant. Each refresh
+    answers the next ID token and a new refresh token (rotated: the last one is refused)."""
+
+    def __init__(self, apiserver, directory: Path) -> None:
+        self.apiserver = apiserver
+        self.directory = directory
+        self.certs = make_serving_certs()
+        self.refresh_token = "refresh-0"
+        self.refreshes = 0
+        self.issuer = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> "Idp":
+        app = web.Application()
+        app.router.add_get("/realms/k8s/.well-known/openid-configuration", self._discovery)
+        app.router.add_post("/token", self._token)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        directory = self.directory
+        directory.mkdir()
+        (directory / "cert.pem").write_bytes(self.certs.cert_pem)
+        (directory / "key.pem").write_bytes(self.certs.key_pem)
+        context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.issuer = f"https://127.0.0.1:{port}/realms/k8s"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _discovery(self, request: web.Request) -> web.Response:
+        return web.json_response({"issuer": self.issuer, "token_endpoint": f"https://{request.host}/token"})
+
+    async def _token(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if request.headers.get("Authorization") != "Basic " + base64.b64encode(b"zpilot:s%2Fcret").decode():
+            return web.json_response({"error": "invalid_client"}, status=401)
+        if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != self.refresh_token:
+            return web.json_response({"error": "invalid_grant", "error_description": "not the last one"}, status=400)
+        self.refreshes += 1
+        self.refresh_token = f"refresh-{self.refreshes}"
+        token = jwt({"sub": f"oidc-{self.refreshes}", "exp": int(time.time()) + 3600})
+        self.apiserver.add_token(token, user=f"oidc-{self.refreshes}")
+        return web.json_response({"id_token": token, "refresh_token": self.refresh_token, "token_type": "Bearer"})
+
+    def kubeconfig(self, path: Path, *, ca: bool = True) -> Path:
+        config = {"idp-issuer-url": self.issuer, "client-id": "zpilot", "client-secret": "s/cret",
+                  "refresh-token": "refresh-0", "id-token": jwt({"sub": "old", "exp": int(time.time()) - 60})}
+        if ca:
+            config["idp-certificate-authority-data"] = base64.b64encode(self.certs.ca_pem).decode()
+        return _with_user(self.apiserver, path, {"auth-provider": {"name": "oidc", "config": config}})
+
+
+async def test_the_id_token_is_refreshed_with_the_idp_ca_in_memory_and_again_when_due(
+        apiserver, tmp_path, temp_dir, monkeypatch):
+    """The kubeconfig's ID token has expired: it is refreshed at the start, through TLS checked against the IdP's
+    CA (``idp-certificate-authority-data``), which no file holds, nor held (kubernetes-asyncio wrote it to a temp
+    file, then handed aiohttp that file's name as a TLS context: the refresh failed). Once due, it is refreshed
+    again with the refresh token the IdP rotated (kept in memory)."""
+    async with Idp(apiserver, tmp_path / "idp") as idp:
+        async with await api_client(idp.kubeconfig(tmp_path / "kubeconfig"), environ={}) as api:
+            assert idp.refreshes == 1 and await whoami(api, apiserver) == "oidc-1"
+            assert await whoami(api, apiserver) == "oidc-1"  # (not due: not refreshed again)
+            monkeypatch.setattr(exec_plugin, "EXPIRY_MARGIN", exec_plugin.EXPIRY_MARGIN * 24)  # an hour is due now
+            assert await whoami(api, apiserver) == "oidc-2" and idp.refresh_token == "refresh-2"
+    assert _holding(temp_dir, idp.certs.ca_pem) == [] and list(temp_dir.iterdir()) == []
+
+
+async def test_without_its_ca_the_idp_is_checked_against_the_system_roots(apiserver, tmp_path, temp_dir):
+    """Without ``idp-certificate-authority``, kubernetes-asyncio turned the IdP's certificate check off and sent
+    it the client secret and refresh token whoever it was; client-go checks it against the system's roots, so
+    does zpilot: an IdP of an unknown CA is refused, the start failing with an error naming the user and issuer."""
+    async with Idp(apiserver, tmp_path / "idp") as idp:
+        with pytest.raises(KubeConfigError, match=r"user .*: auth-provider oidc https://127\.0\.0\.1:\d+/realms/k8s: "
+                                                  r".*certificate verify failed"):
+            await api_client(idp.kubeconfig(tmp_path / "kubeconfig", ca=False), environ={})
+        assert idp.refreshes == 0
+
+
+@pytest.mark.parametrize("config, error", [
+    ({"client-id": "zpilot"}, "idp-issuer-url and client-id are both required"),
+    ({"idp-issuer-url": "http://idp.example", "client-id": "zpilot"}, "is not https"),
+    ({"idp-issuer-url": "https://idp.example", "client-id": "zpilot", "idp-certificate-authority": "/x",
+      "idp-certificate-authority-data": "eA=="}, "both set"),
+    ({"idp-issuer-url": "https://idp.example", "client-id": "zpilot"}, "no refresh-token"),
+])
+async def test_an_oidc_provider_that_cannot_be_used_is_refused_at_the_start(apiserver, tmp_path, config, error):
+    path = _with_user(apiserver, tmp_path / "kubeconfig", {"auth-provider": {"name": "oidc", "config": config}})
+    with pytest.raises(KubeConfigError, match=error):
+        await api_client(path, environ={})
+
+
+def test_an_id_token_s_expiry_is_its_jwt_exp_read_as_base64url():
+    token = jwt({"exp": 1_700_000_000, "name": "??>>??>>"})
+    assert "_" in token.split(".")[1] and "-" in token.split(".")[1]  # (base64url: standard base64 refused these)
+    assert jwt_expiry(token).timestamp() == 1_700_000_000
+    assert jwt_expiry(jwt({"sub": "x"})) is None
+    for bad in ("abc", "a.%%%.c", jwt({"exp": "soon"})):
+        with pytest.raises(OidcError):
+            jwt_expiry(bad)
