@@ -42,6 +42,9 @@ or both changed, the stats options as served (round eleven):
     svc-extra-token  each service port's cluster's stat name one token longer (``svc.x.<name>``), its regex and tag
                      following: what one token of those names costs (each of the 94,000 bookkeeping names at R is
                      made a string, matched and remembered as rejected)
+    svc-traffic-own  ``--service-stats traffic`` done by a stats matcher of each service port's cluster's own that
+                     leaves out its bookkeeping stats by token prefixes alone (Envoy's fast path), its traffic counters
+                     kept (the server would have to know each ztunnel's setting)
 
 Envoy runs with ``contract.ENVOY_FLAGS``, as the chart runs it (``--without-envoy-flags``: without them);
 ``--envoy-arg=ARG`` (repeated) gives it more.
@@ -306,6 +309,35 @@ def _bootstrap_svc_extra_token(config) -> None:
         tag.regex = tag.regex.replace(r"^cluster\.((?:svc\.)?", r"^cluster\.((?:svc\.x\.)?")
 
 
+#: The stats Envoy 1.40 makes at start for an EDS cluster besides its traffic counters, one token (or the first tokens)
+#: each, as ``CLUSTER_BOOKKEEPING_STATS`` matches them (read from node-0's Envoy at R: ``xds-grpc``'s and an EDS cluster's).
+BOOKKEEPING_TOKENS = (
+    "assignment_stale", "assignment_timeout_received", "assignment_use_cached", "circuit_breakers", "default",
+    "internal_upstream", "init_fetch_timeout", "lb_healthy_panic", "lb_local_cluster_not_ok",
+    "lb_recalculate_zone_structures", "lb_subsets_active", "lb_subsets_created", "lb_subsets_fallback",
+    "lb_subsets_fallback_panic", "lb_subsets_removed", "lb_subsets_selected", "lb_zone_cluster_too_small",
+    "lb_zone_no_capacity_left", "lb_zone_routing_all_directly", "lb_zone_routing_cross_zone",
+    "lb_zone_routing_sampled", "max_host_weight", "membership_change", "membership_degraded", "membership_excluded",
+    "membership_healthy", "membership_total", "update_attempt", "update_empty", "update_failure",
+    "update_duration", "update_no_rebuild", "update_rejected", "update_success", "update_time", "version", "version_text",
+    "warming_state",
+)
+
+
+def svc_traffic_own(resources) -> None:
+    """Each service port's cluster with a stats matcher of its own (Envoy 1.38+) that leaves out its bookkeeping stats
+    by token prefixes alone (Envoy's fast path: no name made a string, no regex), its traffic counters kept: what
+    ``--service-stats traffic`` would cost done this way (the server would have to know each ztunnel's setting)."""
+    from envoy.config.metrics.v3 import stats_pb2
+    from envoy.type.matcher.v3 import string_pb2
+
+    for cluster in _service_port_clusters(resources):
+        scope = f"cluster.{cluster.alt_stat_name or cluster.name}."
+        patterns = [string_pb2.StringMatcher(prefix=f"{scope}{token}.") for token in BOOKKEEPING_TOKENS]
+        matcher = stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns))
+        cluster.metadata.typed_filter_metadata["envoy.stats_matcher"].Pack(matcher)
+
+
 #: name -> (a change to the config, a change to the bootstrap), the bootstrap's stats options ``all`` before it.
 COMBINED_VARIANTS: dict[str, tuple[Callable, Callable]] = {
     # --service-stats none by a matcher of each service port's cluster's own, not the bootstrap's prefix (round ten)
@@ -315,11 +347,13 @@ COMBINED_VARIANTS: dict[str, tuple[Callable, Callable]] = {
     "no-regex": (pods_alt_stat_name, _bootstrap_excluding(("cluster.svc.", "cluster.pods."), False)),
     # round eleven: one token more in each service port's stat name (what a token costs the 94,000 names rejected)
     "svc-extra-token": (_svc_extra_token, _bootstrap_svc_extra_token),
+    # round eleven: --service-stats traffic by a matcher of each service port's cluster's own, of token prefixes alone
+    "svc-traffic-own": (svc_traffic_own, lambda config: None),
 }
 
 
 #: The combined variants that keep the served stats options (the others start from ``all``).
-AS_SERVED_STATS = {"svc-extra-token"}
+AS_SERVED_STATS = {"svc-extra-token", "svc-traffic-own"}
 #: name -> (``--service-stats``, ``--pod-cluster-stats``, a change to the bootstrap or None); as-served is the
 #: default, ``traffic`` for both.
 BOOTSTRAP_VARIANTS: dict[str, tuple[str, str, Callable | None]] = {
