@@ -37,6 +37,15 @@ or both changed (round ten):
     no-regex         ``--service-stats none`` and each pods cluster's stats left out by a prefix too: an exclusion list of
                      prefixes alone, so Envoy never makes a stat's name a string to match it
 
+or both changed, the stats options as served (round eleven):
+
+    svc-extra-token  each service port's cluster's stat name one token longer (``svc.x.<name>``), its regex and tag
+                     following: what one token of those names costs (each of the 94,000 bookkeeping names at R is
+                     made a string, matched and remembered as rejected)
+    svc-traffic-own  ``--service-stats traffic`` done by a stats matcher of each service port's cluster's own that
+                     leaves out its bookkeeping stats by token prefixes alone (Envoy's fast path), its traffic counters
+                     kept (the server would have to know each ztunnel's setting)
+
 Envoy runs with ``contract.ENVOY_FLAGS``, as the chart runs it (``--without-envoy-flags``: without them);
 ``--envoy-arg=ARG`` (repeated) gives it more.
 ``--callgrind`` runs Envoy under ``valgrind --tool=callgrind`` instead (about 3 minutes a run) and reports its
@@ -281,6 +290,54 @@ def _bootstrap_excluding(prefixes: tuple[str, ...], regex: bool) -> Callable:
     return tweak
 
 
+def _svc_extra_token(resources) -> None:
+    """Each service port's cluster's stat name one token longer (``svc.x.<name>``, not ``svc.<name>``)."""
+    for name, cluster in list(resources.clusters.items()):
+        if cluster.alt_stat_name.startswith("svc."):
+            copy = type(cluster)()
+            copy.CopyFrom(cluster)
+            copy.alt_stat_name = "svc.x." + cluster.alt_stat_name[len("svc."):]
+            resources.clusters[name] = copy
+
+
+def _bootstrap_svc_extra_token(config) -> None:
+    """As served (``--service-stats traffic``), its exclusion regex and cluster tag taking ``svc.x.`` for ``svc.``."""
+    for pattern in config.stats_config.stats_matcher.exclusion_list.patterns:
+        if pattern.HasField("safe_regex"):
+            pattern.safe_regex.regex = pattern.safe_regex.regex.replace(r"cluster\.(?:svc\.", r"cluster\.(?:svc\.x\.")
+    for tag in config.stats_config.stats_tags:
+        tag.regex = tag.regex.replace(r"^cluster\.((?:svc\.)?", r"^cluster\.((?:svc\.x\.)?")
+
+
+#: The stats Envoy 1.40 makes at start for an EDS cluster besides its traffic counters, one token (or the first tokens)
+#: each, as ``CLUSTER_BOOKKEEPING_STATS`` matches them (read from node-0's Envoy at R: ``xds-grpc``'s and an EDS cluster's).
+BOOKKEEPING_TOKENS = (
+    "assignment_stale", "assignment_timeout_received", "assignment_use_cached", "circuit_breakers", "default",
+    "internal_upstream", "init_fetch_timeout", "lb_healthy_panic", "lb_local_cluster_not_ok",
+    "lb_recalculate_zone_structures", "lb_subsets_active", "lb_subsets_created", "lb_subsets_fallback",
+    "lb_subsets_fallback_panic", "lb_subsets_removed", "lb_subsets_selected", "lb_zone_cluster_too_small",
+    "lb_zone_no_capacity_left", "lb_zone_routing_all_directly", "lb_zone_routing_cross_zone",
+    "lb_zone_routing_sampled", "max_host_weight", "membership_change", "membership_degraded", "membership_excluded",
+    "membership_healthy", "membership_total", "update_attempt", "update_empty", "update_failure",
+    "update_duration", "update_no_rebuild", "update_rejected", "update_success", "update_time", "version", "version_text",
+    "warming_state",
+)
+
+
+def svc_traffic_own(resources) -> None:
+    """Each service port's cluster with a stats matcher of its own (Envoy 1.38+) that leaves out its bookkeeping stats
+    by token prefixes alone (Envoy's fast path: no name made a string, no regex), its traffic counters kept: what
+    ``--service-stats traffic`` would cost done this way (the server would have to know each ztunnel's setting)."""
+    from envoy.config.metrics.v3 import stats_pb2
+    from envoy.type.matcher.v3 import string_pb2
+
+    for cluster in _service_port_clusters(resources):
+        scope = f"cluster.{cluster.alt_stat_name or cluster.name}."
+        patterns = [string_pb2.StringMatcher(prefix=f"{scope}{token}.") for token in BOOKKEEPING_TOKENS]
+        matcher = stats_pb2.StatsMatcher(exclusion_list=string_pb2.ListStringMatcher(patterns=patterns))
+        cluster.metadata.typed_filter_metadata["envoy.stats_matcher"].Pack(matcher)
+
+
 #: name -> (a change to the config, a change to the bootstrap), the bootstrap's stats options ``all`` before it.
 COMBINED_VARIANTS: dict[str, tuple[Callable, Callable]] = {
     # --service-stats none by a matcher of each service port's cluster's own, not the bootstrap's prefix (round ten)
@@ -288,9 +345,15 @@ COMBINED_VARIANTS: dict[str, tuple[Callable, Callable]] = {
     # no regex at all: as --service-stats none, and none of each pods cluster's stats (a prefix on an alt_stat_name
     # of its own), the tunnels' certificate stats kept: what the bootstrap's regex costs on every other name
     "no-regex": (pods_alt_stat_name, _bootstrap_excluding(("cluster.svc.", "cluster.pods."), False)),
+    # round eleven: one token more in each service port's stat name (what a token costs the 94,000 names rejected)
+    "svc-extra-token": (_svc_extra_token, _bootstrap_svc_extra_token),
+    # round eleven: --service-stats traffic by a matcher of each service port's cluster's own, of token prefixes alone
+    "svc-traffic-own": (svc_traffic_own, lambda config: None),
 }
 
 
+#: The combined variants that keep the served stats options (the others start from ``all``).
+AS_SERVED_STATS = {"svc-extra-token", "svc-traffic-own"}
 #: name -> (``--service-stats``, ``--pod-cluster-stats``, a change to the bootstrap or None); as-served is the
 #: default, ``traffic`` for both.
 BOOTSTRAP_VARIANTS: dict[str, tuple[str, str, Callable | None]] = {
@@ -395,6 +458,8 @@ async def run(variant: str, concurrency: int | None, census_stats: bool = False,
         variant, (contract.DEFAULT_SERVICE_STATS, contract.DEFAULT_POD_CLUSTER_STATS, None))
     if variant in COMBINED_VARIANTS:
         service_stats, pod_cluster_stats, tweak = "all", "all", COMBINED_VARIANTS[variant][1]
+        if variant in AS_SERVED_STATS:
+            service_stats, pod_cluster_stats = contract.DEFAULT_SERVICE_STATS, contract.DEFAULT_POD_CLUSTER_STATS
     config = bootstrap(BootstrapOptions(node=node, xds=f"127.0.0.1:{plane.xds_port}", admin_port=admin,
                                         service_stats=service_stats, pod_cluster_stats=pod_cluster_stats))
     if tweak is not None:
