@@ -15,7 +15,8 @@ from aiohttp import web
 
 from zpilot.kube import exec_plugin
 from zpilot.kube.client import KubeConfigError, api_client
-from zpilot.kube.oidc import OidcError, jwt_expiry
+from zpilot.kube.kubeconfig import OidcProvider
+from zpilot.kube.oidc import OidcError, OidcTokens, jwt_expiry
 
 from .apiserver.tls import make_serving_certs
 from .test_kubeconfig_tls import _holding, _with_user, whoami
@@ -38,6 +39,7 @@ class Idp:
         self.certs = make_serving_certs()
         self.refresh_token = "refresh-0"
         self.refreshes = 0
+        self.bad_id_tokens = 0  # how many of the next answers carry an ID token whose claims are not JSON
         self.issuer = ""
         self._runner: web.AppRunner | None = None
 
@@ -45,6 +47,8 @@ class Idp:
         app = web.Application()
         app.router.add_get("/realms/k8s/.well-known/openid-configuration", self._discovery)
         app.router.add_post("/token", self._token)
+        app.router.add_get("/deep/.well-known/openid-configuration",  # (nested deeper than json.loads recurses)
+                           lambda request: web.Response(body=b"[" * 100000, content_type="application/json"))
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -75,6 +79,9 @@ class Idp:
         self.refreshes += 1
         self.refresh_token = f"refresh-{self.refreshes}"
         token = jwt({"sub": f"oidc-{self.refreshes}", "exp": int(time.time()) + 3600})
+        if self.bad_id_tokens:
+            self.bad_id_tokens -= 1
+            token = "e30." + base64.urlsafe_b64encode(b"{not json").decode() + ".c2ln"
         self.apiserver.add_token(token, user=f"oidc-{self.refreshes}")
         return web.json_response({"id_token": token, "refresh_token": self.refresh_token, "token_type": "Bearer"})
 
@@ -130,6 +137,36 @@ def test_an_id_token_s_expiry_is_its_jwt_exp_read_as_base64url():
     assert "_" in token.split(".")[1] and "-" in token.split(".")[1]  # (base64url: standard base64 refused these)
     assert jwt_expiry(token).timestamp() == 1_700_000_000
     assert jwt_expiry(jwt({"sub": "x"})) is None
-    for bad in ("abc", "a.%%%.c", jwt({"exp": "soon"})):
+    deep = "e30." + base64.urlsafe_b64encode(b"[" * 60000).decode() + ".c2ln"  # (json.loads: RecursionError)
+    for bad in ("abc", "a.%%%.c", jwt({"exp": "soon"}), deep):
         with pytest.raises(OidcError):
             jwt_expiry(bad)
+
+
+def _provider(idp: Idp) -> OidcProvider:
+    return OidcProvider(user="u", issuer=idp.issuer, client_id="zpilot", client_secret="s/cret",
+                        refresh_token=idp.refresh_token, ca=idp.certs.ca_pem)
+
+
+async def test_a_rotated_refresh_token_is_kept_though_its_id_token_is_refused(apiserver, tmp_path):
+    """The IdP rotated the refresh token (the last one is refused now) in an answer whose ID token cannot be read:
+    the renewal fails, but the next one uses the new refresh token (it was dropped: every renewal after that
+    failed, for the process's life)."""
+    async with Idp(apiserver, tmp_path / "idp") as idp:
+        tokens = OidcTokens(_provider(idp))
+        idp.bad_id_tokens = 1
+        with pytest.raises(OidcError, match="not base64url JSON"):
+            await tokens.renew(10)
+        assert idp.refresh_token == "refresh-1"
+        renewed = await tokens.renew(10)
+        assert idp.refreshes == 2 and renewed.token is not None and jwt_expiry(renewed.token) is not None
+
+
+async def test_an_idp_answering_deeply_nested_json_is_an_oidc_error(apiserver, tmp_path):
+    """A discovery document nested deeper than Python's recursion limit (json.loads raises RecursionError, which
+    is no ValueError) is refused as any answer that is not a JSON object: an OidcError naming the user."""
+    async with Idp(apiserver, tmp_path / "idp") as idp:
+        tokens = OidcTokens(OidcProvider(user="u", issuer=idp.issuer.replace("/realms/k8s", "/deep"),
+                                         client_id="zpilot", refresh_token="r", ca=idp.certs.ca_pem))
+        with pytest.raises(OidcError, match="user u: .*answered no JSON object"):
+            await tokens.renew(10)

@@ -73,14 +73,13 @@ class OidcTokens:
             raise OidcError(f"{self._who}: no answer in {timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise OidcError(f"{self._who}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        rotated = answer.get("refresh_token")  # (kept first: the IdP may have revoked the last one, whatever else
+        if isinstance(rotated, str) and rotated:  # its answer holds: with the old one every renewal would fail)
+            self._refresh_token = rotated
         token = answer.get("id_token")
         if not isinstance(token, str) or not token:
             raise OidcError(f"{self._who}: the token response has no id_token")
-        credential = ExecCredential(token=token, expiry=jwt_expiry(token, self._who))
-        rotated = answer.get("refresh_token")
-        if isinstance(rotated, str) and rotated:
-            self._refresh_token = rotated
-        return credential
+        return ExecCredential(token=token, expiry=jwt_expiry(token, self._who))
 
     async def _ask(self, refresh_token: str) -> dict[str, Any]:
         provider = self.provider
@@ -109,7 +108,7 @@ class OidcTokens:
             status = response.status
         try:
             document = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested deeper than the parser recurses: no crash)
             document = None
         if status != 200:  # (an OAuth error's code and description, never the rest: it might echo a token)
             said = ""
@@ -128,7 +127,7 @@ def jwt_expiry(token: str, who: str = "oidc") -> datetime | None:
         raise OidcError(f"{who}: the ID token is not a JWT")
     try:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # (RecursionError: nested deeper than json.loads goes)
         raise OidcError(f"{who}: the ID token's claims are not base64url JSON") from None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if exp is None:
