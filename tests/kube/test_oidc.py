@@ -8,6 +8,7 @@ import base64
 import json
 import ssl
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ class Idp:
         self.certs = make_serving_certs()
         self.refresh_token = "refresh-0"
         self.refreshes = 0
+        self.lifetime = 3600  # of each ID token answered, in seconds
         self.bad_id_tokens = 0  # how many of the next answers carry an ID token whose claims are not JSON
         self.issuer = ""
         self._runner: web.AppRunner | None = None
@@ -78,19 +80,30 @@ class Idp:
             return web.json_response({"error": "invalid_grant", "error_description": "not the last one"}, status=400)
         self.refreshes += 1
         self.refresh_token = f"refresh-{self.refreshes}"
-        token = jwt({"sub": f"oidc-{self.refreshes}", "exp": int(time.time()) + 3600})
+        token = jwt({"sub": f"oidc-{self.refreshes}", "exp": int(time.time()) + self.lifetime})
         if self.bad_id_tokens:
             self.bad_id_tokens -= 1
             token = "e30." + base64.urlsafe_b64encode(b"{not json").decode() + ".c2ln"
         self.apiserver.add_token(token, user=f"oidc-{self.refreshes}")
         return web.json_response({"id_token": token, "refresh_token": self.refresh_token, "token_type": "Bearer"})
 
-    def kubeconfig(self, path: Path, *, ca: bool = True) -> Path:
+    def kubeconfig(self, path: Path, *, ca: bool = True, id_token_exp: int | None = None) -> Path:
+        """A kubeconfig of this IdP, its ID token (user ``old``) expired a minute ago unless ``id_token_exp``."""
+        id_token = jwt({"sub": "old", "exp": int(time.time()) - 60 if id_token_exp is None else id_token_exp})
+        self.apiserver.add_token(id_token, user="old")
         config = {"idp-issuer-url": self.issuer, "client-id": "zpilot", "client-secret": "s/cret",
-                  "refresh-token": "refresh-0", "id-token": jwt({"sub": "old", "exp": int(time.time()) - 60})}
+                  "refresh-token": "refresh-0", "id-token": id_token}
         if ca:
             config["idp-certificate-authority-data"] = base64.b64encode(self.certs.ca_pem).decode()
         return _with_user(self.apiserver, path, {"auth-provider": {"name": "oidc", "config": config}})
+
+
+class _Later(datetime):
+    """The clock of exec_plugin.due 56 minutes ahead."""
+
+    @classmethod
+    def now(cls, tz=None):  # type: ignore[override]
+        return datetime.now(tz) + timedelta(minutes=56)
 
 
 async def test_the_id_token_is_refreshed_with_the_idp_ca_in_memory_and_again_when_due(
@@ -103,7 +116,7 @@ async def test_the_id_token_is_refreshed_with_the_idp_ca_in_memory_and_again_whe
         async with await api_client(idp.kubeconfig(tmp_path / "kubeconfig"), environ={}) as api:
             assert idp.refreshes == 1 and await whoami(api, apiserver) == "oidc-1"
             assert await whoami(api, apiserver) == "oidc-1"  # (not due: not refreshed again)
-            monkeypatch.setattr(exec_plugin, "EXPIRY_MARGIN", exec_plugin.EXPIRY_MARGIN * 24)  # an hour is due now
+            monkeypatch.setattr(exec_plugin, "datetime", _Later)  # (oidc-1, of an hour, is due 5 min before exp)
             assert await whoami(api, apiserver) == "oidc-2" and idp.refresh_token == "refresh-2"
     assert _holding(temp_dir, idp.certs.ca_pem) == [] and list(temp_dir.iterdir()) == []
 
@@ -141,6 +154,36 @@ def test_an_id_token_s_expiry_is_its_jwt_exp_read_as_base64url():
     for bad in ("abc", "a.%%%.c", jwt({"exp": "soon"}), deep):
         with pytest.raises(OidcError):
             jwt_expiry(bad)
+
+
+async def test_an_id_token_shorter_lived_than_the_margin_is_not_refreshed_before_every_request(
+        apiserver, tmp_path):
+    """An IdP whose ID tokens live less than the five minutes' margin (Keycloak's default lifespan is five
+    minutes) was asked for a new one before each request, every token being due as it came; it is renewed
+    halfway through its life instead (client-go: 10 s before its exp)."""
+    async with Idp(apiserver, tmp_path / "idp") as idp:
+        idp.lifetime = 240
+        async with await api_client(idp.kubeconfig(tmp_path / "kubeconfig"), environ={}) as api:
+            assert idp.refreshes == 1
+            for _ in range(3):
+                assert await whoami(api, apiserver) == "oidc-1"
+            assert idp.refreshes == 1
+
+
+async def test_an_already_expired_id_token_from_the_idp_is_not_asked_again_at_every_request(
+        apiserver, tmp_path, monkeypatch):
+    """An IdP answering tokens expired as they come (its clock, or a bug) is asked again only after
+    RENEWAL_RETRY_SECONDS, as after a failed renewal, not before every request."""
+    async with Idp(apiserver, tmp_path / "idp") as idp:
+        path = idp.kubeconfig(tmp_path / "kubeconfig", id_token_exp=int(time.time()) + 400)
+        async with await api_client(path, environ={}) as api:
+            assert idp.refreshes == 0 and await whoami(api, apiserver) == "old"
+            idp.lifetime = -60
+            monkeypatch.setattr(exec_plugin, "EXPIRY_MARGIN", exec_plugin.EXPIRY_MARGIN * 2)  # the kubeconfig's is due
+            assert await whoami(api, apiserver) == "oidc-1" and idp.refreshes == 1
+            for _ in range(3):
+                assert await whoami(api, apiserver) == "oidc-1"
+            assert idp.refreshes == 1
 
 
 def _provider(idp: Idp) -> OidcProvider:

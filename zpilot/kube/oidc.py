@@ -8,7 +8,7 @@ refresh token to whoever answers. So zpilot refreshes it (the library never sees
 start) or ``-data``, is handed to Python's ``ssl`` as data (``cadata``), in memory, never in a file; without
 one the system's roots verify the IdP, as client-go's do. The ID token is the user's bearer token, like an
 ``exec`` plugin's: renewed before a request once within five minutes of its JWT ``exp``
-(:func:`~.exec_plugin.due`), from the issuer's ``token_endpoint`` (its ``/.well-known/openid-configuration``),
+(:func:`~.exec_plugin.due`; halfway through its life if that is shorter), from the issuer's ``token_endpoint`` (its ``/.well-known/openid-configuration``),
 with the ``refresh_token`` grant and the client's id and secret. What the IdP answers is bounded.
 
 New tokens are kept in memory: the kubeconfig is never written back (kubectl writes them into it). A process
@@ -46,6 +46,7 @@ class OidcTokens:
         """KubeConfigProblem if the IdP's CA is not PEM that TLS can use (found at the start)."""
         self.provider = provider
         self._refresh_token = provider.refresh_token
+        self._obtained: tuple[str, datetime] | None = None  # the last ID token renewed, and when
         self._who = f"user {provider.user[:200]}: auth-provider oidc {provider.issuer[:200]}"
         try:  # (cadata: the PEM in memory, no file)
             self._tls = ssl.create_default_context(cadata=provider.ca.decode("ascii") if provider.ca else None)
@@ -79,7 +80,16 @@ class OidcTokens:
         token = answer.get("id_token")
         if not isinstance(token, str) or not token:
             raise OidcError(f"{self._who}: the token response has no id_token")
-        return ExecCredential(token=token, expiry=jwt_expiry(token, self._who))
+        credential = ExecCredential(token=token, expiry=jwt_expiry(token, self._who))
+        self._obtained = (token, datetime.now(timezone.utc))
+        return credential
+
+    def due(self, credential: ExecCredential) -> bool:
+        """Whether ``credential`` is to be renewed: five minutes before its ``exp``, or halfway through its life if
+        that is shorter (Keycloak's ID tokens live five minutes: each would be due as it came, the IdP asked
+        before every request; client-go renews 10 s before ``exp``)."""
+        obtained = self._obtained[1] if self._obtained and self._obtained[0] == credential.token else None
+        return due(credential, obtained=obtained)
 
     async def _ask(self, refresh_token: str) -> dict[str, Any]:
         provider = self.provider
