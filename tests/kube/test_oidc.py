@@ -41,12 +41,14 @@ class Idp:
         self.refresh_token = "refresh-0"
         self.refreshes = 0
         self.lifetime = 3600  # of each ID token answered, in seconds
+        self.plain_requests: list[str] = []  # what came without TLS: path, form
+        self.to_plain: set[str] = set()  # paths redirected to the same path without TLS
         self.bad_id_tokens = 0  # how many of the next answers carry an ID token whose claims are not JSON
         self.issuer = ""
         self._runner: web.AppRunner | None = None
 
     async def __aenter__(self) -> "Idp":
-        app = web.Application()
+        app = web.Application(middlewares=[self._record_plain])
         app.router.add_get("/realms/k8s/.well-known/openid-configuration", self._discovery)
         app.router.add_post("/token", self._token)
         app.router.add_get("/deep/.well-known/openid-configuration",  # (nested deeper than json.loads recurses)
@@ -63,11 +65,22 @@ class Idp:
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.issuer = f"https://127.0.0.1:{port}/realms/k8s"
+        plain = web.TCPSite(self._runner, "127.0.0.1", 0)  # (the same routes without TLS, for redirects to it)
+        await plain.start()
+        self.plain = f"http://127.0.0.1:{plain._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
         return self
 
     async def __aexit__(self, *exc) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
+
+    @web.middleware
+    async def _record_plain(self, request: web.Request, handler):
+        if not request.secure:
+            self.plain_requests.append(f"{request.path} {dict(await request.post())}")
+        elif request.path in self.to_plain:
+            raise web.HTTPTemporaryRedirect(self.plain + request.path_qs)
+        return await handler(request)
 
     async def _discovery(self, request: web.Request) -> web.Response:
         return web.json_response({"issuer": self.issuer, "token_endpoint": f"https://{request.host}/token"})
@@ -213,3 +226,16 @@ async def test_an_idp_answering_deeply_nested_json_is_an_oidc_error(apiserver, t
                                          client_id="zpilot", refresh_token="r", ca=idp.certs.ca_pem))
         with pytest.raises(OidcError, match="user u: .*answered no JSON object"):
             await tokens.renew(10)
+
+
+@pytest.mark.parametrize("path", ["/token", "/realms/k8s/.well-known/openid-configuration"])
+async def test_an_idp_redirecting_to_plain_http_is_refused(apiserver, tmp_path, path):
+    """The issuer and token endpoint must be https (the refresh token and client secret go there, the discovery
+    says where they go); a redirect to plain HTTP was followed: the token request's (a 307 sends the form again)
+    gave the refresh token in clear, the discovery's took the token endpoint from whoever answered."""
+    async with Idp(apiserver, tmp_path / "idp") as idp:
+        idp.to_plain.add(path)
+        with pytest.raises(OidcError, match="user u: .*(answered HTTP 307|was redirected to http:)"):
+            await OidcTokens(_provider(idp)).renew(10)
+        assert not any("refresh" in request for request in idp.plain_requests), idp.plain_requests
+        assert idp.refreshes == 0

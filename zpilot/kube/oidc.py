@@ -106,10 +106,14 @@ class OidcTokens:
             endpoint = discovery.get("token_endpoint")
             if not isinstance(endpoint, str) or not endpoint.startswith("https://"):
                 raise OidcError(f"{self._who}: its discovery names no https token_endpoint")
-            return await self._json(session.post(endpoint, data=form, headers=headers, ssl=self._tls), "its token endpoint")
+            # (not redirected: a 307 would send the refresh token again, wherever, http:// too; Go's client does)
+            return await self._json(session.post(endpoint, data=form, headers=headers, ssl=self._tls,
+                                                  allow_redirects=False), "its token endpoint")
 
     async def _json(self, request: Any, what: str) -> dict[str, Any]:
         async with request as response:
+            if response.url.scheme != "https":  # (redirected: what it says, a token endpoint, is anyone's)
+                raise OidcError(f"{self._who}: {what} was redirected to {response.url.scheme}:")
             body = bytearray()
             async for chunk in response.content.iter_chunked(1 << 16):
                 body += chunk
