@@ -239,3 +239,12 @@ async def test_an_idp_redirecting_to_plain_http_is_refused(apiserver, tmp_path, 
             await OidcTokens(_provider(idp)).renew(10)
         assert not any("refresh" in request for request in idp.plain_requests), idp.plain_requests
         assert idp.refreshes == 0
+
+
+async def test_an_id_token_expired_at_the_year_one_is_refreshed(apiserver, tmp_path):
+    """An ``exp`` at the first instant datetime can hold (Go's zero time, 0001-01-01) is a token long expired: it
+    was subtracted the five minutes' margin, OverflowError escaping the start's error handling (a traceback)."""
+    async with Idp(apiserver, tmp_path / "idp") as idp:
+        path = idp.kubeconfig(tmp_path / "kubeconfig", id_token_exp=-62135596800)
+        async with await api_client(path, environ={}) as api:
+            assert await whoami(api, apiserver) == "oidc-1"

@@ -97,7 +97,7 @@ def due(credential: ExecCredential, now: datetime | None = None, obtained: datet
     margin = EXPIRY_MARGIN
     if obtained is not None:
         margin = max(timedelta(0), min(margin, (credential.expiry - obtained) / 2))
-    return (now or datetime.now(timezone.utc)) >= credential.expiry - margin
+    return (now or datetime.now(timezone.utc)) + margin >= credential.expiry  # (expiry - margin: OverflowError at year 1)
 
 
 class _PluginRun(asyncio.SubprocessProtocol):
