@@ -43,7 +43,8 @@ class Idp:
         self.lifetime = 3600  # of each ID token answered, in seconds
         self.plain_requests: list[str] = []  # what came without TLS: path, form
         self.to_plain: set[str] = set()  # paths redirected to the same path without TLS
-        self.bad_id_tokens = 0  # how many of the next answers carry an ID token whose claims are not JSON
+        self.bad_id_tokens = 0
+        self.error_description = "not the last one"  # of a refresh token refused  # how many of the next answers carry an ID token whose claims are not JSON
         self.issuer = ""
         self._runner: web.AppRunner | None = None
 
@@ -90,7 +91,7 @@ class Idp:
         if request.headers.get("Authorization") != "Basic " + base64.b64encode(b"zpilot:s%2Fcret").decode():
             return web.json_response({"error": "invalid_client"}, status=401)
         if form.get("grant_type") != "refresh_token" or form.get("refresh_token") != self.refresh_token:
-            return web.json_response({"error": "invalid_grant", "error_description": "not the last one"}, status=400)
+            return web.json_response({"error": "invalid_grant", "error_description": self.error_description}, status=400)
         self.refreshes += 1
         self.refresh_token = f"refresh-{self.refreshes}"
         token = jwt({"sub": f"oidc-{self.refreshes}", "exp": int(time.time()) + self.lifetime})
@@ -248,3 +249,15 @@ async def test_an_id_token_expired_at_the_year_one_is_refreshed(apiserver, tmp_p
         path = idp.kubeconfig(tmp_path / "kubeconfig", id_token_exp=-62135596800)
         async with await api_client(path, environ={}) as api:
             assert await whoami(api, apiserver) == "oidc-1"
+
+
+async def test_the_idp_s_error_is_quoted_without_control_characters(apiserver, tmp_path):
+    """The OAuth error fields quoted in the message (logged, printed at the start) lose their control characters:
+    a newline forged a log line, an escape sequence drove the operator's terminal."""
+    async with Idp(apiserver, tmp_path / "idp") as idp:
+        idp.error_description = "refused\n2026-12-02 WARNING zpilot: forged\x1b[2J"
+        provider = OidcProvider(user="u", issuer=idp.issuer, client_id="zpilot", client_secret="s/cret",
+                                refresh_token="stale", ca=idp.certs.ca_pem)
+        with pytest.raises(OidcError) as failed:
+            await OidcTokens(provider).renew(10)
+        assert str(failed.value).endswith("answered HTTP 400: invalid_grant refused2026-12-02 WARNING zpilot: forged[2J")

@@ -29,7 +29,7 @@ from urllib.parse import quote_plus
 import aiohttp
 
 from .exec_plugin import due
-from .kubeconfig import ExecCredential, KubeConfigProblem, OidcProvider
+from .kubeconfig import ExecCredential, KubeConfigProblem, OidcProvider, _printable
 
 #: Largest answer read from the IdP (its discovery document, a token response).
 MAX_ANSWER_BYTES = 1 << 20
@@ -127,7 +127,8 @@ class OidcTokens:
         if status != 200:  # (an OAuth error's code and description, never the rest: it might echo a token)
             said = ""
             if isinstance(document, dict):
-                said = ": " + " ".join(str(document[k])[:200] for k in ("error", "error_description") if k in document)
+                said = ": " + " ".join(_printable(str(document[k])[:200])  # (no newline to forge a log line with)
+                                       for k in ("error", "error_description") if k in document)
             raise OidcError(f"{self._who}: {what} answered HTTP {status}{said}")
         if not isinstance(document, dict):
             raise OidcError(f"{self._who}: {what} answered no JSON object")
