@@ -52,8 +52,7 @@ class Idp:
         app = web.Application(middlewares=[self._record_plain])
         app.router.add_get("/realms/k8s/.well-known/openid-configuration", self._discovery)
         app.router.add_post("/token", self._token)
-        app.router.add_get("/deep/.well-known/openid-configuration",  # (nested deeper than json.loads recurses)
-                           lambda request: web.Response(body=b"[" * 100000, content_type="application/json"))
+        app.router.add_get("/deep/.well-known/openid-configuration", self._deep)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -82,6 +81,10 @@ class Idp:
         elif request.path in self.to_plain:
             raise web.HTTPTemporaryRedirect(self.plain + request.path_qs)
         return await handler(request)
+
+    async def _deep(self, request: web.Request) -> web.Response:
+        """A discovery document nested deeper than json.loads recurses."""
+        return web.Response(body=b"[" * 100000, content_type="application/json")
 
     async def _discovery(self, request: web.Request) -> web.Response:
         return web.json_response({"issuer": self.issuer, "token_endpoint": f"https://{request.host}/token"})
