@@ -47,6 +47,7 @@ import logging
 import functools
 import os
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -169,6 +170,7 @@ async def load_access(
         plugin = kubeconfig_read.exec_plugin()
         oidc_provider = kubeconfig_read.oidc_provider() if plugin is None else None
         renew: Callable[[], Awaitable[ExecCredential]] | None = None
+        is_due: Callable[[ExecCredential], bool] = due
         credential: ExecCredential | None = None
         if plugin is not None:
             credential = await run_exec_plugin(plugin, timeout)
@@ -176,7 +178,7 @@ async def load_access(
         elif oidc_provider is not None:
             oidc = OidcTokens(oidc_provider)
             credential = oidc.first() or await oidc.renew(timeout)
-            renew = functools.partial(oidc.renew, timeout)
+            renew, is_due = functools.partial(oidc.renew, timeout), oidc.due
         tls = kubeconfig_read.tls(credential)
         loader = await config.load_kube_config_from_dict(
             kubeconfig_read.document(credential), context=kubeconfig_read.context, client_configuration=configuration,
@@ -194,7 +196,7 @@ async def load_access(
     except (ExecPluginError, OidcError, ConfigException, OSError, yaml.YAMLError, ValueError, KeyError,
             TypeError) as exc:
         raise KubeConfigError(f"{where}: {exc}") from None  # (a malformed file too)
-    configuration.refresh_api_key_hook = _token_refresher(loader, renew, credential, timeout)
+    configuration.refresh_api_key_hook = _token_refresher(loader, renew, credential, timeout, is_due)
     return ClusterAccess(configuration, client_tls)
 
 
@@ -207,15 +209,21 @@ async def _run_again(plugin: ExecPlugin, timeout: float) -> ExecCredential:
     return renewed
 
 
+class StaleCredential(Exception):
+    """A renewal answered a token that has expired already."""
+
+
 def _token_refresher(
     loader: Any, renew: Callable[[], Awaitable[ExecCredential]] | None, credential: ExecCredential | None,
-    timeout: float,
+    timeout: float, is_due: Callable[[ExecCredential], bool] = due,
 ) -> Callable[[client.Configuration], Awaitable[None]]:
     """The hook that brings a kubeconfig client's token up to date before each request (kubernetes-asyncio
     reads a kubeconfig once and sets none).
 
     - An ``exec`` plugin's token with an expiry, or an ``oidc`` provider's: ``renew`` (the plugin run again,
-      :func:`run_exec_plugin`; the ID token refreshed, :mod:`.oidc`) once the token is due (:func:`due`).
+      :func:`run_exec_plugin`; the ID token refreshed, :mod:`.oidc`) once the token is due (``is_due``:
+      :func:`due`, the provider's). A renewal that answers a token expired already counts as failed (else it
+      would be renewed again before every request).
     - Any other user's credentials (a ``tokenFile``, an auth provider's): read again every
       ``TOKEN_FILE_REREAD_SECONDS`` through the loader's public ``load_and_set``.
 
@@ -242,8 +250,11 @@ def _token_refresher(
                 if time.monotonic() < retry_at:  # the last renewal failed a moment ago
                     pass
                 elif renew is not None:
-                    if renewable and due(credential):
+                    if renewable and is_due(credential):
                         credential = await renew()
+                        if credential.expiry is not None and credential.expiry <= datetime.now(timezone.utc):
+                            raise StaleCredential(f"the renewed token expired at {credential.expiry:%Y-%m-%dT%H:%M:%SZ}"
+                                                  " already (a clock skew?)")
                 elif time.monotonic() - read_at >= TOKEN_FILE_REREAD_SECONDS:
                     read_at = time.monotonic()
                     await asyncio.wait_for(loader.load_and_set(configuration), timeout)

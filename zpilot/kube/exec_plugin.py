@@ -88,11 +88,16 @@ async def run_exec_plugin(plugin: ExecPlugin, timeout: float) -> ExecCredential:
     return _credential(bytes(run.stdout), plugin, who)
 
 
-def due(credential: ExecCredential, now: datetime | None = None) -> bool:
-    """Whether ``credential`` is to be renewed now: it has an expiry, and is within EXPIRY_MARGIN of it."""
+def due(credential: ExecCredential, now: datetime | None = None, obtained: datetime | None = None) -> bool:
+    """Whether ``credential`` is to be renewed now: it has an expiry, and is within EXPIRY_MARGIN of it; or, if
+    it was ``obtained`` less than twice that margin before its expiry, past half its life (a token living
+    less than the margin would be due as it came, and renewed before every request)."""
     if credential.expiry is None:
         return False
-    return (now or datetime.now(timezone.utc)) >= credential.expiry - EXPIRY_MARGIN
+    margin = EXPIRY_MARGIN
+    if obtained is not None:
+        margin = max(timedelta(0), min(margin, (credential.expiry - obtained) / 2))
+    return (now or datetime.now(timezone.utc)) + margin >= credential.expiry  # (expiry - margin: OverflowError at year 1)
 
 
 class _PluginRun(asyncio.SubprocessProtocol):

@@ -8,7 +8,7 @@ refresh token to whoever answers. So zpilot refreshes it (the library never sees
 start) or ``-data``, is handed to Python's ``ssl`` as data (``cadata``), in memory, never in a file; without
 one the system's roots verify the IdP, as client-go's do. The ID token is the user's bearer token, like an
 ``exec`` plugin's: renewed before a request once within five minutes of its JWT ``exp``
-(:func:`~.exec_plugin.due`), from the issuer's ``token_endpoint`` (its ``/.well-known/openid-configuration``),
+(:func:`~.exec_plugin.due`; halfway through its life if that is shorter), from the issuer's ``token_endpoint`` (its ``/.well-known/openid-configuration``),
 with the ``refresh_token`` grant and the client's id and secret. What the IdP answers is bounded.
 
 New tokens are kept in memory: the kubeconfig is never written back (kubectl writes them into it). A process
@@ -29,7 +29,7 @@ from urllib.parse import quote_plus
 import aiohttp
 
 from .exec_plugin import due
-from .kubeconfig import ExecCredential, KubeConfigProblem, OidcProvider
+from .kubeconfig import ExecCredential, KubeConfigProblem, OidcProvider, _printable
 
 #: Largest answer read from the IdP (its discovery document, a token response).
 MAX_ANSWER_BYTES = 1 << 20
@@ -46,6 +46,7 @@ class OidcTokens:
         """KubeConfigProblem if the IdP's CA is not PEM that TLS can use (found at the start)."""
         self.provider = provider
         self._refresh_token = provider.refresh_token
+        self._obtained: tuple[str, datetime] | None = None  # the last ID token renewed, and when
         self._who = f"user {provider.user[:200]}: auth-provider oidc {provider.issuer[:200]}"
         try:  # (cadata: the PEM in memory, no file)
             self._tls = ssl.create_default_context(cadata=provider.ca.decode("ascii") if provider.ca else None)
@@ -73,14 +74,22 @@ class OidcTokens:
             raise OidcError(f"{self._who}: no answer in {timeout:g} s") from None
         except aiohttp.ClientError as exc:
             raise OidcError(f"{self._who}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        rotated = answer.get("refresh_token")  # (kept first: the IdP may have revoked the last one, whatever else
+        if isinstance(rotated, str) and rotated:  # its answer holds: with the old one every renewal would fail)
+            self._refresh_token = rotated
         token = answer.get("id_token")
         if not isinstance(token, str) or not token:
             raise OidcError(f"{self._who}: the token response has no id_token")
         credential = ExecCredential(token=token, expiry=jwt_expiry(token, self._who))
-        rotated = answer.get("refresh_token")
-        if isinstance(rotated, str) and rotated:
-            self._refresh_token = rotated
+        self._obtained = (token, datetime.now(timezone.utc))
         return credential
+
+    def due(self, credential: ExecCredential) -> bool:
+        """Whether ``credential`` is to be renewed: five minutes before its ``exp``, or halfway through its life if
+        that is shorter (Keycloak's ID tokens live five minutes: each would be due as it came, the IdP asked
+        before every request; client-go renews 10 s before ``exp``)."""
+        obtained = self._obtained[1] if self._obtained and self._obtained[0] == credential.token else None
+        return due(credential, obtained=obtained)
 
     async def _ask(self, refresh_token: str) -> dict[str, Any]:
         provider = self.provider
@@ -97,10 +106,14 @@ class OidcTokens:
             endpoint = discovery.get("token_endpoint")
             if not isinstance(endpoint, str) or not endpoint.startswith("https://"):
                 raise OidcError(f"{self._who}: its discovery names no https token_endpoint")
-            return await self._json(session.post(endpoint, data=form, headers=headers, ssl=self._tls), "its token endpoint")
+            # (not redirected: a 307 would send the refresh token again, wherever, http:// too; Go's client does)
+            return await self._json(session.post(endpoint, data=form, headers=headers, ssl=self._tls,
+                                                  allow_redirects=False), "its token endpoint")
 
     async def _json(self, request: Any, what: str) -> dict[str, Any]:
         async with request as response:
+            if response.url.scheme != "https":  # (redirected: what it says, a token endpoint, is anyone's)
+                raise OidcError(f"{self._who}: {what} was redirected to {response.url.scheme}:")
             body = bytearray()
             async for chunk in response.content.iter_chunked(1 << 16):
                 body += chunk
@@ -109,12 +122,13 @@ class OidcTokens:
             status = response.status
         try:
             document = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested deeper than the parser recurses: no crash)
             document = None
         if status != 200:  # (an OAuth error's code and description, never the rest: it might echo a token)
             said = ""
             if isinstance(document, dict):
-                said = ": " + " ".join(str(document[k])[:200] for k in ("error", "error_description") if k in document)
+                said = ": " + " ".join(_printable(str(document[k])[:200])  # (no newline to forge a log line with)
+                                       for k in ("error", "error_description") if k in document)
             raise OidcError(f"{self._who}: {what} answered HTTP {status}{said}")
         if not isinstance(document, dict):
             raise OidcError(f"{self._who}: {what} answered no JSON object")
@@ -128,7 +142,7 @@ def jwt_expiry(token: str, who: str = "oidc") -> datetime | None:
         raise OidcError(f"{who}: the ID token is not a JWT")
     try:
         claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # (RecursionError: nested deeper than json.loads goes)
         raise OidcError(f"{who}: the ID token's claims are not base64url JSON") from None
     exp = claims.get("exp") if isinstance(claims, dict) else None
     if exp is None:
