@@ -184,9 +184,11 @@ class ResourceStore:
     def composed(self, type_url: str, parts: list[TypeResources], own: dict[str, CachedResource]) -> TypeResources:
         """A node's resources of one type made of shared sets (and its own): the very same object
         for every node made of the same sets alone (its joined bytes, and what a stream derives
-        from it, ``TypeResources.changes_since``, are then made once for all of them)."""
+        from it, ``TypeResources.changes_since``, are then made once for all of them). With its own,
+        made from that of the sets alone (the same object for every node, and for the node's next
+        change): their thousands of resources copied as one dict, not merged set by set again."""
         if own:
-            return TypeResources.composed(type_url, parts, own)
+            return TypeResources.composed(type_url, parts, own, merged=self.composed(type_url, parts, {}))
         key = (type_url, *map(id, parts))  # the value holds its parts: their ids stay theirs while it lives
         found = self._composed.get(key)
         if found is None:
