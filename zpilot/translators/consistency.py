@@ -22,7 +22,7 @@ from functools import cached_property
 from itertools import chain
 from operator import attrgetter, itemgetter
 from socket import AF_INET, inet_ntop, inet_pton
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 from google.protobuf.message import Message
 
@@ -43,7 +43,7 @@ from .context import ListenerParts, SerializedChains
 from .fragments import Fragment
 from .matcher import SerializedMap
 from .pod_select import TLV_CLUSTER
-from .resources import NodeResources
+from .resources import NodeResources, SecretRef
 
 #: How many findings one error message lists (the rest are counted).
 SHOWN = 5
@@ -233,13 +233,19 @@ class Names:
 
     @classmethod
     def of(cls, resources: NodeResources) -> "Names":
+        return cls.of_names(frozenset(resources.clusters), frozenset(resources.endpoints), resources.secrets)
+
+    @classmethod
+    def of_names(cls, clusters: frozenset[str], endpoints: frozenset[str], secrets: Mapping[str, SecretRef]) -> "Names":
+        """From the names of a node's clusters and endpoints (as the producer keeps them: not copied
+        from its thousands of resources for each check) and its secret references."""
         return cls(
-            frozenset(resources.clusters),
-            frozenset(resources.endpoints),
-            frozenset(resources.secrets),
+            clusters,
+            endpoints,
+            frozenset(secrets),
             tuple(
                 f"secret stored as {_q(key)} is named {_q(ref.name)}"
-                for key, ref in resources.secrets.items()
+                for key, ref in secrets.items()
                 if not key or ref.name != key
             ),
         )

@@ -147,6 +147,11 @@ class NodeView:
     #: for a consumer that joins the pieces' bytes to it; the whole message would be megabytes copied
     #: per node for nothing.
     whole_listeners: bool = field(default=True, compare=False)
+    #: True: a shared set's members are not copied into the node's ``NodeResources`` (the set is in
+    #: ``resource_sets`` alone): for a consumer that takes the sets as they are (the producer), to
+    #: whom copying a node's 4,000 shared clusters and endpoints, and finding them again among its
+    #: own, was a fifth of a pod change's build.
+    sets_apart: bool = field(default=False, compare=False)
 
     @classmethod
     def of(cls, index: MeshIndex, node: str, options: TranslateOptions, fragments: Fragments | None = None) -> "NodeView":
@@ -155,7 +160,12 @@ class NodeView:
 
     @classmethod
     def for_input(
-        cls, node_input: NodeInput, fragments: Fragments | None = None, *, whole_listeners: bool = True
+        cls,
+        node_input: NodeInput,
+        fragments: Fragments | None = None,
+        *,
+        whole_listeners: bool = True,
+        sets_apart: bool = False,
     ) -> "NodeView":
         by_identity: dict[str, list[Workload]] = {}
         trust_domain = node_input.options.trust_domain
@@ -166,7 +176,11 @@ class NodeView:
             LocalIdentity(sid, tuple(sorted(ws, key=lambda w: (w.name, w.uid)))) for sid, ws in sorted(by_identity.items())
         )
         view = cls(
-            node_input, identities, fragments if fragments is not None else Fragments(), whole_listeners=whole_listeners
+            node_input,
+            identities,
+            fragments if fragments is not None else Fragments(),
+            whole_listeners=whole_listeners,
+            sets_apart=sets_apart,
         )
         object.__setattr__(view, "_local_identities", tuple(sids))
         return view
@@ -269,8 +283,17 @@ class NodeView:
         """Add the resources ``builder(*args, **kwargs)`` returns (of ``type_url``: a
         :class:`FragmentGroup`, or name -> message) as a :class:`ResourceSet` shared with every
         node adding the same; returns them by name. A builder that makes a group is given the
-        memo (``view.fragments``) as an argument, to get each member from it."""
+        memo (``view.fragments``) as an argument, to get each member from it.
+
+        With :attr:`sets_apart`, the members are not copied into ``out``: a resource ``out``
+        holds already under a member's name is dropped, as the copy would have replaced it."""
         resource_set = ResourceSet(type_url, self.fragment(builder, *args, **kwargs))
-        out.by_type()[type_url].update(resource_set.resources)
+        held = out.by_type()[type_url]
+        if not self.sets_apart:
+            held.update(resource_set.resources)
+        elif held:  # (a node's own few: what the copy would have replaced)
+            members = resource_set.resources
+            for name in [name for name in held if name in members]:
+                del held[name]
         self.resource_sets.append(resource_set)
         return resource_set.resources

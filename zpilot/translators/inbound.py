@@ -260,9 +260,47 @@ class _LocalPods(tuple):
         return found
 
 
+class _LocalPod(tuple):
+    """One local pod (``LocalPod``), hashed once and kept from one translation of its node to the
+    next (:func:`_local_pods`): hashing a node's pods was hashing each pod's fields and its policies,
+    a Python call per dataclass, again on each change of one of them. Equal to, and hashed as, the
+    plain tuple."""
+
+    def __hash__(self) -> int:
+        found = self.__dict__.get("hash")
+        if found is None:
+            found = self.__dict__["hash"] = tuple.__hash__(self)
+        return found
+
+
+#: Each node's local pods as its last translation made them, by the ids of their pod and policies
+#: (held by the value: the ids stay theirs); only a node's current pods are kept.
+_kept_pods: dict[str, dict[tuple[int, int], _LocalPod]] = {}
+
+
 def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
+    """The node's local pods, each the one made for it before when its pod, its policies and its
+    secret's name are the same (its hash made once: a node's hundred pods are hashed on each change)."""
     policies_for = view.policies_for
-    return _LocalPods([(pod, secret, policies_for(pod)) for pod, _identity, secret in view.local_secrets])
+    before = _kept_pods.get(view.node, {})
+    made: dict[tuple[int, int], _LocalPod] = {}
+    pods = []
+    for pod, _identity, secret in view.local_secrets:
+        policies = policies_for(pod)
+        key = (id(pod), id(policies))
+        found = before.get(key)
+        if found is None or found[0] is not pod or found[2] is not policies or found[1] != secret:
+            found = _LocalPod((pod, secret, policies))
+        made[key] = found
+        pods.append(found)
+    if len(_kept_pods) > _KEPT_NODES and view.node not in _kept_pods:
+        _kept_pods.clear()
+    _kept_pods[view.node] = made
+    return _LocalPods(pods)
+
+
+#: More nodes than any cluster's: then the whole is let go (made again as nodes are translated).
+_KEPT_NODES = 10_000
 
 
 def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:

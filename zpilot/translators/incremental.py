@@ -75,8 +75,9 @@ class IncrementalTranslator:
     def translate_parts(self, node_input: NodeInput) -> Translated:
         """As :meth:`translate`, but a listener put together from shared pieces is left as its own
         part (``Translated.listener_parts`` says how): for a consumer that joins its bytes from
-        the pieces' (the producer), to whom the whole message would be megabytes copied per node."""
-        return translate_view(NodeView.for_input(node_input, self.fragments, whole_listeners=False))
+        the pieces' (the producer), to whom the whole message would be megabytes copied per node;
+        and the shared sets are left apart from the node's own resources (``Translated.sets_apart``)."""
+        return translate_view(NodeView.for_input(node_input, self.fragments, whole_listeners=False, sets_apart=True))
 
     def prepare(self, node_input: NodeInput) -> int:
         """Pay ahead, between changes, what the node's next change would otherwise pay once:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Hashable, Iterable, Mapping, Protocol
@@ -175,6 +176,21 @@ def _held_counts(snapshot: Snapshot) -> tuple[int, ...]:
         return tuple(map(len, map(_items, map(snapshot.resources, PUSH_ORDER))))
 
 
+def _name_set(resources: TypeResources) -> frozenset[str]:
+    """The names of ``resources`` as a set, kept on it: for a node's type composed of shared sets and
+    its own (``ResourceStore.composed``), the sets' names (kept on their composition, the same from
+    one change to the next) and its own few, not its thousands of names put in a set again."""
+    found = resources.__dict__.get("_name_set")
+    if found is None:
+        merged = resources.__dict__.get("_merged")
+        if merged is not None:  # its items: merged's, then its own (none of them merged's)
+            found = _name_set(merged).union(islice(reversed(resources.items), len(resources.own)))
+        else:
+            found = frozenset(resources.items)
+        resources.__dict__["_name_set"] = found
+    return found
+
+
 def _endpoints_summary(names: Iterable[str], facts: Iterable[consistency.Facts]) -> tuple:
     """All a node's check reads of its endpoints (they have no listener, no cluster, no secret):
     their names, and what each of them needs, when none is misfiled; () when one is."""
@@ -288,7 +304,12 @@ class Producer:
         for type_url, messages in resources.by_type().items():
             into = endpoint_facts if type_url == ENDPOINT_TYPE else rest_facts
             types[type_url] = self._serialize(translated, type_url, messages, into)
-        names = consistency.Names.of(resources)
+        if translated.sets_apart:  # the names of its clusters and endpoints: the composed types' (its sets' kept)
+            names = consistency.Names.of_names(
+                _name_set(types[CLUSTER_TYPE]), _name_set(types[ENDPOINT_TYPE]), resources.secrets
+            )
+        else:
+            names = consistency.Names.of(resources)
         found = consistency.join_names(names, rest_facts + endpoint_facts)
         if found:  # Envoy would refuse it, or it names what it lacks (translators/consistency.py)
             raise InvalidResources(str(consistency.InconsistentResources(node, found)))
@@ -369,12 +390,18 @@ class Producer:
         self, translated: Translated, type_url: str, messages: Mapping[str, Message], facts: list[consistency.Facts]
     ) -> TypeResources:
         """A node's resources of one type: its shared sets as they are, the rest one by one;
-        appends the consistency facts of each (kept with what they describe: computed once)."""
+        appends the consistency facts of each (kept with what they describe: computed once).
+        Translated with its sets apart (``Translated.sets_apart``), ``messages`` are its own alone:
+        its thousands of shared names are not gone through to find them."""
         sets = [s for s in translated.resource_sets if s.type_url == type_url]
-        covered: set[str] = set().union(*(s.resources.keys() for s in sets)) if sets else set()
         facts.extend(self.store.set_facts(s) for s in sets)
+        if translated.sets_apart:
+            mine = sorted(messages)
+        else:
+            covered: set[str] = set().union(*(s.resources.keys() for s in sets)) if sets else set()
+            mine = sorted(messages.keys() - covered)
         own: dict[str, CachedResource] = {}
-        for name in sorted(messages.keys() - covered):
+        for name in mine:
             message = messages[name]
             parts = translated.listener_parts.get(name) if type_url == LISTENER_TYPE else None
             fragment = translated.shared_resource(message)

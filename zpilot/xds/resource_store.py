@@ -37,6 +37,7 @@ from ..translators import consistency
 from ..translators.context import SERIALIZED_BYTES, ListenerParts, ResourceSet, SerializedChains
 from ..translators.fragments import Fragment, FragmentGroup
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE
+from . import snapshot
 from .snapshot import CachedResource, TypeResources, content_version
 
 #: The keys under which the serialized form and the consistency facts are kept on a fragment (``Fragment.derived``).
@@ -184,9 +185,11 @@ class ResourceStore:
     def composed(self, type_url: str, parts: list[TypeResources], own: dict[str, CachedResource]) -> TypeResources:
         """A node's resources of one type made of shared sets (and its own): the very same object
         for every node made of the same sets alone (its joined bytes, and what a stream derives
-        from it, ``TypeResources.changes_since``, are then made once for all of them)."""
+        from it, ``TypeResources.changes_since``, are then made once for all of them). With its own,
+        made from that of the sets alone (the same object for every node, and for the node's next
+        change): their thousands of resources copied as one dict, not merged set by set again."""
         if own:
-            return TypeResources.composed(type_url, parts, own)
+            return TypeResources.composed(type_url, parts, own, merged=self.composed(type_url, parts, {}))
         key = (type_url, *map(id, parts))  # the value holds its parts: their ids stay theirs while it lives
         found = self._composed.get(key)
         if found is None:
@@ -344,10 +347,16 @@ def _own_chunk(fragment: Fragment) -> tuple[bytes, None]:
     return b"".join(fragment.value.records), None
 
 
-def _chunk(fragment: Fragment, serialize) -> tuple[bytes, str]:
+def _chunk(fragment: Fragment, serialize) -> tuple[bytes, str | None]:
+    """A shared piece's bytes and their content hash, both made once; the hash only once the piece
+    is large enough to be kept apart (``snapshot.MIN_SHARED_CHUNK``): a smaller one is joined into
+    the bytes around it and hashed with them (``CachedResource.joined``), so it goes without (None),
+    as the node's own bytes do (a node's maps of its pods, new on each of its pod changes)."""
     done = fragment.derived.get(CHUNK)
     if done is None:
-        data = serialize(fragment.value)
+        done = fragment.derived[CHUNK] = (serialize(fragment.value), None)
+    data, data_hash = done
+    if data_hash is None and len(data) >= snapshot.MIN_SHARED_CHUNK:
         done = fragment.derived[CHUNK] = (data, content_version(data))
     return done
 

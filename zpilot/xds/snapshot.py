@@ -12,6 +12,7 @@ unchanged resources.
 from __future__ import annotations
 
 import hashlib
+import operator
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -96,6 +97,12 @@ class CachedResource:
     version: str
     parts: tuple[bytes, ...]
     header: int  # bytes of tag and length in front of the Any, in parts[0]
+
+    def __hash__(self) -> int:
+        """By its type, name and version (equal resources have equal versions), not by its bytes:
+        a new resource is a key of the store's facts (resource_store.py), and hashing its parts was
+        hashing every byte of it again (two inbound listeners of 270 KB at R on each pod change)."""
+        return hash((self.type_url, self.name, self.version))
 
     @classmethod
     def of(cls, type_url: str, name: str, message: Message) -> "CachedResource":
@@ -313,25 +320,40 @@ class TypeResources:
 
     @classmethod
     def composed(
-        cls, type_url: str, parts: Iterable["TypeResources"], rest: Mapping[str, CachedResource]
+        cls,
+        type_url: str,
+        parts: Iterable["TypeResources"],
+        rest: Mapping[str, CachedResource],
+        *,
+        merged: "TypeResources | None" = None,
     ) -> "TypeResources":
         """``parts`` (shared sets, in a stable order) followed by ``rest``; a name in both is ``rest``'s, a name
-        in two parts the later one's (then served resource by resource: a set's joined entries would name it twice)."""
+        in two parts the later one's (then served resource by resource: a set's joined entries would name it twice).
+        ``merged``: these ``parts`` composed alone, held (their items are copied from it, not merged part by part
+        again: the same items in the same order); kept on what is made."""
         parts = tuple(p for p in parts if p.items)
         if not parts:
             return cls.of_cached(type_url, dict(sorted(rest.items())))
-        items: dict[str, CachedResource] = {}
-        for part in parts:
-            items.update(part.items)
-        # a name in two parts is the later one's: the earlier no longer holds what it says either
-        overridden = len(items) != sum(len(part.items) for part in parts) or rest.keys() & items.keys()
+        if merged is not None and len(merged.parts) == len(parts) and all(map(operator.is_, merged.parts, parts)):
+            items = merged.items.copy()  # (a mapping proxy's copy is its dict's: one copy, not key by key)
+            overridden = bool(rest.keys() & items.keys())  # (merged's parts share no name: it kept them apart)
+        else:
+            merged = None
+            items = {}
+            for part in parts:
+                items.update(part.items)
+            # a name in two parts is the later one's: the earlier no longer holds what it says either
+            overridden = len(items) != sum(len(part.items) for part in parts) or bool(rest.keys() & items.keys())
         own = {name: rest[name] for name in sorted(rest)}
         items.update(own)
         if overridden:  # a part no longer holds what it says: serve it resource by resource
             return cls.of_cached(type_url, items)
         lines = [f"set\t{p.version}\t{len(p.items)}" for p in parts] + [f"{n}\t{r.version}" for n, r in own.items()]
         version = content_version("\n".join(lines).encode("utf-8"))
-        return cls(type_url, MappingProxyType(items), version, parts, tuple(own.values()))
+        made = cls(type_url, MappingProxyType(items), version, parts, tuple(own.values()))
+        if merged is not None:  # held with it: the node's next change finds it (ResourceStore.composed)
+            made.__dict__["_merged"] = merged
+        return made
 
     @cached_property
     def _joined(self) -> bytes:
