@@ -30,7 +30,7 @@ BASE = Cluster(
 
 
 def state(index: MeshIndex) -> tuple:
-    return (index._usable, index._backends, dict(index._by_label), index._meshed, index.meshed_workloads(),
+    return (index._other_claims, index._other_names, dict(index._by_label), index._meshed, index.meshed_workloads(),
             index._by_ip, dict(index._by_node), index._endpoints, index._vips, index.services,
             index.policies._by_workload, list(index.problems))
 
