@@ -288,6 +288,11 @@ class MeshIndex:
         self._workload_changes: tuple[list[Workload], list[Workload]] | None = None
         #: Whether each pod of the cluster is another object (what a patch needs of the last index).
         self._distinct_workloads = False
+        #: Whether ``_derived.workloads`` is this index's to patch: a patch takes the dict over from
+        #: the index it patches, changed in place (a copy of 10,000 entries per pod change cost more
+        #: than the rest of it), and that one is then rebuilt from, not patched. Its entries hold the
+        #: pod they were derived from, each alone, so a build from it still reuses them, checked.
+        self._owns_entries = False
         #: How many pods (of any kind) are scheduled on each node.
         self._pod_nodes: dict[str, int] = {}
         self._node_problems: tuple[Problem, ...] = ()
@@ -530,6 +535,7 @@ class MeshIndex:
             before = previous.get(key)
             postings[key] = before if before is not None and before == posting else posting
         self._distinct_workloads = len(derived) == len(self.cluster.workloads)
+        self._owns_entries = True
         self._other_claims = {ip: len(owners) for ip, owners in claimants.items()
                               if len(owners) != 1 or by_ip.get(ip) is not owners[0]}
         self._other_names = {key: n for key, n in names.items() if n != 1 or key not in meshed}
@@ -551,7 +557,7 @@ class MeshIndex:
         claims, on a node, in an enrolled namespace, not opted out, its name its own): then no pod's
         problems change and the patch is what a build from nothing gives. False (nothing done): build."""
         before = self._before
-        if before is None or not before._distinct_workloads:
+        if before is None or not before._distinct_workloads or not before._owns_entries:
             return False
         old_entries = before._derived.workloads
         current = self.cluster.workloads
@@ -655,13 +661,14 @@ class MeshIndex:
             else:
                 del by_label[key]
                 postings.pop(key, None)
-        derived = old_entries.copy()
+        if len(old_entries) - len(removed_ids) + len(added_entries) != len(current):
+            raise LookupError("the pods' window does not add up")  # a bug: the patch would be wrong
+        derived = old_entries  # taken over (see _owns_entries): nothing fails from here on
         for i in removed_ids:
             del derived[i]
         for entry in added_entries:
             derived[id(entry[0])] = entry
-        if len(derived) != len(current):
-            raise LookupError("the pods' window does not add up")  # a bug: the patch would be wrong
+        before._owns_entries, self._owns_entries = False, True
 
         self._meshed_list = meshed_list
         self._by_ip, self._meshed, self._by_node, self._by_label = by_ip, meshed, by_node, by_label
@@ -685,6 +692,7 @@ class MeshIndex:
         self._workload_problems = before._workload_problems
         self._workload_changes = ([], [])
         self._distinct_workloads = True
+        before._owns_entries, self._owns_entries = False, before._owns_entries
 
     def is_meshed(self, workload: Workload) -> bool:
         return (workload.namespace, workload.name) in self._meshed
