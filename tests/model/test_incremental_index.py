@@ -30,7 +30,7 @@ BASE = Cluster(
 
 
 def state(index: MeshIndex) -> tuple:
-    return (index._usable, index._backends, dict(index._by_label), index._meshed, index.meshed_workloads(),
+    return (index._other_claims, index._other_names, dict(index._by_label), index._meshed, index.meshed_workloads(),
             index._by_ip, dict(index._by_node), index._endpoints, index._vips, index.services,
             index.policies._by_workload, list(index.problems))
 
@@ -92,3 +92,23 @@ def test_a_policy_changed_in_one_namespace_is_looked_at_for_that_namespace_only(
     assert not after.policies_for(other).empty
     assert after.policies_for(other) is before.policies_for(other)  # edge's: the previous answer
     both(cluster, after)
+
+
+def test_builds_from_an_index_already_built_from_are_full_ones(caplog) -> None:
+    """A patch takes the per-pod derivations over from the index it patches (changed in place, not
+    copied): another build from that index, and those built from it, must not reuse what the first
+    patch wrote there (here: shop's pods answered for a STRICT policy the second lineage lacks)."""
+    before = MeshIndex.build(BASE)
+    strict = replace(BASE, peer_authentications=(selecting("strict", "2022-01-01T00:00:00Z"),),
+                     workloads=BASE.workloads + (pod("a-web", "10.0.0.3"),))
+    first = both(strict, before)
+    assert first._workload_changes is not None and first.policies_for(BASE.workloads[0]).mtls.refuses_any_plaintext
+    second = both(replace(BASE, workloads=BASE.workloads + (pod("b-web", "10.0.0.4"),)), before)
+    assert second.policies_for(BASE.workloads[0]).mtls.refuses_any_plaintext is False
+    # a policy of another namespace and a pod not patched in: shop's answers reused, if any were kept
+    other = replace(second.cluster, peer_authentications=(PeerAuthentication("p", "plain", mode=MtlsMode.STRICT),),
+                    workloads=second.cluster.workloads + (replace(pod("pending", "10.0.0.6"), phase="Pending"),))
+    third = both(other, second)
+    assert third.policies_for(BASE.workloads[0]).mtls.refuses_any_plaintext is False
+    both(BASE, both(strict, third))
+    assert not caplog.records  # each built again because it is no patch, not because a patch found it wrong

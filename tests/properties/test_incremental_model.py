@@ -81,8 +81,8 @@ def _index_state(index: MeshIndex) -> dict[str, Any]:
     return {
         "nodes": index.nodes,
         "namespaces": index.namespaces,
-        "usable": index._usable,
-        "backends": index._backends,
+        "claims": index._other_claims,  # what a patch of this index reads: the counts kept apart
+        "names": index._other_names,
         "by_label": {k: list(v) for k, v in index._by_label.items()},
         "meshed": index._meshed,
         "meshed_workloads": index.meshed_workloads(),

@@ -371,8 +371,11 @@ class ModelBuilder:
     def build(self, contents: Iterable[Contents], touched: Collection[str] | None = None) -> MeshIndex:
         """The model of ``contents`` (each origin once, sorted by origin). ``touched``: the origins
         whose entry may differ from the last build's contents (``ObjectSink.take_touched``, taken
-        with ``contents``), when the caller knows: the others are not looked at."""
-        contents = list(contents)
+        with ``contents``), when the caller knows: the others are not looked at. A list is kept as
+        given, not copied (``ObjectSink.contents`` hands a copy of its own: 12,000 entries at R):
+        the caller must not change it afterwards."""
+        if not isinstance(contents, list):
+            contents = list(contents)
         delta = self._delta(contents, touched)
         pods = None
         try:
