@@ -55,6 +55,9 @@ class IncrementalTranslator:
         self._shapes_of: MeshInput | None = None
         self._shapes_compared: dict[tuple[int, int], tuple[bool, LateEndpoints, MeshInput]] = {}
         self._lates: dict[str, LateEndpoints | None] = {}
+        #: ``endpoints_only`` of inputs differing in their mesh alone, for the latest mesh (by the old mesh and the options).
+        self._mesh_only_of: MeshInput | None = None
+        self._mesh_only: dict[tuple[int, int], tuple[bool, MeshInput, TranslateOptions]] = {}
 
     def inputs(self, index: MeshIndex) -> dict[str, NodeInput]:
         """The input of every node that gets config (:func:`~zpilot.translators.inputs.config_nodes`);
@@ -89,6 +92,24 @@ class IncrementalTranslator:
         """Whether ``new`` gives the node what ``old`` did but for its endpoints: its layout keeps
         them apart, and nothing else it reads differs (the node, the options, its pods but for
         their readiness (:func:`_same_config_pods`) and their policies, the mesh's shape)."""
+        if (
+            type(old) is NodeInput
+            and type(new) is NodeInput
+            and old.local_pods is new.local_pods  # type: ignore[attr-defined]
+            and old.policies is new.policies  # type: ignore[attr-defined]
+            and old.options is new.options  # type: ignore[attr-defined]
+            and old.node == new.node  # type: ignore[attr-defined]
+        ):  # the mesh alone differs (most nodes of a change): answered once for all the nodes holding both
+            if self._mesh_only_of is not new.mesh:  # type: ignore[attr-defined]
+                self._mesh_only_of, self._mesh_only = new.mesh, {}  # type: ignore[attr-defined]
+            key = (id(old.mesh), id(new.options))  # type: ignore[attr-defined]
+            found = self._mesh_only.get(key)
+            if found is None:  # (the value holds what the key's ids are of: they stay theirs)
+                found = self._mesh_only[key] = (self._endpoints_only(old, new), old.mesh, new.options)  # type: ignore[attr-defined]
+            return found[0]
+        return self._endpoints_only(old, new)
+
+    def _endpoints_only(self, old: Hashable, new: Hashable) -> bool:
         if not isinstance(old, NodeInput) or not isinstance(new, NodeInput) or (
             old.options is not new.options and old.options != new.options
         ):
