@@ -36,7 +36,7 @@ from ..translators.fragments import Fragment
 from ..translators.inputs import config_nodes
 from ..translators.resources import NodeResources
 from .cache import SnapshotWriter
-from .metrics import Metrics
+from .metrics import Metrics, observe_all
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, SECRET_TYPE, short_name
 from .resource_store import ResourceStore
 from .snapshot import CachedResource, Snapshot, TypeResources
@@ -643,6 +643,7 @@ class Producer:
             held = [snap for snap in map(self.cache.get_snapshot, self.cache.nodes()) if snap is not None and snap.known]
             fresh = await asyncio.to_thread(self._with_new_secrets, held, changed_at, report)
             changed = sum(self._set(snapshot, report) for snapshot in fresh)
+            observe_all(self.metrics.generation, [snapshot.generation_seconds for snapshot in fresh])
             self._count_sets(changed, len(fresh) - changed)
             report.unchanged.sort()
             self._update_gauges()
@@ -672,6 +673,7 @@ class Producer:
         translates the nodes in batches may replace most of the config: never held twice)."""
         changed = unchanged = 0
         replaced: list = []
+        seconds: list[float] = []
         for node, result in results.items():
             if isinstance(result, str):
                 report.failed[node] = result
@@ -689,17 +691,19 @@ class Producer:
             self._fragments[node] = result.fragments
             if result.rest is not None:
                 self._rest[node] = result.rest
+            seconds.append(result.snapshot.generation_seconds)
             if self._set(result.snapshot, report):
                 changed += 1
             else:
                 unchanged += 1
+        observe_all(self.metrics.generation, seconds)
         self._count_sets(changed, unchanged)
         free_later(replaced)
 
     def _set(self, snapshot: Snapshot, report: UpdateReport) -> bool:
-        """Store one node's snapshot; whether it changed (the caller counts them: :meth:`_count_sets`)."""
+        """Store one node's snapshot; whether it changed (the caller counts them, :meth:`_count_sets`,
+        and observes their generation times, ``metrics.observe_all``: once for all of them)."""
         node = snapshot.node
-        self.metrics.generation.observe(snapshot.generation_seconds)
         changed = self.cache.set_snapshot(snapshot)
         if changed or node not in self._held:  # (else the cache keeps the one it has: the same resources)
             self._held[node] = _held_counts(snapshot)
