@@ -16,7 +16,9 @@ Pure apart from the memo (no I/O, no clocks); not thread-safe: one caller at a t
 
 from __future__ import annotations
 
+from collections.abc import KeysView
 from dataclasses import dataclass, replace
+from itertools import combinations
 from typing import Hashable
 
 from ..model.index import MeshIndex
@@ -163,10 +165,25 @@ class IncrementalTranslator:
         out = NodeResources(node=node_input.node)
         late.add(view, out)
         sets = tuple(view.resource_sets)
-        covered = set().union(*(s.resources.keys() for s in sets)) if sets else set()
-        if out.listeners or out.clusters or any(s.type_url != ENDPOINT_TYPE for s in sets) or set(out.endpoints) != covered:
+        if (
+            out.listeners
+            or out.clusters
+            or any(s.type_url != ENDPOINT_TYPE for s in sets)
+            or not _names_of_sets(out.endpoints.keys(), [s.resources.keys() for s in sets])
+        ):
             raise ValueError(f"layout {node_input.options.layout!r}: its endpoints are not shared endpoint sets alone")
         return EndpointSets(sets, tuple(view.used.values()))
+
+
+def _names_of_sets(names: KeysView[str], sets: list[KeysView[str]]) -> bool:
+    """Whether ``names`` are the names of ``sets`` together, without a set of them made (thousands
+    of names, once per change): they are when ``names`` holds each set's, the sets are disjoint and
+    their sizes add up to its; else (a name in two sets) they are compared as sets."""
+    if sum(map(len, sets)) == len(names) and all(keys <= names for keys in sets) and all(
+        a.isdisjoint(b) for a, b in combinations(sets, 2)
+    ):
+        return True
+    return names == set().union(*sets)
 
 
 #: What a node's config never reads of its own pods, but through its endpoints (every node's,

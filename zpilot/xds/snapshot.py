@@ -229,6 +229,15 @@ def _names_text(resources: Iterable[CachedResource]) -> tuple[str, dict[str, int
     return "\n".join(lines), starts
 
 
+def _dict_of(items: Mapping[str, CachedResource]) -> dict[str, CachedResource]:
+    """A new dict of ``items``: of a mapping proxy (what a ``TypeResources`` holds), its dict's
+    copy, made in C at once, where ``dict()`` of the proxy or ``update`` from it goes key by key
+    (thousands of resources, for each set a change makes again)."""
+    if type(items) is MappingProxyType or type(items) is dict:
+        return items.copy()  # type: ignore[attr-defined]
+    return dict(items)
+
+
 @dataclass(frozen=True)
 class TypeResources:
     """All resources of one type for one node.
@@ -276,7 +285,7 @@ class TypeResources:
         its (the same names), in the same order. Its version is :func:`names_version`'s, hashed from
         this one's text with the versions that changed written over theirs (a version's length never
         changes): a set many nodes share, of thousands of resources, changes in one or two of them."""
-        items = dict(self.items)
+        items = _dict_of(self.items)
         items.update(changed)
         found = self.__dict__.get("_names_text")
         text, starts = found if found is not None else _names_text(self.items.values())
@@ -320,9 +329,9 @@ class TypeResources:
         parts = tuple(p for p in parts if p.items)
         if not parts:
             return cls.of_cached(type_url, dict(sorted(rest.items())))
-        items: dict[str, CachedResource] = {}
-        for part in parts:
-            items.update(part.items)
+        items = _dict_of(parts[0].items)
+        for part in parts[1:]:
+            items.update(_dict_of(part.items))
         # a name in two parts is the later one's: the earlier no longer holds what it says either
         overridden = len(items) != sum(len(part.items) for part in parts) or rest.keys() & items.keys()
         own = {name: rest[name] for name in sorted(rest)}
