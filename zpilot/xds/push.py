@@ -181,7 +181,7 @@ def _endpoints_summary(names: Iterable[str], facts: Iterable[consistency.Facts])
     facts = list(facts)
     if any(f.misfiled for f in facts):
         return ()
-    return (frozenset(names), tuple(f.wanted for f in facts))
+    return (frozenset(names), tuple(f.wanted for f in facts))  # (of a frozenset: that very one)
 
 
 def _same_summary(summary: tuple, checked: tuple, composed: dict) -> bool:
@@ -343,13 +343,13 @@ class Producer:
                 endpoint_facts = [self.store.set_facts(s) for s in made.sets]
                 type_resources = self.store.composed(ENDPOINT_TYPE, parts, {})
                 found = composed[key] = (
-                    type_resources, endpoint_facts, _endpoints_summary(type_resources.items, endpoint_facts)
+                    type_resources, endpoint_facts, _endpoints_summary(self.store.names(type_resources), endpoint_facts)
                 )
             by_made = composed[("made", id(made))] = (made, found)  # ``made`` held: its id stays its own
         endpoints, endpoint_facts, summary = by_made[1]
         if not summary or not _same_summary(summary, rest.endpoints_checked, composed):
             # else the check reads what it passed before
-            names = replace(rest.names, endpoints=frozenset(endpoints.items))
+            names = replace(rest.names, endpoints=self.store.names(endpoints))
             problems = consistency.join_names(names, [*rest.facts, *endpoint_facts])
             if problems:
                 raise InvalidResources(str(consistency.InconsistentResources(snapshot.node, problems)))

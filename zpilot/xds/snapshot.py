@@ -306,6 +306,8 @@ class TypeResources:
         text = "".join(pieces)
         made = TypeResources(self.type_url, MappingProxyType(items), content_version(text.encode("utf-8")))
         made.__dict__["_names_text"] = (text, starts)  # for the next change (the same names: the same starts)
+        if "names" in self.__dict__:  # the same names: the very same set of them (ResourceStore.names)
+            made.__dict__["names"] = self.__dict__["names"]
         # What :meth:`changes_since` would find going from this one, known here: the first stream
         # to send the change (at R, ahead of a hundred others) does not go through thousands of
         # resources for it. Found in items order, which for these sets is name order (resource_store;
@@ -341,6 +343,12 @@ class TypeResources:
         lines = [f"set\t{p.version}\t{len(p.items)}" for p in parts] + [f"{n}\t{r.version}" for n, r in own.items()]
         version = content_version("\n".join(lines).encode("utf-8"))
         return cls(type_url, MappingProxyType(items), version, parts, tuple(own.values()))
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        """The names of :attr:`items` (kept: a set made from this one by :meth:`replaced` has the
+        same names, and this very set of them)."""
+        return frozenset(self.items)
 
     @cached_property
     def _joined(self) -> bytes:
