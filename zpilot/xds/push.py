@@ -347,14 +347,16 @@ class Producer:
                 )
             by_made = composed[("made", id(made))] = (made, found)  # ``made`` held: its id stays its own
         endpoints, endpoint_facts, summary = by_made[1]
-        if not summary or not _same_summary(summary, rest.endpoints_checked, composed):
-            # else the check reads what it passed before
+        same = bool(summary) and _same_summary(summary, rest.endpoints_checked, composed)
+        if not same:  # else the check reads what it passed before
             names = replace(rest.names, endpoints=self.store.names(endpoints))
             problems = consistency.join_names(names, [*rest.facts, *endpoint_facts])
             if problems:
                 raise InvalidResources(str(consistency.InconsistentResources(snapshot.node, problems)))
-        if rest.endpoints_checked is not summary:  # checked now, or equal: held as one object, compared by identity
-            rest = rest.checked(summary)
+            if rest.endpoints_checked is not summary:  # checked now: what the next change compares with
+                rest = rest.checked(summary)
+        # (equal: the node keeps the summary it holds, one object for the nodes that hold it, compared
+        # once per change for all of them (``_same_summary``); not a new _Rest per node and change)
         remade = snapshot.with_type(endpoints, changed_at, generation_seconds=time.perf_counter() - started)
         return _Built(remade, node_input, rest.fragments + made.fragments, rest)
 
