@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from zpilot.kube.convert_policy import KIND_CONVERTERS
 from zpilot.model.index import MeshIndex
 from zpilot.model.objects import Cluster
 from zpilot.synthetic import Shape, extra_pod, extra_service, node_name, synthetic_cluster, synthetic_manifests
@@ -188,6 +189,34 @@ def test_mesh_input_compares_by_what_config_reads() -> None:
     assert MeshInput.of(MeshIndex.build(replace(cluster, workloads=relabelled))) == mesh
     fewer = MeshIndex.build(Cluster(**{**cluster.__dict__, "workloads": cluster.workloads[1:]}))
     assert MeshInput.of(fewer) != mesh
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_inputs_made_from_the_last_models_are_a_fresh_models(layout: str) -> None:
+    """A pod added, then deleted: each node's input (its mesh and the ports it serves, whose hashes
+    are made from the last model's, and a node's input given the new mesh without ``__init__``)
+    equals and hashes as what a translator that never saw the last model makes."""
+    cluster = synthetic_cluster(synthetic_manifests(SHAPE))
+    pod = KIND_CONVERTERS["Pod"](extra_pod(SHAPE, 0, node=0))
+    first = MeshIndex.build(cluster)
+    translator = IncrementalTranslator(TranslateOptions(layout=layout))
+    _translate_all(translator, first)  # (what translation derives of a mesh is carried to the next)
+    index = first
+    for workloads in (cluster.workloads + (pod,), cluster.workloads):  # the same objects: built from the last
+        model = replace(cluster, workloads=workloads)
+        last, index = index, MeshIndex.build(model, previous=index)
+        assert index.changes_since(last.generation).service_ports  # (what is made from the last model's)
+        inputs = translator.inputs(index)
+        fresh = IncrementalTranslator(TranslateOptions(layout=layout)).inputs(MeshIndex.build(model))
+        assert inputs.keys() == fresh.keys()
+        for node, node_input in inputs.items():
+            assert node_input == fresh[node] and hash(node_input) == hash(fresh[node]), node
+            assert node_input == replace(node_input) and node_input.__dict__ == replace(node_input).__dict__, node
+        mesh, fresh_mesh = next(iter(inputs.values())).mesh, next(iter(fresh.values())).mesh
+        assert hash(mesh) == hash(fresh_mesh) and mesh.hash_parts == fresh_mesh.hash_parts
+        assert hash(mesh.served_ports(None)) == hash(fresh_mesh.served_ports(None))
+        assert mesh.served_ports(None) == fresh_mesh.served_ports(None)
+        _translate_all(translator, index)
 
 
 def test_types_of_a_node_are_the_ones_served() -> None:

@@ -233,3 +233,30 @@ async def test_endpoints_that_would_be_refused_keep_the_node_on_its_last_good_co
     report = await producer.update(_index(docs))
     assert node in report.endpoints_only and "no_such_listener" in report.failed[node]
     assert cache.get_snapshot(node) is held
+
+
+async def test_a_changes_endpoint_names_are_the_last_ones_when_no_name_changed() -> None:
+    """Pods added to a service one by one remake the other nodes' endpoints from the last shared
+    sets, a member or two replaced: the names of their sets together are the very set the last
+    change had (``ResourceStore.names``), equal to the items' names, so the consistency summary
+    compares by identity and no union of thousands of names is made again."""
+    from dataclasses import replace
+
+    from zpilot.kube.convert_policy import KIND_CONVERTERS
+
+    cluster = synthetic_cluster(synthetic_manifests(SHAPE))
+    pods = tuple(KIND_CONVERTERS["Pod"](extra_pod(SHAPE, i, node=0)) for i in range(3))
+    producer = Producer(SnapshotCache(), translate=IncrementalTranslator(TranslateOptions(layout="linear")))
+    index = MeshIndex.build(cluster)
+    await producer.update(index)
+    seen = []
+    for added in range(1, len(pods) + 1):  # (another model each time: no set is one the memo still holds)
+        index = MeshIndex.build(replace(cluster, workloads=cluster.workloads + pods[:added]), previous=index)
+        report = await producer.update(index)
+        assert report.endpoints_only and not report.failed
+        endpoints = producer.cache.get_snapshot(report.endpoints_only[0]).types[ENDPOINT_TYPE]
+        assert len(endpoints.parts) > 1 and not endpoints.own  # (what is looked at: several shared sets)
+        names_of = producer.store.names(endpoints)
+        assert names_of == frozenset(endpoints.items)
+        seen.append(names_of)
+    assert seen[0] is seen[1] is seen[2]

@@ -10,7 +10,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf import struct_pb2
 
 from zpilot.xds.dump_diff import normalize, unified_diff
-from zpilot.xds.metrics import Metrics
+from zpilot.xds.metrics import Metrics, observe_all
 from zpilot.xds.node_identity import NodeIdentityError, node_name
 from zpilot.xds.observer import Observers, Response, StreamInfo, StreamObserver
 from zpilot.xds.order import CLUSTER_TYPE, ENDPOINT_TYPE, SECRET_TYPE
@@ -88,6 +88,27 @@ def test_metrics_count_stream_events_with_bounded_labels():
         if line.startswith("# TYPE ") and line.endswith(" counter"):
             assert line.split()[2].endswith("_total"), line
     assert Metrics().value("zpilot_xds_acks_total", type="CDS") == 0  # no state shared between instances
+
+
+def test_observe_all_counts_as_observing_each():
+    """The producer observes a change's hundred generation times at once: the same buckets and
+    count as one ``observe`` each, the sum to a float's rounding."""
+    amounts = [0.0, 0.0004, 0.001, 0.0011, 0.003, 0.003, 0.02, 0.7, 12.0, 31.0, 100.0, float("nan")]
+    one, all_ = Metrics(), Metrics()
+    for amount in amounts:
+        one.generation.observe(amount)
+    observe_all(all_.generation, amounts)
+    observe_all(all_.generation, [])
+
+    def samples(metrics):
+        found = {s.name + repr(sorted(s.labels.items())): s.value
+                 for family in metrics.generation.collect() for s in family.samples if not s.name.endswith("_created")}
+        return found
+
+    theirs, mine = samples(one), samples(all_)
+    assert theirs.keys() == mine.keys()
+    for key, value in theirs.items():
+        assert mine[key] == pytest.approx(value, nan_ok=True), key
 
 
 def test_observers_hand_every_event_to_each_and_survive_a_broken_one(caplog):

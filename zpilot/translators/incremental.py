@@ -16,7 +16,9 @@ Pure apart from the memo (no I/O, no clocks); not thread-safe: one caller at a t
 
 from __future__ import annotations
 
+from collections.abc import KeysView
 from dataclasses import dataclass, replace
+from itertools import combinations
 from typing import Hashable
 
 from ..model.index import MeshIndex
@@ -55,6 +57,9 @@ class IncrementalTranslator:
         self._shapes_of: MeshInput | None = None
         self._shapes_compared: dict[tuple[int, int], tuple[bool, LateEndpoints, MeshInput]] = {}
         self._lates: dict[str, LateEndpoints | None] = {}
+        #: ``endpoints_only`` of inputs differing in their mesh alone, for the latest mesh (by the old mesh and the options).
+        self._mesh_only_of: MeshInput | None = None
+        self._mesh_only: dict[tuple[int, int], tuple[bool, MeshInput, TranslateOptions]] = {}
 
     def inputs(self, index: MeshIndex) -> dict[str, NodeInput]:
         """The input of every node that gets config (:func:`~zpilot.translators.inputs.config_nodes`);
@@ -90,6 +95,24 @@ class IncrementalTranslator:
         """Whether ``new`` gives the node what ``old`` did but for its endpoints: its layout keeps
         them apart, and nothing else it reads differs (the node, the options, its pods but for
         their readiness (:func:`_same_config_pods`) and their policies, the mesh's shape)."""
+        if (
+            type(old) is NodeInput
+            and type(new) is NodeInput
+            and old.local_pods is new.local_pods  # type: ignore[attr-defined]
+            and old.policies is new.policies  # type: ignore[attr-defined]
+            and old.options is new.options  # type: ignore[attr-defined]
+            and old.node == new.node  # type: ignore[attr-defined]
+        ):  # the mesh alone differs (most nodes of a change): answered once for all the nodes holding both
+            if self._mesh_only_of is not new.mesh:  # type: ignore[attr-defined]
+                self._mesh_only_of, self._mesh_only = new.mesh, {}  # type: ignore[attr-defined]
+            key = (id(old.mesh), id(new.options))  # type: ignore[attr-defined]
+            found = self._mesh_only.get(key)
+            if found is None:  # (the value holds what the key's ids are of: they stay theirs)
+                found = self._mesh_only[key] = (self._endpoints_only(old, new), old.mesh, new.options)  # type: ignore[attr-defined]
+            return found[0]
+        return self._endpoints_only(old, new)
+
+    def _endpoints_only(self, old: Hashable, new: Hashable) -> bool:
         if not isinstance(old, NodeInput) or not isinstance(new, NodeInput) or (
             old.options is not new.options and old.options != new.options
         ):
@@ -143,10 +166,25 @@ class IncrementalTranslator:
         out = NodeResources(node=node_input.node)
         late.add(view, out)
         sets = tuple(view.resource_sets)
-        covered = set().union(*(s.resources.keys() for s in sets)) if sets else set()
-        if out.listeners or out.clusters or any(s.type_url != ENDPOINT_TYPE for s in sets) or set(out.endpoints) != covered:
+        if (
+            out.listeners
+            or out.clusters
+            or any(s.type_url != ENDPOINT_TYPE for s in sets)
+            or not _names_of_sets(out.endpoints.keys(), [s.resources.keys() for s in sets])
+        ):
             raise ValueError(f"layout {node_input.options.layout!r}: its endpoints are not shared endpoint sets alone")
         return EndpointSets(sets, tuple(view.used.values()))
+
+
+def _names_of_sets(names: KeysView[str], sets: list[KeysView[str]]) -> bool:
+    """Whether ``names`` are the names of ``sets`` together, without a set of them made (thousands
+    of names, once per change): they are when ``names`` holds each set's, the sets are disjoint and
+    their sizes add up to its; else (a name in two sets) they are compared as sets."""
+    if sum(map(len, sets)) == len(names) and all(keys <= names for keys in sets) and all(
+        a.isdisjoint(b) for a, b in combinations(sets, 2)
+    ):
+        return True
+    return names == set().union(*sets)
 
 
 #: What a node's config never reads of its own pods, but through its endpoints (every node's,

@@ -140,6 +140,13 @@ def _hashes_at(hashes: tuple[int, ...], ports: tuple[ServicePortInput, ...], at:
     return tuple(made)
 
 
+def _sum_at(total: int, before: tuple[int, ...], after: tuple[int, ...], at: Iterable[int]) -> int:
+    """``sum(after)`` from ``total`` (``sum(before)``), the two differing at the positions ``at`` alone."""
+    for i in at:
+        total += after[i] - before[i]
+    return total
+
+
 def _facts_of(meshed: tuple[Workload, ...]) -> tuple[tuple, ...]:
     """(w.ip, w.node_name, w.namespace, w.service_account) of each, without a Python loop."""
     return tuple(zip(map(_first, map(_ips, meshed)), map(_node_name, meshed), map(_namespace, meshed),
@@ -230,6 +237,8 @@ class MeshInput:
     index_generation: int | None = field(default=None, repr=False)
     #: The hash of each of ``service_ports``: made from them when not given.
     port_hashes: tuple[int, ...] = field(default=None, repr=False)  # type: ignore[assignment]
+    #: What :attr:`_hash` is made of (:meth:`_hash_parts`), when the last model's mesh knows them.
+    hash_parts: tuple[int, int, int] | None = field(default=None, repr=False)
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -237,13 +246,15 @@ class MeshInput:
             object.__setattr__(self, "meshed_facts", _facts_of(self.meshed))
         if self.port_hashes is None:
             object.__setattr__(self, "port_hashes", _hashes(self.service_ports))
+        if self.hash_parts is None:
+            object.__setattr__(
+                self, "hash_parts", (sum(self.port_hashes), hash(self.vip_order), hash(self.node_cidrs))
+            )
         # the meshed pods' facts are compared, not hashed: thousands of tuples hashed again per change
-        # for a hash that their count and the rest tell apart well enough
-        object.__setattr__(
-            self,
-            "_hash",
-            hash((self.cluster_domain, self.port_hashes, self.vip_order, len(self.meshed_facts), self.node_cidrs)),
-        )
+        # for a hash that their count and the rest tell apart well enough; the ports by the sum of
+        # their hashes, the VIPs and CIDRs by theirs, each kept from the last model's mesh while
+        # it holds (:meth:`of`): thousands of ports and VIPs were hashed again per change
+        object.__setattr__(self, "_hash", hash((self.cluster_domain, *self.hash_parts, len(self.meshed_facts))))
 
     @classmethod
     def of(cls, index: MeshIndex, previous: "MeshInput | None" = None) -> "MeshInput":
@@ -268,7 +279,11 @@ class MeshInput:
         cidrs = tuple((name, node.pod_cidrs) for name, node in sorted(index.nodes.items()) if node.pod_cidrs)
         if previous is not None and previous.node_cidrs == cidrs:
             cidrs = previous.node_cidrs
-        mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation, hashes)
+        parts = None
+        if hashes is not None and order is previous.vip_order and cidrs is previous.node_cidrs:  # (previous: not None)
+            ports_sum, vips_hash, cidrs_hash = previous.hash_parts  # type: ignore[union-attr,misc]
+            parts = (_sum_at(ports_sum, previous.port_hashes, hashes, changed_at), vips_hash, cidrs_hash)  # type: ignore[union-attr]
+        mesh = cls(index.cluster_domain, ports, order, meshed, cidrs, facts, index.generation, hashes, parts)
         mesh.__dict__.update(carried)
         if previous is not None and "pod_routes" in previous.__dict__ and meshed is previous.meshed and (
             cidrs is previous.node_cidrs
@@ -465,12 +480,18 @@ class ServedPorts:
     ports: tuple[ServicePortInput, ...]
     #: The hash of each of ``ports``: made from them when not given.
     port_hashes: tuple[int, ...] = field(default=None, repr=False)  # type: ignore[assignment]
+    #: ``sum(port_hashes)``: made from them when not given (:meth:`moved` knows it from the last one's).
+    hashes_sum: int | None = field(default=None, repr=False)
     _hash: int = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.port_hashes is None:
             object.__setattr__(self, "port_hashes", _hashes(self.ports))
-        object.__setattr__(self, "_hash", hash(self.port_hashes))
+        if self.hashes_sum is None:
+            object.__setattr__(self, "hashes_sum", sum(self.port_hashes))
+        # the sum of the ports' hashes, not the hash of them all: a change replaces one or two of
+        # thousands, and the sum is made from the last one's (ports compare one by one anyway)
+        object.__setattr__(self, "_hash", hash((len(self.ports), self.hashes_sum)))
 
     def __eq__(self, other: object) -> bool:
         if self is other:
@@ -501,7 +522,9 @@ class ServedPorts:
             if j is not None:
                 ports[j] = new
                 replaced.append((j, old, new))
-        moved = ServedPorts(tuple(ports), _hashes_at(self.port_hashes, ports, [j for j, _old, _new in replaced]))
+        at_replaced = [j for j, _old, _new in replaced]
+        hashes = _hashes_at(self.port_hashes, ports, at_replaced)  # type: ignore[arg-type]
+        moved = ServedPorts(tuple(ports), hashes, _sum_at(self.hashes_sum, self.port_hashes, hashes, at_replaced))  # type: ignore[arg-type]
         if "_names" in self.__dict__:
             moved.__dict__["_names"] = dict(self.__dict__["_names"])
         # what was derived of these ports, but for those replaced (thousands of ports, one or two replaced)
@@ -786,6 +809,17 @@ class NodeInput:
     policies: tuple[WorkloadPolicies, ...] = ()
 
 
+def _with_mesh(node_input: NodeInput, mesh: MeshInput) -> NodeInput:
+    """``replace(node_input, mesh=mesh)``, without calling ``__init__`` (made for each of a pod
+    change's hundred nodes): its fields alone, nothing derived from the old one is carried."""
+    made = object.__new__(NodeInput)
+    made.__dict__.update(
+        node=node_input.node, options=node_input.options, local_pods=node_input.local_pods, mesh=mesh,
+        policies=node_input.policies,
+    )
+    return made
+
+
 def config_nodes(index: MeshIndex) -> set[str]:
     """The nodes that get config: every Node object, and every node a pod is scheduled on (manifests
     often carry pods without their Node objects; those ztunnels must not be starved)."""
@@ -821,8 +855,12 @@ def node_inputs(
     for node in nodes:
         old = previous.get(node)
         if old is not None and changed is not None and node not in changed:
-            same = old.mesh is mesh and (old.options is options or old.options == options)
-            out[node] = old if same else NodeInput(node, options, old.local_pods, mesh, old.policies)
+            if old.options is not options and old.options != options:
+                out[node] = NodeInput(node, options, old.local_pods, mesh, old.policies)
+            elif old.mesh is mesh:
+                out[node] = old
+            else:  # (most nodes of a change: the frozen dataclass's __init__ was a setattr per field)
+                out[node] = _with_mesh(old, mesh)
             continue
         pods = tuple(w for w in index.meshed_workloads_on(node) if w.ip)
         policies = tuple(index.policies_for(w) for w in pods)

@@ -37,7 +37,7 @@ from ..translators.fragments import Fragment
 from ..translators.inputs import config_nodes
 from ..translators.resources import NodeResources
 from .cache import SnapshotWriter
-from .metrics import Metrics
+from .metrics import Metrics, observe_all
 from .order import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, PUSH_ORDER, SECRET_TYPE, short_name
 from .resource_store import ResourceStore
 from .snapshot import CachedResource, Snapshot, TypeResources
@@ -197,7 +197,7 @@ def _endpoints_summary(names: Iterable[str], facts: Iterable[consistency.Facts])
     facts = list(facts)
     if any(f.misfiled for f in facts):
         return ()
-    return (frozenset(names), tuple(f.wanted for f in facts))
+    return (frozenset(names), tuple(f.wanted for f in facts))  # (of a frozenset: that very one)
 
 
 def _same_summary(summary: tuple, checked: tuple, composed: dict) -> bool:
@@ -364,18 +364,20 @@ class Producer:
                 endpoint_facts = [self.store.set_facts(s) for s in made.sets]
                 type_resources = self.store.composed(ENDPOINT_TYPE, parts, {})
                 found = composed[key] = (
-                    type_resources, endpoint_facts, _endpoints_summary(type_resources.items, endpoint_facts)
+                    type_resources, endpoint_facts, _endpoints_summary(self.store.names(type_resources), endpoint_facts)
                 )
             by_made = composed[("made", id(made))] = (made, found)  # ``made`` held: its id stays its own
         endpoints, endpoint_facts, summary = by_made[1]
-        if not summary or not _same_summary(summary, rest.endpoints_checked, composed):
-            # else the check reads what it passed before
-            names = replace(rest.names, endpoints=frozenset(endpoints.items))
+        same = bool(summary) and _same_summary(summary, rest.endpoints_checked, composed)
+        if not same:  # else the check reads what it passed before
+            names = replace(rest.names, endpoints=self.store.names(endpoints))
             problems = consistency.join_names(names, [*rest.facts, *endpoint_facts])
             if problems:
                 raise InvalidResources(str(consistency.InconsistentResources(snapshot.node, problems)))
-        if rest.endpoints_checked is not summary:  # checked now, or equal: held as one object, compared by identity
-            rest = rest.checked(summary)
+            if rest.endpoints_checked is not summary:  # checked now: what the next change compares with
+                rest = rest.checked(summary)
+        # (equal: the node keeps the summary it holds, one object for the nodes that hold it, compared
+        # once per change for all of them (``_same_summary``); not a new _Rest per node and change)
         remade = snapshot.with_type(endpoints, changed_at, generation_seconds=time.perf_counter() - started)
         return _Built(remade, node_input, rest.fragments + made.fragments, rest)
 
@@ -670,6 +672,7 @@ class Producer:
             held = [snap for snap in map(self.cache.get_snapshot, self.cache.nodes()) if snap is not None and snap.known]
             fresh = await asyncio.to_thread(self._with_new_secrets, held, changed_at, report)
             changed = sum(self._set(snapshot, report) for snapshot in fresh)
+            observe_all(self.metrics.generation, [snapshot.generation_seconds for snapshot in fresh])
             self._count_sets(changed, len(fresh) - changed)
             report.unchanged.sort()
             self._update_gauges()
@@ -699,6 +702,7 @@ class Producer:
         translates the nodes in batches may replace most of the config: never held twice)."""
         changed = unchanged = 0
         replaced: list = []
+        seconds: list[float] = []
         for node, result in results.items():
             if isinstance(result, str):
                 report.failed[node] = result
@@ -716,17 +720,19 @@ class Producer:
             self._fragments[node] = result.fragments
             if result.rest is not None:
                 self._rest[node] = result.rest
+            seconds.append(result.snapshot.generation_seconds)
             if self._set(result.snapshot, report):
                 changed += 1
             else:
                 unchanged += 1
+        observe_all(self.metrics.generation, seconds)
         self._count_sets(changed, unchanged)
         free_later(replaced)
 
     def _set(self, snapshot: Snapshot, report: UpdateReport) -> bool:
-        """Store one node's snapshot; whether it changed (the caller counts them: :meth:`_count_sets`)."""
+        """Store one node's snapshot; whether it changed (the caller counts them, :meth:`_count_sets`,
+        and observes their generation times, ``metrics.observe_all``: once for all of them)."""
         node = snapshot.node
-        self.metrics.generation.observe(snapshot.generation_seconds)
         changed = self.cache.set_snapshot(snapshot)
         if changed or node not in self._held:  # (else the cache keeps the one it has: the same resources)
             self._held[node] = _held_counts(snapshot)

@@ -73,6 +73,8 @@ class ResourceStore:
         self._composed: weakref.WeakValueDictionary[tuple, TypeResources] = weakref.WeakValueDictionary()
         #: The last group of fragments serialized, by type and builder: the next one's base (see :meth:`resource_set`).
         self._lineage: dict[tuple, weakref.ref[Fragment]] = {}
+        #: The names of types made of several shared sets, by the ids of their sets' names (see :meth:`names`).
+        self._names: dict[tuple[int, ...], tuple[frozenset[str], list[frozenset[str]]]] = {}
 
     def intern(self, resource: CachedResource) -> CachedResource:
         """The held resource equal to ``resource`` if there is one, else ``resource`` (now held)."""
@@ -195,6 +197,29 @@ class ResourceStore:
         if found is None:
             found = self._composed[key] = TypeResources.composed(type_url, parts, own)
         return found
+
+    #: How many unions of sets' names :meth:`names` keeps (a change makes one; the last few are enough).
+    NAMES_KEPT = 16
+
+    def names(self, resources: TypeResources) -> frozenset[str]:
+        """``frozenset(resources.items)``. Of a type made of shared sets alone (a node's endpoints),
+        the union of its sets' names (``TypeResources.names``), kept by theirs: a change remakes
+        a set or two, one member replaced, whose names are then the very same set
+        (``TypeResources.replaced``), and the union of 2,000 names is not made again (nor compared
+        again: ``push._same_summary`` finds the same object)."""
+        parts = resources.parts
+        if not parts or resources.own:
+            return resources.names
+        sets = [part.names for part in parts]
+        if len(sets) == 1:
+            return sets[0]
+        key = tuple(map(id, sets))  # the value holds the sets: their ids stay theirs while it is kept
+        found = self._names.get(key)
+        if found is None:
+            if len(self._names) >= self.NAMES_KEPT:
+                self._names.clear()
+            found = self._names[key] = (frozenset().union(*sets), sets)
+        return found[0]
 
     def facts(
         self,

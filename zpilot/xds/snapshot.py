@@ -236,6 +236,15 @@ def _names_text(resources: Iterable[CachedResource]) -> tuple[str, dict[str, int
     return "\n".join(lines), starts
 
 
+def _dict_of(items: Mapping[str, CachedResource]) -> dict[str, CachedResource]:
+    """A new dict of ``items``: of a mapping proxy (what a ``TypeResources`` holds), its dict's
+    copy, made in C at once, where ``dict()`` of the proxy or ``update`` from it goes key by key
+    (thousands of resources, for each set a change makes again)."""
+    if type(items) is MappingProxyType or type(items) is dict:
+        return items.copy()  # type: ignore[attr-defined]
+    return dict(items)
+
+
 @dataclass(frozen=True)
 class TypeResources:
     """All resources of one type for one node.
@@ -283,7 +292,7 @@ class TypeResources:
         its (the same names), in the same order. Its version is :func:`names_version`'s, hashed from
         this one's text with the versions that changed written over theirs (a version's length never
         changes): a set many nodes share, of thousands of resources, changes in one or two of them."""
-        items = dict(self.items)
+        items = _dict_of(self.items)
         items.update(changed)
         found = self.__dict__.get("_names_text")
         text, starts = found if found is not None else _names_text(self.items.values())
@@ -304,6 +313,8 @@ class TypeResources:
         text = "".join(pieces)
         made = TypeResources(self.type_url, MappingProxyType(items), content_version(text.encode("utf-8")))
         made.__dict__["_names_text"] = (text, starts)  # for the next change (the same names: the same starts)
+        if "names" in self.__dict__:  # the same names: the very same set of them (ResourceStore.names)
+            made.__dict__["names"] = self.__dict__["names"]
         # What :meth:`changes_since` would find going from this one, known here: the first stream
         # to send the change (at R, ahead of a hundred others) does not go through thousands of
         # resources for it. Found in items order, which for these sets is name order (resource_store;
@@ -339,9 +350,9 @@ class TypeResources:
             overridden = bool(rest.keys() & items.keys())  # (merged's parts share no name: it kept them apart)
         else:
             merged = None
-            items = {}
-            for part in parts:
-                items.update(part.items)
+            items = _dict_of(parts[0].items)
+            for part in parts[1:]:
+                items.update(_dict_of(part.items))
             # a name in two parts is the later one's: the earlier no longer holds what it says either
             overridden = len(items) != sum(len(part.items) for part in parts) or bool(rest.keys() & items.keys())
         own = {name: rest[name] for name in sorted(rest)}
@@ -354,6 +365,12 @@ class TypeResources:
         if merged is not None:  # held with it: the node's next change finds it (ResourceStore.composed)
             made.__dict__["_merged"] = merged
         return made
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        """The names of :attr:`items` (kept: a set made from this one by :meth:`replaced` has the
+        same names, and this very set of them)."""
+        return frozenset(self.items)
 
     @cached_property
     def _joined(self) -> bytes:
