@@ -28,6 +28,11 @@ or as served with the bootstrap's stats settings changed (as served: ``--service
     pods-stats-all   ``--pod-cluster-stats all``: every stat of the per-node pod clusters (``pods_on_<node>``),
                      as served until round eight
     pods-tcp-out     their tcp_proxies' stats left out too
+    listener-tags-out      neither of zpilot's ``listener.`` tags (address, certificate): what they cost the inbound
+                           chains' listener stats (round eleven; the certificate would stay in the metric's name)
+    listener-addr-default  zpilot's listener address tag left to Envoy's own (RE2), which takes an address whole
+    matcher-prefixes-only  the exclusion list's regex left out, its prefixes kept: what the matcher's slow path costs
+                           the inbound chains, whose names it leaves out none of (CDS then makes more stats)
 
 or both changed (round ten):
 
@@ -221,6 +226,30 @@ def cert_cluster_tag_out(config) -> None:
     config.stats_config.stats_tags.extend(kept)
 
 
+def listener_tags_out(config) -> None:
+    """Neither of zpilot's two ``listener.`` tags (the address, the certificate): what they cost on each inbound
+    chain's listener stats (measuring only: the certificate would stay in the metric's name)."""
+    kept = [t for t in config.stats_config.stats_tags if not t.regex.startswith(r"^listener\.")]
+    del config.stats_config.stats_tags[:]
+    config.stats_config.stats_tags.extend(kept)
+
+
+def listener_addr_default(config) -> None:
+    """zpilot's listener address tag left out: Envoy's own (RE2) takes an address-named listener's."""
+    kept = [t for t in config.stats_config.stats_tags if t.tag_name != "envoy.listener_address"]
+    del config.stats_config.stats_tags[:]
+    config.stats_config.stats_tags.extend(kept)
+
+
+def matcher_prefixes_only(config) -> None:
+    """The exclusion list's regex left out (its prefixes kept): what the matcher's slow path (each name made a
+    string and matched) costs the steps whose names it leaves out none of, the inbound chains' (measuring only:
+    CDS then makes the service ports' and pods clusters' bookkeeping stats)."""
+    patterns = [p for p in config.stats_config.stats_matcher.exclusion_list.patterns if not p.HasField("safe_regex")]
+    del config.stats_config.stats_matcher.exclusion_list.patterns[:]
+    config.stats_config.stats_matcher.exclusion_list.patterns.extend(patterns)
+
+
 def tags_round5(config) -> None:
     """The certificate's tag as one regex without a literal first token, as round five wrote it."""
     from zpilot.translators.names import SECRET_STAT_TAG_VALUE
@@ -364,6 +393,9 @@ BOOTSTRAP_VARIANTS: dict[str, tuple[str, str, Callable | None]] = {
     "pods-tcp-out": ("traffic", "traffic", pods_tcp_out), "pods-stats-all": ("traffic", "all", None),
     "cert-tags-none": ("traffic", "traffic", cert_tags_none),
     "cert-cluster-tag-out": ("traffic", "traffic", cert_cluster_tag_out),
+    "listener-tags-out": ("traffic", "traffic", listener_tags_out),
+    "listener-addr-default": ("traffic", "traffic", listener_addr_default),
+    "matcher-prefixes-only": ("traffic", "traffic", matcher_prefixes_only),
 }
 
 
