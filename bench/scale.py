@@ -551,10 +551,12 @@ async def _one_change(model, plane, sent, records: ClientRecords, connected: set
     closed: the model is built (in a worker thread, from the previous one), then produced and pushed."""
     received = records.parse().received
     first_sent, first_received = len(sent.records), len(received)
-    t0 = time.monotonic()  # the debounce window closes
     # the host's steal, and this process's threads' wait for a core, over the change's first 100 ms
-    # (its sends are done by then): a late change without either is ours
+    # (its sends are done by then): a late change without either is ours. Read before the window
+    # opens: reading /proc (a schedstat file per thread) is 0.5-0.6 ms at R, the bench's own work,
+    # which inside the window was counted in the model's time and every stream's sent time.
     steal, waited = [_steal_ms()], [_runqueue_ms()]
+    t0 = time.monotonic()  # the debounce window closes
     asyncio.get_running_loop().call_later(0.1, lambda: (steal.append(_steal_ms()), waited.append(_runqueue_ms())))
     end_pause = pause()  # as the source does: no garbage collection from the build until the producer's pause
     try:
