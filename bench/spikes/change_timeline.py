@@ -10,12 +10,13 @@ switches (RUSAGE_THREAD) and its wait for a core (schedstat run delay) on entry 
 thread of the process's CPU and wait for a core over the model step (t0..t1) and the producer's
 (t1..t2), so that wall = CPU + waiting for a core + anything else (GIL, locks, hand-offs) shows.
 
-    python3 bench/spikes/change_timeline.py NODES [ROUNDS] [--rt] [--switch MS]
+    python3 bench/spikes/change_timeline.py NODES [ROUNDS] [--rt] [--callbacks] [--switch MS]
 
 --rt makes this process's threads SCHED_FIFO (priority 1) during each change, as if no other
 process wanted the cores (the host's steal still applies; the simulated clients are another
 process, untouched; the kernel's RT throttling leaves others 5%): what a change costs when its
-threads never wait for a core. --switch sets sys.setswitchinterval. Pod adds and deletes printed.
+threads never wait for a core. --callbacks lists every event-loop callback run from the change's
+start to the producer's, with its loop CPU. --switch sets sys.setswitchinterval. Pod adds and deletes printed.
 
 Round eleven at R (100 nodes, load 9.5-10.5, 2 pod adds and 2 deletes each, figures ms):
 without --rt, model step 7.5-26.4 of which the worker's build 2.1-4.1 CPU, the rest the worker
@@ -24,6 +25,8 @@ without --rt, model step 7.5-26.4 of which the worker's build 2.1-4.1 CPU, the r
 bench's /proc readings 0.6; hand-offs 0.2-0.5 each way), producer 11.9-14.6 (worker 8.6-11.4 CPU
 = its wall, loop 1.7-2.0 of which storing 1.0), last stream sent 23.8-27.7. No thread of ours
 waited on anything but a core: no GIL wait (worker wall = CPU), no collection, no freeing.
+--callbacks at R: while the model is built the loop runs nothing but the hand-off's own 4 callbacks
+(0.03-0.05 ms each) and, once, a 0.05 ms task woken by a timer; the hand-off back 0.1-0.2 ms.
 
 Not a test and not the benchmark.
 """
@@ -42,6 +45,9 @@ if "--switch" in sys.argv:
 # takes a core from them (the host's steal still can); the simulated clients are another process, untouched
 rt = "--rt" in sys.argv
 if rt: sys.argv.remove("--rt")
+# --callbacks: each event-loop callback run from the change's start to the producer's, with its loop-thread CPU
+callbacks = "--callbacks" in sys.argv
+if callbacks: sys.argv.remove("--callbacks")
 nodes = int(sys.argv[1]); rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 marks: list[tuple] = []  # (what, monotonic, thread cpu, thread minflt, thread, run delay ns, involuntary switches)
 
@@ -99,6 +105,7 @@ inner_update = ControlPlane.update
 
 
 async def update(self, index=None, **k):
+    recording[0] = False
     snaps["t1"] = threads()
     mark("update<")
     try:
@@ -107,6 +114,20 @@ async def update(self, index=None, **k):
         mark("update>")
         snaps["t2"] = threads()
 ControlPlane.update = update
+ran: list = []
+recording = [False]
+if callbacks:
+    inner_run = asyncio.events.Handle._run
+
+    def _run(self):
+        if not recording[0]:
+            return inner_run(self)
+        c0, w0 = time.thread_time(), time.monotonic()
+        try:
+            return inner_run(self)
+        finally:
+            ran.append((w0, (time.thread_time() - c0) * 1e3, repr(self._callback)[:110]))
+    asyncio.events.Handle._run = _run
 inner_one = scale._one_change
 changes = []
 
@@ -117,11 +138,13 @@ async def one_change(model, plane, sent, records, connected, models):
     snaps.clear()
     snaps["t0"] = threads()
     mark("t0")
+    del ran[:]
+    recording[0] = True
     try:
         result = await inner_one(model, plane, sent, records, connected, models)
     finally:
         if rt: policy(os.SCHED_OTHER, 0)
-    changes.append((result, list(marks), dict(snaps)))
+    changes.append((result, list(marks), dict(snaps), list(ran)))
     return result
 scale._one_change = one_change
 
@@ -131,7 +154,7 @@ steal0 = scale._steal_ms(); load0 = os.getloadavg()
 scale.child_churn(params)
 print(f"load {load0[0]:.1f} -> {os.getloadavg()[0]:.1f}, steal {scale._steal_ms() - steal0} ms over the run")
 kinds = ["pod add", "pod delete", "pod unready", None, "service add", "policy change"]
-for i, (result, ms, sn) in enumerate(changes):
+for i, (result, ms, sn, cbs) in enumerate(changes):
     kind = kinds[i % len(kinds)]
     if kind not in ("pod add", "pod delete"):
         continue
@@ -154,4 +177,5 @@ for i, (result, ms, sn) in enumerate(changes):
             busy = [f"{k} cpu {(sn[b][k][0]-sn[a][k][0])/1e6:.2f} waited {(sn[b][k][1]-sn[a][k][1])/1e6:.2f}"
                     for k in sn[b] if k in sn[a] and sn[b][k] != sn[a][k]]
             line.append(f"  threads {a}..{b}: " + "; ".join(busy))
+    line += [f"    callback at {(w - t0) * 1e3:6.2f} cpu {c:5.2f} {what}" for w, c, what in cbs]
     print("\n".join(line))
