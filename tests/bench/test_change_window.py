@@ -40,7 +40,7 @@ class _Models:
 
 def test_the_benchs_own_readings_are_not_in_the_model_time(monkeypatch):
     clock = _Clock()
-    monkeypatch.setattr(scale, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(scale, "time", types.SimpleNamespace(monotonic=clock.monotonic, process_time=lambda: 0.0))
     monkeypatch.setattr(scale, "_steal_ms", lambda: clock.probe(0))
     monkeypatch.setattr(scale, "_runqueue_ms", lambda: clock.probe(0.0))
 
