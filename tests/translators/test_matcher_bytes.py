@@ -44,3 +44,17 @@ def test_what_a_map_selects_read_entry_by_entry_is_what_its_bytes_select(cases: 
     kept = matcher.serialized_exact_map("ip", cases)
     assert bytes(kept) == matcher.serialized_exact("ip", cases)
     assert consistency._map_targets(kept) == consistency._on_match_targets(bytes(kept)) == frozenset(cases.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=200), st.text(max_size=300))
+def test_a_map_entry_written_on_the_wire_format_is_the_messages_serialization(key: str, name: str) -> None:
+    """Each entry (``matcher._exact_entry``: no message made) is the map's entry of ``chain(name)``
+    serialized, for any key (a map key is never empty here: an address) and name (empty, beyond ASCII,
+    long enough for two-byte lengths)."""
+    from xds.type.matcher.v3 import matcher_pb2
+
+    entry = matcher_pb2.Matcher.MatcherTree.MatchMap()
+    entry.map[key].CopyFrom(matcher.chain(name))
+    assert matcher._exact_entry.__wrapped__(key, name) == entry.SerializeToString(deterministic=True)
+
