@@ -58,3 +58,27 @@ def test_a_map_entry_written_on_the_wire_format_is_the_messages_serialization(ke
     entry.map[key].CopyFrom(matcher.chain(name))
     assert matcher._exact_entry.__wrapped__(key, name) == entry.SerializeToString(deterministic=True)
 
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30), st.text(max_size=200), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3))
+def test_a_map_entry_s_outcome_read_by_index_is_what_its_fields_hold(key: str, name: str, edits) -> None:
+    """The consistency check reads an entry's outcome by index when it has the shape ``_exact_entry``
+    writes (``consistency._single_outcome``); whatever the bytes (edited at random), what it reads
+    is what walking the entry's fields finds, and it reads nothing where that walk finds no single one."""
+    from zpilot import protowire
+    from zpilot.translators import consistency
+
+    entry = bytearray(matcher._exact_entry.__wrapped__(key, name))
+    for at, byte in edits:
+        if entry:
+            entry[at % len(entry)] = byte
+    entry = bytes(entry)
+    try:
+        walked = [bytes(v) for item in protowire.length_delimited(entry, consistency._MAP_ENTRY)
+                  for v in protowire.length_delimited(item, 2)]
+    except ValueError:
+        walked = None
+    found = consistency._single_outcome(entry)
+    assert found is None or walked == [found]
+    if not edits and len(entry) < 1 << 14:
+        assert found is not None
