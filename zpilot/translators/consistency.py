@@ -609,10 +609,19 @@ def _internal_needs(subject: tuple[str, ...], assignment) -> list[Need]:
     change the assignment's facts (a shared set's are then made again, not kept: resource_store.py)."""
     needs: dict[Need, None] = {}
     for group in assignment.endpoints:
-        for lb in group.lb_endpoints:
-            address = lb.endpoint.address
-            if address.HasField("envoy_internal_address"):
-                needs[("internal listener", address.envoy_internal_address.server_listener_name, subject)] = None
+        lbs = group.lb_endpoints
+        # each endpoint's listener name read as it is (an address of another kind reads as ""): a
+        # group of internal endpoints, the commonest (tens of thousands at R), is not asked which kind
+        # each is; a group with an empty name, of another kind or not, is looked at endpoint by endpoint
+        listeners = dict.fromkeys(lb.endpoint.address.envoy_internal_address.server_listener_name for lb in lbs)
+        if "" in listeners:
+            listeners = dict.fromkeys(
+                lb.endpoint.address.envoy_internal_address.server_listener_name
+                for lb in lbs
+                if lb.endpoint.address.HasField("envoy_internal_address")
+            )
+        for listener in listeners:
+            needs[("internal listener", listener, subject)] = None
     return list(needs)
 
 
