@@ -10,7 +10,7 @@ not. The cold generation alone counted by callgrind (the model's build runs unin
     valgrind --tool=callgrind --instr-atstart=no --collect-atstart=no --toggle-collect=_operator_call \
         "$(python3 -c 'import sys; print(sys.executable)')" bench/spikes/cold_generation.py --counted
 
-(about 4 minutes at R; ``--nodes 25`` is a sixteenth of the work: every node's config grows with the cluster).
+(4-7 minutes at R on this shared host; ``--nodes 20`` is about a fifth of the work, 2-4 minutes).
 Each round is a fresh producer and translator on the same model, as ``zpilot serve``'s first model; the
 worker-thread calls run in the calling thread so that their CPU is counted and profiled whole.
 
