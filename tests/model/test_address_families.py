@@ -103,3 +103,21 @@ def test_host_prefix_of_a_non_address_is_refused() -> None:
     with pytest.raises(ValueError):
         host_prefix_len("10.0.0.1/24")
     assert not is_ipv4("not-an-ip")
+
+
+@pytest.mark.parametrize("text", ["010.0.0.1", "10.0.0.01", "1.2.3", "256.0.0.1", " 10.0.0.1", "10.0.0.1 ", "10.0.0.1\x00",
+                                  "", "1.2.3.4.5", "0x1.2.3.4"])
+def test_host_prefix_of_what_is_not_a_canonical_ipv4_address_is_ipaddress_s(text: str) -> None:
+    """The fast path (a dotted quad written as ``ipaddress`` writes it) says what ``ipaddress`` says
+    of anything else: refused, as it refuses leading zeros and short forms."""
+    import ipaddress
+
+    try:
+        expected: int | None = ipaddress.ip_address(text).max_prefixlen
+    except ValueError:
+        expected = None
+    try:
+        found: int | None = host_prefix_len.__wrapped__(text)
+    except ValueError:
+        found = None
+    assert found == expected

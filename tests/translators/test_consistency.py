@@ -240,3 +240,25 @@ def test_translated_config_is_always_consistent(layout: str, shape: Shape, which
     index = synthetic_index(shape)
     resources = translate_node(index, node_name(which % shape.nodes), TranslateOptions(layout=layout))
     assert consistency.findings(resources) == []
+
+
+def test_the_internal_listeners_endpoints_need_are_each_internal_endpoint_s_in_order() -> None:
+    """Endpoints of other kinds name no internal listener; an internal one naming none ("") needs
+    that one all the same; each listener once, in the order first named (the facts' order)."""
+    from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+    from zpilot.translators import consistency
+
+    cla = ClusterLoadAssignment(cluster_name="c")
+    mixed = cla.endpoints.add()
+    mixed.lb_endpoints.add().endpoint.address.socket_address.address = "10.0.0.1"
+    mixed.lb_endpoints.add().endpoint.address.envoy_internal_address.server_listener_name = "b"
+    internal = cla.endpoints.add()
+    for name in ("a", "b", "a"):
+        internal.lb_endpoints.add().endpoint.address.envoy_internal_address.server_listener_name = name
+    assert consistency._internal_needs(("endpoints", "c"), cla) == [
+        ("internal listener", "b", ("endpoints", "c")), ("internal listener", "a", ("endpoints", "c"))
+    ]
+    unnamed = cla.endpoints.add()
+    unnamed.lb_endpoints.add().endpoint.address.envoy_internal_address.endpoint_id = "10.0.0.2:80"
+    assert ("internal listener", "", ("endpoints", "c")) in consistency._internal_needs(("endpoints", "c"), cla)

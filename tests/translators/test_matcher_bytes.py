@@ -44,3 +44,41 @@ def test_what_a_map_selects_read_entry_by_entry_is_what_its_bytes_select(cases: 
     kept = matcher.serialized_exact_map("ip", cases)
     assert bytes(kept) == matcher.serialized_exact("ip", cases)
     assert consistency._map_targets(kept) == consistency._on_match_targets(bytes(kept)) == frozenset(cases.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(min_size=1, max_size=200), st.text(max_size=300))
+def test_a_map_entry_written_on_the_wire_format_is_the_messages_serialization(key: str, name: str) -> None:
+    """Each entry (``matcher._exact_entry``: no message made) is the map's entry of ``chain(name)``
+    serialized, for any key (a map key is never empty here: an address) and name (empty, beyond ASCII,
+    long enough for two-byte lengths)."""
+    from xds.type.matcher.v3 import matcher_pb2
+
+    entry = matcher_pb2.Matcher.MatcherTree.MatchMap()
+    entry.map[key].CopyFrom(matcher.chain(name))
+    assert matcher._exact_entry.__wrapped__(key, name) == entry.SerializeToString(deterministic=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30), st.text(max_size=200), st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=3))
+def test_a_map_entry_s_outcome_read_by_index_is_what_its_fields_hold(key: str, name: str, edits) -> None:
+    """The consistency check reads an entry's outcome by index when it has the shape ``_exact_entry``
+    writes (``consistency._single_outcome``); whatever the bytes (edited at random), what it reads
+    is what walking the entry's fields finds, and it reads nothing where that walk finds no single one."""
+    from zpilot import protowire
+    from zpilot.translators import consistency
+
+    entry = bytearray(matcher._exact_entry.__wrapped__(key, name))
+    for at, byte in edits:
+        if entry:
+            entry[at % len(entry)] = byte
+    entry = bytes(entry)
+    try:
+        walked = [bytes(v) for item in protowire.length_delimited(entry, consistency._MAP_ENTRY)
+                  for v in protowire.length_delimited(item, 2)]
+    except ValueError:
+        walked = None
+    found = consistency._single_outcome(entry)
+    assert found is None or walked == [found]
+    if not edits and len(entry) < 1 << 14:
+        assert found is not None

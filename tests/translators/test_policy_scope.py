@@ -57,3 +57,15 @@ def test_peer_authentication_changes_only_the_plaintext_listener_of_its_pods_nod
     strict = with_policy(tmp_path, STRICT_DETAILS)
     assert changed(versions(ARTICLE, NODE_B), versions(strict, NODE_B)) == set()  # details is on A
     assert changed(versions(ARTICLE, NODE_A), versions(strict, NODE_A)) == {"listener ztunnel_inbound_plaintext"}
+
+
+def test_a_literal_escapes_exactly_the_re2_metacharacters() -> None:
+    """``rbac.escape`` (one ``str.translate``): each metacharacter behind a backslash, nothing else."""
+    import re
+
+    from zpilot.translators import rbac
+
+    text = "10.0.0.1:a-b_c/é\\.^$*+?()[]{}|~#&"
+    expected = "".join("\\" + ch if ch in "\\.^$*+?()[]{}|" else ch for ch in text)
+    assert rbac.escape(text) == expected
+    assert re.fullmatch(rbac.escape(text), text)

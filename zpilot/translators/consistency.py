@@ -460,7 +460,10 @@ def _map_targets(value: SerializedMap) -> frozenset[str]:
 def _entry_outcome_targets(entry: bytes) -> frozenset[str]:
     """What one map entry (a ``MatchMap.map`` field: key, then its ``OnMatch``) selects: its
     ``OnMatch`` walked once per distinct outcome (a node's hundred pods lead to a few chains each)."""
-    outcomes = [bytes(value) for item in protowire.length_delimited(entry, _MAP_ENTRY) for value in protowire.length_delimited(item, 2)]
+    outcome = _single_outcome(entry)
+    outcomes = [outcome] if outcome is not None else [
+        bytes(value) for item in protowire.length_delimited(entry, _MAP_ENTRY) for value in protowire.length_delimited(item, 2)
+    ]
     if len(outcomes) != 1:  # not one entry with its outcome: walked whole
         tree = matcher_pb2.Matcher()
         tree.matcher_tree.exact_match_map.MergeFromString(entry)
@@ -474,6 +477,40 @@ def _entry_outcome_targets(entry: bytes) -> frozenset[str]:
 
 
 _MAP_ENTRY = matcher_pb2.Matcher.MatcherTree.MatchMap.DESCRIPTOR.fields_by_name["map"].number
+_MAP_ENTRY_TAG = _MAP_ENTRY << 3 | protowire.LENGTH_DELIMITED
+_KEY_TAG, _VALUE_TAG = 1 << 3 | protowire.LENGTH_DELIMITED, 2 << 3 | protowire.LENGTH_DELIMITED
+
+
+def _single_outcome(entry: bytes) -> bytes | None:
+    """The outcome of a map entry written as ``matcher._exact_entry`` writes it (the map field, in it
+    the key if not empty, then the value, nothing else), read by index: what the walk by fields
+    (``protowire.length_delimited``) finds of it, without its generators (a cold generation at R
+    reads 30,000 entries). None for any other shape, or a length over two bytes: walked by fields."""
+    end = len(entry)
+    if end < 2 or entry[0] != _MAP_ENTRY_TAG:
+        return None
+    size, at = _short_varint(entry, 1)
+    if at + size != end:
+        return None
+    if at < end and entry[at] == _KEY_TAG:
+        size, at = _short_varint(entry, at + 1)
+        at += size
+    if at >= end or entry[at] != _VALUE_TAG:
+        return None
+    size, at = _short_varint(entry, at + 1)
+    return entry[at:end] if at + size == end else None
+
+
+def _short_varint(data: bytes, at: int) -> tuple[int, int]:
+    """The varint of one or two bytes at ``at`` and where it ends; (-1, len) when it is not one (or
+    runs past the end): never an outcome's length, so the caller walks the entry by fields."""
+    if at < len(data):
+        first = data[at]
+        if first < 0x80:
+            return first, at + 1
+        if at + 1 < len(data) and data[at + 1] < 0x80:
+            return (first & 0x7F) | data[at + 1] << 7, at + 2
+    return -1, len(data)
 _outcome_targets: dict[bytes, frozenset[str]] = {}
 
 
@@ -572,10 +609,19 @@ def _internal_needs(subject: tuple[str, ...], assignment) -> list[Need]:
     change the assignment's facts (a shared set's are then made again, not kept: resource_store.py)."""
     needs: dict[Need, None] = {}
     for group in assignment.endpoints:
-        for lb in group.lb_endpoints:
-            address = lb.endpoint.address
-            if address.HasField("envoy_internal_address"):
-                needs[("internal listener", address.envoy_internal_address.server_listener_name, subject)] = None
+        lbs = group.lb_endpoints
+        # each endpoint's listener name read as it is (an address of another kind reads as ""): a
+        # group of internal endpoints, the commonest (tens of thousands at R), is not asked which kind
+        # each is; a group with an empty name, of another kind or not, is looked at endpoint by endpoint
+        listeners = dict.fromkeys(lb.endpoint.address.envoy_internal_address.server_listener_name for lb in lbs)
+        if "" in listeners:
+            listeners = dict.fromkeys(
+                lb.endpoint.address.envoy_internal_address.server_listener_name
+                for lb in lbs
+                if lb.endpoint.address.HasField("envoy_internal_address")
+            )
+        for listener in listeners:
+            needs[("internal listener", listener, subject)] = None
     return list(needs)
 
 

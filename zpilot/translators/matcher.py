@@ -249,9 +249,37 @@ def _map_order(key: str) -> bytes:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _exact_entry(key: str, chain_name: str) -> bytes:
-    """One entry of an exact match map (``MatchMap.map``): the key, then the chain it selects."""
-    entry = protowire.field_str(1, key) + protowire.field_bytes(2, serialized(chain(chain_name)))
+    """One entry of an exact match map (``MatchMap.map``): the key, then the chain it selects
+    (``serialized(chain(chain_name))``, written here: a cold generation at R writes 30,000 entries,
+    each pod's three, and the message made and serialized for each was most of their cost;
+    tests/translators/test_matcher_bytes.py holds both to the generated classes)."""
+    varint = protowire.varint
+    name = chain_name.encode("utf-8")
+    if name:  # OnMatch.action: TypedExtensionConfig{name, typed_config: Any{type_url, value: StringValue{value}}}
+        value = _TAG_1 + varint(len(name)) + name
+        packed = _STRING_VALUE_URL_FIELD + _TAG_2 + varint(len(value)) + value
+        action = _TAG_1 + varint(len(name)) + name + _TAG_2 + varint(len(packed)) + packed
+    else:  # proto3 omits empty strings: the name and the Any's value
+        action = _TAG_2 + varint(len(_STRING_VALUE_URL_FIELD)) + _STRING_VALUE_URL_FIELD
+    on_match = _TAG_2 + varint(len(action)) + action
+    encoded = key.encode("utf-8")
+    entry = (_TAG_1 + varint(len(encoded)) + encoded if encoded else b"") + _TAG_2 + varint(len(on_match)) + on_match
     return protowire.field_bytes(_MAP_FIELD, entry)
+
+
+#: The tags of the length-delimited fields 1 and 2 (each message :func:`_exact_entry` writes has its
+#: strings and messages there: ``MatchMap.map``'s entry, ``OnMatch.action``, ``TypedExtensionConfig``,
+#: ``Any`` and ``StringValue``; asserted below).
+_TAG_1, _TAG_2 = protowire.varint(1 << 3 | protowire.LENGTH_DELIMITED), protowire.varint(2 << 3 | protowire.LENGTH_DELIMITED)
+_STRING_VALUE_URL_FIELD = _TAG_1 + protowire.varint(len(_STRING_VALUE_URL.encode())) + _STRING_VALUE_URL.encode()
+assert (
+    OnMatch.DESCRIPTOR.fields_by_name["action"].number,
+    extension_pb2.TypedExtensionConfig.DESCRIPTOR.fields_by_name["name"].number,
+    extension_pb2.TypedExtensionConfig.DESCRIPTOR.fields_by_name["typed_config"].number,
+    any_pb2.Any.DESCRIPTOR.fields_by_name["type_url"].number,
+    any_pb2.Any.DESCRIPTOR.fields_by_name["value"].number,
+    wrappers_pb2.StringValue.DESCRIPTOR.fields_by_name["value"].number,
+) == (2, 1, 2, 1, 2, 1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -145,11 +145,13 @@ _SEGMENT = "[^/]+"
 
 
 _SPECIAL = frozenset("\\.^$*+?()[]{}|")
+_ESCAPED = str.maketrans({ch: "\\" + ch for ch in _SPECIAL})
 
 
 def escape(text: str) -> str:
-    """A literal in an RE2 pattern (only its metacharacters escaped, so names stay readable)."""
-    return "".join("\\" + ch if ch in _SPECIAL else ch for ch in text)
+    """A literal in an RE2 pattern (only its metacharacters escaped, so names stay readable);
+    one ``str.translate``: every local pod's route names its IP (10,000 in a cold generation at R)."""
+    return text.translate(_ESCAPED)
 
 
 def _regex(pattern: str) -> string_pb2.StringMatcher:
