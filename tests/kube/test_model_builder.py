@@ -58,3 +58,17 @@ def test_duplicates_and_problems_are_merged_again_and_reported() -> None:
     kept = both(builder, BASE[:-1] + [(BASE[-1][0], BASE[-1][1], failed)])
     assert any("keeping the 1 object" in p.reason for p in kept.problems)
     both(builder, BASE)
+
+
+def test_the_same_list_changed_in_place_is_merged_again() -> None:
+    """``ModelBuilder.build`` keeps the list it is given (not copied): one given again after being
+    changed in place must not be taken for the unchanged contents (its common ends with itself)."""
+    builder = ModelBuilder()
+    contents = sorted(BASE, key=lambda c: c[0])
+    before = builder.build(contents)
+    assert [w.name for w in before.cluster.workloads] == ["b", "d"]
+    contents.append(origin("pod-x", pod("x", "10.0.0.5")))
+    contents.sort(key=lambda c: c[0])
+    after = builder.build(contents)
+    assert [w.name for w in after.cluster.workloads] == ["b", "d", "x"]
+    assert after.cluster == build_model(contents).cluster

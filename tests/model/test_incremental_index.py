@@ -112,3 +112,35 @@ def test_builds_from_an_index_already_built_from_are_full_ones(caplog) -> None:
     assert third.policies_for(BASE.workloads[0]).mtls.refuses_any_plaintext is False
     both(BASE, both(strict, third))
     assert not caplog.records  # each built again because it is no patch, not because a patch found it wrong
+
+
+def test_an_index_patched_from_answers_as_before() -> None:
+    """A patch takes the per-pod derivations of the index it patches over and changes them in place:
+    that index's own answers must not change with them (the debug API, explain and the last
+    producer step still read it, from other threads, while the next model is built from it)."""
+    from collections.abc import Mapping
+
+    def frozen(value):  # a copy of the tables as they are now, not of the pods in them
+        if isinstance(value, Mapping):
+            return {key: frozen(v) for key, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return tuple(map(frozen, value))
+        return value
+
+    before = MeshIndex.build(BASE)
+    pods = BASE.workloads
+    answers = lambda index: (frozen(state(index)), [index.policies_for(w) for w in pods],  # noqa: E731
+                             [index.workload_by_ip(ip) for w in pods for ip in w.ips],
+                             [index.workloads_on(n.name) for n in BASE.nodes])
+    seen = answers(before)
+    added = pod("a-web", "10.0.0.3", node="n2")
+    strict = replace(BASE, peer_authentications=(selecting("strict", "2022-01-01T00:00:00Z"),))
+    first = both(replace(BASE, workloads=pods + (added,)), before)
+    assert first._workload_changes == ([added], [])  # patched: before's derivations taken over
+    assert answers(before) == seen
+    seen_first = answers(first)
+    second = both(replace(strict, workloads=pods[1:] + (added,)), first)
+    assert second._workload_changes == ([], [pods[0]])
+    assert answers(before) == seen and answers(first) == seen_first
+    both(strict, second)
+    assert answers(before) == seen and answers(first) == seen_first

@@ -376,7 +376,10 @@ class ModelBuilder:
         the caller must not change it afterwards."""
         if not isinstance(contents, list):
             contents = list(contents)
-        delta = self._delta(contents, touched)
+        # the very list the last build kept, changed in place since (against the rule above): the
+        # last contents are gone with it, and its common ends with itself would say nothing changed
+        same_list = contents is self._contents and touched is None
+        delta = None if same_list else self._delta(contents, touched)
         pods = None
         try:
             patched = self._patched(*delta) if delta is not None else None

@@ -50,6 +50,11 @@ class Fragments:
         self._lines: weakref.WeakValueDictionary[Hashable, Fragment] = weakref.WeakValueDictionary()
         #: How many fragments were built (not found): what tests count to see what was rebuilt.
         self.built = 0
+        #: Each node's local pods as its last translation through this memo made them
+        #: (translators/inbound.py ``_local_pods``): kept with the memo, not for the process, so that
+        #: a memo let go takes them with it; ``IncrementalTranslator.inputs`` lets a node's go once
+        #: the model no longer gives it config (a node removed kept its hundred pods alive).
+        self.kept_pods: dict[str, Any] = {}
 
     def get(self, builder: Callable[..., Any], *args: Hashable, **kwargs: Hashable) -> Fragment:
         key = (builder, args, tuple(sorted(kwargs.items()))) if kwargs else (builder, args)

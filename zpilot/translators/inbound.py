@@ -18,7 +18,7 @@ of the destination pod (inbound_guard.py), where the pod's policies judge the co
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 from google.protobuf import duration_pb2, wrappers_pb2
 
@@ -37,7 +37,7 @@ from ..model.objects import Workload
 from ..model.policy import WorkloadPolicies
 from . import consistency, inbound_guard, matcher, names
 from .context import SERIALIZED_BYTES, ListenerParts, NodeView, SerializedChains, record_hash
-from .fragments import Fragment
+from .fragments import Fragment, Fragments
 from . import rbac
 from .envoy_common import (
     access_log,
@@ -273,16 +273,15 @@ class _LocalPod(tuple):
         return found
 
 
-#: Each node's local pods as its last translation made them, by the ids of their pod and policies
-#: (held by the value: the ids stay theirs); only a node's current pods are kept.
-_kept_pods: dict[str, dict[tuple[int, int], _LocalPod]] = {}
-
-
 def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
     """The node's local pods, each the one made for it before when its pod, its policies and its
-    secret's name are the same (its hash made once: a node's hundred pods are hashed on each change)."""
+    secret's name are the same (its hash made once: a node's hundred pods are hashed on each change).
+    Kept in the memo (``Fragments.kept_pods``), by node, each by the ids of its pod and policies
+    (held by the value: the ids stay theirs); only a node's current pods are kept, and only the
+    nodes :func:`keep_pods_of` leaves."""
     policies_for = view.policies_for
-    before = _kept_pods.get(view.node, {})
+    kept = view.fragments.kept_pods
+    before = kept.get(view.node, {})
     made: dict[tuple[int, int], _LocalPod] = {}
     pods = []
     for pod, _identity, secret in view.local_secrets:
@@ -293,14 +292,24 @@ def _local_pods(view: NodeView) -> tuple[LocalPod, ...]:
             found = _LocalPod((pod, secret, policies))
         made[key] = found
         pods.append(found)
-    if len(_kept_pods) > _KEPT_NODES and view.node not in _kept_pods:
-        _kept_pods.clear()
-    _kept_pods[view.node] = made
+    if len(kept) > _KEPT_NODES and view.node not in kept:
+        kept.clear()
+    kept[view.node] = made
     return _LocalPods(pods)
 
 
 #: More nodes than any cluster's: then the whole is let go (made again as nodes are translated).
 _KEPT_NODES = 10_000
+
+
+def keep_pods_of(fragments: Fragments, nodes: Collection[str]) -> None:
+    """Let go of the local pods kept in ``fragments`` (:func:`_local_pods`) for nodes not in
+    ``nodes``: a node gone from the model (or no longer given config) would otherwise keep its
+    last pods, and what they hold, alive for the process's life."""
+    kept = fragments.kept_pods
+    for node in list(kept):  # (a copy of the keys: another thread may translate meanwhile)
+        if node not in nodes:
+            kept.pop(node, None)
 
 
 def inbound_listeners(view: NodeView) -> tuple[Listener, Listener]:

@@ -72,6 +72,7 @@ class IncrementalTranslator:
             mesh = self._mesh
         self._mesh = mesh
         self._inputs = node_inputs(index, sorted(config_nodes(index)), self.options, mesh, self._inputs)
+        inbound.keep_pods_of(self.fragments, self._inputs)  # a node gone keeps none of its pods alive
         return dict(self._inputs)
 
     def translate(self, node_input: NodeInput) -> Translated:
