@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST
+from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_GET, NFCTAttrTuple, nfct_msg
 
 from .. import contract as c
@@ -64,7 +64,9 @@ class Deletions:
 
 def _open(netns: Netns) -> Conntrack:
     netns.check_exists()
-    return Conntrack(netns=netns.path) if netns.path else Conntrack()
+    if netns.path is None:
+        return Conntrack()
+    return Conntrack(fileno=netns.netlink_socket(NETLINK_NETFILTER))
 
 
 def _flow(entry) -> Flow:

@@ -8,9 +8,12 @@ opened inside the namespace, so nothing of the agent's own namespace is touched 
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import socket
 import subprocess
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -19,6 +22,8 @@ from .errors import CniError
 log = logging.getLogger("zpilot.cni")
 
 NETNS_RUN_DIR = "/run/netns"
+#: setns(2)'s flag for a network namespace (linux/sched.h).
+CLONE_NEWNET = 0x40000000
 
 
 class CommandError(CniError):
@@ -79,7 +84,44 @@ class Netns:
         from pyroute2 import IPRoute
 
         self.check_exists()
-        return IPRoute(netns=self.path) if self.path else IPRoute()
+        if self.path is None:
+            return IPRoute()
+        return IPRoute(fileno=self.netlink_socket(socket.NETLINK_ROUTE))
+
+    def netlink_socket(self, family: int) -> int:
+        """The file descriptor of a new netlink socket of ``family`` inside this (named) namespace.
+
+        A socket belongs to the namespace it was created in, whichever thread uses it later, and
+        setns(2) moves only the calling thread: a short-lived thread enters the namespace, creates the
+        socket and ends (its namespace with it). pyroute2's own ``netns=`` forks this process for each
+        socket instead (~10 a reconcile): 0.1 s of CPU of a ``zpilot cni status``, far more in a large
+        process.
+        """
+        assert self.path is not None
+        path = self.path
+        made: list[socket.socket] = []
+        failed: list[BaseException] = []
+
+        def enter_and_create() -> None:
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    if libc.setns(fd, CLONE_NEWNET) != 0:
+                        err = ctypes.get_errno()
+                        raise OSError(err, f"setns: {os.strerror(err)}")
+                finally:
+                    os.close(fd)
+                made.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, family))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                failed.append(exc)
+
+        thread = threading.Thread(target=enter_and_create, name=f"netlink-in-{self.name}")
+        thread.start()
+        thread.join()
+        if failed:
+            raise CniError(f"cannot open a netlink socket in {self}: {failed[0]}") from failed[0]
+        return made[0].detach()
 
 
 def run_netlink_ops(netns: Netns, ops: list[tuple[Any, Callable[[Any], None]]]) -> list:
