@@ -194,3 +194,42 @@ def test_a_sum_moved_at_positions_is_the_sum(before: list[int], data: st.DataObj
     for i in at:
         after[i] = data.draw(st.integers())
     assert inputs._sum_at(sum(before), tuple(before), tuple(after), at) == sum(after)
+
+
+def _old_internal_needs(subject: tuple[str, ...], assignment) -> list:
+    needs: dict = {}
+    for group in assignment.endpoints:
+        for lb in group.lb_endpoints:
+            address = lb.endpoint.address
+            if address.HasField("envoy_internal_address"):
+                needs[("internal listener", address.envoy_internal_address.server_listener_name, subject)] = None
+    return list(needs)
+
+
+_ENDPOINT_KINDS = st.sampled_from(["socket", "pipe", "none", "internal:", "internal:a", "internal:b", "internal:c"])
+
+
+@given(st.lists(st.lists(_ENDPOINT_KINDS, max_size=5), max_size=4))
+def test_internal_needs_are_the_old_walk_s(groups: list[list[str]]) -> None:
+    """Groups of every mix of endpoint kinds, internal ones naming a listener or none: the same
+    needs in the same order as the walk endpoint by endpoint."""
+    from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+
+    from zpilot.translators import consistency
+
+    cla = ClusterLoadAssignment(cluster_name="c")
+    for kinds in groups:
+        group = cla.endpoints.add()
+        for kind in kinds:
+            endpoint = group.lb_endpoints.add().endpoint
+            if kind == "socket":
+                endpoint.address.socket_address.address = "10.0.0.1"
+            elif kind == "pipe":
+                endpoint.address.pipe.path = "/p"
+            elif kind.startswith("internal:"):
+                endpoint.address.envoy_internal_address.server_listener_name = kind[len("internal:"):]
+                endpoint.address.envoy_internal_address.endpoint_id = "e"
+            else:
+                endpoint.health_check_config.port_value = 1
+    subject = ("endpoints", "c")
+    assert consistency._internal_needs(subject, cla) == _old_internal_needs(subject, cla)
