@@ -141,8 +141,10 @@ def _hashes_at(hashes: tuple[int, ...], ports: tuple[ServicePortInput, ...], at:
 
 
 def _sum_at(total: int, before: tuple[int, ...], after: tuple[int, ...], at: Iterable[int]) -> int:
-    """``sum(after)`` from ``total`` (``sum(before)``), the two differing at the positions ``at`` alone."""
-    for i in at:
+    """``sum(after)`` from ``total`` (``sum(before)``), the two differing at the positions ``at`` alone
+    (each counted once: a position named twice moved the sum twice, and a mesh or served ports hashed
+    unlike their equals then compare unequal to them, ``__eq__`` asking the hashes first)."""
+    for i in dict.fromkeys(at):
         total += after[i] - before[i]
     return total
 
