@@ -388,6 +388,7 @@ class Handlers:
         try:
             await response.prepare(request)
             self._record_open(request, response)
+            sub.recorded = True
             for obj in initial:
                 if not await send("ADDED", obj):
                     return self._cut(request, response)

@@ -267,9 +267,11 @@ class ApiServer:
         self.cluster.store.request_bookmarks()
 
     def watchers(self, resource: str | None = None) -> int:
-        """How many watches are open (on one resource, or all)."""
+        """How many watches are open (on one resource, or all), their requests in :attr:`requests`: a watch
+        subscribes before its stream opens and its request is recorded, and a test reading the log once the
+        watches are open (the rotation tests) found a request opened before it recorded after it."""
         keys = self._keys(resource)
-        return len([s for s in self.cluster.store.subscriptions() if keys is None or s.resource in keys])
+        return len([s for s in self.cluster.store.subscriptions() if s.recorded and (keys is None or s.resource in keys)])
 
     async def wait_for_watchers(self, resource: str | None = None, count: int = 1, timeout: float = 10.0) -> None:
         """Wait (on the caller's loop) until at least ``count`` watches are open."""

@@ -62,6 +62,10 @@ class Subscription:
     closing: str | None = None
     #: Asks the stream for a BOOKMARK now (if the client allowed bookmarks).
     bookmark_now: bool = False
+    #: Its request is in the server's log (set once the stream is open): a watch counts as open from then on
+    #: (``ApiServer.watchers``), so that a test taking the log's length after waiting for watches finds each
+    #: open watch's request before that point, not after it.
+    recorded: bool = False
 
     def notify(self) -> None:
         try:
