@@ -37,20 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import scale  # noqa: E402
 
 from zpilot.synthetic import Shape  # noqa: E402
-
-
-async def _in_this_thread(function, /, *args, **kwargs):
-    """``asyncio.to_thread``, run in the calling thread: its CPU is this thread's, profiled whole."""
-    return function(*args, **kwargs)
-
-
-def _run(coroutine):
-    """A coroutine that never waits (the worker-thread calls are this thread's), run to its end here."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    raise RuntimeError("the update waited for something")
+from producer_churn import _in_this_thread, _run  # noqa: E402  (the producer's update run inline, as there)
 
 
 def _cold(index, layout: str):
