@@ -23,7 +23,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from itertools import islice
 from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, AsyncIterator, Callable, Hashable, Iterable, Mapping, Protocol
@@ -176,21 +175,6 @@ def _held_counts(snapshot: Snapshot) -> tuple[int, ...]:
         return tuple(map(len, map(_items, map(snapshot.resources, PUSH_ORDER))))
 
 
-def _name_set(resources: TypeResources) -> frozenset[str]:
-    """The names of ``resources`` as a set, kept on it: for a node's type composed of shared sets and
-    its own (``ResourceStore.composed``), the sets' names (kept on their composition, the same from
-    one change to the next) and its own few, not its thousands of names put in a set again."""
-    found = resources.__dict__.get("_name_set")
-    if found is None:
-        merged = resources.__dict__.get("_merged")
-        if merged is not None:  # its items: merged's, then its own (none of them merged's)
-            found = _name_set(merged).union(islice(reversed(resources.items), len(resources.own)))
-        else:
-            found = frozenset(resources.items)
-        resources.__dict__["_name_set"] = found
-    return found
-
-
 def _endpoints_summary(names: Iterable[str], facts: Iterable[consistency.Facts]) -> tuple:
     """All a node's check reads of its endpoints (they have no listener, no cluster, no secret):
     their names, and what each of them needs, when none is misfiled; () when one is."""
@@ -306,7 +290,7 @@ class Producer:
             types[type_url] = self._serialize(translated, type_url, messages, into)
         if translated.sets_apart:  # the names of its clusters and endpoints: the composed types' (its sets' kept)
             names = consistency.Names.of_names(
-                _name_set(types[CLUSTER_TYPE]), _name_set(types[ENDPOINT_TYPE]), resources.secrets
+                self.store.names(types[CLUSTER_TYPE]), self.store.names(types[ENDPOINT_TYPE]), resources.secrets
             )
         else:
             names = consistency.Names.of(resources)

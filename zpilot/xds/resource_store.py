@@ -25,6 +25,7 @@ thread, one at a time.
 from __future__ import annotations
 
 import weakref
+from itertools import islice
 from typing import Iterable
 
 from envoy.config.listener.v3.listener_pb2 import Listener
@@ -202,14 +203,25 @@ class ResourceStore:
     NAMES_KEPT = 16
 
     def names(self, resources: TypeResources) -> frozenset[str]:
-        """``frozenset(resources.items)``. Of a type made of shared sets alone (a node's endpoints),
+        """``frozenset(resources.items)``, kept. Of a type made of shared sets and a node's own few
+        (its clusters), its sets' names and its own, not its thousands of names put in a set again.
+        Of a type made of shared sets alone (a node's endpoints),
         the union of its sets' names (``TypeResources.names``), kept by theirs: a change remakes
         a set or two, one member replaced, whose names are then the very same set
         (``TypeResources.replaced``), and the union of 2,000 names is not made again (nor compared
         again: ``push._same_summary`` finds the same object)."""
         parts = resources.parts
-        if not parts or resources.own:
+        if not parts:
             return resources.names
+        if resources.own:  # composed with its own (ResourceStore.composed): its sets' names and its own few
+            merged = resources.__dict__.get("_merged")
+            if merged is None:
+                return resources.names
+            found_own = resources.__dict__.get("_names_with_own")
+            if found_own is None:  # (its own are its items' last: none of them its sets')
+                found_own = self.names(merged).union(islice(reversed(resources.items), len(resources.own)))
+                resources.__dict__["_names_with_own"] = found_own
+            return found_own
         sets = [part.names for part in parts]
         if len(sets) == 1:
             return sets[0]
