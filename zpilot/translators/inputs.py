@@ -22,7 +22,7 @@ from __future__ import annotations
 import socket
 import weakref
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from itertools import compress, count, islice
 from operator import attrgetter, is_not, itemgetter
@@ -811,14 +811,18 @@ class NodeInput:
     policies: tuple[WorkloadPolicies, ...] = ()
 
 
+#: The fields of :class:`NodeInput`, in order (read from the class: a field added there is carried by
+#: :func:`_with_mesh` too).
+_NODE_INPUT_FIELDS = tuple(f.name for f in fields(NodeInput))
+
+
 def _with_mesh(node_input: NodeInput, mesh: MeshInput) -> NodeInput:
     """``replace(node_input, mesh=mesh)``, without calling ``__init__`` (made for each of a pod
     change's hundred nodes): its fields alone, nothing derived from the old one is carried."""
     made = object.__new__(NodeInput)
-    made.__dict__.update(
-        node=node_input.node, options=node_input.options, local_pods=node_input.local_pods, mesh=mesh,
-        policies=node_input.policies,
-    )
+    held = node_input.__dict__
+    made.__dict__.update({name: held[name] for name in _NODE_INPUT_FIELDS})
+    made.__dict__["mesh"] = mesh
     return made
 
 
