@@ -5,8 +5,10 @@ the client certificate it presents. zpilot read them once and presented the firs
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
+from typing import AsyncIterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -52,6 +54,25 @@ def _kubeconfig(server: ApiServer, tmp_path: Path, files: Files) -> Path:
                       {"client-certificate": str(files.cert), "client-key": str(files.key)})
 
 
+@contextlib.asynccontextmanager
+async def _watching_as_first(tmp_path: Path) -> AsyncIterator[tuple[ApiServer, Files, Follower]]:
+    """The article's cluster served with Istio's CRDs (so that no discovery poll for them is in flight as
+    the pair rotates), followed by a watch source as user "first" (its files: ``Files``), every kind's watch
+    open: no request of the first pair is in flight when a test rotates it (one that is, as any request
+    at a revocation, is refused once and retried)."""
+    with ApiServer(tmp_path / "api", bootstrap=False, controllers=False) as server:
+        seed_article(server)
+        server.install_istio_crds()
+        files = Files(tmp_path / "pki")
+        files.write(*server.issue_client_certificate("first"))
+        credentials = Credentials(kubeconfig=_kubeconfig(server, tmp_path, files), environ={})
+        async with Follower(source_for(server, credentials=credentials)) as follower:
+            await follower.until(lambda m: True)
+            for kind in WATCHED:
+                await server.wait_for_watchers(kind)
+            yield server, files, follower
+
+
 async def whoami(api: client.ApiClient, server: ApiServer) -> str:
     await client.CoreV1Api(api).list_namespace()
     return server.requests[-1].user
@@ -72,29 +93,18 @@ async def test_a_rotated_client_certificate_is_presented_mid_watch_without_a_res
     "second" while every watch is open, and the server then stops accepting "first" (its certificate revoked or
     expired). Watches cut after that resume as "second", and a change made then reaches the model: before, they
     were refused (401) with the first pair until the process was restarted. The new key is in no temp file."""
-    with ApiServer(tmp_path / "api", bootstrap=False, controllers=False) as server:
-        seed_article(server)
-        server.install_istio_crds()  # so that no discovery poll for them is in flight as the pair rotates
-        files = Files(tmp_path / "pki")
-        files.write(*server.issue_client_certificate("first"))
-        credentials = Credentials(kubeconfig=_kubeconfig(server, tmp_path, files), environ={})
-        async with Follower(source_for(server, credentials=credentials)) as follower:
-            await follower.until(lambda m: True)
-            # every kind's watch open: no request of the first pair is in flight when the server stops
-            # accepting it (one that is, as any request at a revocation, is refused once and retried)
-            for kind in WATCHED:
-                await server.wait_for_watchers(kind)
-            assert {r.user for r in server.requests} == {"first"}
-            cert, key = server.issue_client_certificate("second")
-            files.write(cert, key)
-            server.auth.remove_certificate_user("first")
-            since = len(server.requests)
-            server.drop_watches()  # (as a broken connection, or the watches' own end, would)
-            server.create(make_pod("web-rotated", ip="10.4.4.40", node=NODE, labels={"app": "web"}))
-            await follower.until(lambda m: "web-rotated" in pod_names(m))
-        after = server.requests[since:]  # (recorded as they end: the watches cut were "first"'s)
-        assert not [r for r in after if r.status in (401, 403)], after
-        assert any(r.user == "second" for r in after) and {r.verb for r in after if r.user == "first"} <= {"watch"}
+    async with _watching_as_first(tmp_path) as (server, files, follower):
+        assert {r.user for r in server.requests} == {"first"}
+        cert, key = server.issue_client_certificate("second")
+        files.write(cert, key)
+        server.auth.remove_certificate_user("first")
+        since = len(server.requests)
+        server.drop_watches()  # (as a broken connection, or the watches' own end, would)
+        server.create(make_pod("web-rotated", ip="10.4.4.40", node=NODE, labels={"app": "web"}))
+        await follower.until(lambda m: "web-rotated" in pod_names(m))
+    after = server.requests[since:]  # (recorded as they end: the watches cut were "first"'s)
+    assert not [r for r in after if r.status in (401, 403)], after
+    assert any(r.user == "second" for r in after) and {r.verb for r in after if r.user == "first"} <= {"watch"}
     assert _holding(temp_dir, key, cert) == [] and list(temp_dir.iterdir()) == []
 
 
@@ -185,30 +195,21 @@ async def test_the_watches_open_at_a_rotation_are_opened_again_with_the_new_pair
     (60 to 119 s: it went on as "first" until then, and after "first" is revoked the server went on sending to
     it), from the version it had reached (no list again, no failure), losing no event: a pod created as the
     pair rotates, and one after, both reach the model."""
-    with ApiServer(tmp_path / "api", bootstrap=False, controllers=False) as server:
-        seed_article(server)
-        server.install_istio_crds()
-        files = Files(tmp_path / "pki")
-        files.write(*server.issue_client_certificate("first"))
-        credentials = Credentials(kubeconfig=_kubeconfig(server, tmp_path, files), environ={})
-        async with Follower(source_for(server, credentials=credentials)) as follower:
-            await follower.until(lambda m: True)
-            for kind in WATCHED:
-                await server.wait_for_watchers(kind)
-            since = len(server.requests)
-            files.write(*server.issue_client_certificate("second"))
-            server.create(make_pod("web-during", ip="10.4.4.41", node=NODE, labels={"app": "web"}))
+    async with _watching_as_first(tmp_path) as (server, files, follower):
+        since = len(server.requests)
+        files.write(*server.issue_client_certificate("second"))
+        server.create(make_pod("web-during", ip="10.4.4.41", node=NODE, labels={"app": "web"}))
 
-            async def reopened() -> None:
-                while {plural(r) for r in server.requests[since:] if r.user == "second"} != set(WATCHED):
-                    await asyncio.sleep(0.02)
+        async def reopened() -> None:
+            while {plural(r) for r in server.requests[since:] if r.user == "second"} != set(WATCHED):
+                await asyncio.sleep(0.02)
 
-            await asyncio.wait_for(reopened(), 10)
-            server.auth.remove_certificate_user("first")
-            server.create(make_pod("web-after", ip="10.4.4.42", node=NODE, labels={"app": "web"}))
-            await follower.until(lambda m: {"web-during", "web-after"} <= pod_names(m))
-        after = server.requests[since:]
-        assert not [r for r in after if r.status != 200], after
-        assert {r.verb for r in after} == {"watch"}, after  # resumed, not listed again
-        assert {r.user for r in after} == {"second"} and all(int(r.query["resourceVersion"]) > 0 for r in after)
-        assert sorted(map(plural, after)) == sorted(WATCHED), after  # each once
+        await asyncio.wait_for(reopened(), 10)
+        server.auth.remove_certificate_user("first")
+        server.create(make_pod("web-after", ip="10.4.4.42", node=NODE, labels={"app": "web"}))
+        await follower.until(lambda m: {"web-during", "web-after"} <= pod_names(m))
+    after = server.requests[since:]
+    assert not [r for r in after if r.status != 200], after
+    assert {r.verb for r in after} == {"watch"}, after  # resumed, not listed again
+    assert {r.user for r in after} == {"second"} and all(int(r.query["resourceVersion"]) > 0 for r in after)
+    assert sorted(map(plural, after)) == sorted(WATCHED), after  # each once
