@@ -30,6 +30,12 @@ class Shape:
     namespaces: int = 2
     ports_per_service: int = 2
     service_accounts_per_namespace: int = 3
+    #: Each node hosts pods of many services, so of many namespaces and service accounts, as a
+    #: scheduler spreading each Deployment's replicas over nodes makes it; and every service account
+    #: has pods (each service's pods run as one). False is the shape of benchmark rounds one to
+    #: eleven: node ``n`` hosted only the services ``n`` mod ``nodes``, so at R each node had one
+    #: namespace and one service account, and only 20 of the 200 accounts had pods (docs/scale.md).
+    mixed_nodes: bool = True
 
     @classmethod
     def reference(cls) -> "Shape":
@@ -108,9 +114,32 @@ def service_manifest(shape: Shape, s: int) -> dict[str, Any]:
     }
 
 
+def pod_service(shape: Shape, i: int) -> int:
+    """The service of pod ``i``. Mixed nodes (:attr:`Shape.mixed_nodes`): the ``k``-th pod of node
+    ``n`` (``i = k * nodes + n``) is behind service ``k + n * (services // nodes)``, so a node hosts
+    consecutive services and each service's replicas are on as many nodes (at R: 100 services per
+    node, each service's 10 pods on 10 nodes), every service with ``pods // services`` of them.
+    Otherwise pod ``i`` is behind service ``i mod services`` (all of a service's pods on one node at R)."""
+    services = max(shape.services, 1)
+    if not shape.mixed_nodes:
+        return i % services
+    nodes = max(shape.nodes, 1)
+    return (i // nodes + (i % nodes) * max(services // nodes, 1)) % services
+
+
+def _service_account(shape: Shape, s: int, i: int) -> int:
+    """Pod ``i``'s service account (of its namespace), its service ``s``'s: mixed, the services of a
+    namespace (``s // namespaces``-th of it) take its accounts in turn, so every account has pods;
+    otherwise ``i mod accounts``, as before (which at R used 20 of the 200)."""
+    if not shape.mixed_nodes:
+        return i % shape.service_accounts_per_namespace
+    return (s // max(shape.namespaces, 1)) % shape.service_accounts_per_namespace
+
+
 def pod_manifest(shape: Shape, i: int, *, node: int | None = None, host: int | None = None) -> dict[str, Any]:
-    """Pod ``i``: behind service ``i mod services``, on node ``i mod nodes`` (or ``node``), ready and running."""
-    s = i % max(shape.services, 1)
+    """Pod ``i``: on node ``i mod nodes`` (or ``node``), behind service :func:`pod_service`, running as
+    its service's account, ready and running."""
+    s = pod_service(shape, i)
     namespaces = _namespaces(shape)
     ns = namespaces[s % len(namespaces)] if shape.services else namespaces[0]
     n = i % shape.nodes if node is None else node
@@ -125,7 +154,7 @@ def pod_manifest(shape: Shape, i: int, *, node: int | None = None, host: int | N
         "metadata": {"name": name, "namespace": ns, "uid": _uid(ns, name), "labels": {"app": f"svc-{s}"}},
         "spec": {
             "nodeName": node_name(n),
-            "serviceAccountName": f"sa-{i % shape.service_accounts_per_namespace}",
+            "serviceAccountName": f"sa-{_service_account(shape, s, i)}",
             "containers": [{"name": "app", "image": "app", "ports": container_ports}],
         },
         "status": {
@@ -139,7 +168,8 @@ def pod_manifest(shape: Shape, i: int, *, node: int | None = None, host: int | N
 def synthetic_manifests(shape: Shape = Shape()) -> list[dict[str, Any]]:
     """Nodes (at most :data:`MAX_NODES`) with /16 pod CIDRs; enrolled namespaces; services whose even
     ports use a named targetPort (``port-<n>`` on the pods) and odd ports a number; pods spread
-    round-robin over nodes, services and service accounts, every pod ready and running."""
+    round-robin over nodes, each behind the service :func:`pod_service` gives it and running as that
+    service's account; every pod ready and running."""
     if shape.nodes > MAX_NODES:
         raise ValueError(f"a synthetic cluster has at most {MAX_NODES} nodes, not {shape.nodes}")
     docs: list[dict[str, Any]] = [node_manifest(n) for n in range(shape.nodes)]
@@ -177,8 +207,8 @@ def extra_service(shape: Shape, serial: int) -> dict[str, Any]:
 
 def extra_policy(shape: Shape, serial: int) -> dict[str, Any]:
     """A new AuthorizationPolicy (the ``serial``-th added): DENY, to the pods of an existing service,
-    connections from one of the cluster's namespaces. It changes those pods' config only (in R,
-    one service's pods are all on one node)."""
+    connections from one of the cluster's namespaces. It changes those pods' config only: their
+    nodes' (at R, mixed, ten nodes; one node without :attr:`Shape.mixed_nodes`)."""
     s = serial % max(shape.services, 1)
     namespaces = _namespaces(shape)
     return {

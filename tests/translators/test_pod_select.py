@@ -62,7 +62,8 @@ def test_a_pod_added_on_one_node_changes_only_its_nodes_endpoints_elsewhere() ->
     served = extra_pod(SHAPE, 0, node=0)
     after = index_of([*docs, served])
     service_changes = changed(serialized(translate_node(before, observer, LINEAR)), serialized(translate_node(after, observer, LINEAR)))
-    ports = {("endpoints", f"tcp-{p}_svc-0.ns-0.svc.cluster.local") for p in range(SHAPE.ports_per_service)}
+    service, namespace = served["metadata"]["labels"]["app"], served["metadata"]["namespace"]
+    ports = {("endpoints", f"tcp-{p}_{service}.{namespace}.svc.cluster.local") for p in range(SHAPE.ports_per_service)}
     assert service_changes == {("endpoints", names.pods_on_node(node_name(0)))} | ports
 
 
