@@ -15,7 +15,13 @@ from zpilot import contract
 from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
 from zpilot.translators import TranslateOptions, translate_node
-from zpilot.translators.bootstrap import TUNNEL_CERTIFICATE_STATS, BootstrapOptions, bootstrap, stats_config
+from zpilot.translators.bootstrap import (
+    TUNNEL_CERTIFICATE_STATS,
+    TUNNEL_CLUSTER_BOOKKEEPING,
+    BootstrapOptions,
+    bootstrap,
+    stats_config,
+)
 from zpilot.translators.names import PODS_ON_PREFIX
 
 from ..layouts import LAYOUTS
@@ -39,6 +45,11 @@ def excluded(service_stats: str, pod_cluster_stats: str = "all"):
     regexes = [re.compile(p.safe_regex.regex) for p in patterns if p.WhichOneof("match_pattern") == "safe_regex"]
     assert len(prefixes) + len(regexes) == len(patterns)
     return lambda name: any(name.startswith(p) for p in prefixes) or any(r.fullmatch(name) for r in regexes)
+
+
+def as_envoy_spells(name: str) -> str:
+    """A cluster's or stat prefix's name as Envoy writes it in a stat's name (``://`` -> ``_``)."""
+    return name.replace("://", "_")
 
 
 def cluster_stat_names(resources) -> set[str]:
@@ -70,25 +81,33 @@ def configs(index: MeshIndex, layout: str):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_only_service_ports_lose_stats(index: MeshIndex, layout: str) -> None:
+def test_only_service_ports_and_tunnels_lose_stats(index: MeshIndex, layout: str) -> None:
+    """A service port's cluster keeps its traffic counters (``traffic``) or none (``none``); a tunnel's cluster its
+    traffic counters and its chain's tcp_proxy none, unless every stat is asked for (the cluster counts the same
+    connections and bytes); every other cluster and tcp_proxy keeps all of its stats."""
     hosts = {s.hostname() for s in index.services}
     service_port = lambda name: any(f"_{host}" in name for host in hosts)  # noqa: E731 (both layouts' names)
+    tunnel = lambda name: "tunnel_clus_spiffe:" in name and not service_port(name)  # noqa: E731
     clusters = {name for r in configs(index, layout) for name in cluster_stat_names(r)}
     prefixes = {name for r in configs(index, layout) for name in tcp_stat_prefixes(r)}
     assert any(map(service_port, clusters)) and not all(map(service_port, clusters)), clusters
     assert any(map(service_port, prefixes)) and not all(map(service_port, prefixes)), prefixes
     traffic, none, every = excluded("traffic"), excluded("none"), excluded("all")
+    assert any(map(tunnel, clusters)), clusters
+    assert layout != "linear" or any(map(tunnel, prefixes)), prefixes
     for cluster in clusters:
         ours = service_port(cluster)
         for stat in BOOKKEEPING:
-            name = f"cluster.{cluster}.{stat}"
-            assert (traffic(name), none(name), every(name)) == (ours, ours, False), name
+            name = f"cluster.{as_envoy_spells(cluster)}.{stat}"
+            out = ours or tunnel(cluster)
+            assert (traffic(name), none(name), every(name)) == (out, out, False), name
         for stat in TRAFFIC:
-            name = f"cluster.{cluster}.{stat}"
+            name = f"cluster.{as_envoy_spells(cluster)}.{stat}"
             assert (traffic(name), none(name), every(name)) == (False, ours, False), name
     for prefix in prefixes:
-        name = f"tcp.{prefix}.downstream_cx_total"
-        assert (traffic(name), none(name), every(name)) == ((service_port(prefix),) * 2 + (False,)), name
+        name = f"tcp.{as_envoy_spells(prefix)}.downstream_cx_total"
+        out = service_port(prefix) or (tunnel(prefix) and prefix.startswith("tunnel."))
+        assert (traffic(name), none(name), every(name)) == (out, out, False), name
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -105,8 +124,8 @@ def test_none_leaves_out_a_service_port_by_prefixes_alone(index: MeshIndex, layo
         assert {p for p in tcp_stat_prefixes(r) if any(f"_{host}" in p for host in hosts)} == {
             f"svc.{name}" for name in ports}
     patterns = stats_config("none", "all").stats_matcher.exclusion_list.patterns
-    assert [p.prefix for p in patterns[:-1]] == ["tcp.svc.", "cluster.svc."]
-    assert patterns[-1].safe_regex.regex == TUNNEL_CERTIFICATE_STATS
+    assert [p.prefix for p in patterns[:-1]] == ["tcp.svc.", "cluster.svc.", "tcp.tunnel."]
+    assert patterns[-1].safe_regex.regex == f"{TUNNEL_CERTIFICATE_STATS}|{TUNNEL_CLUSTER_BOOKKEEPING}"
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -120,7 +139,8 @@ def test_pod_cluster_stats_traffic_leaves_out_the_pods_clusters_bookkeeping_only
     pods = {c for c in clusters if c.startswith(PODS_ON_PREFIX)}
     assert bool(pods) == (layout == "linear"), clusters
     hosts = {s.hostname() for s in index.services}
-    others = {c for c in clusters - pods if not any(f"_{host}" in c for host in hosts)}
+    # (a tunnel's cluster and chain lose theirs too unless every stat is asked for: the test above)
+    others = {c for c in clusters - pods if not any(f"_{host}" in c for host in hosts) and "tunnel_clus_" not in c}
     assert others, clusters
     for service_stats in contract.SERVICE_STATS:
         traffic, every = excluded(service_stats, "traffic"), excluded(service_stats, "all")
@@ -135,16 +155,17 @@ def test_pod_cluster_stats_traffic_leaves_out_the_pods_clusters_bookkeeping_only
                 assert not traffic(f"cluster.{cluster}.{stat}"), (cluster, stat)
         pod_chains = {p for p in prefixes if p.startswith(f"pods.{PODS_ON_PREFIX}")}
         assert len(pod_chains) == len(pods), (pod_chains, pods)
-        for prefix in prefixes - {p for p in prefixes if any(f"_{host}" in p for host in hosts)}:
-            name = f"tcp.{prefix}.downstream_cx_total"
+        for prefix in prefixes - {p for p in prefixes if any(f"_{host}" in p for host in hosts) or p.startswith("tunnel.")}:
+            name = f"tcp.{as_envoy_spells(prefix)}.downstream_cx_total"
             assert (traffic(name), every(name)) == (prefix in pod_chains, False), prefix
 
 
 def test_the_default_leaves_out_the_pods_clusters_bookkeeping() -> None:
     config = bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="all")).stats_config
     assert contract.DEFAULT_POD_CLUSTER_STATS == "traffic"
-    prefix, pattern = config.stats_matcher.exclusion_list.patterns
-    assert prefix.prefix == "tcp.pods."  # each node's pods chain's tcp_proxy
+    pods, tunnels, pattern = config.stats_matcher.exclusion_list.patterns
+    assert pods.prefix == "tcp.pods."  # each node's pods chain's tcp_proxy
+    assert tunnels.prefix == "tcp.tunnel."  # each tunnel chain's (its cluster counts the same)
     assert re.fullmatch(pattern.safe_regex.regex, "cluster.pods_on_node-0.membership_total")
     assert not re.fullmatch(pattern.safe_regex.regex, "cluster.pods_on_node-0.upstream_cx_total")
     assert not re.fullmatch(pattern.safe_regex.regex, "cluster.tcp-0_svc-0.ns-0.svc.cluster.local.membership_total")
@@ -187,14 +208,17 @@ SECRETS = ("ROOTCA", "spiffe://td/ns/a/sa/b~b-5644bdc767-2dfg7~85c8c34e-7ae3-4d2
 @pytest.mark.parametrize("pod_cluster_stats", contract.POD_CLUSTER_STATS)
 def test_tunnels_certificate_stats_are_left_out_unless_every_stat_is_asked_for(service_stats, pod_cluster_stats) -> None:
     """A tunnel's certificate expiry stats repeat the inbound listener's for the same secrets; left out, the
-    certificate tag is not tried on every cluster stat. With every stat asked for they are made, and tagged."""
+    certificate tag is not tried on every cluster stat. With every stat asked for they are made, and tagged. Its
+    bookkeeping stats likewise (a node has two tunnel clusters per local identity); its traffic counters stay."""
     every = service_stats == pod_cluster_stats == "all"
     out = excluded(service_stats, pod_cluster_stats)
     for tunnel in TUNNELS:
         for secret in SECRETS:
             assert out(f"cluster.{tunnel}.ssl.certificate.{secret}.expiration_unix_time_seconds") == (not every)
-        for stat in ("ssl.handshake", "ssl.fail_verify_san", "upstream_cx_total", "membership_total"):
+        for stat in ("ssl.handshake", "ssl.fail_verify_san", "upstream_cx_total"):
             assert not out(f"cluster.{tunnel}.{stat}"), (tunnel, stat)
+        for stat in BOOKKEEPING:  # a tunnel cluster's bookkeeping, likewise (TUNNEL_CLUSTER_BOOKKEEPING)
+            assert out(f"cluster.{tunnel}.{stat}") == (not every), (tunnel, stat)
     for kept in [f"listener.10.0.0.1_15008.ssl.certificate.{s}.expiration_unix_time_seconds" for s in SECRETS] + [
             "cluster.xds-grpc.ssl.certificate.xds-client-certificate.expiration_unix_time_seconds"]:
         assert not out(kept), kept

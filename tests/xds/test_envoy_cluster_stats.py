@@ -68,20 +68,25 @@ async def test_service_ports_keep_the_stats_service_stats_says(mode, layout, man
     clusters = {line.split("::", 1)[0].replace("://", "_").replace(":", "_") for line in listing.splitlines() if "::" in line}
     services = {c for c in clusters if any(f"_{host}" in c for host in hosts)}
     pods = {c for c in clusters if c.startswith(PODS_ON_PREFIX)}  # --pod-cluster-stats traffic, the default
-    others = clusters - services - pods
+    tunnels = {c for c in clusters if "tunnel_clus_spiffe_" in c}  # unless every stat is asked for, the same
+    others = clusters - services - pods - tunnels
+    assert tunnels, clusters
     assert services and {"xds-grpc", "virtual_inbound"} <= others, clusters
     assert bool(pods) == (layout == "linear"), clusters
     stats = await envoy.stats("")
     for cluster in others:  # every other cluster keeps its stats, of every kind
         assert stats.get(f"cluster.{cluster}.membership_total") is not None, cluster
         assert stats.get(f"cluster.{cluster}.upstream_cx_total") is not None, cluster
-    for cluster in pods:  # its traffic counters, none of its bookkeeping
+    for cluster in pods | tunnels:  # its traffic counters, none of its bookkeeping
         kept = {name.removeprefix(f"cluster.{cluster}.") for name in stats if name.startswith(f"cluster.{cluster}.")}
         assert {"upstream_cx_total", "upstream_cx_overflow", "upstream_rq_pending_overflow"} <= kept, cluster
         assert not {s for s in kept if s.split(".")[0] in ("circuit_breakers", "version")
                     or s.startswith(("membership_", "update_", "lb_", "assignment_"))}, (cluster, kept)
     assert stats["server.live"] == 1 and any(name.startswith("listener.") for name in stats)
-    assert not [name for name in stats if name.startswith(("tcp.pods.", f"tcp.{PODS_ON_PREFIX}"))]  # their chains' tcp_proxies
+    # their chains' tcp_proxies (a linear tunnel chain's: tcp.tunnel.<cluster>.*, its cluster counting the same)
+    # (the article layout's tunnel listeners' tcp_proxies, tcp.outbound_pod_[local_]tunnel_clus_*, are kept)
+    assert not [name for name in stats if name.startswith(
+        ("tcp.pods.", f"tcp.{PODS_ON_PREFIX}", "tcp.tunnel.", "tcp.outbound_tunnel_clus_", "tcp.outbound_local_tunnel_clus_"))]
     for cluster in services:  # named in stats by its alt_stat_name, svc.<name> (names.service_cluster_stat_name)
         assert not [name for name in stats if name.startswith(f"cluster.{cluster}.")], cluster
         kept = {name.removeprefix(f"cluster.svc.{cluster}.") for name in stats if name.startswith(f"cluster.svc.{cluster}.")}
@@ -114,7 +119,9 @@ async def test_prometheus_names_a_cluster_and_a_tcp_proxy_whole(layout, manifest
     default tags are Envoy's as before."""
     plane = await make_plane(layout=layout)
     # eager and all: every cluster's and tcp_proxy's stats are there from the start, their tags taken as they are made
-    envoy = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds", "--cluster-stats", "eager", "--service-stats", "all"))
+    # (the tunnel chains' tcp_proxies' too: tcp.tunnel.<cluster>.*, whose tag takes "tunnel." out)
+    envoy = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds", "--cluster-stats", "eager", "--service-stats", "all",
+                                                "--pod-cluster-stats", "all"))
     await envoy.wait_ready()
     async with httpx.AsyncClient(timeout=5.0) as client:
         listing = (await client.get(f"{envoy.admin}/clusters")).text

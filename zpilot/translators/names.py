@@ -107,6 +107,18 @@ def pods_tcp_stat_prefix(node: str) -> str:
     return f"{POD_TCP_STATS_TOKEN}.{pods_on_node(node)}"
 
 
+#: The first token of a linear tunnel chain's tcp_proxy stats (``tcp.tunnel.outbound_[local_]tunnel_clus_<id>.*``):
+#: unless every stat is asked for, the bootstrap leaves them out by a prefix (the tunnel cluster's own traffic
+#: counters count the same connections and bytes; 200 chains at R, whose nodes host 100 identities each), and the
+#: tcp_proxy tag takes it out with the name, as it does ``svc.`` and ``pods.``.
+TUNNEL_TCP_STATS_TOKEN = "tunnel"
+
+
+def tunnel_tcp_stat_prefix(cluster: str) -> str:
+    """The stat prefix of the tcp_proxy of the linear layout's tunnel chain through ``cluster``."""
+    return f"{TUNNEL_TCP_STATS_TOKEN}.{cluster}"
+
+
 def linear_service_chain(service: Service, port: ServicePort, cluster_domain: str) -> str:
     """Chain and EDS cluster name for a service port, the same on every node (no source identity in
     it): ``<port>_<fqdn>``. It is written seven times per service port on every node (matcher

@@ -416,6 +416,7 @@ def _tunnel_chains(sid: str, limits: DataPathLimits) -> tuple[FilterChain, Filte
                 tcp_proxy(
                     cluster_name,
                     idle_timeout=idle,
+                    stat_prefix=names.tunnel_tcp_stat_prefix(cluster_name),
                     tunnel_target=DESTINATION,
                     tunnel_headers=((FORWARDED_FOR_HEADER, CLIENT_ADDRESS),),
                 ),
