@@ -295,6 +295,10 @@ LINEAR_TUNNEL_LISTENER = "outbound_tunnel_lis"
 #: with (local pods + destinations); ``article`` reproduces the article's dump, which grows with
 #: their product (zpilot/translators/outbound_*.py).
 DEFAULT_LAYOUT = "linear"
+#: The layout that reproduces the article's dump, its SDS names too: each pod's certificate is a secret of its
+#: own, ``<spiffe id>~<pod name>~<pod uid>`` (:func:`workload_secret_name`). Every other layout names an
+#: identity's one certificate by its SPIFFE ID alone (``TranslateOptions.pod_secrets``).
+ARTICLE_LAYOUT = "article"
 
 #: How a ztunnel's Envoy makes each cluster's traffic statistics (``upstream_cx_*``, ``upstream_rq_*``
 #: and the other per-connection counters, about half of a cluster's ~115 stats), ``zpilot bootstrap

@@ -132,7 +132,8 @@ def check_names_are_distinct(index: MeshIndex, node: str, res: NodeResources, la
     eds_clusters = [name for name, c in res.clusters.items() if c.type == cluster_pb2.Cluster.EDS]
     assert len(res.endpoints) == len(eds_clusters)
     service_clusters = [name for name in eds_clusters if not name.startswith("pods_on_")]
-    assert len(res.secrets) == (len(local) + 1 if local else 0)
+    # one certificate secret per local pod (the article's names) or identity (the linear layout's), and ROOTCA
+    assert len(res.secrets) == ((len(local) if layout == "article" else len(identities)) + 1 if local else 0)
     outbound_chains = len(res.listeners[OUTBOUND_LISTENER].filter_chains)
     if layout == "article":
         assert len(service_clusters) == len(identities) * len(service_ports)

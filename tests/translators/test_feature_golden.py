@@ -69,6 +69,7 @@ CASES: dict[str, tuple[str, ...]] = {
     "inbound-local-pods": ("inbound.listeners",),
     "empty-node": ("clusters.clusters", "inbound.listeners", "matcher.filter_chain_matcher", "outbound_linear.listeners"),
     "identities-and-secrets": ("clusters.clusters", "tls.transport_sockets", "tls.secrets"),
+    "identities-and-secrets-article": ("clusters.clusters", "tls.transport_sockets", "tls.secrets"),
     "inbound-guard": ("inbound_guard.filters",),
     "identity-pinning": ("identity_pinning.filters", "outbound_article.endpoints", "outbound_linear.clusters",
                          "outbound_linear.endpoints"),
@@ -98,18 +99,26 @@ CASES: dict[str, tuple[str, ...]] = {
 # -- what each translator makes of a case ----------------------------------------------------
 
 
+#: A case translated with other options than the defaults (the default layout): its outputs are that
+#: layout's whole node (its outbound half alone: ``outbound_<layout>.*``, which each layout's view makes).
+CASE_OPTIONS: dict[str, TranslateOptions] = {
+    "identities-and-secrets-article": TranslateOptions(layout=contract.ARTICLE_LAYOUT),
+}
+
+
 @dataclass(frozen=True)
 class Translated:
     rendered: Rendered  # the whole node, through translate_node
+    options: TranslateOptions = TranslateOptions()
 
     @property
     def view(self) -> NodeView:
-        return NodeView.of(self.rendered.index, NODE, TranslateOptions())
+        return NodeView.of(self.rendered.index, NODE, self.options)
 
     def article(self) -> NodeResources:
-        """The outbound layout's resources alone."""
+        """The article's outbound layout's resources alone (with its per-pod secret names)."""
         out = NodeResources(node=NODE)
-        article_layout(self.view, out)
+        article_layout(NodeView.of(self.rendered.index, NODE, TranslateOptions(layout=contract.ARTICLE_LAYOUT)), out)
         return out
 
     def linear(self) -> NodeResources:
@@ -351,7 +360,8 @@ def to_yaml(data: Any) -> str:
 
 @pytest.mark.parametrize("case,output", [(case, output) for case, outputs in CASES.items() for output in outputs])
 def test_translator_output_matches_golden(case: str, output: str) -> None:
-    translated = Translated(render_node(FEATURES / case / "in.yaml", NODE))
+    options = CASE_OPTIONS.get(case, TranslateOptions())
+    translated = Translated(render_node(FEATURES / case / "in.yaml", NODE, options), options)
     actual = to_yaml(OUTPUTS[output](translated))
     assert "PRIVATE KEY" not in actual, "key material in a golden"
     path = FEATURES / case / "out" / f"{output}.yaml"

@@ -144,10 +144,12 @@ async def test_prometheus_names_a_cluster_and_a_tcp_proxy_whole(layout, manifest
     assert any('envoy_tcp_prefix="rbac"' in labels for labels in metrics["envoy_allowed"]), metrics.get("envoy_allowed")
     leaked = sorted(name for name in metrics if any(part in name for part in ("cluster_local", "svc_", "spiffe", "local_ns")))
     assert not leaked, leaked[:5]
-    # a pod's certificate (<identity>~<pod>~<uid>) whole in its SDS and expiry stats' labels, not a metric per pod
+    # a certificate's secret whole in its SDS and expiry stats' labels, not a metric per pod or identity: the
+    # article's names a pod's (<identity>~<pod>~<uid>), the linear layout's an identity's
+    pod_secret = r"~[^\"~]+~[-0-9a-f]{36}" if layout == "article" else ""
     for tag, metric in (("envoy_xds_resource_name", "envoy_sds_update_success"),
                         ("envoy_tls_certificate", "envoy_listener_ssl_certificate_expiration_unix_time_seconds")):
-        assert any(re.search(rf'{tag}="spiffe[^"]+/ns/[^"/]+/sa/[^"~]+~[^"~]+~[-0-9a-f]{{36}}"', labels)
+        assert any(re.search(rf'{tag}="spiffe[^"]+/ns/[^"/]+/sa/[^"~]+{pod_secret}"', labels)
                    for labels in metrics[metric]), (tag, sorted(metrics[metric])[:3])
     # a listener by its address, an internal one by its name, whole (the article layout's are named after an
     # identity), each worker's too; the admin API's listener untagged, as Envoy leaves it

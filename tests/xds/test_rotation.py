@@ -10,7 +10,7 @@ from zpilot.xds.order import SECRET_TYPE
 from .ads_client import AdsClient
 from .envoy_util import NODE_A
 
-SLEEP_SECRET_PREFIX = "spiffe://cluster.local/ns/default/sa/sleep~"
+SLEEP_ID = "spiffe://cluster.local/ns/default/sa/sleep"
 
 
 async def test_rotated_certificate_is_pushed_without_reconnecting(make_plane):
@@ -18,7 +18,7 @@ async def test_rotated_certificate_is_pushed_without_reconnecting(make_plane):
     client = AdsClient(plane.xds_port)
     try:
         [name] = [n for n in plane.cache.get_snapshot(NODE_A).resources(SECRET_TYPE).items
-                  if n.startswith(SLEEP_SECRET_PREFIX)]
+                  if n.split("~")[0] == SLEEP_ID]  # by identity (linear) or by pod (article)
         client.request(SECRET_TYPE, names=[name], node_name=NODE_A)
         first = await client.recv()
         client.request(SECRET_TYPE, names=[name], nonce=first.nonce, version=first.version_info)

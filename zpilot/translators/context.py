@@ -37,11 +37,14 @@ class LocalIdentity:
 
     spiffe_id: str
     pods: tuple[Workload, ...]
+    #: ``TranslateOptions.pod_secrets``: whether its certificate's secrets are named by pod.
+    pod_secrets: bool = True
 
     @property
     def secret_name(self) -> str:
-        """The secret its outbound TLS presents: named after the first of its pods, as the article's is."""
-        return names.workload_secret(self.spiffe_id, self.pods[0])
+        """The secret its outbound TLS presents: named after the first of its pods, as the article's is
+        (or by the identity, without :attr:`pod_secrets`)."""
+        return names.workload_secret(self.spiffe_id, self.pods[0], self.pod_secrets)
 
 
 @dataclass(frozen=True)
@@ -172,8 +175,10 @@ class NodeView:
         sids = [names.workload_identity(trust_domain, pod) for pod in node_input.local_pods]
         for pod, sid in zip(node_input.local_pods, sids):
             by_identity.setdefault(sid, []).append(pod)
+        pod_secrets = node_input.options.pod_secrets
         identities = tuple(
-            LocalIdentity(sid, tuple(sorted(ws, key=lambda w: (w.name, w.uid)))) for sid, ws in sorted(by_identity.items())
+            LocalIdentity(sid, tuple(sorted(ws, key=lambda w: (w.name, w.uid))), pod_secrets)
+            for sid, ws in sorted(by_identity.items())
         )
         view = cls(
             node_input,
@@ -235,8 +240,9 @@ class NodeView:
             sids = self.__dict__.get("_local_identities")
             if sids is None:
                 sids = tuple(names.workload_identity(self.trust_domain, pod) for pod in self.local_pods)
+            pod_secrets = self.options.pod_secrets
             found = tuple(
-                (pod, sid, names.workload_secret(sid, pod)) for pod, sid in zip(self.local_pods, sids)
+                (pod, sid, names.workload_secret(sid, pod, pod_secrets)) for pod, sid in zip(self.local_pods, sids)
             )
             object.__setattr__(self, "_local_secrets", found)
         return found

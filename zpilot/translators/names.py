@@ -30,9 +30,11 @@ def workload_identity(trust_domain: str, workload: Workload) -> str:
     return contract.spiffe_id(trust_domain, workload.namespace, workload.service_account)
 
 
-def workload_secret(identity: str, workload: Workload) -> str:
-    """The per-pod SDS name of the article-era ztunnel (:func:`zpilot.contract.workload_secret_name`)."""
-    return contract.workload_secret_name(identity, workload.name, workload.uid)
+def workload_secret(identity: str, workload: Workload, pod_secrets: bool = True) -> str:
+    """The SDS name of ``workload``'s certificate: with ``pod_secrets``, the pod's own, as the
+    article-era ztunnel named it (:func:`zpilot.contract.workload_secret_name`); else its identity's,
+    the SPIFFE ID alone (``TranslateOptions.pod_secrets``)."""
+    return contract.workload_secret_name(identity, workload.name, workload.uid) if pod_secrets else identity
 
 
 def service_chain(identity: str, service: Service, port: ServicePort, cluster_domain: str) -> str:

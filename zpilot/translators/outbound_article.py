@@ -49,7 +49,7 @@ Listener = listener_pb2.Listener
 DOWNSTREAM_DESTINATION = "%DOWNSTREAM_LOCAL_ADDRESS%"
 
 
-@register("article")
+@register(contract.ARTICLE_LAYOUT)
 def article_layout(view: NodeView, out: NodeResources) -> None:
     outbound = _outbound_listener(view)
     out.listeners[outbound.name] = outbound
