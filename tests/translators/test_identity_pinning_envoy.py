@@ -54,7 +54,7 @@ PRODUCTPAGE = f"spiffe://{TD}/ns/default/sa/bookinfo-productpage"
 DETAILS = f"spiffe://{TD}/ns/default/sa/bookinfo-details"
 SLEEP_SECRET = f"{SLEEP}~sleep~uid-sleep"
 TUNNEL = "tunnel"
-INTERNAL = "tunnel_lis"
+INTERNAL = "article_style_tunnel_lis"  # (the article layout's per-identity kind; the linear one is contract.LINEAR_TUNNEL_LISTENER)
 LIMITS = DataPathLimits()
 
 

@@ -28,8 +28,8 @@ LINEAR = {
     "productpage-vip": {
         "filter_chain": "http_productpage.default.svc.cluster.local",
         "cluster": "http_productpage.default.svc.cluster.local",
-        "endpoint": "envoy://outbound_tunnel_lis/10.4.3.20:9080",
-        "internal_listener": "outbound_tunnel_lis",
+        "endpoint": "envoy://tunnel_lis/10.4.3.20:9080",
+        "internal_listener": "tunnel_lis",
     },
 }
 
@@ -109,12 +109,12 @@ def test_pod_ip_paths(mesh):
     if linear:  # by the node's pod CIDR to the pod-select listener, which picks the pod's endpoint (the
         # identity to pin) from the node's cluster; then the tunnel listener picks sleep's chain
         assert cross.facts["cluster"] == same.facts["cluster"] == "pod_select"
-        assert cross.facts["internal_listener"] == same.facts["internal_listener"] == "outbound_tunnel_lis"
+        assert cross.facts["internal_listener"] == same.facts["internal_listener"] == "tunnel_lis"
         assert cross.facts["tunnel_cluster"] == f"outbound_tunnel_clus_{SLEEP_ID}"
         assert same.facts["tunnel_cluster"] == f"outbound_local_tunnel_clus_{SLEEP_ID}"
         assert f"filter chain tunnel_local_{SLEEP_ID}" in render([same])
         text = render([cross])
-        assert f"tcp_proxy -> cluster pods_on_{NODE_B} (override_host: the endpoint envoy://outbound_tunnel_lis/10.4.3.20)" in text
+        assert f"tcp_proxy -> cluster pods_on_{NODE_B} (override_host: the endpoint envoy://tunnel_lis/10.4.3.20)" in text
         assert f"and is exactly {PRODUCTPAGE_ID} (pinned" in text
         assert "original_dst restores 10.4.3.20:9080 as the destination" in text
 
@@ -217,7 +217,7 @@ def test_command_line():
     assert len(paths) == 3 and all(p["facts"]["peer_identity"] == SLEEP_ID for p in paths)
     assert all(p["hops"][0]["where"] == "pod sleep-5644bdc767-2dfg7" for p in paths)
     # the default layout is the linear one; --layout article explains the article's
-    assert "endpoint envoy://outbound_tunnel_lis/10.4.3.20:9080 -> internal listener outbound_tunnel_lis" in ok.stdout
+    assert "endpoint envoy://tunnel_lis/10.4.3.20:9080 -> internal listener tunnel_lis" in ok.stdout
     article = subprocess.run([sys.executable, "-m", "zpilot.cli", "explain", "--manifests", ARTICLE, "--from", "sleep",
                               "--to", "10.8.14.226:9080", "--layout", "article"], capture_output=True, text=True,
                              timeout=60)

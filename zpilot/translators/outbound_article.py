@@ -84,7 +84,7 @@ def _outbound_listener(view: NodeView) -> Listener:
 
 def _tunnel_listener(sid: str, limits: DataPathLimits) -> Listener:
     """The identity's internal listener: its one chain opens the CONNECT tunnel."""
-    tunnel_lis = Listener(
+    tunnel_listener = Listener(
         name=contract.tunnel_listener(sid),
         use_original_dst=wrappers_pb2.BoolValue(value=False),
         listener_filters=[original_dst_filter()],
@@ -104,8 +104,8 @@ def _tunnel_listener(sid: str, limits: DataPathLimits) -> Listener:
             )
         ],
     )
-    tunnel_lis.internal_listener.SetInParent()
-    return tunnel_lis
+    tunnel_listener.internal_listener.SetInParent()
+    return tunnel_listener
 
 
 def _pod_chain(cluster_name: str, peer: str, limits: DataPathLimits) -> FilterChain:
@@ -138,8 +138,8 @@ def _identity_resources(view: NodeView, identity: LocalIdentity, out: NodeResour
     (shared with every node where the identity has the same first pod)."""
     sid, secret, td = identity.spiffe_id, identity.secret_name, view.trust_domain
     limits = view.options.limits
-    tunnel_lis = view.shared(_tunnel_listener, sid, limits)
-    out.listeners[tunnel_lis.name] = tunnel_lis
+    tunnel_listener = view.shared(_tunnel_listener, sid, limits)
+    out.listeners[tunnel_listener.name] = tunnel_listener
     for cluster in (
         view.shared(clusters.hbone_tunnel, names.tunnel_cluster(sid), secret, td, limits),
         view.shared(
