@@ -216,9 +216,12 @@ def child_growth(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_cold(params: dict[str, Any]) -> dict[str, Any]:
-    """Every node's config from scratch, as ``zpilot serve`` makes it from its first model."""
+    """Every node's config from scratch, as ``zpilot serve`` makes it from its first model: its SDS
+    secrets too, each identity's certificate issued on first use (until round thirteen the secrets were
+    left out of this phase's time and bytes)."""
+    from zpilot.certs import CertificateAuthority, IdentityCache
     from zpilot.translators import IncrementalTranslator, TranslateOptions
-    from zpilot.xds.push import Producer
+    from zpilot.xds.push import Producer, certificate_secrets
     from zpilot.xds.resource_store import total_bytes
     from zpilot.xds.snapshot_cache import SnapshotCache
 
@@ -226,7 +229,9 @@ def child_cold(params: dict[str, Any]) -> dict[str, Any]:
     _, index, model_seconds = _model(shape)
     rss_model = _rss_mb(os.getpid())
     cache = SnapshotCache()
-    producer = Producer(cache, translate=IncrementalTranslator(TranslateOptions(layout=params["layout"])))
+    identities = IdentityCache(CertificateAuthority.generate())  # (the CA's own key made before the clock starts)
+    producer = Producer(cache, translate=IncrementalTranslator(TranslateOptions(layout=params["layout"])),
+                        secrets=certificate_secrets(identities))
     started = time.perf_counter()
     report = asyncio.run(producer.update(index))
     seconds = time.perf_counter() - started
@@ -252,7 +257,9 @@ def child_churn(params: dict[str, Any]) -> dict[str, Any]:
 
 def churn_plane(layout: str):
     """The control plane the churn serves from (not started, nothing in it yet); the spikes of
-    bench/spikes/ make theirs here too."""
+    bench/spikes/ make theirs here too. With its CA, as ``zpilot serve``: a translated node's SDS
+    secrets are made with its config and held (until round thirteen they were left out)."""
+    from zpilot.certs import CertificateAuthority, IdentityCache
     from zpilot.runtime.control_plane import ControlPlane, DebugOptions
     from zpilot.translators import IncrementalTranslator, TranslateOptions
     from zpilot.xds.security import XdsSecurity
@@ -263,6 +270,7 @@ def churn_plane(layout: str):
         server_options=ServerOptions(host="127.0.0.1", port=0),
         debug_options=DebugOptions(host="127.0.0.1", port=0),
         translate=IncrementalTranslator(TranslateOptions(layout=layout)),
+        identities=IdentityCache(CertificateAuthority.generate()),
         freeze_first_model=True,  # as zpilot serve
     )
 
