@@ -229,7 +229,7 @@ def test_3_same_node_pod_ip(world, path):
         out = assert_pod_selected(trace, NODE_A, ip, port)
         assert out["downstream_local"] == f"{ip}:{port}"
         assert out["filter_chain"] == names.linear_local_tunnel_chain(SLEEP_ID)
-        assert out["upstream_cluster"] == names.local_tunnel_cluster(SLEEP_ID)
+        assert out["upstream_cluster"] == names.tunnel_cluster(SLEEP_ID)  # the same as to another node, on 15088
     assert out["upstream_host"] == "10.4.4.7:15088"
     assert out["response_flags"] == "-", f"the same-node tunnel failed: {out}"
     assert trace.ok, trace.error
