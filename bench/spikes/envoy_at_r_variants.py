@@ -11,7 +11,9 @@ one part changed, to see what that part costs a real Envoy 1.40 (run by hand; ab
     svc-one-endpoint each service port's assignment with its first endpoint alone (2,000 endpoints, not 20,000)
     one-tunnel-cluster  one tunnel cluster per local identity, not two: both its chains name it and give it its
                      address (the destination's IP on the HBONE or the same-node hairpin port) in filter state,
-                     for measuring (round twelve: 720 M fewer instructions to LIVE at R; no traffic was sent)
+                     for measuring (round twelve: 720 M fewer instructions to LIVE at R; no traffic was sent).
+                     Served since round thirteen (outbound_linear.py): on a config that has no second tunnel
+                     cluster this variant changes nothing, and is as-served
     typed            the identity as typed metadata (``envoy.transport_sockets.proxy_protocol``
                      ``PerHostConfig``, a TLV per host) instead of a ``tunnel`` Struct
 
@@ -213,6 +215,8 @@ def one_tunnel_cluster(resources) -> None:
     from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
     from zpilot.translators import names
 
+    if not any(n.startswith("outbound_local_tunnel_clus_") for n in resources.clusters):
+        return  # served so since round thirteen: the chains already set the address (a second filter would be measured)
     for name in [n for n in resources.clusters if n.startswith("outbound_local_tunnel_clus_")]:
         del resources.clusters[name]
     for name in [n for n in resources.clusters if n.startswith("outbound_tunnel_clus_")]:

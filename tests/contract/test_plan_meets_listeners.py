@@ -16,6 +16,7 @@ import pytest
 from zpilot import contract
 from zpilot.cni.desired import NetnsPlan, NodePlan, TunnelKind
 from zpilot.cni.plan import NodeFacts, build_plan
+from zpilot.explain.envoy_config import upstream_address
 from zpilot.explain.netfilter import route
 from zpilot.kube.manifests import load_manifests
 from zpilot.model.index import MeshIndex
@@ -128,22 +129,26 @@ def test_spoofed_connections_take_the_main_table(node_a):
 
 def test_same_node_tunnels_hairpin_into_the_hbone_listener(node_a):
     """Tunnels to a pod of this node go to the hairpin port (the article's endpoint metadata and
-    pod-local cluster's port override; the linear layout's local tunnel chains' clusters); the
-    ztunnel's nat rule must turn that port into the HBONE listener's."""
+    pod-local cluster's port override; the address the linear layout's local tunnel chains give
+    their identity's one cluster); the ztunnel's nat rule must turn that port into the HBONE listener's."""
     plan, resources = node_a
     (redirect,) = _rules(plan.ztunnel_side, "nat", "REDIRECT")
     hairpin, to_port = int(_option(redirect, "--dport")), int(_option(redirect, "--to-ports"))
     assert resources.listeners[contract.INBOUND_LISTENER].address.socket_address.port_value == to_port
     overrides = {c.original_dst_lb_config.upstream_port_override.value for c in resources.clusters.values()
                  if c.original_dst_lb_config.HasField("upstream_port_override")}
-    assert overrides == {hairpin, to_port}  # pod-local tunnels to the hairpin, the others to HBONE itself
     if contract.LINEAR_TUNNEL_LISTENER in resources.listeners:
+        assert not overrides, overrides  # each chain says where: the destination's IP on a port
         chains = resources.listeners[contract.LINEAR_TUNNEL_LISTENER].filter_chains
-        local = {c.name: _tcp_proxy_cluster(c) for c in chains if c.name.startswith(names.linear_local_tunnel_chain(""))}
+        local = [c for c in chains if c.name.startswith(names.linear_local_tunnel_chain(""))]
         assert local, "no local tunnel chain in node A's internal listener"
-        for chain, cluster in local.items():
-            assert resources.clusters[cluster].original_dst_lb_config.upstream_port_override.value == hairpin, chain
+        for chain in chains:
+            port = hairpin if chain in local else to_port  # pod-local tunnels to the hairpin, the others to HBONE itself
+            assert upstream_address(chain) == f"%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%:{port}", chain.name
+            cluster = resources.clusters[_tcp_proxy_cluster(chain)]
+            assert cluster.type == cluster.ORIGINAL_DST, chain.name
     else:
+        assert overrides == {hairpin, to_port}  # pod-local tunnels to the hairpin, the others to HBONE itself
         _article_endpoints_name_the_hairpin(resources, hairpin)
 
 

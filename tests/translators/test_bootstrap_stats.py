@@ -88,13 +88,15 @@ def test_only_service_ports_and_tunnels_lose_stats(index: MeshIndex, layout: str
     hosts = {s.hostname() for s in index.services}
     service_port = lambda name: any(f"_{host}" in name for host in hosts)  # noqa: E731 (both layouts' names)
     tunnel = lambda name: "tunnel_clus_spiffe:" in name and not service_port(name)  # noqa: E731
+    # a linear tunnel chain's tcp_proxy: named after the chain (its identity's two chains share one cluster)
+    tunnel_chain = lambda prefix: prefix.startswith(("tunnel.tunnel_spiffe:", "tunnel.tunnel_local_spiffe:"))  # noqa: E731
     clusters = {name for r in configs(index, layout) for name in cluster_stat_names(r)}
     prefixes = {name for r in configs(index, layout) for name in tcp_stat_prefixes(r)}
     assert any(map(service_port, clusters)) and not all(map(service_port, clusters)), clusters
     assert any(map(service_port, prefixes)) and not all(map(service_port, prefixes)), prefixes
     traffic, none, every = excluded("traffic"), excluded("none"), excluded("all")
     assert any(map(tunnel, clusters)), clusters
-    assert layout != "linear" or any(map(tunnel, prefixes)), prefixes
+    assert layout != "linear" or any(map(tunnel_chain, prefixes)), prefixes
     for cluster in clusters:
         ours = service_port(cluster)
         for stat in BOOKKEEPING:
@@ -106,7 +108,7 @@ def test_only_service_ports_and_tunnels_lose_stats(index: MeshIndex, layout: str
             assert (traffic(name), none(name), every(name)) == (False, ours, False), name
     for prefix in prefixes:
         name = f"tcp.{as_envoy_spells(prefix)}.downstream_cx_total"
-        out = service_port(prefix) or (tunnel(prefix) and prefix.startswith("tunnel."))
+        out = service_port(prefix) or tunnel_chain(prefix)
         assert (traffic(name), none(name), every(name)) == (out, out, False), name
 
 
@@ -200,7 +202,8 @@ def test_all_is_envoy_s_default_and_bad_values_are_refused() -> None:
         bootstrap(BootstrapOptions(node="n", xds="127.0.0.1:15010", service_stats="some"))
 
 
-TUNNELS = ("outbound_tunnel_clus_spiffe_td/ns/a/sa/b", "outbound_local_tunnel_clus_spiffe_td.example.com/ns/a/sa/b.v1")
+# a tunnel cluster (either layout's), and one of the article layout's pod tunnels
+TUNNELS = ("outbound_tunnel_clus_spiffe_td/ns/a/sa/b", "outbound_pod_local_tunnel_clus_spiffe_td.example.com/ns/a/sa/b.v1")
 SECRETS = ("ROOTCA", "spiffe://td/ns/a/sa/b~b-5644bdc767-2dfg7~85c8c34e-7ae3-4d29-9582-0819e2b10c69")
 
 
@@ -209,7 +212,7 @@ SECRETS = ("ROOTCA", "spiffe://td/ns/a/sa/b~b-5644bdc767-2dfg7~85c8c34e-7ae3-4d2
 def test_tunnels_certificate_stats_are_left_out_unless_every_stat_is_asked_for(service_stats, pod_cluster_stats) -> None:
     """A tunnel's certificate expiry stats repeat the inbound listener's for the same secrets; left out, the
     certificate tag is not tried on every cluster stat. With every stat asked for they are made, and tagged. Its
-    bookkeeping stats likewise (a node has two tunnel clusters per local identity); its traffic counters stay."""
+    bookkeeping stats likewise (a node has a tunnel cluster per local identity); its traffic counters stay."""
     every = service_stats == pod_cluster_stats == "all"
     out = excluded(service_stats, pod_cluster_stats)
     for tunnel in TUNNELS:

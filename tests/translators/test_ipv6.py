@@ -6,12 +6,14 @@ Envoy rejected ``ztunnel_inbound`` (so a restarted ztunnel came up without it).
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
 
-from zpilot.contract import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER
+from zpilot.contract import INBOUND_LISTENER, INBOUND_PLAINTEXT_LISTENER, LINEAR_TUNNEL_LISTENER
+from zpilot.explain.envoy_config import upstream_address
 from zpilot.envoy_binary import validate
 from zpilot.translators import TranslateOptions, inbound
 from zpilot.translators.inbound_guard import REFUSED_PLAINTEXT_CHAIN
@@ -60,6 +62,35 @@ def test_no_ipv6_address_reaches_the_config_and_each_drop_is_reported(dual_stack
         "warning: Service default/v6-only: IPv6-only (fd00:10:8::31)",
     ):
         assert any(m.startswith(expected) for m in messages), (expected, messages)
+
+
+def _matched_values(message: dict) -> list[str]:
+    """Every key of an exact map and every prefix of a range list in a matcher (as JSON), anywhere in it."""
+    out: list[str] = []
+    for key, value in message.items():
+        if key == "exactMatchMap":
+            out += list(value["map"])
+        if key == "addressPrefix":
+            out.append(value)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                out += _matched_values(item)
+    return out
+
+
+def test_a_tunnel_chain_is_reached_from_an_ipv4_pod_only(dual_stack: Path) -> None:
+    """The linear tunnel chains give their cluster ``<destination IP>:<port>`` unbracketed, which Envoy parses
+    for IPv4 only (an IPv6 address would need ``[ip]:port``): safe because the internal listener picks a chain
+    by the client pod's address (and, to this node, the destination's), all IPv4 in a dual-stack cluster too;
+    a connection's two addresses share a family."""
+    resources, _, _ = render(dual_stack, NODE_A, TranslateOptions(layout="linear"))
+    listener = resources.listeners[LINEAR_TUNNEL_LISTENER]
+    matched = _matched_values(json_format.MessageToDict(listener.filter_chain_matcher))
+    assert set(matched) >= ARTICLE_NODE_A_PODS | set(DUAL_STACK_V4.values()), matched
+    assert all(ipaddress.ip_network(value, strict=False).version == 4 for value in matched), matched
+    for chain in listener.filter_chains:
+        assert upstream_address(chain) in ("%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%:15008",
+                                           "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%:15088"), chain.name
 
 
 @pytest.mark.envoy

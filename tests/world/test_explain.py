@@ -110,8 +110,8 @@ def test_pod_ip_paths(mesh):
         # identity to pin) from the node's cluster; then the tunnel listener picks sleep's chain
         assert cross.facts["cluster"] == same.facts["cluster"] == "pod_select"
         assert cross.facts["internal_listener"] == same.facts["internal_listener"] == "tunnel_lis"
-        assert cross.facts["tunnel_cluster"] == f"outbound_tunnel_clus_{SLEEP_ID}"
-        assert same.facts["tunnel_cluster"] == f"outbound_local_tunnel_clus_{SLEEP_ID}"
+        # one tunnel cluster for both, each chain giving it the destination's IP on its port
+        assert cross.facts["tunnel_cluster"] == same.facts["tunnel_cluster"] == f"outbound_tunnel_clus_{SLEEP_ID}"
         assert f"filter chain tunnel_local_{SLEEP_ID}" in render([same])
         text = render([cross])
         assert f"tcp_proxy -> cluster pods_on_{NODE_B} (override_host: the endpoint envoy://tunnel_lis/10.4.3.20)" in text

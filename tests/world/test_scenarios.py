@@ -229,13 +229,49 @@ def test_3_same_node_pod_ip(world, path):
         out = assert_pod_selected(trace, NODE_A, ip, port)
         assert out["downstream_local"] == f"{ip}:{port}"
         assert out["filter_chain"] == names.linear_local_tunnel_chain(SLEEP_ID)
-        assert out["upstream_cluster"] == names.local_tunnel_cluster(SLEEP_ID)
+        assert out["upstream_cluster"] == names.tunnel_cluster(SLEEP_ID)  # the same as to another node, on 15088
     assert out["upstream_host"] == "10.4.4.7:15088"
     assert out["response_flags"] == "-", f"the same-node tunnel failed: {out}"
     assert trace.ok, trace.error
     inbound = trace.one("a", log=contract.INBOUND_LISTENER, method="CONNECT", authority="10.4.4.7:9080")
     assert inbound["filter_chain"] == "inbound_10.4.4.7"
     assert inbound["peer_san"] == SLEEP_ID
+
+
+def _tunnel_hosts(ztunnel, cluster: str) -> dict[str, dict[str, int]]:
+    """Each host of ``cluster`` (admin /clusters): its counters by name (``cx_total``, ``rq_total``...)."""
+    hosts: dict[str, dict[str, int]] = {}
+    for line in ztunnel.admin("/clusters").splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == cluster and parts[3].isdigit():
+            hosts.setdefault(parts[1], {})[parts[2]] = int(parts[3])
+    return hosts
+
+
+def test_3_one_tunnel_cluster_keeps_each_side_s_hosts_apart(world, path):
+    """The linear layout's one tunnel cluster per identity carries sleep's tunnels to node B
+    (productpage's IP on 15008) and to its own node (details' IP on 15088), each chain giving it the
+    address: a host each, each with its own pooled HTTP/2 connection, which the next tunnel to the
+    same pod reuses (one Envoy worker in the world: one pool per host)."""
+    if not path.linear:
+        pytest.skip("the article's layout has a cluster per port")
+    cluster = names.tunnel_cluster(SLEEP_ID)
+    targets = {"productpage": ("10.4.3.20:15008", {"a": path.pod_logs, "b": 1}),
+               "details": ("10.4.4.7:15088", {"a": 1 + path.pod_logs})}
+    before = _tunnel_hosts(world.ztunnels["a"], cluster)
+    for _ in range(2):
+        for pod, (host, logs) in targets.items():
+            ip, port = scenarios.pod_target(world, pod)
+            trace = scenarios.request(world, "sleep", ip, port, expect_logs=logs)
+            assert trace.ok, (pod, trace.error)
+            tunnel = trace.one("a", log=contract.LINEAR_TUNNEL_LISTENER, downstream_remote=trace.client_local)
+            assert (tunnel["upstream_cluster"], tunnel["upstream_host"]) == (cluster, host), tunnel
+    after = _tunnel_hosts(world.ztunnels["a"], cluster)
+    for host, _ in targets.values():
+        counted = {name: after[host][name] - before.get(host, {}).get(name, 0) for name in ("rq_total", "cx_total")}
+        assert counted["rq_total"] == 2, (host, after[host])  # two CONNECT streams
+        assert counted["cx_total"] <= 1, (host, after[host])  # on one connection (none new if one was open)
+        assert after[host]["cx_active"] == 1, (host, after[host])
 
 
 def test_4_meshed_pod_to_pod_outside_mesh_passes_through(world, path):

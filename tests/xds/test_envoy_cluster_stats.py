@@ -83,10 +83,10 @@ async def test_service_ports_keep_the_stats_service_stats_says(mode, layout, man
         assert not {s for s in kept if s.split(".")[0] in ("circuit_breakers", "version")
                     or s.startswith(("membership_", "update_", "lb_", "assignment_"))}, (cluster, kept)
     assert stats["server.live"] == 1 and any(name.startswith("listener.") for name in stats)
-    # their chains' tcp_proxies (a linear tunnel chain's: tcp.tunnel.<cluster>.*, its cluster counting the same)
+    # their chains' tcp_proxies (a linear tunnel chain's: tcp.tunnel.<chain>.*, its cluster counting the same)
     # (the article layout's tunnel listeners' tcp_proxies, tcp.outbound_pod_[local_]tunnel_clus_*, are kept)
     assert not [name for name in stats if name.startswith(
-        ("tcp.pods.", f"tcp.{PODS_ON_PREFIX}", "tcp.tunnel.", "tcp.outbound_tunnel_clus_", "tcp.outbound_local_tunnel_clus_"))]
+        ("tcp.pods.", f"tcp.{PODS_ON_PREFIX}", "tcp.tunnel.", "tcp.tunnel_", "tcp.outbound_tunnel_clus_"))]
     for cluster in services:  # named in stats by its alt_stat_name, svc.<name> (names.service_cluster_stat_name)
         assert not [name for name in stats if name.startswith(f"cluster.{cluster}.")], cluster
         kept = {name.removeprefix(f"cluster.svc.{cluster}.") for name in stats if name.startswith(f"cluster.svc.{cluster}.")}
@@ -119,7 +119,7 @@ async def test_prometheus_names_a_cluster_and_a_tcp_proxy_whole(layout, manifest
     default tags are Envoy's as before."""
     plane = await make_plane(layout=layout)
     # eager and all: every cluster's and tcp_proxy's stats are there from the start, their tags taken as they are made
-    # (the tunnel chains' tcp_proxies' too: tcp.tunnel.<cluster>.*, whose tag takes "tunnel." out)
+    # (the tunnel chains' tcp_proxies' too: tcp.tunnel.<chain>.*, whose tag takes "tunnel." out)
     envoy = envoys(NODE_A, plane.xds_port, cli=("--insecure-xds", "--cluster-stats", "eager", "--service-stats", "all",
                                                 "--pod-cluster-stats", "all"))
     await envoy.wait_ready()
@@ -136,7 +136,12 @@ async def test_prometheus_names_a_cluster_and_a_tcp_proxy_whole(layout, manifest
         assert f'envoy_cluster_name="{cluster}"' in labelled, (cluster, sorted(labelled)[:5])
     prefixes = {re.sub(r'^envoy_tcp_prefix="(.*)"$', r"\1", labels) for labels in metrics["envoy_tcp_downstream_cx_total"]}
     whole = {c for c in clusters if c in prefixes}  # a tcp_proxy's stat prefix is its cluster's name, but the article's tunnels'
-    assert (services if layout == "linear" else set()) <= whole and whole & tunnels, sorted(prefixes)[:5]
+    if layout == "linear":  # and the tunnel chains', named after each chain (the two of an identity share its cluster)
+        identities = {c.removeprefix("outbound_tunnel_clus_") for c in tunnels}
+        chains = {f"{side}{identity}" for identity in identities for side in ("tunnel_", "tunnel_local_")}
+        assert services <= whole and chains <= prefixes, sorted(prefixes)[:5]
+    else:
+        assert whole & tunnels, sorted(prefixes)[:5]
     assert any(prefix.startswith(contract.TUNNEL_LISTENER_PREFIX + "spiffe_") and prefix.count("/") == 4
                for prefix in prefixes) == (layout == "article"), sorted(prefixes)[:5]
     # the names each inbound chain makes again (the tag tries them first, bootstrap.PER_CHAIN_TCP_STATS)

@@ -24,6 +24,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf.json_format import MessageToDict
 from xds.type.matcher.v3 import ip_pb2
 
+from ..translators.filter_state import UPSTREAM_ADDRESS_STATE
 from ..translators.identity_pinning import UPSTREAM_SANS
 from ..translators.resources import NodeResources
 
@@ -174,6 +175,17 @@ def pinned_identity(chain: FilterChain) -> str | None:
             for value in _unpack(f.typed_config, set_filter_state_pb2.Config).on_new_connection:
                 if value.object_key == UPSTREAM_SANS:
                     return value.format_string.text_format_source.inline_string.replace("%%", "%")
+    return None
+
+
+def upstream_address(chain: FilterChain) -> str | None:
+    """The format of the address a chain gives its ORIGINAL_DST cluster in filter state, if it does
+    (the linear layout's tunnel chains: translators/filter_state.py)."""
+    for f in chain.filters:
+        if f.typed_config.type_url.endswith(set_filter_state_pb2.Config.DESCRIPTOR.full_name):
+            for value in _unpack(f.typed_config, set_filter_state_pb2.Config).on_new_connection:
+                if value.object_key == UPSTREAM_ADDRESS_STATE:
+                    return value.format_string.text_format_source.inline_string
     return None
 
 

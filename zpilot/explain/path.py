@@ -224,8 +224,7 @@ def _through_ztunnel(mesh: Mesh, base: Explanation, src: Workload, host: str, po
     if kind == "ORIGINAL_DST":
         dst = f"{host}:{port}"
         if proxy is not None and proxy.tunneling_config.hostname:
-            override = cluster.original_dst_lb_config.upstream_port_override.value
-            dial = f"{host}:{override or port}"
+            dial = _dial(chain, cluster, dst)
             authority = ec.substitute(proxy.tunneling_config.hostname, {"DOWNSTREAM_LOCAL_ADDRESS": dst})
             base.facts["endpoint"] = dial
             return _tunnel(mesh, base, src, node, cluster_name, dial, authority, ec.pinned_identity(chain),
@@ -323,8 +322,7 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
     proxy = ec.tcp_proxy(chain)
     cluster_name = proxy.cluster if proxy else "?"
     cluster = resources.clusters.get(cluster_name)
-    override = cluster.original_dst_lb_config.upstream_port_override.value if cluster is not None else 0
-    dial = f"{local_ip}:{override}" if override else local
+    dial = _dial(chain, cluster, local)
 
     def from_metadata(template: str) -> str:
         return _DYNAMIC.sub(lambda m: str(ep.metadata.get(m.group(1), {}).get(m.group(2), "-")), template)
@@ -342,6 +340,19 @@ def _internal_listener(mesh: Mesh, e: Explanation, src: Workload, ep: ec.Endpoin
     return _tunnel(mesh, e, src, node, cluster_name, dial, authority,
                    from_metadata(pinned) if pinned is not None else None,
                    tunnel_src=(src.ip or "?") if _spoofs_source(listener) else _ztunnel_ip(mesh, node))
+
+
+def _dial(chain, cluster, destination: str) -> str:
+    """Where an ORIGINAL_DST tunnel cluster dials, in Envoy's order (``original_dst_cluster.cc``): the
+    address the chain gave it in filter state (the linear layout's: the destination's IP on the HBONE or
+    the same-node port), else the connection's destination; then the cluster's port override, if any."""
+    ip = destination.rpartition(":")[0]
+    template = ec.upstream_address(chain)
+    dial = destination
+    if template:
+        dial = ec.substitute(template, {"DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": ip, "DOWNSTREAM_LOCAL_ADDRESS": destination})
+    override = cluster.original_dst_lb_config.upstream_port_override.value if cluster is not None else 0
+    return f"{dial.rpartition(':')[0]}:{override}" if override else dial
 
 
 def _identity_of_secret(resources: NodeResources, secret: str) -> str:

@@ -422,7 +422,7 @@ NAME_TAGS: tuple[tuple[str, str], ...] = (
     ("envoy.cluster_name", r"^cluster\.((?:" + SERVICE_TCP_STATS_TOKEN + r"\.)?({})\.)"),
     # a linear service port's tcp_proxy stats are tcp.svc.<port>_<fqdn>.* (names.SERVICE_TCP_STATS_TOKEN), a node's
     # pods chain's tcp.pods.pods_on_<node>.* (names.POD_TCP_STATS_TOKEN), a tunnel chain's
-    # tcp.tunnel.outbound_[local_]tunnel_clus_<id>.* (names.TUNNEL_TCP_STATS_TOKEN): "svc.", "pods." and "tunnel." out too
+    # tcp.tunnel.tunnel_[local_]<id>.* (names.TUNNEL_TCP_STATS_TOKEN): "svc.", "pods." and "tunnel." out too
     ("envoy.tcp_prefix", r"^tcp\.((?:(?:" + SERVICE_TCP_STATS_TOKEN + "|" + POD_TCP_STATS_TOKEN + "|" + TUNNEL_TCP_STATS_TOKEN
      + r")\.)?({})\.)"),
     ("envoy.xds_resource_name", r"^sds\.(({})\.)."),  # "." not ".+": the same matches, without a step per character
@@ -451,7 +451,7 @@ PER_CHAIN_TCP_STATS = (PLAINTEXT_PROXY_STAT_PREFIX, "rbac")
 #: A listener's address in its stats' names, as Envoy's extractors spell it: ``<ipv4>_<port>`` or ``[<ipv6>]_<port>``.
 LISTENER_ADDRESS = r"(?:\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[[a-fA-F_\d]+\])_\d+"
 #: The clusters with a TLS transport socket, as their stats name them: the tunnels to an identity
-#: (``outbound_tunnel_clus_``, ``outbound_local_tunnel_clus_``... then the identity, its "://" written "_", its
+#: (``outbound_tunnel_clus_``, the article layout's ``outbound_pod_tunnel_clus_``... then the identity, its "://" written "_", its
 #: ServiceAccount's name up to the ``.ssl.certificate.`` that follows it, dots and all) and the bootstrap's ADS
 #: cluster (whose name holds no character a regex reads).
 TLS_CLUSTER_STAT_NAME = rf"outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[a-z0-9.-]+?|{XDS_CLUSTER}"
@@ -488,7 +488,7 @@ def _regex(pattern: str) -> string_pb2.StringMatcher:
 
 
 #: The tunnels' certificate stats (``cluster.outbound_tunnel_clus_<identity>.ssl.certificate.<secret>.*``, and the
-#: local tunnel's): the expiry of a local pod's certificate and of the root CA, which the inbound listener's
+#: article layout's pod tunnels'): the expiry of a local pod's certificate and of the root CA, which the inbound listener's
 #: ``listener.<address>.ssl.certificate.<secret>.expiration_unix_time_seconds`` gives for the same secrets (a
 #: tunnel presents a local pod's certificate of its identity; every local pod has its inbound chain), tagged. Left
 #: out so that the certificate tag need not be tried on every cluster stat (:data:`TLS_CLUSTER_CERTIFICATE_TAG`);
@@ -497,9 +497,9 @@ def _regex(pattern: str) -> string_pb2.StringMatcher:
 TUNNEL_CERTIFICATE_STATS = rf"cluster\.outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/]+?\.ssl\.certificate\..+"
 #: A tunnel cluster's bookkeeping stats (``cluster.outbound_[a-z_]*tunnel_clus_<identity>.membership_total`` and the
 #: like; either layout's): left out unless every stat is asked for, its traffic counters kept, as a service port's
-#: and a pods cluster's are by default. A node has two tunnel clusters per local identity, and a real node hosts
-#: many identities (R's node-0: 100, 200 clusters, 9,400 such names): 850 M of its Envoy's 6,640 M instructions to
-#: LIVE at R (callgrind, docs/scale.md, round twelve).
+#: and a pods cluster's are by default. A node has a tunnel cluster per local identity (the article layout three),
+#: and a real node hosts many identities (R's node-0: 100; round twelve's two clusters each made 9,400 such names):
+#: 850 M of its Envoy's 6,640 M instructions to LIVE at R (callgrind, docs/scale.md, round twelve).
 TUNNEL_CLUSTER_BOOKKEEPING = (rf"cluster\.outbound_[a-z_]*tunnel_clus_{IDENTITY_IN_STATS}[^/]+?"
                               rf"\.(?:{CLUSTER_BOOKKEEPING_STATS})")
 #: A service port's cluster's stat name (``names.service_cluster_stat_name``: ``svc.<port>_<fqdn>``, the article

@@ -61,8 +61,9 @@ def hbone_tunnel(
 ) -> Cluster:
     """An ORIGINAL_DST cluster speaking HTTP/2 CONNECT over mutual TLS 1.3 to a peer ztunnel.
 
-    Without ``port_override`` it dials the address the internal listener's original_dst filter
-    restored from endpoint metadata; with it, the downstream destination's IP on that port.
+    It dials the address its chain put in filter state (``filter_state.UPSTREAM_ADDRESS_STATE``: the
+    linear layout's tunnel chains), else the one the internal listener's original_dst filter restored
+    (the article's, from endpoint metadata); with ``port_override``, that address's IP on that port.
     Each tunnelled connection is one request (a CONNECT stream) here: ``max_requests`` bounds them.
     """
     options = http_protocol_options_pb2.HttpProtocolOptions(

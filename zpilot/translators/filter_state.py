@@ -24,7 +24,15 @@ tunnel it opens does not. ``TRANSITIVE`` works too, but puts the addresses into 
 connection-pool key, and every downstream connection would open its own TLS connection to the
 peer ztunnel (scalable-layout-notes.md).
 
-The filter's config message is not in xds-protos 1.85; ``protos/`` holds Envoy's ``.proto``, compiled
+A tunnel chain of the internal listener says where its tunnel goes the same way, in the filter state
+its ORIGINAL_DST cluster reads before anything else (``UPSTREAM_ADDRESS_STATE``): the destination pod's IP
+on the HBONE port or on the same-node hairpin port (:func:`upstream_address`). So one cluster serves an
+identity's tunnels to other nodes and to its own, where a port override would need two. The value is
+written ``<IPv4>:<port>``, which is all Envoy parses without brackets: the mesh is IPv4-only (a pod's
+IPv6 addresses are dropped, docs/config-reference.md), and a tunnel chain is picked by its client pod's
+address, so only an IPv4 connection (an IPv4 destination) ever reaches one.
+
+The listener filter's config message is not in xds-protos 1.85; ``protos/`` holds Envoy's ``.proto``, compiled
 into ``zpilot._protos`` when the package is built (setup.py).
 """
 
@@ -46,6 +54,11 @@ LOCAL_IP_STATE = f"{contract.ORIGINAL_DST_FILTER}.local_ip"
 RECORDED = {REMOTE_IP_STATE: "%DOWNSTREAM_REMOTE_ADDRESS%", LOCAL_IP_STATE: "%DOWNSTREAM_LOCAL_ADDRESS%"}
 #: On the internal listener: the id of the internal address the connection was made to (Envoy 1.40).
 ENDPOINT_ID = "%DOWNSTREAM_LOCAL_ADDRESS_ENDPOINT_ID%"
+#: Envoy's well-known filter state object an ORIGINAL_DST cluster dials, before any port override
+#: (``envoy.network.transport_socket.original_dst_address``, ``IP:PORT``).
+UPSTREAM_ADDRESS_STATE = "envoy.network.transport_socket.original_dst_address"
+#: Where a tunnel chain's connection was going (the internal listener's restored destination), without its port.
+DESTINATION_IP = "%DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"
 
 
 def _generated() -> ModuleType:
@@ -73,6 +86,20 @@ def _value(key: str, format_string: str) -> value_pb2.FilterStateValue:
             text_format_source=base_pb2.DataSource(inline_string=format_string)
         ),
         shared_with_upstream=value_pb2.FilterStateValue.ONCE,
+    )
+
+
+def upstream_address(port: int) -> value_pb2.FilterStateValue:
+    """For a network ``set_filter_state`` filter before a tunnel chain's tcp_proxy: its ORIGINAL_DST cluster
+    dials the destination's IP on ``port`` (IPv4 only: see above). Not shared with the upstream: the cluster
+    reads the downstream connection's own filter state, and the address, each destination's, would otherwise
+    enter the upstream connection-pool key (it is the host, whose pool is its own anyway)."""
+    return value_pb2.FilterStateValue(
+        object_key=UPSTREAM_ADDRESS_STATE,
+        format_string=substitution_format_string_pb2.SubstitutionFormatString(
+            text_format_source=base_pb2.DataSource(inline_string=f"{DESTINATION_IP}:{port}")
+        ),
+        shared_with_upstream=value_pb2.FilterStateValue.NONE,
     )
 
 

@@ -54,8 +54,10 @@ SET_FILTER_STATE = "envoy.filters.network.set_filter_state"
 Sharing = value_pb2.FilterStateValue.SharedWithUpstream
 
 
-def _set_sans(format_string: str, shared: "Sharing.ValueType") -> listener_components_pb2.Filter:
-    """A set_filter_state filter writing the SAN list when the connection is accepted."""
+def _set_sans(
+    format_string: str, shared: "Sharing.ValueType", also: tuple[value_pb2.FilterStateValue, ...] = ()
+) -> listener_components_pb2.Filter:
+    """A set_filter_state filter writing the SAN list (then ``also``) when the connection is accepted."""
     value = value_pb2.FilterStateValue(
         object_key=UPSTREAM_SANS,
         format_string=substitution_format_string_pb2.SubstitutionFormatString(
@@ -64,13 +66,15 @@ def _set_sans(format_string: str, shared: "Sharing.ValueType") -> listener_compo
         shared_with_upstream=shared,
     )
     return listener_components_pb2.Filter(
-        name=SET_FILTER_STATE, typed_config=pack(set_filter_state_pb2.Config(on_new_connection=[value]))
+        name=SET_FILTER_STATE, typed_config=pack(set_filter_state_pb2.Config(on_new_connection=[value, *also]))
     )
 
 
-def pin_from_endpoint() -> listener_components_pb2.Filter:
-    """First filter of an internal listener's chain: the identity of the endpoint that led here."""
-    return _set_sans(contract.TUNNEL_IDENTITY_FORMAT, Sharing.NONE)
+def pin_from_endpoint(*also: value_pb2.FilterStateValue) -> listener_components_pb2.Filter:
+    """First filter of an internal listener's chain: the identity of the endpoint that led here, and the
+    filter state values ``also`` (the linear layout's tunnel address: filter_state.upstream_address), in
+    the same filter rather than one more per chain."""
+    return _set_sans(contract.TUNNEL_IDENTITY_FORMAT, Sharing.NONE, also)
 
 
 def pin(identity: str, *, shared: "Sharing.ValueType" = Sharing.NONE) -> listener_components_pb2.Filter:

@@ -109,16 +109,18 @@ def pods_tcp_stat_prefix(node: str) -> str:
     return f"{POD_TCP_STATS_TOKEN}.{pods_on_node(node)}"
 
 
-#: The first token of a linear tunnel chain's tcp_proxy stats (``tcp.tunnel.outbound_[local_]tunnel_clus_<id>.*``):
-#: unless every stat is asked for, the bootstrap leaves them out by a prefix (the tunnel cluster's own traffic
-#: counters count the same connections and bytes; 200 chains at R, whose nodes host 100 identities each), and the
-#: tcp_proxy tag takes it out with the name, as it does ``svc.`` and ``pods.``.
+#: The first token of a linear tunnel chain's tcp_proxy stats (``tcp.tunnel.tunnel_[local_]<id>.*``, named after
+#: the chain): unless every stat is asked for, the bootstrap leaves them out by a prefix (the tunnel cluster's own
+#: traffic counters count the same connections and bytes; 200 chains at R, whose nodes host 100 identities each),
+#: and the tcp_proxy tag takes it out with the name, as it does ``svc.`` and ``pods.``.
 TUNNEL_TCP_STATS_TOKEN = "tunnel"
 
 
-def tunnel_tcp_stat_prefix(cluster: str) -> str:
-    """The stat prefix of the tcp_proxy of the linear layout's tunnel chain through ``cluster``."""
-    return f"{TUNNEL_TCP_STATS_TOKEN}.{cluster}"
+def tunnel_tcp_stat_prefix(chain: str) -> str:
+    """The stat prefix of the tcp_proxy of the linear layout's tunnel chain ``chain``: named after the chain,
+    not its cluster, which an identity's two chains (to another node, to this one) share, so that with every
+    stat asked for the two sides still count apart."""
+    return f"{TUNNEL_TCP_STATS_TOKEN}.{chain}"
 
 
 def linear_service_chain(service: Service, port: ServicePort, cluster_domain: str) -> str:
@@ -221,12 +223,9 @@ def linear_tunnel_chain(identity: str) -> str:
 
 
 def linear_local_tunnel_chain(identity: str) -> str:
-    """The identity's chain for a destination pod on this node (the ``contract.PORT_HBONE_LOCAL`` hairpin)."""
+    """The identity's chain for a destination pod on this node (the ``contract.PORT_HBONE_LOCAL`` hairpin),
+    through the same cluster as its chain to another node (:func:`tunnel_cluster`)."""
     return f"tunnel_local_{identity}"
-
-
-def local_tunnel_cluster(identity: str) -> str:
-    return f"outbound_local_tunnel_clus_{identity}"
 
 
 # -- the linear layout's pod-IP destinations found by node pod CIDR (outbound_linear.py) ------------

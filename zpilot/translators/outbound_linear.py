@@ -36,9 +36,12 @@ megabytes (scalable-layout-notes.md). Here each destination and each local pod a
          else                                  SourceIP{pod -> "tunnel_<its identity>"}
     "tunnel_<id>": HTTP/2 CONNECT to %DOWNSTREAM_LOCAL_ADDRESS% (also x-envoy-original-dst-host),
         x-forwarded-for: the pod's address, through ORIGINAL_DST cluster outbound_tunnel_clus_<id>
-        (port contract.PORT_HBONE, TLS as <id>); "tunnel_local_<id>" the same through
-        outbound_local_tunnel_clus_<id> on contract.PORT_HBONE_LOCAL, which the ztunnel's own nat
-        OUTPUT rule redirects to its HBONE listener (a destination pod on this node).
+        (TLS as <id>), which dials the address the chain gives it in filter state: the destination's
+        IP on contract.PORT_HBONE; "tunnel_local_<id>" the same through the same cluster, on
+        contract.PORT_HBONE_LOCAL, which the ztunnel's own nat OUTPUT rule redirects to its HBONE
+        listener (a destination pod on this node). One cluster per identity, not one per port: each
+        is an Envoy cluster (its stats, its TLS context, its thread-local parts) on every node the
+        identity has a pod on; the two ports' hosts (the same IP, each port) stay apart, pools and all.
 
 Only VIP:ports with an endpoint for this node are captured (:meth:`NodeView.served_vips`), as in
 the article's layout. The receiving side is unchanged. What the article's layout loses and this one keeps: the client
@@ -75,7 +78,7 @@ from .envoy_common import (
     socket_address,
     socket_mark,
 )
-from .filter_state import endpoint_destination_filter, record_addresses_filter
+from .filter_state import endpoint_destination_filter, record_addresses_filter, upstream_address
 from .fragments import Fragment, FragmentGroup, Fragments
 from .inputs import MeshInput, NodeInput, PodFact, ServedPorts, ServedShape, ServicePortInput
 from .layout import LateEndpoints, register
@@ -384,13 +387,9 @@ def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
         for identity in view.identities
     )
     for sid, secret, _ips in identities:
-        for cluster_name, port in (
-            (names.tunnel_cluster(sid), contract.PORT_HBONE),
-            (names.local_tunnel_cluster(sid), contract.PORT_HBONE_LOCAL),
-        ):
-            out.clusters[cluster_name] = view.shared(
-                clusters.hbone_tunnel, cluster_name, secret, td, limits, port_override=port
-            )
+        # both of the identity's chains go through it, each saying where (_tunnel_chains): no port override
+        cluster_name = names.tunnel_cluster(sid)
+        out.clusters[cluster_name] = view.shared(clusters.hbone_tunnel, cluster_name, secret, td, limits)
         out.add_secret(secret, sid)
     addresses = tuple((sid, ips) for sid, _secret, ips in identities)
     chains = tuple(view.fragment(_tunnel_chains, sid, limits) for sid, _addresses in addresses)
@@ -406,25 +405,30 @@ def _tunnel_listener(view: NodeView, out: NodeResources) -> Listener:
 
 
 def _tunnel_chains(sid: str, limits: DataPathLimits) -> tuple[FilterChain, FilterChain]:
-    """An identity's two tunnel chains, to another node and to this one: the same on every node."""
+    """An identity's two tunnel chains, to another node and to this one: the same on every node. Both
+    go through the identity's one tunnel cluster; the filter that pins the peer's identity also gives
+    the cluster its address, the destination's IP on the HBONE port or on the same-node hairpin port
+    (filter_state.upstream_address). Their tcp_proxy stats are named after the chain, so that the two
+    sides, one cluster's, still count apart when every stat is asked for."""
     idle = idle_timeout(limits)
+    cluster_name = names.tunnel_cluster(sid)
     return tuple(
         listener_components_pb2.FilterChain(
             name=chain_name,
             filters=[
-                identity_pinning.pin_from_endpoint(),
+                identity_pinning.pin_from_endpoint(upstream_address(port)),
                 tcp_proxy(
                     cluster_name,
                     idle_timeout=idle,
-                    stat_prefix=names.tunnel_tcp_stat_prefix(cluster_name),
+                    stat_prefix=names.tunnel_tcp_stat_prefix(chain_name),
                     tunnel_target=DESTINATION,
                     tunnel_headers=((FORWARDED_FOR_HEADER, CLIENT_ADDRESS),),
                 ),
             ],
         )
-        for chain_name, cluster_name in (
-            (names.linear_tunnel_chain(sid), names.tunnel_cluster(sid)),
-            (names.linear_local_tunnel_chain(sid), names.local_tunnel_cluster(sid)),
+        for chain_name, port in (
+            (names.linear_tunnel_chain(sid), contract.PORT_HBONE),
+            (names.linear_local_tunnel_chain(sid), contract.PORT_HBONE_LOCAL),
         )
     )  # type: ignore[return-value]
 
