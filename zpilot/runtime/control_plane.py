@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import uvicorn
 
@@ -31,6 +31,9 @@ from ..xds.server import AdsServer, ServerOptions
 from ..xds.snapshot_cache import SnapshotCache
 from ..xds.sockets import describe, listen
 from ..xds.status import StatusRegistry
+
+if TYPE_CHECKING:
+    from ..translators.resources import SecretRef
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,9 @@ class ControlPlane:
         self.cache = SnapshotCache()
         self.registry = StatusRegistry()
         self.identities = identities
+        #: Each node's secret references (the snapshot's mapping object) and the identities they name, as
+        #: last read (:meth:`_referenced_identities`).
+        self._node_identities: dict[str, tuple[Mapping[str, SecretRef], frozenset[str]]] = {}
         if secrets is None and identities is not None:
             secrets = certificate_secrets(identities)
         self.producer = Producer(
@@ -144,12 +150,23 @@ class ControlPlane:
         return report
 
     def _referenced_identities(self) -> set[str]:
-        ids: set[str] = set()
+        """The identities some node's config references. Run after every update, on the event loop
+        that then sends it: a node's references are read again only when its snapshot holds other ones
+        than last time (a pod change remakes one node's; the other 99 keep theirs, the same object),
+        not 10,000 references walked per change at R (0.8 ms before the sends)."""
+        known, fresh = self._node_identities, {}
         for node in self.cache.nodes():
             snapshot = self.cache.get_snapshot(node)
-            if snapshot is not None:
-                ids.update(ref.spiffe_id for ref in snapshot.secret_refs.values() if ref.spiffe_id)
-        return ids
+            if snapshot is None:
+                continue
+            refs = snapshot.secret_refs
+            found = known.get(node)
+            if found is None or found[0] is not refs:
+                found = (refs, frozenset(ref.spiffe_id for ref in refs.values() if ref.spiffe_id))
+            fresh[node] = found
+        self._node_identities = fresh
+        # equal sets (nodes hosting the same identities) joined once: a frozenset keeps its hash
+        return set().union(*{ids for _refs, ids in fresh.values()})
 
     async def start(self) -> None:
         """Start metrics and debug API, then ADS (give the model first, or streams get empty config)."""
