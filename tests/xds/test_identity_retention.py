@@ -7,14 +7,21 @@ from __future__ import annotations
 import dataclasses
 
 from zpilot.certs import CertificateAuthority, IdentityCache
+from zpilot.kube.convert_policy import KIND_CONVERTERS
 from zpilot.model.index import MeshIndex
-from zpilot.synthetic import Shape, synthetic_cluster, synthetic_manifests
+from zpilot.synthetic import Shape, extra_pod, synthetic_cluster, synthetic_manifests
 
 SHAPE = Shape(nodes=3, pods=30, services=15, namespaces=2, service_accounts_per_namespace=3)
 
 
 def _identity(pod) -> str:
     return f"spiffe://cluster.local/ns/{pod.namespace}/sa/{pod.service_account}"
+
+
+def _referenced(plane) -> set[str]:
+    """What the nodes' snapshots reference, read whole (what the plane keeps count of)."""
+    return {ref.spiffe_id for node in plane.cache.nodes() for ref in plane.cache.get_snapshot(node).secret_refs.values()
+            if ref.spiffe_id}
 
 
 async def test_an_identity_is_retired_with_its_last_pod_and_issued_again_with_a_new_one(make_plane):
@@ -37,5 +44,22 @@ async def test_an_identity_is_retired_with_its_last_pod_and_issued_again_with_a_
 
     # back with one pod: issued again, and kept
     back = dataclasses.replace(without, workloads=without.workloads + (cluster.workloads[0],))
-    await plane.update(MeshIndex.build(back, previous=index))
-    assert set(identities.identities()) == everyone
+    index = MeshIndex.build(back, previous=index)
+    await plane.update(index)
+    assert set(identities.identities()) == everyone == _referenced(plane)
+
+    # a pod of an identity of its own on the last node, then that node gone with its pods: that identity
+    # is retired, what the other nodes' pods run as kept
+    node = len(cluster.nodes) - 1
+    manifest = extra_pod(SHAPE, 0, node)
+    manifest["spec"]["serviceAccountName"] = "lonely"
+    lonely = KIND_CONVERTERS["Pod"](manifest)
+    index = MeshIndex.build(dataclasses.replace(back, workloads=back.workloads + (lonely,)), previous=index)
+    await plane.update(index)
+    assert set(identities.identities()) == everyone | {_identity(lonely)} == _referenced(plane)
+    name = cluster.nodes[node].name
+    smaller = dataclasses.replace(back, nodes=back.nodes[:node], workloads=tuple(w for w in back.workloads if w.node_name != name))
+    await plane.update(MeshIndex.build(smaller, previous=index))
+    assert name not in plane.cache.nodes()
+    left = {_identity(pod) for pod in smaller.workloads}
+    assert _identity(lonely) not in left and set(identities.identities()) == left == _referenced(plane)

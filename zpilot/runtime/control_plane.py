@@ -77,6 +77,8 @@ class ControlPlane:
         #: Each node's secret references (the snapshot's mapping object) and the identities they name, as
         #: last read (:meth:`_referenced_identities`).
         self._node_identities: dict[str, tuple[Mapping[str, SecretRef], frozenset[str]]] = {}
+        #: How many nodes' references name each identity (only those some node's do).
+        self._identity_nodes: dict[str, int] = {}
         if secrets is None and identities is not None:
             secrets = certificate_secrets(identities)
         self.producer = Producer(
@@ -152,21 +154,28 @@ class ControlPlane:
     def _referenced_identities(self) -> set[str]:
         """The identities some node's config references. Run after every update, on the event loop
         that then sends it: a node's references are read again only when its snapshot holds other ones
-        than last time (a pod change remakes one node's; the other 99 keep theirs, the same object),
-        not 10,000 references walked per change at R (0.8 ms before the sends)."""
-        known, fresh = self._node_identities, {}
+        than last time (a pod change remakes one node's; the other 99 keep theirs, the same object), and
+        how many nodes reference each identity is kept, so nothing is walked per node and change (at R,
+        10,000 references read after each change took 0.8 ms before its sends)."""
+        known, counts = self._node_identities, self._identity_nodes
+        present: set[str] = set()
         for node in self.cache.nodes():
             snapshot = self.cache.get_snapshot(node)
             if snapshot is None:
                 continue
+            present.add(node)
             refs = snapshot.secret_refs
             found = known.get(node)
-            if found is None or found[0] is not refs:
-                found = (refs, frozenset(ref.spiffe_id for ref in refs.values() if ref.spiffe_id))
-            fresh[node] = found
-        self._node_identities = fresh
-        # equal sets (nodes hosting the same identities) joined once: a frozenset keeps its hash
-        return set().union(*{ids for _refs, ids in fresh.values()})
+            if found is not None and found[0] is refs:
+                continue
+            ids = frozenset(ref.spiffe_id for ref in refs.values() if ref.spiffe_id)
+            _count(counts, ids, 1)
+            if found is not None:
+                _count(counts, found[1], -1)
+            known[node] = (refs, ids)
+        for node in [node for node in known if node not in present]:
+            _count(counts, known.pop(node)[1], -1)
+        return set(counts)
 
     async def start(self) -> None:
         """Start metrics and debug API, then ADS (give the model first, or streams get empty config)."""
@@ -283,3 +292,12 @@ class ControlPlane:
                 with contextlib.suppress(RuntimeError):
                     await self.refresh(changed_at=time.monotonic())
 
+
+def _count(counts: dict[str, int], ids: frozenset[str], step: int) -> None:
+    """Add ``step`` to each of ``ids``' node counts, forgetting an identity no node names any more."""
+    for sid in ids:
+        left = counts.get(sid, 0) + step
+        if left > 0:
+            counts[sid] = left
+        else:
+            counts.pop(sid, None)
