@@ -269,6 +269,37 @@ async def test_producer_refresh_makes_secrets_again_without_translating():
     assert served["s"].tls_certificate.certificate_chain.inline_string == "rotated"
 
 
+async def test_a_node_translated_again_keeps_its_secrets_until_its_references_or_a_refresh_change_them():
+    """A node's secrets change with the names its config references, or through ``refresh`` (a rotation, a CA
+    reload): not made again each time the node is translated, and what a refresh made is what is kept."""
+    world = FakeWorld(a=NodeSpec(clusters={"c": []}, secrets=["s"]))
+    cache = SnapshotCache()
+    generation, made = ["first"], []
+
+    def secrets(resources):
+        made.append(sorted(resources.secrets))
+        return {name: Secret(name=name, tls_certificate={"certificate_chain": {"inline_string": generation[0]}})
+                for name in resources.secrets}
+
+    producer = Producer(cache, translate=world.translate, secrets=secrets)
+    await producer.update(world.index())
+    first = cache.get_snapshot("a").resources(SECRET_TYPE)
+    await producer.update()  # every node translated again, the same references
+    assert world.translations == ["a", "a"] and made == [["s"]]
+    assert cache.get_snapshot("a").resources(SECRET_TYPE) is first
+    generation[0] = "rotated"
+    await producer.refresh()
+    await producer.update()  # translated again after the rotation: the rotated certificate stays
+    _, served = cache.get_snapshot("a").decode()
+    assert served["s"].tls_certificate.certificate_chain.inline_string == "rotated" and len(made) == 2
+    world.nodes["a"] = NodeSpec(clusters={"c": []}, secrets=["s", "t"])  # its references changed: made again
+    await producer.update(world.index())
+    assert made[-1] == ["s", "t"] and sorted(cache.get_snapshot("a").resources(SECRET_TYPE).items) == ["s", "t"]
+    producer.secrets = secrets  # a source given anew (a CA attached): made again
+    await producer.update()
+    assert len(made) == 4
+
+
 async def test_nodes_named_only_by_pods_get_config(manifests):
     from pathlib import Path
 
