@@ -278,8 +278,13 @@ async def test_a_node_translated_again_keeps_its_secrets_until_its_references_or
 
     def secrets(resources):
         made.append(sorted(resources.secrets))
+        if generation[0] == "broken":
+            raise RuntimeError("the CA cannot sign")
         return {name: Secret(name=name, tls_certificate={"certificate_chain": {"inline_string": generation[0]}})
                 for name in resources.secrets}
+
+    def served() -> str:
+        return cache.get_snapshot("a").decode()[1]["s"].tls_certificate.certificate_chain.inline_string
 
     producer = Producer(cache, translate=world.translate, secrets=secrets)
     await producer.update(world.index())
@@ -290,14 +295,18 @@ async def test_a_node_translated_again_keeps_its_secrets_until_its_references_or
     generation[0] = "rotated"
     await producer.refresh()
     await producer.update()  # translated again after the rotation: the rotated certificate stays
-    _, served = cache.get_snapshot("a").decode()
-    assert served["s"].tls_certificate.certificate_chain.inline_string == "rotated" and len(made) == 2
+    assert served() == "rotated" and len(made) == 2
+    generation[0] = "broken"  # a refresh that cannot make them: the node keeps its current ones...
+    assert (await producer.refresh()).failed and served() == "rotated"
+    generation[0] = "reissued"  # ... and has them made at its next translation, not those from before
+    await producer.update()
+    assert served() == "reissued" and len(made) == 4
     world.nodes["a"] = NodeSpec(clusters={"c": []}, secrets=["s", "t"])  # its references changed: made again
     await producer.update(world.index())
     assert made[-1] == ["s", "t"] and sorted(cache.get_snapshot("a").resources(SECRET_TYPE).items) == ["s", "t"]
     producer.secrets = secrets  # a source given anew (a CA attached): made again
     await producer.update()
-    assert len(made) == 4
+    assert len(made) == 6
 
 
 async def test_nodes_named_only_by_pods_get_config(manifests):

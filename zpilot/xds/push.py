@@ -691,7 +691,10 @@ class Producer:
             return report
 
     def _with_new_secrets(self, snapshots: list[Snapshot], changed_at: float, report: UpdateReport) -> list[Snapshot]:
-        """Each snapshot with its secrets made again, the rest as it is (worker thread)."""
+        """Each snapshot with its secrets made again, the rest as it is (worker thread). What a node
+        translated again may keep is what this makes: a node it leaves out (withheld, or its secrets
+        failed) has its made at its next translation, not the ones from before the rotation."""
+        self._node_secrets.clear()
         fresh = []
         for snapshot in snapshots:
             node = snapshot.node
