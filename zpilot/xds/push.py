@@ -381,7 +381,8 @@ class Producer:
     def _node_secret_resources(self, node: str, refs: dict[str, SecretRef]) -> TypeResources:
         """The node's SDS resources for ``refs``: those made last for the same references, else made now.
         A translated node's references rarely change (at R a pod change remakes one node, a service
-        or policy change ten to a hundred): 101 secrets made and serialized again were 1.3 ms a node."""
+        or policy change ten to a hundred): made again, a node's 101 secrets cost its build 6-9 ms at R
+        (bench/scale.py's churn, docs/scale.md)."""
         made = self._node_secrets.get(node)
         if made is not None and made[0] == refs:
             return made[1]
