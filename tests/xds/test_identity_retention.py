@@ -7,15 +7,17 @@ from __future__ import annotations
 import dataclasses
 
 from zpilot.certs import CertificateAuthority, IdentityCache
+from zpilot.contract import DEFAULT_TRUST_DOMAIN
 from zpilot.kube.convert_policy import KIND_CONVERTERS
 from zpilot.model.index import MeshIndex
 from zpilot.synthetic import Shape, extra_pod, synthetic_cluster, synthetic_manifests
+from zpilot.translators.names import workload_identity
 
 SHAPE = Shape(nodes=3, pods=30, services=15, namespaces=2, service_accounts_per_namespace=3)
 
 
 def _identity(pod) -> str:
-    return f"spiffe://cluster.local/ns/{pod.namespace}/sa/{pod.service_account}"
+    return workload_identity(DEFAULT_TRUST_DOMAIN, pod)
 
 
 def _referenced(plane) -> set[str]:

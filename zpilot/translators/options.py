@@ -24,9 +24,9 @@ class TranslateOptions:
         """Whether each local pod's certificate is an SDS secret of its own (``<id>~<pod>~<uid>``), as
         in the article's dump (``contract.ARTICLE_LAYOUT``), or each identity's one secret, named by its
         SPIFFE ID. The certificate is the same either way (one per identity: ``certs.IdentityCache``);
-        named by identity, what names it (an identity's tunnel clusters) is alike on every node, so it
-        is built and held once for the cluster, not once per node hosting the identity (at R: 400
-        tunnel clusters, not 20,000), and a node's pods of one identity share one secret."""
+        named by identity, what names it (an identity's tunnel cluster) is alike on every node, so it
+        is built and held once for the cluster, not once per node hosting the identity (at R: 200
+        tunnel clusters, where round twelve held 20,000), and a node's pods of one identity share one secret."""
         return self.layout == contract.ARTICLE_LAYOUT
 
     def __post_init__(self) -> None:
